@@ -1,0 +1,140 @@
+//! Background workers: flushes first, then manual compactions, then the most urgent
+//! automatic compaction; plus a ticker that hands buffered WAL bytes to the OS.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::compaction::CompactionJob;
+use crate::db::{Core, Inner};
+use crate::error::{Error, Result};
+
+enum Job {
+    Flush,
+    Compaction { job: CompactionJob, manual: bool },
+}
+
+pub(crate) fn start(inner: &Arc<Inner>) {
+    let mut threads = inner.threads.lock();
+    for i in 0..inner.opts.background_threads {
+        let w = inner.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("sluice-bg-{i}"))
+            .spawn(move || worker(w))
+            .expect("spawning a background thread");
+        threads.push(t);
+    }
+    let w = inner.clone();
+    let t = std::thread::Builder::new()
+        .name("sluice-wal".into())
+        .spawn(move || {
+            while !w.closing.load(Ordering::Acquire) {
+                std::thread::sleep(w.opts.wal_flush_interval);
+                w.tick_wal();
+            }
+        })
+        .expect("spawning the WAL ticker");
+    threads.push(t);
+}
+
+fn worker(inner: Arc<Inner>) {
+    loop {
+        let mut core = inner.core.lock();
+        let job = loop {
+            if inner.closing.load(Ordering::Acquire) {
+                return;
+            }
+            if !inner.failed.load(Ordering::Acquire) {
+                if let Some(j) = pick(&inner, &mut core) {
+                    break j;
+                }
+            }
+            inner.bg_cv.wait_for(&mut core, Duration::from_millis(100));
+        };
+        core.running += 1;
+        drop(core);
+        let result = match &job {
+            Job::Flush => inner.flush_oldest(),
+            Job::Compaction { job, .. } => inner.run_compaction(job),
+        };
+        let mut core = inner.core.lock();
+        core.running -= 1;
+        let backoff = finish(&inner, &mut core, job, result);
+        if !inner.failed.load(Ordering::Acquire) {
+            if let Err(e) = inner.retire_drained(&mut core) {
+                inner.fail(format!("retiring drained layouts failed: {e}"));
+            }
+        }
+        inner.stall_cv.notify_all();
+        inner.bg_cv.notify_all();
+        drop(core);
+        if let Some(d) = backoff {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
+    let view = inner.view.load_full();
+    if !core.flushing && !view.imm.is_empty() {
+        core.flushing = true;
+        return Some(Job::Flush);
+    }
+    let mut i = 0;
+    while i < core.manual.len() {
+        let (v, p) = core.manual[i];
+        if core.busy.contains(&(v, p)) {
+            i += 1;
+            continue;
+        }
+        core.manual.remove(i);
+        if let Some(job) = inner.full_partition_job(&view, v, p) {
+            core.busy.insert((v, p));
+            core.manual_running += 1;
+            return Some(Job::Compaction { job, manual: true });
+        }
+    }
+    inner
+        .pick_compaction(core, &view)
+        .map(|job| Job::Compaction { job, manual: false })
+}
+
+/// Books a finished job; returns how long the worker should pause before the next one.
+fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Option<Duration> {
+    match job {
+        Job::Flush => {
+            core.flushing = false;
+            if let Err(e) = result {
+                // The memtable cannot reach an SSTable, so its WAL can never be released
+                // and later writes could not be made durable in order: stop writes.
+                inner.fail(format!("flush failed: {e}"));
+            }
+            None
+        }
+        Job::Compaction { job, manual } => {
+            core.busy.remove(&(job.version, job.partition));
+            if manual {
+                core.manual_running -= 1;
+            }
+            match result {
+                Ok(()) => {
+                    core.compaction_failures = 0;
+                    None
+                }
+                Err(Error::Closed) => None,
+                Err(e) => {
+                    // Compaction failures (a full disk, say) do not endanger acknowledged
+                    // data; retry with backoff while writes keep going until the L0 stop
+                    // trigger holds them.
+                    core.compaction_failures += 1;
+                    if manual {
+                        core.manual_error = Some(e.to_string());
+                    }
+                    inner.note_background_error(&e);
+                    let n = core.compaction_failures.min(6);
+                    Some(Duration::from_millis(100 << n))
+                }
+            }
+        }
+    }
+}

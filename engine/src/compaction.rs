@@ -1,0 +1,406 @@
+//! Leveled compaction, per partition.
+//!
+//! Each partition of a layout has its own L0..L6. A partition's levels are scored like
+//! RocksDB's: L0 by file count over the trigger, Ln by bytes over target, where L1's target
+//! is the layout-wide base divided among the partitions. The worst partition-level above 1.0
+//! is compacted next; partitions compact in parallel, one job per partition at a time.
+//!
+//! What a compaction may drop (the same rules serve flush, compaction and migration):
+//! - an entry shadowed by a newer entry of the same key in the same snapshot stripe (no open
+//!   snapshot lies between them);
+//! - a tombstone that every open snapshot can see, when no older entry for its key exists
+//!   anywhere outside the job's inputs — in other files of this partition, in any other live
+//!   layout version, or in a memtable (lazy moves put old seqnos there). Checking outside the
+//!   inputs, instead of trusting "this is the bottom level", keeps the rule correct when
+//!   migration and lazy moves place older data above newer data.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::db::{Core, Inner, View};
+use crate::error::{Error, Result};
+use crate::iter::{table_source, Direction, KeyRange, MergeIter, Source};
+use crate::manifest::{EditRecord, VersionEdit, MAX_LEVELS};
+use crate::memtable::MemTable;
+use crate::output::Outputs;
+use crate::sst::TableKind;
+use crate::stats::Counters;
+use crate::types::{Entry, Kind};
+use crate::version::{FileMeta, FileSet, LayoutState, PartitionFiles};
+
+/// Open snapshots, for deciding which older versions someone can still see.
+pub(crate) struct Stripes {
+    snaps: Vec<u64>,
+}
+
+impl Stripes {
+    pub fn new(mut snaps: Vec<u64>) -> Stripes {
+        snaps.sort_unstable();
+        snaps.dedup();
+        Stripes { snaps }
+    }
+
+    /// Index of the oldest snapshot that can see `seqno` (`len` = only the latest view).
+    /// Two versions of a key in the same stripe are seen by exactly the same snapshots, so
+    /// only the newer one matters.
+    #[inline]
+    pub fn stripe(&self, seqno: u64) -> usize {
+        self.snaps.partition_point(|&s| s < seqno)
+    }
+}
+
+/// L1 target size of one partition of `layout`, and the level multiplier.
+fn level_target(inner: &Inner, layout: &LayoutState, level: usize) -> u64 {
+    let parts = layout.parts.len().max(1) as u64;
+    let base = (inner.opts.level_base_bytes / parts).max(1);
+    let mut t = base;
+    for _ in 1..level {
+        t = t.saturating_mul(inner.opts.level_multiplier);
+    }
+    t
+}
+
+/// Compaction score of each level of a partition: (level, score).
+fn scores(inner: &Inner, layout: &LayoutState, part: &PartitionFiles) -> Vec<(usize, f64)> {
+    let mut v = Vec::with_capacity(MAX_LEVELS - 1);
+    v.push((
+        0,
+        part.levels[0].len() as f64 / inner.opts.level0_compaction_trigger as f64,
+    ));
+    for level in 1..MAX_LEVELS - 1 {
+        let t = level_target(inner, layout, level) as f64;
+        v.push((level, part.level_bytes(level) as f64 / t));
+    }
+    v
+}
+
+/// Estimated bytes compaction must still rewrite to bring every level under target.
+pub(crate) fn pending_bytes(inner: &Inner, files: &FileSet) -> u64 {
+    let mut debt = 0u64;
+    let layout = files.layouts.get(&files.target);
+    for l in layout.into_iter() {
+        for p in &l.parts {
+            if p.levels[0].len() >= inner.opts.level0_compaction_trigger {
+                debt += p.level_bytes(0) + p.level_bytes(1);
+            }
+            for level in 1..MAX_LEVELS - 1 {
+                let t = level_target(inner, l, level);
+                let b = p.level_bytes(level);
+                if b > t {
+                    // The excess, plus the overlapping part of the next level it merges with.
+                    debt += (b - t).saturating_mul(inner.opts.level_multiplier + 1);
+                }
+            }
+        }
+    }
+    debt
+}
+
+/// One compaction, as picked.
+pub(crate) struct CompactionJob {
+    pub version: u32,
+    pub partition: u32,
+    pub level: usize,
+    pub output_level: usize,
+    pub inputs: Vec<Arc<FileMeta>>,
+    /// Move the inputs to `output_level` without rewriting them.
+    pub trivial: bool,
+    pub files: Arc<FileSet>,
+    pub mems: Vec<Arc<MemTable>>,
+    pub stripes: Stripes,
+}
+
+fn overlap_range(files: &[Arc<FileMeta>]) -> (Bytes, Bytes) {
+    let lo = files.iter().map(|f| &f.smallest).min().cloned().unwrap_or_default();
+    let hi = files.iter().map(|f| &f.largest).max().cloned().unwrap_or_default();
+    (lo, hi)
+}
+
+impl Inner {
+    /// Picks the most urgent compaction in the target layout, marking its partition busy.
+    pub(crate) fn pick_compaction(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
+        let files = &view.files;
+        let layout = files.layouts.get(&files.target)?;
+        let mut best: Option<(f64, u32, usize)> = None;
+        for (pi, part) in layout.parts.iter().enumerate() {
+            if core.busy.contains(&(layout.id, pi as u32)) {
+                continue;
+            }
+            for (level, score) in scores(self, layout, part) {
+                if score >= 1.0 && best.is_none_or(|b| score > b.0) {
+                    best = Some((score, pi as u32, level));
+                }
+            }
+        }
+        let (_, pi, level) = best?;
+        let job = self.build_job(core, view, layout.id, pi, level)?;
+        core.busy.insert((layout.id, pi));
+        Some(job)
+    }
+
+    fn build_job(&self, core: &mut Core, view: &View, version: u32, pi: u32, level: usize) -> Option<CompactionJob> {
+        let layout = view.files.layouts.get(&version)?;
+        let part = layout.parts.get(pi as usize)?;
+        let out = level + 1;
+        let (inputs, trivial) = if level == 0 {
+            let l0 = part.levels[0].clone();
+            if l0.is_empty() {
+                return None;
+            }
+            let (lo, hi) = overlap_range(&l0);
+            let next = part.overlapping(1, &lo, &hi);
+            // Non-overlapping L0 files that touch nothing in L1 (sequential loads) move down
+            // without a rewrite.
+            let mut sorted = l0.clone();
+            sorted.sort_by(|a, b| a.smallest.cmp(&b.smallest));
+            let disjoint = sorted.windows(2).all(|w| w[0].largest < w[1].smallest);
+            if next.is_empty() && disjoint {
+                (sorted, true)
+            } else {
+                let mut v = l0;
+                v.extend(next);
+                (v, false)
+            }
+        } else {
+            let files = &part.levels[level];
+            if files.is_empty() {
+                return None;
+            }
+            // Round-robin through the level so every key range gets its turn.
+            let cursor = core.compact_cursor.get(&(version, pi, level));
+            let f = cursor
+                .and_then(|c| files.iter().find(|f| f.smallest > *c))
+                .unwrap_or(&files[0])
+                .clone();
+            core.compact_cursor
+                .insert((version, pi, level), f.largest.clone());
+            let next = part.overlapping(out, &f.smallest, &f.largest);
+            if next.is_empty() {
+                (vec![f], true)
+            } else {
+                let mut v = vec![f];
+                v.extend(next);
+                (v, false)
+            }
+        };
+        Some(CompactionJob {
+            version,
+            partition: pi,
+            level,
+            output_level: out,
+            inputs,
+            trivial,
+            files: view.files.clone(),
+            mems: view.memtables(),
+            stripes: Stripes::new(self.snapshot_list()),
+        })
+    }
+
+    /// A job compacting every data file of one partition into its deepest non-empty level.
+    pub(crate) fn full_partition_job(&self, view: &View, version: u32, pi: u32) -> Option<CompactionJob> {
+        let layout = view.files.layouts.get(&version)?;
+        let part = layout.parts.get(pi as usize)?;
+        let inputs: Vec<_> = part.data_files().cloned().collect();
+        if inputs.is_empty() {
+            return None;
+        }
+        let deepest = (1..MAX_LEVELS)
+            .rev()
+            .find(|&l| !part.levels[l].is_empty())
+            .unwrap_or(1);
+        Some(CompactionJob {
+            version,
+            partition: pi,
+            level: 0,
+            output_level: deepest,
+            inputs,
+            trivial: false,
+            files: view.files.clone(),
+            mems: view.memtables(),
+            stripes: Stripes::new(self.snapshot_list()),
+        })
+    }
+
+    /// Runs a picked job and installs its result. The caller clears the busy mark.
+    pub(crate) fn run_compaction(&self, job: &CompactionJob) -> Result<()> {
+        if job.trivial {
+            return self.install_compaction(job, Vec::new(), 0, 0);
+        }
+        let layout = job
+            .files
+            .layouts
+            .get(&job.version)
+            .ok_or(Error::UnknownVersion(job.version))?;
+        let range = KeyRange::all();
+        let sources: Vec<Source> = job
+            .inputs
+            .iter()
+            .map(|f| table_source(f, &range, Direction::Forward))
+            .collect();
+        let read: u64 = job.inputs.iter().map(|f| f.size).sum();
+        let merge = MergeIter::new(sources, Direction::Forward);
+        let input_set: HashSet<u64> = job.inputs.iter().map(|f| f.number).collect();
+        let mut out = Outputs::new(
+            self,
+            TableKind::Data,
+            job.output_level as u8,
+            Some(self.opts.target_file_bytes),
+        );
+        let mut cur_key: Option<Bytes> = None;
+        let mut last_stripe = None;
+        for r in merge {
+            let e = r?;
+            if cur_key.as_ref() != Some(&e.key) {
+                cur_key = Some(e.key.clone());
+                last_stripe = None;
+            }
+            let st = job.stripes.stripe(e.seqno);
+            if last_stripe == Some(st) {
+                continue;
+            }
+            last_stripe = Some(st);
+            if e.kind == Kind::Delete
+                && st == 0
+                && !older_entry_outside(job, &input_set, &e)
+            {
+                continue;
+            }
+            out.add(layout, job.partition, &e)?;
+        }
+        let written = out.bytes_written;
+        let outputs = out.finish()?;
+        let written = written.max(outputs.iter().map(|f| f.size).sum());
+        self.install_compaction(job, outputs, read, written)
+    }
+
+    fn install_compaction(&self, job: &CompactionJob, outputs: Vec<Arc<FileMeta>>, read: u64, written: u64) -> Result<()> {
+        let mut core = self.core.lock();
+        let view = self.view.load_full();
+        let removed: Vec<(u32, u32, u64)> = job
+            .inputs
+            .iter()
+            .map(|f| (f.layout_version, f.partition, f.number))
+            .collect();
+        let added: Vec<Arc<FileMeta>> = if job.trivial {
+            job.inputs
+                .iter()
+                .map(|f| Arc::new(f.at_level(job.output_level as u8)))
+                .collect()
+        } else {
+            outputs
+        };
+        let new_files = match view.files.apply(&added, &removed) {
+            Ok(f) => f,
+            Err(e) => {
+                for f in added.iter().filter(|_| !job.trivial) {
+                    f.mark_obsolete();
+                }
+                return Err(Error::corruption(&self.dir, 0, format!("compaction install: {e}")));
+            }
+        };
+        let mut edit = VersionEdit::default();
+        for n in &removed {
+            edit.push(EditRecord::DeleteFile(n.2));
+        }
+        for f in &added {
+            edit.push(EditRecord::AddFile(f.record()));
+        }
+        edit.push(EditRecord::NextFile(core.next_file));
+        if let Err(e) = self.log_edit(&mut core, &edit) {
+            if !job.trivial {
+                for f in &added {
+                    f.mark_obsolete();
+                }
+            }
+            return Err(e);
+        }
+        if !job.trivial {
+            for f in &job.inputs {
+                f.mark_obsolete();
+            }
+        }
+        self.swap_view(&core, |v| View {
+            mem: v.mem.clone(),
+            imm: v.imm.clone(),
+            files: Arc::new(new_files),
+        });
+        self.maybe_roll_manifest(&mut core)?;
+        drop(core);
+        if job.trivial {
+            Counters::add(&self.counters.trivial_moves, 1);
+        } else {
+            Counters::add(&self.counters.compactions, 1);
+            Counters::add(&self.counters.compaction_read, read);
+            Counters::add(&self.counters.compaction_written, written);
+        }
+        Ok(())
+    }
+
+    /// Flushes, then compacts every partition of every live layout into one level.
+    pub fn compact_all(&self) -> Result<()> {
+        self.flush_all()?;
+        let mut core = self.core.lock();
+        let view = self.view.load_full();
+        let mut queued = 0;
+        for l in view.files.layouts.values() {
+            for (pi, p) in l.parts.iter().enumerate() {
+                if p.data_file_count() > 0 {
+                    core.manual.push_back((l.id, pi as u32));
+                    queued += 1;
+                }
+            }
+        }
+        drop(view);
+        if queued == 0 {
+            return Ok(());
+        }
+        self.bg_cv.notify_all();
+        loop {
+            self.check_writable()?;
+            if core.manual.is_empty() && core.manual_running == 0 {
+                return match core.manual_error.take() {
+                    Some(e) => Err(Error::Background(format!("manual compaction: {e}"))),
+                    None => Ok(()),
+                };
+            }
+            self.stall_cv
+                .wait_for(&mut core, std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// True if an entry for `e.key` older than `e.seqno` may exist outside the job's inputs.
+fn older_entry_outside(job: &CompactionJob, inputs: &HashSet<u64>, e: &Entry) -> bool {
+    let key = e.key.as_ref();
+    if e.seqno <= 1 {
+        return false;
+    }
+    for m in &job.mems {
+        if m.min_seqno() < e.seqno && m.get(key, e.seqno - 1).is_some() {
+            return true;
+        }
+    }
+    let h = crate::sst::bloom::key_hash(key);
+    let older = |f: &Arc<FileMeta>| {
+        !inputs.contains(&f.number)
+            && f.min_seqno < e.seqno
+            && f.contains(key)
+            && f.table.may_contain_hash(h)
+    };
+    for layout in job.files.layouts.values() {
+        let Some(part) = layout.parts.get(layout.func.partition_of(key) as usize) else {
+            continue;
+        };
+        if part.levels[0].iter().any(older) {
+            return true;
+        }
+        for level in 1..MAX_LEVELS {
+            if part.file_for_key(level, key).is_some_and(older) {
+                return true;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,799 @@
+//! The database handle and the state shared by its foreground and background threads.
+//!
+//! Concurrency map:
+//! - `view` (lock-free swap): the memtables and file set readers use. Swapped only under
+//!   `core`, so every swap sees the previous one.
+//! - `wal` (mutex): the WAL and seqno allocation; held by the commit leader, and by memtable
+//!   rotation. Lock order is `wal` before `core`.
+//! - `core` (mutex): manifest, file numbers, layout registry, background bookkeeping.
+//! - `queue` (mutex): writers waiting for group commit.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+
+use crate::batch::WriteBatch;
+use crate::cache::BlockCache;
+use crate::error::{Error, Result};
+use crate::fs::{DirLock, Fs};
+use crate::iter::{build_sources, DbIter, Direction, KeyRange};
+use crate::layout::{PartitionFn, PartitionSpec};
+use crate::log::LogWriter;
+use crate::manifest::{EditRecord, ManifestWriter, VersionEdit};
+use crate::memtable::MemTable;
+use crate::options::{Options, WriteOptions};
+use crate::snapshot::Snapshot;
+use crate::sst::{TableKind, TableOptions};
+use crate::stats::{Counters, LevelStats, PartitionStats, Stats};
+use crate::version::FileSet;
+use crate::write::Writer;
+
+/// Identifies a registered partition function (a layout version): v1, v2, …
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VersionId(pub u32);
+
+impl std::fmt::Display for VersionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// One partition of a live layout version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub index: u32,
+    pub files: usize,
+    pub bytes: u64,
+    pub entries: u64,
+    pub pointer_files: usize,
+}
+
+/// One live layout version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub id: VersionId,
+    pub spec: PartitionSpec,
+    pub fingerprint: u64,
+    pub is_target: bool,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl VersionInfo {
+    pub fn files(&self) -> usize {
+        self.partitions.iter().map(|p| p.files).sum()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.partitions.iter().map(|p| p.bytes).sum()
+    }
+}
+
+/// The layout versions of a database, from [`Db::layout`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutInfo {
+    pub target: VersionId,
+    pub versions: Vec<VersionInfo>,
+    pub retired: Vec<VersionId>,
+}
+
+/// What recovery found when the database was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub wal_files: usize,
+    pub wal_batches: u64,
+    pub wal_entries: u64,
+    /// A torn tail dropped from the last WAL: (file, offset, bytes dropped).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    pub manifest_torn_tail: Option<(PathBuf, u64)>,
+    pub orphans_removed: usize,
+}
+
+/// What readers see: the memtables and the file set, swapped as one.
+pub(crate) struct View {
+    pub mem: Arc<MemTable>,
+    /// Frozen memtables, newest first.
+    pub imm: Vec<Arc<MemTable>>,
+    pub files: Arc<FileSet>,
+}
+
+impl View {
+    pub fn memtables(&self) -> Vec<Arc<MemTable>> {
+        let mut v = Vec::with_capacity(1 + self.imm.len());
+        v.push(self.mem.clone());
+        v.extend(self.imm.iter().cloned());
+        v
+    }
+}
+
+pub(crate) struct WalState {
+    pub log: LogWriter,
+    pub number: u64,
+    /// Highest seqno allocated.
+    pub last_seqno: u64,
+    pub last_flush: Instant,
+}
+
+/// A registered partition function, live or retired.
+pub(crate) struct Registered {
+    pub func: Arc<PartitionFn>,
+    pub retired: bool,
+}
+
+pub(crate) struct Core {
+    pub manifest: ManifestWriter,
+    pub next_file: u64,
+    /// WAL files below this number are fully flushed.
+    pub log_number: u64,
+    /// Highest seqno known to be in SSTables.
+    pub flushed_seqno: u64,
+    pub registry: BTreeMap<u32, Registered>,
+    /// Partitions (version, partition) with a compaction in flight.
+    pub busy: HashSet<(u32, u32)>,
+    pub flushing: bool,
+    /// In-flight jobs writing outputs into each layout version (blocks its retirement).
+    pub writing_to: HashMap<u32, usize>,
+    pub controller: Option<(u64, Vec<u8>)>,
+    /// Round-robin compaction cursor per (version, partition, level).
+    pub compact_cursor: HashMap<(u32, u32, usize), Bytes>,
+    /// Jobs running right now.
+    pub running: usize,
+    /// Manual compactions waiting to run, and how many are in flight.
+    pub manual: VecDeque<(u32, u32)>,
+    pub manual_running: usize,
+    pub manual_error: Option<String>,
+    /// Compaction failures in a row (backs off retries, e.g. while the disk is full).
+    pub compaction_failures: u32,
+}
+
+impl Core {
+    pub fn new_file_number(&mut self) -> u64 {
+        let n = self.next_file;
+        self.next_file += 1;
+        n
+    }
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub opts: Options,
+    pub fs: Arc<dyn Fs>,
+    pub cache: Arc<BlockCache>,
+    pub table_opts: TableOptions,
+    pub view: ArcSwap<View>,
+    /// Highest seqno whose batch is completely in the memtable: the latest snapshot.
+    pub visible: AtomicU64,
+    pub core: Mutex<Core>,
+    /// Wakes background workers (paired with `core`).
+    pub bg_cv: Condvar,
+    /// Wakes writers waiting for a flush or compaction (paired with `core`).
+    pub stall_cv: Condvar,
+    pub queue: Mutex<VecDeque<Arc<Writer>>>,
+    pub queue_cv: Condvar,
+    pub wal: Mutex<WalState>,
+    /// Open snapshots: seqno -> count.
+    pub snapshots: Mutex<BTreeMap<u64, usize>>,
+    pub counters: Counters,
+    pub closing: AtomicBool,
+    pub failed: AtomicBool,
+    pub failure: Mutex<Option<String>>,
+    pub lock: Mutex<Option<Box<dyn DirLock>>>,
+    pub threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Largest L0 file count of any partition, and the compaction debt, for write stalls.
+    pub l0_max: AtomicUsize,
+    pub pending_compaction: AtomicU64,
+    pub recovery: Mutex<RecoveryReport>,
+    pub slowdown_debt: Mutex<(Instant, f64)>,
+    pub last_background_error: Mutex<Option<String>>,
+    pub move_bucket: Mutex<(Instant, f64)>,
+}
+
+/// The whole state as one edit (the first record of a new manifest).
+pub(crate) fn snapshot_edit(
+    next_file: u64,
+    flushed_seqno: u64,
+    log_number: u64,
+    registry: &BTreeMap<u32, Registered>,
+    files: &FileSet,
+    controller: Option<&(u64, Vec<u8>)>,
+) -> VersionEdit {
+    let mut e = VersionEdit::default();
+    e.push(EditRecord::NextFile(next_file))
+        .push(EditRecord::LastSeqno(flushed_seqno))
+        .push(EditRecord::LogNumber(log_number));
+    for (id, r) in registry {
+        e.push(EditRecord::RegisterLayout {
+            id: *id,
+            spec: r.func.spec().to_bytes(),
+        });
+    }
+    for (id, r) in registry {
+        if r.retired {
+            e.push(EditRecord::RetireLayout(*id));
+        }
+    }
+    e.push(EditRecord::SetTarget(files.target));
+    for f in files.all_files() {
+        e.push(EditRecord::AddFile(f.record()));
+    }
+    if let Some((epoch, state)) = controller {
+        e.push(EditRecord::Controller {
+            epoch: *epoch,
+            state: state.clone(),
+        });
+    }
+    e
+}
+
+pub(crate) fn table_file(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:06}.sst"))
+}
+
+pub(crate) fn wal_file(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:06}.log"))
+}
+
+impl Inner {
+    /// Stops accepting writes after an error that leaves durability in doubt.
+    pub fn fail(&self, reason: String) {
+        let mut f = self.failure.lock();
+        if f.is_none() {
+            *f = Some(reason);
+        }
+        self.failed.store(true, Ordering::Release);
+        Counters::add(&self.counters.background_errors, 1);
+        // Wake everyone who might be waiting for progress that will not come.
+        self.stall_cv.notify_all();
+        self.bg_cv.notify_all();
+    }
+
+    /// Records a background error that did not stop writes.
+    pub fn note_background_error(&self, e: &Error) {
+        Counters::add(&self.counters.background_errors, 1);
+        *self.last_background_error.lock() = Some(e.to_string());
+    }
+
+    pub fn check_writable(&self) -> Result<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if self.failed.load(Ordering::Acquire) {
+            let r = self.failure.lock().clone().unwrap_or_default();
+            return Err(Error::ReadOnly(r));
+        }
+        Ok(())
+    }
+
+    pub fn oldest_snapshot(&self) -> Option<u64> {
+        self.snapshots.lock().keys().next().copied()
+    }
+
+    pub fn snapshot_list(&self) -> Vec<u64> {
+        self.snapshots.lock().keys().copied().collect()
+    }
+
+    /// Appends an edit to the manifest; on failure the database turns read-only, since the
+    /// manifest may now end in a torn record.
+    pub fn log_edit(&self, core: &mut Core, edit: &VersionEdit) -> Result<()> {
+        if let Err(e) = core.manifest.append(edit) {
+            self.fail(format!("manifest write failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the manifest as one snapshot edit when the log has grown large.
+    pub fn maybe_roll_manifest(&self, core: &mut Core) -> Result<()> {
+        if core.manifest.size() < 64 << 20 {
+            return Ok(());
+        }
+        let view = self.view.load();
+        let snap = self.snapshot_edit(core, &view.files);
+        let number = core.new_file_number();
+        let old = core.manifest.number();
+        let w = ManifestWriter::create(self.fs.as_ref(), &self.dir, number, &snap)?;
+        core.manifest = w;
+        let _ = self
+            .fs
+            .remove(&self.dir.join(crate::manifest::manifest_name(old)));
+        Ok(())
+    }
+
+    /// The whole state as one edit (the first record of a new manifest).
+    pub fn snapshot_edit(&self, core: &Core, files: &FileSet) -> VersionEdit {
+        snapshot_edit(
+            core.next_file,
+            core.flushed_seqno,
+            core.log_number,
+            &core.registry,
+            files,
+            core.controller.as_ref(),
+        )
+    }
+
+    /// Swaps in a new view built from the current one. Call with `core` held.
+    pub fn swap_view(&self, _core: &Core, f: impl FnOnce(&View) -> View) {
+        let cur = self.view.load_full();
+        let next = f(&cur);
+        self.update_pressure(&next.files);
+        self.view.store(Arc::new(next));
+        self.stall_cv.notify_all();
+    }
+
+    /// Recomputes the figures write stalls are decided on.
+    fn update_pressure(&self, files: &FileSet) {
+        let mut l0 = 0;
+        for l in files.layouts.values() {
+            for p in &l.parts {
+                l0 = l0.max(p.levels[0].len());
+            }
+        }
+        self.l0_max.store(l0, Ordering::Relaxed);
+        self.pending_compaction
+            .store(crate::compaction::pending_bytes(self, files), Ordering::Relaxed);
+    }
+
+    pub fn sst_path(&self, n: u64) -> PathBuf {
+        table_file(&self.dir, n)
+    }
+
+    /// The latest snapshot: every batch at or below it is fully applied.
+    pub fn latest(&self) -> u64 {
+        self.visible.load(Ordering::Acquire)
+    }
+
+    pub fn iter_at(self: &Arc<Self>, range: KeyRange, snapshot: u64, hold: Option<Box<dyn Send + Sync>>) -> DbIter {
+        let view = self.view.load_full();
+        let factory = Box::new(move |dir: Direction| {
+            build_sources(&view.memtables(), &view.files, &range, snapshot, dir)
+        });
+        DbIter::new(factory, snapshot, hold)
+    }
+}
+
+/// An open Sluice database. Cheap to clone; all clones share one engine. The engine shuts
+/// down when the last clone is dropped or [`Db::close`] is called.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<Inner>,
+    _owner: Arc<OwnerToken>,
+}
+
+/// Dropped with the last `Db` clone; stops the background threads.
+pub(crate) struct OwnerToken(pub Arc<Inner>);
+
+impl Drop for OwnerToken {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// Key ranges accepted by [`Db::range`]: `..`, `a..b`, `a..=b`, `a..`, `..b`, `..=b` and
+/// `(Bound, Bound)`, over anything byte-like (`&str`, `&[u8]`, `Vec<u8>`, `Bytes`, …).
+pub trait KeyBounds {
+    fn key_range(&self) -> KeyRange;
+}
+
+fn owned_bound<K: AsRef<[u8]>>(b: std::ops::Bound<&K>) -> std::ops::Bound<Bytes> {
+    use std::ops::Bound;
+    match b {
+        Bound::Included(k) => Bound::Included(Bytes::copy_from_slice(k.as_ref())),
+        Bound::Excluded(k) => Bound::Excluded(Bytes::copy_from_slice(k.as_ref())),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl KeyBounds for std::ops::RangeFull {
+    fn key_range(&self) -> KeyRange {
+        KeyRange::all()
+    }
+}
+
+macro_rules! key_bounds {
+    ($($t:ident),*) => {$(
+        impl<K: AsRef<[u8]>> KeyBounds for std::ops::$t<K> {
+            fn key_range(&self) -> KeyRange {
+                KeyRange {
+                    start: owned_bound(self.start_bound()),
+                    end: owned_bound(self.end_bound()),
+                }
+            }
+        }
+    )*};
+}
+key_bounds!(Range, RangeInclusive, RangeFrom, RangeTo, RangeToInclusive);
+
+impl<K: AsRef<[u8]>> KeyBounds for (std::ops::Bound<K>, std::ops::Bound<K>) {
+    fn key_range(&self) -> KeyRange {
+        KeyRange {
+            start: owned_bound(self.0.as_ref()),
+            end: owned_bound(self.1.as_ref()),
+        }
+    }
+}
+
+impl KeyBounds for KeyRange {
+    fn key_range(&self) -> KeyRange {
+        self.clone()
+    }
+}
+
+impl Db {
+    /// Opens the database at `path`, creating it if `opts.create_if_missing`.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        let inner = crate::recovery::open(path.as_ref(), opts)?;
+        let db = Db {
+            _owner: Arc::new(OwnerToken(inner.clone())),
+            inner,
+        };
+        crate::background::start(&db.inner);
+        Ok(db)
+    }
+
+    /// The directory this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put(key, value);
+        self.write(b)
+    }
+
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(key);
+        self.write(b)
+    }
+
+    /// Applies a batch atomically (not synced).
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.write_opt(batch, &WriteOptions::default())
+    }
+
+    /// Applies a batch atomically; with `sync`, returns only once it is durable.
+    pub fn write_opt(&self, batch: WriteBatch, opts: &WriteOptions) -> Result<()> {
+        self.inner.write(batch, opts.sync).map(|_| ())
+    }
+
+    /// The value of `key` at the latest snapshot.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        self.inner.get(key.as_ref(), None)
+    }
+
+    /// A consistent point-in-time view across every partition and layout version.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.inner.clone())
+    }
+
+    /// Iterates `(key, value)` pairs in key order over `range` at the latest snapshot,
+    /// whatever the layout. Double-ended: `.rev()` walks backwards.
+    pub fn range(&self, range: impl KeyBounds) -> DbIter {
+        let seq = self.inner.latest();
+        self.inner.iter_at(range.key_range(), seq, None)
+    }
+
+    /// Iterates every key with the given prefix.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> DbIter {
+        let p = prefix.as_ref();
+        let start = std::ops::Bound::Included(Bytes::copy_from_slice(p));
+        let end = match crate::util::prefix_successor(p) {
+            Some(s) => std::ops::Bound::Excluded(Bytes::from(s)),
+            None => std::ops::Bound::Unbounded,
+        };
+        let seq = self.inner.latest();
+        self.inner
+            .iter_at(KeyRange { start, end }, seq, None)
+    }
+
+    /// Freezes the memtable and waits until every frozen memtable is in SSTables.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush_all()
+    }
+
+    /// Flushes, then compacts every partition of every live layout down to one level.
+    pub fn compact(&self) -> Result<()> {
+        self.inner.compact_all()
+    }
+
+    /// Makes unsynced writes durable (fsyncs the WAL).
+    pub fn sync_wal(&self) -> Result<()> {
+        self.inner.sync_wal()
+    }
+
+    /// Registers a new partition function as a layout version. It receives data only once
+    /// made the target.
+    pub fn register_partition_fn(&self, spec: PartitionSpec) -> Result<VersionId> {
+        self.inner.register_layout(spec).map(VersionId)
+    }
+
+    /// Makes `v` the layout that flushes write into. Every other live layout drains. One
+    /// atomic manifest edit; no data is copied. Setting it back is a rollback.
+    pub fn set_target(&self, v: VersionId) -> Result<()> {
+        self.inner.set_target(v.0)
+    }
+
+    /// Live layout versions, the target, and per-partition files and bytes.
+    pub fn layout(&self) -> LayoutInfo {
+        self.inner.layout_info()
+    }
+
+    /// Counters and LSM shape.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// What recovery found when this database was opened.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.inner.recovery.lock().clone()
+    }
+
+    /// The latest sequence number visible to readers.
+    pub fn latest_seqno(&self) -> u64 {
+        self.inner.latest()
+    }
+
+    /// Flushes the WAL buffer, fsyncs it, stops background work and releases the directory
+    /// lock. Later calls on any clone return [`Error::Closed`].
+    pub fn close(self) -> Result<()> {
+        self.inner.shutdown()
+    }
+}
+
+impl Inner {
+    pub fn register_layout(&self, spec: PartitionSpec) -> Result<u32> {
+        self.check_writable()?;
+        let func = Arc::new(PartitionFn::new(spec)?);
+        let mut core = self.core.lock();
+        let id = core.registry.keys().next_back().copied().unwrap_or(0) + 1;
+        let mut e = VersionEdit::default();
+        e.push(EditRecord::RegisterLayout {
+            id,
+            spec: func.spec().to_bytes(),
+        });
+        self.log_edit(&mut core, &e)?;
+        core.registry.insert(
+            id,
+            Registered {
+                func: func.clone(),
+                retired: false,
+            },
+        );
+        self.swap_view(&core, |v| {
+            let mut files = (*v.files).clone();
+            files
+                .layouts
+                .insert(id, crate::version::LayoutState::new(id, func));
+            View {
+                mem: v.mem.clone(),
+                imm: v.imm.clone(),
+                files: Arc::new(files),
+            }
+        });
+        Ok(id)
+    }
+
+    pub fn set_target(&self, id: u32) -> Result<()> {
+        self.check_writable()?;
+        let mut core = self.core.lock();
+        match core.registry.get(&id) {
+            None => return Err(Error::UnknownVersion(id)),
+            Some(r) if r.retired => return Err(Error::VersionRetired(id)),
+            Some(_) => {}
+        }
+        if self.view.load().files.target == id {
+            return Ok(());
+        }
+        let mut e = VersionEdit::default();
+        e.push(EditRecord::SetTarget(id));
+        self.log_edit(&mut core, &e)?;
+        self.swap_view(&core, |v| {
+            let mut files = (*v.files).clone();
+            files.target = id;
+            View {
+                mem: v.mem.clone(),
+                imm: v.imm.clone(),
+                files: Arc::new(files),
+            }
+        });
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
+    /// Retires draining layouts that hold no data files and no in-flight job writes to.
+    pub fn retire_drained(&self, core: &mut Core) -> Result<Vec<u32>> {
+        let view = self.view.load_full();
+        let files = &view.files;
+        let mut retire = Vec::new();
+        for l in files.draining() {
+            if l.data_file_count() == 0 && core.writing_to.get(&l.id).copied().unwrap_or(0) == 0 {
+                retire.push(l.id);
+            }
+        }
+        if retire.is_empty() {
+            return Ok(retire);
+        }
+        let mut e = VersionEdit::default();
+        let mut removed = Vec::new();
+        for id in &retire {
+            e.push(EditRecord::RetireLayout(*id));
+            for f in files.layouts[id].pointer_files() {
+                e.push(EditRecord::DeleteFile(f.number));
+                removed.push(f.clone());
+            }
+        }
+        self.log_edit(core, &e)?;
+        for f in &removed {
+            f.mark_obsolete();
+        }
+        for id in &retire {
+            if let Some(r) = core.registry.get_mut(id) {
+                r.retired = true;
+            }
+        }
+        self.swap_view(core, |v| {
+            let mut fs = (*v.files).clone();
+            for id in &retire {
+                fs.layouts.remove(id);
+            }
+            View {
+                mem: v.mem.clone(),
+                imm: v.imm.clone(),
+                files: Arc::new(fs),
+            }
+        });
+        Ok(retire)
+    }
+
+    pub fn layout_info(&self) -> LayoutInfo {
+        let view = self.view.load_full();
+        let core = self.core.lock();
+        let files = &view.files;
+        let versions = files
+            .layouts
+            .values()
+            .map(|l| VersionInfo {
+                id: VersionId(l.id),
+                spec: l.func.spec().clone(),
+                fingerprint: l.func.fingerprint(),
+                is_target: l.id == files.target,
+                partitions: l
+                    .parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| PartitionInfo {
+                        index: i as u32,
+                        files: p.data_file_count(),
+                        bytes: p.data_bytes(),
+                        entries: p.data_files().map(|f| f.entries).sum(),
+                        pointer_files: p.pointers.len(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let retired = core
+            .registry
+            .iter()
+            .filter(|(_, r)| r.retired)
+            .map(|(id, _)| VersionId(*id))
+            .collect();
+        LayoutInfo {
+            target: VersionId(files.target),
+            versions,
+            retired,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let view = self.view.load_full();
+        let c = &self.counters;
+        let g = Counters::get;
+        let mut levels: Vec<LevelStats> = (0..crate::manifest::MAX_LEVELS)
+            .map(|level| LevelStats {
+                level,
+                ..Default::default()
+            })
+            .collect();
+        let mut partitions = Vec::new();
+        for l in view.files.layouts.values() {
+            for (i, p) in l.parts.iter().enumerate() {
+                for (lv, files) in p.levels.iter().enumerate() {
+                    levels[lv].files += files.len();
+                    levels[lv].bytes += files.iter().map(|f| f.size).sum::<u64>();
+                }
+                partitions.push(PartitionStats {
+                    version: l.id,
+                    partition: i as u32,
+                    files: p.data_file_count(),
+                    bytes: p.data_bytes(),
+                    entries: p.data_files().map(|f| f.entries).sum(),
+                    level_files: p.levels.iter().map(|l| l.len()).collect(),
+                });
+            }
+        }
+        let user = g(&c.user_bytes);
+        let device = g(&c.wal_bytes) + g(&c.flush_bytes) + g(&c.compaction_written);
+        Stats {
+            levels,
+            partitions,
+            user_bytes_written: user,
+            writes: g(&c.writes),
+            wal_bytes_written: g(&c.wal_bytes),
+            wal_syncs: g(&c.wal_syncs),
+            flushes: g(&c.flushes),
+            bytes_flushed: g(&c.flush_bytes),
+            compactions: g(&c.compactions),
+            trivial_moves: g(&c.trivial_moves),
+            compaction_bytes_read: g(&c.compaction_read),
+            compaction_bytes_written: g(&c.compaction_written),
+            migration_bytes_read: g(&c.migration_read),
+            migration_bytes_written: g(&c.migration_written),
+            lazy_moves: g(&c.moves),
+            lazy_moved_bytes: g(&c.moved_bytes),
+            write_amplification: if user == 0 {
+                0.0
+            } else {
+                device as f64 / user as f64
+            },
+            stall_micros: g(&c.stall_micros),
+            stalls: g(&c.stalls),
+            slowdown_micros: g(&c.slowdown_micros),
+            slowdowns: g(&c.slowdowns),
+            pending_compaction_bytes: self.pending_compaction.load(Ordering::Relaxed),
+            memtable_bytes: view
+                .memtables()
+                .iter()
+                .map(|m| m.approximate_bytes() as u64)
+                .sum(),
+            immutable_memtables: view.imm.len(),
+            block_cache_bytes: self.cache.used(),
+            live_sst_bytes: view.files.total_bytes(),
+            last_seqno: self.latest(),
+            background_errors: g(&c.background_errors),
+        }
+    }
+
+    /// Flushes and fsyncs the WAL.
+    pub fn sync_wal(&self) -> Result<()> {
+        self.check_writable()?;
+        let mut w = self.wal.lock();
+        if let Err(e) = w.log.sync() {
+            drop(w);
+            self.fail(format!("WAL sync failed: {e}"));
+            return Err(e);
+        }
+        Counters::add(&self.counters.wal_syncs, 1);
+        Ok(())
+    }
+
+    /// Stops background threads, makes the WAL durable and releases the lock. Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        {
+            let _c = self.core.lock();
+            self.bg_cv.notify_all();
+            self.stall_cv.notify_all();
+        }
+        self.queue_cv.notify_all();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        let r = if self.failed.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            self.wal.lock().log.sync()
+        };
+        self.lock.lock().take();
+        r
+    }
+}

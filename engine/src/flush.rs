@@ -1,0 +1,163 @@
+//! Flushing a frozen memtable into L0 files of the target layout (write-time correction:
+//! new data always lands in the layout being migrated to).
+//!
+//! Entries that a lazy read moved out of a draining layout are written to the target like
+//! any other, and the same flush writes a forwarding pointer for each of them into the
+//! draining partition they came from. Value and pointer become durable in one manifest edit,
+//! so a pointer never names a copy that a crash could lose.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::coding::put_varint;
+use crate::compaction::Stripes;
+use crate::db::{wal_file, Inner, View};
+use crate::error::Result;
+use crate::manifest::{EditRecord, VersionEdit};
+use crate::memtable::MemTable;
+use crate::output::Outputs;
+use crate::sst::TableKind;
+use crate::stats::Counters;
+use crate::types::{Entry, Kind};
+use crate::version::{FileMeta, FileSet};
+
+impl Inner {
+    /// Flushes the oldest frozen memtable. Called by a background worker that set
+    /// `core.flushing`.
+    pub(crate) fn flush_oldest(&self) -> Result<()> {
+        let (mem, files, stripes) = {
+            let core = self.core.lock();
+            let view = self.view.load_full();
+            let Some(mem) = view.imm.last().cloned() else {
+                return Ok(());
+            };
+            let files = view.files.clone();
+            drop(core);
+            (mem, files, Stripes::new(self.snapshot_list()))
+        };
+        let target = files.target;
+        self.core.lock().writing_to.entry(target).and_modify(|c| *c += 1).or_insert(1);
+        let result = self.write_memtable(&mem, &files, &stripes);
+        let mut core = self.core.lock();
+        if let Some(c) = core.writing_to.get_mut(&target) {
+            *c -= 1;
+        }
+        let (outputs, bytes) = result?;
+        // The WAL that can be dropped now: everything below the oldest memtable still unflushed.
+        let view = self.view.load_full();
+        let remaining: Vec<&Arc<MemTable>> = view
+            .imm
+            .iter()
+            .filter(|m| !Arc::ptr_eq(m, &mem))
+            .collect();
+        let log_number = remaining
+            .last()
+            .map(|m| m.wal_number())
+            .unwrap_or_else(|| view.mem.wal_number());
+        // Pointer files for a layout retired while the flush ran are simply dropped.
+        let (outputs, orphaned): (Vec<_>, Vec<_>) = outputs
+            .into_iter()
+            .partition(|f| view.files.layouts.contains_key(&f.layout_version));
+        for f in &orphaned {
+            f.mark_obsolete();
+        }
+        let new_files = view
+            .files
+            .apply(&outputs, &[])
+            .map_err(|e| crate::Error::corruption(&self.dir, 0, format!("flush install: {e}")))?;
+        let mut edit = VersionEdit::default();
+        for f in &outputs {
+            edit.push(EditRecord::AddFile(f.record()));
+        }
+        let flushed_seqno = core.flushed_seqno.max(mem.max_seqno());
+        edit.push(EditRecord::LogNumber(log_number))
+            .push(EditRecord::LastSeqno(flushed_seqno))
+            .push(EditRecord::NextFile(core.next_file));
+        self.log_edit(&mut core, &edit)?;
+        let old_log = core.log_number;
+        core.log_number = log_number;
+        core.flushed_seqno = flushed_seqno;
+        self.swap_view(&core, |v| View {
+            mem: v.mem.clone(),
+            imm: v.imm.iter().filter(|m| !Arc::ptr_eq(m, &mem)).cloned().collect(),
+            files: Arc::new(new_files),
+        });
+        self.maybe_roll_manifest(&mut core)?;
+        drop(core);
+        for n in old_log..log_number {
+            let p = wal_file(&self.dir, n);
+            if self.fs.exists(&p) {
+                let _ = self.fs.remove(&p);
+            }
+        }
+        Counters::add(&self.counters.flushes, 1);
+        Counters::add(&self.counters.flush_bytes, bytes);
+        Ok(())
+    }
+
+    /// Writes a memtable's entries into L0 of the target layout (plus pointer files).
+    pub(crate) fn write_memtable(
+        &self,
+        mem: &MemTable,
+        files: &FileSet,
+        stripes: &Stripes,
+    ) -> Result<(Vec<Arc<FileMeta>>, u64)> {
+        let target = files.target_layout();
+        let mut data = Outputs::new(self, TableKind::Data, 0, None);
+        let mut pointers = Outputs::new(self, TableKind::Pointers, 0, None);
+        let mut target_id = Vec::new();
+        put_varint(&mut target_id, target.id as u64);
+        let target_id = Bytes::from(target_id);
+        let mut cur_key: Option<Bytes> = None;
+        let mut last_stripe = None;
+        let mut err = None;
+        mem.for_each(|e: Entry, moved_from: u32| {
+            if err.is_some() {
+                return;
+            }
+            if cur_key.as_ref() != Some(&e.key) {
+                cur_key = Some(e.key.clone());
+                last_stripe = None;
+            }
+            let st = stripes.stripe(e.seqno);
+            if last_stripe == Some(st) {
+                return;
+            }
+            last_stripe = Some(st);
+            let p = target.func.partition_of(&e.key);
+            if let Err(x) = data.add(target, p, &e) {
+                err = Some(x);
+                return;
+            }
+            if moved_from != 0 && moved_from != target.id {
+                if let Some(src) = files.layouts.get(&moved_from) {
+                    let ptr = Entry {
+                        key: e.key.clone(),
+                        seqno: e.seqno,
+                        kind: Kind::Forward,
+                        value: target_id.clone(),
+                    };
+                    if let Err(x) = pointers.add(src, src.func.partition_of(&e.key), &ptr) {
+                        err = Some(x);
+                    }
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let mut out = data.finish()?;
+        let bytes: u64 = out.iter().map(|f| f.size).sum();
+        match pointers.finish() {
+            Ok(p) => out.extend(p),
+            Err(e) => {
+                for f in &out {
+                    f.mark_obsolete();
+                }
+                return Err(e);
+            }
+        }
+        Ok((out, bytes))
+    }
+}

@@ -1,0 +1,450 @@
+//! The file-system interface. Every byte the engine reads or writes goes through [`Fs`], so
+//! tests can swap in [`FaultFs`] and make an append fail with ENOSPC, an fsync fail with EIO,
+//! a write come up short, or throw away everything that was not fsynced (a simulated power
+//! cut).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+/// A file open for appending.
+pub trait WritableFile: Send {
+    /// Appends all of `data` (or fails; a failure may leave a prefix written).
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes everything appended so far durable (fdatasync).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A held directory lock; dropping it releases the lock.
+pub trait DirLock: Send + Sync {}
+
+/// The operations the engine needs from a file system.
+pub trait Fs: Send + Sync + fmt::Debug {
+    /// Creates (or truncates) a file for appending.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Maps a whole file read-only. The bytes stay valid for as long as they are held.
+    fn map(&self, path: &Path) -> io::Result<Bytes>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// File names (not paths) in a directory.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+    fn file_size(&self, path: &Path) -> io::Result<u64>;
+    /// Takes an exclusive advisory lock on `path` without blocking.
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
+    /// Hard-links `from` to `to` (checkpoints).
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+struct StdFile(File);
+
+impl WritableFile for StdFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write_all(data)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+struct StdLock(#[allow(dead_code, reason = "held for its Drop, which unlocks")] File);
+impl DirLock for StdLock {}
+
+impl Fs for StdFs {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(StdFile(f)))
+    }
+
+    fn map(&self, path: &Path) -> io::Result<Bytes> {
+        let f = File::open(path)?;
+        let len = f.metadata()?.len();
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        // SAFETY: Sluice never modifies a file after it is complete (SSTables, finished WAL
+        // and manifest files are immutable; the live WAL is only appended to, past the mapped
+        // length). A file truncated underneath us by another process could fault on access;
+        // the directory lock keeps other Sluice processes from writing here.
+        let m = unsafe { memmap2::Mmap::map(&f)? };
+        Ok(Bytes::from_owner(m))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if let Some(n) = e.file_name().to_str() {
+                out.push(n.to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn file_size(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Box::new(StdLock(f)))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+}
+
+/// Which operation a fault applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FsOp {
+    Create,
+    Append,
+    Sync,
+    Rename,
+    Remove,
+    SyncDir,
+    Map,
+}
+
+/// What goes wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// No space left on device (ENOSPC).
+    NoSpace,
+    /// Input/output error (EIO).
+    Io,
+    /// An append writes only the first half of its bytes, then fails with ENOSPC.
+    ShortWrite,
+}
+
+/// One injected fault: the `skip + 1`-th matching operation (and, if `sticky`, every one after
+/// it) fails.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub op: FsOp,
+    /// Only paths whose file name contains this string match (e.g. ".log", ".sst", "MANIFEST").
+    pub path_contains: Option<String>,
+    pub kind: FaultKind,
+    pub skip: u64,
+    pub sticky: bool,
+}
+
+#[derive(Default)]
+struct FaultState {
+    faults: Vec<(Fault, u64)>,
+    /// For each file written through this Fs: bytes appended and bytes known durable.
+    files: HashMap<PathBuf, (u64, u64)>,
+    injected: u64,
+}
+
+/// A file system that delegates to [`StdFs`] and injects faults on request. It also tracks
+/// how much of each file was fsynced, so [`FaultFs::lose_unsynced`] can simulate a power cut.
+#[derive(Clone, Default)]
+pub struct FaultFs {
+    state: Arc<Mutex<FaultState>>,
+}
+
+impl fmt::Debug for FaultFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FaultFs")
+    }
+}
+
+impl FaultFs {
+    pub fn new() -> FaultFs {
+        FaultFs::default()
+    }
+
+    /// Arms a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.state.lock().faults.push((fault, 0));
+    }
+
+    /// Disarms every fault.
+    pub fn clear(&self) {
+        self.state.lock().faults.clear();
+    }
+
+    /// How many operations failed because of an injected fault.
+    pub fn injected(&self) -> u64 {
+        self.state.lock().injected
+    }
+
+    /// Truncates every file written through this Fs to its last fsynced length, as a power
+    /// cut would. Call it only after the `Db` using this Fs is gone.
+    pub fn lose_unsynced(&self) -> io::Result<()> {
+        let st = self.state.lock();
+        for (path, (_, synced)) in st.files.iter() {
+            if path.exists() {
+                let f = OpenOptions::new().write(true).open(path)?;
+                if f.metadata()?.len() > *synced {
+                    f.set_len(*synced)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, op: FsOp, path: &Path) -> Option<FaultKind> {
+        let mut st = self.state.lock();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut hit = None;
+        for (f, seen) in st.faults.iter_mut() {
+            if f.op != op {
+                continue;
+            }
+            if let Some(p) = &f.path_contains {
+                if !name.contains(p.as_str()) {
+                    continue;
+                }
+            }
+            *seen += 1;
+            if *seen > f.skip && (f.sticky || *seen == f.skip + 1) {
+                hit = Some(f.kind);
+                break;
+            }
+        }
+        if hit.is_some() {
+            st.injected += 1;
+        }
+        hit
+    }
+}
+
+fn fault_error(kind: FaultKind) -> io::Error {
+    match kind {
+        FaultKind::NoSpace | FaultKind::ShortWrite => io::Error::from_raw_os_error(28),
+        FaultKind::Io => io::Error::from_raw_os_error(5),
+    }
+}
+
+struct FaultFile {
+    fs: FaultFs,
+    path: PathBuf,
+    inner: Box<dyn WritableFile>,
+}
+
+impl WritableFile for FaultFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.fs.check(FsOp::Append, &self.path) {
+            Some(FaultKind::ShortWrite) => {
+                let half = &data[..data.len() / 2];
+                self.inner.append(half)?;
+                self.fs
+                    .state
+                    .lock()
+                    .files
+                    .entry(self.path.clone())
+                    .or_default()
+                    .0 += half.len() as u64;
+                Err(fault_error(FaultKind::ShortWrite))
+            }
+            Some(k) => Err(fault_error(k)),
+            None => {
+                self.inner.append(data)?;
+                self.fs
+                    .state
+                    .lock()
+                    .files
+                    .entry(self.path.clone())
+                    .or_default()
+                    .0 += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if let Some(k) = self.fs.check(FsOp::Sync, &self.path) {
+            return Err(fault_error(k));
+        }
+        self.inner.sync()?;
+        let mut st = self.fs.state.lock();
+        let e = st.files.entry(self.path.clone()).or_default();
+        e.1 = e.0;
+        Ok(())
+    }
+}
+
+impl Fs for FaultFs {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        if let Some(k) = self.check(FsOp::Create, path) {
+            return Err(fault_error(k));
+        }
+        let inner = StdFs.create(path)?;
+        self.state.lock().files.insert(path.to_path_buf(), (0, 0));
+        Ok(Box::new(FaultFile {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            inner,
+        }))
+    }
+
+    fn map(&self, path: &Path) -> io::Result<Bytes> {
+        if let Some(k) = self.check(FsOp::Map, path) {
+            return Err(fault_error(k));
+        }
+        StdFs.map(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if let Some(k) = self.check(FsOp::Rename, to) {
+            return Err(fault_error(k));
+        }
+        StdFs.rename(from, to)?;
+        let mut st = self.state.lock();
+        if let Some(v) = st.files.remove(from) {
+            st.files.insert(to.to_path_buf(), v);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        if let Some(k) = self.check(FsOp::Remove, path) {
+            return Err(fault_error(k));
+        }
+        StdFs.remove(path)?;
+        self.state.lock().files.remove(path);
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        StdFs.list(dir)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if let Some(k) = self.check(FsOp::SyncDir, dir) {
+            return Err(fault_error(k));
+        }
+        StdFs.sync_dir(dir)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        StdFs.exists(path)
+    }
+
+    fn file_size(&self, path: &Path) -> io::Result<u64> {
+        StdFs.file_size(path)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        StdFs.lock(path)
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFs.hard_link(from, to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_fire_on_the_chosen_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        fs.inject(Fault {
+            op: FsOp::Append,
+            path_contains: Some(".log".into()),
+            kind: FaultKind::NoSpace,
+            skip: 1,
+            sticky: false,
+        });
+        let mut f = fs.create(&dir.path().join("a.log")).unwrap();
+        f.append(b"one").unwrap();
+        let e = f.append(b"two").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(28));
+        f.append(b"three").unwrap();
+        let mut g = fs.create(&dir.path().join("b.sst")).unwrap();
+        g.append(b"x").unwrap();
+        assert_eq!(fs.injected(), 1);
+    }
+
+    #[test]
+    fn short_write_leaves_a_prefix_and_power_cut_drops_unsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let p = dir.path().join("w.log");
+        let mut f = fs.create(&p).unwrap();
+        f.append(b"durable").unwrap();
+        f.sync().unwrap();
+        fs.inject(Fault {
+            op: FsOp::Append,
+            path_contains: None,
+            kind: FaultKind::ShortWrite,
+            skip: 0,
+            sticky: false,
+        });
+        assert!(f.append(b"12345678").is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"durable1234");
+        drop(f);
+        fs.lose_unsynced().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"durable");
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("LOCK");
+        let a = StdFs.lock(&p).unwrap();
+        assert!(a.is_some());
+        assert!(StdFs.lock(&p).unwrap().is_none());
+        drop(a);
+        assert!(StdFs.lock(&p).unwrap().is_some());
+    }
+}

@@ -1,0 +1,612 @@
+//! Partition functions: how a key is assigned to a partition under one layout version.
+//!
+//! A function is deterministic, serializable and fingerprinted. The fingerprint is stored in
+//! every SSTable written under the function, so a file can be checked against the function
+//! that claims it, even without the manifest.
+
+use std::fmt;
+use std::path::Path;
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::coding::{put_bytes, put_u64, put_u8, put_varint, Decoder};
+use crate::error::{Error, Result};
+
+/// The most partitions one layout version may have.
+pub const MAX_PARTITIONS: u32 = 4096;
+/// Nesting limit for `Split` specs, so a hostile manifest cannot recurse without bound.
+const MAX_SPLIT_DEPTH: usize = 8;
+
+/// A partition function, as the user describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PartitionSpec {
+    /// Partition `i` holds keys in `[boundaries[i-1], boundaries[i])`; boundaries are strictly
+    /// increasing and non-empty. `n` boundaries make `n + 1` partitions.
+    Range { boundaries: Vec<Vec<u8>> },
+    /// `xxh3(key[..hashed_prefix], seed) mod partitions`. `hashed_prefix: Some(n)` hashes only
+    /// the first `n` bytes of a key (which is how a biased hash is usually born).
+    Hash {
+        partitions: u32,
+        seed: u64,
+        hashed_prefix: Option<u32>,
+    },
+    /// `base`, except that base partition `partition` is split into `into` virtual
+    /// sub-partitions by `xxh3(key, seed)`. Sub-partitions take the indexes
+    /// `partition .. partition + into`; later base partitions shift up by `into - 1`.
+    Split {
+        base: Box<PartitionSpec>,
+        partition: u32,
+        into: u32,
+        seed: u64,
+    },
+}
+
+impl Default for PartitionSpec {
+    /// One range partition holding every key.
+    fn default() -> Self {
+        PartitionSpec::Range { boundaries: vec![] }
+    }
+}
+
+impl PartitionSpec {
+    /// Number of partitions this function maps keys onto.
+    pub fn partitions(&self) -> u32 {
+        match self {
+            PartitionSpec::Range { boundaries } => boundaries.len() as u32 + 1,
+            PartitionSpec::Hash { partitions, .. } => *partitions,
+            PartitionSpec::Split { base, into, .. } => base.partitions() + into - 1,
+        }
+    }
+
+    /// Checks that the spec can be used; every constructor path goes through here.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_depth(0)
+    }
+
+    fn validate_depth(&self, depth: usize) -> Result<()> {
+        let bad = |s: String| Err(Error::InvalidPartitionSpec(s));
+        match self {
+            PartitionSpec::Range { boundaries } => {
+                if boundaries.len() as u64 + 1 > MAX_PARTITIONS as u64 {
+                    return bad(format!(
+                        "{} range boundaries make more than {MAX_PARTITIONS} partitions",
+                        boundaries.len()
+                    ));
+                }
+                for (i, b) in boundaries.iter().enumerate() {
+                    if b.is_empty() {
+                        return bad(format!("range boundary {i} is empty"));
+                    }
+                    if b.len() > crate::MAX_KEY_LEN {
+                        return bad(format!("range boundary {i} is longer than a key may be"));
+                    }
+                    if i > 0 && boundaries[i - 1] >= *b {
+                        return bad(format!(
+                            "range boundaries must be strictly increasing (boundary {i} is not)"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            PartitionSpec::Hash {
+                partitions,
+                hashed_prefix,
+                ..
+            } => {
+                if *partitions == 0 || *partitions > MAX_PARTITIONS {
+                    return bad(format!(
+                        "hash partitions must be 1..={MAX_PARTITIONS}, got {partitions}"
+                    ));
+                }
+                if *hashed_prefix == Some(0) {
+                    return bad("hashed_prefix of 0 bytes maps every key to one partition".into());
+                }
+                Ok(())
+            }
+            PartitionSpec::Split {
+                base,
+                partition,
+                into,
+                ..
+            } => {
+                if depth >= MAX_SPLIT_DEPTH {
+                    return bad(format!("split nested deeper than {MAX_SPLIT_DEPTH}"));
+                }
+                base.validate_depth(depth + 1)?;
+                let n = base.partitions();
+                if *partition >= n {
+                    return bad(format!(
+                        "split partition {partition} does not exist (base has {n})"
+                    ));
+                }
+                if *into < 2 {
+                    return bad(format!("split into {into}: must be at least 2"));
+                }
+                if (n as u64) + (*into as u64) - 1 > MAX_PARTITIONS as u64 {
+                    return bad(format!("split makes more than {MAX_PARTITIONS} partitions"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Canonical encoding (also the input of the fingerprint).
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            PartitionSpec::Range { boundaries } => {
+                put_u8(buf, 1);
+                put_varint(buf, boundaries.len() as u64);
+                for b in boundaries {
+                    put_bytes(buf, b);
+                }
+            }
+            PartitionSpec::Hash {
+                partitions,
+                seed,
+                hashed_prefix,
+            } => {
+                put_u8(buf, 2);
+                put_varint(buf, *partitions as u64);
+                put_u64(buf, *seed);
+                match hashed_prefix {
+                    None => put_u8(buf, 0),
+                    Some(n) => {
+                        put_u8(buf, 1);
+                        put_varint(buf, *n as u64);
+                    }
+                }
+            }
+            PartitionSpec::Split {
+                base,
+                partition,
+                into,
+                seed,
+            } => {
+                put_u8(buf, 3);
+                base.encode(buf);
+                put_varint(buf, *partition as u64);
+                put_varint(buf, *into as u64);
+                put_u64(buf, *seed);
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        self.encode(&mut b);
+        b
+    }
+
+    /// Decodes and validates a spec.
+    pub fn decode(d: &mut Decoder<'_>) -> Result<PartitionSpec> {
+        let spec = Self::decode_depth(d, 0)?;
+        spec.validate()
+            .map_err(|e| d.error(format!("stored partition spec is invalid: {e}")))?;
+        Ok(spec)
+    }
+
+    fn decode_depth(d: &mut Decoder<'_>, depth: usize) -> Result<PartitionSpec> {
+        if depth > MAX_SPLIT_DEPTH {
+            return Err(d.error("partition spec nested too deeply"));
+        }
+        match d.u8("partition spec kind")? {
+            1 => {
+                let n = d.len(MAX_PARTITIONS as usize, "range boundary count")?;
+                let mut boundaries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    boundaries.push(d.bytes(crate::MAX_KEY_LEN, "range boundary")?.to_vec());
+                }
+                Ok(PartitionSpec::Range { boundaries })
+            }
+            2 => {
+                let partitions = d.u32_varint("hash partitions")?;
+                let seed = d.u64("hash seed")?;
+                let hashed_prefix = match d.u8("hashed prefix flag")? {
+                    0 => None,
+                    1 => Some(d.u32_varint("hashed prefix")?),
+                    x => return Err(d.error(format!("bad hashed prefix flag {x}"))),
+                };
+                Ok(PartitionSpec::Hash {
+                    partitions,
+                    seed,
+                    hashed_prefix,
+                })
+            }
+            3 => {
+                let base = Box::new(Self::decode_depth(d, depth + 1)?);
+                let partition = d.u32_varint("split partition")?;
+                let into = d.u32_varint("split into")?;
+                let seed = d.u64("split seed")?;
+                Ok(PartitionSpec::Split {
+                    base,
+                    partition,
+                    into,
+                    seed,
+                })
+            }
+            k => Err(d.error(format!("unknown partition spec kind {k}"))),
+        }
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<PartitionSpec> {
+        let p = Path::new("<partition spec>");
+        let mut d = Decoder::new(b, p, 0);
+        let s = Self::decode(&mut d)?;
+        if !d.is_empty() {
+            return Err(d.error("trailing bytes after partition spec"));
+        }
+        Ok(s)
+    }
+
+    /// Stable 64-bit fingerprint of the function.
+    pub fn fingerprint(&self) -> u64 {
+        xxh3_64_with_seed(&self.to_bytes(), 0x51u64)
+    }
+
+    /// Parses the textual form used by the CLI and benches:
+    /// `range` | `range:b1,b2,…` (boundaries as escaped text) | `hash:N[:seed[:prefix]]` |
+    /// `split:PARTITION:INTO[:seed]/BASE`.
+    pub fn parse(s: &str) -> Result<PartitionSpec> {
+        let bad = |m: String| Error::InvalidPartitionSpec(m);
+        let s = s.trim();
+        let spec = if s == "range" || s == "single" {
+            PartitionSpec::default()
+        } else if let Some(rest) = s.strip_prefix("range:") {
+            let boundaries = rest
+                .split(',')
+                .filter(|b| !b.is_empty())
+                .map(|b| crate::escape::unescape(b).map_err(|e| bad(format!("boundary {b:?}: {e}"))))
+                .collect::<Result<Vec<_>>>()?;
+            PartitionSpec::Range { boundaries }
+        } else if let Some(rest) = s.strip_prefix("hash:") {
+            let parts: Vec<&str> = rest.split(':').collect();
+            if parts.is_empty() || parts.len() > 3 {
+                return Err(bad(format!("expected hash:N[:seed[:prefix]], got {s:?}")));
+            }
+            let num = |p: &str, what: &str| -> Result<u64> {
+                p.parse::<u64>()
+                    .map_err(|_| bad(format!("{what} {p:?} is not a number")))
+            };
+            let partitions = u32::try_from(num(parts[0], "partition count")?)
+                .map_err(|_| bad("partition count too large".into()))?;
+            let seed = parts.get(1).map(|p| num(p, "seed")).transpose()?.unwrap_or(0);
+            let hashed_prefix = parts
+                .get(2)
+                .map(|p| {
+                    num(p, "prefix").and_then(|n| {
+                        u32::try_from(n).map_err(|_| bad("prefix too large".into()))
+                    })
+                })
+                .transpose()?;
+            PartitionSpec::Hash {
+                partitions,
+                seed,
+                hashed_prefix,
+            }
+        } else if let Some(rest) = s.strip_prefix("split:") {
+            let (head, base) = rest
+                .split_once('/')
+                .ok_or_else(|| bad(format!("expected split:P:INTO[:seed]/BASE, got {s:?}")))?;
+            let parts: Vec<&str> = head.split(':').collect();
+            if parts.len() < 2 || parts.len() > 3 {
+                return Err(bad(format!("expected split:P:INTO[:seed]/BASE, got {s:?}")));
+            }
+            let num = |p: &str| -> Result<u64> {
+                p.parse::<u64>()
+                    .map_err(|_| bad(format!("{p:?} is not a number")))
+            };
+            let to32 = |v: u64| u32::try_from(v).map_err(|_| bad(format!("{v} too large")));
+            PartitionSpec::Split {
+                base: Box::new(PartitionSpec::parse(base)?),
+                partition: to32(num(parts[0])?)?,
+                into: to32(num(parts[1])?)?,
+                seed: parts.get(2).map(|p| num(p)).transpose()?.unwrap_or(0),
+            }
+        } else {
+            return Err(bad(format!(
+                "unrecognised spec {s:?}; expected range[:b1,b2,..], hash:N[:seed[:prefix]] or split:P:INTO[:seed]/BASE"
+            )));
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for PartitionSpec {
+    /// The textual form accepted by [`PartitionSpec::parse`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PartitionSpec::Range { boundaries } if boundaries.is_empty() => write!(f, "range"),
+            PartitionSpec::Range { boundaries } => {
+                write!(f, "range:")?;
+                for (i, b) in boundaries.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ",")?;
+                    }
+                    write!(f, "{}", crate::escape::escape(b).replace(',', "\\x2c"))?;
+                }
+                Ok(())
+            }
+            PartitionSpec::Hash {
+                partitions,
+                seed,
+                hashed_prefix: None,
+            } => write!(f, "hash:{partitions}:{seed}"),
+            PartitionSpec::Hash {
+                partitions,
+                seed,
+                hashed_prefix: Some(p),
+            } => write!(f, "hash:{partitions}:{seed}:{p}"),
+            PartitionSpec::Split {
+                base,
+                partition,
+                into,
+                seed,
+            } => write!(f, "split:{partition}:{into}:{seed}/{base}"),
+        }
+    }
+}
+
+/// Maps a 64-bit hash onto `0..n` without a division (Lemire's multiply-shift).
+#[inline]
+fn reduce(hash: u64, n: u32) -> u32 {
+    ((hash as u128 * n as u128) >> 64) as u32
+}
+
+/// A validated partition function ready to map keys.
+#[derive(Clone, Debug)]
+pub struct PartitionFn {
+    spec: PartitionSpec,
+    partitions: u32,
+    fingerprint: u64,
+}
+
+impl PartitionFn {
+    pub fn new(spec: PartitionSpec) -> Result<PartitionFn> {
+        spec.validate()?;
+        Ok(PartitionFn {
+            partitions: spec.partitions(),
+            fingerprint: spec.fingerprint(),
+            spec,
+        })
+    }
+
+    pub fn spec(&self) -> &PartitionSpec {
+        &self.spec
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The partition that holds `key`.
+    #[inline]
+    pub fn partition_of(&self, key: &[u8]) -> u32 {
+        Self::map(&self.spec, key)
+    }
+
+    fn map(spec: &PartitionSpec, key: &[u8]) -> u32 {
+        match spec {
+            PartitionSpec::Range { boundaries } => {
+                boundaries.partition_point(|b| b.as_slice() <= key) as u32
+            }
+            PartitionSpec::Hash {
+                partitions,
+                seed,
+                hashed_prefix,
+            } => {
+                let hashed = match hashed_prefix {
+                    Some(n) => &key[..key.len().min(*n as usize)],
+                    None => key,
+                };
+                reduce(xxh3_64_with_seed(hashed, *seed), *partitions)
+            }
+            PartitionSpec::Split {
+                base,
+                partition,
+                into,
+                seed,
+            } => {
+                let p = Self::map(base, key);
+                if p < *partition {
+                    p
+                } else if p == *partition {
+                    p + reduce(xxh3_64_with_seed(key, *seed), *into)
+                } else {
+                    p + into - 1
+                }
+            }
+        }
+    }
+
+    /// Partitions that may hold keys in `[start, end]` (inclusive bounds; `None` = unbounded).
+    /// Only range functions can narrow the set; hash partitions span the whole key space.
+    pub fn partitions_for_range(&self, start: Option<&[u8]>, end: Option<&[u8]>) -> Vec<u32> {
+        match &self.spec {
+            PartitionSpec::Range { .. } => {
+                let lo = start.map(|s| self.partition_of(s)).unwrap_or(0);
+                let hi = end
+                    .map(|e| self.partition_of(e))
+                    .unwrap_or(self.partitions - 1);
+                (lo..=hi.max(lo)).collect()
+            }
+            _ => (0..self.partitions).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs() -> Vec<PartitionSpec> {
+        vec![
+            PartitionSpec::default(),
+            PartitionSpec::Range {
+                boundaries: vec![b"g".to_vec(), b"p".to_vec()],
+            },
+            PartitionSpec::Hash {
+                partitions: 16,
+                seed: 7,
+                hashed_prefix: None,
+            },
+            PartitionSpec::Hash {
+                partitions: 8,
+                seed: 1,
+                hashed_prefix: Some(4),
+            },
+            PartitionSpec::Split {
+                base: Box::new(PartitionSpec::Hash {
+                    partitions: 4,
+                    seed: 0,
+                    hashed_prefix: None,
+                }),
+                partition: 2,
+                into: 3,
+                seed: 9,
+            },
+        ]
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_text_round_trip() {
+        for s in specs() {
+            let b = s.to_bytes();
+            assert_eq!(PartitionSpec::from_bytes(&b).unwrap(), s);
+            assert_eq!(PartitionSpec::parse(&s.to_string()).unwrap(), s, "{s}");
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_never_panic() {
+        for s in specs() {
+            let b = s.to_bytes();
+            for i in 0..b.len() {
+                for bit in 0..8 {
+                    let mut c = b.clone();
+                    c[i] ^= 1 << bit;
+                    // Either decodes to some valid spec or reports an error; never panics.
+                    if let Ok(d) = PartitionSpec::from_bytes(&c) {
+                        d.validate().unwrap();
+                    }
+                }
+            }
+            for n in 0..b.len() {
+                assert!(PartitionSpec::from_bytes(&b[..n]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn fingerprints_differ_between_functions() {
+        let fps: Vec<u64> = specs().iter().map(|s| s.fingerprint()).collect();
+        for i in 0..fps.len() {
+            for j in i + 1..fps.len() {
+                assert_ne!(fps[i], fps[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn range_mapping() {
+        let f = PartitionFn::new(PartitionSpec::Range {
+            boundaries: vec![b"g".to_vec(), b"p".to_vec()],
+        })
+        .unwrap();
+        assert_eq!(f.partition_of(b""), 0);
+        assert_eq!(f.partition_of(b"a"), 0);
+        assert_eq!(f.partition_of(b"g"), 1);
+        assert_eq!(f.partition_of(b"ozzz"), 1);
+        assert_eq!(f.partition_of(b"p"), 2);
+        assert_eq!(f.partition_of(b"zz"), 2);
+        assert_eq!(f.partitions_for_range(Some(b"h"), Some(b"i")), vec![1]);
+        assert_eq!(f.partitions_for_range(None, Some(b"h")), vec![0, 1]);
+    }
+
+    #[test]
+    fn hash_is_balanced_and_prefix_hash_is_biased() {
+        let good = PartitionFn::new(PartitionSpec::Hash {
+            partitions: 8,
+            seed: 3,
+            hashed_prefix: None,
+        })
+        .unwrap();
+        let biased = PartitionFn::new(PartitionSpec::Hash {
+            partitions: 8,
+            seed: 3,
+            hashed_prefix: Some(4),
+        })
+        .unwrap();
+        let mut g = [0u32; 8];
+        let mut b = [0u32; 8];
+        for i in 0..8000u32 {
+            let k = format!("acct{i:08}");
+            g[good.partition_of(k.as_bytes()) as usize] += 1;
+            b[biased.partition_of(k.as_bytes()) as usize] += 1;
+        }
+        assert!(g.iter().all(|&c| (800..1200).contains(&c)), "{g:?}");
+        assert_eq!(b.iter().filter(|&&c| c > 0).count(), 1, "{b:?}");
+    }
+
+    #[test]
+    fn split_maps_into_sub_partitions() {
+        let base = PartitionSpec::Range {
+            boundaries: vec![b"m".to_vec()],
+        };
+        let f = PartitionFn::new(PartitionSpec::Split {
+            base: Box::new(base),
+            partition: 0,
+            into: 4,
+            seed: 1,
+        })
+        .unwrap();
+        assert_eq!(f.partitions(), 5);
+        let mut seen = [0; 5];
+        for i in 0..1000 {
+            let k = format!("a{i}");
+            seen[f.partition_of(k.as_bytes()) as usize] += 1;
+        }
+        assert!(seen[..4].iter().all(|&c| c > 100), "{seen:?}");
+        assert_eq!(seen[4], 0);
+        assert_eq!(f.partition_of(b"z"), 4);
+    }
+
+    #[test]
+    fn invalid_specs_are_refused() {
+        let bad = [
+            PartitionSpec::Hash {
+                partitions: 0,
+                seed: 0,
+                hashed_prefix: None,
+            },
+            PartitionSpec::Range {
+                boundaries: vec![b"b".to_vec(), b"a".to_vec()],
+            },
+            PartitionSpec::Range {
+                boundaries: vec![vec![]],
+            },
+            PartitionSpec::Split {
+                base: Box::new(PartitionSpec::default()),
+                partition: 1,
+                into: 2,
+                seed: 0,
+            },
+            PartitionSpec::Split {
+                base: Box::new(PartitionSpec::default()),
+                partition: 0,
+                into: 1,
+                seed: 0,
+            },
+        ];
+        for s in bad {
+            assert!(matches!(s.validate(), Err(Error::InvalidPartitionSpec(_))), "{s:?}");
+        }
+        for s in ["hash:0", "hash:x", "bogus", "split:0:2", "hash:4:1:0"] {
+            assert!(PartitionSpec::parse(s).is_err(), "{s}");
+        }
+    }
+}

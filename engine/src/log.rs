@@ -1,0 +1,347 @@
+//! The record log format shared by the WAL and the manifest.
+//!
+//! A log file is a sequence of records `[len: u32][crc: u32][payload: len bytes]`, where
+//! `crc` is the masked CRC32 of the length bytes followed by the payload. The first record is
+//! a header: magic, format version and the kind of log.
+//!
+//! A crash can leave the last record torn. The reader separates that case — nothing valid
+//! after the bad bytes, so they are a torn tail and a prefix survives — from damage in the
+//! middle of the file (a valid record after the bad one), which is reported as corruption
+//! with the file and offset, because skipping it would leave a hole.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::coding::masked_crc;
+use crate::error::{Error, Result};
+use crate::fs::WritableFile;
+
+const HEADER_LEN: usize = 8;
+const MAGIC: &[u8; 4] = b"SLOG";
+/// Current log format version.
+pub const LOG_FORMAT_VERSION: u32 = 1;
+/// Largest record payload accepted (a write batch, or a manifest snapshot).
+pub const MAX_RECORD_LEN: usize = 512 << 20;
+
+/// What a log file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LogKind {
+    Wal = 1,
+    Manifest = 2,
+}
+
+/// Encodes one record into `out`.
+pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(payload);
+    let crc = h.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn header_payload(kind: LogKind) -> Vec<u8> {
+    let mut p = Vec::with_capacity(9);
+    p.extend_from_slice(MAGIC);
+    p.extend_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
+    p.push(kind as u8);
+    p
+}
+
+/// Appends records to a log file, buffering in memory until [`LogWriter::flush`].
+pub struct LogWriter {
+    file: Box<dyn WritableFile>,
+    path: PathBuf,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl LogWriter {
+    /// Starts a new log with its header record (buffered, like any record).
+    pub fn new(file: Box<dyn WritableFile>, path: PathBuf, kind: LogKind) -> LogWriter {
+        let mut w = LogWriter {
+            file,
+            path,
+            buf: Vec::with_capacity(64 << 10),
+            written: 0,
+        };
+        encode_record(&header_payload(kind), &mut w.buf);
+        w
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Buffers one record.
+    pub fn add(&mut self, payload: &[u8]) {
+        encode_record(payload, &mut self.buf);
+    }
+
+    /// Bytes buffered and not yet handed to the OS.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes handed to the OS plus bytes buffered.
+    pub fn len(&self) -> u64 {
+        self.written + self.buf.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands buffered bytes to the OS.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.file.append(&self.buf);
+        // On failure a prefix of the buffer may be in the file; the caller treats the log as
+        // unusable from here on, so drop the buffer either way.
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        r.map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Flushes and fsyncs.
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        self.file.sync().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// A torn tail found (and dropped) while reading a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub offset: u64,
+    pub dropped_bytes: u64,
+    pub reason: String,
+}
+
+/// The records of one log file.
+#[derive(Debug)]
+pub struct LogContents {
+    /// (offset of the record header, payload).
+    pub records: Vec<(u64, Bytes)>,
+    pub tail: Option<TornTail>,
+}
+
+enum RecordAt {
+    Ok(Bytes, usize),
+    Bad(Error),
+}
+
+fn record_at(data: &Bytes, pos: usize, path: &Path) -> RecordAt {
+    let rest = data.len() - pos;
+    if rest < HEADER_LEN {
+        return RecordAt::Bad(Error::corruption(
+            path,
+            pos as u64,
+            format!("truncated record header ({rest} bytes)"),
+        ));
+    }
+    let h = &data[pos..pos + HEADER_LEN];
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let stored = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len > MAX_RECORD_LEN {
+        return RecordAt::Bad(Error::corruption(
+            path,
+            pos as u64,
+            format!("record length {len} exceeds limit"),
+        ));
+    }
+    if rest - HEADER_LEN < len {
+        return RecordAt::Bad(Error::corruption(
+            path,
+            pos as u64,
+            format!(
+                "truncated record: header says {len} bytes, {} remain",
+                rest - HEADER_LEN
+            ),
+        ));
+    }
+    let payload = &data[pos + HEADER_LEN..pos + HEADER_LEN + len];
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&h[..4]);
+    hasher.update(payload);
+    let actual = hasher.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
+    if actual != stored {
+        return RecordAt::Bad(Error::ChecksumMismatch {
+            file: path.to_path_buf(),
+            offset: pos as u64,
+            expected: stored,
+            actual,
+        });
+    }
+    RecordAt::Ok(
+        data.slice(pos + HEADER_LEN..pos + HEADER_LEN + len),
+        HEADER_LEN + len,
+    )
+}
+
+/// True if a valid non-empty record starts anywhere after `from`.
+fn valid_record_after(data: &Bytes, from: usize, path: &Path) -> bool {
+    (from + 1..data.len().saturating_sub(HEADER_LEN - 1)).any(|p| {
+        // An all-zero header is how unwritten (preallocated or lost) space looks.
+        data[p..p + HEADER_LEN].iter().any(|&b| b != 0)
+            && matches!(record_at(data, p, path), RecordAt::Ok(ref b, _) if !b.is_empty())
+    })
+}
+
+/// Reads every record of a log, checking its header is `kind`.
+pub fn read_log(data: Bytes, path: &Path, kind: LogKind) -> Result<LogContents> {
+    let mut records = Vec::new();
+    let mut pos = 0usize;
+    let mut tail = None;
+    let mut first = true;
+    while pos < data.len() {
+        match record_at(&data, pos, path) {
+            RecordAt::Ok(payload, used) => {
+                if first {
+                    check_header(&payload, path, kind)?;
+                    first = false;
+                } else {
+                    records.push((pos as u64, payload));
+                }
+                pos += used;
+            }
+            RecordAt::Bad(e) => {
+                if valid_record_after(&data, pos, path) {
+                    return Err(e);
+                }
+                tail = Some(TornTail {
+                    offset: pos as u64,
+                    dropped_bytes: (data.len() - pos) as u64,
+                    reason: e.to_string(),
+                });
+                break;
+            }
+        }
+    }
+    Ok(LogContents { records, tail })
+}
+
+fn check_header(p: &[u8], path: &Path, kind: LogKind) -> Result<()> {
+    if p.len() != 9 || &p[..4] != MAGIC {
+        return Err(Error::corruption(path, 0, "not a Sluice log file (bad magic)"));
+    }
+    let version = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+    if version > LOG_FORMAT_VERSION || version == 0 {
+        return Err(Error::UnsupportedFormat {
+            file: path.to_path_buf(),
+            found: version,
+            supported: LOG_FORMAT_VERSION,
+        });
+    }
+    if p[8] != kind as u8 {
+        return Err(Error::corruption(
+            path,
+            0,
+            format!("log kind {} where {:?} was expected", p[8], kind),
+        ));
+    }
+    Ok(())
+}
+
+/// The masked CRC used by records, exposed for tests of the format.
+pub fn record_crc(len: u32, payload: &[u8]) -> u32 {
+    let mut b = len.to_le_bytes().to_vec();
+    b.extend_from_slice(payload);
+    masked_crc(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_bytes(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(&header_payload(LogKind::Wal), &mut out);
+        for p in payloads {
+            encode_record(p, &mut out);
+        }
+        out
+    }
+
+    fn read(b: Vec<u8>) -> Result<LogContents> {
+        read_log(Bytes::from(b), Path::new("000001.log"), LogKind::Wal)
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = read(log_bytes(&[b"a", b"", b"hello world"])).unwrap();
+        let p: Vec<&[u8]> = c.records.iter().map(|r| r.1.as_ref()).collect();
+        assert_eq!(p, vec![&b"a"[..], b"", b"hello world"]);
+        assert!(c.tail.is_none());
+        assert_eq!(record_crc(1, b"a"), {
+            let mut out = Vec::new();
+            encode_record(b"a", &mut out);
+            u32::from_le_bytes([out[4], out[5], out[6], out[7]])
+        });
+    }
+
+    #[test]
+    fn every_truncation_is_a_torn_tail_keeping_a_prefix() {
+        let full = log_bytes(&[b"first", b"second", b"third"]);
+        let header_len = 8 + 9;
+        for n in header_len..full.len() {
+            let c = read(full[..n].to_vec()).unwrap();
+            let all = read(full.clone()).unwrap();
+            assert!(c.records.len() <= 3);
+            assert_eq!(c.records[..], all.records[..c.records.len()]);
+            if n < full.len() && c.records.len() < 3 {
+                let expect_tail = n > header_len
+                    + c.records.iter().map(|r| 8 + r.1.len()).sum::<usize>();
+                assert_eq!(c.tail.is_some(), expect_tail, "cut at {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_byte_in_the_middle_is_corruption_with_offset() {
+        let full = log_bytes(&[b"first-record", b"second-record", b"third-record"]);
+        let second_at = 17 + 8 + 12;
+        for i in second_at..second_at + 8 + 13 {
+            let mut b = full.clone();
+            b[i] ^= 0x40;
+            match read(b) {
+                Err(e) => {
+                    assert!(e.is_corruption(), "{e}");
+                    let s = e.to_string();
+                    assert!(s.contains("000001.log"), "{s}");
+                    assert!(s.contains(&format!("offset {second_at}")), "byte {i}: {s}");
+                }
+                Ok(c) => panic!("flip at {i} read as {:?}", c.records),
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_byte_in_the_last_record_is_a_torn_tail() {
+        let full = log_bytes(&[b"first-record", b"last"]);
+        let mut b = full.clone();
+        let n = b.len();
+        b[n - 1] ^= 1;
+        let c = read(b).unwrap();
+        assert_eq!(c.records.len(), 1);
+        assert!(c.tail.is_some());
+    }
+
+    #[test]
+    fn newer_format_and_wrong_kind_are_refused() {
+        let mut out = Vec::new();
+        let mut h = header_payload(LogKind::Wal);
+        h[4] = 9;
+        encode_record(&h, &mut out);
+        assert!(matches!(read(out), Err(Error::UnsupportedFormat { found: 9, .. })));
+        let mut out = Vec::new();
+        encode_record(&header_payload(LogKind::Manifest), &mut out);
+        assert!(read(out).unwrap_err().is_corruption());
+    }
+}

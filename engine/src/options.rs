@@ -1,0 +1,167 @@
+//! Options for opening a database and for individual writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::fs::{Fs, StdFs};
+use crate::layout::PartitionSpec;
+use crate::sst::Compression;
+
+/// How a database is opened and tuned. `Options::default()` is a sensible start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Partition function of layout version v1 when the database is created. Ignored when
+    /// opening an existing database (its layouts live in the manifest).
+    pub partition: PartitionSpec,
+    /// Create the database if the directory holds none.
+    pub create_if_missing: bool,
+    /// Bytes of writes a memtable takes before it is frozen and flushed.
+    pub memtable_bytes: usize,
+    /// Frozen memtables waiting for flush before writers stop.
+    pub max_immutable_memtables: usize,
+    /// Target size of an SSTable data block before compression.
+    pub block_size: usize,
+    pub compression: Compression,
+    /// Bloom filter bits per key; 0 disables filters.
+    pub bloom_bits_per_key: u32,
+    /// Bytes of decompressed blocks cached (compressed tables only; uncompressed blocks are
+    /// read straight from the memory map).
+    pub block_cache_bytes: u64,
+    /// L0 files in one partition that trigger a compaction into L1.
+    pub level0_compaction_trigger: usize,
+    /// L0 files in one partition at which writes are slowed down.
+    pub level0_slowdown_trigger: usize,
+    /// L0 files in one partition at which writes stop until compaction catches up.
+    pub level0_stop_trigger: usize,
+    /// Target size of L1 across the whole layout (each partition gets its share).
+    pub level_base_bytes: u64,
+    /// Each level is this many times larger than the one above.
+    pub level_multiplier: u64,
+    /// Size at which compaction output files are cut.
+    pub target_file_bytes: u64,
+    /// Estimated compaction debt at which writes are slowed down.
+    pub pending_compaction_slowdown_bytes: u64,
+    /// Estimated compaction debt at which writes stop.
+    pub pending_compaction_stop_bytes: u64,
+    /// Write rate while slowed down, in bytes per second.
+    pub slowdown_bytes_per_sec: u64,
+    /// Threads running flushes and compactions (at least 1).
+    pub background_threads: usize,
+    /// Unsynced WAL bytes buffered in the process before they are handed to the OS.
+    pub wal_buffer_bytes: usize,
+    /// Longest time unsynced WAL bytes stay in the process buffer.
+    pub wal_flush_interval: Duration,
+    /// Lazy read-time moves: at most this many bytes per second are moved from draining
+    /// layouts to the target by point reads (0 turns lazy moves off).
+    pub move_bytes_per_sec: u64,
+    /// The file system (tests substitute [`crate::fs::FaultFs`]).
+    pub fs: Arc<dyn Fs>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            partition: PartitionSpec::default(),
+            create_if_missing: true,
+            memtable_bytes: 32 << 20,
+            max_immutable_memtables: 2,
+            block_size: 4096,
+            compression: Compression::None,
+            bloom_bits_per_key: 10,
+            block_cache_bytes: 64 << 20,
+            level0_compaction_trigger: 4,
+            level0_slowdown_trigger: 20,
+            level0_stop_trigger: 36,
+            level_base_bytes: 64 << 20,
+            level_multiplier: 10,
+            target_file_bytes: 32 << 20,
+            pending_compaction_slowdown_bytes: 64 << 30,
+            pending_compaction_stop_bytes: 256 << 30,
+            slowdown_bytes_per_sec: 16 << 20,
+            background_threads: 2,
+            wal_buffer_bytes: 64 << 10,
+            wal_flush_interval: Duration::from_millis(10),
+            move_bytes_per_sec: 8 << 20,
+            fs: Arc::new(StdFs),
+        }
+    }
+}
+
+impl Options {
+    /// Settings that make flushes and compactions happen constantly (for tests).
+    pub fn tiny() -> Options {
+        Options {
+            memtable_bytes: 16 << 10,
+            block_size: 256,
+            level0_compaction_trigger: 2,
+            level0_slowdown_trigger: 6,
+            level0_stop_trigger: 12,
+            level_base_bytes: 64 << 10,
+            level_multiplier: 4,
+            target_file_bytes: 16 << 10,
+            ..Options::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, reason: &str| {
+            Err(Error::InvalidOption {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        self.partition.validate()?;
+        if self.memtable_bytes < 1024 {
+            return bad("memtable_bytes", "must be at least 1 KiB");
+        }
+        if self.max_immutable_memtables == 0 {
+            return bad("max_immutable_memtables", "must be at least 1");
+        }
+        if !(64..=(4 << 20)).contains(&self.block_size) {
+            return bad("block_size", "must be between 64 bytes and 4 MiB");
+        }
+        if let Compression::Zstd(l) = self.compression {
+            if !(1..=22).contains(&l) {
+                return bad("compression", "zstd level must be 1..=22");
+            }
+        }
+        if self.bloom_bits_per_key > 64 {
+            return bad("bloom_bits_per_key", "must be at most 64");
+        }
+        if self.level0_compaction_trigger == 0
+            || self.level0_slowdown_trigger < self.level0_compaction_trigger
+            || self.level0_stop_trigger < self.level0_slowdown_trigger
+        {
+            return bad(
+                "level0 triggers",
+                "need 0 < compaction_trigger <= slowdown_trigger <= stop_trigger",
+            );
+        }
+        if self.level_multiplier < 2 {
+            return bad("level_multiplier", "must be at least 2");
+        }
+        if self.level_base_bytes == 0 || self.target_file_bytes < 1024 {
+            return bad("level_base_bytes/target_file_bytes", "too small");
+        }
+        if self.background_threads == 0 || self.background_threads > 64 {
+            return bad("background_threads", "must be 1..=64");
+        }
+        if self.pending_compaction_stop_bytes < self.pending_compaction_slowdown_bytes {
+            return bad("pending_compaction_stop_bytes", "must be >= the slowdown threshold");
+        }
+        if self.slowdown_bytes_per_sec == 0 {
+            return bad("slowdown_bytes_per_sec", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Per-write options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    /// fsync the WAL before acknowledging. A synced write survives any crash; unsynced writes
+    /// survive a process crash only once handed to the OS, and a machine crash only once a
+    /// later synced write (or flush) covers them. Either way, what survives is a prefix.
+    pub sync: bool,
+}

@@ -1,0 +1,126 @@
+//! Output files of a flush or compaction: one table writer per (layout version, partition),
+//! cut at the target file size on user-key boundaries, deleted again if the job fails.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::db::Inner;
+use crate::error::{Error, Result};
+use crate::sst::{Table, TableKind, TableOwner, TableWriter};
+use crate::types::Entry;
+use crate::version::{FileMeta, LayoutState};
+
+pub(crate) struct Outputs<'a> {
+    inner: &'a Inner,
+    kind: TableKind,
+    level: u8,
+    split_bytes: Option<u64>,
+    writers: BTreeMap<(u32, u32), TableWriter>,
+    done: Vec<Arc<FileMeta>>,
+    created: Vec<u64>,
+    pub bytes_written: u64,
+    checked: u64,
+}
+
+impl<'a> Outputs<'a> {
+    pub fn new(inner: &'a Inner, kind: TableKind, level: u8, split_bytes: Option<u64>) -> Outputs<'a> {
+        Outputs {
+            inner,
+            kind,
+            level,
+            split_bytes,
+            writers: BTreeMap::new(),
+            done: Vec::new(),
+            created: Vec::new(),
+            bytes_written: 0,
+            checked: 0,
+        }
+    }
+
+    /// Adds `e` to the output for `partition` of `layout`. Entries for one partition must
+    /// arrive in internal order.
+    pub fn add(&mut self, layout: &LayoutState, partition: u32, e: &Entry) -> Result<()> {
+        self.checked += 1;
+        if self.checked % 4096 == 0 && self.inner.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let key = (layout.id, partition);
+        if let (Some(limit), Some(w)) = (self.split_bytes, self.writers.get(&key)) {
+            if w.estimated_size() >= limit && w.last_key() != Some(e.key.as_ref()) {
+                let w = self.writers.remove(&key).expect("writer exists");
+                self.finish_one(w)?;
+            }
+        }
+        if !self.writers.contains_key(&key) {
+            let number = self.inner.core.lock().new_file_number();
+            self.created.push(number);
+            let w = TableWriter::create(
+                self.inner.fs.as_ref(),
+                &self.inner.sst_path(number),
+                self.inner.table_opts.clone(),
+                TableOwner {
+                    kind: self.kind,
+                    layout_version: layout.id,
+                    fingerprint: layout.func.fingerprint(),
+                    partition,
+                },
+            )?;
+            self.writers.insert(key, w);
+        }
+        self.writers
+            .get_mut(&key)
+            .expect("writer exists")
+            .add(e)
+    }
+
+    fn finish_one(&mut self, w: TableWriter) -> Result<()> {
+        let path = w.path().to_path_buf();
+        let number = crate::util::file_number(&path).unwrap_or(0);
+        let (_, size) = w.finish()?;
+        self.bytes_written += size;
+        let table = Table::open(
+            self.inner.fs.as_ref(),
+            &path,
+            number,
+            Some(self.inner.cache.clone()),
+        )?;
+        self.done.push(Arc::new(FileMeta::new(
+            Arc::new(table),
+            self.level,
+            self.inner.fs.clone(),
+        )));
+        Ok(())
+    }
+
+    /// Finishes every open file and returns all outputs.
+    pub fn finish(mut self) -> Result<Vec<Arc<FileMeta>>> {
+        let writers = std::mem::take(&mut self.writers);
+        for (_, w) in writers {
+            if let Err(e) = self.finish_one(w) {
+                self.abandon();
+                return Err(e);
+            }
+        }
+        self.created.clear();
+        Ok(std::mem::take(&mut self.done))
+    }
+
+    /// Deletes every file this job created.
+    pub fn abandon(&mut self) {
+        self.writers.clear();
+        self.done.clear();
+        for n in self.created.drain(..) {
+            let _ = self.inner.fs.remove(&self.inner.sst_path(n));
+        }
+    }
+}
+
+impl Drop for Outputs<'_> {
+    fn drop(&mut self) {
+        // An Outputs dropped without finish() belongs to a failed job.
+        if !self.created.is_empty() {
+            self.abandon();
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Point reads, and the lazy read-time moves they trigger.
+//!
+//! Read rule (the invariant of DESIGN.md): a read at snapshot `s` returns the entry with the
+//! highest seqno <= `s` among the memtables and, for every live layout version `v`, partition
+//! `f_v(key)`. The read never stops at the first hit *by position*; it keeps the best seqno
+//! found so far and skips any file whose max seqno cannot beat it. Lazy moves and migration
+//! outputs may therefore place an older entry above a newer one without changing any answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::db::{Inner, View};
+use crate::error::Result;
+use crate::manifest::MAX_LEVELS;
+use crate::sst::bloom;
+use crate::stats::Counters;
+use crate::types::Kind;
+use crate::version::FileMeta;
+
+/// Where the winning entry of a read came from.
+pub(crate) enum Origin {
+    Memtable,
+    File(Arc<FileMeta>),
+}
+
+pub(crate) struct Resolved {
+    pub seqno: u64,
+    pub kind: Kind,
+    pub value: Bytes,
+    pub origin: Origin,
+}
+
+/// The newest entry for `key` at `snapshot` across memtables and every live layout.
+pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<Resolved>> {
+    let mut best: Option<Resolved> = None;
+    let best_seq = |b: &Option<Resolved>| b.as_ref().map_or(0, |r| r.seqno);
+    for m in std::iter::once(&view.mem).chain(view.imm.iter()) {
+        if let Some((seqno, kind, value)) = m.get(key, snapshot) {
+            if seqno > best_seq(&best) {
+                best = Some(Resolved {
+                    seqno,
+                    kind,
+                    value,
+                    origin: Origin::Memtable,
+                });
+            }
+        }
+    }
+    let h = bloom::key_hash(key);
+    for layout in view.files.layouts.values() {
+        let p = layout.func.partition_of(key) as usize;
+        let Some(part) = layout.parts.get(p) else {
+            continue;
+        };
+        // L0 is kept newest-first by max seqno: once a file cannot beat the best, none after
+        // it can.
+        for f in &part.levels[0] {
+            if f.max_seqno <= best_seq(&best) {
+                break;
+            }
+            if f.min_seqno > snapshot || !f.contains(key) {
+                continue;
+            }
+            probe(f, key, h, snapshot, &mut best)?;
+        }
+        for level in 1..MAX_LEVELS {
+            if let Some(f) = part.file_for_key(level, key) {
+                if f.max_seqno > best_seq(&best) && f.min_seqno <= snapshot {
+                    probe(f, key, h, snapshot, &mut best)?;
+                }
+            }
+        }
+    }
+    Ok(best)
+}
+
+#[inline]
+fn probe(f: &Arc<FileMeta>, key: &[u8], h: u64, snapshot: u64, best: &mut Option<Resolved>) -> Result<()> {
+    if let Some(e) = f.table.get(key, h, snapshot)? {
+        if e.seqno > best.as_ref().map_or(0, |r| r.seqno) {
+            *best = Some(Resolved {
+                seqno: e.seqno,
+                kind: e.kind,
+                value: e.value,
+                origin: Origin::File(f.clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Point read at `snapshot`, or at the latest seqno (which may trigger a lazy move).
+    pub fn get(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
+        Counters::add(&self.counters.gets, 1);
+        let seq = snapshot.unwrap_or_else(|| self.latest());
+        let view = self.view.load();
+        let Some(r) = resolve(&view, key, seq)? else {
+            return Ok(None);
+        };
+        if r.kind != Kind::Value {
+            return Ok(None);
+        }
+        if snapshot.is_none() && self.opts.move_bytes_per_sec > 0 {
+            if let Origin::File(f) = &r.origin {
+                if f.layout_version != view.files.target {
+                    drop(view);
+                    self.lazy_move(key, &r, f);
+                }
+            }
+        }
+        Ok(Some(r.value))
+    }
+
+    /// Copies an entry found in a draining layout into the memtable with its original seqno
+    /// and value; the flush that persists it writes it into the target layout and leaves a
+    /// forwarding pointer in the draining partition.
+    ///
+    /// Safety against races: the copy keeps its original seqno, so a concurrent newer write
+    /// or delete (higher seqno) still wins every read. The copy is inserted only while the
+    /// source file is still live, under the same lock that installs compaction results: a
+    /// compaction drops a tombstone only when no older entry for its key exists outside its
+    /// inputs, and the live source file (or, afterwards, this memtable) is such an entry, so
+    /// the copy can never resurface a key whose tombstone was dropped.
+    fn lazy_move(&self, key: &[u8], r: &Resolved, source: &Arc<FileMeta>) {
+        let cost = (key.len() + r.value.len()) as f64;
+        if !self.take_move_budget(cost) {
+            Counters::add(&self.counters.move_skipped, 1);
+            return;
+        }
+        let _core = self.core.lock();
+        let view = self.view.load();
+        if source.obsolete.load(Ordering::Acquire) || view.files.target == source.layout_version {
+            return;
+        }
+        view.mem.insert_moved(
+            bytes::Bytes::copy_from_slice(key),
+            r.seqno,
+            r.value.clone(),
+            source.layout_version,
+        );
+        Counters::add(&self.counters.moves, 1);
+        Counters::add(&self.counters.moved_bytes, cost as u64);
+    }
+
+    fn take_move_budget(&self, cost: f64) -> bool {
+        let rate = self.opts.move_bytes_per_sec as f64;
+        let mut b = self.move_bucket.lock();
+        let now = Instant::now();
+        let refill = now.duration_since(b.0).as_secs_f64() * rate;
+        b.0 = now;
+        // Allow a burst of up to a tenth of a second's budget.
+        b.1 = (b.1 + refill).min(rate / 10.0 + cost);
+        if b.1 >= cost {
+            b.1 -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! Opening a database: lock, replay the manifest, open and cross-check every SSTable, replay
+//! the WAL, flush what it held, and start a fresh manifest and WAL.
+//!
+//! After a crash: every synced write is in the WAL (or already in an SSTable); of unsynced
+//! writes the WAL holds a prefix, because a torn record can only be the last one — damage
+//! followed by intact records is corruption, reported with file and offset, never skipped.
+//! Batches are single WAL records, so a batch is replayed whole or not at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use parking_lot::{Condvar, Mutex};
+
+use crate::batch::{WalBatch, WriteBatch};
+use crate::cache::BlockCache;
+use crate::db::{table_file, wal_file, Core, Inner, RecoveryReport, Registered, View, WalState};
+use crate::error::{Error, Result};
+use crate::fs::{DirLock, Fs};
+use crate::layout::PartitionFn;
+use crate::log::{read_log, LogKind, LogWriter};
+use crate::manifest::{read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT};
+use crate::memtable::MemTable;
+use crate::options::Options;
+use crate::sst::{Table, TableOptions};
+use crate::stats::Counters;
+use crate::version::{FileMeta, FileSet, LayoutState};
+
+/// The state a manifest describes.
+pub(crate) struct ManifestState {
+    pub registry: BTreeMap<u32, (Arc<PartitionFn>, bool)>,
+    pub target: u32,
+    pub files: BTreeMap<u64, FileRecord>,
+    pub next_file: u64,
+    pub last_seqno: u64,
+    pub log_number: u64,
+    pub controller: Option<(u64, Vec<u8>)>,
+}
+
+/// Replays a manifest's edits, checking each against the state so far.
+pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
+    let mut st = ManifestState {
+        registry: BTreeMap::new(),
+        target: 0,
+        files: BTreeMap::new(),
+        next_file: 1,
+        last_seqno: 0,
+        log_number: 0,
+        controller: None,
+    };
+    for (offset, edit) in &m.edits {
+        let bad = |why: String| Error::corruption(&m.path, *offset, why);
+        for r in &edit.records {
+            match r {
+                EditRecord::NextFile(n) => st.next_file = st.next_file.max(*n),
+                EditRecord::LastSeqno(n) => st.last_seqno = st.last_seqno.max(*n),
+                EditRecord::LogNumber(n) => st.log_number = st.log_number.max(*n),
+                EditRecord::RegisterLayout { id, spec } => {
+                    if *id == 0 || st.registry.contains_key(id) {
+                        return Err(bad(format!("layout v{id} registered twice")));
+                    }
+                    let spec = crate::PartitionSpec::from_bytes(spec)
+                        .map_err(|e| bad(format!("layout v{id}: {e}")))?;
+                    let f = PartitionFn::new(spec).map_err(|e| bad(format!("layout v{id}: {e}")))?;
+                    st.registry.insert(*id, (Arc::new(f), false));
+                }
+                EditRecord::SetTarget(id) => match st.registry.get(id) {
+                    Some((_, false)) => st.target = *id,
+                    Some((_, true)) => return Err(bad(format!("target set to retired v{id}"))),
+                    None => return Err(bad(format!("target set to unknown v{id}"))),
+                },
+                EditRecord::RetireLayout(id) => {
+                    if *id == st.target {
+                        return Err(bad(format!("retired the target v{id}")));
+                    }
+                    match st.registry.get_mut(id) {
+                        Some(r) => r.1 = true,
+                        None => return Err(bad(format!("retired unknown v{id}"))),
+                    }
+                    // Pointer files of a retired layout are deleted in the same edit; data
+                    // files must all be gone.
+                    if let Some(f) = st.files.values().find(|f| f.layout_version == *id) {
+                        return Err(bad(format!(
+                            "retired v{id} still has file {}",
+                            f.number
+                        )));
+                    }
+                }
+                EditRecord::AddFile(f) => {
+                    match st.registry.get(&f.layout_version) {
+                        Some((func, false)) => {
+                            if f.partition >= func.partitions() {
+                                return Err(bad(format!(
+                                    "file {} in partition {} of v{} which has {}",
+                                    f.number,
+                                    f.partition,
+                                    f.layout_version,
+                                    func.partitions()
+                                )));
+                            }
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "file {} in unknown or retired layout v{}",
+                                f.number, f.layout_version
+                            )))
+                        }
+                    }
+                    if f.smallest > f.largest || f.min_seqno > f.max_seqno {
+                        return Err(bad(format!("file {} has inverted ranges", f.number)));
+                    }
+                    if st.files.insert(f.number, f.clone()).is_some() {
+                        return Err(bad(format!("file {} added twice", f.number)));
+                    }
+                }
+                EditRecord::DeleteFile(n) => {
+                    if st.files.remove(n).is_none() {
+                        return Err(bad(format!("deleted file {n} that is not live")));
+                    }
+                }
+                EditRecord::Controller { epoch, state } => {
+                    st.controller = Some((*epoch, state.clone()));
+                }
+            }
+        }
+    }
+    if st.target == 0 {
+        return Err(Error::corruption(&m.path, 0, "manifest sets no target layout"));
+    }
+    Ok(st)
+}
+
+/// Opens every table the manifest names and checks it describes itself the same way.
+pub(crate) fn open_tables(
+    fs: &Arc<dyn Fs>,
+    dir: &Path,
+    st: &ManifestState,
+    cache: &Arc<BlockCache>,
+    manifest: &Path,
+) -> Result<FileSet> {
+    let mut set = FileSet {
+        layouts: BTreeMap::new(),
+        target: st.target,
+    };
+    for (id, (func, retired)) in &st.registry {
+        if !retired {
+            set.layouts.insert(*id, LayoutState::new(*id, func.clone()));
+        }
+    }
+    let mut metas = Vec::with_capacity(st.files.len());
+    for rec in st.files.values() {
+        let path = table_file(dir, rec.number);
+        let table = match Table::open(fs.as_ref(), &path, rec.number, Some(cache.clone())) {
+            Ok(t) => t,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!("missing: named by {}", manifest.display()),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        check_table(&table, rec, &st.registry[&rec.layout_version].0, &path)?;
+        metas.push(Arc::new(FileMeta::new(Arc::new(table), rec.level, fs.clone())));
+    }
+    let set = set
+        .apply(&metas, &[])
+        .map_err(|e| Error::corruption(manifest, 0, e))?;
+    for l in set.layouts.values() {
+        for (pi, p) in l.parts.iter().enumerate() {
+            p.check_levels().map_err(|e| {
+                Error::corruption(manifest, 0, format!("v{}/{pi}: {e}", l.id))
+            })?;
+        }
+    }
+    Ok(set)
+}
+
+fn check_table(t: &Table, rec: &FileRecord, func: &PartitionFn, path: &Path) -> Result<()> {
+    let p = t.props();
+    let mut problems = Vec::new();
+    if t.file_size() != rec.size {
+        problems.push(format!("size {} but manifest says {}", t.file_size(), rec.size));
+    }
+    if p.layout_version != rec.layout_version || p.partition != rec.partition {
+        problems.push(format!(
+            "belongs to v{}/{} but manifest places it in v{}/{}",
+            p.layout_version, p.partition, rec.layout_version, rec.partition
+        ));
+    }
+    if p.fingerprint != func.fingerprint() {
+        problems.push(format!(
+            "written under function {:#x}, layout v{} is {:#x}",
+            p.fingerprint,
+            rec.layout_version,
+            func.fingerprint()
+        ));
+    }
+    if p.kind != rec.kind
+        || p.smallest != rec.smallest.as_ref()
+        || p.largest != rec.largest.as_ref()
+        || p.min_seqno != rec.min_seqno
+        || p.max_seqno != rec.max_seqno
+        || p.entries != rec.entries
+    {
+        problems.push("properties disagree with the manifest record".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::corruption(path, 0, problems.join("; ")))
+    }
+}
+
+/// WAL files in `dir` numbered at or above `from`, in order.
+pub(crate) fn wal_files(fs: &dyn Fs, dir: &Path, from: u64) -> Result<Vec<(u64, PathBuf)>> {
+    let mut v: Vec<(u64, PathBuf)> = fs
+        .list(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .filter_map(|n| {
+            let p = dir.join(&n);
+            crate::util::file_number(&p).map(|num| (num, p))
+        })
+        .filter(|(n, _)| *n >= from)
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Replays WAL files into a memtable. Returns the memtable and the last seqno replayed.
+pub(crate) fn replay_wals(
+    fs: &dyn Fs,
+    wals: &[(u64, PathBuf)],
+    mem: &MemTable,
+    report: &mut RecoveryReport,
+) -> Result<Option<u64>> {
+    let mut last: Option<u64> = None;
+    for (i, (_, path)) in wals.iter().enumerate() {
+        let data = fs.map(path).map_err(|e| Error::io(path, e))?;
+        let log = read_log(data, path, LogKind::Wal)?;
+        report.wal_files += 1;
+        if let Some(t) = &log.tail {
+            if i + 1 != wals.len() {
+                // Every WAL but the newest was fsynced before the next one started, so a
+                // damaged end here is not a crash artefact; skipping it would leave a hole.
+                return Err(Error::corruption(
+                    path,
+                    t.offset,
+                    format!("damaged record in an older WAL: {}", t.reason),
+                ));
+            }
+            report.torn_tail = Some((path.clone(), t.offset, t.dropped_bytes));
+        }
+        for (off, payload) in &log.records {
+            let b = WalBatch::decode(payload, path, *off + 8)?;
+            if let Some(prev) = last {
+                if b.seqno != prev + 1 {
+                    return Err(Error::corruption(
+                        path,
+                        *off,
+                        format!("seqno {} follows {prev}: records are missing", b.seqno),
+                    ));
+                }
+            }
+            if b.count == 0 {
+                return Err(Error::corruption(path, *off, "empty batch record"));
+            }
+            // Decode the whole batch before applying any of it.
+            let mut ops = Vec::with_capacity(b.count as usize);
+            let n = WriteBatch::for_each_op(&b.ops, path, *off + 20, |k, key, value| {
+                ops.push((k, key, value))
+            })?;
+            if n != b.count {
+                return Err(Error::corruption(
+                    path,
+                    *off,
+                    format!("batch header says {} ops, record holds {n}", b.count),
+                ));
+            }
+            for (i, (kind, key, value)) in ops.into_iter().enumerate() {
+                mem.insert(key, b.seqno + i as u64, kind, value);
+            }
+            report.wal_batches += 1;
+            report.wal_entries += n as u64;
+            last = Some(b.seqno + n as u64 - 1);
+        }
+    }
+    Ok(last)
+}
+
+fn looks_like_ours(name: &str) -> bool {
+    name == CURRENT
+        || name.starts_with("MANIFEST-")
+        || ((name.ends_with(".sst") || name.ends_with(".log"))
+            && crate::util::file_number(Path::new(name)).is_some())
+}
+
+/// Opens (or creates) the database in `dir`.
+pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
+    opts.validate()?;
+    let fs = opts.fs.clone();
+    let dir = dir.to_path_buf();
+    if !fs.exists(&dir) {
+        if !opts.create_if_missing {
+            return Err(Error::NotADatabase {
+                path: dir,
+                reason: "directory does not exist".into(),
+            });
+        }
+        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    let lock_path = dir.join("LOCK");
+    let lock: Box<dyn DirLock> = fs
+        .lock(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?
+        .ok_or_else(|| Error::Locked { path: dir.clone() })?;
+    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    let mut report = RecoveryReport::default();
+
+    let (state, files, old_manifest) = if fs.exists(&dir.join(CURRENT)) {
+        let m = read_current(fs.as_ref(), &dir)?;
+        report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
+        let st = replay_manifest(&m)?;
+        let files = open_tables(&fs, &dir, &st, &cache, &m.path)?;
+        (st, files, Some(m.path))
+    } else {
+        if !opts.create_if_missing {
+            return Err(Error::NotADatabase {
+                path: dir,
+                reason: "no CURRENT file".into(),
+            });
+        }
+        let names = fs.list(&dir).map_err(|e| Error::io(&dir, e))?;
+        if let Some(n) = names.iter().find(|n| looks_like_ours(n)) {
+            return Err(Error::NotADatabase {
+                path: dir.clone(),
+                reason: format!(
+                    "CURRENT is missing but {n} exists; refusing to start a new database over it"
+                ),
+            });
+        }
+        let func = Arc::new(PartitionFn::new(opts.partition.clone())?);
+        let mut registry = BTreeMap::new();
+        registry.insert(1, (func.clone(), false));
+        let mut set = FileSet::default();
+        set.layouts.insert(1, LayoutState::new(1, func));
+        set.target = 1;
+        (
+            ManifestState {
+                registry,
+                target: 1,
+                files: BTreeMap::new(),
+                next_file: 1,
+                last_seqno: 0,
+                log_number: 0,
+                controller: None,
+            },
+            set,
+            None,
+        )
+    };
+
+    // Replay the WAL into a memtable that the first flush below persists.
+    let wals = wal_files(fs.as_ref(), &dir, state.log_number)?;
+    let recovered = Arc::new(MemTable::new(state.log_number));
+    let wal_last = replay_wals(fs.as_ref(), &wals, &recovered, &mut report)?;
+    let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
+
+    // File numbers must move past anything already in the directory.
+    let names = fs.list(&dir).map_err(|e| Error::io(&dir, e))?;
+    let max_seen = names
+        .iter()
+        .filter_map(|n| {
+            crate::util::file_number(Path::new(n))
+                .or_else(|| n.strip_prefix("MANIFEST-").and_then(|x| x.parse().ok()))
+        })
+        .max()
+        .unwrap_or(0);
+    let mut next_file = state.next_file.max(max_seen + 1);
+    let manifest_number = next_file;
+    let wal_number = next_file + 1;
+    next_file += 2;
+
+    let registry: BTreeMap<u32, Registered> = state
+        .registry
+        .iter()
+        .map(|(id, (f, retired))| {
+            (
+                *id,
+                Registered {
+                    func: f.clone(),
+                    retired: *retired,
+                },
+            )
+        })
+        .collect();
+    let has_recovered = !recovered.is_empty();
+    let log_number = if has_recovered {
+        state.log_number
+    } else {
+        wal_number
+    };
+
+    let wal_path = wal_file(&dir, wal_number);
+    let wal_handle = fs.create(&wal_path).map_err(|e| Error::io(&wal_path, e))?;
+    let mut wal_log = LogWriter::new(wal_handle, wal_path, LogKind::Wal);
+    wal_log.sync()?;
+
+    let table_opts = TableOptions {
+        block_size: opts.block_size,
+        compression: opts.compression,
+        bloom_bits_per_key: opts.bloom_bits_per_key,
+    };
+    let mut imm = Vec::new();
+    if has_recovered {
+        imm.push(recovered.clone());
+    }
+    let files = Arc::new(files);
+    let view = View {
+        mem: Arc::new(MemTable::new(wal_number)),
+        imm,
+        files: files.clone(),
+    };
+    let snapshot = crate::db::snapshot_edit(
+        next_file,
+        state.last_seqno,
+        log_number,
+        &registry,
+        &files,
+        state.controller.as_ref(),
+    );
+    let manifest = ManifestWriter::create(fs.as_ref(), &dir, manifest_number, &snapshot)?;
+    let core = Core {
+        manifest,
+        next_file,
+        log_number,
+        flushed_seqno: state.last_seqno,
+        registry,
+        busy: Default::default(),
+        flushing: false,
+        writing_to: Default::default(),
+        controller: state.controller.clone(),
+        compact_cursor: Default::default(),
+        running: 0,
+        manual: Default::default(),
+        manual_running: 0,
+        manual_error: None,
+        compaction_failures: 0,
+    };
+    let inner = Arc::new(Inner {
+        dir: dir.clone(),
+        fs: fs.clone(),
+        cache,
+        table_opts,
+        view: ArcSwap::from_pointee(view),
+        visible: AtomicU64::new(last_seqno),
+        core: Mutex::new(core),
+        bg_cv: Condvar::new(),
+        stall_cv: Condvar::new(),
+        queue: Mutex::new(Default::default()),
+        queue_cv: Condvar::new(),
+        wal: Mutex::new(WalState {
+            log: wal_log,
+            number: wal_number,
+            last_seqno,
+            last_flush: Instant::now(),
+        }),
+        snapshots: Mutex::new(BTreeMap::new()),
+        counters: Counters::default(),
+        closing: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        lock: Mutex::new(Some(lock)),
+        threads: Mutex::new(Vec::new()),
+        l0_max: AtomicUsize::new(0),
+        pending_compaction: AtomicU64::new(0),
+        recovery: Mutex::new(RecoveryReport::default()),
+        slowdown_debt: Mutex::new((Instant::now(), 0.0)),
+        last_background_error: Mutex::new(None),
+        move_bucket: Mutex::new((Instant::now(), 0.0)),
+        opts,
+    });
+    if has_recovered {
+        inner.flush_oldest()?;
+    }
+    // Remove what no manifest names any more: old WALs and manifests, orphaned SSTables
+    // from jobs a crash interrupted.
+    let live: std::collections::HashSet<u64> = inner
+        .view
+        .load()
+        .files
+        .all_files()
+        .map(|f| f.number)
+        .collect();
+    let current_manifest = crate::manifest::manifest_name(manifest_number);
+    for n in fs.list(&dir).map_err(|e| Error::io(&dir, e))? {
+        let p = dir.join(&n);
+        let remove = if n.starts_with("MANIFEST-") {
+            n != current_manifest
+        } else if n == "CURRENT.tmp" {
+            true
+        } else if let Some(num) = crate::util::file_number(&p) {
+            (n.ends_with(".sst") && !live.contains(&num))
+                || (n.ends_with(".log") && num != wal_number)
+        } else {
+            false
+        };
+        if remove && fs.remove(&p).is_ok() {
+            report.orphans_removed += 1;
+        }
+    }
+    let _ = old_manifest;
+    *inner.recovery.lock() = report;
+    {
+        let core = inner.core.lock();
+        inner.swap_view(&core, |v| View {
+            mem: v.mem.clone(),
+            imm: v.imm.clone(),
+            files: v.files.clone(),
+        });
+    }
+    Ok(inner)
+}

@@ -1,0 +1,448 @@
+//! Reads SSTables through a memory map.
+//!
+//! Opening a table checks the footer and the CRCs of the filter, index and properties blocks.
+//! Data blocks are checked on first use: an uncompressed block is then served straight from
+//! the map (its CRC verified once and remembered), a compressed one is decompressed into the
+//! block cache.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtOrd};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::cache::BlockCache;
+use crate::coding::Decoder;
+use crate::error::{Error, Result};
+use crate::fs::Fs;
+use crate::sst::block::Block;
+use crate::sst::bloom;
+use crate::sst::format::{
+    checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
+};
+use crate::types::{cmp_internal, Entry, Kind};
+
+struct IndexEntry {
+    last_key: Bytes,
+    last_seqno: u64,
+    handle: BlockHandle,
+}
+
+pub struct Table {
+    id: u64,
+    path: PathBuf,
+    data: Bytes,
+    index: Vec<IndexEntry>,
+    filter: Bytes,
+    props: TableProps,
+    cache: Option<Arc<BlockCache>>,
+    /// One bit per data block: CRC already verified (uncompressed blocks only).
+    verified: Box<[AtomicU64]>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Table({})", self.path.display())
+    }
+}
+
+impl Table {
+    /// Opens and checks a table file. `id` keys its blocks in the cache.
+    pub fn open(fs: &dyn Fs, path: &Path, id: u64, cache: Option<Arc<BlockCache>>) -> Result<Table> {
+        let data = fs.map(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(data, path, id, cache)
+    }
+
+    pub fn from_bytes(data: Bytes, path: &Path, id: u64, cache: Option<Arc<BlockCache>>) -> Result<Table> {
+        let footer = Footer::decode(&data, path)?;
+        let (_, pb) = checked_block(&data, footer.props, path)?;
+        let props = TableProps::decode(pb, path, footer.props.offset)?;
+        let (_, fb) = checked_block(&data, footer.filter, path)?;
+        let filter = data.slice_ref(fb);
+        let (_, ib) = checked_block(&data, footer.index, path)?;
+        let iblock = Block::new(data.slice_ref(ib), path, footer.index.offset)?;
+        let data_end = footer.filter.offset;
+        let mut index = Vec::with_capacity(iblock.len());
+        let mut next_offset = 0u64;
+        for i in 0..iblock.len() {
+            let e = iblock.entry(i, path, footer.index.offset)?;
+            let mut d = Decoder::new(&e.value, path, footer.index.offset);
+            let handle = BlockHandle {
+                offset: d.varint("data block offset")?,
+                size: d.varint("data block size")?,
+            };
+            let end = handle
+                .offset
+                .checked_add(handle.size)
+                .and_then(|x| x.checked_add(BLOCK_TRAILER_LEN as u64));
+            if handle.offset != next_offset || end.is_none_or(|x| x > data_end) {
+                return Err(Error::corruption(
+                    path,
+                    footer.index.offset,
+                    format!("index entry {i} has a bad block handle {handle:?}"),
+                ));
+            }
+            next_offset = end.unwrap_or(0);
+            if let Some(prev) = index.last() {
+                let prev: &IndexEntry = prev;
+                if cmp_internal(&prev.last_key, prev.last_seqno, &e.key, e.seqno)
+                    != std::cmp::Ordering::Less
+                {
+                    return Err(Error::corruption(
+                        path,
+                        footer.index.offset,
+                        format!("index entry {i} is out of order"),
+                    ));
+                }
+            }
+            index.push(IndexEntry {
+                last_key: e.key,
+                last_seqno: e.seqno,
+                handle,
+            });
+        }
+        if index.len() as u64 != props.data_blocks {
+            return Err(Error::corruption(
+                path,
+                footer.index.offset,
+                format!(
+                    "index lists {} blocks, properties say {}",
+                    index.len(),
+                    props.data_blocks
+                ),
+            ));
+        }
+        let words = index.len().div_ceil(64);
+        Ok(Table {
+            id,
+            path: path.to_path_buf(),
+            data,
+            index,
+            filter,
+            props,
+            cache,
+            verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn props(&self) -> &TableProps {
+        &self.props
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Loads data block `i`.
+    pub fn block(&self, i: usize) -> Result<Block> {
+        let h = self.index[i].handle;
+        let start = h.offset as usize;
+        let end = start + h.size as usize;
+        let ty = self.data[end];
+        if ty == COMPRESSION_NONE {
+            let (w, bit) = (i / 64, 1u64 << (i % 64));
+            if self.verified[w].load(AtOrd::Relaxed) & bit == 0 {
+                checked_block(&self.data, h, &self.path)?;
+                self.verified[w].fetch_or(bit, AtOrd::Relaxed);
+            }
+            return Block::new(self.data.slice(start..end), &self.path, h.offset);
+        }
+        if let Some(c) = &self.cache {
+            if let Some(b) = c.get(self.id, i as u32) {
+                return Ok(b);
+            }
+        }
+        let (ty, body) = checked_block(&self.data, h, &self.path)?;
+        let raw = match ty {
+            COMPRESSION_ZSTD => {
+                let mut d = Decoder::new(body, &self.path, h.offset);
+                let raw_len = d.len(64 << 20, "uncompressed block length")?;
+                let z = &body[body.len() - d.remaining()..];
+                let v = zstd::bulk::decompress(z, raw_len).map_err(|e| {
+                    Error::corruption(&self.path, h.offset, format!("zstd block: {e}"))
+                })?;
+                if v.len() != raw_len {
+                    return Err(Error::corruption(
+                        &self.path,
+                        h.offset,
+                        format!("zstd block decoded to {} bytes, expected {raw_len}", v.len()),
+                    ));
+                }
+                v
+            }
+            other => {
+                return Err(Error::corruption(
+                    &self.path,
+                    h.offset + h.size,
+                    format!("unknown block compression {other}"),
+                ))
+            }
+        };
+        let b = Block::new(Bytes::from(raw), &self.path, h.offset)?;
+        if let Some(c) = &self.cache {
+            c.insert(self.id, i as u32, b.clone());
+        }
+        Ok(b)
+    }
+
+    fn block_offset(&self, i: usize) -> u64 {
+        self.index[i].handle.offset
+    }
+
+    /// Index of the first data block that may hold entries at or after (key, seqno).
+    fn find_block(&self, key: &[u8], seqno: u64) -> usize {
+        self.index.partition_point(|ie| {
+            cmp_internal(&ie.last_key, ie.last_seqno, key, seqno) == std::cmp::Ordering::Less
+        })
+    }
+
+    /// Whether the bloom filter admits `key` (given its filter hash).
+    #[inline]
+    pub fn may_contain_hash(&self, h: u64) -> bool {
+        bloom::may_contain(&self.filter, h)
+    }
+
+    /// The newest entry for `key` with seqno <= `snapshot`, if this table holds one.
+    pub fn get(&self, key: &[u8], bloom_hash: u64, snapshot: u64) -> Result<Option<Entry>> {
+        if key < self.props.smallest.as_slice() || key > self.props.largest.as_slice() {
+            return Ok(None);
+        }
+        if !self.may_contain_hash(bloom_hash) {
+            return Ok(None);
+        }
+        let mut bi = self.find_block(key, snapshot);
+        while bi < self.index.len() {
+            let b = self.block(bi)?;
+            let base = self.block_offset(bi);
+            let i = b.seek(key, snapshot, &self.path, base)?;
+            if i < b.len() {
+                let e = b.entry(i, &self.path, base)?;
+                return Ok((e.key.as_ref() == key).then_some(e));
+            }
+            // Only reachable if the index disagrees with the block; look one block further.
+            bi += 1;
+        }
+        Ok(None)
+    }
+
+    /// Every entry, in internal order.
+    pub fn iter(self: &Arc<Self>) -> TableIter {
+        TableIter::new(self.clone(), Bound::Unbounded, Bound::Unbounded)
+    }
+}
+
+/// Position of an entry: (block, entry within block).
+type Pos = (usize, usize);
+
+/// A double-ended iterator over a table's entries whose user keys fall in a range.
+pub struct TableIter {
+    table: Arc<Table>,
+    start: Bound<Bytes>,
+    end: Bound<Bytes>,
+    front: Option<Pos>,
+    back: Option<Pos>,
+    front_block: Option<(usize, Block)>,
+    back_block: Option<(usize, Block)>,
+    done: bool,
+}
+
+impl TableIter {
+    pub fn new(table: Arc<Table>, start: Bound<Bytes>, end: Bound<Bytes>) -> TableIter {
+        TableIter {
+            table,
+            start,
+            end,
+            front: None,
+            back: None,
+            front_block: None,
+            back_block: None,
+            done: false,
+        }
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    fn load(&self, slot: &mut Option<(usize, Block)>, bi: usize) -> Result<Block> {
+        if let Some((i, b)) = slot {
+            if *i == bi {
+                return Ok(b.clone());
+            }
+        }
+        let b = self.table.block(bi)?;
+        *slot = Some((bi, b.clone()));
+        Ok(b)
+    }
+
+    /// First position at or after the start bound.
+    fn init_front(&mut self) -> Result<Pos> {
+        let t = self.table.clone();
+        let (key, seq, skip_key) = match &self.start {
+            Bound::Unbounded => return Ok((0, 0)),
+            Bound::Included(k) => (k.clone(), u64::MAX, false),
+            Bound::Excluded(k) => (k.clone(), 0, true),
+        };
+        let mut bi = t.find_block(&key, seq);
+        while bi < t.index.len() {
+            let mut slot = self.front_block.take();
+            let b = self.load(&mut slot, bi)?;
+            self.front_block = slot;
+            let base = t.block_offset(bi);
+            let i = if skip_key {
+                b.seek_after_user_key(&key, &t.path, base)?
+            } else {
+                b.seek(&key, seq, &t.path, base)?
+            };
+            if i < b.len() {
+                return Ok((bi, i));
+            }
+            bi += 1;
+        }
+        Ok((t.index.len(), 0))
+    }
+
+    /// Position just past the last entry at or before the end bound.
+    fn init_back(&mut self) -> Result<Pos> {
+        let t = self.table.clone();
+        let (key, skip_key) = match &self.end {
+            Bound::Unbounded => return Ok((t.index.len(), 0)),
+            Bound::Included(k) => (k.clone(), true),
+            Bound::Excluded(k) => (k.clone(), false),
+        };
+        let mut bi = t.find_block(&key, if skip_key { 0 } else { u64::MAX });
+        while bi < t.index.len() {
+            let mut slot = self.back_block.take();
+            let b = self.load(&mut slot, bi)?;
+            self.back_block = slot;
+            let base = t.block_offset(bi);
+            let i = if skip_key {
+                b.seek_after_user_key(&key, &t.path, base)?
+            } else {
+                b.seek(&key, u64::MAX, &t.path, base)?
+            };
+            if i < b.len() {
+                return Ok((bi, i));
+            }
+            bi += 1;
+        }
+        Ok((t.index.len(), 0))
+    }
+
+    fn next_inner(&mut self) -> Result<Option<Entry>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.front.is_none() {
+            self.front = Some(self.init_front()?);
+        }
+        if self.back.is_none() {
+            self.back = Some(self.init_back()?);
+        }
+        loop {
+            let (bi, ei) = self.front.unwrap_or_default();
+            let back = self.back.unwrap_or_default();
+            if (bi, ei) >= back || bi >= self.table.index.len() {
+                self.done = true;
+                return Ok(None);
+            }
+            let mut slot = self.front_block.take();
+            let b = self.load(&mut slot, bi)?;
+            self.front_block = slot;
+            if ei >= b.len() {
+                self.front = Some((bi + 1, 0));
+                continue;
+            }
+            let e = b.entry(ei, &self.table.path, self.table.block_offset(bi))?;
+            self.front = Some((bi, ei + 1));
+            return Ok(Some(e));
+        }
+    }
+
+    fn next_back_inner(&mut self) -> Result<Option<Entry>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.back.is_none() {
+            self.back = Some(self.init_back()?);
+        }
+        if self.front.is_none() {
+            self.front = Some(self.init_front()?);
+        }
+        loop {
+            let (bi, ei) = self.back.unwrap_or_default();
+            let front = self.front.unwrap_or_default();
+            if (bi, ei) <= front {
+                self.done = true;
+                return Ok(None);
+            }
+            if ei == 0 {
+                // Step to the end of the previous block.
+                let mut slot = self.back_block.take();
+                let pb = self.load(&mut slot, bi - 1)?;
+                self.back_block = slot;
+                self.back = Some((bi - 1, pb.len()));
+                continue;
+            }
+            let mut slot = self.back_block.take();
+            let b = self.load(&mut slot, bi)?;
+            self.back_block = slot;
+            let idx = ei.min(b.len());
+            if idx == 0 {
+                self.back = Some((bi, 0));
+                continue;
+            }
+            let e = b.entry(idx - 1, &self.table.path, self.table.block_offset(bi))?;
+            self.back = Some((bi, idx - 1));
+            return Ok(Some(e));
+        }
+    }
+}
+
+impl Iterator for TableIter {
+    type Item = Result<Entry>;
+    fn next(&mut self) -> Option<Result<Entry>> {
+        match self.next_inner() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl DoubleEndedIterator for TableIter {
+    fn next_back(&mut self) -> Option<Result<Entry>> {
+        match self.next_back_inner() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Entry {
+    /// True for entries that stand for a value a reader can see.
+    pub fn is_value(&self) -> bool {
+        self.kind == Kind::Value
+    }
+}

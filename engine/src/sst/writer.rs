@@ -1,0 +1,251 @@
+//! Writes one SSTable from entries given in internal order.
+
+use std::path::{Path, PathBuf};
+
+use crate::coding::put_varint;
+use crate::error::{Error, Result};
+use crate::fs::{Fs, WritableFile};
+use crate::sst::block::BlockBuilder;
+use crate::sst::bloom::BloomBuilder;
+use crate::sst::format::{
+    block_trailer, BlockHandle, Compression, Footer, TableKind, TableProps, COMPRESSION_NONE,
+    COMPRESSION_ZSTD, TABLE_FORMAT_VERSION,
+};
+use crate::types::{Entry, Kind};
+
+/// How to build tables.
+#[derive(Clone, Debug)]
+pub struct TableOptions {
+    pub block_size: usize,
+    pub compression: Compression,
+    pub bloom_bits_per_key: u32,
+}
+
+/// Who the table belongs to.
+#[derive(Clone, Copy, Debug)]
+pub struct TableOwner {
+    pub kind: TableKind,
+    pub layout_version: u32,
+    pub fingerprint: u64,
+    pub partition: u32,
+}
+
+const WRITE_BUFFER: usize = 256 << 10;
+
+pub struct TableWriter {
+    file: Box<dyn WritableFile>,
+    path: PathBuf,
+    opts: TableOptions,
+    owner: TableOwner,
+    block: BlockBuilder,
+    index: BlockBuilder,
+    bloom: BloomBuilder,
+    out: Vec<u8>,
+    offset: u64,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    scratch: Vec<u8>,
+    last: Option<(Vec<u8>, u64)>,
+    props: TableProps,
+}
+
+impl TableWriter {
+    pub fn create(fs: &dyn Fs, path: &Path, opts: TableOptions, owner: TableOwner) -> Result<TableWriter> {
+        let file = fs.create(path).map_err(|e| Error::io(path, e))?;
+        let compressor = match opts.compression {
+            Compression::Zstd(level) => Some(
+                zstd::bulk::Compressor::new(level).map_err(|e| Error::io(path, e))?,
+            ),
+            Compression::None => None,
+        };
+        Ok(TableWriter {
+            file,
+            path: path.to_path_buf(),
+            bloom: BloomBuilder::new(opts.bloom_bits_per_key),
+            props: TableProps {
+                format_version: TABLE_FORMAT_VERSION,
+                kind: owner.kind,
+                layout_version: owner.layout_version,
+                fingerprint: owner.fingerprint,
+                partition: owner.partition,
+                smallest: Vec::new(),
+                largest: Vec::new(),
+                min_seqno: u64::MAX,
+                max_seqno: 0,
+                entries: 0,
+                tombstones: 0,
+                pointers: 0,
+                raw_bytes: 0,
+                data_blocks: 0,
+                compression: match opts.compression {
+                    Compression::None => COMPRESSION_NONE,
+                    Compression::Zstd(_) => COMPRESSION_ZSTD,
+                },
+                created_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            },
+            opts,
+            owner,
+            block: BlockBuilder::new(),
+            index: BlockBuilder::new(),
+            out: Vec::new(),
+            offset: 0,
+            compressor,
+            scratch: Vec::new(),
+            last: None,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn owner(&self) -> TableOwner {
+        self.owner
+    }
+
+    /// User key of the last entry added.
+    pub fn last_key(&self) -> Option<&[u8]> {
+        self.last.as_ref().map(|(k, _)| k.as_slice())
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.props.entries
+    }
+
+    /// Bytes written so far, including the block being built.
+    pub fn estimated_size(&self) -> u64 {
+        self.offset + self.out.len() as u64 + self.block.estimated_len() as u64
+    }
+
+    /// Adds an entry; entries must come in strictly increasing internal order.
+    pub fn add(&mut self, e: &Entry) -> Result<()> {
+        if let Some((k, s)) = &self.last {
+            if crate::types::cmp_internal(k, *s, &e.key, e.seqno) != std::cmp::Ordering::Less {
+                return Err(Error::corruption(
+                    &self.path,
+                    self.estimated_size(),
+                    "internal error: table entries out of order",
+                ));
+            }
+        }
+        if self.props.entries == 0 {
+            self.props.smallest = e.key.to_vec();
+        }
+        match &mut self.last {
+            Some((k, s)) => {
+                k.clear();
+                k.extend_from_slice(&e.key);
+                *s = e.seqno;
+            }
+            None => self.last = Some((e.key.to_vec(), e.seqno)),
+        }
+        self.props.entries += 1;
+        match e.kind {
+            Kind::Delete => self.props.tombstones += 1,
+            Kind::Forward => self.props.pointers += 1,
+            Kind::Value => {}
+        }
+        self.props.raw_bytes += (e.key.len() + e.value.len()) as u64;
+        self.props.min_seqno = self.props.min_seqno.min(e.seqno);
+        self.props.max_seqno = self.props.max_seqno.max(e.seqno);
+        self.bloom.add_key(&e.key);
+        self.block.add(&e.key, e.seqno, e.kind, &e.value);
+        if self.block.estimated_len() >= self.opts.block_size {
+            self.finish_data_block()?;
+        }
+        Ok(())
+    }
+
+    fn finish_data_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let (last_key, last_seq) = self.last.clone().expect("a non-empty block has a last key");
+        self.scratch.clear();
+        self.block.finish_into(&mut self.scratch);
+        let handle = self.write_block(true)?;
+        let mut hv = Vec::with_capacity(16);
+        put_varint(&mut hv, handle.offset);
+        put_varint(&mut hv, handle.size);
+        self.index.add(&last_key, last_seq, Kind::Value, &hv);
+        self.props.data_blocks += 1;
+        Ok(())
+    }
+
+    /// Writes `self.scratch` as a block (compressed if enabled, worthwhile and `compress`).
+    fn write_block(&mut self, compress: bool) -> Result<BlockHandle> {
+        let handle_offset = self.offset + self.out.len() as u64;
+        let mut ty = COMPRESSION_NONE;
+        let mut compressed = Vec::new();
+        if let (true, Some(c)) = (compress, self.compressor.as_mut()) {
+            let raw_len = self.scratch.len();
+            put_varint(&mut compressed, raw_len as u64);
+            let z = c
+                .compress(&self.scratch)
+                .map_err(|e| Error::io(&self.path, e))?;
+            compressed.extend_from_slice(&z);
+            // Keep the block raw unless compression saves at least an eighth.
+            if compressed.len() < raw_len - raw_len / 8 {
+                ty = COMPRESSION_ZSTD;
+            }
+        }
+        let body: &[u8] = if ty == COMPRESSION_ZSTD {
+            &compressed
+        } else {
+            &self.scratch
+        };
+        self.out.extend_from_slice(body);
+        self.out.extend_from_slice(&block_trailer(body, ty));
+        let size = body.len() as u64;
+        if self.out.len() >= WRITE_BUFFER {
+            self.flush_out()?;
+        }
+        Ok(BlockHandle {
+            offset: handle_offset,
+            size,
+        })
+    }
+
+    fn flush_out(&mut self) -> Result<()> {
+        if !self.out.is_empty() {
+            self.file
+                .append(&self.out)
+                .map_err(|e| Error::io(&self.path, e))?;
+            self.offset += self.out.len() as u64;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes filter, index, properties and footer, and fsyncs. Returns the properties and
+    /// the file size.
+    pub fn finish(mut self) -> Result<(TableProps, u64)> {
+        self.finish_data_block()?;
+        if let Some((k, _)) = &self.last {
+            self.props.largest = k.clone();
+        }
+        if self.props.entries == 0 {
+            self.props.min_seqno = 0;
+        }
+        self.scratch = self.bloom.finish();
+        let filter = self.write_block(false)?;
+        self.scratch.clear();
+        self.index.finish_into(&mut self.scratch);
+        let index = self.write_block(false)?;
+        self.scratch.clear();
+        self.props.encode(&mut self.scratch);
+        let props = self.write_block(false)?;
+        let footer = Footer {
+            filter,
+            index,
+            props,
+            format_version: TABLE_FORMAT_VERSION,
+        };
+        self.out.extend_from_slice(&footer.encode());
+        self.flush_out()?;
+        self.file.sync().map_err(|e| Error::io(&self.path, e))?;
+        Ok((self.props, self.offset))
+    }
+}

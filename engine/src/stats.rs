@@ -1,0 +1,99 @@
+//! Engine counters and the public statistics snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic counters updated on the hot paths (relaxed atomics).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub user_bytes: AtomicU64,
+    pub writes: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_bytes: AtomicU64,
+    pub compactions: AtomicU64,
+    pub trivial_moves: AtomicU64,
+    pub compaction_read: AtomicU64,
+    pub compaction_written: AtomicU64,
+    pub migration_read: AtomicU64,
+    pub migration_written: AtomicU64,
+    pub moves: AtomicU64,
+    pub moved_bytes: AtomicU64,
+    pub move_skipped: AtomicU64,
+    pub stall_micros: AtomicU64,
+    pub stalls: AtomicU64,
+    pub slowdown_micros: AtomicU64,
+    pub slowdowns: AtomicU64,
+    pub gets: AtomicU64,
+    pub background_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, v: u64) {
+        c.fetch_add(v, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Files and bytes at one level, summed over every partition of every live layout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LevelStats {
+    pub level: usize,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Files and bytes of one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub version: u32,
+    pub partition: u32,
+    pub files: usize,
+    pub bytes: u64,
+    pub entries: u64,
+    /// Files per level.
+    pub level_files: Vec<usize>,
+}
+
+/// A point-in-time picture of the engine, from [`crate::Db::stats`].
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub levels: Vec<LevelStats>,
+    pub partitions: Vec<PartitionStats>,
+    /// Bytes of keys and values written by callers.
+    pub user_bytes_written: u64,
+    pub writes: u64,
+    pub wal_bytes_written: u64,
+    pub wal_syncs: u64,
+    pub flushes: u64,
+    pub bytes_flushed: u64,
+    pub compactions: u64,
+    pub trivial_moves: u64,
+    pub compaction_bytes_read: u64,
+    pub compaction_bytes_written: u64,
+    /// Of the compaction figures, what migration compactions read and wrote.
+    pub migration_bytes_read: u64,
+    pub migration_bytes_written: u64,
+    pub lazy_moves: u64,
+    pub lazy_moved_bytes: u64,
+    /// Bytes written to storage (WAL + flushes + compactions) per byte of user data.
+    pub write_amplification: f64,
+    /// Time writers spent stopped (memtables full, L0 at its stop trigger, compaction debt
+    /// at its hard limit).
+    pub stall_micros: u64,
+    pub stalls: u64,
+    /// Time writers spent slowed down (rate-limited) before a stop.
+    pub slowdown_micros: u64,
+    pub slowdowns: u64,
+    /// Estimated bytes compaction still has to rewrite to bring every level under target.
+    pub pending_compaction_bytes: u64,
+    pub memtable_bytes: u64,
+    pub immutable_memtables: usize,
+    pub block_cache_bytes: u64,
+    pub live_sst_bytes: u64,
+    pub last_seqno: u64,
+    pub background_errors: u64,
+}

@@ -1,0 +1,47 @@
+//! Small helpers with no better home.
+
+use std::path::Path;
+
+/// The smallest key greater than every key that starts with `prefix`, or `None` if there is
+/// none (the prefix is empty or all `0xff`).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last != 0xff {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The number in a file name like `000123.sst` or `000007.log`.
+pub fn file_number(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let (stem, _) = name.split_once('.')?;
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(b"\xff\xff"), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(file_number(Path::new("/x/000123.sst")), Some(123));
+        assert_eq!(file_number(Path::new("000007.log")), Some(7));
+        assert_eq!(file_number(Path::new("MANIFEST-000001")), None);
+        assert_eq!(file_number(Path::new("12a.sst")), None);
+    }
+}

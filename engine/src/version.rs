@@ -1,0 +1,312 @@
+//! The file set: every live layout version, its partitions, and each partition's levels.
+//!
+//! A `FileSet` is immutable; a flush or compaction builds a new one from an edit and swaps it
+//! in. Readers hold an `Arc` to the set they started with, which keeps its files open.
+//!
+//! Level rules: in L0 files may overlap and are kept newest-first by max seqno; in L1 and
+//! deeper, files of one partition never overlap and are kept sorted by smallest key.
+//! Reads never rely on position for recency: they compare seqnos (see `read.rs`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::fs::Fs;
+use crate::layout::PartitionFn;
+use crate::manifest::{FileRecord, MAX_LEVELS};
+use crate::sst::{Table, TableKind};
+
+/// One SSTable in the file set.
+#[derive(Debug)]
+pub struct FileMeta {
+    pub number: u64,
+    pub size: u64,
+    pub layout_version: u32,
+    pub partition: u32,
+    pub level: u8,
+    pub kind: TableKind,
+    pub smallest: Bytes,
+    pub largest: Bytes,
+    pub min_seqno: u64,
+    pub max_seqno: u64,
+    pub entries: u64,
+    pub table: Arc<Table>,
+    /// Set once a manifest edit has removed the file; the last holder deletes it.
+    pub obsolete: AtomicBool,
+    pub fs: Arc<dyn Fs>,
+}
+
+impl Drop for FileMeta {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            // Best effort: a file left behind is an orphan that the next open removes.
+            let _ = self.fs.remove(self.table.path());
+        }
+    }
+}
+
+impl FileMeta {
+    /// Builds the in-memory record of a table that was just written or opened.
+    pub fn new(table: Arc<Table>, level: u8, fs: Arc<dyn Fs>) -> FileMeta {
+        let p = table.props();
+        FileMeta {
+            number: table.id(),
+            size: table.file_size(),
+            layout_version: p.layout_version,
+            partition: p.partition,
+            level,
+            kind: p.kind,
+            smallest: Bytes::copy_from_slice(&p.smallest),
+            largest: Bytes::copy_from_slice(&p.largest),
+            min_seqno: p.min_seqno,
+            max_seqno: p.max_seqno,
+            entries: p.entries,
+            table,
+            obsolete: AtomicBool::new(false),
+            fs,
+        }
+    }
+
+    /// The same table at another level (a trivial move).
+    pub fn at_level(&self, level: u8) -> FileMeta {
+        FileMeta::new(self.table.clone(), level, self.fs.clone())
+    }
+
+    pub fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+
+    pub fn record(&self) -> FileRecord {
+        FileRecord {
+            number: self.number,
+            size: self.size,
+            layout_version: self.layout_version,
+            partition: self.partition,
+            level: self.level,
+            kind: self.kind,
+            smallest: self.smallest.clone(),
+            largest: self.largest.clone(),
+            min_seqno: self.min_seqno,
+            max_seqno: self.max_seqno,
+            entries: self.entries,
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.smallest.as_ref() <= key && key <= self.largest.as_ref()
+    }
+
+    pub fn overlaps(&self, smallest: &[u8], largest: &[u8]) -> bool {
+        !(self.largest.as_ref() < smallest || self.smallest.as_ref() > largest)
+    }
+}
+
+/// The files of one partition.
+#[derive(Clone, Debug, Default)]
+pub struct PartitionFiles {
+    pub levels: [Vec<Arc<FileMeta>>; MAX_LEVELS],
+    /// Forwarding-pointer tables (draining partitions only); not part of any level.
+    pub pointers: Vec<Arc<FileMeta>>,
+}
+
+impl PartitionFiles {
+    pub fn data_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
+        self.levels.iter().flatten()
+    }
+
+    pub fn data_file_count(&self) -> usize {
+        self.levels.iter().map(|l| l.len()).sum()
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.data_files().map(|f| f.size).sum()
+    }
+
+    pub fn level_bytes(&self, level: usize) -> u64 {
+        self.levels[level].iter().map(|f| f.size).sum()
+    }
+
+    /// The file in level `level >= 1` whose range holds `key`.
+    pub fn file_for_key(&self, level: usize, key: &[u8]) -> Option<&Arc<FileMeta>> {
+        let files = &self.levels[level];
+        let i = files.partition_point(|f| f.largest.as_ref() < key);
+        files.get(i).filter(|f| f.smallest.as_ref() <= key)
+    }
+
+    /// Files in `level` overlapping `[smallest, largest]`.
+    pub fn overlapping(&self, level: usize, smallest: &[u8], largest: &[u8]) -> Vec<Arc<FileMeta>> {
+        self.levels[level]
+            .iter()
+            .filter(|f| f.overlaps(smallest, largest))
+            .cloned()
+            .collect()
+    }
+
+    fn insert(&mut self, f: Arc<FileMeta>) {
+        if f.kind == TableKind::Pointers {
+            self.pointers.push(f);
+            return;
+        }
+        let level = f.level as usize;
+        let files = &mut self.levels[level];
+        if level == 0 {
+            let i = files.partition_point(|g| g.max_seqno > f.max_seqno);
+            files.insert(i, f);
+        } else {
+            let i = files.partition_point(|g| g.smallest < f.smallest);
+            files.insert(i, f);
+        }
+    }
+
+    fn remove(&mut self, number: u64) -> bool {
+        for l in self.levels.iter_mut() {
+            if let Some(i) = l.iter().position(|f| f.number == number) {
+                l.remove(i);
+                return true;
+            }
+        }
+        if let Some(i) = self.pointers.iter().position(|f| f.number == number) {
+            self.pointers.remove(i);
+            return true;
+        }
+        false
+    }
+
+    /// True if the level invariant (no overlap in L1+) holds.
+    pub fn check_levels(&self) -> Result<(), String> {
+        for (l, files) in self.levels.iter().enumerate().skip(1) {
+            for w in files.windows(2) {
+                if w[0].largest >= w[1].smallest {
+                    return Err(format!(
+                        "L{l} files {} and {} overlap",
+                        w[0].number, w[1].number
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One live layout version.
+#[derive(Clone, Debug)]
+pub struct LayoutState {
+    pub id: u32,
+    pub func: Arc<PartitionFn>,
+    pub parts: Vec<Arc<PartitionFiles>>,
+}
+
+impl LayoutState {
+    pub fn new(id: u32, func: Arc<PartitionFn>) -> LayoutState {
+        let n = func.partitions() as usize;
+        LayoutState {
+            id,
+            func,
+            parts: (0..n).map(|_| Arc::new(PartitionFiles::default())).collect(),
+        }
+    }
+
+    pub fn data_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
+        self.parts.iter().flat_map(|p| p.data_files())
+    }
+
+    pub fn data_file_count(&self) -> usize {
+        self.parts.iter().map(|p| p.data_file_count()).sum()
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.data_bytes()).sum()
+    }
+
+    pub fn pointer_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
+        self.parts.iter().flat_map(|p| p.pointers.iter())
+    }
+}
+
+/// All live layout versions and their files.
+#[derive(Clone, Debug, Default)]
+pub struct FileSet {
+    pub layouts: BTreeMap<u32, LayoutState>,
+    pub target: u32,
+}
+
+impl FileSet {
+    pub fn target_layout(&self) -> &LayoutState {
+        &self.layouts[&self.target]
+    }
+
+    /// Layout versions other than the target.
+    pub fn draining(&self) -> impl Iterator<Item = &LayoutState> {
+        let t = self.target;
+        self.layouts.values().filter(move |l| l.id != t)
+    }
+
+    pub fn all_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
+        self.layouts
+            .values()
+            .flat_map(|l| l.parts.iter().flat_map(|p| p.data_files().chain(p.pointers.iter())))
+    }
+
+    pub fn contains_file(&self, number: u64) -> bool {
+        self.all_files().any(|f| f.number == number)
+    }
+
+    pub fn find_file(&self, number: u64) -> Option<&Arc<FileMeta>> {
+        self.all_files().find(|f| f.number == number)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.all_files().map(|f| f.size).sum()
+    }
+
+    /// Applies file additions and removals, copying only the partitions they touch.
+    /// Unknown layouts or partitions are reported, not skipped.
+    pub fn apply(
+        &self,
+        added: &[Arc<FileMeta>],
+        removed: &[(u32, u32, u64)],
+    ) -> Result<FileSet, String> {
+        let mut next = self.clone();
+        for &(v, p, number) in removed {
+            let part = next
+                .layouts
+                .get_mut(&v)
+                .and_then(|l| l.parts.get_mut(p as usize))
+                .ok_or_else(|| format!("removed file {number}: no partition v{v}/{p}"))?;
+            if !Arc::make_mut(part).remove(number) {
+                return Err(format!("removed file {number} is not in v{v}/{p}"));
+            }
+        }
+        for f in added {
+            let part = next
+                .layouts
+                .get_mut(&f.layout_version)
+                .and_then(|l| l.parts.get_mut(f.partition as usize))
+                .ok_or_else(|| {
+                    format!(
+                        "added file {}: no partition v{}/{}",
+                        f.number, f.layout_version, f.partition
+                    )
+                })?;
+            Arc::make_mut(part).insert(f.clone());
+        }
+        Ok(next)
+    }
+}
+
+/// What one file set holds, by level, for stats.
+pub fn level_summary(fs: &FileSet) -> Vec<(usize, u64)> {
+    let mut out = vec![(0usize, 0u64); MAX_LEVELS];
+    for l in fs.layouts.values() {
+        for p in &l.parts {
+            for (i, files) in p.levels.iter().enumerate() {
+                out[i].0 += files.len();
+                out[i].1 += files.iter().map(|f| f.size).sum::<u64>();
+            }
+        }
+    }
+    out
+}

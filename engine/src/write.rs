@@ -1,0 +1,298 @@
+//! The write path: group commit, WAL, memtable rotation, and write stalls.
+//!
+//! Writers queue up; the writer at the front becomes the leader, takes every batch queued
+//! behind it (up to a size cap), assigns one contiguous seqno range per batch, appends them
+//! to the WAL, fsyncs once if any writer asked for sync, inserts them into the memtable and
+//! only then publishes the new latest seqno — so a reader never sees part of a batch.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::batch::WriteBatch;
+use crate::db::{wal_file, Inner, View, WalState};
+use crate::error::{Error, Result};
+use crate::log::{LogKind, LogWriter};
+use crate::memtable::MemTable;
+use crate::stats::Counters;
+
+/// Largest group a leader commits at once.
+const MAX_GROUP_BYTES: usize = 1 << 20;
+
+pub(crate) struct Writer {
+    batch: Mutex<Option<WriteBatch>>,
+    size: usize,
+    sync: bool,
+    result: Mutex<Option<Result<u64>>>,
+}
+
+impl Inner {
+    /// Commits one batch; returns the seqno of its last operation.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<u64> {
+        batch.validate()?;
+        self.check_writable()?;
+        if batch.is_empty() {
+            return Ok(self.latest());
+        }
+        self.throttle(batch.size_bytes())?;
+        let w = Arc::new(Writer {
+            size: batch.size_bytes(),
+            batch: Mutex::new(Some(batch)),
+            sync,
+            result: Mutex::new(None),
+        });
+        let mut q = self.queue.lock();
+        q.push_back(w.clone());
+        loop {
+            if let Some(r) = w.result.lock().take() {
+                return r;
+            }
+            if q.front().is_some_and(|f| Arc::ptr_eq(f, &w)) {
+                break;
+            }
+            self.queue_cv.wait(&mut q);
+        }
+        // Leader: commit every writer queued so far, up to the cap.
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        for x in q.iter() {
+            if !group.is_empty() && bytes + x.size > MAX_GROUP_BYTES {
+                break;
+            }
+            bytes += x.size;
+            group.push(x.clone());
+        }
+        drop(q);
+        let res = self.commit_group(&group);
+        let mut q = self.queue.lock();
+        for (i, x) in group.iter().enumerate() {
+            let popped = q.pop_front();
+            debug_assert!(popped.is_some_and(|p| Arc::ptr_eq(&p, x)));
+            let r = match &res {
+                Ok(ends) => Ok(ends[i]),
+                Err(e) => Err(e.duplicate()),
+            };
+            *x.result.lock() = Some(r);
+        }
+        self.queue_cv.notify_all();
+        drop(q);
+        let r = w.result.lock().take();
+        r.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Writes a group to the WAL and memtable. Returns each writer's last seqno.
+    fn commit_group(&self, group: &[Arc<Writer>]) -> Result<Vec<u64>> {
+        let mut wal = self.wal.lock();
+        self.check_writable()?;
+        self.make_room(&mut wal)?;
+        let sync = group.iter().any(|w| w.sync);
+        let mut batches = Vec::with_capacity(group.len());
+        let mut seq = wal.last_seqno + 1;
+        let mut ends = Vec::with_capacity(group.len());
+        let mut payload = Vec::new();
+        let mut user_bytes = 0u64;
+        let mut ops = 0u64;
+        let wal_before = wal.log.len();
+        for w in group {
+            let b = w
+                .batch
+                .lock()
+                .take()
+                .ok_or_else(|| Error::ReadOnly("internal: batch taken twice".into()))?;
+            payload.clear();
+            b.encode_wal(seq, &mut payload);
+            wal.log.add(&payload);
+            ends.push(seq + b.len() as u64 - 1);
+            user_bytes += b.size_bytes() as u64;
+            ops += b.len() as u64;
+            let first = seq;
+            seq += b.len() as u64;
+            batches.push((first, b));
+        }
+        let io = if sync {
+            wal.log.sync()
+        } else if wal.log.buffered() >= self.opts.wal_buffer_bytes {
+            wal.log.flush()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = io {
+            // The WAL may now hold a torn record, and the kernel may have dropped dirty pages
+            // after a failed fsync: nothing more can be promised durable. Refuse all writes.
+            self.fail(format!("WAL write failed: {e}"));
+            return Err(e);
+        }
+        if sync {
+            Counters::add(&self.counters.wal_syncs, 1);
+        }
+        Counters::add(&self.counters.wal_bytes, wal.log.len() - wal_before);
+        Counters::add(&self.counters.user_bytes, user_bytes);
+        Counters::add(&self.counters.writes, ops);
+        let view = self.view.load();
+        for (first, b) in batches {
+            let rep = Bytes::from(b.into_ops());
+            let mut s = first;
+            WriteBatch::for_each_op(&rep, wal.log.path(), 0, |kind, key, value| {
+                view.mem.insert(key, s, kind, value);
+                s += 1;
+            })?;
+        }
+        wal.last_seqno = seq - 1;
+        self.visible.store(seq - 1, Ordering::Release);
+        Ok(ends)
+    }
+
+    /// Makes sure the memtable has room, rotating it (and waiting for a flush when too many
+    /// frozen memtables are queued).
+    fn make_room(&self, wal: &mut WalState) -> Result<()> {
+        loop {
+            let view = self.view.load();
+            if view.mem.approximate_bytes() < self.opts.memtable_bytes {
+                return Ok(());
+            }
+            if view.imm.len() >= self.opts.max_immutable_memtables {
+                let start = Instant::now();
+                let mut core = self.core.lock();
+                while self.view.load().imm.len() >= self.opts.max_immutable_memtables {
+                    self.check_writable()?;
+                    self.bg_cv.notify_all();
+                    self.stall_cv.wait_for(&mut core, Duration::from_millis(100));
+                }
+                drop(core);
+                Counters::add(&self.counters.stalls, 1);
+                Counters::add(
+                    &self.counters.stall_micros,
+                    start.elapsed().as_micros() as u64,
+                );
+                continue;
+            }
+            self.rotate(wal)?;
+        }
+    }
+
+    /// Freezes the memtable and starts a new WAL. The old WAL is fsynced first, so no later
+    /// WAL can hold a write that an earlier one lost (no holes after a crash).
+    pub(crate) fn rotate(&self, wal: &mut WalState) -> Result<()> {
+        if let Err(e) = wal.log.sync() {
+            self.fail(format!("WAL sync at rotation failed: {e}"));
+            return Err(e);
+        }
+        let mut core = self.core.lock();
+        let number = core.new_file_number();
+        let path = wal_file(&self.dir, number);
+        let file = match self.fs.create(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let e = Error::io(&path, e);
+                drop(core);
+                self.fail(format!("cannot create WAL: {e}"));
+                return Err(e);
+            }
+        };
+        wal.log = LogWriter::new(file, path, LogKind::Wal);
+        wal.number = number;
+        let mem = Arc::new(MemTable::new(number));
+        self.swap_view(&core, |v| {
+            let mut imm = Vec::with_capacity(v.imm.len() + 1);
+            imm.push(v.mem.clone());
+            imm.extend(v.imm.iter().cloned());
+            View {
+                mem,
+                imm,
+                files: v.files.clone(),
+            }
+        });
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
+    /// Slows writers down before stopping them: a rate limit when L0 or compaction debt
+    /// passes its slowdown threshold, a stop (until compaction catches up) at the hard one.
+    fn throttle(&self, bytes: usize) -> Result<()> {
+        let o = &self.opts;
+        let stop = |s: &Self| {
+            s.l0_max.load(Ordering::Relaxed) >= o.level0_stop_trigger
+                || s.pending_compaction.load(Ordering::Relaxed) >= o.pending_compaction_stop_bytes
+        };
+        if stop(self) {
+            let start = Instant::now();
+            let mut core = self.core.lock();
+            while stop(self) {
+                self.check_writable()?;
+                self.bg_cv.notify_all();
+                self.stall_cv.wait_for(&mut core, Duration::from_millis(100));
+            }
+            drop(core);
+            Counters::add(&self.counters.stalls, 1);
+            Counters::add(&self.counters.stall_micros, start.elapsed().as_micros() as u64);
+            return Ok(());
+        }
+        let slow = self.l0_max.load(Ordering::Relaxed) >= o.level0_slowdown_trigger
+            || self.pending_compaction.load(Ordering::Relaxed) >= o.pending_compaction_slowdown_bytes;
+        if !slow {
+            return Ok(());
+        }
+        // Token bucket: each write adds bytes / rate seconds of debt; sleep off debt beyond
+        // a millisecond.
+        let sleep = {
+            let mut d = self.slowdown_debt.lock();
+            let now = Instant::now();
+            let elapsed = now.duration_since(d.0).as_secs_f64();
+            d.0 = now;
+            d.1 = (d.1 - elapsed).max(0.0) + bytes as f64 / o.slowdown_bytes_per_sec as f64;
+            if d.1 > 0.001 {
+                let s = d.1;
+                d.1 = 0.0;
+                Some(Duration::from_secs_f64(s.min(0.1)))
+            } else {
+                None
+            }
+        };
+        if let Some(s) = sleep {
+            std::thread::sleep(s);
+            Counters::add(&self.counters.slowdowns, 1);
+            Counters::add(&self.counters.slowdown_micros, s.as_micros() as u64);
+        }
+        Ok(())
+    }
+
+    /// Freezes a non-empty memtable and waits until no frozen memtable is left.
+    pub fn flush_all(&self) -> Result<()> {
+        self.check_writable()?;
+        {
+            let mut wal = self.wal.lock();
+            if !self.view.load().mem.is_empty() {
+                self.rotate(&mut wal)?;
+            }
+        }
+        let mut core = self.core.lock();
+        loop {
+            if self.view.load().imm.is_empty() {
+                return Ok(());
+            }
+            self.check_writable()?;
+            self.bg_cv.notify_all();
+            self.stall_cv.wait_for(&mut core, Duration::from_millis(50));
+        }
+    }
+
+    /// Hands buffered WAL bytes to the OS (called every `wal_flush_interval`).
+    pub(crate) fn tick_wal(&self) {
+        if self.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(mut w) = self.wal.try_lock() {
+            if w.log.buffered() > 0 {
+                if let Err(e) = w.log.flush() {
+                    drop(w);
+                    self.fail(format!("WAL write failed: {e}"));
+                    return;
+                }
+                w.last_flush = Instant::now();
+            }
+        }
+    }
+}

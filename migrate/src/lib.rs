@@ -1,0 +1,1 @@
+//! Migration controller for Sluice (policy on top of the engine's mechanism).

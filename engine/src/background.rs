@@ -88,14 +88,17 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
             continue;
         }
         core.manual.remove(i);
-        if let Some(job) = inner.full_partition_job(&view, v, p) {
+        if let Some(job) = inner.full_partition_job(core, &view, v, p) {
             core.busy.insert((v, p));
             core.manual_running += 1;
             return Some(Job::Compaction { job, manual: true });
         }
     }
+    if let Some(job) = inner.pick_compaction(core, &view) {
+        return Some(Job::Compaction { job, manual: false });
+    }
     inner
-        .pick_compaction(core, &view)
+        .pick_migration(core, &view)
         .map(|job| Job::Compaction { job, manual: false })
 }
 
@@ -113,6 +116,7 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
         }
         Job::Compaction { job, manual } => {
             core.busy.remove(&(job.version, job.partition));
+            core.reserved.retain(|r| r.job != job.id);
             if manual {
                 core.manual_running -= 1;
             }

@@ -113,6 +113,7 @@ impl WriteBatch {
         self.rep
     }
 
+    #[cfg(test)]
     pub(crate) fn ops_bytes(&self) -> &[u8] {
         &self.rep
     }

@@ -100,16 +100,28 @@ pub(crate) fn pending_bytes(inner: &Inner, files: &FileSet) -> u64 {
 
 /// One compaction, as picked.
 pub(crate) struct CompactionJob {
+    pub id: u64,
     pub version: u32,
     pub partition: u32,
-    pub level: usize,
     pub output_level: usize,
     pub inputs: Vec<Arc<FileMeta>>,
     /// Move the inputs to `output_level` without rewriting them.
     pub trivial: bool,
+    /// A migration compaction: inputs come from a draining layout and outputs go to this
+    /// layout (the target when the job was picked), each output placed at install time.
+    pub migrate_to: Option<u32>,
+    /// Forwarding pointers of the draining partition (migration only): values they cover
+    /// were already moved and are dropped instead of migrated again.
+    pub pointers: Vec<Arc<FileMeta>>,
     pub files: Arc<FileSet>,
     pub mems: Vec<Arc<MemTable>>,
     pub stripes: Stripes,
+}
+
+impl CompactionJob {
+    pub fn input_bytes(&self) -> u64 {
+        self.inputs.iter().map(|f| f.size).sum()
+    }
 }
 
 fn overlap_range(files: &[Arc<FileMeta>]) -> (Bytes, Bytes) {
@@ -185,21 +197,60 @@ impl Inner {
                 (v, false)
             }
         };
-        Some(CompactionJob {
+        Some(self.new_job(core, view, version, pi, out, inputs, trivial, None))
+    }
+
+    /// Builds a job and reserves its output key range at its output level, so a migration
+    /// output installed meanwhile cannot land where this job's output will go.
+    #[allow(clippy::too_many_arguments, reason = "one constructor for every job kind")]
+    pub(crate) fn new_job(
+        &self,
+        core: &mut Core,
+        view: &View,
+        version: u32,
+        partition: u32,
+        output_level: usize,
+        inputs: Vec<Arc<FileMeta>>,
+        trivial: bool,
+        migrate_to: Option<u32>,
+    ) -> CompactionJob {
+        core.next_job_id += 1;
+        let id = core.next_job_id;
+        if migrate_to.is_none() {
+            let (lo, hi) = overlap_range(&inputs);
+            core.reserved.push(Reservation {
+                job: id,
+                version,
+                partition,
+                level: output_level,
+                smallest: lo,
+                largest: hi,
+            });
+        }
+        let pointers = if migrate_to.is_some() {
+            view.files.layouts[&version].parts[partition as usize]
+                .pointers
+                .clone()
+        } else {
+            Vec::new()
+        };
+        CompactionJob {
+            id,
             version,
-            partition: pi,
-            level,
-            output_level: out,
+            partition,
+            output_level,
             inputs,
             trivial,
+            migrate_to,
+            pointers,
             files: view.files.clone(),
             mems: view.memtables(),
             stripes: Stripes::new(self.snapshot_list()),
-        })
+        }
     }
 
     /// A job compacting every data file of one partition into its deepest non-empty level.
-    pub(crate) fn full_partition_job(&self, view: &View, version: u32, pi: u32) -> Option<CompactionJob> {
+    pub(crate) fn full_partition_job(&self, core: &mut Core, view: &View, version: u32, pi: u32) -> Option<CompactionJob> {
         let layout = view.files.layouts.get(&version)?;
         let part = layout.parts.get(pi as usize)?;
         let inputs: Vec<_> = part.data_files().cloned().collect();
@@ -210,17 +261,7 @@ impl Inner {
             .rev()
             .find(|&l| !part.levels[l].is_empty())
             .unwrap_or(1);
-        Some(CompactionJob {
-            version,
-            partition: pi,
-            level: 0,
-            output_level: deepest,
-            inputs,
-            trivial: false,
-            files: view.files.clone(),
-            mems: view.memtables(),
-            stripes: Stripes::new(self.snapshot_list()),
-        })
+        Some(self.new_job(core, view, version, pi, deepest, inputs, false, None))
     }
 
     /// Runs a picked job and installs its result. The caller clears the busy mark.
@@ -228,19 +269,30 @@ impl Inner {
         if job.trivial {
             return self.install_compaction(job, Vec::new(), 0, 0);
         }
+        let out_version = job.migrate_to.unwrap_or(job.version);
         let layout = job
             .files
             .layouts
-            .get(&job.version)
-            .ok_or(Error::UnknownVersion(job.version))?;
+            .get(&out_version)
+            .ok_or(Error::UnknownVersion(out_version))?;
         let range = KeyRange::all();
         let sources: Vec<Source> = job
             .inputs
             .iter()
             .map(|f| table_source(f, &range, Direction::Forward))
             .collect();
-        let read: u64 = job.inputs.iter().map(|f| f.size).sum();
+        let read = job.input_bytes();
         let merge = MergeIter::new(sources, Direction::Forward);
+        let mut pointers = if job.pointers.is_empty() {
+            None
+        } else {
+            let ps: Vec<Source> = job
+                .pointers
+                .iter()
+                .map(|f| table_source(f, &range, Direction::Forward))
+                .collect();
+            Some(MergeIter::new(ps, Direction::Forward).peekable())
+        };
         let input_set: HashSet<u64> = job.inputs.iter().map(|f| f.number).collect();
         let mut out = Outputs::new(
             self,
@@ -250,6 +302,7 @@ impl Inner {
         );
         let mut cur_key: Option<Bytes> = None;
         let mut last_stripe = None;
+        let mut forwarded = 0u64;
         for r in merge {
             let e = r?;
             if cur_key.as_ref() != Some(&e.key) {
@@ -261,17 +314,31 @@ impl Inner {
                 continue;
             }
             last_stripe = Some(st);
+            if let Some(ps) = pointers.as_mut() {
+                if forwarded_by(ps, &e)? {
+                    // Already moved by a read, with this seqno and value: each byte moves once.
+                    forwarded += 1;
+                    continue;
+                }
+            }
             if e.kind == Kind::Delete
                 && st == 0
                 && !older_entry_outside(job, &input_set, &e)
             {
                 continue;
             }
-            out.add(layout, job.partition, &e)?;
+            let p = match job.migrate_to {
+                Some(_) => layout.func.partition_of(&e.key),
+                None => job.partition,
+            };
+            out.add(layout, p, &e)?;
         }
         let written = out.bytes_written;
         let outputs = out.finish()?;
         let written = written.max(outputs.iter().map(|f| f.size).sum());
+        if job.migrate_to.is_some() {
+            self.note_migrated(job, read, written, forwarded);
+        }
         self.install_compaction(job, outputs, read, written)
     }
 
@@ -283,11 +350,32 @@ impl Inner {
             .iter()
             .map(|f| (f.layout_version, f.partition, f.number))
             .collect();
+        let mut removed = removed;
         let added: Vec<Arc<FileMeta>> = if job.trivial {
             job.inputs
                 .iter()
                 .map(|f| Arc::new(f.at_level(job.output_level as u8)))
                 .collect()
+        } else if job.migrate_to.is_some() {
+            // Pointers vanish with the draining partition: once its last data file has
+            // migrated, they point at nothing that could be migrated again.
+            if let Some(part) = view
+                .files
+                .layouts
+                .get(&job.version)
+                .and_then(|l| l.parts.get(job.partition as usize))
+            {
+                let left = part
+                    .data_files()
+                    .filter(|f| !job.inputs.iter().any(|i| i.number == f.number))
+                    .count();
+                if left == 0 {
+                    for p in &part.pointers {
+                        removed.push((p.layout_version, p.partition, p.number));
+                    }
+                }
+            }
+            place_outputs(&core, &view.files, outputs)
         } else {
             outputs
         };
@@ -320,6 +408,17 @@ impl Inner {
             for f in &job.inputs {
                 f.mark_obsolete();
             }
+            for (v, p, n) in &removed {
+                if let Some(f) = view
+                    .files
+                    .layouts
+                    .get(v)
+                    .and_then(|l| l.parts.get(*p as usize))
+                    .and_then(|part| part.pointers.iter().find(|f| f.number == *n))
+                {
+                    f.mark_obsolete();
+                }
+            }
         }
         self.swap_view(&core, |v| View {
             mem: v.mem.clone(),
@@ -330,6 +429,11 @@ impl Inner {
         drop(core);
         if job.trivial {
             Counters::add(&self.counters.trivial_moves, 1);
+        } else if job.migrate_to.is_some() {
+            Counters::add(&self.counters.migration_read, read);
+            Counters::add(&self.counters.migration_written, written);
+            Counters::add(&self.counters.compaction_read, read);
+            Counters::add(&self.counters.compaction_written, written);
         } else {
             Counters::add(&self.counters.compactions, 1);
             Counters::add(&self.counters.compaction_read, read);
@@ -403,4 +507,71 @@ fn older_entry_outside(job: &CompactionJob, inputs: &HashSet<u64>, e: &Entry) ->
         }
     }
     false
+}
+
+/// A key range that a running job will fill at one level of one partition.
+pub(crate) struct Reservation {
+    pub job: u64,
+    pub version: u32,
+    pub partition: u32,
+    pub level: usize,
+    pub smallest: Bytes,
+    pub largest: Bytes,
+}
+
+/// Advances the pointer stream to `e` and says whether a pointer covers exactly it.
+fn forwarded_by(ps: &mut std::iter::Peekable<MergeIter>, e: &Entry) -> Result<bool> {
+    loop {
+        match ps.peek() {
+            None => return Ok(false),
+            Some(Err(_)) => {
+                return Err(ps
+                    .next()
+                    .and_then(|r| r.err())
+                    .unwrap_or(Error::Closed))
+            }
+            Some(Ok(p)) => match crate::types::cmp_internal(&p.key, p.seqno, &e.key, e.seqno) {
+                std::cmp::Ordering::Less => {
+                    ps.next();
+                }
+                std::cmp::Ordering::Equal => return Ok(true),
+                std::cmp::Ordering::Greater => return Ok(false),
+            },
+        }
+    }
+}
+
+/// Chooses the level of each migration output in its target partition: the deepest level
+/// where it overlaps no file and no range a running job is about to fill, else L0. Old data
+/// lands low, where it would have been had it been written under the new layout, so it is
+/// written once and not again on its way down.
+fn place_outputs(core: &Core, files: &FileSet, outputs: Vec<Arc<FileMeta>>) -> Vec<Arc<FileMeta>> {
+    let mut placed: Vec<Arc<FileMeta>> = Vec::with_capacity(outputs.len());
+    for f in outputs {
+        let part = files
+            .layouts
+            .get(&f.layout_version)
+            .and_then(|l| l.parts.get(f.partition as usize));
+        let level = part
+            .and_then(|part| {
+                (1..MAX_LEVELS).rev().find(|&l| {
+                    part.overlapping(l, &f.smallest, &f.largest).is_empty()
+                        && !core.reserved.iter().any(|r| {
+                            r.version == f.layout_version
+                                && r.partition == f.partition
+                                && r.level == l
+                                && !(r.largest < f.smallest || r.smallest > f.largest)
+                        })
+                        && !placed.iter().any(|g| {
+                            g.layout_version == f.layout_version
+                                && g.partition == f.partition
+                                && g.level as usize == l
+                                && g.overlaps(&f.smallest, &f.largest)
+                        })
+                })
+            })
+            .unwrap_or(0);
+        placed.push(Arc::new(f.at_level(level as u8)));
+    }
+    placed
 }

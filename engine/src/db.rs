@@ -31,7 +31,7 @@ use crate::manifest::{EditRecord, ManifestWriter, VersionEdit};
 use crate::memtable::MemTable;
 use crate::options::{Options, WriteOptions};
 use crate::snapshot::Snapshot;
-use crate::sst::{TableKind, TableOptions};
+use crate::sst::TableOptions;
 use crate::stats::{Counters, LevelStats, PartitionStats, Stats};
 use crate::version::FileSet;
 use crate::write::Writer;
@@ -124,6 +124,7 @@ pub(crate) struct WalState {
 pub(crate) struct Registered {
     pub func: Arc<PartitionFn>,
     pub retired: bool,
+    pub was_target: bool,
 }
 
 pub(crate) struct Core {
@@ -150,6 +151,11 @@ pub(crate) struct Core {
     pub manual_error: Option<String>,
     /// Compaction failures in a row (backs off retries, e.g. while the disk is full).
     pub compaction_failures: u32,
+    pub next_job_id: u64,
+    /// Output ranges of running compactions (see `compaction::place_outputs`).
+    pub reserved: Vec<crate::compaction::Reservation>,
+    /// Migration figures per draining layout version since open.
+    pub migration: HashMap<u32, crate::migration::VersionCounters>,
 }
 
 impl Core {
@@ -192,6 +198,10 @@ pub(crate) struct Inner {
     pub slowdown_debt: Mutex<(Instant, f64)>,
     pub last_background_error: Mutex<Option<String>>,
     pub move_bucket: Mutex<(Instant, f64)>,
+    pub pacer: Mutex<crate::migration::Pacer>,
+    /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
+    pub fg_latency: crate::migration::LatencyHistogram,
+    pub sampling: AtomicBool,
 }
 
 /// The whole state as one edit (the first record of a new manifest).
@@ -216,6 +226,13 @@ pub(crate) fn snapshot_edit(
     for (id, r) in registry {
         if r.retired {
             e.push(EditRecord::RetireLayout(*id));
+        }
+    }
+    // Replaying SetTarget is what marks a layout as having been the target (and so as
+    // draining once replaced); the real target goes last.
+    for (id, r) in registry {
+        if r.was_target && !r.retired && *id != files.target {
+            e.push(EditRecord::SetTarget(*id));
         }
     }
     e.push(EditRecord::SetTarget(files.target));
@@ -268,10 +285,6 @@ impl Inner {
             return Err(Error::ReadOnly(r));
         }
         Ok(())
-    }
-
-    pub fn oldest_snapshot(&self) -> Option<u64> {
-        self.snapshots.lock().keys().next().copied()
     }
 
     pub fn snapshot_list(&self) -> Vec<u64> {
@@ -328,6 +341,8 @@ impl Inner {
 
     /// Recomputes the figures write stalls are decided on.
     fn update_pressure(&self, files: &FileSet) {
+        self.sampling
+            .store(files.draining().next().is_some(), Ordering::Relaxed);
         let mut l0 = 0;
         for l in files.layouts.values() {
             for p in &l.parts {
@@ -535,6 +550,28 @@ impl Db {
         self.inner.recovery.lock().clone()
     }
 
+    /// Migration progress per draining layout version, the pacer's budget and pace.
+    pub fn migration_progress(&self) -> crate::MigrationProgress {
+        self.inner.migration_progress()
+    }
+
+    /// Migrates draining SSTables into the target layout now, in this thread, ignoring the
+    /// pacer, until none is left or `max_bytes` of input has been migrated. Returns the
+    /// input bytes migrated. Draining versions left empty are retired.
+    pub fn migrate_now(&self, max_bytes: Option<u64>) -> Result<u64> {
+        self.inner.migrate_now(max_bytes)
+    }
+
+    /// Sets the background migration budget in bytes per second (0 pauses migration).
+    pub fn set_migration_rate(&self, bytes_per_sec: u64) {
+        self.inner.set_migration_rate(bytes_per_sec)
+    }
+
+    /// Foreground p99 latency (µs) above which the pacer backs off (0 = ignore latency).
+    pub fn set_migration_latency_target(&self, p99_us: u64) {
+        self.inner.set_migration_latency_target(p99_us)
+    }
+
     /// The latest sequence number visible to readers.
     pub fn latest_seqno(&self) -> u64 {
         self.inner.latest()
@@ -564,6 +601,7 @@ impl Inner {
             Registered {
                 func: func.clone(),
                 retired: false,
+                was_target: false,
             },
         );
         self.swap_view(&core, |v| {
@@ -594,9 +632,15 @@ impl Inner {
         let mut e = VersionEdit::default();
         e.push(EditRecord::SetTarget(id));
         self.log_edit(&mut core, &e)?;
+        if let Some(r) = core.registry.get_mut(&id) {
+            r.was_target = true;
+        }
         self.swap_view(&core, |v| {
             let mut files = (*v.files).clone();
             files.target = id;
+            if let Some(l) = files.layouts.get_mut(&id) {
+                l.was_target = true;
+            }
             View {
                 mem: v.mem.clone(),
                 imm: v.imm.clone(),

@@ -42,6 +42,8 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
     /// Hard-links `from` to `to` (checkpoints).
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Bytes available to this process on the file system holding `dir`.
+    fn available_space(&self, dir: &Path) -> io::Result<u64>;
 }
 
 /// The real file system.
@@ -139,6 +141,11 @@ impl Fs for StdFs {
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::hard_link(from, to)
     }
+
+    fn available_space(&self, dir: &Path) -> io::Result<u64> {
+        let s = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+        Ok(s.f_bavail.saturating_mul(s.f_frsize))
+    }
 }
 
 /// Which operation a fault applies to.
@@ -179,6 +186,8 @@ pub struct Fault {
 #[derive(Default)]
 struct FaultState {
     faults: Vec<(Fault, u64)>,
+    /// Free space reported instead of the real figure.
+    available: Option<u64>,
     /// For each file written through this Fs: bytes appended and bytes known durable.
     files: HashMap<PathBuf, (u64, u64)>,
     injected: u64,
@@ -210,6 +219,11 @@ impl FaultFs {
     /// Disarms every fault.
     pub fn clear(&self) {
         self.state.lock().faults.clear();
+    }
+
+    /// Makes `available_space` report `bytes` (None: the real figure).
+    pub fn set_available_space(&self, bytes: Option<u64>) {
+        self.state.lock().available = bytes;
     }
 
     /// How many operations failed because of an injected fault.
@@ -387,6 +401,13 @@ impl Fs for FaultFs {
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         StdFs.hard_link(from, to)
+    }
+
+    fn available_space(&self, dir: &Path) -> io::Result<u64> {
+        match self.state.lock().available {
+            Some(b) => Ok(b),
+            None => StdFs.available_space(dir),
+        }
     }
 }
 

@@ -360,7 +360,7 @@ impl Side {
             },
         };
         let mut visible: Option<Entry> = None;
-        let mut consider = |e: &Entry, visible: &mut Option<Entry>| {
+        let consider = |e: &Entry, visible: &mut Option<Entry>| {
             if e.seqno <= snapshot && e.kind != Kind::Forward {
                 match dir {
                     // Newest first: the first visible entry wins.

@@ -42,6 +42,7 @@ mod layout;
 pub mod log;
 pub mod manifest;
 mod memtable;
+mod migration;
 mod options;
 mod output;
 mod read;
@@ -59,6 +60,7 @@ pub use db::{Db, KeyBounds, LayoutInfo, PartitionInfo, RecoveryReport, VersionId
 pub use error::{Error, Result};
 pub use iter::{DbIter, KeyRange};
 pub use layout::{PartitionFn, PartitionSpec, MAX_PARTITIONS};
+pub use migration::{DrainingProgress, MigrationProgress};
 pub use options::{Options, WriteOptions};
 pub use snapshot::Snapshot;
 pub use sst::Compression;

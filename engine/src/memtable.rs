@@ -84,7 +84,6 @@ pub struct MemTable {
     max_seqno: AtomicU64,
     /// First WAL file number whose records are (partly) in this memtable.
     wal_number: u64,
-    moved_entries: AtomicUsize,
 }
 
 impl MemTable {
@@ -95,7 +94,6 @@ impl MemTable {
             min_seqno: AtomicU64::new(u64::MAX),
             max_seqno: AtomicU64::new(0),
             wal_number,
-            moved_entries: AtomicUsize::new(0),
         }
     }
 
@@ -127,7 +125,6 @@ impl MemTable {
         }
         self.bytes
             .fetch_add(key.len() + value.len() + NODE_OVERHEAD, AtOrd::Relaxed);
-        self.moved_entries.fetch_add(1, AtOrd::Relaxed);
         self.min_seqno.fetch_min(seqno, AtOrd::Relaxed);
         self.max_seqno.fetch_max(seqno, AtOrd::Relaxed);
         self.map.insert(
@@ -156,16 +153,13 @@ impl MemTable {
         self.bytes.load(AtOrd::Relaxed)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
-    }
-
-    pub fn moved_entries(&self) -> usize {
-        self.moved_entries.load(AtOrd::Relaxed)
     }
 
     /// Smallest seqno present, or `u64::MAX` when empty.

@@ -55,6 +55,14 @@ pub struct Options {
     /// Lazy read-time moves: at most this many bytes per second are moved from draining
     /// layouts to the target by point reads (0 turns lazy moves off).
     pub move_bytes_per_sec: u64,
+    /// Migration budget: bytes of draining SSTables per second that the pacer migrates into
+    /// the target layout (0 = paused). Adjustable at run time with
+    /// [`crate::Db::set_migration_rate`].
+    pub migration_bytes_per_sec: u64,
+    /// Foreground p99 latency (µs) above which the pacer halves its budget (0 = ignore).
+    pub migration_p99_target_us: u64,
+    /// Free disk space migration always leaves untouched.
+    pub migration_disk_headroom_bytes: u64,
     /// The file system (tests substitute [`crate::fs::FaultFs`]).
     pub fs: Arc<dyn Fs>,
 }
@@ -83,6 +91,9 @@ impl Default for Options {
             wal_buffer_bytes: 64 << 10,
             wal_flush_interval: Duration::from_millis(10),
             move_bytes_per_sec: 8 << 20,
+            migration_bytes_per_sec: 32 << 20,
+            migration_p99_target_us: 0,
+            migration_disk_headroom_bytes: 256 << 20,
             fs: Arc::new(StdFs),
         }
     }

@@ -50,7 +50,11 @@ pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<R
         }
     }
     let h = bloom::key_hash(key);
-    for layout in view.files.layouts.values() {
+    // The target first: a value moved out of a draining layout keeps its seqno, and on a
+    // tie the copy in the target is the one to report (so it is not moved again).
+    let target = view.files.layouts.get(&view.files.target);
+    let others = view.files.layouts.values().filter(|l| l.id != view.files.target);
+    for layout in target.into_iter().chain(others) {
         let p = layout.func.partition_of(key) as usize;
         let Some(part) = layout.parts.get(p) else {
             continue;
@@ -95,6 +99,16 @@ fn probe(f: &Arc<FileMeta>, key: &[u8], h: u64, snapshot: u64, best: &mut Option
 impl Inner {
     /// Point read at `snapshot`, or at the latest seqno (which may trigger a lazy move).
     pub fn get(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
+        if self.sampling.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            let r = self.get_inner(key, snapshot);
+            self.fg_latency.record(start.elapsed());
+            return r;
+        }
+        self.get_inner(key, snapshot)
+    }
+
+    fn get_inner(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
         Counters::add(&self.counters.gets, 1);
         let seq = snapshot.unwrap_or_else(|| self.latest());
         let view = self.view.load();
@@ -131,7 +145,7 @@ impl Inner {
             Counters::add(&self.counters.move_skipped, 1);
             return;
         }
-        let _core = self.core.lock();
+        let mut core = self.core.lock();
         let view = self.view.load();
         if source.obsolete.load(Ordering::Acquire) || view.files.target == source.layout_version {
             return;
@@ -144,6 +158,7 @@ impl Inner {
         );
         Counters::add(&self.counters.moves, 1);
         Counters::add(&self.counters.moved_bytes, cost as u64);
+        Inner::note_lazy_move(&mut core, source.layout_version, cost as u64);
     }
 
     fn take_move_budget(&self, cost: f64) -> bool {

@@ -31,7 +31,8 @@ use crate::version::{FileMeta, FileSet, LayoutState};
 
 /// The state a manifest describes.
 pub(crate) struct ManifestState {
-    pub registry: BTreeMap<u32, (Arc<PartitionFn>, bool)>,
+    /// id -> (function, retired, was target).
+    pub registry: BTreeMap<u32, (Arc<PartitionFn>, bool, bool)>,
     pub target: u32,
     pub files: BTreeMap<u64, FileRecord>,
     pub next_file: u64,
@@ -65,11 +66,16 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                     let spec = crate::PartitionSpec::from_bytes(spec)
                         .map_err(|e| bad(format!("layout v{id}: {e}")))?;
                     let f = PartitionFn::new(spec).map_err(|e| bad(format!("layout v{id}: {e}")))?;
-                    st.registry.insert(*id, (Arc::new(f), false));
+                    st.registry.insert(*id, (Arc::new(f), false, false));
                 }
-                EditRecord::SetTarget(id) => match st.registry.get(id) {
-                    Some((_, false)) => st.target = *id,
-                    Some((_, true)) => return Err(bad(format!("target set to retired v{id}"))),
+                EditRecord::SetTarget(id) => match st.registry.get_mut(id) {
+                    Some((_, false, was)) => {
+                        *was = true;
+                        st.target = *id;
+                    }
+                    Some((_, true, _)) => {
+                        return Err(bad(format!("target set to retired v{id}")))
+                    }
                     None => return Err(bad(format!("target set to unknown v{id}"))),
                 },
                 EditRecord::RetireLayout(id) => {
@@ -91,7 +97,7 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                 }
                 EditRecord::AddFile(f) => {
                     match st.registry.get(&f.layout_version) {
-                        Some((func, false)) => {
+                        Some((func, false, _)) => {
                             if f.partition >= func.partitions() {
                                 return Err(bad(format!(
                                     "file {} in partition {} of v{} which has {}",
@@ -145,9 +151,11 @@ pub(crate) fn open_tables(
         layouts: BTreeMap::new(),
         target: st.target,
     };
-    for (id, (func, retired)) in &st.registry {
+    for (id, (func, retired, was_target)) in &st.registry {
         if !retired {
-            set.layouts.insert(*id, LayoutState::new(*id, func.clone()));
+            let mut l = LayoutState::new(*id, func.clone());
+            l.was_target = *was_target;
+            set.layouts.insert(*id, l);
         }
     }
     let mut metas = Vec::with_capacity(st.files.len());
@@ -347,9 +355,11 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         }
         let func = Arc::new(PartitionFn::new(opts.partition.clone())?);
         let mut registry = BTreeMap::new();
-        registry.insert(1, (func.clone(), false));
+        registry.insert(1, (func.clone(), false, true));
         let mut set = FileSet::default();
-        set.layouts.insert(1, LayoutState::new(1, func));
+        let mut l = LayoutState::new(1, func);
+        l.was_target = true;
+        set.layouts.insert(1, l);
         set.target = 1;
         (
             ManifestState {
@@ -390,12 +400,13 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let registry: BTreeMap<u32, Registered> = state
         .registry
         .iter()
-        .map(|(id, (f, retired))| {
+        .map(|(id, (f, retired, was_target))| {
             (
                 *id,
                 Registered {
                     func: f.clone(),
                     retired: *retired,
+                    was_target: *was_target,
                 },
             )
         })
@@ -452,6 +463,9 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         manual_running: 0,
         manual_error: None,
         compaction_failures: 0,
+        next_job_id: 0,
+        reserved: Vec::new(),
+        migration: Default::default(),
     };
     let inner = Arc::new(Inner {
         dir: dir.clone(),
@@ -484,6 +498,12 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         slowdown_debt: Mutex::new((Instant::now(), 0.0)),
         last_background_error: Mutex::new(None),
         move_bucket: Mutex::new((Instant::now(), 0.0)),
+        pacer: Mutex::new(crate::migration::Pacer::new(
+            opts.migration_bytes_per_sec,
+            opts.migration_p99_target_us,
+        )),
+        fg_latency: crate::migration::LatencyHistogram::new(),
+        sampling: AtomicBool::new(false),
         opts,
     });
     if has_recovered {

@@ -197,6 +197,9 @@ pub struct LayoutState {
     pub id: u32,
     pub func: Arc<PartitionFn>,
     pub parts: Vec<Arc<PartitionFiles>>,
+    /// Has been the target. A registered layout that never was is a candidate: it holds no
+    /// data and does not drain (so it is not retired for being empty).
+    pub was_target: bool,
 }
 
 impl LayoutState {
@@ -206,6 +209,7 @@ impl LayoutState {
             id,
             func,
             parts: (0..n).map(|_| Arc::new(PartitionFiles::default())).collect(),
+            was_target: false,
         }
     }
 
@@ -238,24 +242,17 @@ impl FileSet {
         &self.layouts[&self.target]
     }
 
-    /// Layout versions other than the target.
+    /// Layout versions that were the target and no longer are: their data drains into the
+    /// target.
     pub fn draining(&self) -> impl Iterator<Item = &LayoutState> {
         let t = self.target;
-        self.layouts.values().filter(move |l| l.id != t)
+        self.layouts.values().filter(move |l| l.id != t && l.was_target)
     }
 
     pub fn all_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
         self.layouts
             .values()
             .flat_map(|l| l.parts.iter().flat_map(|p| p.data_files().chain(p.pointers.iter())))
-    }
-
-    pub fn contains_file(&self, number: u64) -> bool {
-        self.all_files().any(|f| f.number == number)
-    }
-
-    pub fn find_file(&self, number: u64) -> Option<&Arc<FileMeta>> {
-        self.all_files().find(|f| f.number == number)
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -295,18 +292,4 @@ impl FileSet {
         }
         Ok(next)
     }
-}
-
-/// What one file set holds, by level, for stats.
-pub fn level_summary(fs: &FileSet) -> Vec<(usize, u64)> {
-    let mut out = vec![(0usize, 0u64); MAX_LEVELS];
-    for l in fs.layouts.values() {
-        for p in &l.parts {
-            for (i, files) in p.levels.iter().enumerate() {
-                out[i].0 += files.len();
-                out[i].1 += files.iter().map(|f| f.size).sum::<u64>();
-            }
-        }
-    }
-    out
 }

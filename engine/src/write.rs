@@ -25,6 +25,7 @@ const MAX_GROUP_BYTES: usize = 1 << 20;
 pub(crate) struct Writer {
     batch: Mutex<Option<WriteBatch>>,
     size: usize,
+    ops: u64,
     sync: bool,
     result: Mutex<Option<Result<u64>>>,
 }
@@ -32,6 +33,16 @@ pub(crate) struct Writer {
 impl Inner {
     /// Commits one batch; returns the seqno of its last operation.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<u64> {
+        if self.sampling.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            let r = self.write_inner(batch, sync);
+            self.fg_latency.record(start.elapsed());
+            return r;
+        }
+        self.write_inner(batch, sync)
+    }
+
+    fn write_inner(&self, batch: WriteBatch, sync: bool) -> Result<u64> {
         batch.validate()?;
         self.check_writable()?;
         if batch.is_empty() {
@@ -40,6 +51,7 @@ impl Inner {
         self.throttle(batch.size_bytes())?;
         let w = Arc::new(Writer {
             size: batch.size_bytes(),
+            ops: batch.len() as u64,
             batch: Mutex::new(Some(batch)),
             sync,
             result: Mutex::new(None),
@@ -96,6 +108,10 @@ impl Inner {
         let mut user_bytes = 0u64;
         let mut ops = 0u64;
         let wal_before = wal.log.len();
+        let total: u64 = group.iter().map(|w| w.ops).sum();
+        if seq + total > crate::types::MAX_SEQNO {
+            return Err(Error::ReadOnly("sequence numbers exhausted".into()));
+        }
         for w in group {
             let b = w
                 .batch

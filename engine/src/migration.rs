@@ -1,0 +1,399 @@
+//! Moving data to the target layout without a copy pass: the pacer that schedules migration
+//! compactions of draining SSTables, and the figures that report their progress.
+//!
+//! Cold data never compacts by itself, so the pacer picks draining files (deepest level
+//! first, so old data lands low in the target) at a byte budget. The budget adapts: it
+//! halves whenever foreground p99 latency is over its target or compaction is falling
+//! behind, and recovers by a tenth per second otherwise. A migration job runs only if the
+//! disk keeps at least the configured headroom free after its output is written.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::compaction::CompactionJob;
+use crate::db::{Core, Inner, VersionId, View};
+use crate::error::Result;
+use crate::manifest::MAX_LEVELS;
+
+/// Migration figures of one draining layout version (since the database was opened).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct VersionCounters {
+    pub files_migrated: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub pointers_honoured: u64,
+    pub lazy_moves: u64,
+    pub lazy_moved_bytes: u64,
+}
+
+/// Progress of one draining layout version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrainingProgress {
+    pub version: VersionId,
+    /// Data SSTables still in this version.
+    pub files_left: usize,
+    pub bytes_left: u64,
+    pub entries_left: u64,
+    /// SSTables migrated by compaction, their bytes, and the bytes their outputs took.
+    pub files_migrated: u64,
+    pub bytes_migrated: u64,
+    pub bytes_written: u64,
+    /// Values dropped by migration because a read had already moved them.
+    pub pointers_honoured: u64,
+    pub lazy_moves: u64,
+    pub lazy_moved_bytes: u64,
+    /// Forwarding pointers live in this version's partitions.
+    pub forwarding_pointers: u64,
+    /// Seconds until `bytes_left` is migrated at the pace of the last minute.
+    pub eta_secs: Option<f64>,
+}
+
+/// Migration state of the database, from [`crate::Db::migration_progress`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationProgress {
+    pub target: VersionId,
+    pub draining: Vec<DrainingProgress>,
+    /// Budget set by the caller (0 = paused).
+    pub rate_limit_bytes_per_sec: u64,
+    /// Budget after adaptation to latency and compaction debt.
+    pub effective_rate_bytes_per_sec: u64,
+    /// Bytes migrated per second over the last minute.
+    pub pace_bytes_per_sec: f64,
+    /// Foreground p99 latency (µs) in the last pacing window.
+    pub foreground_p99_us: u64,
+    /// Why migration is not running right now, if it is not.
+    pub blocked: Option<String>,
+}
+
+impl MigrationProgress {
+    pub fn bytes_left(&self) -> u64 {
+        self.draining.iter().map(|d| d.bytes_left).sum()
+    }
+    pub fn files_left(&self) -> usize {
+        self.draining.iter().map(|d| d.files_left).sum()
+    }
+    pub fn is_complete(&self) -> bool {
+        self.draining.is_empty()
+    }
+}
+
+/// Log-linear latency histogram with lock-free recording (8 buckets per power of two).
+pub(crate) struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+const SUB: u32 = 8;
+
+impl LatencyHistogram {
+    pub fn new() -> LatencyHistogram {
+        LatencyHistogram {
+            buckets: (0..(40 * SUB as usize)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn index(us: u64) -> usize {
+        if us < SUB as u64 {
+            return us as usize;
+        }
+        let log = 63 - us.leading_zeros();
+        let sub = (us >> (log - 3)) & (SUB as u64 - 1);
+        ((log - 2) * SUB + sub as u32) as usize
+    }
+
+    fn value(i: usize) -> u64 {
+        if i < SUB as usize {
+            return i as u64;
+        }
+        let log = i as u32 / SUB + 2;
+        let sub = i as u64 % SUB as u64;
+        (SUB as u64 + sub) << (log - 3)
+    }
+
+    pub fn record(&self, d: Duration) {
+        let i = Self::index(d.as_micros() as u64).min(self.buckets.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The given quantile of what was recorded since the last call, then resets.
+    pub fn take_quantile(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.swap(0, Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(Self::value(i));
+            }
+        }
+        None
+    }
+}
+
+/// The pacer's state.
+pub(crate) struct Pacer {
+    pub rate: u64,
+    pub p99_target_us: u64,
+    pub factor: f64,
+    pub tokens: f64,
+    pub last_refill: Instant,
+    pub window_start: Instant,
+    pub last_p99_us: u64,
+    pub blocked: Option<String>,
+    /// (time, cumulative bytes migrated) samples for the observed pace.
+    pub history: VecDeque<(Instant, u64)>,
+    pub migrated_total: u64,
+}
+
+impl Pacer {
+    pub fn new(rate: u64, p99_target_us: u64) -> Pacer {
+        let now = Instant::now();
+        Pacer {
+            rate,
+            p99_target_us,
+            factor: 1.0,
+            tokens: 0.0,
+            last_refill: now,
+            window_start: now,
+            last_p99_us: 0,
+            blocked: None,
+            history: VecDeque::new(),
+            migrated_total: 0,
+        }
+    }
+
+    fn effective_rate(&self) -> f64 {
+        self.rate as f64 * self.factor
+    }
+
+    fn pace(&self) -> f64 {
+        match (self.history.front(), self.history.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                (b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+impl Inner {
+    /// Adapts the budget once per second from foreground latency and compaction pressure.
+    fn adapt(&self, p: &mut Pacer) {
+        let now = Instant::now();
+        if now.duration_since(p.window_start) < Duration::from_secs(1) {
+            return;
+        }
+        p.window_start = now;
+        let p99 = self.fg_latency.take_quantile(0.99);
+        p.last_p99_us = p99.unwrap_or(0);
+        let o = &self.opts;
+        let slow = p.p99_target_us > 0 && p99.is_some_and(|v| v > p.p99_target_us);
+        let debt = self.pending_compaction.load(Ordering::Relaxed)
+            >= o.pending_compaction_slowdown_bytes / 2
+            || self.l0_max.load(Ordering::Relaxed)
+                >= (o.level0_compaction_trigger + o.level0_slowdown_trigger) / 2;
+        p.factor = if slow || debt {
+            (p.factor * 0.5).max(0.05)
+        } else {
+            (p.factor + 0.1).min(1.0)
+        };
+        p.history.push_back((now, p.migrated_total));
+        while p
+            .history
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            p.history.pop_front();
+        }
+    }
+
+    /// Picks a migration compaction if the pacer's budget and the disk headroom allow it.
+    pub(crate) fn pick_migration(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
+        if view.files.draining().next().is_none() {
+            return None;
+        }
+        let mut p = self.pacer.lock();
+        self.adapt(&mut p);
+        if p.rate == 0 {
+            p.blocked = Some("paused".into());
+            return None;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(p.last_refill).as_secs_f64() * p.effective_rate();
+        p.last_refill = now;
+        let cap = p.effective_rate().max(self.opts.target_file_bytes as f64);
+        p.tokens = (p.tokens + refill).min(cap);
+        if p.tokens < 0.0 {
+            p.blocked = Some("pacing".into());
+            return None;
+        }
+        let job = self.pick_draining_file(core, view)?;
+        let need = job.input_bytes() + self.opts.migration_disk_headroom_bytes;
+        match self.fs.available_space(&self.dir) {
+            Ok(free) if free < need => {
+                p.blocked = Some(format!(
+                    "disk headroom: {free} bytes free, migrating the next file needs {need}"
+                ));
+                core.busy.remove(&(job.version, job.partition));
+                return None;
+            }
+            _ => {}
+        }
+        p.tokens -= job.input_bytes() as f64;
+        p.blocked = None;
+        Some(job)
+    }
+
+    /// The next draining file to migrate (deepest level first, then key order), marking its
+    /// partition busy.
+    pub(crate) fn pick_draining_file(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
+        let target = view.files.target;
+        for layout in view.files.draining() {
+            for (pi, part) in layout.parts.iter().enumerate() {
+                let pi = pi as u32;
+                if core.busy.contains(&(layout.id, pi)) {
+                    continue;
+                }
+                let Some(f) = (0..MAX_LEVELS)
+                    .rev()
+                    .find_map(|l| part.levels[l].first())
+                    .cloned()
+                else {
+                    continue;
+                };
+                core.busy.insert((layout.id, pi));
+                let level = f.level as usize;
+                return Some(self.new_job(core, view, layout.id, pi, level, vec![f], false, Some(target)));
+            }
+        }
+        None
+    }
+
+    pub(crate) fn note_migrated(&self, job: &CompactionJob, read: u64, written: u64, forwarded: u64) {
+        {
+            let mut core = self.core.lock();
+            let c = core.migration.entry(job.version).or_default();
+            c.files_migrated += job.inputs.len() as u64;
+            c.bytes_read += read;
+            c.bytes_written += written;
+            c.pointers_honoured += forwarded;
+        }
+        self.pacer.lock().migrated_total += read;
+    }
+
+    pub(crate) fn note_lazy_move(core: &mut Core, from: u32, bytes: u64) {
+        let c = core.migration.entry(from).or_default();
+        c.lazy_moves += 1;
+        c.lazy_moved_bytes += bytes;
+    }
+
+    /// Migrates draining files now, in the caller's thread, ignoring the pacer, until none
+    /// is left or `max_bytes` of input has been migrated. Returns the bytes migrated.
+    pub fn migrate_now(&self, max_bytes: Option<u64>) -> Result<u64> {
+        let mut done = 0u64;
+        loop {
+            self.check_writable()?;
+            if max_bytes.is_some_and(|m| done >= m) {
+                return Ok(done);
+            }
+            let job = {
+                let mut core = self.core.lock();
+                let view = self.view.load_full();
+                if view.files.draining().all(|l| l.data_file_count() == 0) {
+                    drop(view);
+                    self.retire_drained(&mut core)?;
+                    return Ok(done);
+                }
+                match self.pick_draining_file(&mut core, &view) {
+                    Some(j) => j,
+                    None => {
+                        // Every draining partition is busy with a background job: wait.
+                        self.stall_cv.wait_for(&mut core, Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            };
+            let bytes = job.input_bytes();
+            let r = self.run_compaction(&job);
+            let mut core = self.core.lock();
+            core.busy.remove(&(job.version, job.partition));
+            core.reserved.retain(|r| r.job != job.id);
+            self.stall_cv.notify_all();
+            self.bg_cv.notify_all();
+            r?;
+            self.retire_drained(&mut core)?;
+            done += bytes;
+        }
+    }
+
+    pub fn set_migration_rate(&self, bytes_per_sec: u64) {
+        self.pacer.lock().rate = bytes_per_sec;
+        self.bg_cv.notify_all();
+    }
+
+    pub fn set_migration_latency_target(&self, p99_us: u64) {
+        self.pacer.lock().p99_target_us = p99_us;
+    }
+
+    pub fn migration_progress(&self) -> MigrationProgress {
+        let view = self.view.load_full();
+        let core = self.core.lock();
+        let p = self.pacer.lock();
+        let pace = p.pace();
+        let draining = view
+            .files
+            .draining()
+            .map(|l| {
+                let c = core.migration.get(&l.id).cloned().unwrap_or_default();
+                let bytes_left = l.data_bytes();
+                DrainingProgress {
+                    version: VersionId(l.id),
+                    files_left: l.data_file_count(),
+                    bytes_left,
+                    entries_left: l.data_files().map(|f| f.entries).sum(),
+                    files_migrated: c.files_migrated,
+                    bytes_migrated: c.bytes_read,
+                    bytes_written: c.bytes_written,
+                    pointers_honoured: c.pointers_honoured,
+                    lazy_moves: c.lazy_moves,
+                    lazy_moved_bytes: c.lazy_moved_bytes,
+                    forwarding_pointers: l.pointer_files().map(|f| f.entries).sum(),
+                    eta_secs: (pace > 0.0).then(|| bytes_left as f64 / pace),
+                }
+            })
+            .collect();
+        MigrationProgress {
+            target: VersionId(view.files.target),
+            draining,
+            rate_limit_bytes_per_sec: p.rate,
+            effective_rate_bytes_per_sec: p.effective_rate() as u64,
+            pace_bytes_per_sec: pace,
+            foreground_p99_us: p.last_p99_us,
+            blocked: p.blocked.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_close() {
+        let h = LatencyHistogram::new();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p99 = h.take_quantile(0.99).unwrap();
+        assert!((900..=1100).contains(&p99), "{p99}");
+        assert_eq!(h.take_quantile(0.99), None, "taking resets");
+        for i in 0..2000 {
+            let v = LatencyHistogram::value(i.min(319));
+            assert!(LatencyHistogram::index(v) <= i.min(319) + 1);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Online repartitioning: migration compactions, lazy moves, forwarding pointers, several
+//! live versions, retirement and rollback.
+
+use sluice::{Db, Options, PartitionSpec, VersionId};
+use sluice_tests::dump;
+
+fn hash(n: u32, seed: u64) -> PartitionSpec {
+    PartitionSpec::Hash {
+        partitions: n,
+        seed,
+        hashed_prefix: None,
+    }
+}
+
+fn range4() -> PartitionSpec {
+    PartitionSpec::Range {
+        boundaries: vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()],
+    }
+}
+
+fn quiet_opts() -> Options {
+    // Background migration off: tests drive it with migrate_now, reads with lazy moves.
+    Options {
+        partition: range4(),
+        migration_bytes_per_sec: 0,
+        ..Options::tiny()
+    }
+}
+
+fn fill(db: &Db, n: u32, tag: &str) {
+    for i in 0..n {
+        db.put(format!("k{i:04}"), format!("{tag}{i}")).unwrap();
+    }
+}
+
+#[test]
+fn migration_moves_everything_and_retires_the_old_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    fill(&db, 4000, "a");
+    db.flush().unwrap();
+    let before = dump(&db).unwrap();
+    let v2 = db.register_partition_fn(hash(8, 1)).unwrap();
+    db.set_target(v2).unwrap();
+    let p = db.migration_progress();
+    assert_eq!(p.draining.len(), 1);
+    assert!(p.draining[0].bytes_left > 0);
+    let moved = db.migrate_now(None).unwrap();
+    assert!(moved > 0);
+    assert_eq!(dump(&db).unwrap(), before);
+    let layout = db.layout();
+    assert_eq!(layout.versions.len(), 1, "{layout:?}");
+    assert_eq!(layout.retired, vec![VersionId(1)]);
+    assert!(db.migration_progress().is_complete());
+    // Every SSTable now belongs to v2 and its keys hash to its own partition.
+    let v2info = &layout.versions[0];
+    assert_eq!(v2info.partitions.iter().filter(|p| p.files > 0).count(), 8);
+    assert!(matches!(db.set_target(VersionId(1)), Err(sluice::Error::VersionRetired(1))));
+    drop(db);
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    assert_eq!(dump(&db).unwrap(), before);
+    assert_eq!(db.layout().retired, vec![VersionId(1)]);
+}
+
+#[test]
+fn migration_write_amplification_is_about_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    fill(&db, 20000, "value-with-some-length-");
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 9)).unwrap();
+    db.set_target(v2).unwrap();
+    let s0 = db.stats();
+    db.migrate_now(None).unwrap();
+    let s1 = db.stats();
+    let read = s1.migration_bytes_read - s0.migration_bytes_read;
+    let written = s1.migration_bytes_written - s0.migration_bytes_written;
+    let wa = written as f64 / read as f64;
+    assert!(read > 0);
+    assert!((0.8..1.2).contains(&wa), "migration wrote {written} for {read} read");
+}
+
+#[test]
+fn lazy_moves_leave_pointers_that_migration_honours() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fill(&db, 2000, "a");
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    for i in (0..2000u32).step_by(4) {
+        assert!(db.get(format!("k{i:04}")).unwrap().is_some());
+    }
+    let s = db.stats();
+    assert_eq!(s.lazy_moves, 500, "{s:?}");
+    db.flush().unwrap();
+    let p = db.migration_progress();
+    assert_eq!(p.draining[0].forwarding_pointers, 500, "{p:?}");
+    assert_eq!(p.draining[0].lazy_moves, 500);
+    // Reads after the move are served from v2 and do not move again.
+    for i in (0..2000u32).step_by(4) {
+        assert!(db.get(format!("k{i:04}")).unwrap().is_some());
+    }
+    assert_eq!(db.stats().lazy_moves, 500);
+    let s0 = db.stats();
+    db.migrate_now(None).unwrap();
+    let s1 = db.stats();
+    let p = db.migration_progress();
+    assert!(p.is_complete());
+    // A quarter of the values had already moved: migration drops them instead of copying.
+    let read = s1.migration_bytes_read - s0.migration_bytes_read;
+    let written = s1.migration_bytes_written - s0.migration_bytes_written;
+    assert!((written as f64) < 0.85 * read as f64, "wrote {written} of {read}");
+    let all = dump(&db).unwrap();
+    assert_eq!(all.len(), 2000);
+    for i in 0..2000u32 {
+        assert_eq!(all[format!("k{i:04}").as_bytes()], format!("a{i}").as_bytes());
+    }
+}
+
+#[test]
+fn three_live_versions_then_rollback_and_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    fill(&db, 3000, "v1-");
+    db.compact().unwrap();
+    let biased = PartitionSpec::Hash {
+        partitions: 4,
+        seed: 1,
+        hashed_prefix: Some(2),
+    };
+    let v2 = db.register_partition_fn(biased).unwrap();
+    db.set_target(v2).unwrap();
+    db.migrate_now(Some(1)).unwrap(); // one file of v1 moves into v2
+    for i in (0..3000u32).step_by(3) {
+        db.put(format!("k{i:04}"), format!("v2-{i}")).unwrap();
+    }
+    db.flush().unwrap();
+    let v3 = db.register_partition_fn(hash(4, 77)).unwrap();
+    db.set_target(v3).unwrap();
+    assert_eq!(db.layout().versions.len(), 3);
+    let expect = |i: u32| {
+        if i % 3 == 0 {
+            format!("v2-{i}")
+        } else {
+            format!("v1-{i}")
+        }
+    };
+    let check = |db: &Db| {
+        let all = dump(db).unwrap();
+        assert_eq!(all.len(), 3000);
+        for i in 0..3000u32 {
+            assert_eq!(all[format!("k{i:04}").as_bytes()], expect(i).as_bytes(), "k{i}");
+            assert_eq!(db.get(format!("k{i:04}")).unwrap().unwrap(), expect(i).as_bytes());
+        }
+    };
+    check(&db);
+    db.migrate_now(Some(20_000)).unwrap();
+    check(&db);
+    // Roll back to v2 mid-migration, write, then go forward to v3 again.
+    db.set_target(v2).unwrap();
+    db.put("k0001", "during-rollback").unwrap();
+    db.flush().unwrap();
+    db.set_target(v3).unwrap();
+    db.migrate_now(None).unwrap();
+    let all = dump(&db).unwrap();
+    assert_eq!(all[&b"k0001"[..]], b"during-rollback");
+    assert_eq!(all.len(), 3000);
+    let layout = db.layout();
+    assert_eq!(layout.versions.len(), 1);
+    assert_eq!(layout.target, v3);
+}
+
+#[test]
+fn background_pacer_migrates_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        migration_bytes_per_sec: 64 << 20,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fill(&db, 3000, "x");
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 5)).unwrap();
+    db.set_target(v2).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !db.migration_progress().is_complete() {
+        assert!(std::time::Instant::now() < deadline, "{:?}", db.migration_progress());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(dump(&db).unwrap().len(), 3000);
+}
+
+#[test]
+fn paused_pacer_does_nothing_and_headroom_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = sluice::fs::FaultFs::new();
+    let opts = Options {
+        migration_bytes_per_sec: 64 << 20,
+        migration_disk_headroom_bytes: 1 << 30,
+        fs: std::sync::Arc::new(fault.clone()),
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fill(&db, 2000, "x");
+    db.compact().unwrap();
+    fault.set_available_space(Some(512 << 20));
+    let v2 = db.register_partition_fn(hash(4, 5)).unwrap();
+    db.set_target(v2).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let p = db.migration_progress();
+    assert_eq!(p.draining[0].files_migrated, 0, "{p:?}");
+    assert!(p.blocked.as_deref().unwrap_or("").contains("headroom"), "{p:?}");
+    db.set_migration_rate(0);
+    fault.set_available_space(None);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let p = db.migration_progress();
+    assert_eq!(p.draining[0].files_migrated, 0, "{p:?}");
+    db.set_migration_rate(64 << 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !db.migration_progress().is_complete() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -113,7 +113,6 @@ impl WriteBatch {
         self.rep
     }
 
-    #[cfg(test)]
     pub(crate) fn ops_bytes(&self) -> &[u8] {
         &self.rep
     }

@@ -202,6 +202,10 @@ pub(crate) struct Inner {
     /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
     pub fg_latency: crate::migration::LatencyHistogram,
     pub sampling: AtomicBool,
+    /// Traffic per partition of the target layout, and of a shadowed candidate function.
+    pub load: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
+    pub shadow: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
+    pub admission: crate::load::Admission,
 }
 
 /// The whole state as one edit (the first record of a new manifest).
@@ -483,6 +487,11 @@ impl Db {
         self.inner.get(key.as_ref(), None)
     }
 
+    /// Starts an optimistic, serializable transaction (see [`crate::Transaction`]).
+    pub fn transaction(&self) -> crate::Transaction {
+        crate::Transaction::new(self.snapshot())
+    }
+
     /// A consistent point-in-time view across every partition and layout version.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::new(self.inner.clone())
@@ -572,6 +581,67 @@ impl Db {
         self.inner.set_migration_latency_target(p99_us)
     }
 
+    /// Writes an openable copy of the database into `dir` (which must not exist or be
+    /// empty): hard links to the live SSTables, the WAL up to this moment, a fresh manifest.
+    pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.inner.checkpoint(dir.as_ref())
+    }
+
+    /// What one partition of one live layout version holds, key by key (newest entry of
+    /// each key; moved values reported as moved).
+    pub fn partition_entries(&self, version: VersionId, partition: u32) -> Result<crate::PartitionIter> {
+        self.inner.partition_entries(version.0, partition)
+    }
+
+    /// Reads and writes per partition of the target layout since it became the target.
+    pub fn partition_load(&self) -> crate::LoadStats {
+        match self.inner.load.load().as_ref() {
+            Some(l) => l.stats(),
+            None => crate::LoadStats {
+                version: None,
+                spec: PartitionSpec::default(),
+                reads: vec![],
+                writes: vec![],
+                write_bytes: vec![],
+                elapsed: Default::default(),
+            },
+        }
+    }
+
+    /// Starts (or with `None` stops) counting live traffic per partition of a candidate
+    /// function that holds no data: hot partitions show up before they exist.
+    pub fn set_shadow(&self, spec: Option<PartitionSpec>) -> Result<()> {
+        self.inner.set_shadow(spec)
+    }
+
+    /// Traffic per partition of the shadowed candidate, if one is set.
+    pub fn shadow_load(&self) -> Option<crate::LoadStats> {
+        self.inner.shadow.load().as_ref().map(|l| l.stats())
+    }
+
+    /// Rate-limits writes into one partition of the target layout (first come, first
+    /// served); `None` lifts the limit. Changing the target lifts all limits.
+    pub fn set_partition_write_limit(&self, partition: u32, bytes_per_sec: Option<u64>) -> Result<()> {
+        self.inner.set_partition_write_limit(partition, bytes_per_sec)
+    }
+
+    /// The migration controller's persisted state: (epoch, opaque bytes).
+    pub fn controller_state(&self) -> Option<(u64, Vec<u8>)> {
+        self.inner.core.lock().controller.clone()
+    }
+
+    /// Claims the controller role: persists and returns a new epoch. A controller holding
+    /// an older epoch can no longer store state (it is fenced).
+    pub fn claim_controller(&self) -> Result<u64> {
+        self.inner.claim_controller()
+    }
+
+    /// Persists controller state under `epoch`; [`Error::StaleEpoch`] if another controller
+    /// has claimed a newer epoch since.
+    pub fn store_controller_state(&self, epoch: u64, state: &[u8]) -> Result<()> {
+        self.inner.store_controller_state(epoch, state)
+    }
+
     /// The latest sequence number visible to readers.
     pub fn latest_seqno(&self) -> u64 {
         self.inner.latest()
@@ -585,6 +655,41 @@ impl Db {
 }
 
 impl Inner {
+    pub fn claim_controller(&self) -> Result<u64> {
+        self.check_writable()?;
+        let mut core = self.core.lock();
+        let (epoch, state) = core.controller.clone().unwrap_or((0, Vec::new()));
+        let next = epoch + 1;
+        let mut e = VersionEdit::default();
+        e.push(EditRecord::Controller {
+            epoch: next,
+            state: state.clone(),
+        });
+        self.log_edit(&mut core, &e)?;
+        core.controller = Some((next, state));
+        Ok(next)
+    }
+
+    pub fn store_controller_state(&self, epoch: u64, state: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let mut core = self.core.lock();
+        let current = core.controller.as_ref().map_or(0, |c| c.0);
+        if epoch != current {
+            return Err(Error::StaleEpoch {
+                presented: epoch,
+                current,
+            });
+        }
+        let mut e = VersionEdit::default();
+        e.push(EditRecord::Controller {
+            epoch,
+            state: state.to_vec(),
+        });
+        self.log_edit(&mut core, &e)?;
+        core.controller = Some((epoch, state.to_vec()));
+        Ok(())
+    }
+
     pub fn register_layout(&self, spec: PartitionSpec) -> Result<u32> {
         self.check_writable()?;
         let func = Arc::new(PartitionFn::new(spec)?);
@@ -634,6 +739,7 @@ impl Inner {
         self.log_edit(&mut core, &e)?;
         if let Some(r) = core.registry.get_mut(&id) {
             r.was_target = true;
+            self.reset_load(id, r.func.clone());
         }
         self.swap_view(&core, |v| {
             let mut files = (*v.files).clone();

@@ -28,6 +28,7 @@
 #![allow(missing_debug_implementations, reason = "internal handles hold non-Debug mmaps and locks")]
 
 mod background;
+mod checkpoint;
 mod batch;
 mod cache;
 mod coding;
@@ -39,6 +40,7 @@ mod flush;
 pub mod fs;
 mod iter;
 mod layout;
+mod load;
 pub mod log;
 pub mod manifest;
 mod memtable;
@@ -47,9 +49,11 @@ mod options;
 mod output;
 mod read;
 mod recovery;
+mod scan;
 mod snapshot;
 pub mod sst;
 mod stats;
+mod transaction;
 mod types;
 mod util;
 mod version;
@@ -60,9 +64,12 @@ pub use db::{Db, KeyBounds, LayoutInfo, PartitionInfo, RecoveryReport, VersionId
 pub use error::{Error, Result};
 pub use iter::{DbIter, KeyRange};
 pub use layout::{PartitionFn, PartitionSpec, MAX_PARTITIONS};
+pub use load::LoadStats;
 pub use migration::{DrainingProgress, MigrationProgress};
 pub use options::{Options, WriteOptions};
+pub use scan::{PartitionEntry, PartitionIter};
 pub use snapshot::Snapshot;
 pub use sst::Compression;
 pub use stats::{LevelStats, PartitionStats, Stats};
+pub use transaction::Transaction;
 pub use types::{Entry, Kind};

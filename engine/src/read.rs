@@ -81,6 +81,46 @@ pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<R
     Ok(best)
 }
 
+/// True if `key` has any entry newer than `snapshot` (a write or delete that an optimistic
+/// transaction reading at `snapshot` did not see). Only files that hold seqnos above the
+/// snapshot are probed.
+pub(crate) fn changed_since(view: &View, key: &[u8], snapshot: u64) -> Result<bool> {
+    for m in std::iter::once(&view.mem).chain(view.imm.iter()) {
+        if m.max_seqno() > snapshot {
+            if let Some((seqno, _, _)) = m.get(key, u64::MAX) {
+                if seqno > snapshot {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    let h = bloom::key_hash(key);
+    for layout in view.files.layouts.values() {
+        let Some(part) = layout.parts.get(layout.func.partition_of(key) as usize) else {
+            continue;
+        };
+        let newer = |f: &Arc<FileMeta>| -> Result<bool> {
+            if f.max_seqno <= snapshot || !f.contains(key) {
+                return Ok(false);
+            }
+            Ok(f.table.get(key, h, u64::MAX)?.is_some_and(|e| e.seqno > snapshot))
+        };
+        for f in &part.levels[0] {
+            if newer(f)? {
+                return Ok(true);
+            }
+        }
+        for level in 1..MAX_LEVELS {
+            if let Some(f) = part.file_for_key(level, key) {
+                if newer(f)? {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
 #[inline]
 fn probe(f: &Arc<FileMeta>, key: &[u8], h: u64, snapshot: u64, best: &mut Option<Resolved>) -> Result<()> {
     if let Some(e) = f.table.get(key, h, snapshot)? {
@@ -110,6 +150,12 @@ impl Inner {
 
     fn get_inner(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
         Counters::add(&self.counters.gets, 1);
+        if let Some(l) = self.load.load().as_ref() {
+            l.record_read(key);
+        }
+        if let Some(l) = self.shadow.load().as_ref() {
+            l.record_read(key);
+        }
         let seq = snapshot.unwrap_or_else(|| self.latest());
         let view = self.view.load();
         let Some(r) = resolve(&view, key, seq)? else {

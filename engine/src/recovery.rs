@@ -504,6 +504,12 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         )),
         fg_latency: crate::migration::LatencyHistogram::new(),
         sampling: AtomicBool::new(false),
+        load: arc_swap::ArcSwapOption::from_pointee(crate::load::PartitionLoad::new(
+            Some(files.target),
+            files.target_layout().func.clone(),
+        )),
+        shadow: arc_swap::ArcSwapOption::empty(),
+        admission: crate::load::Admission::new(),
         opts,
     });
     if has_recovered {

@@ -52,6 +52,10 @@ impl Snapshot {
         Snapshot { inner, seqno }
     }
 
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// The seqno this snapshot reads at.
     pub fn seqno(&self) -> u64 {
         self.seqno

@@ -5,6 +5,7 @@
 //! to the WAL, fsyncs once if any writer asked for sync, inserts them into the memtable and
 //! only then publishes the new latest seqno — so a reader never sees part of a batch.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,38 +23,53 @@ use crate::stats::Counters;
 /// Largest group a leader commits at once.
 const MAX_GROUP_BYTES: usize = 1 << 20;
 
+/// What an optimistic transaction read: at commit, none of these keys may have a version
+/// newer than the snapshot the transaction read at.
+pub(crate) struct ReadSet {
+    pub snapshot: u64,
+    pub keys: Vec<Bytes>,
+}
+
 pub(crate) struct Writer {
     batch: Mutex<Option<WriteBatch>>,
     size: usize,
     ops: u64,
     sync: bool,
+    validate: Option<ReadSet>,
     result: Mutex<Option<Result<u64>>>,
 }
 
 impl Inner {
     /// Commits one batch; returns the seqno of its last operation.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<u64> {
+        self.commit(batch, sync, None)
+    }
+
+    /// Commits a batch, first checking (if given) that nothing the caller read changed.
+    pub(crate) fn commit(&self, batch: WriteBatch, sync: bool, validate: Option<ReadSet>) -> Result<u64> {
         if self.sampling.load(Ordering::Relaxed) {
             let start = Instant::now();
-            let r = self.write_inner(batch, sync);
+            let r = self.commit_inner(batch, sync, validate);
             self.fg_latency.record(start.elapsed());
             return r;
         }
-        self.write_inner(batch, sync)
+        self.commit_inner(batch, sync, validate)
     }
 
-    fn write_inner(&self, batch: WriteBatch, sync: bool) -> Result<u64> {
+    fn commit_inner(&self, batch: WriteBatch, sync: bool, validate: Option<ReadSet>) -> Result<u64> {
         batch.validate()?;
         self.check_writable()?;
-        if batch.is_empty() {
+        if batch.is_empty() && validate.is_none() {
             return Ok(self.latest());
         }
         self.throttle(batch.size_bytes())?;
+        self.admit(&batch)?;
         let w = Arc::new(Writer {
             size: batch.size_bytes(),
             ops: batch.len() as u64,
             batch: Mutex::new(Some(batch)),
             sync,
+            validate,
             result: Mutex::new(None),
         });
         let mut q = self.queue.lock();
@@ -80,14 +96,14 @@ impl Inner {
         drop(q);
         let res = self.commit_group(&group);
         let mut q = self.queue.lock();
+        let mut results = match res {
+            Ok(v) => v.into_iter().map(Some).collect::<Vec<_>>(),
+            Err(e) => group.iter().map(|_| Some(Err(e.duplicate()))).collect(),
+        };
         for (i, x) in group.iter().enumerate() {
             let popped = q.pop_front();
             debug_assert!(popped.is_some_and(|p| Arc::ptr_eq(&p, x)));
-            let r = match &res {
-                Ok(ends) => Ok(ends[i]),
-                Err(e) => Err(e.duplicate()),
-            };
-            *x.result.lock() = Some(r);
+            *x.result.lock() = results[i].take();
         }
         self.queue_cv.notify_all();
         drop(q);
@@ -95,33 +111,60 @@ impl Inner {
         r.unwrap_or(Err(Error::Closed))
     }
 
-    /// Writes a group to the WAL and memtable. Returns each writer's last seqno.
-    fn commit_group(&self, group: &[Arc<Writer>]) -> Result<Vec<u64>> {
+    /// Writes a group to the WAL and memtable. Returns each writer's outcome: its last
+    /// seqno, or a conflict for a transaction whose reads went stale. An error for the whole
+    /// group means nothing of it was acknowledged.
+    fn commit_group(&self, group: &[Arc<Writer>]) -> Result<Vec<Result<u64>>> {
         let mut wal = self.wal.lock();
         self.check_writable()?;
         self.make_room(&mut wal)?;
-        let sync = group.iter().any(|w| w.sync);
+        let view = self.view.load();
         let mut batches = Vec::with_capacity(group.len());
         let mut seq = wal.last_seqno + 1;
-        let mut ends = Vec::with_capacity(group.len());
+        let mut outcomes = Vec::with_capacity(group.len());
         let mut payload = Vec::new();
         let mut user_bytes = 0u64;
         let mut ops = 0u64;
+        let mut sync = false;
         let wal_before = wal.log.len();
         let total: u64 = group.iter().map(|w| w.ops).sum();
         if seq + total > crate::types::MAX_SEQNO {
             return Err(Error::ReadOnly("sequence numbers exhausted".into()));
         }
+        // Keys written by earlier batches of this group: newer than any snapshot a later
+        // transaction in the group read at, and not in the memtable yet.
+        let mut group_keys: Option<HashSet<Bytes>> = None;
         for w in group {
             let b = w
                 .batch
                 .lock()
                 .take()
                 .ok_or_else(|| Error::ReadOnly("internal: batch taken twice".into()))?;
+            if let Some(rs) = &w.validate {
+                let keys = group_keys.get_or_insert_with(|| {
+                    let mut set = HashSet::new();
+                    for (_, prev) in &batches {
+                        collect_keys(prev, &mut set);
+                    }
+                    set
+                });
+                if let Some(k) = self.first_conflict(&view, rs, keys)? {
+                    outcomes.push(Err(Error::Conflict { key: k.to_vec() }));
+                    continue;
+                }
+            }
+            if b.is_empty() {
+                outcomes.push(Ok(seq - 1));
+                continue;
+            }
+            if let Some(keys) = group_keys.as_mut() {
+                collect_keys(&b, keys);
+            }
+            sync |= w.sync;
             payload.clear();
             b.encode_wal(seq, &mut payload);
             wal.log.add(&payload);
-            ends.push(seq + b.len() as u64 - 1);
+            outcomes.push(Ok(seq + b.len() as u64 - 1));
             user_bytes += b.size_bytes() as u64;
             ops += b.len() as u64;
             let first = seq;
@@ -147,18 +190,35 @@ impl Inner {
         Counters::add(&self.counters.wal_bytes, wal.log.len() - wal_before);
         Counters::add(&self.counters.user_bytes, user_bytes);
         Counters::add(&self.counters.writes, ops);
-        let view = self.view.load();
+        let load = self.load.load();
+        let shadow = self.shadow.load();
         for (first, b) in batches {
             let rep = Bytes::from(b.into_ops());
             let mut s = first;
             WriteBatch::for_each_op(&rep, wal.log.path(), 0, |kind, key, value| {
+                if let Some(l) = load.as_ref() {
+                    l.record_write(&key, key.len() + value.len());
+                }
+                if let Some(l) = shadow.as_ref() {
+                    l.record_write(&key, key.len() + value.len());
+                }
                 view.mem.insert(key, s, kind, value);
                 s += 1;
             })?;
         }
         wal.last_seqno = seq - 1;
         self.visible.store(seq - 1, Ordering::Release);
-        Ok(ends)
+        Ok(outcomes)
+    }
+
+    /// The first key of a read set that changed after the transaction's snapshot.
+    fn first_conflict<'a>(&self, view: &View, rs: &'a ReadSet, group_keys: &HashSet<Bytes>) -> Result<Option<&'a Bytes>> {
+        for k in &rs.keys {
+            if group_keys.contains(k) || crate::read::changed_since(view, k, rs.snapshot)? {
+                return Ok(Some(k));
+            }
+        }
+        Ok(None)
     }
 
     /// Makes sure the memtable has room, rotating it (and waiting for a flush when too many
@@ -311,4 +371,11 @@ impl Inner {
             }
         }
     }
+}
+
+fn collect_keys(b: &WriteBatch, set: &mut HashSet<Bytes>) {
+    let rep = Bytes::copy_from_slice(b.ops_bytes());
+    let _ = WriteBatch::for_each_op(&rep, std::path::Path::new("<batch>"), 0, |_, k, _| {
+        set.insert(k);
+    });
 }

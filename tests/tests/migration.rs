@@ -227,3 +227,127 @@ fn paused_pacer_does_nothing_and_headroom_blocks() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn partition_scoped_reads_report_moved_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fill(&db, 400, "a");
+    // A snapshot older than the delete keeps the tombstone through compaction.
+    let snap = db.snapshot();
+    db.delete("k0007").unwrap();
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(2, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    db.get("k0001").unwrap();
+    db.get("k0002").unwrap();
+    db.flush().unwrap();
+    // Every key "k0…" sorts below the first boundary "k1": range partition 0 of v1.
+    let entries: Vec<_> = db
+        .partition_entries(VersionId(1), 0)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(entries.len(), 400);
+    drop(snap);
+    use sluice::PartitionEntry as P;
+    assert!(matches!(&entries[1], P::Moved { to, .. } if *to == v2), "{:?}", entries[1]);
+    assert!(matches!(&entries[2], P::Moved { .. }));
+    assert!(matches!(&entries[3], P::Value { value, .. } if value == "a3"));
+    assert!(matches!(&entries[7], P::Tombstone { .. }));
+    assert!(db.partition_entries(VersionId(1), 9).is_err());
+    assert!(db.partition_entries(VersionId(7), 0).is_err());
+}
+
+#[test]
+fn checkpoint_is_an_openable_point_in_time_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    fill(&db, 1000, "a");
+    db.flush().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 1)).unwrap();
+    db.set_target(v2).unwrap();
+    db.put("k0001", "unflushed").unwrap();
+    let cp = dir.path().join("checkpoint");
+    db.checkpoint(&cp).unwrap();
+    db.put("k0002", "after").unwrap();
+    db.migrate_now(None).unwrap();
+    let copy = Db::open(&cp, quiet_opts()).unwrap();
+    assert_eq!(copy.get("k0001").unwrap().as_deref(), Some(&b"unflushed"[..]));
+    assert_eq!(copy.get("k0002").unwrap().as_deref(), Some(&b"a2"[..]));
+    assert_eq!(dump(&copy).unwrap().len(), 1000);
+    assert_eq!(copy.layout().versions.len(), 2, "the checkpoint is mid-migration");
+    assert!(db.checkpoint(&cp).is_err(), "refuses a non-empty directory");
+    // The original is unaffected by the copy opening (and flushing) its own files.
+    assert_eq!(db.get("k0002").unwrap().as_deref(), Some(&b"after"[..]));
+}
+
+#[test]
+fn load_and_shadow_counters_see_a_hot_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    let biased = PartitionSpec::Hash {
+        partitions: 4,
+        seed: 0,
+        hashed_prefix: Some(2),
+    };
+    db.set_shadow(Some(biased)).unwrap();
+    for i in 0..1000u32 {
+        db.put(format!("k{i:04}"), "v").unwrap();
+    }
+    let load = db.partition_load();
+    assert_eq!(load.writes.iter().sum::<u64>(), 1000);
+    assert_eq!(load.writes[0], 1000, "all keys start with k0: range partition 0");
+    let shadow = db.shadow_load().unwrap();
+    // Every key shares the prefix "k0": the biased hash sends them all to one partition.
+    assert_eq!(shadow.writes.iter().filter(|&&w| w > 0).count(), 1, "{shadow:?}");
+    db.set_shadow(None).unwrap();
+    assert!(db.shadow_load().is_none());
+}
+
+#[test]
+fn write_limit_slows_one_partition_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    assert!(db.set_partition_write_limit(9, Some(1)).is_err());
+    db.set_partition_write_limit(0, Some(20_000)).unwrap();
+    let t = std::time::Instant::now();
+    for i in 0..100u32 {
+        db.put(format!("k3{i:03}"), vec![0u8; 1000]).unwrap(); // partition 3: unlimited
+    }
+    let other = t.elapsed();
+    let t = std::time::Instant::now();
+    for i in 0..30u32 {
+        db.put(format!("k0{i:03}"), vec![0u8; 1000]).unwrap(); // partition 0: 20 KB/s
+    }
+    let limited = t.elapsed();
+    assert!(limited >= std::time::Duration::from_millis(900), "{limited:?}");
+    assert!(other < limited / 4, "{other:?} vs {limited:?}");
+    db.set_partition_write_limit(0, None).unwrap();
+    let t = std::time::Instant::now();
+    for i in 0..30u32 {
+        db.put(format!("k0{i:03}"), vec![0u8; 1000]).unwrap();
+    }
+    assert!(t.elapsed() < limited / 4);
+}
+
+#[test]
+fn controller_epochs_fence_a_stale_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    assert_eq!(db.controller_state(), None);
+    let a = db.claim_controller().unwrap();
+    db.store_controller_state(a, b"from a").unwrap();
+    let b = db.claim_controller().unwrap();
+    assert!(b > a);
+    let e = db.store_controller_state(a, b"stale").unwrap_err();
+    assert!(matches!(e, sluice::Error::StaleEpoch { .. }), "{e}");
+    db.store_controller_state(b, b"from b").unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    assert_eq!(db.controller_state(), Some((b, b"from b".to_vec())));
+}

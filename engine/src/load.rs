@@ -1,0 +1,245 @@
+//! Per-partition traffic: load counters for the target layout and for a shadowed candidate
+//! function (hot partitions show up before they exist), and write admission control for a
+//! partition that is hot right now.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::batch::WriteBatch;
+use crate::db::{Inner, VersionId};
+use crate::error::{Error, Result};
+use crate::layout::{PartitionFn, PartitionSpec};
+
+/// Reads and writes per partition under one partition function.
+pub(crate) struct PartitionLoad {
+    pub version: Option<u32>,
+    pub func: Arc<PartitionFn>,
+    reads: Box<[AtomicU64]>,
+    writes: Box<[AtomicU64]>,
+    write_bytes: Box<[AtomicU64]>,
+    since: Instant,
+}
+
+impl PartitionLoad {
+    pub fn new(version: Option<u32>, func: Arc<PartitionFn>) -> PartitionLoad {
+        let n = func.partitions() as usize;
+        let zeros = || (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        PartitionLoad {
+            version,
+            func,
+            reads: zeros(),
+            writes: zeros(),
+            write_bytes: zeros(),
+            since: Instant::now(),
+        }
+    }
+
+    #[inline]
+    pub fn record_write(&self, key: &[u8], bytes: usize) {
+        let p = self.func.partition_of(key) as usize;
+        self.writes[p].fetch_add(1, Ordering::Relaxed);
+        self.write_bytes[p].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn record_read(&self, key: &[u8]) {
+        let p = self.func.partition_of(key) as usize;
+        self.reads[p].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> LoadStats {
+        let get = |v: &[AtomicU64]| v.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        LoadStats {
+            version: self.version.map(VersionId),
+            spec: self.func.spec().clone(),
+            reads: get(&self.reads),
+            writes: get(&self.writes),
+            write_bytes: get(&self.write_bytes),
+            elapsed: self.since.elapsed(),
+        }
+    }
+}
+
+/// Traffic per partition since counting started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadStats {
+    /// The layout counted, or `None` for a shadowed candidate function.
+    pub version: Option<VersionId>,
+    pub spec: PartitionSpec,
+    pub reads: Vec<u64>,
+    pub writes: Vec<u64>,
+    pub write_bytes: Vec<u64>,
+    pub elapsed: Duration,
+}
+
+impl LoadStats {
+    /// Reads plus writes per partition.
+    pub fn ops(&self) -> Vec<u64> {
+        self.reads.iter().zip(&self.writes).map(|(r, w)| r + w).collect()
+    }
+
+    /// Each partition's share of all operations.
+    pub fn shares(&self) -> Vec<f64> {
+        let ops = self.ops();
+        let total: u64 = ops.iter().sum();
+        ops.iter()
+            .map(|&o| if total == 0 { 0.0 } else { o as f64 / total as f64 })
+            .collect()
+    }
+}
+
+struct Limit {
+    bytes_per_sec: u64,
+    tokens: f64,
+    last: Instant,
+    next_ticket: u64,
+    serving: u64,
+}
+
+/// Rate limits on writes into single partitions of the target layout, served first come
+/// first served (a ticket queue per partition), so one hot partition is slowed without
+/// starving any of its writers or touching writes elsewhere.
+pub(crate) struct Admission {
+    active: AtomicBool,
+    state: Mutex<(Option<Arc<PartitionFn>>, HashMap<u32, Limit>)>,
+    cv: Condvar,
+}
+
+impl Admission {
+    pub fn new() -> Admission {
+        Admission {
+            active: AtomicBool::new(false),
+            state: Mutex::new((None, HashMap::new())),
+            cv: Condvar::new(),
+        }
+    }
+}
+
+impl Inner {
+    /// Waits for the batch's turn in every rate-limited partition it writes to.
+    pub(crate) fn admit(&self, batch: &WriteBatch) -> Result<()> {
+        if !self.admission.active.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut st = self.admission.state.lock();
+        let Some(func) = st.0.clone() else {
+            return Ok(());
+        };
+        let mut touched: Vec<(u32, u64)> = Vec::new();
+        let rep = bytes::Bytes::copy_from_slice(batch.ops_bytes());
+        WriteBatch::for_each_op(&rep, std::path::Path::new("<batch>"), 0, |_, k, v| {
+            let p = func.partition_of(&k);
+            if st.1.contains_key(&p) {
+                match touched.iter_mut().find(|t| t.0 == p) {
+                    Some(t) => t.1 += (k.len() + v.len()) as u64,
+                    None => touched.push((p, (k.len() + v.len()) as u64)),
+                }
+            }
+        })?;
+        touched.sort_unstable();
+        for (p, bytes) in touched {
+            let ticket = match st.1.get_mut(&p) {
+                Some(l) => {
+                    l.next_ticket += 1;
+                    l.next_ticket - 1
+                }
+                None => continue,
+            };
+            loop {
+                if self.closing.load(Ordering::Acquire) {
+                    return Err(Error::Closed);
+                }
+                let Some(l) = st.1.get_mut(&p) else {
+                    break; // limit lifted while waiting
+                };
+                if l.serving == ticket {
+                    let now = Instant::now();
+                    l.tokens = (l.tokens
+                        + now.duration_since(l.last).as_secs_f64() * l.bytes_per_sec as f64)
+                        .min(l.bytes_per_sec as f64);
+                    l.last = now;
+                    if l.tokens >= 0.0 {
+                        l.tokens -= bytes as f64;
+                        l.serving += 1;
+                        self.admission.cv.notify_all();
+                        break;
+                    }
+                    let wait = -l.tokens / l.bytes_per_sec.max(1) as f64;
+                    self.admission
+                        .cv
+                        .wait_for(&mut st, Duration::from_secs_f64(wait.min(0.1)));
+                } else {
+                    self.admission.cv.wait_for(&mut st, Duration::from_millis(50));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Limits writes into `partition` of the target layout to `bytes_per_sec` (None lifts
+    /// the limit). Changing the target clears all limits.
+    pub fn set_partition_write_limit(&self, partition: u32, bytes_per_sec: Option<u64>) -> Result<()> {
+        let view = self.view.load();
+        let target = view.files.target_layout();
+        if partition >= target.func.partitions() {
+            return Err(Error::InvalidOption {
+                name: "partition",
+                reason: format!(
+                    "target v{} has {} partitions",
+                    target.id,
+                    target.func.partitions()
+                ),
+            });
+        }
+        let mut st = self.admission.state.lock();
+        if st.0.as_ref().map(|f| f.fingerprint()) != Some(target.func.fingerprint()) {
+            st.0 = Some(target.func.clone());
+            st.1.clear();
+        }
+        match bytes_per_sec {
+            Some(r) => {
+                let l = st.1.entry(partition).or_insert(Limit {
+                    bytes_per_sec: r,
+                    tokens: 0.0,
+                    last: Instant::now(),
+                    next_ticket: 0,
+                    serving: 0,
+                });
+                l.bytes_per_sec = r.max(1);
+            }
+            None => {
+                st.1.remove(&partition);
+            }
+        }
+        self.admission.active.store(!st.1.is_empty(), Ordering::Relaxed);
+        self.admission.cv.notify_all();
+        Ok(())
+    }
+
+    /// Clears admission limits and restarts load counting for a new target.
+    pub(crate) fn reset_load(&self, target: u32, func: Arc<PartitionFn>) {
+        self.load
+            .store(Some(Arc::new(PartitionLoad::new(Some(target), func))));
+        let mut st = self.admission.state.lock();
+        st.0 = None;
+        st.1.clear();
+        self.admission.active.store(false, Ordering::Relaxed);
+        self.admission.cv.notify_all();
+    }
+
+    /// Starts counting traffic under a candidate function (None stops).
+    pub fn set_shadow(&self, spec: Option<PartitionSpec>) -> Result<()> {
+        match spec {
+            Some(s) => {
+                let f = Arc::new(PartitionFn::new(s)?);
+                self.shadow.store(Some(Arc::new(PartitionLoad::new(None, f))));
+            }
+            None => self.shadow.store(None),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! Partition-scoped reads: what one partition of one layout version holds, key by key. A
+//! value that a read has moved to another layout is reported as moved (with the version it
+//! went to), not as the stale copy still sitting in the file.
+
+use std::iter::Peekable;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::coding::get_varint;
+use crate::db::{Inner, VersionId, View};
+use crate::error::{Error, Result};
+use crate::iter::{table_source, Direction, KeyRange, MergeIter, Source};
+use crate::types::{cmp_internal, Kind};
+
+/// The newest entry of one key within one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionEntry {
+    Value { key: Bytes, seqno: u64, value: Bytes },
+    Tombstone { key: Bytes, seqno: u64 },
+    /// Moved by a lazy read to layout version `to` (a forwarding pointer covers it).
+    Moved { key: Bytes, seqno: u64, to: VersionId },
+}
+
+impl PartitionEntry {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            PartitionEntry::Value { key, .. }
+            | PartitionEntry::Tombstone { key, .. }
+            | PartitionEntry::Moved { key, .. } => key,
+        }
+    }
+}
+
+/// Iterator over a partition's keys, from [`crate::Db::partition_entries`].
+pub struct PartitionIter {
+    _view: Arc<View>,
+    data: MergeIter,
+    pointers: Peekable<MergeIter>,
+    pending: Option<crate::types::Entry>,
+    failed: bool,
+}
+
+impl Inner {
+    pub fn partition_entries(&self, version: u32, partition: u32) -> Result<PartitionIter> {
+        let view = self.view.load_full();
+        let layout = view
+            .files
+            .layouts
+            .get(&version)
+            .ok_or(Error::UnknownVersion(version))?;
+        let part = layout.parts.get(partition as usize).ok_or_else(|| Error::InvalidOption {
+            name: "partition",
+            reason: format!("v{version} has {} partitions", layout.parts.len()),
+        })?;
+        let all = KeyRange::all();
+        let data: Vec<Source> = part
+            .data_files()
+            .map(|f| table_source(f, &all, Direction::Forward))
+            .collect();
+        let ptrs: Vec<Source> = part
+            .pointers
+            .iter()
+            .map(|f| table_source(f, &all, Direction::Forward))
+            .collect();
+        Ok(PartitionIter {
+            data: MergeIter::new(data, Direction::Forward),
+            pointers: MergeIter::new(ptrs, Direction::Forward).peekable(),
+            _view: view,
+            pending: None,
+            failed: false,
+        })
+    }
+}
+
+impl PartitionIter {
+    fn next_inner(&mut self) -> Result<Option<PartitionEntry>> {
+        let first = match self.pending.take() {
+            Some(e) => e,
+            None => match self.data.next() {
+                Some(r) => r?,
+                None => return Ok(None),
+            },
+        };
+        // Skip the older versions of this key.
+        loop {
+            match self.data.next() {
+                Some(r) => {
+                    let e = r?;
+                    if e.key != first.key {
+                        self.pending = Some(e);
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        // Is the newest version covered by a forwarding pointer?
+        let mut moved_to = None;
+        while let Some(p) = self.pointers.peek() {
+            let p = match p {
+                Ok(p) => p,
+                Err(_) => return Err(self.pointers.next().and_then(|r| r.err()).unwrap_or(Error::Closed)),
+            };
+            match cmp_internal(&p.key, p.seqno, &first.key, first.seqno) {
+                std::cmp::Ordering::Less => {
+                    self.pointers.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    moved_to = get_varint(&p.value).map(|(v, _)| v as u32);
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Ok(Some(match (moved_to, first.kind) {
+            (Some(to), Kind::Value) => PartitionEntry::Moved {
+                key: first.key,
+                seqno: first.seqno,
+                to: VersionId(to),
+            },
+            (_, Kind::Delete) => PartitionEntry::Tombstone {
+                key: first.key,
+                seqno: first.seqno,
+            },
+            _ => PartitionEntry::Value {
+                key: first.key,
+                seqno: first.seqno,
+                value: first.value,
+            },
+        }))
+    }
+}
+
+impl Iterator for PartitionIter {
+    type Item = Result<PartitionEntry>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.next_inner() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

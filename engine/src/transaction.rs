@@ -1,0 +1,122 @@
+//! Optimistic transactions: reads at a snapshot, writes buffered, and at commit a check —
+//! made by the commit leader, atomically with the write — that no key the transaction read
+//! has changed since its snapshot. Committed transactions are therefore serializable (they
+//! behave as if run one at a time at their commit points); a transaction that lost a race
+//! fails with [`Error::Conflict`] and can simply be retried.
+//!
+//! Layout changes do not disturb this: seqnos never change when data moves (migration
+//! compactions and lazy moves keep them), so a move is never mistaken for a write.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::batch::WriteBatch;
+use crate::error::Result;
+use crate::options::WriteOptions;
+use crate::snapshot::Snapshot;
+use crate::write::ReadSet;
+
+/// An optimistic, serializable transaction from [`crate::Db::transaction`].
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = sluice::Db::open(dir.path(), Default::default()).unwrap();
+/// # db.put("alice", "100").unwrap();
+/// loop {
+///     let mut t = db.transaction();
+///     let a: u64 = std::str::from_utf8(&t.get("alice")?.unwrap()).unwrap().parse().unwrap();
+///     t.put("alice", (a - 10).to_string());
+///     t.put("bob", "10");
+///     match t.commit() {
+///         Err(sluice::Error::Conflict { .. }) => continue, // someone changed "alice": retry
+///         r => break r?,
+///     }
+/// }
+/// # Ok::<(), sluice::Error>(())
+/// ```
+pub struct Transaction {
+    snapshot: Snapshot,
+    reads: BTreeSet<Bytes>,
+    writes: BTreeMap<Bytes, Option<Bytes>>,
+}
+
+impl Transaction {
+    pub(crate) fn new(snapshot: Snapshot) -> Transaction {
+        Transaction {
+            snapshot,
+            reads: BTreeSet::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// The seqno the transaction reads at.
+    pub fn snapshot_seqno(&self) -> u64 {
+        self.snapshot.seqno()
+    }
+
+    /// Reads `key`: the transaction's own write if it made one, else the value at its
+    /// snapshot. The key joins the read set checked at commit.
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        let k = key.as_ref();
+        if let Some(w) = self.writes.get(k) {
+            return Ok(w.clone());
+        }
+        self.reads.insert(Bytes::copy_from_slice(k));
+        self.snapshot.get(k)
+    }
+
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.writes.insert(
+            Bytes::copy_from_slice(key.as_ref()),
+            Some(Bytes::copy_from_slice(value.as_ref())),
+        );
+    }
+
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) {
+        self.writes.insert(Bytes::copy_from_slice(key.as_ref()), None);
+    }
+
+    /// Number of buffered writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Validates and applies the transaction atomically (not synced).
+    pub fn commit(self) -> Result<()> {
+        self.commit_opt(&WriteOptions::default())
+    }
+
+    /// Validates and applies the transaction atomically. Returns [`Error::Conflict`] if a
+    /// key it read was written (or deleted) by someone else after its snapshot; nothing is
+    /// written then.
+    pub fn commit_opt(self, opts: &WriteOptions) -> Result<()> {
+        let mut b = WriteBatch::new();
+        for (k, v) in &self.writes {
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            };
+        }
+        let rs = ReadSet {
+            snapshot: self.snapshot.seqno(),
+            keys: self.reads.into_iter().collect(),
+        };
+        let inner = self.snapshot.inner().clone();
+        inner.commit(b, opts.sync, Some(rs)).map(|_| ())
+    }
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("snapshot", &self.snapshot.seqno())
+            .field("reads", &self.reads.len())
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}

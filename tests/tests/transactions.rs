@@ -1,0 +1,169 @@
+//! Optimistic transactions: conflicts, serializability under concurrency, and through
+//! migration, retarget, rollback and lazy moves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sluice::{Db, Error, Options, PartitionSpec};
+
+fn balance(v: Option<bytes::Bytes>) -> i64 {
+    v.map(|b| std::str::from_utf8(&b).unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn stale_read_conflicts_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.put("a", "1").unwrap();
+    let mut t = db.transaction();
+    assert_eq!(balance(t.get("a").unwrap()), 1);
+    t.put("b", "x");
+    db.put("a", "2").unwrap(); // someone else changes what t read
+    let e = t.commit().unwrap_err();
+    assert!(matches!(&e, Error::Conflict { key } if key == b"a"), "{e}");
+    assert_eq!(db.get("b").unwrap(), None);
+    // A delete is a change too.
+    let mut t = db.transaction();
+    t.get("a").unwrap();
+    t.put("c", "y");
+    db.delete("a").unwrap();
+    assert!(matches!(t.commit(), Err(Error::Conflict { .. })));
+    // Writes to keys it did not read do not conflict; own writes are read back.
+    let mut t = db.transaction();
+    t.put("d", "1");
+    assert_eq!(t.get("d").unwrap().as_deref(), Some(&b"1"[..]));
+    db.put("e", "unrelated").unwrap();
+    t.commit().unwrap();
+    assert_eq!(db.get("d").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn conflict_is_detected_after_the_write_was_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    db.put("a", "1").unwrap();
+    let mut t = db.transaction();
+    t.get("a").unwrap();
+    db.put("a", "2").unwrap();
+    db.flush().unwrap();
+    db.compact().unwrap();
+    t.put("a", "3");
+    assert!(matches!(t.commit(), Err(Error::Conflict { .. })));
+    assert_eq!(balance(db.get("a").unwrap()), 2);
+}
+
+/// Concurrent transfers between accounts spread over partitions, while the layout changes
+/// under them (range -> biased hash -> corrected hash, a rollback, lazy moves and background
+/// migration). The sum of balances must never change, at any snapshot.
+#[test]
+fn transfers_keep_the_sum_through_migration_and_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        partition: PartitionSpec::Range {
+            boundaries: vec![b"acct-1".to_vec(), b"acct-2".to_vec(), b"acct-3".to_vec()],
+        },
+        move_bytes_per_sec: 1 << 30,
+        migration_bytes_per_sec: 8 << 20,
+        ..Options::tiny()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    const ACCOUNTS: u32 = 64;
+    const START: i64 = 1000;
+    let acct = |i: u32| format!("acct-{}{:03}", i % 4, i);
+    for i in 0..ACCOUNTS {
+        db.put(acct(i), START.to_string()).unwrap();
+    }
+    db.flush().unwrap();
+    let committed = Arc::new(AtomicU64::new(0));
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..3u64 {
+        let (db, committed, conflicts, stop) =
+            (db.clone(), committed.clone(), conflicts.clone(), stop.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut x = w * 7919 + 1;
+            while !stop.load(Ordering::Relaxed) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let from = (x >> 33) as u32 % ACCOUNTS;
+                let to = (x >> 13) as u32 % ACCOUNTS;
+                if from == to {
+                    continue;
+                }
+                let amount = (x % 50) as i64;
+                let mut t = db.transaction();
+                let a = balance(t.get(acct(from)).unwrap());
+                let b = balance(t.get(acct(to)).unwrap());
+                t.put(acct(from), (a - amount).to_string());
+                t.put(acct(to), (b + amount).to_string());
+                match t.commit() {
+                    Ok(()) => {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Error::Conflict { .. }) => {
+                        conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    let sum = |db: &Db| -> i64 {
+        let snap = db.snapshot();
+        (0..ACCOUNTS).map(|i| balance(snap.get(acct(i)).unwrap())).sum()
+    };
+    let scan_sum = |db: &Db| -> i64 {
+        db.range("acct-".."acct.")
+            .map(|r| balance(Some(r.unwrap().1)))
+            .sum()
+    };
+    let expect = ACCOUNTS as i64 * START;
+    let step = |db: &Db| {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert_eq!(sum(db), expect);
+        assert_eq!(scan_sum(db), expect);
+        // Lazy moves: point reads at the latest snapshot.
+        for i in 0..ACCOUNTS {
+            db.get(acct(i)).unwrap();
+        }
+    };
+    step(&db);
+    let v2 = db
+        .register_partition_fn(PartitionSpec::Hash {
+            partitions: 4,
+            seed: 3,
+            hashed_prefix: Some(5),
+        })
+        .unwrap();
+    db.set_target(v2).unwrap();
+    step(&db);
+    db.migrate_now(Some(4096)).unwrap();
+    step(&db);
+    let v3 = db
+        .register_partition_fn(PartitionSpec::Hash {
+            partitions: 4,
+            seed: 99,
+            hashed_prefix: None,
+        })
+        .unwrap();
+    db.set_target(v3).unwrap();
+    step(&db);
+    db.set_target(v2).unwrap(); // rollback
+    step(&db);
+    db.set_target(v3).unwrap();
+    step(&db);
+    db.migrate_now(None).unwrap();
+    step(&db);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(sum(&db), expect);
+    assert!(committed.load(Ordering::Relaxed) > 50, "{committed:?}");
+    let layout = db.layout();
+    assert_eq!(layout.target, v3);
+    drop(db);
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(sum(&db), expect);
+}

@@ -446,13 +446,29 @@ impl KeyBounds for KeyRange {
 impl Db {
     /// Opens the database at `path`, creating it if `opts.create_if_missing`.
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
-        let inner = crate::recovery::open(path.as_ref(), opts)?;
+        let inner = crate::recovery::open(path.as_ref(), opts, false)?;
         let db = Db {
             _owner: Arc::new(OwnerToken(inner.clone())),
             inner,
         };
         crate::background::start(&db.inner);
         Ok(db)
+    }
+
+    /// Opens an existing database for reading only: no lock is taken, nothing is written
+    /// (unflushed WAL records are replayed into memory), no background work runs. Works on
+    /// a directory that a live process has open; writes return [`Error::ReadOnly`].
+    pub fn open_read_only(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        let inner = crate::recovery::open(path.as_ref(), opts, true)?;
+        Ok(Db {
+            _owner: Arc::new(OwnerToken(inner.clone())),
+            inner,
+        })
+    }
+
+    /// True if opened with [`Db::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.lock.lock().is_none()
     }
 
     /// The directory this database lives in.

@@ -49,6 +49,10 @@ pub enum Error {
     #[error("database directory {path} is locked by another process")]
     Locked { path: PathBuf },
 
+    /// The directory is in use by a live process in a way that prevents this operation.
+    #[error("database directory {path} is busy: {reason}")]
+    Busy { path: PathBuf, reason: String },
+
     /// A key longer than [`crate::MAX_KEY_LEN`].
     #[error("key of {len} bytes exceeds the limit of {max} bytes")]
     KeyTooLarge { len: usize, max: usize },
@@ -175,6 +179,10 @@ impl Error {
                 supported: *supported,
             },
             Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::Busy { path, reason } => Error::Busy {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
             Error::KeyTooLarge { len, max } => Error::KeyTooLarge {
                 len: *len,
                 max: *max,

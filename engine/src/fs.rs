@@ -21,6 +21,18 @@ pub trait WritableFile: Send {
     fn sync(&mut self) -> io::Result<()>;
 }
 
+/// A sink that refuses writes: the WAL and manifest of a read-only open.
+pub(crate) struct NullFile;
+
+impl WritableFile for NullFile {
+    fn append(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("database opened read-only"))
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Err(io::Error::other("database opened read-only"))
+    }
+}
+
 /// A held directory lock; dropping it releases the lock.
 pub trait DirLock: Send + Sync {}
 

@@ -270,6 +270,14 @@ impl ManifestWriter {
         Ok(ManifestWriter { log, number })
     }
 
+    /// A writer that refuses every append (read-only opens).
+    pub fn detached(file: Box<dyn crate::fs::WritableFile>) -> ManifestWriter {
+        ManifestWriter {
+            log: LogWriter::new(file, PathBuf::from("<read-only>"), LogKind::Manifest),
+            number: 0,
+        }
+    }
+
     pub fn number(&self) -> u64 {
         self.number
     }

@@ -309,95 +309,109 @@ fn looks_like_ours(name: &str) -> bool {
             && crate::util::file_number(Path::new(name)).is_some())
 }
 
-/// Opens (or creates) the database in `dir`.
-pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
+/// Opens (or creates) the database in `dir`. A read-only open takes no lock, writes
+/// nothing (the WAL is replayed into memory only) and runs no background work, so it can
+/// look at a directory a live process is using.
+pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inner>> {
     opts.validate()?;
-    let fs = opts.fs.clone();
-    let dir = dir.to_path_buf();
-    if !fs.exists(&dir) {
-        if !opts.create_if_missing {
-            return Err(Error::NotADatabase {
-                path: dir,
-                reason: "directory does not exist".into(),
-            });
-        }
-        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    if !read_only {
+        return open_writable(dir, opts);
     }
-    let lock_path = dir.join("LOCK");
-    let lock: Box<dyn DirLock> = fs
-        .lock(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?
-        .ok_or_else(|| Error::Locked { path: dir.clone() })?;
-    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    // A live process may delete a file between our reading its manifest and opening the
+    // file (a compaction finishing): retry a few times before calling the directory busy.
+    let mut last = None;
+    for attempt in 0..5 {
+        match open_read_only(dir, opts.clone()) {
+            Ok(i) => return Ok(i),
+            Err(e) if is_vanished(&e) => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Busy {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "files keep changing under a live process: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ),
+    })
+}
+
+fn is_vanished(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        Error::Corruption { reason, .. } => reason.starts_with("missing:"),
+        _ => false,
+    }
+}
+
+/// State read from a directory: manifest, open tables, and the WAL replayed into memory.
+struct Loaded {
+    state: ManifestState,
+    files: FileSet,
+    recovered: Arc<MemTable>,
+    last_seqno: u64,
+    report: RecoveryReport,
+}
+
+fn load(fs: &Arc<dyn Fs>, dir: &Path, cache: &Arc<BlockCache>) -> Result<Loaded> {
     let mut report = RecoveryReport::default();
-
-    let (state, files, old_manifest) = if fs.exists(&dir.join(CURRENT)) {
-        let m = read_current(fs.as_ref(), &dir)?;
-        report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
-        let st = replay_manifest(&m)?;
-        let files = open_tables(&fs, &dir, &st, &cache, &m.path)?;
-        (st, files, Some(m.path))
-    } else {
-        if !opts.create_if_missing {
-            return Err(Error::NotADatabase {
-                path: dir,
-                reason: "no CURRENT file".into(),
-            });
-        }
-        let names = fs.list(&dir).map_err(|e| Error::io(&dir, e))?;
-        if let Some(n) = names.iter().find(|n| looks_like_ours(n)) {
-            return Err(Error::NotADatabase {
-                path: dir.clone(),
-                reason: format!(
-                    "CURRENT is missing but {n} exists; refusing to start a new database over it"
-                ),
-            });
-        }
-        let func = Arc::new(PartitionFn::new(opts.partition.clone())?);
-        let mut registry = BTreeMap::new();
-        registry.insert(1, (func.clone(), false, true));
-        let mut set = FileSet::default();
-        let mut l = LayoutState::new(1, func);
-        l.was_target = true;
-        set.layouts.insert(1, l);
-        set.target = 1;
-        (
-            ManifestState {
-                registry,
-                target: 1,
-                files: BTreeMap::new(),
-                next_file: 1,
-                last_seqno: 0,
-                log_number: 0,
-                controller: None,
-            },
-            set,
-            None,
-        )
-    };
-
-    // Replay the WAL into a memtable that the first flush below persists.
-    let wals = wal_files(fs.as_ref(), &dir, state.log_number)?;
+    let m = read_current(fs.as_ref(), dir)?;
+    report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
+    let state = replay_manifest(&m)?;
+    let files = open_tables(fs, dir, &state, cache, &m.path)?;
+    let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
     let recovered = Arc::new(MemTable::new(state.log_number));
     let wal_last = replay_wals(fs.as_ref(), &wals, &recovered, &mut report)?;
     let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
+    Ok(Loaded {
+        state,
+        files,
+        recovered,
+        last_seqno,
+        report,
+    })
+}
 
-    // File numbers must move past anything already in the directory.
-    let names = fs.list(&dir).map_err(|e| Error::io(&dir, e))?;
-    let max_seen = names
-        .iter()
-        .filter_map(|n| {
-            crate::util::file_number(Path::new(n))
-                .or_else(|| n.strip_prefix("MANIFEST-").and_then(|x| x.parse().ok()))
-        })
-        .max()
-        .unwrap_or(0);
-    let mut next_file = state.next_file.max(max_seen + 1);
-    let manifest_number = next_file;
-    let wal_number = next_file + 1;
-    next_file += 2;
+fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
+    let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
+    if let Some(n) = names.iter().find(|n| looks_like_ours(n)) {
+        return Err(Error::NotADatabase {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "CURRENT is missing but {n} exists; refusing to start a new database over it"
+            ),
+        });
+    }
+    let func = Arc::new(PartitionFn::new(opts.partition.clone())?);
+    let mut registry = BTreeMap::new();
+    registry.insert(1, (func.clone(), false, true));
+    let mut files = FileSet::default();
+    let mut l = LayoutState::new(1, func);
+    l.was_target = true;
+    files.layouts.insert(1, l);
+    files.target = 1;
+    Ok(Loaded {
+        state: ManifestState {
+            registry,
+            target: 1,
+            files: BTreeMap::new(),
+            next_file: 1,
+            last_seqno: 0,
+            log_number: 0,
+            controller: None,
+        },
+        files,
+        recovered: Arc::new(MemTable::new(0)),
+        last_seqno: 0,
+        report: RecoveryReport::default(),
+    })
+}
 
-    let registry: BTreeMap<u32, Registered> = state
+fn registry_of(state: &ManifestState) -> BTreeMap<u32, Registered> {
+    state
         .registry
         .iter()
         .map(|(id, (f, retired, was_target))| {
@@ -410,68 +424,31 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
                 },
             )
         })
-        .collect();
-    let has_recovered = !recovered.is_empty();
-    let log_number = if has_recovered {
-        state.log_number
-    } else {
-        wal_number
-    };
+        .collect()
+}
 
-    let wal_path = wal_file(&dir, wal_number);
-    let wal_handle = fs.create(&wal_path).map_err(|e| Error::io(&wal_path, e))?;
-    let mut wal_log = LogWriter::new(wal_handle, wal_path, LogKind::Wal);
-    wal_log.sync()?;
-
-    let table_opts = TableOptions {
-        block_size: opts.block_size,
-        compression: opts.compression,
-        bloom_bits_per_key: opts.bloom_bits_per_key,
-    };
-    let mut imm = Vec::new();
-    if has_recovered {
-        imm.push(recovered.clone());
-    }
-    let files = Arc::new(files);
-    let view = View {
-        mem: Arc::new(MemTable::new(wal_number)),
-        imm,
-        files: files.clone(),
-    };
-    let snapshot = crate::db::snapshot_edit(
-        next_file,
-        state.last_seqno,
-        log_number,
-        &registry,
-        &files,
-        state.controller.as_ref(),
-    );
-    let manifest = ManifestWriter::create(fs.as_ref(), &dir, manifest_number, &snapshot)?;
-    let core = Core {
-        manifest,
-        next_file,
-        log_number,
-        flushed_seqno: state.last_seqno,
-        registry,
-        busy: Default::default(),
-        flushing: false,
-        writing_to: Default::default(),
-        controller: state.controller.clone(),
-        compact_cursor: Default::default(),
-        running: 0,
-        manual: Default::default(),
-        manual_running: 0,
-        manual_error: None,
-        compaction_failures: 0,
-        next_job_id: 0,
-        reserved: Vec::new(),
-        migration: Default::default(),
-    };
-    let inner = Arc::new(Inner {
-        dir: dir.clone(),
-        fs: fs.clone(),
+/// Assembles the engine state shared by both open modes.
+#[allow(clippy::too_many_arguments, reason = "one assembly point for every field")]
+fn assemble(
+    dir: &Path,
+    opts: Options,
+    cache: Arc<BlockCache>,
+    view: View,
+    core: Core,
+    wal: WalState,
+    last_seqno: u64,
+    lock: Option<Box<dyn DirLock>>,
+) -> Inner {
+    let files = view.files.clone();
+    Inner {
+        dir: dir.to_path_buf(),
+        fs: opts.fs.clone(),
         cache,
-        table_opts,
+        table_opts: TableOptions {
+            block_size: opts.block_size,
+            compression: opts.compression,
+            bloom_bits_per_key: opts.bloom_bits_per_key,
+        },
         view: ArcSwap::from_pointee(view),
         visible: AtomicU64::new(last_seqno),
         core: Mutex::new(core),
@@ -479,18 +456,13 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         stall_cv: Condvar::new(),
         queue: Mutex::new(Default::default()),
         queue_cv: Condvar::new(),
-        wal: Mutex::new(WalState {
-            log: wal_log,
-            number: wal_number,
-            last_seqno,
-            last_flush: Instant::now(),
-        }),
+        wal: Mutex::new(wal),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
         closing: AtomicBool::new(false),
         failed: AtomicBool::new(false),
         failure: Mutex::new(None),
-        lock: Mutex::new(Some(lock)),
+        lock: Mutex::new(lock),
         threads: Mutex::new(Vec::new()),
         l0_max: AtomicUsize::new(0),
         pending_compaction: AtomicU64::new(0),
@@ -511,7 +483,159 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         shadow: arc_swap::ArcSwapOption::empty(),
         admission: crate::load::Admission::new(),
         opts,
-    });
+    }
+}
+
+fn new_core(manifest: ManifestWriter, next_file: u64, log_number: u64, state: &ManifestState) -> Core {
+    Core {
+        manifest,
+        next_file,
+        log_number,
+        flushed_seqno: state.last_seqno,
+        registry: registry_of(state),
+        busy: Default::default(),
+        flushing: false,
+        writing_to: Default::default(),
+        controller: state.controller.clone(),
+        compact_cursor: Default::default(),
+        running: 0,
+        manual: Default::default(),
+        manual_running: 0,
+        manual_error: None,
+        compaction_failures: 0,
+        next_job_id: 0,
+        reserved: Vec::new(),
+        migration: Default::default(),
+    }
+}
+
+fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
+    let fs = opts.fs.clone();
+    if !fs.exists(&dir.join(CURRENT)) {
+        return Err(Error::NotADatabase {
+            path: dir.to_path_buf(),
+            reason: "no CURRENT file".into(),
+        });
+    }
+    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    let loaded = load(&fs, dir, &cache)?;
+    let view = View {
+        mem: Arc::new(MemTable::new(0)),
+        imm: if loaded.recovered.is_empty() {
+            Vec::new()
+        } else {
+            vec![loaded.recovered.clone()]
+        },
+        files: Arc::new(loaded.files),
+    };
+    let sink = || Box::new(crate::fs::NullFile) as Box<dyn crate::fs::WritableFile>;
+    let core = new_core(
+        ManifestWriter::detached(sink()),
+        loaded.state.next_file,
+        loaded.state.log_number,
+        &loaded.state,
+    );
+    let wal = WalState {
+        log: LogWriter::new(sink(), dir.join("<read-only>"), LogKind::Wal),
+        number: 0,
+        last_seqno: loaded.last_seqno,
+        last_flush: Instant::now(),
+    };
+    let inner = assemble(dir, opts, cache, view, core, wal, loaded.last_seqno, None);
+    *inner.recovery.lock() = loaded.report;
+    *inner.failure.lock() = Some("opened read-only".into());
+    inner.failed.store(true, std::sync::atomic::Ordering::Release);
+    Ok(Arc::new(inner))
+}
+
+fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
+    let fs = opts.fs.clone();
+    let dir = dir.to_path_buf();
+    if !fs.exists(&dir) {
+        if !opts.create_if_missing {
+            return Err(Error::NotADatabase {
+                path: dir,
+                reason: "directory does not exist".into(),
+            });
+        }
+        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    let lock_path = dir.join("LOCK");
+    let lock: Box<dyn DirLock> = fs
+        .lock(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?
+        .ok_or_else(|| Error::Locked { path: dir.clone() })?;
+    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    let loaded = if fs.exists(&dir.join(CURRENT)) {
+        load(&fs, &dir, &cache)?
+    } else if opts.create_if_missing {
+        fresh(&fs, &dir, &opts)?
+    } else {
+        return Err(Error::NotADatabase {
+            path: dir,
+            reason: "no CURRENT file".into(),
+        });
+    };
+    let Loaded {
+        state,
+        files,
+        recovered,
+        last_seqno,
+        mut report,
+    } = loaded;
+
+    // File numbers must move past anything already in the directory.
+    let names = fs.list(&dir).map_err(|e| Error::io(&dir, e))?;
+    let max_seen = names
+        .iter()
+        .filter_map(|n| {
+            crate::util::file_number(Path::new(n))
+                .or_else(|| n.strip_prefix("MANIFEST-").and_then(|x| x.parse().ok()))
+        })
+        .max()
+        .unwrap_or(0);
+    let mut next_file = state.next_file.max(max_seen + 1);
+    let manifest_number = next_file;
+    let wal_number = next_file + 1;
+    next_file += 2;
+
+    // The WAL's contents become the first flush below; until that flush is in the
+    // manifest, the manifest keeps naming the old WALs as needed.
+    let has_recovered = !recovered.is_empty();
+    let log_number = if has_recovered {
+        state.log_number
+    } else {
+        wal_number
+    };
+    let wal_path = wal_file(&dir, wal_number);
+    let wal_handle = fs.create(&wal_path).map_err(|e| Error::io(&wal_path, e))?;
+    let mut wal_log = LogWriter::new(wal_handle, wal_path, LogKind::Wal);
+    wal_log.sync()?;
+
+    let files = Arc::new(files);
+    let registry = registry_of(&state);
+    let snapshot = crate::db::snapshot_edit(
+        next_file,
+        state.last_seqno,
+        log_number,
+        &registry,
+        &files,
+        state.controller.as_ref(),
+    );
+    let manifest = ManifestWriter::create(fs.as_ref(), &dir, manifest_number, &snapshot)?;
+    let view = View {
+        mem: Arc::new(MemTable::new(wal_number)),
+        imm: if has_recovered { vec![recovered] } else { Vec::new() },
+        files,
+    };
+    let core = new_core(manifest, next_file, log_number, &state);
+    let wal = WalState {
+        log: wal_log,
+        number: wal_number,
+        last_seqno,
+        last_flush: Instant::now(),
+    };
+    let inner = Arc::new(assemble(&dir, opts, cache, view, core, wal, last_seqno, Some(lock)));
     if has_recovered {
         inner.flush_oldest()?;
     }
@@ -541,7 +665,6 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
             report.orphans_removed += 1;
         }
     }
-    let _ = old_manifest;
     *inner.recovery.lock() = report;
     {
         let core = inner.core.lock();

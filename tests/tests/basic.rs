@@ -1,0 +1,211 @@
+//! Basic behaviour of the public API across flushes, compactions, layouts and reopen.
+
+use sluice::{Db, Options, PartitionSpec, VersionId, WriteBatch};
+use sluice_tests::{dump, dump_rev};
+
+fn hash(n: u32) -> PartitionSpec {
+    PartitionSpec::Hash {
+        partitions: n,
+        seed: 11,
+        hashed_prefix: None,
+    }
+}
+
+#[test]
+fn put_get_delete_survive_flush_compact_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("k{i:05}"), format!("v{i}")).unwrap();
+    }
+    for i in (0..2000u32).step_by(3) {
+        db.delete(format!("k{i:05}")).unwrap();
+    }
+    db.flush().unwrap();
+    assert!(db.stats().levels.iter().map(|l| l.files).sum::<usize>() > 0);
+    let check = |db: &Db| {
+        for i in 0..2000u32 {
+            let got = db.get(format!("k{i:05}")).unwrap();
+            if i % 3 == 0 {
+                assert_eq!(got, None, "k{i}");
+            } else {
+                assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()), "k{i}");
+            }
+        }
+        let all = dump(db).unwrap();
+        assert_eq!(all.len(), 2000 - 667);
+        let rev = dump_rev(db).unwrap();
+        assert_eq!(rev, all.into_iter().collect::<Vec<_>>());
+    };
+    check(&db);
+    db.compact().unwrap();
+    check(&db);
+    db.close().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    check(&db);
+}
+
+#[test]
+fn unflushed_writes_come_back_from_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let mut b = WriteBatch::new();
+        b.put("a", "1").put("b", "2").delete("c");
+        db.write(b).unwrap();
+        db.put("c", "3").unwrap();
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let r = db.recovery_report();
+    assert_eq!(r.wal_batches, 2);
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get("c").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(db.latest_seqno(), 4);
+}
+
+#[test]
+fn layouts_register_retarget_and_read_across_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        partition: PartitionSpec::Range {
+            boundaries: vec![b"k1".to_vec()],
+        },
+        ..Options::tiny()
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..500u32 {
+        db.put(format!("k{i:04}"), "old").unwrap();
+    }
+    db.flush().unwrap();
+    let v2 = db.register_partition_fn(hash(4)).unwrap();
+    assert_eq!(v2, VersionId(2));
+    db.set_target(v2).unwrap();
+    for i in (0..500u32).step_by(2) {
+        db.put(format!("k{i:04}"), "new").unwrap();
+    }
+    db.flush().unwrap();
+    let layout = db.layout();
+    assert_eq!(layout.target, v2);
+    assert_eq!(layout.versions.len(), 2);
+    assert!(layout.versions.iter().all(|v| v.files() > 0), "{layout:?}");
+    let check = |db: &Db| {
+        for i in 0..500u32 {
+            let want: &[u8] = if i % 2 == 0 { b"new" } else { b"old" };
+            assert_eq!(db.get(format!("k{i:04}")).unwrap().as_deref(), Some(want));
+        }
+        let all = dump(db).unwrap();
+        assert_eq!(all.len(), 500);
+    };
+    check(&db);
+    // Rollback: flushes go back to v1; nothing is lost either way.
+    db.set_target(VersionId(1)).unwrap();
+    db.put("k0001", "rolled").unwrap();
+    db.flush().unwrap();
+    assert_eq!(db.get("k0001").unwrap().as_deref(), Some(&b"rolled"[..]));
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.layout().target, VersionId(1));
+    assert_eq!(db.get("k0001").unwrap().as_deref(), Some(&b"rolled"[..]));
+    assert_eq!(db.get("k0002").unwrap().as_deref(), Some(&b"new"[..]));
+    assert!(matches!(db.set_target(VersionId(9)), Err(sluice::Error::UnknownVersion(9))));
+}
+
+#[test]
+fn snapshot_reads_the_same_across_flushes_and_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    for i in 0..300u32 {
+        db.put(format!("k{i:04}"), "one").unwrap();
+    }
+    let snap = db.snapshot();
+    let before: Vec<_> = snap.range(..).map(|r| r.unwrap()).collect();
+    for i in 0..300u32 {
+        if i % 2 == 0 {
+            db.delete(format!("k{i:04}")).unwrap();
+        } else {
+            db.put(format!("k{i:04}"), "two").unwrap();
+        }
+    }
+    db.flush().unwrap();
+    db.compact().unwrap();
+    let after: Vec<_> = snap.range(..).map(|r| r.unwrap()).collect();
+    assert_eq!(before, after);
+    assert_eq!(snap.get("k0000").unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(db.get("k0000").unwrap(), None);
+    assert_eq!(dump(&db).unwrap().len(), 150);
+}
+
+#[test]
+fn interleaved_front_and_back_iteration_meets_in_the_middle() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    let v2 = db.register_partition_fn(hash(3)).unwrap();
+    for i in 0..400u32 {
+        if i == 200 {
+            db.flush().unwrap();
+            db.set_target(v2).unwrap();
+        }
+        db.put(format!("k{i:04}"), format!("{i}")).unwrap();
+    }
+    let mut it = db.range("k0050".."k0350");
+    let (mut f, mut b) = (Vec::new(), Vec::new());
+    loop {
+        match it.next() {
+            Some(r) => f.push(r.unwrap().0),
+            None => break,
+        }
+        if let Some(r) = it.next_back() {
+            b.push(r.unwrap().0);
+        }
+    }
+    b.reverse();
+    f.extend(b);
+    let want: Vec<_> = (50..350u32).map(|i| format!("k{i:04}")).collect();
+    let got: Vec<_> = f.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let e = db.put(vec![0u8; sluice::MAX_KEY_LEN + 1], "v").unwrap_err();
+    assert!(matches!(e, sluice::Error::KeyTooLarge { .. }), "{e}");
+    let e = db.put("k", vec![0u8; sluice::MAX_VALUE_LEN + 1]).unwrap_err();
+    assert!(matches!(e, sluice::Error::ValueTooLarge { .. }), "{e}");
+    let e = db.register_partition_fn(hash(0)).unwrap_err();
+    assert!(matches!(e, sluice::Error::InvalidPartitionSpec(_)), "{e}");
+    let e = Db::open(dir.path(), Options::default()).err().unwrap();
+    assert!(matches!(e, sluice::Error::Locked { .. }), "{e}");
+    db.put("still", "works").unwrap();
+    assert_eq!(db.get("still").unwrap().as_deref(), Some(&b"works"[..]));
+}
+
+#[test]
+fn read_only_open_sees_a_live_database_without_disturbing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    for i in 0..500u32 {
+        db.put(format!("k{i:04}"), "v").unwrap();
+    }
+    db.flush().unwrap();
+    db.put("unflushed", "x").unwrap();
+    db.sync_wal().unwrap();
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let ro = Db::open_read_only(dir.path(), Options::default()).unwrap();
+    assert!(ro.is_read_only());
+    assert_eq!(ro.get("unflushed").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(dump(&ro).unwrap().len(), 501);
+    assert!(matches!(ro.put("a", "b"), Err(sluice::Error::ReadOnly(_))));
+    drop(ro);
+    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "read-only open wrote nothing");
+    db.put("more", "y").unwrap();
+    assert_eq!(db.get("more").unwrap().as_deref(), Some(&b"y"[..]));
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Db::open_read_only(empty.path(), Options::default()),
+        Err(sluice::Error::NotADatabase { .. })
+    ));
+}

@@ -38,6 +38,7 @@ pub mod error;
 pub mod escape;
 mod flush;
 pub mod fs;
+pub mod inspect;
 mod iter;
 mod layout;
 mod load;

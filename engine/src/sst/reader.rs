@@ -147,6 +147,20 @@ impl Table {
         self.index.len()
     }
 
+    /// The last user key of every data block: a sample of the table's keys (one per block)
+    /// read from the index alone, without touching data blocks.
+    pub fn index_keys(&self) -> impl Iterator<Item = &Bytes> {
+        self.index.iter().map(|e| &e.last_key)
+    }
+
+    /// Checks the CRC of every data block (full verification).
+    pub fn verify_blocks(&self) -> Result<()> {
+        for i in 0..self.index.len() {
+            checked_block(&self.data, self.index[i].handle, &self.path)?;
+        }
+        Ok(())
+    }
+
     /// Loads data block `i`.
     pub fn block(&self, i: usize) -> Result<Block> {
         let h = self.index[i].handle;

@@ -1,0 +1,1 @@
+//! Analysis of partition functions over a sample of the existing keys.

@@ -156,6 +156,8 @@ pub(crate) struct Core {
     pub reserved: Vec<crate::compaction::Reservation>,
     /// Migration figures per draining layout version since open.
     pub migration: HashMap<u32, crate::migration::VersionCounters>,
+    /// Layouts kept live even when drained empty (rollback targets).
+    pub pinned: std::collections::BTreeSet<u32>,
 }
 
 impl Core {
@@ -216,6 +218,7 @@ pub(crate) fn snapshot_edit(
     registry: &BTreeMap<u32, Registered>,
     files: &FileSet,
     controller: Option<&(u64, Vec<u8>)>,
+    pinned: &std::collections::BTreeSet<u32>,
 ) -> VersionEdit {
     let mut e = VersionEdit::default();
     e.push(EditRecord::NextFile(next_file))
@@ -248,6 +251,14 @@ pub(crate) fn snapshot_edit(
             epoch: *epoch,
             state: state.clone(),
         });
+    }
+    for id in pinned {
+        if registry.get(id).is_some_and(|r| !r.retired) {
+            e.push(EditRecord::Pin {
+                id: *id,
+                pinned: true,
+            });
+        }
     }
     e
 }
@@ -331,6 +342,7 @@ impl Inner {
             &core.registry,
             files,
             core.controller.as_ref(),
+            &core.pinned,
         )
     }
 
@@ -641,6 +653,47 @@ impl Db {
         self.inner.set_partition_write_limit(partition, bytes_per_sec)
     }
 
+    /// A sample of the existing keys, read from SSTable indexes without touching data
+    /// blocks: the last key of every data block of every live SSTable, each with the number
+    /// of entries it stands for. At most `max` keys (evenly thinned); memtables not included.
+    pub fn sample_keys(&self, max: usize) -> Vec<(Bytes, u64)> {
+        let view = self.inner.view.load_full();
+        let mut out = Vec::new();
+        for f in view.files.layouts.values().flat_map(|l| l.data_files()) {
+            let blocks = f.table.block_count().max(1) as u64;
+            let weight = (f.entries / blocks).max(1);
+            out.extend(f.table.index_keys().map(|k| (k.clone(), weight)));
+        }
+        if out.len() > max && max > 0 {
+            let step = out.len().div_ceil(max);
+            let thinned: Vec<_> = out
+                .iter()
+                .step_by(step)
+                .map(|(k, w)| (k.clone(), w * step as u64))
+                .collect();
+            return thinned;
+        }
+        out
+    }
+
+    /// Keeps a layout version live even after it drains empty (a rollback target), or
+    /// releases it (it is then retired once empty and not the target).
+    pub fn pin_version(&self, v: VersionId, pinned: bool) -> Result<()> {
+        self.inner.pin_version(v.0, pinned)
+    }
+
+    /// Retires draining versions that hold no data and are not pinned. Background work
+    /// does this too; call it to make it happen now.
+    pub fn retire_drained(&self) -> Result<Vec<VersionId>> {
+        let mut core = self.inner.core.lock();
+        Ok(self
+            .inner
+            .retire_drained(&mut core)?
+            .into_iter()
+            .map(VersionId)
+            .collect())
+    }
+
     /// The migration controller's persisted state: (epoch, opaque bytes).
     pub fn controller_state(&self) -> Option<(u64, Vec<u8>)> {
         self.inner.core.lock().controller.clone()
@@ -671,6 +724,27 @@ impl Db {
 }
 
 impl Inner {
+    pub fn pin_version(&self, id: u32, pinned: bool) -> Result<()> {
+        self.check_writable()?;
+        let mut core = self.core.lock();
+        match core.registry.get(&id) {
+            None => return Err(Error::UnknownVersion(id)),
+            Some(r) if r.retired => return Err(Error::VersionRetired(id)),
+            Some(_) => {}
+        }
+        let mut e = VersionEdit::default();
+        e.push(EditRecord::Pin { id, pinned });
+        self.log_edit(&mut core, &e)?;
+        if pinned {
+            core.pinned.insert(id);
+        } else {
+            core.pinned.remove(&id);
+        }
+        drop(core);
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
     pub fn claim_controller(&self) -> Result<u64> {
         self.check_writable()?;
         let mut core = self.core.lock();
@@ -779,7 +853,10 @@ impl Inner {
         let files = &view.files;
         let mut retire = Vec::new();
         for l in files.draining() {
-            if l.data_file_count() == 0 && core.writing_to.get(&l.id).copied().unwrap_or(0) == 0 {
+            if l.data_file_count() == 0
+                && !core.pinned.contains(&l.id)
+                && core.writing_to.get(&l.id).copied().unwrap_or(0) == 0
+            {
                 retire.push(l.id);
             }
         }

@@ -46,6 +46,8 @@ pub enum EditRecord {
     DeleteFile(u64),
     /// State of the migration controller (opaque to the engine), fenced by `epoch`.
     Controller { epoch: u64, state: Vec<u8> },
+    /// A pinned layout is not retired when it drains empty (it is a rollback target).
+    Pin { id: u32, pinned: bool },
 }
 
 /// An atomic group of changes.
@@ -63,6 +65,7 @@ const TAG_RETIRE: u8 = 6;
 const TAG_ADD_FILE: u8 = 7;
 const TAG_DELETE_FILE: u8 = 8;
 const TAG_CONTROLLER: u8 = 9;
+const TAG_PIN: u8 = 10;
 
 /// Most levels any partition may have.
 pub const MAX_LEVELS: usize = 7;
@@ -131,6 +134,11 @@ impl VersionEdit {
                     put_varint(&mut b, *epoch);
                     put_bytes(&mut b, state);
                 }
+                EditRecord::Pin { id, pinned } => {
+                    put_u8(&mut b, TAG_PIN);
+                    put_varint(&mut b, *id as u64);
+                    put_u8(&mut b, *pinned as u8);
+                }
             }
         }
         b
@@ -183,6 +191,14 @@ impl VersionEdit {
                 TAG_CONTROLLER => EditRecord::Controller {
                     epoch: d.varint("controller epoch")?,
                     state: d.bytes(MAX_CONTROLLER_LEN, "controller state")?.to_vec(),
+                },
+                TAG_PIN => EditRecord::Pin {
+                    id: d.u32_varint("pinned layout")?,
+                    pinned: match d.u8("pin flag")? {
+                        0 => false,
+                        1 => true,
+                        x => return Err(d.error(format!("bad pin flag {x}"))),
+                    },
                 },
                 t => {
                     return Err(Error::corruption(
@@ -331,7 +347,8 @@ mod tests {
             .push(EditRecord::Controller {
                 epoch: 3,
                 state: b"state".to_vec(),
-            });
+            })
+            .push(EditRecord::Pin { id: 2, pinned: true });
         e
     }
 

@@ -73,8 +73,10 @@ impl MigrationProgress {
     pub fn files_left(&self) -> usize {
         self.draining.iter().map(|d| d.files_left).sum()
     }
+    /// No data is left in any draining layout (a pinned rollback target may still be
+    /// live, empty).
     pub fn is_complete(&self) -> bool {
-        self.draining.is_empty()
+        self.draining.iter().all(|d| d.files_left == 0)
     }
 }
 
@@ -304,6 +306,7 @@ impl Inner {
                 let mut core = self.core.lock();
                 let view = self.view.load_full();
                 if view.files.draining().all(|l| l.data_file_count() == 0) {
+                    // Done moving; retire what is empty (pinned rollback targets stay).
                     drop(view);
                     self.retire_drained(&mut core)?;
                     return Ok(done);

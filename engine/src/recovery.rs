@@ -39,6 +39,7 @@ pub(crate) struct ManifestState {
     pub last_seqno: u64,
     pub log_number: u64,
     pub controller: Option<(u64, Vec<u8>)>,
+    pub pinned: std::collections::BTreeSet<u32>,
 }
 
 /// Replays a manifest's edits, checking each against the state so far.
@@ -51,6 +52,7 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
         last_seqno: 0,
         log_number: 0,
         controller: None,
+        pinned: Default::default(),
     };
     for (offset, edit) in &m.edits {
         let bad = |why: String| Error::corruption(&m.path, *offset, why);
@@ -129,6 +131,16 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                 }
                 EditRecord::Controller { epoch, state } => {
                     st.controller = Some((*epoch, state.clone()));
+                }
+                EditRecord::Pin { id, pinned } => {
+                    if !st.registry.contains_key(id) {
+                        return Err(bad(format!("pinned unknown v{id}")));
+                    }
+                    if *pinned {
+                        st.pinned.insert(*id);
+                    } else {
+                        st.pinned.remove(id);
+                    }
                 }
             }
         }
@@ -402,6 +414,7 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
             last_seqno: 0,
             log_number: 0,
             controller: None,
+            pinned: Default::default(),
         },
         files,
         recovered: Arc::new(MemTable::new(0)),
@@ -506,6 +519,7 @@ fn new_core(manifest: ManifestWriter, next_file: u64, log_number: u64, state: &M
         next_job_id: 0,
         reserved: Vec::new(),
         migration: Default::default(),
+        pinned: state.pinned.clone(),
     }
 }
 
@@ -621,6 +635,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         &registry,
         &files,
         state.controller.as_ref(),
+        &state.pinned,
     );
     let manifest = ManifestWriter::create(fs.as_ref(), &dir, manifest_number, &snapshot)?;
     let view = View {

@@ -1,4 +1,18 @@
 //! Migration controller for Sluice: the policy on top of the engine's mechanism — plans and
-//! gates, the persisted state machine, pacing, analysis, consistency checks.
+//! gates, the persisted state machine, pacing, automatic rollback, consistency checks,
+//! reconciliation and hot-partition handling.
 
 pub mod analysis;
+pub mod consistency;
+pub mod controller;
+pub mod gate;
+pub mod hot;
+pub mod state;
+
+pub use consistency::{check, CheckMode, ConsistencyReport};
+pub use controller::{
+    Controller, ControllerConfig, Observation, PlanOptions, PlanReport, Reconciliation,
+    TickReport, Triggers,
+};
+pub use gate::Prediction;
+pub use state::{Event, PlanRecord, Record, State};

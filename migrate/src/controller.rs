@@ -1,0 +1,624 @@
+//! The migration controller: drives one migration through the persisted state machine,
+//! with gates (analysis, validation, canary), automatic rollback triggers, reconciliation
+//! and pacing, and resumes after a crash in any state.
+//!
+//! Every step is idempotent against the engine's own state (the target layout, the live
+//! versions), so a controller that crashed between an engine change and recording it
+//! recognises what already happened when it resumes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sluice::{Db, Error, MigrationProgress, PartitionSpec, Result, Snapshot, VersionId};
+
+use crate::consistency::{self, CheckMode, ConsistencyReport};
+use crate::gate::{self, Prediction};
+use crate::state::{Event, PlanRecord, Record, State, MAX_EVENTS};
+
+/// A user aggregate checked at every state change; it must not change while the layout
+/// does (the ledger's sum of balances). Computed on one snapshot.
+pub type Reconciliation = Box<dyn Fn(&Snapshot) -> Result<String> + Send>;
+
+/// Automatic rollback triggers.
+#[derive(Clone, Debug)]
+pub struct Triggers {
+    /// Roll back when a consistency check finds a problem.
+    pub on_consistency_failure: bool,
+    /// Roll back when the reconciliation value changes.
+    pub on_reconciliation_mismatch: bool,
+    /// Roll back when the observed error rate (errors / ops) exceeds this.
+    pub max_error_rate: Option<f64>,
+    /// Roll back when foreground p99 exceeds this many µs for `p99_windows` ticks in a row.
+    pub p99_budget_us: Option<u64>,
+    pub p99_windows: u32,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Triggers {
+            on_consistency_failure: true,
+            on_reconciliation_mismatch: true,
+            max_error_rate: Some(0.01),
+            p99_budget_us: None,
+            p99_windows: 3,
+        }
+    }
+}
+
+/// How the controller runs migrations.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Background migration budget while migrating (bytes/s).
+    pub migration_bytes_per_sec: u64,
+    /// Foreground p99 (µs) above which the engine's pacer backs off (0 = ignore).
+    pub pacer_p99_target_us: u64,
+    /// Fraction of the draining bytes migrated (and validated) as a canary first.
+    pub canary_fraction: f64,
+    pub triggers: Triggers,
+    /// Consistency check at state changes.
+    pub check: CheckMode,
+    /// Analysis gate: a candidate is biased when its predicted max/mean share exceeds this
+    /// limit *and* the chi-square test says the imbalance is not sampling noise
+    /// (p-value below `bias_p_value`).
+    pub max_over_mean_limit: f64,
+    pub bias_p_value: f64,
+    /// Keys sampled from SSTable indexes for the analysis gate.
+    pub sample_keys: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            migration_bytes_per_sec: 32 << 20,
+            pacer_p99_target_us: 0,
+            canary_fraction: 0.02,
+            triggers: Triggers::default(),
+            check: CheckMode::default(),
+            max_over_mean_limit: 1.25,
+            bias_p_value: 1e-3,
+            sample_keys: 20_000,
+        }
+    }
+}
+
+/// Options for planning a migration.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// Plan even if the analysis gate finds the candidate biased.
+    pub force: bool,
+    /// Take a checkpoint (hard-linked, openable copy) here before migrating.
+    pub checkpoint_dir: Option<String>,
+}
+
+/// What planning found.
+#[derive(Clone, Debug)]
+pub struct PlanReport {
+    pub version: VersionId,
+    pub prediction: Prediction,
+    pub biased: bool,
+    pub forced: bool,
+}
+
+/// Observed foreground health for a tick (from the application, if it measures its own).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Observation {
+    pub ops: u64,
+    pub errors: u64,
+    pub p99_us: Option<u64>,
+}
+
+/// What a tick did.
+#[derive(Clone, Debug)]
+pub struct TickReport {
+    pub state: State,
+    pub progress: MigrationProgress,
+    /// Set when a trigger rolled the migration back.
+    pub rolled_back: Option<String>,
+    /// Set when the migration reached Complete in this tick.
+    pub completed: bool,
+}
+
+/// Drives migrations of one database.
+pub struct Controller {
+    db: Db,
+    epoch: u64,
+    rec: Record,
+    cfg: ControllerConfig,
+    reconcile: Option<Reconciliation>,
+    over_budget: u32,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Controller {
+    /// Claims the controller role for `db` (fencing any earlier controller) and resumes
+    /// whatever migration the persisted state describes.
+    pub fn attach(db: Db, cfg: ControllerConfig) -> Result<Controller> {
+        let rec = match db.controller_state() {
+            Some((_, bytes)) => Record::decode(&bytes).map_err(|e| Error::Corruption {
+                file: db.path().join("CURRENT"),
+                offset: 0,
+                reason: e,
+            })?,
+            None => Record::default(),
+        };
+        let epoch = db.claim_controller()?;
+        let mut c = Controller {
+            db,
+            epoch,
+            rec,
+            cfg,
+            reconcile: None,
+            over_budget: 0,
+        };
+        c.resume()?;
+        Ok(c)
+    }
+
+    pub fn state(&self) -> State {
+        self.rec.state
+    }
+
+    pub fn record(&self) -> &Record {
+        &self.rec
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.rec.events
+    }
+
+    pub fn progress(&self) -> MigrationProgress {
+        self.db.migration_progress()
+    }
+
+    /// Sets the aggregate checked at every state change.
+    pub fn set_reconciliation(&mut self, f: Reconciliation) {
+        self.reconcile = Some(f);
+    }
+
+    fn reconcile_now(&self) -> Result<Option<String>> {
+        match &self.reconcile {
+            Some(f) => f(&self.db.snapshot()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a transition (persisted, fenced by epoch).
+    fn go(&mut self, to: State, reason: impl Into<String>) -> Result<()> {
+        let reason = reason.into();
+        let from = self.rec.state;
+        if from != to && !from.allows(to) {
+            return Err(Error::LayoutRefused(format!(
+                "controller cannot go from {from} to {to}"
+            )));
+        }
+        let mut next = self.rec.clone();
+        next.state = to;
+        next.events.push(Event {
+            unix_ms: now_ms(),
+            from,
+            to,
+            reason,
+        });
+        if next.events.len() > MAX_EVENTS {
+            let cut = next.events.len() - MAX_EVENTS;
+            next.events.drain(..cut);
+        }
+        self.db.store_controller_state(self.epoch, &next.encode())?;
+        self.rec = next;
+        Ok(())
+    }
+
+    /// Logs an event without a state change.
+    fn note(&mut self, reason: impl Into<String>) -> Result<()> {
+        let s = self.rec.state;
+        self.go(s, reason)
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.db.store_controller_state(self.epoch, &self.rec.encode())
+    }
+
+    fn plan_ref(&self) -> Result<&PlanRecord> {
+        self.rec
+            .plan
+            .as_ref()
+            .ok_or_else(|| Error::LayoutRefused("no migration is planned".into()))
+    }
+
+    /// Brings the engine in line with the persisted state after a restart.
+    fn resume(&mut self) -> Result<()> {
+        let target = self.db.layout().target.0;
+        match self.rec.state {
+            State::Stable | State::Complete => Ok(()),
+            State::Planned | State::Validating => {
+                let to = self.plan_ref()?.to;
+                if target == to {
+                    // Crashed after switching the target and before recording it.
+                    self.go(State::Migrating, "resumed: target was already switched")?;
+                    self.apply_pacing(true);
+                }
+                Ok(())
+            }
+            State::Shadowing => {
+                let spec = PartitionSpec::parse(&self.plan_ref()?.spec)?;
+                self.db.set_shadow(Some(spec))
+            }
+            State::Migrating | State::Paused => {
+                let to = self.plan_ref()?.to;
+                if target != to {
+                    self.db.set_target(VersionId(to))?;
+                }
+                self.apply_pacing(self.rec.state == State::Migrating);
+                self.note("resumed after restart")
+            }
+            State::Finalizing => {
+                // Finishing needs the reconciliation hook, which the caller sets after
+                // attaching: migrate at full budget and let finish() or tick() complete.
+                self.apply_pacing(true);
+                self.note("resumed after restart; call finish() or tick() to complete")
+            }
+            State::RollingBack => self.complete_rollback("resumed after restart"),
+        }
+    }
+
+    fn apply_pacing(&self, running: bool) {
+        self.db.set_migration_rate(if running {
+            self.cfg.migration_bytes_per_sec
+        } else {
+            0
+        });
+        self.db
+            .set_migration_latency_target(self.cfg.pacer_p99_target_us);
+    }
+
+    /// Predicts how the existing keys would spread under `spec`.
+    pub fn analyze(&self, spec: &PartitionSpec) -> Result<Prediction> {
+        let sample = self.db.sample_keys(self.cfg.sample_keys);
+        gate::predict(&sample, spec)
+    }
+
+    /// The analysis gate's verdict.
+    pub fn is_biased(&self, p: &Prediction) -> bool {
+        p.max_over_mean > self.cfg.max_over_mean_limit && p.p_value < self.cfg.bias_p_value
+    }
+
+    /// Registers `spec` as the candidate (or reuses a live version with the same function)
+    /// after the analysis gate: a biased candidate is refused unless `opts.force`.
+    pub fn plan(&mut self, spec: PartitionSpec, opts: PlanOptions) -> Result<PlanReport> {
+        if !matches!(self.rec.state, State::Stable | State::Complete) {
+            return Err(Error::LayoutRefused(format!(
+                "a migration is already {}",
+                self.rec.state
+            )));
+        }
+        let prediction = self.analyze(&spec)?;
+        let biased = self.is_biased(&prediction);
+        if biased && !opts.force {
+            return Err(Error::LayoutRefused(format!(
+                "candidate {spec} is biased: predicted max/mean {:.2} (limit {:.2}), chi-square p-value {:.3e}; pass force to plan it anyway",
+                prediction.max_over_mean, self.cfg.max_over_mean_limit, prediction.p_value
+            )));
+        }
+        let layout = self.db.layout();
+        let from = layout.target.0;
+        let fp = spec.fingerprint();
+        let existing = layout
+            .versions
+            .iter()
+            .find(|v| v.fingerprint == fp && v.id.0 != from)
+            .map(|v| v.id);
+        let to = match existing {
+            Some(v) => v,
+            None => self.db.register_partition_fn(spec.clone())?,
+        };
+        self.db.pin_version(VersionId(from), true)?;
+        let draining: u64 = layout.versions.iter().map(|v| v.bytes()).sum();
+        self.rec.plan = Some(PlanRecord {
+            from,
+            to: to.0,
+            spec: spec.to_string(),
+            forced: biased,
+            predicted_max_over_mean: prediction.max_over_mean,
+            predicted_p_value: prediction.p_value,
+            canary_bytes: ((draining as f64) * self.cfg.canary_fraction) as u64,
+            canary_done: false,
+            checkpoint_dir: opts.checkpoint_dir,
+            superseded: Vec::new(),
+        });
+        self.rec.reconciliation = self.reconcile_now()?;
+        let reason = if biased {
+            format!(
+                "planned {to} = {spec} FORCED past the analysis gate (max/mean {:.2})",
+                prediction.max_over_mean
+            )
+        } else {
+            format!("planned {to} = {spec} (max/mean {:.2})", prediction.max_over_mean)
+        };
+        self.go(State::Planned, reason)?;
+        Ok(PlanReport {
+            version: to,
+            prediction,
+            biased,
+            forced: biased,
+        })
+    }
+
+    /// Starts counting live traffic per candidate partition.
+    pub fn shadow(&mut self) -> Result<()> {
+        let spec = PartitionSpec::parse(&self.plan_ref()?.spec)?;
+        self.db.set_shadow(Some(spec))?;
+        self.go(State::Shadowing, "shadowing live traffic")
+    }
+
+    /// Checks shadow statistics, consistency and reconciliation. A failed check rolls the
+    /// migration back (with its reason) and returns the error.
+    pub fn validate(&mut self) -> Result<ConsistencyReport> {
+        self.go(State::Validating, "validating")?;
+        if let Some(load) = self.db.shadow_load() {
+            let hot = crate::hot::hot_partitions(&load, 2.0);
+            if !hot.is_empty() {
+                self.note(format!(
+                    "shadow traffic predicts hot candidate partitions {hot:?} (shares {:?})",
+                    hot.iter()
+                        .map(|&p| format!("{:.1}%", load.shares()[p as usize] * 100.0))
+                        .collect::<Vec<_>>()
+                ))?;
+            }
+        }
+        self.db.set_shadow(None)?;
+        self.checkpoint_gate("validation")
+    }
+
+    /// Runs the consistency check and reconciliation; on failure rolls back.
+    fn checkpoint_gate(&mut self, when: &str) -> Result<ConsistencyReport> {
+        let report = consistency::check(&self.db, self.cfg.check)?;
+        if !report.ok() && self.cfg.triggers.on_consistency_failure {
+            let reason = format!(
+                "consistency check failed at {when}: {}",
+                report.problems.first().cloned().unwrap_or_default()
+            );
+            self.rollback(&reason)?;
+            return Err(Error::LayoutRefused(reason));
+        }
+        if let (Some(expected), Some(now)) = (self.rec.reconciliation.clone(), self.reconcile_now()?) {
+            if now != expected && self.cfg.triggers.on_reconciliation_mismatch {
+                let reason =
+                    format!("reconciliation changed at {when}: expected {expected}, got {now}");
+                self.rollback(&reason)?;
+                return Err(Error::LayoutRefused(reason));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes the candidate the target: optional checkpoint, then the switch (one manifest
+    /// edit), then the canary (a small part migrated and checked), then paced migration.
+    pub fn start(&mut self) -> Result<()> {
+        if matches!(self.rec.state, State::Planned | State::Shadowing) {
+            self.validate()?;
+        }
+        if self.rec.state != State::Validating {
+            return Err(Error::LayoutRefused(format!(
+                "cannot start from {}",
+                self.rec.state
+            )));
+        }
+        let plan = self.plan_ref()?.clone();
+        if let Some(dir) = &plan.checkpoint_dir {
+            if !std::path::Path::new(dir).exists() {
+                self.db.checkpoint(dir)?;
+                self.note(format!("checkpoint written to {dir}"))?;
+            }
+        }
+        self.db.set_migration_rate(0);
+        self.db.set_target(VersionId(plan.to))?;
+        self.go(
+            State::Migrating,
+            format!("target switched v{} -> v{}", plan.from, plan.to),
+        )?;
+        if !plan.canary_done {
+            let moved = self.db.migrate_now(Some(plan.canary_bytes.max(1)))?;
+            self.checkpoint_gate("canary")?;
+            if let Some(p) = self.rec.plan.as_mut() {
+                p.canary_done = true;
+            }
+            self.save()?;
+            self.note(format!("canary: {moved} bytes migrated and validated"))?;
+        }
+        self.apply_pacing(true);
+        Ok(())
+    }
+
+    /// Replaces the candidate mid-migration with a corrected function, keeping the progress:
+    /// the old candidate starts draining into the new one; rollback still returns to the
+    /// layout the migration started from.
+    pub fn retarget(&mut self, spec: PartitionSpec, force: bool) -> Result<PlanReport> {
+        if !matches!(self.rec.state, State::Migrating | State::Paused) {
+            return Err(Error::LayoutRefused(format!(
+                "retarget needs a running migration, not {}",
+                self.rec.state
+            )));
+        }
+        let prediction = self.analyze(&spec)?;
+        let biased = self.is_biased(&prediction);
+        if biased && !force {
+            return Err(Error::LayoutRefused(format!(
+                "corrected candidate {spec} is still biased (max/mean {:.2})",
+                prediction.max_over_mean
+            )));
+        }
+        let fp = spec.fingerprint();
+        let existing = self
+            .db
+            .layout()
+            .versions
+            .iter()
+            .find(|v| v.fingerprint == fp)
+            .map(|v| v.id);
+        let to = match existing {
+            Some(v) => v,
+            None => self.db.register_partition_fn(spec.clone())?,
+        };
+        let old = self.plan_ref()?.to;
+        self.db.set_target(to)?;
+        if let Some(p) = self.rec.plan.as_mut() {
+            p.superseded.push(old);
+            p.to = to.0;
+            p.spec = spec.to_string();
+            p.forced |= biased;
+            p.predicted_max_over_mean = prediction.max_over_mean;
+            p.predicted_p_value = prediction.p_value;
+        }
+        self.go(
+            State::Migrating,
+            format!("retargeted v{old} -> {to} = {spec}, keeping progress (v{old} drains into it)"),
+        )?;
+        self.apply_pacing(true);
+        Ok(PlanReport {
+            version: to,
+            prediction,
+            biased,
+            forced: biased,
+        })
+    }
+
+    pub fn pause(&mut self) -> Result<()> {
+        self.apply_pacing(false);
+        self.go(State::Paused, "paused")
+    }
+
+    pub fn resume_migration(&mut self) -> Result<()> {
+        self.go(State::Migrating, "resumed")?;
+        self.apply_pacing(true);
+        Ok(())
+    }
+
+    /// Rolls back: sets the target back to the layout the migration started from (one
+    /// manifest edit; nothing is copied and nothing written before, during or after the
+    /// switch is lost). Data already in the candidate drains back at the paced rate.
+    pub fn rollback(&mut self, reason: &str) -> Result<()> {
+        if matches!(self.rec.state, State::Stable | State::Complete) {
+            return Err(Error::LayoutRefused(format!(
+                "nothing to roll back in state {}",
+                self.rec.state
+            )));
+        }
+        self.go(State::RollingBack, format!("rollback: {reason}"))?;
+        self.complete_rollback(reason)
+    }
+
+    fn complete_rollback(&mut self, reason: &str) -> Result<()> {
+        let from = self.plan_ref()?.from;
+        self.db.set_shadow(None)?;
+        if self.db.layout().target.0 != from {
+            self.db.set_target(VersionId(from))?;
+        }
+        self.apply_pacing(true);
+        self.rec.plan = None;
+        self.go(State::Stable, format!("rolled back to v{from}: {reason}"))?;
+        self.db.pin_version(VersionId(from), false)
+    }
+
+    /// Migrates everything left, checks, and completes: the old layouts retire.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.rec.state != State::Finalizing {
+            self.go(State::Finalizing, "finishing")?;
+        }
+        self.db.migrate_now(None)?;
+        self.checkpoint_gate("finish")?;
+        let from = self.plan_ref()?.from;
+        self.db.pin_version(VersionId(from), false)?;
+        self.db.retire_drained()?;
+        self.go(State::Complete, "all draining layouts retired")?;
+        self.rec.plan = None;
+        self.save()
+    }
+
+    /// Watches a running migration: automatic rollback triggers, and completion once no
+    /// draining data is left. Call it periodically (e.g. once a second).
+    pub fn tick(&mut self, obs: Option<Observation>) -> Result<TickReport> {
+        let progress = self.db.migration_progress();
+        let mut rolled_back = None;
+        let mut completed = false;
+        if matches!(self.rec.state, State::Migrating | State::Paused) {
+            let t = self.cfg.triggers.clone();
+            let p99 = obs
+                .and_then(|o| o.p99_us)
+                .unwrap_or(progress.foreground_p99_us);
+            if let Some(budget) = t.p99_budget_us {
+                if p99 > budget {
+                    self.over_budget += 1;
+                } else {
+                    self.over_budget = 0;
+                }
+                if self.over_budget >= t.p99_windows.max(1) {
+                    let reason = format!(
+                        "p99 {p99} µs over budget {budget} µs for {} windows",
+                        self.over_budget
+                    );
+                    self.rollback(&reason)?;
+                    rolled_back = Some(reason);
+                }
+            }
+            if let (None, Some(limit), Some(o)) = (&rolled_back, t.max_error_rate, obs) {
+                if o.ops > 0 && (o.errors as f64 / o.ops as f64) > limit {
+                    let reason = format!(
+                        "error rate {:.3}% over limit {:.3}%",
+                        100.0 * o.errors as f64 / o.ops as f64,
+                        100.0 * limit
+                    );
+                    self.rollback(&reason)?;
+                    rolled_back = Some(reason);
+                }
+            }
+            if rolled_back.is_none() && progress.is_complete() {
+                self.finish()?;
+                completed = true;
+            }
+        } else if self.rec.state == State::Finalizing {
+            self.finish()?;
+            completed = true;
+        }
+        Ok(TickReport {
+            state: self.rec.state,
+            progress: self.db.migration_progress(),
+            rolled_back,
+            completed,
+        })
+    }
+
+    /// Splits a hot partition of the target layout into `into` virtual sub-partitions by
+    /// planning (and starting) a migration to a `Split` version of the current function.
+    pub fn split_hot_partition(&mut self, partition: u32, into: u32, seed: u64) -> Result<PlanReport> {
+        let layout = self.db.layout();
+        let target = layout
+            .versions
+            .iter()
+            .find(|v| v.is_target)
+            .ok_or(Error::UnknownVersion(layout.target.0))?;
+        let spec = PartitionSpec::Split {
+            base: Box::new(target.spec.clone()),
+            partition,
+            into,
+            seed,
+        };
+        spec.validate()?;
+        // A split is uneven by design relative to the base, so the gate is advisory here.
+        let report = self.plan(spec, PlanOptions { force: true, checkpoint_dir: None })?;
+        self.start()?;
+        Ok(report)
+    }
+}

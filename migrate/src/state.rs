@@ -1,0 +1,192 @@
+//! The controller's persisted state machine.
+//!
+//! ```text
+//! Stable → Planned → Shadowing → Validating → Migrating ⇄ Paused → Finalizing → Complete
+//!                 RollingBack ← (any state before Complete) → Stable
+//! ```
+//! The record lives in the engine's manifest (fenced by the controller epoch), so a
+//! controller that crashes resumes where it was, and a stale controller cannot overwrite
+//! the state of the one that replaced it.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a migration stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// No migration in progress.
+    Stable,
+    /// A candidate function is registered and passed (or was forced past) the analysis gate.
+    Planned,
+    /// Live traffic is counted per candidate partition.
+    Shadowing,
+    /// Shadow statistics, consistency check and reconciliation are being checked.
+    Validating,
+    /// The candidate is the target; draining data moves to it.
+    Migrating,
+    /// The candidate is the target, background migration is stopped.
+    Paused,
+    /// Everything left is being migrated before completion.
+    Finalizing,
+    /// The old layouts are retired.
+    Complete,
+    /// The target is being set back to the layout the migration started from.
+    RollingBack,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Stable => "stable",
+            State::Planned => "planned",
+            State::Shadowing => "shadowing",
+            State::Validating => "validating",
+            State::Migrating => "migrating",
+            State::Paused => "paused",
+            State::Finalizing => "finalizing",
+            State::Complete => "complete",
+            State::RollingBack => "rolling-back",
+        }
+    }
+
+    /// Whether `self -> next` is a transition the state machine allows.
+    pub fn allows(self, next: State) -> bool {
+        use State::*;
+        match (self, next) {
+            (Stable | Complete, Planned) => true,
+            (Planned, Shadowing | Validating) => true,
+            (Shadowing, Validating) => true,
+            (Validating, Migrating) => true,
+            (Migrating, Paused | Finalizing) => true,
+            (Paused, Migrating | Finalizing) => true,
+            (Finalizing, Complete) => true,
+            (s, RollingBack) => s != Complete && s != Stable,
+            (RollingBack, Stable) => true,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One logged transition (or trigger), with its reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub unix_ms: u64,
+    pub from: State,
+    pub to: State,
+    pub reason: String,
+}
+
+/// The plan of the migration in progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    /// The layout version that was the target when the migration was planned: rollback
+    /// returns here.
+    pub from: u32,
+    /// The candidate layout version.
+    pub to: u32,
+    /// The candidate function, in `PartitionSpec::parse` form.
+    pub spec: String,
+    /// Planned despite failing the analysis gate.
+    pub forced: bool,
+    pub predicted_max_over_mean: f64,
+    pub predicted_p_value: f64,
+    /// Input bytes to migrate in the canary step before the full migration.
+    pub canary_bytes: u64,
+    pub canary_done: bool,
+    pub checkpoint_dir: Option<String>,
+    /// Layout versions this migration replaced mid-flight (a biased candidate, corrected).
+    pub superseded: Vec<u32>,
+}
+
+/// Everything the controller persists.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub state: State,
+    pub plan: Option<PlanRecord>,
+    /// Reconciliation value recorded when the migration was planned.
+    pub reconciliation: Option<String>,
+    /// Most recent events, oldest first (bounded).
+    pub events: Vec<Event>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            state: State::Stable,
+            plan: None,
+            reconciliation: None,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// Events kept in the persisted record.
+pub const MAX_EVENTS: usize = 64;
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("controller record serializes")
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Record, String> {
+        if b.is_empty() {
+            return Ok(Record::default());
+        }
+        serde_json::from_slice(b).map_err(|e| format!("controller state is not valid: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip() {
+        let r = Record {
+            state: State::Migrating,
+            plan: Some(PlanRecord {
+                from: 1,
+                to: 2,
+                spec: "hash:8:1".into(),
+                forced: true,
+                predicted_max_over_mean: 1.5,
+                predicted_p_value: 0.001,
+                canary_bytes: 1 << 20,
+                canary_done: false,
+                checkpoint_dir: None,
+                superseded: vec![],
+            }),
+            reconciliation: Some("100000".into()),
+            events: vec![Event {
+                unix_ms: 1,
+                from: State::Validating,
+                to: State::Migrating,
+                reason: "start".into(),
+            }],
+        };
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert_eq!(Record::decode(b"").unwrap(), Record::default());
+        assert!(Record::decode(b"{not json").is_err());
+    }
+
+    #[test]
+    fn transitions() {
+        use State::*;
+        assert!(Stable.allows(Planned));
+        assert!(Planned.allows(Shadowing));
+        assert!(Migrating.allows(Paused));
+        assert!(Paused.allows(Migrating));
+        assert!(Finalizing.allows(Complete));
+        for s in [Planned, Shadowing, Validating, Migrating, Paused, Finalizing] {
+            assert!(s.allows(RollingBack), "{s}");
+        }
+        assert!(!Complete.allows(RollingBack));
+        assert!(!Stable.allows(Migrating));
+        assert!(!Planned.allows(Complete));
+    }
+}

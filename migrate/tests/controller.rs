@@ -1,0 +1,356 @@
+//! The controller: gates, the state machine, crash-and-resume in every state, fencing,
+//! automatic rollback triggers, retarget keeping progress.
+
+use std::path::Path;
+
+use sluice::{Db, Error, Options, PartitionSpec, VersionId};
+use sluice_migrate::{
+    CheckMode, Controller, ControllerConfig, Observation, PlanOptions, State, Triggers,
+};
+
+const ACCOUNTS: u32 = 3000;
+
+fn opts() -> Options {
+    Options {
+        partition: PartitionSpec::Range {
+            boundaries: vec![b"acct:1".to_vec(), b"acct:2".to_vec()],
+        },
+        migration_bytes_per_sec: 0,
+        ..Options::tiny()
+    }
+}
+
+fn cfg() -> ControllerConfig {
+    ControllerConfig {
+        migration_bytes_per_sec: 0, // tests drive migration explicitly
+        check: CheckMode::Full,
+        ..ControllerConfig::default()
+    }
+}
+
+fn key(i: u32) -> String {
+    format!("acct:{i:05}")
+}
+
+fn setup(dir: &Path) -> Db {
+    let db = Db::open(dir, opts()).unwrap();
+    for i in 0..ACCOUNTS {
+        db.put(key(i), "100").unwrap();
+    }
+    db.flush().unwrap();
+    db
+}
+
+fn sum(snap: &sluice::Snapshot) -> sluice::Result<String> {
+    let mut s = 0i64;
+    for r in snap.range("acct:".."acct;") {
+        let (_, v) = r?;
+        s += std::str::from_utf8(&v).unwrap().parse::<i64>().unwrap();
+    }
+    Ok(s.to_string())
+}
+
+fn good() -> PartitionSpec {
+    PartitionSpec::Hash {
+        partitions: 8,
+        seed: 5,
+        hashed_prefix: None,
+    }
+}
+
+fn biased() -> PartitionSpec {
+    // Every key starts with "acct:0", "acct:1" or "acct:2": a 6-byte prefix hash puts all
+    // of them on at most three partitions.
+    PartitionSpec::Hash {
+        partitions: 8,
+        seed: 5,
+        hashed_prefix: Some(6),
+    }
+}
+
+fn attach(db: &Db) -> Controller {
+    let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    c
+}
+
+fn check_data(db: &Db) {
+    assert_eq!(sum(&db.snapshot()).unwrap(), (ACCOUNTS as i64 * 100).to_string());
+    for i in (0..ACCOUNTS).step_by(97) {
+        assert_eq!(db.get(key(i)).unwrap().as_deref(), Some(&b"100"[..]));
+    }
+}
+
+#[test]
+fn biased_candidate_is_refused_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    let e = c.plan(biased(), PlanOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("biased"), "{e}");
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().versions.len(), 1, "nothing registered");
+    let r = c
+        .plan(biased(), PlanOptions { force: true, ..Default::default() })
+        .unwrap();
+    assert!(r.biased && r.forced);
+    assert!(r.prediction.max_over_mean > 2.0, "{:?}", r.prediction);
+    assert_eq!(c.state(), State::Planned);
+    assert!(c.events().last().unwrap().reason.contains("FORCED"));
+}
+
+#[test]
+fn full_lifecycle_with_retarget_and_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    let v2 = c
+        .plan(biased(), PlanOptions { force: true, ..Default::default() })
+        .unwrap()
+        .version;
+    c.shadow().unwrap();
+    for i in 0..500 {
+        db.get(key(i)).unwrap();
+    }
+    c.start().unwrap();
+    assert_eq!(c.state(), State::Migrating);
+    assert_eq!(db.layout().target, v2);
+    assert!(c.record().plan.as_ref().unwrap().canary_done);
+    db.migrate_now(Some(30_000)).unwrap();
+    check_data(&db);
+    // The bias is noticed: retarget to the corrected function, keeping progress.
+    let v3 = c.retarget(good(), false).unwrap().version;
+    assert_eq!(db.layout().target, v3);
+    assert_eq!(db.layout().versions.len(), 3);
+    check_data(&db);
+    // Roll back all the way, then go forward again.
+    c.rollback("operator drill").unwrap();
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+    check_data(&db);
+    db.put(key(1), "100").unwrap();
+    c.plan(good(), PlanOptions::default()).unwrap();
+    assert_eq!(c.record().plan.as_ref().unwrap().to, v3.0, "reuses the live v3");
+    c.start().unwrap();
+    c.finish().unwrap();
+    assert_eq!(c.state(), State::Complete);
+    let layout = db.layout();
+    assert_eq!(layout.versions.len(), 1);
+    assert_eq!(layout.target, v3);
+    check_data(&db);
+    let report = sluice_migrate::check(&db, CheckMode::Full).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+/// Crashes (drops controller and database without any cleanup) in every state, reopens,
+/// attaches a new controller, and checks it resumes consistently and can finish.
+#[test]
+fn crash_in_every_state_resumes() {
+    let states = [
+        State::Planned,
+        State::Shadowing,
+        State::Validating,
+        State::Migrating,
+        State::Paused,
+        State::Finalizing,
+        State::RollingBack,
+        State::Complete,
+    ];
+    for stop in states {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = setup(dir.path());
+            let mut c = attach(&db);
+            c.plan(good(), PlanOptions::default()).unwrap();
+            let mut reach = |c: &mut Controller, s: State| -> bool {
+                if stop == s {
+                    return true;
+                }
+                false
+            };
+            if !reach(&mut c, State::Planned) {
+                c.shadow().unwrap();
+                if !reach(&mut c, State::Shadowing) {
+                    c.validate().unwrap();
+                    if !reach(&mut c, State::Validating) {
+                        c.start().unwrap();
+                        db.migrate_now(Some(20_000)).unwrap();
+                        if !reach(&mut c, State::Migrating) {
+                            c.pause().unwrap();
+                            if stop == State::RollingBack {
+                                // Crash in the middle of a rollback: state recorded, target
+                                // not yet switched back.
+                                let rec = c.record().clone();
+                                let mut r = rec.clone();
+                                r.state = State::RollingBack;
+                                db.store_controller_state(c.epoch(), &r.encode()).unwrap();
+                            } else if !reach(&mut c, State::Paused) {
+                                if stop == State::Finalizing {
+                                    let mut r = c.record().clone();
+                                    r.state = State::Finalizing;
+                                    db.store_controller_state(c.epoch(), &r.encode()).unwrap();
+                                } else {
+                                    c.resume_migration().unwrap();
+                                    c.finish().unwrap();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Crash: no close, no cleanup.
+            drop(c);
+            drop(db);
+        }
+        let db = Db::open(dir.path(), opts()).unwrap();
+        let mut c = attach(&db);
+        let state = c.state();
+        match stop {
+            State::Complete => assert_eq!(state, State::Complete, "{stop}"),
+            State::RollingBack => {
+                assert_eq!(state, State::Stable, "{stop}");
+                assert_eq!(db.layout().target, VersionId(1));
+            }
+            other => assert_eq!(state, other, "{stop}"),
+        }
+        check_data(&db);
+        // Drive whatever is left to completion.
+        match c.state() {
+            State::Planned | State::Shadowing | State::Validating => {
+                c.start().unwrap();
+                c.finish().unwrap();
+            }
+            State::Migrating | State::Finalizing => c.finish().unwrap(),
+            State::Paused => {
+                c.resume_migration().unwrap();
+                c.finish().unwrap();
+            }
+            _ => {}
+        }
+        check_data(&db);
+        if stop != State::RollingBack {
+            assert_eq!(c.state(), State::Complete, "{stop}");
+            assert_eq!(db.layout().versions.len(), 1, "{stop}");
+        }
+    }
+}
+
+#[test]
+fn crash_between_target_switch_and_record_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = setup(dir.path());
+        let mut c = attach(&db);
+        let v2 = c.plan(good(), PlanOptions::default()).unwrap().version;
+        c.validate().unwrap();
+        // The engine switched, the controller never recorded it.
+        db.set_target(v2).unwrap();
+    }
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let c = attach(&db);
+    assert_eq!(c.state(), State::Migrating);
+    assert!(c.events().last().unwrap().reason.contains("already switched"));
+}
+
+#[test]
+fn a_second_controller_fences_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut first = attach(&db);
+    let mut second = attach(&db);
+    let e = first.plan(good(), PlanOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::StaleEpoch { .. }), "{e}");
+    second.plan(good(), PlanOptions::default()).unwrap();
+    assert_eq!(second.state(), State::Planned);
+}
+
+#[test]
+fn triggers_roll_back_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let config = ControllerConfig {
+        triggers: Triggers {
+            p99_budget_us: Some(1000),
+            p99_windows: 2,
+            max_error_rate: Some(0.05),
+            ..Triggers::default()
+        },
+        ..cfg()
+    };
+    let mut c = Controller::attach(db.clone(), config.clone()).unwrap();
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    let slow = Observation {
+        ops: 100,
+        errors: 0,
+        p99_us: Some(5000),
+    };
+    let t = c.tick(Some(slow)).unwrap();
+    assert!(t.rolled_back.is_none(), "one window is not enough");
+    let t = c.tick(Some(slow)).unwrap();
+    let reason = t.rolled_back.expect("second window over budget rolls back");
+    assert!(reason.contains("p99"), "{reason}");
+    assert_eq!(c.state(), State::Stable);
+    assert!(c.events().iter().any(|e| e.reason.contains("p99")));
+    // Error-rate trigger.
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    let t = c
+        .tick(Some(Observation {
+            ops: 100,
+            errors: 10,
+            p99_us: Some(10),
+        }))
+        .unwrap();
+    assert!(t.rolled_back.unwrap().contains("error rate"));
+    check_data(&db);
+}
+
+#[test]
+fn reconciliation_mismatch_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    db.put(key(0), "999").unwrap(); // money from nowhere
+    let e = c.start().unwrap_err();
+    assert!(e.to_string().contains("reconciliation"), "{e}");
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+}
+
+#[test]
+fn tick_completes_a_migration_when_nothing_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    db.migrate_now(None).unwrap();
+    let t = c.tick(None).unwrap();
+    assert!(t.completed);
+    assert_eq!(c.state(), State::Complete);
+}
+
+#[test]
+fn hot_partition_split_and_write_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    // All traffic on range partition 0.
+    for _ in 0..3 {
+        for i in 0..300 {
+            db.get(key(i)).unwrap();
+        }
+    }
+    let hot = sluice_migrate::hot::hot_partitions(&db.partition_load(), 2.0);
+    assert_eq!(hot, vec![0]);
+    db.set_partition_write_limit(0, Some(1 << 20)).unwrap();
+    let mut c = attach(&db);
+    let r = c.split_hot_partition(0, 4, 9).unwrap();
+    assert_eq!(c.state(), State::Migrating);
+    c.finish().unwrap();
+    let layout = db.layout();
+    assert_eq!(layout.target, r.version);
+    assert_eq!(layout.versions[0].partitions.len(), 6);
+    check_data(&db);
+}

@@ -7,6 +7,7 @@ pub mod consistency;
 pub mod controller;
 pub mod gate;
 pub mod hot;
+pub mod ledger;
 pub mod state;
 
 pub use consistency::{check, CheckMode, ConsistencyReport};

@@ -1,0 +1,527 @@
+//! The motivating scenario as a reusable driver: a ledger of accounts spread over
+//! partitions, concurrent transfers as transactions, and a migration from range to a
+//! biased hash, corrected mid-flight, rolled back once and finished.
+//!
+//! Every transfer writes a record `txn:<id>` in the same transaction as the two balance
+//! updates, and the driver keeps its own log of what committed. At the end the ledger is
+//! audited against that log: a committed transfer without its record is a lost write, a
+//! record (or balance effect) the log does not explain is a duplicated one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use sluice::{Db, Error, Options, PartitionSpec, Result, Snapshot};
+
+use crate::consistency::CheckMode;
+use crate::controller::{Controller, ControllerConfig, PlanOptions};
+
+/// Scale and timing of the scenario.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    pub dir: PathBuf,
+    pub accounts: u32,
+    /// Branches: the first key bytes after `acct:` (what the biased hash hashes).
+    pub branches: u32,
+    pub initial_balance: i64,
+    /// Bytes of account metadata stored with each balance (data volume to migrate).
+    pub payload_bytes: usize,
+    pub transfer_threads: usize,
+    /// Seconds of transfers before the migration starts (the "stable" baseline).
+    pub stable_secs: f64,
+    /// Migration budget in bytes per second.
+    pub migration_bytes_per_sec: u64,
+    /// Fraction migrated when the bias is "detected" and v3 takes over.
+    pub detect_at: f64,
+    /// Seconds spent rolled back before going forward again.
+    pub rollback_secs: f64,
+    pub partitions: u32,
+    pub seed: u64,
+}
+
+impl LedgerConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> LedgerConfig {
+        LedgerConfig {
+            dir: dir.into(),
+            accounts: 200_000,
+            branches: 40,
+            initial_balance: 1_000,
+            payload_bytes: 200,
+            transfer_threads: 2,
+            stable_secs: 5.0,
+            migration_bytes_per_sec: 4 << 20,
+            detect_at: 0.6,
+            rollback_secs: 3.0,
+            partitions: 16,
+            seed: 42,
+        }
+    }
+
+    /// The range layout the ledger starts with: one partition per few branches.
+    pub fn range_spec(&self) -> PartitionSpec {
+        let parts = 4.min(self.branches.max(1));
+        let boundaries = (1..parts)
+            .map(|i| format!("acct:{:02}", i * self.branches / parts).into_bytes())
+            .collect();
+        PartitionSpec::Range { boundaries }
+    }
+
+    /// The biased candidate: hashes only `acct:BB` (the branch), not the account.
+    pub fn biased_spec(&self) -> PartitionSpec {
+        PartitionSpec::Hash {
+            partitions: self.partitions,
+            seed: self.seed,
+            hashed_prefix: Some(7),
+        }
+    }
+
+    /// The corrected candidate: hashes the whole key.
+    pub fn corrected_spec(&self) -> PartitionSpec {
+        PartitionSpec::Hash {
+            partitions: self.partitions,
+            seed: self.seed + 1,
+            hashed_prefix: None,
+        }
+    }
+
+    pub fn account_key(&self, i: u32) -> String {
+        format!("acct:{:02}-{:07}", i % self.branches, i)
+    }
+}
+
+/// What the scenario reports while it runs.
+#[derive(Clone, Debug)]
+pub enum LedgerEvent {
+    /// A new phase starts.
+    Phase(String),
+    /// A notable finding or action.
+    Note(String),
+    /// Migration progress (0..=1) within the current phase, and transfers so far.
+    Progress { fraction: f64, transfers: u64 },
+}
+
+/// Latency percentiles of transfers in one phase (µs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PhaseLatency {
+    pub transfers: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+/// The scenario's outcome.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerSummary {
+    pub accounts: u32,
+    pub transfers_committed: u64,
+    pub conflicts_retried: u64,
+    pub sum_before: i64,
+    pub sum_after: i64,
+    /// Sums checked at every state change (all equal to `sum_before` when healthy).
+    pub sums_at_steps: Vec<(String, i64)>,
+    pub lost_writes: u64,
+    pub duplicated_writes: u64,
+    pub stable: PhaseLatency,
+    pub migrating: PhaseLatency,
+    pub bytes_migrated: u64,
+    pub bytes_written_by_migration: u64,
+    pub lazy_moves: u64,
+    pub biased_max_share: f64,
+    pub corrected_max_share: f64,
+    pub final_versions: Vec<u32>,
+    pub events: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Default)]
+struct Phases {
+    stable: Option<Histogram<u64>>,
+    migrating: Option<Histogram<u64>>,
+}
+
+/// Which latency bucket transfers currently land in.
+const PHASE_STABLE: u64 = 0;
+const PHASE_MIGRATING: u64 = 1;
+const PHASE_OTHER: u64 = 2;
+
+struct Shared {
+    stop: AtomicBool,
+    phase: AtomicU64,
+    committed: AtomicU64,
+    conflicts: AtomicU64,
+    next_id: AtomicU64,
+    /// Transfers acknowledged as committed: id -> (from, to, amount).
+    log: Mutex<HashMap<u64, (u32, u32, i64)>>,
+    hist: Mutex<Phases>,
+    errors: Mutex<Vec<String>>,
+}
+
+fn balance_of(v: &[u8]) -> i64 {
+    // value = "<balance>|<payload>"
+    let end = v.iter().position(|&b| b == b'|').unwrap_or(v.len());
+    std::str::from_utf8(&v[..end])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(i64::MIN)
+}
+
+fn account_value(balance: i64, payload: &[u8]) -> Vec<u8> {
+    let mut v = balance.to_string().into_bytes();
+    v.push(b'|');
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Sum of balances at one snapshot (the reconciliation value).
+pub fn sum_balances(snap: &Snapshot) -> Result<i64> {
+    let mut s = 0i64;
+    for r in snap.range("acct:".."acct;") {
+        let (_, v) = r?;
+        s += balance_of(&v);
+    }
+    Ok(s)
+}
+
+fn transfer_loop(db: Db, cfg: LedgerConfig, sh: Arc<Shared>, thread: u64) {
+    let mut x = cfg.seed ^ (thread.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    while !sh.stop.load(Ordering::Relaxed) {
+        let from = (rnd() % cfg.accounts as u64) as u32;
+        let mut to = (rnd() % cfg.accounts as u64) as u32;
+        if to == from {
+            to = (to + 1) % cfg.accounts;
+        }
+        let amount = (rnd() % 100 + 1) as i64;
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        loop {
+            let mut t = db.transaction();
+            let (fk, tk) = (cfg.account_key(from), cfg.account_key(to));
+            let (fv, tv) = match (t.get(&fk), t.get(&tk)) {
+                (Ok(Some(a)), Ok(Some(b))) => (a, b),
+                other => {
+                    sh.errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("transfer {id}: account read failed: {other:?}"));
+                    return;
+                }
+            };
+            let (fb, tb) = (balance_of(&fv), balance_of(&tv));
+            let payload = &fv[fv.iter().position(|&b| b == b'|').map_or(fv.len(), |p| p + 1)..];
+            let tpayload = &tv[tv.iter().position(|&b| b == b'|').map_or(tv.len(), |p| p + 1)..];
+            t.put(&fk, account_value(fb - amount, payload));
+            t.put(&tk, account_value(tb + amount, tpayload));
+            t.put(format!("txn:{id:012}"), format!("{from}>{to}:{amount}"));
+            match t.commit() {
+                Ok(()) => {
+                    sh.log.lock().unwrap().insert(id, (from, to, amount));
+                    sh.committed.fetch_add(1, Ordering::Relaxed);
+                    let us = start.elapsed().as_micros() as u64;
+                    let mut h = sh.hist.lock().unwrap();
+                    let slot = match sh.phase.load(Ordering::Relaxed) {
+                        PHASE_STABLE => Some(&mut h.stable),
+                        PHASE_MIGRATING => Some(&mut h.migrating),
+                        _ => None,
+                    };
+                    if let Some(slot) = slot {
+                        let hist = slot.get_or_insert_with(|| {
+                            Histogram::new(3).expect("histogram with 3 significant digits")
+                        });
+                        let _ = hist.record(us.max(1));
+                    }
+                    break;
+                }
+                Err(Error::Conflict { .. }) => {
+                    sh.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    sh.errors.lock().unwrap().push(format!("transfer {id}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn latency(h: &Option<Histogram<u64>>) -> PhaseLatency {
+    match h {
+        Some(h) => PhaseLatency {
+            transfers: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+        },
+        None => PhaseLatency::default(),
+    }
+}
+
+/// Largest share of data bytes on one partition of a version.
+fn max_share(db: &Db, version: sluice::VersionId) -> f64 {
+    db.layout()
+        .versions
+        .iter()
+        .find(|v| v.id == version)
+        .map(|v| {
+            let total = v.bytes().max(1) as f64;
+            v.partitions.iter().map(|p| p.bytes as f64 / total).fold(0.0, f64::max)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Runs the whole scenario. `on` receives progress events.
+pub fn run(cfg: &LedgerConfig, on: &mut dyn FnMut(LedgerEvent)) -> Result<LedgerSummary> {
+    let t0 = Instant::now();
+    let opts = Options {
+        partition: cfg.range_spec(),
+        migration_bytes_per_sec: 0,
+        memtable_bytes: 8 << 20,
+        level_base_bytes: 16 << 20,
+        target_file_bytes: 4 << 20,
+        ..Options::default()
+    };
+    let db = Db::open(&cfg.dir, opts)?;
+    let mut summary = LedgerSummary {
+        accounts: cfg.accounts,
+        ..Default::default()
+    };
+    on(LedgerEvent::Phase(format!(
+        "opening {} accounts under range layout v1 = {}",
+        cfg.accounts,
+        cfg.range_spec()
+    )));
+    let payload = vec![b'.'; cfg.payload_bytes];
+    let mut b = sluice::WriteBatch::new();
+    for i in 0..cfg.accounts {
+        b.put(cfg.account_key(i), account_value(cfg.initial_balance, &payload));
+        if b.len() >= 1000 {
+            db.write(std::mem::take(&mut b))?;
+        }
+    }
+    db.write(b)?;
+    db.compact()?;
+    let expected = cfg.accounts as i64 * cfg.initial_balance;
+    summary.sum_before = sum_balances(&db.snapshot())?;
+
+    let sh = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        phase: AtomicU64::new(PHASE_STABLE),
+        committed: AtomicU64::new(0),
+        conflicts: AtomicU64::new(0),
+        next_id: AtomicU64::new(1),
+        log: Mutex::new(HashMap::new()),
+        hist: Mutex::new(Phases::default()),
+        errors: Mutex::new(Vec::new()),
+    });
+    let workers: Vec<_> = (0..cfg.transfer_threads)
+        .map(|i| {
+            let (db, cfg, sh) = (db.clone(), cfg.clone(), sh.clone());
+            std::thread::spawn(move || transfer_loop(db, cfg, sh, i as u64))
+        })
+        .collect();
+
+    let result = drive(cfg, &db, &sh, expected, &mut summary, on);
+    sh.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    result?;
+    if let Some(e) = sh.errors.lock().unwrap().first() {
+        return Err(Error::Background(format!("transfer failed: {e}")));
+    }
+
+    on(LedgerEvent::Phase("auditing the ledger".into()));
+    summary.transfers_committed = sh.committed.load(Ordering::Relaxed);
+    summary.conflicts_retried = sh.conflicts.load(Ordering::Relaxed);
+    let snap = db.snapshot();
+    summary.sum_after = sum_balances(&snap)?;
+    let log = sh.log.lock().unwrap();
+    let mut expect_bal = vec![cfg.initial_balance; cfg.accounts as usize];
+    for (from, to, amount) in log.values() {
+        expect_bal[*from as usize] -= amount;
+        expect_bal[*to as usize] += amount;
+    }
+    let mut records = 0u64;
+    for r in snap.range("txn:".."txn;") {
+        let (k, _) = r?;
+        records += 1;
+        let id: u64 = std::str::from_utf8(&k[4..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if !log.contains_key(&id) {
+            summary.duplicated_writes += 1;
+        }
+    }
+    for id in log.keys() {
+        if snap.get(format!("txn:{id:012}"))?.is_none() {
+            summary.lost_writes += 1;
+        }
+    }
+    let _ = records;
+    for i in 0..cfg.accounts {
+        let v = snap.get(cfg.account_key(i))?;
+        let got = v.map(|v| balance_of(&v));
+        if got != Some(expect_bal[i as usize]) {
+            // A balance the committed transfers do not explain: a lost or repeated write.
+            if got.unwrap_or(i64::MIN) < expect_bal[i as usize] {
+                summary.lost_writes += 1;
+            } else {
+                summary.duplicated_writes += 1;
+            }
+        }
+    }
+    let h = sh.hist.lock().unwrap();
+    summary.stable = latency(&h.stable);
+    summary.migrating = latency(&h.migrating);
+    let stats = db.stats();
+    summary.bytes_migrated = stats.migration_bytes_read;
+    summary.bytes_written_by_migration = stats.migration_bytes_written;
+    summary.lazy_moves = stats.lazy_moves;
+    summary.final_versions = db.layout().versions.iter().map(|v| v.id.0).collect();
+    summary.seconds = t0.elapsed().as_secs_f64();
+    drop(log);
+    drop(h);
+    db.close()?;
+    Ok(summary)
+}
+
+/// The migration story, with the sum checked at every step.
+fn drive(
+    cfg: &LedgerConfig,
+    db: &Db,
+    sh: &Arc<Shared>,
+    expected: i64,
+    summary: &mut LedgerSummary,
+    on: &mut dyn FnMut(LedgerEvent),
+) -> Result<()> {
+    let check = |step: &str, summary: &mut LedgerSummary| -> Result<()> {
+        let s = sum_balances(&db.snapshot())?;
+        summary.sums_at_steps.push((step.to_string(), s));
+        if s != expected {
+            return Err(Error::Background(format!(
+                "sum of balances is {s} at '{step}', expected {expected}"
+            )));
+        }
+        Ok(())
+    };
+    let wait = |secs: f64| std::thread::sleep(Duration::from_secs_f64(secs));
+    on(LedgerEvent::Phase(format!(
+        "stable: {} transfer threads for {:.0}s",
+        cfg.transfer_threads, cfg.stable_secs
+    )));
+    wait(cfg.stable_secs);
+    check("stable", summary)?;
+
+    let ccfg = ControllerConfig {
+        migration_bytes_per_sec: cfg.migration_bytes_per_sec,
+        check: CheckMode::default(),
+        ..ControllerConfig::default()
+    };
+    let mut c = Controller::attach(db.clone(), ccfg)?;
+    c.set_reconciliation(Box::new(|s| sum_balances(s).map(|v| v.to_string())));
+
+    on(LedgerEvent::Phase(format!("planning v2 = {}", cfg.biased_spec())));
+    match c.plan(cfg.biased_spec(), PlanOptions::default()) {
+        Err(e) => on(LedgerEvent::Note(format!("analysis gate: {e}"))),
+        Ok(_) => return Err(Error::Background("the biased hash passed the gate".into())),
+    }
+    let plan = c.plan(
+        cfg.biased_spec(),
+        PlanOptions {
+            force: true,
+            ..Default::default()
+        },
+    )?;
+    on(LedgerEvent::Note(format!(
+        "forced past the gate, as in the incident: predicted max/mean {:.2}, p-value {:.2e}",
+        plan.prediction.max_over_mean, plan.prediction.p_value
+    )));
+    c.shadow()?;
+    wait(1.0);
+    c.validate()?;
+    check("validated", summary)?;
+    sh.phase.store(PHASE_MIGRATING, Ordering::Relaxed);
+    c.start()?;
+    let v2 = plan.version;
+    check("migration started", summary)?;
+    on(LedgerEvent::Phase(format!(
+        "migrating v1 -> {v2} at up to {} MiB/s",
+        cfg.migration_bytes_per_sec >> 20
+    )));
+    let total = db.migration_progress().bytes_left().max(1) as f64;
+    loop {
+        let p = db.migration_progress();
+        let done = 1.0 - p.bytes_left() as f64 / total;
+        on(LedgerEvent::Progress {
+            fraction: done,
+            transfers: sh.committed.load(Ordering::Relaxed),
+        });
+        if done >= cfg.detect_at || p.is_complete() {
+            break;
+        }
+        c.tick(None)?;
+        wait(0.2);
+    }
+    summary.biased_max_share = max_share(db, v2);
+    on(LedgerEvent::Note(format!(
+        "bias detected at {:.0}% migrated: one partition of {v2} holds {:.1}% of its data (even would be {:.1}%)",
+        100.0 * cfg.detect_at,
+        100.0 * summary.biased_max_share,
+        100.0 / cfg.partitions as f64
+    )));
+    check("bias detected", summary)?;
+    let v3 = c.retarget(cfg.corrected_spec(), false)?.version;
+    on(LedgerEvent::Phase(format!(
+        "retargeted to {v3} = {}: v1 and {v2} both drain into it, progress kept",
+        cfg.corrected_spec()
+    )));
+    check("retargeted", summary)?;
+    wait(cfg.rollback_secs);
+    c.rollback("rollback drill")?;
+    sh.phase.store(PHASE_OTHER, Ordering::Relaxed);
+    on(LedgerEvent::Phase(format!(
+        "rolled back to v1 (one manifest edit), transfers continue for {:.0}s",
+        cfg.rollback_secs
+    )));
+    check("rolled back", summary)?;
+    wait(cfg.rollback_secs);
+    check("after rollback", summary)?;
+    c.plan(cfg.corrected_spec(), PlanOptions::default())?;
+    c.validate()?;
+    sh.phase.store(PHASE_MIGRATING, Ordering::Relaxed);
+    c.start()?;
+    on(LedgerEvent::Phase(format!("forward again to {v3}")));
+    check("forward again", summary)?;
+    let total = db.migration_progress().bytes_left().max(1) as f64;
+    loop {
+        let t = c.tick(None)?;
+        let done = 1.0 - t.progress.bytes_left() as f64 / total;
+        on(LedgerEvent::Progress {
+            fraction: done.clamp(0.0, 1.0),
+            transfers: sh.committed.load(Ordering::Relaxed),
+        });
+        if t.completed || c.state() == crate::state::State::Complete {
+            break;
+        }
+        if let Some(r) = t.rolled_back {
+            return Err(Error::Background(format!("automatic rollback: {r}")));
+        }
+        wait(0.2);
+    }
+    sh.phase.store(PHASE_OTHER, Ordering::Relaxed);
+    summary.corrected_max_share = max_share(db, v3);
+    check("complete", summary)?;
+    summary.events = c
+        .events()
+        .iter()
+        .map(|e| format!("{} -> {}: {}", e.from, e.to, e.reason))
+        .collect();
+    on(LedgerEvent::Phase("migration complete: v1 and v2 retired".into()));
+    Ok(())
+}

@@ -131,7 +131,13 @@ impl WriteBatch {
             let kind = match d.u8("batch op kind")? {
                 0 => Kind::Delete,
                 1 => Kind::Value,
-                k => return Err(Error::corruption(path, at, format!("bad batch op kind {k}"))),
+                k => {
+                    return Err(Error::corruption(
+                        path,
+                        at,
+                        format!("bad batch op kind {k}"),
+                    ))
+                }
             };
             let klen = d.len(MAX_KEY_LEN, "batch key length")?;
             let kstart = rep.len() - d.remaining();

@@ -41,14 +41,18 @@ impl Inner {
         };
         for f in view.files.all_files() {
             let src = f.table.path();
-            let name = src.file_name().ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
+            let name = src
+                .file_name()
+                .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
             let dst = dest.join(name);
             if fs.hard_link(src, &dst).is_err() {
                 copy_prefix(self, src, &dst, f.size)?;
             }
         }
         for (src, len) in &wals {
-            let name = src.file_name().ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
+            let name = src
+                .file_name()
+                .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
             copy_prefix(self, src, &dest.join(name), *len)?;
         }
         ManifestWriter::create(fs, dest, manifest_number, &edit)?;

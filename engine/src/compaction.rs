@@ -125,8 +125,18 @@ impl CompactionJob {
 }
 
 fn overlap_range(files: &[Arc<FileMeta>]) -> (Bytes, Bytes) {
-    let lo = files.iter().map(|f| &f.smallest).min().cloned().unwrap_or_default();
-    let hi = files.iter().map(|f| &f.largest).max().cloned().unwrap_or_default();
+    let lo = files
+        .iter()
+        .map(|f| &f.smallest)
+        .min()
+        .cloned()
+        .unwrap_or_default();
+    let hi = files
+        .iter()
+        .map(|f| &f.largest)
+        .max()
+        .cloned()
+        .unwrap_or_default();
     (lo, hi)
 }
 
@@ -152,7 +162,14 @@ impl Inner {
         Some(job)
     }
 
-    fn build_job(&self, core: &mut Core, view: &View, version: u32, pi: u32, level: usize) -> Option<CompactionJob> {
+    fn build_job(
+        &self,
+        core: &mut Core,
+        view: &View,
+        version: u32,
+        pi: u32,
+        level: usize,
+    ) -> Option<CompactionJob> {
         let layout = view.files.layouts.get(&version)?;
         let part = layout.parts.get(pi as usize)?;
         let out = level + 1;
@@ -202,7 +219,10 @@ impl Inner {
 
     /// Builds a job and reserves its output key range at its output level, so a migration
     /// output installed meanwhile cannot land where this job's output will go.
-    #[allow(clippy::too_many_arguments, reason = "one constructor for every job kind")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one constructor for every job kind"
+    )]
     pub(crate) fn new_job(
         &self,
         core: &mut Core,
@@ -250,7 +270,13 @@ impl Inner {
     }
 
     /// A job compacting every data file of one partition into its deepest non-empty level.
-    pub(crate) fn full_partition_job(&self, core: &mut Core, view: &View, version: u32, pi: u32) -> Option<CompactionJob> {
+    pub(crate) fn full_partition_job(
+        &self,
+        core: &mut Core,
+        view: &View,
+        version: u32,
+        pi: u32,
+    ) -> Option<CompactionJob> {
         let layout = view.files.layouts.get(&version)?;
         let part = layout.parts.get(pi as usize)?;
         let inputs: Vec<_> = part.data_files().cloned().collect();
@@ -321,10 +347,7 @@ impl Inner {
                     continue;
                 }
             }
-            if e.kind == Kind::Delete
-                && st == 0
-                && !older_entry_outside(job, &input_set, &e)
-            {
+            if e.kind == Kind::Delete && st == 0 && !older_entry_outside(job, &input_set, &e) {
                 continue;
             }
             let p = match job.migrate_to {
@@ -342,7 +365,13 @@ impl Inner {
         self.install_compaction(job, outputs, read, written)
     }
 
-    fn install_compaction(&self, job: &CompactionJob, outputs: Vec<Arc<FileMeta>>, read: u64, written: u64) -> Result<()> {
+    fn install_compaction(
+        &self,
+        job: &CompactionJob,
+        outputs: Vec<Arc<FileMeta>>,
+        read: u64,
+        written: u64,
+    ) -> Result<()> {
         let mut core = self.core.lock();
         let view = self.view.load_full();
         let removed: Vec<(u32, u32, u64)> = job
@@ -385,7 +414,11 @@ impl Inner {
                 for f in added.iter().filter(|_| !job.trivial) {
                     f.mark_obsolete();
                 }
-                return Err(Error::corruption(&self.dir, 0, format!("compaction install: {e}")));
+                return Err(Error::corruption(
+                    &self.dir,
+                    0,
+                    format!("compaction install: {e}"),
+                ));
             }
         };
         let mut edit = VersionEdit::default();
@@ -524,12 +557,7 @@ fn forwarded_by(ps: &mut std::iter::Peekable<MergeIter>, e: &Entry) -> Result<bo
     loop {
         match ps.peek() {
             None => return Ok(false),
-            Some(Err(_)) => {
-                return Err(ps
-                    .next()
-                    .and_then(|r| r.err())
-                    .unwrap_or(Error::Closed))
-            }
+            Some(Err(_)) => return Err(ps.next().and_then(|r| r.err()).unwrap_or(Error::Closed)),
             Some(Ok(p)) => match crate::types::cmp_internal(&p.key, p.seqno, &e.key, e.seqno) {
                 std::cmp::Ordering::Less => {
                     ps.next();

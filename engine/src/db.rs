@@ -366,8 +366,10 @@ impl Inner {
             }
         }
         self.l0_max.store(l0, Ordering::Relaxed);
-        self.pending_compaction
-            .store(crate::compaction::pending_bytes(self, files), Ordering::Relaxed);
+        self.pending_compaction.store(
+            crate::compaction::pending_bytes(self, files),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn sst_path(&self, n: u64) -> PathBuf {
@@ -379,7 +381,12 @@ impl Inner {
         self.visible.load(Ordering::Acquire)
     }
 
-    pub fn iter_at(self: &Arc<Self>, range: KeyRange, snapshot: u64, hold: Option<Box<dyn Send + Sync>>) -> DbIter {
+    pub fn iter_at(
+        self: &Arc<Self>,
+        range: KeyRange,
+        snapshot: u64,
+        hold: Option<Box<dyn Send + Sync>>,
+    ) -> DbIter {
         let view = self.view.load_full();
         let factory = Box::new(move |dir: Direction| {
             build_sources(&view.memtables(), &view.files, &range, snapshot, dir)
@@ -541,8 +548,7 @@ impl Db {
             None => std::ops::Bound::Unbounded,
         };
         let seq = self.inner.latest();
-        self.inner
-            .iter_at(KeyRange { start, end }, seq, None)
+        self.inner.iter_at(KeyRange { start, end }, seq, None)
     }
 
     /// Freezes the memtable and waits until every frozen memtable is in SSTables.
@@ -617,7 +623,11 @@ impl Db {
 
     /// What one partition of one live layout version holds, key by key (newest entry of
     /// each key; moved values reported as moved).
-    pub fn partition_entries(&self, version: VersionId, partition: u32) -> Result<crate::PartitionIter> {
+    pub fn partition_entries(
+        &self,
+        version: VersionId,
+        partition: u32,
+    ) -> Result<crate::PartitionIter> {
         self.inner.partition_entries(version.0, partition)
     }
 
@@ -649,8 +659,13 @@ impl Db {
 
     /// Rate-limits writes into one partition of the target layout (first come, first
     /// served); `None` lifts the limit. Changing the target lifts all limits.
-    pub fn set_partition_write_limit(&self, partition: u32, bytes_per_sec: Option<u64>) -> Result<()> {
-        self.inner.set_partition_write_limit(partition, bytes_per_sec)
+    pub fn set_partition_write_limit(
+        &self,
+        partition: u32,
+        bytes_per_sec: Option<u64>,
+    ) -> Result<()> {
+        self.inner
+            .set_partition_write_limit(partition, bytes_per_sec)
     }
 
     /// A sample of the existing keys, read from SSTable indexes without touching data

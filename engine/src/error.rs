@@ -134,7 +134,9 @@ impl Error {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            Error::ChecksumMismatch { .. } | Error::Corruption { .. } | Error::UnsupportedFormat { .. }
+            Error::ChecksumMismatch { .. }
+                | Error::Corruption { .. }
+                | Error::UnsupportedFormat { .. }
         )
     }
 

@@ -37,7 +37,12 @@ impl Inner {
             (mem, files, Stripes::new(self.snapshot_list()))
         };
         let target = files.target;
-        self.core.lock().writing_to.entry(target).and_modify(|c| *c += 1).or_insert(1);
+        self.core
+            .lock()
+            .writing_to
+            .entry(target)
+            .and_modify(|c| *c += 1)
+            .or_insert(1);
         let result = self.write_memtable(&mem, &files, &stripes);
         let mut core = self.core.lock();
         if let Some(c) = core.writing_to.get_mut(&target) {
@@ -46,11 +51,8 @@ impl Inner {
         let (outputs, bytes) = result?;
         // The WAL that can be dropped now: everything below the oldest memtable still unflushed.
         let view = self.view.load_full();
-        let remaining: Vec<&Arc<MemTable>> = view
-            .imm
-            .iter()
-            .filter(|m| !Arc::ptr_eq(m, &mem))
-            .collect();
+        let remaining: Vec<&Arc<MemTable>> =
+            view.imm.iter().filter(|m| !Arc::ptr_eq(m, &mem)).collect();
         let log_number = remaining
             .last()
             .map(|m| m.wal_number())
@@ -80,7 +82,12 @@ impl Inner {
         core.flushed_seqno = flushed_seqno;
         self.swap_view(&core, |v| View {
             mem: v.mem.clone(),
-            imm: v.imm.iter().filter(|m| !Arc::ptr_eq(m, &mem)).cloned().collect(),
+            imm: v
+                .imm
+                .iter()
+                .filter(|m| !Arc::ptr_eq(m, &mem))
+                .cloned()
+                .collect(),
             files: Arc::new(new_files),
         });
         self.maybe_roll_manifest(&mut core)?;

@@ -253,7 +253,10 @@ impl PartialOrd for Head {
 impl Ord for Head {
     /// BinaryHeap is a max-heap: the head that should come out first compares greatest.
     fn cmp(&self, other: &Self) -> Ordering {
-        let o = self.entry.cmp_internal(&other.entry).then(other.src.cmp(&self.src));
+        let o = self
+            .entry
+            .cmp_internal(&other.entry)
+            .then(other.src.cmp(&self.src));
         match self.dir {
             Direction::Forward => o.reverse(),
             Direction::Backward => o,
@@ -350,7 +353,11 @@ struct Side {
 impl Side {
     /// The next visible (key, value) and, separately, every key it stepped over, via
     /// `stepped`: the last user key this side has consumed entries of.
-    fn next_key(&mut self, snapshot: u64, dir: Direction) -> Result<Option<(Entry, Option<Entry>)>> {
+    fn next_key(
+        &mut self,
+        snapshot: u64,
+        dir: Direction,
+    ) -> Result<Option<(Entry, Option<Entry>)>> {
         // Returns (first entry of the key group, visible entry if any).
         let first = match self.pending.take() {
             Some(e) => e,
@@ -408,7 +415,11 @@ pub struct DbIter {
 }
 
 impl DbIter {
-    pub(crate) fn new(factory: SourceFactory, snapshot: u64, hold: Option<Box<dyn Send + Sync>>) -> DbIter {
+    pub(crate) fn new(
+        factory: SourceFactory,
+        snapshot: u64,
+        hold: Option<Box<dyn Send + Sync>>,
+    ) -> DbIter {
         DbIter {
             factory,
             snapshot,

@@ -255,7 +255,9 @@ impl PartitionSpec {
             let boundaries = rest
                 .split(',')
                 .filter(|b| !b.is_empty())
-                .map(|b| crate::escape::unescape(b).map_err(|e| bad(format!("boundary {b:?}: {e}"))))
+                .map(|b| {
+                    crate::escape::unescape(b).map_err(|e| bad(format!("boundary {b:?}: {e}")))
+                })
                 .collect::<Result<Vec<_>>>()?;
             PartitionSpec::Range { boundaries }
         } else if let Some(rest) = s.strip_prefix("hash:") {
@@ -269,13 +271,16 @@ impl PartitionSpec {
             };
             let partitions = u32::try_from(num(parts[0], "partition count")?)
                 .map_err(|_| bad("partition count too large".into()))?;
-            let seed = parts.get(1).map(|p| num(p, "seed")).transpose()?.unwrap_or(0);
+            let seed = parts
+                .get(1)
+                .map(|p| num(p, "seed"))
+                .transpose()?
+                .unwrap_or(0);
             let hashed_prefix = parts
                 .get(2)
                 .map(|p| {
-                    num(p, "prefix").and_then(|n| {
-                        u32::try_from(n).map_err(|_| bad("prefix too large".into()))
-                    })
+                    num(p, "prefix")
+                        .and_then(|n| u32::try_from(n).map_err(|_| bad("prefix too large".into())))
                 })
                 .transpose()?;
             PartitionSpec::Hash {
@@ -603,7 +608,10 @@ mod tests {
             },
         ];
         for s in bad {
-            assert!(matches!(s.validate(), Err(Error::InvalidPartitionSpec(_))), "{s:?}");
+            assert!(
+                matches!(s.validate(), Err(Error::InvalidPartitionSpec(_))),
+                "{s:?}"
+            );
         }
         for s in ["hash:0", "hash:x", "bogus", "split:0:2", "hash:4:1:0"] {
             assert!(PartitionSpec::parse(s).is_err(), "{s}");

@@ -25,12 +25,15 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
-#![allow(missing_debug_implementations, reason = "internal handles hold non-Debug mmaps and locks")]
+#![allow(
+    missing_debug_implementations,
+    reason = "internal handles hold non-Debug mmaps and locks"
+)]
 
 mod background;
-mod checkpoint;
 mod batch;
 mod cache;
+mod checkpoint;
 mod coding;
 mod compaction;
 mod db;

@@ -79,7 +79,11 @@ pub struct LoadStats {
 impl LoadStats {
     /// Reads plus writes per partition.
     pub fn ops(&self) -> Vec<u64> {
-        self.reads.iter().zip(&self.writes).map(|(r, w)| r + w).collect()
+        self.reads
+            .iter()
+            .zip(&self.writes)
+            .map(|(r, w)| r + w)
+            .collect()
     }
 
     /// Each partition's share of all operations.
@@ -87,7 +91,13 @@ impl LoadStats {
         let ops = self.ops();
         let total: u64 = ops.iter().sum();
         ops.iter()
-            .map(|&o| if total == 0 { 0.0 } else { o as f64 / total as f64 })
+            .map(|&o| {
+                if total == 0 {
+                    0.0
+                } else {
+                    o as f64 / total as f64
+                }
+            })
             .collect()
     }
 }
@@ -173,7 +183,9 @@ impl Inner {
                         .cv
                         .wait_for(&mut st, Duration::from_secs_f64(wait.min(0.1)));
                 } else {
-                    self.admission.cv.wait_for(&mut st, Duration::from_millis(50));
+                    self.admission
+                        .cv
+                        .wait_for(&mut st, Duration::from_millis(50));
                 }
             }
         }
@@ -182,7 +194,11 @@ impl Inner {
 
     /// Limits writes into `partition` of the target layout to `bytes_per_sec` (None lifts
     /// the limit). Changing the target clears all limits.
-    pub fn set_partition_write_limit(&self, partition: u32, bytes_per_sec: Option<u64>) -> Result<()> {
+    pub fn set_partition_write_limit(
+        &self,
+        partition: u32,
+        bytes_per_sec: Option<u64>,
+    ) -> Result<()> {
         let view = self.view.load();
         let target = view.files.target_layout();
         if partition >= target.func.partitions() {
@@ -215,7 +231,9 @@ impl Inner {
                 st.1.remove(&partition);
             }
         }
-        self.admission.active.store(!st.1.is_empty(), Ordering::Relaxed);
+        self.admission
+            .active
+            .store(!st.1.is_empty(), Ordering::Relaxed);
         self.admission.cv.notify_all();
         Ok(())
     }
@@ -236,7 +254,8 @@ impl Inner {
         match spec {
             Some(s) => {
                 let f = Arc::new(PartitionFn::new(s)?);
-                self.shadow.store(Some(Arc::new(PartitionLoad::new(None, f))));
+                self.shadow
+                    .store(Some(Arc::new(PartitionLoad::new(None, f))));
             }
             None => self.shadow.store(None),
         }

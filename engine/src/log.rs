@@ -229,7 +229,11 @@ pub fn read_log(data: Bytes, path: &Path, kind: LogKind) -> Result<LogContents> 
 
 fn check_header(p: &[u8], path: &Path, kind: LogKind) -> Result<()> {
     if p.len() != 9 || &p[..4] != MAGIC {
-        return Err(Error::corruption(path, 0, "not a Sluice log file (bad magic)"));
+        return Err(Error::corruption(
+            path,
+            0,
+            "not a Sluice log file (bad magic)",
+        ));
     }
     let version = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
     if version > LOG_FORMAT_VERSION || version == 0 {
@@ -296,8 +300,8 @@ mod tests {
             assert!(c.records.len() <= 3);
             assert_eq!(c.records[..], all.records[..c.records.len()]);
             if n < full.len() && c.records.len() < 3 {
-                let expect_tail = n > header_len
-                    + c.records.iter().map(|r| 8 + r.1.len()).sum::<usize>();
+                let expect_tail =
+                    n > header_len + c.records.iter().map(|r| 8 + r.1.len()).sum::<usize>();
                 assert_eq!(c.tail.is_some(), expect_tail, "cut at {n}");
             }
         }
@@ -339,7 +343,10 @@ mod tests {
         let mut h = header_payload(LogKind::Wal);
         h[4] = 9;
         encode_record(&h, &mut out);
-        assert!(matches!(read(out), Err(Error::UnsupportedFormat { found: 9, .. })));
+        assert!(matches!(
+            read(out),
+            Err(Error::UnsupportedFormat { found: 9, .. })
+        ));
         let mut out = Vec::new();
         encode_record(&header_payload(LogKind::Manifest), &mut out);
         assert!(read(out).unwrap_err().is_corruption());

@@ -39,15 +39,24 @@ pub enum EditRecord {
     LastSeqno(u64),
     /// WAL files numbered below this hold nothing that is not in SSTables.
     LogNumber(u64),
-    RegisterLayout { id: u32, spec: Vec<u8> },
+    RegisterLayout {
+        id: u32,
+        spec: Vec<u8>,
+    },
     SetTarget(u32),
     RetireLayout(u32),
     AddFile(FileRecord),
     DeleteFile(u64),
     /// State of the migration controller (opaque to the engine), fenced by `epoch`.
-    Controller { epoch: u64, state: Vec<u8> },
+    Controller {
+        epoch: u64,
+        state: Vec<u8>,
+    },
     /// A pinned layout is not retired when it drains empty (it is a rollback target).
-    Pin { id: u32, pinned: bool },
+    Pin {
+        id: u32,
+        pinned: bool,
+    },
 }
 
 /// An atomic group of changes.
@@ -268,7 +277,12 @@ pub struct ManifestWriter {
 
 impl ManifestWriter {
     /// Creates manifest `number` starting with `snapshot`, and makes it current.
-    pub fn create(fs: &dyn Fs, dir: &Path, number: u64, snapshot: &VersionEdit) -> Result<ManifestWriter> {
+    pub fn create(
+        fs: &dyn Fs,
+        dir: &Path,
+        number: u64,
+        snapshot: &VersionEdit,
+    ) -> Result<ManifestWriter> {
         let path = dir.join(manifest_name(number));
         let file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
         let mut log = LogWriter::new(file, path, LogKind::Manifest);
@@ -348,7 +362,10 @@ mod tests {
                 epoch: 3,
                 state: b"state".to_vec(),
             })
-            .push(EditRecord::Pin { id: 2, pinned: true });
+            .push(EditRecord::Pin {
+                id: 2,
+                pinned: true,
+            });
         e
     }
 
@@ -406,7 +423,13 @@ mod tests {
     #[test]
     fn bad_current_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        for bad in ["", "garbage\n", "MANIFEST-x\n", "MANIFEST-../../etc\n", "MANIFEST-000001"] {
+        for bad in [
+            "",
+            "garbage\n",
+            "MANIFEST-x\n",
+            "MANIFEST-../../etc\n",
+            "MANIFEST-000001",
+        ] {
             std::fs::write(dir.path().join(CURRENT), bad).unwrap();
             assert!(read_current(&StdFs, dir.path()).is_err(), "{bad:?}");
         }

@@ -325,7 +325,13 @@ mod tests {
             m.insert(b(&format!("k{i}")), i + 1, Kind::Value, b("v"));
         }
         let mut out = Vec::new();
-        m.chunk_forward(None, Bound::Included(b"k2"), Bound::Excluded(b"k6"), 2, &mut out);
+        m.chunk_forward(
+            None,
+            Bound::Included(b"k2"),
+            Bound::Excluded(b"k6"),
+            2,
+            &mut out,
+        );
         assert_eq!(out.len(), 2);
         let last = out.last().unwrap().clone();
         m.chunk_forward(
@@ -338,7 +344,13 @@ mod tests {
         let keys: Vec<_> = out.iter().map(|e| e.key.clone()).collect();
         assert_eq!(keys, vec![b("k2"), b("k3"), b("k4"), b("k5")]);
         let mut back = Vec::new();
-        m.chunk_backward(None, Bound::Included(b"k2"), Bound::Included(b"k6"), 100, &mut back);
+        m.chunk_backward(
+            None,
+            Bound::Included(b"k2"),
+            Bound::Included(b"k6"),
+            100,
+            &mut back,
+        );
         let keys: Vec<_> = back.iter().map(|e| e.key.clone()).collect();
         assert_eq!(keys, vec![b("k6"), b("k5"), b("k4"), b("k3"), b("k2")]);
     }

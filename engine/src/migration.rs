@@ -90,7 +90,9 @@ const SUB: u32 = 8;
 impl LatencyHistogram {
     pub fn new() -> LatencyHistogram {
         LatencyHistogram {
-            buckets: (0..(40 * SUB as usize)).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..(40 * SUB as usize))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
@@ -119,7 +121,11 @@ impl LatencyHistogram {
 
     /// The given quantile of what was recorded since the last call, then resets.
     pub fn take_quantile(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.swap(0, Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -269,13 +275,28 @@ impl Inner {
                 };
                 core.busy.insert((layout.id, pi));
                 let level = f.level as usize;
-                return Some(self.new_job(core, view, layout.id, pi, level, vec![f], false, Some(target)));
+                return Some(self.new_job(
+                    core,
+                    view,
+                    layout.id,
+                    pi,
+                    level,
+                    vec![f],
+                    false,
+                    Some(target),
+                ));
             }
         }
         None
     }
 
-    pub(crate) fn note_migrated(&self, job: &CompactionJob, read: u64, written: u64, forwarded: u64) {
+    pub(crate) fn note_migrated(
+        &self,
+        job: &CompactionJob,
+        read: u64,
+        written: u64,
+        forwarded: u64,
+    ) {
         {
             let mut core = self.core.lock();
             let c = core.migration.entry(job.version).or_default();

@@ -159,7 +159,10 @@ impl Options {
             return bad("background_threads", "must be 1..=64");
         }
         if self.pending_compaction_stop_bytes < self.pending_compaction_slowdown_bytes {
-            return bad("pending_compaction_stop_bytes", "must be >= the slowdown threshold");
+            return bad(
+                "pending_compaction_stop_bytes",
+                "must be >= the slowdown threshold",
+            );
         }
         if self.slowdown_bytes_per_sec == 0 {
             return bad("slowdown_bytes_per_sec", "must be positive");

@@ -24,7 +24,12 @@ pub(crate) struct Outputs<'a> {
 }
 
 impl<'a> Outputs<'a> {
-    pub fn new(inner: &'a Inner, kind: TableKind, level: u8, split_bytes: Option<u64>) -> Outputs<'a> {
+    pub fn new(
+        inner: &'a Inner,
+        kind: TableKind,
+        level: u8,
+        split_bytes: Option<u64>,
+    ) -> Outputs<'a> {
         Outputs {
             inner,
             kind,
@@ -68,10 +73,7 @@ impl<'a> Outputs<'a> {
             )?;
             self.writers.insert(key, w);
         }
-        self.writers
-            .get_mut(&key)
-            .expect("writer exists")
-            .add(e)
+        self.writers.get_mut(&key).expect("writer exists").add(e)
     }
 
     fn finish_one(&mut self, w: TableWriter) -> Result<()> {

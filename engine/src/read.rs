@@ -53,7 +53,11 @@ pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<R
     // The target first: a value moved out of a draining layout keeps its seqno, and on a
     // tie the copy in the target is the one to report (so it is not moved again).
     let target = view.files.layouts.get(&view.files.target);
-    let others = view.files.layouts.values().filter(|l| l.id != view.files.target);
+    let others = view
+        .files
+        .layouts
+        .values()
+        .filter(|l| l.id != view.files.target);
     for layout in target.into_iter().chain(others) {
         let p = layout.func.partition_of(key) as usize;
         let Some(part) = layout.parts.get(p) else {
@@ -103,7 +107,9 @@ pub(crate) fn changed_since(view: &View, key: &[u8], snapshot: u64) -> Result<bo
             if f.max_seqno <= snapshot || !f.contains(key) {
                 return Ok(false);
             }
-            Ok(f.table.get(key, h, u64::MAX)?.is_some_and(|e| e.seqno > snapshot))
+            Ok(f.table
+                .get(key, h, u64::MAX)?
+                .is_some_and(|e| e.seqno > snapshot))
         };
         for f in &part.levels[0] {
             if newer(f)? {
@@ -122,7 +128,13 @@ pub(crate) fn changed_since(view: &View, key: &[u8], snapshot: u64) -> Result<bo
 }
 
 #[inline]
-fn probe(f: &Arc<FileMeta>, key: &[u8], h: u64, snapshot: u64, best: &mut Option<Resolved>) -> Result<()> {
+fn probe(
+    f: &Arc<FileMeta>,
+    key: &[u8],
+    h: u64,
+    snapshot: u64,
+    best: &mut Option<Resolved>,
+) -> Result<()> {
     if let Some(e) = f.table.get(key, h, snapshot)? {
         if e.seqno > best.as_ref().map_or(0, |r| r.seqno) {
             *best = Some(Resolved {

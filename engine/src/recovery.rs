@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::fs::{DirLock, Fs};
 use crate::layout::PartitionFn;
 use crate::log::{read_log, LogKind, LogWriter};
-use crate::manifest::{read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT};
+use crate::manifest::{
+    read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT,
+};
 use crate::memtable::MemTable;
 use crate::options::Options;
 use crate::sst::{Table, TableOptions};
@@ -67,7 +69,8 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                     }
                     let spec = crate::PartitionSpec::from_bytes(spec)
                         .map_err(|e| bad(format!("layout v{id}: {e}")))?;
-                    let f = PartitionFn::new(spec).map_err(|e| bad(format!("layout v{id}: {e}")))?;
+                    let f =
+                        PartitionFn::new(spec).map_err(|e| bad(format!("layout v{id}: {e}")))?;
                     st.registry.insert(*id, (Arc::new(f), false, false));
                 }
                 EditRecord::SetTarget(id) => match st.registry.get_mut(id) {
@@ -75,9 +78,7 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                         *was = true;
                         st.target = *id;
                     }
-                    Some((_, true, _)) => {
-                        return Err(bad(format!("target set to retired v{id}")))
-                    }
+                    Some((_, true, _)) => return Err(bad(format!("target set to retired v{id}"))),
                     None => return Err(bad(format!("target set to unknown v{id}"))),
                 },
                 EditRecord::RetireLayout(id) => {
@@ -91,10 +92,7 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                     // Pointer files of a retired layout are deleted in the same edit; data
                     // files must all be gone.
                     if let Some(f) = st.files.values().find(|f| f.layout_version == *id) {
-                        return Err(bad(format!(
-                            "retired v{id} still has file {}",
-                            f.number
-                        )));
+                        return Err(bad(format!("retired v{id} still has file {}", f.number)));
                     }
                 }
                 EditRecord::AddFile(f) => {
@@ -146,7 +144,11 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
         }
     }
     if st.target == 0 {
-        return Err(Error::corruption(&m.path, 0, "manifest sets no target layout"));
+        return Err(Error::corruption(
+            &m.path,
+            0,
+            "manifest sets no target layout",
+        ));
     }
     Ok(st)
 }
@@ -185,16 +187,19 @@ pub(crate) fn open_tables(
             Err(e) => return Err(e),
         };
         check_table(&table, rec, &st.registry[&rec.layout_version].0, &path)?;
-        metas.push(Arc::new(FileMeta::new(Arc::new(table), rec.level, fs.clone())));
+        metas.push(Arc::new(FileMeta::new(
+            Arc::new(table),
+            rec.level,
+            fs.clone(),
+        )));
     }
     let set = set
         .apply(&metas, &[])
         .map_err(|e| Error::corruption(manifest, 0, e))?;
     for l in set.layouts.values() {
         for (pi, p) in l.parts.iter().enumerate() {
-            p.check_levels().map_err(|e| {
-                Error::corruption(manifest, 0, format!("v{}/{pi}: {e}", l.id))
-            })?;
+            p.check_levels()
+                .map_err(|e| Error::corruption(manifest, 0, format!("v{}/{pi}: {e}", l.id)))?;
         }
     }
     Ok(set)
@@ -204,7 +209,11 @@ fn check_table(t: &Table, rec: &FileRecord, func: &PartitionFn, path: &Path) -> 
     let p = t.props();
     let mut problems = Vec::new();
     if t.file_size() != rec.size {
-        problems.push(format!("size {} but manifest says {}", t.file_size(), rec.size));
+        problems.push(format!(
+            "size {} but manifest says {}",
+            t.file_size(),
+            rec.size
+        ));
     }
     if p.layout_version != rec.layout_version || p.partition != rec.partition {
         problems.push(format!(
@@ -441,7 +450,10 @@ fn registry_of(state: &ManifestState) -> BTreeMap<u32, Registered> {
 }
 
 /// Assembles the engine state shared by both open modes.
-#[allow(clippy::too_many_arguments, reason = "one assembly point for every field")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one assembly point for every field"
+)]
 fn assemble(
     dir: &Path,
     opts: Options,
@@ -499,7 +511,12 @@ fn assemble(
     }
 }
 
-fn new_core(manifest: ManifestWriter, next_file: u64, log_number: u64, state: &ManifestState) -> Core {
+fn new_core(
+    manifest: ManifestWriter,
+    next_file: u64,
+    log_number: u64,
+    state: &ManifestState,
+) -> Core {
     Core {
         manifest,
         next_file,
@@ -558,7 +575,9 @@ fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let inner = assemble(dir, opts, cache, view, core, wal, loaded.last_seqno, None);
     *inner.recovery.lock() = loaded.report;
     *inner.failure.lock() = Some("opened read-only".into());
-    inner.failed.store(true, std::sync::atomic::Ordering::Release);
+    inner
+        .failed
+        .store(true, std::sync::atomic::Ordering::Release);
     Ok(Arc::new(inner))
 }
 
@@ -640,7 +659,11 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let manifest = ManifestWriter::create(fs.as_ref(), &dir, manifest_number, &snapshot)?;
     let view = View {
         mem: Arc::new(MemTable::new(wal_number)),
-        imm: if has_recovered { vec![recovered] } else { Vec::new() },
+        imm: if has_recovered {
+            vec![recovered]
+        } else {
+            Vec::new()
+        },
         files,
     };
     let core = new_core(manifest, next_file, log_number, &state);
@@ -650,7 +673,16 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         last_seqno,
         last_flush: Instant::now(),
     };
-    let inner = Arc::new(assemble(&dir, opts, cache, view, core, wal, last_seqno, Some(lock)));
+    let inner = Arc::new(assemble(
+        &dir,
+        opts,
+        cache,
+        view,
+        core,
+        wal,
+        last_seqno,
+        Some(lock),
+    ));
     if has_recovered {
         inner.flush_oldest()?;
     }

@@ -16,10 +16,21 @@ use crate::types::{cmp_internal, Kind};
 /// The newest entry of one key within one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartitionEntry {
-    Value { key: Bytes, seqno: u64, value: Bytes },
-    Tombstone { key: Bytes, seqno: u64 },
+    Value {
+        key: Bytes,
+        seqno: u64,
+        value: Bytes,
+    },
+    Tombstone {
+        key: Bytes,
+        seqno: u64,
+    },
     /// Moved by a lazy read to layout version `to` (a forwarding pointer covers it).
-    Moved { key: Bytes, seqno: u64, to: VersionId },
+    Moved {
+        key: Bytes,
+        seqno: u64,
+        to: VersionId,
+    },
 }
 
 impl PartitionEntry {
@@ -49,10 +60,13 @@ impl Inner {
             .layouts
             .get(&version)
             .ok_or(Error::UnknownVersion(version))?;
-        let part = layout.parts.get(partition as usize).ok_or_else(|| Error::InvalidOption {
-            name: "partition",
-            reason: format!("v{version} has {} partitions", layout.parts.len()),
-        })?;
+        let part = layout
+            .parts
+            .get(partition as usize)
+            .ok_or_else(|| Error::InvalidOption {
+                name: "partition",
+                reason: format!("v{version} has {} partitions", layout.parts.len()),
+            })?;
         let all = KeyRange::all();
         let data: Vec<Source> = part
             .data_files()
@@ -100,7 +114,13 @@ impl PartitionIter {
         while let Some(p) = self.pointers.peek() {
             let p = match p {
                 Ok(p) => p,
-                Err(_) => return Err(self.pointers.next().and_then(|r| r.err()).unwrap_or(Error::Closed)),
+                Err(_) => {
+                    return Err(self
+                        .pointers
+                        .next()
+                        .and_then(|r| r.err())
+                        .unwrap_or(Error::Closed))
+                }
             };
             match cmp_internal(&p.key, p.seqno, &first.key, first.seqno) {
                 std::cmp::Ordering::Less => {

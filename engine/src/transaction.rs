@@ -74,7 +74,8 @@ impl Transaction {
     }
 
     pub fn delete(&mut self, key: impl AsRef<[u8]>) {
-        self.writes.insert(Bytes::copy_from_slice(key.as_ref()), None);
+        self.writes
+            .insert(Bytes::copy_from_slice(key.as_ref()), None);
     }
 
     /// Number of buffered writes.

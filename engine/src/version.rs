@@ -208,7 +208,9 @@ impl LayoutState {
         LayoutState {
             id,
             func,
-            parts: (0..n).map(|_| Arc::new(PartitionFiles::default())).collect(),
+            parts: (0..n)
+                .map(|_| Arc::new(PartitionFiles::default()))
+                .collect(),
             was_target: false,
         }
     }
@@ -246,13 +248,17 @@ impl FileSet {
     /// target.
     pub fn draining(&self) -> impl Iterator<Item = &LayoutState> {
         let t = self.target;
-        self.layouts.values().filter(move |l| l.id != t && l.was_target)
+        self.layouts
+            .values()
+            .filter(move |l| l.id != t && l.was_target)
     }
 
     pub fn all_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
-        self.layouts
-            .values()
-            .flat_map(|l| l.parts.iter().flat_map(|p| p.data_files().chain(p.pointers.iter())))
+        self.layouts.values().flat_map(|l| {
+            l.parts
+                .iter()
+                .flat_map(|p| p.data_files().chain(p.pointers.iter()))
+        })
     }
 
     pub fn total_bytes(&self) -> u64 {

@@ -46,7 +46,12 @@ impl Inner {
     }
 
     /// Commits a batch, first checking (if given) that nothing the caller read changed.
-    pub(crate) fn commit(&self, batch: WriteBatch, sync: bool, validate: Option<ReadSet>) -> Result<u64> {
+    pub(crate) fn commit(
+        &self,
+        batch: WriteBatch,
+        sync: bool,
+        validate: Option<ReadSet>,
+    ) -> Result<u64> {
         if self.sampling.load(Ordering::Relaxed) {
             let start = Instant::now();
             let r = self.commit_inner(batch, sync, validate);
@@ -56,7 +61,12 @@ impl Inner {
         self.commit_inner(batch, sync, validate)
     }
 
-    fn commit_inner(&self, batch: WriteBatch, sync: bool, validate: Option<ReadSet>) -> Result<u64> {
+    fn commit_inner(
+        &self,
+        batch: WriteBatch,
+        sync: bool,
+        validate: Option<ReadSet>,
+    ) -> Result<u64> {
         batch.validate()?;
         self.check_writable()?;
         if batch.is_empty() && validate.is_none() {
@@ -212,7 +222,12 @@ impl Inner {
     }
 
     /// The first key of a read set that changed after the transaction's snapshot.
-    fn first_conflict<'a>(&self, view: &View, rs: &'a ReadSet, group_keys: &HashSet<Bytes>) -> Result<Option<&'a Bytes>> {
+    fn first_conflict<'a>(
+        &self,
+        view: &View,
+        rs: &'a ReadSet,
+        group_keys: &HashSet<Bytes>,
+    ) -> Result<Option<&'a Bytes>> {
         for k in &rs.keys {
             if group_keys.contains(k) || crate::read::changed_since(view, k, rs.snapshot)? {
                 return Ok(Some(k));
@@ -235,7 +250,8 @@ impl Inner {
                 while self.view.load().imm.len() >= self.opts.max_immutable_memtables {
                     self.check_writable()?;
                     self.bg_cv.notify_all();
-                    self.stall_cv.wait_for(&mut core, Duration::from_millis(100));
+                    self.stall_cv
+                        .wait_for(&mut core, Duration::from_millis(100));
                 }
                 drop(core);
                 Counters::add(&self.counters.stalls, 1);
@@ -299,15 +315,20 @@ impl Inner {
             while stop(self) {
                 self.check_writable()?;
                 self.bg_cv.notify_all();
-                self.stall_cv.wait_for(&mut core, Duration::from_millis(100));
+                self.stall_cv
+                    .wait_for(&mut core, Duration::from_millis(100));
             }
             drop(core);
             Counters::add(&self.counters.stalls, 1);
-            Counters::add(&self.counters.stall_micros, start.elapsed().as_micros() as u64);
+            Counters::add(
+                &self.counters.stall_micros,
+                start.elapsed().as_micros() as u64,
+            );
             return Ok(());
         }
         let slow = self.l0_max.load(Ordering::Relaxed) >= o.level0_slowdown_trigger
-            || self.pending_compaction.load(Ordering::Relaxed) >= o.pending_compaction_slowdown_bytes;
+            || self.pending_compaction.load(Ordering::Relaxed)
+                >= o.pending_compaction_slowdown_bytes;
         if !slow {
             return Ok(());
         }

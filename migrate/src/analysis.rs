@@ -1,1 +1,560 @@
 //! Analysis of partition functions over a sample of the existing keys.
+//!
+//! Before a migration commits to a new partition function, the controller (and the
+//! operator, through `sluice analyze`) should know how the keys that already exist would
+//! spread over its partitions. A hash that looks fine on paper can be badly biased on real
+//! keys — hashing only a 4-byte prefix of `acct00001234`-style keys sends every key to one
+//! partition. This module:
+//!
+//! 1. samples existing keys from SSTable indexes ([`sample_dir`], [`sample_db`]): the last
+//!    key of every data block, so no data block is read and the sample is weighted by bytes;
+//! 2. predicts the per-partition counts of the sample under a candidate
+//!    ([`predict`] → [`Distribution`]);
+//! 3. measures imbalance: shares, max/mean, Pearson's χ² against a uniform spread and its
+//!    p-value ([`chi_square_sf`], from the regularized upper incomplete gamma function);
+//! 4. gives a verdict ([`Distribution::verdict`]) under [`Thresholds`].
+//!
+//! ```
+//! use sluice::PartitionSpec;
+//! use sluice_migrate::analysis::{predict, Thresholds, Verdict};
+//!
+//! let keys: Vec<String> = (0..20_000).map(|i| format!("acct{i:08}")).collect();
+//! let fair = PartitionSpec::parse("hash:16:7").unwrap();
+//! let biased = PartitionSpec::parse("hash:16:7:4").unwrap(); // hashes "acct" only
+//! let t = Thresholds::default();
+//! assert_eq!(predict(&fair, &keys).unwrap().verdict(&t), Verdict::Balanced);
+//! let d = predict(&biased, &keys).unwrap();
+//! assert_eq!(d.verdict(&t), Verdict::Biased);
+//! assert_eq!(d.max_share(), 1.0);
+//! ```
+//!
+//! Why both a p-value and max/mean: with a large sample, χ² flags imbalances too small to
+//! matter (a 2% skew over a million keys is "significant"); with a small one, a large ratio
+//! can be noise. A candidate is called biased only when the imbalance is both statistically
+//! significant (`p < alpha`) and large enough to matter (`max/mean >= max_over_mean`).
+
+use std::path::Path;
+
+use sluice::{Db, PartitionFn, PartitionSpec, Result};
+
+/// Keys sampled by default: enough for a tight estimate on 4096 partitions (~24 per
+/// partition expected), small enough to take well under a second.
+pub const DEFAULT_SAMPLE: usize = 100_000;
+
+/// When a distribution counts as biased.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    /// Significance level: the χ² p-value must be below this for a verdict of bias.
+    pub alpha: f64,
+    /// The largest partition must hold at least this many times the mean.
+    pub max_over_mean: f64,
+    /// Below this many expected keys per partition the χ² approximation is poor and the
+    /// sample too thin: the verdict is [`Verdict::Inconclusive`] (unless every key lands
+    /// in one partition of several, which no sample size excuses).
+    pub min_expected: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            alpha: 0.001,
+            max_over_mean: 1.25,
+            min_expected: 5.0,
+        }
+    }
+}
+
+/// The outcome of an analysis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No meaningful imbalance.
+    Balanced,
+    /// Significant and large imbalance: do not migrate to this function unless forced.
+    Biased,
+    /// Too few keys for a judgement.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// Stable lowercase name (`balanced`, `biased`, `inconclusive`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Balanced => "balanced",
+            Verdict::Biased => "biased",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts per partition and their imbalance statistics against a uniform spread.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Distribution {
+    /// Count per partition, indexed by partition.
+    pub counts: Vec<u64>,
+    pub total: u64,
+    /// `total / partitions`.
+    pub mean: f64,
+    pub max: u64,
+    /// `max / mean` (1.0 is perfect balance; 0 when there is no data).
+    pub max_over_mean: f64,
+    /// Pearson's χ² statistic against equal expected counts.
+    pub chi_square: f64,
+    /// `partitions - 1`.
+    pub degrees_of_freedom: u32,
+    /// Probability of a χ² at least this large if keys were spread uniformly at random.
+    pub p_value: f64,
+}
+
+impl Distribution {
+    /// Statistics of the given per-partition counts.
+    pub fn from_counts(counts: Vec<u64>) -> Distribution {
+        let n = counts.len();
+        let total: u64 = counts.iter().sum();
+        let max = counts.iter().copied().max().unwrap_or(0);
+        let mean = if n == 0 { 0.0 } else { total as f64 / n as f64 };
+        let max_over_mean = if mean > 0.0 { max as f64 / mean } else { 0.0 };
+        let chi_square = if mean > 0.0 {
+            counts.iter().map(|&c| (c as f64 - mean).powi(2) / mean).sum()
+        } else {
+            0.0
+        };
+        let dof = n.saturating_sub(1) as u32;
+        let p_value = if dof == 0 || mean == 0.0 {
+            1.0
+        } else {
+            chi_square_sf(chi_square, dof as f64)
+        };
+        Distribution {
+            counts,
+            total,
+            mean,
+            max,
+            max_over_mean,
+            chi_square,
+            degrees_of_freedom: dof,
+            p_value,
+        }
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Fraction of the total in each partition.
+    pub fn shares(&self) -> Vec<f64> {
+        self.counts.iter().map(|&c| self.share_of(c)).collect()
+    }
+
+    fn share_of(&self, c: u64) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            c as f64 / self.total as f64
+        }
+    }
+
+    /// The largest partition's share.
+    pub fn max_share(&self) -> f64 {
+        self.share_of(self.max)
+    }
+
+    /// The `n` fullest partitions as (partition, count, share), fullest first (ties by
+    /// partition index).
+    pub fn hottest(&self, n: usize) -> Vec<(u32, u64, f64)> {
+        let mut v: Vec<(u32, u64)> = self.counts.iter().enumerate().map(|(i, &c)| (i as u32, c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.into_iter()
+            .take(n)
+            .filter(|(_, c)| *c > 0)
+            .map(|(i, c)| (i, c, self.share_of(c)))
+            .collect()
+    }
+
+    /// Partitions that received nothing.
+    pub fn empty_partitions(&self) -> usize {
+        self.counts.iter().filter(|&&c| c == 0).count()
+    }
+
+    /// Biased, balanced or inconclusive under `t` (see the module docs for the rule).
+    pub fn verdict(&self, t: &Thresholds) -> Verdict {
+        if self.partitions() <= 1 {
+            return Verdict::Balanced;
+        }
+        // Everything in one partition out of several is bias at any sample size above a
+        // handful of keys.
+        if self.total >= 8 && self.max == self.total {
+            return Verdict::Biased;
+        }
+        if self.mean < t.min_expected {
+            return Verdict::Inconclusive;
+        }
+        if self.p_value < t.alpha && self.max_over_mean >= t.max_over_mean {
+            Verdict::Biased
+        } else {
+            Verdict::Balanced
+        }
+    }
+}
+
+/// Counts how `keys` spread over the partitions of `spec`.
+pub fn predict<K: AsRef<[u8]>>(spec: &PartitionSpec, keys: impl IntoIterator<Item = K>) -> Result<Distribution> {
+    let f = PartitionFn::new(spec.clone())?;
+    let mut counts = vec![0u64; f.partitions() as usize];
+    for k in keys {
+        counts[f.partition_of(k.as_ref()) as usize] += 1;
+    }
+    Ok(Distribution::from_counts(counts))
+}
+
+/// Where a sample of keys came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SampleInfo {
+    /// Keys in the sample.
+    pub keys: u64,
+    /// Distinct index keys seen before sampling down.
+    pub population: u64,
+    /// Tables whose indexes were read.
+    pub tables: u64,
+}
+
+/// A candidate function judged on a sample of the existing keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    pub spec: PartitionSpec,
+    pub sample: SampleInfo,
+    pub distribution: Distribution,
+    pub thresholds: Thresholds,
+    pub verdict: Verdict,
+}
+
+/// Judges `spec` on the given keys.
+pub fn analyze_keys<K: AsRef<[u8]>>(
+    spec: &PartitionSpec,
+    keys: impl IntoIterator<Item = K>,
+    sample: SampleInfo,
+    thresholds: Thresholds,
+) -> Result<Analysis> {
+    let distribution = predict(spec, keys)?;
+    let verdict = distribution.verdict(&thresholds);
+    Ok(Analysis {
+        spec: spec.clone(),
+        sample,
+        distribution,
+        thresholds,
+        verdict,
+    })
+}
+
+/// Up to `max` existing keys of a directory, from its SSTable indexes (read-only; no data
+/// block is read). Refuses directories that fail the inspection safety checks.
+pub fn sample_dir(dir: &Path, max: usize) -> Result<(Vec<bytes_alias::Bytes>, SampleInfo)> {
+    let s = sluice::inspect::sample_index_keys_in_dir(dir, max)?;
+    let info = SampleInfo {
+        keys: s.keys.len() as u64,
+        population: s.index_keys_seen,
+        tables: s.tables,
+    };
+    Ok((s.keys, info))
+}
+
+/// Up to `max` existing keys of an open database, from its live SSTables' indexes.
+pub fn sample_db(db: &Db, max: usize) -> (Vec<bytes_alias::Bytes>, SampleInfo) {
+    let s = sluice::inspect::sample_index_keys(db, max);
+    let info = SampleInfo {
+        keys: s.keys.len() as u64,
+        population: s.index_keys_seen,
+        tables: s.tables,
+    };
+    (s.keys, info)
+}
+
+/// Samples a directory's keys and judges `spec` on them.
+pub fn analyze_dir(dir: &Path, spec: &PartitionSpec, max_sample: usize, thresholds: Thresholds) -> Result<Analysis> {
+    let (keys, info) = sample_dir(dir, max_sample)?;
+    analyze_keys(spec, &keys, info, thresholds)
+}
+
+/// Samples an open database's keys and judges `spec` on them.
+pub fn analyze_db(db: &Db, spec: &PartitionSpec, max_sample: usize, thresholds: Thresholds) -> Result<Analysis> {
+    let (keys, info) = sample_db(db, max_sample);
+    analyze_keys(spec, &keys, info, thresholds)
+}
+
+/// The byte-string type keys are sampled as (the engine's zero-copy `Bytes`).
+mod bytes_alias {
+    pub type Bytes = <sluice::inspect::KeySample as super::HasKeys>::Key;
+}
+
+#[doc(hidden)]
+pub trait HasKeys {
+    type Key;
+}
+impl HasKeys for sluice::inspect::KeySample {
+    type Key = <Vec<u8> as KeyOf>::Never;
+}
+#[doc(hidden)]
+pub trait KeyOf {
+    type Never;
+}
+
+// ---------------------------------------------------------------------------------------
+// χ² survival function
+
+/// `P(X >= x)` for `X ~ χ²(dof)`: the p-value of a χ² statistic. Equals
+/// `Q(dof/2, x/2)`, the regularized upper incomplete gamma function.
+pub fn chi_square_sf(x: f64, dof: f64) -> f64 {
+    if x.is_nan() || dof.is_nan() || dof <= 0.0 {
+        return f64::NAN;
+    }
+    if x <= 0.0 {
+        return 1.0;
+    }
+    regularized_gamma_q(dof / 2.0, x / 2.0)
+}
+
+/// `ln Γ(x)` for `x > 0` (Lanczos approximation, g = 7, n = 9; relative error ~1e-15).
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_93,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_13,
+        -176.615_029_162_140_59,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_571_6e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x)Γ(1-x) = π / sin(πx).
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).abs().ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + G + 0.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Regularized lower incomplete gamma function `P(a, x) = γ(a, x) / Γ(a)`.
+pub fn regularized_gamma_p(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x < a + 1.0 {
+        gamma_series(a, x)
+    } else {
+        1.0 - gamma_continued_fraction(a, x)
+    }
+}
+
+/// Regularized upper incomplete gamma function `Q(a, x) = 1 - P(a, x)`, computed directly
+/// in the tail so that tiny p-values keep their precision.
+pub fn regularized_gamma_q(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    if x < a + 1.0 {
+        1.0 - gamma_series(a, x)
+    } else {
+        gamma_continued_fraction(a, x)
+    }
+}
+
+const EPS: f64 = 1e-15;
+const MAX_ITER: usize = 10_000;
+
+/// `P(a, x)` by its power series (converges fast for `x < a + 1`).
+fn gamma_series(a: f64, x: f64) -> f64 {
+    let mut ap = a;
+    let mut sum = 1.0 / a;
+    let mut del = sum;
+    for _ in 0..MAX_ITER {
+        ap += 1.0;
+        del *= x / ap;
+        sum += del;
+        if del.abs() < sum.abs() * EPS {
+            break;
+        }
+    }
+    (sum.ln() - x + a * x.ln() - ln_gamma(a)).exp().clamp(0.0, 1.0)
+}
+
+/// `Q(a, x)` by its continued fraction (modified Lentz; converges fast for `x >= a + 1`).
+fn gamma_continued_fraction(a: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let mut b = x + 1.0 - a;
+    let mut c = 1.0 / TINY;
+    let mut d = 1.0 / b;
+    let mut h = d;
+    for i in 1..MAX_ITER {
+        let an = -(i as f64) * (i as f64 - a);
+        b += 2.0;
+        d = an * d + b;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = b + an / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < EPS {
+            break;
+        }
+    }
+    ((-x + a * x.ln() - ln_gamma(a)).exp() * h).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol * b.abs().max(1e-300)
+    }
+
+    #[test]
+    fn ln_gamma_matches_factorials_and_half_integers() {
+        let mut f = 1.0f64;
+        for n in 1..30u32 {
+            assert!(close(ln_gamma(n as f64), f.ln(), 1e-12), "n={n}");
+            f *= n as f64;
+        }
+        assert!(close(ln_gamma(0.5), std::f64::consts::PI.sqrt().ln(), 1e-12));
+        assert!(close(ln_gamma(0.1), 2.252_712_651_734_206, 1e-12));
+    }
+
+    #[test]
+    fn chi_square_survival_matches_tables() {
+        // dof = 2 has the closed form exp(-x/2).
+        for x in [0.1, 1.0, 5.0, 20.0, 100.0] {
+            assert!(close(chi_square_sf(x, 2.0), (-x / 2.0f64).exp(), 1e-12), "x={x}");
+        }
+        // Critical values at the 5% and 0.1% levels from standard tables.
+        for (x, dof, p) in [
+            (3.841_458_820_694_124, 1.0, 0.05),
+            (18.307_038_053_275_146, 10.0, 0.05),
+            (124.342_113_404_817_6, 100.0, 0.05),
+            (10.827_566_170_662_733, 1.0, 0.001),
+            (37.697_294_716_623_33, 15.0, 0.001),
+        ] {
+            let got = chi_square_sf(x, dof);
+            assert!(close(got, p, 1e-8), "x={x} dof={dof}: {got}");
+        }
+        assert_eq!(chi_square_sf(0.0, 5.0), 1.0);
+        assert!(chi_square_sf(1e6, 15.0) < 1e-300);
+        assert!(chi_square_sf(1.0, 0.0).is_nan());
+        // P + Q = 1 on both sides of the series/fraction switch.
+        for (a, x) in [(3.0, 1.0), (3.0, 8.0), (50.0, 49.0), (50.0, 52.0)] {
+            assert!(close(regularized_gamma_p(a, x) + regularized_gamma_q(a, x), 1.0, 1e-12));
+        }
+    }
+
+    #[test]
+    fn distribution_statistics() {
+        let d = Distribution::from_counts(vec![10, 10, 10, 10]);
+        assert_eq!(d.total, 40);
+        assert_eq!(d.max_over_mean, 1.0);
+        assert_eq!(d.chi_square, 0.0);
+        assert_eq!(d.p_value, 1.0);
+        assert_eq!(d.verdict(&Thresholds::default()), Verdict::Balanced);
+
+        let d = Distribution::from_counts(vec![70, 10, 10, 10]);
+        assert_eq!(d.max_over_mean, 2.8);
+        assert!((d.chi_square - 108.0).abs() < 1e-9);
+        assert_eq!(d.degrees_of_freedom, 3);
+        assert!(d.p_value < 1e-20);
+        assert_eq!(d.hottest(2), vec![(0, 70, 0.7), (1, 10, 0.1)]);
+        assert_eq!(d.verdict(&Thresholds::default()), Verdict::Biased);
+
+        let empty = Distribution::from_counts(vec![0; 8]);
+        assert_eq!(empty.p_value, 1.0);
+        assert_eq!(empty.verdict(&Thresholds::default()), Verdict::Inconclusive);
+        assert!(empty.hottest(3).is_empty());
+        assert_eq!(Distribution::from_counts(vec![5]).verdict(&Thresholds::default()), Verdict::Balanced);
+    }
+
+    #[test]
+    fn small_skews_need_both_significance_and_size() {
+        // 2% over the mean on a million keys: significant, but not worth refusing.
+        let mut c = vec![62_500u64; 16];
+        c[0] = 63_750;
+        c[1] = 61_250;
+        let d = Distribution::from_counts(c);
+        assert!(d.p_value < 0.001);
+        assert_eq!(d.verdict(&Thresholds::default()), Verdict::Balanced);
+        // A large ratio on a handful of keys is noise, not evidence.
+        let d = Distribution::from_counts(vec![3, 1, 0, 1, 0, 2, 1, 0]);
+        assert_eq!(d.verdict(&Thresholds::default()), Verdict::Inconclusive);
+        // But everything in one partition is bias.
+        let d = Distribution::from_counts(vec![0, 9, 0, 0]);
+        assert_eq!(d.verdict(&Thresholds::default()), Verdict::Biased);
+    }
+
+    #[test]
+    fn fair_hash_is_balanced_and_prefix_hash_is_biased() {
+        let keys: Vec<Vec<u8>> = (0..50_000u32).map(|i| format!("acct{i:08}").into_bytes()).collect();
+        let t = Thresholds::default();
+        for seed in 0..5 {
+            let spec = PartitionSpec::Hash {
+                partitions: 16,
+                seed,
+                hashed_prefix: None,
+            };
+            let d = predict(&spec, &keys).unwrap();
+            assert_eq!(d.verdict(&t), Verdict::Balanced, "seed {seed}: {d:?}");
+            assert!(d.p_value > 1e-4);
+        }
+        // The ledger's bug: a prefix that covers more than the constant part is still
+        // skewed when the varying part has few values.
+        let keys2: Vec<Vec<u8>> = (0..50_000u32)
+            .map(|i| format!("{}-{i:08}", ["eu", "us", "ap"][(i % 3) as usize]).into_bytes())
+            .collect();
+        let d = predict(&PartitionSpec::parse("hash:16:7:4").unwrap(), &keys2).unwrap();
+        assert_eq!(d.verdict(&t), Verdict::Biased);
+        assert!(d.empty_partitions() >= 10);
+        assert!(predict(&PartitionSpec::parse("hash:0").unwrap_or_default(), &keys).is_ok());
+    }
+
+    #[test]
+    fn analyze_a_directory_from_index_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            dir.path(),
+            sluice::Options {
+                block_size: 256,
+                ..sluice::Options::default()
+            },
+        )
+        .unwrap();
+        for i in 0..20_000u32 {
+            db.put(format!("acct{i:08}"), "balance").unwrap();
+        }
+        db.flush().unwrap();
+        let good = PartitionSpec::parse("hash:8:1").unwrap();
+        let bad = PartitionSpec::parse("hash:8:1:4").unwrap();
+        let a = analyze_db(&db, &good, DEFAULT_SAMPLE, Thresholds::default()).unwrap();
+        assert_eq!(a.verdict, Verdict::Balanced, "{a:?}");
+        assert!(a.sample.keys > 100);
+        db.close().unwrap();
+        let a = analyze_dir(dir.path(), &bad, DEFAULT_SAMPLE, Thresholds::default()).unwrap();
+        assert_eq!(a.verdict, Verdict::Biased);
+        assert_eq!(a.distribution.max_share(), 1.0);
+        let small = analyze_dir(dir.path(), &good, 10, Thresholds::default()).unwrap();
+        assert_eq!(small.sample.keys, 10);
+        assert_eq!(small.verdict, Verdict::Inconclusive);
+    }
+}

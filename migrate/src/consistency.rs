@@ -80,7 +80,11 @@ pub fn check(db: &Db, mode: CheckMode) -> Result<ConsistencyReport> {
                     .map(|p| p.index)
                     .collect();
                 let step = (with_data.len() / partitions.max(1)).max(1);
-                with_data.into_iter().step_by(step).take(partitions).collect()
+                with_data
+                    .into_iter()
+                    .step_by(step)
+                    .take(partitions)
+                    .collect()
             }
         };
         let limit = match mode {

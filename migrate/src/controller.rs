@@ -228,7 +228,8 @@ impl Controller {
     }
 
     fn save(&mut self) -> Result<()> {
-        self.db.store_controller_state(self.epoch, &self.rec.encode())
+        self.db
+            .store_controller_state(self.epoch, &self.rec.encode())
     }
 
     fn plan_ref(&self) -> Result<&PlanRecord> {
@@ -345,7 +346,10 @@ impl Controller {
                 prediction.max_over_mean
             )
         } else {
-            format!("planned {to} = {spec} (max/mean {:.2})", prediction.max_over_mean)
+            format!(
+                "planned {to} = {spec} (max/mean {:.2})",
+                prediction.max_over_mean
+            )
         };
         self.go(State::Planned, reason)?;
         Ok(PlanReport {
@@ -393,7 +397,9 @@ impl Controller {
             self.rollback(&reason)?;
             return Err(Error::LayoutRefused(reason));
         }
-        if let (Some(expected), Some(now)) = (self.rec.reconciliation.clone(), self.reconcile_now()?) {
+        if let (Some(expected), Some(now)) =
+            (self.rec.reconciliation.clone(), self.reconcile_now()?)
+        {
             if now != expected && self.cfg.triggers.on_reconciliation_mismatch {
                 let reason =
                     format!("reconciliation changed at {when}: expected {expected}, got {now}");
@@ -602,7 +608,12 @@ impl Controller {
 
     /// Splits a hot partition of the target layout into `into` virtual sub-partitions by
     /// planning (and starting) a migration to a `Split` version of the current function.
-    pub fn split_hot_partition(&mut self, partition: u32, into: u32, seed: u64) -> Result<PlanReport> {
+    pub fn split_hot_partition(
+        &mut self,
+        partition: u32,
+        into: u32,
+        seed: u64,
+    ) -> Result<PlanReport> {
         let layout = self.db.layout();
         let target = layout
             .versions
@@ -617,7 +628,13 @@ impl Controller {
         };
         spec.validate()?;
         // A split is uneven by design relative to the base, so the gate is advisory here.
-        let report = self.plan(spec, PlanOptions { force: true, checkpoint_dir: None })?;
+        let report = self.plan(
+            spec,
+            PlanOptions {
+                force: true,
+                checkpoint_dir: None,
+            },
+        )?;
         self.start()?;
         Ok(report)
     }

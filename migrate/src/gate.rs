@@ -119,7 +119,9 @@ fn gamma_p_series(a: f64, x: f64) -> f64 {
             break;
         }
     }
-    (sum.ln() - x + a * x.ln() - ln_gamma(a)).exp().clamp(0.0, 1.0)
+    (sum.ln() - x + a * x.ln() - ln_gamma(a))
+        .exp()
+        .clamp(0.0, 1.0)
 }
 
 fn gamma_q_fraction(a: f64, x: f64) -> f64 {

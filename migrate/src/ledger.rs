@@ -216,8 +216,14 @@ fn transfer_loop(db: Db, cfg: LedgerConfig, sh: Arc<Shared>, thread: u64) {
                 }
             };
             let (fb, tb) = (balance_of(&fv), balance_of(&tv));
-            let payload = &fv[fv.iter().position(|&b| b == b'|').map_or(fv.len(), |p| p + 1)..];
-            let tpayload = &tv[tv.iter().position(|&b| b == b'|').map_or(tv.len(), |p| p + 1)..];
+            let payload = &fv[fv
+                .iter()
+                .position(|&b| b == b'|')
+                .map_or(fv.len(), |p| p + 1)..];
+            let tpayload = &tv[tv
+                .iter()
+                .position(|&b| b == b'|')
+                .map_or(tv.len(), |p| p + 1)..];
             t.put(&fk, account_value(fb - amount, payload));
             t.put(&tk, account_value(tb + amount, tpayload));
             t.put(format!("txn:{id:012}"), format!("{from}>{to}:{amount}"));
@@ -244,7 +250,10 @@ fn transfer_loop(db: Db, cfg: LedgerConfig, sh: Arc<Shared>, thread: u64) {
                     sh.conflicts.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    sh.errors.lock().unwrap().push(format!("transfer {id}: {e}"));
+                    sh.errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("transfer {id}: {e}"));
                     return;
                 }
             }
@@ -272,7 +281,10 @@ fn max_share(db: &Db, version: sluice::VersionId) -> f64 {
         .find(|v| v.id == version)
         .map(|v| {
             let total = v.bytes().max(1) as f64;
-            v.partitions.iter().map(|p| p.bytes as f64 / total).fold(0.0, f64::max)
+            v.partitions
+                .iter()
+                .map(|p| p.bytes as f64 / total)
+                .fold(0.0, f64::max)
         })
         .unwrap_or(0.0)
 }
@@ -301,7 +313,10 @@ pub fn run(cfg: &LedgerConfig, on: &mut dyn FnMut(LedgerEvent)) -> Result<Ledger
     let payload = vec![b'.'; cfg.payload_bytes];
     let mut b = sluice::WriteBatch::new();
     for i in 0..cfg.accounts {
-        b.put(cfg.account_key(i), account_value(cfg.initial_balance, &payload));
+        b.put(
+            cfg.account_key(i),
+            account_value(cfg.initial_balance, &payload),
+        );
         if b.len() >= 1000 {
             db.write(std::mem::take(&mut b))?;
         }
@@ -353,7 +368,10 @@ pub fn run(cfg: &LedgerConfig, on: &mut dyn FnMut(LedgerEvent)) -> Result<Ledger
     for r in snap.range("txn:".."txn;") {
         let (k, _) = r?;
         records += 1;
-        let id: u64 = std::str::from_utf8(&k[4..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let id: u64 = std::str::from_utf8(&k[4..])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         if !log.contains_key(&id) {
             summary.duplicated_writes += 1;
         }
@@ -426,7 +444,10 @@ fn drive(
     let mut c = Controller::attach(db.clone(), ccfg)?;
     c.set_reconciliation(Box::new(|s| sum_balances(s).map(|v| v.to_string())));
 
-    on(LedgerEvent::Phase(format!("planning v2 = {}", cfg.biased_spec())));
+    on(LedgerEvent::Phase(format!(
+        "planning v2 = {}",
+        cfg.biased_spec()
+    )));
     match c.plan(cfg.biased_spec(), PlanOptions::default()) {
         Err(e) => on(LedgerEvent::Note(format!("analysis gate: {e}"))),
         Ok(_) => return Err(Error::Background("the biased hash passed the gate".into())),
@@ -522,6 +543,8 @@ fn drive(
         .iter()
         .map(|e| format!("{} -> {}: {}", e.from, e.to, e.reason))
         .collect();
-    on(LedgerEvent::Phase("migration complete: v1 and v2 retired".into()));
+    on(LedgerEvent::Phase(
+        "migration complete: v1 and v2 retired".into(),
+    ));
     Ok(())
 }

@@ -12,8 +12,8 @@ pub mod state;
 
 pub use consistency::{check, CheckMode, ConsistencyReport};
 pub use controller::{
-    Controller, ControllerConfig, Observation, PlanOptions, PlanReport, Reconciliation,
-    TickReport, Triggers,
+    Controller, ControllerConfig, Observation, PlanOptions, PlanReport, Reconciliation, TickReport,
+    Triggers,
 };
 pub use gate::Prediction;
 pub use state::{Event, PlanRecord, Record, State};

@@ -182,7 +182,9 @@ mod tests {
         assert!(Migrating.allows(Paused));
         assert!(Paused.allows(Migrating));
         assert!(Finalizing.allows(Complete));
-        for s in [Planned, Shadowing, Validating, Migrating, Paused, Finalizing] {
+        for s in [
+            Planned, Shadowing, Validating, Migrating, Paused, Finalizing,
+        ] {
             assert!(s.allows(RollingBack), "{s}");
         }
         assert!(!Complete.allows(RollingBack));

@@ -75,7 +75,10 @@ fn attach(db: &Db) -> Controller {
 }
 
 fn check_data(db: &Db) {
-    assert_eq!(sum(&db.snapshot()).unwrap(), (ACCOUNTS as i64 * 100).to_string());
+    assert_eq!(
+        sum(&db.snapshot()).unwrap(),
+        (ACCOUNTS as i64 * 100).to_string()
+    );
     for i in (0..ACCOUNTS).step_by(97) {
         assert_eq!(db.get(key(i)).unwrap().as_deref(), Some(&b"100"[..]));
     }
@@ -91,7 +94,13 @@ fn biased_candidate_is_refused_unless_forced() {
     assert_eq!(c.state(), State::Stable);
     assert_eq!(db.layout().versions.len(), 1, "nothing registered");
     let r = c
-        .plan(biased(), PlanOptions { force: true, ..Default::default() })
+        .plan(
+            biased(),
+            PlanOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(r.biased && r.forced);
     assert!(r.prediction.max_over_mean > 2.0, "{:?}", r.prediction);
@@ -105,7 +114,13 @@ fn full_lifecycle_with_retarget_and_rollback() {
     let db = setup(dir.path());
     let mut c = attach(&db);
     let v2 = c
-        .plan(biased(), PlanOptions { force: true, ..Default::default() })
+        .plan(
+            biased(),
+            PlanOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
         .unwrap()
         .version;
     c.shadow().unwrap();
@@ -130,7 +145,11 @@ fn full_lifecycle_with_retarget_and_rollback() {
     check_data(&db);
     db.put(key(1), "100").unwrap();
     c.plan(good(), PlanOptions::default()).unwrap();
-    assert_eq!(c.record().plan.as_ref().unwrap().to, v3.0, "reuses the live v3");
+    assert_eq!(
+        c.record().plan.as_ref().unwrap().to,
+        v3.0,
+        "reuses the live v3"
+    );
     c.start().unwrap();
     c.finish().unwrap();
     assert_eq!(c.state(), State::Complete);
@@ -249,7 +268,12 @@ fn crash_between_target_switch_and_record_is_recognised() {
     let db = Db::open(dir.path(), opts()).unwrap();
     let c = attach(&db);
     assert_eq!(c.state(), State::Migrating);
-    assert!(c.events().last().unwrap().reason.contains("already switched"));
+    assert!(c
+        .events()
+        .last()
+        .unwrap()
+        .reason
+        .contains("already switched"));
 }
 
 #[test]

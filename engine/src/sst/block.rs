@@ -79,14 +79,23 @@ impl Block {
     pub fn new(data: Bytes, file: &Path, offset: u64) -> Result<Block> {
         let n = data.len();
         if n < 4 {
-            return Err(Error::corruption(file, offset, "block shorter than its entry count"));
+            return Err(Error::corruption(
+                file,
+                offset,
+                "block shorter than its entry count",
+            ));
         }
-        let count = u32::from_le_bytes([data[n - 4], data[n - 3], data[n - 2], data[n - 1]]) as usize;
+        let count =
+            u32::from_le_bytes([data[n - 4], data[n - 3], data[n - 2], data[n - 1]]) as usize;
         let entries_end = count
             .checked_mul(4)
             .and_then(|o| (n - 4).checked_sub(o))
             .ok_or_else(|| {
-                Error::corruption(file, offset, format!("block entry count {count} does not fit"))
+                Error::corruption(
+                    file,
+                    offset,
+                    format!("block entry count {count} does not fit"),
+                )
             })?;
         Ok(Block {
             data,
@@ -151,7 +160,11 @@ impl Block {
     pub fn entry(&self, i: usize, file: &Path, base: u64) -> Result<Entry> {
         let (ks, ke, trailer, vs, ve) = self.parts(i, file, base)?;
         let kind = Kind::from_u8(trailer as u8).ok_or_else(|| {
-            Error::corruption(file, base, format!("block entry {i}: bad kind {}", trailer as u8))
+            Error::corruption(
+                file,
+                base,
+                format!("block entry {i}: bad kind {}", trailer as u8),
+            )
         })?;
         Ok(Entry {
             key: self.data.slice(ks..ke),
@@ -222,7 +235,10 @@ mod tests {
         let p = Path::new("t");
         assert_eq!(b.len(), 4);
         let e = b.entry(2, p, 0).unwrap();
-        assert_eq!((&e.key[..], e.seqno, e.kind, &e.value[..]), (&b"b"[..], 3, Kind::Value, &b"b3"[..]));
+        assert_eq!(
+            (&e.key[..], e.seqno, e.kind, &e.value[..]),
+            (&b"b"[..], 3, Kind::Value, &b"b3"[..])
+        );
         assert_eq!(b.seek(b"b", u64::MAX, p, 0).unwrap(), 1);
         assert_eq!(b.seek(b"b", 5, p, 0).unwrap(), 2);
         assert_eq!(b.seek(b"c", u64::MAX, p, 0).unwrap(), 3);
@@ -234,7 +250,12 @@ mod tests {
     fn flipped_bytes_give_errors_or_entries_never_panics() {
         let mut bb = BlockBuilder::new();
         for i in 0..20u64 {
-            bb.add(format!("key{i:03}").as_bytes(), 100 - i, Kind::Value, b"value");
+            bb.add(
+                format!("key{i:03}").as_bytes(),
+                100 - i,
+                Kind::Value,
+                b"value",
+            );
         }
         let mut out = Vec::new();
         bb.finish_into(&mut out);

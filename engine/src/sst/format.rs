@@ -107,7 +107,13 @@ impl TableProps {
         let kind = match d.u8("table kind")? {
             1 => TableKind::Data,
             2 => TableKind::Pointers,
-            k => return Err(Error::corruption(path, at, format!("unknown table kind {k}"))),
+            k => {
+                return Err(Error::corruption(
+                    path,
+                    at,
+                    format!("unknown table kind {k}"),
+                ))
+            }
         };
         let p = TableProps {
             format_version,
@@ -312,9 +318,18 @@ mod tests {
     #[test]
     fn footer_round_trip_and_every_flip_detected() {
         let f = Footer {
-            filter: BlockHandle { offset: 10, size: 20 },
-            index: BlockHandle { offset: 35, size: 40 },
-            props: BlockHandle { offset: 80, size: 50 },
+            filter: BlockHandle {
+                offset: 10,
+                size: 20,
+            },
+            index: BlockHandle {
+                offset: 35,
+                size: 40,
+            },
+            props: BlockHandle {
+                offset: 80,
+                size: 50,
+            },
             format_version: TABLE_FORMAT_VERSION,
         };
         let mut file = vec![0u8; 200];
@@ -354,7 +369,10 @@ mod tests {
             offset: 0,
             size: body.len() as u64,
         };
-        assert_eq!(checked_block(&file, h, Path::new("t")).unwrap().1, &body[..]);
+        assert_eq!(
+            checked_block(&file, h, Path::new("t")).unwrap().1,
+            &body[..]
+        );
         for i in 0..file.len() {
             let mut c = file.clone();
             c[i] ^= 0x80;

@@ -50,12 +50,22 @@ impl std::fmt::Debug for Table {
 
 impl Table {
     /// Opens and checks a table file. `id` keys its blocks in the cache.
-    pub fn open(fs: &dyn Fs, path: &Path, id: u64, cache: Option<Arc<BlockCache>>) -> Result<Table> {
+    pub fn open(
+        fs: &dyn Fs,
+        path: &Path,
+        id: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
         let data = fs.map(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(data, path, id, cache)
     }
 
-    pub fn from_bytes(data: Bytes, path: &Path, id: u64, cache: Option<Arc<BlockCache>>) -> Result<Table> {
+    pub fn from_bytes(
+        data: Bytes,
+        path: &Path,
+        id: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
         let footer = Footer::decode(&data, path)?;
         let (_, pb) = checked_block(&data, footer.props, path)?;
         let props = TableProps::decode(pb, path, footer.props.offset)?;
@@ -193,7 +203,10 @@ impl Table {
                     return Err(Error::corruption(
                         &self.path,
                         h.offset,
-                        format!("zstd block decoded to {} bytes, expected {raw_len}", v.len()),
+                        format!(
+                            "zstd block decoded to {} bytes, expected {raw_len}",
+                            v.len()
+                        ),
                     ));
                 }
                 v

@@ -21,7 +21,11 @@ fn entries(n: u32) -> Vec<Entry> {
             v.push(Entry {
                 key: key.clone(),
                 seqno: 1000 + i as u64,
-                kind: if i % 7 == 0 { Kind::Delete } else { Kind::Value },
+                kind: if i % 7 == 0 {
+                    Kind::Delete
+                } else {
+                    Kind::Value
+                },
                 value: if i % 7 == 0 {
                     Bytes::new()
                 } else {
@@ -75,7 +79,10 @@ fn round_trip_gets_and_properties() {
         let es = entries(2000);
         let props = write(&p, &es, compression);
         assert_eq!(props.entries, es.len() as u64);
-        assert_eq!((props.layout_version, props.partition, props.fingerprint), (2, 3, 77));
+        assert_eq!(
+            (props.layout_version, props.partition, props.fingerprint),
+            (2, 3, 77)
+        );
         assert_eq!(props.smallest, b"key000000");
         assert_eq!(props.largest, b"key001999");
         let t = open(&p, true).unwrap();
@@ -89,7 +96,10 @@ fn round_trip_gets_and_properties() {
         let got = t.get(k, key_hash(k), 500).unwrap().unwrap();
         assert_eq!(got.seqno, 4);
         assert!(t.get(k, key_hash(k), 3).unwrap().is_none());
-        assert!(t.get(b"key0000035", key_hash(b"key0000035"), u64::MAX).unwrap().is_none());
+        assert!(t
+            .get(b"key0000035", key_hash(b"key0000035"), u64::MAX)
+            .unwrap()
+            .is_none());
         assert!(t.get(b"zzz", key_hash(b"zzz"), u64::MAX).unwrap().is_none());
     }
 }
@@ -113,13 +123,22 @@ fn iteration_both_directions_and_ranges() {
         (Bound::Excluded(k(99)), Bound::Included(k(300))),
         (Bound::Unbounded, Bound::Included(k(5))),
         (Bound::Included(k(650)), Bound::Unbounded),
-        (Bound::Included(Bytes::from("key0001005")), Bound::Excluded(Bytes::from("key0002"))),
+        (
+            Bound::Included(Bytes::from("key0001005")),
+            Bound::Excluded(Bytes::from("key0002")),
+        ),
         (Bound::Included(k(400)), Bound::Excluded(k(400))),
     ];
     for (s, e) in cases {
         let expect: Vec<Entry> = es
             .iter()
-            .filter(|x| crate::iter::KeyRange { start: s.clone(), end: e.clone() }.contains(&x.key))
+            .filter(|x| {
+                crate::iter::KeyRange {
+                    start: s.clone(),
+                    end: e.clone(),
+                }
+                .contains(&x.key)
+            })
             .cloned()
             .collect();
         let got: Vec<Entry> = TableIter::new(t.clone(), s.clone(), e.clone())

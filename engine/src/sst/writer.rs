@@ -49,12 +49,17 @@ pub struct TableWriter {
 }
 
 impl TableWriter {
-    pub fn create(fs: &dyn Fs, path: &Path, opts: TableOptions, owner: TableOwner) -> Result<TableWriter> {
+    pub fn create(
+        fs: &dyn Fs,
+        path: &Path,
+        opts: TableOptions,
+        owner: TableOwner,
+    ) -> Result<TableWriter> {
         let file = fs.create(path).map_err(|e| Error::io(path, e))?;
         let compressor = match opts.compression {
-            Compression::Zstd(level) => Some(
-                zstd::bulk::Compressor::new(level).map_err(|e| Error::io(path, e))?,
-            ),
+            Compression::Zstd(level) => {
+                Some(zstd::bulk::Compressor::new(level).map_err(|e| Error::io(path, e))?)
+            }
             Compression::None => None,
         };
         Ok(TableWriter {

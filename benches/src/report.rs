@@ -1,0 +1,208 @@
+//! Measurements and their presentation: latency histograms, process and directory figures,
+//! and the per-workload report (a table row, or one JSON line).
+
+use std::io;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::BenchResult;
+
+/// Per-operation latencies in nanoseconds. Nanoseconds rather than microseconds because a
+/// memtable hit takes well under one; the report converts.
+pub struct Latency(Histogram<u64>);
+
+impl Latency {
+    /// An hour: anything slower is a hang, recorded at the ceiling rather than dropped.
+    const MAX_NANOS: u64 = 3_600_000_000_000;
+
+    pub fn new() -> Latency {
+        Latency(
+            Histogram::new_with_bounds(1, Self::MAX_NANOS, 3)
+                .expect("constant histogram bounds are valid"),
+        )
+    }
+
+    pub fn record(&mut self, nanos: u64) {
+        self.0.saturating_record(nanos.max(1));
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides, so adding cannot fail; saturate rather than panic anyway.
+        if self.0.add(&other.0).is_err() {
+            for v in other.0.iter_recorded() {
+                self.0
+                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), or `None` where `/proc` is
+/// unavailable. It is a high-water mark: it never goes down between workloads.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Bytes of every file under `dir`. Compactions delete files while we walk, so a file that
+/// vanishes between listing and `stat` counts as zero instead of failing the run.
+pub fn disk_bytes(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
+            total += disk_bytes(&entry.path())?;
+        } else {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// One workload's results. Field names are a stable interface for scripts reading `--json`;
+/// add fields, never rename them.
+#[derive(Debug, Serialize)]
+pub struct WorkloadReport {
+    pub workload: String,
+    pub num: u64,
+    pub threads: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// The engine's cumulative write amplification since open (`Stats::write_amplification`).
+    pub write_amp: f64,
+    pub disk_bytes: u64,
+    pub peak_rss_mb: Option<f64>,
+    /// Time writers were stopped or slowed down during this workload.
+    pub stall_ms: f64,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub partition: String,
+    pub sync: bool,
+    /// Device bytes (WAL + flush + compaction) over user bytes written during this workload
+    /// alone; `None` when it wrote nothing. Compaction debt left behind by one workload is
+    /// paid, and counted, in the next.
+    pub workload_write_amp: Option<f64>,
+    pub user_bytes_written: u64,
+    pub device_bytes_written: u64,
+    /// Point reads that found a value, entries returned by scans, or transfers whose two
+    /// accounts both existed; `None` for pure write workloads.
+    pub found: Option<u64>,
+    /// Writes done by the background writer of `readwhilewriting`.
+    pub background_writes: Option<u64>,
+}
+
+impl WorkloadReport {
+    pub fn json_line(&self) -> BenchResult<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    pub fn table_header() -> String {
+        format!(
+            "{:<17} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>9} {:>8} {:>9}  {}",
+            "workload",
+            "ops",
+            "secs",
+            "ops/s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "WA",
+            "WA(w)",
+            "disk MB",
+            "RSS MB",
+            "stall ms",
+            "notes"
+        )
+    }
+
+    pub fn table_row(&self) -> String {
+        let mut notes = Vec::new();
+        if let Some(found) = self.found {
+            notes.push(match self.workload.as_str() {
+                "seekrandom" => {
+                    format!("{:.1} entries/scan", found as f64 / self.ops.max(1) as f64)
+                }
+                "txntransfer" => format!("{found} of {} with both accounts", self.ops),
+                _ => format!("{found} of {} found", self.ops),
+            });
+        }
+        if let Some(w) = self.background_writes {
+            notes.push(format!("{w} background writes"));
+        }
+        format!(
+            "{:<17} {:>10} {:>8.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>6.2} {:>6} {:>9.1} {:>8} {:>9.0}  {}",
+            self.workload,
+            self.ops,
+            self.seconds,
+            self.ops_per_sec,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.write_amp,
+            self.workload_write_amp
+                .map_or_else(|| "-".to_string(), |w| format!("{w:.2}")),
+            self.disk_bytes as f64 / (1 << 20) as f64,
+            self.peak_rss_mb
+                .map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
+            self.stall_ms,
+            notes.join("; ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_percentiles() {
+        let mut a = Latency::new();
+        let mut b = Latency::new();
+        (1..=500).for_each(|i| a.record(i * 1000));
+        (501..=1000).for_each(|i| b.record(i * 1000));
+        a.merge(&b);
+        assert_eq!(a.count(), 1000);
+        let p50 = a.quantile_us(0.5);
+        assert!((499.0..=501.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_mb().unwrap() > 0.0);
+        }
+    }
+}

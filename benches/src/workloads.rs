@@ -1,0 +1,426 @@
+//! The workloads and the harness that runs them on N threads with per-operation timing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use sluice::{Db, WriteBatch, WriteOptions};
+
+use crate::keys::{mix64, write_key, write_missing_key, Permutation, ValueGen};
+use crate::report::Latency;
+use crate::BenchResult;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Write --num keys in key order.
+    #[value(name = "fillseq")]
+    FillSeq,
+    /// Write each of --num keys once, in random order.
+    #[value(name = "fillrandom")]
+    FillRandom,
+    /// Write --num random keys of the existing key space.
+    #[value(name = "overwrite")]
+    Overwrite,
+    /// Point-read random existing keys.
+    #[value(name = "readrandom")]
+    ReadRandom,
+    /// Point-read keys that do not exist.
+    #[value(name = "readmissing")]
+    ReadMissing,
+    /// Seek to a random key and read the next 100 entries.
+    #[value(name = "seekrandom")]
+    SeekRandom,
+    /// --threads measured readers while one writer writes continuously.
+    #[value(name = "readwhilewriting")]
+    ReadWhileWriting,
+    /// Read two random accounts and write both back in one atomic batch.
+    #[value(name = "batchtransfer")]
+    BatchTransfer,
+    #[value(name = "txntransfer")]
+    TxnTransfer,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::FillSeq => "fillseq",
+            Workload::FillRandom => "fillrandom",
+            Workload::Overwrite => "overwrite",
+            Workload::ReadRandom => "readrandom",
+            Workload::ReadMissing => "readmissing",
+            Workload::SeekRandom => "seekrandom",
+            Workload::ReadWhileWriting => "readwhilewriting",
+            Workload::BatchTransfer => "batchtransfer",
+            Workload::TxnTransfer => "txntransfer",
+        }
+    }
+
+    /// Read workloads run `--reads` operations; the others `--num`.
+    fn is_read(self) -> bool {
+        matches!(
+            self,
+            Workload::ReadRandom
+                | Workload::ReadMissing
+                | Workload::SeekRandom
+                | Workload::ReadWhileWriting
+        )
+    }
+
+    /// Whether the report's `found` figure means anything for this workload.
+    fn counts_hits(self) -> bool {
+        self.is_read() || self == Workload::TxnTransfer
+    }
+}
+
+/// What every workload needs to know, fixed for the whole run.
+pub struct Settings {
+    /// Size of the key space: keys are `0..num`.
+    pub num: u64,
+    pub reads: u64,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub threads: usize,
+    pub write_options: WriteOptions,
+    pub duration: Option<Duration>,
+    pub seed: u64,
+}
+
+/// Entries a `seekrandom` operation reads after its seek, as in db_bench's `seek_nexts`.
+const SCAN_LENGTH: usize = 100;
+
+/// What the harness measured.
+pub struct Measured {
+    pub ops: u64,
+    pub seconds: f64,
+    pub latency: Latency,
+    pub found: Option<u64>,
+    pub background_writes: Option<u64>,
+}
+
+/// Per-thread state every operation closure starts from.
+struct ThreadKit {
+    rng: fastrand::Rng,
+    key: Vec<u8>,
+    values: ValueGen,
+}
+
+impl ThreadKit {
+    fn new(s: &Settings, workload_index: usize, thread: usize) -> ThreadKit {
+        // Distinct, reproducible streams per (workload, thread) from one --seed.
+        let seed = mix64(s.seed ^ mix64(((workload_index as u64) << 32) | thread as u64));
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let values = ValueGen::new(&mut rng, s.value_size);
+        ThreadKit {
+            rng,
+            key: vec![0; s.key_size],
+            values,
+        }
+    }
+}
+
+pub fn run(
+    db: &Db,
+    s: &Settings,
+    workload: Workload,
+    workload_index: usize,
+) -> BenchResult<Measured> {
+    let total = if workload.is_read() { s.reads } else { s.num };
+    let n = s.num;
+    let wo = s.write_options;
+    let kit = |t: usize| ThreadKit::new(s, workload_index, t);
+    let mut m = match workload {
+        Workload::FillSeq => {
+            let split = split_ops(total, s.threads);
+            harness(s, total, |t| {
+                let mut k = kit(t);
+                let first = split[..t].iter().sum::<u64>();
+                move |i| {
+                    write_key(&mut k.key, first + i);
+                    put(db, &k.key, k.values.next(s.value_size), &wo)
+                }
+            })?
+        }
+        Workload::FillRandom => {
+            let perm = Permutation::new(n, mix64(s.seed ^ workload_index as u64));
+            let split = split_ops(total, s.threads);
+            let perm = &perm;
+            harness(s, total, |t| {
+                let mut k = kit(t);
+                let first = split[..t].iter().sum::<u64>();
+                move |i| {
+                    write_key(&mut k.key, perm.get(first + i));
+                    put(db, &k.key, k.values.next(s.value_size), &wo)
+                }
+            })?
+        }
+        Workload::Overwrite => harness(s, total, |t| {
+            let mut k = kit(t);
+            move |_| {
+                write_key(&mut k.key, k.rng.u64(0..n));
+                put(db, &k.key, k.values.next(s.value_size), &wo)
+            }
+        })?,
+        Workload::ReadRandom => harness(s, total, |t| {
+            let mut k = kit(t);
+            move |_| {
+                write_key(&mut k.key, k.rng.u64(0..n));
+                Ok(db.get(&k.key)?.is_some() as u64)
+            }
+        })?,
+        Workload::ReadMissing => harness(s, total, |t| {
+            let mut k = kit(t);
+            move |_| {
+                write_missing_key(&mut k.key, k.rng.u64(0..n));
+                Ok(db.get(&k.key)?.is_some() as u64)
+            }
+        })?,
+        Workload::SeekRandom => harness(s, total, |t| {
+            let mut k = kit(t);
+            move |_| {
+                write_key(&mut k.key, k.rng.u64(0..n));
+                let mut seen = 0;
+                for entry in db.range(k.key.as_slice()..).take(SCAN_LENGTH) {
+                    entry?;
+                    seen += 1;
+                }
+                Ok(seen)
+            }
+        })?,
+        Workload::ReadWhileWriting => read_while_writing(db, s, workload_index)?,
+        Workload::BatchTransfer | Workload::TxnTransfer => {
+            if n < 2 {
+                return Err(
+                    "batchtransfer and txntransfer need --num of at least 2 (two distinct accounts)".into(),
+                );
+            }
+            harness(s, total, |t| {
+                let mut k = kit(t);
+                let mut other = vec![0; s.key_size];
+                move |_| {
+                    let a = k.rng.u64(0..n);
+                    let b = (a + 1 + k.rng.u64(0..n - 1)) % n;
+                    write_key(&mut k.key, a);
+                    write_key(&mut other, b);
+                    let f = if workload == Workload::BatchTransfer {
+                        transfer
+                    } else {
+                        txn_transfer
+                    };
+                    f(
+                        db,
+                        &k.key,
+                        &other,
+                        &mut k.rng,
+                        &mut k.values,
+                        s.value_size,
+                        &wo,
+                    )
+                }
+            })?
+        }
+    };
+    if !workload.counts_hits() {
+        m.found = None;
+    }
+    Ok(m)
+}
+
+fn put(db: &Db, key: &[u8], value: &[u8], wo: &WriteOptions) -> BenchResult<u64> {
+    let mut b = WriteBatch::new();
+    b.put(key, value);
+    db.write_opt(b, wo)?;
+    Ok(0)
+}
+
+/// An atomic 2-key batch, as a transfer writes it: both accounts' new values in one
+/// `WriteBatch` (one seqno range, one WAL record), no reads. The read-modify-write shape,
+/// with conflict checks, is `txntransfer`.
+fn transfer(
+    db: &Db,
+    from: &[u8],
+    to: &[u8],
+    _rng: &mut fastrand::Rng,
+    values: &mut ValueGen,
+    value_size: usize,
+    wo: &WriteOptions,
+) -> BenchResult<u64> {
+    let mut b = WriteBatch::new();
+    b.put(from, values.next(value_size));
+    b.put(to, values.next(value_size));
+    db.write_opt(b, wo)?;
+    Ok(1)
+}
+
+/// The ledger's transfer as an optimistic transaction: read both balances at a snapshot,
+/// write both back, commit (retrying on conflict). Counts the retries as misses.
+fn txn_transfer(
+    db: &Db,
+    from: &[u8],
+    to: &[u8],
+    rng: &mut fastrand::Rng,
+    values: &mut ValueGen,
+    value_size: usize,
+    wo: &WriteOptions,
+) -> BenchResult<u64> {
+    let amount = rng.u64(1..=100);
+    let balance = |v: Option<&[u8]>| -> u64 {
+        let mut raw = [0u8; 8];
+        if let Some(v) = v {
+            let n = v.len().min(8);
+            raw[..n].copy_from_slice(&v[..n]);
+        }
+        u64::from_le_bytes(raw)
+    };
+    let set = |buf: &mut Vec<u8>, bal: u64| {
+        let n = buf.len().min(8);
+        buf[..n].copy_from_slice(&bal.to_le_bytes()[..n]);
+    };
+    loop {
+        let mut t = db.transaction();
+        let from_old = t.get(from)?;
+        let to_old = t.get(to)?;
+        let mut from_new = values.next(value_size).to_vec();
+        let mut to_new = values.next(value_size).to_vec();
+        set(
+            &mut from_new,
+            balance(from_old.as_deref()).wrapping_sub(amount),
+        );
+        set(&mut to_new, balance(to_old.as_deref()).wrapping_add(amount));
+        t.put(from, &from_new);
+        t.put(to, &to_new);
+        match t.commit_opt(wo) {
+            Ok(()) => return Ok((from_old.is_some() && to_old.is_some()) as u64),
+            Err(sluice::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `--threads` measured readers, plus one writer that overwrites random keys until the
+/// readers are done. Only the readers are timed: this measures read latency under write and
+/// compaction load, the writer's own rate is reported as `background_writes`.
+fn read_while_writing(db: &Db, s: &Settings, workload_index: usize) -> BenchResult<Measured> {
+    let n = s.num;
+    let stop = AtomicBool::new(false);
+    let writer_failed = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    let (stop, writer_failed, written) = (&stop, &writer_failed, &written);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> BenchResult<()> {
+            let mut k = ThreadKit::new(s, workload_index, usize::MAX);
+            while !stop.load(Ordering::Relaxed) {
+                write_key(&mut k.key, k.rng.u64(0..n));
+                if let Err(e) = put(db, &k.key, k.values.next(s.value_size), &s.write_options) {
+                    writer_failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        let readers = harness(s, s.reads, |t| {
+            let mut k = ThreadKit::new(s, workload_index, t);
+            move |_| {
+                // Stop reading at once rather than report reads measured without writes.
+                if writer_failed.load(Ordering::Relaxed) {
+                    return Err("background writer failed".into());
+                }
+                write_key(&mut k.key, k.rng.u64(0..n));
+                Ok(db.get(&k.key)?.is_some() as u64)
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        let writer_result = writer
+            .join()
+            .map_err(|_| "background writer panicked".to_string())?;
+        // The writer's error explains a reader's "background writer failed"; report it first.
+        writer_result?;
+        let mut m = readers?;
+        m.background_writes = Some(written.load(Ordering::Relaxed));
+        Ok(m)
+    })
+}
+
+/// Splits `total` operations over `threads` so the shares add up exactly.
+fn split_ops(total: u64, threads: usize) -> Vec<u64> {
+    let t = threads as u64;
+    (0..t)
+        .map(|i| total / t + u64::from(i < total % t))
+        .collect()
+}
+
+/// Runs `total` operations over `s.threads` threads. `make(thread)` builds a thread's
+/// operation closure (outside the timed region); the closure gets the operation's index
+/// within its thread and returns how many hits it saw. Every thread starts on one barrier so
+/// the wall-clock time covers only concurrent work; an error in any thread stops them all.
+fn harness<F, Op>(s: &Settings, total: u64, make: F) -> BenchResult<Measured>
+where
+    F: Fn(usize) -> Op + Sync,
+    Op: FnMut(u64) -> BenchResult<u64>,
+{
+    let split = split_ops(total, s.threads);
+    let barrier = Barrier::new(s.threads + 1);
+    let failed = AtomicBool::new(false);
+    let (start, results) = std::thread::scope(|scope| {
+        let handles: Vec<_> = split
+            .iter()
+            .enumerate()
+            .map(|(t, &ops)| {
+                let (make, barrier, failed) = (&make, &barrier, &failed);
+                scope.spawn(move || -> BenchResult<(Latency, u64, u64)> {
+                    let mut op = make(t);
+                    let mut latency = Latency::new();
+                    let mut hits = 0;
+                    barrier.wait();
+                    let deadline = s.duration.map(|d| Instant::now() + d);
+                    let mut done = 0;
+                    while done < ops {
+                        if failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let began = Instant::now();
+                        if deadline.is_some_and(|d| began >= d) {
+                            break;
+                        }
+                        match op(done) {
+                            Ok(h) => hits += h,
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                        latency.record(began.elapsed().as_nanos() as u64);
+                        done += 1;
+                    }
+                    Ok((latency, hits, done))
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| "a workload thread panicked".to_string())
+            })
+            .collect();
+        (start, results)
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut latency = Latency::new();
+    let (mut hits, mut ops) = (0, 0);
+    for r in results {
+        let (l, h, d) = r??;
+        latency.merge(&l);
+        hits += h;
+        ops += d;
+    }
+    Ok(Measured {
+        ops,
+        seconds,
+        latency,
+        found: Some(hits),
+        background_writes: None,
+    })
+}

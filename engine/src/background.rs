@@ -115,8 +115,7 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
             None
         }
         Job::Compaction { job, manual } => {
-            core.busy.remove(&(job.version, job.partition));
-            core.reserved.retain(|r| r.job != job.id);
+            inner.release_job(core, &job);
             if manual {
                 core.manual_running -= 1;
             }

@@ -1,10 +1,18 @@
 //! The block cache: decompressed data blocks, bounded by their total size.
 //!
-//! Uncompressed blocks are served straight from the table's memory map and never enter the
-//! cache; the page cache already holds them.
+//! Blocks are read out of the tables' memory maps. Pages a map touches stay resident in
+//! the process until released, so the cache also keeps a budget of bytes read from maps:
+//! past it, a sweep (run off the read path) releases every map's pages. Resident memory is
+//! then about the cache's size plus the budget, however large the database.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
+
+use crate::fs::MappedPages;
 
 use crate::sst::block::Block;
 
@@ -20,7 +28,13 @@ impl Weighter<(u64, u32), Block> for BlockWeighter {
 pub struct BlockCache {
     cache: Cache<(u64, u32), Block, BlockWeighter>,
     capacity: u64,
+    maps: Mutex<Vec<Weak<MappedPages>>>,
+    touched: AtomicU64,
+    sweep_due: AtomicBool,
 }
+
+/// Bytes read out of memory maps between sweeps.
+const MAP_BUDGET: u64 = 32 << 20;
 
 impl BlockCache {
     /// A cache holding up to `bytes` of blocks.
@@ -29,7 +43,44 @@ impl BlockCache {
         BlockCache {
             cache: Cache::with_weighter(items, bytes.max(1), BlockWeighter),
             capacity: bytes,
+            maps: Mutex::new(Vec::new()),
+            touched: AtomicU64::new(0),
+            sweep_due: AtomicBool::new(false),
         }
+    }
+
+    /// Registers a table's map for sweeps.
+    pub fn track(&self, pages: &Arc<MappedPages>) {
+        let mut m = self.maps.lock();
+        if m.len() > 64 && m.len().is_power_of_two() {
+            m.retain(|w| w.strong_count() > 0);
+        }
+        m.push(Arc::downgrade(pages));
+    }
+
+    /// Counts bytes read out of a map; marks a sweep due past the budget.
+    #[inline]
+    pub fn touched(&self, bytes: u64) {
+        if self.touched.fetch_add(bytes, Ordering::Relaxed) + bytes > MAP_BUDGET {
+            self.sweep_due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Releases every live map's resident pages if a sweep is due. Returns whether it ran.
+    pub fn sweep_if_due(&self) -> bool {
+        if !self.sweep_due.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        self.touched.store(0, Ordering::Relaxed);
+        let live: Vec<Arc<MappedPages>> = {
+            let mut m = self.maps.lock();
+            m.retain(|w| w.strong_count() > 0);
+            m.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        for p in live {
+            p.release();
+        }
+        true
     }
 
     pub fn get(&self, table: u64, block: u32) -> Option<Block> {

@@ -21,13 +21,14 @@ use bytes::Bytes;
 
 use crate::db::{Core, Inner, View};
 use crate::error::{Error, Result};
-use crate::iter::{table_source, Direction, KeyRange, MergeIter, Source};
+use crate::cursor::MergeCursor;
+use crate::iter::{file_sources, Direction};
 use crate::manifest::{EditRecord, VersionEdit, MAX_LEVELS};
 use crate::memtable::MemTable;
 use crate::output::Outputs;
 use crate::sst::TableKind;
 use crate::stats::Counters;
-use crate::types::{Entry, Kind};
+use crate::types::Kind;
 use crate::version::{FileMeta, FileSet, LayoutState, PartitionFiles};
 
 /// Open snapshots, for deciding which older versions someone can still see.
@@ -236,6 +237,10 @@ impl Inner {
     ) -> CompactionJob {
         core.next_job_id += 1;
         let id = core.next_job_id;
+        if let Some(t) = migrate_to {
+            // The layout receiving the outputs must not retire while they are written.
+            *core.writing_to.entry(t).or_insert(0) += 1;
+        }
         if migrate_to.is_none() {
             let (lo, hi) = overlap_range(&inputs);
             core.reserved.push(Reservation {
@@ -290,7 +295,19 @@ impl Inner {
         Some(self.new_job(core, view, version, pi, deepest, inputs, false, None))
     }
 
-    /// Runs a picked job and installs its result. The caller clears the busy mark.
+    /// Releases what a job held: its partition, its reserved output range, and its
+    /// registration as a writer into the target layout.
+    pub(crate) fn release_job(&self, core: &mut Core, job: &CompactionJob) {
+        core.busy.remove(&(job.version, job.partition));
+        core.reserved.retain(|r| r.job != job.id);
+        if let Some(t) = job.migrate_to {
+            if let Some(c) = core.writing_to.get_mut(&t) {
+                *c -= 1;
+            }
+        }
+    }
+
+    /// Runs a picked job and installs its result. The caller releases the job.
     pub(crate) fn run_compaction(&self, job: &CompactionJob) -> Result<()> {
         if job.trivial {
             return self.install_compaction(job, Vec::new(), 0, 0);
@@ -301,23 +318,12 @@ impl Inner {
             .layouts
             .get(&out_version)
             .ok_or(Error::UnknownVersion(out_version))?;
-        let range = KeyRange::all();
-        let sources: Vec<Source> = job
-            .inputs
-            .iter()
-            .map(|f| table_source(f, &range, Direction::Forward))
-            .collect();
         let read = job.input_bytes();
-        let merge = MergeIter::new(sources, Direction::Forward);
+        let mut merge = MergeCursor::new(file_sources(&job.inputs)?, Direction::Forward);
         let mut pointers = if job.pointers.is_empty() {
             None
         } else {
-            let ps: Vec<Source> = job
-                .pointers
-                .iter()
-                .map(|f| table_source(f, &range, Direction::Forward))
-                .collect();
-            Some(MergeIter::new(ps, Direction::Forward).peekable())
+            Some(MergeCursor::new(file_sources(&job.pointers)?, Direction::Forward))
         };
         let input_set: HashSet<u64> = job.inputs.iter().map(|f| f.number).collect();
         let mut out = Outputs::new(
@@ -326,35 +332,48 @@ impl Inner {
             job.output_level as u8,
             Some(self.opts.target_file_bytes),
         );
-        let mut cur_key: Option<Bytes> = None;
+        let mut cur_key: Vec<u8> = Vec::new();
+        let mut has_key = false;
         let mut last_stripe = None;
         let mut forwarded = 0u64;
-        for r in merge {
-            let e = r?;
-            if cur_key.as_ref() != Some(&e.key) {
-                cur_key = Some(e.key.clone());
+        while merge.valid() {
+            let t = merge.top();
+            let (seqno, kind) = (t.seqno(), t.kind());
+            if !has_key || t.key() != cur_key.as_slice() {
+                cur_key.clear();
+                cur_key.extend_from_slice(t.key());
+                has_key = true;
                 last_stripe = None;
             }
-            let st = job.stripes.stripe(e.seqno);
-            if last_stripe == Some(st) {
-                continue;
-            }
-            last_stripe = Some(st);
-            if let Some(ps) = pointers.as_mut() {
-                if forwarded_by(ps, &e)? {
+            let st = job.stripes.stripe(seqno);
+            let keep = if last_stripe == Some(st) {
+                false
+            } else {
+                last_stripe = Some(st);
+                if pointers
+                    .as_mut()
+                    .map(|ps| forwarded_by(ps, &cur_key, seqno))
+                    .transpose()?
+                    .unwrap_or(false)
+                {
                     // Already moved by a read, with this seqno and value: each byte moves once.
                     forwarded += 1;
-                    continue;
+                    false
+                } else {
+                    !(kind == Kind::Delete
+                        && st == 0
+                        && !older_entry_outside(job, &input_set, &cur_key, seqno))
                 }
-            }
-            if e.kind == Kind::Delete && st == 0 && !older_entry_outside(job, &input_set, &e) {
-                continue;
-            }
-            let p = match job.migrate_to {
-                Some(_) => layout.func.partition_of(&e.key),
-                None => job.partition,
             };
-            out.add(layout, p, &e)?;
+            if keep {
+                let t = merge.top();
+                let p = match job.migrate_to {
+                    Some(_) => layout.func.partition_of(t.key()),
+                    None => job.partition,
+                };
+                out.add_parts(layout, p, t.key(), seqno, kind, t.value())?;
+            }
+            merge.advance()?;
         }
         let written = out.bytes_written;
         let outputs = out.finish()?;
@@ -509,20 +528,19 @@ impl Inner {
 }
 
 /// True if an entry for `e.key` older than `e.seqno` may exist outside the job's inputs.
-fn older_entry_outside(job: &CompactionJob, inputs: &HashSet<u64>, e: &Entry) -> bool {
-    let key = e.key.as_ref();
-    if e.seqno <= 1 {
+fn older_entry_outside(job: &CompactionJob, inputs: &HashSet<u64>, key: &[u8], seqno: u64) -> bool {
+    if seqno <= 1 {
         return false;
     }
     for m in &job.mems {
-        if m.min_seqno() < e.seqno && m.get(key, e.seqno - 1).is_some() {
+        if m.min_seqno() < seqno && m.get(key, seqno - 1).is_some() {
             return true;
         }
     }
     let h = crate::sst::bloom::key_hash(key);
     let older = |f: &Arc<FileMeta>| {
         !inputs.contains(&f.number)
-            && f.min_seqno < e.seqno
+            && f.min_seqno < seqno
             && f.contains(key)
             && f.table.may_contain_hash(h)
     };
@@ -552,21 +570,17 @@ pub(crate) struct Reservation {
     pub largest: Bytes,
 }
 
-/// Advances the pointer stream to `e` and says whether a pointer covers exactly it.
-fn forwarded_by(ps: &mut std::iter::Peekable<MergeIter>, e: &Entry) -> Result<bool> {
-    loop {
-        match ps.peek() {
-            None => return Ok(false),
-            Some(Err(_)) => return Err(ps.next().and_then(|r| r.err()).unwrap_or(Error::Closed)),
-            Some(Ok(p)) => match crate::types::cmp_internal(&p.key, p.seqno, &e.key, e.seqno) {
-                std::cmp::Ordering::Less => {
-                    ps.next();
-                }
-                std::cmp::Ordering::Equal => return Ok(true),
-                std::cmp::Ordering::Greater => return Ok(false),
-            },
+/// Advances the pointer stream to (key, seqno) and says whether a pointer covers exactly it.
+fn forwarded_by(ps: &mut MergeCursor, key: &[u8], seqno: u64) -> Result<bool> {
+    while ps.valid() {
+        let p = ps.top();
+        match crate::types::cmp_internal(p.key(), p.seqno(), key, seqno) {
+            std::cmp::Ordering::Less => ps.advance()?,
+            std::cmp::Ordering::Equal => return Ok(true),
+            std::cmp::Ordering::Greater => return Ok(false),
         }
     }
+    Ok(false)
 }
 
 /// Chooses the level of each migration output in its target partition: the deepest level

@@ -880,12 +880,13 @@ impl Inner {
         }
         let mut e = VersionEdit::default();
         let mut removed = Vec::new();
+        // Pointer files go first: replay checks a layout holds no file when it retires.
         for id in &retire {
-            e.push(EditRecord::RetireLayout(*id));
             for f in files.layouts[id].pointer_files() {
                 e.push(EditRecord::DeleteFile(f.number));
                 removed.push(f.clone());
             }
+            e.push(EditRecord::RetireLayout(*id));
         }
         self.log_edit(core, &e)?;
         for f in &removed {
@@ -911,8 +912,10 @@ impl Inner {
     }
 
     pub fn layout_info(&self) -> LayoutInfo {
-        let view = self.view.load_full();
+        // Views are swapped under `core`: holding it makes the file set and the registry
+        // one consistent picture.
         let core = self.core.lock();
+        let view = self.view.load_full();
         let files = &view.files;
         let versions = files
             .layouts

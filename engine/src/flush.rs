@@ -26,23 +26,19 @@ impl Inner {
     /// Flushes the oldest frozen memtable. Called by a background worker that set
     /// `core.flushing`.
     pub(crate) fn flush_oldest(&self) -> Result<()> {
-        let (mem, files, stripes) = {
-            let core = self.core.lock();
+        // Reading the target and registering as a writer into it happen under one lock, so
+        // the target cannot be retired while this flush writes into it.
+        let (mem, files) = {
+            let mut core = self.core.lock();
             let view = self.view.load_full();
             let Some(mem) = view.imm.last().cloned() else {
                 return Ok(());
             };
-            let files = view.files.clone();
-            drop(core);
-            (mem, files, Stripes::new(self.snapshot_list()))
+            *core.writing_to.entry(view.files.target).or_insert(0) += 1;
+            (mem, view.files.clone())
         };
+        let stripes = Stripes::new(self.snapshot_list());
         let target = files.target;
-        self.core
-            .lock()
-            .writing_to
-            .entry(target)
-            .and_modify(|c| *c += 1)
-            .or_insert(1);
         let result = self.write_memtable(&mem, &files, &stripes);
         let mut core = self.core.lock();
         if let Some(c) = core.writing_to.get_mut(&target) {
@@ -57,10 +53,12 @@ impl Inner {
             .last()
             .map(|m| m.wal_number())
             .unwrap_or_else(|| view.mem.wal_number());
-        // Pointer files for a layout retired while the flush ran are simply dropped.
-        let (outputs, orphaned): (Vec<_>, Vec<_>) = outputs
-            .into_iter()
-            .partition(|f| view.files.layouts.contains_key(&f.layout_version));
+        // Pointer files for a layout retired while the flush ran are simply dropped (data
+        // files go to the target, which cannot retire while this flush is registered).
+        let (outputs, orphaned): (Vec<_>, Vec<_>) = outputs.into_iter().partition(|f| {
+            f.kind == crate::sst::TableKind::Data
+                || view.files.layouts.contains_key(&f.layout_version)
+        });
         for f in &orphaned {
             f.mark_obsolete();
         }

@@ -33,6 +33,35 @@ impl WritableFile for NullFile {
     }
 }
 
+/// A mapped file, and (for real memory maps) a handle on its pages.
+pub struct Mapped {
+    pub bytes: Bytes,
+    pub pages: Option<Arc<MappedPages>>,
+}
+
+/// The pages of one memory map. Pages a reader touched stay resident (and count in the
+/// process's RSS) until released; releasing only unmaps them from this process — the
+/// data stays in the OS page cache and the next access maps it back in.
+pub struct MappedPages(Arc<memmap2::Mmap>);
+
+impl MappedPages {
+    pub fn release(&self) {
+        // SAFETY: the mapping is read-only, of a file Sluice never modifies after writing
+        // it. MADV_DONTNEED drops this process's page-table entries; any later access to
+        // the range faults the unchanged file contents back in, so bytes handed out from
+        // the mapping stay valid.
+        let _ = unsafe { self.0.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    }
+}
+
+struct SharedMmap(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMmap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A held directory lock; dropping it releases the lock.
 pub trait DirLock: Send + Sync {}
 
@@ -42,6 +71,13 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Maps a whole file read-only. The bytes stay valid for as long as they are held.
     fn map(&self, path: &Path) -> io::Result<Bytes>;
+    /// Like [`Fs::map`], with a handle that can release the mapping's resident pages.
+    fn map_file(&self, path: &Path) -> io::Result<Mapped> {
+        Ok(Mapped {
+            bytes: self.map(path)?,
+            pages: None,
+        })
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// File names (not paths) in a directory.
@@ -87,17 +123,27 @@ impl Fs for StdFs {
     }
 
     fn map(&self, path: &Path) -> io::Result<Bytes> {
+        Ok(self.map_file(path)?.bytes)
+    }
+
+    fn map_file(&self, path: &Path) -> io::Result<Mapped> {
         let f = File::open(path)?;
         let len = f.metadata()?.len();
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok(Mapped {
+                bytes: Bytes::new(),
+                pages: None,
+            });
         }
         // SAFETY: Sluice never modifies a file after it is complete (SSTables, finished WAL
         // and manifest files are immutable; the live WAL is only appended to, past the mapped
         // length). A file truncated underneath us by another process could fault on access;
         // the directory lock keeps other Sluice processes from writing here.
-        let m = unsafe { memmap2::Mmap::map(&f)? };
-        Ok(Bytes::from_owner(m))
+        let m = Arc::new(unsafe { memmap2::Mmap::map(&f)? });
+        Ok(Mapped {
+            bytes: Bytes::from_owner(SharedMmap(m.clone())),
+            pages: Some(Arc::new(MappedPages(m))),
+        })
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -361,6 +407,13 @@ impl Fs for FaultFs {
             return Err(fault_error(k));
         }
         StdFs.map(path)
+    }
+
+    fn map_file(&self, path: &Path) -> io::Result<Mapped> {
+        if let Some(k) = self.check(FsOp::Map, path) {
+            return Err(fault_error(k));
+        }
+        StdFs.map_file(path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -166,6 +166,11 @@ impl DirState {
     }
 }
 
+/// The number in an SSTable or WAL file name (`000042.sst` → 42), or 0.
+pub fn table_number(path: &Path) -> u64 {
+    crate::util::file_number(path).unwrap_or(0)
+}
+
 fn refuse(path: &Path, why: impl Into<String>) -> Error {
     Error::corruption(path, 0, why)
 }
@@ -297,6 +302,11 @@ fn check_sanity(m: &ManifestContents, st: &ManifestState, at: &BTreeMap<u64, u64
         }
     }
     Ok(())
+}
+
+/// Every WAL file in `dir`, all marked live (for when the manifest cannot be read).
+pub fn list_wal_files(dir: &Path) -> Result<Vec<WalFileInfo>> {
+    list_wals(dir, None)
 }
 
 fn list_wals(dir: &Path, log_number: Option<u64>) -> Result<Vec<WalFileInfo>> {

@@ -11,21 +11,15 @@
 //! own source iterators — that stop where they meet, so interleaving `next` and
 //! `next_back` never sees a key twice or loses one.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::cursor::{MergeCursor, Source};
 use crate::error::Result;
 use crate::memtable::MemTable;
-use crate::sst::TableIter;
 use crate::types::{Entry, Kind};
-use crate::version::FileMeta;
-
-/// A boxed source of entries in one direction.
-pub type Source = Box<dyn Iterator<Item = Result<Entry>> + Send>;
 
 /// Direction of a merge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,9 +144,8 @@ impl MemIter {
     }
 }
 
-impl Iterator for MemIter {
-    type Item = Result<Entry>;
-    fn next(&mut self) -> Option<Result<Entry>> {
+impl MemIter {
+    pub fn next_entry(&mut self) -> Option<Entry> {
         if self.pos >= self.buf.len() {
             if self.done {
                 return None;
@@ -164,162 +157,31 @@ impl Iterator for MemIter {
         }
         let e = self.buf[self.pos].clone();
         self.pos += 1;
-        self.last = Some((e.key.clone(), e.seqno));
-        Some(Ok(e))
-    }
-}
-
-/// Concatenates the non-overlapping files of one level (L1+) that overlap a range, opening
-/// each table only when the walk reaches it.
-pub struct LevelIter {
-    files: Vec<Arc<FileMeta>>,
-    range: KeyRange,
-    dir: Direction,
-    next_file: usize,
-    cur: Option<TableIter>,
-}
-
-impl LevelIter {
-    /// `files` must be sorted by key and non-overlapping.
-    pub fn new(files: Vec<Arc<FileMeta>>, range: KeyRange, dir: Direction) -> LevelIter {
-        let mut files: Vec<_> = files
-            .into_iter()
-            .filter(|f| range.overlaps(&f.smallest, &f.largest))
-            .collect();
-        if dir == Direction::Backward {
-            files.reverse();
+        if self.pos == self.buf.len() {
+            // Only the chunk boundary needs to be remembered for the next refill.
+            self.last = Some((e.key.clone(), e.seqno));
         }
-        LevelIter {
-            files,
-            range,
-            dir,
-            next_file: 0,
-            cur: None,
-        }
+        Some(e)
     }
 }
 
-impl Iterator for LevelIter {
-    type Item = Result<Entry>;
-    fn next(&mut self) -> Option<Result<Entry>> {
-        loop {
-            if let Some(it) = &mut self.cur {
-                let r = match self.dir {
-                    Direction::Forward => it.next(),
-                    Direction::Backward => it.next_back(),
-                };
-                if r.is_some() {
-                    return r;
-                }
-                self.cur = None;
-            }
-            let f = self.files.get(self.next_file)?;
-            self.next_file += 1;
-            self.cur = Some(TableIter::new(
-                f.table.clone(),
-                self.range.start.clone(),
-                self.range.end.clone(),
-            ));
-        }
-    }
-}
+/// Builds merge sources on demand, for one direction.
+pub type SourceFactory = Box<dyn Fn(Direction) -> Result<Vec<Source>> + Send + Sync>;
 
-/// A table iterator in one direction.
-pub fn table_source(f: &Arc<FileMeta>, range: &KeyRange, dir: Direction) -> Source {
-    let it = TableIter::new(f.table.clone(), range.start.clone(), range.end.clone());
-    match dir {
-        Direction::Forward => Box::new(it),
-        Direction::Backward => Box::new(it.rev()),
-    }
-}
-
-struct Head {
-    entry: Entry,
-    src: usize,
-    dir: Direction,
-}
-
-impl PartialEq for Head {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Head {}
-impl PartialOrd for Head {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Head {
-    /// BinaryHeap is a max-heap: the head that should come out first compares greatest.
-    fn cmp(&self, other: &Self) -> Ordering {
-        let o = self
-            .entry
-            .cmp_internal(&other.entry)
-            .then(other.src.cmp(&self.src));
-        match self.dir {
-            Direction::Forward => o.reverse(),
-            Direction::Backward => o,
-        }
-    }
-}
-
-/// K-way merge of sources in one direction. Identical (key, seqno) entries from different
-/// sources (a value both migrated and lazily moved) come out once.
+/// Entries of a merge in one direction, as owned [`Entry`] values (for inspection,
+/// partition scans and pointer streams; hot paths use the cursor directly).
 pub struct MergeIter {
-    sources: Vec<Source>,
-    heap: BinaryHeap<Head>,
-    dir: Direction,
+    cursor: Result<MergeCursor>,
     started: bool,
-    last: Option<(Bytes, u64)>,
     failed: bool,
 }
 
 impl MergeIter {
-    pub fn new(sources: Vec<Source>, dir: Direction) -> MergeIter {
+    pub(crate) fn new(sources: Result<Vec<Source>>, dir: Direction) -> MergeIter {
         MergeIter {
-            heap: BinaryHeap::with_capacity(sources.len()),
-            sources,
-            dir,
+            cursor: sources.map(|s| MergeCursor::new(s, dir)),
             started: false,
-            last: None,
             failed: false,
-        }
-    }
-
-    fn pull(&mut self, src: usize) -> Result<()> {
-        if let Some(r) = self.sources[src].next() {
-            let entry = r?;
-            self.heap.push(Head {
-                entry,
-                src,
-                dir: self.dir,
-            });
-        }
-        Ok(())
-    }
-
-    fn next_inner(&mut self) -> Result<Option<Entry>> {
-        if !self.started {
-            self.started = true;
-            for i in 0..self.sources.len() {
-                self.pull(i)?;
-            }
-        }
-        loop {
-            let Some(top) = self.heap.pop() else {
-                return Ok(None);
-            };
-            let src = top.src;
-            let e = top.entry;
-            self.pull(src)?;
-            if let Some((k, s)) = &self.last {
-                if *s == e.seqno && *k == e.key {
-                    continue;
-                }
-            }
-            self.last = Some((e.key.clone(), e.seqno));
-            return Ok(Some(e));
         }
     }
 }
@@ -330,74 +192,30 @@ impl Iterator for MergeIter {
         if self.failed {
             return None;
         }
-        match self.next_inner() {
-            Ok(Some(e)) => Some(Ok(e)),
-            Ok(None) => None,
-            Err(e) => {
+        let c = match &mut self.cursor {
+            Ok(c) => c,
+            Err(_) => {
                 self.failed = true;
-                Some(Err(e))
+                let e = std::mem::replace(&mut self.cursor, Err(crate::Error::Closed));
+                return e.err().map(Err);
+            }
+        };
+        if self.started {
+            if let Err(e) = c.advance() {
+                self.failed = true;
+                return Some(Err(e));
             }
         }
+        self.started = true;
+        c.valid().then(|| c.entry()).map(Ok)
     }
 }
 
-/// Builds the sources of one direction on demand.
-pub type SourceFactory = Box<dyn Fn(Direction) -> Vec<Source> + Send + Sync>;
-
-/// One direction of the user iterator: resolves each key to its visible value.
+/// One direction of the user iterator: a merge, and the user key it last consumed.
 struct Side {
-    merge: MergeIter,
-    pending: Option<Entry>,
-}
-
-impl Side {
-    /// The next visible (key, value) and, separately, every key it stepped over, via
-    /// `stepped`: the last user key this side has consumed entries of.
-    fn next_key(
-        &mut self,
-        snapshot: u64,
-        dir: Direction,
-    ) -> Result<Option<(Entry, Option<Entry>)>> {
-        // Returns (first entry of the key group, visible entry if any).
-        let first = match self.pending.take() {
-            Some(e) => e,
-            None => match self.merge.next() {
-                Some(r) => r?,
-                None => return Ok(None),
-            },
-        };
-        let mut visible: Option<Entry> = None;
-        let consider = |e: &Entry, visible: &mut Option<Entry>| {
-            if e.seqno <= snapshot && e.kind != Kind::Forward {
-                match dir {
-                    // Newest first: the first visible entry wins.
-                    Direction::Forward => {
-                        if visible.is_none() {
-                            *visible = Some(e.clone());
-                        }
-                    }
-                    // Oldest first: the last visible entry wins.
-                    Direction::Backward => *visible = Some(e.clone()),
-                }
-            }
-        };
-        consider(&first, &mut visible);
-        loop {
-            match self.merge.next() {
-                Some(r) => {
-                    let e = r?;
-                    if e.key == first.key {
-                        consider(&e, &mut visible);
-                    } else {
-                        self.pending = Some(e);
-                        break;
-                    }
-                }
-                None => break,
-            }
-        }
-        Ok(Some((first, visible)))
-    }
+    merge: MergeCursor,
+    last_key: Vec<u8>,
+    has_last: bool,
 }
 
 /// The range iterator returned by [`crate::Db::range`] and [`crate::Snapshot::range`].
@@ -407,68 +225,86 @@ pub struct DbIter {
     snapshot: u64,
     front: Option<Side>,
     back: Option<Side>,
-    /// Last user key the front side consumed, and the back side.
-    front_key: Option<Bytes>,
-    back_key: Option<Bytes>,
     done: bool,
     _hold: Option<Box<dyn Send + Sync>>,
 }
 
 impl DbIter {
-    pub(crate) fn new(
-        factory: SourceFactory,
-        snapshot: u64,
-        hold: Option<Box<dyn Send + Sync>>,
-    ) -> DbIter {
+    pub(crate) fn new(factory: SourceFactory, snapshot: u64, hold: Option<Box<dyn Send + Sync>>) -> DbIter {
         DbIter {
             factory,
             snapshot,
             front: None,
             back: None,
-            front_key: None,
-            back_key: None,
             done: false,
             _hold: hold,
         }
     }
 
+    /// Resolves the next user key in direction `dir` to its visible value, skipping keys
+    /// whose visible entry is a tombstone, and stopping where the other side has been.
     fn step(&mut self, dir: Direction) -> Result<Option<(Bytes, Bytes)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let slot = match dir {
+            Direction::Forward => &mut self.front,
+            Direction::Backward => &mut self.back,
+        };
+        if slot.is_none() {
+            *slot = Some(Side {
+                merge: MergeCursor::new((self.factory)(dir)?, dir),
+                last_key: Vec::new(),
+                has_last: false,
+            });
+        }
+        let (side, other) = match dir {
+            Direction::Forward => (self.front.as_mut(), self.back.as_ref()),
+            Direction::Backward => (self.back.as_mut(), self.front.as_ref()),
+        };
+        let side = side.expect("side was just created");
+        let snapshot = self.snapshot;
         loop {
-            if self.done {
-                return Ok(None);
-            }
-            let side = match dir {
-                Direction::Forward => &mut self.front,
-                Direction::Backward => &mut self.back,
-            };
-            if side.is_none() {
-                *side = Some(Side {
-                    merge: MergeIter::new((self.factory)(dir), dir),
-                    pending: None,
-                });
-            }
-            let side = side.as_mut().expect("side was just created");
-            let Some((first, visible)) = side.next_key(self.snapshot, dir)? else {
-                self.done = true;
-                return Ok(None);
-            };
-            // Stop where the other direction has already been.
-            let crossed = match dir {
-                Direction::Forward => self.back_key.as_ref().is_some_and(|b| first.key >= *b),
-                Direction::Backward => self.front_key.as_ref().is_some_and(|f| first.key <= *f),
-            };
-            if crossed {
+            if !side.merge.valid() {
                 self.done = true;
                 return Ok(None);
             }
-            match dir {
-                Direction::Forward => self.front_key = Some(first.key.clone()),
-                Direction::Backward => self.back_key = Some(first.key.clone()),
-            }
-            if let Some(v) = visible {
-                if v.kind == Kind::Value {
-                    return Ok(Some((v.key, v.value)));
+            // A new user key: stop if the other direction already consumed it.
+            if let Some(o) = other.filter(|o| o.has_last) {
+                let k = side.merge.top().key();
+                let crossed = match dir {
+                    Direction::Forward => k >= o.last_key.as_slice(),
+                    Direction::Backward => k <= o.last_key.as_slice(),
+                };
+                if crossed {
+                    self.done = true;
+                    return Ok(None);
                 }
+            }
+            side.last_key.clear();
+            side.last_key.extend_from_slice(side.merge.top().key());
+            side.has_last = true;
+            // Walk every entry of this key; pick the visible one. Forward sees the newest
+            // first (the first visible wins); backward sees the oldest first (the last
+            // visible wins).
+            let mut visible: Option<(Kind, Option<(Bytes, Bytes)>)> = None;
+            while side.merge.valid() && side.merge.top().key() == side.last_key.as_slice() {
+                let t = side.merge.top();
+                let kind = t.kind();
+                if t.seqno() <= snapshot && kind != Kind::Forward {
+                    let take = match dir {
+                        Direction::Forward => visible.is_none(),
+                        Direction::Backward => true,
+                    };
+                    if take {
+                        let kv = (kind == Kind::Value).then(|| (t.key_bytes(), t.value_bytes()));
+                        visible = Some((kind, kv));
+                    }
+                }
+                side.merge.advance()?;
+            }
+            if let Some((Kind::Value, Some(kv))) = visible {
+                return Ok(Some(kv));
             }
         }
     }
@@ -504,17 +340,20 @@ impl DoubleEndedIterator for DbIter {
 /// Builds the sources for a range over memtables and a file set: every memtable, and for
 /// every live layout version, every partition that may hold keys in the range (L0 files one
 /// by one, deeper levels as concatenations).
-pub fn build_sources(
+pub(crate) fn build_sources(
     mems: &[Arc<MemTable>],
     files: &crate::version::FileSet,
     range: &KeyRange,
     snapshot: u64,
     dir: Direction,
-) -> Vec<Source> {
+) -> Result<Vec<Source>> {
     let mut out: Vec<Source> = Vec::new();
     for m in mems {
         if m.min_seqno() <= snapshot && !m.is_empty() {
-            out.push(Box::new(MemIter::new(m.clone(), range.clone(), dir)));
+            let s = Source::mem(m.clone(), range, dir);
+            if s.valid() {
+                out.push(s);
+            }
         }
     }
     let (lo, hi) = range.hint();
@@ -525,7 +364,10 @@ pub fn build_sources(
             };
             for f in &part.levels[0] {
                 if f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest) {
-                    out.push(table_source(f, range, dir));
+                    let s = Source::table(f, range, dir, true)?;
+                    if s.valid() {
+                        out.push(s);
+                    }
                 }
             }
             for level in part.levels.iter().skip(1) {
@@ -534,13 +376,30 @@ pub fn build_sources(
                     .filter(|f| f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest))
                     .cloned()
                     .collect();
-                match files.len() {
-                    0 => {}
-                    1 => out.push(table_source(&files[0], range, dir)),
-                    _ => out.push(Box::new(LevelIter::new(files, range.clone(), dir))),
+                let s = match files.len() {
+                    0 => continue,
+                    1 => Source::table(&files[0], range, dir, true)?,
+                    _ => Source::level(files, range, dir, true)?,
+                };
+                if s.valid() {
+                    out.push(s);
                 }
             }
         }
     }
-    out
+    Ok(out)
+}
+
+/// Sources for every file in `files`, forward over everything (compactions, scans of one
+/// partition). Reads bypass the block cache so a compaction does not evict hot blocks.
+pub(crate) fn file_sources(files: &[std::sync::Arc<crate::version::FileMeta>]) -> Result<Vec<Source>> {
+    let all = KeyRange::all();
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let s = Source::table(f, &all, Direction::Forward, false)?;
+        if s.valid() {
+            out.push(s);
+        }
+    }
+    Ok(out)
 }

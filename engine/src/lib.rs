@@ -36,6 +36,7 @@ mod cache;
 mod checkpoint;
 mod coding;
 mod compaction;
+mod cursor;
 mod db;
 pub mod error;
 pub mod escape;

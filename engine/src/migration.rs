@@ -246,7 +246,7 @@ impl Inner {
                 p.blocked = Some(format!(
                     "disk headroom: {free} bytes free, migrating the next file needs {need}"
                 ));
-                core.busy.remove(&(job.version, job.partition));
+                self.release_job(core, &job);
                 return None;
             }
             _ => {}
@@ -344,8 +344,7 @@ impl Inner {
             let bytes = job.input_bytes();
             let r = self.run_compaction(&job);
             let mut core = self.core.lock();
-            core.busy.remove(&(job.version, job.partition));
-            core.reserved.retain(|r| r.job != job.id);
+            self.release_job(&mut core, &job);
             self.stall_cv.notify_all();
             self.bg_cv.notify_all();
             r?;

@@ -46,18 +46,31 @@ impl<'a> Outputs<'a> {
     /// Adds `e` to the output for `partition` of `layout`. Entries for one partition must
     /// arrive in internal order.
     pub fn add(&mut self, layout: &LayoutState, partition: u32, e: &Entry) -> Result<()> {
+        self.add_parts(layout, partition, &e.key, e.seqno, e.kind, &e.value)
+    }
+
+    /// Like [`Outputs::add`], with the entry given as parts.
+    pub fn add_parts(
+        &mut self,
+        layout: &LayoutState,
+        partition: u32,
+        key: &[u8],
+        seqno: u64,
+        kind: crate::types::Kind,
+        value: &[u8],
+    ) -> Result<()> {
         self.checked += 1;
         if self.checked % 4096 == 0 && self.inner.closing.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let key = (layout.id, partition);
-        if let (Some(limit), Some(w)) = (self.split_bytes, self.writers.get(&key)) {
-            if w.estimated_size() >= limit && w.last_key() != Some(e.key.as_ref()) {
-                let w = self.writers.remove(&key).expect("writer exists");
+        let wkey = (layout.id, partition);
+        if let (Some(limit), Some(w)) = (self.split_bytes, self.writers.get(&wkey)) {
+            if w.estimated_size() >= limit && w.last_key() != Some(key) {
+                let w = self.writers.remove(&wkey).expect("writer exists");
                 self.finish_one(w)?;
             }
         }
-        if !self.writers.contains_key(&key) {
+        if !self.writers.contains_key(&wkey) {
             let number = self.inner.core.lock().new_file_number();
             self.created.push(number);
             let w = TableWriter::create(
@@ -71,9 +84,12 @@ impl<'a> Outputs<'a> {
                     partition,
                 },
             )?;
-            self.writers.insert(key, w);
+            self.writers.insert(wkey, w);
         }
-        self.writers.get_mut(&key).expect("writer exists").add(e)
+        self.writers
+            .get_mut(&wkey)
+            .expect("writer exists")
+            .add_parts(key, seqno, kind, value)
     }
 
     fn finish_one(&mut self, w: TableWriter) -> Result<()> {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::coding::get_varint;
 use crate::db::{Inner, VersionId, View};
 use crate::error::{Error, Result};
-use crate::iter::{table_source, Direction, KeyRange, MergeIter, Source};
+use crate::iter::{file_sources, Direction, MergeIter};
 use crate::types::{cmp_internal, Kind};
 
 /// The newest entry of one key within one partition.
@@ -67,19 +67,10 @@ impl Inner {
                 name: "partition",
                 reason: format!("v{version} has {} partitions", layout.parts.len()),
             })?;
-        let all = KeyRange::all();
-        let data: Vec<Source> = part
-            .data_files()
-            .map(|f| table_source(f, &all, Direction::Forward))
-            .collect();
-        let ptrs: Vec<Source> = part
-            .pointers
-            .iter()
-            .map(|f| table_source(f, &all, Direction::Forward))
-            .collect();
+        let data: Vec<_> = part.data_files().cloned().collect();
         Ok(PartitionIter {
-            data: MergeIter::new(data, Direction::Forward),
-            pointers: MergeIter::new(ptrs, Direction::Forward).peekable(),
+            data: MergeIter::new(file_sources(&data), Direction::Forward),
+            pointers: MergeIter::new(file_sources(&part.pointers), Direction::Forward).peekable(),
             _view: view,
             pending: None,
             failed: false,

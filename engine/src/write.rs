@@ -378,6 +378,8 @@ impl Inner {
 
     /// Hands buffered WAL bytes to the OS (called every `wal_flush_interval`).
     pub(crate) fn tick_wal(&self) {
+        // Off the read path: release memory-map pages readers touched, if due.
+        self.cache.sweep_if_due();
         if self.failed.load(Ordering::Acquire) {
             return;
         }

@@ -351,3 +351,35 @@ fn controller_epochs_fence_a_stale_controller() {
     let db = Db::open(dir.path(), quiet_opts()).unwrap();
     assert_eq!(db.controller_state(), Some((b, b"from b".to_vec())));
 }
+
+/// Pointer files can arrive in a draining layout after its last data file left (the flush
+/// of lazily moved values); retiring it must delete them in an order replay accepts.
+#[test]
+fn retiring_a_layout_with_late_pointer_files_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    fill(&db, 500, "a");
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    for i in (0..500u32).step_by(5) {
+        db.get(format!("k{i:04}")).unwrap(); // moved copies wait in the memtable
+    }
+    db.pin_version(VersionId(1), true).unwrap(); // keep v1 live while it is empty
+    db.migrate_now(None).unwrap(); // v1's data is gone; the pointers are not flushed yet
+    db.flush().unwrap(); // now pointer files land in v1
+    let v1 = db.layout().versions.into_iter().find(|v| v.id == VersionId(1)).unwrap();
+    assert_eq!(v1.files(), 0);
+    assert!(v1.partitions.iter().map(|p| p.pointer_files).sum::<usize>() > 0);
+    db.pin_version(VersionId(1), false).unwrap();
+    db.retire_drained().unwrap();
+    assert_eq!(db.layout().versions.len(), 1);
+    drop(db);
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(dump(&db).unwrap().len(), 500);
+    assert_eq!(db.layout().retired, vec![VersionId(1)]);
+}

@@ -126,8 +126,16 @@ impl Block {
         ]) as usize
     }
 
-    /// Decodes entry `i` into (key range, trailer, value range) within `data`.
-    fn parts(&self, i: usize, file: &Path, base: u64) -> Result<(usize, usize, u64, usize, usize)> {
+    /// The decoded block bytes (entries, then the offset array).
+    #[inline]
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Decodes entry `i` into (key start, key end, trailer, value start, value end) within
+    /// `data()`.
+    #[inline]
+    pub(crate) fn parts(&self, i: usize, file: &Path, base: u64) -> Result<(usize, usize, u64, usize, usize)> {
         let bad = |why: &str| Error::corruption(file, base, format!("block entry {i}: {why}"));
         let mut p = self.entry_offset(i);
         if p >= self.entries_end {

@@ -40,6 +40,7 @@ pub struct Table {
     cache: Option<Arc<BlockCache>>,
     /// One bit per data block: CRC already verified (uncompressed blocks only).
     verified: Box<[AtomicU64]>,
+    _pages: Option<Arc<crate::fs::MappedPages>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -134,6 +135,7 @@ impl Table {
             props,
             cache,
             verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            _pages: None,
         })
     }
 
@@ -171,11 +173,25 @@ impl Table {
         Ok(())
     }
 
-    /// Loads data block `i`.
+    /// Loads data block `i` through the block cache.
     pub fn block(&self, i: usize) -> Result<Block> {
+        self.read_block(i, true)
+    }
+
+    /// Loads data block `i`. With `fill_cache` the block is copied out of the map into the
+    /// cache; without (compactions, one-off scans), it is a zero-copy slice of the map.
+    pub fn read_block(&self, i: usize, fill_cache: bool) -> Result<Block> {
+        if let Some(c) = &self.cache {
+            if let Some(b) = c.get(self.id, i as u32) {
+                return Ok(b);
+            }
+        }
         let h = self.index[i].handle;
         let start = h.offset as usize;
         let end = start + h.size as usize;
+        if let Some(c) = &self.cache {
+            c.touched(h.size);
+        }
         let ty = self.data[end];
         if ty == COMPRESSION_NONE {
             let (w, bit) = (i / 64, 1u64 << (i % 64));
@@ -183,12 +199,18 @@ impl Table {
                 checked_block(&self.data, h, &self.path)?;
                 self.verified[w].fetch_or(bit, AtOrd::Relaxed);
             }
-            return Block::new(self.data.slice(start..end), &self.path, h.offset);
-        }
-        if let Some(c) = &self.cache {
-            if let Some(b) = c.get(self.id, i as u32) {
-                return Ok(b);
+            if let (true, Some(c)) = (fill_cache, &self.cache) {
+                if c.capacity() > 0 {
+                    let b = Block::new(
+                        Bytes::copy_from_slice(&self.data[start..end]),
+                        &self.path,
+                        h.offset,
+                    )?;
+                    c.insert(self.id, i as u32, b.clone());
+                    return Ok(b);
+                }
             }
+            return Block::new(self.data.slice(start..end), &self.path, h.offset);
         }
         let (ty, body) = checked_block(&self.data, h, &self.path)?;
         let raw = match ty {
@@ -203,10 +225,7 @@ impl Table {
                     return Err(Error::corruption(
                         &self.path,
                         h.offset,
-                        format!(
-                            "zstd block decoded to {} bytes, expected {raw_len}",
-                            v.len()
-                        ),
+                        format!("zstd block decoded to {} bytes, expected {raw_len}", v.len()),
                     ));
                 }
                 v
@@ -220,18 +239,18 @@ impl Table {
             }
         };
         let b = Block::new(Bytes::from(raw), &self.path, h.offset)?;
-        if let Some(c) = &self.cache {
+        if let (true, Some(c)) = (fill_cache, &self.cache) {
             c.insert(self.id, i as u32, b.clone());
         }
         Ok(b)
     }
 
-    fn block_offset(&self, i: usize) -> u64 {
+    pub(crate) fn block_offset(&self, i: usize) -> u64 {
         self.index[i].handle.offset
     }
 
     /// Index of the first data block that may hold entries at or after (key, seqno).
-    fn find_block(&self, key: &[u8], seqno: u64) -> usize {
+    pub(crate) fn find_block(&self, key: &[u8], seqno: u64) -> usize {
         self.index.partition_point(|ie| {
             cmp_internal(&ie.last_key, ie.last_seqno, key, seqno) == std::cmp::Ordering::Less
         })

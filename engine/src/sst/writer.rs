@@ -126,8 +126,13 @@ impl TableWriter {
 
     /// Adds an entry; entries must come in strictly increasing internal order.
     pub fn add(&mut self, e: &Entry) -> Result<()> {
+        self.add_parts(&e.key, e.seqno, e.kind, &e.value)
+    }
+
+    /// Adds an entry given as parts; entries must come in strictly increasing internal order.
+    pub fn add_parts(&mut self, key: &[u8], seqno: u64, kind: Kind, value: &[u8]) -> Result<()> {
         if let Some((k, s)) = &self.last {
-            if crate::types::cmp_internal(k, *s, &e.key, e.seqno) != std::cmp::Ordering::Less {
+            if crate::types::cmp_internal(k, *s, key, seqno) != std::cmp::Ordering::Less {
                 return Err(Error::corruption(
                     &self.path,
                     self.estimated_size(),
@@ -136,27 +141,27 @@ impl TableWriter {
             }
         }
         if self.props.entries == 0 {
-            self.props.smallest = e.key.to_vec();
+            self.props.smallest = key.to_vec();
         }
         match &mut self.last {
             Some((k, s)) => {
                 k.clear();
-                k.extend_from_slice(&e.key);
-                *s = e.seqno;
+                k.extend_from_slice(key);
+                *s = seqno;
             }
-            None => self.last = Some((e.key.to_vec(), e.seqno)),
+            None => self.last = Some((key.to_vec(), seqno)),
         }
         self.props.entries += 1;
-        match e.kind {
+        match kind {
             Kind::Delete => self.props.tombstones += 1,
             Kind::Forward => self.props.pointers += 1,
             Kind::Value => {}
         }
-        self.props.raw_bytes += (e.key.len() + e.value.len()) as u64;
-        self.props.min_seqno = self.props.min_seqno.min(e.seqno);
-        self.props.max_seqno = self.props.max_seqno.max(e.seqno);
-        self.bloom.add_key(&e.key);
-        self.block.add(&e.key, e.seqno, e.kind, &e.value);
+        self.props.raw_bytes += (key.len() + value.len()) as u64;
+        self.props.min_seqno = self.props.min_seqno.min(seqno);
+        self.props.max_seqno = self.props.max_seqno.max(seqno);
+        self.bloom.add_key(key);
+        self.block.add(key, seqno, kind, value);
         if self.block.estimated_len() >= self.opts.block_size {
             self.finish_data_block()?;
         }

@@ -448,7 +448,8 @@ impl Inner {
             edit.push(EditRecord::AddFile(f.record()));
         }
         edit.push(EditRecord::NextFile(core.next_file));
-        if let Err(e) = self.log_edit(&mut core, &edit) {
+        // The outputs' directory entries must be durable before the manifest names them.
+        if let Err(e) = self.sync_dir().and_then(|_| self.log_edit(&mut core, &edit)) {
             if !job.trivial {
                 for f in &added {
                     f.mark_obsolete();

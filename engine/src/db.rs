@@ -190,6 +190,12 @@ pub(crate) struct Inner {
     pub counters: Counters,
     pub closing: AtomicBool,
     pub failed: AtomicBool,
+    /// False once a WAL write or fsync failed: the WAL can no longer be trusted to hold
+    /// what was appended. After other failures (manifest, flush) the WAL is still flushed
+    /// and synced, so acknowledged writes are not lost on close.
+    pub wal_healthy: AtomicBool,
+    /// Opened with `open_read_only`: nothing is ever written.
+    pub read_only: bool,
     pub failure: Mutex<Option<String>>,
     pub lock: Mutex<Option<Box<dyn DirLock>>>,
     pub threads: Mutex<Vec<JoinHandle<()>>>,
@@ -283,6 +289,20 @@ impl Inner {
         // Wake everyone who might be waiting for progress that will not come.
         self.stall_cv.notify_all();
         self.bg_cv.notify_all();
+    }
+
+    /// Stops writes after a WAL failure, and stops trusting the WAL.
+    pub fn wal_failed(&self, reason: String) {
+        self.wal_healthy.store(false, Ordering::Release);
+        self.fail(reason);
+    }
+
+    /// Makes new directory entries (SSTables, WAL files) durable before anything that
+    /// depends on them is.
+    pub fn sync_dir(&self) -> Result<()> {
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))
     }
 
     /// Records a background error that did not stop writes.
@@ -487,7 +507,7 @@ impl Db {
 
     /// True if opened with [`Db::open_read_only`].
     pub fn is_read_only(&self) -> bool {
-        self.inner.lock.lock().is_none()
+        self.inner.read_only
     }
 
     /// The directory this database lives in.
@@ -1027,7 +1047,7 @@ impl Inner {
         let mut w = self.wal.lock();
         if let Err(e) = w.log.sync() {
             drop(w);
-            self.fail(format!("WAL sync failed: {e}"));
+            self.wal_failed(format!("WAL sync failed: {e}"));
             return Err(e);
         }
         Counters::add(&self.counters.wal_syncs, 1);
@@ -1049,8 +1069,13 @@ impl Inner {
         for t in threads {
             let _ = t.join();
         }
-        let r = if self.failed.load(Ordering::Acquire) {
+        let r = if self.read_only {
             Ok(())
+        } else if !self.wal_healthy.load(Ordering::Acquire) {
+            // Writes acknowledged before the WAL failed may be lost; say so.
+            Err(Error::ReadOnly(
+                self.failure.lock().clone().unwrap_or_default(),
+            ))
         } else {
             self.wal.lock().log.sync()
         };

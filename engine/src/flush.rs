@@ -74,6 +74,8 @@ impl Inner {
         edit.push(EditRecord::LogNumber(log_number))
             .push(EditRecord::LastSeqno(flushed_seqno))
             .push(EditRecord::NextFile(core.next_file));
+        // The new SSTables' directory entries must be durable before the manifest names them.
+        self.sync_dir()?;
         self.log_edit(&mut core, &edit)?;
         let old_log = core.log_number;
         core.log_number = log_number;

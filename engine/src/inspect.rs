@@ -355,21 +355,52 @@ pub fn read_dir_state(dir: &Path) -> Result<DirState> {
 /// Checks that every file a reader of `dir` would open stays inside it and is a regular
 /// file: `CURRENT`, the manifest, every live SSTable and every WAL. Call before
 /// [`Db::open_read_only`] on a directory you do not trust.
+///
+/// A live SSTable that does not exist is corruption when the manifest naming it stays the
+/// same across a second look; when the manifest changed meanwhile, a live process is
+/// compacting and the check starts again (up to a few times, then [`Error::Busy`]).
 pub fn check_dir_safety(dir: &Path) -> Result<DirState> {
-    let st = read_dir_state(dir)?;
-    for f in &st.files {
-        let p = st.table_path(f.number);
-        match check_inside(dir, &p) {
-            Ok(_) => {}
-            // A missing file is the engine's to report (or a live process's compaction).
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    for attempt in 0..5 {
+        let before = current_fingerprint(dir);
+        let st = read_dir_state(dir)?;
+        let mut missing = None;
+        for f in &st.files {
+            let p = st.table_path(f.number);
+            match check_inside(dir, &p) {
+                Ok(_) => {}
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    missing.get_or_insert((p, f.number));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for w in &st.wals {
+            match check_inside(dir, &w.path) {
+                Ok(_) => {}
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((path, number)) = missing else {
+            return Ok(st);
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+        if current_fingerprint(dir) == before && !path.exists() {
+            let at = st.added_at.get(&number).copied().unwrap_or(0);
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!(
+                    "missing: named by {} (edit at offset {at})",
+                    st.manifest_path.display()
+                ),
+            ));
         }
     }
-    for w in &st.wals {
-        check_inside(dir, &w.path)?;
-    }
-    Ok(st)
+    Err(Error::Busy {
+        path: dir.to_path_buf(),
+        reason: "files keep changing under a live process".into(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -763,7 +794,10 @@ pub fn check_table_bytes(
 }
 
 /// (last key, last seqno) and (offset, size) of every data block, from the index.
-fn index_handles(data: &Bytes, path: &Path) -> Result<Vec<((Bytes, u64), (u64, u64))>> {
+/// (last key, last seqno) and (offset, size) of one data block.
+type IndexHandle = ((Bytes, u64), (u64, u64));
+
+fn index_handles(data: &Bytes, path: &Path) -> Result<Vec<IndexHandle>> {
     let footer = Footer::decode(data, path)?;
     let (_, ib) = checked_block(data, footer.index, path)?;
     let iblock = Block::new(data.slice_ref(ib), path, footer.index.offset)?;
@@ -1615,10 +1649,13 @@ pub fn check_consistency(
     Ok(rep)
 }
 
+/// The newest memtable entry of a key: (seqno, kind, value).
+type MemLookup<'a> = dyn Fn(&[u8]) -> Option<(u64, Kind, Bytes)> + 'a;
+
 fn check_memtable_only(
     k: &Bytes,
     v: &Bytes,
-    mem_newest: &dyn Fn(&[u8]) -> Option<(u64, Kind, Bytes)>,
+    mem_newest: &MemLookup<'_>,
     rep: &mut ConsistencyReport,
     report: &mut dyn FnMut(&mut ConsistencyReport, Problem),
 ) {

@@ -464,6 +464,7 @@ fn assemble(
     last_seqno: u64,
     lock: Option<Box<dyn DirLock>>,
 ) -> Inner {
+    let read_only = lock.is_none();
     let files = view.files.clone();
     Inner {
         dir: dir.to_path_buf(),
@@ -486,6 +487,8 @@ fn assemble(
         counters: Counters::default(),
         closing: AtomicBool::new(false),
         failed: AtomicBool::new(false),
+        wal_healthy: AtomicBool::new(true),
+        read_only,
         failure: Mutex::new(None),
         lock: Mutex::new(lock),
         threads: Mutex::new(Vec::new()),

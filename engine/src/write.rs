@@ -191,7 +191,7 @@ impl Inner {
         if let Err(e) = io {
             // The WAL may now hold a torn record, and the kernel may have dropped dirty pages
             // after a failed fsync: nothing more can be promised durable. Refuse all writes.
-            self.fail(format!("WAL write failed: {e}"));
+            self.wal_failed(format!("WAL write failed: {e}"));
             return Err(e);
         }
         if sync {
@@ -269,7 +269,7 @@ impl Inner {
     /// WAL can hold a write that an earlier one lost (no holes after a crash).
     pub(crate) fn rotate(&self, wal: &mut WalState) -> Result<()> {
         if let Err(e) = wal.log.sync() {
-            self.fail(format!("WAL sync at rotation failed: {e}"));
+            self.wal_failed(format!("WAL sync at rotation failed: {e}"));
             return Err(e);
         }
         let mut core = self.core.lock();
@@ -280,10 +280,15 @@ impl Inner {
             Err(e) => {
                 let e = Error::io(&path, e);
                 drop(core);
-                self.fail(format!("cannot create WAL: {e}"));
+                self.wal_failed(format!("cannot create WAL: {e}"));
                 return Err(e);
             }
         };
+        if let Err(e) = self.sync_dir() {
+            drop(core);
+            self.wal_failed(format!("cannot make the new WAL's directory entry durable: {e}"));
+            return Err(e);
+        }
         wal.log = LogWriter::new(file, path, LogKind::Wal);
         wal.number = number;
         let mem = Arc::new(MemTable::new(number));
@@ -380,14 +385,14 @@ impl Inner {
     pub(crate) fn tick_wal(&self) {
         // Off the read path: release memory-map pages readers touched, if due.
         self.cache.sweep_if_due();
-        if self.failed.load(Ordering::Acquire) {
+        if !self.wal_healthy.load(Ordering::Acquire) {
             return;
         }
         if let Some(mut w) = self.wal.try_lock() {
             if w.log.buffered() > 0 {
                 if let Err(e) = w.log.flush() {
                     drop(w);
-                    self.fail(format!("WAL write failed: {e}"));
+                    self.wal_failed(format!("WAL write failed: {e}"));
                     return;
                 }
                 w.last_flush = Instant::now();

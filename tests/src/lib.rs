@@ -1,1 +1,411 @@
 //! Shared helpers for the system tests.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use sluice::{Db, Result};
+
+/// Reads the whole database forward into a map.
+pub fn dump(db: &Db) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    db.range(..)
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect()
+}
+
+/// Reads the whole database backwards, returned in forward order.
+pub fn dump_rev(db: &Db) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut v: Vec<_> = db
+        .range(..)
+        .rev()
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_>>()?;
+    v.reverse();
+    Ok(v)
+}
+
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Reads the seeds a randomized test should run: `SLUICE_SEED=n` reproduces one failure,
+/// `SLUICE_SEEDS=n` runs that many (default `default`).
+pub fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("SLUICE_SEED") {
+        return vec![s.parse().expect("SLUICE_SEED must be a number")];
+    }
+    let n = std::env::var("SLUICE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (1..=n).collect()
+}
+
+/// Runs `f` for one seed, printing the seed and the command that reproduces it on failure.
+pub fn with_seed(test: &str, seed: u64, f: impl FnOnce(u64) + std::panic::UnwindSafe) {
+    if let Err(e) = std::panic::catch_unwind(move || f(seed)) {
+        eprintln!(
+            "\n*** {test} failed with seed {seed}; reproduce with:\n    SLUICE_SEED={seed} cargo test -p sluice-tests --test {test} -- --nocapture\n"
+        );
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A random valid partition function for randomized tests: `Range` (boundaries drawn from
+/// `keys` or random bytes), `Hash` (sometimes with a biased `hashed_prefix`), or `Split` of
+/// either (occasionally nested).
+pub fn random_partition_spec(r: &mut impl rand::RngExt, keys: &[Vec<u8>]) -> sluice::PartitionSpec {
+    random_spec_depth(r, keys, 0)
+}
+
+fn random_spec_depth(
+    r: &mut impl rand::RngExt,
+    keys: &[Vec<u8>],
+    depth: usize,
+) -> sluice::PartitionSpec {
+    use sluice::PartitionSpec;
+    let kind = if depth >= 2 {
+        r.random_range(0..2)
+    } else {
+        r.random_range(0..3)
+    };
+    match kind {
+        0 => {
+            let n = r.random_range(0..8usize);
+            let mut set = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let b: Vec<u8> = if !keys.is_empty() && r.random_bool(0.7) {
+                    keys[r.random_range(0..keys.len())].clone()
+                } else {
+                    let len = r.random_range(1..4usize);
+                    (0..len).map(|_| r.random::<u8>()).collect()
+                };
+                if !b.is_empty() {
+                    set.insert(b);
+                }
+            }
+            PartitionSpec::Range {
+                boundaries: set.into_iter().collect(),
+            }
+        }
+        1 => PartitionSpec::Hash {
+            partitions: r.random_range(1..=16),
+            seed: r.random::<u64>(),
+            // A short hashed prefix is the "biased hash" of the design doc.
+            hashed_prefix: if r.random_bool(0.4) {
+                Some(r.random_range(1..=4))
+            } else {
+                None
+            },
+        },
+        _ => {
+            let base = random_spec_depth(r, keys, depth + 1);
+            let n = base.partitions();
+            PartitionSpec::Split {
+                partition: r.random_range(0..n),
+                into: r.random_range(2..=5),
+                seed: r.random::<u64>(),
+                base: Box::new(base),
+            }
+        }
+    }
+}
+
+/// The crash-test workload, shared by `tests/tests/crash.rs` and the `crash_child` binary.
+///
+/// Operation `c` (c = 1, 2, …) is a pure function of `(seed, c)`: which keys it writes or
+/// deletes, their values, whether it is a single put or a multi-key batch, and whether it is
+/// synced. Every value names its key and the counter of the operation that wrote it, and
+/// every operation puts at least one key. So a checker that finds `M` = the largest counter
+/// in the database can rebuild exactly what the database must hold if operations `1..=M`
+/// survived and nothing else did — a hole (a lost operation below `M`) or a partially applied
+/// batch shows up as a key whose value differs from that model.
+pub mod crash_workload {
+    use std::collections::BTreeMap;
+
+    use rand::{RngExt, SeedableRng};
+    use sluice::{Db, Error, Options, PartitionSpec, WriteBatch, WriteOptions};
+
+    /// Keys are `k0000` … `k0299`: few enough that operations overwrite each other often.
+    pub const KEYS: u32 = 300;
+
+    /// Layout v1: five range partitions.
+    pub fn range_spec() -> PartitionSpec {
+        PartitionSpec::Range {
+            boundaries: ["k0060", "k0120", "k0180", "k0240"]
+                .iter()
+                .map(|b| b.as_bytes().to_vec())
+                .collect(),
+        }
+    }
+
+    /// The layout migrated to: six hash partitions.
+    pub fn hash_spec() -> PartitionSpec {
+        PartitionSpec::Hash {
+            partitions: 6,
+            seed: 0x51_1ce,
+            hashed_prefix: None,
+        }
+    }
+
+    /// Small memtables and files, so flushes, compactions and migrations run constantly.
+    pub fn options() -> Options {
+        Options {
+            partition: range_spec(),
+            ..Options::tiny()
+        }
+    }
+
+    /// Which partition function an operation is written under.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Target {
+        Range,
+        Hash,
+    }
+
+    impl Target {
+        pub fn spec(self) -> PartitionSpec {
+            match self {
+                Target::Range => range_spec(),
+                Target::Hash => hash_spec(),
+            }
+        }
+        pub fn name(self) -> &'static str {
+            match self {
+                Target::Range => "range",
+                Target::Hash => "hash",
+            }
+        }
+        pub fn from_name(s: &str) -> Option<Target> {
+            match s {
+                "range" => Some(Target::Range),
+                "hash" => Some(Target::Hash),
+                _ => None,
+            }
+        }
+        pub fn of_spec(spec: &PartitionSpec) -> Option<Target> {
+            if *spec == range_spec() {
+                Some(Target::Range)
+            } else if *spec == hash_spec() {
+                Some(Target::Hash)
+            } else {
+                None
+            }
+        }
+    }
+
+    /// The target layout while operation `c` is written: range until 200, then hash, with a
+    /// rollback to range for ops 1200..1500, 2700..3000, … (every 1500 ops).
+    pub fn target_for(c: u64) -> Target {
+        if c < 200 || (c - 200) % 1500 >= 1000 {
+            Target::Range
+        } else {
+            Target::Hash
+        }
+    }
+
+    /// One write: a single put (`puts.len() == 1`, no deletes) or a multi-key batch.
+    #[derive(Clone, Debug)]
+    pub struct Op {
+        pub counter: u64,
+        pub sync: bool,
+        pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+        pub deletes: Vec<Vec<u8>>,
+    }
+
+    impl Op {
+        pub fn is_single(&self) -> bool {
+            self.puts.len() == 1 && self.deletes.is_empty()
+        }
+
+        pub fn batch(&self) -> WriteBatch {
+            let mut b = WriteBatch::new();
+            for (k, v) in &self.puts {
+                b.put(k, v);
+            }
+            for k in &self.deletes {
+                b.delete(k);
+            }
+            b
+        }
+
+        /// Writes the operation through the public API (single puts through `put` when
+        /// unsynced, to cover that path too).
+        pub fn write(&self, db: &Db) -> sluice::Result<()> {
+            if self.is_single() && !self.sync {
+                let (k, v) = &self.puts[0];
+                return db.put(k, v);
+            }
+            db.write_opt(self.batch(), &WriteOptions { sync: self.sync })
+        }
+
+        /// Applies the operation to an in-memory model.
+        pub fn apply(&self, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+            for (k, v) in &self.puts {
+                model.insert(k.clone(), v.clone());
+            }
+            for k in &self.deletes {
+                model.remove(k);
+            }
+        }
+    }
+
+    pub fn key(i: u32) -> Vec<u8> {
+        format!("k{i:04}").into_bytes()
+    }
+
+    /// `<key>|c=<counter>|<filler>`: names the writer, so any stray or stale value is caught.
+    pub fn value(key: &[u8], counter: u64, filler: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(key.len() + 16 + filler);
+        v.extend_from_slice(key);
+        v.extend_from_slice(format!("|c={counter:010}|").as_bytes());
+        v.extend((0..filler).map(|i| b'a' + ((counter as usize + i) % 26) as u8));
+        v
+    }
+
+    /// The counter of the operation that wrote `value`.
+    pub fn counter_of(value: &[u8]) -> Option<u64> {
+        let s = std::str::from_utf8(value).ok()?;
+        let at = s.find("|c=")? + 3;
+        s.get(at..at + 10)?.parse().ok()
+    }
+
+    /// Operation `c` of the workload with this seed.
+    pub fn op(seed: u64, c: u64) -> Op {
+        let mut r = rand::rngs::StdRng::seed_from_u64(
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.wrapping_mul(0xbf58_476d_1ce4_e5b9),
+        );
+        let sync = r.random_bool(0.15);
+        let n = if r.random_bool(0.5) { 1 } else { r.random_range(2..=8usize) };
+        let mut picked: Vec<u32> = Vec::with_capacity(n);
+        while picked.len() < n {
+            let k = r.random_range(0..KEYS);
+            if !picked.contains(&k) {
+                picked.push(k);
+            }
+        }
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for (i, k) in picked.into_iter().enumerate() {
+            let k = key(k);
+            if i == 0 || r.random_bool(0.8) {
+                let filler = r.random_range(16..240usize);
+                let v = value(&k, c, filler);
+                puts.push((k, v));
+            } else {
+                deletes.push(k);
+            }
+        }
+        Op {
+            counter: c,
+            sync,
+            puts,
+            deletes,
+        }
+    }
+
+    /// Makes `t` the target layout, registering its function first if no live version has
+    /// it. Returns whether the target changed.
+    ///
+    /// A draining version whose last file migrates away is retired by background work; if
+    /// that happens between `layout()` and `set_target`, the call fails with
+    /// `VersionRetired` and is retried (counted in `retries`).
+    pub fn ensure_target(db: &Db, t: Target, retries: &mut u32) -> sluice::Result<bool> {
+        let spec = t.spec();
+        loop {
+            let info = db.layout();
+            let id = match info.versions.iter().find(|v| v.spec == spec) {
+                Some(v) if v.is_target => return Ok(false),
+                Some(v) => v.id,
+                None => db.register_partition_fn(spec.clone())?,
+            };
+            match db.set_target(id) {
+                Ok(()) => return Ok(true),
+                Err(Error::VersionRetired(_)) if *retries < 1000 => *retries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One line of the acknowledgement log the child writes after each call returns.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Ack {
+        /// The child opened the database and starts at this counter.
+        Ready(u64),
+        /// `set_target` to this layout returned, before operation `c` was written.
+        Target(Target, u64),
+        /// Operation `c` was acknowledged; `sync` says whether it was a synced write.
+        Write { c: u64, sync: bool },
+        /// `sync_wal` returned after operation `c`: everything up to `c` is durable.
+        SyncWal(u64),
+    }
+
+    impl Ack {
+        pub fn line(&self) -> String {
+            match self {
+                Ack::Ready(c) => format!("R {c}\n"),
+                Ack::Target(t, c) => format!("T {} {c}\n", t.name()),
+                Ack::Write { c, sync } => format!("W {c} {}\n", if *sync { "s" } else { "u" }),
+                Ack::SyncWal(c) => format!("S {c}\n"),
+            }
+        }
+
+        /// Parses an acknowledgement log; a last line without its newline (the child was
+        /// killed while writing it) is ignored.
+        pub fn parse_log(text: &str) -> Vec<Ack> {
+            let complete = match text.rfind('\n') {
+                Some(i) => &text[..=i],
+                None => "",
+            };
+            complete
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    let num = |i: usize| -> u64 {
+                        f.get(i)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or_else(|| panic!("bad ack line {l:?}"))
+                    };
+                    match f[0] {
+                        "R" => Ack::Ready(num(1)),
+                        "T" => Ack::Target(
+                            Target::from_name(f[1]).unwrap_or_else(|| panic!("bad ack line {l:?}")),
+                            num(2),
+                        ),
+                        "W" => Ack::Write {
+                            c: num(1),
+                            sync: f.get(2) == Some(&"s"),
+                        },
+                        "S" => Ack::SyncWal(num(1)),
+                        _ => panic!("bad ack line {l:?}"),
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+static ENGINE_THREAD_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts panics on the engine's own threads (named `sluice-…`), which the engine's
+/// shutdown joins and discards, so a test can assert that none happened. Idempotent; keeps
+/// the default hook's message.
+pub fn watch_engine_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("sluice"))
+            {
+                ENGINE_THREAD_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            prev(info);
+        }));
+    });
+}
+
+/// Panics seen on engine threads since [`watch_engine_panics`] was first called.
+pub fn engine_thread_panics() -> usize {
+    ENGINE_THREAD_PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}

@@ -1,0 +1,860 @@
+//! Corrupted, truncated, missing, newer-format and locked files, and bad input.
+//!
+//! The rule (DESIGN.md "Durability and recovery"): damaged bytes in any file kind give a
+//! typed error that names the file and the offset — never a panic, never a wrong value.
+//! Metadata is checked when a file is opened; data blocks when they are read. A torn last
+//! record of a log is a crash artefact and is dropped (a prefix survives); damage followed by
+//! valid records is corruption. A failed open changes nothing on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sluice::fs::StdFs;
+use sluice::log::{read_log, record_crc, LogKind};
+use sluice::manifest::{EditRecord, VersionEdit};
+use sluice::sst::format::{block_trailer, Footer, FOOTER_LEN};
+use sluice::sst::Table;
+use sluice::{Compression, Db, Error, Options, PartitionSpec, VersionId, WriteBatch, WriteOptions};
+use sluice::{MAX_BATCH_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
+use sluice_tests::{dump, engine_thread_panics, watch_engine_panics};
+
+/// `Command::spawn` forks, and until the child execs it shares this process's open file
+/// descriptions, including the `flock` on a database's LOCK file. The one test that spawns
+/// children takes this exclusively, so no other test drops and reopens a database (and
+/// finds it still locked by the momentary duplicate) meanwhile.
+static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    watch_engine_panics();
+    SPAWNING.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    watch_engine_panics();
+    SPAWNING.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fails the test if any engine thread panicked (the engine joins and discards them).
+fn no_engine_panics() {
+    assert_eq!(engine_thread_panics(), 0, "an engine thread panicked (see the output above)");
+}
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Small blocks and files, and no background compaction or migration, so the files on disk
+/// stay exactly as the test wrote them.
+fn quiet(compression: Compression) -> Options {
+    Options {
+        compression,
+        level0_compaction_trigger: 1000,
+        level0_slowdown_trigger: 1000,
+        level0_stop_trigger: 1000,
+        migration_bytes_per_sec: 0,
+        move_bytes_per_sec: 0,
+        ..Options::tiny()
+    }
+}
+
+fn kv(i: usize) -> (Vec<u8>, Vec<u8>) {
+    let k = format!("key{i:05}").into_bytes();
+    let mut v = format!("value-{i}-").into_bytes();
+    // Compressible but not constant, so zstd blocks are really compressed.
+    v.extend((0..60).map(|j| b'a' + ((i + j / 7) % 26) as u8));
+    (k, v)
+}
+
+/// A closed database whose keys all live in SSTables (several files of many blocks).
+fn build_sst_db(dir: &Path, compression: Compression) -> Model {
+    let db = Db::open(dir, quiet(compression)).unwrap();
+    let mut model = Model::new();
+    for i in 0..600 {
+        let (k, v) = kv(i);
+        db.put(&k, &v).unwrap();
+        model.insert(k, v);
+    }
+    db.flush().unwrap();
+    db.close().unwrap();
+    model
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn manifest_of(dir: &Path) -> PathBuf {
+    let cur = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
+    dir.join(cur.trim_end())
+}
+
+/// The SSTable with the most data blocks.
+fn biggest_sst(dir: &Path) -> PathBuf {
+    files_ending(dir, ".sst")
+        .into_iter()
+        .max_by_key(|p| Table::open(&StdFs, p, 0, None).unwrap().block_count())
+        .expect("no SSTable")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() && p.file_name().unwrap() != "LOCK" {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+fn patch(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut b = std::fs::read(path).unwrap();
+    f(&mut b);
+    std::fs::write(path, &b).unwrap();
+}
+
+fn name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The engine's masked CRC32 of `data`, computed through the public block-trailer helper
+/// (a trailer is the masked CRC of the body followed by its type byte).
+fn masked_crc(data: &[u8]) -> u32 {
+    let (last, body) = data.split_last().unwrap();
+    let t = block_trailer(body, *last);
+    u32::from_le_bytes([t[1], t[2], t[3], t[4]])
+}
+
+fn open_err(dir: &Path, opts: Options, what: &str) -> Error {
+    match Db::open(dir, opts) {
+        Ok(db) => panic!("{what}: open succeeded: {:?}", dump(&db).map(|m| m.len())),
+        Err(e) => e,
+    }
+}
+
+fn assert_corruption_naming(e: &Error, file: &str, what: &str) {
+    assert!(e.is_corruption(), "{what}: not a corruption error: {e:?}");
+    let s = e.to_string();
+    assert!(s.contains(file), "{what}: error does not name {file}: {s}");
+    assert!(s.contains("offset"), "{what}: error gives no offset: {s}");
+}
+
+/// Reads every key (point reads and a scan) of a database opened over a damaged file.
+/// Every value returned must be the right one; every error must be a corruption naming
+/// `file`. Returns how many reads failed.
+fn read_all_checked(db: &Db, model: &Model, file: &str, what: &str) -> usize {
+    let mut errors = 0;
+    for (k, v) in model {
+        match db.get(k) {
+            Ok(Some(g)) => assert_eq!(&g[..], &v[..], "{what}: wrong value for {k:?}"),
+            Ok(None) => panic!("{what}: key {:?} silently vanished", String::from_utf8_lossy(k)),
+            Err(e) => {
+                assert_corruption_naming(&e, file, what);
+                errors += 1;
+            }
+        }
+    }
+    let mut scanned = 0;
+    let mut scan_failed = false;
+    for r in db.range(..) {
+        match r {
+            Ok((k, v)) => {
+                assert_eq!(
+                    model.get(&k[..]).map(|v| &v[..]),
+                    Some(&v[..]),
+                    "{what}: scan returned a wrong entry for {k:?}"
+                );
+                scanned += 1;
+            }
+            Err(e) => {
+                assert_corruption_naming(&e, file, what);
+                scan_failed = true;
+                break;
+            }
+        }
+    }
+    if !scan_failed {
+        assert_eq!(scanned, model.len(), "{what}: the scan silently skipped entries");
+    }
+    errors + scan_failed as usize
+}
+
+/// A compaction that has to read the damaged table fails with a corruption naming it, and
+/// changes nothing: the reads give what they gave before.
+fn compaction_refuses_damage(db: &Db, model: &Model, file: &str, failed_reads: usize, what: &str) {
+    match db.compact() {
+        Ok(()) => panic!("{what}: a compaction read the damaged table without noticing"),
+        Err(e) => assert!(e.to_string().contains(file), "{what}: compaction error does not name {file}: {e}"),
+    }
+    assert_eq!(
+        read_all_checked(db, model, file, what),
+        failed_reads,
+        "{what}: the failed compaction changed what reads return"
+    );
+}
+
+/// The offset an error message reports ("… at offset N…").
+fn offset_in(e: &Error) -> Option<usize> {
+    let s = e.to_string();
+    let at = s.find("offset ")? + "offset ".len();
+    let digits: String = s[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// The regions of an SSTable: (what, first byte, length).
+fn sst_regions(path: &Path) -> Vec<(&'static str, usize, usize)> {
+    let b = std::fs::read(path).unwrap();
+    let f = Footer::decode(&b, path).unwrap();
+    let reg = |h: sluice::sst::format::BlockHandle| (h.offset as usize, h.size as usize);
+    vec![
+        ("data block", 0, f.filter.offset as usize),
+        ("filter block", reg(f.filter).0, reg(f.filter).1),
+        ("index block", reg(f.index).0, reg(f.index).1),
+        ("properties block", reg(f.props).0, reg(f.props).1),
+        ("footer", b.len() - FOOTER_LEN, FOOTER_LEN),
+    ]
+}
+
+#[test]
+fn flipped_byte_in_each_sstable_region_is_reported_at_open_or_at_read() {
+    let _guard = shared();
+    for compression in [Compression::None, Compression::Zstd(3)] {
+        let root = tempfile::tempdir().unwrap();
+        let pristine = root.path().join("pristine");
+        let model = build_sst_db(&pristine, compression);
+        let sst = biggest_sst(&pristine);
+        let file = name(&sst);
+        if compression != Compression::None {
+            let t = Table::open(&StdFs, &sst, 0, None).unwrap();
+            assert!(
+                t.file_size() < t.props().raw_bytes,
+                "test setup: {file} is not really compressed ({} bytes for {} raw)",
+                t.file_size(),
+                t.props().raw_bytes
+            );
+        }
+        for (region, start, len) in sst_regions(&sst) {
+            assert!(len > 0, "{region} is empty");
+            let what = format!("{compression:?}: flip in the {region} of {file}");
+            let dir = root.path().join(region.replace(' ', "-"));
+            copy_dir(&pristine, &dir);
+            patch(&dir.join(&file), |b| b[start + len / 2] ^= 0x20);
+            if region == "data block" {
+                // Data blocks are checked when read: the database opens, and reading the
+                // damaged block fails with the file and the block's offset.
+                let db = Db::open(&dir, quiet(compression))
+                    .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+                let failed = read_all_checked(&db, &model, &file, &what);
+                assert!(failed > 0, "{what}: no read noticed the damage");
+                compaction_refuses_damage(&db, &model, &file, failed, &what);
+                let e = db
+                    .range(..)
+                    .find_map(|r| r.err())
+                    .expect("the scan noticed the damage");
+                // The offset is that of the damaged block: at or before the flipped byte,
+                // less than a block (plus its entries' slack) before it.
+                let flipped = start + len / 2;
+                let at = offset_in(&e).unwrap_or_else(|| panic!("{what}: no offset in {e}"));
+                assert!(at <= flipped && flipped - at < 1024, "{what}: flipped byte {flipped}: {e}");
+            } else {
+                let e = open_err(&dir, quiet(compression), &what);
+                assert_corruption_naming(&e, &file, &what);
+            }
+        }
+    }
+    no_engine_panics();
+}
+
+#[test]
+fn flips_anywhere_in_an_sstable_never_yield_a_wrong_value() {
+    let _guard = shared();
+    for compression in [Compression::None, Compression::Zstd(3)] {
+        let root = tempfile::tempdir().unwrap();
+        let pristine = root.path().join("pristine");
+        let model = build_sst_db(&pristine, compression);
+        let sst = biggest_sst(&pristine);
+        let file = name(&sst);
+        let len = std::fs::metadata(&sst).unwrap().len() as usize;
+        let mut positions: Vec<usize> = (0..len).step_by((len / 60).max(1)).collect();
+        positions.extend((len - FOOTER_LEN..len).step_by(3));
+        let (mut at_open, mut at_read) = (0, 0);
+        for (n, pos) in positions.into_iter().enumerate() {
+            let what = format!("{compression:?}: flip at byte {pos} of {file} ({len} bytes)");
+            let dir = root.path().join(format!("case{n}"));
+            copy_dir(&pristine, &dir);
+            patch(&dir.join(&file), |b| b[pos] ^= 0x01 << (n % 8));
+            match Db::open(&dir, quiet(compression)) {
+                Err(e) => {
+                    assert_corruption_naming(&e, &file, &what);
+                    at_open += 1;
+                }
+                Ok(db) => {
+                    let failed = read_all_checked(&db, &model, &file, &what);
+                    assert!(failed > 0, "{what}: the damage went unnoticed");
+                    at_read += 1;
+                    if at_read % 4 == 1 {
+                        compaction_refuses_damage(&db, &model, &file, failed, &what);
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        assert!(at_open > 0 && at_read > 0, "{compression:?}: {at_open} at open, {at_read} at read");
+    }
+    no_engine_panics();
+}
+
+#[test]
+fn truncated_or_extended_sstable_is_refused_at_open() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    build_sst_db(&pristine, Compression::None);
+    let sst = biggest_sst(&pristine);
+    let file = name(&sst);
+    let len = std::fs::metadata(&sst).unwrap().len() as usize;
+    let cuts = [0, 10, FOOTER_LEN - 1, len / 2, len - FOOTER_LEN - 1, len - 1];
+    for (n, cut) in cuts.into_iter().enumerate() {
+        let what = format!("{file} truncated to {cut} of {len} bytes");
+        let dir = root.path().join(format!("cut{n}"));
+        copy_dir(&pristine, &dir);
+        patch(&dir.join(&file), |b| b.truncate(cut));
+        let e = open_err(&dir, quiet(Compression::None), &what);
+        assert_corruption_naming(&e, &file, &what);
+    }
+    let what = format!("{file} with bytes appended");
+    let dir = root.path().join("longer");
+    copy_dir(&pristine, &dir);
+    patch(&dir.join(&file), |b| b.extend_from_slice(b"trailing garbage"));
+    let e = open_err(&dir, quiet(Compression::None), &what);
+    assert_corruption_naming(&e, &file, &what);
+}
+
+#[test]
+fn missing_sstable_is_named_and_the_failed_open_changes_nothing() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let model = build_sst_db(dir.path(), Compression::None);
+    let sst = biggest_sst(dir.path());
+    let file = name(&sst);
+    let aside = dir.path().join("aside");
+    std::fs::rename(&sst, &aside).unwrap();
+    let e = open_err(dir.path(), quiet(Compression::None), "missing SSTable");
+    assert_corruption_naming(&e, &file, "missing SSTable");
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert!(e.to_string().contains("MANIFEST-"), "does not say who names the file: {e}");
+    // Nothing was removed or rewritten by the failed open: put the file back and all is there.
+    std::fs::rename(&aside, &sst).unwrap();
+    let db = Db::open(dir.path(), quiet(Compression::None)).unwrap();
+    assert_eq!(dump(&db).unwrap(), model);
+    db.close().unwrap();
+}
+
+/// A closed database whose manifest ends with the edits: …, flushes, register hash v2,
+/// target v2, flush, and finally a lone `SetTarget(v1)` (a rollback). Returns the model.
+fn build_manifest_db(dir: &Path) -> Model {
+    let opts = Options {
+        migration_bytes_per_sec: 0,
+        move_bytes_per_sec: 0,
+        ..Options::default()
+    };
+    let db = Db::open(dir, opts).unwrap();
+    let mut model = Model::new();
+    for round in 0..3 {
+        for i in 0..50 {
+            let (k, v) = kv(round * 50 + i);
+            db.put(&k, &v).unwrap();
+            model.insert(k, v);
+        }
+        db.flush().unwrap();
+        if round == 1 {
+            let hash = PartitionSpec::Hash {
+                partitions: 3,
+                seed: 5,
+                hashed_prefix: None,
+            };
+            ensure_target_spec(&db, hash);
+        }
+    }
+    db.set_target(VersionId(1)).unwrap();
+    db.close().unwrap();
+    model
+}
+
+fn ensure_target_spec(db: &Db, spec: PartitionSpec) {
+    // Register and target; retried should the version be retired in between.
+    loop {
+        let id = db.register_partition_fn(spec.clone()).unwrap();
+        match db.set_target(id) {
+            Ok(()) => return,
+            Err(Error::VersionRetired(_)) => continue,
+            Err(e) => panic!("set_target: {e}"),
+        }
+    }
+}
+
+#[test]
+fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let model = build_manifest_db(&pristine);
+    let manifest = manifest_of(&pristine);
+    let mname = name(&manifest);
+    let bytes = std::fs::read(&manifest).unwrap();
+    let log = read_log(bytes.clone().into(), &manifest, LogKind::Manifest).unwrap();
+    assert!(log.records.len() >= 4, "{} records", log.records.len());
+    let (last_off, last) = log.records.last().unwrap().clone();
+    let last_edit = VersionEdit::decode(&last, &manifest, last_off + 8).unwrap();
+    assert_eq!(last_edit.records, vec![EditRecord::SetTarget(1)], "test setup: last edit");
+
+    // A flip inside each earlier record: corruption naming the manifest and the record.
+    for (off, payload) in &log.records[..log.records.len() - 1] {
+        for at in [*off as usize + 1, *off as usize + 5, *off as usize + 8 + payload.len() / 2] {
+            let what = format!("manifest flip at byte {at} (record at {off})");
+            let dir = root.path().join(format!("mid{at}"));
+            copy_dir(&pristine, &dir);
+            patch(&dir.join(&mname), |b| b[at] ^= 0x08);
+            let e = open_err(&dir, Options::default(), &what);
+            assert_corruption_naming(&e, &mname, &what);
+            assert!(e.to_string().contains(&format!("offset {off}")), "{what}: {e}");
+        }
+    }
+
+    // The last record torn (cut short, or its bytes damaged): dropped, the state before it
+    // (target v2) is back, and no data is lost.
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cuts: Vec<(String, Damage)> = vec![
+        ("cut in its header".into(), Box::new(move |b: &mut Vec<u8>| b.truncate(last_off as usize + 3))),
+        ("cut in its payload".into(), Box::new(move |b: &mut Vec<u8>| b.truncate(b.len() - 1))),
+        ("a flipped payload byte".into(), Box::new(|b: &mut Vec<u8>| {
+            let n = b.len();
+            b[n - 1] ^= 0x40;
+        })),
+    ];
+    for (n, (how, f)) in cuts.into_iter().enumerate() {
+        let what = format!("manifest last record {how}");
+        let dir = root.path().join(format!("torn{n}"));
+        copy_dir(&pristine, &dir);
+        patch(&dir.join(&mname), |b| f(b));
+        let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let torn = db.recovery_report().manifest_torn_tail;
+        assert_eq!(
+            torn.as_ref().map(|(p, o)| (name(p), *o)),
+            Some((mname.clone(), last_off)),
+            "{what}"
+        );
+        assert_eq!(db.layout().target, VersionId(2), "{what}: the torn edit took effect");
+        assert_eq!(dump(&db).unwrap(), model, "{what}");
+        db.close().unwrap();
+    }
+
+    // Untouched, the rollback is there.
+    let db = Db::open(&pristine, Options::default()).unwrap();
+    assert_eq!(db.layout().target, VersionId(1));
+    assert_eq!(db.recovery_report().manifest_torn_tail, None);
+    assert_eq!(dump(&db).unwrap(), model);
+    db.close().unwrap();
+}
+
+#[test]
+fn bad_current_is_refused_and_changes_nothing() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let model = build_sst_db(dir.path(), Compression::None);
+    let cur = dir.path().join("CURRENT");
+    let good = std::fs::read(&cur).unwrap();
+    for bad in [&b""[..], b"garbage\n", b"MANIFEST-\n", b"MANIFEST-000001", b"MANIFEST-../x\n", b"\xff\xfe\n"] {
+        let what = format!("CURRENT = {:?}", String::from_utf8_lossy(bad));
+        std::fs::write(&cur, bad).unwrap();
+        let e = open_err(dir.path(), quiet(Compression::None), &what);
+        assert_corruption_naming(&e, "CURRENT", &what);
+    }
+    // Naming a manifest that does not exist: an I/O error on that manifest.
+    std::fs::write(&cur, "MANIFEST-999999\n").unwrap();
+    let e = open_err(dir.path(), quiet(Compression::None), "CURRENT names a missing manifest");
+    assert!(e.to_string().contains("MANIFEST-999999"), "{e}");
+    // CURRENT gone, other files there: not taken for an empty directory.
+    std::fs::remove_file(&cur).unwrap();
+    match Db::open(dir.path(), quiet(Compression::None)) {
+        Err(Error::NotADatabase { reason, .. }) => assert!(reason.contains("CURRENT"), "{reason}"),
+        other => panic!("missing CURRENT: {:?}", other.map(|_| ())),
+    }
+    std::fs::write(&cur, &good).unwrap();
+    let db = Db::open(dir.path(), quiet(Compression::None)).unwrap();
+    assert_eq!(dump(&db).unwrap(), model, "a failed open changed the database");
+    db.close().unwrap();
+}
+
+/// A closed database whose WAL holds six batches (nothing flushed). Returns the batches.
+fn build_wal_db(dir: &Path) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+    let db = Db::open(dir, Options::default()).unwrap();
+    let mut batches = Vec::new();
+    for n in 0..6 {
+        let mut b = WriteBatch::new();
+        let kvs: Vec<_> = (0..4).map(|j| kv(n * 10 + j)).collect();
+        for (k, v) in &kvs {
+            b.put(k, v);
+        }
+        db.write_opt(b, &WriteOptions { sync: n % 2 == 0 }).unwrap();
+        batches.push(kvs);
+    }
+    db.close().unwrap();
+    batches
+}
+
+fn batches_present(db: &Db, batches: &[Vec<(Vec<u8>, Vec<u8>)>], what: &str) -> usize {
+    let all = dump(db).unwrap();
+    let mut present = 0;
+    for (i, b) in batches.iter().enumerate() {
+        let n = b.iter().filter(|(k, v)| all.get(k) == Some(v)).count();
+        assert!(n == 0 || n == b.len(), "{what}: batch {i} partially applied");
+        assert!(n == 0 || present == i, "{what}: batch {i} present after a missing one");
+        if n > 0 {
+            present += 1;
+        }
+    }
+    present
+}
+
+#[test]
+fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let batches = build_wal_db(&pristine);
+    let wals = files_ending(&pristine, ".log");
+    let wal = wals.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let wname = name(wal);
+    let log = read_log(std::fs::read(wal).unwrap().into(), wal, LogKind::Wal).unwrap();
+    assert_eq!(log.records.len(), 6, "test setup: the WAL should hold the six batches");
+
+    // Damage in records 0..5 (each followed by a valid record).
+    for (r, (off, payload)) in log.records[..5].iter().enumerate() {
+        for at in [*off as usize, *off as usize + 6, *off as usize + 8 + payload.len() - 1] {
+            let what = format!("WAL flip at byte {at} (record {r} at {off})");
+            let dir = root.path().join(format!("mid{at}"));
+            copy_dir(&pristine, &dir);
+            patch(&dir.join(&wname), |b| b[at] ^= 0x02);
+            let e = open_err(&dir, Options::default(), &what);
+            assert_corruption_naming(&e, &wname, &what);
+            assert!(e.to_string().contains(&format!("offset {off}")), "{what}: {e}");
+        }
+    }
+
+    // The last record torn: dropped and reported; the five before it are all there.
+    let (last_off, _) = log.records[5];
+    let len = std::fs::metadata(wal).unwrap().len() as usize;
+    for (n, cut) in [last_off as usize + 2, last_off as usize + 9, len - 1].into_iter().enumerate() {
+        let what = format!("WAL cut to {cut} bytes (last record at {last_off})");
+        let dir = root.path().join(format!("torn{n}"));
+        copy_dir(&pristine, &dir);
+        patch(&dir.join(&wname), |b| b.truncate(cut));
+        let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (p, off, dropped) = db
+            .recovery_report()
+            .torn_tail
+            .unwrap_or_else(|| panic!("{what}: torn tail not reported"));
+        assert_eq!((name(&p), off, dropped), (wname.clone(), last_off, (cut as u64 - last_off)), "{what}");
+        assert_eq!(batches_present(&db, &batches, &what), 5, "{what}");
+        db.close().unwrap();
+    }
+    // A flipped byte in the last record is a torn tail too (nothing valid follows).
+    let dir = root.path().join("torn-flip");
+    copy_dir(&pristine, &dir);
+    patch(&dir.join(&wname), |b| b[len - 3] ^= 0x10);
+    let db = Db::open(&dir, Options::default()).unwrap();
+    assert!(db.recovery_report().torn_tail.is_some());
+    assert_eq!(batches_present(&db, &batches, "flip in the last WAL record"), 5);
+    db.close().unwrap();
+
+    let db = Db::open(&pristine, Options::default()).unwrap();
+    assert_eq!(db.recovery_report().torn_tail, None);
+    assert_eq!(batches_present(&db, &batches, "untouched WAL"), 6);
+    db.close().unwrap();
+}
+
+fn assert_unsupported(e: &Error, file: &str, what: &str) {
+    match e {
+        Error::UnsupportedFormat { file: f, found, supported } => {
+            assert_eq!(name(f), file, "{what}");
+            assert_eq!(*found, supported + 1, "{what}");
+            assert!(e.to_string().contains(file), "{what}: {e}");
+        }
+        e => panic!("{what}: expected UnsupportedFormat, got {e:?}"),
+    }
+}
+
+/// Patches the format version in a log's header record to `version`, with a valid CRC.
+fn patch_log_version(path: &Path, version: u32) {
+    patch(path, |b| {
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        assert_eq!(len, 9, "log header record");
+        assert_eq!(&b[8..12], b"SLOG");
+        b[12..16].copy_from_slice(&version.to_le_bytes());
+        let crc = record_crc(len, &b[8..17]);
+        b[4..8].copy_from_slice(&crc.to_le_bytes());
+    });
+}
+
+#[test]
+fn newer_format_versions_are_refused_with_unsupported_format() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let model = build_sst_db(&pristine, Compression::None);
+    let next_table = sluice::sst::format::TABLE_FORMAT_VERSION + 1;
+    let next_log = sluice::log::LOG_FORMAT_VERSION + 1;
+
+    // SSTable footer: version field patched, footer CRC recomputed.
+    let sst = biggest_sst(&pristine);
+    let file = name(&sst);
+    let dir = root.path().join("footer");
+    copy_dir(&pristine, &dir);
+    patch(&dir.join(&file), |b| {
+        let f = b.len() - FOOTER_LEN;
+        let stored = u32::from_le_bytes(b[f + 60..f + 64].try_into().unwrap());
+        assert_eq!(masked_crc(&b[f..f + 60]), stored, "test's CRC helper disagrees with the engine");
+        b[f + 48..f + 52].copy_from_slice(&next_table.to_le_bytes());
+        let crc = masked_crc(&b[f..f + 60]);
+        b[f + 60..f + 64].copy_from_slice(&crc.to_le_bytes());
+    });
+    let e = open_err(&dir, quiet(Compression::None), "newer SSTable footer");
+    assert_unsupported(&e, &file, "newer SSTable footer");
+
+    // SSTable properties: version field patched, block trailer recomputed.
+    let dir = root.path().join("props");
+    copy_dir(&pristine, &dir);
+    patch(&dir.join(&file), |b| {
+        let f = Footer::decode(b, &sst).unwrap();
+        let (start, end) = (f.props.offset as usize, (f.props.offset + f.props.size) as usize);
+        b[start..start + 4].copy_from_slice(&next_table.to_le_bytes());
+        let t = block_trailer(&b[start..end], b[end]);
+        b[end..end + 5].copy_from_slice(&t);
+    });
+    let e = open_err(&dir, quiet(Compression::None), "newer SSTable properties");
+    assert_unsupported(&e, &file, "newer SSTable properties");
+
+    // WAL and manifest headers.
+    let dir = root.path().join("wal");
+    copy_dir(&pristine, &dir);
+    let wal = files_ending(&dir, ".log").pop().expect("a WAL");
+    patch_log_version(&wal, next_log);
+    let e = open_err(&dir, quiet(Compression::None), "newer WAL");
+    assert_unsupported(&e, &name(&wal), "newer WAL");
+
+    let dir = root.path().join("manifest");
+    copy_dir(&pristine, &dir);
+    let m = manifest_of(&dir);
+    patch_log_version(&m, next_log);
+    let e = open_err(&dir, quiet(Compression::None), "newer manifest");
+    assert_unsupported(&e, &name(&m), "newer manifest");
+
+    // The untouched copy still opens.
+    let db = Db::open(&pristine, quiet(Compression::None)).unwrap();
+    assert_eq!(dump(&db).unwrap(), model);
+    db.close().unwrap();
+}
+
+fn child_lock_probe(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_crash_child"))
+        .arg("lock")
+        .arg(dir)
+        .output()
+        .expect("running crash_child");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "crash_child lock: {s} {}", String::from_utf8_lossy(&out.stderr));
+    s
+}
+
+#[test]
+fn locked_directory_is_refused_in_this_process_and_from_another() {
+    let _guard = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.put("before", "1").unwrap();
+    match Db::open(dir.path(), Options::default()) {
+        Err(Error::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("second open in this process: {:?}", other.map(|_| ())),
+    }
+    let probe = child_lock_probe(dir.path());
+    assert!(probe.starts_with("LOCKED"), "second process: {probe}");
+    // The refused opens disturbed nothing.
+    db.put("after", "2").unwrap();
+    assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"1"[..]));
+    db.close().unwrap();
+    let probe = child_lock_probe(dir.path());
+    assert!(probe.starts_with("OPENED Ok"), "after close: {probe}");
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"2"[..]));
+    db.close().unwrap();
+}
+
+#[test]
+fn oversized_keys_values_and_batches_are_refused_whole_and_the_db_keeps_working() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    db.put("ok", "1").unwrap();
+    let big_key = vec![b'k'; MAX_KEY_LEN + 1];
+    match db.put(&big_key, "v") {
+        Err(Error::KeyTooLarge { len, max }) => assert_eq!((len, max), (MAX_KEY_LEN + 1, MAX_KEY_LEN)),
+        other => panic!("oversized key: {other:?}"),
+    }
+    assert!(matches!(db.delete(&big_key), Err(Error::KeyTooLarge { .. })));
+    match db.put("v", vec![0u8; MAX_VALUE_LEN + 1]) {
+        Err(Error::ValueTooLarge { len, max }) => assert_eq!((len, max), (MAX_VALUE_LEN + 1, MAX_VALUE_LEN)),
+        other => panic!("oversized value: {:?}", other.map(|_| ())),
+    }
+    // A batch with one bad operation is refused whole.
+    let mut b = WriteBatch::new();
+    b.put("batch-a", "1").put(&big_key, "2").put("batch-b", "3");
+    assert!(matches!(db.write(b), Err(Error::KeyTooLarge { .. })));
+    let mut b = WriteBatch::new();
+    let chunk = vec![7u8; 60 << 20];
+    for i in 0..5 {
+        b.put(format!("huge-{i}"), &chunk);
+    }
+    drop(chunk);
+    match db.write(b) {
+        Err(Error::BatchTooLarge { len, max }) => assert!(len > max && max == MAX_BATCH_LEN),
+        other => panic!("oversized batch: {:?}", other.map(|_| ())),
+    }
+    for k in ["batch-a", "batch-b", "huge-0", "huge-4", "v"] {
+        assert_eq!(db.get(k).unwrap(), None, "{k} from a refused write");
+    }
+    // The limits themselves are fine, through flush and reopen.
+    let max_key = vec![b'm'; MAX_KEY_LEN];
+    let large_value = vec![b'x'; 1 << 20];
+    db.put(&max_key, "max").unwrap();
+    db.put("large", &large_value).unwrap();
+    db.flush().unwrap();
+    db.put("ok", "2").unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    assert_eq!(db.get(&max_key).unwrap().as_deref(), Some(&b"max"[..]));
+    assert_eq!(db.get("large").unwrap().as_deref(), Some(&large_value[..]));
+    assert_eq!(db.get("ok").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(dump(&db).unwrap().len(), 3);
+    db.close().unwrap();
+}
+
+fn invalid_specs() -> Vec<PartitionSpec> {
+    let range = |b: &[&str]| PartitionSpec::Range {
+        boundaries: b.iter().map(|s| s.as_bytes().to_vec()).collect(),
+    };
+    let hash = |partitions, hashed_prefix| PartitionSpec::Hash {
+        partitions,
+        seed: 1,
+        hashed_prefix,
+    };
+    vec![
+        range(&["b", "a"]),
+        range(&["a", "a"]),
+        range(&["a", ""]),
+        PartitionSpec::Range {
+            boundaries: vec![vec![b'x'; MAX_KEY_LEN + 1]],
+        },
+        PartitionSpec::Range {
+            boundaries: (0..5000u32).map(|i| format!("{i:08}").into_bytes()).collect(),
+        },
+        hash(0, None),
+        hash(sluice::MAX_PARTITIONS + 1, None),
+        hash(4, Some(0)),
+        PartitionSpec::Split {
+            base: Box::new(hash(4, None)),
+            partition: 4,
+            into: 2,
+            seed: 1,
+        },
+        PartitionSpec::Split {
+            base: Box::new(hash(4, None)),
+            partition: 1,
+            into: 1,
+            seed: 1,
+        },
+        PartitionSpec::Split {
+            base: Box::new(hash(4, None)),
+            partition: 1,
+            into: sluice::MAX_PARTITIONS,
+            seed: 1,
+        },
+        PartitionSpec::Split {
+            base: Box::new(range(&["m", "c"])),
+            partition: 0,
+            into: 2,
+            seed: 1,
+        },
+    ]
+}
+
+#[test]
+fn invalid_partition_specs_are_refused_and_the_db_keeps_working() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    db.put("a", "1").unwrap();
+    for spec in invalid_specs() {
+        let what = format!("{spec:?}").chars().take(120).collect::<String>();
+        match db.register_partition_fn(spec.clone()) {
+            Err(Error::InvalidPartitionSpec(reason)) => assert!(!reason.is_empty(), "{what}"),
+            other => panic!("register {what}: {other:?}"),
+        }
+        // Refused at creation too, before anything is written.
+        let fresh = tempfile::tempdir().unwrap();
+        let sub = fresh.path().join("db");
+        match Db::open(&sub, Options { partition: spec, ..Options::default() }) {
+            Err(Error::InvalidPartitionSpec(_)) => {}
+            other => panic!("open with {what}: {:?}", other.map(|_| ())),
+        }
+        assert!(!sub.join("CURRENT").exists(), "{what}: a database was created");
+    }
+    assert!(matches!(db.set_target(VersionId(7)), Err(Error::UnknownVersion(7))));
+    let layout = db.layout();
+    assert_eq!(layout.versions.len(), 1, "{layout:?}");
+    // Still fully usable, and nothing of the refused specs reached the manifest.
+    db.put("b", "2").unwrap();
+    let v2 = db
+        .register_partition_fn(PartitionSpec::Hash {
+            partitions: 3,
+            seed: 2,
+            hashed_prefix: None,
+        })
+        .unwrap();
+    match db.set_target(v2) {
+        Ok(()) | Err(Error::VersionRetired(_)) => {}
+        Err(e) => panic!("set_target: {e}"),
+    }
+    db.flush().unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get("b").unwrap().as_deref(), Some(&b"2"[..]));
+    db.close().unwrap();
+}
+
+#[test]
+fn invalid_options_are_refused_before_anything_is_written() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    let bad = [
+        Options { memtable_bytes: 10, ..Options::default() },
+        Options { block_size: 1, ..Options::default() },
+        Options { background_threads: 0, ..Options::default() },
+        Options { level_multiplier: 1, ..Options::default() },
+        Options { compression: Compression::Zstd(99), ..Options::default() },
+    ];
+    for o in bad {
+        match Db::open(&dir, o) {
+            Err(Error::InvalidOption { name, reason }) => assert!(!name.is_empty() && !reason.is_empty()),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert!(!dir.join("CURRENT").exists());
+    }
+}

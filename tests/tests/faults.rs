@@ -1,0 +1,562 @@
+//! I/O faults injected through `FaultFs`: ENOSPC, EIO and short writes on append, and a
+//! failed fsync — on the WAL, on SSTables (during flush and during compaction) and on the
+//! manifest.
+//!
+//! What the engine promises, and what is asserted:
+//! - A fault on the WAL fails the write that hit it; a fault that leaves durability in doubt
+//!   (WAL, flush, manifest) turns the database read-only: later writes get
+//!   `Error::ReadOnly`, reads keep working.
+//! - A failed compaction endangers nothing acknowledged, so it is retried while writes go on.
+//! - After the handle is dropped and the directory reopened with the real file system: every
+//!   write acknowledged as synced (or covered by an acknowledged `sync_wal`) is present; of
+//!   the other writes a prefix is present, never a hole; no batch is partial. (A database
+//!   that failed is, for unsynced writes, like a process that crashed: `WriteOptions` only
+//!   promises an unsynced write once it is handed to the OS.)
+//! - `Db::close` promises to flush and fsync the WAL. So when it returns `Ok`, every
+//!   acknowledged write must be there after reopening (see the last test).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice::fs::{Fault, FaultFs, FaultKind, FsOp};
+use sluice::{Db, Error, Options, PartitionSpec, WriteBatch, WriteOptions};
+use sluice_tests::{dump, engine_thread_panics, watch_engine_panics};
+
+/// The four faults: (name, operation, kind, errno the caller should see).
+const FAULTS: [(&str, FsOp, FaultKind, i32); 4] = [
+    ("ENOSPC on append", FsOp::Append, FaultKind::NoSpace, 28),
+    ("EIO on append", FsOp::Append, FaultKind::Io, 5),
+    ("short write", FsOp::Append, FaultKind::ShortWrite, 28),
+    ("EIO on fsync", FsOp::Sync, FaultKind::Io, 5),
+];
+
+fn fault(op: FsOp, kind: FaultKind, file: &str, sticky: bool) -> Fault {
+    Fault {
+        op,
+        path_contains: Some(file.into()),
+        kind,
+        skip: 0,
+        sticky,
+    }
+}
+
+fn with_fs(base: Options, fs: &FaultFs) -> Options {
+    watch_engine_panics();
+    Options {
+        fs: Arc::new(fs.clone()),
+        ..base
+    }
+}
+
+/// One batch the test tried to write.
+struct Rec {
+    keys: Vec<(Vec<u8>, Vec<u8>)>,
+    acked: bool,
+    synced: bool,
+}
+
+/// Every batch tried, in order. Batch `i` writes keys `op<i>/<j>`, so batches never
+/// overwrite each other and each one's presence can be judged on its own.
+#[derive(Default)]
+struct Ledger {
+    ops: Vec<Rec>,
+    /// Batches `0..durable` are known durable (synced, or covered by `sync_wal`).
+    durable: usize,
+}
+
+impl Ledger {
+    fn write(&mut self, db: &Db, sync: bool, n: usize, value_len: usize) -> sluice::Result<()> {
+        let i = self.ops.len();
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+            .map(|j| {
+                let k = format!("op{i:06}/{j}").into_bytes();
+                let mut v = format!("v{i}/{j}/").into_bytes();
+                v.resize(value_len.max(v.len()), b'0' + (i % 10) as u8);
+                (k, v)
+            })
+            .collect();
+        let mut b = WriteBatch::new();
+        for (k, v) in &keys {
+            b.put(k, v);
+        }
+        self.ops.push(Rec {
+            keys,
+            acked: false,
+            synced: sync,
+        });
+        let r = if n == 1 && !sync {
+            let (k, v) = &self.ops[i].keys[0];
+            db.put(k, v)
+        } else {
+            db.write_opt(b, &WriteOptions { sync })
+        };
+        if r.is_ok() {
+            self.ops[i].acked = true;
+            if sync {
+                self.durable = i + 1;
+            }
+        }
+        r
+    }
+
+    /// Writes `count` acknowledged batches (every fifth synced), then `sync_wal`.
+    fn fill(&mut self, db: &Db, count: usize, value_len: usize) {
+        for i in 0..count {
+            self.write(db, i % 5 == 4, 1 + i % 4, value_len).unwrap();
+        }
+        db.sync_wal().unwrap();
+        self.durable = self.ops.len();
+    }
+
+    fn acked(&self) -> usize {
+        self.ops.iter().filter(|r| r.acked).count()
+    }
+
+    /// Checks that every acknowledged batch reads back (in a database that is still open,
+    /// failed or not) and that the unacknowledged ones are whole or absent.
+    fn check_reads(&self, db: &Db, what: &str) {
+        for (i, r) in self.ops.iter().enumerate() {
+            let mut present = 0;
+            for (k, v) in &r.keys {
+                let got = db
+                    .get(k)
+                    .unwrap_or_else(|e| panic!("{what}: read of batch {i} failed: {e}"));
+                match got {
+                    Some(g) => {
+                        assert_eq!(&g[..], &v[..], "{what}: batch {i} reads a wrong value");
+                        present += 1;
+                    }
+                    None => assert!(!r.acked, "{what}: acknowledged batch {i} is not readable"),
+                }
+            }
+            assert!(
+                present == 0 || present == r.keys.len(),
+                "{what}: batch {i} is partially visible ({present} of {} keys)",
+                r.keys.len()
+            );
+        }
+        assert!(dump(db).is_ok(), "{what}: scan failed");
+    }
+
+    /// Reopens with the real file system and checks: no partial batch, the present batches
+    /// are a prefix of those tried, covering at least `must` batches and every durable one.
+    /// Returns the reopened database and the length of the surviving prefix.
+    fn check_reopen(&self, dir: &Path, must: usize, what: &str) -> (Db, usize) {
+        // A background job that panicked instead of failing would be joined and forgotten.
+        assert_eq!(engine_thread_panics(), 0, "{what}: an engine thread panicked");
+        let db = Db::open(dir, Options::default())
+            .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+        let all = dump(&db).unwrap_or_else(|e| panic!("{what}: scan after reopen failed: {e}"));
+        let mut present = Vec::with_capacity(self.ops.len());
+        let mut expected_keys = 0;
+        for (i, r) in self.ops.iter().enumerate() {
+            let n = r
+                .keys
+                .iter()
+                .filter(|(k, v)| match all.get(k) {
+                    Some(g) => {
+                        assert_eq!(g, v, "{what}: batch {i} came back with a wrong value");
+                        true
+                    }
+                    None => false,
+                })
+                .count();
+            assert!(
+                n == 0 || n == r.keys.len(),
+                "{what}: batch {i} (acknowledged: {}, synced: {}) is partially applied after \
+                 reopen: {n} of {} keys",
+                r.acked,
+                r.synced,
+                r.keys.len()
+            );
+            present.push(n > 0);
+            if n > 0 {
+                expected_keys += n;
+            }
+        }
+        assert_eq!(all.len(), expected_keys, "{what}: keys nobody wrote appeared");
+        let prefix = present.iter().take_while(|p| **p).count();
+        if let Some(j) = present[prefix..].iter().position(|p| *p) {
+            panic!(
+                "{what}: batch {} is present but batch {prefix} (acknowledged: {}) is not: a hole",
+                prefix + j,
+                self.ops[prefix].acked
+            );
+        }
+        let must = must.max(self.durable);
+        assert!(
+            prefix >= must,
+            "{what}: only batches 0..{prefix} survived, but 0..{must} were acknowledged as durable"
+        );
+        (db, prefix)
+    }
+}
+
+/// The OS error number of an I/O error. Group commit hands each writer a copy of the
+/// leader's error, rebuilt from its kind and message, so the number may survive only in
+/// the message ("… (os error 28)"); see `enospc_on_the_wal_is_reported_as_no_space`.
+fn errno(e: &Error) -> Option<i32> {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error().or_else(|| {
+            let s = source.to_string();
+            let at = s.rfind("(os error ")? + "(os error ".len();
+            s[at..].strip_suffix(')')?.parse().ok()
+        }),
+        _ => None,
+    }
+}
+
+fn io_path(e: &Error) -> String {
+    match e {
+        Error::Io { path, .. } => path.display().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Once failed, the database refuses every kind of write with `ReadOnly`.
+fn assert_read_only(db: &Db, what: &str) {
+    let ro = |r: sluice::Result<()>, op: &str| match r {
+        Err(Error::ReadOnly(_)) => {}
+        other => panic!("{what}: {op} after the failure gave {other:?}, expected ReadOnly"),
+    };
+    ro(db.put("after", "x"), "put");
+    let mut b = WriteBatch::new();
+    b.put("after-1", "x").put("after-2", "y");
+    ro(db.write_opt(b, &WriteOptions { sync: true }), "synced batch");
+    ro(db.delete("op000000/0"), "delete");
+    ro(db.sync_wal(), "sync_wal");
+    ro(db.flush(), "flush");
+    ro(
+        db.register_partition_fn(PartitionSpec::Hash {
+            partitions: 2,
+            seed: 1,
+            hashed_prefix: None,
+        })
+        .map(|_| ()),
+        "register_partition_fn",
+    );
+}
+
+/// Writes batches (every `sync_every`-th synced, none if 0) until one fails; the failure
+/// must come within `limit`. Returns the error.
+fn write_until_error(db: &Db, l: &mut Ledger, sync_every: usize, value_len: usize, what: &str) -> Error {
+    let limit = Duration::from_secs(20);
+    let start = Instant::now();
+    let mut i = 0usize;
+    loop {
+        let sync = sync_every > 0 && i % sync_every == sync_every - 1;
+        if let Err(e) = l.write(db, sync, 1 + i % 3, value_len) {
+            return e;
+        }
+        i += 1;
+        assert!(
+            start.elapsed() < limit,
+            "{what}: {i} writes went through in {limit:?} without the fault being noticed"
+        );
+    }
+}
+
+#[test]
+fn wal_fault_fails_the_synced_write_then_refuses_writes_and_keeps_reads() {
+    for (name, op, kind, want_errno) in FAULTS {
+        let what = format!("WAL {name}");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 40, 100);
+        // The WAL buffer is empty now, so the next WAL append or fsync is the synced write's
+        // own (the background ticker only writes a non-empty buffer).
+        fs.inject(fault(op, kind, ".log", false));
+        let e = l.write(&db, true, 4, 100).unwrap_err();
+        assert_eq!(fs.injected(), 1, "{what}: the fault did not fire");
+        assert_eq!(errno(&e), Some(want_errno), "{what}: the failing write gave {e:?}");
+        assert!(io_path(&e).ends_with(".log"), "{what}: error does not name the WAL: {e}");
+        assert_read_only(&db, &what);
+        l.check_reads(&db, &what);
+        drop(db);
+        let (db, _) = l.check_reopen(dir.path(), l.acked(), &what);
+        // Reopening recovers: writes work again.
+        db.put("again", "1").unwrap();
+        assert_eq!(db.get("again").unwrap().as_deref(), Some(&b"1"[..]));
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn wal_fault_under_unsynced_writes_is_noticed_and_keeps_a_prefix() {
+    for (name, op, kind, want_errno) in FAULTS {
+        let what = format!("WAL {name} (unsynced writes)");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        // Small memtables: WAL rotation fsyncs the WAL, which is where an fsync fault lands
+        // when no write asks for sync.
+        let db = Db::open(dir.path(), with_fs(Options::tiny(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 20, 200);
+        fs.inject(fault(op, kind, ".log", true));
+        let e = write_until_error(&db, &mut l, 7, 200, &what);
+        // Either this write hit the fault itself, or the background WAL flush did first.
+        match &e {
+            Error::ReadOnly(reason) => assert!(reason.contains(".log"), "{what}: {reason}"),
+            e => {
+                assert_eq!(errno(e), Some(want_errno), "{what}: {e:?}");
+                assert!(io_path(e).ends_with(".log"), "{what}: {e}");
+            }
+        }
+        assert_read_only(&db, &what);
+        l.check_reads(&db, &what);
+        drop(db);
+        let (db, _) = l.check_reopen(dir.path(), 0, &what);
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn sst_fault_during_flush_turns_read_only_and_loses_nothing_durable() {
+    for (name, op, kind, _) in FAULTS {
+        let what = format!("SST {name} during flush");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(Options::tiny(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 60, 200);
+        db.flush().unwrap();
+        fs.inject(fault(op, kind, ".sst", true));
+        let e = write_until_error(&db, &mut l, 7, 200, &what);
+        match &e {
+            Error::ReadOnly(reason) => assert!(
+                reason.contains("flush") && reason.contains(".sst"),
+                "{what}: reason does not say what failed: {reason}"
+            ),
+            e => panic!("{what}: expected ReadOnly once the flush failed, got {e:?}"),
+        }
+        assert!(fs.injected() > 0, "{what}: the fault did not fire");
+        assert!(db.stats().background_errors > 0, "{what}: no background error counted");
+        assert_read_only(&db, &what);
+        l.check_reads(&db, &what);
+        drop(db);
+        let (db, _) = l.check_reopen(dir.path(), 0, &what);
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn sst_fault_during_compaction_is_retried_while_writes_go_on() {
+    for (name, op, kind, _) in FAULTS {
+        let what = format!("SST {name} during compaction");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        // No automatic compaction: every partition keeps several L0 files for the manual
+        // compaction to merge.
+        let opts = Options {
+            partition: PartitionSpec::Range {
+                boundaries: vec![b"op000100".to_vec()],
+            },
+            level0_compaction_trigger: 100,
+            level0_slowdown_trigger: 200,
+            level0_stop_trigger: 300,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), with_fs(opts, &fs)).unwrap();
+        let mut l = Ledger::default();
+        for _ in 0..4 {
+            l.fill(&db, 60, 100);
+            db.flush().unwrap();
+        }
+        fs.inject(fault(op, kind, ".sst", true));
+        match db.compact() {
+            Err(Error::Background(msg)) => assert!(msg.contains(".sst"), "{what}: {msg}"),
+            other => panic!("{what}: compact gave {other:?}, expected a Background error"),
+        }
+        assert!(fs.injected() > 0, "{what}: the fault did not fire");
+        assert!(db.stats().background_errors > 0, "{what}: no background error counted");
+        // Nothing acknowledged is at risk, so writes (that fit in the memtable) go on.
+        for _ in 0..5 {
+            l.write(&db, true, 2, 50)
+                .unwrap_or_else(|e| panic!("{what}: write after a failed compaction: {e}"));
+        }
+        l.check_reads(&db, &what);
+        fs.clear();
+        db.compact()
+            .unwrap_or_else(|e| panic!("{what}: compaction after the fault cleared: {e}"));
+        l.check_reads(&db, &what);
+        db.close().unwrap();
+        let (db, n) = l.check_reopen(dir.path(), l.acked(), &what);
+        assert_eq!(n, l.ops.len());
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn manifest_fault_fails_the_layout_change_and_turns_read_only() {
+    for (name, op, kind, want_errno) in FAULTS {
+        let what = format!("MANIFEST {name} on register_partition_fn");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 30, 100);
+        fs.inject(fault(op, kind, "MANIFEST", false));
+        let e = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 9,
+                hashed_prefix: None,
+            })
+            .unwrap_err();
+        assert_eq!(errno(&e), Some(want_errno), "{what}: {e:?}");
+        assert!(io_path(&e).contains("MANIFEST"), "{what}: error does not name the manifest: {e}");
+        assert_read_only(&db, &what);
+        l.check_reads(&db, &what);
+        drop(db);
+        let (db, _) = l.check_reopen(dir.path(), l.acked(), &what);
+        let layout = db.layout();
+        let torn = db.recovery_report().manifest_torn_tail;
+        match (op, kind) {
+            // Nothing reached the file: the registration never happened.
+            (FsOp::Append, FaultKind::NoSpace | FaultKind::Io) => {
+                assert_eq!(layout.versions.len(), 1, "{what}: {layout:?}");
+                assert_eq!(torn, None, "{what}");
+            }
+            // Half a record: a torn tail, dropped; the previous state is back.
+            (FsOp::Append, FaultKind::ShortWrite) => {
+                assert_eq!(layout.versions.len(), 1, "{what}: {layout:?}");
+                assert!(torn.is_some(), "{what}: the torn manifest record was not reported");
+            }
+            // The record was written but not known durable: either outcome is correct.
+            _ => assert!(layout.versions.len() <= 2, "{what}: {layout:?}"),
+        }
+        assert_eq!(layout.target.0, 1, "{what}");
+        db.put("again", "1").unwrap();
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn manifest_fault_during_flush_turns_read_only_and_loses_nothing_durable() {
+    for (name, op, kind, _) in FAULTS {
+        let what = format!("MANIFEST {name} during flush");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(Options::tiny(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 60, 200);
+        fs.inject(fault(op, kind, "MANIFEST", true));
+        let e = write_until_error(&db, &mut l, 7, 200, &what);
+        match &e {
+            Error::ReadOnly(reason) => assert!(reason.contains("MANIFEST"), "{what}: {reason}"),
+            e => panic!("{what}: expected ReadOnly once the manifest write failed, got {e:?}"),
+        }
+        assert!(fs.injected() > 0, "{what}: the fault did not fire");
+        assert_read_only(&db, &what);
+        l.check_reads(&db, &what);
+        drop(db);
+        let (db, _) = l.check_reopen(dir.path(), 0, &what);
+        db.close().unwrap();
+    }
+}
+
+/// `Error::is_no_space` is how a caller tells a full disk from other I/O errors; the write
+/// that ran out of space must say so.
+#[test]
+fn enospc_on_the_wal_is_reported_as_no_space() {
+    for kind in [FaultKind::NoSpace, FaultKind::ShortWrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
+        db.put("a", "1").unwrap();
+        db.sync_wal().unwrap();
+        fs.inject(fault(FsOp::Append, kind, ".log", false));
+        let e = db
+            .write_opt(WriteBatch::new().put("b", "2").clone(), &WriteOptions { sync: true })
+            .unwrap_err();
+        assert_eq!(errno(&e), Some(28), "{kind:?}: {e:?}");
+        assert!(e.is_no_space(), "{kind:?}: the failed write's error is not is_no_space(): {e:?}");
+    }
+}
+
+/// `Db::close` documents that it "flushes the WAL buffer, fsyncs it". If it returns `Ok` on
+/// a database that failed earlier, every acknowledged write must therefore be there after
+/// reopening; otherwise close must report that it could not make them durable.
+///
+/// Three failures strike while acknowledged unsynced writes sit in the WAL buffer (a slow
+/// WAL ticker and a big buffer keep them there): a failed manifest write (the WAL is
+/// healthy; deterministic), a failed flush (the WAL is healthy; how many writes are in the
+/// buffer depends on timing) and a failed WAL append.
+#[test]
+fn close_after_a_failure_reports_it_or_keeps_every_acknowledged_write() {
+    let base = Options {
+        wal_flush_interval: Duration::from_secs(1),
+        wal_buffer_bytes: 8 << 20,
+        ..Options::tiny()
+    };
+    let mut failures = Vec::new();
+    let mut judge = |what: &str, dir: &Path, l: &Ledger, closed: sluice::Result<()>| {
+        let (db, n) = l.check_reopen(dir, 0, what);
+        if closed.is_ok() && n < l.acked() {
+            failures.push(format!(
+                "{what}: close() returned Ok, but only {n} of {} acknowledged batches survived \
+                 the reopen (the others were acknowledged unsynced writes in the WAL buffer)",
+                l.acked()
+            ));
+        }
+        db.close().unwrap();
+    };
+
+    // (1) A manifest write fails (a layout change): the WAL is healthy.
+    {
+        let what = "close after a failed manifest write";
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(base.clone(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 5, 100);
+        for _ in 0..10 {
+            l.write(&db, false, 2, 100).unwrap();
+        }
+        fs.inject(fault(FsOp::Append, FaultKind::NoSpace, "MANIFEST", false));
+        let spec = PartitionSpec::Hash {
+            partitions: 2,
+            seed: 3,
+            hashed_prefix: None,
+        };
+        assert!(db.register_partition_fn(spec).is_err(), "{what}: the manifest write did not fail");
+        assert!(matches!(db.put("x", "y"), Err(Error::ReadOnly(_))), "{what}");
+        let closed = db.close();
+        judge(what, dir.path(), &l, closed);
+    }
+
+    // (2) A flush fails (SST ENOSPC): the WAL is healthy.
+    {
+        let what = "close after a failed flush";
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(base.clone(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        fs.inject(fault(FsOp::Append, FaultKind::NoSpace, ".sst", true));
+        let e = write_until_error(&db, &mut l, 0, 200, what);
+        assert!(matches!(e, Error::ReadOnly(_)), "{what}: {e:?}");
+        let closed = db.close();
+        judge(what, dir.path(), &l, closed);
+    }
+
+    // (3) A WAL append fails; the acknowledged writes in the buffer went down with it.
+    {
+        let what = "close after a failed WAL append";
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(base.clone(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 5, 100);
+        for _ in 0..10 {
+            l.write(&db, false, 2, 100).unwrap();
+        }
+        fs.inject(fault(FsOp::Append, FaultKind::NoSpace, ".log", false));
+        assert!(l.write(&db, true, 2, 100).is_err(), "{what}: the synced write did not fail");
+        let closed = db.close();
+        judge(what, dir.path(), &l, closed);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -36,6 +36,19 @@ impl WriteBatch {
         WriteBatch::default()
     }
 
+    /// A batch whose buffer holds `bytes` of encoded operations without growing.
+    pub fn with_capacity(bytes: usize) -> WriteBatch {
+        WriteBatch {
+            rep: Vec::with_capacity(bytes),
+            ..WriteBatch::default()
+        }
+    }
+
+    /// Encoded size of one put: kind, two varint lengths, key, value.
+    pub(crate) fn put_size(key: usize, value: usize) -> usize {
+        1 + varint_len(key as u64) + key + varint_len(value as u64) + value
+    }
+
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
         let (k, v) = (key.as_ref(), value.as_ref());
         self.rep.push(Kind::Value as u8);
@@ -156,6 +169,15 @@ impl WriteBatch {
         }
         Ok(n)
     }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 /// A batch as decoded from a WAL record.

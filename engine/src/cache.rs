@@ -34,7 +34,7 @@ pub struct BlockCache {
 }
 
 /// Bytes read out of memory maps between sweeps.
-const MAP_BUDGET: u64 = 32 << 20;
+const MAP_BUDGET: u64 = 8 << 20;
 
 impl BlockCache {
     /// A cache holding up to `bytes` of blocks.
@@ -77,6 +77,9 @@ impl BlockCache {
             m.retain(|w| w.strong_count() > 0);
             m.iter().filter_map(|w| w.upgrade()).collect()
         };
+        if std::env::var_os("SLUICE_DEBUG_SWEEP").is_some() {
+            eprintln!("sweep: {} maps", live.len());
+        }
         for p in live {
             p.release();
         }

@@ -516,8 +516,10 @@ impl Db {
     }
 
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        let mut b = WriteBatch::new();
-        b.put(key, value);
+        let (k, v) = (key.as_ref(), value.as_ref());
+        // Sized exactly: the memtable keeps this buffer for as long as the entry lives.
+        let mut b = WriteBatch::with_capacity(WriteBatch::put_size(k.len(), v.len()));
+        b.put(k, v);
         self.write(b)
     }
 
@@ -856,18 +858,39 @@ impl Inner {
             Some(r) if r.retired => return Err(Error::VersionRetired(id)),
             Some(_) => {}
         }
-        if self.view.load().files.target == id {
+        let view = self.view.load_full();
+        if view.files.target == id {
             return Ok(());
         }
+        // A forwarding pointer in `id` says "this value's copy lives in another layout".
+        // Once `id` is the target, those copies drain back into it, and a pointer left
+        // behind would make a later migration of `id` drop the original and the returned
+        // copy alike. So the new target's pointers go, in the same edit.
+        let stale: Vec<Arc<crate::version::FileMeta>> = view
+            .files
+            .layouts
+            .get(&id)
+            .map(|l| l.pointer_files().cloned().collect())
+            .unwrap_or_default();
         let mut e = VersionEdit::default();
+        for f in &stale {
+            e.push(EditRecord::DeleteFile(f.number));
+        }
         e.push(EditRecord::SetTarget(id));
         self.log_edit(&mut core, &e)?;
+        for f in &stale {
+            f.mark_obsolete();
+        }
         if let Some(r) = core.registry.get_mut(&id) {
             r.was_target = true;
             self.reset_load(id, r.func.clone());
         }
         self.swap_view(&core, |v| {
-            let mut files = (*v.files).clone();
+            let removed: Vec<_> = stale
+                .iter()
+                .map(|f| (f.layout_version, f.partition, f.number))
+                .collect();
+            let mut files = v.files.apply(&[], &removed).unwrap_or_else(|_| (*v.files).clone());
             files.target = id;
             if let Some(l) = files.layouts.get_mut(&id) {
                 l.was_target = true;

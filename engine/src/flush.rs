@@ -55,9 +55,12 @@ impl Inner {
             .unwrap_or_else(|| view.mem.wal_number());
         // Pointer files for a layout retired while the flush ran are simply dropped (data
         // files go to the target, which cannot retire while this flush is registered).
+        // Pointers into the layout that is the target now are dropped too: the copies they
+        // name will drain back into it (see `set_target`).
         let (outputs, orphaned): (Vec<_>, Vec<_>) = outputs.into_iter().partition(|f| {
             f.kind == crate::sst::TableKind::Data
-                || view.files.layouts.contains_key(&f.layout_version)
+                || (view.files.layouts.contains_key(&f.layout_version)
+                    && f.layout_version != view.files.target)
         });
         for f in &orphaned {
             f.mark_obsolete();

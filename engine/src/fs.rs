@@ -33,6 +33,19 @@ impl WritableFile for NullFile {
     }
 }
 
+/// Positioned reads from one open file.
+pub trait RandomRead: Send + Sync {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+struct StdRandom(File);
+
+impl RandomRead for StdRandom {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+}
+
 /// A mapped file, and (for real memory maps) a handle on its pages.
 pub struct Mapped {
     pub bytes: Bytes,
@@ -71,6 +84,10 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Maps a whole file read-only. The bytes stay valid for as long as they are held.
     fn map(&self, path: &Path) -> io::Result<Bytes>;
+    /// Opens a file for positioned reads (`pread`).
+    fn open_random(&self, path: &Path) -> io::Result<Box<dyn RandomRead>> {
+        Ok(Box::new(StdRandom(File::open(path)?)))
+    }
     /// Like [`Fs::map`], with a handle that can release the mapping's resident pages.
     fn map_file(&self, path: &Path) -> io::Result<Mapped> {
         Ok(Mapped {

@@ -72,8 +72,8 @@ impl Default for Options {
         Options {
             partition: PartitionSpec::default(),
             create_if_missing: true,
-            memtable_bytes: 32 << 20,
-            max_immutable_memtables: 2,
+            memtable_bytes: 16 << 20,
+            max_immutable_memtables: 1,
             block_size: 4096,
             compression: Compression::None,
             bloom_bits_per_key: 10,

@@ -41,6 +41,10 @@ pub struct Table {
     /// One bit per data block: CRC already verified (uncompressed blocks only).
     verified: Box<[AtomicU64]>,
     _pages: Option<Arc<crate::fs::MappedPages>>,
+    /// Positioned reads for blocks bound for the cache: copying them out of the map would
+    /// leave the map's pages (and the kernel's fault-around neighbours) resident, so the
+    /// process would hold the cache's bytes twice.
+    reader: Option<Box<dyn crate::fs::RandomRead>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -57,8 +61,18 @@ impl Table {
         id: u64,
         cache: Option<Arc<BlockCache>>,
     ) -> Result<Table> {
-        let data = fs.map(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(data, path, id, cache)
+        let m = fs.map_file(path).map_err(|e| Error::io(path, e))?;
+        if let (Some(c), Some(p)) = (&cache, &m.pages) {
+            c.track(p);
+        }
+        let reader = match &cache {
+            Some(c) if c.capacity() > 0 => Some(fs.open_random(path).map_err(|e| Error::io(path, e))?),
+            _ => None,
+        };
+        let mut t = Self::from_bytes(m.bytes, path, id, cache)?;
+        t._pages = m.pages;
+        t.reader = reader;
+        Ok(t)
     }
 
     pub fn from_bytes(
@@ -136,6 +150,7 @@ impl Table {
             cache,
             verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
             _pages: None,
+            reader: None,
         })
     }
 
@@ -178,8 +193,9 @@ impl Table {
         self.read_block(i, true)
     }
 
-    /// Loads data block `i`. With `fill_cache` the block is copied out of the map into the
-    /// cache; without (compactions, one-off scans), it is a zero-copy slice of the map.
+    /// Loads data block `i`. With `fill_cache` (point reads, scans) a missing block is read
+    /// with pread, checked and cached; without (compactions, verification, or no cache), it
+    /// is read from the memory map — zero-copy when uncompressed.
     pub fn read_block(&self, i: usize, fill_cache: bool) -> Result<Block> {
         if let Some(c) = &self.cache {
             if let Some(b) = c.get(self.id, i as u32) {
@@ -189,31 +205,53 @@ impl Table {
         let h = self.index[i].handle;
         let start = h.offset as usize;
         let end = start + h.size as usize;
+        if let (true, Some(c), Some(r)) = (fill_cache, &self.cache, &self.reader) {
+            // Block bound for the cache: read it with pread (see `reader`).
+            let mut buf = vec![0u8; h.size as usize + BLOCK_TRAILER_LEN];
+            r.read_exact_at(&mut buf, h.offset)
+                .map_err(|e| Error::io(&self.path, e))?;
+            let local = BlockHandle {
+                offset: 0,
+                size: h.size,
+            };
+            let (ty, _) = checked_block(&buf, local, &self.path).map_err(|e| rebase(e, h.offset))?;
+            let b = if ty == COMPRESSION_NONE {
+                buf.truncate(h.size as usize);
+                Block::new(Bytes::from(buf), &self.path, h.offset)?
+            } else {
+                Block::new(
+                    Bytes::from(self.decompress(ty, &buf[..h.size as usize], h)?),
+                    &self.path,
+                    h.offset,
+                )?
+            };
+            c.insert(self.id, i as u32, b.clone());
+            return Ok(b);
+        }
         if let Some(c) = &self.cache {
             c.touched(h.size);
         }
-        let ty = self.data[end];
-        if ty == COMPRESSION_NONE {
+        if self.data[end] == COMPRESSION_NONE {
+            // Zero-copy from the map; the CRC is checked once per block per open.
             let (w, bit) = (i / 64, 1u64 << (i % 64));
             if self.verified[w].load(AtOrd::Relaxed) & bit == 0 {
                 checked_block(&self.data, h, &self.path)?;
                 self.verified[w].fetch_or(bit, AtOrd::Relaxed);
             }
-            if let (true, Some(c)) = (fill_cache, &self.cache) {
-                if c.capacity() > 0 {
-                    let b = Block::new(
-                        Bytes::copy_from_slice(&self.data[start..end]),
-                        &self.path,
-                        h.offset,
-                    )?;
-                    c.insert(self.id, i as u32, b.clone());
-                    return Ok(b);
-                }
-            }
             return Block::new(self.data.slice(start..end), &self.path, h.offset);
         }
         let (ty, body) = checked_block(&self.data, h, &self.path)?;
-        let raw = match ty {
+        let raw = self.decompress(ty, body, h)?;
+        let b = Block::new(Bytes::from(raw), &self.path, h.offset)?;
+        if let (true, Some(c)) = (fill_cache, &self.cache) {
+            c.insert(self.id, i as u32, b.clone());
+        }
+        Ok(b)
+    }
+
+    /// Decodes a stored block body of compression type `ty`.
+    fn decompress(&self, ty: u8, body: &[u8], h: BlockHandle) -> Result<Vec<u8>> {
+        match ty {
             COMPRESSION_ZSTD => {
                 let mut d = Decoder::new(body, &self.path, h.offset);
                 let raw_len = d.len(64 << 20, "uncompressed block length")?;
@@ -228,21 +266,14 @@ impl Table {
                         format!("zstd block decoded to {} bytes, expected {raw_len}", v.len()),
                     ));
                 }
-                v
+                Ok(v)
             }
-            other => {
-                return Err(Error::corruption(
-                    &self.path,
-                    h.offset + h.size,
-                    format!("unknown block compression {other}"),
-                ))
-            }
-        };
-        let b = Block::new(Bytes::from(raw), &self.path, h.offset)?;
-        if let (true, Some(c)) = (fill_cache, &self.cache) {
-            c.insert(self.id, i as u32, b.clone());
+            other => Err(Error::corruption(
+                &self.path,
+                h.offset + h.size,
+                format!("unknown block compression {other}"),
+            )),
         }
-        Ok(b)
     }
 
     pub(crate) fn block_offset(&self, i: usize) -> u64 {
@@ -490,5 +521,32 @@ impl Entry {
     /// True for entries that stand for a value a reader can see.
     pub fn is_value(&self) -> bool {
         self.kind == Kind::Value
+    }
+}
+
+/// Moves the offset of an error found in a block read into a buffer to its place in the file.
+fn rebase(e: Error, base: u64) -> Error {
+    match e {
+        Error::ChecksumMismatch {
+            file,
+            offset,
+            expected,
+            actual,
+        } => Error::ChecksumMismatch {
+            file,
+            offset: offset + base,
+            expected,
+            actual,
+        },
+        Error::Corruption {
+            file,
+            offset,
+            reason,
+        } => Error::Corruption {
+            file,
+            offset: offset + base,
+            reason,
+        },
+        other => other,
     }
 }

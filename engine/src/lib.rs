@@ -78,3 +78,34 @@ pub use sst::Compression;
 pub use stats::{LevelStats, PartitionStats, Stats};
 pub use transaction::Transaction;
 pub use types::{Entry, Kind};
+
+/// Internals exposed for the criterion micro-benchmarks in `benches/`. Not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    use std::sync::Arc;
+
+    pub use crate::memtable::MemTable;
+    pub use crate::types::{cmp_internal, cmp_keys};
+
+    /// Merges whole tables forward in internal order with the engine's merge cursor;
+    /// returns how many entries came out.
+    pub fn merge_tables(tables: &[Arc<crate::sst::Table>]) -> crate::Result<u64> {
+        let range = crate::iter::KeyRange::all();
+        let mut sources = Vec::with_capacity(tables.len());
+        for t in tables {
+            sources.push(crate::cursor::Source::Table(crate::cursor::TableCursor::new(
+                t.clone(),
+                range.clone(),
+                crate::iter::Direction::Forward,
+                false,
+            )?));
+        }
+        let mut m = crate::cursor::MergeCursor::new(sources, crate::iter::Direction::Forward);
+        let mut n = 0;
+        while m.valid() {
+            n += 1;
+            m.advance()?;
+        }
+        Ok(n)
+    }
+}

@@ -85,7 +85,9 @@ impl Table {
         let (_, pb) = checked_block(&data, footer.props, path)?;
         let props = TableProps::decode(pb, path, footer.props.offset)?;
         let (_, fb) = checked_block(&data, footer.filter, path)?;
-        let filter = data.slice_ref(fb);
+        // Filters and index keys are copied out of the map: they are read on every lookup,
+        // and map pages are released from time to time (see `cache.rs`).
+        let filter = Bytes::copy_from_slice(fb);
         let (_, ib) = checked_block(&data, footer.index, path)?;
         let iblock = Block::new(data.slice_ref(ib), path, footer.index.offset)?;
         let data_end = footer.filter.offset;
@@ -123,7 +125,7 @@ impl Table {
                 }
             }
             index.push(IndexEntry {
-                last_key: e.key,
+                last_key: Bytes::copy_from_slice(&e.key),
                 last_seqno: e.seqno,
                 handle,
             });

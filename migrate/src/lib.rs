@@ -17,3 +17,8 @@ pub use controller::{
 };
 pub use gate::Prediction;
 pub use state::{Event, PlanRecord, Record, State};
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -628,7 +628,7 @@ pub fn check_table_bytes(
                 continue;
             }
         };
-        let mut last_in_block = None;
+        let mut last_in_block = false;
         for j in 0..block.len() {
             let e = match block.entry(j, path, *offset) {
                 Ok(e) => e,
@@ -728,10 +728,10 @@ pub fn check_table_bytes(
                     pointer_named += 1;
                 }
             }
-            last_in_block = Some((e.key.clone(), e.seqno));
+            last_in_block = true;
             prev = Some((e.key, e.seqno));
         }
-        if let Some((k, s)) = &last_in_block {
+        if let (true, Some((k, s))) = (last_in_block, &prev) {
             if (k, *s) != (&last.0, last.1) {
                 out.problems.push(Problem::error(
                     "index",
@@ -964,7 +964,7 @@ pub struct VerifyOptions {
 }
 
 /// What [`verify_dir`] is doing, for progress displays.
-pub trait VerifyProgress {
+pub trait VerifyProgress: Sync {
     /// A new phase starts; `total` is its size in `unit`s if known.
     fn phase(&self, _name: &str, _total: Option<u64>, _unit: &str) {}
     fn advance(&self, _n: u64) {}
@@ -1113,16 +1113,19 @@ fn verify_once(
         })
         .sum();
     progress.phase("sstables", Some(total), "bytes");
-    for (path, rec) in &jobs {
+    // Tables are independent: check them on every core, then report in file order.
+    let check_one = |path: &PathBuf,
+                     rec: Option<&FileRecord>|
+     -> (Vec<Problem>, Option<TableCheck>) {
         if let Err(e) = check_inside(dir, path) {
             let missing = matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
-            if missing {
+            let p = if missing {
                 let at = rec.and_then(|r| state.as_ref()?.added_at.get(&r.number).copied());
                 let manifest = state
                     .as_ref()
                     .map(|s| s.manifest_path.display().to_string())
                     .unwrap_or_default();
-                rep.problems.push(Problem::error(
+                Problem::error(
                     "missing-file",
                     Some(path),
                     Some(0),
@@ -1131,19 +1134,19 @@ fn verify_once(
                         at.map(|a| format!(" (edit at offset {a})"))
                             .unwrap_or_default()
                     ),
-                ));
+                )
             } else {
-                rep.problems.push(Problem::from_error("symlink", &e));
-            }
+                Problem::from_error("symlink", &e)
+            };
             progress.advance(rec.map_or(0, |r| r.size));
-            continue;
+            return (vec![p], None);
         }
         let func = rec
             .and_then(|r| state.as_ref()?.version(r.layout_version))
             .map(|v| v.func.clone());
         let expect = TableExpect {
             func: func.as_deref(),
-            record: *rec,
+            record: rec,
             live_versions: state.as_ref().map(|_| &live),
         };
         let mut done = 0u64;
@@ -1155,11 +1158,44 @@ fn verify_once(
         if let Some(r) = rec {
             progress.advance(r.size.saturating_sub(done));
         }
-        rep.tables += 1;
-        rep.table_bytes += check.size;
-        rep.blocks += check.blocks;
-        rep.entries += check.entries;
-        rep.problems.extend(check.problems);
+        (Vec::new(), Some(check))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    type Outcome = (usize, (Vec<Problem>, Option<TableCheck>));
+    let mut results: Vec<Outcome> = std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..threads.min(jobs.len()).max(1))
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((path, rec)) = jobs.get(i) else {
+                            break;
+                        };
+                        out.push((i, check_one(path, *rec)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    results.sort_by_key(|r| r.0);
+    for (_, (problems, check)) in results {
+        rep.problems.extend(problems);
+        if let Some(check) = check {
+            rep.tables += 1;
+            rep.table_bytes += check.size;
+            rep.blocks += check.blocks;
+            rep.entries += check.entries;
+            rep.problems.extend(check.problems);
+        }
     }
 
     progress.phase("wal", None, "");

@@ -1,1 +1,128 @@
-fn main() {}
+//! `sluice`: inspect, verify and analyse Sluice database directories.
+//!
+//! One file per subcommand under `cmd/` (as in Pebble's `tool/`), each reusing the engine's
+//! own readers through `sluice::inspect`. Conventions shared by every subcommand (`--json`,
+//! `--hex`, `--quiet`, exit codes) live in `output.rs` and `error.rs` and are documented in
+//! `README-cli.md`.
+//!
+//! Adding a subcommand: one line in the `commands!` list below and one file
+//! `cmd/<name>.rs` with `pub struct Args` (clap `Args`) and
+//! `pub fn run(Args, &Ctx, &mut dyn Write) -> CmdResult`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod chart;
+mod error;
+mod html;
+mod output;
+mod progress;
+mod summary;
+
+use error::{CliError, CmdResult, Status};
+use output::Ctx;
+
+/// Declares the subcommand modules, the `Command` enum and its dispatch in one list.
+macro_rules! commands {
+    ($( $(#[$meta:meta])* $variant:ident => $module:ident ),* $(,)?) => {
+        mod cmd {
+            $( pub mod $module; )*
+        }
+
+        #[derive(clap::Subcommand)]
+        enum Command {
+            $( $(#[$meta])* $variant(cmd::$module::Args), )*
+        }
+
+        impl Command {
+            fn run(self, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
+                match self {
+                    $( Command::$variant(a) => cmd::$module::run(a, ctx, out), )*
+                }
+            }
+        }
+    };
+}
+
+commands! {
+    /// Summary of a database: layout versions, files, levels, migration progress
+    Info => info,
+    /// Look inside one SSTable file: dump entries, show properties, check it
+    Sst => sst,
+    /// Print the manifest's edit log
+    Manifest => manifest,
+    /// Print the records of the write-ahead logs
+    Wal => wal,
+    /// Verify checksums, partition placement, manifest and files (and, with --deep, cross-layout consistency)
+    Verify => verify,
+    /// Partition balance per layout version: shares, max/mean, chi-square, a chart
+    Partitions => partitions,
+    /// Read one key (read-only open)
+    Get => get,
+    /// Read a range of keys in order (read-only open)
+    Scan => scan,
+    /// Predict how the existing keys would spread under a candidate partition function
+    Analyze => analyze,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  sluice info /data/ledger
+  sluice verify --deep /data/ledger
+  sluice partitions /data/ledger --svg balance.svg
+  sluice analyze /data/ledger --spec hash:16:7
+  sluice scan /data/ledger --from acct0001 --limit 10
+  sluice get /data/ledger acct00001234 --json
+
+Exit codes: 0 ok, 1 not found (get) or other error, 2 usage, 3 corruption or failed
+check, 4 directory locked or busy.";
+
+/// Inspect, verify and analyse Sluice database directories. Every subcommand is read-only.
+#[derive(Parser)]
+#[command(name = "sluice", version, after_help = EXAMPLES, propagate_version = true)]
+struct Cli {
+    /// Print one JSON document on stdout instead of text (stable field names; see README-cli.md)
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print keys and values as hex instead of escaped text (and read KEY arguments as hex)
+    #[arg(long, global = true)]
+    hex: bool,
+    /// No progress bars and no notes on stderr
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Ctx::new(cli.json, cli.hex, cli.quiet);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = cli.command.run(&ctx, &mut out);
+    let flushed = out.flush();
+    let status = match (result, flushed) {
+        (Ok(s), Ok(())) => s,
+        (Ok(_), Err(e)) | (Err(CliError { io: Some(e), .. }), _)
+            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            // The reader went away (`| head`): not an error of ours.
+            return ExitCode::SUCCESS;
+        }
+        (Ok(_), Err(e)) => {
+            eprintln!("error: writing output: {e}");
+            return ExitCode::from(1);
+        }
+        (Err(e), _) => {
+            e.report(&ctx);
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    ExitCode::from(match status {
+        Status::Ok => 0,
+        Status::NotFound => 1,
+        Status::Failed => 3,
+    })
+}

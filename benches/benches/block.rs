@@ -1,0 +1,144 @@
+//! Data block encode/decode (`sluice::sst::block`), plain and zstd level 3, plus block reads
+//! out of whole tables written with `Compression::None` and `Compression::Zstd(3)`.
+
+mod common;
+
+use std::hint::black_box;
+use std::path::Path;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sluice::sst::block::{Block, BlockBuilder};
+use sluice::sst::Compression;
+use sluice::Kind;
+
+use common::{compression_name, mix, seq_key, sorted_random_entries, value, write_table};
+
+/// The engine's default block size: the writer cuts a block once it reaches this.
+const BLOCK_SIZE: usize = 4096;
+const TABLE_ENTRIES: u64 = 20_000;
+
+fn block(c: &mut Criterion) {
+    // Entries of one block, cut the way `TableWriter` cuts them.
+    let mut entries = Vec::new();
+    let mut probe = BlockBuilder::new();
+    let mut i = 0u64;
+    while probe.estimated_len() < BLOCK_SIZE {
+        let (k, v) = (seq_key(i), value(i));
+        probe.add(&k, 1000 + i, Kind::Value, &v);
+        entries.push((k, 1000 + i, v));
+        i += 1;
+    }
+    let mut raw = Vec::new();
+    probe.finish_into(&mut raw);
+    let raw_len = raw.len();
+    let mut zc = zstd::bulk::Compressor::new(3).expect("zstd compressor");
+    let compressed = zc.compress(&raw).expect("compress");
+    eprintln!(
+        "block: {} entries, {raw_len} bytes raw, {} bytes zstd(3) ({:.0}%; the writer keeps a \
+         compressed block only below 87.5%)",
+        entries.len(),
+        compressed.len(),
+        100.0 * compressed.len() as f64 / raw_len as f64
+    );
+    let raw = Bytes::from(raw);
+    let path = Path::new("bench.sst");
+
+    let mut g = c.benchmark_group("block");
+    g.throughput(Throughput::Bytes(raw_len as u64));
+    let mut bb = BlockBuilder::new();
+    let mut out = Vec::with_capacity(2 * BLOCK_SIZE);
+    g.bench_function("encode/plain", |b| {
+        b.iter(|| {
+            for (k, s, v) in &entries {
+                bb.add(k, *s, Kind::Value, v);
+            }
+            out.clear();
+            bb.finish_into(&mut out);
+            black_box(out.len())
+        })
+    });
+    // As the table writer does: build, then compress the finished block with a reused
+    // level-3 compressor.
+    g.bench_function("encode/zstd3", |b| {
+        b.iter(|| {
+            for (k, s, v) in &entries {
+                bb.add(k, *s, Kind::Value, v);
+            }
+            out.clear();
+            bb.finish_into(&mut out);
+            black_box(zc.compress(&out).expect("compress").len())
+        })
+    });
+    // Decode = frame check plus decoding every entry (what a scan of the block does).
+    g.bench_function("decode/plain", |b| {
+        b.iter(|| {
+            let blk = Block::new(raw.clone(), path, 0).expect("block");
+            for j in 0..blk.len() {
+                black_box(blk.entry(j, path, 0).expect("entry"));
+            }
+        })
+    });
+    g.bench_function("decode/zstd3", |b| {
+        b.iter(|| {
+            let d = zstd::bulk::decompress(&compressed, raw_len).expect("decompress");
+            let blk = Block::new(Bytes::from(d), path, 0).expect("block");
+            for j in 0..blk.len() {
+                black_box(blk.entry(j, path, 0).expect("entry"));
+            }
+        })
+    });
+    // Binary search for one key inside a decoded block, then decode the entry found.
+    let blk = Block::new(raw.clone(), path, 0).expect("block");
+    g.throughput(Throughput::Elements(1));
+    let mut n = 0u64;
+    g.bench_function("seek", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let (k, s, _) = &entries[(mix(n) % entries.len() as u64) as usize];
+            let j = blk.seek(black_box(k), *s, path, 0).expect("seek");
+            black_box(blk.entry(j, path, 0).expect("entry"))
+        })
+    });
+    g.finish();
+
+    // Whole tables: `Table::read_block(i, false)` walks every data block in turn. Without a
+    // block cache (not public), an uncompressed block is a zero-copy slice of the map whose
+    // CRC is checked once per open, while a zstd block is CRC-checked and decompressed on
+    // every read.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries = sorted_random_entries(TABLE_ENTRIES);
+    let mut g = c.benchmark_group("table_block_read");
+    for (id, comp) in [(1, Compression::None), (2, Compression::Zstd(3))] {
+        let name = compression_name(comp);
+        let t = write_table(dir.path(), &format!("{name}.sst"), id, &entries, comp);
+        let blocks = t.block_count();
+        let decoded: usize = (0..blocks)
+            .map(|i| t.read_block(i, false).unwrap().size())
+            .sum();
+        eprintln!(
+            "table_block_read/{name}: {blocks} blocks, file {} bytes, {} decoded bytes",
+            t.file_size(),
+            decoded
+        );
+        // Blocks per second: for an uncompressed block the read is a slice, so bytes per
+        // second would be a meaningless (three-digit GiB/s) figure.
+        g.throughput(Throughput::Elements(1));
+        let mut i = 0usize;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let blk = t.read_block(i, false).expect("read block");
+                i = if i + 1 == blocks { 0 } else { i + 1 };
+                black_box(blk)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = common::config();
+    targets = block
+}
+criterion_main!(benches);

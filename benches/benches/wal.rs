@@ -1,0 +1,112 @@
+//! Writes through the public `Db` API: WAL append + memtable insert, unsynced from one
+//! writer, and synced from 1, 4 and 16 threads (group commit: one fsync covers every batch
+//! queued behind the leader's).
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use sluice::{Db, Options, WriteBatch, WriteOptions};
+
+use common::{seq_key, value};
+
+fn put_unsynced(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let val = value(0);
+    let mut g = c.benchmark_group("wal");
+    g.throughput(Throughput::Elements(1));
+    // Fresh keys throughout; default options, so memtables fill (16 MiB, ~60K puts) and are
+    // flushed and compacted in the background while the benchmark runs: this is the cost
+    // of sustained writing, not of an append into an idle log.
+    let mut i = 0u64;
+    g.bench_function("put_unsynced/1_writer", |b| {
+        b.iter(|| {
+            i += 1;
+            db.put(black_box(seq_key(i)), black_box(val)).expect("put")
+        })
+    });
+    g.finish();
+    let s = db.stats();
+    eprintln!(
+        "wal/put_unsynced (all runs, warm-up included): {} writes, {} flushes, {} compactions, {} stalls ({} µs stalled)",
+        s.writes, s.flushes, s.compactions, s.stalls, s.stall_micros
+    );
+    db.close().expect("close");
+}
+
+/// Wall-clock time for `total` synced single-put batches split over `threads` writers.
+fn synced_round(db: &Db, threads: usize, total: u64, next_key: &mut u64) -> Duration {
+    let threads = threads.min(total.max(1) as usize);
+    let base = *next_key;
+    *next_key += total;
+    let start_line = Barrier::new(threads + 1);
+    let val = value(1);
+    std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(threads);
+        for t in 0..threads as u64 {
+            // Thread t writes batches t, t + threads, t + 2·threads, … of this round.
+            let (db, start_line) = (&*db, &start_line);
+            let threads = threads as u64;
+            handles.push(s.spawn(move || {
+                start_line.wait();
+                let sync = WriteOptions { sync: true };
+                let mut j = t;
+                while j < total {
+                    let mut b = WriteBatch::new();
+                    b.put(seq_key(base + j), val);
+                    db.write_opt(b, &sync).expect("synced write");
+                    j += threads;
+                }
+            }));
+        }
+        start_line.wait();
+        let start = Instant::now();
+        for h in handles {
+            h.join().expect("writer thread");
+        }
+        start.elapsed()
+    })
+}
+
+fn put_synced(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wal_group_commit");
+    // An fsync costs milliseconds here: few, flat samples keep this group to seconds.
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    // Throughput = batches (here single puts) acknowledged as durable per second.
+    g.throughput(Throughput::Elements(1));
+    for threads in [1usize, 4, 16] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), Options::default()).expect("open");
+        let mut next_key = 0u64;
+        g.bench_with_input(
+            BenchmarkId::new("put_synced/threads", threads),
+            &threads,
+            |b, &threads| b.iter_custom(|iters| synced_round(&db, threads, iters, &mut next_key)),
+        );
+        let s = db.stats();
+        eprintln!(
+            "wal_group_commit/{threads} threads (warm-up included): {} synced batches, {} WAL fsyncs, {:.1} batches per fsync",
+            s.writes,
+            s.wal_syncs,
+            s.writes as f64 / s.wal_syncs.max(1) as f64
+        );
+        db.close().expect("close");
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = common::config();
+    targets = put_unsynced, put_synced
+}
+criterion_main!(benches);

@@ -1,0 +1,160 @@
+//! `sluice wal DIR`: every record of every WAL file in the directory.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::{CliError, CmdResult, Status};
+use crate::output::{self, count, file_name, size, Ctx};
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  sluice wal /data/ledger
+  sluice wal /data/ledger --max-value 16
+  sluice wal /data/ledger --json | jq '.files[].records | length'
+
+A torn tail at the end of the newest WAL is what a crash leaves behind and is reported as a
+note; damage in the middle of a WAL (a valid record after a bad one) is corruption: exit 3
+with the file and offset.")]
+pub struct Args {
+    /// Database directory
+    pub dir: PathBuf,
+    /// Print at most this many bytes of each value
+    #[arg(long, value_name = "BYTES")]
+    pub max_value: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct OpJson {
+    seqno: u64,
+    kind: &'static str,
+    key: String,
+    value: Option<String>,
+    value_len: usize,
+}
+
+#[derive(Serialize)]
+struct RecordJson {
+    offset: u64,
+    seqno: u64,
+    ops: Vec<OpJson>,
+}
+
+#[derive(Serialize)]
+struct FileJson {
+    file: String,
+    bytes: u64,
+    /// At or above the manifest's log number: holds writes not yet in SSTables.
+    live: bool,
+    records: Vec<RecordJson>,
+    torn_tail: Option<crate::cmd::info::TornJson>,
+}
+
+#[derive(Serialize)]
+struct WalJson {
+    dir: String,
+    files: Vec<FileJson>,
+}
+
+pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
+    let dir = &args.dir;
+    // The manifest says which WALs are still live; without a readable one, show them all.
+    let wals = match sluice::inspect::read_dir_state(dir) {
+        Ok(st) => st.wals,
+        Err(e @ sluice::Error::NotADatabase { .. }) => return Err(e.into()),
+        Err(e) => {
+            ctx.note(format!("warning: manifest unreadable ({e}); showing every WAL file"));
+            sluice::inspect::list_wal_files(dir)?
+        }
+    };
+    let mut files = Vec::new();
+    let mut first_error: Option<CliError> = None;
+    for w in &wals {
+        sluice::inspect::check_inside(dir, &w.path)?;
+        match sluice::inspect::read_wal_file(&w.path) {
+            Ok(c) => files.push(FileJson {
+                file: file_name(&w.path),
+                bytes: w.size,
+                live: w.live,
+                records: c
+                    .records
+                    .iter()
+                    .map(|r| RecordJson {
+                        offset: r.offset,
+                        seqno: r.seqno,
+                        ops: r
+                            .ops
+                            .iter()
+                            .map(|o| OpJson {
+                                seqno: o.seqno,
+                                kind: output::kind_name(o.kind),
+                                key: ctx.bytes(&o.key),
+                                value: (o.kind == sluice::Kind::Value).then(|| ctx.value(&o.value, args.max_value)),
+                                value_len: o.value.len(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                torn_tail: c.tail.as_ref().map(|t| crate::cmd::info::TornJson {
+                    offset: t.offset,
+                    bytes: t.dropped_bytes,
+                    reason: t.reason.clone(),
+                }),
+            }),
+            Err(e) => {
+                // Keep going so every WAL is shown; fail at the end.
+                ctx.note(format!("error: {e}"));
+                if first_error.is_none() {
+                    first_error = Some(e.into());
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if ctx.json {
+        output::json(
+            out,
+            &WalJson {
+                dir: output::path_str(dir),
+                files,
+            },
+        )?;
+        return Ok(Status::Ok);
+    }
+    if files.is_empty() {
+        writeln!(out, "no WAL files")?;
+    }
+    for f in &files {
+        let ops: usize = f.records.iter().map(|r| r.ops.len()).sum();
+        writeln!(
+            out,
+            "{} ({}, {}): {} records, {} ops",
+            f.file,
+            size(f.bytes),
+            if f.live { "live" } else { "obsolete" },
+            count(f.records.len() as u64),
+            count(ops as u64)
+        )?;
+        for r in &f.records {
+            writeln!(out, "  @{} seqno {} ({} ops)", r.offset, r.seqno, r.ops.len())?;
+            for o in &r.ops {
+                match &o.value {
+                    Some(v) => writeln!(out, "    {} put {} = {}", o.seqno, o.key, v)?,
+                    None => writeln!(out, "    {} {} {}", o.seqno, o.kind, o.key)?,
+                }
+            }
+        }
+        if let Some(t) = &f.torn_tail {
+            writeln!(
+                out,
+                "  torn tail at offset {}: {} bytes dropped by recovery ({})",
+                t.offset, t.bytes, t.reason
+            )?;
+        }
+    }
+    Ok(Status::Ok)
+}

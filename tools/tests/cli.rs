@@ -1,0 +1,926 @@
+//! End-to-end tests of the `sluice` binary on fixture databases built through the engine
+//! API: golden human output, `--json` shapes, exit codes, corruption reports, refusal of
+//! unsafe directories, and read-only behaviour.
+//!
+//! Golden files live in `tests/golden/`; regenerate them after an intended output change
+//! with `UPDATE_GOLDEN=1 cargo test -p sluice-tools --test cli`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice")
+}
+
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut full: Vec<String> = Vec::new();
+    for a in args {
+        full.push(a.replace("{DIR}", &dir.display().to_string()));
+    }
+    let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+    let o = sluice(&refs);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    common::build_fixture(dir.path());
+    dir
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// Replaces what changes from run to run: the directory path and file creation times.
+fn normalise(s: &str, dir: &Path) -> String {
+    s.replace(&dir.display().to_string(), "<DIR>")
+        .lines()
+        .map(|l| {
+            if l.starts_with("created ") {
+                "created          <TIME>".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn check_golden(name: &str, actual: &str) {
+    let path = golden_dir().join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {}; run with UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (e, a))| e != a)
+            .take(10)
+            .map(|(i, (e, a))| format!("line {}:\n  expected: {e}\n  actual:   {a}", i + 1))
+            .collect();
+        panic!(
+            "{name}: output differs from {} ({} vs {} lines)\n{}\n--- actual ---\n{actual}",
+            path.display(),
+            expected.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[test]
+fn golden_human_output() {
+    let dir = fixture();
+    let d = dir.path();
+    let cases: &[(&str, &[&str], i32)] = &[
+        ("info", &["info", "{DIR}"], 0),
+        ("partitions", &["partitions", "{DIR}"], 0),
+        ("manifest", &["manifest", "{DIR}"], 0),
+        ("wal", &["wal", "{DIR}"], 0),
+        ("verify", &["verify", "{DIR}"], 0),
+        (
+            "verify_deep",
+            &["verify", "--deep", "--sample", "0", "{DIR}"],
+            0,
+        ),
+        ("sst_props", &["sst", "props", "{DIR}/000008.sst"], 0),
+        (
+            "sst_dump",
+            &["sst", "dump", "{DIR}/000011.sst", "--limit", "8"],
+            0,
+        ),
+        ("sst_dump_pointers", &["sst", "dump", "{DIR}/000021.sst"], 0),
+        ("sst_check", &["sst", "check", "{DIR}/000008.sst"], 0),
+        ("scan", &["scan", "{DIR}", "--from", "acct00001255"], 0),
+        (
+            "scan_reverse_hex",
+            &["scan", "{DIR}", "--reverse", "--limit", "3", "--hex"],
+            0,
+        ),
+        ("get", &["get", "{DIR}", "acct00000003"], 0),
+        (
+            "analyze_biased",
+            &["analyze", "{DIR}", "--spec", "hash:16:7:4"],
+            3,
+        ),
+        (
+            "analyze_fair",
+            &["analyze", "{DIR}", "--spec", "hash:8:7"],
+            0,
+        ),
+    ];
+    for (name, args, code) in cases {
+        let (c, out, err) = run(d, args);
+        assert_eq!(c, *code, "{name}: exit {c}\nstdout:\n{out}\nstderr:\n{err}");
+        check_golden(name, &normalise(&out, d));
+    }
+}
+
+fn json(d: &Path, args: &[&str]) -> (i32, Value) {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (c, out, err) = run(d, &a);
+    let v: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}\nstderr:\n{err}"));
+    (c, v)
+}
+
+fn has(v: &Value, fields: &[&str], what: &str) {
+    for f in fields {
+        assert!(v.get(f).is_some(), "{what}: no field {f:?} in {v:#}");
+    }
+}
+
+#[test]
+fn every_subcommand_emits_documented_json() {
+    let dir = fixture();
+    let d = dir.path();
+
+    let (c, v) = json(d, &["info", "{DIR}"]);
+    assert_eq!(c, 0);
+    has(
+        &v,
+        &[
+            "dir",
+            "manifest",
+            "last_seqno",
+            "next_file",
+            "log_number",
+            "wal",
+            "controller",
+            "target",
+            "versions",
+            "retired",
+            "levels",
+            "files",
+            "bytes",
+            "migration",
+        ],
+        "info",
+    );
+    has(
+        &v["migration"],
+        &[
+            "state",
+            "target",
+            "draining",
+            "candidates",
+            "bytes_left",
+            "total_bytes",
+            "progress",
+        ],
+        "info.migration",
+    );
+    assert_eq!(v["migration"]["state"], "migrating");
+    let v1 = &v["versions"][0];
+    has(
+        v1,
+        &[
+            "id",
+            "spec",
+            "fingerprint",
+            "role",
+            "files",
+            "bytes",
+            "entries",
+            "pointer_files",
+            "pointers",
+            "levels",
+            "partitions",
+        ],
+        "info.versions[]",
+    );
+    has(
+        &v1["partitions"][0],
+        &[
+            "partition",
+            "files",
+            "bytes",
+            "entries",
+            "pointer_files",
+            "pointers",
+            "levels",
+        ],
+        "info partition",
+    );
+    assert_eq!(v1["role"], "draining");
+    assert_eq!(v["target"], 2);
+
+    let (c, v) = json(d, &["partitions", "{DIR}"]);
+    assert_eq!(c, 0);
+    let p = &v["versions"][1];
+    has(
+        p,
+        &[
+            "id",
+            "spec",
+            "role",
+            "partitions",
+            "entries",
+            "bytes",
+            "measure",
+            "mean",
+            "max_over_mean",
+            "chi_square",
+            "degrees_of_freedom",
+            "p_value",
+            "verdict",
+            "hottest",
+            "partition_stats",
+        ],
+        "partitions",
+    );
+    has(
+        &p["partition_stats"][0],
+        &["partition", "entries", "bytes", "files", "share"],
+        "partition_stats[]",
+    );
+    has(
+        &p["hottest"][0],
+        &["partition", "count", "share"],
+        "hottest[]",
+    );
+
+    let (c, v) = json(d, &["manifest", "{DIR}"]);
+    assert_eq!(c, 0);
+    has(&v, &["file", "bytes", "edits", "torn_tail"], "manifest");
+    has(&v["edits"][0], &["offset", "records"], "manifest edit");
+    let types: Vec<&str> = v["edits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            e["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["type"].as_str().unwrap())
+        })
+        .collect();
+    for t in [
+        "next_file",
+        "last_seqno",
+        "log_number",
+        "register_layout",
+        "set_target",
+        "add_file",
+        "delete_file",
+    ] {
+        assert!(types.contains(&t), "no {t} record in {types:?}");
+    }
+
+    let (c, v) = json(d, &["wal", "{DIR}"]);
+    assert_eq!(c, 0);
+    let f = &v["files"][0];
+    has(
+        f,
+        &["file", "bytes", "live", "records", "torn_tail"],
+        "wal file",
+    );
+    has(&f["records"][0], &["offset", "seqno", "ops"], "wal record");
+    has(
+        &f["records"][0]["ops"][0],
+        &["seqno", "kind", "key", "value", "value_len"],
+        "wal op",
+    );
+    assert_eq!(f["records"][0]["ops"][1]["kind"], "delete");
+
+    let (c, v) = json(d, &["verify", "--deep", "{DIR}"]);
+    assert_eq!(c, 0);
+    has(
+        &v,
+        &[
+            "dir",
+            "ok",
+            "errors",
+            "warnings",
+            "tables",
+            "table_bytes",
+            "blocks",
+            "entries",
+            "wal_files",
+            "wal_records",
+            "manifest_edits",
+            "deep",
+            "problems",
+        ],
+        "verify",
+    );
+    has(
+        &v["deep"],
+        &[
+            "keys",
+            "visible",
+            "deleted",
+            "memtable_only",
+            "in_several_layouts",
+            "moved",
+            "reads_checked",
+        ],
+        "verify.deep",
+    );
+    assert_eq!(v["ok"], true);
+
+    let sst = d.join("000008.sst").display().to_string();
+    let (c, v) = json(d, &["sst", "props", &sst]);
+    assert_eq!(c, 0);
+    has(
+        &v,
+        &[
+            "file",
+            "size",
+            "format_version",
+            "kind",
+            "layout_version",
+            "fingerprint",
+            "partition",
+            "smallest",
+            "largest",
+            "min_seqno",
+            "max_seqno",
+            "entries",
+            "tombstones",
+            "pointers",
+            "raw_bytes",
+            "data_blocks",
+            "compression",
+            "created_unix",
+            "filter_block",
+            "index_block",
+            "props_block",
+        ],
+        "sst props",
+    );
+    let (c, v) = json(d, &["sst", "dump", &sst, "--limit", "3"]);
+    assert_eq!(c, 0);
+    has(
+        &v,
+        &[
+            "file",
+            "kind",
+            "layout_version",
+            "partition",
+            "entries",
+            "count",
+        ],
+        "sst dump",
+    );
+    assert_eq!(v["count"], 3);
+    has(
+        &v["entries"][0],
+        &["key", "seqno", "kind", "value", "value_len", "moved_to"],
+        "sst dump entry",
+    );
+    let (c, v) = json(d, &["sst", "check", &sst]);
+    assert_eq!(c, 0);
+    has(
+        &v,
+        &[
+            "file",
+            "ok",
+            "size",
+            "blocks",
+            "entries",
+            "misplaced",
+            "function",
+            "problems",
+        ],
+        "sst check",
+    );
+
+    let (c, v) = json(d, &["get", "{DIR}", "acct00000003"]);
+    assert_eq!(c, 0);
+    assert_eq!(v["found"], true);
+    assert_eq!(v["value"], "balance=updated-in-v2");
+    let (c, v) = json(d, &["get", "{DIR}", "acct00000001"]);
+    assert_eq!(c, 1, "a key deleted in the WAL is not found");
+    assert_eq!(v["found"], false);
+    assert!(v["value"].is_null());
+
+    let (c, v) = json(d, &["scan", "{DIR}", "--from", "acct00001258"]);
+    assert_eq!(c, 0);
+    assert_eq!(v["count"], 4);
+    has(&v["entries"][0], &["key", "value"], "scan entry");
+    assert_eq!(v["entries"][2]["key"], "acct99999999");
+    assert_eq!(v["entries"][3]["key"], "zz\\x00binary\\xffkey");
+
+    let (c, v) = json(d, &["analyze", "{DIR}", "--spec", "hash:16:7:4"]);
+    assert_eq!(c, 3);
+    has(
+        &v,
+        &[
+            "dir",
+            "spec",
+            "partitions",
+            "sample",
+            "counts",
+            "shares",
+            "max_over_mean",
+            "max_share",
+            "chi_square",
+            "degrees_of_freedom",
+            "p_value",
+            "empty_partitions",
+            "verdict",
+            "thresholds",
+            "hottest",
+        ],
+        "analyze",
+    );
+    assert_eq!(v["verdict"], "biased");
+    has(
+        &v["sample"],
+        &["source", "keys", "population", "tables"],
+        "analyze.sample",
+    );
+}
+
+#[test]
+fn keys_print_escaped_by_default_and_hex_on_request() {
+    let dir = fixture();
+    let d = dir.path();
+    let (c, out, _) = run(d, &["get", "{DIR}", "zz\\x00binary\\xffkey"]);
+    assert_eq!((c, out.as_str()), (0, "\\x00\\x01\\x02\\xff\n"));
+    let (c, out, _) = run(d, &["get", "{DIR}", "7a7a0062696e617279ff6b6579", "--hex"]);
+    assert_eq!((c, out.as_str()), (0, "000102ff\n"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = fixture();
+    let d = dir.path();
+    let missing = d.join("nope").display().to_string();
+    let cases: &[&[&str]] = &[
+        &[],
+        &["frobnicate"],
+        &["info"],
+        &["info", "{DIR}", "--bogus-flag"],
+        &["sst"],
+        &["analyze", "{DIR}"],
+        &["analyze", "{DIR}", "--spec", "bogus:3"],
+        &["analyze", "{DIR}", "--spec", "hash:0"],
+        &["get", "{DIR}", "bad\\qescape"],
+        &["get", "{DIR}", "zz", "--hex"],
+        &["scan", "{DIR}", "--from", "b", "--to", "a"],
+        &["scan", "{DIR}", "--limit", "many"],
+        &["info", &missing],
+        &["verify", &missing],
+    ];
+    for args in cases {
+        let (c, out, err) = run(d, args);
+        assert_eq!(c, 2, "{args:?}: exit {c}\n{out}\n{err}");
+        assert!(!err.is_empty(), "{args:?}: no message");
+    }
+    // With --json, our own usage errors also come as a JSON document.
+    let (c, v) = json(d, &["analyze", "{DIR}", "--spec", "bogus:3"]);
+    assert_eq!(c, 2);
+    assert_eq!(v["error"]["kind"], "usage");
+    assert_eq!(v["error"]["exit_code"], 2);
+}
+
+#[test]
+fn every_subcommand_has_help_with_examples() {
+    for sub in [
+        "info",
+        "sst",
+        "manifest",
+        "wal",
+        "verify",
+        "partitions",
+        "get",
+        "scan",
+        "analyze",
+    ] {
+        let o = sluice(&[sub, "--help"]);
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{sub}");
+        assert!(
+            s.contains("Examples:"),
+            "{sub} --help has no examples:\n{s}"
+        );
+        assert!(s.contains("--json"), "{sub} --help does not show --json");
+    }
+}
+
+/// Every file's name and bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn read_only_subcommands_never_modify_the_directory() {
+    let dir = fixture();
+    let d = dir.path();
+    let out = tempfile::tempdir().unwrap();
+    let html = out.path().join("p.html").display().to_string();
+    let svg = out.path().join("p.svg").display().to_string();
+    let before = snapshot(d);
+    let cmds: &[&[&str]] = &[
+        &["info", "{DIR}", "--html", &html],
+        &["partitions", "{DIR}", "--svg", &svg],
+        &["manifest", "{DIR}"],
+        &["wal", "{DIR}"],
+        &["verify", "--deep", "--sample", "0", "{DIR}"],
+        &["sst", "check", "{DIR}/000008.sst"],
+        &["sst", "dump", "{DIR}/000009.sst"],
+        &["sst", "props", "{DIR}/000009.sst"],
+        &["get", "{DIR}", "acct00000017"],
+        &["get", "{DIR}", "acct00000450"],
+        &["scan", "{DIR}"],
+        &["scan", "{DIR}", "--reverse"],
+        &["analyze", "{DIR}", "--spec", "hash:8:1", "--scan"],
+    ];
+    for args in cmds {
+        let (c, o, e) = run(d, args);
+        assert_eq!(c, 0, "{args:?}\n{o}\n{e}");
+    }
+    assert_eq!(
+        snapshot(d),
+        before,
+        "a read-only subcommand changed the directory"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>")
+            && page.contains("<svg")
+            && page.trim_end().ends_with("</html>")
+    );
+    assert!(
+        !page.contains("<script") && !page.contains("http://")
+            || page.contains("http://www.w3.org/2000/svg")
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
+}
+
+#[test]
+fn reading_works_while_a_live_process_holds_the_directory() {
+    let dir = fixture();
+    let d = dir.path();
+    let db = sluice::Db::open(d, common::fixture_options()).unwrap();
+    db.put("live", "yes").unwrap();
+    db.flush().unwrap();
+    let (c, out, err) = run(d, &["get", "{DIR}", "live"]);
+    assert_eq!((c, out.as_str()), (0, "yes\n"), "{err}");
+    let (c, out, err) = run(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, _, err) = run(d, &["info", "{DIR}"]);
+    assert_eq!(c, 0, "{err}");
+    db.close().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Corruption
+
+fn flip(path: &Path, offset: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    b[offset] ^= 0x5a;
+    std::fs::write(path, b).unwrap();
+}
+
+/// Exit 3, naming `file` and an offset, on stdout or stderr.
+fn assert_reported(d: &Path, args: &[&str], file: &str) -> String {
+    let (c, out, err) = run(d, args);
+    let all = format!("{out}{err}");
+    assert_eq!(c, 3, "{args:?}: exit {c}\n{all}");
+    assert!(all.contains(file), "{args:?}: {file} not named:\n{all}");
+    assert!(all.contains("offset"), "{args:?}: no offset:\n{all}");
+    all
+}
+
+#[test]
+fn flipped_byte_in_an_sstable_is_found_with_file_and_offset() {
+    let dir = fixture();
+    let d = dir.path();
+    flip(&d.join("000008.sst"), 300);
+    let all = assert_reported(d, &["verify", "{DIR}"], "000008.sst");
+    assert!(all.contains("[checksum]"), "{all}");
+    assert_reported(d, &["sst", "check", "{DIR}/000008.sst"], "000008.sst");
+    let (c, v) = json(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 3);
+    let p = &v["problems"][0];
+    assert_eq!(p["check"], "checksum");
+    assert!(p["file"].as_str().unwrap().ends_with("000008.sst"));
+    assert!(p["offset"].as_u64().is_some());
+    // A read that needs the damaged block fails with exit 3 too.
+    assert_reported(d, &["scan", "{DIR}"], "000008.sst");
+}
+
+#[test]
+fn truncated_sstable_is_found_with_file_and_offset() {
+    let dir = fixture();
+    let d = dir.path();
+    let p = d.join("000009.sst");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+    assert_reported(d, &["verify", "{DIR}"], "000009.sst");
+    assert_reported(d, &["sst", "props", "{DIR}/000009.sst"], "000009.sst");
+    assert_reported(d, &["get", "{DIR}", "acct00000900"], "000009.sst");
+}
+
+#[test]
+fn missing_sstable_is_found() {
+    let dir = fixture();
+    let d = dir.path();
+    std::fs::remove_file(d.join("000009.sst")).unwrap();
+    let all = assert_reported(d, &["verify", "{DIR}"], "000009.sst");
+    assert!(all.contains("missing"), "{all}");
+    assert!(all.contains("MANIFEST-000001"), "{all}");
+    assert_reported(d, &["get", "{DIR}", "acct00000003"], "000009.sst");
+}
+
+#[test]
+fn flipped_byte_in_the_wal_is_found_with_file_and_offset() {
+    let dir = fixture();
+    let d = dir.path();
+    // The first of two records: damage followed by a valid record is corruption.
+    flip(&d.join("000019.log"), 30);
+    let all = assert_reported(d, &["verify", "{DIR}"], "000019.log");
+    assert!(all.contains("offset 17"), "{all}");
+    assert_reported(d, &["wal", "{DIR}"], "000019.log");
+    assert_reported(d, &["get", "{DIR}", "acct00000003"], "000019.log");
+}
+
+#[test]
+fn flipped_byte_in_the_manifest_is_found_with_file_and_offset() {
+    let dir = fixture();
+    let d = dir.path();
+    flip(&d.join("MANIFEST-000001"), 100);
+    for args in [
+        &["verify", "{DIR}"][..],
+        &["info", "{DIR}"],
+        &["manifest", "{DIR}"],
+        &["partitions", "{DIR}"],
+        &["scan", "{DIR}"],
+    ] {
+        assert_reported(d, args, "MANIFEST-000001");
+    }
+    let (c, v) = json(d, &["info", "{DIR}"]);
+    assert_eq!(c, 3);
+    assert_eq!(v["error"]["kind"], "corruption");
+    assert!(v["error"]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("MANIFEST-000001"));
+    assert!(v["error"]["offset"].is_u64());
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusals
+
+#[test]
+fn symlinked_sstable_pointing_outside_is_refused() {
+    let dir = fixture();
+    let d = dir.path();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("stolen.sst");
+    std::fs::rename(d.join("000009.sst"), &target).unwrap();
+    std::os::unix::fs::symlink(&target, d.join("000009.sst")).unwrap();
+    for args in [
+        &["info", "{DIR}"][..],
+        &["partitions", "{DIR}"],
+        &["get", "{DIR}", "acct00000900"],
+        &["scan", "{DIR}"],
+        &["analyze", "{DIR}", "--spec", "hash:4"],
+    ] {
+        let (c, out, err) = run(d, args);
+        assert_eq!(c, 3, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("symlink") && err.contains("000009.sst"),
+            "{args:?}: {err}"
+        );
+    }
+    let (c, out, _) = run(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 3);
+    assert!(
+        out.contains("[symlink]") && out.contains("refusing to follow"),
+        "{out}"
+    );
+}
+
+#[test]
+fn current_naming_a_file_outside_the_directory_is_refused() {
+    let dir = fixture();
+    let d = dir.path();
+    for bad in [
+        "../MANIFEST-000001\n",
+        "MANIFEST-000001/../../x\n",
+        "/etc/passwd\n",
+    ] {
+        std::fs::write(d.join("CURRENT"), bad).unwrap();
+        for args in [
+            &["info", "{DIR}"][..],
+            &["verify", "{DIR}"],
+            &["get", "{DIR}", "k"],
+        ] {
+            let (c, out, err) = run(d, args);
+            assert_eq!(c, 3, "{bad:?} {args:?}: {out}{err}");
+            assert!(format!("{out}{err}").contains("CURRENT"), "{out}{err}");
+        }
+    }
+    // CURRENT itself as a symlink out of the directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("CURRENT"), "MANIFEST-000001\n").unwrap();
+    std::fs::remove_file(d.join("CURRENT")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("CURRENT"), d.join("CURRENT")).unwrap();
+    let (c, _, err) = run(d, &["info", "{DIR}"]);
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("symlink"), "{err}");
+}
+
+/// Appends one edit to the live manifest, as the engine would.
+fn append_edit(dir: &Path, edit: &sluice::manifest::VersionEdit) {
+    let path = dir.join("MANIFEST-000001");
+    let mut b = std::fs::read(&path).unwrap();
+    sluice::log::encode_record(&edit.encode(), &mut b);
+    std::fs::write(&path, b).unwrap();
+}
+
+#[test]
+fn manifest_claiming_absurd_sizes_is_refused() {
+    let dir = fixture();
+    let d = dir.path();
+    let mut e = sluice::manifest::VersionEdit::default();
+    e.push(sluice::manifest::EditRecord::AddFile(
+        sluice::manifest::FileRecord {
+            number: 900,
+            size: 1 << 50,
+            layout_version: 2,
+            partition: 0,
+            level: 0,
+            kind: sluice::sst::TableKind::Data,
+            smallest: "a".into(),
+            largest: "b".into(),
+            min_seqno: 1,
+            max_seqno: 2,
+            entries: 3_000_000_000,
+        },
+    ));
+    append_edit(d, &e);
+    for args in [
+        &["info", "{DIR}"][..],
+        &["verify", "{DIR}"],
+        &["get", "{DIR}", "a"],
+        &["partitions", "{DIR}"],
+    ] {
+        let all = assert_reported(d, args, "MANIFEST-000001");
+        assert!(all.contains("file 900"), "{all}");
+    }
+}
+
+fn masked_crc(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    (!crc).rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+#[test]
+fn footer_claiming_a_huge_block_is_refused() {
+    let dir = fixture();
+    let d = dir.path();
+    let p = d.join("000008.sst");
+    let mut b = std::fs::read(&p).unwrap();
+    let f = b.len() - 64;
+    // Index handle size (bytes 24..32 of the footer) := 2^60, with a valid footer CRC so the
+    // handle itself is what must be refused.
+    b[f + 24..f + 32].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let crc = masked_crc(&b[f..f + 60]);
+    b[f + 60..f + 64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&p, &b).unwrap();
+    let all = assert_reported(d, &["verify", "{DIR}"], "000008.sst");
+    assert!(all.contains("outside the file"), "{all}");
+    assert_reported(d, &["sst", "dump", "{DIR}/000008.sst"], "000008.sst");
+}
+
+// ---------------------------------------------------------------------------------------
+// A key in the wrong partition
+
+#[test]
+fn verify_finds_a_key_placed_in_the_wrong_partition() {
+    use sluice::sst::{TableKind, TableOptions, TableOwner, TableWriter};
+
+    let dir = fixture();
+    let d = dir.path();
+    let st = sluice::inspect::read_dir_state(d).unwrap();
+    let v2 = st.version(2).unwrap();
+    // acct00000003 maps to one partition of v2 (hash:4:7); write it into another one.
+    let right = v2.func.partition_of(b"acct00000003");
+    let wrong = (right + 1) % 4;
+    let number = st.next_file + 100;
+    let path = st.table_path(number);
+    let mut w = TableWriter::create(
+        &sluice::fs::StdFs,
+        &path,
+        TableOptions {
+            block_size: 4096,
+            compression: sluice::Compression::None,
+            bloom_bits_per_key: 10,
+        },
+        TableOwner {
+            kind: TableKind::Data,
+            layout_version: 2,
+            fingerprint: v2.func.fingerprint(),
+            partition: wrong,
+        },
+    )
+    .unwrap();
+    let seqno = 5000;
+    w.add(&sluice::Entry {
+        key: "acct00000003".into(),
+        seqno,
+        kind: sluice::Kind::Value,
+        value: "misplaced".into(),
+    })
+    .unwrap();
+    let (props, size) = w.finish().unwrap();
+    let mut e = sluice::manifest::VersionEdit::default();
+    e.push(sluice::manifest::EditRecord::AddFile(
+        sluice::manifest::FileRecord {
+            number,
+            size,
+            layout_version: 2,
+            partition: wrong,
+            level: 0,
+            kind: TableKind::Data,
+            smallest: props.smallest.clone().into(),
+            largest: props.largest.clone().into(),
+            min_seqno: props.min_seqno,
+            max_seqno: props.max_seqno,
+            entries: props.entries,
+        },
+    ))
+    .push(sluice::manifest::EditRecord::LastSeqno(seqno));
+    append_edit(d, &e);
+
+    let name = format!("{number:06}.sst");
+    let (c, out, err) = run(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 3, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("[partition]"))
+        .unwrap_or_else(|| panic!("no partition problem:\n{out}"));
+    assert!(
+        line.contains(&name) && line.contains("acct00000003"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("belongs to partition {right} of v2")),
+        "{line}"
+    );
+    assert!(line.contains("offset 0"), "{line}");
+    // Only the placement is wrong: nothing else is reported.
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{out}"
+    );
+    let (_, v) = json(d, &["verify", "{DIR}"]);
+    assert_eq!(v["problems"][0]["check"], "partition");
+    assert_eq!(v["errors"], 1);
+    // sst check on the lone file sees it too (the function comes from the manifest beside it).
+    let (c, out, _) = run(d, &["sst", "check", &path.display().to_string()]);
+    assert_eq!(c, 3, "{out}");
+    assert!(out.contains("[partition]"), "{out}");
+}

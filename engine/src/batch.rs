@@ -51,6 +51,9 @@ impl WriteBatch {
 
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
         let (k, v) = (key.as_ref(), value.as_ref());
+        // On an empty batch this allocates exactly one put (the common single-put batch,
+        // whose buffer the memtable keeps); later puts grow it geometrically.
+        self.rep.reserve(Self::put_size(k.len(), v.len()));
         self.rep.push(Kind::Value as u8);
         put_varint(&mut self.rep, k.len() as u64);
         self.rep.extend_from_slice(k);
@@ -64,6 +67,7 @@ impl WriteBatch {
 
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
         let k = key.as_ref();
+        self.rep.reserve(1 + varint_len(k.len() as u64) + k.len());
         self.rep.push(Kind::Delete as u8);
         put_varint(&mut self.rep, k.len() as u64);
         self.rep.extend_from_slice(k);

@@ -457,6 +457,9 @@ impl Inner {
             }
             return Err(e);
         }
+        // Lazy moves check their source file is not obsolete under the read side of this
+        // lock; marking the inputs obsolete and swapping the view happen as one step.
+        let install = self.install.write();
         if !job.trivial {
             for f in &job.inputs {
                 f.mark_obsolete();
@@ -478,6 +481,7 @@ impl Inner {
             imm: v.imm.clone(),
             files: Arc::new(new_files),
         });
+        drop(install);
         self.maybe_roll_manifest(&mut core)?;
         drop(core);
         if job.trivial {

@@ -210,6 +210,11 @@ pub(crate) struct Inner {
     /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
     pub fg_latency: crate::migration::LatencyHistogram,
     pub sampling: AtomicBool,
+    /// Held (write) while compaction inputs turn obsolete and the view swaps; held (read)
+    /// by a lazy move while it checks its source is live and inserts its copy.
+    pub install: parking_lot::RwLock<()>,
+    /// Lazy moves and bytes moved, per source layout version.
+    pub lazy_counts: Mutex<HashMap<u32, (u64, u64)>>,
     /// Traffic per partition of the target layout, and of a shadowed candidate function.
     pub load: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
     pub shadow: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,

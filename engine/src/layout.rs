@@ -396,9 +396,9 @@ impl PartitionFn {
 
     fn map(spec: &PartitionSpec, key: &[u8]) -> u32 {
         match spec {
-            PartitionSpec::Range { boundaries } => {
-                boundaries.partition_point(|b| b.as_slice() <= key) as u32
-            }
+            PartitionSpec::Range { boundaries } => boundaries
+                .partition_point(|b| crate::types::cmp_keys(b, key) != std::cmp::Ordering::Greater)
+                as u32,
             PartitionSpec::Hash {
                 partitions,
                 seed,

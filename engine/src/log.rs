@@ -82,6 +82,20 @@ impl LogWriter {
         encode_record(payload, &mut self.buf);
     }
 
+    /// Buffers one record whose payload `write` appends to the buffer in place (no copy).
+    pub fn add_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; 8]);
+        write(&mut self.buf);
+        let len = (self.buf.len() - start - 8) as u32;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&len.to_le_bytes());
+        h.update(&self.buf[start + 8..]);
+        let crc = h.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
     /// Bytes buffered and not yet handed to the OS.
     pub fn buffered(&self) -> usize {
         self.buf.len()

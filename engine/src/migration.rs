@@ -23,8 +23,6 @@ pub(crate) struct VersionCounters {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub pointers_honoured: u64,
-    pub lazy_moves: u64,
-    pub lazy_moved_bytes: u64,
 }
 
 /// Progress of one draining layout version.
@@ -308,12 +306,6 @@ impl Inner {
         self.pacer.lock().migrated_total += read;
     }
 
-    pub(crate) fn note_lazy_move(core: &mut Core, from: u32, bytes: u64) {
-        let c = core.migration.entry(from).or_default();
-        c.lazy_moves += 1;
-        c.lazy_moved_bytes += bytes;
-    }
-
     /// Migrates draining files now, in the caller's thread, ignoring the pacer, until none
     /// is left or `max_bytes` of input has been migrated. Returns the bytes migrated.
     pub fn migrate_now(&self, max_bytes: Option<u64>) -> Result<u64> {
@@ -372,6 +364,7 @@ impl Inner {
             .draining()
             .map(|l| {
                 let c = core.migration.get(&l.id).cloned().unwrap_or_default();
+                let lazy = self.lazy_counts.lock().get(&l.id).copied().unwrap_or_default();
                 let bytes_left = l.data_bytes();
                 DrainingProgress {
                     version: VersionId(l.id),
@@ -382,8 +375,8 @@ impl Inner {
                     bytes_migrated: c.bytes_read,
                     bytes_written: c.bytes_written,
                     pointers_honoured: c.pointers_honoured,
-                    lazy_moves: c.lazy_moves,
-                    lazy_moved_bytes: c.lazy_moved_bytes,
+                    lazy_moves: lazy.0,
+                    lazy_moved_bytes: lazy.1,
                     forwarding_pointers: l.pointer_files().map(|f| f.entries).sum(),
                     eta_secs: (pace > 0.0).then(|| bytes_left as f64 / pace),
                 }

@@ -203,20 +203,53 @@ impl Inner {
             Counters::add(&self.counters.move_skipped, 1);
             return;
         }
-        let mut core = self.core.lock();
-        let view = self.view.load();
-        if source.obsolete.load(Ordering::Acquire) || view.files.target == source.layout_version {
-            return;
-        }
-        view.mem.insert_moved(
-            bytes::Bytes::copy_from_slice(key),
-            r.seqno,
-            r.value.clone(),
-            source.layout_version,
-        );
+        let mem = {
+            let _install = self.install.read();
+            let view = self.view.load();
+            if source.obsolete.load(Ordering::Acquire)
+                || view.files.target == source.layout_version
+            {
+                return;
+            }
+            // Moves never push memory past twice the memtable budget; past the budget they
+            // ask for a flush (a read-only workload would otherwise never trigger one).
+            if view.mem.approximate_bytes() >= 2 * self.opts.memtable_bytes {
+                Counters::add(&self.counters.move_skipped, 1);
+                return;
+            }
+            view.mem.insert_moved(
+                bytes::Bytes::copy_from_slice(key),
+                r.seqno,
+                r.value.clone(),
+                source.layout_version,
+            );
+            view.mem.clone()
+        };
         Counters::add(&self.counters.moves, 1);
         Counters::add(&self.counters.moved_bytes, cost as u64);
-        Inner::note_lazy_move(&mut core, source.layout_version, cost as u64);
+        {
+            let mut m = self.lazy_counts.lock();
+            let c = m.entry(source.layout_version).or_default();
+            c.0 += 1;
+            c.1 += cost as u64;
+        }
+        if mem.approximate_bytes() >= self.opts.memtable_bytes {
+            self.rotate_for_moves();
+        }
+    }
+
+    /// Freezes a memtable that lazy moves filled, if no writer is doing it already.
+    fn rotate_for_moves(&self) {
+        if let Some(mut wal) = self.wal.try_lock() {
+            let view = self.view.load();
+            if view.mem.approximate_bytes() >= self.opts.memtable_bytes
+                && view.imm.len() < self.opts.max_immutable_memtables
+                && !self.failed.load(Ordering::Acquire)
+            {
+                drop(view);
+                let _ = self.rotate(&mut wal);
+            }
+        }
     }
 
     fn take_move_budget(&self, cost: f64) -> bool {

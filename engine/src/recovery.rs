@@ -504,6 +504,8 @@ fn assemble(
         )),
         fg_latency: crate::migration::LatencyHistogram::new(),
         sampling: AtomicBool::new(false),
+        install: parking_lot::RwLock::new(()),
+        lazy_counts: Mutex::new(Default::default()),
         load: arc_swap::ArcSwapOption::from_pointee(crate::load::PartitionLoad::new(
             Some(files.target),
             files.target_layout().func.clone(),

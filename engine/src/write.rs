@@ -132,7 +132,6 @@ impl Inner {
         let mut batches = Vec::with_capacity(group.len());
         let mut seq = wal.last_seqno + 1;
         let mut outcomes = Vec::with_capacity(group.len());
-        let mut payload = Vec::new();
         let mut user_bytes = 0u64;
         let mut ops = 0u64;
         let mut sync = false;
@@ -171,9 +170,7 @@ impl Inner {
                 collect_keys(&b, keys);
             }
             sync |= w.sync;
-            payload.clear();
-            b.encode_wal(seq, &mut payload);
-            wal.log.add(&payload);
+            wal.log.add_with(|buf| b.encode_wal(seq, buf));
             outcomes.push(Ok(seq + b.len() as u64 - 1));
             user_bytes += b.size_bytes() as u64;
             ops += b.len() as u64;

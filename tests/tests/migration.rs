@@ -383,3 +383,34 @@ fn retiring_a_layout_with_late_pointer_files_reopens() {
     assert_eq!(dump(&db).unwrap().len(), 500);
     assert_eq!(db.layout().retired, vec![VersionId(1)]);
 }
+
+/// A read-only workload during a migration fills the memtable with moved values; it must
+/// be flushed without any write to trigger it, and memory must stay bounded.
+#[test]
+fn lazy_moves_alone_trigger_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        memtable_bytes: 64 << 10,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    fill(&db, 6000, "value-value-value-value-");
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    let flushes = db.stats().flushes;
+    let mut peak = 0;
+    for i in 0..6000u32 {
+        db.get(format!("k{i:04}")).unwrap();
+        peak = peak.max(db.stats().memtable_bytes);
+    }
+    let moved_flushes = db.stats().flushes - flushes;
+    db.flush().unwrap();
+    let s = db.stats();
+    assert!(moved_flushes >= 1, "reads alone never froze the memtable");
+    // Active + one frozen memtable, each allowed up to twice the budget by moves.
+    assert!(peak <= 4 * (64 << 10) as u64, "memtables peaked at {peak}");
+    assert!(s.lazy_moves > 1000, "{}", s.lazy_moves);
+    assert_eq!(dump(&db).unwrap().len(), 6000);
+}

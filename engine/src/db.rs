@@ -695,29 +695,6 @@ impl Db {
             .set_partition_write_limit(partition, bytes_per_sec)
     }
 
-    /// A sample of the existing keys, read from SSTable indexes without touching data
-    /// blocks: the last key of every data block of every live SSTable, each with the number
-    /// of entries it stands for. At most `max` keys (evenly thinned); memtables not included.
-    pub fn sample_keys(&self, max: usize) -> Vec<(Bytes, u64)> {
-        let view = self.inner.view.load_full();
-        let mut out = Vec::new();
-        for f in view.files.layouts.values().flat_map(|l| l.data_files()) {
-            let blocks = f.table.block_count().max(1) as u64;
-            let weight = (f.entries / blocks).max(1);
-            out.extend(f.table.index_keys().map(|k| (k.clone(), weight)));
-        }
-        if out.len() > max && max > 0 {
-            let step = out.len().div_ceil(max);
-            let thinned: Vec<_> = out
-                .iter()
-                .step_by(step)
-                .map(|(k, w)| (k.clone(), w * step as u64))
-                .collect();
-            return thinned;
-        }
-        out
-    }
-
     /// Keeps a layout version live even after it drains empty (a rollback target), or
     /// releases it (it is then retired once empty and not the target).
     pub fn pin_version(&self, v: VersionId, pinned: bool) -> Result<()> {

@@ -1440,10 +1440,13 @@ pub fn check_consistency(
     progress: &mut dyn FnMut(u64),
 ) -> Result<ConsistencyReport> {
     let mut rep = ConsistencyReport::default();
+    // One registered snapshot, then one view: everything below is judged at the same
+    // instant while writes, flushes and compactions go on (a registered snapshot keeps
+    // compaction from dropping what it sees).
+    let snap = db.snapshot();
+    let snapshot = snap.seqno();
     let view = db.inner.view.load_full();
-    let snapshot = db.inner.latest();
-    let layout = db.layout();
-    let live: BTreeSet<u32> = layout.versions.iter().map(|v| v.id.0).collect();
+    let live: BTreeSet<u32> = view.files.layouts.keys().copied().collect();
     let funcs: BTreeMap<u32, Arc<PartitionFn>> = view
         .files
         .layouts
@@ -1451,19 +1454,20 @@ pub fn check_consistency(
         .map(|(id, l)| (*id, l.func.clone()))
         .collect();
     let mut sources = Vec::new();
-    for v in &layout.versions {
-        for p in &v.partitions {
-            if p.files > 0 {
-                sources.push((v.id.0, p.index, db.partition_entries(v.id, p.index)?));
+    let mut estimated = 0u64;
+    for (id, l) in &view.files.layouts {
+        for (i, p) in l.parts.iter().enumerate() {
+            if p.data_file_count() > 0 {
+                estimated += p.data_files().map(|f| f.entries).sum::<u64>();
+                sources.push((
+                    *id,
+                    i as u32,
+                    db.inner
+                        .partition_entries_in(view.clone(), *id, i as u32, snapshot)?,
+                ));
             }
         }
     }
-    let estimated: u64 = layout
-        .versions
-        .iter()
-        .flat_map(|v| v.partitions.iter())
-        .map(|p| p.entries)
-        .sum();
     let stride = match opts.sample_reads {
         None | Some(0) => 1,
         Some(n) => (estimated / n.max(1)).max(1),
@@ -1477,7 +1481,7 @@ pub fn check_consistency(
         }
         heads.push(h);
     }
-    let mut scan = db.range(..).peekable();
+    let mut scan = snap.range(..).peekable();
     let mems = view.memtables();
     let mem_newest = |key: &[u8]| -> Option<(u64, Kind, Bytes)> {
         mems.iter()
@@ -1659,7 +1663,7 @@ pub fn check_consistency(
         }
         if rep.keys % stride == 0 {
             rep.reads_checked += 1;
-            let got = db.get(&key)?;
+            let got = snap.get(&key)?;
             if got != expected {
                 report(
                     &mut rep,

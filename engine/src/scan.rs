@@ -50,54 +50,72 @@ pub struct PartitionIter {
     pointers: Peekable<MergeIter>,
     pending: Option<crate::types::Entry>,
     failed: bool,
+    snapshot: u64,
 }
 
 impl Inner {
     pub fn partition_entries(&self, version: u32, partition: u32) -> Result<PartitionIter> {
-        let view = self.view.load_full();
+        self.partition_entries_in(self.view.load_full(), version, partition, u64::MAX)
+    }
+
+    /// A partition of `view`, as of `snapshot` (entries with a higher seqno are ignored).
+    pub(crate) fn partition_entries_in(
+        &self,
+        view: Arc<View>,
+        version: u32,
+        partition: u32,
+        snapshot: u64,
+    ) -> Result<PartitionIter> {
         let layout = view
             .files
             .layouts
             .get(&version)
             .ok_or(Error::UnknownVersion(version))?;
-        let part = layout
-            .parts
-            .get(partition as usize)
-            .ok_or_else(|| Error::InvalidOption {
-                name: "partition",
-                reason: format!("v{version} has {} partitions", layout.parts.len()),
-            })?;
+        let part = layout.parts.get(partition as usize).ok_or_else(|| Error::InvalidOption {
+            name: "partition",
+            reason: format!("v{version} has {} partitions", layout.parts.len()),
+        })?;
         let data: Vec<_> = part.data_files().cloned().collect();
         Ok(PartitionIter {
             data: MergeIter::new(file_sources(&data), Direction::Forward),
             pointers: MergeIter::new(file_sources(&part.pointers), Direction::Forward).peekable(),
-            _view: view,
+            _view: view.clone(),
             pending: None,
             failed: false,
+            snapshot,
         })
     }
 }
 
 impl PartitionIter {
-    fn next_inner(&mut self) -> Result<Option<PartitionEntry>> {
-        let first = match self.pending.take() {
-            Some(e) => e,
-            None => match self.data.next() {
-                Some(r) => r?,
-                None => return Ok(None),
-            },
-        };
-        // Skip the older versions of this key.
+    /// The next entry at or below the snapshot.
+    fn next_visible(&mut self) -> Result<Option<crate::types::Entry>> {
         loop {
             match self.data.next() {
                 Some(r) => {
                     let e = r?;
-                    if e.key != first.key {
-                        self.pending = Some(e);
-                        break;
+                    if e.seqno <= self.snapshot {
+                        return Ok(Some(e));
                     }
                 }
-                None => break,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn next_inner(&mut self) -> Result<Option<PartitionEntry>> {
+        let first = match self.pending.take() {
+            Some(e) => e,
+            None => match self.next_visible()? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+        };
+        // Skip the older versions of this key.
+        while let Some(e) = self.next_visible()? {
+            if e.key != first.key {
+                self.pending = Some(e);
+                break;
             }
         }
         // Is the newest version covered by a forwarding pointer?

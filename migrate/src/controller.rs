@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice::{Db, Error, MigrationProgress, PartitionSpec, Result, Snapshot, VersionId};
 
+use crate::analysis::{self, Analysis, Thresholds, Verdict};
 use crate::consistency::{self, CheckMode, ConsistencyReport};
-use crate::gate::{self, Prediction};
 use crate::state::{Event, PlanRecord, Record, State, MAX_EVENTS};
 
 /// A user aggregate checked at every state change; it must not change while the layout
@@ -56,11 +56,9 @@ pub struct ControllerConfig {
     pub triggers: Triggers,
     /// Consistency check at state changes.
     pub check: CheckMode,
-    /// Analysis gate: a candidate is biased when its predicted max/mean share exceeds this
-    /// limit *and* the chi-square test says the imbalance is not sampling noise
-    /// (p-value below `bias_p_value`).
-    pub max_over_mean_limit: f64,
-    pub bias_p_value: f64,
+    /// Analysis gate: a candidate is biased when its predicted max/mean share is large
+    /// *and* the chi-square test says the imbalance is not sampling noise.
+    pub thresholds: Thresholds,
     /// Keys sampled from SSTable indexes for the analysis gate.
     pub sample_keys: usize,
 }
@@ -73,9 +71,8 @@ impl Default for ControllerConfig {
             canary_fraction: 0.02,
             triggers: Triggers::default(),
             check: CheckMode::default(),
-            max_over_mean_limit: 1.25,
-            bias_p_value: 1e-3,
-            sample_keys: 20_000,
+            thresholds: Thresholds::default(),
+            sample_keys: analysis::DEFAULT_SAMPLE,
         }
     }
 }
@@ -93,7 +90,7 @@ pub struct PlanOptions {
 #[derive(Clone, Debug)]
 pub struct PlanReport {
     pub version: VersionId,
-    pub prediction: Prediction,
+    pub analysis: Analysis,
     pub biased: bool,
     pub forced: bool,
 }
@@ -286,14 +283,13 @@ impl Controller {
     }
 
     /// Predicts how the existing keys would spread under `spec`.
-    pub fn analyze(&self, spec: &PartitionSpec) -> Result<Prediction> {
-        let sample = self.db.sample_keys(self.cfg.sample_keys);
-        gate::predict(&sample, spec)
+    pub fn analyze(&self, spec: &PartitionSpec) -> Result<Analysis> {
+        analysis::analyze_db(&self.db, spec, self.cfg.sample_keys, self.cfg.thresholds)
     }
 
-    /// The analysis gate's verdict.
-    pub fn is_biased(&self, p: &Prediction) -> bool {
-        p.max_over_mean > self.cfg.max_over_mean_limit && p.p_value < self.cfg.bias_p_value
+    /// The analysis gate's verdict (an inconclusive sample does not block a plan).
+    pub fn is_biased(&self, a: &Analysis) -> bool {
+        a.verdict == Verdict::Biased
     }
 
     /// Registers `spec` as the candidate (or reuses a live version with the same function)
@@ -305,12 +301,15 @@ impl Controller {
                 self.rec.state
             )));
         }
-        let prediction = self.analyze(&spec)?;
-        let biased = self.is_biased(&prediction);
+        let a = self.analyze(&spec)?;
+        let biased = self.is_biased(&a);
         if biased && !opts.force {
             return Err(Error::LayoutRefused(format!(
-                "candidate {spec} is biased: predicted max/mean {:.2} (limit {:.2}), chi-square p-value {:.3e}; pass force to plan it anyway",
-                prediction.max_over_mean, self.cfg.max_over_mean_limit, prediction.p_value
+                "candidate {spec} is biased: predicted max/mean {:.2} (limit {:.2}), chi-square p-value {:.3e} on {} sampled keys; pass force to plan it anyway",
+                a.distribution.max_over_mean,
+                self.cfg.thresholds.max_over_mean,
+                a.distribution.p_value,
+                a.sample.keys
             )));
         }
         let layout = self.db.layout();
@@ -321,10 +320,7 @@ impl Controller {
             .iter()
             .find(|v| v.fingerprint == fp && v.id.0 != from)
             .map(|v| v.id);
-        let to = match existing {
-            Some(v) => v,
-            None => self.db.register_partition_fn(spec.clone())?,
-        };
+        let to = self.claim_candidate(&spec, existing)?;
         self.db.pin_version(VersionId(from), true)?;
         let draining: u64 = layout.versions.iter().map(|v| v.bytes()).sum();
         self.rec.plan = Some(PlanRecord {
@@ -332,8 +328,8 @@ impl Controller {
             to: to.0,
             spec: spec.to_string(),
             forced: biased,
-            predicted_max_over_mean: prediction.max_over_mean,
-            predicted_p_value: prediction.p_value,
+            predicted_max_over_mean: a.distribution.max_over_mean,
+            predicted_p_value: a.distribution.p_value,
             canary_bytes: ((draining as f64) * self.cfg.canary_fraction) as u64,
             canary_done: false,
             checkpoint_dir: opts.checkpoint_dir,
@@ -343,18 +339,18 @@ impl Controller {
         let reason = if biased {
             format!(
                 "planned {to} = {spec} FORCED past the analysis gate (max/mean {:.2})",
-                prediction.max_over_mean
+                a.distribution.max_over_mean
             )
         } else {
             format!(
                 "planned {to} = {spec} (max/mean {:.2})",
-                prediction.max_over_mean
+                a.distribution.max_over_mean
             )
         };
         self.go(State::Planned, reason)?;
         Ok(PlanReport {
             version: to,
-            prediction,
+            analysis: a,
             biased,
             forced: biased,
         })
@@ -458,12 +454,12 @@ impl Controller {
                 self.rec.state
             )));
         }
-        let prediction = self.analyze(&spec)?;
-        let biased = self.is_biased(&prediction);
+        let a = self.analyze(&spec)?;
+        let biased = self.is_biased(&a);
         if biased && !force {
             return Err(Error::LayoutRefused(format!(
                 "corrected candidate {spec} is still biased (max/mean {:.2})",
-                prediction.max_over_mean
+                a.distribution.max_over_mean
             )));
         }
         let fp = spec.fingerprint();
@@ -474,19 +470,18 @@ impl Controller {
             .iter()
             .find(|v| v.fingerprint == fp)
             .map(|v| v.id);
-        let to = match existing {
-            Some(v) => v,
-            None => self.db.register_partition_fn(spec.clone())?,
-        };
+        let to = self.claim_candidate(&spec, existing)?;
         let old = self.plan_ref()?.to;
         self.db.set_target(to)?;
+        // The superseded candidate drains into the new one and may retire once empty.
+        self.db.pin_version(VersionId(old), false)?;
         if let Some(p) = self.rec.plan.as_mut() {
             p.superseded.push(old);
             p.to = to.0;
             p.spec = spec.to_string();
             p.forced |= biased;
-            p.predicted_max_over_mean = prediction.max_over_mean;
-            p.predicted_p_value = prediction.p_value;
+            p.predicted_max_over_mean = a.distribution.max_over_mean;
+            p.predicted_p_value = a.distribution.p_value;
         }
         self.go(
             State::Migrating,
@@ -495,7 +490,7 @@ impl Controller {
         self.apply_pacing(true);
         Ok(PlanReport {
             version: to,
-            prediction,
+            analysis: a,
             biased,
             forced: biased,
         })
@@ -527,7 +522,8 @@ impl Controller {
     }
 
     fn complete_rollback(&mut self, reason: &str) -> Result<()> {
-        let from = self.plan_ref()?.from;
+        let plan = self.plan_ref()?.clone();
+        let from = plan.from;
         self.db.set_shadow(None)?;
         if self.db.layout().target.0 != from {
             self.db.set_target(VersionId(from))?;
@@ -535,7 +531,25 @@ impl Controller {
         self.apply_pacing(true);
         self.rec.plan = None;
         self.go(State::Stable, format!("rolled back to v{from}: {reason}"))?;
-        self.db.pin_version(VersionId(from), false)
+        self.db.pin_version(VersionId(from), false)?;
+        // The abandoned candidate drains back and retires once empty.
+        unpin_if_live(&self.db, plan.to)
+    }
+
+    /// Pins the candidate layout (reusing a live one with the same function if possible) so
+    /// it cannot retire between planning and switching to it.
+    fn claim_candidate(&self, spec: &PartitionSpec, existing: Option<VersionId>) -> Result<VersionId> {
+        if let Some(v) = existing {
+            match self.db.pin_version(v, true) {
+                Ok(()) => return Ok(v),
+                // Drained and retired since we looked: register the function anew.
+                Err(Error::VersionRetired(_)) | Err(Error::UnknownVersion(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let v = self.db.register_partition_fn(spec.clone())?;
+        self.db.pin_version(v, true)?;
+        Ok(v)
     }
 
     /// Migrates everything left, checks, and completes: the old layouts retire.
@@ -545,8 +559,9 @@ impl Controller {
         }
         self.db.migrate_now(None)?;
         self.checkpoint_gate("finish")?;
-        let from = self.plan_ref()?.from;
-        self.db.pin_version(VersionId(from), false)?;
+        let plan = self.plan_ref()?.clone();
+        self.db.pin_version(VersionId(plan.from), false)?;
+        unpin_if_live(&self.db, plan.to)?;
         self.db.retire_drained()?;
         self.go(State::Complete, "all draining layouts retired")?;
         self.rec.plan = None;
@@ -637,5 +652,13 @@ impl Controller {
         )?;
         self.start()?;
         Ok(report)
+    }
+}
+
+/// Unpins a version that may have retired meanwhile.
+fn unpin_if_live(db: &Db, v: u32) -> Result<()> {
+    match db.pin_version(VersionId(v), false) {
+        Err(Error::VersionRetired(_)) | Err(Error::UnknownVersion(_)) => Ok(()),
+        r => r,
     }
 }

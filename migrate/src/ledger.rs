@@ -461,7 +461,7 @@ fn drive(
     )?;
     on(LedgerEvent::Note(format!(
         "forced past the gate, as in the incident: predicted max/mean {:.2}, p-value {:.2e}",
-        plan.prediction.max_over_mean, plan.prediction.p_value
+        plan.analysis.distribution.max_over_mean, plan.analysis.distribution.p_value
     )));
     c.shadow()?;
     wait(1.0);

@@ -5,7 +5,6 @@
 pub mod analysis;
 pub mod consistency;
 pub mod controller;
-pub mod gate;
 pub mod hot;
 pub mod ledger;
 pub mod state;
@@ -15,7 +14,7 @@ pub use controller::{
     Controller, ControllerConfig, Observation, PlanOptions, PlanReport, Reconciliation, TickReport,
     Triggers,
 };
-pub use gate::Prediction;
+pub use analysis::{Analysis, Distribution, Thresholds, Verdict};
 pub use state::{Event, PlanRecord, Record, State};
 
 /// The README's Rust examples, compiled and run as doc tests.

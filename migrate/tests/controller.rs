@@ -103,7 +103,7 @@ fn biased_candidate_is_refused_unless_forced() {
         )
         .unwrap();
     assert!(r.biased && r.forced);
-    assert!(r.prediction.max_over_mean > 2.0, "{:?}", r.prediction);
+    assert!(r.analysis.distribution.max_over_mean > 2.0, "{:?}", r.analysis);
     assert_eq!(c.state(), State::Planned);
     assert!(c.events().last().unwrap().reason.contains("FORCED"));
 }

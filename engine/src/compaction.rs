@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::cursor::MergeCursor;
 use crate::db::{Core, Inner, View};
 use crate::error::{Error, Result};
-use crate::cursor::MergeCursor;
 use crate::iter::{file_sources, Direction};
 use crate::manifest::{EditRecord, VersionEdit, MAX_LEVELS};
 use crate::memtable::MemTable;
@@ -323,7 +323,10 @@ impl Inner {
         let mut pointers = if job.pointers.is_empty() {
             None
         } else {
-            Some(MergeCursor::new(file_sources(&job.pointers)?, Direction::Forward))
+            Some(MergeCursor::new(
+                file_sources(&job.pointers)?,
+                Direction::Forward,
+            ))
         };
         let input_set: HashSet<u64> = job.inputs.iter().map(|f| f.number).collect();
         let mut out = Outputs::new(
@@ -449,7 +452,10 @@ impl Inner {
         }
         edit.push(EditRecord::NextFile(core.next_file));
         // The outputs' directory entries must be durable before the manifest names them.
-        if let Err(e) = self.sync_dir().and_then(|_| self.log_edit(&mut core, &edit)) {
+        if let Err(e) = self
+            .sync_dir()
+            .and_then(|_| self.log_edit(&mut core, &edit))
+        {
             if !job.trivial {
                 for f in &added {
                     f.mark_obsolete();

@@ -48,7 +48,12 @@ pub(crate) struct TableCursor {
 
 impl TableCursor {
     /// A cursor positioned on the first entry of `range` in direction `dir`.
-    pub fn new(table: Arc<Table>, range: KeyRange, dir: Direction, fill_cache: bool) -> Result<TableCursor> {
+    pub fn new(
+        table: Arc<Table>,
+        range: KeyRange,
+        dir: Direction,
+        fill_cache: bool,
+    ) -> Result<TableCursor> {
         let mut c = TableCursor {
             table,
             range,
@@ -259,7 +264,12 @@ pub(crate) struct LevelCursor {
 
 impl LevelCursor {
     /// `files` sorted by key and non-overlapping.
-    pub fn new(files: Vec<Arc<FileMeta>>, range: KeyRange, dir: Direction, fill_cache: bool) -> Result<LevelCursor> {
+    pub fn new(
+        files: Vec<Arc<FileMeta>>,
+        range: KeyRange,
+        dir: Direction,
+        fill_cache: bool,
+    ) -> Result<LevelCursor> {
         let mut files: Vec<_> = files
             .into_iter()
             .filter(|f| range.overlaps(&f.smallest, &f.largest))
@@ -283,7 +293,12 @@ impl LevelCursor {
         self.cur = None;
         while let Some(f) = self.files.get(self.next) {
             self.next += 1;
-            let c = TableCursor::new(f.table.clone(), self.range.clone(), self.dir, self.fill_cache)?;
+            let c = TableCursor::new(
+                f.table.clone(),
+                self.range.clone(),
+                self.dir,
+                self.fill_cache,
+            )?;
             if c.valid {
                 self.cur = Some(c);
                 return Ok(());
@@ -302,7 +317,12 @@ pub(crate) enum Source {
 
 impl Source {
     /// A table (or a whole level) over `range`, positioned.
-    pub fn table(f: &Arc<FileMeta>, range: &KeyRange, dir: Direction, fill_cache: bool) -> Result<Source> {
+    pub fn table(
+        f: &Arc<FileMeta>,
+        range: &KeyRange,
+        dir: Direction,
+        fill_cache: bool,
+    ) -> Result<Source> {
         Ok(Source::Table(TableCursor::new(
             f.table.clone(),
             range.clone(),
@@ -311,8 +331,18 @@ impl Source {
         )?))
     }
 
-    pub fn level(files: Vec<Arc<FileMeta>>, range: &KeyRange, dir: Direction, fill_cache: bool) -> Result<Source> {
-        Ok(Source::Level(LevelCursor::new(files, range.clone(), dir, fill_cache)?))
+    pub fn level(
+        files: Vec<Arc<FileMeta>>,
+        range: &KeyRange,
+        dir: Direction,
+        fill_cache: bool,
+    ) -> Result<Source> {
+        Ok(Source::Level(LevelCursor::new(
+            files,
+            range.clone(),
+            dir,
+            fill_cache,
+        )?))
     }
 
     pub fn mem(m: Arc<MemTable>, range: &KeyRange, dir: Direction) -> Source {

@@ -872,7 +872,10 @@ impl Inner {
                 .iter()
                 .map(|f| (f.layout_version, f.partition, f.number))
                 .collect();
-            let mut files = v.files.apply(&[], &removed).unwrap_or_else(|_| (*v.files).clone());
+            let mut files = v
+                .files
+                .apply(&[], &removed)
+                .unwrap_or_else(|_| (*v.files).clone());
             files.target = id;
             if let Some(l) = files.layouts.get_mut(&id) {
                 l.was_target = true;

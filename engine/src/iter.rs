@@ -230,7 +230,11 @@ pub struct DbIter {
 }
 
 impl DbIter {
-    pub(crate) fn new(factory: SourceFactory, snapshot: u64, hold: Option<Box<dyn Send + Sync>>) -> DbIter {
+    pub(crate) fn new(
+        factory: SourceFactory,
+        snapshot: u64,
+        hold: Option<Box<dyn Send + Sync>>,
+    ) -> DbIter {
         DbIter {
             factory,
             snapshot,
@@ -392,7 +396,9 @@ pub(crate) fn build_sources(
 
 /// Sources for every file in `files`, forward over everything (compactions, scans of one
 /// partition). Reads bypass the block cache so a compaction does not evict hot blocks.
-pub(crate) fn file_sources(files: &[std::sync::Arc<crate::version::FileMeta>]) -> Result<Vec<Source>> {
+pub(crate) fn file_sources(
+    files: &[std::sync::Arc<crate::version::FileMeta>],
+) -> Result<Vec<Source>> {
     let all = KeyRange::all();
     let mut out = Vec::with_capacity(files.len());
     for f in files {

@@ -93,12 +93,14 @@ pub mod internals {
         let range = crate::iter::KeyRange::all();
         let mut sources = Vec::with_capacity(tables.len());
         for t in tables {
-            sources.push(crate::cursor::Source::Table(crate::cursor::TableCursor::new(
-                t.clone(),
-                range.clone(),
-                crate::iter::Direction::Forward,
-                false,
-            )?));
+            sources.push(crate::cursor::Source::Table(
+                crate::cursor::TableCursor::new(
+                    t.clone(),
+                    range.clone(),
+                    crate::iter::Direction::Forward,
+                    false,
+                )?,
+            ));
         }
         let mut m = crate::cursor::MergeCursor::new(sources, crate::iter::Direction::Forward);
         let mut n = 0;

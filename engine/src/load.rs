@@ -113,9 +113,12 @@ struct Limit {
 /// Rate limits on writes into single partitions of the target layout, served first come
 /// first served (a ticket queue per partition), so one hot partition is slowed without
 /// starving any of its writers or touching writes elsewhere.
+/// The function the limits apply to (the target's when they were set), and the limits.
+type Limits = (Option<Arc<PartitionFn>>, HashMap<u32, Limit>);
+
 pub(crate) struct Admission {
     active: AtomicBool,
-    state: Mutex<(Option<Arc<PartitionFn>>, HashMap<u32, Limit>)>,
+    state: Mutex<Limits>,
     cv: Condvar,
 }
 

@@ -219,9 +219,7 @@ impl Inner {
 
     /// Picks a migration compaction if the pacer's budget and the disk headroom allow it.
     pub(crate) fn pick_migration(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
-        if view.files.draining().next().is_none() {
-            return None;
-        }
+        view.files.draining().next()?;
         let mut p = self.pacer.lock();
         self.adapt(&mut p);
         if p.rate == 0 {
@@ -364,7 +362,12 @@ impl Inner {
             .draining()
             .map(|l| {
                 let c = core.migration.get(&l.id).cloned().unwrap_or_default();
-                let lazy = self.lazy_counts.lock().get(&l.id).copied().unwrap_or_default();
+                let lazy = self
+                    .lazy_counts
+                    .lock()
+                    .get(&l.id)
+                    .copied()
+                    .unwrap_or_default();
                 let bytes_left = l.data_bytes();
                 DrainingProgress {
                     version: VersionId(l.id),

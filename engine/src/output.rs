@@ -60,7 +60,7 @@ impl<'a> Outputs<'a> {
         value: &[u8],
     ) -> Result<()> {
         self.checked += 1;
-        if self.checked % 4096 == 0 && self.inner.closing.load(Ordering::Acquire) {
+        if self.checked.is_multiple_of(4096) && self.inner.closing.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let wkey = (layout.id, partition);

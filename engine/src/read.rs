@@ -206,8 +206,7 @@ impl Inner {
         let mem = {
             let _install = self.install.read();
             let view = self.view.load();
-            if source.obsolete.load(Ordering::Acquire)
-                || view.files.target == source.layout_version
+            if source.obsolete.load(Ordering::Acquire) || view.files.target == source.layout_version
             {
                 return;
             }

@@ -71,10 +71,13 @@ impl Inner {
             .layouts
             .get(&version)
             .ok_or(Error::UnknownVersion(version))?;
-        let part = layout.parts.get(partition as usize).ok_or_else(|| Error::InvalidOption {
-            name: "partition",
-            reason: format!("v{version} has {} partitions", layout.parts.len()),
-        })?;
+        let part = layout
+            .parts
+            .get(partition as usize)
+            .ok_or_else(|| Error::InvalidOption {
+                name: "partition",
+                reason: format!("v{version} has {} partitions", layout.parts.len()),
+            })?;
         let data: Vec<_> = part.data_files().cloned().collect();
         Ok(PartitionIter {
             data: MergeIter::new(file_sources(&data), Direction::Forward),

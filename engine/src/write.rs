@@ -283,7 +283,9 @@ impl Inner {
         };
         if let Err(e) = self.sync_dir() {
             drop(core);
-            self.wal_failed(format!("cannot make the new WAL's directory entry durable: {e}"));
+            self.wal_failed(format!(
+                "cannot make the new WAL's directory entry durable: {e}"
+            ));
             return Err(e);
         }
         wal.log = LogWriter::new(file, path, LogKind::Wal);

@@ -55,7 +55,9 @@ pub fn check(db: &Db, mode: CheckMode) -> Result<ConsistencyReport> {
             .problems
             .iter()
             .map(|p| match (&p.file, p.offset) {
-                (Some(f), Some(o)) => format!("{}: {} at offset {o}: {}", p.check, f.display(), p.message),
+                (Some(f), Some(o)) => {
+                    format!("{}: {} at offset {o}: {}", p.check, f.display(), p.message)
+                }
                 (Some(f), None) => format!("{}: {}: {}", p.check, f.display(), p.message),
                 _ => format!("{}: {}", p.check, p.message),
             })

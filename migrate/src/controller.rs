@@ -538,7 +538,11 @@ impl Controller {
 
     /// Pins the candidate layout (reusing a live one with the same function if possible) so
     /// it cannot retire between planning and switching to it.
-    fn claim_candidate(&self, spec: &PartitionSpec, existing: Option<VersionId>) -> Result<VersionId> {
+    fn claim_candidate(
+        &self,
+        spec: &PartitionSpec,
+        existing: Option<VersionId>,
+    ) -> Result<VersionId> {
         if let Some(v) = existing {
             match self.db.pin_version(v, true) {
                 Ok(()) => return Ok(v),

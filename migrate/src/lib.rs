@@ -9,12 +9,12 @@ pub mod hot;
 pub mod ledger;
 pub mod state;
 
+pub use analysis::{Analysis, Distribution, Thresholds, Verdict};
 pub use consistency::{check, CheckMode, ConsistencyReport};
 pub use controller::{
     Controller, ControllerConfig, Observation, PlanOptions, PlanReport, Reconciliation, TickReport,
     Triggers,
 };
-pub use analysis::{Analysis, Distribution, Thresholds, Verdict};
 pub use state::{Event, PlanRecord, Record, State};
 
 /// The README's Rust examples, compiled and run as doc tests.

@@ -103,7 +103,11 @@ fn biased_candidate_is_refused_unless_forced() {
         )
         .unwrap();
     assert!(r.biased && r.forced);
-    assert!(r.analysis.distribution.max_over_mean > 2.0, "{:?}", r.analysis);
+    assert!(
+        r.analysis.distribution.max_over_mean > 2.0,
+        "{:?}",
+        r.analysis
+    );
     assert_eq!(c.state(), State::Planned);
     assert!(c.events().last().unwrap().reason.contains("FORCED"));
 }
@@ -181,7 +185,7 @@ fn crash_in_every_state_resumes() {
             let db = setup(dir.path());
             let mut c = attach(&db);
             c.plan(good(), PlanOptions::default()).unwrap();
-            let mut reach = |c: &mut Controller, s: State| -> bool {
+            let reach = |_c: &mut Controller, s: State| -> bool {
                 if stop == s {
                     return true;
                 }

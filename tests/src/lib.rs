@@ -275,7 +275,11 @@ pub mod crash_workload {
             seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.wrapping_mul(0xbf58_476d_1ce4_e5b9),
         );
         let sync = r.random_bool(0.15);
-        let n = if r.random_bool(0.5) { 1 } else { r.random_range(2..=8usize) };
+        let n = if r.random_bool(0.5) {
+            1
+        } else {
+            r.random_range(2..=8usize)
+        };
         let mut picked: Vec<u32> = Vec::with_capacity(n);
         while picked.len() < n {
             let k = r.random_range(0..KEYS);
@@ -384,7 +388,8 @@ pub mod crash_workload {
     }
 }
 
-static ENGINE_THREAD_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static ENGINE_THREAD_PANICS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// Counts panics on the engine's own threads (named `sluice-…`), which the engine's
 /// shutdown joins and discards, so a test can assert that none happened. Idempotent; keeps

@@ -108,7 +108,10 @@ fn layouts_register_retarget_and_read_across_versions() {
     assert_eq!(db.layout().target, VersionId(1));
     assert_eq!(db.get("k0001").unwrap().as_deref(), Some(&b"rolled"[..]));
     assert_eq!(db.get("k0002").unwrap().as_deref(), Some(&b"new"[..]));
-    assert!(matches!(db.set_target(VersionId(9)), Err(sluice::Error::UnknownVersion(9))));
+    assert!(matches!(
+        db.set_target(VersionId(9)),
+        Err(sluice::Error::UnknownVersion(9))
+    ));
 }
 
 #[test]
@@ -162,7 +165,10 @@ fn interleaved_front_and_back_iteration_meets_in_the_middle() {
     b.reverse();
     f.extend(b);
     let want: Vec<_> = (50..350u32).map(|i| format!("k{i:04}")).collect();
-    let got: Vec<_> = f.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()).collect();
+    let got: Vec<_> = f
+        .iter()
+        .map(|k| String::from_utf8(k.to_vec()).unwrap())
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -172,7 +178,9 @@ fn bad_input_is_a_clear_error() {
     let db = Db::open(dir.path(), Options::default()).unwrap();
     let e = db.put(vec![0u8; sluice::MAX_KEY_LEN + 1], "v").unwrap_err();
     assert!(matches!(e, sluice::Error::KeyTooLarge { .. }), "{e}");
-    let e = db.put("k", vec![0u8; sluice::MAX_VALUE_LEN + 1]).unwrap_err();
+    let e = db
+        .put("k", vec![0u8; sluice::MAX_VALUE_LEN + 1])
+        .unwrap_err();
     assert!(matches!(e, sluice::Error::ValueTooLarge { .. }), "{e}");
     let e = db.register_partition_fn(hash(0)).unwrap_err();
     assert!(matches!(e, sluice::Error::InvalidPartitionSpec(_)), "{e}");
@@ -192,14 +200,20 @@ fn read_only_open_sees_a_live_database_without_disturbing_it() {
     db.flush().unwrap();
     db.put("unflushed", "x").unwrap();
     db.sync_wal().unwrap();
-    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     let ro = Db::open_read_only(dir.path(), Options::default()).unwrap();
     assert!(ro.is_read_only());
     assert_eq!(ro.get("unflushed").unwrap().as_deref(), Some(&b"x"[..]));
     assert_eq!(dump(&ro).unwrap().len(), 501);
     assert!(matches!(ro.put("a", "b"), Err(sluice::Error::ReadOnly(_))));
     drop(ro);
-    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(before, after, "read-only open wrote nothing");
     db.put("more", "y").unwrap();
     assert_eq!(db.get("more").unwrap().as_deref(), Some(&b"y"[..]));

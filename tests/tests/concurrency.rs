@@ -446,7 +446,7 @@ fn run(seed: u64, opts: Options, label: &str) {
                     db.write_opt(b, &WriteOptions { sync })
                         .unwrap_or_else(|e| panic!("writer {w}: write {counter} failed: {e}"));
                     writes.fetch_add(1, Ordering::Relaxed);
-                    if counter % 16 == 0 {
+                    if counter.is_multiple_of(16) {
                         // Leave the readers and the admin some of the two cores.
                         thread::sleep(Duration::from_millis(1));
                     }

@@ -37,7 +37,11 @@ fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 /// Fails the test if any engine thread panicked (the engine joins and discards them).
 fn no_engine_panics() {
-    assert_eq!(engine_thread_panics(), 0, "an engine thread panicked (see the output above)");
+    assert_eq!(
+        engine_thread_panics(),
+        0,
+        "an engine thread panicked (see the output above)"
+    );
 }
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -151,7 +155,10 @@ fn read_all_checked(db: &Db, model: &Model, file: &str, what: &str) -> usize {
     for (k, v) in model {
         match db.get(k) {
             Ok(Some(g)) => assert_eq!(&g[..], &v[..], "{what}: wrong value for {k:?}"),
-            Ok(None) => panic!("{what}: key {:?} silently vanished", String::from_utf8_lossy(k)),
+            Ok(None) => panic!(
+                "{what}: key {:?} silently vanished",
+                String::from_utf8_lossy(k)
+            ),
             Err(e) => {
                 assert_corruption_naming(&e, file, what);
                 errors += 1;
@@ -178,7 +185,11 @@ fn read_all_checked(db: &Db, model: &Model, file: &str, what: &str) -> usize {
         }
     }
     if !scan_failed {
-        assert_eq!(scanned, model.len(), "{what}: the scan silently skipped entries");
+        assert_eq!(
+            scanned,
+            model.len(),
+            "{what}: the scan silently skipped entries"
+        );
     }
     errors + scan_failed as usize
 }
@@ -188,7 +199,10 @@ fn read_all_checked(db: &Db, model: &Model, file: &str, what: &str) -> usize {
 fn compaction_refuses_damage(db: &Db, model: &Model, file: &str, failed_reads: usize, what: &str) {
     match db.compact() {
         Ok(()) => panic!("{what}: a compaction read the damaged table without noticing"),
-        Err(e) => assert!(e.to_string().contains(file), "{what}: compaction error does not name {file}: {e}"),
+        Err(e) => assert!(
+            e.to_string().contains(file),
+            "{what}: compaction error does not name {file}: {e}"
+        ),
     }
     assert_eq!(
         read_all_checked(db, model, file, what),
@@ -259,7 +273,10 @@ fn flipped_byte_in_each_sstable_region_is_reported_at_open_or_at_read() {
                 // less than a block (plus its entries' slack) before it.
                 let flipped = start + len / 2;
                 let at = offset_in(&e).unwrap_or_else(|| panic!("{what}: no offset in {e}"));
-                assert!(at <= flipped && flipped - at < 1024, "{what}: flipped byte {flipped}: {e}");
+                assert!(
+                    at <= flipped && flipped - at < 1024,
+                    "{what}: flipped byte {flipped}: {e}"
+                );
             } else {
                 let e = open_err(&dir, quiet(compression), &what);
                 assert_corruption_naming(&e, &file, &what);
@@ -303,7 +320,10 @@ fn flips_anywhere_in_an_sstable_never_yield_a_wrong_value() {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
-        assert!(at_open > 0 && at_read > 0, "{compression:?}: {at_open} at open, {at_read} at read");
+        assert!(
+            at_open > 0 && at_read > 0,
+            "{compression:?}: {at_open} at open, {at_read} at read"
+        );
     }
     no_engine_panics();
 }
@@ -317,7 +337,14 @@ fn truncated_or_extended_sstable_is_refused_at_open() {
     let sst = biggest_sst(&pristine);
     let file = name(&sst);
     let len = std::fs::metadata(&sst).unwrap().len() as usize;
-    let cuts = [0, 10, FOOTER_LEN - 1, len / 2, len - FOOTER_LEN - 1, len - 1];
+    let cuts = [
+        0,
+        10,
+        FOOTER_LEN - 1,
+        len / 2,
+        len - FOOTER_LEN - 1,
+        len - 1,
+    ];
     for (n, cut) in cuts.into_iter().enumerate() {
         let what = format!("{file} truncated to {cut} of {len} bytes");
         let dir = root.path().join(format!("cut{n}"));
@@ -329,7 +356,9 @@ fn truncated_or_extended_sstable_is_refused_at_open() {
     let what = format!("{file} with bytes appended");
     let dir = root.path().join("longer");
     copy_dir(&pristine, &dir);
-    patch(&dir.join(&file), |b| b.extend_from_slice(b"trailing garbage"));
+    patch(&dir.join(&file), |b| {
+        b.extend_from_slice(b"trailing garbage")
+    });
     let e = open_err(&dir, quiet(Compression::None), &what);
     assert_corruption_naming(&e, &file, &what);
 }
@@ -346,7 +375,10 @@ fn missing_sstable_is_named_and_the_failed_open_changes_nothing() {
     let e = open_err(dir.path(), quiet(Compression::None), "missing SSTable");
     assert_corruption_naming(&e, &file, "missing SSTable");
     assert!(e.to_string().contains("missing"), "{e}");
-    assert!(e.to_string().contains("MANIFEST-"), "does not say who names the file: {e}");
+    assert!(
+        e.to_string().contains("MANIFEST-"),
+        "does not say who names the file: {e}"
+    );
     // Nothing was removed or rewritten by the failed open: put the file back and all is there.
     std::fs::rename(&aside, &sst).unwrap();
     let db = Db::open(dir.path(), quiet(Compression::None)).unwrap();
@@ -410,18 +442,29 @@ fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped
     assert!(log.records.len() >= 4, "{} records", log.records.len());
     let (last_off, last) = log.records.last().unwrap().clone();
     let last_edit = VersionEdit::decode(&last, &manifest, last_off + 8).unwrap();
-    assert_eq!(last_edit.records, vec![EditRecord::SetTarget(1)], "test setup: last edit");
+    assert_eq!(
+        last_edit.records,
+        vec![EditRecord::SetTarget(1)],
+        "test setup: last edit"
+    );
 
     // A flip inside each earlier record: corruption naming the manifest and the record.
     for (off, payload) in &log.records[..log.records.len() - 1] {
-        for at in [*off as usize + 1, *off as usize + 5, *off as usize + 8 + payload.len() / 2] {
+        for at in [
+            *off as usize + 1,
+            *off as usize + 5,
+            *off as usize + 8 + payload.len() / 2,
+        ] {
             let what = format!("manifest flip at byte {at} (record at {off})");
             let dir = root.path().join(format!("mid{at}"));
             copy_dir(&pristine, &dir);
             patch(&dir.join(&mname), |b| b[at] ^= 0x08);
             let e = open_err(&dir, Options::default(), &what);
             assert_corruption_naming(&e, &mname, &what);
-            assert!(e.to_string().contains(&format!("offset {off}")), "{what}: {e}");
+            assert!(
+                e.to_string().contains(&format!("offset {off}")),
+                "{what}: {e}"
+            );
         }
     }
 
@@ -429,12 +472,21 @@ fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped
     // (target v2) is back, and no data is lost.
     type Damage = Box<dyn Fn(&mut Vec<u8>)>;
     let cuts: Vec<(String, Damage)> = vec![
-        ("cut in its header".into(), Box::new(move |b: &mut Vec<u8>| b.truncate(last_off as usize + 3))),
-        ("cut in its payload".into(), Box::new(move |b: &mut Vec<u8>| b.truncate(b.len() - 1))),
-        ("a flipped payload byte".into(), Box::new(|b: &mut Vec<u8>| {
-            let n = b.len();
-            b[n - 1] ^= 0x40;
-        })),
+        (
+            "cut in its header".into(),
+            Box::new(move |b: &mut Vec<u8>| b.truncate(last_off as usize + 3)),
+        ),
+        (
+            "cut in its payload".into(),
+            Box::new(move |b: &mut Vec<u8>| b.truncate(b.len() - 1)),
+        ),
+        (
+            "a flipped payload byte".into(),
+            Box::new(|b: &mut Vec<u8>| {
+                let n = b.len();
+                b[n - 1] ^= 0x40;
+            }),
+        ),
     ];
     for (n, (how, f)) in cuts.into_iter().enumerate() {
         let what = format!("manifest last record {how}");
@@ -448,7 +500,11 @@ fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped
             Some((mname.clone(), last_off)),
             "{what}"
         );
-        assert_eq!(db.layout().target, VersionId(2), "{what}: the torn edit took effect");
+        assert_eq!(
+            db.layout().target,
+            VersionId(2),
+            "{what}: the torn edit took effect"
+        );
         assert_eq!(dump(&db).unwrap(), model, "{what}");
         db.close().unwrap();
     }
@@ -468,7 +524,14 @@ fn bad_current_is_refused_and_changes_nothing() {
     let model = build_sst_db(dir.path(), Compression::None);
     let cur = dir.path().join("CURRENT");
     let good = std::fs::read(&cur).unwrap();
-    for bad in [&b""[..], b"garbage\n", b"MANIFEST-\n", b"MANIFEST-000001", b"MANIFEST-../x\n", b"\xff\xfe\n"] {
+    for bad in [
+        &b""[..],
+        b"garbage\n",
+        b"MANIFEST-\n",
+        b"MANIFEST-000001",
+        b"MANIFEST-../x\n",
+        b"\xff\xfe\n",
+    ] {
         let what = format!("CURRENT = {:?}", String::from_utf8_lossy(bad));
         std::fs::write(&cur, bad).unwrap();
         let e = open_err(dir.path(), quiet(Compression::None), &what);
@@ -476,7 +539,11 @@ fn bad_current_is_refused_and_changes_nothing() {
     }
     // Naming a manifest that does not exist: an I/O error on that manifest.
     std::fs::write(&cur, "MANIFEST-999999\n").unwrap();
-    let e = open_err(dir.path(), quiet(Compression::None), "CURRENT names a missing manifest");
+    let e = open_err(
+        dir.path(),
+        quiet(Compression::None),
+        "CURRENT names a missing manifest",
+    );
     assert!(e.to_string().contains("MANIFEST-999999"), "{e}");
     // CURRENT gone, other files there: not taken for an empty directory.
     std::fs::remove_file(&cur).unwrap();
@@ -486,7 +553,11 @@ fn bad_current_is_refused_and_changes_nothing() {
     }
     std::fs::write(&cur, &good).unwrap();
     let db = Db::open(dir.path(), quiet(Compression::None)).unwrap();
-    assert_eq!(dump(&db).unwrap(), model, "a failed open changed the database");
+    assert_eq!(
+        dump(&db).unwrap(),
+        model,
+        "a failed open changed the database"
+    );
     db.close().unwrap();
 }
 
@@ -512,8 +583,14 @@ fn batches_present(db: &Db, batches: &[Vec<(Vec<u8>, Vec<u8>)>], what: &str) -> 
     let mut present = 0;
     for (i, b) in batches.iter().enumerate() {
         let n = b.iter().filter(|(k, v)| all.get(k) == Some(v)).count();
-        assert!(n == 0 || n == b.len(), "{what}: batch {i} partially applied");
-        assert!(n == 0 || present == i, "{what}: batch {i} present after a missing one");
+        assert!(
+            n == 0 || n == b.len(),
+            "{what}: batch {i} partially applied"
+        );
+        assert!(
+            n == 0 || present == i,
+            "{what}: batch {i} present after a missing one"
+        );
         if n > 0 {
             present += 1;
         }
@@ -528,28 +605,45 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
     let pristine = root.path().join("pristine");
     let batches = build_wal_db(&pristine);
     let wals = files_ending(&pristine, ".log");
-    let wal = wals.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let wal = wals
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let wname = name(wal);
     let log = read_log(std::fs::read(wal).unwrap().into(), wal, LogKind::Wal).unwrap();
-    assert_eq!(log.records.len(), 6, "test setup: the WAL should hold the six batches");
+    assert_eq!(
+        log.records.len(),
+        6,
+        "test setup: the WAL should hold the six batches"
+    );
 
     // Damage in records 0..5 (each followed by a valid record).
     for (r, (off, payload)) in log.records[..5].iter().enumerate() {
-        for at in [*off as usize, *off as usize + 6, *off as usize + 8 + payload.len() - 1] {
+        for at in [
+            *off as usize,
+            *off as usize + 6,
+            *off as usize + 8 + payload.len() - 1,
+        ] {
             let what = format!("WAL flip at byte {at} (record {r} at {off})");
             let dir = root.path().join(format!("mid{at}"));
             copy_dir(&pristine, &dir);
             patch(&dir.join(&wname), |b| b[at] ^= 0x02);
             let e = open_err(&dir, Options::default(), &what);
             assert_corruption_naming(&e, &wname, &what);
-            assert!(e.to_string().contains(&format!("offset {off}")), "{what}: {e}");
+            assert!(
+                e.to_string().contains(&format!("offset {off}")),
+                "{what}: {e}"
+            );
         }
     }
 
     // The last record torn: dropped and reported; the five before it are all there.
     let (last_off, _) = log.records[5];
     let len = std::fs::metadata(wal).unwrap().len() as usize;
-    for (n, cut) in [last_off as usize + 2, last_off as usize + 9, len - 1].into_iter().enumerate() {
+    for (n, cut) in [last_off as usize + 2, last_off as usize + 9, len - 1]
+        .into_iter()
+        .enumerate()
+    {
         let what = format!("WAL cut to {cut} bytes (last record at {last_off})");
         let dir = root.path().join(format!("torn{n}"));
         copy_dir(&pristine, &dir);
@@ -559,7 +653,11 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
             .recovery_report()
             .torn_tail
             .unwrap_or_else(|| panic!("{what}: torn tail not reported"));
-        assert_eq!((name(&p), off, dropped), (wname.clone(), last_off, (cut as u64 - last_off)), "{what}");
+        assert_eq!(
+            (name(&p), off, dropped),
+            (wname.clone(), last_off, (cut as u64 - last_off)),
+            "{what}"
+        );
         assert_eq!(batches_present(&db, &batches, &what), 5, "{what}");
         db.close().unwrap();
     }
@@ -569,7 +667,10 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
     patch(&dir.join(&wname), |b| b[len - 3] ^= 0x10);
     let db = Db::open(&dir, Options::default()).unwrap();
     assert!(db.recovery_report().torn_tail.is_some());
-    assert_eq!(batches_present(&db, &batches, "flip in the last WAL record"), 5);
+    assert_eq!(
+        batches_present(&db, &batches, "flip in the last WAL record"),
+        5
+    );
     db.close().unwrap();
 
     let db = Db::open(&pristine, Options::default()).unwrap();
@@ -580,7 +681,11 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
 
 fn assert_unsupported(e: &Error, file: &str, what: &str) {
     match e {
-        Error::UnsupportedFormat { file: f, found, supported } => {
+        Error::UnsupportedFormat {
+            file: f,
+            found,
+            supported,
+        } => {
             assert_eq!(name(f), file, "{what}");
             assert_eq!(*found, supported + 1, "{what}");
             assert!(e.to_string().contains(file), "{what}: {e}");
@@ -618,7 +723,11 @@ fn newer_format_versions_are_refused_with_unsupported_format() {
     patch(&dir.join(&file), |b| {
         let f = b.len() - FOOTER_LEN;
         let stored = u32::from_le_bytes(b[f + 60..f + 64].try_into().unwrap());
-        assert_eq!(masked_crc(&b[f..f + 60]), stored, "test's CRC helper disagrees with the engine");
+        assert_eq!(
+            masked_crc(&b[f..f + 60]),
+            stored,
+            "test's CRC helper disagrees with the engine"
+        );
         b[f + 48..f + 52].copy_from_slice(&next_table.to_le_bytes());
         let crc = masked_crc(&b[f..f + 60]);
         b[f + 60..f + 64].copy_from_slice(&crc.to_le_bytes());
@@ -631,7 +740,10 @@ fn newer_format_versions_are_refused_with_unsupported_format() {
     copy_dir(&pristine, &dir);
     patch(&dir.join(&file), |b| {
         let f = Footer::decode(b, &sst).unwrap();
-        let (start, end) = (f.props.offset as usize, (f.props.offset + f.props.size) as usize);
+        let (start, end) = (
+            f.props.offset as usize,
+            (f.props.offset + f.props.size) as usize,
+        );
         b[start..start + 4].copy_from_slice(&next_table.to_le_bytes());
         let t = block_trailer(&b[start..end], b[end]);
         b[end..end + 5].copy_from_slice(&t);
@@ -667,7 +779,11 @@ fn child_lock_probe(dir: &Path) -> String {
         .output()
         .expect("running crash_child");
     let s = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "crash_child lock: {s} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "crash_child lock: {s} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s
 }
 
@@ -703,12 +819,19 @@ fn oversized_keys_values_and_batches_are_refused_whole_and_the_db_keeps_working(
     db.put("ok", "1").unwrap();
     let big_key = vec![b'k'; MAX_KEY_LEN + 1];
     match db.put(&big_key, "v") {
-        Err(Error::KeyTooLarge { len, max }) => assert_eq!((len, max), (MAX_KEY_LEN + 1, MAX_KEY_LEN)),
+        Err(Error::KeyTooLarge { len, max }) => {
+            assert_eq!((len, max), (MAX_KEY_LEN + 1, MAX_KEY_LEN))
+        }
         other => panic!("oversized key: {other:?}"),
     }
-    assert!(matches!(db.delete(&big_key), Err(Error::KeyTooLarge { .. })));
+    assert!(matches!(
+        db.delete(&big_key),
+        Err(Error::KeyTooLarge { .. })
+    ));
     match db.put("v", vec![0u8; MAX_VALUE_LEN + 1]) {
-        Err(Error::ValueTooLarge { len, max }) => assert_eq!((len, max), (MAX_VALUE_LEN + 1, MAX_VALUE_LEN)),
+        Err(Error::ValueTooLarge { len, max }) => {
+            assert_eq!((len, max), (MAX_VALUE_LEN + 1, MAX_VALUE_LEN))
+        }
         other => panic!("oversized value: {:?}", other.map(|_| ())),
     }
     // A batch with one bad operation is refused whole.
@@ -761,7 +884,9 @@ fn invalid_specs() -> Vec<PartitionSpec> {
             boundaries: vec![vec![b'x'; MAX_KEY_LEN + 1]],
         },
         PartitionSpec::Range {
-            boundaries: (0..5000u32).map(|i| format!("{i:08}").into_bytes()).collect(),
+            boundaries: (0..5000u32)
+                .map(|i| format!("{i:08}").into_bytes())
+                .collect(),
         },
         hash(0, None),
         hash(sluice::MAX_PARTITIONS + 1, None),
@@ -808,13 +933,25 @@ fn invalid_partition_specs_are_refused_and_the_db_keeps_working() {
         // Refused at creation too, before anything is written.
         let fresh = tempfile::tempdir().unwrap();
         let sub = fresh.path().join("db");
-        match Db::open(&sub, Options { partition: spec, ..Options::default() }) {
+        match Db::open(
+            &sub,
+            Options {
+                partition: spec,
+                ..Options::default()
+            },
+        ) {
             Err(Error::InvalidPartitionSpec(_)) => {}
             other => panic!("open with {what}: {:?}", other.map(|_| ())),
         }
-        assert!(!sub.join("CURRENT").exists(), "{what}: a database was created");
+        assert!(
+            !sub.join("CURRENT").exists(),
+            "{what}: a database was created"
+        );
     }
-    assert!(matches!(db.set_target(VersionId(7)), Err(Error::UnknownVersion(7))));
+    assert!(matches!(
+        db.set_target(VersionId(7)),
+        Err(Error::UnknownVersion(7))
+    ));
     let layout = db.layout();
     assert_eq!(layout.versions.len(), 1, "{layout:?}");
     // Still fully usable, and nothing of the refused specs reached the manifest.
@@ -844,15 +981,32 @@ fn invalid_options_are_refused_before_anything_is_written() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("db");
     let bad = [
-        Options { memtable_bytes: 10, ..Options::default() },
-        Options { block_size: 1, ..Options::default() },
-        Options { background_threads: 0, ..Options::default() },
-        Options { level_multiplier: 1, ..Options::default() },
-        Options { compression: Compression::Zstd(99), ..Options::default() },
+        Options {
+            memtable_bytes: 10,
+            ..Options::default()
+        },
+        Options {
+            block_size: 1,
+            ..Options::default()
+        },
+        Options {
+            background_threads: 0,
+            ..Options::default()
+        },
+        Options {
+            level_multiplier: 1,
+            ..Options::default()
+        },
+        Options {
+            compression: Compression::Zstd(99),
+            ..Options::default()
+        },
     ];
     for o in bad {
         match Db::open(&dir, o) {
-            Err(Error::InvalidOption { name, reason }) => assert!(!name.is_empty() && !reason.is_empty()),
+            Err(Error::InvalidOption { name, reason }) => {
+                assert!(!name.is_empty() && !reason.is_empty())
+            }
             other => panic!("{:?}", other.map(|_| ())),
         }
         assert!(!dir.join("CURRENT").exists());

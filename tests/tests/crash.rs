@@ -92,7 +92,14 @@ fn describe(v: Option<&Vec<u8>>) -> String {
 
 /// Reopens `dir` with the real file system after a crash and checks the guarantees.
 /// `acks` are the acknowledgements of the run that crashed, which started at `s.m + 1`.
-fn check_after_crash(dir: &Path, seed: u64, s: &mut Survived, acks: &[Ack], tally: &mut Tally, what: &str) {
+fn check_after_crash(
+    dir: &Path,
+    seed: u64,
+    s: &mut Survived,
+    acks: &[Ack],
+    tally: &mut Tally,
+    what: &str,
+) {
     let start = s.m + 1;
     let db = Db::open(dir, w::options())
         .unwrap_or_else(|e| panic!("{what}: reopening after the crash failed: {e}"));
@@ -103,8 +110,11 @@ fn check_after_crash(dir: &Path, seed: u64, s: &mut Survived, acks: &[Ack], tall
     let mut m = 0;
     for (k, v) in &got {
         let c = w::counter_of(v).unwrap_or_else(|| {
-            panic!("{what}: key {:?} holds a value the workload never wrote: {:?}",
-                String::from_utf8_lossy(k), String::from_utf8_lossy(v))
+            panic!(
+                "{what}: key {:?} holds a value the workload never wrote: {:?}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(v)
+            )
         });
         assert!(
             v.starts_with(k) && v[k.len()] == b'|',
@@ -183,9 +193,12 @@ fn check_after_crash(dir: &Path, seed: u64, s: &mut Survived, acks: &[Ack], tall
     // entries lazily out of a draining layout).
     for i in 0..w::KEYS {
         let k = w::key(i);
-        let g = db
-            .get(&k)
-            .unwrap_or_else(|e| panic!("{context}: get {:?} failed: {e}", String::from_utf8_lossy(&k)));
+        let g = db.get(&k).unwrap_or_else(|e| {
+            panic!(
+                "{context}: get {:?} failed: {e}",
+                String::from_utf8_lossy(&k)
+            )
+        });
         assert_eq!(
             g.as_deref(),
             s.model.get(&k).map(|v| v.as_slice()),
@@ -200,9 +213,15 @@ fn check_after_crash(dir: &Path, seed: u64, s: &mut Survived, acks: &[Ack], tall
         .versions
         .iter()
         .find(|v| v.id == layout.target)
-        .unwrap_or_else(|| panic!("{context}: target {} is not a live version: {layout:?}", layout.target))
+        .unwrap_or_else(|| {
+            panic!(
+                "{context}: target {} is not a live version: {layout:?}",
+                layout.target
+            )
+        })
         .spec;
-    let target = Target::of_spec(spec).unwrap_or_else(|| panic!("{context}: unknown target spec {spec:?}"));
+    let target =
+        Target::of_spec(spec).unwrap_or_else(|| panic!("{context}: unknown target spec {spec:?}"));
     let allowed: Vec<Target> = match acks.iter().rev().find(|a| !matches!(a, Ack::SyncWal(_))) {
         None | Some(Ack::Ready(_)) => vec![s.target, w::target_for(start)],
         Some(Ack::Target(t, _)) => vec![*t],
@@ -213,7 +232,8 @@ fn check_after_crash(dir: &Path, seed: u64, s: &mut Survived, acks: &[Ack], tall
         allowed.contains(&target),
         "{context}: target layout is {target:?}, acknowledgements allow only {allowed:?}: {layout:?}"
     );
-    db.close().unwrap_or_else(|e| panic!("{context}: close after recovery failed: {e}"));
+    db.close()
+        .unwrap_or_else(|e| panic!("{context}: close after recovery failed: {e}"));
 
     tally.crashes += 1;
     if !acks.iter().any(|a| matches!(a, Ack::Ready(_))) {
@@ -291,7 +311,10 @@ fn kill_cycles(seed: u64, cycles: usize) {
         child.0.kill().unwrap(); // SIGKILL
         child.0.wait().unwrap();
         let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-        assert!(!stderr.contains("panicked"), "cycle {cycle}: the child panicked:\n{stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "cycle {cycle}: the child panicked:\n{stderr}"
+        );
         races += stderr.matches("RETIRE-RACE").count();
         let acks = Ack::parse_log(&std::fs::read_to_string(&ack_path).unwrap_or_default());
         check_after_crash(
@@ -309,10 +332,20 @@ fn kill_cycles(seed: u64, cycles: usize) {
         started.elapsed(),
         s.m
     );
-    assert_eq!(engine_thread_panics(), 0, "an engine thread panicked (see the output)");
+    assert_eq!(
+        engine_thread_panics(),
+        0,
+        "an engine thread panicked (see the output)"
+    );
     // A run in which the children never got to write, or never changed layout, tests nothing.
-    assert!(tally.acked_synced > 0 && s.m > 2 * cycles as u64, "too little was written: {tally:?}");
-    assert!(s.m >= 200 && tally.target_switches > 0, "the run never reached the layout switch: {tally:?}");
+    assert!(
+        tally.acked_synced > 0 && s.m > 2 * cycles as u64,
+        "too little was written: {tally:?}"
+    );
+    assert!(
+        s.m >= 200 && tally.target_switches > 0,
+        "the run never reached the layout switch: {tally:?}"
+    );
 }
 
 #[test]
@@ -367,7 +400,8 @@ fn power_cut_cycles(seed: u64, cycles: usize) {
                 let mut c = start;
                 // An error before the power cut is a failure; after it, the end of the run.
                 let failed = |what: &str, e: sluice::Error, c: u64| {
-                    (!cut.load(Ordering::SeqCst)).then(|| format!("{what} of op {c} failed before the cut: {e}"))
+                    (!cut.load(Ordering::SeqCst))
+                        .then(|| format!("{what} of op {c} failed before the cut: {e}"))
                 };
                 while !stop.load(Ordering::SeqCst) {
                     let t = w::target_for(c);
@@ -427,8 +461,15 @@ fn power_cut_cycles(seed: u64, cycles: usize) {
         started.elapsed(),
         s.m
     );
-    assert_eq!(engine_thread_panics(), 0, "an engine thread panicked (see the output)");
-    assert!(tally.acked_synced > 0 && s.m > 2 * cycles as u64, "too little was written: {tally:?}");
+    assert_eq!(
+        engine_thread_panics(),
+        0,
+        "an engine thread panicked (see the output)"
+    );
+    assert!(
+        tally.acked_synced > 0 && s.m > 2 * cycles as u64,
+        "too little was written: {tally:?}"
+    );
     assert!(
         tally.acked_unsynced_lost > 0,
         "no power cut ever dropped an acknowledged unsynced write, so the cut simulated nothing: {tally:?}"

@@ -144,7 +144,11 @@ impl Ledger {
     /// Returns the reopened database and the length of the surviving prefix.
     fn check_reopen(&self, dir: &Path, must: usize, what: &str) -> (Db, usize) {
         // A background job that panicked instead of failing would be joined and forgotten.
-        assert_eq!(engine_thread_panics(), 0, "{what}: an engine thread panicked");
+        assert_eq!(
+            engine_thread_panics(),
+            0,
+            "{what}: an engine thread panicked"
+        );
         let db = Db::open(dir, Options::default())
             .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
         let all = dump(&db).unwrap_or_else(|e| panic!("{what}: scan after reopen failed: {e}"));
@@ -175,7 +179,11 @@ impl Ledger {
                 expected_keys += n;
             }
         }
-        assert_eq!(all.len(), expected_keys, "{what}: keys nobody wrote appeared");
+        assert_eq!(
+            all.len(),
+            expected_keys,
+            "{what}: keys nobody wrote appeared"
+        );
         let prefix = present.iter().take_while(|p| **p).count();
         if let Some(j) = present[prefix..].iter().position(|p| *p) {
             panic!(
@@ -223,7 +231,10 @@ fn assert_read_only(db: &Db, what: &str) {
     ro(db.put("after", "x"), "put");
     let mut b = WriteBatch::new();
     b.put("after-1", "x").put("after-2", "y");
-    ro(db.write_opt(b, &WriteOptions { sync: true }), "synced batch");
+    ro(
+        db.write_opt(b, &WriteOptions { sync: true }),
+        "synced batch",
+    );
     ro(db.delete("op000000/0"), "delete");
     ro(db.sync_wal(), "sync_wal");
     ro(db.flush(), "flush");
@@ -240,7 +251,13 @@ fn assert_read_only(db: &Db, what: &str) {
 
 /// Writes batches (every `sync_every`-th synced, none if 0) until one fails; the failure
 /// must come within `limit`. Returns the error.
-fn write_until_error(db: &Db, l: &mut Ledger, sync_every: usize, value_len: usize, what: &str) -> Error {
+fn write_until_error(
+    db: &Db,
+    l: &mut Ledger,
+    sync_every: usize,
+    value_len: usize,
+    what: &str,
+) -> Error {
     let limit = Duration::from_secs(20);
     let start = Instant::now();
     let mut i = 0usize;
@@ -271,8 +288,15 @@ fn wal_fault_fails_the_synced_write_then_refuses_writes_and_keeps_reads() {
         fs.inject(fault(op, kind, ".log", false));
         let e = l.write(&db, true, 4, 100).unwrap_err();
         assert_eq!(fs.injected(), 1, "{what}: the fault did not fire");
-        assert_eq!(errno(&e), Some(want_errno), "{what}: the failing write gave {e:?}");
-        assert!(io_path(&e).ends_with(".log"), "{what}: error does not name the WAL: {e}");
+        assert_eq!(
+            errno(&e),
+            Some(want_errno),
+            "{what}: the failing write gave {e:?}"
+        );
+        assert!(
+            io_path(&e).ends_with(".log"),
+            "{what}: error does not name the WAL: {e}"
+        );
         assert_read_only(&db, &what);
         l.check_reads(&db, &what);
         drop(db);
@@ -333,7 +357,10 @@ fn sst_fault_during_flush_turns_read_only_and_loses_nothing_durable() {
             e => panic!("{what}: expected ReadOnly once the flush failed, got {e:?}"),
         }
         assert!(fs.injected() > 0, "{what}: the fault did not fire");
-        assert!(db.stats().background_errors > 0, "{what}: no background error counted");
+        assert!(
+            db.stats().background_errors > 0,
+            "{what}: no background error counted"
+        );
         assert_read_only(&db, &what);
         l.check_reads(&db, &what);
         drop(db);
@@ -371,7 +398,10 @@ fn sst_fault_during_compaction_is_retried_while_writes_go_on() {
             other => panic!("{what}: compact gave {other:?}, expected a Background error"),
         }
         assert!(fs.injected() > 0, "{what}: the fault did not fire");
-        assert!(db.stats().background_errors > 0, "{what}: no background error counted");
+        assert!(
+            db.stats().background_errors > 0,
+            "{what}: no background error counted"
+        );
         // Nothing acknowledged is at risk, so writes (that fit in the memtable) go on.
         for _ in 0..5 {
             l.write(&db, true, 2, 50)
@@ -407,7 +437,10 @@ fn manifest_fault_fails_the_layout_change_and_turns_read_only() {
             })
             .unwrap_err();
         assert_eq!(errno(&e), Some(want_errno), "{what}: {e:?}");
-        assert!(io_path(&e).contains("MANIFEST"), "{what}: error does not name the manifest: {e}");
+        assert!(
+            io_path(&e).contains("MANIFEST"),
+            "{what}: error does not name the manifest: {e}"
+        );
         assert_read_only(&db, &what);
         l.check_reads(&db, &what);
         drop(db);
@@ -423,7 +456,10 @@ fn manifest_fault_fails_the_layout_change_and_turns_read_only() {
             // Half a record: a torn tail, dropped; the previous state is back.
             (FsOp::Append, FaultKind::ShortWrite) => {
                 assert_eq!(layout.versions.len(), 1, "{what}: {layout:?}");
-                assert!(torn.is_some(), "{what}: the torn manifest record was not reported");
+                assert!(
+                    torn.is_some(),
+                    "{what}: the torn manifest record was not reported"
+                );
             }
             // The record was written but not known durable: either outcome is correct.
             _ => assert!(layout.versions.len() <= 2, "{what}: {layout:?}"),
@@ -470,10 +506,16 @@ fn enospc_on_the_wal_is_reported_as_no_space() {
         db.sync_wal().unwrap();
         fs.inject(fault(FsOp::Append, kind, ".log", false));
         let e = db
-            .write_opt(WriteBatch::new().put("b", "2").clone(), &WriteOptions { sync: true })
+            .write_opt(
+                WriteBatch::new().put("b", "2").clone(),
+                &WriteOptions { sync: true },
+            )
             .unwrap_err();
         assert_eq!(errno(&e), Some(28), "{kind:?}: {e:?}");
-        assert!(e.is_no_space(), "{kind:?}: the failed write's error is not is_no_space(): {e:?}");
+        assert!(
+            e.is_no_space(),
+            "{kind:?}: the failed write's error is not is_no_space(): {e:?}"
+        );
     }
 }
 
@@ -522,8 +564,14 @@ fn close_after_a_failure_reports_it_or_keeps_every_acknowledged_write() {
             seed: 3,
             hashed_prefix: None,
         };
-        assert!(db.register_partition_fn(spec).is_err(), "{what}: the manifest write did not fail");
-        assert!(matches!(db.put("x", "y"), Err(Error::ReadOnly(_))), "{what}");
+        assert!(
+            db.register_partition_fn(spec).is_err(),
+            "{what}: the manifest write did not fail"
+        );
+        assert!(
+            matches!(db.put("x", "y"), Err(Error::ReadOnly(_))),
+            "{what}"
+        );
         let closed = db.close();
         judge(what, dir.path(), &l, closed);
     }
@@ -554,7 +602,10 @@ fn close_after_a_failure_reports_it_or_keeps_every_acknowledged_write() {
             l.write(&db, false, 2, 100).unwrap();
         }
         fs.inject(fault(FsOp::Append, FaultKind::NoSpace, ".log", false));
-        assert!(l.write(&db, true, 2, 100).is_err(), "{what}: the synced write did not fail");
+        assert!(
+            l.write(&db, true, 2, 100).is_err(),
+            "{what}: the synced write did not fail"
+        );
         let closed = db.close();
         judge(what, dir.path(), &l, closed);
     }

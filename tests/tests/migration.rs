@@ -55,7 +55,10 @@ fn migration_moves_everything_and_retires_the_old_layout() {
     // Every SSTable now belongs to v2 and its keys hash to its own partition.
     let v2info = &layout.versions[0];
     assert_eq!(v2info.partitions.iter().filter(|p| p.files > 0).count(), 8);
-    assert!(matches!(db.set_target(VersionId(1)), Err(sluice::Error::VersionRetired(1))));
+    assert!(matches!(
+        db.set_target(VersionId(1)),
+        Err(sluice::Error::VersionRetired(1))
+    ));
     drop(db);
     let db = Db::open(dir.path(), quiet_opts()).unwrap();
     assert_eq!(dump(&db).unwrap(), before);
@@ -77,7 +80,10 @@ fn migration_write_amplification_is_about_one() {
     let written = s1.migration_bytes_written - s0.migration_bytes_written;
     let wa = written as f64 / read as f64;
     assert!(read > 0);
-    assert!((0.8..1.2).contains(&wa), "migration wrote {written} for {read} read");
+    assert!(
+        (0.8..1.2).contains(&wa),
+        "migration wrote {written} for {read} read"
+    );
 }
 
 #[test]
@@ -114,11 +120,17 @@ fn lazy_moves_leave_pointers_that_migration_honours() {
     // A quarter of the values had already moved: migration drops them instead of copying.
     let read = s1.migration_bytes_read - s0.migration_bytes_read;
     let written = s1.migration_bytes_written - s0.migration_bytes_written;
-    assert!((written as f64) < 0.85 * read as f64, "wrote {written} of {read}");
+    assert!(
+        (written as f64) < 0.85 * read as f64,
+        "wrote {written} of {read}"
+    );
     let all = dump(&db).unwrap();
     assert_eq!(all.len(), 2000);
     for i in 0..2000u32 {
-        assert_eq!(all[format!("k{i:04}").as_bytes()], format!("a{i}").as_bytes());
+        assert_eq!(
+            all[format!("k{i:04}").as_bytes()],
+            format!("a{i}").as_bytes()
+        );
     }
 }
 
@@ -144,7 +156,7 @@ fn three_live_versions_then_rollback_and_forward() {
     db.set_target(v3).unwrap();
     assert_eq!(db.layout().versions.len(), 3);
     let expect = |i: u32| {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             format!("v2-{i}")
         } else {
             format!("v1-{i}")
@@ -154,8 +166,15 @@ fn three_live_versions_then_rollback_and_forward() {
         let all = dump(db).unwrap();
         assert_eq!(all.len(), 3000);
         for i in 0..3000u32 {
-            assert_eq!(all[format!("k{i:04}").as_bytes()], expect(i).as_bytes(), "k{i}");
-            assert_eq!(db.get(format!("k{i:04}")).unwrap().unwrap(), expect(i).as_bytes());
+            assert_eq!(
+                all[format!("k{i:04}").as_bytes()],
+                expect(i).as_bytes(),
+                "k{i}"
+            );
+            assert_eq!(
+                db.get(format!("k{i:04}")).unwrap().unwrap(),
+                expect(i).as_bytes()
+            );
         }
     };
     check(&db);
@@ -189,7 +208,11 @@ fn background_pacer_migrates_without_being_asked() {
     db.set_target(v2).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !db.migration_progress().is_complete() {
-        assert!(std::time::Instant::now() < deadline, "{:?}", db.migration_progress());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            db.migration_progress()
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(dump(&db).unwrap().len(), 3000);
@@ -214,7 +237,10 @@ fn paused_pacer_does_nothing_and_headroom_blocks() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let p = db.migration_progress();
     assert_eq!(p.draining[0].files_migrated, 0, "{p:?}");
-    assert!(p.blocked.as_deref().unwrap_or("").contains("headroom"), "{p:?}");
+    assert!(
+        p.blocked.as_deref().unwrap_or("").contains("headroom"),
+        "{p:?}"
+    );
     db.set_migration_rate(0);
     fault.set_available_space(None);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -255,7 +281,11 @@ fn partition_scoped_reads_report_moved_values() {
     assert_eq!(entries.len(), 400);
     drop(snap);
     use sluice::PartitionEntry as P;
-    assert!(matches!(&entries[1], P::Moved { to, .. } if *to == v2), "{:?}", entries[1]);
+    assert!(
+        matches!(&entries[1], P::Moved { to, .. } if *to == v2),
+        "{:?}",
+        entries[1]
+    );
     assert!(matches!(&entries[2], P::Moved { .. }));
     assert!(matches!(&entries[3], P::Value { value, .. } if value == "a3"));
     assert!(matches!(&entries[7], P::Tombstone { .. }));
@@ -277,10 +307,17 @@ fn checkpoint_is_an_openable_point_in_time_copy() {
     db.put("k0002", "after").unwrap();
     db.migrate_now(None).unwrap();
     let copy = Db::open(&cp, quiet_opts()).unwrap();
-    assert_eq!(copy.get("k0001").unwrap().as_deref(), Some(&b"unflushed"[..]));
+    assert_eq!(
+        copy.get("k0001").unwrap().as_deref(),
+        Some(&b"unflushed"[..])
+    );
     assert_eq!(copy.get("k0002").unwrap().as_deref(), Some(&b"a2"[..]));
     assert_eq!(dump(&copy).unwrap().len(), 1000);
-    assert_eq!(copy.layout().versions.len(), 2, "the checkpoint is mid-migration");
+    assert_eq!(
+        copy.layout().versions.len(),
+        2,
+        "the checkpoint is mid-migration"
+    );
     assert!(db.checkpoint(&cp).is_err(), "refuses a non-empty directory");
     // The original is unaffected by the copy opening (and flushing) its own files.
     assert_eq!(db.get("k0002").unwrap().as_deref(), Some(&b"after"[..]));
@@ -301,10 +338,17 @@ fn load_and_shadow_counters_see_a_hot_partition() {
     }
     let load = db.partition_load();
     assert_eq!(load.writes.iter().sum::<u64>(), 1000);
-    assert_eq!(load.writes[0], 1000, "all keys start with k0: range partition 0");
+    assert_eq!(
+        load.writes[0], 1000,
+        "all keys start with k0: range partition 0"
+    );
     let shadow = db.shadow_load().unwrap();
     // Every key shares the prefix "k0": the biased hash sends them all to one partition.
-    assert_eq!(shadow.writes.iter().filter(|&&w| w > 0).count(), 1, "{shadow:?}");
+    assert_eq!(
+        shadow.writes.iter().filter(|&&w| w > 0).count(),
+        1,
+        "{shadow:?}"
+    );
     db.set_shadow(None).unwrap();
     assert!(db.shadow_load().is_none());
 }
@@ -325,7 +369,10 @@ fn write_limit_slows_one_partition_only() {
         db.put(format!("k0{i:03}"), vec![0u8; 1000]).unwrap(); // partition 0: 20 KB/s
     }
     let limited = t.elapsed();
-    assert!(limited >= std::time::Duration::from_millis(900), "{limited:?}");
+    assert!(
+        limited >= std::time::Duration::from_millis(900),
+        "{limited:?}"
+    );
     assert!(other < limited / 4, "{other:?} vs {limited:?}");
     db.set_partition_write_limit(0, None).unwrap();
     let t = std::time::Instant::now();
@@ -372,7 +419,12 @@ fn retiring_a_layout_with_late_pointer_files_reopens() {
     db.pin_version(VersionId(1), true).unwrap(); // keep v1 live while it is empty
     db.migrate_now(None).unwrap(); // v1's data is gone; the pointers are not flushed yet
     db.flush().unwrap(); // now pointer files land in v1
-    let v1 = db.layout().versions.into_iter().find(|v| v.id == VersionId(1)).unwrap();
+    let v1 = db
+        .layout()
+        .versions
+        .into_iter()
+        .find(|v| v.id == VersionId(1))
+        .unwrap();
     assert_eq!(v1.files(), 0);
     assert!(v1.partitions.iter().map(|p| p.pointer_files).sum::<usize>() > 0);
     db.pin_version(VersionId(1), false).unwrap();

@@ -80,12 +80,18 @@ fn transfers_keep_the_sum_through_migration_and_rollback() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..3u64 {
-        let (db, committed, conflicts, stop) =
-            (db.clone(), committed.clone(), conflicts.clone(), stop.clone());
+        let (db, committed, conflicts, stop) = (
+            db.clone(),
+            committed.clone(),
+            conflicts.clone(),
+            stop.clone(),
+        );
         workers.push(std::thread::spawn(move || {
             let mut x = w * 7919 + 1;
             while !stop.load(Ordering::Relaxed) {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let from = (x >> 33) as u32 % ACCOUNTS;
                 let to = (x >> 13) as u32 % ACCOUNTS;
                 if from == to {
@@ -111,7 +117,9 @@ fn transfers_keep_the_sum_through_migration_and_rollback() {
     }
     let sum = |db: &Db| -> i64 {
         let snap = db.snapshot();
-        (0..ACCOUNTS).map(|i| balance(snap.get(acct(i)).unwrap())).sum()
+        (0..ACCOUNTS)
+            .map(|i| balance(snap.get(acct(i)).unwrap()))
+            .sum()
     };
     let scan_sum = |db: &Db| -> i64 {
         db.range("acct-".."acct.")

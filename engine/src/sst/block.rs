@@ -135,7 +135,12 @@ impl Block {
     /// Decodes entry `i` into (key start, key end, trailer, value start, value end) within
     /// `data()`.
     #[inline]
-    pub(crate) fn parts(&self, i: usize, file: &Path, base: u64) -> Result<(usize, usize, u64, usize, usize)> {
+    pub(crate) fn parts(
+        &self,
+        i: usize,
+        file: &Path,
+        base: u64,
+    ) -> Result<(usize, usize, u64, usize, usize)> {
         let bad = |why: &str| Error::corruption(file, base, format!("block entry {i}: {why}"));
         let mut p = self.entry_offset(i);
         if p >= self.entries_end {

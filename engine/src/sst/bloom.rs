@@ -72,7 +72,7 @@ fn positions(h: u64, blocks: usize) -> (usize, u32, u32) {
 /// (a filter can only save work, never hide data).
 #[inline]
 pub fn may_contain(filter: &[u8], h: u64) -> bool {
-    if filter.len() < BLOCK_BYTES + 1 || (filter.len() - 1) % BLOCK_BYTES != 0 {
+    if filter.len() < BLOCK_BYTES + 1 || !(filter.len() - 1).is_multiple_of(BLOCK_BYTES) {
         return true;
     }
     let blocks = (filter.len() - 1) / BLOCK_BYTES;

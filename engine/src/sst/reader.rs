@@ -66,7 +66,9 @@ impl Table {
             c.track(p);
         }
         let reader = match &cache {
-            Some(c) if c.capacity() > 0 => Some(fs.open_random(path).map_err(|e| Error::io(path, e))?),
+            Some(c) if c.capacity() > 0 => {
+                Some(fs.open_random(path).map_err(|e| Error::io(path, e))?)
+            }
             _ => None,
         };
         let mut t = Self::from_bytes(m.bytes, path, id, cache)?;
@@ -216,7 +218,8 @@ impl Table {
                 offset: 0,
                 size: h.size,
             };
-            let (ty, _) = checked_block(&buf, local, &self.path).map_err(|e| rebase(e, h.offset))?;
+            let (ty, _) =
+                checked_block(&buf, local, &self.path).map_err(|e| rebase(e, h.offset))?;
             let b = if ty == COMPRESSION_NONE {
                 buf.truncate(h.size as usize);
                 Block::new(Bytes::from(buf), &self.path, h.offset)?
@@ -265,7 +268,10 @@ impl Table {
                     return Err(Error::corruption(
                         &self.path,
                         h.offset,
-                        format!("zstd block decoded to {} bytes, expected {raw_len}", v.len()),
+                        format!(
+                            "zstd block decoded to {} bytes, expected {raw_len}",
+                            v.len()
+                        ),
                     ));
                 }
                 Ok(v)

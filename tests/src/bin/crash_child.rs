@@ -44,7 +44,8 @@ fn main() -> ExitCode {
 
 fn ack(log: &mut File, a: Ack) {
     // One write(2) per line (the File is unbuffered).
-    log.write_all(a.line().as_bytes()).expect("writing the ack log");
+    log.write_all(a.line().as_bytes())
+        .expect("writing the ack log");
 }
 
 fn write(dir: &str, ack_path: &str, seed: u64, start: u64) -> ExitCode {

@@ -1733,6 +1733,7 @@ struct Reservoir {
     max: usize,
     seen: u64,
     keys: Vec<Bytes>,
+    weights: Vec<f64>,
     rng: u64,
 }
 
@@ -1742,6 +1743,7 @@ impl Reservoir {
             max,
             seen: 0,
             keys: Vec::new(),
+            weights: Vec::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
         }
     }
@@ -1754,14 +1756,16 @@ impl Reservoir {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn offer(&mut self, k: &Bytes) {
+    fn offer(&mut self, k: &Bytes, weight: f64) {
         self.seen += 1;
         if self.keys.len() < self.max {
             self.keys.push(k.clone());
+            self.weights.push(weight);
         } else {
             let j = self.next_rand() % self.seen;
             if (j as usize) < self.max {
                 self.keys[j as usize] = k.clone();
+                self.weights[j as usize] = weight;
             }
         }
     }
@@ -1773,6 +1777,10 @@ impl Reservoir {
 #[derive(Clone, Debug, Default)]
 pub struct KeySample {
     pub keys: Vec<Bytes>,
+    /// Entries each sampled key stands for (its table's entries per block). An index key
+    /// is one per block, and blocks of small or fragmented tables hold fewer entries: left
+    /// unweighted, partitions split into many small files would look bigger than they are.
+    pub weights: Vec<f64>,
     /// Index keys seen before sampling down.
     pub index_keys_seen: u64,
     pub tables: u64,
@@ -1784,16 +1792,18 @@ fn sample_tables<'a>(tables: impl Iterator<Item = &'a Table>, max: usize) -> Key
     let mut n = 0;
     for t in tables {
         n += 1;
+        let weight = t.props().entries as f64 / t.block_count().max(1) as f64;
         for k in t.index_keys() {
             // The same key in several levels or layouts counts once.
             if seen.insert(xxhash_rust::xxh3::xxh3_64(k)) {
-                r.offer(k);
+                r.offer(k, weight);
             }
         }
     }
     KeySample {
         index_keys_seen: r.seen,
         keys: r.keys,
+        weights: r.weights,
         tables: n,
     }
 }

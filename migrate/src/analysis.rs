@@ -263,6 +263,55 @@ pub fn analyze_keys<K: AsRef<[u8]>>(
     })
 }
 
+/// Counts how `keys` spread over the partitions of `spec`, each key standing for `weight`
+/// entries; counts are rescaled so they sum to the number of keys (the sample size the χ²
+/// test may trust).
+pub fn predict_weighted<K: AsRef<[u8]>>(
+    spec: &PartitionSpec,
+    keys: &[K],
+    weights: &[f64],
+) -> Result<Distribution> {
+    let f = PartitionFn::new(spec.clone())?;
+    let mut w = vec![0f64; f.partitions() as usize];
+    for (k, wt) in keys.iter().zip(weights) {
+        w[f.partition_of(k.as_ref()) as usize] += wt.max(0.0);
+    }
+    let total: f64 = w.iter().sum();
+    let n = keys.len() as f64;
+    let counts = w
+        .iter()
+        .map(|x| {
+            if total > 0.0 {
+                (x / total * n).round() as u64
+            } else {
+                0
+            }
+        })
+        .collect();
+    Ok(Distribution::from_counts(counts))
+}
+
+/// Judges `spec` on a weighted key sample (see [`KeySample::weights`]).
+pub fn analyze_sample(
+    spec: &PartitionSpec,
+    s: &KeySample,
+    thresholds: Thresholds,
+) -> Result<Analysis> {
+    let distribution = if s.weights.len() == s.keys.len() {
+        predict_weighted(spec, &s.keys, &s.weights)?
+    } else {
+        predict(spec, &s.keys)?
+    };
+    let verdict = distribution.verdict(&thresholds);
+    Ok(Analysis {
+        spec: spec.clone(),
+        sample: SampleInfo::of(s),
+        distribution,
+        thresholds,
+        verdict,
+    })
+}
+
 /// Up to `max` existing keys of a directory, from its SSTable indexes (read-only; no data
 /// block is read). Refuses directories that fail the inspection safety checks.
 pub fn sample_dir(dir: &Path, max: usize) -> Result<KeySample> {
@@ -293,7 +342,7 @@ pub fn analyze_dir(
     thresholds: Thresholds,
 ) -> Result<Analysis> {
     let s = sample_dir(dir, max_sample)?;
-    analyze_keys(spec, &s.keys, SampleInfo::of(&s), thresholds)
+    analyze_sample(spec, &s, thresholds)
 }
 
 /// Samples an open database's keys and judges `spec` on them.
@@ -304,7 +353,7 @@ pub fn analyze_db(
     thresholds: Thresholds,
 ) -> Result<Analysis> {
     let s = sample_db(db, max_sample);
-    analyze_keys(spec, &s.keys, SampleInfo::of(&s), thresholds)
+    analyze_sample(spec, &s, thresholds)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -602,5 +651,64 @@ mod tests {
         assert_eq!(small.sample.keys, 10);
         assert_eq!(small.verdict, Verdict::Inconclusive);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod weighting_tests {
+    use super::*;
+    use sluice::Options;
+
+    /// Partitions split into many small files contribute more index keys per entry than
+    /// compacted ones; the weights must cancel that, or an even function looks biased.
+    #[test]
+    fn fragmented_partitions_do_not_look_bigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = PartitionSpec::Hash {
+            partitions: 8,
+            seed: 5,
+            hashed_prefix: None,
+        };
+        let opts = Options {
+            partition: spec.clone(),
+            block_size: 512,
+            level0_compaction_trigger: 1000,
+            level0_slowdown_trigger: 1000,
+            level0_stop_trigger: 1000,
+            migration_bytes_per_sec: 0,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        let f = PartitionFn::new(spec.clone()).unwrap();
+        for i in 0..20_000u32 {
+            db.put(format!("key{i:06}"), [b'v'; 40]).unwrap();
+        }
+        db.compact().unwrap();
+        // Overwrite a few keys of partitions 4..8 at a time, flushing after each: many
+        // tiny files there, one partial block each.
+        let hot: Vec<String> = (0..20_000u32)
+            .map(|i| format!("key{i:06}"))
+            .filter(|k| f.partition_of(k.as_bytes()) >= 4)
+            .collect();
+        for chunk in hot.chunks(2).take(400) {
+            for k in chunk {
+                db.put(k, [b'w'; 40]).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let s = sample_db(&db, 100_000);
+        let unweighted = predict(&spec, &s.keys).unwrap();
+        let weighted = analyze_sample(&spec, &s, Thresholds::default()).unwrap();
+        assert_eq!(
+            unweighted.verdict(&Thresholds::default()),
+            Verdict::Biased,
+            "the setup must fool an unweighted sample: {unweighted:?}"
+        );
+        assert_eq!(
+            weighted.verdict,
+            Verdict::Balanced,
+            "{:?}",
+            weighted.distribution
+        );
     }
 }

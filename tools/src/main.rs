@@ -65,6 +65,8 @@ commands! {
     Scan => scan,
     /// Predict how the existing keys would spread under a candidate partition function
     Analyze => analyze,
+    /// Run the ledger scenario end to end: transfers through a migration, a bias fix and a rollback
+    Demo => demo,
 }
 
 const EXAMPLES: &str = "\
@@ -75,11 +77,13 @@ Examples:
   sluice analyze /data/ledger --spec hash:16:7
   sluice scan /data/ledger --from acct0001 --limit 10
   sluice get /data/ledger acct00001234 --json
+  sluice demo
 
 Exit codes: 0 ok, 1 not found (get) or other error, 2 usage, 3 corruption or failed
 check, 4 directory locked or busy.";
 
-/// Inspect, verify and analyse Sluice database directories. Every subcommand is read-only.
+/// Inspect, verify, analyse and migrate Sluice database directories; run the ledger demo.
+/// The inspection subcommands are read-only.
 #[derive(Parser)]
 #[command(name = "sluice", version, after_help = EXAMPLES, propagate_version = true)]
 struct Cli {

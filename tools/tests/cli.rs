@@ -514,6 +514,7 @@ fn every_subcommand_has_help_with_examples() {
         "get",
         "scan",
         "analyze",
+        "demo",
     ] {
         let o = sluice(&[sub, "--help"]);
         let s = String::from_utf8_lossy(&o.stdout);
@@ -923,4 +924,73 @@ fn verify_finds_a_key_placed_in_the_wrong_partition() {
     let (c, out, _) = run(d, &["sst", "check", &path.display().to_string()]);
     assert_eq!(c, 3, "{out}");
     assert!(out.contains("[partition]"), "{out}");
+}
+
+/// `sluice demo` at a small scale: the whole scenario runs, the audit passes, the JSON
+/// summary has its fields, and the directory is reset on a second run but a foreign
+/// non-empty directory is refused.
+#[test]
+fn demo_runs_the_ledger_scenario_small() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("demo");
+    let d = dir.display().to_string();
+    let args = [
+        "demo",
+        "--dir",
+        &d,
+        "--accounts",
+        "3000",
+        "--payload-bytes",
+        "32",
+        "--stable-secs",
+        "0.3",
+        "--rollback-secs",
+        "0.3",
+        "--migration-mb-per-sec",
+        "64",
+        "--tps",
+        "2000",
+        "--lookups",
+        "500",
+        "--json",
+    ];
+    let o = sluice(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    has(
+        &v,
+        &[
+            "transfers_committed",
+            "conflicts_retried",
+            "sum_before",
+            "sum_after",
+            "lost_writes",
+            "duplicated_writes",
+            "stable_p99_us",
+            "migrating_p99_us",
+            "migration_write_ratio",
+            "events",
+            "ok",
+        ],
+        "demo",
+    );
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["lost_writes"], 0);
+    assert_eq!(v["duplicated_writes"], 0);
+    assert_eq!(v["sum_before"], v["sum_after"]);
+    assert_eq!(v["final_versions"].as_array().unwrap().len(), 1);
+    // A second run resets the earlier demo database.
+    assert_eq!(sluice(&args).status.code(), Some(0));
+    // Anything else is refused as a usage error.
+    let other = t.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let o = sluice(&["demo", "--dir", &other.display().to_string(), "--quiet"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(other.join("notes.txt").exists());
 }

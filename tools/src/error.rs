@@ -107,7 +107,11 @@ impl From<sluice::Error> for CliError {
             | E::InvalidPartitionSpec(_)
             | E::InvalidOption { .. }
             | E::UnknownVersion(_)
+            | E::VersionRetired(_)
+            | E::LayoutRefused(_)
             | E::KeyTooLarge { .. } => ErrorKind::Usage,
+            // Another controller claimed the database meanwhile: like a held lock.
+            E::StaleEpoch { .. } => ErrorKind::Busy,
             _ => ErrorKind::Other,
         };
         let (file, offset) = sluice::inspect::error_location(&e);

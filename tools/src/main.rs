@@ -3,7 +3,7 @@
 //! One file per subcommand under `cmd/` (as in Pebble's `tool/`), each reusing the engine's
 //! own readers through `sluice::inspect`. Conventions shared by every subcommand (`--json`,
 //! `--hex`, `--quiet`, exit codes) live in `output.rs` and `error.rs` and are documented in
-//! `README-cli.md`.
+//! the "CLI tour" of the README.
 //!
 //! Adding a subcommand: one line in the `commands!` list below and one file
 //! `cmd/<name>.rs` with `pub struct Args` (clap `Args`) and
@@ -65,6 +65,8 @@ commands! {
     Scan => scan,
     /// Predict how the existing keys would spread under a candidate partition function
     Analyze => analyze,
+    /// Drive a migration: plan, start, status, pause, resume, rollback, finish, run
+    Migrate => migrate,
     /// Run the ledger scenario end to end: transfers through a migration, a bias fix and a rollback
     Demo => demo,
 }
@@ -77,6 +79,8 @@ Examples:
   sluice analyze /data/ledger --spec hash:16:7
   sluice scan /data/ledger --from acct0001 --limit 10
   sluice get /data/ledger acct00001234 --json
+  sluice migrate plan /data/ledger --spec hash:16:7
+  sluice migrate status /data/ledger --watch
   sluice demo
 
 Exit codes: 0 ok, 1 not found (get) or other error, 2 usage, 3 corruption or failed
@@ -87,7 +91,7 @@ check, 4 directory locked or busy.";
 #[derive(Parser)]
 #[command(name = "sluice", version, after_help = EXAMPLES, propagate_version = true)]
 struct Cli {
-    /// Print one JSON document on stdout instead of text (stable field names; see README-cli.md)
+    /// Print one JSON document on stdout instead of text (stable field names; see the README)
     #[arg(long, global = true)]
     json: bool,
     /// Print keys and values as hex instead of escaped text (and read KEY arguments as hex)

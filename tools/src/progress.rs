@@ -50,6 +50,12 @@ impl Progress {
         }
     }
 
+    pub fn set(&self, pos: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+        }
+    }
+
     pub fn inc(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);

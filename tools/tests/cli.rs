@@ -515,6 +515,7 @@ fn every_subcommand_has_help_with_examples() {
         "scan",
         "analyze",
         "demo",
+        "migrate",
     ] {
         let o = sluice(&[sub, "--help"]);
         let s = String::from_utf8_lossy(&o.stdout);
@@ -993,4 +994,43 @@ fn demo_runs_the_ledger_scenario_small() {
     let o = sluice(&["demo", "--dir", &other.display().to_string(), "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(other.join("notes.txt").exists());
+}
+
+/// The migrate subcommands drive the controller through a whole migration on a fixture:
+/// plan (a biased candidate refused, then a good one), start, run to completion, status;
+/// and a rollback in the wrong state is a usage error.
+#[test]
+fn migrate_subcommands_drive_a_migration() {
+    let d = fixture();
+    let (c, _, e) = run(
+        d.path(),
+        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3:1"],
+    );
+    assert_eq!(
+        c, 2,
+        "a one-byte prefix hash puts every key on one partition: {e}"
+    );
+    assert!(e.contains("biased"), "{e}");
+    let (c, v) = json(
+        d.path(),
+        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
+    );
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(v["state"], "planned");
+    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(v["state"], "migrating");
+    let to = v["plan"]["to"].as_u64().unwrap();
+    assert_eq!(v["target"].as_u64().unwrap(), to);
+    let (c, v) = json(d.path(), &["migrate", "run", "{DIR}", "--mb-per-sec", "64"]);
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(v["state"], "complete");
+    assert_eq!(v["bytes_left"], 0);
+    let (c, v) = json(d.path(), &["migrate", "status", "{DIR}"]);
+    assert_eq!(c, 0);
+    assert_eq!(v["state"], "complete");
+    let (c, _, _) = run(d.path(), &["migrate", "rollback", "{DIR}"]);
+    assert_eq!(c, 2);
+    let (c, _, out) = run(d.path(), &["verify", "{DIR}"]);
+    assert_eq!(c, 0, "{out}");
 }

@@ -1756,15 +1756,15 @@ impl Reservoir {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn offer(&mut self, k: &Bytes, weight: f64) {
+    fn offer(&mut self, k: &[u8], weight: f64) {
         self.seen += 1;
         if self.keys.len() < self.max {
-            self.keys.push(k.clone());
+            self.keys.push(Bytes::copy_from_slice(k));
             self.weights.push(weight);
         } else {
             let j = self.next_rand() % self.seen;
             if (j as usize) < self.max {
-                self.keys[j as usize] = k.clone();
+                self.keys[j as usize] = Bytes::copy_from_slice(k);
                 self.weights[j as usize] = weight;
             }
         }

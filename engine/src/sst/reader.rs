@@ -24,17 +24,40 @@ use crate::sst::format::{
 };
 use crate::types::{cmp_internal, Entry, Kind};
 
-struct IndexEntry {
-    last_key: Bytes,
-    last_seqno: u64,
-    handle: BlockHandle,
+/// The index, flattened: every block's last key in one buffer, so the binary search a
+/// lookup starts with touches a few cache lines instead of a pointer per probe.
+#[derive(Default)]
+struct Index {
+    keys: Vec<u8>,
+    ends: Vec<u32>,
+    seqnos: Vec<u64>,
+    handles: Vec<BlockHandle>,
+}
+
+impl Index {
+    fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    #[inline]
+    fn key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.keys[start..self.ends[i] as usize]
+    }
+
+    fn push(&mut self, key: &[u8], seqno: u64, handle: BlockHandle) {
+        self.keys.extend_from_slice(key);
+        self.ends.push(self.keys.len() as u32);
+        self.seqnos.push(seqno);
+        self.handles.push(handle);
+    }
 }
 
 pub struct Table {
     id: u64,
     path: PathBuf,
     data: Bytes,
-    index: Vec<IndexEntry>,
+    index: Index,
     filter: Bytes,
     props: TableProps,
     cache: Option<Arc<BlockCache>>,
@@ -93,7 +116,7 @@ impl Table {
         let (_, ib) = checked_block(&data, footer.index, path)?;
         let iblock = Block::new(data.slice_ref(ib), path, footer.index.offset)?;
         let data_end = footer.filter.offset;
-        let mut index = Vec::with_capacity(iblock.len());
+        let mut index = Index::default();
         let mut next_offset = 0u64;
         for i in 0..iblock.len() {
             let e = iblock.entry(i, path, footer.index.offset)?;
@@ -114,9 +137,8 @@ impl Table {
                 ));
             }
             next_offset = end.unwrap_or(0);
-            if let Some(prev) = index.last() {
-                let prev: &IndexEntry = prev;
-                if cmp_internal(&prev.last_key, prev.last_seqno, &e.key, e.seqno)
+            if i > 0 {
+                if cmp_internal(index.key(i - 1), index.seqnos[i - 1], &e.key, e.seqno)
                     != std::cmp::Ordering::Less
                 {
                     return Err(Error::corruption(
@@ -126,11 +148,7 @@ impl Table {
                     ));
                 }
             }
-            index.push(IndexEntry {
-                last_key: Bytes::copy_from_slice(&e.key),
-                last_seqno: e.seqno,
-                handle,
-            });
+            index.push(&e.key, e.seqno, handle);
         }
         if index.len() as u64 != props.data_blocks {
             return Err(Error::corruption(
@@ -180,14 +198,14 @@ impl Table {
 
     /// The last user key of every data block: a sample of the table's keys (one per block)
     /// read from the index alone, without touching data blocks.
-    pub fn index_keys(&self) -> impl Iterator<Item = &Bytes> {
-        self.index.iter().map(|e| &e.last_key)
+    pub fn index_keys(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.index.len()).map(|i| self.index.key(i))
     }
 
     /// Checks the CRC of every data block (full verification).
     pub fn verify_blocks(&self) -> Result<()> {
         for i in 0..self.index.len() {
-            checked_block(&self.data, self.index[i].handle, &self.path)?;
+            checked_block(&self.data, self.index.handles[i], &self.path)?;
         }
         Ok(())
     }
@@ -206,7 +224,7 @@ impl Table {
                 return Ok(b);
             }
         }
-        let h = self.index[i].handle;
+        let h = self.index.handles[i];
         let start = h.offset as usize;
         let end = start + h.size as usize;
         if let (true, Some(c), Some(r)) = (fill_cache, &self.cache, &self.reader) {
@@ -285,14 +303,23 @@ impl Table {
     }
 
     pub(crate) fn block_offset(&self, i: usize) -> u64 {
-        self.index[i].handle.offset
+        self.index.handles[i].offset
     }
 
     /// Index of the first data block that may hold entries at or after (key, seqno).
     pub(crate) fn find_block(&self, key: &[u8], seqno: u64) -> usize {
-        self.index.partition_point(|ie| {
-            cmp_internal(&ie.last_key, ie.last_seqno, key, seqno) == std::cmp::Ordering::Less
-        })
+        let (mut lo, mut hi) = (0, self.index.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if cmp_internal(self.index.key(mid), self.index.seqnos[mid], key, seqno)
+                == std::cmp::Ordering::Less
+            {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Whether the bloom filter admits `key` (given its filter hash).

@@ -612,7 +612,7 @@ pub fn check_table_bytes(
             .map(|(_, h)| h.1 + BLOCK_TRAILER_LEN as u64)
             .sum::<u64>(),
     );
-    let mut prev: Option<(Bytes, u64)> = None;
+    let mut prev: Option<(Vec<u8>, u64)> = None;
     let mut misplaced_named = 0usize;
     let mut pointer_named = 0usize;
     let mut range_named = 0usize;
@@ -629,8 +629,20 @@ pub fn check_table_bytes(
             }
         };
         let mut last_in_block = false;
+        let data = block.data().clone();
         for j in 0..block.len() {
-            let e = match block.entry(j, path, *offset) {
+            // Borrowed slices of the block: no reference counting per entry.
+            let e = match block.parts(j, path, *offset).and_then(|(ks, ke, trailer, vs, ve)| {
+                let kind = Kind::from_u8(trailer as u8).ok_or_else(|| {
+                    Error::corruption(path, *offset, format!("block entry {j}: bad kind"))
+                })?;
+                Ok(EntryRef {
+                    key: &data[ks..ke],
+                    seqno: trailer >> 8,
+                    kind,
+                    value: &data[vs..ve],
+                })
+            }) {
                 Ok(e) => e,
                 Err(e) => {
                     out.problems.push(Problem::from_error("block", &e));
@@ -729,10 +741,17 @@ pub fn check_table_bytes(
                 }
             }
             last_in_block = true;
-            prev = Some((e.key, e.seqno));
+            match &mut prev {
+                Some((k, s)) => {
+                    k.clear();
+                    k.extend_from_slice(e.key);
+                    *s = e.seqno;
+                }
+                None => prev = Some((e.key.to_vec(), e.seqno)),
+            }
         }
         if let (true, Some((k, s))) = (last_in_block, &prev) {
-            if (k, *s) != (&last.0, last.1) {
+            if (k.as_slice(), *s) != (last.0.as_ref(), last.1) {
                 out.problems.push(Problem::error(
                     "index",
                     Some(path),
@@ -1984,4 +2003,12 @@ mod tests {
         assert_eq!(set.len(), all.keys.len());
         assert!(all.index_keys_seen >= 5);
     }
+}
+
+/// An entry as borrowed slices of its block (verification reads every entry).
+struct EntryRef<'a> {
+    key: &'a [u8],
+    seqno: u64,
+    kind: Kind,
+    value: &'a [u8],
 }

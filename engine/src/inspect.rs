@@ -632,17 +632,19 @@ pub fn check_table_bytes(
         let data = block.data().clone();
         for j in 0..block.len() {
             // Borrowed slices of the block: no reference counting per entry.
-            let e = match block.parts(j, path, *offset).and_then(|(ks, ke, trailer, vs, ve)| {
-                let kind = Kind::from_u8(trailer as u8).ok_or_else(|| {
-                    Error::corruption(path, *offset, format!("block entry {j}: bad kind"))
-                })?;
-                Ok(EntryRef {
-                    key: &data[ks..ke],
-                    seqno: trailer >> 8,
-                    kind,
-                    value: &data[vs..ve],
-                })
-            }) {
+            let e = match block
+                .parts(j, path, *offset)
+                .and_then(|(ks, ke, trailer, vs, ve)| {
+                    let kind = Kind::from_u8(trailer as u8).ok_or_else(|| {
+                        Error::corruption(path, *offset, format!("block entry {j}: bad kind"))
+                    })?;
+                    Ok(EntryRef {
+                        key: &data[ks..ke],
+                        seqno: trailer >> 8,
+                        kind,
+                        value: &data[vs..ve],
+                    })
+                }) {
                 Ok(e) => e,
                 Err(e) => {
                     out.problems.push(Problem::from_error("block", &e));
@@ -656,7 +658,7 @@ pub fn check_table_bytes(
                 Kind::Value => {}
             }
             if let Some((pk, ps)) = &prev {
-                if cmp_internal(pk, *ps, &e.key, e.seqno) != std::cmp::Ordering::Less {
+                if cmp_internal(pk, *ps, e.key, e.seqno) != std::cmp::Ordering::Less {
                     out.problems.push(Problem::error(
                         "order",
                         Some(path),
@@ -665,8 +667,8 @@ pub fn check_table_bytes(
                     ));
                 }
             }
-            let out_of_range = e.key.as_ref() < props.smallest.as_slice()
-                || e.key.as_ref() > props.largest.as_slice()
+            let out_of_range = e.key < props.smallest.as_slice()
+                || e.key > props.largest.as_slice()
                 || e.seqno < props.min_seqno
                 || e.seqno > props.max_seqno;
             if out_of_range {
@@ -677,7 +679,7 @@ pub fn check_table_bytes(
                         Some(*offset),
                         format!(
                             "key {:?} seqno {} lies outside the properties' key or seqno range",
-                            crate::escape::escape(&e.key),
+                            crate::escape::escape(e.key),
                             e.seqno
                         ),
                     ));
@@ -697,7 +699,7 @@ pub fn check_table_bytes(
                 ));
             }
             if let Some(func) = expect.func {
-                let p = func.partition_of(&e.key);
+                let p = func.partition_of(e.key);
                 if p != props.partition {
                     if misplaced_named < DETAILED_PER_FILE {
                         out.problems.push(Problem::error(
@@ -706,7 +708,7 @@ pub fn check_table_bytes(
                             Some(*offset),
                             format!(
                                 "key {:?} belongs to partition {p} of v{}, but the table is in partition {}",
-                                crate::escape::escape(&e.key),
+                                crate::escape::escape(e.key),
                                 props.layout_version,
                                 props.partition
                             ),
@@ -717,7 +719,7 @@ pub fn check_table_bytes(
                 }
             }
             if e.kind == Kind::Forward {
-                let to = get_varint(&e.value).map(|(v, _)| v);
+                let to = get_varint(e.value).map(|(v, _)| v);
                 let ok = match (to, expect.live_versions) {
                     (None, _) => false,
                     (Some(v), Some(live)) => u32::try_from(v)
@@ -732,7 +734,7 @@ pub fn check_table_bytes(
                             Some(*offset),
                             format!(
                                 "forwarding pointer for key {:?} names {}, not a live layout version",
-                                crate::escape::escape(&e.key),
+                                crate::escape::escape(e.key),
                                 to.map_or("nothing decodable".to_string(), |v| format!("v{v}"))
                             ),
                         ));

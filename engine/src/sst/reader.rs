@@ -137,16 +137,15 @@ impl Table {
                 ));
             }
             next_offset = end.unwrap_or(0);
-            if i > 0 {
-                if cmp_internal(index.key(i - 1), index.seqnos[i - 1], &e.key, e.seqno)
+            if i > 0
+                && cmp_internal(index.key(i - 1), index.seqnos[i - 1], &e.key, e.seqno)
                     != std::cmp::Ordering::Less
-                {
-                    return Err(Error::corruption(
-                        path,
-                        footer.index.offset,
-                        format!("index entry {i} is out of order"),
-                    ));
-                }
+            {
+                return Err(Error::corruption(
+                    path,
+                    footer.index.offset,
+                    format!("index entry {i} is out of order"),
+                ));
             }
             index.push(&e.key, e.seqno, handle);
         }

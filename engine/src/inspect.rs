@@ -1857,6 +1857,14 @@ pub fn sample_index_keys_in_dir(dir: &Path, max: usize) -> Result<KeySample> {
     Ok(sample_tables(tables.iter(), max))
 }
 
+/// An entry as borrowed slices of its block (verification reads every entry).
+struct EntryRef<'a> {
+    key: &'a [u8],
+    seqno: u64,
+    kind: Kind,
+    value: &'a [u8],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2005,12 +2013,4 @@ mod tests {
         assert_eq!(set.len(), all.keys.len());
         assert!(all.index_keys_seen >= 5);
     }
-}
-
-/// An entry as borrowed slices of its block (verification reads every entry).
-struct EntryRef<'a> {
-    key: &'a [u8],
-    seqno: u64,
-    kind: Kind,
-    value: &'a [u8],
 }

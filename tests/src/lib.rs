@@ -151,6 +151,8 @@ pub mod crash_workload {
     pub fn options() -> Options {
         Options {
             partition: range_spec(),
+            // Every read of a value still in a draining layout moves it.
+            move_bytes_per_sec: 1 << 30,
             ..Options::tiny()
         }
     }

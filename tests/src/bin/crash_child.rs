@@ -86,6 +86,11 @@ fn write(dir: &str, ack_path: &str, seed: u64, start: u64) -> ExitCode {
             return fail("write", c, e);
         }
         ack(&mut log, Ack::Write { c, sync: op.sync });
+        // Point reads at the latest snapshot: lazy moves out of draining layouts happen
+        // while the process may be killed.
+        if let Err(e) = db.get(w::key((c.wrapping_mul(2_654_435_761) % 400) as u32)) {
+            return fail("get", c, e);
+        }
         if c.is_multiple_of(61) {
             if let Err(e) = db.sync_wal() {
                 return fail("sync_wal", c, e);

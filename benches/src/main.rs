@@ -6,9 +6,32 @@
 //! Workloads run in the order given, on one database. Each prints one table row (or, with
 //! `--json`, one JSON object per line on stdout); the configuration goes to stderr so stdout
 //! stays machine-readable.
+//!
+//! Besides the db_bench workloads there are scenarios (Sluice only), each also one row or
+//! JSON line, with its own figures under `scenario` and an optional per-second timeline
+//! (`--timeline`) and chart (`--chart`):
+//! - `compactionstress`: overwrites over a small key space (`--keyspace`) with a 1 MiB
+//!   memtable (unless `--memtable-mb`): stalls, write amplification, compaction debt.
+//! - `hotpartition`: zipfian reads/writes on a hash layout: per-partition load shares, and
+//!   with `--hot-write-limit-mb` the effect of `Db::set_partition_write_limit` on the hottest.
+//! - `migration`, `biasfix`, `rollback`: layout changes under a foreground load, see
+//!   `migration.rs`; `migration3`: point-read cost with three layouts live vs one.
+//!
+//! With the `peers` feature, `--engine fjall|rocksdb|redb` runs the db_bench workloads on a
+//! peer engine and `--engines sluice,fjall,...` runs each engine in its own child process
+//! and prints a comparison (see `compare.rs`, and `peers.rs` for the settings used).
 
+mod chart;
+mod compare;
+mod engine;
 mod keys;
+mod migration;
+#[cfg(any(feature = "fjall", feature = "rocksdb", feature = "redb"))]
+mod peers;
 mod report;
+mod scenario;
+mod stress;
+mod timeline;
 mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +41,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use sluice::{Compression, Db, Options, PartitionSpec, Stats, WriteOptions};
 
+use engine::{EngineCounters, EngineKind, Kv, SluiceKv};
+use keys::{Distribution, KeyChooser};
 use report::WorkloadReport;
 use workloads::{Settings, Workload};
 
@@ -28,7 +53,14 @@ pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
     name = "sluice-stress",
     version,
     about = "db_bench-style workloads against a Sluice database",
-    after_help = "Example: sluice-stress fillseq,readrandom --num 1000000 --dir /tmp/sluice-db --json"
+    after_help = "Examples:\n  \
+        sluice-stress fillseq,readrandom --num 1000000 --dir /tmp/sluice-db --json\n  \
+        sluice-stress fillrandom,readrandom --num 10000000 --cache-mb 64 --dir /tmp/big\n  \
+        sluice-stress compactionstress --num 5000000 --threads 2 --timeline cs --chart cs.svg --dir /tmp/cs\n  \
+        sluice-stress fillrandom,hotpartition --partition hash:16 --threads 4 --hot-write-limit-mb 0.5 --dir /tmp/hot\n  \
+        sluice-stress migration --num 8000000 --control --compare-fresh --timeline mig --chart mig.svg --dir /tmp/mig\n  \
+        sluice-stress biasfix|rollback|migration3 --num 8000000 --dir /tmp/mig\n  \
+        sluice-stress fillseq,readrandom --num 1000000 --engines sluice,fjall,rocksdb,redb --dir /tmp/cmp   (--features peers)"
 )]
 struct Cli {
     /// Comma-separated workloads, run in this order on the same database.
@@ -101,6 +133,145 @@ struct Cli {
     /// Seed of every key and value sequence.
     #[arg(long, default_value_t = 301)]
     seed: u64,
+
+    /// How random workloads pick existing keys: uniform, zipfian or zipfian:THETA (ranks
+    /// scattered over the key space). Default uniform; hotpartition's default is zipfian.
+    #[arg(long, value_parser = Distribution::parse)]
+    distribution: Option<Distribution>,
+
+    /// Engine to run the workloads on (peers need the `peers` feature).
+    #[arg(long, value_enum, default_value = "sluice")]
+    engine: EngineKind,
+
+    /// Run the workloads on each engine in turn, each in its own child process and its own
+    /// directory under --dir, and print a comparison (Sluice ÷ best peer).
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["engine", "use_existing_db"])]
+    engines: Option<Vec<EngineKind>>,
+
+    /// Scenario timelines: FILE.csv or FILE.json writes that file; anything else is a prefix
+    /// for PREFIX.csv and PREFIX.json (control runs add -control, several scenarios -NAME).
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+
+    /// An SVG chart of a scenario's timeline (migration scenarios and compactionstress).
+    #[arg(long)]
+    chart: Option<PathBuf>,
+
+    /// compactionstress: keys are drawn from 0..KEYSPACE (default min(--num, 100000)).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    keyspace: Option<u64>,
+
+    /// Scenarios: operations per second per reader thread (default: closed loop).
+    #[arg(long, value_parser = parse_rate)]
+    read_rate: Option<f64>,
+
+    /// Scenarios: operations per second per writer thread (default: closed loop).
+    #[arg(long, value_parser = parse_rate)]
+    write_rate: Option<f64>,
+
+    /// Migration scenarios: writer threads of the foreground load (readers: --threads).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    writers: u64,
+
+    /// Migration scenarios: seconds of foreground load before the layout changes.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    stable_secs: Duration,
+
+    /// Migration scenarios: seconds of foreground load after the migration completes.
+    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    post_secs: Duration,
+
+    /// Migration scenarios: give up waiting for completion after this many seconds.
+    #[arg(long, default_value = "600", value_parser = parse_seconds)]
+    migrate_secs: Duration,
+
+    /// Migration scenarios: the layout to migrate to (biasfix: the corrected layout v3).
+    #[arg(long, default_value = "hash:16", value_parser = parse_partition)]
+    to: PartitionSpec,
+
+    /// biasfix/migration3: the biased layout v2 (default: --to with a hashed prefix that
+    /// covers only the first significant digit of the keys, so most keys collide).
+    #[arg(long, value_parser = parse_partition)]
+    biased: Option<PartitionSpec>,
+
+    /// biasfix: share of the data in the biased layout at which it is replaced.
+    #[arg(long, default_value_t = 0.6, value_parser = parse_fraction)]
+    detect_at: f64,
+
+    /// rollback: share of the data in the new layout at which the migration is rolled back.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
+    rollback_at: f64,
+
+    /// rollback: seconds spent rolled back before going forward again.
+    #[arg(long, default_value = "3", value_parser = parse_seconds)]
+    rollback_secs: Duration,
+
+    /// Migration budget of the background pacer in MiB/s (engine default if omitted).
+    #[arg(long, value_parser = parse_rate)]
+    migration_mb_per_sec: Option<f64>,
+
+    /// Foreground p99 (µs) above which the pacer backs off; `auto` = 1.25 x the p99 of the
+    /// stable phase (reads and writes together, as the pacer measures).
+    #[arg(long)]
+    p99_target_us: Option<P99Target>,
+
+    /// Migration scenarios: also run the identical load for the identical time without the
+    /// migration (from a checkpoint of the same data, same seed) and derive the migration's
+    /// write amplification from the difference.
+    #[arg(long)]
+    control: bool,
+
+    /// Migration scenarios: after completion, copy the data into a fresh database created
+    /// with the final layout and compare point reads and scans on both.
+    #[arg(long)]
+    compare_fresh: bool,
+
+    /// hotpartition: after measuring, limit writes into the hottest partition to this many
+    /// MiB/s (`Db::set_partition_write_limit`) and measure again.
+    #[arg(long, value_parser = parse_rate)]
+    hot_write_limit_mb: Option<f64>,
+
+    /// hotpartition: share of operations that are reads.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
+    read_fraction: f64,
+
+    /// Lazy read-time moves budget in MiB/s (0 = off); engine default, except 0 in runs
+    /// with migration3 (so its three-layout state holds still while it is measured).
+    #[arg(long)]
+    move_mb_per_sec: Option<u64>,
+}
+
+/// `--p99-target-us`: a fixed figure or one derived from the stable phase.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum P99Target {
+    Micros(u64),
+    Auto,
+}
+
+impl std::str::FromStr for P99Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(P99Target::Auto);
+        }
+        s.parse::<u64>()
+            .map(P99Target::Micros)
+            .map_err(|_| format!("expected microseconds or `auto`, got {s:?}"))
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number, got {s:?}")),
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a fraction between 0 and 1, got {s:?}")),
+    }
 }
 
 fn parse_partition(s: &str) -> Result<PartitionSpec, String> {
@@ -141,7 +312,21 @@ fn main() -> ExitCode {
             )
             .exit();
     }
-    match run(&cli) {
+    if let Some(engines) = &cli.engines {
+        return match compare::run_engines(&cli, engines) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice-stress: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let result = if cli.engine == EngineKind::Sluice {
+        run(&cli)
+    } else {
+        run_peer(&cli)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-stress: error: {e}");
@@ -150,8 +335,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> BenchResult<()> {
-    prepare_dir(&cli.dir, cli.use_existing_db)?;
+/// The Options a run opens Sluice with (also used for the scratch databases of scenarios).
+fn sluice_options(cli: &Cli) -> Options {
     let mut opts = Options {
         partition: cli.partition.clone(),
         create_if_missing: !cli.use_existing_db,
@@ -161,7 +346,142 @@ fn run(cli: &Cli) -> BenchResult<()> {
     };
     if let Some(mb) = cli.memtable_mb {
         opts.memtable_bytes = (mb << 20) as usize;
+    } else if cli.workloads.contains(&Workload::CompactionStress) {
+        // compactionstress wants constant flushes and compactions.
+        opts.memtable_bytes = 1 << 20;
     }
+    if let Some(mb) = cli.move_mb_per_sec {
+        opts.move_bytes_per_sec = mb << 20;
+    } else if cli.workloads.contains(&Workload::Migration3) {
+        opts.move_bytes_per_sec = 0;
+    }
+    opts
+}
+
+fn settings(cli: &Cli) -> Settings {
+    let distribution = cli.distribution.unwrap_or(Distribution::Uniform);
+    Settings {
+        num: cli.num,
+        reads: cli.reads.unwrap_or(cli.num),
+        key_size: cli.key_size as usize,
+        value_size: cli.value_size as usize,
+        threads: cli.threads as usize,
+        write_options: WriteOptions { sync: cli.sync },
+        duration: cli.duration_secs,
+        seed: cli.seed,
+        chooser: KeyChooser::new(distribution, cli.num, cli.seed),
+    }
+}
+
+/// What one workload did, whichever engine ran it.
+struct Done {
+    m: workloads::Measured,
+    scenario: Option<serde_json::Value>,
+    human: Vec<String>,
+    /// A scenario's check failed (reported, then the run exits non-zero).
+    failure: Option<String>,
+}
+
+/// Counters sampled around a workload.
+struct Sample {
+    engine: EngineCounters,
+    os_write: Option<u64>,
+}
+
+fn sample<K: Kv>(kv: &K) -> Sample {
+    Sample {
+        engine: kv.counters(),
+        os_write: report::os_write_bytes(),
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "one report from its parts")]
+fn build_report(
+    cli: &Cli,
+    settings: &Settings,
+    workload: Workload,
+    partition: &str,
+    distribution: &str,
+    done: &Done,
+    before: &Sample,
+    after: &Sample,
+    cumulative_write_amp: Option<f64>,
+    dir: &Path,
+) -> BenchResult<WorkloadReport> {
+    let m = &done.m;
+    let diff = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
+    let user = diff(after.engine.user_bytes, before.engine.user_bytes);
+    let device = diff(after.engine.device_bytes, before.engine.device_bytes);
+    let stall = diff(after.engine.stall_micros, before.engine.stall_micros);
+    let os_write = diff(after.os_write, before.os_write);
+    // Peers without counters: what the workload handed over (keys and values written).
+    let user_or_est = user.unwrap_or_else(|| workloads::user_bytes_estimate(workload, m, settings));
+    Ok(WorkloadReport {
+        workload: workload.name().to_string(),
+        num: settings.num,
+        threads: settings.threads,
+        ops: m.ops,
+        seconds: m.seconds,
+        ops_per_sec: if m.seconds > 0.0 {
+            m.ops as f64 / m.seconds
+        } else {
+            0.0
+        },
+        p50_us: m.latency.quantile_us(0.50),
+        p99_us: m.latency.quantile_us(0.99),
+        p999_us: m.latency.quantile_us(0.999),
+        write_amp: cumulative_write_amp,
+        disk_bytes: report::disk_bytes(dir)?,
+        peak_rss_mb: report::peak_rss_mb(),
+        stall_ms: stall.unwrap_or(0) as f64 / 1000.0,
+        key_size: settings.key_size,
+        value_size: settings.value_size,
+        partition: partition.to_string(),
+        sync: cli.sync,
+        workload_write_amp: match (user, device) {
+            (Some(u), Some(d)) if u > 0 => Some(d as f64 / u as f64),
+            _ => None,
+        },
+        user_bytes_written: user_or_est,
+        device_bytes_written: device.unwrap_or(0),
+        found: m.found,
+        background_writes: m.background_writes,
+        engine: cli.engine.name().to_string(),
+        distribution: distribution.to_string(),
+        os_write_bytes: os_write,
+        os_write_amp: match os_write {
+            Some(w) if user_or_est > 0 => Some(w as f64 / user_or_est as f64),
+            _ => None,
+        },
+        scenario: done.scenario.clone(),
+    })
+}
+
+fn emit(cli: &Cli, r: &WorkloadReport, human: &[String]) -> BenchResult<()> {
+    if cli.json {
+        println!("{}", r.json_line()?);
+    } else {
+        println!("{}", r.table_row());
+        for line in human {
+            println!("    {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Scenario names that write a timeline; with more than one in a run, files get their name.
+fn timeline_tag(cli: &Cli, w: Workload) -> Option<String> {
+    let n = cli
+        .workloads
+        .iter()
+        .filter(|w| w.is_scenario() && !matches!(w, Workload::Migration3 | Workload::HotPartition))
+        .count();
+    (n > 1).then(|| w.name().to_string())
+}
+
+fn run(cli: &Cli) -> BenchResult<()> {
+    prepare_dir(&cli.dir, cli.use_existing_db)?;
+    let opts = sluice_options(cli);
     let db = Db::open(&cli.dir, opts.clone())
         .map_err(|e| format!("opening {}: {e}", cli.dir.display()))?;
     // An existing database keeps its own layouts, so report what it really targets.
@@ -172,21 +492,13 @@ fn run(cli: &Cli) -> BenchResult<()> {
         .find(|v| v.is_target)
         .map_or_else(|| cli.partition.to_string(), |v| v.spec.to_string());
 
-    let settings = Settings {
-        num: cli.num,
-        reads: cli.reads.unwrap_or(cli.num),
-        key_size: cli.key_size as usize,
-        value_size: cli.value_size as usize,
-        threads: cli.threads as usize,
-        write_options: WriteOptions { sync: cli.sync },
-        duration: cli.duration_secs,
-        seed: cli.seed,
-    };
+    let settings = settings(cli);
     let names: Vec<_> = cli.workloads.iter().map(|w| w.name()).collect();
     eprintln!(
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
          partition={partition} target={} compression={:?} cache_mb={} memtable_mb={} \
-         duration_secs={} dir={} existing_db={} seed={}",
+         duration_secs={} dir={} existing_db={} seed={} distribution={} engine=sluice \
+         move_mb_per_sec={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -197,78 +509,232 @@ fn run(cli: &Cli) -> BenchResult<()> {
         layout.target,
         cli.compression,
         cli.cache_mb,
-        opts.memtable_bytes >> 20,
+        opts.memtable_bytes as f64 / (1 << 20) as f64,
         cli.duration_secs
             .map_or_else(|| "none".to_string(), |d| d.as_secs_f64().to_string()),
         cli.dir.display(),
         cli.use_existing_db,
         cli.seed,
+        cli.distribution.unwrap_or(Distribution::Uniform),
+        opts.move_bytes_per_sec as f64 / (1 << 20) as f64,
     );
     if !cli.json {
         println!("{}", WorkloadReport::table_header());
     }
 
+    let kv = SluiceKv {
+        db: db.clone(),
+        write_options: settings.write_options,
+    };
+    let mut failures = Vec::new();
     for (index, &workload) in cli.workloads.iter().enumerate() {
-        let before = db.stats();
-        let m = workloads::run(&db, &settings, workload, index)
-            .map_err(|e| format!("{}: {e}", workload.name()))?;
-        let after = db.stats();
-        let (user, device) = (
-            after.user_bytes_written - before.user_bytes_written,
-            device_bytes(&after) - device_bytes(&before),
-        );
-        let stall_micros = (after.stall_micros + after.slowdown_micros)
-            - (before.stall_micros + before.slowdown_micros);
-        let r = WorkloadReport {
-            workload: workload.name().to_string(),
-            num: settings.num,
-            threads: settings.threads,
-            ops: m.ops,
-            seconds: m.seconds,
-            ops_per_sec: if m.seconds > 0.0 {
-                m.ops as f64 / m.seconds
-            } else {
-                0.0
-            },
-            p50_us: m.latency.quantile_us(0.50),
-            p99_us: m.latency.quantile_us(0.99),
-            p999_us: m.latency.quantile_us(0.999),
-            write_amp: after.write_amplification,
-            disk_bytes: report::disk_bytes(&cli.dir)?,
-            peak_rss_mb: report::peak_rss_mb(),
-            stall_ms: stall_micros as f64 / 1000.0,
-            key_size: settings.key_size,
-            value_size: settings.value_size,
-            partition: partition.clone(),
-            sync: cli.sync,
-            workload_write_amp: (user > 0).then(|| device as f64 / user as f64),
-            user_bytes_written: user,
-            device_bytes_written: device,
-            found: m.found,
-            background_writes: m.background_writes,
+        let before_stats = db.stats();
+        let before = sample(&kv);
+        let ctx = ScenarioCtx {
+            cli,
+            settings: &settings,
+            index,
+            opts: &opts,
+            tag: timeline_tag(cli, workload),
         };
-        debug_assert_eq!(m.latency.count(), m.ops);
-        if cli.json {
-            println!("{}", r.json_line()?);
+        let done = if workload.is_scenario() {
+            run_scenario(&db, &ctx, workload)
         } else {
-            println!("{}", r.table_row());
+            workloads::run(&kv, &settings, workload, index).map(|m| Done {
+                m,
+                scenario: None,
+                human: Vec::new(),
+                failure: None,
+            })
+        }
+        .map_err(|e| format!("{}: {e}", workload.name()))?;
+        let after_stats = db.stats();
+        let after = sample(&kv);
+        let distribution = match workload {
+            Workload::HotPartition => cli
+                .distribution
+                .unwrap_or(Distribution::Zipfian {
+                    theta: Distribution::DEFAULT_THETA,
+                })
+                .to_string(),
+            _ => cli
+                .distribution
+                .unwrap_or(Distribution::Uniform)
+                .to_string(),
+        };
+        // A scenario may change the layout: report the target it ended on.
+        let partition_now = db
+            .layout()
+            .versions
+            .iter()
+            .find(|v| v.is_target)
+            .map_or_else(|| partition.clone(), |v| v.spec.to_string());
+        let r = build_report(
+            cli,
+            &settings,
+            workload,
+            &partition_now,
+            &distribution,
+            &done,
+            &before,
+            &after,
+            Some(after_stats.write_amplification),
+            &cli.dir,
+        )?;
+        debug_assert!(workload.is_scenario() || done.m.latency.count() == done.m.ops);
+        emit(cli, &r, &done.human)?;
+        if let Some(f) = done.failure {
+            failures.push(format!("{}: {f}", workload.name()));
         }
         // The LSM shape explains most surprises in the figures (e.g. scans merging many L0
         // files); stderr keeps it out of --json output.
         eprintln!(
             "sluice-stress: after {}: {}",
             workload.name(),
-            lsm_shape(&after)
+            lsm_shape(&after_stats)
         );
-        if after.background_errors > before.background_errors {
+        if after_stats.background_errors > before_stats.background_errors {
             eprintln!(
                 "sluice-stress: warning: {} background errors during {}",
-                after.background_errors - before.background_errors,
+                after_stats.background_errors - before_stats.background_errors,
                 workload.name()
             );
         }
     }
     db.close()?;
+    if !failures.is_empty() {
+        return Err(failures.join("; ").into());
+    }
+    Ok(())
+}
+
+/// What a scenario gets to know about the run.
+pub(crate) struct ScenarioCtx<'a> {
+    pub cli: &'a Cli,
+    pub settings: &'a Settings,
+    pub index: usize,
+    /// The options the run's database was opened with.
+    pub opts: &'a Options,
+    /// Distinguishes this scenario's timeline files from another's in the same run.
+    pub tag: Option<String>,
+}
+
+fn run_scenario(db: &Db, ctx: &ScenarioCtx<'_>, w: Workload) -> BenchResult<Done> {
+    match w {
+        Workload::CompactionStress => stress::compaction_stress(db, ctx),
+        Workload::HotPartition => stress::hot_partition(db, ctx),
+        Workload::Migration => migration::run(db, ctx, migration::Kind::Migration),
+        Workload::BiasFix => migration::run(db, ctx, migration::Kind::BiasFix),
+        Workload::Rollback => migration::run(db, ctx, migration::Kind::Rollback),
+        Workload::Migration3 => migration::three_versions(db, ctx),
+        other => Err(format!("{} is not a scenario", other.name()).into()),
+    }
+}
+
+/// Marks a directory `sluice-stress` created for a peer engine (so it may delete it later).
+const PEER_MARKER: &str = "SLUICE_STRESS_PEER";
+
+/// `--engine fjall|rocksdb|redb`: the db_bench workloads on a peer engine, same keys, values
+/// and order as on Sluice.
+fn run_peer(cli: &Cli) -> BenchResult<()> {
+    if cli.use_existing_db {
+        return Err("--use-existing-db works with --engine sluice only".into());
+    }
+    if let Some(w) = cli.workloads.iter().find(|w| !w.runs_on_peers()) {
+        return Err(format!(
+            "{} runs on Sluice only; peers run fillseq, fillrandom, overwrite, readrandom, \
+             readmissing, seekrandom, readwhilewriting, batchtransfer",
+            w.name()
+        )
+        .into());
+    }
+    prepare_peer_dir(&cli.dir)?;
+    let settings = settings(cli);
+    let opts = sluice_options(cli);
+    let cfg = engine::PeerConfig {
+        cache_bytes: cli.cache_mb << 20,
+        memtable_bytes: opts.memtable_bytes as u64,
+        sync: cli.sync,
+    };
+    let peer = engine::open_peer(cli.engine, &cli.dir, &cfg)?;
+    let names: Vec<_> = cli.workloads.iter().map(|w| w.name()).collect();
+    eprintln!(
+        "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
+         cache_mb={} memtable_mb={} dir={} seed={} distribution={} engine={}",
+        names.join(","),
+        settings.num,
+        settings.reads,
+        settings.threads,
+        settings.key_size,
+        settings.value_size,
+        cli.sync,
+        cli.cache_mb,
+        cfg.memtable_bytes >> 20,
+        cli.dir.display(),
+        cli.seed,
+        cli.distribution.unwrap_or(Distribution::Uniform),
+        cli.engine.name(),
+    );
+    if !cli.json {
+        println!("{}", WorkloadReport::table_header());
+    }
+    let distribution = cli
+        .distribution
+        .unwrap_or(Distribution::Uniform)
+        .to_string();
+    for (index, &workload) in cli.workloads.iter().enumerate() {
+        let before = sample(&peer);
+        let m = workloads::run(&peer, &settings, workload, index)
+            .map_err(|e| format!("{}: {e}", workload.name()))?;
+        let after = sample(&peer);
+        let cumulative = match (after.engine.user_bytes, after.engine.device_bytes) {
+            (Some(u), Some(d)) if u > 0 => Some(d as f64 / u as f64),
+            _ => None,
+        };
+        let done = Done {
+            m,
+            scenario: None,
+            human: Vec::new(),
+            failure: None,
+        };
+        let r = build_report(
+            cli,
+            &settings,
+            workload,
+            "-",
+            &distribution,
+            &done,
+            &before,
+            &after,
+            cumulative,
+            &cli.dir,
+        )?;
+        emit(cli, &r, &[])?;
+    }
+    peer.close()?;
+    Ok(())
+}
+
+/// A peer's directory: created fresh with a marker; an existing one is deleted only if it
+/// carries the marker (or is empty).
+fn prepare_peer_dir(dir: &Path) -> BenchResult<()> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
+        Ok(mut entries) => {
+            if !dir.join(PEER_MARKER).is_file() && entries.next().is_some() {
+                return Err(format!(
+                    "{} is not empty and was not created by sluice-stress for a peer engine; \
+                     refusing to delete it",
+                    dir.display()
+                )
+                .into());
+            }
+            std::fs::remove_dir_all(dir).map_err(|e| format!("deleting {}: {e}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(dir.join(PEER_MARKER), "created by sluice-stress --engine\n")?;
     Ok(())
 }
 
@@ -299,13 +765,13 @@ fn lsm_shape(s: &Stats) -> String {
 }
 
 /// The same sum the engine divides by user bytes for `write_amplification`.
-fn device_bytes(s: &Stats) -> u64 {
+pub(crate) fn device_bytes(s: &Stats) -> u64 {
     s.wal_bytes_written + s.bytes_flushed + s.compaction_bytes_written
 }
 
 /// Starts from an empty directory unless asked to reuse one. Deletes only what looks like a
 /// Sluice database (or an empty directory): a mistyped --dir must not wipe unrelated files.
-fn prepare_dir(dir: &Path, use_existing: bool) -> BenchResult<()> {
+pub(crate) fn prepare_dir(dir: &Path, use_existing: bool) -> BenchResult<()> {
     let is_db = dir.join("CURRENT").is_file();
     if use_existing {
         if !is_db {

@@ -59,6 +59,22 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Bytes this process caused to be written to storage (`write_bytes - cancelled_write_bytes`
+/// from `/proc/self/io`: counted when pages are dirtied, minus dirty pages of files deleted
+/// before writeback), or `None` where the kernel does not account I/O per task. The same
+/// figure for every engine, including those that keep no byte counters of their own.
+pub fn os_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:").unwrap_or(0)))
+}
+
 /// Bytes of every file under `dir`. Compactions delete files while we walk, so a file that
 /// vanishes between listing and `stat` counts as zero instead of failing the run.
 pub fn disk_bytes(dir: &Path) -> io::Result<u64> {
@@ -101,8 +117,9 @@ pub struct WorkloadReport {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
-    /// The engine's cumulative write amplification since open (`Stats::write_amplification`).
-    pub write_amp: f64,
+    /// The engine's cumulative write amplification since open (`Stats::write_amplification`);
+    /// `None` for a peer engine that keeps no byte counters.
+    pub write_amp: Option<f64>,
     pub disk_bytes: u64,
     pub peak_rss_mb: Option<f64>,
     /// Time writers were stopped or slowed down during this workload.
@@ -122,6 +139,19 @@ pub struct WorkloadReport {
     pub found: Option<u64>,
     /// Writes done by the background writer of `readwhilewriting`.
     pub background_writes: Option<u64>,
+    /// `sluice`, or the peer engine measured (`--engine`).
+    pub engine: String,
+    /// How random keys were picked (`--distribution`).
+    pub distribution: String,
+    /// Storage writes of the whole process during this workload, from the kernel's per-task
+    /// I/O accounting (see [`os_write_bytes`]); `None` where unavailable. For a scenario this
+    /// includes its scratch databases (`--control`, `--compare-fresh`).
+    pub os_write_bytes: Option<u64>,
+    /// `os_write_bytes` over the user bytes written (keys + values); `None` if nothing was
+    /// written or the kernel gives no figure.
+    pub os_write_amp: Option<f64>,
+    /// Scenario workloads' own figures (phases, ratios, shares, ...); `None` for plain ones.
+    pub scenario: Option<serde_json::Value>,
 }
 
 impl WorkloadReport {
@@ -162,8 +192,14 @@ impl WorkloadReport {
         if let Some(w) = self.background_writes {
             notes.push(format!("{w} background writes"));
         }
+        if self.distribution != "uniform" {
+            notes.push(self.distribution.clone());
+        }
+        if self.engine != "sluice" {
+            notes.push(format!("engine {}", self.engine));
+        }
         format!(
-            "{:<17} {:>10} {:>8.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>6.2} {:>6} {:>9.1} {:>8} {:>9.0}  {}",
+            "{:<17} {:>10} {:>8.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>6} {:>6} {:>9.1} {:>8} {:>9.0}  {}",
             self.workload,
             self.ops,
             self.seconds,
@@ -171,7 +207,8 @@ impl WorkloadReport {
             self.p50_us,
             self.p99_us,
             self.p999_us,
-            self.write_amp,
+            self.write_amp
+                .map_or_else(|| "-".to_string(), |w| format!("{w:.2}")),
             self.workload_write_amp
                 .map_or_else(|| "-".to_string(), |w| format!("{w:.2}")),
             self.disk_bytes as f64 / (1 << 20) as f64,

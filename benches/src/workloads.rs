@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use sluice::{Db, WriteBatch, WriteOptions};
+use sluice::{Db, WriteOptions};
 
-use crate::keys::{mix64, write_key, write_missing_key, Permutation, ValueGen};
+use crate::engine::Kv;
+use crate::keys::{mix64, write_key, write_missing_key, KeyChooser, Permutation, ValueGen};
 use crate::report::Latency;
 use crate::BenchResult;
 
@@ -38,6 +39,27 @@ pub enum Workload {
     BatchTransfer,
     #[value(name = "txntransfer")]
     TxnTransfer,
+    /// Overwrite-heavy writes over a small key space with a small memtable: stalls, write
+    /// amplification and a per-second timeline of compaction debt.
+    #[value(name = "compactionstress")]
+    CompactionStress,
+    /// Zipfian reads and writes on a hash layout: per-partition load shares, and optionally
+    /// the effect of a write limit on the hottest partition.
+    #[value(name = "hotpartition")]
+    HotPartition,
+    /// Load, then migrate to --to (hash:16) under a mixed foreground load: timeline, chart,
+    /// latency and throughput while migrating vs stable, migration write amplification.
+    #[value(name = "migration")]
+    Migration,
+    /// Point-read cost with three layout versions live vs one (a static, controlled state).
+    #[value(name = "migration3")]
+    Migration3,
+    /// range -> biased hash -> (at ~60%) corrected hash, under load.
+    #[value(name = "biasfix")]
+    BiasFix,
+    /// Migration under load, rolled back at ~50% and then forward again.
+    #[value(name = "rollback")]
+    Rollback,
 }
 
 impl Workload {
@@ -52,7 +74,32 @@ impl Workload {
             Workload::ReadWhileWriting => "readwhilewriting",
             Workload::BatchTransfer => "batchtransfer",
             Workload::TxnTransfer => "txntransfer",
+            Workload::CompactionStress => "compactionstress",
+            Workload::HotPartition => "hotpartition",
+            Workload::Migration => "migration",
+            Workload::Migration3 => "migration3",
+            Workload::BiasFix => "biasfix",
+            Workload::Rollback => "rollback",
         }
+    }
+
+    /// Scenarios drive the engine themselves (their own phases, layouts and timelines), and
+    /// run on Sluice only.
+    pub fn is_scenario(self) -> bool {
+        matches!(
+            self,
+            Workload::CompactionStress
+                | Workload::HotPartition
+                | Workload::Migration
+                | Workload::Migration3
+                | Workload::BiasFix
+                | Workload::Rollback
+        )
+    }
+
+    /// Workloads that can run against a peer engine.
+    pub fn runs_on_peers(self) -> bool {
+        !self.is_scenario() && self != Workload::TxnTransfer
     }
 
     /// Read workloads run `--reads` operations; the others `--num`.
@@ -83,6 +130,8 @@ pub struct Settings {
     pub write_options: WriteOptions,
     pub duration: Option<Duration>,
     pub seed: u64,
+    /// How random workloads pick existing keys (`--distribution`).
+    pub chooser: KeyChooser,
 }
 
 /// Entries a `seekrandom` operation reads after its seek, as in db_bench's `seek_nexts`.
@@ -98,14 +147,15 @@ pub struct Measured {
 }
 
 /// Per-thread state every operation closure starts from.
-struct ThreadKit {
-    rng: fastrand::Rng,
-    key: Vec<u8>,
-    values: ValueGen,
+pub(crate) struct ThreadKit {
+    pub rng: fastrand::Rng,
+    pub key: Vec<u8>,
+    pub values: ValueGen,
+    pub chooser: KeyChooser,
 }
 
 impl ThreadKit {
-    fn new(s: &Settings, workload_index: usize, thread: usize) -> ThreadKit {
+    pub fn new(s: &Settings, workload_index: usize, thread: usize) -> ThreadKit {
         // Distinct, reproducible streams per (workload, thread) from one --seed.
         let seed = mix64(s.seed ^ mix64(((workload_index as u64) << 32) | thread as u64));
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -114,12 +164,19 @@ impl ThreadKit {
             rng,
             key: vec![0; s.key_size],
             values,
+            chooser: s.chooser.clone(),
         }
+    }
+
+    /// The next existing key index, from `--distribution`.
+    #[inline]
+    pub fn pick(&mut self) -> u64 {
+        self.chooser.next(&mut self.rng)
     }
 }
 
-pub fn run(
-    db: &Db,
+pub fn run<K: Kv>(
+    db: &K,
     s: &Settings,
     workload: Workload,
     workload_index: usize,
@@ -136,7 +193,7 @@ pub fn run(
                 let first = split[..t].iter().sum::<u64>();
                 move |i| {
                     write_key(&mut k.key, first + i);
-                    put(db, &k.key, k.values.next(s.value_size), &wo)
+                    put(db, &k.key, k.values.next(s.value_size))
                 }
             })?
         }
@@ -149,72 +206,91 @@ pub fn run(
                 let first = split[..t].iter().sum::<u64>();
                 move |i| {
                     write_key(&mut k.key, perm.get(first + i));
-                    put(db, &k.key, k.values.next(s.value_size), &wo)
+                    put(db, &k.key, k.values.next(s.value_size))
                 }
             })?
         }
         Workload::Overwrite => harness(s, total, |t| {
             let mut k = kit(t);
             move |_| {
-                write_key(&mut k.key, k.rng.u64(0..n));
-                put(db, &k.key, k.values.next(s.value_size), &wo)
+                let i = k.pick();
+                write_key(&mut k.key, i);
+                put(db, &k.key, k.values.next(s.value_size))
             }
         })?,
         Workload::ReadRandom => harness(s, total, |t| {
             let mut k = kit(t);
             move |_| {
-                write_key(&mut k.key, k.rng.u64(0..n));
-                Ok(db.get(&k.key)?.is_some() as u64)
+                let i = k.pick();
+                write_key(&mut k.key, i);
+                Ok(db.get(&k.key)? as u64)
             }
         })?,
         Workload::ReadMissing => harness(s, total, |t| {
             let mut k = kit(t);
             move |_| {
-                write_missing_key(&mut k.key, k.rng.u64(0..n));
-                Ok(db.get(&k.key)?.is_some() as u64)
+                let i = k.pick();
+                write_missing_key(&mut k.key, i);
+                Ok(db.get(&k.key)? as u64)
             }
         })?,
         Workload::SeekRandom => harness(s, total, |t| {
             let mut k = kit(t);
             move |_| {
-                write_key(&mut k.key, k.rng.u64(0..n));
-                let mut seen = 0;
-                for entry in db.range(k.key.as_slice()..).take(SCAN_LENGTH) {
-                    entry?;
-                    seen += 1;
-                }
-                Ok(seen)
+                let i = k.pick();
+                write_key(&mut k.key, i);
+                db.scan(&k.key, SCAN_LENGTH)
             }
         })?,
         Workload::ReadWhileWriting => read_while_writing(db, s, workload_index)?,
+        Workload::CompactionStress
+        | Workload::HotPartition
+        | Workload::Migration
+        | Workload::Migration3
+        | Workload::BiasFix
+        | Workload::Rollback => {
+            return Err(format!("{} is a scenario, not a plain workload", workload.name()).into())
+        }
         Workload::BatchTransfer | Workload::TxnTransfer => {
             if n < 2 {
                 return Err(
                     "batchtransfer and txntransfer need --num of at least 2 (two distinct accounts)".into(),
                 );
             }
+            let sluice = match (workload, db.sluice()) {
+                (Workload::TxnTransfer, None) => {
+                    return Err("txntransfer runs on Sluice only (its transactions)".into())
+                }
+                (_, sluice) => sluice,
+            };
             harness(s, total, |t| {
                 let mut k = kit(t);
                 let mut other = vec![0; s.key_size];
                 move |_| {
-                    let a = k.rng.u64(0..n);
-                    let b = (a + 1 + k.rng.u64(0..n - 1)) % n;
+                    let a = k.pick();
+                    // A second, distinct account from the same distribution.
+                    let mut b = k.pick();
+                    while b == a {
+                        b = if matches!(k.chooser, KeyChooser::Uniform { .. }) {
+                            (a + 1 + k.rng.u64(0..n - 1)) % n
+                        } else {
+                            k.pick()
+                        };
+                    }
                     write_key(&mut k.key, a);
                     write_key(&mut other, b);
-                    let f = if workload == Workload::BatchTransfer {
-                        transfer
-                    } else {
-                        txn_transfer
-                    };
-                    f(
-                        db,
-                        &k.key,
-                        &other,
-                        &mut k.rng,
-                        &mut k.values,
-                        s.value_size,
-                        &wo,
-                    )
+                    match (workload, sluice) {
+                        (Workload::TxnTransfer, Some(sdb)) => txn_transfer(
+                            sdb,
+                            &k.key,
+                            &other,
+                            &mut k.rng,
+                            &mut k.values,
+                            s.value_size,
+                            &wo,
+                        ),
+                        _ => transfer(db, &k.key, &other, &mut k.values, s.value_size),
+                    }
                 }
             })?
         }
@@ -225,29 +301,23 @@ pub fn run(
     Ok(m)
 }
 
-fn put(db: &Db, key: &[u8], value: &[u8], wo: &WriteOptions) -> BenchResult<u64> {
-    let mut b = WriteBatch::new();
-    b.put(key, value);
-    db.write_opt(b, wo)?;
+fn put<K: Kv>(db: &K, key: &[u8], value: &[u8]) -> BenchResult<u64> {
+    db.put(key, value)?;
     Ok(0)
 }
 
 /// An atomic 2-key batch, as a transfer writes it: both accounts' new values in one
 /// `WriteBatch` (one seqno range, one WAL record), no reads. The read-modify-write shape,
 /// with conflict checks, is `txntransfer`.
-fn transfer(
-    db: &Db,
+fn transfer<K: Kv>(
+    db: &K,
     from: &[u8],
     to: &[u8],
-    _rng: &mut fastrand::Rng,
     values: &mut ValueGen,
     value_size: usize,
-    wo: &WriteOptions,
 ) -> BenchResult<u64> {
-    let mut b = WriteBatch::new();
-    b.put(from, values.next(value_size));
-    b.put(to, values.next(value_size));
-    db.write_opt(b, wo)?;
+    let (v1, v2) = values.next_pair(value_size);
+    db.put2(from, v1, to, v2)?;
     Ok(1)
 }
 
@@ -299,8 +369,7 @@ fn txn_transfer(
 /// `--threads` measured readers, plus one writer that overwrites random keys until the
 /// readers are done. Only the readers are timed: this measures read latency under write and
 /// compaction load, the writer's own rate is reported as `background_writes`.
-fn read_while_writing(db: &Db, s: &Settings, workload_index: usize) -> BenchResult<Measured> {
-    let n = s.num;
+fn read_while_writing<K: Kv>(db: &K, s: &Settings, workload_index: usize) -> BenchResult<Measured> {
     let stop = AtomicBool::new(false);
     let writer_failed = AtomicBool::new(false);
     let written = AtomicU64::new(0);
@@ -309,8 +378,9 @@ fn read_while_writing(db: &Db, s: &Settings, workload_index: usize) -> BenchResu
         let writer = scope.spawn(move || -> BenchResult<()> {
             let mut k = ThreadKit::new(s, workload_index, usize::MAX);
             while !stop.load(Ordering::Relaxed) {
-                write_key(&mut k.key, k.rng.u64(0..n));
-                if let Err(e) = put(db, &k.key, k.values.next(s.value_size), &s.write_options) {
+                let i = k.pick();
+                write_key(&mut k.key, i);
+                if let Err(e) = put(db, &k.key, k.values.next(s.value_size)) {
                     writer_failed.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
@@ -325,8 +395,9 @@ fn read_while_writing(db: &Db, s: &Settings, workload_index: usize) -> BenchResu
                 if writer_failed.load(Ordering::Relaxed) {
                     return Err("background writer failed".into());
                 }
-                write_key(&mut k.key, k.rng.u64(0..n));
-                Ok(db.get(&k.key)?.is_some() as u64)
+                let i = k.pick();
+                write_key(&mut k.key, i);
+                Ok(db.get(&k.key)? as u64)
             }
         });
         stop.store(true, Ordering::Relaxed);
@@ -341,8 +412,19 @@ fn read_while_writing(db: &Db, s: &Settings, workload_index: usize) -> BenchResu
     })
 }
 
+/// Key and value bytes a workload wrote, for engines that do not count them.
+pub fn user_bytes_estimate(w: Workload, m: &Measured, s: &Settings) -> u64 {
+    let per = (s.key_size + s.value_size) as u64;
+    match w {
+        Workload::FillSeq | Workload::FillRandom | Workload::Overwrite => m.ops * per,
+        Workload::BatchTransfer | Workload::TxnTransfer => 2 * m.ops * per,
+        Workload::ReadWhileWriting => m.background_writes.unwrap_or(0) * per,
+        _ => 0,
+    }
+}
+
 /// Splits `total` operations over `threads` so the shares add up exactly.
-fn split_ops(total: u64, threads: usize) -> Vec<u64> {
+pub(crate) fn split_ops(total: u64, threads: usize) -> Vec<u64> {
     let t = threads as u64;
     (0..t)
         .map(|i| total / t + u64::from(i < total % t))
@@ -353,7 +435,7 @@ fn split_ops(total: u64, threads: usize) -> Vec<u64> {
 /// operation closure (outside the timed region); the closure gets the operation's index
 /// within its thread and returns how many hits it saw. Every thread starts on one barrier so
 /// the wall-clock time covers only concurrent work; an error in any thread stops them all.
-fn harness<F, Op>(s: &Settings, total: u64, make: F) -> BenchResult<Measured>
+pub(crate) fn harness<F, Op>(s: &Settings, total: u64, make: F) -> BenchResult<Measured>
 where
     F: Fn(usize) -> Op + Sync,
     Op: FnMut(u64) -> BenchResult<u64>,

@@ -1,0 +1,287 @@
+//! `--engines sluice,fjall,...`: the same workloads on each engine, each in a child process
+//! of its own (this binary, re-executed with `--engine E --json --dir DIR/E`) so peak RSS
+//! and I/O counters belong to one engine alone; then a comparison table with Sluice ÷ the
+//! best peer for every figure.
+//!
+//! redb is left out of the best-peer choice for write amplification: its commits (with
+//! `Durability::None`, the no-fsync setting; redb has no WAL) reach the disk only with a
+//! durable commit at close, so a workload's own write figures show almost nothing.
+//!
+//! Ratios: for ops/s higher is better, so Sluice ÷ best peer above 1 means Sluice is ahead;
+//! for latencies, write amplification, disk size and RSS lower is better, so below 1 means
+//! Sluice is ahead.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::engine::EngineKind;
+use crate::{BenchResult, Cli};
+
+/// Marks the parent directory of an `--engines` run.
+const ENGINES_MARKER: &str = "SLUICE_STRESS_ENGINES";
+
+/// This run's arguments without those the parent sets for each child.
+fn child_args(dir: &Path, engine: EngineKind) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let s = a.to_string_lossy();
+        match s.as_ref() {
+            "--engines" | "--dir" | "--engine" => {
+                args.next();
+            }
+            "--json" => {}
+            _ if s.starts_with("--engines=")
+                || s.starts_with("--dir=")
+                || s.starts_with("--engine=") => {}
+            _ => out.push(a),
+        }
+    }
+    out.push("--engine".into());
+    out.push(engine.name().into());
+    out.push("--dir".into());
+    out.push(dir.join(engine.name()).into_os_string());
+    out.push("--json".into());
+    out
+}
+
+fn prepare_parent(dir: &Path) -> BenchResult<()> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
+        Ok(mut entries) => {
+            if !dir.join(ENGINES_MARKER).is_file() && entries.next().is_some() {
+                return Err(format!(
+                    "{} is not empty and was not created by `sluice-stress --engines`; refusing \
+                     to use it",
+                    dir.display()
+                )
+                .into());
+            }
+            std::fs::remove_dir_all(dir).map_err(|e| format!("deleting {}: {e}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(ENGINES_MARKER),
+        "one database per engine, created by sluice-stress --engines\n",
+    )?;
+    Ok(())
+}
+
+/// One figure of the comparison: how to read it from a report and which way is better.
+struct Figure {
+    label: &'static str,
+    key: &'static str,
+    higher_is_better: bool,
+    scale: f64,
+}
+
+const FIGURES: &[Figure] = &[
+    Figure {
+        label: "ops/s",
+        key: "ops_per_sec",
+        higher_is_better: true,
+        scale: 1.0,
+    },
+    Figure {
+        label: "p50 us",
+        key: "p50_us",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "p99 us",
+        key: "p99_us",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "p99.9 us",
+        key: "p999_us",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "WA (engine)",
+        key: "workload_write_amp",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "WA (OS I/O)",
+        key: "os_write_amp",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "disk MB",
+        key: "disk_bytes",
+        higher_is_better: false,
+        scale: 1.0 / (1 << 20) as f64,
+    },
+    Figure {
+        label: "peak RSS MB",
+        key: "peak_rss_mb",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+];
+
+pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
+    if engines.is_empty() {
+        return Err("--engines needs at least one engine".into());
+    }
+    prepare_parent(&cli.dir)?;
+    let exe = std::env::current_exe()?;
+    let mut results: Vec<(EngineKind, Vec<Value>)> = Vec::new();
+    for &e in engines {
+        eprintln!(
+            "sluice-stress: --engines: running {} in a child process",
+            e.name()
+        );
+        let out = Command::new(&exe)
+            .args(child_args(&cli.dir, e))
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("the {} run failed ({})", e.name(), out.status).into());
+        }
+        let lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(serde_json::from_str::<Value>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| {
+                format!(
+                    "the {} run printed a line that is not JSON: {err}",
+                    e.name()
+                )
+            })?;
+        if cli.json {
+            for l in &lines {
+                println!("{l}");
+            }
+        }
+        results.push((e, lines));
+    }
+    for (i, workload) in cli.workloads.iter().enumerate() {
+        let rows: Vec<(EngineKind, &Value)> = results
+            .iter()
+            .filter_map(|(e, lines)| lines.get(i).map(|l| (*e, l)))
+            .collect();
+        let cmp = comparison(workload.name(), &rows);
+        if cli.json {
+            println!("{cmp}");
+        } else {
+            print_table(workload.name(), &rows, &cmp);
+        }
+    }
+    Ok(())
+}
+
+/// `{"workload", "comparison": {figure: {engine: value, "best_peer", "sluice_over_best_peer"}}}`.
+fn comparison(workload: &str, rows: &[(EngineKind, &Value)]) -> Value {
+    let mut figs = serde_json::Map::new();
+    for f in FIGURES {
+        let mut m = serde_json::Map::new();
+        let mut sluice = None;
+        let mut best: Option<(EngineKind, f64)> = None;
+        for (e, r) in rows {
+            let v = r.get(f.key).and_then(Value::as_f64).map(|v| v * f.scale);
+            m.insert(e.name().into(), json!(v));
+            let Some(v) = v else { continue };
+            if *e == EngineKind::Redb && f.key.ends_with("write_amp") {
+                // redb commits with Durability::None write nothing until a durable commit
+                // (at close), so its per-workload write figures are not comparable.
+                continue;
+            }
+            if *e == EngineKind::Sluice {
+                sluice = Some(v);
+            } else if best.is_none_or(|(_, b)| if f.higher_is_better { v > b } else { v < b }) {
+                best = Some((*e, v));
+            }
+        }
+        m.insert("best_peer".into(), json!(best.map(|b| b.0.name())));
+        m.insert(
+            "sluice_over_best_peer".into(),
+            json!(match (sluice, best) {
+                (Some(s), Some((_, b))) if b > 0.0 => Some(s / b),
+                _ => None,
+            }),
+        );
+        m.insert("higher_is_better".into(), json!(f.higher_is_better));
+        figs.insert(f.key.into(), serde_json::Value::Object(m));
+    }
+    json!({"workload": workload, "comparison": figs})
+}
+
+fn print_table(workload: &str, rows: &[(EngineKind, &Value)], cmp: &Value) {
+    let mut header = format!("{workload:<17}");
+    for (e, _) in rows {
+        header.push_str(&format!(" {:>12}", e.name()));
+    }
+    header.push_str(&format!(" {:>16}", "sluice/best peer"));
+    println!("{header}");
+    for f in FIGURES {
+        let mut line = format!("  {:<15}", f.label);
+        for (e, _) in rows {
+            let v = cmp["comparison"][f.key][e.name()].as_f64();
+            line.push_str(&format!(
+                " {:>12}",
+                v.map_or_else(
+                    || "-".to_string(),
+                    |v| if v >= 100.0 {
+                        format!("{v:.0}")
+                    } else {
+                        format!("{v:.2}")
+                    }
+                )
+            ));
+        }
+        let r = cmp["comparison"][f.key]["sluice_over_best_peer"].as_f64();
+        let best = cmp["comparison"][f.key]["best_peer"]
+            .as_str()
+            .unwrap_or("-");
+        line.push_str(&format!(
+            " {:>16}",
+            r.map_or_else(|| "-".to_string(), |r| format!("{r:.2} ({best})"))
+        ));
+        println!("{line}");
+    }
+    if rows.iter().any(|(e, _)| *e == EngineKind::Redb) {
+        println!("  (redb writes reach the disk at its durable commit on close: its WA is not a best peer)");
+    }
+    println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_peer_depends_on_direction() {
+        let s = json!({"ops_per_sec": 100.0, "p99_us": 10.0, "disk_bytes": 1048576});
+        let a = json!({"ops_per_sec": 50.0, "p99_us": 5.0, "disk_bytes": 2097152});
+        let b = json!({"ops_per_sec": 80.0, "p99_us": 20.0, "disk_bytes": null});
+        let c = comparison(
+            "x",
+            &[
+                (EngineKind::Sluice, &s),
+                (EngineKind::Fjall, &a),
+                (EngineKind::Redb, &b),
+            ],
+        );
+        let f = &c["comparison"];
+        assert_eq!(f["ops_per_sec"]["best_peer"], "redb");
+        assert_eq!(f["ops_per_sec"]["sluice_over_best_peer"], 1.25);
+        assert_eq!(f["p99_us"]["best_peer"], "fjall");
+        assert_eq!(f["p99_us"]["sluice_over_best_peer"], 2.0);
+        assert_eq!(f["disk_bytes"]["sluice"], 1.0);
+        assert_eq!(f["disk_bytes"]["best_peer"], "fjall");
+        assert!(f["os_write_amp"]["sluice_over_best_peer"].is_null());
+    }
+}

@@ -52,27 +52,59 @@ impl Stripes {
     }
 }
 
-/// L1 target size of one partition of `layout`, and the level multiplier.
-fn level_target(inner: &Inner, layout: &LayoutState, level: usize) -> u64 {
+/// Level sizing of one partition, derived from the bottom up (like RocksDB's dynamic level
+/// bytes): the last level holds most of the data, each level above it a `multiplier`-th
+/// of the one below, and L0 compacts straight into the *base* level — the shallowest one
+/// whose target is still at least the per-partition base size. A young partition thus keeps
+/// L0 flushing into the last level, and no data waits in half-empty middle levels (which
+/// is where space and scan cost would pile up over migrated data placed at the bottom).
+pub(crate) struct Shape {
+    pub base: usize,
+    /// Target bytes of levels `base..MAX_LEVELS-1`; `u64::MAX` for the last level.
+    pub targets: [u64; MAX_LEVELS],
+}
+
+pub(crate) fn shape(inner: &Inner, layout: &LayoutState, part: &PartitionFiles) -> Shape {
+    let last = MAX_LEVELS - 1;
     let parts = layout.parts.len().max(1) as u64;
-    let base = (inner.opts.level_base_bytes / parts).max(1);
-    let mut t = base;
-    for _ in 1..level {
-        t = t.saturating_mul(inner.opts.level_multiplier);
+    let base_bytes = (inner.opts.level_base_bytes / parts).max(1);
+    let mult = inner.opts.level_multiplier.max(2);
+    let mut targets = [u64::MAX; MAX_LEVELS];
+    let mut base = last;
+    let mut t = part.level_bytes(last);
+    for level in (1..last).rev() {
+        t /= mult;
+        if t < base_bytes {
+            break;
+        }
+        targets[level] = t;
+        base = level;
     }
-    t
+    Shape { base, targets }
 }
 
 /// Compaction score of each level of a partition: (level, score).
 fn scores(inner: &Inner, layout: &LayoutState, part: &PartitionFiles) -> Vec<(usize, f64)> {
+    let sh = shape(inner, layout, part);
     let mut v = Vec::with_capacity(MAX_LEVELS - 1);
     v.push((
         0,
         part.levels[0].len() as f64 / inner.opts.level0_compaction_trigger as f64,
     ));
     for level in 1..MAX_LEVELS - 1 {
-        let t = level_target(inner, layout, level) as f64;
-        v.push((level, part.level_bytes(level) as f64 / t));
+        let bytes = part.level_bytes(level);
+        let score = if level < sh.base {
+            // Above the base level (the partition shrank, or data was placed there):
+            // drain it down.
+            if bytes > 0 {
+                2.0
+            } else {
+                0.0
+            }
+        } else {
+            bytes as f64 / sh.targets[level] as f64
+        };
+        v.push((level, score));
     }
     v
 }
@@ -83,15 +115,18 @@ pub(crate) fn pending_bytes(inner: &Inner, files: &FileSet) -> u64 {
     let layout = files.layouts.get(&files.target);
     for l in layout.into_iter() {
         for p in &l.parts {
+            let sh = shape(inner, l, p);
             if p.levels[0].len() >= inner.opts.level0_compaction_trigger {
-                debt += p.level_bytes(0) + p.level_bytes(1);
+                debt += p.level_bytes(0) + p.level_bytes(sh.base);
             }
             for level in 1..MAX_LEVELS - 1 {
-                let t = level_target(inner, l, level);
                 let b = p.level_bytes(level);
-                if b > t {
+                if level < sh.base {
+                    debt += b.saturating_mul(2);
+                } else if b > sh.targets[level] {
                     // The excess, plus the overlapping part of the next level it merges with.
-                    debt += (b - t).saturating_mul(inner.opts.level_multiplier + 1);
+                    debt += (b - sh.targets[level])
+                        .saturating_mul(inner.opts.level_multiplier + 1);
                 }
             }
         }
@@ -173,15 +208,19 @@ impl Inner {
     ) -> Option<CompactionJob> {
         let layout = view.files.layouts.get(&version)?;
         let part = layout.parts.get(pi as usize)?;
-        let out = level + 1;
+        let out = if level == 0 {
+            shape(self, layout, part).base
+        } else {
+            level + 1
+        };
         let (inputs, trivial) = if level == 0 {
             let l0 = part.levels[0].clone();
             if l0.is_empty() {
                 return None;
             }
             let (lo, hi) = overlap_range(&l0);
-            let next = part.overlapping(1, &lo, &hi);
-            // Non-overlapping L0 files that touch nothing in L1 (sequential loads) move down
+            let next = part.overlapping(out, &lo, &hi);
+            // Non-overlapping L0 files that touch nothing in the base level (sequential loads) move down
             // without a rewrite.
             let mut sorted = l0.clone();
             sorted.sort_by(|a, b| a.smallest.cmp(&b.smallest));

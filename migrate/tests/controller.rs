@@ -149,6 +149,12 @@ fn full_lifecycle_with_retarget_and_rollback() {
     check_data(&db);
     db.put(key(1), "100").unwrap();
     c.plan(good(), PlanOptions::default()).unwrap();
+    // The abandoned v3 is reused if it is still live (it may have drained empty and
+    // retired once unpinned by the rollback); either way the plan is the same function.
+    let plan = c.record().plan.clone().unwrap();
+    assert_eq!(plan.spec, good().to_string());
+    assert!(plan.to == v3.0 || db.layout().retired.contains(&v3), "{plan:?}");
+    let v3 = VersionId(plan.to);
     assert_eq!(
         c.record().plan.as_ref().unwrap().to,
         v3.0,

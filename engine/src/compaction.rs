@@ -125,8 +125,7 @@ pub(crate) fn pending_bytes(inner: &Inner, files: &FileSet) -> u64 {
                     debt += b.saturating_mul(2);
                 } else if b > sh.targets[level] {
                     // The excess, plus the overlapping part of the next level it merges with.
-                    debt += (b - sh.targets[level])
-                        .saturating_mul(inner.opts.level_multiplier + 1);
+                    debt += (b - sh.targets[level]).saturating_mul(inner.opts.level_multiplier + 1);
                 }
             }
         }

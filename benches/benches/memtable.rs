@@ -27,7 +27,7 @@ fn insert_timed(keys: &[Bytes], val: &Bytes, iters: u64) -> Duration {
     let mut left = iters as usize;
     while left > 0 {
         let n = left.min(CHUNK);
-        let m = MemTable::new(1);
+        let m = MemTable::new(1, 64 << 20);
         for (i, k) in keys[..PREFILL].iter().enumerate() {
             m.insert(k.clone(), i as u64 + 1, Kind::Value, val.clone());
         }
@@ -69,7 +69,7 @@ fn memtable(c: &mut Criterion) {
     });
 
     // Point gets in a 50K-entry memtable filled in random order.
-    let m = MemTable::new(1);
+    let m = MemTable::new(1, 64 << 20);
     let keys: Vec<Bytes> = (0..GET_N as u64)
         .map(|i| Bytes::copy_from_slice(&rand_key(i)))
         .collect();

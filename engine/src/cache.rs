@@ -104,4 +104,11 @@ impl BlockCache {
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
+
+    /// Shrinks (or restores) the room blocks may take, within the configured capacity.
+    pub fn set_room(&self, bytes: u64) {
+        if self.capacity > 0 {
+            self.cache.set_capacity(bytes.clamp(1, self.capacity));
+        }
+    }
 }

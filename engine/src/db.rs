@@ -376,11 +376,29 @@ impl Inner {
         let cur = self.view.load_full();
         let next = f(&cur);
         self.update_pressure(&next.files);
+        self.charge_memtables(&next);
         self.view.store(Arc::new(next));
         self.stall_cv.notify_all();
     }
 
     /// Recomputes the figures write stalls are decided on.
+    /// Gives the block cache what the memtables leave of the memory budget.
+    fn charge_memtables(&self, next: &View) {
+        if !self.opts.memtables_share_cache {
+            return;
+        }
+        let total = self.opts.block_cache_bytes;
+        // The active memtable is charged its full budget: it will fill before it is frozen.
+        let mem = self.opts.memtable_bytes as u64
+            + next
+                .imm
+                .iter()
+                .map(|m| m.approximate_bytes() as u64)
+                .sum::<u64>();
+        self.cache
+            .set_room(total.saturating_sub(mem).max(total / 4));
+    }
+
     fn update_pressure(&self, files: &FileSet) {
         self.sampling
             .store(files.draining().next().is_some(), Ordering::Relaxed);

@@ -106,9 +106,13 @@ pub struct MemIter {
     pos: usize,
     last: Option<(Bytes, u64)>,
     done: bool,
+    chunk: usize,
 }
 
-const MEM_CHUNK: usize = 128;
+/// First and largest chunk: short scans (a hundred keys over several sources) copy little
+/// out of the memtable; long ones grow to large chunks.
+const MEM_CHUNK_FIRST: usize = 16;
+const MEM_CHUNK_MAX: usize = 512;
 
 impl MemIter {
     pub fn new(mem: Arc<MemTable>, range: KeyRange, dir: Direction) -> MemIter {
@@ -120,6 +124,7 @@ impl MemIter {
             pos: 0,
             last: None,
             done: false,
+            chunk: MEM_CHUNK_FIRST,
         }
     }
 
@@ -131,16 +136,17 @@ impl MemIter {
         match self.dir {
             Direction::Forward => {
                 self.mem
-                    .chunk_forward(after, start, end, MEM_CHUNK, &mut self.buf)
+                    .chunk_forward(after, start, end, self.chunk, &mut self.buf)
             }
             Direction::Backward => {
                 self.mem
-                    .chunk_backward(after, start, end, MEM_CHUNK, &mut self.buf)
+                    .chunk_backward(after, start, end, self.chunk, &mut self.buf)
             }
         }
-        if self.buf.len() < MEM_CHUNK {
+        if self.buf.len() < self.chunk {
             self.done = true;
         }
+        self.chunk = (self.chunk * 2).min(MEM_CHUNK_MAX);
     }
 }
 

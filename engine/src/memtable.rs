@@ -86,16 +86,22 @@ pub struct MemTable {
     max_seqno: AtomicU64,
     /// First WAL file number whose records are (partly) in this memtable.
     wal_number: u64,
+    filter: crate::sst::bloom::AtomicBloom,
 }
 
 impl MemTable {
-    pub fn new(wal_number: u64) -> MemTable {
+    /// A memtable for a budget of `budget_bytes` (which sizes its key filter).
+    pub fn new(wal_number: u64, budget_bytes: usize) -> MemTable {
         MemTable {
             map: SkipMap::new(),
             bytes: AtomicUsize::new(0),
             min_seqno: AtomicU64::new(u64::MAX),
             max_seqno: AtomicU64::new(0),
             wal_number,
+            // About one bit per 16 budget bytes: well over ten bits per entry.
+            filter: crate::sst::bloom::AtomicBloom::new(
+                (budget_bytes / 16).clamp(8 << 10, 16 << 20),
+            ),
         }
     }
 
@@ -108,6 +114,7 @@ impl MemTable {
             .fetch_add(key.len() + value.len() + NODE_OVERHEAD, AtOrd::Relaxed);
         self.min_seqno.fetch_min(seqno, AtOrd::Relaxed);
         self.max_seqno.fetch_max(seqno, AtOrd::Relaxed);
+        self.filter.insert(crate::sst::bloom::key_hash(&key));
         self.map.insert(
             InternalKey { user: key, seqno },
             MemValue {
@@ -129,6 +136,7 @@ impl MemTable {
             .fetch_add(key.len() + value.len() + NODE_OVERHEAD, AtOrd::Relaxed);
         self.min_seqno.fetch_min(seqno, AtOrd::Relaxed);
         self.max_seqno.fetch_max(seqno, AtOrd::Relaxed);
+        self.filter.insert(crate::sst::bloom::key_hash(&key));
         self.map.insert(
             InternalKey { user: key, seqno },
             MemValue {
@@ -141,6 +149,14 @@ impl MemTable {
 
     /// The newest entry for `key` with seqno <= `snapshot`.
     pub fn get(&self, key: &[u8], snapshot: u64) -> Option<Found> {
+        self.get_hashed(key, crate::sst::bloom::key_hash(key), snapshot)
+    }
+
+    /// [`MemTable::get`] with the key's filter hash already computed.
+    pub fn get_hashed(&self, key: &[u8], h: u64, snapshot: u64) -> Option<Found> {
+        if !self.filter.may_contain(h) {
+            return None;
+        }
         let probe: (&[u8], u64) = (key, snapshot);
         let probe: &dyn KeyView = &probe;
         let e = self.map.lower_bound(Bound::Included(probe))?;
@@ -298,7 +314,7 @@ mod tests {
 
     #[test]
     fn get_sees_newest_at_snapshot() {
-        let m = MemTable::new(1);
+        let m = MemTable::new(1, 1 << 20);
         m.insert(b("k"), 5, Kind::Value, b("v5"));
         m.insert(b("k"), 9, Kind::Delete, Bytes::new());
         m.insert(b("j"), 7, Kind::Value, b("j7"));
@@ -311,7 +327,7 @@ mod tests {
 
     #[test]
     fn moved_entries_keep_original_seqno_and_lower_min() {
-        let m = MemTable::new(1);
+        let m = MemTable::new(1, 1 << 20);
         m.insert(b("a"), 50, Kind::Value, b("new"));
         m.insert_moved(b("b"), 3, b("old"), 1);
         m.insert_moved(b("b"), 3, b("old"), 1);
@@ -322,7 +338,7 @@ mod tests {
 
     #[test]
     fn chunks_walk_both_ways() {
-        let m = MemTable::new(1);
+        let m = MemTable::new(1, 1 << 20);
         for i in 0..10u64 {
             m.insert(b(&format!("k{i}")), i + 1, Kind::Value, b("v"));
         }

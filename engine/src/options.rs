@@ -28,6 +28,10 @@ pub struct Options {
     /// Bytes of decompressed blocks cached (compressed tables only; uncompressed blocks are
     /// read straight from the memory map).
     pub block_cache_bytes: u64,
+    /// Charge memtables against `block_cache_bytes`: the cache holds at most what the
+    /// memtables leave (but never less than a quarter), so the two together stay within one
+    /// memory budget.
+    pub memtables_share_cache: bool,
     /// L0 files in one partition that trigger a compaction into L1.
     pub level0_compaction_trigger: usize,
     /// L0 files in one partition at which writes are slowed down.
@@ -78,6 +82,7 @@ impl Default for Options {
             compression: Compression::None,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
+            memtables_share_cache: true,
             level0_compaction_trigger: 4,
             level0_slowdown_trigger: 20,
             level0_stop_trigger: 36,

@@ -37,8 +37,9 @@ pub(crate) struct Resolved {
 pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<Resolved>> {
     let mut best: Option<Resolved> = None;
     let best_seq = |b: &Option<Resolved>| b.as_ref().map_or(0, |r| r.seqno);
+    let h = bloom::key_hash(key);
     for m in std::iter::once(&view.mem).chain(view.imm.iter()) {
-        if let Some((seqno, kind, value)) = m.get(key, snapshot) {
+        if let Some((seqno, kind, value)) = m.get_hashed(key, h, snapshot) {
             if seqno > best_seq(&best) {
                 best = Some(Resolved {
                     seqno,
@@ -49,7 +50,6 @@ pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<R
             }
         }
     }
-    let h = bloom::key_hash(key);
     // The target first: a value moved out of a draining layout keeps its seqno, and on a
     // tie the copy in the target is the one to report (so it is not moved again).
     let target = view.files.layouts.get(&view.files.target);

@@ -377,14 +377,19 @@ struct Loaded {
     report: RecoveryReport,
 }
 
-fn load(fs: &Arc<dyn Fs>, dir: &Path, cache: &Arc<BlockCache>) -> Result<Loaded> {
+fn load(
+    fs: &Arc<dyn Fs>,
+    dir: &Path,
+    cache: &Arc<BlockCache>,
+    memtable_bytes: usize,
+) -> Result<Loaded> {
     let mut report = RecoveryReport::default();
     let m = read_current(fs.as_ref(), dir)?;
     report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
     let state = replay_manifest(&m)?;
     let files = open_tables(fs, dir, &state, cache, &m.path)?;
     let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
-    let recovered = Arc::new(MemTable::new(state.log_number));
+    let recovered = Arc::new(MemTable::new(state.log_number, memtable_bytes));
     let wal_last = replay_wals(fs.as_ref(), &wals, &recovered, &mut report)?;
     let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
     Ok(Loaded {
@@ -426,7 +431,7 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
             pinned: Default::default(),
         },
         files,
-        recovered: Arc::new(MemTable::new(0)),
+        recovered: Arc::new(MemTable::new(0, opts.memtable_bytes)),
         last_seqno: 0,
         report: RecoveryReport::default(),
     })
@@ -554,9 +559,9 @@ fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         });
     }
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
-    let loaded = load(&fs, dir, &cache)?;
+    let loaded = load(&fs, dir, &cache, opts.memtable_bytes)?;
     let view = View {
-        mem: Arc::new(MemTable::new(0)),
+        mem: Arc::new(MemTable::new(0, opts.memtable_bytes)),
         imm: if loaded.recovered.is_empty() {
             Vec::new()
         } else {
@@ -605,7 +610,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
     let loaded = if fs.exists(&dir.join(CURRENT)) {
-        load(&fs, &dir, &cache)?
+        load(&fs, &dir, &cache, opts.memtable_bytes)?
     } else if opts.create_if_missing {
         fresh(&fs, &dir, &opts)?
     } else {
@@ -663,7 +668,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     );
     let manifest = ManifestWriter::create(fs.as_ref(), &dir, manifest_number, &snapshot)?;
     let view = View {
-        mem: Arc::new(MemTable::new(wal_number)),
+        mem: Arc::new(MemTable::new(wal_number, opts.memtable_bytes)),
         imm: if has_recovered {
             vec![recovered]
         } else {

@@ -290,7 +290,7 @@ impl Inner {
         }
         wal.log = LogWriter::new(file, path, LogKind::Wal);
         wal.number = number;
-        let mem = Arc::new(MemTable::new(number));
+        let mem = Arc::new(MemTable::new(number, self.opts.memtable_bytes));
         self.swap_view(&core, |v| {
             let mut imm = Vec::with_capacity(v.imm.len() + 1);
             imm.push(v.mem.clone());

@@ -326,17 +326,17 @@ fn latency(h: &Option<Histogram<u64>>) -> PhaseLatency {
     }
 }
 
-/// Largest share of data bytes on one partition of a version.
+/// Largest share of entries on one partition of a version (from SSTable properties).
 fn max_share(db: &Db, version: sluice::VersionId) -> f64 {
     db.layout()
         .versions
         .iter()
         .find(|v| v.id == version)
         .map(|v| {
-            let total = v.bytes().max(1) as f64;
+            let total = v.partitions.iter().map(|p| p.entries).sum::<u64>().max(1) as f64;
             v.partitions
                 .iter()
-                .map(|p| p.bytes as f64 / total)
+                .map(|p| p.entries as f64 / total)
                 .fold(0.0, f64::max)
         })
         .unwrap_or(0.0)

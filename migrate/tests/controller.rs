@@ -153,7 +153,10 @@ fn full_lifecycle_with_retarget_and_rollback() {
     // retired once unpinned by the rollback); either way the plan is the same function.
     let plan = c.record().plan.clone().unwrap();
     assert_eq!(plan.spec, good().to_string());
-    assert!(plan.to == v3.0 || db.layout().retired.contains(&v3), "{plan:?}");
+    assert!(
+        plan.to == v3.0 || db.layout().retired.contains(&v3),
+        "{plan:?}"
+    );
     let v3 = VersionId(plan.to);
     assert_eq!(
         c.record().plan.as_ref().unwrap().to,

@@ -188,6 +188,19 @@ impl Block {
     }
 
     fn cmp_at(&self, i: usize, key: &[u8], seqno: u64, file: &Path, base: u64) -> Result<Ordering> {
+        // Fast path for the common entry (key and value shorter than 128 bytes: one-byte
+        // length varints); anything else, or anything out of bounds, takes the checked path.
+        let p = self.entry_offset(i);
+        let area = &self.data[..self.entries_end];
+        if let (Some(&kl), Some(&vl)) = (area.get(p), area.get(p + 1)) {
+            if kl < 0x80 && vl < 0x80 {
+                let ks = p + 10;
+                if let (Some(t), Some(k)) = (area.get(p + 2..ks), area.get(ks..ks + kl as usize)) {
+                    let trailer = u64::from_le_bytes(t.try_into().expect("8 bytes"));
+                    return Ok(cmp_internal(k, trailer >> 8, key, seqno));
+                }
+            }
+        }
         let (ks, ke, trailer, _, _) = self.parts(i, file, base)?;
         Ok(cmp_internal(&self.data[ks..ke], trailer >> 8, key, seqno))
     }

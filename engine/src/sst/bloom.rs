@@ -88,6 +88,59 @@ pub fn may_contain(filter: &[u8], h: u64) -> bool {
     true
 }
 
+/// A blocked bloom filter that can take keys concurrently (the memtable's). A point read
+/// that misses the memtable — most of them — then costs two cache lines, not a skiplist
+/// search.
+pub struct AtomicBloom {
+    words: Box<[std::sync::atomic::AtomicU64]>,
+    blocks: usize,
+}
+
+const WORDS_PER_BLOCK: usize = BLOCK_BYTES / 8;
+const MEMTABLE_PROBES: u32 = 6;
+
+impl AtomicBloom {
+    /// A filter of about `bits` bits (at least one block).
+    pub fn new(bits: usize) -> AtomicBloom {
+        let blocks = bits.div_ceil(BLOCK_BITS as usize).max(1);
+        AtomicBloom {
+            words: (0..blocks * WORDS_PER_BLOCK)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            blocks,
+        }
+    }
+
+    #[inline]
+    pub fn insert(&self, h: u64) {
+        let (base, mut a, b) = positions(h, self.blocks);
+        let base = base / 8;
+        for _ in 0..MEMTABLE_PROBES {
+            let bit = (a % BLOCK_BITS as u32) as usize;
+            self.words[base + bit / 64]
+                .fetch_or(1 << (bit % 64), std::sync::atomic::Ordering::Relaxed);
+            a = a.wrapping_add(b);
+        }
+    }
+
+    #[inline]
+    pub fn may_contain(&self, h: u64) -> bool {
+        let (base, mut a, b) = positions(h, self.blocks);
+        let base = base / 8;
+        for _ in 0..MEMTABLE_PROBES {
+            let bit = (a % BLOCK_BITS as u32) as usize;
+            if self.words[base + bit / 64].load(std::sync::atomic::Ordering::Relaxed)
+                & (1 << (bit % 64))
+                == 0
+            {
+                return false;
+            }
+            a = a.wrapping_add(b);
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +159,21 @@ mod tests {
             .filter(|i| may_contain(&f, key_hash(format!("absent{i}").as_bytes())))
             .count();
         assert!(fp < 2_000, "false positive rate {}%", fp as f64 / 1000.0);
+    }
+
+    #[test]
+    fn atomic_bloom_has_no_false_negatives() {
+        let f = AtomicBloom::new(100_000);
+        for i in 0..10_000u32 {
+            f.insert(key_hash(format!("k{i}").as_bytes()));
+        }
+        for i in 0..10_000u32 {
+            assert!(f.may_contain(key_hash(format!("k{i}").as_bytes())));
+        }
+        let fp = (0..10_000u32)
+            .filter(|i| f.may_contain(key_hash(format!("x{i}").as_bytes())))
+            .count();
+        assert!(fp < 300, "{fp}");
     }
 
     #[test]

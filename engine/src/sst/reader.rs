@@ -228,7 +228,8 @@ impl Table {
         let end = start + h.size as usize;
         if let (true, Some(c), Some(r)) = (fill_cache, &self.cache, &self.reader) {
             // Block bound for the cache: read it with pread (see `reader`).
-            let mut buf = vec![0u8; h.size as usize + BLOCK_TRAILER_LEN];
+            let buf_len = h.size as usize + BLOCK_TRAILER_LEN;
+            let mut buf = vec![0u8; buf_len];
             r.read_exact_at(&mut buf, h.offset)
                 .map_err(|e| Error::io(&self.path, e))?;
             let local = BlockHandle {
@@ -238,8 +239,13 @@ impl Table {
             let (ty, _) =
                 checked_block(&buf, local, &self.path).map_err(|e| rebase(e, h.offset))?;
             let b = if ty == COMPRESSION_NONE {
-                buf.truncate(h.size as usize);
-                Block::new(Bytes::from(buf), &self.path, h.offset)?
+                // Slice off the trailer rather than truncate: a Vec whose length is not its
+                // capacity is reallocated (copied) on the way into `Bytes`.
+                Block::new(
+                    Bytes::from(buf).slice(..h.size as usize),
+                    &self.path,
+                    h.offset,
+                )?
             } else {
                 Block::new(
                     Bytes::from(self.decompress(ty, &buf[..h.size as usize], h)?),

@@ -159,10 +159,13 @@ fn transfers_keep_the_sum_through_migration_and_rollback() {
     db.pin_version(v2, true).unwrap();
     db.set_target(v3).unwrap();
     step(&db);
-    db.set_target(v2).unwrap(); // rollback
+    // Rollback; v3 stays pinned so going forward again can reuse it even if it drains.
+    db.pin_version(v3, true).unwrap();
+    db.set_target(v2).unwrap();
     step(&db);
     db.set_target(v3).unwrap();
     db.pin_version(v2, false).unwrap();
+    db.pin_version(v3, false).unwrap();
     step(&db);
     db.migrate_now(None).unwrap();
     step(&db);

@@ -34,9 +34,10 @@ pub enum Workload {
     /// --threads measured readers while one writer writes continuously.
     #[value(name = "readwhilewriting")]
     ReadWhileWriting,
-    /// Read two random accounts and write both back in one atomic batch.
+    /// Write two random accounts in one atomic batch (no reads).
     #[value(name = "batchtransfer")]
     BatchTransfer,
+    /// Read two random accounts and write both back as an optimistic transaction (retried on conflict).
     #[value(name = "txntransfer")]
     TxnTransfer,
     /// Overwrite-heavy writes over a small key space with a small memtable: stalls, write

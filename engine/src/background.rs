@@ -94,12 +94,24 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
             return Some(Job::Compaction { job, manual: true });
         }
     }
+    // Under a steady write load some compaction is almost always due; if migration only
+    // ran when none was, it would starve. So one migration job may run beside compactions
+    // whenever the pacer's budget allows and L0 is not near its slowdown point (the pacer
+    // itself backs off on compaction debt and foreground latency).
+    let l0_ok = inner.l0_max.load(std::sync::atomic::Ordering::Relaxed)
+        < inner.opts.level0_slowdown_trigger;
+    if core.migrations_running == 0 && l0_ok {
+        if let Some(job) = inner.pick_migration(core, &view) {
+            core.migrations_running += 1;
+            return Some(Job::Compaction { job, manual: false });
+        }
+    }
     if let Some(job) = inner.pick_compaction(core, &view) {
         return Some(Job::Compaction { job, manual: false });
     }
-    inner
-        .pick_migration(core, &view)
-        .map(|job| Job::Compaction { job, manual: false })
+    let job = inner.pick_migration(core, &view)?;
+    core.migrations_running += 1;
+    Some(Job::Compaction { job, manual: false })
 }
 
 /// Books a finished job; returns how long the worker should pause before the next one.
@@ -115,6 +127,9 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
             None
         }
         Job::Compaction { job, manual } => {
+            if job.migrate_to.is_some() {
+                core.migrations_running -= 1;
+            }
             inner.release_job(core, &job);
             if manual {
                 core.manual_running -= 1;

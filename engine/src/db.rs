@@ -152,6 +152,8 @@ pub(crate) struct Core {
     /// Compaction failures in a row (backs off retries, e.g. while the disk is full).
     pub compaction_failures: u32,
     pub next_job_id: u64,
+    /// Background migration jobs running (the pacer's, not `migrate_now`'s).
+    pub migrations_running: usize,
     /// Output ranges of running compactions (see `compaction::place_outputs`).
     pub reserved: Vec<crate::compaction::Reservation>,
     /// Migration figures per draining layout version since open.
@@ -209,6 +211,9 @@ pub(crate) struct Inner {
     pub pacer: Mutex<crate::migration::Pacer>,
     /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
     pub fg_latency: crate::migration::LatencyHistogram,
+    /// Point reads' latencies, kept apart: reads are usually fewer than writes, and in one
+    /// histogram their tail would hide under the writes' p99.
+    pub fg_read_latency: crate::migration::LatencyHistogram,
     pub sampling: AtomicBool,
     /// Held (write) while compaction inputs turn obsolete and the view swaps; held (read)
     /// by a lazy move while it checks its source is live and inserts its copy.

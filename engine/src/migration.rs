@@ -194,7 +194,14 @@ impl Inner {
             return;
         }
         p.window_start = now;
-        let p99 = self.fg_latency.take_quantile(0.99);
+        // The worse of the writes' and the reads' p99.
+        let p99 = match (
+            self.fg_latency.take_quantile(0.99),
+            self.fg_read_latency.take_quantile(0.99),
+        ) {
+            (Some(w), Some(r)) => Some(w.max(r)),
+            (w, r) => w.or(r),
+        };
         p.last_p99_us = p99.unwrap_or(0);
         let o = &self.opts;
         let slow = p.p99_target_us > 0 && p99.is_some_and(|v| v > p.p99_target_us);

@@ -154,7 +154,7 @@ impl Inner {
         if self.sampling.load(Ordering::Relaxed) {
             let start = Instant::now();
             let r = self.get_inner(key, snapshot);
-            self.fg_latency.record(start.elapsed());
+            self.fg_read_latency.record(start.elapsed());
             return r;
         }
         self.get_inner(key, snapshot)

@@ -102,7 +102,9 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
         < inner.opts.level0_slowdown_trigger;
     if core.migrations_running == 0 && l0_ok {
         if let Some(job) = inner.pick_migration(core, &view) {
-            core.migrations_running += 1;
+            if job.migrate_to.is_some() {
+                core.migrations_running += 1;
+            }
             return Some(Job::Compaction { job, manual: false });
         }
     }
@@ -110,7 +112,9 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
         return Some(Job::Compaction { job, manual: false });
     }
     let job = inner.pick_migration(core, &view)?;
-    core.migrations_running += 1;
+    if job.migrate_to.is_some() {
+        core.migrations_running += 1;
+    }
     Some(Job::Compaction { job, manual: false })
 }
 

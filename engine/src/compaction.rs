@@ -148,6 +148,8 @@ pub(crate) struct CompactionJob {
     /// Forwarding pointers of the draining partition (migration only): values they cover
     /// were already moved and are dropped instead of migrated again.
     pub pointers: Vec<Arc<FileMeta>>,
+    /// The inputs are a draining partition's pointer files, merged into one.
+    pub pointer_merge: bool,
     pub files: Arc<FileSet>,
     pub mems: Vec<Arc<MemTable>>,
     pub stripes: Stripes,
@@ -306,6 +308,7 @@ impl Inner {
             trivial,
             migrate_to,
             pointers,
+            pointer_merge: false,
             files: view.files.clone(),
             mems: view.memtables(),
             stripes: Stripes::new(self.snapshot_list()),
@@ -333,6 +336,33 @@ impl Inner {
         Some(self.new_job(core, view, version, pi, deepest, inputs, false, None))
     }
 
+    /// Merges a draining partition's pointer files into one (duplicates collapse).
+    fn merge_pointers(&self, job: &CompactionJob) -> Result<()> {
+        let layout = job
+            .files
+            .layouts
+            .get(&job.version)
+            .ok_or(Error::UnknownVersion(job.version))?;
+        let mut merge = MergeCursor::new(file_sources(&job.inputs)?, Direction::Forward);
+        let mut out = Outputs::new(self, TableKind::Pointers, 0, None);
+        while merge.valid() {
+            let t = merge.top();
+            out.add_parts(
+                layout,
+                job.partition,
+                t.key(),
+                t.seqno(),
+                t.kind(),
+                t.value(),
+            )?;
+            merge.advance()?;
+        }
+        let read = job.input_bytes();
+        let written = out.bytes_written;
+        let outputs = out.finish()?;
+        self.install_compaction(job, outputs, read, written)
+    }
+
     /// Releases what a job held: its partition, its reserved output range, and its
     /// registration as a writer into the target layout.
     pub(crate) fn release_job(&self, core: &mut Core, job: &CompactionJob) {
@@ -349,6 +379,9 @@ impl Inner {
     pub(crate) fn run_compaction(&self, job: &CompactionJob) -> Result<()> {
         if job.trivial {
             return self.install_compaction(job, Vec::new(), 0, 0);
+        }
+        if job.pointer_merge {
+            return self.merge_pointers(job);
         }
         let out_version = job.migrate_to.unwrap_or(job.version);
         let layout = job

@@ -16,6 +16,9 @@ use crate::db::{Core, Inner, VersionId, View};
 use crate::error::Result;
 use crate::manifest::MAX_LEVELS;
 
+/// Pointer files a draining partition may collect before they are merged into one.
+const MAX_POINTER_FILES: usize = 8;
+
 /// Migration figures of one draining layout version (since the database was opened).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct VersionCounters {
@@ -268,6 +271,23 @@ impl Inner {
                 let pi = pi as u32;
                 if core.busy.contains(&(layout.id, pi)) {
                     continue;
+                }
+                // Every flush of lazily moved values adds a pointer file, and each migration
+                // job reads them all: merge them before they pile up.
+                if part.pointers.len() > MAX_POINTER_FILES && part.data_file_count() > 0 {
+                    core.busy.insert((layout.id, pi));
+                    let mut job = self.new_job(
+                        core,
+                        view,
+                        layout.id,
+                        pi,
+                        0,
+                        part.pointers.clone(),
+                        false,
+                        None,
+                    );
+                    job.pointer_merge = true;
+                    return Some(job);
                 }
                 let Some(f) = (0..MAX_LEVELS)
                     .rev()

@@ -468,3 +468,48 @@ fn lazy_moves_alone_trigger_flushes() {
     assert!(s.lazy_moves > 1000, "{}", s.lazy_moves);
     assert_eq!(dump(&db).unwrap().len(), 6000);
 }
+
+/// Every flush of moved values adds a pointer file to the draining partition, and every
+/// migration job reads them all; past a handful they are merged into one.
+#[test]
+fn pointer_files_are_merged_before_they_pile_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        memtable_bytes: 4 << 20,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fill(&db, 2000, "a");
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    for round in 0..20u32 {
+        for i in 0..10u32 {
+            db.get(format!("k{:04}", round * 10 + i)).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let ptr_files = |db: &Db| -> usize {
+        db.layout()
+            .versions
+            .iter()
+            .filter(|v| v.id == VersionId(1))
+            .flat_map(|v| v.partitions.iter())
+            .map(|p| p.pointer_files)
+            .sum()
+    };
+    assert_eq!(ptr_files(&db), 20);
+    db.migrate_now(Some(1)).unwrap(); // the first job merges the pointer files
+    assert_eq!(ptr_files(&db), 1);
+    assert_eq!(db.migration_progress().draining[0].forwarding_pointers, 200);
+    let s0 = db.stats();
+    db.migrate_now(None).unwrap();
+    let s1 = db.stats();
+    assert!(
+        s1.migration_bytes_written < s1.migration_bytes_read,
+        "{s0:?} {s1:?}"
+    );
+    let all = dump(&db).unwrap();
+    assert_eq!(all.len(), 2000);
+}

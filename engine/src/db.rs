@@ -185,7 +185,6 @@ pub(crate) struct Inner {
     /// Wakes writers waiting for a flush or compaction (paired with `core`).
     pub stall_cv: Condvar,
     pub queue: Mutex<VecDeque<Arc<Writer>>>,
-    pub queue_cv: Condvar,
     pub wal: Mutex<WalState>,
     /// Open snapshots: seqno -> count.
     pub snapshots: Mutex<BTreeMap<u64, usize>>,
@@ -1095,7 +1094,6 @@ impl Inner {
             self.bg_cv.notify_all();
             self.stall_cv.notify_all();
         }
-        self.queue_cv.notify_all();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             let _ = t.join();

@@ -486,7 +486,6 @@ fn assemble(
         bg_cv: Condvar::new(),
         stall_cv: Condvar::new(),
         queue: Mutex::new(Default::default()),
-        queue_cv: Condvar::new(),
         wal: Mutex::new(wal),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),

@@ -37,6 +37,9 @@ pub(crate) struct Writer {
     sync: bool,
     validate: Option<ReadSet>,
     result: Mutex<Option<Result<u64>>>,
+    /// Woken when this writer's group is done or it has become the leader: only those
+    /// writers wake, not every writer queued (a thundering herd on few cores).
+    cv: parking_lot::Condvar,
 }
 
 impl Inner {
@@ -81,6 +84,7 @@ impl Inner {
             sync,
             validate,
             result: Mutex::new(None),
+            cv: parking_lot::Condvar::new(),
         });
         let mut q = self.queue.lock();
         q.push_back(w.clone());
@@ -91,7 +95,7 @@ impl Inner {
             if q.front().is_some_and(|f| Arc::ptr_eq(f, &w)) {
                 break;
             }
-            self.queue_cv.wait(&mut q);
+            w.cv.wait(&mut q);
         }
         // Leader: commit every writer queued so far, up to the cap.
         let mut group = Vec::new();
@@ -115,8 +119,15 @@ impl Inner {
             debug_assert!(popped.is_some_and(|p| Arc::ptr_eq(&p, x)));
             *x.result.lock() = results[i].take();
         }
-        self.queue_cv.notify_all();
+        // The next leader first, so the next group's fsync starts while this group's
+        // writers are still being woken.
+        if let Some(next) = q.front() {
+            next.cv.notify_one();
+        }
         drop(q);
+        for x in &group {
+            x.cv.notify_one();
+        }
         let r = w.result.lock().take();
         r.unwrap_or(Err(Error::Closed))
     }

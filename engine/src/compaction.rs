@@ -209,11 +209,9 @@ impl Inner {
     ) -> Option<CompactionJob> {
         let layout = view.files.layouts.get(&version)?;
         let part = layout.parts.get(pi as usize)?;
-        let out = if level == 0 {
-            shape(self, layout, part).base
-        } else {
-            level + 1
-        };
+        // L0, and anything left above the base level, goes straight to the base level.
+        let base = shape(self, layout, part).base;
+        let out = if level < base { base } else { level + 1 };
         let (inputs, trivial) = if level == 0 {
             let l0 = part.levels[0].clone();
             if l0.is_empty() {
@@ -332,7 +330,8 @@ impl Inner {
         let deepest = (1..MAX_LEVELS)
             .rev()
             .find(|&l| !part.levels[l].is_empty())
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .max(shape(self, layout, part).base);
         Some(self.new_job(core, view, version, pi, deepest, inputs, false, None))
     }
 

@@ -219,6 +219,9 @@ pub(crate) struct Inner {
     pub install: parking_lot::RwLock<()>,
     /// Lazy moves and bytes moved, per source layout version.
     pub lazy_counts: Mutex<HashMap<u32, (u64, u64)>>,
+    /// Lazy moves queued by reads, applied by the WAL ticker (and before a flush or a
+    /// foreground migration).
+    pub moves: Mutex<Vec<crate::read::PendingMove>>,
     /// Traffic per partition of the target layout, and of a shadowed candidate function.
     pub load: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
     pub shadow: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,

@@ -334,6 +334,8 @@ impl Inner {
     /// Migrates draining files now, in the caller's thread, ignoring the pacer, until none
     /// is left or `max_bytes` of input has been migrated. Returns the bytes migrated.
     pub fn migrate_now(&self, max_bytes: Option<u64>) -> Result<u64> {
+        // Moves reads asked for first: their pointers then spare the values migration.
+        self.apply_moves();
         let mut done = 0u64;
         loop {
             self.check_writable()?;

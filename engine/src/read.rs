@@ -148,6 +148,17 @@ fn probe(
     Ok(())
 }
 
+/// Lazy moves waiting to be applied (beyond this, reads stop queueing them).
+const MAX_PENDING_MOVES: usize = 8192;
+
+/// A value a read found in a draining layout, to be copied into the target.
+pub(crate) struct PendingMove {
+    key: Bytes,
+    seqno: u64,
+    value: Bytes,
+    source: Arc<FileMeta>,
+}
+
 impl Inner {
     /// Point read at `snapshot`, or at the latest seqno (which may trigger a lazy move).
     pub fn get(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
@@ -187,52 +198,69 @@ impl Inner {
         Ok(Some(r.value))
     }
 
-    /// Copies an entry found in a draining layout into the memtable with its original seqno
-    /// and value; the flush that persists it writes it into the target layout and leaves a
-    /// forwarding pointer in the draining partition.
-    ///
-    /// Safety against races: the copy keeps its original seqno, so a concurrent newer write
-    /// or delete (higher seqno) still wins every read. The copy is inserted only while the
-    /// source file is still live, under the same lock that installs compaction results: a
-    /// compaction drops a tombstone only when no older entry for its key exists outside its
-    /// inputs, and the live source file (or, afterwards, this memtable) is such an entry, so
-    /// the copy can never resurface a key whose tombstone was dropped.
+    /// Queues a lazy move of an entry found in a draining layout. The read returns at once;
+    /// the copy is made off the read path (see [`Inner::apply_moves`]).
     fn lazy_move(&self, key: &[u8], r: &Resolved, source: &Arc<FileMeta>) {
         let cost = (key.len() + r.value.len()) as f64;
         if !self.take_move_budget(cost) {
             Counters::add(&self.counters.move_skipped, 1);
             return;
         }
+        let mut q = self.moves.lock();
+        if q.len() >= MAX_PENDING_MOVES {
+            Counters::add(&self.counters.move_skipped, 1);
+            return;
+        }
+        q.push(PendingMove {
+            key: Bytes::copy_from_slice(key),
+            seqno: r.seqno,
+            value: r.value.clone(),
+            source: source.clone(),
+        });
+    }
+
+    /// Applies queued lazy moves: copies each entry (original seqno and value) into the
+    /// memtable; the flush that persists it writes it into the target layout and leaves a
+    /// forwarding pointer in the draining partition.
+    ///
+    /// Safety against races: the copy keeps its original seqno, so a newer write or delete
+    /// (higher seqno) — made before or after the read that found it — still wins every
+    /// read. The copy is inserted only while its source file is still live, checked under
+    /// the lock that compaction takes to retire its inputs: a compaction drops a tombstone
+    /// only when no older entry for its key exists outside its inputs, and the live source
+    /// file (or, afterwards, this memtable) is such an entry, so the copy can never resurface
+    /// a key whose tombstone was dropped.
+    pub(crate) fn apply_moves(&self) {
+        let pending = std::mem::take(&mut *self.moves.lock());
+        if pending.is_empty() {
+            return;
+        }
+        let mut moved = 0u64;
         let mem = {
             let _install = self.install.read();
             let view = self.view.load();
-            if source.obsolete.load(Ordering::Acquire) || view.files.target == source.layout_version
-            {
-                return;
+            for m in pending {
+                if m.source.obsolete.load(Ordering::Acquire)
+                    || view.files.target == m.source.layout_version
+                    || view.mem.approximate_bytes() >= 2 * self.opts.memtable_bytes
+                {
+                    Counters::add(&self.counters.move_skipped, 1);
+                    continue;
+                }
+                let cost = (m.key.len() + m.value.len()) as u64;
+                let from = m.source.layout_version;
+                view.mem.insert_moved(m.key, m.seqno, m.value, from);
+                Counters::add(&self.counters.moves, 1);
+                Counters::add(&self.counters.moved_bytes, cost);
+                let mut c = self.lazy_counts.lock();
+                let e = c.entry(from).or_default();
+                e.0 += 1;
+                e.1 += cost;
+                moved += 1;
             }
-            // Moves never push memory past twice the memtable budget; past the budget they
-            // ask for a flush (a read-only workload would otherwise never trigger one).
-            if view.mem.approximate_bytes() >= 2 * self.opts.memtable_bytes {
-                Counters::add(&self.counters.move_skipped, 1);
-                return;
-            }
-            view.mem.insert_moved(
-                bytes::Bytes::copy_from_slice(key),
-                r.seqno,
-                r.value.clone(),
-                source.layout_version,
-            );
             view.mem.clone()
         };
-        Counters::add(&self.counters.moves, 1);
-        Counters::add(&self.counters.moved_bytes, cost as u64);
-        {
-            let mut m = self.lazy_counts.lock();
-            let c = m.entry(source.layout_version).or_default();
-            c.0 += 1;
-            c.1 += cost as u64;
-        }
-        if mem.approximate_bytes() >= self.opts.memtable_bytes {
+        if moved > 0 && mem.approximate_bytes() >= self.opts.memtable_bytes {
             self.rotate_for_moves();
         }
     }

@@ -374,6 +374,7 @@ impl Inner {
     /// Freezes a non-empty memtable and waits until no frozen memtable is left.
     pub fn flush_all(&self) -> Result<()> {
         self.check_writable()?;
+        self.apply_moves();
         {
             let mut wal = self.wal.lock();
             if !self.view.load().mem.is_empty() {
@@ -393,8 +394,10 @@ impl Inner {
 
     /// Hands buffered WAL bytes to the OS (called every `wal_flush_interval`).
     pub(crate) fn tick_wal(&self) {
-        // Off the read path: release memory-map pages readers touched, if due.
+        // Off the read path: release memory-map pages readers touched, if due, and make the
+        // copies lazy moves asked for.
         self.cache.sweep_if_due();
+        self.apply_moves();
         if !self.wal_healthy.load(Ordering::Acquire) {
             return;
         }

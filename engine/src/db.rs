@@ -222,6 +222,10 @@ pub(crate) struct Inner {
     /// Lazy moves queued by reads, applied by the WAL ticker (and before a flush or a
     /// foreground migration).
     pub moves: Mutex<Vec<crate::read::PendingMove>>,
+    /// Held while queued moves are applied, so that `apply_moves` is a barrier: when it
+    /// returns, every move queued before the call was applied or skipped, even if another
+    /// thread (the WAL ticker) had taken it off the queue.
+    pub applying_moves: Mutex<()>,
     /// Traffic per partition of the target layout, and of a shadowed candidate function.
     pub load: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
     pub shadow: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,

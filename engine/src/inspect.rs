@@ -1810,7 +1810,7 @@ pub struct KeySample {
 fn sample_tables<'a>(tables: impl Iterator<Item = &'a Table>, max: usize) -> KeySample {
     let mut r = Reservoir::new(max);
     let mut seen = std::collections::HashSet::new();
-    let mut n = 0;
+    let mut n = 0u64;
     for t in tables {
         n += 1;
         let weight = t.props().entries as f64 / t.block_count().max(1) as f64;

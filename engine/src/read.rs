@@ -231,6 +231,8 @@ impl Inner {
     /// file (or, afterwards, this memtable) is such an entry, so the copy can never resurface
     /// a key whose tombstone was dropped.
     pub(crate) fn apply_moves(&self) {
+        // Readers only ever take `moves` briefly; this lock orders appliers among themselves.
+        let _applying = self.applying_moves.lock();
         let pending = std::mem::take(&mut *self.moves.lock());
         if pending.is_empty() {
             return;

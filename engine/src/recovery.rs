@@ -512,6 +512,7 @@ fn assemble(
         install: parking_lot::RwLock::new(()),
         lazy_counts: Mutex::new(Default::default()),
         moves: Mutex::new(Vec::new()),
+        applying_moves: Mutex::new(()),
         load: arc_swap::ArcSwapOption::from_pointee(crate::load::PartitionLoad::new(
             Some(files.target),
             files.target_layout().func.clone(),

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use sluice::PartitionSpec;
-use sluice_migrate::analysis::{analyze_keys, SampleInfo, Thresholds, Verdict, DEFAULT_SAMPLE};
+use sluice_migrate::analysis::{
+    analyze_keys, analyze_sample, SampleInfo, Thresholds, Verdict, DEFAULT_SAMPLE,
+};
 
 use crate::chart::terminal_bars;
 use crate::error::{CliError, CmdResult, Status};
@@ -52,6 +54,8 @@ pub struct Args {
 struct SampleJson {
     source: &'static str,
     keys: u64,
+    /// The sample's worth to the χ² test (keys discounted for unequal weights).
+    effective_keys: f64,
     population: u64,
     tables: u64,
 }
@@ -102,7 +106,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         max_over_mean: args.max_over_mean,
         ..Thresholds::default()
     };
-    let (keys, info, source) = if args.scan {
+    let (a, source) = if args.scan {
         let db = crate::cmd::scan::open_read_only(&args.dir)?;
         let mut keys = Vec::new();
         let mut seen = 0u64;
@@ -119,16 +123,16 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         }
         let info = SampleInfo {
             keys: keys.len() as u64,
+            effective_keys: keys.len() as f64,
             population: seen,
             tables: 0,
         };
-        (keys, info, "scan")
+        (analyze_keys(&spec, &keys, info, thresholds)?, "scan")
     } else {
+        // The same weighted judgement the migration controller's gate makes.
         let s = sluice_migrate::analysis::sample_dir(&args.dir, args.sample)?;
-        let info = SampleInfo::of(&s);
-        (s.keys, info, "index")
+        (analyze_sample(&spec, &s, thresholds)?, "index")
     };
-    let a = analyze_keys(&spec, &keys, info, thresholds)?;
     let d = &a.distribution;
     if ctx.json {
         output::json(
@@ -140,6 +144,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 sample: SampleJson {
                     source,
                     keys: a.sample.keys,
+                    effective_keys: a.sample.effective_keys,
                     population: a.sample.population,
                     tables: a.sample.tables,
                 },
@@ -172,7 +177,14 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             count(a.sample.keys),
             if source == "index" { "SSTable indexes" } else { "a full scan" },
             count(a.sample.population),
-            if source == "index" { format!(" in {} tables", a.sample.tables) } else { String::new() }
+            if source == "index" {
+                format!(
+                    " in {} tables; weighted, worth {:.0} independent keys",
+                    a.sample.tables, a.sample.effective_keys
+                )
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             out,

@@ -150,8 +150,13 @@ impl<'a> Decoder<'a> {
 /// checksum to a fixed point (the LevelDB trick).
 #[inline]
 pub fn masked_crc(data: &[u8]) -> u32 {
-    let c = crc32fast::hash(data);
-    c.rotate_right(15).wrapping_add(0xa282_ead8)
+    mask_crc(crc32fast::hash(data))
+}
+
+/// The mask of [`masked_crc`], for CRCs computed over several pieces.
+#[inline]
+pub fn mask_crc(crc: u32) -> u32 {
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 #[cfg(test)]

@@ -1038,6 +1038,11 @@ impl Inner {
         }
         let user = g(&c.user_bytes);
         let device = g(&c.wal_bytes) + g(&c.flush_bytes) + g(&c.compaction_written);
+        let (lazy_moves, lazy_moved_bytes) = self
+            .lazy_counts
+            .lock()
+            .values()
+            .fold((0, 0), |(n, b), (vn, vb)| (n + vn, b + vb));
         Stats {
             levels,
             partitions,
@@ -1053,8 +1058,8 @@ impl Inner {
             compaction_bytes_written: g(&c.compaction_written),
             migration_bytes_read: g(&c.migration_read),
             migration_bytes_written: g(&c.migration_written),
-            lazy_moves: g(&c.moves),
-            lazy_moved_bytes: g(&c.moved_bytes),
+            lazy_moves,
+            lazy_moved_bytes,
             write_amplification: if user == 0 {
                 0.0
             } else {

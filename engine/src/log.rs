@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::coding::masked_crc;
+use crate::coding::{mask_crc, masked_crc};
 use crate::error::{Error, Result};
 use crate::fs::WritableFile;
 
@@ -34,14 +34,21 @@ pub enum LogKind {
 
 /// Encodes one record into `out`.
 pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
-    let len = (payload.len() as u32).to_le_bytes();
+    encode_record_with(out, |b| b.extend_from_slice(payload));
+}
+
+/// Encodes one record into `out` whose payload `write` appends in place (no copy): the
+/// header is reserved first and filled in once the payload's length and CRC are known.
+pub fn encode_record_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    write(out);
+    let len = ((out.len() - start - HEADER_LEN) as u32).to_le_bytes();
     let mut h = crc32fast::Hasher::new();
     h.update(&len);
-    h.update(payload);
-    let crc = h.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    h.update(&out[start + HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + HEADER_LEN].copy_from_slice(&mask_crc(h.finalize()).to_le_bytes());
 }
 
 fn header_payload(kind: LogKind) -> Vec<u8> {
@@ -84,16 +91,7 @@ impl LogWriter {
 
     /// Buffers one record whose payload `write` appends to the buffer in place (no copy).
     pub fn add_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0u8; 8]);
-        write(&mut self.buf);
-        let len = (self.buf.len() - start - 8) as u32;
-        let mut h = crc32fast::Hasher::new();
-        h.update(&len.to_le_bytes());
-        h.update(&self.buf[start + 8..]);
-        let crc = h.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
-        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        encode_record_with(&mut self.buf, write);
     }
 
     /// Bytes buffered and not yet handed to the OS.
@@ -184,7 +182,7 @@ fn record_at(data: &Bytes, pos: usize, path: &Path) -> RecordAt {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&h[..4]);
     hasher.update(payload);
-    let actual = hasher.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
+    let actual = mask_crc(hasher.finalize());
     if actual != stored {
         return RecordAt::Bad(Error::ChecksumMismatch {
             file: path.to_path_buf(),

@@ -6,6 +6,7 @@
 //! found so far and skips any file whose max seqno cannot beat it. Lazy moves and migration
 //! outputs may therefore place an older entry above a newer one without changing any answer.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -237,7 +238,8 @@ impl Inner {
         if pending.is_empty() {
             return;
         }
-        let mut moved = 0u64;
+        // Moves and bytes per source version, booked once per batch.
+        let mut booked: HashMap<u32, (u64, u64)> = HashMap::new();
         let mem = {
             let _install = self.install.read();
             let view = self.view.load();
@@ -252,17 +254,23 @@ impl Inner {
                 let cost = (m.key.len() + m.value.len()) as u64;
                 let from = m.source.layout_version;
                 view.mem.insert_moved(m.key, m.seqno, m.value, from);
-                Counters::add(&self.counters.moves, 1);
-                Counters::add(&self.counters.moved_bytes, cost);
-                let mut c = self.lazy_counts.lock();
-                let e = c.entry(from).or_default();
+                let e = booked.entry(from).or_default();
                 e.0 += 1;
                 e.1 += cost;
-                moved += 1;
             }
             view.mem.clone()
         };
-        if moved > 0 && mem.approximate_bytes() >= self.opts.memtable_bytes {
+        if booked.is_empty() {
+            return;
+        }
+        let mut counts = self.lazy_counts.lock();
+        for (from, (n, b)) in booked {
+            let e = counts.entry(from).or_default();
+            e.0 += n;
+            e.1 += b;
+        }
+        drop(counts);
+        if mem.approximate_bytes() >= self.opts.memtable_bytes {
             self.rotate_for_moves();
         }
     }
@@ -276,6 +284,8 @@ impl Inner {
                 && !self.failed.load(Ordering::Acquire)
             {
                 drop(view);
+                // A failed rotation marks the WAL failed itself (writes then see the error);
+                // the moves are optional work and need not report it again.
                 let _ = self.rotate(&mut wal);
             }
         }

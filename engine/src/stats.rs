@@ -17,8 +17,6 @@ pub(crate) struct Counters {
     pub compaction_written: AtomicU64,
     pub migration_read: AtomicU64,
     pub migration_written: AtomicU64,
-    pub moves: AtomicU64,
-    pub moved_bytes: AtomicU64,
     pub move_skipped: AtomicU64,
     pub stall_micros: AtomicU64,
     pub stalls: AtomicU64,

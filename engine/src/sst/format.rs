@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use crate::coding::{put_bytes, put_u32, put_u64, put_u8, put_varint, Decoder};
+use crate::coding::{mask_crc, put_bytes, put_u32, put_u64, put_u8, put_varint, Decoder};
 use crate::error::{Error, Result};
 
 pub const TABLE_MAGIC: u64 = 0x534c_5543_4553_5354; // "SLUCESST"
@@ -252,7 +252,7 @@ pub fn checked_block<'a>(file: &'a [u8], h: BlockHandle, path: &Path) -> Result<
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(body);
     hasher.update(&[ty]);
-    let actual = hasher.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
+    let actual = mask_crc(hasher.finalize());
     if stored != actual {
         return Err(Error::ChecksumMismatch {
             file: path.to_path_buf(),
@@ -269,7 +269,7 @@ pub fn block_trailer(body: &[u8], ty: u8) -> [u8; BLOCK_TRAILER_LEN] {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(body);
     hasher.update(&[ty]);
-    let crc = hasher.finalize().rotate_right(15).wrapping_add(0xa282_ead8);
+    let crc = mask_crc(hasher.finalize());
     let c = crc.to_le_bytes();
     [ty, c[0], c[1], c[2], c[3]]
 }

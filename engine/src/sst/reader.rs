@@ -29,7 +29,7 @@ use crate::types::{cmp_internal, Entry, Kind};
 #[derive(Default)]
 struct Index {
     keys: Vec<u8>,
-    ends: Vec<u32>,
+    ends: Vec<usize>,
     seqnos: Vec<u64>,
     handles: Vec<BlockHandle>,
 }
@@ -41,13 +41,13 @@ impl Index {
 
     #[inline]
     fn key(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.keys[start..self.ends[i] as usize]
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.keys[start..self.ends[i]]
     }
 
     fn push(&mut self, key: &[u8], seqno: u64, handle: BlockHandle) {
         self.keys.extend_from_slice(key);
-        self.ends.push(self.keys.len() as u32);
+        self.ends.push(self.keys.len());
         self.seqnos.push(seqno);
         self.handles.push(handle);
     }

@@ -255,9 +255,16 @@ impl Controller {
                 self.db.set_shadow(Some(spec))
             }
             State::Migrating | State::Paused => {
-                let to = self.plan_ref()?.to;
-                if target != to {
-                    self.db.set_target(VersionId(to))?;
+                let plan = self.plan_ref()?.clone();
+                if target != plan.to {
+                    // Also completes a retarget recorded just before a crash.
+                    self.db.set_target(VersionId(plan.to))?;
+                }
+                // Superseded candidates a retarget had not released yet drain and retire.
+                for &v in &plan.superseded {
+                    if v != plan.from && v != plan.to {
+                        unpin_if_live(&self.db, v)?;
+                    }
                 }
                 self.apply_pacing(self.rec.state == State::Migrating);
                 self.note("resumed after restart")
@@ -471,10 +478,14 @@ impl Controller {
             .find(|v| v.fingerprint == fp)
             .map(|v| v.id);
         let to = self.claim_candidate(&spec, existing)?;
-        let old = self.plan_ref()?.to;
-        self.db.set_target(to)?;
-        // The superseded candidate drains into the new one and may retire once empty.
-        self.db.pin_version(VersionId(old), false)?;
+        let (old, from) = {
+            let p = self.plan_ref()?;
+            (p.to, p.from)
+        };
+        // Recorded before the engine switches: a crash after this point resumes into the new
+        // candidate and releases the old one (see `resume`); a crash before it leaves the
+        // migration as it was.
+        let before = self.rec.clone();
         if let Some(p) = self.rec.plan.as_mut() {
             p.superseded.push(old);
             p.to = to.0;
@@ -483,10 +494,19 @@ impl Controller {
             p.predicted_max_over_mean = a.distribution.max_over_mean;
             p.predicted_p_value = a.distribution.p_value;
         }
-        self.go(
+        if let Err(e) = self.go(
             State::Migrating,
             format!("retargeted v{old} -> {to} = {spec}, keeping progress (v{old} drains into it)"),
-        )?;
+        ) {
+            self.rec = before;
+            return Err(e);
+        }
+        self.db.set_target(to)?;
+        // The superseded candidate drains into the new one and may retire once empty — unless
+        // it is the layout the migration started from (the rollback target stays pinned).
+        if old != from && old != to.0 {
+            unpin_if_live(&self.db, old)?;
+        }
         self.apply_pacing(true);
         Ok(PlanReport {
             version: to,
@@ -529,11 +549,20 @@ impl Controller {
             self.db.set_target(VersionId(from))?;
         }
         self.apply_pacing(true);
-        self.rec.plan = None;
-        self.go(State::Stable, format!("rolled back to v{from}: {reason}"))?;
-        self.db.pin_version(VersionId(from), false)?;
-        // The abandoned candidate drains back and retires once empty.
-        unpin_if_live(&self.db, plan.to)
+        // Pins are released before `Stable` is recorded: a crash in between resumes in
+        // `RollingBack` and releases them again (idempotent), instead of leaving the
+        // abandoned candidate pinned for ever.
+        unpin_if_live(&self.db, from)?;
+        if plan.to != from {
+            // The abandoned candidate drains back and retires once empty.
+            unpin_if_live(&self.db, plan.to)?;
+        }
+        let saved = self.rec.plan.take();
+        if let Err(e) = self.go(State::Stable, format!("rolled back to v{from}: {reason}")) {
+            self.rec.plan = saved;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Pins the candidate layout (reusing a live one with the same function if possible) so

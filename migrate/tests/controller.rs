@@ -142,6 +142,10 @@ fn full_lifecycle_with_retarget_and_rollback() {
     assert_eq!(db.layout().target, v3);
     assert_eq!(db.layout().versions.len(), 3);
     check_data(&db);
+    // A flush while v3 is the target gives it data, so it stays live after the rollback
+    // (nothing migrates here: the pacer's budget is 0).
+    db.put(key(2), "100").unwrap();
+    db.flush().unwrap();
     // Roll back all the way, then go forward again.
     c.rollback("operator drill").unwrap();
     assert_eq!(c.state(), State::Stable);
@@ -149,20 +153,10 @@ fn full_lifecycle_with_retarget_and_rollback() {
     check_data(&db);
     db.put(key(1), "100").unwrap();
     c.plan(good(), PlanOptions::default()).unwrap();
-    // The abandoned v3 is reused if it is still live (it may have drained empty and
-    // retired once unpinned by the rollback); either way the plan is the same function.
+    // The abandoned, still live v3 is reused for the same function.
     let plan = c.record().plan.clone().unwrap();
     assert_eq!(plan.spec, good().to_string());
-    assert!(
-        plan.to == v3.0 || db.layout().retired.contains(&v3),
-        "{plan:?}"
-    );
-    let v3 = VersionId(plan.to);
-    assert_eq!(
-        c.record().plan.as_ref().unwrap().to,
-        v3.0,
-        "reuses the live v3"
-    );
+    assert_eq!(plan.to, v3.0, "reuses the live v3: {plan:?}");
     c.start().unwrap();
     c.finish().unwrap();
     assert_eq!(c.state(), State::Complete);
@@ -172,6 +166,53 @@ fn full_lifecycle_with_retarget_and_rollback() {
     check_data(&db);
     let report = sluice_migrate::check(&db, CheckMode::Full).unwrap();
     assert!(report.ok(), "{:?}", report.problems);
+}
+
+/// A retarget releases the superseded candidate and a rollback the abandoned one: once
+/// drained they retire. The rollback target stays pinned throughout. A retarget that
+/// crashed before releasing its old candidate is completed when a controller attaches.
+#[test]
+fn retarget_and_rollback_release_their_pins() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    let force = PlanOptions {
+        force: true,
+        ..Default::default()
+    };
+    let v2 = c.plan(biased(), force).unwrap().version;
+    c.start().unwrap();
+    db.migrate_now(Some(30_000)).unwrap();
+    let v3 = c.retarget(good(), false).unwrap().version;
+    // As if the process died between recording the retarget and releasing v2.
+    db.pin_version(v2, true).unwrap();
+    drop(c);
+    let mut c = attach(&db);
+    db.migrate_now(None).unwrap();
+    db.retire_drained().unwrap();
+    let layout = db.layout();
+    assert!(
+        layout.retired.contains(&v2),
+        "superseded v2 not released: {layout:?}"
+    );
+    assert!(
+        layout.versions.iter().any(|v| v.id == VersionId(1)),
+        "the rollback target retired: {layout:?}"
+    );
+    check_data(&db);
+    // Roll back: v3 drains back into v1 and retires.
+    db.put(key(3), "100").unwrap();
+    db.flush().unwrap();
+    c.rollback("drill").unwrap();
+    db.migrate_now(None).unwrap();
+    db.retire_drained().unwrap();
+    let layout = db.layout();
+    assert!(
+        layout.retired.contains(&v3),
+        "abandoned v3 not released: {layout:?}"
+    );
+    assert_eq!(layout.target, VersionId(1));
+    check_data(&db);
 }
 
 /// Crashes (drops controller and database without any cleanup) in every state, reopens,

@@ -516,9 +516,12 @@ fn pointer_files_are_merged_before_they_pile_up() {
     let s0 = db.stats();
     db.migrate_now(None).unwrap();
     let s1 = db.stats();
+    // A tenth of the keys were moved already: their values are dropped, not migrated again.
+    let read = s1.migration_bytes_read - s0.migration_bytes_read;
+    let written = s1.migration_bytes_written - s0.migration_bytes_written;
     assert!(
-        s1.migration_bytes_written < s1.migration_bytes_read,
-        "{s0:?} {s1:?}"
+        (written as f64) < 0.95 * read as f64,
+        "wrote {written} of {read}"
     );
     let all = dump(&db).unwrap();
     assert_eq!(all.len(), 2000);

@@ -201,7 +201,7 @@ pub fn check_inside(dir: &Path, path: &Path) -> Result<u64> {
 
 /// Reads `CURRENT` and the manifest it names, refusing symlinks out of the directory and
 /// oversized manifests before mapping anything.
-fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
+pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
     let cur = dir.join(CURRENT);
     if !cur.exists() && std::fs::symlink_metadata(&cur).is_err() {
         return Err(Error::NotADatabase {
@@ -474,6 +474,11 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// The layout version a forwarding pointer's value names (a varint), if it decodes.
+pub fn forward_target(value: &[u8]) -> Option<u64> {
+    get_varint(value).map(|(v, _)| v)
+}
+
 /// The file and offset an error names, if any.
 pub fn error_location(e: &Error) -> (Option<PathBuf>, Option<u64>) {
     match e {
@@ -719,7 +724,7 @@ pub fn check_table_bytes(
                 }
             }
             if e.kind == Kind::Forward {
-                let to = get_varint(e.value).map(|(v, _)| v);
+                let to = forward_target(e.value);
                 let ok = match (to, expect.live_versions) {
                     (None, _) => false,
                     (Some(v), Some(live)) => u32::try_from(v)

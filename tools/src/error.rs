@@ -42,6 +42,18 @@ pub struct CliError {
     pub offset: Option<u64>,
     /// The I/O error behind an output failure (a closed pipe is not reported).
     pub io: Option<std::io::Error>,
+    /// Already written as the `"error"` member of a streamed JSON document.
+    pub in_json: bool,
+}
+
+/// The JSON form of an error.
+#[derive(Serialize)]
+pub struct ErrorJson<'a> {
+    kind: ErrorKind,
+    exit_code: u8,
+    message: &'a str,
+    file: Option<String>,
+    offset: Option<u64>,
 }
 
 impl CliError {
@@ -52,6 +64,7 @@ impl CliError {
             file: None,
             offset: None,
             io: None,
+            in_json: false,
         }
     }
 
@@ -66,30 +79,24 @@ impl CliError {
 
     /// Prints the error: text on stderr always; with `--json`, also a JSON document on
     /// stdout so that a script reading stdout sees what went wrong.
+    pub fn json(&self) -> ErrorJson<'_> {
+        ErrorJson {
+            kind: self.kind,
+            exit_code: self.exit_code(),
+            message: &self.message,
+            file: self.file.as_ref().map(|p| p.display().to_string()),
+            offset: self.offset,
+        }
+    }
+
     pub fn report(&self, ctx: &Ctx) {
         eprintln!("error: {}", self.message);
-        if ctx.json {
+        if ctx.json && !self.in_json {
             #[derive(Serialize)]
             struct Doc<'a> {
-                error: Body<'a>,
+                error: ErrorJson<'a>,
             }
-            #[derive(Serialize)]
-            struct Body<'a> {
-                kind: ErrorKind,
-                exit_code: u8,
-                message: &'a str,
-                file: Option<String>,
-                offset: Option<u64>,
-            }
-            let doc = Doc {
-                error: Body {
-                    kind: self.kind,
-                    exit_code: self.exit_code(),
-                    message: &self.message,
-                    file: self.file.as_ref().map(|p| p.display().to_string()),
-                    offset: self.offset,
-                },
-            };
+            let doc = Doc { error: self.json() };
             if let Ok(s) = serde_json::to_string_pretty(&doc) {
                 println!("{s}");
             }
@@ -127,6 +134,7 @@ impl From<sluice::Error> for CliError {
             file,
             offset,
             io: None,
+            in_json: false,
         }
     }
 }
@@ -139,6 +147,7 @@ impl From<std::io::Error> for CliError {
             file: None,
             offset: None,
             io: Some(e),
+            in_json: false,
         }
     }
 }
@@ -153,6 +162,7 @@ impl From<serde_json::Error> for CliError {
                 file: None,
                 offset: None,
                 io: None,
+                in_json: false,
             },
         }
     }

@@ -70,6 +70,17 @@ pub fn json(out: &mut dyn Write, v: &impl Serialize) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Closes a streamed `{ ..., "entries": [` document after `n` entries with the error inside
+/// it, so that stdout stays one JSON document.
+pub fn end_stream(out: &mut dyn Write, n: u64, mut e: CliError) -> CliError {
+    if let Ok(body) = serde_json::to_string(&e.json()) {
+        if writeln!(out, "\n  ],\n  \"count\": {n},\n  \"error\": {body}\n}}").is_ok() {
+            e.in_json = true;
+        }
+    }
+    e
+}
+
 /// Bytes for a person: `812 B`, `9.1 KiB`, `1.4 GiB`.
 pub fn size(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sluice::inspect::{DirState, VersionRole};
 use sluice::sst::TableKind;
 
-pub const LEVELS: usize = 7;
+pub const LEVELS: usize = sluice::manifest::MAX_LEVELS;
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct LevelCell {

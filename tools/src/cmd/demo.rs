@@ -87,31 +87,47 @@ struct SummaryJson<'a> {
     ok: bool,
 }
 
+/// Written into every demo directory: only such a directory is ever reset.
+const DEMO_MARKER: &str = "SLUICE-DEMO";
+
 /// Creates `dir`, or empties it if it holds an earlier demo database (or nothing).
 fn prepare(dir: &Path) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::from(sluice::Error::io(dir, e));
     if dir.exists() {
-        let names: Vec<String> = std::fs::read_dir(dir)?
+        let names: Vec<String> = std::fs::read_dir(dir).map_err(io)?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        if !names.is_empty() && !names.iter().any(|n| n == "CURRENT") {
+        if !names.is_empty() && !names.iter().any(|n| n == DEMO_MARKER) {
             return Err(CliError::usage(format!(
-                "{} is not empty and holds no Sluice database; pick another --dir",
+                "{} is not empty and was not made by `sluice demo`; pick another --dir",
                 dir.display()
             )));
         }
-        std::fs::remove_dir_all(dir)?;
+        std::fs::remove_dir_all(dir).map_err(io)?;
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(dir.join(DEMO_MARKER), b"").map_err(io)?;
     Ok(())
 }
 
 pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
-    if args.accounts < 16 || args.threads == 0 || !(0.05..=0.95).contains(&args.detect_at) {
+    let secs = |s: f64| (0.0..=86_400.0).contains(&s);
+    if args.accounts < 16
+        || args.threads == 0
+        || !(0.05..=0.95).contains(&args.detect_at)
+        || !secs(args.stable_secs)
+        || !secs(args.rollback_secs)
+    {
         return Err(CliError::usage(
-            "need --accounts >= 16, --threads >= 1 and 0.05 <= --detect-at <= 0.95",
+            "need --accounts >= 16, --threads >= 1, 0.05 <= --detect-at <= 0.95, and --stable-secs, --rollback-secs in 0..=86400",
         ));
     }
+    let migration_bytes_per_sec = args
+        .migration_mb_per_sec
+        .max(1)
+        .checked_mul(1 << 20)
+        .ok_or_else(|| CliError::usage("--migration-mb-per-sec is too large"))?;
     prepare(&args.dir)?;
     let cfg = LedgerConfig {
         accounts: args.accounts,
@@ -120,7 +136,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         transfers_per_sec: args.tps,
         lookups_per_sec: args.lookups,
         stable_secs: args.stable_secs,
-        migration_bytes_per_sec: args.migration_mb_per_sec.max(1) << 20,
+        migration_bytes_per_sec,
         detect_at: args.detect_at,
         rollback_secs: args.rollback_secs,
         partitions: args.partitions,

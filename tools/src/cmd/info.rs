@@ -45,6 +45,16 @@ pub struct TornJson {
     pub reason: String,
 }
 
+impl From<&sluice::log::TornTail> for TornJson {
+    fn from(t: &sluice::log::TornTail) -> TornJson {
+        TornJson {
+            offset: t.offset,
+            bytes: t.dropped_bytes,
+            reason: t.reason.clone(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct WalJson {
     file: String,
@@ -88,11 +98,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 file: file_name(&st.manifest_path),
                 bytes: st.manifest_bytes,
                 edits: st.manifest_edits,
-                torn_tail: st.manifest_torn_tail.as_ref().map(|t| TornJson {
-                    offset: t.offset,
-                    bytes: t.dropped_bytes,
-                    reason: t.reason.clone(),
-                }),
+                torn_tail: st.manifest_torn_tail.as_ref().map(Into::into),
             },
             last_seqno: st.last_seqno,
             next_file: st.next_file,

@@ -142,9 +142,10 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         Ok(s) => sluice::manifest::read_manifest(&sluice::fs::StdFs, &s.manifest_path, s.manifest_number)?,
         // A manifest whose replay fails (e.g. an edit that breaks a rule) is still worth
         // printing when its records decode.
-        Err(e) if e.is_corruption() && !e.to_string().contains("symlink") => {
-            match sluice::manifest::read_current(&sluice::fs::StdFs, &args.dir) {
-                Ok(m) => {
+        Err(e) if e.is_corruption() => {
+            // The same refusals as read_dir_state (symlinks out, FIFOs, oversized files).
+            match sluice::inspect::read_manifest_safely(&args.dir) {
+                Ok((m, _)) => {
                     ctx.note(format!("warning: {e}"));
                     m
                 }
@@ -162,11 +163,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             records: e.records.iter().map(|r| record_json(r, ctx)).collect(),
         })
         .collect();
-    let torn = m.tail.as_ref().map(|t| crate::cmd::info::TornJson {
-        offset: t.offset,
-        bytes: t.dropped_bytes,
-        reason: t.reason.clone(),
-    });
+    let torn: Option<crate::cmd::info::TornJson> = m.tail.as_ref().map(Into::into);
     if ctx.json {
         output::json(
             out,

@@ -128,7 +128,9 @@ fn open(dir: &Path) -> Result<Db, CliError> {
 
 fn attach(db: &Db, mb_per_sec: u64) -> Result<Controller, CliError> {
     let cfg = ControllerConfig {
-        migration_bytes_per_sec: mb_per_sec << 20,
+        migration_bytes_per_sec: mb_per_sec
+            .checked_mul(1 << 20)
+            .ok_or_else(|| CliError::usage("--mb-per-sec is too large"))?,
         ..ControllerConfig::default()
     };
     Ok(Controller::attach(db.clone(), cfg)?)
@@ -269,7 +271,10 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             dir,
             watch,
             interval,
-        } => loop {
+        } => {
+            let pause = Duration::try_from_secs_f64(interval.max(0.1))
+                .map_err(|_| CliError::usage(format!("--interval {interval}: not a usable number of seconds")))?;
+            loop {
             let db = crate::cmd::scan::open_read_only(&dir)?;
             let s = status_json(&db)?;
             drop(db);
@@ -285,8 +290,9 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             if !watch {
                 return Ok(Status::Ok);
             }
-            std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
-        },
+            std::thread::sleep(pause);
+            }
+        }
         Action::Pause { dir } => {
             let db = open(&dir)?;
             let mut c = attach(&db, 0)?;

@@ -84,7 +84,11 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         if args.limit.is_some_and(|l| n >= l) {
             break;
         }
-        let (k, v) = r?;
+        let (k, v) = match r {
+            Ok(kv) => kv,
+            Err(e) if ctx.json => return Err(output::end_stream(out, n, e.into())),
+            Err(e) => return Err(e.into()),
+        };
         if ctx.json {
             let e = EntryJson {
                 key: ctx.bytes(&k),

@@ -109,8 +109,12 @@ fn dump(file: &Path, limit: Option<u64>, max_value: Option<usize>, ctx: &Ctx, ou
         if limit.is_some_and(|l| n >= l) {
             break;
         }
-        let e = e?;
-        let moved_to = (e.kind == sluice::Kind::Forward).then(|| decode_version(&e.value)).flatten();
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if ctx.json => return Err(output::end_stream(out, n, e.into())),
+            Err(e) => return Err(e.into()),
+        };
+        let moved_to = (e.kind == sluice::Kind::Forward).then(|| sluice::inspect::forward_target(&e.value)).flatten();
         if ctx.json {
             let j = EntryJson {
                 key: ctx.bytes(&e.key),
@@ -146,18 +150,6 @@ fn dump(file: &Path, limit: Option<u64>, max_value: Option<usize>, ctx: &Ctx, ou
         writeln!(out, "\n  ],\n  \"count\": {n}\n}}")?;
     }
     Ok(Status::Ok)
-}
-
-fn decode_version(v: &[u8]) -> Option<u64> {
-    // A varint, as the engine writes it.
-    let mut x = 0u64;
-    for (i, &b) in v.iter().enumerate().take(10) {
-        x |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Some(x);
-        }
-    }
-    None
 }
 
 pub fn kind_str(k: TableKind) -> &'static str {

@@ -97,11 +97,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                             .collect(),
                     })
                     .collect(),
-                torn_tail: c.tail.as_ref().map(|t| crate::cmd::info::TornJson {
-                    offset: t.offset,
-                    bytes: t.dropped_bytes,
-                    reason: t.reason.clone(),
-                }),
+                torn_tail: c.tail.as_ref().map(Into::into),
             }),
             Err(e) => {
                 // Keep going so every WAL is shown; fail at the end.

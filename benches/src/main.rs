@@ -165,11 +165,11 @@ struct Cli {
     keyspace: Option<u64>,
 
     /// Scenarios: operations per second per reader thread (default: closed loop).
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_ops_rate)]
     read_rate: Option<f64>,
 
     /// Scenarios: operations per second per writer thread (default: closed loop).
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_ops_rate)]
     write_rate: Option<f64>,
 
     /// Migration scenarios: writer threads of the foreground load (readers: --threads).
@@ -270,6 +270,17 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--read-rate`/`--write-rate`: the pacer's interval (1/rate) must be a usable `Duration`
+/// (at most an hour, at least a nanosecond).
+fn parse_ops_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (1.0 / 3600.0..=1e9).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected operations per second per thread, between 1/3600 and 1e9, got {s:?}"
+        )),
+    }
+}
+
 fn parse_fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
@@ -303,14 +314,16 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let digits = keys::decimal_digits(cli.num - 1);
+    // compactionstress draws keys from 0..--keyspace, which may exceed --num.
+    let widest = cli.num.max(cli.keyspace.unwrap_or(0));
+    let digits = keys::decimal_digits(widest - 1);
     if (cli.key_size as usize) < digits {
         Cli::command()
             .error(
                 clap::error::ErrorKind::ValueValidation,
                 format!(
                     "--key-size {} cannot hold {} distinct zero-padded decimal keys (needs {digits})",
-                    cli.key_size, cli.num
+                    cli.key_size, widest
                 ),
             )
             .exit();

@@ -65,7 +65,7 @@ use crate::engine::SluiceKv;
 use crate::keys::{decimal_digits, mix64, write_key, Distribution, KeyChooser, ValueGen};
 use crate::report::{os_write_bytes, Latency};
 use crate::scenario::{
-    load_keys, settle, with_load, LoadConfig, PhaseSummary, PhaseTotals, Sampler,
+    load_keys, settle, shares_of, with_load, LoadConfig, PhaseSummary, PhaseTotals, Sampler,
 };
 use crate::timeline::Row;
 use crate::workloads::{self, Measured, Settings, Workload};
@@ -245,19 +245,6 @@ struct Run {
     p99_target_us: u64,
     extra: Map<String, Value>,
     seconds: f64,
-}
-
-fn shares_of(v: &[u64]) -> Vec<f64> {
-    let total: u64 = v.iter().sum();
-    v.iter()
-        .map(|&x| {
-            if total == 0 {
-                0.0
-            } else {
-                x as f64 / total as f64
-            }
-        })
-        .collect()
 }
 
 fn share_stats(shares: &[f64]) -> Value {
@@ -882,7 +869,10 @@ pub fn run(db: &Db, ctx: &ScenarioCtx<'_>, kind: Kind) -> BenchResult<Done> {
         let (raw, normalized) = figures(d_m, d_c);
         // Up to the common end state: plus what a full compaction of each then wrote.
         let (d_mf, d_cf) = (d_m + main_full.0 as f64, d_c + c_full.0 as f64);
-        let (raw_f, normalized_f) = figures(d_mf, d_cf);
+        let (raw_f, _) = figures(d_mf, d_cf);
+        // A full compaction rewrites the whole database however much the run wrote: only
+        // the as-run bytes of the control scale with its user bytes.
+        let normalized_f = normalized.map(|n| n + (main_full.0 as f64 - c_full.0 as f64) / b);
         details["control"] = json!({
             "phases": phases_json(c),
             "device": device_json(c),
@@ -902,7 +892,8 @@ pub fn run(db: &Db, ctx: &ScenarioCtx<'_>, kind: Kind) -> BenchResult<Done> {
                 "formula": "raw = (D_mig - D_ctl) / B; normalized = (D_mig - D_ctl * U_mig / U_ctl) / B; \
                             D = WAL+flush+compaction bytes written over the whole run incl. the final \
                             flush and settle (as_run), plus a full compaction of each database \
-                            (to_full_compaction, the headline: both end fully compacted); U = user \
+                            (to_full_compaction, the headline: both end fully compacted; the full \
+                            compactions' bytes are not scaled by U); U = user \
                             bytes; B = migration compaction input bytes + lazy-moved bytes",
                 "u_migration": u_m, "u_control": u_c, "b": bytes_migrated,
             },

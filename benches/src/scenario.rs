@@ -126,18 +126,26 @@ impl Pace {
         }
     }
 
-    fn wait(&mut self) -> Instant {
+    /// `None` if `stop` was set while waiting (a slow schedule must not hold up the end
+    /// of the load by a whole interval).
+    fn wait(&mut self, stop: &AtomicBool) -> Option<Instant> {
         let Some(iv) = self.interval else {
-            return Instant::now();
+            return Some(Instant::now());
         };
-        let now = Instant::now();
+        let mut now = Instant::now();
         if self.next > now {
-            std::thread::sleep(self.next - now);
-            self.last_wake = Instant::now();
+            while self.next > now {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                std::thread::sleep((self.next - now).min(Duration::from_millis(50)));
+                now = Instant::now();
+            }
+            self.last_wake = now;
         }
         let scheduled = self.next;
         self.next += iv;
-        scheduled.max(self.last_wake)
+        Some(scheduled.max(self.last_wake))
     }
 }
 
@@ -181,7 +189,9 @@ fn writer(db: &Db, cfg: &LoadConfig, h: &LoadHandle, slot: usize, budget: Option
     let mut pace = Pace::new(cfg.write_rate);
     let mut done = 0u64;
     while !h.stop.load(Ordering::Relaxed) && budget.is_none_or(|b| done < b) {
-        let began = pace.wait();
+        let Some(began) = pace.wait(&h.stop) else {
+            break;
+        };
         write_key(&mut key, cfg.chooser.next(&mut rng));
         let mut b = WriteBatch::new();
         b.put(&key, values.next(cfg.value_size));
@@ -205,7 +215,9 @@ fn reader(db: &Db, cfg: &LoadConfig, h: &LoadHandle, slot: usize) {
     let mut key = vec![0u8; cfg.key_size];
     let mut pace = Pace::new(cfg.read_rate);
     while !h.stop.load(Ordering::Relaxed) {
-        let began = pace.wait();
+        let Some(began) = pace.wait(&h.stop) else {
+            break;
+        };
         write_key(&mut key, cfg.chooser.next(&mut rng));
         match db.get(&key) {
             Ok(v) => {
@@ -445,6 +457,20 @@ pub fn l0_files_max(s: &Stats) -> usize {
         .filter_map(|p| p.level_files.first().copied())
         .max()
         .unwrap_or(0)
+}
+
+/// Each element's share of the sum (all zero when the sum is).
+pub fn shares_of(v: &[u64]) -> Vec<f64> {
+    let total: u64 = v.iter().sum();
+    v.iter()
+        .map(|&x| {
+            if total == 0 {
+                0.0
+            } else {
+                x as f64 / total as f64
+            }
+        })
+        .collect()
 }
 
 /// Share of the live SSTable bytes that sit in layout `v`.

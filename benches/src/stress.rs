@@ -2,7 +2,6 @@
 //! the layout machinery.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Barrier;
 use std::time::Instant;
 
 use serde_json::json;
@@ -10,8 +9,8 @@ use sluice::{Db, PartitionFn};
 
 use crate::keys::{mix64, write_key, Distribution, KeyChooser, ValueGen};
 use crate::report::Latency;
-use crate::scenario::{l0_files_max, with_load, LoadConfig, Sampler};
-use crate::workloads::{split_ops, Measured};
+use crate::scenario::{l0_files_max, shares_of, with_load, LoadConfig, Sampler};
+use crate::workloads::{split_ops, start_together, Measured};
 use crate::{BenchResult, Done, ScenarioCtx};
 
 /// Default key space of `compactionstress`: small enough that nearly every write overwrites
@@ -55,8 +54,14 @@ pub fn compaction_stress(db: &Db, ctx: &ScenarioCtx<'_>) -> BenchResult<Done> {
     });
     let seconds = started.elapsed().as_secs_f64();
     let after = db.stats();
+    // Pay what the run left in the memtable and in compaction debt (as the migration
+    // scenarios do), so the write amplification does not depend on where the run stopped.
+    db.flush()?;
+    let settle_secs = crate::scenario::settle(db, std::time::Duration::from_secs(120));
+    let settled = db.stats();
     let user = after.user_bytes_written - before.user_bytes_written;
-    let device = crate::device_bytes(&after) - crate::device_bytes(&before);
+    let device = crate::device_bytes(&settled) - crate::device_bytes(&before);
+    let device_as_run = crate::device_bytes(&after) - crate::device_bytes(&before);
     let max_debt = rows
         .iter()
         .map(|r| r.pending_compaction_bytes)
@@ -80,6 +85,8 @@ pub fn compaction_stress(db: &Db, ctx: &ScenarioCtx<'_>) -> BenchResult<Done> {
         "slowdowns": after.slowdowns - before.slowdowns,
         "slowdown_ms": slowdown_ms,
         "write_amp": wa,
+        "write_amp_as_run": (user > 0).then(|| device_as_run as f64 / user as f64),
+        "settle_secs": settle_secs,
         "flushes": after.flushes - before.flushes,
         "compactions": after.compactions - before.compactions,
         "compaction_bytes_written": after.compaction_bytes_written - before.compaction_bytes_written,
@@ -175,17 +182,7 @@ struct HotPhase {
 
 impl HotPhase {
     fn shares(&self) -> Vec<f64> {
-        let total: u64 = self.ops.iter().sum();
-        self.ops
-            .iter()
-            .map(|&o| {
-                if total == 0 {
-                    0.0
-                } else {
-                    o as f64 / total as f64
-                }
-            })
-            .collect()
+        shares_of(&self.ops)
     }
 
     fn json(&self, hot: u32) -> serde_json::Value {
@@ -273,72 +270,54 @@ pub fn hot_partition(db: &Db, ctx: &ScenarioCtx<'_>) -> BenchResult<Done> {
     let run_phase = |salt: u64| -> BenchResult<HotPhase> {
         let load_before = db.partition_load();
         let split = split_ops(s.num, s.threads);
-        let barrier = Barrier::new(s.threads + 1);
         let failed = AtomicBool::new(false);
-        let (start, results) = std::thread::scope(|scope| {
-            let handles: Vec<_> = split
-                .iter()
-                .enumerate()
-                .map(|(t, &ops)| {
-                    let (barrier, failed, chooser, func) = (&barrier, &failed, &chooser, &func);
-                    scope.spawn(move || -> BenchResult<(Latency, Latency, Latency)> {
-                        let mut rng = fastrand::Rng::with_seed(mix64(
-                            s.seed ^ mix64(salt << 32 | t as u64 | 0x4000_0000),
-                        ));
-                        let mut values = ValueGen::new(&mut rng, s.value_size);
-                        let mut key = vec![0u8; s.key_size];
-                        let (mut r, mut hw, mut ow) =
-                            (Latency::new(), Latency::new(), Latency::new());
-                        barrier.wait();
-                        let deadline = s.duration.map(|d| Instant::now() + d);
-                        for _ in 0..ops {
-                            if failed.load(Ordering::Relaxed)
-                                || deadline.is_some_and(|d| Instant::now() >= d)
-                            {
-                                break;
-                            }
-                            write_key(&mut key, chooser.next(&mut rng));
-                            let read = rng.f64() < cli.read_fraction;
-                            let began = Instant::now();
-                            let res = if read {
-                                db.get(&key).map(|_| ())
-                            } else {
-                                let mut b = sluice::WriteBatch::new();
-                                b.put(&key, values.next(s.value_size));
-                                db.write_opt(b, &s.write_options)
-                            };
-                            if let Err(e) = res {
-                                failed.store(true, Ordering::Relaxed);
-                                return Err(e.into());
-                            }
-                            let nanos = began.elapsed().as_nanos() as u64;
-                            if read {
-                                r.record(nanos);
-                            } else if func.partition_of(&key) == predicted {
-                                hw.record(nanos);
-                            } else {
-                                ow.record(nanos);
-                            }
-                        }
-                        Ok((r, hw, ow))
-                    })
-                })
-                .collect();
-            barrier.wait();
-            let start = Instant::now();
-            let results: Vec<_> = handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| "a hotpartition thread panicked".to_string())
-                })
-                .collect();
-            (start, results)
-        });
-        let seconds = start.elapsed().as_secs_f64();
+        let setup = |t: usize| {
+            let mut rng = fastrand::Rng::with_seed(mix64(
+                s.seed ^ mix64(salt << 32 | t as u64 | 0x4000_0000),
+            ));
+            let values = ValueGen::new(&mut rng, s.value_size);
+            let key = vec![0u8; s.key_size];
+            (
+                rng,
+                values,
+                key,
+                [Latency::new(), Latency::new(), Latency::new()],
+            )
+        };
+        let (seconds, results) = start_together(s.threads, "hotpartition", setup, |state, t| {
+            let (mut rng, mut values, mut key, [mut r, mut hw, mut ow]) = state;
+            let deadline = s.duration.map(|d| Instant::now() + d);
+            for _ in 0..split[t] {
+                if failed.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                write_key(&mut key, chooser.next(&mut rng));
+                let read = rng.f64() < cli.read_fraction;
+                let began = Instant::now();
+                let res = if read {
+                    db.get(&key).map(|_| ())
+                } else {
+                    let mut b = sluice::WriteBatch::new();
+                    b.put(&key, values.next(s.value_size));
+                    db.write_opt(b, &s.write_options)
+                };
+                if let Err(e) = res {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+                let nanos = began.elapsed().as_nanos() as u64;
+                if read {
+                    r.record(nanos);
+                } else if func.partition_of(&key) == predicted {
+                    hw.record(nanos);
+                } else {
+                    ow.record(nanos);
+                }
+            }
+            Ok((r, hw, ow))
+        })?;
         let (mut reads, mut hot, mut other) = (Latency::new(), Latency::new(), Latency::new());
-        for r in results {
-            let (a, b, c) = r??;
+        for (a, b, c) in results {
             reads.merge(&a);
             hot.merge(&b);
             other.merge(&c);

@@ -432,6 +432,46 @@ pub(crate) fn split_ops(total: u64, threads: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Runs `threads` threads that start together: each builds its state with `setup(thread)`
+/// (untimed), all wait on one barrier, then each runs `work(state, thread)`. Returns the
+/// wall-clock seconds from the barrier's release to the last thread's end, and the threads'
+/// results in thread order (the first error, or `"a {who} thread panicked"`).
+pub(crate) fn start_together<S, T, Setup, Work>(
+    threads: usize,
+    who: &str,
+    setup: Setup,
+    work: Work,
+) -> BenchResult<(f64, Vec<T>)>
+where
+    Setup: Fn(usize) -> S + Sync,
+    Work: Fn(S, usize) -> BenchResult<T> + Sync,
+    T: Send,
+{
+    let barrier = Barrier::new(threads + 1);
+    let (start, results) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (setup, work, barrier) = (&setup, &work, &barrier);
+                scope.spawn(move || {
+                    let state = setup(t);
+                    barrier.wait();
+                    work(state, t)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        (start, results)
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut out = Vec::with_capacity(threads);
+    for r in results {
+        out.push(r.map_err(|_| format!("a {who} thread panicked"))??);
+    }
+    Ok((seconds, out))
+}
+
 /// Runs `total` operations over `s.threads` threads. `make(thread)` builds a thread's
 /// operation closure (outside the timed region); the closure gets the operation's index
 /// within its thread and returns how many hits it saw. Every thread starts on one barrier so
@@ -442,59 +482,36 @@ where
     Op: FnMut(u64) -> BenchResult<u64>,
 {
     let split = split_ops(total, s.threads);
-    let barrier = Barrier::new(s.threads + 1);
     let failed = AtomicBool::new(false);
-    let (start, results) = std::thread::scope(|scope| {
-        let handles: Vec<_> = split
-            .iter()
-            .enumerate()
-            .map(|(t, &ops)| {
-                let (make, barrier, failed) = (&make, &barrier, &failed);
-                scope.spawn(move || -> BenchResult<(Latency, u64, u64)> {
-                    let mut op = make(t);
-                    let mut latency = Latency::new();
-                    let mut hits = 0;
-                    barrier.wait();
-                    let deadline = s.duration.map(|d| Instant::now() + d);
-                    let mut done = 0;
-                    while done < ops {
-                        if failed.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let began = Instant::now();
-                        if deadline.is_some_and(|d| began >= d) {
-                            break;
-                        }
-                        match op(done) {
-                            Ok(h) => hits += h,
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        }
-                        latency.record(began.elapsed().as_nanos() as u64);
-                        done += 1;
-                    }
-                    Ok((latency, hits, done))
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| "a workload thread panicked".to_string())
-            })
-            .collect();
-        (start, results)
-    });
-    let seconds = start.elapsed().as_secs_f64();
+    let setup = |t| (make(t), Latency::new());
+    let (seconds, results) = start_together(s.threads, "workload", setup, |state, t| {
+        let (mut op, mut latency): (Op, Latency) = state;
+        let mut hits = 0;
+        let deadline = s.duration.map(|d| Instant::now() + d);
+        let mut done = 0;
+        while done < split[t] {
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let began = Instant::now();
+            if deadline.is_some_and(|d| began >= d) {
+                break;
+            }
+            match op(done) {
+                Ok(h) => hits += h,
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            latency.record(began.elapsed().as_nanos() as u64);
+            done += 1;
+        }
+        Ok((latency, hits, done))
+    })?;
     let mut latency = Latency::new();
     let (mut hits, mut ops) = (0, 0);
-    for r in results {
-        let (l, h, d) = r??;
+    for (l, h, d) in results {
         latency.merge(&l);
         hits += h;
         ops += d;

@@ -66,6 +66,53 @@ fn timeline_rows(path: &Path) -> Vec<Value> {
     serde_json::from_str::<Vec<Value>>(&s).unwrap()
 }
 
+/// A migration scenario over `RANGE4` at `mb_per_sec`: its `scenario` object, after the checks
+/// every one of them must pass (completed, no failed operation, no key lost).
+fn range4_scenario(kind: &str, dir: &Path, mb_per_sec: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        kind,
+        "--num",
+        "8000",
+        "--dir",
+        p(dir),
+        "--partition",
+        RANGE4,
+        "--stable-secs",
+        "1",
+        "--post-secs",
+        "1",
+        "--migration-mb-per-sec",
+        mb_per_sec,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let s = json_lines(&args).swap_remove(0)["scenario"].take();
+    assert_eq!(s["completed"], true, "{s}");
+    assert_eq!(s["failed_ops"], 0);
+    assert_eq!(s["keys_after"], 8000);
+    s
+}
+
+fn events(s: &Value) -> Vec<&str> {
+    s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn assert_close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+        "{what}: {a} != {b}"
+    );
+}
+
 #[test]
 fn plain_workloads_report_engine_and_distribution() {
     let tmp = tempfile::tempdir().unwrap();
@@ -160,7 +207,7 @@ fn hotpartition_shares_sum_to_one_and_the_limit_applies() {
         "--threads",
         "2",
         "--hot-write-limit-mb",
-        "0.5",
+        "0.05",
         "--json",
     ]);
     let s = &lines[1]["scenario"];
@@ -172,6 +219,12 @@ fn hotpartition_shares_sum_to_one_and_the_limit_applies() {
     assert!(
         s["unlimited"]["max_over_mean"].as_f64().unwrap() > 1.2,
         "{s}"
+    );
+    // The limit holds (1.25: the limiter lets the write that crosses it through).
+    let limited = f(&s["limited"]["hot_write_mib_per_sec"]);
+    assert!(
+        limited <= 0.5 * 1.25,
+        "limited hot partition wrote {limited} MiB/s: {s}"
     );
     // Without several partitions the scenario refuses clearly.
     let out = stress(&[
@@ -230,14 +283,38 @@ fn migration_with_control_chart_and_fresh_comparison() {
         assert!(ph["reads"].as_u64().unwrap() > 0, "{phase}: {ph}");
         assert!(ph["writes"].as_u64().unwrap() > 0, "{phase}: {ph}");
     }
-    for r in ["read_p99", "write_p99", "throughput"] {
-        assert!(s["ratios_vs_stable"][r].as_f64().unwrap() > 0.0, "{r}: {s}");
+    // Each ratio is the migrating phase over the phase it names.
+    let c = &s["control"];
+    for (ratios, base) in [
+        (&s["ratios_vs_stable"], &s["phases"]["stable"]),
+        (&c["ratios_vs_control"], &c["phases"]["migrating_all"]),
+    ] {
+        let mig = &s["phases"]["migrating_all"];
+        for (r, field) in [
+            ("read_p99", "read_p99_us"),
+            ("write_p99", "write_p99_us"),
+            ("throughput", "ops_per_sec"),
+        ] {
+            assert_close(f(&ratios[r]), f(&mig[field]) / f(&base[field]), r);
+        }
     }
-    assert!(s["migration"]["bytes_migrated"].as_u64().unwrap() > 0);
-    let wa = &s["control"]["migration_write_amp"];
-    assert!(
-        wa["normalized"].is_number() && wa["raw"].is_number(),
-        "{wa}"
+    let b = s["migration"]["bytes_migrated"].as_u64().unwrap();
+    assert!(b > 0);
+    let wa = &c["migration_write_amp"];
+    assert_eq!(wa["b"], b);
+    let full = &wa["to_full_compaction"];
+    assert_close(
+        f(&wa["raw"]),
+        (f(&full["d_migration"]) - f(&full["d_control"])) / b as f64,
+        "raw",
+    );
+    let (u_m, u_c) = (f(&wa["u_migration"]), f(&wa["u_control"]));
+    let scaled_control =
+        f(&wa["as_run"]["d_control"]) * u_m / u_c + f(&full["compaction_bytes_control"]);
+    assert_close(
+        f(&wa["normalized"]),
+        (f(&full["d_migration"]) - scaled_control) / b as f64,
+        "normalized",
     );
     assert_eq!(s["control"]["failed_ops"], 0);
     let fresh = &s["compare_fresh"];
@@ -272,37 +349,18 @@ fn migration_with_control_chart_and_fresh_comparison() {
 fn biasfix_retargets_and_reports_both_layouts_shares() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
-    let lines = json_lines(&[
-        "biasfix",
-        "--num",
-        "8000",
-        "--dir",
-        p(&dir),
-        "--partition",
-        RANGE4,
-        "--stable-secs",
-        "1",
-        "--post-secs",
-        "1",
-        "--migration-mb-per-sec",
-        "0.5",
-        "--json",
-    ]);
-    let s = &lines[0]["scenario"];
-    assert_eq!(s["completed"], true, "{s}");
-    assert_eq!(s["failed_ops"], 0);
-    assert_eq!(s["keys_after"], 8000);
-    let events: Vec<&str> = s["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap())
-        .collect();
+    let s = range4_scenario("biasfix", &dir, "0.25", &[]);
+    let events = events(&s);
     assert!(
         events.iter().any(|e| e.starts_with("retarget v3")),
         "{events:?}"
     );
-    assert!(s["retarget_at_fraction"].as_f64().unwrap() >= 0.6);
+    let at = f(&s["retarget_at_fraction"]);
+    assert!(
+        (0.6..1.0).contains(&at),
+        "v1 must still hold data at the retarget: {at}"
+    );
+    assert!(f(&s["phases"]["three-live"]["seconds"]) > 0.0, "{s}");
     for k in [
         "v2_data_shares",
         "v2_traffic_shares",
@@ -326,34 +384,8 @@ fn biasfix_retargets_and_reports_both_layouts_shares() {
 fn rollback_goes_back_and_forward_without_failures() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
-    let lines = json_lines(&[
-        "rollback",
-        "--num",
-        "8000",
-        "--dir",
-        p(&dir),
-        "--partition",
-        RANGE4,
-        "--stable-secs",
-        "1",
-        "--post-secs",
-        "1",
-        "--rollback-secs",
-        "1",
-        "--migration-mb-per-sec",
-        "0.5",
-        "--json",
-    ]);
-    let s = &lines[0]["scenario"];
-    assert_eq!(s["completed"], true, "{s}");
-    assert_eq!(s["failed_ops"], 0);
-    assert_eq!(s["keys_after"], 8000);
-    let events: Vec<&str> = s["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap())
-        .collect();
+    let s = range4_scenario("rollback", &dir, "0.5", &["--rollback-secs", "1"]);
+    let events = events(&s);
     assert!(
         events.iter().any(|e| e.starts_with("rollback to v1")),
         "{events:?}"
@@ -366,7 +398,11 @@ fn rollback_goes_back_and_forward_without_failures() {
         s["around_rollback"]["seconds"].as_array().unwrap().len() >= 2,
         "{s}"
     );
-    assert!(s["around_rollback"].get("spiked").is_some());
+    // Rolled back: v2 drained back into v1 before going forward again.
+    assert!(
+        f(&s["forward_at_fraction"]) < f(&s["rollback_at_fraction"]),
+        "{s}"
+    );
     assert!(s["phases"]["rolledback"]["seconds"].as_f64().unwrap() > 0.0);
 }
 

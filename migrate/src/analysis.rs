@@ -110,9 +110,10 @@ pub struct Distribution {
     pub degrees_of_freedom: u32,
     /// Probability of a χ² at least this large if keys were spread uniformly at random.
     pub p_value: f64,
-    /// Every one of at least 8 observed keys landed in one partition (of several): bias at
-    /// any sample size, even when the counts were scaled down to an effective sample size.
-    pub all_in_one: bool,
+    /// Distinct keys observed (before any rescaling of `counts`).
+    pub keys: u64,
+    /// Partitions at least one observed key landed in.
+    pub occupied: usize,
 }
 
 impl Distribution {
@@ -132,6 +133,7 @@ impl Distribution {
             0.0
         };
         let dof = n.saturating_sub(1) as u32;
+        let counts_occupied = counts.iter().filter(|&&c| c > 0).count();
         let p_value = if dof == 0 || mean == 0.0 {
             1.0
         } else {
@@ -146,7 +148,8 @@ impl Distribution {
             chi_square,
             degrees_of_freedom: dof,
             p_value,
-            all_in_one: total >= 8 && max == total,
+            keys: total,
+            occupied: counts_occupied,
         }
     }
 
@@ -194,6 +197,31 @@ impl Distribution {
         self.counts.iter().filter(|&&c| c == 0).count()
     }
 
+    /// Every one of at least 8 observed keys landed in one partition (of several): bias at
+    /// any sample size, even when the counts were scaled down to an effective sample size.
+    pub fn all_in_one(&self) -> bool {
+        self.partitions() > 1 && self.keys >= 8 && self.occupied == 1
+    }
+
+    /// The observed keys hit far fewer partitions than a fair function would. With `n`
+    /// distinct keys spread uniformly over `P` partitions the expected number hit is
+    /// `μ = P (1 − (1 − 1/P)^n)`; the hit indicators are negatively associated, so a
+    /// Chernoff bound gives `Pr[hit ≤ μ − δ] ≤ exp(−δ² / 2μ)`, below `alpha` for
+    /// `δ = sqrt(2μ ln(1/alpha))`. Also required: the hit partitions would hold at least
+    /// `max_over_mean` times their share on average (a large effect, not just a
+    /// significant one).
+    fn too_few_partitions_hit(&self, t: &Thresholds) -> bool {
+        let p = self.partitions() as f64;
+        let n = self.keys as f64;
+        if n < 8.0 || p < 2.0 {
+            return false;
+        }
+        let mu = p * (1.0 - (1.0 - 1.0 / p).powf(n));
+        let o = self.occupied as f64;
+        let delta = (2.0 * mu * (1.0 / t.alpha).ln()).sqrt();
+        o < mu - delta && o * t.max_over_mean <= mu
+    }
+
     /// Biased, balanced or inconclusive under `t` (see the module docs for the rule).
     pub fn verdict(&self, t: &Thresholds) -> Verdict {
         if self.partitions() <= 1 {
@@ -201,11 +229,17 @@ impl Distribution {
         }
         // Everything in one partition out of several is bias at any sample size above a
         // handful of keys.
-        if self.all_in_one {
+        if self.all_in_one() {
             return Verdict::Biased;
         }
         if self.mean < t.min_expected {
-            return Verdict::Inconclusive;
+            // Too few keys per partition for χ², but not too few to see that they crowd
+            // into far fewer partitions than a fair function would fill.
+            return if self.too_few_partitions_hit(t) {
+                Verdict::Biased
+            } else {
+                Verdict::Inconclusive
+            };
         }
         if self.p_value < t.alpha && self.max_over_mean >= t.max_over_mean {
             Verdict::Biased
@@ -293,8 +327,7 @@ pub fn predict_weighted<K: AsRef<[u8]>>(
     let f = PartitionFn::new(spec.clone())?;
     let mut w = vec![0f64; f.partitions() as usize];
     let mut sum_sq = 0f64;
-    let mut first = None;
-    let mut one_partition = true;
+    let mut occupied = vec![false; f.partitions() as usize];
     // A weight that is not a finite, positive number counts for nothing; the rest are
     // divided by the largest (the effective size does not depend on scale, and huge weights
     // would overflow their squares).
@@ -302,7 +335,7 @@ pub fn predict_weighted<K: AsRef<[u8]>>(
     let top = weights.iter().map(|&wt| clean(wt)).fold(0.0, f64::max);
     for (k, &wt) in keys.iter().zip(weights) {
         let p = f.partition_of(k.as_ref());
-        one_partition &= *first.get_or_insert(p) == p;
+        occupied[p as usize] = true;
         let wt = if top > 0.0 { clean(wt) / top } else { 0.0 };
         w[p as usize] += wt;
         sum_sq += wt * wt;
@@ -325,7 +358,8 @@ pub fn predict_weighted<K: AsRef<[u8]>>(
         .collect();
     let mut d = Distribution::from_counts(counts);
     // Judged on the keys seen, not on the rescaled counts.
-    d.all_in_one = keys.len() >= 8 && one_partition && w.len() > 1;
+    d.keys = keys.len() as u64;
+    d.occupied = occupied.iter().filter(|&&o| o).count();
     Ok((d, n_eff))
 }
 
@@ -765,6 +799,53 @@ mod weighting_tests {
         };
         let (d, _) = predict_weighted(&prefix, &keys, &weights).unwrap();
         assert_eq!(d.verdict(&Thresholds::default()), Verdict::Biased, "{d:?}");
+    }
+
+    /// Too few keys per partition for χ² can still show bias: a prefix hash onto 4096
+    /// partitions fills at most 40 of them (one per branch) where a fair one fills ~1,600.
+    #[test]
+    fn a_prefix_hash_into_many_partitions_is_biased_on_a_small_sample() {
+        let keys: Vec<String> = (0..2_000u32)
+            .map(|i| format!("acct:{:02}-{i:07}", i % 40))
+            .collect();
+        let t = Thresholds::default();
+        let spec = |prefix| PartitionSpec::Hash {
+            partitions: 4096,
+            seed: 42,
+            hashed_prefix: prefix,
+        };
+        let biased = predict(&spec(Some(7)), &keys).unwrap();
+        assert!(biased.mean < t.min_expected, "{}", biased.mean);
+        assert!(biased.occupied <= 40, "{}", biased.occupied);
+        assert_eq!(biased.verdict(&t), Verdict::Biased);
+        let fair = predict(&spec(None), &keys).unwrap();
+        assert_eq!(fair.verdict(&t), Verdict::Inconclusive, "{}", fair.occupied);
+    }
+
+    /// The occupancy rule does not call fair functions biased: many seeds, partition counts
+    /// and small sample sizes.
+    #[test]
+    fn occupancy_rule_spares_fair_functions() {
+        let t = Thresholds::default();
+        for partitions in [16u32, 256, 4096] {
+            for n in [8u32, 20, 50, 200, 1_000] {
+                let keys: Vec<String> = (0..n).map(|i| format!("key{i:08}")).collect();
+                for seed in 0..100u64 {
+                    let spec = PartitionSpec::Hash {
+                        partitions,
+                        seed,
+                        hashed_prefix: None,
+                    };
+                    let d = predict(&spec, &keys).unwrap();
+                    assert_ne!(
+                        d.verdict(&t),
+                        Verdict::Biased,
+                        "P={partitions} n={n} seed={seed}: {} hit",
+                        d.occupied
+                    );
+                }
+            }
+        }
     }
 
     /// Every key in one partition is bias however few keys the weights leave effective.

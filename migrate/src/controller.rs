@@ -389,15 +389,22 @@ impl Controller {
         self.checkpoint_gate("validation")
     }
 
+    /// An automatic rollback; if it fails, the error says what triggered it as well.
+    fn roll_back_because(&mut self, reason: &str) -> Result<()> {
+        self.rollback(reason)
+            .map_err(|e| Error::Background(format!("{reason}; the automatic rollback failed: {e}")))
+    }
+
     /// Runs the consistency check and reconciliation; on failure rolls back.
     fn checkpoint_gate(&mut self, when: &str) -> Result<ConsistencyReport> {
         let report = consistency::check(&self.db, self.cfg.check)?;
         if !report.ok() && self.cfg.triggers.on_consistency_failure {
             let reason = format!(
-                "consistency check failed at {when}: {}",
-                report.problems.first().cloned().unwrap_or_default()
+                "consistency check failed at {when}: {} ({} problem(s) in all)",
+                report.problems.first().cloned().unwrap_or_default(),
+                report.problems.len()
             );
-            self.rollback(&reason)?;
+            self.roll_back_because(&reason)?;
             return Err(Error::LayoutRefused(reason));
         }
         if let (Some(expected), Some(now)) =
@@ -406,7 +413,7 @@ impl Controller {
             if now != expected && self.cfg.triggers.on_reconciliation_mismatch {
                 let reason =
                     format!("reconciliation changed at {when}: expected {expected}, got {now}");
-                self.rollback(&reason)?;
+                self.roll_back_because(&reason)?;
                 return Err(Error::LayoutRefused(reason));
             }
         }
@@ -623,7 +630,7 @@ impl Controller {
                         "p99 {p99} µs over budget {budget} µs for {} windows",
                         self.over_budget
                     );
-                    self.rollback(&reason)?;
+                    self.roll_back_because(&reason)?;
                     rolled_back = Some(reason);
                 }
             }
@@ -634,7 +641,7 @@ impl Controller {
                         100.0 * o.errors as f64 / o.ops as f64,
                         100.0 * limit
                     );
-                    self.rollback(&reason)?;
+                    self.roll_back_because(&reason)?;
                     rolled_back = Some(reason);
                 }
             }

@@ -27,6 +27,11 @@ pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+/// Bytes [`put_varint`] writes for `v`.
+pub fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Length-prefixed byte string.
 pub fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     put_varint(buf, b.len() as u64);
@@ -165,10 +170,21 @@ mod tests {
 
     #[test]
     fn varint_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16383,
+            16384,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
             let mut b = Vec::new();
             put_varint(&mut b, v);
             assert_eq!(get_varint(&b), Some((v, b.len())));
+            assert_eq!(varint_len(v), b.len(), "varint_len({v})");
         }
     }
 

@@ -185,6 +185,8 @@ pub(crate) struct Inner {
     /// Wakes writers waiting for a flush or compaction (paired with `core`).
     pub stall_cv: Condvar,
     pub queue: Mutex<VecDeque<Arc<Writer>>>,
+    /// Group commit's view of its writers (concurrency, fsync time), to size synced groups.
+    pub group: crate::write::GroupCommit,
     pub wal: Mutex<WalState>,
     /// Open snapshots: seqno -> count.
     pub snapshots: Mutex<BTreeMap<u64, usize>>,

@@ -263,6 +263,8 @@ struct FaultState {
     faults: Vec<(Fault, u64)>,
     /// Free space reported instead of the real figure.
     available: Option<u64>,
+    /// Added to every file fsync, to imitate a slow disk.
+    sync_delay: Option<std::time::Duration>,
     /// For each file written through this Fs: bytes appended and bytes known durable.
     files: HashMap<PathBuf, (u64, u64)>,
     injected: u64,
@@ -299,6 +301,11 @@ impl FaultFs {
     /// Makes `available_space` report `bytes` (None: the real figure).
     pub fn set_available_space(&self, bytes: Option<u64>) {
         self.state.lock().available = bytes;
+    }
+
+    /// Makes every file fsync take `delay` longer (None: as long as the disk takes).
+    pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().sync_delay = delay;
     }
 
     /// How many operations failed because of an injected fault.
@@ -396,6 +403,10 @@ impl WritableFile for FaultFile {
     fn sync(&mut self) -> io::Result<()> {
         if let Some(k) = self.fs.check(FsOp::Sync, &self.path) {
             return Err(fault_error(k));
+        }
+        let delay = self.fs.state.lock().sync_delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
         }
         self.inner.sync()?;
         let mut st = self.fs.state.lock();

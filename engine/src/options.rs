@@ -20,7 +20,9 @@ pub struct Options {
     pub memtable_bytes: usize,
     /// Frozen memtables waiting for flush before writers stop.
     pub max_immutable_memtables: usize,
-    /// Target size of an SSTable data block before compression.
+    /// Largest size of an SSTable data block before compression, its 5-byte trailer
+    /// included (a block cached whole then fits an allocator size class of this size).
+    /// A block holds at least one entry, so one larger entry makes a larger block.
     pub block_size: usize,
     pub compression: Compression,
     /// Bloom filter bits per key; 0 disables filters.

@@ -486,6 +486,7 @@ fn assemble(
         bg_cv: Condvar::new(),
         stall_cv: Condvar::new(),
         queue: Mutex::new(Default::default()),
+        group: Default::default(),
         wal: Mutex::new(wal),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),

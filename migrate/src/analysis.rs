@@ -914,7 +914,7 @@ mod weighting_tests {
             .map(|i| format!("key{i:06}"))
             .filter(|k| f.partition_of(k.as_bytes()) >= 4)
             .collect();
-        for chunk in hot.chunks(2).take(400) {
+        for chunk in hot.chunks(2).take(700) {
             for k in chunk {
                 db.put(k, [b'w'; 40]).unwrap();
             }

@@ -39,6 +39,16 @@ impl BlockBuilder {
         self.buf.extend_from_slice(value);
     }
 
+    /// Bytes `add(key, _, _, value)` adds to [`estimated_len`](Self::estimated_len).
+    pub fn entry_len(key: &[u8], value: &[u8]) -> usize {
+        crate::coding::varint_len(key.len() as u64)
+            + crate::coding::varint_len(value.len() as u64)
+            + 8
+            + key.len()
+            + value.len()
+            + 4
+    }
+
     /// Size of the finished block if it were finished now.
     pub fn estimated_len(&self) -> usize {
         self.buf.len() + self.offsets.len() * 4 + 4

@@ -8,8 +8,8 @@ use crate::fs::{Fs, WritableFile};
 use crate::sst::block::BlockBuilder;
 use crate::sst::bloom::BloomBuilder;
 use crate::sst::format::{
-    block_trailer, BlockHandle, Compression, Footer, TableKind, TableProps, COMPRESSION_NONE,
-    COMPRESSION_ZSTD, TABLE_FORMAT_VERSION,
+    block_trailer, BlockHandle, Compression, Footer, TableKind, TableProps, BLOCK_TRAILER_LEN,
+    COMPRESSION_NONE, COMPRESSION_ZSTD, TABLE_FORMAT_VERSION,
 };
 use crate::types::{Entry, Kind};
 
@@ -140,6 +140,15 @@ impl TableWriter {
                 ));
             }
         }
+        // Cut the block before an entry that would take it past `block_size` (trailer
+        // included), so a cached block fits the allocation size class it was sized for
+        // (a 4 KiB block that spills to 4.1 KiB costs a 5 KiB allocation in jemalloc).
+        if !self.block.is_empty()
+            && self.block.estimated_len() + BlockBuilder::entry_len(key, value) + BLOCK_TRAILER_LEN
+                > self.opts.block_size
+        {
+            self.finish_data_block()?;
+        }
         if self.props.entries == 0 {
             self.props.smallest = key.to_vec();
         }
@@ -162,9 +171,6 @@ impl TableWriter {
         self.props.max_seqno = self.props.max_seqno.max(seqno);
         self.bloom.add_key(key);
         self.block.add(key, seqno, kind, value);
-        if self.block.estimated_len() >= self.opts.block_size {
-            self.finish_data_block()?;
-        }
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use crate::db::{Core, Inner, View};
 use crate::error::{Error, Result};
 use crate::iter::{file_sources, Direction};
 use crate::manifest::{EditRecord, VersionEdit, MAX_LEVELS};
-use crate::memtable::MemTable;
+use crate::memtable::{MemTable, MemWatch};
 use crate::output::Outputs;
 use crate::sst::TableKind;
 use crate::stats::Counters;
@@ -151,7 +151,8 @@ pub(crate) struct CompactionJob {
     /// The inputs are a draining partition's pointer files, merged into one.
     pub pointer_merge: bool,
     pub files: Arc<FileSet>,
-    pub mems: Vec<Arc<MemTable>>,
+    /// The memtables when the job was picked, watched without keeping them alive.
+    pub mems: Vec<MemWatch>,
     pub stripes: Stripes,
 }
 
@@ -308,7 +309,7 @@ impl Inner {
             pointers,
             pointer_merge: false,
             files: view.files.clone(),
-            mems: view.memtables(),
+            mems: view.memtables().iter().map(MemTable::watch).collect(),
             stripes: Stripes::new(self.snapshot_list()),
         }
     }
@@ -613,10 +614,8 @@ fn older_entry_outside(job: &CompactionJob, inputs: &HashSet<u64>, key: &[u8], s
     if seqno <= 1 {
         return false;
     }
-    for m in &job.mems {
-        if m.min_seqno() < seqno && m.get(key, seqno - 1).is_some() {
-            return true;
-        }
+    if job.mems.iter().any(|m| m.may_hold_older(key, seqno)) {
+        return true;
     }
     let h = crate::sst::bloom::key_hash(key);
     let older = |f: &Arc<FileMeta>| {

@@ -5,6 +5,7 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtOrd};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
@@ -81,8 +82,8 @@ pub struct MemTable {
     bytes: AtomicUsize,
     /// Smallest seqno in the table. Normal writes only raise seqnos; lazy moves insert entries
     /// with their original (older) seqno, and compaction must know that such an entry exists
-    /// before it drops a tombstone.
-    min_seqno: AtomicU64,
+    /// before it drops a tombstone. Shared with [`MemWatch`]es.
+    min_seqno: Arc<AtomicU64>,
     max_seqno: AtomicU64,
     /// First WAL file number whose records are (partly) in this memtable.
     wal_number: u64,
@@ -95,7 +96,7 @@ impl MemTable {
         MemTable {
             map: SkipMap::new(),
             bytes: AtomicUsize::new(0),
-            min_seqno: AtomicU64::new(u64::MAX),
+            min_seqno: Arc::new(AtomicU64::new(u64::MAX)),
             max_seqno: AtomicU64::new(0),
             wal_number,
             // About one bit per 16 budget bytes: well over ten bits per entry.
@@ -165,6 +166,16 @@ impl MemTable {
         }
         let v = e.value();
         Some((e.key().seqno, v.kind, v.value.clone()))
+    }
+
+    /// A view of this memtable for a long job (a compaction) that must not keep it alive:
+    /// a flushed memtable's memory is no longer charged against the memory budget, and a
+    /// compaction can run for seconds while several memtables are flushed.
+    pub(crate) fn watch(self: &Arc<Self>) -> MemWatch {
+        MemWatch {
+            mem: Arc::downgrade(self),
+            min_seqno: self.min_seqno.clone(),
+        }
     }
 
     pub fn approximate_bytes(&self) -> usize {
@@ -304,6 +315,28 @@ impl MemTable {
     }
 }
 
+/// A memtable watched by a compaction, without keeping it alive (see [`MemTable::watch`]).
+pub(crate) struct MemWatch {
+    mem: Weak<MemTable>,
+    min_seqno: Arc<AtomicU64>,
+}
+
+impl MemWatch {
+    /// Whether the memtable may hold an entry for `key` older than `seqno`. Only lazily
+    /// moved entries are older than what is already in tables; a memtable that never held
+    /// one answers `false` even once it is gone, and a gone memtable that did answers
+    /// `true` (its entries now sit in a table the watcher cannot see: assume the worst).
+    pub fn may_hold_older(&self, key: &[u8], seqno: u64) -> bool {
+        if seqno == 0 || self.min_seqno.load(AtOrd::Relaxed) >= seqno {
+            return false;
+        }
+        match self.mem.upgrade() {
+            Some(m) => m.get(key, seqno - 1).is_some(),
+            None => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +367,31 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m.min_seqno(), 3);
         assert_eq!(m.get(b"b", 100).unwrap().0, 3);
+    }
+
+    #[test]
+    fn a_watch_does_not_keep_the_memtable_and_stays_safe_after_it_is_gone() {
+        let plain = Arc::new(MemTable::new(1, 1 << 20));
+        plain.insert(b("k"), 50, Kind::Value, b("v"));
+        let moved = Arc::new(MemTable::new(1, 1 << 20));
+        moved.insert(b("a"), 60, Kind::Value, b("v"));
+        moved.insert_moved(b("k"), 3, b("old"), 1);
+        let (wp, wm) = (plain.watch(), moved.watch());
+        // Live: exact answers.
+        assert!(!wp.may_hold_older(b"k", 40), "nothing below seqno 50");
+        assert!(wm.may_hold_older(b"k", 10), "the moved entry at seqno 3");
+        assert!(!wm.may_hold_older(b"j", 10), "no entry for j");
+        assert_eq!(Arc::strong_count(&plain), 1, "a watch holds no reference");
+        drop(plain);
+        drop(moved);
+        // Gone: a memtable that never held an older entry still answers no; one that did
+        // answers yes, whatever the key.
+        assert!(!wp.may_hold_older(b"k", 40));
+        assert!(wm.may_hold_older(b"j", 10));
+        assert!(
+            !wm.may_hold_older(b"k", 3),
+            "nothing below its minimum seqno 3"
+        );
     }
 
     #[test]

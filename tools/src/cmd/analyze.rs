@@ -108,19 +108,14 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     };
     let (a, source) = if args.scan {
         let db = crate::cmd::scan::open_read_only(&args.dir)?;
-        let mut keys = Vec::new();
         let mut seen = 0u64;
-        for r in db.range(..) {
-            let (k, _) = r?;
-            seen += 1;
-            // Evenly thinned to the sample size by a stride over the key order would bias
-            // range analyses; keep the first N of a deterministic hash order instead.
-            keys.push(k);
-        }
-        if keys.len() > args.sample {
-            keys.sort_by_key(|k| sluice_hash(k));
-            keys.truncate(args.sample);
-        }
+        let keys = thin_by_hash(
+            db.range(..).map(|r| {
+                seen += 1;
+                r.map(|(k, _)| k)
+            }),
+            args.sample,
+        )?;
         let info = SampleInfo {
             keys: keys.len() as u64,
             effective_keys: keys.len() as f64,
@@ -228,6 +223,27 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     Ok(if a.verdict == Verdict::Biased { Status::Failed } else { Status::Ok })
 }
 
+/// The `n` keys first in a deterministic hash order (ties by key), holding at most `n`
+/// keys at a time however many there are. A stride over the key order would bias range
+/// analyses; a hash order does not.
+fn thin_by_hash<K: AsRef<[u8]> + Ord, E>(
+    keys: impl Iterator<Item = Result<K, E>>,
+    n: usize,
+) -> Result<Vec<K>, E> {
+    let mut heap = std::collections::BinaryHeap::with_capacity(n.min(1 << 20) + 1);
+    for k in keys {
+        let k = k?;
+        let h = sluice_hash(k.as_ref());
+        if heap.len() < n {
+            heap.push((h, k));
+        } else if heap.peek().is_some_and(|(th, tk)| (h, &k) < (*th, tk)) {
+            heap.pop();
+            heap.push((h, k));
+        }
+    }
+    Ok(heap.into_sorted_vec().into_iter().map(|(_, k)| k).collect())
+}
+
 fn sluice_hash(k: &[u8]) -> u64 {
     // FNV-1a: a fixed, dependency-free order for thinning a full scan.
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -236,4 +252,24 @@ fn sluice_hash(k: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn thinning_keeps_the_first_n_in_hash_order() {
+        let keys: Vec<Vec<u8>> = (0..5000u32)
+            .map(|i| format!("k{:05}", (i * 7919) % 5000).into_bytes())
+            .collect();
+        for n in [0, 1, 10, 4999, 5000, 6000] {
+            let mut want = keys.clone();
+            want.sort_by(|a, b| (sluice_hash(a), a).cmp(&(sluice_hash(b), b)));
+            want.truncate(n);
+            let got = thin_by_hash(keys.iter().cloned().map(Ok::<_, ()>), n).unwrap();
+            assert_eq!(got, want, "n = {n}");
+        }
+        let failing = [Ok(b"a".to_vec()), Err("disk"), Ok(b"b".to_vec())];
+        assert_eq!(thin_by_hash(failing.into_iter(), 5), Err("disk"));
+    }
 }

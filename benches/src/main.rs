@@ -113,6 +113,11 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     memtable_mb: Option<u64>,
 
+    /// Bloom filter bits per key of the tables Sluice writes (engine default if omitted;
+    /// 0 disables filters).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=64))]
+    bloom_bits: Option<u32>,
+
     /// Operations per read workload (default: --num).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     reads: Option<u64>,
@@ -366,6 +371,9 @@ fn sluice_options(cli: &Cli) -> Options {
         // compactionstress wants constant flushes and compactions.
         opts.memtable_bytes = 1 << 20;
     }
+    if let Some(bits) = cli.bloom_bits {
+        opts.bloom_bits_per_key = bits;
+    }
     if let Some(mb) = cli.move_mb_per_sec {
         opts.move_bytes_per_sec = mb << 20;
     } else if cli.workloads.contains(&Workload::Migration3) {
@@ -513,8 +521,8 @@ fn run(cli: &Cli) -> BenchResult<()> {
     eprintln!(
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
          partition={partition} target={} compression={:?} cache_mb={} memtable_mb={} \
-         duration_secs={} dir={} existing_db={} seed={} distribution={} engine=sluice \
-         move_mb_per_sec={}",
+         bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
+         engine=sluice move_mb_per_sec={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -526,6 +534,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.compression,
         cli.cache_mb,
         opts.memtable_bytes as f64 / (1 << 20) as f64,
+        opts.bloom_bits_per_key,
         cli.duration_secs
             .map_or_else(|| "none".to_string(), |d| d.as_secs_f64().to_string()),
         cli.dir.display(),
@@ -764,7 +773,8 @@ fn lsm_shape(s: &Stats) -> String {
         .collect();
     format!(
         "{}; memtable {:.1} MB + {} immutable; {} flushes, {} compactions ({} trivial moves), \
-         pending compaction {:.1} MB, block cache {:.1} MB",
+         pending compaction {:.1} MB, block cache {:.1} MB; {} gets searched {} tables \
+         ({} filter false positives)",
         if levels.is_empty() {
             "no SSTables".to_string()
         } else {
@@ -777,6 +787,9 @@ fn lsm_shape(s: &Stats) -> String {
         s.trivial_moves,
         mb(s.pending_compaction_bytes),
         mb(s.block_cache_bytes),
+        s.gets,
+        s.get_table_reads,
+        s.get_filter_false_positives,
     )
 }
 

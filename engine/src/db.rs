@@ -1082,6 +1082,9 @@ impl Inner {
             live_sst_bytes: view.files.total_bytes(),
             last_seqno: self.latest(),
             background_errors: g(&c.background_errors),
+            gets: g(&c.gets),
+            get_table_reads: g(&c.get_table_reads),
+            get_filter_false_positives: g(&c.get_false_positives),
         }
     }
 

@@ -34,8 +34,21 @@ pub(crate) struct Resolved {
     pub origin: Origin,
 }
 
+/// What a point read cost in tables: data blocks searched, and how many of those held
+/// nothing for the key.
+#[derive(Default)]
+pub(crate) struct ReadCost {
+    pub table_reads: u64,
+    pub false_positives: u64,
+}
+
 /// The newest entry for `key` at `snapshot` across memtables and every live layout.
-pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<Resolved>> {
+pub(crate) fn resolve(
+    view: &View,
+    key: &[u8],
+    snapshot: u64,
+    cost: &mut ReadCost,
+) -> Result<Option<Resolved>> {
     let mut best: Option<Resolved> = None;
     let best_seq = |b: &Option<Resolved>| b.as_ref().map_or(0, |r| r.seqno);
     let h = bloom::key_hash(key);
@@ -73,12 +86,12 @@ pub(crate) fn resolve(view: &View, key: &[u8], snapshot: u64) -> Result<Option<R
             if f.min_seqno > snapshot || !f.contains(key) {
                 continue;
             }
-            probe(f, key, h, snapshot, &mut best)?;
+            probe(f, key, h, snapshot, &mut best, cost)?;
         }
         for level in 1..MAX_LEVELS {
             if let Some(f) = part.file_for_key(level, key) {
                 if f.max_seqno > best_seq(&best) && f.min_seqno <= snapshot {
-                    probe(f, key, h, snapshot, &mut best)?;
+                    probe(f, key, h, snapshot, &mut best, cost)?;
                 }
             }
         }
@@ -135,16 +148,23 @@ fn probe(
     h: u64,
     snapshot: u64,
     best: &mut Option<Resolved>,
+    cost: &mut ReadCost,
 ) -> Result<()> {
-    if let Some(e) = f.table.get(key, h, snapshot)? {
-        if e.seqno > best.as_ref().map_or(0, |r| r.seqno) {
-            *best = Some(Resolved {
-                seqno: e.seqno,
-                kind: e.kind,
-                value: e.value,
-                origin: Origin::File(f.clone()),
-            });
-        }
+    if !f.table.may_contain_hash(h) {
+        return Ok(());
+    }
+    cost.table_reads += 1;
+    let Some(e) = f.table.get(key, h, snapshot)? else {
+        cost.false_positives += 1;
+        return Ok(());
+    };
+    if e.seqno > best.as_ref().map_or(0, |r| r.seqno) {
+        *best = Some(Resolved {
+            seqno: e.seqno,
+            kind: e.kind,
+            value: e.value,
+            origin: Origin::File(f.clone()),
+        });
     }
     Ok(())
 }
@@ -182,7 +202,15 @@ impl Inner {
         }
         let seq = snapshot.unwrap_or_else(|| self.latest());
         let view = self.view.load();
-        let Some(r) = resolve(&view, key, seq)? else {
+        let mut cost = ReadCost::default();
+        let r = resolve(&view, key, seq, &mut cost);
+        if cost.table_reads > 0 {
+            Counters::add(&self.counters.get_table_reads, cost.table_reads);
+            if cost.false_positives > 0 {
+                Counters::add(&self.counters.get_false_positives, cost.false_positives);
+            }
+        }
+        let Some(r) = r? else {
             return Ok(None);
         };
         if r.kind != Kind::Value {

@@ -23,6 +23,8 @@ pub(crate) struct Counters {
     pub slowdown_micros: AtomicU64,
     pub slowdowns: AtomicU64,
     pub gets: AtomicU64,
+    pub get_table_reads: AtomicU64,
+    pub get_false_positives: AtomicU64,
     pub background_errors: AtomicU64,
 }
 
@@ -94,4 +96,12 @@ pub struct Stats {
     pub live_sst_bytes: u64,
     pub last_seqno: u64,
     pub background_errors: u64,
+    /// Point reads (`get`, snapshot and transaction reads).
+    pub gets: u64,
+    /// Tables whose filter admitted a point read's key, so that a data block was searched.
+    pub get_table_reads: u64,
+    /// Of those, tables that held no visible entry for the key: filter false positives
+    /// (or only versions newer than the read's snapshot). Each costs a block read; a read
+    /// that probes several layouts during a migration pays for each layout's filters.
+    pub get_filter_false_positives: u64,
 }

@@ -89,9 +89,16 @@ pub struct PlanOptions {
 /// What planning found.
 #[derive(Clone, Debug)]
 pub struct PlanReport {
+    /// The candidate's layout version (registered now, or an existing one reused).
     pub version: VersionId,
+    /// The analysis gate's judgement of the candidate over a sample of existing keys.
     pub analysis: Analysis,
+    /// The gate found the candidate biased.
     pub biased: bool,
+    /// The plan went ahead past a biased verdict because [`PlanOptions::force`] was set
+    /// (and is recorded as forced). Without `force` a biased candidate is refused with an
+    /// error, so a returned report has `forced == biased`; both are kept so that callers
+    /// can say which they mean.
     pub forced: bool,
 }
 

@@ -228,3 +228,60 @@ fn read_only_open_sees_a_live_database_without_disturbing_it() {
         Err(sluice::Error::NotADatabase { .. })
     ));
 }
+
+/// `stats()` counts what point reads cost in tables: every table a read searched, and
+/// those that held nothing for the key (filter false positives). Without filters every
+/// table in a missing key's range is searched in vain; with them almost none is.
+#[test]
+fn stats_count_tables_searched_and_filter_false_positives() {
+    for (bits, label) in [(0u32, "no filters"), (10, "10 bits per key")] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                bloom_bits_per_key: bits,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), "v").unwrap();
+        }
+        db.flush().unwrap();
+        let before = db.stats();
+        for i in 0..2000u32 {
+            assert!(db.get(format!("k{i:05}")).unwrap().is_some());
+        }
+        let hits = db.stats();
+        assert_eq!(hits.gets - before.gets, 2000, "{label}");
+        assert_eq!(
+            hits.get_table_reads - before.get_table_reads,
+            2000,
+            "{label}: one table searched per read that finds its key"
+        );
+        assert_eq!(
+            hits.get_filter_false_positives, before.get_filter_false_positives,
+            "{label}: no false positive when the key is there"
+        );
+        // Missing keys inside the table's key range (k00000..k01999; "k01999x" would be
+        // past its largest key, where the range check, not the filter, turns it away).
+        for i in 0..1999u32 {
+            assert!(db.get(format!("k{i:05}x")).unwrap().is_none());
+        }
+        let misses = db.stats();
+        let searched = misses.get_table_reads - hits.get_table_reads;
+        let wasted = misses.get_filter_false_positives - hits.get_filter_false_positives;
+        assert_eq!(
+            searched, wasted,
+            "{label}: every search for a missing key is wasted"
+        );
+        if bits == 0 {
+            assert_eq!(wasted, 1999, "{label}");
+        } else {
+            assert!(
+                wasted < 100,
+                "{label}: {wasted} of 1999 missing keys passed the filter"
+            );
+        }
+    }
+}

@@ -29,7 +29,16 @@ pub(crate) fn start(inner: &Arc<Inner>) {
         .name("sluice-wal".into())
         .spawn(move || {
             while !w.closing.load(Ordering::Acquire) {
-                std::thread::sleep(w.opts.wal_flush_interval);
+                // Parked rather than asleep, so that shutdown (which unparks every
+                // background thread) need not wait out a long interval.
+                let due = std::time::Instant::now() + w.opts.wal_flush_interval;
+                loop {
+                    let now = std::time::Instant::now();
+                    if now >= due || w.closing.load(Ordering::Acquire) {
+                        break;
+                    }
+                    std::thread::park_timeout(due - now);
+                }
                 w.tick_wal();
             }
         })

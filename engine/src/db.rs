@@ -1112,6 +1112,9 @@ impl Inner {
             self.stall_cv.notify_all();
         }
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in &threads {
+            t.thread().unpark();
+        }
         for t in threads {
             let _ = t.join();
         }

@@ -240,10 +240,13 @@ impl Inner {
             Counters::add(&self.counters.move_skipped, 1);
             return;
         }
+        // Copies, not slices: a value read from a cached block is a slice of the whole
+        // block, and the move (then the memtable, until its flush) would keep the block
+        // alive — ~4 KiB pinned, uncharged, per ~100-byte entry moved.
         q.push(PendingMove {
             key: Bytes::copy_from_slice(key),
             seqno: r.seqno,
-            value: r.value.clone(),
+            value: Bytes::copy_from_slice(&r.value),
             source: source.clone(),
         });
     }
@@ -333,5 +336,52 @@ impl Inner {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Db, Options, PartitionSpec};
+
+    /// A value read out of a cached block is a slice of the whole block; a queued move
+    /// (and then the memtable) must hold a copy of the entry, not the block.
+    #[test]
+    fn a_queued_move_copies_its_value_out_of_the_cached_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            move_bytes_per_sec: 1 << 30,
+            migration_bytes_per_sec: 0,
+            // No WAL tick applies the move while the test looks at the queue.
+            wal_flush_interval: Duration::from_secs(3600),
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..200u32 {
+            db.put(format!("k{i:04}"), vec![b'v'; 100]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        assert_eq!(db.get("k0100").unwrap().unwrap().len(), 100);
+        let q = db.inner.moves.lock();
+        assert_eq!(q.len(), 1, "the read queued one move");
+        let m = &q[0];
+        assert_eq!(m.value.len(), 100);
+        // The block the value was read from, as the cache holds it.
+        let t = &m.source.table;
+        let block = t.block(t.find_block(b"k0100", u64::MAX)).unwrap();
+        let range = block.data().as_ptr_range();
+        assert!(
+            !range.contains(&m.value.as_ptr()),
+            "the queued move's value points into the cached block"
+        );
     }
 }

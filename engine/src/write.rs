@@ -262,9 +262,14 @@ impl Inner {
         let mut results = match res {
             Ok(v) => v,
             Err(e) => group.iter().map(|_| Err(e.duplicate())).collect(),
-        };
+        }
+        .into_iter();
         let mut mine = Err(Error::Closed);
-        for (x, r) in group.iter().zip(results.drain(..)) {
+        for x in &group {
+            // Every writer of the group must be answered, or it would wait for ever.
+            let r = results.next().unwrap_or_else(|| {
+                Err(Error::ReadOnly("internal: a writer got no outcome".into()))
+            });
             if Arc::ptr_eq(x, &w) {
                 mine = r;
             } else {

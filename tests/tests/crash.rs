@@ -358,8 +358,10 @@ fn sigkill_during_writes_and_layout_switches_keeps_the_guarantees() {
 }
 
 /// The long soak: `SLUICE_CRASH_CYCLES` (default 1000) kill cycles.
+/// Run: `SLUICE_CRASH_CYCLES=2000 cargo test --release -p sluice-tests --test crash sigkill_soak -- --ignored --nocapture`.
+/// Short version in CI: `sigkill_during_writes_and_layout_switches_keeps_the_guarantees` (50 cycles).
 #[test]
-#[ignore = "soak; run with --ignored (see the module docs)"]
+#[ignore = "soak: SLUICE_CRASH_CYCLES=2000 cargo test --release -p sluice-tests --test crash sigkill_soak -- --ignored"]
 fn sigkill_soak() {
     let _serial = one_at_a_time();
     let cycles = cycles_from_env(1000);
@@ -485,8 +487,11 @@ fn power_cut_keeps_synced_writes_a_prefix_and_whole_batches() {
     }
 }
 
+/// The long soak: `SLUICE_CRASH_CYCLES` (default 500) power cuts.
+/// Run: `SLUICE_CRASH_CYCLES=500 cargo test --release -p sluice-tests --test crash power_cut_soak -- --ignored --nocapture`.
+/// Short version in CI: `power_cut_keeps_synced_writes_a_prefix_and_whole_batches` (30 cuts).
 #[test]
-#[ignore = "soak; run with --ignored (see the module docs)"]
+#[ignore = "soak: SLUICE_CRASH_CYCLES=500 cargo test --release -p sluice-tests --test crash power_cut_soak -- --ignored"]
 fn power_cut_soak() {
     let _serial = one_at_a_time();
     let cycles = cycles_from_env(500);

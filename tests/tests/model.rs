@@ -77,9 +77,11 @@ fn model_tiny_options() {
     }
 }
 
-/// Long soak: many more seeds with both configurations. See the module docs for the command.
+/// Long soak: many more seeds with both configurations.
+/// Run: `SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored --nocapture`.
+/// Short version in CI: `model_default_options` and `model_tiny_options` (a few seeds each).
 #[test]
-#[ignore = "long soak; run with --ignored (see module docs)"]
+#[ignore = "long soak: SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored"]
 fn model_soak() {
     for seed in seeds(300) {
         with_seed("model", seed, |seed| {

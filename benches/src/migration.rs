@@ -58,14 +58,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use sluice::{Db, Options, PartitionSpec, Stats, VersionId};
+use sluice::{shares_of, Db, Options, PartitionSpec, Stats, VersionId};
 
 use crate::chart::Event;
 use crate::engine::SluiceKv;
 use crate::keys::{decimal_digits, mix64, write_key, Distribution, KeyChooser, ValueGen};
 use crate::report::{os_write_bytes, Latency};
 use crate::scenario::{
-    load_keys, settle, shares_of, with_load, LoadConfig, PhaseSummary, PhaseTotals, Sampler,
+    load_keys, settle, with_load, LoadConfig, PhaseSummary, PhaseTotals, Sampler,
 };
 use crate::timeline::Row;
 use crate::workloads::{self, Measured, Settings, Workload};

@@ -459,20 +459,6 @@ pub fn l0_files_max(s: &Stats) -> usize {
         .unwrap_or(0)
 }
 
-/// Each element's share of the sum (all zero when the sum is).
-pub fn shares_of(v: &[u64]) -> Vec<f64> {
-    let total: u64 = v.iter().sum();
-    v.iter()
-        .map(|&x| {
-            if total == 0 {
-                0.0
-            } else {
-                x as f64 / total as f64
-            }
-        })
-        .collect()
-}
-
 /// Share of the live SSTable bytes that sit in layout `v`.
 pub fn fraction_in(layout: &sluice::LayoutInfo, v: VersionId) -> f64 {
     let total: u64 = layout.versions.iter().map(|x| x.bytes()).sum();

@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
-use sluice::{Db, PartitionFn};
+use sluice::{shares_of, Db, PartitionFn};
 
 use crate::keys::{mix64, write_key, Distribution, KeyChooser, ValueGen};
 use crate::report::Latency;
-use crate::scenario::{l0_files_max, shares_of, with_load, LoadConfig, Sampler};
+use crate::scenario::{l0_files_max, with_load, LoadConfig, Sampler};
 use crate::workloads::{split_ops, start_together, Measured};
 use crate::{BenchResult, Done, ScenarioCtx};
 

@@ -78,6 +78,7 @@ pub use sst::Compression;
 pub use stats::{LevelStats, PartitionStats, Stats};
 pub use transaction::Transaction;
 pub use types::{Entry, Kind};
+pub use util::shares_of;
 
 /// Internals exposed for the criterion micro-benchmarks in `benches/`. Not a stable API.
 #[doc(hidden)]

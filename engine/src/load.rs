@@ -88,17 +88,7 @@ impl LoadStats {
 
     /// Each partition's share of all operations.
     pub fn shares(&self) -> Vec<f64> {
-        let ops = self.ops();
-        let total: u64 = ops.iter().sum();
-        ops.iter()
-            .map(|&o| {
-                if total == 0 {
-                    0.0
-                } else {
-                    o as f64 / total as f64
-                }
-            })
-            .collect()
+        crate::util::shares_of(&self.ops())
     }
 }
 

@@ -25,6 +25,22 @@ pub fn file_number(path: &Path) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// Each count's share of their sum (all zero when the sum is): how partition loads and
+/// sizes are reported, by the engine and by the tools around it.
+pub fn shares_of(counts: &[u64]) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| {
+            if total == 0 {
+                0.0
+            } else {
+                c as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,6 +51,13 @@ mod tests {
         assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_successor(b"\xff\xff"), None);
         assert_eq!(prefix_successor(b""), None);
+    }
+
+    #[test]
+    fn shares() {
+        assert_eq!(shares_of(&[1, 3]), vec![0.25, 0.75]);
+        assert_eq!(shares_of(&[0, 0]), vec![0.0, 0.0]);
+        assert!(shares_of(&[]).is_empty());
     }
 
     #[test]

@@ -150,11 +150,13 @@ fn probe(
     best: &mut Option<Resolved>,
     cost: &mut ReadCost,
 ) -> Result<()> {
+    // The caller checked the file's key range; the filter is checked here (not again in
+    // `Table::get`) so that a search it admits can be counted.
     if !f.table.may_contain_hash(h) {
         return Ok(());
     }
     cost.table_reads += 1;
-    let Some(e) = f.table.get(key, h, snapshot)? else {
+    let Some(e) = f.table.search(key, snapshot)? else {
         cost.false_positives += 1;
         return Ok(());
     };

@@ -341,6 +341,11 @@ impl Table {
         if !self.may_contain_hash(bloom_hash) {
             return Ok(None);
         }
+        self.search(key, snapshot)
+    }
+
+    /// [`Table::get`] without the key-range and filter checks, for a caller that made them.
+    pub(crate) fn search(&self, key: &[u8], snapshot: u64) -> Result<Option<Entry>> {
         let mut bi = self.find_block(key, snapshot);
         while bi < self.index.len() {
             let b = self.block(bi)?;

@@ -47,6 +47,17 @@ pub fn cmp_internal(a: &[u8], a_seq: u64, b: &[u8], b_seq: u64) -> Ordering {
     cmp_keys(a, b).then(b_seq.cmp(&a_seq))
 }
 
+/// A key's first eight bytes as a big-endian number, zero-padded. Order-preserving in one
+/// direction: `key_prefix(a) < key_prefix(b)` implies `a < b` (and `>` implies `>`); equal
+/// prefixes say nothing, and the keys must be compared.
+#[inline]
+pub fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
 /// Byte-wise key order, eight bytes at a time. Keys are short (often 8 to 32 bytes), where
 /// a library `memcmp` call costs more than the comparison; merges and seeks do little else.
 #[inline]
@@ -158,6 +169,35 @@ mod tests {
                 assert_eq!(cmp_keys(a, b), a.cmp(b), "{a:?} vs {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn key_prefix_never_contradicts_key_order() {
+        let keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            vec![1],
+            b"ab".to_vec(),
+            b"ab\x00".to_vec(),
+            b"ab\x00\x00\x00\x00\x00\x00\x01".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\x00".to_vec(),
+            b"abcdefgi".to_vec(),
+            vec![0xff; 7],
+            vec![0xff; 8],
+            vec![0xff; 9],
+        ];
+        for a in &keys {
+            for b in &keys {
+                match key_prefix(a).cmp(&key_prefix(b)) {
+                    Ordering::Equal => {}
+                    o => assert_eq!(o, a.cmp(b), "{a:?} vs {b:?}"),
+                }
+            }
+        }
+        // Equal prefixes for different keys: the caller must compare the keys.
+        assert_eq!(key_prefix(b"ab"), key_prefix(b"ab\x00"));
     }
 
     #[test]

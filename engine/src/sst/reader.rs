@@ -22,12 +22,15 @@ use crate::sst::format::{
     checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE,
     COMPRESSION_ZSTD,
 };
-use crate::types::{cmp_internal, Entry, Kind};
+use crate::types::{cmp_internal, key_prefix, Entry, Kind};
 
 /// The index, flattened: every block's last key in one buffer, so the binary search a
-/// lookup starts with touches a few cache lines instead of a pointer per probe.
+/// lookup starts with touches a few cache lines instead of a pointer per probe. The search
+/// itself runs over `prefixes` (each key's first eight bytes as a number): one cache line
+/// per probe, and the last few probes share one; full keys are compared only on a tie.
 #[derive(Default)]
 struct Index {
+    prefixes: Vec<u64>,
     keys: Vec<u8>,
     ends: Vec<usize>,
     seqnos: Vec<u64>,
@@ -46,6 +49,7 @@ impl Index {
     }
 
     fn push(&mut self, key: &[u8], seqno: u64, handle: BlockHandle) {
+        self.prefixes.push(key_prefix(key));
         self.keys.extend_from_slice(key);
         self.ends.push(self.keys.len());
         self.seqnos.push(seqno);
@@ -313,12 +317,19 @@ impl Table {
 
     /// Index of the first data block that may hold entries at or after (key, seqno).
     pub(crate) fn find_block(&self, key: &[u8], seqno: u64) -> usize {
+        let probe = key_prefix(key);
         let (mut lo, mut hi) = (0, self.index.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if cmp_internal(self.index.key(mid), self.index.seqnos[mid], key, seqno)
-                == std::cmp::Ordering::Less
-            {
+            let less = match self.index.prefixes[mid].cmp(&probe) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => {
+                    cmp_internal(self.index.key(mid), self.index.seqnos[mid], key, seqno)
+                        == std::cmp::Ordering::Less
+                }
+            };
+            if less {
                 lo = mid + 1;
             } else {
                 hi = mid;

@@ -229,3 +229,67 @@ fn every_truncation_is_refused() {
         assert!(e.is_corruption(), "cut at {n}: {e}");
     }
 }
+
+/// Keys of every length around the index's 8-byte search prefix, many sharing it (short keys
+/// and keys padded with zero bytes tie with each other): every one is found at every
+/// version, and no absent key in between is.
+#[test]
+fn lookups_with_keys_that_tie_on_the_index_prefix() {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for stem in [&b""[..], b"a", b"ab\x00", b"abcdefg", b"abcdefgh"] {
+        for len in 0..12usize {
+            for fill in [0u8, 1, 0xff] {
+                let mut k = stem.to_vec();
+                while k.len() < len {
+                    k.push(fill);
+                }
+                k.truncate(len.max(stem.len()));
+                keys.push(k);
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    let mut es = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        for s in [3u64, 2] {
+            es.push(Entry {
+                key: Bytes::from(k.clone()),
+                seqno: 10 * i as u64 + s,
+                kind: Kind::Value,
+                value: Bytes::from(format!("v{i}-{s}-{}", "x".repeat(40))),
+            });
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("1.sst");
+    write(&p, &es, Compression::None);
+    let t = open(&p, true).unwrap();
+    assert!(
+        t.block_count() > 10,
+        "small blocks: the index must be searched"
+    );
+    for e in &es {
+        let got = t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap();
+        assert_eq!(&got, e);
+    }
+    // The block a search starts at is exactly the first whose last key is >= the key (an
+    // earlier one would still find the entry, a block later, but read a block for nothing).
+    let last_keys: Vec<Vec<u8>> = t.index_keys().map(|k| k.to_vec()).collect();
+    for k in &keys {
+        let want = last_keys
+            .iter()
+            .position(|lk| lk.as_slice() >= k.as_slice())
+            .unwrap_or(last_keys.len());
+        assert_eq!(t.find_block(k, u64::MAX), want, "{k:?}");
+    }
+    for k in &keys {
+        for extra in [0u8, 1] {
+            let mut absent = k.clone();
+            absent.push(extra);
+            if keys.binary_search(&absent).is_err() {
+                assert!(t.search(&absent, u64::MAX).unwrap().is_none(), "{absent:?}");
+            }
+        }
+    }
+}

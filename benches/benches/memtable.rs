@@ -29,17 +29,12 @@ fn insert_timed(keys: &[Bytes], val: &Bytes, iters: u64) -> Duration {
         let n = left.min(CHUNK);
         let m = MemTable::new(1, 64 << 20);
         for (i, k) in keys[..PREFILL].iter().enumerate() {
-            m.insert(k.clone(), i as u64 + 1, Kind::Value, val.clone());
+            m.insert(k, i as u64 + 1, Kind::Value, val);
         }
         let timed = &keys[PREFILL..PREFILL + n];
         let start = Instant::now();
         for (i, k) in timed.iter().enumerate() {
-            m.insert(
-                k.clone(),
-                (PREFILL + i) as u64 + 1,
-                Kind::Value,
-                val.clone(),
-            );
+            m.insert(k, (PREFILL + i) as u64 + 1, Kind::Value, val);
         }
         total += start.elapsed();
         left -= n;
@@ -74,12 +69,7 @@ fn memtable(c: &mut Criterion) {
         .map(|i| Bytes::copy_from_slice(&rand_key(i)))
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        m.insert(
-            k.clone(),
-            i as u64 + 1,
-            Kind::Value,
-            Bytes::copy_from_slice(&value(i as u64)),
-        );
+        m.insert(k, i as u64 + 1, Kind::Value, &value(i as u64));
     }
     let mut sorted = keys.clone();
     sorted.sort();

@@ -126,20 +126,16 @@ impl WriteBatch {
         out.extend_from_slice(&self.rep);
     }
 
-    pub(crate) fn into_ops(self) -> Vec<u8> {
-        self.rep
-    }
-
     pub(crate) fn ops_bytes(&self) -> &[u8] {
         &self.rep
     }
 
     /// Iterates the operations as (kind, key, value) slices of `rep`.
-    pub(crate) fn for_each_op(
-        rep: &Bytes,
+    pub(crate) fn for_each_op<'a>(
+        rep: &'a [u8],
         path: &Path,
         base: u64,
-        mut f: impl FnMut(Kind, Bytes, Bytes),
+        mut f: impl FnMut(Kind, &'a [u8], &'a [u8]),
     ) -> Result<u32> {
         let mut d = Decoder::new(rep, path, base);
         let mut n = 0u32;
@@ -159,14 +155,14 @@ impl WriteBatch {
             let klen = d.len(MAX_KEY_LEN, "batch key length")?;
             let kstart = rep.len() - d.remaining();
             d.take(klen, "batch key")?;
-            let key = rep.slice(kstart..kstart + klen);
+            let key = &rep[kstart..kstart + klen];
             let value = if kind == Kind::Value {
                 let vlen = d.len(MAX_VALUE_LEN, "batch value length")?;
                 let vstart = rep.len() - d.remaining();
                 d.take(vlen, "batch value")?;
-                rep.slice(vstart..vstart + vlen)
+                &rep[vstart..vstart + vlen]
             } else {
-                Bytes::new()
+                &[]
             };
             f(kind, key, value);
             n += 1;
@@ -223,9 +219,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 3);
-        assert_eq!(ops[0], (Kind::Value, Bytes::from("a"), Bytes::from("1")));
-        assert_eq!(ops[1], (Kind::Delete, Bytes::from("b"), Bytes::new()));
-        assert_eq!(ops[2], (Kind::Value, Bytes::new(), Bytes::new()));
+        assert_eq!(ops[0], (Kind::Value, &b"a"[..], &b"1"[..]));
+        assert_eq!(ops[1], (Kind::Delete, &b"b"[..], &b""[..]));
+        assert_eq!(ops[2], (Kind::Value, &b""[..], &b""[..]));
     }
 
     #[test]
@@ -237,11 +233,11 @@ mod tests {
             for bit in 0..8 {
                 let mut c = rep.to_vec();
                 c[i] ^= 1 << bit;
-                let _ = WriteBatch::for_each_op(&Bytes::from(c), Path::new("x"), 0, |_, _, _| {});
+                let _ = WriteBatch::for_each_op(&c, Path::new("x"), 0, |_, _, _| {});
             }
         }
         for n in 0..rep.len() {
-            let r = WriteBatch::for_each_op(&rep.slice(..n), Path::new("x"), 0, |_, _, _| {});
+            let r = WriteBatch::for_each_op(&rep[..n], Path::new("x"), 0, |_, _, _| {});
             // The first op ("key" -> "value") ends at byte 11: a cut there is a whole op.
             if n > 0 && n != 11 {
                 assert!(r.is_err(), "cut at {n}");

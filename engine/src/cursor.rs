@@ -403,10 +403,15 @@ impl Source {
         }
     }
 
-    /// The key as owned bytes (a zero-copy slice of the block or memtable).
+    /// The key as owned bytes (a zero-copy slice of the block; a copy out of a memtable).
     pub fn key_bytes(&self) -> Bytes {
         match self {
-            Source::Mem(m) => m.cur.as_ref().map(|e| e.key.clone()).unwrap_or_default(),
+            // Copied: a slice would keep the memtable's whole arena chunk alive.
+            Source::Mem(m) => m
+                .cur
+                .as_ref()
+                .map(|e| Bytes::copy_from_slice(&e.key))
+                .unwrap_or_default(),
             _ => self
                 .table_cursor()
                 .and_then(|t| t.block.as_ref().map(|b| b.data().slice(t.at.ks..t.at.ke)))
@@ -414,10 +419,14 @@ impl Source {
         }
     }
 
-    /// The value as owned bytes (a zero-copy slice of the block or memtable).
+    /// The value as owned bytes (a zero-copy slice of the block; a copy out of a memtable).
     pub fn value_bytes(&self) -> Bytes {
         match self {
-            Source::Mem(m) => m.cur.as_ref().map(|e| e.value.clone()).unwrap_or_default(),
+            Source::Mem(m) => m
+                .cur
+                .as_ref()
+                .map(|e| Bytes::copy_from_slice(&e.value))
+                .unwrap_or_default(),
             _ => self
                 .table_cursor()
                 .and_then(|t| t.block.as_ref().map(|b| b.data().slice(t.at.vs..t.at.ve)))

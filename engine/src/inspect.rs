@@ -941,8 +941,8 @@ pub fn decode_wal_record(payload: &Bytes, path: &Path, offset: u64) -> Result<Wa
         ops.push(WalOp {
             seqno: 0,
             kind,
-            key,
-            value,
+            key: b.ops.slice_ref(key),
+            value: b.ops.slice_ref(value),
         })
     })?;
     if n != b.count {

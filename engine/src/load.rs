@@ -133,16 +133,20 @@ impl Inner {
             return Ok(());
         };
         let mut touched: Vec<(u32, u64)> = Vec::new();
-        let rep = bytes::Bytes::copy_from_slice(batch.ops_bytes());
-        WriteBatch::for_each_op(&rep, std::path::Path::new("<batch>"), 0, |_, k, v| {
-            let p = func.partition_of(&k);
-            if st.1.contains_key(&p) {
-                match touched.iter_mut().find(|t| t.0 == p) {
-                    Some(t) => t.1 += (k.len() + v.len()) as u64,
-                    None => touched.push((p, (k.len() + v.len()) as u64)),
+        WriteBatch::for_each_op(
+            batch.ops_bytes(),
+            std::path::Path::new("<batch>"),
+            0,
+            |_, k, v| {
+                let p = func.partition_of(k);
+                if st.1.contains_key(&p) {
+                    match touched.iter_mut().find(|t| t.0 == p) {
+                        Some(t) => t.1 += (k.len() + v.len()) as u64,
+                        None => touched.push((p, (k.len() + v.len()) as u64)),
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
         touched.sort_unstable();
         for (p, bytes) in touched {
             let ticket = match st.1.get_mut(&p) {

@@ -286,7 +286,7 @@ impl Inner {
                 }
                 let cost = (m.key.len() + m.value.len()) as u64;
                 let from = m.source.layout_version;
-                view.mem.insert_moved(m.key, m.seqno, m.value, from);
+                view.mem.insert_moved(&m.key, m.seqno, &m.value, from);
                 let e = booked.entry(from).or_default();
                 e.0 += 1;
                 e.1 += cost;

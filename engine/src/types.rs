@@ -106,47 +106,9 @@ impl Entry {
     }
 }
 
-/// Memtable key: (user key, seqno) in internal order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InternalKey {
-    pub user: Bytes,
-    pub seqno: u64,
-}
-
-impl Ord for InternalKey {
-    #[inline]
-    fn cmp(&self, other: &Self) -> Ordering {
-        cmp_internal(&self.user, self.seqno, &other.user, other.seqno)
-    }
-}
-
-impl PartialOrd for InternalKey {
-    #[inline]
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn newest_first_within_a_key() {
-        let a = InternalKey {
-            user: Bytes::from_static(b"k"),
-            seqno: 9,
-        };
-        let b = InternalKey {
-            user: Bytes::from_static(b"k"),
-            seqno: 3,
-        };
-        let c = InternalKey {
-            user: Bytes::from_static(b"l"),
-            seqno: 100,
-        };
-        assert!(a < b && b < c);
-    }
 
     #[test]
     fn fast_key_order_matches_slice_order() {

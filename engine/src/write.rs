@@ -361,14 +361,13 @@ impl Inner {
         let load = self.load.load();
         let shadow = self.shadow.load();
         for (first, b) in batches {
-            let rep = Bytes::from(b.into_ops());
             let mut s = first;
-            WriteBatch::for_each_op(&rep, wal.log.path(), 0, |kind, key, value| {
+            WriteBatch::for_each_op(b.ops_bytes(), wal.log.path(), 0, |kind, key, value| {
                 if let Some(l) = load.as_ref() {
-                    l.record_write(&key, key.len() + value.len());
+                    l.record_write(key, key.len() + value.len());
                 }
                 if let Some(l) = shadow.as_ref() {
-                    l.record_write(&key, key.len() + value.len());
+                    l.record_write(key, key.len() + value.len());
                 }
                 view.mem.insert(key, s, kind, value);
                 s += 1;
@@ -565,8 +564,12 @@ impl Inner {
 }
 
 fn collect_keys(b: &WriteBatch, set: &mut HashSet<Bytes>) {
-    let rep = Bytes::copy_from_slice(b.ops_bytes());
-    let _ = WriteBatch::for_each_op(&rep, std::path::Path::new("<batch>"), 0, |_, k, _| {
-        set.insert(k);
-    });
+    let _ = WriteBatch::for_each_op(
+        b.ops_bytes(),
+        std::path::Path::new("<batch>"),
+        0,
+        |_, k, _| {
+            set.insert(Bytes::copy_from_slice(k));
+        },
+    );
 }

@@ -121,10 +121,14 @@ fn scores(
 ) -> Vec<(usize, f64)> {
     let sh = shape(inner, layout, part, incoming);
     let mut v = Vec::with_capacity(MAX_LEVELS - 1);
-    v.push((
-        0,
-        part.levels[0].len() as f64 / inner.opts.level0_compaction_trigger as f64,
-    ));
+    let l0 = &part.levels[0];
+    let mut l0_score = l0.len() as f64 / inner.opts.level0_compaction_trigger as f64;
+    // Below the trigger, overlapping L0 files that scans have sought often enough are
+    // compacted too: a read-mostly stretch after writes should not keep paying for them.
+    if l0.len() >= 2 && l0.iter().any(|f| f.seeks_exhausted()) {
+        l0_score = l0_score.max(1.0);
+    }
+    v.push((0, l0_score));
     for level in 1..MAX_LEVELS - 1 {
         let bytes = part.level_bytes(level);
         let score = if level < sh.base {
@@ -883,5 +887,83 @@ mod tests {
             );
         }
         assert_eq!(db.range(..).count(), KEYS as usize);
+    }
+
+    fn l0_files(db: &Db) -> usize {
+        db.inner.view.load().files.target_layout().parts[0].levels[0].len()
+    }
+
+    /// L0 below its trigger is compacted once scans that had to seek its files besides the
+    /// base level have done so often enough to pay for it — and not before. Then a power
+    /// cut: nothing is lost.
+    #[test]
+    fn scans_that_keep_seeking_overlapping_l0_files_get_them_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = || Options {
+            fs: Arc::new(fs.clone()),
+            level0_compaction_trigger: 8,
+            level0_slowdown_trigger: 16,
+            level0_stop_trigger: 24,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts()).unwrap();
+        const KEYS: u32 = 2000;
+        for i in 0..KEYS {
+            db.put(format!("k{i:05}"), value(0, i)).unwrap();
+        }
+        db.compact().unwrap();
+        for round in 1..=2 {
+            for i in (0..KEYS).step_by(3 + round as usize) {
+                db.put(format!("k{i:05}"), value(round, i)).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        assert_eq!(
+            l0_files(&db),
+            2,
+            "two overlapping L0 files, below the trigger"
+        );
+        let allowance = 100; // small files get the minimum
+        let scan = |db: &Db| assert_eq!(db.range(..).take(10).count(), 10);
+        for _ in 0..allowance / 2 {
+            scan(&db);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(l0_files(&db), 2, "compacted before the scans paid for it");
+        for _ in 0..allowance {
+            scan(&db);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while l0_files(&db) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "sought-out L0 files never compacted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let want = |i: u32| {
+            let round = (1..=2).rev().find(|r| i.is_multiple_of(3 + r)).unwrap_or(0);
+            value(round, i)
+        };
+        for op in [FsOp::Sync, FsOp::SyncDir] {
+            fs.inject(Fault {
+                op,
+                path_contains: None,
+                kind: FaultKind::Io,
+                skip: 0,
+                sticky: true,
+            });
+        }
+        drop(db);
+        fs.lose_unsynced().unwrap();
+        fs.clear();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        let all: Vec<_> = db.range(..).map(|r| r.unwrap()).collect();
+        assert_eq!(all.len(), KEYS as usize);
+        for (i, (k, v)) in all.iter().enumerate() {
+            assert_eq!(k.as_ref(), format!("k{i:05}").as_bytes());
+            assert_eq!(v.as_ref(), want(i as u32).as_bytes(), "k{i:05}");
+        }
     }
 }

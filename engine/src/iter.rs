@@ -372,9 +372,12 @@ pub(crate) fn build_sources(
             let Some(part) = layout.parts.get(p as usize) else {
                 continue;
             };
+            let first = out.len();
+            let mut l0_sought: Vec<&Arc<crate::version::FileMeta>> = Vec::new();
             for f in &part.levels[0] {
                 if f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest) {
                     let s = Source::table(f, range, dir, true)?;
+                    l0_sought.push(f);
                     if s.valid() {
                         out.push(s);
                     }
@@ -393,6 +396,13 @@ pub(crate) fn build_sources(
                 };
                 if s.valid() {
                     out.push(s);
+                }
+            }
+            // L0 files that made this scan seek more than one sorted run of the partition
+            // count it against their seek allowance (compaction reads the counts).
+            if out.len() - first >= 2 {
+                for f in l0_sought {
+                    f.charge_seek();
                 }
             }
         }

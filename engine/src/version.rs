@@ -8,7 +8,7 @@
 //! Reads never rely on position for recency: they compare seqnos (see `read.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,8 +35,19 @@ pub struct FileMeta {
     pub table: Arc<Table>,
     /// Set once a manifest edit has removed the file; the last holder deletes it.
     pub obsolete: AtomicBool,
+    /// Scans this L0 file may still cost before it is worth compacting (see
+    /// [`FileMeta::charge_seek`]).
+    seeks_left: AtomicI64,
     pub fs: Arc<dyn Fs>,
 }
+
+/// Bytes of compaction one wasted seek is worth: an L0 file may be sought, by scans that
+/// also had to seek another sorted run of its partition, once per this many of its bytes
+/// before it is compacted even though L0 is below its trigger (LevelDB's "seek
+/// compaction", which counts 16 KiB per seek the same way).
+pub const SEEK_COST_BYTES: u64 = 16 << 10;
+/// Seeks allowed to any file, however small.
+const MIN_SEEKS: i64 = 100;
 
 impl Drop for FileMeta {
     fn drop(&mut self) {
@@ -51,9 +62,10 @@ impl FileMeta {
     /// Builds the in-memory record of a table that was just written or opened.
     pub fn new(table: Arc<Table>, level: u8, fs: Arc<dyn Fs>) -> FileMeta {
         let p = table.props();
+        let size = table.file_size();
         FileMeta {
             number: table.id(),
-            size: table.file_size(),
+            size,
             layout_version: p.layout_version,
             partition: p.partition,
             level,
@@ -65,8 +77,21 @@ impl FileMeta {
             entries: p.entries,
             table,
             obsolete: AtomicBool::new(false),
+            seeks_left: AtomicI64::new(((size / SEEK_COST_BYTES) as i64).max(MIN_SEEKS)),
             fs,
         }
+    }
+
+    /// Records a scan that had to seek this (L0) file besides another sorted run of its
+    /// partition: the overlap of L0 files costs every such scan a seek, and compacting them
+    /// costs about `SEEK_COST_BYTES` per seek saved.
+    pub fn charge_seek(&self) {
+        self.seeks_left.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether scans have sought this file often enough to pay for its compaction.
+    pub fn seeks_exhausted(&self) -> bool {
+        self.seeks_left.load(Ordering::Relaxed) <= 0
     }
 
     /// The same table at another level (a trivial move).

@@ -48,6 +48,16 @@ impl Index {
         &self.keys[start..self.ends[i]]
     }
 
+    /// Gives back the slack of growing the vectors one push at a time: an open table keeps
+    /// its index in memory for as long as it lives.
+    fn shrink(&mut self) {
+        self.prefixes.shrink_to_fit();
+        self.keys.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.seqnos.shrink_to_fit();
+        self.handles.shrink_to_fit();
+    }
+
     fn push(&mut self, key: &[u8], seqno: u64, handle: BlockHandle) {
         self.prefixes.push(key_prefix(key));
         self.keys.extend_from_slice(key);
@@ -164,6 +174,7 @@ impl Table {
                 ),
             ));
         }
+        index.shrink();
         let words = index.len().div_ceil(64);
         Ok(Table {
             id,

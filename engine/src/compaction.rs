@@ -757,7 +757,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+    use crate::fs::FaultFs;
     use crate::{Db, Options, PartitionSpec};
 
     fn value(round: u32, i: u32) -> String {
@@ -855,18 +855,7 @@ mod tests {
 
         // Power cut: no fsync succeeds any more, and what was not fsynced is lost. All of
         // the above was flushed (fsynced), so all of it must come back.
-        for op in [FsOp::Sync, FsOp::SyncDir] {
-            fs.inject(Fault {
-                op,
-                path_contains: None,
-                kind: FaultKind::Io,
-                skip: 0,
-                sticky: true,
-            });
-        }
-        drop(db);
-        fs.lose_unsynced().unwrap();
-        fs.clear();
+        fs.power_cut(db).unwrap();
         let db = Db::open(dir.path(), opts()).unwrap();
         db.set_migration_rate(1 << 30);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -946,18 +935,7 @@ mod tests {
             let round = (1..=2).rev().find(|r| i.is_multiple_of(3 + r)).unwrap_or(0);
             value(round, i)
         };
-        for op in [FsOp::Sync, FsOp::SyncDir] {
-            fs.inject(Fault {
-                op,
-                path_contains: None,
-                kind: FaultKind::Io,
-                skip: 0,
-                sticky: true,
-            });
-        }
-        drop(db);
-        fs.lose_unsynced().unwrap();
-        fs.clear();
+        fs.power_cut(db).unwrap();
         let db = Db::open(dir.path(), opts()).unwrap();
         let all: Vec<_> = db.range(..).map(|r| r.unwrap()).collect();
         assert_eq!(all.len(), KEYS as usize);

@@ -313,6 +313,32 @@ impl FaultFs {
         self.state.lock().injected
     }
 
+    /// The moment of a power cut: from now on no fsync (of a file or a directory) succeeds,
+    /// so nothing more can become durable. Follow with [`FaultFs::lose_unsynced`] once the
+    /// `Db` is gone.
+    pub fn fail_all_syncs(&self) {
+        for op in [FsOp::Sync, FsOp::SyncDir] {
+            self.inject(Fault {
+                op,
+                path_contains: None,
+                kind: FaultKind::Io,
+                skip: 0,
+                sticky: true,
+            });
+        }
+    }
+
+    /// A whole power cut of the `Db` (or anything) `owner` that runs on this Fs: syncs fail,
+    /// `owner` is dropped (its last flushes cannot be made durable), what was never fsynced
+    /// is lost, and the faults are cleared for the reopen.
+    pub fn power_cut<T>(&self, owner: T) -> io::Result<()> {
+        self.fail_all_syncs();
+        drop(owner);
+        self.lose_unsynced()?;
+        self.clear();
+        Ok(())
+    }
+
     /// Truncates every file written through this Fs to its last fsynced length, as a power
     /// cut would. Call it only after the `Db` using this Fs is gone.
     pub fn lose_unsynced(&self) -> io::Result<()> {

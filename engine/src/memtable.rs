@@ -582,7 +582,7 @@ mod tests {
     /// the WAL replayed into a new memtable.
     #[test]
     fn entries_of_every_size_survive_flushes_and_a_power_cut() {
-        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        use crate::fs::FaultFs;
         use crate::{Db, Options, WriteOptions};
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
@@ -604,18 +604,7 @@ mod tests {
         last.put("last", "synced");
         db.write_opt(last, &WriteOptions { sync: true }).unwrap();
         assert!(db.stats().flushes > 2, "the test must rotate memtables");
-        for op in [FsOp::Sync, FsOp::SyncDir] {
-            fs.inject(Fault {
-                op,
-                path_contains: None,
-                kind: FaultKind::Io,
-                skip: 0,
-                sticky: true,
-            });
-        }
-        drop(db);
-        fs.lose_unsynced().unwrap();
-        fs.clear();
+        fs.power_cut(db).unwrap();
         let db = Db::open(dir.path(), opts()).unwrap();
         for i in 0..n {
             let got = db.get(format!("k{i:05}")).unwrap();

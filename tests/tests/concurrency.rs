@@ -791,7 +791,7 @@ fn layout_is_a_consistent_picture_while_versions_retire() {
 /// group does not depend on how fast this machine's disk is.
 #[test]
 fn synced_writers_share_fsyncs_and_survive_a_power_cut() {
-    use sluice::fs::{Fault, FaultFs, FaultKind, FsOp};
+    use sluice::fs::FaultFs;
     use std::sync::Arc;
     const THREADS: usize = 16;
     const EACH: usize = 25;
@@ -825,17 +825,7 @@ fn synced_writers_share_fsyncs_and_survive_a_power_cut() {
     );
     // Power cut: nothing can be fsynced any more (not even by close), and what was never
     // fsynced is lost.
-    for op in [FsOp::Sync, FsOp::SyncDir] {
-        fs.inject(Fault {
-            op,
-            path_contains: None,
-            kind: FaultKind::Io,
-            skip: 0,
-            sticky: true,
-        });
-    }
-    drop(db);
-    fs.lose_unsynced().unwrap();
+    fs.power_cut(db).unwrap();
     let db = Db::open(dir.path(), Options::default()).unwrap();
     for t in 0..THREADS {
         for i in 0..EACH {

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
-use sluice::fs::{Fault, FaultFs, FaultKind, FsOp};
+use sluice::fs::FaultFs;
 use sluice::{Db, Options};
 use sluice_tests::crash_workload::{self as w, Ack, Target};
 use sluice_tests::{dump, engine_thread_panics, seeds, watch_engine_panics, with_seed};
@@ -431,15 +431,7 @@ fn power_cut_cycles(seed: u64, cycles: usize) {
         std::thread::sleep(Duration::from_millis(rng.random_range(5..=120u64)));
         // The cut: the flag first, so an error the writer sees with the flag unset is real.
         cut.store(true, Ordering::SeqCst);
-        for op in [FsOp::Sync, FsOp::SyncDir] {
-            fault.inject(Fault {
-                op,
-                path_contains: None,
-                kind: FaultKind::Io,
-                skip: 0,
-                sticky: true,
-            });
-        }
+        fault.fail_all_syncs();
         // Let the dying machine run on for a moment: writes after the cut are acknowledged
         // only if unsynced, and flushes and compactions fail.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..=20u64)));

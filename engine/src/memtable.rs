@@ -1,14 +1,15 @@
 //! The memtable: a concurrent skiplist of internal entries, written by the commit leader (and
 //! the lazy-move applier) and read by everyone without locks.
 //!
-//! Entries live in an arena: each entry's key and value are copied, back to back, into
-//! chunks (1/64 of the memtable budget, at most 256 KiB), and the skiplist node holds a handle into its chunk plus the seqno, kind
-//! and origin (48 bytes). An entry thus costs its bytes plus a node of ~75 bytes, instead
-//! of a node, a buffer per write batch and that buffer's reference count (~150 bytes over
-//! the entry's own): a memtable of a given budget holds more entries, so flushes are
-//! larger and fewer, and compaction rewrites less. A chunk is freed when the memtable is;
-//! values leave the engine as copies (see [`MemTable::get`] and `cursor::Source`), so a
-//! caller holding one does not keep a chunk alive.
+//! Entries live in arenas (one for writes, one for lazy moves, so their two threads never
+//! wait for each other): each entry's key and value are copied, back to back, into chunks
+//! (1/64 of the memtable budget, at most 256 KiB), and the skiplist node holds a handle into
+//! its chunk plus the seqno, kind and origin (48 bytes). An entry thus costs its bytes plus
+//! a node of ~75 bytes, instead of a node, a buffer per write batch and that buffer's
+//! reference count (~150 bytes over the entry's own): a memtable of a given budget holds
+//! more entries, so flushes are larger and fewer, and compaction rewrites less. A chunk is
+//! freed when the memtable is; values leave the engine as copies (see [`MemTable::get`] and
+//! `cursor::Source`), so a caller holding one does not keep a chunk alive.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -134,8 +135,10 @@ pub(crate) type Found = (u64, Kind, Bytes);
 
 pub struct MemTable {
     map: SkipMap<MemKey, ()>,
-    /// The chunk entries are being copied into (its unused capacity).
-    arena: Mutex<BytesMut>,
+    /// The chunks entries are being copied into (their unused capacity): one for writes (the
+    /// commit leader), one for lazy moves (their applier), so the two never wait for each
+    /// other.
+    arenas: [Mutex<BytesMut>; 2],
     /// Size of a new chunk; an entry of an eighth of that or more gets an allocation of its
     /// own rather than arena space.
     chunk: usize,
@@ -155,7 +158,7 @@ impl MemTable {
     pub fn new(wal_number: u64, budget_bytes: usize) -> MemTable {
         MemTable {
             map: SkipMap::new(),
-            arena: Mutex::new(BytesMut::new()),
+            arenas: [Mutex::new(BytesMut::new()), Mutex::new(BytesMut::new())],
             chunk: (budget_bytes / 64).clamp(MIN_CHUNK, MAX_CHUNK),
             bytes: AtomicUsize::new(0),
             min_seqno: Arc::new(AtomicU64::new(u64::MAX)),
@@ -174,7 +177,7 @@ impl MemTable {
 
     /// Copies `key` then `value` into the arena (or, if large, an allocation of their own),
     /// charging new memory to the budget.
-    fn stash(&self, key: &[u8], value: &[u8]) -> Bytes {
+    fn stash(&self, arena: &Mutex<BytesMut>, key: &[u8], value: &[u8]) -> Bytes {
         let need = key.len() + value.len();
         if need >= self.chunk / 8 {
             let mut v = Vec::with_capacity(need);
@@ -183,7 +186,7 @@ impl MemTable {
             self.bytes.fetch_add(need, AtOrd::Relaxed);
             return Bytes::from(v);
         }
-        let mut a = self.arena.lock();
+        let mut a = arena.lock();
         if a.capacity() < need {
             // What is left of the old chunk stays charged: it is freed with the memtable.
             *a = BytesMut::with_capacity(self.chunk);
@@ -195,7 +198,7 @@ impl MemTable {
     }
 
     fn add(&self, key: &[u8], seqno: u64, kind: Kind, value: &[u8], moved_from: u32) {
-        let kv = self.stash(key, value);
+        let kv = self.stash(&self.arenas[usize::from(moved_from != 0)], key, value);
         self.bytes.fetch_add(NODE_OVERHEAD, AtOrd::Relaxed);
         self.min_seqno.fetch_min(seqno, AtOrd::Relaxed);
         self.max_seqno.fetch_max(seqno, AtOrd::Relaxed);

@@ -298,7 +298,9 @@ impl DbIter {
             // first (the first visible wins); backward sees the oldest first (the last
             // visible wins).
             let mut visible: Option<(Kind, Option<(Bytes, Bytes)>)> = None;
-            while side.merge.valid() && side.merge.top().key() == side.last_key.as_slice() {
+            while side.merge.valid()
+                && crate::types::eq_keys(side.merge.top().key(), &side.last_key)
+            {
                 let t = side.merge.top();
                 let kind = t.kind();
                 if t.seqno() <= snapshot && kind != Kind::Forward {

@@ -58,6 +58,13 @@ pub fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Key equality without a library `memcmp` call (see [`cmp_keys`]): iterators ask it once
+/// per entry.
+#[inline]
+pub fn eq_keys(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && cmp_keys(a, b) == Ordering::Equal
+}
+
 /// Byte-wise key order, eight bytes at a time. Keys are short (often 8 to 32 bytes), where
 /// a library `memcmp` call costs more than the comparison; merges and seeks do little else.
 #[inline]
@@ -139,6 +146,7 @@ mod tests {
         for a in &keys {
             for b in &keys {
                 assert_eq!(cmp_keys(a, b), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(eq_keys(a, b), a == b, "{a:?} vs {b:?}");
             }
         }
     }

@@ -479,6 +479,13 @@ fn lazy_moves_alone_trigger_flushes() {
             db.get(format!("k{i:04}")).unwrap();
             peak = peak.max(db.stats().memtable_bytes);
         }
+        // The WAL ticker applies the queued moves and freezes the memtable they fill, and
+        // its flush follows in the background: wait for that (still no write and no manual
+        // flush), however slowly this machine runs the loop above against the ticks.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db.stats().flushes == flushes && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let moved_flushes = db.stats().flushes - flushes;
         // Let the last queued moves land while the sampler watches.
         db.flush().unwrap();

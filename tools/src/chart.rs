@@ -132,17 +132,7 @@ fn panel(s: &mut String, p: &Panel, y0: f64) {
         );
         return;
     }
-    let shares: Vec<f64> = p
-        .counts
-        .iter()
-        .map(|&c| {
-            if total == 0 {
-                0.0
-            } else {
-                c as f64 / total as f64
-            }
-        })
-        .collect();
+    let shares = sluice::shares_of(&p.counts);
     let mean = 1.0 / n as f64;
     let top_share = shares.iter().copied().fold(mean * HOT * 1.1, f64::max);
     // A round axis maximum: the next multiple of a "nice" step.

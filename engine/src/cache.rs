@@ -77,9 +77,6 @@ impl BlockCache {
             m.retain(|w| w.strong_count() > 0);
             m.iter().filter_map(|w| w.upgrade()).collect()
         };
-        if std::env::var_os("SLUICE_DEBUG_SWEEP").is_some() {
-            eprintln!("sweep: {} maps", live.len());
-        }
         for p in live {
             p.release();
         }

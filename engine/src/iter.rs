@@ -375,22 +375,23 @@ pub(crate) fn build_sources(
                 continue;
             };
             let first = out.len();
-            let mut l0_sought: Vec<&Arc<crate::version::FileMeta>> = Vec::new();
+            // The file each sorted run of the partition is sought in, shallowest first.
+            let mut sought: Vec<&Arc<crate::version::FileMeta>> = Vec::new();
             for f in &part.levels[0] {
                 if f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest) {
                     let s = Source::table(f, range, dir, true)?;
-                    l0_sought.push(f);
+                    sought.push(f);
                     if s.valid() {
                         out.push(s);
                     }
                 }
             }
+            let mut deepest = None;
             for level in part.levels.iter().skip(1) {
-                let files: Vec<_> = level
-                    .iter()
-                    .filter(|f| f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest))
-                    .cloned()
-                    .collect();
+                let wanted = |f: &&Arc<crate::version::FileMeta>| {
+                    f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest)
+                };
+                let files: Vec<_> = level.iter().filter(wanted).cloned().collect();
                 let s = match files.len() {
                     0 => continue,
                     1 => Source::table(&files[0], range, dir, true)?,
@@ -399,11 +400,19 @@ pub(crate) fn build_sources(
                 if s.valid() {
                     out.push(s);
                 }
+                let at = match dir {
+                    Direction::Forward => level.iter().find(wanted),
+                    Direction::Backward => level.iter().rev().find(wanted),
+                };
+                if let Some(prev) = deepest.replace(at) {
+                    sought.extend(prev);
+                }
             }
-            // L0 files that made this scan seek more than one sorted run of the partition
-            // count it against their seek allowance (compaction reads the counts).
+            // A scan that had to seek more than one sorted run of the partition counts against
+            // the seek allowance of every file it sought above the deepest run (compaction
+            // reads the counts, and pushes a file that has used its allowance down).
             if out.len() - first >= 2 {
-                for f in l0_sought {
+                for f in sought {
                     f.charge_seek();
                 }
             }

@@ -1,5 +1,6 @@
 //! Output files of a flush or compaction: one table writer per (layout version, partition),
-//! cut at the target file size on user-key boundaries, deleted again if the job fails.
+//! cut at the target file size on user-key boundaries (and, for a compaction into a middle
+//! level, where the files of the level below begin), deleted again if the job fails.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,11 @@ pub(crate) struct Outputs<'a> {
     created: Vec<u64>,
     pub bytes_written: u64,
     checked: u64,
+    /// Keys before which an output is cut early (see [`Outputs::cut_before`]), ascending,
+    /// and the index of the first one not yet passed.
+    cuts: Vec<bytes::Bytes>,
+    next_cut: usize,
+    cut_min_bytes: u64,
 }
 
 impl<'a> Outputs<'a> {
@@ -40,7 +46,21 @@ impl<'a> Outputs<'a> {
             created: Vec::new(),
             bytes_written: 0,
             checked: 0,
+            cuts: Vec::new(),
+            next_cut: 0,
+            cut_min_bytes: 0,
         }
+    }
+
+    /// Also cuts an output (once it holds `min_bytes`) before the first key at or past each
+    /// of `keys` — the first keys of the files in the level below the output level. Each
+    /// output then overlaps as few of those files as the size floor allows, so moving it
+    /// down later rewrites only them. For jobs writing one partition (the cuts are its).
+    pub fn cut_before(mut self, keys: Vec<bytes::Bytes>, min_bytes: u64) -> Self {
+        debug_assert!(keys.windows(2).all(|w| w[0] <= w[1]));
+        self.cuts = keys;
+        self.cut_min_bytes = min_bytes;
+        self
     }
 
     /// Adds `e` to the output for `partition` of `layout`. Entries for one partition must
@@ -64,8 +84,21 @@ impl<'a> Outputs<'a> {
             return Err(Error::Closed);
         }
         let wkey = (layout.id, partition);
-        if let (Some(limit), Some(w)) = (self.split_bytes, self.writers.get(&wkey)) {
-            if w.estimated_size() >= limit && w.last_key() != Some(key) {
+        let mut crossed = false;
+        while self
+            .cuts
+            .get(self.next_cut)
+            .is_some_and(|c| c.as_ref() <= key)
+        {
+            self.next_cut += 1;
+            crossed = true;
+        }
+        if let Some(w) = self.writers.get(&wkey) {
+            let size = w.estimated_size();
+            let full = self.split_bytes.is_some_and(|limit| size >= limit);
+            let at_cut = crossed && size >= self.cut_min_bytes;
+            // Versions of one user key stay in one file (a cut key is past the last one).
+            if (full || at_cut) && w.last_key() != Some(key) {
                 let w = self.writers.remove(&wkey).expect("writer exists");
                 self.finish_one(w)?;
             }

@@ -106,14 +106,38 @@ const FIGURES: &[Figure] = &[
         scale: 1.0,
     },
     Figure {
-        label: "WA (engine)",
+        label: "WA at end (engine)",
         key: "workload_write_amp",
         higher_is_better: false,
         scale: 1.0,
     },
     Figure {
-        label: "WA (OS I/O)",
+        label: "WA at end (OS I/O)",
         key: "os_write_amp",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "WA settled (engine)",
+        key: "settled_write_amp",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "WA settled (OS I/O)",
+        key: "settled_os_write_amp",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "settle s",
+        key: "settle_secs",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "stall ms",
+        key: "stall_ms",
         higher_is_better: false,
         scale: 1.0,
     },
@@ -220,14 +244,14 @@ fn comparison(workload: &str, rows: &[(EngineKind, &Value)]) -> Value {
 }
 
 fn print_table(workload: &str, rows: &[(EngineKind, &Value)], cmp: &Value) {
-    let mut header = format!("{workload:<17}");
+    let mut header = format!("{workload:<22}");
     for (e, _) in rows {
         header.push_str(&format!(" {:>12}", e.name()));
     }
     header.push_str(&format!(" {:>16}", "sluice/best peer"));
     println!("{header}");
     for f in FIGURES {
-        let mut line = format!("  {:<15}", f.label);
+        let mut line = format!("  {:<20}", f.label);
         for (e, _) in rows {
             let v = cmp["comparison"][f.key][e.name()].as_f64();
             line.push_str(&format!(

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -75,6 +76,28 @@ pub fn os_write_bytes() -> Option<u64> {
     Some(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:").unwrap_or(0)))
 }
 
+/// Polls `probe` every 100 ms until its value has not changed for `quiet` (or `limit` has
+/// passed). Returns the last value and how long it kept changing (the quiet stretch itself
+/// not counted).
+pub fn wait_quiet<T: PartialEq>(
+    mut probe: impl FnMut() -> T,
+    quiet: Duration,
+    limit: Duration,
+) -> (T, Duration) {
+    let start = Instant::now();
+    let mut last = probe();
+    let mut changed = start;
+    while changed.elapsed() < quiet && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = probe();
+        if now != last {
+            changed = Instant::now();
+        }
+        last = now;
+    }
+    (last, changed - start)
+}
+
 /// Bytes of every file under `dir`. Compactions delete files while we walk, so a file that
 /// vanishes between listing and `stat` counts as zero instead of failing the run.
 pub fn disk_bytes(dir: &Path) -> io::Result<u64> {
@@ -122,16 +145,18 @@ pub struct WorkloadReport {
     pub write_amp: Option<f64>,
     pub disk_bytes: u64,
     pub peak_rss_mb: Option<f64>,
-    /// Time writers were stopped or slowed down during this workload.
-    pub stall_ms: f64,
+    /// Time writers were stopped or slowed down during this workload; `None` for a peer
+    /// engine that keeps no such counter.
+    pub stall_ms: Option<f64>,
     pub key_size: usize,
     pub value_size: usize,
     pub partition: String,
     pub sync: bool,
-    /// Device bytes (WAL + flush + compaction) over user bytes written during this workload
-    /// alone; `None` when it wrote nothing. Compaction debt left behind by one workload is
-    /// paid, and counted, in the next.
+    /// Device bytes (WAL + flush + compaction) written during this workload alone, up to its
+    /// last operation, over `user_bytes_written`; `None` when it wrote nothing. Compaction
+    /// debt it leaves is not counted here (see `settled_write_amp`).
     pub workload_write_amp: Option<f64>,
+    /// Key and value bytes the workload handed over (the engine's own count for scenarios).
     pub user_bytes_written: u64,
     pub device_bytes_written: u64,
     /// Point reads that found a value, entries returned by scans, or transfers whose two
@@ -150,6 +175,13 @@ pub struct WorkloadReport {
     /// `os_write_bytes` over the user bytes written (keys + values); `None` if nothing was
     /// written or the kernel gives no figure.
     pub os_write_amp: Option<f64>,
+    /// Like `workload_write_amp`, with the bytes written until the engine went quiet after
+    /// the workload (its flushes and compactions finished): the debt it left is charged to it.
+    pub settled_write_amp: Option<f64>,
+    /// Like `os_write_amp`, counted until the engine went quiet.
+    pub settled_os_write_amp: Option<f64>,
+    /// Seconds the engine kept writing after the workload (not part of `seconds`).
+    pub settle_secs: f64,
     /// Scenario workloads' own figures (phases, ratios, shares, ...); `None` for plain ones.
     pub scenario: Option<serde_json::Value>,
 }
@@ -199,7 +231,7 @@ impl WorkloadReport {
             notes.push(format!("engine {}", self.engine));
         }
         format!(
-            "{:<17} {:>10} {:>8.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>6} {:>6} {:>9.1} {:>8} {:>9.0}  {}",
+            "{:<17} {:>10} {:>8.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>6} {:>6} {:>9.1} {:>8} {:>9}  {}",
             self.workload,
             self.ops,
             self.seconds,
@@ -214,7 +246,8 @@ impl WorkloadReport {
             self.disk_bytes as f64 / (1 << 20) as f64,
             self.peak_rss_mb
                 .map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
-            self.stall_ms,
+            self.stall_ms
+                .map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
             notes.join("; ")
         )
     }
@@ -234,6 +267,34 @@ mod tests {
         assert_eq!(a.count(), 1000);
         let p50 = a.quantile_us(0.5);
         assert!((499.0..=501.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn waits_for_the_probe_to_stop_changing() {
+        let mut n = 0u32;
+        let (last, busy) = wait_quiet(
+            || {
+                n += 1;
+                n.min(4)
+            },
+            Duration::from_millis(300),
+            Duration::from_secs(10),
+        );
+        assert_eq!(last, 4, "returned before the value settled");
+        assert!(busy >= Duration::from_millis(300), "{busy:?}");
+        assert!(n >= 7, "{n} probes: not quiet for 300 ms");
+        let (_, busy) = wait_quiet(|| 0, Duration::from_millis(200), Duration::from_secs(10));
+        assert_eq!(busy, Duration::ZERO);
+        let mut m = 0u64;
+        let (last, _) = wait_quiet(
+            || {
+                m += 1;
+                m
+            },
+            Duration::from_secs(1),
+            Duration::from_millis(350),
+        );
+        assert!(last <= 6, "ran past its limit: {last} probes");
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub struct Options {
     pub level0_slowdown_trigger: usize,
     /// L0 files in one partition at which writes stop until compaction catches up.
     pub level0_stop_trigger: usize,
-    /// Target size of L1 across the whole layout (each partition gets its share).
+    /// Size of the level L0 compacts into, across the whole layout (each partition gets its
+    /// share): a partition whose last level outgrows its share gets a middle level of at
+    /// least that share above it.
     pub level_base_bytes: u64,
     /// Each level is this many times larger than the one above.
     pub level_multiplier: u64,

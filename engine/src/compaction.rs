@@ -112,6 +112,26 @@ pub(crate) fn shape(
     Shape { base, targets }
 }
 
+/// Which of a level's `n` files moves down next: one whose seek allowance is spent, else the
+/// one that rewrites the fewest bytes below per byte it moves (`below(i)`; RocksDB's "min
+/// overlapping ratio"). Ties go round-robin from `start` (the file after the last pick),
+/// so every key range gets its turn.
+fn pick_to_move(
+    n: usize,
+    start: usize,
+    exhausted: impl Fn(usize) -> bool,
+    below: impl Fn(usize) -> f64,
+) -> usize {
+    let mut best: Option<(f64, usize)> = None;
+    for i in (start..n).chain(0..start.min(n)) {
+        let cost = if exhausted(i) { -1.0 } else { below(i) };
+        if best.is_none_or(|(b, _)| cost < b) {
+            best = Some((cost, i));
+        }
+    }
+    best.map_or(0, |(_, i)| i)
+}
+
 /// Bytes each partition of `layout` can expect from migration: the data still in draining
 /// layouts spread evenly over its partitions, or 0 if `layout` is not the target. (Even
 /// spreading is an estimate; it only sizes levels.)
@@ -308,32 +328,21 @@ impl Inner {
             if files.is_empty() {
                 return None;
             }
-            // The file that rewrites the fewest bytes below per byte it moves down (RocksDB's
-            // "min overlapping ratio"); ties go round-robin from the last pick, so every key
-            // range gets its turn.
             let cursor = core.compact_cursor.get(&(version, pi, level));
             let start = cursor
                 .and_then(|c| files.iter().position(|f| f.smallest > *c))
                 .unwrap_or(0);
-            let ratio = |f: &Arc<FileMeta>| {
-                let below: u64 = part
-                    .overlapping(out, &f.smallest, &f.largest)
+            let below = |i: usize| -> f64 {
+                let f = &files[i];
+                let bytes: u64 = part.levels[out]
                     .iter()
+                    .filter(|g| g.overlaps(&f.smallest, &f.largest))
                     .map(|g| g.size)
                     .sum();
-                below as f64 / f.size.max(1) as f64
+                bytes as f64 / f.size.max(1) as f64
             };
-            // A file whose seek allowance is spent goes first.
-            let f = files[start..]
-                .iter()
-                .chain(&files[..start])
-                .map(|f| (if f.seeks_exhausted() { -1.0 } else { ratio(f) }, f))
-                .fold(None::<(f64, &Arc<FileMeta>)>, |best, (r, f)| match best {
-                    Some((b, _)) if b <= r => best,
-                    _ => Some((r, f)),
-                })
-                .map(|(_, f)| f.clone())
-                .expect("level has files");
+            let f = files[pick_to_move(files.len(), start, |i| files[i].seeks_exhausted(), below)]
+                .clone();
             core.compact_cursor
                 .insert((version, pi, level), f.largest.clone());
             let next = part.overlapping(out, &f.smallest, &f.largest);
@@ -974,6 +983,25 @@ mod tests {
             );
         }
         assert_eq!(db.range(..).count(), KEYS as usize);
+    }
+
+    /// The least overlap per byte moves first, ties round-robin from the last pick, and a
+    /// file whose seek allowance is spent goes before all.
+    #[test]
+    fn the_file_that_rewrites_least_below_moves_first() {
+        let below = [3.0, 1.0, 1.0, 5.0];
+        let pick = |start, spent: Option<usize>| {
+            pick_to_move(4, start, |i| Some(i) == spent, |i| below[i])
+        };
+        assert_eq!(pick(0, None), 1);
+        assert_eq!(
+            pick(2, None),
+            2,
+            "a tie goes to the first file from the cursor on"
+        );
+        assert_eq!(pick(3, None), 1);
+        assert_eq!(pick(0, Some(3)), 3, "a spent seek allowance goes first");
+        assert_eq!(pick_to_move(1, 0, |_| false, |_| 9.0), 0);
     }
 
     /// Level targets: no middle level up to the base size, then one of at least the base

@@ -388,22 +388,28 @@ pub(crate) fn build_sources(
             }
             let mut deepest = None;
             for level in part.levels.iter().skip(1) {
-                let wanted = |f: &&Arc<crate::version::FileMeta>| {
-                    f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest)
+                let files: Vec<&Arc<crate::version::FileMeta>> = level
+                    .iter()
+                    .filter(|f| f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest))
+                    .collect();
+                // The file the seek lands in.
+                let at = match dir {
+                    Direction::Forward => files.first().copied(),
+                    Direction::Backward => files.last().copied(),
                 };
-                let files: Vec<_> = level.iter().filter(wanted).cloned().collect();
-                let s = match files.len() {
-                    0 => continue,
-                    1 => Source::table(&files[0], range, dir, true)?,
-                    _ => Source::level(files, range, dir, true)?,
+                let s = match files.as_slice() {
+                    [] => continue,
+                    [f] => Source::table(f, range, dir, true)?,
+                    _ => Source::level(
+                        files.iter().map(|f| (*f).clone()).collect(),
+                        range,
+                        dir,
+                        true,
+                    )?,
                 };
                 if s.valid() {
                     out.push(s);
                 }
-                let at = match dir {
-                    Direction::Forward => level.iter().find(wanted),
-                    Direction::Backward => level.iter().rev().find(wanted),
-                };
                 if let Some(prev) = deepest.replace(at) {
                     sought.extend(prev);
                 }

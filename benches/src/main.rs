@@ -809,8 +809,8 @@ fn lsm_shape(s: &Stats) -> String {
         .map(|l| format!("L{} {} files {:.1} MB", l.level, l.files, mb(l.bytes)))
         .collect();
     format!(
-        "{}; memtable {:.1} MB + {} immutable; {} flushes, {} compactions ({} trivial moves), \
-         pending compaction {:.1} MB, block cache {:.1} MB; {} gets searched {} tables \
+        "{}; memtable {:.1} MB + {} immutable; {} flushes, {} compactions ({} trivial moves); \
+         written so far: WAL {:.1} MB, flushes {:.1} MB, compactions {:.1} MB; pending compaction {:.1} MB, block cache {:.1} MB; {} gets searched {} tables \
          ({} filter false positives)",
         if levels.is_empty() {
             "no SSTables".to_string()
@@ -822,6 +822,9 @@ fn lsm_shape(s: &Stats) -> String {
         s.flushes,
         s.compactions,
         s.trivial_moves,
+        mb(s.wal_bytes_written),
+        mb(s.bytes_flushed),
+        mb(s.compaction_bytes_written),
         mb(s.pending_compaction_bytes),
         mb(s.block_cache_bytes),
         s.gets,

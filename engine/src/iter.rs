@@ -222,15 +222,49 @@ struct Side {
     merge: MergeCursor,
     last_key: Vec<u8>,
     has_last: bool,
+    /// Forward only: the merge still sits on the entry last returned (so it could be lent
+    /// without a copy); the older versions of `last_key` are to be skipped first.
+    skip: bool,
+}
+
+/// Where the entry a step resolved to can be read.
+enum Resolved {
+    /// At the top of the forward merge (`Side::merge.top()`).
+    Top,
+    /// Held as owned bytes (a backward step walks past the entry it returns).
+    Held(Bytes, Bytes),
 }
 
 /// The range iterator returned by [`crate::Db::range`] and [`crate::Snapshot::range`].
 /// Yields `(key, value)` in key order; double-ended.
+///
+/// As an [`Iterator`] it hands out owned [`Bytes`] (zero-copy slices of table blocks, or
+/// copies of memtable entries). [`next_ref`](DbIter::next_ref) and
+/// [`next_back_ref`](DbIter::next_back_ref) lend the same pairs instead, valid until the
+/// next call: a forward scan that only looks at each pair touches no reference count and
+/// allocates nothing per entry. Both styles can be mixed on one iterator.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = sluice::Db::open(dir.path(), sluice::Options::default()).unwrap();
+/// db.put("acct:1", "10")?;
+/// db.put("acct:2", "32")?;
+/// let mut it = db.range("acct:".."acct;");
+/// let mut total = 0u64;
+/// while let Some(pair) = it.next_ref() {
+///     let (_key, value) = pair?;
+///     total += std::str::from_utf8(value).unwrap().parse::<u64>().unwrap();
+/// }
+/// assert_eq!(total, 42);
+/// # Ok::<(), sluice::Error>(())
+/// ```
 pub struct DbIter {
     factory: SourceFactory,
     snapshot: u64,
     front: Option<Side>,
     back: Option<Side>,
+    /// The pair a backward step last lent out.
+    held: (Bytes, Bytes),
     done: bool,
     _hold: Option<Box<dyn Send + Sync>>,
 }
@@ -246,6 +280,7 @@ impl DbIter {
             snapshot,
             front: None,
             back: None,
+            held: (Bytes::new(), Bytes::new()),
             done: false,
             _hold: hold,
         }
@@ -253,7 +288,7 @@ impl DbIter {
 
     /// Resolves the next user key in direction `dir` to its visible value, skipping keys
     /// whose visible entry is a tombstone, and stopping where the other side has been.
-    fn step(&mut self, dir: Direction) -> Result<Option<(Bytes, Bytes)>> {
+    fn step(&mut self, dir: Direction) -> Result<Option<Resolved>> {
         if self.done {
             return Ok(None);
         }
@@ -266,6 +301,7 @@ impl DbIter {
                 merge: MergeCursor::new((self.factory)(dir)?, dir),
                 last_key: Vec::new(),
                 has_last: false,
+                skip: false,
             });
         }
         let (side, other) = match dir {
@@ -275,6 +311,13 @@ impl DbIter {
         let side = side.expect("side was just created");
         let snapshot = self.snapshot;
         loop {
+            if std::mem::take(&mut side.skip) {
+                while side.merge.valid()
+                    && crate::types::eq_keys(side.merge.top().key(), &side.last_key)
+                {
+                    side.merge.advance()?;
+                }
+            }
             if !side.merge.valid() {
                 self.done = true;
                 return Ok(None);
@@ -294,9 +337,9 @@ impl DbIter {
             side.last_key.clear();
             side.last_key.extend_from_slice(side.merge.top().key());
             side.has_last = true;
-            // Walk every entry of this key; pick the visible one. Forward sees the newest
-            // first (the first visible wins); backward sees the oldest first (the last
-            // visible wins).
+            // Walk the entries of this key to the visible one. Forward sees the newest first:
+            // the first visible entry wins, and the merge stays on it. Backward sees the
+            // oldest first: the last visible entry wins, so it is walked past and held.
             let mut visible: Option<(Kind, Option<(Bytes, Bytes)>)> = None;
             while side.merge.valid()
                 && crate::types::eq_keys(side.merge.top().key(), &side.last_key)
@@ -304,20 +347,72 @@ impl DbIter {
                 let t = side.merge.top();
                 let kind = t.kind();
                 if t.seqno() <= snapshot && kind != Kind::Forward {
-                    let take = match dir {
-                        Direction::Forward => visible.is_none(),
-                        Direction::Backward => true,
-                    };
-                    if take {
-                        let kv = (kind == Kind::Value).then(|| (t.key_bytes(), t.value_bytes()));
-                        visible = Some((kind, kv));
+                    if dir == Direction::Forward {
+                        side.skip = true;
+                        if kind == Kind::Value {
+                            return Ok(Some(Resolved::Top));
+                        }
+                        break;
                     }
+                    let kv = (kind == Kind::Value).then(|| (t.key_bytes(), t.value_bytes()));
+                    visible = Some((kind, kv));
                 }
                 side.merge.advance()?;
             }
-            if let Some((Kind::Value, Some(kv))) = visible {
-                return Ok(Some(kv));
+            if let Some((Kind::Value, Some((k, v)))) = visible {
+                return Ok(Some(Resolved::Held(k, v)));
             }
+        }
+    }
+
+    /// Steps in `dir`; an error ends the iteration (it is the last item).
+    fn step_or_stop(&mut self, dir: Direction) -> Option<Result<Resolved>> {
+        match self.step(dir) {
+            Ok(r) => r.map(Ok),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn owned(&self, r: Resolved) -> (Bytes, Bytes) {
+        match r {
+            Resolved::Top => {
+                let t = self.front.as_ref().expect("a forward step").merge.top();
+                (t.key_bytes(), t.value_bytes())
+            }
+            Resolved::Held(k, v) => (k, v),
+        }
+    }
+
+    fn lent(&mut self, r: Resolved) -> (&[u8], &[u8]) {
+        match r {
+            Resolved::Top => {
+                let t = self.front.as_ref().expect("a forward step").merge.top();
+                (t.key(), t.value())
+            }
+            Resolved::Held(k, v) => {
+                self.held = (k, v);
+                (&self.held.0, &self.held.1)
+            }
+        }
+    }
+
+    /// The next pair in key order, lent until the next call (see the type's docs).
+    pub fn next_ref(&mut self) -> Option<Result<(&[u8], &[u8])>> {
+        match self.step_or_stop(Direction::Forward)? {
+            Ok(r) => Some(Ok(self.lent(r))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The next pair from the end, lent until the next call. A backward step walks past the
+    /// entry it returns, so the pair is held (as slices of its block, not copied).
+    pub fn next_back_ref(&mut self) -> Option<Result<(&[u8], &[u8])>> {
+        match self.step_or_stop(Direction::Backward)? {
+            Ok(r) => Some(Ok(self.lent(r))),
+            Err(e) => Some(Err(e)),
         }
     }
 }
@@ -325,27 +420,15 @@ impl DbIter {
 impl Iterator for DbIter {
     type Item = Result<(Bytes, Bytes)>;
     fn next(&mut self) -> Option<Self::Item> {
-        match self.step(Direction::Forward) {
-            Ok(Some(kv)) => Some(Ok(kv)),
-            Ok(None) => None,
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let r = self.step_or_stop(Direction::Forward)?;
+        Some(r.map(|r| self.owned(r)))
     }
 }
 
 impl DoubleEndedIterator for DbIter {
     fn next_back(&mut self) -> Option<Self::Item> {
-        match self.step(Direction::Backward) {
-            Ok(Some(kv)) => Some(Ok(kv)),
-            Ok(None) => None,
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let r = self.step_or_stop(Direction::Backward)?;
+        Some(r.map(|r| self.owned(r)))
     }
 }
 

@@ -719,12 +719,27 @@ impl Harness {
         // Keep stepping past the meeting point: both ends must then stay exhausted.
         while nones < 3 {
             let back = self.r.random_bool(0.5);
-            steps.push(if back { 'B' } else { 'F' });
-            let got = if back { it.next_back() } else { it.next() };
+            // Owned pairs (F, B) or lent ones (f, b), mixed on the same iterator.
+            let lend = self.r.random_bool(0.5);
+            let copy =
+                |r: Result<(&[u8], &[u8]), sluice::Error>| r.map(|(k, v)| (k.to_vec(), v.to_vec()));
+            let got = match (back, lend) {
+                (false, false) => it.next().map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+                (true, false) => it
+                    .next_back()
+                    .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+                (false, true) => it.next_ref().map(copy),
+                (true, true) => it.next_back_ref().map(copy),
+            };
+            steps.push(match (back, lend) {
+                (false, false) => 'F',
+                (true, false) => 'B',
+                (false, true) => 'f',
+                (true, true) => 'b',
+            });
             let got = got
                 .transpose()
-                .unwrap_or_else(|e| panic!("{desc} failed: {e}\n{}", self.ctx()))
-                .map(|(k, v)| (k.to_vec(), v.to_vec()));
+                .unwrap_or_else(|e| panic!("{desc} failed: {e}\n{}", self.ctx()));
             let exp = if back {
                 want.pop_back()
             } else {

@@ -42,6 +42,12 @@ pub fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 /// longer than ten bytes.
 #[inline]
 pub fn get_varint(src: &[u8]) -> Option<(u64, usize)> {
+    // Most lengths in a block fit one byte.
+    if let Some(&b) = src.first() {
+        if b < 0x80 {
+            return Some((u64::from(b), 1));
+        }
+    }
     let mut v: u64 = 0;
     for (i, &b) in src.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);

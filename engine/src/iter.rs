@@ -341,9 +341,7 @@ impl DbIter {
             // the first visible entry wins, and the merge stays on it. Backward sees the
             // oldest first: the last visible entry wins, so it is walked past and held.
             let mut visible: Option<(Kind, Option<(Bytes, Bytes)>)> = None;
-            while side.merge.valid()
-                && crate::types::eq_keys(side.merge.top().key(), &side.last_key)
-            {
+            loop {
                 let t = side.merge.top();
                 let kind = t.kind();
                 if t.seqno() <= snapshot && kind != Kind::Forward {
@@ -358,6 +356,11 @@ impl DbIter {
                     visible = Some((kind, kv));
                 }
                 side.merge.advance()?;
+                if !side.merge.valid()
+                    || !crate::types::eq_keys(side.merge.top().key(), &side.last_key)
+                {
+                    break;
+                }
             }
             if let Some((Kind::Value, Some((k, v)))) = visible {
                 return Ok(Some(Resolved::Held(k, v)));
@@ -480,15 +483,8 @@ pub(crate) fn build_sources(
                     Direction::Forward => files.first().copied(),
                     Direction::Backward => files.last().copied(),
                 };
-                let s = match files.as_slice() {
-                    [] => continue,
-                    [f] => Source::table(f, range, dir, true)?,
-                    _ => Source::level(
-                        files.iter().map(|f| (*f).clone()).collect(),
-                        range,
-                        dir,
-                        true,
-                    )?,
+                let Some(s) = Source::level(&files, range, dir, true)? else {
+                    continue;
                 };
                 if s.valid() {
                     out.push(s);

@@ -74,6 +74,12 @@ impl BlockBuilder {
     }
 }
 
+/// The error for a bad entry `i` of the block at `base` in `file`.
+#[cold]
+pub(crate) fn entry_error(file: &Path, base: u64, i: usize, why: &str) -> Error {
+    Error::corruption(file, base, format!("block entry {i}: {why}"))
+}
+
 /// A decoded (decompressed, checksum-verified) block.
 #[derive(Clone)]
 pub struct Block {
@@ -114,6 +120,16 @@ impl Block {
         })
     }
 
+    /// A block with no entries (a cursor's block before it loads one).
+    pub fn empty() -> Block {
+        Block {
+            data: Bytes::new(),
+            entries_end: 0,
+            count: 0,
+        }
+    }
+
+    #[inline]
     pub fn len(&self) -> usize {
         self.count
     }
@@ -126,7 +142,7 @@ impl Block {
         self.data.len()
     }
 
-    fn entry_offset(&self, i: usize) -> usize {
+    pub(crate) fn entry_offset(&self, i: usize) -> usize {
         let p = self.entries_end + i * 4;
         u32::from_le_bytes([
             self.data[p],
@@ -151,31 +167,36 @@ impl Block {
         file: &Path,
         base: u64,
     ) -> Result<(usize, usize, u64, usize, usize)> {
-        let bad = |why: &str| Error::corruption(file, base, format!("block entry {i}: {why}"));
-        let mut p = self.entry_offset(i);
-        if p >= self.entries_end {
-            return Err(bad("offset outside entry area"));
-        }
+        self.parts_from(self.entry_offset(i))
+            .map_err(|why| entry_error(file, base, i, why))
+    }
+
+    /// [`parts`](Self::parts) of the entry that starts at byte `p`, with the reason as a
+    /// plain string when the bytes are bad (the caller names the file). Entries are stored
+    /// back to back, so a forward walk knows where the next one starts without the offset
+    /// array.
+    #[inline]
+    pub(crate) fn parts_from(
+        &self,
+        mut p: usize,
+    ) -> std::result::Result<(usize, usize, u64, usize, usize), &'static str> {
         let area = &self.data[..self.entries_end];
-        let (klen, n) = get_varint(&area[p..]).ok_or_else(|| bad("bad key length"))?;
+        let (klen, n) = get_varint(area.get(p..).ok_or("offset outside entry area")?)
+            .ok_or("bad key length")?;
         p += n;
-        let (vlen, n) = get_varint(&area[p..]).ok_or_else(|| bad("bad value length"))?;
+        let (vlen, n) = get_varint(&area[p..]).ok_or("bad value length")?;
         p += n;
-        if area.len() - p < 8 {
-            return Err(bad("truncated trailer"));
-        }
-        let mut t = [0u8; 8];
-        t.copy_from_slice(&area[p..p + 8]);
-        let trailer = u64::from_le_bytes(t);
+        let t = area.get(p..p + 8).ok_or("truncated trailer")?;
+        let trailer = u64::from_le_bytes(t.try_into().expect("8 bytes"));
         p += 8;
         let kend = p
             .checked_add(klen as usize)
             .filter(|&e| e <= area.len())
-            .ok_or_else(|| bad("key runs past block"))?;
+            .ok_or("key runs past block")?;
         let vend = kend
             .checked_add(vlen as usize)
             .filter(|&e| e <= area.len())
-            .ok_or_else(|| bad("value runs past block"))?;
+            .ok_or("value runs past block")?;
         Ok((p, kend, trailer, kend, vend))
     }
 

@@ -312,6 +312,9 @@ impl DbIter {
         let snapshot = self.snapshot;
         loop {
             if std::mem::take(&mut side.skip) {
+                // The merge still sits on the entry last resolved: step off it, then past
+                // the key's older versions.
+                side.merge.advance()?;
                 while side.merge.valid()
                     && crate::types::eq_keys(side.merge.top().key(), &side.last_key)
                 {

@@ -58,11 +58,29 @@ pub fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Length of the longest common prefix of `a` and `b`.
+pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// Key equality without a library `memcmp` call (see [`cmp_keys`]): iterators ask it once
 /// per entry.
 #[inline]
 pub fn eq_keys(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && cmp_keys(a, b) == Ordering::Equal
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut a8 = a.chunks_exact(8);
+    let mut b8 = b.chunks_exact(8);
+    for (x, y) in (&mut a8).zip(&mut b8) {
+        if x != y {
+            return false;
+        }
+    }
+    a8.remainder()
+        .iter()
+        .zip(b8.remainder())
+        .all(|(x, y)| x == y)
 }
 
 /// Byte-wise key order, eight bytes at a time. Keys are short (often 8 to 32 bytes), where
@@ -113,32 +131,41 @@ impl Entry {
     }
 }
 
+/// Keys around the 8- and 16-byte boundaries the fast comparisons work in: empty, short,
+/// zero padded, equal in their first eight or sixteen bytes, all 0xff.
+#[cfg(test)]
+pub(crate) fn tricky_keys() -> Vec<Vec<u8>> {
+    vec![
+        vec![],
+        vec![0],
+        vec![0, 0],
+        vec![1],
+        b"ab".to_vec(),
+        b"ab\x00".to_vec(),
+        b"ab\x00\x00\x00\x00\x00\x00\x01".to_vec(),
+        b"abcdefgh".to_vec(),
+        b"abcdefgh\x00".to_vec(),
+        b"abcdefgi".to_vec(),
+        b"abcdefghijklmno".to_vec(),
+        b"abcdefghijklmnop".to_vec(),
+        b"abcdefghijklmnoq".to_vec(),
+        b"abcdefghijklmnopq".to_vec(),
+        b"abcdefghijklmnop\x00".to_vec(),
+        b"abcdefghijklmnop\x00\x01".to_vec(),
+        b"abcdefghijklmnopr".to_vec(),
+        vec![0; 16],
+        vec![0; 17],
+        vec![0xff; 7],
+        vec![0xff; 8],
+        vec![0xff; 9],
+        vec![0xff; 16],
+        vec![0xff; 17],
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Keys around the 8-byte boundaries both comparisons work in: empty, short, zero
-    /// padded, equal in their first eight bytes, all 0xff.
-    fn tricky_keys() -> Vec<Vec<u8>> {
-        vec![
-            vec![],
-            vec![0],
-            vec![0, 0],
-            vec![1],
-            b"ab".to_vec(),
-            b"ab\x00".to_vec(),
-            b"ab\x00\x00\x00\x00\x00\x00\x01".to_vec(),
-            b"abcdefgh".to_vec(),
-            b"abcdefgh\x00".to_vec(),
-            b"abcdefgi".to_vec(),
-            b"abcdefghijklmnop".to_vec(),
-            b"abcdefghijklmnoq".to_vec(),
-            b"abcdefghijklmnopq".to_vec(),
-            vec![0xff; 7],
-            vec![0xff; 8],
-            vec![0xff; 9],
-        ]
-    }
 
     #[test]
     fn fast_key_order_matches_slice_order() {

@@ -22,14 +22,19 @@ use crate::sst::format::{
     checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE,
     COMPRESSION_ZSTD,
 };
-use crate::types::{cmp_internal, key_prefix, Entry, Kind};
+use crate::types::{cmp_internal, cmp_keys, common_prefix_len, key_prefix, Entry, Kind};
 
 /// The index, flattened: every block's last key in one buffer, so the binary search a
 /// lookup starts with touches a few cache lines instead of a pointer per probe. The search
-/// itself runs over `prefixes` (each key's first eight bytes as a number): one cache line
-/// per probe, and the last few probes share one; full keys are compared only on a tie.
+/// itself runs over `prefixes` (eight bytes of each key as a number, taken after the bytes
+/// all index keys share): one cache line per probe, and the last few probes share one; full
+/// keys are compared only on a tie.
 #[derive(Default)]
 struct Index {
+    /// Length of the prefix every index key shares (that of the first and the last key: the
+    /// keys are sorted). Keys such as zero-padded numbers or "account:…" share their first
+    /// bytes; the search prefixes start after them, where keys differ.
+    common: usize,
     prefixes: Vec<u64>,
     keys: Vec<u8>,
     ends: Vec<usize>,
@@ -48,6 +53,19 @@ impl Index {
         &self.keys[start..self.ends[i]]
     }
 
+    /// Sets the shared prefix and the search prefixes after it, once every key is in.
+    fn finish(&mut self) {
+        let n = self.len();
+        self.common = match n {
+            0 => 0,
+            _ => common_prefix_len(self.key(0), self.key(n - 1)),
+        };
+        self.prefixes = (0..n)
+            .map(|i| key_prefix(&self.key(i)[self.common..]))
+            .collect();
+        self.shrink();
+    }
+
     /// Gives back the slack of growing the vectors one push at a time: an open table keeps
     /// its index in memory for as long as it lives.
     fn shrink(&mut self) {
@@ -59,7 +77,6 @@ impl Index {
     }
 
     fn push(&mut self, key: &[u8], seqno: u64, handle: BlockHandle) {
-        self.prefixes.push(key_prefix(key));
         self.keys.extend_from_slice(key);
         self.ends.push(self.keys.len());
         self.seqnos.push(seqno);
@@ -174,7 +191,7 @@ impl Table {
                 ),
             ));
         }
-        index.shrink();
+        index.finish();
         let words = index.len().div_ceil(64);
         Ok(Table {
             id,
@@ -328,7 +345,18 @@ impl Table {
 
     /// Index of the first data block that may hold entries at or after (key, seqno).
     pub(crate) fn find_block(&self, key: &[u8], seqno: u64) -> usize {
-        let probe = key_prefix(key);
+        // A key that does not start with the shared prefix sorts before or after every
+        // index key.
+        let c = self.index.common;
+        let head = &key[..c.min(key.len())];
+        match cmp_keys(head, &self.index.keys[..head.len()]) {
+            std::cmp::Ordering::Less => return 0,
+            std::cmp::Ordering::Greater => return self.index.len(),
+            // A proper prefix of the shared prefix.
+            std::cmp::Ordering::Equal if key.len() < c => return 0,
+            std::cmp::Ordering::Equal => {}
+        }
+        let probe = key_prefix(&key[c..]);
         let (mut lo, mut hi) = (0, self.index.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;

@@ -293,3 +293,70 @@ fn lookups_with_keys_that_tie_on_the_index_prefix() {
         }
     }
 }
+
+/// Keys sharing a long prefix (zero-padded numbers behind a tag), searched by keys inside
+/// the table and by keys that leave the shared prefix early, late, or end inside it: the
+/// search lands on the first block whose last key is >= the key.
+#[test]
+fn lookups_with_keys_that_share_a_long_prefix() {
+    let keys: Vec<Vec<u8>> = (0..400u32)
+        .map(|i| format!("acct:{:016}", i * 7 + 3).into_bytes())
+        .collect();
+    let es: Vec<Entry> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Entry {
+            key: Bytes::from(k.clone()),
+            seqno: i as u64 + 1,
+            kind: Kind::Value,
+            value: Bytes::from(format!("v{i}-{}", "x".repeat(40))),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("1.sst");
+    write(&p, &es, Compression::None);
+    let t = open(&p, true).unwrap();
+    assert!(
+        t.block_count() > 10,
+        "small blocks: the index must be searched"
+    );
+    let last_keys: Vec<Vec<u8>> = t.index_keys().map(|k| k.to_vec()).collect();
+    let mut probes: Vec<Vec<u8>> = keys.clone();
+    for k in &keys {
+        let mut next = k.clone();
+        *next.last_mut().unwrap() += 1;
+        probes.push(next);
+    }
+    for p in [
+        &b""[..],
+        b"a",
+        b"acct",
+        b"acct:",
+        b"acct:0",
+        b"acct:00000000000",
+        b"acct:0000000000000003",
+        b"acct:9",
+        b"acct;",
+        b"accs:9999999999999999",
+        b"b",
+        b"acct:\xff",
+    ] {
+        probes.push(p.to_vec());
+    }
+    for k in &probes {
+        let want = last_keys
+            .iter()
+            .position(|lk| lk.as_slice() >= k.as_slice())
+            .unwrap_or(last_keys.len());
+        assert_eq!(
+            t.find_block(k, u64::MAX),
+            want,
+            "{:?}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    for e in &es {
+        let got = t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap();
+        assert_eq!(&got, e);
+    }
+}

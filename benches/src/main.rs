@@ -809,7 +809,7 @@ fn lsm_shape(s: &Stats) -> String {
         .map(|l| format!("L{} {} files {:.1} MB", l.level, l.files, mb(l.bytes)))
         .collect();
     format!(
-        "{}; memtable {:.1} MB + {} immutable; {} flushes, {} compactions ({} trivial moves); \
+        "{}; memtable {:.1} MB + {} immutable; {} flushes ({} of idle memtables), {} compactions ({} trivial moves); \
          written so far: WAL {:.1} MB, flushes {:.1} MB, compactions {:.1} MB; pending compaction {:.1} MB, block cache {:.1} MB; {} gets searched {} tables \
          ({} filter false positives)",
         if levels.is_empty() {
@@ -820,6 +820,7 @@ fn lsm_shape(s: &Stats) -> String {
         mb(s.memtable_bytes),
         s.immutable_memtables,
         s.flushes,
+        s.idle_flushes,
         s.compactions,
         s.trivial_moves,
         mb(s.wal_bytes_written),

@@ -1275,4 +1275,57 @@ mod tests {
         };
         check_after_power_cut(&fs, db, dir.path(), opts(), KEYS, want);
     }
+
+    /// An idle memtable that scans keep seeking besides table runs is frozen and flushed:
+    /// not while it is idle but scans have not paid its allowance, not while writes keep
+    /// arriving, and then without any further scan once it has been idle long enough. A
+    /// power cut afterwards loses nothing.
+    #[test]
+    fn scans_get_an_idle_memtable_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let idle = Duration::from_millis(200);
+        let opts = || Options {
+            fs: Arc::new(fs.clone()),
+            idle_memtable_flush_after: Some(idle),
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts()).unwrap();
+        const KEYS: u32 = 2000;
+        load_compacted(&db, KEYS, |i| format!("k{i:05}"));
+        let rewritten = |i: u32| i.is_multiple_of(7);
+        for i in (0..KEYS).filter(|&i| rewritten(i)) {
+            db.put(format!("k{i:05}"), value(1, i)).unwrap();
+        }
+        let idle_flushes = |db: &Db| db.stats().idle_flushes;
+        let flushes = db.stats().flushes;
+        let scan = |db: &Db| assert_eq!(db.range(..).take(10).count(), 10);
+        let allowance = 100; // a small memtable gets the minimum
+        for _ in 0..allowance / 2 {
+            scan(&db);
+        }
+        std::thread::sleep(idle * 2);
+        assert_eq!(idle_flushes(&db), 0, "flushed before scans paid for it");
+        // Writes keep arriving while scans pass the allowance.
+        let until = Instant::now() + idle * 3;
+        let mut n = 0u32;
+        while Instant::now() < until || n < allowance {
+            let i = (n % (KEYS / 7)) * 7;
+            db.put(format!("k{i:05}"), value(1, i)).unwrap();
+            scan(&db);
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(idle_flushes(&db), 0, "flushed while writes kept arriving");
+        assert_eq!(db.stats().flushes, flushes);
+        // Idle now: flushed without another scan.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while idle_flushes(&db) == 0 || db.stats().memtable_bytes > 0 {
+            assert!(Instant::now() < deadline, "idle memtable never flushed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(idle_flushes(&db), 1);
+        let want = |i: u32| value(if rewritten(i) { 1 } else { 0 }, i);
+        check_after_power_cut(&fs, db, dir.path(), opts(), KEYS, want);
+    }
 }

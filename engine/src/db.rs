@@ -209,6 +209,9 @@ pub(crate) struct Inner {
     pub slowdown_debt: Mutex<(Instant, f64)>,
     pub last_background_error: Mutex<Option<String>>,
     pub move_bucket: Mutex<(Instant, f64)>,
+    /// The active memtable as the WAL ticker last saw it (WAL number, bytes) and since when
+    /// it has not changed: how long it has been idle.
+    pub mem_idle: Mutex<(u64, usize, Instant)>,
     pub pacer: Mutex<crate::migration::Pacer>,
     /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
     pub fg_latency: crate::migration::LatencyHistogram,
@@ -1056,6 +1059,7 @@ impl Inner {
             bytes_flushed: g(&c.flush_bytes),
             compactions: g(&c.compactions),
             trivial_moves: g(&c.trivial_moves),
+            idle_flushes: g(&c.idle_flushes),
             compaction_bytes_read: g(&c.compaction_read),
             compaction_bytes_written: g(&c.compaction_written),
             migration_bytes_read: g(&c.migration_read),

@@ -151,6 +151,9 @@ pub struct MemTable {
     /// First WAL file number whose records are (partly) in this memtable.
     wal_number: u64,
     filter: crate::sst::bloom::AtomicBloom,
+    /// Range scans that had to seek this memtable besides table runs (see
+    /// [`MemTable::charge_scan_seek`]).
+    scan_seeks: AtomicU64,
 }
 
 impl MemTable {
@@ -168,7 +171,21 @@ impl MemTable {
             filter: crate::sst::bloom::AtomicBloom::new(
                 (budget_bytes / 16).clamp(8 << 10, 16 << 20),
             ),
+            scan_seeks: AtomicU64::new(0),
         }
+    }
+
+    /// Records a range scan that had to seek this memtable besides table runs. Each such
+    /// seek searches the skiplist from its top (cache misses all the way down); once a
+    /// memtable that takes no more writes has cost scans as many seeks as a table of its
+    /// size may (`version::SEEK_COST_BYTES`), the WAL ticker freezes it, so it is flushed
+    /// and scans stop paying for it.
+    pub fn charge_scan_seek(&self) {
+        self.scan_seeks.fetch_add(1, AtOrd::Relaxed);
+    }
+
+    pub fn scan_seeks(&self) -> u64 {
+        self.scan_seeks.load(AtOrd::Relaxed)
     }
 
     pub fn wal_number(&self) -> u64 {

@@ -71,6 +71,12 @@ pub struct Options {
     pub migration_p99_target_us: u64,
     /// Free disk space migration always leaves untouched.
     pub migration_disk_headroom_bytes: u64,
+    /// A memtable that has taken no write (nor lazy move) for this long, and that range
+    /// scans have sought besides table runs as often as a table of its size may be sought
+    /// (one seek per 16 KiB, at least 100), is frozen and flushed, so a read-mostly stretch
+    /// after writes stops searching it on every scan. `None` keeps memtables until they
+    /// fill (or until [`crate::Db::flush`]).
+    pub idle_memtable_flush_after: Option<Duration>,
     /// The file system (tests substitute [`crate::fs::FaultFs`]).
     pub fs: Arc<dyn Fs>,
 }
@@ -103,6 +109,7 @@ impl Default for Options {
             migration_bytes_per_sec: 32 << 20,
             migration_p99_target_us: 0,
             migration_disk_headroom_bytes: 256 << 20,
+            idle_memtable_flush_after: Some(Duration::from_secs(1)),
             fs: Arc::new(StdFs),
         }
     }

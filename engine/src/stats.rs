@@ -13,6 +13,7 @@ pub(crate) struct Counters {
     pub flush_bytes: AtomicU64,
     pub compactions: AtomicU64,
     pub trivial_moves: AtomicU64,
+    pub idle_flushes: AtomicU64,
     pub compaction_read: AtomicU64,
     pub compaction_written: AtomicU64,
     pub migration_read: AtomicU64,
@@ -72,6 +73,9 @@ pub struct Stats {
     pub bytes_flushed: u64,
     pub compactions: u64,
     pub trivial_moves: u64,
+    /// Of the flushes, those of idle memtables that scans kept seeking
+    /// ([`crate::Options::idle_memtable_flush_after`]).
+    pub idle_flushes: u64,
     pub compaction_bytes_read: u64,
     pub compaction_bytes_written: u64,
     /// Of the compaction figures, what migration compactions read and wrote.

@@ -46,8 +46,8 @@ pub struct FileMeta {
 /// before it is compacted even though L0 is below its trigger (LevelDB's "seek
 /// compaction", which counts 16 KiB per seek the same way).
 pub const SEEK_COST_BYTES: u64 = 16 << 10;
-/// Seeks allowed to any file, however small.
-const MIN_SEEKS: i64 = 100;
+/// Seeks allowed to any file (or idle memtable), however small.
+pub const MIN_SEEKS: i64 = 100;
 
 impl Drop for FileMeta {
     fn drop(&mut self) {

@@ -541,6 +541,51 @@ impl Inner {
         }
     }
 
+    /// Freezes the active memtable (so that it is flushed) once it has been idle for
+    /// `idle_memtable_flush_after` and scans have sought it as often as a table of its size
+    /// may be (see [`MemTable::charge_scan_seek`]).
+    fn freeze_idle_memtable(&self) {
+        let Some(idle_for) = self.opts.idle_memtable_flush_after else {
+            return;
+        };
+        if self.read_only || self.failed.load(Ordering::Acquire) {
+            return;
+        }
+        let view = self.view.load();
+        let (wal_number, bytes) = (view.mem.wal_number(), view.mem.approximate_bytes());
+        {
+            let mut seen = self.mem_idle.lock();
+            if (seen.0, seen.1) != (wal_number, bytes) {
+                *seen = (wal_number, bytes, Instant::now());
+                return;
+            }
+            if seen.2.elapsed() < idle_for {
+                return;
+            }
+        }
+        let allowance =
+            (bytes as u64 / crate::version::SEEK_COST_BYTES).max(crate::version::MIN_SEEKS as u64);
+        if view.mem.is_empty() || !view.imm.is_empty() || view.mem.scan_seeks() < allowance {
+            return;
+        }
+        drop(view);
+        let Some(mut wal) = self.wal.try_lock() else {
+            return;
+        };
+        // Still unchanged now that writers are held off (they insert under the WAL lock).
+        let view = self.view.load();
+        if view.mem.wal_number() == wal_number
+            && view.mem.approximate_bytes() == bytes
+            && view.imm.is_empty()
+        {
+            drop(view);
+            // A failed rotation marks the WAL failed itself; writers then see the error.
+            if self.rotate(&mut wal).is_ok() {
+                Counters::add(&self.counters.idle_flushes, 1);
+            }
+        }
+    }
+
     /// Hands buffered WAL bytes to the OS (called every `wal_flush_interval`).
     pub(crate) fn tick_wal(&self) {
         // Off the read path: release memory-map pages readers touched, if due, and make the
@@ -550,6 +595,7 @@ impl Inner {
         if !self.wal_healthy.load(Ordering::Acquire) {
             return;
         }
+        self.freeze_idle_memtable();
         if let Some(mut w) = self.wal.try_lock() {
             if w.log.buffered() > 0 {
                 if let Err(e) = w.log.flush() {

@@ -230,6 +230,32 @@ fn every_truncation_is_refused() {
     }
 }
 
+/// `es` written with small blocks (so lookups must search the index) and opened.
+fn small_block_table(dir: &Path, es: &[Entry]) -> Arc<Table> {
+    let p = dir.join("1.sst");
+    write(&p, es, Compression::None);
+    let t = open(&p, true).unwrap();
+    assert!(
+        t.block_count() > 10,
+        "small blocks: the index must be searched"
+    );
+    t
+}
+
+/// The block a search starts at is exactly the first whose last key is >= the key (an
+/// earlier one would still find the entry, a block later, but read a block for nothing).
+fn assert_search_starts(t: &Table, probes: &[Vec<u8>]) {
+    let last_keys: Vec<Vec<u8>> = t.index_keys().map(|k| k.to_vec()).collect();
+    for k in probes {
+        let want = last_keys
+            .iter()
+            .position(|lk| lk.as_slice() >= k.as_slice())
+            .unwrap_or(last_keys.len());
+        let shown = String::from_utf8_lossy(k);
+        assert_eq!(t.find_block(k, u64::MAX), want, "{shown:?}");
+    }
+}
+
 /// Keys of every length around the index's 8-byte search prefix, many sharing it (short keys
 /// and keys padded with zero bytes tie with each other): every one is found at every
 /// version, and no absent key in between is.
@@ -262,27 +288,12 @@ fn lookups_with_keys_that_tie_on_the_index_prefix() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("1.sst");
-    write(&p, &es, Compression::None);
-    let t = open(&p, true).unwrap();
-    assert!(
-        t.block_count() > 10,
-        "small blocks: the index must be searched"
-    );
+    let t = small_block_table(dir.path(), &es);
     for e in &es {
         let got = t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap();
         assert_eq!(&got, e);
     }
-    // The block a search starts at is exactly the first whose last key is >= the key (an
-    // earlier one would still find the entry, a block later, but read a block for nothing).
-    let last_keys: Vec<Vec<u8>> = t.index_keys().map(|k| k.to_vec()).collect();
-    for k in &keys {
-        let want = last_keys
-            .iter()
-            .position(|lk| lk.as_slice() >= k.as_slice())
-            .unwrap_or(last_keys.len());
-        assert_eq!(t.find_block(k, u64::MAX), want, "{k:?}");
-    }
+    assert_search_starts(&t, &keys);
     for k in &keys {
         for extra in [0u8, 1] {
             let mut absent = k.clone();
@@ -313,14 +324,7 @@ fn lookups_with_keys_that_share_a_long_prefix() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("1.sst");
-    write(&p, &es, Compression::None);
-    let t = open(&p, true).unwrap();
-    assert!(
-        t.block_count() > 10,
-        "small blocks: the index must be searched"
-    );
-    let last_keys: Vec<Vec<u8>> = t.index_keys().map(|k| k.to_vec()).collect();
+    let t = small_block_table(dir.path(), &es);
     let mut probes: Vec<Vec<u8>> = keys.clone();
     for k in &keys {
         let mut next = k.clone();
@@ -343,18 +347,7 @@ fn lookups_with_keys_that_share_a_long_prefix() {
     ] {
         probes.push(p.to_vec());
     }
-    for k in &probes {
-        let want = last_keys
-            .iter()
-            .position(|lk| lk.as_slice() >= k.as_slice())
-            .unwrap_or(last_keys.len());
-        assert_eq!(
-            t.find_block(k, u64::MAX),
-            want,
-            "{:?}",
-            String::from_utf8_lossy(k)
-        );
-    }
+    assert_search_starts(&t, &probes);
     for e in &es {
         let got = t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap();
         assert_eq!(&got, e);

@@ -181,8 +181,11 @@ impl Block {
         mut p: usize,
     ) -> std::result::Result<(usize, usize, u64, usize, usize), &'static str> {
         let area = &self.data[..self.entries_end];
-        let (klen, n) = get_varint(area.get(p..).ok_or("offset outside entry area")?)
-            .ok_or("bad key length")?;
+        let rest = area
+            .get(p..)
+            .filter(|r| !r.is_empty())
+            .ok_or("offset outside entry area")?;
+        let (klen, n) = get_varint(rest).ok_or("bad key length")?;
         p += n;
         let (vlen, n) = get_varint(&area[p..]).ok_or("bad value length")?;
         p += n;

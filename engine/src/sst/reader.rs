@@ -60,8 +60,10 @@ impl Index {
             0 => 0,
             _ => common_prefix_len(self.key(0), self.key(n - 1)),
         };
+        // Every key between the first and the last starts with their shared prefix (the
+        // keys were checked to be in order); `get` keeps a bad index from panicking anyway.
         self.prefixes = (0..n)
-            .map(|i| key_prefix(&self.key(i)[self.common..]))
+            .map(|i| key_prefix(self.key(i).get(self.common..).unwrap_or_default()))
             .collect();
         self.shrink();
     }

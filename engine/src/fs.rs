@@ -35,14 +35,37 @@ impl WritableFile for NullFile {
 
 /// Positioned reads from one open file.
 pub trait RandomRead: Send + Sync {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Appends exactly `len` bytes read at `offset` to `buf`, or fails (`UnexpectedEof` if
+    /// the file ends first). The bytes land in `buf`'s spare capacity without being zeroed
+    /// first: reserve `len` beforehand to read with no reallocation.
+    fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()>;
 }
 
 struct StdRandom(File);
 
 impl RandomRead for StdRandom {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+        let end = buf.len() + len;
+        buf.reserve(len);
+        while buf.len() < end {
+            let want = end - buf.len();
+            let at = offset + (len - want) as u64;
+            // `spare_capacity` extends `buf` by what the read returned, which may run past
+            // `end` if the allocation had room to spare (cut off below).
+            let n = match rustix::io::pread(&self.0, rustix::buffer::spare_capacity(buf), at) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("file ends before offset {}", at + want as u64),
+                ));
+            }
+        }
+        buf.truncate(end);
+        Ok(())
     }
 }
 
@@ -233,6 +256,8 @@ pub enum FsOp {
     Remove,
     SyncDir,
     Map,
+    /// A positioned read of a file opened with [`Fs::open_random`].
+    Read,
 }
 
 /// What goes wrong.
@@ -442,6 +467,21 @@ impl WritableFile for FaultFile {
     }
 }
 
+struct FaultRandom {
+    fs: FaultFs,
+    path: PathBuf,
+    inner: Box<dyn RandomRead>,
+}
+
+impl RandomRead for FaultRandom {
+    fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+        if let Some(k) = self.fs.check(FsOp::Read, &self.path) {
+            return Err(fault_error(k));
+        }
+        self.inner.read_exact_at_into(buf, len, offset)
+    }
+}
+
 impl Fs for FaultFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         if let Some(k) = self.check(FsOp::Create, path) {
@@ -468,6 +508,14 @@ impl Fs for FaultFs {
             return Err(fault_error(k));
         }
         StdFs.map_file(path)
+    }
+
+    fn open_random(&self, path: &Path) -> io::Result<Box<dyn RandomRead>> {
+        Ok(Box::new(FaultRandom {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            inner: StdFs.open_random(path)?,
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -575,6 +623,45 @@ mod tests {
         drop(f);
         fs.lose_unsynced().unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"durable");
+    }
+
+    #[test]
+    fn positioned_reads_append_exactly_what_was_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.sst");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let r = StdFs.open_random(&p).unwrap();
+        // Appends after what the buffer holds, whatever its spare capacity.
+        let mut buf = b"head".to_vec();
+        r.read_exact_at_into(&mut buf, 4096, 1000).unwrap();
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &data[1000..5096]);
+        let mut big = Vec::with_capacity(1 << 16);
+        r.read_exact_at_into(&mut big, 7, 9_993).unwrap();
+        assert_eq!(big, &data[9_993..]);
+        // A read the file cannot fill fails, and says so.
+        let mut short = Vec::new();
+        let e = r.read_exact_at_into(&mut short, 100, 9_950).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = r.read_exact_at_into(&mut short, 1, 20_000).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        // Through FaultFs, an injected read fault strikes once, then reads work again.
+        let fs = FaultFs::new();
+        fs.inject(Fault {
+            op: FsOp::Read,
+            path_contains: Some(".sst".into()),
+            kind: FaultKind::Io,
+            skip: 1,
+            sticky: false,
+        });
+        let f = fs.open_random(&p).unwrap();
+        let mut b = Vec::new();
+        f.read_exact_at_into(&mut b, 10, 0).unwrap();
+        let e = f.read_exact_at_into(&mut b, 10, 10).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(5));
+        f.read_exact_at_into(&mut b, 10, 10).unwrap();
+        assert_eq!(b, &data[..20]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::fs::Fs;
 use crate::layout::PartitionFn;
 use crate::manifest::{FileRecord, MAX_LEVELS};
 use crate::sst::{Table, TableKind};
+use crate::types::cmp_keys;
 
 /// One SSTable in the file set.
 #[derive(Debug)]
@@ -121,7 +122,7 @@ impl FileMeta {
 
     #[inline]
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.smallest.as_ref() <= key && key <= self.largest.as_ref()
+        cmp_keys(&self.smallest, key).is_le() && cmp_keys(key, &self.largest).is_le()
     }
 
     pub fn overlaps(&self, smallest: &[u8], largest: &[u8]) -> bool {
@@ -157,8 +158,8 @@ impl PartitionFiles {
     /// The file in level `level >= 1` whose range holds `key`.
     pub fn file_for_key(&self, level: usize, key: &[u8]) -> Option<&Arc<FileMeta>> {
         let files = &self.levels[level];
-        let i = files.partition_point(|f| f.largest.as_ref() < key);
-        files.get(i).filter(|f| f.smallest.as_ref() <= key)
+        let i = files.partition_point(|f| cmp_keys(&f.largest, key).is_lt());
+        files.get(i).filter(|f| cmp_keys(&f.smallest, key).is_le())
     }
 
     /// Files in `level` overlapping `[smallest, largest]`.

@@ -611,3 +611,38 @@ fn close_after_a_failure_reports_it_or_keeps_every_acknowledged_write() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A read error on a table block (EIO from `pread`) fails the read that hit it with an I/O
+/// error naming the table, caches nothing, and leaves the database as it was: the same read
+/// then finds the value, and writes still work. Reads never turn a database read-only.
+#[test]
+fn eio_on_a_block_read_fails_that_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("k{i:05}"), format!("value-{i}")).unwrap();
+    }
+    db.flush().unwrap();
+    fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", false));
+    let e = db.get("k01234").unwrap_err();
+    assert_eq!(errno(&e), Some(5), "{e:?}");
+    assert!(
+        io_path(&e).ends_with(".sst"),
+        "error names {:?}",
+        io_path(&e)
+    );
+    assert_eq!(fs.injected(), 1);
+    assert_eq!(
+        db.get("k01234").unwrap().as_deref(),
+        Some(&b"value-1234"[..])
+    );
+    // A scan reads through the same path.
+    fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", false));
+    let first = db.range(..).next().unwrap();
+    assert_eq!(errno(&first.unwrap_err()), Some(5));
+    let all: Vec<_> = db.range(..).collect::<sluice::Result<_>>().unwrap();
+    assert_eq!(all.len(), 2000);
+    db.put("after", "x").unwrap();
+    assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"x"[..]));
+}

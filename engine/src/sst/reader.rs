@@ -22,7 +22,7 @@ use crate::sst::format::{
     checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE,
     COMPRESSION_ZSTD,
 };
-use crate::types::{cmp_internal, cmp_keys, common_prefix_len, key_prefix, Entry, Kind};
+use crate::types::{cmp_internal, cmp_keys, common_prefix_len, eq_keys, key_prefix, Entry, Kind};
 
 /// The index, flattened: every block's last key in one buffer, so the binary search a
 /// lookup starts with touches a few cache lines instead of a pointer per probe. The search
@@ -263,8 +263,8 @@ impl Table {
         if let (true, Some(c), Some(r)) = (fill_cache, &self.cache, &self.reader) {
             // Block bound for the cache: read it with pread (see `reader`).
             let buf_len = h.size as usize + BLOCK_TRAILER_LEN;
-            let mut buf = vec![0u8; buf_len];
-            r.read_exact_at(&mut buf, h.offset)
+            let mut buf = Vec::with_capacity(buf_len);
+            r.read_exact_at_into(&mut buf, buf_len, h.offset)
                 .map_err(|e| Error::io(&self.path, e))?;
             let local = BlockHandle {
                 offset: 0,
@@ -405,7 +405,7 @@ impl Table {
             let i = b.seek(key, snapshot, &self.path, base)?;
             if i < b.len() {
                 let e = b.entry(i, &self.path, base)?;
-                return Ok((e.key.as_ref() == key).then_some(e));
+                return Ok(eq_keys(&e.key, key).then_some(e));
             }
             // Only reachable if the index disagrees with the block; look one block further.
             bi += 1;

@@ -34,7 +34,7 @@ pub struct BlockCache {
 }
 
 /// Bytes read out of memory maps between sweeps.
-const MAP_BUDGET: u64 = 8 << 20;
+const MAP_BUDGET: u64 = 2 << 20;
 
 impl BlockCache {
     /// A cache holding up to `bytes` of blocks.
@@ -107,5 +107,75 @@ impl BlockCache {
         if self.capacity > 0 {
             self.cache.set_capacity(bytes.clamp(1, self.capacity));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{Fs, StdFs};
+
+    /// Resident KiB of this process's mappings of `path` (from /proc/self/smaps).
+    fn resident_kib(path: &std::path::Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let name = path.to_str().unwrap();
+        let mut total = 0;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some(rest) = line.strip_prefix("Rss:") {
+                if inside {
+                    total += rest
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap();
+                }
+            } else if line.contains('-') && line.split_whitespace().count() >= 5 {
+                // A mapping's header line: "start-end perms offset dev inode [path]".
+                inside = line.ends_with(name);
+            }
+        }
+        total
+    }
+
+    /// Pages read out of maps are released once more than the budget was read: resident
+    /// memory stays about the cache plus the budget however much is read through maps.
+    #[test]
+    fn reading_past_the_map_budget_releases_mapped_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000001.sst");
+        let len = 4 * MAP_BUDGET as usize;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let m = StdFs.map_file(&path).unwrap();
+        let cache = BlockCache::new(1 << 20);
+        cache.track(m.pages.as_ref().unwrap());
+        let read = |from: usize, to: usize| {
+            let mut sum = 0u64;
+            for p in (from..to).step_by(4096) {
+                sum += m.bytes[p] as u64;
+                cache.touched(4096);
+            }
+            assert_eq!(sum, 7 * ((to - from) / 4096) as u64);
+        };
+        // Within the budget: nothing is due, pages stay.
+        let half = MAP_BUDGET as usize / 2;
+        read(0, half);
+        assert!(!cache.sweep_if_due());
+        assert!(
+            resident_kib(&path) >= half as u64 / 1024,
+            "pages read are resident"
+        );
+        // Past it: the sweep runs and the map's pages are gone, while its bytes still read.
+        read(half, len);
+        assert!(resident_kib(&path) >= (len / 2) as u64 / 1024);
+        assert!(cache.sweep_if_due());
+        assert!(
+            resident_kib(&path) < 64,
+            "{} KiB still resident after the sweep",
+            resident_kib(&path)
+        );
+        assert!(!cache.sweep_if_due(), "the count starts again from zero");
+        assert_eq!(m.bytes[len - 1], 7);
     }
 }

@@ -1220,6 +1220,12 @@ mod tests {
         db.inner.view.load().files.target_layout().parts[0].levels[0].len()
     }
 
+    fn l0_numbers(db: &Db) -> Vec<u64> {
+        let view = db.inner.view.load();
+        let l0 = &view.files.target_layout().parts[0].levels[0];
+        l0.iter().map(|f| f.number).collect()
+    }
+
     /// L0 below its trigger is compacted once scans that had to seek its files besides the
     /// base level have done so often enough to pay for it — and not before. Then a power
     /// cut: nothing is lost.
@@ -1272,6 +1278,102 @@ mod tests {
         let want = |i: u32| {
             let round = (1..=2).rev().find(|r| i.is_multiple_of(3 + r)).unwrap_or(0);
             value(round, i)
+        };
+        check_after_power_cut(&fs, db, dir.path(), opts(), KEYS, want);
+    }
+
+    /// Point reads that probe runs they do not need (the memtable's and L0 files' filters,
+    /// for keys that live in the last level) count against those runs' seek allowances only
+    /// while no writes arrive: with writes going on, many times the allowance of such reads
+    /// compacts nothing; once writes stop, as many again get L0 compacted below its trigger
+    /// and the memtable flushed, with no write or scan to prompt it. A power cut afterwards
+    /// loses nothing.
+    #[test]
+    fn point_reads_get_overlapping_runs_compacted_only_while_writes_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let idle = Duration::from_millis(200);
+        let opts = || Options {
+            fs: Arc::new(fs.clone()),
+            idle_memtable_flush_after: Some(idle),
+            level0_compaction_trigger: 8,
+            level0_slowdown_trigger: 16,
+            level0_stop_trigger: 24,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts()).unwrap();
+        const KEYS: u32 = 2000;
+        load_compacted(&db, KEYS, |i| format!("k{i:05}"));
+        flush_rounds(&db, 2, KEYS, 5, |r, i| (format!("k{i:05}"), value(r, i)));
+        assert_eq!(
+            l0_files(&db),
+            2,
+            "two overlapping L0 files, below the trigger"
+        );
+        let first_two = l0_numbers(&db);
+        // Keys only the last level holds: every read probes both L0 filters for nothing.
+        let deep: Vec<u32> = (0..KEYS).filter(|i| !i.is_multiple_of(5)).collect();
+        let allowance = (crate::version::seek_allowance(0) / crate::version::PROBE_UNITS) as usize;
+        let n = std::cell::Cell::new(0usize);
+        let read = |db: &Db| {
+            let i = deep[n.get() % deep.len()];
+            n.set(n.get() + 1);
+            assert_eq!(
+                db.get(format!("k{i:05}")).unwrap().unwrap(),
+                value(0, i).as_bytes()
+            );
+        };
+        // Writes keep arriving (into the memtable, so it is probed too) while reads pass
+        // three allowances.
+        let until = Instant::now() + idle * 3;
+        let mut w = 0u32;
+        while Instant::now() < until || n.get() < 3 * allowance {
+            let i = (w % (KEYS / 5)) * 5;
+            db.put(format!("k{i:05}"), value(3, i)).unwrap();
+            w += 1;
+            for _ in 0..20 {
+                read(&db);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            l0_numbers(&db),
+            first_two,
+            "L0 compacted by reads while writes kept arriving"
+        );
+        assert_eq!(db.stats().idle_flushes, 0);
+        // No more writes: once the ticker sees the memtable idle, the same reads pay.
+        std::thread::sleep(idle * 2);
+        for _ in 0..2 * allowance {
+            read(&db);
+        }
+        // The two L0 files are compacted away and the memtable is flushed (into an L0 file
+        // of its own, which stays: one L0 file is not compacted early).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while l0_numbers(&db).iter().any(|f| first_two.contains(f)) || db.stats().idle_flushes == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "read-only stretch never compacted L0 ({:?}) or flushed the memtable ({})",
+                l0_numbers(&db),
+                db.stats().idle_flushes
+            );
+            for _ in 0..100 {
+                read(&db);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(l0_files(&db) <= 1);
+        let rewritten = |i: u32| i.is_multiple_of(5) && i / 5 < w.min(KEYS / 5);
+        let want = |i: u32| {
+            if rewritten(i) {
+                value(3, i)
+            } else if i.is_multiple_of(5) {
+                value(2, i)
+            } else {
+                value(0, i)
+            }
         };
         check_after_power_cut(&fs, db, dir.path(), opts(), KEYS, want);
     }

@@ -212,6 +212,10 @@ pub(crate) struct Inner {
     /// The active memtable as the WAL ticker last saw it (WAL number, bytes) and since when
     /// it has not changed: how long it has been idle.
     pub mem_idle: Mutex<(u64, usize, Instant)>,
+    /// Set by the WAL ticker once the active memtable has been unchanged for
+    /// `idle_memtable_flush_after`, cleared when it changes: point reads then charge the
+    /// runs they probe (see `read::charge_shallow_runs`).
+    pub write_idle: AtomicBool,
     pub pacer: Mutex<crate::migration::Pacer>,
     /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
     pub fg_latency: crate::migration::LatencyHistogram,

@@ -513,7 +513,7 @@ pub(crate) fn build_sources(
             // reads the counts, and pushes a file that has used its allowance down).
             if out.len() - first >= 2 {
                 for f in sought {
-                    f.charge_seek();
+                    f.charge_seek(crate::version::SCAN_SEEK_UNITS);
                 }
             }
         }
@@ -521,7 +521,7 @@ pub(crate) fn build_sources(
     // Likewise a memtable sought besides table runs (the WAL ticker reads the count).
     if out.len() > mem_sources {
         for m in sought_mems {
-            m.charge_scan_seek();
+            m.charge_seek(crate::version::SCAN_SEEK_UNITS);
         }
     }
     Ok(out)

@@ -151,9 +151,9 @@ pub struct MemTable {
     /// First WAL file number whose records are (partly) in this memtable.
     wal_number: u64,
     filter: crate::sst::bloom::AtomicBloom,
-    /// Range scans that had to seek this memtable besides table runs (see
-    /// [`MemTable::charge_scan_seek`]).
-    scan_seeks: AtomicU64,
+    /// Reads that had to search this memtable besides table runs (see
+    /// [`MemTable::charge_seek`]).
+    seeks: AtomicU64,
 }
 
 impl MemTable {
@@ -171,21 +171,23 @@ impl MemTable {
             filter: crate::sst::bloom::AtomicBloom::new(
                 (budget_bytes / 16).clamp(8 << 10, 16 << 20),
             ),
-            scan_seeks: AtomicU64::new(0),
+            seeks: AtomicU64::new(0),
         }
     }
 
-    /// Records a range scan that had to seek this memtable besides table runs. Each such
-    /// seek searches the skiplist from its top (cache misses all the way down); once a
-    /// memtable that takes no more writes has cost scans as many seeks as a table of its
-    /// size may (`version::SEEK_COST_BYTES`), the WAL ticker freezes it, so it is flushed
-    /// and scans stop paying for it.
-    pub fn charge_scan_seek(&self) {
-        self.scan_seeks.fetch_add(1, AtOrd::Relaxed);
+    /// Records a read that had to search this memtable besides table runs: a range scan
+    /// that sought it (each such seek searches the skiplist from its top, cache misses all
+    /// the way down), or a point read, while no writes arrive, that probed its filter and
+    /// went on to tables. Once a memtable that takes no more writes has cost reads as many
+    /// seeks as a table of its size may (`version::SEEK_COST_BYTES`), the WAL ticker
+    /// freezes it, so it is flushed and reads stop paying for it.
+    /// `units` as in [`crate::version::FileMeta::charge_seek`].
+    pub fn charge_seek(&self, units: i64) {
+        self.seeks.fetch_add(units.max(0) as u64, AtOrd::Relaxed);
     }
 
-    pub fn scan_seeks(&self) -> u64 {
-        self.scan_seeks.load(AtOrd::Relaxed)
+    pub fn seeks(&self) -> u64 {
+        self.seeks.load(AtOrd::Relaxed)
     }
 
     pub fn wal_number(&self) -> u64 {

@@ -71,11 +71,14 @@ pub struct Options {
     pub migration_p99_target_us: u64,
     /// Free disk space migration always leaves untouched.
     pub migration_disk_headroom_bytes: u64,
-    /// A memtable that has taken no write (nor lazy move) for this long, and that range
-    /// scans have sought besides table runs as often as a table of its size may be sought
-    /// (one seek per 16 KiB, at least 100), is frozen and flushed, so a read-mostly stretch
-    /// after writes stops searching it on every scan. `None` keeps memtables until they
-    /// fill (or until [`crate::Db::flush`]).
+    /// A memtable that has taken no write (nor lazy move) for this long, and that reads
+    /// have sought besides table runs as often as a table of its size may be sought (one
+    /// scan seek per 16 KiB, at least 100; a point read counts a sixteenth), is frozen and
+    /// flushed, so a read-mostly stretch after writes stops searching it. Once this long
+    /// has passed without a write, point reads also count against the seek allowances of
+    /// the L0 and middle-level files they probe, so those are compacted down below their
+    /// triggers. `None` keeps memtables until they fill (or until [`crate::Db::flush`]) and
+    /// leaves point reads out of seek compaction.
     pub idle_memtable_flush_after: Option<Duration>,
     /// The file system (tests substitute [`crate::fs::FaultFs`]).
     pub fs: Arc<dyn Fs>,

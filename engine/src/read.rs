@@ -40,6 +40,40 @@ pub(crate) struct Resolved {
 pub(crate) struct ReadCost {
     pub table_reads: u64,
     pub false_positives: u64,
+    /// Set by the caller while the database takes no writes: the read then counts against
+    /// the seek allowance of every sorted run it probed above the deepest one (see
+    /// [`charge_shallow_runs`]).
+    pub charge_seeks: bool,
+}
+
+/// Sorted runs a read probed in one partition, shallowest first (the rest are not counted).
+#[derive(Default)]
+struct Probed<'a> {
+    runs: [Option<&'a Arc<FileMeta>>; 8],
+    len: usize,
+}
+
+impl<'a> Probed<'a> {
+    fn push(&mut self, f: &'a Arc<FileMeta>) {
+        if let Some(slot) = self.runs.get_mut(self.len) {
+            *slot = Some(f);
+            self.len += 1;
+        }
+    }
+}
+
+/// A read that probed several sorted runs of a partition (filters, and a block where a
+/// filter let it through) while the database takes no writes charges each run above the
+/// deepest, as a scan does, a sixteenth of a scan's seek (`FileMeta::charge_seek`): in a read-mostly stretch
+/// after writes, L0 files and middle-level files that every read must probe are compacted
+/// even below their triggers, so reads end up probing one run per partition. Writes stop
+/// the charging, so a mixed load compacts on its usual triggers.
+fn charge_shallow_runs(probed: &Probed) {
+    if probed.len >= 2 {
+        for f in probed.runs[..probed.len - 1].iter().flatten() {
+            f.charge_seek(crate::version::PROBE_UNITS);
+        }
+    }
 }
 
 /// The newest entry for `key` at `snapshot` across memtables and every live layout.
@@ -52,7 +86,9 @@ pub(crate) fn resolve(
     let mut best: Option<Resolved> = None;
     let best_seq = |b: &Option<Resolved>| b.as_ref().map_or(0, |r| r.seqno);
     let h = bloom::key_hash(key);
+    let mut mem_probed = false;
     for m in std::iter::once(&view.mem).chain(view.imm.iter()) {
+        mem_probed |= !m.is_empty();
         if let Some((seqno, kind, value)) = m.get_hashed(key, h, snapshot) {
             if seqno > best_seq(&best) {
                 best = Some(Resolved {
@@ -77,6 +113,7 @@ pub(crate) fn resolve(
         let Some(part) = layout.parts.get(p) else {
             continue;
         };
+        let mut probed = Probed::default();
         // L0 is kept newest-first by max seqno: once a file cannot beat the best, none after
         // it can.
         for f in &part.levels[0] {
@@ -87,12 +124,24 @@ pub(crate) fn resolve(
                 continue;
             }
             probe(f, key, h, snapshot, &mut best, cost)?;
+            probed.push(f);
         }
         for level in 1..MAX_LEVELS {
             if let Some(f) = part.file_for_key(level, key) {
                 if f.max_seqno > best_seq(&best) && f.min_seqno <= snapshot {
                     probe(f, key, h, snapshot, &mut best, cost)?;
+                    probed.push(f);
                 }
+            }
+        }
+        if cost.charge_seeks {
+            charge_shallow_runs(&probed);
+            // The memtables were probed above every run (the WAL ticker reads the count).
+            if mem_probed && probed.len > 0 {
+                for m in std::iter::once(&view.mem).chain(view.imm.iter()) {
+                    m.charge_seek(crate::version::PROBE_UNITS);
+                }
+                mem_probed = false;
             }
         }
     }
@@ -204,7 +253,10 @@ impl Inner {
         }
         let seq = snapshot.unwrap_or_else(|| self.latest());
         let view = self.view.load();
-        let mut cost = ReadCost::default();
+        let mut cost = ReadCost {
+            charge_seeks: self.write_idle.load(Ordering::Relaxed),
+            ..ReadCost::default()
+        };
         let r = resolve(&view, key, seq, &mut cost);
         if cost.table_reads > 0 {
             Counters::add(&self.counters.get_table_reads, cost.table_reads);

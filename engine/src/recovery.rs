@@ -504,6 +504,7 @@ fn assemble(
         last_background_error: Mutex::new(None),
         move_bucket: Mutex::new((Instant::now(), 0.0)),
         mem_idle: Mutex::new((0, 0, Instant::now())),
+        write_idle: AtomicBool::new(false),
         pacer: Mutex::new(crate::migration::Pacer::new(
             opts.migration_bytes_per_sec,
             opts.migration_p99_target_us,

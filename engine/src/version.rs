@@ -49,6 +49,17 @@ pub struct FileMeta {
 pub const SEEK_COST_BYTES: u64 = 16 << 10;
 /// Seeks allowed to any file (or idle memtable), however small.
 pub const MIN_SEEKS: i64 = 100;
+/// What a range scan's seek of a run counts against a seek allowance (which holds this many
+/// units per allowed seek). A point read that probes a run it did not need — a filter check,
+/// rarely a block search — counts [`PROBE_UNITS`]: about what each costs the reader.
+pub const SCAN_SEEK_UNITS: i64 = 16;
+/// See [`SCAN_SEEK_UNITS`].
+pub const PROBE_UNITS: i64 = 1;
+
+/// The seek allowance, in units, of a run (file or memtable) of `bytes`.
+pub fn seek_allowance(bytes: u64) -> i64 {
+    ((bytes / SEEK_COST_BYTES) as i64).max(MIN_SEEKS) * SCAN_SEEK_UNITS
+}
 
 impl Drop for FileMeta {
     fn drop(&mut self) {
@@ -78,16 +89,17 @@ impl FileMeta {
             entries: p.entries,
             table,
             obsolete: AtomicBool::new(false),
-            seeks_left: AtomicI64::new(((size / SEEK_COST_BYTES) as i64).max(MIN_SEEKS)),
+            seeks_left: AtomicI64::new(seek_allowance(size)),
             fs,
         }
     }
 
-    /// Records a scan that had to seek this (L0) file besides another sorted run of its
-    /// partition: the overlap of L0 files costs every such scan a seek, and compacting them
-    /// costs about `SEEK_COST_BYTES` per seek saved.
-    pub fn charge_seek(&self) {
-        self.seeks_left.fetch_sub(1, Ordering::Relaxed);
+    /// Records a read that had to seek or probe this file besides a deeper sorted run of
+    /// its partition (`units`: [`SCAN_SEEK_UNITS`] for a scan, [`PROBE_UNITS`] for a point
+    /// read): the overlap of runs costs every such read, and compacting them costs about
+    /// `SEEK_COST_BYTES` per seek saved.
+    pub fn charge_seek(&self, units: i64) {
+        self.seeks_left.fetch_sub(units, Ordering::Relaxed);
     }
 
     /// Whether scans have sought this file often enough to pay for its compaction.

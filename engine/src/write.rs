@@ -543,7 +543,7 @@ impl Inner {
 
     /// Freezes the active memtable (so that it is flushed) once it has been idle for
     /// `idle_memtable_flush_after` and scans have sought it as often as a table of its size
-    /// may be (see [`MemTable::charge_scan_seek`]).
+    /// may be (see [`MemTable::charge_seek`]).
     fn freeze_idle_memtable(&self) {
         let Some(idle_for) = self.opts.idle_memtable_flush_after else {
             return;
@@ -557,15 +557,17 @@ impl Inner {
             let mut seen = self.mem_idle.lock();
             if (seen.0, seen.1) != (wal_number, bytes) {
                 *seen = (wal_number, bytes, Instant::now());
+                self.write_idle.store(false, Ordering::Relaxed);
                 return;
             }
             if seen.2.elapsed() < idle_for {
                 return;
             }
         }
-        let allowance =
-            (bytes as u64 / crate::version::SEEK_COST_BYTES).max(crate::version::MIN_SEEKS as u64);
-        if view.mem.is_empty() || !view.imm.is_empty() || view.mem.scan_seeks() < allowance {
+        // No write for `idle_for`: point reads start charging the runs they probe.
+        self.write_idle.store(true, Ordering::Relaxed);
+        let allowance = crate::version::seek_allowance(bytes as u64) as u64;
+        if view.mem.is_empty() || !view.imm.is_empty() || view.mem.seeks() < allowance {
             return;
         }
         drop(view);

@@ -54,11 +54,12 @@ struct Probed<'a> {
 }
 
 impl<'a> Probed<'a> {
+    /// Counts every run; keeps the first eight.
     fn push(&mut self, f: &'a Arc<FileMeta>) {
         if let Some(slot) = self.runs.get_mut(self.len) {
             *slot = Some(f);
-            self.len += 1;
         }
+        self.len += 1;
     }
 }
 
@@ -69,10 +70,16 @@ impl<'a> Probed<'a> {
 /// even below their triggers, so reads end up probing one run per partition. Writes stop
 /// the charging, so a mixed load compacts on its usual triggers.
 fn charge_shallow_runs(probed: &Probed) {
-    if probed.len >= 2 {
-        for f in probed.runs[..probed.len - 1].iter().flatten() {
-            f.charge_seek(crate::version::PROBE_UNITS);
-        }
+    // The deepest run is the last one counted; if more were probed than kept, every kept
+    // one is above it.
+    let kept = probed.len.min(probed.runs.len());
+    let shallow = if probed.len > kept {
+        kept
+    } else {
+        kept.saturating_sub(1)
+    };
+    for f in probed.runs[..shallow].iter().flatten() {
+        f.charge_seek(crate::version::PROBE_UNITS);
     }
 }
 

@@ -1220,6 +1220,15 @@ mod tests {
         db.inner.view.load().files.target_layout().parts[0].levels[0].len()
     }
 
+    /// Options on `fs` whose memtables count as idle after `idle` without writes.
+    fn idle_options(fs: &FaultFs, idle: Duration) -> Options {
+        Options {
+            fs: Arc::new(fs.clone()),
+            idle_memtable_flush_after: Some(idle),
+            ..Options::default()
+        }
+    }
+
     fn l0_numbers(db: &Db) -> Vec<u64> {
         let view = db.inner.view.load();
         let l0 = &view.files.target_layout().parts[0].levels[0];
@@ -1294,12 +1303,10 @@ mod tests {
         let fs = FaultFs::new();
         let idle = Duration::from_millis(200);
         let opts = || Options {
-            fs: Arc::new(fs.clone()),
-            idle_memtable_flush_after: Some(idle),
             level0_compaction_trigger: 8,
             level0_slowdown_trigger: 16,
             level0_stop_trigger: 24,
-            ..Options::default()
+            ..idle_options(&fs, idle)
         };
         let db = Db::open(dir.path(), opts()).unwrap();
         const KEYS: u32 = 2000;
@@ -1387,11 +1394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
         let idle = Duration::from_millis(200);
-        let opts = || Options {
-            fs: Arc::new(fs.clone()),
-            idle_memtable_flush_after: Some(idle),
-            ..Options::default()
-        };
+        let opts = || idle_options(&fs, idle);
         let db = Db::open(dir.path(), opts()).unwrap();
         const KEYS: u32 = 2000;
         load_compacted(&db, KEYS, |i| format!("k{i:05}"));

@@ -65,10 +65,10 @@ impl<'a> Probed<'a> {
 
 /// A read that probed several sorted runs of a partition (filters, and a block where a
 /// filter let it through) while the database takes no writes charges each run above the
-/// deepest, as a scan does, a sixteenth of a scan's seek (`FileMeta::charge_seek`): in a read-mostly stretch
-/// after writes, L0 files and middle-level files that every read must probe are compacted
-/// even below their triggers, so reads end up probing one run per partition. Writes stop
-/// the charging, so a mixed load compacts on its usual triggers.
+/// deepest a sixteenth of a scan's seek (`FileMeta::charge_seek`): in a read-mostly
+/// stretch after writes, L0 files and middle-level files that every read must probe are
+/// compacted even below their triggers, so reads end up probing one run per partition.
+/// Writes stop the charging, so a mixed load compacts on its usual triggers.
 fn charge_shallow_runs(probed: &Probed) {
     // The deepest run is the last one counted; if more were probed than kept, every kept
     // one is above it.

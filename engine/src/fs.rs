@@ -8,7 +8,6 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -79,43 +78,15 @@ pub struct Mapped {
 /// The pages of one memory map. Pages a reader touched stay resident (and count in the
 /// process's RSS) until released; releasing only unmaps them from this process — the
 /// data stays in the OS page cache and the next access maps it back in.
-pub struct MappedPages {
-    map: Arc<memmap2::Mmap>,
-    /// Read since the last release (a new map has been: opening a table reads its footer,
-    /// index and filter through it).
-    touched: AtomicBool,
-}
+pub struct MappedPages(Arc<memmap2::Mmap>);
 
 impl MappedPages {
-    /// Notes that this map's pages were read, so the next sweep releases them.
-    #[inline]
-    pub fn mark_touched(&self) {
-        if !self.touched.load(Ordering::Relaxed) {
-            self.touched.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Releases the pages if any were read since the last release; returns whether it did.
-    /// A database holds hundreds of maps and a sweep comes every few MiB read, so maps no
-    /// one read are skipped: each release is a system call, and each unmapping may
-    /// interrupt the other cores running this process to flush their TLBs.
-    pub fn release_if_touched(&self) -> bool {
-        if !self.touched.swap(false, Ordering::Relaxed) {
-            return false;
-        }
-        self.release();
-        true
-    }
-
     pub fn release(&self) {
         // SAFETY: the mapping is read-only, of a file Sluice never modifies after writing
         // it. MADV_DONTNEED drops this process's page-table entries; any later access to
         // the range faults the unchanged file contents back in, so bytes handed out from
         // the mapping stay valid.
-        let _ = unsafe {
-            self.map
-                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
-        };
+        let _ = unsafe { self.0.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
     }
 }
 
@@ -211,10 +182,7 @@ impl Fs for StdFs {
         let m = Arc::new(unsafe { memmap2::Mmap::map(&f)? });
         Ok(Mapped {
             bytes: Bytes::from_owner(SharedMmap(m.clone())),
-            pages: Some(Arc::new(MappedPages {
-                map: m,
-                touched: AtomicBool::new(true),
-            })),
+            pages: Some(Arc::new(MappedPages(m))),
         })
     }
 

@@ -96,7 +96,7 @@ pub struct Table {
     cache: Option<Arc<BlockCache>>,
     /// One bit per data block: CRC already verified (uncompressed blocks only).
     verified: Box<[AtomicU64]>,
-    pages: Option<Arc<crate::fs::MappedPages>>,
+    _pages: Option<Arc<crate::fs::MappedPages>>,
     /// Positioned reads for blocks bound for the cache: copying them out of the map would
     /// leave the map's pages (and the kernel's fault-around neighbours) resident, so the
     /// process would hold the cache's bytes twice.
@@ -128,7 +128,7 @@ impl Table {
             _ => None,
         };
         let mut t = Self::from_bytes(m.bytes, path, id, cache)?;
-        t.pages = m.pages;
+        t._pages = m.pages;
         t.reader = reader;
         Ok(t)
     }
@@ -204,7 +204,7 @@ impl Table {
             props,
             cache,
             verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            pages: None,
+            _pages: None,
             reader: None,
         })
     }
@@ -292,9 +292,6 @@ impl Table {
         }
         if let Some(c) = &self.cache {
             c.touched(h.size);
-        }
-        if let Some(p) = &self.pages {
-            p.mark_touched();
         }
         if self.data[end] == COMPRESSION_NONE {
             // Zero-copy from the map; the CRC is checked once per block per open.

@@ -131,13 +131,17 @@ pub(crate) fn resolve(
                 continue;
             }
             probe(f, key, h, snapshot, &mut best, cost)?;
-            probed.push(f);
+            if cost.charge_seeks {
+                probed.push(f);
+            }
         }
         for level in 1..MAX_LEVELS {
             if let Some(f) = part.file_for_key(level, key) {
                 if f.max_seqno > best_seq(&best) && f.min_seqno <= snapshot {
                     probe(f, key, h, snapshot, &mut best, cost)?;
-                    probed.push(f);
+                    if cost.charge_seeks {
+                        probed.push(f);
+                    }
                 }
             }
         }

@@ -34,7 +34,10 @@ pub struct Options {
     /// memtables leave (but never less than a quarter), so the two together stay within one
     /// memory budget.
     pub memtables_share_cache: bool,
-    /// L0 files in one partition that trigger a compaction into L1.
+    /// L0 files in one partition that trigger a compaction into its base level. Into a
+    /// middle level, L0 then also waits until it holds as many bytes as that level (or twice
+    /// this many files), so that each compaction writes at most ~2 bytes per byte it takes
+    /// out of L0.
     pub level0_compaction_trigger: usize,
     /// L0 files in one partition at which writes are slowed down.
     pub level0_slowdown_trigger: usize,

@@ -937,7 +937,9 @@ mod tests {
     /// A target partition that a (paused) migration has yet to fill is shaped for the data
     /// still draining into it: L0 compacts into a level above the last, not into the last
     /// level (which would mean rewriting all of it on every L0 compaction once migration
-    /// fills it). Then a power cut, and the migration finishes: nothing is lost.
+    /// fills it). L0 there compacts at the file trigger, without waiting for the bytes of
+    /// the middle level it goes into. Then a power cut, and the migration finishes: nothing
+    /// is lost.
     #[test]
     fn target_partitions_are_shaped_for_the_data_draining_into_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -946,7 +948,7 @@ mod tests {
             fs: Arc::new(fs.clone()),
             level_base_bytes: 64 << 10,
             level_multiplier: 4,
-            target_file_bytes: 256 << 10,
+            target_file_bytes: 16 << 10,
             migration_bytes_per_sec: 0,
             move_bytes_per_sec: 0,
             ..Options::default()
@@ -997,6 +999,46 @@ mod tests {
                 );
             }
         }
+
+        // A partition migration is still filling compacts L0 at the file trigger even when
+        // its middle base level holds more bytes than L0: that level grows with migrated
+        // data, and an L0 waiting for it would hold the pacer back (which yields to L0).
+        quiet(&db);
+        let small = |r: u32, i: u32| (format!("k{i:08}"), value(100 + r, i));
+        flush_rounds(&db, rounds - 1, KEYS, 500, small);
+        quiet(&db);
+        {
+            let view = db.inner.view.load();
+            let files = &view.files;
+            let target = files.target_layout();
+            let incoming = incoming_per_partition(files, target);
+            for (pi, part) in target.parts.iter().enumerate() {
+                let sh = shape(&db.inner, target, part, incoming);
+                assert!(sh.filling);
+                assert_eq!(part.levels[0].len(), rounds as usize - 1, "partition {pi}");
+                // What makes this case: one more such file leaves L0 with fewer bytes than
+                // the base level, where a partition not being filled would wait.
+                let l0 = part.level_bytes(0) * rounds as u64 / (rounds as u64 - 1);
+                assert!(
+                    sh.base < MAX_LEVELS - 1 && 2 * l0 < part.level_bytes(sh.base),
+                    "partition {pi}: base L{} holds {} bytes, L0 about {l0}",
+                    sh.base,
+                    part.level_bytes(sh.base)
+                );
+            }
+        }
+        flush_rounds(&db, 1, KEYS, 500, |_, i| small(rounds, i));
+        quiet(&db);
+        {
+            let view = db.inner.view.load();
+            for (pi, part) in view.files.target_layout().parts.iter().enumerate() {
+                assert!(
+                    part.levels[0].is_empty(),
+                    "partition {pi}: L0 at the file trigger waited for the base level"
+                );
+            }
+        }
+
         // Power cut: no fsync succeeds any more, and what was not fsynced is lost. All of
         // the above was flushed (fsynced), so all of it must come back.
         fs.power_cut(db).unwrap();
@@ -1008,7 +1050,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         for i in 0..KEYS {
-            let want = if i % 5 == 0 {
+            let want = if i % 500 == 0 {
+                value(100 + rounds, i)
+            } else if i % 5 == 0 {
                 value(rounds, i)
             } else {
                 value(0, i)

@@ -209,7 +209,7 @@ pub(crate) struct Inner {
     pub slowdown_debt: Mutex<(Instant, f64)>,
     pub last_background_error: Mutex<Option<String>>,
     pub move_bucket: Mutex<(Instant, f64)>,
-    /// The active memtable as the WAL ticker last saw it (WAL number, bytes) and since when
+    /// The active memtable as the WAL ticker last saw it (WAL number, entries) and since when
     /// it has not changed: how long it has been idle.
     pub mem_idle: Mutex<(u64, usize, Instant)>,
     /// Set by the WAL ticker once the active memtable has been unchanged for

@@ -552,11 +552,12 @@ impl Inner {
             return;
         }
         let view = self.view.load();
-        let (wal_number, bytes) = (view.mem.wal_number(), view.mem.approximate_bytes());
+        let (wal_number, entries) = (view.mem.wal_number(), view.mem.len());
+        let bytes = view.mem.approximate_bytes();
         {
             let mut seen = self.mem_idle.lock();
-            if (seen.0, seen.1) != (wal_number, bytes) {
-                *seen = (wal_number, bytes, Instant::now());
+            if (seen.0, seen.1) != (wal_number, entries) {
+                *seen = (wal_number, entries, Instant::now());
                 self.write_idle.store(false, Ordering::Relaxed);
                 return;
             }
@@ -576,10 +577,7 @@ impl Inner {
         };
         // Still unchanged now that writers are held off (they insert under the WAL lock).
         let view = self.view.load();
-        if view.mem.wal_number() == wal_number
-            && view.mem.approximate_bytes() == bytes
-            && view.imm.is_empty()
-        {
+        if view.mem.wal_number() == wal_number && view.mem.len() == entries && view.imm.is_empty() {
             drop(view);
             // A failed rotation marks the WAL failed itself; writers then see the error.
             if self.rotate(&mut wal).is_ok() {

@@ -74,7 +74,12 @@ impl MemTable {
     /// A memtable for a budget of `budget_bytes` (which sizes its chunks and key filter).
     pub fn new(wal_number: u64, budget_bytes: usize) -> MemTable {
         MemTable {
-            list: List::new((budget_bytes / 64).clamp(MIN_CHUNK, MAX_CHUNK)),
+            // The budget and a sixteenth: a memtable is rotated once it reaches its budget,
+            // but the batch that reaches it goes in whole.
+            list: List::new(
+                budget_bytes + budget_bytes / 16,
+                (budget_bytes / 64).clamp(MIN_CHUNK, MAX_CHUNK),
+            ),
             min_seqno: Arc::new(AtomicU64::new(u64::MAX)),
             max_seqno: AtomicU64::new(0),
             wal_number,

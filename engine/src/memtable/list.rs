@@ -274,12 +274,13 @@ impl List {
     }
 
     /// The last node for which `before` holds (`before` must hold for a prefix of the list),
-    /// or the head; with, if `splice`, the last such node at every level.
+    /// or the head, and the level-0 successor it compared (or `NONE`); with, if `splice`,
+    /// the last such node at every level.
     fn search(
         &self,
         before: impl Fn(Node) -> bool,
         mut splice: Option<&mut [u64; MAX_HEIGHT]>,
-    ) -> u64 {
+    ) -> (u64, u64) {
         let mut prev = HEAD;
         let mut level = self.height.load(AtOrd::Acquire) - 1;
         loop {
@@ -292,7 +293,7 @@ impl List {
                 s[level] = prev;
             }
             if level == 0 {
-                return prev;
+                return (prev, next);
             }
             level -= 1;
         }
@@ -300,7 +301,7 @@ impl List {
 
     /// The last node for which `before` holds, if any.
     pub fn last_before(&self, before: impl Fn(Node) -> bool) -> Option<Node<'_>> {
-        match self.search(before, None) {
+        match self.search(before, None).0 {
             HEAD => None,
             a => Some(self.node(a)),
         }
@@ -308,8 +309,12 @@ impl List {
 
     /// The first node for which `before` does not hold, if any.
     pub fn first_from(&self, before: impl Fn(Node) -> bool) -> Option<Node<'_>> {
-        let prev = self.search(before, None);
-        self.next_of_addr(prev)
+        // The successor the search compared, not the link read again: a node inserted since
+        // may sit in between and come before what was asked for.
+        match self.search(before, None).1 {
+            NONE => None,
+            a => Some(self.node(a)),
+        }
     }
 
     fn next_of_addr(&self, addr: u64) -> Option<Node<'_>> {
@@ -344,7 +349,8 @@ impl List {
     ) -> bool {
         let mut w = self.writer.lock();
         let mut splice = [HEAD; MAX_HEIGHT];
-        let prev = self.search(
+        // The writer lock is held: no node can appear after `prev` meanwhile.
+        let (prev, _) = self.search(
             |n| n.cmp_internal(key, seqno) == Ordering::Less,
             Some(&mut splice),
         );

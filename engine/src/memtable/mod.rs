@@ -389,6 +389,49 @@ mod tests {
         assert_eq!(keys, vec![b("k6"), b("k5"), b("k4"), b("k3"), b("k2")]);
     }
 
+    /// Point reads right where a writer is inserting: a key present before the read began is
+    /// always found, and a read at a snapshot never sees an entry newer than it. (A search
+    /// that re-read its last link returned a node inserted meanwhile, ahead of the key.)
+    #[test]
+    fn reads_at_the_insertion_point_find_present_keys_at_their_snapshot() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let m = Arc::new(MemTable::new(1, 64 << 20));
+        let n = 60_000usize;
+        let key = |i: usize| format!("key{i:08}").into_bytes();
+        for i in (0..2 * n).step_by(2) {
+            m.insert(&key(i), 1, Kind::Value, b"old");
+        }
+        let pos = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (m, pos, done) = (m.clone(), pos.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut gets = 0u64;
+                while !done.load(AtOrd::Relaxed) {
+                    let p = pos.load(AtOrd::Relaxed) & !1;
+                    for i in (p..(p + 8).min(2 * n)).step_by(2) {
+                        gets += 1;
+                        let at_1 = m.get(&key(i), 1);
+                        assert!(
+                            matches!(&at_1, Some((1, Kind::Value, v)) if v.as_ref() == b"old"),
+                            "key {i} at snapshot 1: {at_1:?}"
+                        );
+                        assert!(m.get(&key(i), u64::MAX).is_some(), "key {i} missed");
+                    }
+                }
+                gets
+            })
+        };
+        // Odd keys appear between the even ones, and even keys get newer versions.
+        for i in 1..2 * n {
+            pos.store(i, AtOrd::Relaxed);
+            m.insert(&key(i), 2, Kind::Value, b"new");
+        }
+        done.store(true, AtOrd::Relaxed);
+        let gets = reader.join().unwrap();
+        assert!(gets > 1000, "the reader ran only {gets} gets");
+    }
+
     /// Every kind of bound, both directions, walked in chunks of every size, against a
     /// sorted model: keys around word boundaries, each at several seqnos.
     #[test]

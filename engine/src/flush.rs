@@ -83,6 +83,10 @@ impl Inner {
         let old_log = core.log_number;
         core.log_number = log_number;
         core.flushed_seqno = flushed_seqno;
+        // Counted before the view shows the flush done: `flush()` returns once it does, and
+        // its caller's `stats()` must include it.
+        Counters::add(&self.counters.flushes, 1);
+        Counters::add(&self.counters.flush_bytes, bytes);
         self.swap_view(&core, |v| View {
             mem: v.mem.clone(),
             imm: v
@@ -101,8 +105,6 @@ impl Inner {
                 let _ = self.fs.remove(&p);
             }
         }
-        Counters::add(&self.counters.flushes, 1);
-        Counters::add(&self.counters.flush_bytes, bytes);
         Ok(())
     }
 

@@ -2,10 +2,15 @@
 //! linked by word addresses, read without locks by any number of threads while one writer
 //! at a time inserts.
 //!
-//! The arena is one zeroed region of the memtable's budget (its pages become resident as
-//! nodes fill them), so following a link is one indexed load; what does not fit in it (the
-//! last batch past the budget) goes to overflow chunks found through a chunk table. Chunk
-//! tables cost dependent loads on every hop: with chunks alone, an insert took ~2.5× as long.
+//! The arena is one region of the memtable's budget, so following a link is one indexed
+//! load; what does not fit in it (the last batch past the budget) goes to overflow chunks
+//! found through a chunk table. Chunk tables cost dependent loads on every hop: with chunks
+//! alone, an insert took ~2.5× as long. The region is an anonymous memory map, not a heap
+//! allocation: it is zero without being written (its pages become resident as nodes fill
+//! them) and goes back to the system when the memtable is dropped, whatever the allocator.
+//! (A zeroed heap allocation of that size, from an allocator that reuses freed memory for it,
+//! is cleared byte by byte at creation, inside a memtable rotation, and is then resident
+//! whole however little the memtable holds.)
 //!
 //! A node is, in words: the trailer (`seqno << 8 | kind`), the key and value lengths, the
 //! layout version a lazily moved entry came from with the node's height, its `height` next
@@ -72,6 +77,35 @@ impl Chunks {
     }
 }
 
+/// The region: anonymous memory, zero until written, unmapped when dropped, and accessed
+/// only as atomic words.
+struct Region {
+    map: memmap2::MmapMut,
+    words: usize,
+}
+
+impl Region {
+    /// A region of `words` words; should that much address space not be had, one of just
+    /// the head (everything then goes to overflow chunks).
+    fn new(words: usize) -> Region {
+        let map = memmap2::MmapMut::map_anon(words * 8)
+            .or_else(|_| memmap2::MmapMut::map_anon((HEADER + MAX_HEIGHT) * 8))
+            .expect("out of memory for a memtable's head node");
+        let words = map.len() / 8;
+        Region { map, words }
+    }
+
+    #[inline]
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so aligned for `AtomicU64`), at least
+        // `words * 8` bytes long and lives as long as `self`, which the returned slice
+        // borrows. Its bytes start zeroed, a valid `AtomicU64`, and after `new` they are
+        // only ever accessed through this atomic view (never as bytes, never through
+        // `&mut`), so no non-atomic access can race with an atomic one.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.words) }
+    }
+}
+
 /// What only the (one) writer touches.
 struct Writer {
     /// Next free word of the region.
@@ -82,13 +116,11 @@ struct Writer {
     /// Chunks installed so far.
     count: u32,
     rng: u64,
-    /// An entry's bytes on their way into words.
-    scratch: Vec<u8>,
 }
 
 pub(crate) struct List {
     /// Starts with the head: a node of full height and no entry, before the first.
-    region: Box<[AtomicU64]>,
+    region: Region,
     chunks: Chunks,
     /// Words of an overflow chunk. A node of an eighth of that or more gets a chunk of its
     /// own.
@@ -119,6 +151,25 @@ fn word_of(bytes: &[u8], i: usize) -> u64 {
             u64::from_be_bytes(b)
         }
     }
+}
+
+/// Word `i` of `key` followed by `value`, read as big-endian, zero-padded past the end.
+#[inline]
+fn packed_word(key: &[u8], value: &[u8], i: usize) -> u64 {
+    let (at, klen) = (i * 8, key.len());
+    if at + 8 <= klen {
+        return word_of(key, i);
+    }
+    let mut b = [0u8; 8];
+    if at < klen {
+        b[..klen - at].copy_from_slice(&key[at..]);
+    }
+    let from = at.max(klen);
+    let to = (at + 8).min(klen + value.len());
+    if from < to {
+        b[from - at..to - at].copy_from_slice(&value[from - klen..to - klen]);
+    }
+    u64::from_be_bytes(b)
 }
 
 impl<'a> Node<'a> {
@@ -210,15 +261,8 @@ impl List {
     pub fn new(region_bytes: usize, chunk_bytes: usize) -> List {
         let chunk_words = (chunk_bytes / 8).max(HEADER + MAX_HEIGHT + 16);
         let region_words = (region_bytes / 8).max(HEADER + MAX_HEIGHT);
-        // Zeroed by the allocator: fresh pages are not touched until written. Should that
-        // much memory not be there, a region of just the head leaves all to overflow chunks.
-        let region =
-            bytemuck::try_zeroed_slice_box::<AtomicU64>(region_words).unwrap_or_else(|()| {
-                (0..HEADER + MAX_HEIGHT)
-                    .map(|_| AtomicU64::new(0))
-                    .collect()
-            });
-        region[2].store(MAX_HEIGHT as u64, AtOrd::Relaxed);
+        let region = Region::new(region_words);
+        region.words()[2].store(MAX_HEIGHT as u64, AtOrd::Relaxed);
         List {
             region,
             chunks: Chunks {
@@ -234,7 +278,6 @@ impl List {
                 used: 0,
                 count: 0,
                 rng: 0x9e37_79b9_7f4a_7c15,
-                scratch: Vec::new(),
             }),
         }
     }
@@ -252,7 +295,7 @@ impl List {
     fn node(&self, addr: u64) -> Node<'_> {
         if addr & OVERFLOW == 0 {
             return Node {
-                w: &self.region[addr as usize..],
+                w: &self.region.words()[addr as usize..],
             };
         }
         Node {
@@ -373,16 +416,8 @@ impl List {
         n.w[2].store((moved_from as u64) << 8 | height as u64, AtOrd::Relaxed);
         let d = HEADER + height;
         // Key and value bytes, back to back, eight to a word (zero-padded).
-        let kv_bytes = &mut w.scratch;
-        kv_bytes.clear();
-        kv_bytes.extend_from_slice(key);
-        kv_bytes.extend_from_slice(value);
-        kv_bytes.resize(kv.div_ceil(8) * 8, 0);
-        for (slot, b) in n.w[d..].iter().zip(kv_bytes.chunks_exact(8)) {
-            slot.store(
-                u64::from_be_bytes(b.try_into().unwrap_or_default()),
-                AtOrd::Relaxed,
-            );
+        for (i, slot) in n.w[d..d + kv.div_ceil(8)].iter().enumerate() {
+            slot.store(packed_word(key, value, i), AtOrd::Relaxed);
         }
         let top = self.height.load(AtOrd::Relaxed);
         if height > top {
@@ -419,7 +454,7 @@ impl List {
     /// current overflow chunk, a new one, or (for a node of an eighth of a chunk or more) one
     /// of its own.
     fn allocate(&self, w: &mut Writer, words: usize) -> u64 {
-        if w.region_used + words <= self.region.len() {
+        if w.region_used + words <= self.region.words {
             let addr = w.region_used as u64;
             w.region_used += words;
             self.bytes.fetch_add(words * 8, AtOrd::Relaxed);

@@ -16,6 +16,8 @@
 //! - A snapshot taken before the threads start is read again and again (full scans both ways
 //!   and gets) while everything moves underneath it, and must read the same every time.
 //! - At the end, every key holds the writer's last logged write, before and after a reopen.
+//! - Separately, point reads aimed at where a writer is inserting: what was put before a
+//!   read is found, and a snapshot never sees later writes.
 //!
 //! Each scenario runs with `Options::default()` and with `Options::tiny()` for about
 //! `SLUICE_CONC_MILLIS` milliseconds (default 2500). `SLUICE_SEEDS=n` runs `n` rounds
@@ -837,4 +839,61 @@ fn synced_writers_share_fsyncs_and_survive_a_power_cut() {
             );
         }
     }
+}
+
+/// Reads right where a writer is inserting into the memtable: a key put before the read
+/// began is always found, and a snapshot read never sees a write made after the snapshot.
+/// (The memtable's skiplist once answered with a node inserted during the search, ahead of
+/// the key asked for.)
+#[test]
+fn reads_at_the_memtable_insertion_point_see_what_came_before_them() {
+    use std::sync::atomic::AtomicUsize;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        memtable_bytes: 64 << 20,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let n = 20_000usize;
+    let key = |i: usize| format!("key{i:08}");
+    for i in (0..2 * n).step_by(2) {
+        db.put(key(i), "before").unwrap();
+    }
+    let snap = db.snapshot();
+    let pos = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let gets = thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut gets = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let p = pos.load(Ordering::Relaxed) & !1;
+                for i in (p..(p + 8).min(2 * n)).step_by(2) {
+                    gets += 1;
+                    let now = db.get(key(i)).unwrap();
+                    assert!(now.is_some(), "{} missed", key(i));
+                    let then = snap.get(key(i)).unwrap();
+                    assert_eq!(
+                        then.as_deref(),
+                        Some(&b"before"[..]),
+                        "{} at the snapshot",
+                        key(i)
+                    );
+                }
+            }
+            gets
+        });
+        // New keys between the old ones, and new values of the old ones.
+        for i in 1..2 * n {
+            pos.store(i, Ordering::Relaxed);
+            db.put(key(i), "after").unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(gets > 1000, "the reader ran only {gets} gets");
+    assert_eq!(
+        db.stats().flushes,
+        0,
+        "the test must stay within one memtable"
+    );
 }

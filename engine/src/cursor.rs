@@ -401,7 +401,8 @@ impl Source {
     /// The key as owned bytes (a zero-copy slice of the block; a copy out of a memtable).
     pub fn key_bytes(&self) -> Bytes {
         match self {
-            // Copied: a slice would keep the memtable's whole arena chunk alive.
+            // Copied: a slice would keep the whole 32 KiB buffer the memtable copied its
+            // entries out into alive.
             Source::Mem(m) => m
                 .cur
                 .as_ref()

@@ -19,9 +19,9 @@
 //! takes ~155 bytes; as a node of a general-purpose concurrent skiplist holding a handle into
 //! a byte arena it took ~195.
 //!
-//! Words are atomics, so the arena needs no `unsafe`: a writer fills a node with relaxed
-//! stores and publishes it with a release store of the link that leads to it; a reader that
-//! acquire-loads that link sees the node whole. Nodes are never changed after they are
+//! Words are atomics (the region's one `unsafe` is its view as atomics, see [`Region`]): a
+//! writer fills a node with relaxed stores and publishes it with a release store of the link
+//! that leads to it; a reader that acquire-loads that link sees the node whole. Nodes are never changed after they are
 //! linked, except for links to later nodes, and never freed before the list is.
 
 use std::cmp::Ordering;
@@ -392,15 +392,12 @@ impl List {
     ) -> bool {
         let mut w = self.writer.lock();
         let mut splice = [HEAD; MAX_HEIGHT];
-        // The writer lock is held: no node can appear after `prev` meanwhile.
-        let (prev, _) = self.search(
+        let (_, next) = self.search(
             |n| n.cmp_internal(key, seqno) == Ordering::Less,
             Some(&mut splice),
         );
-        if let Some(n) = self.next_of_addr(prev) {
-            if n.cmp_internal(key, seqno) == Ordering::Equal {
-                return false;
-            }
+        if next != NONE && self.node(next).cmp_internal(key, seqno) == Ordering::Equal {
+            return false;
         }
         let height = self.random_height(&mut w);
         let kv = key.len() + value.len();

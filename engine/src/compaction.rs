@@ -625,6 +625,14 @@ impl Inner {
     ) -> Result<()> {
         let mut core = self.core.lock();
         let view = self.view.load_full();
+        if job.pointer_merge && !job.inputs.iter().all(|f| view.files.holds(f)) {
+            // A retarget to this layout (or its retirement) removed its pointer files while
+            // they were being merged: the merged copy covers nothing now and is dropped.
+            for f in &outputs {
+                f.mark_obsolete();
+            }
+            return Ok(());
+        }
         let removed: Vec<(u32, u32, u64)> = job
             .inputs
             .iter()

@@ -322,11 +322,15 @@ impl Inner {
     ///
     /// Safety against races: the copy keeps its original seqno, so a newer write or delete
     /// (higher seqno) — made before or after the read that found it — still wins every
-    /// read. The copy is inserted only while its source file is still live, checked under
-    /// the lock that compaction takes to retire its inputs: a compaction drops a tombstone
-    /// only when no older entry for its key exists outside its inputs, and the live source
-    /// file (or, afterwards, this memtable) is such an entry, so the copy can never resurface
-    /// a key whose tombstone was dropped.
+    /// read. The copy is inserted only while its source file is still in the current view
+    /// (that very file record: a trivial move replaces it with another at a new level, and
+    /// a compaction of that one does not see this one), checked under the lock that
+    /// compaction takes to retire its inputs: a compaction drops a tombstone only when no
+    /// older entry for its key exists outside its inputs among the view's files, and the
+    /// source file (or, afterwards, this memtable) is such an entry, so the copy can never
+    /// resurface a key whose tombstone was dropped. ("Not obsolete" is not enough: a file
+    /// trivially moved while a rollback made its layout the target again is neither obsolete
+    /// nor in the view, and its key's tombstone can compact away meanwhile.)
     pub(crate) fn apply_moves(&self) {
         // Readers only ever take `moves` briefly; this lock orders appliers among themselves.
         let _applying = self.applying_moves.lock();
@@ -340,7 +344,7 @@ impl Inner {
             let _install = self.install.read();
             let view = self.view.load();
             for m in pending {
-                if m.source.obsolete.load(Ordering::Acquire)
+                if !view.files.holds(&m.source)
                     || view.files.target == m.source.layout_version
                     || view.mem.approximate_bytes() >= 2 * self.opts.memtable_bytes
                 {

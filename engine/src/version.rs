@@ -282,6 +282,19 @@ impl FileSet {
         &self.layouts[&self.target]
     }
 
+    /// Whether `f` itself (this very file record, not another at its number: a trivial
+    /// move replaces the record) is a data or pointer file of its partition here.
+    pub fn holds(&self, f: &Arc<FileMeta>) -> bool {
+        self.layouts
+            .get(&f.layout_version)
+            .and_then(|l| l.parts.get(f.partition as usize))
+            .is_some_and(|p| {
+                p.data_files()
+                    .chain(p.pointers.iter())
+                    .any(|g| Arc::ptr_eq(f, g))
+            })
+    }
+
     /// Layout versions that were the target and no longer are: their data drains into the
     /// target.
     pub fn draining(&self) -> impl Iterator<Item = &LayoutState> {

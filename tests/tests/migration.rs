@@ -556,3 +556,160 @@ fn pointer_files_are_merged_before_they_pile_up() {
     let all = dump(&db).unwrap();
     assert_eq!(all.len(), 2000);
 }
+
+/// Waits up to 20 s for `f`, naming `what` if it never holds.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn l0_files(db: &Db, v: VersionId) -> usize {
+    db.stats()
+        .partitions
+        .iter()
+        .filter(|p| p.version == v.0)
+        .map(|p| p.level_files[0])
+        .sum()
+}
+
+/// Writes filler under `prefix` until `n` more flushes have happened, all of them rotations
+/// of a full memtable (`Db::flush` would apply queued lazy moves).
+fn fill_until_flushes(db: &Db, prefix: &str, n: u64) {
+    let start = db.stats().flushes;
+    let mut i = 0u32;
+    while db.stats().flushes < start + n {
+        db.put(format!("{prefix}{i:06}"), vec![b'f'; 100]).unwrap();
+        i += 1;
+        if i.is_multiple_of(64) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(i < 100_000, "no flush after {i} writes");
+    }
+}
+
+/// A read queues a lazy move out of a draining file; a rollback makes that file's layout
+/// the target again, where a trivial move gives the file a new record at a lower level; the
+/// key is deleted and its tombstone compacts away with the value; then the layout drains
+/// again and the queued move is applied. The move must not bring the deleted value back
+/// (its source record is neither obsolete nor in the view: it was found by review, with the
+/// value back after reopen too).
+#[test]
+fn a_queued_lazy_move_does_not_resurrect_a_key_deleted_across_rollback_and_trivial_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        memtable_bytes: 4 << 10,
+        level0_compaction_trigger: 4,
+        migration_bytes_per_sec: 0,
+        move_bytes_per_sec: 1 << 30,
+        // Queued moves are applied only where the test calls `flush`.
+        wal_flush_interval: std::time::Duration::from_secs(3600),
+        idle_memtable_flush_after: None,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    // Three disjoint one-key files in v1's L0, below its compaction trigger.
+    for k in ["k", "m", "n"] {
+        db.put(k, "A").unwrap();
+        db.flush().unwrap();
+    }
+    assert_eq!(l0_files(&db, VersionId(1)), 3);
+    let v1 = db.layout().target;
+    let v2 = db.register_partition_fn(hash(4, 1)).unwrap();
+    db.pin_version(v2, true).unwrap();
+    db.set_target(v2).unwrap();
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"A"[..])); // queues the move
+    db.set_target(v1).unwrap(); // rollback
+    let trivial = db.stats().trivial_moves;
+    fill_until_flushes(&db, "z", 1); // a fourth disjoint file: trivially moved down
+    wait_for("a trivial move", || db.stats().trivial_moves > trivial);
+    db.delete("k").unwrap();
+    let compactions = db.stats().compactions;
+    fill_until_flushes(&db, "y", 4); // the tombstone compacts with the value
+    wait_for("a compaction", || {
+        db.stats().compactions > compactions && l0_files(&db, v1) < 4
+    });
+    assert_eq!(db.get("k").unwrap(), None);
+    db.set_target(v2).unwrap(); // forward again
+    db.flush().unwrap(); // applies the queued move
+    assert_eq!(db.get("k").unwrap(), None, "a deleted key came back");
+    assert!(db.range("k"..="k").next().is_none());
+    drop(db);
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(
+        db.get("k").unwrap(),
+        None,
+        "a deleted key came back after reopen"
+    );
+}
+
+/// A rollback while a pointer-file merge of the layout it returns to is running: the
+/// retarget removes that layout's pointer files, and the merge, finding its inputs gone,
+/// drops its output instead of reporting corruption (which an operator, or an automatic
+/// rollback trigger, would take for damage).
+#[test]
+fn a_rollback_during_a_pointer_merge_is_not_reported_as_corruption() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = sluice::fs::FaultFs::new();
+    let opts = Options {
+        partition: PartitionSpec::default(),
+        migration_bytes_per_sec: 0,
+        move_bytes_per_sec: 1 << 30,
+        idle_memtable_flush_after: None,
+        fs: Arc::new(fs.clone()),
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..20 {
+        db.put(format!("k{i:02}"), "v").unwrap();
+    }
+    db.flush().unwrap();
+    let v1 = db.layout().target;
+    let v2 = db.register_partition_fn(hash(2, 1)).unwrap();
+    db.pin_version(v2, true).unwrap();
+    db.set_target(v2).unwrap();
+    // Nine flushes of lazily moved values: nine pointer files in v1's one partition.
+    for i in 0..9 {
+        db.get(format!("k{i:02}")).unwrap().unwrap();
+        db.flush().unwrap();
+    }
+    let pointer_files = |db: &Db| -> usize {
+        db.layout()
+            .versions
+            .iter()
+            .filter(|v| v.id == v1)
+            .flat_map(|v| v.partitions.iter())
+            .map(|p| p.pointer_files)
+            .sum()
+    };
+    assert_eq!(pointer_files(&db), 9);
+    // Every sync takes 300 ms: the merge is still writing when the rollback lands.
+    fs.set_sync_delay(Some(Duration::from_millis(300)));
+    let rollback = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            db.set_target(v1)
+        })
+    };
+    let merged = db.migrate_now(Some(1));
+    let rolled_back = rollback.join().unwrap();
+    fs.set_sync_delay(None);
+    merged.unwrap();
+    rolled_back.unwrap();
+    assert_eq!(db.layout().target, v1);
+    assert_eq!(pointer_files(&db), 0, "the target keeps no pointer files");
+    assert_eq!(db.stats().background_errors, 0);
+    let all = dump(&db).unwrap();
+    assert_eq!(all.len(), 20);
+    drop(db);
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(dump(&db).unwrap(), all);
+}

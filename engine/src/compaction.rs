@@ -700,7 +700,7 @@ impl Inner {
             }
             return Err(e);
         }
-        // Lazy moves check their source file is not obsolete under the read side of this
+        // Lazy moves check their source file is in the view under the read side of this
         // lock; marking the inputs obsolete and swapping the view happen as one step.
         let install = self.install.write();
         if !job.trivial {

@@ -224,7 +224,7 @@ pub(crate) struct Inner {
     pub fg_read_latency: crate::migration::LatencyHistogram,
     pub sampling: AtomicBool,
     /// Held (write) while compaction inputs turn obsolete and the view swaps; held (read)
-    /// by a lazy move while it checks its source is live and inserts its copy.
+    /// by a lazy move while it checks its source is in the view and inserts its copy.
     pub install: parking_lot::RwLock<()>,
     /// Lazy moves and bytes moved, per source layout version.
     pub lazy_counts: Mutex<HashMap<u32, (u64, u64)>>,

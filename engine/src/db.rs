@@ -363,14 +363,23 @@ impl Inner {
 
     /// Rewrites the manifest as one snapshot edit when the log has grown large.
     pub fn maybe_roll_manifest(&self, core: &mut Core) -> Result<()> {
-        if core.manifest.size() < 64 << 20 {
+        if core.manifest.size() < self.opts.max_manifest_bytes {
             return Ok(());
         }
         let view = self.view.load();
         let snap = self.snapshot_edit(core, &view.files);
         let number = core.new_file_number();
         let old = core.manifest.number();
-        let w = ManifestWriter::create(self.fs.as_ref(), &self.dir, number, &snap)?;
+        // A failure may come after CURRENT names the new manifest (its directory sync):
+        // edits appended to the old one would then be lost on reopen, with the WALs they
+        // covered deleted. So any failure here stops writes, as a failed edit does.
+        let w = match ManifestWriter::create(self.fs.as_ref(), &self.dir, number, &snap) {
+            Ok(w) => w,
+            Err(e) => {
+                self.fail(format!("manifest roll failed: {e}"));
+                return Err(e);
+            }
+        };
         core.manifest = w;
         let _ = self
             .fs

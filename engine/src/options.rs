@@ -63,6 +63,8 @@ pub struct Options {
     pub wal_buffer_bytes: usize,
     /// Longest time unsynced WAL bytes stay in the process buffer.
     pub wal_flush_interval: Duration,
+    /// The manifest (a log of edits) is rewritten as one snapshot once it grows past this.
+    pub max_manifest_bytes: u64,
     /// Lazy read-time moves: at most this many bytes per second are moved from draining
     /// layouts to the target by point reads (0 turns lazy moves off).
     pub move_bytes_per_sec: u64,
@@ -111,6 +113,7 @@ impl Default for Options {
             background_threads: 2,
             wal_buffer_bytes: 64 << 10,
             wal_flush_interval: Duration::from_millis(10),
+            max_manifest_bytes: 64 << 20,
             move_bytes_per_sec: 8 << 20,
             migration_bytes_per_sec: 32 << 20,
             migration_p99_target_us: 0,

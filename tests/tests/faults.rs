@@ -646,3 +646,77 @@ fn eio_on_a_block_read_fails_that_read_only() {
     db.put("after", "x").unwrap();
     assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"x"[..]));
 }
+
+/// The manifest is rewritten (rolled) once it grows past `max_manifest_bytes`. A fault after
+/// the new manifest is named in CURRENT (the directory sync after the rename), hit during a
+/// compaction, used to be taken for a failed compaction: writes went on, their edits went to
+/// the old manifest, and on reopen every later acknowledged write was gone (found by
+/// review). Now it turns the database read-only, and every acknowledged write survives.
+#[test]
+fn a_failed_manifest_roll_during_compaction_turns_read_only_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = Options {
+        level0_compaction_trigger: 100,
+        level0_slowdown_trigger: 200,
+        level0_stop_trigger: 300,
+        // Every install rolls the manifest.
+        max_manifest_bytes: 0,
+        ..with_fs(Options::tiny(), &fs)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let synced = WriteOptions { sync: true };
+    let put = |k: String, v: &str| {
+        let mut b = WriteBatch::new();
+        b.put(k, v);
+        db.write_opt(b, &synced)
+    };
+    for i in 0..50 {
+        put(format!("a{i:03}"), "first").unwrap();
+    }
+    db.flush().unwrap();
+    for i in 0..50 {
+        put(format!("b{i:03}"), "second").unwrap();
+    }
+    db.flush().unwrap();
+    // The first directory sync is the compaction's install; the second is the roll's, after
+    // CURRENT was renamed to name the new manifest.
+    fs.inject(Fault {
+        op: FsOp::SyncDir,
+        path_contains: None,
+        kind: FaultKind::Io,
+        skip: 1,
+        sticky: false,
+    });
+    assert!(
+        db.compact().is_err(),
+        "the roll's fault fails the compaction"
+    );
+    assert!(fs.injected() > 0, "the fault did not fire");
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let k = format!("c{i:03}");
+        if put(k.clone(), "third").is_ok() {
+            acked.push(k);
+        }
+    }
+    let _ = db.flush();
+    assert!(
+        acked.is_empty(),
+        "writes after a failed manifest roll were accepted: {acked:?}"
+    );
+    assert_read_only(&db, "failed manifest roll");
+    drop(db);
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    let all = dump(&db).unwrap();
+    for i in 0..50 {
+        assert_eq!(
+            all.get(format!("a{i:03}").as_bytes()).map(|v| &v[..]),
+            Some(&b"first"[..])
+        );
+        assert_eq!(
+            all.get(format!("b{i:03}").as_bytes()).map(|v| &v[..]),
+            Some(&b"second"[..])
+        );
+    }
+}

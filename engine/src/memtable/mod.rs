@@ -77,7 +77,7 @@ impl MemTable {
             // The budget and a sixteenth: a memtable is rotated once it reaches its budget,
             // but the batch that reaches it goes in whole.
             list: List::new(
-                budget_bytes + budget_bytes / 16,
+                budget_bytes.saturating_add(budget_bytes / 16),
                 (budget_bytes / 64).clamp(MIN_CHUNK, MAX_CHUNK),
             ),
             min_seqno: Arc::new(AtomicU64::new(u64::MAX)),

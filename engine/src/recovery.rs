@@ -270,14 +270,24 @@ pub(crate) fn replay_wals(
     report: &mut RecoveryReport,
 ) -> Result<Option<u64>> {
     let mut last: Option<u64> = None;
-    for (i, (_, path)) in wals.iter().enumerate() {
-        let data = fs.map(path).map_err(|e| Error::io(path, e))?;
-        let log = read_log(data, path, LogKind::Wal)?;
+    let logs = wals
+        .iter()
+        .map(|(_, path)| {
+            let data = fs.map(path).map_err(|e| Error::io(path, e))?;
+            read_log(data, path, LogKind::Wal)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The last WAL holding any record: WALs after it are empty (an open that failed after
+    // creating its new WAL leaves one behind), so its torn end is the crash's, as if it
+    // were the newest.
+    let last_written = logs.iter().rposition(|l| !l.records.is_empty());
+    for (i, ((_, path), log)) in wals.iter().zip(logs).enumerate() {
         report.wal_files += 1;
         if let Some(t) = &log.tail {
-            if i + 1 != wals.len() {
+            if i + 1 != wals.len() && last_written.is_some_and(|w| w > i) {
                 // Every WAL but the newest was fsynced before the next one started, so a
-                // damaged end here is not a crash artefact; skipping it would leave a hole.
+                // damaged end here, with records after it, is not a crash artefact;
+                // skipping it would leave a hole.
                 return Err(Error::corruption(
                     path,
                     t.offset,

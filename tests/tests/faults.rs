@@ -720,3 +720,53 @@ fn a_failed_manifest_roll_during_compaction_turns_read_only_and_loses_nothing() 
         );
     }
 }
+
+/// A crash leaves the newest WAL with a torn last record (legitimate for unsynced writes);
+/// the next open creates its new WAL and then fails on a transient fault before its
+/// recovery flush is installed. The torn WAL is no longer the newest, but nothing was
+/// written after it: the open after that must still succeed (it used to refuse forever,
+/// "damaged record in an older WAL"; found by review) and keep every synced write.
+#[test]
+fn a_torn_wal_tail_survives_an_open_that_failed_after_creating_its_wal() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let wals = |dir: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        v.sort();
+        v
+    };
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    for i in 0..10 {
+        let mut b = WriteBatch::new();
+        b.put(format!("k{i}"), "v");
+        db.write_opt(b, &WriteOptions { sync: true }).unwrap();
+    }
+    db.close().unwrap();
+    let before = wals(dir.path());
+    // A torn record after the synced ones, as a crash mid-append leaves it.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(before.last().unwrap())
+        .unwrap()
+        .write_all(&[0x40, 0, 0, 0, 0xde, 0xad])
+        .unwrap();
+    let fs = FaultFs::new();
+    fs.inject(fault(FsOp::Create, FaultKind::Io, ".sst", false));
+    assert!(
+        Db::open(dir.path(), with_fs(Options::default(), &fs)).is_err(),
+        "the recovery flush's table could not be created"
+    );
+    assert!(
+        wals(dir.path()).len() > before.len(),
+        "the failed open left its new WAL: {:?}",
+        wals(dir.path())
+    );
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    for i in 0..10 {
+        assert_eq!(db.get(format!("k{i}")).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+}

@@ -1310,13 +1310,26 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         Some(s) => s.wals.clone(),
         None => list_wals(dir, None)?,
     };
-    let live: Vec<&WalFileInfo> = wals.iter().filter(|w| w.live).collect();
     let mut last: Option<(u64, PathBuf)> = None;
-    for w in &wals {
-        if let Err(e) = check_inside(dir, &w.path) {
-            rep.problems.push(Problem::from_error("symlink", &e));
-            continue;
-        }
+    let read: Vec<_> = wals
+        .iter()
+        .map(|w| check_inside(dir, &w.path).map(|_| read_wal_file(&w.path)))
+        .collect();
+    // The last live WAL holding a record: recovery takes a torn end in it, or in any WAL
+    // after it (those are empty: an open that failed after creating its WAL), as the
+    // crash's own, so verify calls it a warning too and an error only where records follow.
+    let last_written = wals
+        .iter()
+        .zip(&read)
+        .rposition(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if !c.records.is_empty()));
+    for (i, (w, r)) in wals.iter().zip(read).enumerate() {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                rep.problems.push(Problem::from_error("symlink", &e));
+                continue;
+            }
+        };
         rep.wal_files += 1;
         if !w.live {
             rep.problems.push(Problem::warning(
@@ -1326,7 +1339,7 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                 "obsolete WAL (below the manifest's log number); the next writable open removes it",
             ));
         }
-        let c = match read_wal_file(&w.path) {
+        let c = match r {
             Ok(c) => c,
             Err(e) => {
                 rep.problems
@@ -1337,8 +1350,8 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         };
         rep.wal_records += c.records.len() as u64;
         if let Some(t) = &c.tail {
-            let newest = live.last().is_some_and(|l| l.number == w.number);
-            if newest || !w.live {
+            let records_follow = last_written.is_some_and(|l| l > i);
+            if !records_follow || !w.live {
                 rep.problems.push(Problem::warning(
                     "wal",
                     Some(&w.path),

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::db::{Inner, View};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifest::MAX_LEVELS;
 use crate::sst::bloom;
 use crate::stats::Counters;
@@ -245,6 +245,13 @@ pub(crate) struct PendingMove {
 impl Inner {
     /// Point read at `snapshot`, or at the latest seqno (which may trigger a lazy move).
     pub fn get(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
+        // A key no write could store is the caller's mistake, refused as `put` refuses it.
+        if key.len() > crate::MAX_KEY_LEN {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: crate::MAX_KEY_LEN,
+            });
+        }
         if self.sampling.load(Ordering::Relaxed) {
             let start = Instant::now();
             let r = self.get_inner(key, snapshot);

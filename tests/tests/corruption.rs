@@ -679,6 +679,70 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
     db.close().unwrap();
 }
 
+/// A WAL split in two, the first ending in a torn record: with records in the second, the
+/// damage is a hole (recovery refuses, verify reports an error); with the second holding only
+/// its header (what an open that failed after creating its WAL leaves), the torn end is the
+/// crash's (recovery keeps the prefix, verify warns). Recovery and verify agree on both.
+#[test]
+fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let batches = build_wal_db(&pristine);
+    let wals = files_ending(&pristine, ".log");
+    let wal = wals
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    let wname = name(&wal);
+    let number: u64 = wname.trim_end_matches(".log").parse().unwrap();
+    let next = format!("{:06}.log", number + 1);
+    let bytes = std::fs::read(&wal).unwrap();
+    let log = read_log(bytes.clone().into(), &wal, LogKind::Wal).unwrap();
+    let header_end = log.records[0].0 as usize;
+    let (torn_at, _) = log.records[2];
+    let split_at = log.records[3].0 as usize;
+    let verify = |dir: &Path| {
+        sluice::inspect::verify_dir(
+            dir,
+            &sluice::inspect::VerifyOptions::default(),
+            &sluice::inspect::NoProgress,
+        )
+        .unwrap()
+    };
+    for records_follow in [true, false] {
+        let what = format!("torn WAL end, records follow: {records_follow}");
+        let dir = root.path().join(format!("split-{records_follow}"));
+        copy_dir(&pristine, &dir);
+        let mut second = bytes[..header_end].to_vec();
+        if records_follow {
+            second.extend_from_slice(&bytes[split_at..]);
+        }
+        std::fs::write(dir.join(&next), &second).unwrap();
+        patch(&dir.join(&wname), |b| b.truncate(torn_at as usize + 5));
+        let rep = verify(&dir);
+        if records_follow {
+            let e = open_err(&dir, Options::default(), &what);
+            assert_corruption_naming(&e, &wname, &what);
+            assert!(e.to_string().contains("older WAL"), "{what}: {e}");
+            assert!(
+                rep.errors()
+                    .any(|p| p.message.contains("older WAL") && p.offset == Some(torn_at)),
+                "{what}: verify: {:?}",
+                rep.problems
+            );
+        } else {
+            assert!(rep.is_ok(), "{what}: verify: {:?}", rep.problems);
+            let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (p, off, _) = db.recovery_report().torn_tail.expect("torn tail reported");
+            assert_eq!((name(&p), off), (wname.clone(), torn_at), "{what}");
+            assert_eq!(batches_present(&db, &batches, &what), 2, "{what}");
+            db.close().unwrap();
+        }
+    }
+}
+
 fn assert_unsupported(e: &Error, file: &str, what: &str) {
     match e {
         Error::UnsupportedFormat {
@@ -826,6 +890,16 @@ fn oversized_keys_values_and_batches_are_refused_whole_and_the_db_keeps_working(
     }
     assert!(matches!(
         db.delete(&big_key),
+        Err(Error::KeyTooLarge { .. })
+    ));
+    // Reads refuse it the same way, plain, at a snapshot and in a transaction.
+    assert!(matches!(db.get(&big_key), Err(Error::KeyTooLarge { .. })));
+    assert!(matches!(
+        db.snapshot().get(&big_key),
+        Err(Error::KeyTooLarge { .. })
+    ));
+    assert!(matches!(
+        db.transaction().get(&big_key),
         Err(Error::KeyTooLarge { .. })
     ));
     match db.put("v", vec![0u8; MAX_VALUE_LEN + 1]) {

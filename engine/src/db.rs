@@ -1079,6 +1079,7 @@ impl Inner {
             migration_bytes_written: g(&c.migration_written),
             lazy_moves,
             lazy_moved_bytes,
+            lazy_moves_superseded: g(&c.moves_superseded),
             write_amplification: if user == 0 {
                 0.0
             } else {

@@ -26,6 +26,12 @@ impl Inner {
     /// Flushes the oldest frozen memtable. Called by a background worker that set
     /// `core.flushing`.
     pub(crate) fn flush_oldest(&self) -> Result<()> {
+        self.flush_oldest_then(|| {})
+    }
+
+    /// [`Self::flush_oldest`], running `meanwhile` once the flush has taken its view (tests
+    /// use it to make other work land between the view and the install).
+    fn flush_oldest_then(&self, meanwhile: impl FnOnce()) -> Result<()> {
         // Reading the target and registering as a writer into it happen under one lock, so
         // the target cannot be retired while this flush writes into it.
         let (mem, files) = {
@@ -37,6 +43,7 @@ impl Inner {
             *core.writing_to.entry(view.files.target).or_insert(0) += 1;
             (mem, view.files.clone())
         };
+        meanwhile();
         let stripes = Stripes::new(self.snapshot_list());
         let target = files.target;
         let result = self.write_memtable(&mem, &files, &stripes);
@@ -124,6 +131,7 @@ impl Inner {
         let mut cur_key: Option<Bytes> = None;
         let mut last_stripe = None;
         let mut err = None;
+        let mut superseded = 0u64;
         mem.for_each(|e: Entry, moved_from: u32| {
             if err.is_some() {
                 return;
@@ -137,6 +145,20 @@ impl Inner {
                 return;
             }
             last_stripe = Some(st);
+            // A moved copy whose source no longer holds it: a migration compaction carried
+            // the value into the target meanwhile (its install is in `files`, which no
+            // longer show the value in the source), or dropped it under a newer entry that
+            // stays. Writing the copy would move the same bytes a second time.
+            if moved_from != 0
+                && moved_from != target.id
+                && !files
+                    .layouts
+                    .get(&moved_from)
+                    .is_some_and(|src| src.may_hold(&e.key, e.seqno))
+            {
+                superseded += 1;
+                return;
+            }
             let p = target.func.partition_of(&e.key);
             if let Err(x) = data.add(target, p, &e) {
                 err = Some(x);
@@ -159,6 +181,7 @@ impl Inner {
         if let Some(e) = err {
             return Err(e);
         }
+        Counters::add(&self.counters.moves_superseded, superseded);
         let mut out = data.finish()?;
         let bytes: u64 = out.iter().map(|f| f.size).sum();
         match pointers.finish() {
@@ -171,5 +194,72 @@ impl Inner {
             }
         }
         Ok((out, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Db, Options, PartitionSpec, VersionId};
+
+    /// A migration compaction can carry a draining layout's last data out while a flush of
+    /// lazily moved copies runs: the flush, holding the older view, still writes pointer
+    /// files into the layout, which then holds pointers and no data. Retiring it must
+    /// delete them in an order replay accepts.
+    #[test]
+    fn pointer_files_that_land_after_the_last_data_file_left_retire_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: PartitionSpec::Range {
+                boundaries: vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()],
+            },
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 1 << 30,
+            memtable_bytes: 4 << 20,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("k{i:04}"), format!("a{i}")).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 3,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        for i in (0..500u32).step_by(5) {
+            db.get(format!("k{i:04}")).unwrap();
+        }
+        db.pin_version(VersionId(1), true).unwrap(); // keep v1 live while it is empty
+        let inner = &db.inner;
+        inner.apply_moves();
+        // Keep the background flusher off the frozen memtable: this thread flushes it.
+        inner.core.lock().flushing = true;
+        inner.rotate(&mut inner.wal.lock()).unwrap();
+        inner
+            .flush_oldest_then(|| {
+                inner.migrate_now(None).unwrap();
+            })
+            .unwrap();
+        inner.core.lock().flushing = false;
+        let v1 = db
+            .layout()
+            .versions
+            .into_iter()
+            .find(|v| v.id == VersionId(1))
+            .unwrap();
+        assert_eq!(v1.files(), 0);
+        assert!(v1.partitions.iter().map(|p| p.pointer_files).sum::<usize>() > 0);
+        db.pin_version(VersionId(1), false).unwrap();
+        db.retire_drained().unwrap();
+        assert_eq!(db.layout().versions.len(), 1);
+        drop(db);
+        let db = Db::open(dir.path(), opts).unwrap();
+        let all: Vec<_> = db.range(..).collect::<crate::Result<_>>().unwrap();
+        assert_eq!(all.len(), 500);
+        assert_eq!(db.layout().retired, vec![VersionId(1)]);
     }
 }

@@ -19,6 +19,8 @@ pub(crate) struct Counters {
     pub migration_read: AtomicU64,
     pub migration_written: AtomicU64,
     pub move_skipped: AtomicU64,
+    /// Moved copies a flush dropped because migration had carried their source meanwhile.
+    pub moves_superseded: AtomicU64,
     pub stall_micros: AtomicU64,
     pub stalls: AtomicU64,
     pub slowdown_micros: AtomicU64,
@@ -83,6 +85,9 @@ pub struct Stats {
     pub migration_bytes_written: u64,
     pub lazy_moves: u64,
     pub lazy_moved_bytes: u64,
+    /// Lazily moved copies a flush dropped because a migration compaction had already
+    /// carried their value into the target (each byte moves once).
+    pub lazy_moves_superseded: u64,
     /// Bytes written to storage (WAL + flushes + compactions) per byte of user data.
     pub write_amplification: f64,
     /// Time writers spent stopped (memtables full, L0 at its stop trigger, compaction debt

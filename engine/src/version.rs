@@ -268,6 +268,16 @@ impl LayoutState {
     pub fn pointer_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
         self.parts.iter().flat_map(|p| p.pointers.iter())
     }
+
+    /// Whether a data file of this layout may still hold `key` at `seqno` (by the files'
+    /// key and seqno ranges; `false` means it certainly does not).
+    pub fn may_hold(&self, key: &[u8], seqno: u64) -> bool {
+        let p = self.func.partition_of(key) as usize;
+        self.parts.get(p).is_some_and(|part| {
+            part.data_files()
+                .any(|f| f.contains(key) && (f.min_seqno..=f.max_seqno).contains(&seqno))
+        })
+    }
 }
 
 /// All live layout versions and their files.

@@ -138,6 +138,50 @@ fn lazy_moves_leave_pointers_that_migration_honours() {
     }
 }
 
+/// Reads move values into the memtable; before that memtable flushes, a migration
+/// compaction carries the same values out of their draining files. The flush must not
+/// write the copies again: each byte moves once.
+#[test]
+fn a_moved_copy_that_migration_carried_first_is_not_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        memtable_bytes: 4 << 20,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    fill(&db, 2000, "a");
+    db.compact().unwrap();
+    let want = dump(&db).unwrap();
+    let v2 = db.register_partition_fn(hash(4, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    for i in (0..2000u32).step_by(4) {
+        assert!(db.get(format!("k{i:04}")).unwrap().is_some());
+    }
+    // Applies the queued moves into the memtable, then migrates every draining file
+    // (the copies are not flushed yet, so no pointer spares their values).
+    db.migrate_now(None).unwrap();
+    assert_eq!(db.stats().lazy_moves, 500);
+    assert!(db.migration_progress().is_complete());
+    db.flush().unwrap();
+    let s = db.stats();
+    assert_eq!(s.lazy_moves_superseded, 500, "{s:?}");
+    let entries = |db: &Db| -> u64 {
+        db.stats()
+            .partitions
+            .iter()
+            .filter(|p| p.version == v2.0)
+            .map(|p| p.entries)
+            .sum()
+    };
+    assert_eq!(entries(&db), 2000, "every value once in v2");
+    assert_eq!(dump(&db).unwrap(), want);
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(dump(&db).unwrap(), want);
+    assert_eq!(entries(&db), 2000);
+}
+
 #[test]
 fn three_live_versions_then_rollback_and_forward() {
     let dir = tempfile::tempdir().unwrap();
@@ -401,46 +445,6 @@ fn controller_epochs_fence_a_stale_controller() {
     drop(db);
     let db = Db::open(dir.path(), quiet_opts()).unwrap();
     assert_eq!(db.controller_state(), Some((b, b"from b".to_vec())));
-}
-
-/// Pointer files can arrive in a draining layout after its last data file left (the flush
-/// of lazily moved values); retiring it must delete them in an order replay accepts.
-#[test]
-fn retiring_a_layout_with_late_pointer_files_reopens() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        move_bytes_per_sec: 1 << 30,
-        // Room for every moved copy: a memtable the moves filled would be flushed in the
-        // background, racing the migration below, and its pointers would not be late.
-        memtable_bytes: 4 << 20,
-        ..quiet_opts()
-    };
-    let db = Db::open(dir.path(), opts.clone()).unwrap();
-    fill(&db, 500, "a");
-    db.compact().unwrap();
-    let v2 = db.register_partition_fn(hash(4, 3)).unwrap();
-    db.set_target(v2).unwrap();
-    for i in (0..500u32).step_by(5) {
-        db.get(format!("k{i:04}")).unwrap(); // moved copies wait in the memtable
-    }
-    db.pin_version(VersionId(1), true).unwrap(); // keep v1 live while it is empty
-    db.migrate_now(None).unwrap(); // v1's data is gone; the pointers are not flushed yet
-    db.flush().unwrap(); // now pointer files land in v1
-    let v1 = db
-        .layout()
-        .versions
-        .into_iter()
-        .find(|v| v.id == VersionId(1))
-        .unwrap();
-    assert_eq!(v1.files(), 0);
-    assert!(v1.partitions.iter().map(|p| p.pointer_files).sum::<usize>() > 0);
-    db.pin_version(VersionId(1), false).unwrap();
-    db.retire_drained().unwrap();
-    assert_eq!(db.layout().versions.len(), 1);
-    drop(db);
-    let db = Db::open(dir.path(), opts).unwrap();
-    assert_eq!(dump(&db).unwrap().len(), 500);
-    assert_eq!(db.layout().retired, vec![VersionId(1)]);
 }
 
 /// A read-only workload during a migration fills the memtable with moved values; it must

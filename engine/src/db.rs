@@ -91,6 +91,10 @@ pub struct RecoveryReport {
     pub wal_entries: u64,
     /// A torn tail dropped from the last WAL: (file, offset, bytes dropped).
     pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// With [`crate::WalRecovery::PointInTime`]: WAL bytes dropped from the first damaged
+    /// record on, intact records after it and later WALs included (0 when nothing intact
+    /// followed the damage).
+    pub wal_dropped_after_damage: u64,
     pub manifest_torn_tail: Option<(PathBuf, u64)>,
     pub orphans_removed: usize,
 }

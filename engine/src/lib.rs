@@ -71,7 +71,7 @@ pub use iter::{DbIter, KeyRange};
 pub use layout::{PartitionFn, PartitionSpec, MAX_PARTITIONS};
 pub use load::LoadStats;
 pub use migration::{DrainingProgress, MigrationProgress};
-pub use options::{Options, WriteOptions};
+pub use options::{Options, WalRecovery, WriteOptions};
 pub use scan::{PartitionEntry, PartitionIter};
 pub use snapshot::Snapshot;
 pub use sst::Compression;

@@ -134,6 +134,8 @@ pub struct TornTail {
     pub offset: u64,
     pub dropped_bytes: u64,
     pub reason: String,
+    /// A valid record follows the damage (only with [`read_log_to_damage`]).
+    pub intact_after: bool,
 }
 
 /// The records of one log file.
@@ -206,8 +208,25 @@ fn valid_record_after(data: &Bytes, from: usize, path: &Path) -> bool {
     })
 }
 
-/// Reads every record of a log, checking its header is `kind`.
+/// Reads every record of a log, checking its header is `kind`. A damaged record that
+/// nothing valid follows is a torn tail (dropped, reported in `tail`); damage with a valid
+/// record after it is an error.
 pub fn read_log(data: Bytes, path: &Path, kind: LogKind) -> Result<LogContents> {
+    read_log_with(data, path, kind, false)
+}
+
+/// [`read_log`], except that the first damaged record ends the log whatever follows it
+/// (`tail.intact_after` then says whether a valid record did).
+pub fn read_log_to_damage(data: Bytes, path: &Path, kind: LogKind) -> Result<LogContents> {
+    read_log_with(data, path, kind, true)
+}
+
+fn read_log_with(
+    data: Bytes,
+    path: &Path,
+    kind: LogKind,
+    stop_at_damage: bool,
+) -> Result<LogContents> {
     let mut records = Vec::new();
     let mut pos = 0usize;
     let mut tail = None;
@@ -224,13 +243,17 @@ pub fn read_log(data: Bytes, path: &Path, kind: LogKind) -> Result<LogContents> 
                 pos += used;
             }
             RecordAt::Bad(e) => {
-                if valid_record_after(&data, pos, path) {
+                // The header record itself is never skipped over: without it, nothing
+                // says what the file is.
+                let intact_after = valid_record_after(&data, pos, path);
+                if intact_after && (first || !stop_at_damage) {
                     return Err(e);
                 }
                 tail = Some(TornTail {
                     offset: pos as u64,
                     dropped_bytes: (data.len() - pos) as u64,
                     reason: e.to_string(),
+                    intact_after,
                 });
                 break;
             }

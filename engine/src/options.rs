@@ -65,6 +65,8 @@ pub struct Options {
     pub wal_flush_interval: Duration,
     /// The manifest (a log of edits) is rewritten as one snapshot once it grows past this.
     pub max_manifest_bytes: u64,
+    /// What recovery does with a damaged WAL record that intact records follow.
+    pub wal_recovery: WalRecovery,
     /// Lazy read-time moves: at most this many bytes per second are moved from draining
     /// layouts to the target by point reads (0 turns lazy moves off).
     pub move_bytes_per_sec: u64,
@@ -114,6 +116,7 @@ impl Default for Options {
             wal_buffer_bytes: 64 << 10,
             wal_flush_interval: Duration::from_millis(10),
             max_manifest_bytes: 64 << 20,
+            wal_recovery: WalRecovery::Strict,
             move_bytes_per_sec: 8 << 20,
             migration_bytes_per_sec: 32 << 20,
             migration_p99_target_us: 0,
@@ -122,6 +125,25 @@ impl Default for Options {
             fs: Arc::new(StdFs),
         }
     }
+}
+
+/// How recovery treats WAL damage. A crash tears at most the end of the WAL being written,
+/// and recovery always drops such a torn end; damage with intact records *after* it is
+/// another matter, decided here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WalRecovery {
+    /// Refuse to open ([`crate::Error::Corruption`] naming the file and offset): skipping
+    /// the damage would leave a hole, and dropping what follows could drop writes
+    /// acknowledged with `sync`.
+    #[default]
+    Strict,
+    /// Recover to the last intact record before the first damage, and drop everything after
+    /// it, in that WAL and in any later one ([`crate::RecoveryReport::wal_dropped_after_damage`]
+    /// says how much). The database is then a consistent point in time with no hole. For a
+    /// power loss on a file system that wrote unsynced WAL pages back out of order, where
+    /// `Strict` refuses: only unsynced writes sat there. If the damage is anything else,
+    /// writes acknowledged with `sync` after it are lost, so choose this knowingly.
+    PointInTime,
 }
 
 impl Options {

@@ -21,12 +21,12 @@ use crate::db::{table_file, wal_file, Core, Inner, RecoveryReport, Registered, V
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, Fs};
 use crate::layout::PartitionFn;
-use crate::log::{read_log, LogKind, LogWriter};
+use crate::log::{read_log, read_log_to_damage, LogKind, LogWriter};
 use crate::manifest::{
     read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT,
 };
 use crate::memtable::MemTable;
-use crate::options::Options;
+use crate::options::{Options, WalRecovery};
 use crate::sst::{Table, TableOptions};
 use crate::stats::Counters;
 use crate::version::{FileMeta, FileSet, LayoutState};
@@ -267,32 +267,52 @@ pub(crate) fn replay_wals(
     fs: &dyn Fs,
     wals: &[(u64, PathBuf)],
     mem: &MemTable,
+    mode: WalRecovery,
     report: &mut RecoveryReport,
 ) -> Result<Option<u64>> {
     let mut last: Option<u64> = None;
+    let point_in_time = mode == WalRecovery::PointInTime;
     let logs = wals
         .iter()
         .map(|(_, path)| {
             let data = fs.map(path).map_err(|e| Error::io(path, e))?;
-            read_log(data, path, LogKind::Wal)
+            let size = data.len() as u64;
+            let log = if point_in_time {
+                read_log_to_damage(data, path, LogKind::Wal)
+            } else {
+                read_log(data, path, LogKind::Wal)
+            };
+            log.map(|l| (l, size))
         })
         .collect::<Result<Vec<_>>>()?;
     // The last WAL holding any record: WALs after it are empty (an open that failed after
     // creating its new WAL leaves one behind), so its torn end is the crash's, as if it
     // were the newest.
-    let last_written = logs.iter().rposition(|l| !l.records.is_empty());
-    for (i, ((_, path), log)) in wals.iter().zip(logs).enumerate() {
+    let last_written = logs.iter().rposition(|(l, _)| !l.records.is_empty());
+    for (i, ((_, path), (log, _))) in wals.iter().zip(&logs).enumerate() {
         report.wal_files += 1;
+        let mut stop = false;
         if let Some(t) = &log.tail {
-            if i + 1 != wals.len() && last_written.is_some_and(|w| w > i) {
-                // Every WAL but the newest was fsynced before the next one started, so a
-                // damaged end here, with records after it, is not a crash artefact;
-                // skipping it would leave a hole.
-                return Err(Error::corruption(
-                    path,
-                    t.offset,
-                    format!("damaged record in an older WAL: {}", t.reason),
-                ));
+            let records_follow = i + 1 != wals.len() && last_written.is_some_and(|w| w > i);
+            if records_follow || t.intact_after {
+                if !point_in_time {
+                    // Every WAL but the newest was fsynced before the next one started, so
+                    // a damaged end here, with records after it, is not a crash artefact;
+                    // skipping it would leave a hole.
+                    return Err(Error::corruption(
+                        path,
+                        t.offset,
+                        format!(
+                            "damaged record in an older WAL: {} (Options::wal_recovery = \
+                             PointInTime opens the database as of the record before it)",
+                            t.reason
+                        ),
+                    ));
+                }
+                // Point in time: replay up to the damage, nothing after it.
+                stop = true;
+                report.wal_dropped_after_damage =
+                    t.dropped_bytes + logs[i + 1..].iter().map(|(_, size)| size).sum::<u64>();
             }
             report.torn_tail = Some((path.clone(), t.offset, t.dropped_bytes));
         }
@@ -328,6 +348,9 @@ pub(crate) fn replay_wals(
             report.wal_batches += 1;
             report.wal_entries += n as u64;
             last = Some(b.seqno + n as u64 - 1);
+        }
+        if stop {
+            break;
         }
     }
     Ok(last)
@@ -392,6 +415,7 @@ fn load(
     dir: &Path,
     cache: &Arc<BlockCache>,
     memtable_bytes: usize,
+    wal_recovery: WalRecovery,
 ) -> Result<Loaded> {
     let mut report = RecoveryReport::default();
     let m = read_current(fs.as_ref(), dir)?;
@@ -400,7 +424,7 @@ fn load(
     let files = open_tables(fs, dir, &state, cache, &m.path)?;
     let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
     let recovered = Arc::new(MemTable::new(state.log_number, memtable_bytes));
-    let wal_last = replay_wals(fs.as_ref(), &wals, &recovered, &mut report)?;
+    let wal_last = replay_wals(fs.as_ref(), &wals, &recovered, wal_recovery, &mut report)?;
     let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
     Ok(Loaded {
         state,
@@ -575,7 +599,7 @@ fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         });
     }
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
-    let loaded = load(&fs, dir, &cache, opts.memtable_bytes)?;
+    let loaded = load(&fs, dir, &cache, opts.memtable_bytes, opts.wal_recovery)?;
     let view = View {
         mem: Arc::new(MemTable::new(0, opts.memtable_bytes)),
         imm: if loaded.recovered.is_empty() {
@@ -626,7 +650,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
     let loaded = if fs.exists(&dir.join(CURRENT)) {
-        load(&fs, &dir, &cache, opts.memtable_bytes)?
+        load(&fs, &dir, &cache, opts.memtable_bytes, opts.wal_recovery)?
     } else if opts.create_if_missing {
         fresh(&fs, &dir, &opts)?
     } else {

@@ -15,7 +15,10 @@ use sluice::log::{read_log, record_crc, LogKind};
 use sluice::manifest::{EditRecord, VersionEdit};
 use sluice::sst::format::{block_trailer, Footer, FOOTER_LEN};
 use sluice::sst::Table;
-use sluice::{Compression, Db, Error, Options, PartitionSpec, VersionId, WriteBatch, WriteOptions};
+use sluice::{
+    Compression, Db, Error, Options, PartitionSpec, VersionId, WalRecovery, WriteBatch,
+    WriteOptions,
+};
 use sluice::{MAX_BATCH_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
 use sluice_tests::{dump, engine_thread_panics, watch_engine_panics};
 
@@ -679,6 +682,68 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
     db.close().unwrap();
 }
 
+/// `WalRecovery::PointInTime` opens a WAL damaged in the middle (what a power loss leaves
+/// when unsynced pages were written back out of order) as of the record before the damage:
+/// every batch before it, none after, no hole; the database then stays that way through
+/// new writes and reopens with the default (strict) recovery, and nothing dropped comes back.
+#[test]
+fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let batches = build_wal_db(&pristine);
+    let wal = files_ending(&pristine, ".log")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let wname = name(&wal);
+    let len = std::fs::metadata(&wal).unwrap().len();
+    let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
+    let pit = || Options {
+        wal_recovery: WalRecovery::PointInTime,
+        ..Options::default()
+    };
+    for (r, (off, _)) in log.records[..5].iter().enumerate() {
+        let what = format!("point in time, damage in record {r} at {off}");
+        let dir = root.path().join(format!("pit{r}"));
+        copy_dir(&pristine, &dir);
+        patch(&dir.join(&wname), |b| b[*off as usize + 9] ^= 0x04);
+        // The default refuses, naming the way out.
+        let e = open_err(&dir, Options::default(), &what);
+        assert_corruption_naming(&e, &wname, &what);
+        let db = Db::open(&dir, pit()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let rep = db.recovery_report().clone();
+        let (p, at, _) = rep.torn_tail.clone().expect("damage reported");
+        assert_eq!((name(&p), at), (wname.clone(), *off), "{what}");
+        assert_eq!(rep.wal_dropped_after_damage, len - off, "{what}");
+        assert_eq!(batches_present(&db, &batches, &what), r, "{what}");
+        let mut b = WriteBatch::new();
+        b.put("after", "1");
+        db.write_opt(b, &WriteOptions { sync: true }).unwrap();
+        db.close().unwrap();
+        for round in 0..2 {
+            let db = Db::open(&dir, Options::default())
+                .unwrap_or_else(|e| panic!("{what}: strict reopen {round}: {e}"));
+            assert_eq!(
+                batches_present(&db, &batches, &what),
+                r,
+                "{what}: reopen {round}"
+            );
+            assert_eq!(
+                db.get("after").unwrap().as_deref(),
+                Some(&b"1"[..]),
+                "{what}"
+            );
+            db.close().unwrap();
+        }
+    }
+    // An intact WAL, or one with only a torn end, recovers the same under either mode.
+    let db = Db::open(&pristine, pit()).unwrap();
+    assert_eq!(db.recovery_report().wal_dropped_after_damage, 0);
+    assert_eq!(batches_present(&db, &batches, "pristine, point in time"), 6);
+    db.close().unwrap();
+}
+
 /// A WAL split in two, the first ending in a torn record: with records in the second, the
 /// damage is a hole (recovery refuses, verify reports an error); with the second holding only
 /// its header (what an open that failed after creating its WAL leaves), the torn end is the
@@ -732,6 +797,19 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
                 "{what}: verify: {:?}",
                 rep.problems
             );
+            // Point in time stops at the damage: the later WAL's records are dropped too.
+            let opts = Options {
+                wal_recovery: WalRecovery::PointInTime,
+                ..Options::default()
+            };
+            let db = Db::open(&dir, opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(
+                db.recovery_report().wal_dropped_after_damage,
+                5 + second.len() as u64,
+                "{what}"
+            );
+            assert_eq!(batches_present(&db, &batches, &what), 2, "{what}");
+            db.close().unwrap();
         } else {
             assert!(rep.is_ok(), "{what}: verify: {:?}", rep.problems);
             let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::coding::{put_u32, put_u64, put_varint, Decoder};
 use crate::error::{Error, Result};
-use crate::types::Kind;
+use crate::types::{Kind, MAX_SEQNO};
 
 /// Largest key accepted.
 pub const MAX_KEY_LEN: usize = 64 << 10;
@@ -192,6 +192,20 @@ impl WalBatch {
         let mut d = Decoder::new(payload, path, offset);
         let seqno = d.u64("batch seqno")?;
         let count = d.u32("batch count")?;
+        let ops_len = payload.len().saturating_sub(12);
+        // Every op takes at least a byte, and seqnos run from 1 to MAX_SEQNO: counts or
+        // seqnos beyond that are damage that passed the checksum.
+        if count as usize > ops_len
+            || seqno == 0
+            || seqno > MAX_SEQNO
+            || u64::from(count.max(1)) - 1 > MAX_SEQNO - seqno
+        {
+            return Err(Error::corruption(
+                path,
+                offset.saturating_sub(8),
+                format!("batch of {count} ops at seqno {seqno} is out of range"),
+            ));
+        }
         Ok(WalBatch {
             seqno,
             count,

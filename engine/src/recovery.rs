@@ -29,6 +29,8 @@ use crate::memtable::MemTable;
 use crate::options::{Options, WalRecovery};
 use crate::sst::{Table, TableOptions};
 use crate::stats::Counters;
+use crate::types::MAX_SEQNO;
+use crate::util::MAX_FILE_NUMBER;
 use crate::version::{FileMeta, FileSet, LayoutState};
 
 /// The state a manifest describes.
@@ -60,6 +62,12 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
         let bad = |why: String| Error::corruption(&m.path, *offset, why);
         for r in &edit.records {
             match r {
+                EditRecord::NextFile(n) | EditRecord::LogNumber(n) if *n > MAX_FILE_NUMBER => {
+                    return Err(bad(format!("file number {n} out of range")));
+                }
+                EditRecord::LastSeqno(n) if *n > MAX_SEQNO => {
+                    return Err(bad(format!("last seqno {n} out of range")));
+                }
                 EditRecord::NextFile(n) => st.next_file = st.next_file.max(*n),
                 EditRecord::LastSeqno(n) => st.last_seqno = st.last_seqno.max(*n),
                 EditRecord::LogNumber(n) => st.log_number = st.log_number.max(*n),
@@ -94,6 +102,9 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                     if let Some(f) = st.files.values().find(|f| f.layout_version == *id) {
                         return Err(bad(format!("retired v{id} still has file {}", f.number)));
                     }
+                }
+                EditRecord::AddFile(f) if f.number > MAX_FILE_NUMBER => {
+                    return Err(bad(format!("file number {} out of range", f.number)));
                 }
                 EditRecord::AddFile(f) => {
                     match st.registry.get(&f.layout_version) {
@@ -672,8 +683,11 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let max_seen = names
         .iter()
         .filter_map(|n| {
-            crate::util::file_number(Path::new(n))
-                .or_else(|| n.strip_prefix("MANIFEST-").and_then(|x| x.parse().ok()))
+            crate::util::file_number(Path::new(n)).or_else(|| {
+                n.strip_prefix("MANIFEST-")
+                    .and_then(|x| x.parse().ok())
+                    .filter(|&x| x <= MAX_FILE_NUMBER)
+            })
         })
         .max()
         .unwrap_or(0);

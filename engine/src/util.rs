@@ -22,8 +22,12 @@ pub fn file_number(path: &Path) -> Option<u64> {
     if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    stem.parse().ok()
+    stem.parse().ok().filter(|&n| n <= MAX_FILE_NUMBER)
 }
+
+/// The largest file number the engine gives out (far beyond any real use; what lies above
+/// it, in a manifest or a file name, is damage, and numbers below it never wrap).
+pub const MAX_FILE_NUMBER: u64 = 1 << 48;
 
 /// Each count's share of their sum (all zero when the sum is): how partition loads and
 /// sizes are reported, by the engine and by the tools around it.

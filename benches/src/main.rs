@@ -247,10 +247,6 @@ struct Cli {
     /// with migration3 (so its three-layout state holds still while it is measured).
     #[arg(long)]
     move_mb_per_sec: Option<u64>,
-
-    /// Nice value of the engine's migration thread (0..=19; engine default otherwise).
-    #[arg(long)]
-    migration_nice: Option<i32>,
 }
 
 /// `--p99-target-us`: a fixed figure or one derived from the stable phase.
@@ -377,9 +373,6 @@ fn sluice_options(cli: &Cli) -> Options {
     }
     if let Some(bits) = cli.bloom_bits {
         opts.bloom_bits_per_key = bits;
-    }
-    if let Some(n) = cli.migration_nice {
-        opts.migration_thread_nice = n;
     }
     if let Some(mb) = cli.move_mb_per_sec {
         opts.move_bytes_per_sec = mb << 20;
@@ -562,7 +555,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
          partition={partition} target={} compression={:?} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
-         engine=sluice move_mb_per_sec={} migration_nice={}",
+         engine=sluice move_mb_per_sec={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -582,7 +575,6 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.seed,
         cli.distribution.unwrap_or(Distribution::Uniform),
         opts.move_bytes_per_sec as f64 / (1 << 20) as f64,
-        opts.migration_thread_nice,
     );
     if !cli.json {
         println!("{}", WorkloadReport::table_header());

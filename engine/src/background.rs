@@ -1,6 +1,5 @@
 //! Background workers: flushes first, then manual compactions, then the most urgent
-//! automatic compaction; one migration worker, at a lower scheduling priority, for the
-//! pacer's migration jobs; plus a ticker that hands buffered WAL bytes to the OS.
+//! automatic compaction; plus a ticker that hands buffered WAL bytes to the OS.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,36 +14,16 @@ enum Job {
     Compaction { job: CompactionJob, manual: bool },
 }
 
-/// What a worker thread takes on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// Flushes and compactions.
-    General,
-    /// The pacer's migration jobs (and pointer merges): migration is the one kind of
-    /// background work that can wait, so it runs in a thread of its own whose lower
-    /// scheduling priority lets foreground threads, flushes and compactions preempt it.
-    Migration,
-}
-
 pub(crate) fn start(inner: &Arc<Inner>) {
     let mut threads = inner.threads.lock();
     for i in 0..inner.opts.background_threads {
         let w = inner.clone();
         let t = std::thread::Builder::new()
             .name(format!("sluice-bg-{i}"))
-            .spawn(move || worker(w, Role::General))
+            .spawn(move || worker(w))
             .expect("spawning a background thread");
         threads.push(t);
     }
-    let w = inner.clone();
-    let t = std::thread::Builder::new()
-        .name("sluice-migrate".into())
-        .spawn(move || {
-            lower_priority(w.opts.migration_thread_nice);
-            worker(w, Role::Migration)
-        })
-        .expect("spawning the migration thread");
-    threads.push(t);
     let w = inner.clone();
     let t = std::thread::Builder::new()
         .name("sluice-wal".into())
@@ -67,19 +46,7 @@ pub(crate) fn start(inner: &Arc<Inner>) {
     threads.push(t);
 }
 
-/// Raises this thread's nice value by `nice` (Linux keeps one per thread; an unprivileged
-/// thread can raise it but never lower it again, hence a thread of its own). Best effort:
-/// where it fails or does not apply, the thread runs at normal priority.
-fn lower_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    if nice > 0 {
-        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
-}
-
-fn worker(inner: Arc<Inner>, role: Role) {
+fn worker(inner: Arc<Inner>) {
     loop {
         let mut core = inner.core.lock();
         let job = loop {
@@ -87,11 +54,7 @@ fn worker(inner: Arc<Inner>, role: Role) {
                 return;
             }
             if !inner.failed.load(Ordering::Acquire) {
-                let picked = match role {
-                    Role::General => pick(&inner, &mut core),
-                    Role::Migration => pick_migration(&inner, &mut core),
-                };
-                if let Some(j) = picked {
+                if let Some(j) = pick(&inner, &mut core) {
                     break j;
                 }
             }
@@ -140,20 +103,23 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
             return Some(Job::Compaction { job, manual: true });
         }
     }
-    let job = inner.pick_compaction(core, &view)?;
-    Some(Job::Compaction { job, manual: false })
-}
-
-/// The migration worker's pick. It runs beside compactions (under a steady write load some
-/// compaction is almost always due, and migration would starve if it waited for none),
-/// whenever the pacer's budget allows and L0 is not near its slowdown point (the pacer
-/// itself backs off on compaction debt and foreground latency).
-fn pick_migration(inner: &Inner, core: &mut Core) -> Option<Job> {
-    let l0_ok = inner.l0_max.load(Ordering::Relaxed) < inner.opts.level0_slowdown_trigger;
-    if !l0_ok {
-        return None;
+    // Under a steady write load some compaction is almost always due; if migration only
+    // ran when none was, it would starve. So one migration job may run beside compactions
+    // whenever the pacer's budget allows and L0 is not near its slowdown point (the pacer
+    // itself backs off on compaction debt and foreground latency).
+    let l0_ok = inner.l0_max.load(std::sync::atomic::Ordering::Relaxed)
+        < inner.opts.level0_slowdown_trigger;
+    if core.migrations_running == 0 && l0_ok {
+        if let Some(job) = inner.pick_migration(core, &view) {
+            if job.migrate_to.is_some() {
+                core.migrations_running += 1;
+            }
+            return Some(Job::Compaction { job, manual: false });
+        }
     }
-    let view = inner.view.load_full();
+    if let Some(job) = inner.pick_compaction(core, &view) {
+        return Some(Job::Compaction { job, manual: false });
+    }
     let job = inner.pick_migration(core, &view)?;
     if job.migrate_to.is_some() {
         core.migrations_running += 1;
@@ -201,62 +167,5 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                 }
             }
         }
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use crate::{Db, Options};
-
-    /// The nice value of this process's thread named `name`, from /proc.
-    fn nice_of(name: &str) -> Option<i32> {
-        for t in std::fs::read_dir("/proc/self/task").ok()? {
-            let dir = t.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if comm.trim_end() == name {
-                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-                // Fields after the parenthesised name: state is field 3, nice field 19.
-                let rest = &stat[stat.rfind(')')? + 2..];
-                return rest.split(' ').nth(16)?.parse().ok();
-            }
-        }
-        None
-    }
-
-    #[test]
-    fn migration_runs_in_its_own_thread_at_the_configured_nice_value() {
-        let base = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let base: i32 = base[base.rfind(')').unwrap() + 2..]
-            .split(' ')
-            .nth(16)
-            .unwrap()
-            .parse()
-            .unwrap();
-        if base != 0 {
-            eprintln!("the tests run at nice {base}: the nice values cannot be compared");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                migration_thread_nice: 7,
-                ..Options::default()
-            },
-        )
-        .unwrap();
-        // The thread lowers its own priority as it starts.
-        let mut nice = None;
-        for _ in 0..200 {
-            nice = nice_of("sluice-migrate");
-            if nice == Some(7) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(nice, Some(7));
-        // Flushes and compactions keep their normal priority.
-        assert_eq!(nice_of("sluice-bg-0"), Some(0));
-        db.close().unwrap();
     }
 }

@@ -74,11 +74,6 @@ pub struct Options {
     /// the target layout (0 = paused). Adjustable at run time with
     /// [`crate::Db::set_migration_rate`].
     pub migration_bytes_per_sec: u64,
-    /// How much lower than normal the scheduling priority of the migration thread is (its
-    /// nice value on Linux, 0..=19; ignored elsewhere). The pacer's migration jobs run in a
-    /// thread of their own; at a positive value, foreground threads, flushes and
-    /// compactions preempt it when cores are short, so migration takes what they leave.
-    pub migration_thread_nice: i32,
     /// Foreground p99 latency (µs) above which the pacer halves its budget (0 = ignore).
     pub migration_p99_target_us: u64,
     /// Free disk space migration always leaves untouched.
@@ -125,7 +120,6 @@ impl Default for Options {
             move_bytes_per_sec: 8 << 20,
             migration_bytes_per_sec: 32 << 20,
             migration_p99_target_us: 0,
-            migration_thread_nice: 10,
             migration_disk_headroom_bytes: 256 << 20,
             idle_memtable_flush_after: Some(Duration::from_secs(1)),
             fs: Arc::new(StdFs),
@@ -189,9 +183,6 @@ impl Options {
             if !(1..=22).contains(&l) {
                 return bad("compression", "zstd level must be 1..=22");
             }
-        }
-        if !(0..=19).contains(&self.migration_thread_nice) {
-            return bad("migration_thread_nice", "must be 0..=19");
         }
         if self.bloom_bits_per_key > 64 {
             return bad("bloom_bits_per_key", "must be at most 64");

@@ -242,6 +242,15 @@ pub struct ManifestContents {
 pub fn read_current(fs: &dyn Fs, dir: &Path) -> Result<ManifestContents> {
     let cur = dir.join(CURRENT);
     let raw = fs.map(&cur).map_err(|e| Error::io(&cur, e))?;
+    // A manifest name is a few dozen bytes: anything much longer is damage, refused
+    // before it is read through.
+    if raw.len() > 256 {
+        return Err(Error::corruption(
+            &cur,
+            0,
+            format!("CURRENT is {} bytes, not a manifest name", raw.len()),
+        ));
+    }
     let name = std::str::from_utf8(&raw)
         .ok()
         .and_then(|s| s.strip_suffix('\n'))

@@ -540,6 +540,12 @@ fn bad_current_is_refused_and_changes_nothing() {
         let e = open_err(dir.path(), quiet(Compression::None), &what);
         assert_corruption_naming(&e, "CURRENT", &what);
     }
+    // A huge (sparse) CURRENT is refused by its size, without reading it through.
+    let f = std::fs::File::create(&cur).unwrap();
+    f.set_len(4 << 30).unwrap();
+    drop(f);
+    let e = open_err(dir.path(), quiet(Compression::None), "a 4 GiB CURRENT");
+    assert!(e.is_corruption() && e.to_string().contains("bytes"), "{e}");
     // Naming a manifest that does not exist: an I/O error on that manifest.
     std::fs::write(&cur, "MANIFEST-999999\n").unwrap();
     let e = open_err(

@@ -106,10 +106,19 @@ impl Inner {
         });
         self.maybe_roll_manifest(&mut core)?;
         drop(core);
-        for n in old_log..log_number {
-            let p = wal_file(&self.dir, n);
-            if self.fs.exists(&p) {
-                let _ = self.fs.remove(&p);
+        // The WALs below the new log number are obsolete. Tables share the numbering, so
+        // a short range is walked; a long one (numbers jump past a stray file name at open)
+        // is found by listing the directory instead.
+        if log_number - old_log <= 256 {
+            for n in old_log..log_number {
+                let p = wal_file(&self.dir, n);
+                if self.fs.exists(&p) {
+                    let _ = self.fs.remove(&p);
+                }
+            }
+        } else if let Ok(wals) = crate::recovery::wal_files(self.fs.as_ref(), &self.dir, old_log) {
+            for (_, p) in wals.iter().filter(|(n, _)| *n < log_number) {
+                let _ = self.fs.remove(p);
             }
         }
         Ok(())

@@ -243,10 +243,10 @@ fn read_log_with(
                 pos += used;
             }
             RecordAt::Bad(e) => {
-                // The header record itself is never skipped over: without it, nothing
-                // says what the file is.
+                // Stopping at damage, a damaged header drops the whole file (nothing in
+                // it is replayed, so what it is does not matter).
                 let intact_after = valid_record_after(&data, pos, path);
-                if intact_after && (first || !stop_at_damage) {
+                if intact_after && !stop_at_damage {
                     return Err(e);
                 }
                 tail = Some(TornTail {

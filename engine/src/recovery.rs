@@ -692,6 +692,21 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .max()
         .unwrap_or(0);
     let mut next_file = state.next_file.max(max_seen + 1);
+    // Numbers past MAX_FILE_NUMBER are refused as damage when read back, so a writable
+    // open keeps far more room below it than any run could use (2^40 files); a database
+    // numbered beyond that can only be damaged, and opens read-only.
+    if next_file > MAX_FILE_NUMBER - (1 << 40) {
+        let culprit = if max_seen >= state.next_file {
+            format!("a file in the directory is numbered {max_seen}")
+        } else {
+            format!("the manifest's next file number is {}", state.next_file)
+        };
+        return Err(Error::corruption(
+            &dir,
+            0,
+            format!("file numbers run out ({culprit}); the database opens read-only"),
+        ));
+    }
     let manifest_number = next_file;
     let wal_number = next_file + 1;
     next_file += 2;

@@ -59,6 +59,12 @@ impl Transaction {
     /// snapshot. The key joins the read set checked at commit.
     pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let k = key.as_ref();
+        if k.len() > crate::MAX_KEY_LEN {
+            return Err(crate::Error::KeyTooLarge {
+                len: k.len(),
+                max: crate::MAX_KEY_LEN,
+            });
+        }
         if let Some(w) = self.writes.get(k) {
             return Ok(w.clone());
         }

@@ -743,6 +743,17 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
             db.close().unwrap();
         }
     }
+    // A damaged header record (lost with the WAL's first page) with intact records after
+    // it: strict refuses; point in time drops the whole file.
+    let dir = root.path().join("pit-header");
+    copy_dir(&pristine, &dir);
+    patch(&dir.join(&wname), |b| b[2..8].fill(0));
+    let e = open_err(&dir, Options::default(), "damaged WAL header");
+    assert_corruption_naming(&e, &wname, "damaged WAL header");
+    let db = Db::open(&dir, pit()).unwrap();
+    assert_eq!(db.recovery_report().wal_dropped_after_damage, len);
+    assert_eq!(batches_present(&db, &batches, "damaged WAL header"), 0);
+    db.close().unwrap();
     // An intact WAL, or one with only a torn end, recovers the same under either mode.
     let db = Db::open(&pristine, pit()).unwrap();
     assert_eq!(db.recovery_report().wal_dropped_after_damage, 0);
@@ -808,12 +819,19 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
                 wal_recovery: WalRecovery::PointInTime,
                 ..Options::default()
             };
-            let db = Db::open(&dir, opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let pit_dir = root.path().join("split-pit");
+            copy_dir(&dir, &pit_dir);
+            let db = Db::open(&pit_dir, opts.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(
                 db.recovery_report().wal_dropped_after_damage,
                 5 + second.len() as u64,
                 "{what}"
             );
+            assert_eq!(batches_present(&db, &batches, &what), 2, "{what}");
+            db.close().unwrap();
+            // So is a later WAL whose own header is damaged (it used to fail the open).
+            patch(&dir.join(&next), |b| b[5] ^= 0x01);
+            let db = Db::open(&dir, opts).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(batches_present(&db, &batches, &what), 2, "{what}");
             db.close().unwrap();
         } else {
@@ -942,6 +960,49 @@ fn checksummed_counts_seqnos_and_file_numbers_out_of_range_are_corruption() {
     let all = dump(&db).unwrap();
     assert_eq!(all.len(), 3);
     db.close().unwrap();
+}
+
+/// File names with large numbers (found by review): one beyond what a writable open may
+/// number from is refused by name, with the data intact and readable; one below it makes
+/// the new WAL's number jump, and the recovery flush that follows must neither walk the
+/// whole gap (it used to, for up to 2^48 steps) nor leave numbers the next open refuses.
+#[test]
+fn stray_file_names_with_huge_numbers_neither_hang_nor_poison_the_next_open() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.put("a", "1").unwrap(); // left in the WAL: the next open replays and flushes it
+    db.close().unwrap();
+    let top = dir.path().join(format!("{}.sst", 1u64 << 48));
+    std::fs::write(&top, b"").unwrap();
+    let e = open_err(dir.path(), Options::default(), "a file numbered 2^48");
+    assert!(e.is_corruption(), "{e:?}");
+    assert!(e.to_string().contains(&(1u64 << 48).to_string()), "{e}");
+    let ro = Db::open_read_only(dir.path(), Options::default()).unwrap();
+    assert_eq!(ro.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    drop(ro);
+    std::fs::remove_file(&top).unwrap();
+
+    std::fs::write(dir.path().join(format!("{}.sst", 1u64 << 39)), b"").unwrap();
+    let path = dir.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = Db::open(&path, Options::default()).and_then(|db| {
+            db.put("b", "2")?;
+            db.close()
+        });
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the open hung (walking the WAL-number gap)")
+        .unwrap();
+    for round in 0..2 {
+        let db = Db::open(dir.path(), Options::default())
+            .unwrap_or_else(|e| panic!("reopen {round}: {e}"));
+        assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get("b").unwrap().as_deref(), Some(&b"2"[..]));
+        db.close().unwrap();
+    }
 }
 
 fn assert_unsupported(e: &Error, file: &str, what: &str) {

@@ -337,7 +337,8 @@ impl Inner {
     /// source file (or, afterwards, this memtable) is such an entry, so the copy can never
     /// resurface a key whose tombstone was dropped. ("Not obsolete" is not enough: a file
     /// trivially moved while a rollback made its layout the target again is neither obsolete
-    /// nor in the view, and its key's tombstone can compact away meanwhile.)
+    /// nor in the view, and its key's tombstone can compact away meanwhile.) Nor is a move
+    /// applied while a job compacts its source partition (see below).
     pub(crate) fn apply_moves(&self) {
         // Readers only ever take `moves` briefly; this lock orders appliers among themselves.
         let _applying = self.applying_moves.lock();
@@ -348,10 +349,20 @@ impl Inner {
         // Moves and bytes per source version, booked once per batch.
         let mut booked: HashMap<u32, (u64, u64)> = HashMap::new();
         let mem = {
+            // The core lock (job picks take it) keeps this batch and a job pick apart. A
+            // job running on the source's partition watches only the memtables of its pick,
+            // so it could drop a tombstone (with the source value) that this copy, in a
+            // newer memtable, would then outlive: such moves are skipped (the job carries or
+            // drops the value itself). A job picked after this batch watches the memtable
+            // the copies went into, or the flushed file they are in by then.
+            let core = self.core.lock();
             let _install = self.install.read();
             let view = self.view.load();
             for m in pending {
                 if !view.files.holds(&m.source)
+                    || core
+                        .busy
+                        .contains(&(m.source.layout_version, m.source.partition))
                     || view.files.target == m.source.layout_version
                     || view.mem.approximate_bytes() >= 2 * self.opts.memtable_bytes
                 {
@@ -420,6 +431,50 @@ mod tests {
     use std::time::Duration;
 
     use crate::{Db, Options, PartitionSpec};
+
+    /// A move out of a partition that a job is compacting is skipped: the job watches only
+    /// the memtables of its pick, and could drop a tombstone the copy would outlive (found
+    /// by review: after a rollback, a full compaction of the layout, then a forward
+    /// retarget, the copy showed a deleted value until its flush).
+    #[test]
+    fn a_move_out_of_a_partition_under_compaction_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            move_bytes_per_sec: 1 << 30,
+            migration_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            // No WAL tick applies the moves: the test does.
+            wal_flush_interval: Duration::from_secs(3600),
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..200u32 {
+            db.put(format!("k{i:04}"), vec![b'v'; 100]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let inner = &db.inner;
+        assert!(db.get("k0100").unwrap().is_some());
+        inner.core.lock().busy.insert((1, 0)); // v1's only partition, as a job marks it
+        inner.apply_moves();
+        assert_eq!(
+            db.stats().lazy_moves,
+            0,
+            "moved while its partition was busy"
+        );
+        assert!(inner.view.load().mem.is_empty());
+        inner.core.lock().busy.remove(&(1, 0));
+        assert!(db.get("k0100").unwrap().is_some());
+        inner.apply_moves();
+        assert_eq!(db.stats().lazy_moves, 1);
+    }
 
     /// A value read out of a cached block is a slice of the whole block; a queued move
     /// (and then the memtable) must hold a copy of the entry, not the block.

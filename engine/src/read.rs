@@ -432,18 +432,14 @@ mod tests {
 
     use crate::{Db, Options, PartitionSpec};
 
-    /// A move out of a partition that a job is compacting is skipped: the job watches only
-    /// the memtables of its pick, and could drop a tombstone the copy would outlive (found
-    /// by review: after a rollback, a full compaction of the layout, then a forward
-    /// retarget, the copy showed a deleted value until its flush).
-    #[test]
-    fn a_move_out_of_a_partition_under_compaction_is_skipped() {
+    /// 200 keys compacted in v1 (one range partition), draining into a hash v2; lazy moves
+    /// on, no background migration, and no WAL tick to apply queued moves (tests do).
+    fn draining_db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {
             move_bytes_per_sec: 1 << 30,
             migration_bytes_per_sec: 0,
             idle_memtable_flush_after: None,
-            // No WAL tick applies the moves: the test does.
             wal_flush_interval: Duration::from_secs(3600),
             ..Options::default()
         };
@@ -460,6 +456,16 @@ mod tests {
             })
             .unwrap();
         db.set_target(v2).unwrap();
+        (dir, db)
+    }
+
+    /// A move out of a partition that a job is compacting is skipped: the job watches only
+    /// the memtables of its pick, and could drop a tombstone the copy would outlive (found
+    /// by review: after a rollback, a full compaction of the layout, then a forward
+    /// retarget, the copy showed a deleted value until its flush).
+    #[test]
+    fn a_move_out_of_a_partition_under_compaction_is_skipped() {
+        let (_dir, db) = draining_db();
         let inner = &db.inner;
         assert!(db.get("k0100").unwrap().is_some());
         inner.core.lock().busy.insert((1, 0)); // v1's only partition, as a job marks it
@@ -480,27 +486,7 @@ mod tests {
     /// (and then the memtable) must hold a copy of the entry, not the block.
     #[test]
     fn a_queued_move_copies_its_value_out_of_the_cached_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            move_bytes_per_sec: 1 << 30,
-            migration_bytes_per_sec: 0,
-            // No WAL tick applies the move while the test looks at the queue.
-            wal_flush_interval: Duration::from_secs(3600),
-            ..Options::default()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..200u32 {
-            db.put(format!("k{i:04}"), vec![b'v'; 100]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 1,
-                hashed_prefix: None,
-            })
-            .unwrap();
-        db.set_target(v2).unwrap();
+        let (_dir, db) = draining_db();
         assert_eq!(db.get("k0100").unwrap().unwrap().len(), 100);
         let q = db.inner.moves.lock();
         assert_eq!(q.len(), 1, "the read queued one move");

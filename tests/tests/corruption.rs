@@ -95,6 +95,14 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     v
 }
 
+/// The WAL holding the records (the others are empty or gone).
+fn biggest_wal(dir: &Path) -> PathBuf {
+    files_ending(dir, ".log")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
 fn manifest_of(dir: &Path) -> PathBuf {
     let cur = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
     dir.join(cur.trim_end())
@@ -613,13 +621,9 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
     let root = tempfile::tempdir().unwrap();
     let pristine = root.path().join("pristine");
     let batches = build_wal_db(&pristine);
-    let wals = files_ending(&pristine, ".log");
-    let wal = wals
-        .iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let wname = name(wal);
-    let log = read_log(std::fs::read(wal).unwrap().into(), wal, LogKind::Wal).unwrap();
+    let wal = biggest_wal(&pristine);
+    let wname = name(&wal);
+    let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
     assert_eq!(
         log.records.len(),
         6,
@@ -698,10 +702,7 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
     let root = tempfile::tempdir().unwrap();
     let pristine = root.path().join("pristine");
     let batches = build_wal_db(&pristine);
-    let wal = files_ending(&pristine, ".log")
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let wal = biggest_wal(&pristine);
     let wname = name(&wal);
     let len = std::fs::metadata(&wal).unwrap().len();
     let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
@@ -771,12 +772,7 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
     let root = tempfile::tempdir().unwrap();
     let pristine = root.path().join("pristine");
     let batches = build_wal_db(&pristine);
-    let wals = files_ending(&pristine, ".log");
-    let wal = wals
-        .iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap()
-        .clone();
+    let wal = biggest_wal(&pristine);
     let wname = name(&wal);
     let number: u64 = wname.trim_end_matches(".log").parse().unwrap();
     let next = format!("{:06}.log", number + 1);
@@ -880,10 +876,7 @@ fn checksummed_counts_seqnos_and_file_numbers_out_of_range_are_corruption() {
     db.put("a", "1").unwrap();
     db.put("b", "2").unwrap();
     db.close().unwrap();
-    let wal = files_ending(&pristine, ".log")
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let wal = biggest_wal(&pristine);
     let wname = name(&wal);
     let mname = name(&manifest_of(&pristine));
     type Damage = Box<dyn Fn(&mut Vec<Vec<u8>>)>;

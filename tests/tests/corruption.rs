@@ -1157,6 +1157,10 @@ fn oversized_keys_values_and_batches_are_refused_whole_and_the_db_keeps_working(
         db.transaction().get(&big_key),
         Err(Error::KeyTooLarge { .. })
     ));
+    // Also for a key the transaction itself put (its commit would refuse it).
+    let mut tx = db.transaction();
+    tx.put(&big_key, "v");
+    assert!(matches!(tx.get(&big_key), Err(Error::KeyTooLarge { .. })));
     match db.put("v", vec![0u8; MAX_VALUE_LEN + 1]) {
         Err(Error::ValueTooLarge { len, max }) => {
             assert_eq!((len, max), (MAX_VALUE_LEN + 1, MAX_VALUE_LEN))

@@ -1,4 +1,5 @@
-//! Data block encode/decode (`sluice::sst::block`), plain and zstd level 3, plus block reads
+//! Data block encode/decode (`sluice::sst::block`, `sluice::sst::codec`), plain, zstd level 3
+//! and key-delta (`Options::key_delta_blocks`), plus block reads
 //! out of whole tables written with `Compression::None` and `Compression::Zstd(3)`.
 
 mod common;
@@ -41,6 +42,13 @@ fn block(c: &mut Criterion) {
         compressed.len(),
         100.0 * compressed.len() as f64 / raw_len as f64
     );
+    let mut delta = Vec::new();
+    sluice::sst::codec::delta_encode(&raw, &mut delta);
+    eprintln!(
+        "block: {} bytes key-delta ({:.0}%)",
+        delta.len(),
+        100.0 * delta.len() as f64 / raw_len as f64
+    );
     let raw = Bytes::from(raw);
     let path = Path::new("bench.sst");
 
@@ -70,6 +78,20 @@ fn block(c: &mut Criterion) {
             black_box(zc.compress(&out).expect("compress").len())
         })
     });
+    // As the table writer does with key-delta blocks: build, then re-encode.
+    let mut enc = Vec::with_capacity(2 * BLOCK_SIZE);
+    g.bench_function("encode/delta", |b| {
+        b.iter(|| {
+            for (k, s, v) in &entries {
+                bb.add(k, *s, Kind::Value, v);
+            }
+            out.clear();
+            bb.finish_into(&mut out);
+            enc.clear();
+            sluice::sst::codec::delta_encode(&out, &mut enc);
+            black_box(enc.len())
+        })
+    });
     // Decode = frame check plus decoding every entry (what a scan of the block does).
     g.bench_function("decode/plain", |b| {
         b.iter(|| {
@@ -82,6 +104,17 @@ fn block(c: &mut Criterion) {
     g.bench_function("decode/zstd3", |b| {
         b.iter(|| {
             let d = zstd::bulk::decompress(&compressed, raw_len).expect("decompress");
+            let blk = Block::new(Bytes::from(d), path, 0).expect("block");
+            for j in 0..blk.len() {
+                black_box(blk.entry(j, path, 0).expect("entry"));
+            }
+        })
+    });
+    // What loading a key-delta block costs on top of a plain one: rebuilding the in-memory
+    // format (whole keys, fixed trailers, the offset array).
+    g.bench_function("decode/delta", |b| {
+        b.iter(|| {
+            let d = sluice::sst::codec::delta_decode(&delta, path, 0).expect("decode");
             let blk = Block::new(Bytes::from(d), path, 0).expect("block");
             for j in 0..blk.len() {
                 black_box(blk.entry(j, path, 0).expect("entry"));

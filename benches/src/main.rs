@@ -109,6 +109,10 @@ struct Cli {
     #[arg(long, default_value = "none", value_parser = parse_compression)]
     compression: Compression,
 
+    /// Write tables with key-delta blocks (`Options::key_delta_blocks`).
+    #[arg(long)]
+    key_delta_blocks: bool,
+
     /// Memtable size in MiB (engine default if omitted).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     memtable_mb: Option<u64>,
@@ -363,6 +367,7 @@ fn sluice_options(cli: &Cli) -> Options {
         create_if_missing: !cli.use_existing_db,
         block_cache_bytes: cli.cache_mb.saturating_mul(1 << 20),
         compression: cli.compression,
+        key_delta_blocks: cli.key_delta_blocks,
         ..Options::default()
     };
     if let Some(mb) = cli.memtable_mb {
@@ -553,7 +558,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
     let names: Vec<_> = cli.workloads.iter().map(|w| w.name()).collect();
     eprintln!(
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
-         partition={partition} target={} compression={:?} cache_mb={} memtable_mb={} \
+         partition={partition} target={} compression={:?} key_delta_blocks={} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
          engine=sluice move_mb_per_sec={}",
         names.join(","),
@@ -565,6 +570,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.sync,
         layout.target,
         cli.compression,
+        cli.key_delta_blocks,
         cli.cache_mb,
         opts.memtable_bytes as f64 / (1 << 20) as f64,
         opts.bloom_bits_per_key,

@@ -33,7 +33,6 @@ use crate::manifest::{
 };
 use crate::recovery::{replay_manifest, ManifestState};
 use crate::scan::PartitionEntry;
-use crate::sst::block::Block;
 use crate::sst::format::{checked_block, Footer, BLOCK_TRAILER_LEN};
 use crate::sst::{Table, TableKind, TableProps};
 use crate::types::{cmp_internal, Kind};
@@ -825,8 +824,9 @@ type IndexHandle = ((Bytes, u64), (u64, u64));
 
 fn index_handles(data: &Bytes, path: &Path) -> Result<Vec<IndexHandle>> {
     let footer = Footer::decode(data, path)?;
-    let (_, ib) = checked_block(data, footer.index, path)?;
-    let iblock = Block::new(data.slice_ref(ib), path, footer.index.offset)?;
+    let (ty, ib) = checked_block(data, footer.index, path)?;
+    let iblock =
+        crate::sst::codec::decode_block(ty, data.slice_ref(ib), path, footer.index.offset)?;
     let mut v = Vec::with_capacity(iblock.len());
     for i in 0..iblock.len() {
         let e = iblock.entry(i, path, footer.index.offset)?;

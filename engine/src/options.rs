@@ -25,6 +25,15 @@ pub struct Options {
     /// A block holds at least one entry, so one larger entry makes a larger block.
     pub block_size: usize,
     pub compression: Compression,
+    /// Store data and index blocks with each key delta-encoded against the one before it
+    /// (table format version 2, `sst::codec`): tables shrink by the key bytes neighbours
+    /// share, so flushes and compactions write that much less (16-byte keys of a dense
+    /// key space: ~15%). The price is a decoding copy whenever a block is loaded into the
+    /// cache or read by a compaction, which cost point reads and scans that miss the cache
+    /// 15–20% in `sluice-stress` (BENCHMARKS.md). Tables written with it are readable by
+    /// builds that read format version 2; the option can change between opens (every table
+    /// says how it was written). Off by default.
+    pub key_delta_blocks: bool,
     /// Bloom filter bits per key; 0 disables filters.
     pub bloom_bits_per_key: u32,
     /// Bytes of decompressed blocks cached (compressed tables only; uncompressed blocks are
@@ -100,6 +109,7 @@ impl Default for Options {
             max_immutable_memtables: 1,
             block_size: 4096,
             compression: Compression::None,
+            key_delta_blocks: false,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
             memtables_share_cache: true,

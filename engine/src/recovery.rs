@@ -523,6 +523,7 @@ fn assemble(
         table_opts: TableOptions {
             block_size: opts.block_size,
             compression: opts.compression,
+            key_delta: opts.key_delta_blocks,
             bloom_bits_per_key: opts.bloom_bits_per_key,
         },
         view: ArcSwap::from_pointee(view),

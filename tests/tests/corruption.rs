@@ -52,8 +52,22 @@ type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 /// Small blocks and files, and no background compaction or migration, so the files on disk
 /// stay exactly as the test wrote them.
 fn quiet(compression: Compression) -> Options {
+    quiet_as((compression, false))
+}
+
+/// Every way a table's blocks can be stored: (compression, key-delta blocks).
+const CODECS: [(Compression, bool); 4] = [
+    (Compression::None, false),
+    (Compression::Zstd(3), false),
+    (Compression::None, true),
+    (Compression::Zstd(3), true),
+];
+
+/// [`quiet`] writing tables with compression `codec.0` and key-delta blocks if `codec.1`.
+fn quiet_as((compression, key_delta_blocks): (Compression, bool)) -> Options {
     Options {
         compression,
+        key_delta_blocks,
         level0_compaction_trigger: 1000,
         level0_slowdown_trigger: 1000,
         level0_stop_trigger: 1000,
@@ -73,7 +87,11 @@ fn kv(i: usize) -> (Vec<u8>, Vec<u8>) {
 
 /// A closed database whose keys all live in SSTables (several files of many blocks).
 fn build_sst_db(dir: &Path, compression: Compression) -> Model {
-    let db = Db::open(dir, quiet(compression)).unwrap();
+    build_sst_db_as(dir, (compression, false))
+}
+
+fn build_sst_db_as(dir: &Path, codec: (Compression, bool)) -> Model {
+    let db = Db::open(dir, quiet_as(codec)).unwrap();
     let mut model = Model::new();
     for i in 0..600 {
         let (k, v) = kv(i);
@@ -247,12 +265,22 @@ fn sst_regions(path: &Path) -> Vec<(&'static str, usize, usize)> {
 #[test]
 fn flipped_byte_in_each_sstable_region_is_reported_at_open_or_at_read() {
     let _guard = shared();
-    for compression in [Compression::None, Compression::Zstd(3)] {
+    for codec in CODECS {
+        let compression = codec.0;
         let root = tempfile::tempdir().unwrap();
         let pristine = root.path().join("pristine");
-        let model = build_sst_db(&pristine, compression);
+        let model = build_sst_db_as(&pristine, codec);
         let sst = biggest_sst(&pristine);
         let file = name(&sst);
+        let version = Table::open(&StdFs, &sst, 0, None)
+            .unwrap()
+            .props()
+            .format_version;
+        assert_eq!(
+            version,
+            if codec.1 { 2 } else { 1 },
+            "test setup: {codec:?}"
+        );
         if compression != Compression::None {
             let t = Table::open(&StdFs, &sst, 0, None).unwrap();
             assert!(
@@ -264,14 +292,14 @@ fn flipped_byte_in_each_sstable_region_is_reported_at_open_or_at_read() {
         }
         for (region, start, len) in sst_regions(&sst) {
             assert!(len > 0, "{region} is empty");
-            let what = format!("{compression:?}: flip in the {region} of {file}");
+            let what = format!("{codec:?}: flip in the {region} of {file}");
             let dir = root.path().join(region.replace(' ', "-"));
             copy_dir(&pristine, &dir);
             patch(&dir.join(&file), |b| b[start + len / 2] ^= 0x20);
             if region == "data block" {
                 // Data blocks are checked when read: the database opens, and reading the
                 // damaged block fails with the file and the block's offset.
-                let db = Db::open(&dir, quiet(compression))
+                let db = Db::open(&dir, quiet_as(codec))
                     .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
                 let failed = read_all_checked(&db, &model, &file, &what);
                 assert!(failed > 0, "{what}: no read noticed the damage");
@@ -289,7 +317,7 @@ fn flipped_byte_in_each_sstable_region_is_reported_at_open_or_at_read() {
                     "{what}: flipped byte {flipped}: {e}"
                 );
             } else {
-                let e = open_err(&dir, quiet(compression), &what);
+                let e = open_err(&dir, quiet_as(codec), &what);
                 assert_corruption_naming(&e, &file, &what);
             }
         }
@@ -300,10 +328,10 @@ fn flipped_byte_in_each_sstable_region_is_reported_at_open_or_at_read() {
 #[test]
 fn flips_anywhere_in_an_sstable_never_yield_a_wrong_value() {
     let _guard = shared();
-    for compression in [Compression::None, Compression::Zstd(3)] {
+    for codec in CODECS {
         let root = tempfile::tempdir().unwrap();
         let pristine = root.path().join("pristine");
-        let model = build_sst_db(&pristine, compression);
+        let model = build_sst_db_as(&pristine, codec);
         let sst = biggest_sst(&pristine);
         let file = name(&sst);
         let len = std::fs::metadata(&sst).unwrap().len() as usize;
@@ -311,11 +339,11 @@ fn flips_anywhere_in_an_sstable_never_yield_a_wrong_value() {
         positions.extend((len - FOOTER_LEN..len).step_by(3));
         let (mut at_open, mut at_read) = (0, 0);
         for (n, pos) in positions.into_iter().enumerate() {
-            let what = format!("{compression:?}: flip at byte {pos} of {file} ({len} bytes)");
+            let what = format!("{codec:?}: flip at byte {pos} of {file} ({len} bytes)");
             let dir = root.path().join(format!("case{n}"));
             copy_dir(&pristine, &dir);
             patch(&dir.join(&file), |b| b[pos] ^= 0x01 << (n % 8));
-            match Db::open(&dir, quiet(compression)) {
+            match Db::open(&dir, quiet_as(codec)) {
                 Err(e) => {
                     assert_corruption_naming(&e, &file, &what);
                     at_open += 1;
@@ -333,7 +361,7 @@ fn flips_anywhere_in_an_sstable_never_yield_a_wrong_value() {
         }
         assert!(
             at_open > 0 && at_read > 0,
-            "{compression:?}: {at_open} at open, {at_read} at read"
+            "{codec:?}: {at_open} at open, {at_read} at read"
         );
     }
     no_engine_panics();

@@ -307,6 +307,9 @@ fn run(seed: u64, cfg: Config, ops: usize) {
         Config::Tiny => Options::tiny(),
     };
     opts.partition = initial.clone();
+    // Half the seeds start with key-delta tables; every reopen switches, so both kinds of
+    // table live side by side.
+    opts.key_delta_blocks = seed % 2 == 1;
     // Background migration paused, slow, or at full speed: draining layouts must keep
     // serving reads for a while, not only for the instant before the pacer moves them.
     opts.migration_bytes_per_sec =
@@ -1144,6 +1147,7 @@ impl Harness {
             drop(db);
         }
         // The partition option only applies at creation; an existing database keeps its own.
+        self.opts.key_delta_blocks = !self.opts.key_delta_blocks;
         let mut opts = self.opts.clone();
         opts.partition = random_partition_spec(&mut self.r, &self.keys);
         let db = Db::open(self.dir.path(), opts)

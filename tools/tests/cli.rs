@@ -863,6 +863,7 @@ fn verify_finds_a_key_placed_in_the_wrong_partition() {
         TableOptions {
             block_size: 4096,
             compression: sluice::Compression::None,
+            key_delta: false,
             bloom_bits_per_key: 10,
         },
         TableOwner {

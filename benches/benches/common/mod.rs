@@ -107,6 +107,7 @@ pub fn table_options(compression: Compression) -> TableOptions {
     TableOptions {
         block_size: 4096,
         compression,
+        key_delta: false,
         bloom_bits_per_key: 10,
     }
 }

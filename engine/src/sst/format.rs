@@ -17,8 +17,9 @@ use crate::coding::{mask_crc, put_bytes, put_u32, put_u64, put_u8, put_varint, D
 use crate::error::{Error, Result};
 
 pub const TABLE_MAGIC: u64 = 0x534c_5543_4553_5354; // "SLUCESST"
-/// Current SSTable format version.
-pub const TABLE_FORMAT_VERSION: u32 = 1;
+/// Current SSTable format version: 2 stores data and index blocks key-delta encoded
+/// (`sst::codec`); version 1 files (blocks stored raw or zstd only) stay readable.
+pub const TABLE_FORMAT_VERSION: u32 = 2;
 pub const FOOTER_LEN: usize = 64;
 pub const BLOCK_TRAILER_LEN: usize = 5;
 
@@ -30,8 +31,11 @@ pub enum Compression {
     Zstd(i32),
 }
 
+/// Block codecs: the type byte of a block trailer (see `sst::codec`).
 pub const COMPRESSION_NONE: u8 = 0;
 pub const COMPRESSION_ZSTD: u8 = 1;
+pub const COMPRESSION_DELTA: u8 = 2;
+pub const COMPRESSION_DELTA_ZSTD: u8 = 3;
 
 /// Where a block lives in the file (excluding its trailer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

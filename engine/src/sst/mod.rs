@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod bloom;
+pub mod codec;
 pub mod format;
 pub mod reader;
 pub mod writer;

@@ -1,9 +1,9 @@
 //! Reads SSTables through a memory map.
 //!
 //! Opening a table checks the footer and the CRCs of the filter, index and properties blocks.
-//! Data blocks are checked on first use: an uncompressed block is then served straight from
-//! the map (its CRC verified once and remembered), a compressed one is decompressed into the
-//! block cache.
+//! Data blocks are checked on first use: a block stored raw (format version 1) is then served
+//! straight from the map (its CRC verified once and remembered); one stored key-delta encoded
+//! or compressed is decoded (`sst::codec`) into the block cache.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -18,9 +18,9 @@ use crate::error::{Error, Result};
 use crate::fs::Fs;
 use crate::sst::block::Block;
 use crate::sst::bloom;
+use crate::sst::codec;
 use crate::sst::format::{
     checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE,
-    COMPRESSION_ZSTD,
 };
 use crate::types::{cmp_internal, cmp_keys, common_prefix_len, eq_keys, key_prefix, Entry, Kind};
 
@@ -146,8 +146,8 @@ impl Table {
         // Filters and index keys are copied out of the map: they are read on every lookup,
         // and map pages are released from time to time (see `cache.rs`).
         let filter = Bytes::copy_from_slice(fb);
-        let (_, ib) = checked_block(&data, footer.index, path)?;
-        let iblock = Block::new(data.slice_ref(ib), path, footer.index.offset)?;
+        let (ty, ib) = checked_block(&data, footer.index, path)?;
+        let iblock = codec::decode_block(ty, data.slice_ref(ib), path, footer.index.offset)?;
         let data_end = footer.filter.offset;
         let mut index = Index::default();
         let mut next_offset = 0u64;
@@ -272,21 +272,10 @@ impl Table {
             };
             let (ty, _) =
                 checked_block(&buf, local, &self.path).map_err(|e| rebase(e, h.offset))?;
-            let b = if ty == COMPRESSION_NONE {
-                // Slice off the trailer rather than truncate: a Vec whose length is not its
-                // capacity is reallocated (copied) on the way into `Bytes`.
-                Block::new(
-                    Bytes::from(buf).slice(..h.size as usize),
-                    &self.path,
-                    h.offset,
-                )?
-            } else {
-                Block::new(
-                    Bytes::from(self.decompress(ty, &buf[..h.size as usize], h)?),
-                    &self.path,
-                    h.offset,
-                )?
-            };
+            // Slice off the trailer rather than truncate: a Vec whose length is not its
+            // capacity is reallocated (copied) on the way into `Bytes`.
+            let body = Bytes::from(buf).slice(..h.size as usize);
+            let b = codec::decode_block(ty, body, &self.path, h.offset)?;
             c.insert(self.id, i as u32, b.clone());
             return Ok(b);
         }
@@ -303,42 +292,18 @@ impl Table {
             return Block::new(self.data.slice(start..end), &self.path, h.offset);
         }
         let (ty, body) = checked_block(&self.data, h, &self.path)?;
-        let raw = self.decompress(ty, body, h)?;
-        let b = Block::new(Bytes::from(raw), &self.path, h.offset)?;
+        let b = codec::decode_block(ty, self.data.slice_ref(body), &self.path, h.offset)?;
         if let (true, Some(c)) = (fill_cache, &self.cache) {
             c.insert(self.id, i as u32, b.clone());
         }
         Ok(b)
     }
 
-    /// Decodes a stored block body of compression type `ty`.
-    fn decompress(&self, ty: u8, body: &[u8], h: BlockHandle) -> Result<Vec<u8>> {
-        match ty {
-            COMPRESSION_ZSTD => {
-                let mut d = Decoder::new(body, &self.path, h.offset);
-                let raw_len = d.len(64 << 20, "uncompressed block length")?;
-                let z = &body[body.len() - d.remaining()..];
-                let v = zstd::bulk::decompress(z, raw_len).map_err(|e| {
-                    Error::corruption(&self.path, h.offset, format!("zstd block: {e}"))
-                })?;
-                if v.len() != raw_len {
-                    return Err(Error::corruption(
-                        &self.path,
-                        h.offset,
-                        format!(
-                            "zstd block decoded to {} bytes, expected {raw_len}",
-                            v.len()
-                        ),
-                    ));
-                }
-                Ok(v)
-            }
-            other => Err(Error::corruption(
-                &self.path,
-                h.offset + h.size,
-                format!("unknown block compression {other}"),
-            )),
-        }
+    /// The codec byte in the trailer of data block `i`.
+    #[cfg(test)]
+    pub(crate) fn stored_codec(&self, i: usize) -> u8 {
+        let h = self.index.handles[i];
+        self.data[(h.offset + h.size) as usize]
     }
 
     pub(crate) fn block_offset(&self, i: usize) -> u64 {

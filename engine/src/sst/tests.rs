@@ -44,12 +44,22 @@ fn entries(n: u32) -> Vec<Entry> {
 }
 
 fn write(path: &Path, es: &[Entry], compression: Compression) -> TableProps {
+    write_format(path, es, compression, true)
+}
+
+fn write_format(
+    path: &Path,
+    es: &[Entry],
+    compression: Compression,
+    key_delta: bool,
+) -> TableProps {
     let mut w = TableWriter::create(
         &StdFs,
         path,
         TableOptions {
             block_size: 512,
             compression,
+            key_delta,
             bloom_bits_per_key: 10,
         },
         TableOwner {
@@ -101,6 +111,76 @@ fn round_trip_gets_and_properties() {
             .unwrap()
             .is_none());
         assert!(t.get(b"zzz", key_hash(b"zzz"), u64::MAX).unwrap().is_none());
+    }
+}
+
+fn first_block_codec(t: &Table) -> u8 {
+    t.stored_codec(0)
+}
+
+#[test]
+fn plain_tables_are_format_version_1_and_key_delta_tables_version_2_and_smaller() {
+    use crate::sst::format::*;
+    let es = entries(3000);
+    for compression in [Compression::None, Compression::Zstd(3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, p2) = (dir.path().join("1.sst"), dir.path().join("2.sst"));
+        write_format(&p1, &es, compression, false);
+        write_format(&p2, &es, compression, true);
+        let (n1, n2) = (
+            std::fs::metadata(&p1).unwrap().len(),
+            std::fs::metadata(&p2).unwrap().len(),
+        );
+        assert!(
+            n2 * 100 < n1 * 85,
+            "{compression:?}: v2 {n2} bytes, v1 {n1}"
+        );
+        for cache in [false, true] {
+            let (t1, t2) = (open(&p1, cache).unwrap(), open(&p2, cache).unwrap());
+            assert_eq!(
+                (t1.props().format_version, t2.props().format_version),
+                (1, 2)
+            );
+            let codecs = (first_block_codec(&t1), first_block_codec(&t2));
+            match compression {
+                Compression::None => assert_eq!(codecs, (COMPRESSION_NONE, COMPRESSION_DELTA)),
+                Compression::Zstd(_) => {
+                    assert_eq!(codecs, (COMPRESSION_ZSTD, COMPRESSION_DELTA_ZSTD))
+                }
+            }
+            for t in [&t1, &t2] {
+                let fwd: Vec<Entry> = t.iter().map(|e| e.unwrap()).collect();
+                assert_eq!(fwd, es);
+                let mut back: Vec<Entry> = t.iter().rev().map(|e| e.unwrap()).collect();
+                back.reverse();
+                assert_eq!(back, es);
+                for e in es.iter().step_by(7) {
+                    assert_eq!(
+                        &t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap(),
+                        e
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_block_of_the_largest_key_and_value_round_trips_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.sst");
+    let es = vec![Entry {
+        key: Bytes::from(vec![b'k'; crate::MAX_KEY_LEN]),
+        seqno: 9,
+        kind: Kind::Value,
+        value: Bytes::from(vec![7u8; crate::MAX_VALUE_LEN]),
+    }];
+    write(&p, &es, Compression::Zstd(1));
+    for cache in [false, true] {
+        let t = open(&p, cache).unwrap();
+        assert_eq!(first_block_codec(&t), format::COMPRESSION_DELTA_ZSTD);
+        let got: Vec<Entry> = t.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(got, es);
     }
 }
 

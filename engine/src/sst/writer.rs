@@ -7,9 +7,11 @@ use crate::error::{Error, Result};
 use crate::fs::{Fs, WritableFile};
 use crate::sst::block::BlockBuilder;
 use crate::sst::bloom::BloomBuilder;
+use crate::sst::codec;
 use crate::sst::format::{
     block_trailer, BlockHandle, Compression, Footer, TableKind, TableProps, BLOCK_TRAILER_LEN,
-    COMPRESSION_NONE, COMPRESSION_ZSTD, TABLE_FORMAT_VERSION,
+    COMPRESSION_DELTA, COMPRESSION_DELTA_ZSTD, COMPRESSION_NONE, COMPRESSION_ZSTD,
+    TABLE_FORMAT_VERSION,
 };
 use crate::types::{Entry, Kind};
 
@@ -18,6 +20,8 @@ use crate::types::{Entry, Kind};
 pub struct TableOptions {
     pub block_size: usize,
     pub compression: Compression,
+    /// Key-delta blocks (format version 2); format version 1 without.
+    pub key_delta: bool,
     pub bloom_bits_per_key: u32,
 }
 
@@ -44,8 +48,22 @@ pub struct TableWriter {
     offset: u64,
     compressor: Option<zstd::bulk::Compressor<'static>>,
     scratch: Vec<u8>,
+    /// The stored form of `scratch` when it is encoded.
+    encoded: Vec<u8>,
+    zstd_scratch: Vec<u8>,
     last: Option<(Vec<u8>, u64)>,
     props: TableProps,
+}
+
+/// What a block written by [`TableWriter::write_block`] holds, which decides its codec.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockRole {
+    /// Entries, zstd-compressed when enabled and worthwhile.
+    Data,
+    /// Entries, never zstd (read once per open, on the open path).
+    Index,
+    /// The filter and properties: stored raw.
+    Meta,
 }
 
 impl TableWriter {
@@ -67,7 +85,11 @@ impl TableWriter {
             path: path.to_path_buf(),
             bloom: BloomBuilder::new(opts.bloom_bits_per_key),
             props: TableProps {
-                format_version: TABLE_FORMAT_VERSION,
+                format_version: if opts.key_delta {
+                    TABLE_FORMAT_VERSION
+                } else {
+                    1
+                },
                 kind: owner.kind,
                 layout_version: owner.layout_version,
                 fingerprint: owner.fingerprint,
@@ -98,6 +120,8 @@ impl TableWriter {
             offset: 0,
             compressor,
             scratch: Vec::new(),
+            encoded: Vec::new(),
+            zstd_scratch: Vec::new(),
             last: None,
         })
     }
@@ -181,7 +205,7 @@ impl TableWriter {
         let (last_key, last_seq) = self.last.clone().expect("a non-empty block has a last key");
         self.scratch.clear();
         self.block.finish_into(&mut self.scratch);
-        let handle = self.write_block(true)?;
+        let handle = self.write_block(BlockRole::Data)?;
         let mut hv = Vec::with_capacity(16);
         put_varint(&mut hv, handle.offset);
         put_varint(&mut hv, handle.size);
@@ -190,28 +214,31 @@ impl TableWriter {
         Ok(())
     }
 
-    /// Writes `self.scratch` as a block (compressed if enabled, worthwhile and `compress`).
-    fn write_block(&mut self, compress: bool) -> Result<BlockHandle> {
+    /// Writes `self.scratch` (a memory-format block for data and index blocks) as a block:
+    /// entries key-delta encoded from format version 2, data blocks then zstd-compressed if
+    /// enabled and worthwhile.
+    fn write_block(&mut self, role: BlockRole) -> Result<BlockHandle> {
         let handle_offset = self.offset + self.out.len() as u64;
         let mut ty = COMPRESSION_NONE;
-        let mut compressed = Vec::new();
-        if let (true, Some(c)) = (compress, self.compressor.as_mut()) {
-            let raw_len = self.scratch.len();
-            put_varint(&mut compressed, raw_len as u64);
-            let z = c
-                .compress(&self.scratch)
-                .map_err(|e| Error::io(&self.path, e))?;
-            compressed.extend_from_slice(&z);
-            // Keep the block raw unless compression saves at least an eighth.
-            if compressed.len() < raw_len - raw_len / 8 {
-                ty = COMPRESSION_ZSTD;
+        let mut body: &[u8] = &self.scratch;
+        if role != BlockRole::Meta && self.opts.key_delta {
+            self.encoded.clear();
+            codec::delta_encode(&self.scratch, &mut self.encoded);
+            (ty, body) = (COMPRESSION_DELTA, &self.encoded);
+        }
+        if let (BlockRole::Data, Some(c)) = (role, self.compressor.as_mut()) {
+            self.zstd_scratch.clear();
+            codec::zstd_encode(c, body, &mut self.zstd_scratch, &self.path)?;
+            // Keep the block uncompressed unless compression saves at least an eighth.
+            if self.zstd_scratch.len() < body.len() - body.len() / 8 {
+                ty = if ty == COMPRESSION_DELTA {
+                    COMPRESSION_DELTA_ZSTD
+                } else {
+                    COMPRESSION_ZSTD
+                };
+                body = &self.zstd_scratch;
             }
         }
-        let body: &[u8] = if ty == COMPRESSION_ZSTD {
-            &compressed
-        } else {
-            &self.scratch
-        };
         self.out.extend_from_slice(body);
         self.out.extend_from_slice(&block_trailer(body, ty));
         let size = body.len() as u64;
@@ -246,18 +273,18 @@ impl TableWriter {
             self.props.min_seqno = 0;
         }
         self.scratch = self.bloom.finish();
-        let filter = self.write_block(false)?;
+        let filter = self.write_block(BlockRole::Meta)?;
         self.scratch.clear();
         self.index.finish_into(&mut self.scratch);
-        let index = self.write_block(false)?;
+        let index = self.write_block(BlockRole::Index)?;
         self.scratch.clear();
         self.props.encode(&mut self.scratch);
-        let props = self.write_block(false)?;
+        let props = self.write_block(BlockRole::Meta)?;
         let footer = Footer {
             filter,
             index,
             props,
-            format_version: TABLE_FORMAT_VERSION,
+            format_version: self.props.format_version,
         };
         self.out.extend_from_slice(&footer.encode());
         self.flush_out()?;

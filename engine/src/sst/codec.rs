@@ -99,13 +99,18 @@ pub fn delta_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
     let (mut prev_at, mut prev_len) = (0usize, 0usize);
     for i in 0..count {
         let at = p;
-        let mut field = || {
-            let v = get_varint(body.get(p..)?)?;
-            p += v.1;
-            Some(v.0)
+        // Most entries' three lengths are one byte each.
+        let lengths = match body.get(p..p + 3) {
+            Some(&[a, b, c]) if (a | b | c) & 0x80 == 0 => {
+                p += 3;
+                Some((u64::from(a), u64::from(b), u64::from(c)))
+            }
+            _ => (|| {
+                let shared = varint_at(body, &mut p)?;
+                Some((shared, varint_at(body, &mut p)?, varint_at(body, &mut p)?))
+            })(),
         };
-        let (Some(shared), Some(unshared), Some(vlen), Some(trailer)) =
-            (field(), field(), field(), field())
+        let (Some((shared, unshared, vlen)), Some(trailer)) = (lengths, varint_at(body, &mut p))
         else {
             return Err(bad(
                 at,
@@ -135,11 +140,19 @@ pub fn delta_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
         }
         // Every write below stays within the `entry_len` bytes just checked.
         offsets[i * 4..i * 4 + 4].copy_from_slice(&(w as u32).to_le_bytes());
-        w += put_varint_at(&mut area[w..], klen as u64);
-        w += put_varint_at(&mut area[w..], vlen as u64);
+        if klen < 0x80 && vlen < 0x80 {
+            area[w] = klen as u8;
+            area[w + 1] = vlen as u8;
+            w += 2;
+        } else {
+            w += put_varint_at(&mut area[w..], klen as u64);
+            w += put_varint_at(&mut area[w..], vlen as u64);
+        }
         area[w..w + 8].copy_from_slice(&trailer.to_le_bytes());
         w += 8;
-        area.copy_within(prev_at..prev_at + shared, w);
+        // The previous key ends before `w`.
+        let (before, after) = area.split_at_mut(w);
+        after[..shared].copy_from_slice(&before[prev_at..prev_at + shared]);
         (prev_at, prev_len) = (w, klen);
         w += shared;
         area[w..w + stored].copy_from_slice(&body[p..p + stored]);
@@ -157,6 +170,14 @@ pub fn delta_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
     }
     offsets[count * 4..].copy_from_slice(&(count as u32).to_le_bytes());
     Ok(out)
+}
+
+/// Reads the varint at `*p` in `b`, advancing `*p` past it.
+#[inline]
+fn varint_at(b: &[u8], p: &mut usize) -> Option<u64> {
+    let (v, n) = get_varint(b.get(*p..)?)?;
+    *p += n;
+    Some(v)
 }
 
 /// Writes `v` as a varint at the start of `buf` (which has room for it); returns its length.

@@ -299,11 +299,11 @@ impl Table {
         Ok(b)
     }
 
-    /// The codec byte in the trailer of data block `i`.
+    /// The codec byte in the trailer of data block `i`, and where the block is.
     #[cfg(test)]
-    pub(crate) fn stored_codec(&self, i: usize) -> u8 {
+    pub(crate) fn stored_block(&self, i: usize) -> (u8, BlockHandle) {
         let h = self.index.handles[i];
-        self.data[(h.offset + h.size) as usize]
+        (self.data[(h.offset + h.size) as usize], h)
     }
 
     pub(crate) fn block_offset(&self, i: usize) -> u64 {

@@ -115,7 +115,7 @@ fn round_trip_gets_and_properties() {
 }
 
 fn first_block_codec(t: &Table) -> u8 {
-    t.stored_codec(0)
+    t.stored_block(0).0
 }
 
 #[test]
@@ -295,6 +295,60 @@ fn every_flipped_byte_is_detected_or_harmless() {
                 }
             }
         }
+    }
+}
+
+/// Bytes that pass a block's CRC but are not what the writer wrote (a bug, or a collision)
+/// must still give an error naming the file and block, never a panic or a wrong entry.
+#[test]
+fn a_key_delta_block_that_decodes_wrong_under_a_valid_crc_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("000005.sst");
+    let es = entries(400);
+    write(&p, &es, Compression::None);
+    let (codec, h) = open(&p, false).unwrap().stored_block(1);
+    assert_eq!(codec, format::COMPRESSION_DELTA);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let (start, end) = (h.offset as usize, (h.offset + h.size) as usize);
+    // The block's first entry shares nothing with a previous key; claim it shares a byte.
+    let (_, a) = crate::coding::get_varint(&bytes[start..]).unwrap();
+    let (_, b) = crate::coding::get_varint(&bytes[start + a..]).unwrap();
+    assert_eq!(bytes[start + a + b], 0);
+    bytes[start + a + b] = 1;
+    let trailer = format::block_trailer(&bytes[start..end], codec);
+    bytes[end..end + format::BLOCK_TRAILER_LEN].copy_from_slice(&trailer);
+    std::fs::write(&p, &bytes).unwrap();
+    for cache in [false, true] {
+        let t = open(&p, cache).unwrap();
+        let mut in_block = 0;
+        for e in &es {
+            let got = t.get(&e.key, key_hash(&e.key), e.seqno);
+            if t.find_block(&e.key, e.seqno) == 1 {
+                let err = got.unwrap_err();
+                let msg = err.to_string();
+                assert!(err.is_corruption(), "{msg}");
+                // The offset is that of the damaged entry, inside the block.
+                let at: u64 = msg
+                    .split("at offset ")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no offset in {msg}"));
+                assert!(msg.contains("000005.sst"), "{msg}");
+                assert!(
+                    (h.offset..h.offset + h.size).contains(&at),
+                    "{msg}: block {h:?}"
+                );
+                in_block += 1;
+            } else {
+                assert_eq!(&got.unwrap().unwrap(), e);
+            }
+        }
+        assert!(in_block > 0);
+        assert!(
+            t.iter().any(|r| r.is_err()),
+            "a scan reads the damaged block"
+        );
     }
 }
 

@@ -58,7 +58,13 @@ fn write(dir: &str, ack_path: &str, seed: u64, start: u64) -> ExitCode {
         .append(true)
         .open(ack_path)
         .expect("opening the ack log");
-    let db = match Db::open(dir, w::options()) {
+    // About every other cycle writes its tables with key-delta blocks, so a database holds both
+    // kinds when it is killed.
+    let opts = sluice::Options {
+        key_delta_blocks: (seed ^ start) % 2 == 1,
+        ..w::options()
+    };
+    let db = match Db::open(dir, opts) {
         Ok(db) => db,
         Err(e) => return fail("open", start, e),
     };

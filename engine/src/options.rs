@@ -29,8 +29,8 @@ pub struct Options {
     /// (table format version 2, `sst::codec`): tables shrink by the key bytes neighbours
     /// share, so flushes and compactions write that much less (16-byte keys of a dense
     /// key space: ~15%). The price is a decoding copy whenever a block is loaded into the
-    /// cache or read by a compaction, which cost point reads and scans that miss the cache
-    /// 15–20% in `sluice-stress` (BENCHMARKS.md). Tables written with it are readable by
+    /// cache or read by a compaction, which cost random point reads 16–20% and scans
+    /// 17–28% in `sluice-stress` (BENCHMARKS.md §2). Tables written with it are readable by
     /// builds that read format version 2; the option can change between opens (every table
     /// says how it was written). Off by default.
     pub key_delta_blocks: bool,

@@ -6,7 +6,7 @@
 //! | type | stored as |
 //! |---|---|
 //! | 0 `COMPRESSION_NONE` | the in-memory format itself (read zero-copy from the map) |
-//! | 1 `COMPRESSION_ZSTD` | `[memory-format length varint][zstd frame]` |
+//! | 1 `COMPRESSION_ZSTD` | `[memory-format length varint][zstd frame]` (frames carry zstd's content checksum; older ones may not) |
 //! | 2 `COMPRESSION_DELTA` | the key-delta format below |
 //! | 3 `COMPRESSION_DELTA_ZSTD` | `[delta-format length varint][zstd frame of the delta format]` |
 //!

@@ -352,6 +352,47 @@ fn a_key_delta_block_that_decodes_wrong_under_a_valid_crc_is_an_error_naming_it(
     }
 }
 
+/// A zstd frame whose bytes pass the block CRC but were changed (a bug, or a collision)
+/// decodes to an error, never to different entries: every frame carries a checksum of
+/// what it decompresses to.
+#[test]
+fn a_zstd_block_changed_under_a_valid_crc_never_yields_a_wrong_entry() {
+    for key_delta in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let pristine = dir.path().join("000006.sst");
+        let es = entries(300);
+        write_format(&pristine, &es, Compression::Zstd(3), key_delta);
+        let (codec, h) = open(&pristine, false).unwrap().stored_block(0);
+        assert!(codec == format::COMPRESSION_ZSTD || codec == format::COMPRESSION_DELTA_ZSTD);
+        let bytes = std::fs::read(&pristine).unwrap();
+        let (start, end) = (h.offset as usize, (h.offset + h.size) as usize);
+        let (mut refused, mut wrong) = (0, 0);
+        // Past the length varint and the frame header, through the frame's content.
+        for pos in (start + 8..end - 4).step_by(3) {
+            let mut b = bytes.clone();
+            b[pos] ^= 0x04;
+            let trailer = format::block_trailer(&b[start..end], codec);
+            b[end..end + format::BLOCK_TRAILER_LEN].copy_from_slice(&trailer);
+            let p = dir.path().join("000007.sst");
+            std::fs::write(&p, &b).unwrap();
+            let t = open(&p, false).unwrap();
+            match t.iter().collect::<crate::Result<Vec<Entry>>>() {
+                Err(e) => {
+                    assert!(e.is_corruption(), "{e}");
+                    refused += 1;
+                }
+                Ok(got) if got != es => wrong += 1,
+                Ok(_) => {}
+            }
+        }
+        assert_eq!(
+            wrong, 0,
+            "key_delta {key_delta}: {wrong} changed frames read as entries ({refused} refused)"
+        );
+        assert!(refused > 0);
+    }
+}
+
 #[test]
 fn every_truncation_is_refused() {
     let dir = tempfile::tempdir().unwrap();

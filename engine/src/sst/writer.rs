@@ -76,7 +76,13 @@ impl TableWriter {
         let file = fs.create(path).map_err(|e| Error::io(path, e))?;
         let compressor = match opts.compression {
             Compression::Zstd(level) => {
-                Some(zstd::bulk::Compressor::new(level).map_err(|e| Error::io(path, e))?)
+                let mut c = zstd::bulk::Compressor::new(level).map_err(|e| Error::io(path, e))?;
+                // A checksum of the decompressed bytes in every frame (4 bytes): the block
+                // CRC covers what is stored, this covers what decompression makes of it, so
+                // a frame that passes the CRC but decodes wrong is an error, not a value.
+                c.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))
+                    .map_err(|e| Error::io(path, e))?;
+                Some(c)
             }
             Compression::None => None,
         };

@@ -21,7 +21,7 @@ use crate::db::{table_file, wal_file, Core, Inner, RecoveryReport, Registered, V
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, Fs};
 use crate::layout::PartitionFn;
-use crate::log::{read_log, read_log_to_damage, LogKind, LogWriter};
+use crate::log::{read_log_to_damage, LogKind, LogWriter};
 use crate::manifest::{
     read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT,
 };
@@ -288,12 +288,9 @@ pub(crate) fn replay_wals(
         .map(|(_, path)| {
             let data = fs.map(path).map_err(|e| Error::io(path, e))?;
             let size = data.len() as u64;
-            let log = if point_in_time {
-                read_log_to_damage(data, path, LogKind::Wal)
-            } else {
-                read_log(data, path, LogKind::Wal)
-            };
-            log.map(|l| (l, size))
+            // Damage is found and described the same way in both modes; what to do about
+            // it is decided below.
+            read_log_to_damage(data, path, LogKind::Wal).map(|l| (l, size))
         })
         .collect::<Result<Vec<_>>>()?;
     // The last WAL holding any record: WALs after it are empty (an open that failed after
@@ -309,13 +306,20 @@ pub(crate) fn replay_wals(
                 if !point_in_time {
                     // Every WAL but the newest was fsynced before the next one started, so
                     // a damaged end here, with records after it, is not a crash artefact;
-                    // skipping it would leave a hole.
+                    // neither is damage with intact records after it in the same WAL.
+                    // Skipping either would leave a hole.
+                    let what = if records_follow {
+                        "damaged record in an older WAL"
+                    } else {
+                        "damaged record with intact records after it"
+                    };
                     return Err(Error::corruption(
                         path,
                         t.offset,
                         format!(
-                            "damaged record in an older WAL: {} (Options::wal_recovery = \
-                             PointInTime opens the database as of the record before it)",
+                            "{what}: {} (after a power loss on a file system that writes \
+                             pages back out of order, Options::wal_recovery = PointInTime \
+                             opens the database as of the record before it)",
                             t.reason
                         ),
                     ));

@@ -746,6 +746,7 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
         // The default refuses, naming the way out.
         let e = open_err(&dir, Options::default(), &what);
         assert_corruption_naming(&e, &wname, &what);
+        assert!(e.to_string().contains("PointInTime"), "{what}: {e}");
         let db = Db::open(&dir, pit()).unwrap_or_else(|e| panic!("{what}: {e}"));
         let rep = db.recovery_report().clone();
         let (p, at, _) = rep.torn_tail.clone().expect("damage reported");
@@ -779,6 +780,10 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
     patch(&dir.join(&wname), |b| b[2..8].fill(0));
     let e = open_err(&dir, Options::default(), "damaged WAL header");
     assert_corruption_naming(&e, &wname, "damaged WAL header");
+    assert!(
+        e.to_string().contains("PointInTime"),
+        "damaged WAL header: {e}"
+    );
     let db = Db::open(&dir, pit()).unwrap();
     assert_eq!(db.recovery_report().wal_dropped_after_damage, len);
     assert_eq!(batches_present(&db, &batches, "damaged WAL header"), 0);

@@ -67,6 +67,8 @@ commands! {
     Analyze => analyze,
     /// Drive a migration: plan, start, status, pause, resume, rollback, finish, run
     Migrate => migrate,
+    /// Replay the write-ahead logs and close cleanly (--point-in-time: up to the first damage)
+    Recover => recover,
     /// Run the ledger scenario end to end: transfers through a migration, a bias fix and a rollback
     Demo => demo,
 }
@@ -81,6 +83,7 @@ Examples:
   sluice get /data/ledger acct00001234 --json
   sluice migrate plan /data/ledger --spec hash:16:7
   sluice migrate status /data/ledger --watch
+  sluice recover /data/ledger --point-in-time
   sluice demo
 
 Exit codes: 0 ok, 1 not found (get) or other error, 2 usage, 3 corruption or failed

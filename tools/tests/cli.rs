@@ -533,6 +533,7 @@ fn every_subcommand_has_help_with_examples() {
         "analyze",
         "demo",
         "migrate",
+        "recover",
     ] {
         let o = sluice(&[sub, "--help"]);
         let s = String::from_utf8_lossy(&o.stdout);
@@ -694,6 +695,66 @@ fn flipped_byte_in_the_wal_is_found_with_file_and_offset() {
     assert!(all.contains("offset 17"), "{all}");
     assert_reported(d, &["wal", "{DIR}"], "000019.log");
     assert_reported(d, &["get", "{DIR}", "acct00000003"], "000019.log");
+}
+
+#[test]
+fn recover_refuses_wal_damage_then_recovers_as_of_the_record_before_it() {
+    // An intact database: replays both WAL records and closes cleanly.
+    let dir = fixture();
+    let d = dir.path();
+    let (c, v) = json(d, &["recover", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    has(
+        &v,
+        &[
+            "dir",
+            "mode",
+            "wal_files",
+            "wal_batches",
+            "wal_entries",
+            "torn_tail",
+            "wal_dropped_after_damage",
+            "manifest_torn_tail",
+            "orphans_removed",
+            "last_seqno",
+        ],
+        "recover",
+    );
+    assert_eq!(
+        (v["mode"].as_str(), v["wal_batches"].as_u64()),
+        (Some("strict"), Some(2))
+    );
+    assert!(v["torn_tail"].is_null(), "{v}");
+    let (c, out, _) = run(d, &["get", "{DIR}", "acct99999999"]);
+    assert_eq!((c, out.trim()), (0, "in the WAL only"));
+
+    // The first of the two records damaged: the default refuses and names the way out.
+    let dir = fixture();
+    let d = dir.path();
+    flip(&d.join("000019.log"), 30);
+    let all = assert_reported(d, &["recover", "{DIR}"], "000019.log");
+    assert!(all.contains("--point-in-time"), "{all}");
+    let (c, v) = json(d, &["recover", "{DIR}", "--point-in-time"]);
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(v["mode"], "point-in-time");
+    assert_eq!(v["wal_batches"], 0, "{v}");
+    assert_eq!(v["torn_tail"]["file"], "000019.log", "{v}");
+    assert_eq!(v["torn_tail"]["offset"], 17, "{v}");
+    assert!(v["wal_dropped_after_damage"].as_u64().unwrap() > 0, "{v}");
+    // Later opens, strict ones included, see that state: nothing after the damage (the
+    // batch that wrote acct99999999 and deleted acct00000001 is gone), everything before.
+    let (c, out, err) = run(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, v) = json(d, &["recover", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    assert!(
+        v["torn_tail"].is_null() && v["wal_dropped_after_damage"] == 0,
+        "{v}"
+    );
+    let (c, _, _) = run(d, &["get", "{DIR}", "acct99999999"]);
+    assert_eq!(c, 1, "the dropped batch's put is gone");
+    let (c, _, _) = run(d, &["get", "{DIR}", "acct00000001"]);
+    assert_eq!(c, 0, "the dropped batch's delete is gone");
 }
 
 #[test]

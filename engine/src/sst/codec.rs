@@ -233,7 +233,22 @@ pub fn decode_block(ty: u8, body: Bytes, file: &Path, base: u64) -> Result<Block
         COMPRESSION_NONE => return Block::new(body, file, base),
         COMPRESSION_ZSTD => zstd_decode(&body, file, base)?,
         COMPRESSION_DELTA => delta_decode(&body, file, base)?,
-        COMPRESSION_DELTA_ZSTD => delta_decode(&zstd_decode(&body, file, base)?, file, base)?,
+        COMPRESSION_DELTA_ZSTD => {
+            // Positions inside the decompressed bytes are not file offsets: name the block,
+            // and the position within what it decompressed to.
+            delta_decode(&zstd_decode(&body, file, base)?, file, 0).map_err(|e| match e {
+                Error::Corruption {
+                    file,
+                    offset,
+                    reason,
+                } => Error::Corruption {
+                    file,
+                    offset: base,
+                    reason: format!("{reason} (at byte {offset} of the decompressed block)"),
+                },
+                other => other,
+            })?
+        }
         other => {
             return Err(Error::corruption(
                 file,
@@ -349,5 +364,41 @@ mod tests {
         let e = delta_decode(&b, Path::new("f.sst"), 4096).unwrap_err();
         assert!(e.to_string().contains("shared"), "{e}");
         assert!(decode_block(9, Bytes::from_static(b"abc"), Path::new("f"), 0).is_err());
+    }
+
+    #[test]
+    fn damage_inside_a_zstd_wrapped_delta_block_names_the_block() {
+        // The second entry claims more shared bytes than the first key has, after a value
+        // long enough that its position in the decompressed bytes lies past the block.
+        let mut body = Vec::new();
+        put_varint(&mut body, 2);
+        put_varint(&mut body, 10_000);
+        for (shared, key) in [(0u64, &b"key1"[..]), (9, &b"2"[..])] {
+            put_varint(&mut body, shared);
+            put_varint(&mut body, key.len() as u64);
+            put_varint(&mut body, 5000);
+            put_varint(&mut body, 1 << 8);
+            body.extend_from_slice(key);
+            body.extend(std::iter::repeat_n(b'v', 5000));
+        }
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        let mut stored = Vec::new();
+        zstd_encode(&mut c, &body, &mut stored, Path::new("f.sst")).unwrap();
+        assert!(stored.len() < 200);
+        let e = decode_block(
+            COMPRESSION_DELTA_ZSTD,
+            Bytes::from(stored),
+            Path::new("f.sst"),
+            4096,
+        )
+        .err()
+        .expect("refused");
+        match &e {
+            Error::Corruption { offset, reason, .. } => {
+                assert_eq!(*offset, 4096, "{e}");
+                assert!(reason.contains("of the decompressed block"), "{e}");
+            }
+            other => panic!("{other}"),
+        }
     }
 }

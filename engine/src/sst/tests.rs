@@ -393,6 +393,38 @@ fn a_zstd_block_changed_under_a_valid_crc_never_yields_a_wrong_entry() {
     }
 }
 
+/// An index block is never cut: with 64 KiB keys (one per data block) a table of ~1000
+/// blocks has an index larger than any block the key-delta decoder accepts. It is stored
+/// as it is, and the table opens (it was written, then refused, failing the flush).
+#[test]
+fn a_key_delta_table_whose_index_outgrows_the_block_limit_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("000008.sst");
+    let key = |i: u32| {
+        let mut k = vec![b'k'; crate::MAX_KEY_LEN];
+        k[crate::MAX_KEY_LEN - 8..].copy_from_slice(format!("{i:08}").as_bytes());
+        Bytes::from(k)
+    };
+    let n = (codec::MAX_BLOCK_LEN / crate::MAX_KEY_LEN) as u32 + 8;
+    let es: Vec<Entry> = (0..n)
+        .map(|i| Entry {
+            key: key(i),
+            seqno: 1,
+            kind: Kind::Value,
+            value: Bytes::from_static(b"v"),
+        })
+        .collect();
+    write_format(&p, &es, Compression::None, true);
+    let t = open(&p, false).unwrap();
+    assert_eq!(t.props().format_version, 2);
+    assert_eq!(t.block_count(), n as usize);
+    assert_eq!(first_block_codec(&t), format::COMPRESSION_DELTA);
+    for e in es.iter().step_by(97) {
+        assert_eq!(&t.get(&e.key, key_hash(&e.key), 1).unwrap().unwrap(), e);
+    }
+    assert_eq!(t.iter().count(), n as usize);
+}
+
 #[test]
 fn every_truncation_is_refused() {
     let dir = tempfile::tempdir().unwrap();

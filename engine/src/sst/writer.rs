@@ -227,7 +227,11 @@ impl TableWriter {
         let handle_offset = self.offset + self.out.len() as u64;
         let mut ty = COMPRESSION_NONE;
         let mut body: &[u8] = &self.scratch;
-        if role != BlockRole::Meta && self.opts.key_delta {
+        // An index block is never cut (it grows with the table), so one that would decode
+        // past the largest block the decoder accepts is stored as it is, which any reader
+        // takes.
+        let too_big = role == BlockRole::Index && self.scratch.len() > codec::MAX_BLOCK_LEN;
+        if role != BlockRole::Meta && self.opts.key_delta && !too_big {
             self.encoded.clear();
             codec::delta_encode(&self.scratch, &mut self.encoded);
             (ty, body) = (COMPRESSION_DELTA, &self.encoded);

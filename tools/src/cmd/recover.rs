@@ -72,11 +72,11 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         ..Options::default()
     };
     let db = Db::open(&args.dir, opts).map_err(|e| {
+        // Only the refusal point-in-time recovery resolves (damage with intact records
+        // after it, which the engine's message says); a missing WAL, a bad header or a
+        // malformed batch fail the same way in either mode.
         let damaged_wal = !args.point_in_time
-            && e.is_corruption()
-            && sluice::inspect::error_location(&e)
-                .0
-                .is_some_and(|f| f.extension().is_some_and(|x| x == "log"));
+            && matches!(&e, sluice::Error::Corruption { reason, .. } if reason.contains("PointInTime"));
         let mut err = CliError::from(e);
         if damaged_wal {
             err.message.push_str(&format!(

@@ -27,6 +27,27 @@ pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+/// Reads the varint at `*p` in `b`, advancing `*p` past it.
+#[inline]
+pub fn varint_at(b: &[u8], p: &mut usize) -> Option<u64> {
+    let (v, n) = get_varint(b.get(*p..)?)?;
+    *p += n;
+    Some(v)
+}
+
+/// Writes `v` as a varint at the start of `buf` (which has room for it); returns its length.
+#[inline]
+pub fn put_varint_at(buf: &mut [u8], mut v: u64) -> usize {
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    n + 1
+}
+
 /// Bytes [`put_varint`] writes for `v`.
 pub fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)

@@ -606,6 +606,31 @@ fn bad_current_is_refused_and_changes_nothing() {
     db.close().unwrap();
 }
 
+/// A temporary root holding `pristine`, a database built by [`build_wal_db`], with the batches
+/// its WAL holds, the WAL and its file name.
+struct WalFixture {
+    root: tempfile::TempDir,
+    pristine: PathBuf,
+    batches: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    wal: PathBuf,
+    wname: String,
+}
+
+fn wal_fixture() -> WalFixture {
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let batches = build_wal_db(&pristine);
+    let wal = biggest_wal(&pristine);
+    let wname = name(&wal);
+    WalFixture {
+        root,
+        pristine,
+        batches,
+        wal,
+        wname,
+    }
+}
+
 /// A closed database whose WAL holds six batches (nothing flushed). Returns the batches.
 fn build_wal_db(dir: &Path) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
     let db = Db::open(dir, Options::default()).unwrap();
@@ -646,11 +671,13 @@ fn batches_present(db: &Db, batches: &[Vec<(Vec<u8>, Vec<u8>)>], what: &str) -> 
 #[test]
 fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
     let _guard = shared();
-    let root = tempfile::tempdir().unwrap();
-    let pristine = root.path().join("pristine");
-    let batches = build_wal_db(&pristine);
-    let wal = biggest_wal(&pristine);
-    let wname = name(&wal);
+    let WalFixture {
+        root,
+        pristine,
+        batches,
+        wal,
+        wname,
+    } = wal_fixture();
     let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
     assert_eq!(
         log.records.len(),
@@ -727,11 +754,13 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
 #[test]
 fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after() {
     let _guard = shared();
-    let root = tempfile::tempdir().unwrap();
-    let pristine = root.path().join("pristine");
-    let batches = build_wal_db(&pristine);
-    let wal = biggest_wal(&pristine);
-    let wname = name(&wal);
+    let WalFixture {
+        root,
+        pristine,
+        batches,
+        wal,
+        wname,
+    } = wal_fixture();
     let len = std::fs::metadata(&wal).unwrap().len();
     let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
     let pit = || Options {
@@ -802,11 +831,13 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
 #[test]
 fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
     let _guard = shared();
-    let root = tempfile::tempdir().unwrap();
-    let pristine = root.path().join("pristine");
-    let batches = build_wal_db(&pristine);
-    let wal = biggest_wal(&pristine);
-    let wname = name(&wal);
+    let WalFixture {
+        root,
+        pristine,
+        batches,
+        wal,
+        wname,
+    } = wal_fixture();
     let number: u64 = wname.trim_end_matches(".log").parse().unwrap();
     let next = format!("{:06}.log", number + 1);
     let bytes = std::fs::read(&wal).unwrap();

@@ -74,6 +74,36 @@ impl BlockBuilder {
     }
 }
 
+/// Parses the memory-format entry that starts at byte `p` of `area` (a block's entry area)
+/// into (key start, key end, trailer, value start, value end), with the reason as a plain
+/// string when the bytes are bad.
+#[inline]
+pub(crate) fn parse_entry(
+    area: &[u8],
+    mut p: usize,
+) -> std::result::Result<(usize, usize, u64, usize, usize), &'static str> {
+    let rest = area
+        .get(p..)
+        .filter(|r| !r.is_empty())
+        .ok_or("offset outside entry area")?;
+    let (klen, n) = get_varint(rest).ok_or("bad key length")?;
+    p += n;
+    let (vlen, n) = get_varint(&area[p..]).ok_or("bad value length")?;
+    p += n;
+    let t = area.get(p..p + 8).ok_or("truncated trailer")?;
+    let trailer = u64::from_le_bytes(t.try_into().expect("8 bytes"));
+    p += 8;
+    let kend = p
+        .checked_add(klen as usize)
+        .filter(|&e| e <= area.len())
+        .ok_or("key runs past block")?;
+    let vend = kend
+        .checked_add(vlen as usize)
+        .filter(|&e| e <= area.len())
+        .ok_or("value runs past block")?;
+    Ok((p, kend, trailer, kend, vend))
+}
+
 /// The error for a bad entry `i` of the block at `base` in `file`.
 #[cold]
 pub(crate) fn entry_error(file: &Path, base: u64, i: usize, why: &str) -> Error {
@@ -178,29 +208,9 @@ impl Block {
     #[inline]
     pub(crate) fn parts_from(
         &self,
-        mut p: usize,
+        p: usize,
     ) -> std::result::Result<(usize, usize, u64, usize, usize), &'static str> {
-        let area = &self.data[..self.entries_end];
-        let rest = area
-            .get(p..)
-            .filter(|r| !r.is_empty())
-            .ok_or("offset outside entry area")?;
-        let (klen, n) = get_varint(rest).ok_or("bad key length")?;
-        p += n;
-        let (vlen, n) = get_varint(&area[p..]).ok_or("bad value length")?;
-        p += n;
-        let t = area.get(p..p + 8).ok_or("truncated trailer")?;
-        let trailer = u64::from_le_bytes(t.try_into().expect("8 bytes"));
-        p += 8;
-        let kend = p
-            .checked_add(klen as usize)
-            .filter(|&e| e <= area.len())
-            .ok_or("key runs past block")?;
-        let vend = kend
-            .checked_add(vlen as usize)
-            .filter(|&e| e <= area.len())
-            .ok_or("value runs past block")?;
-        Ok((p, kend, trailer, kend, vend))
+        parse_entry(&self.data[..self.entries_end], p)
     }
 
     /// Entry `i` as an owned, zero-copy [`Entry`].

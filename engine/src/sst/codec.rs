@@ -28,9 +28,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::coding::{get_varint, put_varint, varint_len, Decoder};
+use crate::coding::{put_varint, put_varint_at, varint_at, varint_len, Decoder};
 use crate::error::{Error, Result};
-use crate::sst::block::Block;
+use crate::sst::block::{parse_entry, Block};
 use crate::sst::format::{
     COMPRESSION_DELTA, COMPRESSION_DELTA_ZSTD, COMPRESSION_NONE, COMPRESSION_ZSTD,
 };
@@ -48,27 +48,21 @@ pub fn delta_encode(mem: &[u8], out: &mut Vec<u8>) {
     let entries_end = n - 4 - count * 4;
     put_varint(out, count as u64);
     put_varint(out, n as u64);
+    let area = &mem[..entries_end];
     let mut p = 0;
     let mut prev: &[u8] = &[];
     while p < entries_end {
-        let (klen, a) = get_varint(&mem[p..]).expect("a block this writer built");
-        let (vlen, b) = get_varint(&mem[p + a..]).expect("a block this writer built");
-        let t = p + a + b;
-        let trailer = u64::from_le_bytes(mem[t..t + 8].try_into().expect("8 bytes"));
-        let ks = t + 8;
-        let (key, value) = (
-            &mem[ks..ks + klen as usize],
-            &mem[ks + klen as usize..][..vlen as usize],
-        );
+        let (ks, ke, trailer, vs, ve) = parse_entry(area, p).expect("a block this writer built");
+        let (key, value) = (&area[ks..ke], &area[vs..ve]);
         let shared = prev.iter().zip(key).take_while(|(x, y)| x == y).count();
         put_varint(out, shared as u64);
         put_varint(out, (key.len() - shared) as u64);
-        put_varint(out, vlen);
+        put_varint(out, value.len() as u64);
         put_varint(out, trailer);
         out.extend_from_slice(&key[shared..]);
         out.extend_from_slice(value);
         prev = key;
-        p = ks + klen as usize + vlen as usize;
+        p = ve;
     }
 }
 
@@ -170,27 +164,6 @@ pub fn delta_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
     }
     offsets[count * 4..].copy_from_slice(&(count as u32).to_le_bytes());
     Ok(out)
-}
-
-/// Reads the varint at `*p` in `b`, advancing `*p` past it.
-#[inline]
-fn varint_at(b: &[u8], p: &mut usize) -> Option<u64> {
-    let (v, n) = get_varint(b.get(*p..)?)?;
-    *p += n;
-    Some(v)
-}
-
-/// Writes `v` as a varint at the start of `buf` (which has room for it); returns its length.
-#[inline]
-fn put_varint_at(buf: &mut [u8], mut v: u64) -> usize {
-    let mut n = 0;
-    while v >= 0x80 {
-        buf[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    buf[n] = v as u8;
-    n + 1
 }
 
 /// Compresses `raw` with zstd as `[raw length varint][frame]`, appending to `out`.

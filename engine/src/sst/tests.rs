@@ -114,10 +114,6 @@ fn round_trip_gets_and_properties() {
     }
 }
 
-fn first_block_codec(t: &Table) -> u8 {
-    t.stored_block(0).0
-}
-
 #[test]
 fn plain_tables_are_format_version_1_and_key_delta_tables_version_2_and_smaller() {
     use crate::sst::format::*;
@@ -141,7 +137,7 @@ fn plain_tables_are_format_version_1_and_key_delta_tables_version_2_and_smaller(
                 (t1.props().format_version, t2.props().format_version),
                 (1, 2)
             );
-            let codecs = (first_block_codec(&t1), first_block_codec(&t2));
+            let codecs = (t1.stored_block(0).0, t2.stored_block(0).0);
             match compression {
                 Compression::None => assert_eq!(codecs, (COMPRESSION_NONE, COMPRESSION_DELTA)),
                 Compression::Zstd(_) => {
@@ -178,7 +174,7 @@ fn a_block_of_the_largest_key_and_value_round_trips_compressed() {
     write(&p, &es, Compression::Zstd(1));
     for cache in [false, true] {
         let t = open(&p, cache).unwrap();
-        assert_eq!(first_block_codec(&t), format::COMPRESSION_DELTA_ZSTD);
+        assert_eq!(t.stored_block(0).0, format::COMPRESSION_DELTA_ZSTD);
         let got: Vec<Entry> = t.iter().map(|e| e.unwrap()).collect();
         assert_eq!(got, es);
     }
@@ -418,7 +414,7 @@ fn a_key_delta_table_whose_index_outgrows_the_block_limit_opens() {
     let t = open(&p, false).unwrap();
     assert_eq!(t.props().format_version, 2);
     assert_eq!(t.block_count(), n as usize);
-    assert_eq!(first_block_codec(&t), format::COMPRESSION_DELTA);
+    assert_eq!(t.stored_block(0).0, format::COMPRESSION_DELTA);
     for e in es.iter().step_by(97) {
         assert_eq!(&t.get(&e.key, key_hash(&e.key), 1).unwrap().unwrap(), e);
     }

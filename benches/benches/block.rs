@@ -10,6 +10,7 @@ use std::path::Path;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::sst::block::{Block, BlockBuilder};
+use sluice::sst::reader::Fill;
 use sluice::sst::Compression;
 use sluice::Kind;
 
@@ -133,9 +134,52 @@ fn block(c: &mut Criterion) {
             black_box(blk.entry(j, path, 0).expect("entry"))
         })
     });
+    let searchable = Block::from_vec(raw.to_vec(), raw_len, true, path, 0).expect("block");
+    g.bench_function("seek/searchable", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let (k, s, _) = &entries[(mix(n) % entries.len() as u64) as usize];
+            let j = searchable.seek(black_box(k), *s, path, 0).expect("seek");
+            black_box(searchable.entry(j, path, 0).expect("entry"))
+        })
+    });
+    // The same search in a block the CPU caches have not seen: one of 32768 copies (128 MiB),
+    // as a point read meets a block in a block cache larger than the CPU's caches.
+    let copies = 32768u64;
+    let plain_set: Vec<Block> = (0..copies)
+        .map(|_| Block::new(Bytes::copy_from_slice(&raw), path, 0).expect("block"))
+        .collect();
+    let search_set: Vec<Block> = (0..copies)
+        .map(|_| Block::from_vec(raw.to_vec(), raw_len, true, path, 0).expect("block"))
+        .collect();
+    for (name, set) in [
+        ("seek_cold/plain", &plain_set),
+        ("seek_cold/searchable", &search_set),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                n = n.wrapping_add(1);
+                let blk = &set[(mix(n) % copies) as usize];
+                let (k, s, _) = &entries[(mix(n ^ 0x9e37) % entries.len() as u64) as usize];
+                let j = blk.seek(black_box(k), *s, path, 0).expect("seek");
+                black_box(blk.entry(j, path, 0).expect("entry"))
+            })
+        });
+    }
+    drop((plain_set, search_set));
+    // What a block cache miss pays to make a block searchable: the block from a buffer of
+    // its own (as read from the file), with and without search prefixes.
+    for (name, search) in [("from_vec/plain", false), ("from_vec/searchable", true)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let v = raw.to_vec();
+                black_box(Block::from_vec(v, raw_len, search, path, 0).expect("block"))
+            })
+        });
+    }
     g.finish();
 
-    // Whole tables: `Table::read_block(i, false)` walks every data block in turn. Without a
+    // Whole tables: `Table::read_block(i, Fill::No)` walks every data block in turn. Without a
     // block cache (not public), an uncompressed block is a zero-copy slice of the map whose
     // CRC is checked once per open, while a zstd block is CRC-checked and decompressed on
     // every read.
@@ -147,7 +191,7 @@ fn block(c: &mut Criterion) {
         let t = write_table(dir.path(), &format!("{name}.sst"), id, &entries, comp);
         let blocks = t.block_count();
         let decoded: usize = (0..blocks)
-            .map(|i| t.read_block(i, false).unwrap().size())
+            .map(|i| t.read_block(i, Fill::No).unwrap().size())
             .sum();
         eprintln!(
             "table_block_read/{name}: {blocks} blocks, file {} bytes, {} decoded bytes",
@@ -160,7 +204,7 @@ fn block(c: &mut Criterion) {
         let mut i = 0usize;
         g.bench_function(name, |b| {
             b.iter(|| {
-                let blk = t.read_block(i, false).expect("read block");
+                let blk = t.read_block(i, Fill::No).expect("read block");
                 i = if i + 1 == blocks { 0 } else { i + 1 };
                 black_box(blk)
             })

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::iter::{Direction, KeyRange};
 use crate::memtable::MemTable;
 use crate::sst::block::{entry_error, Block};
+use crate::sst::reader::Fill;
 use crate::sst::Table;
 use crate::types::{cmp_keys, key_prefix, Entry, Kind};
 use crate::version::FileMeta;
@@ -111,8 +112,14 @@ impl TableCursor {
         Ok(())
     }
 
-    fn load(&mut self, bi: usize) -> Result<()> {
-        self.block = self.table.read_block(bi, self.fill_cache)?;
+    /// Loads block `bi`: to `search` it (a seek), or to walk through it.
+    fn load(&mut self, bi: usize, search: bool) -> Result<()> {
+        let fill = match (self.fill_cache, search) {
+            (false, _) => Fill::No,
+            (true, false) => Fill::Cache,
+            (true, true) => Fill::Search,
+        };
+        self.block = self.table.read_block(bi, fill)?;
         self.bi = bi;
         Ok(())
     }
@@ -164,7 +171,7 @@ impl TableCursor {
             Direction::Forward => {
                 let (key, seq, skip_key) = match &self.range.start {
                     Bound::Unbounded => {
-                        self.load(0)?;
+                        self.load(0, false)?;
                         self.ei = 0;
                         return self.settle();
                     }
@@ -175,7 +182,7 @@ impl TableCursor {
                 if bi >= n {
                     return Ok(());
                 }
-                self.load(bi)?;
+                self.load(bi, true)?;
                 let base = t.block_offset(bi);
                 self.ei = if skip_key {
                     self.block.seek_after_user_key(&key, t.path(), base)?
@@ -188,7 +195,7 @@ impl TableCursor {
                 // Find the first entry past the end bound, then step back one.
                 let (key, skip_key) = match &self.range.end {
                     Bound::Unbounded => {
-                        self.load(n - 1)?;
+                        self.load(n - 1, false)?;
                         self.ei = self.block.len();
                         return self.step_back();
                     }
@@ -197,11 +204,11 @@ impl TableCursor {
                 };
                 let bi = t.find_block(&key, if skip_key { 0 } else { u64::MAX });
                 if bi >= n {
-                    self.load(n - 1)?;
+                    self.load(n - 1, false)?;
                     self.ei = self.block.len();
                     return self.step_back();
                 }
-                self.load(bi)?;
+                self.load(bi, true)?;
                 let base = t.block_offset(bi);
                 self.ei = if skip_key {
                     self.block.seek_after_user_key(&key, t.path(), base)?
@@ -220,7 +227,7 @@ impl TableCursor {
                 self.valid = false;
                 return Ok(());
             }
-            self.load(self.bi + 1)?;
+            self.load(self.bi + 1, false)?;
             self.ei = 0;
         }
         self.decode()?;
@@ -239,7 +246,7 @@ impl TableCursor {
                 self.valid = false;
                 return Ok(());
             }
-            self.load(self.bi - 1)?;
+            self.load(self.bi - 1, false)?;
             self.ei = self.block.len();
         }
         self.decode()?;

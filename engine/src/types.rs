@@ -52,10 +52,57 @@ pub fn cmp_internal(a: &[u8], a_seq: u64, b: &[u8], b_seq: u64) -> Ordering {
 /// prefixes say nothing, and the keys must be compared.
 #[inline]
 pub fn key_prefix(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = key.len().min(8);
-    b[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(b)
+    // Not a zero-padded copy into an array: a copy of variable length is a `memcpy` call,
+    // and reading its bytes back as one word stalls on store forwarding.
+    if let Some(b) = key.first_chunk::<8>() {
+        return u64::from_be_bytes(*b);
+    }
+    key.iter()
+        .enumerate()
+        .fold(0, |v, (i, &b)| v | (b as u64) << (56 - 8 * i))
+}
+
+/// Binary search of `n` sorted internal keys that all start with `head`, for the first at or
+/// after `key`. `prefix(i)` is the top `bits` bits of [`key_prefix`] of key `i` after
+/// `head` (which keep its one-way order); `tie_less(i)` says
+/// whether entry `i` sorts before the probe, and is asked only when the prefixes tie. The
+/// prefixes sit side by side, so the search touches a few cache lines instead of one per
+/// probed key.
+#[inline]
+pub fn prefix_search<E>(
+    n: usize,
+    head: &[u8],
+    key: &[u8],
+    bits: u32,
+    prefix: impl Fn(usize) -> u64,
+    mut tie_less: impl FnMut(usize) -> std::result::Result<bool, E>,
+) -> std::result::Result<usize, E> {
+    // A key that does not start with `head` sorts before or after all `n`.
+    let c = head.len();
+    let probe_head = &key[..c.min(key.len())];
+    match cmp_keys(probe_head, &head[..probe_head.len()]) {
+        Ordering::Less => return Ok(0),
+        Ordering::Greater => return Ok(n),
+        // A proper prefix of `head`.
+        Ordering::Equal if key.len() < c => return Ok(0),
+        Ordering::Equal => {}
+    }
+    let probe = key_prefix(&key[c..]) >> (64 - bits);
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let less = match prefix(mid).cmp(&probe) {
+            Ordering::Less => true,
+            Ordering::Greater => false,
+            Ordering::Equal => tie_less(mid)?,
+        };
+        if less {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
 }
 
 /// Length of the longest common prefix of `a` and `b`.
@@ -191,6 +238,16 @@ mod tests {
         }
         // Equal prefixes for different keys: the caller must compare the keys.
         assert_eq!(key_prefix(b"ab"), key_prefix(b"ab\x00"));
+        // The first eight bytes, zero-padded, whatever the length.
+        for k in keys
+            .iter()
+            .chain([b"\x01\x02\x03".to_vec(), b"abcdefg".to_vec()].iter())
+        {
+            let mut padded = [0u8; 8];
+            let n = k.len().min(8);
+            padded[..n].copy_from_slice(&k[..n]);
+            assert_eq!(key_prefix(k), u64::from_be_bytes(padded), "{k:?}");
+        }
     }
 
     #[test]

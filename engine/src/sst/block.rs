@@ -11,12 +11,15 @@
 
 use std::cmp::Ordering;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::coding::{get_varint, put_varint};
 use crate::error::{Error, Result};
-use crate::types::{cmp_internal, pack_trailer, Entry, Kind};
+use crate::types::{
+    cmp_internal, common_prefix_len, key_prefix, pack_trailer, prefix_search, Entry, Kind,
+};
 
 #[derive(Default)]
 pub struct BlockBuilder {
@@ -117,36 +120,142 @@ pub struct Block {
     /// Byte length of the entry area; the offset array follows it.
     entries_end: usize,
     count: usize,
+    /// Search prefixes, for a block built by [`Block::from_vec`] to be searched.
+    search: Option<Search>,
+}
+
+/// A searchable block's search prefixes: one u32 per entry, the top 32 bits of
+/// [`key_prefix`] of the entry's key after the bytes all its keys share. A seek then reads
+/// two or three adjacent cache lines instead of one offset and one entry per probe (in a
+/// block the CPU caches have not seen, each of those is a trip to memory), and compares whole
+/// keys only on a tie. Shared bytes and prefixes have one allocation of their own: appended
+/// to the block's buffer, they would push a 4 KiB block into the allocator's next size class.
+#[derive(Clone)]
+struct Search {
+    /// The shared bytes, zero-padded to a multiple of 4, then the prefixes (native-endian).
+    bytes: Arc<[u8]>,
+    head_len: usize,
+}
+
+impl Search {
+    #[inline]
+    fn head(&self) -> &[u8] {
+        &self.bytes[..self.head_len]
+    }
+
+    #[inline]
+    fn prefix(&self, i: usize) -> u32 {
+        let p = self.head_len.next_multiple_of(4) + i * 4;
+        u32::from_ne_bytes(self.bytes[p..p + 4].try_into().expect("4 bytes"))
+    }
+}
+
+/// Bits of [`key_prefix`] a search prefix keeps.
+const SEARCH_BITS: u32 = 32;
+
+/// Checks a block's frame: the entry count fits, with its offset array, in `data`. Returns
+/// (end of the entry area, entry count).
+fn frame(data: &[u8], file: &Path, offset: u64) -> Result<(usize, usize)> {
+    let n = data.len();
+    if n < 4 {
+        return Err(Error::corruption(
+            file,
+            offset,
+            "block shorter than its entry count",
+        ));
+    }
+    let count = u32::from_le_bytes([data[n - 4], data[n - 3], data[n - 2], data[n - 1]]) as usize;
+    let entries_end = count
+        .checked_mul(4)
+        .and_then(|o| (n - 4).checked_sub(o))
+        .ok_or_else(|| {
+            Error::corruption(
+                file,
+                offset,
+                format!("block entry count {count} does not fit"),
+            )
+        })?;
+    Ok((entries_end, count))
+}
+
+/// Where the key of the entry at byte `p` of `area` (a block's entry area) is, for the
+/// common entry (key and value shorter than 128 bytes: one-byte length varints) whose key
+/// lies inside `area`; `None` for anything else, which takes [`parse_entry`].
+#[inline]
+fn short_entry_key(area: &[u8], p: usize) -> Option<(usize, usize)> {
+    match (area.get(p), area.get(p + 1)) {
+        (Some(&kl), Some(&vl)) if kl < 0x80 && vl < 0x80 => {
+            let ks = p + 10;
+            let ke = ks + kl as usize;
+            (ke <= area.len()).then_some((ks, ke))
+        }
+        _ => None,
+    }
+}
+
+/// The search prefixes of the `count` entries of `block` (entry area `..entries_end`);
+/// `None` if an entry does not parse.
+fn search_prefixes(block: &[u8], entries_end: usize, count: usize) -> Option<Search> {
+    let area = &block[..entries_end];
+    let key_at = |i: usize| -> Option<(usize, usize)> {
+        let o = block.get(entries_end + i * 4..entries_end + i * 4 + 4)?;
+        let o = u32::from_le_bytes(o.try_into().ok()?) as usize;
+        short_entry_key(area, o).or_else(|| parse_entry(area, o).ok().map(|(ks, ke, ..)| (ks, ke)))
+    };
+    let (first, last) = (key_at(0)?, key_at(count.checked_sub(1)?)?);
+    let head_len = common_prefix_len(&area[first.0..first.1], &area[last.0..last.1]);
+    let at = head_len.next_multiple_of(4);
+    let mut bytes = Vec::with_capacity(at + 4 * count);
+    bytes.extend_from_slice(&area[first.0..first.0 + head_len]);
+    bytes.resize(at, 0);
+    for i in 0..count {
+        let (ks, ke) = key_at(i)?;
+        // Keys between the first and the last share their head when the block is in
+        // order; `get` keeps one that is not from panicking.
+        let p = key_prefix(area.get(ks + head_len..ke).unwrap_or_default());
+        bytes.extend_from_slice(&((p >> (64 - SEARCH_BITS)) as u32).to_ne_bytes());
+    }
+    Some(Search {
+        bytes: bytes.into(),
+        head_len,
+    })
 }
 
 impl Block {
     /// Validates the block's frame (count and offset array bounds). `file`/`offset` locate the
     /// block for error messages.
     pub fn new(data: Bytes, file: &Path, offset: u64) -> Result<Block> {
-        let n = data.len();
-        if n < 4 {
-            return Err(Error::corruption(
-                file,
-                offset,
-                "block shorter than its entry count",
-            ));
-        }
-        let count =
-            u32::from_le_bytes([data[n - 4], data[n - 3], data[n - 2], data[n - 1]]) as usize;
-        let entries_end = count
-            .checked_mul(4)
-            .and_then(|o| (n - 4).checked_sub(o))
-            .ok_or_else(|| {
-                Error::corruption(
-                    file,
-                    offset,
-                    format!("block entry count {count} does not fit"),
-                )
-            })?;
+        let (entries_end, count) = frame(&data, file, offset)?;
         Ok(Block {
             data,
             entries_end,
             count,
+            search: None,
+        })
+    }
+
+    /// The block whose bytes are `buf[..len]` (whatever follows is dropped). With `search`,
+    /// it gets search prefixes: for blocks that stay in the block cache to be searched, where
+    /// 4 bytes per entry buy faster seeks for as long as the block is cached. A block with an
+    /// entry that does not parse gets no prefixes; reading that entry reports the damage as
+    /// it does in any block.
+    pub fn from_vec(
+        mut buf: Vec<u8>,
+        len: usize,
+        search: bool,
+        file: &Path,
+        offset: u64,
+    ) -> Result<Block> {
+        buf.truncate(len);
+        let (entries_end, count) = frame(&buf, file, offset)?;
+        let search = search
+            .then(|| search_prefixes(&buf, entries_end, count))
+            .flatten();
+        Ok(Block {
+            data: Bytes::from(buf),
+            entries_end,
+            count,
+            search,
         })
     }
 
@@ -156,6 +265,7 @@ impl Block {
             data: Bytes::new(),
             entries_end: 0,
             count: 0,
+            search: None,
         }
     }
 
@@ -168,8 +278,14 @@ impl Block {
         self.count == 0
     }
 
+    /// Whether the block has search prefixes.
+    pub fn is_searchable(&self) -> bool {
+        self.search.is_some()
+    }
+
+    /// Bytes the block holds in memory (with its search prefixes, if any).
     pub fn size(&self) -> usize {
-        self.data.len()
+        self.data.len() + self.search.as_ref().map_or(0, |s| 16 + s.bytes.len())
     }
 
     pub(crate) fn entry_offset(&self, i: usize) -> usize {
@@ -232,18 +348,10 @@ impl Block {
     }
 
     fn cmp_at(&self, i: usize, key: &[u8], seqno: u64, file: &Path, base: u64) -> Result<Ordering> {
-        // Fast path for the common entry (key and value shorter than 128 bytes: one-byte
-        // length varints); anything else, or anything out of bounds, takes the checked path.
-        let p = self.entry_offset(i);
         let area = &self.data[..self.entries_end];
-        if let (Some(&kl), Some(&vl)) = (area.get(p), area.get(p + 1)) {
-            if kl < 0x80 && vl < 0x80 {
-                let ks = p + 10;
-                if let (Some(t), Some(k)) = (area.get(p + 2..ks), area.get(ks..ks + kl as usize)) {
-                    let trailer = u64::from_le_bytes(t.try_into().expect("8 bytes"));
-                    return Ok(cmp_internal(k, trailer >> 8, key, seqno));
-                }
-            }
+        if let Some((ks, ke)) = short_entry_key(area, self.entry_offset(i)) {
+            let trailer = u64::from_le_bytes(area[ks - 8..ks].try_into().expect("8 bytes"));
+            return Ok(cmp_internal(&area[ks..ke], trailer >> 8, key, seqno));
         }
         let (ks, ke, trailer, _, _) = self.parts(i, file, base)?;
         Ok(cmp_internal(&self.data[ks..ke], trailer >> 8, key, seqno))
@@ -251,6 +359,16 @@ impl Block {
 
     /// Index of the first entry at or after (key, seqno) in internal order; `len()` if none.
     pub fn seek(&self, key: &[u8], seqno: u64, file: &Path, base: u64) -> Result<usize> {
+        if let Some(s) = &self.search {
+            return prefix_search(
+                self.count,
+                s.head(),
+                key,
+                SEARCH_BITS,
+                |i| s.prefix(i) as u64,
+                |i| Ok(self.cmp_at(i, key, seqno, file, base)? == Ordering::Less),
+            );
+        }
         let (mut lo, mut hi) = (0usize, self.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -316,6 +434,92 @@ mod tests {
         assert_eq!(b.seek_after_user_key(b"b", p, 0).unwrap(), 3);
     }
 
+    /// Every key of `keys` twice (seqnos 9 and 3), as block bytes; every third entry has a
+    /// value of 200 bytes, so that it takes the long-length parse.
+    fn block_of(keys: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = BlockBuilder::new();
+        for (i, k) in keys.iter().enumerate() {
+            let v = vec![b'v'; if i % 3 == 0 { 200 } else { 5 }];
+            b.add(k, 9, Kind::Value, &v);
+            b.add(k, 3, Kind::Delete, b"");
+        }
+        let mut out = Vec::new();
+        b.finish_into(&mut out);
+        out
+    }
+
+    /// A searchable block (search prefixes beside the entries) seeks exactly as the plain
+    /// block does: keys with and without a shared head, keys shorter than eight bytes past
+    /// it, keys that tie on their prefixes, and probes before, between and after them.
+    #[test]
+    fn searchable_blocks_seek_like_plain_ones() {
+        let p = Path::new("t");
+        let mut tricky = crate::types::tricky_keys();
+        tricky.sort();
+        tricky.dedup();
+        let long_head: Vec<Vec<u8>> = (0..40u32)
+            .map(|i| format!("account:0000{:06}", i * 37).into_bytes())
+            .chain([b"account:0000999999\x00".to_vec(), vec![b'k'; 300]])
+            .collect();
+        let tied: Vec<Vec<u8>> = vec![
+            b"head:ab".to_vec(),
+            b"head:ab\x00".to_vec(),
+            b"head:ab\x00\x00".to_vec(),
+            b"head:ab\x00\x00\x00\x00\x00\x00\x01".to_vec(),
+            b"head:abcdefgh".to_vec(),
+            b"head:abcdefgh\x00".to_vec(),
+            b"head:abcdefghz".to_vec(),
+        ];
+        let one = vec![b"only".to_vec()];
+        for keys in [&tricky, &long_head, &tied, &one] {
+            let out = block_of(keys);
+            let plain = Block::new(Bytes::from(out.clone()), p, 0).unwrap();
+            let mut buf = out.clone();
+            buf.extend_from_slice(b"trailer bytes to drop");
+            let s = Block::from_vec(buf, out.len(), true, p, 0).unwrap();
+            assert!(s.is_searchable(), "a well-formed block gets prefixes");
+            assert_eq!(s.len(), plain.len());
+            for i in 0..s.len() {
+                let (a, b) = (s.entry(i, p, 0).unwrap(), plain.entry(i, p, 0).unwrap());
+                assert_eq!(
+                    (a.key, a.seqno, a.kind, a.value),
+                    (b.key, b.seqno, b.kind, b.value)
+                );
+            }
+            let mut probes: Vec<Vec<u8>> = tricky.iter().chain(keys.iter()).cloned().collect();
+            for k in keys.iter() {
+                let mut after = k.clone();
+                after.push(0);
+                probes.push(after);
+                probes.push(k[..k.len().saturating_sub(1)].to_vec());
+                if let Some(last) = k.last() {
+                    let mut next = k.clone();
+                    *next.last_mut().unwrap() = last.wrapping_add(1);
+                    probes.push(next);
+                }
+            }
+            probes.extend([b"head".to_vec(), b"head:".to_vec(), b"account:".to_vec()]);
+            for probe in &probes {
+                for seqno in [u64::MAX, 10, 9, 5, 3, 0] {
+                    assert_eq!(
+                        s.seek(probe, seqno, p, 0).unwrap(),
+                        plain.seek(probe, seqno, p, 0).unwrap(),
+                        "seek({probe:?}, {seqno})"
+                    );
+                }
+                assert_eq!(
+                    s.seek_after_user_key(probe, p, 0).unwrap(),
+                    plain.seek_after_user_key(probe, p, 0).unwrap()
+                );
+            }
+        }
+        // An empty block has nothing to search.
+        let mut out = Vec::new();
+        BlockBuilder::new().finish_into(&mut out);
+        let e = Block::from_vec(out.clone(), out.len(), true, p, 0).unwrap();
+        assert_eq!(e.seek(b"k", u64::MAX, p, 0).unwrap(), 0);
+    }
+
     #[test]
     fn flipped_bytes_give_errors_or_entries_never_panics() {
         let mut bb = BlockBuilder::new();
@@ -333,19 +537,27 @@ mod tests {
             for bit in [0, 3, 7] {
                 let mut c = out.clone();
                 c[i] ^= 1 << bit;
-                if let Ok(b) = Block::new(Bytes::from(c), Path::new("t"), 0) {
+                let n = c.len();
+                let plain = Block::new(Bytes::from(c.clone()), Path::new("t"), 0);
+                let searchable = Block::from_vec(c, n, true, Path::new("t"), 0);
+                for b in [plain, searchable].into_iter().flatten() {
                     for j in 0..b.len() {
                         let _ = b.entry(j, Path::new("t"), 0);
                     }
-                    let _ = b.seek(b"key010", 50, Path::new("t"), 0);
+                    for probe in [&b"key010"[..], b"", b"key", b"key0109", b"z"] {
+                        let _ = b.seek(probe, 50, Path::new("t"), 0);
+                    }
                 }
             }
         }
         for n in 0..out.len() {
-            if let Ok(b) = Block::new(Bytes::copy_from_slice(&out[..n]), Path::new("t"), 0) {
+            let plain = Block::new(Bytes::copy_from_slice(&out[..n]), Path::new("t"), 0);
+            let searchable = Block::from_vec(out[..n].to_vec(), n, true, Path::new("t"), 0);
+            for b in [plain, searchable].into_iter().flatten() {
                 for j in 0..b.len() {
                     let _ = b.entry(j, Path::new("t"), 0);
                 }
+                let _ = b.seek(b"key010", 50, Path::new("t"), 0);
             }
         }
     }

@@ -202,14 +202,43 @@ fn zstd_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
 /// Decodes the CRC-checked body of a block stored with codec `ty` at `base` in `file`. An
 /// uncompressed body becomes the block zero-copy; the others are decoded into a new buffer.
 pub fn decode_block(ty: u8, body: Bytes, file: &Path, base: u64) -> Result<Block> {
-    let mem = match ty {
-        COMPRESSION_NONE => return Block::new(body, file, base),
-        COMPRESSION_ZSTD => zstd_decode(&body, file, base)?,
-        COMPRESSION_DELTA => delta_decode(&body, file, base)?,
+    match decode_body(ty, &body, file, base)? {
+        None => Block::new(body, file, base),
+        Some(mem) => Block::new(Bytes::from(mem), file, base),
+    }
+}
+
+/// [`decode_block`] for a body read into a buffer of its own, `buf[..len]` (a block bound for
+/// the block cache): an uncompressed block stays in `buf`; with `search`, the block gets
+/// search prefixes ([`Block::from_vec`]).
+pub fn decode_owned(
+    ty: u8,
+    buf: Vec<u8>,
+    len: usize,
+    search: bool,
+    file: &Path,
+    base: u64,
+) -> Result<Block> {
+    match decode_body(ty, &buf[..len], file, base)? {
+        None => Block::from_vec(buf, len, search, file, base),
+        Some(mem) => {
+            let n = mem.len();
+            Block::from_vec(mem, n, search, file, base)
+        }
+    }
+}
+
+/// The decoded bytes of a body stored with codec `ty`; `None` when the body is stored as it
+/// is (uncompressed).
+fn decode_body(ty: u8, body: &[u8], file: &Path, base: u64) -> Result<Option<Vec<u8>>> {
+    Ok(Some(match ty {
+        COMPRESSION_NONE => return Ok(None),
+        COMPRESSION_ZSTD => zstd_decode(body, file, base)?,
+        COMPRESSION_DELTA => delta_decode(body, file, base)?,
         COMPRESSION_DELTA_ZSTD => {
             // Positions inside the decompressed bytes are not file offsets: name the block,
             // and the position within what it decompressed to.
-            delta_decode(&zstd_decode(&body, file, base)?, file, 0).map_err(|e| match e {
+            delta_decode(&zstd_decode(body, file, base)?, file, 0).map_err(|e| match e {
                 Error::Corruption {
                     file,
                     offset,
@@ -229,8 +258,7 @@ pub fn decode_block(ty: u8, body: Bytes, file: &Path, base: u64) -> Result<Block
                 format!("unknown block codec {other}"),
             ))
         }
-    };
-    Block::new(Bytes::from(mem), file, base)
+    }))
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use crate::sst::codec;
 use crate::sst::format::{
     checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE,
 };
-use crate::types::{cmp_internal, cmp_keys, common_prefix_len, eq_keys, key_prefix, Entry, Kind};
+use crate::types::{
+    cmp_internal, common_prefix_len, eq_keys, key_prefix, prefix_search, Entry, Kind,
+};
 
 /// The index, flattened: every block's last key in one buffer, so the binary search a
 /// lookup starts with touches a few cache lines instead of a pointer per probe. The search
@@ -243,15 +245,16 @@ impl Table {
         Ok(())
     }
 
-    /// Loads data block `i` through the block cache.
+    /// Loads data block `i` through the block cache, to search it.
     pub fn block(&self, i: usize) -> Result<Block> {
-        self.read_block(i, true)
+        self.read_block(i, Fill::Search)
     }
 
-    /// Loads data block `i`. With `fill_cache` (point reads, scans) a missing block is read
-    /// with pread, checked and cached; without (compactions, verification, or no cache), it
+    /// Loads data block `i`. Filling the cache (point reads, scans), a missing block is read
+    /// with pread, checked and cached; otherwise (compactions, verification, or no cache), it
     /// is read from the memory map — zero-copy when uncompressed.
-    pub fn read_block(&self, i: usize, fill_cache: bool) -> Result<Block> {
+    pub fn read_block(&self, i: usize, fill: Fill) -> Result<Block> {
+        let fill_cache = fill != Fill::No;
         if let Some(c) = &self.cache {
             if let Some(b) = c.get(self.id, i as u32) {
                 return Ok(b);
@@ -272,10 +275,8 @@ impl Table {
             };
             let (ty, _) =
                 checked_block(&buf, local, &self.path).map_err(|e| rebase(e, h.offset))?;
-            // Slice off the trailer rather than truncate: a Vec whose length is not its
-            // capacity is reallocated (copied) on the way into `Bytes`.
-            let body = Bytes::from(buf).slice(..h.size as usize);
-            let b = codec::decode_block(ty, body, &self.path, h.offset)?;
+            let search = fill == Fill::Search;
+            let b = codec::decode_owned(ty, buf, h.size as usize, search, &self.path, h.offset)?;
             c.insert(self.id, i as u32, b.clone());
             return Ok(b);
         }
@@ -299,6 +300,12 @@ impl Table {
         Ok(b)
     }
 
+    /// Data block `i` if the block cache holds it.
+    #[cfg(test)]
+    pub(crate) fn cached_block(&self, i: usize) -> Option<Block> {
+        self.cache.as_ref()?.get(self.id, i as u32)
+    }
+
     /// The codec byte in the trailer of data block `i`, and where the block is.
     #[cfg(test)]
     pub(crate) fn stored_block(&self, i: usize) -> (u8, BlockHandle) {
@@ -312,36 +319,24 @@ impl Table {
 
     /// Index of the first data block that may hold entries at or after (key, seqno).
     pub(crate) fn find_block(&self, key: &[u8], seqno: u64) -> usize {
-        // A key that does not start with the shared prefix sorts before or after every
-        // index key.
-        let c = self.index.common;
-        let head = &key[..c.min(key.len())];
-        match cmp_keys(head, &self.index.keys[..head.len()]) {
-            std::cmp::Ordering::Less => return 0,
-            std::cmp::Ordering::Greater => return self.index.len(),
-            // A proper prefix of the shared prefix.
-            std::cmp::Ordering::Equal if key.len() < c => return 0,
-            std::cmp::Ordering::Equal => {}
+        let ix = &self.index;
+        let head = &ix.keys[..ix.common.min(ix.keys.len())];
+        let found = prefix_search(
+            ix.len(),
+            head,
+            key,
+            64,
+            |i| ix.prefixes[i],
+            |i| {
+                Ok::<_, std::convert::Infallible>(
+                    cmp_internal(ix.key(i), ix.seqnos[i], key, seqno) == std::cmp::Ordering::Less,
+                )
+            },
+        );
+        match found {
+            Ok(i) => i,
+            Err(never) => match never {},
         }
-        let probe = key_prefix(&key[c..]);
-        let (mut lo, mut hi) = (0, self.index.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let less = match self.index.prefixes[mid].cmp(&probe) {
-                std::cmp::Ordering::Less => true,
-                std::cmp::Ordering::Greater => false,
-                std::cmp::Ordering::Equal => {
-                    cmp_internal(self.index.key(mid), self.index.seqnos[mid], key, seqno)
-                        == std::cmp::Ordering::Less
-                }
-            };
-            if less {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
     }
 
     /// Whether the bloom filter admits `key` (given its filter hash).
@@ -382,6 +377,18 @@ impl Table {
     pub fn iter(self: &Arc<Self>) -> TableIter {
         TableIter::new(self.clone(), Bound::Unbounded, Bound::Unbounded)
     }
+}
+
+/// What a block read asks of the block cache.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fill {
+    /// Leave the cache as it is (compactions, verification).
+    No,
+    /// Cache a missing block as it is (the blocks a scan walks through).
+    Cache,
+    /// Cache a missing block with search prefixes (the blocks point reads and seeks search;
+    /// see `Block::from_vec`).
+    Search,
 }
 
 /// Position of an entry: (block, entry within block).

@@ -180,6 +180,56 @@ fn a_block_of_the_largest_key_and_value_round_trips_compressed() {
     }
 }
 
+/// Blocks that point reads and seeks search enter the block cache with search prefixes;
+/// blocks a scan only walks through enter it as they are (prefixes would cost every walked
+/// block and speed up no search). Reads give the same entries either way.
+#[test]
+fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
+    use crate::cursor::TableCursor;
+    use crate::iter::{Direction, KeyRange};
+    for compression in [Compression::None, Compression::Zstd(3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("000007.sst");
+        let es = entries(2000);
+        write(&p, &es, compression);
+        let t = open(&p, true).unwrap();
+        let n = t.block_count();
+        assert!(n > 8, "{n} blocks");
+        // A scan from the start: the first block is loaded without a search, and so is
+        // every block it walks into.
+        let mut c = TableCursor::new(t.clone(), KeyRange::all(), Direction::Forward, true).unwrap();
+        for _ in 0..200 {
+            c.advance().unwrap();
+        }
+        let walked = (0..n).take_while(|&i| t.cached_block(i).is_some()).count();
+        assert!(walked >= 2, "the scan walked {walked} blocks");
+        for i in 0..walked {
+            assert!(!t.cached_block(i).unwrap().is_searchable(), "block {i}");
+        }
+        // A point read in a block nobody has loaded caches it searchable, and a seek does too.
+        let last = &es[es.len() - 1];
+        let got = t.get(&last.key, key_hash(&last.key), u64::MAX).unwrap();
+        assert_eq!(got.as_ref(), Some(last));
+        assert!(t.cached_block(n - 1).unwrap().is_searchable());
+        let mid = &es[es.len() / 2];
+        let range = KeyRange {
+            start: Bound::Included(mid.key.clone()),
+            end: Bound::Unbounded,
+        };
+        let c = TableCursor::new(t.clone(), range, Direction::Forward, true).unwrap();
+        assert_eq!(c.key(), &mid.key[..]);
+        let bi = t.find_block(&mid.key, u64::MAX);
+        assert!(t.cached_block(bi).unwrap().is_searchable(), "block {bi}");
+        // Point reads in walked (plain) blocks and in searchable ones find the same entries.
+        for e in &es {
+            assert_eq!(
+                &t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap(),
+                e
+            );
+        }
+    }
+}
+
 #[test]
 fn iteration_both_directions_and_ranges() {
     let dir = tempfile::tempdir().unwrap();

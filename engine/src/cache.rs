@@ -102,6 +102,11 @@ impl BlockCache {
         self.capacity
     }
 
+    /// The room blocks may take now (see [`set_room`](Self::set_room)).
+    pub fn room(&self) -> u64 {
+        self.cache.capacity()
+    }
+
     /// Shrinks (or restores) the room blocks may take, within the configured capacity.
     pub fn set_room(&self, bytes: u64) {
         if self.capacity > 0 {

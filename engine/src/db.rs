@@ -220,6 +220,9 @@ pub(crate) struct Inner {
     /// `idle_memtable_flush_after`, cleared when it changes: point reads then charge the
     /// runs they probe (see `read::charge_shallow_runs`).
     pub write_idle: AtomicBool,
+    /// The step of the active memtable's growth the block cache was last charged for (see
+    /// [`Inner::recharge_memtables`]).
+    pub charged_step: AtomicU64,
     pub pacer: Mutex<crate::migration::Pacer>,
     /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
     pub fg_latency: crate::migration::LatencyHistogram,
@@ -304,6 +307,18 @@ pub(crate) fn table_file(dir: &Path, n: u64) -> PathBuf {
 
 pub(crate) fn wal_file(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:06}.log"))
+}
+
+/// What the active memtable, holding `active` bytes of its `budget`, is charged against the
+/// block cache: its growth in steps of a sixteenth of the budget, two steps ahead of what it
+/// holds (the WAL ticker charges it again every few milliseconds, and writes go on in
+/// between), and at most the budget unless it holds more. Returns (step, bytes charged).
+/// An empty memtable is thus charged an eighth of its budget rather than all of it, and the
+/// cache keeps the rest while nothing is written.
+pub(crate) fn active_memtable_charge(active: u64, budget: u64) -> (u64, u64) {
+    let unit = (budget / 16).max(1);
+    let step = active / unit;
+    (step, ((step + 2) * unit).min(budget).max(active))
 }
 
 impl Inner {
@@ -421,15 +436,35 @@ impl Inner {
             return;
         }
         let total = self.opts.block_cache_bytes;
-        // The active memtable is charged its full budget: it will fill before it is frozen.
-        let mem = self.opts.memtable_bytes as u64
+        let active = next.mem.approximate_bytes() as u64;
+        let (step, charge) = active_memtable_charge(active, self.opts.memtable_bytes as u64);
+        let mem = charge
             + next
                 .imm
                 .iter()
                 .map(|m| m.approximate_bytes() as u64)
                 .sum::<u64>();
+        self.charged_step.store(step, Ordering::Relaxed);
         self.cache
             .set_room(total.saturating_sub(mem).max(total / 4));
+    }
+
+    /// Charges the active memtable again once it has grown into a new step (a sixteenth of
+    /// its budget). Called by the WAL ticker, off the write path: shrinking the cache's room
+    /// evicts blocks there and then.
+    pub(crate) fn recharge_memtables(&self) {
+        if !self.opts.memtables_share_cache {
+            return;
+        }
+        let budget = self.opts.memtable_bytes as u64;
+        let active = self.view.load().mem.approximate_bytes() as u64;
+        if active_memtable_charge(active, budget).0 == self.charged_step.load(Ordering::Relaxed) {
+            return;
+        }
+        // Under the lock views are swapped under, so that a swap's charge (of a newer view)
+        // is never overwritten by this one's.
+        let _core = self.core.lock();
+        self.charge_memtables(&self.view.load());
     }
 
     fn update_pressure(&self, files: &FileSet) {
@@ -1152,5 +1187,58 @@ impl Inner {
         };
         self.lock.lock().take();
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block cache gets the memory the memtables do not hold: while nothing is written,
+    /// all but an eighth of the memtable budget (it was charged the whole budget before);
+    /// less as the active memtable fills; the room back once it is flushed.
+    #[test]
+    fn the_block_cache_gets_the_memory_the_memtables_do_not_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let (total, budget) = (8u64 << 20, 1u64 << 20);
+        let opts = Options {
+            block_cache_bytes: total,
+            memtable_bytes: budget as usize,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        let inner = &db.inner;
+        // Room is split over the cache's shards, each rounded up.
+        let near = |room: u64, want: u64| room.abs_diff(want) < 1024;
+        let active = || inner.view.load().mem.approximate_bytes() as u64;
+        inner.recharge_memtables();
+        assert!(
+            active() < budget / 16,
+            "an empty memtable holds {}",
+            active()
+        );
+        let idle_room = inner.cache.room();
+        assert!(near(idle_room, total - budget / 8), "idle room {idle_room}");
+        let mut i = 0;
+        while active() < budget / 2 {
+            db.put(format!("k{i:08}"), [7u8; 100]).unwrap();
+            i += 1;
+        }
+        inner.recharge_memtables();
+        let (held, room) = (active(), inner.cache.room());
+        assert!(
+            room + 1024 <= total - held,
+            "room {room} with {held} bytes held"
+        );
+        assert!(
+            room + 1024 >= total - held - budget / 8,
+            "room {room}, {held} held"
+        );
+        db.flush().unwrap();
+        assert!(
+            near(inner.cache.room(), idle_room),
+            "room after the flush {}",
+            inner.cache.room()
+        );
     }
 }

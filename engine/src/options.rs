@@ -41,7 +41,8 @@ pub struct Options {
     pub block_cache_bytes: u64,
     /// Charge memtables against `block_cache_bytes`: the cache holds at most what the
     /// memtables leave (but never less than a quarter), so the two together stay within one
-    /// memory budget.
+    /// memory budget. Frozen memtables are charged what they hold; the active one what it
+    /// holds rounded up, in sixteenths of `memtable_bytes`, to two sixteenths more.
     pub memtables_share_cache: bool,
     /// L0 files in one partition that trigger a compaction into its base level. Into a
     /// middle level, L0 then also waits until it holds as many bytes as that level (or twice

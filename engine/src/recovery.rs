@@ -555,6 +555,7 @@ fn assemble(
         move_bucket: Mutex::new((Instant::now(), 0.0)),
         mem_idle: Mutex::new((0, 0, Instant::now())),
         write_idle: AtomicBool::new(false),
+        charged_step: AtomicU64::new(u64::MAX),
         pacer: Mutex::new(crate::migration::Pacer::new(
             opts.migration_bytes_per_sec,
             opts.migration_p99_target_us,

@@ -591,6 +591,7 @@ impl Inner {
         // Off the read path: release memory-map pages readers touched, if due, and make the
         // copies lazy moves asked for.
         self.cache.sweep_if_due();
+        self.recharge_memtables();
         self.apply_moves();
         if !self.wal_healthy.load(Ordering::Acquire) {
             return;

@@ -125,16 +125,20 @@ pub struct Block {
 }
 
 /// A searchable block's search prefixes: one u32 per entry, the top 32 bits of
-/// [`key_prefix`] of the entry's key after the bytes all its keys share. A seek then reads
-/// two or three adjacent cache lines instead of one offset and one entry per probe (in a
-/// block the CPU caches have not seen, each of those is a trip to memory), and compares whole
-/// keys only on a tie. Shared bytes and prefixes have one allocation of their own: appended
-/// to the block's buffer, they would push a 4 KiB block into the allocator's next size class.
+/// [`key_prefix`] of the entry's key after the bytes all its keys share, and each entry's
+/// offset as a u16 (blocks under 64 KiB). A seek then reads two or three adjacent cache lines
+/// instead of one offset and one entry per probe (in a block the CPU caches have not seen,
+/// each of those is a trip to memory), compares whole keys only on a tie, and finds the entry
+/// it lands on without the block's offset array. Shared bytes, prefixes and offsets have one
+/// allocation of their own: appended to the block's buffer, they would push a 4 KiB block
+/// into the allocator's next size class.
 #[derive(Clone)]
 struct Search {
-    /// The shared bytes, zero-padded to a multiple of 4, then the prefixes (native-endian).
+    /// The shared bytes, zero-padded to a multiple of 4, the prefixes, then the offsets (all
+    /// native-endian).
     bytes: Arc<[u8]>,
     head_len: usize,
+    count: usize,
 }
 
 impl Search {
@@ -147,6 +151,16 @@ impl Search {
     fn prefix(&self, i: usize) -> u32 {
         let p = self.head_len.next_multiple_of(4) + i * 4;
         u32::from_ne_bytes(self.bytes[p..p + 4].try_into().expect("4 bytes"))
+    }
+
+    #[inline]
+    fn offset(&self, i: usize) -> usize {
+        // Past the last entry: an offset no entry has, which parsing refuses (as the
+        // block's own array would answer with its count field, or nothing).
+        let p = self.head_len.next_multiple_of(4) + self.count * 4 + i * 2;
+        self.bytes.get(p..p + 2).map_or(u32::MAX as usize, |b| {
+            u16::from_ne_bytes([b[0], b[1]]) as usize
+        })
     }
 }
 
@@ -194,30 +208,44 @@ fn short_entry_key(area: &[u8], p: usize) -> Option<(usize, usize)> {
 }
 
 /// The search prefixes of the `count` entries of `block` (entry area `..entries_end`);
-/// `None` if an entry does not parse.
+/// `None` if an entry does not parse or the block is too large for u16 offsets.
 fn search_prefixes(block: &[u8], entries_end: usize, count: usize) -> Option<Search> {
+    if entries_end > u16::MAX as usize {
+        return None;
+    }
     let area = &block[..entries_end];
-    let key_at = |i: usize| -> Option<(usize, usize)> {
+    let offset = |i: usize| -> Option<usize> {
         let o = block.get(entries_end + i * 4..entries_end + i * 4 + 4)?;
-        let o = u32::from_le_bytes(o.try_into().ok()?) as usize;
+        Some(u32::from_le_bytes(o.try_into().ok()?) as usize)
+    };
+    let key_at = |o: usize| -> Option<(usize, usize)> {
         short_entry_key(area, o).or_else(|| parse_entry(area, o).ok().map(|(ks, ke, ..)| (ks, ke)))
     };
-    let (first, last) = (key_at(0)?, key_at(count.checked_sub(1)?)?);
+    let first = key_at(offset(0)?)?;
+    let last = key_at(offset(count.checked_sub(1)?)?)?;
     let head_len = common_prefix_len(&area[first.0..first.1], &area[last.0..last.1]);
     let at = head_len.next_multiple_of(4);
-    let mut bytes = Vec::with_capacity(at + 4 * count);
-    bytes.extend_from_slice(&area[first.0..first.0 + head_len]);
-    bytes.resize(at, 0);
-    for i in 0..count {
-        let (ks, ke) = key_at(i)?;
+    let mut bytes = vec![0u8; at + 6 * count];
+    bytes[..head_len].copy_from_slice(&area[first.0..first.0 + head_len]);
+    let (prefixes, offsets) = bytes[at..].split_at_mut(4 * count);
+    for (i, (p, o)) in prefixes
+        .chunks_exact_mut(4)
+        .zip(offsets.chunks_exact_mut(2))
+        .enumerate()
+    {
+        let start = offset(i)?;
+        let (ks, ke) = key_at(start)?;
         // Keys between the first and the last share their head when the block is in
         // order; `get` keeps one that is not from panicking.
-        let p = key_prefix(area.get(ks + head_len..ke).unwrap_or_default());
-        bytes.extend_from_slice(&((p >> (64 - SEARCH_BITS)) as u32).to_ne_bytes());
+        let k = key_prefix(area.get(ks + head_len..ke).unwrap_or_default());
+        p.copy_from_slice(&((k >> (64 - SEARCH_BITS)) as u32).to_ne_bytes());
+        // Below `entries_end` (the entry parsed), so it fits.
+        o.copy_from_slice(&(start as u16).to_ne_bytes());
     }
     Some(Search {
         bytes: bytes.into(),
         head_len,
+        count,
     })
 }
 
@@ -289,6 +317,9 @@ impl Block {
     }
 
     pub(crate) fn entry_offset(&self, i: usize) -> usize {
+        if let Some(s) = &self.search {
+            return s.offset(i);
+        }
         let p = self.entries_end + i * 4;
         u32::from_le_bytes([
             self.data[p],
@@ -513,6 +544,11 @@ mod tests {
                 );
             }
         }
+        // Asking a searchable block for an entry past the last is an error, not a panic.
+        let out = block_of(&long_head);
+        let s = Block::from_vec(out.clone(), out.len(), true, p, 0).unwrap();
+        assert!(s.entry(s.len(), p, 0).is_err());
+        assert!(s.entry(s.len() + 7, p, 0).is_err());
         // An empty block has nothing to search.
         let mut out = Vec::new();
         BlockBuilder::new().finish_into(&mut out);

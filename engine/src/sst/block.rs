@@ -264,7 +264,7 @@ impl Block {
 
     /// The block whose bytes are `buf[..len]` (whatever follows is dropped). With `search`,
     /// it gets search prefixes: for blocks that stay in the block cache to be searched, where
-    /// 4 bytes per entry buy faster seeks for as long as the block is cached. A block with an
+    /// 6 bytes per entry buy faster seeks for as long as the block is cached. A block with an
     /// entry that does not parse gets no prefixes; reading that entry reports the damage as
     /// it does in any block.
     pub fn from_vec(

@@ -116,12 +116,12 @@ impl BlockCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fs::{Fs, StdFs};
 
     /// Resident KiB of this process's mappings of `path` (from /proc/self/smaps).
-    fn resident_kib(path: &std::path::Path) -> u64 {
+    pub(crate) fn resident_kib(path: &std::path::Path) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let name = path.to_str().unwrap();
         let mut total = 0;

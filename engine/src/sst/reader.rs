@@ -130,6 +130,11 @@ impl Table {
             _ => None,
         };
         let mut t = Self::from_bytes(m.bytes, path, id, cache)?;
+        // Opening read the footer, properties, filter and index through the map and copied
+        // what it keeps: release those pages, or every open table holds them resident.
+        if let Some(p) = &m.pages {
+            p.release();
+        }
         t._pages = m.pages;
         t.reader = reader;
         Ok(t)

@@ -614,6 +614,8 @@ struct WalFixture {
     batches: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
     wal: PathBuf,
     wname: String,
+    /// The WAL's records as written (before any damage).
+    log: sluice::log::LogContents,
 }
 
 fn wal_fixture() -> WalFixture {
@@ -622,12 +624,14 @@ fn wal_fixture() -> WalFixture {
     let batches = build_wal_db(&pristine);
     let wal = biggest_wal(&pristine);
     let wname = name(&wal);
+    let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
     WalFixture {
         root,
         pristine,
         batches,
         wal,
         wname,
+        log,
     }
 }
 
@@ -677,8 +681,8 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
         batches,
         wal,
         wname,
+        log,
     } = wal_fixture();
-    let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
     assert_eq!(
         log.records.len(),
         6,
@@ -760,9 +764,9 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
         batches,
         wal,
         wname,
+        log,
     } = wal_fixture();
     let len = std::fs::metadata(&wal).unwrap().len();
-    let log = read_log(std::fs::read(&wal).unwrap().into(), &wal, LogKind::Wal).unwrap();
     let pit = || Options {
         wal_recovery: WalRecovery::PointInTime,
         ..Options::default()
@@ -837,11 +841,11 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
         batches,
         wal,
         wname,
+        log,
     } = wal_fixture();
     let number: u64 = wname.trim_end_matches(".log").parse().unwrap();
     let next = format!("{:06}.log", number + 1);
     let bytes = std::fs::read(&wal).unwrap();
-    let log = read_log(bytes.clone().into(), &wal, LogKind::Wal).unwrap();
     let header_end = log.records[0].0 as usize;
     let (torn_at, _) = log.records[2];
     let split_at = log.records[3].0 as usize;

@@ -37,6 +37,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// A damaged write-ahead-log record with intact records after it (in the same WAL or a
+    /// later one). A crash damages only the end of the newest WAL, which recovery drops; this
+    /// is what a power loss leaves on a file system that writes pages back out of order, or
+    /// a failing disk. The default (strict) recovery refuses it, since replaying past it
+    /// would leave a hole; reopening with `Options::wal_recovery =`
+    /// [`crate::WalRecovery::PointInTime`] opens the database as of the record before it.
+    /// [`Error::is_corruption`] is true for it.
+    #[error("damaged WAL record in {file} at offset {offset}: {reason} (after a power loss on a file system that writes pages back out of order, Options::wal_recovery = PointInTime opens the database as of the record before it)")]
+    WalDamaged {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
     /// A file written by a newer (or unknown) format version.
     #[error("{file} has format version {found}, this build reads up to {supported}")]
     UnsupportedFormat {
@@ -136,6 +150,7 @@ impl Error {
             self,
             Error::ChecksumMismatch { .. }
                 | Error::Corruption { .. }
+                | Error::WalDamaged { .. }
                 | Error::UnsupportedFormat { .. }
         )
     }
@@ -177,6 +192,15 @@ impl Error {
                 offset,
                 reason,
             } => Error::corruption(file.clone(), *offset, reason.clone()),
+            Error::WalDamaged {
+                file,
+                offset,
+                reason,
+            } => Error::WalDamaged {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
             Error::UnsupportedFormat {
                 file,
                 found,

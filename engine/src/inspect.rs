@@ -481,9 +481,9 @@ pub fn forward_target(value: &[u8]) -> Option<u64> {
 /// The file and offset an error names, if any.
 pub fn error_location(e: &Error) -> (Option<PathBuf>, Option<u64>) {
     match e {
-        Error::ChecksumMismatch { file, offset, .. } | Error::Corruption { file, offset, .. } => {
-            (Some(file.clone()), Some(*offset))
-        }
+        Error::ChecksumMismatch { file, offset, .. }
+        | Error::Corruption { file, offset, .. }
+        | Error::WalDamaged { file, offset, .. } => (Some(file.clone()), Some(*offset)),
         Error::UnsupportedFormat { file, .. } => (Some(file.clone()), None),
         Error::Io { path, .. } => (Some(path.clone()), None),
         Error::Locked { path } | Error::Busy { path, .. } | Error::NotADatabase { path, .. } => {

@@ -143,7 +143,7 @@ impl Default for Options {
 /// another matter, decided here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WalRecovery {
-    /// Refuse to open ([`crate::Error::Corruption`] naming the file and offset): skipping
+    /// Refuse to open ([`crate::Error::WalDamaged`] naming the file and offset): skipping
     /// the damage would leave a hole, and dropping what follows could drop writes
     /// acknowledged with `sync`.
     #[default]

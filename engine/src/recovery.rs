@@ -309,20 +309,15 @@ pub(crate) fn replay_wals(
                     // neither is damage with intact records after it in the same WAL.
                     // Skipping either would leave a hole.
                     let what = if records_follow {
-                        "damaged record in an older WAL"
+                        "in an older WAL"
                     } else {
-                        "damaged record with intact records after it"
+                        "with intact records after it"
                     };
-                    return Err(Error::corruption(
-                        path,
-                        t.offset,
-                        format!(
-                            "{what}: {} (after a power loss on a file system that writes \
-                             pages back out of order, Options::wal_recovery = PointInTime \
-                             opens the database as of the record before it)",
-                            t.reason
-                        ),
-                    ));
+                    return Err(Error::WalDamaged {
+                        file: path.clone(),
+                        offset: t.offset,
+                        reason: format!("{}, {what}", t.reason),
+                    });
                 }
                 // Point in time: replay up to the damage, nothing after it.
                 stop = true;

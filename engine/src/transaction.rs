@@ -98,7 +98,7 @@ impl Transaction {
         self.commit_opt(&WriteOptions::default())
     }
 
-    /// Validates and applies the transaction atomically. Returns [`Error::Conflict`] if a
+    /// Validates and applies the transaction atomically. Returns [`Error::Conflict`](crate::Error::Conflict) if a
     /// key it read was written (or deleted) by someone else after its snapshot; nothing is
     /// written then.
     pub fn commit_opt(self, opts: &WriteOptions) -> Result<()> {

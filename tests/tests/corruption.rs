@@ -780,6 +780,10 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
         let e = open_err(&dir, Options::default(), &what);
         assert_corruption_naming(&e, &wname, &what);
         assert!(e.to_string().contains("PointInTime"), "{what}: {e}");
+        assert!(
+            matches!(&e, Error::WalDamaged { offset, .. } if offset == off),
+            "{what}: {e:?}"
+        );
         let db = Db::open(&dir, pit()).unwrap_or_else(|e| panic!("{what}: {e}"));
         let rep = db.recovery_report().clone();
         let (p, at, _) = rep.torn_tail.clone().expect("damage reported");
@@ -817,6 +821,7 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
         e.to_string().contains("PointInTime"),
         "damaged WAL header: {e}"
     );
+    assert!(matches!(e, Error::WalDamaged { .. }), "{e:?}");
     let db = Db::open(&dir, pit()).unwrap();
     assert_eq!(db.recovery_report().wal_dropped_after_damage, len);
     assert_eq!(batches_present(&db, &batches, "damaged WAL header"), 0);
@@ -872,6 +877,10 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
             let e = open_err(&dir, Options::default(), &what);
             assert_corruption_naming(&e, &wname, &what);
             assert!(e.to_string().contains("older WAL"), "{what}: {e}");
+            assert!(
+                matches!(&e, Error::WalDamaged { offset, .. } if *offset == torn_at),
+                "{what}: {e:?}"
+            );
             assert!(
                 rep.errors()
                     .any(|p| p.message.contains("older WAL") && p.offset == Some(torn_at)),

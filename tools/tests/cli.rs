@@ -734,6 +734,13 @@ fn recover_refuses_wal_damage_then_recovers_as_of_the_record_before_it() {
     flip(&d.join("000019.log"), 30);
     let all = assert_reported(d, &["recover", "{DIR}"], "000019.log");
     assert!(all.contains("--point-in-time"), "{all}");
+    // Damage point-in-time recovery does not resolve (a table's damaged footer) gets no such
+    // hint.
+    let other = fixture();
+    let sst = other.path().join("000008.sst");
+    flip(&sst, std::fs::metadata(&sst).unwrap().len() as usize - 1);
+    let all = assert_reported(other.path(), &["recover", "{DIR}"], "000008.sst");
+    assert!(!all.contains("--point-in-time"), "{all}");
     let (c, v) = json(d, &["recover", "{DIR}", "--point-in-time"]);
     assert_eq!(c, 0, "{v}");
     assert_eq!(v["mode"], "point-in-time");

@@ -73,10 +73,8 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     };
     let db = Db::open(&args.dir, opts).map_err(|e| {
         // Only the refusal point-in-time recovery resolves (damage with intact records
-        // after it, which the engine's message says); a missing WAL, a bad header or a
-        // malformed batch fail the same way in either mode.
-        let damaged_wal = !args.point_in_time
-            && matches!(&e, sluice::Error::Corruption { reason, .. } if reason.contains("PointInTime"));
+        // after it); a missing WAL or a malformed batch fail the same way in either mode.
+        let damaged_wal = !args.point_in_time && matches!(&e, sluice::Error::WalDamaged { .. });
         let mut err = CliError::from(e);
         if damaged_wal {
             err.message.push_str(&format!(

@@ -39,7 +39,9 @@ const MAP_BUDGET: u64 = 2 << 20;
 impl BlockCache {
     /// A cache holding up to `bytes` of blocks.
     pub fn new(bytes: u64) -> BlockCache {
-        let items = (bytes / 4096).max(16) as usize;
+        // A sizing hint for the cache's tables; a huge budget must not size them for
+        // trillions of blocks.
+        let items = (bytes / 4096).clamp(16, 1 << 24) as usize;
         BlockCache {
             cache: Cache::with_weighter(items, bytes.max(1), BlockWeighter),
             capacity: bytes,

@@ -235,19 +235,22 @@ pub(crate) fn pending_bytes(inner: &Inner, files: &FileSet) -> u64 {
         for p in &l.parts {
             let sh = shape(inner, l, p, incoming);
             if l0_score(inner, p, &sh) >= 1.0 {
-                debt += p.level_bytes(0) + p.level_bytes(sh.base);
+                debt = debt.saturating_add(p.level_bytes(0) + p.level_bytes(sh.base));
             }
             for level in 1..MAX_LEVELS - 1 {
                 let b = p.level_bytes(level);
                 if level < sh.base {
-                    debt += b.saturating_mul(2);
+                    debt = debt.saturating_add(b.saturating_mul(2));
                 } else if b > sh.targets[level] {
                     // The excess, plus the overlapping part of the next level it merges with
                     // (taken at the full multiplier, even for a middle level whose next level
                     // is closer in size: an estimate with the real ratio let the pacer keep
                     // its full budget while writes were compacting, and the 8M-key migration's
                     // read p99 rose from 1.35–1.36× the control run to 1.67–1.98×).
-                    debt += (b - sh.targets[level]).saturating_mul(inner.opts.level_multiplier + 1);
+                    debt = debt.saturating_add(
+                        (b - sh.targets[level])
+                            .saturating_mul(inner.opts.level_multiplier.saturating_add(1)),
+                    );
                 }
             }
         }

@@ -373,11 +373,15 @@ impl Inner {
     /// Appends an edit to the manifest; on failure the database turns read-only, since the
     /// manifest may now end in a torn record.
     pub fn log_edit(&self, core: &mut Core, edit: &VersionEdit) -> Result<()> {
-        if let Err(e) = core.manifest.append(edit) {
-            self.fail(format!("manifest write failed: {e}"));
-            return Err(e);
+        match core.manifest.append(edit) {
+            // Refused before anything was written: the manifest is as it was.
+            Err(e @ Error::TooLarge { .. }) => Err(e),
+            Err(e) => {
+                self.fail(format!("manifest write failed: {e}"));
+                Err(e)
+            }
+            Ok(()) => Ok(()),
         }
-        Ok(())
     }
 
     /// Rewrites the manifest as one snapshot edit when the log has grown large.
@@ -394,6 +398,9 @@ impl Inner {
         // covered deleted. So any failure here stops writes, as a failed edit does.
         let w = match ManifestWriter::create(self.fs.as_ref(), &self.dir, number, &snap) {
             Ok(w) => w,
+            // A snapshot too large for one record (nothing was written): keep appending to
+            // the current manifest.
+            Err(Error::TooLarge { .. }) => return Ok(()),
             Err(e) => {
                 self.fail(format!("manifest roll failed: {e}"));
                 return Err(e);
@@ -854,7 +861,9 @@ impl Inner {
         self.check_writable()?;
         let mut core = self.core.lock();
         let (epoch, state) = core.controller.clone().unwrap_or((0, Vec::new()));
-        let next = epoch + 1;
+        let next = epoch.checked_add(1).ok_or_else(|| {
+            Error::LayoutRefused(format!("controller epoch {epoch} cannot be raised"))
+        })?;
         let mut e = VersionEdit::default();
         e.push(EditRecord::Controller {
             epoch: next,
@@ -867,6 +876,13 @@ impl Inner {
 
     pub fn store_controller_state(&self, epoch: u64, state: &[u8]) -> Result<()> {
         self.check_writable()?;
+        if state.len() > crate::manifest::MAX_CONTROLLER_LEN {
+            return Err(Error::TooLarge {
+                what: "controller state",
+                len: state.len(),
+                max: crate::manifest::MAX_CONTROLLER_LEN,
+            });
+        }
         let mut core = self.core.lock();
         let current = core.controller.as_ref().map_or(0, |c| c.0);
         if epoch != current {
@@ -889,7 +905,12 @@ impl Inner {
         self.check_writable()?;
         let func = Arc::new(PartitionFn::new(spec)?);
         let mut core = self.core.lock();
-        let id = core.registry.keys().next_back().copied().unwrap_or(0) + 1;
+        let last = core.registry.keys().next_back().copied().unwrap_or(0);
+        let id = last.checked_add(1).ok_or_else(|| {
+            Error::LayoutRefused(format!(
+                "layout version v{last} is the last one there can be"
+            ))
+        })?;
         let mut e = VersionEdit::default();
         e.push(EditRecord::RegisterLayout {
             id,

@@ -79,6 +79,15 @@ pub enum Error {
     #[error("write batch of {len} bytes exceeds the limit of {max} bytes")]
     BatchTooLarge { len: usize, max: usize },
 
+    /// Something the engine would store in its manifest (a controller state, a manifest
+    /// edit) larger than it reads back; refused before anything is written.
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+
     /// A partition specification that cannot be used.
     #[error("invalid partition spec: {0}")]
     InvalidPartitionSpec(String),
@@ -220,6 +229,11 @@ impl Error {
                 max: *max,
             },
             Error::ValueTooLarge { len, max } => Error::ValueTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Error::TooLarge { what, len, max } => Error::TooLarge {
+                what,
                 len: *len,
                 max: *max,
             },

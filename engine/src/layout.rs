@@ -60,7 +60,16 @@ impl PartitionSpec {
 
     /// Checks that the spec can be used; every constructor path goes through here.
     pub fn validate(&self) -> Result<()> {
-        self.validate_depth(0)
+        self.validate_depth(0)?;
+        // The manifest reads a spec back only up to this size.
+        let len = self.to_bytes().len();
+        if len > crate::manifest::MAX_SPEC_LEN {
+            return Err(Error::InvalidPartitionSpec(format!(
+                "the spec encodes to {len} bytes, over the limit of {} bytes",
+                crate::manifest::MAX_SPEC_LEN
+            )));
+        }
+        Ok(())
     }
 
     fn validate_depth(&self, depth: usize) -> Result<()> {

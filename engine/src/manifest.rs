@@ -78,8 +78,8 @@ const TAG_PIN: u8 = 10;
 
 /// Most levels any partition may have.
 pub const MAX_LEVELS: usize = 7;
-const MAX_SPEC_LEN: usize = 32 << 20;
-const MAX_CONTROLLER_LEN: usize = 16 << 20;
+pub(crate) const MAX_SPEC_LEN: usize = 32 << 20;
+pub(crate) const MAX_CONTROLLER_LEN: usize = 16 << 20;
 
 impl VersionEdit {
     pub fn push(&mut self, r: EditRecord) -> &mut Self {
@@ -292,10 +292,12 @@ impl ManifestWriter {
         number: u64,
         snapshot: &VersionEdit,
     ) -> Result<ManifestWriter> {
+        let payload = snapshot.encode();
+        check_edit_len(&payload)?;
         let path = dir.join(manifest_name(number));
         let file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
         let mut log = LogWriter::new(file, path, LogKind::Manifest);
-        log.add(&snapshot.encode());
+        log.add(&payload);
         log.sync()?;
         let tmp = dir.join("CURRENT.tmp");
         let mut f = fs.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -326,10 +328,26 @@ impl ManifestWriter {
     }
 
     /// Appends one edit and fsyncs it.
+    /// Appends and syncs one edit. An edit larger than a record the reader accepts is
+    /// refused with [`Error::TooLarge`] before anything is written.
     pub fn append(&mut self, edit: &VersionEdit) -> Result<()> {
-        self.log.add(&edit.encode());
+        let payload = edit.encode();
+        check_edit_len(&payload)?;
+        self.log.add(&payload);
         self.log.sync()
     }
+}
+
+/// Refuses a manifest record the reader would not read back.
+fn check_edit_len(payload: &[u8]) -> Result<()> {
+    if payload.len() > crate::log::MAX_RECORD_LEN {
+        return Err(Error::TooLarge {
+            what: "manifest edit",
+            len: payload.len(),
+            max: crate::log::MAX_RECORD_LEN,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -211,7 +211,10 @@ impl Inner {
         let debt = self.pending_compaction.load(Ordering::Relaxed)
             >= o.pending_compaction_slowdown_bytes / 2
             || self.l0_max.load(Ordering::Relaxed)
-                >= (o.level0_compaction_trigger + o.level0_slowdown_trigger) / 2;
+                // Halfway from the compaction trigger to the slowdown trigger (validated
+                // to be no lower), without overflowing when slowdown is set out of reach.
+                >= o.level0_compaction_trigger
+                    + (o.level0_slowdown_trigger - o.level0_compaction_trigger) / 2;
         p.factor = if slow || debt {
             (p.factor * 0.5).max(0.05)
         } else {
@@ -246,7 +249,9 @@ impl Inner {
             return None;
         }
         let job = self.pick_draining_file(core, view)?;
-        let need = job.input_bytes() + self.opts.migration_disk_headroom_bytes;
+        let need = job
+            .input_bytes()
+            .saturating_add(self.opts.migration_disk_headroom_bytes);
         match self.fs.available_space(&self.dir) {
             Ok(free) if free < need => {
                 p.blocked = Some(format!(

@@ -207,8 +207,16 @@ impl Options {
                 "need 0 < compaction_trigger <= slowdown_trigger <= stop_trigger",
             );
         }
-        if self.level_multiplier < 2 {
-            return bad("level_multiplier", "must be at least 2");
+        if !(2..=1000).contains(&self.level_multiplier) {
+            return bad("level_multiplier", "must be 2..=1000");
+        }
+        if self.memtable_bytes > 1 << 40 {
+            return bad("memtable_bytes", "must be at most 1 TiB");
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(3600))
+            .contains(&self.wal_flush_interval)
+        {
+            return bad("wal_flush_interval", "must be between 1 ms and 1 hour");
         }
         if self.level_base_bytes == 0 || self.target_file_bytes < 1024 {
             return bad("level_base_bytes/target_file_bytes", "too small");

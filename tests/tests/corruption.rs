@@ -1385,6 +1385,69 @@ fn invalid_partition_specs_are_refused_and_the_db_keeps_working() {
     db.close().unwrap();
 }
 
+/// Options at the far ends of what `Options::validate` accepts ("never slow down", "no
+/// headroom limit", a cache or level sizes of `u64::MAX`, a manifest that rolls at every
+/// edit) open, write, flush, migrate, compact and reopen with every value, and no engine
+/// thread panics on arithmetic (tests build with overflow checks).
+#[test]
+fn extreme_valid_options_work_without_panics() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        memtable_bytes: 4 << 10,
+        level0_slowdown_trigger: usize::MAX,
+        level0_stop_trigger: usize::MAX,
+        pending_compaction_slowdown_bytes: u64::MAX,
+        pending_compaction_stop_bytes: u64::MAX,
+        slowdown_bytes_per_sec: u64::MAX,
+        migration_disk_headroom_bytes: u64::MAX - 1,
+        migration_bytes_per_sec: u64::MAX,
+        move_bytes_per_sec: u64::MAX,
+        block_cache_bytes: u64::MAX,
+        level_base_bytes: u64::MAX,
+        level_multiplier: 1000,
+        target_file_bytes: u64::MAX,
+        max_manifest_bytes: 0,
+        wal_buffer_bytes: 0,
+        idle_memtable_flush_after: Some(std::time::Duration::MAX),
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut model = Model::new();
+    for i in 0..2000u32 {
+        let (k, v) = (format!("k{i:05}"), format!("v{i}"));
+        db.put(&k, &v).unwrap();
+        model.insert(k.into_bytes(), v.into_bytes());
+    }
+    db.flush().unwrap();
+    let v2 = db
+        .register_partition_fn(PartitionSpec::Hash {
+            partitions: 4,
+            seed: 1,
+            hashed_prefix: None,
+        })
+        .unwrap();
+    db.set_target(v2).unwrap();
+    // The pacer reviews its budget once a second (comparing L0 with the triggers).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Reads may queue lazy moves; the headroom check keeps migration from running (no disk
+    // has u64::MAX - 1 bytes free), and saying so must not overflow.
+    for k in model.keys().take(100) {
+        assert!(db.get(k).unwrap().is_some());
+    }
+    db.compact().unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let got: Model = db
+        .range(..)
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(got, model);
+    db.close().unwrap();
+    no_engine_panics();
+}
+
 #[test]
 fn invalid_options_are_refused_before_anything_is_written() {
     let _guard = shared();
@@ -1405,6 +1468,22 @@ fn invalid_options_are_refused_before_anything_is_written() {
         },
         Options {
             level_multiplier: 1,
+            ..Options::default()
+        },
+        Options {
+            level_multiplier: u64::MAX,
+            ..Options::default()
+        },
+        Options {
+            memtable_bytes: usize::MAX,
+            ..Options::default()
+        },
+        Options {
+            wal_flush_interval: std::time::Duration::ZERO,
+            ..Options::default()
+        },
+        Options {
+            wal_flush_interval: std::time::Duration::MAX,
             ..Options::default()
         },
         Options {

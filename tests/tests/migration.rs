@@ -447,6 +447,46 @@ fn controller_epochs_fence_a_stale_controller() {
     assert_eq!(db.controller_state(), Some((b, b"from b".to_vec())));
 }
 
+/// What the engine stores in its manifest is refused, with nothing written, when it is
+/// larger than the manifest reader accepts: a controller state, a range spec with huge
+/// boundaries. The database stays writable and reopens with what it held before (before
+/// these checks, both calls returned Ok and the next open failed).
+#[test]
+fn manifest_records_too_large_to_read_back_are_refused_before_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    let epoch = db.claim_controller().unwrap();
+    db.store_controller_state(epoch, b"small").unwrap();
+    let huge = vec![7u8; (16 << 20) + 1];
+    let e = db.store_controller_state(epoch, &huge).unwrap_err();
+    assert!(
+        matches!(e, sluice::Error::TooLarge { len, .. } if len == huge.len()),
+        "{e}"
+    );
+    // 600 boundaries of 60,000 bytes: a valid number of partitions and valid keys, but a
+    // 36 MB spec.
+    let boundaries: Vec<Vec<u8>> = (0..600u32)
+        .map(|i| {
+            let mut b = i.to_be_bytes().to_vec();
+            b.resize(60_000, b'x');
+            b
+        })
+        .collect();
+    let e = db
+        .register_partition_fn(PartitionSpec::Range { boundaries })
+        .unwrap_err();
+    assert!(
+        matches!(e, sluice::Error::InvalidPartitionSpec(ref m) if m.contains("encodes to")),
+        "{e}"
+    );
+    db.put("after", "1").unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    assert_eq!(db.controller_state(), Some((epoch, b"small".to_vec())));
+    assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.layout().versions.len(), 1);
+}
+
 /// A read-only workload during a migration fills the memtable with moved values; it must
 /// be flushed without any write to trigger it, and memory must stay bounded.
 #[test]

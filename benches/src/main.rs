@@ -134,7 +134,8 @@ struct Cli {
     #[arg(long, conflicts_with = "destroy")]
     use_existing_db: bool,
 
-    /// Delete --dir before starting (the default).
+    /// Delete --dir before starting (the default), which is done only to a directory
+    /// sluice-stress created (it leaves a `SLUICE_STRESS` file in it) or an empty one.
     #[arg(long)]
     destroy: bool,
 
@@ -786,24 +787,8 @@ fn run_peer(cli: &Cli) -> BenchResult<()> {
 /// A peer's directory: created fresh with a marker; an existing one is deleted only if it
 /// carries the marker (or is empty).
 fn prepare_peer_dir(dir: &Path) -> BenchResult<()> {
-    match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
-        Ok(mut entries) => {
-            if !dir.join(PEER_MARKER).is_file() && entries.next().is_some() {
-                return Err(format!(
-                    "{} is not empty and was not created by sluice-stress for a peer engine; \
-                     refusing to delete it",
-                    dir.display()
-                )
-                .into());
-            }
-            std::fs::remove_dir_all(dir).map_err(|e| format!("deleting {}: {e}", dir.display()))?;
-        }
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    std::fs::write(dir.join(PEER_MARKER), "created by sluice-stress --engine\n")?;
-    Ok(())
+    clear_dir(dir, PEER_MARKER)?;
+    mark_dir(dir, PEER_MARKER)
 }
 
 fn lsm_shape(s: &Stats) -> String {
@@ -845,12 +830,16 @@ pub(crate) fn device_bytes(s: &Stats) -> u64 {
     s.wal_bytes_written + s.bytes_flushed + s.compaction_bytes_written
 }
 
-/// Starts from an empty directory unless asked to reuse one. Deletes only what looks like a
-/// Sluice database (or an empty directory): a mistyped --dir must not wipe unrelated files.
+/// Marks a directory `sluice-stress` created for a Sluice database (so it may delete it
+/// later).
+pub(crate) const STRESS_MARKER: &str = "SLUICE_STRESS";
+
+/// Starts from a new directory unless asked to reuse one. An existing directory is deleted
+/// only if `sluice-stress` created it (it carries the marker) or it is empty: a mistyped
+/// --dir, or one naming a real database, must not be wiped.
 pub(crate) fn prepare_dir(dir: &Path, use_existing: bool) -> BenchResult<()> {
-    let is_db = dir.join("CURRENT").is_file();
     if use_existing {
-        if !is_db {
+        if !dir.join("CURRENT").is_file() {
             return Err(format!(
                 "--use-existing-db: {} holds no Sluice database (no CURRENT file)",
                 dir.display()
@@ -859,19 +848,78 @@ pub(crate) fn prepare_dir(dir: &Path, use_existing: bool) -> BenchResult<()> {
         }
         return Ok(());
     }
+    clear_dir(dir, STRESS_MARKER)?;
+    mark_dir(dir, STRESS_MARKER)
+}
+
+/// Removes `dir` if it is empty or carries `marker` (left by [`mark_dir`]); refuses anything
+/// else. Leaves `dir` absent.
+pub(crate) fn clear_dir(dir: &Path, marker: &str) -> BenchResult<()> {
     match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", dir.display()).into()),
         Ok(mut entries) => {
-            if !is_db && entries.next().is_some() {
+            if !dir.join(marker).is_file() && entries.next().is_some() {
                 return Err(format!(
-                    "{} is not empty and holds no Sluice database; refusing to delete it",
+                    "{} is not empty and was not created by sluice-stress; refusing to delete \
+                     it (--use-existing-db runs on an existing database)",
                     dir.display()
                 )
                 .into());
             }
+            std::fs::remove_dir_all(dir).map_err(|e| format!("deleting {}: {e}", dir.display()))?;
+            Ok(())
         }
     }
-    std::fs::remove_dir_all(dir).map_err(|e| format!("deleting {}: {e}", dir.display()))?;
+}
+
+/// Creates `dir` if needed and leaves `marker` in it, so [`clear_dir`] may delete it later.
+pub(crate) fn mark_dir(dir: &Path, marker: &str) -> BenchResult<()> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(
+        dir.join(marker),
+        "created by sluice-stress; it may delete this directory\n",
+    )
+    .map_err(|e| format!("marking {}: {e}", dir.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--dir` is deleted only if sluice-stress made it (or it is empty): a real database,
+    /// or any other files, are refused and left as they were.
+    #[test]
+    fn prepare_dir_deletes_only_what_sluice_stress_created() {
+        let root = tempfile::tempdir().unwrap();
+        // A database sluice-stress did not create (here, just its CURRENT) with other files.
+        let theirs = root.path().join("theirs");
+        std::fs::create_dir_all(theirs.join("photos")).unwrap();
+        std::fs::write(theirs.join("CURRENT"), "MANIFEST-000001\n").unwrap();
+        std::fs::write(theirs.join("notes.txt"), "keep").unwrap();
+        let e = prepare_dir(&theirs, false).unwrap_err().to_string();
+        assert!(e.contains("refusing to delete"), "{e}");
+        assert!(theirs.join("CURRENT").is_file() && theirs.join("notes.txt").is_file());
+        assert!(theirs.join("photos").is_dir());
+        // --use-existing-db still runs on it.
+        prepare_dir(&theirs, true).unwrap();
+        // A new directory is created and marked; the next run may delete it.
+        let ours = root.path().join("ours");
+        prepare_dir(&ours, false).unwrap();
+        assert!(ours.join(STRESS_MARKER).is_file());
+        std::fs::write(ours.join("000001.sst"), "data").unwrap();
+        prepare_dir(&ours, false).unwrap();
+        assert!(!ours.join("000001.sst").exists());
+        assert!(ours.join(STRESS_MARKER).is_file());
+        // An empty directory is taken over; a peer's marker does not stand in for ours.
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        prepare_dir(&empty, false).unwrap();
+        assert!(empty.join(STRESS_MARKER).is_file());
+        let peer = root.path().join("peer");
+        prepare_peer_dir(&peer).unwrap();
+        std::fs::write(peer.join("x"), "y").unwrap();
+        assert!(prepare_dir(&peer, false).is_err());
+    }
 }

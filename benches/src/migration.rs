@@ -641,8 +641,10 @@ pub fn run(db: &Db, ctx: &ScenarioCtx<'_>, kind: Kind) -> BenchResult<Done> {
     let prep = prepare(db, ctx)?;
     let control_dir = sibling(&cli.dir, "control");
     if cli.control {
-        crate::prepare_dir(&control_dir, false)?;
+        // A checkpoint makes its own directory: clear it, then mark what was made.
+        crate::clear_dir(&control_dir, crate::STRESS_MARKER)?;
         db.checkpoint(&control_dir)?;
+        crate::mark_dir(&control_dir, crate::STRESS_MARKER)?;
     }
     let cfg = load_config(ctx);
     eprintln!(

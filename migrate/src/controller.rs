@@ -315,6 +315,11 @@ impl Controller {
                 self.rec.state
             )));
         }
+        let checkpoint_dir = opts
+            .checkpoint_dir
+            .as_deref()
+            .map(checkpoint_target)
+            .transpose()?;
         let a = self.analyze(&spec)?;
         let biased = self.is_biased(&a);
         if biased && !opts.force {
@@ -346,7 +351,7 @@ impl Controller {
             predicted_p_value: a.distribution.p_value,
             canary_bytes: ((draining as f64) * self.cfg.canary_fraction) as u64,
             canary_done: false,
-            checkpoint_dir: opts.checkpoint_dir,
+            checkpoint_dir,
             superseded: Vec::new(),
         });
         self.rec.reconciliation = self.reconcile_now()?;
@@ -441,8 +446,23 @@ impl Controller {
         }
         let plan = self.plan_ref()?.clone();
         if let Some(dir) = &plan.checkpoint_dir {
-            if !std::path::Path::new(dir).exists() {
-                self.db.checkpoint(dir)?;
+            let path = std::path::Path::new(dir);
+            // A checkpoint is complete once its CURRENT file exists (written last): one
+            // there was taken by this start before a crash, and is kept. Anything else in
+            // the directory is not a checkpoint this plan can rely on.
+            if !path.join("CURRENT").is_file() {
+                if dir_has_entries(path)? {
+                    return Err(Error::InvalidOption {
+                        name: "checkpoint_dir",
+                        reason: format!(
+                            "{dir} holds files but no complete checkpoint (a checkpoint \
+                             interrupted by a crash, or files put there since the plan); \
+                             empty it to take the checkpoint, or plan again with another \
+                             directory"
+                        ),
+                    });
+                }
+                self.db.checkpoint(path)?;
                 self.note(format!("checkpoint written to {dir}"))?;
             }
         }
@@ -699,6 +719,34 @@ impl Controller {
         )?;
         self.start()?;
         Ok(report)
+    }
+}
+
+/// The directory a plan's checkpoint goes to: absolute (a later `start` may run from another
+/// working directory), UTF-8 (it is stored in the plan record), and new or empty.
+fn checkpoint_target(dir: &str) -> Result<String> {
+    let bad = |reason: String| Error::InvalidOption {
+        name: "checkpoint_dir",
+        reason,
+    };
+    let abs = std::path::absolute(dir).map_err(|e| bad(format!("{dir}: {e}")))?;
+    if dir_has_entries(&abs)? {
+        return Err(bad(format!("{} exists and is not empty", abs.display())));
+    }
+    abs.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| bad(format!("{} is not valid UTF-8", abs.display())))
+}
+
+/// Whether `dir` exists and holds anything.
+fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
     }
 }
 

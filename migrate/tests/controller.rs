@@ -432,3 +432,74 @@ fn hot_partition_split_and_write_limit() {
     assert_eq!(layout.versions[0].partitions.len(), 6);
     check_data(&db);
 }
+
+/// The checkpoint before migrating: a relative directory is made absolute at plan time
+/// (so a `start` from another working directory writes it where planned), a non-empty one
+/// is refused at plan time, one that gained files since the plan is refused at start
+/// (it used to be skipped silently, the migration going ahead with no checkpoint), and a
+/// complete checkpoint already there (a start interrupted after taking it) is kept.
+#[test]
+fn the_checkpoint_before_migrating_is_taken_where_planned_or_the_start_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(&dir.path().join("db"));
+    let mut c = attach(&db);
+    let plan = |c: &mut Controller, cp: &Path| {
+        c.plan(
+            good(),
+            PlanOptions {
+                checkpoint_dir: Some(cp.to_str().unwrap().to_string()),
+                ..Default::default()
+            },
+        )
+    };
+    // Refused at plan time: a directory that holds anything.
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("x"), "y").unwrap();
+    let e = plan(&mut c, &full).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidOption {
+                name: "checkpoint_dir",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(c.state(), State::Stable);
+    // Planned into a new directory, which then gains a file: start refuses and stays put.
+    let cp = dir.path().join("cp");
+    plan(&mut c, &cp).unwrap();
+    let stored = c.record().plan.as_ref().unwrap().checkpoint_dir.clone();
+    assert_eq!(stored.as_deref(), Some(cp.to_str().unwrap()));
+    std::fs::create_dir(&cp).unwrap();
+    std::fs::write(cp.join("stray"), "").unwrap();
+    let e = c.start().unwrap_err();
+    assert!(e.to_string().contains("no complete checkpoint"), "{e}");
+    assert_eq!(db.layout().target, VersionId(1));
+    // Emptied, it is taken; the checkpoint opens at the pre-migration state.
+    std::fs::remove_file(cp.join("stray")).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.state(), State::Migrating);
+    let copy = Db::open_read_only(&cp, opts()).unwrap();
+    assert_eq!(copy.layout().target, VersionId(1));
+    assert_eq!(
+        sum(&copy.snapshot()).unwrap(),
+        (ACCOUNTS as i64 * 100).to_string()
+    );
+    drop(copy);
+    c.rollback("test").unwrap();
+    // A relative path is stored absolute, resolved against the working directory of the plan.
+    let rel = std::path::Path::new("relative-checkpoint-dir");
+    let e = plan(&mut c, rel);
+    let abs = std::path::absolute(rel).unwrap();
+    match e {
+        Ok(_) => {
+            let stored = c.record().plan.as_ref().unwrap().checkpoint_dir.clone();
+            assert_eq!(stored.as_deref(), Some(abs.to_str().unwrap()));
+        }
+        Err(e) => panic!("{e}"),
+    }
+    check_data(&db);
+}

@@ -185,6 +185,69 @@ pub fn masked_crc(data: &[u8]) -> u32 {
     mask_crc(crc32fast::hash(data))
 }
 
+/// CRC-32 arithmetic for joining and splitting checksums of adjacent byte strings:
+/// `crc32(a ++ b) == crc32_shift(crc32(a), b.len()) ^ crc32(b)`, so the CRC of any slice of a
+/// buffer follows from the CRCs of two of its prefixes in O(log length) steps, without
+/// reading the slice. (A CRC is a polynomial remainder; shifting by `n` bytes multiplies by
+/// x^(8n) modulo the CRC polynomial, and the initial and final inversions cancel out.)
+pub fn crc32_shift(crc: u32, bytes: u64) -> u32 {
+    // x^(8·bytes) mod P, as the product of one table entry per non-zero byte of `bytes`.
+    let mut shift = 1u32 << 31; // the polynomial 1, in reflected bit order
+    for (j, table) in SHIFT_BY_BYTE.iter().enumerate() {
+        let b = (bytes >> (8 * j)) as u8;
+        if b != 0 {
+            shift = gf2_mul(table[b as usize], shift);
+        }
+    }
+    gf2_mul(shift, crc)
+}
+
+/// The reflected CRC-32 (IEEE) polynomial.
+const CRC32_POLY: u32 = 0xedb8_8320;
+
+/// Product of two polynomials modulo the CRC-32 polynomial (bit 31 is x^0).
+const fn gf2_mul(a: u32, mut b: u32) -> u32 {
+    let mut product = 0u32;
+    let mut bit = 1u32 << 31;
+    while bit != 0 {
+        if a & bit != 0 {
+            product ^= b;
+        }
+        b = if b & 1 != 0 {
+            (b >> 1) ^ CRC32_POLY
+        } else {
+            b >> 1
+        };
+        bit >>= 1;
+    }
+    product
+}
+
+/// `SHIFT_BY_BYTE[j][b]` is x^(8·b·256^j) modulo the CRC-32 polynomial: the shift by `b`
+/// bytes in byte `j` of a length.
+static SHIFT_BY_BYTE: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    // x^8: x^1 (bit 30) squared three times.
+    let mut unit = 1u32 << 30;
+    unit = gf2_mul(unit, unit);
+    unit = gf2_mul(unit, unit);
+    unit = gf2_mul(unit, unit);
+    let mut j = 0;
+    while j < 8 {
+        // unit = x^(8·256^j); entry b = unit^b.
+        t[j][0] = 1 << 31;
+        let mut b = 1;
+        while b < 256 {
+            t[j][b] = gf2_mul(t[j][b - 1], unit);
+            b += 1;
+        }
+        // x^(8·256^(j+1)) = unit^256 = (unit^255) · unit.
+        unit = gf2_mul(t[j][255], unit);
+        j += 1;
+    }
+    t
+};
+
 /// The mask of [`masked_crc`], for CRCs computed over several pieces.
 #[inline]
 pub fn mask_crc(crc: u32) -> u32 {
@@ -194,6 +257,37 @@ pub fn mask_crc(crc: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32_shift_joins_and_splits_checksums() {
+        let data: Vec<u8> = (0..3000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for &(a, b) in &[
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (5, 7),
+            (64, 64),
+            (100, 2900),
+            (1234, 1766),
+            (2999, 1),
+        ] {
+            let (x, y) = data[..a + b].split_at(a);
+            let whole = crc32fast::hash(&data[..a + b]);
+            let (cx, cy) = (crc32fast::hash(x), crc32fast::hash(y));
+            assert_eq!(crc32_shift(cx, b as u64) ^ cy, whole, "join {a}+{b}");
+            assert_eq!(whole ^ crc32_shift(cx, b as u64), cy, "split {a}+{b}");
+        }
+        // A long shift against hashing that many zero bytes.
+        let zeros = vec![0u8; 1 << 20];
+        let mut h = crc32fast::Hasher::new_with_initial(0x1234_5678);
+        h.update(&zeros);
+        assert_eq!(
+            crc32_shift(0x1234_5678, 1 << 20) ^ crc32fast::hash(&zeros),
+            h.finalize()
+        );
+    }
 
     #[test]
     fn varint_round_trip() {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::coding::{mask_crc, masked_crc};
+use crate::coding::{crc32_shift, mask_crc, masked_crc};
 use crate::error::{Error, Result};
 use crate::fs::WritableFile;
 
@@ -200,12 +200,77 @@ fn record_at(data: &Bytes, pos: usize, path: &Path) -> RecordAt {
 }
 
 /// True if a valid non-empty record starts anywhere after `from`.
-fn valid_record_after(data: &Bytes, from: usize, path: &Path) -> bool {
-    (from + 1..data.len().saturating_sub(HEADER_LEN - 1)).any(|p| {
+///
+/// Every later offset whose length field fits in what remains is a candidate. Hashing each
+/// candidate's payload made this quadratic in the damaged tail: a payload of small integers
+/// (an array of ids, say) makes most offsets candidates, and reopening after a crash that
+/// tore a 4 MiB record took ~6 s (~25 minutes for 64 MiB). A long candidate's CRC now comes
+/// from two prefix CRCs of the tail instead ([`crc32_shift`]), which is linear in the tail.
+fn valid_record_after(data: &[u8], from: usize) -> bool {
+    let mut prefixes: Option<PrefixCrcs<'_>> = None;
+    for p in from + 1..data.len().saturating_sub(HEADER_LEN - 1) {
+        let h = &data[p..p + HEADER_LEN];
         // An all-zero header is how unwritten (preallocated or lost) space looks.
-        data[p..p + HEADER_LEN].iter().any(|&b| b != 0)
-            && matches!(record_at(data, p, path), RecordAt::Ok(ref b, _) if !b.is_empty())
-    })
+        if h.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let start = p + HEADER_LEN;
+        if len == 0 || len > MAX_RECORD_LEN || len > data.len() - start {
+            continue;
+        }
+        let stored = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let crc = if len <= DIRECT_CRC_MAX {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&h[..4]);
+            hasher.update(&data[start..start + len]);
+            hasher.finalize()
+        } else {
+            // crc(len ++ payload) = shift(crc(len)) ^ crc(payload), and crc(payload) =
+            // crc(prefix to its end) ^ shift(crc(prefix to its start)); shifting is linear,
+            // so one shift serves both.
+            let pre = prefixes.get_or_insert_with(|| PrefixCrcs::new(&data[from..]));
+            let before = pre.crc_to(start - from) ^ crc32fast::hash(&h[..4]);
+            pre.crc_to(start + len - from) ^ crc32_shift(before, len as u64)
+        };
+        if mask_crc(crc) == stored {
+            return true;
+        }
+    }
+    false
+}
+
+/// Candidate records up to this long are checked by hashing them.
+const DIRECT_CRC_MAX: usize = 1024;
+
+/// CRCs of the prefixes of a byte string, one stored per [`PrefixCrcs::STEP`] bytes.
+struct PrefixCrcs<'a> {
+    bytes: &'a [u8],
+    /// `at[k]` is the CRC of `bytes[..k * STEP]`.
+    at: Vec<u32>,
+}
+
+impl<'a> PrefixCrcs<'a> {
+    const STEP: usize = 64;
+
+    fn new(bytes: &'a [u8]) -> PrefixCrcs<'a> {
+        let mut at = Vec::with_capacity(bytes.len() / Self::STEP + 2);
+        at.push(0);
+        let mut h = crc32fast::Hasher::new();
+        for chunk in bytes.chunks(Self::STEP) {
+            h.update(chunk);
+            at.push(h.clone().finalize());
+        }
+        PrefixCrcs { bytes, at }
+    }
+
+    /// The CRC of `bytes[..end]`.
+    fn crc_to(&self, end: usize) -> u32 {
+        let k = end / Self::STEP;
+        let mut h = crc32fast::Hasher::new_with_initial(self.at[k]);
+        h.update(&self.bytes[k * Self::STEP..end]);
+        h.finalize()
+    }
 }
 
 /// Reads every record of a log, checking its header is `kind`. A damaged record that
@@ -245,7 +310,7 @@ fn read_log_with(
             RecordAt::Bad(e) => {
                 // Stopping at damage, a damaged header drops the whole file (nothing in
                 // it is replayed, so what it is does not matter).
-                let intact_after = valid_record_after(&data, pos, path);
+                let intact_after = valid_record_after(&data, pos);
                 if intact_after && !stop_at_damage {
                     return Err(e);
                 }
@@ -310,6 +375,72 @@ mod tests {
 
     fn read(b: Vec<u8>) -> Result<LogContents> {
         read_log(Bytes::from(b), Path::new("000001.log"), LogKind::Wal)
+    }
+
+    /// The definition `valid_record_after` implements faster: some later offset holds a
+    /// record that `record_at` accepts and that is not empty.
+    fn valid_record_after_by_definition(data: &Bytes, from: usize) -> bool {
+        (from + 1..data.len().saturating_sub(HEADER_LEN - 1)).any(|p| {
+            data[p..p + HEADER_LEN].iter().any(|&b| b != 0)
+                && matches!(record_at(data, p, Path::new("x")), RecordAt::Ok(ref b, _) if !b.is_empty())
+        })
+    }
+
+    /// Damage followed by records long enough to take the prefix-CRC path, by records
+    /// nested inside other payloads, or by nothing valid: the fast scan answers as the
+    /// definition does, at every damaged offset.
+    #[test]
+    fn the_scan_for_intact_records_agrees_with_its_definition() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..12 {
+            let mut payloads: Vec<Vec<u8>> = Vec::new();
+            for i in 0..4 {
+                let len = [3usize, 900, 1500, 5000][(i + round) % 4];
+                let mut p: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+                if round % 3 == 0 && i == 1 {
+                    // A valid record inside a payload: found even where the outer one is cut.
+                    let mut inner = Vec::new();
+                    encode_record(&vec![7u8; 1200], &mut inner);
+                    let at = p.len().min(100);
+                    p.splice(at..at, inner);
+                }
+                payloads.push(p);
+            }
+            let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+            let mut bytes = log_bytes(&refs);
+            let at = (rnd() as usize) % bytes.len();
+            bytes[at] ^= 0x40;
+            if round % 2 == 1 {
+                bytes.truncate(bytes.len() - (rnd() as usize % 3000));
+            }
+            let data = Bytes::from(bytes);
+            for from in (0..data.len()).step_by(97) {
+                assert_eq!(
+                    valid_record_after(&data, from),
+                    valid_record_after_by_definition(&data, from),
+                    "round {round}, from {from}"
+                );
+            }
+        }
+    }
+
+    /// A torn record whose payload is an array of small integers (almost every offset then
+    /// reads as the start of a plausible record) is a torn tail, found in time linear in it.
+    #[test]
+    fn a_torn_record_of_small_integers_is_a_torn_tail() {
+        let payload: Vec<u8> = (0..64u32 << 10).flat_map(|i| i.to_le_bytes()).collect();
+        let mut bytes = log_bytes(&[b"before", &payload]);
+        bytes.truncate(bytes.len() - 10);
+        let c = read(bytes).unwrap();
+        assert_eq!(c.records.len(), 1);
+        let t = c.tail.unwrap();
+        assert!(!t.intact_after);
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
                 let hex = s
                     .get(i + 2..i + 4)
                     .ok_or_else(|| format!("truncated \\x escape at byte {i}"))?;
-                let v = u8::from_str_radix(hex, 16)
-                    .map_err(|_| format!("bad \\x escape {hex:?} at byte {i}"))?;
+                let v =
+                    hex_byte(hex).ok_or_else(|| format!("bad \\x escape {hex:?} at byte {i}"))?;
                 out.push(v);
                 i += 4;
             }
@@ -43,6 +43,14 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
+}
+
+/// Two hex digits as a byte (`from_str_radix` alone also takes a sign: `+f`).
+fn hex_byte(h: &str) -> Option<u8> {
+    if h.len() != 2 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    u8::from_str_radix(h, 16).ok()
 }
 
 /// Renders bytes as lowercase hex.
@@ -63,7 +71,7 @@ pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| {
             s.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .and_then(hex_byte)
                 .ok_or_else(|| format!("bad hex at position {i}"))
         })
         .collect()
@@ -83,10 +91,11 @@ mod tests {
 
     #[test]
     fn bad_escapes_are_errors() {
-        for s in ["\\", "\\x", "\\x4", "\\xzz", "\\q"] {
+        for s in ["\\", "\\x", "\\x4", "\\xzz", "\\q", "\\x+f", "\\x-1"] {
             assert!(unescape(s).is_err(), "{s}");
         }
         assert!(unhex("abc").is_err());
+        assert!(unhex("+a").is_err());
         assert!(unhex("zz").is_err());
     }
 }

@@ -261,9 +261,10 @@ impl PartitionSpec {
         let spec = if s == "range" || s == "single" {
             PartitionSpec::default()
         } else if let Some(rest) = s.strip_prefix("range:") {
+            // An empty boundary (`range:`, `range:a,,b`) is kept, for `validate` to refuse:
+            // dropping it quietly made `range:` one partition.
             let boundaries = rest
                 .split(',')
-                .filter(|b| !b.is_empty())
                 .map(|b| {
                     crate::escape::unescape(b).map_err(|e| bad(format!("boundary {b:?}: {e}")))
                 })
@@ -275,8 +276,7 @@ impl PartitionSpec {
                 return Err(bad(format!("expected hash:N[:seed[:prefix]], got {s:?}")));
             }
             let num = |p: &str, what: &str| -> Result<u64> {
-                p.parse::<u64>()
-                    .map_err(|_| bad(format!("{what} {p:?} is not a number")))
+                decimal(p).ok_or_else(|| bad(format!("{what} {p:?} is not a number")))
             };
             let partitions = u32::try_from(num(parts[0], "partition count")?)
                 .map_err(|_| bad("partition count too large".into()))?;
@@ -306,8 +306,7 @@ impl PartitionSpec {
                 return Err(bad(format!("expected split:P:INTO[:seed]/BASE, got {s:?}")));
             }
             let num = |p: &str| -> Result<u64> {
-                p.parse::<u64>()
-                    .map_err(|_| bad(format!("{p:?} is not a number")))
+                decimal(p).ok_or_else(|| bad(format!("{p:?} is not a number")))
             };
             let to32 = |v: u64| u32::try_from(v).map_err(|_| bad(format!("{v} too large")));
             PartitionSpec::Split {
@@ -337,7 +336,12 @@ impl fmt::Display for PartitionSpec {
                     if i > 0 {
                         write!(f, ",")?;
                     }
-                    write!(f, "{}", crate::escape::escape(b).replace(',', "\\x2c"))?;
+                    // Commas separate boundaries, and `parse` trims the whole text: both
+                    // are escaped so that every boundary reads back as it is.
+                    let text = crate::escape::escape(b)
+                        .replace(',', "\\x2c")
+                        .replace(' ', "\\x20");
+                    write!(f, "{text}")?;
                 }
                 Ok(())
             }
@@ -359,6 +363,14 @@ impl fmt::Display for PartitionSpec {
             } => write!(f, "split:{partition}:{into}:{seed}/{base}"),
         }
     }
+}
+
+/// A number written in decimal digits only (no sign, no spaces).
+fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Maps a 64-bit hash onto `0..n` without a division (Lemire's multiply-shift).
@@ -462,6 +474,21 @@ mod tests {
             PartitionSpec::default(),
             PartitionSpec::Range {
                 boundaries: vec![b"g".to_vec(), b"p".to_vec()],
+            },
+            // Boundaries the text form must escape to read back: spaces at either end
+            // (the parser trims the text), a comma, a backslash, bytes outside ASCII.
+            PartitionSpec::Range {
+                boundaries: vec![
+                    b" ".to_vec(),
+                    b" a".to_vec(),
+                    b"a,b".to_vec(),
+                    b"k01000".to_vec(),
+                    b"z\\\xff".to_vec(),
+                    b"z\\\xff ".to_vec(),
+                ],
+            },
+            PartitionSpec::Range {
+                boundaries: vec![b" ".to_vec()],
             },
             PartitionSpec::Hash {
                 partitions: 16,
@@ -622,7 +649,20 @@ mod tests {
                 "{s:?}"
             );
         }
-        for s in ["hash:0", "hash:x", "bogus", "split:0:2", "hash:4:1:0"] {
+        for s in [
+            "hash:0",
+            "hash:x",
+            "hash:+4",
+            "hash:4:-1",
+            "bogus",
+            "split:0:2",
+            "split:+0:2/range",
+            "hash:4:1:0",
+            "range:",
+            "range:,",
+            "range:a,,b",
+            "range:a,",
+        ] {
             assert!(PartitionSpec::parse(s).is_err(), "{s}");
         }
     }

@@ -93,6 +93,49 @@ impl LedgerConfig {
         }
     }
 
+    /// Checks the values `run` divides by or relies on: at least two accounts (a transfer
+    /// moves money between two), at least one branch and one transfer thread (at most 1024),
+    /// and a starting balance whose total fits in an `i64`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, reason: &str| {
+            Err(Error::InvalidOption {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if self.accounts < 2 {
+            return bad("accounts", "a transfer needs at least 2 accounts");
+        }
+        if self.branches == 0 {
+            return bad("branches", "must be at least 1");
+        }
+        if !(1..=1024).contains(&self.transfer_threads) {
+            return bad("transfer_threads", "must be 1..=1024");
+        }
+        if self
+            .initial_balance
+            .checked_mul(self.accounts as i64)
+            .is_none_or(|total| total < 0)
+        {
+            return bad(
+                "initial_balance",
+                "the sum of every account's balance must fit in an i64 and not be negative",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.detect_at) {
+            return bad("detect_at", "must be a fraction in 0..=1");
+        }
+        if !(self.stable_secs.is_finite() && self.stable_secs >= 0.0)
+            || !(self.rollback_secs.is_finite() && self.rollback_secs >= 0.0)
+        {
+            return bad(
+                "stable_secs/rollback_secs",
+                "must be finite and not negative",
+            );
+        }
+        Ok(())
+    }
+
     pub fn account_key(&self, i: u32) -> String {
         format!("acct:{:02}-{:07}", i % self.branches, i)
     }
@@ -165,13 +208,20 @@ struct Shared {
     errors: Mutex<Vec<String>>,
 }
 
-fn balance_of(v: &[u8]) -> i64 {
-    // value = "<balance>|<payload>"
+/// The balance in an account's value (`<balance>|<payload>`); an error names the value that
+/// holds none.
+fn balance_of(v: &[u8]) -> Result<i64> {
     let end = v.iter().position(|&b| b == b'|').unwrap_or(v.len());
     std::str::from_utf8(&v[..end])
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(i64::MIN)
+        .ok_or_else(|| Error::InvalidOption {
+            name: "ledger account value",
+            reason: format!(
+                "{:?} does not start with a balance",
+                String::from_utf8_lossy(&v[..v.len().min(64)])
+            ),
+        })
 }
 
 fn account_value(balance: i64, payload: &[u8]) -> Vec<u8> {
@@ -186,7 +236,12 @@ pub fn sum_balances(snap: &Snapshot) -> Result<i64> {
     let mut s = 0i64;
     for r in snap.range("acct:".."acct;") {
         let (_, v) = r?;
-        s += balance_of(&v);
+        s = s
+            .checked_add(balance_of(&v)?)
+            .ok_or_else(|| Error::InvalidOption {
+                name: "ledger balances",
+                reason: "their sum overflows an i64".into(),
+            })?;
     }
     Ok(s)
 }
@@ -267,7 +322,16 @@ fn transfer_loop(db: Db, cfg: LedgerConfig, sh: Arc<Shared>, thread: u64) {
                     return;
                 }
             };
-            let (fb, tb) = (balance_of(&fv), balance_of(&tv));
+            let (fb, tb) = match (balance_of(&fv), balance_of(&tv)) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    sh.errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("transfer {id}: {e}"));
+                    return;
+                }
+            };
             let payload = &fv[fv
                 .iter()
                 .position(|&b| b == b'|')
@@ -344,6 +408,7 @@ fn max_share(db: &Db, version: sluice::VersionId) -> f64 {
 
 /// Runs the whole scenario. `on` receives progress events.
 pub fn run(cfg: &LedgerConfig, on: &mut dyn FnMut(LedgerEvent)) -> Result<LedgerSummary> {
+    cfg.validate()?;
     let t0 = Instant::now();
     let opts = Options {
         partition: cfg.range_spec(),
@@ -389,21 +454,43 @@ pub fn run(cfg: &LedgerConfig, on: &mut dyn FnMut(LedgerEvent)) -> Result<Ledger
         hist: Mutex::new(Phases::default()),
         errors: Mutex::new(Vec::new()),
     });
-    let mut workers: Vec<_> = (0..cfg.transfer_threads)
-        .map(|i| {
-            let (db, cfg, sh) = (db.clone(), cfg.clone(), sh.clone());
-            std::thread::spawn(move || transfer_loop(db, cfg, sh, i as u64))
-        })
-        .collect();
+    let mut workers = Vec::with_capacity(cfg.transfer_threads + 1);
+    let mut jobs: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
+    for i in 0..cfg.transfer_threads {
+        let (db, cfg, sh) = (db.clone(), cfg.clone(), sh.clone());
+        jobs.push((
+            format!("ledger-transfer-{i}"),
+            Box::new(move || transfer_loop(db, cfg, sh, i as u64)),
+        ));
+    }
     if cfg.lookups_per_sec > 0 {
         let (db, cfg, sh) = (db.clone(), cfg.clone(), sh.clone());
-        workers.push(std::thread::spawn(move || lookup_loop(db, cfg, sh)));
+        jobs.push((
+            "ledger-lookups".into(),
+            Box::new(move || lookup_loop(db, cfg, sh)),
+        ));
+    }
+    for (name, job) in jobs {
+        match std::thread::Builder::new().name(name).spawn(job) {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                // Stop the threads already running before reporting it.
+                sh.stop.store(true, Ordering::Relaxed);
+                for w in workers {
+                    let _ = w.join();
+                }
+                return Err(Error::io(&cfg.dir, e));
+            }
+        }
     }
 
     let result = drive(cfg, &db, &sh, expected, &mut summary, on);
     sh.stop.store(true, Ordering::Relaxed);
     for w in workers {
-        let _ = w.join();
+        let name = w.thread().name().unwrap_or("ledger worker").to_string();
+        if w.join().is_err() {
+            sh.errors.lock().unwrap().push(format!("{name} panicked"));
+        }
     }
     result?;
     if let Some(e) = sh.errors.lock().unwrap().first() {
@@ -441,7 +528,7 @@ pub fn run(cfg: &LedgerConfig, on: &mut dyn FnMut(LedgerEvent)) -> Result<Ledger
     let _ = records;
     for i in 0..cfg.accounts {
         let v = snap.get(cfg.account_key(i))?;
-        let got = v.map(|v| balance_of(&v));
+        let got = v.map(|v| balance_of(&v)).transpose()?;
         if got != Some(expect_bal[i as usize]) {
             // A balance the committed transfers do not explain: a lost or repeated write.
             if got.unwrap_or(i64::MIN) < expect_bal[i as usize] {

@@ -49,3 +49,70 @@ fn ledger_survives_migration_retarget_and_rollback() {
         s.events
     );
 }
+
+/// Configurations the scenario cannot run (it divides by the account and branch counts, a
+/// transfer needs two accounts, the total balance must fit) are refused before anything is
+/// created, and a value that holds no balance is a typed error, not a sum that silently
+/// went wrong.
+#[test]
+fn bad_ledger_configs_and_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = LedgerConfig::new(dir.path().join("ledger"));
+    let bad = [
+        LedgerConfig {
+            accounts: 0,
+            ..base.clone()
+        },
+        LedgerConfig {
+            accounts: 1,
+            ..base.clone()
+        },
+        LedgerConfig {
+            branches: 0,
+            ..base.clone()
+        },
+        LedgerConfig {
+            transfer_threads: 0,
+            ..base.clone()
+        },
+        LedgerConfig {
+            transfer_threads: 100_000,
+            ..base.clone()
+        },
+        LedgerConfig {
+            initial_balance: i64::MAX / 2,
+            ..base.clone()
+        },
+        LedgerConfig {
+            initial_balance: -1,
+            ..base.clone()
+        },
+        LedgerConfig {
+            detect_at: f64::NAN,
+            ..base.clone()
+        },
+    ];
+    for cfg in bad {
+        match run(&cfg, &mut |_| {}) {
+            Err(sluice::Error::InvalidOption { .. }) => {}
+            other => panic!(
+                "{:?}: {:?}",
+                (cfg.accounts, cfg.branches),
+                other.map(|_| ())
+            ),
+        }
+        assert!(!cfg.dir.exists(), "nothing is created for a refused config");
+    }
+    let db = sluice::Db::open(dir.path().join("db"), sluice::Options::default()).unwrap();
+    db.put("acct:00-0000001", "100|x").unwrap();
+    assert_eq!(
+        sluice_migrate::ledger::sum_balances(&db.snapshot()).unwrap(),
+        100
+    );
+    db.put("acct:00-0000002", "not a balance").unwrap();
+    let e = sluice_migrate::ledger::sum_balances(&db.snapshot()).unwrap_err();
+    assert!(e.to_string().contains("not a balance"), "{e}");
+    db.put("acct:00-0000002", format!("{}|x", i64::MAX))
+        .unwrap();
+    assert!(sluice_migrate::ledger::sum_balances(&db.snapshot()).is_err());
+}

@@ -114,13 +114,13 @@ fn prepare(dir: &Path) -> Result<(), CliError> {
 pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let secs = |s: f64| (0.0..=86_400.0).contains(&s);
     if args.accounts < 16
-        || args.threads == 0
+        || !(1..=1024).contains(&args.threads)
         || !(0.05..=0.95).contains(&args.detect_at)
         || !secs(args.stable_secs)
         || !secs(args.rollback_secs)
     {
         return Err(CliError::usage(
-            "need --accounts >= 16, --threads >= 1, 0.05 <= --detect-at <= 0.95, and --stable-secs, --rollback-secs in 0..=86400",
+            "need --accounts >= 16, 1 <= --threads <= 1024, 0.05 <= --detect-at <= 0.95, and --stable-secs, --rollback-secs in 0..=86400",
         ));
     }
     let migration_bytes_per_sec = args

@@ -125,9 +125,8 @@ impl LedgerConfig {
         if !(0.0..=1.0).contains(&self.detect_at) {
             return bad("detect_at", "must be a fraction in 0..=1");
         }
-        if !(self.stable_secs.is_finite() && self.stable_secs >= 0.0)
-            || !(self.rollback_secs.is_finite() && self.rollback_secs >= 0.0)
-        {
+        let duration = |s: f64| s.is_finite() && s >= 0.0;
+        if !duration(self.stable_secs) || !duration(self.rollback_secs) {
             return bad(
                 "stable_secs/rollback_secs",
                 "must be finite and not negative",

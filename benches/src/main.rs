@@ -372,7 +372,8 @@ fn sluice_options(cli: &Cli) -> Options {
         ..Options::default()
     };
     if let Some(mb) = cli.memtable_mb {
-        opts.memtable_bytes = (mb << 20) as usize;
+        // Saturating: an absurd size reaches the engine's own bound check, not a wrapped 0.
+        opts.memtable_bytes = usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     } else if cli.workloads.contains(&Workload::CompactionStress) {
         // compactionstress wants constant flushes and compactions.
         opts.memtable_bytes = 1 << 20;
@@ -381,7 +382,7 @@ fn sluice_options(cli: &Cli) -> Options {
         opts.bloom_bits_per_key = bits;
     }
     if let Some(mb) = cli.move_mb_per_sec {
-        opts.move_bytes_per_sec = mb << 20;
+        opts.move_bytes_per_sec = mb.saturating_mul(1 << 20);
     } else if cli.workloads.contains(&Workload::Migration3) {
         opts.move_bytes_per_sec = 0;
     }
@@ -719,7 +720,7 @@ fn run_peer(cli: &Cli) -> BenchResult<()> {
     let settings = settings(cli);
     let opts = sluice_options(cli);
     let cfg = engine::PeerConfig {
-        cache_bytes: cli.cache_mb << 20,
+        cache_bytes: cli.cache_mb.saturating_mul(1 << 20),
         memtable_bytes: opts.memtable_bytes as u64,
         sync: cli.sync,
     };

@@ -51,6 +51,8 @@ pub struct PartitionIter {
     pending: Option<crate::types::Entry>,
     failed: bool,
     snapshot: u64,
+    /// The partition's pointer tables, for naming one in an error.
+    pointer_files: Vec<std::path::PathBuf>,
 }
 
 impl Inner {
@@ -86,6 +88,11 @@ impl Inner {
             pending: None,
             failed: false,
             snapshot,
+            pointer_files: part
+                .pointers
+                .iter()
+                .map(|f| f.table.path().to_path_buf())
+                .collect(),
         })
     }
 }
@@ -139,7 +146,23 @@ impl PartitionIter {
                     self.pointers.next();
                 }
                 std::cmp::Ordering::Equal => {
-                    moved_to = get_varint(&p.value).map(|(v, _)| v as u32);
+                    // A pointer names the version its value moved to; one that does not
+                    // decode as a version id is damage, reported rather than read as a value.
+                    let to = get_varint(&p.value)
+                        .and_then(|(v, _)| u32::try_from(v).ok())
+                        .ok_or_else(|| {
+                            Error::corruption(
+                                self.pointer_files.first().cloned().unwrap_or_default(),
+                                0,
+                                format!(
+                                    "forwarding pointer for key {} (in one of the partition's \
+                                     {} pointer tables) names no version",
+                                    crate::escape::escape(&p.key),
+                                    self.pointer_files.len()
+                                ),
+                            )
+                        })?;
+                    moved_to = Some(to);
                     break;
                 }
                 std::cmp::Ordering::Greater => break,

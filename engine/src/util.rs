@@ -32,7 +32,7 @@ pub const MAX_FILE_NUMBER: u64 = 1 << 48;
 /// Each count's share of their sum (all zero when the sum is): how partition loads and
 /// sizes are reported, by the engine and by the tools around it.
 pub fn shares_of(counts: &[u64]) -> Vec<f64> {
-    let total: u64 = counts.iter().sum();
+    let total = counts.iter().fold(0u64, |a, &c| a.saturating_add(c));
     counts
         .iter()
         .map(|&c| {

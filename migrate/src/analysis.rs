@@ -120,7 +120,7 @@ impl Distribution {
     /// Statistics of the given per-partition counts.
     pub fn from_counts(counts: Vec<u64>) -> Distribution {
         let n = counts.len();
-        let total: u64 = counts.iter().sum();
+        let total = counts.iter().fold(0u64, |a, &c| a.saturating_add(c));
         let max = counts.iter().copied().max().unwrap_or(0);
         let mean = if n == 0 { 0.0 } else { total as f64 / n as f64 };
         let max_over_mean = if mean > 0.0 { max as f64 / mean } else { 0.0 };

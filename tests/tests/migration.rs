@@ -339,6 +339,68 @@ fn partition_scoped_reads_report_moved_values() {
     assert!(matches!(&entries[7], P::Tombstone { .. }));
     assert!(db.partition_entries(VersionId(1), 9).is_err());
     assert!(db.partition_entries(VersionId(7), 0).is_err());
+    db.close().unwrap();
+
+    // A pointer whose value names no version (a lone varint continuation byte, the same
+    // size as the version id it replaces, so the table keeps its size and properties) is
+    // reported as corruption naming the pointer table; it used to read as a plain value.
+    use sluice::fs::StdFs;
+    use sluice::sst::{Table, TableKind, TableOptions, TableOwner, TableWriter};
+    let tables: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .collect();
+    let pointers = tables
+        .iter()
+        .find(|p| {
+            let t = Table::open(&StdFs, p, 0, None).unwrap();
+            t.props().kind == TableKind::Pointers
+        })
+        .expect("the flush wrote a pointer table");
+    let t = std::sync::Arc::new(Table::open(&StdFs, pointers, 0, None).unwrap());
+    let props = t.props().clone();
+    let o = Options::tiny();
+    let tmp = dir.path().join("rewrite.tmp");
+    let mut w = TableWriter::create(
+        &StdFs,
+        &tmp,
+        TableOptions {
+            block_size: o.block_size,
+            compression: o.compression,
+            key_delta: false,
+            bloom_bits_per_key: o.bloom_bits_per_key,
+        },
+        TableOwner {
+            kind: props.kind,
+            layout_version: props.layout_version,
+            fingerprint: props.fingerprint,
+            partition: props.partition,
+        },
+    )
+    .unwrap();
+    for e in t.iter() {
+        let e = e.unwrap();
+        assert_eq!(e.value.len(), 1, "a version id under 128");
+        w.add_parts(&e.key, e.seqno, e.kind, &[0x80]).unwrap();
+    }
+    w.finish().unwrap();
+    drop(t);
+    assert_eq!(
+        std::fs::metadata(&tmp).unwrap().len(),
+        std::fs::metadata(pointers).unwrap().len()
+    );
+    std::fs::rename(&tmp, pointers).unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    let e = db
+        .partition_entries(VersionId(1), 0)
+        .unwrap()
+        .find_map(|r| r.err())
+        .expect("the damaged pointer is an error");
+    assert!(e.is_corruption(), "{e}");
+    let name = pointers.file_name().unwrap().to_str().unwrap();
+    assert!(e.to_string().contains(name), "{e}");
+    assert!(e.to_string().contains("names no version"), "{e}");
 }
 
 #[test]

@@ -101,6 +101,11 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     if args.sample == 0 {
         return Err(CliError::usage("--sample must be at least 1"));
     }
+    if !(args.max_over_mean.is_finite() && args.max_over_mean >= 1.0) {
+        return Err(CliError::usage(
+            "--max-over-mean must be a number of at least 1 (the largest partition over the mean)",
+        ));
+    }
     let thresholds = Thresholds {
         alpha: args.alpha,
         max_over_mean: args.max_over_mean,

@@ -210,9 +210,6 @@ impl Options {
         if !(2..=1000).contains(&self.level_multiplier) {
             return bad("level_multiplier", "must be 2..=1000");
         }
-        if self.memtable_bytes > 1 << 40 {
-            return bad("memtable_bytes", "must be at most 1 TiB");
-        }
         if !(Duration::from_millis(1)..=Duration::from_secs(3600))
             .contains(&self.wal_flush_interval)
         {

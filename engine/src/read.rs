@@ -364,7 +364,7 @@ impl Inner {
                         .busy
                         .contains(&(m.source.layout_version, m.source.partition))
                     || view.files.target == m.source.layout_version
-                    || view.mem.approximate_bytes() >= 2 * self.opts.memtable_bytes
+                    || view.mem.approximate_bytes() >= self.opts.memtable_bytes.saturating_mul(2)
                 {
                     Counters::add(&self.counters.move_skipped, 1);
                     continue;

@@ -297,10 +297,26 @@ fn the_largest_memtable_budget_opens_and_works() {
         dir.path(),
         sluice::Options {
             memtable_bytes: usize::MAX,
+            migration_bytes_per_sec: 0,
             ..sluice::Options::tiny()
         },
     )
     .unwrap();
     db.put("k", "v").unwrap();
     assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    // Lazy moves compare the memtable with twice its budget when they are applied.
+    sluice_tests::watch_engine_panics();
+    db.flush().unwrap();
+    let v2 = db
+        .register_partition_fn(PartitionSpec::Hash {
+            partitions: 2,
+            seed: 0,
+            hashed_prefix: None,
+        })
+        .unwrap();
+    db.set_target(v2).unwrap();
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    db.close().unwrap();
+    assert_eq!(sluice_tests::engine_thread_panics(), 0);
 }

@@ -1475,10 +1475,6 @@ fn invalid_options_are_refused_before_anything_is_written() {
             ..Options::default()
         },
         Options {
-            memtable_bytes: usize::MAX,
-            ..Options::default()
-        },
-        Options {
             wal_flush_interval: std::time::Duration::ZERO,
             ..Options::default()
         },

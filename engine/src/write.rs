@@ -301,12 +301,15 @@ impl Inner {
         // Keys written by earlier batches of this group: newer than any snapshot a later
         // transaction in the group read at, and not in the memtable yet.
         let mut group_keys: Option<HashSet<Bytes>> = None;
+        // From here until the WAL write, a failure belongs to one writer: earlier batches of
+        // the group are already in the WAL buffer, and leaving the loop with an error would
+        // fail them while their records stay buffered, to be written with the next group
+        // (a write reported failed that comes back on reopen) or to clash with its seqnos.
         for w in group {
-            let b = w
-                .batch
-                .lock()
-                .take()
-                .ok_or_else(|| Error::ReadOnly("internal: batch taken twice".into()))?;
+            let Some(b) = w.batch.lock().take() else {
+                outcomes.push(Err(Error::ReadOnly("internal: batch taken twice".into())));
+                continue;
+            };
             if let Some(rs) = &w.validate {
                 let keys = group_keys.get_or_insert_with(|| {
                     let mut set = HashSet::new();
@@ -315,9 +318,18 @@ impl Inner {
                     }
                     set
                 });
-                if let Some(k) = self.first_conflict(&view, rs, keys)? {
-                    outcomes.push(Err(Error::Conflict { key: k.to_vec() }));
-                    continue;
+                match self.first_conflict(&view, rs, keys) {
+                    Ok(None) => {}
+                    Ok(Some(k)) => {
+                        outcomes.push(Err(Error::Conflict { key: k.to_vec() }));
+                        continue;
+                    }
+                    // The transaction's own reads failed (an I/O error on a table): it is
+                    // not written, and the rest of the group goes on.
+                    Err(e) => {
+                        outcomes.push(Err(e));
+                        continue;
+                    }
                 }
             }
             if b.is_empty() {

@@ -783,3 +783,63 @@ fn a_torn_wal_tail_survives_an_open_that_failed_after_creating_its_wal() {
         assert_eq!(db.get(format!("k{i}")).unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
+
+/// A transaction whose commit-time read check fails (EIO on a table block) in the same
+/// commit group as a plain write fails alone: the plain write is acknowledged and survives,
+/// nothing of the transaction is written, and reopening and writing on work. Before, the
+/// whole group failed while the plain write's record stayed in the WAL buffer: it came back
+/// after the reopen although its writer was told it failed, or the next group reused its
+/// seqnos and the database no longer opened (found by review).
+#[test]
+fn a_failed_transaction_check_fails_only_that_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = || with_fs(Options::default(), &fs);
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("k{i:05}"), "v0").unwrap();
+    }
+    db.flush().unwrap();
+    // The transaction reads a key that changes afterwards, in a table: checking it at
+    // commit reads that table's block.
+    let mut t = db.transaction();
+    t.get("k01000").unwrap();
+    t.put("k01000", "from the transaction");
+    db.put("k01000", "newer").unwrap();
+    for i in (0..2000u32).step_by(7) {
+        db.put(format!("k{i:05}"), "v1").unwrap();
+    }
+    db.flush().unwrap();
+    // A slow fsync holds the WAL while a plain write and then the commit queue behind it,
+    // so the two form the next group.
+    fs.set_sync_delay(Some(Duration::from_millis(400)));
+    let (plain, txn) = std::thread::scope(|s| {
+        let db = &db;
+        s.spawn(move || {
+            let mut b = WriteBatch::new();
+            b.put("synced", "1");
+            db.write_opt(b, &WriteOptions { sync: true }).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let plain = s.spawn(move || db.put("plain", "x"));
+        std::thread::sleep(Duration::from_millis(100));
+        fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", false));
+        let txn = s.spawn(move || t.commit());
+        (plain.join().unwrap(), txn.join().unwrap())
+    });
+    fs.set_sync_delay(None);
+    assert_eq!(fs.injected(), 1, "the commit's check read the table");
+    let e = txn.unwrap_err();
+    assert_eq!(errno(&e), Some(5), "{e:?}");
+    plain.unwrap();
+    db.put("after", "y").unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.get("plain").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(db.get("k01000").unwrap().as_deref(), Some(&b"newer"[..]));
+    assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"y"[..]));
+    db.put("after reopen", "z").unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.get("after reopen").unwrap().as_deref(), Some(&b"z"[..]));
+}

@@ -692,11 +692,19 @@ impl Inner {
         }
         edit.push(EditRecord::NextFile(core.next_file));
         // The outputs' directory entries must be durable before the manifest names them.
-        if let Err(e) = self
-            .sync_dir()
-            .and_then(|_| self.log_edit(&mut core, &edit))
-        {
-            if !job.trivial {
+        // If the manifest edit itself failed, the record may be in the file anyway (a
+        // failed fsync leaves it in the page cache, a short write part of it) and a reopen
+        // may replay it: the outputs then stay on disk, and the open's orphan sweep removes
+        // them if the edit did not survive. Only an edit refused before it was written, or
+        // a failed directory sync, lets them go now.
+        let logged = self.sync_dir().map_err(|e| (e, true)).and_then(|_| {
+            self.log_edit(&mut core, &edit).map_err(|e| {
+                let unwritten = matches!(e, Error::TooLarge { .. });
+                (e, unwritten)
+            })
+        });
+        if let Err((e, unwritten)) = logged {
+            if !job.trivial && unwritten {
                 for f in &added {
                     f.mark_obsolete();
                 }

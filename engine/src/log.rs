@@ -60,11 +60,18 @@ fn header_payload(kind: LogKind) -> Vec<u8> {
 }
 
 /// Appends records to a log file, buffering in memory until [`LogWriter::flush`].
+///
+/// Once a write or an fsync has failed, every later flush and sync fails too: the file may
+/// end in a torn record, and a record appended after it would turn that torn end (dropped
+/// on recovery) into damage with an intact record after it (refused on recovery), and
+/// after a failed fsync the kernel may have dropped pages a later fsync would not report.
 pub struct LogWriter {
     file: Box<dyn WritableFile>,
     path: PathBuf,
     buf: Vec<u8>,
     written: u64,
+    /// Why the log stopped taking writes, once it has.
+    failed: Option<String>,
 }
 
 impl LogWriter {
@@ -75,6 +82,7 @@ impl LogWriter {
             path,
             buf: Vec::with_capacity(64 << 10),
             written: 0,
+            failed: None,
         };
         encode_record(&header_payload(kind), &mut w.buf);
         w
@@ -110,21 +118,38 @@ impl LogWriter {
 
     /// Hands buffered bytes to the OS.
     pub fn flush(&mut self) -> Result<()> {
+        self.check_usable()?;
         if self.buf.is_empty() {
             return Ok(());
         }
         let r = self.file.append(&self.buf);
-        // On failure a prefix of the buffer may be in the file; the caller treats the log as
-        // unusable from here on, so drop the buffer either way.
+        // On failure a prefix of the buffer may be in the file; the log is unusable from
+        // here on, so drop the buffer either way.
         self.written += self.buf.len() as u64;
         self.buf.clear();
-        r.map_err(|e| Error::io(&self.path, e))
+        r.map_err(|e| self.failure(e))
     }
 
     /// Flushes and fsyncs.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        self.file.sync().map_err(|e| Error::io(&self.path, e))
+        self.file.sync().map_err(|e| self.failure(e))
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(why) => Err(Error::ReadOnly(format!(
+                "{} takes no more writes after an earlier failure: {why}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    fn failure(&mut self, e: std::io::Error) -> Error {
+        let e = Error::io(&self.path, e);
+        self.failed = Some(e.to_string());
+        e
     }
 }
 
@@ -441,6 +466,49 @@ mod tests {
         assert_eq!(c.records.len(), 1);
         let t = c.tail.unwrap();
         assert!(!t.intact_after);
+    }
+
+    /// After a failed append (a short write: the file ends in a torn record) the writer
+    /// refuses every later flush and sync, so no intact record ever follows the torn one,
+    /// which recovery would refuse as damage in the middle of the log (found by review: a
+    /// flush's manifest edit appended after a failed layout registration left a database
+    /// that no longer opened). The same holds after a failed fsync.
+    #[test]
+    fn a_log_writer_takes_no_writes_after_a_failure() {
+        use crate::fs::{Fault, FaultFs, FaultKind, Fs, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        for op in [FsOp::Append, FsOp::Sync] {
+            let path = dir.path().join(format!("{op:?}.log"));
+            let mut w = LogWriter::new(fs.create(&path).unwrap(), path.clone(), LogKind::Wal);
+            w.add(b"first");
+            w.sync().unwrap();
+            fs.inject(Fault {
+                op,
+                path_contains: Some(".log".into()),
+                kind: if op == FsOp::Append {
+                    FaultKind::ShortWrite
+                } else {
+                    FaultKind::Io
+                },
+                skip: 0,
+                sticky: false,
+            });
+            w.add(b"second, torn or not synced");
+            assert!(w.sync().is_err(), "{op:?}");
+            let len = std::fs::metadata(&path).unwrap().len();
+            // The fault was one-time; the writer still refuses.
+            w.add(b"third");
+            let e = w.sync().unwrap_err();
+            assert!(matches!(e, Error::ReadOnly(_)), "{op:?}: {e}");
+            assert!(w.flush().is_err());
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "{op:?}");
+            // What recovery reads: the first record, then at most a torn tail.
+            let c = read(std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(c.records.len(), 1 + usize::from(op == FsOp::Sync), "{op:?}");
+            assert!(c.tail.is_none_or(|t| !t.intact_after), "{op:?}");
+            fs.clear();
+        }
     }
 
     #[test]

@@ -512,8 +512,11 @@ pub struct TableExpect<'a> {
     pub func: Option<&'a PartitionFn>,
     /// The manifest's record of the file; properties and size are compared with it.
     pub record: Option<&'a FileRecord>,
-    /// Live layout versions; forwarding pointers must name one of them.
-    pub live_versions: Option<&'a BTreeSet<u32>>,
+    /// Registered layout versions, retired ones included; forwarding pointers must name one
+    /// of them other than the table's own. (A pointer names where its value went first; the
+    /// copy may since have moved on, and that version retired, when a later retarget drained
+    /// it before the pointer's own version.)
+    pub versions: Option<&'a BTreeSet<u32>>,
 }
 
 /// The outcome of checking one SSTable.
@@ -724,10 +727,10 @@ pub fn check_table_bytes(
             }
             if e.kind == Kind::Forward {
                 let to = forward_target(e.value);
-                let ok = match (to, expect.live_versions) {
+                let ok = match (to, expect.versions) {
                     (None, _) => false,
-                    (Some(v), Some(live)) => u32::try_from(v)
-                        .is_ok_and(|v| live.contains(&v) && v != props.layout_version),
+                    (Some(v), Some(known)) => u32::try_from(v)
+                        .is_ok_and(|v| known.contains(&v) && v != props.layout_version),
                     (Some(v), None) => u32::try_from(v).is_ok_and(|v| v != props.layout_version),
                 };
                 if !ok {
@@ -737,7 +740,7 @@ pub fn check_table_bytes(
                             Some(path),
                             Some(*offset),
                             format!(
-                                "forwarding pointer for key {:?} names {}, not a live layout version",
+                                "forwarding pointer for key {:?} names {}, not another registered layout version",
                                 crate::escape::escape(e.key),
                                 to.map_or("nothing decodable".to_string(), |v| format!("v{v}"))
                             ),
@@ -1105,9 +1108,9 @@ fn verify_once(
         .collect();
 
     // Which tables to check, and against what.
-    let live: BTreeSet<u32> = state
+    let known: BTreeSet<u32> = state
         .as_ref()
-        .map(|s| s.live_versions().map(|v| v.id).collect())
+        .map(|s| s.versions.iter().map(|v| v.id).collect())
         .unwrap_or_default();
     let mut jobs: Vec<(PathBuf, Option<&FileRecord>)> = Vec::new();
     if let Some(st) = &state {
@@ -1173,7 +1176,7 @@ fn verify_once(
         let expect = TableExpect {
             func: func.as_deref(),
             record: rec,
-            live_versions: state.as_ref().map(|_| &live),
+            versions: state.as_ref().map(|_| &known),
         };
         let mut done = 0u64;
         let check = check_table_file(path, &expect, &mut |n| {
@@ -1485,7 +1488,6 @@ pub fn check_consistency(
     let snap = db.snapshot();
     let snapshot = snap.seqno();
     let view = db.inner.view.load_full();
-    let live: BTreeSet<u32> = view.files.layouts.keys().copied().collect();
     let funcs: BTreeMap<u32, Arc<PartitionFn>> = view
         .files
         .layouts
@@ -1596,14 +1598,15 @@ pub fn check_consistency(
         let newest: Vec<&Cand> = cands.iter().filter(|c| c.seqno() == newest_seq).collect();
         // Resolve the newest SSTable entry: the value (if any), checking duplicates agree.
         let mut value: Option<Option<Bytes>> = None;
-        let mut moved_to: Vec<u32> = Vec::new();
+        // (the pointer's own version, the version it names)
+        let mut moved: Vec<(u32, u32)> = Vec::new();
         let mut ambiguous = false;
         for c in &newest {
             let this = match &c.entry {
                 PartitionEntry::Value { value, .. } => Some(Some(value.clone())),
                 PartitionEntry::Tombstone { .. } => Some(None),
                 PartitionEntry::Moved { to, .. } => {
-                    moved_to.push(to.0);
+                    moved.push((c.version, to.0));
                     None
                 }
             };
@@ -1629,20 +1632,13 @@ pub fn check_consistency(
                 ),
             );
         }
-        for to in &moved_to {
-            if !live.contains(to) {
-                report(
-                    &mut rep,
-                    Problem::error(
-                        "forwarding",
-                        None,
-                        None,
-                        format!("key {ek:?}: forwarding pointer names v{to}, which is not live"),
-                    ),
-                );
-            } else if !newest
+        // A pointer names where its value was first moved; the copy (same seqno) may since
+        // have moved on to a later version, and the one named may have drained and retired.
+        // What must hold is that some other live version has the copy.
+        for (from, to) in &moved {
+            if !newest
                 .iter()
-                .any(|c| c.version == *to && !matches!(c.entry, PartitionEntry::Moved { .. }))
+                .any(|c| c.version != *from && !matches!(c.entry, PartitionEntry::Moved { .. }))
             {
                 report(
                     &mut rep,
@@ -1650,12 +1646,12 @@ pub fn check_consistency(
                         "forwarding",
                         None,
                         None,
-                        format!("key {ek:?} seqno {newest_seq} was moved to v{to}, but v{to} holds no copy of it"),
+                        format!("key {ek:?} seqno {newest_seq} was moved out of v{from} (to v{to}), but no other live version holds a copy of it"),
                     ),
                 );
             }
         }
-        if !moved_to.is_empty() && value.is_some() {
+        if !moved.is_empty() && value.is_some() {
             rep.moved += 1;
         }
         // What a reader must see: the memtables may hold something newer.

@@ -25,7 +25,9 @@ pub enum PartitionEntry {
         key: Bytes,
         seqno: u64,
     },
-    /// Moved by a lazy read to layout version `to` (a forwarding pointer covers it).
+    /// Moved by a lazy read to layout version `to` (a forwarding pointer covers it). `to` is
+    /// where the copy went first: after a later retarget it may have moved on, and `to` may
+    /// since have drained and retired.
     Moved {
         key: Bytes,
         seqno: u64,

@@ -290,12 +290,12 @@ fn check(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let func = rec
         .and_then(|r| st.as_ref()?.version(r.layout_version))
         .map(|v| v.func.clone());
-    let live: Option<std::collections::BTreeSet<u32>> =
-        st.as_ref().map(|s| s.live_versions().map(|v| v.id).collect());
+    let known: Option<std::collections::BTreeSet<u32>> =
+        st.as_ref().map(|s| s.versions.iter().map(|v| v.id).collect());
     let expect = TableExpect {
         func: func.as_deref(),
         record: rec,
-        live_versions: live.as_ref(),
+        versions: known.as_ref(),
     };
     let progress = Progress::new(ctx);
     progress.start("checking", Some(md.len()), "bytes");

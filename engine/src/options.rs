@@ -57,7 +57,7 @@ pub struct Options {
     /// share): a partition whose last level outgrows its share gets a middle level of at
     /// least that share above it.
     pub level_base_bytes: u64,
-    /// Each level is this many times larger than the one above.
+    /// Each level is this many times larger than the one above (2..=1000).
     pub level_multiplier: u64,
     /// Size at which compaction output files are cut.
     pub target_file_bytes: u64,
@@ -71,7 +71,9 @@ pub struct Options {
     pub background_threads: usize,
     /// Unsynced WAL bytes buffered in the process before they are handed to the OS.
     pub wal_buffer_bytes: usize,
-    /// Longest time unsynced WAL bytes stay in the process buffer.
+    /// Longest time unsynced WAL bytes stay in the process buffer (1 ms..=1 h). The same
+    /// ticker applies queued lazy moves, recharges the memtable's share of the block cache
+    /// and freezes idle memtables.
     pub wal_flush_interval: Duration,
     /// The manifest (a log of edits) is rewritten as one snapshot once it grows past this.
     pub max_manifest_bytes: u64,

@@ -41,6 +41,17 @@ fn fault(op: FsOp, kind: FaultKind, file: &str, sticky: bool) -> Fault {
     }
 }
 
+/// `Options::tiny()` on `fs` with no automatic compaction: L0 files stay for a manual
+/// compaction (or a fault injected into one) to merge.
+fn tiny_manual_compaction(fs: &FaultFs) -> Options {
+    Options {
+        level0_compaction_trigger: 100,
+        level0_slowdown_trigger: 200,
+        level0_stop_trigger: 300,
+        ..with_fs(Options::tiny(), fs)
+    }
+}
+
 fn with_fs(base: Options, fs: &FaultFs) -> Options {
     watch_engine_panics();
     Options {
@@ -381,12 +392,9 @@ fn sst_fault_during_compaction_is_retried_while_writes_go_on() {
             partition: PartitionSpec::Range {
                 boundaries: vec![b"op000100".to_vec()],
             },
-            level0_compaction_trigger: 100,
-            level0_slowdown_trigger: 200,
-            level0_stop_trigger: 300,
-            ..Options::tiny()
+            ..tiny_manual_compaction(&fs)
         };
-        let db = Db::open(dir.path(), with_fs(opts, &fs)).unwrap();
+        let db = Db::open(dir.path(), opts).unwrap();
         let mut l = Ledger::default();
         for _ in 0..4 {
             l.fill(&db, 60, 100);
@@ -657,12 +665,9 @@ fn a_failed_manifest_roll_during_compaction_turns_read_only_and_loses_nothing() 
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
     let opts = Options {
-        level0_compaction_trigger: 100,
-        level0_slowdown_trigger: 200,
-        level0_stop_trigger: 300,
         // Every install rolls the manifest.
         max_manifest_bytes: 0,
-        ..with_fs(Options::tiny(), &fs)
+        ..tiny_manual_compaction(&fs)
     };
     let db = Db::open(dir.path(), opts).unwrap();
     let synced = WriteOptions { sync: true };
@@ -853,13 +858,7 @@ fn a_failed_transaction_check_fails_only_that_transaction() {
 fn a_failed_manifest_sync_during_compaction_keeps_the_outputs_it_may_name() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    let opts = Options {
-        level0_compaction_trigger: 100,
-        level0_slowdown_trigger: 200,
-        level0_stop_trigger: 300,
-        ..with_fs(Options::tiny(), &fs)
-    };
-    let db = Db::open(dir.path(), opts).unwrap();
+    let db = Db::open(dir.path(), tiny_manual_compaction(&fs)).unwrap();
     for round in 0..3 {
         for i in 0..200u32 {
             db.put(format!("k{i:04}"), format!("v{round}")).unwrap();

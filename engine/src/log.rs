@@ -229,7 +229,7 @@ fn record_at(data: &Bytes, pos: usize, path: &Path) -> RecordAt {
 /// Every later offset whose length field fits in what remains is a candidate. Hashing each
 /// candidate's payload made this quadratic in the damaged tail: a payload of small integers
 /// (an array of ids, say) makes most offsets candidates, and reopening after a crash that
-/// tore a 4 MiB record took ~6 s (~25 minutes for 64 MiB). A long candidate's CRC now comes
+/// tore a 4 MiB record took 6-9 s (~25 minutes for 64 MiB). A long candidate's CRC now comes
 /// from two prefix CRCs of the tail instead ([`crc32_shift`]), which is linear in the tail.
 fn valid_record_after(data: &[u8], from: usize) -> bool {
     let mut prefixes: Option<PrefixCrcs<'_>> = None;

@@ -355,6 +355,19 @@ mod tests {
     use super::*;
     use crate::fs::StdFs;
 
+    /// The writer's backstop for edits the reader would refuse: one byte past a record's
+    /// limit is refused, the limit itself is not. (The zeroed buffers are not touched.)
+    #[test]
+    fn an_edit_past_the_record_limit_is_refused() {
+        let max = crate::log::MAX_RECORD_LEN;
+        assert!(check_edit_len(&vec![0u8; max]).is_ok());
+        let e = check_edit_len(&vec![0u8; max + 1]).unwrap_err();
+        assert!(
+            matches!(e, Error::TooLarge { len, .. } if len == max + 1),
+            "{e}"
+        );
+    }
+
     fn sample() -> VersionEdit {
         let mut e = VersionEdit::default();
         e.push(EditRecord::NextFile(42))

@@ -1092,6 +1092,20 @@ fn demo_runs_the_ledger_scenario_small() {
     let o = sluice(&["demo", "--dir", &db.path().display().to_string(), "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(snapshot(db.path()), before);
+    // Thread counts the scenario cannot spawn (20000 used to abort the process).
+    for threads in ["0", "20000"] {
+        let fresh = t.path().join(format!("threads-{threads}"));
+        let o = sluice(&[
+            "demo",
+            "--dir",
+            &fresh.display().to_string(),
+            "--quiet",
+            "--threads",
+            threads,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "--threads {threads}");
+        assert!(!fresh.exists(), "--threads {threads}");
+    }
 }
 
 #[test]

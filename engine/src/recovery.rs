@@ -775,7 +775,8 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .all_files()
         .map(|f| f.number)
         .collect();
-    let current_manifest = crate::manifest::manifest_name(manifest_number);
+    // The flush above may have rolled the manifest to a new number: keep the one in use.
+    let current_manifest = crate::manifest::manifest_name(inner.core.lock().manifest.number());
     for n in fs.list(&dir).map_err(|e| Error::io(&dir, e))? {
         let p = dir.join(&n);
         let remove = if n.starts_with("MANIFEST-") {

@@ -64,6 +64,31 @@ fn unflushed_writes_come_back_from_the_wal() {
     assert_eq!(db.latest_seqno(), 4);
 }
 
+/// Opening a database whose WAL holds writes flushes them, and that flush's manifest edit
+/// can roll the manifest to a new file. The cleanup at the end of the open must keep that
+/// file: it used to keep the manifest the open had created, delete the rolled one, and leave
+/// `CURRENT` naming a missing file (the next open failed).
+#[test]
+fn a_manifest_rolled_by_the_flush_at_open_survives_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        max_manifest_bytes: 1,
+        ..Options::default()
+    };
+    for round in 0..3u32 {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        for r in 0..round {
+            assert_eq!(db.get(format!("k{r}")).unwrap().unwrap(), format!("v{r}"));
+        }
+        let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
+        let named = dir.path().join(current.trim());
+        assert!(named.exists(), "round {round}: CURRENT names {named:?}, which is gone");
+        // Left in the WAL (close syncs it; it does not flush): the next open flushes it.
+        db.put(format!("k{round}"), format!("v{round}")).unwrap();
+        db.close().unwrap();
+    }
+}
+
 #[test]
 fn layouts_register_retarget_and_read_across_versions() {
     let dir = tempfile::tempdir().unwrap();

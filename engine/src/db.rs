@@ -499,13 +499,27 @@ impl Inner {
         self.visible.load(Ordering::Acquire)
     }
 
+    /// The seqno a read over `_view` reads at: the snapshot's, or for a read at the latest
+    /// state, the latest seqno read *after* the view was taken. The other order is wrong: a
+    /// write landing between the two, then a flush or compaction, can drop the older entry
+    /// the read's seqno needs (no snapshot protects an unregistered seqno) from every view
+    /// taken afterwards. In this order, the view holds every entry the seqno can see or else
+    /// (memtables frozen since) a prefix of them ending at a freeze: a consistent state.
+    pub fn seqno_for(&self, _view: &View, snapshot: Option<u64>) -> u64 {
+        #[cfg(test)]
+        crate::read::test_hooks::between_view_and_seqno();
+        snapshot.unwrap_or_else(|| self.latest())
+    }
+
+    /// Iterates `range` at `snapshot` (a registered seqno), or at the latest state.
     pub fn iter_at(
         self: &Arc<Self>,
         range: KeyRange,
-        snapshot: u64,
+        snapshot: Option<u64>,
         hold: Option<Box<dyn Send + Sync>>,
     ) -> DbIter {
         let view = self.view.load_full();
+        let snapshot = self.seqno_for(&view, snapshot);
         let factory = Box::new(move |dir: Direction| {
             build_sources(&view.memtables(), &view.files, &range, snapshot, dir)
         });
@@ -655,8 +669,7 @@ impl Db {
     /// Iterates `(key, value)` pairs in key order over `range` at the latest snapshot,
     /// whatever the layout. Double-ended: `.rev()` walks backwards.
     pub fn range(&self, range: impl KeyBounds) -> DbIter {
-        let seq = self.inner.latest();
-        self.inner.iter_at(range.key_range(), seq, None)
+        self.inner.iter_at(range.key_range(), None, None)
     }
 
     /// Iterates every key with the given prefix.
@@ -667,8 +680,7 @@ impl Db {
             Some(s) => std::ops::Bound::Excluded(Bytes::from(s)),
             None => std::ops::Bound::Unbounded,
         };
-        let seq = self.inner.latest();
-        self.inner.iter_at(KeyRange { start, end }, seq, None)
+        self.inner.iter_at(KeyRange { start, end }, None, None)
     }
 
     /// Freezes the memtable and waits until every frozen memtable is in SSTables.

@@ -269,8 +269,8 @@ impl Inner {
         if let Some(l) = self.shadow.load().as_ref() {
             l.record_read(key);
         }
-        let seq = snapshot.unwrap_or_else(|| self.latest());
         let view = self.view.load();
+        let seq = self.seqno_for(&view, snapshot);
         let mut cost = ReadCost {
             charge_seeks: self.write_idle.load(Ordering::Relaxed),
             ..ReadCost::default()
@@ -426,6 +426,30 @@ impl Inner {
     }
 }
 
+/// A test's code run at a chosen point of a read, on the reading thread.
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnOnce()>;
+
+    thread_local! {
+        static BETWEEN_VIEW_AND_SEQNO: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` once, in this thread's next read at the latest state, between its taking
+    /// the view and its reading the seqno.
+    pub fn set_between_view_and_seqno(f: impl FnOnce() + 'static) {
+        BETWEEN_VIEW_AND_SEQNO.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(crate) fn between_view_and_seqno() {
+        if let Some(f) = BETWEEN_VIEW_AND_SEQNO.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -457,6 +481,37 @@ mod tests {
             .unwrap();
         db.set_target(v2).unwrap();
         (dir, db)
+    }
+
+    /// A read at the latest state while a write to its key lands and is flushed: the flush
+    /// drops the older entry (no snapshot protects it). The read used to take its seqno
+    /// before its view, and then found only the newer entry, above its seqno: `None` for a
+    /// key that held a value throughout. Point reads and range scans alike.
+    #[test]
+    fn a_write_and_flush_during_a_latest_read_lose_it_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        db.put("k", "v0").unwrap();
+        let meanwhile = |n: u32| {
+            let db = db.clone();
+            move || {
+                db.put("k", format!("v{n}")).unwrap();
+                db.flush().unwrap();
+            }
+        };
+        // The write lands in the memtable the read's view holds, so the read sees it.
+        super::test_hooks::set_between_view_and_seqno(meanwhile(1));
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v1"[..]), "get");
+        // v1 is in a table now; v2 in the memtable, dropped by the next flush (v3 shadows
+        // it): a scan at v2's seqno over a later view would find v1.
+        db.put("k", "v2").unwrap();
+        super::test_hooks::set_between_view_and_seqno(meanwhile(3));
+        let all: Vec<_> = db.range(..).map(|r| r.unwrap()).collect();
+        assert_eq!(all, vec![("k".into(), "v3".into())], "scan");
     }
 
     /// A move out of a partition that a job is compacting is skipped: the job watches only

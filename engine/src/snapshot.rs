@@ -73,7 +73,7 @@ impl Snapshot {
             seqno: self.seqno,
         };
         self.inner
-            .iter_at(range.key_range(), self.seqno, Some(Box::new(hold)))
+            .iter_at(range.key_range(), Some(self.seqno), Some(Box::new(hold)))
     }
 }
 

@@ -19,6 +19,21 @@ impl Inner {
             });
         }
         fs.create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+        let r = self.write_checkpoint(dest);
+        if r.is_err() {
+            // The directory was empty: what is in it now is this attempt's. Leaving it would
+            // make a retry refuse the non-empty directory (and it is not an openable copy).
+            if let Ok(names) = fs.list(dest) {
+                for n in names {
+                    let _ = fs.remove(&dest.join(n));
+                }
+            }
+        }
+        r
+    }
+
+    fn write_checkpoint(&self, dest: &Path) -> Result<()> {
+        let fs = self.fs.as_ref();
         // Freeze a consistent cut: no commit (wal lock) and no install (core lock) while
         // the file set, the WAL list and their lengths are read.
         let (view, wals, edit, manifest_number) = {
@@ -27,18 +42,25 @@ impl Inner {
             let active = (wal.number, wal.log.len());
             let core = self.core.lock();
             let view = self.view.load_full();
+            // Mapped now, copied after the locks are released: a flush finishing meanwhile
+            // deletes the WALs it covered, and a mapping keeps a deleted file readable.
+            // (Tables need no such care: the view holds them, and a table is deleted only
+            // once no view does.)
             let mut wals = Vec::new();
             for (n, p) in wal_files(fs, &self.dir, core.log_number)? {
+                let data = fs.map(&p).map_err(|e| Error::io(&p, e))?;
                 let len = if n == active.0 {
                     active.1
                 } else {
-                    fs.file_size(&p).map_err(|e| Error::io(&p, e))?
+                    data.len() as u64
                 };
-                wals.push((p, len));
+                wals.push((p, data, len));
             }
             let edit = self.snapshot_edit(&core, &view.files);
             (view, wals, edit, core.next_file)
         };
+        #[cfg(test)]
+        crate::test_hooks::reach(crate::test_hooks::Point::CheckpointAfterCut);
         for f in view.files.all_files() {
             let src = f.table.path();
             let name = src
@@ -46,14 +68,15 @@ impl Inner {
                 .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
             let dst = dest.join(name);
             if fs.hard_link(src, &dst).is_err() {
-                copy_prefix(self, src, &dst, f.size)?;
+                let data = fs.map(src).map_err(|e| Error::io(src, e))?;
+                copy_prefix(self, &data, &dst, f.size)?;
             }
         }
-        for (src, len) in &wals {
+        for (src, data, len) in &wals {
             let name = src
                 .file_name()
                 .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
-            copy_prefix(self, src, &dest.join(name), *len)?;
+            copy_prefix(self, data, &dest.join(name), *len)?;
         }
         ManifestWriter::create(fs, dest, manifest_number, &edit)?;
         fs.sync_dir(dest).map_err(|e| Error::io(dest, e))?;
@@ -61,12 +84,94 @@ impl Inner {
     }
 }
 
-/// Copies the first `len` bytes of `src` to a new file `dst`, fsynced.
-fn copy_prefix(inner: &Inner, src: &Path, dst: &Path, len: u64) -> Result<()> {
+/// Copies the first `len` bytes of `data` to a new file `dst`, fsynced.
+fn copy_prefix(inner: &Inner, data: &[u8], dst: &Path, len: u64) -> Result<()> {
     let fs = inner.fs.as_ref();
-    let data = fs.map(src).map_err(|e| Error::io(src, e))?;
-    let n = (len as usize).min(data.len());
+    let n = usize::try_from(len).map_or(data.len(), |l| l.min(data.len()));
     let mut f = fs.create(dst).map_err(|e| Error::io(dst, e))?;
     f.append(&data[..n]).map_err(|e| Error::io(dst, e))?;
     f.sync().map_err(|e| Error::io(dst, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+    use crate::test_hooks::{set, Point};
+    use crate::{Db, Options};
+
+    /// A flush that finishes after the checkpoint fixed its cut deletes the WAL the cut
+    /// names; the checkpoint still copies it (it failed with "not found" before) and opens
+    /// with every write of the cut and none after.
+    #[test]
+    fn a_flush_deleting_the_cut_s_wal_does_not_break_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options {
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts()).unwrap();
+        for i in 0..100u32 {
+            db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
+        }
+        let live = db.clone();
+        set(Point::CheckpointAfterCut, move || {
+            live.put("late", "x").unwrap();
+            live.flush().unwrap();
+        });
+        let cp = dir.path().join("checkpoint");
+        db.checkpoint(&cp).unwrap();
+        let copied: Vec<String> = std::fs::read_dir(&cp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        assert!(!copied.is_empty());
+        for n in &copied {
+            assert!(
+                !dir.path().join(n).exists(),
+                "{n} was not deleted meanwhile"
+            );
+        }
+        let copy = Db::open(&cp, opts()).unwrap();
+        for i in 0..100u32 {
+            assert_eq!(
+                copy.get(format!("k{i:03}")).unwrap().unwrap(),
+                format!("v{i}")
+            );
+        }
+        assert_eq!(copy.get("late").unwrap(), None, "a write after the cut");
+    }
+
+    /// A checkpoint that fails leaves its directory empty, so a retry can use it.
+    #[test]
+    fn a_failed_checkpoint_leaves_an_empty_directory_to_retry_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = Options {
+            fs: Arc::new(fs.clone()),
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        db.put("a", "1").unwrap();
+        db.flush().unwrap();
+        db.put("b", "2").unwrap();
+        let cp = dir.path().join("checkpoint");
+        fs.inject(Fault {
+            op: FsOp::SyncDir,
+            path_contains: Some("checkpoint".into()),
+            kind: FaultKind::Io,
+            skip: 0,
+            sticky: false,
+        });
+        assert!(db.checkpoint(&cp).is_err());
+        assert_eq!(fs.injected(), 1);
+        let left: Vec<_> = std::fs::read_dir(&cp).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        db.checkpoint(&cp).unwrap();
+        let copy = Db::open(&cp, Options::default()).unwrap();
+        assert_eq!(copy.get("a").unwrap().unwrap(), "1");
+        assert_eq!(copy.get("b").unwrap().unwrap(), "2");
+    }
 }

@@ -507,7 +507,7 @@ impl Inner {
     /// (memtables frozen since) a prefix of them ending at a freeze: a consistent state.
     pub fn seqno_for(&self, _view: &View, snapshot: Option<u64>) -> u64 {
         #[cfg(test)]
-        crate::read::test_hooks::between_view_and_seqno();
+        crate::test_hooks::reach(crate::test_hooks::Point::BetweenViewAndSeqno);
         snapshot.unwrap_or_else(|| self.latest())
     }
 
@@ -749,6 +749,7 @@ impl Db {
 
     /// Writes an openable copy of the database into `dir` (which must not exist or be
     /// empty): hard links to the live SSTables, the WAL up to this moment, a fresh manifest.
+    /// Writes and background work go on meanwhile. On failure the directory is left empty.
     pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         self.inner.checkpoint(dir.as_ref())
     }

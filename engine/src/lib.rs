@@ -58,6 +58,8 @@ mod scan;
 mod snapshot;
 pub mod sst;
 mod stats;
+#[cfg(test)]
+mod test_hooks;
 mod transaction;
 mod types;
 mod util;

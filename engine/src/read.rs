@@ -426,34 +426,11 @@ impl Inner {
     }
 }
 
-/// A test's code run at a chosen point of a read, on the reading thread.
-#[cfg(test)]
-pub(crate) mod test_hooks {
-    use std::cell::RefCell;
-
-    type Hook = Box<dyn FnOnce()>;
-
-    thread_local! {
-        static BETWEEN_VIEW_AND_SEQNO: RefCell<Option<Hook>> = const { RefCell::new(None) };
-    }
-
-    /// Runs `f` once, in this thread's next read at the latest state, between its taking
-    /// the view and its reading the seqno.
-    pub fn set_between_view_and_seqno(f: impl FnOnce() + 'static) {
-        BETWEEN_VIEW_AND_SEQNO.with(|h| *h.borrow_mut() = Some(Box::new(f)));
-    }
-
-    pub(crate) fn between_view_and_seqno() {
-        if let Some(f) = BETWEEN_VIEW_AND_SEQNO.with(|h| h.borrow_mut().take()) {
-            f();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use crate::test_hooks::{set, Point};
     use crate::{Db, Options, PartitionSpec};
 
     /// 200 keys compacted in v1 (one range partition), draining into a hash v2; lazy moves
@@ -504,12 +481,12 @@ mod tests {
             }
         };
         // The write lands in the memtable the read's view holds, so the read sees it.
-        super::test_hooks::set_between_view_and_seqno(meanwhile(1));
+        set(Point::BetweenViewAndSeqno, meanwhile(1));
         assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v1"[..]), "get");
         // v1 is in a table now; v2 in the memtable, dropped by the next flush (v3 shadows
         // it): a scan at v2's seqno over a later view would find v1.
         db.put("k", "v2").unwrap();
-        super::test_hooks::set_between_view_and_seqno(meanwhile(3));
+        set(Point::BetweenViewAndSeqno, meanwhile(3));
         let all: Vec<_> = db.range(..).map(|r| r.unwrap()).collect();
         assert_eq!(all, vec![("k".into(), "v3".into())], "scan");
     }

@@ -1,0 +1,37 @@
+//! Test-only points where a test runs its own code in the middle of an engine operation,
+//! on the thread running it, to make a race happen deterministically.
+
+use std::cell::RefCell;
+
+/// Where a hook runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Point {
+    /// A read at the latest state, after it took its view and before it reads the seqno.
+    BetweenViewAndSeqno,
+    /// A checkpoint, after it fixed its cut (files, WALs and their lengths) under the locks
+    /// and released them, before it copies anything.
+    CheckpointAfterCut,
+}
+
+type Hook = (Point, Box<dyn FnOnce()>);
+
+thread_local! {
+    static HOOKS: RefCell<Vec<Hook>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` once, the next time this thread reaches `point`.
+pub(crate) fn set(point: Point, f: impl FnOnce() + 'static) {
+    HOOKS.with(|h| h.borrow_mut().push((point, Box::new(f))));
+}
+
+/// Called by the engine at `point`: runs (and forgets) this thread's hook for it, if any.
+pub(crate) fn reach(point: Point) {
+    let hook = HOOKS.with(|h| {
+        let mut h = h.borrow_mut();
+        let i = h.iter().position(|(p, _)| *p == point)?;
+        Some(h.remove(i).1)
+    });
+    if let Some(f) = hook {
+        f();
+    }
+}

@@ -82,7 +82,10 @@ fn a_manifest_rolled_by_the_flush_at_open_survives_the_open() {
         }
         let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
         let named = dir.path().join(current.trim());
-        assert!(named.exists(), "round {round}: CURRENT names {named:?}, which is gone");
+        assert!(
+            named.exists(),
+            "round {round}: CURRENT names {named:?}, which is gone"
+        );
         // Left in the WAL (close syncs it; it does not flush): the next open flushes it.
         db.put(format!("k{round}"), format!("v{round}")).unwrap();
         db.close().unwrap();

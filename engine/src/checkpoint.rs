@@ -144,6 +144,48 @@ mod tests {
         assert_eq!(copy.get("late").unwrap(), None, "a write after the cut");
     }
 
+    /// A table of the cut that is trivially moved (a new record of the same file) and then
+    /// compacted away after the cut: its file must outlive the cut's view, which still
+    /// names it. It used to be deleted as soon as the moved record was dropped, and the
+    /// checkpoint failed to link it ("not found").
+    #[test]
+    fn a_table_moved_then_compacted_after_the_cut_is_still_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options {
+            idle_memtable_flush_after: None,
+            level0_compaction_trigger: 4,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts()).unwrap();
+        let fill = |db: &Db, run: u32| {
+            for i in 0..50u32 {
+                db.put(format!("r{run}-k{i:03}"), format!("v{i}")).unwrap();
+            }
+            db.flush().unwrap();
+        };
+        fill(&db, 0);
+        let live = db.clone();
+        set(Point::CheckpointAfterCut, move || {
+            // Three more disjoint L0 files reach the trigger: a trivial move takes them
+            // (with the cut's file) to the base level; then a compaction rewrites them all.
+            for run in 1..4 {
+                fill(&live, run);
+            }
+            let start = std::time::Instant::now();
+            while live.stats().trivial_moves == 0 {
+                assert!(start.elapsed().as_secs() < 30, "no trivial move");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            live.compact().unwrap();
+        });
+        let cp = dir.path().join("checkpoint");
+        db.checkpoint(&cp).unwrap();
+        let copy = Db::open(&cp, opts()).unwrap();
+        let keys: Vec<_> = copy.range(..).map(|r| r.unwrap().0).collect();
+        assert_eq!(keys.len(), 50);
+        assert!(keys.iter().all(|k| k.starts_with(b"r0-")));
+    }
+
     /// A checkpoint that fails leaves its directory empty, so a retry can use it.
     #[test]
     fn a_failed_checkpoint_leaves_an_empty_directory_to_retry_in() {

@@ -34,12 +34,31 @@ pub struct FileMeta {
     pub max_seqno: u64,
     pub entries: u64,
     pub table: Arc<Table>,
-    /// Set once a manifest edit has removed the file; the last holder deletes it.
-    pub obsolete: AtomicBool,
+    /// Whether the file is obsolete, shared by every record of it.
+    file: Arc<TableFile>,
     /// Scans this L0 file may still cost before it is worth compacting (see
     /// [`FileMeta::charge_seek`]).
     seeks_left: AtomicI64,
-    pub fs: Arc<dyn Fs>,
+}
+
+/// The file behind a table, shared by every record of it: a trivial move makes a new record
+/// (at another level) of the same file, and views taken before it still hold the old one.
+/// Set obsolete once a manifest edit has removed the file; deleted when the last record of
+/// it is dropped, so a view of any age can still reach it by path (a checkpoint links it).
+#[derive(Debug)]
+struct TableFile {
+    obsolete: AtomicBool,
+    path: std::path::PathBuf,
+    fs: Arc<dyn Fs>,
+}
+
+impl Drop for TableFile {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            // Best effort: a file left behind is an orphan that the next open removes.
+            let _ = self.fs.remove(&self.path);
+        }
+    }
 }
 
 /// Bytes of compaction one wasted seek is worth: an L0 file may be sought, by scans that
@@ -61,18 +80,18 @@ pub fn seek_allowance(bytes: u64) -> i64 {
     ((bytes / SEEK_COST_BYTES) as i64).max(MIN_SEEKS) * SCAN_SEEK_UNITS
 }
 
-impl Drop for FileMeta {
-    fn drop(&mut self) {
-        if self.obsolete.load(Ordering::Acquire) {
-            // Best effort: a file left behind is an orphan that the next open removes.
-            let _ = self.fs.remove(self.table.path());
-        }
-    }
-}
-
 impl FileMeta {
     /// Builds the in-memory record of a table that was just written or opened.
     pub fn new(table: Arc<Table>, level: u8, fs: Arc<dyn Fs>) -> FileMeta {
+        let file = Arc::new(TableFile {
+            obsolete: AtomicBool::new(false),
+            path: table.path().to_path_buf(),
+            fs,
+        });
+        Self::with_file(table, level, file)
+    }
+
+    fn with_file(table: Arc<Table>, level: u8, file: Arc<TableFile>) -> FileMeta {
         let p = table.props();
         let size = table.file_size();
         FileMeta {
@@ -88,9 +107,8 @@ impl FileMeta {
             max_seqno: p.max_seqno,
             entries: p.entries,
             table,
-            obsolete: AtomicBool::new(false),
+            file,
             seeks_left: AtomicI64::new(seek_allowance(size)),
-            fs,
         }
     }
 
@@ -109,11 +127,11 @@ impl FileMeta {
 
     /// The same table at another level (a trivial move).
     pub fn at_level(&self, level: u8) -> FileMeta {
-        FileMeta::new(self.table.clone(), level, self.fs.clone())
+        FileMeta::with_file(self.table.clone(), level, self.file.clone())
     }
 
     pub fn mark_obsolete(&self) {
-        self.obsolete.store(true, Ordering::Release);
+        self.file.obsolete.store(true, Ordering::Release);
     }
 
     pub fn record(&self) -> FileRecord {

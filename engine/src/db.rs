@@ -206,7 +206,8 @@ pub(crate) struct Inner {
     pub failure: Mutex<Option<String>>,
     pub lock: Mutex<Option<Box<dyn DirLock>>>,
     pub threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Largest L0 file count of any partition, and the compaction debt, for write stalls.
+    /// Largest L0 file count of any partition of the target layout, and the compaction debt,
+    /// for write stalls.
     pub l0_max: AtomicUsize,
     pub pending_compaction: AtomicU64,
     pub recovery: Mutex<RecoveryReport>,
@@ -477,12 +478,16 @@ impl Inner {
     fn update_pressure(&self, files: &FileSet) {
         self.sampling
             .store(files.draining().next().is_some(), Ordering::Relaxed);
-        let mut l0 = 0;
-        for l in files.layouts.values() {
-            for p in &l.parts {
-                l0 = l0.max(p.levels[0].len());
-            }
-        }
+        // The target's L0 only: flushes write nowhere else, so a draining layout's L0 cannot
+        // grow, and only migration empties it — which slowing writes does not hasten and a
+        // pause stops (counted, a draining L0 over the stop trigger stopped writes for good).
+        let l0 = files
+            .target_layout()
+            .parts
+            .iter()
+            .map(|p| p.levels[0].len())
+            .max()
+            .unwrap_or(0);
         self.l0_max.store(l0, Ordering::Relaxed);
         self.pending_compaction.store(
             crate::compaction::pending_bytes(self, files),

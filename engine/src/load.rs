@@ -93,6 +93,10 @@ impl LoadStats {
 }
 
 struct Limit {
+    /// Which limit this is: a limit lifted and set again (or cleared by a retarget) is a new
+    /// one, with its own tickets, and a writer holding a ticket of the old one no longer
+    /// waits for it.
+    id: u64,
     bytes_per_sec: u64,
     tokens: f64,
     last: Instant,
@@ -110,6 +114,8 @@ pub(crate) struct Admission {
     active: AtomicBool,
     state: Mutex<Limits>,
     cv: Condvar,
+    /// The next [`Limit::id`].
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Admission {
@@ -118,6 +124,7 @@ impl Admission {
             active: AtomicBool::new(false),
             state: Mutex::new((None, HashMap::new())),
             cv: Condvar::new(),
+            next_id: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -149,10 +156,10 @@ impl Inner {
         )?;
         touched.sort_unstable();
         for (p, bytes) in touched {
-            let ticket = match st.1.get_mut(&p) {
+            let (limit, ticket) = match st.1.get_mut(&p) {
                 Some(l) => {
                     l.next_ticket += 1;
-                    l.next_ticket - 1
+                    (l.id, l.next_ticket - 1)
                 }
                 None => continue,
             };
@@ -160,8 +167,10 @@ impl Inner {
                 if self.closing.load(Ordering::Acquire) {
                     return Err(Error::Closed);
                 }
-                let Some(l) = st.1.get_mut(&p) else {
-                    break; // limit lifted while waiting
+                let Some(l) = st.1.get_mut(&p).filter(|l| l.id == limit) else {
+                    // The limit was lifted while this writer waited (perhaps set again:
+                    // its tickets start over, and this one would never come up).
+                    break;
                 };
                 if l.serving == ticket {
                     let now = Instant::now();
@@ -216,6 +225,7 @@ impl Inner {
         match bytes_per_sec {
             Some(r) => {
                 let l = st.1.entry(partition).or_insert(Limit {
+                    id: self.admission.next_id.fetch_add(1, Ordering::Relaxed),
                     bytes_per_sec: r,
                     tokens: 0.0,
                     last: Instant::now(),
@@ -257,5 +267,68 @@ impl Inner {
             None => self.shadow.store(None),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use super::Limit;
+    use crate::{Db, Options};
+
+    /// Writers queued behind a partition limit that is lifted and set again before they
+    /// wake hold tickets of the old limit; the new one numbers its tickets from 0, so they
+    /// used to wait for a turn that never came (or, with new traffic, two writers held the
+    /// same number and one was stranded). They now see the limit was replaced and go on.
+    #[test]
+    fn writers_queued_behind_a_replaced_limit_are_not_stranded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        db.inner.set_partition_write_limit(0, Some(1000)).unwrap();
+        // Admitted at once, leaving the partition 2 s in debt.
+        db.put("first", vec![0u8; 2000]).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..2 {
+            let (db, tx) = (db.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(db.put(format!("queued{i}"), "x"));
+            });
+        }
+        let start = Instant::now();
+        while db.inner.admission.state.lock().1[&0].next_ticket < 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "writers never queued"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Lifted and set again (generously) while the queued writers sleep: what
+        // `set_partition_write_limit(0, None)` then `(0, Some(..))` leave when the setter
+        // takes the lock back before either writer does.
+        {
+            let inner = &db.inner;
+            let mut st = inner.admission.state.lock();
+            st.1.remove(&0);
+            st.1.insert(
+                0,
+                Limit {
+                    id: inner.admission.next_id.fetch_add(1, Ordering::Relaxed),
+                    bytes_per_sec: 1 << 30,
+                    tokens: 0.0,
+                    last: Instant::now(),
+                    next_ticket: 0,
+                    serving: 0,
+                },
+            );
+            inner.admission.cv.notify_all();
+        }
+        for _ in 0..2 {
+            // A deadlock detector, not a timing assertion.
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("a queued writer is stranded")
+                .unwrap();
+        }
     }
 }

@@ -153,6 +153,16 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                     None
                 }
                 Err(Error::Closed) => None,
+                // A damaged table fails every retry the same way, and the L0 it leaves
+                // behind would hold writes at the stop trigger with no error: stop writes
+                // now, naming the damage (reads of everything else go on).
+                Err(e) if e.is_corruption() => {
+                    if manual {
+                        core.manual_error = Some(e.to_string());
+                    }
+                    inner.fail(format!("compaction found damage: {e}"));
+                    None
+                }
                 Err(e) => {
                     // Compaction failures (a full disk, say) do not endanger acknowledged
                     // data; retry with backoff while writes keep going until the L0 stop

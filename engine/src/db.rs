@@ -196,6 +196,10 @@ pub(crate) struct Inner {
     pub snapshots: Mutex<BTreeMap<u64, usize>>,
     pub counters: Counters,
     pub closing: AtomicBool,
+    /// Set by shutdown, under the WAL and core locks, as it releases the directory lock:
+    /// from then on another process may own the directory, and nothing here may write to
+    /// it (no manifest edit, no new WAL), whichever clone of the handle asks.
+    pub released: AtomicBool,
     pub failed: AtomicBool,
     /// False once a WAL write or fsync failed: the WAL can no longer be trusted to hold
     /// what was appended. After other failures (manifest, flush) the WAL is still flushed
@@ -374,6 +378,9 @@ impl Inner {
     /// Appends an edit to the manifest; on failure the database turns read-only, since the
     /// manifest may now end in a torn record.
     pub fn log_edit(&self, core: &mut Core, edit: &VersionEdit) -> Result<()> {
+        if self.released.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         match core.manifest.append(edit) {
             // Refused before anything was written: the manifest is as it was.
             Err(e @ Error::TooLarge { .. }) => Err(e),
@@ -1214,6 +1221,7 @@ impl Inner {
         for t in threads {
             let _ = t.join();
         }
+        let mut wal = self.wal.lock();
         let r = if self.read_only {
             Ok(())
         } else if !self.wal_healthy.load(Ordering::Acquire) {
@@ -1222,9 +1230,14 @@ impl Inner {
                 self.failure.lock().clone().unwrap_or_default(),
             ))
         } else {
-            self.wal.lock().log.sync()
+            wal.log.sync()
         };
+        // A call on another clone that checked for `closing` before it was set may still be
+        // on its way to the WAL or the manifest: fence it before the directory is let go.
+        let _core = self.core.lock();
+        self.released.store(true, Ordering::Release);
         self.lock.lock().take();
+        drop(wal);
         r
     }
 }
@@ -1232,6 +1245,36 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After close, a call on another clone that passed its checks before the close (and
+    /// so reaches the manifest or the WAL late) must not write to the directory: its lock is
+    /// released and another process may own it. Both writers of new files refuse.
+    #[test]
+    fn nothing_writes_to_the_directory_once_close_released_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        db.put("k", "v").unwrap();
+        let inner = db.inner.clone();
+        let names = || {
+            let mut n: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (e.file_name(), e.metadata().unwrap().len())
+                })
+                .collect();
+            n.sort();
+            n
+        };
+        db.close().unwrap();
+        let before = names();
+        let edit = VersionEdit::default();
+        let e = inner.log_edit(&mut inner.core.lock(), &edit).unwrap_err();
+        assert!(matches!(e, Error::Closed), "{e}");
+        let e = inner.rotate(&mut inner.wal.lock()).unwrap_err();
+        assert!(matches!(e, Error::Closed), "{e}");
+        assert_eq!(names(), before, "the directory changed after close");
+    }
 
     /// The block cache gets the memory the memtables do not hold: while nothing is written,
     /// all but an eighth of the memtable budget (it was charged the whole budget before);

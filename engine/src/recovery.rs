@@ -536,6 +536,7 @@ fn assemble(
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
         closing: AtomicBool::new(false),
+        released: AtomicBool::new(false),
         failed: AtomicBool::new(false),
         wal_healthy: AtomicBool::new(true),
         read_only,

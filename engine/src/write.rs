@@ -437,6 +437,9 @@ impl Inner {
     /// Freezes the memtable and starts a new WAL. The old WAL is fsynced first, so no later
     /// WAL can hold a write that an earlier one lost (no holes after a crash).
     pub(crate) fn rotate(&self, wal: &mut WalState) -> Result<()> {
+        if self.released.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         if let Err(e) = wal.log.sync() {
             self.wal_failed(format!("WAL sync at rotation failed: {e}"));
             return Err(e);

@@ -242,5 +242,6 @@ pub struct WriteOptions {
     /// fsync the WAL before acknowledging. A synced write survives any crash; unsynced writes
     /// survive a process crash only once handed to the OS, and a machine crash only once a
     /// later synced write (or flush) covers them. Either way, what survives is a prefix.
+    /// A synced write of an empty batch is such a barrier (as [`crate::Db::sync_wal`]).
     pub sync: bool,
 }

@@ -198,6 +198,11 @@ impl Inner {
         batch.validate()?;
         self.check_writable()?;
         if batch.is_empty() && validate.is_none() {
+            // Nothing to write, but a synced write promises that every write acknowledged
+            // before it is durable: an empty one is a barrier, as in RocksDB.
+            if sync {
+                self.sync_wal()?;
+            }
             return Ok(self.latest());
         }
         let _inside = self.group.enter();

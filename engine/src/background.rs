@@ -14,36 +14,45 @@ enum Job {
     Compaction { job: CompactionJob, manual: bool },
 }
 
-pub(crate) fn start(inner: &Arc<Inner>) {
-    let mut threads = inner.threads.lock();
+/// Starts the background threads. A thread the OS refuses is an error (the caller shuts
+/// down the ones already started).
+pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(f)
+            .map_err(|e| Error::Background(format!("starting thread {name}: {e}")))
+    };
     for i in 0..inner.opts.background_threads {
         let w = inner.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("sluice-bg-{i}"))
-            .spawn(move || worker(w))
-            .expect("spawning a background thread");
-        threads.push(t);
+        let t = spawn(format!("sluice-bg-{i}"), Box::new(move || worker(w)))?;
+        inner.threads.lock().push(t);
     }
     let w = inner.clone();
-    let t = std::thread::Builder::new()
-        .name("sluice-wal".into())
-        .spawn(move || {
+    let t = spawn(
+        "sluice-wal".into(),
+        Box::new(move || {
             while !w.closing.load(Ordering::Acquire) {
-                // Parked rather than asleep, so that shutdown (which unparks every
-                // background thread) need not wait out a long interval.
-                let due = std::time::Instant::now() + w.opts.wal_flush_interval;
-                loop {
-                    let now = std::time::Instant::now();
-                    if now >= due || w.closing.load(Ordering::Acquire) {
-                        break;
-                    }
-                    std::thread::park_timeout(due - now);
-                }
+                pause(&w, w.opts.wal_flush_interval);
                 w.tick_wal();
             }
-        })
-        .expect("spawning the WAL ticker");
-    threads.push(t);
+        }),
+    )?;
+    inner.threads.lock().push(t);
+    Ok(())
+}
+
+/// Waits `d`, or less if the database is closing: parked rather than asleep, so that
+/// shutdown (which unparks every background thread) need not wait it out.
+fn pause(inner: &Inner, d: Duration) {
+    let due = std::time::Instant::now() + d;
+    loop {
+        let now = std::time::Instant::now();
+        if now >= due || inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::park_timeout(due - now);
+    }
 }
 
 fn worker(inner: Arc<Inner>) {
@@ -78,7 +87,7 @@ fn worker(inner: Arc<Inner>) {
         inner.bg_cv.notify_all();
         drop(core);
         if let Some(d) = backoff {
-            std::thread::sleep(d);
+            pause(&inner, d);
         }
     }
 }

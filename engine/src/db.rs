@@ -614,7 +614,8 @@ impl Db {
             _owner: Arc::new(OwnerToken(inner.clone())),
             inner,
         };
-        crate::background::start(&db.inner);
+        // On failure `db` drops here, and its shutdown stops the threads already started.
+        crate::background::start(&db.inner)?;
         Ok(db)
     }
 

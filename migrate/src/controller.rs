@@ -222,7 +222,26 @@ impl Controller {
         }
         self.db.store_controller_state(self.epoch, &next.encode())?;
         self.rec = next;
+        if from != to {
+            // Windows over the p99 budget count within one state: a rollback, then a new
+            // start, used to inherit the count and roll back after one slow window.
+            self.over_budget = 0;
+        }
         Ok(())
+    }
+
+    /// Refuses to act for a controller that another has superseded (claimed a newer epoch
+    /// since this one attached). Checked before every change to the engine, not only when
+    /// the state is stored: a stale controller used to switch the target, pin a layout,
+    /// pause the migration or retire the rollback target before its store failed.
+    fn fence(&self) -> Result<()> {
+        match self.db.controller_state() {
+            Some((current, _)) if current != self.epoch => Err(Error::StaleEpoch {
+                presented: self.epoch,
+                current,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Logs an event without a state change.
@@ -309,6 +328,7 @@ impl Controller {
     /// Registers `spec` as the candidate (or reuses a live version with the same function)
     /// after the analysis gate: a biased candidate is refused unless `opts.force`.
     pub fn plan(&mut self, spec: PartitionSpec, opts: PlanOptions) -> Result<PlanReport> {
+        self.fence()?;
         if !matches!(self.rec.state, State::Stable | State::Complete) {
             return Err(Error::LayoutRefused(format!(
                 "a migration is already {}",
@@ -377,6 +397,7 @@ impl Controller {
 
     /// Starts counting live traffic per candidate partition.
     pub fn shadow(&mut self) -> Result<()> {
+        self.fence()?;
         let spec = PartitionSpec::parse(&self.plan_ref()?.spec)?;
         self.db.set_shadow(Some(spec))?;
         self.go(State::Shadowing, "shadowing live traffic")
@@ -435,6 +456,7 @@ impl Controller {
     /// Makes the candidate the target: optional checkpoint, then the switch (one manifest
     /// edit), then the canary (a small part migrated and checked), then paced migration.
     pub fn start(&mut self) -> Result<()> {
+        self.fence()?;
         if matches!(self.rec.state, State::Planned | State::Shadowing) {
             self.validate()?;
         }
@@ -489,6 +511,7 @@ impl Controller {
     /// the old candidate starts draining into the new one; rollback still returns to the
     /// layout the migration started from.
     pub fn retarget(&mut self, spec: PartitionSpec, force: bool) -> Result<PlanReport> {
+        self.fence()?;
         if !matches!(self.rec.state, State::Migrating | State::Paused) {
             return Err(Error::LayoutRefused(format!(
                 "retarget needs a running migration, not {}",
@@ -551,6 +574,7 @@ impl Controller {
     }
 
     pub fn pause(&mut self) -> Result<()> {
+        self.fence()?;
         self.apply_pacing(false);
         self.go(State::Paused, "paused")
     }
@@ -565,10 +589,19 @@ impl Controller {
     /// manifest edit; nothing is copied and nothing written before, during or after the
     /// switch is lost). Data already in the candidate drains back at the paced rate.
     pub fn rollback(&mut self, reason: &str) -> Result<()> {
+        self.fence()?;
         if matches!(self.rec.state, State::Stable | State::Complete) {
             return Err(Error::LayoutRefused(format!(
                 "nothing to roll back in state {}",
                 self.rec.state
+            )));
+        }
+        // Finishing retires the layout the migration started from; once it is gone there
+        // is nothing to roll back to (and a rollback recorded now could never complete).
+        let from = self.plan_ref()?.from;
+        if !self.db.layout().versions.iter().any(|v| v.id.0 == from) {
+            return Err(Error::LayoutRefused(format!(
+                "v{from} has retired: the migration can only be finished"
             )));
         }
         self.go(State::RollingBack, format!("rollback: {reason}"))?;
@@ -621,13 +654,16 @@ impl Controller {
 
     /// Migrates everything left, checks, and completes: the old layouts retire.
     pub fn finish(&mut self) -> Result<()> {
+        self.fence()?;
         if self.rec.state != State::Finalizing {
             self.go(State::Finalizing, "finishing")?;
         }
         self.db.migrate_now(None)?;
         self.checkpoint_gate("finish")?;
         let plan = self.plan_ref()?.clone();
-        self.db.pin_version(VersionId(plan.from), false)?;
+        // Either may be retired already: a crash after the unpins (or after the retire)
+        // resumes here, and must complete rather than fail on the retired version.
+        unpin_if_live(&self.db, plan.from)?;
         unpin_if_live(&self.db, plan.to)?;
         self.db.retire_drained()?;
         self.go(State::Complete, "all draining layouts retired")?;

@@ -503,3 +503,115 @@ fn the_checkpoint_before_migrating_is_taken_where_planned_or_the_start_refuses()
     }
     check_data(&db);
 }
+
+/// A superseded controller changes nothing in the engine. Each of these used to act on the
+/// engine first and fail only when storing its state: `start` switched the target, `pause`
+/// set the migration rate to 0, `retarget` registered and pinned a layout, `finish`
+/// retired the layout the live controller may roll back to.
+#[test]
+fn a_superseded_controller_changes_nothing_in_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let config = ControllerConfig {
+        migration_bytes_per_sec: 1 << 20,
+        ..cfg()
+    };
+    let mut stale = Controller::attach(db.clone(), config.clone()).unwrap();
+    stale.plan(good(), PlanOptions::default()).unwrap();
+    stale.validate().unwrap();
+    let mut live = Controller::attach(db.clone(), config).unwrap();
+    let layout = db.layout();
+    let e = stale.start().unwrap_err();
+    assert!(matches!(e, Error::StaleEpoch { .. }), "{e}");
+    assert_eq!(db.layout(), layout, "a stale start changed the layout");
+    // The live controller runs the migration; the stale one tries everything else.
+    live.start().unwrap();
+    let layout = db.layout();
+    let rate = db.migration_progress().rate_limit_bytes_per_sec;
+    assert!(rate > 0);
+    assert!(stale.pause().is_err());
+    assert_eq!(db.migration_progress().rate_limit_bytes_per_sec, rate);
+    assert!(stale.retarget(good(), false).is_err());
+    assert!(stale.finish().is_err());
+    assert!(stale.rollback("stale").is_err());
+    assert_eq!(db.layout(), layout, "a stale controller changed the layout");
+    // The live controller can still roll back to v1.
+    live.rollback("test").unwrap();
+    assert_eq!(db.layout().target, VersionId(1));
+    check_data(&db);
+}
+
+/// A crash inside `finish` after it released the pins and the old layout retired (but
+/// before Complete was recorded) resumes; finishing then completes. It used to fail for
+/// good on the retired version, and a rollback from there, accepted and recorded, could
+/// never complete, so no controller could attach again. Now the rollback is refused.
+#[test]
+fn a_crash_inside_finish_resumes_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = setup(dir.path());
+        let mut c = attach(&db);
+        c.plan(good(), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        // What finish() does before it records Complete (the record still says Migrating
+        // here; finish() runs the same steps from Finalizing): migrate the rest, release
+        // the pins, retire the drained layout. Then the crash.
+        db.migrate_now(None).unwrap();
+        let to = db.layout().target;
+        db.pin_version(VersionId(1), false).unwrap();
+        db.pin_version(to, false).unwrap();
+        db.retire_drained().unwrap();
+        assert!(db.layout().versions.iter().all(|v| v.id != VersionId(1)));
+        let e = c.rollback("too late").unwrap_err();
+        assert!(e.to_string().contains("retired"), "{e}");
+        drop(c);
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut c = attach(&db);
+    c.finish().unwrap();
+    assert_eq!(c.state(), State::Complete);
+    check_data(&db);
+    drop(c);
+    assert_eq!(attach(&db).state(), State::Complete);
+}
+
+/// The p99 trigger counts windows within one migration: after a rollback, a new start
+/// needs the full number of slow windows again.
+#[test]
+fn the_p99_trigger_starts_counting_afresh_each_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let config = ControllerConfig {
+        triggers: Triggers {
+            p99_budget_us: Some(1000),
+            p99_windows: 3,
+            ..Triggers::default()
+        },
+        ..cfg()
+    };
+    let mut c = Controller::attach(db.clone(), config).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    let slow = Observation {
+        ops: 100,
+        errors: 0,
+        p99_us: Some(5000),
+    };
+    for round in 0..2 {
+        c.plan(good(), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        for w in 1..3 {
+            let t = c.tick(Some(slow)).unwrap();
+            assert!(
+                t.rolled_back.is_none(),
+                "round {round}: rolled back after {w} windows"
+            );
+        }
+        let t = c.tick(Some(slow)).unwrap();
+        assert!(
+            t.rolled_back.is_some(),
+            "round {round}: three windows did not roll back"
+        );
+    }
+    check_data(&db);
+}

@@ -19,6 +19,10 @@ use sluice::{Db, Error, Options, PartitionSpec, Result, Snapshot};
 use crate::consistency::CheckMode;
 use crate::controller::{Controller, ControllerConfig, PlanOptions};
 
+/// Largest account metadata: accounts are written 1000 to a batch, which must stay a
+/// valid batch ([`sluice::MAX_BATCH_LEN`]) and each value a valid value.
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
+
 /// Scale and timing of the scenario.
 #[derive(Clone, Debug)]
 pub struct LedgerConfig {
@@ -120,6 +124,12 @@ impl LedgerConfig {
             return bad(
                 "initial_balance",
                 "the sum of every account's balance must fit in an i64 and not be negative",
+            );
+        }
+        if self.payload_bytes > MAX_PAYLOAD_BYTES {
+            return bad(
+                "payload_bytes",
+                &format!("at most {MAX_PAYLOAD_BYTES} bytes of metadata per account"),
             );
         }
         if !(0.0..=1.0).contains(&self.detect_at) {

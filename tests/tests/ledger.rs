@@ -91,6 +91,11 @@ fn bad_ledger_configs_and_values_are_errors() {
             detect_at: f64::NAN,
             ..base.clone()
         },
+        LedgerConfig {
+            // `sluice demo --payload-bytes 18446744073709551615` panicked allocating it.
+            payload_bytes: usize::MAX,
+            ..base.clone()
+        },
     ];
     for cfg in bad {
         match run(&cfg, &mut |_| {}) {

@@ -1106,6 +1106,25 @@ fn demo_runs_the_ledger_scenario_small() {
         assert_eq!(o.status.code(), Some(2), "--threads {threads}");
         assert!(!fresh.exists(), "--threads {threads}");
     }
+    // A payload the scenario cannot allocate or batch (usize::MAX panicked), refused
+    // before the directory is made.
+    let fresh = t.path().join("payload");
+    let o = sluice(&[
+        "demo",
+        "--dir",
+        &fresh.display().to_string(),
+        "--quiet",
+        "--payload-bytes",
+        "18446744073709551615",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("payload_bytes"));
+    assert!(!fresh.exists());
 }
 
 #[test]

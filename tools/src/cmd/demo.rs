@@ -128,7 +128,6 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         .max(1)
         .checked_mul(1 << 20)
         .ok_or_else(|| CliError::usage("--migration-mb-per-sec is too large"))?;
-    prepare(&args.dir)?;
     let cfg = LedgerConfig {
         accounts: args.accounts,
         payload_bytes: args.payload_bytes,
@@ -142,6 +141,9 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         partitions: args.partitions,
         ..LedgerConfig::new(&args.dir)
     };
+    // Refused before the directory is touched.
+    cfg.validate()?;
+    prepare(&args.dir)?;
     let bar = ctx.progress.then(|| {
         let b = ProgressBar::new(1000);
         if let Ok(s) = ProgressStyle::with_template(

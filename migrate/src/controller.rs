@@ -440,15 +440,24 @@ impl Controller {
             self.roll_back_because(&reason)?;
             return Err(Error::LayoutRefused(reason));
         }
-        if let (Some(expected), Some(now)) =
-            (self.rec.reconciliation.clone(), self.reconcile_now()?)
-        {
-            if now != expected && self.cfg.triggers.on_reconciliation_mismatch {
+        match (self.rec.reconciliation.clone(), self.reconcile_now()?) {
+            (Some(expected), Some(now))
+                if now != expected && self.cfg.triggers.on_reconciliation_mismatch =>
+            {
                 let reason =
                     format!("reconciliation changed at {when}: expected {expected}, got {now}");
                 self.roll_back_because(&reason)?;
                 return Err(Error::LayoutRefused(reason));
             }
+            // No hook when the plan was made (`sluice migrate plan` sets none): the first
+            // gate with one takes the baseline, rather than every gate skipping the check.
+            (None, Some(now)) => {
+                self.rec.reconciliation = Some(now.clone());
+                self.note(format!(
+                    "reconciliation baseline taken at {when} (none at plan time): {now}"
+                ))?;
+            }
+            _ => {}
         }
         Ok(report)
     }
@@ -494,17 +503,26 @@ impl Controller {
             State::Migrating,
             format!("target switched v{} -> v{}", plan.from, plan.to),
         )?;
-        if !plan.canary_done {
-            let moved = self.db.migrate_now(Some(plan.canary_bytes.max(1)))?;
-            self.checkpoint_gate("canary")?;
-            if let Some(p) = self.rec.plan.as_mut() {
-                p.canary_done = true;
-            }
-            self.save()?;
-            self.note(format!("canary: {moved} bytes migrated and validated"))?;
-        }
+        self.canary()?;
         self.apply_pacing(true);
         Ok(())
+    }
+
+    /// Migrates the plan's canary share and checks it, once per plan. A crash between the
+    /// target switch and the canary's record resumes in Migrating with it undone: the next
+    /// `tick` runs it (the gate it ends in needs the reconciliation hook, set after attach).
+    fn canary(&mut self) -> Result<()> {
+        let plan = self.plan_ref()?.clone();
+        if plan.canary_done {
+            return Ok(());
+        }
+        let moved = self.db.migrate_now(Some(plan.canary_bytes.max(1)))?;
+        self.checkpoint_gate("canary")?;
+        if let Some(p) = self.rec.plan.as_mut() {
+            p.canary_done = true;
+        }
+        self.save()?;
+        self.note(format!("canary: {moved} bytes migrated and validated"))
     }
 
     /// Replaces the candidate mid-migration with a corrected function, keeping the progress:
@@ -624,8 +642,21 @@ impl Controller {
             // The abandoned candidate drains back and retires once empty.
             unpin_if_live(&self.db, plan.to)?;
         }
+        // Checked at this state change too: a discrepancy that arose during the migration
+        // is recorded with the rollback (the next plan takes a new baseline).
+        // (A hook that fails must not keep the rollback from completing.)
+        let mismatch = match (self.rec.reconciliation.clone(), self.reconcile_now()) {
+            (Some(expected), Ok(Some(now))) if now != expected => {
+                format!("; RECONCILIATION CHANGED: expected {expected}, got {now}")
+            }
+            (_, Err(e)) => format!("; reconciliation could not be computed: {e}"),
+            _ => String::new(),
+        };
         let saved = self.rec.plan.take();
-        if let Err(e) = self.go(State::Stable, format!("rolled back to v{from}: {reason}")) {
+        if let Err(e) = self.go(
+            State::Stable,
+            format!("rolled back to v{from}: {reason}{mismatch}"),
+        ) {
             self.rec.plan = saved;
             return Err(e);
         }
@@ -677,6 +708,11 @@ impl Controller {
         let progress = self.db.migration_progress();
         let mut rolled_back = None;
         let mut completed = false;
+        if self.rec.state == State::Migrating {
+            // Returns early only with an error (a failed gate has rolled back).
+            self.fence()?;
+            self.canary()?;
+        }
         if matches!(self.rec.state, State::Migrating | State::Paused) {
             let t = self.cfg.triggers.clone();
             let p99 = obs

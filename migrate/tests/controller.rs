@@ -320,7 +320,7 @@ fn crash_between_target_switch_and_record_is_recognised() {
         db.set_target(v2).unwrap();
     }
     let db = Db::open(dir.path(), opts()).unwrap();
-    let c = attach(&db);
+    let mut c = attach(&db);
     assert_eq!(c.state(), State::Migrating);
     assert!(c
         .events()
@@ -328,6 +328,27 @@ fn crash_between_target_switch_and_record_is_recognised() {
         .unwrap()
         .reason
         .contains("already switched"));
+    // The canary never ran (start() would have run it after recording Migrating, and
+    // refuses now): the next tick runs it, gate included. It used to be skipped for good.
+    assert!(!c.events().iter().any(|e| e.reason.contains("canary")));
+    c.tick(None).unwrap();
+    assert!(
+        c.events().iter().any(|e| e.reason.contains("canary")),
+        "{:?}",
+        c.events().iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    let canaries = c
+        .events()
+        .iter()
+        .filter(|e| e.reason.contains("canary"))
+        .count();
+    c.tick(None).unwrap();
+    let again = c
+        .events()
+        .iter()
+        .filter(|e| e.reason.contains("canary"))
+        .count();
+    assert_eq!(again, canaries, "the canary ran twice");
 }
 
 #[test]
@@ -614,4 +635,43 @@ fn the_p99_trigger_starts_counting_afresh_each_migration() {
         );
     }
     check_data(&db);
+}
+
+/// A plan made without a reconciliation hook (as `sluice migrate plan` makes it) used to
+/// skip every reconciliation check of that migration. The first gate with a hook now takes
+/// the baseline, and a later change is caught.
+#[test]
+fn a_plan_made_without_the_hook_is_still_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    c.start().unwrap();
+    assert!(c
+        .events()
+        .iter()
+        .any(|e| e.reason.contains("baseline taken")));
+    db.put(key(0), "999").unwrap(); // money from nowhere
+    let e = c.finish().unwrap_err();
+    assert!(e.to_string().contains("reconciliation"), "{e}");
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+}
+
+/// A rollback is a state change like any other: the reconciliation is checked there too,
+/// and a discrepancy that arose during the migration is recorded with it (it used to pass
+/// unreported, and the next plan took the wrong sum as its baseline).
+#[test]
+fn a_rollback_records_a_reconciliation_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    db.put(key(0), "999").unwrap();
+    c.rollback("operator").unwrap();
+    let last = &c.events().last().unwrap().reason;
+    assert!(last.contains("RECONCILIATION CHANGED"), "{last}");
+    assert!(last.contains("300000") && last.contains("300899"), "{last}");
 }

@@ -696,7 +696,9 @@ impl Db {
         self.inner.iter_at(KeyRange { start, end }, None, None)
     }
 
-    /// Freezes the memtable and waits until every frozen memtable is in SSTables.
+    /// Freezes the memtable and waits until it, and every memtable frozen before it, is in
+    /// SSTables: everything written before the call is then in tables. (Memtables frozen
+    /// meanwhile by other writers are not waited for.)
     pub fn flush(&self) -> Result<()> {
         self.inner.flush_all()
     }

@@ -544,15 +544,22 @@ impl Inner {
     pub fn flush_all(&self) -> Result<()> {
         self.check_writable()?;
         self.apply_moves();
-        {
+        // The newest memtable this call must see flushed: frozen by it, or already frozen.
+        // Memtables frozen later (a writer going on meanwhile) are not waited for: under a
+        // steady write load "none frozen" may never come.
+        let last = {
             let mut wal = self.wal.lock();
             if !self.view.load().mem.is_empty() {
                 self.rotate(&mut wal)?;
             }
-        }
+            self.view.load().imm.iter().map(|m| m.wal_number()).max()
+        };
+        let Some(last) = last else {
+            return Ok(());
+        };
         let mut core = self.core.lock();
         loop {
-            if self.view.load().imm.is_empty() {
+            if self.view.load().imm.iter().all(|m| m.wal_number() > last) {
                 return Ok(());
             }
             self.check_writable()?;

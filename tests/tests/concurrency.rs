@@ -841,6 +841,53 @@ fn synced_writers_share_fsyncs_and_survive_a_power_cut() {
     }
 }
 
+/// `flush` under a write load that keeps memtables frozen (flushes slowed by a slow disk)
+/// returns once what was written before it is in tables. It used to wait for "no frozen
+/// memtable at all", which under such a load comes only when the writer stops.
+#[test]
+fn flush_returns_under_a_writer_that_keeps_memtables_frozen() {
+    use sluice::fs::FaultFs;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    fs.set_sync_delay(Some(Duration::from_millis(20)));
+    let opts = Options {
+        fs: Arc::new(fs.clone()),
+        memtable_bytes: 16 << 10,
+        max_immutable_memtables: 8,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let stop = AtomicBool::new(false);
+    // A deadlock detector, not a timing assertion: the writer gives up after this long.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                db.put(format!("k{:08}", i % 100_000), [b'v'; 100]).unwrap();
+                i += 1;
+            }
+            true
+        });
+        // Let the writer fill the frozen queue first.
+        while db.stats().flushes < 2 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        db.put("before-flush", "x").unwrap();
+        db.flush().unwrap();
+        stop.store(true, Ordering::Release);
+        assert!(
+            writer.join().unwrap(),
+            "flush returned only after the writer stopped at its deadline"
+        );
+    });
+    assert_eq!(db.get("before-flush").unwrap().as_deref(), Some(&b"x"[..]));
+}
+
 /// An empty batch written with `sync` is a durability barrier: the unsynced writes before
 /// it survive a power cut (it returned without an fsync before, and they were lost).
 #[test]

@@ -25,8 +25,15 @@ const ENGINES_MARKER: &str = "SLUICE_STRESS_ENGINES";
 
 /// This run's arguments without those the parent sets for each child.
 fn child_args(dir: &Path, engine: EngineKind) -> Vec<OsString> {
+    child_args_from(std::env::args_os().skip(1), dir, engine)
+}
+
+fn child_args_from(
+    mut args: impl Iterator<Item = OsString>,
+    dir: &Path,
+    engine: EngineKind,
+) -> Vec<OsString> {
     let mut out = Vec::new();
-    let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         let s = a.to_string_lossy();
         match s.as_ref() {
@@ -39,6 +46,16 @@ fn child_args(dir: &Path, engine: EngineKind) -> Vec<OsString> {
                 || s.starts_with("--engine=") => {}
             _ => out.push(a),
         }
+    }
+    // Equal durability: Sluice hands every commit group to the OS, as the peers do with
+    // every write (see `--wal-buffer-kb`), unless the run says otherwise.
+    if engine == EngineKind::Sluice
+        && !out
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--wal-buffer-kb"))
+    {
+        out.push("--wal-buffer-kb".into());
+        out.push("0".into());
     }
     out.push("--engine".into());
     out.push(engine.name().into());
@@ -280,6 +297,53 @@ fn print_table(workload: &str, rows: &[(EngineKind, &Value)], cmp: &Value) {
         println!("  (redb writes reach the disk at its durable commit on close: its WA is not a best peer)");
     }
     println!();
+}
+
+#[cfg(test)]
+mod child_args_tests {
+    use super::*;
+
+    fn args(v: &[&str], engine: EngineKind) -> Vec<String> {
+        child_args_from(v.iter().map(OsString::from), Path::new("/d"), engine)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    /// In a comparison Sluice hands every commit group to the OS, as the peers hand every
+    /// write (it kept up to 64 KiB in the process while they did not); a run that sets the
+    /// buffer keeps its setting, and peers get no Sluice flag added.
+    #[test]
+    fn sluice_children_get_the_peers_durability_unless_told_otherwise() {
+        let run = [
+            "fillrandom",
+            "--num",
+            "10",
+            "--engines",
+            "sluice,fjall",
+            "--dir",
+            "/x",
+        ];
+        let s = args(&run, EngineKind::Sluice);
+        assert!(s.windows(2).any(|w| w == ["--wal-buffer-kb", "0"]), "{s:?}");
+        assert!(!s.iter().any(|a| a.starts_with("--engines")), "{s:?}");
+        let f = args(&run, EngineKind::Fjall);
+        assert!(!f.iter().any(|a| a.starts_with("--wal-buffer-kb")), "{f:?}");
+        let mut own = run.to_vec();
+        own.extend(["--wal-buffer-kb", "64"]);
+        let s = args(&own, EngineKind::Sluice);
+        assert_eq!(
+            s.iter()
+                .filter(|a| a.starts_with("--wal-buffer-kb"))
+                .count(),
+            1,
+            "{s:?}"
+        );
+        assert!(
+            s.windows(2).any(|w| w == ["--wal-buffer-kb", "64"]),
+            "{s:?}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -252,6 +252,14 @@ struct Cli {
     /// with migration3 (so its three-layout state holds still while it is measured).
     #[arg(long)]
     move_mb_per_sec: Option<u64>,
+
+    /// Unsynced WAL bytes Sluice keeps in the process before handing them to the OS, in
+    /// KiB. 0 hands every commit group to the OS at once. Default: the engine's (64 KiB, or
+    /// 10 ms); in `--engines` comparisons 0, as the peers do (fjall persists to the OS
+    /// buffer per write, RocksDB writes its WAL per write group), so no engine keeps
+    /// acknowledged writes a process crash would lose.
+    #[arg(long)]
+    wal_buffer_kb: Option<usize>,
 }
 
 /// `--p99-target-us`: a fixed figure or one derived from the stable phase.
@@ -371,6 +379,9 @@ fn sluice_options(cli: &Cli) -> Options {
         key_delta_blocks: cli.key_delta_blocks,
         ..Options::default()
     };
+    if let Some(kb) = cli.wal_buffer_kb {
+        opts.wal_buffer_bytes = kb.saturating_mul(1 << 10);
+    }
     if let Some(mb) = cli.memtable_mb {
         // Saturating: an absurd size reaches the engine's own bound check, not a wrapped 0.
         opts.memtable_bytes = usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
@@ -562,7 +573,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
          partition={partition} target={} compression={:?} key_delta_blocks={} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
-         engine=sluice move_mb_per_sec={}",
+         engine=sluice move_mb_per_sec={} wal_buffer_kb={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -583,6 +594,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.seed,
         cli.distribution.unwrap_or(Distribution::Uniform),
         opts.move_bytes_per_sec as f64 / (1 << 20) as f64,
+        opts.wal_buffer_bytes >> 10,
     );
     if !cli.json {
         println!("{}", WorkloadReport::table_header());

@@ -1002,6 +1002,8 @@ impl Inner {
             r.was_target = true;
             self.reset_load(id, r.func.clone());
         }
+        #[cfg(test)]
+        crate::test_hooks::reach(crate::test_hooks::Point::RetargetBeforeSwap);
         self.swap_view(&core, |v| {
             let removed: Vec<_> = stale
                 .iter()

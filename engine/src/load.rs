@@ -205,6 +205,10 @@ impl Inner {
         partition: u32,
         bytes_per_sec: Option<u64>,
     ) -> Result<()> {
+        // Under the core lock, which a retarget holds from clearing the limits to
+        // installing its view: read before it, the target could be the one being replaced,
+        // and the limit would apply the old function's partitions to the new layout.
+        let _core = self.core.lock();
         let view = self.view.load();
         let target = view.files.target_layout();
         if partition >= target.func.partitions() {
@@ -330,5 +334,49 @@ mod tests {
                 .expect("a queued writer is stranded")
                 .unwrap();
         }
+    }
+
+    /// A limit set while a retarget is between clearing the limits and installing the new
+    /// target must apply to the new target's function. It used to read the target first,
+    /// and could set the limit against the layout being replaced.
+    #[test]
+    fn a_limit_set_during_a_retarget_applies_to_the_new_target() {
+        use crate::test_hooks::{set, Point};
+        use crate::{PartitionSpec, VersionId};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 9,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        let setter = db.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        set(Point::RetargetBeforeSwap, move || {
+            std::thread::spawn(move || {
+                let _ = tx.send(setter.inner.set_partition_write_limit(0, Some(1 << 20)));
+            });
+            // Room for the setter to run now if nothing holds it back (it used to).
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        db.set_target(v2).unwrap();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the limit was never set")
+            .unwrap();
+        let target = db
+            .layout()
+            .versions
+            .into_iter()
+            .find(|v| v.id == v2)
+            .unwrap();
+        let st = db.inner.admission.state.lock();
+        assert_eq!(
+            st.0.as_ref().map(|f| f.fingerprint()),
+            Some(target.fingerprint),
+            "the limit applies to another layout's function"
+        );
+        assert_eq!(db.layout().target, VersionId(v2.0));
     }
 }

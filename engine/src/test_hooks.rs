@@ -11,6 +11,9 @@ pub(crate) enum Point {
     /// A checkpoint, after it fixed its cut (files, WALs and their lengths) under the locks
     /// and released them, before it copies anything.
     CheckpointAfterCut,
+    /// `set_target`, after it cleared the write limits and before it installs the view
+    /// naming the new target (the core lock held).
+    RetargetBeforeSwap,
 }
 
 type Hook = (Point, Box<dyn FnOnce()>);

@@ -839,6 +839,11 @@ impl Db {
         self.inner.core.lock().controller.clone()
     }
 
+    /// The current controller epoch alone (no copy of the stored state).
+    pub fn controller_epoch(&self) -> Option<u64> {
+        self.inner.core.lock().controller.as_ref().map(|c| c.0)
+    }
+
     /// Claims the controller role: persists and returns a new epoch. A controller holding
     /// an older epoch can no longer store state (it is fenced).
     pub fn claim_controller(&self) -> Result<u64> {

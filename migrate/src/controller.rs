@@ -235,8 +235,8 @@ impl Controller {
     /// the state is stored: a stale controller used to switch the target, pin a layout,
     /// pause the migration or retire the rollback target before its store failed.
     fn fence(&self) -> Result<()> {
-        match self.db.controller_state() {
-            Some((current, _)) if current != self.epoch => Err(Error::StaleEpoch {
+        match self.db.controller_epoch() {
+            Some(current) if current != self.epoch => Err(Error::StaleEpoch {
                 presented: self.epoch,
                 current,
             }),

@@ -1510,10 +1510,14 @@ fn a_compaction_finding_damage_stops_writes_with_an_error_not_a_hang() {
     for i in 0..200u32 {
         db.put(format!("k{i:04}"), vec![b'v'; 64]).unwrap();
     }
+    // Close keeps the memtable in the WAL: flush, so that there is a table to damage.
+    db.flush().unwrap();
     db.close().unwrap();
     // Damage every table's first data block (opening reads only the metadata at the end;
     // the reopened cache holds nothing), so the damage shows when a block is read.
-    for p in files_ending(dir.path(), ".sst") {
+    let tables = files_ending(dir.path(), ".sst");
+    assert!(!tables.is_empty(), "no table to damage");
+    for p in tables {
         let mut bytes = std::fs::read(&p).unwrap();
         for b in &mut bytes[100..110] {
             *b ^= 0xff;

@@ -122,6 +122,13 @@ struct Writer {
     /// Chunks installed so far.
     count: u32,
     rng: u64,
+    /// The last node inserted, and its predecessor at every level (itself at the levels
+    /// it has): an insert after it in order searches from there, not from the head. A
+    /// sequential load (keys in order, as in a bulk fill or a log) then compares a couple
+    /// of keys per level instead of walking down the whole list. Nodes are never removed,
+    /// so the finger stays valid however long it is kept.
+    last: Option<u64>,
+    finger: [u64; MAX_HEIGHT],
 }
 
 pub(crate) struct List {
@@ -284,6 +291,8 @@ impl List {
                 used: 0,
                 count: 0,
                 rng: 0x9e37_79b9_7f4a_7c15,
+                last: None,
+                finger: [HEAD; MAX_HEIGHT],
             }),
         }
     }
@@ -405,10 +414,13 @@ impl List {
         );
         let mut w = self.writer.lock();
         let mut splice = [HEAD; MAX_HEIGHT];
-        let (_, next) = self.search(
-            |n| n.cmp_internal(key, seqno) == Ordering::Less,
-            Some(&mut splice),
-        );
+        let before = |n: Node| n.cmp_internal(key, seqno) == Ordering::Less;
+        let next = match w.last {
+            Some(last) if before(self.node(last)) => {
+                self.search_from(&w.finger, before, &mut splice)
+            }
+            _ => self.search(before, Some(&mut splice)).1,
+        };
         if next != NONE && self.node(next).cmp_internal(key, seqno) == Ordering::Equal {
             return false;
         }
@@ -441,7 +453,45 @@ impl List {
             p.w[HEADER + level].store(addr, AtOrd::Release);
         }
         self.len.fetch_add(1, AtOrd::Relaxed);
+        splice[..height].fill(addr);
+        w.finger = splice;
+        w.last = Some(addr);
         true
+    }
+
+    /// [`List::search`] for an entry after the last one inserted, starting at every level
+    /// from the finger (its predecessors there) instead of the head; fills `splice` and
+    /// returns the level-0 successor it compared.
+    ///
+    /// At a level where the search has not moved past the finger, the finger's node there
+    /// is the furthest known start (predecessors lie no earlier at lower levels); once it
+    /// has moved at some level, it stands past the last entry and so past every lower
+    /// finger node.
+    fn search_from(
+        &self,
+        finger: &[u64; MAX_HEIGHT],
+        before: impl Fn(Node) -> bool,
+        splice: &mut [u64; MAX_HEIGHT],
+    ) -> u64 {
+        let mut level = self.height.load(AtOrd::Acquire) - 1;
+        let mut prev = finger[level];
+        let mut moved = false;
+        loop {
+            let next = self.node(prev).next(level);
+            if next != NONE && before(self.node(next)) {
+                prev = next;
+                moved = true;
+                continue;
+            }
+            splice[level] = prev;
+            if level == 0 {
+                return next;
+            }
+            level -= 1;
+            if !moved {
+                prev = finger[level];
+            }
+        }
     }
 
     /// A height of 1 + k with probability (3/4)(1/4)^k, at most `MAX_HEIGHT`.
@@ -583,6 +633,75 @@ mod tests {
         let (k, std::cmp::Reverse(seq), _) = model.iter().next().unwrap().clone();
         assert!(!list.insert(&k, seq, Kind::Value, b"", 0));
         assert_eq!(list.len(), model.len());
+    }
+
+    /// Every level's chain, as (key, seqno) in link order, and the nodes reachable there.
+    fn levels(list: &List) -> Vec<Vec<(Vec<u8>, u64, usize)>> {
+        (0..MAX_HEIGHT)
+            .map(|level| {
+                let mut out = Vec::new();
+                let mut a = list.node(HEAD).next(level);
+                while a != NONE {
+                    let n = list.node(a);
+                    out.push((key_of(n), n.seqno(), n.height()));
+                    a = n.next(level);
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Inserts that search from the last one inserted (ascending runs) mixed with those that
+    /// search from the head (descending runs, random keys, a key again at a higher seqno):
+    /// every level is sorted and holds exactly the nodes tall enough for it, and every entry
+    /// is found.
+    #[test]
+    fn in_order_runs_mixed_with_others_keep_every_level_sorted_and_complete() {
+        let list = List::new(64 << 10, 4096);
+        let mut model = std::collections::BTreeSet::new();
+        let mut x: u64 = 11;
+        let mut seq = 0u64;
+        let mut put = |key: Vec<u8>, seq: u64| {
+            assert!(list.insert(&key, seq, Kind::Value, b"v", 0));
+            model.insert((key, std::cmp::Reverse(seq)));
+        };
+        for round in 0..60u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let base = x % 10_000;
+            let run: Vec<u64> = match round % 3 {
+                0 => (base..base + 50).collect(),
+                1 => (base..base + 50).rev().collect(),
+                _ => (0..50).map(|i| (x >> (i % 40)) % 10_000).collect(),
+            };
+            for k in run {
+                seq += 1;
+                put(format!("{k:06}").into_bytes(), seq);
+            }
+            // The same key again, newer: it sorts before its older entry.
+            seq += 1;
+            put(format!("{base:06}").into_bytes(), seq);
+        }
+        let want: Vec<(Vec<u8>, u64)> = model.iter().map(|(k, s)| (k.clone(), s.0)).collect();
+        let levels = levels(&list);
+        let all: Vec<(Vec<u8>, u64)> = levels[0].iter().map(|(k, s, _)| (k.clone(), *s)).collect();
+        assert_eq!(all, want);
+        for (level, chain) in levels.iter().enumerate() {
+            let tall: Vec<(Vec<u8>, u64)> = levels[0]
+                .iter()
+                .filter(|(_, _, h)| *h > level)
+                .map(|(k, s, _)| (k.clone(), *s))
+                .collect();
+            let here: Vec<(Vec<u8>, u64)> = chain.iter().map(|(k, s, _)| (k.clone(), *s)).collect();
+            assert_eq!(here, tall, "level {level}");
+        }
+        for (k, s) in &want {
+            let n = list
+                .first_from(|n| n.cmp_internal(k, *s) == Ordering::Less)
+                .unwrap();
+            assert_eq!((key_of(n), n.seqno()), (k.clone(), *s));
+        }
     }
 
     /// Readers walk and search while a writer inserts: every walk is sorted and every

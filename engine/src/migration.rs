@@ -232,18 +232,25 @@ impl Inner {
 
     /// Picks a migration compaction if the pacer's budget and the disk headroom allow it.
     pub(crate) fn pick_migration(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
-        view.files.draining().next()?;
+        let now = Instant::now();
+        if view.files.draining().next().is_none() {
+            // Nothing to migrate: bank no budget for the next migration, or it would start
+            // with a burst of everything the rate allowed since the database opened.
+            self.pacer.lock().last_refill = now;
+            return None;
+        }
         let mut p = self.pacer.lock();
         self.adapt(&mut p);
         if p.rate == 0 {
             p.blocked = Some("paused".into());
+            p.last_refill = now;
             return None;
         }
-        let now = Instant::now();
         let refill = now.duration_since(p.last_refill).as_secs_f64() * p.effective_rate();
         p.last_refill = now;
-        let cap = p.effective_rate().max(self.opts.target_file_bytes as f64);
-        p.tokens = (p.tokens + refill).min(cap);
+        // At most a second's budget banked. A job needs only a budget not in debt to
+        // start, and its bytes may take it into debt, so any file can go at any rate.
+        p.tokens = (p.tokens + refill).min(p.effective_rate());
         if p.tokens < 0.0 {
             p.blocked = Some("pacing".into());
             return None;
@@ -434,6 +441,47 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Db, Options, PartitionSpec};
+
+    /// The pacer banks at most a second of its rate. It used to bank up to a whole file
+    /// (32 MiB by default), and from the moment the database opened: a migration started
+    /// after a long quiet spell moved that much at once, whatever its rate.
+    #[test]
+    fn a_migration_starts_with_at_most_a_second_of_banked_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = 4 << 10;
+        let opts = Options {
+            migration_bytes_per_sec: rate,
+            target_file_bytes: 1 << 20,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..100u32 {
+            db.put(format!("k{i:03}"), [b'v'; 50]).unwrap();
+        }
+        db.flush().unwrap();
+        // As if the database had been open for an hour with nothing to migrate.
+        db.inner.pacer.lock().last_refill = Instant::now() - Duration::from_secs(3600);
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        // A background worker may pick first; either way the budget was refilled once.
+        let inner = &db.inner;
+        {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            if let Some(job) = inner.pick_migration(&mut core, &view) {
+                inner.release_job(&mut core, &job);
+            }
+        }
+        let tokens = inner.pacer.lock().tokens;
+        assert!(tokens <= rate as f64, "{tokens} bytes of budget banked");
+    }
 
     #[test]
     fn histogram_quantiles_are_close() {

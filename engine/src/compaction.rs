@@ -1152,26 +1152,35 @@ mod tests {
         assert_eq!(sh.targets[last - 1], 63 * MIB / 10);
     }
 
-    /// Waits until background work stops changing the files (nothing picked for 300 ms).
+    /// Waits until background work is done: no job running, no memtable waiting for a
+    /// flush, and the files unchanged, for 300 ms on end. (The files alone do not tell:
+    /// a compaction that is running changes them only when it installs, which on a
+    /// loaded machine can be long after it was picked.)
     fn quiet(db: &Db) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let numbers = |db: &Db| -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let state = |db: &Db| -> Option<Vec<u64>> {
+            let core = db.inner.core.lock();
             let view = db.inner.view.load();
-            view.files
-                .target_layout()
-                .parts
-                .iter()
-                .flat_map(|p| p.levels.iter().flatten())
-                .map(|f| f.number)
-                .collect()
+            if core.running > 0 || !core.manual.is_empty() || !view.imm.is_empty() {
+                return None;
+            }
+            Some(
+                view.files
+                    .target_layout()
+                    .parts
+                    .iter()
+                    .flat_map(|p| p.levels.iter().flatten())
+                    .map(|f| f.number)
+                    .collect(),
+            )
         };
-        let mut last = numbers(db);
+        let mut last = state(db);
         let mut since = Instant::now();
-        while since.elapsed() < Duration::from_millis(300) {
+        while last.is_none() || since.elapsed() < Duration::from_millis(300) {
             assert!(Instant::now() < deadline, "compaction never went quiet");
             std::thread::sleep(Duration::from_millis(10));
-            let now = numbers(db);
-            if now != last {
+            let now = state(db);
+            if now.is_none() || now != last {
                 last = now;
                 since = Instant::now();
             }
@@ -1464,7 +1473,9 @@ mod tests {
     fn point_reads_get_overlapping_runs_compacted_only_while_writes_stop() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        let idle = Duration::from_millis(200);
+        // Long enough that a loaded machine stalling this thread between writes does not
+        // look idle.
+        let idle = Duration::from_secs(1);
         let opts = || Options {
             level0_compaction_trigger: 8,
             level0_slowdown_trigger: 16,
@@ -1556,7 +1567,9 @@ mod tests {
     fn scans_get_an_idle_memtable_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        let idle = Duration::from_millis(200);
+        // Long enough that a loaded machine stalling this thread between writes does not
+        // look idle.
+        let idle = Duration::from_secs(1);
         let opts = || idle_options(&fs, idle);
         let db = Db::open(dir.path(), opts()).unwrap();
         const KEYS: u32 = 2000;

@@ -1184,6 +1184,8 @@ impl Inner {
             stalls: g(&c.stalls),
             slowdown_micros: g(&c.slowdown_micros),
             slowdowns: g(&c.slowdowns),
+            admission_wait_micros: g(&c.admission_wait_micros),
+            admission_waits: g(&c.admission_waits),
             pending_compaction_bytes: self.pending_compaction.load(Ordering::Relaxed),
             memtable_bytes: view
                 .memtables()

@@ -13,6 +13,7 @@ use crate::batch::WriteBatch;
 use crate::db::{Inner, VersionId};
 use crate::error::{Error, Result};
 use crate::layout::{PartitionFn, PartitionSpec};
+use crate::stats::Counters;
 
 /// Reads and writes per partition under one partition function.
 pub(crate) struct PartitionLoad {
@@ -155,6 +156,27 @@ impl Inner {
             },
         )?;
         touched.sort_unstable();
+        let start = Instant::now();
+        let mut waited = false;
+        let r = self.admit_touched(&mut st, touched, &mut waited);
+        if waited {
+            Counters::add(&self.counters.admission_waits, 1);
+            Counters::add(
+                &self.counters.admission_wait_micros,
+                start.elapsed().as_micros() as u64,
+            );
+        }
+        r
+    }
+
+    /// Takes a ticket for each limited partition the batch writes to and waits for its
+    /// turn and its tokens; sets `waited` if it had to wait at all.
+    fn admit_touched(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, Limits>,
+        touched: Vec<(u32, u64)>,
+        waited: &mut bool,
+    ) -> Result<()> {
         for (p, bytes) in touched {
             let (limit, ticket) = match st.1.get_mut(&p) {
                 Some(l) => {
@@ -185,13 +207,13 @@ impl Inner {
                         break;
                     }
                     let wait = -l.tokens / l.bytes_per_sec.max(1) as f64;
+                    *waited = true;
                     self.admission
                         .cv
-                        .wait_for(&mut st, Duration::from_secs_f64(wait.min(0.1)));
+                        .wait_for(st, Duration::from_secs_f64(wait.min(0.1)));
                 } else {
-                    self.admission
-                        .cv
-                        .wait_for(&mut st, Duration::from_millis(50));
+                    *waited = true;
+                    self.admission.cv.wait_for(st, Duration::from_millis(50));
                 }
             }
         }

@@ -25,6 +25,8 @@ pub(crate) struct Counters {
     pub stalls: AtomicU64,
     pub slowdown_micros: AtomicU64,
     pub slowdowns: AtomicU64,
+    pub admission_wait_micros: AtomicU64,
+    pub admission_waits: AtomicU64,
     pub gets: AtomicU64,
     pub get_table_reads: AtomicU64,
     pub get_false_positives: AtomicU64,
@@ -97,6 +99,10 @@ pub struct Stats {
     /// Time writers spent slowed down (rate-limited) before a stop.
     pub slowdown_micros: u64,
     pub slowdowns: u64,
+    /// Time writes spent waiting for a partition write limit
+    /// ([`crate::Db::set_partition_write_limit`]), and how many waited.
+    pub admission_wait_micros: u64,
+    pub admission_waits: u64,
     /// Estimated bytes compaction still has to rewrite to bring every level under target.
     pub pending_compaction_bytes: u64,
     pub memtable_bytes: u64,

@@ -13,7 +13,15 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// `Command::spawn` forks, and until the child execs it shares this process's open file
+/// descriptions, including the `flock` on a database's LOCK file. Spawning takes this
+/// shared; building a database in this process (open, write, close) takes it exclusively,
+/// so that no child forked meanwhile still holds that database's lock when the test's own
+/// `sluice` child opens the directory.
+static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn sluice(args: &[&str]) -> Output {
+    let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .output()
@@ -36,6 +44,7 @@ fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
 
 fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    let _g = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
     common::build_fixture(dir.path());
     dir
 }
@@ -1146,7 +1155,11 @@ fn manifest_that_is_a_fifo_is_refused_not_read() {
     let d = dir.path();
     let m = d.join("MANIFEST-000001");
     std::fs::remove_file(&m).unwrap();
-    assert!(Command::new("mkfifo").arg(&m).status().unwrap().success());
+    let made = {
+        let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+        Command::new("mkfifo").arg(&m).status().unwrap().success()
+    };
+    assert!(made);
     let all = assert_reported(d, &["manifest", "{DIR}"], "MANIFEST-000001");
     assert!(all.contains("not a regular file"), "{all}");
 }

@@ -674,7 +674,9 @@ mod tests {
             want.push((key, value));
         }
         for (key, value) in &want {
-            let n = list.first_from(|n| n.cmp_key(key) == Ordering::Less).unwrap();
+            let n = list
+                .first_from(|n| n.cmp_key(key) == Ordering::Less)
+                .unwrap();
             assert_eq!((&key_of(n), &value_of(n)), (key, value));
         }
     }

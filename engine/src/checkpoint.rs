@@ -38,7 +38,13 @@ impl Inner {
         // the file set, the WAL list and their lengths are read.
         let (view, wals, edit, manifest_number) = {
             let mut wal = self.wal.lock();
-            wal.log.flush()?;
+            if let Err(e) = wal.log.flush() {
+                // The WAL may now end in a torn record, and what follows it would be
+                // damage with intact records after it: refuse writes, as a commit would.
+                drop(wal);
+                self.wal_failed(format!("WAL write failed during a checkpoint: {e}"));
+                return Err(e);
+            }
             let active = (wal.number, wal.log.len());
             let core = self.core.lock();
             let view = self.view.load_full();
@@ -190,6 +196,40 @@ mod tests {
         let keys: Vec<_> = copy.range(..).map(|r| r.unwrap().0).collect();
         assert_eq!(keys.len(), 50);
         assert!(keys.iter().all(|k| k.starts_with(b"r0-")));
+    }
+
+    /// A checkpoint whose flush of the WAL buffer fails part-way (a short write) stops
+    /// writes, as a commit's failed WAL write does. It used to leave the database writable:
+    /// the next writes went into the WAL after the torn record, and the next open refused
+    /// the WAL (damage with intact records after it). Now the database reopens with what
+    /// was acknowledged before the failure up to the torn record, and nothing after.
+    #[test]
+    fn a_checkpoint_whose_wal_flush_fails_stops_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = Options {
+            fs: Arc::new(fs.clone()),
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        db.put("a", "1").unwrap();
+        db.sync_wal().unwrap();
+        db.put("b", "2").unwrap(); // in the in-process WAL buffer
+        fs.inject(Fault {
+            op: FsOp::Append,
+            path_contains: Some(".log".into()),
+            kind: FaultKind::ShortWrite,
+            skip: 0,
+            sticky: false,
+        });
+        assert!(db.checkpoint(dir.path().join("checkpoint")).is_err());
+        assert_eq!(fs.injected(), 1);
+        let e = db.put("c", "3").unwrap_err();
+        assert!(matches!(e, crate::Error::ReadOnly(_)), "{e}");
+        let _ = db.close();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(db.get("a").unwrap().unwrap(), "1");
+        assert_eq!(db.get("c").unwrap(), None);
     }
 
     /// A checkpoint that fails leaves its directory empty, so a retry can use it.

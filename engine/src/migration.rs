@@ -234,9 +234,13 @@ impl Inner {
     pub(crate) fn pick_migration(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
         let now = Instant::now();
         if view.files.draining().next().is_none() {
-            // Nothing to migrate: bank no budget for the next migration, or it would start
-            // with a burst of everything the rate allowed since the database opened.
-            self.pacer.lock().last_refill = now;
+            // Nothing to migrate: idle time pays off the debt the last job left, but banks
+            // nothing beyond it, or the next migration would start with a burst of
+            // everything the rate allowed since the database opened.
+            let mut p = self.pacer.lock();
+            let refill = now.duration_since(p.last_refill).as_secs_f64() * p.effective_rate();
+            p.tokens = (p.tokens + refill).min(0.0);
+            p.last_refill = now;
             return None;
         }
         let mut p = self.pacer.lock();
@@ -442,6 +446,36 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::{Db, Options, PartitionSpec};
+
+    /// While nothing drains, the debt a migration's last job left is paid off (the next
+    /// migration does not start blocked on it) but nothing is banked beyond it.
+    #[test]
+    fn idle_time_pays_off_migration_debt_and_banks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = 4 << 10;
+        let opts = Options {
+            migration_bytes_per_sec: rate,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        let inner = &db.inner;
+        let idle = |secs: u64, tokens: f64| {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            {
+                let mut p = inner.pacer.lock();
+                p.tokens = tokens;
+                p.last_refill = Instant::now() - Duration::from_secs(secs);
+            }
+            assert!(inner.pick_migration(&mut core, &view).is_none());
+            inner.pacer.lock().tokens
+        };
+        // Ten seconds at 4 KiB/s pay off 8 KiB of debt, and no more.
+        assert_eq!(idle(10, -8192.0), 0.0);
+        // One second pays off a quarter of 16 KiB.
+        let left = idle(1, -16384.0);
+        assert!((-12288.0..-11000.0).contains(&left), "{left}");
+    }
 
     /// The pacer banks at most a second of its rate. It used to bank up to a whole file
     /// (32 MiB by default), and from the moment the database opened: a migration started

@@ -40,8 +40,8 @@ impl Inner {
             let mut wal = self.wal.lock();
             if let Err(e) = wal.log.flush() {
                 // The WAL may now end in a torn record, and what follows it would be
-                // damage with intact records after it: refuse writes, as a commit would.
-                drop(wal);
+                // damage with intact records after it: refuse writes, as a commit would
+                // (before the WAL lock goes, so no writer slips in between).
                 self.wal_failed(format!("WAL write failed during a checkpoint: {e}"));
                 return Err(e);
             }

@@ -1208,7 +1208,7 @@ impl Inner {
         self.check_writable()?;
         let mut w = self.wal.lock();
         if let Err(e) = w.log.sync() {
-            drop(w);
+            // Under the WAL lock, as a commit does: no writer slips in before writes stop.
             self.wal_failed(format!("WAL sync failed: {e}"));
             return Err(e);
         }

@@ -627,7 +627,7 @@ impl Inner {
         if let Some(mut w) = self.wal.try_lock() {
             if w.log.buffered() > 0 {
                 if let Err(e) = w.log.flush() {
-                    drop(w);
+                    // Under the WAL lock, as a commit does.
                     self.wal_failed(format!("WAL write failed: {e}"));
                     return;
                 }

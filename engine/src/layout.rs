@@ -256,6 +256,13 @@ impl PartitionSpec {
     /// `range` | `range:b1,b2,…` (boundaries as escaped text) | `hash:N[:seed[:prefix]]` |
     /// `split:PARTITION:INTO[:seed]/BASE`.
     pub fn parse(s: &str) -> Result<PartitionSpec> {
+        Self::parse_depth(s, 0)
+    }
+
+    /// [`PartitionSpec::parse`] of a spec nested under `depth` splits: refused past the
+    /// depth `validate` allows before recursing further, so that no text, however deeply
+    /// nested, can exhaust the stack.
+    fn parse_depth(s: &str, depth: usize) -> Result<PartitionSpec> {
         let bad = |m: String| Error::InvalidPartitionSpec(m);
         let s = s.trim();
         let spec = if s == "range" || s == "single" {
@@ -309,8 +316,11 @@ impl PartitionSpec {
                 decimal(p).ok_or_else(|| bad(format!("{p:?} is not a number")))
             };
             let to32 = |v: u64| u32::try_from(v).map_err(|_| bad(format!("{v} too large")));
+            if depth >= MAX_SPLIT_DEPTH {
+                return Err(bad(format!("split nested deeper than {MAX_SPLIT_DEPTH}")));
+            }
             PartitionSpec::Split {
-                base: Box::new(PartitionSpec::parse(base)?),
+                base: Box::new(PartitionSpec::parse_depth(base, depth + 1)?),
                 partition: to32(num(parts[0])?)?,
                 into: to32(num(parts[1])?)?,
                 seed: parts.get(2).map(|p| num(p)).transpose()?.unwrap_or(0),
@@ -468,6 +478,22 @@ impl PartitionFn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nested splits parse up to the depth `validate` allows and are refused past it, at
+    /// any depth of text: a spec nested 20,000 deep overflowed the stack (an abort, from a
+    /// command-line argument) before parse checked the depth.
+    #[test]
+    fn deeply_nested_split_text_is_refused_without_exhausting_the_stack() {
+        let nested = |n: usize| "split:0:2/".repeat(n) + "hash:2";
+        let ok = PartitionSpec::parse(&nested(MAX_SPLIT_DEPTH)).unwrap();
+        assert_eq!(PartitionSpec::parse(&ok.to_string()).unwrap(), ok);
+        for n in [MAX_SPLIT_DEPTH + 1, 20_000] {
+            match PartitionSpec::parse(&nested(n)) {
+                Err(Error::InvalidPartitionSpec(m)) => assert!(m.contains("nested"), "{m}"),
+                other => panic!("{n} deep: {other:?}"),
+            }
+        }
+    }
 
     fn specs() -> Vec<PartitionSpec> {
         vec![

@@ -170,6 +170,9 @@ pub fn table_number(path: &Path) -> u64 {
     crate::util::file_number(path).unwrap_or(0)
 }
 
+/// Largest `CURRENT` read: it names one manifest.
+const MAX_CURRENT_BYTES: u64 = 4096;
+
 fn refuse(path: &Path, why: impl Into<String>) -> Error {
     Error::corruption(path, 0, why)
 }
@@ -209,15 +212,21 @@ pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
         });
     }
     let cur_len = check_inside(dir, &cur)?;
-    if cur_len > 4096 {
+    if cur_len > MAX_CURRENT_BYTES {
         return Err(refuse(
             &cur,
             format!("CURRENT is {cur_len} bytes; it should name one manifest"),
         ));
     }
-    let name = std::fs::read_to_string(&cur).unwrap_or_default();
-    let name = name.trim_end_matches('\n');
-    if name.starts_with("MANIFEST-") && !name.contains('/') && !name.contains('\\') {
+    let name = std::fs::read(&cur).map_err(|e| Error::io(&cur, e))?;
+    let name = name.strip_suffix(b"\n").unwrap_or(&name);
+    // Only a well-formed name is looked up here; anything else (a stray byte, a carriage
+    // return) goes to the engine's reader, which reports it as damage in CURRENT.
+    let well_formed = name
+        .strip_prefix(b"MANIFEST-")
+        .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit));
+    if well_formed {
+        let name = String::from_utf8_lossy(name).into_owned();
         let mpath = dir.join(name);
         let len = check_inside(dir, &mpath)?;
         if len > MAX_MANIFEST_BYTES {
@@ -1060,7 +1069,13 @@ pub fn verify_dir(
 }
 
 fn current_fingerprint(dir: &Path) -> Option<(Vec<u8>, u64)> {
-    let cur = std::fs::read(dir.join(CURRENT)).ok()?;
+    // The checks of a real read first: a CURRENT that is a FIFO, a link to a device or
+    // out of the directory, or gigabytes long is never read (it hung, or filled memory).
+    let path = dir.join(CURRENT);
+    if check_inside(dir, &path).ok()? > MAX_CURRENT_BYTES {
+        return None;
+    }
+    let cur = std::fs::read(&path).ok()?;
     let name = String::from_utf8_lossy(&cur).trim_end().to_string();
     let len = std::fs::metadata(dir.join(&name)).map(|m| m.len()).ok()?;
     Some((cur, len))

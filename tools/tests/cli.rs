@@ -856,6 +856,10 @@ fn current_naming_a_file_outside_the_directory_is_refused() {
         "../MANIFEST-000001\n",
         "MANIFEST-000001/../../x\n",
         "/etc/passwd\n",
+        // A name with a stray byte was looked up as a file (an I/O error, exit 1) and the
+        // carriage return went to the terminal raw.
+        "MANIFEST-000001\r\n",
+        "MANIFEST-000001\0\n",
     ] {
         std::fs::write(d.join("CURRENT"), bad).unwrap();
         for args in [
@@ -876,6 +880,36 @@ fn current_naming_a_file_outside_the_directory_is_refused() {
     let (c, _, err) = run(d, &["info", "{DIR}"]);
     assert_eq!(c, 3, "{err}");
     assert!(err.contains("symlink"), "{err}");
+    // CURRENT as a link to an endless device, a FIFO, or far too long: refused before it is
+    // read (a check that read it first hung, or filled memory, for every command).
+    let huge = vec![b'M'; 1 << 20];
+    type Make<'a> = &'a dyn Fn(&Path);
+    let kinds: [(&str, Make); 3] = [
+        ("/dev/zero", &|p| {
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+        }),
+        ("fifo", &|p| {
+            let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+            assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+        }),
+        ("1 MiB", &|p| std::fs::write(p, &huge).unwrap()),
+    ];
+    for (what, make) in kinds {
+        let _ = std::fs::remove_file(d.join("CURRENT"));
+        make(&d.join("CURRENT"));
+        for args in [
+            &["info", "{DIR}"][..],
+            &["verify", "{DIR}"],
+            &["get", "{DIR}", "k"],
+        ] {
+            let (c, out, err) = run(d, args);
+            assert_eq!(c, 3, "{what} {args:?}: {out}{err}");
+            assert!(
+                format!("{out}{err}").contains("CURRENT"),
+                "{what}: {out}{err}"
+            );
+        }
+    }
 }
 
 /// Appends one edit to the live manifest, as the engine would.

@@ -90,7 +90,7 @@ impl CliError {
     }
 
     pub fn report(&self, ctx: &Ctx) {
-        eprintln!("error: {}", self.message);
+        crate::output::to_stderr(&format!("error: {}", self.message));
         if ctx.json && !self.in_json {
             #[derive(Serialize)]
             struct Doc<'a> {
@@ -98,7 +98,7 @@ impl CliError {
             }
             let doc = Doc { error: self.json() };
             if let Ok(s) = serde_json::to_string_pretty(&doc) {
-                println!("{s}");
+                crate::output::to_stdout(&s);
             }
         }
     }

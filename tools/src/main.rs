@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         (Ok(_), Err(e)) => {
-            eprintln!("error: writing output: {e}");
+            output::to_stderr(&format!("error: writing output: {e}"));
             return ExitCode::from(1);
         }
         (Err(e), _) => {

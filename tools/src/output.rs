@@ -58,9 +58,22 @@ impl Ctx {
     /// A note for a person on stderr (suppressed by `--quiet` and `--json`).
     pub fn note(&self, msg: impl AsRef<str>) {
         if !self.quiet && !self.json {
-            eprintln!("{}", msg.as_ref());
+            to_stderr(msg.as_ref());
         }
     }
+}
+
+/// Writes a line to stderr. A stderr that cannot be written (closed, on a full disk) is no
+/// reason to panic (`eprintln!` does, exit 101): the line is dropped and the exit code the
+/// command decided stands.
+pub fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Writes a line to stdout, as [`to_stderr`] does to stderr.
+pub fn to_stdout(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
 /// Writes `v` as one pretty-printed JSON document.

@@ -1236,3 +1236,40 @@ fn migrate_subcommands_drive_a_migration() {
     let (c, _, out) = run(d.path(), &["verify", "{DIR}"]);
     assert_eq!(c, 0, "{out}");
 }
+
+/// Output that cannot be written (a full disk, here `/dev/full`) is an error exit, or no
+/// change to the exit code when it is only stderr, never a panic (exit 101): the error
+/// report and the notes were written with `println!`/`eprintln!`, which panic.
+#[test]
+fn unwritable_output_never_panics() {
+    let dir = fixture();
+    let d = dir.path().to_str().unwrap();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let status = |args: &[&str], stdout_full: bool| {
+        let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.args(args);
+        if stdout_full {
+            c.stdout(full()).stderr(std::process::Stdio::null());
+        } else {
+            c.stdout(std::process::Stdio::null()).stderr(full());
+        }
+        c.status().unwrap().code()
+    };
+    // stdout full: the command fails, with exit 1 (an I/O error), even when the failure
+    // report itself (its JSON on stdout) cannot be written either.
+    assert_eq!(status(&["scan", d, "--json"], true), Some(1));
+    assert_eq!(
+        status(&["info", "/nonexistent-sluice-dir", "--json"], true),
+        Some(2)
+    );
+    // stderr full: the exit code is the command's own.
+    assert_eq!(status(&["scan", d], false), Some(0));
+    assert_eq!(status(&["get", d, "no-such-key"], false), Some(1));
+    assert_eq!(status(&["info", "/nonexistent-sluice-dir"], false), Some(2));
+}

@@ -274,12 +274,20 @@ pub(crate) fn wal_files(fs: &dyn Fs, dir: &Path, from: u64) -> Result<Vec<(u64, 
 }
 
 /// Replays WAL files into a memtable. Returns the memtable and the last seqno replayed.
+///
+/// `flushed` is the manifest's last flushed seqno: the first record replayed must follow
+/// it with nothing in between. A gap means writes are in neither the tables nor the WALs:
+/// the WAL that held them is gone, or the manifest lost the edits that recorded their
+/// flush (truncated, not torn: a crash tears only the last edit, and the WALs that edit
+/// covered are deleted only after it is durable). Opening anyway would hide those writes
+/// and then delete their tables as unreferenced.
 pub(crate) fn replay_wals(
     fs: &dyn Fs,
     wals: &[(u64, PathBuf)],
     mem: &MemTable,
     mode: WalRecovery,
     report: &mut RecoveryReport,
+    flushed: u64,
 ) -> Result<Option<u64>> {
     let mut last: Option<u64> = None;
     let point_in_time = mode == WalRecovery::PointInTime;
@@ -328,6 +336,18 @@ pub(crate) fn replay_wals(
         }
         for (off, payload) in &log.records {
             let b = WalBatch::decode(payload, path, *off + 8)?;
+            if last.is_none() && b.seqno > flushed.saturating_add(1) {
+                return Err(Error::corruption(
+                    path,
+                    *off,
+                    format!(
+                        "first record has seqno {} but the manifest has writes flushed only \
+                         up to {flushed}: the writes between are in no table or WAL (a WAL \
+                         is missing, or the manifest was cut short)",
+                        b.seqno
+                    ),
+                ));
+            }
             if let Some(prev) = last {
                 if b.seqno != prev + 1 {
                     return Err(Error::corruption(
@@ -434,7 +454,14 @@ fn load(
     let files = open_tables(fs, dir, &state, cache, &m.path)?;
     let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
     let recovered = Arc::new(MemTable::new(state.log_number, memtable_bytes));
-    let wal_last = replay_wals(fs.as_ref(), &wals, &recovered, wal_recovery, &mut report)?;
+    let wal_last = replay_wals(
+        fs.as_ref(),
+        &wals,
+        &recovered,
+        wal_recovery,
+        &mut report,
+        state.last_seqno,
+    )?;
     let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
     Ok(Loaded {
         state,

@@ -468,6 +468,65 @@ fn ensure_target_spec(db: &Db, spec: PartitionSpec) {
     }
 }
 
+/// A manifest cut short past its last edit (truncated, not torn by a crash, which tears
+/// only the last edit) loses the edit recording a flush while the WAL that flush covered
+/// is already gone: the flushed writes are in no table the manifest names and in no WAL.
+/// Opening used to take the cut for a torn tail, hide those writes, and delete their
+/// table as unreferenced. Now the open (writable or read-only) is refused, naming the WAL
+/// whose first record does not follow the manifest's last flushed write, and nothing is
+/// deleted: the original manifest back, every write is there.
+#[test]
+fn a_manifest_cut_short_before_a_flush_edit_is_refused_and_nothing_is_deleted() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        idle_memtable_flush_after: None,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for i in 0..100u32 {
+        db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
+    }
+    db.flush().unwrap();
+    for i in 100..150u32 {
+        db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
+    }
+    db.close().unwrap();
+    let manifest = manifest_of(dir.path());
+    let original = std::fs::read(&manifest).unwrap();
+    let log = read_log(original.clone().into(), &manifest, LogKind::Manifest).unwrap();
+    let (flush_off, _) = log
+        .records
+        .iter()
+        .find(|(off, payload)| {
+            VersionEdit::decode(payload, &manifest, off + 8)
+                .unwrap()
+                .records
+                .iter()
+                .any(|r| matches!(r, EditRecord::AddFile(_)))
+        })
+        .expect("a flush edit")
+        .clone();
+    let tables = files_ending(dir.path(), ".sst");
+    assert!(!tables.is_empty());
+    patch(&manifest, |b| b.truncate(flush_off as usize + 3));
+    let e = open_err(dir.path(), opts(), "manifest cut before the flush edit");
+    assert_corruption_naming(&e, ".log", "manifest cut before the flush edit");
+    assert!(e.to_string().contains("flushed only up to"), "{e}");
+    match Db::open_read_only(dir.path(), opts()) {
+        Err(e) => assert!(e.is_corruption(), "{e}"),
+        Ok(_) => panic!("read-only open hid the flushed writes"),
+    }
+    assert_eq!(
+        files_ending(dir.path(), ".sst"),
+        tables,
+        "a table was deleted"
+    );
+    std::fs::write(&manifest, &original).unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(dump(&db).unwrap().len(), 150);
+}
+
 #[test]
 fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped() {
     let _guard = shared();

@@ -122,12 +122,12 @@ struct Writer {
     /// Chunks installed so far.
     count: u32,
     rng: u64,
-    /// The last node inserted, and its predecessor at every level (itself at the levels
-    /// it has): an insert after it in order searches from there, not from the head. A
-    /// sequential load (keys in order, as in a bulk fill or a log) then compares a couple
-    /// of keys per level instead of walking down the whole list. Nodes are never removed,
-    /// so the finger stays valid however long it is kept.
-    last: Option<u64>,
+    /// The last node inserted, at every level it has (so `finger[0]` is that node; the
+    /// head before any insert), and its predecessor at the levels above: an insert after it
+    /// in order searches from there, not from the head. A sequential load (keys in order,
+    /// as in a bulk fill or a log) then compares a couple of keys per level instead of
+    /// walking down the whole list. Nodes are never removed, so the finger stays valid
+    /// however long it is kept.
     finger: [u64; MAX_HEIGHT],
     /// An entry's key and value bytes, laid out as its words are (see `insert`).
     scratch: Vec<u8>,
@@ -296,7 +296,6 @@ impl List {
                 used: 0,
                 count: 0,
                 rng: 0x9e37_79b9_7f4a_7c15,
-                last: None,
                 finger: [HEAD; MAX_HEIGHT],
                 scratch: Vec::new(),
             }),
@@ -421,11 +420,11 @@ impl List {
         let mut w = self.writer.lock();
         let mut splice = [HEAD; MAX_HEIGHT];
         let before = |n: Node| n.cmp_internal(key, seqno) == Ordering::Less;
-        let next = match w.last {
-            Some(last) if before(self.node(last)) => {
-                self.search_from(&w.finger, before, &mut splice)
-            }
-            _ => self.search(before, Some(&mut splice)).1,
+        let last = w.finger[0];
+        let next = if last != HEAD && before(self.node(last)) {
+            self.search_from(&w.finger, before, &mut splice)
+        } else {
+            self.search(before, Some(&mut splice)).1
         };
         if next != NONE && self.node(next).cmp_internal(key, seqno) == Ordering::Equal {
             return false;
@@ -478,7 +477,6 @@ impl List {
         self.len.fetch_add(1, AtOrd::Relaxed);
         splice[..height].fill(addr);
         w.finger = splice;
-        w.last = Some(addr);
         true
     }
 

@@ -384,7 +384,9 @@ fn biasfix_retargets_and_reports_both_layouts_shares() {
 fn rollback_goes_back_and_forward_without_failures() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
-    let s = range4_scenario("rollback", &dir, "0.5", &["--rollback-secs", "1"]);
+    // Two seconds rolled back at 0.5 MB/s: time for the pacer (which banks at most a
+    // second of its rate) to move v2's ~0.5 MB back, on a loaded machine too.
+    let s = range4_scenario("rollback", &dir, "0.5", &["--rollback-secs", "2"]);
     let events = events(&s);
     assert!(
         events.iter().any(|e| e.starts_with("rollback to v1")),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use crate::batch::{WalBatch, WriteBatch};
@@ -386,6 +387,56 @@ pub(crate) fn replay_wals(
     Ok(last)
 }
 
+/// Tables in `dir` that the manifest does not name.
+fn unnamed_tables(fs: &dyn Fs, dir: &Path, st: &ManifestState) -> Result<Vec<(u64, PathBuf)>> {
+    Ok(fs
+        .list(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .into_iter()
+        .filter(|n| n.ends_with(".sst"))
+        .filter_map(|n| {
+            let p = dir.join(&n);
+            crate::util::file_number(&p).map(|num| (num, p))
+        })
+        .filter(|(num, _)| !st.files.values().any(|r| r.number == *num))
+        .collect())
+}
+
+/// Refuses a table the manifest does not name that holds a write past the last one the
+/// manifest and the WALs know. A crash leaves unnamed tables (a flush or compaction it
+/// interrupted), but never such a one: a flush writes a frozen memtable whose WAL was
+/// synced when it froze and is deleted only once the edit naming the table is durable,
+/// and a compaction writes only what named tables hold. What does leave one is a manifest
+/// that lost the edits recording flushes (cut short, or an older copy put back) after
+/// their WALs were deleted: the open would hide those writes and then delete the table as
+/// an orphan. A table too damaged to read is a crash's unfinished output, left to the
+/// orphan sweep.
+///
+/// The tables are listed before the WALs are read, so that a read-only open of a live
+/// directory cannot see a table flushed from writes that arrived after it read the WAL.
+fn check_unnamed_tables(fs: &dyn Fs, unnamed: &[(u64, PathBuf)], last_seqno: u64) -> Result<()> {
+    for (num, path) in unnamed {
+        let Ok(t) = Table::open(fs, path, *num, None) else {
+            continue;
+        };
+        let p = t.props();
+        if p.entries > 0 && p.max_seqno > last_seqno {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!(
+                    "no manifest edit names this table, yet it holds writes up to seqno {} \
+                     and the manifest and WALs end at {last_seqno}: the manifest lost the \
+                     edits recording a flush (cut short, or an older copy); opening would \
+                     hide those writes and delete the table",
+                    p.max_seqno
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn looks_like_ours(name: &str) -> bool {
     name == CURRENT
         || name.starts_with("MANIFEST-")
@@ -403,11 +454,14 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
     }
     // A live process may delete a file between our reading its manifest and opening the
     // file (a compaction finishing): retry a few times before calling the directory busy.
+    // Damage found while the manifest moved on under us (a flush installed between
+    // reading the manifest and reading its WALs) is the race, not damage: retried too.
     let mut last = None;
     for attempt in 0..5 {
+        let before = manifest_mark(opts.fs.as_ref(), dir);
         match open_read_only(dir, opts.clone()) {
             Ok(i) => return Ok(i),
-            Err(e) if is_vanished(&e) => {
+            Err(e) if is_vanished(&e) || manifest_mark(opts.fs.as_ref(), dir) != before => {
                 last = Some(e);
                 std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
             }
@@ -421,6 +475,18 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
             last.map(|e| e.to_string()).unwrap_or_default()
         ),
     })
+}
+
+/// What identifies the manifest state a reader sees: the name CURRENT holds and that
+/// manifest's length (edits are only appended, a new manifest gets a new name).
+fn manifest_mark(fs: &dyn Fs, dir: &Path) -> Option<(Bytes, u64)> {
+    let current = fs.map(&dir.join(CURRENT)).ok().filter(|c| c.len() <= 256)?;
+    let name = std::str::from_utf8(&current).ok()?.trim_end().to_owned();
+    if !name.starts_with("MANIFEST-") || name.contains(['/', '\\']) {
+        return None;
+    }
+    let len = fs.file_size(&dir.join(name)).ok()?;
+    Some((current, len))
 }
 
 fn is_vanished(e: &Error) -> bool {
@@ -452,6 +518,8 @@ fn load(
     report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
     let state = replay_manifest(&m)?;
     let files = open_tables(fs, dir, &state, cache, &m.path)?;
+    // Listed before the WALs are read: see `check_unnamed_tables`.
+    let unnamed = unnamed_tables(fs.as_ref(), dir, &state)?;
     let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
     let recovered = Arc::new(MemTable::new(state.log_number, memtable_bytes));
     let wal_last = replay_wals(
@@ -463,6 +531,11 @@ fn load(
         state.last_seqno,
     )?;
     let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
+    // A point-in-time recovery that stopped at WAL damage drops what follows it, a table
+    // flushed from those writes included; otherwise no write may be past `last_seqno`.
+    if report.wal_dropped_after_damage == 0 {
+        check_unnamed_tables(fs.as_ref(), &unnamed, last_seqno)?;
+    }
     Ok(Loaded {
         state,
         files,

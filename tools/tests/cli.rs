@@ -492,6 +492,9 @@ fn keys_print_escaped_by_default_and_hex_on_request() {
     assert_eq!((c, out.as_str()), (0, "\\x00\\x01\\x02\\xff\n"));
     let (c, out, _) = run(d, &["get", "{DIR}", "7a7a0062696e617279ff6b6579", "--hex"]);
     assert_eq!((c, out.as_str()), (0, "000102ff\n"));
+    let (c, out, err) = run(d, &["get", "{DIR}", ""]);
+    assert_eq!((c, out.as_str()), (1, ""));
+    assert_eq!(err.trim_end(), "the empty key: not found");
 }
 
 #[test]
@@ -533,6 +536,10 @@ fn usage_errors_exit_2() {
         &["scan", "{DIR}", "--limit", "many"],
         &["info", &missing],
         &["verify", &missing],
+        &["migrate", "status", "{DIR}", "--interval", "NaN"],
+        &["migrate", "status", "{DIR}", "--interval", "inf"],
+        &["migrate", "status", "{DIR}", "--interval", "0"],
+        &["migrate", "status", "{DIR}", "--interval", "-1"],
     ];
     for args in cases {
         let (c, out, err) = run(d, args);
@@ -722,6 +729,19 @@ fn flipped_byte_in_the_wal_is_found_with_file_and_offset() {
     assert!(all.contains("offset 17"), "{all}");
     assert_reported(d, &["wal", "{DIR}"], "000019.log");
     assert_reported(d, &["get", "{DIR}", "acct00000003"], "000019.log");
+}
+
+/// A copy of the live WAL under the next number repeats its seqnos: each file alone is
+/// intact, the sequence is not, and recovery refuses it. `sluice wal` says so (exit 3,
+/// naming the copy and the record's offset), as `verify` does.
+#[test]
+fn a_duplicated_wal_is_found_by_wal_and_verify() {
+    let dir = fixture();
+    let d = dir.path();
+    std::fs::copy(d.join("000019.log"), d.join("000020.log")).unwrap();
+    let all = assert_reported(d, &["wal", "{DIR}"], "000020.log");
+    assert!(all.contains("follows"), "{all}");
+    assert_reported(d, &["verify", "{DIR}"], "000020.log");
 }
 
 #[test]

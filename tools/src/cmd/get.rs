@@ -49,6 +49,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     } else {
         match &v {
             Some(v) => writeln!(out, "{}", ctx.bytes(v))?,
+            None if key.is_empty() => ctx.note("the empty key: not found"),
             None => ctx.note(format!("{}: not found", ctx.bytes(&key))),
         }
     }

@@ -63,7 +63,7 @@ pub enum Action {
         #[arg(long)]
         watch: bool,
         /// Seconds between refreshes with --watch
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = refresh_seconds)]
         interval: f64,
     },
     /// Stop background migration (the candidate stays the target)
@@ -272,8 +272,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             watch,
             interval,
         } => {
-            let pause = Duration::try_from_secs_f64(interval.max(0.1))
-                .map_err(|_| CliError::usage(format!("--interval {interval}: not a usable number of seconds")))?;
+            let pause = Duration::from_secs_f64(interval);
             loop {
             let db = crate::cmd::scan::open_read_only(&dir)?;
             let s = status_json(&db)?;
@@ -353,5 +352,16 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             bar.finish();
             done(out, ctx, &c)
         }
+    }
+}
+
+/// `--interval`: a number of seconds from 0.1 to a day (NaN, infinities and anything
+/// below a tenth of a second are refused, not rounded to something else).
+fn refresh_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.1..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s}: not between 0.1 and 86400 seconds"))
     }
 }

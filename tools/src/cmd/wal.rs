@@ -71,10 +71,29 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     };
     let mut files = Vec::new();
     let mut first_error: Option<CliError> = None;
+    // The live WALs are replayed as one sequence: each record's seqno must follow the
+    // last write of the record before it, across files too (a duplicated or missing WAL
+    // breaks it, and recovery refuses it).
+    let mut last_seqno: Option<u64> = None;
     for w in &wals {
         sluice::inspect::check_inside(dir, &w.path)?;
         match sluice::inspect::read_wal_file(&w.path) {
-            Ok(c) => files.push(FileJson {
+            Ok(c) => files.push({
+                if w.live {
+                    for r in &c.records {
+                        if let Some(prev) = last_seqno.filter(|&p| r.seqno != p.saturating_add(1)) {
+                            let e = sluice::Error::corruption(
+                                &w.path,
+                                r.offset,
+                                format!("seqno {} follows {prev}: records are missing or repeated", r.seqno),
+                            );
+                            ctx.note(format!("error: {e}"));
+                            first_error.get_or_insert(e.into());
+                        }
+                        last_seqno = Some(r.seqno.saturating_add(r.ops.len().max(1) as u64 - 1));
+                    }
+                }
+                FileJson {
                 file: file_name(&w.path),
                 bytes: w.size,
                 live: w.live,
@@ -98,6 +117,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                     })
                     .collect(),
                 torn_tail: c.tail.as_ref().map(Into::into),
+            }
             }),
             Err(e) => {
                 // Keep going so every WAL is shown; fail at the end.

@@ -1,6 +1,7 @@
 //! Background workers: flushes first, then manual compactions, then the most urgent
-//! automatic compaction; a migration worker at a lower CPU priority that runs the pacer's
-//! migration compactions; and a ticker that hands buffered WAL bytes to the OS.
+//! automatic compaction; a flush worker that runs flushes alone; a migration worker at a
+//! lower CPU priority that runs the pacer's migration compactions; and a ticker that hands
+//! buffered WAL bytes to the OS.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +30,14 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
         let t = spawn(format!("sluice-bg-{i}"), Box::new(move || worker(w, pick)))?;
         inner.threads.lock().push(t);
     }
+    // Flushes also have a thread of their own (as RocksDB's high-priority pool): a full
+    // memtable waits only for its predecessor's flush, never behind two long compactions.
+    let w = inner.clone();
+    let t = spawn(
+        "sluice-flush".into(),
+        Box::new(move || worker(w, pick_flush)),
+    )?;
+    inner.threads.lock().push(t);
     let w = inner.clone();
     let t = spawn(
         "sluice-migrate".into(),
@@ -122,12 +131,20 @@ fn worker(inner: Arc<Inner>, pick: fn(&Inner, &mut Core) -> Option<Job>) {
     }
 }
 
-fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
-    let view = inner.view.load_full();
-    if !core.flushing && !view.imm.is_empty() {
+/// The flush thread's job: the oldest frozen memtable, when no flush is running.
+fn pick_flush(inner: &Inner, core: &mut Core) -> Option<Job> {
+    if !core.flushing && !inner.view.load().imm.is_empty() {
         core.flushing = true;
         return Some(Job::Flush);
     }
+    None
+}
+
+fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
+    if let Some(flush) = pick_flush(inner, core) {
+        return Some(flush);
+    }
+    let view = inner.view.load_full();
     let mut i = 0;
     while i < core.manual.len() {
         let (v, p) = core.manual[i];
@@ -148,16 +165,9 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
 }
 
 /// The migration worker's job: one migration compaction at a time, beside whatever the
-/// other workers run, whenever the pacer's budget allows and L0 is not near its slowdown
-/// point (the pacer itself backs off on compaction debt and foreground latency). On its
-/// own thread, so that it neither starves behind a steady stream of due compactions nor
-/// takes a worker from them.
+/// other workers run, whenever the pacer allows. On its own thread, so that it neither
+/// starves behind a steady stream of due compactions nor takes a worker from them.
 fn pick_migration(inner: &Inner, core: &mut Core) -> Option<Job> {
-    let l0_ok = inner.l0_max.load(std::sync::atomic::Ordering::Relaxed)
-        < inner.opts.level0_slowdown_trigger;
-    if !l0_ok {
-        return None;
-    }
     let job = inner.pick_migration(core, &inner.view.load_full())?;
     if job.migrate_to.is_some() {
         core.migrations_running += 1;

@@ -67,7 +67,8 @@ pub struct Options {
     pub pending_compaction_stop_bytes: u64,
     /// Write rate while slowed down, in bytes per second.
     pub slowdown_bytes_per_sec: u64,
-    /// Threads running flushes and compactions (at least 1).
+    /// Threads running compactions and flushes (at least 1). Besides them, one thread runs
+    /// only flushes, one only migration compactions (see `migration_nice`).
     pub background_threads: usize,
     /// Unsynced WAL bytes buffered in the process before they are handed to the OS.
     pub wal_buffer_bytes: usize,

@@ -253,10 +253,6 @@ struct Cli {
     #[arg(long)]
     move_mb_per_sec: Option<u64>,
 
-    /// Nice value added to Sluice's migration thread (0..=19); engine default 10.
-    #[arg(long)]
-    migration_nice: Option<i32>,
-
     /// Unsynced WAL bytes Sluice keeps in the process before handing them to the OS, in
     /// KiB. 0 hands every commit group to the OS at once. Default: the engine's (64 KiB, or
     /// 10 ms); in `--engines` comparisons 0, as the peers do (fjall persists to the OS
@@ -395,9 +391,6 @@ fn sluice_options(cli: &Cli) -> Options {
     }
     if let Some(bits) = cli.bloom_bits {
         opts.bloom_bits_per_key = bits;
-    }
-    if let Some(n) = cli.migration_nice {
-        opts.migration_nice = n;
     }
     if let Some(mb) = cli.move_mb_per_sec {
         opts.move_bytes_per_sec = mb.saturating_mul(1 << 20);
@@ -580,7 +573,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
          partition={partition} target={} compression={:?} key_delta_blocks={} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
-         engine=sluice move_mb_per_sec={} migration_nice={} wal_buffer_kb={}",
+         engine=sluice move_mb_per_sec={} wal_buffer_kb={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -601,7 +594,6 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.seed,
         cli.distribution.unwrap_or(Distribution::Uniform),
         opts.move_bytes_per_sec as f64 / (1 << 20) as f64,
-        opts.migration_nice,
         opts.wal_buffer_bytes >> 10,
     );
     if !cli.json {

@@ -1,7 +1,5 @@
 //! Background workers: flushes first, then manual compactions, then the most urgent
-//! automatic compaction; a flush worker that runs flushes alone; a migration worker at a
-//! lower CPU priority that runs the pacer's migration compactions; and a ticker that hands
-//! buffered WAL bytes to the OS.
+//! automatic compaction; plus a ticker that hands buffered WAL bytes to the OS.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,26 +25,9 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
     };
     for i in 0..inner.opts.background_threads {
         let w = inner.clone();
-        let t = spawn(format!("sluice-bg-{i}"), Box::new(move || worker(w, pick)))?;
+        let t = spawn(format!("sluice-bg-{i}"), Box::new(move || worker(w)))?;
         inner.threads.lock().push(t);
     }
-    // Flushes also have a thread of their own (as RocksDB's high-priority pool): a full
-    // memtable waits only for its predecessor's flush, never behind two long compactions.
-    let w = inner.clone();
-    let t = spawn(
-        "sluice-flush".into(),
-        Box::new(move || worker(w, pick_flush)),
-    )?;
-    inner.threads.lock().push(t);
-    let w = inner.clone();
-    let t = spawn(
-        "sluice-migrate".into(),
-        Box::new(move || {
-            lower_priority(&w);
-            worker(w, pick_migration)
-        }),
-    )?;
-    inner.threads.lock().push(t);
     let w = inner.clone();
     let t = spawn(
         "sluice-wal".into(),
@@ -74,27 +55,7 @@ fn pause(inner: &Inner, d: Duration) {
     }
 }
 
-/// Raises the calling thread's nice value by `migration_nice`. Best effort: a thread left
-/// at its priority migrates as it did before, and says so in the background errors.
-fn lower_priority(inner: &Inner) {
-    #[cfg(target_os = "linux")]
-    if inner.opts.migration_nice > 0 {
-        use rustix::process::{getpriority_process, setpriority_process};
-        // On Linux PRIO_PROCESS with a thread id sets that thread's nice value alone.
-        let tid = Some(rustix::thread::gettid());
-        let r = getpriority_process(tid)
-            .and_then(|now| setpriority_process(tid, (now + inner.opts.migration_nice).min(19)));
-        if let Err(e) = r {
-            inner.note_background_error(&Error::Background(format!(
-                "lowering the migration thread's priority: {e}"
-            )));
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = inner;
-}
-
-fn worker(inner: Arc<Inner>, pick: fn(&Inner, &mut Core) -> Option<Job>) {
+fn worker(inner: Arc<Inner>) {
     loop {
         let mut core = inner.core.lock();
         let job = loop {
@@ -131,20 +92,12 @@ fn worker(inner: Arc<Inner>, pick: fn(&Inner, &mut Core) -> Option<Job>) {
     }
 }
 
-/// The flush thread's job: the oldest frozen memtable, when no flush is running.
-fn pick_flush(inner: &Inner, core: &mut Core) -> Option<Job> {
-    if !core.flushing && !inner.view.load().imm.is_empty() {
+fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
+    let view = inner.view.load_full();
+    if !core.flushing && !view.imm.is_empty() {
         core.flushing = true;
         return Some(Job::Flush);
     }
-    None
-}
-
-fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
-    if let Some(flush) = pick_flush(inner, core) {
-        return Some(flush);
-    }
-    let view = inner.view.load_full();
     let mut i = 0;
     while i < core.manual.len() {
         let (v, p) = core.manual[i];
@@ -159,16 +112,24 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
             return Some(Job::Compaction { job, manual: true });
         }
     }
-    inner
-        .pick_compaction(core, &view)
-        .map(|job| Job::Compaction { job, manual: false })
-}
-
-/// The migration worker's job: one migration compaction at a time, beside whatever the
-/// other workers run, whenever the pacer allows. On its own thread, so that it neither
-/// starves behind a steady stream of due compactions nor takes a worker from them.
-fn pick_migration(inner: &Inner, core: &mut Core) -> Option<Job> {
-    let job = inner.pick_migration(core, &inner.view.load_full())?;
+    // Under a steady write load some compaction is almost always due; if migration only
+    // ran when none was, it would starve. So one migration job may run beside compactions
+    // whenever the pacer's budget allows and L0 is not near its slowdown point (the pacer
+    // itself backs off on compaction debt and foreground latency).
+    let l0_ok = inner.l0_max.load(std::sync::atomic::Ordering::Relaxed)
+        < inner.opts.level0_slowdown_trigger;
+    if core.migrations_running == 0 && l0_ok {
+        if let Some(job) = inner.pick_migration(core, &view) {
+            if job.migrate_to.is_some() {
+                core.migrations_running += 1;
+            }
+            return Some(Job::Compaction { job, manual: false });
+        }
+    }
+    if let Some(job) = inner.pick_compaction(core, &view) {
+        return Some(Job::Compaction { job, manual: false });
+    }
+    let job = inner.pick_migration(core, &view)?;
     if job.migrate_to.is_some() {
         core.migrations_running += 1;
     }

@@ -259,12 +259,6 @@ impl Inner {
             p.blocked = Some("pacing".into());
             return None;
         }
-        // Migration adds files to L0 of the target partitions: never while L0 is near the
-        // point where writes slow down (the budget adapts before that; this is the floor).
-        if self.l0_max.load(Ordering::Relaxed) >= self.opts.level0_slowdown_trigger {
-            p.blocked = Some("L0 at its slowdown trigger".into());
-            return None;
-        }
         let job = self.pick_draining_file(core, view)?;
         let need = job
             .input_bytes()

@@ -67,8 +67,7 @@ pub struct Options {
     pub pending_compaction_stop_bytes: u64,
     /// Write rate while slowed down, in bytes per second.
     pub slowdown_bytes_per_sec: u64,
-    /// Threads running compactions and flushes (at least 1). Besides them, one thread runs
-    /// only flushes, one only migration compactions (see `migration_nice`).
+    /// Threads running flushes and compactions (at least 1).
     pub background_threads: usize,
     /// Unsynced WAL bytes buffered in the process before they are handed to the OS.
     pub wal_buffer_bytes: usize,
@@ -91,11 +90,6 @@ pub struct Options {
     pub migration_p99_target_us: u64,
     /// Free disk space migration always leaves untouched.
     pub migration_disk_headroom_bytes: u64,
-    /// Migration compactions run on a thread of their own, whose nice value is raised by
-    /// this much (0..=19; Linux, where nice is per thread; elsewhere it is not changed).
-    /// Migration is work with no deadline: when reads, writes, flushes and compactions
-    /// keep the CPUs busy, it yields to them instead of taking a fair share.
-    pub migration_nice: i32,
     /// A memtable that has taken no write (nor lazy move) for this long, and that reads
     /// have sought besides table runs as often as a table of its size may be sought (one
     /// scan seek per 16 KiB, at least 100; a point read counts a sixteenth), is frozen and
@@ -140,7 +134,6 @@ impl Default for Options {
             migration_bytes_per_sec: 32 << 20,
             migration_p99_target_us: 0,
             migration_disk_headroom_bytes: 256 << 20,
-            migration_nice: 10,
             idle_memtable_flush_after: Some(Duration::from_secs(1)),
             fs: Arc::new(StdFs),
         }
@@ -229,9 +222,6 @@ impl Options {
         }
         if self.background_threads == 0 || self.background_threads > 64 {
             return bad("background_threads", "must be 1..=64");
-        }
-        if !(0..=19).contains(&self.migration_nice) {
-            return bad("migration_nice", "must be 0..=19");
         }
         if self.pending_compaction_stop_bytes < self.pending_compaction_slowdown_bytes {
             return bad(

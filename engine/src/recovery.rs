@@ -257,20 +257,26 @@ fn check_table(t: &Table, rec: &FileRecord, func: &PartitionFn, path: &Path) -> 
     }
 }
 
-/// WAL files in `dir` numbered at or above `from`, in order.
-pub(crate) fn wal_files(fs: &dyn Fs, dir: &Path, from: u64) -> Result<Vec<(u64, PathBuf)>> {
+/// Files in `dir` named `<number><suffix>`, in number order.
+fn numbered_files(fs: &dyn Fs, dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
     let mut v: Vec<(u64, PathBuf)> = fs
         .list(dir)
         .map_err(|e| Error::io(dir, e))?
         .into_iter()
-        .filter(|n| n.ends_with(".log"))
+        .filter(|n| n.ends_with(suffix))
         .filter_map(|n| {
             let p = dir.join(&n);
             crate::util::file_number(&p).map(|num| (num, p))
         })
-        .filter(|(n, _)| *n >= from)
         .collect();
     v.sort();
+    Ok(v)
+}
+
+/// WAL files in `dir` numbered at or above `from`, in order.
+pub(crate) fn wal_files(fs: &dyn Fs, dir: &Path, from: u64) -> Result<Vec<(u64, PathBuf)>> {
+    let mut v = numbered_files(fs, dir, ".log")?;
+    v.retain(|(n, _)| *n >= from);
     Ok(v)
 }
 
@@ -389,17 +395,9 @@ pub(crate) fn replay_wals(
 
 /// Tables in `dir` that the manifest does not name.
 fn unnamed_tables(fs: &dyn Fs, dir: &Path, st: &ManifestState) -> Result<Vec<(u64, PathBuf)>> {
-    Ok(fs
-        .list(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .into_iter()
-        .filter(|n| n.ends_with(".sst"))
-        .filter_map(|n| {
-            let p = dir.join(&n);
-            crate::util::file_number(&p).map(|num| (num, p))
-        })
-        .filter(|(num, _)| !st.files.values().any(|r| r.number == *num))
-        .collect())
+    let mut v = numbered_files(fs, dir, ".sst")?;
+    v.retain(|(num, _)| !st.files.values().any(|r| r.number == *num));
+    Ok(v)
 }
 
 /// Refuses a table the manifest does not name that holds a write past the last one the

@@ -479,19 +479,8 @@ fn ensure_target_spec(db: &Db, spec: PartitionSpec) {
 fn a_manifest_cut_short_before_a_flush_edit_is_refused_and_nothing_is_deleted() {
     let _guard = shared();
     let dir = tempfile::tempdir().unwrap();
-    let opts = || Options {
-        idle_memtable_flush_after: None,
-        ..Options::default()
-    };
-    let db = Db::open(dir.path(), opts()).unwrap();
-    for i in 0..100u32 {
-        db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
-    }
-    db.flush().unwrap();
-    for i in 100..150u32 {
-        db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
-    }
-    db.close().unwrap();
+    let opts = no_idle_flush;
+    flushed_then_logged(dir.path(), 50);
     let (manifest, original) = cut_before_first_flush_edit(dir.path());
     let tables = files_ending(dir.path(), ".sst");
     assert!(!tables.is_empty());
@@ -510,6 +499,28 @@ fn a_manifest_cut_short_before_a_flush_edit_is_refused_and_nothing_is_deleted() 
     std::fs::write(&manifest, &original).unwrap();
     let db = Db::open(dir.path(), opts()).unwrap();
     assert_eq!(dump(&db).unwrap().len(), 150);
+}
+
+fn no_idle_flush() -> Options {
+    Options {
+        idle_memtable_flush_after: None,
+        ..Options::default()
+    }
+}
+
+/// A closed database in `dir`: 100 writes flushed, then `logged` more only in the WAL.
+fn flushed_then_logged(dir: &Path, logged: u32) {
+    let db = Db::open(dir, no_idle_flush()).unwrap();
+    for i in 0..100 + logged {
+        if i == 100 {
+            db.flush().unwrap();
+        }
+        db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
+    }
+    if logged == 0 {
+        db.flush().unwrap();
+    }
+    db.close().unwrap();
 }
 
 /// Cuts the manifest of the closed database in `dir` a few bytes into its first edit
@@ -544,16 +555,8 @@ fn cut_before_first_flush_edit(dir: &Path) -> (PathBuf, Vec<u8>) {
 fn a_manifest_cut_short_when_every_write_was_flushed_is_refused_naming_the_table() {
     let _guard = shared();
     let dir = tempfile::tempdir().unwrap();
-    let opts = || Options {
-        idle_memtable_flush_after: None,
-        ..Options::default()
-    };
-    let db = Db::open(dir.path(), opts()).unwrap();
-    for i in 0..100u32 {
-        db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
-    }
-    db.flush().unwrap();
-    db.close().unwrap();
+    let opts = no_idle_flush;
+    flushed_then_logged(dir.path(), 0);
     let (manifest, original) = cut_before_first_flush_edit(dir.path());
     let tables = files_ending(dir.path(), ".sst");
     assert_eq!(tables.len(), 1, "test setup: one flushed table");

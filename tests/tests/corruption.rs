@@ -487,18 +487,29 @@ fn a_manifest_cut_short_before_a_flush_edit_is_refused_and_nothing_is_deleted() 
     let e = open_err(dir.path(), opts(), "manifest cut before the flush edit");
     assert_corruption_naming(&e, ".log", "manifest cut before the flush edit");
     assert!(e.to_string().contains("flushed only up to"), "{e}");
-    match Db::open_read_only(dir.path(), opts()) {
+    refused_read_only_then_restored(dir.path(), &tables, &manifest, &original, 150);
+}
+
+/// After a refused writable open of a cut manifest: a read-only open is refused too, no
+/// table was deleted, and with the original manifest back all `keys` writes read.
+fn refused_read_only_then_restored(
+    dir: &Path,
+    tables: &[PathBuf],
+    manifest: &Path,
+    original: &[u8],
+    keys: usize,
+) {
+    match Db::open_read_only(dir, no_idle_flush()) {
         Err(e) => assert!(e.is_corruption(), "{e}"),
-        Ok(_) => panic!("read-only open hid the flushed writes"),
+        Ok(db) => panic!(
+            "read-only open hid the flushed writes: {} keys",
+            dump(&db).unwrap().len()
+        ),
     }
-    assert_eq!(
-        files_ending(dir.path(), ".sst"),
-        tables,
-        "a table was deleted"
-    );
-    std::fs::write(&manifest, &original).unwrap();
-    let db = Db::open(dir.path(), opts()).unwrap();
-    assert_eq!(dump(&db).unwrap().len(), 150);
+    assert_eq!(files_ending(dir, ".sst"), tables, "a table was deleted");
+    std::fs::write(manifest, original).unwrap();
+    let db = Db::open(dir, no_idle_flush()).unwrap();
+    assert_eq!(dump(&db).unwrap().len(), keys);
 }
 
 fn no_idle_flush() -> Options {
@@ -563,21 +574,7 @@ fn a_manifest_cut_short_when_every_write_was_flushed_is_refused_naming_the_table
     let e = open_err(dir.path(), opts(), "manifest cut, all flushed");
     assert_corruption_naming(&e, &name(&tables[0]), "manifest cut, all flushed");
     assert!(e.to_string().contains("no manifest edit names"), "{e}");
-    match Db::open_read_only(dir.path(), opts()) {
-        Err(e) => assert!(e.is_corruption(), "{e}"),
-        Ok(db) => panic!(
-            "read-only open hid the flushed writes: {} keys",
-            dump(&db).unwrap().len()
-        ),
-    }
-    assert_eq!(
-        files_ending(dir.path(), ".sst"),
-        tables,
-        "a table was deleted"
-    );
-    std::fs::write(&manifest, &original).unwrap();
-    let db = Db::open(dir.path(), opts()).unwrap();
-    assert_eq!(dump(&db).unwrap().len(), 100);
+    refused_read_only_then_restored(dir.path(), &tables, &manifest, &original, 100);
 }
 
 #[test]

@@ -117,6 +117,11 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     memtable_mb: Option<u64>,
 
+    /// Frozen memtables that may wait for a flush before writers stop
+    /// (`Options::max_immutable_memtables`; engine default if omitted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_immutable_memtables: Option<u64>,
+
     /// Bloom filter bits per key of the tables Sluice writes (engine default if omitted;
     /// 0 disables filters).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=64))]
@@ -388,6 +393,9 @@ fn sluice_options(cli: &Cli) -> Options {
     } else if cli.workloads.contains(&Workload::CompactionStress) {
         // compactionstress wants constant flushes and compactions.
         opts.memtable_bytes = 1 << 20;
+    }
+    if let Some(n) = cli.max_immutable_memtables {
+        opts.max_immutable_memtables = n as usize;
     }
     if let Some(bits) = cli.bloom_bits {
         opts.bloom_bits_per_key = bits;

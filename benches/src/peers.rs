@@ -6,12 +6,12 @@
 //! | durability         | WAL, no fsync per write   | journal, no fsync per write (`PersistMode::Buffer` after each write, the default) | WAL, `sync=false` | no WAL exists: `Durability::None` per commit, one `Immediate` commit at close |
 //! | fsync with --sync  | WAL fsync per write       | `persist(SyncAll)` per write  | `WriteOptions::set_sync(true)`  | `Durability::Immediate`       |
 //! | block cache        | --cache-mb                | `cache_size(--cache-mb)`      | LRU cache of --cache-mb         | `set_cache_size(--cache-mb)`  |
-//! | memtable           | --memtable-mb (16 MiB)    | `max_memtable_size` (same)    | `write_buffer_size` (same), 2 buffers | n/a (B-tree)            |
+//! | memtable           | --memtable-mb (16 MiB), 2 frozen may wait for flush | `max_memtable_size` (same) | `write_buffer_size` (same), 3 buffers | n/a (B-tree) |
 //! | compression        | none                      | none (crate built without lz4)| none (built without codecs)     | none                          |
 //! | bloom filters      | 10 bits/key               | 10 bits/key, every level      | 10 bits/key, full filters       | n/a                           |
 //! | L0 triggers        | 4 / 20 / 36               | fjall's leveled defaults      | 4 / 20 / 36                     | n/a                           |
 //! | level sizes        | L1 64 MiB, x10, 32 MiB files | fjall's leveled defaults   | L1 64 MiB, x10, 32 MiB files    | n/a                           |
-//! | background threads | 2                         | 2 worker threads              | `max_background_jobs(2)`        | n/a                           |
+//! | background threads | 2 compaction + 1 flush    | 3 worker threads              | `max_background_jobs(3)` (1 flush + 2 compaction) | n/a           |
 //! | block size         | 4 KiB                     | 4 KiB (default)               | 4 KiB (default)                 | 4 KiB pages (default)         |
 //!
 //! Write amplification: RocksDB's own statistics (`rocksdb.wal.bytes + flush.write.bytes +
@@ -49,7 +49,7 @@ mod fjall_kv {
         pub fn open(dir: &Path, cfg: &PeerConfig) -> BenchResult<FjallKv> {
             let db = Database::builder(dir)
                 .cache_size(cfg.cache_bytes)
-                .worker_threads(2)
+                .worker_threads(3)
                 .open()?;
             let memtable = cfg.memtable_bytes;
             let ks = db.keyspace("bench", move || {
@@ -138,15 +138,15 @@ mod rocks_kv {
             opts.set_compression_type(DBCompressionType::None);
             opts.set_block_based_table_factory(&table);
             opts.set_write_buffer_size(cfg.memtable_bytes as usize);
-            // Sluice: one active + one immutable memtable before writers stop.
-            opts.set_max_write_buffer_number(2);
+            // Sluice: one active + two immutable memtables before writers stop.
+            opts.set_max_write_buffer_number(3);
             opts.set_level_zero_file_num_compaction_trigger(4);
             opts.set_level_zero_slowdown_writes_trigger(20);
             opts.set_level_zero_stop_writes_trigger(36);
             opts.set_max_bytes_for_level_base(64 << 20);
             opts.set_max_bytes_for_level_multiplier(10.0);
             opts.set_target_file_size_base(32 << 20);
-            opts.set_max_background_jobs(2);
+            opts.set_max_background_jobs(3);
             opts.enable_statistics();
             let db = DB::open(&opts, dir)?;
             let mut write_opts = WriteOptions::default();

@@ -239,6 +239,14 @@ pub struct PhaseTotals {
     pub reads: Latency,
     pub writes: Latency,
     pub stall_ms: f64,
+    /// Of `stall_ms`: writers stopped waiting for a flush, stopped for L0 or compaction
+    /// debt, and slowed down (rate-limited).
+    pub memtable_stop_ms: f64,
+    pub l0_stop_ms: f64,
+    pub slowdown_ms: f64,
+    /// Flushes finished, and the time they took.
+    pub flushes: u64,
+    pub flush_ms: f64,
     pub failed: u64,
 }
 
@@ -249,6 +257,11 @@ impl PhaseTotals {
             reads: Latency::new(),
             writes: Latency::new(),
             stall_ms: 0.0,
+            memtable_stop_ms: 0.0,
+            l0_stop_ms: 0.0,
+            slowdown_ms: 0.0,
+            flushes: 0,
+            flush_ms: 0.0,
             failed: 0,
         }
     }
@@ -258,6 +271,11 @@ impl PhaseTotals {
         self.reads.merge(&other.reads);
         self.writes.merge(&other.writes);
         self.stall_ms += other.stall_ms;
+        self.memtable_stop_ms += other.memtable_stop_ms;
+        self.l0_stop_ms += other.l0_stop_ms;
+        self.slowdown_ms += other.slowdown_ms;
+        self.flushes += other.flushes;
+        self.flush_ms += other.flush_ms;
         self.failed += other.failed;
     }
 
@@ -283,6 +301,11 @@ impl PhaseTotals {
             write_p99_us: self.writes.quantile_us(0.99),
             write_p999_us: self.writes.quantile_us(0.999),
             stall_ms: self.stall_ms,
+            memtable_stop_ms: self.memtable_stop_ms,
+            l0_stop_ms: self.l0_stop_ms,
+            slowdown_ms: self.slowdown_ms,
+            flushes: self.flushes,
+            flush_ms: self.flush_ms,
             failed_ops: self.failed,
         }
     }
@@ -303,7 +326,13 @@ pub struct PhaseSummary {
     pub write_p50_us: f64,
     pub write_p99_us: f64,
     pub write_p999_us: f64,
+    /// Stops plus slowdowns; the three fields after it split it.
     pub stall_ms: f64,
+    pub memtable_stop_ms: f64,
+    pub l0_stop_ms: f64,
+    pub slowdown_ms: f64,
+    pub flushes: u64,
+    pub flush_ms: f64,
     pub failed_ops: u64,
 }
 
@@ -380,6 +409,7 @@ impl<'a> Sampler<'a> {
         let secs = (elapsed - window_start).max(1e-6);
         let s = self.db.stats();
         let p = &self.prev;
+        let ms = |now: u64, before: u64| now.saturating_sub(before) as f64 / 1000.0;
         let stall_us =
             (s.stall_micros + s.slowdown_micros).saturating_sub(p.stall_micros + p.slowdown_micros);
         let mut row = Row {
@@ -426,6 +456,14 @@ impl<'a> Sampler<'a> {
             reads: w.reads,
             writes: w.writes,
             stall_ms: row.stall_ms,
+            memtable_stop_ms: ms(s.memtable_stall_micros, p.memtable_stall_micros),
+            l0_stop_ms: ms(
+                s.stall_micros - s.memtable_stall_micros,
+                p.stall_micros - p.memtable_stall_micros,
+            ),
+            slowdown_ms: ms(s.slowdown_micros, p.slowdown_micros),
+            flushes: s.flushes.saturating_sub(p.flushes),
+            flush_ms: ms(s.flush_micros, p.flush_micros),
             failed: w.failed,
         };
         self.all.add(&totals);

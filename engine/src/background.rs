@@ -1,5 +1,6 @@
-//! Background workers: flushes first, then manual compactions, then the most urgent
-//! automatic compaction; plus a ticker that hands buffered WAL bytes to the OS.
+//! Background workers: a flush worker that runs every flush; general workers that run
+//! manual compactions, then migration compactions the pacer allows, then the most urgent
+//! automatic compaction; and a ticker that hands buffered WAL bytes to the OS.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,9 +26,18 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
     };
     for i in 0..inner.opts.background_threads {
         let w = inner.clone();
-        let t = spawn(format!("sluice-bg-{i}"), Box::new(move || worker(w)))?;
+        let t = spawn(format!("sluice-bg-{i}"), Box::new(move || worker(w, pick)))?;
         inner.threads.lock().push(t);
     }
+    // Flushes have a thread of their own (as RocksDB's high-priority pool): a full memtable
+    // waits only for the flushes before it, never for a general worker to finish a
+    // compaction (a manual compaction of a large partition holds one for many seconds).
+    let w = inner.clone();
+    let t = spawn(
+        "sluice-flush".into(),
+        Box::new(move || worker(w, pick_flush)),
+    )?;
+    inner.threads.lock().push(t);
     let w = inner.clone();
     let t = spawn(
         "sluice-wal".into(),
@@ -55,7 +65,7 @@ fn pause(inner: &Inner, d: Duration) {
     }
 }
 
-fn worker(inner: Arc<Inner>) {
+fn worker(inner: Arc<Inner>, pick: fn(&Inner, &mut Core) -> Option<Job>) {
     loop {
         let mut core = inner.core.lock();
         let job = loop {
@@ -92,12 +102,20 @@ fn worker(inner: Arc<Inner>) {
     }
 }
 
-fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
-    let view = inner.view.load_full();
-    if !core.flushing && !view.imm.is_empty() {
+/// The flush thread's job: the oldest frozen memtable, when no flush is running.
+fn pick_flush(inner: &Inner, core: &mut Core) -> Option<Job> {
+    if !core.flushing && !inner.view.load().imm.is_empty() {
         core.flushing = true;
         return Some(Job::Flush);
     }
+    None
+}
+
+/// A general worker's job: a manual compaction, a migration compaction the pacer allows,
+/// or the most urgent compaction. (Flushes run one at a time, on the flush thread: a general
+/// worker taking one would only move it onto a thread that compactions may hold.)
+fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
+    let view = inner.view.load_full();
     let mut i = 0;
     while i < core.manual.len() {
         let (v, p) = core.manual[i];

@@ -12,7 +12,9 @@ use crate::recovery::wal_files;
 impl Inner {
     pub fn checkpoint(&self, dest: &Path) -> Result<()> {
         let fs = self.fs.as_ref();
-        if fs.exists(dest) && !fs.list(dest).map_err(|e| Error::io(dest, e))?.is_empty() {
+        if fs.exists(dest).map_err(|e| Error::io(dest, e))?
+            && !fs.list(dest).map_err(|e| Error::io(dest, e))?.is_empty()
+        {
             return Err(Error::InvalidOption {
                 name: "checkpoint directory",
                 reason: format!("{} exists and is not empty", dest.display()),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// A file open for appending.
 pub trait WritableFile: Send {
@@ -124,7 +124,9 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    fn exists(&self, path: &Path) -> bool;
+    /// Whether `path` exists; an error when that cannot be told (a directory on the way
+    /// that may not be searched, say), never a `false` that would pass for "absent".
+    fn exists(&self, path: &Path) -> io::Result<bool>;
     fn file_size(&self, path: &Path) -> io::Result<u64>;
     /// Takes an exclusive advisory lock on `path` without blocking.
     fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
@@ -214,8 +216,8 @@ impl Fs for StdFs {
         std::fs::create_dir_all(dir)
     }
 
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
     }
 
     fn file_size(&self, path: &Path) -> io::Result<u64> {
@@ -258,6 +260,8 @@ pub enum FsOp {
     Map,
     /// A positioned read of a file opened with [`Fs::open_random`].
     Read,
+    /// Asking whether a path exists ([`Fs::exists`]).
+    Stat,
 }
 
 /// What goes wrong.
@@ -267,6 +271,8 @@ pub enum FaultKind {
     NoSpace,
     /// Input/output error (EIO).
     Io,
+    /// Permission denied (EACCES).
+    Denied,
     /// An append writes only the first half of its bytes, then fails with ENOSPC.
     ShortWrite,
 }
@@ -293,6 +299,10 @@ struct FaultState {
     /// For each file written through this Fs: bytes appended and bytes known durable.
     files: HashMap<PathBuf, (u64, u64)>,
     injected: u64,
+    /// Fsyncs held until [`FaultFs::release_held`]: (path substring, thread-name prefix).
+    hold_syncs: Option<(String, String)>,
+    /// Threads waiting in a held fsync now.
+    held: usize,
 }
 
 /// A file system that delegates to [`StdFs`] and injects faults on request. It also tracks
@@ -300,6 +310,8 @@ struct FaultState {
 #[derive(Clone, Default)]
 pub struct FaultFs {
     state: Arc<Mutex<FaultState>>,
+    /// Wakes threads held in an fsync.
+    released: Arc<Condvar>,
 }
 
 impl fmt::Debug for FaultFs {
@@ -331,6 +343,48 @@ impl FaultFs {
     /// Makes every file fsync take `delay` longer (None: as long as the disk takes).
     pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
         self.state.lock().sync_delay = delay;
+    }
+
+    /// Makes every file fsync of a path whose name contains `path_contains`, made by a
+    /// thread whose name starts with `thread_prefix`, wait until [`FaultFs::release_held`]:
+    /// to hold one kind of background job (a compaction about to finish its output, say)
+    /// while the others go on.
+    pub fn hold_syncs(&self, path_contains: &str, thread_prefix: &str) {
+        self.state.lock().hold_syncs = Some((path_contains.into(), thread_prefix.into()));
+    }
+
+    /// Lets every held fsync go on, and holds no more.
+    pub fn release_held(&self) {
+        self.state.lock().hold_syncs = None;
+        self.released.notify_all();
+    }
+
+    /// How many threads wait in a held fsync now.
+    pub fn held(&self) -> usize {
+        self.state.lock().held
+    }
+
+    /// Waits while fsyncs of `path` by this thread are held.
+    fn wait_if_held(&self, path: &Path) {
+        let thread = std::thread::current();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let holds = |st: &FaultState| {
+            st.hold_syncs.as_ref().is_some_and(|(p, t)| {
+                name.contains(p.as_str()) && thread.name().unwrap_or("").starts_with(t.as_str())
+            })
+        };
+        let mut st = self.state.lock();
+        if !holds(&st) {
+            return;
+        }
+        st.held += 1;
+        while holds(&st) {
+            self.released.wait(&mut st);
+        }
+        st.held -= 1;
     }
 
     /// How many operations failed because of an injected fault.
@@ -412,6 +466,7 @@ fn fault_error(kind: FaultKind) -> io::Error {
     match kind {
         FaultKind::NoSpace | FaultKind::ShortWrite => io::Error::from_raw_os_error(28),
         FaultKind::Io => io::Error::from_raw_os_error(5),
+        FaultKind::Denied => io::Error::from_raw_os_error(13),
     }
 }
 
@@ -452,6 +507,7 @@ impl WritableFile for FaultFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        self.fs.wait_if_held(&self.path);
         if let Some(k) = self.fs.check(FsOp::Sync, &self.path) {
             return Err(fault_error(k));
         }
@@ -554,7 +610,10 @@ impl Fs for FaultFs {
         StdFs.create_dir_all(dir)
     }
 
-    fn exists(&self, path: &Path) -> bool {
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        if let Some(k) = self.check(FsOp::Stat, path) {
+            return Err(fault_error(k));
+        }
         StdFs.exists(path)
     }
 

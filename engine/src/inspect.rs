@@ -205,11 +205,17 @@ pub fn check_inside(dir: &Path, path: &Path) -> Result<u64> {
 /// oversized manifests before mapping anything.
 pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
     let cur = dir.join(CURRENT);
-    if !cur.exists() && std::fs::symlink_metadata(&cur).is_err() {
-        return Err(Error::NotADatabase {
-            path: dir.to_path_buf(),
-            reason: "no CURRENT file".into(),
-        });
+    match std::fs::symlink_metadata(&cur) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotADatabase {
+                path: dir.to_path_buf(),
+                reason: "no CURRENT file".into(),
+            })
+        }
+        // Not "no CURRENT": it may well be there, behind a directory this user may not
+        // search.
+        Err(e) => return Err(Error::io(&cur, e)),
+        Ok(_) => {}
     }
     let cur_len = check_inside(dir, &cur)?;
     if cur_len > MAX_CURRENT_BYTES {

@@ -703,7 +703,8 @@ fn new_core(
 
 fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let fs = opts.fs.clone();
-    if !fs.exists(&dir.join(CURRENT)) {
+    let current = dir.join(CURRENT);
+    if !fs.exists(&current).map_err(|e| Error::io(&current, e))? {
         return Err(Error::NotADatabase {
             path: dir.to_path_buf(),
             reason: "no CURRENT file".into(),
@@ -745,7 +746,7 @@ fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
 fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let fs = opts.fs.clone();
     let dir = dir.to_path_buf();
-    if !fs.exists(&dir) {
+    if !fs.exists(&dir).map_err(|e| Error::io(&dir, e))? {
         if !opts.create_if_missing {
             return Err(Error::NotADatabase {
                 path: dir,
@@ -760,7 +761,8 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .map_err(|e| Error::io(&lock_path, e))?
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
-    let loaded = if fs.exists(&dir.join(CURRENT)) {
+    let current = dir.join(CURRENT);
+    let loaded = if fs.exists(&current).map_err(|e| Error::io(&current, e))? {
         load(&fs, &dir, &cache, opts.memtable_bytes, opts.wal_recovery)?
     } else if opts.create_if_missing {
         fresh(&fs, &dir, &opts)?

@@ -11,6 +11,7 @@ pub(crate) struct Counters {
     pub wal_syncs: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_bytes: AtomicU64,
+    pub flush_micros: AtomicU64,
     pub compactions: AtomicU64,
     pub trivial_moves: AtomicU64,
     pub idle_flushes: AtomicU64,
@@ -23,6 +24,8 @@ pub(crate) struct Counters {
     pub moves_superseded: AtomicU64,
     pub stall_micros: AtomicU64,
     pub stalls: AtomicU64,
+    pub memtable_stall_micros: AtomicU64,
+    pub memtable_stalls: AtomicU64,
     pub slowdown_micros: AtomicU64,
     pub slowdowns: AtomicU64,
     pub admission_wait_micros: AtomicU64,
@@ -75,6 +78,8 @@ pub struct Stats {
     pub wal_syncs: u64,
     pub flushes: u64,
     pub bytes_flushed: u64,
+    /// Time flushes took, from taking their memtable to installing their tables.
+    pub flush_micros: u64,
     pub compactions: u64,
     pub trivial_moves: u64,
     /// Of the flushes, those of idle memtables that scans kept seeking
@@ -96,6 +101,11 @@ pub struct Stats {
     /// at its hard limit).
     pub stall_micros: u64,
     pub stalls: u64,
+    /// Of the stops, those waiting for a flush: the active memtable full while
+    /// [`crate::Options::max_immutable_memtables`] frozen ones wait to be flushed. The rest
+    /// waited for L0 or compaction debt to fall below its stop point.
+    pub memtable_stall_micros: u64,
+    pub memtable_stalls: u64,
     /// Time writers spent slowed down (rate-limited) before a stop.
     pub slowdown_micros: u64,
     pub slowdowns: u64,

@@ -428,11 +428,11 @@ impl Inner {
                         .wait_for(&mut core, Duration::from_millis(100));
                 }
                 drop(core);
+                let waited = start.elapsed().as_micros() as u64;
                 Counters::add(&self.counters.stalls, 1);
-                Counters::add(
-                    &self.counters.stall_micros,
-                    start.elapsed().as_micros() as u64,
-                );
+                Counters::add(&self.counters.stall_micros, waited);
+                Counters::add(&self.counters.memtable_stalls, 1);
+                Counters::add(&self.counters.memtable_stall_micros, waited);
                 continue;
             }
             self.rotate(wal)?;

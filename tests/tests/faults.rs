@@ -879,3 +879,155 @@ fn a_failed_manifest_sync_during_compaction_keeps_the_outputs_it_may_name() {
     }
     db.close().unwrap();
 }
+
+/// A full memtable waits only for the flushes before it, never behind compactions: with
+/// both general workers held in compactions (each at its output's fsync), the writer goes
+/// on through many memtables, each flushed by the flush thread. Then the power is cut while
+/// the compactions are still unfinished, and every write (all covered by a `sync_wal`)
+/// survives with its last value.
+#[test]
+fn flushes_go_on_while_every_compaction_worker_is_held() {
+    let what = "compactions held";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = Options {
+        partition: PartitionSpec::Hash {
+            partitions: 4,
+            seed: 0,
+            hashed_prefix: None,
+        },
+        // L0 grows while its compactions are held: no slowdown or stop on its account.
+        level0_slowdown_trigger: 500,
+        level0_stop_trigger: 1000,
+        background_threads: 2,
+        ..with_fs(Options::tiny(), &fs)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fs.hold_syncs(".sst", "sluice-bg");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let deadline = |secs: u64, what_for: &str, ok: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while !ok() {
+            if Instant::now() > end {
+                // Let the writer finish before failing, so that the test ends.
+                fs.release_held();
+                panic!("{what}: {what_for} within {secs} s (held: {})", fs.held());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let (model, flushes_while_held) = std::thread::scope(|s| {
+        // Overwrites spread over 2000 keys, so that every flush overlaps the tables below
+        // it and compactions (not trivial moves) follow. They go on until both general
+        // workers are held, then 3000 more.
+        let writer = s.spawn(|| {
+            let mut model = std::collections::BTreeMap::new();
+            let mut i = 0u64;
+            let mut put = |i: u64| {
+                let k = format!("key{:05}", i * 7919 % 2000).into_bytes();
+                let mut v = format!("v{i}/").into_bytes();
+                v.resize(100, b'.');
+                db.put(&k, &v).unwrap();
+                model.insert(k, v);
+            };
+            while fs.held() < 2 && i < 200_000 {
+                put(i);
+                i += 1;
+            }
+            for j in i..i + 3000 {
+                put(j);
+            }
+            db.sync_wal().unwrap();
+            done.store(true, std::sync::atomic::Ordering::Release);
+            model
+        });
+        deadline(60, "both general workers held in compactions", &|| {
+            fs.held() == 2
+        });
+        let flushes = db.stats().flushes;
+        deadline(60, "3000 writes while compactions are held", &|| {
+            done.load(std::sync::atomic::Ordering::Acquire)
+        });
+        assert_eq!(fs.held(), 2, "{what}: the compactions were let go");
+        let flushed = db.stats().flushes - flushes;
+        (writer.join().unwrap(), flushed)
+    });
+    // 3000 writes of ~110 bytes through 16 KiB memtables.
+    assert!(
+        flushes_while_held >= 10,
+        "{what}: only {flushes_while_held} flushes while the compactions were held"
+    );
+    assert_eq!(
+        dump(&db).unwrap(),
+        model,
+        "{what}: reads before the power cut"
+    );
+    // The power fails with the compactions unfinished: their fsyncs fail once let go.
+    fs.fail_all_syncs();
+    fs.release_held();
+    drop(db);
+    fs.lose_unsynced().unwrap();
+    fs.clear();
+    assert_eq!(
+        engine_thread_panics(),
+        0,
+        "{what}: an engine thread panicked"
+    );
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(
+        dump(&db).unwrap(),
+        model,
+        "{what}: reads after the power cut"
+    );
+    db.close().unwrap();
+}
+
+/// A CURRENT that cannot be looked at (permission denied on the way to it) is an I/O error
+/// naming it, not a missing database: a writable open used to take the directory for one
+/// without CURRENT and refuse it as "not a database" (or, in an empty-looking directory,
+/// start a new one over it). Nothing is touched, and the data is there once the fault goes.
+#[test]
+fn a_current_that_cannot_be_looked_at_is_an_io_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.put("kept", "yes").unwrap();
+    db.close().unwrap();
+    let names = |p: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = names(dir.path());
+    let fs = FaultFs::new();
+    fs.inject(fault(FsOp::Stat, FaultKind::Denied, "CURRENT", true));
+    for read_only in [false, true] {
+        let opts = with_fs(Options::default(), &fs);
+        let r = if read_only {
+            Db::open_read_only(dir.path(), opts)
+        } else {
+            Db::open(dir.path(), opts)
+        };
+        match r {
+            Err(e) => {
+                assert_eq!(errno(&e), Some(13), "read-only {read_only}: {e}");
+                assert!(
+                    io_path(&e).ends_with("CURRENT"),
+                    "read-only {read_only}: {e}"
+                );
+            }
+            Ok(_) => panic!("read-only {read_only}: opened without seeing CURRENT"),
+        }
+    }
+    assert!(fs.injected() >= 2);
+    assert_eq!(
+        names(dir.path()),
+        before,
+        "the refused opens changed the directory"
+    );
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(db.get("kept").unwrap().as_deref(), Some(&b"yes"[..]));
+    db.close().unwrap();
+}

@@ -251,6 +251,9 @@ pub(crate) struct Inner {
     pub load: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
     pub shadow: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
     pub admission: crate::load::Admission,
+    /// Held by a claim of the controller role and by a call made under a controller's
+    /// epoch ([`Db::fenced`]): a claim never lands in the middle of such a call.
+    pub controller_gate: Mutex<()>,
 }
 
 /// The whole state as one edit (the first record of a new manifest).
@@ -850,6 +853,23 @@ impl Db {
         self.inner.claim_controller()
     }
 
+    /// Runs `f` as the controller holding `epoch`: [`Error::StaleEpoch`] (and `f` not run)
+    /// if another controller has claimed a newer epoch, and no claim can land while `f`
+    /// runs (a claim waits for it). A controller makes its changes to the engine (target,
+    /// pins, pacing, retiring) through this, so that one superseded between checking its
+    /// epoch and acting cannot act. `f` must not claim the role itself.
+    pub fn fenced<T>(&self, epoch: u64, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _gate = self.inner.controller_gate.lock();
+        let current = self.controller_epoch().unwrap_or(0);
+        if epoch != current {
+            return Err(Error::StaleEpoch {
+                presented: epoch,
+                current,
+            });
+        }
+        f()
+    }
+
     /// Persists controller state under `epoch`; [`Error::StaleEpoch`] if another controller
     /// has claimed a newer epoch since.
     pub fn store_controller_state(&self, epoch: u64, state: &[u8]) -> Result<()> {
@@ -892,6 +912,7 @@ impl Inner {
 
     pub fn claim_controller(&self) -> Result<u64> {
         self.check_writable()?;
+        let _gate = self.controller_gate.lock();
         let mut core = self.core.lock();
         let (epoch, state) = core.controller.clone().unwrap_or((0, Vec::new()));
         let next = epoch.checked_add(1).ok_or_else(|| {

@@ -641,6 +641,7 @@ fn assemble(
         failure: Mutex::new(None),
         lock: Mutex::new(lock),
         threads: Mutex::new(Vec::new()),
+        controller_gate: Mutex::new(()),
         l0_max: AtomicUsize::new(0),
         pending_compaction: AtomicU64::new(0),
         recovery: Mutex::new(RecoveryReport::default()),

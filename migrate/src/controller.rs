@@ -272,47 +272,57 @@ impl Controller {
                 if target == to {
                     // Crashed after switching the target and before recording it.
                     self.go(State::Migrating, "resumed: target was already switched")?;
-                    self.apply_pacing(true);
+                    self.apply_pacing(true)?;
                 }
                 Ok(())
             }
             State::Shadowing => {
                 let spec = PartitionSpec::parse(&self.plan_ref()?.spec)?;
-                self.db.set_shadow(Some(spec))
+                self.fenced(|db| db.set_shadow(Some(spec)))
             }
             State::Migrating | State::Paused => {
                 let plan = self.plan_ref()?.clone();
                 if target != plan.to {
                     // Also completes a retarget recorded just before a crash.
-                    self.db.set_target(VersionId(plan.to))?;
+                    self.fenced(|db| db.set_target(VersionId(plan.to)))?;
                 }
                 // Superseded candidates a retarget had not released yet drain and retire.
                 for &v in &plan.superseded {
                     if v != plan.from && v != plan.to {
-                        unpin_if_live(&self.db, v)?;
+                        self.fenced(|db| unpin_if_live(db, v))?;
                     }
                 }
-                self.apply_pacing(self.rec.state == State::Migrating);
+                self.apply_pacing(self.rec.state == State::Migrating)?;
                 self.note("resumed after restart")
             }
             State::Finalizing => {
                 // Finishing needs the reconciliation hook, which the caller sets after
                 // attaching: migrate at full budget and let finish() or tick() complete.
-                self.apply_pacing(true);
+                self.apply_pacing(true)?;
                 self.note("resumed after restart; call finish() or tick() to complete")
             }
             State::RollingBack => self.complete_rollback("resumed after restart"),
         }
     }
 
-    fn apply_pacing(&self, running: bool) {
-        self.db.set_migration_rate(if running {
-            self.cfg.migration_bytes_per_sec
-        } else {
-            0
-        });
-        self.db
-            .set_migration_latency_target(self.cfg.pacer_p99_target_us);
+    fn apply_pacing(&self, running: bool) -> Result<()> {
+        self.fenced(|db| {
+            db.set_migration_rate(if running {
+                self.cfg.migration_bytes_per_sec
+            } else {
+                0
+            });
+            db.set_migration_latency_target(self.cfg.pacer_p99_target_us);
+            Ok(())
+        })
+    }
+
+    /// Makes a change to the engine as this controller: refused with `StaleEpoch` if
+    /// another controller has claimed the role, and no claim lands while it runs (see
+    /// [`Db::fenced`]). Checking the epoch first and acting after would let a controller
+    /// superseded in between act.
+    fn fenced<T>(&self, f: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
+        self.db.fenced(self.epoch, || f(&self.db))
     }
 
     /// Predicts how the existing keys would spread under `spec`.
@@ -360,7 +370,7 @@ impl Controller {
             .find(|v| v.fingerprint == fp && v.id.0 != from)
             .map(|v| v.id);
         let to = self.claim_candidate(&spec, existing)?;
-        self.db.pin_version(VersionId(from), true)?;
+        self.fenced(|db| db.pin_version(VersionId(from), true))?;
         let draining: u64 = layout.versions.iter().map(|v| v.bytes()).sum();
         self.rec.plan = Some(PlanRecord {
             from,
@@ -399,7 +409,7 @@ impl Controller {
     pub fn shadow(&mut self) -> Result<()> {
         self.fence()?;
         let spec = PartitionSpec::parse(&self.plan_ref()?.spec)?;
-        self.db.set_shadow(Some(spec))?;
+        self.fenced(|db| db.set_shadow(Some(spec)))?;
         self.go(State::Shadowing, "shadowing live traffic")
     }
 
@@ -418,7 +428,7 @@ impl Controller {
                 ))?;
             }
         }
-        self.db.set_shadow(None)?;
+        self.fenced(|db| db.set_shadow(None))?;
         self.checkpoint_gate("validation")
     }
 
@@ -497,14 +507,17 @@ impl Controller {
                 self.note(format!("checkpoint written to {dir}"))?;
             }
         }
-        self.db.set_migration_rate(0);
-        self.db.set_target(VersionId(plan.to))?;
+        self.fenced(|db| {
+            db.set_migration_rate(0);
+            Ok(())
+        })?;
+        self.fenced(|db| db.set_target(VersionId(plan.to)))?;
         self.go(
             State::Migrating,
             format!("target switched v{} -> v{}", plan.from, plan.to),
         )?;
         self.canary()?;
-        self.apply_pacing(true);
+        self.apply_pacing(true)?;
         Ok(())
     }
 
@@ -576,13 +589,13 @@ impl Controller {
             self.rec = before;
             return Err(e);
         }
-        self.db.set_target(to)?;
+        self.fenced(|db| db.set_target(to))?;
         // The superseded candidate drains into the new one and may retire once empty — unless
         // it is the layout the migration started from (the rollback target stays pinned).
         if old != from && old != to.0 {
-            unpin_if_live(&self.db, old)?;
+            self.fenced(|db| unpin_if_live(db, old))?;
         }
-        self.apply_pacing(true);
+        self.apply_pacing(true)?;
         Ok(PlanReport {
             version: to,
             analysis: a,
@@ -593,13 +606,13 @@ impl Controller {
 
     pub fn pause(&mut self) -> Result<()> {
         self.fence()?;
-        self.apply_pacing(false);
+        self.apply_pacing(false)?;
         self.go(State::Paused, "paused")
     }
 
     pub fn resume_migration(&mut self) -> Result<()> {
         self.go(State::Migrating, "resumed")?;
-        self.apply_pacing(true);
+        self.apply_pacing(true)?;
         Ok(())
     }
 
@@ -629,18 +642,18 @@ impl Controller {
     fn complete_rollback(&mut self, reason: &str) -> Result<()> {
         let plan = self.plan_ref()?.clone();
         let from = plan.from;
-        self.db.set_shadow(None)?;
+        self.fenced(|db| db.set_shadow(None))?;
         if self.db.layout().target.0 != from {
-            self.db.set_target(VersionId(from))?;
+            self.fenced(|db| db.set_target(VersionId(from)))?;
         }
-        self.apply_pacing(true);
+        self.apply_pacing(true)?;
         // Pins are released before `Stable` is recorded: a crash in between resumes in
         // `RollingBack` and releases them again (idempotent), instead of leaving the
         // abandoned candidate pinned for ever.
-        unpin_if_live(&self.db, from)?;
+        self.fenced(|db| unpin_if_live(db, from))?;
         if plan.to != from {
             // The abandoned candidate drains back and retires once empty.
-            unpin_if_live(&self.db, plan.to)?;
+            self.fenced(|db| unpin_if_live(db, plan.to))?;
         }
         // Checked at this state change too: a discrepancy that arose during the migration
         // is recorded with the rollback (the next plan takes a new baseline).
@@ -671,15 +684,18 @@ impl Controller {
         existing: Option<VersionId>,
     ) -> Result<VersionId> {
         if let Some(v) = existing {
-            match self.db.pin_version(v, true) {
+            match self.fenced(|db| db.pin_version(v, true)) {
                 Ok(()) => return Ok(v),
                 // Drained and retired since we looked: register the function anew.
                 Err(Error::VersionRetired(_)) | Err(Error::UnknownVersion(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        let v = self.db.register_partition_fn(spec.clone())?;
-        self.db.pin_version(v, true)?;
+        let v = self.fenced(|db| {
+            let v = db.register_partition_fn(spec.clone())?;
+            db.pin_version(v, true)?;
+            Ok(v)
+        })?;
         Ok(v)
     }
 
@@ -694,9 +710,9 @@ impl Controller {
         let plan = self.plan_ref()?.clone();
         // Either may be retired already: a crash after the unpins (or after the retire)
         // resumes here, and must complete rather than fail on the retired version.
-        unpin_if_live(&self.db, plan.from)?;
-        unpin_if_live(&self.db, plan.to)?;
-        self.db.retire_drained()?;
+        self.fenced(|db| unpin_if_live(db, plan.from))?;
+        self.fenced(|db| unpin_if_live(db, plan.to))?;
+        self.fenced(|db| db.retire_drained())?;
         self.go(State::Complete, "all draining layouts retired")?;
         self.rec.plan = None;
         self.save()

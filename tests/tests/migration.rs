@@ -542,6 +542,76 @@ fn controller_epochs_fence_a_stale_controller() {
     assert_eq!(db.controller_state(), Some((b, b"from b".to_vec())));
 }
 
+/// A change made under a controller's epoch (`Db::fenced`) is refused, unrun, once another
+/// controller has claimed the role; and a claim that arrives while such a change runs waits
+/// for it, so a controller cannot be superseded between checking its epoch and acting.
+#[test]
+fn fenced_changes_are_refused_when_stale_and_a_claim_waits_for_one_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), quiet_opts()).unwrap();
+    let v2 = db
+        .register_partition_fn(PartitionSpec::Hash {
+            partitions: 4,
+            seed: 0,
+            hashed_prefix: None,
+        })
+        .unwrap();
+    let a = db.claim_controller().unwrap();
+    assert_eq!(db.fenced(a, || Ok(7)).unwrap(), 7);
+    let b = db.claim_controller().unwrap();
+    let e = db
+        .fenced(a, || -> sluice::Result<()> {
+            panic!("a stale controller's change ran")
+        })
+        .unwrap_err();
+    assert!(
+        matches!(e, sluice::Error::StaleEpoch { presented, current } if presented == a && current == b),
+        "{e}"
+    );
+    // B's change is in progress when a third controller claims the role.
+    let (trying, claimed) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (in_change_tx, in_change_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let change = s.spawn(|| {
+            db.fenced(b, || {
+                in_change_tx.send(()).unwrap();
+                while !trying.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                // The claim is under way: it must not land before this change is made.
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+                while std::time::Instant::now() < until {
+                    assert!(
+                        !claimed.load(Ordering::Acquire),
+                        "a claim landed in the middle of a fenced change"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                db.set_target(v2)
+            })
+        });
+        in_change_rx.recv().unwrap();
+        let claim = s.spawn(|| {
+            trying.store(true, Ordering::Release);
+            let c = db.claim_controller().unwrap();
+            claimed.store(true, Ordering::Release);
+            c
+        });
+        change.join().unwrap().unwrap();
+        let c = claim.join().unwrap();
+        assert!(c > b);
+        assert_eq!(
+            db.layout().target,
+            v2,
+            "the change made before the claim stands"
+        );
+        let e = db.fenced(b, || db.set_target(VersionId(1))).unwrap_err();
+        assert!(matches!(e, sluice::Error::StaleEpoch { .. }), "{e}");
+        assert_eq!(db.layout().target, v2);
+    });
+}
+
 /// What the engine stores in its manifest is refused, with nothing written, when it is
 /// larger than the manifest reader accepts: a controller state, a range spec with huge
 /// boundaries. The database stays writable and reopens with what it held before (before

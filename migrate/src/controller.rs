@@ -721,6 +721,18 @@ impl Controller {
     /// Watches a running migration: automatic rollback triggers, and completion once no
     /// draining data is left. Call it periodically (e.g. once a second).
     pub fn tick(&mut self, obs: Option<Observation>) -> Result<TickReport> {
+        self.tick_then(obs, true)
+    }
+
+    /// [`Controller::tick`] without the completion: the triggers are watched, but a
+    /// migration with nothing left to drain stays `Migrating` (or `Paused`), so that a
+    /// caller that means to retarget or roll back at some point of its progress is not
+    /// overtaken by a tick that finished it meanwhile.
+    pub fn watch(&mut self, obs: Option<Observation>) -> Result<TickReport> {
+        self.tick_then(obs, false)
+    }
+
+    fn tick_then(&mut self, obs: Option<Observation>, complete: bool) -> Result<TickReport> {
         let progress = self.db.migration_progress();
         let mut rolled_back = None;
         let mut completed = false;
@@ -760,11 +772,11 @@ impl Controller {
                     rolled_back = Some(reason);
                 }
             }
-            if rolled_back.is_none() && progress.is_complete() {
+            if complete && rolled_back.is_none() && progress.is_complete() {
                 self.finish()?;
                 completed = true;
             }
-        } else if self.rec.state == State::Finalizing {
+        } else if complete && self.rec.state == State::Finalizing {
             self.finish()?;
             completed = true;
         }

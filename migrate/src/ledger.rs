@@ -649,7 +649,10 @@ fn drive(
         if done >= cfg.detect_at || p.is_complete() {
             break;
         }
-        c.tick(None)?;
+        // Not `tick`: a tick that found nothing left to drain (the last jobs can finish
+        // between this loop's look at the progress and the tick's) would complete the
+        // migration before the bias is "detected", and the retarget would be refused.
+        c.watch(None)?;
         wait(0.2);
     }
     summary.biased_max_share = max_share(db, v2);

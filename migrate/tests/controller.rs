@@ -675,3 +675,35 @@ fn a_rollback_records_a_reconciliation_change() {
     assert!(last.contains("RECONCILIATION CHANGED"), "{last}");
     assert!(last.contains("300000") && last.contains("300899"), "{last}");
 }
+
+/// `watch` checks the triggers but never completes: with nothing left to drain, the
+/// migration stays `Migrating` (so a retarget decided on its progress is still possible)
+/// until a `tick` completes it.
+#[test]
+fn watch_leaves_a_drained_migration_running_and_tick_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    db.migrate_now(None).unwrap();
+    assert!(db.migration_progress().is_complete());
+    let w = c.watch(None).unwrap();
+    assert!(!w.completed);
+    assert_eq!(c.state(), State::Migrating);
+    // Still running: a retarget is accepted.
+    c.retarget(
+        PartitionSpec::Hash {
+            partitions: 4,
+            seed: 9,
+            hashed_prefix: None,
+        },
+        false,
+    )
+    .unwrap();
+    db.migrate_now(None).unwrap();
+    let t = c.tick(None).unwrap();
+    assert!(t.completed);
+    assert_eq!(c.state(), State::Complete);
+    check_data(&db);
+}

@@ -74,6 +74,14 @@ fn attach(db: &Db) -> Controller {
     c
 }
 
+/// A controller attached to `db` with a migration to `good()` started.
+fn migrating(db: &Db) -> Controller {
+    let mut c = attach(db);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    c
+}
+
 fn check_data(db: &Db) {
     assert_eq!(
         sum(&db.snapshot()).unwrap(),
@@ -419,19 +427,6 @@ fn reconciliation_mismatch_rolls_back() {
 }
 
 #[test]
-fn tick_completes_a_migration_when_nothing_is_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = setup(dir.path());
-    let mut c = attach(&db);
-    c.plan(good(), PlanOptions::default()).unwrap();
-    c.start().unwrap();
-    db.migrate_now(None).unwrap();
-    let t = c.tick(None).unwrap();
-    assert!(t.completed);
-    assert_eq!(c.state(), State::Complete);
-}
-
-#[test]
 fn hot_partition_split_and_write_limit() {
     let dir = tempfile::tempdir().unwrap();
     let db = setup(dir.path());
@@ -571,9 +566,7 @@ fn a_crash_inside_finish_resumes_and_completes() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = setup(dir.path());
-        let mut c = attach(&db);
-        c.plan(good(), PlanOptions::default()).unwrap();
-        c.start().unwrap();
+        let mut c = migrating(&db);
         // What finish() does before it records Complete (the record still says Migrating
         // here; finish() runs the same steps from Finalizing): migrate the rest, release
         // the pins, retire the drained layout. Then the crash.
@@ -666,9 +659,7 @@ fn a_plan_made_without_the_hook_is_still_reconciled() {
 fn a_rollback_records_a_reconciliation_change() {
     let dir = tempfile::tempdir().unwrap();
     let db = setup(dir.path());
-    let mut c = attach(&db);
-    c.plan(good(), PlanOptions::default()).unwrap();
-    c.start().unwrap();
+    let mut c = migrating(&db);
     db.put(key(0), "999").unwrap();
     c.rollback("operator").unwrap();
     let last = &c.events().last().unwrap().reason;
@@ -676,16 +667,14 @@ fn a_rollback_records_a_reconciliation_change() {
     assert!(last.contains("300000") && last.contains("300899"), "{last}");
 }
 
-/// `watch` checks the triggers but never completes: with nothing left to drain, the
-/// migration stays `Migrating` (so a retarget decided on its progress is still possible)
-/// until a `tick` completes it.
+/// `tick` completes a migration once nothing is left to drain; `watch` checks the triggers
+/// but never completes: the migration stays `Migrating` (so a retarget decided on its
+/// progress is still possible) until a `tick` completes it.
 #[test]
-fn watch_leaves_a_drained_migration_running_and_tick_completes_it() {
+fn tick_completes_a_migration_when_nothing_is_left_and_watch_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let db = setup(dir.path());
-    let mut c = attach(&db);
-    c.plan(good(), PlanOptions::default()).unwrap();
-    c.start().unwrap();
+    let mut c = migrating(&db);
     db.migrate_now(None).unwrap();
     assert!(db.migration_progress().is_complete());
     let w = c.watch(None).unwrap();

@@ -32,9 +32,9 @@ impl Inner {
     /// [`Self::flush_oldest`], running `meanwhile` once the flush has taken its view (tests
     /// use it to make other work land between the view and the install).
     fn flush_oldest_then(&self, meanwhile: impl FnOnce()) -> Result<()> {
+        let began = std::time::Instant::now();
         // Reading the target and registering as a writer into it happen under one lock, so
         // the target cannot be retired while this flush writes into it.
-        let began = std::time::Instant::now();
         let (mem, files) = {
             let mut core = self.core.lock();
             let view = self.view.load_full();

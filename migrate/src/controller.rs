@@ -231,17 +231,10 @@ impl Controller {
     }
 
     /// Refuses to act for a controller that another has superseded (claimed a newer epoch
-    /// since this one attached). Checked before every change to the engine, not only when
-    /// the state is stored: a stale controller used to switch the target, pin a layout,
-    /// pause the migration or retire the rollback target before its store failed.
+    /// since this one attached): checked when an operation begins, before work such as
+    /// analysis, as well as by each change to the engine (see [`Controller::fenced`]).
     fn fence(&self) -> Result<()> {
-        match self.db.controller_epoch() {
-            Some(current) if current != self.epoch => Err(Error::StaleEpoch {
-                presented: self.epoch,
-                current,
-            }),
-            _ => Ok(()),
-        }
+        self.fenced(|_| Ok(()))
     }
 
     /// Logs an event without a state change.

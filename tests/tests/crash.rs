@@ -361,7 +361,7 @@ fn sigkill_during_writes_and_layout_switches_keeps_the_guarantees() {
 /// Run: `SLUICE_CRASH_CYCLES=2000 cargo test --release -p sluice-tests --test crash sigkill_soak -- --ignored --nocapture`.
 /// Short version in CI: `sigkill_during_writes_and_layout_switches_keeps_the_guarantees` (50 cycles).
 #[test]
-#[ignore = "soak: SLUICE_CRASH_CYCLES=2000 cargo test --release -p sluice-tests --test crash sigkill_soak -- --ignored"]
+#[ignore = "soak (short version in CI: sigkill_during_writes_and_layout_switches_keeps_the_guarantees, 50 cycles): SLUICE_CRASH_CYCLES=2000 cargo test --release -p sluice-tests --test crash sigkill_soak -- --ignored"]
 fn sigkill_soak() {
     let _serial = one_at_a_time();
     let cycles = cycles_from_env(1000);
@@ -483,7 +483,7 @@ fn power_cut_keeps_synced_writes_a_prefix_and_whole_batches() {
 /// Run: `SLUICE_CRASH_CYCLES=500 cargo test --release -p sluice-tests --test crash power_cut_soak -- --ignored --nocapture`.
 /// Short version in CI: `power_cut_keeps_synced_writes_a_prefix_and_whole_batches` (30 cuts).
 #[test]
-#[ignore = "soak: SLUICE_CRASH_CYCLES=500 cargo test --release -p sluice-tests --test crash power_cut_soak -- --ignored"]
+#[ignore = "soak (short version in CI: power_cut_keeps_synced_writes_a_prefix_and_whole_batches, 30 cuts): SLUICE_CRASH_CYCLES=500 cargo test --release -p sluice-tests --test crash power_cut_soak -- --ignored"]
 fn power_cut_soak() {
     let _serial = one_at_a_time();
     let cycles = cycles_from_env(500);

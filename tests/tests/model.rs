@@ -81,7 +81,7 @@ fn model_tiny_options() {
 /// Run: `SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored --nocapture`.
 /// Short version in CI: `model_default_options` and `model_tiny_options` (a few seeds each).
 #[test]
-#[ignore = "long soak: SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored"]
+#[ignore = "long soak (short version in CI: model_default_options, model_tiny_options): SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored"]
 fn model_soak() {
     for seed in seeds(300) {
         with_seed("model", seed, |seed| {

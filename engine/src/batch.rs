@@ -187,8 +187,52 @@ pub(crate) struct WalBatch {
     pub ops: Bytes,
 }
 
+/// One WAL record: a write batch, or the successor record that ends a WAL rotated away
+/// from, naming the WAL that continues the log. Its layout is a batch header with seqno 0
+/// and count 0 (never a valid batch) followed by the successor's file number, so no batch
+/// can be read as one.
+pub(crate) enum WalEntry {
+    Batch(WalBatch),
+    Successor(u64),
+}
+
+const SUCCESSOR_LEN: usize = 20;
+
+/// Encodes the successor record naming WAL `next`.
+pub(crate) fn encode_wal_successor(next: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&next.to_le_bytes());
+}
+
+impl WalEntry {
+    /// Decodes the payload of the record whose payload starts at `offset`.
+    pub fn decode(payload: &Bytes, path: &Path, offset: u64) -> Result<WalEntry> {
+        if payload.len() >= 12 && payload[..12].iter().all(|&b| b == 0) {
+            let at = offset.saturating_sub(8);
+            if payload.len() != SUCCESSOR_LEN {
+                return Err(Error::corruption(
+                    path,
+                    at,
+                    format!("successor record of {} bytes", payload.len()),
+                ));
+            }
+            let next = u64::from_le_bytes(payload[12..20].try_into().expect("8 bytes"));
+            if next == 0 || next > crate::util::MAX_FILE_NUMBER {
+                return Err(Error::corruption(
+                    path,
+                    at,
+                    format!("successor WAL number {next} is out of range"),
+                ));
+            }
+            return Ok(WalEntry::Successor(next));
+        }
+        WalBatch::decode(payload, path, offset).map(WalEntry::Batch)
+    }
+}
+
 impl WalBatch {
-    pub fn decode(payload: &Bytes, path: &Path, offset: u64) -> Result<WalBatch> {
+    fn decode(payload: &Bytes, path: &Path, offset: u64) -> Result<WalBatch> {
         let mut d = Decoder::new(payload, path, offset);
         let seqno = d.u64("batch seqno")?;
         let count = d.u32("batch count")?;
@@ -225,7 +269,9 @@ mod tests {
         let mut wal = Vec::new();
         b.encode_wal(42, &mut wal);
         let wal = Bytes::from(wal);
-        let w = WalBatch::decode(&wal, Path::new("x"), 0).unwrap();
+        let WalEntry::Batch(w) = WalEntry::decode(&wal, Path::new("x"), 0).unwrap() else {
+            panic!("a batch decoded as a successor record")
+        };
         assert_eq!((w.seqno, w.count), (42, 3));
         let mut ops = Vec::new();
         let n = WriteBatch::for_each_op(&w.ops, Path::new("x"), 12, |k, key, v| {
@@ -236,6 +282,30 @@ mod tests {
         assert_eq!(ops[0], (Kind::Value, &b"a"[..], &b"1"[..]));
         assert_eq!(ops[1], (Kind::Delete, &b"b"[..], &b""[..]));
         assert_eq!(ops[2], (Kind::Value, &b""[..], &b""[..]));
+    }
+
+    #[test]
+    fn successor_records_round_trip_and_damage_is_an_error() {
+        let mut rec = Vec::new();
+        encode_wal_successor(77, &mut rec);
+        let rec = Bytes::from(rec);
+        assert!(matches!(
+            WalEntry::decode(&rec, Path::new("x"), 8).unwrap(),
+            WalEntry::Successor(77)
+        ));
+        // Cut short, too long, or naming no possible file: damage, never a batch.
+        for bad in [
+            rec.slice(..19),
+            Bytes::from([&rec[..], b"x"].concat()),
+            Bytes::from([&rec[..12], &0u64.to_le_bytes()[..]].concat()),
+            Bytes::from([&rec[..12], &u64::MAX.to_le_bytes()[..]].concat()),
+        ] {
+            match WalEntry::decode(&bad, Path::new("x"), 8) {
+                Err(Error::Corruption { offset: 0, .. }) => {}
+                Err(e) => panic!("{} bytes: wrong error {e:?}", bad.len()),
+                Ok(_) => panic!("{} bytes decoded", bad.len()),
+            }
+        }
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct RecoveryReport {
     /// record on, intact records after it and later WALs included (0 when nothing intact
     /// followed the damage).
     pub wal_dropped_after_damage: u64,
+    /// With [`crate::WalRecovery::PointInTime`]: a WAL that the chain of WALs names but the
+    /// directory lacks (recovery stopped before it), and who names it.
+    pub wal_missing: Option<String>,
     pub manifest_torn_tail: Option<(PathBuf, u64)>,
     pub orphans_removed: usize,
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{WalBatch, WriteBatch};
+use crate::batch::{WalBatch, WalEntry, WriteBatch};
 use crate::coding::{get_varint, Decoder};
 use crate::db::{table_file, Db};
 use crate::error::{Error, Result};
@@ -947,13 +947,15 @@ pub struct WalRecord {
 pub struct WalContents {
     pub path: PathBuf,
     pub records: Vec<WalRecord>,
+    /// The WAL that continues the log, named by the record that ends a WAL the engine
+    /// rotated away from (`None` for the newest WAL, and for WALs of format version 1).
+    pub successor: Option<u64>,
     /// A torn tail (what a crash leaves at the end of the newest WAL).
     pub tail: Option<TornTail>,
 }
 
-/// Decodes one WAL record payload (`[seqno u64][count u32][ops]`) found at `offset`.
-pub fn decode_wal_record(payload: &Bytes, path: &Path, offset: u64) -> Result<WalRecord> {
-    let b = WalBatch::decode(payload, path, offset + 8)?;
+/// Decodes one WAL batch record, whose header is at `offset`.
+fn batch_record(b: WalBatch, path: &Path, offset: u64) -> Result<WalRecord> {
     let mut ops = Vec::with_capacity((b.count as usize).min(1 << 16));
     let n = WriteBatch::for_each_op(&b.ops, path, offset + 20, |kind, key, value| {
         ops.push(WalOp {
@@ -985,12 +987,24 @@ pub fn read_wal_file(path: &Path) -> Result<WalContents> {
     let data = StdFs.map(path).map_err(|e| Error::io(path, e))?;
     let log = read_log(data, path, LogKind::Wal)?;
     let mut records = Vec::with_capacity(log.records.len());
+    let mut successor = None;
     for (off, payload) in &log.records {
-        records.push(decode_wal_record(payload, path, *off)?);
+        if successor.is_some() {
+            return Err(Error::corruption(
+                path,
+                *off,
+                "a record follows the successor record that ended this WAL",
+            ));
+        }
+        match WalEntry::decode(payload, path, *off + 8)? {
+            WalEntry::Successor(n) => successor = Some(n),
+            WalEntry::Batch(b) => records.push(batch_record(b, path, *off)?),
+        }
     }
     Ok(WalContents {
         path: path.to_path_buf(),
         records,
+        successor,
         tail: log.tail,
     })
 }
@@ -1346,7 +1360,28 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         .iter()
         .zip(&read)
         .rposition(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if !c.records.is_empty()));
+    // The chain of live WALs, as recovery follows it: the manifest names the first, each
+    // WAL rotated away from names the next. (file, message) of the next expected link.
+    let mut link: Option<(u64, String, PathBuf)> = state.map(|s| {
+        (
+            s.log_number,
+            "named by the manifest's log number".to_string(),
+            s.manifest_path.clone(),
+        )
+    });
+    let check_link =
+        |link: &mut Option<(u64, String, PathBuf)>, found: Option<u64>, rep: &mut VerifyReport| {
+            if let Some((expected, why, file)) = link.take() {
+                if let Some(reason) = crate::recovery::chain_break(expected, found, &why) {
+                    rep.problems
+                        .push(Problem::error("wal", Some(&file), None, reason));
+                }
+            }
+        };
     for (i, (w, r)) in wals.iter().zip(read).enumerate() {
+        if w.live {
+            check_link(&mut link, Some(w.number), rep);
+        }
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -1373,6 +1408,15 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
             }
         };
         rep.wal_records += c.records.len() as u64;
+        if w.live {
+            link = c.successor.map(|n| {
+                (
+                    n,
+                    format!("named as the successor of {}", w.path.display()),
+                    w.path.clone(),
+                )
+            });
+        }
         if let Some(t) = &c.tail {
             let records_follow = last_written.is_some_and(|l| l > i);
             if !records_follow || !w.live {
@@ -1419,6 +1463,7 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
             last = Some((r.seqno + (r.ops.len() as u64).max(1) - 1, w.path.clone()));
         }
     }
+    check_link(&mut link, None, rep);
     Ok(())
 }
 

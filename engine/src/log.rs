@@ -19,8 +19,9 @@ use crate::fs::WritableFile;
 
 const HEADER_LEN: usize = 8;
 const MAGIC: &[u8; 4] = b"SLOG";
-/// Current log format version.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+/// Current log format version. Version 2 WALs may end in a successor record naming the
+/// next WAL, which a version 1 reader would take for damage; version 1 logs read as before.
+pub const LOG_FORMAT_VERSION: u32 = 2;
 /// Largest record payload accepted (a write batch, or a manifest snapshot).
 pub const MAX_RECORD_LEN: usize = 512 << 20;
 

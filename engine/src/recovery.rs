@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
-use crate::batch::{WalBatch, WriteBatch};
+use crate::batch::{WalEntry, WriteBatch};
 use crate::cache::BlockCache;
 use crate::db::{table_file, wal_file, Core, Inner, RecoveryReport, Registered, View, WalState};
 use crate::error::{Error, Result};
@@ -280,22 +280,52 @@ pub(crate) fn wal_files(fs: &dyn Fs, dir: &Path, from: u64) -> Result<Vec<(u64, 
     Ok(v)
 }
 
+/// Where the WALs to replay start, as the manifest has it.
+pub(crate) struct WalStart<'a> {
+    /// The manifest, which names the first WAL.
+    pub manifest: &'a Path,
+    /// The manifest's log number: the WAL that holds the first write not in a table. It
+    /// exists from before the manifest names it until the manifest names a later one.
+    pub log_number: u64,
+    /// The manifest's last flushed seqno: the first record replayed must follow it.
+    pub flushed: u64,
+}
+
+/// The WAL that must come next in the chain and why, when the directory's next WAL (or
+/// none) is not it: `None` when the chain holds.
+pub(crate) fn chain_break(expected: u64, found: Option<u64>, why: &str) -> Option<String> {
+    (found != Some(expected)).then(|| {
+        format!(
+            "missing: WAL {expected:06}.log ({why}) is not in the directory{}; the writes \
+             it held would be lost",
+            match found {
+                Some(n) => format!(" ({n:06}.log comes next)"),
+                None => String::new(),
+            }
+        )
+    })
+}
+
 /// Replays WAL files into a memtable. Returns the memtable and the last seqno replayed.
 ///
-/// `flushed` is the manifest's last flushed seqno: the first record replayed must follow
-/// it with nothing in between. A gap means writes are in neither the tables nor the WALs:
-/// the WAL that held them is gone, or the manifest lost the edits that recorded their
-/// flush (truncated, not torn: a crash tears only the last edit, and the WALs that edit
-/// covered are deleted only after it is durable). Opening anyway would hide those writes
-/// and then delete their tables as unreferenced.
+/// The WALs form a chain: the manifest names the first, and each WAL rotated away from
+/// ends in a record naming the next. A missing link means acknowledged writes are gone
+/// with it, the newest WAL's included; recovery refuses (or, point in time, stops there).
+/// The first record replayed must follow `start.flushed` with nothing in between. A gap
+/// means writes are in neither the tables nor the WALs: the WAL that held them is gone, or
+/// the manifest lost the edits that recorded their flush (truncated, not torn: a crash
+/// tears only the last edit, and the WALs that edit covered are deleted only after it is
+/// durable). Opening anyway would hide those writes and then delete their tables as
+/// unreferenced.
 pub(crate) fn replay_wals(
     fs: &dyn Fs,
     wals: &[(u64, PathBuf)],
     mem: &MemTable,
     mode: WalRecovery,
     report: &mut RecoveryReport,
-    flushed: u64,
+    start: WalStart<'_>,
 ) -> Result<Option<u64>> {
+    let flushed = start.flushed;
     let mut last: Option<u64> = None;
     let point_in_time = mode == WalRecovery::PointInTime;
     let logs = wals
@@ -312,7 +342,30 @@ pub(crate) fn replay_wals(
     // creating its new WAL leaves one behind), so its torn end is the crash's, as if it
     // were the newest.
     let last_written = logs.iter().rposition(|(l, _)| !l.records.is_empty());
-    for (i, ((_, path), (log, _))) in wals.iter().zip(&logs).enumerate() {
+    // The next link of the chain: the WAL that must come next, who names it, and where.
+    let mut link = Some((
+        start.log_number,
+        "named by the manifest's log number".to_string(),
+        start.manifest.to_path_buf(),
+        0,
+    ));
+    for i in 0..=wals.len() {
+        if let Some((expected, why, file, offset)) = link.take() {
+            if let Some(reason) = chain_break(expected, wals.get(i).map(|w| w.0), &why) {
+                if !point_in_time {
+                    return Err(Error::corruption(&file, offset, reason));
+                }
+                // Point in time: what follows the missing link is dropped like what
+                // follows damage.
+                report.wal_missing = Some(reason);
+                report.wal_dropped_after_damage +=
+                    logs[i..].iter().map(|(_, size)| size).sum::<u64>();
+                break;
+            }
+        }
+        let (Some((_, path)), Some((log, _))) = (wals.get(i), logs.get(i)) else {
+            break;
+        };
         report.wal_files += 1;
         let mut stop = false;
         if let Some(t) = &log.tail {
@@ -342,7 +395,25 @@ pub(crate) fn replay_wals(
             report.torn_tail = Some((path.clone(), t.offset, t.dropped_bytes));
         }
         for (off, payload) in &log.records {
-            let b = WalBatch::decode(payload, path, *off + 8)?;
+            if link.is_some() {
+                return Err(Error::corruption(
+                    path,
+                    *off,
+                    "a record follows the successor record that ended this WAL",
+                ));
+            }
+            let b = match WalEntry::decode(payload, path, *off + 8)? {
+                WalEntry::Successor(next) => {
+                    link = Some((
+                        next,
+                        format!("named as the successor of {}", path.display()),
+                        path.clone(),
+                        *off,
+                    ));
+                    continue;
+                }
+                WalEntry::Batch(b) => b,
+            };
             if last.is_none() && b.seqno > flushed.saturating_add(1) {
                 return Err(Error::corruption(
                     path,
@@ -526,12 +597,16 @@ fn load(
         &recovered,
         wal_recovery,
         &mut report,
-        state.last_seqno,
+        WalStart {
+            manifest: &m.path,
+            log_number: state.log_number,
+            flushed: state.last_seqno,
+        },
     )?;
     let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
     // A point-in-time recovery that stopped at WAL damage drops what follows it, a table
     // flushed from those writes included; otherwise no write may be past `last_seqno`.
-    if report.wal_dropped_after_damage == 0 {
+    if report.wal_dropped_after_damage == 0 && report.wal_missing.is_none() {
         check_unnamed_tables(fs.as_ref(), &unnamed, last_seqno)?;
     }
     Ok(Loaded {

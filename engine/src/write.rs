@@ -439,35 +439,40 @@ impl Inner {
         }
     }
 
-    /// Freezes the memtable and starts a new WAL. The old WAL is fsynced first, so no later
-    /// WAL can hold a write that an earlier one lost (no holes after a crash).
+    /// Freezes the memtable and starts a new WAL. The old WAL is fsynced before any write
+    /// goes to the new one, so no later WAL can hold a write that an earlier one lost (no
+    /// holes after a crash). Its last record names the new WAL, written only once the new
+    /// WAL's directory entry is durable: recovery then knows the log goes on, and refuses
+    /// to open when the newest WAL has gone missing rather than losing what it held.
     pub(crate) fn rotate(&self, wal: &mut WalState) -> Result<()> {
         if self.released.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if let Err(e) = wal.log.sync() {
-            self.wal_failed(format!("WAL sync at rotation failed: {e}"));
-            return Err(e);
-        }
-        let mut core = self.core.lock();
-        let number = core.new_file_number();
+        // The file I/O below runs outside the core lock: the wal lock held here already
+        // keeps commits and checkpoints out, and the number is ours alone.
+        let number = self.core.lock().new_file_number();
         let path = wal_file(&self.dir, number);
         let file = match self.fs.create(&path) {
             Ok(f) => f,
             Err(e) => {
                 let e = Error::io(&path, e);
-                drop(core);
                 self.wal_failed(format!("cannot create WAL: {e}"));
                 return Err(e);
             }
         };
         if let Err(e) = self.sync_dir() {
-            drop(core);
             self.wal_failed(format!(
                 "cannot make the new WAL's directory entry durable: {e}"
             ));
             return Err(e);
         }
+        wal.log
+            .add_with(|buf| crate::batch::encode_wal_successor(number, buf));
+        if let Err(e) = wal.log.sync() {
+            self.wal_failed(format!("WAL sync at rotation failed: {e}"));
+            return Err(e);
+        }
+        let core = self.core.lock();
         wal.log = LogWriter::new(file, path, LogKind::Wal);
         wal.number = number;
         let mem = Arc::new(MemTable::new(number, self.opts.memtable_bytes));

@@ -162,6 +162,16 @@ fn masked_crc(data: &[u8]) -> u32 {
     u32::from_le_bytes([t[1], t[2], t[3], t[4]])
 }
 
+/// `sluice verify`'s checks (not deep) of `dir`.
+fn verify(dir: &Path) -> sluice::inspect::VerifyReport {
+    sluice::inspect::verify_dir(
+        dir,
+        &sluice::inspect::VerifyOptions::default(),
+        &sluice::inspect::NoProgress,
+    )
+    .unwrap()
+}
+
 fn open_err(dir: &Path, opts: Options, what: &str) -> Error {
     match Db::open(dir, opts) {
         Ok(db) => panic!("{what}: open succeeded: {:?}", dump(&db).map(|m| m.len())),
@@ -473,8 +483,9 @@ fn ensure_target_spec(db: &Db, spec: PartitionSpec) {
 /// is already gone: the flushed writes are in no table the manifest names and in no WAL.
 /// Opening used to take the cut for a torn tail, hide those writes, and delete their
 /// table as unreferenced. Now the open (writable or read-only) is refused, naming the WAL
-/// whose first record does not follow the manifest's last flushed write, and nothing is
-/// deleted: the original manifest back, every write is there.
+/// the stale log number names; with that WAL put back, naming the WAL whose first record
+/// does not follow the manifest's last flushed write. Nothing is deleted: the original
+/// manifest back, every write is there.
 #[test]
 fn a_manifest_cut_short_before_a_flush_edit_is_refused_and_nothing_is_deleted() {
     let _guard = shared();
@@ -485,9 +496,29 @@ fn a_manifest_cut_short_before_a_flush_edit_is_refused_and_nothing_is_deleted() 
     let tables = files_ending(dir.path(), ".sst");
     assert!(!tables.is_empty());
     let e = open_err(dir.path(), opts(), "manifest cut before the flush edit");
+    stale_log_number_refused(dir.path(), &e, "manifest cut before the flush edit");
+    let e = open_err(dir.path(), opts(), "manifest cut before the flush edit");
     assert_corruption_naming(&e, ".log", "manifest cut before the flush edit");
     assert!(e.to_string().contains("flushed only up to"), "{e}");
     refused_read_only_then_restored(dir.path(), &tables, &manifest, &original, 150);
+}
+
+/// The first thing a manifest cut before a flush edit shows: its log number names a WAL
+/// that the lost edit let go. Checks that `e` says so, then puts an empty WAL of that
+/// number back (as if its deletion had not happened), so that the open gets as far as the
+/// next check.
+fn stale_log_number_refused(dir: &Path, e: &Error, what: &str) {
+    let n = sluice::inspect::read_dir_state(dir).unwrap().log_number;
+    let wanted = format!("{n:06}.log");
+    let s = e.to_string();
+    assert!(e.is_corruption(), "{what}: {e:?}");
+    assert!(
+        s.contains(&wanted) && s.contains("log number") && s.contains("missing"),
+        "{what}: the error does not name the WAL the manifest's log number names: {s}"
+    );
+    let wals = files_ending(dir, ".log");
+    let header = std::fs::read(&wals[0]).unwrap()[..17].to_vec();
+    std::fs::write(dir.join(&wanted), header).unwrap();
 }
 
 /// After a refused writable open of a cut manifest: a read-only open is refused too, no
@@ -559,7 +590,8 @@ fn cut_before_first_flush_edit(dir: &Path) -> (PathBuf, Vec<u8>) {
 /// The same cut when every write was flushed: no WAL holds a record, so nothing in the
 /// WALs shows the gap. What shows it is the table the lost edit named: no edit names it,
 /// yet it holds writes past the last seqno the manifest knows, which no crash leaves
-/// (an interrupted flush's WAL outlives it). The open is refused naming the table, and
+/// (an interrupted flush's WAL outlives it). The open is refused naming the missing WAL
+/// of the stale log number, then with that WAL put back naming the table, and
 /// nothing is deleted; tables a crash did leave behind are still swept (the crash and
 /// power-cut tests reopen after every kill).
 #[test]
@@ -571,6 +603,8 @@ fn a_manifest_cut_short_when_every_write_was_flushed_is_refused_naming_the_table
     let (manifest, original) = cut_before_first_flush_edit(dir.path());
     let tables = files_ending(dir.path(), ".sst");
     assert_eq!(tables.len(), 1, "test setup: one flushed table");
+    let e = open_err(dir.path(), opts(), "manifest cut, all flushed");
+    stale_log_number_refused(dir.path(), &e, "manifest cut, all flushed");
     let e = open_err(dir.path(), opts(), "manifest cut, all flushed");
     assert_corruption_naming(&e, &name(&tables[0]), "manifest cut, all flushed");
     assert!(e.to_string().contains("no manifest edit names"), "{e}");
@@ -963,14 +997,6 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
     let header_end = log.records[0].0 as usize;
     let (torn_at, _) = log.records[2];
     let split_at = log.records[3].0 as usize;
-    let verify = |dir: &Path| {
-        sluice::inspect::verify_dir(
-            dir,
-            &sluice::inspect::VerifyOptions::default(),
-            &sluice::inspect::NoProgress,
-        )
-        .unwrap()
-    };
     for records_follow in [true, false] {
         let what = format!("torn WAL end, records follow: {records_follow}");
         let dir = root.path().join(format!("split-{records_follow}"));
@@ -1024,6 +1050,153 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
             assert_eq!(batches_present(&db, &batches, &what), 2, "{what}");
             db.close().unwrap();
         }
+    }
+}
+
+/// A closed-by-power-cut database whose log spans several WALs, each rotated-away WAL
+/// ending in the record that names the next: the flush thread is held in its table's
+/// fsync, so the WALs after the first stay live. Every write is synced. Returns the keys
+/// in write order and the live WALs.
+fn build_chained_wals(dir: &Path) -> (Vec<Vec<u8>>, Vec<PathBuf>) {
+    use sluice::fs::FaultFs;
+    let fs = FaultFs::new();
+    let db = Db::open(
+        dir,
+        Options {
+            fs: std::sync::Arc::new(fs.clone()),
+            ..Options::tiny()
+        },
+    )
+    .unwrap();
+    fs.hold_syncs(".sst", "sluice-flush");
+    let mut keys = Vec::new();
+    let put = |keys: &mut Vec<Vec<u8>>| {
+        let k = format!("key{:05}", keys.len()).into_bytes();
+        let mut b = WriteBatch::new();
+        b.put(&k, [b'v'; 100]);
+        db.write_opt(b, &WriteOptions { sync: true }).unwrap();
+        keys.push(k);
+    };
+    // Until the first flush is held, then into the next WAL, short of a second rotation
+    // (the writer would wait for the held flush).
+    while fs.held() == 0 && keys.len() < 100_000 {
+        put(&mut keys);
+    }
+    assert_eq!(fs.held(), 1, "the first flush was never held");
+    for _ in 0..20 {
+        put(&mut keys);
+    }
+    // The power fails with the flush unfinished.
+    fs.fail_all_syncs();
+    fs.release_held();
+    drop(db);
+    fs.lose_unsynced().unwrap();
+    let wals = files_ending(dir, ".log");
+    (keys, wals)
+}
+
+/// A WAL that has gone missing is refused, not skipped: the newest one included, which
+/// nothing after it could reveal. Each WAL rotated away from ends naming the next, and the
+/// manifest names the first; recovery follows that chain. Before, deleting the newest WAL
+/// opened cleanly without the synced writes it held. Point-in-time recovery stops at the
+/// missing link, keeping a prefix, and `sluice verify` reports the break.
+#[test]
+fn a_missing_wal_is_refused_naming_the_wal_that_names_it() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let (keys, wals) = build_chained_wals(&pristine);
+    assert!(wals.len() >= 2, "one WAL only: {wals:?}");
+    let first = sluice::inspect::read_wal_file(&wals[0]).unwrap();
+    assert_eq!(
+        first.successor.map(|n| format!("{n:06}.log")),
+        Some(name(&wals[1])),
+        "the first WAL names the second"
+    );
+    let newest = sluice::inspect::read_wal_file(wals.last().unwrap()).unwrap();
+    assert!(
+        !newest.records.is_empty() && newest.successor.is_none(),
+        "the newest WAL holds synced writes and names no successor"
+    );
+    {
+        let intact = root.path().join("intact");
+        copy_dir(&pristine, &intact);
+        let db = Db::open(&intact, Options::default()).unwrap();
+        let all = dump(&db).unwrap();
+        assert!(
+            keys.iter().all(|k| all.contains_key(k)),
+            "intact: a write is lost"
+        );
+        drop(db);
+    }
+    let pit = Options {
+        wal_recovery: WalRecovery::PointInTime,
+        ..Options::default()
+    };
+    // (what, WALs removed, the file the error names: the WAL before the missing one, or
+    // the manifest when its log number names it)
+    let cases = [
+        (
+            "the newest WAL",
+            vec![wals.len() - 1],
+            Some(name(&wals[wals.len() - 2])),
+        ),
+        ("every WAL", (0..wals.len()).collect::<Vec<_>>(), None),
+    ];
+    for (what, removed, names) in cases {
+        let dir = root.path().join(what.replace(' ', "-"));
+        copy_dir(&pristine, &dir);
+        let names = names.unwrap_or_else(|| name(&manifest_of(&dir)));
+        for &i in &removed {
+            std::fs::remove_file(dir.join(name(&wals[i]))).unwrap();
+        }
+        let wanted = name(&wals[removed[0]]);
+        let e = open_err(&dir, Options::default(), what);
+        let s = e.to_string();
+        assert!(e.is_corruption(), "{what}: {e:?}");
+        assert!(
+            s.contains(&wanted) && s.contains("missing"),
+            "{what}: the error does not name the missing {wanted}: {s}"
+        );
+        assert!(
+            s.contains(&names),
+            "{what}: the error does not name who names it ({names}): {s}"
+        );
+        let rep = verify(&dir);
+        assert!(
+            rep.errors().any(|p| p.message.contains(&wanted)),
+            "{what}: verify: {:?}",
+            rep.problems
+        );
+        // Point in time: everything in the WALs before the missing one, nothing after.
+        let db = Db::open(&dir, pit.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let report = db.recovery_report();
+        assert!(
+            report
+                .wal_missing
+                .as_deref()
+                .is_some_and(|m| m.contains(&wanted)),
+            "{what}: {report:?}"
+        );
+        let all = dump(&db).unwrap();
+        let present = keys.iter().take_while(|k| all.contains_key(*k)).count();
+        assert_eq!(all.len(), present, "{what}: a hole in what recovery kept");
+        let kept: usize = wals[..removed[0]]
+            .iter()
+            .map(|w| {
+                sluice::inspect::read_wal_file(w)
+                    .unwrap()
+                    .records
+                    .iter()
+                    .map(|r| r.ops.len())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(
+            present, kept,
+            "{what}: point in time keeps the WALs before it"
+        );
+        db.close().unwrap();
     }
 }
 
@@ -1270,6 +1443,27 @@ fn newer_format_versions_are_refused_with_unsupported_format() {
     patch_log_version(&m, next_log);
     let e = open_err(&dir, quiet(Compression::None), "newer manifest");
     assert_unsupported(&e, &name(&m), "newer manifest");
+
+    // Logs of format version 1 (before WALs could end naming their successor) still read,
+    // WAL records included.
+    let dir = root.path().join("v1 logs");
+    let batches = build_wal_db(&dir);
+    let wal = biggest_wal(&dir);
+    assert!(
+        !sluice::inspect::read_wal_file(&wal)
+            .unwrap()
+            .records
+            .is_empty(),
+        "test setup: the WAL holds writes"
+    );
+    patch_log_version(&wal, 1);
+    patch_log_version(&manifest_of(&dir), 1);
+    let db = Db::open(&dir, Options::default()).unwrap();
+    assert_eq!(
+        batches_present(&db, &batches, "version 1 logs"),
+        batches.len()
+    );
+    db.close().unwrap();
 
     // The untouched copy still opens.
     let db = Db::open(&pristine, quiet(Compression::None)).unwrap();

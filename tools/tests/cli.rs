@@ -744,6 +744,39 @@ fn a_duplicated_wal_is_found_by_wal_and_verify() {
     assert_reported(d, &["verify", "{DIR}"], "000020.log");
 }
 
+/// The live WAL deleted: its acknowledged writes would be lost, so `verify` reports it and
+/// `recover` refuses naming it and the way out; `--point-in-time` recovers what the tables
+/// hold and says which WAL was missing.
+#[test]
+fn a_missing_wal_is_found_by_verify_and_recover() {
+    let dir = fixture();
+    let d = dir.path();
+    std::fs::remove_file(d.join("000019.log")).unwrap();
+    let (c, out, err) = run(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 3, "{out}{err}");
+    assert!(
+        out.contains("000019.log") && out.contains("MANIFEST"),
+        "{out}{err}"
+    );
+    let all = assert_reported(d, &["recover", "{DIR}"], "000019.log");
+    assert!(
+        all.contains("missing") && all.contains("--point-in-time"),
+        "{all}"
+    );
+    let (c, v) = json(d, &["recover", "{DIR}", "--point-in-time"]);
+    assert_eq!(c, 0, "{v}");
+    assert!(
+        v["wal_missing"]
+            .as_str()
+            .is_some_and(|m| m.contains("000019.log")),
+        "{v}"
+    );
+    let (c, _, _) = run(d, &["get", "{DIR}", "acct99999999"]);
+    assert_eq!(c, 1, "the missing WAL's put is gone");
+    let (c, out, err) = run(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 0, "after recovery: {out}{err}");
+}
+
 #[test]
 fn recover_refuses_wal_damage_then_recovers_as_of_the_record_before_it() {
     // An intact database: replays both WAL records and closes cleanly.
@@ -761,6 +794,7 @@ fn recover_refuses_wal_damage_then_recovers_as_of_the_record_before_it() {
             "wal_entries",
             "torn_tail",
             "wal_dropped_after_damage",
+            "wal_missing",
             "manifest_torn_tail",
             "orphans_removed",
             "last_seqno",

@@ -51,6 +51,8 @@ struct RecoverJson {
     wal_entries: u64,
     torn_tail: Option<TornJson>,
     wal_dropped_after_damage: u64,
+    /// Point in time: the WAL missing from the chain that recovery stopped before.
+    wal_missing: Option<String>,
     manifest_torn_tail: Option<TornJson>,
     orphans_removed: usize,
     last_seqno: u64,
@@ -72,13 +74,19 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         ..Options::default()
     };
     let db = Db::open(&args.dir, opts).map_err(|e| {
-        // Only the refusal point-in-time recovery resolves (damage with intact records
-        // after it); a missing WAL or a malformed batch fail the same way in either mode.
-        let damaged_wal = !args.point_in_time && matches!(&e, sluice::Error::WalDamaged { .. });
+        // Only the refusals point-in-time recovery resolves: damage with intact records
+        // after it, and a WAL missing from the chain of WALs (it recovers what comes
+        // before either). A malformed batch fails the same way in either mode.
+        let resolvable = !args.point_in_time
+            && match &e {
+                sluice::Error::WalDamaged { .. } => true,
+                sluice::Error::Corruption { reason, .. } => reason.starts_with("missing: WAL"),
+                _ => false,
+            };
         let mut err = CliError::from(e);
-        if damaged_wal {
+        if resolvable {
             err.message.push_str(&format!(
-                "; `sluice recover {} --point-in-time` recovers as of the record before it",
+                "; `sluice recover {} --point-in-time` recovers as of the last record before it",
                 args.dir.display()
             ));
         }
@@ -103,6 +111,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             bytes_dropped: *dropped,
         }),
         wal_dropped_after_damage: rep.wal_dropped_after_damage,
+        wal_missing: rep.wal_missing.clone(),
         manifest_torn_tail: rep.manifest_torn_tail.as_ref().map(|(p, offset)| TornJson {
             file: file(p),
             offset: *offset,
@@ -134,6 +143,13 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 t.file, t.offset, t.bytes_dropped
             )?;
         }
+    }
+    if let Some(m) = &doc.wal_missing {
+        writeln!(
+            out,
+            "a WAL is missing, recovered up to it and dropped what followed ({} bytes): {m}",
+            doc.wal_dropped_after_damage
+        )?;
     }
     if let Some(t) = &doc.manifest_torn_tail {
         writeln!(out, "torn end of {} at offset {} dropped", t.file, t.offset)?;

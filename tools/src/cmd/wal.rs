@@ -49,6 +49,8 @@ struct FileJson {
     /// At or above the manifest's log number: holds writes not yet in SSTables.
     live: bool,
     records: Vec<RecordJson>,
+    /// The WAL that continues the log, when this one was rotated away from.
+    successor: Option<String>,
     torn_tail: Option<crate::cmd::info::TornJson>,
 }
 
@@ -116,6 +118,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                             .collect(),
                     })
                     .collect(),
+                successor: c.successor.map(|n| format!("{n:06}.log")),
                 torn_tail: c.tail.as_ref().map(Into::into),
             }
             }),
@@ -163,6 +166,9 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                     None => writeln!(out, "    {} {} {}", o.seqno, o.kind, o.key)?,
                 }
             }
+        }
+        if let Some(n) = &f.successor {
+            writeln!(out, "  continues in {n}")?;
         }
         if let Some(t) = &f.torn_tail {
             writeln!(

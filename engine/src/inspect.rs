@@ -1369,23 +1369,43 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
             s.manifest_path.clone(),
         )
     });
+    // A break is a `missing-file` problem, which `verify_dir` checks again when the
+    // manifest changed meanwhile (a flush deleting the WAL its old log number named). A
+    // WAL that is in the directory now, although not in the listing, was created by a
+    // rotation of a live process after the listing: not a break.
     let check_link =
         |link: &mut Option<(u64, String, PathBuf)>, found: Option<u64>, rep: &mut VerifyReport| {
-            if let Some((expected, why, file)) = link.take() {
-                if let Some(reason) = crate::recovery::chain_break(expected, found, &why) {
-                    rep.problems
-                        .push(Problem::error("wal", Some(&file), None, reason));
-                }
+            let Some((expected, why, file)) = link.take() else {
+                return;
+            };
+            let Some(reason) = crate::recovery::chain_break(expected, found, &why) else {
+                return;
+            };
+            if found.is_none() && crate::db::wal_file(dir, expected).exists() {
+                return;
             }
+            rep.problems
+                .push(Problem::error("missing-file", Some(&file), None, reason));
         };
     for (i, (w, r)) in wals.iter().zip(read).enumerate() {
         if w.live {
             check_link(&mut link, Some(w.number), rep);
         }
+        // A listed WAL that is gone: a live process's flush deleted it (its manifest edit
+        // makes `verify_dir` start again), or it is missing.
+        let gone = |e: &Error, otherwise: &'static str| {
+            if matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+            {
+                "missing-file"
+            } else {
+                otherwise
+            }
+        };
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                rep.problems.push(Problem::from_error("symlink", &e));
+                rep.problems
+                    .push(Problem::from_error(gone(&e, "symlink"), &e));
                 continue;
             }
         };
@@ -1401,8 +1421,10 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         let c = match r {
             Ok(c) => c,
             Err(e) => {
-                rep.problems
-                    .push(Problem::from_error(problem_check_of(&e, "wal"), &e));
+                rep.problems.push(Problem::from_error(
+                    gone(&e, problem_check_of(&e, "wal")),
+                    &e,
+                ));
                 last = None;
                 continue;
             }

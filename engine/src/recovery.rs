@@ -291,6 +291,16 @@ pub(crate) struct WalStart<'a> {
     pub flushed: u64,
 }
 
+/// What WAL replay found.
+pub(crate) struct Replayed {
+    /// The last seqno replayed.
+    pub last: Option<u64>,
+    /// Point in time: writes past the last one replayed were dropped (after damage, or
+    /// after a missing WAL other than the first), and with them any table flushed from
+    /// them that no manifest edit names yet.
+    pub dropped_suffix: bool,
+}
+
 /// The WAL that must come next in the chain and why, when the directory's next WAL (or
 /// none) is not it: `None` when the chain holds.
 pub(crate) fn chain_break(expected: u64, found: Option<u64>, why: &str) -> Option<String> {
@@ -324,9 +334,10 @@ pub(crate) fn replay_wals(
     mode: WalRecovery,
     report: &mut RecoveryReport,
     start: WalStart<'_>,
-) -> Result<Option<u64>> {
+) -> Result<Replayed> {
     let flushed = start.flushed;
     let mut last: Option<u64> = None;
+    let mut dropped_suffix = false;
     let point_in_time = mode == WalRecovery::PointInTime;
     let logs = wals
         .iter()
@@ -356,10 +367,14 @@ pub(crate) fn replay_wals(
                     return Err(Error::corruption(&file, offset, reason));
                 }
                 // Point in time: what follows the missing link is dropped like what
-                // follows damage.
+                // follows damage. Not when the manifest's own log number names a WAL that
+                // is gone: that is also what a manifest cut short before a flush edit
+                // shows (the flush deleted the WAL), and the tables that flush wrote must
+                // then be refused, not swept as orphans.
                 report.wal_missing = Some(reason);
                 report.wal_dropped_after_damage +=
                     logs[i..].iter().map(|(_, size)| size).sum::<u64>();
+                dropped_suffix = i > 0;
                 break;
             }
         }
@@ -389,6 +404,7 @@ pub(crate) fn replay_wals(
                 }
                 // Point in time: replay up to the damage, nothing after it.
                 stop = true;
+                dropped_suffix = true;
                 report.wal_dropped_after_damage =
                     t.dropped_bytes + logs[i + 1..].iter().map(|(_, size)| size).sum::<u64>();
             }
@@ -461,7 +477,10 @@ pub(crate) fn replay_wals(
             break;
         }
     }
-    Ok(last)
+    Ok(Replayed {
+        last,
+        dropped_suffix,
+    })
 }
 
 /// Tables in `dir` that the manifest does not name.
@@ -525,18 +544,29 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
     // file (a compaction finishing): retry a few times before calling the directory busy.
     // Damage found while the manifest moved on under us (a flush installed between
     // reading the manifest and reading its WALs) is the race, not damage: retried too.
+    // A WAL rotation changes no manifest: a WAL named as a successor but not yet in the
+    // listing is that race only while retries can still see it appear. A file still
+    // missing after every retry, with the manifest unchanged across the last attempt, is
+    // missing, and is reported as the damage it is rather than as a busy directory.
     let mut last = None;
     for attempt in 0..5 {
         let before = manifest_mark(opts.fs.as_ref(), dir);
         match open_read_only(dir, opts.clone()) {
             Ok(i) => return Ok(i),
-            Err(e) if is_vanished(&e) || manifest_mark(opts.fs.as_ref(), dir) != before => {
-                last = Some(e);
+            Err(e) => {
+                let stable = manifest_mark(opts.fs.as_ref(), dir) == before;
+                if !is_vanished(&e) && stable {
+                    return Err(e);
+                }
+                last = Some((e, stable));
                 std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
             }
-            Err(e) => return Err(e),
         }
     }
+    if let Some((e @ Error::Corruption { .. }, true)) = last {
+        return Err(e);
+    }
+    let last = last.map(|(e, _)| e);
     Err(Error::Busy {
         path: dir.to_path_buf(),
         reason: format!(
@@ -603,10 +633,10 @@ fn load(
             flushed: state.last_seqno,
         },
     )?;
-    let last_seqno = state.last_seqno.max(wal_last.unwrap_or(0));
+    let last_seqno = state.last_seqno.max(wal_last.last.unwrap_or(0));
     // A point-in-time recovery that stopped at WAL damage drops what follows it, a table
     // flushed from those writes included; otherwise no write may be past `last_seqno`.
-    if report.wal_dropped_after_damage == 0 && report.wal_missing.is_none() {
+    if !wal_last.dropped_suffix {
         check_unnamed_tables(fs.as_ref(), &unnamed, last_seqno)?;
     }
     Ok(Loaded {

@@ -439,14 +439,21 @@ impl Inner {
         }
     }
 
-    /// Freezes the memtable and starts a new WAL. The old WAL is fsynced before any write
-    /// goes to the new one, so no later WAL can hold a write that an earlier one lost (no
-    /// holes after a crash). Its last record names the new WAL, written only once the new
+    /// Freezes the memtable and starts a new WAL. The old WAL is written out before the new
+    /// one is created and fsynced before any write goes to the new one, so no later WAL can
+    /// hold a write that an earlier one lost (no holes after a crash). Its last record names the new WAL, written only once the new
     /// WAL's directory entry is durable: recovery then knows the log goes on, and refuses
     /// to open when the newest WAL has gone missing rather than losing what it held.
     pub(crate) fn rotate(&self, wal: &mut WalState) -> Result<()> {
         if self.released.load(Ordering::Acquire) {
             return Err(Error::Closed);
+        }
+        // The old WAL's buffered records go to the OS before the new WAL exists: whoever
+        // sees the new WAL in a listing (a read-only open of a live directory) reads the
+        // old one whole, and a failure to create the new one loses none of them.
+        if let Err(e) = wal.log.flush() {
+            self.wal_failed(format!("WAL write at rotation failed: {e}"));
+            return Err(e);
         }
         // The file I/O below runs outside the core lock: the wal lock held here already
         // keeps commits and checkpoints out, and the number is ours alone.

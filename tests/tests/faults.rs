@@ -789,6 +789,162 @@ fn a_torn_wal_tail_survives_an_open_that_failed_after_creating_its_wal() {
     }
 }
 
+/// A WAL that cannot be created at rotation (EIO, EMFILE, a quota) fails the rotation and
+/// turns the database read-only, and loses none of the writes acknowledged before it: the
+/// old WAL's buffered records are handed to the OS before the new WAL is created. (When the
+/// new WAL was created first, they were still in the buffer when the creation failed, and
+/// the failed WAL was never written again.)
+#[test]
+fn a_wal_that_cannot_be_created_at_rotation_loses_no_acknowledged_write() {
+    let what = "WAL creation fails at rotation";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = Options {
+        // Only the rotation may write the buffer out: no ticker, no size trigger.
+        wal_flush_interval: Duration::from_secs(3600),
+        wal_buffer_bytes: 1 << 20,
+        ..with_fs(Options::default(), &fs)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..50 {
+        db.put(format!("k{i:02}"), format!("v{i}")).unwrap();
+    }
+    fs.inject(fault(FsOp::Create, FaultKind::Io, ".log", false));
+    let e = db.flush().expect_err("the new WAL could not be created");
+    assert_eq!(errno(&e), Some(5), "{what}: {e:?}");
+    assert!(fs.injected() > 0, "{what}: the fault did not fire");
+    assert_read_only(&db, what);
+    drop(db);
+    fs.clear();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let all = dump(&db).unwrap();
+    for i in 0..50 {
+        assert_eq!(
+            all.get(format!("k{i:02}").as_bytes()).map(|v| v.as_slice()),
+            Some(format!("v{i}").as_bytes()),
+            "{what}: write {i} lost"
+        );
+    }
+    db.close().unwrap();
+}
+
+/// Runs `action` once, when verify starts checking tables: after it has read the manifest
+/// and listed the WALs, before it reads them.
+struct OnTableChecks<F: Fn() -> bool + Sync> {
+    action: F,
+    ran: std::sync::atomic::AtomicBool,
+    /// What `action` returned: whether it did what the test needs.
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl<F: Fn() -> bool + Sync> sluice::inspect::VerifyProgress for OnTableChecks<F> {
+    fn phase(&self, name: &str, _: Option<u64>, _: &str) {
+        use std::sync::atomic::Ordering::{AcqRel, Release};
+        if name == "sstables" && !self.ran.swap(true, AcqRel) {
+            self.done.store((self.action)(), Release);
+        }
+    }
+}
+
+/// `sluice verify` of `dir` with `action` run between its listing of the WALs and its
+/// reading them. Returns the report and what `action` returned.
+fn verify_racing(
+    dir: &Path,
+    action: impl Fn() -> bool + Sync,
+) -> (sluice::inspect::VerifyReport, bool) {
+    let progress = OnTableChecks {
+        action,
+        ran: Default::default(),
+        done: Default::default(),
+    };
+    let rep =
+        sluice::inspect::verify_dir(dir, &sluice::inspect::VerifyOptions::default(), &progress)
+            .unwrap();
+    (rep, progress.done.into_inner())
+}
+
+fn log_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count()
+}
+
+/// `sluice verify` of a live directory whose writer rotates its WAL after verify listed the
+/// WALs: the last listed WAL now names a successor the listing lacks. That WAL is in the
+/// directory, so it is no break in the chain (it was reported as a missing WAL). The flush
+/// is held so that the rotation changes no manifest (which would make verify start again).
+#[test]
+fn verify_of_a_live_directory_takes_a_wal_created_after_its_listing_for_no_break() {
+    let what = "verify racing a rotation";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = Options {
+        // Room for the rotation below while the first flush is held.
+        max_immutable_memtables: 4,
+        ..with_fs(Options::tiny(), &fs)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fs.hold_syncs(".sst", "sluice-flush");
+    let mut i = 0;
+    while fs.held() == 0 {
+        db.put(format!("k{i:05}"), [b'v'; 100]).unwrap();
+        i += 1;
+        assert!(i < 100_000, "{what}: the first flush was never held");
+    }
+    let (rep, rotated) = verify_racing(dir.path(), || {
+        // No panic here: unwinding would drop the database while its flush is held.
+        let wals = log_files(dir.path());
+        for i in 0..10_000 {
+            if db.put(format!("more{i:05}"), [b'v'; 100]).is_err() {
+                return false;
+            }
+            if log_files(dir.path()) > wals {
+                return true;
+            }
+        }
+        false
+    });
+    // Let go before asserting: a failed assertion drops the database, which waits for the
+    // held flush.
+    fs.release_held();
+    assert!(rotated, "{what}: no rotation during the table checks");
+    assert!(rep.is_ok(), "{what}: {:?}", rep.problems);
+    db.close().unwrap();
+}
+
+/// `sluice verify` of a live directory whose writer flushes after verify listed the WALs:
+/// the flush deletes a listed WAL, which verify then cannot read. The manifest changed
+/// meanwhile, so verify starts again instead of reporting it (it was reported as an error).
+#[test]
+fn verify_of_a_live_directory_starts_again_when_a_flush_deletes_a_listed_wal() {
+    let what = "verify racing a flush";
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    for i in 0..100 {
+        db.put(format!("k{i:03}"), "v").unwrap();
+    }
+    let first = sluice::inspect::read_dir_state(dir.path()).unwrap().wals;
+    let (rep, deleted) = verify_racing(dir.path(), || {
+        // The flush removes the WALs it made obsolete just after its caller is let go.
+        let end = Instant::now() + Duration::from_secs(5);
+        db.flush().is_ok()
+            && std::iter::from_fn(|| {
+                (Instant::now() < end).then(|| std::thread::sleep(Duration::from_millis(1)))
+            })
+            .any(|()| first.iter().any(|w| !w.path.exists()))
+    });
+    assert!(deleted, "{what}: the flush deleted no listed WAL");
+    assert!(rep.is_ok(), "{what}: {:?}", rep.problems);
+    db.close().unwrap();
+}
+
 /// A transaction whose commit-time read check fails (EIO on a table block) in the same
 /// commit group as a plain write fails alone: the plain write is acknowledged and survives,
 /// nothing of the transaction is written, and reopening and writing on work. Before, the

@@ -1371,8 +1371,10 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
     });
     // A break is a `missing-file` problem, which `verify_dir` checks again when the
     // manifest changed meanwhile (a flush deleting the WAL its old log number named). A
-    // WAL that is in the directory now, although not in the listing, was created by a
-    // rotation of a live process after the listing: not a break.
+    // WAL numbered above every listed one that is in the directory now was created by a
+    // rotation of a live process after the listing: not a break. (A lower number cannot
+    // appear later: WAL numbers only grow.)
+    let newest_listed = wals.iter().map(|w| w.number).max();
     let check_link =
         |link: &mut Option<(u64, String, PathBuf)>, found: Option<u64>, rep: &mut VerifyReport| {
             let Some((expected, why, file)) = link.take() else {
@@ -1381,7 +1383,10 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
             let Some(reason) = crate::recovery::chain_break(expected, found, &why) else {
                 return;
             };
-            if found.is_none() && crate::db::wal_file(dir, expected).exists() {
+            if found.is_none()
+                && newest_listed.is_none_or(|n| expected > n)
+                && crate::db::wal_file(dir, expected).exists()
+            {
                 return;
             }
             rep.problems
@@ -1391,11 +1396,14 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         if w.live {
             check_link(&mut link, Some(w.number), rep);
         }
-        // A listed WAL that is gone: a live process's flush deleted it (its manifest edit
-        // makes `verify_dir` start again), or it is missing.
+        // A listed WAL that is gone. An obsolete one (below the log number) is deleted by
+        // a live process right after the manifest edit that made it obsolete, which may
+        // have been durable before our listing: nothing to report. A live one is deleted
+        // only by a flush whose edit changes the manifest (`verify_dir` starts again), or
+        // it is missing.
+        let not_found = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
         let gone = |e: &Error, otherwise: &'static str| {
-            if matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-            {
+            if not_found(e) {
                 "missing-file"
             } else {
                 otherwise
@@ -1403,12 +1411,16 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         };
         let r = match r {
             Ok(r) => r,
+            Err(e) if !w.live && not_found(&e) => continue,
             Err(e) => {
                 rep.problems
                     .push(Problem::from_error(gone(&e, "symlink"), &e));
                 continue;
             }
         };
+        if !w.live && r.as_ref().is_err_and(not_found) {
+            continue;
+        }
         rep.wal_files += 1;
         if !w.live {
             rep.problems.push(Problem::warning(

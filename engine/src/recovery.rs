@@ -316,6 +316,12 @@ pub(crate) fn chain_break(expected: u64, found: Option<u64>, why: &str) -> Optio
     })
 }
 
+/// The WAL number a [`chain_break`] reason names as missing.
+fn chain_break_wal(reason: &str) -> Option<u64> {
+    let rest = reason.strip_prefix("missing: WAL ")?;
+    rest.split_once(".log")?.0.parse().ok()
+}
+
 /// Replays WAL files into a memtable. Returns the memtable and the last seqno replayed.
 ///
 /// The WALs form a chain: the manifest names the first, and each WAL rotated away from
@@ -563,10 +569,17 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
             }
         }
     }
-    if let Some((e @ Error::Corruption { .. }, true)) = last {
-        return Err(e);
-    }
-    let last = last.map(|(e, _)| e);
+    // A chain break naming a WAL that exists by now was a rotation racing every attempt.
+    let raced_rotation = |reason: &str| {
+        chain_break_wal(reason).is_some_and(|n| opts.fs.file_size(&wal_file(dir, n)).is_ok())
+    };
+    let last = match last {
+        Some((e, true)) if matches!(&e, Error::Corruption { reason, .. } if !raced_rotation(reason)) =>
+        {
+            return Err(e);
+        }
+        last => last.map(|(e, _)| e),
+    };
     Err(Error::Busy {
         path: dir.to_path_buf(),
         reason: format!(

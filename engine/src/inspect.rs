@@ -382,7 +382,7 @@ pub fn check_dir_safety(dir: &Path) -> Result<DirState> {
             let p = st.table_path(f.number);
             match check_inside(dir, &p) {
                 Ok(_) => {}
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(e) if e.is_not_found() => {
                     missing.get_or_insert((p, f.number));
                 }
                 Err(e) => return Err(e),
@@ -391,7 +391,7 @@ pub fn check_dir_safety(dir: &Path) -> Result<DirState> {
         for w in &st.wals {
             match check_inside(dir, &w.path) {
                 Ok(_) => {}
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -568,8 +568,7 @@ pub fn check_table_file(
         Ok(d) => d,
         Err(e) => {
             let e = Error::io(path, e);
-            let check = if matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-            {
+            let check = if e.is_not_found() {
                 "missing-file"
             } else {
                 "io"
@@ -1178,52 +1177,51 @@ fn verify_once(
         .sum();
     progress.phase("sstables", Some(total), "bytes");
     // Tables are independent: check them on every core, then report in file order.
-    let check_one = |path: &PathBuf,
-                     rec: Option<&FileRecord>|
-     -> (Vec<Problem>, Option<TableCheck>) {
-        if let Err(e) = check_inside(dir, path) {
-            let missing = matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
-            let p = if missing {
-                let at = rec.and_then(|r| state.as_ref()?.added_at.get(&r.number).copied());
-                let manifest = state
-                    .as_ref()
-                    .map(|s| s.manifest_path.display().to_string())
-                    .unwrap_or_default();
-                Problem::error(
-                    "missing-file",
-                    Some(path),
-                    Some(0),
-                    format!(
-                        "missing: named by {manifest}{}",
-                        at.map(|a| format!(" (edit at offset {a})"))
-                            .unwrap_or_default()
-                    ),
-                )
-            } else {
-                Problem::from_error("symlink", &e)
+    let check_one =
+        |path: &PathBuf, rec: Option<&FileRecord>| -> (Vec<Problem>, Option<TableCheck>) {
+            if let Err(e) = check_inside(dir, path) {
+                let missing = e.is_not_found();
+                let p = if missing {
+                    let at = rec.and_then(|r| state.as_ref()?.added_at.get(&r.number).copied());
+                    let manifest = state
+                        .as_ref()
+                        .map(|s| s.manifest_path.display().to_string())
+                        .unwrap_or_default();
+                    Problem::error(
+                        "missing-file",
+                        Some(path),
+                        Some(0),
+                        format!(
+                            "missing: named by {manifest}{}",
+                            at.map(|a| format!(" (edit at offset {a})"))
+                                .unwrap_or_default()
+                        ),
+                    )
+                } else {
+                    Problem::from_error("symlink", &e)
+                };
+                progress.advance(rec.map_or(0, |r| r.size));
+                return (vec![p], None);
+            }
+            let func = rec
+                .and_then(|r| state.as_ref()?.version(r.layout_version))
+                .map(|v| v.func.clone());
+            let expect = TableExpect {
+                func: func.as_deref(),
+                record: rec,
+                versions: state.as_ref().map(|_| &known),
             };
-            progress.advance(rec.map_or(0, |r| r.size));
-            return (vec![p], None);
-        }
-        let func = rec
-            .and_then(|r| state.as_ref()?.version(r.layout_version))
-            .map(|v| v.func.clone());
-        let expect = TableExpect {
-            func: func.as_deref(),
-            record: rec,
-            versions: state.as_ref().map(|_| &known),
+            let mut done = 0u64;
+            let check = check_table_file(path, &expect, &mut |n| {
+                done += n;
+                progress.advance(n);
+            });
+            // Keep the bar honest when the file is not the size the manifest said.
+            if let Some(r) = rec {
+                progress.advance(r.size.saturating_sub(done));
+            }
+            (Vec::new(), Some(check))
         };
-        let mut done = 0u64;
-        let check = check_table_file(path, &expect, &mut |n| {
-            done += n;
-            progress.advance(n);
-        });
-        // Keep the bar honest when the file is not the size the manifest said.
-        if let Some(r) = rec {
-            progress.advance(r.size.saturating_sub(done));
-        }
-        (Vec::new(), Some(check))
-    };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
@@ -1401,9 +1399,8 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         // have been durable before our listing: nothing to report. A live one is deleted
         // only by a flush whose edit changes the manifest (`verify_dir` starts again), or
         // it is missing.
-        let not_found = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
         let gone = |e: &Error, otherwise: &'static str| {
-            if not_found(e) {
+            if e.is_not_found() {
                 "missing-file"
             } else {
                 otherwise
@@ -1411,14 +1408,14 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         };
         let r = match r {
             Ok(r) => r,
-            Err(e) if !w.live && not_found(&e) => continue,
+            Err(e) if !w.live && e.is_not_found() => continue,
             Err(e) => {
                 rep.problems
                     .push(Problem::from_error(gone(&e, "symlink"), &e));
                 continue;
             }
         };
-        if !w.live && r.as_ref().is_err_and(not_found) {
+        if !w.live && r.as_ref().is_err_and(Error::is_not_found) {
             continue;
         }
         rep.wal_files += 1;

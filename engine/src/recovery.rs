@@ -189,7 +189,7 @@ pub(crate) fn open_tables(
         let path = table_file(dir, rec.number);
         let table = match Table::open(fs.as_ref(), &path, rec.number, Some(cache.clone())) {
             Ok(t) => t,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 return Err(Error::corruption(
                     &path,
                     0,
@@ -305,21 +305,12 @@ pub(crate) struct Replayed {
 /// none) is not it: `None` when the chain holds.
 pub(crate) fn chain_break(expected: u64, found: Option<u64>, why: &str) -> Option<String> {
     (found != Some(expected)).then(|| {
-        format!(
-            "missing: WAL {expected:06}.log ({why}) is not in the directory{}; the writes \
-             it held would be lost",
-            match found {
-                Some(n) => format!(" ({n:06}.log comes next)"),
-                None => String::new(),
-            }
-        )
+        let place = match found {
+            Some(n) => format!("does not come next in the directory ({n:06}.log does)"),
+            None => "is not in the directory".to_string(),
+        };
+        format!("missing: WAL {expected:06}.log ({why}) {place}; the writes it held would be lost")
     })
-}
-
-/// The WAL number a [`chain_break`] reason names as missing.
-fn chain_break_wal(reason: &str) -> Option<u64> {
-    let rest = reason.strip_prefix("missing: WAL ")?;
-    rest.split_once(".log")?.0.parse().ok()
 }
 
 /// Replays WAL files into a memtable. Returns the memtable and the last seqno replayed.
@@ -340,6 +331,7 @@ pub(crate) fn replay_wals(
     mode: WalRecovery,
     report: &mut RecoveryReport,
     start: WalStart<'_>,
+    unlisted: &mut Option<u64>,
 ) -> Result<Replayed> {
     let flushed = start.flushed;
     let mut last: Option<u64> = None;
@@ -369,6 +361,11 @@ pub(crate) fn replay_wals(
     for i in 0..=wals.len() {
         if let Some((expected, why, file, offset)) = link.take() {
             if let Some(reason) = chain_break(expected, wals.get(i).map(|w| w.0), &why) {
+                // Past the end of the listing and above every WAL in it: a live process
+                // may have created it after the listing (see `open`).
+                if i == wals.len() && wals.last().is_none_or(|w| expected > w.0) {
+                    *unlisted = Some(expected);
+                }
                 if !point_in_time {
                     return Err(Error::corruption(&file, offset, reason));
                 }
@@ -549,37 +546,37 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
     // A live process may delete a file between our reading its manifest and opening the
     // file (a compaction finishing): retry a few times before calling the directory busy.
     // Damage found while the manifest moved on under us (a flush installed between
-    // reading the manifest and reading its WALs) is the race, not damage: retried too.
-    // A WAL rotation changes no manifest: a WAL named as a successor but not yet in the
-    // listing is that race only while retries can still see it appear. A file still
-    // missing after every retry, with the manifest unchanged across the last attempt, is
-    // missing, and is reported as the damage it is rather than as a busy directory.
+    // reading the manifest and reading its WALs) is the race, not damage: retried too. So
+    // is a WAL chain naming a WAL past every one listed that exists by the time we look:
+    // a rotation, which changes no manifest, created it after the listing. (A WAL cannot
+    // vanish unseen between the read and that look: a flush deletes one only after its
+    // manifest edit is durable, so the manifest mark, read after the look, moves.) A file
+    // missing in an attempt with neither excuse is missing, and is reported as the damage
+    // it is rather than as a busy directory.
     let mut last = None;
     for attempt in 0..5 {
         let before = manifest_mark(opts.fs.as_ref(), dir);
-        match open_read_only(dir, opts.clone()) {
+        let mut unlisted = None;
+        match open_read_only(dir, opts.clone(), &mut unlisted) {
             Ok(i) => return Ok(i),
             Err(e) => {
+                let rotated =
+                    unlisted.is_some_and(|n| opts.fs.file_size(&wal_file(dir, n)).is_ok());
                 let stable = manifest_mark(opts.fs.as_ref(), dir) == before;
                 if !is_vanished(&e) && stable {
                     return Err(e);
                 }
-                last = Some((e, stable));
-                std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+                last = Some((e, stable && !rotated));
+                if attempt < 4 {
+                    std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+                }
             }
         }
     }
-    // A chain break naming a WAL that exists by now was a rotation racing every attempt.
-    let raced_rotation = |reason: &str| {
-        chain_break_wal(reason).is_some_and(|n| opts.fs.file_size(&wal_file(dir, n)).is_ok())
-    };
-    let last = match last {
-        Some((e, true)) if matches!(&e, Error::Corruption { reason, .. } if !raced_rotation(reason)) =>
-        {
-            return Err(e);
-        }
-        last => last.map(|(e, _)| e),
-    };
+    if let Some((e @ Error::Corruption { .. }, true)) = last {
+        return Err(e);
+    }
+    let last = last.map(|(e, _)| e);
     Err(Error::Busy {
         path: dir.to_path_buf(),
         reason: format!(
@@ -603,9 +600,8 @@ fn manifest_mark(fs: &dyn Fs, dir: &Path) -> Option<(Bytes, u64)> {
 
 fn is_vanished(e: &Error) -> bool {
     match e {
-        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         Error::Corruption { reason, .. } => reason.starts_with("missing:"),
-        _ => false,
+        e => e.is_not_found(),
     }
 }
 
@@ -624,6 +620,7 @@ fn load(
     cache: &Arc<BlockCache>,
     memtable_bytes: usize,
     wal_recovery: WalRecovery,
+    unlisted: &mut Option<u64>,
 ) -> Result<Loaded> {
     let mut report = RecoveryReport::default();
     let m = read_current(fs.as_ref(), dir)?;
@@ -645,6 +642,7 @@ fn load(
             log_number: state.log_number,
             flushed: state.last_seqno,
         },
+        unlisted,
     )?;
     let last_seqno = state.last_seqno.max(wal_last.last.unwrap_or(0));
     // A point-in-time recovery that stopped at WAL damage drops what follows it, a table
@@ -820,7 +818,8 @@ fn new_core(
     }
 }
 
-fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
+/// `unlisted`: set when the WAL chain names a WAL past every one listed (see `open`).
+fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Result<Arc<Inner>> {
     let fs = opts.fs.clone();
     let current = dir.join(CURRENT);
     if !fs.exists(&current).map_err(|e| Error::io(&current, e))? {
@@ -830,7 +829,14 @@ fn open_read_only(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         });
     }
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
-    let loaded = load(&fs, dir, &cache, opts.memtable_bytes, opts.wal_recovery)?;
+    let loaded = load(
+        &fs,
+        dir,
+        &cache,
+        opts.memtable_bytes,
+        opts.wal_recovery,
+        unlisted,
+    )?;
     let view = View {
         mem: Arc::new(MemTable::new(0, opts.memtable_bytes)),
         imm: if loaded.recovered.is_empty() {
@@ -882,7 +888,14 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
     let current = dir.join(CURRENT);
     let loaded = if fs.exists(&current).map_err(|e| Error::io(&current, e))? {
-        load(&fs, &dir, &cache, opts.memtable_bytes, opts.wal_recovery)?
+        load(
+            &fs,
+            &dir,
+            &cache,
+            opts.memtable_bytes,
+            opts.wal_recovery,
+            &mut None,
+        )?
     } else if opts.create_if_missing {
         fresh(&fs, &dir, &opts)?
     } else {

@@ -1237,6 +1237,71 @@ fn a_missing_wal_is_refused_naming_the_wal_that_names_it() {
     }
 }
 
+/// A stray WAL numbered between a WAL and the successor it names is damage, whether or
+/// not that successor is in the directory: a read-only open refuses it as corruption. A
+/// live rotation can only add a WAL past every listed one, so only that is taken for a
+/// race (a read-only open called this directory busy, found by review).
+#[test]
+fn a_stray_wal_inside_the_chain_is_corruption_for_every_open() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    let (keys, wals) = build_chained_wals(&dir);
+    assert_eq!(wals.len(), 2, "{wals:?}");
+    let n = sluice::inspect::read_wal_file(&wals[0])
+        .unwrap()
+        .successor
+        .unwrap();
+    // Room for a stray: the second WAL renumbered three higher, the first naming it there.
+    let moved = n + 3;
+    rewrite_log(&wals[0], LogKind::Wal, |recs| {
+        let last = recs.last_mut().unwrap();
+        let at = last.len() - 8;
+        last[at..].copy_from_slice(&moved.to_le_bytes());
+    });
+    std::fs::rename(&wals[1], dir.join(format!("{moved:06}.log"))).unwrap();
+    {
+        let db = Db::open_read_only(&dir, Options::default()).unwrap();
+        let all = dump(&db).unwrap();
+        assert!(
+            keys.iter().all(|k| all.contains_key(k)),
+            "renumbered: a write is lost"
+        );
+    }
+    let stray = format!("{:06}.log", n + 1);
+    // An empty WAL: the header alone, as an open that failed after creating it leaves.
+    let header_only = {
+        let mut out = Vec::new();
+        let data = std::fs::read(&wals[0]).unwrap();
+        let hlen = u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize;
+        encode_record(&data[8..8 + hlen], &mut out);
+        out
+    };
+    std::fs::write(dir.join(&stray), header_only).unwrap();
+    let named = format!("{moved:06}.log");
+    for (what, r) in [
+        (
+            "read-only",
+            Db::open_read_only(&dir, Options::default()).err(),
+        ),
+        ("writable", Db::open(&dir, Options::default()).err()),
+    ] {
+        let e = r.unwrap_or_else(|| panic!("{what}: opened with a stray WAL in the chain"));
+        assert!(e.is_corruption(), "{what}: {e:?}");
+        let s = e.to_string();
+        assert!(
+            s.contains(&named) && s.contains(&stray),
+            "{what}: names neither the successor nor the stray: {s}"
+        );
+    }
+    let rep = verify(&dir);
+    assert!(
+        rep.errors().any(|p| p.message.contains(&named)),
+        "verify: {:?}",
+        rep.problems
+    );
+}
+
 /// Rewrites a log's records (header kept) through `f`, each with a valid CRC: damage that
 /// the checksums cannot see, so only the decoders' range checks stand between it and a
 /// wrong answer.

@@ -876,11 +876,13 @@ fn log_files(dir: &Path) -> usize {
         .count()
 }
 
-/// A database on `fs` (tiny memtables, room for `immutables` of them) whose first flush
-/// is held, so that WAL rotations change no manifest until `fs.release_held()`.
-fn open_with_flush_held(dir: &Path, fs: &FaultFs, immutables: usize, what: &str) -> Db {
+/// A database on `fs` (tiny memtables) whose first flush is held, so that WAL rotations
+/// change no manifest until `fs.release_held()`. Room for many frozen memtables: the
+/// writer may have rotated a few times before the hold shows, and a rotation with no room
+/// left would wait for the held flush for ever.
+fn open_with_flush_held(dir: &Path, fs: &FaultFs, what: &str) -> Db {
     let opts = Options {
-        max_immutable_memtables: immutables,
+        max_immutable_memtables: 64,
         ..with_fs(Options::tiny(), fs)
     };
     let db = Db::open(dir, opts).unwrap();
@@ -918,8 +920,7 @@ fn verify_of_a_live_directory_takes_a_wal_created_after_its_listing_for_no_break
     let what = "verify racing a rotation";
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    // Room for the rotation below while the first flush is held.
-    let db = open_with_flush_held(dir.path(), &fs, 4, what);
+    let db = open_with_flush_held(dir.path(), &fs, what);
     let (rep, rotated) = verify_racing(dir.path(), || rotate_wal(&db, dir.path()));
     // Let go before asserting: a failed assertion drops the database, which waits for the
     // held flush.
@@ -1063,14 +1064,13 @@ impl<F: Fn() + Send + Sync> Fs for OnFirstWalRead<F> {
 /// attempt's listing of the WALs and its reading them: each attempt finds the last listed
 /// WAL naming a successor the listing lacks, with the manifest unchanged (the flush is
 /// held). That successor is in the directory by then: the open is busy, not damaged (it
-/// was reported as a missing WAL, found by review). Once the writer is quiet, it opens.
+/// was reported as a missing WAL, found by review). Once the writer has closed, it opens.
 #[test]
 fn a_read_only_open_racing_wal_rotations_is_busy_not_corrupt() {
     let what = "read-only open racing rotations";
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    // Room for one rotation per open attempt while the first flush is held.
-    let db = Arc::new(open_with_flush_held(dir.path(), &fs, 8, what));
+    let db = Arc::new(open_with_flush_held(dir.path(), &fs, what));
     let tried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let rotated = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader_fs = OnFirstWalRead {
@@ -1106,9 +1106,11 @@ fn a_read_only_open_racing_wal_rotations_is_busy_not_corrupt() {
         "{what}: {:?}",
         r.as_ref().err()
     );
-    let mut last = WriteBatch::new();
-    last.put("last", "1");
-    db.write_opt(last, &WriteOptions { sync: true }).unwrap();
+    db.put("last", "1").unwrap();
+    let Ok(db) = Arc::try_unwrap(db) else {
+        panic!("{what}: the reader's file system still holds the database");
+    };
+    db.close().unwrap();
     let reader = Db::open_read_only(dir.path(), Options::tiny()).unwrap();
     assert_eq!(
         reader.get("last").unwrap().as_deref(),
@@ -1116,11 +1118,6 @@ fn a_read_only_open_racing_wal_rotations_is_busy_not_corrupt() {
         "{what}"
     );
     assert!(reader.get("k00000").unwrap().is_some(), "{what}");
-    drop(reader);
-    let Ok(db) = Arc::try_unwrap(db) else {
-        panic!("{what}: the reader's file system still holds the database");
-    };
-    db.close().unwrap();
 }
 
 /// A transaction whose commit-time read check fails (EIO on a table block) in the same

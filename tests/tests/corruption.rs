@@ -1237,6 +1237,57 @@ fn a_missing_wal_is_refused_naming_the_wal_that_names_it() {
     }
 }
 
+/// An older WAL cut short at a record boundary, with valid checksums throughout (its last
+/// batches and the record naming its successor gone): nothing is torn, but the next WAL's
+/// first seqno no longer follows the last one replayed, and every open refuses the gap.
+/// Cut the same way with nothing but empty WALs after it, the loss cannot be told from a
+/// crash inside a rotation (README, "Limits"), which this test pins down too.
+#[test]
+fn an_older_wal_cut_at_a_record_boundary_is_refused_when_a_later_wal_holds_records() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let (keys, wals) = build_chained_wals(&pristine);
+    assert_eq!(wals.len(), 2, "{wals:?}");
+    assert!(
+        !sluice::inspect::read_wal_file(&wals[1])
+            .unwrap()
+            .records
+            .is_empty(),
+        "the newest WAL holds records"
+    );
+    let cut = |dir: &Path| {
+        rewrite_log(&dir.join(name(&wals[0])), LogKind::Wal, |recs| {
+            recs.truncate(recs.len() - 3);
+        })
+    };
+    let dir = root.path().join("cut");
+    copy_dir(&pristine, &dir);
+    cut(&dir);
+    let e = open_err(&dir, Options::default(), "writable");
+    assert_corruption_naming(&e, &name(&wals[1]), "writable");
+    assert!(e.to_string().contains("missing"), "{e}");
+    match Db::open_read_only(&dir, Options::default()) {
+        Err(e) => assert_corruption_naming(&e, &name(&wals[1]), "read-only"),
+        Ok(_) => panic!("read-only open took the gap"),
+    }
+    // The newest WAL emptied too: the header alone, as a rotation leaves it.
+    let empty = root.path().join("cut-and-empty");
+    copy_dir(&pristine, &empty);
+    cut(&empty);
+    rewrite_log(&empty.join(name(&wals[1])), LogKind::Wal, |recs| {
+        recs.clear()
+    });
+    let db = Db::open(&empty, Options::default()).unwrap();
+    let kept = dump(&db).unwrap().len();
+    assert!(
+        kept < keys.len(),
+        "the cut lost nothing: {kept} of {}",
+        keys.len()
+    );
+    db.close().unwrap();
+}
+
 /// A stray WAL numbered between a WAL and the successor it names is damage, whether or
 /// not that successor is in the directory: a read-only open refuses it as corruption. A
 /// live rotation can only add a WAL past every listed one, so only that is taken for a

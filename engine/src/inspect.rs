@@ -1359,37 +1359,36 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         .zip(&read)
         .rposition(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if !c.records.is_empty()));
     // The chain of live WALs, as recovery follows it: the manifest names the first, each
-    // WAL rotated away from names the next. (file, message) of the next expected link.
-    let mut link: Option<(u64, String, PathBuf)> = state.map(|s| {
+    // WAL rotated away from names the next. The next expected link: its number, why, the
+    // file that names it and that file's WAL number (None: the manifest).
+    type Link = (u64, String, PathBuf, Option<u64>);
+    let mut link: Option<Link> = state.map(|s| {
         (
             s.log_number,
             "named by the manifest's log number".to_string(),
             s.manifest_path.clone(),
+            None,
         )
     });
     // A break is a `missing-file` problem, which `verify_dir` checks again when the
     // manifest changed meanwhile (a flush deleting the WAL its old log number named). A
-    // WAL numbered above every listed one that is in the directory now was created by a
-    // rotation of a live process after the listing: not a break. (A lower number cannot
-    // appear later: WAL numbers only grow.)
-    let newest_listed = wals.iter().map(|w| w.number).max();
-    let check_link =
-        |link: &mut Option<(u64, String, PathBuf)>, found: Option<u64>, rep: &mut VerifyReport| {
-            let Some((expected, why, file)) = link.take() else {
-                return;
-            };
-            let Some(reason) = crate::recovery::chain_break(expected, found, &why) else {
-                return;
-            };
-            if found.is_none()
-                && newest_listed.is_none_or(|n| expected > n)
-                && crate::db::wal_file(dir, expected).exists()
-            {
-                return;
-            }
-            rep.problems
-                .push(Problem::error("missing-file", Some(&file), None, reason));
+    // WAL the listing lacks where a live rotation could explain it (recovery's
+    // `may_be_unlisted`) and that is in the directory now is no break.
+    let check_link = |link: &mut Option<Link>, found: Option<u64>, rep: &mut VerifyReport| {
+        let Some((expected, why, file, named_by)) = link.take() else {
+            return;
         };
+        let Some(reason) = crate::recovery::chain_break(expected, found, &why) else {
+            return;
+        };
+        if crate::recovery::may_be_unlisted(expected, named_by, found)
+            && crate::db::wal_file(dir, expected).exists()
+        {
+            return;
+        }
+        rep.problems
+            .push(Problem::error("missing-file", Some(&file), None, reason));
+    };
     for (i, (w, r)) in wals.iter().zip(read).enumerate() {
         if w.live {
             check_link(&mut link, Some(w.number), rep);
@@ -1445,6 +1444,7 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                     n,
                     format!("named as the successor of {}", w.path.display()),
                     w.path.clone(),
+                    Some(w.number),
                 )
             });
         }

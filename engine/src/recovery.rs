@@ -313,7 +313,19 @@ pub(crate) fn chain_break(expected: u64, found: Option<u64>, why: &str) -> Optio
     })
 }
 
+/// Whether a live rotation could explain a break of the chain: WAL `expected`, named by
+/// WAL `named_by` (None: by the manifest), is not where a listing has it, and `found` (the
+/// listing's next WAL, if any) is above it. A listing is read in pieces, so a WAL created
+/// while it was read may be missing from it while a later one is not. In a directory
+/// nothing writes to, a WAL that exists is listed: the next WAL would be it, or a stray
+/// below it; and a successor numbered below the WAL naming it was never a rotation's.
+pub(crate) fn may_be_unlisted(expected: u64, named_by: Option<u64>, found: Option<u64>) -> bool {
+    found.is_none_or(|f| f > expected) && named_by.is_none_or(|n| expected > n)
+}
+
 /// Replays WAL files into a memtable. Returns the memtable and the last seqno replayed.
+/// `unlisted` is set to the missing WAL of a chain break that a live rotation could explain
+/// ([`may_be_unlisted`]): a read-only open then looks whether it exists by now.
 ///
 /// The WALs form a chain: the manifest names the first, and each WAL rotated away from
 /// ends in a record naming the next. A missing link means acknowledged writes are gone
@@ -360,10 +372,10 @@ pub(crate) fn replay_wals(
     ));
     for i in 0..=wals.len() {
         if let Some((expected, why, file, offset)) = link.take() {
-            if let Some(reason) = chain_break(expected, wals.get(i).map(|w| w.0), &why) {
-                // Past the end of the listing and above every WAL in it: a live process
-                // may have created it after the listing (see `open`).
-                if i == wals.len() && wals.last().is_none_or(|w| expected > w.0) {
+            let found = wals.get(i).map(|w| w.0);
+            if let Some(reason) = chain_break(expected, found, &why) {
+                let named_by = i.checked_sub(1).map(|p| wals[p].0);
+                if may_be_unlisted(expected, named_by, found) {
                     *unlisted = Some(expected);
                 }
                 if !point_in_time {
@@ -547,14 +559,17 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
     // file (a compaction finishing): retry a few times before calling the directory busy.
     // Damage found while the manifest moved on under us (a flush installed between
     // reading the manifest and reading its WALs) is the race, not damage: retried too. So
-    // is a WAL chain naming a WAL past every one listed that exists by the time we look:
-    // a rotation, which changes no manifest, created it after the listing. (A WAL cannot
-    // vanish unseen between the read and that look: a flush deletes one only after its
-    // manifest edit is durable, so the manifest mark, read after the look, moves.) A file
-    // missing in an attempt with neither excuse is missing, and is reported as the damage
-    // it is rather than as a busy directory.
+    // is a WAL chain naming a WAL the listing lacks that exists by the time we look: a
+    // rotation, which changes no manifest, created it while or after we listed (see
+    // `may_be_unlisted`). (A WAL cannot vanish unseen between the read and that look: a
+    // flush deletes one only after its manifest edit is durable, so the manifest mark,
+    // read after the look, moves.) A file missing in an attempt with neither excuse is
+    // missing, and is reported as the damage it is rather than as a busy directory; so is
+    // any other missing file with the manifest unchanged (a live process deletes a file
+    // the manifest names only after an edit that no longer names it).
+    const ATTEMPTS: u32 = 5;
     let mut last = None;
-    for attempt in 0..5 {
+    for attempt in 0..ATTEMPTS {
         let before = manifest_mark(opts.fs.as_ref(), dir);
         let mut unlisted = None;
         match open_read_only(dir, opts.clone(), &mut unlisted) {
@@ -567,16 +582,16 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
                     return Err(e);
                 }
                 last = Some((e, stable && !rotated));
-                if attempt < 4 {
+                if attempt + 1 < ATTEMPTS {
                     std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
                 }
             }
         }
     }
-    if let Some((e @ Error::Corruption { .. }, true)) = last {
-        return Err(e);
-    }
-    let last = last.map(|(e, _)| e);
+    let last = match last {
+        Some((e, true)) if e.is_corruption() || e.is_not_found() => return Err(e),
+        last => last.map(|(e, _)| e),
+    };
     Err(Error::Busy {
         path: dir.to_path_buf(),
         reason: format!(

@@ -877,9 +877,10 @@ fn log_files(dir: &Path) -> usize {
 }
 
 /// A database on `fs` (tiny memtables) whose first flush is held, so that WAL rotations
-/// change no manifest until `fs.release_held()`. Room for many frozen memtables: the
-/// writer may have rotated a few times before the hold shows, and a rotation with no room
-/// left would wait for the held flush for ever.
+/// change no manifest until `fs.release_held()`. It writes until its first rotation, then
+/// waits for the flush to reach its hold without writing more (a rotation with no room
+/// left for frozen memtables would wait for the held flush for ever); room for many
+/// frozen memtables leaves the tests rotations of their own.
 fn open_with_flush_held(dir: &Path, fs: &FaultFs, what: &str) -> Db {
     let opts = Options {
         max_immutable_memtables: 64,
@@ -887,11 +888,14 @@ fn open_with_flush_held(dir: &Path, fs: &FaultFs, what: &str) -> Db {
     };
     let db = Db::open(dir, opts).unwrap();
     fs.hold_syncs(".sst", "sluice-flush");
-    let mut i = 0;
-    while fs.held() == 0 {
-        db.put(format!("k{i:05}"), [b'v'; 100]).unwrap();
-        i += 1;
-        assert!(i < 100_000, "{what}: the first flush was never held");
+    let rotated = rotate_wal(&db, dir);
+    let end = Instant::now() + Duration::from_secs(30);
+    while fs.held() == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if !rotated || fs.held() == 0 {
+        fs.release_held();
+        panic!("{what}: the first flush was never held (rotated: {rotated})");
     }
     db
 }
@@ -1001,27 +1005,33 @@ fn verify_of_a_live_directory_takes_an_obsolete_wal_removed_after_its_listing_fo
     db.close().unwrap();
 }
 
-/// The real file system, running `action` when a reader maps its first WAL after listing
-/// the directory: between a recovery's listing of the WALs and its reading them.
-struct OnFirstWalRead<F: Fn() + Send + Sync> {
-    action: F,
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// The real file system, with hooks into a reader's recovery: `on_wal_read` runs when it
+/// maps its first WAL after listing the directory (between its listing of the WALs and its
+/// reading them), `on_mark(n)` just after its `n`th look at the manifest's size (a
+/// read-only open looks twice per attempt: before it, and after a failure).
+struct ReaderHooks {
+    on_wal_read: Hook,
+    on_mark: Box<dyn Fn(usize) + Send + Sync>,
     listed: std::sync::atomic::AtomicBool,
+    marks: std::sync::atomic::AtomicUsize,
 }
 
-impl<F: Fn() + Send + Sync> std::fmt::Debug for OnFirstWalRead<F> {
+impl std::fmt::Debug for ReaderHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OnFirstWalRead")
+        f.write_str("ReaderHooks")
     }
 }
 
-impl<F: Fn() + Send + Sync> Fs for OnFirstWalRead<F> {
+impl Fs for ReaderHooks {
     fn create(&self, path: &Path) -> std::io::Result<Box<dyn sluice::fs::WritableFile>> {
         StdFs.create(path)
     }
     fn map(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
         use std::sync::atomic::Ordering::AcqRel;
         if path.extension().is_some_and(|x| x == "log") && self.listed.swap(false, AcqRel) {
-            (self.action)();
+            (self.on_wal_read)();
         }
         StdFs.map(path)
     }
@@ -1047,7 +1057,13 @@ impl<F: Fn() + Send + Sync> Fs for OnFirstWalRead<F> {
         StdFs.exists(path)
     }
     fn file_size(&self, path: &Path) -> std::io::Result<u64> {
-        StdFs.file_size(path)
+        let size = StdFs.file_size(path);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("MANIFEST-") {
+            let n = self.marks.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+            (self.on_mark)(n);
+        }
+        size
     }
     fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn sluice::fs::DirLock>>> {
         StdFs.lock(path)
@@ -1060,32 +1076,38 @@ impl<F: Fn() + Send + Sync> Fs for OnFirstWalRead<F> {
     }
 }
 
-/// A read-only open of a live directory whose writer rotates its WAL between every
-/// attempt's listing of the WALs and its reading them: each attempt finds the last listed
-/// WAL naming a successor the listing lacks, with the manifest unchanged (the flush is
-/// held). That successor is in the directory by then: the open is busy, not damaged (it
-/// was reported as a missing WAL, found by review). Once the writer has closed, it opens.
-#[test]
-fn a_read_only_open_racing_wal_rotations_is_busy_not_corrupt() {
-    let what = "read-only open racing rotations";
+/// A read-only open of a live directory whose writer (its first flush held, so that its
+/// manifest stays as it is) rotates its WAL between each attempt's listing of the WALs and
+/// its reading them: each attempt finds the last listed WAL naming a successor the listing
+/// lacks. `on_mark(db, fs, n)` runs after the reader's `n`th look at the manifest's size.
+/// Returns what the open said; then checks that, once the writer has closed, it opens.
+fn read_only_open_racing_rotations(
+    what: &str,
+    on_mark: impl Fn(&Db, &FaultFs, usize) + Send + Sync + 'static,
+) -> sluice::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
     let db = Arc::new(open_with_flush_held(dir.path(), &fs, what));
     let tried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let rotated = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let reader_fs = OnFirstWalRead {
-        action: {
+    let reader_fs = ReaderHooks {
+        on_wal_read: {
             let (db, tried, rotated) = (db.clone(), tried.clone(), rotated.clone());
             let dir = dir.path().to_path_buf();
-            move || {
-                use std::sync::atomic::Ordering::Relaxed;
+            Box::new(move || {
                 tried.fetch_add(1, Relaxed);
                 if rotate_wal(&db, &dir) {
                     rotated.fetch_add(1, Relaxed);
                 }
-            }
+            })
+        },
+        on_mark: {
+            let (db, fs) = (db.clone(), fs.clone());
+            Box::new(move |n| on_mark(&db, &fs, n))
         },
         listed: Default::default(),
+        marks: Default::default(),
     };
     let r = Db::open_read_only(
         dir.path(),
@@ -1093,19 +1115,14 @@ fn a_read_only_open_racing_wal_rotations_is_busy_not_corrupt() {
             fs: Arc::new(reader_fs),
             ..Options::tiny()
         },
-    );
+    )
+    .map(drop);
     // Let go before asserting: a failed assertion drops the database, which waits for the
     // held flush.
     fs.release_held();
-    use std::sync::atomic::Ordering::Relaxed;
     let (tried, rotated) = (tried.load(Relaxed), rotated.load(Relaxed));
     assert!(tried > 1, "{what}: the open was not retried");
     assert_eq!(rotated, tried, "{what}: an attempt saw no rotation");
-    assert!(
-        matches!(r, Err(Error::Busy { .. })),
-        "{what}: {:?}",
-        r.as_ref().err()
-    );
     db.put("last", "1").unwrap();
     let Ok(db) = Arc::try_unwrap(db) else {
         panic!("{what}: the reader's file system still holds the database");
@@ -1117,7 +1134,58 @@ fn a_read_only_open_racing_wal_rotations_is_busy_not_corrupt() {
         Some(&b"1"[..]),
         "{what}"
     );
-    assert!(reader.get("k00000").unwrap().is_some(), "{what}");
+    assert!(reader.get("more00000").unwrap().is_some(), "{what}");
+    r
+}
+
+/// A read-only open whose every attempt races a WAL rotation (see
+/// `read_only_open_racing_rotations`), with the manifest unchanged throughout: the
+/// successor each attempt missed is in the directory by then, so the open is busy, not
+/// damaged (it was reported as a missing WAL, found by review).
+#[test]
+fn a_read_only_open_racing_wal_rotations_is_busy_not_corrupt() {
+    let what = "read-only open racing rotations";
+    let r = read_only_open_racing_rotations(what, |_, _, _| {});
+    assert!(matches!(r, Err(Error::Busy { .. })), "{what}: {r:?}");
+}
+
+/// As above, and in the open's last attempt the writer flushes just after the reader's
+/// second look at the manifest, deleting the successor that attempt missed. The reader
+/// must look for that WAL before it looks at the manifest: the other way round, it saw
+/// an unchanged manifest and then no WAL, and called a healthy directory corrupt (found
+/// by review, with the look made after a 320 ms sleep).
+#[test]
+fn a_read_only_open_looks_for_the_missed_wal_before_the_manifest() {
+    let what = "read-only open, missed WAL flushed away";
+    static FLUSHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // Five attempts, two looks at the manifest each: the last attempt's second look.
+    let r = read_only_open_racing_rotations(what, |db, fs, n| {
+        if n != 10 {
+            return;
+        }
+        let dir = db.path().to_path_buf();
+        let newest = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse::<u64>().ok()
+            })
+            .max()
+            .unwrap();
+        fs.release_held();
+        db.flush().unwrap();
+        let gone = dir.join(format!("{newest:06}.log"));
+        let end = Instant::now() + Duration::from_secs(10);
+        while gone.exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        FLUSHED.store(!gone.exists(), std::sync::atomic::Ordering::Release);
+    });
+    assert!(
+        FLUSHED.load(std::sync::atomic::Ordering::Acquire),
+        "{what}: the missed WAL was not flushed away in the last attempt"
+    );
+    assert!(matches!(r, Err(Error::Busy { .. })), "{what}: {r:?}");
 }
 
 /// A transaction whose commit-time read check fails (EIO on a table block) in the same

@@ -572,11 +572,22 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
     for attempt in 0..ATTEMPTS {
         let before = manifest_mark(opts.fs.as_ref(), dir);
         let mut unlisted = None;
-        match open_read_only(dir, opts.clone(), &mut unlisted) {
+        let opened = open_read_only(dir, opts.clone(), &mut unlisted);
+        let unlisted_exists =
+            || unlisted.is_some_and(|n| opts.fs.file_size(&wal_file(dir, n)).is_ok());
+        // Point in time, recovery stops at a missing link and opens with what came before
+        // it: when a rotation explains the link, that is the race too, not a loss.
+        let opened = match opened {
+            Ok(i) if unlisted_exists() => {
+                let reason = i.recovery.lock().wal_missing.clone().unwrap_or_default();
+                Err(Error::corruption(dir, 0, reason))
+            }
+            other => other,
+        };
+        match opened {
             Ok(i) => return Ok(i),
             Err(e) => {
-                let rotated =
-                    unlisted.is_some_and(|n| opts.fs.file_size(&wal_file(dir, n)).is_ok());
+                let rotated = unlisted_exists();
                 let stable = manifest_mark(opts.fs.as_ref(), dir) == before;
                 if !is_vanished(&e) && stable {
                     return Err(e);

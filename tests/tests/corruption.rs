@@ -1213,6 +1213,15 @@ fn a_missing_wal_is_refused_naming_the_wal_that_names_it() {
             "{what}: verify: {:?}",
             rep.problems
         );
+        // Point in time, read-only: opens with what precedes the missing WAL (which no
+        // rotation explains here: it does not exist).
+        let ro = Db::open_read_only(&dir, pit.clone())
+            .unwrap_or_else(|e| panic!("{what}: point-in-time read-only: {e}"));
+        assert!(
+            ro.recovery_report().wal_missing.is_some(),
+            "{what}: point-in-time read-only"
+        );
+        drop(ro);
         // Point in time: everything in the WALs before the missing one, nothing after.
         let db = Db::open(&dir, pit.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
         let report = db.recovery_report();

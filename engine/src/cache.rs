@@ -4,6 +4,12 @@
 //! the process until released, so the cache also keeps a budget of bytes read from maps:
 //! past it, a sweep (run off the read path) releases every map's pages. Resident memory is
 //! then about the cache's size plus the budget, however large the database.
+//!
+//! The blocks themselves live in [`pages`]: a shrinking cache hands their memory back to the
+//! system at the next sweep, where blocks in the global allocator's memory would stay
+//! resident as freed memory it keeps.
+
+pub mod pages;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -15,6 +21,8 @@ use quick_cache::Weighter;
 use crate::fs::MappedPages;
 
 use crate::sst::block::Block;
+
+use pages::{Lease, PagePool};
 
 #[derive(Clone)]
 struct BlockWeighter;
@@ -31,14 +39,15 @@ pub struct BlockCache {
     maps: Mutex<Vec<Weak<MappedPages>>>,
     touched: AtomicU64,
     sweep_due: AtomicBool,
+    pages: Option<Arc<PagePool>>,
 }
 
 /// Bytes read out of memory maps between sweeps.
 const MAP_BUDGET: u64 = 2 << 20;
 
 impl BlockCache {
-    /// A cache holding up to `bytes` of blocks.
-    pub fn new(bytes: u64) -> BlockCache {
+    /// A cache holding up to `bytes` of blocks of (mostly) up to `block_size` bytes.
+    pub fn new(bytes: u64, block_size: usize) -> BlockCache {
         // A sizing hint for the cache's tables; a huge budget must not size them for
         // trillions of blocks.
         let items = (bytes / 4096).clamp(16, 1 << 24) as usize;
@@ -48,7 +57,28 @@ impl BlockCache {
             maps: Mutex::new(Vec::new()),
             touched: AtomicU64::new(0),
             sweep_due: AtomicBool::new(false),
+            // Twice the room: blocks evicted while a cursor or a caller still holds them keep
+            // their pages. Past that, blocks go to the heap.
+            pages: (bytes > 0)
+                .then(|| PagePool::new(bytes.saturating_mul(2), block_size))
+                .flatten(),
         }
+    }
+
+    /// A page of the cache's own for a block of `len` bytes being read into the cache (see
+    /// [`pages`]); `None`: read it into the heap.
+    pub fn lease(&self, len: usize) -> Option<Lease> {
+        self.pages.as_ref()?.lease(len)
+    }
+
+    /// Bytes of the pages [`lease`](Self::lease) hands out.
+    pub fn page_len(&self) -> usize {
+        self.pages.as_ref().map_or(0, |p| p.slot_len())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pages(&self) -> Option<&Arc<PagePool>> {
+        self.pages.as_ref()
     }
 
     /// Registers a table's map for sweeps.
@@ -68,8 +98,12 @@ impl BlockCache {
         }
     }
 
-    /// Releases every live map's resident pages if a sweep is due. Returns whether it ran.
+    /// Releases every live map's resident pages if a sweep is due, and the pages of free
+    /// block slots past the pool's reserve. Returns whether the map sweep ran.
     pub fn sweep_if_due(&self) -> bool {
+        if let Some(p) = &self.pages {
+            p.release_excess();
+        }
         if !self.sweep_due.swap(false, Ordering::Relaxed) {
             return false;
         }
@@ -155,7 +189,7 @@ pub(crate) mod tests {
         let len = 4 * MAP_BUDGET as usize;
         std::fs::write(&path, vec![7u8; len]).unwrap();
         let m = StdFs.map_file(&path).unwrap();
-        let cache = BlockCache::new(1 << 20);
+        let cache = BlockCache::new(1 << 20, 4096);
         cache.track(m.pages.as_ref().unwrap());
         let read = |from: usize, to: usize| {
             let mut sum = 0u64;
@@ -184,5 +218,64 @@ pub(crate) mod tests {
         );
         assert!(!cache.sweep_if_due(), "the count starts again from zero");
         assert_eq!(m.bytes[len - 1], 7);
+    }
+
+    /// A cache whose room shrinks (the memtables grew) evicts blocks, and the next sweep
+    /// hands their pages back to the system; the blocks it keeps read as they were.
+    #[test]
+    fn pages_of_blocks_a_shrinking_cache_evicts_go_back_at_the_next_sweep() {
+        use crate::sst::block::BlockBuilder;
+        use crate::types::Kind;
+        let cache = BlockCache::new(2 << 20, 4096);
+        let pages = cache.pages().expect("a cache has pages").clone();
+        let block = |n: u32| {
+            let mut b = BlockBuilder::new();
+            for j in 0..30u32 {
+                b.add(
+                    format!("k{n:05}-{j:03}").as_bytes(),
+                    1,
+                    Kind::Value,
+                    &[n as u8; 100],
+                );
+            }
+            let mut raw = Vec::new();
+            b.finish_into(&mut raw);
+            let mut lease = cache.lease(raw.len()).expect("a free page");
+            lease.bytes_mut().copy_from_slice(&raw);
+            let data = lease.freeze(raw.len());
+            Block::from_bytes(data, true, std::path::Path::new("t"), 0)
+                .unwrap()
+                .in_page(cache.page_len())
+        };
+        for n in 0..300 {
+            cache.insert(1, n, block(n));
+        }
+        let full = pages::tests::resident_kib(&pages);
+        assert!(full >= 300 * 4, "{full} KiB resident");
+        cache.sweep_if_due();
+        assert!(
+            pages::tests::resident_kib(&pages) >= 300 * 4,
+            "nothing was evicted"
+        );
+        cache.set_room(128 << 10);
+        let kept: Vec<u32> = (0..300).filter(|&n| cache.get(1, n).is_some()).collect();
+        assert!(
+            !kept.is_empty() && kept.len() < 40,
+            "{} blocks kept",
+            kept.len()
+        );
+        cache.sweep_if_due();
+        let after = pages::tests::resident_kib(&pages);
+        let bound = (kept.len() as u64 + 16) * 4;
+        assert!(
+            after <= bound,
+            "{after} KiB resident after the sweep, at most {bound}"
+        );
+        for n in kept {
+            let b = cache.get(1, n).unwrap();
+            let e = b.entry(29, std::path::Path::new("t"), 0).unwrap();
+            assert_eq!(e.key, format!("k{n:05}-029").as_bytes());
+            assert_eq!(&e.value[..], &[n as u8; 100]);
+        }
     }
 }

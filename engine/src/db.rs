@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -231,6 +231,8 @@ pub(crate) struct Inner {
     /// The step of the active memtable's growth the block cache was last charged for (see
     /// [`Inner::recharge_memtables`]).
     pub charged_step: AtomicU64,
+    /// The memtable charge the cache's room is cut for (see [`RoomHold`]).
+    pub room_hold: Mutex<RoomHold>,
     pub pacer: Mutex<crate::migration::Pacer>,
     /// Foreground latencies, sampled while a layout is draining (the pacer's signal).
     pub fg_latency: crate::migration::LatencyHistogram,
@@ -330,6 +332,47 @@ pub(crate) fn active_memtable_charge(active: u64, budget: u64) -> (u64, u64) {
     let unit = (budget / 16).max(1);
     let step = active / unit;
     (step, ((step + 2) * unit).min(budget).max(active))
+}
+
+/// How long the block cache's room stays cut for a memtable charge after the charge fell.
+pub(crate) const ROOM_HOLD: Duration = Duration::from_secs(1);
+
+/// The memtable charge the block cache's room is cut for: the highest charge of this window
+/// of [`ROOM_HOLD`] and the last. Under writes the charge rises as the active memtable fills
+/// and falls at each flush, several times a second; following it would evict a sixteenth of
+/// the budget's blocks and read them back in at every cycle, and hand their pages to the
+/// system and fault them back in (`cache::pages`). Held at the cycle's peak, the room is cut
+/// once when writes start and given back once they stop.
+pub(crate) struct RoomHold {
+    window_start: Instant,
+    this_window: u64,
+    last_window: u64,
+}
+
+impl RoomHold {
+    pub fn new(now: Instant) -> RoomHold {
+        RoomHold {
+            window_start: now,
+            this_window: 0,
+            last_window: 0,
+        }
+    }
+
+    /// Takes the memtables' charge `mem` at `now`; returns the charge to cut the room for.
+    pub fn update(&mut self, mem: u64, now: Instant) -> u64 {
+        if self.due(now) {
+            self.last_window = self.this_window;
+            self.this_window = 0;
+            self.window_start = now;
+        }
+        self.this_window = self.this_window.max(mem);
+        self.this_window.max(self.last_window)
+    }
+
+    /// Whether a window has ended since the last update (the held charge may fall).
+    pub fn due(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.window_start) >= ROOM_HOLD
+    }
 }
 
 impl Inner {
@@ -466,12 +509,13 @@ impl Inner {
                 .map(|m| m.approximate_bytes() as u64)
                 .sum::<u64>();
         self.charged_step.store(step, Ordering::Relaxed);
+        let held = self.room_hold.lock().update(mem, Instant::now());
         self.cache
-            .set_room(total.saturating_sub(mem).max(total / 4));
+            .set_room(total.saturating_sub(held).max(total / 4));
     }
 
     /// Charges the active memtable again once it has grown into a new step (a sixteenth of
-    /// its budget). Called by the WAL ticker, off the write path: shrinking the cache's room
+    /// its budget), or once a [`RoomHold`] window has ended. Called by the WAL ticker, off the write path: shrinking the cache's room
     /// evicts blocks there and then.
     pub(crate) fn recharge_memtables(&self) {
         if !self.opts.memtables_share_cache {
@@ -479,7 +523,9 @@ impl Inner {
         }
         let budget = self.opts.memtable_bytes as u64;
         let active = self.view.load().mem.approximate_bytes() as u64;
-        if active_memtable_charge(active, budget).0 == self.charged_step.load(Ordering::Relaxed) {
+        if active_memtable_charge(active, budget).0 == self.charged_step.load(Ordering::Relaxed)
+            && !self.room_hold.lock().due(Instant::now())
+        {
             return;
         }
         // Under the lock views are swapped under, so that a swap's charge (of a newer view)
@@ -1355,11 +1401,68 @@ mod tests {
             room + 1024 >= total - held - budget / 8,
             "room {room}, {held} held"
         );
+        // The room stays cut for the charge just seen (`RoomHold`) after the flush, and comes
+        // back once a whole window has passed without it.
         db.flush().unwrap();
+        inner.recharge_memtables();
         assert!(
-            near(inner.cache.room(), idle_room),
-            "room after the flush {}",
+            inner.cache.room() <= room + 1024,
+            "room right after the flush {}, {room} before it",
             inner.cache.room()
         );
+        std::thread::sleep(ROOM_HOLD * 2 + Duration::from_millis(50));
+        inner.recharge_memtables();
+        assert!(
+            near(inner.cache.room(), idle_room),
+            "room after the flush and the hold {}",
+            inner.cache.room()
+        );
+    }
+
+    /// The held charge rises with the charge at once and falls only after a window of
+    /// `ROOM_HOLD` without it: a charge that peaks every cycle holds the room still.
+    #[test]
+    fn the_room_hold_follows_rises_at_once_and_falls_a_window_later() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let w = ROOM_HOLD.as_millis() as u64;
+        let mut h = RoomHold::new(t0);
+        assert_eq!(h.update(10, at(0)), 10);
+        assert_eq!(h.update(40, at(1)), 40, "a rise is followed at once");
+        // A memtable cycle: the charge falls at each flush and peaks again before a window
+        // ends; the held charge stays at the peak throughout.
+        for cycle in 0..10 {
+            let start = 2 + cycle * w / 3;
+            assert_eq!(h.update(5, at(start)), 40, "cycle {cycle}");
+            assert_eq!(
+                h.update(38 + cycle % 3, at(start + w / 6)),
+                40,
+                "cycle {cycle}"
+            );
+        }
+        // Writes stop: the peaks held fall to the charge now within two windows of the stop,
+        // and not before a window has passed since the last peak (a sixth of one before it).
+        let stop = 2 + 10 * w / 3;
+        let mut fell = None;
+        for k in 0..=30 {
+            let t = stop + k * w / 10;
+            let held = h.update(5, at(t));
+            if held == 5 {
+                fell = Some(t);
+                break;
+            }
+            assert!(
+                held >= 38,
+                "{held} held {k} tenths of a window after the stop"
+            );
+        }
+        let fell = fell.expect("the held charge never fell");
+        let last_peak = stop - w / 6;
+        assert!(
+            fell >= last_peak + w && fell <= stop + 2 * w,
+            "fell at {fell}, stop {stop}"
+        );
+        let next = fell;
+        assert_eq!(h.update(5, at(next + 5 * w)), 5);
     }
 }

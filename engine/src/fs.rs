@@ -39,9 +39,27 @@ pub trait RandomRead: Send + Sync {
     /// the file ends first). The bytes land in `buf`'s spare capacity without being zeroed
     /// first: reserve `len` beforehand to read with no reallocation.
     fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()>;
+
+    /// Fills `buf` with the bytes at `offset`, or fails (`UnexpectedEof` if the file ends
+    /// first).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
 struct StdRandom(File);
+
+/// Bytes one `pread` read (0 if interrupted: read again), or `UnexpectedEof` naming `end`, the
+/// offset the read had to reach, if the file ended before it.
+fn pread_result(r: rustix::io::Result<usize>, end: u64) -> io::Result<usize> {
+    match r {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("file ends before offset {end}"),
+        )),
+        Ok(n) => Ok(n),
+        Err(rustix::io::Errno::INTR) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
 
 impl RandomRead for StdRandom {
     fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
@@ -52,19 +70,20 @@ impl RandomRead for StdRandom {
             let at = offset + (len - want) as u64;
             // `spare_capacity` extends `buf` by what the read returned, which may run past
             // `end` if the allocation had room to spare (cut off below).
-            let n = match rustix::io::pread(&self.0, rustix::buffer::spare_capacity(buf), at) {
-                Ok(n) => n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("file ends before offset {}", at + want as u64),
-                ));
-            }
+            let r = rustix::io::pread(&self.0, rustix::buffer::spare_capacity(buf), at);
+            pread_result(r, at + want as u64)?;
         }
         buf.truncate(end);
+        Ok(())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let r = rustix::io::pread(&self.0, &mut buf[done..], at);
+            done += pread_result(r, offset + buf.len() as u64)?;
+        }
         Ok(())
     }
 }
@@ -538,6 +557,13 @@ impl RandomRead for FaultRandom {
             return Err(fault_error(k));
         }
         self.inner.read_exact_at_into(buf, len, offset)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Some(k) = self.fs.check(FsOp::Read, &self.path) {
+            return Err(fault_error(k));
+        }
+        self.inner.read_exact_at(buf, offset)
     }
 }
 

@@ -793,6 +793,7 @@ fn assemble(
         mem_idle: Mutex::new((0, 0, Instant::now())),
         write_idle: AtomicBool::new(false),
         charged_step: AtomicU64::new(u64::MAX),
+        room_hold: Mutex::new(crate::db::RoomHold::new(Instant::now())),
         pacer: Mutex::new(crate::migration::Pacer::new(
             opts.migration_bytes_per_sec,
             opts.migration_p99_target_us,
@@ -854,7 +855,7 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
             reason: "no CURRENT file".into(),
         });
     }
-    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes, opts.block_size));
     let loaded = load(
         &fs,
         dir,
@@ -911,7 +912,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .lock(&lock_path)
         .map_err(|e| Error::io(&lock_path, e))?
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
-    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes, opts.block_size));
     let current = dir.join(CURRENT);
     let loaded = if fs.exists(&current).map_err(|e| Error::io(&current, e))? {
         load(

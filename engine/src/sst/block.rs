@@ -128,8 +128,11 @@ pub struct Block {
     /// Byte length of the entry area; the offset array follows it.
     entries_end: usize,
     count: usize,
-    /// Search prefixes, for a block built by [`Block::from_vec`] to be searched.
+    /// Search prefixes, for a block built by [`Block::from_bytes`] to be searched.
     search: Option<Search>,
+    /// Bytes of the memory `data` takes if more than its length: a block in a page of the
+    /// block cache's (see [`in_page`](Self::in_page)).
+    held: usize,
 }
 
 /// A searchable block's search prefixes: one u32 per entry, the top 32 bits of
@@ -267,14 +270,12 @@ impl Block {
             entries_end,
             count,
             search: None,
+            held: 0,
         })
     }
 
-    /// The block whose bytes are `buf[..len]` (whatever follows is dropped). With `search`,
-    /// it gets search prefixes: for blocks that stay in the block cache to be searched, where
-    /// 6 bytes per entry buy faster seeks for as long as the block is cached. A block with an
-    /// entry that does not parse gets no prefixes; reading that entry reports the damage as
-    /// it does in any block.
+    /// The block whose bytes are `buf[..len]` (whatever follows is dropped); see
+    /// [`from_bytes`](Self::from_bytes).
     pub fn from_vec(
         mut buf: Vec<u8>,
         len: usize,
@@ -283,15 +284,24 @@ impl Block {
         offset: u64,
     ) -> Result<Block> {
         buf.truncate(len);
-        let (entries_end, count) = frame(&buf, file, offset)?;
+        Block::from_bytes(Bytes::from(buf), search, file, offset)
+    }
+
+    /// The block whose bytes are `data`. With `search`, it gets search prefixes: for blocks
+    /// that stay in the block cache to be searched, where 6 bytes per entry buy faster seeks
+    /// for as long as the block is cached. A block with an entry that does not parse gets no
+    /// prefixes; reading that entry reports the damage as it does in any block.
+    pub fn from_bytes(data: Bytes, search: bool, file: &Path, offset: u64) -> Result<Block> {
+        let (entries_end, count) = frame(&data, file, offset)?;
         let search = search
-            .then(|| search_prefixes(&buf, entries_end, count))
+            .then(|| search_prefixes(&data, entries_end, count))
             .flatten();
         Ok(Block {
-            data: Bytes::from(buf),
+            data,
             entries_end,
             count,
             search,
+            held: 0,
         })
     }
 
@@ -302,6 +312,7 @@ impl Block {
             entries_end: 0,
             count: 0,
             search: None,
+            held: 0,
         }
     }
 
@@ -321,7 +332,14 @@ impl Block {
 
     /// Bytes the block holds in memory (with its search prefixes, if any).
     pub fn size(&self) -> usize {
-        self.data.len() + self.search.as_ref().map_or(0, |s| 16 + s.bytes.len())
+        self.data.len().max(self.held) + self.search.as_ref().map_or(0, |s| 16 + s.bytes.len())
+    }
+
+    /// The block, known to take a page of `page` bytes (its [`size`](Self::size) counts the
+    /// whole page).
+    pub fn in_page(mut self, page: usize) -> Block {
+        self.held = page;
+        self
     }
 
     pub(crate) fn entry_offset(&self, i: usize) -> usize {

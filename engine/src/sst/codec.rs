@@ -28,6 +28,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use crate::cache::pages::Lease;
+use crate::cache::BlockCache;
 use crate::coding::{put_varint, put_varint_at, varint_at, varint_len, Decoder};
 use crate::error::{Error, Result};
 use crate::sst::block::{parse_entry, Block};
@@ -208,24 +210,50 @@ pub fn decode_block(ty: u8, body: Bytes, file: &Path, base: u64) -> Result<Block
     }
 }
 
-/// [`decode_block`] for a body read into a buffer of its own, `buf[..len]` (a block bound for
-/// the block cache): an uncompressed block stays in `buf`; with `search`, the block gets
-/// search prefixes ([`Block::from_vec`]).
+/// A block's stored bytes (body and trailer) read into memory of their own, for the block
+/// cache: a page of the cache's ([`pages`](crate::cache::pages)), or the heap.
+pub enum Owned {
+    Page(Lease),
+    Heap(Vec<u8>),
+}
+
+impl Owned {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Owned::Page(l) => l.bytes(),
+            Owned::Heap(v) => v,
+        }
+    }
+}
+
+/// [`decode_block`] for a body read into memory of its own, `buf`'s first `len` bytes (a
+/// block bound for `cache`): an uncompressed block stays where it was read; a decoded one
+/// goes into a page of the cache if it fits one. With `search`, the block gets search
+/// prefixes ([`Block::from_bytes`]).
 pub fn decode_owned(
     ty: u8,
-    buf: Vec<u8>,
+    buf: Owned,
     len: usize,
     search: bool,
+    cache: &BlockCache,
     file: &Path,
     base: u64,
 ) -> Result<Block> {
-    match decode_body(ty, &buf[..len], file, base)? {
-        None => Block::from_vec(buf, len, search, file, base),
-        Some(mem) => {
-            let n = mem.len();
-            Block::from_vec(mem, n, search, file, base)
+    let (data, page) = match (decode_body(ty, &buf.bytes()[..len], file, base)?, buf) {
+        (None, Owned::Page(lease)) => (lease.freeze(len), cache.page_len()),
+        (None, Owned::Heap(mut v)) => {
+            v.truncate(len);
+            (Bytes::from(v), 0)
         }
-    }
+        (Some(mem), _) => match cache.lease(mem.len()) {
+            Some(mut lease) => {
+                lease.bytes_mut().copy_from_slice(&mem);
+                (lease.freeze(mem.len()), cache.page_len())
+            }
+            None => (Bytes::from(mem), 0),
+        },
+    };
+    Ok(Block::from_bytes(data, search, file, base)?.in_page(page))
 }
 
 /// The decoded bytes of a body stored with codec `ty`; `None` when the body is stored as it

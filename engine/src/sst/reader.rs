@@ -270,18 +270,29 @@ impl Table {
         let end = start + h.size as usize;
         if let (true, Some(c), Some(r)) = (fill_cache, &self.cache, &self.reader) {
             // Block bound for the cache: read it with pread (see `reader`).
+            // Into a page of the cache's if it fits one (see `cache::pages`).
             let buf_len = h.size as usize + BLOCK_TRAILER_LEN;
-            let mut buf = Vec::with_capacity(buf_len);
-            r.read_exact_at_into(&mut buf, buf_len, h.offset)
-                .map_err(|e| Error::io(&self.path, e))?;
+            let buf = match c.lease(buf_len) {
+                Some(mut lease) => {
+                    r.read_exact_at(lease.bytes_mut(), h.offset)
+                        .map_err(|e| Error::io(&self.path, e))?;
+                    codec::Owned::Page(lease)
+                }
+                None => {
+                    let mut buf = Vec::with_capacity(buf_len);
+                    r.read_exact_at_into(&mut buf, buf_len, h.offset)
+                        .map_err(|e| Error::io(&self.path, e))?;
+                    codec::Owned::Heap(buf)
+                }
+            };
             let local = BlockHandle {
                 offset: 0,
                 size: h.size,
             };
             let (ty, _) =
-                checked_block(&buf, local, &self.path).map_err(|e| rebase(e, h.offset))?;
+                checked_block(buf.bytes(), local, &self.path).map_err(|e| rebase(e, h.offset))?;
             let search = fill == Fill::Search;
-            let b = codec::decode_owned(ty, buf, h.size as usize, search, &self.path, h.offset)?;
+            let b = codec::decode_owned(ty, buf, h.size as usize, search, c, &self.path, h.offset)?;
             c.insert(self.id, i as u32, b.clone());
             return Ok(b);
         }
@@ -392,7 +403,7 @@ pub enum Fill {
     /// Cache a missing block as it is (the blocks a scan walks through).
     Cache,
     /// Cache a missing block with search prefixes (the blocks point reads and seeks search;
-    /// see `Block::from_vec`).
+    /// see `Block::from_bytes`).
     Search,
 }
 

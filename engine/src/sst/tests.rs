@@ -53,11 +53,21 @@ fn write_format(
     compression: Compression,
     key_delta: bool,
 ) -> TableProps {
+    write_sized(path, es, compression, key_delta, 512)
+}
+
+fn write_sized(
+    path: &Path,
+    es: &[Entry],
+    compression: Compression,
+    key_delta: bool,
+    block_size: usize,
+) -> TableProps {
     let mut w = TableWriter::create(
         &StdFs,
         path,
         TableOptions {
-            block_size: 512,
+            block_size,
             compression,
             key_delta,
             bloom_bits_per_key: 10,
@@ -77,7 +87,7 @@ fn write_format(
 }
 
 fn open(path: &Path, cache: bool) -> crate::Result<Arc<Table>> {
-    let c = cache.then(|| Arc::new(BlockCache::new(1 << 20)));
+    let c = cache.then(|| Arc::new(BlockCache::new(1 << 20, 4096)));
     Table::open(&StdFs, path, 1, c).map(Arc::new)
 }
 
@@ -327,11 +337,17 @@ fn iteration_both_directions_and_ranges() {
 /// naming the file — never panic and never return a different value.
 #[test]
 fn every_flipped_byte_is_detected_or_harmless() {
-    for compression in [Compression::None, Compression::Zstd(1)] {
+    // 4 KiB blocks are read into the cache's pages, 512-byte ones onto the heap.
+    for (compression, block_size) in [
+        (Compression::None, 512),
+        (Compression::Zstd(1), 512),
+        (Compression::None, 4096),
+        (Compression::Zstd(1), 4096),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("000009.sst");
         let es = entries(120);
-        write(&p, &es, compression);
+        write_sized(&p, &es, compression, true, block_size);
         let orig = std::fs::read(&p).unwrap();
         let bad = dir.path().join("bad.sst");
         for i in 0..orig.len() {
@@ -630,5 +646,58 @@ fn lookups_with_keys_that_share_a_long_prefix() {
     for e in &es {
         let got = t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap();
         assert_eq!(&got, e);
+    }
+}
+
+/// Blocks read for the cache go into its pages (and are charged a whole page); a value handed
+/// out is a slice of its block's page, so the page must stay as it is for as long as the value
+/// lives, through the block's eviction and every page freed and refilled around it.
+#[test]
+fn values_from_blocks_in_cache_pages_outlive_their_eviction() {
+    for (compression, key_delta) in [
+        (Compression::None, false),
+        (Compression::None, true),
+        (Compression::Zstd(1), true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("000011.sst");
+        let es: Vec<Entry> = (0..3000u32)
+            .map(|i| Entry {
+                key: Bytes::from(format!("key{i:06}")),
+                seqno: 1 + i as u64,
+                kind: Kind::Value,
+                value: Bytes::from(format!("{i:06}").repeat(20)),
+            })
+            .collect();
+        write_sized(&p, &es, compression, key_delta, 4096);
+        // Room for ~16 blocks, pages for ~32: most reads evict a block and reuse a page.
+        let cache = Arc::new(BlockCache::new(64 << 10, 4096));
+        let t = Arc::new(Table::open(&StdFs, &p, 1, Some(cache.clone())).unwrap());
+        assert!(t.block_count() > 60, "{} blocks", t.block_count());
+        let first = &es[0];
+        t.get(&first.key, key_hash(&first.key), u64::MAX).unwrap();
+        let b = t.cached_block(0).expect("the block just read is cached");
+        assert!(b.size() >= 4096, "a block in a page is charged the page");
+        assert_eq!(cache.pages().unwrap().taken(), 1);
+        drop(b);
+        // Keep the values of a few far-apart keys (each pins its block's page), read every
+        // key twice over, and check the kept ones last.
+        let mut kept = Vec::new();
+        for round in 0..2 {
+            for (i, e) in es.iter().enumerate() {
+                let got = t.get(&e.key, key_hash(&e.key), u64::MAX).unwrap().unwrap();
+                assert_eq!(got.value, e.value, "round {round}, key {i}");
+                if round == 0 && i % 500 == 0 {
+                    kept.push((i, got.value));
+                }
+            }
+        }
+        assert!(cache.used() <= 64 << 10, "{} bytes cached", cache.used());
+        for (i, v) in &kept {
+            assert_eq!(v, &es[*i].value, "kept value of key {i} changed");
+        }
+        let pinned = cache.pages().unwrap().taken();
+        drop(kept);
+        assert!(cache.pages().unwrap().taken() < pinned);
     }
 }

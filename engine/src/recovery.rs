@@ -845,7 +845,8 @@ fn new_core(
     }
 }
 
-/// `unlisted`: set when the WAL chain names a WAL past every one listed (see `open`).
+/// `unlisted`: set to a WAL the chain names and the listing lacks where a live rotation could
+/// explain it ([`may_be_unlisted`]; see `open`).
 fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Result<Arc<Inner>> {
     let fs = opts.fs.clone();
     let current = dir.join(CURRENT);

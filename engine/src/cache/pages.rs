@@ -180,10 +180,27 @@ impl PagePool {
     }
 }
 
-/// A slot taken from the pool; back on its free list when dropped.
+/// A slot taken from the pool; back on its free list when dropped. Its bytes are reached
+/// only through its one owner: a [`Lease`] (the only writer, through `&mut`) or, once frozen,
+/// a [`Frozen`] (read-only).
 struct Taken {
     pool: Arc<PagePool>,
     slot: u32,
+}
+
+impl Taken {
+    /// The slot's first `len` (at most a slot's) bytes, read-only.
+    fn bytes(&self, len: usize) -> &[u8] {
+        debug_assert!(len <= self.pool.slot);
+        // SAFETY: the slot was taken off the free list for this `Taken` alone and goes back
+        // only when it drops, and `release_excess` only touches free slots, so nothing else
+        // reads or changes these bytes; the only `&mut` to them is `Lease::bytes_mut`, which
+        // borrows the owning lease mutably, so none exists while this shared borrow of `self`
+        // does. `len` is within the slot (callers pass a lease's length, at most a slot), so
+        // the bytes lie inside the map, which lives as long as the pool `Arc` held here. The
+        // map is anonymous memory, so every byte is initialized (zeros or an earlier block).
+        unsafe { std::slice::from_raw_parts(self.pool.ptr(self.slot), len) }
+    }
 }
 
 impl Drop for Taken {
@@ -200,17 +217,14 @@ pub struct Lease {
 
 impl Lease {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the slot was taken off the free list for this lease alone and goes back
-        // only when the lease (or the block it becomes) drops, so no other reference to these
-        // bytes exists; `len <= slot`, so they lie inside the map, which lives as long as the
-        // pool this lease holds an `Arc` of. The map is anonymous memory, so every byte is
-        // initialized (zeros or an earlier block). The borrow is tied to `&mut self`.
+        // SAFETY: as in `Taken::bytes`, the slot is this lease's alone and its `len` bytes lie
+        // inside the live map; the borrow is tied to `&mut self`, so no other reference to
+        // them (through `bytes`) exists while it lives.
         unsafe { std::slice::from_raw_parts_mut(self.page.pool.ptr(self.page.slot), self.len) }
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: as in `bytes_mut`, read-only under `&self`.
-        unsafe { std::slice::from_raw_parts(self.page.pool.ptr(self.page.slot), self.len) }
+        self.page.bytes(self.len)
     }
 
     /// The first `len` bytes as a block's immutable bytes; the slot is freed when the last
@@ -223,7 +237,7 @@ impl Lease {
     }
 }
 
-/// A filled slot, read-only from here on.
+/// A filled slot, read-only from here on (the lease was consumed by `freeze`).
 struct Frozen {
     page: Taken,
     len: usize,
@@ -231,11 +245,7 @@ struct Frozen {
 
 impl AsRef<[u8]> for Frozen {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: the lease this came from was consumed by `freeze`, so no `&mut` to the slot
-        // exists or can be made; the slot stays taken (and its bytes unchanged, as `release_excess`
-        // only touches free slots) until `self` drops; the map lives as long as the pool `Arc`
-        // held here; `len` is within the slot.
-        unsafe { std::slice::from_raw_parts(self.page.pool.ptr(self.page.slot), self.len) }
+        self.page.bytes(self.len)
     }
 }
 

@@ -36,10 +36,22 @@ impl Weighter<(u64, u32), Block> for BlockWeighter {
 pub struct BlockCache {
     cache: Cache<(u64, u32), Block, BlockWeighter>,
     capacity: u64,
+    room: Mutex<Room>,
     maps: Mutex<Vec<Weak<MappedPages>>>,
     touched: AtomicU64,
     sweep_due: AtomicBool,
     pages: Option<Arc<PagePool>>,
+}
+
+/// What decides the room blocks may take.
+struct Room {
+    /// The room asked for by [`BlockCache::set_room`] (the capacity until then).
+    asked: u64,
+    /// Bytes open tables keep in the heap for as long as they live (their indexes and
+    /// filters), registered with [`BlockCache::pin`].
+    pinned: u64,
+    /// Whether `pinned` comes out of the room (see [`BlockCache::charge_tables`]).
+    charged: bool,
 }
 
 /// Bytes read out of memory maps between sweeps.
@@ -54,6 +66,11 @@ impl BlockCache {
         BlockCache {
             cache: Cache::with_weighter(items, bytes.max(1), BlockWeighter),
             capacity: bytes,
+            room: Mutex::new(Room {
+                asked: bytes,
+                pinned: 0,
+                charged: false,
+            }),
             maps: Mutex::new(Vec::new()),
             touched: AtomicU64::new(0),
             sweep_due: AtomicBool::new(false),
@@ -145,9 +162,54 @@ impl BlockCache {
 
     /// Shrinks (or restores) the room blocks may take, within the configured capacity.
     pub fn set_room(&self, bytes: u64) {
-        if self.capacity > 0 {
-            self.cache.set_capacity(bytes.clamp(1, self.capacity));
+        let mut r = self.room.lock();
+        r.asked = bytes;
+        self.apply(&r);
+    }
+
+    /// Takes the bytes tables [`pin`](Self::pin) out of the room from now on, so that the
+    /// blocks, the tables' indexes and filters, and whatever else shares the room (the
+    /// memtables, see [`crate::Options::memtables_share_cache`]) stay within one budget.
+    pub fn charge_tables(&self) {
+        let mut r = self.room.lock();
+        r.charged = true;
+        self.apply(&r);
+    }
+
+    /// Registers `bytes` an open table keeps in the heap until it is dropped.
+    pub fn pin(&self, bytes: u64) {
+        let mut r = self.room.lock();
+        r.pinned = r.pinned.saturating_add(bytes);
+        self.apply(&r);
+    }
+
+    /// Returns bytes registered with [`pin`](Self::pin).
+    pub fn unpin(&self, bytes: u64) {
+        let mut r = self.room.lock();
+        r.pinned = r.pinned.saturating_sub(bytes);
+        self.apply(&r);
+    }
+
+    /// Bytes open tables keep in the heap (registered with [`pin`](Self::pin)).
+    pub fn pinned(&self) -> u64 {
+        self.room.lock().pinned
+    }
+
+    /// Sets the cache's capacity from the room asked for, less what tables pin when they
+    /// are charged for it; pinned bytes never take the room below a quarter of the
+    /// capacity (or below what was asked, if that is less), so a database of many tables
+    /// still caches blocks.
+    fn apply(&self, r: &Room) {
+        if self.capacity == 0 {
+            return;
         }
+        let mut room = r.asked;
+        if r.charged {
+            room = room
+                .saturating_sub(r.pinned)
+                .max(r.asked.min(self.capacity / 4));
+        }
+        self.cache.set_capacity(room.clamp(1, self.capacity));
     }
 }
 
@@ -277,5 +339,44 @@ pub(crate) mod tests {
             assert_eq!(e.key, format!("k{n:05}-029").as_bytes());
             assert_eq!(&e.value[..], &[n as u8; 100]);
         }
+    }
+
+    /// Bytes tables pin come out of the room once the cache is charged for them, down to
+    /// a floor of a quarter of the capacity, and go back when they are unpinned.
+    #[test]
+    fn pinned_table_bytes_come_out_of_the_room_once_charged() {
+        let cap = 4u64 << 20;
+        let cache = BlockCache::new(cap, 4096);
+        // The room is split over the cache's shards, each rounded up.
+        let near = |want: u64| cache.room().abs_diff(want) < 1024;
+        cache.pin(1 << 20);
+        assert!(near(cap), "not charged yet: room {}", cache.room());
+        assert_eq!(cache.pinned(), 1 << 20);
+        cache.charge_tables();
+        assert!(near(cap - (1 << 20)), "room {}", cache.room());
+        cache.set_room(2 << 20);
+        assert!(
+            near(1 << 20),
+            "asked 2 MiB, 1 pinned: room {}",
+            cache.room()
+        );
+        cache.pin(3 << 20);
+        assert!(
+            near(cap / 4),
+            "pins stop at a quarter: room {}",
+            cache.room()
+        );
+        cache.set_room(512 << 10);
+        assert!(
+            near(512 << 10),
+            "or at what was asked: room {}",
+            cache.room()
+        );
+        cache.unpin(3 << 20);
+        cache.set_room(cap);
+        assert!(near(cap - (1 << 20)), "room {}", cache.room());
+        cache.unpin(1 << 20);
+        assert!(near(cap), "all unpinned: room {}", cache.room());
+        assert_eq!(cache.pinned(), 0);
     }
 }

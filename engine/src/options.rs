@@ -40,13 +40,16 @@ pub struct Options {
     pub key_delta_blocks: bool,
     /// Bloom filter bits per key; 0 disables filters.
     pub bloom_bits_per_key: u32,
-    /// Bytes of decompressed blocks cached (compressed tables only; uncompressed blocks are
-    /// read straight from the memory map).
+    /// Bytes of blocks cached, decompressed (see `memtables_share_cache` for what else
+    /// this budget covers). With 0, blocks are read straight from the tables' memory maps
+    /// and compressed blocks are decompressed at every read.
     pub block_cache_bytes: u64,
-    /// Charge memtables against `block_cache_bytes`: the cache holds at most what the
-    /// memtables leave (but never less than a quarter), so the two together stay within one
-    /// memory budget. Frozen memtables are charged what they hold; the active one what it
-    /// holds rounded up, in sixteenths of `memtable_bytes`, to two sixteenths more.
+    /// Charge memtables, and the indexes and filters open tables keep in memory, against
+    /// `block_cache_bytes`: the cache holds at most what they leave (but never less than a
+    /// quarter), so the three together stay within one memory budget. Frozen memtables are
+    /// charged what they hold; the active one what it holds rounded up, in sixteenths of
+    /// `memtable_bytes`, to two sixteenths more. ([`crate::Stats::table_memory_bytes`]
+    /// reports the tables' share.)
     pub memtables_share_cache: bool,
     /// L0 files in one partition that trigger a compaction into its base level. Into a
     /// middle level, L0 then also waits until it holds as many bytes as that level (or twice

@@ -847,6 +847,16 @@ fn new_core(
 
 /// `unlisted`: set to a WAL the chain names and the listing lacks where a live rotation could
 /// explain it ([`may_be_unlisted`]; see `open`).
+/// The database's block cache, charged for the tables' indexes and filters when the
+/// memtables share its budget (the same budget then covers all three).
+fn new_cache(opts: &Options) -> Arc<BlockCache> {
+    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes, opts.block_size));
+    if opts.memtables_share_cache {
+        cache.charge_tables();
+    }
+    cache
+}
+
 fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Result<Arc<Inner>> {
     let fs = opts.fs.clone();
     let current = dir.join(CURRENT);
@@ -856,7 +866,7 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
             reason: "no CURRENT file".into(),
         });
     }
-    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes, opts.block_size));
+    let cache = new_cache(&opts);
     let loaded = load(
         &fs,
         dir,
@@ -913,7 +923,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .lock(&lock_path)
         .map_err(|e| Error::io(&lock_path, e))?
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
-    let cache = Arc::new(BlockCache::new(opts.block_cache_bytes, opts.block_size));
+    let cache = new_cache(&opts);
     let current = dir.join(CURRENT);
     let loaded = if fs.exists(&current).map_err(|e| Error::io(&current, e))? {
         load(

@@ -118,6 +118,8 @@ pub struct Stats {
     pub memtable_bytes: u64,
     pub immutable_memtables: usize,
     pub block_cache_bytes: u64,
+    /// Heap bytes open tables keep for as long as they are open: indexes, filters.
+    pub table_memory_bytes: u64,
     pub live_sst_bytes: u64,
     pub last_seqno: u64,
     pub background_errors: u64,

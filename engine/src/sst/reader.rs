@@ -80,6 +80,16 @@ impl Index {
         self.handles.shrink_to_fit();
     }
 
+    /// Heap bytes the index holds.
+    fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.prefixes.capacity() * size_of::<u64>()
+            + self.keys.capacity()
+            + self.ends.capacity() * size_of::<usize>()
+            + self.seqnos.capacity() * size_of::<u64>()
+            + self.handles.capacity() * size_of::<BlockHandle>()
+    }
+
     fn push(&mut self, key: &[u8], seqno: u64, handle: BlockHandle) {
         self.keys.extend_from_slice(key);
         self.ends.push(self.keys.len());
@@ -103,6 +113,16 @@ pub struct Table {
     /// leave the map's pages (and the kernel's fault-around neighbours) resident, so the
     /// process would hold the cache's bytes twice.
     reader: Option<Box<dyn crate::fs::RandomRead>>,
+    /// Heap bytes registered with the cache ([`BlockCache::pin`]) until the table drops.
+    pinned: u64,
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cache {
+            c.unpin(self.pinned);
+        }
+    }
 }
 
 impl std::fmt::Debug for Table {
@@ -137,6 +157,10 @@ impl Table {
         }
         t._pages = m.pages;
         t.reader = reader;
+        if let Some(c) = &t.cache {
+            t.pinned = t.heap_bytes();
+            c.pin(t.pinned);
+        }
         Ok(t)
     }
 
@@ -213,11 +237,18 @@ impl Table {
             verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
             _pages: None,
             reader: None,
+            pinned: 0,
         })
     }
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Heap bytes the open table keeps for as long as it lives: its index, filter and
+    /// checked-block bits.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.index.heap_bytes() + self.filter.len() + self.verified.len() * 8) as u64
     }
 
     pub fn path(&self) -> &Path {

@@ -709,3 +709,28 @@ fn values_from_blocks_in_cache_pages_outlive_their_eviction() {
         assert!(cache.pages().unwrap().taken() < pinned);
     }
 }
+
+/// An open table registers the heap bytes it keeps (index, filter) with its cache and
+/// returns them when it drops.
+#[test]
+fn an_open_table_pins_its_index_and_filter_in_the_cache_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("000012.sst");
+    let es = entries(3000);
+    write_sized(&p, &es, Compression::None, false, 1024);
+    let cache = Arc::new(BlockCache::new(1 << 20, 4096));
+    let t = Table::open(&StdFs, &p, 1, Some(cache.clone())).unwrap();
+    let heap = t.heap_bytes();
+    // 3000 keys at 10 bits each, and an index entry for every one of the many blocks.
+    assert!(
+        heap > 3000 * 10 / 8 + t.block_count() as u64 * 16,
+        "{heap} bytes"
+    );
+    assert_eq!(cache.pinned(), heap);
+    let t2 = Table::open(&StdFs, &p, 2, Some(cache.clone())).unwrap();
+    assert_eq!(cache.pinned(), 2 * heap);
+    drop(t);
+    assert_eq!(cache.pinned(), heap);
+    drop(t2);
+    assert_eq!(cache.pinned(), 0);
+}

@@ -39,20 +39,31 @@ struct Index {
     common: usize,
     prefixes: Vec<u64>,
     keys: Vec<u8>,
-    ends: Vec<usize>,
+    /// Where each key ends in `keys` (a table's index keys are far below 4 GiB).
+    ends: Vec<u32>,
     seqnos: Vec<u64>,
-    handles: Vec<BlockHandle>,
+    /// Where each data block starts, and one past the last: the blocks lie back to back
+    /// (checked at open), so block `i` is `starts[i]..starts[i + 1]` less its trailer.
+    starts: Vec<u64>,
 }
 
 impl Index {
     fn len(&self) -> usize {
-        self.handles.len()
+        self.ends.len()
     }
 
     #[inline]
     fn key(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.keys[start..self.ends[i]]
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.keys[start..self.ends[i] as usize]
+    }
+
+    #[inline]
+    fn handle(&self, i: usize) -> BlockHandle {
+        BlockHandle {
+            offset: self.starts[i],
+            size: self.starts[i + 1] - self.starts[i] - BLOCK_TRAILER_LEN as u64,
+        }
     }
 
     /// Sets the shared prefix and the search prefixes after it, once every key is in.
@@ -77,7 +88,7 @@ impl Index {
         self.keys.shrink_to_fit();
         self.ends.shrink_to_fit();
         self.seqnos.shrink_to_fit();
-        self.handles.shrink_to_fit();
+        self.starts.shrink_to_fit();
     }
 
     /// Heap bytes the index holds.
@@ -85,16 +96,26 @@ impl Index {
         use std::mem::size_of;
         self.prefixes.capacity() * size_of::<u64>()
             + self.keys.capacity()
-            + self.ends.capacity() * size_of::<usize>()
+            + self.ends.capacity() * size_of::<u32>()
             + self.seqnos.capacity() * size_of::<u64>()
-            + self.handles.capacity() * size_of::<BlockHandle>()
+            + self.starts.capacity() * size_of::<u64>()
     }
 
-    fn push(&mut self, key: &[u8], seqno: u64, handle: BlockHandle) {
+    /// Adds the next block, which starts where the last one ended (the caller checked;
+    /// the first at 0) and ends at `end`, its trailer included. False if the keys outgrow
+    /// 4 GiB (an index block is far smaller: only bad bytes get there).
+    fn push(&mut self, key: &[u8], seqno: u64, end: u64) -> bool {
+        let Ok(key_end) = u32::try_from(self.keys.len() + key.len()) else {
+            return false;
+        };
+        if self.starts.is_empty() {
+            self.starts.push(0);
+        }
         self.keys.extend_from_slice(key);
-        self.ends.push(self.keys.len());
+        self.ends.push(key_end);
         self.seqnos.push(seqno);
-        self.handles.push(handle);
+        self.starts.push(end);
+        true
     }
 }
 
@@ -211,7 +232,13 @@ impl Table {
                     format!("index entry {i} is out of order"),
                 ));
             }
-            index.push(&e.key, e.seqno, handle);
+            if !index.push(&e.key, e.seqno, next_offset) {
+                return Err(Error::corruption(
+                    path,
+                    footer.index.offset,
+                    format!("index entry {i}: index keys past 4 GiB"),
+                ));
+            }
         }
         if index.len() as u64 != props.data_blocks {
             return Err(Error::corruption(
@@ -276,7 +303,7 @@ impl Table {
     /// Checks the CRC of every data block (full verification).
     pub fn verify_blocks(&self) -> Result<()> {
         for i in 0..self.index.len() {
-            checked_block(&self.data, self.index.handles[i], &self.path)?;
+            checked_block(&self.data, self.index.handle(i), &self.path)?;
         }
         Ok(())
     }
@@ -296,7 +323,7 @@ impl Table {
                 return Ok(b);
             }
         }
-        let h = self.index.handles[i];
+        let h = self.index.handle(i);
         let start = h.offset as usize;
         let end = start + h.size as usize;
         if let (true, Some(c), Some(r)) = (fill_cache, &self.cache, &self.reader) {
@@ -356,12 +383,12 @@ impl Table {
     /// The codec byte in the trailer of data block `i`, and where the block is.
     #[cfg(test)]
     pub(crate) fn stored_block(&self, i: usize) -> (u8, BlockHandle) {
-        let h = self.index.handles[i];
+        let h = self.index.handle(i);
         (self.data[(h.offset + h.size) as usize], h)
     }
 
     pub(crate) fn block_offset(&self, i: usize) -> u64 {
-        self.index.handles[i].offset
+        self.index.starts[i]
     }
 
     /// Index of the first data block that may hold entries at or after (key, seqno).

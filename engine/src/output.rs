@@ -27,13 +27,7 @@ pub(crate) struct Outputs<'a> {
     cuts: Vec<bytes::Bytes>,
     next_cut: usize,
     cut_min_bytes: u64,
-    /// Heap bytes of the open writers registered with the block cache
-    /// ([`crate::cache::BlockCache::pin`]), brought up to date every [`CHARGE_EVERY`] entries.
-    pinned: u64,
 }
-
-/// Entries between updates of what the open writers are charged.
-const CHARGE_EVERY: u64 = 1024;
 
 impl<'a> Outputs<'a> {
     pub fn new(
@@ -55,22 +49,7 @@ impl<'a> Outputs<'a> {
             cuts: Vec::new(),
             next_cut: 0,
             cut_min_bytes: 0,
-            pinned: 0,
         }
-    }
-
-    /// Charges the block cache for what the open writers hold now: a table being built
-    /// keeps its index and its filter's key hashes in memory (4–5 MB for a 64 MB table), as
-    /// an open table keeps its index and filter.
-    fn recharge(&mut self) {
-        let now: u64 = self.writers.values().map(|w| w.heap_bytes()).sum();
-        let cache = &self.inner.cache;
-        if now > self.pinned {
-            cache.pin(now - self.pinned);
-        } else if now < self.pinned {
-            cache.unpin(self.pinned - now);
-        }
-        self.pinned = now;
     }
 
     /// Also cuts an output (once it holds `min_bytes`) before the first key at or past each
@@ -104,12 +83,11 @@ impl<'a> Outputs<'a> {
         if self.checked.is_multiple_of(4096) && self.inner.closing.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if self.checked.is_multiple_of(CHARGE_EVERY) {
+        if self.checked.is_multiple_of(1024) {
             // Inputs are read through memory maps: release their pages as the budget is
             // reached, here rather than at the WAL ticker's next round, so a compaction
             // keeps no more of them resident than the budget.
             self.inner.cache.sweep_if_due();
-            self.recharge();
         }
         let wkey = (layout.id, partition);
         let mut crossed = false;
@@ -129,7 +107,6 @@ impl<'a> Outputs<'a> {
             if (full || at_cut) && w.last_key() != Some(key) {
                 let w = self.writers.remove(&wkey).expect("writer exists");
                 self.finish_one(w)?;
-                self.recharge();
             }
         }
         if !self.writers.contains_key(&wkey) {
@@ -202,77 +179,5 @@ impl Drop for Outputs<'_> {
         if !self.created.is_empty() {
             self.abandon();
         }
-        // The charge goes with the job, finished or not (the tables it opened carry their own).
-        self.writers.clear();
-        self.recharge();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::Kind;
-    use crate::{Db, Options};
-
-    /// Tables being written are charged to the block cache for what they hold (their index
-    /// and filter hashes grow with every entry), and the charge goes when the job ends: to
-    /// the tables it opened if it finished, entirely if it was abandoned.
-    #[test]
-    fn open_writers_are_charged_to_the_cache_until_their_job_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), Options::default()).unwrap();
-        let inner = &db.inner;
-        let view = inner.view.load();
-        let layout = view.files.target_layout();
-        assert_eq!(inner.cache.pinned(), 0, "an empty database opens no table");
-        for finish in [true, false] {
-            let mut out = Outputs::new(inner, TableKind::Data, 0, None);
-            let n = 20_000u32;
-            for i in 0..n {
-                let key = format!("key{i:08}");
-                out.add_parts(layout, 0, key.as_bytes(), 1, Kind::Value, &[7u8; 50])
-                    .unwrap();
-            }
-            let charged = inner.cache.pinned();
-            // At least the filter's hashes of all but the last batch of entries.
-            assert!(
-                charged >= (n - CHARGE_EVERY as u32) as u64 * 8,
-                "{charged} bytes charged for {n} entries"
-            );
-            if finish {
-                let files = out.finish().unwrap();
-                let tables: u64 = files.iter().map(|f| f.table.heap_bytes()).sum();
-                assert!(tables > 0);
-                assert_eq!(inner.cache.pinned(), tables, "the tables' charge only");
-                drop(files);
-            } else {
-                drop(out);
-            }
-            assert_eq!(inner.cache.pinned(), 0, "finish: {finish}");
-        }
-        // A writer cut at the size limit hands its charge to the table it became at once.
-        let mut out = Outputs::new(inner, TableKind::Data, 0, Some(256 << 10));
-        let held = |out: &Outputs| -> u64 {
-            let tables: u64 = out.done.iter().map(|f| f.table.heap_bytes()).sum();
-            tables + out.writers.values().map(|w| w.heap_bytes()).sum::<u64>()
-        };
-        let mut cuts = 0;
-        for i in 0..20_000u32 {
-            let key = format!("key{i:08}");
-            out.add_parts(layout, 0, key.as_bytes(), 1, Kind::Value, &[7u8; 50])
-                .unwrap();
-            if out.done.len() > cuts {
-                cuts = out.done.len();
-                assert!(
-                    inner.cache.pinned() <= held(&out),
-                    "after cut {cuts}: {} charged, {} held",
-                    inner.cache.pinned(),
-                    held(&out)
-                );
-            }
-        }
-        assert!(cuts >= 3, "{cuts} cuts");
-        drop(out);
-        assert_eq!(inner.cache.pinned(), 0);
     }
 }

@@ -61,11 +61,6 @@ impl BlockBuilder {
         self.offsets.is_empty()
     }
 
-    /// Heap bytes the builder holds.
-    pub fn heap_bytes(&self) -> usize {
-        self.buf.capacity() + self.offsets.capacity() * std::mem::size_of::<u32>()
-    }
-
     pub fn len(&self) -> usize {
         self.offsets.len()
     }

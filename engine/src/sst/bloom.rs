@@ -29,11 +29,6 @@ impl BloomBuilder {
         }
     }
 
-    /// Heap bytes the builder holds.
-    pub fn heap_bytes(&self) -> usize {
-        self.hashes.capacity() * std::mem::size_of::<u64>()
-    }
-
     pub fn add_key(&mut self, key: &[u8]) {
         // Filters off: nothing to keep.
         if self.bits_per_key == 0 {

@@ -150,17 +150,6 @@ impl TableWriter {
     }
 
     /// Bytes written so far, including the block being built.
-    /// Heap bytes the writer holds: buffers, the index so far, the filter's key hashes.
-    pub fn heap_bytes(&self) -> u64 {
-        (self.block.heap_bytes()
-            + self.index.heap_bytes()
-            + self.bloom.heap_bytes()
-            + self.out.capacity()
-            + self.scratch.capacity()
-            + self.encoded.capacity()
-            + self.zstd_scratch.capacity()) as u64
-    }
-
     pub fn estimated_size(&self) -> u64 {
         self.offset + self.out.len() as u64 + self.block.estimated_len() as u64
     }

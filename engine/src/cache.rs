@@ -162,32 +162,24 @@ impl BlockCache {
 
     /// Shrinks (or restores) the room blocks may take, within the configured capacity.
     pub fn set_room(&self, bytes: u64) {
-        let mut r = self.room.lock();
-        r.asked = bytes;
-        self.apply(&r);
+        self.update_room(|r| r.asked = bytes);
     }
 
     /// Takes the bytes tables [`pin`](Self::pin) out of the room from now on, so that the
     /// blocks, the tables' indexes and filters, and whatever else shares the room (the
     /// memtables, see [`crate::Options::memtables_share_cache`]) stay within one budget.
     pub fn charge_tables(&self) {
-        let mut r = self.room.lock();
-        r.charged = true;
-        self.apply(&r);
+        self.update_room(|r| r.charged = true);
     }
 
     /// Registers `bytes` an open table keeps in the heap until it is dropped.
     pub fn pin(&self, bytes: u64) {
-        let mut r = self.room.lock();
-        r.pinned = r.pinned.saturating_add(bytes);
-        self.apply(&r);
+        self.update_room(|r| r.pinned = r.pinned.saturating_add(bytes));
     }
 
     /// Returns bytes registered with [`pin`](Self::pin).
     pub fn unpin(&self, bytes: u64) {
-        let mut r = self.room.lock();
-        r.pinned = r.pinned.saturating_sub(bytes);
-        self.apply(&r);
+        self.update_room(|r| r.pinned = r.pinned.saturating_sub(bytes));
     }
 
     /// Bytes open tables keep in the heap (registered with [`pin`](Self::pin)).
@@ -195,21 +187,29 @@ impl BlockCache {
         self.room.lock().pinned
     }
 
-    /// Sets the cache's capacity from the room asked for, less what tables pin when they
-    /// are charged for it; pinned bytes never take the room below a quarter of the
-    /// capacity (or below what was asked, if that is less), so a database of many tables
-    /// still caches blocks.
-    fn apply(&self, r: &Room) {
-        if self.capacity == 0 {
-            return;
+    /// Changes what decides the room and sets the cache's capacity from it: the room asked
+    /// for, less what tables pin when they are charged for it. Pinned bytes never take the
+    /// room below a quarter of the capacity (or below what was asked, if that is less), so
+    /// a database of many tables still caches blocks. Under the lock, so that concurrent
+    /// changes set the capacity in the order they were made.
+    fn update_room(&self, change: impl FnOnce(&mut Room)) {
+        let mut r = self.room.lock();
+        let before = self.room_of(&r);
+        change(&mut r);
+        let room = self.room_of(&r);
+        if self.capacity > 0 && room != before {
+            self.cache.set_capacity(room);
         }
+    }
+
+    fn room_of(&self, r: &Room) -> u64 {
         let mut room = r.asked;
         if r.charged {
             room = room
                 .saturating_sub(r.pinned)
                 .max(r.asked.min(self.capacity / 4));
         }
-        self.cache.set_capacity(room.clamp(1, self.capacity));
+        room.clamp(1, self.capacity.max(1))
     }
 }
 

@@ -845,8 +845,6 @@ fn new_core(
     }
 }
 
-/// `unlisted`: set to a WAL the chain names and the listing lacks where a live rotation could
-/// explain it ([`may_be_unlisted`]; see `open`).
 /// The database's block cache, charged for the tables' indexes and filters when the
 /// memtables share its budget (the same budget then covers all three).
 fn new_cache(opts: &Options) -> Arc<BlockCache> {
@@ -857,6 +855,8 @@ fn new_cache(opts: &Options) -> Arc<BlockCache> {
     cache
 }
 
+/// `unlisted`: set to a WAL the chain names and the listing lacks where a live rotation could
+/// explain it ([`may_be_unlisted`]; see `open`).
 fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Result<Arc<Inner>> {
     let fs = opts.fs.clone();
     let current = dir.join(CURRENT);

@@ -73,23 +73,69 @@ pub fn delta_encode(mem: &[u8], out: &mut Vec<u8>) {
 /// that pass the CRC but were not written by this encoder give an error, never a panic or a
 /// block that differs from its own header.
 pub fn delta_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
-    let mut d = Decoder::new(body, file, base);
-    // Each entry takes at least four bytes here (its four varints).
-    let count = d.len(body.len() / 4, "delta block entry count")?;
-    let mem_len = d.len(MAX_BLOCK_LEN, "delta block decoded length")?;
+    let header = DeltaHeader::parse(body, file, base)?;
+    let mut out = vec![0u8; header.mem_len];
+    delta_decode_into(body, &header, &mut out, file, base)?;
+    Ok(out)
+}
+
+/// The header of a key-delta block: its entry count, decoded length, and where its entries
+/// start.
+#[derive(Clone, Copy)]
+pub struct DeltaHeader {
+    count: usize,
+    mem_len: usize,
+    entries_at: usize,
+}
+
+impl DeltaHeader {
+    pub fn parse(body: &[u8], file: &Path, base: u64) -> Result<DeltaHeader> {
+        let mut d = Decoder::new(body, file, base);
+        // Each entry takes at least four bytes here (its four varints).
+        let count = d.len(body.len() / 4, "delta block entry count")?;
+        let mem_len = d.len(MAX_BLOCK_LEN, "delta block decoded length")?;
+        if mem_len < count * 4 + 4 {
+            return Err(Error::corruption(
+                file,
+                base,
+                format!("delta block of {count} entries claims {mem_len} decoded bytes"),
+            ));
+        }
+        Ok(DeltaHeader {
+            count,
+            mem_len,
+            entries_at: body.len() - d.remaining(),
+        })
+    }
+
+    /// Bytes the block decodes to.
+    pub fn decoded_len(&self) -> usize {
+        self.mem_len
+    }
+}
+
+/// Decodes the key-delta block `body`, whose header is `header`, into `out` (exactly its
+/// decoded length; whatever it held before is overwritten, every byte, or an error is
+/// returned).
+pub fn delta_decode_into(
+    body: &[u8],
+    header: &DeltaHeader,
+    out: &mut [u8],
+    file: &Path,
+    base: u64,
+) -> Result<()> {
+    let DeltaHeader {
+        count,
+        mem_len,
+        entries_at,
+    } = *header;
+    assert_eq!(out.len(), mem_len, "a buffer of the block's decoded length");
     let bad = |at: usize, why: String| Error::corruption(file, base + at as u64, why);
     let offsets_len = count * 4 + 4;
-    if mem_len < offsets_len {
-        return Err(bad(
-            0,
-            format!("delta block of {count} entries claims {mem_len} decoded bytes"),
-        ));
-    }
     // The output is written in place: entries from the front, their offsets after them.
     let entries_len = mem_len - offsets_len;
-    let mut out = vec![0u8; mem_len];
     let (area, offsets) = out.split_at_mut(entries_len);
-    let mut p = body.len() - d.remaining();
+    let mut p = entries_at;
     let mut w = 0usize;
     // Where the previous key starts in `area`, and its length.
     let (mut prev_at, mut prev_len) = (0usize, 0usize);
@@ -165,7 +211,7 @@ pub fn delta_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
         ));
     }
     offsets[count * 4..].copy_from_slice(&(count as u32).to_le_bytes());
-    Ok(out)
+    Ok(())
 }
 
 /// Compresses `raw` with zstd as `[raw length varint][frame]`, appending to `out`.
@@ -181,32 +227,129 @@ pub fn zstd_encode(
     Ok(())
 }
 
-/// Decodes a `[raw length varint][zstd frame]` body.
-fn zstd_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
+/// Reads the header of a `[raw length varint][zstd frame]` body: the length and the frame.
+fn zstd_header<'a>(body: &'a [u8], file: &Path, base: u64) -> Result<(usize, &'a [u8])> {
     let mut d = Decoder::new(body, file, base);
     let raw_len = d.len(MAX_BLOCK_LEN, "uncompressed block length")?;
-    let z = &body[body.len() - d.remaining()..];
-    let v = zstd::bulk::decompress(z, raw_len)
+    Ok((raw_len, &body[body.len() - d.remaining()..]))
+}
+
+/// Decompresses `frame` into `out`, which must come out exactly filled.
+fn zstd_decode_into(frame: &[u8], out: &mut [u8], file: &Path, base: u64) -> Result<()> {
+    let n = zstd::bulk::decompress_to_buffer(frame, out)
         .map_err(|e| Error::corruption(file, base, format!("zstd block: {e}")))?;
-    if v.len() != raw_len {
+    if n != out.len() {
         return Err(Error::corruption(
             file,
             base,
-            format!(
-                "zstd block decoded to {} bytes, expected {raw_len}",
-                v.len()
-            ),
+            format!("zstd block decoded to {n} bytes, expected {}", out.len()),
         ));
     }
-    Ok(v)
+    Ok(())
+}
+
+/// A coded block body, its header read: how long it decodes to, and the decoding of it
+/// into memory of that length (a page of the block cache's, or a new buffer).
+enum Decoding<'a> {
+    Zstd {
+        frame: &'a [u8],
+        len: usize,
+    },
+    Delta {
+        body: &'a [u8],
+        header: DeltaHeader,
+    },
+    /// A zstd-compressed key-delta body, decompressed.
+    DeltaZstd {
+        delta: Vec<u8>,
+        header: DeltaHeader,
+    },
+}
+
+impl<'a> Decoding<'a> {
+    /// The decoding of a body stored with codec `ty`; `None` when the body is stored as it
+    /// is (uncompressed).
+    fn of(ty: u8, body: &'a [u8], file: &Path, base: u64) -> Result<Option<Decoding<'a>>> {
+        Ok(Some(match ty {
+            COMPRESSION_NONE => return Ok(None),
+            COMPRESSION_ZSTD => {
+                let (len, frame) = zstd_header(body, file, base)?;
+                Decoding::Zstd { frame, len }
+            }
+            COMPRESSION_DELTA => Decoding::Delta {
+                body,
+                header: DeltaHeader::parse(body, file, base)?,
+            },
+            COMPRESSION_DELTA_ZSTD => {
+                let (len, frame) = zstd_header(body, file, base)?;
+                let mut delta = vec![0u8; len];
+                zstd_decode_into(frame, &mut delta, file, base)?;
+                let header =
+                    DeltaHeader::parse(&delta, file, 0).map_err(|e| in_decompressed(e, base))?;
+                Decoding::DeltaZstd { delta, header }
+            }
+            other => {
+                return Err(Error::corruption(
+                    file,
+                    base + body.len() as u64,
+                    format!("unknown block codec {other}"),
+                ))
+            }
+        }))
+    }
+
+    /// Bytes the body decodes to.
+    fn len(&self) -> usize {
+        match self {
+            Decoding::Zstd { len, .. } => *len,
+            Decoding::Delta { header, .. } | Decoding::DeltaZstd { header, .. } => {
+                header.decoded_len()
+            }
+        }
+    }
+
+    /// Decodes into `out`, exactly [`len`](Self::len) bytes, overwriting every one of them.
+    fn write_to(&self, out: &mut [u8], file: &Path, base: u64) -> Result<()> {
+        match self {
+            Decoding::Zstd { frame, .. } => zstd_decode_into(frame, out, file, base),
+            Decoding::Delta { body, header } => delta_decode_into(body, header, out, file, base),
+            Decoding::DeltaZstd { delta, header } => {
+                delta_decode_into(delta, header, out, file, 0).map_err(|e| in_decompressed(e, base))
+            }
+        }
+    }
+
+    fn into_vec(self, file: &Path, base: u64) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.len()];
+        self.write_to(&mut out, file, base)?;
+        Ok(out)
+    }
+}
+
+/// An error at a position inside the decompressed bytes of the block at `base`: positions
+/// there are not file offsets, so it names the block, and the position within what it
+/// decompressed to.
+fn in_decompressed(e: Error, base: u64) -> Error {
+    match e {
+        Error::Corruption {
+            file,
+            offset,
+            reason,
+        } => Error::Corruption {
+            file,
+            offset: base,
+            reason: format!("{reason} (at byte {offset} of the decompressed block)"),
+        },
+        other => other,
+    }
 }
 
 /// Decodes the CRC-checked body of a block stored with codec `ty` at `base` in `file`. An
 /// uncompressed body becomes the block zero-copy; the others are decoded into a new buffer.
 pub fn decode_block(ty: u8, body: Bytes, file: &Path, base: u64) -> Result<Block> {
-    match decode_body(ty, &body, file, base)? {
+    match Decoding::of(ty, &body, file, base)? {
         None => Block::new(body, file, base),
-        Some(mem) => Block::new(Bytes::from(mem), file, base),
+        Some(d) => Block::new(Bytes::from(d.into_vec(file, base)?), file, base),
     }
 }
 
@@ -227,9 +370,9 @@ impl Owned {
 }
 
 /// [`decode_block`] for a body read into memory of its own, `buf`'s first `len` bytes (a
-/// block bound for `cache`): an uncompressed block stays where it was read; a decoded one
-/// goes into a page of the cache if it fits one. With `search`, the block gets search
-/// prefixes ([`Block::from_bytes`]).
+/// block bound for `cache`): an uncompressed block stays where it was read; a coded one is
+/// decoded straight into a page of the cache if it fits one. With `search`, the block gets
+/// search prefixes ([`Block::from_bytes`]).
 pub fn decode_owned(
     ty: u8,
     buf: Owned,
@@ -239,54 +382,25 @@ pub fn decode_owned(
     file: &Path,
     base: u64,
 ) -> Result<Block> {
-    let (data, page) = match (decode_body(ty, &buf.bytes()[..len], file, base)?, buf) {
+    let decoded = match Decoding::of(ty, &buf.bytes()[..len], file, base)? {
+        None => None,
+        Some(d) => Some(match cache.lease(d.len()) {
+            Some(mut lease) => {
+                d.write_to(lease.bytes_mut(), file, base)?;
+                (lease.freeze(d.len()), cache.page_len())
+            }
+            None => (Bytes::from(d.into_vec(file, base)?), 0),
+        }),
+    };
+    let (data, page) = match (decoded, buf) {
+        (Some(d), _) => d,
         (None, Owned::Page(lease)) => (lease.freeze(len), cache.page_len()),
         (None, Owned::Heap(mut v)) => {
             v.truncate(len);
             (Bytes::from(v), 0)
         }
-        (Some(mem), _) => match cache.lease(mem.len()) {
-            Some(mut lease) => {
-                lease.bytes_mut().copy_from_slice(&mem);
-                (lease.freeze(mem.len()), cache.page_len())
-            }
-            None => (Bytes::from(mem), 0),
-        },
     };
     Ok(Block::from_bytes(data, search, file, base)?.in_page(page))
-}
-
-/// The decoded bytes of a body stored with codec `ty`; `None` when the body is stored as it
-/// is (uncompressed).
-fn decode_body(ty: u8, body: &[u8], file: &Path, base: u64) -> Result<Option<Vec<u8>>> {
-    Ok(Some(match ty {
-        COMPRESSION_NONE => return Ok(None),
-        COMPRESSION_ZSTD => zstd_decode(body, file, base)?,
-        COMPRESSION_DELTA => delta_decode(body, file, base)?,
-        COMPRESSION_DELTA_ZSTD => {
-            // Positions inside the decompressed bytes are not file offsets: name the block,
-            // and the position within what it decompressed to.
-            delta_decode(&zstd_decode(body, file, base)?, file, 0).map_err(|e| match e {
-                Error::Corruption {
-                    file,
-                    offset,
-                    reason,
-                } => Error::Corruption {
-                    file,
-                    offset: base,
-                    reason: format!("{reason} (at byte {offset} of the decompressed block)"),
-                },
-                other => other,
-            })?
-        }
-        other => {
-            return Err(Error::corruption(
-                file,
-                base + body.len() as u64,
-                format!("unknown block codec {other}"),
-            ))
-        }
-    }))
 }
 
 #[cfg(test)]

@@ -463,14 +463,17 @@ fn a_zstd_block_changed_under_a_valid_crc_never_yields_a_wrong_entry() {
             b[end..end + format::BLOCK_TRAILER_LEN].copy_from_slice(&trailer);
             let p = dir.path().join("000007.sst");
             std::fs::write(&p, &b).unwrap();
-            let t = open(&p, false).unwrap();
-            match t.iter().collect::<crate::Result<Vec<Entry>>>() {
-                Err(e) => {
-                    assert!(e.is_corruption(), "{e}");
-                    refused += 1;
+            // Decoded into memory of its own, and into a page of the cache's.
+            for cache in [false, true] {
+                let t = open(&p, cache).unwrap();
+                match t.iter().collect::<crate::Result<Vec<Entry>>>() {
+                    Err(e) => {
+                        assert!(e.is_corruption(), "{e}");
+                        refused += 1;
+                    }
+                    Ok(got) if got != es => wrong += 1,
+                    Ok(_) => {}
                 }
-                Ok(got) if got != es => wrong += 1,
-                Ok(_) => {}
             }
         }
         assert_eq!(
@@ -657,6 +660,7 @@ fn values_from_blocks_in_cache_pages_outlive_their_eviction() {
     for (compression, key_delta) in [
         (Compression::None, false),
         (Compression::None, true),
+        (Compression::Zstd(1), false),
         (Compression::Zstd(1), true),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -102,10 +102,19 @@ fn block(c: &mut Criterion) {
             }
         })
     });
+    // As stored: `[raw length][frame]`, decoded by the engine's own path.
+    let mut stored = Vec::new();
+    sluice::sst::codec::zstd_encode(&mut zc, &raw, &mut stored, path).expect("encode");
+    let stored = Bytes::from(stored);
     g.bench_function("decode/zstd3", |b| {
         b.iter(|| {
-            let d = zstd::bulk::decompress(&compressed, raw_len).expect("decompress");
-            let blk = Block::new(Bytes::from(d), path, 0).expect("block");
+            let blk = sluice::sst::codec::decode_block(
+                sluice::sst::format::COMPRESSION_ZSTD,
+                stored.clone(),
+                path,
+                0,
+            )
+            .expect("block");
             for j in 0..blk.len() {
                 black_box(blk.entry(j, path, 0).expect("entry"));
             }

@@ -82,14 +82,14 @@ pub fn delta_decode(body: &[u8], file: &Path, base: u64) -> Result<Vec<u8>> {
 /// The header of a key-delta block: its entry count, decoded length, and where its entries
 /// start.
 #[derive(Clone, Copy)]
-pub struct DeltaHeader {
+struct DeltaHeader {
     count: usize,
     mem_len: usize,
     entries_at: usize,
 }
 
 impl DeltaHeader {
-    pub fn parse(body: &[u8], file: &Path, base: u64) -> Result<DeltaHeader> {
+    fn parse(body: &[u8], file: &Path, base: u64) -> Result<DeltaHeader> {
         let mut d = Decoder::new(body, file, base);
         // Each entry takes at least four bytes here (its four varints).
         let count = d.len(body.len() / 4, "delta block entry count")?;
@@ -109,7 +109,7 @@ impl DeltaHeader {
     }
 
     /// Bytes the block decodes to.
-    pub fn decoded_len(&self) -> usize {
+    fn decoded_len(&self) -> usize {
         self.mem_len
     }
 }
@@ -117,7 +117,7 @@ impl DeltaHeader {
 /// Decodes the key-delta block `body`, whose header is `header`, into `out` (exactly its
 /// decoded length; whatever it held before is overwritten, every byte, or an error is
 /// returned).
-pub fn delta_decode_into(
+fn delta_decode_into(
     body: &[u8],
     header: &DeltaHeader,
     out: &mut [u8],
@@ -228,24 +228,76 @@ pub fn zstd_encode(
 }
 
 /// Reads the header of a `[raw length varint][zstd frame]` body: the length and the frame.
+/// A frame that records a different length of content is refused here, before anything
+/// is allocated for the length the header claims.
 fn zstd_header<'a>(body: &'a [u8], file: &Path, base: u64) -> Result<(usize, &'a [u8])> {
     let mut d = Decoder::new(body, file, base);
     let raw_len = d.len(MAX_BLOCK_LEN, "uncompressed block length")?;
-    Ok((raw_len, &body[body.len() - d.remaining()..]))
+    let frame = &body[body.len() - d.remaining()..];
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n != raw_len as u64 => Err(Error::corruption(
+            file,
+            base,
+            format!("zstd block: the frame holds {n} bytes, the block header says {raw_len}"),
+        )),
+        Err(_) => Err(Error::corruption(
+            file,
+            base,
+            "zstd block: bad frame header",
+        )),
+        // Frames written here record their size; one that does not is checked as it
+        // decompresses.
+        Ok(_) => Ok((raw_len, frame)),
+    }
+}
+
+/// Decompresses `frame` into `out` (a slice, or a vector's spare capacity), with this
+/// thread's decompression context (made once per thread, not once per block).
+fn zstd_decompress<C: zstd::zstd_safe::WriteBuf + ?Sized>(
+    frame: &[u8],
+    out: &mut C,
+    file: &Path,
+    base: u64,
+) -> Result<usize> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let fail = |e: std::io::Error| Error::corruption(file, base, format!("zstd block: {e}"));
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Decompressor::new().map_err(fail)?);
+        }
+        let d = c.as_mut().expect("just made");
+        d.decompress_to_buffer(frame, out).map_err(fail)
+    })
+}
+
+/// Decompresses `frame` into a new buffer of exactly `len` bytes.
+fn zstd_decode_vec(frame: &[u8], len: usize, file: &Path, base: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    // Into the buffer's spare capacity: nothing to clear first.
+    let n = zstd_decompress(frame, &mut out, file, base)?;
+    check_zstd_len(n, len, file, base)?;
+    Ok(out)
+}
+
+fn check_zstd_len(n: usize, len: usize, file: &Path, base: u64) -> Result<()> {
+    if n != len {
+        return Err(Error::corruption(
+            file,
+            base,
+            format!("zstd block decoded to {n} bytes, expected {len}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Decompresses `frame` into `out`, which must come out exactly filled.
 fn zstd_decode_into(frame: &[u8], out: &mut [u8], file: &Path, base: u64) -> Result<()> {
-    let n = zstd::bulk::decompress_to_buffer(frame, out)
-        .map_err(|e| Error::corruption(file, base, format!("zstd block: {e}")))?;
-    if n != out.len() {
-        return Err(Error::corruption(
-            file,
-            base,
-            format!("zstd block decoded to {n} bytes, expected {}", out.len()),
-        ));
-    }
-    Ok(())
+    let n = zstd_decompress(frame, out, file, base)?;
+    check_zstd_len(n, out.len(), file, base)
 }
 
 /// A coded block body, its header read: how long it decodes to, and the decoding of it
@@ -282,8 +334,7 @@ impl<'a> Decoding<'a> {
             },
             COMPRESSION_DELTA_ZSTD => {
                 let (len, frame) = zstd_header(body, file, base)?;
-                let mut delta = vec![0u8; len];
-                zstd_decode_into(frame, &mut delta, file, base)?;
+                let delta = zstd_decode_vec(frame, len, file, base)?;
                 let header =
                     DeltaHeader::parse(&delta, file, 0).map_err(|e| in_decompressed(e, base))?;
                 Decoding::DeltaZstd { delta, header }
@@ -320,6 +371,9 @@ impl<'a> Decoding<'a> {
     }
 
     fn into_vec(self, file: &Path, base: u64) -> Result<Vec<u8>> {
+        if let Decoding::Zstd { frame, len } = self {
+            return zstd_decode_vec(frame, len, file, base);
+        }
         let mut out = vec![0u8; self.len()];
         self.write_to(&mut out, file, base)?;
         Ok(out)
@@ -507,6 +561,25 @@ mod tests {
         let e = delta_decode(&b, Path::new("f.sst"), 4096).unwrap_err();
         assert!(e.to_string().contains("shared"), "{e}");
         assert!(decode_block(9, Bytes::from_static(b"abc"), Path::new("f"), 0).is_err());
+        // A zstd block whose header claims the largest length for a frame of 3000 bytes:
+        // refused from the frame's own recorded size, before a buffer of that length exists.
+        for ty in [COMPRESSION_ZSTD, COMPRESSION_DELTA_ZSTD] {
+            let mut c = zstd::bulk::Compressor::new(3).unwrap();
+            let frame = c.compress(&[7u8; 3000]).unwrap();
+            let mut body = Vec::new();
+            put_varint(&mut body, MAX_BLOCK_LEN as u64);
+            body.extend_from_slice(&frame);
+            let e = decode_block(ty, Bytes::from(body), Path::new("f.sst"), 4096)
+                .err()
+                .expect("refused");
+            assert!(e.is_corruption(), "{e}");
+            assert!(
+                e.to_string().contains(&format!(
+                    "the frame holds 3000 bytes, the block header says {MAX_BLOCK_LEN}"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -109,9 +109,10 @@ struct Cli {
     #[arg(long, default_value = "none", value_parser = parse_compression)]
     compression: Compression,
 
-    /// Write tables with key-delta blocks (`Options::key_delta_blocks`).
-    #[arg(long)]
-    key_delta_blocks: bool,
+    /// Key-delta blocks (`Options::key_delta_blocks`): `--key-delta-blocks [true]` on,
+    /// `--key-delta-blocks false` off (engine default if omitted).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    key_delta_blocks: Option<bool>,
 
     /// Memtable size in MiB (engine default if omitted).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -381,9 +382,11 @@ fn sluice_options(cli: &Cli) -> Options {
         create_if_missing: !cli.use_existing_db,
         block_cache_bytes: cli.cache_mb.saturating_mul(1 << 20),
         compression: cli.compression,
-        key_delta_blocks: cli.key_delta_blocks,
         ..Options::default()
     };
+    if let Some(on) = cli.key_delta_blocks {
+        opts.key_delta_blocks = on;
+    }
     if let Some(kb) = cli.wal_buffer_kb {
         opts.wal_buffer_bytes = kb.saturating_mul(1 << 10);
     }
@@ -591,7 +594,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.sync,
         layout.target,
         cli.compression,
-        cli.key_delta_blocks,
+        opts.key_delta_blocks,
         cli.cache_mb,
         opts.memtable_bytes as f64 / (1 << 20) as f64,
         opts.bloom_bits_per_key,

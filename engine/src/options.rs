@@ -32,11 +32,13 @@ pub struct Options {
     /// Store data and index blocks with each key delta-encoded against the one before it
     /// (table format version 2, `sst::codec`): tables shrink by the key bytes neighbours
     /// share, so flushes and compactions write that much less (16-byte keys of a dense
-    /// key space: ~15%). The price is a decoding copy whenever a block is loaded into the
-    /// cache or read by a compaction, which cost random point reads 16–20% and scans
-    /// 17–28% in `sluice-stress` (BENCHMARKS.md §2). Tables written with it are readable by
-    /// builds that read format version 2; the option can change between opens (every table
-    /// says how it was written). Off by default.
+    /// key space: ~16%). The price is decoding a block whenever it is loaded into the
+    /// cache or read by a compaction: in `sluice-stress`'s 1M-key chain, with a cache
+    /// holding half the data, random point reads, 100-key scans and reads under a
+    /// concurrent writer were 7–9% slower and that last one's p99 10–40% higher
+    /// (BENCHMARKS.md §2). Tables written with it are readable by builds that read format
+    /// version 2; the option can change between opens (every table says how it was
+    /// written). Off by default.
     pub key_delta_blocks: bool,
     /// Bloom filter bits per key; 0 disables filters.
     pub bloom_bits_per_key: u32,

@@ -16,15 +16,24 @@ pub fn key_hash(key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, BLOOM_SEED)
 }
 
+/// Key hashes kept per chunk of a [`BloomBuilder`]: 32 KiB. A table's hashes (up to ~4 MiB
+/// for a 64 MiB table) grow a chunk at a time, not by doubling one vector: no copy of what
+/// is kept, no vector of twice the size needed, and the freed chunks of one table are
+/// allocations of one size that the next table's take again, not a ladder of sizes the
+/// allocator keeps resident for reuse.
+const HASH_CHUNK: usize = 4096;
+
 pub struct BloomBuilder {
-    hashes: Vec<u64>,
+    chunks: Vec<Vec<u64>>,
+    len: usize,
     bits_per_key: u32,
 }
 
 impl BloomBuilder {
     pub fn new(bits_per_key: u32) -> BloomBuilder {
         BloomBuilder {
-            hashes: Vec::new(),
+            chunks: Vec::new(),
+            len: 0,
             bits_per_key,
         }
     }
@@ -35,23 +44,39 @@ impl BloomBuilder {
             return;
         }
         let h = key_hash(key);
-        if self.hashes.last() != Some(&h) {
-            self.hashes.push(h);
+        // Versions of one key come one after another: their hash is kept once.
+        if self.chunks.last().and_then(|c| c.last()) == Some(&h) {
+            return;
         }
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < HASH_CHUNK => c.push(h),
+            _ => {
+                let mut c = Vec::with_capacity(HASH_CHUNK);
+                c.push(h);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Hashes kept (consecutive equal ones once).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
     }
 
     /// The encoded filter, or an empty vector when filters are off.
     pub fn finish(&self) -> Vec<u8> {
-        if self.bits_per_key == 0 || self.hashes.is_empty() {
+        if self.bits_per_key == 0 || self.len == 0 {
             return Vec::new();
         }
-        let bits = (self.hashes.len() as u64 * self.bits_per_key as u64).max(BLOCK_BITS);
+        let bits = (self.len as u64 * self.bits_per_key as u64).max(BLOCK_BITS);
         let blocks = bits.div_ceil(BLOCK_BITS) as usize;
         // Blocked filters lose a little accuracy to uneven block loads; one probe more than
         // the classic ln(2)·bits/key makes up most of it.
         let k = ((self.bits_per_key as f64 * 0.69) as u32 + 1).clamp(1, 16) as u8;
         let mut out = vec![0u8; blocks * BLOCK_BYTES + 1];
-        for &h in &self.hashes {
+        for &h in self.chunks.iter().flatten() {
             let (base, mut a, b) = positions(h, blocks);
             for _ in 0..k {
                 let bit = (a % BLOCK_BITS as u32) as usize;
@@ -149,6 +174,31 @@ impl AtomicBloom {
 mod tests {
     use super::*;
 
+    /// Versions of one key come one after another and are hashed once, also when the
+    /// first of them filled a chunk; every hash of every chunk reaches the filter.
+    #[test]
+    fn repeated_keys_across_a_chunk_boundary_are_kept_once() {
+        let key = |i: usize| format!("key{i:08}").into_bytes();
+        let mut b = BloomBuilder::new(10);
+        for i in 0..HASH_CHUNK {
+            b.add_key(&key(i));
+        }
+        assert_eq!((b.len(), b.chunks.len()), (HASH_CHUNK, 1));
+        b.add_key(&key(HASH_CHUNK - 1));
+        assert_eq!(
+            (b.len(), b.chunks.len()),
+            (HASH_CHUNK, 1),
+            "a repeat at the boundary"
+        );
+        b.add_key(&key(HASH_CHUNK));
+        b.add_key(&key(HASH_CHUNK));
+        assert_eq!((b.len(), b.chunks.len()), (HASH_CHUNK + 1, 2));
+        let f = b.finish();
+        for i in 0..=HASH_CHUNK {
+            assert!(may_contain(&f, key_hash(&key(i))), "key {i}");
+        }
+    }
+
     #[test]
     fn no_false_negatives_and_low_false_positive_rate() {
         let mut b = BloomBuilder::new(10);
@@ -173,10 +223,10 @@ mod tests {
             b.add_key(format!("k{i}").as_bytes());
             b.add_key(format!("k{i}").as_bytes());
         }
-        assert_eq!(b.hashes.len(), 1000);
+        assert_eq!(b.len(), 1000);
         let mut off = BloomBuilder::new(0);
         off.add_key(b"k");
-        assert!(off.hashes.is_empty() && off.finish().is_empty());
+        assert!(off.len() == 0 && off.finish().is_empty());
     }
 
     #[test]

@@ -913,6 +913,38 @@ pub(crate) fn mark_dir(dir: &Path, marker: &str) -> BenchResult<()> {
 mod tests {
     use super::*;
 
+    /// `--key-delta-blocks` alone turns key-delta blocks on, `true`/`false` set them, and
+    /// without the flag the engine's default stands (also with flags after it).
+    #[test]
+    fn key_delta_blocks_flag_forms() {
+        let opts = |extra: &[&str]| {
+            let mut args = vec![
+                "sluice-stress",
+                "fillrandom",
+                "--num",
+                "10",
+                "--dir",
+                "/tmp/x",
+            ];
+            args.extend_from_slice(extra);
+            sluice_options(&Cli::try_parse_from(args).unwrap()).key_delta_blocks
+        };
+        assert_eq!(opts(&[]), Options::default().key_delta_blocks);
+        assert!(opts(&["--key-delta-blocks"]));
+        assert!(opts(&["--key-delta-blocks", "--cache-mb", "8"]));
+        assert!(opts(&["--key-delta-blocks", "true"]));
+        assert!(!opts(&["--key-delta-blocks", "false"]));
+        assert!(Cli::try_parse_from([
+            "sluice-stress",
+            "fillrandom",
+            "--dir",
+            "/tmp/x",
+            "--key-delta-blocks",
+            "maybe"
+        ])
+        .is_err());
+    }
+
     /// `--dir` is deleted only if sluice-stress made it (or it is empty): a real database,
     /// or any other files, are refused and left as they were.
     #[test]

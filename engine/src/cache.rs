@@ -348,35 +348,29 @@ pub(crate) mod tests {
         let cap = 4u64 << 20;
         let cache = BlockCache::new(cap, 4096);
         // The room is split over the cache's shards, each rounded up.
-        let near = |want: u64| cache.room().abs_diff(want) < 1024;
+        let room_is = |want: u64, what: &str| {
+            let room = cache.room();
+            assert!(
+                room.abs_diff(want) < 1024,
+                "{what}: room {room}, expected ~{want}"
+            );
+        };
         cache.pin(1 << 20);
-        assert!(near(cap), "not charged yet: room {}", cache.room());
+        room_is(cap, "not charged yet");
         assert_eq!(cache.pinned(), 1 << 20);
         cache.charge_tables();
-        assert!(near(cap - (1 << 20)), "room {}", cache.room());
+        room_is(cap - (1 << 20), "charged, 1 MiB pinned");
         cache.set_room(2 << 20);
-        assert!(
-            near(1 << 20),
-            "asked 2 MiB, 1 pinned: room {}",
-            cache.room()
-        );
+        room_is(1 << 20, "asked 2 MiB, 1 pinned");
         cache.pin(3 << 20);
-        assert!(
-            near(cap / 4),
-            "pins stop at a quarter: room {}",
-            cache.room()
-        );
+        room_is(cap / 4, "pins stop at a quarter");
         cache.set_room(512 << 10);
-        assert!(
-            near(512 << 10),
-            "or at what was asked: room {}",
-            cache.room()
-        );
+        room_is(512 << 10, "or at what was asked");
         cache.unpin(3 << 20);
         cache.set_room(cap);
-        assert!(near(cap - (1 << 20)), "room {}", cache.room());
+        room_is(cap - (1 << 20), "3 MiB unpinned");
         cache.unpin(1 << 20);
-        assert!(near(cap), "all unpinned: room {}", cache.room());
+        room_is(cap, "all unpinned");
         assert_eq!(cache.pinned(), 0);
     }
 }

@@ -20,12 +20,12 @@ pub fn key_hash(key: &[u8]) -> u64 {
 /// for a 64 MiB table) grow a chunk at a time, not by doubling one vector: no copy of what
 /// is kept, no vector of twice the size needed, and the freed chunks of one table are
 /// allocations of one size that the next table's take again, not a ladder of sizes the
-/// allocator keeps resident for reuse.
+/// allocator keeps resident for reuse. (Chunks of anonymous memory, mapped and unmapped per
+/// table, cost fills ~2% and were taken out again: BENCHMARKS.md §2.)
 const HASH_CHUNK: usize = 4096;
 
 pub struct BloomBuilder {
     chunks: Vec<Vec<u64>>,
-    len: usize,
     bits_per_key: u32,
 }
 
@@ -33,7 +33,6 @@ impl BloomBuilder {
     pub fn new(bits_per_key: u32) -> BloomBuilder {
         BloomBuilder {
             chunks: Vec::new(),
-            len: 0,
             bits_per_key,
         }
     }
@@ -56,21 +55,20 @@ impl BloomBuilder {
                 self.chunks.push(c);
             }
         }
-        self.len += 1;
     }
 
     /// Hashes kept (consecutive equal ones once).
-    #[cfg(test)]
     fn len(&self) -> usize {
-        self.len
+        self.chunks.iter().map(Vec::len).sum()
     }
 
     /// The encoded filter, or an empty vector when filters are off.
     pub fn finish(&self) -> Vec<u8> {
-        if self.bits_per_key == 0 || self.len == 0 {
+        let len = self.len();
+        if self.bits_per_key == 0 || len == 0 {
             return Vec::new();
         }
-        let bits = (self.len as u64 * self.bits_per_key as u64).max(BLOCK_BITS);
+        let bits = (len as u64 * self.bits_per_key as u64).max(BLOCK_BITS);
         let blocks = bits.div_ceil(BLOCK_BITS) as usize;
         // Blocked filters lose a little accuracy to uneven block loads; one probe more than
         // the classic ln(2)·bits/key makes up most of it.

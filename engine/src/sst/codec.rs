@@ -107,11 +107,6 @@ impl DeltaHeader {
             entries_at: body.len() - d.remaining(),
         })
     }
-
-    /// Bytes the block decodes to.
-    fn decoded_len(&self) -> usize {
-        self.mem_len
-    }
 }
 
 /// Decodes the key-delta block `body`, whose header is `header`, into `out` (exactly its
@@ -356,9 +351,7 @@ impl<'a> Decoding<'a> {
     fn len(&self) -> usize {
         match self {
             Decoding::Zstd { len, .. } => *len,
-            Decoding::Delta { header, .. } | Decoding::DeltaZstd { header, .. } => {
-                header.decoded_len()
-            }
+            Decoding::Delta { header, .. } | Decoding::DeltaZstd { header, .. } => header.mem_len,
         }
     }
 

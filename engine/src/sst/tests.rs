@@ -449,7 +449,8 @@ fn a_zstd_block_changed_under_a_valid_crc_never_yields_a_wrong_entry() {
         let dir = tempfile::tempdir().unwrap();
         let pristine = dir.path().join("000006.sst");
         let es = entries(300);
-        write_format(&pristine, &es, Compression::Zstd(3), key_delta);
+        // Blocks of 4 KiB: a block read for the cache decodes into a page of its own.
+        write_sized(&pristine, &es, Compression::Zstd(3), key_delta, 4096);
         let (codec, h) = open(&pristine, false).unwrap().stored_block(0);
         assert!(codec == format::COMPRESSION_ZSTD || codec == format::COMPRESSION_DELTA_ZSTD);
         let bytes = std::fs::read(&pristine).unwrap();

@@ -123,6 +123,12 @@ const FIGURES: &[Figure] = &[
         scale: 1.0,
     },
     Figure {
+        label: "max us",
+        key: "max_us",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
         label: "WA at end (engine)",
         key: "workload_write_amp",
         higher_is_better: false,

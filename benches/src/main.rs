@@ -266,6 +266,10 @@ struct Cli {
     /// acknowledged writes a process crash would lose.
     #[arg(long)]
     wal_buffer_kb: Option<usize>,
+    /// WAL bytes handed to the OS after which Sluice fsyncs the live WAL in the background,
+    /// in KiB (0: never). Default: the engine's (0).
+    #[arg(long)]
+    wal_sync_kb: Option<u64>,
 }
 
 /// `--p99-target-us`: a fixed figure or one derived from the stable phase.
@@ -389,6 +393,9 @@ fn sluice_options(cli: &Cli) -> Options {
     }
     if let Some(kb) = cli.wal_buffer_kb {
         opts.wal_buffer_bytes = kb.saturating_mul(1 << 10);
+    }
+    if let Some(kb) = cli.wal_sync_kb {
+        opts.wal_bytes_per_sync = kb.saturating_mul(1 << 10);
     }
     if let Some(mb) = cli.memtable_mb {
         // Saturating: an absurd size reaches the engine's own bound check, not a wrapped 0.
@@ -519,6 +526,7 @@ fn build_report(
         p50_us: m.latency.quantile_us(0.50),
         p99_us: m.latency.quantile_us(0.99),
         p999_us: m.latency.quantile_us(0.999),
+        max_us: m.latency.max_us(),
         write_amp: cumulative_write_amp,
         disk_bytes: report::disk_bytes(dir)?,
         peak_rss_mb: report::peak_rss_mb(),
@@ -584,7 +592,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
          partition={partition} target={} compression={:?} key_delta_blocks={} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
-         engine=sluice move_mb_per_sec={} wal_buffer_kb={}",
+         engine=sluice move_mb_per_sec={} wal_buffer_kb={} wal_sync_kb={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -606,6 +614,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.distribution.unwrap_or(Distribution::Uniform),
         opts.move_bytes_per_sec as f64 / (1 << 20) as f64,
         opts.wal_buffer_bytes >> 10,
+        opts.wal_bytes_per_sync >> 10,
     );
     if !cli.json {
         println!("{}", WorkloadReport::table_header());

@@ -43,6 +43,14 @@ impl Latency {
         self.0.len()
     }
 
+    /// The slowest operation recorded (0 if none), to the histogram's precision.
+    pub fn max_us(&self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.max() as f64 / 1000.0
+    }
+
     pub fn quantile_us(&self, q: f64) -> f64 {
         if self.0.is_empty() {
             return 0.0;
@@ -140,6 +148,9 @@ pub struct WorkloadReport {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
+    /// The slowest operation: a stop of the writer (a WAL rotation's fsync, a full
+    /// memtable) shows here and nowhere else.
+    pub max_us: f64,
     /// The engine's cumulative write amplification since open (`Stats::write_amplification`);
     /// `None` for a peer engine that keeps no byte counters.
     pub write_amp: Option<f64>,

@@ -1,6 +1,7 @@
 //! Background workers: a flush worker that runs every flush; general workers that run
 //! manual compactions, then migration compactions the pacer allows, then the most urgent
-//! automatic compaction; and a ticker that hands buffered WAL bytes to the OS.
+//! automatic compaction; a ticker that hands buffered WAL bytes to the OS; and a syncer that
+//! fsyncs the WAL as it grows.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use crate::compaction::CompactionJob;
 use crate::db::{Core, Inner};
 use crate::error::{Error, Result};
+use crate::stats::Counters;
 
 enum Job {
     Flush,
@@ -49,6 +51,27 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
         }),
     )?;
     inner.threads.lock().push(t);
+    // WALs rotated away from (synced here while writes go on into the next), and the live
+    // WAL as it grows (`wal_bytes_per_sync`).
+    let w = inner.clone();
+    let t = spawn(
+        "sluice-wal-sync".into(),
+        Box::new(move || {
+            while let Some(log) = w.wal_syncer.next() {
+                match log.sync() {
+                    Ok(()) => Counters::add(&w.counters.wal_background_syncs, 1),
+                    // The kernel may have dropped pages it could not write: nothing
+                    // written to this WAL, or after it, can be promised durable any more.
+                    Err(e) => w.wal_failed(format!(
+                        "background sync of {} failed: {e}",
+                        log.path().display()
+                    )),
+                }
+            }
+        }),
+    )?;
+    inner.threads.lock().push(t);
+    inner.sync_wal_in_background(&mut inner.wal.lock().log);
     Ok(())
 }
 

@@ -187,16 +187,30 @@ pub(crate) struct WalBatch {
     pub ops: Bytes,
 }
 
-/// One WAL record: a write batch, or the successor record that ends a WAL rotated away
-/// from, naming the WAL that continues the log. Its layout is a batch header with seqno 0
-/// and count 0 (never a valid batch) followed by the successor's file number, so no batch
-/// can be read as one.
+/// One WAL record: a write batch; the successor record that ends a WAL rotated away from,
+/// naming the WAL that continues the log; or the record saying every earlier WAL of the
+/// chain is durable, which a WAL holds before its first synced write (format version 3:
+/// earlier WALs are synced in the background, see `Inner::rotate`). The last two are a batch
+/// header with seqno 0 and count 0 (never a valid batch), the successor's followed by its
+/// file number, so no batch can be read as either.
 pub(crate) enum WalEntry {
     Batch(WalBatch),
     Successor(u64),
+    EarlierDurable,
 }
 
 const SUCCESSOR_LEN: usize = 20;
+const EARLIER_DURABLE_LEN: usize = 12;
+
+/// Whether a WAL record's payload is the record saying every earlier WAL is durable.
+pub(crate) fn is_wal_earlier_durable(payload: &[u8]) -> bool {
+    payload.len() == EARLIER_DURABLE_LEN && payload.iter().all(|&b| b == 0)
+}
+
+/// Encodes the record saying every earlier WAL is durable.
+pub(crate) fn encode_wal_earlier_durable(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0u8; EARLIER_DURABLE_LEN]);
+}
 
 /// Encodes the successor record naming WAL `next`.
 pub(crate) fn encode_wal_successor(next: u64, out: &mut Vec<u8>) {
@@ -210,6 +224,9 @@ impl WalEntry {
     pub fn decode(payload: &Bytes, path: &Path, offset: u64) -> Result<WalEntry> {
         if payload.len() >= 12 && payload[..12].iter().all(|&b| b == 0) {
             let at = offset.saturating_sub(8);
+            if payload.len() == EARLIER_DURABLE_LEN {
+                return Ok(WalEntry::EarlierDurable);
+            }
             if payload.len() != SUCCESSOR_LEN {
                 return Err(Error::corruption(
                     path,

@@ -98,6 +98,11 @@ pub struct RecoveryReport {
     /// With [`crate::WalRecovery::PointInTime`]: a WAL that the chain of WALs names but the
     /// directory lacks (recovery stopped before it), and who names it.
     pub wal_missing: Option<String>,
+    /// A WAL rotated away from that a crash cut short before its background fsync, with
+    /// records in later WALs (which then held only unsynced writes, and are dropped so that
+    /// what survives has no hole): (file, offset where its intact records end, WAL bytes
+    /// dropped from there on, later WALs included).
+    pub wal_cut_short: Option<(PathBuf, u64, u64)>,
     pub manifest_torn_tail: Option<(PathBuf, u64)>,
     pub orphans_removed: usize,
 }
@@ -125,6 +130,9 @@ pub(crate) struct WalState {
     /// Highest seqno allocated.
     pub last_seqno: u64,
     pub last_flush: Instant,
+    /// Whether this WAL holds the record that every earlier WAL is durable, or needs none
+    /// (it follows no live WAL): see [`WalState::sync`].
+    pub earlier_noted: bool,
 }
 
 /// A registered partition function, live or retired.
@@ -195,6 +203,12 @@ pub(crate) struct Inner {
     /// Group commit's view of its writers (concurrency, fsync time), to size synced groups.
     pub group: crate::write::GroupCommit,
     pub wal: Mutex<WalState>,
+    /// Syncs WALs rotated away from, and the live WAL as it grows (`wal_bytes_per_sync`).
+    pub wal_syncer: Arc<crate::log::BackgroundSyncer>,
+    /// The fsyncs of WALs rotated away from whose memtables are not flushed yet, by WAL
+    /// number: a flush makes its memtable's WAL durable before it writes the table (see
+    /// [`Inner::sync_rotated_wal`]).
+    pub rotated_wals: Mutex<BTreeMap<u64, Arc<crate::log::LogSync>>>,
     /// Open snapshots: seqno -> count.
     pub snapshots: Mutex<BTreeMap<u64, usize>>,
     pub counters: Counters,
@@ -1233,6 +1247,7 @@ impl Inner {
             writes: g(&c.writes),
             wal_bytes_written: g(&c.wal_bytes),
             wal_syncs: g(&c.wal_syncs),
+            wal_background_syncs: g(&c.wal_background_syncs),
             flushes: g(&c.flushes),
             flush_micros: g(&c.flush_micros),
             bytes_flushed: g(&c.flush_bytes),
@@ -1281,7 +1296,7 @@ impl Inner {
     pub fn sync_wal(&self) -> Result<()> {
         self.check_writable()?;
         let mut w = self.wal.lock();
-        if let Err(e) = w.log.sync() {
+        if let Err(e) = w.sync() {
             // Under the WAL lock, as a commit does: no writer slips in before writes stop.
             self.wal_failed(format!("WAL sync failed: {e}"));
             return Err(e);
@@ -1295,6 +1310,7 @@ impl Inner {
         if self.closing.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.wal_syncer.close();
         {
             let _c = self.core.lock();
             self.bg_cv.notify_all();
@@ -1316,7 +1332,7 @@ impl Inner {
                 self.failure.lock().clone().unwrap_or_default(),
             ))
         } else {
-            wal.log.sync()
+            wal.sync()
         };
         // A call on another clone that checked for `closing` before it was set may still be
         // on its way to the WAL or the manifest: fence it before the directory is let go.

@@ -33,6 +33,11 @@ impl Inner {
     /// use it to make other work land between the view and the install).
     fn flush_oldest_then(&self, meanwhile: impl FnOnce()) -> Result<()> {
         let began = std::time::Instant::now();
+        // Flushes run one at a time, so the oldest frozen memtable is still the one taken
+        // below.
+        if let Some(oldest) = self.view.load().imm.last() {
+            self.sync_rotated_wal(oldest.wal_number())?;
+        }
         // Reading the target and registering as a writer into it happen under one lock, so
         // the target cannot be retired while this flush writes into it.
         let (mem, files) = {

@@ -19,6 +19,20 @@ pub trait WritableFile: Send {
     fn append(&mut self, data: &[u8]) -> io::Result<()>;
     /// Makes everything appended so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
+    /// A handle that makes the bytes appended to this file durable from another thread,
+    /// while appends go on here. Unsupported by default.
+    fn sync_handle(&self) -> io::Result<Arc<dyn FileSync>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no sync handle for this file",
+        ))
+    }
+}
+
+/// Syncs one file from a thread other than its writer's (see [`WritableFile::sync_handle`]).
+pub trait FileSync: Send + Sync {
+    /// Makes every byte appended to the file before the call durable (fdatasync).
+    fn sync(&self) -> io::Result<()>;
 }
 
 /// A sink that refuses writes: the WAL and manifest of a read-only open.
@@ -159,13 +173,27 @@ pub trait Fs: Send + Sync + fmt::Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdFs;
 
-struct StdFile(File);
+/// A file open for appending, shared with its sync handles: the same open file, so an
+/// fsync error the kernel reports once per open file is seen by whichever handle syncs
+/// next, not lost to a duplicate descriptor that never syncs again.
+struct StdFile(Arc<File>);
 
 impl WritableFile for StdFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        self.0.write_all(data)
+        (&*self.0).write_all(data)
     }
     fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn sync_handle(&self) -> io::Result<Arc<dyn FileSync>> {
+        Ok(Arc::new(StdSync(self.0.clone())))
+    }
+}
+
+struct StdSync(Arc<File>);
+
+impl FileSync for StdSync {
+    fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
     }
 }
@@ -180,7 +208,7 @@ impl Fs for StdFs {
             .create(true)
             .truncate(true)
             .open(path)?;
-        Ok(Box::new(StdFile(f)))
+        Ok(Box::new(StdFile(Arc::new(f))))
     }
 
     fn map(&self, path: &Path) -> io::Result<Bytes> {
@@ -319,7 +347,7 @@ struct FaultState {
     files: HashMap<PathBuf, (u64, u64)>,
     injected: u64,
     /// Fsyncs held until [`FaultFs::release_held`]: (path substring, thread-name prefix).
-    hold_syncs: Option<(String, String)>,
+    hold_syncs: Vec<(String, String)>,
     /// Threads waiting in a held fsync now.
     held: usize,
 }
@@ -367,14 +395,17 @@ impl FaultFs {
     /// Makes every file fsync of a path whose name contains `path_contains`, made by a
     /// thread whose name starts with `thread_prefix`, wait until [`FaultFs::release_held`]:
     /// to hold one kind of background job (a compaction about to finish its output, say)
-    /// while the others go on.
+    /// while the others go on. Holds add up: each call holds one more kind.
     pub fn hold_syncs(&self, path_contains: &str, thread_prefix: &str) {
-        self.state.lock().hold_syncs = Some((path_contains.into(), thread_prefix.into()));
+        self.state
+            .lock()
+            .hold_syncs
+            .push((path_contains.into(), thread_prefix.into()));
     }
 
     /// Lets every held fsync go on, and holds no more.
     pub fn release_held(&self) {
-        self.state.lock().hold_syncs = None;
+        self.state.lock().hold_syncs.clear();
         self.released.notify_all();
     }
 
@@ -385,7 +416,7 @@ impl FaultFs {
 
     /// Waits while fsyncs of `path` by this thread are held.
     fn wait_if_held(&self, path: &Path) {
-        if self.state.lock().hold_syncs.is_none() {
+        if self.state.lock().hold_syncs.is_empty() {
             return;
         }
         let thread = std::thread::current();
@@ -394,7 +425,7 @@ impl FaultFs {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let holds = |st: &FaultState| {
-            st.hold_syncs.as_ref().is_some_and(|(p, t)| {
+            st.hold_syncs.iter().any(|(p, t)| {
                 name.contains(p.as_str()) && thread.name().unwrap_or("").starts_with(t.as_str())
             })
         };
@@ -407,6 +438,29 @@ impl FaultFs {
             self.released.wait(&mut st);
         }
         st.held -= 1;
+    }
+
+    /// An fsync of `path` through `sync`, with the faults, holds and delay armed for it.
+    /// What was appended before it began is durable once it succeeds (appends made while
+    /// it runs may not be, as with a real fsync).
+    fn sync_file(&self, path: &Path, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        self.wait_if_held(path);
+        if let Some(k) = self.check(FsOp::Sync, path) {
+            return Err(fault_error(k));
+        }
+        let (delay, appended) = {
+            let st = self.state.lock();
+            let appended = st.files.get(path).map_or(0, |e| e.0);
+            (st.sync_delay, appended)
+        };
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
+        sync()?;
+        let mut st = self.state.lock();
+        let e = st.files.entry(path.to_path_buf()).or_default();
+        e.1 = e.1.max(appended);
+        Ok(())
     }
 
     /// How many operations failed because of an injected fault.
@@ -443,9 +497,15 @@ impl FaultFs {
     /// Truncates every file written through this Fs to its last fsynced length, as a power
     /// cut would. Call it only after the `Db` using this Fs is gone.
     pub fn lose_unsynced(&self) -> io::Result<()> {
+        self.lose_unsynced_except(|_| false)
+    }
+
+    /// [`FaultFs::lose_unsynced`], except that the files `keep` picks keep what they were
+    /// given: a power cut after the OS wrote some unsynced pages back and not others.
+    pub fn lose_unsynced_except(&self, keep: impl Fn(&Path) -> bool) -> io::Result<()> {
         let st = self.state.lock();
         for (path, (_, synced)) in st.files.iter() {
-            if path.exists() {
+            if path.exists() && !keep(path) {
                 let f = OpenOptions::new().write(true).open(path)?;
                 if f.metadata()?.len() > *synced {
                     f.set_len(*synced)?;
@@ -529,19 +589,28 @@ impl WritableFile for FaultFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.fs.wait_if_held(&self.path);
-        if let Some(k) = self.fs.check(FsOp::Sync, &self.path) {
-            return Err(fault_error(k));
-        }
-        let delay = self.fs.state.lock().sync_delay;
-        if let Some(d) = delay {
-            std::thread::sleep(d);
-        }
-        self.inner.sync()?;
-        let mut st = self.fs.state.lock();
-        let e = st.files.entry(self.path.clone()).or_default();
-        e.1 = e.0;
-        Ok(())
+        let inner = &mut self.inner;
+        self.fs.sync_file(&self.path, || inner.sync())
+    }
+
+    fn sync_handle(&self) -> io::Result<Arc<dyn FileSync>> {
+        Ok(Arc::new(FaultSync {
+            fs: self.fs.clone(),
+            path: self.path.clone(),
+            inner: self.inner.sync_handle()?,
+        }))
+    }
+}
+
+struct FaultSync {
+    fs: FaultFs,
+    path: PathBuf,
+    inner: Arc<dyn FileSync>,
+}
+
+impl FileSync for FaultSync {
+    fn sync(&self) -> io::Result<()> {
+        self.fs.sync_file(&self.path, || self.inner.sync())
     }
 }
 

@@ -951,6 +951,12 @@ pub struct WalContents {
     pub successor: Option<u64>,
     /// A torn tail (what a crash leaves at the end of the newest WAL).
     pub tail: Option<TornTail>,
+    /// The log format version of its header.
+    pub version: u32,
+    /// The file's length in bytes.
+    pub len: u64,
+    /// It holds the record saying every earlier WAL was durable before it was first synced.
+    pub notes_earlier: bool,
 }
 
 /// Decodes one WAL batch record, whose header is at `offset`.
@@ -984,9 +990,11 @@ fn batch_record(b: WalBatch, path: &Path, offset: u64) -> Result<WalRecord> {
 /// Reads and decodes every record of a WAL file.
 pub fn read_wal_file(path: &Path) -> Result<WalContents> {
     let data = StdFs.map(path).map_err(|e| Error::io(path, e))?;
+    let len = data.len() as u64;
     let log = read_log(data, path, LogKind::Wal)?;
     let mut records = Vec::with_capacity(log.records.len());
     let mut successor = None;
+    let mut notes_earlier = false;
     for (off, payload) in &log.records {
         if successor.is_some() {
             return Err(Error::corruption(
@@ -997,6 +1005,7 @@ pub fn read_wal_file(path: &Path) -> Result<WalContents> {
         }
         match WalEntry::decode(payload, path, *off + 8)? {
             WalEntry::Successor(n) => successor = Some(n),
+            WalEntry::EarlierDurable => notes_earlier = true,
             WalEntry::Batch(b) => records.push(batch_record(b, path, *off)?),
         }
     }
@@ -1005,6 +1014,9 @@ pub fn read_wal_file(path: &Path) -> Result<WalContents> {
         records,
         successor,
         tail: log.tail,
+        version: log.version,
+        len,
+        notes_earlier,
     })
 }
 
@@ -1358,6 +1370,26 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         .iter()
         .zip(&read)
         .rposition(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if !c.records.is_empty()));
+    // Live WALs saying every earlier WAL was durable, and each WAL's format version (one
+    // whose header is gone takes the next one's), as recovery's `replay_wals` has them.
+    let notes: Vec<bool> = wals
+        .iter()
+        .zip(&read)
+        .map(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if c.notes_earlier))
+        .collect();
+    let own: Vec<u32> = read
+        .iter()
+        .map(|r| match r {
+            Ok(Ok(c)) => c.version,
+            _ => 0,
+        })
+        .collect();
+    let versions: Vec<u32> = (0..own.len())
+        .map(|i| own[i..].iter().copied().find(|&v| v > 0).unwrap_or(0))
+        .collect();
+    // A WAL the crash may have cut short, until a later record shows whether the cut took
+    // any write: (file, offset where its intact records end).
+    let mut cut: Option<(PathBuf, u64)> = None;
     // The chain of live WALs, as recovery follows it: the manifest names the first, each
     // WAL rotated away from names the next. The next expected link: its number, why, the
     // file that names it and that file's WAL number (None: the manifest).
@@ -1448,9 +1480,16 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                 )
             });
         }
+        let records_follow = last_written.is_some_and(|l| l > i);
+        // As recovery has it: an older WAL of format 3 that no later WAL says was durable
+        // may have been cut short by a crash before its background sync; recovery then
+        // drops what follows it (unsynced writes only).
+        let may_be_cut = w.live
+            && records_follow
+            && versions[i] >= crate::log::DEFERRED_SYNC_VERSION
+            && !notes[i + 1..].iter().any(|&n| n);
         if let Some(t) = &c.tail {
-            let records_follow = last_written.is_some_and(|l| l > i);
-            if !records_follow || !w.live {
+            if !records_follow || !w.live || may_be_cut {
                 rep.problems.push(Problem::warning(
                     "wal",
                     Some(&w.path),
@@ -1472,6 +1511,7 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         if !w.live {
             continue;
         }
+        let mut stop = false;
         for r in &c.records {
             if r.ops.is_empty() {
                 rep.problems.push(Problem::error(
@@ -1480,6 +1520,20 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                     Some(r.offset),
                     "empty batch record",
                 ));
+            }
+            if let Some((file, at)) = cut.take() {
+                if last.as_ref().is_some_and(|(prev, _)| r.seqno != prev + 1) {
+                    rep.problems.push(Problem::warning(
+                        "wal",
+                        Some(&file),
+                        Some(at),
+                        "cut short by a crash before its background fsync: recovery keeps \
+                         what comes before and drops the later WALs, which held only \
+                         unsynced writes",
+                    ));
+                    stop = true;
+                    break;
+                }
             }
             if let Some((prev, _)) = &last {
                 if r.seqno != prev + 1 {
@@ -1492,6 +1546,13 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                 }
             }
             last = Some((r.seqno + (r.ops.len() as u64).max(1) - 1, w.path.clone()));
+        }
+        if stop {
+            link = None;
+            break;
+        }
+        if may_be_cut && c.successor.is_none() && cut.is_none() {
+            cut = Some((w.path.clone(), c.tail.as_ref().map_or(c.len, |t| t.offset)));
         }
     }
     check_link(&mut link, None, rep);

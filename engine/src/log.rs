@@ -10,18 +10,28 @@
 //! with the file and offset, because skipping it would leave a hole.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
 
 use crate::coding::{crc32_shift, mask_crc, masked_crc};
 use crate::error::{Error, Result};
-use crate::fs::WritableFile;
+use crate::fs::{FileSync, WritableFile};
 
 const HEADER_LEN: usize = 8;
 const MAGIC: &[u8; 4] = b"SLOG";
 /// Current log format version. Version 2 WALs may end in a successor record naming the
 /// next WAL, which a version 1 reader would take for damage; version 1 logs read as before.
-pub const LOG_FORMAT_VERSION: u32 = 2;
+/// Version 3 WALs are fsynced in the background once rotated away from, while writes go
+/// on into the next one (a version 2 WAL was fsynced before the next took a write), and
+/// may hold a record saying every earlier WAL is durable; a version 2 reader would take a
+/// version 3 WAL cut short by a power loss, with records after it, for damage.
+pub const LOG_FORMAT_VERSION: u32 = 3;
+/// The first WAL format whose older WALs may be cut short by a crash (see above).
+pub const DEFERRED_SYNC_VERSION: u32 = 3;
 /// Largest record payload accepted (a write batch, or a manifest snapshot).
 pub const MAX_RECORD_LEN: usize = 512 << 20;
 
@@ -73,20 +83,191 @@ pub struct LogWriter {
     written: u64,
     /// Why the log stopped taking writes, once it has.
     failed: Option<String>,
+    /// The file's fsync, shared with the background syncer (`None` for a file that cannot
+    /// be synced from another thread: it is synced here alone).
+    shared: Option<Arc<LogSync>>,
+    /// Set by [`LogWriter::sync_in_background`].
+    growth: Option<Growth>,
+}
+
+/// A log synced in the background as it grows.
+struct Growth {
+    syncer: Arc<BackgroundSyncer>,
+    every: u64,
+    /// Bytes handed to the OS when the syncer was last asked to sync.
+    requested: u64,
+}
+
+/// The fsync side of a log, shared between its writer and the background syncer.
+///
+/// Syncs are serialized, and once one fails every later one fails too: the kernel reports
+/// a failed write-back once, and may have dropped the pages it could not write, so a later
+/// fsync that succeeds would not make them durable.
+///
+/// A log may follow another (a WAL the one it was rotated from): its first sync makes
+/// the earlier log durable first, so that no log is ever durable ahead of one before it.
+pub(crate) struct LogSync {
+    file: Arc<dyn FileSync>,
+    path: PathBuf,
+    state: Mutex<SyncState>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    failed: Option<String>,
+    /// The log this one follows, until it is known durable.
+    prev: Option<Arc<LogSync>>,
+}
+
+impl LogSync {
+    /// Makes what was handed to the OS before the call durable, the logs this one follows
+    /// first.
+    pub fn sync(&self) -> Result<()> {
+        let mut st = self.lock_usable()?;
+        self.sync_prev(&mut st)?;
+        self.file.sync().map_err(|e| {
+            let e = Error::io(&self.path, e);
+            st.failed = Some(e.to_string());
+            e
+        })
+    }
+
+    /// Makes the logs this one follows durable (not this one).
+    pub fn sync_predecessors(&self) -> Result<()> {
+        let mut st = self.lock_usable()?;
+        self.sync_prev(&mut st)
+    }
+
+    fn lock_usable(&self) -> Result<parking_lot::MutexGuard<'_, SyncState>> {
+        let st = self.state.lock();
+        match &st.failed {
+            None => Ok(st),
+            Some(why) => Err(Error::ReadOnly(format!(
+                "{} is not synced again after an earlier failure: {why}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    fn sync_prev(&self, st: &mut SyncState) -> Result<()> {
+        // Newer to older: a sync never waits on a newer log's lock, so chains cannot
+        // deadlock.
+        if let Some(prev) = &st.prev {
+            if let Err(e) = prev.sync() {
+                st.failed = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        st.prev = None;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Syncs logs on a thread of their own: a WAL just rotated away from (the writers go on
+/// into the next one meanwhile; see `Inner::rotate`), and the live WAL as it grows, so that
+/// a synced write finds little left to write. One request is pending at a time; a newer one
+/// replaces it, which loses nothing: syncing a WAL syncs the ones it follows first.
+#[derive(Default)]
+pub(crate) struct BackgroundSyncer {
+    pending: Mutex<Option<Arc<LogSync>>>,
+    wake: Condvar,
+    closed: AtomicBool,
+}
+
+impl BackgroundSyncer {
+    pub fn request(&self, sync: Arc<LogSync>) {
+        *self.pending.lock() = Some(sync);
+        self.wake.notify_one();
+    }
+
+    /// The next log to sync, waiting for one; `None` once closed.
+    pub fn next(&self) -> Option<Arc<LogSync>> {
+        let mut p = self.pending.lock();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(s) = p.take() {
+                return Some(s);
+            }
+            self.wake.wait_for(&mut p, Duration::from_millis(100));
+        }
+    }
+
+    /// Ends [`BackgroundSyncer::next`]'s waits; a pending request is dropped.
+    pub fn close(&self) {
+        let _p = self.pending.lock();
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_all();
+    }
 }
 
 impl LogWriter {
     /// Starts a new log with its header record (buffered, like any record).
     pub fn new(file: Box<dyn WritableFile>, path: PathBuf, kind: LogKind) -> LogWriter {
+        let shared = file.sync_handle().ok().map(|file| {
+            Arc::new(LogSync {
+                file,
+                path: path.clone(),
+                state: Mutex::new(SyncState::default()),
+            })
+        });
         let mut w = LogWriter {
             file,
             path,
             buf: Vec::with_capacity(64 << 10),
             written: 0,
             failed: None,
+            shared,
+            growth: None,
         };
         encode_record(&header_payload(kind), &mut w.buf);
         w
+    }
+
+    /// Has `syncer` sync this log each time another `every` bytes have been handed to the
+    /// OS (`every` > 0). A file that cannot be synced from another thread is left to its
+    /// writer's syncs.
+    pub(crate) fn sync_in_background(&mut self, syncer: Arc<BackgroundSyncer>, every: u64) {
+        if self.shared.is_some() {
+            self.growth = Some(Growth {
+                syncer,
+                every: every.max(1),
+                requested: self.written,
+            });
+        }
+    }
+
+    /// This log's fsync, for another thread to call (`None` if the file has none).
+    pub(crate) fn shared_sync(&self) -> Option<Arc<LogSync>> {
+        self.shared.clone()
+    }
+
+    /// Makes this log's first sync make `prev` durable first. Returns false (and changes
+    /// nothing) if this log's file cannot be synced from another thread.
+    pub(crate) fn follow(&mut self, prev: Arc<LogSync>) -> bool {
+        match &self.shared {
+            Some(s) => {
+                s.state.lock().prev = Some(prev);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes the logs this one follows durable (see [`LogWriter::follow`]).
+    pub(crate) fn sync_predecessors(&mut self) -> Result<()> {
+        self.check_usable()?;
+        match &self.shared {
+            Some(s) => s
+                .sync_predecessors()
+                .inspect_err(|e| self.failed = Some(e.to_string())),
+            None => Ok(()),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -128,13 +309,24 @@ impl LogWriter {
         // here on, so drop the buffer either way.
         self.written += self.buf.len() as u64;
         self.buf.clear();
-        r.map_err(|e| self.failure(e))
+        r.map_err(|e| self.failure(e))?;
+        if let (Some(g), Some(s)) = (self.growth.as_mut(), &self.shared) {
+            if self.written - g.requested >= g.every {
+                g.requested = self.written;
+                g.syncer.request(s.clone());
+            }
+        }
+        Ok(())
     }
 
-    /// Flushes and fsyncs.
+    /// Flushes and fsyncs (the logs this one follows first).
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        self.file.sync().map_err(|e| self.failure(e))
+        let r = match &self.shared {
+            Some(s) => s.sync(),
+            None => self.file.sync().map_err(|e| Error::io(&self.path, e)),
+        };
+        r.inspect_err(|e| self.failed = Some(e.to_string()))
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -167,6 +359,8 @@ pub struct TornTail {
 /// The records of one log file.
 #[derive(Debug)]
 pub struct LogContents {
+    /// The format version in the header (0 if the header itself was damaged).
+    pub version: u32,
     /// (offset of the record header, payload).
     pub records: Vec<(u64, Bytes)>,
     pub tail: Option<TornTail>,
@@ -322,11 +516,12 @@ fn read_log_with(
     let mut pos = 0usize;
     let mut tail = None;
     let mut first = true;
+    let mut version = 0;
     while pos < data.len() {
         match record_at(&data, pos, path) {
             RecordAt::Ok(payload, used) => {
                 if first {
-                    check_header(&payload, path, kind)?;
+                    version = check_header(&payload, path, kind)?;
                     first = false;
                 } else {
                     records.push((pos as u64, payload));
@@ -350,10 +545,15 @@ fn read_log_with(
             }
         }
     }
-    Ok(LogContents { records, tail })
+    Ok(LogContents {
+        version,
+        records,
+        tail,
+    })
 }
 
-fn check_header(p: &[u8], path: &Path, kind: LogKind) -> Result<()> {
+/// Checks a log's header record; returns its format version.
+fn check_header(p: &[u8], path: &Path, kind: LogKind) -> Result<u32> {
     if p.len() != 9 || &p[..4] != MAGIC {
         return Err(Error::corruption(
             path,
@@ -376,7 +576,7 @@ fn check_header(p: &[u8], path: &Path, kind: LogKind) -> Result<()> {
             format!("log kind {} where {:?} was expected", p[8], kind),
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// The masked CRC used by records, exposed for tests of the format.
@@ -510,6 +710,54 @@ mod tests {
             assert!(c.tail.is_none_or(|t| !t.intact_after), "{op:?}");
             fs.clear();
         }
+    }
+
+    /// A log that follows another syncs it first, and fails if that fails. A failed sync is
+    /// sticky, through whichever handle syncs next: the kernel reports a failed write-back
+    /// once, so a later fsync that succeeds proves nothing about the pages it dropped.
+    #[test]
+    fn a_log_syncs_the_one_it_follows_first_and_a_failed_sync_sticks() {
+        use crate::fs::{Fault, FaultFs, FaultKind, Fs, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let open = |name: &str| {
+            let p = dir.path().join(name);
+            LogWriter::new(fs.create(&p).unwrap(), p, LogKind::Wal)
+        };
+        let len = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+        // Success: syncing b syncs a, whose records then survive a power cut.
+        let (mut a, mut b) = (open("1.log"), open("2.log"));
+        a.add(b"in a");
+        a.flush().unwrap();
+        assert!(b.follow(a.shared_sync().unwrap()));
+        b.add(b"in b");
+        b.sync().unwrap();
+        let (la, lb) = (len("1.log"), len("2.log"));
+        fs.lose_unsynced().unwrap();
+        assert_eq!((len("1.log"), len("2.log")), (la, lb));
+        // Failure: a's sync fails once; b's sync fails with it, and so does every later
+        // sync of either, through the shared handle as through the writer.
+        let (mut a, mut b) = (open("3.log"), open("4.log"));
+        a.add(b"in a");
+        a.flush().unwrap();
+        let shared = a.shared_sync().unwrap();
+        assert!(b.follow(shared.clone()));
+        fs.inject(Fault {
+            op: FsOp::Sync,
+            path_contains: Some("3.log".into()),
+            kind: FaultKind::Io,
+            skip: 0,
+            sticky: false,
+        });
+        b.add(b"in b");
+        let e = b.sync().unwrap_err();
+        assert!(e.to_string().contains("3.log"), "{e}");
+        assert_eq!(fs.injected(), 1);
+        fs.clear();
+        assert!(matches!(shared.sync(), Err(Error::ReadOnly(_))));
+        assert!(a.sync().is_err());
+        assert!(b.sync().is_err());
+        assert_eq!(fs.injected(), 1, "a failed log was fsynced again");
     }
 
     #[test]

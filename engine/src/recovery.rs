@@ -16,13 +16,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
-use crate::batch::{WalEntry, WriteBatch};
+use crate::batch::{is_wal_earlier_durable, WalEntry, WriteBatch};
 use crate::cache::BlockCache;
 use crate::db::{table_file, wal_file, Core, Inner, RecoveryReport, Registered, View, WalState};
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, Fs};
 use crate::layout::PartitionFn;
-use crate::log::{read_log_to_damage, LogKind, LogWriter};
+use crate::log::{read_log_to_damage, LogKind, LogWriter, DEFERRED_SYNC_VERSION};
 use crate::manifest::{
     read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT,
 };
@@ -363,6 +363,28 @@ pub(crate) fn replay_wals(
     // creating its new WAL leaves one behind), so its torn end is the crash's, as if it
     // were the newest.
     let last_written = logs.iter().rposition(|(l, _)| !l.records.is_empty());
+    // The WALs that say every earlier WAL was durable before they were first synced.
+    let notes_earlier: Vec<bool> = logs
+        .iter()
+        .map(|(l, _)| l.records.iter().any(|(_, p)| is_wal_earlier_durable(p)))
+        .collect();
+    // Each WAL's format version. One whose header did not survive (a WAL rotated to is
+    // fsynced first in the background, once rotated away from) takes the next one's: the
+    // WALs of a chain were all written by one process (an open flushes the WALs it replays
+    // before it writes a new one).
+    let versions: Vec<u32> = (0..logs.len())
+        .map(|i| {
+            logs[i..]
+                .iter()
+                .map(|(l, _)| l.version)
+                .find(|&v| v > 0)
+                .unwrap_or(0)
+        })
+        .collect();
+    // A WAL that may have been cut short by the crash (see `may_be_cut` below), while the
+    // WALs after it are replayed only as far as they continue its seqnos: (file, offset
+    // where its intact records end, WAL bytes from there on, later WALs included).
+    let mut cut: Option<(PathBuf, u64, u64)> = None;
     // The next link of the chain: the WAL that must come next, who names it, and where.
     let mut link = Some((
         start.log_number,
@@ -398,15 +420,24 @@ pub(crate) fn replay_wals(
         };
         report.wal_files += 1;
         let mut stop = false;
+        let records_follow = i + 1 != wals.len() && last_written.is_some_and(|w| w > i);
+        let later_size = || logs[i + 1..].iter().map(|(_, size)| size).sum::<u64>();
+        // Since format version 3 a WAL rotated away from is fsynced in the background while
+        // writes go on into the next, so a crash can cut it short with records after it in
+        // later WALs. Those later WALs then held only unsynced writes (a WAL's first sync
+        // syncs the ones before it), unless one of them says the earlier WALs were durable
+        // (written before its first sync): then the cut is damage, not the crash.
+        let may_be_cut = records_follow
+            && versions[i] >= DEFERRED_SYNC_VERSION
+            && !notes_earlier[i + 1..].iter().any(|&n| n);
         if let Some(t) = &log.tail {
-            let records_follow = i + 1 != wals.len() && last_written.is_some_and(|w| w > i);
-            if records_follow || t.intact_after {
+            if t.intact_after || (records_follow && !may_be_cut) {
                 if !point_in_time {
-                    // Every WAL but the newest was fsynced before the next one started, so
-                    // a damaged end here, with records after it, is not a crash artefact;
-                    // neither is damage with intact records after it in the same WAL.
-                    // Skipping either would leave a hole.
-                    let what = if records_follow {
+                    // An older WAL known durable whole (fsynced before the next one took a
+                    // write, or said to be by a later one) is not cut short by a crash;
+                    // damage with intact records after it in the same WAL is no crash
+                    // artefact either. Skipping either would leave a hole.
+                    let what = if records_follow && !may_be_cut {
                         "in an older WAL"
                     } else {
                         "with intact records after it"
@@ -420,8 +451,7 @@ pub(crate) fn replay_wals(
                 // Point in time: replay up to the damage, nothing after it.
                 stop = true;
                 dropped_suffix = true;
-                report.wal_dropped_after_damage =
-                    t.dropped_bytes + logs[i + 1..].iter().map(|(_, size)| size).sum::<u64>();
+                report.wal_dropped_after_damage = t.dropped_bytes + later_size();
             }
             report.torn_tail = Some((path.clone(), t.offset, t.dropped_bytes));
         }
@@ -443,8 +473,25 @@ pub(crate) fn replay_wals(
                     ));
                     continue;
                 }
+                WalEntry::EarlierDurable => continue,
                 WalEntry::Batch(b) => b,
             };
+            if let Some(c) = cut.take() {
+                // The first write after a WAL the crash may have cut short: if it continues
+                // the seqnos, the cut took only the record that ended that WAL and nothing
+                // is missing; if not, the writes from here on followed a hole, and (no WAL
+                // saying the earlier ones were durable) none of them was synced: stop.
+                let continues = match last {
+                    Some(prev) => b.seqno == prev + 1,
+                    None => b.seqno <= flushed.saturating_add(1),
+                };
+                if !continues {
+                    report.wal_cut_short = Some(c);
+                    dropped_suffix = true;
+                    stop = true;
+                    break;
+                }
+            }
             if last.is_none() && b.seqno > flushed.saturating_add(1) {
                 return Err(Error::corruption(
                     path,
@@ -491,6 +538,14 @@ pub(crate) fn replay_wals(
         if stop {
             break;
         }
+        if link.is_none() && may_be_cut && cut.is_none() {
+            // No record names the next WAL: the crash may have cut this one short, in a
+            // record (its torn tail) or at a record boundary.
+            cut = Some(match &log.tail {
+                Some(t) => (path.clone(), t.offset, t.dropped_bytes + later_size()),
+                None => (path.clone(), logs[i].1, later_size()),
+            });
+        }
     }
     Ok(Replayed {
         last,
@@ -507,8 +562,9 @@ fn unnamed_tables(fs: &dyn Fs, dir: &Path, st: &ManifestState) -> Result<Vec<(u6
 
 /// Refuses a table the manifest does not name that holds a write past the last one the
 /// manifest and the WALs know. A crash leaves unnamed tables (a flush or compaction it
-/// interrupted), but never such a one: a flush writes a frozen memtable whose WAL was
-/// synced when it froze and is deleted only once the edit naming the table is durable,
+/// interrupted), but never such a one: a flush makes a frozen memtable's WAL durable
+/// before it writes the table (`Inner::sync_rotated_wal`), and that WAL is deleted only
+/// once the edit naming the table is durable,
 /// and a compaction writes only what named tables hold. What does leave one is a manifest
 /// that lost the edits recording flushes (cut short, or an older copy put back) after
 /// their WALs were deleted: the open would hide those writes and then delete the table as
@@ -773,6 +829,8 @@ fn assemble(
         queue: Mutex::new(Default::default()),
         group: Default::default(),
         wal: Mutex::new(wal),
+        wal_syncer: Default::default(),
+        rotated_wals: Default::default(),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
         closing: AtomicBool::new(false),
@@ -896,6 +954,7 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
         number: 0,
         last_seqno: loaded.last_seqno,
         last_flush: Instant::now(),
+        earlier_noted: true,
     };
     let inner = assemble(dir, opts, cache, view, core, wal, loaded.last_seqno, None);
     *inner.recovery.lock() = loaded.report;
@@ -1023,6 +1082,9 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         number: wal_number,
         last_seqno,
         last_flush: Instant::now(),
+        // What the replayed WALs held is flushed to a table before this open returns, so
+        // this WAL follows no live one.
+        earlier_noted: true,
     };
     let inner = Arc::new(assemble(
         &dir,

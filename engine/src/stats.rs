@@ -9,6 +9,7 @@ pub(crate) struct Counters {
     pub writes: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub wal_syncs: AtomicU64,
+    pub wal_background_syncs: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_bytes: AtomicU64,
     pub flush_micros: AtomicU64,
@@ -76,6 +77,9 @@ pub struct Stats {
     pub writes: u64,
     pub wal_bytes_written: u64,
     pub wal_syncs: u64,
+    /// WAL fsyncs made in the background: of WALs rotated away from, and of the live WAL
+    /// as it grew (`wal_bytes_per_sync`).
+    pub wal_background_syncs: u64,
     pub flushes: u64,
     pub bytes_flushed: u64,
     /// Time flushes took, from taking their memtable to installing their tables.

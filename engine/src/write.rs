@@ -355,7 +355,7 @@ impl Inner {
         }
         let io = if sync {
             let start = Instant::now();
-            let r = wal.log.sync();
+            let r = wal.sync();
             self.group.record_sync(start.elapsed());
             r
         } else if wal.log.buffered() >= self.opts.wal_buffer_bytes {
@@ -440,8 +440,9 @@ impl Inner {
     }
 
     /// Freezes the memtable and starts a new WAL. The old WAL is written out before the new
-    /// one is created and fsynced before any write goes to the new one, so no later WAL can
-    /// hold a write that an earlier one lost (no holes after a crash). Its last record names the new WAL, written only once the new
+    /// one is created, and fsynced in the background while writes go to the new one: the new
+    /// WAL's first sync syncs it first, and recovery drops what follows an old WAL a crash
+    /// cut short before that (no holes after a crash). Its last record names the new WAL, written only once the new
     /// WAL's directory entry is durable: recovery then knows the log goes on, and refuses
     /// to open when the newest WAL has gone missing rather than losing what it held.
     pub(crate) fn rotate(&self, wal: &mut WalState) -> Result<()> {
@@ -475,12 +476,33 @@ impl Inner {
         }
         wal.log
             .add_with(|buf| crate::batch::encode_wal_successor(number, buf));
-        if let Err(e) = wal.log.sync() {
-            self.wal_failed(format!("WAL sync at rotation failed: {e}"));
+        // The old WAL must be durable before the new one is: a crash must not keep writes of
+        // the new WAL and lose earlier ones of the old (a hole). Fsyncing it here made every
+        // writer wait for a memtable's worth of WAL (16-100 ms at 16 MiB); instead the new
+        // WAL's first sync (a synced write, a close) syncs the old one first, the background
+        // syncer syncs it right away, and recovery drops what follows an old WAL that a
+        // crash cut short before that sync (see `replay_wals`).
+        let mut log = LogWriter::new(file, path, LogKind::Wal);
+        let r = match wal.log.shared_sync() {
+            Some(old) if log.follow(old.clone()) => wal.log.flush().map(|()| {
+                self.rotated_wals.lock().insert(wal.number, old.clone());
+                self.wal_syncer.request(old);
+            }),
+            // A file system without sync handles: the old WAL is synced here, as before
+            // format version 3 (its successor record is already buffered, so no record may
+            // follow it: a plain sync, which syncs the WALs before it too).
+            _ => wal.log.sync(),
+        };
+        if let Err(e) = r {
+            self.wal_failed(format!("WAL write at rotation failed: {e}"));
             return Err(e);
         }
         let core = self.core.lock();
-        wal.log = LogWriter::new(file, path, LogKind::Wal);
+        wal.log = log;
+        // Either way the new WAL records that the earlier ones are durable before its first
+        // sync: recovery relies on that record, not on how this build synced them.
+        wal.earlier_noted = false;
+        self.sync_wal_in_background(&mut wal.log);
         wal.number = number;
         let mem = Arc::new(MemTable::new(number, self.opts.memtable_bytes));
         self.swap_view(&core, |v| {
@@ -625,6 +647,29 @@ impl Inner {
         }
     }
 
+    /// Makes the WAL `number` (rotated away from) durable, and the WALs before it: a flush
+    /// does before it writes that WAL's memtable to a table, so that a table no manifest
+    /// edit names yet never holds writes a power loss took from the WALs (recovery refuses
+    /// such a table). Usually the background syncer has done it already.
+    pub(crate) fn sync_rotated_wal(&self, number: u64) -> Result<()> {
+        let Some(sync) = self.rotated_wals.lock().get(&number).cloned() else {
+            return Ok(());
+        };
+        if let Err(e) = sync.sync() {
+            self.wal_failed(format!("WAL sync before a flush failed: {e}"));
+            return Err(e);
+        }
+        self.rotated_wals.lock().retain(|&n, _| n > number);
+        Ok(())
+    }
+
+    /// Has the background syncer sync `log` as it grows, if `wal_bytes_per_sync` asks for it.
+    pub(crate) fn sync_wal_in_background(&self, log: &mut LogWriter) {
+        if self.opts.wal_bytes_per_sync > 0 && !self.read_only {
+            log.sync_in_background(self.wal_syncer.clone(), self.opts.wal_bytes_per_sync);
+        }
+    }
+
     /// Hands buffered WAL bytes to the OS (called every `wal_flush_interval`).
     pub(crate) fn tick_wal(&self) {
         // Off the read path: release memory-map pages readers touched, if due, and make the
@@ -658,4 +703,23 @@ fn collect_keys(b: &WriteBatch, set: &mut HashSet<Bytes>) {
             set.insert(Bytes::copy_from_slice(k));
         },
     );
+}
+
+impl WalState {
+    /// Flushes and fsyncs the WAL, the WALs it follows first. Before its first sync a WAL
+    /// that follows another records that every earlier WAL is durable (once they are):
+    /// recovery then knows that damage at the end of an earlier WAL is not a crash cutting
+    /// it short before its background sync, and that dropping what follows it could drop
+    /// synced writes.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        if !self.earlier_noted {
+            // What is buffered goes to the OS whatever the earlier WALs' fate, as a plain
+            // sync's flush would.
+            self.log.flush()?;
+            self.log.sync_predecessors()?;
+            self.log.add_with(crate::batch::encode_wal_earlier_durable);
+            self.earlier_noted = true;
+        }
+        self.log.sync()
+    }
 }

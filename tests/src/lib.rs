@@ -5,6 +5,15 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use sluice::{Db, Result};
 
+/// The highest-numbered WAL in `dir`, if any.
+pub fn newest_wal(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+}
+
 /// Reads the whole database forward into a map.
 pub fn dump(db: &Db) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     db.range(..)

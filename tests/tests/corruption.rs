@@ -1010,12 +1010,17 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
     db.close().unwrap();
 }
 
-/// A WAL split in two, the first ending in a torn record: with records in the second, the
-/// damage is a hole (recovery refuses, verify reports an error); with the second holding only
-/// its header (what an open that failed after creating its WAL leaves), the torn end is the
-/// crash's (recovery keeps the prefix, verify warns). Recovery and verify agree on both.
+/// A WAL split in two, the first ending in a torn record. Since format version 3 a WAL
+/// rotated away from is fsynced in the background while writes go on into the next, so a
+/// crash can cut it short with records after it; a WAL holds a record saying the earlier
+/// ones are durable before its first sync. So: with records in the second WAL and that
+/// record, the torn end is a hole (recovery refuses, verify reports an error); with records
+/// but no such record, the second WAL held only unsynced writes and the torn end is the
+/// crash's (recovery keeps the prefix and drops the second WAL, verify warns); with the
+/// second holding only its header (what an open that failed after creating its WAL
+/// leaves), the torn end is the crash's too. Recovery and verify agree on all three.
 #[test]
-fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
+fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
     let _guard = shared();
     let WalFixture {
         root,
@@ -1031,18 +1036,29 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
     let header_end = log.records[0].0 as usize;
     let (torn_at, _) = log.records[2];
     let split_at = log.records[3].0 as usize;
-    for records_follow in [true, false] {
-        let what = format!("torn WAL end, records follow: {records_follow}");
-        let dir = root.path().join(format!("split-{records_follow}"));
+    // "continues": the cut took only bytes the second WAL also holds (the first write after
+    // the cut continues the seqnos), so nothing is lost and everything is replayed.
+    for case in ["marked", "unmarked", "empty", "continues"] {
+        let what = format!("torn WAL end, later WAL {case}");
+        let dir = root.path().join(format!("split-{case}"));
         copy_dir(&pristine, &dir);
         let mut second = bytes[..header_end].to_vec();
-        if records_follow {
+        if case == "marked" {
+            encode_record(&[0u8; 12], &mut second);
+        }
+        if case != "empty" {
             second.extend_from_slice(&bytes[split_at..]);
         }
         std::fs::write(dir.join(&next), &second).unwrap();
-        patch(&dir.join(&wname), |b| b.truncate(torn_at as usize + 5));
+        let cut_at = if case == "continues" {
+            split_at as u64
+        } else {
+            torn_at
+        };
+        patch(&dir.join(&wname), |b| b.truncate(cut_at as usize + 5));
+        let kept = if case == "continues" { 6 } else { 2 };
         let rep = verify(&dir);
-        if records_follow {
+        if case == "marked" {
             let e = open_err(&dir, Options::default(), &what);
             assert_corruption_naming(&e, &wname, &what);
             assert!(e.to_string().contains("older WAL"), "{what}: {e}");
@@ -1078,10 +1094,32 @@ fn a_torn_wal_end_is_a_hole_only_when_records_follow_in_a_later_wal() {
             db.close().unwrap();
         } else {
             assert!(rep.is_ok(), "{what}: verify: {:?}", rep.problems);
+            assert_eq!(
+                rep.problems.iter().any(|p| p.message.contains("cut short")),
+                case == "unmarked",
+                "{what}: verify: {:?}",
+                rep.problems
+            );
             let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let (p, off, _) = db.recovery_report().torn_tail.expect("torn tail reported");
-            assert_eq!((name(&p), off), (wname.clone(), torn_at), "{what}");
-            assert_eq!(batches_present(&db, &batches, &what), 2, "{what}");
+            let r = db.recovery_report().clone();
+            let (p, off, _) = r.torn_tail.expect("torn tail reported");
+            assert_eq!((name(&p), off), (wname.clone(), cut_at), "{what}");
+            if case == "unmarked" {
+                let (p, off, dropped) = r.wal_cut_short.expect("cut reported");
+                assert_eq!((name(&p), off), (wname.clone(), torn_at), "{what}");
+                assert_eq!(dropped, 5 + second.len() as u64, "{what}");
+            } else {
+                assert!(r.wal_cut_short.is_none(), "{what}");
+            }
+            assert_eq!(batches_present(&db, &batches, &what), kept, "{what}");
+            // Nothing dropped comes back: the later WAL is gone once the open flushed.
+            db.close().unwrap();
+            let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(
+                batches_present(&db, &batches, &what),
+                kept,
+                "{what}: reopen"
+            );
             db.close().unwrap();
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use sluice::fs::{Fault, FaultFs, FaultKind, Fs, FsOp, StdFs};
 use sluice::{Db, Error, Options, PartitionSpec, WriteBatch, WriteOptions};
-use sluice_tests::{dump, engine_thread_panics, watch_engine_panics};
+use sluice_tests::{dump, engine_thread_panics, newest_wal, watch_engine_panics};
 
 /// The four faults: (name, operation, kind, errno the caller should see).
 const FAULTS: [(&str, FsOp, FaultKind, i32); 4] = [
@@ -1440,5 +1440,343 @@ fn a_current_that_cannot_be_looked_at_is_an_io_error_naming_it() {
     );
     let db = Db::open(dir.path(), Options::default()).unwrap();
     assert_eq!(db.get("kept").unwrap().as_deref(), Some(&b"yes"[..]));
+    db.close().unwrap();
+}
+
+/// Releases every held fsync when dropped: declared after the database, it runs first
+/// should an assertion unwind, so the database's drop does not wait on a held thread.
+struct ReleaseHeld<'a>(&'a FaultFs);
+
+impl Drop for ReleaseHeld<'_> {
+    fn drop(&mut self) {
+        self.0.release_held();
+    }
+}
+
+/// A database on `fs` with tiny memtables, whose background WAL syncs and flushes are
+/// held, holding `k00000` (synced) and then unsynced keys up to and just past its first WAL
+/// rotation, each handed to the OS as it is written. Returns the keys in write order and how
+/// many were written before the rotation.
+fn rotate_with_wal_sync_held(dir: &Path, fs: &FaultFs) -> (Db, Vec<String>, usize) {
+    let opts = Options {
+        max_immutable_memtables: 64,
+        wal_buffer_bytes: 0,
+        ..with_fs(Options::tiny(), fs)
+    };
+    let db = Db::open(dir, opts).unwrap();
+    fs.hold_syncs(".log", "sluice-wal-sync");
+    fs.hold_syncs(".sst", "sluice-flush");
+    let mut keys = vec!["k00000".to_string()];
+    db.write_opt(
+        {
+            let mut b = WriteBatch::new();
+            b.put("k00000", [b'v'; 100]);
+            b
+        },
+        &WriteOptions { sync: true },
+    )
+    .unwrap();
+    let wals = log_files(dir);
+    while log_files(dir) == wals && keys.len() < 10_000 {
+        let k = format!("k{:05}", keys.len());
+        db.put(&k, [b'v'; 100]).unwrap();
+        keys.push(k);
+    }
+    let before = keys.len();
+    assert!(log_files(dir) > wals, "no rotation in {before} writes");
+    for _ in 0..5 {
+        let k = format!("k{:05}", keys.len());
+        db.put(&k, [b'v'; 100]).unwrap();
+        keys.push(k);
+    }
+    (db, keys, before)
+}
+
+/// Which of `keys` a database holds, checking that they are a prefix.
+fn prefix_present(db: &Db, keys: &[String], what: &str) -> usize {
+    let present: Vec<bool> = keys.iter().map(|k| db.get(k).unwrap().is_some()).collect();
+    let n = present.iter().take_while(|&&p| p).count();
+    assert!(
+        present[n..].iter().all(|&p| !p),
+        "{what}: a hole: key {} is missing but later ones are present",
+        keys[n]
+    );
+    n
+}
+
+/// A WAL rotated away from is fsynced in the background while writes go on into the next.
+/// A synced write in the next WAL is not acknowledged before the older WAL is durable: it
+/// syncs the older WAL itself, or waits for the background sync (held here, so released
+/// once the write has waited a while). After a power cut every write before it is there.
+#[test]
+fn a_synced_write_waits_for_the_wal_before_it_to_be_durable() {
+    let what = "synced write after a rotation";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let (db, mut keys, _) = rotate_with_wal_sync_held(dir.path(), &fs);
+    let release = ReleaseHeld(&fs);
+    keys.push("synced".into());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let mut b = WriteBatch::new();
+            b.put("synced", "1");
+            tx.send(db.write_opt(b, &WriteOptions { sync: true }))
+                .unwrap();
+        })
+    };
+    match rx.recv_timeout(Duration::from_millis(300)) {
+        Ok(r) => r.unwrap(),
+        Err(_) => {
+            fs.release_held();
+            rx.recv().unwrap().unwrap();
+        }
+    }
+    writer.join().unwrap();
+    fs.fail_all_syncs();
+    drop(release);
+    drop(db);
+    // Before its first sync the newer WAL recorded that the one before it was durable (so
+    // that damage to the older one's end is not taken for a crash's cut later).
+    let newest = newest_wal(dir.path()).unwrap();
+    assert!(
+        sluice::inspect::read_wal_file(&newest)
+            .unwrap()
+            .notes_earlier,
+        "{what}: {} does not say the WAL before it is durable",
+        newest.display()
+    );
+    fs.lose_unsynced().unwrap();
+    fs.clear();
+    let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(prefix_present(&db, &keys, what), keys.len(), "{what}");
+    db.close().unwrap();
+}
+
+/// A power cut after the OS wrote back the newest WAL's pages but not the end of the WAL
+/// before it (whose background fsync had not run): recovery keeps what the older WAL still
+/// holds and drops the newer WAL (unsynced writes only), so no hole opens, and the default
+/// (strict) recovery opens.
+#[test]
+fn a_power_cut_before_a_rotated_wal_is_synced_keeps_a_prefix() {
+    let what = "power cut before the older WAL's background fsync";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let (db, keys, before) = rotate_with_wal_sync_held(dir.path(), &fs);
+    fs.fail_all_syncs();
+    fs.release_held();
+    drop(db);
+    let newest = newest_wal(dir.path()).unwrap();
+    fs.lose_unsynced_except(|p| p == newest).unwrap();
+    fs.clear();
+    let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let (cut, _, dropped) = db
+        .recovery_report()
+        .wal_cut_short
+        .clone()
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: no cut reported: {:?}, files {:?}",
+                db.recovery_report(),
+                std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect::<Vec<_>>()
+            )
+        });
+    assert_ne!(cut, newest, "{what}");
+    assert!(dropped > 0, "{what}");
+    let n = prefix_present(&db, &keys, what);
+    assert!(n >= 1, "{what}: the synced write is lost");
+    assert!(
+        n < before,
+        "{what}: {n} keys survived, the newer WAL's among them"
+    );
+    db.close().unwrap();
+}
+
+/// A failed fsync of a WAL rotated away from, off the writers' path (by the background
+/// syncer, or by the flush of its memtable, whichever comes first): writes are refused from
+/// then on (the kernel may have dropped pages it could not write), naming the WAL, and
+/// nothing acknowledged is lost once
+/// reopened (every write is handed to the OS as it is acknowledged: a failed database
+/// drops what its WAL buffer holds, as a crashed process would).
+#[test]
+fn a_failed_background_wal_sync_refuses_writes_and_loses_nothing() {
+    let what = "failed background WAL sync";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = Options {
+        max_immutable_memtables: 64,
+        wal_buffer_bytes: 0,
+        ..with_fs(Options::tiny(), &fs)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fs.inject(fault(FsOp::Sync, FaultKind::Io, ".log", true));
+    let start = Instant::now();
+    let mut acked = Vec::new();
+    let e = loop {
+        let k = format!("k{:05}", acked.len());
+        match db.put(&k, [b'v'; 100]) {
+            Ok(()) => acked.push(k),
+            Err(e) => break e,
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what}: {} writes went through without the fault being noticed",
+            acked.len()
+        );
+    };
+    assert!(
+        matches!(&e, Error::ReadOnly(m) if (m.contains("background sync of")
+            || m.contains("WAL sync before a flush")) && m.contains(".log")),
+        "{what}: {e:?}"
+    );
+    assert!(fs.injected() > 0, "{what}");
+    assert_read_only(&db, what);
+    fs.clear();
+    drop(db);
+    let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(prefix_present(&db, &acked, what), acked.len(), "{what}");
+    db.close().unwrap();
+}
+
+/// With `wal_bytes_per_sync`, the live WAL is fsynced in the background as it grows: after
+/// a power cut, unsynced writes up to the last such fsync are there (a prefix), where
+/// without it none would be.
+#[test]
+fn wal_bytes_per_sync_makes_unsynced_writes_durable_as_the_wal_grows() {
+    let what = "background sync of the live WAL";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = Options {
+        wal_bytes_per_sync: 4 << 10,
+        wal_buffer_bytes: 0,
+        ..with_fs(Options::default(), &fs)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let keys: Vec<String> = (0..1000).map(|i| format!("k{i:05}")).collect();
+    for k in &keys {
+        db.put(k, [b'v'; 100]).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while db.stats().wal_background_syncs == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        db.stats().wal_background_syncs > 0,
+        "{what}: no background sync"
+    );
+    fs.power_cut(db).unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let n = prefix_present(&db, &keys, what);
+    assert!(n > 0, "{what}: no unsynced write survived");
+    db.close().unwrap();
+}
+
+/// Options for the rotation tests: tiny memtables, room for many frozen ones (flushes are
+/// held), every write handed to the OS as it is acknowledged.
+fn rotating(fs: &FaultFs) -> Options {
+    Options {
+        max_immutable_memtables: 64,
+        wal_buffer_bytes: 0,
+        ..with_fs(Options::tiny(), fs)
+    }
+}
+
+/// Writes unsynced keys to `db` until it rotates its WAL (a full memtable rotates before
+/// the write that found it full, so the last key went to the new WAL).
+fn put_until_rotation(db: &Db, dir: &Path, keys: &mut Vec<String>) {
+    let wals = log_files(dir);
+    while log_files(dir) == wals && keys.len() < 100_000 {
+        let k = format!("k{:05}", keys.len());
+        db.put(&k, [b'v'; 100]).unwrap();
+        keys.push(k);
+    }
+    assert!(log_files(dir) > wals, "no rotation");
+}
+
+/// A WAL rotated to is first fsynced once rotated away from (in the background), so a
+/// power cut can take all of it, header included, while the WAL after it reached the disk.
+/// Recovery takes the headerless WAL for one the crash cut short (its version is the next
+/// WAL's), keeps every write before it, and opens.
+#[test]
+fn a_rotated_wal_that_lost_even_its_header_is_a_cut_not_damage() {
+    let what = "a rotated WAL lost whole";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(dir.path(), rotating(&fs)).unwrap();
+    let release = ReleaseHeld(&fs);
+    fs.hold_syncs(".sst", "sluice-flush");
+    let mut keys = Vec::new();
+    // The first WAL (synced in the background once rotated away from) ...
+    put_until_rotation(&db, dir.path(), &mut keys);
+    let in_first = keys.len() - 1;
+    let end = Instant::now() + Duration::from_secs(10);
+    while db.stats().wal_background_syncs == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        db.stats().wal_background_syncs > 0,
+        "{what}: first WAL not synced"
+    );
+    // ... the second (never synced) ...
+    fs.hold_syncs(".log", "sluice-wal-sync");
+    put_until_rotation(&db, dir.path(), &mut keys);
+    // ... and the third, whose pages reach the disk.
+    for _ in 0..5 {
+        let k = format!("k{:05}", keys.len());
+        db.put(&k, [b'v'; 100]).unwrap();
+        keys.push(k);
+    }
+    fs.fail_all_syncs();
+    drop(release);
+    drop(db);
+    let newest = newest_wal(dir.path()).unwrap();
+    fs.lose_unsynced_except(|p| p == newest).unwrap();
+    fs.clear();
+    let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let (cut, _, _) = db
+        .recovery_report()
+        .wal_cut_short
+        .clone()
+        .unwrap_or_else(|| panic!("{what}: no cut reported"));
+    assert!(cut < newest, "{what}: cut at {}", cut.display());
+    assert_eq!(prefix_present(&db, &keys, what), in_first, "{what}");
+    db.close().unwrap();
+}
+
+/// A flush makes its memtable's WAL durable before it writes the table: a power cut
+/// after the table is durable and before the manifest names it must not leave a table
+/// holding writes the WALs lost (recovery refuses such a table rather than delete it). The
+/// background sync of the WAL is held here, so the flush waits for it.
+#[test]
+fn a_flush_makes_its_wal_durable_before_writing_its_table() {
+    let what = "flush before the WAL's background sync";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(dir.path(), rotating(&fs)).unwrap();
+    let release = ReleaseHeld(&fs);
+    fs.hold_syncs(".log", "sluice-wal-sync");
+    fs.hold_syncs("MANIFEST", "sluice-flush");
+    let mut keys = vec!["k00000".to_string()];
+    let mut b = WriteBatch::new();
+    b.put("k00000", [b'v'; 100]);
+    db.write_opt(b, &WriteOptions { sync: true }).unwrap();
+    put_until_rotation(&db, dir.path(), &mut keys);
+    // Time for the flush to reach its table (and, were it not waiting for the WAL, the
+    // manifest edit held above).
+    std::thread::sleep(Duration::from_millis(300));
+    fs.fail_all_syncs();
+    drop(release);
+    drop(db);
+    fs.lose_unsynced().unwrap();
+    fs.clear();
+    let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        prefix_present(&db, &keys, what) >= 1,
+        "{what}: the synced write is lost"
+    );
     db.close().unwrap();
 }

@@ -51,6 +51,8 @@ struct FileJson {
     records: Vec<RecordJson>,
     /// The WAL that continues the log, when this one was rotated away from.
     successor: Option<String>,
+    /// It records that every earlier WAL was durable (before its first synced write).
+    earlier_durable: bool,
     torn_tail: Option<crate::cmd::info::TornJson>,
 }
 
@@ -119,6 +121,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                     })
                     .collect(),
                 successor: c.successor.map(|n| format!("{n:06}.log")),
+                earlier_durable: c.notes_earlier,
                 torn_tail: c.tail.as_ref().map(Into::into),
             }
             }),
@@ -166,6 +169,9 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                     None => writeln!(out, "    {} {} {}", o.seqno, o.kind, o.key)?,
                 }
             }
+        }
+        if f.earlier_durable {
+            writeln!(out, "  records that every earlier WAL was durable")?;
         }
         if let Some(n) = &f.successor {
             writeln!(out, "  continues in {n}")?;

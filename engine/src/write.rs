@@ -478,7 +478,7 @@ impl Inner {
             .add_with(|buf| crate::batch::encode_wal_successor(number, buf));
         // The old WAL must be durable before the new one is: a crash must not keep writes of
         // the new WAL and lose earlier ones of the old (a hole). Fsyncing it here made every
-        // writer wait for a memtable's worth of WAL (16-100 ms at 16 MiB); instead the new
+        // writer wait for a memtable's worth of WAL (13-64 ms for 16 MiB, BENCHMARKS.md §1); instead the new
         // WAL's first sync (a synced write, a close) syncs the old one first, the background
         // syncer syncs it right away, and recovery drops what follows an old WAL that a
         // crash cut short before that sync (see `replay_wals`).

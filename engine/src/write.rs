@@ -478,9 +478,10 @@ impl Inner {
             .add_with(|buf| crate::batch::encode_wal_successor(number, buf));
         // The old WAL must be durable before the new one is: a crash must not keep writes of
         // the new WAL and lose earlier ones of the old (a hole). Fsyncing it here made every
-        // writer wait for a memtable's worth of WAL (13-64 ms for 16 MiB, BENCHMARKS.md §1); instead the new
-        // WAL's first sync (a synced write, a close) syncs the old one first, the background
-        // syncer syncs it right away, and recovery drops what follows an old WAL that a
+        // writer wait for a memtable's worth of WAL (13-64 ms for 16 MiB, BENCHMARKS.md
+        // §1); instead the new WAL's first sync (a synced write, a close) syncs the old one
+        // first, the background syncer syncs it right away, a flush of its memtable syncs
+        // it before writing the table, and recovery drops what follows an old WAL that a
         // crash cut short before that sync (see `replay_wals`).
         let mut log = LogWriter::new(file, path, LogKind::Wal);
         let r = match wal.log.shared_sync() {

@@ -442,9 +442,10 @@ impl Inner {
     /// Freezes the memtable and starts a new WAL. The old WAL is written out before the new
     /// one is created, and fsynced in the background while writes go to the new one: the new
     /// WAL's first sync syncs it first, and recovery drops what follows an old WAL a crash
-    /// cut short before that (no holes after a crash). Its last record names the new WAL, written only once the new
-    /// WAL's directory entry is durable: recovery then knows the log goes on, and refuses
-    /// to open when the newest WAL has gone missing rather than losing what it held.
+    /// cut short before that (no holes after a crash). Its last record names the new WAL,
+    /// written only once the new WAL's directory entry is durable: recovery then knows the
+    /// log goes on, and refuses to open when the newest WAL has gone missing rather than
+    /// losing what it held.
     pub(crate) fn rotate(&self, wal: &mut WalState) -> Result<()> {
         if self.released.load(Ordering::Acquire) {
             return Err(Error::Closed);

@@ -1458,38 +1458,31 @@ impl Drop for ReleaseHeld<'_> {
 /// rotation, each handed to the OS as it is written. Returns the keys in write order and how
 /// many were written before the rotation.
 fn rotate_with_wal_sync_held(dir: &Path, fs: &FaultFs) -> (Db, Vec<String>, usize) {
-    let opts = Options {
-        max_immutable_memtables: 64,
-        wal_buffer_bytes: 0,
-        ..with_fs(Options::tiny(), fs)
-    };
-    let db = Db::open(dir, opts).unwrap();
+    let db = Db::open(dir, rotating(fs)).unwrap();
     fs.hold_syncs(".log", "sluice-wal-sync");
     fs.hold_syncs(".sst", "sluice-flush");
     let mut keys = vec!["k00000".to_string()];
-    db.write_opt(
-        {
-            let mut b = WriteBatch::new();
-            b.put("k00000", [b'v'; 100]);
-            b
-        },
-        &WriteOptions { sync: true },
-    )
-    .unwrap();
-    let wals = log_files(dir);
-    while log_files(dir) == wals && keys.len() < 10_000 {
-        let k = format!("k{:05}", keys.len());
-        db.put(&k, [b'v'; 100]).unwrap();
-        keys.push(k);
-    }
+    put_synced(&db, "k00000");
+    put_until_rotation(&db, dir, &mut keys);
     let before = keys.len();
-    assert!(log_files(dir) > wals, "no rotation in {before} writes");
-    for _ in 0..5 {
+    put_more(&db, &mut keys, 5);
+    (db, keys, before)
+}
+
+/// Writes `key` with `sync`.
+fn put_synced(db: &Db, key: &str) {
+    let mut b = WriteBatch::new();
+    b.put(key, [b'v'; 100]);
+    db.write_opt(b, &WriteOptions { sync: true }).unwrap();
+}
+
+/// Writes `n` more unsynced keys.
+fn put_more(db: &Db, keys: &mut Vec<String>, n: usize) {
+    for _ in 0..n {
         let k = format!("k{:05}", keys.len());
         db.put(&k, [b'v'; 100]).unwrap();
         keys.push(k);
     }
-    (db, keys, before)
 }
 
 /// Which of `keys` a database holds, checking that they are a prefix.
@@ -1607,12 +1600,7 @@ fn a_failed_background_wal_sync_refuses_writes_and_loses_nothing() {
     let what = "failed background WAL sync";
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    let opts = Options {
-        max_immutable_memtables: 64,
-        wal_buffer_bytes: 0,
-        ..with_fs(Options::tiny(), &fs)
-    };
-    let db = Db::open(dir.path(), opts).unwrap();
+    let db = Db::open(dir.path(), rotating(&fs)).unwrap();
     fs.inject(fault(FsOp::Sync, FaultKind::Io, ".log", true));
     let start = Instant::now();
     let mut acked = Vec::new();
@@ -1725,11 +1713,7 @@ fn a_rotated_wal_that_lost_even_its_header_is_a_cut_not_damage() {
     fs.hold_syncs(".log", "sluice-wal-sync");
     put_until_rotation(&db, dir.path(), &mut keys);
     // ... and the third, whose pages reach the disk.
-    for _ in 0..5 {
-        let k = format!("k{:05}", keys.len());
-        db.put(&k, [b'v'; 100]).unwrap();
-        keys.push(k);
-    }
+    put_more(&db, &mut keys, 5);
     fs.fail_all_syncs();
     drop(release);
     drop(db);
@@ -1761,9 +1745,7 @@ fn a_flush_makes_its_wal_durable_before_writing_its_table() {
     fs.hold_syncs(".log", "sluice-wal-sync");
     fs.hold_syncs("MANIFEST", "sluice-flush");
     let mut keys = vec!["k00000".to_string()];
-    let mut b = WriteBatch::new();
-    b.put("k00000", [b'v'; 100]);
-    db.write_opt(b, &WriteOptions { sync: true }).unwrap();
+    put_synced(&db, "k00000");
     put_until_rotation(&db, dir.path(), &mut keys);
     // Time for the flush to reach its table (and, were it not waiting for the WAL, the
     // manifest edit held above).

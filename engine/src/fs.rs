@@ -156,6 +156,11 @@ pub trait Fs: Send + Sync + fmt::Debug {
     /// File names (not paths) in a directory.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Makes an existing file's bytes durable (fdatasync), whoever wrote them: recovery
+    /// syncs the WALs it replayed, which a crashed process may have left unsynced.
+    fn sync_existing(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_data()
+    }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Whether `path` exists; an error when that cannot be told (a directory on the way
     /// that may not be searched, say), never a `false` that would pass for "absent".
@@ -702,6 +707,19 @@ impl Fs for FaultFs {
             return Err(fault_error(k));
         }
         StdFs.sync_dir(dir)
+    }
+
+    fn sync_existing(&self, path: &Path) -> io::Result<()> {
+        // Everything in the file now is what becomes durable (appends through this Fs
+        // and bytes left by another handle alike).
+        let len = std::fs::metadata(path)?.len();
+        self.state
+            .lock()
+            .files
+            .entry(path.to_path_buf())
+            .or_default()
+            .0 = len;
+        self.sync_file(path, || StdFs.sync_existing(path))
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

@@ -692,6 +692,8 @@ struct Loaded {
     state: ManifestState,
     files: FileSet,
     recovered: Arc<MemTable>,
+    /// The WALs replayed into `recovered`.
+    wals: Vec<PathBuf>,
     last_seqno: u64,
     report: RecoveryReport,
 }
@@ -736,6 +738,7 @@ fn load(
         state,
         files,
         recovered,
+        wals: wals.into_iter().map(|(_, p)| p).collect(),
         last_seqno,
         report,
     })
@@ -772,6 +775,7 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
         },
         files,
         recovered: Arc::new(MemTable::new(0, opts.memtable_bytes)),
+        wals: Vec::new(),
         last_seqno: 0,
         report: RecoveryReport::default(),
     })
@@ -1005,6 +1009,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         state,
         files,
         recovered,
+        wals: replayed,
         last_seqno,
         mut report,
     } = loaded;
@@ -1097,6 +1102,14 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         Some(lock),
     ));
     if has_recovered {
+        // The WALs replayed may end in writes a crashed process handed to the OS and never
+        // synced. The flush below makes them durable in a table before the manifest names
+        // it: were a power loss to take them from the WALs in between, that table would
+        // hold writes the WALs no longer do, which the next open refuses. So they are
+        // synced first.
+        for p in &replayed {
+            fs.sync_existing(p).map_err(|e| Error::io(p, e))?;
+        }
         inner.flush_oldest()?;
     }
     // Remove what no manifest names any more: old WALs and manifests, orphaned SSTables

@@ -1762,3 +1762,40 @@ fn a_flush_makes_its_wal_durable_before_writing_its_table() {
     );
     db.close().unwrap();
 }
+
+/// An open after a process crash replays WAL writes the crashed process never synced, and
+/// flushes them to a table. A power loss before the manifest names that table must not leave
+/// it holding writes the WALs lost (the next open would refuse it): recovery syncs the WALs
+/// it replayed before the flush. Here the flush's manifest edit fails to sync, then the power
+/// goes.
+#[test]
+fn an_open_syncs_the_wals_it_replays_before_flushing_them() {
+    let what = "power loss during the open after a crash";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(dir.path(), rotating(&fs)).unwrap();
+    let mut keys = vec!["k00000".to_string()];
+    put_synced(&db, "k00000");
+    put_more(&db, &mut keys, 50);
+    // The process dies: nothing more is synced, the OS keeps what it was handed.
+    fs.fail_all_syncs();
+    drop(db);
+    fs.clear();
+    // The open's first manifest sync writes its new manifest; the second is the flush's
+    // edit naming the table of the replayed writes.
+    fs.inject(Fault {
+        op: FsOp::Sync,
+        path_contains: Some("MANIFEST".into()),
+        kind: FaultKind::Io,
+        skip: 1,
+        sticky: true,
+    });
+    let e = Db::open(dir.path(), rotating(&fs)).err();
+    assert!(e.is_some(), "{what}: the open did not fail");
+    assert!(fs.injected() > 0, "{what}");
+    fs.lose_unsynced().unwrap();
+    fs.clear();
+    let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(prefix_present(&db, &keys, what), keys.len(), "{what}");
+    db.close().unwrap();
+}

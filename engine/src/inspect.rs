@@ -1363,13 +1363,15 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         .iter()
         .map(|w| check_inside(dir, &w.path).map(|_| read_wal_file(&w.path)))
         .collect();
-    // The last live WAL holding a record: recovery takes a torn end in it, or in any WAL
-    // after it (those are empty: an open that failed after creating its WAL), as the
-    // crash's own, so verify calls it a warning too and an error only where records follow.
-    let last_written = wals
-        .iter()
-        .zip(&read)
-        .rposition(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if !c.records.is_empty()));
+    // The last live WAL holding a record (of any kind, as recovery counts them): recovery
+    // takes a torn end in it, or in any WAL after it (those are empty: an open that failed
+    // after creating its WAL), as the crash's own, so verify calls it a warning too and an
+    // error only where records follow.
+    let last_written = wals.iter().zip(&read).rposition(|(w, r)| {
+        w.live
+            && matches!(r, Ok(Ok(c))
+                if !c.records.is_empty() || c.successor.is_some() || c.notes_earlier)
+    });
     // Live WALs saying every earlier WAL was durable, and each WAL's format version (one
     // whose header is gone takes the next one's), as recovery's `replay_wals` has them.
     let notes: Vec<bool> = wals
@@ -1522,7 +1524,14 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                 ));
             }
             if let Some((file, at)) = cut.take() {
-                if last.as_ref().is_some_and(|(prev, _)| r.seqno != prev + 1) {
+                // Does the first write after the cut continue the seqnos (from the last
+                // one replayed, or else from the manifest's last flushed one)?
+                let continues = match (&last, state) {
+                    (Some((prev, _)), _) => r.seqno == prev + 1,
+                    (None, Some(s)) => r.seqno <= s.last_seqno.saturating_add(1),
+                    (None, None) => true,
+                };
+                if !continues {
                     rep.problems.push(Problem::warning(
                         "wal",
                         Some(&file),

@@ -1038,15 +1038,18 @@ fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
     let split_at = log.records[3].0 as usize;
     // "continues": the cut took only bytes the second WAL also holds (the first write after
     // the cut continues the seqnos), so nothing is lost and everything is replayed.
-    for case in ["marked", "unmarked", "empty", "continues"] {
+    // "marker only": the later WAL holds nothing but that record (a close right after a
+    // rotation leaves one), which is still a later record saying the first WAL was durable.
+    for case in ["marked", "marker only", "unmarked", "empty", "continues"] {
+        let marked = case == "marked" || case == "marker only";
         let what = format!("torn WAL end, later WAL {case}");
         let dir = root.path().join(format!("split-{case}"));
         copy_dir(&pristine, &dir);
         let mut second = bytes[..header_end].to_vec();
-        if case == "marked" {
+        if marked {
             encode_record(&[0u8; 12], &mut second);
         }
-        if case != "empty" {
+        if case != "empty" && case != "marker only" {
             second.extend_from_slice(&bytes[split_at..]);
         }
         std::fs::write(dir.join(&next), &second).unwrap();
@@ -1058,7 +1061,7 @@ fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
         patch(&dir.join(&wname), |b| b.truncate(cut_at as usize + 5));
         let kept = if case == "continues" { 6 } else { 2 };
         let rep = verify(&dir);
-        if case == "marked" {
+        if marked {
             let e = open_err(&dir, Options::default(), &what);
             assert_corruption_naming(&e, &wname, &what);
             assert!(e.to_string().contains("older WAL"), "{what}: {e}");
@@ -1077,7 +1080,9 @@ fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
                 wal_recovery: WalRecovery::PointInTime,
                 ..Options::default()
             };
-            let pit_dir = root.path().join("split-pit");
+            let pit_dir = root
+                .path()
+                .join(format!("split-pit-{}", case.replace(' ', "-")));
             copy_dir(&dir, &pit_dir);
             let db = Db::open(&pit_dir, opts.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(

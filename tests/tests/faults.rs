@@ -1454,12 +1454,15 @@ impl Drop for ReleaseHeld<'_> {
 }
 
 /// A database on `fs` with tiny memtables, whose background WAL syncs and flushes are
-/// held, holding `k00000` (synced) and then unsynced keys up to and just past its first WAL
+/// held (so nothing syncs the rotated WAL but the test's own writes), holding `k00000` (synced) and then unsynced keys up to and just past its first WAL
 /// rotation, each handed to the OS as it is written. Returns the keys in write order and how
 /// many were written before the rotation.
 fn rotate_with_wal_sync_held(dir: &Path, fs: &FaultFs) -> (Db, Vec<String>, usize) {
     let db = Db::open(dir, rotating(fs)).unwrap();
+    // The rotated WAL's fsync is held whoever makes it: the background syncer, or the
+    // flush of its memtable (which syncs it before writing the table).
     fs.hold_syncs(".log", "sluice-wal-sync");
+    fs.hold_syncs(".log", "sluice-flush");
     fs.hold_syncs(".sst", "sluice-flush");
     let mut keys = vec!["k00000".to_string()];
     put_synced(&db, "k00000");
@@ -1750,6 +1753,20 @@ fn a_flush_makes_its_wal_durable_before_writing_its_table() {
     // Time for the flush to reach its table (and, were it not waiting for the WAL, the
     // manifest edit held above).
     std::thread::sleep(Duration::from_millis(300));
+    let tables = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sst")
+        })
+        .count();
+    assert_eq!(
+        tables, 0,
+        "{what}: a table was written before its WAL was durable"
+    );
     fs.fail_all_syncs();
     drop(release);
     drop(db);

@@ -322,11 +322,10 @@ impl LogWriter {
     /// Flushes and fsyncs (the logs this one follows first).
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        let r = match &self.shared {
-            Some(s) => s.sync(),
-            None => self.file.sync().map_err(|e| Error::io(&self.path, e)),
-        };
-        r.inspect_err(|e| self.failed = Some(e.to_string()))
+        match self.shared.clone() {
+            Some(s) => s.sync().inspect_err(|e| self.failed = Some(e.to_string())),
+            None => self.file.sync().map_err(|e| self.failure(e)),
+        }
     }
 
     fn check_usable(&self) -> Result<()> {

@@ -1595,9 +1595,9 @@ fn a_power_cut_before_a_rotated_wal_is_synced_keeps_a_prefix() {
 /// A failed fsync of a WAL rotated away from, off the writers' path (by the background
 /// syncer, or by the flush of its memtable, whichever comes first): writes are refused from
 /// then on (the kernel may have dropped pages it could not write), naming the WAL, and
-/// nothing acknowledged is lost once
-/// reopened (every write is handed to the OS as it is acknowledged: a failed database
-/// drops what its WAL buffer holds, as a crashed process would).
+/// nothing acknowledged is lost once reopened (every write is handed to the OS as it is
+/// acknowledged: a failed database drops what its WAL buffer holds, as a crashed process
+/// would).
 #[test]
 fn a_failed_background_wal_sync_refuses_writes_and_loses_nothing() {
     let what = "failed background WAL sync";
@@ -1651,19 +1651,21 @@ fn wal_bytes_per_sync_makes_unsynced_writes_durable_as_the_wal_grows() {
     for k in &keys {
         db.put(k, [b'v'; 100]).unwrap();
     }
-    let end = Instant::now() + Duration::from_secs(10);
-    while db.stats().wal_background_syncs == 0 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(
-        db.stats().wal_background_syncs > 0,
-        "{what}: no background sync"
-    );
+    wait_for_background_sync(&db, &format!("{what}: no background sync"));
     fs.power_cut(db).unwrap();
     let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
     let n = prefix_present(&db, &keys, what);
     assert!(n > 0, "{what}: no unsynced write survived");
     db.close().unwrap();
+}
+
+/// Waits (up to 10 s) until the background syncer has fsynced a WAL.
+fn wait_for_background_sync(db: &Db, what: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while db.stats().wal_background_syncs == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(db.stats().wal_background_syncs > 0, "{what}");
 }
 
 /// Options for the rotation tests: tiny memtables, room for many frozen ones (flushes are
@@ -1704,14 +1706,7 @@ fn a_rotated_wal_that_lost_even_its_header_is_a_cut_not_damage() {
     // The first WAL (synced in the background once rotated away from) ...
     put_until_rotation(&db, dir.path(), &mut keys);
     let in_first = keys.len() - 1;
-    let end = Instant::now() + Duration::from_secs(10);
-    while db.stats().wal_background_syncs == 0 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(
-        db.stats().wal_background_syncs > 0,
-        "{what}: first WAL not synced"
-    );
+    wait_for_background_sync(&db, &format!("{what}: first WAL not synced"));
     // ... the second (never synced) ...
     fs.hold_syncs(".log", "sluice-wal-sync");
     put_until_rotation(&db, dir.path(), &mut keys);

@@ -526,6 +526,7 @@ fn build_report(
         p50_us: m.latency.quantile_us(0.50),
         p99_us: m.latency.quantile_us(0.99),
         p999_us: m.latency.quantile_us(0.999),
+        p9999_us: m.latency.quantile_us(0.9999),
         max_us: m.latency.max_us(),
         write_amp: cumulative_write_amp,
         disk_bytes: report::disk_bytes(dir)?,

@@ -148,6 +148,9 @@ pub struct WorkloadReport {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
+    /// One operation in ten thousand is slower (in `--json` only): where stalls that hit
+    /// a handful of operations per run show before they reach `max_us`.
+    pub p9999_us: f64,
     /// The slowest operation: a stop of the writer (a WAL rotation's fsync, a full
     /// memtable) shows here and nowhere else.
     pub max_us: f64,

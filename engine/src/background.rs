@@ -1,7 +1,7 @@
 //! Background workers: a flush worker that runs every flush; general workers that run
 //! manual compactions, then migration compactions the pacer allows, then the most urgent
-//! automatic compaction; a ticker that hands buffered WAL bytes to the OS; and a syncer that
-//! fsyncs the WAL as it grows.
+//! automatic compaction; a ticker that hands buffered WAL bytes to the OS; a syncer that
+//! fsyncs the WAL as it grows; and a deleter of obsolete tables.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -70,6 +70,15 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
             }
         }),
     )?;
+    inner.threads.lock().push(t);
+    // Obsolete tables, deleted off the thread that let go of them last (see `obsolete.rs`).
+    // Started before the thread, whose loop ends at once if it finds the deleter stopped.
+    let w = inner.clone();
+    inner.deleter.start();
+    let t = spawn("sluice-files".into(), Box::new(move || w.deleter.run())).inspect_err(|_| {
+        inner.deleter.stop();
+        inner.deleter.run();
+    })?;
     inner.threads.lock().push(t);
     inner.sync_wal_in_background(&mut inner.wal.lock().log);
     Ok(())

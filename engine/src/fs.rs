@@ -355,6 +355,8 @@ struct FaultState {
     hold_syncs: Vec<(String, String)>,
     /// Threads waiting in a held fsync now.
     held: usize,
+    /// Every file removed, with the name of the thread that removed it.
+    removals: Vec<(PathBuf, String)>,
 }
 
 /// A file system that delegates to [`StdFs`] and injects faults on request. It also tracks
@@ -412,6 +414,12 @@ impl FaultFs {
     pub fn release_held(&self) {
         self.state.lock().hold_syncs.clear();
         self.released.notify_all();
+    }
+
+    /// Every file removed through this Fs so far, with the name of the thread that removed
+    /// it (empty for an unnamed thread).
+    pub fn removals(&self) -> Vec<(PathBuf, String)> {
+        self.state.lock().removals.clone()
     }
 
     /// How many threads wait in a held fsync now.
@@ -694,7 +702,10 @@ impl Fs for FaultFs {
             return Err(fault_error(k));
         }
         StdFs.remove(path)?;
-        self.state.lock().files.remove(path);
+        let mut st = self.state.lock();
+        st.files.remove(path);
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        st.removals.push((path.to_path_buf(), thread));
         Ok(())
     }
 

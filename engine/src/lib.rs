@@ -50,6 +50,7 @@ pub mod log;
 pub mod manifest;
 mod memtable;
 mod migration;
+mod obsolete;
 mod options;
 mod output;
 mod read;

@@ -145,7 +145,7 @@ impl<'a> Outputs<'a> {
         self.done.push(Arc::new(FileMeta::new(
             Arc::new(table),
             self.level,
-            self.inner.fs.clone(),
+            self.inner.deleter.clone(),
         )));
         Ok(())
     }

@@ -27,6 +27,7 @@ use crate::manifest::{
     read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT,
 };
 use crate::memtable::MemTable;
+use crate::obsolete::FileDeleter;
 use crate::options::{Options, WalRecovery};
 use crate::sst::{Table, TableOptions};
 use crate::stats::Counters;
@@ -171,6 +172,7 @@ pub(crate) fn open_tables(
     dir: &Path,
     st: &ManifestState,
     cache: &Arc<BlockCache>,
+    deleter: &Arc<FileDeleter>,
     manifest: &Path,
 ) -> Result<FileSet> {
     let mut set = FileSet {
@@ -202,7 +204,7 @@ pub(crate) fn open_tables(
         metas.push(Arc::new(FileMeta::new(
             Arc::new(table),
             rec.level,
-            fs.clone(),
+            deleter.clone(),
         )));
     }
     let set = set
@@ -702,6 +704,7 @@ fn load(
     fs: &Arc<dyn Fs>,
     dir: &Path,
     cache: &Arc<BlockCache>,
+    deleter: &Arc<FileDeleter>,
     memtable_bytes: usize,
     wal_recovery: WalRecovery,
     unlisted: &mut Option<u64>,
@@ -710,7 +713,7 @@ fn load(
     let m = read_current(fs.as_ref(), dir)?;
     report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
     let state = replay_manifest(&m)?;
-    let files = open_tables(fs, dir, &state, cache, &m.path)?;
+    let files = open_tables(fs, dir, &state, cache, deleter, &m.path)?;
     // Listed before the WALs are read: see `check_unnamed_tables`.
     let unnamed = unnamed_tables(fs.as_ref(), dir, &state)?;
     let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
@@ -807,6 +810,7 @@ fn assemble(
     dir: &Path,
     opts: Options,
     cache: Arc<BlockCache>,
+    deleter: Arc<FileDeleter>,
     view: View,
     core: Core,
     wal: WalState,
@@ -834,6 +838,7 @@ fn assemble(
         group: Default::default(),
         wal: Mutex::new(wal),
         wal_syncer: Default::default(),
+        deleter,
         rotated_wals: Default::default(),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
@@ -929,10 +934,12 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
         });
     }
     let cache = new_cache(&opts);
+    let deleter = FileDeleter::new(fs.clone());
     let loaded = load(
         &fs,
         dir,
         &cache,
+        &deleter,
         opts.memtable_bytes,
         opts.wal_recovery,
         unlisted,
@@ -960,7 +967,17 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
         last_flush: Instant::now(),
         earlier_noted: true,
     };
-    let inner = assemble(dir, opts, cache, view, core, wal, loaded.last_seqno, None);
+    let inner = assemble(
+        dir,
+        opts,
+        cache,
+        deleter,
+        view,
+        core,
+        wal,
+        loaded.last_seqno,
+        None,
+    );
     *inner.recovery.lock() = loaded.report;
     *inner.failure.lock() = Some("opened read-only".into());
     inner
@@ -987,12 +1004,14 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .map_err(|e| Error::io(&lock_path, e))?
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
     let cache = new_cache(&opts);
+    let deleter = FileDeleter::new(fs.clone());
     let current = dir.join(CURRENT);
     let loaded = if fs.exists(&current).map_err(|e| Error::io(&current, e))? {
         load(
             &fs,
             &dir,
             &cache,
+            &deleter,
             opts.memtable_bytes,
             opts.wal_recovery,
             &mut None,
@@ -1095,6 +1114,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         &dir,
         opts,
         cache,
+        deleter,
         view,
         core,
         wal,

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::fs::Fs;
 use crate::layout::PartitionFn;
 use crate::manifest::{FileRecord, MAX_LEVELS};
+use crate::obsolete::FileDeleter;
 use crate::sst::{Table, TableKind};
 use crate::types::cmp_keys;
 
@@ -45,18 +45,23 @@ pub struct FileMeta {
 /// (at another level) of the same file, and views taken before it still hold the old one.
 /// Set obsolete once a manifest edit has removed the file; deleted when the last record of
 /// it is dropped, so a view of any age can still reach it by path (a checkpoint links it).
-#[derive(Debug)]
+/// The deletion goes to the [`FileDeleter`]: the last holder may be a reader.
 struct TableFile {
     obsolete: AtomicBool,
     path: std::path::PathBuf,
-    fs: Arc<dyn Fs>,
+    deleter: Arc<FileDeleter>,
+}
+
+impl std::fmt::Debug for TableFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TableFile({})", self.path.display())
+    }
 }
 
 impl Drop for TableFile {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::Acquire) {
-            // Best effort: a file left behind is an orphan that the next open removes.
-            let _ = self.fs.remove(&self.path);
+            self.deleter.delete(std::mem::take(&mut self.path));
         }
     }
 }
@@ -82,11 +87,11 @@ pub fn seek_allowance(bytes: u64) -> i64 {
 
 impl FileMeta {
     /// Builds the in-memory record of a table that was just written or opened.
-    pub fn new(table: Arc<Table>, level: u8, fs: Arc<dyn Fs>) -> FileMeta {
+    pub fn new(table: Arc<Table>, level: u8, deleter: Arc<FileDeleter>) -> FileMeta {
         let file = Arc::new(TableFile {
             obsolete: AtomicBool::new(false),
             path: table.path().to_path_buf(),
-            fs,
+            deleter,
         });
         Self::with_file(table, level, file)
     }

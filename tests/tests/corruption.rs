@@ -1018,7 +1018,9 @@ fn point_in_time_recovery_keeps_the_records_before_wal_damage_and_nothing_after(
 /// but no such record, the second WAL held only unsynced writes and the torn end is the
 /// crash's (recovery keeps the prefix and drops the second WAL, verify warns); with the
 /// second holding only its header (what an open that failed after creating its WAL
-/// leaves), the torn end is the crash's too. Recovery and verify agree on all three.
+/// leaves), the torn end is the crash's too. The same holds when the cut takes every record
+/// of the first WAL, so that whether the second continues is judged against the manifest's
+/// last flushed seqno. Recovery and verify agree on every case.
 #[test]
 fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
     let _guard = shared();
@@ -1040,26 +1042,54 @@ fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
     // the cut continues the seqnos), so nothing is lost and everything is replayed.
     // "marker only": the later WAL holds nothing but that record (a close right after a
     // rotation leaves one), which is still a later record saying the first WAL was durable.
-    for case in ["marked", "marker only", "unmarked", "empty", "continues"] {
+    // "… from the first": the cut took every record of the first WAL (nothing of it is
+    // replayed), and the later WAL holds all the writes ("continues") or the last three.
+    for case in [
+        "marked",
+        "marker only",
+        "unmarked",
+        "empty",
+        "continues",
+        "unmarked, cut from the first",
+        "continues, cut from the first",
+    ] {
         let marked = case == "marked" || case == "marker only";
+        let from_first = case.ends_with("from the first");
+        let continues = case.starts_with("continues");
+        let unmarked = case.starts_with("unmarked");
         let what = format!("torn WAL end, later WAL {case}");
-        let dir = root.path().join(format!("split-{case}"));
+        let dir = root
+            .path()
+            .join(format!("split-{}", case.replace([' ', ','], "-")));
         copy_dir(&pristine, &dir);
         let mut second = bytes[..header_end].to_vec();
         if marked {
             encode_record(&[0u8; 12], &mut second);
         }
         if case != "empty" && case != "marker only" {
-            second.extend_from_slice(&bytes[split_at..]);
+            let from = if from_first && continues {
+                header_end
+            } else {
+                split_at
+            };
+            second.extend_from_slice(&bytes[from..]);
         }
         std::fs::write(dir.join(&next), &second).unwrap();
-        let cut_at = if case == "continues" {
+        let cut_at = if from_first {
+            header_end as u64
+        } else if continues {
             split_at as u64
         } else {
             torn_at
         };
         patch(&dir.join(&wname), |b| b.truncate(cut_at as usize + 5));
-        let kept = if case == "continues" { 6 } else { 2 };
+        let kept = if continues {
+            6
+        } else if from_first {
+            0
+        } else {
+            2
+        };
         let rep = verify(&dir);
         if marked {
             let e = open_err(&dir, Options::default(), &what);
@@ -1101,7 +1131,7 @@ fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
             assert!(rep.is_ok(), "{what}: verify: {:?}", rep.problems);
             assert_eq!(
                 rep.problems.iter().any(|p| p.message.contains("cut short")),
-                case == "unmarked",
+                unmarked,
                 "{what}: verify: {:?}",
                 rep.problems
             );
@@ -1109,9 +1139,9 @@ fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
             let r = db.recovery_report().clone();
             let (p, off, _) = r.torn_tail.expect("torn tail reported");
             assert_eq!((name(&p), off), (wname.clone(), cut_at), "{what}");
-            if case == "unmarked" {
+            if unmarked {
                 let (p, off, dropped) = r.wal_cut_short.expect("cut reported");
-                assert_eq!((name(&p), off), (wname.clone(), torn_at), "{what}");
+                assert_eq!((name(&p), off), (wname.clone(), cut_at), "{what}");
                 assert_eq!(dropped, 5 + second.len() as u64, "{what}");
             } else {
                 assert!(r.wal_cut_short.is_none(), "{what}");

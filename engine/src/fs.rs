@@ -351,9 +351,10 @@ struct FaultState {
     /// For each file written through this Fs: bytes appended and bytes known durable.
     files: HashMap<PathBuf, (u64, u64)>,
     injected: u64,
-    /// Fsyncs held until [`FaultFs::release_held`]: (path substring, thread-name prefix).
-    hold_syncs: Vec<(String, String)>,
-    /// Threads waiting in a held fsync now.
+    /// Operations held until [`FaultFs::release_held`]: (operation, path substring,
+    /// thread-name prefix).
+    holds: Vec<(FsOp, String, String)>,
+    /// Threads waiting in a held operation now.
     held: usize,
     /// Every file removed, with the name of the thread that removed it.
     removals: Vec<(PathBuf, String)>,
@@ -404,15 +405,25 @@ impl FaultFs {
     /// to hold one kind of background job (a compaction about to finish its output, say)
     /// while the others go on. Holds add up: each call holds one more kind.
     pub fn hold_syncs(&self, path_contains: &str, thread_prefix: &str) {
+        self.hold(FsOp::Sync, path_contains, thread_prefix);
+    }
+
+    /// As [`hold_syncs`](Self::hold_syncs), for any operation that can be held: file
+    /// fsyncs ([`FsOp::Sync`]) and removals ([`FsOp::Remove`]).
+    pub fn hold(&self, op: FsOp, path_contains: &str, thread_prefix: &str) {
+        assert!(
+            matches!(op, FsOp::Sync | FsOp::Remove),
+            "only fsyncs and removals can be held"
+        );
         self.state
             .lock()
-            .hold_syncs
-            .push((path_contains.into(), thread_prefix.into()));
+            .holds
+            .push((op, path_contains.into(), thread_prefix.into()));
     }
 
     /// Lets every held fsync go on, and holds no more.
     pub fn release_held(&self) {
-        self.state.lock().hold_syncs.clear();
+        self.state.lock().holds.clear();
         self.released.notify_all();
     }
 
@@ -427,9 +438,9 @@ impl FaultFs {
         self.state.lock().held
     }
 
-    /// Waits while fsyncs of `path` by this thread are held.
-    fn wait_if_held(&self, path: &Path) {
-        if self.state.lock().hold_syncs.is_empty() {
+    /// Waits while operations `op` on `path` by this thread are held.
+    fn wait_if_held(&self, op: FsOp, path: &Path) {
+        if self.state.lock().holds.is_empty() {
             return;
         }
         let thread = std::thread::current();
@@ -438,8 +449,10 @@ impl FaultFs {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let holds = |st: &FaultState| {
-            st.hold_syncs.iter().any(|(p, t)| {
-                name.contains(p.as_str()) && thread.name().unwrap_or("").starts_with(t.as_str())
+            st.holds.iter().any(|(o, p, t)| {
+                *o == op
+                    && name.contains(p.as_str())
+                    && thread.name().unwrap_or("").starts_with(t.as_str())
             })
         };
         let mut st = self.state.lock();
@@ -457,7 +470,7 @@ impl FaultFs {
     /// What was appended before it began is durable once it succeeds (appends made while
     /// it runs may not be, as with a real fsync).
     fn sync_file(&self, path: &Path, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        self.wait_if_held(path);
+        self.wait_if_held(FsOp::Sync, path);
         if let Some(k) = self.check(FsOp::Sync, path) {
             return Err(fault_error(k));
         }
@@ -698,6 +711,7 @@ impl Fs for FaultFs {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
+        self.wait_if_held(FsOp::Remove, path);
         if let Some(k) = self.check(FsOp::Remove, path) {
             return Err(fault_error(k));
         }

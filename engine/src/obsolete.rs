@@ -8,9 +8,9 @@
 //! deletion is handed to a thread of its own, `sluice-files`. Before that thread starts and
 //! once the database is shutting down, a file is deleted by whoever lets go of it, as
 //! before. A file still queued when the process dies is an orphan, which the next open
-//! removes; shutdown deletes everything queued before it returns.
+//! removes; the shutdown that stops the thread waits for it to delete everything queued.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,12 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::fs::Fs;
 
+/// Deletes one file, best effort: a file left behind is an orphan that the next open
+/// removes.
+type Remove = Box<dyn Fn(&Path) + Send + Sync>;
+
 pub(crate) struct FileDeleter {
-    fs: Arc<dyn Fs>,
+    remove: Remove,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -34,15 +38,20 @@ struct State {
 
 impl FileDeleter {
     pub fn new(fs: Arc<dyn Fs>) -> Arc<FileDeleter> {
+        Self::with_remove(Box::new(move |p| {
+            let _ = fs.remove(p);
+        }))
+    }
+
+    fn with_remove(remove: Remove) -> Arc<FileDeleter> {
         Arc::new(FileDeleter {
-            fs,
+            remove,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         })
     }
 
-    /// Deletes `path`: queued for the deleting thread while it runs, here otherwise. Best
-    /// effort: a file left behind is an orphan that the next open removes.
+    /// Deletes `path`: queued for the deleting thread while it runs, here otherwise.
     pub fn delete(&self, path: PathBuf) {
         {
             let mut st = self.state.lock();
@@ -52,7 +61,7 @@ impl FileDeleter {
                 return;
             }
         }
-        let _ = self.fs.remove(&path);
+        (self.remove)(&path);
     }
 
     /// From now on deletions are queued for [`run`](Self::run).
@@ -67,8 +76,17 @@ impl FileDeleter {
         self.wake.notify_all();
     }
 
-    /// The deleting thread's loop: returns once stopped with nothing left queued.
+    /// The deleting thread's loop: returns once stopped with nothing left queued. Should a
+    /// removal panic (`Fs` is the caller's to implement), deletions go back to being done
+    /// where they are asked for, rather than queue for a thread that is gone.
     pub fn run(&self) {
+        struct Stopped<'a>(&'a FileDeleter);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                self.0.state.lock().running = false;
+            }
+        }
+        let _stopped = Stopped(self);
         loop {
             let batch = {
                 let mut st = self.state.lock();
@@ -81,7 +99,7 @@ impl FileDeleter {
                 std::mem::take(&mut st.queue)
             };
             for p in batch {
-                let _ = self.fs.remove(&p);
+                (self.remove)(&p);
             }
         }
     }
@@ -140,5 +158,28 @@ mod tests {
         t.join().unwrap();
         assert!(ps.iter().all(|p| !p.exists()), "stop drains the queue");
         assert_eq!(del.pending(), 0);
+    }
+
+    #[test]
+    fn a_panicking_removal_sends_later_deletions_back_to_their_callers() {
+        let (_d, ps) = files(2);
+        let del = FileDeleter::with_remove(Box::new(|p| {
+            if p.ends_with("0.sst") {
+                panic!("removal panics");
+            }
+            let _ = std::fs::remove_file(p);
+        }));
+        del.start();
+        let t = {
+            let del = del.clone();
+            std::thread::spawn(move || del.run())
+        };
+        del.delete(ps[0].clone());
+        assert!(t.join().is_err(), "the removal panicked on the thread");
+        del.delete(ps[1].clone());
+        assert!(
+            !ps[1].exists(),
+            "deleted where asked, not queued for a thread that is gone"
+        );
     }
 }

@@ -1876,24 +1876,43 @@ fn a_reader_that_lets_go_of_obsolete_tables_last_leaves_their_deletion_to_a_thre
     assert!(before.iter().all(|n| !dir.path().join(n).exists()));
 }
 
-/// Tables a compaction replaced whose deletion never happened (here it fails; a crash
-/// with deletions still queued leaves the same) are orphans: the next open removes them,
-/// and every write is there.
+/// A crash while the deletions of tables a compaction replaced are still queued (the
+/// deleting thread held in its first removal) leaves those tables behind: they are
+/// orphans, the next open removes them, and every write is there.
 #[test]
-fn replaced_tables_left_behind_are_removed_by_the_next_open() {
+fn replaced_tables_still_queued_for_deletion_at_a_crash_are_removed_by_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    fs.inject(fault(FsOp::Remove, FaultKind::Io, ".sst", true));
+    fs.hold(FsOp::Remove, ".sst", "sluice-files");
     let db = Db::open(dir.path(), tiny_manual_compaction(&fs)).unwrap();
     for f in 0..3 {
         put_and_flush(&db, f * 100, 100);
     }
     let before = table_files(dir.path());
+    assert!(before.len() >= 3, "three flushes, three tables: {before:?}");
     db.compact().unwrap();
-    db.close().unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while fs.held() == 0 {
+        assert!(
+            Instant::now() < end,
+            "the deleting thread never reached a removal"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     assert!(
         before.iter().all(|n| dir.path().join(n).exists()),
-        "deletions failed: the replaced tables are still there"
+        "the removals are queued, not done"
+    );
+    assert_eq!(dump(&db).unwrap().len(), 300);
+    // The crash: from here nothing more becomes durable or is deleted.
+    fs.inject(fault(FsOp::Remove, FaultKind::Io, ".sst", true));
+    fs.fail_all_syncs();
+    fs.release_held();
+    drop(db);
+    fs.lose_unsynced().unwrap();
+    assert!(
+        before.iter().all(|n| dir.path().join(n).exists()),
+        "the replaced tables outlive the crash"
     );
     let db = Db::open(dir.path(), Options::tiny()).unwrap();
     assert!(

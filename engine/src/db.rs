@@ -392,14 +392,16 @@ impl RoomHold {
 }
 
 impl Inner {
-    /// Stops accepting writes after an error that leaves durability in doubt.
+    /// Stops accepting writes after an error that leaves durability in doubt. The first
+    /// reason is the one kept and counted: one failure often reaches several paths (a
+    /// WAL's failed fsync, the flush waiting on it, the flush job), which report it again.
     pub fn fail(&self, reason: String) {
         let mut f = self.failure.lock();
         if f.is_none() {
             *f = Some(reason);
+            Counters::add(&self.counters.background_errors, 1);
         }
         self.failed.store(true, Ordering::Release);
-        Counters::add(&self.counters.background_errors, 1);
         // Wake everyone who might be waiting for progress that will not come.
         self.stall_cv.notify_all();
         self.bg_cv.notify_all();

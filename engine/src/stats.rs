@@ -126,6 +126,8 @@ pub struct Stats {
     pub table_memory_bytes: u64,
     pub live_sst_bytes: u64,
     pub last_seqno: u64,
+    /// Background errors: each one that writes went on through (a compaction retried, say),
+    /// and the one that stopped writes, if any, once.
     pub background_errors: u64,
     /// Point reads (`get`, snapshot and transaction reads).
     pub gets: u64,

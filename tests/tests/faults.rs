@@ -1626,6 +1626,10 @@ fn a_failed_background_wal_sync_refuses_writes_and_loses_nothing() {
     );
     assert!(fs.injected() > 0, "{what}");
     assert_read_only(&db, what);
+    // One failure, counted once: the background sync, the flush's sync of the same WAL
+    // and the flush that could then not go on all report it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(db.stats().background_errors, 1, "{what}");
     fs.clear();
     drop(db);
     let db = Db::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -1928,4 +1932,40 @@ fn replaced_tables_still_queued_for_deletion_at_a_crash_are_removed_by_the_next_
             Some(format!("v{i}").as_bytes())
         );
     }
+}
+
+/// One failed WAL fsync is one failure, however many paths meet it: here the background
+/// sync of a rotated WAL fails while the flush of its memtable waits on the same sync, and
+/// the flush, its own sync of that WAL and the flush job each report it. `Stats` counts it
+/// once.
+#[test]
+fn a_wal_sync_failure_met_by_a_flush_is_counted_once() {
+    let what = "WAL sync failure met by a flush";
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(dir.path(), rotating(&fs)).unwrap();
+    let release = ReleaseHeld(&fs);
+    fs.hold_syncs(".log", "sluice-wal-sync");
+    let mut keys = Vec::new();
+    put_until_rotation(&db, dir.path(), &mut keys);
+    let end = Instant::now() + Duration::from_secs(10);
+    while fs.held() == 0 {
+        assert!(
+            Instant::now() < end,
+            "{what}: the background sync was never held"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Give the flush time to reach the same sync.
+    std::thread::sleep(Duration::from_millis(100));
+    fs.inject(fault(FsOp::Sync, FaultKind::Io, ".log", true));
+    drop(release);
+    let end = Instant::now() + Duration::from_secs(10);
+    while db.put("after", "v").is_ok() {
+        assert!(Instant::now() < end, "{what}: writes still accepted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Let every background job that met the failure finish reporting it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(db.stats().background_errors, 1, "{what}");
 }

@@ -1159,21 +1159,19 @@ fn verify_once(
         .map(|s| s.versions.iter().map(|v| v.id).collect())
         .unwrap_or_default();
     let mut jobs: Vec<(PathBuf, Option<&FileRecord>)> = Vec::new();
+    // Tables the manifest does not name, judged once the WALs are read (see below).
+    let mut unnamed: Vec<(u64, PathBuf)> = Vec::new();
     if let Some(st) = &state {
         let named: BTreeSet<u64> = st.files.iter().map(|f| f.number).collect();
         for f in &st.files {
             jobs.push((st.table_path(f.number), Some(f)));
         }
-        for (num, p) in &on_disk {
-            if !named.contains(num) {
-                rep.problems.push(Problem::warning(
-                    "orphan",
-                    Some(p),
-                    None,
-                    "not named by the manifest (left by an interrupted job; the next writable open removes it)",
-                ));
-            }
-        }
+        unnamed.extend(
+            on_disk
+                .iter()
+                .filter(|(num, _)| !named.contains(num))
+                .map(|(num, p)| (*num, p.clone())),
+        );
     } else {
         // Without a manifest, still check every table on its own.
         for p in on_disk.values() {
@@ -1273,7 +1271,38 @@ fn verify_once(
     }
 
     progress.phase("wal", None, "");
-    verify_wals(dir, state.as_ref(), &mut rep)?;
+    let wals_end = verify_wals(dir, state.as_ref(), &mut rep)?;
+    // As recovery's `check_unnamed_tables` has it: an unnamed table holding a write past
+    // the last one the manifest and the WALs know is a manifest that lost the edits
+    // recording a flush, which the open refuses (unless the WALs were cut short, which
+    // drops such writes); any other is an orphan the next writable open removes.
+    if let Some(st) = &state {
+        let last_seqno = st.last_seqno.max(wals_end.last.unwrap_or(0));
+        for (num, p) in &unnamed {
+            let past = Table::open(&StdFs, p, *num, None)
+                .ok()
+                .map(|t| (t.props().entries, t.props().max_seqno))
+                .filter(|&(entries, max)| entries > 0 && max > last_seqno);
+            rep.problems.push(match past {
+                Some((_, max)) if !wals_end.dropped_suffix => Problem::error(
+                    "orphan",
+                    Some(p),
+                    Some(0),
+                    format!(
+                        "no manifest edit names this table, yet it holds writes up to seqno \
+                         {max} and the manifest and WALs end at {last_seqno}: the manifest \
+                         lost the edits recording a flush; the next open refuses the directory"
+                    ),
+                ),
+                _ => Problem::warning(
+                    "orphan",
+                    Some(p),
+                    None,
+                    "not named by the manifest (left by an interrupted job; the next writable open removes it)",
+                ),
+            });
+        }
+    }
 
     if opts.deep && rep.is_ok() {
         match Db::open_read_only(dir, tool_options()) {
@@ -1353,7 +1382,15 @@ fn check_levels(st: &DirState, problems: &mut Vec<Problem>) {
     }
 }
 
-fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> Result<()> {
+/// Where the WALs end, as recovery would replay them.
+struct WalsEnd {
+    /// The last seqno of the records replayed.
+    last: Option<u64>,
+    /// Whether a WAL cut short by a crash drops what follows it.
+    dropped_suffix: bool,
+}
+
+fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> Result<WalsEnd> {
     let wals = match state {
         Some(s) => s.wals.clone(),
         None => list_wals(dir, None)?,
@@ -1392,6 +1429,7 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
     // A WAL the crash may have cut short, until a later record shows whether the cut took
     // any write: (file, offset where its intact records end).
     let mut cut: Option<(PathBuf, u64)> = None;
+    let mut dropped_suffix = false;
     // The chain of live WALs, as recovery follows it: the manifest names the first, each
     // WAL rotated away from names the next. The next expected link: its number, why, the
     // file that names it and that file's WAL number (None: the manifest).
@@ -1558,6 +1596,7 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         }
         if stop {
             link = None;
+            dropped_suffix = true;
             break;
         }
         if may_be_cut && c.successor.is_none() && cut.is_none() {
@@ -1565,7 +1604,10 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         }
     }
     check_link(&mut link, None, rep);
-    Ok(())
+    Ok(WalsEnd {
+        last: last.map(|(seqno, _)| seqno),
+        dropped_suffix,
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -634,6 +634,16 @@ fn a_manifest_cut_short_when_every_write_was_flushed_is_refused_naming_the_table
     let e = open_err(dir.path(), opts(), "manifest cut, all flushed");
     assert_corruption_naming(&e, &name(&tables[0]), "manifest cut, all flushed");
     assert!(e.to_string().contains("no manifest edit names"), "{e}");
+    // verify says the same of the table, as an error (it used to call it an orphan the
+    // next open removes).
+    let rep = verify(dir.path());
+    assert!(
+        rep.errors().any(|p| p.check == "orphan"
+            && p.file.as_deref() == Some(tables[0].as_path())
+            && p.message.contains("no manifest edit names")),
+        "verify: {:?}",
+        rep.problems
+    );
     refused_read_only_then_restored(dir.path(), &tables, &manifest, &original, 100);
 }
 

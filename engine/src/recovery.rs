@@ -698,6 +698,10 @@ struct Loaded {
     wals: Vec<PathBuf>,
     last_seqno: u64,
     report: RecoveryReport,
+    /// Tables no manifest edit names, when the replay dropped a suffix of the WALs (a cut
+    /// or a point-in-time stop): they may hold dropped writes, which `check_unnamed_tables`
+    /// lets pass only because they are about to go (see `open_writable`).
+    unnamed_past_a_drop: Vec<(u64, PathBuf)>,
 }
 
 fn load(
@@ -734,9 +738,12 @@ fn load(
     let last_seqno = state.last_seqno.max(wal_last.last.unwrap_or(0));
     // A point-in-time recovery that stopped at WAL damage drops what follows it, a table
     // flushed from those writes included; otherwise no write may be past `last_seqno`.
-    if !wal_last.dropped_suffix {
+    let unnamed_past_a_drop = if wal_last.dropped_suffix {
+        unnamed
+    } else {
         check_unnamed_tables(fs.as_ref(), &unnamed, last_seqno)?;
-    }
+        Vec::new()
+    };
     Ok(Loaded {
         state,
         files,
@@ -744,6 +751,7 @@ fn load(
         wals: wals.into_iter().map(|(_, p)| p).collect(),
         last_seqno,
         report,
+        unnamed_past_a_drop,
     })
 }
 
@@ -781,6 +789,7 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
         wals: Vec::new(),
         last_seqno: 0,
         report: RecoveryReport::default(),
+        unnamed_past_a_drop: Vec::new(),
     })
 }
 
@@ -1031,7 +1040,23 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         wals: replayed,
         last_seqno,
         mut report,
+        unnamed_past_a_drop,
     } = loaded;
+    // Tables that may hold writes the replay dropped go before anything moves the
+    // manifest on: once it has, with new writes reusing those seqnos, such a table left
+    // behind by a crash would look like a manifest that lost edits, and the next open
+    // would refuse the directory. A table that cannot be deleted fails the open here, with
+    // nothing changed yet.
+    for (_, p) in &unnamed_past_a_drop {
+        match fs.remove(p) {
+            Ok(()) => report.orphans_removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(p, e)),
+        }
+    }
+    if !unnamed_past_a_drop.is_empty() {
+        fs.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
 
     // File numbers must move past anything already in the directory.
     let names = fs.list(&dir).map_err(|e| Error::io(&dir, e))?;

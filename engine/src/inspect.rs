@@ -1386,7 +1386,8 @@ fn check_levels(st: &DirState, problems: &mut Vec<Problem>) {
 struct WalsEnd {
     /// The last seqno of the records replayed.
     last: Option<u64>,
-    /// Whether a WAL cut short by a crash drops what follows it.
+    /// Whether recovery drops what follows some point of the WALs (a WAL cut short by a
+    /// crash), or refuses them for damage that a point-in-time open would stop at.
     dropped_suffix: bool,
 }
 
@@ -1506,6 +1507,9 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                     &e,
                 ));
                 last = None;
+                // Recovery refuses here, or (point in time) drops all that follows: no
+                // unnamed table can be judged against where the WALs end.
+                dropped_suffix |= w.live;
                 continue;
             }
         };
@@ -1546,6 +1550,8 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
                     Some(t.offset),
                     format!("damaged record in an older WAL: {}", t.reason),
                 ));
+                // As above: refused, or all that follows dropped.
+                dropped_suffix = true;
             }
         }
         if !w.live {

@@ -2018,6 +2018,29 @@ fn a_table_of_writes_a_recovery_drops_goes_before_the_manifest_moves_on() {
     bytes[at] ^= 0x40;
     std::fs::write(&wal, bytes).unwrap();
     let table = dir.path().join(&tables[0]);
+    // verify blames the WAL, not the manifest: the unnamed table is an orphan that a
+    // point-in-time open drops (and a strict one never gets to).
+    let rep = sluice::inspect::verify_dir(
+        dir.path(),
+        &sluice::inspect::VerifyOptions::default(),
+        &sluice::inspect::NoProgress,
+    )
+    .unwrap();
+    let on_table = |p: &sluice::inspect::Problem| p.file.as_deref() == Some(table.as_path());
+    assert!(
+        rep.errors()
+            .any(|p| p.file.as_deref() == Some(wal.as_path()))
+            && !rep.errors().any(on_table),
+        "{what}: verify: {:?}",
+        rep.problems
+    );
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| on_table(p) && p.check == "orphan"),
+        "{what}: verify: {:?}",
+        rep.problems
+    );
 
     let stuck = FaultFs::new();
     stuck.inject(fault(FsOp::Remove, FaultKind::Io, ".sst", true));

@@ -1918,6 +1918,16 @@ fn replaced_tables_still_queued_for_deletion_at_a_crash_are_removed_by_the_next_
         before.iter().all(|n| dir.path().join(n).exists()),
         "the replaced tables outlive the crash"
     );
+    // verify calls them what they are: orphans the next open removes, not damage.
+    let rep = sluice::inspect::verify_dir(
+        dir.path(),
+        &sluice::inspect::VerifyOptions::default(),
+        &sluice::inspect::NoProgress,
+    )
+    .unwrap();
+    assert!(rep.is_ok(), "verify: {:?}", rep.problems);
+    let orphans = rep.problems.iter().filter(|p| p.check == "orphan").count();
+    assert_eq!(orphans, before.len(), "verify: {:?}", rep.problems);
     let db = Db::open(dir.path(), Options::tiny()).unwrap();
     assert!(
         before.iter().all(|n| !dir.path().join(n).exists()),

@@ -14,6 +14,16 @@ pub fn newest_wal(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         .max()
 }
 
+/// `sluice verify` of `dir` with default options (no deep check), as the CLI runs it.
+pub fn verify(dir: &std::path::Path) -> sluice::inspect::VerifyReport {
+    sluice::inspect::verify_dir(
+        dir,
+        &sluice::inspect::VerifyOptions::default(),
+        &sluice::inspect::NoProgress,
+    )
+    .expect("verify runs")
+}
+
 /// Reads the whole database forward into a map.
 pub fn dump(db: &Db) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     db.range(..)

@@ -20,7 +20,7 @@ use sluice::{
     WriteOptions,
 };
 use sluice::{MAX_BATCH_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
-use sluice_tests::{dump, engine_thread_panics, watch_engine_panics};
+use sluice_tests::{dump, engine_thread_panics, verify, watch_engine_panics};
 
 /// `Command::spawn` forks, and until the child execs it shares this process's open file
 /// descriptions, including the `flock` on a database's LOCK file. The one test that spawns
@@ -160,16 +160,6 @@ fn masked_crc(data: &[u8]) -> u32 {
     let (last, body) = data.split_last().unwrap();
     let t = block_trailer(body, *last);
     u32::from_le_bytes([t[1], t[2], t[3], t[4]])
-}
-
-/// `sluice verify`'s checks (not deep) of `dir`.
-fn verify(dir: &Path) -> sluice::inspect::VerifyReport {
-    sluice::inspect::verify_dir(
-        dir,
-        &sluice::inspect::VerifyOptions::default(),
-        &sluice::inspect::NoProgress,
-    )
-    .unwrap()
 }
 
 fn open_err(dir: &Path, opts: Options, what: &str) -> Error {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use sluice::fs::{Fault, FaultFs, FaultKind, Fs, FsOp, StdFs};
 use sluice::{Db, Error, Options, PartitionSpec, WalRecovery, WriteBatch, WriteOptions};
-use sluice_tests::{dump, engine_thread_panics, newest_wal, watch_engine_panics};
+use sluice_tests::{dump, engine_thread_panics, newest_wal, verify, watch_engine_panics};
 
 /// The four faults: (name, operation, kind, errno the caller should see).
 const FAULTS: [(&str, FsOp, FaultKind, i32); 4] = [
@@ -771,12 +771,7 @@ fn a_torn_wal_tail_survives_an_open_that_failed_after_creating_its_wal() {
         wals(dir.path())
     );
     // `sluice verify` agrees with recovery: a warning for the torn end, not an error.
-    let rep = sluice::inspect::verify_dir(
-        dir.path(),
-        &sluice::inspect::VerifyOptions::default(),
-        &sluice::inspect::NoProgress,
-    )
-    .unwrap();
+    let rep = verify(dir.path());
     assert!(rep.is_ok(), "verify: {:?}", rep.problems);
     assert!(
         rep.problems.iter().any(|p| p.message.contains("torn tail")),
@@ -1919,12 +1914,7 @@ fn replaced_tables_still_queued_for_deletion_at_a_crash_are_removed_by_the_next_
         "the replaced tables outlive the crash"
     );
     // verify calls them what they are: orphans the next open removes, not damage.
-    let rep = sluice::inspect::verify_dir(
-        dir.path(),
-        &sluice::inspect::VerifyOptions::default(),
-        &sluice::inspect::NoProgress,
-    )
-    .unwrap();
+    let rep = verify(dir.path());
     assert!(rep.is_ok(), "verify: {:?}", rep.problems);
     let orphans = rep.problems.iter().filter(|p| p.check == "orphan").count();
     assert_eq!(orphans, before.len(), "verify: {:?}", rep.problems);
@@ -2030,12 +2020,7 @@ fn a_table_of_writes_a_recovery_drops_goes_before_the_manifest_moves_on() {
     let table = dir.path().join(&tables[0]);
     // verify blames the WAL, not the manifest: the unnamed table is an orphan that a
     // point-in-time open drops (and a strict one never gets to).
-    let rep = sluice::inspect::verify_dir(
-        dir.path(),
-        &sluice::inspect::VerifyOptions::default(),
-        &sluice::inspect::NoProgress,
-    )
-    .unwrap();
+    let rep = verify(dir.path());
     let on_table = |p: &sluice::inspect::Problem| p.file.as_deref() == Some(table.as_path());
     assert!(
         rep.errors()

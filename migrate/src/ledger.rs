@@ -99,7 +99,7 @@ impl LedgerConfig {
 
     /// Checks the values `run` divides by or relies on: at least two accounts (a transfer
     /// moves money between two), at least one branch and one transfer thread (at most 1024),
-    /// and a starting balance whose total fits in an `i64`.
+    /// 2 to [`sluice::MAX_PARTITIONS`] partitions for the hash layouts, and a starting balance whose total fits in an `i64`.
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &'static str, reason: &str| {
             Err(Error::InvalidOption {
@@ -115,6 +115,15 @@ impl LedgerConfig {
         }
         if !(1..=1024).contains(&self.transfer_threads) {
             return bad("transfer_threads", "must be 1..=1024");
+        }
+        if !(2..=sluice::MAX_PARTITIONS).contains(&self.partitions) {
+            return bad(
+                "partitions",
+                &format!(
+                    "the hash layouts need 2..={} partitions (one cannot show a bias)",
+                    sluice::MAX_PARTITIONS
+                ),
+            );
         }
         if self
             .initial_balance

@@ -96,6 +96,20 @@ fn bad_ledger_configs_and_values_are_errors() {
             payload_bytes: usize::MAX,
             ..base.clone()
         },
+        // Hash layouts of no partitions or more than any layout has were found only once
+        // the scenario had run its stable phase; one partition shows no bias.
+        LedgerConfig {
+            partitions: 0,
+            ..base.clone()
+        },
+        LedgerConfig {
+            partitions: 1,
+            ..base.clone()
+        },
+        LedgerConfig {
+            partitions: 5000,
+            ..base.clone()
+        },
     ];
     for cfg in bad {
         match run(&cfg, &mut |_| {}) {

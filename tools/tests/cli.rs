@@ -1176,6 +1176,22 @@ fn demo_runs_the_ledger_scenario_small() {
     assert_eq!(v["final_versions"].as_array().unwrap().len(), 1);
     // A second run resets the earlier demo database.
     assert_eq!(sluice(&args).status.code(), Some(0));
+    // Not while a process has it open: its files stay, and the process with them (deleting
+    // them under a live demo crashed it with SIGBUS).
+    {
+        let live = sluice::Db::open(&dir, sluice::Options::default()).unwrap();
+        let before = snapshot(&dir);
+        let o = sluice(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(4),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(snapshot(&dir), before);
+        live.put("still", "here").unwrap();
+        live.close().unwrap();
+    }
     // Anything else is refused as a usage error.
     let other = t.path().join("other");
     std::fs::create_dir(&other).unwrap();
@@ -1189,19 +1205,31 @@ fn demo_runs_the_ledger_scenario_small() {
     let o = sluice(&["demo", "--dir", &db.path().display().to_string(), "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(snapshot(db.path()), before);
-    // Thread counts the scenario cannot spawn (20000 used to abort the process).
-    for threads in ["0", "20000"] {
-        let fresh = t.path().join(format!("threads-{threads}"));
+    // Thread counts the scenario cannot spawn (20000 used to abort the process), and
+    // partition counts no hash layout has (or, at 1, that cannot show the bias; 0 and 5000
+    // used to reset the directory and run the stable phase before failing).
+    for (flag, value) in [
+        ("--threads", "0"),
+        ("--threads", "20000"),
+        ("--partitions", "0"),
+        ("--partitions", "1"),
+        ("--partitions", "5000"),
+    ] {
+        let fresh = t.path().join(format!("{flag}-{value}"));
         let o = sluice(&[
             "demo",
             "--dir",
             &fresh.display().to_string(),
             "--quiet",
-            "--threads",
-            threads,
+            flag,
+            value,
         ]);
-        assert_eq!(o.status.code(), Some(2), "--threads {threads}");
-        assert!(!fresh.exists(), "--threads {threads}");
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(flag),
+            "{flag} {value}"
+        );
+        assert!(!fresh.exists(), "{flag} {value}");
     }
     // A payload the scenario cannot allocate or batch (usize::MAX panicked), refused
     // before the directory is made.

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use sluice::fs::{Fs, StdFs};
 use serde::Serialize;
 use sluice_migrate::ledger::{run as run_ledger, LedgerConfig, LedgerEvent, LedgerSummary};
 
@@ -104,6 +105,17 @@ fn prepare(dir: &Path) -> Result<(), CliError> {
                 dir.display()
             )));
         }
+        // A demo still running there (or any process with the database open) holds its
+        // lock: deleting its files under it would crash it. Held while the files go.
+        let _lock = if names.iter().any(|n| n == "LOCK") {
+            let lock = dir.join("LOCK");
+            let held = StdFs.lock(&lock).map_err(|e| sluice::Error::io(&lock, e))?;
+            Some(held.ok_or_else(|| sluice::Error::Locked {
+                path: dir.to_path_buf(),
+            })?)
+        } else {
+            None
+        };
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
     std::fs::create_dir_all(dir).map_err(io)?;
@@ -118,10 +130,12 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         || !(0.05..=0.95).contains(&args.detect_at)
         || !secs(args.stable_secs)
         || !secs(args.rollback_secs)
+        || !(2..=sluice::MAX_PARTITIONS).contains(&args.partitions)
     {
-        return Err(CliError::usage(
-            "need --accounts >= 16, 1 <= --threads <= 1024, 0.05 <= --detect-at <= 0.95, and --stable-secs, --rollback-secs in 0..=86400",
-        ));
+        return Err(CliError::usage(format!(
+            "need --accounts >= 16, 1 <= --threads <= 1024, 0.05 <= --detect-at <= 0.95, 2 <= --partitions <= {}, and --stable-secs, --rollback-secs in 0..=86400",
+            sluice::MAX_PARTITIONS
+        )));
     }
     let migration_bytes_per_sec = args
         .migration_mb_per_sec

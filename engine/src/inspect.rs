@@ -126,6 +126,16 @@ pub struct DirState {
 }
 
 impl DirState {
+    /// The first link of the WAL chain broken: the WAL the manifest names as the first
+    /// live one is not the directory's lowest live WAL (the rest of the chain is
+    /// [`verify_dir`]'s to follow).
+    pub fn first_wal_missing(&self) -> Option<Problem> {
+        let found = self.wals.iter().filter(|w| w.live).map(|w| w.number).min();
+        let why = "named by the manifest's log number";
+        crate::recovery::chain_break(self.log_number, found, why)
+            .map(|reason| Problem::error("missing-file", Some(&self.manifest_path), None, reason))
+    }
+
     pub fn version(&self, id: u32) -> Option<&VersionState> {
         self.versions.iter().find(|v| v.id == id)
     }
@@ -1525,6 +1535,18 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
             });
         }
         let records_follow = last_written.is_some_and(|l| l > i);
+        if w.live && c.len == 0 && !records_follow {
+            // Recovery opens without complaint (nothing to replay), as it must after a
+            // crash right after the file was made; but an emptied WAL looks the same.
+            rep.problems.push(Problem::warning(
+                "wal",
+                Some(&w.path),
+                Some(0),
+                "empty: no header record. An open or a rotation that stopped right after \
+                 creating it leaves it so (nothing lost); if writes were made to it, they \
+                 are gone, and recovery opens without them",
+            ));
+        }
         // As recovery has it: an older WAL of format 3 that no later WAL says was durable
         // may have been cut short by a crash before its background sync; recovery then
         // drops what follows it (unsynced writes only).

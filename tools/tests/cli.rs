@@ -276,7 +276,12 @@ fn every_subcommand_emits_documented_json() {
 
     let (c, v) = json(d, &["manifest", "{DIR}"]);
     assert_eq!(c, 0);
-    has(&v, &["file", "bytes", "edits", "torn_tail"], "manifest");
+    has(
+        &v,
+        &["file", "bytes", "edits", "torn_tail", "replay_error"],
+        "manifest",
+    );
+    assert!(v["replay_error"].is_null());
     has(&v["edits"][0], &["offset", "records"], "manifest edit");
     let types: Vec<&str> = v["edits"]
         .as_array()
@@ -304,6 +309,8 @@ fn every_subcommand_emits_documented_json() {
 
     let (c, v) = json(d, &["wal", "{DIR}"]);
     assert_eq!(c, 0);
+    has(&v, &["dir", "files", "problems"], "wal");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
     let f = &v["files"][0];
     has(
         f,
@@ -775,6 +782,76 @@ fn a_missing_wal_is_found_by_verify_and_recover() {
     assert_eq!(c, 1, "the missing WAL's put is gone");
     let (c, out, err) = run(d, &["verify", "{DIR}"]);
     assert_eq!(c, 0, "after recovery: {out}{err}");
+}
+
+/// A directory that would not open is no success for the tools that show its parts:
+/// `manifest` prints the edits that decode and fails with the reason they do not replay,
+/// `wal` lists every WAL and fails naming the manifest or the missing first WAL, and
+/// `sst check` warns that placement went unchecked (it used to say nothing, and the first
+/// two exited 0).
+#[test]
+fn manifest_and_wal_fail_on_a_directory_that_would_not_open() {
+    let dir = fixture();
+    let d = dir.path();
+    // The live WAL gone.
+    std::fs::remove_file(d.join("000019.log")).unwrap();
+    let (c, v) = json(d, &["wal", "{DIR}"]);
+    assert_eq!(c, 3, "{v}");
+    let p = &v["problems"][0];
+    assert_eq!(p["check"], "missing-file", "{v}");
+    assert!(p["message"].as_str().unwrap().contains("000019.log"), "{v}");
+    let (c, out, _) = run(d, &["wal", "{DIR}"]);
+    assert_eq!(c, 3, "{out}");
+    assert!(out.contains("000019.log"), "{out}");
+
+    // An emptied manifest.
+    let dir = fixture();
+    let d = dir.path();
+    std::fs::write(d.join("MANIFEST-000001"), b"").unwrap();
+    let (c, v) = json(d, &["manifest", "{DIR}"]);
+    assert_eq!(c, 3, "{v}");
+    assert!(v["replay_error"].is_string(), "{v}");
+    assert_eq!(v["edits"].as_array().unwrap().len(), 0);
+    let (c, out, _) = run(d, &["manifest", "{DIR}"]);
+    assert_eq!(c, 3, "{out}");
+    assert!(out.contains("does not replay"), "{out}");
+    let (c, v) = json(d, &["wal", "{DIR}"]);
+    assert_eq!(c, 3, "{v}");
+    assert_eq!(v["problems"][0]["check"], "manifest", "{v}");
+    assert!(
+        !v["files"].as_array().unwrap().is_empty(),
+        "still listed: {v}"
+    );
+    let (c, v) = json(d, &["sst", "check", "{DIR}/000008.sst"]);
+    assert_eq!(c, 0, "the table itself is sound: {v}");
+    let p = &v["problems"][0];
+    assert_eq!(
+        (&p["severity"], &p["check"]),
+        (&"warning".into(), &"manifest".into()),
+        "{v}"
+    );
+    assert!(v["function"].is_null(), "{v}");
+}
+
+/// A live WAL emptied: recovery opens without its writes (a crash right after the WAL was
+/// made looks the same), so `verify` cannot call it an error, but it must not pass it over.
+#[test]
+fn an_emptied_live_wal_is_a_verify_warning() {
+    let dir = fixture();
+    let d = dir.path();
+    let (c, v) = json(d, &["verify", "{DIR}"]);
+    assert_eq!((c, &v["warnings"]), (0, &0.into()), "{v}");
+    std::fs::write(d.join("000019.log"), b"").unwrap();
+    let (c, v) = json(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    let p = &v["problems"][0];
+    assert_eq!(
+        (&p["severity"], &p["check"]),
+        (&"warning".into(), &"wal".into()),
+        "{v}"
+    );
+    assert!(p["file"].as_str().unwrap().ends_with("000019.log"), "{v}");
+    assert!(p["message"].as_str().unwrap().contains("empty"), "{v}");
 }
 
 #[test]

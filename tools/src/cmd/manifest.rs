@@ -60,6 +60,8 @@ struct ManifestJson {
     bytes: u64,
     edits: Vec<EditJson>,
     torn_tail: Option<crate::cmd::info::TornJson>,
+    /// Why the manifest's edits do not replay into a database state (exit 3), if they do not.
+    replay_error: Option<String>,
 }
 
 fn spec_text(b: &[u8]) -> String {
@@ -138,15 +140,18 @@ fn record_text(r: &RecordJson) -> String {
 pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     // Same safety checks as every reader: CURRENT and the manifest stay inside DIR.
     let st = sluice::inspect::read_dir_state(&args.dir);
+    // Why the manifest does not replay, when its records decode anyway.
+    let mut replay_error = None;
     let m: ManifestContents = match st {
         Ok(s) => sluice::manifest::read_manifest(&sluice::fs::StdFs, &s.manifest_path, s.manifest_number)?,
-        // A manifest whose replay fails (e.g. an edit that breaks a rule) is still worth
-        // printing when its records decode.
+        // A manifest whose replay fails (e.g. an edit that breaks a rule, or no edits at
+        // all) is still worth printing when its records decode; the run then fails (exit
+        // 3) with the reason, which the JSON carries as `replay_error`.
         Err(e) if e.is_corruption() => {
             // The same refusals as read_dir_state (symlinks out, FIFOs, oversized files).
             match sluice::inspect::read_manifest_safely(&args.dir) {
                 Ok((m, _)) => {
-                    ctx.note(format!("warning: {e}"));
+                    replay_error = Some(e.to_string());
                     m
                 }
                 Err(_) => return Err(e.into()),
@@ -154,6 +159,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
+    let status = if replay_error.is_some() { Status::Failed } else { Status::Ok };
     let bytes = std::fs::metadata(&m.path).map(|md| md.len()).unwrap_or(0);
     let edits: Vec<EditJson> = m
         .edits
@@ -172,9 +178,10 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 bytes,
                 edits,
                 torn_tail: torn,
+                replay_error,
             },
         )?;
-        return Ok(Status::Ok);
+        return Ok(status);
     }
     writeln!(out, "{} ({}, {} edits)", file_name(&m.path), size(bytes), edits.len())?;
     for (i, e) in edits.iter().enumerate() {
@@ -186,5 +193,8 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     if let Some(t) = &torn {
         writeln!(out, "torn tail at offset {}: {} bytes dropped ({})", t.offset, t.bytes, t.reason)?;
     }
-    Ok(Status::Ok)
+    if let Some(e) = &replay_error {
+        writeln!(out, "error: the manifest does not replay: {e}")?;
+    }
+    Ok(status)
 }

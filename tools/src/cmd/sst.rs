@@ -272,11 +272,18 @@ struct CheckJson {
     problems: Vec<output::ProblemJson>,
 }
 
-/// The manifest of the directory holding `file`, if it is a readable database.
-fn sibling_state(file: &Path) -> Option<DirState> {
-    let dir = file.parent()?;
+/// The manifest of the directory holding `file`: `Ok(None)` if that directory is no
+/// database, an error if it is one whose manifest does not read.
+fn sibling_state(file: &Path) -> sluice::Result<Option<DirState>> {
+    let Some(dir) = file.parent() else {
+        return Ok(None);
+    };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    sluice::inspect::read_dir_state(dir).ok()
+    match sluice::inspect::read_dir_state(dir) {
+        Ok(st) => Ok(Some(st)),
+        Err(sluice::Error::NotADatabase { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn check(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
@@ -284,7 +291,16 @@ fn check(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     if !md.is_file() {
         return Err(CliError::usage(format!("{} is not a regular file", file.display())));
     }
-    let st = sibling_state(file);
+    // A manifest beside the file that does not read leaves placement unchecked: said as a
+    // warning, not passed over as if there were no database there.
+    let (st, manifest_problem) = match sibling_state(file) {
+        Ok(st) => (st, None),
+        Err(e) => {
+            let why = format!("the manifest beside it does not read, so partition placement was not checked: {e}");
+            let (f, off) = sluice::inspect::error_location(&e);
+            (None, Some(sluice::inspect::Problem::warning("manifest", f.as_deref(), off, why)))
+        }
+    };
     let number = sluice::inspect::table_number(file);
     let rec = st.as_ref().and_then(|s| s.files.iter().find(|f| f.number == number));
     let func = rec
@@ -299,8 +315,9 @@ fn check(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     };
     let progress = Progress::new(ctx);
     progress.start("checking", Some(md.len()), "bytes");
-    let c = check_table_file(file, &expect, &mut |n| progress.inc(n));
+    let mut c = check_table_file(file, &expect, &mut |n| progress.inc(n));
     progress.finish();
+    c.problems.extend(manifest_problem);
     let ok = c.is_ok();
     if ctx.json {
         output::json(

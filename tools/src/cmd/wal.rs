@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use serde::Serialize;
+use sluice::inspect::Problem;
 
 use crate::error::{CliError, CmdResult, Status};
 use crate::output::{self, count, file_name, size, Ctx};
@@ -60,19 +61,29 @@ struct FileJson {
 struct WalJson {
     dir: String,
     files: Vec<FileJson>,
+    /// What makes the directory fail to open: an unreadable manifest, a missing first WAL.
+    problems: Vec<output::ProblemJson>,
 }
 
 pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let dir = &args.dir;
     // The manifest says which WALs are still live; without a readable one, show them all.
+    // Either way the run fails (exit 3) if the directory would not open: an unreadable
+    // manifest, or no WAL where the manifest's chain starts.
+    let mut problems: Vec<Problem> = Vec::new();
     let wals = match sluice::inspect::read_dir_state(dir) {
-        Ok(st) => st.wals,
+        Ok(st) => {
+            problems.extend(st.first_wal_missing());
+            st.wals
+        }
         Err(e @ sluice::Error::NotADatabase { .. }) => return Err(e.into()),
         Err(e) => {
-            ctx.note(format!("warning: manifest unreadable ({e}); showing every WAL file"));
+            problems.push(Problem::from_error("manifest", &e));
+            ctx.note("showing every WAL file: the manifest that says which are live does not read");
             sluice::inspect::list_wal_files(dir)?
         }
     };
+    let status = if problems.is_empty() { Status::Ok } else { Status::Failed };
     let mut files = Vec::new();
     let mut first_error: Option<CliError> = None;
     // The live WALs are replayed as one sequence: each record's seqno must follow the
@@ -143,9 +154,13 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             &WalJson {
                 dir: output::path_str(dir),
                 files,
+                problems: problems.iter().map(Into::into).collect(),
             },
         )?;
-        return Ok(Status::Ok);
+        return Ok(status);
+    }
+    for p in &problems {
+        writeln!(out, "{}", output::problem_line(p))?;
     }
     if files.is_empty() {
         writeln!(out, "no WAL files")?;
@@ -184,5 +199,5 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             )?;
         }
     }
-    Ok(Status::Ok)
+    Ok(status)
 }

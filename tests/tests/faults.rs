@@ -1731,7 +1731,9 @@ fn a_rotated_wal_that_lost_even_its_header_is_a_cut_not_damage() {
 /// A flush makes its memtable's WAL durable before it writes the table: a power cut
 /// after the table is durable and before the manifest names it must not leave a table
 /// holding writes the WALs lost (recovery refuses such a table rather than delete it). The
-/// background sync of the WAL is held here, so the flush waits for it.
+/// WAL's syncs are held in every engine thread, so the flush waits: for the background
+/// sync, or in the sync it makes itself when it takes the WAL's sync first (holding only
+/// the background syncer's thread, one run in about twenty saw that table legitimately).
 #[test]
 fn a_flush_makes_its_wal_durable_before_writing_its_table() {
     let what = "flush before the WAL's background sync";
@@ -1739,7 +1741,7 @@ fn a_flush_makes_its_wal_durable_before_writing_its_table() {
     let fs = FaultFs::new();
     let db = Db::open(dir.path(), rotating(&fs)).unwrap();
     let release = ReleaseHeld(&fs);
-    fs.hold_syncs(".log", "sluice-wal-sync");
+    fs.hold_syncs(".log", "sluice-");
     fs.hold_syncs("MANIFEST", "sluice-flush");
     let mut keys = vec!["k00000".to_string()];
     put_synced(&db, "k00000");

@@ -219,7 +219,12 @@ pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NotADatabase {
                 path: dir.to_path_buf(),
-                reason: "no CURRENT file".into(),
+                reason: if dir.is_dir() {
+                    "no CURRENT file"
+                } else {
+                    "no such directory"
+                }
+                .into(),
             })
         }
         // Not "no CURRENT": it may well be there, behind a directory this user may not
@@ -2093,19 +2098,33 @@ pub fn sample_index_keys(db: &Db, max: usize) -> KeySample {
 }
 
 /// [`KeySample`] of a directory's live data tables, opening each table (footer, index,
-/// properties; no data block) after the directory's safety checks.
+/// properties; no data block) after the directory's safety checks. A table a live
+/// process's compaction deleted between the manifest's read and its own open starts the
+/// sample again, as [`verify_dir`] does (up to a few times, then [`Error::Busy`]); an open
+/// table stays readable whatever happens to its file.
 pub fn sample_index_keys_in_dir(dir: &Path, max: usize) -> Result<KeySample> {
-    let st = check_dir_safety(dir)?;
-    let mut tables = Vec::new();
-    for f in st.files.iter().filter(|f| f.kind == TableKind::Data) {
-        tables.push(Table::open(
-            &StdFs,
-            &st.table_path(f.number),
-            f.number,
-            None,
-        )?);
+    'attempt: for attempt in 0..4 {
+        let before = current_fingerprint(dir);
+        let st = check_dir_safety(dir)?;
+        #[cfg(test)]
+        crate::test_hooks::reach(crate::test_hooks::Point::SampleAfterDirState);
+        let mut tables = Vec::new();
+        for f in st.files.iter().filter(|f| f.kind == TableKind::Data) {
+            match Table::open(&StdFs, &st.table_path(f.number), f.number, None) {
+                Ok(t) => tables.push(t),
+                Err(e) if e.is_not_found() && current_fingerprint(dir) != before => {
+                    std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+                    continue 'attempt;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(sample_tables(tables.iter(), max));
     }
-    Ok(sample_tables(tables.iter(), max))
+    Err(Error::Busy {
+        path: dir.to_path_buf(),
+        reason: "tables keep changing under a live process; sample again later".into(),
+    })
 }
 
 /// An entry as borrowed slices of its block (verification reads every entry).
@@ -2263,5 +2282,47 @@ mod tests {
         let set: BTreeSet<_> = all.keys.iter().collect();
         assert_eq!(set.len(), all.keys.len());
         assert!(all.index_keys_seen >= 5);
+    }
+
+    /// A live process compacting between the sample's read of the manifest and its opens
+    /// of the tables named there: the sample starts again on the new state (it failed
+    /// with an I/O error naming a deleted table, which reads as damage). A table missing
+    /// while the manifest stays the same is still damage.
+    #[test]
+    fn an_index_key_sample_starts_again_when_a_compaction_deletes_its_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path());
+        let path = dir.path().to_path_buf();
+        let before: BTreeSet<u64> = read_dir_state(&path)
+            .unwrap()
+            .files
+            .iter()
+            .map(|f| f.number)
+            .collect();
+        crate::test_hooks::set(crate::test_hooks::Point::SampleAfterDirState, move || {
+            let db = Db::open(&path, opts()).unwrap();
+            db.migrate_now(None).unwrap();
+            db.compact().unwrap();
+            // Close waits for the deleting thread: the old tables are gone.
+            db.close().unwrap();
+        });
+        let s = sample_index_keys_in_dir(dir.path(), 1 << 20).unwrap();
+        let st = read_dir_state(dir.path()).unwrap();
+        assert!(
+            st.files.iter().all(|f| !before.contains(&f.number)),
+            "the compaction replaced every table"
+        );
+        assert!(before.iter().any(|&n| !st.table_path(n).exists()));
+        let tables = st
+            .files
+            .iter()
+            .filter(|f| f.kind == TableKind::Data)
+            .count();
+        assert_eq!(s.tables, tables as u64, "sampled the new state");
+
+        let gone = st.files.iter().find(|f| f.kind == TableKind::Data).unwrap();
+        std::fs::remove_file(st.table_path(gone.number)).unwrap();
+        let e = sample_index_keys_in_dir(dir.path(), 5).unwrap_err();
+        assert!(e.is_corruption(), "{e}");
     }
 }

@@ -14,6 +14,9 @@ pub(crate) enum Point {
     /// `set_target`, after it cleared the write limits and before it installs the view
     /// naming the new target (the core lock held).
     RetargetBeforeSwap,
+    /// [`crate::inspect::sample_index_keys_in_dir`], after it read the directory's state
+    /// and before it opens the tables that state names.
+    SampleAfterDirState,
 }
 
 type Hook = (Point, Box<dyn FnOnce()>);

@@ -343,6 +343,19 @@ impl Controller {
             .as_deref()
             .map(checkpoint_target)
             .transpose()?;
+        let layout = self.db.layout();
+        let from = layout.target.0;
+        let fp = spec.fingerprint();
+        if layout
+            .versions
+            .iter()
+            .any(|v| v.id.0 == from && v.fingerprint == fp)
+        {
+            // It would pass every gate and then rewrite every byte into the same layout.
+            return Err(Error::LayoutRefused(format!(
+                "candidate {spec} is the function of the current target v{from}: there is nothing to migrate to"
+            )));
+        }
         let a = self.analyze(&spec)?;
         let biased = self.is_biased(&a);
         if biased && !opts.force {
@@ -354,9 +367,6 @@ impl Controller {
                 a.sample.keys
             )));
         }
-        let layout = self.db.layout();
-        let from = layout.target.0;
-        let fp = spec.fingerprint();
         let existing = layout
             .versions
             .iter()

@@ -120,6 +120,24 @@ fn biased_candidate_is_refused_unless_forced() {
     assert!(c.events().last().unwrap().reason.contains("FORCED"));
 }
 
+/// A candidate with the current target's own function passed every gate, and finishing
+/// it rewrote every byte into the same layout.
+#[test]
+fn the_current_targets_own_function_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    let e = c
+        .plan(opts().partition, PlanOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("current target v1"), "{e}");
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().versions.len(), 1, "nothing registered");
+    // The same function with another seed or boundary is a real candidate.
+    c.plan(good(), PlanOptions::default()).unwrap();
+    assert_eq!(c.state(), State::Planned);
+}
+
 #[test]
 fn full_lifecycle_with_retarget_and_rollback() {
     let dir = tempfile::tempdir().unwrap();

@@ -543,15 +543,44 @@ fn usage_errors_exit_2() {
         &["scan", "{DIR}", "--limit", "many"],
         &["info", &missing],
         &["verify", &missing],
+        // Without --deep there are no point reads to sample (it was ignored).
+        &["verify", "{DIR}", "--sample", "5"],
         &["migrate", "status", "{DIR}", "--interval", "NaN"],
         &["migrate", "status", "{DIR}", "--interval", "inf"],
         &["migrate", "status", "{DIR}", "--interval", "0"],
         &["migrate", "status", "{DIR}", "--interval", "-1"],
+        // NaN meant no limit, -1 one tick, and a budget of 0 silently became 1 MiB/s.
+        &["migrate", "run", "{DIR}", "--secs", "NaN"],
+        &["migrate", "run", "{DIR}", "--secs=-1"],
+        &["migrate", "run", "{DIR}", "--secs", "0"],
+        &["migrate", "run", "{DIR}", "--mb-per-sec", "0"],
     ];
     for args in cases {
         let (c, out, err) = run(d, args);
         assert_eq!(c, 2, "{args:?}: exit {c}\n{out}\n{err}");
         assert!(!err.is_empty(), "{args:?}: no message");
+    }
+    let (_, _, err) = run(d, &["info", &missing]);
+    assert!(err.contains("no such directory"), "{err}");
+    // A checkpoint path that is not UTF-8 was stored changed (U+FFFD for the bad byte),
+    // and the checkpoint written there.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = d.join(std::ffi::OsStr::from_bytes(b"cp\xff"));
+        let before = snapshot(d);
+        let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["migrate", "plan"])
+            .arg(d)
+            .args(["--spec", "hash:4:9", "--force", "--checkpoint"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("UTF-8"),
+            "{o:?}"
+        );
+        assert_eq!(snapshot(d), before, "nothing planned");
     }
     // With --json, our own usage errors also come as a JSON document.
     let (c, v) = json(d, &["analyze", "{DIR}", "--spec", "bogus:3"]);

@@ -81,11 +81,11 @@ pub enum Action {
     /// Keep the database open and let the pacer migrate until complete (or --secs)
     Run {
         dir: PathBuf,
-        /// Migration budget
-        #[arg(long, default_value_t = 32)]
+        /// Migration budget (at least 1; `migrate pause` stops migration)
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         mb_per_sec: u64,
         /// Stop after this many seconds (the migration stays in progress)
-        #[arg(long)]
+        #[arg(long, value_parser = run_seconds)]
         secs: Option<f64>,
     },
 }
@@ -242,13 +242,14 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             checkpoint,
         } => {
             let spec = PartitionSpec::parse(&spec).map_err(|e| CliError::usage(e.to_string()))?;
+            let checkpoint_dir = checkpoint.as_deref().map(checkpoint_dir).transpose()?;
             let db = open(&dir)?;
             let mut c = attach(&db, 0)?;
             let r = c.plan(
                 spec,
                 PlanOptions {
                     force,
-                    checkpoint_dir: checkpoint.map(|p| p.display().to_string()),
+                    checkpoint_dir,
                 },
             )?;
             ctx.note(format!(
@@ -357,6 +358,27 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
 
 /// `--interval`: a number of seconds from 0.1 to a day (NaN, infinities and anything
 /// below a tenth of a second are refused, not rounded to something else).
+/// A `--checkpoint` path as the controller's state stores it (UTF-8): one that is not would
+/// be stored changed, and the checkpoint written somewhere else.
+fn checkpoint_dir(p: &std::path::Path) -> Result<String, CliError> {
+    p.to_str().map(str::to_owned).ok_or_else(|| {
+        CliError::usage(format!(
+            "--checkpoint {}: the path must be UTF-8 (the controller's state stores it as text)",
+            p.display()
+        ))
+    })
+}
+
+/// `--secs` of `migrate run`: a finite, positive number of seconds.
+fn run_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 && v <= 1e9 {
+        Ok(v)
+    } else {
+        Err(format!("{s}: not a number of seconds above 0"))
+    }
+}
+
 fn refresh_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if (0.1..=86_400.0).contains(&v) {

@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long)]
     pub deep: bool,
     /// With --deep: about this many point reads compared with the merged scan (0 = every key)
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 10_000, value_name = "N", requires = "deep")]
     pub sample: u64,
 }
 

@@ -1309,6 +1309,15 @@ fn verify_once(
                          lost the edits recording a flush; the next open refuses the directory"
                     ),
                 ),
+                // Opens remove only files: a directory named like a table stays.
+                _ if !std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) => {
+                    Problem::warning(
+                        "orphan",
+                        Some(p),
+                        None,
+                        "named like a table but not a file; opens leave it where it is",
+                    )
+                }
                 _ => Problem::warning(
                     "orphan",
                     Some(p),
@@ -2282,6 +2291,31 @@ mod tests {
         let set: BTreeSet<_> = all.keys.iter().collect();
         assert_eq!(set.len(), all.keys.len());
         assert!(all.index_keys_seen >= 5);
+    }
+
+    /// A directory named like a table is no orphan an open removes (verify said it was).
+    #[test]
+    fn a_directory_named_like_a_table_is_reported_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path());
+        let odd = dir.path().join("000999.sst");
+        std::fs::create_dir(&odd).unwrap();
+        let check = || {
+            let rep = verify_dir(dir.path(), &VerifyOptions::default(), &NoProgress).unwrap();
+            assert!(rep.is_ok(), "{:#?}", rep.problems);
+            let p: Vec<_> = rep
+                .problems
+                .iter()
+                .filter(|p| p.check == "orphan")
+                .collect();
+            assert_eq!(p.len(), 1, "{:#?}", rep.problems);
+            assert_eq!(p[0].file.as_deref(), Some(odd.as_path()));
+            assert!(p[0].message.contains("not a file"), "{}", p[0].message);
+        };
+        check();
+        Db::open(dir.path(), opts()).unwrap().close().unwrap();
+        assert!(odd.is_dir(), "opens leave it");
+        check();
     }
 
     /// A live process compacting between the sample's read of the manifest and its opens

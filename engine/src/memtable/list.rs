@@ -224,6 +224,27 @@ impl<'a> Node<'a> {
         HEADER + self.height()
     }
 
+    /// Asks the CPU to start loading the node's first two cache lines (its header, links
+    /// and the start of its key) while the caller works on something else: a walk of the
+    /// list in key order visits nodes in the order they were inserted in, scattered over
+    /// the arena, and without it waits for each node's first line.
+    #[inline]
+    pub fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = self.w.as_ptr().cast::<i8>();
+            // SAFETY: a prefetch is a hint. It never faults and changes nothing the program
+            // can observe, whatever the address; these are a live node's words (the
+            // second line may lie past the node, still inside the mapped region or not:
+            // either way nothing is read).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+            }
+        }
+    }
+
     /// The node's user key against `key`.
     #[inline]
     pub fn cmp_key(&self, key: &[u8]) -> Ordering {
@@ -251,17 +272,22 @@ impl<'a> Node<'a> {
         self.cmp_key(key).then_with(|| seqno.cmp(&self.seqno()))
     }
 
-    /// Appends `len` bytes from byte `from` of the node's key-and-value bytes to `out`.
+    /// Appends `len` bytes from byte `from` of the node's key-and-value bytes to `out`:
+    /// up to eight words at a time are staged whole, then handed over in one slice.
     fn copy_bytes(&self, from: usize, len: usize, out: &mut impl BufMut) {
+        const STAGE_WORDS: usize = 8;
         let d = self.data();
-        let mut at = from;
-        let end = from + len;
+        let (mut at, end) = (from, from + len);
+        let mut stage = [0u8; STAGE_WORDS * 8];
         while at < end {
-            let bytes = self.load(d + at / 8).to_be_bytes();
-            let lo = at % 8;
-            let hi = (end - (at - lo)).min(8);
-            out.put_slice(&bytes[lo..hi]);
-            at += hi - lo;
+            let w0 = at / 8;
+            let n = (end.div_ceil(8) - w0).min(STAGE_WORDS);
+            for (i, chunk) in stage.chunks_exact_mut(8).take(n).enumerate() {
+                chunk.copy_from_slice(&self.load(d + w0 + i).to_be_bytes());
+            }
+            let hi = (end - w0 * 8).min(n * 8);
+            out.put_slice(&stage[at - w0 * 8..hi]);
+            at = w0 * 8 + hi;
         }
     }
 
@@ -601,14 +627,20 @@ mod tests {
             vec![0xff; 25],
         ]);
         let list = List::new(2048, 4096);
+        // Every byte of a value differs from its neighbours (a copy off by a word shows),
+        // and lengths reach past the copy's 64-byte stages.
+        let value = |i: usize| -> Vec<u8> {
+            (0..i * 7)
+                .map(|j| (j as u8).wrapping_mul(31) ^ i as u8)
+                .collect()
+        };
         for (i, k) in keys.iter().enumerate() {
-            let value = vec![0xa5u8 ^ i as u8; i * 3];
-            assert!(list.insert(k, i as u64 + 1, Kind::Value, &value, 0));
+            assert!(list.insert(k, i as u64 + 1, Kind::Value, &value(i), 0));
         }
         for (i, k) in keys.iter().enumerate() {
             let n = list.first_from(|n| n.cmp_key(k) == Ordering::Less).unwrap();
             assert_eq!(key_of(n), *k);
-            assert_eq!(value_of(n), vec![0xa5u8 ^ i as u8; i * 3]);
+            assert_eq!(value_of(n), value(i));
             assert_eq!(n.seqno(), i as u64 + 1);
             for other in &keys {
                 assert_eq!(

@@ -199,8 +199,12 @@ impl MemTable {
         let mut out = CopyOut::default();
         let mut n = self.list.first();
         while let Some(node) = n {
-            f(out.entry(node), node.moved_from());
+            // The next node's address is in this one: its load overlaps this entry's work.
             n = self.list.next(node);
+            if let Some(next) = &n {
+                next.prefetch();
+            }
+            f(out.entry(node), node.moved_from());
         }
     }
 
@@ -231,8 +235,11 @@ impl MemTable {
             let Some(node) = n.filter(|&node| !past_end(node)) else {
                 break;
             };
-            out.push(copy.entry(node));
             n = l.next(node);
+            if let Some(next) = &n {
+                next.prefetch();
+            }
+            out.push(copy.entry(node));
         }
     }
 

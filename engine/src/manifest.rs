@@ -94,65 +94,96 @@ impl VersionEdit {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::new();
         for r in &self.records {
-            match r {
-                EditRecord::NextFile(n) => {
-                    put_u8(&mut b, TAG_NEXT_FILE);
-                    put_varint(&mut b, *n);
-                }
-                EditRecord::LastSeqno(n) => {
-                    put_u8(&mut b, TAG_LAST_SEQNO);
-                    put_varint(&mut b, *n);
-                }
-                EditRecord::LogNumber(n) => {
-                    put_u8(&mut b, TAG_LOG_NUMBER);
-                    put_varint(&mut b, *n);
-                }
-                EditRecord::RegisterLayout { id, spec } => {
-                    put_u8(&mut b, TAG_REGISTER);
-                    put_varint(&mut b, *id as u64);
-                    put_bytes(&mut b, spec);
-                }
-                EditRecord::SetTarget(id) => {
-                    put_u8(&mut b, TAG_TARGET);
-                    put_varint(&mut b, *id as u64);
-                }
-                EditRecord::RetireLayout(id) => {
-                    put_u8(&mut b, TAG_RETIRE);
-                    put_varint(&mut b, *id as u64);
-                }
-                EditRecord::AddFile(f) => {
-                    put_u8(&mut b, TAG_ADD_FILE);
-                    put_varint(&mut b, f.number);
-                    put_varint(&mut b, f.size);
-                    put_varint(&mut b, f.layout_version as u64);
-                    put_varint(&mut b, f.partition as u64);
-                    put_u8(&mut b, f.level);
-                    put_u8(&mut b, f.kind as u8);
-                    put_bytes(&mut b, &f.smallest);
-                    put_bytes(&mut b, &f.largest);
-                    put_varint(&mut b, f.min_seqno);
-                    put_varint(&mut b, f.max_seqno);
-                    put_varint(&mut b, f.entries);
-                }
-                EditRecord::DeleteFile(n) => {
-                    put_u8(&mut b, TAG_DELETE_FILE);
-                    put_varint(&mut b, *n);
-                }
-                EditRecord::Controller { epoch, state } => {
-                    put_u8(&mut b, TAG_CONTROLLER);
-                    put_varint(&mut b, *epoch);
-                    put_bytes(&mut b, state);
-                }
-                EditRecord::Pin { id, pinned } => {
-                    put_u8(&mut b, TAG_PIN);
-                    put_varint(&mut b, *id as u64);
-                    put_u8(&mut b, *pinned as u8);
-                }
-            }
+            encode_record(r, &mut b);
         }
         b
     }
 
+    /// The edit as manifest records of at most `max` bytes each, cut between its records:
+    /// a snapshot of a large state (many files, long keys, large partition specs) does
+    /// not fit in one record the reader accepts. Replay applies records in order, so the
+    /// pieces replay to the state the whole would. [`Error::TooLarge`] if one record alone
+    /// is larger.
+    fn encode_split(&self, max: usize) -> Result<Vec<Vec<u8>>> {
+        let mut parts = Vec::new();
+        let mut cur = Vec::new();
+        let mut one = Vec::new();
+        for r in &self.records {
+            one.clear();
+            encode_record(r, &mut one);
+            check_edit_len(&one, max)?;
+            if !cur.is_empty() && cur.len() + one.len() > max {
+                parts.push(std::mem::take(&mut cur));
+            }
+            cur.extend_from_slice(&one);
+        }
+        if !cur.is_empty() || parts.is_empty() {
+            parts.push(cur);
+        }
+        Ok(parts)
+    }
+}
+
+/// Appends the encoding of one record to `b`.
+fn encode_record(r: &EditRecord, b: &mut Vec<u8>) {
+    match r {
+        EditRecord::NextFile(n) => {
+            put_u8(b, TAG_NEXT_FILE);
+            put_varint(b, *n);
+        }
+        EditRecord::LastSeqno(n) => {
+            put_u8(b, TAG_LAST_SEQNO);
+            put_varint(b, *n);
+        }
+        EditRecord::LogNumber(n) => {
+            put_u8(b, TAG_LOG_NUMBER);
+            put_varint(b, *n);
+        }
+        EditRecord::RegisterLayout { id, spec } => {
+            put_u8(b, TAG_REGISTER);
+            put_varint(b, *id as u64);
+            put_bytes(b, spec);
+        }
+        EditRecord::SetTarget(id) => {
+            put_u8(b, TAG_TARGET);
+            put_varint(b, *id as u64);
+        }
+        EditRecord::RetireLayout(id) => {
+            put_u8(b, TAG_RETIRE);
+            put_varint(b, *id as u64);
+        }
+        EditRecord::AddFile(f) => {
+            put_u8(b, TAG_ADD_FILE);
+            put_varint(b, f.number);
+            put_varint(b, f.size);
+            put_varint(b, f.layout_version as u64);
+            put_varint(b, f.partition as u64);
+            put_u8(b, f.level);
+            put_u8(b, f.kind as u8);
+            put_bytes(b, &f.smallest);
+            put_bytes(b, &f.largest);
+            put_varint(b, f.min_seqno);
+            put_varint(b, f.max_seqno);
+            put_varint(b, f.entries);
+        }
+        EditRecord::DeleteFile(n) => {
+            put_u8(b, TAG_DELETE_FILE);
+            put_varint(b, *n);
+        }
+        EditRecord::Controller { epoch, state } => {
+            put_u8(b, TAG_CONTROLLER);
+            put_varint(b, *epoch);
+            put_bytes(b, state);
+        }
+        EditRecord::Pin { id, pinned } => {
+            put_u8(b, TAG_PIN);
+            put_varint(b, *id as u64);
+            put_u8(b, *pinned as u8);
+        }
+    }
+}
+
+impl VersionEdit {
     pub fn decode(b: &[u8], path: &Path, offset: u64) -> Result<VersionEdit> {
         let mut d = Decoder::new(b, path, offset);
         let mut e = VersionEdit::default();
@@ -285,19 +316,32 @@ pub struct ManifestWriter {
 }
 
 impl ManifestWriter {
-    /// Creates manifest `number` starting with `snapshot`, and makes it current.
+    /// Creates manifest `number` starting with `snapshot`, and makes it current. A
+    /// snapshot larger than a record is written as several (see
+    /// [`VersionEdit::encode_split`]); the manifest is current only once all are durable.
     pub fn create(
         fs: &dyn Fs,
         dir: &Path,
         number: u64,
         snapshot: &VersionEdit,
     ) -> Result<ManifestWriter> {
-        let payload = snapshot.encode();
-        check_edit_len(&payload)?;
+        Self::create_split(fs, dir, number, snapshot, crate::log::MAX_RECORD_LEN)
+    }
+
+    fn create_split(
+        fs: &dyn Fs,
+        dir: &Path,
+        number: u64,
+        snapshot: &VersionEdit,
+        max_record: usize,
+    ) -> Result<ManifestWriter> {
+        let parts = snapshot.encode_split(max_record)?;
         let path = dir.join(manifest_name(number));
         let file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
         let mut log = LogWriter::new(file, path, LogKind::Manifest);
-        log.add(&payload);
+        for p in &parts {
+            log.add(p);
+        }
         log.sync()?;
         let tmp = dir.join("CURRENT.tmp");
         let mut f = fs.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -332,19 +376,20 @@ impl ManifestWriter {
     /// refused with [`Error::TooLarge`] before anything is written.
     pub fn append(&mut self, edit: &VersionEdit) -> Result<()> {
         let payload = edit.encode();
-        check_edit_len(&payload)?;
+        check_edit_len(&payload, crate::log::MAX_RECORD_LEN)?;
         self.log.add(&payload);
         self.log.sync()
     }
 }
 
-/// Refuses a manifest record the reader would not read back.
-fn check_edit_len(payload: &[u8]) -> Result<()> {
-    if payload.len() > crate::log::MAX_RECORD_LEN {
+/// Refuses a manifest record of more than `max` bytes (the reader's limit is
+/// [`crate::log::MAX_RECORD_LEN`]).
+fn check_edit_len(payload: &[u8], max: usize) -> Result<()> {
+    if payload.len() > max {
         return Err(Error::TooLarge {
             what: "manifest edit",
             len: payload.len(),
-            max: crate::log::MAX_RECORD_LEN,
+            max,
         });
     }
     Ok(())
@@ -360,12 +405,100 @@ mod tests {
     #[test]
     fn an_edit_past_the_record_limit_is_refused() {
         let max = crate::log::MAX_RECORD_LEN;
-        assert!(check_edit_len(&vec![0u8; max]).is_ok());
-        let e = check_edit_len(&vec![0u8; max + 1]).unwrap_err();
+        assert!(check_edit_len(&vec![0u8; max], max).is_ok());
+        let e = check_edit_len(&vec![0u8; max + 1], max).unwrap_err();
         assert!(
             matches!(e, Error::TooLarge { len, .. } if len == max + 1),
             "{e}"
         );
+    }
+
+    /// A snapshot larger than a manifest record is written as several, and the database
+    /// opens from it as from one: every table, layout and key. (Recovery writes a fresh
+    /// snapshot at every open, so a state whose snapshot outgrew one record, say
+    /// seventeen 32 MiB partition specs, made every later writable open fail.) A record
+    /// that alone is larger than the limit is refused, and nothing becomes current.
+    #[test]
+    fn a_snapshot_larger_than_a_record_is_split_and_opens() {
+        use crate::{Db, Options, PartitionSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let opts = || Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(d, opts()).unwrap();
+        for round in 0..6u32 {
+            for i in 0..50u32 {
+                db.put(format!("k{i:03}"), format!("v{round}")).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 9,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        db.put("after", "retarget").unwrap();
+        db.close().unwrap();
+
+        let m = read_current(&StdFs, d).unwrap();
+        let all = VersionEdit {
+            records: m
+                .edits
+                .iter()
+                .flat_map(|(_, e)| e.records.clone())
+                .collect(),
+        };
+        let biggest = all
+            .records
+            .iter()
+            .map(|r| {
+                VersionEdit {
+                    records: vec![r.clone()],
+                }
+                .encode()
+                .len()
+            })
+            .max()
+            .unwrap();
+        let number = m.number + 1000;
+        let Err(e) = ManifestWriter::create_split(&StdFs, d, number, &all, biggest - 1) else {
+            panic!("a record past the limit was written");
+        };
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert_eq!(
+            read_current(&StdFs, d).unwrap().number,
+            m.number,
+            "still current"
+        );
+
+        let max = biggest.max(64);
+        ManifestWriter::create_split(&StdFs, d, number, &all, max).unwrap();
+        let split = read_current(&StdFs, d).unwrap();
+        assert_eq!(split.number, number);
+        assert!(split.edits.len() > 1, "{} records", split.edits.len());
+        assert!(split.edits.iter().all(|(_, e)| e.encode().len() <= max));
+        assert_eq!(
+            crate::recovery::replay_manifest(&split)
+                .unwrap()
+                .files
+                .len(),
+            crate::recovery::replay_manifest(&m).unwrap().files.len()
+        );
+        let db = Db::open(d, opts()).unwrap();
+        assert_eq!(db.layout().target, v2);
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"retarget"[..]));
+        for i in 0..50u32 {
+            assert_eq!(
+                db.get(format!("k{i:03}")).unwrap().as_deref(),
+                Some(&b"v5"[..])
+            );
+        }
+        db.close().unwrap();
     }
 
     fn sample() -> VersionEdit {

@@ -11,6 +11,17 @@ use crate::recovery::wal_files;
 
 impl Inner {
     pub fn checkpoint(&self, dest: &Path) -> Result<()> {
+        // A closed handle's files may be another process's by now (a copy of them was
+        // unopenable), and a read-only one has no WAL of its own to cut.
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if self.read_only {
+            return Err(Error::ReadOnly(
+                "a checkpoint needs a writable open (it cuts the WAL under the writers' lock)"
+                    .into(),
+            ));
+        }
         let fs = self.fs.as_ref();
         if fs.exists(dest).map_err(|e| Error::io(dest, e))?
             && !fs.list(dest).map_err(|e| Error::io(dest, e))?.is_empty()

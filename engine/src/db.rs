@@ -275,6 +275,21 @@ pub(crate) struct Inner {
     /// Held by a claim of the controller role and by a call made under a controller's
     /// epoch ([`Db::fenced`]): a claim never lands in the middle of such a call.
     pub controller_gate: Mutex<()>,
+    /// The thread holding `controller_gate`, so that one entering again is refused
+    /// instead of waiting for itself.
+    pub controller_gate_owner: Mutex<Option<std::thread::ThreadId>>,
+}
+
+/// The controller gate held by this thread (see [`Inner::enter_controller_gate`]).
+pub(crate) struct ControllerGate<'a> {
+    _gate: parking_lot::MutexGuard<'a, ()>,
+    owner: &'a Mutex<Option<std::thread::ThreadId>>,
+}
+
+impl Drop for ControllerGate<'_> {
+    fn drop(&mut self) {
+        *self.owner.lock() = None;
+    }
 }
 
 /// The whole state as one edit (the first record of a new manifest).
@@ -602,7 +617,14 @@ impl Inner {
     ) -> DbIter {
         let view = self.view.load_full();
         let snapshot = self.seqno_for(&view, snapshot);
+        // Made on a closed handle, the iterator's first item is `Error::Closed` (its state
+        // could be stale, as a read's would; see `get`). One made before the close keeps
+        // reading what it was made on.
+        let closed = self.closing.load(Ordering::Acquire);
         let factory = Box::new(move |dir: Direction| {
+            if closed {
+                return Err(Error::Closed);
+            }
             build_sources(&view.memtables(), &view.files, &range, snapshot, dir)
         });
         DbIter::new(factory, snapshot, hold)
@@ -924,9 +946,10 @@ impl Db {
     /// if another controller has claimed a newer epoch, and no claim can land while `f`
     /// runs (a claim waits for it). A controller makes its changes to the engine (target,
     /// pins, pacing, retiring) through this, so that one superseded between checking its
-    /// epoch and acting cannot act. `f` must not claim the role itself.
+    /// epoch and acting cannot act. `f` must not claim the role or enter `fenced` again
+    /// (refused with [`Error::LayoutRefused`]: it would wait for itself).
     pub fn fenced<T>(&self, epoch: u64, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _gate = self.inner.controller_gate.lock();
+        let _gate = self.inner.enter_controller_gate("fenced")?;
         let current = self.controller_epoch().unwrap_or(0);
         if epoch != current {
             return Err(Error::StaleEpoch {
@@ -977,9 +1000,26 @@ impl Inner {
         Ok(())
     }
 
+    /// Takes the controller gate; [`Error::LayoutRefused`] if this thread holds it already
+    /// (`what`, called inside `fenced`, would wait for itself for ever).
+    pub(crate) fn enter_controller_gate(&self, what: &str) -> Result<ControllerGate<'_>> {
+        let me = std::thread::current().id();
+        if *self.controller_gate_owner.lock() == Some(me) {
+            return Err(Error::LayoutRefused(format!(
+                "{what} called inside `fenced` on the same thread: it would wait for itself"
+            )));
+        }
+        let gate = self.controller_gate.lock();
+        *self.controller_gate_owner.lock() = Some(me);
+        Ok(ControllerGate {
+            _gate: gate,
+            owner: &self.controller_gate_owner,
+        })
+    }
+
     pub fn claim_controller(&self) -> Result<u64> {
         self.check_writable()?;
-        let _gate = self.controller_gate.lock();
+        let _gate = self.enter_controller_gate("claim_controller")?;
         let mut core = self.core.lock();
         let (epoch, state) = core.controller.clone().unwrap_or((0, Vec::new()));
         let next = epoch.checked_add(1).ok_or_else(|| {
@@ -1352,6 +1392,67 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `fenced` or `claim_controller` inside `fenced` on the same thread waited for itself
+    /// for ever; it is refused, and the gate works as before afterwards.
+    #[test]
+    fn reentering_the_controller_gate_is_refused_not_a_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::tiny()).unwrap();
+        let e = db.claim_controller().unwrap();
+        let d2 = db.clone();
+        let r = db.fenced(e, || d2.fenced(e, || Ok(1)));
+        assert!(
+            matches!(r, Err(Error::LayoutRefused(ref m)) if m.contains("fenced")),
+            "{r:?}"
+        );
+        let r = db.fenced(e, || d2.claim_controller());
+        assert!(matches!(r, Err(Error::LayoutRefused(_))), "{r:?}");
+        assert_eq!(db.controller_epoch(), Some(e), "no claim landed");
+        // Another thread waits for the gate as it should, and the gate is free again.
+        let d3 = db.clone();
+        let t = std::thread::spawn(move || d3.claim_controller());
+        assert_eq!(db.fenced(e, || Ok(7)).unwrap_or(7), 7);
+        let e2 = t.join().unwrap().unwrap();
+        assert!(e2 > e);
+        assert_eq!(db.fenced(e2, || Ok(2)).unwrap(), 2);
+    }
+
+    /// A closed handle answers nothing: another process may own the directory and have
+    /// written since, so a read would be stale and a checkpoint a copy of files that are
+    /// no longer its own (it used to succeed with a copy that did not open). A read-only
+    /// handle refuses a checkpoint by name (it used to fail on a placeholder path and
+    /// mark its WAL failed).
+    #[test]
+    fn a_closed_handle_neither_reads_nor_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Db::open(dir.path(), Options::tiny()).unwrap();
+        a.put("k", "old").unwrap();
+        let stale = a.clone();
+        let made_before = a.snapshot();
+        a.close().unwrap();
+        let b = Db::open(dir.path(), Options::tiny()).unwrap();
+        b.put("k", "new").unwrap();
+        b.put("k2", "new").unwrap();
+        b.flush().unwrap();
+        assert!(matches!(stale.get("k"), Err(Error::Closed)));
+        assert!(matches!(made_before.get("k"), Err(Error::Closed)));
+        assert!(matches!(stale.snapshot().get("k2"), Err(Error::Closed)));
+        assert!(matches!(stale.range(..).next(), Some(Err(Error::Closed))));
+        assert!(matches!(
+            stale.range(..).next_back(),
+            Some(Err(Error::Closed))
+        ));
+        let cp = dir.path().join("cp");
+        assert!(matches!(stale.checkpoint(&cp), Err(Error::Closed)));
+        assert!(!cp.exists());
+        b.close().unwrap();
+
+        let ro = Db::open_read_only(dir.path(), Options::tiny()).unwrap();
+        assert!(matches!(ro.checkpoint(&cp), Err(Error::ReadOnly(_))));
+        assert!(!cp.exists());
+        assert_eq!(ro.get("k").unwrap().as_deref(), Some(&b"new"[..]));
+    }
 
     /// After close, a call on another clone that passed its checks before the close (and
     /// so reaches the manifest or the WAL late) must not write to the directory: its lock is

@@ -252,6 +252,11 @@ impl Inner {
                 max: crate::MAX_KEY_LEN,
             });
         }
+        // A closed handle's state is as of its close: another process may own the
+        // directory and have written since, so its answers could be stale.
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         if self.sampling.load(Ordering::Relaxed) {
             let start = Instant::now();
             let r = self.get_inner(key, snapshot);

@@ -860,6 +860,7 @@ fn assemble(
         lock: Mutex::new(lock),
         threads: Mutex::new(Vec::new()),
         controller_gate: Mutex::new(()),
+        controller_gate_owner: Mutex::new(None),
         l0_max: AtomicUsize::new(0),
         pending_compaction: AtomicU64::new(0),
         recovery: Mutex::new(RecoveryReport::default()),

@@ -621,7 +621,7 @@ fn drive(
                 },
             )?;
             on(LedgerEvent::Note(format!(
-                "forced past the gate, as in the incident: predicted max/mean {:.2}, p-value {:.2e}",
+                "forced past the gate, as in the incident: predicted max/mean {:.2}, p-value {:.3e}",
                 p.analysis.distribution.max_over_mean, p.analysis.distribution.p_value
             )));
             p

@@ -171,8 +171,9 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let started = std::time::Instant::now();
     let mut on = |e: LedgerEvent| match (&bar, e) {
         (Some(b), LedgerEvent::Phase(p)) => {
+            // The bar keeps the last fraction migrated: each migration's progress events
+            // set it (it fell back to 0% during the audit).
             b.println(format!("[{:5.1}s] {p}", started.elapsed().as_secs_f64()));
-            b.set_position(0);
         }
         (Some(b), LedgerEvent::Note(n)) => b.println(format!("         {n}")),
         (Some(b), LedgerEvent::Progress { fraction, transfers }) => {

@@ -171,8 +171,14 @@ const FIGURES: &[Figure] = &[
         scale: 1.0 / (1 << 20) as f64,
     },
     Figure {
-        label: "peak RSS MB",
+        label: "peak RSS MB (chain)",
         key: "peak_rss_mb",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "peak RSS MB (workload)",
+        key: "workload_peak_rss_mb",
         higher_is_better: false,
         scale: 1.0,
     },

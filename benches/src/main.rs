@@ -531,6 +531,7 @@ fn build_report(
         write_amp: cumulative_write_amp,
         disk_bytes: report::disk_bytes(dir)?,
         peak_rss_mb: report::peak_rss_mb(),
+        workload_peak_rss_mb: report::workload_peak_rss_mb(),
         stall_ms: stall.map(|s| s as f64 / 1000.0),
         key_size: settings.key_size,
         value_size: settings.value_size,
@@ -628,6 +629,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
     let mut failures = Vec::new();
     for (index, &workload) in cli.workloads.iter().enumerate() {
         let before_stats = db.stats();
+        report::start_workload_peak();
         let before = sample(&kv);
         let ctx = ScenarioCtx {
             cli,
@@ -784,6 +786,7 @@ fn run_peer(cli: &Cli) -> BenchResult<()> {
         .unwrap_or(Distribution::Uniform)
         .to_string();
     for (index, &workload) in cli.workloads.iter().enumerate() {
+        report::start_workload_peak();
         let before = sample(&peer);
         let m = workloads::run(&peer, &settings, workload, index)
             .map_err(|e| format!("{}: {e}", workload.name()))?;

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -59,13 +60,44 @@ impl Latency {
     }
 }
 
-/// Peak resident set size of this process in MiB (`VmHWM`), or `None` where `/proc` is
-/// unavailable. It is a high-water mark: it never goes down between workloads.
-pub fn peak_rss_mb() -> Option<f64> {
+/// The kernel's high-water mark of this process's resident set (`VmHWM`), in KiB.
+fn vm_hwm_kb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The chain's high-water mark before the current workload's (KiB), and whether the
+/// kernel's mark was reset when that workload started.
+static CHAIN_PEAK_KB: AtomicU64 = AtomicU64::new(0);
+static WORKLOAD_RESET: AtomicBool = AtomicBool::new(false);
+
+/// Starts a workload's own peak: folds the high-water mark so far into the chain's, then
+/// resets the kernel's to the current resident set (`/proc/self/clear_refs`, "5").
+pub fn start_workload_peak() {
+    if let Some(kb) = vm_hwm_kb() {
+        CHAIN_PEAK_KB.fetch_max(kb, Ordering::Relaxed);
+    }
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    WORKLOAD_RESET.store(reset, Ordering::Relaxed);
+}
+
+/// Peak resident set size of this process in MiB over every workload so far (the chain's
+/// high-water mark: it never goes down between workloads), or `None` where `/proc` is
+/// unavailable.
+pub fn peak_rss_mb() -> Option<f64> {
+    let kb = vm_hwm_kb()?.max(CHAIN_PEAK_KB.load(Ordering::Relaxed));
+    Some(kb as f64 / 1024.0)
+}
+
+/// Peak resident set size in MiB since the current workload started (see
+/// [`start_workload_peak`]); `None` if the kernel's mark could not be reset, so that a
+/// cumulative figure is never passed off as one workload's.
+pub fn workload_peak_rss_mb() -> Option<f64> {
+    if !WORKLOAD_RESET.load(Ordering::Relaxed) {
+        return None;
+    }
+    Some(vm_hwm_kb()? as f64 / 1024.0)
 }
 
 /// Bytes this process caused to be written to storage (`write_bytes - cancelled_write_bytes`
@@ -158,7 +190,11 @@ pub struct WorkloadReport {
     /// `None` for a peer engine that keeps no byte counters.
     pub write_amp: Option<f64>,
     pub disk_bytes: u64,
+    /// Peak RSS of the process over the chain so far (cumulative).
     pub peak_rss_mb: Option<f64>,
+    /// Peak RSS during this workload alone (the kernel's mark reset when it started);
+    /// `None` where it could not be reset.
+    pub workload_peak_rss_mb: Option<f64>,
     /// Time writers were stopped or slowed down during this workload; `None` for a peer
     /// engine that keeps no such counter.
     pub stall_ms: Option<f64>,
@@ -316,5 +352,34 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(peak_rss_mb().unwrap() > 0.0);
         }
+    }
+
+    /// A workload's own peak starts afresh; the chain's keeps every earlier one. (The
+    /// per-workload figure used to be the chain's: a read workload after a fill showed the
+    /// fill's peak.)
+    #[test]
+    fn a_workload_peak_starts_afresh_and_the_chain_peak_remembers() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        start_workload_peak();
+        // 96 MiB touched, then given back to the system.
+        let mut big = vec![0u8; 96 << 20];
+        for i in (0..big.len()).step_by(4096) {
+            big[i] = 1;
+        }
+        std::hint::black_box(&big);
+        drop(big);
+        let chain = peak_rss_mb().unwrap();
+        start_workload_peak();
+        let Some(workload) = workload_peak_rss_mb() else {
+            // The kernel refused the reset: no per-workload figure is claimed.
+            return;
+        };
+        assert!(
+            workload + 64.0 < chain,
+            "workload {workload:.1} MiB against chain {chain:.1} MiB"
+        );
+        assert!(peak_rss_mb().unwrap() >= chain);
     }
 }

@@ -914,6 +914,15 @@ impl Db {
         self.inner.pin_version(v.0, pinned)
     }
 
+    /// Retires layout version `v` now: one that is not the target, is not pinned and holds
+    /// no data. Draining versions retire by themselves once empty ([`Db::retire_drained`]);
+    /// this is for a candidate registered and never made the target (an abandoned plan),
+    /// which otherwise stays live for ever. [`Error::UnknownVersion`],
+    /// [`Error::VersionRetired`], or [`Error::LayoutRefused`] naming why `v` must stay.
+    pub fn retire_version(&self, v: VersionId) -> Result<()> {
+        self.inner.retire_version(v.0)
+    }
+
     /// Retires draining versions that hold no data and are not pinned. Background work
     /// does this too; call it to make it happen now.
     pub fn retire_drained(&self) -> Result<Vec<VersionId>> {
@@ -1173,6 +1182,43 @@ impl Inner {
                 retire.push(l.id);
             }
         }
+        self.retire_layouts(core, &view, retire)
+    }
+
+    pub fn retire_version(&self, id: u32) -> Result<()> {
+        self.check_writable()?;
+        let mut core = self.core.lock();
+        let view = self.view.load_full();
+        match core.registry.get(&id) {
+            None => return Err(Error::UnknownVersion(id)),
+            Some(r) if r.retired => return Err(Error::VersionRetired(id)),
+            Some(_) => {}
+        }
+        let refuse = |why: &str| Err(Error::LayoutRefused(format!("v{id} stays live: {why}")));
+        if view.files.target == id {
+            return refuse("it is the target");
+        }
+        if core.pinned.contains(&id) {
+            return refuse("it is pinned (a rollback target)");
+        }
+        if core.writing_to.get(&id).copied().unwrap_or(0) > 0 {
+            return refuse("a migration job is writing into it");
+        }
+        if view
+            .files
+            .layouts
+            .get(&id)
+            .is_some_and(|l| l.data_file_count() > 0)
+        {
+            return refuse("it holds data (it retires by itself once drained)");
+        }
+        self.retire_layouts(&mut core, &view, vec![id])?;
+        Ok(())
+    }
+
+    /// Retires `retire` (layouts checked to hold no data) in one manifest edit.
+    fn retire_layouts(&self, core: &mut Core, view: &View, retire: Vec<u32>) -> Result<Vec<u32>> {
+        let files = &view.files;
         if retire.is_empty() {
             return Ok(retire);
         }
@@ -1180,7 +1226,12 @@ impl Inner {
         let mut removed = Vec::new();
         // Pointer files go first: replay checks a layout holds no file when it retires.
         for id in &retire {
-            for f in files.layouts[id].pointer_files() {
+            for f in files
+                .layouts
+                .get(id)
+                .into_iter()
+                .flat_map(|l| l.pointer_files())
+            {
                 e.push(EditRecord::DeleteFile(f.number));
                 removed.push(f.clone());
             }
@@ -1392,6 +1443,60 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A candidate that never became the target retires on request, and replay agrees;
+    /// the target, a pinned version and one holding data stay.
+    #[test]
+    fn an_abandoned_candidate_retires_and_what_must_stay_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // No background migration: what drains, and when, is the test's.
+        let quiet = || Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), quiet()).unwrap();
+        db.put("k", "v").unwrap();
+        db.flush().unwrap();
+        let hash = |seed| PartitionSpec::Hash {
+            partitions: 4,
+            seed,
+            hashed_prefix: None,
+        };
+        let cand = db.register_partition_fn(hash(1)).unwrap();
+        let refused = |r: Result<()>, why: &str| match r {
+            Err(Error::LayoutRefused(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("{why}: {other:?}"),
+        };
+        refused(db.retire_version(VersionId(1)), "the target");
+        db.pin_version(cand, true).unwrap();
+        refused(db.retire_version(cand), "pinned");
+        db.pin_version(cand, false).unwrap();
+        db.retire_version(cand).unwrap();
+        assert!(matches!(
+            db.retire_version(cand),
+            Err(Error::VersionRetired(_))
+        ));
+        assert!(matches!(
+            db.retire_version(VersionId(99)),
+            Err(Error::UnknownVersion(99))
+        ));
+        assert!(matches!(db.set_target(cand), Err(Error::VersionRetired(_))));
+        // One that took data drains instead.
+        let v3 = db.register_partition_fn(hash(2)).unwrap();
+        // The way back stays live (background migration may drain v1 meanwhile).
+        db.pin_version(VersionId(1), true).unwrap();
+        db.set_target(v3).unwrap();
+        db.put("k2", "v").unwrap();
+        db.flush().unwrap();
+        db.set_target(VersionId(1)).unwrap();
+        refused(db.retire_version(v3), "holds data");
+        db.close().unwrap();
+        let db = Db::open(dir.path(), quiet()).unwrap();
+        let live: Vec<VersionId> = db.layout().versions.iter().map(|v| v.id).collect();
+        assert!(!live.contains(&cand), "{live:?}");
+        assert!(live.contains(&v3), "{live:?}");
+        assert_eq!(db.get("k2").unwrap().as_deref(), Some(&b"v"[..]));
+    }
 
     /// `fenced` or `claim_controller` inside `fenced` on the same thread waited for itself
     /// for ever; it is refused, and the gate works as before afterwards.

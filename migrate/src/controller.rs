@@ -655,8 +655,15 @@ impl Controller {
         // abandoned candidate pinned for ever.
         self.fenced(|db| unpin_if_live(db, from))?;
         if plan.to != from {
-            // The abandoned candidate drains back and retires once empty.
+            // The abandoned candidate drains back and retires once empty; one that never
+            // took data (rolled back before the switch, or drained already) retires now.
+            // It used to stay live for ever, one more layout per abandoned plan.
             self.fenced(|db| unpin_if_live(db, plan.to))?;
+            match self.fenced(|db| db.retire_version(VersionId(plan.to))) {
+                Ok(()) | Err(Error::LayoutRefused(_) | Error::VersionRetired(_)) => {}
+                Err(Error::UnknownVersion(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         // Checked at this state change too: a discrepancy that arose during the migration
         // is recorded with the rollback (the next plan takes a new baseline).

@@ -120,6 +120,24 @@ fn biased_candidate_is_refused_unless_forced() {
     assert!(c.events().last().unwrap().reason.contains("FORCED"));
 }
 
+/// A plan rolled back before its switch leaves no layout behind: each abandoned plan used
+/// to leave one more live candidate for ever (18 after a CLI crash soak).
+#[test]
+fn a_plan_rolled_back_before_its_switch_retires_its_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    for round in 0..3 {
+        c.plan(good(), PlanOptions::default()).unwrap();
+        assert_eq!(db.layout().versions.len(), 2, "round {round}");
+        c.rollback("changed my mind").unwrap();
+        assert_eq!(c.state(), State::Stable);
+        let live: Vec<_> = db.layout().versions.iter().map(|v| v.id.0).collect();
+        assert_eq!(live, vec![1], "round {round}");
+    }
+    check_data(&db);
+}
+
 /// A candidate with the current target's own function passed every gate, and finishing
 /// it rewrote every byte into the same layout.
 #[test]

@@ -862,6 +862,40 @@ fn manifest_and_wal_fail_on_a_directory_that_would_not_open() {
     assert!(v["function"].is_null(), "{v}");
 }
 
+/// Pin records (a rollback target kept live) are shown as pins; they printed as
+/// controller records with epoch 0.
+#[test]
+fn manifest_shows_pin_records_as_pins() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = sluice::Db::open(d, sluice::Options::default()).unwrap();
+    db.pin_version(sluice::VersionId(1), true).unwrap();
+    db.pin_version(sluice::VersionId(1), false).unwrap();
+    db.close().unwrap();
+    let (c, v) = json(d, &["manifest", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    let recs: Vec<&Value> = v["edits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["records"].as_array().unwrap())
+        .collect();
+    let pins: Vec<(u64, bool)> = recs
+        .iter()
+        .filter(|r| r["type"] == "pin")
+        .map(|r| {
+            (
+                r["version"].as_u64().unwrap(),
+                r["pinned"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pins, vec![(1, true), (1, false)], "{v}");
+    assert!(recs.iter().all(|r| r["type"] != "controller"), "{v}");
+    let (_, out, _) = run(d, &["manifest", "{DIR}"]);
+    assert!(out.contains("pin v1") && out.contains("unpin v1"), "{out}");
+}
+
 /// A live WAL emptied: recovery opens without its writes (a crash right after the WAL was
 /// made looks the same), so `verify` cannot call it an error, but it must not pass it over.
 #[test]

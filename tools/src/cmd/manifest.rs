@@ -46,6 +46,9 @@ enum RecordJson {
     },
     DeleteFile { file: u64 },
     Controller { epoch: u64, state_bytes: usize },
+    Pin { version: u32, pinned: bool },
+    /// A record type this build's tool does not know how to show.
+    Unknown,
 }
 
 #[derive(Serialize)]
@@ -100,11 +103,13 @@ fn record_json(r: &EditRecord, ctx: &Ctx) -> RecordJson {
             epoch: *epoch,
             state_bytes: state.len(),
         },
-        #[allow(unreachable_patterns, reason = "EditRecord may grow")]
-        _ => RecordJson::Controller {
-            epoch: 0,
-            state_bytes: 0,
+        EditRecord::Pin { id, pinned } => RecordJson::Pin {
+            version: *id,
+            pinned: *pinned,
         },
+        // Pin records printed as controller records with epoch 0 through this arm.
+        #[allow(unreachable_patterns, reason = "EditRecord may grow")]
+        _ => RecordJson::Unknown,
     }
 }
 
@@ -134,6 +139,10 @@ fn record_text(r: &RecordJson) -> String {
         ),
         RecordJson::DeleteFile { file } => format!("delete_file {file:06}.sst"),
         RecordJson::Controller { epoch, state_bytes } => format!("controller epoch {epoch} ({state_bytes} bytes of state)"),
+        RecordJson::Pin { version, pinned } => {
+            format!("{} v{version}", if *pinned { "pin" } else { "unpin" })
+        }
+        RecordJson::Unknown => "(a record type this tool does not know)".into(),
     }
 }
 

@@ -325,8 +325,15 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             let db = open(&dir)?;
             let mut c = attach(&db, mb_per_sec.max(1))?;
             if c.state() != State::Migrating {
+                let next = match c.state() {
+                    State::Finalizing => "use finish",
+                    State::Paused => "use resume",
+                    State::RollingBack => "use rollback to complete it",
+                    State::Planned | State::Shadowing | State::Validating => "use start",
+                    _ => "use plan and start",
+                };
                 return Err(CliError::usage(format!(
-                    "migrate run needs a migration in progress (state is {}); use plan and start",
+                    "migrate run needs a migration in progress (state is {}); {next}",
                     c.state()
                 )));
             }

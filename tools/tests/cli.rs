@@ -1441,6 +1441,14 @@ fn migrate_subcommands_drive_a_migration() {
     );
     assert_eq!(c, 0, "{v}");
     assert_eq!(v["state"], "planned");
+    // Before the switch, run names the step that works (it said "use plan and start" in
+    // every state, finish's included).
+    let (c, _, e) = run(d.path(), &["migrate", "run", "{DIR}", "--secs", "1"]);
+    assert_eq!(c, 2, "{e}");
+    assert!(
+        e.contains("use start") && !e.contains("plan and start"),
+        "{e}"
+    );
     let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
     assert_eq!(c, 0, "{v}");
     assert_eq!(v["state"], "migrating");

@@ -367,7 +367,7 @@ impl Inner {
             // The WAL may now hold a torn record, and the kernel may have dropped dirty pages
             // after a failed fsync: nothing more can be promised durable. Refuse all writes.
             self.wal_failed(format!("WAL write failed: {e}"));
-            return Err(e);
+            return Err(in_doubt(e, wal.log.path()));
         }
         if sync {
             Counters::add(&self.counters.wal_syncs, 1);
@@ -696,6 +696,18 @@ impl Inner {
     }
 }
 
+/// The error for writes whose records were handed to the WAL (its buffer, or the OS) before
+/// making them durable failed: their outcome is unknown, and they must not read as refused.
+/// `ReadOnly` tells a caller its write was refused and never applied; a sync that met an
+/// earlier failure (the background syncer's, say) reports `ReadOnly`, which here becomes the
+/// I/O error on the WAL that it is.
+fn in_doubt(e: Error, wal: &std::path::Path) -> Error {
+    match e {
+        Error::ReadOnly(why) => Error::io(wal, std::io::Error::other(why)),
+        e => e,
+    }
+}
+
 fn collect_keys(b: &WriteBatch, set: &mut HashSet<Bytes>) {
     let _ = WriteBatch::for_each_op(
         b.ops_bytes(),
@@ -723,5 +735,28 @@ impl WalState {
             self.earlier_noted = true;
         }
         self.log.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A synced batch whose sync met an earlier background failure came back as
+    /// `ReadOnly`, though its record had reached the WAL and was there after the reopen
+    /// (randomized fault injection, stop 29): a caller reading `ReadOnly` as "refused, not
+    /// applied" would retry it. Such an error is the I/O error on the WAL it is; other
+    /// errors keep their kind (a full disk stays `is_no_space`).
+    #[test]
+    fn a_write_whose_sync_failed_is_in_doubt_not_refused() {
+        let wal = std::path::Path::new("/d/000007.log");
+        let e = in_doubt(
+            Error::ReadOnly("000007.log is not synced again after an earlier failure".into()),
+            wal,
+        );
+        assert!(matches!(&e, Error::Io { path, .. } if path == wal), "{e:?}");
+        assert!(e.to_string().contains("not synced again"), "{e}");
+        let full = in_doubt(Error::io(wal, std::io::Error::from_raw_os_error(28)), wal);
+        assert!(full.is_no_space(), "{full:?}");
     }
 }

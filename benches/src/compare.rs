@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::engine::EngineKind;
+use crate::workloads::Workload;
 use crate::{BenchResult, Cli};
 
 /// Marks the parent directory of an `--engines` run.
@@ -226,7 +227,7 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
             .iter()
             .filter_map(|(e, lines)| lines.get(i).map(|l| (*e, l)))
             .collect();
-        let cmp = comparison(workload.name(), &rows);
+        let cmp = comparison(*workload, &rows);
         if cli.json {
             println!("{cmp}");
         } else {
@@ -236,17 +237,8 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
     Ok(())
 }
 
-/// Whether `workload` measures writes (which redb, committing without durability, does
-/// not make as the others do).
-fn writes(workload: &str) -> bool {
-    matches!(
-        workload,
-        "fillseq" | "fillrandom" | "overwrite" | "batchtransfer" | "txntransfer"
-    )
-}
-
 /// `{"workload", "comparison": {figure: {engine: value, "best_peer", "sluice_over_best_peer"}}}`.
-fn comparison(workload: &str, rows: &[(EngineKind, &Value)]) -> Value {
+fn comparison(workload: Workload, rows: &[(EngineKind, &Value)]) -> Value {
     let mut figs = serde_json::Map::new();
     for f in FIGURES {
         let mut m = serde_json::Map::new();
@@ -256,7 +248,7 @@ fn comparison(workload: &str, rows: &[(EngineKind, &Value)]) -> Value {
             let v = r.get(f.key).and_then(Value::as_f64).map(|v| v * f.scale);
             m.insert(e.name().into(), json!(v));
             let Some(v) = v else { continue };
-            if *e == EngineKind::Redb && (f.key.ends_with("write_amp") || writes(workload)) {
+            if *e == EngineKind::Redb && (f.key.ends_with("write_amp") || workload.is_write()) {
                 // redb commits with Durability::None write nothing until a durable commit
                 // (at close): its write figures, and every figure of a write workload, are
                 // not comparable with engines that hand each write to the OS. Shown, never
@@ -280,7 +272,7 @@ fn comparison(workload: &str, rows: &[(EngineKind, &Value)]) -> Value {
         m.insert("higher_is_better".into(), json!(f.higher_is_better));
         figs.insert(f.key.into(), serde_json::Value::Object(m));
     }
-    json!({"workload": workload, "comparison": figs})
+    json!({"workload": workload.name(), "comparison": figs})
 }
 
 fn print_table(workload: &str, rows: &[(EngineKind, &Value)], cmp: &Value) {
@@ -379,7 +371,7 @@ mod tests {
         let a = json!({"ops_per_sec": 50.0, "p99_us": 5.0, "disk_bytes": 2097152});
         let b = json!({"ops_per_sec": 80.0, "p99_us": 20.0, "disk_bytes": null});
         let c = comparison(
-            "x",
+            Workload::ReadRandom,
             &[
                 (EngineKind::Sluice, &s),
                 (EngineKind::Fjall, &a),
@@ -408,10 +400,10 @@ mod tests {
             (EngineKind::Fjall, &a),
             (EngineKind::Redb, &b),
         ];
-        let f = &comparison("fillrandom", &rows)["comparison"]["ops_per_sec"];
+        let f = &comparison(Workload::FillRandom, &rows)["comparison"]["ops_per_sec"];
         assert_eq!(f["best_peer"], "fjall");
         assert_eq!(f["redb"], 900.0);
-        let f = &comparison("readrandom", &rows)["comparison"]["ops_per_sec"];
+        let f = &comparison(Workload::ReadRandom, &rows)["comparison"]["ops_per_sec"];
         assert_eq!(f["best_peer"], "redb");
     }
 }

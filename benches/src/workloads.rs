@@ -103,6 +103,19 @@ impl Workload {
         !self.is_scenario() && self != Workload::TxnTransfer
     }
 
+    /// Workloads that measure writes (whose figures redb, committing without durability,
+    /// does not make as the other engines do).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Workload::FillSeq
+                | Workload::FillRandom
+                | Workload::Overwrite
+                | Workload::BatchTransfer
+                | Workload::TxnTransfer
+        )
+    }
+
     /// Read workloads run `--reads` operations; the others `--num`.
     fn is_read(self) -> bool {
         matches!(

@@ -1505,14 +1505,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Options::tiny()).unwrap();
         let e = db.claim_controller().unwrap();
-        let d2 = db.clone();
-        let r = db.fenced(e, || d2.fenced(e, || Ok(1)));
+        // On a thread of its own, so that a deadlock fails the test instead of hanging it.
+        let d1 = db.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let d2 = d1.clone();
+            let nested = d1.fenced(e, || d2.fenced(e, || Ok(1)));
+            let claim = d1.fenced(e, || d2.claim_controller());
+            let _ = tx.send((nested, claim));
+        });
+        let (r, claim) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("reentering the controller gate deadlocked");
         assert!(
             matches!(r, Err(Error::LayoutRefused(ref m)) if m.contains("fenced")),
             "{r:?}"
         );
-        let r = db.fenced(e, || d2.claim_controller());
-        assert!(matches!(r, Err(Error::LayoutRefused(_))), "{r:?}");
+        assert!(matches!(claim, Err(Error::LayoutRefused(_))), "{claim:?}");
         assert_eq!(db.controller_epoch(), Some(e), "no claim landed");
         // Another thread waits for the gate as it should, and the gate is free again.
         let d3 = db.clone();

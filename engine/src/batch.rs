@@ -207,6 +207,11 @@ pub(crate) fn is_wal_earlier_durable(payload: &[u8]) -> bool {
     payload.len() == EARLIER_DURABLE_LEN && payload.iter().all(|&b| b == 0)
 }
 
+/// Whether a WAL record's payload is a write batch (not a successor or durability record).
+pub(crate) fn is_wal_batch(payload: &[u8]) -> bool {
+    !(payload.len() >= 12 && payload[..12].iter().all(|&b| b == 0))
+}
+
 /// Encodes the record saying every earlier WAL is durable.
 pub(crate) fn encode_wal_earlier_durable(out: &mut Vec<u8>) {
     out.extend_from_slice(&[0u8; EARLIER_DURABLE_LEN]);
@@ -222,7 +227,7 @@ pub(crate) fn encode_wal_successor(next: u64, out: &mut Vec<u8>) {
 impl WalEntry {
     /// Decodes the payload of the record whose payload starts at `offset`.
     pub fn decode(payload: &Bytes, path: &Path, offset: u64) -> Result<WalEntry> {
-        if payload.len() >= 12 && payload[..12].iter().all(|&b| b == 0) {
+        if !is_wal_batch(payload) {
             let at = offset.saturating_sub(8);
             if payload.len() == EARLIER_DURABLE_LEN {
                 return Ok(WalEntry::EarlierDurable);

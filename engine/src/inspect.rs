@@ -1441,6 +1441,14 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         .zip(&read)
         .map(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if c.notes_earlier))
         .collect();
+    let holds_batch: Vec<bool> = wals
+        .iter()
+        .zip(&read)
+        .map(|(w, r)| w.live && matches!(r, Ok(Ok(c)) if !c.records.is_empty()))
+        .collect();
+    let batches_after: Vec<bool> = (0..holds_batch.len())
+        .map(|i| holds_batch[i + 1..].iter().any(|&b| b))
+        .collect();
     let own: Vec<u32> = read
         .iter()
         .map(|r| match r {
@@ -1643,6 +1651,29 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         }
         if may_be_cut && c.successor.is_none() && cut.is_none() {
             cut = Some((w.path.clone(), c.tail.as_ref().map_or(c.len, |t| t.offset)));
+        }
+        // As recovery has it: an older WAL known durable whole that does not end in the
+        // record naming the next was cut short, at a record boundary (a damaged end is
+        // reported above; a later batch shows the cut as missing seqnos). Unless it grew
+        // while we read it: a live rotation.
+        if records_follow
+            && !may_be_cut
+            && !batches_after[i]
+            && c.successor.is_none()
+            && c.tail.is_none()
+            && versions[i] >= crate::log::SUCCESSOR_VERSION
+            && !std::fs::metadata(&w.path).is_ok_and(|m| m.len() > c.len)
+        {
+            rep.problems.push(Problem::error(
+                "wal",
+                Some(&w.path),
+                Some(c.len),
+                "ends without the record naming the WAL after it, though later WALs hold \
+                 records and this one is known durable whole: it was cut short, and \
+                 writes at its end may be missing",
+            ));
+            // Unlike damage above, recovery judges unnamed tables against where the WALs
+            // end here (see `Replayed::unended`): not `dropped_suffix`.
         }
     }
     check_link(&mut link, None, rep);

@@ -30,6 +30,8 @@ const MAGIC: &[u8; 4] = b"SLOG";
 /// may hold a record saying every earlier WAL is durable; a version 2 reader would take a
 /// version 3 WAL cut short by a power loss, with records after it, for damage.
 pub const LOG_FORMAT_VERSION: u32 = 3;
+/// The first WAL format whose WALs rotated away from end in a successor record.
+pub const SUCCESSOR_VERSION: u32 = 2;
 /// The first WAL format whose older WALs may be cut short by a crash (see above).
 pub const DEFERRED_SYNC_VERSION: u32 = 3;
 /// Largest record payload accepted (a write batch, or a manifest snapshot).

@@ -16,13 +16,15 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
-use crate::batch::{is_wal_earlier_durable, WalEntry, WriteBatch};
+use crate::batch::{is_wal_batch, is_wal_earlier_durable, WalEntry, WriteBatch};
 use crate::cache::BlockCache;
 use crate::db::{table_file, wal_file, Core, Inner, RecoveryReport, Registered, View, WalState};
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, Fs};
 use crate::layout::PartitionFn;
-use crate::log::{read_log_to_damage, LogKind, LogWriter, DEFERRED_SYNC_VERSION};
+use crate::log::{
+    read_log_to_damage, LogKind, LogWriter, DEFERRED_SYNC_VERSION, SUCCESSOR_VERSION,
+};
 use crate::manifest::{
     read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT,
 };
@@ -301,6 +303,13 @@ pub(crate) struct Replayed {
     /// after a missing WAL other than the first), and with them any table flushed from
     /// them that no manifest edit names yet.
     pub dropped_suffix: bool,
+    /// An older WAL, known durable whole, that does not end in the record naming its
+    /// successor, with no batch after it to show what the cut took: damage, refused unless
+    /// point in time (replay stopped there). The caller first looks for a table that
+    /// holds writes past the replayed ones, which says more precisely what happened (a
+    /// manifest that lost the edits recording flushes), and which point in time must not
+    /// sweep as a dropped flush's.
+    pub unended: Option<Error>,
 }
 
 /// The WAL that must come next in the chain and why, when the directory's next WAL (or
@@ -350,6 +359,7 @@ pub(crate) fn replay_wals(
     let flushed = start.flushed;
     let mut last: Option<u64> = None;
     let mut dropped_suffix = false;
+    let mut unended = None;
     let point_in_time = mode == WalRecovery::PointInTime;
     let logs = wals
         .iter()
@@ -369,6 +379,14 @@ pub(crate) fn replay_wals(
     let notes_earlier: Vec<bool> = logs
         .iter()
         .map(|(l, _)| l.records.iter().any(|(_, p)| is_wal_earlier_durable(p)))
+        .collect();
+    // Whether a WAL after each one holds a write batch.
+    let batches_after: Vec<bool> = (0..logs.len())
+        .map(|i| {
+            logs[i + 1..]
+                .iter()
+                .any(|(l, _)| l.records.iter().any(|(_, p)| is_wal_batch(p)))
+        })
         .collect();
     // Each WAL's format version. One whose header did not survive (a WAL rotated to is
     // fsynced first in the background, once rotated away from) takes the next one's: the
@@ -540,6 +558,40 @@ pub(crate) fn replay_wals(
         if stop {
             break;
         }
+        if link.is_none()
+            && records_follow
+            && !may_be_cut
+            && !batches_after[i]
+            && versions[i] >= SUCCESSOR_VERSION
+        {
+            // A WAL rotated away from ends in the record naming the next one. This one is
+            // known durable whole (see `may_be_cut`), so no crash ends it early, not even at
+            // a record boundary: it was cut. With a batch in a later WAL, the seqnos below
+            // tell whether writes went with the cut (and name what is missing); with none,
+            // nothing else would: the later WALs were replayed as if nothing were missing
+            // (found by a corruption campaign).
+            let end = logs[i].1;
+            if fs.file_size(path).is_ok_and(|now| now > end) {
+                // It grew while we read it: a live process rotating away from it (only a
+                // read-only open can see this), not damage.
+                return Err(Error::Busy {
+                    path: path.clone(),
+                    reason: "a WAL grew while it was read (a live rotation)".into(),
+                });
+            }
+            unended = Some(Error::WalDamaged {
+                file: path.clone(),
+                offset: end,
+                reason: "ends without the record naming the WAL after it, though later WALs \
+                         hold records and this one is known durable whole: it was cut short, \
+                         and writes at its end may be missing"
+                    .into(),
+            });
+            if point_in_time {
+                report.wal_dropped_after_damage = later_size();
+            }
+            break;
+        }
         if link.is_none() && may_be_cut && cut.is_none() {
             // No record names the next WAL: the crash may have cut this one short, in a
             // record (its torn tail) or at a record boundary.
@@ -552,6 +604,7 @@ pub(crate) fn replay_wals(
     Ok(Replayed {
         last,
         dropped_suffix,
+        unended,
     })
 }
 
@@ -647,7 +700,7 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
             Err(e) => {
                 let rotated = unlisted_exists();
                 let stable = manifest_mark(opts.fs.as_ref(), dir) == before;
-                if !is_vanished(&e) && stable {
+                if !is_vanished(&e) && !matches!(e, Error::Busy { .. }) && stable {
                     return Err(e);
                 }
                 last = Some((e, stable && !rotated));
@@ -744,6 +797,11 @@ fn load(
         check_unnamed_tables(fs.as_ref(), &unnamed, last_seqno)?;
         Vec::new()
     };
+    if let Some(e) = wal_last.unended {
+        if wal_recovery != WalRecovery::PointInTime {
+            return Err(e);
+        }
+    }
     Ok(Loaded {
         state,
         files,

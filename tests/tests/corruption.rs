@@ -1367,6 +1367,78 @@ fn an_older_wal_cut_at_a_record_boundary_is_refused_when_a_later_wal_holds_recor
     db.close().unwrap();
 }
 
+/// The same cut, with the later WAL holding no batch, only the record saying every earlier
+/// WAL is durable (what a `close` right after a rotation leaves): no seqno shows the gap,
+/// but the older WAL, known durable whole, does not end in the record naming its
+/// successor, so it was cut. Before, every open (and `sluice verify --deep`) took the cut
+/// end for the end of the log and lost the writes cut away, synced ones included (found by
+/// a corruption campaign). Point-in-time recovery keeps what comes before the cut.
+#[test]
+fn an_older_wal_cut_at_a_record_boundary_is_refused_when_a_later_wal_notes_it_durable() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let (keys, wals) = build_chained_wals(&pristine);
+    let in_newest = keys_in_wal(&wals[1]);
+    // The later WAL: its records replaced by the one saying the earlier WALs are durable.
+    rewrite_log(&wals[1], LogKind::Wal, |recs| *recs = vec![vec![0u8; 12]]);
+    let intact = {
+        let db = Db::open_read_only(&pristine, Options::default()).unwrap();
+        dump(&db).unwrap().len()
+    };
+    assert_eq!(
+        intact,
+        keys.len() - in_newest,
+        "uncut, every write of the older WAL is there"
+    );
+    let in_older = keys_in_wal(&wals[0]);
+    // Cut after its third-last record (two batches and the successor record go), and cut
+    // to its header (every record goes).
+    for keep in [Some(3), None] {
+        let what = format!("cut keeping all but {keep:?} records");
+        let dir = root.path().join(format!("cut-{keep:?}"));
+        copy_dir(&pristine, &dir);
+        let cut = dir.join(name(&wals[0]));
+        rewrite_log(&cut, LogKind::Wal, |recs| {
+            recs.truncate(keep.map_or(0, |k| recs.len() - k));
+        });
+        let lost = in_older - keys_in_wal(&cut);
+        assert!(lost > 0, "{what}: test setup");
+        let e = open_err(&dir, Options::default(), &what);
+        assert_corruption_naming(&e, &name(&wals[0]), &what);
+        assert!(matches!(e, Error::WalDamaged { .. }), "{what}: {e:?}");
+        match Db::open_read_only(&dir, Options::default()) {
+            Err(e) => assert_corruption_naming(&e, &name(&wals[0]), &what),
+            Ok(db) => panic!(
+                "{what}: read-only open took the cut: {} keys",
+                dump(&db).unwrap().len()
+            ),
+        }
+        let rep = verify(&dir);
+        assert!(
+            rep.errors().any(|p| p.check == "wal"
+                && p.file.as_ref().is_some_and(|f| f.ends_with(name(&wals[0])))),
+            "{what}: verify: {:?}",
+            rep.problems
+        );
+        let db = Db::open(
+            &dir,
+            Options {
+                wal_recovery: WalRecovery::PointInTime,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            dump(&db).unwrap().len(),
+            intact - lost,
+            "{what}: point in time keeps all before the cut"
+        );
+        assert!(db.recovery_report().wal_dropped_after_damage > 0, "{what}");
+        db.close().unwrap();
+    }
+}
+
 /// A stray WAL numbered between a WAL and the successor it names is damage, whether or
 /// not that successor is in the directory: a read-only open refuses it as corruption. A
 /// live rotation can only leave a listing without a successor that nothing or a higher

@@ -1075,6 +1075,14 @@ impl Inner {
         self.check_writable()?;
         let func = Arc::new(PartitionFn::new(spec)?);
         let mut core = self.core.lock();
+        let live = core.registry.values().filter(|r| !r.retired).count();
+        if live >= crate::MAX_LIVE_LAYOUTS {
+            return Err(Error::LayoutRefused(format!(
+                "{live} layout versions are live, the most there can be (every read consults \
+                 each): retire the ones no longer needed (Db::retire_version), or let the \
+                 draining ones finish"
+            )));
+        }
         let last = core.registry.keys().next_back().copied().unwrap_or(0);
         let id = last.checked_add(1).ok_or_else(|| {
             Error::LayoutRefused(format!(
@@ -1443,6 +1451,39 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Registering past `MAX_LIVE_LAYOUTS` live versions is refused, names the way out, and
+    /// changes nothing; retiring one makes room again, and the count holds across a reopen.
+    #[test]
+    fn live_layout_versions_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        db.put("k", "v").unwrap();
+        let hash = |seed| PartitionSpec::Hash {
+            partitions: 2,
+            seed,
+            hashed_prefix: None,
+        };
+        let mut ids = Vec::new();
+        for seed in 1..crate::MAX_LIVE_LAYOUTS as u64 {
+            ids.push(db.register_partition_fn(hash(seed)).unwrap());
+        }
+        assert_eq!(db.layout().versions.len(), crate::MAX_LIVE_LAYOUTS);
+        let refused = |db: &Db| match db.register_partition_fn(hash(1000)) {
+            Err(Error::LayoutRefused(why)) => assert!(why.contains("retire"), "{why}"),
+            other => panic!("registering one too many: {other:?}"),
+        };
+        refused(&db);
+        assert_eq!(db.layout().versions.len(), crate::MAX_LIVE_LAYOUTS);
+        db.close().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        refused(&db);
+        db.retire_version(ids[0]).unwrap();
+        let v = db.register_partition_fn(hash(1000)).unwrap();
+        db.set_target(v).unwrap();
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        db.close().unwrap();
+    }
 
     /// A candidate that never became the target retires on request, and replay agrees;
     /// the target, a pinned version and one holding data stay.

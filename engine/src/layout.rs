@@ -14,6 +14,11 @@ use crate::error::{Error, Result};
 
 /// The most partitions one layout version may have.
 pub const MAX_PARTITIONS: u32 = 4096;
+
+/// Most layout versions live at once (registered and not retired). Every read consults
+/// each live version, so a runaway caller (a controller registering in a loop) is refused
+/// with `Error::LayoutRefused` long before reads suffer or specs fill memory.
+pub const MAX_LIVE_LAYOUTS: usize = 64;
 /// Nesting limit for `Split` specs, so a hostile manifest cannot recurse without bound.
 const MAX_SPLIT_DEPTH: usize = 8;
 

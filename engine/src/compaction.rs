@@ -205,7 +205,9 @@ fn scores(
     v.push((0, l0_score(inner, part, &sh)));
     for level in 1..MAX_LEVELS - 1 {
         let bytes = part.level_bytes(level);
-        let score = if level < sh.base {
+        let score = if holds_for_migration(inner, &sh, part, level) {
+            0.0
+        } else if level < sh.base {
             // Above the base level (the partition shrank, or data was placed there):
             // drain it down.
             if bytes > 0 {
@@ -226,6 +228,22 @@ fn scores(
     v
 }
 
+/// Whether `level` keeps its files while migration fills the partition: the level above
+/// the last one does not move into it, so the last level holds only migrated data, where
+/// migration outputs land (`place_outputs`) without overlapping foreground writes. Old
+/// data placed under a file of new writes spanning the key space had to go to L0 and be
+/// rewritten on its way down again, four to five times over an 8M-key migration.
+///
+/// The hold lasts while the level stays within `multiplier` × its target: a migration
+/// paused for long under heavy writes must not grow it without bound.
+fn holds_for_migration(inner: &Inner, sh: &Shape, part: &PartitionFiles, level: usize) -> bool {
+    sh.filling
+        && level == MAX_LEVELS - 2
+        && sh.base <= level
+        && part.level_bytes(level)
+            <= sh.targets[level].saturating_mul(inner.opts.level_multiplier.max(2))
+}
+
 /// Estimated bytes compaction must still rewrite to bring every level under target.
 pub(crate) fn pending_bytes(inner: &Inner, files: &FileSet) -> u64 {
     let mut debt = 0u64;
@@ -239,6 +257,9 @@ pub(crate) fn pending_bytes(inner: &Inner, files: &FileSet) -> u64 {
             }
             for level in 1..MAX_LEVELS - 1 {
                 let b = p.level_bytes(level);
+                if holds_for_migration(inner, &sh, p, level) {
+                    continue;
+                }
                 if level < sh.base {
                     debt = debt.saturating_add(b.saturating_mul(2));
                 } else if b > sh.targets[level] {
@@ -902,7 +923,7 @@ mod tests {
         rounds: u32,
         keys: u32,
         step: usize,
-        entry: impl Fn(u32, u32) -> (String, String),
+        mut entry: impl FnMut(u32, u32) -> (String, String),
     ) {
         for round in 1..=rounds {
             for i in (0..keys).step_by(step) {
@@ -1079,6 +1100,132 @@ mod tests {
             assert_eq!(
                 db.get(format!("k{i:08}")).unwrap().as_deref(),
                 Some(want.as_bytes()),
+                "k{i:08}"
+            );
+        }
+        assert_eq!(db.range(..).count(), KEYS as usize);
+    }
+
+    /// While migration fills a target partition, the level above the last does not move
+    /// into it, even over its target: the last level holds only migrated data, so migration
+    /// outputs land there (not in L0, to be rewritten on their way down). Past `multiplier`
+    /// × its target the level moves down anyway, and once the migration is done it moves
+    /// down as usual. Every key reads its newest value throughout.
+    #[test]
+    fn the_last_level_of_a_filling_partition_is_kept_for_migrated_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            level_base_bytes: 64 << 10,
+            level_multiplier: 4,
+            target_file_bytes: 16 << 10,
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 0,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        const KEYS: u32 = 20_000;
+        load_compacted(&db, KEYS, |i| format!("k{i:08}"));
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 0,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let last = MAX_LEVELS - 1;
+        // (level above the last: bytes, its target, whether it is held), per partition.
+        let above_last = |db: &Db| -> Vec<(u64, u64, bool)> {
+            let view = db.inner.view.load();
+            let files = &view.files;
+            let target = files.target_layout();
+            let incoming = incoming_per_partition(files, target);
+            target
+                .parts
+                .iter()
+                .map(|p| {
+                    let sh = shape(&db.inner, target, p, incoming);
+                    (
+                        p.level_bytes(last - 1),
+                        sh.targets[last - 1],
+                        holds_for_migration(&db.inner, &sh, p, last - 1),
+                    )
+                })
+                .collect()
+        };
+        let level_files = |db: &Db, level: usize| -> Vec<usize> {
+            let view = db.inner.view.load();
+            let files = &view.files;
+            files
+                .target_layout()
+                .parts
+                .iter()
+                .map(|p| p.levels[level].len())
+                .collect()
+        };
+        let mut newest: Vec<String> = (0..KEYS).map(|i| value(0, i)).collect();
+        // Rounds `first+1 ..= first+trigger` of every `step`-th key, one flush each: enough
+        // L0 files for a compaction.
+        let trigger = db.inner.opts.level0_compaction_trigger as u32;
+        let mut write_rounds = |db: &Db, first: u32, step: usize| {
+            flush_rounds(db, trigger, KEYS, step, |r, i| {
+                newest[i as usize] = value(first + r, i);
+                (format!("k{i:08}"), value(first + r, i))
+            });
+            quiet(db);
+        };
+
+        // Foreground writes past the level's target: held, the last level stays empty.
+        write_rounds(&db, 0, 2);
+        let a = above_last(&db);
+        assert!(
+            a.iter()
+                .any(|&(bytes, target, held)| held && bytes > target),
+            "test setup: no partition has its level above the last over target: {a:?}"
+        );
+        assert!(a.iter().all(|&(_, _, held)| held), "{a:?}");
+        assert_eq!(
+            level_files(&db, last),
+            vec![0; 4],
+            "foreground data reached the last level"
+        );
+
+        // Part of the migration: its outputs land in the last level, none in L0.
+        let l0 = level_files(&db, 0);
+        assert!(db.migrate_now(Some(200 << 10)).unwrap() > 0);
+        assert_eq!(level_files(&db, 0), l0, "migration outputs went to L0");
+        assert!(
+            level_files(&db, last).iter().all(|&n| n > 0),
+            "{:?}",
+            level_files(&db, last)
+        );
+
+        // Past `multiplier` × its target, the level moves down although still filling.
+        for first in 1..=4 {
+            write_rounds(&db, first * trigger, 1);
+        }
+        for (pi, &(bytes, target, held)) in above_last(&db).iter().enumerate() {
+            assert!(
+                bytes <= target * 4,
+                "partition {pi}: {bytes} bytes held over 4 × {target} (held: {held})"
+            );
+        }
+
+        // Migration done: the level moves down as usual.
+        db.migrate_now(None).unwrap();
+        assert_eq!(db.migration_progress().bytes_left(), 0);
+        quiet(&db);
+        for (pi, &(bytes, target, held)) in above_last(&db).iter().enumerate() {
+            assert!(!held, "partition {pi} still held after the migration");
+            assert!(
+                bytes <= target,
+                "partition {pi}: {bytes} bytes over target {target}"
+            );
+        }
+        for i in (0..KEYS).step_by(7) {
+            assert_eq!(
+                db.get(format!("k{i:08}")).unwrap().as_deref(),
+                Some(newest[i as usize].as_bytes()),
                 "k{i:08}"
             );
         }

@@ -103,6 +103,11 @@ pub struct RecoveryReport {
     /// what survives has no hole): (file, offset where its intact records end, WAL bytes
     /// dropped from there on, later WALs included).
     pub wal_cut_short: Option<(PathBuf, u64, u64)>,
+    /// With [`crate::WalRecovery::PointInTime`]: an older WAL known durable whole that did
+    /// not end in the record naming its successor (cut at a record boundary, so writes at
+    /// its end may be lost): (file, offset where it ends). Replay stopped there, and the
+    /// later WALs' bytes are in `wal_dropped_after_damage`.
+    pub wal_unended: Option<(PathBuf, u64)>,
     pub manifest_torn_tail: Option<(PathBuf, u64)>,
     pub orphans_removed: usize,
 }

@@ -1655,14 +1655,15 @@ fn verify_wals(dir: &Path, state: Option<&DirState>, rep: &mut VerifyReport) -> 
         // As recovery has it: an older WAL known durable whole that does not end in the
         // record naming the next was cut short, at a record boundary (a damaged end is
         // reported above; a later batch shows the cut as missing seqnos). Unless it grew
-        // while we read it: a live rotation.
+        // or went while we read it: a live rotation, or a flush that deleted it once the
+        // manifest no longer needed it; neither is damage.
         if records_follow
             && !may_be_cut
             && !batches_after[i]
             && c.successor.is_none()
             && c.tail.is_none()
             && versions[i] >= crate::log::SUCCESSOR_VERSION
-            && !std::fs::metadata(&w.path).is_ok_and(|m| m.len() > c.len)
+            && std::fs::metadata(&w.path).is_ok_and(|m| m.len() <= c.len)
         {
             rep.problems.push(Problem::error(
                 "wal",

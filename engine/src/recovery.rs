@@ -589,6 +589,7 @@ pub(crate) fn replay_wals(
             });
             if point_in_time {
                 report.wal_dropped_after_damage = later_size();
+                report.wal_unended = Some((path.clone(), end));
             }
             break;
         }

@@ -1434,7 +1434,14 @@ fn an_older_wal_cut_at_a_record_boundary_is_refused_when_a_later_wal_notes_it_du
             intact - lost,
             "{what}: point in time keeps all before the cut"
         );
-        assert!(db.recovery_report().wal_dropped_after_damage > 0, "{what}");
+        let rep = db.recovery_report();
+        assert!(rep.wal_dropped_after_damage > 0, "{what}");
+        assert!(
+            rep.wal_unended
+                .as_ref()
+                .is_some_and(|(p, _)| p.ends_with(name(&wals[0]))),
+            "{what}: the report does not name the cut WAL: {rep:?}"
+        );
         db.close().unwrap();
     }
 }

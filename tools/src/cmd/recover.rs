@@ -53,6 +53,12 @@ struct RecoverJson {
     wal_dropped_after_damage: u64,
     /// Point in time: the WAL missing from the chain that recovery stopped before.
     wal_missing: Option<String>,
+    /// A WAL rotated away from that a crash cut short before its background fsync; the
+    /// later WALs (unsynced writes only) were dropped.
+    wal_cut_short: Option<TornJson>,
+    /// Point in time: an older WAL known durable whole that did not end in the record
+    /// naming its successor (cut at a record boundary); recovery stopped at its end.
+    wal_unended: Option<TornJson>,
     manifest_torn_tail: Option<TornJson>,
     orphans_removed: usize,
     last_seqno: u64,
@@ -112,6 +118,16 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         }),
         wal_dropped_after_damage: rep.wal_dropped_after_damage,
         wal_missing: rep.wal_missing.clone(),
+        wal_cut_short: rep.wal_cut_short.as_ref().map(|(p, offset, dropped)| TornJson {
+            file: file(p),
+            offset: *offset,
+            bytes_dropped: *dropped,
+        }),
+        wal_unended: rep.wal_unended.as_ref().map(|(p, offset)| TornJson {
+            file: file(p),
+            offset: *offset,
+            bytes_dropped: rep.wal_dropped_after_damage,
+        }),
         manifest_torn_tail: rep.manifest_torn_tail.as_ref().map(|(p, offset)| TornJson {
             file: file(p),
             offset: *offset,
@@ -149,6 +165,20 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             out,
             "a WAL is missing, recovered up to it and dropped what followed ({} bytes): {m}",
             doc.wal_dropped_after_damage
+        )?;
+    }
+    if let Some(t) = &doc.wal_cut_short {
+        writeln!(
+            out,
+            "{} was cut short by a crash before its background fsync, at offset {}: dropped the later WALs, which held only unsynced writes ({} bytes)",
+            t.file, t.offset, t.bytes_dropped
+        )?;
+    }
+    if let Some(t) = &doc.wal_unended {
+        writeln!(
+            out,
+            "{} does not end in the record naming the WAL after it (cut at offset {}; writes at its end may be lost): recovered up to it and dropped the later WALs ({} bytes)",
+            t.file, t.offset, t.bytes_dropped
         )?;
     }
     if let Some(t) = &doc.manifest_torn_tail {

@@ -795,7 +795,33 @@ fn load(
     let unnamed_past_a_drop = if wal_last.dropped_suffix {
         unnamed
     } else {
-        check_unnamed_tables(fs.as_ref(), &unnamed, last_seqno)?;
+        check_unnamed_tables(fs.as_ref(), &unnamed, last_seqno).map_err(|e| {
+            // With a WAL cut at its end as well, the table may hold the very writes cut
+            // away (a flush of that WAL's memtable the crash interrupted): say both.
+            match (e, &wal_last.unended) {
+                (
+                    Error::Corruption {
+                        file,
+                        offset,
+                        reason,
+                    },
+                    Some(Error::WalDamaged {
+                        file: w,
+                        offset: at,
+                        ..
+                    }),
+                ) => Error::Corruption {
+                    file,
+                    offset,
+                    reason: format!(
+                        "{reason}; or it holds writes cut from the end of {} (which \
+                             ends at offset {at} without the record naming its successor)",
+                        w.display()
+                    ),
+                },
+                (e, _) => e,
+            }
+        })?;
         Vec::new()
     };
     if let Some(e) = wal_last.unended {

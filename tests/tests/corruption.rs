@@ -1446,6 +1446,63 @@ fn an_older_wal_cut_at_a_record_boundary_is_refused_when_a_later_wal_notes_it_du
     }
 }
 
+/// The cut of the test above, plus a table no manifest edit names that holds the writes
+/// of the older WAL's memtable (an open's flush of it whose manifest edit failed): the
+/// open is refused naming the table, and the reason names the cut WAL too, since the
+/// table may hold the very writes cut away.
+#[test]
+fn an_unnamed_table_past_a_cut_wal_is_refused_naming_both() {
+    use sluice::fs::{Fault, FaultFs, FaultKind, FsOp};
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let (_, wals) = build_chained_wals(&pristine);
+    rewrite_log(&wals[1], LogKind::Wal, |recs| *recs = vec![vec![0u8; 12]]);
+    // An open whose flush of the replayed WALs writes its table but cannot record it: the
+    // manifest's appends fail after the open's fresh snapshot.
+    let mut made = None;
+    for skip in 0..4 {
+        let dir = root.path().join(format!("unnamed-{skip}"));
+        copy_dir(&pristine, &dir);
+        let fs = FaultFs::new();
+        fs.inject(Fault {
+            op: FsOp::Append,
+            path_contains: Some("MANIFEST".into()),
+            kind: FaultKind::Io,
+            skip,
+            sticky: true,
+        });
+        let r = Db::open(
+            &dir,
+            Options {
+                fs: std::sync::Arc::new(fs.clone()),
+                ..Options::default()
+            },
+        );
+        drop(r);
+        let tables_before = files_ending(&pristine, ".sst").len();
+        if files_ending(&dir, ".sst").len() > tables_before {
+            made = Some(dir);
+            break;
+        }
+    }
+    let dir = made.expect("test setup: no open left an unnamed table");
+    rewrite_log(&dir.join(name(&wals[0])), LogKind::Wal, |recs| {
+        recs.truncate(recs.len() - 3);
+    });
+    let e = open_err(&dir, Options::default(), "cut WAL and unnamed table");
+    let s = e.to_string();
+    assert!(e.is_corruption(), "{e:?}");
+    assert!(
+        s.contains(".sst") && s.contains("no manifest edit names"),
+        "{s}"
+    );
+    assert!(
+        s.contains(&name(&wals[0])) && s.contains("cut from the end"),
+        "{s}"
+    );
+}
+
 /// A stray WAL numbered between a WAL and the successor it names is damage, whether or
 /// not that successor is in the directory: a read-only open refuses it as corruption. A
 /// live rotation can only leave a listing without a successor that nothing or a higher

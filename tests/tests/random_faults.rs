@@ -3,7 +3,7 @@
 //! random operations (ENOSPC, EIO, EACCES or a short write, on an append, fsync, create,
 //! rename, removal, directory fsync, map or read of the WAL, a table, the manifest,
 //! `CURRENT` or any file; once or from then on), ending in a clean close, a drop or a power
-//! cut; now and then with the background fsyncs of older WALs held back for a while.
+//! cut (losing every unsynced byte, or only some files' as out-of-order writeback does); now and then with the background fsyncs of older WALs held back for a while.
 //! `faults.rs` tests each fault on its own, where it is expected; this test puts them
 //! where nobody thought to.
 //!
@@ -427,7 +427,32 @@ fn check_scan(db: &Db, h: &History, fs: &FaultFs, fired: u64, what: &str) {
 enum End {
     Close,
     Drop,
-    PowerCut,
+    /// `writeback`: the OS had written back the unsynced bytes of some files and not of
+    /// others (those a hash of the path salted with this picks), as out-of-order writeback
+    /// leaves them; `None`: every unsynced byte is lost.
+    PowerCut {
+        writeback: Option<u64>,
+    },
+}
+
+fn random_end(r: &mut StdRng) -> End {
+    match r.random_range(0..6) {
+        0 | 1 => End::Close,
+        2 | 3 => End::Drop,
+        4 => End::PowerCut { writeback: None },
+        _ => End::PowerCut {
+            writeback: Some(r.random()),
+        },
+    }
+}
+
+/// Whether a power cut with out-of-order writeback salted `salt` kept `path`'s unsynced
+/// bytes.
+fn written_back(path: &Path, salt: u64) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (path, salt).hash(&mut h);
+    h.finish().is_multiple_of(2)
 }
 
 /// Ends `db` as `end`, disarms the faults, then reads the directory back (through `fs`,
@@ -443,7 +468,7 @@ fn end_and_settle(
     what: &str,
 ) {
     let mut must_all = false;
-    if matches!(end, End::PowerCut) {
+    if matches!(end, End::PowerCut { .. }) {
         // Background WAL syncs held now fail, as the power is gone.
         fs.fail_all_syncs();
     }
@@ -468,9 +493,16 @@ fn end_and_settle(
             must_all = healthy;
             drop(db);
         }
-        End::PowerCut => fs.power_cut(db).expect("power cut"),
+        End::PowerCut { writeback: None } => fs.power_cut(db).expect("power cut"),
+        End::PowerCut {
+            writeback: Some(salt),
+        } => {
+            drop(db);
+            fs.lose_unsynced_except(|p| written_back(p, salt))
+                .expect("power cut");
+        }
     }
-    if !matches!(end, End::PowerCut) && fs.injected() == fired {
+    if !matches!(end, End::PowerCut { .. }) && fs.injected() == fired {
         must_all = true;
     }
     fs.clear();
@@ -701,9 +733,9 @@ fn run(seed: u64) -> Seen {
             _ => {
                 // End this handle and reopen through the faulty file system.
                 let end = if power_cut_now {
-                    End::PowerCut
+                    End::PowerCut { writeback: None }
                 } else {
-                    [End::Close, End::Drop, End::PowerCut][r.random_range(0..3)]
+                    random_end(&mut r)
                 };
                 if trace() {
                     eprintln!("  reopen after {end:?}");
@@ -740,7 +772,7 @@ fn run(seed: u64) -> Seen {
             }
         }
     }
-    let end = [End::Close, End::Drop, End::PowerCut][r.random_range(0..3)];
+    let end = random_end(&mut r);
     let what = format!(
         "seed {seed} end ({end:?}, {reopens} reopens, {} faults fired)",
         fs.injected()

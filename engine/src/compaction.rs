@@ -974,6 +974,36 @@ mod tests {
         }
     }
 
+    /// Small levels on `fs`, and no background migration or lazy moves: what drains, and
+    /// when, is the test's.
+    fn shaped_options(fs: &FaultFs) -> Options {
+        Options {
+            fs: Arc::new(fs.clone()),
+            level_base_bytes: 64 << 10,
+            level_multiplier: 4,
+            target_file_bytes: 16 << 10,
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 0,
+            ..Options::default()
+        }
+    }
+
+    /// Round-0 values for keys `k00000000..` (`keys` of them) compacted under the first
+    /// layout, then a 4-partition hash layout targeted. Returns (old target, new target).
+    fn loaded_then_hash4(db: &Db, keys: u32) -> (crate::VersionId, crate::VersionId) {
+        load_compacted(db, keys, |i| format!("k{i:08}"));
+        let v1 = db.layout().target;
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 0,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        (v1, v2)
+    }
+
     /// A target partition that a (paused) migration has yet to fill is shaped for the data
     /// still draining into it: L0 compacts into a level above the last, not into the last
     /// level (which would mean rewriting all of it on every L0 compaction once migration
@@ -984,27 +1014,10 @@ mod tests {
     fn target_partitions_are_shaped_for_the_data_draining_into_them() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        let opts = || Options {
-            fs: Arc::new(fs.clone()),
-            level_base_bytes: 64 << 10,
-            level_multiplier: 4,
-            target_file_bytes: 16 << 10,
-            migration_bytes_per_sec: 0,
-            move_bytes_per_sec: 0,
-            ..Options::default()
-        };
+        let opts = || shaped_options(&fs);
         let db = Db::open(dir.path(), opts()).unwrap();
         const KEYS: u32 = 20_000;
-        load_compacted(&db, KEYS, |i| format!("k{i:08}"));
-        let v1 = db.layout().target;
-        let v2 = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 0,
-                hashed_prefix: None,
-            })
-            .unwrap();
-        db.set_target(v2).unwrap();
+        let (v1, _) = loaded_then_hash4(&db, KEYS);
 
         {
             let view = db.inner.view.load();
@@ -1114,25 +1127,9 @@ mod tests {
     #[test]
     fn the_last_level_of_a_filling_partition_is_kept_for_migrated_data() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            level_base_bytes: 64 << 10,
-            level_multiplier: 4,
-            target_file_bytes: 16 << 10,
-            migration_bytes_per_sec: 0,
-            move_bytes_per_sec: 0,
-            ..Options::default()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
+        let db = Db::open(dir.path(), shaped_options(&FaultFs::new())).unwrap();
         const KEYS: u32 = 20_000;
-        load_compacted(&db, KEYS, |i| format!("k{i:08}"));
-        let v2 = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 0,
-                hashed_prefix: None,
-            })
-            .unwrap();
-        db.set_target(v2).unwrap();
+        loaded_then_hash4(&db, KEYS);
         let last = MAX_LEVELS - 1;
         // (level above the last: bytes, its target, whether it is held), per partition.
         let above_last = |db: &Db| -> Vec<(u64, u64, bool)> {

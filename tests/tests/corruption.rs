@@ -1380,8 +1380,7 @@ fn an_older_wal_cut_at_a_record_boundary_is_refused_when_a_later_wal_notes_it_du
     let pristine = root.path().join("pristine");
     let (keys, wals) = build_chained_wals(&pristine);
     let in_newest = keys_in_wal(&wals[1]);
-    // The later WAL: its records replaced by the one saying the earlier WALs are durable.
-    rewrite_log(&wals[1], LogKind::Wal, |recs| *recs = vec![vec![0u8; 12]]);
+    later_wal_only_notes_earlier_durable(&wals[1]);
     let intact = {
         let db = Db::open_read_only(&pristine, Options::default()).unwrap();
         dump(&db).unwrap().len()
@@ -1446,6 +1445,12 @@ fn an_older_wal_cut_at_a_record_boundary_is_refused_when_a_later_wal_notes_it_du
     }
 }
 
+/// Replaces a WAL's records by the one saying every earlier WAL is durable (twelve zero
+/// bytes), as a `close` right after a rotation leaves the newer WAL.
+fn later_wal_only_notes_earlier_durable(wal: &Path) {
+    rewrite_log(wal, LogKind::Wal, |recs| *recs = vec![vec![0u8; 12]]);
+}
+
 /// The cut of the test above, plus a table no manifest edit names that holds the writes
 /// of the older WAL's memtable (an open's flush of it whose manifest edit failed): the
 /// open is refused naming the table, and the reason names the cut WAL too, since the
@@ -1457,7 +1462,7 @@ fn an_unnamed_table_past_a_cut_wal_is_refused_naming_both() {
     let root = tempfile::tempdir().unwrap();
     let pristine = root.path().join("pristine");
     let (_, wals) = build_chained_wals(&pristine);
-    rewrite_log(&wals[1], LogKind::Wal, |recs| *recs = vec![vec![0u8; 12]]);
+    later_wal_only_notes_earlier_durable(&wals[1]);
     // An open whose flush of the replayed WALs writes its table but cannot record it: the
     // manifest's appends fail after the open's fresh snapshot.
     let mut made = None;

@@ -118,6 +118,10 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     memtable_mb: Option<u64>,
 
+    /// Target SSTable size in MiB (`Options::target_file_bytes`; engine default if omitted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    target_file_mb: Option<u64>,
+
     /// Frozen memtables that may wait for a flush before writers stop
     /// (`Options::max_immutable_memtables`; engine default if omitted).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -403,6 +407,9 @@ fn sluice_options(cli: &Cli) -> Options {
     } else if cli.workloads.contains(&Workload::CompactionStress) {
         // compactionstress wants constant flushes and compactions.
         opts.memtable_bytes = 1 << 20;
+    }
+    if let Some(mb) = cli.target_file_mb {
+        opts.target_file_bytes = mb.saturating_mul(1 << 20);
     }
     if let Some(n) = cli.max_immutable_memtables {
         opts.max_immutable_memtables = n as usize;

@@ -497,6 +497,11 @@ fn migrate(
         };
         if may_finish && db.migration_progress().is_complete() {
             completed = true;
+            eprintln!(
+                "sluice-stress: migration complete at {:.1} s: {}",
+                sm.elapsed(),
+                crate::lsm_shape(&db.stats())
+            );
             events.push(Event {
                 at_s: sm.elapsed(),
                 what: "migration complete".into(),
@@ -607,12 +612,25 @@ fn around(rows: &[Row], at: f64) -> Value {
 
 fn device_json(run: &Run) -> Value {
     let (b, a) = (&run.before, &run.after);
+    let by_level = |f: fn(&sluice::LevelStats) -> u64| -> Vec<u64> {
+        a.levels
+            .iter()
+            .map(|l| {
+                let before = b.levels.iter().find(|x| x.level == l.level).map_or(0, f);
+                f(l).saturating_sub(before)
+            })
+            .collect()
+    };
     json!({
         "user_bytes": a.user_bytes_written - b.user_bytes_written,
         "device_bytes": crate::device_bytes(a) - crate::device_bytes(b),
         "wal_bytes": a.wal_bytes_written - b.wal_bytes_written,
         "flush_bytes": a.bytes_flushed - b.bytes_flushed,
         "compaction_bytes": a.compaction_bytes_written - b.compaction_bytes_written,
+        // Where the compaction bytes went, level by level (L0 first), and of them what
+        // migration compactions wrote: old data landing high is written again below.
+        "compaction_bytes_by_level": by_level(|l| l.compaction_bytes_written),
+        "migration_bytes_by_level": by_level(|l| l.migration_bytes_written),
         "os_write_bytes": run.os_write,
         "stall_ms": ((a.stall_micros + a.slowdown_micros) - (b.stall_micros + b.slowdown_micros)) as f64 / 1000.0,
         "settle_secs": run.settle_secs,
@@ -1050,7 +1068,10 @@ pub fn run(db: &Db, ctx: &ScenarioCtx<'_>, kind: Kind) -> BenchResult<Done> {
 fn compact_measured(db: &Db, since: &Stats) -> BenchResult<(u64, f64, u64)> {
     let before = crate::device_bytes(since);
     let t = Instant::now();
-    eprintln!("sluice-stress: full compaction (for the write amplification figure)");
+    eprintln!(
+        "sluice-stress: full compaction (for the write amplification figure) of {}",
+        crate::lsm_shape(since)
+    );
     db.compact()?;
     let s = db.stats();
     Ok((

@@ -1321,6 +1321,8 @@ impl Inner {
         let mut levels: Vec<LevelStats> = (0..crate::manifest::MAX_LEVELS)
             .map(|level| LevelStats {
                 level,
+                compaction_bytes_written: g(&c.level_written[level]),
+                migration_bytes_written: g(&c.level_migrated[level]),
                 ..Default::default()
             })
             .collect();

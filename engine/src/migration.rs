@@ -9,12 +9,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::compaction::CompactionJob;
 use crate::db::{Core, Inner, VersionId, View};
 use crate::error::Result;
 use crate::manifest::MAX_LEVELS;
+use crate::version::FileMeta;
 
 /// Pointer files a draining partition may collect before they are merged into one.
 const MAX_POINTER_FILES: usize = 8;
@@ -278,10 +280,20 @@ impl Inner {
         Some(job)
     }
 
-    /// The next draining file to migrate (deepest level first, then key order), marking its
-    /// partition busy.
+    /// The next draining file to migrate, marking its partition busy: of each partition's
+    /// deepest non-empty level its first file, and of those the one with the smallest key,
+    /// across every partition of every draining layout.
+    ///
+    /// Key order across partitions matters when the draining partitions overlap in key
+    /// space (a hash layout): taken partition after partition, each source partition's
+    /// data became one more sorted run spanning every target partition, to be merged with
+    /// all the others there. Taken in key order, the files migrated together cover about
+    /// the same key range, so their outputs overlap one another but not what migrated
+    /// before, and the target merges them within that range only. From a range layout the
+    /// order is the same as before: its partitions are key-ordered.
     pub(crate) fn pick_draining_file(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
         let target = view.files.target;
+        let mut next: Option<(u32, u32, Arc<FileMeta>)> = None;
         for layout in view.files.draining() {
             for (pi, part) in layout.parts.iter().enumerate() {
                 let pi = pi as u32;
@@ -305,28 +317,21 @@ impl Inner {
                     job.pointer_merge = true;
                     return Some(job);
                 }
-                let Some(f) = (0..MAX_LEVELS)
-                    .rev()
-                    .find_map(|l| part.levels[l].first())
-                    .cloned()
-                else {
+                let Some(f) = (0..MAX_LEVELS).rev().find_map(|l| part.levels[l].first()) else {
                     continue;
                 };
-                core.busy.insert((layout.id, pi));
-                let level = f.level as usize;
-                return Some(self.new_job(
-                    core,
-                    view,
-                    layout.id,
-                    pi,
-                    level,
-                    vec![f],
-                    false,
-                    Some(target),
-                ));
+                if next
+                    .as_ref()
+                    .is_none_or(|(_, _, g)| f.smallest < g.smallest)
+                {
+                    next = Some((layout.id, pi, f.clone()));
+                }
             }
         }
-        None
+        let (version, pi, f) = next?;
+        core.busy.insert((version, pi));
+        let level = f.level as usize;
+        Some(self.new_job(core, view, version, pi, level, vec![f], false, Some(target)))
     }
 
     pub(crate) fn note_migrated(

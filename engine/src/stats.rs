@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::manifest::MAX_LEVELS;
+
 /// Monotonic counters updated on the hot paths (relaxed atomics).
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -35,6 +37,10 @@ pub(crate) struct Counters {
     pub get_table_reads: AtomicU64,
     pub get_false_positives: AtomicU64,
     pub background_errors: AtomicU64,
+    /// Bytes compactions wrote into each level (outputs by the level they were installed
+    /// at), and of those, what migration compactions wrote.
+    pub level_written: [AtomicU64; MAX_LEVELS],
+    pub level_migrated: [AtomicU64; MAX_LEVELS],
 }
 
 impl Counters {
@@ -53,6 +59,11 @@ pub struct LevelStats {
     pub level: usize,
     pub files: usize,
     pub bytes: u64,
+    /// Bytes compactions have written into this level since the database was opened, each
+    /// output counted at the level it was installed at (trivial moves write nothing).
+    pub compaction_bytes_written: u64,
+    /// Of those, bytes migration compactions wrote: where migrated data landed.
+    pub migration_bytes_written: u64,
 }
 
 /// Files and bytes of one partition.

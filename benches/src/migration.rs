@@ -472,6 +472,20 @@ fn migrate(
             {
                 // While rolled back v2 drains into v1; if it drained empty it was retired,
                 // and going forward means registering the same function again.
+                // What migration carried out of v2 (back into v1) while rolled back: v2
+                // drained only then. (Its share of the data is no measure of that: v1's
+                // own bytes shrink and grow with its compactions meanwhile.)
+                let drained_back = db
+                    .migration_progress()
+                    .draining
+                    .iter()
+                    .find(|d| d.version == v2)
+                    .map(|d| d.bytes_migrated);
+                extra.insert("v2_drained_back_bytes".into(), json!(drained_back));
+                extra.insert(
+                    "v2_retired_while_rolled_back".into(),
+                    json!(!db.layout().versions.iter().any(|v| v.id == v2)),
+                );
                 let forward = if db.layout().versions.iter().any(|v| v.id == v2) {
                     v2
                 } else {

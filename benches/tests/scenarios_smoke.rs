@@ -400,9 +400,11 @@ fn rollback_goes_back_and_forward_without_failures() {
         s["around_rollback"]["seconds"].as_array().unwrap().len() >= 2,
         "{s}"
     );
-    // Rolled back: v2 drained back into v1 before going forward again.
+    // Rolled back: v2 drained back into v1 before going forward again. (Not v2's share of
+    // the data at the two moments: v1's own bytes shrink and grow with its compactions
+    // under this overwrite load, and that comparison failed about one run in eight.)
     assert!(
-        f(&s["forward_at_fraction"]) < f(&s["rollback_at_fraction"]),
+        s["v2_retired_while_rolled_back"] == true || s["v2_drained_back_bytes"].as_u64() > Some(0),
         "{s}"
     );
     assert!(s["phases"]["rolledback"]["seconds"].as_f64().unwrap() > 0.0);

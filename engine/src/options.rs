@@ -68,7 +68,9 @@ pub struct Options {
     pub level_base_bytes: u64,
     /// Each level is this many times larger than the one above (2..=1000).
     pub level_multiplier: u64,
-    /// Size at which compaction output files are cut.
+    /// Size at which compaction output files are cut. A partition holding less than 16 ×
+    /// this gets files of a sixteenth of what it holds, down to a sixteenth of this, so that
+    /// its levels move down in small steps.
     pub target_file_bytes: u64,
     /// Estimated compaction debt at which writes are slowed down.
     pub pending_compaction_slowdown_bytes: u64,

@@ -1401,7 +1401,8 @@ mod tests {
 
     /// A partition holding less than 16 × `target_file_bytes` is cut into files of a
     /// sixteenth of what it holds (not under a sixteenth of `target_file_bytes`), so its
-    /// levels move down in small steps; a large one is cut at `target_file_bytes`.
+    /// levels move down in small steps; a large one is cut at `target_file_bytes`. All of
+    /// it survives a power cut.
     #[test]
     fn small_partitions_are_cut_into_proportionally_small_files() {
         let target_file = 512u64 << 10;
@@ -1409,15 +1410,13 @@ mod tests {
         // `want(bytes held)` and that its files are cut at it.
         let check = |partition: PartitionSpec, keys: u32, want: &dyn Fn(u64) -> u64| {
             let dir = tempfile::tempdir().unwrap();
-            let db = Db::open(
-                dir.path(),
-                Options {
-                    partition,
-                    target_file_bytes: target_file,
-                    ..shaped_options(&FaultFs::new())
-                },
-            )
-            .unwrap();
+            let fs = FaultFs::new();
+            let opts = || Options {
+                partition: partition.clone(),
+                target_file_bytes: target_file,
+                ..shaped_options(&fs)
+            };
+            let db = Db::open(dir.path(), opts()).unwrap();
             load_compacted(&db, keys, |i| format!("k{i:08}"));
             let view = db.inner.view.load();
             let layout = view.files.target_layout();
@@ -1439,7 +1438,16 @@ mod tests {
                 );
             }
             drop(view);
-            db.close().unwrap();
+            // A power cut: every table was fsynced before the manifest named it.
+            fs.power_cut(db).unwrap();
+            let db = Db::open(dir.path(), opts()).unwrap();
+            for i in (0..keys).step_by(97) {
+                assert_eq!(
+                    db.get(format!("k{i:08}")).unwrap().as_deref(),
+                    Some(value(0, i).as_bytes())
+                );
+            }
+            assert_eq!(db.range(..).count(), keys as usize);
             cut
         };
         let hash = |partitions| PartitionSpec::Hash {

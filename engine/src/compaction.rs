@@ -1399,6 +1399,72 @@ mod tests {
         assert_eq!(db.range(..).count(), KEYS as usize);
     }
 
+    /// Draining files migrate in key order across source partitions: each step takes, of
+    /// every partition's next file (the first of its deepest level), the one with the
+    /// smallest key, not the next partition's in turn.
+    #[test]
+    fn draining_files_migrate_in_key_order_across_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = |seed| PartitionSpec::Hash {
+            partitions: 4,
+            seed,
+            hashed_prefix: None,
+        };
+        let db = Db::open(
+            dir.path(),
+            Options {
+                partition: hash(0),
+                ..shaped_options(&FaultFs::new())
+            },
+        )
+        .unwrap();
+        load_compacted(&db, 6_000, |i| format!("k{i:08}"));
+        let v1 = db.layout().target.0;
+        let v2 = db.register_partition_fn(hash(1)).unwrap();
+        db.set_target(v2).unwrap();
+        // (each partition's next file number and smallest key, in partition order)
+        let next_files = |db: &Db| -> Vec<(u64, Bytes)> {
+            let view = db.inner.view.load();
+            view.files
+                .layouts
+                .get(&v1)
+                .map(|l| {
+                    l.parts
+                        .iter()
+                        .filter_map(|p| {
+                            (0..MAX_LEVELS)
+                                .rev()
+                                .find_map(|lv| p.levels[lv].first())
+                                .map(|f| (f.number, f.smallest.clone()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (mut steps, mut not_in_turn) = (0, 0);
+        loop {
+            let before = next_files(&db);
+            if before.is_empty() {
+                break;
+            }
+            let want = before.iter().min_by(|a, b| a.1.cmp(&b.1)).unwrap().0;
+            if want != before[0].0 {
+                not_in_turn += 1;
+            }
+            assert!(db.migrate_now(Some(1)).unwrap() > 0);
+            let after = next_files(&db);
+            assert!(
+                !after.iter().any(|f| f.0 == want),
+                "step {steps}: file {want} (smallest key of {before:?}) was not migrated"
+            );
+            steps += 1;
+        }
+        assert!(
+            not_in_turn > 0,
+            "test setup: partition order and key order never differed ({steps} steps)"
+        );
+    }
+
     /// A partition holding less than 16 × `target_file_bytes` is cut into files of a
     /// sixteenth of what it holds (not under a sixteenth of `target_file_bytes`), so its
     /// levels move down in small steps; a large one is cut at `target_file_bytes`. All of

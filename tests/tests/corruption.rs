@@ -1571,13 +1571,12 @@ fn a_stray_wal_inside_the_chain_is_corruption_for_every_open() {
 /// wrong answer.
 fn rewrite_log(path: &Path, kind: LogKind, f: impl FnOnce(&mut Vec<Vec<u8>>)) {
     let data = std::fs::read(path).unwrap();
-    let hlen = u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize;
-    let header = data[8..8 + hlen].to_vec();
-    let log = read_log(data.into(), path, kind).unwrap();
+    let log = read_log(data.clone().into(), path, kind).unwrap();
+    // The header is everything before the first record, kept as it is.
+    let header_end = log.records.first().expect("a log with records").0 as usize;
+    let mut out = data[..header_end].to_vec();
     let mut recs: Vec<Vec<u8>> = log.records.into_iter().map(|(_, p)| p.to_vec()).collect();
     f(&mut recs);
-    let mut out = Vec::new();
-    encode_record(&header, &mut out);
     for r in &recs {
         encode_record(r, &mut out);
     }

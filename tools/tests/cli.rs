@@ -998,26 +998,15 @@ fn an_older_wal_cut_at_a_record_boundary_is_found_and_recovered_point_in_time() 
     let d = dir.path();
     let wal = d.join("000019.log");
     let data = std::fs::read(&wal).unwrap();
-    let hlen = u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize;
-    let header = data[8..8 + hlen].to_vec();
-    let log = read_log(data.into(), &wal, LogKind::Wal).unwrap();
-    let is_batch = |p: &[u8]| p.len() < 12 || p[..12].iter().any(|&b| b != 0);
-    let last_batch = log.records.iter().rposition(|(_, p)| is_batch(p)).unwrap();
-    assert_eq!(
-        log.records.iter().filter(|(_, p)| is_batch(p)).count(),
-        2,
-        "test setup: two batches in the WAL"
-    );
+    let batches = sluice::inspect::read_wal_file(&wal).unwrap().records;
+    assert_eq!(batches.len(), 2, "test setup: two batches in the WAL");
     // The cut: everything from the last batch on gone.
-    let mut cut = Vec::new();
-    encode_record(&header, &mut cut);
-    for (_, p) in &log.records[..last_batch] {
-        encode_record(p, &mut cut);
-    }
+    let cut = data[..batches[1].offset as usize].to_vec();
     std::fs::write(&wal, &cut).unwrap();
-    // A later WAL holding only the record that the earlier WALs were durable.
-    let mut later = Vec::new();
-    encode_record(&header, &mut later);
+    // A later WAL holding only its header and the record that the earlier WALs were
+    // durable.
+    let header_end = read_log(data.into(), &wal, LogKind::Wal).unwrap().records[0].0;
+    let mut later = cut[..header_end as usize].to_vec();
     encode_record(&[0u8; 12], &mut later);
     std::fs::write(d.join("000090.log"), &later).unwrap();
 

@@ -55,6 +55,7 @@ fn build_db(n: u64, boundaries: &[&str], shape: Shape) -> (TempDir, Db) {
         } else {
             0
         },
+        move_on_first_read: true,
         migration_bytes_per_sec: 0,
         ..Options::default()
     };

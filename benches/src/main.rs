@@ -263,6 +263,11 @@ struct Cli {
     #[arg(long)]
     move_mb_per_sec: Option<u64>,
 
+    /// Lazy moves on a key's first read from a draining layout, not only on a read of a key
+    /// read there recently (the engine's default).
+    #[arg(long)]
+    move_on_first_read: bool,
+
     /// Unsynced WAL bytes Sluice keeps in the process before handing them to the OS, in
     /// KiB. 0 hands every commit group to the OS at once. Default: the engine's (64 KiB, or
     /// 10 ms); in `--engines` comparisons 0, as the peers do (fjall persists to the OS
@@ -422,6 +427,7 @@ fn sluice_options(cli: &Cli) -> Options {
     } else if cli.workloads.contains(&Workload::Migration3) {
         opts.move_bytes_per_sec = 0;
     }
+    opts.move_on_first_read = cli.move_on_first_read;
     opts
 }
 
@@ -601,7 +607,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
          partition={partition} target={} compression={:?} key_delta_blocks={} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
-         engine=sluice move_mb_per_sec={} wal_buffer_kb={} wal_sync_kb={}",
+         engine=sluice move_mb_per_sec={} move_on_first_read={} wal_buffer_kb={} wal_sync_kb={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -622,6 +628,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.seed,
         cli.distribution.unwrap_or(Distribution::Uniform),
         opts.move_bytes_per_sec as f64 / (1 << 20) as f64,
+        opts.move_on_first_read,
         opts.wal_buffer_bytes >> 10,
         opts.wal_bytes_per_sync >> 10,
     );

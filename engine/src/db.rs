@@ -242,6 +242,8 @@ pub(crate) struct Inner {
     pub slowdown_debt: Mutex<(Instant, f64)>,
     pub last_background_error: Mutex<Option<String>>,
     pub move_bucket: Mutex<(Instant, f64)>,
+    /// Keys recently read out of draining layouts (which reads move their entry).
+    pub rereads: crate::read::RereadFilter,
     /// The active memtable as the WAL ticker last saw it (WAL number, entries) and since when
     /// it has not changed: how long it has been idle.
     pub mem_idle: Mutex<(u64, usize, Instant)>,
@@ -1371,6 +1373,7 @@ impl Inner {
             lazy_moves,
             lazy_moved_bytes,
             lazy_moves_superseded: g(&c.moves_superseded),
+            lazy_move_first_reads: g(&c.move_first_reads),
             write_amplification: if user == 0 {
                 0.0
             } else {

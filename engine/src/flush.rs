@@ -234,6 +234,7 @@ mod tests {
             },
             migration_bytes_per_sec: 0,
             move_bytes_per_sec: 1 << 30,
+            move_on_first_read: true,
             memtable_bytes: 4 << 20,
             ..Options::tiny()
         };

@@ -2191,6 +2191,7 @@ mod tests {
             level0_slowdown_trigger: 200,
             level0_stop_trigger: 300,
             move_bytes_per_sec: 1 << 30,
+            move_on_first_read: true,
             ..Options::tiny()
         }
     }

@@ -7,7 +7,7 @@
 //! outputs may therefore place an older entry above a newer one without changing any answer.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -234,6 +234,56 @@ fn probe(
 /// Lazy moves waiting to be applied (beyond this, reads stop queueing them).
 const MAX_PENDING_MOVES: usize = 8192;
 
+/// Keys recently read out of draining layouts: a read moves its entry only if the filter
+/// saw its key before (unless [`crate::Options::move_on_first_read`]). A bit set probed at
+/// two places per key, cleared after [`RereadFilter::WINDOW`] keys new to it, so that
+/// "recently" means within about that many first reads. Approximate both ways, and both are
+/// harmless: a false positive moves a key read once, a clear forgets a key read once.
+pub(crate) struct RereadFilter {
+    bits: Box<[AtomicU64]>,
+    added: AtomicU64,
+}
+
+impl RereadFilter {
+    /// 2^20 bits (128 KiB): after `WINDOW` keys, under 1.5% false positives.
+    const BITS_LOG2: u32 = 20;
+    const WINDOW: u64 = 1 << 16;
+
+    pub fn new() -> RereadFilter {
+        RereadFilter {
+            bits: (0..1usize << (Self::BITS_LOG2 - 6))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            added: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `key` was seen since the last clear; records it if not.
+    pub fn seen_before(&self, key: &[u8]) -> bool {
+        let h = xxhash_rust::xxh3::xxh3_64(key);
+        let mask = (1u64 << Self::BITS_LOG2) - 1;
+        let probes = [h & mask, (h >> 32) & mask];
+        let bit = |p: u64| (&self.bits[(p >> 6) as usize], 1u64 << (p & 63));
+        if probes.iter().all(|&p| {
+            let (word, b) = bit(p);
+            word.load(Ordering::Relaxed) & b != 0
+        }) {
+            return true;
+        }
+        for p in probes {
+            let (word, b) = bit(p);
+            word.fetch_or(b, Ordering::Relaxed);
+        }
+        if self.added.fetch_add(1, Ordering::Relaxed) + 1 >= Self::WINDOW {
+            self.added.store(0, Ordering::Relaxed);
+            for w in self.bits.iter() {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+        false
+    }
+}
+
 /// A value a read found in a draining layout, to be copied into the target.
 pub(crate) struct PendingMove {
     key: Bytes,
@@ -297,7 +347,11 @@ impl Inner {
             if let Origin::File(f) = &r.origin {
                 if f.layout_version != view.files.target {
                     drop(view);
-                    self.lazy_move(key, &r, f);
+                    if self.opts.move_on_first_read || self.rereads.seen_before(key) {
+                        self.lazy_move(key, &r, f);
+                    } else {
+                        Counters::add(&self.counters.move_first_reads, 1);
+                    }
                 }
             }
         }
@@ -435,21 +489,36 @@ impl Inner {
 mod tests {
     use std::time::Duration;
 
+    use std::sync::Arc;
+
+    use super::RereadFilter;
+    use crate::fs::FaultFs;
     use crate::test_hooks::{set, Point};
     use crate::{Db, Options, PartitionSpec};
 
     /// 200 keys compacted in v1 (one range partition), draining into a hash v2; lazy moves
-    /// on, no background migration, and no WAL tick to apply queued moves (tests do).
+    /// on (the first read of a key moves it), no background migration, and no WAL tick to
+    /// apply queued moves (tests do).
     fn draining_db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
+        let db = Db::open(dir.path(), draining_opts(&FaultFs::new(), true)).unwrap();
+        fill_then_retarget(&db);
+        (dir, db)
+    }
+
+    fn draining_opts(fs: &FaultFs, move_on_first_read: bool) -> Options {
+        Options {
+            fs: Arc::new(fs.clone()),
             move_bytes_per_sec: 1 << 30,
+            move_on_first_read,
             migration_bytes_per_sec: 0,
             idle_memtable_flush_after: None,
             wal_flush_interval: Duration::from_secs(3600),
             ..Options::default()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
+        }
+    }
+
+    fn fill_then_retarget(db: &Db) {
         for i in 0..200u32 {
             db.put(format!("k{i:04}"), vec![b'v'; 100]).unwrap();
         }
@@ -462,7 +531,82 @@ mod tests {
             })
             .unwrap();
         db.set_target(v2).unwrap();
-        (dir, db)
+    }
+
+    /// The re-read filter: a key is "seen" on its second offer, forgotten once the window of
+    /// new keys has passed, and keys offered once are rarely taken for seen ones.
+    #[test]
+    fn the_reread_filter_admits_second_reads_within_its_window() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = RereadFilter::new();
+        assert!(!f.seen_before(b"a"));
+        assert!(f.seen_before(b"a"));
+        // New keys until the filter clears (its window of new keys is full).
+        let (mut offered, mut false_positives) = (0u64, 0u64);
+        loop {
+            if f.seen_before(format!("k{offered}").as_bytes()) {
+                false_positives += 1;
+            }
+            offered += 1;
+            if offered == RereadFilter::WINDOW / 2 {
+                assert!(f.seen_before(b"a"), "forgotten within the window");
+            }
+            if f.added.load(Relaxed) == 0 {
+                break;
+            }
+            assert!(offered < 2 * RereadFilter::WINDOW, "never cleared");
+        }
+        assert!(
+            offered >= RereadFilter::WINDOW - 1,
+            "cleared after {offered}"
+        );
+        assert!(
+            (false_positives as f64) < 0.01 * offered as f64,
+            "{false_positives} of {offered} keys new to the filter passed for seen"
+        );
+        assert!(!f.seen_before(b"a"), "remembered past the window");
+    }
+
+    /// By default a read moves an entry out of a draining layout only if its key was read
+    /// there lately before: keys read once stay for migration to carry, keys read twice move.
+    /// Then a power cut: every key survives, the moved ones in the target layout.
+    #[test]
+    fn a_key_read_once_stays_and_one_read_again_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), draining_opts(&fs, false)).unwrap();
+        fill_then_retarget(&db);
+        let read = |range: std::ops::Range<u32>| {
+            for i in range {
+                assert!(db.get(format!("k{i:04}")).unwrap().is_some());
+            }
+            db.inner.apply_moves();
+        };
+        read(0..100);
+        let s = db.stats();
+        assert_eq!((s.lazy_moves, s.lazy_move_first_reads), (0, 100));
+        read(0..50);
+        let s = db.stats();
+        assert_eq!((s.lazy_moves, s.lazy_move_first_reads), (50, 100));
+        db.flush().unwrap();
+        fs.power_cut(db).unwrap();
+        let db = Db::open(dir.path(), draining_opts(&fs, false)).unwrap();
+        for i in 0..200u32 {
+            assert_eq!(
+                db.get(format!("k{i:04}")).unwrap().as_deref(),
+                Some(&[b'v'; 100][..]),
+                "k{i:04}"
+            );
+        }
+        let target = db.layout().target.0;
+        let moved: u64 = db
+            .stats()
+            .partitions
+            .iter()
+            .filter(|p| p.version == target)
+            .map(|p| p.entries)
+            .sum();
+        assert_eq!(moved, 50, "entries in the target layout");
     }
 
     /// A read at the latest state while a write to its key lands and is flushed: the flush

@@ -952,6 +952,7 @@ fn assemble(
         slowdown_debt: Mutex::new((Instant::now(), 0.0)),
         last_background_error: Mutex::new(None),
         move_bucket: Mutex::new((Instant::now(), 0.0)),
+        rereads: crate::read::RereadFilter::new(),
         mem_idle: Mutex::new((0, 0, Instant::now())),
         write_idle: AtomicBool::new(false),
         charged_step: AtomicU64::new(u64::MAX),

@@ -23,6 +23,7 @@ pub(crate) struct Counters {
     pub migration_read: AtomicU64,
     pub migration_written: AtomicU64,
     pub move_skipped: AtomicU64,
+    pub move_first_reads: AtomicU64,
     /// Moved copies a flush dropped because migration had carried their source meanwhile.
     pub moves_superseded: AtomicU64,
     pub stall_micros: AtomicU64,
@@ -110,6 +111,9 @@ pub struct Stats {
     /// Lazily moved copies a flush dropped because a migration compaction had already
     /// carried their value into the target (each byte moves once).
     pub lazy_moves_superseded: u64,
+    /// Point reads that found a value in a draining layout and left it there: the first
+    /// read of its key there lately ([`crate::Options::move_on_first_read`]).
+    pub lazy_move_first_reads: u64,
     /// Bytes written to storage (WAL + flushes + compactions) per byte of user data.
     pub write_amplification: f64,
     /// Time writers spent stopped (memtables full, L0 at its stop trigger, compaction debt

@@ -76,6 +76,7 @@ mod tests {
         let opts = Options {
             migration_bytes_per_sec: 0,
             move_bytes_per_sec: 1 << 30,
+            move_on_first_read: true,
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();

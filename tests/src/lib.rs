@@ -170,8 +170,9 @@ pub mod crash_workload {
     pub fn options() -> Options {
         Options {
             partition: range_spec(),
-            // Every read of a value still in a draining layout moves it.
+            // Every read of a value still in a draining layout moves it, the first too.
             move_bytes_per_sec: 1 << 30,
+            move_on_first_read: true,
             ..Options::tiny()
         }
     }

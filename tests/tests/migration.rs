@@ -91,6 +91,7 @@ fn lazy_moves_leave_pointers_that_migration_honours() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         // Room for every moved copy: moves are skipped, not queued, when memtables are full.
         memtable_bytes: 4 << 20,
         ..quiet_opts()
@@ -146,6 +147,7 @@ fn a_moved_copy_that_migration_carried_first_is_not_written_again() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         memtable_bytes: 4 << 20,
         ..quiet_opts()
     };
@@ -315,6 +317,7 @@ fn partition_scoped_reads_report_moved_values() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         ..quiet_opts()
     };
     let db = Db::open(dir.path(), opts).unwrap();
@@ -659,6 +662,7 @@ fn lazy_moves_alone_trigger_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         memtable_bytes: 64 << 10,
         // Moves are applied once per WAL tick; a slow tick makes each batch of moves
         // several times the memtable budget, so the 2x cap, not rotation, must bound it.
@@ -724,6 +728,7 @@ fn lazy_moves_alone_trigger_flushes() {
 fn pointer_files_are_merged_before_they_pile_up() {
     let opts = || Options {
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         memtable_bytes: 4 << 20,
         ..quiet_opts()
     };
@@ -824,6 +829,7 @@ fn a_queued_lazy_move_does_not_resurrect_a_key_deleted_across_rollback_and_trivi
         level0_compaction_trigger: 4,
         migration_bytes_per_sec: 0,
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         // Queued moves are applied only where the test calls `flush`.
         wal_flush_interval: std::time::Duration::from_secs(3600),
         idle_memtable_flush_after: None,
@@ -879,6 +885,7 @@ fn a_rollback_during_a_pointer_merge_is_not_reported_as_corruption() {
         partition: PartitionSpec::default(),
         migration_bytes_per_sec: 0,
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         idle_memtable_flush_after: None,
         fs: Arc::new(fs.clone()),
         ..Options::default()
@@ -947,6 +954,7 @@ fn pointers_naming_a_version_their_copy_has_left_are_not_damage() {
     let opts = Options {
         partition: PartitionSpec::default(),
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         migration_bytes_per_sec: 0,
         background_threads: 2,
         ..Options::tiny()

@@ -1241,6 +1241,7 @@ fn retiring_a_layout_with_forwarding_pointers_survives_reopen() {
         },
         // No background migration: the test decides what migrates when.
         migration_bytes_per_sec: 0,
+        move_on_first_read: true,
         ..Options::default()
     };
     let db = Db::open(dir.path(), opts.clone()).unwrap();

@@ -64,6 +64,7 @@ fn transfers_keep_the_sum_through_migration_and_rollback() {
             boundaries: vec![b"acct-1".to_vec(), b"acct-2".to_vec(), b"acct-3".to_vec()],
         },
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         migration_bytes_per_sec: 8 << 20,
         ..Options::tiny()
     };

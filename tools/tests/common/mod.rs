@@ -21,6 +21,7 @@ pub fn fixture_options() -> Options {
         level0_stop_trigger: 300,
         migration_bytes_per_sec: 0,
         move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
         background_threads: 1,
         ..Options::default()
     }

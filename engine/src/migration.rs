@@ -280,9 +280,10 @@ impl Inner {
         Some(job)
     }
 
-    /// The next draining file to migrate, marking its partition busy: of each partition's
+    /// The next draining files to migrate, marking their partitions busy: of each partition's
     /// deepest non-empty level its first file, and of those the one with the smallest key,
-    /// across every partition of every draining layout.
+    /// across every partition of every draining layout, with the next files of its layout's
+    /// other partitions that begin within its key range (see below).
     ///
     /// Key order across partitions matters when the draining partitions overlap in key
     /// space (a hash layout): taken partition after partition, each source partition's
@@ -329,9 +330,42 @@ impl Inner {
             }
         }
         let (version, pi, f) = next?;
-        core.busy.insert((version, pi));
+        // Of the other partitions of its layout, those whose next file begins within its
+        // key range migrate that file with it (from a hash layout, every partition). Taken
+        // one file per job, each output overlapped the outputs of the other source
+        // partitions' files over the same keys in its target partition, went above the
+        // base level there, and was merged down again; taken together, each target
+        // partition gets one run per job, past the last one, straight into its last level.
+        let layout = view.files.layouts.get(&version)?;
+        let cap = self.opts.target_file_bytes.saturating_mul(16);
+        let (mut inputs, mut sources) = (vec![f.clone()], vec![pi]);
+        let mut bytes = f.size;
+        for (pj, part) in layout.parts.iter().enumerate() {
+            let pj = pj as u32;
+            if pj == pi || core.busy.contains(&(version, pj)) {
+                continue;
+            }
+            let Some(g) = (0..MAX_LEVELS).rev().find_map(|l| part.levels[l].first()) else {
+                continue;
+            };
+            if g.smallest <= f.largest && bytes.saturating_add(g.size) <= cap {
+                bytes += g.size;
+                inputs.push(g.clone());
+                sources.push(pj);
+            }
+        }
+        for &p in &sources {
+            core.busy.insert((version, p));
+        }
         let level = f.level as usize;
-        Some(self.new_job(core, view, version, pi, level, vec![f], false, Some(target)))
+        let mut job = self.new_job(core, view, version, pi, level, inputs, false, Some(target));
+        job.pointers = sources
+            .iter()
+            .filter_map(|&p| layout.parts.get(p as usize))
+            .flat_map(|p| p.pointers.iter().cloned())
+            .collect();
+        job.sources = sources;
+        Some(job)
     }
 
     pub(crate) fn note_migrated(

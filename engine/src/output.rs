@@ -22,11 +22,17 @@ pub(crate) struct Outputs<'a> {
     created: Vec<u64>,
     pub bytes_written: u64,
     checked: u64,
-    /// Keys before which an output is cut early (see [`Outputs::cut_before`]), ascending,
-    /// and the index of the first one not yet passed.
-    cuts: Vec<bytes::Bytes>,
-    next_cut: usize,
-    cut_min_bytes: u64,
+    /// Per partition, keys before which its output is cut early (see
+    /// [`Outputs::cut_before`]).
+    cuts: BTreeMap<u32, Cuts>,
+}
+
+/// Keys before which one partition's output is cut early, ascending, the index of the first
+/// one not yet passed, and the size an output must have reached to be cut there.
+struct Cuts {
+    keys: Vec<bytes::Bytes>,
+    next: usize,
+    min_bytes: u64,
 }
 
 impl<'a> Outputs<'a> {
@@ -46,20 +52,25 @@ impl<'a> Outputs<'a> {
             created: Vec::new(),
             bytes_written: 0,
             checked: 0,
-            cuts: Vec::new(),
-            next_cut: 0,
-            cut_min_bytes: 0,
+            cuts: BTreeMap::new(),
         }
     }
 
-    /// Also cuts an output (once it holds `min_bytes`) before the first key at or past each
-    /// of `keys` — the first keys of the files in the level below the output level. Each
-    /// output then overlaps as few of those files as the size floor allows, so moving it
-    /// down later rewrites only them. For jobs writing one partition (the cuts are its).
-    pub fn cut_before(mut self, keys: Vec<bytes::Bytes>, min_bytes: u64) -> Self {
+    /// Also cuts `partition`'s output (once it holds `min_bytes`) before the first key at or
+    /// past each of `keys`: the first keys of the files in the level below the output level,
+    /// so each output overlaps as few of those files as the size floor allows and moving it
+    /// down later rewrites only them; or, for a migration, the first key past what the
+    /// partition's last level already holds (see `run_compaction`).
+    pub fn cut_before(mut self, partition: u32, keys: Vec<bytes::Bytes>, min_bytes: u64) -> Self {
         debug_assert!(keys.windows(2).all(|w| w[0] <= w[1]));
-        self.cuts = keys;
-        self.cut_min_bytes = min_bytes;
+        self.cuts.insert(
+            partition,
+            Cuts {
+                keys,
+                next: 0,
+                min_bytes,
+            },
+        );
         self
     }
 
@@ -90,19 +101,18 @@ impl<'a> Outputs<'a> {
             self.inner.cache.sweep_if_due();
         }
         let wkey = (layout.id, partition);
-        let mut crossed = false;
-        while self
-            .cuts
-            .get(self.next_cut)
-            .is_some_and(|c| c.as_ref() <= key)
-        {
-            self.next_cut += 1;
-            crossed = true;
+        let (mut crossed, mut cut_min_bytes) = (false, 0);
+        if let Some(c) = self.cuts.get_mut(&partition) {
+            while c.keys.get(c.next).is_some_and(|k| k.as_ref() <= key) {
+                c.next += 1;
+                crossed = true;
+            }
+            cut_min_bytes = c.min_bytes;
         }
         if let Some(w) = self.writers.get(&wkey) {
             let size = w.estimated_size();
             let full = self.split_bytes.is_some_and(|limit| size >= limit);
-            let at_cut = crossed && size >= self.cut_min_bytes;
+            let at_cut = crossed && size >= cut_min_bytes;
             // Versions of one user key stay in one file (a cut key is past the last one).
             if (full || at_cut) && w.last_key() != Some(key) {
                 let w = self.writers.remove(&wkey).expect("writer exists");

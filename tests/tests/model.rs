@@ -310,6 +310,9 @@ fn run(seed: u64, cfg: Config, ops: usize) {
     // Half the seeds start with key-delta tables; every reopen switches, so both kinds of
     // table live side by side.
     opts.key_delta_blocks = seed % 2 == 1;
+    // Half the seeds move a key out of a draining layout on its first read (many moves),
+    // half only on a read of a key read there lately (the default).
+    opts.move_on_first_read = seed % 4 < 2;
     // Background migration paused, slow, or at full speed: draining layouts must keep
     // serving reads for a while, not only for the instant before the pacer moves them.
     opts.migration_bytes_per_sec =

@@ -290,7 +290,19 @@ pub fn read_current(fs: &dyn Fs, dir: &Path) -> Result<ManifestContents> {
     let number = name["MANIFEST-".len()..]
         .parse::<u64>()
         .map_err(|_| Error::corruption(&cur, 0, format!("bad manifest name {name:?}")))?;
-    read_manifest(fs, &dir.join(name), number)
+    // A CURRENT whose bytes were damaged into another well-formed name points at a
+    // manifest that is not there: that is damage to CURRENT, not an I/O failure.
+    read_manifest(fs, &dir.join(name), number).map_err(|e| {
+        if e.is_not_found() {
+            Error::corruption(
+                &cur,
+                0,
+                format!("missing: CURRENT names {name}, which does not exist"),
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// Reads one manifest file.
@@ -605,6 +617,32 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(CURRENT), bad).unwrap();
             assert!(read_current(&StdFs, dir.path()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn current_flipped_into_another_name_is_corruption_of_current() {
+        let dir = tempfile::tempdir().unwrap();
+        ManifestWriter::create(&StdFs, dir.path(), 5, &sample()).unwrap();
+        let cur = dir.path().join(CURRENT);
+        let mut b = std::fs::read(&cur).unwrap();
+        // "MANIFEST-000005\n": the last digit becomes '4', a name that does not exist.
+        let at = b.len() - 2;
+        b[at] ^= 1;
+        std::fs::write(&cur, &b).unwrap();
+        let e = read_current(&StdFs, dir.path()).err().unwrap();
+        assert!(e.is_corruption(), "{e:?}");
+        match e {
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => {
+                assert_eq!(file, cur);
+                assert_eq!(offset, 0);
+                assert!(reason.contains("MANIFEST-000004"), "{reason}");
+            }
+            e => panic!("{e:?}"),
         }
     }
 }

@@ -751,20 +751,23 @@ fn bad_current_is_refused_and_changes_nothing() {
     drop(f);
     let e = open_err(dir.path(), quiet(Compression::None), "a 4 GiB CURRENT");
     assert!(e.is_corruption() && e.to_string().contains("bytes"), "{e}");
-    // Naming a manifest that does not exist: an I/O error on that manifest.
+    // Naming a manifest that does not exist (a flipped digit, say): damage to CURRENT,
+    // reported as such and naming the manifest it points at, from both kinds of open (a
+    // read-only open retries a missing file as a possible race with a live process, then
+    // reports it: it was once reported as a directory changing under a live process).
     std::fs::write(&cur, "MANIFEST-999999\n").unwrap();
     let e = open_err(
         dir.path(),
         quiet(Compression::None),
         "CURRENT names a missing manifest",
     );
+    assert_corruption_naming(&e, "CURRENT", "CURRENT names a missing manifest");
     assert!(e.to_string().contains("MANIFEST-999999"), "{e}");
-    // The same from a read-only open: the I/O error, not "busy" (a missing file that the
-    // manifest's state, unchanged across the retries, still needs is missing; it was
-    // reported as a directory changing under a live process, found by review).
     match Db::open_read_only(dir.path(), quiet(Compression::None)) {
-        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("MANIFEST-999999"), "{e}"),
-        Err(e) => panic!("read-only, CURRENT names a missing manifest: {e:?}"),
+        Err(e) => {
+            assert_corruption_naming(&e, "CURRENT", "read-only, a missing manifest");
+            assert!(e.to_string().contains("MANIFEST-999999"), "{e}");
+        }
         Ok(_) => panic!("read-only, CURRENT names a missing manifest: opened"),
     }
     // CURRENT gone, other files there: not taken for an empty directory.

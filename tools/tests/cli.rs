@@ -1109,6 +1109,9 @@ fn current_naming_a_file_outside_the_directory_is_refused() {
         // carriage return went to the terminal raw.
         "MANIFEST-000001\r\n",
         "MANIFEST-000001\0\n",
+        // Well formed, naming a manifest that is not there (a flipped digit): an I/O error
+        // on the manifest (exit 1) until it was reported as damage to CURRENT.
+        "MANIFEST-999999\n",
     ] {
         std::fs::write(d.join("CURRENT"), bad).unwrap();
         for args in [

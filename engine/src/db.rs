@@ -63,6 +63,9 @@ pub struct VersionInfo {
     pub spec: PartitionSpec,
     pub fingerprint: u64,
     pub is_target: bool,
+    /// Kept live even once drained ([`Db::pin_version`]): a rollback target, or a
+    /// migration controller's candidate.
+    pub pinned: bool,
     pub partitions: Vec<PartitionInfo>,
 }
 
@@ -1289,6 +1292,7 @@ impl Inner {
                 spec: l.func.spec().clone(),
                 fingerprint: l.func.fingerprint(),
                 is_target: l.id == files.target,
+                pinned: core.pinned.contains(&l.id),
                 partitions: l
                     .parts
                     .iter()

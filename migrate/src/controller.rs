@@ -12,7 +12,7 @@ use sluice::{Db, Error, MigrationProgress, PartitionSpec, Result, Snapshot, Vers
 
 use crate::analysis::{self, Analysis, Thresholds, Verdict};
 use crate::consistency::{self, CheckMode, ConsistencyReport};
-use crate::state::{Event, PlanRecord, Record, State, MAX_EVENTS};
+use crate::state::{Event, PlanRecord, PlanningRecord, Record, State, MAX_EVENTS};
 
 /// A user aggregate checked at every state change; it must not change while the layout
 /// does (the ledger's sum of balances). Computed on one snapshot.
@@ -259,7 +259,10 @@ impl Controller {
     fn resume(&mut self) -> Result<()> {
         let target = self.db.layout().target.0;
         match self.rec.state {
-            State::Stable | State::Complete => Ok(()),
+            State::Stable | State::Complete => match self.rec.planning.clone() {
+                Some(p) => self.undo_planning(&p, "resumed after a restart mid-plan"),
+                None => Ok(()),
+            },
             State::Planned | State::Validating => {
                 let to = self.plan_ref()?.to;
                 if target == to {
@@ -372,40 +375,99 @@ impl Controller {
             .iter()
             .find(|v| v.fingerprint == fp && v.id.0 != from)
             .map(|v| v.id);
-        let to = self.claim_candidate(&spec, existing)?;
-        self.fenced(|db| db.pin_version(VersionId(from), true))?;
-        let draining: u64 = layout.versions.iter().map(|v| v.bytes()).sum();
-        self.rec.plan = Some(PlanRecord {
-            from,
-            to: to.0,
-            spec: spec.to_string(),
-            forced: biased,
-            predicted_max_over_mean: a.distribution.max_over_mean,
-            predicted_p_value: a.distribution.p_value,
-            canary_bytes: ((draining as f64) * self.cfg.canary_fraction) as u64,
-            canary_done: false,
-            checkpoint_dir,
-            superseded: Vec::new(),
-        });
-        self.rec.reconciliation = self.reconcile_now()?;
-        let reason = if biased {
-            format!(
-                "planned {to} = {spec} FORCED past the analysis gate (max/mean {:.2})",
-                a.distribution.max_over_mean
-            )
-        } else {
-            format!(
-                "planned {to} = {spec} (max/mean {:.2})",
-                a.distribution.max_over_mean
-            )
+        // Recorded before the first engine change, so that a plan cut short between here
+        // and `Planned` (a crash, a failing hook) is undone, by this call or by the next
+        // controller to attach, rather than leaving its candidate pinned and live for ever.
+        let unpinned = |id: u32| layout.versions.iter().any(|v| v.id.0 == id && !v.pinned);
+        let intent = PlanningRecord {
+            fingerprint: fp,
+            last_id: layout
+                .versions
+                .iter()
+                .map(|v| v.id)
+                .chain(layout.retired.iter().copied())
+                .map(|v| v.0)
+                .max()
+                .unwrap_or(0),
+            pins: std::iter::once(from)
+                .chain(existing.map(|v| v.0))
+                .filter(|&v| unpinned(v))
+                .collect(),
         };
-        self.go(State::Planned, reason)?;
-        Ok(PlanReport {
-            version: to,
-            analysis: a,
-            biased,
-            forced: biased,
-        })
+        self.rec.planning = Some(intent.clone());
+        if let Err(e) = self.save() {
+            self.rec.planning = None;
+            return Err(e);
+        }
+        let draining: u64 = layout.versions.iter().map(|v| v.bytes()).sum();
+        let planned = (|| {
+            let to = self.claim_candidate(&spec, existing)?;
+            self.fenced(|db| db.pin_version(VersionId(from), true))?;
+            self.rec.plan = Some(PlanRecord {
+                from,
+                to: to.0,
+                spec: spec.to_string(),
+                forced: biased,
+                predicted_max_over_mean: a.distribution.max_over_mean,
+                predicted_p_value: a.distribution.p_value,
+                canary_bytes: ((draining as f64) * self.cfg.canary_fraction) as u64,
+                canary_done: false,
+                checkpoint_dir,
+                superseded: Vec::new(),
+            });
+            self.rec.reconciliation = self.reconcile_now()?;
+            let forced = if biased {
+                " FORCED past the analysis gate"
+            } else {
+                ""
+            };
+            let reason = format!(
+                "planned {to} = {spec}{forced} (max/mean {:.2})",
+                a.distribution.max_over_mean
+            );
+            self.rec.planning = None;
+            self.go(State::Planned, reason)?;
+            Ok(to)
+        })();
+        match planned {
+            Ok(to) => Ok(PlanReport {
+                version: to,
+                analysis: a,
+                biased,
+                forced: biased,
+            }),
+            Err(e) => {
+                // The plan's error is the one to report; an undo that fails too leaves the
+                // intent recorded for the next controller to attach.
+                let _ = self.undo_planning(&intent, &format!("plan of {spec} failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes what a plan cut short changed in the engine: the pins it added, and the
+    /// candidate it registered (retired, as it holds no data: nothing was ever written
+    /// into a layout that never became the target).
+    fn undo_planning(&mut self, p: &PlanningRecord, why: &str) -> Result<()> {
+        for &v in &p.pins {
+            self.fenced(|db| unpin_if_live(db, v))?;
+        }
+        let layout = self.db.layout();
+        let own = layout
+            .versions
+            .iter()
+            .filter(|v| v.fingerprint == p.fingerprint && v.id.0 > p.last_id && !v.is_target);
+        for v in own {
+            self.fenced(|db| unpin_if_live(db, v.id.0))?;
+            match self.fenced(|db| db.retire_version(v.id)) {
+                Ok(()) | Err(Error::LayoutRefused(_) | Error::VersionRetired(_)) => {}
+                Err(Error::UnknownVersion(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.rec.planning = None;
+        self.rec.plan = None;
+        self.note(format!("undid a plan cut short: {why}"))
     }
 
     /// Starts counting live traffic per candidate partition.

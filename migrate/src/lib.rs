@@ -15,7 +15,7 @@ pub use controller::{
     Controller, ControllerConfig, Observation, PlanOptions, PlanReport, Reconciliation, TickReport,
     Triggers,
 };
-pub use state::{Event, PlanRecord, Record, State};
+pub use state::{Event, PlanRecord, PlanningRecord, Record, State};
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -103,11 +103,28 @@ pub struct PlanRecord {
     pub superseded: Vec<u32>,
 }
 
+/// What a plan is about to change in the engine before it records `Planned`: recorded
+/// first, so that a plan cut short (a crash, a failing hook) can be undone instead of
+/// leaving a candidate pinned and live for ever.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanningRecord {
+    /// Fingerprint of the candidate function: a version registered for it (id above
+    /// `last_id`) is the plan's own.
+    pub fingerprint: u64,
+    /// The highest layout version id, live or retired, when the plan began.
+    pub last_id: u32,
+    /// Versions the plan pins that were not pinned before it.
+    pub pins: Vec<u32>,
+}
+
 /// Everything the controller persists.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub state: State,
     pub plan: Option<PlanRecord>,
+    /// A plan under way (between its first engine change and `Planned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planning: Option<PlanningRecord>,
     /// Reconciliation value recorded when the migration was planned.
     pub reconciliation: Option<String>,
     /// Most recent events, oldest first (bounded).
@@ -119,6 +136,7 @@ impl Default for Record {
         Record {
             state: State::Stable,
             plan: None,
+            planning: None,
             reconciliation: None,
             events: Vec::new(),
         }
@@ -161,6 +179,11 @@ mod tests {
                 checkpoint_dir: None,
                 superseded: vec![],
             }),
+            planning: Some(PlanningRecord {
+                fingerprint: 7,
+                last_id: 2,
+                pins: vec![1],
+            }),
             reconciliation: Some("100000".into()),
             events: vec![Event {
                 unix_ms: 1,
@@ -172,6 +195,14 @@ mod tests {
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert_eq!(Record::decode(b"").unwrap(), Record::default());
         assert!(Record::decode(b"{not json").is_err());
+        // A record written before `planning` existed still reads, with no plan under way.
+        let old = br#"{"state":"Stable","plan":null,"reconciliation":null,"events":[]}"#;
+        assert_eq!(Record::decode(old).unwrap(), Record::default());
+        let mut plain = r.clone();
+        plain.planning = None;
+        assert!(!String::from_utf8(plain.encode())
+            .unwrap()
+            .contains("planning"));
     }
 
     #[test]

@@ -352,6 +352,70 @@ fn crash_in_every_state_resumes() {
     }
 }
 
+/// What a plan changes in the engine before it records `Planned` (the candidate
+/// registered and pinned, the current target pinned) is undone when the plan is cut
+/// short: by the plan itself when a step fails, and by the next controller to attach when
+/// the process died mid-plan (here: the reconciliation hook panics, so that no error path
+/// runs, and the database is reopened). Each used to leave the candidate pinned and live
+/// for ever, and the old target pinned.
+#[test]
+fn a_plan_cut_short_is_undone_in_process_and_after_a_crash() {
+    let pins = |db: &Db| -> Vec<(u32, bool)> {
+        db.layout()
+            .versions
+            .iter()
+            .map(|v| (v.id.0, v.pinned))
+            .collect()
+    };
+    for crash in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = setup(dir.path());
+            let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+            c.set_reconciliation(Box::new(move |_| {
+                if crash {
+                    panic!("the process dies mid-plan");
+                }
+                Err(Error::LayoutRefused("the ledger is unreachable".into()))
+            }));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                c.plan(good(), PlanOptions::default())
+            }));
+            match (crash, r) {
+                (false, Ok(Err(Error::LayoutRefused(m)))) => {
+                    assert!(m.contains("unreachable"), "{m}");
+                    assert_eq!(c.state(), State::Stable);
+                    assert_eq!(
+                        pins(&db),
+                        vec![(1, false)],
+                        "the failed plan's changes stay"
+                    );
+                    let last = &c.events().last().unwrap().reason;
+                    assert!(last.contains("undid a plan cut short"), "{last}");
+                }
+                (true, Err(_)) => {
+                    // Mid-plan: the candidate registered, both pinned, `Planned` not recorded.
+                    assert_eq!(pins(&db), vec![(1, true), (2, true)]);
+                    drop(c); // the controller has no drop code: as if the process died
+                }
+                (crash, r) => panic!("crash {crash}: {:?}", r.map(|r| r.map(|p| p.version))),
+            }
+        }
+        let db = Db::open(dir.path(), opts()).unwrap();
+        let mut c = attach(&db);
+        assert_eq!(c.state(), State::Stable, "crash {crash}");
+        assert_eq!(pins(&db), vec![(1, false)], "crash {crash}: left behind");
+        // A plan goes through afterwards, its candidate a new version, and completes.
+        let v = c.plan(good(), PlanOptions::default()).unwrap().version;
+        assert!(v.0 >= 2, "{v:?}");
+        c.start().unwrap();
+        c.finish().unwrap();
+        assert_eq!(c.state(), State::Complete);
+        assert_eq!(pins(&db), vec![(v.0, false)], "crash {crash}");
+        check_data(&db);
+    }
+}
+
 #[test]
 fn crash_between_target_switch_and_record_is_recognised() {
     let dir = tempfile::tempdir().unwrap();

@@ -358,6 +358,80 @@ struct FaultState {
     held: usize,
     /// Every file removed, with the name of the thread that removed it.
     removals: Vec<(PathBuf, String)>,
+    /// For each directory, the changes to its entries since it was last fsynced, oldest
+    /// first: what a power cut undoes.
+    pending: HashMap<PathBuf, Vec<EntryChange>>,
+    /// Where removed and replaced files are kept (hard links) until their directory is
+    /// fsynced, so that a power cut can bring them back.
+    stash: Option<PathBuf>,
+    stashed: u64,
+}
+
+/// A change to a directory's entries not yet made durable by an fsync of the directory.
+#[derive(Debug)]
+enum EntryChange {
+    /// A new name (a created file, a hard link).
+    Added(PathBuf),
+    /// A name removed; the file kept at `stash`, `synced` bytes of it durable.
+    Removed {
+        path: PathBuf,
+        stash: PathBuf,
+        synced: u64,
+    },
+    /// `from` renamed over `to`; what `to` named before, kept at `replaced`.
+    Renamed {
+        from: PathBuf,
+        to: PathBuf,
+        replaced: Option<(PathBuf, u64)>,
+    },
+}
+
+impl Drop for FaultState {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stash {
+            let _ = std::fs::remove_dir_all(s);
+        }
+    }
+}
+
+impl FaultState {
+    fn note(&mut self, path: &Path, change: EntryChange) {
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        self.pending.entry(dir).or_default().push(change);
+    }
+
+    /// Keeps the file at `path` (about to be removed or replaced) under a new name beside
+    /// the directory, with how much of it was durable.
+    fn stash(&mut self, path: &Path) -> io::Result<Option<(PathBuf, u64)>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let stash = match &self.stash {
+            Some(s) => s.clone(),
+            None => {
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+                let s = dir.with_file_name(format!(
+                    ".{}.faultfs-{}-{:p}",
+                    name.unwrap_or_default(),
+                    std::process::id(),
+                    self as *const _
+                ));
+                std::fs::create_dir_all(&s)?;
+                self.stash = Some(s.clone());
+                s
+            }
+        };
+        self.stashed += 1;
+        let kept = stash.join(self.stashed.to_string());
+        std::fs::hard_link(path, &kept)?;
+        // A file this Fs never wrote was durable whole (it was there before).
+        let synced = match self.files.get(path) {
+            Some(&(_, synced)) => synced,
+            None => std::fs::metadata(path)?.len(),
+        };
+        Ok(Some((kept, synced)))
+    }
 }
 
 /// A file system that delegates to [`StdFs`] and injects faults on request. It also tracks
@@ -528,16 +602,41 @@ impl FaultFs {
 
     /// [`FaultFs::lose_unsynced`], except that the files `keep` picks keep what they were
     /// given: a power cut after the OS wrote some unsynced pages back and not others.
+    ///
+    /// Directory entries too: every name added, removed or renamed in a directory since
+    /// that directory was last fsynced is put back as it was (a file created and fsynced
+    /// whose directory never was is gone; a removed one is back, with what of it was
+    /// durable). `keep` governs file contents only. Making a directory itself is not
+    /// modelled (its own entry in its parent stays).
     pub fn lose_unsynced_except(&self, keep: impl Fn(&Path) -> bool) -> io::Result<()> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         for (path, (_, synced)) in st.files.iter() {
             if path.exists() && !keep(path) {
-                let f = OpenOptions::new().write(true).open(path)?;
-                if f.metadata()?.len() > *synced {
-                    f.set_len(*synced)?;
+                truncate(path, *synced)?;
+            }
+        }
+        let pending = std::mem::take(&mut st.pending);
+        for (_, changes) in pending {
+            for c in changes.into_iter().rev() {
+                match c {
+                    EntryChange::Added(p) => remove_if_there(&p)?,
+                    EntryChange::Removed {
+                        path,
+                        stash,
+                        synced,
+                    } => restore(&stash, &path, synced)?,
+                    EntryChange::Renamed { from, to, replaced } => {
+                        if to.exists() {
+                            std::fs::rename(&to, &from)?;
+                        }
+                        if let Some((stash, synced)) = replaced {
+                            restore(&stash, &to, synced)?;
+                        }
+                    }
                 }
             }
         }
+        st.files.clear();
         Ok(())
     }
 
@@ -568,6 +667,27 @@ impl FaultFs {
         }
         hit
     }
+}
+
+fn truncate(path: &Path, len: u64) -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    if f.metadata()?.len() > len {
+        f.set_len(len)?;
+    }
+    Ok(())
+}
+
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Puts a stashed file back at `path`, with only its durable bytes.
+fn restore(stash: &Path, path: &Path, synced: u64) -> io::Result<()> {
+    truncate(stash, synced)?;
+    std::fs::rename(stash, path)
 }
 
 fn fault_error(kind: FaultKind) -> io::Error {
@@ -667,8 +787,16 @@ impl Fs for FaultFs {
         if let Some(k) = self.check(FsOp::Create, path) {
             return Err(fault_error(k));
         }
+        let mut st = self.state.lock();
+        // Created over an existing file (truncating it): the old one's name stays, its
+        // bytes do not come back (not modelled: the engine creates only new names).
+        let existed = path.exists();
         let inner = StdFs.create(path)?;
-        self.state.lock().files.insert(path.to_path_buf(), (0, 0));
+        st.files.insert(path.to_path_buf(), (0, 0));
+        if !existed {
+            st.note(path, EntryChange::Added(path.to_path_buf()));
+        }
+        drop(st);
         Ok(Box::new(FaultFile {
             fs: self.clone(),
             path: path.to_path_buf(),
@@ -702,11 +830,25 @@ impl Fs for FaultFs {
         if let Some(k) = self.check(FsOp::Rename, to) {
             return Err(fault_error(k));
         }
-        StdFs.rename(from, to)?;
         let mut st = self.state.lock();
+        let replaced = st.stash(to)?;
+        if let Err(e) = StdFs.rename(from, to) {
+            if let Some((kept, _)) = replaced {
+                let _ = std::fs::remove_file(kept);
+            }
+            return Err(e);
+        }
         if let Some(v) = st.files.remove(from) {
             st.files.insert(to.to_path_buf(), v);
         }
+        st.note(
+            to,
+            EntryChange::Renamed {
+                from: from.to_path_buf(),
+                to: to.to_path_buf(),
+                replaced,
+            },
+        );
         Ok(())
     }
 
@@ -715,9 +857,25 @@ impl Fs for FaultFs {
         if let Some(k) = self.check(FsOp::Remove, path) {
             return Err(fault_error(k));
         }
-        StdFs.remove(path)?;
         let mut st = self.state.lock();
+        let kept = st.stash(path)?;
+        if let Err(e) = StdFs.remove(path) {
+            if let Some((k, _)) = kept {
+                let _ = std::fs::remove_file(k);
+            }
+            return Err(e);
+        }
         st.files.remove(path);
+        if let Some((stash, synced)) = kept {
+            st.note(
+                path,
+                EntryChange::Removed {
+                    path: path.to_path_buf(),
+                    stash,
+                    synced,
+                },
+            );
+        }
         let thread = std::thread::current().name().unwrap_or("").to_string();
         st.removals.push((path.to_path_buf(), thread));
         Ok(())
@@ -731,7 +889,26 @@ impl Fs for FaultFs {
         if let Some(k) = self.check(FsOp::SyncDir, dir) {
             return Err(fault_error(k));
         }
-        StdFs.sync_dir(dir)
+        // Changes made from here on may not be in this fsync: only those before it are.
+        let before = self.state.lock().pending.get(dir).map_or(0, Vec::len);
+        StdFs.sync_dir(dir)?;
+        let mut st = self.state.lock();
+        if let Some(changes) = st.pending.get_mut(dir) {
+            for c in changes.drain(..before.min(changes.len())) {
+                // Durable now: the kept copies of removed and replaced files can go.
+                match c {
+                    EntryChange::Removed { stash, .. }
+                    | EntryChange::Renamed {
+                        replaced: Some((stash, _)),
+                        ..
+                    } => {
+                        let _ = std::fs::remove_file(stash);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     fn sync_existing(&self, path: &Path) -> io::Result<()> {
@@ -767,7 +944,11 @@ impl Fs for FaultFs {
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdFs.hard_link(from, to)
+        StdFs.hard_link(from, to)?;
+        self.state
+            .lock()
+            .note(to, EntryChange::Added(to.to_path_buf()));
+        Ok(())
     }
 
     fn available_space(&self, dir: &Path) -> io::Result<u64> {
@@ -809,6 +990,7 @@ mod tests {
         let fs = FaultFs::new();
         let p = dir.path().join("w.log");
         let mut f = fs.create(&p).unwrap();
+        fs.sync_dir(dir.path()).unwrap();
         f.append(b"durable").unwrap();
         f.sync().unwrap();
         fs.inject(Fault {
@@ -823,6 +1005,78 @@ mod tests {
         drop(f);
         fs.lose_unsynced().unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"durable");
+    }
+
+    /// A power cut undoes every change to a directory's names since that directory was
+    /// fsynced, in either direction: a new name goes (its bytes fsynced or not), a removed
+    /// one comes back with what of it was durable, a rename over an old file is undone. What
+    /// an fsync of the directory covered stays, and the kept copies go with the last handle.
+    #[test]
+    fn a_power_cut_undoes_directory_changes_since_the_directory_was_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fs = FaultFs::new();
+        let write = |name: &str, data: &[u8], sync: bool| {
+            let mut f = fs.create(&d.join(name)).unwrap();
+            f.append(data).unwrap();
+            if sync {
+                f.sync().unwrap();
+            }
+        };
+        let read = |name: &str| std::fs::read(d.join(name)).ok();
+        write("old.sst", b"old table", true);
+        write("CURRENT", b"MANIFEST-1\n", true);
+        write("gone.log", b"synced", true);
+        fs.sync_dir(d).unwrap();
+        // Durable bytes, then more that are not, then the name removed.
+        let mut g = fs.create(&d.join("gone.log")).unwrap();
+        g.append(b"synced").unwrap();
+        g.sync().unwrap();
+        g.append(b" and not").unwrap();
+        drop(g);
+        fs.remove(&d.join("gone.log")).unwrap();
+        write("new.sst", b"fsynced, its name not", true);
+        write("CURRENT.tmp", b"MANIFEST-2\n", true);
+        fs.rename(&d.join("CURRENT.tmp"), &d.join("CURRENT"))
+            .unwrap();
+        write("kept.sst", b"named durably", true);
+        fs.sync_dir(d).unwrap();
+        fs.remove(&d.join("kept.sst")).unwrap();
+        fs.remove(&d.join("old.sst")).unwrap();
+        // Changes made after the directory's last fsync: the last two removals.
+        assert_eq!(read("old.sst"), None);
+        fs.power_cut(()).unwrap();
+        assert_eq!(read("old.sst").as_deref(), Some(&b"old table"[..]));
+        assert_eq!(read("kept.sst").as_deref(), Some(&b"named durably"[..]));
+        // The fsync covered these.
+        assert_eq!(read("CURRENT").as_deref(), Some(&b"MANIFEST-2\n"[..]));
+        assert_eq!(
+            read("new.sst").as_deref(),
+            Some(&b"fsynced, its name not"[..])
+        );
+        assert_eq!(read("gone.log"), None);
+        // Now without the fsync: all undone.
+        write("newer.sst", b"x", true);
+        fs.remove(&d.join("new.sst")).unwrap();
+        write("CURRENT.tmp", b"MANIFEST-3\n", true);
+        fs.rename(&d.join("CURRENT.tmp"), &d.join("CURRENT"))
+            .unwrap();
+        fs.power_cut(()).unwrap();
+        assert_eq!(read("newer.sst"), None);
+        assert_eq!(read("CURRENT.tmp"), None);
+        assert_eq!(read("CURRENT").as_deref(), Some(&b"MANIFEST-2\n"[..]));
+        assert_eq!(
+            read("new.sst").as_deref(),
+            Some(&b"fsynced, its name not"[..])
+        );
+        let mut names = fs.list(d).unwrap();
+        names.sort();
+        assert_eq!(names, ["CURRENT", "kept.sst", "new.sst", "old.sst"]);
+        // The kept copies live beside the directory until the Fs goes.
+        let stash = fs.state.lock().stash.clone().expect("copies were kept");
+        assert!(stash.exists());
+        drop(fs);
+        assert!(!stash.exists(), "kept copies left behind");
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Inner {
                 reason: format!("{} exists and is not empty", dest.display()),
             });
         }
-        fs.create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+        crate::fs::create_dir_durably(fs, dest).map_err(|e| Error::io(dest, e))?;
         let r = self.write_checkpoint(dest);
         if r.is_err() {
             // The directory was empty: what is in it now is this attempt's. Leaving it would

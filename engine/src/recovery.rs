@@ -1092,7 +1092,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
                 reason: "directory does not exist".into(),
             });
         }
-        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::fs::create_dir_durably(fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
     }
     let lock_path = dir.join("LOCK");
     let lock: Box<dyn DirLock> = fs

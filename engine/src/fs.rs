@@ -440,11 +440,12 @@ impl FaultState {
                     std::process::id(),
                     self as *const _
                 ));
-                std::fs::create_dir_all(&s)?;
                 self.stash = Some(s.clone());
                 s
             }
         };
+        // Made again if a power cut took it (it may sit in a directory that was undone).
+        std::fs::create_dir_all(&stash)?;
         self.stashed += 1;
         let kept = stash.join(self.stashed.to_string());
         std::fs::hard_link(path, &kept)?;
@@ -629,8 +630,8 @@ impl FaultFs {
     /// Directory entries too: every name added, removed or renamed in a directory since
     /// that directory was last fsynced is put back as it was (a file created and fsynced
     /// whose directory never was is gone; a removed one is back, with what of it was
-    /// durable). `keep` governs file contents only. Making a directory itself is not
-    /// modelled (its own entry in its parent stays).
+    /// durable; a directory made since its parent was fsynced is gone with all it holds).
+    /// `keep` governs file contents only.
     pub fn lose_unsynced_except(&self, keep: impl Fn(&Path) -> bool) -> io::Result<()> {
         let mut st = self.state.lock();
         for (path, (_, synced)) in st.files.iter() {

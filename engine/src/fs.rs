@@ -304,15 +304,7 @@ impl Fs for StdFs {
 /// created, top down: a new directory's own name must be durable, or a power cut can take
 /// it, and every file in it, away.
 pub(crate) fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    let mut at = Some(dir);
-    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
-        if fs.exists(d)? {
-            break;
-        }
-        missing.push(d);
-        at = d.parent();
-    }
+    let missing = missing_dirs(dir, |d| fs.exists(d))?;
     fs.create_dir_all(dir)?;
     for d in missing.iter().rev() {
         match d.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -321,6 +313,20 @@ pub(crate) fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `dir` and those of its ancestors that do not exist, deepest first.
+fn missing_dirs(dir: &Path, exists: impl Fn(&Path) -> io::Result<bool>) -> io::Result<Vec<&Path>> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+        if exists(d)? {
+            break;
+        }
+        missing.push(d);
+        at = d.parent();
+    }
+    Ok(missing)
 }
 
 /// Which operation a fault applies to.
@@ -960,16 +966,10 @@ impl Fs for FaultFs {
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
-        let mut created = Vec::new();
-        let mut at = Some(dir);
-        while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            created.push(d.to_path_buf());
-            at = d.parent();
-        }
+        let created = missing_dirs(dir, |d| d.try_exists())?;
         StdFs.create_dir_all(dir)?;
         for d in created.into_iter().rev() {
-            let name = d.clone();
-            st.note(&name, EntryChange::Added(d));
+            st.note(d, EntryChange::Added(d.to_path_buf()));
         }
         Ok(())
     }

@@ -235,23 +235,29 @@ fn read_only_open_sees_a_live_database_without_disturbing_it() {
     db.compact().unwrap();
     db.put("unflushed", "x").unwrap();
     db.sync_wal().unwrap();
-    // A flush deletes the WALs it made obsolete just after it installs: wait for that too.
+    // The live database deletes what its flushes and compactions made obsolete after they
+    // install, on a thread of its own: old WALs, and tables a reader held until it let go.
+    // Wait until the directory holds one WAL and exactly the live tables.
+    let count = |suffix: &str| {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(suffix)
+            })
+            .count()
+    };
+    let live_tables: usize = db.stats().levels.iter().map(|l| l.files).sum();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".log")
-        })
-        .count()
-        > 1
-    {
+    while count(".log") > 1 || count(".sst") != live_tables {
         assert!(
             std::time::Instant::now() < deadline,
-            "old WALs never deleted"
+            "obsolete files never deleted: {} WALs, {} tables for {live_tables} live",
+            count(".log"),
+            count(".sst")
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

@@ -1,9 +1,12 @@
 //! The block cache: decompressed data blocks, bounded by their total size.
 //!
-//! Blocks are read out of the tables' memory maps. Pages a map touches stay resident in
-//! the process until released, so the cache also keeps a budget of bytes read from maps:
-//! past it, a sweep (run off the read path) releases every map's pages. Resident memory is
-//! then about the cache's size plus the budget, however large the database.
+//! Blocks reach the cache through `pread`, and compactions read with `pread` too; what
+//! still reads through the tables' memory maps (opening a table, a backward walk that
+//! leaves the cache alone, a database without a cache) leaves the pages it touches
+//! resident in the process until they are released. So the cache also keeps a budget of
+//! bytes read from maps: past it, a sweep (run off the read path) releases the pages of
+//! every map read since its last release. Resident memory is then about the cache's size
+//! plus the budget, however large the database.
 //!
 //! The blocks themselves live in [`pages`]: a shrinking cache hands their memory back to the
 //! system at the next sweep, where blocks in the global allocator's memory would stay

@@ -1,9 +1,12 @@
-//! Reads SSTables through a memory map.
+//! Reads SSTables: opening one maps it, and checks the footer and the CRCs of the filter,
+//! index and properties blocks read through the map.
 //!
-//! Opening a table checks the footer and the CRCs of the filter, index and properties blocks.
-//! Data blocks are checked on first use: a block stored raw (format version 1) is then served
-//! straight from the map (its CRC verified once and remembered); one stored key-delta encoded
-//! or compressed is decoded (`sst::codec`) into the block cache.
+//! Data blocks are checked on every read from the file. With a block cache, blocks are read
+//! with `pread`: those bound for the cache into the cache's pages, and those of a walk that
+//! leaves the cache alone (compactions, verification) a run at a time into a buffer of the
+//! walk's ([`Table::read_block_ahead`]). Without a cache they are served from the map: a
+//! block stored raw (format version 1) straight from it (its CRC verified once and
+//! remembered), one stored key-delta encoded or compressed decoded (`sst::codec`).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -374,6 +377,52 @@ impl Table {
         Ok(b)
     }
 
+    /// Loads data block `i` for a walk through the table's blocks in order that leaves the
+    /// cache alone (compactions, verification): blocks are read with `pread` in runs of
+    /// [`READAHEAD`] bytes into `ra`'s buffer and served from it, CRC checked. The table's
+    /// map is not touched: pages read through a map stay resident until released, and each
+    /// release (`madvise`) of a map this process has read makes the kernel flush the TLB
+    /// of every CPU the process runs on — an interrupt in the middle of whatever a
+    /// foreground thread is doing there. Without a positioned reader (no block cache) the
+    /// block comes from the map as [`read_block`](Self::read_block) serves it.
+    pub fn read_block_ahead(&self, i: usize, ra: &mut Readahead) -> Result<Block> {
+        let Some(r) = &self.reader else {
+            return self.read_block(i, Fill::No);
+        };
+        let h = self.index.handle(i);
+        let end = h.offset + h.size + BLOCK_TRAILER_LEN as u64;
+        let held =
+            ra.table == self.id && ra.start <= h.offset && end <= ra.start + ra.buf.len() as u64;
+        if !held {
+            // Up to the end of the data blocks (the blocks lie back to back, checked at open).
+            let data_end = self.index.starts.last().copied().unwrap_or(end);
+            let len = READAHEAD
+                .max(end - h.offset)
+                .min(data_end.max(end) - h.offset) as usize;
+            // The last run's buffer, if no block read from it is still held (the caller
+            // lets go of its block first): no allocation per run.
+            let mut buf = match std::mem::take(&mut ra.buf).try_into_mut() {
+                Ok(b) if b.capacity() >= len => Vec::from(b),
+                _ => Vec::with_capacity(len),
+            };
+            buf.clear();
+            r.read_exact_at_into(&mut buf, len, h.offset)
+                .map_err(|e| Error::io(&self.path, e))?;
+            *ra = Readahead {
+                table: self.id,
+                start: h.offset,
+                buf: Bytes::from(buf),
+            };
+        }
+        let local = BlockHandle {
+            offset: h.offset - ra.start,
+            size: h.size,
+        };
+        let (ty, body) =
+            checked_block(&ra.buf, local, &self.path).map_err(|e| rebase(e, ra.start))?;
+        codec::decode_block(ty, ra.buf.slice_ref(body), &self.path, h.offset)
+    }
+
     /// Data block `i` if the block cache holds it.
     #[cfg(test)]
     pub(crate) fn cached_block(&self, i: usize) -> Option<Block> {
@@ -456,13 +505,26 @@ impl Table {
 /// What a block read asks of the block cache.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fill {
-    /// Leave the cache as it is (compactions, verification).
+    /// Leave the cache as it is (compactions and verification, whose forward walks go
+    /// through [`Table::read_block_ahead`] instead).
     No,
     /// Cache a missing block as it is (the blocks a scan walks through).
     Cache,
     /// Cache a missing block with search prefixes (the blocks point reads and seeks search;
     /// see `Block::from_bytes`).
     Search,
+}
+
+/// Bytes a [`Table::read_block_ahead`] reads at a time.
+pub const READAHEAD: u64 = 64 << 10;
+
+/// A run of a table's blocks read ahead by [`Table::read_block_ahead`].
+#[derive(Default)]
+pub struct Readahead {
+    /// The table (its id) and the file offset the bytes start at.
+    table: u64,
+    start: u64,
+    buf: Bytes,
 }
 
 /// Position of an entry: (block, entry within block).

@@ -217,7 +217,7 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                 // now, naming the damage (reads of everything else go on).
                 Err(e) if e.is_corruption() => {
                     if manual {
-                        core.manual_error = Some(e.to_string());
+                        core.manual_error.get_or_insert_with(|| e.to_string());
                     }
                     inner.fail(format!("compaction found damage: {e}"));
                     None
@@ -227,10 +227,15 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                     // data; retry with backoff while writes keep going until the L0 stop
                     // trigger holds them.
                     core.compaction_failures += 1;
-                    if manual {
-                        core.manual_error = Some(e.to_string());
-                    }
                     inner.note_background_error(&e);
+                    if manual {
+                        // A manual compaction reports its first error to its caller, who
+                        // waits for every partition it queued to be tried: no backoff, or
+                        // under a lasting fault (a disk returning EIO) it would wait up to
+                        // 6.4 s per partition.
+                        core.manual_error.get_or_insert_with(|| e.to_string());
+                        return None;
+                    }
                     let n = core.compaction_failures.min(6);
                     Some(Duration::from_millis(100 << n))
                 }

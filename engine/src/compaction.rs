@@ -1126,15 +1126,18 @@ mod tests {
         (v1, target_hash4(db))
     }
 
+    /// A 4-partition hash layout.
+    fn hash4(seed: u64) -> PartitionSpec {
+        PartitionSpec::Hash {
+            partitions: 4,
+            seed,
+            hashed_prefix: None,
+        }
+    }
+
     /// Registers a 4-partition hash layout and targets it.
     fn target_hash4(db: &Db) -> crate::VersionId {
-        let v = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 0,
-                hashed_prefix: None,
-            })
-            .unwrap();
+        let v = db.register_partition_fn(hash4(0)).unwrap();
         db.set_target(v).unwrap();
         v
     }
@@ -1387,13 +1390,8 @@ mod tests {
     fn migrate_hash_to_hash(one_partition_at_a_time: bool) -> HashToHash {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        let hash = |seed| PartitionSpec::Hash {
-            partitions: 4,
-            seed,
-            hashed_prefix: None,
-        };
         let opts = || Options {
-            partition: hash(0),
+            partition: hash4(0),
             target_file_bytes: 16 << 10,
             ..shaped_options(&fs)
         };
@@ -1401,7 +1399,7 @@ mod tests {
         const KEYS: u32 = 6_000;
         load_compacted(&db, KEYS, |i| format!("k{i:08}"));
         let v1 = db.layout().target.0;
-        let v2 = db.register_partition_fn(hash(1)).unwrap();
+        let v2 = db.register_partition_fn(hash4(1)).unwrap();
         db.set_target(v2).unwrap();
         let before = db.stats();
         let files = db.inner.view.load().files.layouts[&v1].data_file_count() as u64;
@@ -1529,12 +1527,7 @@ mod tests {
         const KEYS: u32 = 12_000;
         load_compacted(&db, KEYS, |i| format!("k{i:08}"));
         let v1 = db.layout().target.0;
-        let hash = |seed| PartitionSpec::Hash {
-            partitions: 4,
-            seed,
-            hashed_prefix: None,
-        };
-        let v2 = db.register_partition_fn(hash(1)).unwrap();
+        let v2 = db.register_partition_fn(hash4(1)).unwrap();
         db.set_target(v2).unwrap();
         let v1_files = |db: &Db| {
             db.inner
@@ -1555,7 +1548,7 @@ mod tests {
         }
         db.flush().unwrap();
         quiet(&db);
-        let v3 = db.register_partition_fn(hash(2)).unwrap();
+        let v3 = db.register_partition_fn(hash4(2)).unwrap();
         db.set_target(v3).unwrap();
         let draining: Vec<u32> = db
             .inner
@@ -1693,22 +1686,17 @@ mod tests {
     #[test]
     fn draining_files_migrate_in_key_order_across_partitions() {
         let dir = tempfile::tempdir().unwrap();
-        let hash = |seed| PartitionSpec::Hash {
-            partitions: 4,
-            seed,
-            hashed_prefix: None,
-        };
         let db = Db::open(
             dir.path(),
             Options {
-                partition: hash(0),
+                partition: hash4(0),
                 ..shaped_options(&FaultFs::new())
             },
         )
         .unwrap();
         load_compacted(&db, 6_000, |i| format!("k{i:08}"));
         let v1 = db.layout().target.0;
-        let v2 = db.register_partition_fn(hash(1)).unwrap();
+        let v2 = db.register_partition_fn(hash4(1)).unwrap();
         db.set_target(v2).unwrap();
         // (each partition's next file number and smallest key, in partition order)
         let next_files = |db: &Db| -> Vec<(u64, Bytes)> {

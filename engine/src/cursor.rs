@@ -53,7 +53,8 @@ pub(crate) struct TableCursor {
     range: KeyRange,
     dir: Direction,
     fill_cache: bool,
-    /// Blocks read ahead, for a forward walk that leaves the cache alone.
+    /// Blocks read ahead, for a forward walk that leaves the cache alone (its buffer serves
+    /// each table of the run in turn: it records which table its bytes are of).
     ahead: Readahead,
     /// Current block (empty before the first load), its index, and the entry index within it.
     block: Block,
@@ -110,7 +111,6 @@ impl TableCursor {
             };
             self.table = t;
             self.block = Block::empty();
-            self.ahead = Readahead::default();
             self.seek_start()?;
         }
         Ok(())
@@ -620,7 +620,7 @@ impl MergeCursor {
 mod tests {
     use super::*;
 
-    /// A walk that leaves the block cache alone (a compaction's, a verification's) reads a
+    /// A walk that leaves the block cache alone (a compaction's) reads a
     /// table with `pread`, a run of blocks at a time, and never through its map: pages read
     /// through a map stay resident until a sweep releases them, and every release makes the
     /// kernel interrupt the other CPUs the process runs on to flush their TLBs. Here no page
@@ -634,50 +634,54 @@ mod tests {
         use crate::sst::reader::READAHEAD;
         use crate::sst::{Compression, TableKind, TableOptions, TableOwner, TableWriter};
 
+        type Entries = Vec<(Vec<u8>, u64, Vec<u8>)>;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000011.sst");
-        let entries: Vec<(Vec<u8>, u64, Vec<u8>)> = (0..20_000u32)
-            .map(|i| {
-                let key = format!("key{i:08}").into_bytes();
-                (
-                    key,
-                    1 + i as u64,
-                    format!("value{i}-{}", "v".repeat(80)).into_bytes(),
-                )
-            })
-            .collect();
-        let mut w = TableWriter::create(
-            &StdFs,
-            &path,
-            TableOptions {
-                block_size: 4096,
-                compression: Compression::None,
-                key_delta: false,
-                bloom_bits_per_key: 10,
-            },
-            TableOwner {
-                kind: TableKind::Data,
-                layout_version: 1,
-                fingerprint: 1,
-                partition: 0,
-            },
-        )
-        .unwrap();
-        for (k, seqno, v) in &entries {
-            w.add(&Entry {
-                key: Bytes::copy_from_slice(k),
-                seqno: *seqno,
-                kind: Kind::Value,
-                value: Bytes::copy_from_slice(v),
-            })
-            .unwrap();
-        }
-        w.finish().unwrap();
-        let open = |p: &std::path::Path| {
-            let cache = Arc::new(BlockCache::new(1 << 20, 4096));
-            crate::sst::Table::open(&StdFs, p, 11, Some(cache)).map(Arc::new)
+        let make = |prefix: &str, n: u32| -> Entries {
+            (0..n)
+                .map(|i| {
+                    let key = format!("{prefix}{i:08}").into_bytes();
+                    let value = format!("{prefix}-value{i}-{}", "v".repeat(80)).into_bytes();
+                    (key, 1 + i as u64, value)
+                })
+                .collect()
         };
-        let t = open(&path).unwrap();
+        let write = |path: &std::path::Path, entries: &Entries| {
+            let mut w = TableWriter::create(
+                &StdFs,
+                path,
+                TableOptions {
+                    block_size: 4096,
+                    compression: Compression::None,
+                    key_delta: false,
+                    bloom_bits_per_key: 10,
+                },
+                TableOwner {
+                    kind: TableKind::Data,
+                    layout_version: 1,
+                    fingerprint: 1,
+                    partition: 0,
+                },
+            )
+            .unwrap();
+            for (k, seqno, v) in entries {
+                w.add(&Entry {
+                    key: Bytes::copy_from_slice(k),
+                    seqno: *seqno,
+                    kind: Kind::Value,
+                    value: Bytes::copy_from_slice(v),
+                })
+                .unwrap();
+            }
+            w.finish().unwrap();
+        };
+        let path = dir.path().join("000011.sst");
+        let entries = make("key", 20_000);
+        write(&path, &entries);
+        let cache = Arc::new(BlockCache::new(1 << 20, 4096));
+        let open = |p: &std::path::Path, id: u64| {
+            crate::sst::Table::open(&StdFs, p, id, Some(cache.clone())).map(Arc::new)
+        };
+        let t = open(&path, 11).unwrap();
         assert!(t.file_size() > 8 * READAHEAD, "{} bytes", t.file_size());
         let walk = |t: &Arc<crate::sst::Table>| -> Result<usize> {
             let mut c = TableCursor::new(t.clone(), KeyRange::all(), Direction::Forward, false)?;
@@ -703,7 +707,7 @@ mod tests {
         bytes[at as usize] ^= 0x40;
         let bad = dir.path().join("000012.sst");
         std::fs::write(&bad, &bytes).unwrap();
-        let t = open(&bad).unwrap();
+        let t = open(&bad, 12).unwrap();
         let block = (0..t.block_count())
             .rfind(|&i| t.block_offset(i) <= at)
             .unwrap();
@@ -714,6 +718,31 @@ mod tests {
             }
             other => panic!("{:?}", other.map_err(|e| e.to_string())),
         }
+
+        // A level: tables each smaller than a run, walked by one cursor that reads each
+        // from offset 0 into the same buffer. Every table's own entries, in order.
+        let mut tables = Vec::new();
+        let mut all: Entries = Vec::new();
+        for (j, prefix) in ["a", "b", "c"].iter().enumerate() {
+            let es = make(prefix, 200);
+            let p = dir.path().join(format!("00002{j}.sst"));
+            write(&p, &es);
+            let t = open(&p, 20 + j as u64).unwrap();
+            assert!(t.file_size() < READAHEAD, "{} bytes", t.file_size());
+            tables.push(t);
+            all.extend(es);
+        }
+        let first = tables.remove(0);
+        let mut c =
+            TableCursor::run(first, tables, KeyRange::all(), Direction::Forward, false).unwrap();
+        let mut n = 0;
+        while c.valid {
+            let (k, seqno, v) = &all[n];
+            assert_eq!((c.key(), c.at.seqno, c.value()), (&k[..], *seqno, &v[..]));
+            n += 1;
+            c.advance().unwrap();
+        }
+        assert_eq!(n, all.len());
     }
 
     /// Sources holding overlapping sets of entries, some in two or three of them (a value both

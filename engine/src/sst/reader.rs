@@ -3,10 +3,10 @@
 //!
 //! Data blocks are checked on every read from the file. With a block cache, blocks are read
 //! with `pread`: those bound for the cache into the cache's pages, and those of a walk that
-//! leaves the cache alone (compactions, verification) a run at a time into a buffer of the
-//! walk's ([`Table::read_block_ahead`]). Without a cache they are served from the map: a
-//! block stored raw (format version 1) straight from it (its CRC verified once and
-//! remembered), one stored key-delta encoded or compressed decoded (`sst::codec`).
+//! leaves the cache alone (compactions) a run at a time into a buffer of the walk's
+//! ([`Table::read_block_ahead`]). Without a cache they are served from the map: a block
+//! stored raw (format version 1) straight from it (its CRC verified once and remembered),
+//! one stored key-delta encoded or compressed decoded (`sst::codec`).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -346,12 +346,7 @@ impl Table {
                     codec::Owned::Heap(buf)
                 }
             };
-            let local = BlockHandle {
-                offset: 0,
-                size: h.size,
-            };
-            let (ty, _) =
-                checked_block(buf.bytes(), local, &self.path).map_err(|e| rebase(e, h.offset))?;
+            let (ty, _) = self.checked_in(buf.bytes(), h.offset, h)?;
             let search = fill == Fill::Search;
             let b = codec::decode_owned(ty, buf, h.size as usize, search, c, &self.path, h.offset)?;
             c.insert(self.id, i as u32, b.clone());
@@ -378,7 +373,7 @@ impl Table {
     }
 
     /// Loads data block `i` for a walk through the table's blocks in order that leaves the
-    /// cache alone (compactions, verification): blocks are read with `pread` in runs of
+    /// cache alone (a compaction's): blocks are read with `pread` in runs of
     /// [`READAHEAD`] bytes into `ra`'s buffer and served from it, CRC checked. The table's
     /// map is not touched: pages read through a map stay resident until released, and each
     /// release (`madvise`) of a map this process has read makes the kernel flush the TLB
@@ -414,13 +409,18 @@ impl Table {
                 buf: Bytes::from(buf),
             };
         }
+        let (ty, body) = self.checked_in(&ra.buf, ra.start, h)?;
+        codec::decode_block(ty, ra.buf.slice_ref(body), &self.path, h.offset)
+    }
+
+    /// Checks block `h` in `buf`, a copy of the file's bytes from offset `start` on (a
+    /// `pread`): its type and body, or an error naming the block's offset in the file.
+    fn checked_in<'a>(&self, buf: &'a [u8], start: u64, h: BlockHandle) -> Result<(u8, &'a [u8])> {
         let local = BlockHandle {
-            offset: h.offset - ra.start,
+            offset: h.offset - start,
             size: h.size,
         };
-        let (ty, body) =
-            checked_block(&ra.buf, local, &self.path).map_err(|e| rebase(e, ra.start))?;
-        codec::decode_block(ty, ra.buf.slice_ref(body), &self.path, h.offset)
+        checked_block(buf, local, &self.path).map_err(|e| rebase(e, start))
     }
 
     /// Data block `i` if the block cache holds it.
@@ -505,8 +505,8 @@ impl Table {
 /// What a block read asks of the block cache.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fill {
-    /// Leave the cache as it is (compactions and verification, whose forward walks go
-    /// through [`Table::read_block_ahead`] instead).
+    /// Leave the cache as it is (compactions, whose forward walks go through
+    /// [`Table::read_block_ahead`] instead, and verification).
     No,
     /// Cache a missing block as it is (the blocks a scan walks through).
     Cache,

@@ -1,7 +1,7 @@
 //! The block cache: decompressed data blocks, bounded by their total size.
 //!
-//! Blocks reach the cache through `pread`, and compactions read with `pread` too; what
-//! still reads through the tables' memory maps (opening a table, a backward walk that
+//! Blocks reach the cache through `pread`, and compactions and table opens read with
+//! `pread` too; what still reads through the tables' memory maps (a backward walk that
 //! leaves the cache alone, a database without a cache) leaves the pages it touches
 //! resident in the process until they are released. So the cache also keeps a budget of
 //! bytes read from maps: past it, a sweep (run off the read path) releases the pages of
@@ -119,10 +119,10 @@ impl BlockCache {
     }
 
     /// Releases every live map's resident pages if a sweep is due, and the pages of free
-    /// block slots past the pool's reserve. Returns whether the map sweep ran.
+    /// block slots the room has no use for. Returns whether the map sweep ran.
     pub fn sweep_if_due(&self) -> bool {
         if let Some(p) = &self.pages {
-            p.release_excess();
+            p.release_excess(self.room());
         }
         if !self.sweep_due.swap(false, Ordering::Relaxed) {
             return false;

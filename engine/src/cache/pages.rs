@@ -6,8 +6,9 @@
 //! charged against the same budget), and the blocks a shrinking cache evicts would otherwise
 //! stay resident as memory the allocator keeps for reuse: measured with jemalloc's defaults,
 //! most of a readwhilewriting run's resident memory past the budget. Here a freed page goes on
-//! a free list; free pages past a small reserve are released to the system (`MADV_DONTNEED`)
-//! off the read path, with the tables' map sweeps, and fault back in as zeros when reused.
+//! a free list; free pages the cache's current room has no use for (past a small reserve)
+//! are released to the system (`MADV_DONTNEED`) off the read path, with the tables' map
+//! sweeps, and fault back in as zeros when reused.
 //!
 //! A page stays taken while anything holds a block in it — the cache, a cursor, or a value
 //! handed to a caller (values are zero-copy slices of blocks) — and goes back on the free list
@@ -108,15 +109,26 @@ impl PagePool {
         })
     }
 
-    /// Releases the pages of free slots past the reserve to the system. Returns how many
-    /// slots it released.
-    pub fn release_excess(&self) -> usize {
+    /// Releases the pages of free slots to the system, keeping resident as many as fit in
+    /// `room` bytes beside the slots taken (or the reserve, if that is more). Returns how
+    /// many slots it released.
+    ///
+    /// `room` is what the cache may hold now: free pages within it are pages the cache
+    /// would fill again, and each release interrupts the process's threads on other CPUs
+    /// to flush their TLBs, so slots freed by blocks of deleted tables stay for the blocks
+    /// that replace them; pages past it (the cache shrank) go back.
+    pub fn release_excess(&self, room: u64) -> usize {
+        let room_slots = usize::try_from(room / self.slot as u64).unwrap_or(usize::MAX);
         if self.resident_free.load(Ordering::Relaxed) <= self.reserve {
             return 0;
         }
         let mut excess = {
             let mut f = self.free.lock();
-            let keep = self.reserve.min(f.resident.len());
+            let taken = f.fresh as usize - f.resident.len() - f.released.len();
+            let keep = room_slots
+                .saturating_sub(taken)
+                .max(self.reserve)
+                .min(f.resident.len());
             // The most recently freed stay (last freed, first reused).
             let cut = f.resident.len() - keep;
             let excess: Vec<u32> = f.resident.drain(..cut).collect();
@@ -300,6 +312,35 @@ pub(crate) mod tests {
         assert_eq!(pool.taken(), 7);
     }
 
+    /// Free slots the cache's room could fill again stay resident: blocks of deleted tables
+    /// free slots that the blocks replacing them reuse, and releasing them would cost every
+    /// other CPU the process runs on a TLB flush, and the reuse a page fault. Once the room
+    /// shrinks below what is taken plus free, the free slots past it go.
+    #[test]
+    fn free_slots_within_the_room_stay_resident() {
+        let slots = 1024u64;
+        let pool = PagePool::new(slots * PAGE as u64, PAGE).unwrap();
+        let held: Vec<Bytes> = (0..slots).map(|i| filled(&pool, i as u8 | 1)).collect();
+        // Every other block drops: half the slots are free, here and there.
+        let kept: Vec<Bytes> = held.into_iter().step_by(2).collect();
+        let full = slots * PAGE as u64;
+        assert_eq!(
+            pool.release_excess(full),
+            0,
+            "the room has use for them all"
+        );
+        assert!(resident_kib(&pool) >= slots * 4);
+        // The room shrinks to three quarters: a quarter of the slots is past it.
+        let released = pool.release_excess(full / 4 * 3);
+        assert_eq!(released, slots as usize / 4);
+        let resident = resident_kib(&pool);
+        assert!(resident <= slots * 3, "{resident} KiB resident");
+        assert!(kept
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b.iter().all(|&x| x == (i * 2) as u8 | 1)));
+    }
+
     #[test]
     fn free_slots_past_the_reserve_go_back_to_the_system() {
         let slots = 4096;
@@ -308,10 +349,10 @@ pub(crate) mod tests {
         assert_eq!(resident_kib(&pool), 0, "nothing resident before use");
         let held: Vec<Bytes> = (0..slots).map(|i| filled(&pool, i as u8 | 1)).collect();
         assert!(resident_kib(&pool) >= slots * 4);
-        assert_eq!(pool.release_excess(), 0, "nothing is free");
+        assert_eq!(pool.release_excess(0), 0, "nothing is free");
         // Keep every eighth block: a shrinking cache frees blocks here and there.
         let kept: Vec<Bytes> = held.into_iter().step_by(8).collect();
-        let released = pool.release_excess();
+        let released = pool.release_excess(0);
         assert_eq!(released, slots as usize - kept.len() - pool.reserve);
         let resident = resident_kib(&pool);
         let bound = (kept.len() + pool.reserve) as u64 * 4;

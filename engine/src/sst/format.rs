@@ -175,18 +175,24 @@ impl Footer {
 
     /// Decodes the footer at the end of `file` (the whole file's bytes).
     pub fn decode(file: &[u8], path: &Path) -> Result<Footer> {
-        if file.len() < FOOTER_LEN {
+        Self::decode_at(file, 0, path)
+    }
+
+    /// Decodes the footer at the end of `tail`, the file's bytes from offset `base` to its
+    /// end; errors name offsets in the file.
+    pub fn decode_at(tail: &[u8], base: u64, path: &Path) -> Result<Footer> {
+        if tail.len() < FOOTER_LEN {
             return Err(Error::corruption(
                 path,
                 0,
                 format!(
                     "file is {} bytes, shorter than an SSTable footer ({FOOTER_LEN}): truncated?",
-                    file.len()
+                    base + tail.len() as u64
                 ),
             ));
         }
-        let at = (file.len() - FOOTER_LEN) as u64;
-        let b = &file[file.len() - FOOTER_LEN..];
+        let at = base + (tail.len() - FOOTER_LEN) as u64;
+        let b = &tail[tail.len() - FOOTER_LEN..];
         let mut d = Decoder::new(b, path, at);
         let mut handles = [BlockHandle::default(); 3];
         for h in handles.iter_mut() {

@@ -1,5 +1,6 @@
 //! Reads SSTables: opening one maps it, and checks the footer and the CRCs of the filter,
-//! index and properties blocks read through the map.
+//! index and properties blocks — read with `pread` when the table has a block cache (the
+//! map is then not touched at all unless a walk needs it), through the map otherwise.
 //!
 //! Data blocks are checked on every read from the file. With a block cache, blocks are read
 //! with `pread`: those bound for the cache into the cache's pages, and those of a walk that
@@ -18,12 +19,12 @@ use bytes::Bytes;
 use crate::cache::BlockCache;
 use crate::coding::Decoder;
 use crate::error::{Error, Result};
-use crate::fs::Fs;
+use crate::fs::{Fs, RandomRead};
 use crate::sst::block::Block;
 use crate::sst::bloom;
 use crate::sst::codec;
 use crate::sst::format::{
-    checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE,
+    checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE, FOOTER_LEN,
 };
 use crate::types::{
     cmp_internal, common_prefix_len, eq_keys, key_prefix, prefix_search, Entry, Kind,
@@ -173,12 +174,25 @@ impl Table {
             }
             _ => None,
         };
-        let mut t = Self::from_bytes(m.bytes, path, id, cache)?;
-        // Opening read the footer, properties, filter and index through the map and copied
-        // what it keeps: release those pages, or every open table holds them resident.
-        if let Some(p) = &m.pages {
-            p.release();
-        }
+        let mut t = match &reader {
+            // The metadata is read with pread and the map is left alone: pages read through
+            // a map stay resident until released, and a release interrupts the process's
+            // threads on other CPUs to flush their TLBs (see `read_block_ahead`).
+            Some(r) => {
+                let (start, meta) = read_meta(r.as_ref(), m.bytes.len() as u64, path)?;
+                Self::parse(m.bytes, start, meta, path, id, cache)?
+            }
+            None => {
+                let t = Self::from_bytes(m.bytes, path, id, cache)?;
+                // Opening read the footer, properties, filter and index through the map and
+                // copied what it keeps: release those pages, or every open table holds them
+                // resident.
+                if let Some(p) = &m.pages {
+                    p.release();
+                }
+                t
+            }
+        };
         t._pages = m.pages;
         t.reader = reader;
         if let Some(c) = &t.cache {
@@ -188,21 +202,50 @@ impl Table {
         Ok(t)
     }
 
+    /// A table over `data`, the whole file's bytes, its metadata read from them too.
     pub fn from_bytes(
         data: Bytes,
         path: &Path,
         id: u64,
         cache: Option<Arc<BlockCache>>,
     ) -> Result<Table> {
-        let footer = Footer::decode(&data, path)?;
-        let (_, pb) = checked_block(&data, footer.props, path)?;
+        Self::parse(data.clone(), 0, data, path, id, cache)
+    }
+
+    /// A table over `data`, the whole file's bytes, with its footer, properties, filter and
+    /// index read from `meta`, the file's bytes from offset `start` to its end.
+    fn parse(
+        data: Bytes,
+        start: u64,
+        meta: Bytes,
+        path: &Path,
+        id: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
+        let footer = Footer::decode_at(&meta, start, path)?;
+        if footer
+            .filter
+            .offset
+            .min(footer.index.offset)
+            .min(footer.props.offset)
+            < start
+        {
+            // Only if the file changed between the two reads of `read_meta`.
+            return Err(Error::corruption(
+                path,
+                start,
+                "footer points before the metadata read",
+            ));
+        }
+        let (_, pb) = checked_at(&meta, start, footer.props, path)?;
         let props = TableProps::decode(pb, path, footer.props.offset)?;
-        let (_, fb) = checked_block(&data, footer.filter, path)?;
-        // Filters and index keys are copied out of the map: they are read on every lookup,
-        // and map pages are released from time to time (see `cache.rs`).
+        let (_, fb) = checked_at(&meta, start, footer.filter, path)?;
+        // Filters and index keys are copied out of the metadata read: they are read on every
+        // lookup, and the bytes around them are not needed (or are map pages, released from
+        // time to time; see `cache.rs`).
         let filter = Bytes::copy_from_slice(fb);
-        let (ty, ib) = checked_block(&data, footer.index, path)?;
-        let iblock = codec::decode_block(ty, data.slice_ref(ib), path, footer.index.offset)?;
+        let (ty, ib) = checked_at(&meta, start, footer.index, path)?;
+        let iblock = codec::decode_block(ty, meta.slice_ref(ib), path, footer.index.offset)?;
         let data_end = footer.filter.offset;
         let mut index = Index::default();
         let mut next_offset = 0u64;
@@ -346,7 +389,7 @@ impl Table {
                     codec::Owned::Heap(buf)
                 }
             };
-            let (ty, _) = self.checked_in(buf.bytes(), h.offset, h)?;
+            let (ty, _) = checked_at(buf.bytes(), h.offset, h, &self.path)?;
             let search = fill == Fill::Search;
             let b = codec::decode_owned(ty, buf, h.size as usize, search, c, &self.path, h.offset)?;
             c.insert(self.id, i as u32, b.clone());
@@ -409,18 +452,8 @@ impl Table {
                 buf: Bytes::from(buf),
             };
         }
-        let (ty, body) = self.checked_in(&ra.buf, ra.start, h)?;
+        let (ty, body) = checked_at(&ra.buf, ra.start, h, &self.path)?;
         codec::decode_block(ty, ra.buf.slice_ref(body), &self.path, h.offset)
-    }
-
-    /// Checks block `h` in `buf`, a copy of the file's bytes from offset `start` on (a
-    /// `pread`): its type and body, or an error naming the block's offset in the file.
-    fn checked_in<'a>(&self, buf: &'a [u8], start: u64, h: BlockHandle) -> Result<(u8, &'a [u8])> {
-        let local = BlockHandle {
-            offset: h.offset - start,
-            size: h.size,
-        };
-        checked_block(buf, local, &self.path).map_err(|e| rebase(e, start))
     }
 
     /// Data block `i` if the block cache holds it.
@@ -730,6 +763,44 @@ impl Entry {
 }
 
 /// Moves the offset of an error found in a block read into a buffer to its place in the file.
+/// Checks block `h` in `buf`, a copy of the file's bytes from offset `start` (at most the
+/// block's) on, read with `pread`: its type and body, or an error naming the block's offset
+/// in the file.
+fn checked_at<'a>(
+    buf: &'a [u8],
+    start: u64,
+    h: BlockHandle,
+    path: &Path,
+) -> Result<(u8, &'a [u8])> {
+    let local = BlockHandle {
+        offset: h.offset - start,
+        size: h.size,
+    };
+    checked_block(buf, local, path).map_err(|e| rebase(e, start))
+}
+
+/// Reads the metadata end of a table file of `len` bytes with `pread`: the footer, then
+/// everything from the first of the blocks it points to (filter, index, properties) to the
+/// end. Returns where that read starts and its bytes.
+fn read_meta(r: &dyn RandomRead, len: u64, path: &Path) -> Result<(u64, Bytes)> {
+    let io = |e| Error::io(path, e);
+    let at = len.saturating_sub(FOOTER_LEN as u64);
+    let mut foot = Vec::new();
+    r.read_exact_at_into(&mut foot, (len - at) as usize, at)
+        .map_err(io)?;
+    let footer = Footer::decode_at(&foot, at, path)?;
+    // Each handle ends before the footer (checked by the decode).
+    let start = footer
+        .filter
+        .offset
+        .min(footer.index.offset)
+        .min(footer.props.offset);
+    let mut meta = Vec::new();
+    r.read_exact_at_into(&mut meta, (len - start) as usize, start)
+        .map_err(io)?;
+    Ok((start, Bytes::from(meta)))
+}
+
 fn rebase(e: Error, base: u64) -> Error {
     match e {
         Error::ChecksumMismatch {

@@ -639,6 +639,20 @@ impl FaultFs {
     /// durable; a directory made since its parent was fsynced is gone with all it holds).
     /// `keep` governs file contents only.
     pub fn lose_unsynced_except(&self, keep: impl Fn(&Path) -> bool) -> io::Result<()> {
+        self.lose_unsynced_journaled(keep, |_, _| 0).map(|_| ())
+    }
+
+    /// [`FaultFs::lose_unsynced_except`], except that of the `n` changes to a directory's
+    /// entries made since it was last fsynced, the first `journaled(dir, n)` survive: a
+    /// journaling file system commits metadata changes in the order they were made and on
+    /// its own schedule, so a power cut can find any prefix of them durable without an
+    /// fsync of the directory having asked for it. Returns how many changes were kept so.
+    pub fn lose_unsynced_journaled(
+        &self,
+        keep: impl Fn(&Path) -> bool,
+        journaled: impl Fn(&Path, usize) -> usize,
+    ) -> io::Result<usize> {
+        let mut kept = 0;
         let mut st = self.state.lock();
         for (path, (_, synced)) in st.files.iter() {
             if path.exists() && !keep(path) {
@@ -652,7 +666,9 @@ impl FaultFs {
             if !dir.as_os_str().is_empty() && !dir.exists() {
                 continue;
             }
-            for c in changes.into_iter().rev() {
+            let durable = journaled(&dir, changes.len()).min(changes.len());
+            kept += durable;
+            for c in changes.into_iter().skip(durable).rev() {
                 match c {
                     EntryChange::Added(p) => remove_if_there(&p)?,
                     EntryChange::Removed {
@@ -672,7 +688,7 @@ impl FaultFs {
             }
         }
         st.files.clear();
-        Ok(())
+        Ok(kept)
     }
 
     fn check(&self, op: FsOp, path: &Path) -> Option<FaultKind> {
@@ -1123,6 +1139,51 @@ mod tests {
         assert!(stash.exists());
         drop(fs);
         assert!(!stash.exists(), "kept copies left behind");
+    }
+
+    /// A journaling file system commits directory changes in order on its own schedule: a
+    /// power cut may find the first few of those made since the last fsync of the
+    /// directory durable, and undoes only the rest.
+    #[test]
+    fn a_power_cut_may_find_a_prefix_of_the_directory_changes_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fs = FaultFs::new();
+        let write = |name: &str, data: &[u8]| {
+            let mut f = fs.create(&d.join(name)).unwrap();
+            f.append(data).unwrap();
+            f.sync().unwrap();
+        };
+        let read = |name: &str| std::fs::read(d.join(name)).ok();
+        write("CURRENT", b"MANIFEST-1\n");
+        write("old.log", b"old wal");
+        fs.sync_dir(d).unwrap();
+        // Five changes after the last fsync of the directory.
+        write("MANIFEST-2", b"snapshot");
+        write("CURRENT.tmp", b"MANIFEST-2\n");
+        fs.rename(&d.join("CURRENT.tmp"), &d.join("CURRENT"))
+            .unwrap();
+        fs.remove(&d.join("old.log")).unwrap();
+        write("new.log", b"new wal");
+        let asked = std::sync::Mutex::new(Vec::new());
+        let kept = fs
+            .lose_unsynced_journaled(
+                |_| false,
+                |p, n| {
+                    asked.lock().unwrap().push((p.to_path_buf(), n));
+                    3
+                },
+            )
+            .unwrap();
+        assert_eq!(kept, 3);
+        assert_eq!(*asked.lock().unwrap(), [(d.to_path_buf(), 5)]);
+        // The first three are durable: the new manifest, and CURRENT naming it.
+        assert_eq!(read("MANIFEST-2").as_deref(), Some(&b"snapshot"[..]));
+        assert_eq!(read("CURRENT").as_deref(), Some(&b"MANIFEST-2\n"[..]));
+        assert_eq!(read("CURRENT.tmp"), None);
+        // The last two are not: the old WAL is back, the new one gone.
+        assert_eq!(read("old.log").as_deref(), Some(&b"old wal"[..]));
+        assert_eq!(read("new.log"), None);
     }
 
     /// A directory made and never named durably goes in a power cut with all it holds,

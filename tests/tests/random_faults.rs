@@ -3,7 +3,10 @@
 //! random operations (ENOSPC, EIO, EACCES or a short write, on an append, fsync, create,
 //! rename, removal, directory fsync, map or read of the WAL, a table, the manifest,
 //! `CURRENT` or any file; once or from then on), ending in a clean close, a drop or a power
-//! cut (losing every unsynced byte, or only some files' as out-of-order writeback does); now and then with the background fsyncs of older WALs held back for a while.
+//! cut (losing every unsynced byte, or only some files' as out-of-order writeback does,
+//! with the first few directory changes since the last directory fsync kept, as a
+//! file system's journal may have committed them); now and then with the background
+//! fsyncs of older WALs held back for a while.
 //! `faults.rs` tests each fault on its own, where it is expected; this test puts them
 //! where nobody thought to.
 //!
@@ -92,6 +95,7 @@ fn run_seeds(default: u64) {
         total.refused += s.refused;
         total.in_doubt += s.in_doubt;
         total.lost_unsynced += s.lost_unsynced;
+        total.journaled += s.journaled;
         total.faults_fired += s.faults_fired;
     }
     eprintln!(
@@ -105,8 +109,12 @@ fn run_seeds(default: u64) {
             list.len()
         );
         assert!(
-            total.refused > 0 && total.in_doubt > 0 && total.lost_unsynced > 0,
-            "the seeds never refused a write, left one in doubt, or lost an unsynced one: {total:?}"
+            total.refused > 0
+                && total.in_doubt > 0
+                && total.lost_unsynced > 0
+                && total.journaled > 0,
+            "the seeds never refused a write, left one in doubt, lost an unsynced one, or \
+             kept a directory change no fsync covered: {total:?}"
         );
     }
 }
@@ -166,6 +174,8 @@ struct Seen {
     in_doubt: u64,
     /// Reopens after which some acknowledged write was (rightly) gone.
     lost_unsynced: u64,
+    /// Directory changes a power cut found committed by the journal, not by an fsync.
+    journaled: u64,
     faults_fired: u64,
 }
 
@@ -429,7 +439,9 @@ enum End {
     Drop,
     /// `writeback`: the OS had written back the unsynced bytes of some files and not of
     /// others (those a hash of the path salted with this picks), as out-of-order writeback
-    /// leaves them; `None`: every unsynced byte is lost.
+    /// leaves them, and the file system's journal had committed some of the directory
+    /// changes made since the directory's last fsync (a prefix of them, its length picked
+    /// by the same salt); `None`: every unsynced byte and directory change is lost.
     PowerCut {
         writeback: Option<u64>,
     },
@@ -449,10 +461,20 @@ fn random_end(r: &mut StdRng) -> End {
 /// Whether a power cut with out-of-order writeback salted `salt` kept `path`'s unsynced
 /// bytes.
 fn written_back(path: &Path, salt: u64) -> bool {
+    salted(path, salt).is_multiple_of(2)
+}
+
+/// How many of the `n` changes to `dir`'s entries since its last fsync a power cut with
+/// writeback salted `salt` found committed by the file system's journal (any of 0..=n).
+fn journaled(dir: &Path, n: usize, salt: u64) -> usize {
+    (salted(dir, salt.rotate_left(17)) % (n as u64 + 1)) as usize
+}
+
+fn salted(path: &Path, salt: u64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (path, salt).hash(&mut h);
-    h.finish().is_multiple_of(2)
+    h.finish()
 }
 
 /// Ends `db` as `end`, disarms the faults, then reads the directory back (through `fs`,
@@ -498,8 +520,9 @@ fn end_and_settle(
             writeback: Some(salt),
         } => {
             drop(db);
-            fs.lose_unsynced_except(|p| written_back(p, salt))
-                .expect("power cut");
+            h.seen.journaled += fs
+                .lose_unsynced_journaled(|p| written_back(p, salt), |d, n| journaled(d, n, salt))
+                .expect("power cut") as u64;
         }
     }
     if !matches!(end, End::PowerCut { .. }) && fs.injected() == fired {

@@ -174,14 +174,15 @@ impl Table {
             }
             _ => None,
         };
-        let mut t = match &reader {
+        let meta = match &reader {
+            Some(r) => read_meta(r.as_ref(), m.bytes.len() as u64, path, MAX_META_READ)?,
+            None => None,
+        };
+        let mut t = match meta {
             // The metadata is read with pread and the map is left alone: pages read through
             // a map stay resident until released, and a release interrupts the process's
             // threads on other CPUs to flush their TLBs (see `read_block_ahead`).
-            Some(r) => {
-                let (start, meta) = read_meta(r.as_ref(), m.bytes.len() as u64, path)?;
-                Self::parse(m.bytes, start, meta, path, id, cache)?
-            }
+            Some((start, meta)) => Self::parse(m.bytes, start, meta, path, id, cache)?,
             None => {
                 let t = Self::from_bytes(m.bytes, path, id, cache)?;
                 // Opening read the footer, properties, filter and index through the map and
@@ -779,10 +780,22 @@ fn checked_at<'a>(
     checked_block(buf, local, path).map_err(|e| rebase(e, start))
 }
 
+/// The most metadata (filter, index, properties) an open reads onto the heap with `pread`;
+/// a table claiming more (a huge table, or a footer damaged into pointing far back) is
+/// opened through its map instead, so a damaged footer cannot make an open allocate up to
+/// the file's size.
+const MAX_META_READ: u64 = 8 << 20;
+
 /// Reads the metadata end of a table file of `len` bytes with `pread`: the footer, then
 /// everything from the first of the blocks it points to (filter, index, properties) to the
-/// end. Returns where that read starts and its bytes.
-fn read_meta(r: &dyn RandomRead, len: u64, path: &Path) -> Result<(u64, Bytes)> {
+/// end. Returns where that read starts and its bytes, or `None` if that is more than `max`
+/// bytes ([`MAX_META_READ`] when opening).
+pub(super) fn read_meta(
+    r: &dyn RandomRead,
+    len: u64,
+    path: &Path,
+    max: u64,
+) -> Result<Option<(u64, Bytes)>> {
     let io = |e| Error::io(path, e);
     let at = len.saturating_sub(FOOTER_LEN as u64);
     let mut foot = Vec::new();
@@ -795,10 +808,13 @@ fn read_meta(r: &dyn RandomRead, len: u64, path: &Path) -> Result<(u64, Bytes)> 
         .offset
         .min(footer.index.offset)
         .min(footer.props.offset);
+    if len - start > max {
+        return Ok(None);
+    }
     let mut meta = Vec::new();
     r.read_exact_at_into(&mut meta, (len - start) as usize, start)
         .map_err(io)?;
-    Ok((start, Bytes::from(meta)))
+    Ok(Some((start, Bytes::from(meta))))
 }
 
 fn rebase(e: Error, base: u64) -> Error {

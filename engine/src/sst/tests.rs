@@ -274,6 +274,31 @@ fn an_open_table_keeps_no_map_pages_resident() {
     }
 }
 
+/// Opening reads a table's metadata onto the heap with `pread` only up to a bound: a
+/// footer damaged into pointing far back cannot make an open allocate up to the file's size
+/// (past the bound, the table opens through its map, as a table without a cache does).
+#[test]
+fn metadata_is_read_with_pread_only_up_to_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("000008.sst");
+    write(&p, &entries(40_000), Compression::None);
+    let len = std::fs::metadata(&p).unwrap().len();
+    let r = crate::fs::Fs::open_random(&StdFs, &p).unwrap();
+    let (start, meta) = super::reader::read_meta(r.as_ref(), len, &p, u64::MAX)
+        .unwrap()
+        .expect("within the bound");
+    let whole = std::fs::read(&p).unwrap();
+    assert_eq!(&meta[..], &whole[start as usize..]);
+    assert!(start > len / 2, "metadata from {start} of {len}");
+    let need = len - start;
+    assert!(super::reader::read_meta(r.as_ref(), len, &p, need)
+        .unwrap()
+        .is_some());
+    assert!(super::reader::read_meta(r.as_ref(), len, &p, need - 1)
+        .unwrap()
+        .is_none());
+}
+
 #[test]
 fn iteration_both_directions_and_ranges() {
     let dir = tempfile::tempdir().unwrap();

@@ -655,6 +655,55 @@ fn eio_on_a_block_read_fails_that_read_only() {
     assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"x"[..]));
 }
 
+/// Opening a table reads its filter, index and properties with `pread` (a database with a
+/// block cache). A flush whose new table cannot be read back fails, and the handle turns
+/// read-only as after any failed flush (the writes stay in the WAL). A reopen that cannot
+/// read a table fails with an I/O error naming it and changes nothing on disk: once the
+/// disk reads again, the reopen finds every write, those of the failed flush included.
+#[test]
+fn eio_reading_a_tables_metadata_at_open_fails_the_open_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("k{i:05}"), format!("value-{i}")).unwrap();
+    }
+    db.flush().unwrap();
+    // The flush's new table is opened (and read) before it is installed.
+    for i in 0..2000u32 {
+        db.put(format!("m{i:05}"), format!("later-{i}")).unwrap();
+    }
+    fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", false));
+    let e = db.flush().unwrap_err();
+    assert!(e.to_string().contains(".sst"), "{e}");
+    assert_eq!(fs.injected(), 1);
+    assert_read_only(&db, "after a flush that could not read its table");
+    drop(db);
+    fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", true));
+    let e = Db::open(dir.path(), with_fs(Options::default(), &fs))
+        .err()
+        .expect("a reopen that cannot read a table fails");
+    assert_eq!(errno(&e), Some(5), "{e:?}");
+    assert!(
+        io_path(&e).ends_with(".sst"),
+        "error names {:?}",
+        io_path(&e)
+    );
+    fs.clear();
+    let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
+    for i in (0..2000u32).step_by(7) {
+        assert_eq!(
+            db.get(format!("k{i:05}")).unwrap().as_deref(),
+            Some(format!("value-{i}").as_bytes())
+        );
+        assert_eq!(
+            db.get(format!("m{i:05}")).unwrap().as_deref(),
+            Some(format!("later-{i}").as_bytes())
+        );
+    }
+    assert_eq!(db.range(..).count(), 4000);
+}
+
 /// A compaction meets a read error now that it reads its inputs with `pread`. A manual
 /// compaction under a lasting one (a disk returning EIO for every table read) returns the
 /// error once each partition it queued has been tried, instead of waiting out the

@@ -632,47 +632,21 @@ mod tests {
         use crate::cache::BlockCache;
         use crate::fs::StdFs;
         use crate::sst::reader::READAHEAD;
-        use crate::sst::{Compression, TableKind, TableOptions, TableOwner, TableWriter};
+        use crate::sst::Compression;
 
-        type Entries = Vec<(Vec<u8>, u64, Vec<u8>)>;
         let dir = tempfile::tempdir().unwrap();
-        let make = |prefix: &str, n: u32| -> Entries {
+        let make = |prefix: &str, n: u32| -> Vec<Entry> {
             (0..n)
-                .map(|i| {
-                    let key = format!("{prefix}{i:08}").into_bytes();
-                    let value = format!("{prefix}-value{i}-{}", "v".repeat(80)).into_bytes();
-                    (key, 1 + i as u64, value)
+                .map(|i| Entry {
+                    key: Bytes::from(format!("{prefix}{i:08}")),
+                    seqno: 1 + i as u64,
+                    kind: Kind::Value,
+                    value: Bytes::from(format!("{prefix}-value{i}-{}", "v".repeat(80))),
                 })
                 .collect()
         };
-        let write = |path: &std::path::Path, entries: &Entries| {
-            let mut w = TableWriter::create(
-                &StdFs,
-                path,
-                TableOptions {
-                    block_size: 4096,
-                    compression: Compression::None,
-                    key_delta: false,
-                    bloom_bits_per_key: 10,
-                },
-                TableOwner {
-                    kind: TableKind::Data,
-                    layout_version: 1,
-                    fingerprint: 1,
-                    partition: 0,
-                },
-            )
-            .unwrap();
-            for (k, seqno, v) in entries {
-                w.add(&Entry {
-                    key: Bytes::copy_from_slice(k),
-                    seqno: *seqno,
-                    kind: Kind::Value,
-                    value: Bytes::copy_from_slice(v),
-                })
-                .unwrap();
-            }
-            w.finish().unwrap();
+        let write = |path: &std::path::Path, entries: &[Entry]| {
+            crate::sst::tests::write_sized(path, entries, Compression::None, false, 4096);
         };
         let path = dir.path().join("000011.sst");
         let entries = make("key", 20_000);
@@ -683,16 +657,23 @@ mod tests {
         };
         let t = open(&path, 11).unwrap();
         assert!(t.file_size() > 8 * READAHEAD, "{} bytes", t.file_size());
-        let walk = |t: &Arc<crate::sst::Table>| -> Result<usize> {
-            let mut c = TableCursor::new(t.clone(), KeyRange::all(), Direction::Forward, false)?;
+        // Walks `c` to its end, checking each entry against `want` in order.
+        fn drain(mut c: TableCursor, want: &[Entry]) -> Result<usize> {
             let mut n = 0;
             while c.valid {
-                let (k, seqno, v) = &entries[n];
-                assert_eq!((c.key(), c.at.seqno, c.value()), (&k[..], *seqno, &v[..]));
+                let e = &want[n];
+                assert_eq!(
+                    (c.key(), c.at.seqno, c.value()),
+                    (&e.key[..], e.seqno, &e.value[..])
+                );
                 n += 1;
                 c.advance()?;
             }
             Ok(n)
+        }
+        let walk = |t: &Arc<crate::sst::Table>| -> Result<usize> {
+            let c = TableCursor::new(t.clone(), KeyRange::all(), Direction::Forward, false)?;
+            drain(c, &entries)
         };
         assert_eq!(walk(&t).unwrap(), entries.len());
         let resident = crate::cache::tests::resident_kib(&path);
@@ -722,7 +703,7 @@ mod tests {
         // A level: tables each smaller than a run, walked by one cursor that reads each
         // from offset 0 into the same buffer. Every table's own entries, in order.
         let mut tables = Vec::new();
-        let mut all: Entries = Vec::new();
+        let mut all: Vec<Entry> = Vec::new();
         for (j, prefix) in ["a", "b", "c"].iter().enumerate() {
             let es = make(prefix, 200);
             let p = dir.path().join(format!("00002{j}.sst"));
@@ -733,16 +714,9 @@ mod tests {
             all.extend(es);
         }
         let first = tables.remove(0);
-        let mut c =
+        let c =
             TableCursor::run(first, tables, KeyRange::all(), Direction::Forward, false).unwrap();
-        let mut n = 0;
-        while c.valid {
-            let (k, seqno, v) = &all[n];
-            assert_eq!((c.key(), c.at.seqno, c.value()), (&k[..], *seqno, &v[..]));
-            n += 1;
-            c.advance().unwrap();
-        }
-        assert_eq!(n, all.len());
+        assert_eq!(drain(c, &all).unwrap(), all.len());
     }
 
     /// Sources holding overlapping sets of entries, some in two or three of them (a value both

@@ -620,6 +620,17 @@ fn close_after_a_failure_reports_it_or_keeps_every_acknowledged_write() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A database on `fs` (default options, so with a block cache) holding `k00000`..`k01999`
+/// = `value-{i}` in one flushed table.
+fn db_with_a_table(dir: &Path, fs: &FaultFs) -> Db {
+    let db = Db::open(dir, with_fs(Options::default(), fs)).unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("k{i:05}"), format!("value-{i}")).unwrap();
+    }
+    db.flush().unwrap();
+    db
+}
+
 /// A read error on a table block (EIO from `pread`) fails the read that hit it with an I/O
 /// error naming the table, caches nothing, and leaves the database as it was: the same read
 /// then finds the value, and writes still work. Reads never turn a database read-only.
@@ -627,11 +638,7 @@ fn close_after_a_failure_reports_it_or_keeps_every_acknowledged_write() {
 fn eio_on_a_block_read_fails_that_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
-    for i in 0..2000u32 {
-        db.put(format!("k{i:05}"), format!("value-{i}")).unwrap();
-    }
-    db.flush().unwrap();
+    let db = db_with_a_table(dir.path(), &fs);
     fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", false));
     let e = db.get("k01234").unwrap_err();
     assert_eq!(errno(&e), Some(5), "{e:?}");
@@ -664,11 +671,7 @@ fn eio_on_a_block_read_fails_that_read_only() {
 fn eio_reading_a_tables_metadata_at_open_fails_the_open_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    let db = Db::open(dir.path(), with_fs(Options::default(), &fs)).unwrap();
-    for i in 0..2000u32 {
-        db.put(format!("k{i:05}"), format!("value-{i}")).unwrap();
-    }
-    db.flush().unwrap();
+    let db = db_with_a_table(dir.path(), &fs);
     // The flush's new table is opened (and read) before it is installed.
     for i in 0..2000u32 {
         db.put(format!("m{i:05}"), format!("later-{i}")).unwrap();

@@ -12,4 +12,4 @@ pub use reader::{Table, TableIter};
 pub use writer::{TableOptions, TableOwner, TableWriter};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -56,7 +56,7 @@ fn write_format(
     write_sized(path, es, compression, key_delta, 512)
 }
 
-fn write_sized(
+pub(crate) fn write_sized(
     path: &Path,
     es: &[Entry],
     compression: Compression,
@@ -91,6 +91,14 @@ fn open(path: &Path, cache: bool) -> crate::Result<Arc<Table>> {
     Table::open(&StdFs, path, 1, c).map(Arc::new)
 }
 
+/// Every `step`th entry of `es` is what a point read of `t` at its seqno returns.
+fn assert_finds(t: &Table, es: &[Entry], step: usize) {
+    for e in es.iter().step_by(step) {
+        let got = t.get(&e.key, key_hash(&e.key), e.seqno).unwrap();
+        assert_eq!(got.as_ref(), Some(e), "{:?}", e.key);
+    }
+}
+
 #[test]
 fn round_trip_gets_and_properties() {
     for compression in [Compression::None, Compression::Zstd(3)] {
@@ -107,10 +115,7 @@ fn round_trip_gets_and_properties() {
         assert_eq!(props.largest, b"key001999");
         let t = open(&p, true).unwrap();
         assert_eq!(t.props(), &props);
-        for e in &es {
-            let got = t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap();
-            assert_eq!(&got, e);
-        }
+        assert_finds(&t, &es, 1);
         // A snapshot between the two versions sees the older one.
         let k = b"key000003";
         let got = t.get(k, key_hash(k), 500).unwrap().unwrap();
@@ -160,12 +165,7 @@ fn plain_tables_are_format_version_1_and_key_delta_tables_version_2_and_smaller(
                 let mut back: Vec<Entry> = t.iter().rev().map(|e| e.unwrap()).collect();
                 back.reverse();
                 assert_eq!(back, es);
-                for e in es.iter().step_by(7) {
-                    assert_eq!(
-                        &t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap(),
-                        e
-                    );
-                }
+                assert_finds(t, &es, 7);
             }
         }
     }
@@ -231,12 +231,7 @@ fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
         let bi = t.find_block(&mid.key, u64::MAX);
         assert!(t.cached_block(bi).unwrap().is_searchable(), "block {bi}");
         // Point reads in walked (plain) blocks and in searchable ones find the same entries.
-        for e in &es {
-            assert_eq!(
-                &t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap(),
-                e
-            );
-        }
+        assert_finds(&t, &es, 1);
     }
 }
 
@@ -265,12 +260,7 @@ fn an_open_table_keeps_no_map_pages_resident() {
             );
         }
         // Reads still see everything (pages fault back in, or come through the cache).
-        for e in es.iter().step_by(97) {
-            assert_eq!(
-                &t.get(&e.key, key_hash(&e.key), e.seqno).unwrap().unwrap(),
-                e
-            );
-        }
+        assert_finds(&t, &es, 97);
     }
 }
 

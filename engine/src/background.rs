@@ -191,12 +191,32 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
     match job {
         Job::Flush => {
             core.flushing = false;
-            if let Err(e) = result {
-                // The memtable cannot reach an SSTable, so its WAL can never be released
-                // and later writes could not be made durable in order: stop writes.
-                inner.fail(format!("flush failed: {e}"));
+            match result {
+                Ok(()) => {
+                    core.flush_failures = 0;
+                    None
+                }
+                Err(Error::Closed) => None,
+                // A failure that left durability in doubt stopped writes where it happened.
+                Err(_) if inner.failed.load(Ordering::Acquire) => None,
+                // Writing the new tables failed and they are gone again; the memtable and
+                // its WAL are untouched, so the same flush can be tried again. Only once
+                // the retries run out does the memtable stay unflushable, its WAL never
+                // released: stop writes.
+                Err(e) => {
+                    core.flush_failures += 1;
+                    if core.flush_failures > inner.opts.flush_retries {
+                        inner.fail(format!(
+                            "flush failed {} times, the last time: {e}",
+                            core.flush_failures
+                        ));
+                        return None;
+                    }
+                    inner.note_background_error(&e);
+                    Counters::add(&inner.counters.flush_retries, 1);
+                    Some(inner.opts.flush_retry_interval)
+                }
             }
-            None
         }
         Job::Compaction { job, manual } => {
             if job.migrate_to.is_some() {

@@ -174,6 +174,8 @@ pub(crate) struct Core {
     pub manual_error: Option<String>,
     /// Compaction failures in a row (backs off retries, e.g. while the disk is full).
     pub compaction_failures: u32,
+    /// Failed attempts at the oldest frozen memtable's flush (see `Options::flush_retries`).
+    pub flush_failures: u32,
     pub next_job_id: u64,
     /// Background migration jobs running (the pacer's, not `migrate_now`'s).
     pub migrations_running: usize,
@@ -439,11 +441,15 @@ impl Inner {
     }
 
     /// Makes new directory entries (SSTables, WAL files) durable before anything that
-    /// depends on them is.
+    /// depends on them is. A failure stops writes: the kernel may have dropped entries it
+    /// could not write, other jobs' among them, and a later directory fsync that succeeds
+    /// does not bring them back, so no new file can be trusted to be named durably.
     pub fn sync_dir(&self) -> Result<()> {
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io(&self.dir, e))
+        self.fs.sync_dir(&self.dir).map_err(|e| {
+            let e = Error::io(&self.dir, e);
+            self.fail(format!("directory sync failed: {e}"));
+            e
+        })
     }
 
     /// Records a background error that did not stop writes.
@@ -1403,6 +1409,7 @@ impl Inner {
             live_sst_bytes: view.files.total_bytes(),
             last_seqno: self.latest(),
             background_errors: g(&c.background_errors),
+            flush_retries: g(&c.flush_retries),
             gets: g(&c.gets),
             get_table_reads: g(&c.get_table_reads),
             get_filter_false_positives: g(&c.get_false_positives),

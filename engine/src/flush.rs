@@ -57,7 +57,14 @@ impl Inner {
         if let Some(c) = core.writing_to.get_mut(&target) {
             *c -= 1;
         }
+        // A failure so far is in writing the new tables alone, which are deleted again: the
+        // flush worker tries again (`Options::flush_retries`). From here on a failure may
+        // leave the directory or the manifest in doubt, so it stops writes at once.
         let (outputs, bytes) = result?;
+        let fatal = |e: crate::Error| {
+            self.fail(format!("flush failed: {e}"));
+            e
+        };
         // The WAL that can be dropped now: everything below the oldest memtable still unflushed.
         let view = self.view.load_full();
         let remaining: Vec<&Arc<MemTable>> =
@@ -78,10 +85,13 @@ impl Inner {
         for f in &orphaned {
             f.mark_obsolete();
         }
-        let new_files = view
-            .files
-            .apply(&outputs, &[])
-            .map_err(|e| crate::Error::corruption(&self.dir, 0, format!("flush install: {e}")))?;
+        let new_files = view.files.apply(&outputs, &[]).map_err(|e| {
+            fatal(crate::Error::corruption(
+                &self.dir,
+                0,
+                format!("flush install: {e}"),
+            ))
+        })?;
         let mut edit = VersionEdit::default();
         for f in &outputs {
             edit.push(EditRecord::AddFile(f.record()));
@@ -92,7 +102,7 @@ impl Inner {
             .push(EditRecord::NextFile(core.next_file));
         // The new SSTables' directory entries must be durable before the manifest names them.
         self.sync_dir()?;
-        self.log_edit(&mut core, &edit)?;
+        self.log_edit(&mut core, &edit).map_err(fatal)?;
         let old_log = core.log_number;
         core.log_number = log_number;
         core.flushed_seqno = flushed_seqno;
@@ -114,7 +124,7 @@ impl Inner {
                 .collect(),
             files: Arc::new(new_files),
         });
-        self.maybe_roll_manifest(&mut core)?;
+        self.maybe_roll_manifest(&mut core).map_err(fatal)?;
         drop(core);
         // The WALs below the new log number are obsolete. Tables share the numbering, so
         // a short range is walked; a long one (numbers jump past a stray file name at open)

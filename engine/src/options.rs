@@ -81,6 +81,18 @@ pub struct Options {
     /// Threads running compactions (at least 1). Besides them, one thread runs the flushes,
     /// so that a full memtable never waits behind compactions.
     pub background_threads: usize,
+    /// A flush that fails while writing its new tables (a full disk, EIO, a short write, a
+    /// failed fsync or read-back of a new table) is tried again this many times,
+    /// `flush_retry_interval` apart, before the database turns read-only. Nothing is at risk
+    /// meanwhile: the memtable stays readable and its WAL stays on disk, and the failed
+    /// attempt's files are deleted (a retry writes new ones; a file whose fsync failed is
+    /// never fsynced again). Writes go on until `max_immutable_memtables` frozen memtables
+    /// wait, then stop until a retry succeeds or the last one fails. A failure that leaves
+    /// durability in doubt (the WAL, the directory, the manifest) is never retried: the
+    /// database turns read-only at once. 0 turns read-only on the first failure.
+    pub flush_retries: u32,
+    /// Time between flush retries (1 ms..=1 h); see `flush_retries`.
+    pub flush_retry_interval: Duration,
     /// Unsynced WAL bytes buffered in the process before they are handed to the OS.
     pub wal_buffer_bytes: usize,
     /// Unsynced WAL bytes handed to the OS after which a background thread fsyncs the live
@@ -153,6 +165,8 @@ impl Default for Options {
             pending_compaction_stop_bytes: 256 << 30,
             slowdown_bytes_per_sec: 16 << 20,
             background_threads: 2,
+            flush_retries: 6,
+            flush_retry_interval: Duration::from_millis(500),
             wal_buffer_bytes: 64 << 10,
             wal_bytes_per_sync: 0,
             wal_flush_interval: Duration::from_millis(10),
@@ -245,6 +259,11 @@ impl Options {
             .contains(&self.wal_flush_interval)
         {
             return bad("wal_flush_interval", "must be between 1 ms and 1 hour");
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(3600))
+            .contains(&self.flush_retry_interval)
+        {
+            return bad("flush_retry_interval", "must be between 1 ms and 1 hour");
         }
         if self.level_base_bytes == 0 || self.target_file_bytes < 1024 {
             return bad("level_base_bytes/target_file_bytes", "too small");

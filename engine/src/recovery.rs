@@ -1000,6 +1000,7 @@ fn new_core(
         manual_running: 0,
         manual_error: None,
         compaction_failures: 0,
+        flush_failures: 0,
         next_job_id: 0,
         migrations_running: 0,
         reserved: Vec::new(),

@@ -38,6 +38,7 @@ pub(crate) struct Counters {
     pub get_table_reads: AtomicU64,
     pub get_false_positives: AtomicU64,
     pub background_errors: AtomicU64,
+    pub flush_retries: AtomicU64,
     /// Bytes compactions wrote into each level (outputs by the level they were installed
     /// at), and of those, what migration compactions wrote.
     pub level_written: [AtomicU64; MAX_LEVELS],
@@ -144,6 +145,9 @@ pub struct Stats {
     /// Background errors: each one that writes went on through (a compaction retried, say),
     /// and the one that stopped writes, if any, once.
     pub background_errors: u64,
+    /// Flushes tried again after failing to write their tables (each also counts as a
+    /// background error; see [`crate::Options::flush_retries`]).
+    pub flush_retries: u64,
     /// Point reads (`get`, snapshot and transaction reads).
     pub gets: u64,
     /// Tables whose filter admitted a point read's key, so that a data block was searched.

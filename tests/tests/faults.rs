@@ -4,9 +4,12 @@
 //!
 //! What the engine promises, and what is asserted:
 //! - A fault on the WAL fails the write that hit it; a fault that leaves durability in doubt
-//!   (WAL, flush, manifest) turns the database read-only: later writes get
+//!   (WAL, manifest, a directory fsync) turns the database read-only: later writes get
 //!   `Error::ReadOnly`, reads keep working.
-//! - A failed compaction endangers nothing acknowledged, so it is retried while writes go on.
+//! - A flush or compaction that fails writing its own new tables endangers nothing
+//!   acknowledged: the tables are deleted and the job is tried again (a flush
+//!   `Options::flush_retries` times, then the database turns read-only; a compaction with
+//!   backoff while writes go on).
 //! - After the handle is dropped and the directory reopened with the real file system: every
 //!   write acknowledged as synced (or covered by an acknowledged `sync_wal`) is present; of
 //!   the other writes a prefix is present, never a hole; no batch is partial. (A database
@@ -52,10 +55,13 @@ fn tiny_manual_compaction(fs: &FaultFs) -> Options {
     }
 }
 
+/// `base` on `fs`, with flush retries coming quickly, so that a lasting fault turns the
+/// database read-only after its retries in milliseconds rather than seconds.
 fn with_fs(base: Options, fs: &FaultFs) -> Options {
     watch_engine_panics();
     Options {
         fs: Arc::new(fs.clone()),
+        flush_retry_interval: Duration::from_millis(1),
         ..base
     }
 }
@@ -348,13 +354,18 @@ fn wal_fault_under_unsynced_writes_is_noticed_and_keeps_a_prefix() {
     }
 }
 
+/// A lasting fault on the tables a flush writes: the flush is tried again
+/// `Options::flush_retries` times, then the database turns read-only, naming the flush and
+/// the table.
 #[test]
-fn sst_fault_during_flush_turns_read_only_and_loses_nothing_durable() {
+fn a_lasting_sst_fault_during_flush_turns_read_only_after_the_retries_and_loses_nothing_durable() {
     for (name, op, kind, _) in FAULTS {
         let what = format!("SST {name} during flush");
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        let db = Db::open(dir.path(), with_fs(Options::tiny(), &fs)).unwrap();
+        let opts = with_fs(Options::tiny(), &fs);
+        let retries = opts.flush_retries;
+        let db = Db::open(dir.path(), opts).unwrap();
         let mut l = Ledger::default();
         l.fill(&db, 60, 200);
         db.flush().unwrap();
@@ -362,16 +373,163 @@ fn sst_fault_during_flush_turns_read_only_and_loses_nothing_durable() {
         let e = write_until_error(&db, &mut l, 7, 200, &what);
         match &e {
             Error::ReadOnly(reason) => assert!(
-                reason.contains("flush") && reason.contains(".sst"),
+                reason.contains(&format!("flush failed {} times", retries + 1))
+                    && reason.contains(".sst"),
                 "{what}: reason does not say what failed: {reason}"
             ),
             e => panic!("{what}: expected ReadOnly once the flush failed, got {e:?}"),
         }
         assert!(fs.injected() > 0, "{what}: the fault did not fire");
+        let stats = db.stats();
+        assert_eq!(stats.flush_retries, u64::from(retries), "{what}");
         assert!(
-            db.stats().background_errors > 0,
-            "{what}: no background error counted"
+            stats.background_errors > u64::from(retries),
+            "{what}: the failures were not counted as background errors"
         );
+        assert_read_only(&db, &what);
+        l.check_reads(&db, &what);
+        drop(db);
+        let (db, _) = l.check_reopen(dir.path(), 0, &what);
+        db.close().unwrap();
+    }
+}
+
+/// A fault that passes (it fires once) on the tables a flush writes: the flush is tried
+/// again and succeeds, the failed attempt's table is deleted by the flush thread, the
+/// database stays writable, and every write (synced or not) is there after a reopen.
+#[test]
+fn a_passing_sst_fault_during_flush_is_retried_and_loses_nothing() {
+    for (name, op, kind, _) in FAULTS {
+        let what = format!("SST {name} during flush, once");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), with_fs(Options::tiny(), &fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 30, 200);
+        db.flush().unwrap();
+        let removed_before = fs.removals().len();
+        fs.inject(fault(op, kind, ".sst", false));
+        l.fill(&db, 30, 200);
+        db.flush()
+            .unwrap_or_else(|e| panic!("{what}: the retried flush failed: {e}"));
+        assert_eq!(fs.injected(), 1, "{what}: the fault did not fire once");
+        let stats = db.stats();
+        assert!(stats.flush_retries >= 1, "{what}: no retry counted");
+        assert!(stats.background_errors >= 1, "{what}: no background error");
+        let abandoned: Vec<_> = fs.removals()[removed_before..]
+            .iter()
+            .filter(|(p, by)| p.extension().is_some_and(|x| x == "sst") && by == "sluice-flush")
+            .cloned()
+            .collect();
+        assert!(
+            !abandoned.is_empty(),
+            "{what}: the failed attempt's table was not deleted by the flush"
+        );
+        for (p, _) in &abandoned {
+            assert!(!p.exists(), "{what}: {} is still there", p.display());
+        }
+        l.fill(&db, 10, 200);
+        l.check_reads(&db, &what);
+        db.close().unwrap();
+        let (db, n) = l.check_reopen(dir.path(), 0, &what);
+        assert_eq!(n, l.ops.len(), "{what}: writes lost although none failed");
+        db.close().unwrap();
+    }
+}
+
+/// A full disk that gets room again while a flush is being retried (the operator freed
+/// space): writes went on meanwhile, the flush then succeeds, and the database never turned
+/// read-only.
+#[test]
+fn a_flush_retried_until_the_disk_has_room_again_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let opts = Options {
+        flush_retries: 10_000,
+        flush_retry_interval: Duration::from_millis(5),
+        ..with_fs(Options::tiny(), &fs)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let mut l = Ledger::default();
+    l.fill(&db, 30, 200);
+    db.flush().unwrap();
+    fs.inject(fault(FsOp::Append, FaultKind::NoSpace, ".sst", true));
+    for _ in 0..5 {
+        l.write(&db, false, 2, 50).unwrap();
+    }
+    std::thread::scope(|s| {
+        let flushing = s.spawn(|| db.flush());
+        let start = Instant::now();
+        while db.stats().flush_retries < 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the failing flush was not retried"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Writes that fit in the memtable go on while the flush waits for room.
+        for _ in 0..5 {
+            l.write(&db, true, 2, 50)
+                .unwrap_or_else(|e| panic!("write while the flush is retried: {e}"));
+        }
+        fs.clear();
+        flushing
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the flush failed once the disk had room: {e}"));
+    });
+    assert!(fs.injected() >= 3);
+    l.fill(&db, 10, 200);
+    db.flush().unwrap();
+    l.check_reads(&db, "after the disk had room again");
+    db.close().unwrap();
+    let (db, n) = l.check_reopen(dir.path(), 0, "after the disk had room again");
+    assert_eq!(n, l.ops.len());
+    db.close().unwrap();
+}
+
+/// A failed directory fsync is never retried, in a flush or in a compaction: the kernel may
+/// have dropped directory entries it could not write (another job's new tables among them),
+/// and a later fsync that succeeds would not bring them back. Writes stop at once, naming
+/// the directory sync, and nothing acknowledged as durable is lost.
+#[test]
+fn a_failed_directory_sync_stops_writes_at_once() {
+    for during in ["flush", "compaction"] {
+        let what = format!("directory sync failing during a {during}");
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), tiny_manual_compaction(&fs)).unwrap();
+        let mut l = Ledger::default();
+        for _ in 0..3 {
+            l.fill(&db, 20, 100);
+            db.flush().unwrap();
+        }
+        l.fill(&db, 20, 100);
+        let sync_dir = |skip| Fault {
+            op: FsOp::SyncDir,
+            path_contains: None,
+            kind: FaultKind::Io,
+            skip,
+            sticky: false,
+        };
+        let e = if during == "flush" {
+            // The first directory sync is the new WAL's (the memtable frozen); the second,
+            // the flush's, before the manifest names its table.
+            fs.inject(sync_dir(1));
+            db.flush().unwrap_err()
+        } else {
+            db.flush().unwrap();
+            fs.inject(sync_dir(0));
+            db.compact().unwrap_err()
+        };
+        assert_eq!(fs.injected(), 1, "{what}: {e}");
+        match db.put("after", "x") {
+            Err(Error::ReadOnly(reason)) => {
+                assert!(reason.contains("directory sync failed"), "{what}: {reason}")
+            }
+            other => panic!("{what}: a write after it gave {other:?}"),
+        }
+        assert_eq!(db.stats().flush_retries, 0, "{what}");
         assert_read_only(&db, &what);
         l.check_reads(&db, &what);
         drop(db);
@@ -663,10 +821,11 @@ fn eio_on_a_block_read_fails_that_read_only() {
 }
 
 /// Opening a table reads its filter, index and properties with `pread` (a database with a
-/// block cache). A flush whose new table cannot be read back fails, and the handle turns
-/// read-only as after any failed flush (the writes stay in the WAL). A reopen that cannot
-/// read a table fails with an I/O error naming it and changes nothing on disk: once the
-/// disk reads again, the reopen finds every write, those of the failed flush included.
+/// block cache). A flush whose new table cannot be read back fails and is tried again, as
+/// any flush that failed writing its tables (the writes stay in the memtable and the WAL);
+/// under a lasting read error it turns the handle read-only once the retries run out. A
+/// reopen that cannot read a table fails with an I/O error naming it and changes nothing on
+/// disk: once the disk reads again, the reopen finds every write.
 #[test]
 fn eio_reading_a_tables_metadata_at_open_fails_the_open_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -677,9 +836,15 @@ fn eio_reading_a_tables_metadata_at_open_fails_the_open_and_loses_nothing() {
         db.put(format!("m{i:05}"), format!("later-{i}")).unwrap();
     }
     fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", false));
+    db.flush().unwrap();
+    assert_eq!(fs.injected(), 1);
+    assert_eq!(db.stats().flush_retries, 1);
+    for i in 0..2000u32 {
+        db.put(format!("n{i:05}"), format!("last-{i}")).unwrap();
+    }
+    fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", true));
     let e = db.flush().unwrap_err();
     assert!(e.to_string().contains(".sst"), "{e}");
-    assert_eq!(fs.injected(), 1);
     assert_read_only(&db, "after a flush that could not read its table");
     drop(db);
     fs.inject(fault(FsOp::Read, FaultKind::Io, ".sst", true));
@@ -703,8 +868,12 @@ fn eio_reading_a_tables_metadata_at_open_fails_the_open_and_loses_nothing() {
             db.get(format!("m{i:05}")).unwrap().as_deref(),
             Some(format!("later-{i}").as_bytes())
         );
+        assert_eq!(
+            db.get(format!("n{i:05}")).unwrap().as_deref(),
+            Some(format!("last-{i}").as_bytes())
+        );
     }
-    assert_eq!(db.range(..).count(), 4000);
+    assert_eq!(db.range(..).count(), 6000);
 }
 
 /// A compaction meets a read error now that it reads its inputs with `pread`. A manual

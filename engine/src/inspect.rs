@@ -45,9 +45,12 @@ pub const MAX_MANIFEST_BYTES: u64 = 1 << 30;
 pub const MAX_LIVE_FILES: usize = 10_000_000;
 /// An SSTable larger than this (per the manifest or on disk) is taken as damage.
 pub const MAX_TABLE_BYTES: u64 = 1 << 40;
-/// The smallest on-disk footprint of one entry (two one-byte varints, the 8-byte trailer,
-/// a 4-byte offset): a record claiming more entries than `size / MIN_ENTRY_BYTES` lies.
-const MIN_ENTRY_BYTES: u64 = 13;
+/// The most entries one stored byte of an SSTable can hold: an entry decodes to at least 4
+/// bytes (in a key-delta block, four one-byte varints and nothing else), and zstd stores up
+/// to 128 KiB of one repeated byte in a 4-byte block. A record claiming more than `size ×`
+/// this lies. (A bound of one entry per 13 stored bytes, the least a plain uncompressed
+/// entry takes, refused real databases: key-delta and compressed tables hold more.)
+const MAX_ENTRIES_PER_BYTE: u64 = (128 << 10) / 4 / 4;
 /// Keys reported by name per SSTable for one kind of problem; the rest are counted.
 const DETAILED_PER_FILE: usize = 5;
 
@@ -323,7 +326,7 @@ fn check_sanity(m: &ManifestContents, st: &ManifestState, at: &BTreeMap<u64, u64
                 ),
             ));
         }
-        if f.entries > f.size / MIN_ENTRY_BYTES + 1 {
+        if f.entries > f.size.saturating_mul(MAX_ENTRIES_PER_BYTE) {
             return Err(Error::corruption(
                 &m.path,
                 off,
@@ -1335,9 +1338,11 @@ fn verify_once(
     if opts.deep && rep.is_ok() {
         match Db::open_read_only(dir, tool_options()) {
             Ok(db) => {
-                let est: u64 = state
-                    .as_ref()
-                    .map_or(0, |s| s.files.iter().map(|f| f.entries).sum());
+                let est: u64 = state.as_ref().map_or(0, |s| {
+                    s.files
+                        .iter()
+                        .fold(0, |n: u64, f| n.saturating_add(f.entries))
+                });
                 progress.phase("consistency", Some(est), "keys");
                 let c = check_consistency(
                     &db,
@@ -2221,6 +2226,58 @@ mod tests {
         db.flush().unwrap();
         db.put("mem-only", "x").unwrap();
         db.close().unwrap();
+    }
+
+    /// Key-delta blocks compressed with zstd hold many entries per stored byte (here more
+    /// than one per 13 bytes, the least a plain uncompressed entry takes, which the check
+    /// used to demand); the manifest's sanity check accepts them, and still refuses a
+    /// record claiming more entries than any stored byte can hold.
+    #[test]
+    fn the_manifest_sanity_check_takes_dense_tables_and_refuses_impossible_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                compression: crate::Compression::Zstd(3),
+                key_delta_blocks: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for i in 0..20_000u32 {
+            db.put(format!("key{i:08}"), "").unwrap();
+        }
+        db.flush().unwrap();
+        db.close().unwrap();
+        let st = read_dir_state(dir.path()).unwrap();
+        let f = &st.files[0];
+        assert!(
+            f.entries > f.size / 13,
+            "{} entries in {} bytes",
+            f.entries,
+            f.size
+        );
+        let rep = verify_dir(
+            dir.path(),
+            &VerifyOptions {
+                deep: true,
+                sample_reads: None,
+            },
+            &NoProgress,
+        )
+        .unwrap();
+        assert!(rep.is_ok(), "{:#?}", rep.problems);
+
+        let (m, _) = read_manifest_safely(dir.path()).unwrap();
+        let mut state = replay_manifest(&m).unwrap();
+        let at = added_offsets(&m);
+        let number = *state.files.keys().next().unwrap();
+        let size = state.files[&number].size;
+        state.files.get_mut(&number).unwrap().entries = size * MAX_ENTRIES_PER_BYTE;
+        check_sanity(&m, &state, &at).unwrap();
+        state.files.get_mut(&number).unwrap().entries += 1;
+        let e = check_sanity(&m, &state, &at).unwrap_err();
+        assert!(e.to_string().contains("claims"), "{e}");
     }
 
     #[test]

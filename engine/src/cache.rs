@@ -315,12 +315,15 @@ pub(crate) mod tests {
         for n in 0..300 {
             cache.insert(1, n, block(n));
         }
+        // The shards' random hashing may have a full shard evict a block or two already.
+        let held = (0..300).filter(|&n| cache.get(1, n).is_some()).count() as u64;
+        assert!(held >= 280, "only {held} of 300 blocks held");
         let full = pages::tests::resident_kib(&pages);
-        assert!(full >= 300 * 4, "{full} KiB resident");
+        assert!(full >= held * 4, "{full} KiB resident for {held} blocks");
         cache.sweep_if_due();
         assert!(
-            pages::tests::resident_kib(&pages) >= 300 * 4,
-            "nothing was evicted"
+            pages::tests::resident_kib(&pages) >= held * 4,
+            "a sweep released pages of blocks still held"
         );
         cache.set_room(128 << 10);
         let kept: Vec<u32> = (0..300).filter(|&n| cache.get(1, n).is_some()).collect();

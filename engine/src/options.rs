@@ -34,9 +34,8 @@ pub struct Options {
     /// share, so flushes and compactions write that much less (16-byte keys of a dense
     /// key space: ~16%). The price is decoding a block whenever it is loaded into the
     /// cache or read by a compaction: in `sluice-stress`'s 1M-key chain, with a cache
-    /// holding half the data, random point reads, 100-key scans and reads under a
-    /// concurrent writer were 7–9% slower and that last one's p99 10–40% higher
-    /// (BENCHMARKS.md §2). Tables written with it are readable by builds that read format
+    /// holding half the data, random point reads and 100-key scans were ~11% slower,
+    /// reads under a concurrent writer ~15% and their p99 7 → 8–12 µs (BENCHMARKS.md §2). Tables written with it are readable by builds that read format
     /// version 2; the option can change between opens (every table says how it was
     /// written). Off by default.
     pub key_delta_blocks: bool,

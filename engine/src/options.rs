@@ -30,14 +30,18 @@ pub struct Options {
     pub block_size: usize,
     pub compression: Compression,
     /// Store data and index blocks with each key delta-encoded against the one before it
-    /// (table format version 2, `sst::codec`): tables shrink by the key bytes neighbours
-    /// share, so flushes and compactions write that much less (16-byte keys of a dense
-    /// key space: ~16%). The price is decoding a block whenever it is loaded into the
-    /// cache or read by a compaction: in `sluice-stress`'s 1M-key chain, with a cache
-    /// holding half the data, random point reads and 100-key scans were ~11% slower,
-    /// reads under a concurrent writer ~15% and their p99 7 → 8–12 µs (BENCHMARKS.md §2). Tables written with it are readable by builds that read format
-    /// version 2; the option can change between opens (every table says how it was
-    /// written). Off by default.
+    /// (table format version 2, `sst::codec`; on by default since stop 36): tables shrink
+    /// by the key bytes neighbours share, so flushes and compactions write that much less
+    /// (16-byte keys of a dense key space: tables ~16% smaller, 13–17% fewer bytes
+    /// written over a 1M-key fill, overwrite and fold; the biased-hash migration's write
+    /// amplification 0.96 against 1.09). The price is decoding a block whenever it is
+    /// loaded into the cache or read by a compaction: in `sluice-stress`'s 1M-key chain,
+    /// with a cache holding half the data, random point reads and 100-key scans were ~11%
+    /// slower than with plain blocks (`false`: keys stored whole, a block used as read),
+    /// reads under a concurrent writer ~15%, and their p99 7 → 8–12 µs (BENCHMARKS.md §2).
+    /// Turn it off for read-heavy work whose data does not fit the cache. Tables written
+    /// either way are read by this build; the option can change between opens (every table
+    /// says how it was written).
     pub key_delta_blocks: bool,
     /// Bloom filter bits per key; 0 disables filters.
     pub bloom_bits_per_key: u32,
@@ -150,7 +154,7 @@ impl Default for Options {
             max_immutable_memtables: 2,
             block_size: 4096,
             compression: Compression::None,
-            key_delta_blocks: false,
+            key_delta_blocks: true,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
             memtables_share_cache: true,

@@ -379,7 +379,7 @@ fn partition_scoped_reads_report_moved_values() {
         TableOptions {
             block_size: o.block_size,
             compression: o.compression,
-            key_delta: false,
+            key_delta: o.key_delta_blocks,
             bloom_bits_per_key: o.bloom_bits_per_key,
         },
         TableOwner {

@@ -1791,7 +1791,9 @@ pub fn check_consistency(
     for (id, l) in &view.files.layouts {
         for (i, p) in l.parts.iter().enumerate() {
             if p.data_file_count() > 0 {
-                estimated += p.data_files().map(|f| f.entries).sum::<u64>();
+                estimated = p
+                    .data_files()
+                    .fold(estimated, |n, f| n.saturating_add(f.entries));
                 sources.push((
                     *id,
                     i as u32,
@@ -2205,6 +2207,19 @@ mod tests {
         }
     }
 
+    /// `verify_dir` with the deep check, every key read.
+    fn verify_deep(dir: &Path) -> VerifyReport {
+        verify_dir(
+            dir,
+            &VerifyOptions {
+                deep: true,
+                sample_reads: None,
+            },
+            &NoProgress,
+        )
+        .unwrap()
+    }
+
     fn build(dir: &Path) {
         let db = Db::open(dir, opts()).unwrap();
         for i in 0..300u32 {
@@ -2257,15 +2272,7 @@ mod tests {
             f.entries,
             f.size
         );
-        let rep = verify_dir(
-            dir.path(),
-            &VerifyOptions {
-                deep: true,
-                sample_reads: None,
-            },
-            &NoProgress,
-        )
-        .unwrap();
+        let rep = verify_deep(dir.path());
         assert!(rep.is_ok(), "{:#?}", rep.problems);
 
         let (m, _) = read_manifest_safely(dir.path()).unwrap();
@@ -2288,15 +2295,7 @@ mod tests {
         assert_eq!(st.target, 2);
         assert_eq!(st.version(1).unwrap().role, VersionRole::Draining);
         assert!(st.files.iter().any(|f| f.kind == TableKind::Pointers));
-        let rep = verify_dir(
-            dir.path(),
-            &VerifyOptions {
-                deep: true,
-                sample_reads: None,
-            },
-            &NoProgress,
-        )
-        .unwrap();
+        let rep = verify_deep(dir.path());
         assert!(rep.is_ok(), "{:#?}", rep.problems);
         let deep = rep.deep.unwrap();
         assert_eq!(deep.moved, 1, "{deep:?}");

@@ -2157,6 +2157,14 @@ fn invalid_options_are_refused_before_anything_is_written() {
             compression: Compression::Zstd(99),
             ..Options::default()
         },
+        Options {
+            flush_retry_interval: std::time::Duration::ZERO,
+            ..Options::default()
+        },
+        Options {
+            flush_retry_interval: std::time::Duration::MAX,
+            ..Options::default()
+        },
     ];
     for o in bad {
         match Db::open(&dir, o) {

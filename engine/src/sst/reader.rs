@@ -763,7 +763,6 @@ impl Entry {
     }
 }
 
-/// Moves the offset of an error found in a block read into a buffer to its place in the file.
 /// Checks block `h` in `buf`, a copy of the file's bytes from offset `start` (at most the
 /// block's) on, read with `pread`: its type and body, or an error naming the block's offset
 /// in the file.
@@ -817,6 +816,7 @@ pub(super) fn read_meta(
     Ok(Some((start, Bytes::from(meta))))
 }
 
+/// Moves the offset of an error found in a block read into a buffer to its place in the file.
 fn rebase(e: Error, base: u64) -> Error {
     match e {
         Error::ChecksumMismatch {

@@ -12,7 +12,7 @@
 //! Sluice is ahead.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
@@ -38,13 +38,14 @@ fn child_args_from(
     while let Some(a) = args.next() {
         let s = a.to_string_lossy();
         match s.as_ref() {
-            "--engines" | "--dir" | "--engine" => {
+            "--engines" | "--dir" | "--engine" | "--engine-exe" => {
                 args.next();
             }
             "--json" => {}
             _ if s.starts_with("--engines=")
                 || s.starts_with("--dir=")
-                || s.starts_with("--engine=") => {}
+                || s.starts_with("--engine=")
+                || s.starts_with("--engine-exe=") => {}
             _ => out.push(a),
         }
     }
@@ -88,6 +89,20 @@ fn prepare_parent(dir: &Path) -> BenchResult<()> {
         "one database per engine, created by sluice-stress --engines\n",
     )?;
     Ok(())
+}
+
+/// `ENGINE=PATH` of `--engine-exe`: an engine and an executable file that exists.
+pub fn parse_engine_exe(s: &str) -> Result<(EngineKind, PathBuf), String> {
+    let (engine, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ENGINE=PATH, got {s:?}"))?;
+    let engine = <EngineKind as clap::ValueEnum>::from_str(engine, true)
+        .map_err(|_| format!("unknown engine {engine:?} in {s:?}"))?;
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!("{}: no such executable", path.display()));
+    }
+    Ok((engine, path))
 }
 
 /// One figure of the comparison: how to read it from a report and which way is better.
@@ -172,6 +187,12 @@ const FIGURES: &[Figure] = &[
         scale: 1.0 / (1 << 20) as f64,
     },
     Figure {
+        label: "RSS MB at start",
+        key: "start_rss_mb",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
         label: "peak RSS MB (chain)",
         key: "peak_rss_mb",
         higher_is_better: false,
@@ -190,14 +211,21 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
         return Err("--engines needs at least one engine".into());
     }
     prepare_parent(&cli.dir)?;
-    let exe = std::env::current_exe()?;
+    let this = std::env::current_exe()?;
     let mut results: Vec<(EngineKind, Vec<Value>)> = Vec::new();
     for &e in engines {
+        let exe = cli
+            .engine_exe
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == e)
+            .map_or(&this, |(_, p)| p);
         eprintln!(
-            "sluice-stress: --engines: running {} in a child process",
-            e.name()
+            "sluice-stress: --engines: running {} in a child process of {}",
+            e.name(),
+            exe.display()
         );
-        let out = Command::new(&exe)
+        let out = Command::new(exe)
             .args(child_args(&cli.dir, e))
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
@@ -342,6 +370,15 @@ mod child_args_tests {
         let s = args(&run, EngineKind::Sluice);
         assert!(s.windows(2).any(|w| w == ["--wal-buffer-kb", "0"]), "{s:?}");
         assert!(!s.iter().any(|a| a.starts_with("--engines")), "{s:?}");
+        // The parent's choice of executables is not the child's business.
+        let mut exes = run.to_vec();
+        exes.extend(["--engine-exe", "sluice=/a", "--engine-exe=fjall=/b"]);
+        let s = args(&exes, EngineKind::Sluice);
+        assert!(
+            !s.iter()
+                .any(|a| a.starts_with("--engine-exe") || a.contains('=')),
+            "{s:?}"
+        );
         let f = args(&run, EngineKind::Fjall);
         assert!(!f.iter().any(|a| a.starts_with("--wal-buffer-kb")), "{f:?}");
         let mut own = run.to_vec();

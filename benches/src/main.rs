@@ -171,6 +171,14 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["engine", "use_existing_db"])]
     engines: Option<Vec<EngineKind>>,
 
+    /// With --engines: run ENGINE's child from the executable at PATH instead of this one
+    /// (ENGINE=PATH, repeatable), so that an engine's RSS is measured in a binary built for
+    /// it: a `peers` build links RocksDB, whose relocations and static constructors every
+    /// process of that binary pays (~10 MB here) whichever engine it runs. The other
+    /// executable must take the same flags (a `sluice-stress` of the same commit).
+    #[arg(long = "engine-exe", value_parser = compare::parse_engine_exe, requires = "engines")]
+    engine_exe: Vec<(EngineKind, PathBuf)>,
+
     /// Scenario timelines: FILE.csv or FILE.json writes that file; anything else is a prefix
     /// for PREFIX.csv and PREFIX.json (control runs add -control, several scenarios -NAME).
     #[arg(long)]
@@ -350,6 +358,7 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    report::note_start_rss();
     let cli = Cli::parse();
     // compactionstress draws keys from 0..--keyspace, which may exceed --num.
     let widest = cli.num.max(cli.keyspace.unwrap_or(0));
@@ -543,6 +552,7 @@ fn build_report(
         max_us: m.latency.max_us(),
         write_amp: cumulative_write_amp,
         disk_bytes: report::disk_bytes(dir)?,
+        start_rss_mb: report::start_rss_mb(),
         peak_rss_mb: report::peak_rss_mb(),
         workload_peak_rss_mb: report::workload_peak_rss_mb(),
         stall_ms: stall.map(|s| s as f64 / 1000.0),

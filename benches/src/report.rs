@@ -60,11 +60,34 @@ impl Latency {
     }
 }
 
-/// The kernel's high-water mark of this process's resident set (`VmHWM`), in KiB.
-fn vm_hwm_kb() -> Option<u64> {
+/// A figure of this process's `/proc/self/status` (`VmHWM`, `VmRSS`), in KiB.
+fn status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The kernel's high-water mark of this process's resident set, in KiB.
+fn vm_hwm_kb() -> Option<u64> {
+    status_kb("VmHWM:")
+}
+
+/// This process's resident set when [`note_start_rss`] ran (KiB; 0 until then).
+static START_RSS_KB: AtomicU64 = AtomicU64::new(0);
+
+/// Notes the resident set before any engine is opened: what the executable, its libraries
+/// and their start-up cost, whatever engine then runs in it. (A binary that links RocksDB
+/// starts ~10 MB above one that does not: its relocations and static constructors.)
+pub fn note_start_rss() {
+    if let Some(kb) = status_kb("VmRSS:") {
+        START_RSS_KB.store(kb, Ordering::Relaxed);
+    }
+}
+
+/// The resident set noted at start in MiB, or `None` if it was not noted.
+pub fn start_rss_mb() -> Option<f64> {
+    let kb = START_RSS_KB.load(Ordering::Relaxed);
+    (kb > 0).then(|| kb as f64 / 1024.0)
 }
 
 /// The chain's high-water mark before the current workload's (KiB), and whether the
@@ -190,6 +213,8 @@ pub struct WorkloadReport {
     /// `None` for a peer engine that keeps no byte counters.
     pub write_amp: Option<f64>,
     pub disk_bytes: u64,
+    /// The process's RSS before the engine was opened (see [`note_start_rss`]).
+    pub start_rss_mb: Option<f64>,
     /// Peak RSS of the process over the chain so far (cumulative).
     pub peak_rss_mb: Option<f64>,
     /// Peak RSS during this workload alone (the kernel's mark reset when it started);
@@ -351,6 +376,9 @@ mod tests {
     fn rss_is_read_on_linux() {
         if cfg!(target_os = "linux") {
             assert!(peak_rss_mb().unwrap() > 0.0);
+            note_start_rss();
+            let start = start_rss_mb().unwrap();
+            assert!(start > 0.0 && start <= peak_rss_mb().unwrap());
         }
     }
 

@@ -463,6 +463,57 @@ fn engines_runs_each_engine_in_a_child_and_compares() {
     assert!(c["ops_per_sec"]["sluice"].as_f64().unwrap() > 0.0, "{c}");
     assert!(c["ops_per_sec"]["best_peer"].is_null(), "no peer ran");
     assert!(dir.join("sluice").join("CURRENT").is_file());
+    // The RSS the child started with is reported and compared with the rest.
+    let start = lines[0]["start_rss_mb"].as_f64().unwrap();
+    assert!(
+        start > 0.0 && start <= lines[0]["peak_rss_mb"].as_f64().unwrap(),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(c["start_rss_mb"]["sluice"].as_f64(), Some(start), "{c}");
+}
+
+/// `--engine-exe` runs an engine's child from another executable: a copy of this one runs
+/// the workloads; an executable that is not `sluice-stress` fails the run, with its name.
+#[test]
+fn engine_exe_runs_that_engines_child_from_the_given_executable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("other-sluice-stress");
+    std::fs::copy(BIN, &copy).unwrap();
+    let run = |exe: &str, dir: &str| {
+        stress(&[
+            "fillseq",
+            "--num",
+            "500",
+            "--dir",
+            p(&tmp.path().join(dir)),
+            "--engines",
+            "sluice",
+            "--engine-exe",
+            &format!("sluice={exe}"),
+            "--json",
+        ])
+    };
+    let out = run(p(&copy), "a");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "running sluice in a child process of {}",
+            p(&copy)
+        )),
+        "{err}"
+    );
+    assert_eq!(text(&out.stdout).lines().count(), 2, "{err}");
+    let out = run("/bin/false", "b");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("the sluice run failed"), "{err}");
+    let out = run(p(&tmp.path().join("missing")), "c");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no such executable"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[cfg(not(feature = "fjall"))]

@@ -1,7 +1,10 @@
 //! `--engines sluice,fjall,...`: the same workloads on each engine, each in a child process
 //! of its own (this binary, re-executed with `--engine E --json --dir DIR/E`) so peak RSS
 //! and I/O counters belong to one engine alone; then a comparison table with Sluice ÷ the
-//! best peer for every figure.
+//! best peer for every figure. `--engine-exe ENGINE=PATH` runs that engine's child from
+//! another build instead (one built for that engine alone): a process of a binary that
+//! links RocksDB starts ~10 MB larger whatever engine it runs, and the "RSS MB at start"
+//! row shows what each process started with.
 //!
 //! redb is left out of the best-peer choice for write amplification: its commits (with
 //! `Durability::None`, the no-fsync setting; redb has no WAL) reach the disk only with a

@@ -210,15 +210,7 @@ pub(crate) fn output_file_bytes(inner: &Inner, files: &FileSet, layout: &LayoutS
 /// they go down together with L0 by the same rule, runs for files.
 pub(crate) fn l0_score(inner: &Inner, part: &PartitionFiles, sh: &Shape) -> f64 {
     let l0 = &part.levels[0];
-    let (runs, above) = if gathers_above_base(sh) {
-        let upper = (1..sh.base).filter(|&l| !part.levels[l].is_empty());
-        (
-            l0.len() + upper.clone().count(),
-            part.level_bytes(0) + upper.map(|l| part.level_bytes(l)).sum::<u64>(),
-        )
-    } else {
-        (l0.len(), part.level_bytes(0))
-    };
+    let (runs, above) = l0_runs(part, sh);
     let by_files = runs as f64 / inner.opts.level0_compaction_trigger.max(1) as f64;
     let mut score = by_files;
     let base_bytes = part.level_bytes(sh.base);
@@ -232,6 +224,38 @@ pub(crate) fn l0_score(inner: &Inner, part: &PartitionFiles, sh: &Shape) -> f64 
         score = score.max(1.0);
     }
     score
+}
+
+/// Sorted runs L0 counts (its files, and where levels above the base gather with it, each
+/// of those levels) and the bytes they hold.
+fn l0_runs(part: &PartitionFiles, sh: &Shape) -> (usize, u64) {
+    let l0 = &part.levels[0];
+    if gathers_above_base(sh) {
+        let upper = (1..sh.base).filter(|&l| !part.levels[l].is_empty());
+        (
+            l0.len() + upper.clone().count(),
+            part.level_bytes(0) + upper.map(|l| part.level_bytes(l)).sum::<u64>(),
+        )
+    } else {
+        (l0.len(), part.level_bytes(0))
+    }
+}
+
+/// Whether a partition's L0 is past halfway from its compaction trigger to the write
+/// slowdown (12 runs with the defaults' 4 and 20): its compaction then goes before any
+/// other level's, whatever their scores (see [`Inner::pick_compaction`]).
+///
+/// By score alone, a level far over its target outranks an L0 that is only waiting: when
+/// a migration into a layout completes, the level above the last one, held for migrated
+/// data until then (see [`holds_for_migration`]), scores up to `multiplier` in every
+/// partition at once, and L0's score is halved while the base level holds more bytes than
+/// L0. In the 8M-key biased-hash migration the writer was then slowed for 0.4–0.7 s in
+/// the seconds after completion, with L0 at 20 files in a partition, while the
+/// compaction threads moved the held levels down one file at a time.
+pub(crate) fn l0_urgent(inner: &Inner, part: &PartitionFiles, sh: &Shape) -> bool {
+    let o = &inner.opts;
+    let half_way = (o.level0_compaction_trigger + o.level0_slowdown_trigger).div_ceil(2);
+    l0_runs(part, sh).0 >= half_way.max(1)
 }
 
 /// Whether the levels above the base level go down with L0, all at once, instead of one
@@ -423,22 +447,37 @@ impl Inner {
     pub(crate) fn pick_compaction(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
         let files = &view.files;
         let layout = files.layouts.get(&files.target)?;
-        let mut best: Option<(f64, u32, usize)> = None;
-        let incoming = incoming_per_partition(files, layout);
-        for (pi, part) in layout.parts.iter().enumerate() {
-            if core.busy.contains(&(layout.id, pi as u32)) {
-                continue;
-            }
-            for (level, score) in scores(self, layout, part, incoming) {
-                if score >= 1.0 && best.is_none_or(|b| score > b.0) {
-                    best = Some((score, pi as u32, level));
-                }
-            }
-        }
-        let (_, pi, level) = best?;
+        let (pi, level) =
+            self.most_urgent(files, layout, |pi| core.busy.contains(&(layout.id, pi)))?;
         let job = self.build_job(core, view, layout.id, pi, level)?;
         core.busy.insert((layout.id, pi));
         Some(job)
+    }
+
+    /// The (partition, level) of `layout` to compact next among partitions not `busy`: an
+    /// L0 past halfway to the write slowdown first (see [`l0_urgent`]), then the highest
+    /// score of at least 1.
+    fn most_urgent(
+        &self,
+        files: &FileSet,
+        layout: &LayoutState,
+        busy: impl Fn(u32) -> bool,
+    ) -> Option<(u32, usize)> {
+        let mut best: Option<((bool, f64), u32, usize)> = None;
+        let incoming = incoming_per_partition(files, layout);
+        for (pi, part) in layout.parts.iter().enumerate() {
+            if busy(pi as u32) {
+                continue;
+            }
+            let urgent = l0_urgent(self, part, &shape(self, layout, part, incoming));
+            for (level, score) in scores(self, layout, part, incoming) {
+                let key = (urgent && level == 0, score);
+                if score >= 1.0 && best.is_none_or(|b| key > b.0) {
+                    best = Some((key, pi as u32, level));
+                }
+            }
+        }
+        best.map(|(_, pi, level)| (pi, level))
     }
 
     fn build_job(
@@ -1259,6 +1298,111 @@ mod tests {
             );
         }
         assert_eq!(db.range(..).count(), KEYS as usize);
+    }
+
+    /// A table of `keys[i]` = `value(round, i)` at `level`, written under `dir` as file
+    /// `number` of the database's first layout and partition.
+    fn table_at(
+        db: &Db,
+        dir: &std::path::Path,
+        number: u64,
+        level: u8,
+        round: u32,
+        keys: std::ops::Range<u32>,
+    ) -> Arc<FileMeta> {
+        use crate::sst::writer::{TableOwner, TableWriter};
+        let path = dir.join(format!("{number:06}.sst"));
+        let mut w = TableWriter::create(
+            db.inner.fs.as_ref(),
+            &path,
+            db.inner.table_opts.clone(),
+            TableOwner {
+                kind: TableKind::Data,
+                layout_version: 1,
+                fingerprint: 0,
+                partition: 0,
+            },
+        )
+        .unwrap();
+        for i in keys {
+            let e = crate::types::Entry {
+                key: Bytes::from(format!("k{i:08}")),
+                seqno: u64::from(round) * 1_000_000 + u64::from(i) + 1,
+                kind: Kind::Value,
+                value: Bytes::from(value(round, i)),
+            };
+            w.add(&e).unwrap();
+        }
+        w.finish().unwrap();
+        let t = crate::sst::reader::Table::open(db.inner.fs.as_ref(), &path, number, None).unwrap();
+        let deleter = crate::obsolete::FileDeleter::new(db.inner.fs.clone());
+        Arc::new(FileMeta::new(Arc::new(t), level, deleter))
+    }
+
+    /// An L0 past halfway to the write slowdown (12 runs with triggers 4 and 20) is
+    /// compacted before a level whose score is higher; below that, score decides. (A
+    /// migration's completion ends the hold on the level above the last in every
+    /// partition at once: by score alone, those levels went first while L0 reached the
+    /// slowdown.)
+    #[test]
+    fn an_l0_halfway_to_the_slowdown_goes_before_a_higher_scoring_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), shaped_options(&fs)).unwrap();
+        assert_eq!(
+            (
+                db.inner.opts.level0_compaction_trigger,
+                db.inner.opts.level0_slowdown_trigger
+            ),
+            (4, 20)
+        );
+        let tables = tempfile::tempdir().unwrap();
+        let view = db.inner.view.load();
+        let func = view.files.target_layout().func.clone();
+        let mut next = 100;
+        let mut file = |level: u8, round: u32, keys: std::ops::Range<u32>| {
+            next += 1;
+            table_at(&db, tables.path(), next, level, round, keys)
+        };
+        // The last level, and the level above it at twice its target.
+        let mut part = PartitionFiles::default();
+        part.levels[6].push(file(6, 0, 0..6000));
+        part.levels[5].push(file(5, 1, 0..3000));
+        let mut with_l0 = |part: &PartitionFiles, n: u32| {
+            let mut p = part.clone();
+            p.levels[0] = (0..n)
+                .rev()
+                .map(|r| file(0, 10 + r, r * 10..r * 10 + 5))
+                .collect();
+            p
+        };
+        let layout_of = |p: PartitionFiles| {
+            let mut l = LayoutState::new(1, func.clone());
+            l.parts[0] = Arc::new(p);
+            l
+        };
+        for (l0_files, urgent) in [(11, false), (12, true)] {
+            let layout = layout_of(with_l0(&part, l0_files));
+            let p = &layout.parts[0];
+            let sh = shape(&db.inner, &layout, p, 0);
+            assert_eq!(sh.base, 5, "test setup: {:?}", sh.targets);
+            let sc = scores(&db.inner, &layout, p, 0);
+            let (l0, l5) = (sc[0].1, sc[5].1);
+            assert!(
+                l0 >= 1.0 && l5 > l0,
+                "test setup, {l0_files} L0 files: L0 scores {l0}, L5 {l5}"
+            );
+            assert_eq!(l0_urgent(&db.inner, p, &sh), urgent);
+            let picked = db.inner.most_urgent(&view.files, &layout, |_| false);
+            let want = if urgent { 0 } else { 5 };
+            assert_eq!(
+                picked,
+                Some((0, want)),
+                "{l0_files} L0 files (L0 {l0}, L5 {l5})"
+            );
+            // A busy partition is never picked, urgent or not.
+            assert_eq!(db.inner.most_urgent(&view.files, &layout, |_| true), None);
+        }
     }
 
     /// While migration fills a target partition, the level above the last does not move

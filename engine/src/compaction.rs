@@ -243,7 +243,9 @@ fn l0_runs(part: &PartitionFiles, sh: &Shape) -> (usize, u64) {
 
 /// Whether a partition's L0 is past halfway from its compaction trigger to the write
 /// slowdown (12 runs with the defaults' 4 and 20): its compaction then goes before any
-/// other level's, whatever their scores (see [`Inner::pick_compaction`]).
+/// other level's, whatever their scores (see [`Inner::pick_compaction`]). Runs are counted
+/// as L0's score counts them: its files, and while migration fills the partition, the
+/// levels that gather with it (the slowdown itself counts L0's files alone).
 ///
 /// By score alone, a level far over its target outranks an L0 that is only waiting: when
 /// a migration into a layout completes, the level above the last one, held for migrated

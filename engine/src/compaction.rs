@@ -256,7 +256,8 @@ fn l0_runs(part: &PartitionFiles, sh: &Shape) -> (usize, u64) {
 /// compaction threads moved the held levels down one file at a time.
 pub(crate) fn l0_urgent(inner: &Inner, part: &PartitionFiles, sh: &Shape) -> bool {
     let o = &inner.opts;
-    let half_way = (o.level0_compaction_trigger + o.level0_slowdown_trigger).div_ceil(2);
+    let (trigger, slowdown) = (o.level0_compaction_trigger, o.level0_slowdown_trigger);
+    let half_way = trigger.saturating_add(slowdown.saturating_sub(trigger) / 2);
     l0_runs(part, sh).0 >= half_way.max(1)
 }
 

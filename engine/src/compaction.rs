@@ -302,19 +302,13 @@ pub(crate) fn levels_down_together(part: &PartitionFiles, sh: &Shape) -> usize {
 }
 
 /// Compaction score of each level of a partition: (level, score).
-fn scores(
-    inner: &Inner,
-    layout: &LayoutState,
-    part: &PartitionFiles,
-    incoming: u64,
-) -> Vec<(usize, f64)> {
-    let sh = shape(inner, layout, part, incoming);
+fn scores(inner: &Inner, part: &PartitionFiles, sh: &Shape) -> Vec<(usize, f64)> {
     let mut v = Vec::with_capacity(MAX_LEVELS - 1);
-    v.push((0, l0_score(inner, part, &sh)));
+    v.push((0, l0_score(inner, part, sh)));
     for level in 1..MAX_LEVELS - 1 {
         let bytes = part.level_bytes(level);
-        let score = if holds_for_migration(inner, &sh, part, level)
-            || (level < sh.base && gathers_above_base(&sh))
+        let score = if holds_for_migration(inner, sh, part, level)
+            || (level < sh.base && gathers_above_base(sh))
         {
             // Held, or gathered with L0 (its score counts this level).
             0.0
@@ -472,8 +466,9 @@ impl Inner {
             if busy(pi as u32) {
                 continue;
             }
-            let urgent = l0_urgent(self, part, &shape(self, layout, part, incoming));
-            for (level, score) in scores(self, layout, part, incoming) {
+            let sh = shape(self, layout, part, incoming);
+            let urgent = l0_urgent(self, part, &sh);
+            for (level, score) in scores(self, part, &sh) {
                 let key = (urgent && level == 0, score);
                 if score >= 1.0 && best.is_none_or(|b| key > b.0) {
                     best = Some((key, pi as u32, level));
@@ -1389,7 +1384,7 @@ mod tests {
             let p = &layout.parts[0];
             let sh = shape(&db.inner, &layout, p, 0);
             assert_eq!(sh.base, 5, "test setup: {:?}", sh.targets);
-            let sc = scores(&db.inner, &layout, p, 0);
+            let sc = scores(&db.inner, p, &sh);
             let (l0, l5) = (sc[0].1, sc[5].1);
             assert!(
                 l0 >= 1.0 && l5 > l0,

@@ -30,8 +30,9 @@ pub struct Options {
     pub block_size: usize,
     pub compression: Compression,
     /// Store data and index blocks with each key delta-encoded against the one before it
-    /// (table format version 2, `sst::codec`; on by default since stop 36): tables shrink
-    /// by the key bytes neighbours share, so flushes and compactions write that much less
+    /// (table format version 2, `sst::codec`; on by default, BENCHMARKS.md §2 "Key-delta
+    /// blocks made the default"): tables shrink by the key bytes neighbours share, so
+    /// flushes and compactions write that much less
     /// (16-byte keys of a dense key space: tables ~16% smaller, 13–17% fewer bytes
     /// written over a 1M-key fill, overwrite and fold; the biased-hash migration's write
     /// amplification 0.96 against 1.09). The price is decoding a block whenever it is

@@ -121,24 +121,31 @@ pub(crate) fn resolve(
             continue;
         };
         let mut probed = Probed::default();
+        // Bounds, seqnos and filters come from the levels' indexes; a file's own record is
+        // reached only to search it, or to charge it a seek.
         // L0 is kept newest-first by max seqno: once a file cannot beat the best, none after
         // it can.
-        for f in &part.levels[0] {
-            if f.max_seqno <= best_seq(&best) {
+        let l0 = part.index(0);
+        for (i, r) in l0.runs().iter().enumerate() {
+            if r.max_seqno <= best_seq(&best) {
                 break;
             }
-            if f.min_seqno > snapshot || !f.contains(key) {
+            if r.min_seqno > snapshot || !l0.contains(r, key) {
                 continue;
             }
-            probe(f, key, h, snapshot, &mut best, cost)?;
+            let f = &part.levels[0][i];
+            probe(f, &r.filter, key, h, snapshot, &mut best, cost)?;
             if cost.charge_seeks {
                 probed.push(f);
             }
         }
         for level in 1..MAX_LEVELS {
-            if let Some(f) = part.file_for_key(level, key) {
-                if f.max_seqno > best_seq(&best) && f.min_seqno <= snapshot {
-                    probe(f, key, h, snapshot, &mut best, cost)?;
+            let index = part.index(level);
+            if let Some(i) = index.find(key) {
+                let r = &index.runs()[i];
+                if r.max_seqno > best_seq(&best) && r.min_seqno <= snapshot {
+                    let f = &part.levels[level][i];
+                    probe(f, &r.filter, key, h, snapshot, &mut best, cost)?;
                     if cost.charge_seeks {
                         probed.push(f);
                     }
@@ -201,9 +208,11 @@ pub(crate) fn changed_since(view: &View, key: &[u8], snapshot: u64) -> Result<bo
     Ok(false)
 }
 
+/// Searches `f` for `key` if its filter (`filter`, from the level's index) admits it.
 #[inline]
 fn probe(
     f: &Arc<FileMeta>,
+    filter: &[u8],
     key: &[u8],
     h: u64,
     snapshot: u64,
@@ -212,7 +221,7 @@ fn probe(
 ) -> Result<()> {
     // The caller checked the file's key range; the filter is checked here (not again in
     // `Table::get`) so that a search it admits can be counted.
-    if !f.table.may_contain_hash(h) {
+    if !bloom::may_contain(filter, h) {
         return Ok(());
     }
     cost.table_reads += 1;

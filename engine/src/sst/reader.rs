@@ -496,6 +496,11 @@ impl Table {
         }
     }
 
+    /// The bloom filter's bytes (see [`bloom::may_contain`]).
+    pub fn filter(&self) -> &Bytes {
+        &self.filter
+    }
+
     /// Whether the bloom filter admits `key` (given its filter hash).
     #[inline]
     pub fn may_contain_hash(&self, h: u64) -> bool {

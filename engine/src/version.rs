@@ -310,7 +310,7 @@ impl PartitionFiles {
             .collect()
     }
 
-    pub(crate) fn insert(&mut self, f: Arc<FileMeta>) {
+    fn insert(&mut self, f: Arc<FileMeta>) {
         if f.kind == TableKind::Pointers {
             self.pointers.push(f);
             return;

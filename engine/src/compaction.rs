@@ -1363,16 +1363,13 @@ mod tests {
             table_at(&db, tables.path(), next, level, round, keys)
         };
         // The last level, and the level above it at twice its target.
-        let mut part = PartitionFiles::default();
-        part.levels[6].push(file(6, 0, 0..6000));
-        part.levels[5].push(file(5, 1, 0..3000));
-        let mut with_l0 = |part: &PartitionFiles, n: u32| {
-            let mut p = part.clone();
-            p.levels[0] = (0..n)
-                .rev()
-                .map(|r| file(0, 10 + r, r * 10..r * 10 + 5))
-                .collect();
-            p
+        let deep = [file(6, 0, 0..6000), file(5, 1, 0..3000)];
+        let mut with_l0 = |n: u32| {
+            PartitionFiles::of(
+                deep.iter()
+                    .cloned()
+                    .chain((0..n).map(|r| file(0, 10 + r, r * 10..r * 10 + 5))),
+            )
         };
         let layout_of = |p: PartitionFiles| {
             let mut l = LayoutState::new(1, func.clone());
@@ -1380,7 +1377,8 @@ mod tests {
             l
         };
         for (l0_files, urgent) in [(11, false), (12, true)] {
-            let layout = layout_of(with_l0(&part, l0_files));
+            let layout = layout_of(with_l0(l0_files));
+            assert_eq!(layout.parts[0].levels[0].len(), l0_files as usize);
             let p = &layout.parts[0];
             let sh = shape(&db.inner, &layout, p, 0);
             assert_eq!(sh.base, 5, "test setup: {:?}", sh.targets);

@@ -342,6 +342,18 @@ impl PartitionFiles {
         false
     }
 
+    /// A partition holding `files`, each at its own level, indexed (for tests that build
+    /// partitions by hand rather than through [`FileSet::apply`]).
+    #[cfg(test)]
+    pub(crate) fn of(files: impl IntoIterator<Item = Arc<FileMeta>>) -> PartitionFiles {
+        let mut p = PartitionFiles::default();
+        for f in files {
+            p.insert(f);
+        }
+        p.reindex();
+        p
+    }
+
     /// Rebuilds the index of every level changed since the last call (once per edit, not
     /// per file: a level's index is built in one pass over its files).
     pub(crate) fn reindex(&mut self) {

@@ -410,6 +410,7 @@ impl<'a> Sampler<'a> {
         let s = self.db.stats();
         let p = &self.prev;
         let ms = |now: u64, before: u64| now.saturating_sub(before) as f64 / 1000.0;
+        let gets = s.gets.saturating_sub(p.gets).max(1) as f64;
         let stall_us =
             (s.stall_micros + s.slowdown_micros).saturating_sub(p.stall_micros + p.slowdown_micros);
         let mut row = Row {
@@ -427,6 +428,9 @@ impl<'a> Sampler<'a> {
             slowdowns: s.slowdowns.saturating_sub(p.slowdowns),
             pending_compaction_bytes: s.pending_compaction_bytes,
             l0_files_max: l0_files_max(&s),
+            filter_checks_per_read: s.get_filter_checks.saturating_sub(p.get_filter_checks) as f64
+                / gets,
+            tables_per_read: s.get_table_reads.saturating_sub(p.get_table_reads) as f64 / gets,
             immutable_memtables: s.immutable_memtables,
             flush_bytes: s.bytes_flushed.saturating_sub(p.bytes_flushed),
             compaction_bytes: s

@@ -32,6 +32,10 @@ pub struct Row {
     pub pending_compaction_bytes: u64,
     /// Most L0 files in any one partition, at the end of the window.
     pub l0_files_max: usize,
+    /// Per point read during the window (engine counters): filters probed, and tables
+    /// searched (filter passed) — what a read cost before and after its filters.
+    pub filter_checks_per_read: f64,
+    pub tables_per_read: f64,
     pub immutable_memtables: usize,
     /// Bytes flushed + compacted during the window.
     pub flush_bytes: u64,
@@ -58,7 +62,7 @@ pub struct Row {
 
 const HEADER: &str = "second,elapsed_s,phase,reads_per_sec,writes_per_sec,read_p50_us,read_p99_us,\
 write_p50_us,write_p99_us,stall_ms,stalls,slowdowns,pending_compaction_bytes,l0_files_max,\
-immutable_memtables,flush_bytes,compaction_bytes,live_versions,migration_bytes_left,\
+filter_checks_per_read,tables_per_read,immutable_memtables,flush_bytes,compaction_bytes,live_versions,migration_bytes_left,\
 fraction_migrated,pacer_rate_bytes_per_sec,pacer_pace_bytes_per_sec,pacer_fg_p99_us,\
 pacer_blocked,migrated_bytes,failed_ops";
 
@@ -78,7 +82,7 @@ fn quoted(s: &str) -> String {
 impl Row {
     fn csv(&self) -> String {
         format!(
-            "{},{:.3},{},{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{:.3},{},{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.1},{},{},{},{},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.second,
             self.elapsed_s,
             quoted(&self.phase),
@@ -93,6 +97,8 @@ impl Row {
             self.slowdowns,
             self.pending_compaction_bytes,
             self.l0_files_max,
+            self.filter_checks_per_read,
+            self.tables_per_read,
             self.immutable_memtables,
             self.flush_bytes,
             self.compaction_bytes,

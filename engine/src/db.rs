@@ -1411,6 +1411,7 @@ impl Inner {
             background_errors: g(&c.background_errors),
             flush_retries: g(&c.flush_retries),
             gets: g(&c.gets),
+            get_filter_checks: g(&c.get_filter_checks),
             get_table_reads: g(&c.get_table_reads),
             get_filter_false_positives: g(&c.get_false_positives),
         }

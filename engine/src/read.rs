@@ -19,7 +19,8 @@ use crate::manifest::MAX_LEVELS;
 use crate::sst::bloom;
 use crate::stats::Counters;
 use crate::types::Kind;
-use crate::version::FileMeta;
+use crate::version::{FileMeta, PartitionFiles, RunBounds};
+use smallvec::SmallVec;
 
 /// Where the winning entry of a read came from.
 pub(crate) enum Origin {
@@ -38,6 +39,8 @@ pub(crate) struct Resolved {
 /// nothing for the key.
 #[derive(Default)]
 pub(crate) struct ReadCost {
+    /// Filters probed: tables whose key range held the key (and whose seqnos could matter).
+    pub filter_checks: u64,
     pub table_reads: u64,
     pub false_positives: u64,
     /// Set by the caller while the database takes no writes: the read then counts against
@@ -83,6 +86,35 @@ fn charge_shallow_runs(probed: &Probed) {
     }
 }
 
+/// A run (one table) that holds a read's key, in one layout's partition for it.
+#[derive(Clone, Copy)]
+struct Candidate<'a> {
+    max_seqno: u64,
+    /// In the target layout, whose copy of an entry wins a tie (see `resolve`).
+    target: bool,
+    /// The layout's place in the read's order (target first), for charging seeks.
+    layout: usize,
+    level: usize,
+    i: usize,
+    part: &'a PartitionFiles,
+    probed: bool,
+}
+
+/// Whether the entry a read found (`seqno`, in the target layout or the memtables if
+/// `target`) replaces the best so far: newer, or as new and the target's copy of an entry
+/// the best found elsewhere (a lazily moved value and its source).
+fn beats(seqno: u64, target: bool, best: &Option<Resolved>, target_id: u32) -> bool {
+    match best {
+        None => true,
+        Some(b) => {
+            seqno > b.seqno
+                || (seqno == b.seqno
+                    && target
+                    && matches!(&b.origin, Origin::File(f) if f.layout_version != target_id))
+        }
+    }
+}
+
 /// The newest entry for `key` at `snapshot` across memtables and every live layout.
 pub(crate) fn resolve(
     view: &View,
@@ -91,13 +123,12 @@ pub(crate) fn resolve(
     cost: &mut ReadCost,
 ) -> Result<Option<Resolved>> {
     let mut best: Option<Resolved> = None;
-    let best_seq = |b: &Option<Resolved>| b.as_ref().map_or(0, |r| r.seqno);
     let h = bloom::key_hash(key);
     let mut mem_probed = false;
     for m in std::iter::once(&view.mem).chain(view.imm.iter()) {
         mem_probed |= !m.is_empty();
         if let Some((seqno, kind, value)) = m.get_hashed(key, h, snapshot) {
-            if seqno > best_seq(&best) {
+            if seqno > best.as_ref().map_or(0, |r| r.seqno) {
                 best = Some(Resolved {
                     seqno,
                     kind,
@@ -107,52 +138,73 @@ pub(crate) fn resolve(
             }
         }
     }
-    // The target first: a value moved out of a draining layout keeps its seqno, and on a
-    // tie the copy in the target is the one to report (so it is not moved again).
-    let target = view.files.layouts.get(&view.files.target);
-    let others = view
-        .files
-        .layouts
-        .values()
-        .filter(|l| l.id != view.files.target);
-    for layout in target.into_iter().chain(others) {
+    // Every run of every live layout whose key range holds the key: L0 files (each layout's
+    // kept newest first by max seqno) and at most one run per deeper level. Bounds, seqnos
+    // and filters come from the levels' indexes; a file's own record is reached only to
+    // search it, or to charge it a seek.
+    let target_id = view.files.target;
+    let target = view.files.layouts.get(&target_id);
+    let others = view.files.layouts.values().filter(|l| l.id != target_id);
+    let mut runs: SmallVec<[Candidate; 24]> = SmallVec::new();
+    for (n, layout) in target.into_iter().chain(others).enumerate() {
         let p = layout.func.partition_of(key) as usize;
         let Some(part) = layout.parts.get(p) else {
             continue;
         };
-        let mut probed = Probed::default();
-        // Bounds, seqnos and filters come from the levels' indexes; a file's own record is
-        // reached only to search it, or to charge it a seek.
-        // L0 is kept newest-first by max seqno: once a file cannot beat the best, none after
-        // it can.
+        let mut add = |level: usize, i: usize, r: &RunBounds| {
+            if r.min_seqno <= snapshot {
+                runs.push(Candidate {
+                    max_seqno: r.max_seqno,
+                    target: layout.id == target_id,
+                    layout: n,
+                    level,
+                    i,
+                    part,
+                    probed: false,
+                });
+            }
+        };
         let l0 = part.index(0);
         for (i, r) in l0.runs().iter().enumerate() {
-            if r.max_seqno <= best_seq(&best) {
-                break;
-            }
-            if r.min_seqno > snapshot || !l0.contains(r, key) {
-                continue;
-            }
-            let f = &part.levels[0][i];
-            probe(f, &r.filter, key, h, snapshot, &mut best, cost)?;
-            if cost.charge_seeks {
-                probed.push(f);
+            if l0.contains(r, key) {
+                add(0, i, r);
             }
         }
         for level in 1..MAX_LEVELS {
             let index = part.index(level);
             if let Some(i) = index.find(key) {
-                let r = &index.runs()[i];
-                if r.max_seqno > best_seq(&best) && r.min_seqno <= snapshot {
-                    let f = &part.levels[level][i];
-                    probe(f, &r.filter, key, h, snapshot, &mut best, cost)?;
-                    if cost.charge_seeks {
-                        probed.push(f);
-                    }
-                }
+                add(level, i, &index.runs()[i]);
             }
         }
-        if cost.charge_seeks {
+    }
+    // Probed newest first (highest max seqno; on a tie the target's), so that once the
+    // newest entry is found every run that cannot hold a newer one is skipped unsearched.
+    // Position is no guide across layouts, nor always within one: migration moves a
+    // partition's deepest runs first, with their seqnos, so a key's old version lands in
+    // the target while its newer one still waits in the draining layout's upper level, and
+    // migrated runs can gather above newer data in a partition that takes writes. In a
+    // layout on its own the runs are usually in this order already.
+    runs.sort_by(|a, b| b.max_seqno.cmp(&a.max_seqno).then(b.target.cmp(&a.target)));
+    for c in runs.iter_mut() {
+        // Sorted, so nothing after a run that cannot beat the best can either.
+        if !beats(c.max_seqno, c.target, &best, target_id) {
+            break;
+        }
+        let f = &c.part.levels[c.level][c.i];
+        let filter = &c.part.index(c.level).runs()[c.i].filter;
+        probe(
+            f, filter, c.target, key, h, snapshot, &mut best, target_id, cost,
+        )?;
+        c.probed = true;
+    }
+    if cost.charge_seeks {
+        // Each partition's probed runs, shallowest first.
+        runs.sort_unstable_by_key(|c| (c.layout, c.level, c.i));
+        for group in runs.chunk_by(|a, b| a.layout == b.layout) {
+            let mut probed = Probed::default();
+            for c in group.iter().filter(|c| c.probed) {
+                probed.push(&c.part.levels[c.level][c.i]);
+            }
             charge_shallow_runs(&probed);
             // The memtables were probed above every run (the WAL ticker reads the count).
             if mem_probed && probed.len > 0 {
@@ -209,18 +261,22 @@ pub(crate) fn changed_since(view: &View, key: &[u8], snapshot: u64) -> Result<bo
 }
 
 /// Searches `f` for `key` if its filter (`filter`, from the level's index) admits it.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn probe(
     f: &Arc<FileMeta>,
     filter: &[u8],
+    in_target: bool,
     key: &[u8],
     h: u64,
     snapshot: u64,
     best: &mut Option<Resolved>,
+    target_id: u32,
     cost: &mut ReadCost,
 ) -> Result<()> {
     // The caller checked the file's key range; the filter is checked here (not again in
     // `Table::get`) so that a search it admits can be counted.
+    cost.filter_checks += 1;
     if !bloom::may_contain(filter, h) {
         return Ok(());
     }
@@ -229,7 +285,7 @@ fn probe(
         cost.false_positives += 1;
         return Ok(());
     };
-    if e.seqno > best.as_ref().map_or(0, |r| r.seqno) {
+    if beats(e.seqno, in_target, best, target_id) {
         *best = Some(Resolved {
             seqno: e.seqno,
             kind: e.kind,
@@ -340,6 +396,9 @@ impl Inner {
             ..ReadCost::default()
         };
         let r = resolve(&view, key, seq, &mut cost);
+        if cost.filter_checks > 0 {
+            Counters::add(&self.counters.get_filter_checks, cost.filter_checks);
+        }
         if cost.table_reads > 0 {
             Counters::add(&self.counters.get_table_reads, cost.table_reads);
             if cost.false_positives > 0 {

@@ -35,6 +35,7 @@ pub(crate) struct Counters {
     pub admission_wait_micros: AtomicU64,
     pub admission_waits: AtomicU64,
     pub gets: AtomicU64,
+    pub get_filter_checks: AtomicU64,
     pub get_table_reads: AtomicU64,
     pub get_false_positives: AtomicU64,
     pub background_errors: AtomicU64,
@@ -150,6 +151,11 @@ pub struct Stats {
     pub flush_retries: u64,
     /// Point reads (`get`, snapshot and transaction reads).
     pub gets: u64,
+    /// Filters point reads probed: one per table whose key range held the key, in every
+    /// live layout (L0 files, and at most one file per deeper level). What a read costs
+    /// before any block is touched; `get_filter_checks - get_table_reads` are the searches
+    /// filters saved.
+    pub get_filter_checks: u64,
     /// Tables whose filter admitted a point read's key, so that a data block was searched.
     pub get_table_reads: u64,
     /// Of those, tables that held no visible entry for the key: filter false positives

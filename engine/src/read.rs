@@ -2,9 +2,11 @@
 //!
 //! Read rule (the invariant of DESIGN.md): a read at snapshot `s` returns the entry with the
 //! highest seqno <= `s` among the memtables and, for every live layout version `v`, partition
-//! `f_v(key)`. The read never stops at the first hit *by position*; it keeps the best seqno
-//! found so far and skips any file whose max seqno cannot beat it. Lazy moves and migration
-//! outputs may therefore place an older entry above a newer one without changing any answer.
+//! `f_v(key)`. Position decides nothing: the read gathers every run that holds the key, probes
+//! them by max seqno (highest first), keeps the best seqno found so far and skips every run
+//! whose max seqno cannot beat it. Lazy moves and migration outputs may therefore place an
+//! older entry above a newer one, in another layout or a shallower level, without changing
+//! any answer, and without costing the read a second search.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,6 +147,9 @@ pub(crate) fn resolve(
     let target_id = view.files.target;
     let target = view.files.layouts.get(&target_id);
     let others = view.files.layouts.values().filter(|l| l.id != target_id);
+    // A run that cannot beat what the memtables hold is not even gathered (on a tie the
+    // memtables' entry stands).
+    let floor = best.as_ref().map(|b| b.seqno);
     let mut runs: SmallVec<[Candidate; 24]> = SmallVec::new();
     for (n, layout) in target.into_iter().chain(others).enumerate() {
         let p = layout.func.partition_of(key) as usize;
@@ -152,7 +157,7 @@ pub(crate) fn resolve(
             continue;
         };
         let mut add = |level: usize, i: usize, r: &RunBounds| {
-            if r.min_seqno <= snapshot {
+            if r.min_seqno <= snapshot && floor.is_none_or(|s| r.max_seqno > s) {
                 runs.push(Candidate {
                     max_seqno: r.max_seqno,
                     target: layout.id == target_id,

@@ -21,7 +21,7 @@ use crate::manifest::MAX_LEVELS;
 use crate::sst::bloom;
 use crate::stats::Counters;
 use crate::types::Kind;
-use crate::version::{FileMeta, PartitionFiles, RunBounds};
+use crate::version::{FileMeta, RunBounds};
 use smallvec::SmallVec;
 
 /// Where the winning entry of a read came from.
@@ -96,9 +96,11 @@ struct Candidate<'a> {
     target: bool,
     /// The layout's place in the read's order (target first), for charging seeks.
     layout: usize,
-    level: usize,
-    i: usize,
-    part: &'a PartitionFiles,
+    /// Place in the gathering order (per layout L0 first, then level by level), which is
+    /// the order seeks are charged in.
+    gathered: usize,
+    file: &'a Arc<FileMeta>,
+    filter: &'a [u8],
     probed: bool,
 }
 
@@ -118,8 +120,8 @@ fn beats(seqno: u64, target: bool, best: &Option<Resolved>, target_id: u32) -> b
 }
 
 /// The newest entry for `key` at `snapshot` across memtables and every live layout.
-pub(crate) fn resolve(
-    view: &View,
+pub(crate) fn resolve<'a>(
+    view: &'a View,
     key: &[u8],
     snapshot: u64,
     cost: &mut ReadCost,
@@ -150,21 +152,21 @@ pub(crate) fn resolve(
     // A run that cannot beat what the memtables hold is not even gathered (on a tie the
     // memtables' entry stands).
     let floor = best.as_ref().map(|b| b.seqno);
-    let mut runs: SmallVec<[Candidate; 24]> = SmallVec::new();
+    let mut runs: SmallVec<[Candidate<'a>; 24]> = SmallVec::new();
     for (n, layout) in target.into_iter().chain(others).enumerate() {
         let p = layout.func.partition_of(key) as usize;
         let Some(part) = layout.parts.get(p) else {
             continue;
         };
-        let mut add = |level: usize, i: usize, r: &RunBounds| {
+        let mut add = |level: usize, i: usize, r: &'a RunBounds| {
             if r.min_seqno <= snapshot && floor.is_none_or(|s| r.max_seqno > s) {
                 runs.push(Candidate {
                     max_seqno: r.max_seqno,
                     target: layout.id == target_id,
                     layout: n,
-                    level,
-                    i,
-                    part,
+                    gathered: runs.len(),
+                    file: &part.levels[level][i],
+                    filter: &r.filter,
                     probed: false,
                 });
             }
@@ -195,20 +197,18 @@ pub(crate) fn resolve(
         if !beats(c.max_seqno, c.target, &best, target_id) {
             break;
         }
-        let f = &c.part.levels[c.level][c.i];
-        let filter = &c.part.index(c.level).runs()[c.i].filter;
         probe(
-            f, filter, c.target, key, h, snapshot, &mut best, target_id, cost,
+            c.file, c.filter, c.target, key, h, snapshot, &mut best, target_id, cost,
         )?;
         c.probed = true;
     }
     if cost.charge_seeks {
         // Each partition's probed runs, shallowest first.
-        runs.sort_unstable_by_key(|c| (c.layout, c.level, c.i));
+        runs.sort_unstable_by_key(|c| c.gathered);
         for group in runs.chunk_by(|a, b| a.layout == b.layout) {
             let mut probed = Probed::default();
             for c in group.iter().filter(|c| c.probed) {
-                probed.push(&c.part.levels[c.level][c.i]);
+                probed.push(c.file);
             }
             charge_shallow_runs(&probed);
             // The memtables were probed above every run (the WAL ticker reads the count).

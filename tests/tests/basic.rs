@@ -383,6 +383,17 @@ fn stats_count_tables_searched_and_filter_false_positives() {
                 "{label}: {wasted} of 1999 missing keys passed the filter"
             );
         }
+        // One table holds every key's range: each read, hit or miss, checks its filter once.
+        assert_eq!(
+            hits.get_filter_checks - before.get_filter_checks,
+            2000,
+            "{label}: one filter check per read that finds its key"
+        );
+        assert_eq!(
+            misses.get_filter_checks - hits.get_filter_checks,
+            1999,
+            "{label}: one filter check per missing key in the table's range"
+        );
     }
 }
 

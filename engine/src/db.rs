@@ -1307,7 +1307,10 @@ impl Inner {
                         index: i as u32,
                         files: p.data_file_count(),
                         bytes: p.data_bytes(),
-                        entries: p.data_files().map(|f| f.entries).sum(),
+                        entries: p
+                            .data_files()
+                            .map(|f| f.entries)
+                            .fold(0, u64::saturating_add),
                         pointer_files: p.pointers.len(),
                     })
                     .collect(),
@@ -1350,7 +1353,10 @@ impl Inner {
                     partition: i as u32,
                     files: p.data_file_count(),
                     bytes: p.data_bytes(),
-                    entries: p.data_files().map(|f| f.entries).sum(),
+                    entries: p
+                        .data_files()
+                        .map(|f| f.entries)
+                        .fold(0, u64::saturating_add),
                     level_files: p.levels.iter().map(|l| l.len()).collect(),
                 });
             }

@@ -169,9 +169,10 @@ impl DirState {
         let mut left = 0;
         let mut total = 0;
         for f in self.files.iter().filter(|f| f.kind == TableKind::Data) {
-            total += f.size;
+            // Saturating: sizes are the manifest's word (each bounded, not their sum).
+            total = u64::saturating_add(total, f.size);
             if draining.contains(&f.layout_version) {
-                left += f.size;
+                left = u64::saturating_add(left, f.size);
             }
         }
         (left, total)

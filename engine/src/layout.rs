@@ -57,9 +57,15 @@ impl PartitionSpec {
     /// Number of partitions this function maps keys onto.
     pub fn partitions(&self) -> u32 {
         match self {
-            PartitionSpec::Range { boundaries } => boundaries.len() as u32 + 1,
+            // Saturating: a spec not validated yet may claim any count (validation refuses
+            // more than MAX_PARTITIONS).
+            PartitionSpec::Range { boundaries } => u32::try_from(boundaries.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
             PartitionSpec::Hash { partitions, .. } => *partitions,
-            PartitionSpec::Split { base, into, .. } => base.partitions() + into - 1,
+            PartitionSpec::Split { base, into, .. } => {
+                base.partitions().saturating_add(*into).saturating_sub(1)
+            }
         }
     }
 
@@ -483,6 +489,26 @@ impl PartitionFn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec straight from a caller, not validated yet, answers how many partitions it
+    /// claims without overflowing; validation then refuses it.
+    #[test]
+    fn an_unvalidated_spec_counts_its_partitions_without_overflow() {
+        let split = |into| PartitionSpec::Split {
+            base: Box::new(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            }),
+            partition: 0,
+            into,
+            seed: 2,
+        };
+        assert_eq!(split(u32::MAX).partitions(), u32::MAX - 1);
+        assert!(split(u32::MAX).validate().is_err());
+        assert_eq!(split(0).partitions(), 3);
+        assert!(split(0).validate().is_err());
+    }
 
     /// Nested splits parse up to the depth `validate` allows and are refused past it, at
     /// any depth of text: a spec nested 20,000 deep overflowed the stack (an abort, from a

@@ -457,14 +457,20 @@ impl Inner {
                     version: VersionId(l.id),
                     files_left: l.data_file_count(),
                     bytes_left,
-                    entries_left: l.data_files().map(|f| f.entries).sum(),
+                    entries_left: l
+                        .data_files()
+                        .map(|f| f.entries)
+                        .fold(0, u64::saturating_add),
                     files_migrated: c.files_migrated,
                     bytes_migrated: c.bytes_read,
                     bytes_written: c.bytes_written,
                     pointers_honoured: c.pointers_honoured,
                     lazy_moves: lazy.0,
                     lazy_moved_bytes: lazy.1,
-                    forwarding_pointers: l.pointer_files().map(|f| f.entries).sum(),
+                    forwarding_pointers: l
+                        .pointer_files()
+                        .map(|f| f.entries)
+                        .fold(0, u64::saturating_add),
                     eta_secs: (pace > 0.0).then(|| bytes_left as f64 / pace),
                 }
             })

@@ -6,7 +6,7 @@
 //! followed by intact records is corruption, reported with file and offset, never skipped.
 //! Batches are single WAL records, so a batch is replayed whole or not at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
@@ -62,6 +62,8 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
         controller: None,
         pinned: Default::default(),
     };
+    // Live files per layout version.
+    let mut files_of: HashMap<u32, usize> = HashMap::new();
     for (offset, edit) in &m.edits {
         let bad = |why: String| Error::corruption(&m.path, *offset, why);
         for r in &edit.records {
@@ -102,9 +104,15 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                         None => return Err(bad(format!("retired unknown v{id}"))),
                     }
                     // Pointer files of a retired layout are deleted in the same edit; data
-                    // files must all be gone.
-                    if let Some(f) = st.files.values().find(|f| f.layout_version == *id) {
-                        return Err(bad(format!("retired v{id} still has file {}", f.number)));
+                    // files must all be gone. (Counted per layout as files come and go: a
+                    // search of every file per retirement made a manifest of many of both
+                    // quadratic to open.)
+                    if files_of.get(id).is_some_and(|&n| n > 0) {
+                        let f = st.files.values().find(|f| f.layout_version == *id);
+                        return Err(bad(format!(
+                            "retired v{id} still has file {}",
+                            f.map_or(0, |f| f.number)
+                        )));
                     }
                 }
                 EditRecord::AddFile(f) if f.number > MAX_FILE_NUMBER => {
@@ -136,12 +144,16 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                     if st.files.insert(f.number, f.clone()).is_some() {
                         return Err(bad(format!("file {} added twice", f.number)));
                     }
+                    *files_of.entry(f.layout_version).or_default() += 1;
                 }
-                EditRecord::DeleteFile(n) => {
-                    if st.files.remove(n).is_none() {
-                        return Err(bad(format!("deleted file {n} that is not live")));
+                EditRecord::DeleteFile(n) => match st.files.remove(n) {
+                    Some(f) => {
+                        if let Some(c) = files_of.get_mut(&f.layout_version) {
+                            *c = c.saturating_sub(1);
+                        }
                     }
-                }
+                    None => return Err(bad(format!("deleted file {n} that is not live"))),
+                },
                 EditRecord::Controller { epoch, state } => {
                     st.controller = Some((*epoch, state.clone()));
                 }
@@ -163,6 +175,21 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
             &m.path,
             0,
             "manifest sets no target layout",
+        ));
+    }
+    // The engine never lets more than this many be live (`Db::register_partition_fn`), and
+    // opening builds every live layout's partitions: a manifest claiming more is corrupt,
+    // not a reason to allocate for them. (Checked once replayed: a snapshot registers every
+    // layout, retired ones too, before it retires them.)
+    let live = st.registry.values().filter(|r| !r.1).count();
+    if live > crate::MAX_LIVE_LAYOUTS {
+        return Err(Error::corruption(
+            &m.path,
+            0,
+            format!(
+                "{live} layout versions live, more than the {} the engine allows",
+                crate::MAX_LIVE_LAYOUTS
+            ),
         ));
     }
     Ok(st)
@@ -537,7 +564,9 @@ pub(crate) fn replay_wals(
                 return Err(Error::corruption(path, *off, "empty batch record"));
             }
             // Decode the whole batch before applying any of it.
-            let mut ops = Vec::with_capacity(b.count as usize);
+            // The count is the record's word until the ops are decoded: reserve no more
+            // than a bounded guess on it (a count can claim ~40 bytes of room per byte).
+            let mut ops = Vec::with_capacity((b.count as usize).min(1 << 16));
             let n = WriteBatch::for_each_op(&b.ops, path, *off + 20, |k, key, value| {
                 ops.push((k, key, value))
             })?;
@@ -1282,4 +1311,113 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         });
     }
     Ok(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{EditRecord, FileRecord, ManifestContents, VersionEdit};
+    use crate::sst::TableKind;
+    use crate::PartitionSpec;
+
+    fn contents(edits: Vec<Vec<EditRecord>>) -> ManifestContents {
+        ManifestContents {
+            path: PathBuf::from("MANIFEST-000001"),
+            number: 1,
+            edits: edits
+                .into_iter()
+                .enumerate()
+                .map(|(i, records)| (i as u64 * 100, VersionEdit { records }))
+                .collect(),
+            tail: None,
+        }
+    }
+
+    fn register(id: u32) -> EditRecord {
+        EditRecord::RegisterLayout {
+            id,
+            spec: PartitionSpec::Hash {
+                partitions: 4096,
+                seed: id as u64,
+                hashed_prefix: None,
+            }
+            .to_bytes(),
+        }
+    }
+
+    fn file(number: u64, layout_version: u32) -> EditRecord {
+        EditRecord::AddFile(FileRecord {
+            number,
+            size: 100,
+            layout_version,
+            partition: 0,
+            level: 0,
+            kind: TableKind::Data,
+            smallest: Bytes::from_static(b"a"),
+            largest: Bytes::from_static(b"z"),
+            min_seqno: 1,
+            max_seqno: 2,
+            entries: 2,
+        })
+    }
+
+    /// A manifest that claims more live layouts than the engine ever allows is corrupt
+    /// (opening would build every one's partitions: 4,096 each here); as many as it allows
+    /// open, and so does a snapshot's way of listing retired ones (all registered first,
+    /// then retired), however many there were.
+    #[test]
+    fn more_live_layouts_than_allowed_is_corruption() {
+        let n = crate::MAX_LIVE_LAYOUTS as u32;
+        let live = |count: u32| {
+            let mut records: Vec<EditRecord> = (1..=count).map(register).collect();
+            records.push(EditRecord::SetTarget(1));
+            contents(vec![records])
+        };
+        assert_eq!(
+            replay_manifest(&live(n)).unwrap().registry.len(),
+            n as usize
+        );
+        let e = replay_manifest(&live(n + 1)).err().expect("refused");
+        assert!(e.is_corruption(), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("{} layout versions live", n + 1)),
+            "{e}"
+        );
+        let mut snapshot: Vec<EditRecord> = (1..=3 * n).map(register).collect();
+        snapshot.extend((2..=2 * n + 1).map(EditRecord::RetireLayout));
+        snapshot.push(EditRecord::SetTarget(1));
+        let st = replay_manifest(&contents(vec![snapshot])).unwrap();
+        assert_eq!(st.registry.values().filter(|r| !r.1).count(), n as usize);
+    }
+
+    /// A layout retires only once none of its files is live, whichever edits added and
+    /// deleted them, and the refusal names a file it still has.
+    #[test]
+    fn a_layout_retires_only_without_live_files() {
+        let base = || vec![register(1), register(2), EditRecord::SetTarget(1)];
+        let retire_with = |files: Vec<EditRecord>| {
+            let mut edits = vec![base(), files];
+            edits.push(vec![EditRecord::RetireLayout(2)]);
+            replay_manifest(&contents(edits))
+        };
+        let e = retire_with(vec![file(7, 2), file(8, 1)])
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("retired v2 still has file 7"), "{e}");
+        // Deleted, then retired: fine; a file of another layout does not hold it back.
+        let st = retire_with(vec![file(7, 2), file(8, 1), EditRecord::DeleteFile(7)]).unwrap();
+        assert!(st.registry[&2].1);
+        // Two added, one deleted: still one left.
+        let e = retire_with(vec![file(7, 2), file(9, 2), EditRecord::DeleteFile(7)])
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("still has file 9"), "{e}");
+        // Retiring again is harmless; adding to a retired layout is not.
+        let mut edits = vec![base(), vec![EditRecord::RetireLayout(2)]];
+        edits.push(vec![EditRecord::RetireLayout(2)]);
+        assert!(replay_manifest(&contents(edits.clone())).is_ok());
+        edits.push(vec![file(10, 2)]);
+        assert!(replay_manifest(&contents(edits)).is_err());
+    }
 }

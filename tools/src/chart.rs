@@ -33,10 +33,10 @@ pub fn terminal_bars(counts: &[u64], width: usize) -> Vec<String> {
             } else {
                 format!("{lo}-{}", lo + c.len() - 1)
             };
-            (label, c.iter().sum())
+            (label, c.iter().fold(0, |a: u64, &b| a.saturating_add(b)))
         })
         .collect();
-    let total: u64 = counts.iter().sum();
+    let total = counts.iter().fold(0, |a: u64, &b| a.saturating_add(b));
     let mean = total as f64 / rows.len() as f64;
     let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
     let label_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
@@ -115,7 +115,7 @@ pub fn svg_balance(panels: &[Panel]) -> String {
 
 fn panel(s: &mut String, p: &Panel, y0: f64) {
     let n = p.counts.len().max(1);
-    let total: u64 = p.counts.iter().sum();
+    let total = p.counts.iter().fold(0, |a: u64, &b| a.saturating_add(b));
     if total == 0 {
         let _ = write!(
             s,

@@ -61,7 +61,12 @@ pub fn info_page(st: &DirState, sum: &Summary) -> String {
     card(
         &mut h,
         "Entries",
-        &count(sum.versions.iter().map(|v| v.entries).sum()),
+        &count(
+            sum.versions
+                .iter()
+                .map(|v| v.entries)
+                .fold(0, u64::saturating_add),
+        ),
     );
     card(&mut h, "Migration", sum.migration.state);
     card(

@@ -121,17 +121,17 @@ impl Summary {
                 match f.kind {
                     TableKind::Pointers => {
                         p.pointer_files += 1;
-                        p.pointers += f.entries;
+                        p.pointers = p.pointers.saturating_add(f.entries);
                     }
                     _ => {
                         p.files += 1;
-                        p.bytes += f.size;
-                        p.entries += f.entries;
+                        p.bytes = p.bytes.saturating_add(f.size);
+                        p.entries = p.entries.saturating_add(f.entries);
                         let l = (f.level as usize).min(LEVELS - 1);
                         p.levels[l].files += 1;
-                        p.levels[l].bytes += f.size;
+                        p.levels[l].bytes = p.levels[l].bytes.saturating_add(f.size);
                         all_levels[l].files += 1;
-                        all_levels[l].bytes += f.size;
+                        all_levels[l].bytes = all_levels[l].bytes.saturating_add(f.size);
                     }
                 }
             }
@@ -139,7 +139,7 @@ impl Summary {
             for p in &parts {
                 for (l, c) in p.levels.iter().enumerate() {
                     levels[l].files += c.files;
-                    levels[l].bytes += c.bytes;
+                    levels[l].bytes = levels[l].bytes.saturating_add(c.bytes);
                 }
             }
             versions.push(VersionSummary {
@@ -148,10 +148,13 @@ impl Summary {
                 fingerprint: format!("{:#018x}", v.func.fingerprint()),
                 role: v.role.as_str(),
                 files: parts.iter().map(|p| p.files).sum(),
-                bytes: parts.iter().map(|p| p.bytes).sum(),
-                entries: parts.iter().map(|p| p.entries).sum(),
+                bytes: parts.iter().map(|p| p.bytes).fold(0, u64::saturating_add),
+                entries: parts.iter().map(|p| p.entries).fold(0, u64::saturating_add),
                 pointer_files: parts.iter().map(|p| p.pointer_files).sum(),
-                pointers: parts.iter().map(|p| p.pointers).sum(),
+                pointers: parts
+                    .iter()
+                    .map(|p| p.pointers)
+                    .fold(0, u64::saturating_add),
                 levels,
                 partitions: parts,
             });
@@ -189,7 +192,7 @@ impl Summary {
                 .map(|v| v.id)
                 .collect(),
             files: versions.iter().map(|v| v.files + v.pointer_files).sum(),
-            bytes: st.files.iter().map(|f| f.size).sum(),
+            bytes: st.files.iter().map(|f| f.size).fold(0, u64::saturating_add),
             levels: all_levels,
             migration: MigrationSummary {
                 state,
@@ -206,5 +209,54 @@ impl Summary {
             },
             versions,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entry counts and sizes are the manifest's word, each bounded but not their sum: a
+    /// summary of files claiming more than a u64 can count between them saturates (the
+    /// `info` and `partitions` pages with it) instead of overflowing.
+    #[test]
+    fn claimed_entry_counts_past_u64_saturate() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = sluice::Options {
+            migration_bytes_per_sec: 0,
+            ..sluice::Options::default()
+        };
+        let db = sluice::Db::open(dir.path(), opts).unwrap();
+        for round in 0..2 {
+            db.put(format!("k{round}"), "v").unwrap();
+            db.flush().unwrap();
+        }
+        // A second live version with a file of its own: the page adds up both.
+        let v2 = db
+            .register_partition_fn(sluice::PartitionSpec::Hash {
+                partitions: 2,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        db.put("k2", "v").unwrap();
+        db.flush().unwrap();
+        db.close().unwrap();
+        let mut st = sluice::inspect::read_dir_state(dir.path()).unwrap();
+        assert_eq!(st.files.len(), 3);
+        for f in &mut st.files {
+            f.entries = u64::MAX / 2 + 1;
+            f.size = u64::MAX / 2 + 1;
+        }
+        let sum = Summary::of(&st);
+        assert_eq!(sum.versions[0].entries, u64::MAX);
+        assert_eq!(
+            (sum.bytes, st.migration_totals()),
+            (u64::MAX, (u64::MAX, u64::MAX))
+        );
+        assert_eq!(sum.versions[0].partitions[0].entries, u64::MAX);
+        let page = crate::html::info_page(&st, &sum);
+        assert!(page.contains("Entries"), "{page}");
     }
 }

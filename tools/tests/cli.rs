@@ -554,6 +554,9 @@ fn usage_errors_exit_2() {
         &["migrate", "run", "{DIR}", "--secs=-1"],
         &["migrate", "run", "{DIR}", "--secs", "0"],
         &["migrate", "run", "{DIR}", "--mb-per-sec", "0"],
+        // The audit keeps a balance per account in memory: four billion was 32 GB.
+        &["demo", "--dir", "{DIR}/demo", "--accounts", "4000000000"],
+        &["demo", "--dir", "{DIR}/demo", "--accounts", "15"],
     ];
     for args in cases {
         let (c, out, err) = run(d, args);

@@ -94,7 +94,14 @@ impl DeltaHeader {
         // Each entry takes at least four bytes here (its four varints).
         let count = d.len(body.len() / 4, "delta block entry count")?;
         let mem_len = d.len(MAX_BLOCK_LEN, "delta block decoded length")?;
-        if mem_len < count * 4 + 4 {
+        // Decoded, an entry grows by at most the key prefix it shares (a key) and 15 bytes:
+        // its trailer's eight, its offset's four and its two length varints' (at most
+        // three and four), against the four varints of at least a byte each it takes here.
+        // So a few stray bytes cannot claim megabytes.
+        let most = count
+            .saturating_mul(crate::MAX_KEY_LEN + 15)
+            .saturating_add(body.len() + 4);
+        if mem_len < count * 4 + 4 || mem_len > most {
             return Err(Error::corruption(
                 file,
                 base,
@@ -225,6 +232,10 @@ pub fn zstd_encode(
 /// Reads the header of a `[raw length varint][zstd frame]` body: the length and the frame.
 /// A frame that records a different length of content is refused here, before anything
 /// is allocated for the length the header claims.
+/// The most a zstd frame can expand: a block of one repeated byte (RLE) takes four bytes
+/// and decodes to at most 128 KiB.
+const ZSTD_MAX_RATIO: u64 = (128 << 10) / 4;
+
 fn zstd_header<'a>(body: &'a [u8], file: &Path, base: u64) -> Result<(usize, &'a [u8])> {
     let mut d = Decoder::new(body, file, base);
     let raw_len = d.len(MAX_BLOCK_LEN, "uncompressed block length")?;
@@ -241,7 +252,19 @@ fn zstd_header<'a>(body: &'a [u8], file: &Path, base: u64) -> Result<(usize, &'a
             "zstd block: bad frame header",
         )),
         // Frames written here record their size; one that does not is checked as it
-        // decompresses.
+        // decompresses, into a buffer of the header's length: no longer than the frame
+        // could decode to (so a few stray bytes cannot make a read allocate megabytes).
+        Ok(None) if raw_len as u64 > (frame.len() as u64).saturating_mul(ZSTD_MAX_RATIO) => {
+            Err(Error::corruption(
+                file,
+                base,
+                format!(
+                    "zstd block: a frame of {} bytes cannot hold the {raw_len} the block \
+                     header says",
+                    frame.len()
+                ),
+            ))
+        }
         Ok(_) => Ok((raw_len, frame)),
     }
 }
@@ -557,24 +580,49 @@ mod tests {
         let e = delta_decode(&b, Path::new("f.sst"), 4096).unwrap_err();
         assert!(e.to_string().contains("shared"), "{e}");
         assert!(decode_block(9, Bytes::from_static(b"abc"), Path::new("f"), 0).is_err());
-        // A zstd block whose header claims the largest length for a frame of 3000 bytes:
-        // refused from the frame's own recorded size, before a buffer of that length exists.
-        for ty in [COMPRESSION_ZSTD, COMPRESSION_DELTA_ZSTD] {
-            let mut c = zstd::bulk::Compressor::new(3).unwrap();
-            let frame = c.compress(&[7u8; 3000]).unwrap();
-            let mut body = Vec::new();
-            put_varint(&mut body, MAX_BLOCK_LEN as u64);
-            body.extend_from_slice(&frame);
-            let e = decode_block(ty, Bytes::from(body), Path::new("f.sst"), 4096)
-                .err()
-                .expect("refused");
-            assert!(e.is_corruption(), "{e}");
-            assert!(
-                e.to_string().contains(&format!(
-                    "the frame holds 3000 bytes, the block header says {MAX_BLOCK_LEN}"
-                )),
-                "{e}"
-            );
+        // A key-delta header claiming 64 MiB for no entries in five bytes is refused before
+        // a buffer of that length exists (the error names what it claimed).
+        let mut b = Vec::new();
+        put_varint(&mut b, 0);
+        put_varint(&mut b, 64 << 20);
+        let e = delta_decode(&b, Path::new("f.sst"), 4096).unwrap_err();
+        assert!(
+            e.to_string().contains("claims 67108864 decoded bytes"),
+            "{e}"
+        );
+        // One entry may claim a whole shared key more than it stores, not more.
+        let mut b = Vec::new();
+        put_varint(&mut b, 1);
+        put_varint(&mut b, (crate::MAX_KEY_LEN + 64) as u64);
+        b.extend_from_slice(&[0, 1, 0, 1, b'k']);
+        let e = delta_decode(&b, Path::new("f.sst"), 4096).unwrap_err();
+        assert!(e.to_string().contains("claims"), "{e}");
+        // A zstd block whose header claims the largest length is refused before a buffer
+        // of that length exists: from the frame's own recorded size (3000 bytes here), or,
+        // for a frame that records none, from the most its bytes could decode to.
+        for (with_size, data, why) in [
+            (
+                true,
+                &[7u8; 3000][..],
+                format!("the frame holds 3000 bytes, the block header says {MAX_BLOCK_LEN}"),
+            ),
+            (false, &b"tiny"[..], "cannot hold".to_string()),
+        ] {
+            for ty in [COMPRESSION_ZSTD, COMPRESSION_DELTA_ZSTD] {
+                let mut c = zstd::bulk::Compressor::new(3).unwrap();
+                c.include_contentsize(with_size).unwrap();
+                let frame = c.compress(data).unwrap();
+                let recorded = zstd::zstd_safe::get_frame_content_size(&frame);
+                assert_eq!(matches!(recorded, Ok(Some(_))), with_size);
+                let mut body = Vec::new();
+                put_varint(&mut body, MAX_BLOCK_LEN as u64);
+                body.extend_from_slice(&frame);
+                let e = decode_block(ty, Bytes::from(body), Path::new("f.sst"), 4096)
+                    .err()
+                    .expect("refused");
+                assert!(e.is_corruption(), "{e}");
+                assert!(e.to_string().contains(&why), "{e}");
+            }
         }
     }
 

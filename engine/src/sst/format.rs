@@ -254,7 +254,10 @@ pub fn checked_block<'a>(file: &'a [u8], h: BlockHandle, path: &Path) -> Result<
     let start = h.offset as usize;
     let end = start
         .checked_add(h.size as usize)
-        .filter(|e| e + BLOCK_TRAILER_LEN <= file.len())
+        .filter(|e| {
+            e.checked_add(BLOCK_TRAILER_LEN)
+                .is_some_and(|t| t <= file.len())
+        })
         .ok_or_else(|| Error::corruption(path, h.offset, "block extends past end of file"))?;
     let body = &file[start..end];
     let ty = file[end];
@@ -287,6 +290,18 @@ pub fn block_trailer(body: &[u8], ty: u8) -> [u8; BLOCK_TRAILER_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handle whose size reaches the end of the address space is past the end of the
+    /// file, not an overflow.
+    #[test]
+    fn a_handle_past_every_end_is_corruption() {
+        let file = [0u8; 64];
+        for (offset, size) in [(0, u64::MAX - 2), (u64::MAX - 2, 1), (60, 0)] {
+            let e =
+                checked_block(&file, BlockHandle { offset, size }, Path::new("t.sst")).unwrap_err();
+            assert!(e.to_string().contains("past end of file"), "{e}");
+        }
+    }
 
     fn props() -> TableProps {
         TableProps {

@@ -29,7 +29,7 @@ pub struct Args {
     /// Directory for the demo database
     #[arg(long, default_value = "sluice-demo-data")]
     pub dir: PathBuf,
-    /// Accounts in the ledger
+    /// Accounts in the ledger (16 to 100,000,000)
     #[arg(long, default_value_t = 200_000)]
     pub accounts: u32,
     /// Bytes of account metadata stored with each balance (the data volume to migrate)
@@ -123,9 +123,13 @@ fn prepare(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Most accounts a demo ledger holds: its audit keeps a balance per account in memory
+/// (8 bytes each), and at the default payload this is already ~20 GB of data.
+const MAX_ACCOUNTS: u32 = 100_000_000;
+
 pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let secs = |s: f64| (0.0..=86_400.0).contains(&s);
-    if args.accounts < 16
+    if !(16..=MAX_ACCOUNTS).contains(&args.accounts)
         || !(1..=1024).contains(&args.threads)
         || !(0.05..=0.95).contains(&args.detect_at)
         || !secs(args.stable_secs)
@@ -133,7 +137,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         || !(2..=sluice::MAX_PARTITIONS).contains(&args.partitions)
     {
         return Err(CliError::usage(format!(
-            "need --accounts >= 16, 1 <= --threads <= 1024, 0.05 <= --detect-at <= 0.95, 2 <= --partitions <= {}, and --stable-secs, --rollback-secs in 0..=86400",
+            "need 16 <= --accounts <= {MAX_ACCOUNTS}, 1 <= --threads <= 1024, 0.05 <= --detect-at <= 0.95, 2 <= --partitions <= {}, and --stable-secs, --rollback-secs in 0..=86400",
             sluice::MAX_PARTITIONS
         )));
     }

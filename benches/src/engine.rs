@@ -40,6 +40,8 @@ pub struct EngineCounters {
     pub device_bytes: Option<u64>,
     /// Time writers were stopped or slowed.
     pub stall_micros: Option<u64>,
+    /// WAL fsyncs (group commit shares one among the synced writers queued together).
+    pub wal_syncs: Option<u64>,
 }
 
 /// One engine's point operations. Implementations must be usable from many threads.
@@ -102,6 +104,7 @@ impl Kv for SluiceKv {
             user_bytes: Some(s.user_bytes_written),
             device_bytes: Some(crate::device_bytes(&s)),
             stall_micros: Some(s.stall_micros + s.slowdown_micros),
+            wal_syncs: Some(s.wal_syncs),
         }
     }
 

@@ -118,6 +118,10 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     memtable_mb: Option<u64>,
 
+    /// Data block size in bytes (`Options::block_size`; engine default if omitted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(64..=(4 << 20)))]
+    block_size: Option<u64>,
+
     /// Target SSTable size in MiB (`Options::target_file_bytes`; engine default if omitted).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     target_file_mb: Option<u64>,
@@ -287,6 +291,13 @@ struct Cli {
     /// in KiB (0: never). Default: the engine's (0).
     #[arg(long)]
     wal_sync_kb: Option<u64>,
+
+    /// Makes every fsync Sluice issues take this many microseconds longer (through the
+    /// engine's fault-injecting file system, `sluice::fs::FaultFs`), to model a slower
+    /// device than this one: the engine-core issue's group-commit target assumes a 3.4 ms
+    /// `fdatasync`. Sluice only (an engine comparison must run every engine on one device).
+    #[arg(long, conflicts_with = "engines", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    fsync_delay_us: Option<u64>,
 }
 
 /// `--p99-target-us`: a fixed figure or one derived from the stable phase.
@@ -409,6 +420,9 @@ fn sluice_options(cli: &Cli) -> Options {
     if let Some(on) = cli.key_delta_blocks {
         opts.key_delta_blocks = on;
     }
+    if let Some(b) = cli.block_size {
+        opts.block_size = b as usize;
+    }
     if let Some(kb) = cli.wal_buffer_kb {
         opts.wal_buffer_bytes = kb.saturating_mul(1 << 10);
     }
@@ -437,6 +451,11 @@ fn sluice_options(cli: &Cli) -> Options {
         opts.move_bytes_per_sec = 0;
     }
     opts.move_on_first_read = cli.move_on_first_read;
+    if let Some(us) = cli.fsync_delay_us {
+        let fs = sluice::fs::FaultFs::new();
+        fs.set_sync_delay(Some(Duration::from_micros(us)));
+        opts.fs = std::sync::Arc::new(fs);
+    }
     opts
 }
 
@@ -556,6 +575,7 @@ fn build_report(
         peak_rss_mb: report::peak_rss_mb(),
         workload_peak_rss_mb: report::workload_peak_rss_mb(),
         stall_ms: stall.map(|s| s as f64 / 1000.0),
+        wal_syncs: diff(after.engine.wal_syncs, before.engine.wal_syncs),
         key_size: settings.key_size,
         value_size: settings.value_size,
         partition: partition.to_string(),
@@ -615,9 +635,10 @@ fn run(cli: &Cli) -> BenchResult<()> {
     let names: Vec<_> = cli.workloads.iter().map(|w| w.name()).collect();
     eprintln!(
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
-         partition={partition} target={} compression={:?} key_delta_blocks={} cache_mb={} memtable_mb={} \
+         partition={partition} target={} compression={:?} key_delta_blocks={} block_size={} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
-         engine=sluice move_mb_per_sec={} move_on_first_read={} wal_buffer_kb={} wal_sync_kb={}",
+         engine=sluice move_mb_per_sec={} move_on_first_read={} wal_buffer_kb={} wal_sync_kb={} \
+         fsync_delay_us={}",
         names.join(","),
         settings.num,
         settings.reads,
@@ -628,6 +649,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         layout.target,
         cli.compression,
         opts.key_delta_blocks,
+        opts.block_size,
         cli.cache_mb,
         opts.memtable_bytes as f64 / (1 << 20) as f64,
         opts.bloom_bits_per_key,
@@ -641,6 +663,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
         opts.move_on_first_read,
         opts.wal_buffer_bytes >> 10,
         opts.wal_bytes_per_sync >> 10,
+        cli.fsync_delay_us.unwrap_or(0),
     );
     if !cli.json {
         println!("{}", WorkloadReport::table_header());
@@ -764,6 +787,9 @@ const PEER_MARKER: &str = "SLUICE_STRESS_PEER";
 /// `--engine fjall|rocksdb|redb`: the db_bench workloads on a peer engine, same keys, values
 /// and order as on Sluice.
 fn run_peer(cli: &Cli) -> BenchResult<()> {
+    if cli.fsync_delay_us.is_some() {
+        return Err("--fsync-delay-us works with --engine sluice only".into());
+    }
     if cli.use_existing_db {
         return Err("--use-existing-db works with --engine sluice only".into());
     }

@@ -202,6 +202,7 @@ mod rocks_kv {
                         + t(Ticker::CompactWriteBytes),
                 ),
                 stall_micros: Some(t(Ticker::StallMicros)),
+                wal_syncs: Some(t(Ticker::WalFileSynced)),
             }
         }
     }

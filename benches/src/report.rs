@@ -223,6 +223,9 @@ pub struct WorkloadReport {
     /// Time writers were stopped or slowed down during this workload; `None` for a peer
     /// engine that keeps no such counter.
     pub stall_ms: Option<f64>,
+    /// WAL fsyncs during this workload; with `--sync`, ops ÷ this is the mean group a
+    /// shared fsync made durable. `None` for an engine that keeps no such counter.
+    pub wal_syncs: Option<u64>,
     pub key_size: usize,
     pub value_size: usize,
     pub partition: String,
@@ -298,6 +301,12 @@ impl WorkloadReport {
         }
         if let Some(w) = self.background_writes {
             notes.push(format!("{w} background writes"));
+        }
+        if let Some(syncs) = self.wal_syncs.filter(|&n| self.sync && n > 0) {
+            notes.push(format!(
+                "{:.1} writes per WAL sync",
+                self.ops as f64 / syncs as f64
+            ));
         }
         if self.distribution != "uniform" {
             notes.push(self.distribution.clone());

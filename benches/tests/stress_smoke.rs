@@ -101,6 +101,38 @@ fn every_workload_reports_one_json_line() {
     );
 }
 
+/// Synced writers on a modelled slow device (`--fsync-delay-us`) with a settable block
+/// size: the settings line names both, and the report counts the WAL syncs the writes
+/// shared (at least one, and no more than one per write).
+#[test]
+fn synced_writes_report_their_wal_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let out = stress(&[
+        "fillrandom",
+        "--sync",
+        "--num",
+        "400",
+        "--threads",
+        "4",
+        "--fsync-delay-us",
+        "500",
+        "--block-size",
+        "1024",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fsync_delay_us=500"), "{stderr}");
+    assert!(stderr.contains("block_size=1024"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let syncs = v["wal_syncs"].as_u64().expect("wal_syncs");
+    assert!((1..=400).contains(&syncs), "{v}");
+    assert_eq!(v["sync"], true);
+}
+
 #[test]
 fn bad_flags_fail_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -123,6 +155,8 @@ fn bad_flags_fail_cleanly() {
         ],
         vec!["fillseq", "--dir", dir, "--use-existing-db"],
         vec!["fillseq"],
+        vec!["fillseq", "--dir", dir, "--block-size", "10"],
+        vec!["fillseq", "--dir", dir, "--fsync-delay-us", "0"],
     ] {
         let out = stress(&args);
         let stderr = text(&out.stderr);

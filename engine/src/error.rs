@@ -96,6 +96,15 @@ pub enum Error {
     #[error("invalid option {name}: {reason}")]
     InvalidOption { name: &'static str, reason: String },
 
+    /// An index a caller passed past the end of what it indexes (a table's blocks, a
+    /// block's entries).
+    #[error("{what} {index} does not exist (there are {len})")]
+    OutOfRange {
+        what: &'static str,
+        index: u64,
+        len: u64,
+    },
+
     /// A layout version id that is not registered (or no longer live).
     #[error("unknown layout version v{0}")]
     UnknownVersion(u32),
@@ -250,6 +259,11 @@ impl Error {
             Error::InvalidOption { name, reason } => Error::InvalidOption {
                 name,
                 reason: reason.clone(),
+            },
+            Error::OutOfRange { what, index, len } => Error::OutOfRange {
+                what,
+                index: *index,
+                len: *len,
             },
             Error::UnknownVersion(v) => Error::UnknownVersion(*v),
             Error::VersionRetired(v) => Error::VersionRetired(*v),

@@ -113,6 +113,7 @@ impl From<sluice::Error> for CliError {
             E::NotADatabase { .. }
             | E::InvalidPartitionSpec(_)
             | E::InvalidOption { .. }
+            | E::OutOfRange { .. }
             | E::UnknownVersion(_)
             | E::VersionRetired(_)
             | E::LayoutRefused(_)

@@ -388,6 +388,13 @@ impl Block {
 
     /// Entry `i` as an owned, zero-copy [`Entry`].
     pub fn entry(&self, i: usize, file: &Path, base: u64) -> Result<Entry> {
+        if i >= self.len() {
+            return Err(Error::OutOfRange {
+                what: "block entry",
+                index: i as u64,
+                len: self.len() as u64,
+            });
+        }
         let (ks, ke, trailer, vs, ve) = self.parts(i, file, base)?;
         let kind = Kind::from_u8(trailer as u8).ok_or_else(|| {
             Error::corruption(

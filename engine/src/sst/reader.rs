@@ -341,6 +341,20 @@ impl Table {
         self.index.len()
     }
 
+    /// An error for a block index past the table's last block (a caller's, never the
+    /// engine's own: its indexes come from the table's index).
+    fn check_block_index(&self, i: usize) -> Result<()> {
+        if i < self.block_count() {
+            Ok(())
+        } else {
+            Err(Error::OutOfRange {
+                what: "data block",
+                index: i as u64,
+                len: self.block_count() as u64,
+            })
+        }
+    }
+
     /// The last user key of every data block: a sample of the table's keys (one per block)
     /// read from the index alone, without touching data blocks.
     pub fn index_keys(&self) -> impl Iterator<Item = &[u8]> {
@@ -364,6 +378,7 @@ impl Table {
     /// with pread, checked and cached; otherwise (compactions, verification, or no cache), it
     /// is read from the memory map — zero-copy when uncompressed.
     pub fn read_block(&self, i: usize, fill: Fill) -> Result<Block> {
+        self.check_block_index(i)?;
         let fill_cache = fill != Fill::No;
         if let Some(c) = &self.cache {
             if let Some(b) = c.get(self.id, i as u32) {
@@ -425,6 +440,7 @@ impl Table {
     /// foreground thread is doing there. Without a positioned reader (no block cache) the
     /// block comes from the map as [`read_block`](Self::read_block) serves it.
     pub fn read_block_ahead(&self, i: usize, ra: &mut Readahead) -> Result<Block> {
+        self.check_block_index(i)?;
         let Some(r) = &self.reader else {
             return self.read_block(i, Fill::No);
         };

@@ -99,6 +99,32 @@ fn assert_finds(t: &Table, es: &[Entry], step: usize) {
     }
 }
 
+/// A block or entry index past the end, from a caller of the public table and block
+/// API, is an error naming what it indexed, not a panic; with a cache and without.
+#[test]
+fn an_index_past_the_end_is_an_error() {
+    for cached in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("000007.sst");
+        write(&p, &entries(500), Compression::None);
+        let t = open(&p, cached).unwrap();
+        let n = t.block_count();
+        assert!(n > 1);
+        let out_of_range = |r: crate::Result<block::Block>| match r {
+            Err(e @ crate::Error::OutOfRange { .. }) => e.to_string(),
+            other => panic!("{:?}", other.map(|b| b.len())),
+        };
+        let e = out_of_range(t.block(n));
+        assert_eq!(e, format!("data block {n} does not exist (there are {n})"));
+        out_of_range(t.read_block(usize::MAX, reader::Fill::No));
+        out_of_range(t.read_block_ahead(n, &mut reader::Readahead::default()));
+        let b = t.block(n - 1).unwrap();
+        assert!(b.entry(b.len() - 1, &p, 0).is_ok());
+        let e = b.entry(b.len(), &p, 0).unwrap_err();
+        assert!(matches!(e, crate::Error::OutOfRange { .. }), "{e}");
+    }
+}
+
 #[test]
 fn round_trip_gets_and_properties() {
     for compression in [Compression::None, Compression::Zstd(3)] {

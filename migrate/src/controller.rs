@@ -142,6 +142,13 @@ impl Controller {
     /// Claims the controller role for `db` (fencing any earlier controller) and resumes
     /// whatever migration the persisted state describes.
     pub fn attach(db: Db, cfg: ControllerConfig) -> Result<Controller> {
+        // Claimed before the state is read: once claimed, no earlier controller can store
+        // anything more, so the state read is the one to resume from. (Read first, a
+        // rollback the earlier controller finished in between was undone by this one's
+        // resume, which switched the target forward again.)
+        #[cfg(test)]
+        tests::before_claim();
+        let epoch = db.claim_controller()?;
         let rec = match db.controller_state() {
             Some((_, bytes)) => Record::decode(&bytes).map_err(|e| Error::Corruption {
                 file: db.path().join("CURRENT"),
@@ -150,7 +157,6 @@ impl Controller {
             })?,
             None => Record::default(),
         };
-        let epoch = db.claim_controller()?;
         let mut c = Controller {
             db,
             epoch,
@@ -675,7 +681,18 @@ impl Controller {
         self.go(State::Paused, "paused")
     }
 
+    /// Resumes a paused migration. Only a paused one: from `Validating` (a `start` that
+    /// failed after validation) this would record `Migrating` without the switch of target
+    /// and the checkpoint `start` makes, and then finish by retiring the empty candidate.
     pub fn resume_migration(&mut self) -> Result<()> {
+        self.fence()?;
+        if self.rec.state != State::Paused {
+            return Err(Error::LayoutRefused(format!(
+                "only a paused migration can be resumed; the migration is {} (use start \
+                 to begin one that was validated)",
+                self.rec.state
+            )));
+        }
         self.go(State::Migrating, "resumed")?;
         self.apply_pacing(true)?;
         Ok(())
@@ -927,5 +944,66 @@ fn unpin_if_live(db: &Db, v: u32) -> Result<()> {
     match db.pin_version(VersionId(v), false) {
         Err(Error::VersionRetired(_)) | Err(Error::UnknownVersion(_)) => Ok(()),
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static BEFORE_CLAIM: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs (once) what a test set to happen inside `attach`, just before its claim.
+    pub(super) fn before_claim() {
+        if let Some(f) = BEFORE_CLAIM.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// A controller that attaches while the one it replaces finishes a rollback resumes
+    /// from where that rollback left the database: stable, on the original layout. (It
+    /// read the state before claiming, so it saw the migration, and its resume switched
+    /// the target forward again over the finished rollback.)
+    #[test]
+    fn attaching_during_a_rollback_resumes_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = sluice::Options {
+            migration_bytes_per_sec: 0,
+            ..sluice::Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("acct:{i:05}"), "100").unwrap();
+        }
+        db.flush().unwrap();
+        let cfg = || ControllerConfig {
+            migration_bytes_per_sec: 0,
+            ..ControllerConfig::default()
+        };
+        let mut first = Controller::attach(db.clone(), cfg()).unwrap();
+        let spec = PartitionSpec::Hash {
+            partitions: 8,
+            seed: 5,
+            hashed_prefix: None,
+        };
+        first.plan(spec, PlanOptions::default()).unwrap();
+        first.start().unwrap();
+        assert_eq!(first.state(), State::Migrating);
+        let from = first.record().plan.as_ref().unwrap().from;
+        assert_ne!(db.layout().target, VersionId(from));
+        BEFORE_CLAIM.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                first
+                    .rollback("rolled back by the first controller")
+                    .unwrap();
+                assert_eq!(first.state(), State::Stable);
+            }))
+        });
+        let second = Controller::attach(db.clone(), cfg()).unwrap();
+        assert_eq!(second.state(), State::Stable);
+        assert_eq!(db.layout().target, VersionId(from));
     }
 }

@@ -594,6 +594,12 @@ fn the_checkpoint_before_migrating_is_taken_where_planned_or_the_start_refuses()
     let e = c.start().unwrap_err();
     assert!(e.to_string().contains("no complete checkpoint"), "{e}");
     assert_eq!(db.layout().target, VersionId(1));
+    // Validated but not started: resuming is refused (it used to record Migrating without
+    // the switch or the checkpoint, and then finish by retiring the empty candidate).
+    let before = c.state();
+    let e = c.resume_migration().unwrap_err();
+    assert!(e.to_string().contains("only a paused migration"), "{e}");
+    assert_eq!((c.state(), db.layout().target), (before, VersionId(1)));
     // Emptied, it is taken; the checkpoint opens at the pre-migration state.
     std::fs::remove_file(cp.join("stray")).unwrap();
     c.start().unwrap();

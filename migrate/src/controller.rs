@@ -138,6 +138,33 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a plan or a retarget about to claim a candidate for the function `fp` records
+/// first: versions registered for `fp` from here on are its own, and `existing` (the live
+/// version it would reuse) is a pin to release if it was not pinned already.
+fn planning_intent(
+    layout: &sluice::LayoutInfo,
+    fp: u64,
+    existing: Option<VersionId>,
+) -> PlanningRecord {
+    let unpinned = |id: u32| layout.versions.iter().any(|v| v.id.0 == id && !v.pinned);
+    PlanningRecord {
+        fingerprint: fp,
+        last_id: layout
+            .versions
+            .iter()
+            .map(|v| v.id)
+            .chain(layout.retired.iter().copied())
+            .map(|v| v.0)
+            .max()
+            .unwrap_or(0),
+        pins: existing
+            .map(|v| v.0)
+            .filter(|&v| unpinned(v))
+            .into_iter()
+            .collect(),
+    }
+}
+
 impl Controller {
     /// Claims the controller role for `db` (fencing any earlier controller) and resumes
     /// whatever migration the persisted state describes.
@@ -147,7 +174,7 @@ impl Controller {
         // rollback the earlier controller finished in between was undone by this one's
         // resume, which switched the target forward again.)
         #[cfg(test)]
-        tests::before_claim();
+        tests::reach("attach: before the claim");
         let epoch = db.claim_controller()?;
         let rec = match db.controller_state() {
             Some((_, bytes)) => Record::decode(&bytes).map_err(|e| Error::Corruption {
@@ -283,6 +310,9 @@ impl Controller {
                 self.fenced(|db| db.set_shadow(Some(spec)))
             }
             State::Migrating | State::Paused => {
+                if let Some(p) = self.rec.planning.clone() {
+                    self.undo_planning(&p, "resumed after a restart mid-retarget")?;
+                }
                 let plan = self.plan_ref()?.clone();
                 if target != plan.to {
                     // Also completes a retarget recorded just before a crash.
@@ -384,22 +414,10 @@ impl Controller {
         // Recorded before the first engine change, so that a plan cut short between here
         // and `Planned` (a crash, a failing hook) is undone, by this call or by the next
         // controller to attach, rather than leaving its candidate pinned and live for ever.
-        let unpinned = |id: u32| layout.versions.iter().any(|v| v.id.0 == id && !v.pinned);
-        let intent = PlanningRecord {
-            fingerprint: fp,
-            last_id: layout
-                .versions
-                .iter()
-                .map(|v| v.id)
-                .chain(layout.retired.iter().copied())
-                .map(|v| v.0)
-                .max()
-                .unwrap_or(0),
-            pins: std::iter::once(from)
-                .chain(existing.map(|v| v.0))
-                .filter(|&v| unpinned(v))
-                .collect(),
-        };
+        let mut intent = planning_intent(&layout, fp, existing);
+        if layout.versions.iter().any(|v| v.id.0 == from && !v.pinned) {
+            intent.pins.insert(0, from);
+        }
         self.rec.planning = Some(intent.clone());
         if let Err(e) = self.save() {
             self.rec.planning = None;
@@ -472,7 +490,10 @@ impl Controller {
             }
         }
         self.rec.planning = None;
-        self.rec.plan = None;
+        // A plan cut short leaves no plan; a retarget cut short leaves its migration's.
+        if matches!(self.rec.state, State::Stable | State::Complete) {
+            self.rec.plan = None;
+        }
         self.note(format!("undid a plan cut short: {why}"))
     }
 
@@ -629,14 +650,30 @@ impl Controller {
             )));
         }
         let fp = spec.fingerprint();
-        let existing = self
-            .db
-            .layout()
+        let layout = self.db.layout();
+        let existing = layout
             .versions
             .iter()
             .find(|v| v.fingerprint == fp)
             .map(|v| v.id);
-        let to = self.claim_candidate(&spec, existing)?;
+        // As in `plan`: what claiming the candidate changes in the engine is recorded first,
+        // so that a retarget cut short (a crash, or a claim by another controller before
+        // the new candidate is recorded) is undone rather than leaving it pinned for ever.
+        let intent = planning_intent(&layout, fp, existing);
+        self.rec.planning = Some(intent.clone());
+        if let Err(e) = self.save() {
+            self.rec.planning = None;
+            return Err(e);
+        }
+        let to = match self.claim_candidate(&spec, existing) {
+            Ok(to) => to,
+            Err(e) => {
+                let _ = self.undo_planning(&intent, &format!("retarget to {spec} failed: {e}"));
+                return Err(e);
+            }
+        };
+        #[cfg(test)]
+        tests::reach("retarget: after the claim");
         let (old, from) = {
             let p = self.plan_ref()?;
             (p.to, p.from)
@@ -645,6 +682,7 @@ impl Controller {
         // candidate and releases the old one (see `resume`); a crash before it leaves the
         // migration as it was.
         let before = self.rec.clone();
+        self.rec.planning = None;
         if let Some(p) = self.rec.plan.as_mut() {
             p.superseded.push(old);
             p.to = to.0;
@@ -658,6 +696,9 @@ impl Controller {
             format!("retargeted v{old} -> {to} = {spec}, keeping progress (v{old} drains into it)"),
         ) {
             self.rec = before;
+            // Undone here if this controller still may; if not (another claimed it), the
+            // intent stays recorded for the next controller to undo on attach.
+            let _ = self.undo_planning(&intent, &format!("retarget to {spec} failed: {e}"));
             return Err(e);
         }
         self.fenced(|db| db.set_target(to))?;
@@ -952,13 +993,25 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
+    type Hook = (&'static str, Box<dyn FnOnce()>);
+
     thread_local! {
-        static BEFORE_CLAIM: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+        static HOOKS: RefCell<Vec<Hook>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// Runs (once) what a test set to happen inside `attach`, just before its claim.
-    pub(super) fn before_claim() {
-        if let Some(f) = BEFORE_CLAIM.with(|h| h.borrow_mut().take()) {
+    /// Makes `f` run (once) the next time this thread reaches `point`.
+    fn set(point: &'static str, f: impl FnOnce() + 'static) {
+        HOOKS.with(|h| h.borrow_mut().push((point, Box::new(f))));
+    }
+
+    /// Called at `point`: runs what a test set to happen there, if anything.
+    pub(super) fn reach(point: &'static str) {
+        let f = HOOKS.with(|h| {
+            let mut h = h.borrow_mut();
+            let i = h.iter().position(|(p, _)| *p == point)?;
+            Some(h.remove(i).1)
+        });
+        if let Some(f) = f {
             f();
         }
     }
@@ -994,16 +1047,65 @@ mod tests {
         assert_eq!(first.state(), State::Migrating);
         let from = first.record().plan.as_ref().unwrap().from;
         assert_ne!(db.layout().target, VersionId(from));
-        BEFORE_CLAIM.with(|h| {
-            *h.borrow_mut() = Some(Box::new(move || {
-                first
-                    .rollback("rolled back by the first controller")
-                    .unwrap();
-                assert_eq!(first.state(), State::Stable);
-            }))
+        set("attach: before the claim", move || {
+            first
+                .rollback("rolled back by the first controller")
+                .unwrap();
+            assert_eq!(first.state(), State::Stable);
         });
         let second = Controller::attach(db.clone(), cfg()).unwrap();
         assert_eq!(second.state(), State::Stable);
         assert_eq!(db.layout().target, VersionId(from));
+    }
+
+    /// A retarget cut short after it registered and pinned its new candidate (here another
+    /// controller claims the database at that moment, so recording the retarget fails) is
+    /// undone by the next controller to attach: the migration goes on to its candidate,
+    /// and the half-claimed layout is released and retired instead of staying pinned, live
+    /// and empty for ever (every read consults it, and it holds one of the live slots).
+    #[test]
+    fn a_retarget_cut_short_is_undone_on_attach() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = sluice::Options {
+            migration_bytes_per_sec: 0,
+            ..sluice::Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("acct:{i:05}"), "100").unwrap();
+        }
+        db.flush().unwrap();
+        let cfg = || ControllerConfig {
+            migration_bytes_per_sec: 0,
+            ..ControllerConfig::default()
+        };
+        let hash = |seed| PartitionSpec::Hash {
+            partitions: 8,
+            seed,
+            hashed_prefix: None,
+        };
+        let mut first = Controller::attach(db.clone(), cfg()).unwrap();
+        first.plan(hash(5), PlanOptions::default()).unwrap();
+        first.start().unwrap();
+        let candidate = db.layout().target;
+        let fp = hash(6).fingerprint();
+        let thief = db.clone();
+        set("retarget: after the claim", move || {
+            thief.claim_controller().unwrap();
+        });
+        let e = first.retarget(hash(6), false).unwrap_err();
+        assert!(matches!(e, Error::StaleEpoch { .. }), "{e}");
+        let half = db.layout();
+        let claimed = half.versions.iter().find(|v| v.fingerprint == fp).unwrap();
+        assert!(claimed.pinned, "claimed before the retarget was recorded");
+        let second = Controller::attach(db.clone(), cfg()).unwrap();
+        assert_eq!(second.state(), State::Migrating);
+        let after = db.layout();
+        assert_eq!(after.target, candidate);
+        assert!(
+            after.versions.iter().all(|v| v.fingerprint != fp),
+            "the half-claimed layout retired"
+        );
+        assert_eq!(second.record().planning, None);
     }
 }

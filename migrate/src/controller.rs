@@ -299,7 +299,13 @@ impl Controller {
             State::Planned | State::Validating => {
                 let to = self.plan_ref()?.to;
                 if target == to {
-                    // Crashed after switching the target and before recording it.
+                    // Crashed after switching the target and before recording it (from
+                    // Planned, only a caller's own `Db::set_target` gets here; the state
+                    // machine goes there through Validating).
+                    if self.rec.state == State::Planned {
+                        self.go(State::Validating, "resumed: target was already switched")?;
+                    }
+                    self.reconcile_gate("resume")?;
                     self.go(State::Migrating, "resumed: target was already switched")?;
                     self.apply_pacing(true)?;
                 }
@@ -500,6 +506,8 @@ impl Controller {
     /// Starts counting live traffic per candidate partition.
     pub fn shadow(&mut self) -> Result<()> {
         self.fence()?;
+        self.check_transition(State::Shadowing)?;
+        self.reconcile_gate("shadowing")?;
         let spec = PartitionSpec::parse(&self.plan_ref()?.spec)?;
         self.fenced(|db| db.set_shadow(Some(spec)))?;
         self.go(State::Shadowing, "shadowing live traffic")
@@ -542,6 +550,14 @@ impl Controller {
             self.roll_back_because(&reason)?;
             return Err(Error::LayoutRefused(reason));
         }
+        self.reconcile_gate(when)?;
+        Ok(report)
+    }
+
+    /// Checks the reconciliation hook's figure against the plan's: a change rolls the
+    /// migration back (with its reason) and returns the error. Run at every state change
+    /// the controller makes on its way forward (the checkpoint gates run it too).
+    fn reconcile_gate(&mut self, when: &str) -> Result<()> {
         match (self.rec.reconciliation.clone(), self.reconcile_now()?) {
             (Some(expected), Some(now))
                 if now != expected && self.cfg.triggers.on_reconciliation_mismatch =>
@@ -561,7 +577,20 @@ impl Controller {
             }
             _ => {}
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Refuses a state change the state machine does not allow before anything is done
+    /// in the engine for it.
+    fn check_transition(&self, to: State) -> Result<()> {
+        let from = self.rec.state;
+        if from == to || from.allows(to) {
+            Ok(())
+        } else {
+            Err(Error::LayoutRefused(format!(
+                "controller cannot go from {from} to {to}"
+            )))
+        }
     }
 
     /// Makes the candidate the target: optional checkpoint, then the switch (one manifest
@@ -718,6 +747,8 @@ impl Controller {
 
     pub fn pause(&mut self) -> Result<()> {
         self.fence()?;
+        self.check_transition(State::Paused)?;
+        self.reconcile_gate("pause")?;
         self.apply_pacing(false)?;
         self.go(State::Paused, "paused")
     }
@@ -734,6 +765,7 @@ impl Controller {
                 self.rec.state
             )));
         }
+        self.reconcile_gate("resume")?;
         self.go(State::Migrating, "resumed")?;
         self.apply_pacing(true)?;
         Ok(())

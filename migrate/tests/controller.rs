@@ -526,6 +526,63 @@ fn reconciliation_mismatch_rolls_back() {
     assert_eq!(db.layout().target, VersionId(1));
 }
 
+/// The reconciliation hook runs at every state change, not only at the checkpoint gates:
+/// a sum that changed is caught when the migration is paused, when it is resumed, and
+/// when shadowing starts, and each rolls back with its reason. A refused transition does
+/// nothing in the engine first (a pause from Planned used to set the migration rate to 0,
+/// a shadow from Validating to start shadow counting).
+#[test]
+fn reconciliation_is_checked_at_every_state_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = migrating(&db);
+    db.put(key(0), "999").unwrap(); // money from nowhere
+    let e = c.pause().unwrap_err();
+    assert!(
+        e.to_string().contains("reconciliation changed at pause"),
+        "{e}"
+    );
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+    db.put(key(0), "100").unwrap();
+
+    let mut c = migrating(&db);
+    c.pause().unwrap();
+    db.put(key(1), "0").unwrap(); // money gone
+    let e = c.resume_migration().unwrap_err();
+    assert!(
+        e.to_string().contains("reconciliation changed at resume"),
+        "{e}"
+    );
+    assert_eq!(c.state(), State::Stable);
+    db.put(key(1), "100").unwrap();
+
+    c.plan(good(), PlanOptions::default()).unwrap();
+    db.put(key(2), "7").unwrap();
+    let e = c.shadow().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("reconciliation changed at shadowing"),
+        "{e}"
+    );
+    assert_eq!(c.state(), State::Stable);
+    db.put(key(2), "100").unwrap();
+
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.validate().unwrap();
+    assert!(db.shadow_load().is_none());
+    let e = c.shadow().unwrap_err();
+    assert!(e.to_string().contains("cannot go from validating"), "{e}");
+    assert!(
+        db.shadow_load().is_none(),
+        "a refused shadow started counting"
+    );
+    let e = c.pause().unwrap_err();
+    assert!(e.to_string().contains("cannot go from validating"), "{e}");
+    assert_eq!(c.state(), State::Validating);
+    check_data(&db);
+}
+
 #[test]
 fn hot_partition_split_and_write_limit() {
     let dir = tempfile::tempdir().unwrap();

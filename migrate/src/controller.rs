@@ -785,11 +785,24 @@ impl Controller {
         // Finishing retires the layout the migration started from; once it is gone there
         // is nothing to roll back to (and a rollback recorded now could never complete).
         let from = self.plan_ref()?.from;
-        if !self.db.layout().versions.iter().any(|v| v.id.0 == from) {
-            return Err(Error::LayoutRefused(format!(
+        let retired = || {
+            Error::LayoutRefused(format!(
                 "v{from} has retired: the migration can only be finished"
-            )));
+            ))
+        };
+        if !self.db.layout().versions.iter().any(|v| v.id.0 == from) {
+            return Err(retired());
         }
+        // Pinned before the rollback is recorded: unpinned (a `finish` cut short after its
+        // unpins) and drained, it could retire between the check above and the switch back,
+        // leaving a RollingBack that no controller could ever complete.
+        match self.fenced(|db| db.pin_version(VersionId(from), true)) {
+            Ok(()) => {}
+            Err(Error::VersionRetired(_) | Error::UnknownVersion(_)) => return Err(retired()),
+            Err(e) => return Err(e),
+        }
+        #[cfg(test)]
+        tests::reach("rollback: before recording it");
         self.go(State::RollingBack, format!("rollback: {reason}"))?;
         self.complete_rollback(reason)
     }
@@ -1088,6 +1101,48 @@ mod tests {
         let second = Controller::attach(db.clone(), cfg()).unwrap();
         assert_eq!(second.state(), State::Stable);
         assert_eq!(db.layout().target, VersionId(from));
+    }
+
+    /// A rollback holds the layout it returns to: one that a `finish` cut short had
+    /// unpinned, and that has drained, cannot retire between the rollback's check and its
+    /// switch back (it did, and the recorded RollingBack could then never complete).
+    #[test]
+    fn a_rollback_holds_the_layout_it_returns_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = sluice::Options {
+            migration_bytes_per_sec: 0,
+            ..sluice::Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("acct:{i:05}"), "100").unwrap();
+        }
+        db.flush().unwrap();
+        let cfg = ControllerConfig {
+            migration_bytes_per_sec: 0,
+            ..ControllerConfig::default()
+        };
+        let mut c = Controller::attach(db.clone(), cfg).unwrap();
+        let spec = PartitionSpec::Hash {
+            partitions: 8,
+            seed: 5,
+            hashed_prefix: None,
+        };
+        c.plan(spec, PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        let from = VersionId(c.record().plan.as_ref().unwrap().from);
+        // Everything moved, and the origin unpinned, as `finish` leaves it before retiring.
+        db.migrate_now(None).unwrap();
+        db.pin_version(from, false).unwrap();
+        let background = db.clone();
+        set("rollback: before recording it", move || {
+            // What the background retirement of drained layouts would do now.
+            let _ = background.retire_version(from);
+        });
+        c.rollback("after the origin drained").unwrap();
+        assert_eq!(c.state(), State::Stable);
+        assert_eq!(db.layout().target, from);
+        assert_eq!(db.get("acct:00007").unwrap().as_deref(), Some(&b"100"[..]));
     }
 
     /// A retarget cut short after it registered and pinned its new candidate (here another

@@ -1061,6 +1061,35 @@ mod tests {
         }
     }
 
+    /// A database of 2,000 accounts of 100 each, flushed, migrating only when told to.
+    fn ledger(dir: &std::path::Path) -> Db {
+        let opts = sluice::Options {
+            migration_bytes_per_sec: 0,
+            ..sluice::Options::tiny()
+        };
+        let db = Db::open(dir, opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("acct:{i:05}"), "100").unwrap();
+        }
+        db.flush().unwrap();
+        db
+    }
+
+    fn cfg() -> ControllerConfig {
+        ControllerConfig {
+            migration_bytes_per_sec: 0,
+            ..ControllerConfig::default()
+        }
+    }
+
+    fn hash(seed: u64) -> PartitionSpec {
+        PartitionSpec::Hash {
+            partitions: 8,
+            seed,
+            hashed_prefix: None,
+        }
+    }
+
     /// A controller that attaches while the one it replaces finishes a rollback resumes
     /// from where that rollback left the database: stable, on the original layout. (It
     /// read the state before claiming, so it saw the migration, and its resume switched
@@ -1068,25 +1097,9 @@ mod tests {
     #[test]
     fn attaching_during_a_rollback_resumes_from_its_end() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = sluice::Options {
-            migration_bytes_per_sec: 0,
-            ..sluice::Options::tiny()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("acct:{i:05}"), "100").unwrap();
-        }
-        db.flush().unwrap();
-        let cfg = || ControllerConfig {
-            migration_bytes_per_sec: 0,
-            ..ControllerConfig::default()
-        };
+        let db = ledger(dir.path());
         let mut first = Controller::attach(db.clone(), cfg()).unwrap();
-        let spec = PartitionSpec::Hash {
-            partitions: 8,
-            seed: 5,
-            hashed_prefix: None,
-        };
+        let spec = hash(5);
         first.plan(spec, PlanOptions::default()).unwrap();
         first.start().unwrap();
         assert_eq!(first.state(), State::Migrating);
@@ -1109,25 +1122,9 @@ mod tests {
     #[test]
     fn a_rollback_holds_the_layout_it_returns_to() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = sluice::Options {
-            migration_bytes_per_sec: 0,
-            ..sluice::Options::tiny()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("acct:{i:05}"), "100").unwrap();
-        }
-        db.flush().unwrap();
-        let cfg = ControllerConfig {
-            migration_bytes_per_sec: 0,
-            ..ControllerConfig::default()
-        };
-        let mut c = Controller::attach(db.clone(), cfg).unwrap();
-        let spec = PartitionSpec::Hash {
-            partitions: 8,
-            seed: 5,
-            hashed_prefix: None,
-        };
+        let db = ledger(dir.path());
+        let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+        let spec = hash(5);
         c.plan(spec, PlanOptions::default()).unwrap();
         c.start().unwrap();
         let from = VersionId(c.record().plan.as_ref().unwrap().from);
@@ -1153,24 +1150,7 @@ mod tests {
     #[test]
     fn a_retarget_cut_short_is_undone_on_attach() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = sluice::Options {
-            migration_bytes_per_sec: 0,
-            ..sluice::Options::tiny()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("acct:{i:05}"), "100").unwrap();
-        }
-        db.flush().unwrap();
-        let cfg = || ControllerConfig {
-            migration_bytes_per_sec: 0,
-            ..ControllerConfig::default()
-        };
-        let hash = |seed| PartitionSpec::Hash {
-            partitions: 8,
-            seed,
-            hashed_prefix: None,
-        };
+        let db = ledger(dir.path());
         let mut first = Controller::attach(db.clone(), cfg()).unwrap();
         first.plan(hash(5), PlanOptions::default()).unwrap();
         first.start().unwrap();

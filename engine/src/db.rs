@@ -1307,10 +1307,7 @@ impl Inner {
                         index: i as u32,
                         files: p.data_file_count(),
                         bytes: p.data_bytes(),
-                        entries: p
-                            .data_files()
-                            .map(|f| f.entries)
-                            .fold(0, u64::saturating_add),
+                        entries: p.data_entries(),
                         pointer_files: p.pointers.len(),
                     })
                     .collect(),
@@ -1353,10 +1350,7 @@ impl Inner {
                     partition: i as u32,
                     files: p.data_file_count(),
                     bytes: p.data_bytes(),
-                    entries: p
-                        .data_files()
-                        .map(|f| f.entries)
-                        .fold(0, u64::saturating_add),
+                    entries: p.data_entries(),
                     level_files: p.levels.iter().map(|l| l.len()).collect(),
                 });
             }

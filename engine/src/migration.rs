@@ -457,10 +457,7 @@ impl Inner {
                     version: VersionId(l.id),
                     files_left: l.data_file_count(),
                     bytes_left,
-                    entries_left: l
-                        .data_files()
-                        .map(|f| f.entries)
-                        .fold(0, u64::saturating_add),
+                    entries_left: l.data_entries(),
                     files_migrated: c.files_migrated,
                     bytes_migrated: c.bytes_read,
                     bytes_written: c.bytes_written,

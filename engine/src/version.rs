@@ -284,6 +284,14 @@ impl PartitionFiles {
         self.data_files().map(|f| f.size).sum()
     }
 
+    /// Entries in the data files, by their properties (each table's own count, so the sum
+    /// saturates rather than trusting it).
+    pub fn data_entries(&self) -> u64 {
+        self.data_files()
+            .map(|f| f.entries)
+            .fold(0, u64::saturating_add)
+    }
+
     pub fn level_bytes(&self, level: usize) -> u64 {
         self.levels[level].iter().map(|f| f.size).sum()
     }
@@ -415,6 +423,13 @@ impl LayoutState {
 
     pub fn data_bytes(&self) -> u64 {
         self.parts.iter().map(|p| p.data_bytes()).sum()
+    }
+
+    pub fn data_entries(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| p.data_entries())
+            .fold(0, u64::saturating_add)
     }
 
     pub fn pointer_files(&self) -> impl Iterator<Item = &Arc<FileMeta>> {

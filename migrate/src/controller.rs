@@ -753,11 +753,15 @@ impl Controller {
         self.go(State::Paused, "paused")
     }
 
-    /// Resumes a paused migration. Only a paused one: from `Validating` (a `start` that
-    /// failed after validation) this would record `Migrating` without the switch of target
-    /// and the checkpoint `start` makes, and then finish by retiring the empty candidate.
+    /// Resumes a paused migration (a running one is left running, its pacing re-applied).
+    /// Nothing else: from `Validating` (a `start` that failed after validation) this would
+    /// record `Migrating` without the switch of target and the checkpoint `start` makes, and
+    /// then finish by retiring the empty candidate.
     pub fn resume_migration(&mut self) -> Result<()> {
         self.fence()?;
+        if self.rec.state == State::Migrating {
+            return self.apply_pacing(true);
+        }
         if self.rec.state != State::Paused {
             return Err(Error::LayoutRefused(format!(
                 "only a paused migration can be resumed; the migration is {} (use start \
@@ -1099,8 +1103,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = ledger(dir.path());
         let mut first = Controller::attach(db.clone(), cfg()).unwrap();
-        let spec = hash(5);
-        first.plan(spec, PlanOptions::default()).unwrap();
+        first.plan(hash(5), PlanOptions::default()).unwrap();
         first.start().unwrap();
         assert_eq!(first.state(), State::Migrating);
         let from = first.record().plan.as_ref().unwrap().from;
@@ -1124,8 +1127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = ledger(dir.path());
         let mut c = Controller::attach(db.clone(), cfg()).unwrap();
-        let spec = hash(5);
-        c.plan(spec, PlanOptions::default()).unwrap();
+        c.plan(hash(5), PlanOptions::default()).unwrap();
         c.start().unwrap();
         let from = VersionId(c.record().plan.as_ref().unwrap().from);
         // Everything moved, and the origin unpinned, as `finish` leaves it before retiring.

@@ -547,6 +547,8 @@ fn reconciliation_is_checked_at_every_state_change() {
     db.put(key(0), "100").unwrap();
 
     let mut c = migrating(&db);
+    c.resume_migration().unwrap(); // already running: left running
+    assert_eq!(c.state(), State::Migrating);
     c.pause().unwrap();
     db.put(key(1), "0").unwrap(); // money gone
     let e = c.resume_migration().unwrap_err();

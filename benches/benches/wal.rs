@@ -105,40 +105,50 @@ fn put_synced(c: &mut Criterion) {
 }
 
 /// Reading a WAL whose last record, one large batch, was torn by a crash: the reader must
-/// rule out intact records after the damage, and a payload of small little-endian integers
-/// (an array of ids) makes almost every later offset a plausible record start.
+/// rule out intact records after the damage. `read` is the torn record as a crash leaves
+/// it; `damaged_length` also has its length field damaged, so the reader cannot skip the
+/// record and searches every later offset of it, and `v3` is a version 3 log, whose reader
+/// always did. A payload of small little-endian integers (an array of ids) makes almost
+/// every later offset a plausible record start.
 fn torn_tail(c: &mut Criterion) {
+    use sluice::log::{encode_record_as, log_header, LogKind, LOG_FORMAT_VERSION};
     let mut g = c.benchmark_group("wal_torn_tail");
     g.sampling_mode(SamplingMode::Flat).sample_size(10);
     for mib in [1usize, 4, 16] {
         let payload: Vec<u8> = (0..(mib << 18) as u32)
             .flat_map(|i| i.to_le_bytes())
             .collect();
-        let mut log = Vec::new();
-        let mut header = b"SLOG".to_vec();
-        header.extend_from_slice(&sluice::log::LOG_FORMAT_VERSION.to_le_bytes());
-        header.push(sluice::log::LogKind::Wal as u8);
-        sluice::log::encode_record(&header, &mut log);
-        sluice::log::encode_record(b"an intact batch", &mut log);
-        sluice::log::encode_record(&payload, &mut log);
-        log.truncate(log.len() - 10);
-        let log = bytes::Bytes::from(log);
-        g.throughput(Throughput::Bytes(log.len() as u64));
-        g.bench_with_input(
-            BenchmarkId::new("read", format!("{mib}MiB")),
-            &log,
-            |b, log| {
-                b.iter(|| {
-                    let c = sluice::log::read_log(
-                        log.clone(),
-                        std::path::Path::new("000001.log"),
-                        sluice::log::LogKind::Wal,
-                    )
-                    .expect("a torn tail is not an error");
-                    assert!(c.tail.is_some_and(|t| !t.intact_after));
-                })
-            },
-        );
+        for (case, version, damage_length) in [
+            ("read", LOG_FORMAT_VERSION, false),
+            ("damaged_length", LOG_FORMAT_VERSION, true),
+            ("v3", 3, false),
+        ] {
+            let mut log = log_header(LogKind::Wal, version);
+            encode_record_as(version, b"an intact batch", &mut log);
+            let torn_at = log.len();
+            encode_record_as(version, &payload, &mut log);
+            log.truncate(log.len() - 10);
+            if damage_length {
+                log[torn_at + 3] ^= 0x01;
+            }
+            let log = bytes::Bytes::from(log);
+            g.throughput(Throughput::Bytes(log.len() as u64));
+            g.bench_with_input(
+                BenchmarkId::new(case, format!("{mib}MiB")),
+                &log,
+                |b, log| {
+                    b.iter(|| {
+                        let c = sluice::log::read_log(
+                            log.clone(),
+                            std::path::Path::new("000001.log"),
+                            LogKind::Wal,
+                        )
+                        .expect("a torn tail is not an error");
+                        assert!(c.tail.is_some_and(|t| !t.intact_after));
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }

@@ -1026,7 +1026,7 @@ pub fn read_wal_file(path: &Path) -> Result<WalContents> {
                 "a record follows the successor record that ended this WAL",
             ));
         }
-        match WalEntry::decode(payload, path, *off + 8)? {
+        match WalEntry::decode(payload, path, log.payload_offset(*off))? {
             WalEntry::Successor(n) => successor = Some(n),
             WalEntry::EarlierDurable => notes_earlier = true,
             WalEntry::Batch(b) => records.push(batch_record(b, path, *off)?),

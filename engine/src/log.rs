@@ -1,13 +1,19 @@
 //! The record log format shared by the WAL and the manifest.
 //!
-//! A log file is a sequence of records `[len: u32][crc: u32][payload: len bytes]`, where
-//! `crc` is the masked CRC32 of the length bytes followed by the payload. The first record is
-//! a header: magic, format version and the kind of log.
+//! A log file is a sequence of records. The first is a header (magic, format version and
+//! the kind of log), framed `[len: u32][crc: u32][payload: len bytes]` in every version so
+//! that any reader finds the version. The rest are framed by the version: up to version 3
+//! the same way; from version 4 `[len: u32][len check: u32][crc: u32][payload]`. `crc` is
+//! the masked CRC32 of the length bytes followed by the payload, and the length check the
+//! masked CRC32 of the length bytes alone.
 //!
 //! A crash can leave the last record torn. The reader separates that case — nothing valid
 //! after the bad bytes, so they are a torn tail and a prefix survives — from damage in the
 //! middle of the file (a valid record after the bad one), which is reported as corruption
-//! with the file and offset, because skipping it would leave a hole.
+//! with the file and offset, because skipping it would leave a hole. The search for a valid
+//! record after the bad one starts where the bad record ends when its length checks out:
+//! bytes inside a record's payload (a value, a key) are never taken for records, so a torn
+//! record holding a record-shaped value is still a torn tail.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,19 +27,21 @@ use crate::coding::{crc32_shift, mask_crc, masked_crc};
 use crate::error::{Error, Result};
 use crate::fs::{FileSync, WritableFile};
 
-const HEADER_LEN: usize = 8;
 const MAGIC: &[u8; 4] = b"SLOG";
 /// Current log format version. Version 2 WALs may end in a successor record naming the
 /// next WAL, which a version 1 reader would take for damage; version 1 logs read as before.
 /// Version 3 WALs are fsynced in the background once rotated away from, while writes go
 /// on into the next one (a version 2 WAL was fsynced before the next took a write), and
 /// may hold a record saying every earlier WAL is durable; a version 2 reader would take a
-/// version 3 WAL cut short by a power loss, with records after it, for damage.
-pub const LOG_FORMAT_VERSION: u32 = 3;
+/// version 3 WAL cut short by a power loss, with records after it, for damage. Version 4
+/// frames records with a check of their length (see the module documentation).
+pub const LOG_FORMAT_VERSION: u32 = 4;
 /// The first WAL format whose WALs rotated away from end in a successor record.
 pub const SUCCESSOR_VERSION: u32 = 2;
 /// The first WAL format whose older WALs may be cut short by a crash (see above).
 pub const DEFERRED_SYNC_VERSION: u32 = 3;
+/// The first log format whose records carry a check of their length.
+pub const CHECKED_LENGTH_VERSION: u32 = 4;
 /// Largest record payload accepted (a write batch, or a manifest snapshot).
 pub const MAX_RECORD_LEN: usize = 512 << 20;
 
@@ -45,31 +53,79 @@ pub enum LogKind {
     Manifest = 2,
 }
 
-/// Encodes one record into `out`.
+/// How a record is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// `[len][crc][payload]`: a log's header record, and every record up to version 3.
+    Plain,
+    /// `[len][len check][crc][payload]`: records after the header from version 4 on.
+    Checked,
+}
+
+impl Framing {
+    fn of(version: u32) -> Framing {
+        if version >= CHECKED_LENGTH_VERSION {
+            Framing::Checked
+        } else {
+            Framing::Plain
+        }
+    }
+
+    fn header_len(self) -> usize {
+        match self {
+            Framing::Plain => 8,
+            Framing::Checked => 12,
+        }
+    }
+}
+
+/// The length check of a `Checked` record of payload length `len`.
+fn length_check(len: [u8; 4]) -> u32 {
+    masked_crc(&len)
+}
+
+/// Encodes one record into `out`, framed for the current format version.
 pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
     encode_record_with(out, |b| b.extend_from_slice(payload));
+}
+
+/// Encodes one record into `out` framed as format `version` frames records after the
+/// header (for tests and tools that write logs of older versions).
+pub fn encode_record_as(version: u32, payload: &[u8], out: &mut Vec<u8>) {
+    encode_framed(out, Framing::of(version), |b| b.extend_from_slice(payload));
 }
 
 /// Encodes one record into `out` whose payload `write` appends in place (no copy): the
 /// header is reserved first and filled in once the payload's length and CRC are known.
 pub fn encode_record_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
-    write(out);
-    let len = ((out.len() - start - HEADER_LEN) as u32).to_le_bytes();
-    let mut h = crc32fast::Hasher::new();
-    h.update(&len);
-    h.update(&out[start + HEADER_LEN..]);
-    out[start..start + 4].copy_from_slice(&len);
-    out[start + 4..start + HEADER_LEN].copy_from_slice(&mask_crc(h.finalize()).to_le_bytes());
+    encode_framed(out, Framing::of(LOG_FORMAT_VERSION), write);
 }
 
-fn header_payload(kind: LogKind) -> Vec<u8> {
+fn encode_framed(out: &mut Vec<u8>, framing: Framing, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    let hl = framing.header_len();
+    out.extend_from_slice(&[0u8; 12][..hl]);
+    write(out);
+    let len = ((out.len() - start - hl) as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(&out[start + hl..]);
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + hl - 4..start + hl].copy_from_slice(&mask_crc(h.finalize()).to_le_bytes());
+    if framing == Framing::Checked {
+        out[start + 4..start + 8].copy_from_slice(&length_check(len).to_le_bytes());
+    }
+}
+
+/// The header record that starts a log of `kind` in format `version`.
+pub fn log_header(kind: LogKind, version: u32) -> Vec<u8> {
     let mut p = Vec::with_capacity(9);
     p.extend_from_slice(MAGIC);
-    p.extend_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
+    p.extend_from_slice(&version.to_le_bytes());
     p.push(kind as u8);
-    p
+    let mut out = Vec::with_capacity(17);
+    encode_framed(&mut out, Framing::Plain, |b| b.extend_from_slice(&p));
+    out
 }
 
 /// Appends records to a log file, buffering in memory until [`LogWriter::flush`].
@@ -227,7 +283,8 @@ impl LogWriter {
             shared,
             growth: None,
         };
-        encode_record(&header_payload(kind), &mut w.buf);
+        w.buf
+            .extend_from_slice(&log_header(kind, LOG_FORMAT_VERSION));
         w
     }
 
@@ -367,83 +424,127 @@ pub struct LogContents {
     pub tail: Option<TornTail>,
 }
 
-enum RecordAt {
-    Ok(Bytes, usize),
-    Bad(Error),
+impl LogContents {
+    /// The file offset of the payload of the record whose header is at `record_offset`.
+    pub fn payload_offset(&self, record_offset: u64) -> u64 {
+        record_offset + Framing::of(self.version).header_len() as u64
+    }
 }
 
-fn record_at(data: &Bytes, pos: usize, path: &Path) -> RecordAt {
+enum RecordAt {
+    Ok(Bytes, usize),
+    /// Damage, and where the damaged record ends if its length is known (with `Checked`
+    /// framing, when the length passes its check; the end may lie past the data's).
+    Bad(Error, Option<usize>),
+}
+
+fn record_at(data: &Bytes, pos: usize, path: &Path, framing: Framing) -> RecordAt {
+    let hl = framing.header_len();
     let rest = data.len() - pos;
-    if rest < HEADER_LEN {
-        return RecordAt::Bad(Error::corruption(
-            path,
-            pos as u64,
-            format!("truncated record header ({rest} bytes)"),
-        ));
-    }
-    let h = &data[pos..pos + HEADER_LEN];
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    let stored = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    if len > MAX_RECORD_LEN {
-        return RecordAt::Bad(Error::corruption(
-            path,
-            pos as u64,
-            format!("record length {len} exceeds limit"),
-        ));
-    }
-    if rest - HEADER_LEN < len {
-        return RecordAt::Bad(Error::corruption(
-            path,
-            pos as u64,
-            format!(
-                "truncated record: header says {len} bytes, {} remain",
-                rest - HEADER_LEN
+    if rest < hl {
+        return RecordAt::Bad(
+            Error::corruption(
+                path,
+                pos as u64,
+                format!("truncated record header ({rest} bytes)"),
             ),
-        ));
+            None,
+        );
     }
-    let payload = &data[pos + HEADER_LEN..pos + HEADER_LEN + len];
+    let h = &data[pos..pos + hl];
+    let len_bytes = [h[0], h[1], h[2], h[3]];
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let stored = u32::from_le_bytes([h[hl - 4], h[hl - 3], h[hl - 2], h[hl - 1]]);
+    let end = match framing {
+        Framing::Plain => None,
+        Framing::Checked => {
+            if u32::from_le_bytes([h[4], h[5], h[6], h[7]]) != length_check(len_bytes) {
+                return RecordAt::Bad(
+                    Error::corruption(
+                        path,
+                        pos as u64,
+                        format!("record header damaged (length {len} fails its check)"),
+                    ),
+                    None,
+                );
+            }
+            Some(pos + hl + len)
+        }
+    };
+    if len > MAX_RECORD_LEN {
+        return RecordAt::Bad(
+            Error::corruption(
+                path,
+                pos as u64,
+                format!("record length {len} exceeds limit"),
+            ),
+            end,
+        );
+    }
+    if rest - hl < len {
+        return RecordAt::Bad(
+            Error::corruption(
+                path,
+                pos as u64,
+                format!(
+                    "truncated record: header says {len} bytes, {} remain",
+                    rest - hl
+                ),
+            ),
+            end,
+        );
+    }
+    let payload = &data[pos + hl..pos + hl + len];
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&h[..4]);
+    hasher.update(&len_bytes);
     hasher.update(payload);
     let actual = mask_crc(hasher.finalize());
     if actual != stored {
-        return RecordAt::Bad(Error::ChecksumMismatch {
-            file: path.to_path_buf(),
-            offset: pos as u64,
-            expected: stored,
-            actual,
-        });
+        return RecordAt::Bad(
+            Error::ChecksumMismatch {
+                file: path.to_path_buf(),
+                offset: pos as u64,
+                expected: stored,
+                actual,
+            },
+            end,
+        );
     }
-    RecordAt::Ok(
-        data.slice(pos + HEADER_LEN..pos + HEADER_LEN + len),
-        HEADER_LEN + len,
-    )
+    RecordAt::Ok(data.slice(pos + hl..pos + hl + len), hl + len)
 }
 
-/// True if a valid non-empty record starts anywhere after `from`.
+/// True if a valid non-empty record framed `framing` starts at or after `from`.
 ///
-/// Every later offset whose length field fits in what remains is a candidate. Hashing each
-/// candidate's payload made this quadratic in the damaged tail: a payload of small integers
-/// (an array of ids, say) makes most offsets candidates, and reopening after a crash that
-/// tore a 4 MiB record took 6-9 s (~25 minutes for 64 MiB). A long candidate's CRC now comes
-/// from two prefix CRCs of the tail instead ([`crc32_shift`]), which is linear in the tail.
-fn valid_record_after(data: &[u8], from: usize) -> bool {
+/// Every such offset whose length field fits in what remains is a candidate (with
+/// `Checked` framing, only one whose length passes its check). Hashing each candidate's
+/// payload made this quadratic in the damaged tail: a payload of small integers (an array
+/// of ids, say) makes most offsets candidates, and reopening after a crash that tore a
+/// 4 MiB record took 6-9 s (~25 minutes for 64 MiB). A long candidate's CRC now comes from
+/// two prefix CRCs of the tail instead ([`crc32_shift`]), which is linear in the tail.
+fn valid_record_after(data: &[u8], from: usize, framing: Framing) -> bool {
+    let hl = framing.header_len();
     let mut prefixes: Option<PrefixCrcs<'_>> = None;
-    for p in from + 1..data.len().saturating_sub(HEADER_LEN - 1) {
-        let h = &data[p..p + HEADER_LEN];
+    for p in from..data.len().saturating_sub(hl - 1) {
+        let h = &data[p..p + hl];
         // An all-zero header is how unwritten (preallocated or lost) space looks.
         if h.iter().all(|&b| b == 0) {
             continue;
         }
-        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let start = p + HEADER_LEN;
+        let len_bytes = [h[0], h[1], h[2], h[3]];
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let start = p + hl;
         if len == 0 || len > MAX_RECORD_LEN || len > data.len() - start {
             continue;
         }
-        let stored = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        if framing == Framing::Checked
+            && u32::from_le_bytes([h[4], h[5], h[6], h[7]]) != length_check(len_bytes)
+        {
+            continue;
+        }
+        let stored = u32::from_le_bytes([h[hl - 4], h[hl - 3], h[hl - 2], h[hl - 1]]);
         let crc = if len <= DIRECT_CRC_MAX {
             let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&h[..4]);
+            hasher.update(&len_bytes);
             hasher.update(&data[start..start + len]);
             hasher.finalize()
         } else {
@@ -451,7 +552,7 @@ fn valid_record_after(data: &[u8], from: usize) -> bool {
             // crc(prefix to its end) ^ shift(crc(prefix to its start)); shifting is linear,
             // so one shift serves both.
             let pre = prefixes.get_or_insert_with(|| PrefixCrcs::new(&data[from..]));
-            let before = pre.crc_to(start - from) ^ crc32fast::hash(&h[..4]);
+            let before = pre.crc_to(start - from) ^ crc32fast::hash(&len_bytes);
             pre.crc_to(start + len - from) ^ crc32_shift(before, len as u64)
         };
         if mask_crc(crc) == stored {
@@ -518,21 +619,33 @@ fn read_log_with(
     let mut tail = None;
     let mut first = true;
     let mut version = 0;
+    // The header record is framed plainly in every version; what follows, by the version.
+    let mut framing = Framing::Plain;
     while pos < data.len() {
-        match record_at(&data, pos, path) {
+        match record_at(&data, pos, path, framing) {
             RecordAt::Ok(payload, used) => {
                 if first {
                     version = check_header(&payload, path, kind)?;
+                    framing = Framing::of(version);
                     first = false;
                 } else {
                     records.push((pos as u64, payload));
                 }
                 pos += used;
             }
-            RecordAt::Bad(e) => {
+            RecordAt::Bad(e, end) => {
+                // A damaged record whose length is known is skipped whole: its payload
+                // may hold record-shaped bytes (a value, a key) that are no record. A
+                // damaged header record leaves the framing unknown: either kind counts.
                 // Stopping at damage, a damaged header drops the whole file (nothing in
                 // it is replayed, so what it is does not matter).
-                let intact_after = valid_record_after(&data, pos);
+                let intact_after = match end {
+                    Some(end) => valid_record_after(&data, end, framing),
+                    None if first => [Framing::Plain, Framing::Checked]
+                        .into_iter()
+                        .any(|f| valid_record_after(&data, pos + 1, f)),
+                    None => valid_record_after(&data, pos + 1, framing),
+                };
                 if intact_after && !stop_at_damage {
                     return Err(e);
                 }
@@ -592,10 +705,13 @@ mod tests {
     use super::*;
 
     fn log_bytes(payloads: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode_record(&header_payload(LogKind::Wal), &mut out);
+        log_bytes_as(LOG_FORMAT_VERSION, payloads)
+    }
+
+    fn log_bytes_as(version: u32, payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = log_header(LogKind::Wal, version);
         for p in payloads {
-            encode_record(p, &mut out);
+            encode_record_as(version, p, &mut out);
         }
         out
     }
@@ -606,18 +722,26 @@ mod tests {
 
     /// The definition `valid_record_after` implements faster: some later offset holds a
     /// record that `record_at` accepts and that is not empty.
-    fn valid_record_after_by_definition(data: &Bytes, from: usize) -> bool {
-        (from + 1..data.len().saturating_sub(HEADER_LEN - 1)).any(|p| {
-            data[p..p + HEADER_LEN].iter().any(|&b| b != 0)
-                && matches!(record_at(data, p, Path::new("x")), RecordAt::Ok(ref b, _) if !b.is_empty())
+    fn valid_record_after_by_definition(data: &Bytes, from: usize, framing: Framing) -> bool {
+        let hl = framing.header_len();
+        (from..data.len().saturating_sub(hl - 1)).any(|p| {
+            data[p..p + hl].iter().any(|&b| b != 0)
+                && matches!(record_at(data, p, Path::new("x"), framing), RecordAt::Ok(ref b, _) if !b.is_empty())
         })
     }
 
     /// Damage followed by records long enough to take the prefix-CRC path, by records
     /// nested inside other payloads, or by nothing valid: the fast scan answers as the
-    /// definition does, at every damaged offset.
+    /// definition does, at every damaged offset, in either framing.
     #[test]
     fn the_scan_for_intact_records_agrees_with_its_definition() {
+        for version in [CHECKED_LENGTH_VERSION - 1, LOG_FORMAT_VERSION] {
+            scan_agrees_with_its_definition(version);
+        }
+    }
+
+    fn scan_agrees_with_its_definition(version: u32) {
+        let framing = Framing::of(version);
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut rnd = move || {
             seed ^= seed << 13;
@@ -633,14 +757,22 @@ mod tests {
                 if round % 3 == 0 && i == 1 {
                     // A valid record inside a payload: found even where the outer one is cut.
                     let mut inner = Vec::new();
-                    encode_record(&vec![7u8; 1200], &mut inner);
+                    encode_record_as(version, &vec![7u8; 1200], &mut inner);
                     let at = p.len().min(100);
+                    p.splice(at..at, inner);
+                }
+                if round % 3 == 1 && i == 2 && framing == Framing::Checked {
+                    // One whose CRC is right and whose length check is not: no record.
+                    let mut inner = Vec::new();
+                    encode_record_as(version, &vec![9u8; 1100], &mut inner);
+                    inner[5] ^= 0x01;
+                    let at = p.len().min(200);
                     p.splice(at..at, inner);
                 }
                 payloads.push(p);
             }
             let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
-            let mut bytes = log_bytes(&refs);
+            let mut bytes = log_bytes_as(version, &refs);
             let at = (rnd() as usize) % bytes.len();
             bytes[at] ^= 0x40;
             if round % 2 == 1 {
@@ -649,25 +781,67 @@ mod tests {
             let data = Bytes::from(bytes);
             for from in (0..data.len()).step_by(97) {
                 assert_eq!(
-                    valid_record_after(&data, from),
-                    valid_record_after_by_definition(&data, from),
-                    "round {round}, from {from}"
+                    valid_record_after(&data, from, framing),
+                    valid_record_after_by_definition(&data, from, framing),
+                    "version {version}, round {round}, from {from}"
                 );
             }
         }
     }
 
     /// A torn record whose payload is an array of small integers (almost every offset then
-    /// reads as the start of a plausible record) is a torn tail, found in time linear in it.
+    /// reads as the start of a plausible record) is a torn tail, found in time linear in it
+    /// (version 3 logs, whose reader searches the torn payload, still read).
     #[test]
     fn a_torn_record_of_small_integers_is_a_torn_tail() {
         let payload: Vec<u8> = (0..64u32 << 10).flat_map(|i| i.to_le_bytes()).collect();
-        let mut bytes = log_bytes(&[b"before", &payload]);
-        bytes.truncate(bytes.len() - 10);
-        let c = read(bytes).unwrap();
-        assert_eq!(c.records.len(), 1);
-        let t = c.tail.unwrap();
-        assert!(!t.intact_after);
+        for version in [CHECKED_LENGTH_VERSION - 1, LOG_FORMAT_VERSION] {
+            let mut bytes = log_bytes_as(version, &[b"before", &payload]);
+            bytes.truncate(bytes.len() - 10);
+            let c = read(bytes).unwrap();
+            assert_eq!(c.records.len(), 1, "version {version}");
+            let t = c.tail.unwrap();
+            assert!(!t.intact_after, "version {version}");
+        }
+    }
+
+    /// A value holding a well-formed record (a ledger memo can hold any bytes), torn by a
+    /// crash: a torn tail, not damage with an intact record after it, which would refuse
+    /// the log. Before version 4 the reader searched the torn payload and found the record
+    /// (found by review). Cut or flipped anywhere in the payload, and with the embedded
+    /// record framed either way.
+    #[test]
+    fn a_torn_record_holding_a_record_is_a_torn_tail() {
+        let before: &[u8] = b"an intact batch";
+        for inner_version in [CHECKED_LENGTH_VERSION - 1, LOG_FORMAT_VERSION] {
+            let mut value = b"memo: ".to_vec();
+            encode_record_as(inner_version, b"a record-shaped memo", &mut value);
+            value.extend_from_slice(b" end of memo");
+            let full = log_bytes(&[before, &value]);
+            let last = full.len() - value.len() - 12;
+            // The embedded record's end: a cut after it leaves it whole in the file.
+            for cut in last + 1..full.len() {
+                let c = read(full[..cut].to_vec()).unwrap();
+                assert_eq!(c.records.len(), 1, "cut at {cut}");
+                let t = c.tail.unwrap();
+                assert_eq!(t.offset, last as u64, "cut at {cut}");
+                assert!(!t.intact_after, "cut at {cut}");
+            }
+            for flip in last + 12..full.len() {
+                let mut b = full.clone();
+                b[flip] ^= 0x10;
+                let c = read(b).unwrap();
+                assert_eq!(c.records.len(), 1, "flip at {flip}");
+                assert!(!c.tail.unwrap().intact_after, "flip at {flip}");
+            }
+            // Version 3 framing cannot tell: the embedded record (framed as version 3
+            // frames records) reads as an intact record after the damage.
+            if inner_version < CHECKED_LENGTH_VERSION {
+                let old = log_bytes_as(inner_version, &[before, &value]);
+                let e = read(old[..old.len() - 3].to_vec()).unwrap_err();
+                assert!(e.is_corruption(), "{e}");
+            }
+        }
     }
 
     /// After a failed append (a short write: the file ends in a torn record) the writer
@@ -768,11 +942,17 @@ mod tests {
         let p: Vec<&[u8]> = c.records.iter().map(|r| r.1.as_ref()).collect();
         assert_eq!(p, vec![&b"a"[..], b"", b"hello world"]);
         assert!(c.tail.is_none());
-        assert_eq!(record_crc(1, b"a"), {
-            let mut out = Vec::new();
-            encode_record(b"a", &mut out);
-            u32::from_le_bytes([out[4], out[5], out[6], out[7]])
-        });
+        let mut out = Vec::new();
+        encode_record(b"a", &mut out);
+        assert_eq!(out.len(), 12 + 1);
+        assert_eq!(&out[..4], &1u32.to_le_bytes());
+        assert_eq!(&out[4..8], &masked_crc(&1u32.to_le_bytes()).to_le_bytes());
+        assert_eq!(&out[8..12], &record_crc(1, b"a").to_le_bytes());
+        // Version 3 logs still read.
+        let c = read(log_bytes_as(3, &[b"a", b"", b"hello world"])).unwrap();
+        assert_eq!(c.version, 3);
+        assert_eq!(c.records.iter().map(|r| &r.1[..]).collect::<Vec<_>>(), p);
+        assert_eq!(c.payload_offset(c.records[0].0), 17 + 8);
     }
 
     #[test]
@@ -780,13 +960,14 @@ mod tests {
         let full = log_bytes(&[b"first", b"second", b"third"]);
         let header_len = 8 + 9;
         for n in header_len..full.len() {
+            // (the header record is framed plainly; the others with a length check)
             let c = read(full[..n].to_vec()).unwrap();
             let all = read(full.clone()).unwrap();
             assert!(c.records.len() <= 3);
             assert_eq!(c.records[..], all.records[..c.records.len()]);
             if n < full.len() && c.records.len() < 3 {
                 let expect_tail =
-                    n > header_len + c.records.iter().map(|r| 8 + r.1.len()).sum::<usize>();
+                    n > header_len + c.records.iter().map(|r| 12 + r.1.len()).sum::<usize>();
                 assert_eq!(c.tail.is_some(), expect_tail, "cut at {n}");
             }
         }
@@ -795,8 +976,8 @@ mod tests {
     #[test]
     fn flipped_byte_in_the_middle_is_corruption_with_offset() {
         let full = log_bytes(&[b"first-record", b"second-record", b"third-record"]);
-        let second_at = 17 + 8 + 12;
-        for i in second_at..second_at + 8 + 13 {
+        let second_at = 17 + 12 + 12;
+        for i in second_at..second_at + 12 + 13 {
             let mut b = full.clone();
             b[i] ^= 0x40;
             match read(b) {
@@ -824,16 +1005,11 @@ mod tests {
 
     #[test]
     fn newer_format_and_wrong_kind_are_refused() {
-        let mut out = Vec::new();
-        let mut h = header_payload(LogKind::Wal);
-        h[4] = 9;
-        encode_record(&h, &mut out);
         assert!(matches!(
-            read(out),
+            read(log_header(LogKind::Wal, 9)),
             Err(Error::UnsupportedFormat { found: 9, .. })
         ));
-        let mut out = Vec::new();
-        encode_record(&header_payload(LogKind::Manifest), &mut out);
+        let out = log_header(LogKind::Manifest, LOG_FORMAT_VERSION);
         assert!(read(out).unwrap_err().is_corruption());
     }
 }

@@ -310,8 +310,9 @@ pub fn read_manifest(fs: &dyn Fs, path: &Path, number: u64) -> Result<ManifestCo
     let data = fs.map(path).map_err(|e| Error::io(path, e))?;
     let log = read_log(data, path, LogKind::Manifest)?;
     let mut edits = Vec::with_capacity(log.records.len());
-    for (off, payload) in log.records {
-        edits.push((off, VersionEdit::decode(&payload, path, off + 8)?));
+    for (off, payload) in &log.records {
+        let at = log.payload_offset(*off);
+        edits.push((*off, VersionEdit::decode(payload, path, at)?));
     }
     Ok(ManifestContents {
         path: path.to_path_buf(),

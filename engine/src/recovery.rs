@@ -510,7 +510,7 @@ pub(crate) fn replay_wals(
                     "a record follows the successor record that ended this WAL",
                 ));
             }
-            let b = match WalEntry::decode(payload, path, *off + 8)? {
+            let b = match WalEntry::decode(payload, path, log.payload_offset(*off))? {
                 WalEntry::Successor(next) => {
                     link = Some((
                         next,

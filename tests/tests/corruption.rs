@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sluice::fs::StdFs;
-use sluice::log::{encode_record, read_log, record_crc, LogKind};
+use sluice::log::{encode_record, encode_record_as, log_header, read_log, LogKind};
 use sluice::manifest::{EditRecord, VersionEdit};
 use sluice::sst::format::{block_trailer, Footer, FOOTER_LEN};
 use sluice::sst::Table;
@@ -591,7 +591,7 @@ fn cut_before_first_flush_edit(dir: &Path) -> (PathBuf, Vec<u8>) {
         .records
         .iter()
         .find(|(off, payload)| {
-            VersionEdit::decode(payload, &manifest, off + 8)
+            VersionEdit::decode(payload, &manifest, log.payload_offset(*off))
                 .unwrap()
                 .records
                 .iter()
@@ -649,7 +649,7 @@ fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped
     let log = read_log(bytes.clone().into(), &manifest, LogKind::Manifest).unwrap();
     assert!(log.records.len() >= 4, "{} records", log.records.len());
     let (last_off, last) = log.records.last().unwrap().clone();
-    let last_edit = VersionEdit::decode(&last, &manifest, last_off + 8).unwrap();
+    let last_edit = VersionEdit::decode(&last, &manifest, log.payload_offset(last_off)).unwrap();
     assert_eq!(
         last_edit.records,
         vec![EditRecord::SetTarget(1)],
@@ -661,7 +661,7 @@ fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped
         for at in [
             *off as usize + 1,
             *off as usize + 5,
-            *off as usize + 8 + payload.len() / 2,
+            log.payload_offset(*off) as usize + payload.len() / 2,
         ] {
             let what = format!("manifest flip at byte {at} (record at {off})");
             let dir = root.path().join(format!("mid{at}"));
@@ -723,6 +723,144 @@ fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped
     assert_eq!(db.recovery_report().manifest_torn_tail, None);
     assert_eq!(dump(&db).unwrap(), model);
     db.close().unwrap();
+}
+
+/// Bytes a caller chose that hold a well-formed log record: a WAL batch's frame, with valid
+/// CRCs, as this build writes records (a ledger memo may hold any bytes).
+fn record_shaped_bytes() -> Vec<u8> {
+    let mut b = b"memo:".to_vec();
+    encode_record(b"a record that no writer wrote", &mut b);
+    b.extend_from_slice(b":end");
+    b
+}
+
+/// A value, or a range layout's boundary, holding a well-formed log record, torn by a
+/// crash in the middle of its append (cut, or its bytes left damaged): the default open
+/// drops the torn record as a torn tail and keeps everything before it. Before log format
+/// 4 the reader searched the torn payload, took the embedded record for an intact record
+/// after damage, and refused the WAL (and no mode opened the manifest).
+#[test]
+fn a_torn_record_holding_record_shaped_bytes_is_a_torn_tail() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let memo = record_shaped_bytes();
+
+    // The WAL: a synced write, then the memo's batch, torn.
+    let pristine = root.path().join("wal");
+    let db = Db::open(&pristine, Options::default()).unwrap();
+    db.write_opt(
+        {
+            let mut b = WriteBatch::new();
+            b.put(b"kept", b"synced before");
+            b
+        },
+        &WriteOptions { sync: true },
+    )
+    .unwrap();
+    db.put(b"memo", &memo).unwrap();
+    db.close().unwrap();
+    let wal = biggest_wal(&pristine);
+    let data = std::fs::read(&wal).unwrap();
+    let log = read_log(data.clone().into(), &wal, LogKind::Wal).unwrap();
+    let (torn_at, last) = log.records.last().unwrap().clone();
+    let at = data.windows(memo.len()).position(|w| w == memo).unwrap();
+    assert!(
+        at > torn_at as usize,
+        "test setup: the memo is in the last record"
+    );
+    assert!(
+        last.len() >= memo.len(),
+        "test setup: the memo is in the last record"
+    );
+    let memo_end = at + memo.len();
+    for (n, cut) in [at + 10, at + 30, memo_end - 5, data.len() - 1]
+        .into_iter()
+        .enumerate()
+    {
+        for flip in [false, true] {
+            let what = format!("WAL cut at {cut} (memo at {at}), flipped {flip}");
+            let dir = root.path().join(format!("wal-{n}-{flip}"));
+            copy_dir(&pristine, &dir);
+            let w = dir.join(name(&wal));
+            patch(&w, |b| {
+                if flip {
+                    // The bytes stay, damaged: the crash wrote the record but not all of it.
+                    b[at + 2] ^= 0x20;
+                } else {
+                    b.truncate(cut);
+                }
+            });
+            let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(
+                db.recovery_report()
+                    .torn_tail
+                    .as_ref()
+                    .map(|(p, o, _)| (name(p), *o)),
+                Some((name(&wal), torn_at)),
+                "{what}"
+            );
+            assert_eq!(
+                db.get(b"kept").unwrap().as_deref(),
+                Some(&b"synced before"[..]),
+                "{what}"
+            );
+            assert_eq!(db.get(b"memo").unwrap(), None, "{what}");
+            db.close().unwrap();
+            if flip {
+                break;
+            }
+        }
+    }
+
+    // The manifest: registering a range layout whose boundary is the memo, torn.
+    let pristine = root.path().join("manifest");
+    let db = Db::open(&pristine, Options::default()).unwrap();
+    db.put(b"kept", b"before").unwrap();
+    db.flush().unwrap();
+    let id = db
+        .register_partition_fn(PartitionSpec::Range {
+            boundaries: vec![memo.clone()],
+        })
+        .unwrap();
+    let layouts = db.layout().versions.len();
+    db.close().unwrap();
+    let manifest = manifest_of(&pristine);
+    let data = std::fs::read(&manifest).unwrap();
+    let log = read_log(data.clone().into(), &manifest, LogKind::Manifest).unwrap();
+    let torn_at = log.records.last().unwrap().0;
+    let at = data.windows(memo.len()).position(|w| w == memo).unwrap();
+    assert!(
+        at > torn_at as usize,
+        "test setup: the memo is in the last edit"
+    );
+    for cut in [at + 10, at + 30, data.len() - 1] {
+        let what = format!("manifest cut at {cut} (memo at {at})");
+        let dir = root.path().join(format!("manifest-{cut}"));
+        copy_dir(&pristine, &dir);
+        patch(&dir.join(name(&manifest)), |b| b.truncate(cut));
+        let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            db.recovery_report()
+                .manifest_torn_tail
+                .as_ref()
+                .map(|(p, o)| (name(p), *o)),
+            Some((name(&manifest), torn_at)),
+            "{what}"
+        );
+        let l = db.layout();
+        assert_eq!(
+            l.versions.len(),
+            layouts - 1,
+            "{what}: the torn edit took effect"
+        );
+        assert!(l.versions.iter().all(|v| v.id != id), "{what}");
+        assert_eq!(
+            db.get(b"kept").unwrap().as_deref(),
+            Some(&b"before"[..]),
+            "{what}"
+        );
+        db.close().unwrap();
+    }
 }
 
 #[test]
@@ -1740,16 +1878,22 @@ fn assert_unsupported(e: &Error, file: &str, what: &str) {
     }
 }
 
-/// Patches the format version in a log's header record to `version`, with a valid CRC.
+/// Rewrites a log as format `version` writes it: its header record names `version`, and
+/// its records are framed as `version` frames them, each with a valid CRC.
 fn patch_log_version(path: &Path, version: u32) {
-    patch(path, |b| {
-        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        assert_eq!(len, 9, "log header record");
-        assert_eq!(&b[8..12], b"SLOG");
-        b[12..16].copy_from_slice(&version.to_le_bytes());
-        let crc = record_crc(len, &b[8..17]);
-        b[4..8].copy_from_slice(&crc.to_le_bytes());
-    });
+    let data = std::fs::read(path).unwrap();
+    assert_eq!(&data[8..12], b"SLOG", "log header record");
+    let kind = match data[16] {
+        1 => LogKind::Wal,
+        2 => LogKind::Manifest,
+        k => panic!("log kind {k}"),
+    };
+    let log = read_log(data.into(), path, kind).unwrap();
+    let mut out = log_header(kind, version);
+    for (_, r) in &log.records {
+        encode_record_as(version, r, &mut out);
+    }
+    std::fs::write(path, out).unwrap();
 }
 
 #[test]
@@ -1812,26 +1956,26 @@ fn newer_format_versions_are_refused_with_unsupported_format() {
     let e = open_err(&dir, quiet(Compression::None), "newer manifest");
     assert_unsupported(&e, &name(&m), "newer manifest");
 
-    // Logs of format version 1 (before WALs could end naming their successor) still read,
-    // WAL records included.
-    let dir = root.path().join("v1 logs");
-    let batches = build_wal_db(&dir);
-    let wal = biggest_wal(&dir);
-    assert!(
-        !sluice::inspect::read_wal_file(&wal)
-            .unwrap()
-            .records
-            .is_empty(),
-        "test setup: the WAL holds writes"
-    );
-    patch_log_version(&wal, 1);
-    patch_log_version(&manifest_of(&dir), 1);
-    let db = Db::open(&dir, Options::default()).unwrap();
-    assert_eq!(
-        batches_present(&db, &batches, "version 1 logs"),
-        batches.len()
-    );
-    db.close().unwrap();
+    // Logs of format version 1 (before WALs could end naming their successor) and 3 (before
+    // records carried a length check) still read, WAL records included.
+    for version in [1, 3] {
+        let dir = root.path().join(format!("v{version} logs"));
+        let batches = build_wal_db(&dir);
+        let wal = biggest_wal(&dir);
+        assert!(
+            !sluice::inspect::read_wal_file(&wal)
+                .unwrap()
+                .records
+                .is_empty(),
+            "test setup: the WAL holds writes"
+        );
+        patch_log_version(&wal, version);
+        patch_log_version(&manifest_of(&dir), version);
+        let what = format!("version {version} logs");
+        let db = Db::open(&dir, Options::default()).unwrap();
+        assert_eq!(batches_present(&db, &batches, &what), batches.len());
+        db.close().unwrap();
+    }
 
     // The untouched copy still opens.
     let db = Db::open(&pristine, quiet(Compression::None)).unwrap();

@@ -6,7 +6,7 @@
 //! versions), so a controller that crashed between an engine change and recording it
 //! recognises what already happened when it resumes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice::{Db, Error, MigrationProgress, PartitionSpec, Result, Snapshot, VersionId};
 
@@ -30,6 +30,11 @@ pub struct Triggers {
     /// Roll back when foreground p99 exceeds this many µs for `p99_windows` ticks in a row.
     pub p99_budget_us: Option<u64>,
     pub p99_windows: u32,
+    /// Also run the consistency check and the reconciliation from [`Controller::tick`] (and
+    /// [`Controller::watch`]) while migrating, at most this often. They run at every state
+    /// change regardless; `None` leaves them there. The check walks every SSTable entry, so
+    /// on a large database this is minutes, not seconds.
+    pub periodic_check: Option<Duration>,
 }
 
 impl Default for Triggers {
@@ -40,6 +45,7 @@ impl Default for Triggers {
             max_error_rate: Some(0.01),
             p99_budget_us: None,
             p99_windows: 3,
+            periodic_check: None,
         }
     }
 }
@@ -129,6 +135,9 @@ pub struct Controller {
     cfg: ControllerConfig,
     reconcile: Option<Reconciliation>,
     over_budget: u32,
+    /// When the consistency check and reconciliation last ran (for
+    /// [`Triggers::periodic_check`]).
+    last_check: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -191,6 +200,7 @@ impl Controller {
             cfg,
             reconcile: None,
             over_budget: 0,
+            last_check: Instant::now(),
         };
         c.resume()?;
         Ok(c)
@@ -540,6 +550,17 @@ impl Controller {
 
     /// Runs the consistency check and reconciliation; on failure rolls back.
     fn checkpoint_gate(&mut self, when: &str) -> Result<ConsistencyReport> {
+        let (report, rolled_back) = self.run_checks(when)?;
+        match rolled_back {
+            Some(reason) => Err(Error::LayoutRefused(reason)),
+            None => Ok(report),
+        }
+    }
+
+    /// The consistency check, then the reconciliation. A failure whose trigger is on rolls
+    /// the migration back, and its reason is returned.
+    fn run_checks(&mut self, when: &str) -> Result<(ConsistencyReport, Option<String>)> {
+        self.last_check = Instant::now();
         let report = consistency::check(&self.db, self.cfg.check)?;
         if !report.ok() && self.cfg.triggers.on_consistency_failure {
             let reason = format!(
@@ -548,16 +569,24 @@ impl Controller {
                 report.problems.len()
             );
             self.roll_back_because(&reason)?;
-            return Err(Error::LayoutRefused(reason));
+            return Ok((report, Some(reason)));
         }
-        self.reconcile_gate(when)?;
-        Ok(report)
+        let rolled_back = self.reconcile(when)?;
+        Ok((report, rolled_back))
+    }
+
+    /// [`Controller::reconcile`], its rollback returned as an error. Run at every state
+    /// change the controller makes on its way forward (the checkpoint gates run it too).
+    fn reconcile_gate(&mut self, when: &str) -> Result<()> {
+        match self.reconcile(when)? {
+            Some(reason) => Err(Error::LayoutRefused(reason)),
+            None => Ok(()),
+        }
     }
 
     /// Checks the reconciliation hook's figure against the plan's: a change rolls the
-    /// migration back (with its reason) and returns the error. Run at every state change
-    /// the controller makes on its way forward (the checkpoint gates run it too).
-    fn reconcile_gate(&mut self, when: &str) -> Result<()> {
+    /// migration back, and its reason is returned.
+    fn reconcile(&mut self, when: &str) -> Result<Option<String>> {
         match (self.rec.reconciliation.clone(), self.reconcile_now()?) {
             (Some(expected), Some(now))
                 if now != expected && self.cfg.triggers.on_reconciliation_mismatch =>
@@ -565,7 +594,7 @@ impl Controller {
                 let reason =
                     format!("reconciliation changed at {when}: expected {expected}, got {now}");
                 self.roll_back_because(&reason)?;
-                return Err(Error::LayoutRefused(reason));
+                return Ok(Some(reason));
             }
             // No hook when the plan was made (`sluice migrate plan` sets none): the first
             // gate with one takes the baseline, rather than every gate skipping the check.
@@ -577,7 +606,7 @@ impl Controller {
             }
             _ => {}
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Refuses a state change the state machine does not allow before anything is done
@@ -670,6 +699,30 @@ impl Controller {
                 self.rec.state
             )));
         }
+        self.reconcile_gate("retarget")?;
+        // The candidate itself changes nothing; the function the migration started from is
+        // a rollback, which keeps that layout pinned as the way back.
+        let (to, from) = {
+            let p = self.plan_ref()?;
+            (p.to, p.from)
+        };
+        let fp = spec.fingerprint();
+        let of = |id: u32| {
+            let l = self.db.layout();
+            l.versions
+                .iter()
+                .any(|v| v.id.0 == id && v.fingerprint == fp)
+        };
+        if of(to) {
+            return Err(Error::LayoutRefused(format!(
+                "{spec} is the candidate already (v{to}): there is nothing to retarget to"
+            )));
+        }
+        if of(from) {
+            return Err(Error::LayoutRefused(format!(
+                "{spec} is the function the migration started from (v{from}): roll back to return to it"
+            )));
+        }
         let a = self.analyze(&spec)?;
         let biased = self.is_biased(&a);
         if biased && !force {
@@ -678,7 +731,6 @@ impl Controller {
                 a.distribution.max_over_mean
             )));
         }
-        let fp = spec.fingerprint();
         let layout = self.db.layout();
         let existing = layout
             .versions
@@ -919,13 +971,17 @@ impl Controller {
             // Returns early only with an error (a failed gate has rolled back).
             self.fence()?;
             self.canary()?;
+            let due = |every: Duration| self.last_check.elapsed() >= every;
+            if self.cfg.triggers.periodic_check.is_some_and(due) {
+                rolled_back = self.run_checks("a periodic check")?.1;
+            }
         }
         if matches!(self.rec.state, State::Migrating | State::Paused) {
             let t = self.cfg.triggers.clone();
             let p99 = obs
                 .and_then(|o| o.p99_us)
                 .unwrap_or(progress.foreground_p99_us);
-            if let Some(budget) = t.p99_budget_us {
+            if let (None, Some(budget)) = (&rolled_back, t.p99_budget_us) {
                 if p99 > budget {
                     self.over_budget += 1;
                 } else {

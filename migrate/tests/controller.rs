@@ -582,6 +582,24 @@ fn reconciliation_is_checked_at_every_state_change() {
     let e = c.pause().unwrap_err();
     assert!(e.to_string().contains("cannot go from validating"), "{e}");
     assert_eq!(c.state(), State::Validating);
+    c.rollback("test").unwrap();
+
+    // A retarget checks the sum before it switches to the new candidate.
+    let mut c = migrating(&db);
+    db.put(key(3), "1").unwrap();
+    let corrected = PartitionSpec::Hash {
+        partitions: 8,
+        seed: 6,
+        hashed_prefix: None,
+    };
+    let e = c.retarget(corrected, false).unwrap_err();
+    assert!(
+        e.to_string().contains("reconciliation changed at retarget"),
+        "{e}"
+    );
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+    db.put(key(3), "100").unwrap();
     check_data(&db);
 }
 
@@ -859,5 +877,82 @@ fn tick_completes_a_migration_when_nothing_is_left_and_watch_does_not() {
     let t = c.tick(None).unwrap();
     assert!(t.completed);
     assert_eq!(c.state(), State::Complete);
+    check_data(&db);
+}
+
+/// With `Triggers::periodic_check` a tick runs the consistency check and the
+/// reconciliation while migrating, so a sum that changed between state changes rolls back
+/// with its reason; without it (the default) they wait for the next state change.
+#[test]
+fn a_periodic_check_in_tick_catches_a_reconciliation_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+
+    let mut c = migrating(&db);
+    db.put(key(0), "999").unwrap(); // money from nowhere
+    let t = c.tick(None).unwrap();
+    assert_eq!(t.rolled_back, None, "no periodic check configured");
+    assert_eq!(c.state(), State::Migrating);
+    db.put(key(0), "100").unwrap();
+    c.rollback("test").unwrap();
+    drop(c);
+
+    let cfg = ControllerConfig {
+        triggers: Triggers {
+            periodic_check: Some(std::time::Duration::ZERO),
+            ..Triggers::default()
+        },
+        ..cfg()
+    };
+    let mut c = Controller::attach(db.clone(), cfg).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    let t = c.tick(None).unwrap();
+    assert_eq!(t.rolled_back, None, "nothing changed");
+    db.put(key(0), "999").unwrap();
+    let t = c.tick(None).unwrap();
+    let reason = t.rolled_back.expect("the periodic check rolled back");
+    assert!(
+        reason.contains("reconciliation changed at a periodic check"),
+        "{reason}"
+    );
+    assert_eq!(t.state, State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+    assert!(c.events().iter().any(|e| e.reason.contains(&reason)));
+}
+
+/// Retargeting to the candidate itself, or to the function the migration started from,
+/// is refused and changes nothing: the first would record a superseded candidate that is
+/// the target, the second is a rollback that would leave no way back pinned.
+#[test]
+fn retarget_to_the_candidate_or_the_origin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = migrating(&db);
+    let before = (db.layout(), c.events().len());
+    let e = c.retarget(good(), false).unwrap_err();
+    assert!(e.to_string().contains("candidate already"), "{e}");
+    let e = c.retarget(opts().partition, true).unwrap_err();
+    assert!(e.to_string().contains("roll back"), "{e}");
+    assert_eq!(c.state(), State::Migrating);
+    let layout = db.layout();
+    assert_eq!(layout.target, before.0.target);
+    assert_eq!(layout.versions.len(), before.0.versions.len());
+    assert_eq!(c.events().len(), before.1);
+    // A real correction still goes through.
+    let v = c
+        .retarget(
+            PartitionSpec::Hash {
+                partitions: 8,
+                seed: 6,
+                hashed_prefix: None,
+            },
+            false,
+        )
+        .unwrap()
+        .version;
+    assert_eq!(db.layout().target, v);
+    c.finish().unwrap();
     check_data(&db);
 }

@@ -554,6 +554,7 @@ fn usage_errors_exit_2() {
         &["migrate", "run", "{DIR}", "--secs=-1"],
         &["migrate", "run", "{DIR}", "--secs", "0"],
         &["migrate", "run", "{DIR}", "--mb-per-sec", "0"],
+        &["migrate", "run", "{DIR}", "--check-every", "0"],
         // The audit keeps a balance per account in memory: four billion was 32 GB.
         &["demo", "--dir", "{DIR}/demo", "--accounts", "4000000000"],
         &["demo", "--dir", "{DIR}/demo", "--accounts", "15"],
@@ -1525,7 +1526,19 @@ fn migrate_subcommands_drive_a_migration() {
     assert_eq!(v["state"], "migrating");
     let to = v["plan"]["to"].as_u64().unwrap();
     assert_eq!(v["target"].as_u64().unwrap(), to);
-    let (c, v) = json(d.path(), &["migrate", "run", "{DIR}", "--mb-per-sec", "64"]);
+    // With a consistency check every 0.1 s on the way (a healthy database passes them).
+    let (c, v) = json(
+        d.path(),
+        &[
+            "migrate",
+            "run",
+            "{DIR}",
+            "--mb-per-sec",
+            "64",
+            "--check-every",
+            "0.1",
+        ],
+    );
     assert_eq!(c, 0, "{v}");
     assert_eq!(v["state"], "complete");
     assert_eq!(v["bytes_left"], 0);

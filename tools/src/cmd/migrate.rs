@@ -87,6 +87,10 @@ pub enum Action {
         /// Stop after this many seconds (the migration stays in progress)
         #[arg(long, value_parser = run_seconds)]
         secs: Option<f64>,
+        /// Also run the consistency check and the reconciliation every this many seconds
+        /// while migrating (they run at every state change regardless); a failure rolls back
+        #[arg(long, value_parser = run_seconds)]
+        check_every: Option<f64>,
     },
 }
 
@@ -127,10 +131,24 @@ fn open(dir: &Path) -> Result<Db, CliError> {
 }
 
 fn attach(db: &Db, mb_per_sec: u64) -> Result<Controller, CliError> {
+    attach_checking(db, mb_per_sec, None)
+}
+
+/// [`attach`], with the consistency check and reconciliation also run from ticks at most
+/// every `periodic_check`.
+fn attach_checking(
+    db: &Db,
+    mb_per_sec: u64,
+    periodic_check: Option<Duration>,
+) -> Result<Controller, CliError> {
     let cfg = ControllerConfig {
         migration_bytes_per_sec: mb_per_sec
             .checked_mul(1 << 20)
             .ok_or_else(|| CliError::usage("--mb-per-sec is too large"))?,
+        triggers: sluice_migrate::Triggers {
+            periodic_check,
+            ..Default::default()
+        },
         ..ControllerConfig::default()
     };
     Ok(Controller::attach(db.clone(), cfg)?)
@@ -321,9 +339,11 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             dir,
             mb_per_sec,
             secs,
+            check_every,
         } => {
             let db = open(&dir)?;
-            let mut c = attach(&db, mb_per_sec.max(1))?;
+            let every = check_every.map(Duration::from_secs_f64);
+            let mut c = attach_checking(&db, mb_per_sec.max(1), every)?;
             if c.state() != State::Migrating {
                 let next = match c.state() {
                     State::Finalizing => "use finish",
@@ -376,7 +396,7 @@ fn checkpoint_dir(p: &std::path::Path) -> Result<String, CliError> {
     })
 }
 
-/// `--secs` of `migrate run`: a finite, positive number of seconds.
+/// `--secs` and `--check-every` of `migrate run`: a finite, positive number of seconds.
 fn run_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if v.is_finite() && v > 0.0 && v <= 1e9 {

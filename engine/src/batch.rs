@@ -225,10 +225,11 @@ pub(crate) fn encode_wal_successor(next: u64, out: &mut Vec<u8>) {
 }
 
 impl WalEntry {
-    /// Decodes the payload of the record whose payload starts at `offset`.
-    pub fn decode(payload: &Bytes, path: &Path, offset: u64) -> Result<WalEntry> {
+    /// Decodes the payload of the record at `record` in its file, whose payload starts at
+    /// `payload_at` (errors about the record name the first, errors inside it the second).
+    pub fn decode(payload: &Bytes, path: &Path, record: u64, payload_at: u64) -> Result<WalEntry> {
         if !is_wal_batch(payload) {
-            let at = offset.saturating_sub(8);
+            let at = record;
             if payload.len() == EARLIER_DURABLE_LEN {
                 return Ok(WalEntry::EarlierDurable);
             }
@@ -249,13 +250,13 @@ impl WalEntry {
             }
             return Ok(WalEntry::Successor(next));
         }
-        WalBatch::decode(payload, path, offset).map(WalEntry::Batch)
+        WalBatch::decode(payload, path, record, payload_at).map(WalEntry::Batch)
     }
 }
 
 impl WalBatch {
-    fn decode(payload: &Bytes, path: &Path, offset: u64) -> Result<WalBatch> {
-        let mut d = Decoder::new(payload, path, offset);
+    fn decode(payload: &Bytes, path: &Path, record: u64, payload_at: u64) -> Result<WalBatch> {
+        let mut d = Decoder::new(payload, path, payload_at);
         let seqno = d.u64("batch seqno")?;
         let count = d.u32("batch count")?;
         let ops_len = payload.len().saturating_sub(12);
@@ -268,7 +269,7 @@ impl WalBatch {
         {
             return Err(Error::corruption(
                 path,
-                offset.saturating_sub(8),
+                record,
                 format!("batch of {count} ops at seqno {seqno} is out of range"),
             ));
         }
@@ -291,7 +292,7 @@ mod tests {
         let mut wal = Vec::new();
         b.encode_wal(42, &mut wal);
         let wal = Bytes::from(wal);
-        let WalEntry::Batch(w) = WalEntry::decode(&wal, Path::new("x"), 0).unwrap() else {
+        let WalEntry::Batch(w) = WalEntry::decode(&wal, Path::new("x"), 0, 12).unwrap() else {
             panic!("a batch decoded as a successor record")
         };
         assert_eq!((w.seqno, w.count), (42, 3));
@@ -312,7 +313,7 @@ mod tests {
         encode_wal_successor(77, &mut rec);
         let rec = Bytes::from(rec);
         assert!(matches!(
-            WalEntry::decode(&rec, Path::new("x"), 8).unwrap(),
+            WalEntry::decode(&rec, Path::new("x"), 0, 12).unwrap(),
             WalEntry::Successor(77)
         ));
         // Cut short, too long, or naming no possible file: damage, never a batch.
@@ -322,7 +323,7 @@ mod tests {
             Bytes::from([&rec[..12], &0u64.to_le_bytes()[..]].concat()),
             Bytes::from([&rec[..12], &u64::MAX.to_le_bytes()[..]].concat()),
         ] {
-            match WalEntry::decode(&bad, Path::new("x"), 8) {
+            match WalEntry::decode(&bad, Path::new("x"), 0, 12) {
                 Err(Error::Corruption { offset: 0, .. }) => {}
                 Err(e) => panic!("{} bytes: wrong error {e:?}", bad.len()),
                 Ok(_) => panic!("{} bytes decoded", bad.len()),

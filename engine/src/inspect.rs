@@ -982,10 +982,10 @@ pub struct WalContents {
     pub notes_earlier: bool,
 }
 
-/// Decodes one WAL batch record, whose header is at `offset`.
-fn batch_record(b: WalBatch, path: &Path, offset: u64) -> Result<WalRecord> {
+/// Decodes one WAL batch record, whose header is at `offset` and payload at `payload_at`.
+fn batch_record(b: WalBatch, path: &Path, offset: u64, payload_at: u64) -> Result<WalRecord> {
     let mut ops = Vec::with_capacity((b.count as usize).min(1 << 16));
-    let n = WriteBatch::for_each_op(&b.ops, path, offset + 20, |kind, key, value| {
+    let n = WriteBatch::for_each_op(&b.ops, path, payload_at + 12, |kind, key, value| {
         ops.push(WalOp {
             seqno: 0,
             kind,
@@ -1026,10 +1026,12 @@ pub fn read_wal_file(path: &Path) -> Result<WalContents> {
                 "a record follows the successor record that ended this WAL",
             ));
         }
-        match WalEntry::decode(payload, path, log.payload_offset(*off))? {
+        match WalEntry::decode(payload, path, *off, log.payload_offset(*off))? {
             WalEntry::Successor(n) => successor = Some(n),
             WalEntry::EarlierDurable => notes_earlier = true,
-            WalEntry::Batch(b) => records.push(batch_record(b, path, *off)?),
+            WalEntry::Batch(b) => {
+                records.push(batch_record(b, path, *off, log.payload_offset(*off))?)
+            }
         }
     }
     Ok(WalContents {

@@ -455,22 +455,18 @@ fn record_at(data: &Bytes, pos: usize, path: &Path, framing: Framing) -> RecordA
     let len_bytes = [h[0], h[1], h[2], h[3]];
     let len = u32::from_le_bytes(len_bytes) as usize;
     let stored = u32::from_le_bytes([h[hl - 4], h[hl - 3], h[hl - 2], h[hl - 1]]);
-    let end = match framing {
-        Framing::Plain => None,
-        Framing::Checked => {
-            if u32::from_le_bytes([h[4], h[5], h[6], h[7]]) != length_check(len_bytes) {
-                return RecordAt::Bad(
-                    Error::corruption(
-                        path,
-                        pos as u64,
-                        format!("record header damaged (length {len} fails its check)"),
-                    ),
-                    None,
-                );
-            }
-            Some(pos + hl + len)
-        }
-    };
+    if framing == Framing::Checked
+        && u32::from_le_bytes([h[4], h[5], h[6], h[7]]) != length_check(len_bytes)
+    {
+        return RecordAt::Bad(
+            Error::corruption(
+                path,
+                pos as u64,
+                format!("record header damaged (length {len} fails its check)"),
+            ),
+            None,
+        );
+    }
     if len > MAX_RECORD_LEN {
         return RecordAt::Bad(
             Error::corruption(
@@ -478,9 +474,11 @@ fn record_at(data: &Bytes, pos: usize, path: &Path, framing: Framing) -> RecordA
                 pos as u64,
                 format!("record length {len} exceeds limit"),
             ),
-            end,
+            None,
         );
     }
+    // A length that passed its check says where the record ends, whatever else is damaged.
+    let end = (framing == Framing::Checked).then_some(pos + hl + len);
     if rest - hl < len {
         return RecordAt::Bad(
             Error::corruption(
@@ -808,8 +806,9 @@ mod tests {
     /// A value holding a well-formed record (a ledger memo can hold any bytes), torn by a
     /// crash: a torn tail, not damage with an intact record after it, which would refuse
     /// the log. Before version 4 the reader searched the torn payload and found the record
-    /// (found by review). Cut or flipped anywhere in the payload, and with the embedded
-    /// record framed either way.
+    /// (found by review). Cut or flipped anywhere in the payload. The embedded record framed
+    /// as version 4 frames records is the case that matters (a version 4 reader takes no
+    /// other framing for a record); framed as version 3 it shows what older logs still risk.
     #[test]
     fn a_torn_record_holding_a_record_is_a_torn_tail() {
         let before: &[u8] = b"an intact batch";

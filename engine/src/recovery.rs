@@ -510,7 +510,7 @@ pub(crate) fn replay_wals(
                     "a record follows the successor record that ended this WAL",
                 ));
             }
-            let b = match WalEntry::decode(payload, path, log.payload_offset(*off))? {
+            let b = match WalEntry::decode(payload, path, *off, log.payload_offset(*off))? {
                 WalEntry::Successor(next) => {
                     link = Some((
                         next,
@@ -567,9 +567,12 @@ pub(crate) fn replay_wals(
             // The count is the record's word until the ops are decoded: reserve no more
             // than a bounded guess on it (a count can claim ~40 bytes of room per byte).
             let mut ops = Vec::with_capacity((b.count as usize).min(1 << 16));
-            let n = WriteBatch::for_each_op(&b.ops, path, *off + 20, |k, key, value| {
-                ops.push((k, key, value))
-            })?;
+            let n = WriteBatch::for_each_op(
+                &b.ops,
+                path,
+                log.payload_offset(*off) + 12,
+                |k, key, value| ops.push((k, key, value)),
+            )?;
             if n != b.count {
                 return Err(Error::corruption(
                     path,

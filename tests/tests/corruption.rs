@@ -772,44 +772,38 @@ fn a_torn_record_holding_record_shaped_bytes_is_a_torn_tail() {
         last.len() >= memo.len(),
         "test setup: the memo is in the last record"
     );
-    let memo_end = at + memo.len();
-    for (n, cut) in [at + 10, at + 30, memo_end - 5, data.len() - 1]
+    // The embedded record ends 4 bytes before the memo does: cut through it, just after
+    // it (whole in the file), one byte short of the end; or every byte left, one damaged.
+    let embedded_end = at + memo.len() - 4;
+    let damages = [at + 10, at + 30, embedded_end, data.len() - 1]
         .into_iter()
-        .enumerate()
-    {
-        for flip in [false, true] {
-            let what = format!("WAL cut at {cut} (memo at {at}), flipped {flip}");
-            let dir = root.path().join(format!("wal-{n}-{flip}"));
-            copy_dir(&pristine, &dir);
-            let w = dir.join(name(&wal));
-            patch(&w, |b| {
-                if flip {
-                    // The bytes stay, damaged: the crash wrote the record but not all of it.
-                    b[at + 2] ^= 0x20;
-                } else {
-                    b.truncate(cut);
-                }
-            });
-            let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(
-                db.recovery_report()
-                    .torn_tail
-                    .as_ref()
-                    .map(|(p, o, _)| (name(p), *o)),
-                Some((name(&wal), torn_at)),
-                "{what}"
-            );
-            assert_eq!(
-                db.get(b"kept").unwrap().as_deref(),
-                Some(&b"synced before"[..]),
-                "{what}"
-            );
-            assert_eq!(db.get(b"memo").unwrap(), None, "{what}");
-            db.close().unwrap();
-            if flip {
-                break;
-            }
-        }
+        .map(Some)
+        .chain([None]);
+    for (n, cut) in damages.enumerate() {
+        let what = format!("WAL cut at {cut:?} (memo at {at}; none: a byte of it flipped)");
+        let dir = root.path().join(format!("wal-{n}"));
+        copy_dir(&pristine, &dir);
+        patch(&dir.join(name(&wal)), |b| match cut {
+            Some(cut) => b.truncate(cut),
+            // The bytes stay, damaged: the crash wrote the record but not all of it.
+            None => b[at + 2] ^= 0x20,
+        });
+        let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            db.recovery_report()
+                .torn_tail
+                .as_ref()
+                .map(|(p, o, _)| (name(p), *o)),
+            Some((name(&wal), torn_at)),
+            "{what}"
+        );
+        assert_eq!(
+            db.get(b"kept").unwrap().as_deref(),
+            Some(&b"synced before"[..]),
+            "{what}"
+        );
+        assert_eq!(db.get(b"memo").unwrap(), None, "{what}");
+        db.close().unwrap();
     }
 
     // The manifest: registering a range layout whose boundary is the memo, torn.
@@ -833,7 +827,7 @@ fn a_torn_record_holding_record_shaped_bytes_is_a_torn_tail() {
         at > torn_at as usize,
         "test setup: the memo is in the last edit"
     );
-    for cut in [at + 10, at + 30, data.len() - 1] {
+    for cut in [at + 10, at + 30, at + memo.len() - 4, data.len() - 1] {
         let what = format!("manifest cut at {cut} (memo at {at})");
         let dir = root.path().join(format!("manifest-{cut}"));
         copy_dir(&pristine, &dir);
@@ -1007,12 +1001,15 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
         "test setup: the WAL should hold the six batches"
     );
 
-    // Damage in records 0..5 (each followed by a valid record).
+    // Damage in records 0..5 (each followed by a valid record): in the length, its check,
+    // the CRC, and the last payload byte.
     for (r, (off, payload)) in log.records[..5].iter().enumerate() {
+        let payload_at = log.payload_offset(*off) as usize;
         for at in [
             *off as usize,
             *off as usize + 6,
-            *off as usize + 8 + payload.len() - 1,
+            payload_at - 2,
+            payload_at + payload.len() - 1,
         ] {
             let what = format!("WAL flip at byte {at} (record {r} at {off})");
             let dir = root.path().join(format!("mid{at}"));
@@ -1027,10 +1024,12 @@ fn wal_damage_in_the_middle_is_corruption_and_a_torn_tail_keeps_the_prefix() {
         }
     }
 
-    // The last record torn: dropped and reported; the five before it are all there.
+    // The last record torn (in its header, a byte into its payload, one byte short): dropped
+    // and reported; the five before it are all there.
     let (last_off, _) = log.records[5];
     let len = std::fs::metadata(wal).unwrap().len() as usize;
-    for (n, cut) in [last_off as usize + 2, last_off as usize + 9, len - 1]
+    let payload_at = log.payload_offset(last_off) as usize;
+    for (n, cut) in [last_off as usize + 2, payload_at + 1, len - 1]
         .into_iter()
         .enumerate()
     {
@@ -1758,6 +1757,10 @@ fn checksummed_counts_seqnos_and_file_numbers_out_of_range_are_corruption() {
             "count above the ops' bytes",
             Box::new(|r: &mut Vec<Vec<u8>>| r[0][8..12].copy_from_slice(&4096u32.to_le_bytes())),
         ),
+        (
+            "op kind 0xff",
+            Box::new(|r: &mut Vec<Vec<u8>>| r[0][12] = 0xff),
+        ),
         ("seqno u64::MAX", seqno(0, u64::MAX)),
         ("seqno 0", seqno(0, 0)),
         ("seqno 2^56", seqno(0, max_seqno + 1)),
@@ -1798,6 +1801,14 @@ fn checksummed_counts_seqnos_and_file_numbers_out_of_range_are_corruption() {
         copy_dir(&pristine, &dir);
         rewrite_log(&dir.join(&file), kind, |r| damage(r));
         let before = std::fs::read(dir.join(&file)).unwrap();
+        // Where a WAL error must point: at the op it could not decode, or at the record.
+        let log = read_log(before.clone().into(), &dir.join(&file), kind).unwrap();
+        let first = log.records[0].0;
+        let expected: Vec<usize> = if what.starts_with("op kind") {
+            vec![log.payload_offset(first) as usize + 12]
+        } else {
+            log.records.iter().map(|r| r.0 as usize).collect()
+        };
         for read_only in [false, true] {
             let what = format!("{what} in {file} (read-only: {read_only})");
             let e = if read_only {
@@ -1810,6 +1821,13 @@ fn checksummed_counts_seqnos_and_file_numbers_out_of_range_are_corruption() {
             };
             assert!(e.is_corruption(), "{what}: {e:?}");
             assert!(e.to_string().contains(&file), "{what}: {e}");
+            if kind == LogKind::Wal {
+                let at = offset_in(&e).unwrap_or_else(|| panic!("{what}: no offset in {e}"));
+                assert!(
+                    expected.contains(&at),
+                    "{what}: offset {at}, not {expected:?}: {e}"
+                );
+            }
         }
         assert_eq!(std::fs::read(dir.join(&file)).unwrap(), before, "{what}");
     }

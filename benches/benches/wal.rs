@@ -111,7 +111,7 @@ fn put_synced(c: &mut Criterion) {
 /// always did. A payload of small little-endian integers (an array of ids) makes almost
 /// every later offset a plausible record start.
 fn torn_tail(c: &mut Criterion) {
-    use sluice::log::{encode_record_as, log_header, LogKind, LOG_FORMAT_VERSION};
+    use sluice::log::{LogFormat, LogKind, LOG_FORMAT_VERSION};
     let mut g = c.benchmark_group("wal_torn_tail");
     g.sampling_mode(SamplingMode::Flat).sample_size(10);
     for mib in [1usize, 4, 16] {
@@ -123,10 +123,11 @@ fn torn_tail(c: &mut Criterion) {
             ("damaged_length", LOG_FORMAT_VERSION, true),
             ("v3", 3, false),
         ] {
-            let mut log = log_header(LogKind::Wal, version);
-            encode_record_as(version, b"an intact batch", &mut log);
+            let format = LogFormat::of(version, 0x5a17);
+            let mut log = format.header(LogKind::Wal);
+            format.encode_record(b"an intact batch", &mut log);
             let torn_at = log.len();
-            encode_record_as(version, &payload, &mut log);
+            format.encode_record(&payload, &mut log);
             log.truncate(log.len() - 10);
             if damage_length {
                 log[torn_at + 3] ^= 0x01;

@@ -2,18 +2,22 @@
 //!
 //! A log file is a sequence of records. The first is a header (magic, format version and
 //! the kind of log), framed `[len: u32][crc: u32][payload: len bytes]` in every version so
-//! that any reader finds the version. The rest are framed by the version: up to version 3
-//! the same way; from version 4 `[len: u32][len check: u32][crc: u32][payload]`. `crc` is
-//! the masked CRC32 of the length bytes followed by the payload, and the length check the
-//! masked CRC32 of the length bytes alone.
+//! that any reader finds the version. From version 4 a second record, framed the same way,
+//! holds the log's salt: four bytes from the OS's random source, new for every log. The
+//! records after those are framed by the version: up to version 3 as the header is; from
+//! version 4 `[len: u32][len check: u32][crc: u32][payload]`. `crc` is the masked CRC32 of
+//! the length bytes followed by the payload; the length check is the masked CRC32 of the
+//! salt followed by the length bytes.
 //!
 //! A crash can leave the last record torn. The reader separates that case — nothing valid
 //! after the bad bytes, so they are a torn tail and a prefix survives — from damage in the
 //! middle of the file (a valid record after the bad one), which is reported as corruption
-//! with the file and offset, because skipping it would leave a hole. The search for a valid
-//! record after the bad one starts where the bad record ends when its length checks out:
-//! bytes inside a record's payload (a value, a key) are never taken for records, so a torn
-//! record holding a record-shaped value is still a torn tail.
+//! with the file and offset, because skipping it would leave a hole. Bytes inside a record
+//! (a value, a key) are never taken for a record: when the bad record's length passes its
+//! check, the search for a valid record after it starts where it ends; when it does not,
+//! the search takes only records whose length passes the check, which no one who does not
+//! know the log's salt can forge. So a torn record holding a record-shaped value is a torn
+//! tail.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +38,7 @@ const MAGIC: &[u8; 4] = b"SLOG";
 /// on into the next one (a version 2 WAL was fsynced before the next took a write), and
 /// may hold a record saying every earlier WAL is durable; a version 2 reader would take a
 /// version 3 WAL cut short by a power loss, with records after it, for damage. Version 4
-/// frames records with a check of their length (see the module documentation).
+/// frames records with a salted check of their length (see the module documentation).
 pub const LOG_FORMAT_VERSION: u32 = 4;
 /// The first WAL format whose WALs rotated away from end in a successor record.
 pub const SUCCESSOR_VERSION: u32 = 2;
@@ -53,52 +57,121 @@ pub enum LogKind {
     Manifest = 2,
 }
 
-/// How a record is framed.
+/// How one log frames its records: its format version and (from version 4) its salt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    /// `[len][crc][payload]`: a log's header record, and every record up to version 3.
-    Plain,
-    /// `[len][len check][crc][payload]`: records after the header from version 4 on.
-    Checked,
+pub struct LogFormat {
+    pub version: u32,
+    pub salt: u32,
 }
 
-impl Framing {
-    fn of(version: u32) -> Framing {
-        if version >= CHECKED_LENGTH_VERSION {
-            Framing::Checked
+impl LogFormat {
+    /// The current format, with a new salt from the OS's random source (from the clock and
+    /// the process id in the unlikely case that fails: the salt needs to be unguessable by
+    /// a writer of values, not secret from the machine).
+    pub fn new_log() -> LogFormat {
+        let salt = getrandom::u32().unwrap_or_else(|_| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let seed = [
+                now.to_le_bytes().as_slice(),
+                &std::process::id().to_le_bytes(),
+            ]
+            .concat();
+            xxhash_rust::xxh3::xxh3_64(&seed) as u32
+        });
+        LogFormat {
+            version: LOG_FORMAT_VERSION,
+            salt,
+        }
+    }
+
+    /// Format `version` with `salt` (ignored before version 4): for tests and tools that
+    /// write logs as a given version does.
+    pub fn of(version: u32, salt: u32) -> LogFormat {
+        LogFormat { version, salt }
+    }
+
+    fn framing(self) -> Framing {
+        if self.version >= CHECKED_LENGTH_VERSION {
+            Framing::Checked(Some(self.salt))
         } else {
             Framing::Plain
         }
     }
 
+    /// What starts a log of `kind` in this format: the header record, and from version 4
+    /// the salt record.
+    pub fn header(self, kind: LogKind) -> Vec<u8> {
+        let mut p = Vec::with_capacity(9);
+        p.extend_from_slice(MAGIC);
+        p.extend_from_slice(&self.version.to_le_bytes());
+        p.push(kind as u8);
+        let mut out = Vec::with_capacity(29);
+        encode_framed(&mut out, Framing::Plain, |b| b.extend_from_slice(&p));
+        if self.version >= CHECKED_LENGTH_VERSION {
+            let salt = self.salt.to_le_bytes();
+            encode_framed(&mut out, Framing::Plain, |b| b.extend_from_slice(&salt));
+        }
+        out
+    }
+
+    /// Encodes one record into `out`.
+    pub fn encode_record(self, payload: &[u8], out: &mut Vec<u8>) {
+        self.encode_record_with(out, |b| b.extend_from_slice(payload));
+    }
+
+    /// Encodes one record into `out` whose payload `write` appends in place (no copy): the
+    /// header is reserved first and filled in once the payload's length and CRC are known.
+    pub fn encode_record_with(self, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+        encode_framed(out, self.framing(), write);
+    }
+
+    /// Bytes before a record's payload.
+    fn record_header_len(self) -> usize {
+        self.framing().header_len()
+    }
+}
+
+/// How a record is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// `[len][crc][payload]`: a log's header (and salt) record, and every record up to
+    /// version 3.
+    Plain,
+    /// `[len][len check][crc][payload]`: records after the header from version 4 on, with
+    /// the log's salt (`None` when it is unknown, its record damaged: the length check is
+    /// then not verified).
+    Checked(Option<u32>),
+}
+
+impl Framing {
     fn header_len(self) -> usize {
         match self {
             Framing::Plain => 8,
-            Framing::Checked => 12,
+            Framing::Checked(_) => 12,
+        }
+    }
+
+    /// Whether the length check in header `h` (of this framing) fails.
+    fn length_check_fails(self, h: &[u8]) -> bool {
+        match self {
+            Framing::Checked(Some(salt)) => {
+                u32::from_le_bytes([h[4], h[5], h[6], h[7]])
+                    != length_check(salt, [h[0], h[1], h[2], h[3]])
+            }
+            _ => false,
         }
     }
 }
 
-/// The length check of a `Checked` record of payload length `len`.
-fn length_check(len: [u8; 4]) -> u32 {
-    masked_crc(&len)
-}
-
-/// Encodes one record into `out`, framed for the current format version.
-pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
-    encode_record_with(out, |b| b.extend_from_slice(payload));
-}
-
-/// Encodes one record into `out` framed as format `version` frames records after the
-/// header (for tests and tools that write logs of older versions).
-pub fn encode_record_as(version: u32, payload: &[u8], out: &mut Vec<u8>) {
-    encode_framed(out, Framing::of(version), |b| b.extend_from_slice(payload));
-}
-
-/// Encodes one record into `out` whose payload `write` appends in place (no copy): the
-/// header is reserved first and filled in once the payload's length and CRC are known.
-pub fn encode_record_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
-    encode_framed(out, Framing::of(LOG_FORMAT_VERSION), write);
+/// The length check of a `Checked` record of payload length `len` in a log salted `salt`.
+fn length_check(salt: u32, len: [u8; 4]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&salt.to_le_bytes());
+    h.update(&len);
+    mask_crc(h.finalize())
 }
 
 fn encode_framed(out: &mut Vec<u8>, framing: Framing, write: impl FnOnce(&mut Vec<u8>)) {
@@ -112,20 +185,9 @@ fn encode_framed(out: &mut Vec<u8>, framing: Framing, write: impl FnOnce(&mut Ve
     h.update(&out[start + hl..]);
     out[start..start + 4].copy_from_slice(&len);
     out[start + hl - 4..start + hl].copy_from_slice(&mask_crc(h.finalize()).to_le_bytes());
-    if framing == Framing::Checked {
-        out[start + 4..start + 8].copy_from_slice(&length_check(len).to_le_bytes());
+    if let Framing::Checked(Some(salt)) = framing {
+        out[start + 4..start + 8].copy_from_slice(&length_check(salt, len).to_le_bytes());
     }
-}
-
-/// The header record that starts a log of `kind` in format `version`.
-pub fn log_header(kind: LogKind, version: u32) -> Vec<u8> {
-    let mut p = Vec::with_capacity(9);
-    p.extend_from_slice(MAGIC);
-    p.extend_from_slice(&version.to_le_bytes());
-    p.push(kind as u8);
-    let mut out = Vec::with_capacity(17);
-    encode_framed(&mut out, Framing::Plain, |b| b.extend_from_slice(&p));
-    out
 }
 
 /// Appends records to a log file, buffering in memory until [`LogWriter::flush`].
@@ -137,6 +199,7 @@ pub fn log_header(kind: LogKind, version: u32) -> Vec<u8> {
 pub struct LogWriter {
     file: Box<dyn WritableFile>,
     path: PathBuf,
+    format: LogFormat,
     buf: Vec<u8>,
     written: u64,
     /// Why the log stopped taking writes, once it has.
@@ -274,17 +337,18 @@ impl LogWriter {
                 state: Mutex::new(SyncState::default()),
             })
         });
+        let format = LogFormat::new_log();
         let mut w = LogWriter {
             file,
             path,
+            format,
             buf: Vec::with_capacity(64 << 10),
             written: 0,
             failed: None,
             shared,
             growth: None,
         };
-        w.buf
-            .extend_from_slice(&log_header(kind, LOG_FORMAT_VERSION));
+        w.buf.extend_from_slice(&format.header(kind));
         w
     }
 
@@ -335,12 +399,12 @@ impl LogWriter {
 
     /// Buffers one record.
     pub fn add(&mut self, payload: &[u8]) {
-        encode_record(payload, &mut self.buf);
+        self.format.encode_record(payload, &mut self.buf);
     }
 
     /// Buffers one record whose payload `write` appends to the buffer in place (no copy).
     pub fn add_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        encode_record_with(&mut self.buf, write);
+        self.format.encode_record_with(&mut self.buf, write);
     }
 
     /// Bytes buffered and not yet handed to the OS.
@@ -419,7 +483,10 @@ pub struct TornTail {
 pub struct LogContents {
     /// The format version in the header (0 if the header itself was damaged).
     pub version: u32,
-    /// (offset of the record header, payload).
+    /// The salt of the log's length checks (version 4 on; 0 before, or if its record was
+    /// damaged).
+    pub salt: u32,
+    /// (offset of the record header, payload), the header and salt records left out.
     pub records: Vec<(u64, Bytes)>,
     pub tail: Option<TornTail>,
 }
@@ -427,7 +494,12 @@ pub struct LogContents {
 impl LogContents {
     /// The file offset of the payload of the record whose header is at `record_offset`.
     pub fn payload_offset(&self, record_offset: u64) -> u64 {
-        record_offset + Framing::of(self.version).header_len() as u64
+        record_offset + self.format().record_header_len() as u64
+    }
+
+    /// How the log frames its records (to write more records into a copy of it).
+    pub fn format(&self) -> LogFormat {
+        LogFormat::of(self.version, self.salt)
     }
 }
 
@@ -455,9 +527,7 @@ fn record_at(data: &Bytes, pos: usize, path: &Path, framing: Framing) -> RecordA
     let len_bytes = [h[0], h[1], h[2], h[3]];
     let len = u32::from_le_bytes(len_bytes) as usize;
     let stored = u32::from_le_bytes([h[hl - 4], h[hl - 3], h[hl - 2], h[hl - 1]]);
-    if framing == Framing::Checked
-        && u32::from_le_bytes([h[4], h[5], h[6], h[7]]) != length_check(len_bytes)
-    {
+    if framing.length_check_fails(h) {
         return RecordAt::Bad(
             Error::corruption(
                 path,
@@ -478,7 +548,7 @@ fn record_at(data: &Bytes, pos: usize, path: &Path, framing: Framing) -> RecordA
         );
     }
     // A length that passed its check says where the record ends, whatever else is damaged.
-    let end = (framing == Framing::Checked).then_some(pos + hl + len);
+    let end = matches!(framing, Framing::Checked(Some(_))).then_some(pos + hl + len);
     if rest - hl < len {
         return RecordAt::Bad(
             Error::corruption(
@@ -534,9 +604,7 @@ fn valid_record_after(data: &[u8], from: usize, framing: Framing) -> bool {
         if len == 0 || len > MAX_RECORD_LEN || len > data.len() - start {
             continue;
         }
-        if framing == Framing::Checked
-            && u32::from_le_bytes([h[4], h[5], h[6], h[7]]) != length_check(len_bytes)
-        {
+        if framing.length_check_fails(h) {
             continue;
         }
         let stored = u32::from_le_bytes([h[hl - 4], h[hl - 3], h[hl - 2], h[hl - 1]]);
@@ -615,34 +683,59 @@ fn read_log_with(
     let mut records = Vec::new();
     let mut pos = 0usize;
     let mut tail = None;
-    let mut first = true;
-    let mut version = 0;
-    // The header record is framed plainly in every version; what follows, by the version.
+    let (mut version, mut salt) = (0, 0);
+    // The header (and salt) records are framed plainly in every version; what follows, by
+    // the version.
+    let mut stage = Stage::Header;
     let mut framing = Framing::Plain;
     while pos < data.len() {
         match record_at(&data, pos, path, framing) {
             RecordAt::Ok(payload, used) => {
-                if first {
-                    version = check_header(&payload, path, kind)?;
-                    framing = Framing::of(version);
-                    first = false;
-                } else {
-                    records.push((pos as u64, payload));
+                match stage {
+                    Stage::Header => {
+                        version = check_header(&payload, path, kind)?;
+                        let format = LogFormat::of(version, 0);
+                        if version >= CHECKED_LENGTH_VERSION {
+                            stage = Stage::Salt;
+                        } else {
+                            stage = Stage::Records;
+                            framing = format.framing();
+                        }
+                    }
+                    Stage::Salt => {
+                        let Ok(b) = <[u8; 4]>::try_from(&payload[..]) else {
+                            return Err(Error::corruption(
+                                path,
+                                pos as u64,
+                                format!("log salt record of {} bytes", payload.len()),
+                            ));
+                        };
+                        salt = u32::from_le_bytes(b);
+                        stage = Stage::Records;
+                        framing = LogFormat::of(version, salt).framing();
+                    }
+                    Stage::Records => records.push((pos as u64, payload)),
                 }
                 pos += used;
             }
             RecordAt::Bad(e, end) => {
                 // A damaged record whose length is known is skipped whole: its payload
                 // may hold record-shaped bytes (a value, a key) that are no record. A
-                // damaged header record leaves the framing unknown: either kind counts.
-                // Stopping at damage, a damaged header drops the whole file (nothing in
-                // it is replayed, so what it is does not matter).
+                // damaged header or salt record leaves the framing or the salt unknown:
+                // every framing it may be counts, unchecked lengths included. Stopping at
+                // damage, a damaged header drops the whole file (nothing in it is
+                // replayed, so what it is does not matter).
+                let unknown: &[Framing] = match stage {
+                    Stage::Header => &[Framing::Plain, Framing::Checked(None)],
+                    Stage::Salt => &[Framing::Checked(None)],
+                    Stage::Records => &[],
+                };
                 let intact_after = match end {
                     Some(end) => valid_record_after(&data, end, framing),
-                    None if first => [Framing::Plain, Framing::Checked]
-                        .into_iter()
-                        .any(|f| valid_record_after(&data, pos + 1, f)),
-                    None => valid_record_after(&data, pos + 1, framing),
+                    None if stage == Stage::Records => valid_record_after(&data, pos + 1, framing),
+                    None => unknown
+                        .iter()
+                        .any(|&f| valid_record_after(&data, pos + 1, f)),
                 };
                 if intact_after && !stop_at_damage {
                     return Err(e);
@@ -659,9 +752,18 @@ fn read_log_with(
     }
     Ok(LogContents {
         version,
+        salt,
         records,
         tail,
     })
+}
+
+/// Where a reader is in a log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Header,
+    Salt,
+    Records,
 }
 
 /// Checks a log's header record; returns its format version.
@@ -706,10 +808,14 @@ mod tests {
         log_bytes_as(LOG_FORMAT_VERSION, payloads)
     }
 
+    /// The salt of the logs these tests write.
+    const SALT: u32 = 0x5a17_5a17;
+
     fn log_bytes_as(version: u32, payloads: &[&[u8]]) -> Vec<u8> {
-        let mut out = log_header(LogKind::Wal, version);
+        let format = LogFormat::of(version, SALT);
+        let mut out = format.header(LogKind::Wal);
         for p in payloads {
-            encode_record_as(version, p, &mut out);
+            format.encode_record(p, &mut out);
         }
         out
     }
@@ -739,7 +845,8 @@ mod tests {
     }
 
     fn scan_agrees_with_its_definition(version: u32) {
-        let framing = Framing::of(version);
+        let format = LogFormat::of(version, SALT);
+        let framing = format.framing();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut rnd = move || {
             seed ^= seed << 13;
@@ -755,15 +862,15 @@ mod tests {
                 if round % 3 == 0 && i == 1 {
                     // A valid record inside a payload: found even where the outer one is cut.
                     let mut inner = Vec::new();
-                    encode_record_as(version, &vec![7u8; 1200], &mut inner);
+                    format.encode_record(&vec![7u8; 1200], &mut inner);
                     let at = p.len().min(100);
                     p.splice(at..at, inner);
                 }
-                if round % 3 == 1 && i == 2 && framing == Framing::Checked {
-                    // One whose CRC is right and whose length check is not: no record.
+                if round % 3 == 1 && i == 2 && version >= CHECKED_LENGTH_VERSION {
+                    // One whose CRC is right and whose length check is not (another log's
+                    // salt): no record.
                     let mut inner = Vec::new();
-                    encode_record_as(version, &vec![9u8; 1100], &mut inner);
-                    inner[5] ^= 0x01;
+                    LogFormat::of(version, !SALT).encode_record(&vec![9u8; 1100], &mut inner);
                     let at = p.len().min(200);
                     p.splice(at..at, inner);
                 }
@@ -806,41 +913,55 @@ mod tests {
     /// A value holding a well-formed record (a ledger memo can hold any bytes), torn by a
     /// crash: a torn tail, not damage with an intact record after it, which would refuse
     /// the log. Before version 4 the reader searched the torn payload and found the record
-    /// (found by review). Cut or flipped anywhere in the payload. The embedded record framed
-    /// as version 4 frames records is the case that matters (a version 4 reader takes no
-    /// other framing for a record); framed as version 3 it shows what older logs still risk.
+    /// (found by review). Cut, or flipped anywhere in the torn record — its length field
+    /// included, so that the search runs through the payload — with the embedded record
+    /// framed as version 3 or as version 4 with any salt but the log's. Framed with the
+    /// log's own salt (which a writer of values cannot know) it is found, as it should be.
     #[test]
     fn a_torn_record_holding_a_record_is_a_torn_tail() {
         let before: &[u8] = b"an intact batch";
-        for inner_version in [CHECKED_LENGTH_VERSION - 1, LOG_FORMAT_VERSION] {
+        let forged = [
+            LogFormat::of(CHECKED_LENGTH_VERSION - 1, 0),
+            LogFormat::of(LOG_FORMAT_VERSION, !SALT),
+            LogFormat::of(LOG_FORMAT_VERSION, SALT),
+        ];
+        for inner in forged {
+            let guessed = inner == LogFormat::of(LOG_FORMAT_VERSION, SALT);
             let mut value = b"memo: ".to_vec();
-            encode_record_as(inner_version, b"a record-shaped memo", &mut value);
+            inner.encode_record(b"a record-shaped memo", &mut value);
             value.extend_from_slice(b" end of memo");
             let full = log_bytes(&[before, &value]);
             let last = full.len() - value.len() - 12;
-            // The embedded record's end: a cut after it leaves it whole in the file.
+            // A cut after the embedded record's end leaves it whole in the file.
             for cut in last + 1..full.len() {
                 let c = read(full[..cut].to_vec()).unwrap();
-                assert_eq!(c.records.len(), 1, "cut at {cut}");
+                assert_eq!(c.records.len(), 1, "{inner:?}: cut at {cut}");
                 let t = c.tail.unwrap();
-                assert_eq!(t.offset, last as u64, "cut at {cut}");
-                assert!(!t.intact_after, "cut at {cut}");
+                assert_eq!(t.offset, last as u64, "{inner:?}: cut at {cut}");
+                assert!(!t.intact_after, "{inner:?}: cut at {cut}");
             }
-            for flip in last + 12..full.len() {
+            for flip in last..full.len() {
                 let mut b = full.clone();
                 b[flip] ^= 0x10;
-                let c = read(b).unwrap();
-                assert_eq!(c.records.len(), 1, "flip at {flip}");
-                assert!(!c.tail.unwrap().intact_after, "flip at {flip}");
-            }
-            // Version 3 framing cannot tell: the embedded record (framed as version 3
-            // frames records) reads as an intact record after the damage.
-            if inner_version < CHECKED_LENGTH_VERSION {
-                let old = log_bytes_as(inner_version, &[before, &value]);
-                let e = read(old[..old.len() - 3].to_vec()).unwrap_err();
-                assert!(e.is_corruption(), "{e}");
+                let searched = flip < last + 8;
+                match read(b) {
+                    Ok(c) => {
+                        assert!(!(guessed && searched), "{inner:?}: flip at {flip} read");
+                        assert_eq!(c.records.len(), 1, "{inner:?}: flip at {flip}");
+                        assert!(!c.tail.unwrap().intact_after, "{inner:?}: flip at {flip}");
+                    }
+                    Err(e) => assert!(guessed && searched, "{inner:?}: flip at {flip}: {e}"),
+                }
             }
         }
+        // A version 3 log cannot tell: the embedded record (framed as version 3 frames
+        // records) reads as an intact record after the damage.
+        let mut value = b"memo: ".to_vec();
+        forged[0].encode_record(b"a record-shaped memo", &mut value);
+        value.extend_from_slice(b" end of memo");
+        let old = log_bytes_as(3, &[before, &value]);
+        let e = read(old[..old.len() - 3].to_vec()).unwrap_err();
+        assert!(e.is_corruption(), "{e}");
     }
 
     /// After a failed append (a short write: the file ends in a torn record) the writer
@@ -941,41 +1062,47 @@ mod tests {
         let p: Vec<&[u8]> = c.records.iter().map(|r| r.1.as_ref()).collect();
         assert_eq!(p, vec![&b"a"[..], b"", b"hello world"]);
         assert!(c.tail.is_none());
+        assert_eq!((c.version, c.salt), (LOG_FORMAT_VERSION, SALT));
+        // Header 17 bytes, salt record 12, then the first record's 12-byte header.
+        assert_eq!(c.payload_offset(c.records[0].0), 17 + 12 + 12);
         let mut out = Vec::new();
-        encode_record(b"a", &mut out);
+        c.format().encode_record(b"a", &mut out);
         assert_eq!(out.len(), 12 + 1);
         assert_eq!(&out[..4], &1u32.to_le_bytes());
-        assert_eq!(&out[4..8], &masked_crc(&1u32.to_le_bytes()).to_le_bytes());
+        let check = masked_crc(&[SALT.to_le_bytes(), 1u32.to_le_bytes()].concat());
+        assert_eq!(&out[4..8], &check.to_le_bytes());
         assert_eq!(&out[8..12], &record_crc(1, b"a").to_le_bytes());
         // Version 3 logs still read.
         let c = read(log_bytes_as(3, &[b"a", b"", b"hello world"])).unwrap();
         assert_eq!(c.version, 3);
         assert_eq!(c.records.iter().map(|r| &r.1[..]).collect::<Vec<_>>(), p);
         assert_eq!(c.payload_offset(c.records[0].0), 17 + 8);
+        // Every new log draws its own salt.
+        assert_ne!(LogFormat::new_log().salt, LogFormat::new_log().salt);
     }
 
     #[test]
     fn every_truncation_is_a_torn_tail_keeping_a_prefix() {
         let full = log_bytes(&[b"first", b"second", b"third"]);
-        let header_len = 8 + 9;
-        for n in header_len..full.len() {
-            // (the header record is framed plainly; the others with a length check)
+        let all = read(full.clone()).unwrap();
+        // Where records end: the header (17 bytes) and the salt record (12) are framed
+        // plainly, the others with a length check (12 bytes before the payload).
+        let mut ends = vec![17, 17 + 12];
+        ends.extend(all.records.iter().map(|r| r.0 as usize + 12 + r.1.len()));
+        assert_eq!(*ends.last().unwrap(), full.len());
+        for n in 17..full.len() {
             let c = read(full[..n].to_vec()).unwrap();
-            let all = read(full.clone()).unwrap();
             assert!(c.records.len() <= 3);
             assert_eq!(c.records[..], all.records[..c.records.len()]);
-            if n < full.len() && c.records.len() < 3 {
-                let expect_tail =
-                    n > header_len + c.records.iter().map(|r| 12 + r.1.len()).sum::<usize>();
-                assert_eq!(c.tail.is_some(), expect_tail, "cut at {n}");
-            }
+            assert_eq!(c.tail.is_some(), !ends.contains(&n), "cut at {n}");
+            assert!(c.tail.is_none_or(|t| !t.intact_after), "cut at {n}");
         }
     }
 
     #[test]
     fn flipped_byte_in_the_middle_is_corruption_with_offset() {
         let full = log_bytes(&[b"first-record", b"second-record", b"third-record"]);
-        let second_at = 17 + 12 + 12;
+        let second_at = 17 + 12 + 12 + 12;
         for i in second_at..second_at + 12 + 13 {
             let mut b = full.clone();
             b[i] ^= 0x40;
@@ -1005,10 +1132,18 @@ mod tests {
     #[test]
     fn newer_format_and_wrong_kind_are_refused() {
         assert!(matches!(
-            read(log_header(LogKind::Wal, 9)),
+            read(LogFormat::of(9, SALT).header(LogKind::Wal)),
             Err(Error::UnsupportedFormat { found: 9, .. })
         ));
-        let out = log_header(LogKind::Manifest, LOG_FORMAT_VERSION);
+        let out = LogFormat::of(LOG_FORMAT_VERSION, SALT).header(LogKind::Manifest);
         assert!(read(out).unwrap_err().is_corruption());
+        // A salt record of the wrong size is damage that passed its checksum.
+        let mut out = LogFormat::of(3, 0).header(LogKind::Wal);
+        out[12..16].copy_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
+        let crc = record_crc(9, &out[8..17]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        encode_framed(&mut out, Framing::Plain, |b| b.extend_from_slice(b"salt!"));
+        let e = read(out).unwrap_err();
+        assert!(e.to_string().contains("salt record of 5 bytes"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sluice::fs::StdFs;
-use sluice::log::{encode_record, encode_record_as, log_header, read_log, LogKind};
+use sluice::log::{read_log, LogFormat, LogKind};
 use sluice::manifest::{EditRecord, VersionEdit};
 use sluice::sst::format::{block_trailer, Footer, FOOTER_LEN};
 use sluice::sst::Table;
@@ -725,11 +725,12 @@ fn manifest_damage_in_the_middle_is_corruption_and_a_torn_last_record_is_dropped
     db.close().unwrap();
 }
 
-/// Bytes a caller chose that hold a well-formed log record: a WAL batch's frame, with valid
-/// CRCs, as this build writes records (a ledger memo may hold any bytes).
+/// Bytes a caller chose that hold a well-formed log record: a frame with valid CRCs, as this
+/// build writes records, salted as a log of its own (a ledger memo may hold any bytes; the
+/// salt of the log it lands in is not the caller's to know).
 fn record_shaped_bytes() -> Vec<u8> {
     let mut b = b"memo:".to_vec();
-    encode_record(b"a record that no writer wrote", &mut b);
+    LogFormat::new_log().encode_record(b"a record that no writer wrote", &mut b);
     b.extend_from_slice(b":end");
     b
 }
@@ -773,21 +774,31 @@ fn a_torn_record_holding_record_shaped_bytes_is_a_torn_tail() {
         "test setup: the memo is in the last record"
     );
     // The embedded record ends 4 bytes before the memo does: cut through it, just after
-    // it (whole in the file), one byte short of the end; or every byte left, one damaged.
+    // it (whole in the file), one byte short of the end; or every byte left, one damaged:
+    // in the memo, or in the torn record's length (then the reader cannot skip the record
+    // and searches it, where only the log's salt would make the memo a record).
     let embedded_end = at + memo.len() - 4;
-    let damages = [at + 10, at + 30, embedded_end, data.len() - 1]
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let mut damages: Vec<(String, Damage)> = [at + 10, at + 30, embedded_end, data.len() - 1]
         .into_iter()
-        .map(Some)
-        .chain([None]);
-    for (n, cut) in damages.enumerate() {
-        let what = format!("WAL cut at {cut:?} (memo at {at}; none: a byte of it flipped)");
+        .map(|cut| {
+            let d: Damage = Box::new(move |b: &mut Vec<u8>| b.truncate(cut));
+            (format!("cut at {cut}"), d)
+        })
+        .collect();
+    damages.push((
+        "a memo byte flipped".into(),
+        Box::new(move |b: &mut Vec<u8>| b[at + 2] ^= 0x20),
+    ));
+    damages.push((
+        "its length flipped".into(),
+        Box::new(move |b: &mut Vec<u8>| b[torn_at as usize] ^= 0x01),
+    ));
+    for (n, (how, damage)) in damages.into_iter().enumerate() {
+        let what = format!("WAL record {how} (memo at {at})");
         let dir = root.path().join(format!("wal-{n}"));
         copy_dir(&pristine, &dir);
-        patch(&dir.join(name(&wal)), |b| match cut {
-            Some(cut) => b.truncate(cut),
-            // The bytes stay, damaged: the crash wrote the record but not all of it.
-            None => b[at + 2] ^= 0x20,
-        });
+        patch(&dir.join(name(&wal)), |b| damage(b));
         let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(
             db.recovery_report()
@@ -1204,7 +1215,7 @@ fn a_torn_wal_end_is_a_hole_only_when_a_later_wal_says_it_was_durable() {
         copy_dir(&pristine, &dir);
         let mut second = bytes[..header_end].to_vec();
         if marked {
-            encode_record(&[0u8; 12], &mut second);
+            log.format().encode_record(&[0u8; 12], &mut second);
         }
         if case != "empty" && case != "marker only" {
             let from = if from_first && continues {
@@ -1715,10 +1726,11 @@ fn rewrite_log(path: &Path, kind: LogKind, f: impl FnOnce(&mut Vec<Vec<u8>>)) {
     // The header is everything before the first record, kept as it is.
     let header_end = log.records.first().expect("a log with records").0 as usize;
     let mut out = data[..header_end].to_vec();
+    let format = log.format();
     let mut recs: Vec<Vec<u8>> = log.records.into_iter().map(|(_, p)| p.to_vec()).collect();
     f(&mut recs);
     for r in &recs {
-        encode_record(r, &mut out);
+        format.encode_record(r, &mut out);
     }
     std::fs::write(path, out).unwrap();
 }
@@ -1907,9 +1919,10 @@ fn patch_log_version(path: &Path, version: u32) {
         k => panic!("log kind {k}"),
     };
     let log = read_log(data.into(), path, kind).unwrap();
-    let mut out = log_header(kind, version);
+    let format = LogFormat::of(version, log.salt);
+    let mut out = format.header(kind);
     for (_, r) in &log.records {
-        encode_record_as(version, r, &mut out);
+        format.encode_record(r, &mut out);
     }
     std::fs::write(path, out).unwrap();
 }

@@ -154,7 +154,9 @@ fn attach_checking(
     Ok(Controller::attach(db.clone(), cfg)?)
 }
 
-fn status_json(db: &Db) -> Result<StatusJson, CliError> {
+/// The status document. `pacer_here`: this process ran the pacer (`migrate run`), so what
+/// holds it back is known; any other command opened the directory afresh.
+fn status_json(db: &Db, pacer_here: bool) -> Result<StatusJson, CliError> {
     let (epoch, rec) = match db.controller_state() {
         Some((e, b)) => (
             e,
@@ -189,8 +191,7 @@ fn status_json(db: &Db) -> Result<StatusJson, CliError> {
             })
             .collect(),
         pace_bytes_per_sec: p.pace_bytes_per_sec,
-        // Only meaningful from the process running the pacer (`migrate run`).
-        blocked: None,
+        blocked: if pacer_here { p.blocked.clone() } else { None },
         events: rec.events.iter().rev().take(10).rev().cloned().collect(),
     })
 }
@@ -242,7 +243,12 @@ fn print_status(out: &mut dyn Write, s: &StatusJson) -> std::io::Result<()> {
 }
 
 fn done(out: &mut dyn Write, ctx: &Ctx, c: &Controller) -> CmdResult {
-    let s = status_json(c.db())?;
+    done_as(out, ctx, c, false)
+}
+
+/// [`done`], saying whether this process ran the pacer (see [`status_json`]).
+fn done_as(out: &mut dyn Write, ctx: &Ctx, c: &Controller, pacer_here: bool) -> CmdResult {
+    let s = status_json(c.db(), pacer_here)?;
     if ctx.json {
         output::json(out, &s)?;
     } else {
@@ -294,7 +300,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             let pause = Duration::from_secs_f64(interval);
             loop {
             let db = crate::cmd::scan::open_read_only(&dir)?;
-            let s = status_json(&db)?;
+            let s = status_json(&db, false)?;
             drop(db);
             if ctx.json {
                 output::json(out, &s)?;
@@ -370,7 +376,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 if let Some(r) = t.rolled_back {
                     bar.finish();
                     ctx.note(format!("automatic rollback: {r}"));
-                    return done(out, ctx, &c).map(|_| Status::Failed);
+                    return done_as(out, ctx, &c, true).map(|_| Status::Failed);
                 }
                 if secs.is_some_and(|s| started.elapsed().as_secs_f64() >= s) {
                     break;
@@ -378,7 +384,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 std::thread::sleep(Duration::from_millis(250));
             }
             bar.finish();
-            done(out, ctx, &c)
+            done_as(out, ctx, &c, true)
         }
     }
 }

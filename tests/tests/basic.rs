@@ -407,6 +407,8 @@ fn the_largest_memtable_budget_opens_and_works() {
         sluice::Options {
             memtable_bytes: usize::MAX,
             migration_bytes_per_sec: 0,
+            // The one read below must queue a lazy move (the default waits for a second).
+            move_on_first_read: true,
             ..sluice::Options::tiny()
         },
     )
@@ -425,7 +427,10 @@ fn the_largest_memtable_budget_opens_and_works() {
         .unwrap();
     db.set_target(v2).unwrap();
     assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // A flush applies the queued move first (so does the WAL ticker, at its own time).
+    db.flush().unwrap();
+    assert_eq!(db.stats().lazy_moves, 1, "the move was not applied");
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
     db.close().unwrap();
     assert_eq!(sluice_tests::engine_thread_panics(), 0);
 }

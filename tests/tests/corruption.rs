@@ -2388,7 +2388,7 @@ fn a_compaction_finding_damage_stops_writes_with_an_error_not_a_hang() {
                 b.put(format!("k{i:04}"), format!("r{round}"));
             }
             if let Err(e) = writer.write(b) {
-                let _ = tx.send(Some(e));
+                let _ = tx.send(Some((round, e)));
                 return;
             }
         }
@@ -2396,7 +2396,7 @@ fn a_compaction_finding_damage_stops_writes_with_an_error_not_a_hang() {
     });
     // A deadlock detector, not a timing assertion: the writer gets its error within
     // seconds; without the fix it never returns.
-    let e = rx
+    let (refused, e) = rx
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the writer blocked")
         .expect("10,000 batches went through a damaged compaction");
@@ -2404,9 +2404,18 @@ fn a_compaction_finding_damage_stops_writes_with_an_error_not_a_hang() {
     assert!(e.to_string().contains("damage"), "{e}");
     assert!(e.to_string().contains(".sst"), "names the table: {e}");
     // Reads still answer (from the memtables, or with a corruption error for a damaged
-    // block), never a wrong value.
+    // block), never a wrong value: the last acknowledged write of the key (`ReadOnly` means
+    // round `refused` was never applied), or the prefilled value if no round went through.
+    let want = match refused.checked_sub(1) {
+        Some(last) => format!("r{last}").into_bytes(),
+        None => vec![b'v'; 64],
+    };
     match db.get("k0007") {
-        Ok(v) => assert!(v.is_some()),
+        Ok(v) => assert_eq!(
+            v.as_deref().map(String::from_utf8_lossy),
+            Some(String::from_utf8_lossy(&want)),
+            "k0007 after round {refused} was refused"
+        ),
         Err(e) => assert!(e.is_corruption(), "{e}"),
     }
 }

@@ -84,6 +84,9 @@ struct Tally {
     held_wal_syncs: u64,
     /// Directory changes power cuts found committed by the journal, not by an fsync.
     journaled: u64,
+    /// Reopens that found a layout other than the target still holding files: the crash
+    /// landed while a layout switch was draining.
+    draining_at_reopen: u64,
 }
 
 fn describe(v: Option<&Vec<u8>>) -> String {
@@ -111,6 +114,14 @@ fn check_after_crash(
         .unwrap_or_else(|e| panic!("{what}: reopening after the crash failed: {e}"));
     let report = db.recovery_report();
     tally.wals_cut_short += u64::from(report.wal_cut_short.is_some());
+    // Before any read or background migration moves data on: did the crash land while a
+    // layout was still draining?
+    let draining = db
+        .layout()
+        .versions
+        .iter()
+        .any(|v| !v.is_target && v.files() > 0);
+    tally.draining_at_reopen += u64::from(draining);
     let got = dump(&db).unwrap_or_else(|e| panic!("{what}: scanning after the crash failed: {e}"));
 
     // Every value must be one the workload wrote for that very key.
@@ -352,6 +363,11 @@ fn kill_cycles(seed: u64, cycles: usize) {
     assert!(
         s.m >= 200 && tally.target_switches > 0,
         "the run never reached the layout switch: {tally:?}"
+    );
+    assert!(
+        tally.draining_at_reopen > 0,
+        "no kill landed while a layout was draining, so recovery mid-migration went untested: \
+         {tally:?}"
     );
 }
 

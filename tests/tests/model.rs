@@ -1283,6 +1283,20 @@ fn retiring_a_layout_with_forwarding_pointers_survives_reopen() {
     assert_eq!(db.get("z").unwrap().as_deref(), Some(&b"2"[..]));
 }
 
+/// After the flush of one lazily moved key: exactly one lazy move happened, and v1 holds
+/// the forwarding-pointer file it left (the state the rollback tests below start from).
+fn assert_forwarding_pointer_in_v1(db: &Db) {
+    assert_eq!(db.stats().lazy_moves, 1, "the read queued no lazy move");
+    let v1 = db
+        .layout()
+        .versions
+        .into_iter()
+        .find(|v| v.id == VersionId(1))
+        .expect("v1 is live");
+    let pointer_files: usize = v1.partitions.iter().map(|p| p.pointer_files).sum();
+    assert_eq!(pointer_files, 1, "no forwarding pointer in v1: {v1:?}");
+}
+
 /// Minimized from the model test (seed 3, default options: a snapshot lost keys): a
 /// forwarding pointer left in a layout that becomes the target again (rollback) outlives
 /// its meaning. The moved copy migrates back into that layout next to the original; when
@@ -1295,6 +1309,8 @@ fn forwarding_pointer_survives_a_rollback_without_losing_the_key() {
     let opts = Options {
         // No background migration: the test decides what migrates when.
         migration_bytes_per_sec: 0,
+        // The single read below must queue the lazy move (the default waits for a second).
+        move_on_first_read: true,
         ..Options::default()
     };
     let db = Db::open(dir.path(), opts).unwrap();
@@ -1311,6 +1327,7 @@ fn forwarding_pointer_survives_a_rollback_without_losing_the_key() {
     // Lazy move of "a" out of v1; the flush writes the copy into v2 and a pointer into v1.
     assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
     db.flush().unwrap();
+    assert_forwarding_pointer_in_v1(&db);
     // Rollback to v1: v2 drains back into v1 (and retires); v1 keeps its pointer file.
     db.set_target(VersionId(1)).unwrap();
     db.migrate_now(None).unwrap();
@@ -1335,6 +1352,8 @@ fn forwarding_pointer_after_rollback_does_not_resurrect_an_overwritten_value() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         migration_bytes_per_sec: 0,
+        // The single read below must queue the lazy move (the default waits for a second).
+        move_on_first_read: true,
         ..Options::default()
     };
     let db = Db::open(dir.path(), opts).unwrap();
@@ -1352,6 +1371,7 @@ fn forwarding_pointer_after_rollback_does_not_resurrect_an_overwritten_value() {
     db.set_target(v2).unwrap();
     assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"new"[..])); // lazy move of "new"
     db.flush().unwrap();
+    assert_forwarding_pointer_in_v1(&db);
     db.set_target(VersionId(1)).unwrap();
     db.migrate_now(None).unwrap();
     let v3 = db.register_partition_fn(hash(3, 2)).unwrap();

@@ -1081,6 +1081,92 @@ fn pointers_naming_a_version_their_copy_has_left_are_not_damage() {
     assert!(checks > 0);
 }
 
+/// The state the test above may reach, reached on purpose: v1 → v2 with lazy moves of the
+/// last keys (copies in v2, pointers in v1 naming v2) and new keys below all of v1's
+/// written into v2, then a retarget to v3, migrated one job at a time. Migration takes the
+/// draining file that starts lowest, so v2's files go first and v2 retires while v1 still
+/// holds both the moved keys' old values and the pointers naming v2. The consistency
+/// check after every job finds no problem, the data is right, and `verify --deep` passes.
+#[test]
+fn a_layout_retired_while_pointers_still_name_it_checks_clean() {
+    use sluice::inspect::{
+        check_consistency, verify_dir, ConsistencyOptions, NoProgress, VerifyOptions,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        partition: PartitionSpec::default(),
+        move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
+        migration_bytes_per_sec: 0,
+        ..Options::tiny()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let n = 4000u32;
+    for i in 0..n {
+        db.put(format!("k{i:05}"), format!("a{i}")).unwrap();
+    }
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(4, 1)).unwrap();
+    db.set_target(v2).unwrap();
+    for i in n - 200..n {
+        db.get(format!("k{i:05}")).unwrap();
+    }
+    for i in 0..100 {
+        db.put(format!("a{i:05}"), "new").unwrap();
+    }
+    db.flush().unwrap();
+    assert_eq!(
+        db.stats().lazy_moves,
+        200,
+        "test setup: the reads moved their values"
+    );
+    let v3 = db.register_partition_fn(hash(8, 2)).unwrap();
+    db.set_target(v3).unwrap();
+    let pointers_in_v1 = |db: &Db| -> Option<usize> {
+        let l = db.layout();
+        let v1 = l.versions.iter().find(|v| v.id == VersionId(1))?;
+        Some(v1.partitions.iter().map(|p| p.pointer_files).sum())
+    };
+    let mut reached = false;
+    let mut jobs = 0;
+    while !db.migration_progress().is_complete() {
+        assert!(jobs < 1000, "migration does not finish");
+        db.migrate_now(Some(1)).unwrap();
+        jobs += 1;
+        let retired = db.layout().retired.contains(&v2);
+        reached |= retired && pointers_in_v1(&db).is_some_and(|p| p > 0);
+        let c = check_consistency(&db, &ConsistencyOptions::default(), &mut |_| {}).unwrap();
+        assert!(
+            c.problems.is_empty(),
+            "after job {jobs} (v2 retired: {retired}): {:?}",
+            &c.problems[..c.problems.len().min(3)]
+        );
+    }
+    assert!(
+        reached,
+        "v2 never retired while v1 held pointers ({jobs} jobs): the state under test was not reached"
+    );
+    for i in 0..n {
+        assert_eq!(
+            db.get(format!("k{i:05}")).unwrap().as_deref(),
+            Some(format!("a{i}").as_bytes()),
+            "k{i:05}"
+        );
+    }
+    assert_eq!(db.get("a00099").unwrap().as_deref(), Some(&b"new"[..]));
+    db.close().unwrap();
+    let rep = verify_dir(
+        dir.path(),
+        &VerifyOptions {
+            deep: true,
+            sample_reads: None,
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(rep.errors().next().is_none(), "{:?}", rep.problems);
+}
+
 /// A draining layout's L0 can only shrink by migration: counted against the stall
 /// triggers, an L0 left at the stop trigger by the old target stopped every write for as
 /// long as migration was paused. Only the target's L0 counts now.

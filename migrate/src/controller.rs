@@ -560,8 +560,10 @@ impl Controller {
     /// The consistency check, then the reconciliation. A failure whose trigger is on rolls
     /// the migration back, and its reason is returned.
     fn run_checks(&mut self, when: &str) -> Result<(ConsistencyReport, Option<String>)> {
-        self.last_check = Instant::now();
         let report = consistency::check(&self.db, self.cfg.check)?;
+        // Timed from the end: a check that takes longer than the interval must not start
+        // the next one at once, walking every table without pause.
+        self.last_check = Instant::now();
         if !report.ok() && self.cfg.triggers.on_consistency_failure {
             let reason = format!(
                 "consistency check failed at {when}: {} ({} problem(s) in all)",
@@ -967,12 +969,17 @@ impl Controller {
         let progress = self.db.migration_progress();
         let mut rolled_back = None;
         let mut completed = false;
+        let finishing = complete && progress.is_complete();
         if self.rec.state == State::Migrating {
-            // Returns early only with an error (a failed gate has rolled back).
             self.fence()?;
-            self.canary()?;
+            let r = self.canary();
+            rolled_back = self.rolled_back_by(State::Migrating, r)?;
+            // Not when this tick finishes: `finish` runs the same checks.
             let due = |every: Duration| self.last_check.elapsed() >= every;
-            if self.cfg.triggers.periodic_check.is_some_and(due) {
+            if rolled_back.is_none()
+                && !finishing
+                && self.cfg.triggers.periodic_check.is_some_and(due)
+            {
                 rolled_back = self.run_checks("a periodic check")?.1;
             }
         }
@@ -1007,13 +1014,15 @@ impl Controller {
                     rolled_back = Some(reason);
                 }
             }
-            if complete && rolled_back.is_none() && progress.is_complete() {
-                self.finish()?;
-                completed = true;
+            if finishing && rolled_back.is_none() {
+                let (from, r) = (self.rec.state, self.finish());
+                rolled_back = self.rolled_back_by(from, r)?;
+                completed = rolled_back.is_none();
             }
         } else if complete && self.rec.state == State::Finalizing {
-            self.finish()?;
-            completed = true;
+            let r = self.finish();
+            rolled_back = self.rolled_back_by(State::Finalizing, r)?;
+            completed = rolled_back.is_none();
         }
         Ok(TickReport {
             state: self.rec.state,
@@ -1021,6 +1030,21 @@ impl Controller {
             rolled_back,
             completed,
         })
+    }
+
+    /// A gate's failure as a tick reports it: the reason, when the step (begun in state
+    /// `from`) failed because its gate rolled the migration back; any other error as is.
+    fn rolled_back_by(&self, from: State, r: Result<()>) -> Result<Option<String>> {
+        match r {
+            Ok(()) => Ok(None),
+            Err(Error::LayoutRefused(reason))
+                if self.rec.state != from
+                    && matches!(self.rec.state, State::Stable | State::RollingBack) =>
+            {
+                Ok(Some(reason))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Splits a hot partition of the target layout into `into` virtual sub-partitions by

@@ -922,6 +922,28 @@ fn a_periodic_check_in_tick_catches_a_reconciliation_change() {
     assert!(c.events().iter().any(|e| e.reason.contains(&reason)));
 }
 
+/// A tick that finishes the migration reports a rollback its `finish` gate made as it
+/// reports the other triggers' (`rolled_back`), not as an error: `sluice migrate run`
+/// exited 2 (a refused command) for it, 3 for the others.
+#[test]
+fn a_rollback_at_the_finishing_tick_is_reported_as_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = migrating(&db);
+    db.migrate_now(None).unwrap();
+    assert!(db.migration_progress().is_complete(), "test setup");
+    db.put(key(0), "999").unwrap(); // money from nowhere
+    let t = c.tick(None).unwrap();
+    let reason = t.rolled_back.expect("the finish gate rolled back");
+    assert!(
+        reason.contains("reconciliation changed at finish"),
+        "{reason}"
+    );
+    assert!(!t.completed);
+    assert_eq!(t.state, State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+}
+
 /// Retargeting to the candidate itself, or to the function the migration started from,
 /// is refused and changes nothing: the first would record a superseded candidate that is
 /// the target, the second is a rollback that would leave no way back pinned.

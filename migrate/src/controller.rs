@@ -701,7 +701,6 @@ impl Controller {
                 self.rec.state
             )));
         }
-        self.reconcile_gate("retarget")?;
         // The candidate itself changes nothing; the function the migration started from is
         // a rollback, which keeps that layout pinned as the way back.
         let (to, from) = {
@@ -725,6 +724,7 @@ impl Controller {
                 "{spec} is the function the migration started from (v{from}): roll back to return to it"
             )));
         }
+        self.reconcile_gate("retarget")?;
         let a = self.analyze(&spec)?;
         let biased = self.is_biased(&a);
         if biased && !force {

@@ -487,12 +487,15 @@ struct Done {
 struct Sample {
     engine: EngineCounters,
     os_write: Option<u64>,
+    /// The workload's peak resident set so far (see [`report::workload_peak_rss_mb`]).
+    workload_peak_rss_mb: Option<f64>,
 }
 
 fn sample<K: Kv>(kv: &K) -> Sample {
     Sample {
         engine: kv.counters(),
         os_write: report::os_write_bytes(),
+        workload_peak_rss_mb: report::workload_peak_rss_mb(),
     }
 }
 
@@ -573,7 +576,8 @@ fn build_report(
         disk_bytes: report::disk_bytes(dir)?,
         start_rss_mb: report::start_rss_mb(),
         peak_rss_mb: report::peak_rss_mb(),
-        workload_peak_rss_mb: report::workload_peak_rss_mb(),
+        // As the workload ended, before the settle's background work.
+        workload_peak_rss_mb: after.workload_peak_rss_mb,
         stall_ms: stall.map(|s| s as f64 / 1000.0),
         wal_syncs: diff(after.engine.wal_syncs, before.engine.wal_syncs),
         key_size: settings.key_size,

@@ -838,11 +838,17 @@ fn a_torn_record_holding_record_shaped_bytes_is_a_torn_tail() {
         at > torn_at as usize,
         "test setup: the memo is in the last edit"
     );
-    for cut in [at + 10, at + 30, at + memo.len() - 4, data.len() - 1] {
-        let what = format!("manifest cut at {cut} (memo at {at})");
-        let dir = root.path().join(format!("manifest-{cut}"));
+    // Cuts through the memo, just after its embedded record, one byte short of the end;
+    // or (None) the last edit's length field flipped, so that the reader searches it.
+    let cuts = [at + 10, at + 30, at + memo.len() - 4, data.len() - 1].map(Some);
+    for cut in cuts.into_iter().chain([None]) {
+        let what = format!("manifest cut at {cut:?} (memo at {at}; none: its length flipped)");
+        let dir = root.path().join(format!("manifest-{cut:?}"));
         copy_dir(&pristine, &dir);
-        patch(&dir.join(name(&manifest)), |b| b.truncate(cut));
+        patch(&dir.join(name(&manifest)), |b| match cut {
+            Some(cut) => b.truncate(cut),
+            None => b[torn_at as usize] ^= 0x01,
+        });
         let db = Db::open(&dir, Options::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(
             db.recovery_report()

@@ -205,9 +205,11 @@ pub fn run<K: Kv>(
             harness(s, total, |t| {
                 let mut k = kit(t);
                 let first = split[..t].iter().sum::<u64>();
-                move |i| {
+                move |i, sw: &mut Stopwatch| {
                     write_key(&mut k.key, first + i);
-                    put(db, &k.key, k.values.next(s.value_size))
+                    let v = k.values.next(s.value_size);
+                    sw.start();
+                    put(db, &k.key, v)
                 }
             })?
         }
@@ -218,41 +220,48 @@ pub fn run<K: Kv>(
             harness(s, total, |t| {
                 let mut k = kit(t);
                 let first = split[..t].iter().sum::<u64>();
-                move |i| {
+                move |i, sw: &mut Stopwatch| {
                     write_key(&mut k.key, perm.get(first + i));
-                    put(db, &k.key, k.values.next(s.value_size))
+                    let v = k.values.next(s.value_size);
+                    sw.start();
+                    put(db, &k.key, v)
                 }
             })?
         }
         Workload::Overwrite => harness(s, total, |t| {
             let mut k = kit(t);
-            move |_| {
+            move |_, sw: &mut Stopwatch| {
                 let i = k.pick();
                 write_key(&mut k.key, i);
-                put(db, &k.key, k.values.next(s.value_size))
+                let v = k.values.next(s.value_size);
+                sw.start();
+                put(db, &k.key, v)
             }
         })?,
         Workload::ReadRandom => harness(s, total, |t| {
             let mut k = kit(t);
-            move |_| {
+            move |_, sw: &mut Stopwatch| {
                 let i = k.pick();
                 write_key(&mut k.key, i);
+                sw.start();
                 Ok(db.get(&k.key)? as u64)
             }
         })?,
         Workload::ReadMissing => harness(s, total, |t| {
             let mut k = kit(t);
-            move |_| {
+            move |_, sw: &mut Stopwatch| {
                 let i = k.pick();
                 write_missing_key(&mut k.key, i);
+                sw.start();
                 Ok(db.get(&k.key)? as u64)
             }
         })?,
         Workload::SeekRandom => harness(s, total, |t| {
             let mut k = kit(t);
-            move |_| {
+            move |_, sw: &mut Stopwatch| {
                 let i = k.pick();
                 write_key(&mut k.key, i);
+                sw.start();
                 db.scan(&k.key, SCAN_LENGTH)
             }
         })?,
@@ -280,7 +289,7 @@ pub fn run<K: Kv>(
             harness(s, total, |t| {
                 let mut k = kit(t);
                 let mut other = vec![0; s.key_size];
-                move |_| {
+                move |_, sw: &mut Stopwatch| {
                     let a = k.pick();
                     // A second, distinct account from the same distribution.
                     let mut b = k.pick();
@@ -293,6 +302,7 @@ pub fn run<K: Kv>(
                     }
                     write_key(&mut k.key, a);
                     write_key(&mut other, b);
+                    sw.start();
                     match (workload, sluice) {
                         (Workload::TxnTransfer, Some(sdb)) => txn_transfer(
                             sdb,
@@ -404,13 +414,14 @@ fn read_while_writing<K: Kv>(db: &K, s: &Settings, workload_index: usize) -> Ben
         });
         let readers = harness(s, s.reads, |t| {
             let mut k = ThreadKit::new(s, workload_index, t);
-            move |_| {
+            move |_, sw: &mut Stopwatch| {
                 // Stop reading at once rather than report reads measured without writes.
                 if writer_failed.load(Ordering::Relaxed) {
                     return Err("background writer failed".into());
                 }
                 let i = k.pick();
                 write_key(&mut k.key, i);
+                sw.start();
                 Ok(db.get(&k.key)? as u64)
             }
         });
@@ -485,14 +496,28 @@ where
     Ok((seconds, out))
 }
 
+/// When an operation's measured latency starts: the operation calls [`Stopwatch::start`]
+/// once its inputs (key, value) are made, just before it calls the engine, so that a
+/// latency is the engine's alone. (Throughput is wall-clock time over every operation,
+/// generation included, as db_bench counts it.)
+pub(crate) struct Stopwatch(Instant);
+
+impl Stopwatch {
+    #[inline]
+    pub fn start(&mut self) {
+        self.0 = Instant::now();
+    }
+}
+
 /// Runs `total` operations over `s.threads` threads. `make(thread)` builds a thread's
 /// operation closure (outside the timed region); the closure gets the operation's index
-/// within its thread and returns how many hits it saw. Every thread starts on one barrier so
-/// the wall-clock time covers only concurrent work; an error in any thread stops them all.
+/// within its thread and a [`Stopwatch`] to start before its engine call, and returns how
+/// many hits it saw. Every thread starts on one barrier so the wall-clock time covers only
+/// concurrent work; an error in any thread stops them all.
 pub(crate) fn harness<F, Op>(s: &Settings, total: u64, make: F) -> BenchResult<Measured>
 where
     F: Fn(usize) -> Op + Sync,
-    Op: FnMut(u64) -> BenchResult<u64>,
+    Op: FnMut(u64, &mut Stopwatch) -> BenchResult<u64>,
 {
     let split = split_ops(total, s.threads);
     let failed = AtomicBool::new(false);
@@ -506,18 +531,18 @@ where
             if failed.load(Ordering::Relaxed) {
                 break;
             }
-            let began = Instant::now();
-            if deadline.is_some_and(|d| began >= d) {
+            let mut sw = Stopwatch(Instant::now());
+            if deadline.is_some_and(|d| sw.0 >= d) {
                 break;
             }
-            match op(done) {
+            match op(done, &mut sw) {
                 Ok(h) => hits += h,
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
             }
-            latency.record(began.elapsed().as_nanos() as u64);
+            latency.record(sw.0.elapsed().as_nanos() as u64);
             done += 1;
         }
         Ok((latency, hits, done))
@@ -536,4 +561,48 @@ where
         found: Some(hits),
         background_writes: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(threads: usize) -> Settings {
+        Settings {
+            num: 8,
+            reads: 8,
+            key_size: 16,
+            value_size: 100,
+            threads,
+            write_options: WriteOptions::default(),
+            duration: None,
+            seed: 1,
+            chooser: KeyChooser::new(crate::keys::Distribution::Uniform, 8, 1),
+        }
+    }
+
+    /// An operation's latency runs from its stopwatch start, not from the harness's call:
+    /// what an operation does before it (making its key and value) is not the engine's
+    /// time. Each operation here spends 5 ms before the start and nothing after it.
+    #[test]
+    fn latency_counts_only_what_follows_the_stopwatch_start() {
+        let before = Duration::from_millis(5);
+        let m = harness(&settings(2), 8, |_| {
+            move |_, sw: &mut Stopwatch| {
+                std::thread::sleep(before);
+                sw.start();
+                Ok(1)
+            }
+        })
+        .unwrap();
+        assert_eq!((m.ops, m.found), (8, Some(8)));
+        assert_eq!(m.latency.count(), 8);
+        assert!(
+            m.latency.max_us() < 2_500.0,
+            "latency {} µs includes the time before the start",
+            m.latency.max_us()
+        );
+        // Throughput covers the whole of every operation: 4 per thread, 5 ms each.
+        assert!(m.seconds >= 0.02, "{} s", m.seconds);
+    }
 }

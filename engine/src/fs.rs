@@ -383,8 +383,9 @@ struct FaultState {
     /// Operations held until [`FaultFs::release_held`]: (operation, path substring,
     /// thread-name prefix).
     holds: Vec<(FsOp, String, String)>,
-    /// Threads waiting in a held operation now.
-    held: usize,
+    /// The names of the threads waiting in a held operation now, with its path (one
+    /// element per wait).
+    held: Vec<(String, PathBuf)>,
     /// Every file removed, with the name of the thread that removed it.
     removals: Vec<(PathBuf, String)>,
     /// For each directory, the changes to its entries since it was last fsynced, oldest
@@ -537,9 +538,16 @@ impl FaultFs {
         self.state.lock().removals.clone()
     }
 
-    /// How many threads wait in a held fsync now.
+    /// How many threads wait in a held operation now.
     pub fn held(&self) -> usize {
-        self.state.lock().held
+        self.state.lock().held.len()
+    }
+
+    /// Who waits in a held operation now: each waiting thread's name (empty for an
+    /// unnamed one) and the file it waits on. Lets a test show that a job reached the
+    /// operation it holds, not merely that it did nothing while held.
+    pub fn held_by(&self) -> Vec<(String, PathBuf)> {
+        self.state.lock().held.clone()
     }
 
     /// Waits while operations `op` on `path` by this thread are held.
@@ -563,11 +571,14 @@ impl FaultFs {
         if !holds(&st) {
             return;
         }
-        st.held += 1;
+        let me = (thread.name().unwrap_or("").to_string(), path.to_path_buf());
+        st.held.push(me.clone());
         while holds(&st) {
             self.released.wait(&mut st);
         }
-        st.held -= 1;
+        if let Some(i) = st.held.iter().position(|h| *h == me) {
+            st.held.swap_remove(i);
+        }
     }
 
     /// An fsync of `path` through `sync`, with the faults, holds and delay armed for it.

@@ -2052,7 +2052,18 @@ fn a_flush_makes_its_wal_durable_before_writing_its_table() {
     fs.hold_syncs("MANIFEST", "sluice-flush");
     let mut keys = vec!["k00000".to_string()];
     put_synced(&db, "k00000");
+    let rotated = newest_wal(dir.path()).unwrap();
     put_until_rotation(&db, dir.path(), &mut keys);
+    // The rotated WAL's sync is held (in the background syncer, or in the flush if it took
+    // that sync first): the flush cannot have made it durable.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs.held_by().iter().any(|(_, p)| *p == rotated) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the rotated WAL's sync never began"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Time for the flush to reach its table (and, were it not waiting for the WAL, the
     // manifest edit held above).
     std::thread::sleep(Duration::from_millis(300));

@@ -499,13 +499,14 @@ where
 /// When an operation's measured latency starts: the operation calls [`Stopwatch::start`]
 /// once its inputs (key, value) are made, just before it calls the engine, so that a
 /// latency is the engine's alone. (Throughput is wall-clock time over every operation,
-/// generation included, as db_bench counts it.)
-pub(crate) struct Stopwatch(Instant);
+/// generation included, as db_bench counts it.) The clock is read twice per operation,
+/// at the start and at the end (a third time under `--duration-secs`).
+pub(crate) struct Stopwatch(Option<Instant>);
 
 impl Stopwatch {
     #[inline]
     pub fn start(&mut self) {
-        self.0 = Instant::now();
+        self.0 = Some(Instant::now());
     }
 }
 
@@ -531,10 +532,10 @@ where
             if failed.load(Ordering::Relaxed) {
                 break;
             }
-            let mut sw = Stopwatch(Instant::now());
-            if deadline.is_some_and(|d| sw.0 >= d) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
+            let mut sw = Stopwatch(None);
             match op(done, &mut sw) {
                 Ok(h) => hits += h,
                 Err(e) => {
@@ -542,7 +543,11 @@ where
                     return Err(e);
                 }
             }
-            latency.record(sw.0.elapsed().as_nanos() as u64);
+            let Some(began) = sw.0 else {
+                failed.store(true, Ordering::Relaxed);
+                return Err("internal: an operation did not start its stopwatch".into());
+            };
+            latency.record(began.elapsed().as_nanos() as u64);
             done += 1;
         }
         Ok((latency, hits, done))

@@ -1209,7 +1209,7 @@ fn verify_once(
             r.map(|r| r.size)
                 .unwrap_or_else(|| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         })
-        .sum();
+        .fold(0, u64::saturating_add);
     progress.phase("sstables", Some(total), "bytes");
     // Tables are independent: check them on every core, then report in file order.
     let check_one =

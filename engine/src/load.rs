@@ -83,7 +83,7 @@ impl LoadStats {
         self.reads
             .iter()
             .zip(&self.writes)
-            .map(|(r, w)| r + w)
+            .map(|(r, w)| r.saturating_add(*w))
             .collect()
     }
 
@@ -303,6 +303,21 @@ mod tests {
 
     use super::Limit;
     use crate::{Db, Options};
+
+    /// A caller may build `LoadStats` itself (its fields are public): a count at the top
+    /// of u64 saturates the sum instead of overflowing it.
+    #[test]
+    fn operation_counts_saturate() {
+        let s = super::LoadStats {
+            version: None,
+            spec: crate::PartitionSpec::Range { boundaries: vec![] },
+            reads: vec![u64::MAX, 2],
+            writes: vec![1, 3],
+            write_bytes: vec![0, 0],
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(s.ops(), vec![u64::MAX, 5]);
+    }
 
     /// Writers queued behind a partition limit that is lifted and set again before they
     /// wake hold tickets of the old limit; the new one numbers its tickets from 0, so they

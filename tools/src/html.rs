@@ -72,7 +72,13 @@ pub fn info_page(st: &DirState, sum: &Summary) -> String {
     card(
         &mut h,
         "WAL",
-        &size(st.wals.iter().filter(|w| w.live).map(|w| w.size).sum()),
+        &size(
+            st.wals
+                .iter()
+                .filter(|w| w.live)
+                .map(|w| w.size)
+                .fold(0, u64::saturating_add),
+        ),
     );
     h.push_str("</div>");
 

@@ -1601,3 +1601,75 @@ fn unwritable_output_never_panics() {
     assert_eq!(status(&["get", d, "no-such-key"], false), Some(1));
     assert_eq!(status(&["info", "/nonexistent-sluice-dir"], false), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------
+// Totals past u64 in a manifest that passes its per-file limits
+
+/// A directory whose manifest is well formed and whose every file record is within the
+/// per-file limits (a table of 2^40 bytes and 2^53 entries), but whose totals pass u64:
+/// v1 (range) and v2 (hash:2) drain into v3 (hash:2), each draining version with 1,024
+/// forwarding-pointer tables and v3's partition 0 with 2,048 data tables. The tables
+/// themselves are empty files.
+fn directory_of_huge_totals() -> tempfile::TempDir {
+    use sluice::manifest::{EditRecord, FileRecord, ManifestWriter, VersionEdit};
+    use sluice::sst::TableKind;
+    use sluice::PartitionSpec;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hash = PartitionSpec::Hash {
+        partitions: 2,
+        seed: 0,
+        hashed_prefix: None,
+    };
+    let range = PartitionSpec::Range { boundaries: vec![] };
+    let mut e = VersionEdit::default();
+    e.push(EditRecord::LogNumber(1));
+    e.push(EditRecord::LastSeqno(1));
+    for (id, spec) in [(1, &range), (2, &hash), (3, &hash)] {
+        e.push(EditRecord::RegisterLayout {
+            id,
+            spec: spec.to_bytes(),
+        });
+        e.push(EditRecord::SetTarget(id));
+    }
+    let mut number = 10;
+    let mut add = |e: &mut VersionEdit, layout_version, kind, n| {
+        for _ in 0..n {
+            std::fs::write(d.join(format!("{number:06}.sst")), b"").unwrap();
+            e.push(EditRecord::AddFile(FileRecord {
+                number,
+                size: 1 << 40,
+                layout_version,
+                partition: 0,
+                level: 6,
+                kind,
+                smallest: format!("k{number:08}").into(),
+                largest: format!("k{number:08}").into(),
+                min_seqno: 1,
+                max_seqno: 1,
+                entries: 1 << 53,
+            }));
+            number += 1;
+        }
+    };
+    add(&mut e, 1, TableKind::Pointers, 1024);
+    add(&mut e, 2, TableKind::Pointers, 1024);
+    add(&mut e, 3, TableKind::Data, 2048);
+    e.push(EditRecord::NextFile(number + 1));
+    ManifestWriter::create(&sluice::fs::StdFs, d, 1, &e).unwrap();
+    dir
+}
+
+/// `info` and `partitions` add such totals up without overflowing (a debug build of the
+/// tool panicked on them, a release build wrapped and printed a wrong count).
+#[test]
+fn totals_past_u64_are_summed_without_overflow() {
+    let dir = directory_of_huge_totals();
+    let d = dir.path();
+    for args in [&["info", "{DIR}"][..], &["partitions", "{DIR}"]] {
+        let (c, out, err) = run(d, args);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(c, 0, "{args:?}:\n{out}\n{err}");
+    }
+}

@@ -173,7 +173,11 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 .iter()
                 .map(|d| format!("v{} {} files ({})", d.version, d.files_left, size(d.bytes_left)))
                 .collect();
-            let ptrs: u64 = m.draining.iter().map(|d| d.forwarding_pointers).sum();
+            let ptrs = m
+                .draining
+                .iter()
+                .map(|d| d.forwarding_pointers)
+                .fold(0, u64::saturating_add);
             writeln!(
                 out,
                 "Migration   migrating to v{}: {} of live data bytes in the target; left: {}; {} forwarding pointer{}",

@@ -202,7 +202,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             "  hottest      {}",
             if hot.is_empty() { "-".to_string() } else { hot.join(", ") }
         )?;
-        if !args.no_chart && v.partitions > 1 && v.partition_stats.iter().any(|p| p.entries + p.bytes > 0) {
+        if !args.no_chart && v.partitions > 1 && v.partition_stats.iter().any(|p| p.entries > 0 || p.bytes > 0) {
             let counts: Vec<u64> = v
                 .partition_stats
                 .iter()

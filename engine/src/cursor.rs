@@ -22,7 +22,7 @@ use crate::sst::block::{entry_error, Block};
 use crate::sst::reader::{Fill, Readahead};
 use crate::sst::Table;
 use crate::types::{cmp_keys, key_prefix, Entry, Kind};
-use crate::version::FileMeta;
+use crate::version::{FileMeta, PartitionFiles};
 
 /// The entry a table cursor sits on, as offsets into its block.
 #[derive(Clone, Copy)]
@@ -49,7 +49,7 @@ const NOWHERE: At = At {
 pub(crate) struct TableCursor {
     table: Arc<Table>,
     /// The run's tables after `table`, in walk order.
-    rest: std::vec::IntoIter<Arc<Table>>,
+    rest: Option<LevelWalk>,
     range: KeyRange,
     dir: Direction,
     fill_cache: bool,
@@ -72,21 +72,21 @@ impl TableCursor {
         dir: Direction,
         fill_cache: bool,
     ) -> Result<TableCursor> {
-        TableCursor::run(table, Vec::new(), range, dir, fill_cache)
+        TableCursor::run(table, None, range, dir, fill_cache)
     }
 
-    /// A cursor over `first` and then `rest` (non-overlapping, in walk order) as one sorted
-    /// run, positioned on the first entry of `range` in direction `dir`.
+    /// A cursor over `first` and then the tables `rest` reaches (non-overlapping, in walk
+    /// order) as one sorted run, positioned on the first entry of `range` in direction `dir`.
     fn run(
         first: Arc<Table>,
-        rest: Vec<Arc<Table>>,
+        rest: Option<LevelWalk>,
         range: KeyRange,
         dir: Direction,
         fill_cache: bool,
     ) -> Result<TableCursor> {
         let mut c = TableCursor {
             table: first,
-            rest: rest.into_iter(),
+            rest,
             range,
             dir,
             fill_cache,
@@ -106,10 +106,10 @@ impl TableCursor {
     /// an entry in range.
     fn next_table_if_done(&mut self) -> Result<()> {
         while !self.valid {
-            let Some(t) = self.rest.next() else {
+            let Some(f) = self.rest.as_mut().and_then(|w| w.next_file(&self.range)) else {
                 return Ok(());
             };
-            self.table = t;
+            self.table = f.table.clone();
             // The position goes with the block: an entry of the last table must not be
             // looked up in the next one's (a seek that finds nothing loads no block).
             self.block = Block::empty();
@@ -309,10 +309,93 @@ impl TableCursor {
             }
             Direction::Backward => self.step_back()?,
         }
-        if !self.valid && self.rest.len() > 0 {
+        if !self.valid && self.rest.as_ref().is_some_and(|w| !w.done()) {
             self.next_table_if_done()?;
         }
         Ok(())
+    }
+}
+
+/// The files of one level of a partition that a walk over a key range visits, handed out
+/// in walk order as the walk reaches them: files with keys of the range (they are sorted
+/// and do not overlap, so these are consecutive), less those written after the snapshot.
+pub(crate) struct LevelWalk {
+    part: Arc<PartitionFiles>,
+    level: usize,
+    snapshot: u64,
+    dir: Direction,
+    /// Forward: the index of the next file. Backward: one past it.
+    next: usize,
+}
+
+impl LevelWalk {
+    fn new(
+        part: Arc<PartitionFiles>,
+        level: usize,
+        range: &KeyRange,
+        snapshot: u64,
+        dir: Direction,
+    ) -> LevelWalk {
+        let files = &part.levels[level];
+        let next = match dir {
+            // The first file not wholly below the range.
+            Direction::Forward => files.partition_point(|f| match &range.start {
+                Bound::Included(s) => f.largest.as_ref() < s.as_ref(),
+                Bound::Excluded(s) => f.largest.as_ref() <= s.as_ref(),
+                Bound::Unbounded => false,
+            }),
+            // One past the last file not wholly above it.
+            Direction::Backward => files.partition_point(|f| match &range.end {
+                Bound::Included(e) => f.smallest.as_ref() <= e.as_ref(),
+                Bound::Excluded(e) => f.smallest.as_ref() < e.as_ref(),
+                Bound::Unbounded => true,
+            }),
+        };
+        LevelWalk {
+            part,
+            level,
+            snapshot,
+            dir,
+            next,
+        }
+    }
+
+    /// The next file of the walk, if any.
+    fn next_file(&mut self, range: &KeyRange) -> Option<Arc<FileMeta>> {
+        let files = &self.part.levels[self.level];
+        loop {
+            let f = match self.dir {
+                Direction::Forward => {
+                    let f = files.get(self.next)?;
+                    self.next += 1;
+                    f
+                }
+                Direction::Backward => {
+                    self.next = self.next.checked_sub(1)?;
+                    &files[self.next]
+                }
+            };
+            // Sorted and disjoint: the first file past the range ends the walk.
+            if !range.overlaps(&f.smallest, &f.largest) {
+                self.next = match self.dir {
+                    Direction::Forward => files.len(),
+                    Direction::Backward => 0,
+                };
+                return None;
+            }
+            if f.min_seqno <= self.snapshot {
+                return Some(f.clone());
+            }
+        }
+    }
+
+    /// Whether the walk has handed out its last file (it may also turn out to have when
+    /// the next file is past the range).
+    fn done(&self) -> bool {
+        match self.dir {
+            Direction::Forward => self.next >= self.part.levels[self.level].len(),
+            Direction::Backward => self.next == 0,
+        }
     }
 }
 
@@ -352,24 +435,34 @@ impl Source {
         )?))
     }
 
-    /// A level's tables over `range`, positioned: `files` are sorted by key, do not overlap,
-    /// and each may hold keys in the range. `None` if there are none.
+    /// Level `level` of partition `part` over `range` at `snapshot`, positioned; with the
+    /// file the walk starts in (the one its seek lands in). `None` if no file of the level
+    /// holds keys of the range visible at the snapshot. The first file is found by a binary
+    /// search and the others are reached as the walk gets to them, so a seek costs the same
+    /// in a level of five files or of fifty thousand.
     pub fn level(
-        files: &[&Arc<FileMeta>],
+        part: &Arc<PartitionFiles>,
+        level: usize,
         range: &KeyRange,
+        snapshot: u64,
         dir: Direction,
         fill_cache: bool,
-    ) -> Result<Option<Source>> {
-        let mut tables: Vec<Arc<Table>> = files.iter().map(|f| f.table.clone()).collect();
-        if dir == Direction::Backward {
-            tables.reverse();
-        }
-        if tables.is_empty() {
+    ) -> Result<Option<(Source, Arc<FileMeta>)>> {
+        if part.levels[level].is_empty() {
             return Ok(None);
         }
-        let first = tables.remove(0);
-        TableCursor::run(first, tables, range.clone(), dir, fill_cache)
-            .map(|c| Some(Source::Table(c)))
+        let mut walk = LevelWalk::new(part.clone(), level, range, snapshot, dir);
+        let Some(first) = walk.next_file(range) else {
+            return Ok(None);
+        };
+        let c = TableCursor::run(
+            first.table.clone(),
+            Some(walk),
+            range.clone(),
+            dir,
+            fill_cache,
+        )?;
+        Ok(Some((Source::Table(c), first)))
     }
 
     pub fn mem(m: Arc<MemTable>, range: &KeyRange, dir: Direction) -> Source {
@@ -623,10 +716,29 @@ impl MergeCursor {
 mod tests {
     use super::*;
 
-    /// A run whose tables are out of order (bytes that lie about their keys, which the
-    /// manifest and the tables' own checks cannot all rule out) may leave a cursor with no
-    /// entry after it moved past a table whose entry it decoded: merging it is then an
-    /// empty source, not an entry of the earlier table read against an empty block.
+    /// Key bounds a file record claims for its table, instead of the table's own.
+    type Claimed<'a> = Option<(&'a str, &'a str)>;
+
+    /// A partition whose level 1 is `tables` in this order, each with the key bounds its
+    /// record claims (its own, unless given).
+    fn level_of(tables: Vec<(Arc<Table>, Claimed)>) -> Arc<PartitionFiles> {
+        let deleter = crate::obsolete::FileDeleter::new(Arc::new(crate::fs::StdFs));
+        let mut part = PartitionFiles::default();
+        for (t, bounds) in tables {
+            let mut f = FileMeta::new(t, 1, deleter.clone());
+            if let Some((lo, hi)) = bounds {
+                f.smallest = Bytes::copy_from_slice(lo.as_bytes());
+                f.largest = Bytes::copy_from_slice(hi.as_bytes());
+            }
+            part.levels[1].push(Arc::new(f));
+        }
+        Arc::new(part)
+    }
+
+    /// A run whose records lie about their tables' keys (which the manifest and the tables'
+    /// own checks cannot all rule out) may leave a cursor with no entry after it moved past
+    /// a table whose entry it decoded: merging it is then an empty source, not an entry of
+    /// the earlier table read against an empty block.
     #[test]
     fn a_run_cursor_that_finds_nothing_in_its_next_table_holds_no_stale_entry() {
         use crate::fs::StdFs;
@@ -651,11 +763,99 @@ mod tests {
             start: Bound::Included(Bytes::from_static(b"l")),
             end: Bound::Excluded(Bytes::from_static(b"l5")),
         };
-        let c = TableCursor::run(m, vec![a], range, Direction::Forward, true).unwrap();
-        assert!(!c.valid);
+        // Records claiming the range's start for both tables, "m..." first.
+        let part = level_of(vec![(m, Some(("k", "l1"))), (a, Some(("l2", "l3")))]);
+        let (c, _) = Source::level(&part, 1, &range, u64::MAX, Direction::Forward, true)
+            .unwrap()
+            .unwrap();
+        assert!(!c.valid());
         assert_eq!(c.key(), b"");
-        let merged = MergeCursor::new(vec![Source::Table(c)], Direction::Forward);
+        let merged = MergeCursor::new(vec![c], Direction::Forward);
         assert!(!merged.valid());
+    }
+
+    /// A level walk finds its first file by a binary search and reaches the others as it
+    /// goes: over ranges bounded inside files, at their edges, in the gaps between them
+    /// and not at all, in both directions, it yields exactly the keys in range of the files
+    /// the snapshot can see (a file written after it is skipped whole), in order, and starts
+    /// in the file its seek lands in.
+    #[test]
+    fn a_level_walk_visits_the_files_of_its_range_in_order() {
+        use crate::fs::StdFs;
+        use crate::sst::Compression;
+        let dir = tempfile::tempdir().unwrap();
+        // Ten tables of ten keys each: table j holds k{10j}0..k{10j+9}0 (even tens, so that
+        // k..5 keys fall between keys and k{10j+9}5 between tables), seqnos from 100j + 1.
+        let key = |n: u64| format!("k{n:03}0");
+        let mut tables = Vec::new();
+        for j in 0..10u64 {
+            let entries: Vec<Entry> = (0..10u64)
+                .map(|i| Entry {
+                    key: Bytes::from(key(10 * j + i)),
+                    seqno: 100 * j + i + 1,
+                    kind: Kind::Value,
+                    value: Bytes::from_static(b"v"),
+                })
+                .collect();
+            let path = dir.path().join(format!("{:06}.sst", j + 1));
+            crate::sst::tests::write_sized(&path, &entries, Compression::None, false, 4096);
+            let t = Arc::new(crate::sst::Table::open(&StdFs, &path, j + 1, None).unwrap());
+            tables.push((t, None));
+        }
+        let part = level_of(tables);
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let bounds = |k: &str| {
+            [
+                Bound::Included(b(k)),
+                Bound::Excluded(b(k)),
+                Bound::Unbounded,
+            ]
+        };
+        let edges = [
+            "k0000", "k0095", "k0100", "k0190", "k0255", "k0990", "k1000", "a", "z",
+        ];
+        for snapshot in [u64::MAX, 250, 0] {
+            for lo in edges {
+                for hi in edges {
+                    for (start, end) in bounds(lo)
+                        .into_iter()
+                        .flat_map(|s| bounds(hi).into_iter().map(move |e| (s.clone(), e)))
+                    {
+                        let range = KeyRange { start, end };
+                        let want: Vec<String> = (0..100u64)
+                            .filter(|n| (n / 10) * 100 < snapshot) // a table's first seqno is 100j + 1
+                            .map(key)
+                            .filter(|k| range.contains(k.as_bytes()))
+                            .collect();
+                        for dir in [Direction::Forward, Direction::Backward] {
+                            let mut got = Vec::new();
+                            let mut first = None;
+                            if let Some((mut c, f)) =
+                                Source::level(&part, 1, &range, snapshot, dir, true).unwrap()
+                            {
+                                first = Some(f.number);
+                                while c.valid() {
+                                    got.push(String::from_utf8(c.key().to_vec()).unwrap());
+                                    c.advance().unwrap();
+                                }
+                            }
+                            let mut want = want.clone();
+                            if dir == Direction::Backward {
+                                want.reverse();
+                            }
+                            let what = format!("{range:?} {dir:?} at {snapshot}");
+                            assert_eq!(got, want, "{what}");
+                            // The walk starts in the file of its first key (or, when none of
+                            // the range's keys is visible, nowhere or in a file that has none).
+                            if let Some(k) = want.first() {
+                                let n: u64 = k[1..4].parse().unwrap();
+                                assert_eq!(first, Some(n / 10 + 1), "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// A walk that leaves the block cache alone (a compaction's) reads a
@@ -751,9 +951,18 @@ mod tests {
             tables.push(t);
             all.extend(es);
         }
-        let first = tables.remove(0);
-        let c =
-            TableCursor::run(first, tables, KeyRange::all(), Direction::Forward, false).unwrap();
+        let part = level_of(tables.into_iter().map(|t| (t, None)).collect());
+        let c = match Source::level(
+            &part,
+            1,
+            &KeyRange::all(),
+            u64::MAX,
+            Direction::Forward,
+            false,
+        ) {
+            Ok(Some((Source::Table(c), _))) => c,
+            _ => panic!("no cursor over the level"),
+        };
         assert_eq!(drain(c, &all).unwrap(), all.len());
     }
 

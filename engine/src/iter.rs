@@ -477,35 +477,26 @@ pub(crate) fn build_sources(
             };
             let first = out.len();
             // The file each sorted run of the partition is sought in, shallowest first.
-            let mut sought: Vec<&Arc<crate::version::FileMeta>> = Vec::new();
+            let mut sought: Vec<Arc<crate::version::FileMeta>> = Vec::new();
             for f in &part.levels[0] {
                 if f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest) {
                     let s = Source::table(f, range, dir, true)?;
-                    sought.push(f);
+                    sought.push(f.clone());
                     if s.valid() {
                         out.push(s);
                     }
                 }
             }
             let mut deepest = None;
-            for level in part.levels.iter().skip(1) {
-                let files: Vec<&Arc<crate::version::FileMeta>> = level
-                    .iter()
-                    .filter(|f| f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest))
-                    .collect();
-                // The file the seek lands in.
-                let at = match dir {
-                    Direction::Forward => files.first().copied(),
-                    Direction::Backward => files.last().copied(),
-                };
-                let Some(s) = Source::level(&files, range, dir, true)? else {
+            for level in 1..part.levels.len() {
+                let Some((s, at)) = Source::level(part, level, range, snapshot, dir, true)? else {
                     continue;
                 };
                 if s.valid() {
                     out.push(s);
                 }
                 if let Some(prev) = deepest.replace(at) {
-                    sought.extend(prev);
+                    sought.push(prev);
                 }
             }
             // A scan that had to seek more than one sorted run of the partition counts against

@@ -339,17 +339,9 @@ impl LevelWalk {
         let files = &part.levels[level];
         let next = match dir {
             // The first file not wholly below the range.
-            Direction::Forward => files.partition_point(|f| match &range.start {
-                Bound::Included(s) => f.largest.as_ref() < s.as_ref(),
-                Bound::Excluded(s) => f.largest.as_ref() <= s.as_ref(),
-                Bound::Unbounded => false,
-            }),
+            Direction::Forward => files.partition_point(|f| range.starts_after(&f.largest)),
             // One past the last file not wholly above it.
-            Direction::Backward => files.partition_point(|f| match &range.end {
-                Bound::Included(e) => f.smallest.as_ref() <= e.as_ref(),
-                Bound::Excluded(e) => f.smallest.as_ref() < e.as_ref(),
-                Bound::Unbounded => true,
-            }),
+            Direction::Backward => files.partition_point(|f| !range.ends_before(&f.smallest)),
         };
         LevelWalk {
             part,
@@ -362,19 +354,26 @@ impl LevelWalk {
 
     /// The next file of the walk, if any.
     fn next_file(&mut self, range: &KeyRange) -> Option<Arc<FileMeta>> {
+        self.next_index(range)
+            .map(|i| self.part.levels[self.level][i].clone())
+    }
+
+    /// The index in the level of the next file of the walk, if any.
+    fn next_index(&mut self, range: &KeyRange) -> Option<usize> {
         let files = &self.part.levels[self.level];
         loop {
-            let f = match self.dir {
+            let i = match self.dir {
                 Direction::Forward => {
-                    let f = files.get(self.next)?;
+                    let i = self.next;
                     self.next += 1;
-                    f
+                    i
                 }
                 Direction::Backward => {
                     self.next = self.next.checked_sub(1)?;
-                    &files[self.next]
+                    self.next
                 }
             };
+            let f = files.get(i)?;
             // Sorted and disjoint: the first file past the range ends the walk.
             if !range.overlaps(&f.smallest, &f.largest) {
                 self.next = match self.dir {
@@ -384,7 +383,7 @@ impl LevelWalk {
                 return None;
             }
             if f.min_seqno <= self.snapshot {
-                return Some(f.clone());
+                return Some(i);
             }
         }
     }
@@ -440,19 +439,19 @@ impl Source {
     /// holds keys of the range visible at the snapshot. The first file is found by a binary
     /// search and the others are reached as the walk gets to them, so a seek costs the same
     /// in a level of five files or of fifty thousand.
-    pub fn level(
-        part: &Arc<PartitionFiles>,
+    pub fn level<'a>(
+        part: &'a Arc<PartitionFiles>,
         level: usize,
         range: &KeyRange,
         snapshot: u64,
         dir: Direction,
         fill_cache: bool,
-    ) -> Result<Option<(Source, Arc<FileMeta>)>> {
+    ) -> Result<Option<(Source, &'a Arc<FileMeta>)>> {
         if part.levels[level].is_empty() {
             return Ok(None);
         }
         let mut walk = LevelWalk::new(part.clone(), level, range, snapshot, dir);
-        let Some(first) = walk.next_file(range) else {
+        let Some(first) = walk.next_index(range).map(|i| &part.levels[level][i]) else {
             return Ok(None);
         };
         let c = TableCursor::run(

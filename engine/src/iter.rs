@@ -59,17 +59,25 @@ impl KeyRange {
 
     /// True if a file spanning `[smallest, largest]` may hold keys in the range.
     pub fn overlaps(&self, smallest: &[u8], largest: &[u8]) -> bool {
-        let below = match &self.end {
-            Bound::Included(e) => smallest > e.as_ref(),
-            Bound::Excluded(e) => smallest >= e.as_ref(),
+        !self.ends_before(smallest) && !self.starts_after(largest)
+    }
+
+    /// True if the range ends before `key` (a file starting there lies above it).
+    pub fn ends_before(&self, key: &[u8]) -> bool {
+        match &self.end {
+            Bound::Included(e) => key > e.as_ref(),
+            Bound::Excluded(e) => key >= e.as_ref(),
             Bound::Unbounded => false,
-        };
-        let above = match &self.start {
-            Bound::Included(s) => largest < s.as_ref(),
-            Bound::Excluded(s) => largest <= s.as_ref(),
+        }
+    }
+
+    /// True if the range starts after `key` (a file ending there lies below it).
+    pub fn starts_after(&self, key: &[u8]) -> bool {
+        match &self.start {
+            Bound::Included(s) => key < s.as_ref(),
+            Bound::Excluded(s) => key <= s.as_ref(),
             Bound::Unbounded => false,
-        };
-        !below && !above
+        }
     }
 
     /// (inclusive low, inclusive high) key hints for partition pruning.
@@ -477,11 +485,11 @@ pub(crate) fn build_sources(
             };
             let first = out.len();
             // The file each sorted run of the partition is sought in, shallowest first.
-            let mut sought: Vec<Arc<crate::version::FileMeta>> = Vec::new();
+            let mut sought: Vec<&Arc<crate::version::FileMeta>> = Vec::new();
             for f in &part.levels[0] {
                 if f.min_seqno <= snapshot && range.overlaps(&f.smallest, &f.largest) {
                     let s = Source::table(f, range, dir, true)?;
-                    sought.push(f.clone());
+                    sought.push(f);
                     if s.valid() {
                         out.push(s);
                     }

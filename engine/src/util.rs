@@ -45,6 +45,25 @@ pub fn shares_of(counts: &[u64]) -> Vec<f64> {
         .collect()
 }
 
+/// Asks the CPU to start loading the two cache lines at `p` while the caller works on
+/// something else.
+#[inline]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = p.cast::<i8>();
+        // SAFETY: a prefetch is a hint. It never faults and changes nothing the program can
+        // observe, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,19 +230,9 @@ impl<'a> Node<'a> {
     /// the arena, and without it waits for each node's first line.
     #[inline]
     pub fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let p = self.w.as_ptr().cast::<i8>();
-            // SAFETY: a prefetch is a hint. It never faults and changes nothing the program
-            // can observe, whatever the address; these are a live node's words (the
-            // second line may lie past the node, still inside the mapped region or not:
-            // either way nothing is read).
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(p);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-            }
-        }
+        // The second line may lie past the node, inside the arena or not: a prefetch never
+        // faults.
+        crate::util::prefetch(self.w.as_ptr().cast::<u8>());
     }
 
     /// The node's user key against `key`.

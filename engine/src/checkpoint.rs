@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 use crate::manifest::ManifestWriter;
 use crate::recovery::wal_files;
 
+/// The lock file a checkpoint holds in its directory while it writes there (the name a
+/// database's own lock has, so an open of the directory meanwhile is refused too).
+const CLAIM: &str = "LOCK";
+
 impl Inner {
     pub fn checkpoint(&self, dest: &Path) -> Result<()> {
         // A closed handle's files may be another process's by now (a copy of them was
@@ -23,25 +27,54 @@ impl Inner {
             ));
         }
         let fs = self.fs.as_ref();
+        let not_empty = |dest: &Path| Error::InvalidOption {
+            name: "checkpoint directory",
+            reason: format!("{} exists and is not empty", dest.display()),
+        };
+        let others = |names: &[String]| names.iter().any(|n| n != CLAIM);
+        // Refused before anything is written into it (a lock file alone is another
+        // checkpoint's claim, below, or one left by a crash).
         if fs.exists(dest).map_err(|e| Error::io(dest, e))?
-            && !fs.list(dest).map_err(|e| Error::io(dest, e))?.is_empty()
+            && others(&fs.list(dest).map_err(|e| Error::io(dest, e))?)
         {
-            return Err(Error::InvalidOption {
-                name: "checkpoint directory",
-                reason: format!("{} exists and is not empty", dest.display()),
-            });
+            return Err(not_empty(dest));
         }
         crate::fs::create_dir_durably(fs, dest).map_err(|e| Error::io(dest, e))?;
-        let r = self.write_checkpoint(dest);
-        if r.is_err() {
-            // The directory was empty: what is in it now is this attempt's. Leaving it would
-            // make a retry refuse the non-empty directory (and it is not an openable copy).
-            if let Ok(names) = fs.list(dest) {
-                for n in names {
-                    let _ = fs.remove(&dest.join(n));
+        // Claim the directory for the whole checkpoint: two checkpoints writing into one
+        // directory at once (of this database or any other, in any process) would find
+        // each other's files under the names they link to. Falling back to a copy over
+        // such a name used to truncate the file it names, which can be another hard link
+        // to a live table.
+        let lock_path = dest.join(CLAIM);
+        let claim = fs
+            .lock(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?
+            .ok_or_else(|| Error::Busy {
+                path: dest.to_path_buf(),
+                reason: "another checkpoint, or an open database, holds it".into(),
+            })?;
+        // Under the claim, whatever else is in the directory is this checkpoint's.
+        let r = match fs.list(dest) {
+            Err(e) => Err(Error::io(dest, e)),
+            Ok(names) if others(&names) => Err(not_empty(dest)),
+            Ok(_) => {
+                let r = self.write_checkpoint(dest);
+                if r.is_err() {
+                    // Leaving it would make a retry refuse the non-empty directory (and it
+                    // is not an openable copy).
+                    if let Ok(names) = fs.list(dest) {
+                        for n in names.iter().filter(|n| *n != CLAIM) {
+                            let _ = fs.remove(&dest.join(n));
+                        }
+                    }
                 }
+                r
             }
-        }
+        };
+        // Last, while still held: a checkpoint that opens the name afterwards makes a new
+        // file and claims that, and finds this one's files or an empty directory.
+        let _ = fs.remove(&lock_path);
+        drop(claim);
         r
     }
 
@@ -86,9 +119,17 @@ impl Inner {
                 .file_name()
                 .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
             let dst = dest.join(name);
-            if fs.hard_link(src, &dst).is_err() {
-                let data = fs.map(src).map_err(|e| Error::io(src, e))?;
-                copy_prefix(self, &data, &dst, f.size)?;
+            match fs.hard_link(src, &dst) {
+                Ok(()) => {}
+                // Never a copy over a name that exists: it may link to a live table.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io(&dst, e));
+                }
+                // Another file system, or no hard links there: copy.
+                Err(_) => {
+                    let data = fs.map(src).map_err(|e| Error::io(src, e))?;
+                    copy_prefix(self, &data, &dst, f.size)?;
+                }
             }
         }
         for (src, data, len) in &wals {
@@ -103,11 +144,12 @@ impl Inner {
     }
 }
 
-/// Copies the first `len` bytes of `data` to a new file `dst`, fsynced.
+/// Copies the first `len` bytes of `data` to a new file `dst` (an error if the name
+/// exists), fsynced.
 fn copy_prefix(inner: &Inner, data: &[u8], dst: &Path, len: u64) -> Result<()> {
     let fs = inner.fs.as_ref();
     let n = usize::try_from(len).map_or(data.len(), |l| l.min(data.len()));
-    let mut f = fs.create(dst).map_err(|e| Error::io(dst, e))?;
+    let mut f = fs.create_new(dst).map_err(|e| Error::io(dst, e))?;
     f.append(&data[..n]).map_err(|e| Error::io(dst, e))?;
     f.sync().map_err(|e| Error::io(dst, e))
 }
@@ -243,6 +285,90 @@ mod tests {
         let db = Db::open(dir.path(), Options::default()).unwrap();
         assert_eq!(db.get("a").unwrap().unwrap(), "1");
         assert_eq!(db.get("c").unwrap(), None);
+    }
+
+    /// A database whose 200 keys are in a table.
+    fn two_hundred_keys_in_a_table() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        for i in 0..200u32 {
+            db.put(format!("k{i:03}"), format!("v{i}")).unwrap();
+        }
+        db.flush().unwrap();
+        (dir, db)
+    }
+
+    fn reads_two_hundred_keys(db: &Db) {
+        for i in 0..200u32 {
+            assert_eq!(
+                db.get(format!("k{i:03}")).unwrap().unwrap(),
+                format!("v{i}")
+            );
+        }
+    }
+
+    /// Every table file of `dir` with its length.
+    fn tables(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+        let mut t: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+            .map(|p| {
+                let len = std::fs::metadata(&p).unwrap().len();
+                (p, len)
+            })
+            .collect();
+        t.sort();
+        t
+    }
+
+    /// Two checkpoints into one directory at once: the second is refused while the first
+    /// holds the directory. Both used to pass the empty-directory check; the second linked
+    /// every table, and the first, finding the names taken, fell back to copying over them,
+    /// which truncated the live tables the names linked to (the process died of SIGBUS on
+    /// the next read of a table's map, and the tables were empty on disk).
+    #[test]
+    fn a_second_checkpoint_into_a_directory_being_written_is_refused() {
+        let (dir, db) = two_hundred_keys_in_a_table();
+        let live_tables = tables(dir.path());
+        assert!(!live_tables.is_empty());
+        let cp = dir.path().join("checkpoint");
+        let (live, target) = (db.clone(), cp.clone());
+        set(Point::CheckpointAfterCut, move || {
+            let e = live.checkpoint(&target).unwrap_err();
+            assert!(matches!(e, crate::Error::Busy { .. }), "{e}");
+        });
+        db.checkpoint(&cp).unwrap();
+        assert_eq!(tables(dir.path()), live_tables, "live tables changed");
+        reads_two_hundred_keys(&db);
+        let copy = Db::open(&cp, Options::default()).unwrap();
+        assert_eq!(copy.range(..).count(), 200);
+    }
+
+    /// A name the checkpoint is about to link to, taken meanwhile by something else (here
+    /// another hard link to the live table): the checkpoint fails, naming it, and neither
+    /// copies over it nor truncates the file it names.
+    #[test]
+    fn a_taken_name_in_the_checkpoint_directory_is_never_written_over() {
+        let (dir, db) = two_hundred_keys_in_a_table();
+        let live_tables = tables(dir.path());
+        let cp = dir.path().join("checkpoint");
+        let (first, target) = (live_tables[0].0.clone(), cp.clone());
+        set(Point::CheckpointAfterCut, move || {
+            std::fs::hard_link(&first, target.join(first.file_name().unwrap())).unwrap();
+        });
+        let e = db.checkpoint(&cp).unwrap_err();
+        assert!(
+            matches!(&e, crate::Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::AlreadyExists),
+            "{e}"
+        );
+        assert_eq!(tables(dir.path()), live_tables, "live tables changed");
+        reads_two_hundred_keys(&db);
+        // The failed attempt cleared the directory (the stray link included): a retry works.
+        db.checkpoint(&cp).unwrap();
+        let copy = Db::open(&cp, Options::default()).unwrap();
+        assert_eq!(copy.range(..).count(), 200);
     }
 
     /// A checkpoint that fails leaves its directory empty, so a retry can use it.

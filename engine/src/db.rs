@@ -872,7 +872,10 @@ impl Db {
 
     /// Writes an openable copy of the database into `dir` (which must not exist or be
     /// empty): hard links to the live SSTables, the WAL up to this moment, a fresh manifest.
-    /// Writes and background work go on meanwhile. On failure the directory is left empty.
+    /// Writes and background work go on meanwhile. The checkpoint holds `dir`'s lock file
+    /// while it writes: another checkpoint into `dir` meanwhile fails with
+    /// [`Error::Busy`](crate::Error::Busy), and an open of it with `Error::Locked`. On
+    /// failure the directory is left empty.
     pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         self.inner.checkpoint(dir.as_ref())
     }

@@ -138,6 +138,17 @@ pub trait DirLock: Send + Sync {}
 pub trait Fs: Send + Sync + fmt::Debug {
     /// Creates (or truncates) a file for appending.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Creates a file for appending, failing with `AlreadyExists` if the name exists: for
+    /// a file whose name another writer may have taken, which `create` would truncate.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        if self.exists(path)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the name exists already",
+            ));
+        }
+        self.create(path)
+    }
     /// Maps a whole file read-only. The bytes stay valid for as long as they are held.
     fn map(&self, path: &Path) -> io::Result<Bytes>;
     /// Opens a file for positioned reads (`pread`).
@@ -213,6 +224,11 @@ impl Fs for StdFs {
             .create(true)
             .truncate(true)
             .open(path)?;
+        Ok(Box::new(StdFile(Arc::new(f))))
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let f = OpenOptions::new().write(true).create_new(true).open(path)?;
         Ok(Box::new(StdFile(Arc::new(f))))
     }
 
@@ -1035,6 +1051,25 @@ impl Fs for FaultFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `create_new` never opens a name that exists (it may be a hard link to a live file),
+    /// on the real file system and through the fault-injecting one; `create` truncates.
+    #[test]
+    fn create_new_refuses_a_name_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"live bytes").unwrap();
+        for fs in [&StdFs as &dyn Fs, &FaultFs::new()] {
+            let e = fs.create_new(&p).err().expect("opened a name that exists");
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+            assert_eq!(std::fs::read(&p).unwrap(), b"live bytes");
+        }
+        let q = dir.path().join("g");
+        StdFs.create_new(&q).unwrap().append(b"new").unwrap();
+        assert_eq!(std::fs::read(&q).unwrap(), b"new");
+        drop(StdFs.create(&p).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
+    }
 
     #[test]
     fn faults_fire_on_the_chosen_operation() {

@@ -462,6 +462,11 @@ impl Inner {
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        self.check_not_failed()
+    }
+
+    /// [`Error::ReadOnly`], with the reason, once writes stopped after a failure.
+    fn check_not_failed(&self) -> Result<()> {
         if self.failed.load(Ordering::Acquire) {
             let r = self.failure.lock().clone().unwrap_or_default();
             return Err(Error::ReadOnly(r));
@@ -479,6 +484,10 @@ impl Inner {
         if self.released.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        // Nothing more once writes stopped: the manifest this handle appends to may no longer
+        // be the one CURRENT names (a roll that failed after its rename), and an edit there
+        // would be lost on reopen while the files it retired are deleted.
+        self.check_not_failed()?;
         match core.manifest.append(edit) {
             // Refused before anything was written: the manifest is as it was.
             Err(e @ Error::TooLarge { .. }) => Err(e),
@@ -875,7 +884,7 @@ impl Db {
     /// Writes and background work go on meanwhile. The checkpoint holds `dir`'s lock file
     /// while it writes: another checkpoint into `dir` meanwhile fails with
     /// [`Error::Busy`](crate::Error::Busy), and an open of it with `Error::Locked`. On
-    /// failure the directory is left empty.
+    /// failure the directory is left empty but for that lock file.
     pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         self.inner.checkpoint(dir.as_ref())
     }
@@ -1632,6 +1641,46 @@ mod tests {
         assert!(matches!(ro.checkpoint(&cp), Err(Error::ReadOnly(_))));
         assert!(!cp.exists());
         assert_eq!(ro.get("k").unwrap().as_deref(), Some(&b"new"[..]));
+    }
+
+    /// A manifest roll that fails after its rename (the directory sync) leaves CURRENT
+    /// naming the new manifest while this handle still holds the old one. A compaction
+    /// already running used to log its edit there and delete its inputs: lost on reopen,
+    /// which then refused the database (tables named by the manifest missing). After the
+    /// failure no edit is logged.
+    #[test]
+    fn no_edit_is_logged_after_a_manifest_roll_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::fs::FaultFs::new();
+        let opts = Options {
+            fs: Arc::new(fs.clone()),
+            max_manifest_bytes: 1,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        db.put("k", "v").unwrap();
+        db.flush().unwrap();
+        let inner = db.inner.clone();
+        fs.inject(crate::fs::Fault {
+            op: crate::fs::FsOp::SyncDir,
+            path_contains: None,
+            kind: crate::fs::FaultKind::Io,
+            skip: 0,
+            sticky: false,
+        });
+        let mut core = inner.core.lock();
+        assert!(inner.maybe_roll_manifest(&mut core).is_err());
+        assert_eq!(fs.injected(), 1);
+        // The directory sync fails once; a later one would succeed.
+        let e = inner
+            .log_edit(&mut core, &VersionEdit::default())
+            .unwrap_err();
+        assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+        drop(core);
+        drop(db);
+        fs.clear();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     /// After close, a call on another clone that passed its checks before the close (and

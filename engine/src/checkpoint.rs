@@ -71,9 +71,9 @@ impl Inner {
                 r
             }
         };
-        // Last, while still held: a checkpoint that opens the name afterwards makes a new
-        // file and claims that, and finds this one's files or an empty directory.
-        let _ = fs.remove(&lock_path);
+        // The lock file stays: removed while held, a process that opened it just before
+        // would lock the removed file once this lets go, while another made and locked a
+        // new one, and both would think they held the directory.
         drop(claim);
         r
     }
@@ -158,6 +158,7 @@ fn copy_prefix(inner: &Inner, data: &[u8], dst: &Path, len: u64) -> Result<()> {
 mod tests {
     use std::sync::Arc;
 
+    use super::CLAIM;
     use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
     use crate::test_hooks::{set, Point};
     use crate::{Db, Options};
@@ -371,7 +372,8 @@ mod tests {
         assert_eq!(copy.range(..).count(), 200);
     }
 
-    /// A checkpoint that fails leaves its directory empty, so a retry can use it.
+    /// A checkpoint that fails leaves its directory empty but for its lock file, so a retry
+    /// can use it.
     #[test]
     fn a_failed_checkpoint_leaves_an_empty_directory_to_retry_in() {
         let dir = tempfile::tempdir().unwrap();
@@ -394,7 +396,11 @@ mod tests {
         });
         assert!(db.checkpoint(&cp).is_err());
         assert_eq!(fs.injected(), 1);
-        let left: Vec<_> = std::fs::read_dir(&cp).unwrap().collect();
+        let left: Vec<_> = std::fs::read_dir(&cp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != CLAIM)
+            .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         db.checkpoint(&cp).unwrap();
         let copy = Db::open(&cp, Options::default()).unwrap();

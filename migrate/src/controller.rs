@@ -1097,10 +1097,12 @@ fn checkpoint_target(dir: &str) -> Result<String> {
         .ok_or_else(|| bad(format!("{} is not valid UTF-8", abs.display())))
 }
 
-/// Whether `dir` exists and holds anything.
+/// Whether `dir` exists and holds anything but a lock file (a checkpoint holds the
+/// directory's `LOCK` while it writes and leaves it there, also when it fails and clears
+/// the rest; `Db::checkpoint` fails if another holds it).
 fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
     match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
+        Ok(mut entries) => Ok(entries.any(|e| e.map_or(true, |e| e.file_name() != "LOCK"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::Io {
             path: dir.to_path_buf(),
@@ -1172,6 +1174,23 @@ mod tests {
             seed,
             hashed_prefix: None,
         }
+    }
+
+    /// A checkpoint directory holding only the lock file a failed checkpoint leaves is
+    /// empty to the plan and the start; anything else is not.
+    #[test]
+    fn a_lone_lock_file_leaves_a_checkpoint_directory_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = dir.path().join("cp");
+        assert!(!dir_has_entries(&cp).unwrap(), "absent");
+        std::fs::create_dir(&cp).unwrap();
+        assert!(!dir_has_entries(&cp).unwrap(), "empty");
+        std::fs::write(cp.join("LOCK"), "").unwrap();
+        assert!(!dir_has_entries(&cp).unwrap(), "lock file alone");
+        std::fs::write(cp.join("000005.sst"), "").unwrap();
+        assert!(dir_has_entries(&cp).unwrap(), "a table besides");
+        std::fs::remove_file(cp.join("LOCK")).unwrap();
+        assert!(dir_has_entries(&cp).unwrap(), "a table alone");
     }
 
     /// A controller that attaches while the one it replaces finishes a rollback resumes

@@ -683,6 +683,52 @@ fn read_only_subcommands_never_modify_the_directory() {
     assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
 }
 
+/// A report file is written under a new name and renamed into place: a name that is a
+/// hard link to a live table (a checkpoint's, say) gets the report, and the table keeps
+/// its bytes (writing through the name truncated it). A report inside the database
+/// directory is refused, the directory untouched.
+#[test]
+fn report_files_replace_names_and_stay_out_of_the_database_directory() {
+    let dir = fixture();
+    let d = dir.path();
+    let out = tempfile::tempdir().unwrap();
+    let table = d.join("000009.sst");
+    let table_bytes = std::fs::read(&table).unwrap();
+    for (i, args) in [
+        ["info", "{DIR}", "--html"],
+        ["partitions", "{DIR}", "--svg"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let link = out.path().join(format!("linked-{i}"));
+        std::fs::hard_link(&table, &link).unwrap();
+        let link_arg = link.display().to_string();
+        let (c, o, e) = run(d, &[args[0], args[1], args[2], &link_arg]);
+        assert_eq!(c, 0, "{args:?}\n{o}\n{e}");
+        assert!(
+            std::fs::read(&table).unwrap() == table_bytes,
+            "{args:?}: the live table changed"
+        );
+        assert!(
+            std::fs::read_to_string(&link).unwrap().contains("<svg"),
+            "{args:?}"
+        );
+        let before = snapshot(d);
+        let inside = d.join("report").display().to_string();
+        let (c, o, e) = run(d, &[args[0], args[1], args[2], &inside]);
+        assert_eq!(c, 2, "{args:?}\n{o}\n{e}");
+        assert!(e.contains("inside the database directory"), "{e}");
+        assert_eq!(snapshot(d), before, "{args:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
 #[test]
 fn reading_works_while_a_live_process_holds_the_directory() {
     let dir = fixture();

@@ -88,7 +88,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let sum = Summary::of(&st);
     if let Some(path) = &args.html {
         let page = crate::html::info_page(&st, &sum);
-        std::fs::write(path, page).map_err(|e| crate::error::CliError::from(sluice::Error::io(path, e)))?;
+        crate::output::write_report(path, page.as_bytes(), &args.dir)?;
         ctx.note(format!("wrote {}", path.display()));
     }
     if ctx.json {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sluice_migrate::analysis::{Distribution, Thresholds};
 
 use crate::chart::{svg_balance, terminal_bars};
-use crate::error::{CliError, CmdResult, Status};
+use crate::error::{CmdResult, Status};
 use crate::output::{self, count, pct, pvalue, size, Ctx};
 use crate::summary::Summary;
 
@@ -162,7 +162,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     }
     if let Some(path) = &args.svg {
         let svg = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{}\n", svg_balance(&panels));
-        std::fs::write(path, svg).map_err(|e| CliError::from(sluice::Error::io(path, e)))?;
+        crate::output::write_report(path, svg.as_bytes(), &args.dir)?;
         ctx.note(format!("wrote {}", path.display()));
     }
     if ctx.json {

@@ -258,6 +258,19 @@ pub fn manifest_name(n: u64) -> String {
     format!("MANIFEST-{n:06}")
 }
 
+/// The number of a file named as [`manifest_name`] names manifests (`MANIFEST-` and
+/// digits, nothing else: `MANIFEST-000005.bak` is not one).
+pub fn manifest_number(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("MANIFEST-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse()
+        .ok()
+        .filter(|&n| n <= crate::util::MAX_FILE_NUMBER)
+}
+
 pub const CURRENT: &str = "CURRENT";
 
 /// The edits of a manifest, as read.

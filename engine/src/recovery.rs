@@ -1183,11 +1183,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let max_seen = names
         .iter()
         .filter_map(|n| {
-            crate::util::file_number(Path::new(n)).or_else(|| {
-                n.strip_prefix("MANIFEST-")
-                    .and_then(|x| x.parse().ok())
-                    .filter(|&x| x <= MAX_FILE_NUMBER)
-            })
+            crate::util::file_number(Path::new(n)).or_else(|| crate::manifest::manifest_number(n))
         })
         .max()
         .unwrap_or(0);
@@ -1290,7 +1286,8 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     let current_manifest = crate::manifest::manifest_name(inner.core.lock().manifest.number());
     for n in fs.list(&dir).map_err(|e| Error::io(&dir, e))? {
         let p = dir.join(&n);
-        let remove = if n.starts_with("MANIFEST-") {
+        // Only names the engine gives its files (a hand-made `MANIFEST-000005.bak` stays).
+        let remove = if crate::manifest::manifest_number(&n).is_some() {
             n != current_manifest
         } else if n == "CURRENT.tmp" {
             true
@@ -1322,6 +1319,45 @@ mod tests {
     use crate::manifest::{EditRecord, FileRecord, ManifestContents, VersionEdit};
     use crate::sst::TableKind;
     use crate::PartitionSpec;
+
+    /// The sweep of an open removes the engine's own files no manifest names (an old
+    /// manifest, an orphaned table, a WAL replayed) and nothing else: a hand-made backup
+    /// of a manifest used to go because its name began with `MANIFEST-`.
+    #[test]
+    fn the_open_sweep_removes_only_the_engine_s_own_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        db.put("k", "v").unwrap();
+        db.close().unwrap();
+        let manifest = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| crate::manifest::manifest_number(n).is_some())
+            .unwrap();
+        let keep = [format!("{manifest}.bak"), "notes.txt".to_string()];
+        for n in &keep {
+            std::fs::copy(dir.path().join(&manifest), dir.path().join(n)).unwrap();
+        }
+        let orphan = dir.path().join("MANIFEST-000999");
+        std::fs::write(&orphan, b"left by a roll a crash cut short").unwrap();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        assert!(db.recovery_report().orphans_removed >= 1);
+        assert!(!orphan.exists(), "an old manifest stayed");
+        for n in &keep {
+            assert!(dir.path().join(n).exists(), "{n} was removed");
+        }
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(crate::manifest::manifest_number("MANIFEST-000007"), Some(7));
+        for bad in [
+            "MANIFEST-",
+            "MANIFEST-7.bak",
+            "MANIFEST-x",
+            "MANIFEST--1",
+            "XMANIFEST-7",
+        ] {
+            assert_eq!(crate::manifest::manifest_number(bad), None, "{bad}");
+        }
+    }
 
     fn contents(edits: Vec<Vec<EditRecord>>) -> ManifestContents {
         ManifestContents {

@@ -874,13 +874,23 @@ fn load(
 
 fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
     let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
-    if let Some(n) = names.iter().find(|n| looks_like_ours(n)) {
-        return Err(Error::NotADatabase {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "CURRENT is missing but {n} exists; refusing to start a new database over it"
-            ),
-        });
+    let ours: Vec<&String> = names.iter().filter(|n| looks_like_ours(n)).collect();
+    if let Some(n) = ours.first() {
+        if !left_by_a_first_open(fs.as_ref(), dir, &ours)? {
+            return Err(Error::NotADatabase {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "CURRENT is missing but {n} exists; refusing to start a new database over it"
+                ),
+            });
+        }
+        // A first open a crash cut short, before CURRENT named its manifest: no handle was
+        // returned, so no write was acknowledged, and its WAL holds none. Start over.
+        for n in ours {
+            let p = dir.join(n);
+            fs.remove(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     let func = Arc::new(PartitionFn::new(opts.partition.clone())?);
     let mut registry = BTreeMap::new();
@@ -908,6 +918,32 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
         report: RecoveryReport::default(),
         unnamed_past_a_drop: Vec::new(),
     })
+}
+
+/// Whether the engine's files `ours` in `dir`, which has no CURRENT, are what a first
+/// open leaves when a crash stops it before CURRENT exists: its manifest (number 1; the
+/// file numbers of a new database start there) and its WAL (number 2) without a record.
+/// Anything else, a table or a record or another number, may be a database that lost its
+/// CURRENT, and is left alone.
+fn left_by_a_first_open(fs: &dyn Fs, dir: &Path, ours: &[&String]) -> Result<bool> {
+    for n in ours {
+        let p = dir.join(n);
+        let first_open_s = if let Some(k) = crate::manifest::manifest_number(n) {
+            k == 1
+        } else if n.ends_with(".log") && crate::util::file_number(&p) == Some(2) {
+            let len = fs.file_size(&p).map_err(|e| Error::io(&p, e))?;
+            len == 0 || {
+                let data = fs.map(&p).map_err(|e| Error::io(&p, e))?;
+                crate::log::read_log(data, &p, LogKind::Wal).is_ok_and(|l| l.records.is_empty())
+            }
+        } else {
+            false
+        };
+        if !first_open_s {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn registry_of(state: &ManifestState) -> BTreeMap<u32, Registered> {
@@ -1319,6 +1355,64 @@ mod tests {
     use crate::manifest::{EditRecord, FileRecord, ManifestContents, VersionEdit};
     use crate::sst::TableKind;
     use crate::PartitionSpec;
+
+    /// A first open that fails (as a crash would stop it) before CURRENT names its
+    /// manifest leaves the manifest and an empty WAL: the next open starts the database
+    /// over. It used to refuse the directory for good ("CURRENT is missing but
+    /// MANIFEST-000001 exists"). A WAL holding a record is still refused, untouched.
+    #[test]
+    fn a_first_open_cut_short_before_current_does_not_block_the_next() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        fs.inject(Fault {
+            op: FsOp::Rename,
+            path_contains: Some("CURRENT".into()),
+            kind: FaultKind::Io,
+            skip: 0,
+            sticky: true,
+        });
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            ..crate::Options::default()
+        };
+        assert!(crate::Db::open(dir.path(), opts.clone()).is_err());
+        assert_eq!(fs.injected(), 1);
+        let names = |d: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        assert!(names(dir.path()).contains(&"MANIFEST-000001".to_string()));
+        fs.clear();
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        db.put("k", "v").unwrap();
+        db.close().unwrap();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        db.close().unwrap();
+
+        // The same names, but the WAL holds a write: maybe a database that lost CURRENT.
+        let (src, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let db = crate::Db::open(src.path(), crate::Options::default()).unwrap();
+        db.put("k", "v").unwrap();
+        db.sync_wal().unwrap();
+        for n in ["MANIFEST-000001", "000002.log"] {
+            std::fs::copy(src.path().join(n), other.path().join(n)).unwrap();
+        }
+        db.close().unwrap();
+        let before = names(other.path());
+        let e = crate::Db::open(other.path(), crate::Options::default())
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::NotADatabase { .. }), "{e}");
+        let mut after = names(other.path());
+        after.retain(|n| n != "LOCK");
+        assert_eq!(after, before, "the refused directory changed");
+    }
 
     /// The sweep of an open removes the engine's own files no manifest names (an old
     /// manifest, an orphaned table, a WAL replayed) and nothing else: a hand-made backup

@@ -1444,8 +1444,11 @@ impl Inner {
 
     /// Stops background threads, makes the WAL durable and releases the lock. Idempotent.
     pub fn shutdown(&self) -> Result<()> {
+        // Only the first close reports the final sync's outcome; a later one saying Ok
+        // would tell its caller that writes were made durable when that sync may have
+        // failed (or still be running).
         if self.closing.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return Err(Error::Closed);
         }
         self.wal_syncer.close();
         self.deleter.stop();
@@ -1641,6 +1644,33 @@ mod tests {
         assert!(matches!(ro.checkpoint(&cp), Err(Error::ReadOnly(_))));
         assert!(!cp.exists());
         assert_eq!(ro.get("k").unwrap().as_deref(), Some(&b"new"[..]));
+    }
+
+    /// Only the first close reports whether the final WAL sync made the writes durable.
+    /// A close on another clone after it used to return Ok, also when that sync had failed
+    /// and unsynced acknowledged writes were lost.
+    #[test]
+    fn a_second_close_is_not_told_that_a_failed_close_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::fs::FaultFs::new();
+        let opts = Options {
+            fs: Arc::new(fs.clone()),
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        db.put("k", "v").unwrap();
+        let other = db.clone();
+        fs.inject(crate::fs::Fault {
+            op: crate::fs::FsOp::Sync,
+            path_contains: Some(".log".into()),
+            kind: crate::fs::FaultKind::Io,
+            skip: 0,
+            sticky: true,
+        });
+        let e = db.close().unwrap_err();
+        assert!(!matches!(e, Error::Closed), "{e}");
+        let e = other.close().unwrap_err();
+        assert!(matches!(e, Error::Closed), "{e}");
     }
 
     /// A manifest roll that fails after its rename (the directory sync) leaves CURRENT

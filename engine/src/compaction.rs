@@ -223,6 +223,12 @@ pub(crate) fn l0_score(inner: &Inner, part: &PartitionFiles, sh: &Shape) -> f64 
     if l0.len() >= 2 && l0.iter().any(|f| f.seeks_exhausted()) {
         score = score.max(1.0);
     }
+    // Writers are slowed from the slowdown trigger on and stopped at the stop trigger:
+    // from there L0 compacts whatever its bytes. (With those triggers below twice the
+    // compaction trigger, the rule above would leave stopped writers waiting for ever.)
+    if runs >= inner.opts.level0_slowdown_trigger {
+        score = score.max(1.0);
+    }
     score
 }
 
@@ -1177,6 +1183,49 @@ mod tests {
         let v = db.register_partition_fn(hash4(0)).unwrap();
         db.set_target(v).unwrap();
         v
+    }
+
+    /// With the slowdown and stop triggers below twice the compaction trigger (allowed:
+    /// 4/4/4), an L0 small beside its partition's base level scored below 1 until it had
+    /// twice the trigger's files or the base level's bytes, while writers stopped at four
+    /// files: every write waited for a compaction that never came. From the slowdown
+    /// trigger on, L0 now compacts whatever its bytes.
+    #[test]
+    fn writes_stopped_at_l0_s_stop_trigger_get_their_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            level0_compaction_trigger: 4,
+            level0_slowdown_trigger: 4,
+            level0_stop_trigger: 4,
+            idle_memtable_flush_after: None,
+            ..crate::Options::tiny()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let value = vec![7u8; 200];
+                for i in 0..20_000u32 {
+                    db.put(format!("base{i:06}"), &value).unwrap();
+                }
+                db.compact().unwrap();
+                for i in 0..12u32 {
+                    db.put(format!("small{i:03}"), "v").unwrap();
+                    db.flush().unwrap();
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !writer.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writes stopped at the L0 stop trigger and never resumed ({} L0 runs)",
+                db.inner.l0_max.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        writer.join().unwrap();
+        assert_eq!(db.get("small011").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     /// A target partition that a (paused) migration has yet to fill is shaped for the data

@@ -59,7 +59,7 @@ impl WriteBatch {
         self.rep.extend_from_slice(k);
         put_varint(&mut self.rep, v.len() as u64);
         self.rep.extend_from_slice(v);
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         self.max_key = self.max_key.max(k.len());
         self.max_value = self.max_value.max(v.len());
         self
@@ -71,7 +71,7 @@ impl WriteBatch {
         self.rep.push(Kind::Delete as u8);
         put_varint(&mut self.rep, k.len() as u64);
         self.rep.extend_from_slice(k);
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         self.max_key = self.max_key.max(k.len());
         self
     }

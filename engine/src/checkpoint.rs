@@ -26,6 +26,7 @@ impl Inner {
                     .into(),
             ));
         }
+        crate::fs::check_dir_arg(dest, "checkpoint directory")?;
         let fs = self.fs.as_ref();
         let not_empty = |dest: &Path| Error::InvalidOption {
             name: "checkpoint directory",

@@ -1646,6 +1646,42 @@ mod tests {
         assert_eq!(ro.get("k").unwrap().as_deref(), Some(&b"new"[..]));
     }
 
+    /// Arguments that passed before and then hung writers or acted on the wrong directory
+    /// are refused, naming the argument: a compaction-debt stop threshold of 0 (every write
+    /// stopped for ever), a partition write limit of 0 (every write to it held for ever;
+    /// it became 1 byte a second), and an empty path to open or checkpoint (half of the
+    /// work went to the working directory, a `LOCK` file left there).
+    #[test]
+    fn arguments_that_would_hang_writes_or_miss_the_directory_are_refused() {
+        let named = |r: Result<()>, want: &str| match r {
+            Err(Error::InvalidOption { name, .. }) => assert_eq!(name, want),
+            other => panic!("{want}: {:?}", other.err()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let zero_stop = Options {
+            pending_compaction_slowdown_bytes: 0,
+            pending_compaction_stop_bytes: 0,
+            ..Options::default()
+        };
+        named(
+            Db::open(dir.path(), zero_stop).map(drop),
+            "pending_compaction_stop_bytes",
+        );
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        named(db.set_partition_write_limit(0, Some(0)), "bytes_per_sec");
+        db.set_partition_write_limit(0, Some(1 << 30)).unwrap();
+        db.put("k", "v").unwrap();
+        let cwd_had_lock = Path::new("LOCK").exists();
+        named(Db::open("", Options::default()).map(drop), "path");
+        named(db.checkpoint(""), "checkpoint directory");
+        assert_eq!(
+            Path::new("LOCK").exists(),
+            cwd_had_lock,
+            "a LOCK in the working directory"
+        );
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
     /// Only the first close reports whether the final WAL sync made the writes durable.
     /// A close on another clone after it used to return Ok, also when that sync had failed
     /// and unsynced acknowledged writes were lost.

@@ -316,6 +316,19 @@ impl Fs for StdFs {
     }
 }
 
+/// Refuses an empty directory argument: the file system takes `""` for the working
+/// directory in some calls (`create_dir_all`, `join`) and for nothing in others (`exists`,
+/// `read_dir`), so an open or a checkpoint would act on the working directory half-way.
+pub(crate) fn check_dir_arg(dir: &Path, name: &'static str) -> crate::Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Err(crate::Error::InvalidOption {
+            name,
+            reason: "an empty path (name a directory; \".\" is the working one)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Creates `dir` and any parents it lacks, then fsyncs the parent of each directory it
 /// created, top down: a new directory's own name must be durable, or a power cut can take
 /// it, and every file in it, away.

@@ -243,6 +243,14 @@ impl Inner {
                 ),
             });
         }
+        if bytes_per_sec == Some(0) {
+            // It would hold every write to the partition for ever (it used to become 1
+            // byte a second silently: a 1 MiB batch waited twelve days).
+            return Err(Error::InvalidOption {
+                name: "bytes_per_sec",
+                reason: "a write limit must be positive (None lifts it)".into(),
+            });
+        }
         let mut st = self.admission.state.lock();
         if st.0.as_ref().map(|f| f.fingerprint()) != Some(target.func.fingerprint()) {
             st.0 = Some(target.func.clone());
@@ -258,7 +266,7 @@ impl Inner {
                     next_ticket: 0,
                     serving: 0,
                 });
-                l.bytes_per_sec = r.max(1);
+                l.bytes_per_sec = r;
             }
             None => {
                 st.1.remove(&partition);

@@ -275,6 +275,10 @@ impl Options {
         if self.background_threads == 0 || self.background_threads > 64 {
             return bad("background_threads", "must be 1..=64");
         }
+        if self.pending_compaction_stop_bytes == 0 {
+            // Debt is never below zero: every write would stop for ever.
+            return bad("pending_compaction_stop_bytes", "must be positive");
+        }
         if self.pending_compaction_stop_bytes < self.pending_compaction_slowdown_bytes {
             return bad(
                 "pending_compaction_stop_bytes",

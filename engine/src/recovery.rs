@@ -696,6 +696,7 @@ fn looks_like_ours(name: &str) -> bool {
 /// look at a directory a live process is using.
 pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inner>> {
     opts.validate()?;
+    crate::fs::check_dir_arg(dir, "path")?;
     if !read_only {
         return open_writable(dir, opts);
     }

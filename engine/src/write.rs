@@ -57,6 +57,11 @@ pub(crate) struct GroupCommit {
     sync_us: AtomicU64,
 }
 
+/// Consecutive compaction failures after which a writer stopped by compaction debt or L0
+/// gets an error instead of waiting on (the failures are retried with backoff: 0.2, 0.4,
+/// 0.8 s).
+pub(crate) const STALLED_COMPACTION_FAILURES: u32 = 3;
+
 /// Longest a leader lingers for writers to join a synced group.
 const MAX_LINGER: Duration = Duration::from_millis(1);
 /// Longest a queued writer yields before it sleeps.
@@ -534,6 +539,21 @@ impl Inner {
             let mut core = self.core.lock();
             while stop(self) {
                 self.check_writable()?;
+                if core.compaction_failures >= STALLED_COMPACTION_FAILURES {
+                    // Waiting for compactions that keep failing (a full disk, a failing
+                    // device) would hold the writer with no answer: it gets the reason,
+                    // and may retry once they succeed again.
+                    let why = self
+                        .last_background_error
+                        .lock()
+                        .clone()
+                        .unwrap_or_default();
+                    return Err(Error::Background(format!(
+                        "writes are stopped until compaction catches up, and compaction failed \
+                         {} times in a row, the last time: {why}; this write was not applied",
+                        core.compaction_failures
+                    )));
+                }
                 self.bg_cv.notify_all();
                 self.stall_cv
                     .wait_for(&mut core, Duration::from_millis(100));
@@ -741,6 +761,83 @@ impl WalState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer stopped at the L0 stop trigger while every compaction fails (here each
+    /// read of one input table: a failing device) gets an error naming the failure, and
+    /// the write is not applied. It used to wait for ever. Once compactions succeed again,
+    /// writes go through.
+    #[test]
+    fn a_writer_stopped_while_compactions_keep_failing_gets_the_reason() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            level0_compaction_trigger: 2,
+            level0_slowdown_trigger: 2,
+            level0_stop_trigger: 3,
+            idle_memtable_flush_after: None,
+            ..crate::Options::tiny()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        // One table every L0 compaction must read (it spans every key written after it),
+        // and that no flush touches (they make new names): its reads fail from now on.
+        db.put("a", "v").unwrap();
+        db.put("z", "v").unwrap();
+        db.flush().unwrap();
+        let first = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| n.ends_with(".sst"))
+            .unwrap();
+        fs.inject(Fault {
+            op: FsOp::Read,
+            path_contains: Some(first),
+            kind: FaultKind::Io,
+            skip: 0,
+            sticky: true,
+        });
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..100u32 {
+                    if let Err(e) = db.put(format!("k{i:03}"), "v").and_then(|()| db.flush()) {
+                        return Some((i, e));
+                    }
+                }
+                None
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !writer.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the stopped writer never got an answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (i, e) = writer
+            .join()
+            .unwrap()
+            .expect("writes stopped at three L0 files");
+        assert!(
+            matches!(&e, Error::Background(m) if m.contains("not applied")),
+            "{e}"
+        );
+        assert!(fs.injected() >= STALLED_COMPACTION_FAILURES as u64);
+        fs.clear();
+        assert_eq!(
+            db.get(format!("k{i:03}")).unwrap(),
+            None,
+            "the refused write"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = db.put("after", "v") {
+            assert!(Instant::now() < deadline, "writes never resumed: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"v"[..]));
+    }
 
     /// A synced batch whose sync met an earlier background failure came back as
     /// `ReadOnly`, though its record had reached the WAL and was there after the reopen

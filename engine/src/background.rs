@@ -46,7 +46,10 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
         Box::new(move || {
             while !w.closing.load(Ordering::Acquire) {
                 pause(&w, w.opts.wal_flush_interval);
-                w.tick_wal();
+                if let Err(why) = crate::util::catch_panic(|| w.tick_wal()) {
+                    w.wal_failed(format!("handing the WAL buffer to the OS panicked: {why}"));
+                    return;
+                }
             }
         }),
     )?;
@@ -58,7 +61,9 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
         "sluice-wal-sync".into(),
         Box::new(move || {
             while let Some(log) = w.wal_syncer.next() {
-                match log.sync() {
+                let synced = crate::util::catch_panic(|| log.sync())
+                    .unwrap_or_else(|why| Err(Error::Background(format!("panicked: {why}"))));
+                match synced {
                     Ok(()) => Counters::add(&w.counters.wal_background_syncs, 1),
                     // The kernel may have dropped pages it could not write: nothing
                     // written to this WAL, or after it, can be promised durable any more.
@@ -113,10 +118,17 @@ fn worker(inner: Arc<Inner>, pick: fn(&Inner, &mut Core) -> Option<Job>) {
         };
         core.running += 1;
         drop(core);
-        let result = match &job {
+        let result = crate::util::catch_panic(|| match &job {
             Job::Flush => inner.flush_oldest(),
             Job::Compaction { job, .. } => inner.run_compaction(job),
-        };
+        })
+        .unwrap_or_else(|why| {
+            // What the job left half done is unknown: stop writes (which wakes every
+            // waiter with the reason) and book the job as failed, so that nothing waits
+            // for it to finish.
+            inner.fail(format!("a background job panicked: {why}"));
+            Err(Error::Background(format!("panicked: {why}")))
+        });
         let mut core = inner.core.lock();
         core.running -= 1;
         let backoff = finish(&inner, &mut core, job, result);

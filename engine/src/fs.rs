@@ -385,6 +385,9 @@ pub enum FaultKind {
     Denied,
     /// An append writes only the first half of its bytes, then fails with ENOSPC.
     ShortWrite,
+    /// The operation panics, as a file system implementation with a bug might (or an
+    /// engine bug below it): for tests that the engine answers instead of hanging.
+    Panic,
 }
 
 /// One injected fault: the `skip + 1`-th matching operation (and, if `sticky`, every one after
@@ -756,6 +759,10 @@ impl FaultFs {
         if hit.is_some() {
             st.injected += 1;
         }
+        drop(st);
+        if hit == Some(FaultKind::Panic) {
+            panic!("injected panic: {op:?} on {name}");
+        }
         hit
     }
 }
@@ -789,7 +796,7 @@ fn restore(stash: &Path, path: &Path, synced: u64) -> io::Result<()> {
 fn fault_error(kind: FaultKind) -> io::Error {
     match kind {
         FaultKind::NoSpace | FaultKind::ShortWrite => io::Error::from_raw_os_error(28),
-        FaultKind::Io => io::Error::from_raw_os_error(5),
+        FaultKind::Io | FaultKind::Panic => io::Error::from_raw_os_error(5),
         FaultKind::Denied => io::Error::from_raw_os_error(13),
     }
 }

@@ -45,6 +45,17 @@ pub fn shares_of(counts: &[u64]) -> Vec<f64> {
         .collect()
 }
 
+/// Runs `f`, turning a panic into `Err` with its message: for the engine's own threads and
+/// the commit leader, which must answer the writers waiting on them whatever happens.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
 /// Asks the CPU to start loading the two cache lines at `p` while the caller works on
 /// something else.
 #[inline]

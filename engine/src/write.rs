@@ -254,7 +254,15 @@ impl Inner {
             group.push(x.clone());
         }
         drop(q);
-        let res = self.commit_group(&group);
+        let res = crate::util::catch_panic(|| self.commit_group(&group)).unwrap_or_else(|why| {
+            // The group may be in the WAL, whole or torn, and in the memtable, or not:
+            // trust the WAL no more, and tell every writer its outcome is unknown (the
+            // queue below still moves on, or every later writer would wait for ever).
+            self.wal_failed(format!("a commit panicked: {why}"));
+            Err(Error::Background(format!(
+                "a commit panicked ({why}): this write may or may not have been applied"
+            )))
+        });
         let next = {
             let mut q = self.queue.lock();
             for x in &group {
@@ -761,6 +769,110 @@ impl WalState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits for `f` on another thread, failing the test if it never returns (a hang).
+    fn answers<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let t = std::thread::spawn(f);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !t.is_finished() {
+            assert!(Instant::now() < deadline, "{what}: no answer (a hang)");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.join().unwrap()
+    }
+
+    /// A panic in a background job (here the flush writing its table) used to leave the
+    /// flush booked as running for ever: writers then waited for room no flush would make,
+    /// and `flush()` waited too, with no error. Now writes stop with the panic as the
+    /// reason, every waiter gets it, close returns, and a reopen replays what was written.
+    #[test]
+    fn a_panic_in_a_background_job_stops_writes_instead_of_hanging_them() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            idle_memtable_flush_after: None,
+            ..crate::Options::default()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        db.put("k", "v").unwrap();
+        fs.inject(Fault {
+            op: FsOp::Append,
+            path_contains: Some(".sst".into()),
+            kind: FaultKind::Panic,
+            skip: 0,
+            sticky: true,
+        });
+        let d = db.clone();
+        let e = answers("flush", move || d.flush()).unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        let d = db.clone();
+        let e = answers("put after", move || d.put("k2", "v")).unwrap_err();
+        assert!(
+            matches!(&e, Error::ReadOnly(m) if m.contains("panicked")),
+            "{e}"
+        );
+        answers("close", move || db.close()).ok();
+        fs.clear();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A panic in the commit leader (here in its WAL write) used to leave it at the front
+    /// of the queue: its followers and every later writer waited for ever. Now the group
+    /// is told its outcome is unknown, the queue moves on, later writers are refused with
+    /// the reason, and close returns.
+    #[test]
+    fn a_panic_in_the_commit_leader_answers_every_writer() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            ..crate::Options::default()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        let synced = crate::WriteOptions { sync: true };
+        db.write_opt(batch("before"), &synced).unwrap();
+        fs.inject(Fault {
+            op: FsOp::Append,
+            path_contains: Some(".log".into()),
+            kind: FaultKind::Panic,
+            skip: 0,
+            sticky: false,
+        });
+        let d = db.clone();
+        let e = answers("the panicking commit", move || {
+            d.write_opt(batch("during"), &crate::WriteOptions { sync: true })
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("may or may not"), "{e}");
+        assert_eq!(fs.injected(), 1);
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let d = db.clone();
+                std::thread::spawn(move || d.put(format!("after{i}"), "v"))
+            })
+            .collect();
+        for w in writers {
+            let e = answers("a later writer", move || w.join().unwrap()).unwrap_err();
+            assert!(
+                matches!(&e, Error::ReadOnly(m) if m.contains("panicked")),
+                "{e}"
+            );
+        }
+        answers("close", move || db.close()).ok();
+        fs.clear();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    fn batch(key: &str) -> crate::WriteBatch {
+        let mut b = crate::WriteBatch::new();
+        b.put(key, "v");
+        b
+    }
 
     /// A writer stopped at the L0 stop trigger while every compaction fails (here each
     /// read of one input table: a failing device) gets an error naming the failure, and

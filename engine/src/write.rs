@@ -808,15 +808,8 @@ mod tests {
         let e = answers("flush", move || d.flush()).unwrap_err();
         assert!(e.to_string().contains("panicked"), "{e}");
         let d = db.clone();
-        let e = answers("put after", move || d.put("k2", "v")).unwrap_err();
-        assert!(
-            matches!(&e, Error::ReadOnly(m) if m.contains("panicked")),
-            "{e}"
-        );
-        answers("close", move || db.close()).ok();
-        fs.clear();
-        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
-        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        refused_for_the_panic(answers("put after", move || d.put("k2", "v")));
+        closes_and_reopens_with(db, &fs, dir.path(), "k");
     }
 
     /// A panic in the commit leader (here in its WAL write) used to leave it at the front
@@ -856,16 +849,30 @@ mod tests {
             })
             .collect();
         for w in writers {
-            let e = answers("a later writer", move || w.join().unwrap()).unwrap_err();
-            assert!(
-                matches!(&e, Error::ReadOnly(m) if m.contains("panicked")),
-                "{e}"
-            );
+            refused_for_the_panic(answers("a later writer", move || w.join().unwrap()));
         }
+        closes_and_reopens_with(db, &fs, dir.path(), "before");
+    }
+
+    fn refused_for_the_panic(r: Result<()>) {
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, Error::ReadOnly(m) if m.contains("panicked")),
+            "{e}"
+        );
+    }
+
+    /// Closes `db` (which must answer), clears the faults, reopens: `key` is there.
+    fn closes_and_reopens_with(
+        db: crate::Db,
+        fs: &crate::fs::FaultFs,
+        dir: &std::path::Path,
+        key: &str,
+    ) {
         answers("close", move || db.close()).ok();
         fs.clear();
-        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
-        assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"v"[..]));
+        let db = crate::Db::open(dir, crate::Options::default()).unwrap();
+        assert_eq!(db.get(key).unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     fn batch(key: &str) -> crate::WriteBatch {

@@ -233,6 +233,10 @@ pub(crate) struct LogSync {
     state: Mutex<SyncState>,
 }
 
+/// Why a log is unusable after a write or fsync of it that never returned (a panic the
+/// engine caught further up).
+const PANICKED: &str = "a write or fsync of it panicked";
+
 #[derive(Default)]
 struct SyncState {
     failed: Option<String>,
@@ -246,7 +250,11 @@ impl LogSync {
     pub fn sync(&self) -> Result<()> {
         let mut st = self.lock_usable()?;
         self.sync_prev(&mut st)?;
-        self.file.sync().map_err(|e| {
+        // Failed until the fsync returns: should it panic, no later sync may pass over it.
+        st.failed = Some(PANICKED.into());
+        let r = self.file.sync();
+        st.failed = None;
+        r.map_err(|e| {
             let e = Error::io(&self.path, e);
             st.failed = Some(e.to_string());
             e
@@ -427,7 +435,11 @@ impl LogWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        // Failed until the append returns: should it panic, a prefix of the buffer may be in
+        // the file, and nothing may follow it.
+        self.failed = Some(PANICKED.into());
         let r = self.file.append(&self.buf);
+        self.failed = None;
         // On failure a prefix of the buffer may be in the file; the log is unusable from
         // here on, so drop the buffer either way.
         self.written += self.buf.len() as u64;
@@ -445,10 +457,15 @@ impl LogWriter {
     /// Flushes and fsyncs (the logs this one follows first).
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        match self.shared.clone() {
-            Some(s) => s.sync().inspect_err(|e| self.failed = Some(e.to_string())),
-            None => self.file.sync().map_err(|e| self.failure(e)),
-        }
+        // Failed until the fsync returns: should it panic, nothing may be appended after
+        // bytes the kernel may have dropped.
+        self.failed = Some(PANICKED.into());
+        let r = match self.shared.clone() {
+            Some(s) => s.sync(),
+            None => self.file.sync().map_err(|e| Error::io(&self.path, e)),
+        };
+        self.failed = r.as_ref().err().map(|e| e.to_string());
+        r
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -975,24 +992,28 @@ mod tests {
         use crate::fs::{Fault, FaultFs, FaultKind, Fs, FsOp};
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        for op in [FsOp::Append, FsOp::Sync] {
-            let path = dir.path().join(format!("{op:?}.log"));
+        for (op, kind) in [
+            (FsOp::Append, FaultKind::ShortWrite),
+            (FsOp::Sync, FaultKind::Io),
+            // A write or fsync that panics (the engine catches it further up) leaves the
+            // log as unusable as one that failed.
+            (FsOp::Append, FaultKind::Panic),
+            (FsOp::Sync, FaultKind::Panic),
+        ] {
+            let path = dir.path().join(format!("{op:?}-{kind:?}.log"));
             let mut w = LogWriter::new(fs.create(&path).unwrap(), path.clone(), LogKind::Wal);
             w.add(b"first");
             w.sync().unwrap();
             fs.inject(Fault {
                 op,
                 path_contains: Some(".log".into()),
-                kind: if op == FsOp::Append {
-                    FaultKind::ShortWrite
-                } else {
-                    FaultKind::Io
-                },
+                kind,
                 skip: 0,
                 sticky: false,
             });
             w.add(b"second, torn or not synced");
-            assert!(w.sync().is_err(), "{op:?}");
+            let failed = crate::util::catch_panic(|| w.sync()).map_or(true, |r| r.is_err());
+            assert!(failed, "{op:?} {kind:?}");
             let len = std::fs::metadata(&path).unwrap().len();
             // The fault was one-time; the writer still refuses.
             w.add(b"third");

@@ -133,8 +133,10 @@ fn worker(inner: Arc<Inner>, pick: fn(&Inner, &mut Core) -> Option<Job>) {
         core.running -= 1;
         let backoff = finish(&inner, &mut core, job, result);
         if !inner.failed.load(Ordering::Acquire) {
-            if let Err(e) = inner.retire_drained(&mut core) {
-                inner.fail(format!("retiring drained layouts failed: {e}"));
+            match crate::util::catch_panic(|| inner.retire_drained(&mut core)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => inner.fail(format!("retiring drained layouts failed: {e}")),
+                Err(why) => inner.fail(format!("retiring drained layouts panicked: {why}")),
             }
         }
         inner.stall_cv.notify_all();
@@ -257,8 +259,9 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                 Err(e) => {
                     // Compaction failures (a full disk, say) do not endanger acknowledged
                     // data; retry with backoff while writes keep going until the L0 stop
-                    // trigger holds them.
-                    core.compaction_failures += 1;
+                    // trigger holds them (and, after a few in a row, refuses them with the
+                    // reason). A manual compaction's failure is its caller's to see, and
+                    // does not count: it is not retried, so its failures come at once.
                     inner.note_background_error(&e);
                     if manual {
                         // A manual compaction reports its first error to its caller, who
@@ -268,6 +271,7 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                         core.manual_error.get_or_insert_with(|| e.to_string());
                         return None;
                     }
+                    core.compaction_failures += 1;
                     let n = core.compaction_failures.min(6);
                     Some(Duration::from_millis(100 << n))
                 }

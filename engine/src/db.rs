@@ -879,8 +879,8 @@ impl Db {
         self.inner.set_migration_latency_target(p99_us)
     }
 
-    /// Writes an openable copy of the database into `dir` (which must not exist or be
-    /// empty): hard links to the live SSTables, the WAL up to this moment, a fresh manifest.
+    /// Writes an openable copy of the database into `dir` (which must not exist, or hold
+    /// nothing but a lock file a failed checkpoint left): hard links to the live SSTables, the WAL up to this moment, a fresh manifest.
     /// Writes and background work go on meanwhile. The checkpoint holds `dir`'s lock file
     /// while it writes: another checkpoint into `dir` meanwhile fails with
     /// [`Error::Busy`](crate::Error::Busy), and an open of it with `Error::Locked`. On
@@ -1442,7 +1442,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Stops background threads, makes the WAL durable and releases the lock. Idempotent.
+    /// Stops background threads, makes the WAL durable and releases the lock. Only the
+    /// first call does (and reports the final sync); later ones return [`Error::Closed`].
     pub fn shutdown(&self) -> Result<()> {
         // Only the first close reports the final sync's outcome; a later one saying Ok
         // would tell its caller that writes were made durable when that sync may have

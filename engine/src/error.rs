@@ -122,7 +122,10 @@ pub enum Error {
     #[error("database is read-only after an earlier error: {0}")]
     ReadOnly(String),
 
-    /// A flush or compaction that the caller waited for failed.
+    /// A flush or compaction that the caller waited for failed; or a write refused (not
+    /// applied) because compaction debt or L0 stopped writes while compactions keep
+    /// failing; or a commit that panicked, whose write's outcome is unknown (the message
+    /// says which).
     #[error("background job failed: {0}")]
     Background(String),
 

@@ -929,13 +929,16 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
 fn left_by_a_first_open(fs: &dyn Fs, dir: &Path, ours: &[&String]) -> Result<bool> {
     for n in ours {
         let p = dir.join(n);
-        let first_open_s = if let Some(k) = crate::manifest::manifest_number(n) {
-            k == 1
-        } else if n.ends_with(".log") && crate::util::file_number(&p) == Some(2) {
+        let first_open_s = if **n == crate::manifest::manifest_name(1) {
+            true
+        } else if p == wal_file(dir, 2) {
+            // Empty, or its header whole and nothing after it: a damaged record there
+            // might have been a write.
             let len = fs.file_size(&p).map_err(|e| Error::io(&p, e))?;
             len == 0 || {
                 let data = fs.map(&p).map_err(|e| Error::io(&p, e))?;
-                crate::log::read_log(data, &p, LogKind::Wal).is_ok_and(|l| l.records.is_empty())
+                crate::log::read_log(data, &p, LogKind::Wal)
+                    .is_ok_and(|l| l.records.is_empty() && l.tail.is_none())
             }
         } else {
             false
@@ -1413,6 +1416,20 @@ mod tests {
         let mut after = names(other.path());
         after.retain(|n| n != "LOCK");
         assert_eq!(after, before, "the refused directory changed");
+        // Its one record torn (a first open writes none): refused too.
+        let wal = other.path().join("000002.log");
+        let len = std::fs::metadata(&wal).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let e = crate::Db::open(other.path(), crate::Options::default())
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::NotADatabase { .. }), "{e}");
+        assert!(wal.exists());
     }
 
     /// The sweep of an open removes the engine's own files no manifest names (an old

@@ -179,6 +179,9 @@ pub(crate) struct Core {
     pub next_job_id: u64,
     /// Background migration jobs running (the pacer's, not `migrate_now`'s).
     pub migrations_running: usize,
+    /// `migrate_now` jobs running on callers' threads: close waits for them, since they
+    /// write table files (which must not appear once the directory is let go).
+    pub foreground_jobs: usize,
     /// Output ranges of running compactions (see `compaction::place_outputs`).
     pub reserved: Vec<crate::compaction::Reservation>,
     /// Migration figures per draining layout version since open.
@@ -1464,6 +1467,13 @@ impl Inner {
         }
         for t in threads {
             let _ = t.join();
+        }
+        {
+            // A running job checks `closing` as it goes, and stops.
+            let mut core = self.core.lock();
+            while core.foreground_jobs > 0 {
+                self.bg_cv.wait_for(&mut core, Duration::from_millis(20));
+            }
         }
         let mut wal = self.wal.lock();
         let r = if self.read_only {

@@ -407,7 +407,10 @@ impl Inner {
                     return Ok(done);
                 }
                 match self.pick_draining_file(&mut core, &view) {
-                    Some(j) => j,
+                    Some(j) => {
+                        core.foreground_jobs += 1;
+                        j
+                    }
                     None => {
                         // Every draining partition is busy with a background job: wait.
                         self.stall_cv.wait_for(&mut core, Duration::from_millis(20));
@@ -415,7 +418,12 @@ impl Inner {
                     }
                 }
             };
+            // Uncounted when it ends, however it ends (a panic included: close waits for
+            // the count).
+            let _counted = ForegroundJob(self);
             let bytes = job.input_bytes();
+            #[cfg(test)]
+            crate::test_hooks::reach(crate::test_hooks::Point::MigrateNowPicked);
             let r = self.run_compaction(&job);
             let mut core = self.core.lock();
             self.release_job(&mut core, &job);
@@ -484,10 +492,71 @@ impl Inner {
     }
 }
 
+/// A `migrate_now` job counted in [`Core::foreground_jobs`](crate::db::Core) until dropped.
+struct ForegroundJob<'a>(&'a Inner);
+
+impl Drop for ForegroundJob<'_> {
+    fn drop(&mut self) {
+        self.0.core.lock().foreground_jobs -= 1;
+        self.0.bg_cv.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Db, Options, PartitionSpec};
+
+    /// A close on another clone while `migrate_now` runs a job waits for it: the job
+    /// writes table files, which must not appear once the directory lock is let go
+    /// (another process may own the directory by then, and hand out the same names).
+    /// Close used to join only the background threads.
+    #[test]
+    fn close_waits_for_a_running_migrate_now() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
+        }
+        db.flush().unwrap();
+        let v = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v).unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (closer, done) = (db.clone(), closed.clone());
+        crate::test_hooks::set(crate::test_hooks::Point::MigrateNowPicked, move || {
+            let inner = closer.inner.clone();
+            std::thread::spawn(move || {
+                let _ = closer.close();
+                done.store(true, Ordering::Release);
+            });
+            while !inner.closing.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            // Room for a close that does not wait to finish.
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let _ = db.migrate_now(None);
+        assert!(
+            !closed.load(Ordering::Acquire),
+            "close returned while migrate_now still ran a job"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !closed.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "close never returned");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     /// While nothing drains, the debt a migration's last job left is paid off (the next
     /// migration does not start blocked on it) but nothing is banked beyond it.

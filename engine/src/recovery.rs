@@ -1075,6 +1075,7 @@ fn new_core(
         flush_failures: 0,
         next_job_id: 0,
         migrations_running: 0,
+        foreground_jobs: 0,
         reserved: Vec::new(),
         migration: Default::default(),
         pinned: state.pinned.clone(),

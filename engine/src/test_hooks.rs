@@ -14,6 +14,8 @@ pub(crate) enum Point {
     /// `set_target`, after it cleared the write limits and before it installs the view
     /// naming the new target (the core lock held).
     RetargetBeforeSwap,
+    /// `migrate_now`, after it picked a job (counted as running) and before it runs it.
+    MigrateNowPicked,
     /// [`crate::inspect::sample_index_keys_in_dir`], after it read the directory's state
     /// and before it opens the tables that state names.
     SampleAfterDirState,

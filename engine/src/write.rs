@@ -787,23 +787,9 @@ mod tests {
     /// reason, every waiter gets it, close returns, and a reopen replays what was written.
     #[test]
     fn a_panic_in_a_background_job_stops_writes_instead_of_hanging_them() {
-        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FaultFs::new();
-        let opts = crate::Options {
-            fs: Arc::new(fs.clone()),
-            idle_memtable_flush_after: None,
-            ..crate::Options::default()
-        };
-        let db = crate::Db::open(dir.path(), opts).unwrap();
+        let (dir, fs, db) = on_a_fault_fs();
         db.put("k", "v").unwrap();
-        fs.inject(Fault {
-            op: FsOp::Append,
-            path_contains: Some(".sst".into()),
-            kind: FaultKind::Panic,
-            skip: 0,
-            sticky: true,
-        });
+        panic_on_append(&fs, ".sst", true);
         let d = db.clone();
         let e = answers("flush", move || d.flush()).unwrap_err();
         assert!(e.to_string().contains("panicked"), "{e}");
@@ -818,23 +804,10 @@ mod tests {
     /// the reason, and close returns.
     #[test]
     fn a_panic_in_the_commit_leader_answers_every_writer() {
-        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FaultFs::new();
-        let opts = crate::Options {
-            fs: Arc::new(fs.clone()),
-            ..crate::Options::default()
-        };
-        let db = crate::Db::open(dir.path(), opts).unwrap();
+        let (dir, fs, db) = on_a_fault_fs();
         let synced = crate::WriteOptions { sync: true };
         db.write_opt(batch("before"), &synced).unwrap();
-        fs.inject(Fault {
-            op: FsOp::Append,
-            path_contains: Some(".log".into()),
-            kind: FaultKind::Panic,
-            skip: 0,
-            sticky: false,
-        });
+        panic_on_append(&fs, ".log", false);
         let d = db.clone();
         let e = answers("the panicking commit", move || {
             d.write_opt(batch("during"), &crate::WriteOptions { sync: true })
@@ -873,6 +846,31 @@ mod tests {
         fs.clear();
         let db = crate::Db::open(dir, crate::Options::default()).unwrap();
         assert_eq!(db.get(key).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A database on a fault-injecting file system (no idle flushes: the tests flush).
+    fn on_a_fault_fs() -> (tempfile::TempDir, crate::fs::FaultFs, crate::Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::fs::FaultFs::new();
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            idle_memtable_flush_after: None,
+            ..crate::Options::default()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        (dir, fs, db)
+    }
+
+    /// The next append to a file whose name holds `path` panics (and every one after, if
+    /// `sticky`).
+    fn panic_on_append(fs: &crate::fs::FaultFs, path: &str, sticky: bool) {
+        fs.inject(crate::fs::Fault {
+            op: crate::fs::FsOp::Append,
+            path_contains: Some(path.into()),
+            kind: crate::fs::FaultKind::Panic,
+            skip: 0,
+            sticky,
+        });
     }
 
     fn batch(key: &str) -> crate::WriteBatch {

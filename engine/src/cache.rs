@@ -1,12 +1,5 @@
-//! The block cache: decompressed data blocks, bounded by their total size.
-//!
-//! Blocks reach the cache through `pread`, and compactions and table opens read with
-//! `pread` too; what still reads through the tables' memory maps (a backward walk that
-//! leaves the cache alone, a database without a cache) leaves the pages it touches
-//! resident in the process until they are released. So the cache also keeps a budget of
-//! bytes read from maps: past it, a sweep (run off the read path) releases the pages of
-//! every map read since its last release. Resident memory is then about the cache's size
-//! plus the budget, however large the database.
+//! The block cache: decompressed data blocks, bounded by their total size. Blocks reach it
+//! through `pread` (see `sst::reader`).
 //!
 //! The blocks themselves live in [`pages`]: a shrinking cache hands their memory back to the
 //! system at the next sweep, where blocks in the global allocator's memory would stay
@@ -14,14 +7,11 @@
 
 pub mod pages;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
-
-use crate::fs::MappedPages;
 
 use crate::sst::block::Block;
 
@@ -40,9 +30,6 @@ pub struct BlockCache {
     cache: Cache<(u64, u32), Block, BlockWeighter>,
     capacity: u64,
     room: Mutex<Room>,
-    maps: Mutex<Vec<Weak<MappedPages>>>,
-    touched: AtomicU64,
-    sweep_due: AtomicBool,
     pages: Option<Arc<PagePool>>,
 }
 
@@ -56,9 +43,6 @@ struct Room {
     /// Whether `pinned` comes out of the room (see [`BlockCache::charge_tables`]).
     charged: bool,
 }
-
-/// Bytes read out of memory maps between sweeps.
-const MAP_BUDGET: u64 = 2 << 20;
 
 impl BlockCache {
     /// A cache holding up to `bytes` of blocks of (mostly) up to `block_size` bytes.
@@ -74,9 +58,6 @@ impl BlockCache {
                 pinned: 0,
                 charged: false,
             }),
-            maps: Mutex::new(Vec::new()),
-            touched: AtomicU64::new(0),
-            sweep_due: AtomicBool::new(false),
             // Twice the room: blocks evicted while a cursor or a caller still holds them keep
             // their pages. Past that, blocks go to the heap.
             pages: (bytes > 0)
@@ -101,42 +82,12 @@ impl BlockCache {
         self.pages.as_ref()
     }
 
-    /// Registers a table's map for sweeps.
-    pub fn track(&self, pages: &Arc<MappedPages>) {
-        let mut m = self.maps.lock();
-        if m.len() > 64 && m.len().is_power_of_two() {
-            m.retain(|w| w.strong_count() > 0);
-        }
-        m.push(Arc::downgrade(pages));
-    }
-
-    /// Counts bytes read out of a map; marks a sweep due past the budget.
-    #[inline]
-    pub fn touched(&self, bytes: u64) {
-        if self.touched.fetch_add(bytes, Ordering::Relaxed) + bytes > MAP_BUDGET {
-            self.sweep_due.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Releases every live map's resident pages if a sweep is due, and the pages of free
-    /// block slots the room has no use for. Returns whether the map sweep ran.
-    pub fn sweep_if_due(&self) -> bool {
+    /// Hands the pages of free block slots the room has no use for back to the system
+    /// (off the read path: the WAL ticker calls it).
+    pub fn sweep(&self) {
         if let Some(p) = &self.pages {
             p.release_excess(self.room());
         }
-        if !self.sweep_due.swap(false, Ordering::Relaxed) {
-            return false;
-        }
-        self.touched.store(0, Ordering::Relaxed);
-        let live: Vec<Arc<MappedPages>> = {
-            let mut m = self.maps.lock();
-            m.retain(|w| w.strong_count() > 0);
-            m.iter().filter_map(|w| w.upgrade()).collect()
-        };
-        for p in live {
-            p.release();
-        }
-        true
     }
 
     pub fn get(&self, table: u64, block: u32) -> Option<Block> {
@@ -219,71 +170,6 @@ impl BlockCache {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::fs::{Fs, StdFs};
-
-    /// Resident KiB of this process's mappings of `path` (from /proc/self/smaps).
-    pub(crate) fn resident_kib(path: &std::path::Path) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let name = path.to_str().unwrap();
-        let mut total = 0;
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some(rest) = line.strip_prefix("Rss:") {
-                if inside {
-                    total += rest
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .unwrap();
-                }
-            } else if line.contains('-') && line.split_whitespace().count() >= 5 {
-                // A mapping's header line: "start-end perms offset dev inode [path]".
-                inside = line.ends_with(name);
-            }
-        }
-        total
-    }
-
-    /// Pages read out of maps are released once more than the budget was read: resident
-    /// memory stays about the cache plus the budget however much is read through maps.
-    #[test]
-    fn reading_past_the_map_budget_releases_mapped_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000001.sst");
-        let len = 4 * MAP_BUDGET as usize;
-        std::fs::write(&path, vec![7u8; len]).unwrap();
-        let m = StdFs.map_file(&path).unwrap();
-        let cache = BlockCache::new(1 << 20, 4096);
-        cache.track(m.pages.as_ref().unwrap());
-        let read = |from: usize, to: usize| {
-            let mut sum = 0u64;
-            for p in (from..to).step_by(4096) {
-                sum += m.bytes[p] as u64;
-                cache.touched(4096);
-            }
-            assert_eq!(sum, 7 * ((to - from) / 4096) as u64);
-        };
-        // Within the budget: nothing is due, pages stay.
-        let half = MAP_BUDGET as usize / 2;
-        read(0, half);
-        assert!(!cache.sweep_if_due());
-        assert!(
-            resident_kib(&path) >= half as u64 / 1024,
-            "pages read are resident"
-        );
-        // Past it: the sweep runs and the map's pages are gone, while its bytes still read.
-        read(half, len);
-        assert!(resident_kib(&path) >= (len / 2) as u64 / 1024);
-        assert!(cache.sweep_if_due());
-        assert!(
-            resident_kib(&path) < 64,
-            "{} KiB still resident after the sweep",
-            resident_kib(&path)
-        );
-        assert!(!cache.sweep_if_due(), "the count starts again from zero");
-        assert_eq!(m.bytes[len - 1], 7);
-    }
 
     /// A cache whose room shrinks (the memtables grew) evicts blocks, and the next sweep
     /// hands their pages back to the system; the blocks it keeps read as they were.
@@ -320,7 +206,7 @@ pub(crate) mod tests {
         assert!(held >= 280, "only {held} of 300 blocks held");
         let full = pages::tests::resident_kib(&pages);
         assert!(full >= held * 4, "{full} KiB resident for {held} blocks");
-        cache.sweep_if_due();
+        cache.sweep();
         assert!(
             pages::tests::resident_kib(&pages) >= held * 4,
             "a sweep released pages of blocks still held"
@@ -332,7 +218,7 @@ pub(crate) mod tests {
             "{} blocks kept",
             kept.len()
         );
-        cache.sweep_if_due();
+        cache.sweep();
         let after = pages::tests::resident_kib(&pages);
         let bound = (kept.len() as u64 + 16) * 4;
         assert!(

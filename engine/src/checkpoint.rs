@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::db::Inner;
 use crate::error::{Error, Result};
+use crate::fs::RandomRead;
 use crate::manifest::ManifestWriter;
 use crate::recovery::wal_files;
 
@@ -95,19 +96,19 @@ impl Inner {
             let active = (wal.number, wal.log.len());
             let core = self.core.lock();
             let view = self.view.load_full();
-            // Mapped now, copied after the locks are released: a flush finishing meanwhile
-            // deletes the WALs it covered, and a mapping keeps a deleted file readable.
+            // Opened now, copied after the locks are released: a flush finishing meanwhile
+            // deletes the WALs it covered, and an open file stays readable once deleted.
             // (Tables need no such care: the view holds them, and a table is deleted only
             // once no view does.)
             let mut wals = Vec::new();
             for (n, p) in wal_files(fs, &self.dir, core.log_number)? {
-                let data = fs.map(&p).map_err(|e| Error::io(&p, e))?;
                 let len = if n == active.0 {
                     active.1
                 } else {
-                    data.len() as u64
+                    fs.file_size(&p).map_err(|e| Error::io(&p, e))?
                 };
-                wals.push((p, data, len));
+                let file = fs.open_random(&p).map_err(|e| Error::io(&p, e))?;
+                wals.push((p, file, len));
             }
             let edit = self.snapshot_edit(&core, &view.files);
             (view, wals, edit, core.next_file)
@@ -128,16 +129,16 @@ impl Inner {
                 }
                 // Another file system, or no hard links there: copy.
                 Err(_) => {
-                    let data = fs.map(src).map_err(|e| Error::io(src, e))?;
-                    copy_prefix(self, &data, &dst, f.size)?;
+                    let file = fs.open_random(src).map_err(|e| Error::io(src, e))?;
+                    copy_prefix(self, (src, file.as_ref()), &dst, f.size)?;
                 }
             }
         }
-        for (src, data, len) in &wals {
+        for (src, file, len) in &wals {
             let name = src
                 .file_name()
                 .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
-            copy_prefix(self, data, &dest.join(name), *len)?;
+            copy_prefix(self, (src, file.as_ref()), &dest.join(name), *len)?;
         }
         ManifestWriter::create(fs, dest, manifest_number, &edit)?;
         fs.sync_dir(dest).map_err(|e| Error::io(dest, e))?;
@@ -145,13 +146,23 @@ impl Inner {
     }
 }
 
-/// Copies the first `len` bytes of `data` to a new file `dst` (an error if the name
-/// exists), fsynced.
-fn copy_prefix(inner: &Inner, data: &[u8], dst: &Path, len: u64) -> Result<()> {
+/// Copies the first `len` bytes of `src` (its path, and the file open for reading) to a
+/// new file `dst` (an error if the name exists), fsynced.
+fn copy_prefix(inner: &Inner, src: (&Path, &dyn RandomRead), dst: &Path, len: u64) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
     let fs = inner.fs.as_ref();
-    let n = usize::try_from(len).map_or(data.len(), |l| l.min(data.len()));
     let mut f = fs.create_new(dst).map_err(|e| Error::io(dst, e))?;
-    f.append(&data[..n]).map_err(|e| Error::io(dst, e))?;
+    let mut buf = Vec::with_capacity(CHUNK.min(len) as usize);
+    let mut at = 0;
+    while at < len {
+        let n = CHUNK.min(len - at);
+        buf.clear();
+        src.1
+            .read_exact_at_into(&mut buf, n as usize, at)
+            .map_err(|e| Error::io(src.0, e))?;
+        f.append(&buf).map_err(|e| Error::io(dst, e))?;
+        at += n;
+    }
     f.sync().map_err(|e| Error::io(dst, e))
 }
 

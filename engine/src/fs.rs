@@ -102,32 +102,37 @@ impl RandomRead for StdRandom {
     }
 }
 
-/// A mapped file, and (for real memory maps) a handle on its pages.
-pub struct Mapped {
-    pub bytes: Bytes,
-    pub pages: Option<Arc<MappedPages>>,
-}
+/// Positioned reads from bytes already in memory: a table handed over whole
+/// ([`crate::sst::Table::from_bytes`]).
+pub struct MemRead(pub Bytes);
 
-/// The pages of one memory map. Pages a reader touched stay resident (and count in the
-/// process's RSS) until released; releasing only unmaps them from this process — the
-/// data stays in the OS page cache and the next access maps it back in.
-pub struct MappedPages(Arc<memmap2::Mmap>);
+impl RandomRead for MemRead {
+    fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+        buf.extend_from_slice(self.slice(len, offset)?);
+        Ok(())
+    }
 
-impl MappedPages {
-    pub fn release(&self) {
-        // SAFETY: the mapping is read-only, of a file Sluice never modifies after writing
-        // it. MADV_DONTNEED drops this process's page-table entries; any later access to
-        // the range faults the unchanged file contents back in, so bytes handed out from
-        // the mapping stay valid.
-        let _ = unsafe { self.0.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        buf.copy_from_slice(self.slice(buf.len(), offset)?);
+        Ok(())
     }
 }
 
-struct SharedMmap(Arc<memmap2::Mmap>);
-
-impl AsRef<[u8]> for SharedMmap {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
+impl MemRead {
+    fn slice(&self, len: usize, offset: u64) -> io::Result<&[u8]> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.0.get(at..at.checked_add(len)?))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} bytes end before offset {}",
+                        self.0.len(),
+                        offset.saturating_add(len as u64)
+                    ),
+                )
+            })
     }
 }
 
@@ -149,18 +154,13 @@ pub trait Fs: Send + Sync + fmt::Debug {
         }
         self.create(path)
     }
-    /// Maps a whole file read-only. The bytes stay valid for as long as they are held.
-    fn map(&self, path: &Path) -> io::Result<Bytes>;
+    /// Reads a whole file (WALs, manifests, CURRENT). Tables are read with
+    /// [`Fs::open_random`] a block at a time. Never through a memory map: a disk's read
+    /// error there is a SIGBUS that kills the process, where a read returns it.
+    fn read_file(&self, path: &Path) -> io::Result<Bytes>;
     /// Opens a file for positioned reads (`pread`).
     fn open_random(&self, path: &Path) -> io::Result<Box<dyn RandomRead>> {
         Ok(Box::new(StdRandom(File::open(path)?)))
-    }
-    /// Like [`Fs::map`], with a handle that can release the mapping's resident pages.
-    fn map_file(&self, path: &Path) -> io::Result<Mapped> {
-        Ok(Mapped {
-            bytes: self.map(path)?,
-            pages: None,
-        })
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
@@ -232,28 +232,8 @@ impl Fs for StdFs {
         Ok(Box::new(StdFile(Arc::new(f))))
     }
 
-    fn map(&self, path: &Path) -> io::Result<Bytes> {
-        Ok(self.map_file(path)?.bytes)
-    }
-
-    fn map_file(&self, path: &Path) -> io::Result<Mapped> {
-        let f = File::open(path)?;
-        let len = f.metadata()?.len();
-        if len == 0 {
-            return Ok(Mapped {
-                bytes: Bytes::new(),
-                pages: None,
-            });
-        }
-        // SAFETY: Sluice never modifies a file after it is complete (SSTables, finished WAL
-        // and manifest files are immutable; the live WAL is only appended to, past the mapped
-        // length). A file truncated underneath us by another process could fault on access;
-        // the directory lock keeps other Sluice processes from writing here.
-        let m = Arc::new(unsafe { memmap2::Mmap::map(&f)? });
-        Ok(Mapped {
-            bytes: Bytes::from_owner(SharedMmap(m.clone())),
-            pages: Some(Arc::new(MappedPages(m))),
-        })
+    fn read_file(&self, path: &Path) -> io::Result<Bytes> {
+        std::fs::read(path).map(Bytes::from)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -367,7 +347,8 @@ pub enum FsOp {
     Rename,
     Remove,
     SyncDir,
-    Map,
+    /// Reading a whole file ([`Fs::read_file`]).
+    ReadFile,
     /// A positioned read of a file opened with [`Fs::open_random`].
     Read,
     /// Asking whether a path exists ([`Fs::exists`]).
@@ -907,18 +888,11 @@ impl Fs for FaultFs {
         }))
     }
 
-    fn map(&self, path: &Path) -> io::Result<Bytes> {
-        if let Some(k) = self.check(FsOp::Map, path) {
+    fn read_file(&self, path: &Path) -> io::Result<Bytes> {
+        if let Some(k) = self.check(FsOp::ReadFile, path) {
             return Err(fault_error(k));
         }
-        StdFs.map(path)
-    }
-
-    fn map_file(&self, path: &Path) -> io::Result<Mapped> {
-        if let Some(k) = self.check(FsOp::Map, path) {
-            return Err(fault_error(k));
-        }
-        StdFs.map_file(path)
+        StdFs.read_file(path)
     }
 
     fn open_random(&self, path: &Path) -> io::Result<Box<dyn RandomRead>> {

@@ -587,7 +587,7 @@ pub fn check_table_file(
     expect: &TableExpect<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> TableCheck {
-    let data = match StdFs.map(path) {
+    let data = match StdFs.read_file(path) {
         Ok(d) => d,
         Err(e) => {
             let e = Error::io(path, e);
@@ -1012,7 +1012,7 @@ fn batch_record(b: WalBatch, path: &Path, offset: u64, payload_at: u64) -> Resul
 
 /// Reads and decodes every record of a WAL file.
 pub fn read_wal_file(path: &Path) -> Result<WalContents> {
-    let data = StdFs.map(path).map_err(|e| Error::io(path, e))?;
+    let data = StdFs.read_file(path).map_err(|e| Error::io(path, e))?;
     let len = data.len() as u64;
     let log = read_log(data, path, LogKind::Wal)?;
     let mut records = Vec::with_capacity(log.records.len());

@@ -27,7 +27,7 @@
 #![warn(missing_debug_implementations)]
 #![allow(
     missing_debug_implementations,
-    reason = "internal handles hold non-Debug mmaps and locks"
+    reason = "internal handles hold non-Debug files, maps and locks"
 )]
 
 mod background;

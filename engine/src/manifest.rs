@@ -285,9 +285,8 @@ pub struct ManifestContents {
 /// Reads `CURRENT` and the manifest it names.
 pub fn read_current(fs: &dyn Fs, dir: &Path) -> Result<ManifestContents> {
     let cur = dir.join(CURRENT);
-    let raw = fs.map(&cur).map_err(|e| Error::io(&cur, e))?;
-    // A manifest name is a few dozen bytes: anything much longer is damage, refused
-    // before it is read through.
+    let raw = fs.read_file(&cur).map_err(|e| Error::io(&cur, e))?;
+    // A manifest name is a few dozen bytes: anything much longer is damage.
     if raw.len() > 256 {
         return Err(Error::corruption(
             &cur,
@@ -320,7 +319,7 @@ pub fn read_current(fs: &dyn Fs, dir: &Path) -> Result<ManifestContents> {
 
 /// Reads one manifest file.
 pub fn read_manifest(fs: &dyn Fs, path: &Path, number: u64) -> Result<ManifestContents> {
-    let data = fs.map(path).map_err(|e| Error::io(path, e))?;
+    let data = fs.read_file(path).map_err(|e| Error::io(path, e))?;
     let log = read_log(data, path, LogKind::Manifest)?;
     let mut edits = Vec::with_capacity(log.records.len());
     for (off, payload) in &log.records {

@@ -94,12 +94,6 @@ impl<'a> Outputs<'a> {
         if self.checked.is_multiple_of(4096) && self.inner.closing.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if self.checked.is_multiple_of(1024) {
-            // Inputs are read through memory maps: release their pages as the budget is
-            // reached, here rather than at the WAL ticker's next round, so a compaction
-            // keeps no more of them resident than the budget.
-            self.inner.cache.sweep_if_due();
-        }
         let wkey = (layout.id, partition);
         let (mut crossed, mut cut_min_bytes) = (false, 0);
         if let Some(c) = self.cuts.get_mut(&partition) {

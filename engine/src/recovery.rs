@@ -391,7 +391,7 @@ pub(crate) fn replay_wals(
     let logs = wals
         .iter()
         .map(|(_, path)| {
-            let data = fs.map(path).map_err(|e| Error::io(path, e))?;
+            let data = fs.read_file(path).map_err(|e| Error::io(path, e))?;
             let size = data.len() as u64;
             // Damage is found and described the same way in both modes; what to do about
             // it is decided below.
@@ -760,7 +760,10 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
 /// What identifies the manifest state a reader sees: the name CURRENT holds and that
 /// manifest's length (edits are only appended, a new manifest gets a new name).
 fn manifest_mark(fs: &dyn Fs, dir: &Path) -> Option<(Bytes, u64)> {
-    let current = fs.map(&dir.join(CURRENT)).ok().filter(|c| c.len() <= 256)?;
+    let current = fs
+        .read_file(&dir.join(CURRENT))
+        .ok()
+        .filter(|c| c.len() <= 256)?;
     let name = std::str::from_utf8(&current).ok()?.trim_end().to_owned();
     if !name.starts_with("MANIFEST-") || name.contains(['/', '\\']) {
         return None;
@@ -936,7 +939,7 @@ fn left_by_a_first_open(fs: &dyn Fs, dir: &Path, ours: &[&String]) -> Result<boo
             // might have been a write.
             let len = fs.file_size(&p).map_err(|e| Error::io(&p, e))?;
             len == 0 || {
-                let data = fs.map(&p).map_err(|e| Error::io(&p, e))?;
+                let data = fs.read_file(&p).map_err(|e| Error::io(&p, e))?;
                 crate::log::read_log(data, &p, LogKind::Wal)
                     .is_ok_and(|l| l.records.is_empty() && l.tail.is_none())
             }

@@ -702,9 +702,9 @@ impl Inner {
 
     /// Hands buffered WAL bytes to the OS (called every `wal_flush_interval`).
     pub(crate) fn tick_wal(&self) {
-        // Off the read path: release memory-map pages readers touched, if due, and make the
-        // copies lazy moves asked for.
-        self.cache.sweep_if_due();
+        // Off the read path: hand back the pages of block slots the cache has no room for,
+        // and make the copies lazy moves asked for.
+        self.cache.sweep();
         self.recharge_memtables();
         self.apply_moves();
         if !self.wal_healthy.load(Ordering::Acquire) {

@@ -1296,12 +1296,12 @@ impl Fs for ReaderHooks {
     fn create(&self, path: &Path) -> std::io::Result<Box<dyn sluice::fs::WritableFile>> {
         StdFs.create(path)
     }
-    fn map(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
+    fn read_file(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
         use std::sync::atomic::Ordering::AcqRel;
         if path.extension().is_some_and(|x| x == "log") && self.listed.swap(false, AcqRel) {
             (self.on_wal_read)();
         }
-        StdFs.map(path)
+        StdFs.read_file(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         StdFs.rename(from, to)

@@ -337,7 +337,7 @@ fn random_fault(r: &mut StdRng) -> Fault {
         FsOp::Rename,
         FsOp::Remove,
         FsOp::SyncDir,
-        FsOp::Map,
+        FsOp::ReadFile,
         FsOp::Read,
     ];
     const FILES: [Option<&str>; 5] = [

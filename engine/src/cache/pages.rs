@@ -7,8 +7,8 @@
 //! stay resident as memory the allocator keeps for reuse: measured with jemalloc's defaults,
 //! most of a readwhilewriting run's resident memory past the budget. Here a freed page goes on
 //! a free list; free pages the cache's current room has no use for (past a small reserve)
-//! are released to the system (`MADV_DONTNEED`) off the read path, with the tables' map
-//! sweeps, and fault back in as zeros when reused.
+//! are released to the system (`MADV_DONTNEED`) off the read path (the WAL ticker's
+//! sweep), and fault back in as zeros when reused.
 //!
 //! A page stays taken while anything holds a block in it — the cache, a cursor, or a value
 //! handed to a caller (values are zero-copy slices of blocks) — and goes back on the free list

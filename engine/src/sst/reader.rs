@@ -1,17 +1,15 @@
-//! Reads SSTables: opening one maps it, and checks the footer and the CRCs of the filter,
-//! index and properties blocks — read with `pread` when the table has a block cache (the
-//! map is then not touched at all unless a walk needs it), through the map otherwise.
+//! Reads SSTables, with `pread` only: opening one reads its footer, then its filter, index
+//! and properties, and checks their CRCs.
 //!
-//! Data blocks are checked on every read from the file. With a block cache, blocks are read
-//! with `pread`: those bound for the cache into the cache's pages, and those of a walk that
-//! leaves the cache alone (compactions) a run at a time into a buffer of the walk's
-//! ([`Table::read_block_ahead`]). Without a cache they are served from the map: a block
-//! stored raw (format version 1) straight from it (its CRC verified once and remembered),
-//! one stored key-delta encoded or compressed decoded (`sst::codec`).
+//! Data blocks are checked on every read from the file: those bound for the block cache
+//! are read into the cache's pages, those of a forward walk that leaves the cache alone
+//! (compactions, verification) a run at a time into a buffer of the walk's
+//! ([`Table::read_block_ahead`]), any other onto the heap. Nothing is read through a memory
+//! map: a disk's read error there is a SIGBUS that kills the process, where `pread`
+//! returns it, and it becomes an error naming the file.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering as AtOrd};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,12 +17,12 @@ use bytes::Bytes;
 use crate::cache::BlockCache;
 use crate::coding::Decoder;
 use crate::error::{Error, Result};
-use crate::fs::{Fs, RandomRead};
+use crate::fs::{Fs, MemRead, RandomRead};
 use crate::sst::block::Block;
 use crate::sst::bloom;
 use crate::sst::codec;
 use crate::sst::format::{
-    checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, COMPRESSION_NONE, FOOTER_LEN,
+    checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, FOOTER_LEN,
 };
 use crate::types::{
     cmp_internal, common_prefix_len, eq_keys, key_prefix, prefix_search, Entry, Kind,
@@ -126,18 +124,13 @@ impl Index {
 pub struct Table {
     id: u64,
     path: PathBuf,
-    data: Bytes,
+    /// The file's length.
+    len: u64,
     index: Index,
     filter: Bytes,
     props: TableProps,
     cache: Option<Arc<BlockCache>>,
-    /// One bit per data block: CRC already verified (uncompressed blocks only).
-    verified: Box<[AtomicU64]>,
-    _pages: Option<Arc<crate::fs::MappedPages>>,
-    /// Positioned reads for blocks bound for the cache: copying them out of the map would
-    /// leave the map's pages (and the kernel's fault-around neighbours) resident, so the
-    /// process would hold the cache's bytes twice.
-    reader: Option<Box<dyn crate::fs::RandomRead>>,
+    reader: Box<dyn RandomRead>,
     /// Heap bytes registered with the cache ([`BlockCache::pin`]) until the table drops.
     pinned: u64,
 }
@@ -164,38 +157,32 @@ impl Table {
         id: u64,
         cache: Option<Arc<BlockCache>>,
     ) -> Result<Table> {
-        let m = fs.map_file(path).map_err(|e| Error::io(path, e))?;
-        if let (Some(c), Some(p)) = (&cache, &m.pages) {
-            c.track(p);
-        }
-        let reader = match &cache {
-            Some(c) if c.capacity() > 0 => {
-                Some(fs.open_random(path).map_err(|e| Error::io(path, e))?)
-            }
-            _ => None,
-        };
-        let meta = match &reader {
-            Some(r) => read_meta(r.as_ref(), m.bytes.len() as u64, path, MAX_META_READ)?,
-            None => None,
-        };
-        let mut t = match meta {
-            // The metadata is read with pread and the map is left alone: pages read through
-            // a map stay resident until released, and a release interrupts the process's
-            // threads on other CPUs to flush their TLBs (see `read_block_ahead`).
-            Some((start, meta)) => Self::parse(m.bytes, start, meta, path, id, cache)?,
-            None => {
-                let t = Self::from_bytes(m.bytes, path, id, cache)?;
-                // Opening read the footer, properties, filter and index through the map and
-                // copied what it keeps: release those pages, or every open table holds them
-                // resident.
-                if let Some(p) = &m.pages {
-                    p.release();
-                }
-                t
-            }
-        };
-        t._pages = m.pages;
-        t.reader = reader;
+        let reader = fs.open_random(path).map_err(|e| Error::io(path, e))?;
+        let len = fs.file_size(path).map_err(|e| Error::io(path, e))?;
+        Self::with_reader(reader, len, path, id, cache)
+    }
+
+    /// A table over `data`, the whole file's bytes.
+    pub fn from_bytes(
+        data: Bytes,
+        path: &Path,
+        id: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
+        let len = data.len() as u64;
+        Self::with_reader(Box::new(MemRead(data)), len, path, id, cache)
+    }
+
+    /// A table over `len` bytes read with `reader`: reads and checks its metadata.
+    fn with_reader(
+        reader: Box<dyn RandomRead>,
+        len: u64,
+        path: &Path,
+        id: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
+        let (start, meta) = read_meta(reader.as_ref(), len, path)?;
+        let mut t = Self::parse(len, start, meta, reader, path, id, cache)?;
         if let Some(c) = &t.cache {
             t.pinned = t.heap_bytes();
             c.pin(t.pinned);
@@ -203,22 +190,13 @@ impl Table {
         Ok(t)
     }
 
-    /// A table over `data`, the whole file's bytes, its metadata read from them too.
-    pub fn from_bytes(
-        data: Bytes,
-        path: &Path,
-        id: u64,
-        cache: Option<Arc<BlockCache>>,
-    ) -> Result<Table> {
-        Self::parse(data.clone(), 0, data, path, id, cache)
-    }
-
-    /// A table over `data`, the whole file's bytes, with its footer, properties, filter and
-    /// index read from `meta`, the file's bytes from offset `start` to its end.
+    /// A table of `len` bytes, with its footer, properties, filter and index read from
+    /// `meta`, the file's bytes from offset `start` to its end.
     fn parse(
-        data: Bytes,
+        len: u64,
         start: u64,
         meta: Bytes,
+        reader: Box<dyn RandomRead>,
         path: &Path,
         id: u64,
         cache: Option<Arc<BlockCache>>,
@@ -242,8 +220,7 @@ impl Table {
         let props = TableProps::decode(pb, path, footer.props.offset)?;
         let (_, fb) = checked_at(&meta, start, footer.filter, path)?;
         // Filters and index keys are copied out of the metadata read: they are read on every
-        // lookup, and the bytes around them are not needed (or are map pages, released from
-        // time to time; see `cache.rs`).
+        // lookup, and the bytes around them are not needed.
         let filter = Bytes::copy_from_slice(fb);
         let (ty, ib) = checked_at(&meta, start, footer.index, path)?;
         let iblock = codec::decode_block(ty, meta.slice_ref(ib), path, footer.index.offset)?;
@@ -299,18 +276,15 @@ impl Table {
             ));
         }
         index.finish();
-        let words = index.len().div_ceil(64);
         Ok(Table {
             id,
             path: path.to_path_buf(),
-            data,
+            len,
             index,
             filter,
             props,
             cache,
-            verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            _pages: None,
-            reader: None,
+            reader,
             pinned: 0,
         })
     }
@@ -322,7 +296,7 @@ impl Table {
     /// Heap bytes the open table keeps for as long as it lives: its index, filter and
     /// checked-block bits.
     pub fn heap_bytes(&self) -> u64 {
-        (self.index.heap_bytes() + self.filter.len() + self.verified.len() * 8) as u64
+        (self.index.heap_bytes() + self.filter.len()) as u64
     }
 
     pub fn path(&self) -> &Path {
@@ -334,7 +308,7 @@ impl Table {
     }
 
     pub fn file_size(&self) -> u64 {
-        self.data.len() as u64
+        self.len
     }
 
     pub fn block_count(&self) -> usize {
@@ -363,10 +337,22 @@ impl Table {
 
     /// Checks the CRC of every data block (full verification).
     pub fn verify_blocks(&self) -> Result<()> {
+        let mut ra = Readahead::default();
         for i in 0..self.index.len() {
-            checked_block(&self.data, self.index.handle(i), &self.path)?;
+            self.read_block_ahead(i, &mut ra)?;
         }
         Ok(())
+    }
+
+    /// Where data block `i` lies in the file, and the last key (and seqno) the index gives
+    /// it (for verification, which reports problems by offset).
+    pub fn block_handle(&self, i: usize) -> Option<(BlockHandle, (&[u8], u64))> {
+        (i < self.block_count()).then(|| {
+            (
+                self.index.handle(i),
+                (self.index.key(i), self.index.seqnos[i]),
+            )
+        })
     }
 
     /// Loads data block `i` through the block cache, to search it.
@@ -374,76 +360,62 @@ impl Table {
         self.read_block(i, Fill::Search)
     }
 
-    /// Loads data block `i`. Filling the cache (point reads, scans), a missing block is read
-    /// with pread, checked and cached; otherwise (compactions, verification, or no cache), it
-    /// is read from the memory map — zero-copy when uncompressed.
+    /// Loads data block `i`, from the cache if it holds it. A block read from the file is
+    /// checked; filling the cache (point reads, scans), it is read into a page of the
+    /// cache's and cached, otherwise (a backward walk that leaves the cache alone) onto
+    /// the heap.
     pub fn read_block(&self, i: usize, fill: Fill) -> Result<Block> {
         self.check_block_index(i)?;
-        let fill_cache = fill != Fill::No;
         if let Some(c) = &self.cache {
             if let Some(b) = c.get(self.id, i as u32) {
                 return Ok(b);
             }
         }
         let h = self.index.handle(i);
-        let start = h.offset as usize;
-        let end = start + h.size as usize;
-        if let (true, Some(c), Some(r)) = (fill_cache, &self.cache, &self.reader) {
-            // Block bound for the cache: read it with pread (see `reader`).
-            // Into a page of the cache's if it fits one (see `cache::pages`).
-            let buf_len = h.size as usize + BLOCK_TRAILER_LEN;
-            let buf = match c.lease(buf_len) {
-                Some(mut lease) => {
-                    r.read_exact_at(lease.bytes_mut(), h.offset)
-                        .map_err(|e| Error::io(&self.path, e))?;
-                    codec::Owned::Page(lease)
-                }
-                None => {
-                    let mut buf = Vec::with_capacity(buf_len);
-                    r.read_exact_at_into(&mut buf, buf_len, h.offset)
-                        .map_err(|e| Error::io(&self.path, e))?;
-                    codec::Owned::Heap(buf)
-                }
-            };
-            let (ty, _) = checked_at(buf.bytes(), h.offset, h, &self.path)?;
-            let search = fill == Fill::Search;
-            let b = codec::decode_owned(ty, buf, h.size as usize, search, c, &self.path, h.offset)?;
-            c.insert(self.id, i as u32, b.clone());
-            return Ok(b);
-        }
-        if let Some(c) = &self.cache {
-            c.touched(h.size);
-        }
-        if self.data[end] == COMPRESSION_NONE {
-            // Zero-copy from the map; the CRC is checked once per block per open.
-            let (w, bit) = (i / 64, 1u64 << (i % 64));
-            if self.verified[w].load(AtOrd::Relaxed) & bit == 0 {
-                checked_block(&self.data, h, &self.path)?;
-                self.verified[w].fetch_or(bit, AtOrd::Relaxed);
+        let buf_len = h.size as usize + BLOCK_TRAILER_LEN;
+        let io = |e| Error::io(&self.path, e);
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|c| fill != Fill::No && c.capacity() > 0);
+        let Some(c) = cache else {
+            let mut buf = Vec::with_capacity(buf_len);
+            self.reader
+                .read_exact_at_into(&mut buf, buf_len, h.offset)
+                .map_err(io)?;
+            let (ty, _) = checked_at(&buf, h.offset, h, &self.path)?;
+            let body = Bytes::from(buf).slice(..h.size as usize);
+            return codec::decode_block(ty, body, &self.path, h.offset);
+        };
+        // Into a page of the cache's if it fits one (see `cache::pages`).
+        let buf = match c.lease(buf_len) {
+            Some(mut lease) => {
+                self.reader
+                    .read_exact_at(lease.bytes_mut(), h.offset)
+                    .map_err(io)?;
+                codec::Owned::Page(lease)
             }
-            return Block::new(self.data.slice(start..end), &self.path, h.offset);
-        }
-        let (ty, body) = checked_block(&self.data, h, &self.path)?;
-        let b = codec::decode_block(ty, self.data.slice_ref(body), &self.path, h.offset)?;
-        if let (true, Some(c)) = (fill_cache, &self.cache) {
-            c.insert(self.id, i as u32, b.clone());
-        }
+            None => {
+                let mut buf = Vec::with_capacity(buf_len);
+                self.reader
+                    .read_exact_at_into(&mut buf, buf_len, h.offset)
+                    .map_err(io)?;
+                codec::Owned::Heap(buf)
+            }
+        };
+        let (ty, _) = checked_at(buf.bytes(), h.offset, h, &self.path)?;
+        let search = fill == Fill::Search;
+        let b = codec::decode_owned(ty, buf, h.size as usize, search, c, &self.path, h.offset)?;
+        c.insert(self.id, i as u32, b.clone());
         Ok(b)
     }
 
     /// Loads data block `i` for a walk through the table's blocks in order that leaves the
-    /// cache alone (a compaction's): blocks are read with `pread` in runs of
-    /// [`READAHEAD`] bytes into `ra`'s buffer and served from it, CRC checked. The table's
-    /// map is not touched: pages read through a map stay resident until released, and each
-    /// release (`madvise`) of a map this process has read makes the kernel flush the TLB
-    /// of every CPU the process runs on — an interrupt in the middle of whatever a
-    /// foreground thread is doing there. Without a positioned reader (no block cache) the
-    /// block comes from the map as [`read_block`](Self::read_block) serves it.
+    /// cache alone (a compaction's, a verification's): blocks are read with `pread` in runs
+    /// of [`READAHEAD`] bytes into `ra`'s buffer and served from it, CRC checked.
     pub fn read_block_ahead(&self, i: usize, ra: &mut Readahead) -> Result<Block> {
         self.check_block_index(i)?;
-        let Some(r) = &self.reader else {
-            return self.read_block(i, Fill::No);
-        };
+        let r = &self.reader;
         let h = self.index.handle(i);
         let end = h.offset + h.size + BLOCK_TRAILER_LEN as u64;
         let held =
@@ -483,7 +455,11 @@ impl Table {
     #[cfg(test)]
     pub(crate) fn stored_block(&self, i: usize) -> (u8, BlockHandle) {
         let h = self.index.handle(i);
-        (self.data[(h.offset + h.size) as usize], h)
+        let mut ty = [0u8];
+        self.reader
+            .read_exact_at(&mut ty, h.offset + h.size)
+            .unwrap();
+        (ty[0], h)
     }
 
     pub(crate) fn block_offset(&self, i: usize) -> u64 {
@@ -560,8 +536,8 @@ impl Table {
 /// What a block read asks of the block cache.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fill {
-    /// Leave the cache as it is (compactions, whose forward walks go through
-    /// [`Table::read_block_ahead`] instead, and verification).
+    /// Leave the cache as it is (backward walks of compactions and checks; their forward
+    /// walks go through [`Table::read_block_ahead`]).
     No,
     /// Cache a missing block as it is (the blocks a scan walks through).
     Cache,
@@ -800,22 +776,11 @@ fn checked_at<'a>(
     checked_block(buf, local, path).map_err(|e| rebase(e, start))
 }
 
-/// The most metadata (filter, index, properties) an open reads onto the heap with `pread`;
-/// a table claiming more (a huge table, or a footer damaged into pointing far back) is
-/// opened through its map instead, so a damaged footer cannot make an open allocate up to
-/// the file's size.
-const MAX_META_READ: u64 = 8 << 20;
-
-/// Reads the metadata end of a table file of `len` bytes with `pread`: the footer, then
-/// everything from the first of the blocks it points to (filter, index, properties) to the
-/// end. Returns where that read starts and its bytes, or `None` if that is more than `max`
-/// bytes ([`MAX_META_READ`] when opening).
-pub(super) fn read_meta(
-    r: &dyn RandomRead,
-    len: u64,
-    path: &Path,
-    max: u64,
-) -> Result<Option<(u64, Bytes)>> {
+/// Reads the metadata end of a table file of `len` bytes: the footer, then everything
+/// from the first of the blocks it points to (filter, index, properties) to the end (no
+/// more than the file holds: the footer, checked by its CRC, points into the file).
+/// Returns where that read starts and its bytes.
+pub(super) fn read_meta(r: &dyn RandomRead, len: u64, path: &Path) -> Result<(u64, Bytes)> {
     let io = |e| Error::io(path, e);
     let at = len.saturating_sub(FOOTER_LEN as u64);
     let mut foot = Vec::new();
@@ -828,13 +793,10 @@ pub(super) fn read_meta(
         .offset
         .min(footer.index.offset)
         .min(footer.props.offset);
-    if len - start > max {
-        return Ok(None);
-    }
     let mut meta = Vec::new();
     r.read_exact_at_into(&mut meta, (len - start) as usize, start)
         .map_err(io)?;
-    Ok(Some((start, Bytes::from(meta))))
+    Ok((start, Bytes::from(meta)))
 }
 
 /// Moves the offset of an error found in a block read into a buffer to its place in the file.

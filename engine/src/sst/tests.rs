@@ -261,58 +261,71 @@ fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
     }
 }
 
-/// Opening a table with a block cache reads its footer, properties, filter and index with
-/// `pread`, never touching the map: no page of it is resident afterwards, so none has to be
-/// released (each release interrupts the process's threads on other CPUs). Without a cache
-/// they are read through the map, whose pages are released once copied. Either way an open
-/// table holds none of them resident (they were ~2% of the data, for as long as it lived).
+/// Opening a table reads its footer, then its metadata (filter, index, properties) in one
+/// read from the first of them to the end of the file.
 #[test]
-fn an_open_table_keeps_no_map_pages_resident() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("000007.sst");
-    let es = entries(40_000);
-    write(&p, &es, Compression::None);
-    for cache in [true, false] {
-        let t = open(&p, cache).unwrap();
-        let file = t.file_size();
-        assert!(file > 1 << 20, "{file} bytes");
-        let resident = crate::cache::tests::resident_kib(&p);
-        if cache {
-            assert_eq!(resident, 0, "KiB of the map resident after opening");
-        } else {
-            assert!(
-                resident < 8,
-                "{resident} KiB of a {file}-byte table resident after opening it"
-            );
-        }
-        // Reads still see everything (pages fault back in, or come through the cache).
-        assert_finds(&t, &es, 97);
-    }
-}
-
-/// Opening reads a table's metadata onto the heap with `pread` only up to a bound: a
-/// footer damaged into pointing far back cannot make an open allocate up to the file's size
-/// (past the bound, the table opens through its map, as a table without a cache does).
-#[test]
-fn metadata_is_read_with_pread_only_up_to_the_bound() {
+fn metadata_is_read_from_its_first_block_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("000008.sst");
     write(&p, &entries(40_000), Compression::None);
     let len = std::fs::metadata(&p).unwrap().len();
     let r = crate::fs::Fs::open_random(&StdFs, &p).unwrap();
-    let (start, meta) = super::reader::read_meta(r.as_ref(), len, &p, u64::MAX)
-        .unwrap()
-        .expect("within the bound");
+    let (start, meta) = super::reader::read_meta(r.as_ref(), len, &p).unwrap();
     let whole = std::fs::read(&p).unwrap();
     assert_eq!(&meta[..], &whole[start as usize..]);
     assert!(start > len / 2, "metadata from {start} of {len}");
-    let need = len - start;
-    assert!(super::reader::read_meta(r.as_ref(), len, &p, need)
-        .unwrap()
-        .is_some());
-    assert!(super::reader::read_meta(r.as_ref(), len, &p, need - 1)
-        .unwrap()
-        .is_none());
+}
+
+/// A table whose file is cut short under an open reader (another process truncating it,
+/// or a disk that can no longer read those blocks) gives an error naming the file from
+/// every read of what is gone: a point read, walks both ways, with and without a block
+/// cache, and verification. Read through a memory map, as tables once were, the same reads
+/// were a SIGBUS that killed the process.
+#[test]
+fn a_table_cut_short_under_its_reader_is_an_error_not_a_signal() {
+    use crate::cursor::TableCursor;
+    use crate::iter::{Direction, KeyRange};
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("000009.sst");
+    let es = entries(40_000);
+    write(&p, &es, Compression::None);
+    let whole = std::fs::read(&p).unwrap();
+    let names_the_file = |e: crate::Error, what: &str| match e {
+        crate::Error::Io { path, source } => {
+            assert_eq!(path, p, "{what}");
+            assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof, "{what}");
+        }
+        other => panic!("{what}: {other}"),
+    };
+    for cache in [true, false] {
+        let what = |w: &str| format!("{w}, cache {cache}");
+        let t = open(&p, cache).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(whole.len() as u64 / 4)
+            .unwrap();
+        let last = &es[es.len() - 1];
+        let e = t.get(&last.key, key_hash(&last.key), u64::MAX).unwrap_err();
+        names_the_file(e, &what("point read"));
+        let e = t
+            .iter()
+            .find_map(|r| r.err())
+            .expect("a forward walk fails");
+        names_the_file(e, &what("forward walk"));
+        for fill in [false, true] {
+            let back = TableCursor::new(t.clone(), KeyRange::all(), Direction::Backward, fill);
+            names_the_file(back.err().unwrap(), &what("backward walk"));
+        }
+        names_the_file(t.verify_blocks().unwrap_err(), &what("verification"));
+        // What is still there reads as before.
+        let first = &es[0];
+        let got = t.get(&first.key, key_hash(&first.key), u64::MAX).unwrap();
+        assert_eq!(got.as_ref(), Some(first), "{}", what("first key"));
+        std::fs::write(&p, &whole).unwrap();
+    }
 }
 
 #[test]

@@ -198,10 +198,23 @@ fn compression_name(c: u8) -> &'static str {
     }
 }
 
+/// The footer of a table file of `len` bytes (the last [`FOOTER_LEN`] of them).
+fn read_footer(file: &Path, len: u64) -> Result<sluice::sst::format::Footer, CliError> {
+    use sluice::fs::Fs;
+    use sluice::sst::format::{Footer, FOOTER_LEN};
+    let io = |e| CliError::from(sluice::Error::io(file, e));
+    let at = len.saturating_sub(FOOTER_LEN as u64);
+    let mut tail = vec![0; (len - at) as usize];
+    sluice::fs::StdFs
+        .open_random(file)
+        .and_then(|r| r.read_exact_at(&mut tail, at))
+        .map_err(io)?;
+    Ok(Footer::decode_at(&tail, at, file)?)
+}
+
 fn props(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let t = open(file)?;
-    let data = sluice::fs::Fs::map(&sluice::fs::StdFs, file).map_err(|e| CliError::from(sluice::Error::io(file, e)))?;
-    let footer = sluice::sst::format::Footer::decode(&data, file)?;
+    let footer = read_footer(file, t.file_size())?;
     let p: &TableProps = t.props();
     let h = |b: sluice::sst::format::BlockHandle| HandleJson {
         offset: b.offset,

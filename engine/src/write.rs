@@ -350,6 +350,9 @@ impl Inner {
                     }
                 }
             }
+            // Validated, or no transaction: a synced write with nothing to write is still a
+            // barrier (a transaction that only read commits what it read as durable).
+            sync |= w.sync;
             if b.is_empty() {
                 outcomes.push(Ok(seq - 1));
                 continue;
@@ -357,7 +360,6 @@ impl Inner {
             if let Some(keys) = group_keys.as_mut() {
                 collect_keys(&b, keys);
             }
-            sync |= w.sync;
             wal.log.add_with(|buf| b.encode_wal(seq, buf));
             outcomes.push(Ok(seq + b.len() as u64 - 1));
             user_bytes += b.size_bytes() as u64;

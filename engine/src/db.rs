@@ -143,11 +143,59 @@ pub(crate) struct WalState {
     pub earlier_noted: bool,
 }
 
-/// A registered partition function, live or retired.
+/// A live registered partition function.
+#[derive(Clone)]
 pub(crate) struct Registered {
     pub func: Arc<PartitionFn>,
-    pub retired: bool,
     pub was_target: bool,
+}
+
+/// The layout versions a database has registered: the live ones, with their functions.
+/// Every other id below `next` was registered and has retired, and keeps nothing (not even
+/// its function), so registering and retiring layouts for ever grows neither memory nor
+/// the manifest.
+#[derive(Clone, Default)]
+pub(crate) struct Registry {
+    pub live: BTreeMap<u32, Registered>,
+    /// One past the highest id ever registered: the next one.
+    pub next: u32,
+}
+
+impl Registry {
+    pub fn get(&self, id: u32) -> Option<&Registered> {
+        self.live.get(&id)
+    }
+
+    /// Whether `id` was registered and has retired.
+    pub fn is_retired(&self, id: u32) -> bool {
+        id != 0 && id < self.next && !self.live.contains_key(&id)
+    }
+
+    /// The retired ids, in order.
+    pub fn retired(&self) -> impl Iterator<Item = u32> + '_ {
+        (1..self.next).filter(|id| !self.live.contains_key(id))
+    }
+
+    /// Live layout `id`, or the error for an id that is not live.
+    pub fn live_one(&self, id: u32) -> Result<&Registered> {
+        match self.get(id) {
+            Some(r) => Ok(r),
+            None if self.is_retired(id) => Err(Error::VersionRetired(id)),
+            None => Err(Error::UnknownVersion(id)),
+        }
+    }
+
+    /// Registers `id`, which must be above every id registered before.
+    pub fn register(&mut self, id: u32, r: Registered) {
+        debug_assert!(id >= self.next.max(1));
+        self.live.insert(id, r);
+        self.next = id.saturating_add(1);
+    }
+
+    /// Raises `next` to at least `n`: every id below it not live has retired.
+    pub fn retired_below(&mut self, n: u32) {
+        self.next = self.next.max(n);
+    }
 }
 
 pub(crate) struct Core {
@@ -157,7 +205,7 @@ pub(crate) struct Core {
     pub log_number: u64,
     /// Highest seqno known to be in SSTables.
     pub flushed_seqno: u64,
-    pub registry: BTreeMap<u32, Registered>,
+    pub registry: Registry,
     /// Partitions (version, partition) with a compaction in flight.
     pub busy: HashSet<(u32, u32)>,
     pub flushing: bool,
@@ -312,7 +360,7 @@ pub(crate) fn snapshot_edit(
     next_file: u64,
     flushed_seqno: u64,
     log_number: u64,
-    registry: &BTreeMap<u32, Registered>,
+    registry: &Registry,
     files: &FileSet,
     controller: Option<&(u64, Vec<u8>)>,
     pinned: &std::collections::BTreeSet<u32>,
@@ -321,21 +369,22 @@ pub(crate) fn snapshot_edit(
     e.push(EditRecord::NextFile(next_file))
         .push(EditRecord::LastSeqno(flushed_seqno))
         .push(EditRecord::LogNumber(log_number));
-    for (id, r) in registry {
+    for (id, r) in &registry.live {
         e.push(EditRecord::RegisterLayout {
             id: *id,
             spec: r.func.spec().to_bytes(),
         });
     }
-    for (id, r) in registry {
-        if r.retired {
-            e.push(EditRecord::RetireLayout(*id));
-        }
+    // Retired layouts are the ids below `next` not registered above; only written when
+    // there are some, so a manifest of a database that never retired one stays readable
+    // by a build from before the record existed.
+    if registry.retired().next().is_some() {
+        e.push(EditRecord::RetiredBelow(registry.next));
     }
     // Replaying SetTarget is what marks a layout as having been the target (and so as
     // draining once replaced); the real target goes last.
-    for (id, r) in registry {
-        if r.was_target && !r.retired && *id != files.target {
+    for (id, r) in &registry.live {
+        if r.was_target && *id != files.target {
             e.push(EditRecord::SetTarget(*id));
         }
     }
@@ -350,7 +399,7 @@ pub(crate) fn snapshot_edit(
         });
     }
     for id in pinned {
-        if registry.get(id).is_some_and(|r| !r.retired) {
+        if registry.get(*id).is_some() {
             e.push(EditRecord::Pin {
                 id: *id,
                 pinned: true,
@@ -1022,11 +1071,7 @@ impl Inner {
     pub fn pin_version(&self, id: u32, pinned: bool) -> Result<()> {
         self.check_writable()?;
         let mut core = self.core.lock();
-        match core.registry.get(&id) {
-            None => return Err(Error::UnknownVersion(id)),
-            Some(r) if r.retired => return Err(Error::VersionRetired(id)),
-            Some(_) => {}
-        }
+        core.registry.live_one(id)?;
         let mut e = VersionEdit::default();
         e.push(EditRecord::Pin { id, pinned });
         self.log_edit(&mut core, &e)?;
@@ -1106,7 +1151,7 @@ impl Inner {
         self.check_writable()?;
         let func = Arc::new(PartitionFn::new(spec)?);
         let mut core = self.core.lock();
-        let live = core.registry.values().filter(|r| !r.retired).count();
+        let live = core.registry.live.len();
         if live >= crate::MAX_LIVE_LAYOUTS {
             return Err(Error::LayoutRefused(format!(
                 "{live} layout versions are live, the most there can be (every read consults \
@@ -1114,23 +1159,23 @@ impl Inner {
                  draining ones finish"
             )));
         }
-        let last = core.registry.keys().next_back().copied().unwrap_or(0);
-        let id = last.checked_add(1).ok_or_else(|| {
-            Error::LayoutRefused(format!(
-                "layout version v{last} is the last one there can be"
-            ))
-        })?;
+        let id = core.registry.next.max(1);
+        if id == u32::MAX {
+            return Err(Error::LayoutRefused(format!(
+                "layout version v{} is the last one there can be",
+                id - 1
+            )));
+        }
         let mut e = VersionEdit::default();
         e.push(EditRecord::RegisterLayout {
             id,
             spec: func.spec().to_bytes(),
         });
         self.log_edit(&mut core, &e)?;
-        core.registry.insert(
+        core.registry.register(
             id,
             Registered {
                 func: func.clone(),
-                retired: false,
                 was_target: false,
             },
         );
@@ -1151,11 +1196,7 @@ impl Inner {
     pub fn set_target(&self, id: u32) -> Result<()> {
         self.check_writable()?;
         let mut core = self.core.lock();
-        match core.registry.get(&id) {
-            None => return Err(Error::UnknownVersion(id)),
-            Some(r) if r.retired => return Err(Error::VersionRetired(id)),
-            Some(_) => {}
-        }
+        core.registry.live_one(id)?;
         let view = self.view.load_full();
         if view.files.target == id {
             return Ok(());
@@ -1179,7 +1220,7 @@ impl Inner {
         for f in &stale {
             f.mark_obsolete();
         }
-        if let Some(r) = core.registry.get_mut(&id) {
+        if let Some(r) = core.registry.live.get_mut(&id) {
             r.was_target = true;
             self.reset_load(id, r.func.clone());
         }
@@ -1228,11 +1269,7 @@ impl Inner {
         self.check_writable()?;
         let mut core = self.core.lock();
         let view = self.view.load_full();
-        match core.registry.get(&id) {
-            None => return Err(Error::UnknownVersion(id)),
-            Some(r) if r.retired => return Err(Error::VersionRetired(id)),
-            Some(_) => {}
-        }
+        core.registry.live_one(id)?;
         let refuse = |why: &str| Err(Error::LayoutRefused(format!("v{id} stays live: {why}")));
         if view.files.target == id {
             return refuse("it is the target");
@@ -1281,9 +1318,8 @@ impl Inner {
             f.mark_obsolete();
         }
         for id in &retire {
-            if let Some(r) = core.registry.get_mut(id) {
-                r.retired = true;
-            }
+            core.registry.live.remove(id);
+            core.pinned.remove(id);
         }
         self.swap_view(core, |v| {
             let mut fs = (*v.files).clone();
@@ -1328,12 +1364,7 @@ impl Inner {
                     .collect(),
             })
             .collect();
-        let retired = core
-            .registry
-            .iter()
-            .filter(|(_, r)| r.retired)
-            .map(|(id, _)| VersionId(*id))
-            .collect();
+        let retired = core.registry.retired().map(VersionId).collect();
         LayoutInfo {
             target: VersionId(files.target),
             versions,
@@ -1585,6 +1616,67 @@ mod tests {
         assert!(!live.contains(&cand), "{live:?}");
         assert!(live.contains(&v3), "{live:?}");
         assert_eq!(db.get("k2").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// Registering and retiring layouts over and over grows neither the manifest a reopen
+    /// starts nor the registry: a retired layout keeps its id (below the next one) and
+    /// nothing else, its function included. Retired ids stay retired across reopens and
+    /// are never handed out again, the highest one included.
+    #[test]
+    fn retired_layouts_keep_nothing_but_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let quiet = || Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        // 2,000 boundaries: a spec of ~24 KB.
+        let big = |i: u32| PartitionSpec::Range {
+            boundaries: (0..2000u32)
+                .map(|b| format!("{i:03}-{b:06}").into_bytes())
+                .collect(),
+        };
+        let db = Db::open(dir.path(), quiet()).unwrap();
+        db.put("k", "v").unwrap();
+        let mut retired = Vec::new();
+        for i in 0..50 {
+            let v = db.register_partition_fn(big(i)).unwrap();
+            db.retire_version(v).unwrap();
+            retired.push(v);
+        }
+        assert_eq!(db.layout().retired, retired);
+        assert_eq!(db.inner.core.lock().registry.live.len(), 1);
+        db.close().unwrap();
+        // The first reopen replays the edits and starts a manifest with a snapshot of the
+        // state; the second reads that snapshot.
+        drop(Db::open(dir.path(), quiet()).unwrap());
+        let db = Db::open(dir.path(), quiet()).unwrap();
+        let manifest = crate::manifest::read_current(&crate::fs::StdFs, dir.path()).unwrap();
+        let bytes = std::fs::metadata(&manifest.path).unwrap().len();
+        assert!(bytes < 4096, "the reopen's manifest is {bytes} bytes");
+        assert_eq!(db.layout().retired, retired);
+        let last = *retired.last().unwrap();
+        for v in [retired[0], last] {
+            assert!(matches!(db.set_target(v), Err(Error::VersionRetired(_))));
+            assert!(matches!(
+                db.pin_version(v, true),
+                Err(Error::VersionRetired(_))
+            ));
+            assert!(matches!(
+                db.retire_version(v),
+                Err(Error::VersionRetired(_))
+            ));
+        }
+        let beyond = VersionId(last.0 + 1);
+        assert!(matches!(
+            db.set_target(beyond),
+            Err(Error::UnknownVersion(_))
+        ));
+        assert_eq!(db.register_partition_fn(big(99)).unwrap(), beyond);
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        db.close().unwrap();
+        let db = Db::open(dir.path(), quiet()).unwrap();
+        assert_eq!(db.layout().retired, retired);
+        assert_eq!(db.layout().versions.len(), 2);
     }
 
     /// `fenced` or `claim_controller` inside `fenced` on the same thread waited for itself

@@ -63,8 +63,6 @@ pub enum VersionRole {
     Draining,
     /// Registered but never the target: holds no data.
     Candidate,
-    /// Drained and retired: no files left.
-    Retired,
 }
 
 impl VersionRole {
@@ -73,12 +71,11 @@ impl VersionRole {
             VersionRole::Target => "target",
             VersionRole::Draining => "draining",
             VersionRole::Candidate => "candidate",
-            VersionRole::Retired => "retired",
         }
     }
 }
 
-/// One registered layout version as the manifest records it.
+/// One live layout version as the manifest records it.
 #[derive(Clone, Debug)]
 pub struct VersionState {
     pub id: u32,
@@ -89,9 +86,6 @@ pub struct VersionState {
 impl VersionState {
     pub fn spec(&self) -> &PartitionSpec {
         self.func.spec()
-    }
-    pub fn is_live(&self) -> bool {
-        self.role != VersionRole::Retired
     }
 }
 
@@ -115,8 +109,10 @@ pub struct DirState {
     pub manifest_edits: usize,
     pub manifest_torn_tail: Option<TornTail>,
     pub target: u32,
-    /// Every registered version, retired ones included, by id.
+    /// The live versions, by id.
     pub versions: Vec<VersionState>,
+    /// The retired versions' ids (they keep nothing else), in order.
+    pub retired: Vec<u32>,
     /// Live files (data and forwarding-pointer tables), by number.
     pub files: Vec<FileRecord>,
     /// Manifest offset of the edit that added each live file.
@@ -143,8 +139,14 @@ impl DirState {
         self.versions.iter().find(|v| v.id == id)
     }
 
-    pub fn live_versions(&self) -> impl Iterator<Item = &VersionState> {
-        self.versions.iter().filter(|v| v.is_live())
+    /// Every version ever registered, live or retired: the ids a forwarding pointer may
+    /// name.
+    pub fn known_versions(&self) -> BTreeSet<u32> {
+        self.versions
+            .iter()
+            .map(|v| v.id)
+            .chain(self.retired.iter().copied())
+            .collect()
     }
 
     pub fn table_path(&self, number: u64) -> PathBuf {
@@ -287,15 +289,14 @@ fn added_offsets(m: &ManifestContents) -> BTreeMap<u64, u64> {
 
 fn versions_of(st: &ManifestState) -> Vec<VersionState> {
     st.registry
+        .live
         .iter()
-        .map(|(id, (func, retired, was_target))| VersionState {
+        .map(|(id, r)| VersionState {
             id: *id,
-            func: func.clone(),
-            role: if *retired {
-                VersionRole::Retired
-            } else if *id == st.target {
+            func: r.func.clone(),
+            role: if *id == st.target {
                 VersionRole::Target
-            } else if *was_target {
+            } else if r.was_target {
                 VersionRole::Draining
             } else {
                 VersionRole::Candidate
@@ -379,6 +380,7 @@ pub fn read_dir_state(dir: &Path) -> Result<DirState> {
         manifest_torn_tail: m.tail.clone(),
         target: st.target,
         versions: versions_of(&st),
+        retired: st.registry.retired().collect(),
         files: st.files.values().cloned().collect(),
         added_at: at,
         next_file: st.next_file,
@@ -1181,7 +1183,7 @@ fn verify_once(
     // Which tables to check, and against what.
     let known: BTreeSet<u32> = state
         .as_ref()
-        .map(|s| s.versions.iter().map(|v| v.id).collect())
+        .map(DirState::known_versions)
         .unwrap_or_default();
     let mut jobs: Vec<(PathBuf, Option<&FileRecord>)> = Vec::new();
     // Tables the manifest does not name, judged once the WALs are read (see below).

@@ -45,6 +45,9 @@ pub enum EditRecord {
     },
     SetTarget(u32),
     RetireLayout(u32),
+    /// Every layout id below this one that is not registered has retired (a snapshot's
+    /// record of its retired layouts, which keep nothing else).
+    RetiredBelow(u32),
     AddFile(FileRecord),
     DeleteFile(u64),
     /// State of the migration controller (opaque to the engine), fenced by `epoch`.
@@ -75,6 +78,7 @@ const TAG_ADD_FILE: u8 = 7;
 const TAG_DELETE_FILE: u8 = 8;
 const TAG_CONTROLLER: u8 = 9;
 const TAG_PIN: u8 = 10;
+const TAG_RETIRED_BELOW: u8 = 11;
 
 /// Most levels any partition may have.
 pub const MAX_LEVELS: usize = 7;
@@ -152,6 +156,10 @@ fn encode_record(r: &EditRecord, b: &mut Vec<u8>) {
             put_u8(b, TAG_RETIRE);
             put_varint(b, *id as u64);
         }
+        EditRecord::RetiredBelow(id) => {
+            put_u8(b, TAG_RETIRED_BELOW);
+            put_varint(b, *id as u64);
+        }
         EditRecord::AddFile(f) => {
             put_u8(b, TAG_ADD_FILE);
             put_varint(b, f.number);
@@ -199,6 +207,9 @@ impl VersionEdit {
                 },
                 TAG_TARGET => EditRecord::SetTarget(d.u32_varint("target")?),
                 TAG_RETIRE => EditRecord::RetireLayout(d.u32_varint("retired layout")?),
+                TAG_RETIRED_BELOW => {
+                    EditRecord::RetiredBelow(d.u32_varint("retired layouts' bound")?)
+                }
                 TAG_ADD_FILE => {
                     let number = d.varint("file number")?;
                     let size = d.varint("file size")?;
@@ -556,6 +567,7 @@ mod tests {
             }))
             .push(EditRecord::DeleteFile(8))
             .push(EditRecord::RetireLayout(1))
+            .push(EditRecord::RetiredBelow(5))
             .push(EditRecord::Controller {
                 epoch: 3,
                 state: b"state".to_vec(),

@@ -18,7 +18,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::batch::{is_wal_batch, is_wal_earlier_durable, WalEntry, WriteBatch};
 use crate::cache::BlockCache;
-use crate::db::{table_file, wal_file, Core, Inner, RecoveryReport, Registered, View, WalState};
+use crate::db::{
+    table_file, wal_file, Core, Inner, RecoveryReport, Registered, Registry, View, WalState,
+};
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, Fs};
 use crate::layout::PartitionFn;
@@ -39,8 +41,7 @@ use crate::version::{FileMeta, FileSet, LayoutState};
 
 /// The state a manifest describes.
 pub(crate) struct ManifestState {
-    /// id -> (function, retired, was target).
-    pub registry: BTreeMap<u32, (Arc<PartitionFn>, bool, bool)>,
+    pub registry: Registry,
     pub target: u32,
     pub files: BTreeMap<u64, FileRecord>,
     pub next_file: u64,
@@ -53,7 +54,7 @@ pub(crate) struct ManifestState {
 /// Replays a manifest's edits, checking each against the state so far.
 pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
     let mut st = ManifestState {
-        registry: BTreeMap::new(),
+        registry: Registry::default(),
         target: 0,
         files: BTreeMap::new(),
         next_file: 1,
@@ -78,30 +79,34 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                 EditRecord::LastSeqno(n) => st.last_seqno = st.last_seqno.max(*n),
                 EditRecord::LogNumber(n) => st.log_number = st.log_number.max(*n),
                 EditRecord::RegisterLayout { id, spec } => {
-                    if *id == 0 || st.registry.contains_key(id) {
-                        return Err(bad(format!("layout v{id} registered twice")));
+                    // Ids are handed out in order and never again, retired or not.
+                    if *id == 0 || *id < st.registry.next {
+                        return Err(bad(format!(
+                            "layout v{id} registered twice, or after v{}",
+                            st.registry.next.saturating_sub(1)
+                        )));
                     }
                     let spec = crate::PartitionSpec::from_bytes(spec)
                         .map_err(|e| bad(format!("layout v{id}: {e}")))?;
                     let f =
                         PartitionFn::new(spec).map_err(|e| bad(format!("layout v{id}: {e}")))?;
-                    st.registry.insert(*id, (Arc::new(f), false, false));
+                    let func = Arc::new(f);
+                    let was_target = false;
+                    st.registry.register(*id, Registered { func, was_target });
                 }
-                EditRecord::SetTarget(id) => match st.registry.get_mut(id) {
-                    Some((_, false, was)) => {
-                        *was = true;
-                        st.target = *id;
+                EditRecord::SetTarget(id) => {
+                    if st.registry.is_retired(*id) {
+                        return Err(bad(format!("target set to retired v{id}")));
                     }
-                    Some((_, true, _)) => return Err(bad(format!("target set to retired v{id}"))),
-                    None => return Err(bad(format!("target set to unknown v{id}"))),
-                },
+                    let Some(r) = st.registry.live.get_mut(id) else {
+                        return Err(bad(format!("target set to unknown v{id}")));
+                    };
+                    r.was_target = true;
+                    st.target = *id;
+                }
                 EditRecord::RetireLayout(id) => {
                     if *id == st.target {
                         return Err(bad(format!("retired the target v{id}")));
-                    }
-                    match st.registry.get_mut(id) {
-                        Some(r) => r.1 = true,
-                        None => return Err(bad(format!("retired unknown v{id}"))),
                     }
                     // Pointer files of a retired layout are deleted in the same edit; data
                     // files must all be gone. (Counted per layout as files come and go: a
@@ -114,13 +119,19 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                             f.map_or(0, |f| f.number)
                         )));
                     }
+                    // Retiring again is harmless.
+                    if st.registry.live.remove(id).is_none() && !st.registry.is_retired(*id) {
+                        return Err(bad(format!("retired unknown v{id}")));
+                    }
+                    st.pinned.remove(id);
                 }
+                EditRecord::RetiredBelow(n) => st.registry.retired_below(*n),
                 EditRecord::AddFile(f) if f.number > MAX_FILE_NUMBER => {
                     return Err(bad(format!("file number {} out of range", f.number)));
                 }
                 EditRecord::AddFile(f) => {
-                    match st.registry.get(&f.layout_version) {
-                        Some((func, false, _)) => {
+                    match st.registry.get(f.layout_version) {
+                        Some(Registered { func, .. }) => {
                             if f.partition >= func.partitions() {
                                 return Err(bad(format!(
                                     "file {} in partition {} of v{} which has {}",
@@ -158,8 +169,9 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                     st.controller = Some((*epoch, state.clone()));
                 }
                 EditRecord::Pin { id, pinned } => {
-                    if !st.registry.contains_key(id) {
-                        return Err(bad(format!("pinned unknown v{id}")));
+                    if st.registry.get(*id).is_none() {
+                        // A pin record is only ever written for a live layout.
+                        return Err(bad(format!("pinned v{id}, which is not live")));
                     }
                     if *pinned {
                         st.pinned.insert(*id);
@@ -179,9 +191,9 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
     }
     // The engine never lets more than this many be live (`Db::register_partition_fn`), and
     // opening builds every live layout's partitions: a manifest claiming more is corrupt,
-    // not a reason to allocate for them. (Checked once replayed: a snapshot registers every
-    // layout, retired ones too, before it retires them.)
-    let live = st.registry.values().filter(|r| !r.1).count();
+    // not a reason to allocate for them. (Checked once replayed: a snapshot written before
+    // `RetiredBelow` registers every layout, retired ones too, before it retires them.)
+    let live = st.registry.live.len();
     if live > crate::MAX_LIVE_LAYOUTS {
         return Err(Error::corruption(
             &m.path,
@@ -208,12 +220,10 @@ pub(crate) fn open_tables(
         layouts: BTreeMap::new(),
         target: st.target,
     };
-    for (id, (func, retired, was_target)) in &st.registry {
-        if !retired {
-            let mut l = LayoutState::new(*id, func.clone());
-            l.was_target = *was_target;
-            set.layouts.insert(*id, l);
-        }
+    for (id, r) in &st.registry.live {
+        let mut l = LayoutState::new(*id, r.func.clone());
+        l.was_target = r.was_target;
+        set.layouts.insert(*id, l);
     }
     let mut metas = Vec::with_capacity(st.files.len());
     for rec in st.files.values() {
@@ -229,7 +239,12 @@ pub(crate) fn open_tables(
             }
             Err(e) => return Err(e),
         };
-        check_table(&table, rec, &st.registry[&rec.layout_version].0, &path)?;
+        check_table(
+            &table,
+            rec,
+            &st.registry.live[&rec.layout_version].func,
+            &path,
+        )?;
         metas.push(Arc::new(FileMeta::new(
             Arc::new(table),
             rec.level,
@@ -897,8 +912,15 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     let func = Arc::new(PartitionFn::new(opts.partition.clone())?);
-    let mut registry = BTreeMap::new();
-    registry.insert(1, (func.clone(), false, true));
+    let mut registry = Registry::default();
+    let was_target = true;
+    registry.register(
+        1,
+        Registered {
+            func: func.clone(),
+            was_target,
+        },
+    );
     let mut files = FileSet::default();
     let mut l = LayoutState::new(1, func);
     l.was_target = true;
@@ -951,23 +973,6 @@ fn left_by_a_first_open(fs: &dyn Fs, dir: &Path, ours: &[&String]) -> Result<boo
         }
     }
     Ok(true)
-}
-
-fn registry_of(state: &ManifestState) -> BTreeMap<u32, Registered> {
-    state
-        .registry
-        .iter()
-        .map(|(id, (f, retired, was_target))| {
-            (
-                *id,
-                Registered {
-                    func: f.clone(),
-                    retired: *retired,
-                    was_target: *was_target,
-                },
-            )
-        })
-        .collect()
 }
 
 /// Assembles the engine state shared by both open modes.
@@ -1064,7 +1069,7 @@ fn new_core(
         next_file,
         log_number,
         flushed_seqno: state.last_seqno,
-        registry: registry_of(state),
+        registry: state.registry.clone(),
         busy: Default::default(),
         flushing: false,
         writing_to: Default::default(),
@@ -1265,7 +1270,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
     wal_log.sync()?;
 
     let files = Arc::new(files);
-    let registry = registry_of(&state);
+    let registry = state.registry.clone();
     let snapshot = crate::db::snapshot_edit(
         next_file,
         state.last_seqno,
@@ -1529,7 +1534,7 @@ mod tests {
             contents(vec![records])
         };
         assert_eq!(
-            replay_manifest(&live(n)).unwrap().registry.len(),
+            replay_manifest(&live(n)).unwrap().registry.live.len(),
             n as usize
         );
         let e = replay_manifest(&live(n + 1)).err().expect("refused");
@@ -1543,7 +1548,48 @@ mod tests {
         snapshot.extend((2..=2 * n + 1).map(EditRecord::RetireLayout));
         snapshot.push(EditRecord::SetTarget(1));
         let st = replay_manifest(&contents(vec![snapshot])).unwrap();
-        assert_eq!(st.registry.values().filter(|r| !r.1).count(), n as usize);
+        assert_eq!(st.registry.live.len(), n as usize);
+    }
+
+    /// A snapshot's `RetiredBelow(n)`: every id below `n` not registered has retired. Such an
+    /// id is never registered again, nor targeted, nor given files; retiring it again is
+    /// harmless, and ids from `n` on are unknown until registered.
+    #[test]
+    fn ids_below_the_retired_bound_stay_retired() {
+        let snapshot = || {
+            vec![
+                register(3),
+                EditRecord::RetiredBelow(6),
+                EditRecord::SetTarget(3),
+            ]
+        };
+        let st = replay_manifest(&contents(vec![snapshot()])).unwrap();
+        assert_eq!(st.registry.retired().collect::<Vec<_>>(), vec![1, 2, 4, 5]);
+        assert_eq!(st.registry.next, 6);
+        let with = |records: Vec<EditRecord>| replay_manifest(&contents(vec![snapshot(), records]));
+        let refused = |records: Vec<EditRecord>, why: &str| {
+            let e = with(records).err().expect(why);
+            assert!(e.is_corruption() && e.to_string().contains(why), "{e}");
+        };
+        refused(vec![register(5)], "v5 registered twice");
+        refused(vec![EditRecord::SetTarget(4)], "target set to retired v4");
+        refused(vec![EditRecord::SetTarget(6)], "target set to unknown v6");
+        refused(vec![file(7, 2)], "");
+        refused(vec![EditRecord::RetireLayout(6)], "retired unknown v6");
+        refused(
+            vec![EditRecord::Pin {
+                id: 1,
+                pinned: true,
+            }],
+            "pinned v1, which is not live",
+        );
+        assert!(with(vec![EditRecord::RetireLayout(2)]).is_ok());
+        let st = with(vec![register(6), EditRecord::SetTarget(6)]).unwrap();
+        assert_eq!(st.registry.next, 7);
+        assert_eq!(
+            st.registry.live.keys().copied().collect::<Vec<_>>(),
+            vec![3, 6]
+        );
     }
 
     /// A layout retires only once none of its files is live, whichever edits added and
@@ -1562,7 +1608,7 @@ mod tests {
         assert!(e.to_string().contains("retired v2 still has file 7"), "{e}");
         // Deleted, then retired: fine; a file of another layout does not hold it back.
         let st = retire_with(vec![file(7, 2), file(8, 1), EditRecord::DeleteFile(7)]).unwrap();
-        assert!(st.registry[&2].1);
+        assert!(st.registry.is_retired(2));
         // Two added, one deleted: still one left.
         let e = retire_with(vec![file(7, 2), file(9, 2), EditRecord::DeleteFile(7)])
             .err()

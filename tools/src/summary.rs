@@ -101,7 +101,7 @@ impl Summary {
     pub fn of(st: &DirState) -> Summary {
         let mut versions = Vec::new();
         let mut all_levels = empty_levels();
-        for v in st.live_versions() {
+        for v in &st.versions {
             let n = v.func.partitions() as usize;
             let mut parts: Vec<PartSummary> = (0..n)
                 .map(|i| PartSummary {
@@ -185,12 +185,7 @@ impl Summary {
         };
         Summary {
             target: st.target,
-            retired: st
-                .versions
-                .iter()
-                .filter(|v| v.role == VersionRole::Retired)
-                .map(|v| v.id)
-                .collect(),
+            retired: st.retired.clone(),
             files: versions.iter().map(|v| v.files + v.pointer_files).sum(),
             bytes: st.files.iter().map(|f| f.size).fold(0, u64::saturating_add),
             levels: all_levels,

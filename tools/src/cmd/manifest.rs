@@ -31,6 +31,8 @@ enum RecordJson {
     RegisterLayout { version: u32, spec: String },
     SetTarget { version: u32 },
     RetireLayout { version: u32 },
+    /// Every version below `version` not registered has retired.
+    RetiredBelow { version: u32 },
     AddFile {
         file: u64,
         size: u64,
@@ -85,6 +87,7 @@ fn record_json(r: &EditRecord, ctx: &Ctx) -> RecordJson {
         },
         EditRecord::SetTarget(v) => RecordJson::SetTarget { version: *v },
         EditRecord::RetireLayout(v) => RecordJson::RetireLayout { version: *v },
+        EditRecord::RetiredBelow(v) => RecordJson::RetiredBelow { version: *v },
         EditRecord::AddFile(f) => RecordJson::AddFile {
             file: f.number,
             size: f.size,
@@ -121,6 +124,7 @@ fn record_text(r: &RecordJson) -> String {
         RecordJson::RegisterLayout { version, spec } => format!("register_layout v{version} {spec}"),
         RecordJson::SetTarget { version } => format!("set_target v{version}"),
         RecordJson::RetireLayout { version } => format!("retire_layout v{version}"),
+        RecordJson::RetiredBelow { version } => format!("retired_below v{version}"),
         RecordJson::AddFile {
             file,
             size: sz,

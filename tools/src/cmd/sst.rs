@@ -319,8 +319,7 @@ fn check(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let func = rec
         .and_then(|r| st.as_ref()?.version(r.layout_version))
         .map(|v| v.func.clone());
-    let known: Option<std::collections::BTreeSet<u32>> =
-        st.as_ref().map(|s| s.versions.iter().map(|v| v.id).collect());
+    let known = st.as_ref().map(sluice::inspect::DirState::known_versions);
     let expect = TableExpect {
         func: func.as_deref(),
         record: rec,

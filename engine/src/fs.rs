@@ -164,7 +164,8 @@ pub trait Fs: Send + Sync + fmt::Debug {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
-    /// File names (not paths) in a directory.
+    /// File names (not paths) in a directory, every one of them (a name that is not UTF-8
+    /// lossily converted).
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Makes an existing file's bytes durable (fdatasync), whoever wrote them: recovery
@@ -247,10 +248,9 @@ impl Fs for StdFs {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            if let Some(n) = e.file_name().to_str() {
-                out.push(n.to_string());
-            }
+            // A name that is not UTF-8 is listed lossily: it is never one of the engine's
+            // names, and it still makes the directory non-empty.
+            out.push(e?.file_name().to_string_lossy().into_owned());
         }
         out.sort();
         Ok(out)

@@ -509,6 +509,21 @@ fn checkpoint_is_an_openable_point_in_time_copy() {
         "the checkpoint is mid-migration"
     );
     assert!(db.checkpoint(&cp).is_err(), "refuses a non-empty directory");
+    // A file whose name is not UTF-8 makes a directory non-empty too.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let odd = other.join(std::ffi::OsStr::from_bytes(b"ledger-\xff.bak"));
+        std::fs::write(&odd, "not the database's").unwrap();
+        match db.checkpoint(&other) {
+            Err(sluice::Error::InvalidOption { reason, .. }) => {
+                assert!(reason.contains("not empty"), "{reason}")
+            }
+            r => panic!("a checkpoint into a directory holding {odd:?}: {r:?}"),
+        }
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+    }
     // The original is unaffected by the copy opening (and flushing) its own files.
     assert_eq!(db.get("k0002").unwrap().as_deref(), Some(&b"after"[..]));
 }

@@ -966,6 +966,27 @@ pub(crate) fn clear_dir(dir: &Path, marker: &str) -> BenchResult<()> {
     }
 }
 
+/// Writes an output file the user named with `flag` (`--chart`, `--timeline`) by replacing
+/// the name (`sluice::fs::replace_file`: never writing through a link to another file).
+/// Refused inside the benchmark's database directory `db_dir`, which a later run clears.
+pub(crate) fn write_output(
+    flag: &str,
+    path: &Path,
+    bytes: &[u8],
+    db_dir: &Path,
+) -> BenchResult<()> {
+    let failed = |e: std::io::Error| format!("{flag} {}: {e}", path.display());
+    if sluice::fs::lies_inside(path, db_dir).map_err(failed)? {
+        return Err(format!(
+            "{flag} {}: refusing to write inside the database directory {}",
+            path.display(),
+            db_dir.display()
+        )
+        .into());
+    }
+    Ok(sluice::fs::replace_file(path, bytes).map_err(failed)?)
+}
+
 /// Creates `dir` if needed and leaves `marker` in it, so [`clear_dir`] may delete it later.
 pub(crate) fn mark_dir(dir: &Path, marker: &str) -> BenchResult<()> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -980,6 +1001,35 @@ pub(crate) fn mark_dir(dir: &Path, marker: &str) -> BenchResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An output file replaces its name: a file the name was a hard link to (a table of a
+    /// checkpoint, say) keeps its bytes. One inside the database directory is refused, and
+    /// nothing is written there.
+    #[test]
+    fn outputs_replace_names_and_stay_out_of_the_database_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let table = d.path().join("000007.sst");
+        std::fs::write(&table, "table bytes").unwrap();
+        let chart = d.path().join("chart.svg");
+        std::fs::hard_link(&table, &chart).unwrap();
+        write_output("--chart", &chart, b"<svg/>", &d.path().join("db")).unwrap();
+        assert_eq!(std::fs::read(&chart).unwrap(), b"<svg/>");
+        assert_eq!(std::fs::read(&table).unwrap(), b"table bytes");
+        let db = d.path().join("db");
+        std::fs::create_dir(&db).unwrap();
+        let inside = db.join("timeline.csv");
+        let e = write_output("--timeline", &inside, b"x", &db).unwrap_err();
+        assert!(
+            e.to_string().contains("inside the database directory"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&db).unwrap().count(), 0);
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "no temporary file left: {names:?}");
+    }
 
     /// `--key-delta-blocks` alone turns key-delta blocks on, `true`/`false` set them, and
     /// without the flag the engine's default stands (also with flags after it).

@@ -756,7 +756,7 @@ pub fn run(db: &Db, ctx: &ScenarioCtx<'_>, kind: Kind) -> BenchResult<Done> {
     // Outputs.
     let mut files = Vec::new();
     if let Some(spec) = &cli.timeline {
-        for p in crate::timeline::write(spec, ctx.tag.as_deref(), &main.rows)? {
+        for p in crate::timeline::write(spec, ctx.tag.as_deref(), &main.rows, &ctx.cli.dir)? {
             files.push(p.display().to_string());
         }
         if let Some((c, _, _)) = &control {
@@ -764,7 +764,7 @@ pub fn run(db: &Db, ctx: &ScenarioCtx<'_>, kind: Kind) -> BenchResult<Done> {
                 Some(t) => format!("{t}-control"),
                 None => "control".into(),
             };
-            for p in crate::timeline::write(spec, Some(&tag), &c.rows)? {
+            for p in crate::timeline::write(spec, Some(&tag), &c.rows, &ctx.cli.dir)? {
                 files.push(p.display().to_string());
             }
         }
@@ -794,7 +794,7 @@ pub fn run(db: &Db, ctx: &ScenarioCtx<'_>, kind: Kind) -> BenchResult<Done> {
             &main.events,
             main.window,
         );
-        std::fs::write(&path, svg).map_err(|e| format!("--chart {}: {e}", path.display()))?;
+        crate::write_output("--chart", &path, svg.as_bytes(), &ctx.cli.dir)?;
         files.push(path.display().to_string());
     }
 

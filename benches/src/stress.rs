@@ -139,14 +139,14 @@ pub fn write_outputs(
 ) -> BenchResult<Vec<String>> {
     let mut files = Vec::new();
     if let Some(spec) = &ctx.cli.timeline {
-        for p in crate::timeline::write(spec, ctx.tag.as_deref(), rows)? {
+        for p in crate::timeline::write(spec, ctx.tag.as_deref(), rows, &ctx.cli.dir)? {
             files.push(p.display().to_string());
         }
     }
     if let Some(chart) = &ctx.cli.chart {
         let path = tagged(chart, ctx.tag.as_deref());
-        std::fs::write(&path, crate::chart::svg(title, rows, None, &[], None))
-            .map_err(|e| format!("--chart {}: {e}", path.display()))?;
+        let svg = crate::chart::svg(title, rows, None, &[], None);
+        crate::write_output("--chart", &path, svg.as_bytes(), &ctx.cli.dir)?;
         files.push(path.display().to_string());
     }
     Ok(files)

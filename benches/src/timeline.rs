@@ -137,13 +137,17 @@ pub fn paths(spec: &Path, tag: Option<&str>) -> Vec<PathBuf> {
     vec![with_tag(&s, "csv"), with_tag(&s, "json")]
 }
 
-/// Writes `rows` to every path of `paths(spec, tag)`; returns the paths written.
-pub fn write(spec: &Path, tag: Option<&str>, rows: &[Row]) -> BenchResult<Vec<PathBuf>> {
+/// Writes `rows` to every path of `paths(spec, tag)` (see [`crate::write_output`]; `db_dir`
+/// is the benchmark's database directory); returns the paths written.
+pub fn write(
+    spec: &Path,
+    tag: Option<&str>,
+    rows: &[Row],
+    db_dir: &Path,
+) -> BenchResult<Vec<PathBuf>> {
     let out = paths(spec, tag);
     for p in &out {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(p).map_err(|e| format!("--timeline {}: {e}", p.display()))?,
-        );
+        let mut f = Vec::new();
         if p.extension().is_some_and(|e| e == "json") {
             serde_json::to_writer_pretty(&mut f, rows)?;
             writeln!(f)?;
@@ -153,7 +157,7 @@ pub fn write(spec: &Path, tag: Option<&str>, rows: &[Row]) -> BenchResult<Vec<Pa
                 writeln!(f, "{}", r.csv())?;
             }
         }
-        f.flush()?;
+        crate::write_output("--timeline", p, &f, db_dir)?;
     }
     Ok(out)
 }

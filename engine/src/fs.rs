@@ -296,6 +296,45 @@ impl Fs for StdFs {
     }
 }
 
+/// Writes `bytes` to `path` by replacing the name: under a temporary name beside it
+/// (created new, so never through another file), renamed over `path`. Writing through the
+/// name would truncate whatever file it names, which can be another hard link to a live
+/// table (a checkpoint's, say). For reports and benchmark outputs: nothing is fsynced.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Whether `path`'s directory lies inside `dir` (both resolved; false if `dir` does not
+/// exist): where an output file could take the name of one of a database's files.
+pub fn lies_inside(path: &Path, dir: &Path) -> io::Result<bool> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = match dir.canonicalize() {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(parent.canonicalize()?.starts_with(dir))
+}
+
 /// Refuses an empty directory argument: the file system takes `""` for the working
 /// directory in some calls (`create_dir_all`, `join`) and for nothing in others (`exists`,
 /// `read_dir`), so an open or a checkpoint would act on the working directory half-way.

@@ -201,38 +201,13 @@ pub fn problem_line(p: &sluice::inspect::Problem) -> String {
 /// `path`: a rename replaces the name, where writing through it would truncate the file it
 /// names, which can be another hard link to a live table (a checkpoint's, say).
 pub fn write_report(path: &Path, bytes: &[u8], db_dir: &Path) -> Result<(), CliError> {
-    let io = |p: &Path, e: std::io::Error| CliError::from(sluice::Error::io(p, e));
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| CliError::usage(format!("{}: not a file name", path.display())))?;
-    let (parent_real, db_real) = (
-        parent.canonicalize().map_err(|e| io(parent, e))?,
-        db_dir.canonicalize().map_err(|e| io(db_dir, e))?,
-    );
-    if parent_real.starts_with(&db_real) {
+    let io = |e: std::io::Error| CliError::from(sluice::Error::io(path, e));
+    if sluice::fs::lies_inside(path, db_dir).map_err(io)? {
         return Err(CliError::usage(format!(
             "{}: refusing to write a report inside the database directory {}",
             path.display(),
             db_dir.display()
         )));
     }
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = parent.join(tmp_name);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(path, e));
-    }
-    Ok(())
+    sluice::fs::replace_file(path, bytes).map_err(io)
 }

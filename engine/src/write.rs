@@ -800,6 +800,53 @@ mod tests {
         closes_and_reopens_with(db, &fs, dir.path(), "k");
     }
 
+    /// After each background job its worker retires drained layouts, under the core lock.
+    /// A panic there (here in the manifest write of the retirement, after the flush's own
+    /// edit) stops writes with the reason, instead of taking the worker down with writers
+    /// left waiting for it.
+    #[test]
+    fn a_panic_retiring_drained_layouts_stops_writes_instead_of_hanging_them() {
+        let (dir, fs, db) = on_a_fault_fs();
+        // v1 drains empty, and nothing retires it until a background job finishes.
+        let v2 = db
+            .register_partition_fn(crate::PartitionSpec::Hash {
+                partitions: 4,
+                seed: 7,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        assert_eq!(db.layout().versions.len(), 2);
+        db.put("k", "v").unwrap();
+        fs.inject(crate::fs::Fault {
+            op: crate::fs::FsOp::Append,
+            path_contains: Some("MANIFEST".into()),
+            kind: crate::fs::FaultKind::Panic,
+            skip: 1,
+            sticky: false,
+        });
+        let d = db.clone();
+        answers("flush", move || d.flush()).unwrap();
+        // The flush is answered once installed; its worker retires v1 just after.
+        let d = db.clone();
+        let e = answers("puts after", move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match d.put("k2", "v") {
+                    Err(e) => return e,
+                    Ok(()) if Instant::now() > deadline => panic!("writes never stopped"),
+                    Ok(()) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        assert_eq!(fs.injected(), 1, "the retirement's edit panicked");
+        assert!(
+            matches!(&e, Error::ReadOnly(m) if m.contains("retiring drained layouts panicked")),
+            "{e}"
+        );
+        closes_and_reopens_with(db, &fs, dir.path(), "k");
+    }
+
     /// A panic in the commit leader (here in its WAL write) used to leave it at the front
     /// of the queue: its followers and every later writer waited for ever. Now the group
     /// is told its outcome is unknown, the queue moves on, later writers are refused with
@@ -956,6 +1003,39 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A manual compaction's failure is its caller's to see, at once: failing ones (here
+    /// each read of their input fails) do not count towards refusing stalled writers,
+    /// which only automatic compactions failing in a row do.
+    #[test]
+    fn manual_compaction_failures_do_not_count_against_writers() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            idle_memtable_flush_after: None,
+            ..crate::Options::default()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        db.put("a", "v").unwrap();
+        db.flush().unwrap();
+        fs.inject(Fault {
+            op: FsOp::Read,
+            path_contains: Some(".sst".into()),
+            kind: FaultKind::Io,
+            skip: 0,
+            sticky: true,
+        });
+        for _ in 0..2 * STALLED_COMPACTION_FAILURES {
+            assert!(db.compact().is_err());
+        }
+        assert!(fs.injected() >= 2 * STALLED_COMPACTION_FAILURES as u64);
+        assert_eq!(db.inner.core.lock().compaction_failures, 0);
+        fs.clear();
+        db.compact().unwrap();
+        assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     /// A synced batch whose sync met an earlier background failure came back as

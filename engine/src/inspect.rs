@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::batch::{WalBatch, WalEntry, WriteBatch};
-use crate::coding::{get_varint, Decoder};
+use crate::coding::get_varint;
 use crate::db::{table_file, Db};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, StdFs};
@@ -33,7 +33,7 @@ use crate::manifest::{
 };
 use crate::recovery::{replay_manifest, ManifestState};
 use crate::scan::PartitionEntry;
-use crate::sst::format::{checked_block, Footer, BLOCK_TRAILER_LEN};
+use crate::sst::format::BLOCK_TRAILER_LEN;
 use crate::sst::{Table, TableKind, TableProps};
 use crate::types::{cmp_internal, Kind};
 use crate::version::FileMeta;
@@ -589,8 +589,8 @@ pub fn check_table_file(
     expect: &TableExpect<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> TableCheck {
-    let data = match StdFs.read_file(path) {
-        Ok(d) => d,
+    let size = match StdFs.file_size(path) {
+        Ok(n) => n,
         Err(e) => {
             let e = Error::io(path, e);
             let check = if e.is_not_found() {
@@ -605,22 +605,24 @@ pub fn check_table_file(
             };
         }
     };
-    check_table_bytes(data, path, expect, progress)
+    let number = crate::util::file_number(path).unwrap_or(0);
+    let table = Table::open(&StdFs, path, number, None);
+    check_table(size, table, path, expect, progress)
 }
 
-/// [`check_table_file`] on bytes already read.
-pub fn check_table_bytes(
-    data: Bytes,
+/// [`check_table_file`] on a table of `size` bytes, opened (or not) as `table`.
+fn check_table(
+    size: u64,
+    table: Result<Table>,
     path: &Path,
     expect: &TableExpect<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> TableCheck {
     let mut out = TableCheck {
         path: path.to_path_buf(),
-        size: data.len() as u64,
+        size,
         ..Default::default()
     };
-    let number = crate::util::file_number(path).unwrap_or(0);
     if let Some(rec) = expect.record {
         if rec.size != out.size {
             out.problems.push(Problem::error(
@@ -631,7 +633,7 @@ pub fn check_table_bytes(
             ));
         }
     }
-    let table = match Table::from_bytes(data.clone(), path, number, None) {
+    let table = match table {
         Ok(t) => t,
         Err(e) => {
             out.problems
@@ -642,22 +644,19 @@ pub fn check_table_bytes(
     };
     let props = table.props().clone();
     check_props_against(&props, path, expect, &mut out.problems);
-    // The reader validated the index when it opened the table; decode the handles again
-    // here because the table does not expose them and each block's offset locates errors.
-    let handles = match index_handles(&data, path) {
-        Ok(h) => h,
-        Err(e) => {
-            out.problems.push(Problem::from_error("sstable", &e));
-            out.props = Some(props);
-            return out;
-        }
-    };
+    // The reader validated the index when it opened the table; each block's offset
+    // locates errors.
+    let handles: Vec<_> = (0..table.block_count())
+        .filter_map(|i| table.block_handle(i))
+        .map(|(h, (key, seqno))| ((key, seqno), (h.offset, h.size)))
+        .collect();
     let meta_bytes = out.size.saturating_sub(
         handles
             .iter()
             .map(|(_, h)| h.1 + BLOCK_TRAILER_LEN as u64)
             .sum::<u64>(),
     );
+    let mut ahead = crate::sst::reader::Readahead::default();
     let mut prev: Option<(Vec<u8>, u64)> = None;
     let mut misplaced_named = 0usize;
     let mut pointer_named = 0usize;
@@ -665,7 +664,7 @@ pub fn check_table_bytes(
     for (i, (last, (offset, size))) in handles.iter().enumerate() {
         out.blocks += 1;
         progress(size + BLOCK_TRAILER_LEN as u64);
-        let block = match table.block(i) {
+        let block = match table.read_block_ahead(i, &mut ahead) {
             Ok(b) => b,
             Err(e) => {
                 out.problems
@@ -799,7 +798,7 @@ pub fn check_table_bytes(
             }
         }
         if let (true, Some((k, s))) = (last_in_block, &prev) {
-            if (k.as_slice(), *s) != (last.0.as_ref(), last.1) {
+            if (k.as_slice(), *s) != (last.0, last.1) {
                 out.problems.push(Problem::error(
                     "index",
                     Some(path),
@@ -858,26 +857,6 @@ pub fn check_table_bytes(
     progress(meta_bytes);
     out.props = Some(props);
     out
-}
-
-/// (last key, last seqno) and (offset, size) of every data block, from the index.
-/// (last key, last seqno) and (offset, size) of one data block.
-type IndexHandle = ((Bytes, u64), (u64, u64));
-
-fn index_handles(data: &Bytes, path: &Path) -> Result<Vec<IndexHandle>> {
-    let footer = Footer::decode(data, path)?;
-    let (ty, ib) = checked_block(data, footer.index, path)?;
-    let iblock =
-        crate::sst::codec::decode_block(ty, data.slice_ref(ib), path, footer.index.offset)?;
-    let mut v = Vec::with_capacity(iblock.len());
-    for i in 0..iblock.len() {
-        let e = iblock.entry(i, path, footer.index.offset)?;
-        let mut d = Decoder::new(&e.value, path, footer.index.offset);
-        let offset = d.varint("data block offset")?;
-        let size = d.varint("data block size")?;
-        v.push(((e.key, e.seqno), (offset, size)));
-    }
-    Ok(v)
 }
 
 fn check_props_against(
@@ -2316,7 +2295,10 @@ mod tests {
         let big = st.files.iter().max_by_key(|f| f.size).unwrap();
         let p = st.table_path(big.number);
         let mut b = std::fs::read(&p).unwrap();
-        let handles = index_handles(&Bytes::from(b.clone()), &p).unwrap();
+        let t = Table::open(&StdFs, &p, 1, None).unwrap();
+        let handles: Vec<_> = (0..t.block_count())
+            .map(|i| ((), (t.block_handle(i).unwrap().0.offset, ())))
+            .collect();
         assert!(handles.len() >= 3);
         for (_, (off, _)) in handles.iter().take(3) {
             b[*off as usize + 2] ^= 0x55;

@@ -102,6 +102,25 @@ impl RandomRead for StdRandom {
     }
 }
 
+/// Opens `path` for reading, refusing anything but a regular file: a FIFO in a file's place
+/// would block the open (until some writer opens it) and every read, and a device can be
+/// endless. `O_NONBLOCK` keeps the open of a FIFO from waiting; it changes nothing for a
+/// regular file's reads.
+fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file; refusing to read it",
+        ));
+    }
+    Ok(f)
+}
+
 /// Positioned reads from bytes already in memory: a table handed over whole
 /// ([`crate::sst::Table::from_bytes`]).
 pub struct MemRead(pub Bytes);
@@ -160,7 +179,7 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn read_file(&self, path: &Path) -> io::Result<Bytes>;
     /// Opens a file for positioned reads (`pread`).
     fn open_random(&self, path: &Path) -> io::Result<Box<dyn RandomRead>> {
-        Ok(Box::new(StdRandom(File::open(path)?)))
+        Ok(Box::new(StdRandom(open_regular(path)?)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
@@ -171,7 +190,7 @@ pub trait Fs: Send + Sync + fmt::Debug {
     /// Makes an existing file's bytes durable (fdatasync), whoever wrote them: recovery
     /// syncs the WALs it replayed, which a crashed process may have left unsynced.
     fn sync_existing(&self, path: &Path) -> io::Result<()> {
-        File::open(path)?.sync_data()
+        open_regular(path)?.sync_data()
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Whether `path` exists; an error when that cannot be told (a directory on the way
@@ -234,7 +253,10 @@ impl Fs for StdFs {
     }
 
     fn read_file(&self, path: &Path) -> io::Result<Bytes> {
-        std::fs::read(path).map(Bytes::from)
+        let mut f = open_regular(path)?;
+        let mut buf = Vec::with_capacity(f.metadata()?.len() as usize);
+        io::Read::read_to_end(&mut f, &mut buf)?;
+        Ok(Bytes::from(buf))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

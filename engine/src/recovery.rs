@@ -1441,6 +1441,45 @@ mod tests {
         assert!(wal.exists());
     }
 
+    /// A FIFO where the open expects CURRENT or a table is refused with an error naming
+    /// it, never waited on: opening a FIFO for reading blocks until some writer opens it.
+    #[test]
+    fn a_fifo_in_a_file_s_place_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        db.put("k", "v").unwrap();
+        db.flush().unwrap();
+        db.close().unwrap();
+        let table = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "sst"))
+            .unwrap();
+        for victim in [dir.path().join(CURRENT), table] {
+            let kept = std::fs::read(&victim).unwrap();
+            std::fs::remove_file(&victim).unwrap();
+            let made = std::process::Command::new("mkfifo").arg(&victim).status();
+            assert!(made.unwrap().success());
+            let d = dir.path().to_path_buf();
+            let open = std::thread::spawn(move || crate::Db::open(&d, crate::Options::default()));
+            let deadline = Instant::now() + std::time::Duration::from_secs(20);
+            while !open.is_finished() {
+                assert!(Instant::now() < deadline, "the open waits on {victim:?}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let e = open.join().unwrap().err().expect("refused");
+            assert!(
+                e.to_string().contains("not a regular file")
+                    && e.to_string().contains(&*victim.to_string_lossy()),
+                "{e}"
+            );
+            std::fs::remove_file(&victim).unwrap();
+            std::fs::write(&victim, kept).unwrap();
+        }
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
     /// The sweep of an open removes the engine's own files no manifest names (an old
     /// manifest, an orphaned table, a WAL replayed) and nothing else: a hand-made backup
     /// of a manifest used to go because its name began with `MANIFEST-`.

@@ -957,10 +957,15 @@ fn left_by_a_first_open(fs: &dyn Fs, dir: &Path, ours: &[&String]) -> Result<boo
         let first_open_s = if **n == crate::manifest::manifest_name(1) {
             true
         } else if p == wal_file(dir, 2) {
-            // Empty, or its header whole and nothing after it: a damaged record there
-            // might have been a write.
+            // No longer than the header this build writes (whatever those bytes are: a
+            // header write cut short, or zeroes a file system extended the file with),
+            // or its header whole and nothing after it. No record fits in the first; a
+            // damaged record after a header might have been a write.
             let len = fs.file_size(&p).map_err(|e| Error::io(&p, e))?;
-            len == 0 || {
+            let header = crate::log::LogFormat::of(crate::log::LOG_FORMAT_VERSION, 0)
+                .header(LogKind::Wal)
+                .len() as u64;
+            len <= header || {
                 let data = fs.read_file(&p).map_err(|e| Error::io(&p, e))?;
                 crate::log::read_log(data, &p, LogKind::Wal)
                     .is_ok_and(|l| l.records.is_empty() && l.tail.is_none())
@@ -1401,12 +1406,36 @@ mod tests {
         };
         assert!(names(dir.path()).contains(&"MANIFEST-000001".to_string()));
         fs.clear();
-        let db = crate::Db::open(dir.path(), opts).unwrap();
+        let db = crate::Db::open(dir.path(), opts.clone()).unwrap();
         db.put("k", "v").unwrap();
         db.close().unwrap();
         let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
         assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
         db.close().unwrap();
+
+        // A first open whose WAL header write came up short (a full disk), or left zeroes
+        // where the header goes: no record fits, so the next open starts over (found by an
+        // audit: both were refused for good).
+        let dir = tempfile::tempdir().unwrap();
+        let injected = fs.injected();
+        fs.inject(Fault {
+            op: FsOp::Append,
+            path_contains: Some(".log".into()),
+            kind: FaultKind::ShortWrite,
+            skip: 0,
+            sticky: false,
+        });
+        assert!(crate::Db::open(dir.path(), opts.clone()).is_err());
+        assert_eq!(fs.injected(), injected + 1);
+        fs.clear();
+        crate::Db::open(dir.path(), opts.clone())
+            .unwrap()
+            .close()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let header = crate::log::LogFormat::new_log().header(LogKind::Wal).len();
+        std::fs::write(dir.path().join("000002.log"), vec![0u8; header]).unwrap();
+        crate::Db::open(dir.path(), opts).unwrap().close().unwrap();
 
         // The same names, but the WAL holds a write: maybe a database that lost CURRENT.
         let (src, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

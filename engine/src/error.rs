@@ -161,6 +161,18 @@ impl Error {
         }
     }
 
+    /// [`Error::io`] for a read of `len` bytes at `offset` of `path`: the message names
+    /// where (the kind stays the source's).
+    pub fn io_at(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        len: usize,
+        source: std::io::Error,
+    ) -> Self {
+        let at = format!("reading {len} bytes at offset {offset}: {source}");
+        Error::io(path, std::io::Error::new(source.kind(), at))
+    }
+
     /// Builds a [`Error::Corruption`].
     pub fn corruption(file: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
         Error::Corruption {

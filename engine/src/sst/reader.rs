@@ -373,7 +373,7 @@ impl Table {
         }
         let h = self.index.handle(i);
         let buf_len = h.size as usize + BLOCK_TRAILER_LEN;
-        let io = |e| Error::io(&self.path, e);
+        let io = |e| Error::io_at(&self.path, h.offset, buf_len, e);
         let cache = self
             .cache
             .as_ref()
@@ -434,7 +434,7 @@ impl Table {
             };
             buf.clear();
             r.read_exact_at_into(&mut buf, len, h.offset)
-                .map_err(|e| Error::io(&self.path, e))?;
+                .map_err(|e| Error::io_at(&self.path, h.offset, len, e))?;
             *ra = Readahead {
                 table: self.id,
                 start: h.offset,
@@ -781,11 +781,11 @@ fn checked_at<'a>(
 /// more than the file holds: the footer, checked by its CRC, points into the file).
 /// Returns where that read starts and its bytes.
 pub(super) fn read_meta(r: &dyn RandomRead, len: u64, path: &Path) -> Result<(u64, Bytes)> {
-    let io = |e| Error::io(path, e);
     let at = len.saturating_sub(FOOTER_LEN as u64);
     let mut foot = Vec::new();
-    r.read_exact_at_into(&mut foot, (len - at) as usize, at)
-        .map_err(io)?;
+    let n = (len - at) as usize;
+    r.read_exact_at_into(&mut foot, n, at)
+        .map_err(|e| Error::io_at(path, at, n, e))?;
     let footer = Footer::decode_at(&foot, at, path)?;
     // Each handle ends before the footer (checked by the decode).
     let start = footer
@@ -794,8 +794,9 @@ pub(super) fn read_meta(r: &dyn RandomRead, len: u64, path: &Path) -> Result<(u6
         .min(footer.index.offset)
         .min(footer.props.offset);
     let mut meta = Vec::new();
-    r.read_exact_at_into(&mut meta, (len - start) as usize, start)
-        .map_err(io)?;
+    let n = (len - start) as usize;
+    r.read_exact_at_into(&mut meta, n, start)
+        .map_err(|e| Error::io_at(path, start, n, e))?;
     Ok((start, Bytes::from(meta)))
 }
 

@@ -295,6 +295,10 @@ fn a_table_cut_short_under_its_reader_is_an_error_not_a_signal() {
         crate::Error::Io { path, source } => {
             assert_eq!(path, p, "{what}");
             assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof, "{what}");
+            assert!(
+                source.to_string().contains(" at offset "),
+                "{what}: {source}"
+            );
         }
         other => panic!("{what}: {other}"),
     };

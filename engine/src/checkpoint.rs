@@ -283,13 +283,12 @@ mod tests {
         db.put("a", "1").unwrap();
         db.sync_wal().unwrap();
         db.put("b", "2").unwrap(); // in the in-process WAL buffer
-        fs.inject(Fault {
-            op: FsOp::Append,
-            path_contains: Some(".log".into()),
-            kind: FaultKind::ShortWrite,
-            skip: 0,
-            sticky: false,
-        });
+        fs.inject(Fault::on(
+            FsOp::Append,
+            FaultKind::ShortWrite,
+            ".log",
+            false,
+        ));
         assert!(db.checkpoint(dir.path().join("checkpoint")).is_err());
         assert_eq!(fs.injected(), 1);
         let e = db.put("c", "3").unwrap_err();
@@ -399,13 +398,7 @@ mod tests {
         db.flush().unwrap();
         db.put("b", "2").unwrap();
         let cp = dir.path().join("checkpoint");
-        fs.inject(Fault {
-            op: FsOp::SyncDir,
-            path_contains: Some("checkpoint".into()),
-            kind: FaultKind::Io,
-            skip: 0,
-            sticky: false,
-        });
+        fs.inject(Fault::on(FsOp::SyncDir, FaultKind::Io, "checkpoint", false));
         assert!(db.checkpoint(&cp).is_err());
         assert_eq!(fs.injected(), 1);
         let left: Vec<_> = std::fs::read_dir(&cp)

@@ -1799,13 +1799,12 @@ mod tests {
         let db = Db::open(dir.path(), opts).unwrap();
         db.put("k", "v").unwrap();
         let other = db.clone();
-        fs.inject(crate::fs::Fault {
-            op: crate::fs::FsOp::Sync,
-            path_contains: Some(".log".into()),
-            kind: crate::fs::FaultKind::Io,
-            skip: 0,
-            sticky: true,
-        });
+        fs.inject(crate::fs::Fault::on(
+            crate::fs::FsOp::Sync,
+            crate::fs::FaultKind::Io,
+            ".log",
+            true,
+        ));
         let e = db.close().unwrap_err();
         assert!(!matches!(e, Error::Closed), "{e}");
         let e = other.close().unwrap_err();

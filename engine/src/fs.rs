@@ -444,6 +444,20 @@ pub struct Fault {
     pub sticky: bool,
 }
 
+impl Fault {
+    /// The first `op` on a file whose name contains `file` fails with `kind` (and every
+    /// one after it, if `sticky`).
+    pub fn on(op: FsOp, kind: FaultKind, file: &str, sticky: bool) -> Fault {
+        Fault {
+            op,
+            path_contains: Some(file.into()),
+            kind,
+            skip: 0,
+            sticky,
+        }
+    }
+}
+
 #[derive(Default)]
 struct FaultState {
     faults: Vec<(Fault, u64)>,

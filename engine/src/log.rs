@@ -1060,13 +1060,7 @@ mod tests {
         a.flush().unwrap();
         let shared = a.shared_sync().unwrap();
         assert!(b.follow(shared.clone()));
-        fs.inject(Fault {
-            op: FsOp::Sync,
-            path_contains: Some("3.log".into()),
-            kind: FaultKind::Io,
-            skip: 0,
-            sticky: false,
-        });
+        fs.inject(Fault::on(FsOp::Sync, FaultKind::Io, "3.log", false));
         b.add(b"in b");
         let e = b.sync().unwrap_err();
         assert!(e.to_string().contains("3.log"), "{e}");

@@ -1383,13 +1383,7 @@ mod tests {
         use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        fs.inject(Fault {
-            op: FsOp::Rename,
-            path_contains: Some("CURRENT".into()),
-            kind: FaultKind::Io,
-            skip: 0,
-            sticky: true,
-        });
+        fs.inject(Fault::on(FsOp::Rename, FaultKind::Io, "CURRENT", true));
         let opts = crate::Options {
             fs: Arc::new(fs.clone()),
             ..crate::Options::default()
@@ -1418,13 +1412,12 @@ mod tests {
         // audit: both were refused for good).
         let dir = tempfile::tempdir().unwrap();
         let injected = fs.injected();
-        fs.inject(Fault {
-            op: FsOp::Append,
-            path_contains: Some(".log".into()),
-            kind: FaultKind::ShortWrite,
-            skip: 0,
-            sticky: false,
-        });
+        fs.inject(Fault::on(
+            FsOp::Append,
+            FaultKind::ShortWrite,
+            ".log",
+            false,
+        ));
         assert!(crate::Db::open(dir.path(), opts.clone()).is_err());
         assert_eq!(fs.injected(), injected + 1);
         fs.clear();

@@ -913,13 +913,8 @@ mod tests {
     /// The next append to a file whose name holds `path` panics (and every one after, if
     /// `sticky`).
     fn panic_on_append(fs: &crate::fs::FaultFs, path: &str, sticky: bool) {
-        fs.inject(crate::fs::Fault {
-            op: crate::fs::FsOp::Append,
-            path_contains: Some(path.into()),
-            kind: crate::fs::FaultKind::Panic,
-            skip: 0,
-            sticky,
-        });
+        use crate::fs::{Fault, FaultKind, FsOp};
+        fs.inject(Fault::on(FsOp::Append, FaultKind::Panic, path, sticky));
     }
 
     fn batch(key: &str) -> crate::WriteBatch {
@@ -956,13 +951,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .find(|n| n.ends_with(".sst"))
             .unwrap();
-        fs.inject(Fault {
-            op: FsOp::Read,
-            path_contains: Some(first),
-            kind: FaultKind::Io,
-            skip: 0,
-            sticky: true,
-        });
+        fs.inject(Fault::on(FsOp::Read, FaultKind::Io, &first, true));
         let writer = {
             let db = db.clone();
             std::thread::spawn(move || {
@@ -1021,13 +1010,7 @@ mod tests {
         let db = crate::Db::open(dir.path(), opts).unwrap();
         db.put("a", "v").unwrap();
         db.flush().unwrap();
-        fs.inject(Fault {
-            op: FsOp::Read,
-            path_contains: Some(".sst".into()),
-            kind: FaultKind::Io,
-            skip: 0,
-            sticky: true,
-        });
+        fs.inject(Fault::on(FsOp::Read, FaultKind::Io, ".sst", true));
         for _ in 0..2 * STALLED_COMPACTION_FAILURES {
             assert!(db.compact().is_err());
         }

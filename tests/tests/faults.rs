@@ -35,13 +35,7 @@ const FAULTS: [(&str, FsOp, FaultKind, i32); 4] = [
 ];
 
 fn fault(op: FsOp, kind: FaultKind, file: &str, sticky: bool) -> Fault {
-    Fault {
-        op,
-        path_contains: Some(file.into()),
-        kind,
-        skip: 0,
-        sticky,
-    }
+    Fault::on(op, kind, file, sticky)
 }
 
 /// `Options::tiny()` on `fs` with no automatic compaction: L0 files stay for a manual

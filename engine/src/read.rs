@@ -736,6 +736,28 @@ mod tests {
         assert_eq!(db.stats().lazy_moves, 1);
     }
 
+    /// A move whose source file left the view before it was applied is skipped: a reader
+    /// preempted between finding the entry and queueing its move, while the key is deleted,
+    /// its file migrated and the tombstone compacted away, would otherwise bring the
+    /// deleted value back.
+    #[test]
+    fn a_move_whose_source_left_the_view_is_skipped() {
+        let (_dir, db) = draining_db();
+        let inner = &db.inner;
+        assert!(db.get("k0100").unwrap().is_some());
+        // The move waits in the reader (out of the queue) while the rest happens.
+        let queued = std::mem::take(&mut *inner.moves.lock());
+        assert_eq!(queued.len(), 1);
+        db.delete("k0100").unwrap();
+        db.migrate_now(None).unwrap();
+        db.compact().unwrap();
+        assert!(!inner.view.load().files.holds(&queued[0].source));
+        inner.moves.lock().extend(queued);
+        inner.apply_moves();
+        assert_eq!(db.stats().lazy_moves, 0, "moved out of a file gone");
+        assert_eq!(db.get("k0100").unwrap(), None, "the deleted key came back");
+    }
+
     /// A value read out of a cached block is a slice of the whole block; a queued move
     /// (and then the memtable) must hold a copy of the entry, not the block.
     #[test]

@@ -12,9 +12,12 @@
 //! rolling back to earlier live versions, pinning/unpinning versions (a pinned version never
 //! retires), forced migration and retirement, close/drop + reopen, and full-database checks.
 //!
-//! Every seed runs twice: with `Options::default()` (flushes only when asked) and with
+//! Every seed runs three times: with `Options::default()` (flushes only when asked), with
 //! `Options::tiny()` (flushes and compactions run constantly in the background while the
-//! operations run, so the seed fixes the operations but not the background interleaving).
+//! operations run, so the seed fixes the operations but not the background interleaving),
+//! and lazy-heavy (background migration paused, every first read of a draining entry moves
+//! it, explicit applications of the queued moves: data leaves draining layouts mostly by
+//! lazy moves and forwarding pointers).
 //!
 //! Knobs (environment variables):
 //! - `SLUICE_SEED=n`   run only seed `n` (a failure prints the command that reproduces it)
@@ -28,6 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -50,6 +54,10 @@ const MAX_SNAPSHOTS: usize = 4;
 enum Config {
     Default,
     Tiny,
+    /// Background migration paused for good and every first read of a draining entry
+    /// moving it: data leaves draining layouts mostly through lazy moves (and the
+    /// forwarding pointers their flushes leave), with a few budgeted `migrate_now` steps.
+    LazyHeavy,
 }
 
 fn ops_per_seed() -> usize {
@@ -63,7 +71,7 @@ fn ops_per_seed() -> usize {
 fn model_default_options() {
     for seed in seeds(CI_SEEDS) {
         with_seed("model", seed, |seed| {
-            run(seed, Config::Default, ops_per_seed())
+            run(seed, Config::Default, ops_per_seed());
         });
     }
 }
@@ -72,21 +80,46 @@ fn model_default_options() {
 fn model_tiny_options() {
     for seed in seeds(CI_SEEDS) {
         with_seed("model", seed, |seed| {
-            run(seed, Config::Tiny, ops_per_seed())
+            run(seed, Config::Tiny, ops_per_seed());
         });
     }
 }
 
+/// Lazy moves and forwarding pointers as the main way data leaves draining layouts. The
+/// seeds together must have moved a fair number of entries, or this test exercised nothing.
+#[test]
+fn model_lazy_heavy() {
+    let moved = AtomicU64::new(0);
+    for seed in seeds(CI_SEEDS) {
+        with_seed("model", seed, |seed| {
+            moved.fetch_add(run(seed, Config::LazyHeavy, ops_per_seed()), Relaxed);
+        });
+    }
+    let moved = moved.into_inner();
+    eprintln!("lazy-heavy model: {moved} lazy moves");
+    let floor = seeds(CI_SEEDS).len() as u64 * LAZY_MOVES_PER_SEED;
+    assert!(
+        moved >= floor,
+        "only {moved} lazy moves over the seeds (at least {floor} expected): the lazy-heavy \
+         model no longer moves data lazily"
+    );
+}
+
+/// What a lazy-heavy seed moves at the least, on average (about 500 at 700 operations).
+const LAZY_MOVES_PER_SEED: u64 = 100;
+
 /// Long soak: many more seeds with both configurations.
 /// Run: `SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored --nocapture`.
-/// Short version in CI: `model_default_options` and `model_tiny_options` (a few seeds each).
+/// Short version in CI: `model_default_options`, `model_tiny_options` and
+/// `model_lazy_heavy` (a few seeds each).
 #[test]
-#[ignore = "long soak (short version in CI: model_default_options, model_tiny_options): SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored"]
+#[ignore = "long soak (short version in CI: model_default_options, model_tiny_options, model_lazy_heavy): SLUICE_SEEDS=300 cargo test --release -p sluice-tests --test model model_soak -- --ignored"]
 fn model_soak() {
     for seed in seeds(300) {
         with_seed("model", seed, |seed| {
             run(seed, Config::Default, ops_per_seed());
             run(seed, Config::Tiny, ops_per_seed());
+            run(seed, Config::LazyHeavy, ops_per_seed());
         });
     }
 }
@@ -296,14 +329,17 @@ struct Harness {
     recent: VecDeque<String>,
     trace: bool,
     values: u64,
+    /// Lazy moves made by the databases closed so far (the counters start again at open).
+    lazy_moves: u64,
 }
 
-fn run(seed: u64, cfg: Config, ops: usize) {
+/// Runs one seed; returns the lazy moves the engine made.
+fn run(seed: u64, cfg: Config, ops: usize) -> u64 {
     let mut r = StdRng::seed_from_u64(seed ^ 0x5eed_0000_0000);
     let keys = gen_keys(&mut r);
     let initial = random_partition_spec(&mut r, &keys);
     let mut opts = match cfg {
-        Config::Default => Options::default(),
+        Config::Default | Config::LazyHeavy => Options::default(),
         Config::Tiny => Options::tiny(),
     };
     opts.partition = initial.clone();
@@ -317,6 +353,12 @@ fn run(seed: u64, cfg: Config, ops: usize) {
     // serving reads for a while, not only for the instant before the pacer moves them.
     opts.migration_bytes_per_sec =
         [0, 64 << 10, opts.migration_bytes_per_sec][r.random_range(0..3)];
+    if cfg == Config::LazyHeavy {
+        opts.move_on_first_read = true;
+        opts.migration_bytes_per_sec = 0;
+        // No move is skipped for want of budget.
+        opts.move_bytes_per_sec = 1 << 40;
+    }
     let mut dir = tempfile::tempdir().unwrap();
     if std::env::var("SLUICE_KEEP_DIR").is_ok() {
         dir.disable_cleanup(true);
@@ -346,6 +388,7 @@ fn run(seed: u64, cfg: Config, ops: usize) {
         recent: VecDeque::new(),
         trace: std::env::var("SLUICE_TRACE").is_ok(),
         values: 0,
+        lazy_moves: 0,
     };
     h.note(format!(
         "open {:?} keys={} v1={:?}",
@@ -370,7 +413,10 @@ fn run(seed: u64, cfg: Config, ops: usize) {
     h.reopen(true);
     h.full_verify(true);
     h.snaps.clear();
-    h.db.take().unwrap().close().unwrap();
+    let db = h.db.take().unwrap();
+    let moved = h.lazy_moves + db.stats().lazy_moves;
+    db.close().unwrap();
+    moved
 }
 
 impl Harness {
@@ -489,6 +535,15 @@ impl Harness {
 
     fn step(&mut self) {
         let roll = self.r.random_range(0..1000);
+        if self.cfg == Config::LazyHeavy {
+            // More point reads (each may queue a move) and explicit applications of the
+            // queued moves; background migration stays paused.
+            match roll {
+                590..650 => return self.op_get(),
+                915..925 => return self.op_apply_moves(),
+                _ => {}
+            }
+        }
         match roll {
             0..260 => self.op_put(),
             260..340 => self.op_delete(),
@@ -888,9 +943,17 @@ impl Harness {
             .unwrap_or_else(|e| panic!("compact failed: {e}\n{}", self.ctx()));
     }
 
+    /// Applies the lazy moves that reads queued (the WAL ticker does it too, every
+    /// `wal_flush_interval`).
+    fn op_apply_moves(&mut self) {
+        self.note("apply_moves".into());
+        sluice::internals::apply_moves(self.db());
+    }
+
     /// Migrates draining files now (all, or a byte budget's worth), ignoring the pacer.
+    /// The lazy-heavy configuration only migrates a budget's worth.
     fn op_migrate(&mut self) {
-        let max = if self.r.random_bool(0.5) {
+        let max = if self.cfg == Config::LazyHeavy || self.r.random_bool(0.5) {
             Some(self.r.random_range(1..64u64 << 10))
         } else {
             None
@@ -1141,6 +1204,7 @@ impl Harness {
         self.snaps.clear();
         let db = self.db.take().unwrap();
         let before = db.latest_seqno();
+        self.lazy_moves += db.stats().lazy_moves;
         let close = clean_close || self.r.random_bool(0.7);
         self.note(format!("reopen (close={close})"));
         if close {

@@ -129,6 +129,15 @@ impl<'a> Decoder<'a> {
         Ok(self.take(1, what)?[0])
     }
 
+    /// A flag byte: 0 or 1, anything else an error naming `what`.
+    pub fn flag(&mut self, what: &str) -> Result<bool> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            x => Err(self.error(format!("bad {what} {x}"))),
+        }
+    }
+
     pub fn u32(&mut self, what: &str) -> Result<u32> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))

@@ -236,6 +236,8 @@ pub(crate) struct Core {
     pub migration: HashMap<u32, crate::migration::VersionCounters>,
     /// Layouts kept live even when drained empty (rollback targets).
     pub pinned: std::collections::BTreeSet<u32>,
+    /// Background migration and lazy moves held ([`Db::hold_migration`]; persisted).
+    pub migration_held: bool,
 }
 
 impl Core {
@@ -356,6 +358,10 @@ impl Drop for ControllerGate<'_> {
 }
 
 /// The whole state as one edit (the first record of a new manifest).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per part of the persisted state"
+)]
 pub(crate) fn snapshot_edit(
     next_file: u64,
     flushed_seqno: u64,
@@ -364,6 +370,7 @@ pub(crate) fn snapshot_edit(
     files: &FileSet,
     controller: Option<&(u64, Vec<u8>)>,
     pinned: &std::collections::BTreeSet<u32>,
+    migration_held: bool,
 ) -> VersionEdit {
     let mut e = VersionEdit::default();
     e.push(EditRecord::NextFile(next_file))
@@ -405,6 +412,11 @@ pub(crate) fn snapshot_edit(
                 pinned: true,
             });
         }
+    }
+    // Only written while held, so that a manifest of a database never held stays readable
+    // by a build from before the record existed.
+    if migration_held {
+        e.push(EditRecord::MigrationHold(true));
     }
     e
 }
@@ -590,6 +602,7 @@ impl Inner {
             files,
             core.controller.as_ref(),
             &core.pinned,
+            core.migration_held,
         )
     }
 
@@ -922,8 +935,19 @@ impl Db {
     }
 
     /// Sets the background migration budget in bytes per second (0 pauses migration).
+    /// Not persisted: the next open starts at `Options::migration_bytes_per_sec`. A pause
+    /// that must outlive the process is [`Db::hold_migration`].
     pub fn set_migration_rate(&self, bytes_per_sec: u64) {
         self.inner.set_migration_rate(bytes_per_sec)
+    }
+
+    /// Holds data movement between layouts (`true`), or releases the hold: while held, the
+    /// pacer migrates nothing whatever its rate and queued lazy moves are dropped (reads
+    /// still serve every layout). Persisted (one manifest edit), so a paused migration stays
+    /// paused across restarts and for every process that opens the directory, until
+    /// released. [`Db::migrate_now`] still runs: it is an explicit request.
+    pub fn hold_migration(&self, held: bool) -> Result<()> {
+        self.inner.hold_migration(held)
     }
 
     /// Foreground p99 latency (µs) above which the pacer backs off (0 = ignore latency).
@@ -1068,6 +1092,21 @@ impl Db {
 }
 
 impl Inner {
+    pub fn hold_migration(&self, held: bool) -> Result<()> {
+        self.check_writable()?;
+        let mut core = self.core.lock();
+        if core.migration_held == held {
+            return Ok(());
+        }
+        let mut e = VersionEdit::default();
+        e.push(EditRecord::MigrationHold(held));
+        self.log_edit(&mut core, &e)?;
+        core.migration_held = held;
+        drop(core);
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
     pub fn pin_version(&self, id: u32, pinned: bool) -> Result<()> {
         self.check_writable()?;
         let mut core = self.core.lock();

@@ -60,6 +60,9 @@ pub enum EditRecord {
         id: u32,
         pinned: bool,
     },
+    /// Whether background migration and lazy moves are held (a paused migration stays
+    /// paused across restarts, whatever rate the next open's options give).
+    MigrationHold(bool),
 }
 
 /// An atomic group of changes.
@@ -79,6 +82,7 @@ const TAG_DELETE_FILE: u8 = 8;
 const TAG_CONTROLLER: u8 = 9;
 const TAG_PIN: u8 = 10;
 const TAG_RETIRED_BELOW: u8 = 11;
+const TAG_MIGRATION_HOLD: u8 = 12;
 
 /// Most levels any partition may have.
 pub const MAX_LEVELS: usize = 7;
@@ -188,6 +192,10 @@ fn encode_record(r: &EditRecord, b: &mut Vec<u8>) {
             put_varint(b, *id as u64);
             put_u8(b, *pinned as u8);
         }
+        EditRecord::MigrationHold(held) => {
+            put_u8(b, TAG_MIGRATION_HOLD);
+            put_u8(b, *held as u8);
+        }
     }
 }
 
@@ -245,12 +253,9 @@ impl VersionEdit {
                 },
                 TAG_PIN => EditRecord::Pin {
                     id: d.u32_varint("pinned layout")?,
-                    pinned: match d.u8("pin flag")? {
-                        0 => false,
-                        1 => true,
-                        x => return Err(d.error(format!("bad pin flag {x}"))),
-                    },
+                    pinned: d.flag("pin flag")?,
                 },
+                TAG_MIGRATION_HOLD => EditRecord::MigrationHold(d.flag("migration hold flag")?),
                 t => {
                     return Err(Error::corruption(
                         path,
@@ -575,7 +580,8 @@ mod tests {
             .push(EditRecord::Pin {
                 id: 2,
                 pinned: true,
-            });
+            })
+            .push(EditRecord::MigrationHold(true));
         e
     }
 

@@ -67,7 +67,12 @@ pub struct MigrationProgress {
     pub foreground_p99_us: u64,
     /// Why migration is not running right now, if it is not.
     pub blocked: Option<String>,
+    /// Data movement is held ([`crate::Db::hold_migration`]), across restarts too.
+    pub held: bool,
 }
+
+/// Why a held database migrates nothing.
+const HELD: &str = "held (`Db::hold_migration`, e.g. by a paused migration controller)";
 
 impl MigrationProgress {
     pub fn bytes_left(&self) -> u64 {
@@ -247,6 +252,11 @@ impl Inner {
         }
         let mut p = self.pacer.lock();
         self.adapt(&mut p);
+        if core.migration_held {
+            p.blocked = Some(HELD.into());
+            p.last_refill = now;
+            return None;
+        }
         if p.rate == 0 {
             p.blocked = Some("paused".into());
             p.last_refill = now;
@@ -487,7 +497,12 @@ impl Inner {
             effective_rate_bytes_per_sec: p.effective_rate() as u64,
             pace_bytes_per_sec: pace,
             foreground_p99_us: p.last_p99_us,
-            blocked: p.blocked.clone(),
+            // The pacer notes why only when it looks; a hold is known at once.
+            blocked: match core.migration_held {
+                true => Some(HELD.into()),
+                false => p.blocked.clone(),
+            },
+            held: core.migration_held,
         }
     }
 }
@@ -626,6 +641,78 @@ mod tests {
         }
         let tokens = inner.pacer.lock().tokens;
         assert!(tokens <= rate as f64, "{tokens} bytes of budget banked");
+    }
+
+    /// A hold stops background migration and lazy moves whatever the rate, and outlives the
+    /// process: after a power cut, an open whose options migrate at full speed is still
+    /// held. Released, migration goes on, and the next manifest carries no hold record (so
+    /// a database never held stays readable by a build from before the record).
+    #[test]
+    fn a_migration_hold_outlives_a_power_cut_until_released() {
+        use crate::fs::FaultFs;
+        use crate::manifest::EditRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = |rate: u64| Options {
+            fs: Arc::new(fs.clone()),
+            migration_bytes_per_sec: rate,
+            move_on_first_read: true,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts(0)).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("k{i:03}"), [b'v'; 50]).unwrap();
+        }
+        db.flush().unwrap();
+        db.hold_migration(true).unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        fs.power_cut(db).unwrap();
+
+        let db = Db::open(dir.path(), opts(1 << 30)).unwrap();
+        let p = db.migration_progress();
+        assert!(p.held, "the hold did not outlive the power cut: {p:?}");
+        assert!(p.blocked.as_deref().is_some_and(|b| b.starts_with("held")));
+        let inner = &db.inner;
+        {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            assert!(
+                inner.pick_migration(&mut core, &view).is_none(),
+                "the pacer picked a migration while held"
+            );
+        }
+        assert!(db.get("k100").unwrap().is_some());
+        inner.apply_moves();
+        assert_eq!(db.stats().lazy_moves, 0, "moved lazily while held");
+        assert!(db.migration_progress().bytes_left() > 0);
+
+        db.hold_migration(false).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.migration_progress().bytes_left() > 0 {
+            assert!(Instant::now() < deadline, "no migration once released");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        db.close().unwrap();
+        let db = Db::open(dir.path(), opts(0)).unwrap();
+        assert!(!db.migration_progress().held);
+        let (m, _) = crate::inspect::read_manifest_safely(dir.path()).unwrap();
+        assert!(
+            !m.edits
+                .iter()
+                .flat_map(|(_, e)| &e.records)
+                .any(|r| matches!(r, EditRecord::MigrationHold(_))),
+            "a released hold is still in the manifest written at open"
+        );
+        for i in 0..500u32 {
+            assert!(db.get(format!("k{i:03}")).unwrap().is_some(), "k{i:03}");
+        }
     }
 
     #[test]

@@ -491,7 +491,8 @@ impl Inner {
             let _install = self.install.read();
             let view = self.view.load();
             for m in pending {
-                if !view.files.holds(&m.source)
+                if core.migration_held
+                    || !view.files.holds(&m.source)
                     || core
                         .busy
                         .contains(&(m.source.layout_version, m.source.partition))

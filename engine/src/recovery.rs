@@ -49,6 +49,7 @@ pub(crate) struct ManifestState {
     pub log_number: u64,
     pub controller: Option<(u64, Vec<u8>)>,
     pub pinned: std::collections::BTreeSet<u32>,
+    pub migration_held: bool,
 }
 
 /// Replays a manifest's edits, checking each against the state so far.
@@ -62,6 +63,7 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
         log_number: 0,
         controller: None,
         pinned: Default::default(),
+        migration_held: false,
     };
     // Live files per layout version.
     let mut files_of: HashMap<u32, usize> = HashMap::new();
@@ -179,6 +181,7 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                         st.pinned.remove(id);
                     }
                 }
+                EditRecord::MigrationHold(held) => st.migration_held = *held,
             }
         }
     }
@@ -936,6 +939,7 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
             log_number: 0,
             controller: None,
             pinned: Default::default(),
+            migration_held: false,
         },
         files,
         recovered: Arc::new(MemTable::new(0, opts.memtable_bytes)),
@@ -1092,6 +1096,7 @@ fn new_core(
         reserved: Vec::new(),
         migration: Default::default(),
         pinned: state.pinned.clone(),
+        migration_held: state.migration_held,
     }
 }
 
@@ -1284,6 +1289,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         &files,
         state.controller.as_ref(),
         &state.pinned,
+        state.migration_held,
     );
     let manifest = ManifestWriter::create(fs.as_ref(), &dir, manifest_number, &snapshot)?;
     let view = View {

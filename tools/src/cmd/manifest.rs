@@ -49,8 +49,8 @@ enum RecordJson {
     DeleteFile { file: u64 },
     Controller { epoch: u64, state_bytes: usize },
     Pin { version: u32, pinned: bool },
-    /// A record type this build's tool does not know how to show.
-    Unknown,
+    /// Whether data movement between layouts is held (`Db::hold_migration`).
+    MigrationHold { held: bool },
 }
 
 #[derive(Serialize)]
@@ -110,9 +110,7 @@ fn record_json(r: &EditRecord, ctx: &Ctx) -> RecordJson {
             version: *id,
             pinned: *pinned,
         },
-        // Pin records printed as controller records with epoch 0 through this arm.
-        #[allow(unreachable_patterns, reason = "EditRecord may grow")]
-        _ => RecordJson::Unknown,
+        EditRecord::MigrationHold(held) => RecordJson::MigrationHold { held: *held },
     }
 }
 
@@ -146,7 +144,7 @@ fn record_text(r: &RecordJson) -> String {
         RecordJson::Pin { version, pinned } => {
             format!("{} v{version}", if *pinned { "pin" } else { "unpin" })
         }
-        RecordJson::Unknown => "(a record type this tool does not know)".into(),
+        RecordJson::MigrationHold { held } => format!("migration_hold {held}"),
     }
 }
 

@@ -138,6 +138,9 @@ pub struct Controller {
     /// When the consistency check and reconciliation last ran (for
     /// [`Triggers::periodic_check`]).
     last_check: Instant,
+    /// Why the last canary or periodic check could not run (a failing reconciliation hook,
+    /// an unreadable table): data movement is held until one passes.
+    check_failure: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -201,6 +204,7 @@ impl Controller {
             reconcile: None,
             over_budget: 0,
             last_check: Instant::now(),
+            check_failure: None,
         };
         c.resume()?;
         Ok(c)
@@ -317,7 +321,8 @@ impl Controller {
                     }
                     self.reconcile_gate("resume")?;
                     self.go(State::Migrating, "resumed: target was already switched")?;
-                    self.apply_pacing(true)?;
+                    // Held until the canary (run by the next tick) passes.
+                    self.pace()?;
                 }
                 Ok(())
             }
@@ -340,27 +345,53 @@ impl Controller {
                         self.fenced(|db| unpin_if_live(db, v))?;
                     }
                 }
-                self.apply_pacing(self.rec.state == State::Migrating)?;
+                self.pace()?;
                 self.note("resumed after restart")
             }
             State::Finalizing => {
                 // Finishing needs the reconciliation hook, which the caller sets after
                 // attaching: migrate at full budget and let finish() or tick() complete.
-                self.apply_pacing(true)?;
+                self.pace()?;
                 self.note("resumed after restart; call finish() or tick() to complete")
             }
             State::RollingBack => self.complete_rollback("resumed after restart"),
         }
     }
 
+    /// Whether data may move in the background in the persisted state: while migrating
+    /// once the canary has passed and while no check is failing, while finalizing, and while
+    /// rolling back. Everywhere else the controller owns (paused; migrating before the
+    /// canary or while a check cannot run) it is held.
+    fn movement_allowed(&self) -> bool {
+        match self.rec.state {
+            State::Migrating => {
+                self.check_failure.is_none()
+                    && self.rec.plan.as_ref().is_some_and(|p| p.canary_done)
+            }
+            State::Finalizing | State::RollingBack => true,
+            _ => false,
+        }
+    }
+
+    /// Applies the pacing the state calls for (see [`Controller::movement_allowed`]).
+    fn pace(&self) -> Result<()> {
+        self.apply_pacing(self.movement_allowed())
+    }
+
+    /// Runs or holds background migration and lazy moves. The hold is persisted in the
+    /// engine ([`Db::hold_migration`]): a paused migration stays paused when the process
+    /// exits, whatever rate the next open's options give, until a controller releases it.
     fn apply_pacing(&self, running: bool) -> Result<()> {
         self.fenced(|db| {
-            db.set_migration_rate(if running {
-                self.cfg.migration_bytes_per_sec
-            } else {
-                0
-            });
             db.set_migration_latency_target(self.cfg.pacer_p99_target_us);
+            if running {
+                db.hold_migration(false)?;
+                db.set_migration_rate(self.cfg.migration_bytes_per_sec);
+            } else {
+                // Stopped in this process at once, then persisted.
+                db.set_migration_rate(0);
+                db.hold_migration(true)?;
+            }
             Ok(())
         })
     }
@@ -659,23 +690,21 @@ impl Controller {
                 self.note(format!("checkpoint written to {dir}"))?;
             }
         }
-        self.fenced(|db| {
-            db.set_migration_rate(0);
-            Ok(())
-        })?;
+        // Held before the switch: a crash after it resumes held until the canary passes.
+        self.apply_pacing(false)?;
         self.fenced(|db| db.set_target(VersionId(plan.to)))?;
         self.go(
             State::Migrating,
             format!("target switched v{} -> v{}", plan.from, plan.to),
         )?;
-        self.canary()?;
-        self.apply_pacing(true)?;
-        Ok(())
+        self.canary()
     }
 
-    /// Migrates the plan's canary share and checks it, once per plan. A crash between the
-    /// target switch and the canary's record resumes in Migrating with it undone: the next
-    /// `tick` runs it (the gate it ends in needs the reconciliation hook, set after attach).
+    /// Migrates the candidate's canary share and checks it, once per candidate (a retarget
+    /// runs one for its new candidate), then lets background migration run. Until it
+    /// passes, background migration is held: a crash between the target switch and the
+    /// canary's record resumes held, and the next `tick` runs it (the gate it ends in needs
+    /// the reconciliation hook, set after attach).
     fn canary(&mut self) -> Result<()> {
         let plan = self.plan_ref()?.clone();
         if plan.canary_done {
@@ -687,7 +716,8 @@ impl Controller {
             p.canary_done = true;
         }
         self.save()?;
-        self.note(format!("canary: {moved} bytes migrated and validated"))
+        self.note(format!("canary: {moved} bytes migrated and validated"))?;
+        self.pace()
     }
 
     /// Replaces the candidate mid-migration with a corrected function, keeping the progress:
@@ -764,6 +794,8 @@ impl Controller {
         // Recorded before the engine switches: a crash after this point resumes into the new
         // candidate and releases the old one (see `resume`); a crash before it leaves the
         // migration as it was.
+        // The new candidate gets a canary of its own; movement is held until it passes.
+        let draining: u64 = layout.versions.iter().map(|v| v.bytes()).sum();
         let before = self.rec.clone();
         self.rec.planning = None;
         if let Some(p) = self.rec.plan.as_mut() {
@@ -773,12 +805,22 @@ impl Controller {
             p.forced |= biased;
             p.predicted_max_over_mean = a.distribution.max_over_mean;
             p.predicted_p_value = a.distribution.p_value;
+            p.canary_bytes = ((draining as f64) * self.cfg.canary_fraction) as u64;
+            p.canary_done = false;
         }
-        if let Err(e) = self.go(
-            State::Migrating,
-            format!("retargeted v{old} -> {to} = {spec}, keeping progress (v{old} drains into it)"),
-        ) {
+        // A paused migration stays paused: the retarget only changes where it goes.
+        let state = self.rec.state;
+        let held = self.apply_pacing(false);
+        if let Err(e) = held.and_then(|()| {
+            self.go(
+                state,
+                format!(
+                    "retargeted v{old} -> {to} = {spec}, keeping progress (v{old} drains into it)"
+                ),
+            )
+        }) {
             self.rec = before;
+            let _ = self.pace();
             // Undone here if this controller still may; if not (another claimed it), the
             // intent stays recorded for the next controller to undo on attach.
             let _ = self.undo_planning(&intent, &format!("retarget to {spec} failed: {e}"));
@@ -790,7 +832,9 @@ impl Controller {
         if old != from && old != to.0 {
             self.fenced(|db| unpin_if_live(db, old))?;
         }
-        self.apply_pacing(true)?;
+        if state == State::Migrating {
+            self.canary()?;
+        }
         Ok(PlanReport {
             version: to,
             analysis: a,
@@ -799,12 +843,20 @@ impl Controller {
         })
     }
 
+    /// Pauses the migration: background migration and lazy moves are held (persisted, so
+    /// they stay held across restarts until [`Controller::resume_migration`]). Then the
+    /// reconciliation gate runs; a mismatch rolls back as at every state change, but a hook
+    /// that fails is logged and does not keep the pause from taking effect.
     pub fn pause(&mut self) -> Result<()> {
         self.fence()?;
         self.check_transition(State::Paused)?;
-        self.reconcile_gate("pause")?;
         self.apply_pacing(false)?;
-        self.go(State::Paused, "paused")
+        self.go(State::Paused, "paused")?;
+        match self.reconcile("pause") {
+            Ok(None) => Ok(()),
+            Ok(Some(reason)) => Err(Error::LayoutRefused(reason)),
+            Err(e) => self.note(format!("reconciliation at pause could not run: {e}")),
+        }
     }
 
     /// Resumes a paused migration (a running one is left running, its pacing re-applied).
@@ -814,7 +866,8 @@ impl Controller {
     pub fn resume_migration(&mut self) -> Result<()> {
         self.fence()?;
         if self.rec.state == State::Migrating {
-            return self.apply_pacing(true);
+            self.canary()?;
+            return self.pace();
         }
         if self.rec.state != State::Paused {
             return Err(Error::LayoutRefused(format!(
@@ -825,8 +878,9 @@ impl Controller {
         }
         self.reconcile_gate("resume")?;
         self.go(State::Migrating, "resumed")?;
-        self.apply_pacing(true)?;
-        Ok(())
+        // A candidate retargeted to while paused runs its canary now.
+        self.canary()?;
+        self.pace()
     }
 
     /// Rolls back: sets the target back to the layout the migration started from (one
@@ -872,7 +926,7 @@ impl Controller {
         if self.db.layout().target.0 != from {
             self.fenced(|db| db.set_target(VersionId(from)))?;
         }
-        self.apply_pacing(true)?;
+        self.pace()?;
         // Pins are released before `Stable` is recorded: a crash in between resumes in
         // `RollingBack` and releases them again (idempotent), instead of leaving the
         // abandoned candidate pinned for ever.
@@ -938,6 +992,8 @@ impl Controller {
         if self.rec.state != State::Finalizing {
             self.go(State::Finalizing, "finishing")?;
         }
+        // Releases a hold (a migration finished from Paused).
+        self.pace()?;
         self.db.migrate_now(None)?;
         self.checkpoint_gate("finish")?;
         let plan = self.plan_ref()?.clone();
@@ -970,20 +1026,10 @@ impl Controller {
         let mut rolled_back = None;
         let mut completed = false;
         let finishing = complete && progress.is_complete();
-        if self.rec.state == State::Migrating {
-            self.fence()?;
-            let r = self.canary();
-            rolled_back = self.rolled_back_by(State::Migrating, r)?;
-            // Not when this tick finishes: `finish` runs the same checks.
-            let due = |every: Duration| self.last_check.elapsed() >= every;
-            if rolled_back.is_none()
-                && !finishing
-                && self.cfg.triggers.periodic_check.is_some_and(due)
-            {
-                rolled_back = self.run_checks("a periodic check")?.1;
-            }
-        }
         if matches!(self.rec.state, State::Migrating | State::Paused) {
+            self.fence()?;
+            // The observed health first: a check that cannot run must not keep these from
+            // being watched.
             let t = self.cfg.triggers.clone();
             let p99 = obs
                 .and_then(|o| o.p99_us)
@@ -1014,6 +1060,9 @@ impl Controller {
                     rolled_back = Some(reason);
                 }
             }
+            if rolled_back.is_none() && self.rec.state == State::Migrating {
+                rolled_back = self.tick_checks(finishing)?;
+            }
             if finishing && rolled_back.is_none() {
                 let (from, r) = (self.rec.state, self.finish());
                 rolled_back = self.rolled_back_by(from, r)?;
@@ -1030,6 +1079,47 @@ impl Controller {
             rolled_back,
             completed,
         })
+    }
+
+    /// A tick's canary (until it passes) and periodic check; the reason if one rolled the
+    /// migration back. A check that cannot run (the reconciliation hook fails, a table
+    /// cannot be read) holds data movement and is returned as the error; the hold lasts
+    /// until a check runs and passes (tried on every tick meanwhile).
+    fn tick_checks(&mut self, finishing: bool) -> Result<Option<String>> {
+        let canary_pending = !self.plan_ref()?.canary_done;
+        let r = self.canary();
+        let mut outcome = self.rolled_back_by(State::Migrating, r);
+        let mut ran = canary_pending;
+        // Not when this tick finishes: `finish` runs the same checks.
+        let due = |every: Duration| self.last_check.elapsed() >= every;
+        if matches!(outcome, Ok(None))
+            && !finishing
+            && (self.check_failure.is_some() || self.cfg.triggers.periodic_check.is_some_and(due))
+        {
+            ran = true;
+            outcome = self.run_checks("a periodic check").map(|(_, r)| r);
+        }
+        match outcome {
+            Ok(None) if ran && self.check_failure.is_some() => {
+                let was = self.check_failure.take().unwrap_or_default();
+                self.note(format!(
+                    "checks pass again (they could not run: {was}); migration resumes"
+                ))?;
+                self.pace()?;
+                Ok(None)
+            }
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if self.check_failure.is_none() {
+                    self.check_failure = Some(e.to_string());
+                    self.pace()?;
+                    self.note(format!(
+                        "a check could not run: {e}; migration held until one passes"
+                    ))?;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A gate's failure as a tick reports it: the reason, when the step (begun in state
@@ -1174,6 +1264,171 @@ mod tests {
             seed,
             hashed_prefix: None,
         }
+    }
+
+    /// A controller config that migrates in the background (the tests' default does not).
+    fn running_cfg() -> ControllerConfig {
+        ControllerConfig {
+            migration_bytes_per_sec: 1 << 20,
+            ..ControllerConfig::default()
+        }
+    }
+
+    /// Whether data movement is held, and the engine's rate.
+    fn pacing(db: &Db) -> (bool, u64) {
+        let p = db.migration_progress();
+        (p.held, p.rate_limit_bytes_per_sec)
+    }
+
+    /// A restart between the target switch and the canary resumes held: background
+    /// migration waits for the canary (which the next tick runs). It used to resume at
+    /// the full budget with the canary undone.
+    #[test]
+    fn a_restart_before_the_canary_resumes_held_until_it_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut c = Controller::attach(db.clone(), running_cfg()).unwrap();
+        let v = c.plan(hash(5), PlanOptions::default()).unwrap().version;
+        c.validate().unwrap();
+        // The switch `start` makes, and then the process dies.
+        db.set_target(v).unwrap();
+        drop(c);
+        let mut c = Controller::attach(db.clone(), running_cfg()).unwrap();
+        assert_eq!(c.state(), State::Migrating);
+        assert!(!c.record().plan.as_ref().unwrap().canary_done);
+        assert_eq!(pacing(&db), (true, 0), "migrating before the canary");
+        c.watch(None).unwrap();
+        assert!(c.record().plan.as_ref().unwrap().canary_done);
+        assert_eq!(pacing(&db), (false, 1 << 20));
+    }
+
+    /// A retarget keeps a paused migration paused, and its new candidate gets a canary of
+    /// its own, run when the migration resumes. A retarget used to record Migrating and
+    /// migrate at the full budget, with the old candidate's canary standing for the new one.
+    #[test]
+    fn a_retarget_leaves_a_paused_migration_paused_with_a_canary_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut c = Controller::attach(db.clone(), running_cfg()).unwrap();
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        assert_eq!(pacing(&db), (false, 1 << 20));
+        c.pause().unwrap();
+        assert_eq!(pacing(&db), (true, 0));
+        let v3 = c.retarget(hash(6), false).unwrap().version;
+        assert_eq!(db.layout().target, v3);
+        assert_eq!(c.state(), State::Paused);
+        assert_eq!(pacing(&db), (true, 0), "a retarget un-paused the migration");
+        assert!(!c.record().plan.as_ref().unwrap().canary_done);
+        c.resume_migration().unwrap();
+        assert_eq!(c.state(), State::Migrating);
+        assert!(c.record().plan.as_ref().unwrap().canary_done);
+        assert_eq!(pacing(&db), (false, 1 << 20));
+        // A retarget while migrating runs the new candidate's canary at once.
+        c.retarget(hash(7), false).unwrap();
+        assert_eq!(c.state(), State::Migrating);
+        assert!(c.record().plan.as_ref().unwrap().canary_done);
+        assert_eq!(pacing(&db), (false, 1 << 20));
+    }
+
+    /// A reconciliation hook that fails keeps neither the observed-health triggers from
+    /// being watched nor a pause from taking effect, and holds data movement until a check
+    /// passes again. A failing hook used to end every tick before the triggers, with
+    /// migration running at full budget, and made `pause` fail.
+    #[test]
+    fn a_check_that_cannot_run_holds_migration_and_blocks_nothing_else() {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut cfg = running_cfg();
+        cfg.triggers.periodic_check = Some(Duration::ZERO);
+        cfg.triggers.max_error_rate = Some(0.1);
+        let broken = std::sync::Arc::new(AtomicBool::new(false));
+        let attach = |db: &Db| {
+            let mut c = Controller::attach(db.clone(), cfg.clone()).unwrap();
+            let b = broken.clone();
+            c.set_reconciliation(Box::new(move |_| match b.load(Relaxed) {
+                true => Err(Error::Background("ledger unreachable".into())),
+                false => Ok("sum 200000".into()),
+            }));
+            c
+        };
+        let mut c = attach(&db);
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        broken.store(true, Relaxed);
+        let healthy = Observation {
+            ops: 100,
+            errors: 0,
+            p99_us: Some(10),
+        };
+        assert!(c.tick(Some(healthy)).is_err(), "the hook failed");
+        assert_eq!(c.state(), State::Migrating);
+        assert_eq!(pacing(&db), (true, 0), "migrating while no check could run");
+        // Still failing: held, and the triggers still watch.
+        let failing = Observation {
+            ops: 100,
+            errors: 50,
+            ..healthy
+        };
+        let t = c.tick(Some(failing)).unwrap();
+        assert!(t.rolled_back.is_some_and(|r| r.contains("error rate")));
+        assert_eq!(c.state(), State::Stable);
+        assert!(!pacing(&db).0, "a rollback drains back");
+
+        // A pause takes effect with the hook failing.
+        broken.store(false, Relaxed);
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        broken.store(true, Relaxed);
+        c.pause().unwrap();
+        assert_eq!(c.state(), State::Paused);
+        assert_eq!(pacing(&db), (true, 0));
+        c.resume_migration().unwrap_err();
+        assert_eq!(c.state(), State::Paused, "resumed past a failing gate");
+        // Fixed: resumed, then a tick's check passes and movement runs.
+        broken.store(false, Relaxed);
+        c.resume_migration().unwrap();
+        c.tick(Some(healthy)).unwrap();
+        assert_eq!(pacing(&db), (false, 1 << 20));
+        // A failing check, then one that passes again, releases the hold.
+        broken.store(true, Relaxed);
+        assert!(c.tick(Some(healthy)).is_err());
+        assert_eq!(pacing(&db), (true, 0));
+        broken.store(false, Relaxed);
+        c.tick(Some(healthy)).unwrap();
+        assert_eq!(pacing(&db), (false, 1 << 20));
+    }
+
+    /// A paused migration stays paused when the process exits: a database opened again with
+    /// options that migrate at full speed stays held, and resuming releases it.
+    #[test]
+    fn a_pause_outlives_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut c = Controller::attach(db.clone(), running_cfg()).unwrap();
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        c.pause().unwrap();
+        let left = db.migration_progress().bytes_left();
+        assert!(left > 0);
+        drop(c);
+        db.close().unwrap();
+        let opts = sluice::Options {
+            migration_bytes_per_sec: 1 << 30,
+            ..sluice::Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        let p = db.migration_progress();
+        assert!(p.held, "paused, yet not held after a reopen: {p:?}");
+        let mut c = Controller::attach(db.clone(), running_cfg()).unwrap();
+        assert_eq!(c.state(), State::Paused);
+        assert!(pacing(&db).0);
+        c.resume_migration().unwrap();
+        assert!(!pacing(&db).0);
+        c.finish().unwrap();
+        assert_eq!(c.state(), State::Complete);
+        assert!(!pacing(&db).0, "held after completing");
     }
 
     /// A checkpoint directory holding only the lock file a failed checkpoint leaves is

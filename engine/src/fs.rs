@@ -63,6 +63,17 @@ struct StdRandom(File);
 
 /// Bytes one `pread` read (0 if interrupted: read again), or `UnexpectedEof` naming `end`, the
 /// offset the read had to reach, if the file ended before it.
+/// Room for `len` more bytes in `buf`, or an error (not an abort) when the memory cannot be
+/// had: a length read from a damaged or foreign file can be anything.
+fn reserve(buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    buf.try_reserve_exact(len).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("cannot allocate {len} bytes to read into: {e}"),
+        )
+    })
+}
+
 fn pread_result(r: rustix::io::Result<usize>, end: u64) -> io::Result<usize> {
     match r {
         Ok(0) => Err(io::Error::new(
@@ -78,7 +89,7 @@ fn pread_result(r: rustix::io::Result<usize>, end: u64) -> io::Result<usize> {
 impl RandomRead for StdRandom {
     fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
         let end = buf.len() + len;
-        buf.reserve(len);
+        reserve(buf, len)?;
         while buf.len() < end {
             let want = end - buf.len();
             let at = offset + (len - want) as u64;
@@ -254,7 +265,9 @@ impl Fs for StdFs {
 
     fn read_file(&self, path: &Path) -> io::Result<Bytes> {
         let mut f = open_regular(path)?;
-        let mut buf = Vec::with_capacity(f.metadata()?.len() as usize);
+        let mut buf = Vec::new();
+        let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+        reserve(&mut buf, len)?;
         io::Read::read_to_end(&mut f, &mut buf)?;
         Ok(Bytes::from(buf))
     }
@@ -1123,6 +1136,17 @@ mod tests {
 
     /// `create_new` never opens a name that exists (it may be a hard link to a live file),
     /// on the real file system and through the fault-injecting one; `create` truncates.
+    /// A length no allocation can hold is an error, not an abort: reads size their buffers
+    /// from lengths in files (a WAL's size, a table's block handles).
+    #[test]
+    fn a_read_too_large_for_memory_is_an_error() {
+        let e = super::reserve(&mut Vec::new(), usize::MAX).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+        let mut v = Vec::new();
+        super::reserve(&mut v, 100).unwrap();
+        assert!(v.capacity() >= 100);
+    }
+
     #[test]
     fn create_new_refuses_a_name_that_exists() {
         let dir = tempfile::tempdir().unwrap();

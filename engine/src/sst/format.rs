@@ -239,6 +239,33 @@ impl Footer {
                 ));
             }
         }
+        // Written back to back before the footer (filter, index, properties): the only
+        // layout a reader accepts, so that what a table's open reads (from the first of them
+        // to the end) is no more than they hold, in a file extended or sparse past them too.
+        let mut next = handles[0].offset;
+        for (h, what) in handles.iter().zip(["filter", "index", "properties"]) {
+            if h.offset != next {
+                return Err(Error::corruption(
+                    path,
+                    at,
+                    format!(
+                        "{what} block handle {h:?} does not follow the block before it \
+                         (at {next}): metadata blocks lie back to back before the footer"
+                    ),
+                ));
+            }
+            next = h.offset + h.size + BLOCK_TRAILER_LEN as u64;
+        }
+        if next != at {
+            return Err(Error::corruption(
+                path,
+                at,
+                format!(
+                    "the metadata blocks end at {next}, not at the footer: the file was \
+                     extended or damaged"
+                ),
+            ));
+        }
         Ok(Footer {
             filter: handles[0],
             index: handles[1],
@@ -340,27 +367,52 @@ mod tests {
         }
     }
 
-    #[test]
-    fn footer_round_trip_and_every_flip_detected() {
+    /// A footer after metadata blocks of 20, 40 and 50 bytes from offset 10, and the bytes
+    /// before it (`gap` bytes of them after the last block).
+    fn footer_file(gap: usize) -> (Footer, Vec<u8>) {
+        let t = BLOCK_TRAILER_LEN as u64;
+        let handle = |offset, size| BlockHandle { offset, size };
+        let filter = handle(10, 20);
+        let index = handle(30 + t, 40);
+        let props = handle(70 + 2 * t, 50);
         let f = Footer {
-            filter: BlockHandle {
-                offset: 10,
-                size: 20,
-            },
-            index: BlockHandle {
-                offset: 35,
-                size: 40,
-            },
-            props: BlockHandle {
-                offset: 80,
-                size: 50,
-            },
+            filter,
+            index,
+            props,
             format_version: TABLE_FORMAT_VERSION,
         };
-        let mut file = vec![0u8; 200];
+        let mut file = vec![0u8; (120 + 3 * t) as usize + gap];
         file.extend_from_slice(&f.encode());
+        (f, file)
+    }
+
+    /// What a table's open reads is bounded by its metadata blocks: a footer whose blocks
+    /// do not end where it starts (a file extended past them, sparse or not, with the
+    /// footer copied to its end) is refused. Such a file used to be read from its first
+    /// metadata block to its end: 2 TiB for a sparse copy, and an aborted allocation.
+    #[test]
+    fn metadata_blocks_must_reach_the_footer() {
+        let (f, file) = footer_file(0);
         assert_eq!(Footer::decode(&file, Path::new("t")).unwrap(), f);
-        for i in 200..file.len() {
+        let (_, file) = footer_file(1);
+        let e = Footer::decode(&file, Path::new("t")).unwrap_err();
+        assert!(e.to_string().contains("not at the footer"), "{e}");
+        // A gap between two blocks.
+        let mut g = f;
+        g.index.offset += 1;
+        g.props.offset += 1;
+        let mut file = file[..file.len() - FOOTER_LEN].to_vec();
+        file.extend_from_slice(&g.encode());
+        let e = Footer::decode(&file, Path::new("t")).unwrap_err();
+        assert!(e.to_string().contains("does not follow"), "{e}");
+    }
+
+    #[test]
+    fn footer_round_trip_and_every_flip_detected() {
+        let (f, file) = footer_file(0);
+        let body = file.len() - FOOTER_LEN;
+        assert_eq!(Footer::decode(&file, Path::new("t")).unwrap(), f);
+        for i in body..file.len() {
             let mut c = file.clone();
             c[i] ^= 0x01;
             let e = Footer::decode(&c, Path::new("t")).unwrap_err();

@@ -379,7 +379,7 @@ impl Table {
             .as_ref()
             .filter(|c| fill != Fill::No && c.capacity() > 0);
         let Some(c) = cache else {
-            let mut buf = Vec::with_capacity(buf_len);
+            let mut buf = Vec::new();
             self.reader
                 .read_exact_at_into(&mut buf, buf_len, h.offset)
                 .map_err(io)?;

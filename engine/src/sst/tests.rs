@@ -276,6 +276,35 @@ fn metadata_is_read_from_its_first_block_to_the_end() {
     assert!(start > len / 2, "metadata from {start} of {len}");
 }
 
+/// A table file extended past its footer's blocks (sparse here, the footer copied to the new
+/// end) is refused as corrupt, naming the footer's offset, before anything past the footer's
+/// own bytes is read. Its open used to read from the first metadata block to the end of the
+/// file: the whole extension (2 TiB aborted the process on a failed allocation).
+#[test]
+fn a_table_extended_past_its_metadata_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("000010.sst");
+    write(&p, &entries(1000), Compression::None);
+    let whole = std::fs::read(&p).unwrap();
+    let footer = &whole[whole.len() - super::format::FOOTER_LEN..];
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let len = 64u64 << 20;
+    f.set_len(len).unwrap();
+    use std::os::unix::fs::FileExt;
+    let at = len - footer.len() as u64;
+    f.write_all_at(footer, at).unwrap();
+    drop(f);
+    let Err(e) = open(&p, true) else {
+        panic!("opened a table extended past its metadata");
+    };
+    assert!(e.is_corruption(), "{e}");
+    let s = e.to_string();
+    assert!(
+        s.contains("not at the footer") && s.contains(&at.to_string()),
+        "{s}"
+    );
+}
+
 /// A table whose file is cut short under an open reader (another process truncating it,
 /// or a disk that can no longer read those blocks) gives an error naming the file from
 /// every read of what is gone: a point read, walks both ways, with and without a block

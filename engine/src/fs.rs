@@ -63,6 +63,13 @@ struct StdRandom(File);
 
 /// Bytes one `pread` read (0 if interrupted: read again), or `UnexpectedEof` naming `end`, the
 /// offset the read had to reach, if the file ended before it.
+/// Whether `path` is a symbolic link (not followed). False when it cannot be looked at, or
+/// on a file system other than the real one (the engine makes no links; a test's in-memory
+/// files are none).
+pub fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
 /// Room for `len` more bytes in `buf`, or an error (not an abort) when the memory cannot be
 /// had: a length read from a damaged or foreign file can be anything.
 fn reserve(buf: &mut Vec<u8>, len: usize) -> io::Result<()> {

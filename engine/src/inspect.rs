@@ -249,11 +249,10 @@ pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
     let name = name.strip_suffix(b"\n").unwrap_or(&name);
     // Only a well-formed name is looked up here; anything else (a stray byte, a carriage
     // return) goes to the engine's reader, which reports it as damage in CURRENT.
-    let well_formed = name
-        .strip_prefix(b"MANIFEST-")
-        .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit));
-    if well_formed {
-        let name = String::from_utf8_lossy(name).into_owned();
+    let well_formed = std::str::from_utf8(name)
+        .ok()
+        .filter(|n| crate::manifest::manifest_number(n).is_some());
+    if let Some(name) = well_formed {
         let mpath = dir.join(name);
         // A name that leads nowhere is damage to CURRENT: the engine's reader says so.
         let len = match check_inside(dir, &mpath) {
@@ -1285,8 +1284,10 @@ fn verify_once(
     if let Some(st) = &state {
         let last_seqno = st.last_seqno.max(wals_end.last.unwrap_or(0));
         for (num, p) in &unnamed {
-            let past = Table::open(&StdFs, p, *num, None)
-                .ok()
+            // As recovery has it, a symlink is not read (see the warning below).
+            let past = (!crate::fs::is_symlink(p))
+                .then(|| Table::open(&StdFs, p, *num, None).ok())
+                .flatten()
                 .map(|t| (t.props().entries, t.props().max_seqno))
                 .filter(|&(entries, max)| entries > 0 && max > last_seqno);
             rep.problems.push(match past {
@@ -1299,6 +1300,13 @@ fn verify_once(
                          {max} and the manifest and WALs end at {last_seqno}: the manifest \
                          lost the edits recording a flush; the next open refuses the directory"
                     ),
+                ),
+                _ if crate::fs::is_symlink(p) => Problem::warning(
+                    "orphan",
+                    Some(p),
+                    None,
+                    "a symlink named like a table, not read; the next writable open removes \
+                     the link (not what it points to)",
                 ),
                 // Opens remove only files: a directory named like a table stays.
                 _ if !std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) => {

@@ -315,9 +315,10 @@ pub fn read_current(fs: &dyn Fs, dir: &Path) -> Result<ManifestContents> {
         .and_then(|s| s.strip_suffix('\n'))
         .filter(|s| s.starts_with("MANIFEST-") && !s.contains('/') && !s.contains('\\'))
         .ok_or_else(|| Error::corruption(&cur, 0, "CURRENT does not name a manifest"))?;
-    let number = name["MANIFEST-".len()..]
-        .parse::<u64>()
-        .map_err(|_| Error::corruption(&cur, 0, format!("bad manifest name {name:?}")))?;
+    // Digits only: `parse` also takes a sign (`MANIFEST-+1`), a name no manifest has, which
+    // would slip past the checks that tools make on well-formed names.
+    let number = manifest_number(name)
+        .ok_or_else(|| Error::corruption(&cur, 0, format!("bad manifest name {name:?}")))?;
     // A CURRENT whose bytes were damaged into another well-formed name points at a
     // manifest that is not there: that is damage to CURRENT, not an I/O failure.
     read_manifest(fs, &dir.join(name), number).map_err(|e| {
@@ -649,6 +650,30 @@ mod tests {
             std::fs::write(dir.path().join(CURRENT), bad).unwrap();
             assert!(read_current(&StdFs, dir.path()).is_err(), "{bad:?}");
         }
+    }
+
+    /// A CURRENT naming a manifest by a number with a sign (`MANIFEST-+1`, which `parse`
+    /// takes) is refused even when a file by that name exists: such a name slipped past
+    /// the checks tools make on well-formed names (a symlink out of the directory, a size
+    /// limit), and out of the directory it was read.
+    #[test]
+    fn a_manifest_name_with_a_sign_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        ManifestWriter::create(&StdFs, dir.path(), 1, &sample()).unwrap();
+        std::fs::rename(
+            dir.path().join(manifest_name(1)),
+            dir.path().join("MANIFEST-+1"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(CURRENT), "MANIFEST-+1\n").unwrap();
+        let e = read_current(&StdFs, dir.path())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("bad manifest name")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -679,8 +679,14 @@ fn unnamed_tables(fs: &dyn Fs, dir: &Path, st: &ManifestState) -> Result<Vec<(u6
 ///
 /// The tables are listed before the WALs are read, so that a read-only open of a live
 /// directory cannot see a table flushed from writes that arrived after it read the WAL.
+///
+/// A symlink is not read: the engine never makes one, so it is no flush's output, and
+/// what it points to (perhaps another database's table) is not this database's to judge.
 fn check_unnamed_tables(fs: &dyn Fs, unnamed: &[(u64, PathBuf)], last_seqno: u64) -> Result<()> {
     for (num, path) in unnamed {
+        if crate::fs::is_symlink(path) {
+            continue;
+        }
         let Ok(t) = Table::open(fs, path, *num, None) else {
             continue;
         };

@@ -2425,3 +2425,55 @@ fn a_compaction_finding_damage_stops_writes_with_an_error_not_a_hang() {
         Err(e) => assert!(e.is_corruption(), "{e}"),
     }
 }
+
+/// A symlink named like a table that no manifest edit names is not the engine's (it never
+/// makes one) and is not followed: neither an open nor `verify` reads what it points to.
+/// One pointing at another database's table, whose writes run past this database's, made
+/// every open refuse the directory as one whose manifest lost a flush.
+#[test]
+fn a_symlink_named_like_a_table_is_not_followed() {
+    let _guard = shared();
+    let root = tempfile::tempdir().unwrap();
+    let (other, dir) = (root.path().join("other"), root.path().join("db"));
+    let db = Db::open(&other, no_idle_flush()).unwrap();
+    for i in 0..300u32 {
+        db.put(format!("k{i:03}"), "x").unwrap();
+    }
+    db.flush().unwrap();
+    db.close().unwrap();
+    let db = Db::open(&dir, no_idle_flush()).unwrap();
+    db.put("a", "1").unwrap();
+    db.close().unwrap();
+    let foreign = files_ending(&other, ".sst");
+    assert_eq!(
+        foreign.len(),
+        1,
+        "test setup: one table in the other database"
+    );
+    let before = std::fs::read(&foreign[0]).unwrap();
+    let link = dir.join("000999.sst");
+    std::os::unix::fs::symlink(&foreign[0], &link).unwrap();
+
+    let rep = verify(&dir);
+    assert_eq!(rep.errors().count(), 0, "verify: {:?}", rep.problems);
+    assert!(
+        rep.problems.iter().any(|p| p.check == "orphan"
+            && p.file.as_deref() == Some(link.as_path())
+            && p.message.contains("symlink")),
+        "verify says nothing of the link: {:?}",
+        rep.problems
+    );
+    let db = Db::open_read_only(&dir, no_idle_flush()).unwrap();
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    drop(db);
+    let db = Db::open(&dir, no_idle_flush()).unwrap();
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get("k001").unwrap(), None);
+    db.close().unwrap();
+    assert!(!link.exists(), "the writable open leaves the link");
+    assert_eq!(
+        std::fs::read(&foreign[0]).unwrap(),
+        before,
+        "the link's target changed"
+    );
+}

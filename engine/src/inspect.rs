@@ -233,6 +233,12 @@ pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
                 .into(),
             })
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(Error::NotADatabase {
+                path: dir.to_path_buf(),
+                reason: "not a directory".into(),
+            })
+        }
         // Not "no CURRENT": it may well be there, behind a directory this user may not
         // search.
         Err(e) => return Err(Error::io(&cur, e)),

@@ -185,17 +185,13 @@ impl Controller {
         // anything more, so the state read is the one to resume from. (Read first, a
         // rollback the earlier controller finished in between was undone by this one's
         // resume, which switched the target forward again.)
+        // A record that does not decode is refused before the claim, which would write an
+        // edit to a manifest that needs looking at first.
+        Record::stored(&db)?;
         #[cfg(test)]
         tests::reach("attach: before the claim");
         let epoch = db.claim_controller()?;
-        let rec = match db.controller_state() {
-            Some((_, bytes)) => Record::decode(&bytes).map_err(|e| Error::Corruption {
-                file: db.path().join("CURRENT"),
-                offset: 0,
-                reason: e,
-            })?,
-            None => Record::default(),
-        };
+        let rec = Record::stored(&db)?.map(|(_, r)| r).unwrap_or_default();
         let mut c = Controller {
             db,
             epoch,
@@ -1429,6 +1425,27 @@ mod tests {
         c.finish().unwrap();
         assert_eq!(c.state(), State::Complete);
         assert!(!pacing(&db).0, "held after completing");
+    }
+
+    /// A controller state that does not decode is refused before any claim (which would
+    /// write to the manifest), as corruption naming the manifest and the edit holding it. It
+    /// used to be blamed on CURRENT at offset 0, after a claim.
+    #[test]
+    fn an_undecodable_state_is_refused_naming_its_manifest_edit_before_a_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let epoch = db.claim_controller().unwrap();
+        db.store_controller_state(epoch, b"not json{").unwrap();
+        let Err(e) = Controller::attach(db.clone(), cfg()) else {
+            panic!("attached over an undecodable state");
+        };
+        let Error::Corruption { file, offset, .. } = &e else {
+            panic!("{e}");
+        };
+        let name = file.file_name().unwrap().to_string_lossy();
+        assert!(name.starts_with("MANIFEST-"), "{e}");
+        assert!(*offset > 0, "{e}");
+        assert_eq!(db.controller_epoch(), Some(epoch), "claimed over it");
     }
 
     /// A checkpoint directory holding only the lock file a failed checkpoint leaves is

@@ -157,6 +157,41 @@ impl Record {
         }
         serde_json::from_slice(b).map_err(|e| format!("controller state is not valid: {e}"))
     }
+
+    /// The controller state `db` holds (its epoch and record), if a controller ever
+    /// claimed it. A record that does not decode is corruption naming the manifest and the
+    /// edit that stored it.
+    pub fn stored(db: &sluice::Db) -> sluice::Result<Option<(u64, Record)>> {
+        let Some((epoch, bytes)) = db.controller_state() else {
+            return Ok(None);
+        };
+        Record::decode(&bytes)
+            .map(|r| Some((epoch, r)))
+            .map_err(|reason| {
+                let (file, offset) = controller_edit(db.path());
+                sluice::Error::Corruption {
+                    file,
+                    offset,
+                    reason,
+                }
+            })
+    }
+}
+
+/// Where the latest controller record of the manifest in `dir` is: the manifest and the
+/// offset of the edit holding it (the directory, offset 0, if the manifest cannot be read).
+fn controller_edit(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    use sluice::manifest::EditRecord;
+    let Ok((m, _)) = sluice::inspect::read_manifest_safely(dir) else {
+        return (dir.to_path_buf(), 0);
+    };
+    let at = m.edits.iter().rev().find_map(|(offset, e)| {
+        e.records
+            .iter()
+            .any(|r| matches!(r, EditRecord::Controller { .. }))
+            .then_some(*offset)
+    });
+    (m.path, at.unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -107,11 +107,29 @@ struct Cli {
     command: Command,
 }
 
+/// Standard output, whose write errors say that they are about it (a full disk under
+/// `> file` is not a problem of the database being read).
+struct Output<W: Write>(W);
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b).map_err(output_error)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(output_error)
+    }
+}
+
+fn output_error(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("writing output: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Ctx::new(cli.json, cli.hex, cli.quiet);
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::new(Output(stdout.lock()));
     let result = cli.command.run(&ctx, &mut out);
     let flushed = out.flush();
     let status = match (result, flushed) {
@@ -123,7 +141,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         (Ok(_), Err(e)) => {
-            output::to_stderr(&format!("error: writing output: {e}"));
+            output::to_stderr(&format!("error: {e}"));
             return ExitCode::from(1);
         }
         (Err(e), _) => {

@@ -566,6 +566,14 @@ fn usage_errors_exit_2() {
     }
     let (_, _, err) = run(d, &["info", &missing]);
     assert!(err.contains("no such directory"), "{err}");
+    // A file where the directory should be is not a database either (it exited 1, as an
+    // I/O error on FILE/CURRENT).
+    let file = d.join("CURRENT").display().to_string();
+    for cmd in ["info", "verify", "wal", "manifest"] {
+        let (c, out, err) = run(d, &[cmd, &file]);
+        assert_eq!(c, 2, "{cmd} on a file: exit {c}\n{out}\n{err}");
+        assert!(err.contains("not a directory"), "{cmd}: {err}");
+    }
     // A checkpoint path that is not UTF-8 was stored changed (U+FFFD for the bad byte),
     // and the checkpoint written there.
     {
@@ -1717,5 +1725,29 @@ fn totals_past_u64_are_summed_without_overflow() {
         let (c, out, err) = run(d, args);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(c, 0, "{args:?}:\n{out}\n{err}");
+    }
+}
+
+/// An output that cannot be written (a full disk under `> file`) is named as the output in
+/// the error, not left to look like a problem of the database being read.
+#[test]
+fn an_output_write_failure_says_it_is_the_output() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let dir = fixture();
+    for args in [&["wal", "--json"][..], &["info"], &["manifest"]] {
+        let o = {
+            let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(args)
+                .arg(dir.path())
+                .stdout(std::fs::File::create("/dev/full").unwrap())
+                .output()
+                .unwrap()
+        };
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("writing output"), "{args:?}: {err}");
     }
 }

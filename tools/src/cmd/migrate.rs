@@ -157,17 +157,7 @@ fn attach_checking(
 /// The status document. `pacer_here`: this process ran the pacer (`migrate run`), so what
 /// holds it back is known; any other command opened the directory afresh.
 fn status_json(db: &Db, pacer_here: bool) -> Result<StatusJson, CliError> {
-    let (epoch, rec) = match db.controller_state() {
-        Some((e, b)) => (
-            e,
-            sluice_migrate::Record::decode(&b).map_err(|m| CliError::from(sluice::Error::Corruption {
-                file: db.path().join("CURRENT"),
-                offset: 0,
-                reason: m,
-            }))?,
-        ),
-        None => (0, sluice_migrate::Record::default()),
-    };
+    let (epoch, rec) = sluice_migrate::Record::stored(db)?.unwrap_or_default();
     let p: MigrationProgress = db.migration_progress();
     let layout = db.layout();
     Ok(StatusJson {

@@ -1594,6 +1594,28 @@ fn migrate_subcommands_drive_a_migration() {
     assert_eq!(v["state"], "migrating");
     let to = v["plan"]["to"].as_u64().unwrap();
     assert_eq!(v["target"].as_u64().unwrap(), to);
+    assert_eq!(v["held"], false, "held past the canary: {v}");
+    // A pause outlives the command that made it: every later command sees the hold.
+    let (c, v) = json(d.path(), &["migrate", "pause", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    let (c, v) = json(d.path(), &["migrate", "status", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(
+        (&v["state"], &v["held"]),
+        (&serde_json::json!("paused"), &serde_json::json!(true)),
+        "{v}"
+    );
+    assert!(
+        v["blocked"].as_str().is_some_and(|b| b.starts_with("held")),
+        "{v}"
+    );
+    let (c, v) = json(d.path(), &["migrate", "resume", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(
+        (&v["state"], &v["held"]),
+        (&serde_json::json!("migrating"), &serde_json::json!(false)),
+        "{v}"
+    );
     // With a consistency check every 0.1 s on the way (a healthy database passes them).
     let (c, v) = json(
         d.path(),

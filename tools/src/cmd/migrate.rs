@@ -105,6 +105,9 @@ struct StatusJson {
     bytes_left: u64,
     pace_bytes_per_sec: f64,
     blocked: Option<String>,
+    /// Data movement held (a paused migration, or one before its canary): persisted, so
+    /// known to every command.
+    held: bool,
     events: Vec<sluice_migrate::Event>,
 }
 
@@ -181,7 +184,12 @@ fn status_json(db: &Db, pacer_here: bool) -> Result<StatusJson, CliError> {
             })
             .collect(),
         pace_bytes_per_sec: p.pace_bytes_per_sec,
-        blocked: if pacer_here { p.blocked.clone() } else { None },
+        blocked: if pacer_here || p.held {
+            p.blocked.clone()
+        } else {
+            None
+        },
+        held: p.held,
         events: rec.events.iter().rev().take(10).rev().cloned().collect(),
     })
 }

@@ -193,6 +193,12 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
     if let Some(job) = inner.pick_compaction(core, &view) {
         return Some(Job::Compaction { job, manual: false });
     }
+    // Nothing to compact: the workers left may migrate, unless L0 is near its slowdown
+    // point (migration outputs can land in L0 too, and a compaction of it that keeps
+    // failing must not be hidden behind migration jobs that succeed).
+    if !l0_ok {
+        return None;
+    }
     let job = inner.pick_migration(core, &view)?;
     if job.migrate_to.is_some() {
         core.migrations_running += 1;
@@ -242,7 +248,8 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
             }
             match result {
                 Ok(()) => {
-                    core.compaction_failures = 0;
+                    core.compaction_failures
+                        .remove(&(job.version, job.partition));
                     None
                 }
                 Err(Error::Closed) => None,
@@ -271,9 +278,12 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                         core.manual_error.get_or_insert_with(|| e.to_string());
                         return None;
                     }
-                    core.compaction_failures += 1;
-                    let n = core.compaction_failures.min(6);
-                    Some(Duration::from_millis(100 << n))
+                    let n = core
+                        .compaction_failures
+                        .entry((job.version, job.partition))
+                        .or_default();
+                    *n += 1;
+                    Some(Duration::from_millis(100 << (*n).min(6)))
                 }
             }
         }

@@ -681,6 +681,7 @@ impl Inner {
             core.busy.remove(&(job.version, *p));
         }
         core.reserved.retain(|r| r.job != job.id);
+        core.migration_space.remove(&job.id);
         if let Some(t) = job.migrate_to {
             if let Some(c) = core.writing_to.get_mut(&t) {
                 *c -= 1;
@@ -810,6 +811,8 @@ impl Inner {
         read: u64,
         written: u64,
     ) -> Result<()> {
+        #[cfg(test)]
+        crate::test_hooks::reach(crate::test_hooks::Point::CompactionBeforeInstall);
         let mut core = self.core.lock();
         let view = self.view.load_full();
         if job.pointer_merge && !job.inputs.iter().all(|f| view.files.holds(f)) {
@@ -883,7 +886,7 @@ impl Inner {
         // a failed directory sync (which also stops writes), lets them go now.
         let logged = self.sync_dir().map_err(|e| (e, true)).and_then(|_| {
             self.log_edit(&mut core, &edit).map_err(|e| {
-                let unwritten = matches!(e, Error::TooLarge { .. });
+                let unwritten = crate::db::edit_unwritten(&e);
                 (e, unwritten)
             })
         });
@@ -1079,6 +1082,66 @@ mod tests {
 
     fn value(round: u32, i: u32) -> String {
         format!("r{round}-{i}-{}", "x".repeat(90))
+    }
+
+    /// A job whose manifest edit is refused before anything is written (writes stopped
+    /// while it ran) removes its outputs at once. They stayed on disk until a reopen, so a
+    /// disk that ran full kept the space this job took even once writes could go on.
+    #[test]
+    fn outputs_of_an_edit_refused_unwritten_are_removed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        load_compacted(&db, 2000, |i| format!("k{i:05}"));
+        let tables = || {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".sst"))
+                .collect();
+            v.sort();
+            v
+        };
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let inner = db.inner.clone();
+        crate::test_hooks::set(
+            crate::test_hooks::Point::CompactionBeforeInstall,
+            move || {
+                inner.fail("writes stopped while the job ran".into());
+            },
+        );
+        let e = db.migrate_now(None).unwrap_err();
+        assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+        // Only the tables the database holds remain (old ones go in the background).
+        let mut live: Vec<String> = db
+            .inner
+            .view
+            .load()
+            .files
+            .all_files()
+            .map(|f| format!("{:06}.sst", f.number))
+            .collect();
+        live.sort();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tables() != live {
+            assert!(
+                Instant::now() < deadline,
+                "outputs left on disk: {:?}, the database holds {live:?}",
+                tables()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Writes round-0 values for keys `0..keys` (named by `key`), compacted into one level.

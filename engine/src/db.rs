@@ -220,8 +220,12 @@ pub(crate) struct Core {
     pub manual: VecDeque<(u32, u32)>,
     pub manual_running: usize,
     pub manual_error: Option<String>,
-    /// Compaction failures in a row (backs off retries, e.g. while the disk is full).
-    pub compaction_failures: u32,
+    /// Automatic compaction failures in a row, per partition (a job's layout version and
+    /// partition): they back off its retries (e.g. while the disk is full), and a writer
+    /// stopped for compaction is refused once a partition has failed a few in a row. Only
+    /// a success of the same partition clears its count: migration jobs that succeed
+    /// elsewhere must not hide a compaction that keeps failing.
+    pub compaction_failures: HashMap<(u32, u32), u32>,
     /// Failed attempts at the oldest frozen memtable's flush (see `Options::flush_retries`).
     pub flush_failures: u32,
     pub next_job_id: u64,
@@ -232,6 +236,9 @@ pub(crate) struct Core {
     pub foreground_jobs: usize,
     /// Output ranges of running compactions (see `compaction::place_outputs`).
     pub reserved: Vec<crate::compaction::Reservation>,
+    /// Disk space running migration jobs may still write, by job id (see
+    /// `Inner::headroom_refusal`).
+    pub migration_space: HashMap<u64, u64>,
     /// Migration figures per draining layout version since open.
     pub migration: HashMap<u32, crate::migration::VersionCounters>,
     /// Layouts kept live even when drained empty (rollback targets).
@@ -355,6 +362,16 @@ impl Drop for ControllerGate<'_> {
     fn drop(&mut self) {
         *self.owner.lock() = None;
     }
+}
+
+/// Whether `Inner::log_edit` failed with `e` before writing anything: the edit is not in
+/// the manifest, and what it would have named can go. (Writes had stopped, the handle was
+/// closed, or the edit was too large for a record.)
+pub(crate) fn edit_unwritten(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::TooLarge { .. } | Error::ReadOnly(_) | Error::Closed
+    )
 }
 
 /// The whole state as one edit (the first record of a new manifest).
@@ -543,7 +560,8 @@ impl Inner {
     }
 
     /// Appends an edit to the manifest; on failure the database turns read-only, since the
-    /// manifest may now end in a torn record.
+    /// manifest may now end in a torn record (see [`edit_unwritten`] for the failures that
+    /// wrote nothing).
     pub fn log_edit(&self, core: &mut Core, edit: &VersionEdit) -> Result<()> {
         if self.released.load(Ordering::Acquire) {
             return Err(Error::Closed);

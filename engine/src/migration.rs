@@ -71,6 +71,17 @@ pub struct MigrationProgress {
     pub held: bool,
 }
 
+/// What a migration job reading `input` bytes may write into a layout of `partitions`
+/// partitions, for the headroom check: its input and a quarter more, plus a small table's
+/// fixed cost (index, filter, properties, footer) for each partition it may write to. A
+/// small input spread over many partitions grows the most.
+fn output_estimate(input: u64, partitions: usize) -> u64 {
+    const TABLE_COST: u64 = 4 << 10;
+    input
+        .saturating_add(input / 4)
+        .saturating_add(TABLE_COST.saturating_mul(partitions as u64))
+}
+
 /// Why a held database migrates nothing.
 const HELD: &str = "held (`Db::hold_migration`, e.g. by a paused migration controller)";
 
@@ -271,23 +282,56 @@ impl Inner {
             p.blocked = Some("pacing".into());
             return None;
         }
-        let job = self.pick_draining_file(core, view)?;
-        let need = job
-            .input_bytes()
-            .saturating_add(self.opts.migration_disk_headroom_bytes);
-        match self.fs.available_space(&self.dir) {
-            Ok(free) if free < need => {
-                p.blocked = Some(format!(
-                    "disk headroom: {free} bytes free, migrating the next file needs {need}"
-                ));
-                self.release_job(core, &job);
+        let job = match self.pick_within_headroom(core, view) {
+            Ok(job) => job?,
+            Err(why) => {
+                p.blocked = Some(why);
                 return None;
             }
-            _ => {}
-        }
+        };
         p.tokens -= job.input_bytes() as f64;
         p.blocked = None;
         Some(job)
+    }
+
+    /// [`Inner::pick_draining_file`], if the disk keeps its headroom with the job's output
+    /// on it (and what migration jobs already running may still write): the job, with
+    /// that output reserved until it is released; else the reason.
+    pub(crate) fn pick_within_headroom(
+        &self,
+        core: &mut Core,
+        view: &View,
+    ) -> std::result::Result<Option<CompactionJob>, String> {
+        let Some(job) = self.pick_draining_file(core, view) else {
+            return Ok(None);
+        };
+        let parts = job
+            .migrate_to
+            .and_then(|t| view.files.layouts.get(&t))
+            .map_or(1, |l| l.parts.len());
+        let need = output_estimate(job.input_bytes(), parts);
+        if let Some(why) = self.headroom_refusal(core, need) {
+            self.release_job(core, &job);
+            return Err(why);
+        }
+        core.migration_space.insert(job.id, need);
+        Ok(Some(job))
+    }
+
+    /// Why writing `need` more bytes for migration would eat into the disk headroom
+    /// (`Options::migration_disk_headroom_bytes`), counting what running migration jobs
+    /// may still write; `None` if it would not, or if the free space cannot be known.
+    pub(crate) fn headroom_refusal(&self, core: &Core, need: u64) -> Option<String> {
+        let free = self.fs.available_space(&self.dir).ok()?;
+        let running: u64 = core.migration_space.values().sum();
+        let headroom = self.opts.migration_disk_headroom_bytes;
+        let want = need.saturating_add(running).saturating_add(headroom);
+        (free < want).then(|| {
+            format!(
+                "disk headroom: {free} bytes free; migrating the next file may write {need}, \
+                 running migration jobs {running} more, and {headroom} are kept free"
+            )
+        })
     }
 
     /// The next draining files to migrate, marking their partitions busy: of each partition's
@@ -416,12 +460,18 @@ impl Inner {
                     self.retire_drained(&mut core)?;
                     return Ok(done);
                 }
-                match self.pick_draining_file(&mut core, &view) {
-                    Some(j) => {
+                match self.pick_within_headroom(&mut core, &view) {
+                    Err(why) => {
+                        return Err(crate::Error::io(
+                            &self.dir,
+                            std::io::Error::new(std::io::ErrorKind::StorageFull, why),
+                        ))
+                    }
+                    Ok(Some(j)) => {
                         core.foreground_jobs += 1;
                         j
                     }
-                    None => {
+                    Ok(None) => {
                         // Every draining partition is busy with a background job: wait.
                         self.stall_cv.wait_for(&mut core, Duration::from_millis(20));
                         continue;

@@ -488,6 +488,16 @@ impl Inner {
             // drops the value itself). A job picked after this batch watches the memtable
             // the copies went into, or the flushed file they are in by then.
             let core = self.core.lock();
+            // Copies are migration too: not into the disk's headroom (their flush writes
+            // them again, into the target).
+            let need: u64 = pending
+                .iter()
+                .map(|m| (m.key.len() + m.value.len()) as u64)
+                .sum();
+            if self.headroom_refusal(&core, need).is_some() {
+                Counters::add(&self.counters.move_skipped, pending.len() as u64);
+                return;
+            }
             let _install = self.install.read();
             let view = self.view.load();
             for m in pending {

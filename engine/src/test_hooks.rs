@@ -16,6 +16,9 @@ pub(crate) enum Point {
     RetargetBeforeSwap,
     /// `migrate_now`, after it picked a job (counted as running) and before it runs it.
     MigrateNowPicked,
+    /// A compaction, after it wrote its outputs and before it takes the core lock to
+    /// install them.
+    CompactionBeforeInstall,
     /// [`crate::inspect::sample_index_keys_in_dir`], after it read the directory's state
     /// and before it opens the tables that state names.
     SampleAfterDirState,

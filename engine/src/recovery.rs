@@ -708,7 +708,7 @@ fn check_unnamed_tables(fs: &dyn Fs, unnamed: &[(u64, PathBuf)], last_seqno: u64
     Ok(())
 }
 
-fn looks_like_ours(name: &str) -> bool {
+pub(crate) fn looks_like_ours(name: &str) -> bool {
     name == CURRENT
         || name.starts_with("MANIFEST-")
         || ((name.ends_with(".sst") || name.ends_with(".log"))

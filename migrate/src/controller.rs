@@ -667,10 +667,25 @@ impl Controller {
         let plan = self.plan_ref()?.clone();
         if let Some(dir) = &plan.checkpoint_dir {
             let path = std::path::Path::new(dir);
-            // A checkpoint is complete once its CURRENT file exists (written last): one
-            // there was taken by this start before a crash, and is kept. Anything else in
-            // the directory is not a checkpoint this plan can rely on.
-            if !path.join("CURRENT").is_file() {
+            // A checkpoint is complete once its CURRENT file exists (written last, after
+            // every file it names is durable): one there was taken by this start before a
+            // crash, and is kept, if it opens. Anything else in the directory is not a
+            // checkpoint this plan can rely on.
+            if path.join("CURRENT").is_file() {
+                let opts = sluice::Options {
+                    create_if_missing: false,
+                    ..sluice::Options::default()
+                };
+                if let Err(e) = Db::open_read_only(path, opts) {
+                    return Err(Error::InvalidOption {
+                        name: "checkpoint_dir",
+                        reason: format!(
+                            "{dir} holds a checkpoint that does not open ({e}); empty it to \
+                             take the checkpoint again, or plan again with another directory"
+                        ),
+                    });
+                }
+            } else {
                 if dir_has_entries(path)? {
                     return Err(Error::InvalidOption {
                         name: "checkpoint_dir",
@@ -1446,6 +1461,46 @@ mod tests {
         assert!(name.starts_with("MANIFEST-"), "{e}");
         assert!(*offset > 0, "{e}");
         assert_eq!(db.controller_epoch(), Some(epoch), "claimed over it");
+    }
+
+    /// A start finding a CURRENT in its checkpoint directory relies on it only if the copy
+    /// opens: one whose tables are gone is refused, and the migration does not begin. It
+    /// used to count as the complete checkpoint a crashed start had taken.
+    #[test]
+    fn a_checkpoint_that_does_not_open_is_not_relied_on() {
+        let root = tempfile::tempdir().unwrap();
+        let db = ledger(&root.path().join("db"));
+        let cp = root.path().join("cp");
+        let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+        let opts = PlanOptions {
+            checkpoint_dir: Some(cp.display().to_string()),
+            ..PlanOptions::default()
+        };
+        c.plan(hash(5), opts).unwrap();
+        c.validate().unwrap();
+        db.checkpoint(&cp).unwrap();
+        for e in std::fs::read_dir(&cp).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "sst") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        let e = c.start().unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::InvalidOption {
+                    name: "checkpoint_dir",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(c.state(), State::Validating);
+        assert_ne!(
+            db.layout().target,
+            c.record().plan.as_ref().map(|p| VersionId(p.to)).unwrap()
+        );
     }
 
     /// A checkpoint directory holding only the lock file a failed checkpoint leaves is

@@ -213,6 +213,9 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
     if engines.is_empty() {
         return Err("--engines needs at least one engine".into());
     }
+    if engines.iter().any(|&e| e != EngineKind::Sluice) {
+        crate::refuse_sluice_only_settings(cli)?;
+    }
     prepare_parent(&cli.dir)?;
     let this = std::env::current_exe()?;
     let mut results: Vec<(EngineKind, Vec<Value>)> = Vec::new();

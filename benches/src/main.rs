@@ -785,12 +785,49 @@ fn run_scenario(db: &Db, ctx: &ScenarioCtx<'_>, w: Workload) -> BenchResult<Done
     }
 }
 
+/// Refuses settings only Sluice applies (the peers' are fixed in `peers.rs`): a comparison
+/// run with one of them would change Sluice alone and still print Sluice ÷ best peer.
+pub(crate) fn refuse_sluice_only_settings(cli: &Cli) -> BenchResult<()> {
+    let set: Vec<&str> = [
+        (
+            "--compression",
+            cli.compression != sluice::Compression::None,
+        ),
+        ("--key-delta-blocks", cli.key_delta_blocks.is_some()),
+        ("--block-size", cli.block_size.is_some()),
+        ("--target-file-mb", cli.target_file_mb.is_some()),
+        (
+            "--max-immutable-memtables",
+            cli.max_immutable_memtables.is_some(),
+        ),
+        ("--bloom-bits", cli.bloom_bits.is_some()),
+        ("--wal-sync-kb", cli.wal_sync_kb.is_some()),
+        (
+            "--partition",
+            parse_partition("range").is_ok_and(|r| r != cli.partition),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(flag, on)| on.then_some(flag))
+    .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} set: Sluice alone applies it, so a comparison with peers would not be like for \
+         like (run Sluice alone with it)",
+        set.join(", ")
+    )
+    .into())
+}
+
 /// Marks a directory `sluice-stress` created for a peer engine (so it may delete it later).
 const PEER_MARKER: &str = "SLUICE_STRESS_PEER";
 
 /// `--engine fjall|rocksdb|redb`: the db_bench workloads on a peer engine, same keys, values
 /// and order as on Sluice.
 fn run_peer(cli: &Cli) -> BenchResult<()> {
+    refuse_sluice_only_settings(cli)?;
     if cli.fsync_delay_us.is_some() {
         return Err("--fsync-delay-us works with --engine sluice only".into());
     }

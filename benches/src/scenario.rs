@@ -104,10 +104,11 @@ impl LoadHandle {
     }
 }
 
-/// Paces one thread: `None` = closed loop. `wait` returns the instant the next operation's
-/// latency counts from: its scheduled time, so time queued behind a slow operation counts
-/// (no coordinated omission), but never earlier than the thread's last wake-up, so the
-/// timer's own oversleeping (tens of µs, far coarser than the gaps at high rates) does not.
+/// Paces one thread: `None` = closed loop. Under a rate, `wait` returns the instant the
+/// next operation's latency counts from: its scheduled time, so time queued behind a slow
+/// operation counts (no coordinated omission), but never earlier than the thread's last
+/// wake-up, so the timer's own oversleeping (tens of µs, far coarser than the gaps at high
+/// rates) does not. In a closed loop an operation is timed from the engine call alone.
 struct Pace {
     interval: Option<Duration>,
     next: Instant,
@@ -126,11 +127,14 @@ impl Pace {
         }
     }
 
-    /// `None` if `stop` was set while waiting (a slow schedule must not hold up the end
-    /// of the load by a whole interval).
-    fn wait(&mut self, stop: &AtomicBool) -> Option<Instant> {
+    /// When the next operation is due: `Some(Some(t))` under a rate (its latency counts
+    /// from `t`, queueing and the harness's own work included, as a client's would),
+    /// `Some(None)` in a closed loop (timed from just before the engine call, after the
+    /// harness built the key and the batch), `None` if `stop` was set while waiting (a slow
+    /// schedule must not hold up the end of the load by a whole interval).
+    fn wait(&mut self, stop: &AtomicBool) -> Option<Option<Instant>> {
         let Some(iv) = self.interval else {
-            return Some(Instant::now());
+            return Some(None);
         };
         let mut now = Instant::now();
         if self.next > now {
@@ -145,7 +149,7 @@ impl Pace {
         }
         let scheduled = self.next;
         self.next += iv;
-        Some(scheduled.max(self.last_wake))
+        Some(Some(scheduled.max(self.last_wake)))
     }
 }
 
@@ -189,12 +193,13 @@ fn writer(db: &Db, cfg: &LoadConfig, h: &LoadHandle, slot: usize, budget: Option
     let mut pace = Pace::new(cfg.write_rate);
     let mut done = 0u64;
     while !h.stop.load(Ordering::Relaxed) && budget.is_none_or(|b| done < b) {
-        let Some(began) = pace.wait(&h.stop) else {
+        let Some(due) = pace.wait(&h.stop) else {
             break;
         };
         write_key(&mut key, cfg.chooser.next(&mut rng));
         let mut b = WriteBatch::new();
         b.put(&key, values.next(cfg.value_size));
+        let began = due.unwrap_or_else(Instant::now);
         match db.write_opt(b, &cfg.write_options) {
             Ok(()) => {
                 let nanos = began.elapsed().as_nanos() as u64;
@@ -215,10 +220,11 @@ fn reader(db: &Db, cfg: &LoadConfig, h: &LoadHandle, slot: usize) {
     let mut key = vec![0u8; cfg.key_size];
     let mut pace = Pace::new(cfg.read_rate);
     while !h.stop.load(Ordering::Relaxed) {
-        let Some(began) = pace.wait(&h.stop) else {
+        let Some(due) = pace.wait(&h.stop) else {
             break;
         };
         write_key(&mut key, cfg.chooser.next(&mut rng));
+        let began = due.unwrap_or_else(Instant::now);
         match db.get(&key) {
             Ok(v) => {
                 std::hint::black_box(v);

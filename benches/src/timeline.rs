@@ -23,9 +23,11 @@ pub struct Row {
     pub read_p99_us: f64,
     pub write_p50_us: f64,
     pub write_p99_us: f64,
-    /// Writers stopped or slowed during the window (engine counters), in ms.
+    /// Time writers spent stopped or slowed in the stops and slowdowns that *ended* during
+    /// the window (engine counters book a stop when it ends), in ms: a 3 s stop shows as
+    /// ~3,000 in the second it ended, and can exceed 1,000.
     pub stall_ms: f64,
-    /// Write stops and slowdowns that began during the window.
+    /// Write stops and slowdowns that ended during the window.
     pub stalls: u64,
     pub slowdowns: u64,
     /// Compaction debt at the end of the window.

@@ -554,3 +554,36 @@ fn scenarios_refuse_peer_engines() {
         "{err}"
     );
 }
+
+/// A comparison with peers refuses settings only Sluice applies: it changed Sluice alone
+/// and still printed Sluice ÷ best peer.
+#[test]
+fn a_comparison_refuses_settings_only_sluice_applies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cmp");
+    for flags in [
+        &["--bloom-bits", "20"][..],
+        &["--compression", "zstd"],
+        &["--partition", "hash:4"],
+        &["--block-size", "8192"],
+    ] {
+        let mut args = vec![
+            "fillseq",
+            "--num",
+            "10",
+            "--dir",
+            p(&dir),
+            "--engines",
+            "sluice,rocksdb",
+        ];
+        args.extend_from_slice(flags);
+        let out = stress(&args);
+        assert!(!out.status.success(), "{flags:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(flags[0]) && err.contains("like for like"),
+            "{flags:?}: {err}"
+        );
+        assert!(!dir.exists(), "{flags:?}: made the directory");
+    }
+}

@@ -1107,11 +1107,7 @@ mod tests {
             v
         };
         let v2 = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 1,
-                hashed_prefix: None,
-            })
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
             .unwrap();
         db.set_target(v2).unwrap();
         let inner = db.inner.clone();

@@ -54,6 +54,15 @@ impl Default for PartitionSpec {
 }
 
 impl PartitionSpec {
+    /// A hash layout of `partitions` partitions over whole keys, seeded by `seed`.
+    pub fn hashed(partitions: u32, seed: u64) -> PartitionSpec {
+        PartitionSpec::Hash {
+            partitions,
+            seed,
+            hashed_prefix: None,
+        }
+    }
+
     /// Number of partitions this function maps keys onto.
     pub fn partitions(&self) -> u32 {
         match self {

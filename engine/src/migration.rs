@@ -716,11 +716,7 @@ mod tests {
         db.flush().unwrap();
         db.hold_migration(true).unwrap();
         let v2 = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 1,
-                hashed_prefix: None,
-            })
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
             .unwrap();
         db.set_target(v2).unwrap();
         fs.power_cut(db).unwrap();

@@ -5,6 +5,18 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use sluice::{Db, Result};
 
+/// A hash layout of `n` partitions over whole keys.
+pub fn hash(n: u32, seed: u64) -> sluice::PartitionSpec {
+    sluice::PartitionSpec::hashed(n, seed)
+}
+
+/// Four range partitions, split at `k1`, `k2` and `k3`.
+pub fn range4() -> sluice::PartitionSpec {
+    sluice::PartitionSpec::Range {
+        boundaries: vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()],
+    }
+}
+
 /// The highest-numbered WAL in `dir`, if any.
 pub fn newest_wal(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     std::fs::read_dir(dir)

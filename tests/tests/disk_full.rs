@@ -20,20 +20,7 @@ use std::time::{Duration, Instant};
 
 use sluice::fs::{DirLock, FaultFs, Fs, StdFs, WritableFile};
 use sluice::{Db, Options, PartitionSpec, WriteBatch, WriteOptions};
-
-fn hash(n: u32, seed: u64) -> PartitionSpec {
-    PartitionSpec::Hash {
-        partitions: n,
-        seed,
-        hashed_prefix: None,
-    }
-}
-
-fn range4() -> PartitionSpec {
-    PartitionSpec::Range {
-        boundaries: vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()],
-    }
-}
+use sluice_tests::{hash, range4};
 
 // ---------------------------------------------------------------------------------------
 // A disk of fixed capacity: appends past it fail with ENOSPC, `available_space` reports
@@ -268,6 +255,22 @@ impl Fs for QuotaFs {
     }
 }
 
+/// Registers `spec` and makes it the target.
+fn retarget(db: &Db, spec: PartitionSpec) -> sluice::VersionId {
+    let v = db.register_partition_fn(spec).unwrap();
+    db.set_target(v).unwrap();
+    v
+}
+
+/// Waits (at most 30 s) until nothing is left to migrate.
+fn wait_migrated(db: &Db) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !db.migration_progress().is_complete() {
+        assert!(Instant::now() < deadline, "{:?}", db.migration_progress());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Bytes of the largest data file of layout version `v`.
 fn largest_file(db: &Db, v: u32) -> u64 {
     let s = db.stats();
@@ -313,19 +316,14 @@ fn concurrent_background_migrations_keep_the_headroom() {
     };
     let db = Db::open(dir.path(), opts).unwrap();
     four_tables(&db);
-    let v2 = db.register_partition_fn(hash(4, 1)).unwrap();
-    db.set_target(v2).unwrap();
+    retarget(&db, hash(4, 1));
     let s = largest_file(&db, 1);
     // Room for exactly one job's output above the headroom (and half of another).
     q.set_capacity(Some(q.settle() + headroom + s + s / 2));
     q.arm_rendezvous();
     let compactions_before = db.stats().compactions;
     db.set_migration_rate(1 << 50);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !db.migration_progress().is_complete() {
-        assert!(Instant::now() < deadline, "{:?}", db.migration_progress());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_migrated(&db);
     let min = q.min_free().unwrap();
     assert!(
         min >= headroom,
@@ -360,8 +358,7 @@ fn a_migration_writing_more_than_it_reads_keeps_the_headroom() {
     db.compact().unwrap();
     // One range partition into 64 hash partitions: each output table repeats an index, a
     // filter and a footer, so the job writes about an eighth more than it reads.
-    let v2 = db.register_partition_fn(hash(64, 1)).unwrap();
-    db.set_target(v2).unwrap();
+    retarget(&db, hash(64, 1));
     let s = largest_file(&db, 1);
     // Room beyond the headroom for the input and a sixteenth more: the job used to run
     // (it asked for no more than its input) and leave less than the headroom free.
@@ -391,11 +388,7 @@ fn a_migration_writing_more_than_it_reads_keeps_the_headroom() {
     );
     // With room, it goes on.
     q.set_capacity(None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !db.migration_progress().is_complete() {
-        assert!(Instant::now() < deadline, "{:?}", db.migration_progress());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_migrated(&db);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -416,8 +409,7 @@ fn migrate_now_keeps_the_headroom() {
         db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
     }
     db.flush().unwrap();
-    let v2 = db.register_partition_fn(hash(4, 1)).unwrap();
-    db.set_target(v2).unwrap();
+    retarget(&db, hash(4, 1));
     // The disk is full: 0 bytes free, 256 MiB headroom configured.
     fs.set_available_space(Some(0));
     let r = db.migrate_now(None);
@@ -452,8 +444,7 @@ fn foreground_writes_keep_the_room_migrate_now_leaves_them() {
     };
     let db = Db::open(dir.path(), opts).unwrap();
     four_tables(&db);
-    let v2 = db.register_partition_fn(hash(4, 1)).unwrap();
-    db.set_target(v2).unwrap();
+    retarget(&db, hash(4, 1));
     let s = largest_file(&db, 1);
     // Free: one file's worth plus 32 KiB, less than a job's output and the headroom. The
     // job used to run, and a 64 KiB synced write issued while it wrote met ENOSPC in the
@@ -495,8 +486,7 @@ fn lazy_moves_keep_the_headroom() {
         db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
     }
     db.compact().unwrap();
-    let v2 = db.register_partition_fn(hash(4, 1)).unwrap();
-    db.set_target(v2).unwrap();
+    let v2 = retarget(&db, hash(4, 1));
     fs.set_available_space(Some(0));
     db.set_migration_rate(1 << 30);
     std::thread::sleep(Duration::from_millis(300));
@@ -700,10 +690,7 @@ fn a_stopped_writer_gets_an_answer_while_its_compaction_keeps_failing() {
         }
     }
     db.compact().unwrap();
-    let v2 = db
-        .register_partition_fn(PartitionSpec::Range { boundaries: vec![] })
-        .unwrap();
-    db.set_target(v2).unwrap();
+    let v2 = retarget(&db, PartitionSpec::Range { boundaries: vec![] });
     // 4 MB of new data ("z..." keys) in the target's one partition.
     for i in 0..4000u32 {
         db.put(format!("z{:06}", (i * 7919) % 4000), vec![b'n'; 1000])

@@ -2,21 +2,7 @@
 //! live versions, retirement and rollback.
 
 use sluice::{Db, Options, PartitionSpec, VersionId};
-use sluice_tests::dump;
-
-fn hash(n: u32, seed: u64) -> PartitionSpec {
-    PartitionSpec::Hash {
-        partitions: n,
-        seed,
-        hashed_prefix: None,
-    }
-}
-
-fn range4() -> PartitionSpec {
-    PartitionSpec::Range {
-        boundaries: vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()],
-    }
-}
+use sluice_tests::{dump, hash, range4};
 
 fn quiet_opts() -> Options {
     // Background migration off: tests drive it with migrate_now, reads with lazy moves.

@@ -1377,6 +1377,7 @@ impl Inner {
         for id in &retire {
             core.registry.live.remove(id);
             core.pinned.remove(id);
+            core.compaction_failures.retain(|(v, _), _| v != id);
         }
         self.swap_view(core, |v| {
             let mut fs = (*v.files).clone();

@@ -1000,6 +1000,33 @@ mod tests {
         assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
+    /// Failures counted against a layout that retires go with it: a count left behind
+    /// would refuse writers stopped for compaction though no compaction is failing.
+    #[test]
+    fn compaction_failures_of_a_retired_layout_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            migration_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..crate::Options::default()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        db.put("a", "v").unwrap();
+        db.flush().unwrap();
+        let v2 = db
+            .register_partition_fn(crate::PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        db.inner
+            .core
+            .lock()
+            .compaction_failures
+            .insert((1, 0), STALLED_COMPACTION_FAILURES);
+        db.migrate_now(None).unwrap();
+        assert!(db.layout().retired.contains(&crate::VersionId(1)));
+        assert!(db.inner.core.lock().compaction_failures.is_empty());
+    }
+
     /// A manual compaction's failure is its caller's to see, at once: failing ones (here
     /// each read of their input fails) do not count towards refusing stalled writers,
     /// which only automatic compactions failing in a row do.

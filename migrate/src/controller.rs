@@ -35,6 +35,11 @@ pub struct Triggers {
     /// change regardless; `None` leaves them there. The check walks every SSTable entry, so
     /// on a large database this is minutes, not seconds.
     pub periodic_check: Option<Duration>,
+    /// A canary or periodic check that could not run holds data movement and is tried
+    /// again by a later tick, at most this often, and never sooner after an attempt ends
+    /// than that attempt took (a full check of a large database that keeps failing takes
+    /// at most half the controller's time).
+    pub check_retry: Duration,
 }
 
 impl Default for Triggers {
@@ -46,6 +51,7 @@ impl Default for Triggers {
             p99_budget_us: None,
             p99_windows: 3,
             periodic_check: None,
+            check_retry: Duration::from_secs(10),
         }
     }
 }
@@ -141,6 +147,11 @@ pub struct Controller {
     /// Why the last canary or periodic check could not run (a failing reconciliation hook,
     /// an unreadable table): data movement is held until one passes.
     check_failure: Option<String>,
+    /// When the last check that could not run ended, and how long it took.
+    failed_attempt: Option<(Instant, Duration)>,
+    /// The canary's data was migrated in this process and only its validation is left: a
+    /// retry validates again without migrating another canary's worth.
+    canary_moved: Option<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -201,6 +212,8 @@ impl Controller {
             over_budget: 0,
             last_check: Instant::now(),
             check_failure: None,
+            failed_attempt: None,
+            canary_moved: None,
         };
         c.resume()?;
         Ok(c)
@@ -470,6 +483,7 @@ impl Controller {
         let planned = (|| {
             let to = self.claim_candidate(&spec, existing)?;
             self.fenced(|db| db.pin_version(VersionId(from), true))?;
+            self.canary_moved = None;
             self.rec.plan = Some(PlanRecord {
                 from,
                 to: to.0,
@@ -721,7 +735,11 @@ impl Controller {
         if plan.canary_done {
             return Ok(());
         }
-        let moved = self.db.migrate_now(Some(plan.canary_bytes.max(1)))?;
+        let moved = match self.canary_moved {
+            Some(moved) => moved,
+            None => self.db.migrate_now(Some(plan.canary_bytes.max(1)))?,
+        };
+        self.canary_moved = Some(moved);
         self.checkpoint_gate("canary")?;
         if let Some(p) = self.rec.plan.as_mut() {
             p.canary_done = true;
@@ -818,6 +836,7 @@ impl Controller {
             p.predicted_p_value = a.distribution.p_value;
             p.canary_bytes = ((draining as f64) * self.cfg.canary_fraction) as u64;
             p.canary_done = false;
+            self.canary_moved = None;
         }
         // A paused migration stays paused: the retarget only changes where it goes.
         let state = self.rec.state;
@@ -1097,6 +1116,16 @@ impl Controller {
     /// cannot be read) holds data movement and is returned as the error; the hold lasts
     /// until a check runs and passes (tried on every tick meanwhile).
     fn tick_checks(&mut self, finishing: bool) -> Result<Option<String>> {
+        if let (Some(was), Some((ended, took))) = (&self.check_failure, self.failed_attempt) {
+            let wait = self.cfg.triggers.check_retry.max(took);
+            if let Some(left) = wait.checked_sub(ended.elapsed()).filter(|l| !l.is_zero()) {
+                return Err(Error::Background(format!(
+                    "a check could not run: {was}; migration held, next attempt in {} ms",
+                    left.as_millis().max(1)
+                )));
+            }
+        }
+        let started = Instant::now();
         let canary_pending = !self.plan_ref()?.canary_done;
         let r = self.canary();
         let mut outcome = self.rolled_back_by(State::Migrating, r);
@@ -1113,6 +1142,7 @@ impl Controller {
         match outcome {
             Ok(None) if ran && self.check_failure.is_some() => {
                 let was = self.check_failure.take().unwrap_or_default();
+                self.failed_attempt = None;
                 self.note(format!(
                     "checks pass again (they could not run: {was}); migration resumes"
                 ))?;
@@ -1121,6 +1151,7 @@ impl Controller {
             }
             Ok(r) => Ok(r),
             Err(e) => {
+                self.failed_attempt = Some((Instant::now(), started.elapsed()));
                 if self.check_failure.is_none() {
                     self.check_failure = Some(e.to_string());
                     self.pace()?;
@@ -1353,6 +1384,7 @@ mod tests {
         let db = ledger(dir.path());
         let mut cfg = running_cfg();
         cfg.triggers.periodic_check = Some(Duration::ZERO);
+        cfg.triggers.check_retry = Duration::ZERO;
         cfg.triggers.max_error_rate = Some(0.1);
         let broken = std::sync::Arc::new(AtomicBool::new(false));
         let attach = |db: &Db| {
@@ -1407,7 +1439,90 @@ mod tests {
         assert!(c.tick(Some(healthy)).is_err());
         assert_eq!(pacing(&db), (true, 0));
         broken.store(false, Relaxed);
+        until_retry(&c);
         c.tick(Some(healthy)).unwrap();
+        assert_eq!(pacing(&db), (false, 1 << 20));
+    }
+
+    /// Sleeps until a check that could not run may be tried again.
+    fn until_retry(c: &Controller) {
+        if let Some((ended, took)) = c.failed_attempt {
+            let wait = c.cfg.triggers.check_retry.max(took);
+            std::thread::sleep(wait.saturating_sub(ended.elapsed()));
+        }
+    }
+
+    /// A check that cannot run is tried again at most every `check_retry`, and a canary
+    /// whose validation could not run is validated again without migrating a second
+    /// canary's worth. Both used to happen on every tick: a full check per tick on a large
+    /// database, and another canary moved (while movement was held) per tick.
+    #[test]
+    fn a_failing_check_is_retried_at_its_interval_without_moving_more() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            dir.path(),
+            sluice::Options {
+                migration_bytes_per_sec: 0,
+                ..sluice::Options::tiny()
+            },
+        )
+        .unwrap();
+        for i in 0..4000u32 {
+            db.put(format!("acct:{i:05}"), "100").unwrap();
+            if i % 500 == 499 {
+                db.flush().unwrap();
+            }
+        }
+        let mut cfg = running_cfg();
+        cfg.triggers.check_retry = Duration::from_secs(3600);
+        let mut c = Controller::attach(db.clone(), cfg).unwrap();
+        let broken = std::sync::Arc::new(AtomicBool::new(false));
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let (b, n) = (broken.clone(), calls.clone());
+        c.set_reconciliation(Box::new(move |_| {
+            n.fetch_add(1, Relaxed);
+            match b.load(Relaxed) {
+                true => Err(Error::Background("ledger unreachable".into())),
+                false => Ok("sum 400000".into()),
+            }
+        }));
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.validate().unwrap();
+        let moved = |db: &Db| -> (u64, u64) {
+            let p = db.migration_progress();
+            (
+                p.draining.iter().map(|d| d.bytes_migrated).sum(),
+                p.bytes_left(),
+            )
+        };
+        broken.store(true, Relaxed);
+        c.start().unwrap_err();
+        let (canary, left) = moved(&db);
+        assert!(
+            canary > 0 && left > 0,
+            "a canary's share moved: {canary}, {left} left"
+        );
+        // The first tick tries again; the canary's data is not migrated a second time.
+        let n0 = calls.load(Relaxed);
+        c.tick(None).unwrap_err();
+        assert_eq!(calls.load(Relaxed), n0 + 1);
+        assert_eq!(moved(&db), (canary, left), "a second canary moved");
+        assert_eq!(pacing(&db), (true, 0));
+        // Within the interval the check is not tried, and movement stays held.
+        for _ in 0..3 {
+            let e = c.tick(None).unwrap_err().to_string();
+            assert!(e.contains("next attempt in"), "{e}");
+        }
+        assert_eq!(calls.load(Relaxed), n0 + 1, "retried within the interval");
+        assert_eq!(pacing(&db), (true, 0));
+        assert!(!c.record().plan.as_ref().unwrap().canary_done);
+        // Once it is due, a check that passes validates the canary and releases movement.
+        broken.store(false, Relaxed);
+        c.cfg.triggers.check_retry = Duration::ZERO;
+        until_retry(&c);
+        c.tick(None).unwrap();
+        assert!(c.record().plan.as_ref().unwrap().canary_done);
         assert_eq!(pacing(&db), (false, 1 << 20));
     }
 

@@ -467,8 +467,7 @@ impl<'a> Sampler<'a> {
             writes: w.writes,
             stall_ms: row.stall_ms,
             memtable_stop_ms: ms(s.memtable_stall_micros, p.memtable_stall_micros),
-            // Saturating: the two counters are read one after the other, so a stop booked
-            // in between can show in the part and not yet in the whole.
+            // The engine reads both under one lock, so the part never exceeds the whole.
             l0_stop_ms: ms(
                 s.stall_micros.saturating_sub(s.memtable_stall_micros),
                 p.stall_micros.saturating_sub(p.memtable_stall_micros),

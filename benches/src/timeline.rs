@@ -23,11 +23,12 @@ pub struct Row {
     pub read_p99_us: f64,
     pub write_p50_us: f64,
     pub write_p99_us: f64,
-    /// Time writers spent stopped or slowed in the stops and slowdowns that *ended* during
-    /// the window (engine counters book a stop when it ends), in ms: a 3 s stop shows as
-    /// ~3,000 in the second it ended, and can exceed 1,000.
+    /// Time writers spent stopped or slowed during the window, in ms, summed over the
+    /// writers (so it can exceed 1,000 with several stopped at once). The engine books a
+    /// stop as it passes, so a 3 s stop shows as ~1,000 in each second it covers; a
+    /// slowdown (a sleep of at most 100 ms) is booked when it ends.
     pub stall_ms: f64,
-    /// Write stops and slowdowns that ended during the window.
+    /// Write stops that began during the window.
     pub stalls: u64,
     pub slowdowns: u64,
     /// Compaction debt at the end of the window.

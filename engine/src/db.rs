@@ -1460,6 +1460,7 @@ impl Inner {
             }
         }
         let user = g(&c.user_bytes);
+        let stops = c.stops.read();
         let device = g(&c.wal_bytes) + g(&c.flush_bytes) + g(&c.compaction_written);
         let (lazy_moves, lazy_moved_bytes) = self
             .lazy_counts
@@ -1493,10 +1494,10 @@ impl Inner {
             } else {
                 device as f64 / user as f64
             },
-            stall_micros: g(&c.stall_micros),
-            stalls: g(&c.stalls),
-            memtable_stall_micros: g(&c.memtable_stall_micros),
-            memtable_stalls: g(&c.memtable_stalls),
+            stall_micros: stops.micros,
+            stalls: stops.stops,
+            memtable_stall_micros: stops.memtable_micros,
+            memtable_stalls: stops.memtable_stops,
             slowdown_micros: g(&c.slowdown_micros),
             slowdowns: g(&c.slowdowns),
             admission_wait_micros: g(&c.admission_wait_micros),

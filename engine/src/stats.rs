@@ -26,10 +26,8 @@ pub(crate) struct Counters {
     pub move_first_reads: AtomicU64,
     /// Moved copies a flush dropped because migration had carried their source meanwhile.
     pub moves_superseded: AtomicU64,
-    pub stall_micros: AtomicU64,
-    pub stalls: AtomicU64,
-    pub memtable_stall_micros: AtomicU64,
-    pub memtable_stalls: AtomicU64,
+    /// Writers stopped (memtables full, L0 or compaction debt at its stop point).
+    pub stops: StopClock,
     pub slowdown_micros: AtomicU64,
     pub slowdowns: AtomicU64,
     pub admission_wait_micros: AtomicU64,
@@ -53,6 +51,87 @@ impl Counters {
 
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+}
+
+/// Time writers spend stopped, booked as it passes: a stop in progress counts up to the
+/// moment the statistics are read, so a per-second sample of a long stop shows it in the
+/// seconds it covers, not all at once in the second it ends.
+#[derive(Default)]
+pub(crate) struct StopClock(parking_lot::Mutex<StopTimes>);
+
+#[derive(Default)]
+struct StopTimes {
+    /// Ended stops: all of them, and those that waited for a flush.
+    ended_micros: u64,
+    memtable_ended_micros: u64,
+    /// Stops begun (counted when they begin).
+    stops: u64,
+    memtable_stops: u64,
+    /// The stops in progress, each by its start.
+    running: Vec<(u64, std::time::Instant, bool)>,
+    next: u64,
+}
+
+/// A writer's stop in progress; it ends (and is booked) when dropped, on every path out
+/// of the wait, errors included.
+pub(crate) struct Stop<'a> {
+    clock: &'a StopClock,
+    id: u64,
+}
+
+/// What [`StopClock::read`] gives: micros stopped (in progress included) and stops begun,
+/// in all and of those waiting for a flush.
+pub(crate) struct StopFigures {
+    pub micros: u64,
+    pub stops: u64,
+    pub memtable_micros: u64,
+    pub memtable_stops: u64,
+}
+
+impl StopClock {
+    /// Begins a stop; `memtable`: it waits for a flush (the memtables are full).
+    pub fn begin(&self, memtable: bool) -> Stop<'_> {
+        let mut t = self.0.lock();
+        let id = t.next;
+        t.next += 1;
+        t.stops += 1;
+        t.memtable_stops += u64::from(memtable);
+        t.running.push((id, std::time::Instant::now(), memtable));
+        Stop { clock: self, id }
+    }
+
+    pub fn read(&self) -> StopFigures {
+        let t = self.0.lock();
+        let now = std::time::Instant::now();
+        let (mut micros, mut memtable_micros) = (t.ended_micros, t.memtable_ended_micros);
+        for &(_, start, memtable) in &t.running {
+            let us = now.saturating_duration_since(start).as_micros() as u64;
+            micros = micros.saturating_add(us);
+            if memtable {
+                memtable_micros = memtable_micros.saturating_add(us);
+            }
+        }
+        StopFigures {
+            micros,
+            stops: t.stops,
+            memtable_micros,
+            memtable_stops: t.memtable_stops,
+        }
+    }
+}
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let mut t = self.clock.0.lock();
+        if let Some(i) = t.running.iter().position(|r| r.0 == self.id) {
+            let (_, start, memtable) = t.running.swap_remove(i);
+            let us = start.elapsed().as_micros() as u64;
+            t.ended_micros = t.ended_micros.saturating_add(us);
+            if memtable {
+                t.memtable_ended_micros = t.memtable_ended_micros.saturating_add(us);
+            }
+        }
     }
 }
 
@@ -119,7 +198,8 @@ pub struct Stats {
     /// Bytes written to storage (WAL + flushes + compactions) per byte of user data.
     pub write_amplification: f64,
     /// Time writers spent stopped (memtables full, L0 at its stop trigger, compaction debt
-    /// at its hard limit).
+    /// at its hard limit), including the stops in progress up to this reading; and the
+    /// stops, counted when they begin.
     pub stall_micros: u64,
     pub stalls: u64,
     /// Of the stops, those waiting for a flush: the active memtable full while

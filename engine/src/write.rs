@@ -434,7 +434,7 @@ impl Inner {
                 return Ok(());
             }
             if view.imm.len() >= self.opts.max_immutable_memtables {
-                let start = Instant::now();
+                let _stop = self.counters.stops.begin(true);
                 let mut core = self.core.lock();
                 while self.view.load().imm.len() >= self.opts.max_immutable_memtables {
                     self.check_writable()?;
@@ -442,12 +442,6 @@ impl Inner {
                     self.stall_cv
                         .wait_for(&mut core, Duration::from_millis(100));
                 }
-                drop(core);
-                let waited = start.elapsed().as_micros() as u64;
-                Counters::add(&self.counters.stalls, 1);
-                Counters::add(&self.counters.stall_micros, waited);
-                Counters::add(&self.counters.memtable_stalls, 1);
-                Counters::add(&self.counters.memtable_stall_micros, waited);
                 continue;
             }
             self.rotate(wal)?;
@@ -545,7 +539,7 @@ impl Inner {
                 || s.pending_compaction.load(Ordering::Relaxed) >= o.pending_compaction_stop_bytes
         };
         if stop(self) {
-            let start = Instant::now();
+            let _stop = self.counters.stops.begin(false);
             let mut core = self.core.lock();
             while stop(self) {
                 self.check_writable()?;
@@ -574,12 +568,6 @@ impl Inner {
                 self.stall_cv
                     .wait_for(&mut core, Duration::from_millis(100));
             }
-            drop(core);
-            Counters::add(&self.counters.stalls, 1);
-            Counters::add(
-                &self.counters.stall_micros,
-                start.elapsed().as_micros() as u64,
-            );
             return Ok(());
         }
         let slow = self.l0_max.load(Ordering::Relaxed) >= o.level0_slowdown_trigger
@@ -998,6 +986,61 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A writer's stop is booked while it lasts: statistics read during a long stop show
+    /// it counted and growing. It used to be booked only when it ended, so a per-second
+    /// timeline showed a stop of many seconds as none, then all of it in one second.
+    #[test]
+    fn a_stop_in_progress_shows_in_the_statistics() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            memtable_bytes: 64 << 10,
+            max_immutable_memtables: 1,
+            flush_retries: 100_000,
+            flush_retry_interval: Duration::from_millis(5),
+            idle_memtable_flush_after: None,
+            ..crate::Options::default()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        // Flushes fail (and are retried) until the fault is cleared: the writer stops.
+        fs.inject(Fault::on(FsOp::Create, FaultKind::NoSpace, ".sst", true));
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (db, done) = (db.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..4000u32 {
+                    db.put(format!("k{i:05}"), [7u8; 100]).unwrap();
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.stats().stalls == 0 {
+            assert!(Instant::now() < deadline, "the writer never stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let a = db.stats();
+        std::thread::sleep(Duration::from_millis(50));
+        let b = db.stats();
+        assert!(!done.load(Ordering::SeqCst), "the writer was not stopped");
+        assert_eq!((a.stalls, a.memtable_stalls), (1, 1));
+        assert!(
+            b.stall_micros > a.stall_micros,
+            "{} -> {}",
+            a.stall_micros,
+            b.stall_micros
+        );
+        assert_eq!(b.memtable_stall_micros, b.stall_micros);
+        fs.clear();
+        writer.join().unwrap();
+        let c = db.stats();
+        assert!(c.stall_micros >= b.stall_micros && c.stalls >= 1);
+        assert_eq!(db.get("k03999").unwrap().as_deref(), Some(&[7u8; 100][..]));
     }
 
     /// Failures counted against a layout that retires go with it: a count left behind

@@ -131,14 +131,15 @@ impl Admission {
 }
 
 impl Inner {
-    /// Waits for the batch's turn in every rate-limited partition it writes to.
-    pub(crate) fn admit(&self, batch: &WriteBatch) -> Result<()> {
+    /// Waits for the batch's turn in every rate-limited partition it writes to; the time
+    /// it waited.
+    pub(crate) fn admit(&self, batch: &WriteBatch) -> Result<Duration> {
         if !self.admission.active.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(Duration::ZERO);
         }
         let mut st = self.admission.state.lock();
         let Some(func) = st.0.clone() else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         let mut touched: Vec<(u32, u64)> = Vec::new();
         WriteBatch::for_each_op(
@@ -159,14 +160,15 @@ impl Inner {
         let start = Instant::now();
         let mut waited = false;
         let r = self.admit_touched(&mut st, touched, &mut waited);
+        let took = start.elapsed();
         if waited {
             Counters::add(&self.counters.admission_waits, 1);
             Counters::add(
                 &self.counters.admission_wait_micros,
-                start.elapsed().as_micros() as u64,
+                took.as_micros() as u64,
             );
         }
-        r
+        r.map(|()| if waited { took } else { Duration::ZERO })
     }
 
     /// Takes a ticket for each limited partition the batch writes to and waits for its

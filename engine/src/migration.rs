@@ -65,6 +65,11 @@ pub struct MigrationProgress {
     pub pace_bytes_per_sec: f64,
     /// Foreground p99 latency (µs) in the last pacing window.
     pub foreground_p99_us: u64,
+    /// How many pacing windows (of a second or more) have ended: `foreground_p99_us` is
+    /// the last one's. A reader that samples more often than windows end sees the same
+    /// window again (and no new one while the pacer does not look, as while writes slow
+    /// down for L0) and should not count it twice.
+    pub foreground_p99_window: u64,
     /// Why migration is not running right now, if it is not.
     pub blocked: Option<String>,
     /// Data movement is held ([`crate::Db::hold_migration`]), across restarts too.
@@ -170,6 +175,8 @@ pub(crate) struct Pacer {
     pub last_refill: Instant,
     pub window_start: Instant,
     pub last_p99_us: u64,
+    /// Windows ended so far (see [`MigrationProgress::foreground_p99_window`]).
+    pub windows: u64,
     pub blocked: Option<String>,
     /// (time, cumulative bytes migrated) samples for the observed pace.
     pub history: VecDeque<(Instant, u64)>,
@@ -187,6 +194,7 @@ impl Pacer {
             last_refill: now,
             window_start: now,
             last_p99_us: 0,
+            windows: 0,
             blocked: None,
             history: VecDeque::new(),
             migrated_total: 0,
@@ -224,6 +232,7 @@ impl Inner {
             (w, r) => w.or(r),
         };
         p.last_p99_us = p99.unwrap_or(0);
+        p.windows += 1;
         let o = &self.opts;
         let slow = p.p99_target_us > 0 && p99.is_some_and(|v| v > p.p99_target_us);
         let debt = self.pending_compaction.load(Ordering::Relaxed)
@@ -547,6 +556,7 @@ impl Inner {
             effective_rate_bytes_per_sec: p.effective_rate() as u64,
             pace_bytes_per_sec: pace,
             foreground_p99_us: p.last_p99_us,
+            foreground_p99_window: p.windows,
             // The pacer notes why only when it looks; a hold is known at once.
             blocked: match core.migration_held {
                 true => Some(HELD.into()),

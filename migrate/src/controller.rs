@@ -141,6 +141,8 @@ pub struct Controller {
     cfg: ControllerConfig,
     reconcile: Option<Reconciliation>,
     over_budget: u32,
+    /// The engine's last pacing window the p99 trigger counted.
+    p99_window: Option<u64>,
     /// When the consistency check and reconciliation last ran (for
     /// [`Triggers::periodic_check`]).
     last_check: Instant,
@@ -210,6 +212,7 @@ impl Controller {
             cfg,
             reconcile: None,
             over_budget: 0,
+            p99_window: None,
             last_check: Instant::now(),
             check_failure: None,
             failed_attempt: None,
@@ -1061,10 +1064,18 @@ impl Controller {
             // The observed health first: a check that cannot run must not keep these from
             // being watched.
             let t = self.cfg.triggers.clone();
-            let p99 = obs
-                .and_then(|o| o.p99_us)
-                .unwrap_or(progress.foreground_p99_us);
-            if let (None, Some(budget)) = (&rolled_back, t.p99_budget_us) {
+            // The caller's observation is a window of its own; the engine's figure counts
+            // once per pacing window, however often ticks read it (counted per tick, one
+            // slow second read by three ticks was three slow windows and rolled back).
+            let p99 = match obs.and_then(|o| o.p99_us) {
+                Some(p99) => Some(p99),
+                None if self.p99_window == Some(progress.foreground_p99_window) => None,
+                None => {
+                    self.p99_window = Some(progress.foreground_p99_window);
+                    Some(progress.foreground_p99_us)
+                }
+            };
+            if let (None, Some(budget), Some(p99)) = (&rolled_back, t.p99_budget_us, p99) {
                 if p99 > budget {
                     self.over_budget += 1;
                 } else {

@@ -978,3 +978,83 @@ fn retarget_to_the_candidate_or_the_origin_is_refused() {
     c.finish().unwrap();
     check_data(&db);
 }
+
+/// The p99 trigger counts the engine's pacing windows, not ticks: ticks that read the same
+/// window again do not count it again. Counted per tick, one slow second read by three
+/// ticks was three slow windows and rolled back. Slow windows that do follow one another
+/// still roll back.
+#[test]
+fn the_p99_trigger_counts_each_pacing_window_once() {
+    use sluice::fs::FaultFs;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            fs: Arc::new(fs.clone()),
+            ..opts()
+        },
+    )
+    .unwrap();
+    for i in 0..ACCOUNTS {
+        db.put(key(i), "100").unwrap();
+    }
+    db.flush().unwrap();
+    let config = ControllerConfig {
+        triggers: Triggers {
+            p99_budget_us: Some(20_000),
+            p99_windows: 3,
+            ..Triggers::default()
+        },
+        ..cfg()
+    };
+    let mut c = Controller::attach(db.clone(), config).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    // Synced writes that take 40 ms each, until `slow` is cleared.
+    fs.set_sync_delay(Some(Duration::from_millis(40)));
+    let slow = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (db, slow) = (db.clone(), slow.clone());
+        std::thread::spawn(move || {
+            let synced = sluice::WriteOptions { sync: true };
+            while slow.load(Ordering::Relaxed) {
+                let mut b = sluice::WriteBatch::new();
+                b.put("zz-other", "1");
+                db.write_opt(b, &synced).unwrap();
+            }
+        })
+    };
+    let over = |db: &Db| db.migration_progress().foreground_p99_us > 20_000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !over(&db) {
+        assert!(Instant::now() < deadline, "no slow window");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One slow window, read by three ticks.
+    let window = db.migration_progress().foreground_p99_window;
+    for i in 0..3 {
+        let t = c.tick(None).unwrap();
+        assert!(t.rolled_back.is_none(), "tick {i}: {:?}", t.rolled_back);
+        if t.progress.foreground_p99_window != window {
+            break; // a second window ended meanwhile: no longer one window
+        }
+    }
+    // Slow windows one after another: the third rolls back.
+    let mut rolled_back = None;
+    while rolled_back.is_none() {
+        assert!(Instant::now() < deadline, "slow windows never rolled back");
+        std::thread::sleep(Duration::from_millis(200));
+        rolled_back = c.tick(None).unwrap().rolled_back;
+    }
+    slow.store(false, Ordering::Relaxed);
+    fs.set_sync_delay(None);
+    writer.join().unwrap();
+    assert!(rolled_back.unwrap().contains("for 3 windows"));
+    assert_eq!(c.state(), State::Stable);
+    check_data(&db);
+}

@@ -1195,3 +1195,68 @@ fn a_deep_draining_l0_does_not_stop_writes_while_migration_is_paused() {
     assert_eq!(db.get("k0001").unwrap().as_deref(), Some(&b"new"[..]));
     assert_eq!(db.stats().stalls, 0);
 }
+
+/// Writers waiting for a partition write limit (the caller's own limit on a hot
+/// partition) are not foreground slowness for the pacer: backing migration off would not
+/// shorten their wait. Counted, three writers held by a 20 KB/s limit made the pacer see a
+/// p99 of ~150 ms and cut its budget to the floor.
+#[test]
+fn a_partition_write_limit_does_not_slow_the_pacer() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let rate = 32u64 << 20;
+    let db = Db::open(
+        dir.path(),
+        Options {
+            migration_bytes_per_sec: rate,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("k{i:06}"), [7u8; 100]).unwrap();
+    }
+    db.flush().unwrap();
+    let spec = hash(4, 1);
+    let v2 = db.register_partition_fn(spec.clone()).unwrap();
+    // Held, v1 keeps draining (so the pacer samples latency and adapts) without moving.
+    db.hold_migration(true).unwrap();
+    db.set_target(v2).unwrap();
+    db.set_migration_latency_target(5_000);
+    let hot = sluice::PartitionFn::new(spec).unwrap().partition_of(b"hot");
+    db.set_partition_write_limit(hot, Some(20_000)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    db.put("hot", [1u8; 1000]).unwrap();
+                }
+            })
+        })
+        .collect();
+    // Three pacing windows with the writers waiting.
+    let start = Instant::now();
+    while db.migration_progress().foreground_p99_window < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no pacing windows"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = db.migration_progress();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(db.stats().admission_waits > 0, "the limit held no writer");
+    assert!(
+        p.effective_rate_bytes_per_sec >= rate / 2,
+        "budget cut to {} of {rate} (p99 seen {} µs)",
+        p.effective_rate_bytes_per_sec,
+        p.foreground_p99_us
+    );
+}

@@ -952,9 +952,11 @@ impl Db {
         self.inner.migrate_now(max_bytes)
     }
 
-    /// Sets the background migration budget in bytes per second (0 pauses migration).
-    /// Not persisted: the next open starts at `Options::migration_bytes_per_sec`. A pause
-    /// that must outlive the process is [`Db::hold_migration`].
+    /// Sets the background migration budget in bytes per second (0 pauses background
+    /// migration jobs; lazy moves keep their own budget, `Options::move_bytes_per_sec`,
+    /// so a database can drain by reads alone). Not persisted: the next open starts at
+    /// `Options::migration_bytes_per_sec`. A pause of all data movement, lazy moves
+    /// included, that also outlives the process is [`Db::hold_migration`].
     pub fn set_migration_rate(&self, bytes_per_sec: u64) {
         self.inner.set_migration_rate(bytes_per_sec)
     }
@@ -1206,6 +1208,7 @@ impl Inner {
 
     pub fn register_layout(&self, spec: PartitionSpec) -> Result<u32> {
         self.check_writable()?;
+        spec.refuse_inert_split()?;
         let func = Arc::new(PartitionFn::new(spec)?);
         let mut core = self.core.lock();
         let live = core.registry.live.len();

@@ -63,6 +63,20 @@ impl PartitionSpec {
         }
     }
 
+    /// `base` with its partition `partition` split into `into` sub-partitions, hashed
+    /// with the smallest seed no hash in `base` uses (the same seed would not split
+    /// anything; see [`PartitionSpec::refuse_inert_split`]).
+    pub fn split(base: PartitionSpec, partition: u32, into: u32) -> PartitionSpec {
+        let used = base.seeds();
+        let seed = (0..).find(|s| !used.contains(s)).unwrap_or(0);
+        PartitionSpec::Split {
+            base: Box::new(base),
+            partition,
+            into,
+            seed,
+        }
+    }
+
     /// Number of partitions this function maps keys onto.
     pub fn partitions(&self) -> u32 {
         match self {
@@ -339,11 +353,16 @@ impl PartitionSpec {
             if depth >= MAX_SPLIT_DEPTH {
                 return Err(bad(format!("split nested deeper than {MAX_SPLIT_DEPTH}")));
             }
-            PartitionSpec::Split {
-                base: Box::new(PartitionSpec::parse_depth(base, depth + 1)?),
-                partition: to32(num(parts[0])?)?,
-                into: to32(num(parts[1])?)?,
-                seed: parts.get(2).map(|p| num(p)).transpose()?.unwrap_or(0),
+            let base = PartitionSpec::parse_depth(base, depth + 1)?;
+            let (partition, into) = (to32(num(parts[0])?)?, to32(num(parts[1])?)?);
+            match parts.get(2) {
+                Some(p) => PartitionSpec::Split {
+                    base: Box::new(base),
+                    partition,
+                    into,
+                    seed: num(p)?,
+                },
+                None => PartitionSpec::split(base, partition, into),
             }
         } else {
             return Err(bad(format!(
@@ -351,7 +370,41 @@ impl PartitionSpec {
             )));
         };
         spec.validate()?;
+        spec.refuse_inert_split()?;
         Ok(spec)
+    }
+
+    /// The seeds of every hash in the spec: its own and its bases'.
+    fn seeds(&self) -> Vec<u64> {
+        match self {
+            PartitionSpec::Range { .. } => Vec::new(),
+            PartitionSpec::Hash { seed, .. } => vec![*seed],
+            PartitionSpec::Split { base, seed, .. } => {
+                let mut v = base.seeds();
+                v.push(*seed);
+                v
+            }
+        }
+    }
+
+    /// Refuses a split hashing with a seed a hash under it already uses. The keys of one
+    /// partition of a hash share the top of their hash under its seed, so the same hash
+    /// sends every one of them to the same sub-partition: such a split moves the hot
+    /// partition whole and relieves nothing. Checked where a spec is made (parsing,
+    /// registering a layout), not where one is read back: a layout registered before
+    /// this check still opens.
+    pub fn refuse_inert_split(&self) -> Result<()> {
+        if let PartitionSpec::Split { base, seed, .. } = self {
+            base.refuse_inert_split()?;
+            if base.seeds().contains(seed) {
+                return Err(Error::InvalidPartitionSpec(format!(
+                    "split seed {seed} is already a seed of its base ({base}): every key of \
+                     the split partition would go to the same sub-partition; pick another \
+                     seed (or leave it out)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -657,6 +710,54 @@ mod tests {
         }
         assert!(g.iter().all(|&c| (800..1200).contains(&c)), "{g:?}");
         assert_eq!(b.iter().filter(|&&c| c > 0).count(), 1, "{b:?}");
+    }
+
+    /// A split spreads its partition's keys over every sub-partition, nested splits too,
+    /// with the seed left out. A split hashing with its base hash's seed (the default used
+    /// to be 0, the hash's default too) sent them all to one sub-partition: it is refused
+    /// where specs are made, and still read back from a manifest that holds one.
+    #[test]
+    fn a_split_spreads_its_partition_and_an_inert_one_is_refused() {
+        let spread = |text: &str, split: u32, into: u32| {
+            let spec = PartitionSpec::parse(text).unwrap();
+            let PartitionSpec::Split { base, .. } = &spec else {
+                panic!("{spec}")
+            };
+            let (base, f) = (
+                PartitionFn::new((**base).clone()).unwrap(),
+                PartitionFn::new(spec.clone()).unwrap(),
+            );
+            let mut subs = vec![0u32; into as usize];
+            for i in 0..40_000u32 {
+                let k = format!("acct:{i:08}");
+                if base.partition_of(k.as_bytes()) == split {
+                    subs[(f.partition_of(k.as_bytes()) - split) as usize] += 1;
+                }
+            }
+            let total: u32 = subs.iter().sum();
+            assert!(total > 1000, "{spec}: {subs:?}");
+            assert!(
+                subs.iter().all(|&n| n > total / (2 * into)),
+                "{spec}: {subs:?}"
+            );
+            spec
+        };
+        let s = spread("split:1:4/hash:8", 1, 4);
+        assert_eq!(s.to_string(), "split:1:4:1/hash:8:0");
+        spread("split:2:4/split:1:4/hash:8", 2, 4);
+        spread("split:1:4/hash:8:1", 1, 4);
+        for inert in ["split:1:4:0/hash:8", "split:2:4:1/split:1:4:1/hash:8:0"] {
+            let e = PartitionSpec::parse(inert).unwrap_err().to_string();
+            assert!(e.contains("already a seed of its base"), "{inert}: {e}");
+        }
+        let inert = PartitionSpec::Split {
+            base: Box::new(PartitionSpec::hashed(8, 0)),
+            partition: 1,
+            into: 4,
+            seed: 0,
+        };
+        assert!(inert.refuse_inert_split().is_err());
+        assert_eq!(PartitionSpec::from_bytes(&inert.to_bytes()).unwrap(), inert);
     }
 
     #[test]

@@ -126,8 +126,8 @@ pub struct Options {
     /// write amplification). Keys read again and again move on their second read.
     pub move_on_first_read: bool,
     /// Migration budget: bytes of draining SSTables per second that the pacer migrates into
-    /// the target layout (0 = paused). Adjustable at run time with
-    /// [`crate::Db::set_migration_rate`].
+    /// the target layout (0 = no background migration jobs; lazy moves still move data). Adjustable at run time with [`crate::Db::set_migration_rate`];
+    /// [`crate::Db::hold_migration`] stops every kind of movement.
     pub migration_bytes_per_sec: u64,
     /// Foreground p99 latency (µs) above which the pacer halves its budget (0 = ignore).
     pub migration_p99_target_us: u64,

@@ -190,6 +190,26 @@ fn planning_intent(
     }
 }
 
+impl ControllerConfig {
+    /// Refuses fractions that are not fractions: a NaN or negative canary fraction used to
+    /// become a one-byte canary silently, and an error rate limit over 1 can never fire.
+    pub fn validate(&self) -> Result<()> {
+        let fraction = |name: &'static str, v: f64| match v.is_finite() && (0.0..=1.0).contains(&v)
+        {
+            true => Ok(()),
+            false => Err(Error::InvalidOption {
+                name,
+                reason: format!("must be a fraction between 0 and 1, not {v}"),
+            }),
+        };
+        fraction("canary_fraction", self.canary_fraction)?;
+        if let Some(rate) = self.triggers.max_error_rate {
+            fraction("max_error_rate", rate)?;
+        }
+        Ok(())
+    }
+}
+
 impl Controller {
     /// Claims the controller role for `db` (fencing any earlier controller) and resumes
     /// whatever migration the persisted state describes.
@@ -201,6 +221,7 @@ impl Controller {
         // A record that does not decode is refused before the claim, which would write an
         // edit to a manifest that needs looking at first.
         Record::stored(&db)?;
+        cfg.validate()?;
         #[cfg(test)]
         tests::reach("attach: before the claim");
         let epoch = db.claim_controller()?;
@@ -572,7 +593,7 @@ impl Controller {
     pub fn validate(&mut self) -> Result<ConsistencyReport> {
         self.go(State::Validating, "validating")?;
         if let Some(load) = self.db.shadow_load() {
-            let hot = crate::hot::hot_partitions(&load, 2.0);
+            let hot = crate::hot::hot_partitions(&load, 2.0)?;
             if !hot.is_empty() {
                 self.note(format!(
                     "shadow traffic predicts hot candidate partitions {hot:?} (shares {:?})",
@@ -1192,11 +1213,13 @@ impl Controller {
 
     /// Splits a hot partition of the target layout into `into` virtual sub-partitions by
     /// planning (and starting) a migration to a `Split` version of the current function.
+    /// `seed: None` picks one that no hash of the current function uses; a seed that one
+    /// does use is refused (it would put every key of the partition in one sub-partition).
     pub fn split_hot_partition(
         &mut self,
         partition: u32,
         into: u32,
-        seed: u64,
+        seed: Option<u64>,
     ) -> Result<PlanReport> {
         let layout = self.db.layout();
         let target = layout
@@ -1204,13 +1227,17 @@ impl Controller {
             .iter()
             .find(|v| v.is_target)
             .ok_or(Error::UnknownVersion(layout.target.0))?;
-        let spec = PartitionSpec::Split {
-            base: Box::new(target.spec.clone()),
-            partition,
-            into,
-            seed,
+        let spec = match seed {
+            Some(seed) => PartitionSpec::Split {
+                base: Box::new(target.spec.clone()),
+                partition,
+                into,
+                seed,
+            },
+            None => PartitionSpec::split(target.spec.clone(), partition, into),
         };
         spec.validate()?;
+        spec.refuse_inert_split()?;
         // A split is uneven by design relative to the base, so the gate is advisory here.
         let report = self.plan(
             spec,
@@ -1453,6 +1480,35 @@ mod tests {
         until_retry(&c);
         c.tick(Some(healthy)).unwrap();
         assert_eq!(pacing(&db), (false, 1 << 20));
+    }
+
+    /// A configuration whose fractions are not fractions is refused at attach, before
+    /// the claim.
+    #[test]
+    fn fractions_that_are_not_fractions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        for (canary, errors) in [
+            (f64::NAN, None),
+            (-0.1, None),
+            (1.5, None),
+            (0.02, Some(f64::NAN)),
+            (0.02, Some(2.0)),
+        ] {
+            let mut cfg = running_cfg();
+            cfg.canary_fraction = canary;
+            cfg.triggers.max_error_rate = errors;
+            let e = Controller::attach(db.clone(), cfg).err().expect("refused");
+            assert!(matches!(e, Error::InvalidOption { .. }), "{e}");
+        }
+        assert_eq!(
+            db.controller_epoch(),
+            None,
+            "claimed for a refused configuration"
+        );
+        let mut cfg = running_cfg();
+        cfg.canary_fraction = 1.0;
+        Controller::attach(db.clone(), cfg).unwrap();
     }
 
     /// Sleeps until a check that could not run may be tried again.

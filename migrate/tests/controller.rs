@@ -613,16 +613,42 @@ fn hot_partition_split_and_write_limit() {
             db.get(key(i)).unwrap();
         }
     }
-    let hot = sluice_migrate::hot::hot_partitions(&db.partition_load(), 2.0);
+    let hot = sluice_migrate::hot::hot_partitions(&db.partition_load(), 2.0).unwrap();
     assert_eq!(hot, vec![0]);
     db.set_partition_write_limit(0, Some(1 << 20)).unwrap();
     let mut c = attach(&db);
-    let r = c.split_hot_partition(0, 4, 9).unwrap();
+    let r = c.split_hot_partition(0, 4, Some(9)).unwrap();
     assert_eq!(c.state(), State::Migrating);
     c.finish().unwrap();
     let layout = db.layout();
     assert_eq!(layout.target, r.version);
     assert_eq!(layout.versions[0].partitions.len(), 6);
+    check_data(&db);
+}
+
+/// A split of a hash partition spreads its keys over every sub-partition. With the base
+/// hash's own seed it put every key in one (the keys of a hash partition share the top of
+/// their hash under that seed): that seed is refused, and no seed picks another.
+#[test]
+fn a_hash_partition_split_spreads_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = migrating(&db);
+    c.finish().unwrap();
+    let e = c.split_hot_partition(1, 4, Some(5)).unwrap_err();
+    assert!(matches!(e, Error::InvalidPartitionSpec(_)), "{e}");
+    assert_eq!(c.state(), State::Complete);
+    let r = c.split_hot_partition(1, 4, None).unwrap();
+    c.finish().unwrap();
+    let layout = db.layout();
+    assert_eq!(layout.target, r.version);
+    let entries: Vec<u64> = layout.versions[0]
+        .partitions
+        .iter()
+        .map(|p| p.entries)
+        .collect();
+    assert_eq!(entries.len(), 11);
+    assert!(entries[1..5].iter().all(|&n| n > 0), "{entries:?}");
     check_data(&db);
 }
 

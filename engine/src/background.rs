@@ -248,8 +248,9 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
             }
             match result {
                 Ok(()) => {
-                    core.compaction_failures
-                        .remove(&(job.version, job.partition));
+                    for &p in &job.sources {
+                        core.compaction_failures.remove(&(job.version, p));
+                    }
                     None
                 }
                 Err(Error::Closed) => None,
@@ -278,12 +279,18 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                         core.manual_error.get_or_insert_with(|| e.to_string());
                         return None;
                     }
-                    let n = core
-                        .compaction_failures
-                        .entry((job.version, job.partition))
-                        .or_default();
-                    *n += 1;
-                    Some(Duration::from_millis(100 << (*n).min(6)))
+                    // Every partition the job read from: which one's file failed is not
+                    // known, and each is then retried alone.
+                    let mut n = 0;
+                    for &p in &job.sources {
+                        let c = core
+                            .compaction_failures
+                            .entry((job.version, p))
+                            .or_default();
+                        *c += 1;
+                        n = n.max(*c);
+                    }
+                    Some(Duration::from_millis(100 << n.min(6)))
                 }
             }
         }

@@ -357,7 +357,7 @@ impl Inner {
     /// order is the same as before: its partitions are key-ordered.
     pub(crate) fn pick_draining_file(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
         let target = view.files.target;
-        let mut next: Option<(u32, u32, Arc<FileMeta>)> = None;
+        let mut next: Option<(u32, u32, Arc<FileMeta>, u32)> = None;
         for layout in view.files.draining() {
             for (pi, part) in layout.parts.iter().enumerate() {
                 let pi = pi as u32;
@@ -384,15 +384,24 @@ impl Inner {
                 let Some(f) = (0..MAX_LEVELS).rev().find_map(|l| part.levels[l].first()) else {
                     continue;
                 };
+                // A partition whose last jobs failed (an unreadable file) comes after those
+                // that failed fewer times in a row: taken first by key, it held back the
+                // whole migration, each retry failing the same way.
+                let failed = core
+                    .compaction_failures
+                    .get(&(layout.id, pi))
+                    .copied()
+                    .unwrap_or(0);
                 if next
                     .as_ref()
-                    .is_none_or(|(_, _, g)| f.smallest < g.smallest)
+                    .is_none_or(|(_, _, g, gf)| (failed, &f.smallest) < (*gf, &g.smallest))
                 {
-                    next = Some((layout.id, pi, f.clone()));
+                    next = Some((layout.id, pi, f.clone(), failed));
                 }
             }
         }
-        let (version, pi, f) = next?;
+        let (version, pi, f, failed) = next?;
+        let failing = failed > 0;
         // Of the other partitions of its layout, those whose next file begins within its
         // key range migrate that file with it (from a hash layout, every partition). Taken
         // one file per job, each output overlapped the outputs of the other source
@@ -405,7 +414,13 @@ impl Inner {
         let mut bytes = f.size;
         for (pj, part) in layout.parts.iter().enumerate() {
             let pj = pj as u32;
-            if pj == pi || core.busy.contains(&(version, pj)) {
+            // A failing partition is retried alone, and none joins another's job: one
+            // unreadable file fails the whole job it is in.
+            if failing
+                || pj == pi
+                || core.busy.contains(&(version, pj))
+                || core.compaction_failures.contains_key(&(version, pj))
+            {
                 continue;
             }
             let Some(g) = (0..MAX_LEVELS).rev().find_map(|l| part.levels[l].first()) else {

@@ -71,6 +71,10 @@ pub fn get_varint(src: &[u8]) -> Option<(u64, usize)> {
     }
     let mut v: u64 = 0;
     for (i, &b) in src.iter().enumerate().take(10) {
+        // The tenth byte holds bit 63 alone: more would not fit in 64 bits.
+        if i == 9 && b > 1 {
+            return None;
+        }
         v |= u64::from(b & 0x7f) << (7 * i);
         if b < 0x80 {
             return Some((v, i + 1));
@@ -322,6 +326,13 @@ mod tests {
     fn truncated_and_overlong_varints_are_errors() {
         assert_eq!(get_varint(&[0x80, 0x80]), None);
         assert_eq!(get_varint(&[0xff; 11]), None);
+        // Ten bytes whose last holds more than bit 63: not a 64-bit value (it used to
+        // decode, truncated, as 0).
+        let mut wide = [0x80u8; 10];
+        wide[9] = 0x02;
+        assert_eq!(get_varint(&wide), None);
+        wide[9] = 0x01;
+        assert_eq!(get_varint(&wide), Some((1 << 63, 10)));
         let p = Path::new("f");
         let mut d = Decoder::new(&[0x80], p, 100);
         let e = d.varint("x").unwrap_err();

@@ -98,8 +98,11 @@ impl DeltaHeader {
         // its trailer's eight, its offset's four and its two length varints' (at most
         // three and four), against the four varints of at least a byte each it takes here.
         // So a few stray bytes cannot claim megabytes.
+        // A shared prefix is part of a key stored before it in this block, so no entry
+        // shares more than the body holds (bounded by the key length alone, four KiB
+        // claimed 64 MiB).
         let most = count
-            .saturating_mul(crate::MAX_KEY_LEN + 15)
+            .saturating_mul(crate::MAX_KEY_LEN.min(body.len()) + 15)
             .saturating_add(body.len() + 4);
         if mem_len < count * 4 + 4 || mem_len > most {
             return Err(Error::corruption(
@@ -251,10 +254,10 @@ fn zstd_header<'a>(body: &'a [u8], file: &Path, base: u64) -> Result<(usize, &'a
             base,
             "zstd block: bad frame header",
         )),
-        // Frames written here record their size; one that does not is checked as it
-        // decompresses, into a buffer of the header's length: no longer than the frame
-        // could decode to (so a few stray bytes cannot make a read allocate megabytes).
-        Ok(None) if raw_len as u64 > (frame.len() as u64).saturating_mul(ZSTD_MAX_RATIO) => {
+        // Decoded into a buffer of the header's length: no longer than the frame could
+        // decode to, whatever size the frame declares (so a few stray bytes cannot make a
+        // read allocate megabytes; a 13-byte frame declaring 64 MiB used to).
+        _ if raw_len as u64 > (frame.len() as u64).saturating_mul(ZSTD_MAX_RATIO) => {
             Err(Error::corruption(
                 file,
                 base,
@@ -575,7 +578,7 @@ mod tests {
         // A shared length longer than the previous key.
         let mut b = Vec::new();
         put_varint(&mut b, 1);
-        put_varint(&mut b, 100);
+        put_varint(&mut b, 20);
         b.extend_from_slice(&[3, 1, 0, 1, b'k']);
         let e = delta_decode(&b, Path::new("f.sst"), 4096).unwrap_err();
         assert!(e.to_string().contains("shared"), "{e}");
@@ -624,6 +627,36 @@ mod tests {
                 assert!(e.to_string().contains(&why), "{e}");
             }
         }
+        // A frame that declares the largest length itself (13 bytes: magic, a header with
+        // a four-byte content size, one empty raw block) is held to the same bound: it
+        // used to be trusted, and 64 MiB allocated for it.
+        for ty in [COMPRESSION_ZSTD, COMPRESSION_DELTA_ZSTD] {
+            let mut body = Vec::new();
+            put_varint(&mut body, MAX_BLOCK_LEN as u64);
+            body.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0xa0]);
+            body.extend_from_slice(&(MAX_BLOCK_LEN as u32).to_le_bytes());
+            body.extend_from_slice(&[0x01, 0x00, 0x00]);
+            let frame = &body[body.len() - 12..];
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(frame).ok(),
+                Some(Some(MAX_BLOCK_LEN as u64))
+            );
+            let e = decode_block(ty, Bytes::from(body), Path::new("f.sst"), 4096)
+                .err()
+                .expect("refused");
+            assert!(e.to_string().contains("cannot hold"), "{e}");
+        }
+        // A key-delta header may claim for each entry no more shared bytes than the body
+        // holds: 1,000 entries in 4 KiB used to pass claiming 64 MiB.
+        let mut b = Vec::new();
+        put_varint(&mut b, 1000);
+        put_varint(&mut b, 60 << 20);
+        b.resize(4006, 0);
+        let e = delta_decode(&b, Path::new("f.sst"), 4096).unwrap_err();
+        assert!(
+            e.to_string().contains("claims 62914560 decoded bytes"),
+            "{e}"
+        );
     }
 
     #[test]

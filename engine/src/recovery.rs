@@ -65,8 +65,9 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
         pinned: Default::default(),
         migration_held: false,
     };
-    // Live files per layout version.
+    // Live files per layout version, and where each live file was added.
     let mut files_of: HashMap<u32, usize> = HashMap::new();
+    let mut added_at: HashMap<u64, u64> = HashMap::new();
     for (offset, edit) in &m.edits {
         let bad = |why: String| Error::corruption(&m.path, *offset, why);
         for r in &edit.records {
@@ -157,6 +158,7 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                     if st.files.insert(f.number, f.clone()).is_some() {
                         return Err(bad(format!("file {} added twice", f.number)));
                     }
+                    added_at.insert(f.number, *offset);
                     *files_of.entry(f.layout_version).or_default() += 1;
                 }
                 EditRecord::DeleteFile(n) => match st.files.remove(n) {
@@ -204,6 +206,19 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
             format!(
                 "{live} layout versions live, more than the {} the engine allows",
                 crate::MAX_LIVE_LAYOUTS
+            ),
+        ));
+    }
+    // Every edit that adds a table written from new writes (a flush) records a last seqno
+    // at least as high as the table's; a table past it would be invisible to every read
+    // (reads see seqnos up to the last), and new writes would reuse its seqnos.
+    if let Some(f) = st.files.values().find(|f| f.max_seqno > st.last_seqno) {
+        return Err(Error::corruption(
+            &m.path,
+            added_at.get(&f.number).copied().unwrap_or(0),
+            format!(
+                "file {} holds seqnos up to {}, past the manifest's last seqno {}",
+                f.number, f.max_seqno, st.last_seqno
             ),
         ));
     }
@@ -1670,7 +1685,14 @@ mod tests {
     /// deleted them, and the refusal names a file it still has.
     #[test]
     fn a_layout_retires_only_without_live_files() {
-        let base = || vec![register(1), register(2), EditRecord::SetTarget(1)];
+        let base = || {
+            vec![
+                register(1),
+                register(2),
+                EditRecord::SetTarget(1),
+                EditRecord::LastSeqno(2),
+            ]
+        };
         let retire_with = |files: Vec<EditRecord>| {
             let mut edits = vec![base(), files];
             edits.push(vec![EditRecord::RetireLayout(2)]);

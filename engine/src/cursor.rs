@@ -149,6 +149,9 @@ impl TableCursor {
         let Some(kind) = Kind::from_u8(trailer as u8) else {
             return Err(self.entry_error(&format!("bad kind {}", trailer as u8)));
         };
+        if !self.table.kind_fits(kind) {
+            return Err(self.table.wrong_kind(self.bi, self.ei));
+        }
         self.at = At {
             ks,
             ke,

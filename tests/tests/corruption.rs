@@ -2522,3 +2522,83 @@ fn a_manifest_last_seqno_below_its_tables_is_refused() {
     let db = Db::open(&dir, quiet(Compression::None)).unwrap();
     assert_eq!(dump(&db).unwrap().len(), 50);
 }
+
+/// One table of a plain, uncompressed block: `a`, `k`@new, `k`@old (kept by a snapshot),
+/// `z`; with the block's start and end in the file, the file's bytes and its path.
+fn two_versions_of_k(dir: &Path) -> (usize, usize, Vec<u8>, PathBuf) {
+    let db = Db::open(dir, quiet(Compression::None)).unwrap();
+    db.put(b"a", b"first").unwrap();
+    db.put(b"k", b"old").unwrap();
+    let snap = db.snapshot();
+    db.put(b"k", b"new").unwrap();
+    db.put(b"z", b"last").unwrap();
+    db.flush().unwrap();
+    drop(snap);
+    db.close().unwrap();
+    let sst = files_ending(dir, ".sst").pop().unwrap();
+    let (h, _) = Table::open(&StdFs, &sst, 0, None)
+        .unwrap()
+        .block_handle(0)
+        .unwrap();
+    let f = std::fs::read(&sst).unwrap();
+    (h.offset as usize, (h.offset + h.size) as usize, f, sst)
+}
+
+/// Rewrites the block `s..e` of `f` with `change` and a valid trailer, into `sst`.
+fn rewrite_block(
+    mut f: Vec<u8>,
+    (s, e): (usize, usize),
+    sst: &Path,
+    change: impl FnOnce(&mut [u8]),
+) {
+    change(&mut f[s..e]);
+    let tr = block_trailer(&f[s..e], f[e]);
+    f[e..e + tr.len()].copy_from_slice(&tr);
+    std::fs::write(sst, &f).unwrap();
+}
+
+/// Valid checksums around bytes no writer makes: a plain block's offset array naming an
+/// entry other than the one that lies there, and a forwarding pointer in a data table.
+/// Point reads find entries through the array and stop at a pointer; scans walk the entries
+/// and step past pointers: each used to give `get` one answer (the old value; none) and a
+/// scan another (the new value; the old one), with no error. Both are refused now, by
+/// reads and scans alike, naming the table.
+#[test]
+fn checksummed_nonsense_in_a_block_is_refused_by_every_read() {
+    let _g = shared();
+    type Change = fn(&mut [u8]);
+    let offsets: Change = |b| {
+        let n = b.len();
+        let count = u32::from_le_bytes(b[n - 4..].try_into().unwrap()) as usize;
+        assert_eq!(count, 4);
+        let offs = n - 4 - 4 * count;
+        // Entry 1 (k@new) named where entry 2 (k@old) lies.
+        b.copy_within(offs + 8..offs + 12, offs + 4);
+    };
+    let pointer: Change = |b| {
+        let n = b.len();
+        let offs = n - 4 - 4 * 4;
+        let o1 = u32::from_le_bytes(b[offs + 4..offs + 8].try_into().unwrap()) as usize;
+        // Key length 1, value length 3, then the trailer's kind byte.
+        assert_eq!((b[o1], b[o1 + 1], b[o1 + 2]), (1, 3, 1), "k@new, a value");
+        b[o1 + 2] = 2;
+    };
+    for (what, change) in [("offset array", offsets), ("forwarding pointer", pointer)] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("db");
+        let (s, e, f, sst) = two_versions_of_k(&dir);
+        rewrite_block(f, (s, e), &sst, change);
+        let db = Db::open(&dir, quiet(Compression::None)).unwrap();
+        let got = db.get(b"k");
+        let scanned = dump(&db);
+        assert!(
+            matches!(&got, Err(e) if e.is_corruption() && e.to_string().contains(&name(&sst))),
+            "{what}: get(k) = {got:?}"
+        );
+        assert!(
+            matches!(&scanned, Err(e) if e.is_corruption()),
+            "{what}: scan = {scanned:?}"
+        );
+        assert!(!verify(&dir).is_ok(), "{what}");
+    }
+}

@@ -423,10 +423,20 @@ fn in_decompressed(e: Error, base: u64) -> Error {
 /// Decodes the CRC-checked body of a block stored with codec `ty` at `base` in `file`. An
 /// uncompressed body becomes the block zero-copy; the others are decoded into a new buffer.
 pub fn decode_block(ty: u8, body: Bytes, file: &Path, base: u64) -> Result<Block> {
-    match Decoding::of(ty, &body, file, base)? {
-        None => Block::new(body, file, base),
-        Some(d) => Block::new(Bytes::from(d.into_vec(file, base)?), file, base),
+    let block = match Decoding::of(ty, &body, file, base)? {
+        None => Block::new(body, file, base)?,
+        Some(d) => Block::new(Bytes::from(d.into_vec(file, base)?), file, base)?,
+    };
+    check_stored_offsets(ty, block, file, base)
+}
+
+/// `block`, if its offset array is the one stored ([`Block::check_offsets`]); key-delta
+/// codecs rebuild the array as they decode.
+fn check_stored_offsets(ty: u8, block: Block, file: &Path, base: u64) -> Result<Block> {
+    if matches!(ty, COMPRESSION_NONE | COMPRESSION_ZSTD) {
+        block.check_offsets(file, base)?;
     }
+    Ok(block)
 }
 
 /// A block's stored bytes (body and trailer) read into memory of their own, for the block
@@ -476,7 +486,8 @@ pub fn decode_owned(
             (Bytes::from(v), 0)
         }
     };
-    Ok(Block::from_bytes(data, search, file, base)?.in_page(page))
+    let block = Block::from_bytes(data, search, file, base)?.in_page(page);
+    check_stored_offsets(ty, block, file, base)
 }
 
 #[cfg(test)]

@@ -307,6 +307,37 @@ impl Table {
         &self.props
     }
 
+    /// `e` (entry `i` of block `bi`), if its kind is one this table's kind holds: a data
+    /// table holds no forwarding pointers, a pointer table nothing else. Read one way by
+    /// point reads (a pointer ends the search) and another by scans (which step past it),
+    /// a pointer in a data table gave `get` and a scan different answers.
+    #[inline]
+    pub(crate) fn checked_kind(&self, e: Entry, bi: usize, i: usize) -> Result<Entry> {
+        self.kind_fits(e.kind)
+            .then_some(e)
+            .ok_or_else(|| self.wrong_kind(bi, i))
+    }
+
+    #[inline]
+    pub(crate) fn kind_fits(&self, kind: Kind) -> bool {
+        (self.props.kind == crate::sst::format::TableKind::Pointers) == (kind == Kind::Forward)
+    }
+
+    #[cold]
+    pub(crate) fn wrong_kind(&self, bi: usize, i: usize) -> Error {
+        crate::sst::block::entry_error(
+            &self.path,
+            self.block_offset(bi),
+            i,
+            match self.props.kind {
+                crate::sst::format::TableKind::Data => "a forwarding pointer in a data table",
+                crate::sst::format::TableKind::Pointers => {
+                    "a value or tombstone in a pointer table"
+                }
+            },
+        )
+    }
+
     pub fn file_size(&self) -> u64 {
         self.len
     }
@@ -519,7 +550,10 @@ impl Table {
             let i = b.seek(key, snapshot, &self.path, base)?;
             if i < b.len() {
                 let e = b.entry(i, &self.path, base)?;
-                return Ok(eq_keys(&e.key, key).then_some(e));
+                if !eq_keys(&e.key, key) {
+                    return Ok(None);
+                }
+                return self.checked_kind(e, bi, i).map(Some);
             }
             // Only reachable if the index disagrees with the block; look one block further.
             bi += 1;
@@ -681,6 +715,7 @@ impl TableIter {
                 continue;
             }
             let e = b.entry(ei, &self.table.path, self.table.block_offset(bi))?;
+            let e = self.table.checked_kind(e, bi, ei)?;
             self.front = Some((bi, ei + 1));
             return Ok(Some(e));
         }
@@ -720,6 +755,7 @@ impl TableIter {
                 continue;
             }
             let e = b.entry(idx - 1, &self.table.path, self.table.block_offset(bi))?;
+            let e = self.table.checked_kind(e, bi, idx - 1)?;
             self.back = Some((bi, idx - 1));
             return Ok(Some(e));
         }

@@ -900,7 +900,9 @@ fn an_index_or_properties_at_odds_with_the_blocks_are_refused() {
     };
     let refused = |bytes: Vec<u8>, what: &str| {
         std::fs::write(&path, bytes).unwrap();
-        let e = open(&path, false).err().expect(what);
+        let Err(e) = open(&path, false) else {
+            panic!("{what}: opened")
+        };
         assert!(
             e.is_corruption() && e.to_string().contains("t.sst"),
             "{what}: {e}"

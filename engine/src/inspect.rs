@@ -666,6 +666,7 @@ fn check_table(
     let mut misplaced_named = 0usize;
     let mut pointer_named = 0usize;
     let mut range_named = 0usize;
+    let mut filter_named = 0usize;
     for (i, (last, (offset, size))) in handles.iter().enumerate() {
         out.blocks += 1;
         progress(size + BLOCK_TRAILER_LEN as u64);
@@ -735,6 +736,23 @@ fn check_table(
                     ));
                 }
                 range_named += 1;
+            }
+            // A filter that denies a key the table holds hides it from point reads
+            // (scans do not consult filters): its checksum cannot tell.
+            if !table.may_contain_hash(crate::sst::bloom::key_hash(e.key)) {
+                if filter_named < DETAILED_PER_FILE {
+                    out.problems.push(Problem::error(
+                        "filter",
+                        Some(path),
+                        Some(*offset),
+                        format!(
+                            "the table's filter denies key {:?}, which it holds: point reads \
+                             would not find it",
+                            crate::escape::escape(e.key)
+                        ),
+                    ));
+                }
+                filter_named += 1;
             }
             let wrong_kind = match props.kind {
                 TableKind::Data => e.kind == Kind::Forward,
@@ -825,6 +843,7 @@ fn check_table(
             "entries outside the properties' ranges",
             "range",
         ),
+        (filter_named, "keys the filter denies", "filter"),
     ] {
         if n > DETAILED_PER_FILE {
             out.problems.push(Problem::error(

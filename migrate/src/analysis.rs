@@ -36,7 +36,7 @@
 use std::path::Path;
 
 pub use sluice::inspect::KeySample;
-use sluice::{Db, PartitionFn, PartitionSpec, Result};
+use sluice::{Db, Error, PartitionFn, PartitionSpec, Result};
 
 /// Keys sampled by default: enough for a tight estimate on 4096 partitions (~24 per
 /// partition expected), small enough to take well under a second.
@@ -53,6 +53,34 @@ pub struct Thresholds {
     /// sample too thin: the verdict is [`Verdict::Inconclusive`] (unless every key lands
     /// in one partition of several, which no sample size excuses).
     pub min_expected: f64,
+}
+
+impl Thresholds {
+    /// Refuses thresholds under which no candidate could be judged biased (a NaN compares
+    /// false, so `alpha: NaN` made every verdict balanced): `alpha` in (0, 1),
+    /// `max_over_mean` finite and at least 1, `min_expected` finite and not negative.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, reason: String| Err(Error::InvalidOption { name, reason });
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return bad(
+                "thresholds.alpha",
+                format!("must be in (0, 1), not {}", self.alpha),
+            );
+        }
+        if !(self.max_over_mean.is_finite() && self.max_over_mean >= 1.0) {
+            return bad(
+                "thresholds.max_over_mean",
+                format!("must be a finite number ≥ 1, not {}", self.max_over_mean),
+            );
+        }
+        if !(self.min_expected.is_finite() && self.min_expected >= 0.0) {
+            return bad(
+                "thresholds.min_expected",
+                format!("must be a finite number ≥ 0, not {}", self.min_expected),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for Thresholds {
@@ -370,6 +398,7 @@ pub fn analyze_sample(
     s: &KeySample,
     thresholds: Thresholds,
 ) -> Result<Analysis> {
+    thresholds.validate()?;
     let mut sample = SampleInfo::of(s);
     let distribution = if s.weights.len() == s.keys.len() {
         let (d, n_eff) = predict_weighted(spec, &s.keys, &s.weights)?;

@@ -191,8 +191,9 @@ fn planning_intent(
 }
 
 impl ControllerConfig {
-    /// Refuses fractions that are not fractions: a NaN or negative canary fraction used to
-    /// become a one-byte canary silently, and an error rate limit over 1 can never fire.
+    /// Refuses fractions that are not fractions (a NaN or negative canary fraction used
+    /// to become a one-byte canary silently, and an error rate limit over 1 can never
+    /// fire), an empty sample and thresholds that would turn the analysis gate off.
     pub fn validate(&self) -> Result<()> {
         let fraction = |name: &'static str, v: f64| match v.is_finite() && (0.0..=1.0).contains(&v)
         {
@@ -206,7 +207,15 @@ impl ControllerConfig {
         if let Some(rate) = self.triggers.max_error_rate {
             fraction("max_error_rate", rate)?;
         }
-        Ok(())
+        if self.sample_keys == 0 {
+            // An empty sample is inconclusive, which does not block a plan: the analysis
+            // gate would be off without a word.
+            return Err(Error::InvalidOption {
+                name: "sample_keys",
+                reason: "the analysis needs at least one key to sample".into(),
+            });
+        }
+        self.thresholds.validate()
     }
 }
 
@@ -438,7 +447,13 @@ impl Controller {
     }
 
     /// Predicts how the existing keys would spread under `spec`.
+    /// Data still in the memtables is flushed first: the sample comes from table
+    /// indexes, and a database whose keys were all unflushed gave an empty sample, an
+    /// inconclusive verdict, and a biased candidate planned unforced.
     pub fn analyze(&self, spec: &PartitionSpec) -> Result<Analysis> {
+        if self.db.stats().memtable_bytes > 0 {
+            self.db.flush()?;
+        }
         analysis::analyze_db(&self.db, spec, self.cfg.sample_keys, self.cfg.thresholds)
     }
 
@@ -1500,6 +1515,19 @@ mod tests {
             cfg.triggers.max_error_rate = errors;
             let e = Controller::attach(db.clone(), cfg).err().expect("refused");
             assert!(matches!(e, Error::InvalidOption { .. }), "{e}");
+        }
+        let gate_off: [fn(&mut ControllerConfig); 5] = [
+            |c| c.sample_keys = 0,
+            |c| c.thresholds.alpha = f64::NAN,
+            |c| c.thresholds.alpha = 0.0,
+            |c| c.thresholds.max_over_mean = f64::NAN,
+            |c| c.thresholds.min_expected = f64::INFINITY,
+        ];
+        for (i, f) in gate_off.iter().enumerate() {
+            let mut cfg = running_cfg();
+            f(&mut cfg);
+            let e = Controller::attach(db.clone(), cfg).err().expect("refused");
+            assert!(matches!(e, Error::InvalidOption { .. }), "{i}: {e}");
         }
         assert_eq!(
             db.controller_epoch(),

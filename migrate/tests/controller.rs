@@ -1084,3 +1084,29 @@ fn the_p99_trigger_counts_each_pacing_window_once() {
     assert_eq!(c.state(), State::Stable);
     check_data(&db);
 }
+
+/// The analysis gate sees keys still in the memtables: a plan flushes them first. Sampled
+/// from table indexes alone, a database written and not yet flushed gave an empty sample,
+/// an inconclusive verdict, and a biased candidate planned without force.
+#[test]
+fn the_analysis_gate_sees_unflushed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for i in 0..ACCOUNTS {
+        db.put(key(i), "100").unwrap();
+    }
+    assert_eq!(db.stats().levels.iter().map(|l| l.files).sum::<usize>(), 0);
+    let mut c = attach(&db);
+    let e = c.plan(biased(), PlanOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::LayoutRefused(_)), "{e}");
+    assert_eq!(c.state(), State::Stable);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    check_data(&db);
+}

@@ -540,10 +540,16 @@ impl Inner {
     }
 
     pub fn check_writable(&self) -> Result<()> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         self.check_not_failed()
+    }
+
+    /// [`Error::Closed`] once the database is closing.
+    pub fn check_open(&self) -> Result<()> {
+        match self.closing.load(Ordering::Acquire) {
+            true => Err(Error::Closed),
+            false => Ok(()),
+        }
     }
 
     /// [`Error::ReadOnly`], with the reason, once writes stopped after a failure.
@@ -992,6 +998,7 @@ impl Db {
         version: VersionId,
         partition: u32,
     ) -> Result<crate::PartitionIter> {
+        self.inner.check_open()?;
         self.inner.partition_entries(version.0, partition)
     }
 
@@ -1013,6 +1020,7 @@ impl Db {
     /// Starts (or with `None` stops) counting live traffic per partition of a candidate
     /// function that holds no data: hot partitions show up before they exist.
     pub fn set_shadow(&self, spec: Option<PartitionSpec>) -> Result<()> {
+        self.inner.check_open()?;
         self.inner.set_shadow(spec)
     }
 
@@ -1028,6 +1036,7 @@ impl Db {
         partition: u32,
         bytes_per_sec: Option<u64>,
     ) -> Result<()> {
+        self.inner.check_writable()?;
         self.inner
             .set_partition_write_limit(partition, bytes_per_sec)
     }
@@ -1050,6 +1059,7 @@ impl Db {
     /// Retires draining versions that hold no data and are not pinned. Background work
     /// does this too; call it to make it happen now.
     pub fn retire_drained(&self) -> Result<Vec<VersionId>> {
+        self.inner.check_writable()?;
         let mut core = self.inner.core.lock();
         Ok(self
             .inner
@@ -1082,6 +1092,7 @@ impl Db {
     /// epoch and acting cannot act. `f` must not claim the role or enter `fenced` again
     /// (refused with [`Error::LayoutRefused`]: it would wait for itself).
     pub fn fenced<T>(&self, epoch: u64, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.inner.check_open()?;
         let _gate = self.inner.enter_controller_gate("fenced")?;
         let current = self.controller_epoch().unwrap_or(0);
         if epoch != current {
@@ -1832,6 +1843,23 @@ mod tests {
             Db::open(dir.path(), zero_stop).map(drop),
             "pending_compaction_stop_bytes",
         );
+        // Each option named on its own (two were named in pairs).
+        let each: [(&str, fn(&mut Options)); 5] = [
+            ("level0_compaction_trigger", |o| {
+                o.level0_compaction_trigger = 0
+            }),
+            ("level0_slowdown_trigger", |o| o.level0_slowdown_trigger = 1),
+            ("level0_stop_trigger", |o| {
+                o.level0_stop_trigger = o.level0_slowdown_trigger - 1
+            }),
+            ("level_base_bytes", |o| o.level_base_bytes = 0),
+            ("target_file_bytes", |o| o.target_file_bytes = 0),
+        ];
+        for (want, f) in each {
+            let mut o = Options::default();
+            f(&mut o);
+            named(Db::open(dir.path(), o).map(drop), want);
+        }
         let db = Db::open(dir.path(), Options::default()).unwrap();
         named(db.set_partition_write_limit(0, Some(0)), "bytes_per_sec");
         db.set_partition_write_limit(0, Some(1 << 30)).unwrap();

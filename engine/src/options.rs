@@ -247,13 +247,25 @@ impl Options {
         if self.bloom_bits_per_key > 64 {
             return bad("bloom_bits_per_key", "must be at most 64");
         }
-        if self.level0_compaction_trigger == 0
-            || self.level0_slowdown_trigger < self.level0_compaction_trigger
-            || self.level0_stop_trigger < self.level0_slowdown_trigger
-        {
+        if self.level0_compaction_trigger == 0 {
+            return bad("level0_compaction_trigger", "must be at least 1");
+        }
+        if self.level0_slowdown_trigger < self.level0_compaction_trigger {
             return bad(
-                "level0 triggers",
-                "need 0 < compaction_trigger <= slowdown_trigger <= stop_trigger",
+                "level0_slowdown_trigger",
+                &format!(
+                    "must be >= level0_compaction_trigger ({})",
+                    self.level0_compaction_trigger
+                ),
+            );
+        }
+        if self.level0_stop_trigger < self.level0_slowdown_trigger {
+            return bad(
+                "level0_stop_trigger",
+                &format!(
+                    "must be >= level0_slowdown_trigger ({})",
+                    self.level0_slowdown_trigger
+                ),
             );
         }
         if !(2..=1000).contains(&self.level_multiplier) {
@@ -269,8 +281,11 @@ impl Options {
         {
             return bad("flush_retry_interval", "must be between 1 ms and 1 hour");
         }
-        if self.level_base_bytes == 0 || self.target_file_bytes < 1024 {
-            return bad("level_base_bytes/target_file_bytes", "too small");
+        if self.level_base_bytes == 0 {
+            return bad("level_base_bytes", "must be positive");
+        }
+        if self.target_file_bytes < 1024 {
+            return bad("target_file_bytes", "must be at least 1 KiB");
         }
         if self.background_threads == 0 || self.background_threads > 64 {
             return bad("background_threads", "must be 1..=64");

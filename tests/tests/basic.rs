@@ -434,3 +434,38 @@ fn the_largest_memtable_budget_opens_and_works() {
     db.close().unwrap();
     assert_eq!(sluice_tests::engine_thread_panics(), 0);
 }
+
+/// After `close`, every call on any clone that would act on the database answers
+/// `Error::Closed` (as `Db::close` documents); five answered `Ok` and did nothing, and
+/// `fenced` ran its closure.
+#[test]
+fn calls_on_a_closed_database_answer_closed() {
+    use sluice::Error;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::tiny()).unwrap();
+    db.put("a", "1").unwrap();
+    let c = db.clone();
+    db.close().unwrap();
+    let closed = |what: &str, r: sluice::Result<()>| {
+        assert!(matches!(r, Err(Error::Closed)), "{what}: {r:?}");
+    };
+    closed(
+        "set_partition_write_limit",
+        c.set_partition_write_limit(0, Some(10)),
+    );
+    closed("set_shadow", c.set_shadow(Some(hash(2))));
+    closed(
+        "partition_entries",
+        c.partition_entries(sluice::VersionId(1), 0).map(|_| ()),
+    );
+    closed("retire_drained", c.retire_drained().map(|_| ()));
+    let mut ran = false;
+    closed(
+        "fenced",
+        c.fenced(0, || {
+            ran = true;
+            Ok(())
+        }),
+    );
+    assert!(!ran, "fenced ran its closure on a closed database");
+}

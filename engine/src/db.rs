@@ -1844,7 +1844,8 @@ mod tests {
             "pending_compaction_stop_bytes",
         );
         // Each option named on its own (two were named in pairs).
-        let each: [(&str, fn(&mut Options)); 5] = [
+        type Set = fn(&mut Options);
+        let each: [(&str, Set); 5] = [
             ("level0_compaction_trigger", |o| {
                 o.level0_compaction_trigger = 0
             }),

@@ -101,7 +101,19 @@ impl Inner {
             .push(EditRecord::LastSeqno(flushed_seqno))
             .push(EditRecord::NextFile(core.next_file));
         // The new SSTables' directory entries must be durable before the manifest names them.
-        self.sync_dir()?;
+        // A sync that could not even open the directory synced nothing and lost nothing:
+        // the tables go, and the flush is tried again like one whose tables failed.
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            if crate::fs::sync_not_attempted(&e) {
+                for f in &outputs {
+                    f.mark_obsolete();
+                }
+                return Err(crate::Error::io(&self.dir, e));
+            }
+            let e = crate::Error::io(&self.dir, e);
+            self.fail(format!("directory sync failed: {e}"));
+            return Err(e);
+        }
         self.log_edit(&mut core, &edit).map_err(fatal)?;
         let old_log = core.log_number;
         core.log_number = log_number;

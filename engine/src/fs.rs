@@ -299,7 +299,7 @@ impl Fs for StdFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        File::open(dir).map_err(not_attempted)?.sync_all()
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -450,6 +450,32 @@ pub enum FaultKind {
     /// The operation panics, as a file system implementation with a bug might (or an
     /// engine bug below it): for tests that the engine answers instead of hanging.
     Panic,
+    /// Too many open files (EMFILE): the operation could not open what it needed and did
+    /// nothing (a directory sync then syncs nothing; see [`sync_not_attempted`]).
+    TooManyFiles,
+}
+
+/// The error of a directory sync that could not open the directory (too many open files,
+/// say) and so synced nothing: unlike a failed fsync, it lost nothing the kernel had
+/// buffered, and a later sync that succeeds makes the same entries durable.
+#[derive(Debug)]
+struct SyncNotAttempted(io::Error);
+
+impl std::fmt::Display for SyncNotAttempted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not open the directory to sync it: {}", self.0)
+    }
+}
+
+impl std::error::Error for SyncNotAttempted {}
+
+fn not_attempted(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), SyncNotAttempted(e))
+}
+
+/// Whether a directory sync's error says it synced nothing (see [`FaultKind::TooManyFiles`]).
+pub fn sync_not_attempted(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<SyncNotAttempted>())
 }
 
 /// One injected fault: the `skip + 1`-th matching operation (and, if `sticky`, every one after
@@ -874,6 +900,7 @@ fn fault_error(kind: FaultKind) -> io::Error {
         FaultKind::NoSpace | FaultKind::ShortWrite => io::Error::from_raw_os_error(28),
         FaultKind::Io | FaultKind::Panic => io::Error::from_raw_os_error(5),
         FaultKind::Denied => io::Error::from_raw_os_error(13),
+        FaultKind::TooManyFiles => io::Error::from_raw_os_error(24),
     }
 }
 
@@ -1058,8 +1085,12 @@ impl Fs for FaultFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if let Some(k) = self.check(FsOp::SyncDir, dir) {
-            return Err(fault_error(k));
+        match self.check(FsOp::SyncDir, dir) {
+            Some(FaultKind::TooManyFiles) => {
+                return Err(not_attempted(fault_error(FaultKind::TooManyFiles)))
+            }
+            Some(k) => return Err(fault_error(k)),
+            None => {}
         }
         // Changes made from here on may not be in this fsync: only those before it are.
         let before = self.state.lock().pending.get(dir).map_or(0, Vec::len);

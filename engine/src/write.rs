@@ -478,15 +478,30 @@ impl Inner {
         // keeps commits and checkpoints out, and the number is ours alone.
         let number = self.core.lock().new_file_number();
         let path = wal_file(&self.dir, number);
+        // A rotation that fails before the new WAL holds anything (too many open files,
+        // say) is given up: the old WAL goes on, whole, and a later write tries again. The
+        // new file, if one was made, goes first: an empty WAL between written ones would
+        // look like a hole to recovery. Only when it cannot be removed, or when a
+        // directory fsync failed (the kernel may have dropped entries), writes stop.
+        let give_up = |e: Error, why: &str| {
+            match self.fs.exists(&path) {
+                Ok(false) => {}
+                Ok(true) if self.fs.remove(&path).is_ok() => {}
+                _ => self.wal_failed(format!("{why}: {e}")),
+            }
+            e
+        };
         let file = match self.fs.create(&path) {
             Ok(f) => f,
-            Err(e) => {
-                let e = Error::io(&path, e);
-                self.wal_failed(format!("cannot create WAL: {e}"));
-                return Err(e);
-            }
+            Err(e) => return Err(give_up(Error::io(&path, e), "cannot create WAL")),
         };
-        if let Err(e) = self.sync_dir() {
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            let retry = crate::fs::sync_not_attempted(&e);
+            let e = Error::io(&self.dir, e);
+            if retry {
+                drop(file);
+                return Err(give_up(e, "cannot sync the new WAL's directory entry"));
+            }
             self.wal_failed(format!(
                 "cannot make the new WAL's directory entry durable: {e}"
             ));

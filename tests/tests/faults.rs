@@ -65,6 +65,9 @@ struct Rec {
     keys: Vec<(Vec<u8>, Vec<u8>)>,
     acked: bool,
     synced: bool,
+    /// Refused before it reached the WAL (a retryable error): never applied, so it must
+    /// be absent, and it is no hole in the prefix of those that were.
+    refused: bool,
 }
 
 /// Every batch tried, in order. Batch `i` writes keys `op<i>/<j>`, so batches never
@@ -95,6 +98,7 @@ impl Ledger {
             keys,
             acked: false,
             synced: sync,
+            refused: false,
         });
         let r = if n == 1 && !sync {
             let (k, v) = &self.ops[i].keys[0];
@@ -120,6 +124,13 @@ impl Ledger {
         self.durable = self.ops.len();
     }
 
+    /// Marks the last batch refused: its error says it was never applied.
+    fn refused_last(&mut self) {
+        let r = self.ops.last_mut().expect("a batch was tried");
+        assert!(!r.acked, "an acknowledged batch cannot have been refused");
+        r.refused = true;
+    }
+
     fn acked(&self) -> usize {
         self.ops.iter().filter(|r| r.acked).count()
     }
@@ -140,6 +151,10 @@ impl Ledger {
                     }
                     None => assert!(!r.acked, "{what}: acknowledged batch {i} is not readable"),
                 }
+                assert!(
+                    !(r.refused && present > 0),
+                    "{what}: refused batch {i} was applied"
+                );
             }
             assert!(
                 present == 0 || present == r.keys.len(),
@@ -185,7 +200,12 @@ impl Ledger {
                 r.synced,
                 r.keys.len()
             );
-            present.push(n > 0);
+            assert!(
+                !(r.refused && n > 0),
+                "{what}: refused batch {i} was applied"
+            );
+            // A refused batch is absent (checked above) and no hole.
+            present.push(n > 0 || r.refused);
             if n > 0 {
                 expected_keys += n;
             }
@@ -1052,10 +1072,11 @@ fn a_torn_wal_tail_survives_an_open_that_failed_after_creating_its_wal() {
 }
 
 /// A WAL that cannot be created at rotation (EIO, EMFILE, a quota) fails the rotation and
-/// turns the database read-only, and loses none of the writes acknowledged before it: the
-/// old WAL's buffered records are handed to the OS before the new WAL is created. (When the
-/// new WAL was created first, they were still in the buffer when the creation failed, and
-/// the failed WAL was never written again.)
+/// loses none of the writes acknowledged before it: the old WAL's buffered records are
+/// handed to the OS before the new WAL is created. (When the new WAL was created first,
+/// they were still in the buffer when the creation failed, and the failed WAL was never
+/// written again.) Nothing was written to a new WAL, so writes go on in the old one and a
+/// later rotation tries again (it used to turn the database read-only until reopened).
 #[test]
 fn a_wal_that_cannot_be_created_at_rotation_loses_no_acknowledged_write() {
     let what = "WAL creation fails at rotation";
@@ -1075,7 +1096,8 @@ fn a_wal_that_cannot_be_created_at_rotation_loses_no_acknowledged_write() {
     let e = db.flush().expect_err("the new WAL could not be created");
     assert_eq!(errno(&e), Some(5), "{what}: {e:?}");
     assert!(fs.injected() > 0, "{what}: the fault did not fire");
-    assert_read_only(&db, what);
+    db.put("after", "x").unwrap();
+    db.flush().unwrap();
     drop(db);
     fs.clear();
     let db = Db::open(dir.path(), Options::default()).unwrap();
@@ -1087,6 +1109,10 @@ fn a_wal_that_cannot_be_created_at_rotation_loses_no_acknowledged_write() {
             "{what}: write {i} lost"
         );
     }
+    assert_eq!(
+        all.get(&b"after"[..]).map(|v| v.as_slice()),
+        Some(&b"x"[..])
+    );
     db.close().unwrap();
 }
 
@@ -2376,4 +2402,53 @@ fn a_table_of_writes_a_recovery_drops_goes_before_the_manifest_moves_on() {
     let got: Vec<_> = dump(&db).unwrap().into_iter().collect();
     assert_eq!(got, expect, "{what}: reopen");
     db.close().unwrap();
+}
+
+/// Too many open files (EMFILE) where the engine opens a file and has written nothing
+/// there yet — creating the next WAL, opening the directory to sync it at a rotation or
+/// at a flush — refuses the write (or retries the flush) while it lasts and loses nothing;
+/// writes go on once it passes. It used to turn the database read-only until reopened.
+#[test]
+fn too_many_open_files_refuses_writes_only_while_it_lasts() {
+    let sync_dir = |skip| Fault {
+        op: FsOp::SyncDir,
+        path_contains: None,
+        kind: FaultKind::TooManyFiles,
+        skip,
+        sticky: false,
+    };
+    let cases = [
+        (
+            "creating the next WAL",
+            fault(FsOp::Create, FaultKind::TooManyFiles, ".log", false),
+        ),
+        ("syncing the new WAL's directory entry", sync_dir(0)),
+        ("syncing the flushed table's directory entry", sync_dir(1)),
+    ];
+    for (what, f) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let db = Db::open(dir.path(), tiny_manual_compaction(&fs)).unwrap();
+        let mut l = Ledger::default();
+        l.fill(&db, 20, 100);
+        fs.inject(f);
+        if what.contains("flushed table") {
+            // The first directory sync is the rotation's at the freeze; the second, the
+            // flush's: retried.
+            db.flush().unwrap();
+            assert_eq!(db.stats().flush_retries, 1, "{what}");
+        } else {
+            let e = write_until_error(&db, &mut l, 0, 100, what);
+            assert_eq!(errno(&e), Some(24), "{what}: {e}");
+            l.refused_last();
+        }
+        assert_eq!(fs.injected(), 1, "{what}");
+        l.fill(&db, 200, 100);
+        db.flush().unwrap();
+        l.check_reads(&db, what);
+        drop(db);
+        let (db, _) = l.check_reopen(dir.path(), 0, what);
+        assert!(verify(dir.path()).is_ok(), "{what}");
+        db.close().unwrap();
+    }
 }

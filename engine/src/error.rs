@@ -145,6 +145,18 @@ pub enum Error {
     /// A directory that is not a Sluice database, when one was required.
     #[error("{path} is not a Sluice database: {reason}")]
     NotADatabase { path: PathBuf, reason: String },
+
+    /// A write refused before any of it was written: the WAL could not move to a new file
+    /// (too many open files, say) and writes go on in the old one. Not applied; retrying it
+    /// is safe, and succeeds once the cause passes.
+    #[error(
+        "write not applied, nothing of it was written (retry it): I/O error on {path}: {source}"
+    )]
+    NotApplied {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -196,7 +208,7 @@ impl Error {
     /// True when the error is an out-of-space condition.
     pub fn is_no_space(&self) -> bool {
         match self {
-            Error::Io { source, .. } => {
+            Error::Io { source, .. } | Error::NotApplied { source, .. } => {
                 source.raw_os_error() == Some(28)
                     || source.kind() == std::io::ErrorKind::StorageFull
             }
@@ -294,6 +306,13 @@ impl Error {
             Error::NotADatabase { path, reason } => Error::NotADatabase {
                 path: path.clone(),
                 reason: reason.clone(),
+            },
+            Error::NotApplied { path, source } => Error::NotApplied {
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
             },
         }
     }

@@ -483,25 +483,35 @@ impl Inner {
         // new file, if one was made, goes first: an empty WAL between written ones would
         // look like a hole to recovery. Only when it cannot be removed, or when a
         // directory fsync failed (the kernel may have dropped entries), writes stop.
-        let give_up = |e: Error, why: &str| {
+        let give_up = |at: &std::path::Path, e: std::io::Error, why: &str| {
             match self.fs.exists(&path) {
                 Ok(false) => {}
                 Ok(true) if self.fs.remove(&path).is_ok() => {}
-                _ => self.wal_failed(format!("{why}: {e}")),
+                _ => {
+                    let e = Error::io(at, e);
+                    self.wal_failed(format!("{why}: {e}"));
+                    return e;
+                }
             }
-            e
+            Error::NotApplied {
+                path: at.to_path_buf(),
+                source: e,
+            }
         };
         let file = match self.fs.create(&path) {
             Ok(f) => f,
-            Err(e) => return Err(give_up(Error::io(&path, e), "cannot create WAL")),
+            Err(e) => return Err(give_up(&path, e, "cannot create WAL")),
         };
         if let Err(e) = self.fs.sync_dir(&self.dir) {
-            let retry = crate::fs::sync_not_attempted(&e);
-            let e = Error::io(&self.dir, e);
-            if retry {
+            if crate::fs::sync_not_attempted(&e) {
                 drop(file);
-                return Err(give_up(e, "cannot sync the new WAL's directory entry"));
+                return Err(give_up(
+                    &self.dir,
+                    e,
+                    "cannot sync the new WAL's directory entry",
+                ));
             }
+            let e = Error::io(&self.dir, e);
             self.wal_failed(format!(
                 "cannot make the new WAL's directory entry durable: {e}"
             ));

@@ -237,11 +237,13 @@ impl Ledger {
 /// the message ("… (os error 28)"); see `enospc_on_the_wal_is_reported_as_no_space`.
 fn errno(e: &Error) -> Option<i32> {
     match e {
-        Error::Io { source, .. } => source.raw_os_error().or_else(|| {
-            let s = source.to_string();
-            let at = s.rfind("(os error ")? + "(os error ".len();
-            s[at..].strip_suffix(')')?.parse().ok()
-        }),
+        Error::Io { source, .. } | Error::NotApplied { source, .. } => {
+            source.raw_os_error().or_else(|| {
+                let s = source.to_string();
+                let at = s.rfind("(os error ")? + "(os error ".len();
+                s[at..].strip_suffix(')')?.parse().ok()
+            })
+        }
         _ => None,
     }
 }
@@ -2439,6 +2441,7 @@ fn too_many_open_files_refuses_writes_only_while_it_lasts() {
             assert_eq!(db.stats().flush_retries, 1, "{what}");
         } else {
             let e = write_until_error(&db, &mut l, 0, 100, what);
+            assert!(matches!(e, Error::NotApplied { .. }), "{what}: {e}");
             assert_eq!(errno(&e), Some(24), "{what}: {e}");
             l.refused_last();
         }

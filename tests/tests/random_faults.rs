@@ -13,7 +13,7 @@
 //! Every write gets one of three outcomes, and each is checked for what it promises:
 //! - `Ok`: acknowledged. Readable while the handle lives; after a reopen it survives unless
 //!   unsynced writes were allowed to be lost (a power cut, or a database that failed).
-//! - `Err(ReadOnly)` (or `Err(Conflict)` for a transaction): refused, never applied, so it
+//! - `Err(ReadOnly)`, `Err(NotApplied)` (or `Err(Conflict)` for a transaction): refused, never applied, so it
 //!   must never be read nor come back after a reopen.
 //! - any other error: in doubt. It may be read and may come back, but whole or not at all.
 //!
@@ -193,7 +193,9 @@ impl History {
     ) {
         let outcome = match r {
             Ok(()) => Outcome::Acked,
-            Err(Error::ReadOnly(_)) | Err(Error::Conflict { .. }) => {
+            Err(Error::ReadOnly(_))
+            | Err(Error::Conflict { .. })
+            | Err(Error::NotApplied { .. }) => {
                 self.seen.refused += 1;
                 return;
             }

@@ -232,6 +232,13 @@ fn search_prefixes(block: &[u8], entries_end: usize, count: usize) -> Option<Sea
     let key_at = |o: usize| -> Option<(usize, usize)> {
         short_entry_key(area, o).or_else(|| parse_entry(area, o).ok().map(|(ks, ke, ..)| (ks, ke)))
     };
+    // Where the entry at `o` (key `ks..ke`) ends: after its value.
+    let end_of = |o: usize, ke: usize| -> Option<usize> {
+        match area.get(o + 1) {
+            Some(&vl) if area[o] < 0x80 && vl < 0x80 => Some(ke + vl as usize),
+            _ => parse_entry(area, o).ok().map(|e| e.4),
+        }
+    };
     let first = key_at(offset(0)?)?;
     let last = key_at(offset(count.checked_sub(1)?)?)?;
     let head_len = common_prefix_len(&area[first.0..first.1], &area[last.0..last.1]);
@@ -239,19 +246,29 @@ fn search_prefixes(block: &[u8], entries_end: usize, count: usize) -> Option<Sea
     let mut bytes = vec![0u8; at + 6 * count];
     bytes[..head_len].copy_from_slice(&area[first.0..first.0 + head_len]);
     let (prefixes, offsets) = bytes[at..].split_at_mut(4 * count);
+    // The array must name the entries as they lie, back to back (see
+    // `Block::check_offsets`, which a block without prefixes takes instead).
+    let mut next = 0;
     for (i, (p, o)) in prefixes
         .chunks_exact_mut(4)
         .zip(offsets.chunks_exact_mut(2))
         .enumerate()
     {
         let start = offset(i)?;
+        if start != next {
+            return None;
+        }
         let (ks, ke) = key_at(start)?;
+        next = end_of(start, ke)?;
         // Keys between the first and the last share their head when the block is in
         // order; `get` keeps one that is not from panicking.
         let k = key_prefix(area.get(ks + head_len..ke).unwrap_or_default());
         p.copy_from_slice(&((k >> (64 - SEARCH_BITS)) as u32).to_ne_bytes());
         // Below `entries_end` (the entry parsed), so it fits.
         o.copy_from_slice(&(start as u16).to_ne_bytes());
+    }
+    if next != entries_end {
+        return None;
     }
     Some(Search {
         bytes: bytes.into(),

@@ -433,7 +433,8 @@ pub fn decode_block(ty: u8, body: Bytes, file: &Path, base: u64) -> Result<Block
 /// `block`, if its offset array is the one stored ([`Block::check_offsets`]); key-delta
 /// codecs rebuild the array as they decode.
 fn check_stored_offsets(ty: u8, block: Block, file: &Path, base: u64) -> Result<Block> {
-    if matches!(ty, COMPRESSION_NONE | COMPRESSION_ZSTD) {
+    // A block given search prefixes had its array checked as they were built.
+    if matches!(ty, COMPRESSION_NONE | COMPRESSION_ZSTD) && !block.is_searchable() {
         block.check_offsets(file, base)?;
     }
     Ok(block)

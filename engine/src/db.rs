@@ -1041,6 +1041,12 @@ impl Db {
             .set_partition_write_limit(partition, bytes_per_sec)
     }
 
+    /// The partition write limits in force ([`Db::set_partition_write_limit`]):
+    /// (partition of the target layout, bytes per second), by partition.
+    pub fn partition_write_limits(&self) -> Vec<(u32, u64)> {
+        self.inner.partition_write_limits()
+    }
+
     /// Keeps a layout version live even after it drains empty (a rollback target), or
     /// releases it (it is then retired once empty and not the target).
     pub fn pin_version(&self, v: VersionId, pinned: bool) -> Result<()> {

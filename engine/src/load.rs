@@ -281,6 +281,14 @@ impl Inner {
         Ok(())
     }
 
+    /// The partition write limits in force: (partition, bytes per second), by partition.
+    pub fn partition_write_limits(&self) -> Vec<(u32, u64)> {
+        let st = self.admission.state.lock();
+        let mut v: Vec<(u32, u64)> = st.1.iter().map(|(p, l)| (*p, l.bytes_per_sec)).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Clears admission limits and restarts load counting for a new target.
     pub(crate) fn reset_load(&self, target: u32, func: Arc<PartitionFn>) {
         self.load

@@ -332,6 +332,26 @@ impl Controller {
         self.go(s, reason)
     }
 
+    /// Makes `v` the target. Partition write limits belong to the old target's partitions
+    /// and the switch lifts them: the events say which were lifted, for the caller to set
+    /// again on the new layout's partitions if they are still needed.
+    fn switch_target(&mut self, v: VersionId) -> Result<()> {
+        let limits = self.db.partition_write_limits();
+        self.fenced(|db| db.set_target(v))?;
+        if !limits.is_empty() {
+            let list: Vec<String> = limits
+                .iter()
+                .map(|(p, r)| format!("partition {p} at {r} B/s"))
+                .collect();
+            self.note(format!(
+                "switching the target to v{} lifted the write limits on {}",
+                v.0,
+                list.join(", ")
+            ))?;
+        }
+        Ok(())
+    }
+
     fn save(&mut self) -> Result<()> {
         self.db
             .store_controller_state(self.epoch, &self.rec.encode())
@@ -379,7 +399,7 @@ impl Controller {
                 let plan = self.plan_ref()?.clone();
                 if target != plan.to {
                     // Also completes a retarget recorded just before a crash.
-                    self.fenced(|db| db.set_target(VersionId(plan.to)))?;
+                    self.switch_target(VersionId(plan.to))?;
                 }
                 // Superseded candidates a retarget had not released yet drain and retire.
                 for &v in &plan.superseded {
@@ -760,7 +780,7 @@ impl Controller {
         }
         // Held before the switch: a crash after it resumes held until the canary passes.
         self.apply_pacing(false)?;
-        self.fenced(|db| db.set_target(VersionId(plan.to)))?;
+        self.switch_target(VersionId(plan.to))?;
         self.go(
             State::Migrating,
             format!("target switched v{} -> v{}", plan.from, plan.to),
@@ -899,7 +919,7 @@ impl Controller {
             let _ = self.undo_planning(&intent, &format!("retarget to {spec} failed: {e}"));
             return Err(e);
         }
-        self.fenced(|db| db.set_target(to))?;
+        self.switch_target(to)?;
         // The superseded candidate drains into the new one and may retire once empty — unless
         // it is the layout the migration started from (the rollback target stays pinned).
         if old != from && old != to.0 {
@@ -997,7 +1017,7 @@ impl Controller {
         let from = plan.from;
         self.fenced(|db| db.set_shadow(None))?;
         if self.db.layout().target.0 != from {
-            self.fenced(|db| db.set_target(VersionId(from)))?;
+            self.switch_target(VersionId(from))?;
         }
         self.pace()?;
         // Pins are released before `Stable` is recorded: a crash in between resumes in

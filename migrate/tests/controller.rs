@@ -617,8 +617,18 @@ fn hot_partition_split_and_write_limit() {
     assert_eq!(hot, vec![0]);
     db.set_partition_write_limit(0, Some(1 << 20)).unwrap();
     let mut c = attach(&db);
+    assert_eq!(db.partition_write_limits(), vec![(0, 1 << 20)]);
     let r = c.split_hot_partition(0, 4, Some(9)).unwrap();
     assert_eq!(c.state(), State::Migrating);
+    // The switch lifted the limit (it named a partition of the old layout), and says so.
+    assert!(db.partition_write_limits().is_empty());
+    assert!(
+        c.events().iter().any(|e| e
+            .reason
+            .contains("lifted the write limits on partition 0 at 1048576 B/s")),
+        "{:?}",
+        c.events()
+    );
     c.finish().unwrap();
     let layout = db.layout();
     assert_eq!(layout.target, r.version);

@@ -471,12 +471,11 @@ impl Controller {
     /// indexes, and a database whose keys were all unflushed gave an empty sample, an
     /// inconclusive verdict, and a biased candidate planned unforced.
     pub fn analyze(&self, spec: &PartitionSpec) -> Result<Analysis> {
-        if self.db.stats().memtable_bytes > 0 {
-            match self.db.flush() {
-                // A read-only open cannot flush (nor plan): its analysis samples the tables.
-                Ok(()) | Err(Error::ReadOnly(_)) => {}
-                Err(e) => return Err(e),
-            }
+        // (A flush with nothing in the memtables returns at once.)
+        match self.db.flush() {
+            // A read-only open cannot flush (nor plan): its analysis samples the tables.
+            Ok(()) | Err(Error::ReadOnly(_)) => {}
+            Err(e) => return Err(e),
         }
         analysis::analyze_db(&self.db, spec, self.cfg.sample_keys, self.cfg.thresholds)
     }

@@ -255,6 +255,19 @@ impl Fs for QuotaFs {
     }
 }
 
+/// Options on the quota file system `q`: four range partitions, background migration off
+/// (tests drive it), `headroom` bytes kept free from migration, no idle flush.
+fn on_quota(q: &QuotaFs, headroom: u64) -> Options {
+    Options {
+        fs: Arc::new(q.clone()),
+        partition: range4(),
+        migration_bytes_per_sec: 0,
+        migration_disk_headroom_bytes: headroom,
+        idle_memtable_flush_after: None,
+        ..Options::default()
+    }
+}
+
 /// Registers `spec` and makes it the target.
 fn retarget(db: &Db, spec: PartitionSpec) -> sluice::VersionId {
     let v = db.register_partition_fn(spec).unwrap();
@@ -306,13 +319,8 @@ fn concurrent_background_migrations_keep_the_headroom() {
     let q = QuotaFs::default();
     let headroom = 4u64 << 20;
     let opts = Options {
-        fs: Arc::new(q.clone()),
-        partition: range4(),
-        migration_bytes_per_sec: 0,
-        migration_disk_headroom_bytes: headroom,
         background_threads: 2,
-        idle_memtable_flush_after: None,
-        ..Options::default()
+        ..on_quota(&q, headroom)
     };
     let db = Db::open(dir.path(), opts).unwrap();
     four_tables(&db);
@@ -344,12 +352,9 @@ fn a_migration_writing_more_than_it_reads_keeps_the_headroom() {
     let q = QuotaFs::default();
     let headroom = 1u64 << 20;
     let opts = Options {
-        fs: Arc::new(q.clone()),
-        migration_bytes_per_sec: 0,
-        migration_disk_headroom_bytes: headroom,
+        partition: PartitionSpec::default(),
         background_threads: 1,
-        idle_memtable_flush_after: None,
-        ..Options::default()
+        ..on_quota(&q, headroom)
     };
     let db = Db::open(dir.path(), opts).unwrap();
     for i in 0..20000u32 {
@@ -434,14 +439,7 @@ fn foreground_writes_keep_the_room_migrate_now_leaves_them() {
     let dir = tempfile::tempdir().unwrap();
     let q = QuotaFs::default();
     let headroom = 1u64 << 20;
-    let opts = Options {
-        fs: Arc::new(q.clone()),
-        partition: range4(),
-        migration_bytes_per_sec: 0,
-        migration_disk_headroom_bytes: headroom,
-        idle_memtable_flush_after: None,
-        ..Options::default()
-    };
+    let opts = on_quota(&q, headroom);
     let db = Db::open(dir.path(), opts).unwrap();
     four_tables(&db);
     retarget(&db, hash(4, 1));
@@ -667,18 +665,13 @@ fn a_stopped_writer_gets_an_answer_while_its_compaction_keeps_failing() {
     let dir = tempfile::tempdir().unwrap();
     let q = QuotaFs::default();
     let opts = Options {
-        fs: Arc::new(q.clone()),
-        partition: range4(),
         memtable_bytes: 1 << 20,
         target_file_bytes: 64 << 10,
         level0_compaction_trigger: 2,
         level0_slowdown_trigger: 2,
         level0_stop_trigger: 3,
         background_threads: 2,
-        migration_bytes_per_sec: 0,
-        migration_disk_headroom_bytes: 0,
-        idle_memtable_flush_after: None,
-        ..Options::default()
+        ..on_quota(&q, 0)
     };
     let db = Db::open(dir.path(), opts).unwrap();
     // 32 MB of old data ("a..." keys) to migrate.

@@ -114,6 +114,11 @@ struct Cli {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     key_delta_blocks: Option<bool>,
 
+    /// Table files kept open (`Options::max_open_files`; engine default, half the soft
+    /// `RLIMIT_NOFILE`, if omitted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_open_files: Option<u64>,
+
     /// Memtable size in MiB (engine default if omitted).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     memtable_mb: Option<u64>,
@@ -423,6 +428,9 @@ fn sluice_options(cli: &Cli) -> Options {
     if let Some(b) = cli.block_size {
         opts.block_size = b as usize;
     }
+    if let Some(n) = cli.max_open_files {
+        opts.max_open_files = Some(usize::try_from(n).unwrap_or(usize::MAX));
+    }
     if let Some(kb) = cli.wal_buffer_kb {
         opts.wal_buffer_bytes = kb.saturating_mul(1 << 10);
     }
@@ -639,7 +647,7 @@ fn run(cli: &Cli) -> BenchResult<()> {
     let names: Vec<_> = cli.workloads.iter().map(|w| w.name()).collect();
     eprintln!(
         "sluice-stress: workloads={} num={} reads={} threads={} key_size={} value_size={} sync={} \
-         partition={partition} target={} compression={:?} key_delta_blocks={} block_size={} cache_mb={} memtable_mb={} \
+         partition={partition} target={} compression={:?} key_delta_blocks={} block_size={} max_open_files={} cache_mb={} memtable_mb={} \
          bloom_bits={} duration_secs={} dir={} existing_db={} seed={} distribution={} \
          engine=sluice move_mb_per_sec={} move_on_first_read={} wal_buffer_kb={} wal_sync_kb={} \
          fsync_delay_us={}",
@@ -654,6 +662,8 @@ fn run(cli: &Cli) -> BenchResult<()> {
         cli.compression,
         opts.key_delta_blocks,
         opts.block_size,
+        opts.max_open_files
+            .map_or_else(|| "default".to_string(), |n| n.to_string()),
         cli.cache_mb,
         opts.memtable_bytes as f64 / (1 << 20) as f64,
         opts.bloom_bits_per_key,
@@ -795,6 +805,7 @@ pub(crate) fn refuse_sluice_only_settings(cli: &Cli) -> BenchResult<()> {
         ),
         ("--key-delta-blocks", cli.key_delta_blocks.is_some()),
         ("--block-size", cli.block_size.is_some()),
+        ("--max-open-files", cli.max_open_files.is_some()),
         ("--target-file-mb", cli.target_file_mb.is_some()),
         (
             "--max-immutable-memtables",

@@ -260,6 +260,8 @@ pub(crate) struct Inner {
     pub opts: Options,
     pub fs: Arc<dyn Fs>,
     pub cache: Arc<BlockCache>,
+    /// The tables' file descriptors, at most `max_open_files` of them.
+    pub table_files: Arc<crate::sst::files::TableFiles>,
     pub table_opts: TableOptions,
     pub view: ArcSwap<View>,
     /// Highest seqno whose batch is completely in the memtable: the latest snapshot.
@@ -1531,6 +1533,8 @@ impl Inner {
             immutable_memtables: view.imm.len(),
             block_cache_bytes: self.cache.used(),
             table_memory_bytes: self.cache.pinned(),
+            open_table_files: self.table_files.open_count(),
+            table_file_opens: self.table_files.opens(),
             live_sst_bytes: view.files.total_bytes(),
             last_seqno: self.latest(),
             background_errors: g(&c.background_errors),
@@ -1602,6 +1606,9 @@ impl Inner {
         self.released.store(true, Ordering::Release);
         self.lock.lock().take();
         drop(wal);
+        // An iterator, snapshot or clone that outlives the close still reads; it opens a
+        // table's file for each read instead of keeping it open.
+        self.table_files.close();
         r
     }
 }

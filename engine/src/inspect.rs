@@ -33,6 +33,7 @@ use crate::manifest::{
 };
 use crate::recovery::{replay_manifest, ManifestState};
 use crate::scan::PartitionEntry;
+use crate::sst::files::TableFiles;
 use crate::sst::format::BLOCK_TRAILER_LEN;
 use crate::sst::{Table, TableKind, TableProps};
 use crate::types::{cmp_internal, Kind};
@@ -2170,7 +2171,7 @@ pub fn sample_index_keys(db: &Db, max: usize) -> KeySample {
 /// properties; no data block) after the directory's safety checks. A table a live
 /// process's compaction deleted between the manifest's read and its own open starts the
 /// sample again, as [`verify_dir`] does (up to a few times, then [`Error::Busy`]); an open
-/// table stays readable whatever happens to its file.
+/// table's index stays in memory whatever happens to its file.
 pub fn sample_index_keys_in_dir(dir: &Path, max: usize) -> Result<KeySample> {
     'attempt: for attempt in 0..4 {
         let before = current_fingerprint(dir);
@@ -2178,8 +2179,12 @@ pub fn sample_index_keys_in_dir(dir: &Path, max: usize) -> Result<KeySample> {
         #[cfg(test)]
         crate::test_hooks::reach(crate::test_hooks::Point::SampleAfterDirState);
         let mut tables = Vec::new();
+        // The sample reads the indexes, which an open table holds in memory: its file
+        // need not stay open, and thousands of tables must not need as many descriptors.
+        let files = TableFiles::new(Arc::new(StdFs), 16);
         for f in st.files.iter().filter(|f| f.kind == TableKind::Data) {
-            match Table::open(&StdFs, &st.table_path(f.number), f.number, None) {
+            let path = st.table_path(f.number);
+            match Table::open_in(&files, &StdFs, &path, f.number, None) {
                 Ok(t) => tables.push(t),
                 Err(e) if e.is_not_found() && current_fingerprint(dir) != before => {
                     std::thread::sleep(std::time::Duration::from_millis(20 << attempt));

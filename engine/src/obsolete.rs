@@ -28,6 +28,12 @@ pub(crate) struct FileDeleter {
     wake: Condvar,
 }
 
+impl std::fmt::Debug for FileDeleter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileDeleter")
+    }
+}
+
 #[derive(Default)]
 struct State {
     queue: Vec<PathBuf>,

@@ -47,8 +47,8 @@ pub struct Options {
     /// Bloom filter bits per key; 0 disables filters.
     pub bloom_bits_per_key: u32,
     /// Bytes of blocks cached, decompressed (see `memtables_share_cache` for what else
-    /// this budget covers). With 0, blocks are read straight from the tables' memory maps
-    /// and compressed blocks are decompressed at every read.
+    /// this budget covers). With 0, every block is read from its file (and decompressed)
+    /// at every read.
     pub block_cache_bytes: u64,
     /// Charge memtables, and the indexes and filters open tables keep in memory, against
     /// `block_cache_bytes`: the cache holds at most what they leave (but never less than a
@@ -57,6 +57,16 @@ pub struct Options {
     /// `memtable_bytes`, to two sixteenths more. ([`crate::Stats::table_memory_bytes`]
     /// reports the tables' share.)
     pub memtables_share_cache: bool,
+    /// Table files kept open at once. Each table keeps its index and filter in memory
+    /// whatever this is; a read of a block that is not cached opens the table's file if it
+    /// is not among the `max_open_files` most recently used ones, and closes the least
+    /// recently used one (a few microseconds per open:
+    /// [`crate::Stats::table_file_opens`] counts them). `None` (the default) keeps up to half
+    /// of the process's soft `RLIMIT_NOFILE` open (at least 32), leaving the other half to
+    /// WALs, the manifest, and the tables flushes and compactions write (one per partition
+    /// an output has rows for). Reads in flight can hold a few more files open for their
+    /// duration.
+    pub max_open_files: Option<usize>,
     /// L0 files in one partition that trigger a compaction into its base level. Into a
     /// middle level, L0 then also waits until it holds as many bytes as that level (or twice
     /// this many files), so that each compaction writes at most ~2 bytes per byte it takes
@@ -159,6 +169,7 @@ impl Default for Options {
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
             memtables_share_cache: true,
+            max_open_files: None,
             level0_compaction_trigger: 4,
             level0_slowdown_trigger: 20,
             level0_stop_trigger: 36,
@@ -222,6 +233,12 @@ impl Options {
         }
     }
 
+    /// Table files to keep open: [`Options::max_open_files`], or its default.
+    pub(crate) fn max_open_files(&self) -> usize {
+        self.max_open_files
+            .unwrap_or_else(crate::sst::files::default_max_open_files)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |name: &'static str, reason: &str| {
             Err(Error::InvalidOption {
@@ -232,6 +249,9 @@ impl Options {
         self.partition.validate()?;
         if self.memtable_bytes < 1024 {
             return bad("memtable_bytes", "must be at least 1 KiB");
+        }
+        if self.max_open_files == Some(0) {
+            return bad("max_open_files", "must be at least 1");
         }
         if self.max_immutable_memtables == 0 {
             return bad("max_immutable_memtables", "must be at least 1");

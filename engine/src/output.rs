@@ -140,7 +140,8 @@ impl<'a> Outputs<'a> {
         let number = crate::util::file_number(&path).unwrap_or(0);
         let (_, size) = w.finish()?;
         self.bytes_written += size;
-        let table = Table::open(
+        let table = Table::open_in(
+            &self.inner.table_files,
             self.inner.fs.as_ref(),
             &path,
             number,

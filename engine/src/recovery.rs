@@ -33,6 +33,7 @@ use crate::manifest::{
 use crate::memtable::MemTable;
 use crate::obsolete::FileDeleter;
 use crate::options::{Options, WalRecovery};
+use crate::sst::files::TableFiles;
 use crate::sst::{Table, TableOptions};
 use crate::stats::Counters;
 use crate::types::MAX_SEQNO;
@@ -231,6 +232,7 @@ pub(crate) fn open_tables(
     dir: &Path,
     st: &ManifestState,
     cache: &Arc<BlockCache>,
+    table_files: &Arc<TableFiles>,
     deleter: &Arc<FileDeleter>,
     manifest: &Path,
 ) -> Result<FileSet> {
@@ -246,7 +248,14 @@ pub(crate) fn open_tables(
     let mut metas = Vec::with_capacity(st.files.len());
     for rec in st.files.values() {
         let path = table_file(dir, rec.number);
-        let table = match Table::open(fs.as_ref(), &path, rec.number, Some(cache.clone())) {
+        let opened = Table::open_in(
+            table_files,
+            fs.as_ref(),
+            &path,
+            rec.number,
+            Some(cache.clone()),
+        );
+        let table = match opened {
             Ok(t) => t,
             Err(e) if e.is_not_found() => {
                 return Err(Error::corruption(
@@ -837,16 +846,17 @@ fn load(
     fs: &Arc<dyn Fs>,
     dir: &Path,
     cache: &Arc<BlockCache>,
+    table_files: &Arc<TableFiles>,
     deleter: &Arc<FileDeleter>,
-    memtable_bytes: usize,
-    wal_recovery: WalRecovery,
+    opts: &Options,
     unlisted: &mut Option<u64>,
 ) -> Result<Loaded> {
+    let (memtable_bytes, wal_recovery) = (opts.memtable_bytes, opts.wal_recovery);
     let mut report = RecoveryReport::default();
     let m = read_current(fs.as_ref(), dir)?;
     report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
     let state = replay_manifest(&m)?;
-    let files = open_tables(fs, dir, &state, cache, deleter, &m.path)?;
+    let files = open_tables(fs, dir, &state, cache, table_files, deleter, &m.path)?;
     // Listed before the WALs are read: see `check_unnamed_tables`.
     let unnamed = unnamed_tables(fs.as_ref(), dir, &state)?;
     let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
@@ -1014,6 +1024,7 @@ fn assemble(
     dir: &Path,
     opts: Options,
     cache: Arc<BlockCache>,
+    table_files: Arc<TableFiles>,
     deleter: Arc<FileDeleter>,
     view: View,
     core: Core,
@@ -1027,6 +1038,7 @@ fn assemble(
         dir: dir.to_path_buf(),
         fs: opts.fs.clone(),
         cache,
+        table_files,
         table_opts: TableOptions {
             block_size: opts.block_size,
             compression: opts.compression,
@@ -1144,16 +1156,9 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
         });
     }
     let cache = new_cache(&opts);
+    let table_files = TableFiles::new(fs.clone(), opts.max_open_files());
     let deleter = FileDeleter::new(fs.clone());
-    let loaded = load(
-        &fs,
-        dir,
-        &cache,
-        &deleter,
-        opts.memtable_bytes,
-        opts.wal_recovery,
-        unlisted,
-    )?;
+    let loaded = load(&fs, dir, &cache, &table_files, &deleter, &opts, unlisted)?;
     let view = View {
         mem: Arc::new(MemTable::new(0, opts.memtable_bytes)),
         imm: if loaded.recovered.is_empty() {
@@ -1181,6 +1186,7 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
         dir,
         opts,
         cache,
+        table_files,
         deleter,
         view,
         core,
@@ -1214,18 +1220,11 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .map_err(|e| Error::io(&lock_path, e))?
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
     let cache = new_cache(&opts);
+    let table_files = TableFiles::new(fs.clone(), opts.max_open_files());
     let deleter = FileDeleter::new(fs.clone());
     let current = dir.join(CURRENT);
     let loaded = if fs.exists(&current).map_err(|e| Error::io(&current, e))? {
-        load(
-            &fs,
-            &dir,
-            &cache,
-            &deleter,
-            opts.memtable_bytes,
-            opts.wal_recovery,
-            &mut None,
-        )?
+        load(&fs, &dir, &cache, &table_files, &deleter, &opts, &mut None)?
     } else if opts.create_if_missing {
         fresh(&fs, &dir, &opts)?
     } else {
@@ -1337,6 +1336,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         &dir,
         opts,
         cache,
+        table_files,
         deleter,
         view,
         core,

@@ -221,6 +221,12 @@ pub struct Stats {
     pub block_cache_bytes: u64,
     /// Heap bytes open tables keep for as long as they are open: indexes, filters.
     pub table_memory_bytes: u64,
+    /// Table files open now (at most [`crate::Options::max_open_files`], plus any a read in
+    /// flight holds past its eviction).
+    pub open_table_files: usize,
+    /// Table files opened since the database opened: it grows with reads when more tables
+    /// are read than `max_open_files` keeps open.
+    pub table_file_opens: u64,
     pub live_sst_bytes: u64,
     pub last_seqno: u64,
     /// Background errors: each one that writes went on through (a compaction retried, say),

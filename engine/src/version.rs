@@ -8,7 +8,7 @@
 //! Reads never rely on position for recency: they compare seqnos (see `read.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,36 +34,12 @@ pub struct FileMeta {
     pub max_seqno: u64,
     pub entries: u64,
     pub table: Arc<Table>,
-    /// Whether the file is obsolete, shared by every record of it.
-    file: Arc<TableFile>,
+    /// Deletes the file once it is obsolete and its table has dropped
+    /// ([`FileMeta::mark_obsolete`]).
+    deleter: Arc<FileDeleter>,
     /// Scans this L0 file may still cost before it is worth compacting (see
     /// [`FileMeta::charge_seek`]).
     seeks_left: AtomicI64,
-}
-
-/// The file behind a table, shared by every record of it: a trivial move makes a new record
-/// (at another level) of the same file, and views taken before it still hold the old one.
-/// Set obsolete once a manifest edit has removed the file; deleted when the last record of
-/// it is dropped, so a view of any age can still reach it by path (a checkpoint links it).
-/// The deletion goes to the [`FileDeleter`]: the last holder may be a reader.
-struct TableFile {
-    obsolete: AtomicBool,
-    path: std::path::PathBuf,
-    deleter: Arc<FileDeleter>,
-}
-
-impl std::fmt::Debug for TableFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TableFile({})", self.path.display())
-    }
-}
-
-impl Drop for TableFile {
-    fn drop(&mut self) {
-        if self.obsolete.load(Ordering::Acquire) {
-            self.deleter.delete(std::mem::take(&mut self.path));
-        }
-    }
 }
 
 /// Bytes of compaction one wasted seek is worth: an L0 file may be sought, by scans that
@@ -88,15 +64,6 @@ pub fn seek_allowance(bytes: u64) -> i64 {
 impl FileMeta {
     /// Builds the in-memory record of a table that was just written or opened.
     pub fn new(table: Arc<Table>, level: u8, deleter: Arc<FileDeleter>) -> FileMeta {
-        let file = Arc::new(TableFile {
-            obsolete: AtomicBool::new(false),
-            path: table.path().to_path_buf(),
-            deleter,
-        });
-        Self::with_file(table, level, file)
-    }
-
-    fn with_file(table: Arc<Table>, level: u8, file: Arc<TableFile>) -> FileMeta {
         let p = table.props();
         let size = table.file_size();
         FileMeta {
@@ -112,7 +79,7 @@ impl FileMeta {
             max_seqno: p.max_seqno,
             entries: p.entries,
             table,
-            file,
+            deleter,
             seeks_left: AtomicI64::new(seek_allowance(size)),
         }
     }
@@ -132,11 +99,16 @@ impl FileMeta {
 
     /// The same table at another level (a trivial move).
     pub fn at_level(&self, level: u8) -> FileMeta {
-        FileMeta::with_file(self.table.clone(), level, self.file.clone())
+        FileMeta::new(self.table.clone(), level, self.deleter.clone())
     }
 
+    /// Once a manifest edit has removed the file: it is deleted when the last holder of its
+    /// table lets go — every record of it (a trivial move makes another record of the same
+    /// table), every view, every reader — so a view of any age can still open it, or link
+    /// it (a checkpoint). The deletion goes to the [`FileDeleter`]: the last holder may be a
+    /// reader.
     pub fn mark_obsolete(&self) {
-        self.file.obsolete.store(true, Ordering::Release);
+        self.table.delete_when_dropped(&self.deleter);
     }
 
     pub fn record(&self) -> FileRecord {

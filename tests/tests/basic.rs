@@ -469,3 +469,111 @@ fn calls_on_a_closed_database_answer_closed() {
     );
     assert!(!ran, "fenced ran its closure on a closed database");
 }
+
+/// The database's table files open in this process now: `/proc/self/fd` entries that
+/// point at a `.sst` file in `dir`.
+fn open_table_fds(dir: &std::path::Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(&dir) && p.extension().is_some_and(|x| x == "sst"))
+        .count()
+}
+
+fn sst_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .collect()
+}
+
+/// Options that leave L0 files to pile up, keeping `max_open_files` table files open.
+fn piling_l0(max_open_files: Option<usize>) -> Options {
+    Options {
+        max_open_files,
+        level0_compaction_trigger: 100,
+        level0_slowdown_trigger: 200,
+        level0_stop_trigger: 300,
+        ..Options::tiny()
+    }
+}
+
+/// Five overlapping L0 tables written in five rounds of the same keys.
+fn five_rounds(db: &Db, keys: u32) {
+    for round in 0..5u32 {
+        for i in 0..keys {
+            db.put(format!("k{i:05}"), format!("{round}-{i}")).unwrap();
+        }
+        db.flush().unwrap();
+    }
+}
+
+/// With one table file kept open, an iterator taken before a compaction reads every
+/// table the compaction replaced, reopening their files as it goes: they are not deleted
+/// while it lives, and are once it drops.
+#[test]
+fn an_iterator_reads_replaced_tables_through_a_one_file_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), piling_l0(Some(1))).unwrap();
+    five_rounds(&db, 1500);
+    let before = sst_files(dir.path());
+    assert!(before.len() >= 5, "{before:?}");
+    let mut it = db.range(..);
+    let (k, v) = it.next().unwrap().unwrap();
+    assert_eq!((&k[..], &v[..]), (&b"k00000"[..], &b"4-0"[..]));
+    db.compact().unwrap();
+    assert!(
+        sst_files(dir.path()).len() > before.len(),
+        "compaction wrote new tables"
+    );
+    for p in &before {
+        assert!(p.exists(), "{} deleted under a live iterator", p.display());
+    }
+    let mut n = 1;
+    for r in it.by_ref() {
+        let (k, v) = r.unwrap();
+        let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+        assert_eq!(v, format!("4-{i}").as_bytes());
+        n += 1;
+    }
+    assert_eq!(n, 1500);
+    let s = db.stats();
+    assert!(s.open_table_files <= 1, "{} open", s.open_table_files);
+    assert!(
+        s.table_file_opens > before.len() as u64,
+        "files were reopened"
+    );
+    assert!(
+        open_table_fds(dir.path()) <= 2,
+        "one kept, one a read may hold"
+    );
+    drop(it);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while before.iter().any(|p| p.exists()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for p in &before {
+        assert!(!p.exists(), "{} outlived its last reader", p.display());
+    }
+    db.close().unwrap();
+}
+
+/// `close` closes every table file, though an iterator lives on, which still reads
+/// everything, opening each file only for the read.
+#[test]
+fn close_closes_table_files_an_iterator_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), piling_l0(None)).unwrap();
+    five_rounds(&db, 1500);
+    let mut it = db.range(..);
+    assert!(it.next().unwrap().is_ok());
+    assert!(open_table_fds(dir.path()) >= 5);
+    db.close().unwrap();
+    assert_eq!(open_table_fds(dir.path()), 0, "close left table files open");
+    let rest: Vec<_> = it.collect::<sluice::Result<_>>().unwrap();
+    assert_eq!(rest.len(), 1499);
+    assert_eq!(&rest[1498].1[..], b"4-1499");
+    assert_eq!(open_table_fds(dir.path()), 0);
+}

@@ -3,6 +3,7 @@
 pub mod block;
 pub mod bloom;
 pub mod codec;
+pub(crate) mod files;
 pub mod format;
 pub mod reader;
 pub mod writer;

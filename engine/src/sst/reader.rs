@@ -10,7 +10,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -18,9 +18,11 @@ use crate::cache::BlockCache;
 use crate::coding::Decoder;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, MemRead, RandomRead};
+use crate::obsolete::FileDeleter;
 use crate::sst::block::Block;
 use crate::sst::bloom;
 use crate::sst::codec;
+use crate::sst::files::TableFiles;
 use crate::sst::format::{
     checked_block, BlockHandle, Footer, TableProps, BLOCK_TRAILER_LEN, FOOTER_LEN,
 };
@@ -133,12 +135,20 @@ pub struct Table {
     reader: Box<dyn RandomRead>,
     /// Heap bytes registered with the cache ([`BlockCache::pin`]) until the table drops.
     pinned: u64,
+    /// Set once a manifest edit has removed the file ([`Table::delete_when_dropped`]): the
+    /// file is deleted when the table drops, and not before, so every holder of the table
+    /// can still open it ([`TableFiles`] closes files it has not read lately) or link it
+    /// (a checkpoint).
+    delete_with: OnceLock<Arc<FileDeleter>>,
 }
 
 impl Drop for Table {
     fn drop(&mut self) {
         if let Some(c) = &self.cache {
             c.unpin(self.pinned);
+        }
+        if let Some(d) = self.delete_with.take() {
+            d.delete(std::mem::take(&mut self.path));
         }
     }
 }
@@ -160,6 +170,26 @@ impl Table {
         let reader = fs.open_random(path).map_err(|e| Error::io(path, e))?;
         let len = fs.file_size(path).map_err(|e| Error::io(path, e))?;
         Self::with_reader(reader, len, path, id, cache)
+    }
+
+    /// Opens and checks a table file whose descriptor `files` keeps while it is among those
+    /// most recently read (a database's tables).
+    pub(crate) fn open_in(
+        files: &Arc<TableFiles>,
+        fs: &dyn Fs,
+        path: &Path,
+        id: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
+        let reader = files.reader(path, id).map_err(|e| Error::io(path, e))?;
+        let len = fs.file_size(path).map_err(|e| Error::io(path, e))?;
+        Self::with_reader(reader, len, path, id, cache)
+    }
+
+    /// Deletes the file once the table drops (the last view or reader holding it lets go),
+    /// with `deleter`.
+    pub(crate) fn delete_when_dropped(&self, deleter: &Arc<FileDeleter>) {
+        let _ = self.delete_with.set(deleter.clone());
     }
 
     /// A table over `data`, the whole file's bytes.
@@ -311,6 +341,7 @@ impl Table {
             cache,
             reader,
             pinned: 0,
+            delete_with: OnceLock::new(),
         })
     }
 

@@ -1,0 +1,246 @@
+//! The open table files: at most `max_open_files` descriptors, however many tables there
+//! are.
+//!
+//! An open [`Table`](crate::sst::Table) keeps its index and filter in memory, but not its
+//! file descriptor: each read of its blocks asks [`TableFiles`] for the file, which opens it
+//! if it is not among the most recently used ones, and closes the least recently used one
+//! when that makes one too many. A database of 7,000 tables thus opens under a descriptor
+//! limit of 256, where one descriptor per table could not.
+//!
+//! A file evicted while a read is in it stays open until that read returns, so the count
+//! can pass the cap by the reads in flight. A table file is deleted only once its last
+//! `Table` has dropped (`Table`'s drop), so a table can always reopen its file.
+//!
+//! Once closed ([`TableFiles::close`], at the database's close) nothing is kept open: a
+//! read by an iterator or snapshot that outlived the database opens the file, reads and
+//! closes it again.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+
+use crate::fs::{Fs, RandomRead};
+
+/// Descriptors kept for table files when [`crate::Options::max_open_files`] is `None`: a
+/// half of the process's soft `RLIMIT_NOFILE`, leaving the rest to WALs, the manifest, the
+/// tables flushes and compactions write, and the embedding program.
+pub fn default_max_open_files() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let half = soft.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX));
+    half.clamp(MIN_DEFAULT, MAX_DEFAULT)
+}
+
+/// Bounds of [`default_max_open_files`]: below 32 even a small database reopens files on
+/// most reads; past a million the cache's bookkeeping is the larger cost.
+const MIN_DEFAULT: usize = 32;
+const MAX_DEFAULT: usize = 1 << 20;
+
+pub(crate) struct TableFiles {
+    fs: Arc<dyn Fs>,
+    /// Open files by table id (the file number).
+    open: Cache<u64, Arc<dyn RandomRead>>,
+    closed: AtomicBool,
+    /// Files opened, ever: a count that climbs with every read means the cap is too small
+    /// for the tables read.
+    opens: AtomicU64,
+}
+
+impl TableFiles {
+    /// Keeps at most `capacity` files open (at least one).
+    pub fn new(fs: Arc<dyn Fs>, capacity: usize) -> Arc<TableFiles> {
+        let capacity = capacity.max(1);
+        // The cache splits its capacity among its shards, rounding each share up; with a
+        // share rounded down instead, the shards together stay within the cap.
+        // Shards of at least 64 files, at most 16 of them, a power of two.
+        let shards = 1 << (capacity / 64).clamp(1, 16).ilog2();
+        let per_shard = capacity / shards;
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(per_shard * shards)
+            .weight_capacity((per_shard * shards) as u64)
+            .build()
+            .expect("every field is set");
+        Arc::new(TableFiles {
+            fs,
+            open: Cache::with_options(
+                options,
+                quick_cache::UnitWeighter,
+                Default::default(),
+                Default::default(),
+            ),
+            closed: AtomicBool::new(false),
+            opens: AtomicU64::new(0),
+        })
+    }
+
+    /// The reader a table of id `id`, whose file is `path`, reads with. Opens the file now,
+    /// so a file that cannot be opened fails here, at the table's open.
+    pub fn reader(self: &Arc<Self>, path: &Path, id: u64) -> io::Result<Box<dyn RandomRead>> {
+        let r = CachedFile {
+            files: self.clone(),
+            id,
+            path: path.to_path_buf(),
+        };
+        r.with(|_| Ok(()))?;
+        Ok(Box::new(r))
+    }
+
+    /// Files open now (not counting any an evicting read still holds).
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Files opened since the database opened.
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+
+    /// Closes every file kept open, and keeps none open from now on.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.open.clear();
+    }
+
+    fn open_file(&self, path: &Path) -> io::Result<Arc<dyn RandomRead>> {
+        let f = self.fs.open_random(path)?;
+        self.opens.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::from(f))
+    }
+}
+
+/// A table's reader: its file, fetched from [`TableFiles`] for each read.
+struct CachedFile {
+    files: Arc<TableFiles>,
+    id: u64,
+    path: PathBuf,
+}
+
+impl CachedFile {
+    fn with<R>(&self, read: impl FnOnce(&dyn RandomRead) -> io::Result<R>) -> io::Result<R> {
+        let files = &self.files;
+        if files.closed.load(Ordering::Acquire) {
+            return read(files.open_file(&self.path)?.as_ref());
+        }
+        let f = files
+            .open
+            .get_or_insert_with(&self.id, || files.open_file(&self.path))?;
+        read(f.as_ref())
+    }
+}
+
+impl RandomRead for CachedFile {
+    fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+        self.with(|f| f.read_exact_at_into(buf, len, offset))
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.with(|f| f.read_exact_at(buf, offset))
+    }
+}
+
+impl Drop for CachedFile {
+    fn drop(&mut self) {
+        // The table is gone: its file need not stay open (nor keep a deleted file's blocks
+        // allocated on disk).
+        self.files.open.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::StdFs;
+
+    fn files(dir: &Path, n: u64) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let p = dir.join(format!("{i}.bin"));
+                std::fs::write(&p, i.to_le_bytes()).unwrap();
+                p
+            })
+            .collect()
+    }
+
+    fn read(r: &dyn RandomRead) -> u64 {
+        let mut b = [0u8; 8];
+        r.read_exact_at(&mut b, 0).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    /// However many files are read, at most `capacity` stay open, and each read still reads
+    /// its own file; a file read again after eviction is opened again.
+    #[test]
+    fn at_most_capacity_files_stay_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = files(dir.path(), 300);
+        for cap in [1, 7, 64, 100, 1000] {
+            let tf = TableFiles::new(Arc::new(StdFs), cap);
+            let readers: Vec<_> = paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| tf.reader(p, i as u64).unwrap())
+                .collect();
+            for round in 0..3 {
+                for (i, r) in readers.iter().enumerate() {
+                    assert_eq!(read(r.as_ref()), i as u64, "cap {cap} round {round}");
+                    assert!(tf.open_count() <= cap, "cap {cap}: {}", tf.open_count());
+                }
+            }
+            if cap >= paths.len() {
+                assert_eq!(tf.opens(), paths.len() as u64, "cap {cap}: all stay open");
+            } else {
+                assert!(
+                    tf.opens() > paths.len() as u64,
+                    "cap {cap}: evicted files reopen"
+                );
+            }
+            drop(readers);
+            assert_eq!(
+                tf.open_count(),
+                0,
+                "cap {cap}: a dropped table's file closes"
+            );
+        }
+    }
+
+    /// After `close`, nothing stays open, and reads still work.
+    #[test]
+    fn a_closed_cache_keeps_nothing_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = files(dir.path(), 10);
+        let tf = TableFiles::new(Arc::new(StdFs), 100);
+        let readers: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| tf.reader(p, i as u64).unwrap())
+            .collect();
+        assert_eq!(tf.open_count(), 10);
+        tf.close();
+        assert_eq!(tf.open_count(), 0);
+        for (i, r) in readers.iter().enumerate() {
+            assert_eq!(read(r.as_ref()), i as u64);
+        }
+        assert_eq!(tf.open_count(), 0);
+        assert_eq!(tf.opens(), 20);
+    }
+
+    /// A file that cannot be opened fails at the table's open; one removed behind a reader
+    /// whose file was closed fails that read with an error, not a panic.
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = files(dir.path(), 3);
+        let tf = TableFiles::new(Arc::new(StdFs), 1);
+        assert!(tf.reader(&dir.path().join("none"), 9).is_err());
+        let a = tf.reader(&paths[0], 0).unwrap();
+        std::fs::remove_file(&paths[0]).unwrap();
+        let mut buf = [0u8; 8];
+        a.read_exact_at(&mut buf, 0).unwrap(); // still open
+        tf.close();
+        let e = a.read_exact_at(&mut buf, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+}

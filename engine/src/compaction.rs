@@ -1418,8 +1418,8 @@ mod tests {
     ) -> Arc<FileMeta> {
         use crate::sst::writer::{TableOwner, TableWriter};
         let path = dir.join(format!("{number:06}.sst"));
-        let mut w = TableWriter::create(
-            db.inner.fs.as_ref(),
+        let mut w = TableWriter::new(
+            db.inner.fs.clone(),
             &path,
             db.inner.table_opts.clone(),
             TableOwner {

@@ -116,8 +116,8 @@ impl<'a> Outputs<'a> {
         if !self.writers.contains_key(&wkey) {
             let number = self.inner.core.lock().new_file_number();
             self.created.push(number);
-            let w = TableWriter::create(
-                self.inner.fs.as_ref(),
+            let w = TableWriter::new(
+                self.inner.fs.clone(),
                 &self.inner.sst_path(number),
                 self.inner.table_opts.clone(),
                 TableOwner {

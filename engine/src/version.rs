@@ -536,7 +536,7 @@ mod tests {
             fingerprint: 0,
             partition: 0,
         };
-        let mut w = TableWriter::create(&StdFs, &path, opts, owner).unwrap();
+        let mut w = TableWriter::new(std::sync::Arc::new(StdFs), &path, opts, owner).unwrap();
         for (n, i) in keys.step_by(2).enumerate() {
             w.add(&Entry {
                 key: Bytes::from(format!("k{i:05}")),

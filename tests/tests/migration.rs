@@ -428,8 +428,8 @@ fn partition_scoped_reads_report_moved_values() {
     let props = t.props().clone();
     let o = Options::tiny();
     let tmp = dir.path().join("rewrite.tmp");
-    let mut w = TableWriter::create(
-        &StdFs,
+    let mut w = TableWriter::new(
+        std::sync::Arc::new(StdFs),
         &tmp,
         TableOptions {
             block_size: o.block_size,

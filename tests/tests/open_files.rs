@@ -1,6 +1,7 @@
 //! A database of many more tables than the process may open files: it opens, reads,
 //! writes, compacts and reopens under a low `RLIMIT_NOFILE`, keeping at most
-//! `max_open_files` table files open.
+//! `max_open_files` table files open. And a flush into many more partitions than that
+//! limit: its table writers hold a descriptor only once they have 256 KiB to write.
 //!
 //! One test in a binary of its own: the limit is the process's, and the open descriptors
 //! are counted in `/proc/self/fd`.
@@ -97,6 +98,25 @@ fn many_tables_under_a_low_file_limit() {
         db.close().unwrap();
         let db = Db::open(dir.path(), options()).unwrap();
         check(&db, &round);
+        db.close().unwrap();
+
+        // One flush writes a table into each of 512 partitions, four times the limit.
+        let wide = tempfile::tempdir().unwrap();
+        let opts = || Options {
+            partition: hash(512, 3),
+            ..Options::default()
+        };
+        let db = Db::open(wide.path(), opts()).unwrap();
+        for i in 0..KEYS {
+            db.put(key(i), value(i, 2)).unwrap();
+        }
+        db.flush().unwrap();
+        let l0 = db.stats().levels[0].files;
+        assert!(l0 as u64 > 3 * LIMIT, "{l0} tables flushed");
+        check(&db, &|_| 2);
+        db.close().unwrap();
+        let db = Db::open(wide.path(), opts()).unwrap();
+        check(&db, &|_| 2);
         db.close().unwrap();
     });
     setrlimit(Resource::Nofile, saved).unwrap();

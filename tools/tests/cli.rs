@@ -1320,8 +1320,8 @@ fn verify_finds_a_key_placed_in_the_wrong_partition() {
     let wrong = (right + 1) % 4;
     let number = st.next_file + 100;
     let path = st.table_path(number);
-    let mut w = TableWriter::create(
-        &sluice::fs::StdFs,
+    let mut w = TableWriter::new(
+        std::sync::Arc::new(sluice::fs::StdFs),
         &path,
         TableOptions {
             block_size: 4096,

@@ -129,8 +129,13 @@ pub fn write_table(
         fingerprint: 0,
         partition: 0,
     };
-    let mut w = TableWriter::create(&StdFs, &path, table_options(compression), owner)
-        .expect("create table");
+    let mut w = TableWriter::new(
+        std::sync::Arc::new(StdFs),
+        &path,
+        table_options(compression),
+        owner,
+    )
+    .expect("create table");
     for e in entries {
         w.add(e).expect("add entry");
     }

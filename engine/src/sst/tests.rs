@@ -64,8 +64,8 @@ pub(crate) fn write_sized(
     key_delta: bool,
     block_size: usize,
 ) -> TableProps {
-    let mut w = TableWriter::create(
-        &StdFs,
+    let mut w = TableWriter::new(
+        std::sync::Arc::new(StdFs),
         path,
         TableOptions {
             block_size,

@@ -1,6 +1,7 @@
 //! Writes one SSTable from entries given in internal order.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::coding::put_varint;
 use crate::error::{Error, Result};
@@ -34,10 +35,18 @@ pub struct TableOwner {
     pub partition: u32,
 }
 
+/// Bytes a writer gathers before it appends them to its file.
 const WRITE_BUFFER: usize = 256 << 10;
 
+/// Writes one table. The file is created when the first [`WRITE_BUFFER`] bytes are written
+/// out, or at [`TableWriter::finish`]: a flush or compaction holds one writer per output
+/// partition, and a layout of thousands of partitions must not need a descriptor per
+/// partition for the whole job. Only writers past 256 KiB hold one, so a job holds at most
+/// one per 256 KiB it has written and not yet finished.
 pub struct TableWriter {
-    file: Box<dyn WritableFile>,
+    /// The file once created.
+    file: Option<Box<dyn WritableFile>>,
+    fs: Arc<dyn Fs>,
     path: PathBuf,
     opts: TableOptions,
     owner: TableOwner,
@@ -67,13 +76,14 @@ enum BlockRole {
 }
 
 impl TableWriter {
-    pub fn create(
-        fs: &dyn Fs,
+    /// A writer of the table at `path` (created, or truncated, once the first bytes are
+    /// written out).
+    pub fn new(
+        fs: Arc<dyn Fs>,
         path: &Path,
         opts: TableOptions,
         owner: TableOwner,
     ) -> Result<TableWriter> {
-        let file = fs.create(path).map_err(|e| Error::io(path, e))?;
         let compressor = match opts.compression {
             Compression::Zstd(level) => {
                 let mut c = zstd::bulk::Compressor::new(level).map_err(|e| Error::io(path, e))?;
@@ -87,7 +97,8 @@ impl TableWriter {
             Compression::None => None,
         };
         Ok(TableWriter {
-            file,
+            file: None,
+            fs,
             path: path.to_path_buf(),
             bloom: BloomBuilder::new(opts.bloom_bits_per_key),
             props: TableProps {
@@ -261,11 +272,23 @@ impl TableWriter {
         })
     }
 
+    /// The file, created now if it was not.
+    fn file(&mut self) -> Result<&mut dyn WritableFile> {
+        if self.file.is_none() {
+            let f = self.fs.create(&self.path);
+            self.file = Some(f.map_err(|e| Error::io(&self.path, e))?);
+        }
+        Ok(self.file.as_deref_mut().expect("just created"))
+    }
+
     fn flush_out(&mut self) -> Result<()> {
         if !self.out.is_empty() {
-            self.file
-                .append(&self.out)
-                .map_err(|e| Error::io(&self.path, e))?;
+            let (out, path) = (std::mem::take(&mut self.out), self.path.clone());
+            let r = self
+                .file()
+                .and_then(|f| f.append(&out).map_err(|e| Error::io(&path, e)));
+            self.out = out;
+            r?;
             self.offset += self.out.len() as u64;
             self.out.clear();
         }
@@ -298,7 +321,8 @@ impl TableWriter {
         };
         self.out.extend_from_slice(&footer.encode());
         self.flush_out()?;
-        self.file.sync().map_err(|e| Error::io(&self.path, e))?;
+        let path = self.path.clone();
+        self.file()?.sync().map_err(|e| Error::io(&path, e))?;
         Ok((self.props, self.offset))
     }
 }

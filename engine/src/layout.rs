@@ -758,6 +758,13 @@ mod tests {
         };
         assert!(inert.refuse_inert_split().is_err());
         assert_eq!(PartitionSpec::from_bytes(&inert.to_bytes()).unwrap(), inert);
+        // Nor can one be shadowed, or registered.
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        let e = db.set_shadow(Some(inert.clone())).unwrap_err().to_string();
+        assert!(e.contains("already a seed of its base"), "{e}");
+        assert!(db.shadow_load().is_none());
+        assert!(db.register_partition_fn(inert).is_err());
     }
 
     #[test]

@@ -304,6 +304,8 @@ impl Inner {
     pub fn set_shadow(&self, spec: Option<PartitionSpec>) -> Result<()> {
         match spec {
             Some(s) => {
+                // A candidate that could never be registered is not worth watching.
+                s.refuse_inert_split()?;
                 let f = Arc::new(PartitionFn::new(s)?);
                 self.shadow
                     .store(Some(Arc::new(PartitionLoad::new(None, f))));

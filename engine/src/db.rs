@@ -345,6 +345,8 @@ pub(crate) struct Inner {
     /// Traffic per partition of the target layout, and of a shadowed candidate function.
     pub load: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
     pub shadow: arc_swap::ArcSwapOption<crate::load::PartitionLoad>,
+    /// Keys written since the marks of large transactions (see `recent.rs`).
+    pub recent: Arc<crate::recent::RecentWrites>,
     pub admission: crate::load::Admission,
     /// Held by a claim of the controller role and by a call made under a controller's
     /// epoch ([`Db::fenced`]): a claim never lands in the middle of such a call.

@@ -54,6 +54,7 @@ mod obsolete;
 mod options;
 mod output;
 mod read;
+mod recent;
 mod recovery;
 mod scan;
 mod snapshot;

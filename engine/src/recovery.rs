@@ -1095,6 +1095,7 @@ fn assemble(
             files.target_layout().func.clone(),
         )),
         shadow: arc_swap::ArcSwapOption::empty(),
+        recent: Default::default(),
         admission: crate::load::Admission::new(),
         opts,
     }

@@ -22,6 +22,9 @@ pub(crate) enum Point {
     /// [`crate::inspect::sample_index_keys_in_dir`], after it read the directory's state
     /// and before it opens the tables that state names.
     SampleAfterDirState,
+    /// A commit of a large transaction, after it checked its read set up to its mark and
+    /// before it joins the write queue (see `recent.rs`).
+    TransactionAfterMark,
 }
 
 type Hook = (Point, Box<dyn FnOnce()>);

@@ -27,7 +27,17 @@ const MAX_GROUP_BYTES: usize = 1 << 20;
 /// newer than the snapshot the transaction read at.
 pub(crate) struct ReadSet {
     pub snapshot: u64,
+    /// Sorted, each once.
     pub keys: Vec<Bytes>,
+    /// Set for a large read set checked up to a mark before the commit (see `recent.rs`).
+    pub checked: Option<CheckedToMark>,
+}
+
+/// A read set checked, outside the WAL lock, against every write up to `mark`; `hashes`
+/// are its keys' hashes, to look up the writes made after the mark.
+pub(crate) struct CheckedToMark {
+    mark: crate::recent::Mark,
+    hashes: HashSet<u64>,
 }
 
 /// What group commit learns about its writers, to size synced groups and to wait well.
@@ -221,6 +231,15 @@ impl Inner {
         let _inside = self.group.enter();
         self.throttle(batch.size_bytes())?;
         *admitted = self.admit(&batch)?;
+        let validate = match validate {
+            Some(rs) if rs.keys.len() >= crate::recent::TWO_STEP_MIN_KEYS => {
+                let rs = self.check_to_mark(rs)?;
+                #[cfg(test)]
+                crate::test_hooks::reach(crate::test_hooks::Point::TransactionAfterMark);
+                Some(rs)
+            }
+            v => v,
+        };
         let w = Arc::new(Writer {
             size: batch.size_bytes(),
             ops: batch.len() as u64,
@@ -337,14 +356,20 @@ impl Inner {
                 continue;
             };
             if let Some(rs) = &w.validate {
-                let keys = group_keys.get_or_insert_with(|| {
-                    let mut set = HashSet::new();
-                    for (_, prev) in &batches {
-                        collect_keys(prev, &mut set);
+                let found = match &rs.checked {
+                    Some(c) => self.conflict_after_mark(&view, rs, c, &batches),
+                    None => {
+                        let keys = group_keys.get_or_insert_with(|| {
+                            let mut set = HashSet::new();
+                            for (_, prev) in &batches {
+                                collect_keys(prev, &mut set);
+                            }
+                            set
+                        });
+                        self.first_conflict(&view, rs, keys)
                     }
-                    set
-                });
-                match self.first_conflict(&view, rs, keys) {
+                };
+                match found {
                     Ok(None) => {}
                     Ok(Some(k)) => {
                         outcomes.push(Err(Error::Conflict { key: k.to_vec() }));
@@ -400,6 +425,9 @@ impl Inner {
         Counters::add(&self.counters.writes, ops);
         let load = self.load.load();
         let shadow = self.shadow.load();
+        // A large transaction checking its read set up to a mark needs the keys written
+        // after it (see `recent.rs`).
+        let mut written = self.recent.active().then(Vec::new);
         for (first, b) in batches {
             let mut s = first;
             WriteBatch::for_each_op(b.ops_bytes(), wal.log.path(), 0, |kind, key, value| {
@@ -409,9 +437,15 @@ impl Inner {
                 if let Some(l) = shadow.as_ref() {
                     l.record_write(key, key.len() + value.len());
                 }
+                if let Some(w) = written.as_mut() {
+                    w.push((s, crate::sst::bloom::key_hash(key)));
+                }
                 view.mem.insert(key, s, kind, value);
                 s += 1;
             })?;
+        }
+        if let Some(w) = written {
+            self.recent.record(w);
         }
         wal.last_seqno = seq - 1;
         self.visible.store(seq - 1, Ordering::Release);
@@ -419,6 +453,65 @@ impl Inner {
     }
 
     /// The first key of a read set that changed after the transaction's snapshot.
+    /// Checks a large read set against every write up to now, outside the WAL lock, and
+    /// sets a mark first so the commit group need check only the writes made after it
+    /// (see `recent.rs`). A conflict found here fails the commit at once.
+    fn check_to_mark(&self, mut rs: ReadSet) -> Result<ReadSet> {
+        debug_assert!(rs.keys.windows(2).all(|w| w[0] < w[1]), "sorted, each once");
+        let mark = {
+            let wal = self.wal.lock();
+            self.recent.mark(wal.last_seqno)
+        };
+        // Loaded after the mark: it holds every write up to it.
+        let view = self.view.load();
+        let mut hashes = HashSet::with_capacity(rs.keys.len());
+        for k in &rs.keys {
+            if crate::read::changed_since(&view, k, rs.snapshot)? {
+                return Err(Error::Conflict { key: k.to_vec() });
+            }
+            hashes.insert(crate::sst::bloom::key_hash(k));
+        }
+        rs.checked = Some(CheckedToMark { mark, hashes });
+        Ok(rs)
+    }
+
+    /// A key of `rs` (checked up to a mark: `c`) that a write after the mark changed:
+    /// one of `earlier`, the batches before it in this commit group, or one recorded since
+    /// the mark. Recorded hashes only point at candidates; each is checked exactly.
+    fn conflict_after_mark<'a>(
+        &self,
+        view: &View,
+        rs: &'a ReadSet,
+        c: &CheckedToMark,
+        earlier: &[(u64, WriteBatch)],
+    ) -> Result<Option<&'a Bytes>> {
+        let mut earlier_keys = HashSet::new();
+        for (_, prev) in earlier {
+            collect_keys(prev, &mut earlier_keys);
+        }
+        let hits: HashSet<u64> = match self.recent.since(c.mark.seqno, &c.hashes) {
+            crate::recent::Since::Matches(h) => h.into_iter().collect(),
+            // The log gave up: check every key, as for a small read set.
+            crate::recent::Since::Lost => return self.first_conflict(view, rs, &earlier_keys),
+        };
+        for k in &earlier_keys {
+            if let Ok(i) = rs.keys.binary_search(k) {
+                return Ok(Some(&rs.keys[i]));
+            }
+        }
+        if hits.is_empty() {
+            return Ok(None);
+        }
+        for k in &rs.keys {
+            if hits.contains(&crate::sst::bloom::key_hash(k))
+                && crate::read::changed_since(view, k, rs.snapshot)?
+            {
+                return Ok(Some(k));
+            }
+        }
+        Ok(None)
+    }
+
     fn first_conflict<'a>(
         &self,
         view: &View,

@@ -447,7 +447,28 @@ fn overlap_range(files: &[Arc<FileMeta>]) -> (Bytes, Bytes) {
 
 impl Inner {
     /// Picks the most urgent compaction in the target layout, marking its partition busy.
+    ///
+    /// A pick that finds nothing is remembered: what it scores depends only on the file
+    /// set, the options, the partitions busy and the files whose seek allowance is spent,
+    /// so until the set changes, an allowance runs out or a job ends, the next pick is
+    /// skipped. An idle database of 4096 partitions spent ~4% of a core scoring every
+    /// partition each 100 ms (BENCHMARKS.md §1, "Idle CPU").
     pub(crate) fn pick_compaction(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
+        let spent = crate::version::seek_allowances_spent();
+        if let Some((set, n)) = &core.nothing_to_compact {
+            if *n == spent && std::ptr::eq(set.as_ptr(), Arc::as_ptr(&view.files)) {
+                return None;
+            }
+        }
+        let job = self.pick_compaction_now(core, view);
+        core.nothing_to_compact = match job {
+            None => Some((Arc::downgrade(&view.files), spent)),
+            Some(_) => None,
+        };
+        job
+    }
+
+    fn pick_compaction_now(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
         let files = &view.files;
         let layout = files.layouts.get(&files.target)?;
         let (pi, level) =
@@ -677,6 +698,8 @@ impl Inner {
     /// Releases what a job held: its partition, its reserved output range, and its
     /// registration as a writer into the target layout.
     pub(crate) fn release_job(&self, core: &mut Core, job: &CompactionJob) {
+        // Its partitions may compact again (after a failure, in the same file set).
+        core.nothing_to_compact = None;
         for p in &job.sources {
             core.busy.remove(&(job.version, *p));
         }

@@ -208,6 +208,12 @@ pub(crate) struct Core {
     pub registry: Registry,
     /// Partitions (version, partition) with a compaction in flight.
     pub busy: HashSet<(u32, u32)>,
+    /// The file set in which the last compaction pick found nothing to do, and the
+    /// process's count of spent seek allowances then: until either changes (or a job
+    /// ends, freeing its partitions), the next pick would find nothing either, and is
+    /// skipped (see [`Inner::pick_compaction`]). A `Weak` keeps the set's allocation, so
+    /// another set cannot take its address.
+    pub nothing_to_compact: Option<(std::sync::Weak<crate::version::FileSet>, u64)>,
     pub flushing: bool,
     /// In-flight jobs writing outputs into each layout version (blocks its retirement).
     pub writing_to: HashMap<u32, usize>,

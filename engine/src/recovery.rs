@@ -1114,6 +1114,7 @@ fn new_core(
         flushed_seqno: state.last_seqno,
         registry: state.registry.clone(),
         busy: Default::default(),
+        nothing_to_compact: None,
         flushing: false,
         writing_to: Default::default(),
         controller: state.controller.clone(),

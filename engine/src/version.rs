@@ -42,6 +42,16 @@ pub struct FileMeta {
     seeks_left: AtomicI64,
 }
 
+/// Seek allowances spent, counted when one runs out, over every database of the process:
+/// a compaction pick that found nothing is made again once this moves (see
+/// [`crate::db::Inner::pick_compaction`]).
+static SEEK_ALLOWANCES_SPENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`SEEK_ALLOWANCES_SPENT`].
+pub fn seek_allowances_spent() -> u64 {
+    SEEK_ALLOWANCES_SPENT.load(Ordering::Acquire)
+}
+
 /// Bytes of compaction one wasted seek is worth: an L0 file may be sought, by scans that
 /// also had to seek another sorted run of its partition, once per this many of its bytes
 /// before it is compacted even though L0 is below its trigger (LevelDB's "seek
@@ -89,7 +99,11 @@ impl FileMeta {
     /// read): the overlap of runs costs every such read, and compacting them costs about
     /// `SEEK_COST_BYTES` per seek saved.
     pub fn charge_seek(&self, units: i64) {
-        self.seeks_left.fetch_sub(units, Ordering::Relaxed);
+        let before = self.seeks_left.fetch_sub(units, Ordering::Relaxed);
+        if before > 0 && before <= units {
+            // Released after the charge: a pick that sees the count sees the charge.
+            SEEK_ALLOWANCES_SPENT.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Whether scans have sought this file often enough to pay for its compaction.

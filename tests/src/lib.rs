@@ -263,11 +263,29 @@ pub mod crash_workload {
         }
 
         /// Writes the operation through the public API (single puts through `put` when
-        /// unsynced, to cover that path too).
+        /// unsynced, to cover that path too; every fifth multi-key one as a transaction
+        /// that first reads 64 keys, which commits in two steps: see the engine's
+        /// `recent.rs`. A single writer never conflicts with itself).
         pub fn write(&self, db: &Db) -> sluice::Result<()> {
             if self.is_single() && !self.sync {
                 let (k, v) = &self.puts[0];
                 return db.put(k, v);
+            }
+            if !self.is_single() && self.counter.is_multiple_of(5) {
+                let mut t = db.transaction();
+                for i in 0..64u64 {
+                    t.get(key(
+                        (self.counter.wrapping_mul(31).wrapping_add(i * 7) % u64::from(KEYS))
+                            as u32,
+                    ))?;
+                }
+                for (k, v) in &self.puts {
+                    t.put(k, v);
+                }
+                for k in &self.deletes {
+                    t.delete(k);
+                }
+                return t.commit_opt(&WriteOptions { sync: self.sync });
             }
             db.write_opt(self.batch(), &WriteOptions { sync: self.sync })
         }

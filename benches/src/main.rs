@@ -940,7 +940,7 @@ fn lsm_shape(s: &Stats) -> String {
         .collect();
     format!(
         "{}; memtable {:.1} MB + {} immutable; {} flushes ({} of idle memtables), {} compactions ({} trivial moves); \
-         written so far: WAL {:.1} MB, flushes {:.1} MB, compactions {:.1} MB; pending compaction {:.1} MB, block cache {:.1} MB, table indexes and filters {:.1} MB; {} gets probed {} filters and searched {} tables \
+         written so far: WAL {:.1} MB, flushes {:.1} MB, compactions {:.1} MB; pending compaction {:.1} MB, block cache {:.1} MB, table indexes and filters {:.1} MB; {} table files open, {} opened; {} gets probed {} filters and searched {} tables \
          ({} filter false positives)",
         if levels.is_empty() {
             "no SSTables".to_string()
@@ -959,6 +959,8 @@ fn lsm_shape(s: &Stats) -> String {
         mb(s.pending_compaction_bytes),
         mb(s.block_cache_bytes),
         mb(s.table_memory_bytes),
+        s.open_table_files,
+        s.table_file_opens,
         s.gets,
         s.get_filter_checks,
         s.get_table_reads,

@@ -330,7 +330,8 @@ impl Inner {
     fn commit_group(&self, group: &[Arc<Writer>]) -> Result<Vec<Result<u64>>> {
         let mut wal = self.wal.lock();
         self.check_writable()?;
-        self.make_room(&mut wal)?;
+        let incoming: usize = group.iter().map(|w| w.size).sum();
+        self.make_room(&mut wal, incoming)?;
         let view = self.view.load();
         let mut batches = Vec::with_capacity(group.len());
         let mut seq = wal.last_seqno + 1;
@@ -526,12 +527,15 @@ impl Inner {
         Ok(None)
     }
 
-    /// Makes sure the memtable has room, rotating it (and waiting for a flush when too many
-    /// frozen memtables are queued).
-    fn make_room(&self, wal: &mut WalState) -> Result<()> {
+    /// Makes sure the memtable has room for `incoming` more bytes, rotating it (and waiting
+    /// for a flush when too many frozen memtables are queued). A group larger than
+    /// `memtable_bytes` goes into an empty memtable of its own, which it alone takes past
+    /// the budget.
+    fn make_room(&self, wal: &mut WalState, incoming: usize) -> Result<()> {
         loop {
             let view = self.view.load();
-            if view.mem.approximate_bytes() < self.opts.memtable_bytes {
+            let used = view.mem.approximate_bytes();
+            if view.mem.is_empty() || used.saturating_add(incoming) <= self.opts.memtable_bytes {
                 return Ok(());
             }
             if view.imm.len() >= self.opts.max_immutable_memtables {

@@ -577,3 +577,34 @@ fn close_closes_table_files_an_iterator_still_reads() {
     assert_eq!(&rest[1498].1[..], b"4-1499");
     assert_eq!(open_table_fds(dir.path()), 0);
 }
+
+/// A write that would take the memtable past `memtable_bytes` goes into a new one: two
+/// 40 KiB values under a 64 KiB budget make two memtables (two flushes), not one of 80 KiB.
+/// One larger than the budget gets an empty memtable of its own.
+#[test]
+fn a_write_that_would_overfill_the_memtable_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        memtable_bytes: 64 << 10,
+        idle_memtable_flush_after: None,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    db.put("a", vec![b'a'; 40 << 10]).unwrap();
+    db.put("b", vec![b'b'; 40 << 10]).unwrap();
+    let s = db.stats();
+    assert!(
+        s.immutable_memtables as u64 + s.flushes >= 1,
+        "the second write did not freeze the first memtable: {s:?}"
+    );
+    db.flush().unwrap();
+    assert_eq!(db.stats().flushes, 2);
+    db.put("c", vec![b'c'; 100 << 10]).unwrap();
+    db.put("d", "small").unwrap();
+    db.flush().unwrap();
+    assert_eq!(db.stats().flushes, 4, "the large value went alone");
+    for (k, len) in [("a", 40 << 10), ("b", 40 << 10), ("c", 100 << 10), ("d", 5)] {
+        assert_eq!(db.get(k).unwrap().unwrap().len(), len, "{k}");
+    }
+    db.close().unwrap();
+}

@@ -742,8 +742,9 @@ impl Inner {
         let view = self.view.load_full();
         let snapshot = self.seqno_for(&view, snapshot);
         // Made on a closed handle, the iterator's first item is `Error::Closed` (its state
-        // could be stale, as a read's would; see `get`). One made before the close keeps
-        // reading what it was made on.
+        // could be stale, as a read's would; see `get`). One made before the close answers
+        // `Error::Closed` from the close on: once the directory is let go, another open may
+        // delete the tables it reads (see `sst/files.rs`).
         let closed = self.closing.load(Ordering::Acquire);
         let factory = Box::new(move |dir: Direction| {
             if closed {
@@ -751,7 +752,7 @@ impl Inner {
             }
             build_sources(&view.memtables(), &view.files, &range, snapshot, dir)
         });
-        DbIter::new(factory, snapshot, hold)
+        DbIter::new(factory, snapshot, hold, self.table_files.clone())
     }
 }
 
@@ -1612,11 +1613,11 @@ impl Inner {
         // on its way to the WAL or the manifest: fence it before the directory is let go.
         let _core = self.core.lock();
         self.released.store(true, Ordering::Release);
+        // Before the directory is let go: from then on another open may delete the tables,
+        // so no read of this handle may reopen them (see `sst/files.rs`).
+        self.table_files.close();
         self.lock.lock().take();
         drop(wal);
-        // An iterator, snapshot or clone that outlives the close still reads; it opens a
-        // table's file for each read instead of keeping it open.
-        self.table_files.close();
         r
     }
 }

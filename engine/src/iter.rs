@@ -17,8 +17,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::cursor::{MergeCursor, Source};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::memtable::MemTable;
+use crate::sst::files::TableFiles;
 use crate::types::{Entry, Kind};
 
 /// Direction of a merge.
@@ -284,6 +285,9 @@ pub struct DbIter {
     held: (Bytes, Bytes),
     done: bool,
     _hold: Option<Box<dyn Send + Sync>>,
+    /// The database's table files: once they are closed (the database was), the iterator
+    /// answers [`Error::Closed`], as every read of a closed database does.
+    files: Arc<TableFiles>,
 }
 
 impl DbIter {
@@ -291,6 +295,7 @@ impl DbIter {
         factory: SourceFactory,
         snapshot: u64,
         hold: Option<Box<dyn Send + Sync>>,
+        files: Arc<TableFiles>,
     ) -> DbIter {
         DbIter {
             factory,
@@ -300,6 +305,7 @@ impl DbIter {
             held: (Bytes::new(), Bytes::new()),
             done: false,
             _hold: hold,
+            files,
         }
     }
 
@@ -390,6 +396,10 @@ impl DbIter {
 
     /// Steps in `dir`; an error ends the iteration (it is the last item).
     fn step_or_stop(&mut self, dir: Direction) -> Option<Result<Resolved>> {
+        if self.files.is_closed() && !self.done {
+            self.done = true;
+            return Some(Err(Error::Closed));
+        }
         match self.step(dir) {
             Ok(r) => r.map(Ok),
             Err(e) => {

@@ -59,9 +59,10 @@ pub struct Options {
     pub memtables_share_cache: bool,
     /// Table files kept open at once. Each table keeps its index and filter in memory
     /// whatever this is; a read of a block that is not cached opens the table's file if it
-    /// is not among the `max_open_files` most recently used ones, and closes the least
-    /// recently used one (a few microseconds per open:
-    /// [`crate::Stats::table_file_opens`] counts them). `None` (the default) keeps up to half
+    /// is not among the `max_open_files` kept open (recently and often read ones), and
+    /// closes another (a few microseconds per open: [`crate::Stats::table_file_opens`]
+    /// counts them). A read-only handle ignores it and keeps every table's file open: a
+    /// live writer may delete any of them, and an open file still reads. `None` (the default) keeps up to half
     /// of the process's soft `RLIMIT_NOFILE` open (at least 32), leaving the other half to
     /// WALs, the manifest, and the tables flushes and compactions write (one per partition
     /// an output has rows for). Reads in flight can hold a few more files open for their

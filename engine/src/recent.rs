@@ -16,9 +16,10 @@
 //!
 //! A hash that matches is checked exactly (a key of the read set with that hash changed
 //! after the snapshot, or it is a collision). Should the log outgrow [`MAX_ENTRIES`] while
-//! a mark is set (a transaction stalled for a long time under a heavy write load), it stops
-//! recording and every transaction with a mark checks its whole read set under the lock,
-//! as small ones always do.
+//! a mark is set (a transaction stalled for a long time under a heavy write load), it is
+//! emptied and starts again: a transaction whose mark is older than what was dropped
+//! checks its whole read set under the lock, as small ones always do; later marks find
+//! everything after them in the log as before.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,10 +47,12 @@ pub(crate) struct RecentWrites {
 struct State {
     /// Marks set, with how many transactions set each.
     marks: BTreeMap<u64, usize>,
-    /// (seqno, key hash) of every key written after the oldest mark, in seqno order.
+    /// (seqno, key hash) of every key written after the oldest mark (and after
+    /// `dropped_through`), in seqno order.
     log: VecDeque<(u64, u64)>,
-    /// Entries were dropped for want of room: every mark must be checked the long way.
-    lost: bool,
+    /// The log was emptied for want of room, through this seqno: a mark below it must be
+    /// checked the long way.
+    dropped_through: u64,
 }
 
 /// A mark; dropping it lets the log go once no other mark needs it.
@@ -70,12 +73,16 @@ impl Drop for Mark {
         match st.marks.keys().next().copied() {
             None => {
                 st.log = VecDeque::new();
-                st.lost = false;
+                st.dropped_through = 0;
                 self.recent.active.store(false, Ordering::Release);
             }
             Some(oldest) => {
                 while st.log.front().is_some_and(|&(s, _)| s <= oldest) {
                     st.log.pop_front();
+                }
+                // Give back what a long-held mark made the log grow to.
+                if st.log.capacity() > 4096 && st.log.len() < st.log.capacity() / 4 {
+                    st.log.shrink_to_fit();
                 }
             }
         }
@@ -111,14 +118,14 @@ impl RecentWrites {
     /// caller holds the WAL lock.
     pub fn record(&self, written: impl IntoIterator<Item = (u64, u64)>) {
         let mut st = self.state.lock();
-        if st.marks.is_empty() || st.lost {
+        if st.marks.is_empty() {
             return;
         }
         for e in written {
             if st.log.len() >= MAX_ENTRIES {
-                st.lost = true;
+                let last = st.log.back().map_or(0, |&(s, _)| s);
+                st.dropped_through = st.dropped_through.max(last);
                 st.log = VecDeque::new();
-                return;
             }
             st.log.push_back(e);
         }
@@ -127,7 +134,7 @@ impl RecentWrites {
     /// The hashes in `read` of keys written after `mark`. The caller holds the WAL lock.
     pub fn since(&self, mark: u64, read: &HashSet<u64>) -> Since {
         let st = self.state.lock();
-        if st.lost {
+        if mark < st.dropped_through {
             return Since::Lost;
         }
         let from = st.log.partition_point(|&(s, _)| s <= mark);
@@ -182,17 +189,25 @@ mod tests {
         assert_eq!(r.len(), 0);
     }
 
-    /// A log that outgrows its room says so to every mark, until the marks are gone.
+    /// A log that outgrows its room says so to the marks older than what it dropped, and
+    /// goes on recording for those after it, while marks overlap without end.
     #[test]
-    fn an_overflowing_log_is_lost_not_truncated() {
+    fn an_overflowing_log_is_lost_only_to_older_marks() {
         let r = Arc::new(RecentWrites::default());
         let m = r.mark(0);
-        r.record((1..=MAX_ENTRIES as u64 + 1).map(|s| (s, s)));
+        let n = MAX_ENTRIES as u64 + 1;
+        r.record((1..=n).map(|s| (s, s)));
         assert!(matches!(r.since(m.seqno, &HashSet::new()), Since::Lost));
+        let mut prev = m;
+        for s in n..n + 5 {
+            let next = r.mark(s);
+            drop(prev);
+            r.record([(s + 1, 7)]);
+            assert_eq!(matches(r.since(next.seqno, &[7].into())), [7]);
+            prev = next;
+        }
+        drop(prev);
         assert_eq!(r.len(), 0);
-        drop(m);
-        let m = r.mark(5);
-        r.record([(6, 6)]);
-        assert_eq!(matches(r.since(m.seqno, &[6].into())), [6]);
+        assert!(!r.active());
     }
 }

@@ -357,18 +357,16 @@ impl Inner {
                 continue;
             };
             if let Some(rs) = &w.validate {
-                let found = match &rs.checked {
-                    Some(c) => self.conflict_after_mark(&view, rs, c, &batches),
-                    None => {
-                        let keys = group_keys.get_or_insert_with(|| {
-                            let mut set = HashSet::new();
-                            for (_, prev) in &batches {
-                                collect_keys(prev, &mut set);
-                            }
-                            set
-                        });
-                        self.first_conflict(&view, rs, keys)
+                let keys = group_keys.get_or_insert_with(|| {
+                    let mut set = HashSet::new();
+                    for (_, prev) in &batches {
+                        collect_keys(prev, &mut set);
                     }
+                    set
+                });
+                let found = match &rs.checked {
+                    Some(c) => self.conflict_after_mark(&view, rs, c, keys),
+                    None => self.first_conflict(&view, rs, keys),
                 };
                 match found {
                     Ok(None) => {}
@@ -477,25 +475,22 @@ impl Inner {
     }
 
     /// A key of `rs` (checked up to a mark: `c`) that a write after the mark changed:
-    /// one of `earlier`, the batches before it in this commit group, or one recorded since
-    /// the mark. Recorded hashes only point at candidates; each is checked exactly.
+    /// one of `earlier_keys`, written by the batches before it in this commit group, or
+    /// one recorded since the mark. Recorded hashes only point at candidates; each is
+    /// checked exactly.
     fn conflict_after_mark<'a>(
         &self,
         view: &View,
         rs: &'a ReadSet,
         c: &CheckedToMark,
-        earlier: &[(u64, WriteBatch)],
+        earlier_keys: &HashSet<Bytes>,
     ) -> Result<Option<&'a Bytes>> {
-        let mut earlier_keys = HashSet::new();
-        for (_, prev) in earlier {
-            collect_keys(prev, &mut earlier_keys);
-        }
         let hits: HashSet<u64> = match self.recent.since(c.mark.seqno, &c.hashes) {
             crate::recent::Since::Matches(h) => h.into_iter().collect(),
             // The log gave up: check every key, as for a small read set.
-            crate::recent::Since::Lost => return self.first_conflict(view, rs, &earlier_keys),
+            crate::recent::Since::Lost => return self.first_conflict(view, rs, earlier_keys),
         };
-        for k in &earlier_keys {
+        for k in earlier_keys {
             if let Ok(i) = rs.keys.binary_search(k) {
                 return Ok(Some(&rs.keys[i]));
             }

@@ -560,22 +560,74 @@ fn an_iterator_reads_replaced_tables_through_a_one_file_cap() {
     db.close().unwrap();
 }
 
-/// `close` closes every table file, though an iterator lives on, which still reads
-/// everything, opening each file only for the read.
+/// `close` closes every table file though an iterator lives on, and the iterator answers
+/// `Error::Closed` from then on: once the directory is let go, another open may delete the
+/// tables it would read. (It read on by reopening them, and failed with `NotFound` once a
+/// reopen of the directory had compacted them away.) The reopen reads everything.
 #[test]
-fn close_closes_table_files_an_iterator_still_reads() {
+fn close_closes_table_files_and_an_iterator_outliving_it_answers_closed() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), piling_l0(None)).unwrap();
     five_rounds(&db, 1500);
     let mut it = db.range(..);
     assert!(it.next().unwrap().is_ok());
+    let snap = db.snapshot();
     assert!(open_table_fds(dir.path()) >= 5);
     db.close().unwrap();
     assert_eq!(open_table_fds(dir.path()), 0, "close left table files open");
-    let rest: Vec<_> = it.collect::<sluice::Result<_>>().unwrap();
-    assert_eq!(rest.len(), 1499);
-    assert_eq!(&rest[1498].1[..], b"4-1499");
-    assert_eq!(open_table_fds(dir.path()), 0);
+    let db = Db::open(dir.path(), piling_l0(None)).unwrap();
+    db.compact().unwrap();
+    match it.next() {
+        Some(Err(sluice::Error::Closed)) => {}
+        other => panic!("an iterator of a closed database read on: {other:?}"),
+    }
+    assert!(it.next().is_none(), "the iterator ends after its error");
+    assert!(matches!(snap.get("k00001"), Err(sluice::Error::Closed)));
+    let mut snap_it = snap.range(..);
+    assert!(matches!(snap_it.next(), Some(Err(sluice::Error::Closed))));
+    assert_eq!(dump(&db).unwrap().len(), 1500);
+    db.close().unwrap();
+}
+
+/// A read-only handle on a directory a live writer compacts keeps reading the tables it
+/// opened, although the writer deletes their files (it keeps each one's file open: see
+/// `Options::max_open_files`), with a file cap far below its table count.
+#[test]
+fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Db::open(dir.path(), piling_l0(None)).unwrap();
+    for r in 0..5u32 {
+        for i in 0..1000u32 {
+            w.put(format!("k{:05}", r * 1000 + i), format!("v{r}-{i}"))
+                .unwrap();
+        }
+        w.flush().unwrap();
+    }
+    let before = sst_files(dir.path());
+    let ro = Db::open_read_only(dir.path(), piling_l0(Some(1))).unwrap();
+    w.compact().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while before.iter().any(|p| p.exists()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        before.iter().all(|p| !p.exists()),
+        "the writer deleted them"
+    );
+    for r in 0..5u32 {
+        for i in [0, 499, 999] {
+            let k = format!("k{:05}", r * 1000 + i);
+            assert_eq!(
+                ro.get(&k).unwrap().as_deref(),
+                Some(format!("v{r}-{i}").as_bytes()),
+                "{k}"
+            );
+        }
+    }
+    assert_eq!(dump(&ro).unwrap().len(), 5000);
+    assert!(ro.stats().open_table_files >= 5);
+    drop(ro);
+    w.close().unwrap();
 }
 
 /// A write that would take the memtable past `memtable_bytes` goes into a new one: two

@@ -3,21 +3,27 @@
 //!
 //! An open [`Table`](crate::sst::Table) keeps its index and filter in memory, but not its
 //! file descriptor: each read of its blocks asks [`TableFiles`] for the file, which opens it
-//! if it is not among the most recently used ones, and closes the least recently used one
-//! when that makes one too many. A database of 7,000 tables thus opens under a descriptor
-//! limit of 256, where one descriptor per table could not.
+//! if it is not among those it keeps, and closes another when that makes one too many
+//! (which ones stay is the cache's choice: recently and often read ones). A database of
+//! 879 tables opens, reads and compacts under a descriptor limit of 128, where one
+//! descriptor per table could not.
 //!
 //! A file evicted while a read is in it stays open until that read returns, so the count
 //! can pass the cap by the reads in flight. A table file is deleted only once its last
-//! `Table` has dropped (`Table`'s drop), so a table can always reopen its file.
+//! `Table` has dropped (`Table`'s drop), so a table of this process can always reopen its
+//! file. Two cases where another process may delete a file a table still needs:
 //!
-//! Once closed ([`TableFiles::close`], at the database's close) nothing is kept open: a
-//! read by an iterator or snapshot that outlived the database opens the file, reads and
-//! closes it again.
-
+//! - A read-only handle on a live directory: the writer deletes tables it compacted away
+//!   whenever it likes. Such a handle keeps every table's file open for as long as the
+//!   table lives ([`TableFiles::pinned`]), as every table did before the cap.
+//! - After the database's close ([`TableFiles::close`]), another open of the directory
+//!   deletes the tables it finds unnamed. So close closes every file, and a read that
+//!   would need one afterwards (an iterator that outlived the close) fails instead of
+//!   reopening a path that may be gone; the database's iterators answer
+//!   [`crate::Error::Closed`] from then on.
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use quick_cache::sync::Cache;
@@ -42,6 +48,8 @@ pub(crate) struct TableFiles {
     fs: Arc<dyn Fs>,
     /// Open files by table id (the file number).
     open: Cache<u64, Arc<dyn RandomRead>>,
+    /// Each table keeps its own file open instead ([`TableFiles::pinned`]), counted here.
+    pinned: Option<AtomicUsize>,
     closed: AtomicBool,
     /// Files opened, ever: a count that climbs with every read means the cap is too small
     /// for the tables read.
@@ -51,6 +59,17 @@ pub(crate) struct TableFiles {
 impl TableFiles {
     /// Keeps at most `capacity` files open (at least one).
     pub fn new(fs: Arc<dyn Fs>, capacity: usize) -> Arc<TableFiles> {
+        Self::build(fs, capacity, false)
+    }
+
+    /// Lets each table keep its file open for as long as it lives: for a read-only handle,
+    /// whose tables a live writer may delete at any time (an open descriptor still reads a
+    /// deleted file).
+    pub fn pinned(fs: Arc<dyn Fs>) -> Arc<TableFiles> {
+        Self::build(fs, 1, true)
+    }
+
+    fn build(fs: Arc<dyn Fs>, capacity: usize, pinned: bool) -> Arc<TableFiles> {
         let capacity = capacity.max(1);
         // The cache splits its capacity among its shards, rounding each share up; with a
         // share rounded down instead, the shards together stay within the cap.
@@ -71,6 +90,7 @@ impl TableFiles {
                 Default::default(),
                 Default::default(),
             ),
+            pinned: pinned.then(|| AtomicUsize::new(0)),
             closed: AtomicBool::new(false),
             opens: AtomicU64::new(0),
         })
@@ -79,6 +99,14 @@ impl TableFiles {
     /// The reader a table of id `id`, whose file is `path`, reads with. Opens the file now,
     /// so a file that cannot be opened fails here, at the table's open.
     pub fn reader(self: &Arc<Self>, path: &Path, id: u64) -> io::Result<Box<dyn RandomRead>> {
+        if let Some(count) = &self.pinned {
+            let file = self.open_file(path)?;
+            count.fetch_add(1, Ordering::Relaxed);
+            return Ok(Box::new(PinnedFile {
+                files: self.clone(),
+                file,
+            }));
+        }
         let r = CachedFile {
             files: self.clone(),
             id,
@@ -90,7 +118,10 @@ impl TableFiles {
 
     /// Files open now (not counting any an evicting read still holds).
     pub fn open_count(&self) -> usize {
-        self.open.len()
+        match &self.pinned {
+            Some(count) => count.load(Ordering::Relaxed),
+            None => self.open.len(),
+        }
     }
 
     /// Files opened since the database opened.
@@ -98,10 +129,21 @@ impl TableFiles {
         self.opens.load(Ordering::Relaxed)
     }
 
-    /// Closes every file kept open, and keeps none open from now on.
+    /// Closes every file kept open (a pinned table's when the table drops), and fails
+    /// every read from now on: see the module's documentation.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.open.clear();
+    }
+
+    /// Whether [`TableFiles::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The error of a read after close.
+    fn closed_error() -> io::Error {
+        io::Error::other("the database was closed")
     }
 
     fn open_file(&self, path: &Path) -> io::Result<Arc<dyn RandomRead>> {
@@ -121,12 +163,16 @@ struct CachedFile {
 impl CachedFile {
     fn with<R>(&self, read: impl FnOnce(&dyn RandomRead) -> io::Result<R>) -> io::Result<R> {
         let files = &self.files;
-        if files.closed.load(Ordering::Acquire) {
-            return read(files.open_file(&self.path)?.as_ref());
+        if files.is_closed() {
+            return Err(TableFiles::closed_error());
         }
         let f = files
             .open
             .get_or_insert_with(&self.id, || files.open_file(&self.path))?;
+        if files.is_closed() {
+            // Closed while this read opened the file: keep nothing open past the close.
+            files.open.remove(&self.id);
+        }
         read(f.as_ref())
     }
 }
@@ -146,6 +192,41 @@ impl Drop for CachedFile {
         // The table is gone: its file need not stay open (nor keep a deleted file's blocks
         // allocated on disk).
         self.files.open.remove(&self.id);
+    }
+}
+
+/// A table's reader that keeps its own file open ([`TableFiles::pinned`]).
+struct PinnedFile {
+    files: Arc<TableFiles>,
+    file: Arc<dyn RandomRead>,
+}
+
+impl PinnedFile {
+    fn check(&self) -> io::Result<()> {
+        match self.files.is_closed() {
+            true => Err(TableFiles::closed_error()),
+            false => Ok(()),
+        }
+    }
+}
+
+impl RandomRead for PinnedFile {
+    fn read_exact_at_into(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+        self.check()?;
+        self.file.read_exact_at_into(buf, len, offset)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.check()?;
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+impl Drop for PinnedFile {
+    fn drop(&mut self) {
+        if let Some(count) = &self.files.pinned {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -206,9 +287,10 @@ mod tests {
         }
     }
 
-    /// After `close`, nothing stays open, and reads still work.
+    /// After `close`, nothing stays open, and reads fail rather than reopen a path another
+    /// open of the directory may have deleted.
     #[test]
-    fn a_closed_cache_keeps_nothing_open() {
+    fn a_closed_cache_keeps_nothing_open_and_reads_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let paths = files(dir.path(), 10);
         let tf = TableFiles::new(Arc::new(StdFs), 100);
@@ -220,15 +302,41 @@ mod tests {
         assert_eq!(tf.open_count(), 10);
         tf.close();
         assert_eq!(tf.open_count(), 0);
+        for r in &readers {
+            let mut b = [0u8; 8];
+            let e = r.read_exact_at(&mut b, 0).unwrap_err();
+            assert!(e.to_string().contains("closed"), "{e}");
+        }
+        assert_eq!(tf.open_count(), 0);
+        assert_eq!(tf.opens(), 10);
+    }
+
+    /// Pinned: every table keeps its file open, whatever the count, and still reads it
+    /// once another process deleted it.
+    #[test]
+    fn pinned_tables_keep_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = files(dir.path(), 50);
+        let tf = TableFiles::pinned(Arc::new(StdFs));
+        let readers: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| tf.reader(p, i as u64).unwrap())
+            .collect();
+        assert_eq!(tf.open_count(), 50);
+        for p in &paths {
+            std::fs::remove_file(p).unwrap();
+        }
         for (i, r) in readers.iter().enumerate() {
             assert_eq!(read(r.as_ref()), i as u64);
         }
+        assert_eq!(tf.opens(), 50);
+        drop(readers);
         assert_eq!(tf.open_count(), 0);
-        assert_eq!(tf.opens(), 20);
     }
 
     /// A file that cannot be opened fails at the table's open; one removed behind a reader
-    /// whose file was closed fails that read with an error, not a panic.
+    /// whose file was evicted fails that read with an error, not a panic.
     #[test]
     fn a_missing_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -239,7 +347,7 @@ mod tests {
         std::fs::remove_file(&paths[0]).unwrap();
         let mut buf = [0u8; 8];
         a.read_exact_at(&mut buf, 0).unwrap(); // still open
-        tf.close();
+        tf.open.remove(&0);
         let e = a.read_exact_at(&mut buf, 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }

@@ -1,7 +1,8 @@
 //! The file set: every live layout version, its partitions, and each partition's levels.
 //!
 //! A `FileSet` is immutable; a flush or compaction builds a new one from an edit and swaps it
-//! in. Readers hold an `Arc` to the set they started with, which keeps its files open.
+//! in. Readers hold an `Arc` to the set they started with, which keeps its tables, and
+//! their files on disk, alive.
 //!
 //! Level rules: in L0 files may overlap and are kept newest-first by max seqno; in L1 and
 //! deeper, files of one partition never overlap and are kept sorted by smallest key.

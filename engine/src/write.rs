@@ -451,7 +451,6 @@ impl Inner {
         Ok(outcomes)
     }
 
-    /// The first key of a read set that changed after the transaction's snapshot.
     /// Checks a large read set against every write up to now, outside the WAL lock, and
     /// sets a mark first so the commit group need check only the writes made after it
     /// (see `recent.rs`). A conflict found here fails the commit at once.
@@ -508,6 +507,7 @@ impl Inner {
         Ok(None)
     }
 
+    /// The first key of a read set that changed after the transaction's snapshot.
     fn first_conflict<'a>(
         &self,
         view: &View,

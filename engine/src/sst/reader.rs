@@ -172,8 +172,8 @@ impl Table {
         Self::with_reader(reader, len, path, id, cache)
     }
 
-    /// Opens and checks a table file whose descriptor `files` keeps while it is among those
-    /// most recently read (a database's tables).
+    /// Opens and checks a table file whose descriptor `files` keeps, or closes and reopens
+    /// as its cap requires (a database's tables).
     pub(crate) fn open_in(
         files: &Arc<TableFiles>,
         fs: &dyn Fs,

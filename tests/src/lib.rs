@@ -26,6 +26,17 @@ pub fn newest_wal(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         .max()
 }
 
+/// Descriptors this process holds open on `.sst` files in `dir`: `/proc/self/fd` entries
+/// that point there.
+pub fn table_fds(dir: &std::path::Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(&dir) && p.extension().is_some_and(|x| x == "sst"))
+        .count()
+}
+
 /// `sluice verify` of `dir` with default options (no deep check), as the CLI runs it.
 pub fn verify(dir: &std::path::Path) -> sluice::inspect::VerifyReport {
     sluice::inspect::verify_dir(

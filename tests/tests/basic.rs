@@ -1,7 +1,7 @@
 //! Basic behaviour of the public API across flushes, compactions, layouts and reopen.
 
 use sluice::{Db, Options, PartitionSpec, VersionId, WriteBatch};
-use sluice_tests::{dump, dump_rev};
+use sluice_tests::{dump, dump_rev, table_fds};
 
 fn hash(n: u32) -> PartitionSpec {
     PartitionSpec::Hash {
@@ -470,17 +470,6 @@ fn calls_on_a_closed_database_answer_closed() {
     assert!(!ran, "fenced ran its closure on a closed database");
 }
 
-/// The database's table files open in this process now: `/proc/self/fd` entries that
-/// point at a `.sst` file in `dir`.
-fn open_table_fds(dir: &std::path::Path) -> usize {
-    let dir = dir.canonicalize().unwrap();
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|p| p.starts_with(&dir) && p.extension().is_some_and(|x| x == "sst"))
-        .count()
-}
-
 fn sst_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -545,10 +534,7 @@ fn an_iterator_reads_replaced_tables_through_a_one_file_cap() {
         s.table_file_opens > before.len() as u64,
         "files were reopened"
     );
-    assert!(
-        open_table_fds(dir.path()) <= 2,
-        "one kept, one a read may hold"
-    );
+    assert!(table_fds(dir.path()) <= 2, "one kept, one a read may hold");
     drop(it);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while before.iter().any(|p| p.exists()) && std::time::Instant::now() < deadline {
@@ -572,9 +558,9 @@ fn close_closes_table_files_and_an_iterator_outliving_it_answers_closed() {
     let mut it = db.range(..);
     assert!(it.next().unwrap().is_ok());
     let snap = db.snapshot();
-    assert!(open_table_fds(dir.path()) >= 5);
+    assert!(table_fds(dir.path()) >= 5);
     db.close().unwrap();
-    assert_eq!(open_table_fds(dir.path()), 0, "close left table files open");
+    assert_eq!(table_fds(dir.path()), 0, "close left table files open");
     let db = Db::open(dir.path(), piling_l0(None)).unwrap();
     db.compact().unwrap();
     match it.next() {

@@ -906,7 +906,8 @@ impl Inner {
         // failed fsync leaves it in the page cache, a short write part of it) and a reopen
         // may replay it: the outputs then stay on disk, and the open's orphan sweep removes
         // them if the edit did not survive. Only an edit refused before it was written, or
-        // a failed directory sync (which also stops writes), lets them go now.
+        // a failed directory sync (which stops writes unless it synced nothing: see
+        // `sync_dir`; the job is then retried), lets them go now.
         let logged = self.sync_dir().map_err(|e| (e, true)).and_then(|_| {
             self.log_edit(&mut core, &edit).map_err(|e| {
                 let unwritten = crate::db::edit_unwritten(&e);

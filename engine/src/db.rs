@@ -535,10 +535,18 @@ impl Inner {
     /// depends on them is. A failure stops writes: the kernel may have dropped entries it
     /// could not write, other jobs' among them, and a later directory fsync that succeeds
     /// does not bring them back, so no new file can be trusted to be named durably.
+    /// Makes the directory's entries durable (new tables', before a manifest edit names
+    /// them). A failed fsync stops writes: the kernel may have dropped what it could not
+    /// write. A sync that could not even open the directory (too many open files) synced
+    /// nothing and lost nothing: its error goes to the caller, whose job fails and is
+    /// tried again, and writes go on.
     pub fn sync_dir(&self) -> Result<()> {
         self.fs.sync_dir(&self.dir).map_err(|e| {
+            let attempted = !crate::fs::sync_not_attempted(&e);
             let e = Error::io(&self.dir, e);
-            self.fail(format!("directory sync failed: {e}"));
+            if attempted {
+                self.fail(format!("directory sync failed: {e}"));
+            }
             e
         })
     }

@@ -100,18 +100,13 @@ impl Inner {
         edit.push(EditRecord::LogNumber(log_number))
             .push(EditRecord::LastSeqno(flushed_seqno))
             .push(EditRecord::NextFile(core.next_file));
-        // The new SSTables' directory entries must be durable before the manifest names them.
-        // A sync that could not even open the directory synced nothing and lost nothing:
-        // the tables go, and the flush is tried again like one whose tables failed.
-        if let Err(e) = self.fs.sync_dir(&self.dir) {
-            if crate::fs::sync_not_attempted(&e) {
-                for f in &outputs {
-                    f.mark_obsolete();
-                }
-                return Err(crate::Error::io(&self.dir, e));
+        // The new SSTables' directory entries must be durable before the manifest names
+        // them. No edit names the tables yet, so they go whatever the failure: one that did
+        // not stop writes (see `sync_dir`) is retried like a flush whose tables failed.
+        if let Err(e) = self.sync_dir() {
+            for f in &outputs {
+                f.mark_obsolete();
             }
-            let e = crate::Error::io(&self.dir, e);
-            self.fail(format!("directory sync failed: {e}"));
             return Err(e);
         }
         self.log_edit(&mut core, &edit).map_err(fatal)?;

@@ -2426,6 +2426,10 @@ fn too_many_open_files_refuses_writes_only_while_it_lasts() {
         ),
         ("syncing the new WAL's directory entry", sync_dir(0)),
         ("syncing the flushed table's directory entry", sync_dir(1)),
+        (
+            "syncing a compaction's tables' directory entry",
+            sync_dir(0),
+        ),
     ];
     for (what, f) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -2433,13 +2437,22 @@ fn too_many_open_files_refuses_writes_only_while_it_lasts() {
         let db = Db::open(dir.path(), tiny_manual_compaction(&fs)).unwrap();
         let mut l = Ledger::default();
         l.fill(&db, 20, 100);
-        fs.inject(f);
-        if what.contains("flushed table") {
+        if what.contains("compaction") {
+            // Writes stop neither now nor later; the compaction fails once, and goes
+            // through when asked again.
+            db.flush().unwrap();
+            fs.inject(f);
+            assert!(db.compact().is_err(), "{what}");
+            l.fill(&db, 100, 100);
+            db.compact().unwrap();
+        } else if what.contains("flushed table") {
+            fs.inject(f);
             // The first directory sync is the rotation's at the freeze; the second, the
             // flush's: retried.
             db.flush().unwrap();
             assert_eq!(db.stats().flush_retries, 1, "{what}");
         } else {
+            fs.inject(f);
             let e = write_until_error(&db, &mut l, 0, 100, what);
             assert!(matches!(e, Error::NotApplied { .. }), "{what}: {e}");
             assert_eq!(errno(&e), Some(24), "{what}: {e}");

@@ -146,12 +146,11 @@ pub enum Error {
     #[error("{path} is not a Sluice database: {reason}")]
     NotADatabase { path: PathBuf, reason: String },
 
-    /// A write refused before any of it was written: the WAL could not move to a new file
-    /// (too many open files, say) and writes go on in the old one. Not applied; retrying it
-    /// is safe, and succeeds once the cause passes.
-    #[error(
-        "write not applied, nothing of it was written (retry it): I/O error on {path}: {source}"
-    )]
+    /// A write (or a `flush`, which freezes the memtable) refused before any of it was
+    /// written: the WAL could not move to a new file (too many open files, say) and writes
+    /// go on in the old one. Not applied; retrying it is safe, and succeeds once the cause
+    /// passes.
+    #[error("not applied, nothing of it was written (retry it): I/O error on {path}: {source}")]
     NotApplied {
         path: PathBuf,
         #[source]
@@ -221,10 +220,7 @@ impl Error {
         match self {
             Error::Io { path, source } => Error::Io {
                 path: path.clone(),
-                source: match source.raw_os_error() {
-                    Some(code) => std::io::Error::from_raw_os_error(code),
-                    None => std::io::Error::new(source.kind(), source.to_string()),
-                },
+                source: dup_io(source),
             },
             Error::ChecksumMismatch {
                 file,
@@ -309,11 +305,16 @@ impl Error {
             },
             Error::NotApplied { path, source } => Error::NotApplied {
                 path: path.clone(),
-                source: match source.raw_os_error() {
-                    Some(code) => std::io::Error::from_raw_os_error(code),
-                    None => std::io::Error::new(source.kind(), source.to_string()),
-                },
+                source: dup_io(source),
             },
         }
+    }
+}
+
+/// A copy of an I/O error: its OS code if it has one, else its kind and message.
+fn dup_io(source: &std::io::Error) -> std::io::Error {
+    match source.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(source.kind(), source.to_string()),
     }
 }

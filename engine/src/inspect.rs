@@ -755,11 +755,7 @@ fn check_table(
                 }
                 filter_named += 1;
             }
-            let wrong_kind = match props.kind {
-                TableKind::Data => e.kind == Kind::Forward,
-                TableKind::Pointers => e.kind != Kind::Forward,
-            };
-            if wrong_kind {
+            if !table.kind_fits(e.kind) {
                 out.problems.push(Problem::error(
                     "kind",
                     Some(path),

@@ -392,10 +392,16 @@ impl PartitionSpec {
     /// sends every one of them to the same sub-partition: such a split moves the hot
     /// partition whole and relieves nothing. Checked where a spec is made (parsing,
     /// registering a layout), not where one is read back: a layout registered before
-    /// this check still opens.
+    /// this check still opens. The spec's nesting is checked first ([`Self::validate`]):
+    /// the check walks down every split.
     pub fn refuse_inert_split(&self) -> Result<()> {
+        self.validate_depth(0)?;
+        self.refuse_inert_split_below()
+    }
+
+    fn refuse_inert_split_below(&self) -> Result<()> {
         if let PartitionSpec::Split { base, seed, .. } = self {
-            base.refuse_inert_split()?;
+            base.refuse_inert_split_below()?;
             if base.seeds().contains(seed) {
                 return Err(Error::InvalidPartitionSpec(format!(
                     "split seed {seed} is already a seed of its base ({base}): every key of \
@@ -758,6 +764,19 @@ mod tests {
         };
         assert!(inert.refuse_inert_split().is_err());
         assert_eq!(PartitionSpec::from_bytes(&inert.to_bytes()).unwrap(), inert);
+        // Nesting is checked before the walk down the splits (a spec built in code can nest
+        // without end).
+        let mut deep = PartitionSpec::hashed(8, 0);
+        for seed in 1..=(MAX_SPLIT_DEPTH as u64 + 2) {
+            deep = PartitionSpec::Split {
+                base: Box::new(deep),
+                partition: 0,
+                into: 2,
+                seed,
+            };
+        }
+        let e = deep.refuse_inert_split().unwrap_err().to_string();
+        assert!(e.contains("nested deeper"), "{e}");
         // Nor can one be shadowed, or registered.
         let dir = tempfile::tempdir().unwrap();
         let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();

@@ -545,8 +545,9 @@ impl Inner {
                 && !self.failed.load(Ordering::Acquire)
             {
                 drop(view);
-                // A failed rotation marks the WAL failed itself (writes then see the error);
-                // the moves are optional work and need not report it again.
+                // A failed rotation either marked the WAL failed itself (writes then see
+                // the error) or changed nothing (`NotApplied`: tried again later); the moves
+                // are optional work and need not report it again.
                 let _ = self.rotate(&mut wal);
             }
         }

@@ -791,7 +791,8 @@ impl Inner {
         let view = self.view.load();
         if view.mem.wal_number() == wal_number && view.mem.len() == entries && view.imm.is_empty() {
             drop(view);
-            // A failed rotation marks the WAL failed itself; writers then see the error.
+            // A failed rotation either marked the WAL failed itself (writers then see the
+            // error) or changed nothing (`NotApplied`: the next idle check tries again).
             if self.rotate(&mut wal).is_ok() {
                 Counters::add(&self.counters.idle_flushes, 1);
             }

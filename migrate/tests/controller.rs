@@ -1071,14 +1071,17 @@ fn the_p99_trigger_counts_each_pacing_window_once() {
         assert!(Instant::now() < deadline, "no slow window");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // One slow window, read by three ticks.
+    // One slow window, read by three ticks (which take milliseconds; a window lasts a
+    // second). Unless all three read it, the old count could not have rolled back either,
+    // and the test would prove nothing: so they must.
     let window = db.migration_progress().foreground_p99_window;
     for i in 0..3 {
         let t = c.tick(None).unwrap();
         assert!(t.rolled_back.is_none(), "tick {i}: {:?}", t.rolled_back);
-        if t.progress.foreground_p99_window != window {
-            break; // a second window ended meanwhile: no longer one window
-        }
+        assert_eq!(
+            t.progress.foreground_p99_window, window,
+            "tick {i} read another window: the three ticks were not one window's"
+        );
     }
     // Slow windows one after another: the third rolls back.
     let mut rolled_back = None;

@@ -309,26 +309,42 @@ impl Table {
         // its last key, and records the first and last keys in the properties, which point
         // reads trust to skip the table: an index and properties that disagree with the
         // blocks (checksums intact) left blocks unreachable, or keys skipped by `get`.
+        // Each finding names the offset of the part found at odds: the index, or the
+        // properties.
+        let (at_index, at_props) = (footer.index.offset, footer.props.offset);
         let layout = if next_offset != data_end {
-            Some(format!(
-                "the indexed blocks end at byte {next_offset}, the filter begins at {data_end}"
+            Some((
+                at_index,
+                format!(
+                    "the indexed blocks end at byte {next_offset}, the filter begins at {data_end}"
+                ),
             ))
         } else if props.format_version != footer.format_version {
-            Some(format!(
-                "properties say format {}, the footer {}",
-                props.format_version, footer.format_version
+            Some((
+                at_props,
+                format!(
+                    "properties say format {}, the footer {}",
+                    props.format_version, footer.format_version
+                ),
             ))
         } else if index.len() == 0 {
-            (props.entries != 0).then(|| format!("no blocks for {} entries", props.entries))
+            (props.entries != 0)
+                .then(|| (at_props, format!("no blocks for {} entries", props.entries)))
         } else if props.largest.as_slice() != index.key(index.len() - 1) {
-            Some("the properties' last key is not the last block's".into())
+            Some((
+                at_props,
+                "the properties' last key is not the last block's".into(),
+            ))
         } else if props.smallest.as_slice() > index.key(0) {
-            Some("the properties' first key is past the first block's last".into())
+            Some((
+                at_props,
+                "the properties' first key is past the first block's last".into(),
+            ))
         } else {
             None
         };
-        if let Some(why) = layout {
-            return Err(Error::corruption(path, footer.props.offset, why));
+        if let Some((offset, why)) = layout {
+            return Err(Error::corruption(path, offset, why));
         }
         index.finish();
         Ok(Table {

@@ -904,7 +904,7 @@ fn an_index_or_properties_at_odds_with_the_blocks_are_refused() {
             panic!("{what}: opened")
         };
         assert!(
-            e.is_corruption() && e.to_string().contains("t.sst"),
+            e.is_corruption() && e.to_string().contains("t.sst") && e.to_string().contains(what),
             "{what}: {e}"
         );
     };
@@ -916,6 +916,12 @@ fn an_index_or_properties_at_odds_with_the_blocks_are_refused() {
     refused(
         with_meta(&file, 2, &encode(&short), COMPRESSION_NONE),
         "last key",
+    );
+    let mut other_format = props.clone();
+    other_format.format_version = if props.format_version == 1 { 2 } else { 1 };
+    refused(
+        with_meta(&file, 2, &encode(&other_format), COMPRESSION_NONE),
+        "properties say format",
     );
     let mut late = props.clone();
     late.smallest = es.last().unwrap().key.to_vec();

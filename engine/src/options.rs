@@ -61,8 +61,11 @@ pub struct Options {
     /// whatever this is; a read of a block that is not cached opens the table's file if it
     /// is not among the `max_open_files` kept open (recently and often read ones), and
     /// closes another (a few microseconds per open: [`crate::Stats::table_file_opens`]
-    /// counts them). A read-only handle ignores it and keeps every table's file open: a
-    /// live writer may delete any of them, and an open file still reads. `None` (the default) keeps up to half
+    /// counts them). A read-only handle keeps each table's file open instead, for all but
+    /// a sixteenth of `max_open_files` tables (a live writer may delete any table, and an
+    /// open file still reads); tables past that share the sixteenth, and a read that finds
+    /// one of theirs deleted by a live writer fails, saying to open a new handle. `None`
+    /// (the default) keeps up to half
     /// of the process's soft `RLIMIT_NOFILE` open (at least 32), leaving the other half to
     /// WALs, the manifest, and the tables flushes and compactions write (one per partition
     /// an output has rows for). Reads in flight can hold a few more files open for their

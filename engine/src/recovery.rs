@@ -1158,7 +1158,7 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
         });
     }
     let cache = new_cache(&opts);
-    let table_files = TableFiles::pinned(fs.clone());
+    let table_files = TableFiles::pinned(fs.clone(), opts.max_open_files());
     let deleter = FileDeleter::new(fs.clone());
     let loaded = load(&fs, dir, &cache, &table_files, &deleter, &opts, unlisted)?;
     let view = View {

@@ -575,13 +575,9 @@ fn close_closes_table_files_and_an_iterator_outliving_it_answers_closed() {
     db.close().unwrap();
 }
 
-/// A read-only handle on a directory a live writer compacts keeps reading the tables it
-/// opened, although the writer deletes their files (it keeps each one's file open: see
-/// `Options::max_open_files`), with a file cap far below its table count.
-#[test]
-fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = Db::open(dir.path(), piling_l0(None)).unwrap();
+/// Five flushes of 1000 keys each, disjoint (`k00000`.. with values `v{round}-{i}`): the
+/// table files they made.
+fn five_disjoint_rounds(w: &Db) -> Vec<std::path::PathBuf> {
     for r in 0..5u32 {
         for i in 0..1000u32 {
             w.put(format!("k{:05}", r * 1000 + i), format!("v{r}-{i}"))
@@ -589,8 +585,11 @@ fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
         }
         w.flush().unwrap();
     }
-    let before = sst_files(dir.path());
-    let ro = Db::open_read_only(dir.path(), piling_l0(Some(1))).unwrap();
+    sst_files(w.path())
+}
+
+/// Compacts `w` and waits until it deleted the files `before`.
+fn compact_away(w: &Db, before: &[std::path::PathBuf]) {
     w.compact().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while before.iter().any(|p| p.exists()) && std::time::Instant::now() < deadline {
@@ -600,6 +599,19 @@ fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
         before.iter().all(|p| !p.exists()),
         "the writer deleted them"
     );
+}
+
+/// A read-only handle on a directory a live writer compacts keeps reading the tables it
+/// opened, although the writer deletes their files (it keeps each one's file open: see
+/// `Options::max_open_files`) when its cap covers its tables.
+#[test]
+fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Db::open(dir.path(), piling_l0(None)).unwrap();
+    let before = five_disjoint_rounds(&w);
+    // A cap that pins every table (a sixteenth of it is left to tables past the pinned).
+    let ro = Db::open_read_only(dir.path(), piling_l0(Some(64))).unwrap();
+    compact_away(&w, &before);
     for r in 0..5u32 {
         for i in [0, 499, 999] {
             let k = format!("k{:05}", r * 1000 + i);
@@ -612,6 +624,54 @@ fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
     }
     assert_eq!(dump(&ro).unwrap().len(), 5000);
     assert!(ro.stats().open_table_files >= 5);
+    drop(ro);
+    w.close().unwrap();
+}
+
+/// A read-only handle with more tables than its cap pins what it may and shares the rest:
+/// once a live writer compacts the tables away, reads of pinned ones still answer, reads
+/// of the others fail saying to open a new handle, and none answers wrongly.
+#[test]
+fn a_read_only_handle_past_its_cap_fails_clearly_on_tables_a_writer_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    // One table per round.
+    let opts = |max_open_files| Options {
+        memtable_bytes: 1 << 20,
+        target_file_bytes: 1 << 20,
+        ..piling_l0(max_open_files)
+    };
+    let w = Db::open(dir.path(), opts(None)).unwrap();
+    let before = five_disjoint_rounds(&w);
+    assert_eq!(before.len(), 5);
+    // Cap 4: three tables pinned, two sharing one descriptor.
+    let ro = Db::open_read_only(dir.path(), opts(Some(4))).unwrap();
+    assert!(ro.stats().open_table_files <= 4);
+    compact_away(&w, &before);
+    let (mut answered, mut refused) = (0, 0);
+    for r in 0..5u32 {
+        for i in [0, 499, 999] {
+            let k = format!("k{:05}", r * 1000 + i);
+            match ro.get(&k) {
+                Ok(v) => {
+                    assert_eq!(v.as_deref(), Some(format!("v{r}-{i}").as_bytes()), "{k}");
+                    answered += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("open a new read-only handle"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(answered >= 9, "the three pinned tables answer: {answered}");
+    assert!(
+        refused >= 3,
+        "a deleted, unpinned table is refused: {refused}"
+    );
+    drop(ro);
+    // A new handle reads the writer's tables.
+    let ro = Db::open_read_only(dir.path(), opts(Some(4))).unwrap();
+    assert_eq!(dump(&ro).unwrap().len(), 5000);
     drop(ro);
     w.close().unwrap();
 }

@@ -1,6 +1,6 @@
 //! A database of many more tables than the process may open files: it opens, reads,
 //! writes, compacts and reopens under a low `RLIMIT_NOFILE`, keeping at most
-//! `max_open_files` table files open. And a flush into many more partitions than that
+//! `max_open_files` table files open, and so does a read-only handle. And a flush into many more partitions than that
 //! limit: its table writers hold a descriptor only once they have 256 KiB to write.
 //!
 //! One test in a binary of its own: the limit is the process's, and the open descriptors
@@ -98,6 +98,11 @@ fn many_tables_under_a_low_file_limit() {
         let db = Db::open(dir.path(), options()).unwrap();
         check(&db, &round);
         db.close().unwrap();
+        // A read-only handle (what `sluice get` and `sluice scan` open) under the same
+        // limit: it pins what it can and shares the rest of its cap.
+        let ro = Db::open_read_only(dir.path(), options()).unwrap();
+        check(&ro, &round);
+        drop(ro);
 
         // One flush writes a table into each of 512 partitions, four times the limit.
         let wide = tempfile::tempdir().unwrap();

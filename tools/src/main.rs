@@ -125,8 +125,29 @@ fn output_error(e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("writing output: {e}"))
 }
 
+/// Raises the soft limit on open files towards the hard one (to at most 16384), as Go
+/// programs do at start: the commands open every table of a database, and the engine keeps
+/// half the soft limit's worth of them open. A limit that cannot be raised stays as it is.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    const WANTED: u64 = 16384;
+    let l = getrlimit(Resource::Nofile);
+    let soft = l.current.unwrap_or(u64::MAX);
+    let target = l.maximum.unwrap_or(u64::MAX).min(WANTED);
+    if soft < target {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: l.maximum,
+            },
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
     let ctx = Ctx::new(cli.json, cli.hex, cli.quiet);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(Output(stdout.lock()));

@@ -14,8 +14,11 @@
 //! file. Two cases where another process may delete a file a table still needs:
 //!
 //! - A read-only handle on a live directory: the writer deletes tables it compacted away
-//!   whenever it likes. Such a handle keeps every table's file open for as long as the
-//!   table lives ([`TableFiles::pinned`]), as every table did before the cap.
+//!   whenever it likes. Such a handle keeps each table's file open for as long as the
+//!   table lives ([`TableFiles::pinned`]), up to most of the cap; the tables past that
+//!   share the rest of it, and a read that finds such a table's file deleted fails with
+//!   an error saying so (a new handle reads the writer's current tables). On a directory
+//!   no process writes, nothing is deleted and every read succeeds.
 //! - After the database's close ([`TableFiles::close`]), another open of the directory
 //!   deletes the tables it finds unnamed. So close closes every file, and a read that
 //!   would need one afterwards (an iterator that outlived the close) fails instead of
@@ -48,8 +51,9 @@ pub(crate) struct TableFiles {
     fs: Arc<dyn Fs>,
     /// Open files by table id (the file number).
     open: Cache<u64, Arc<dyn RandomRead>>,
-    /// Each table keeps its own file open instead ([`TableFiles::pinned`]), counted here.
-    pinned: Option<AtomicUsize>,
+    /// Tables that keep their own file open instead ([`TableFiles::pinned`]): how many do,
+    /// and how many may.
+    pinned: Option<Pins>,
     closed: AtomicBool,
     /// Files opened, ever: a count that climbs with every read means the cap is too small
     /// for the tables read.
@@ -59,17 +63,23 @@ pub(crate) struct TableFiles {
 impl TableFiles {
     /// Keeps at most `capacity` files open (at least one).
     pub fn new(fs: Arc<dyn Fs>, capacity: usize) -> Arc<TableFiles> {
-        Self::build(fs, capacity, false)
+        Self::build(fs, capacity, None)
     }
 
-    /// Lets each table keep its file open for as long as it lives: for a read-only handle,
-    /// whose tables a live writer may delete at any time (an open descriptor still reads a
-    /// deleted file).
-    pub fn pinned(fs: Arc<dyn Fs>) -> Arc<TableFiles> {
-        Self::build(fs, 1, true)
+    /// Lets each table keep its file open for as long as it lives, up to most of
+    /// `capacity` tables: for a read-only handle, whose tables a live writer may delete at
+    /// any time (an open descriptor still reads a deleted file). Tables opened past that
+    /// share the rest of `capacity` as [`TableFiles::new`]'s do, and a read that finds one's
+    /// file gone fails naming it (see [`vanished`]).
+    pub fn pinned(fs: Arc<dyn Fs>, capacity: usize) -> Arc<TableFiles> {
+        let capacity = capacity.max(2);
+        // A sixteenth for the tables past the pinned ones (at least one, at most 64
+        // descriptors): enough to read them, small beside the pinned ones.
+        let shared = (capacity / 16).clamp(1, 64);
+        Self::build(fs, shared, Some(capacity - shared))
     }
 
-    fn build(fs: Arc<dyn Fs>, capacity: usize, pinned: bool) -> Arc<TableFiles> {
+    fn build(fs: Arc<dyn Fs>, capacity: usize, pin_limit: Option<usize>) -> Arc<TableFiles> {
         let capacity = capacity.max(1);
         // The cache splits its capacity among its shards, rounding each share up; with a
         // share rounded down instead, the shards together stay within the cap.
@@ -90,7 +100,10 @@ impl TableFiles {
                 Default::default(),
                 Default::default(),
             ),
-            pinned: pinned.then(|| AtomicUsize::new(0)),
+            pinned: pin_limit.map(|limit| Pins {
+                count: AtomicUsize::new(0),
+                limit,
+            }),
             closed: AtomicBool::new(false),
             opens: AtomicU64::new(0),
         })
@@ -99,13 +112,14 @@ impl TableFiles {
     /// The reader a table of id `id`, whose file is `path`, reads with. Opens the file now,
     /// so a file that cannot be opened fails here, at the table's open.
     pub fn reader(self: &Arc<Self>, path: &Path, id: u64) -> io::Result<Box<dyn RandomRead>> {
-        if let Some(count) = &self.pinned {
-            let file = self.open_file(path)?;
-            count.fetch_add(1, Ordering::Relaxed);
-            return Ok(Box::new(PinnedFile {
-                files: self.clone(),
-                file,
-            }));
+        if let Some(pins) = &self.pinned {
+            if pins.take() {
+                let file = self.open_file(path).inspect_err(|_| pins.give_back())?;
+                return Ok(Box::new(PinnedFile {
+                    files: self.clone(),
+                    file,
+                }));
+            }
         }
         let r = CachedFile {
             files: self.clone(),
@@ -118,10 +132,11 @@ impl TableFiles {
 
     /// Files open now (not counting any an evicting read still holds).
     pub fn open_count(&self) -> usize {
-        match &self.pinned {
-            Some(count) => count.load(Ordering::Relaxed),
-            None => self.open.len(),
-        }
+        let pinned = self
+            .pinned
+            .as_ref()
+            .map_or(0, |p| p.count.load(Ordering::Relaxed));
+        pinned + self.open.len()
     }
 
     /// Files opened since the database opened.
@@ -153,6 +168,41 @@ impl TableFiles {
     }
 }
 
+/// How many tables keep their own file open, of how many may ([`TableFiles::pinned`]).
+struct Pins {
+    count: AtomicUsize,
+    limit: usize,
+}
+
+impl Pins {
+    /// Claims a pin if one is left.
+    fn take(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The error of a read-only handle's table whose file a live writer deleted after the
+/// handle opened (the table was among those past the pinned ones).
+fn vanished(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{}: this read-only handle's table file was deleted (a process writing the \
+             directory compacted it away after the handle opened, and the handle keeps more \
+             tables than it may hold open); open a new read-only handle: {e}",
+            path.display()
+        ),
+    )
+}
+
 /// A table's reader: its file, fetched from [`TableFiles`] for each read.
 struct CachedFile {
     files: Arc<TableFiles>,
@@ -168,7 +218,13 @@ impl CachedFile {
         }
         let f = files
             .open
-            .get_or_insert_with(&self.id, || files.open_file(&self.path))?;
+            .get_or_insert_with(&self.id, || files.open_file(&self.path))
+            .map_err(
+                |e| match files.pinned.is_some() && e.kind() == io::ErrorKind::NotFound {
+                    true => vanished(&self.path, e),
+                    false => e,
+                },
+            )?;
         if files.is_closed() {
             // Closed while this read opened the file: keep nothing open past the close.
             files.open.remove(&self.id);
@@ -224,8 +280,8 @@ impl RandomRead for PinnedFile {
 
 impl Drop for PinnedFile {
     fn drop(&mut self) {
-        if let Some(count) = &self.files.pinned {
-            count.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pins) = &self.files.pinned {
+            pins.give_back();
         }
     }
 }
@@ -311,13 +367,13 @@ mod tests {
         assert_eq!(tf.opens(), 10);
     }
 
-    /// Pinned: every table keeps its file open, whatever the count, and still reads it
-    /// once another process deleted it.
+    /// Pinned: every table keeps its file open, up to the limit, and still reads it once
+    /// another process deleted it.
     #[test]
     fn pinned_tables_keep_their_files() {
         let dir = tempfile::tempdir().unwrap();
         let paths = files(dir.path(), 50);
-        let tf = TableFiles::pinned(Arc::new(StdFs));
+        let tf = TableFiles::pinned(Arc::new(StdFs), 54);
         let readers: Vec<_> = paths
             .iter()
             .enumerate()
@@ -333,6 +389,55 @@ mod tests {
         assert_eq!(tf.opens(), 50);
         drop(readers);
         assert_eq!(tf.open_count(), 0);
+    }
+
+    /// Past the pinned ones, tables share the rest of the cap: the count stays within it,
+    /// each table still reads its own file, and one whose file was deleted fails with an
+    /// error that says why (the pinned ones read on).
+    #[test]
+    fn tables_past_the_pin_limit_share_the_rest_of_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = files(dir.path(), 40);
+        let tf = TableFiles::pinned(Arc::new(StdFs), 16);
+        let readers: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| tf.reader(p, i as u64).unwrap())
+            .collect();
+        assert!(tf.open_count() <= 16, "{}", tf.open_count());
+        for round in 0..2 {
+            for (i, r) in readers.iter().enumerate() {
+                assert_eq!(read(r.as_ref()), i as u64, "round {round}");
+                assert!(tf.open_count() <= 16, "{}", tf.open_count());
+            }
+        }
+        for p in &paths {
+            std::fs::remove_file(p).unwrap();
+        }
+        // 15 pinned; of the 25 others, the one whose file is still open reads.
+        let mut failed = 0;
+        for (i, r) in readers.iter().enumerate() {
+            let mut b = [0u8; 8];
+            match r.read_exact_at(&mut b, 0) {
+                Ok(()) => assert_eq!(u64::from_le_bytes(b), i as u64),
+                Err(e) => {
+                    assert!(i >= 15, "pinned table {i} failed: {e}");
+                    assert_eq!(e.kind(), io::ErrorKind::NotFound);
+                    assert!(e.to_string().contains("open a new read-only handle"), "{e}");
+                    assert!(e.to_string().contains(&format!("{i}.bin")), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+        assert_eq!(failed, 24);
+        drop(readers);
+        assert_eq!(tf.open_count(), 0);
+        // The pins came back: a new table is pinned again.
+        let p = dir.path().join("again.bin");
+        std::fs::write(&p, 7u64.to_le_bytes()).unwrap();
+        let r = tf.reader(&p, 100).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(read(r.as_ref()), 7);
     }
 
     /// A file that cannot be opened fails at the table's open; one removed behind a reader

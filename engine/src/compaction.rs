@@ -460,6 +460,7 @@ impl Inner {
                 return None;
             }
         }
+        core.picks_scored += 1;
         let job = self.pick_compaction_now(core, view);
         core.nothing_to_compact = match job {
             None => Some((Arc::downgrade(&view.files), spent)),
@@ -1160,6 +1161,47 @@ mod tests {
                 "outputs left on disk: {:?}, the database holds {live:?}",
                 tables()
             );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// An idle database scores its partitions once, not on every worker wake-up (each
+    /// 100 ms); a change to its files scores them again.
+    #[test]
+    fn an_idle_database_stops_scoring_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: PartitionSpec::hashed(64, 1),
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        load_compacted(&db, 2000, |i| format!("k{i:05}"));
+        let scored = || db.inner.core.lock().picks_scored;
+        // Settle: background jobs end and their wake-ups pass.
+        let mut last = scored();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            std::thread::sleep(Duration::from_millis(400));
+            let now = scored();
+            if now == last {
+                break;
+            }
+            assert!(Instant::now() < deadline, "picks kept scoring: {now}");
+            last = now;
+        }
+        // A second of idleness: ten wake-ups per worker, none of which scores.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            scored(),
+            last,
+            "an idle database scored its partitions again"
+        );
+        db.put("k00001", "new").unwrap();
+        db.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while scored() == last {
+            assert!(Instant::now() < deadline, "a flush did not score again");
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -214,6 +214,8 @@ pub(crate) struct Core {
     /// skipped (see [`Inner::pick_compaction`]). A `Weak` keeps the set's allocation, so
     /// another set cannot take its address.
     pub nothing_to_compact: Option<(std::sync::Weak<crate::version::FileSet>, u64)>,
+    /// Picks that scored the partitions (those the memo above did not skip).
+    pub picks_scored: u64,
     pub flushing: bool,
     /// In-flight jobs writing outputs into each layout version (blocks its retirement).
     pub writing_to: HashMap<u32, usize>,

@@ -208,7 +208,7 @@ impl Error {
     pub fn is_no_space(&self) -> bool {
         match self {
             Error::Io { source, .. } | Error::NotApplied { source, .. } => {
-                source.raw_os_error() == Some(28)
+                crate::fs::os_code(source) == Some(28)
                     || source.kind() == std::io::ErrorKind::StorageFull
             }
             _ => false,
@@ -311,8 +311,12 @@ impl Error {
     }
 }
 
-/// A copy of an I/O error: its OS code if it has one, else its kind and message.
+/// A copy of an I/O error: its OS code if it has one, else its kind and message; a
+/// directory sync that synced nothing stays one ([`crate::fs::sync_not_attempted`]).
 fn dup_io(source: &std::io::Error) -> std::io::Error {
+    if let Some(open) = crate::fs::unopened(source) {
+        return crate::fs::not_attempted(dup_io(open));
+    }
     match source.raw_os_error() {
         Some(code) => std::io::Error::from_raw_os_error(code),
         None => std::io::Error::new(source.kind(), source.to_string()),

@@ -467,15 +467,32 @@ impl std::fmt::Display for SyncNotAttempted {
     }
 }
 
-impl std::error::Error for SyncNotAttempted {}
+impl std::error::Error for SyncNotAttempted {
+    /// The open's own error, with its OS code (`raw_os_error`), which the wrapping
+    /// `io::Error` cannot carry.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
-fn not_attempted(e: io::Error) -> io::Error {
+pub(crate) fn not_attempted(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), SyncNotAttempted(e))
 }
 
 /// Whether a directory sync's error says it synced nothing (see [`FaultKind::TooManyFiles`]).
 pub fn sync_not_attempted(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|r| r.is::<SyncNotAttempted>())
+    unopened(e).is_some()
+}
+
+/// The error of the open a directory sync could not make, if that is what `e` is.
+pub(crate) fn unopened(e: &io::Error) -> Option<&io::Error> {
+    Some(&e.get_ref()?.downcast_ref::<SyncNotAttempted>()?.0)
+}
+
+/// The OS error code of `e`, or of the open a directory sync could not make (see
+/// [`sync_not_attempted`]).
+pub fn os_code(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| unopened(e)?.raw_os_error())
 }
 
 /// One injected fault: the `skip + 1`-th matching operation (and, if `sticky`, every one after
@@ -1171,6 +1188,33 @@ impl Fs for FaultFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory sync that could not open the directory says so, keeps the open's OS
+    /// code reachable, and stays such an error when an engine error carrying it is copied
+    /// for every writer of a commit group.
+    #[test]
+    fn an_unattempted_sync_keeps_its_code_and_its_mark_when_copied() {
+        let e = not_attempted(io::Error::from_raw_os_error(24));
+        assert!(sync_not_attempted(&e));
+        assert_eq!(e.raw_os_error(), None, "the wrapper cannot carry it");
+        assert_eq!(os_code(&e), Some(24));
+        let source = std::error::Error::source(e.get_ref().unwrap()).unwrap();
+        assert!(source.to_string().contains("os error 24"), "{source}");
+        let err = crate::Error::io(Path::new("/d"), e);
+        let copy = err.duplicate();
+        let crate::Error::Io { source, .. } = &copy else {
+            panic!("{copy:?}");
+        };
+        assert!(sync_not_attempted(source), "{source}");
+        assert_eq!(os_code(source), Some(24));
+        assert_eq!(copy.to_string(), err.to_string());
+        let full = crate::Error::io(
+            Path::new("/d"),
+            not_attempted(io::Error::from_raw_os_error(28)),
+        );
+        assert!(full.is_no_space());
+        assert!(!sync_not_attempted(&io::Error::from_raw_os_error(24)));
+    }
 
     /// `create_new` never opens a name that exists (it may be a hard link to a live file),
     /// on the real file system and through the fault-injecting one; `create` truncates.

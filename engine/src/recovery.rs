@@ -1115,6 +1115,7 @@ fn new_core(
         registry: state.registry.clone(),
         busy: Default::default(),
         nothing_to_compact: None,
+        picks_scored: 0,
         flushing: false,
         writing_to: Default::default(),
         controller: state.controller.clone(),

@@ -7,6 +7,8 @@
 //! lazy move; compared, in one group, with the same get on a single-layout database, on a
 //! two-layout database with lazy moves off, and on keys already moved.
 //!
+//! `live_layouts`: point gets with three layouts live against one (see [`live_layouts`]).
+//!
 //! `forwarding_pointers`: a partition-scoped scan (`Db::partition_entries`) of a draining
 //! partition whose every value is covered by a forwarding pointer (reported as `Moved`),
 //! against one with no pointers. (`Db::migrate_now` honouring pointers is not benchmarked:
@@ -252,9 +254,66 @@ fn forwarding_pointers(c: &mut Criterion) {
     db.close().expect("close");
 }
 
+/// Keys of the live-layouts database.
+const LAYOUT_KEYS: u64 = 200_000;
+
+/// `live_layouts`: point gets (of present and of absent keys) with three layouts live —
+/// v1 range (4 partitions) keeping ~60% of the data, v2 hash:4 the rest, v3 hash:8 the
+/// target, holding a tenth of the keys overwritten — then on the same data once it is all
+/// in v3 (the `migration3` scenario of `sluice-stress`, small enough to stay in cache, so
+/// it times the read path's work per layout rather than memory latency). Background
+/// migration and lazy moves are off.
+fn live_layouts(c: &mut Criterion) {
+    let (_dir, db) = build_db(LAYOUT_KEYS, &["4", "8", "c"], Shape::SingleLayout);
+    let v2 = db
+        .register_partition_fn(PartitionSpec::hashed(4, 7))
+        .expect("register v2");
+    db.set_target(v2).expect("target v2");
+    let total = db.migration_progress().bytes_left();
+    db.migrate_now(Some(total * 2 / 5)).expect("migrate 40%");
+    let v3 = db
+        .register_partition_fn(PartitionSpec::hashed(8, 9))
+        .expect("register v3");
+    db.set_target(v3).expect("target v3");
+    for i in (0..LAYOUT_KEYS).step_by(10) {
+        db.put(rand_key(i), value(i + 1)).expect("overwrite");
+    }
+    db.flush().expect("flush");
+    let present: Vec<[u8; 16]> = shuffled(LAYOUT_KEYS as usize, 5)
+        .into_iter()
+        .map(|i| rand_key(i as u64))
+        .collect();
+    let absent: Vec<[u8; 16]> = (LAYOUT_KEYS..2 * LAYOUT_KEYS).map(rand_key).collect();
+    let mut g = c.benchmark_group("live_layouts");
+    g.throughput(Throughput::Elements(1));
+    let run = |g: &mut criterion::BenchmarkGroup<_>, db: &Db, layouts: &str| {
+        for (kind, keys, found) in [("hit", &present, true), ("miss", &absent, false)] {
+            let mut cur = 0usize;
+            g.bench_function(format!("get_{kind}/{layouts}"), |b| {
+                b.iter(|| {
+                    let k = &keys[cur];
+                    cur = if cur + 1 == keys.len() { 0 } else { cur + 1 };
+                    let v = db.get(black_box(k)).expect("get");
+                    assert_eq!(v.is_some(), found);
+                    black_box(v)
+                })
+            });
+        }
+    };
+    assert_eq!(db.layout().versions.len(), 3, "three layouts live");
+    run(&mut g, &db, "three_layouts");
+    db.migrate_now(None).expect("migrate the rest");
+    db.compact().expect("compact");
+    assert_eq!(db.layout().versions.len(), 1, "one layout live");
+    run(&mut g, &db, "one_layout");
+    assert_eq!(db.stats().lazy_moves, 0);
+    g.finish();
+    db.close().expect("close");
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = lazy_move, forwarding_pointers
+    targets = lazy_move, forwarding_pointers, live_layouts
 }
 criterion_main!(benches);

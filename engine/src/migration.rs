@@ -143,6 +143,12 @@ impl LatencyHistogram {
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Latencies recorded since the last [`take_quantile`](Self::take_quantile).
+    #[cfg(test)]
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
     /// The given quantile of what was recorded since the last call, then resets.
     pub fn take_quantile(&self, q: f64) -> Option<u64> {
         let counts: Vec<u64> = self

@@ -251,6 +251,9 @@ pub struct PartitionFiles {
     index: [LevelIndex; MAX_LEVELS],
     /// Levels changed since their index was built (a bit per level).
     stale: u8,
+    /// Levels whose index holds a file (a bit per level), so that a read skips the
+    /// empty ones without loading their indexes.
+    occupied: u8,
 }
 
 const _: () = assert!(
@@ -294,6 +297,17 @@ impl PartitionFiles {
     pub fn index(&self, level: usize) -> &LevelIndex {
         debug_assert_eq!(self.index[level].len(), self.levels[level].len());
         &self.index[level]
+    }
+
+    /// The levels whose index holds a file, shallowest first (see [`LevelIndex`]).
+    #[inline]
+    pub fn occupied_levels(&self) -> impl Iterator<Item = usize> {
+        let mut bits = self.occupied;
+        std::iter::from_fn(move || {
+            let level = bits.trailing_zeros() as usize;
+            bits &= bits.wrapping_sub(1);
+            (level < MAX_LEVELS).then_some(level)
+        })
     }
 
     /// Files in `level` overlapping `[smallest, largest]`.
@@ -358,6 +372,9 @@ impl PartitionFiles {
             }
         }
         self.stale = 0;
+        self.occupied = (0..MAX_LEVELS)
+            .filter(|&l| self.index[l].len() > 0)
+            .fold(0, |bits, l| bits | 1 << l);
     }
 
     /// True if the level invariant (no overlap in L1+) holds.

@@ -75,6 +75,15 @@ impl TableCursor {
         TableCursor::run(table, None, range, dir, fill_cache)
     }
 
+    /// A forward cursor over `range` that leaves the block cache alone and reads `run`
+    /// bytes of blocks at a time (see [`Readahead`]), positioned on its first entry.
+    pub fn ahead(table: Arc<Table>, range: KeyRange, run: u64) -> Result<TableCursor> {
+        let mut c = TableCursor::unpositioned(table, None, range, Direction::Forward, false);
+        c.ahead = Readahead::with_run(run);
+        c.seek_start()?;
+        Ok(c)
+    }
+
     /// A cursor over `first` and then the tables `rest` reaches (non-overlapping, in walk
     /// order) as one sorted run, positioned on the first entry of `range` in direction `dir`.
     fn run(
@@ -84,19 +93,7 @@ impl TableCursor {
         dir: Direction,
         fill_cache: bool,
     ) -> Result<TableCursor> {
-        let mut c = TableCursor {
-            table: first,
-            rest,
-            range,
-            dir,
-            fill_cache,
-            ahead: Readahead::default(),
-            block: Block::empty(),
-            bi: 0,
-            ei: 0,
-            at: NOWHERE,
-            valid: false,
-        };
+        let mut c = TableCursor::unpositioned(first, rest, range, dir, fill_cache);
         c.seek_start()?;
         c.next_table_if_done()?;
         Ok(c)
@@ -117,6 +114,28 @@ impl TableCursor {
             self.seek_start()?;
         }
         Ok(())
+    }
+
+    fn unpositioned(
+        first: Arc<Table>,
+        rest: Option<LevelWalk>,
+        range: KeyRange,
+        dir: Direction,
+        fill_cache: bool,
+    ) -> TableCursor {
+        TableCursor {
+            table: first,
+            rest,
+            range,
+            dir,
+            fill_cache,
+            ahead: Readahead::default(),
+            block: Block::empty(),
+            bi: 0,
+            ei: 0,
+            at: NOWHERE,
+            valid: false,
+        }
     }
 
     /// Loads block `bi`: to `search` it (a seek), or to walk through it.
@@ -918,6 +937,20 @@ mod tests {
             drain(c, &entries)
         };
         assert_eq!(walk(&t).unwrap(), entries.len());
+        // A cursor given a smaller run holds no more than that (at least a block) and
+        // sees the same entries.
+        let mut c = TableCursor::ahead(t.clone(), KeyRange::all(), 8 << 10).unwrap();
+        let mut n = 0;
+        while c.valid {
+            assert!(c.ahead.held() <= 8 << 10, "{} bytes held", c.ahead.held());
+            assert_eq!(c.key(), &entries[n].key[..]);
+            n += 1;
+            c.advance().unwrap();
+        }
+        assert_eq!(n, entries.len());
+        let c = TableCursor::ahead(t.clone(), KeyRange::all(), 1).unwrap();
+        assert!(c.ahead.held() >= 1 && c.ahead.held() <= 4096 + 64);
+        assert_eq!(drain(c, &entries).unwrap(), entries.len());
 
         // Damage a block four runs in: the walk stops there, naming it.
         let mut bytes = std::fs::read(&path).unwrap();

@@ -536,18 +536,63 @@ pub(crate) fn build_sources(
     Ok(out)
 }
 
+/// Read-ahead buffers of one walk over many files together ([`file_sources`]).
+const SOURCES_READAHEAD: u64 = 2 << 20;
+/// The least each file's buffer reads at a time (two 4 KiB blocks).
+const MIN_FILE_READAHEAD: u64 = 8 << 10;
+const _: () = assert!(MIN_FILE_READAHEAD <= crate::sst::reader::READAHEAD);
+
+/// Bytes each of `files` walked together reads ahead at a time (see [`file_sources`]).
+fn file_readahead(files: usize) -> u64 {
+    (SOURCES_READAHEAD / files.max(1) as u64)
+        .clamp(MIN_FILE_READAHEAD, crate::sst::reader::READAHEAD)
+}
+
 /// Sources for every file in `files`, forward over everything (compactions, scans of one
 /// partition). Reads bypass the block cache so a compaction does not evict hot blocks.
+/// Each file reads ahead into a buffer of its own, all of them at once: their sizes share
+/// [`SOURCES_READAHEAD`] (64 KiB each up to 32 files). At 64 KiB each whatever their
+/// number, the wide jobs of a migration (an input from every source partition) took the
+/// demo's peak RSS from ~126 MB to ~185 MB; with the shared budget it peaks at ~150 MB
+/// (BENCHMARKS.md §1, "Read-ahead of wide jobs"). Narrower jobs read as before.
 pub(crate) fn file_sources(
     files: &[std::sync::Arc<crate::version::FileMeta>],
 ) -> Result<Vec<Source>> {
     let all = KeyRange::all();
+    let run = file_readahead(files.len());
     let mut out = Vec::with_capacity(files.len());
     for f in files {
-        let s = Source::table(f, &all, Direction::Forward, false)?;
+        let c = crate::cursor::TableCursor::ahead(f.table.clone(), all.clone(), run)?;
+        let s = Source::Table(c);
         if s.valid() {
             out.push(s);
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files walked together share one read-ahead budget: 64 KiB each up to 32 files, less
+    /// each beyond, never under two blocks' worth.
+    #[test]
+    fn files_walked_together_share_their_read_ahead() {
+        use crate::sst::reader::READAHEAD;
+        assert_eq!(file_readahead(0), READAHEAD);
+        assert_eq!(file_readahead(1), READAHEAD);
+        assert_eq!(file_readahead(32), READAHEAD);
+        assert_eq!(file_readahead(64), 32 << 10);
+        assert_eq!(file_readahead(200), SOURCES_READAHEAD / 200);
+        assert_eq!(file_readahead(400), MIN_FILE_READAHEAD);
+        assert_eq!(file_readahead(100_000), MIN_FILE_READAHEAD);
+        for n in [1, 10, 33, 100, 255, 256, 1000] {
+            let total = file_readahead(n) * n as u64;
+            assert!(
+                total <= SOURCES_READAHEAD || file_readahead(n) == MIN_FILE_READAHEAD,
+                "{n} files hold {total} bytes"
+            );
+        }
+    }
 }

@@ -526,9 +526,11 @@ impl Table {
         if !held {
             // Up to the end of the data blocks (the blocks lie back to back, checked at open).
             let data_end = self.index.starts.last().copied().unwrap_or(end);
-            let len = READAHEAD
-                .max(end - h.offset)
-                .min(data_end.max(end) - h.offset) as usize;
+            let run = match ra.run {
+                0 => READAHEAD,
+                n => n,
+            };
+            let len = run.max(end - h.offset).min(data_end.max(end) - h.offset) as usize;
             // The last run's buffer, if no block read from it is still held (the caller
             // lets go of its block first): no allocation per run.
             let mut buf = match std::mem::take(&mut ra.buf).try_into_mut() {
@@ -542,6 +544,7 @@ impl Table {
                 table: self.id,
                 start: h.offset,
                 buf: Bytes::from(buf),
+                run: ra.run,
             };
         }
         let (ty, body) = checked_at(&ra.buf, ra.start, h, &self.path)?;
@@ -652,7 +655,8 @@ pub enum Fill {
     Search,
 }
 
-/// Bytes a [`Table::read_block_ahead`] reads at a time.
+/// Bytes a [`Table::read_block_ahead`] reads at a time, unless its [`Readahead`] says
+/// fewer.
 pub const READAHEAD: u64 = 64 << 10;
 
 /// A run of a table's blocks read ahead by [`Table::read_block_ahead`].
@@ -662,6 +666,24 @@ pub struct Readahead {
     table: u64,
     start: u64,
     buf: Bytes,
+    /// Bytes to read at a time (0: [`READAHEAD`]); a block longer than this is read whole.
+    run: u64,
+}
+
+impl Readahead {
+    /// Reads `run` bytes at a time (at least one block).
+    pub fn with_run(run: u64) -> Readahead {
+        Readahead {
+            run: run.max(1),
+            ..Readahead::default()
+        }
+    }
+
+    /// Bytes read ahead and held now.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// Position of an entry: (block, entry within block).

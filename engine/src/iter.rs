@@ -553,8 +553,8 @@ fn file_readahead(files: usize) -> u64 {
 /// Each file reads ahead into a buffer of its own, all of them at once: their sizes share
 /// [`SOURCES_READAHEAD`] (64 KiB each up to 32 files). At 64 KiB each whatever their
 /// number, the wide jobs of a migration (an input from every source partition) took the
-/// demo's peak RSS from ~126 MB to ~185 MB; with the shared budget it peaks at ~150 MB
-/// (BENCHMARKS.md §1, "Read-ahead of wide jobs"). Narrower jobs read as before.
+/// demo's peak RSS from ~125 MB to 185–192 MB; with the shared budget it peaks at
+/// 150–156 MB (BENCHMARKS.md §1, "Read-ahead of wide jobs"). Narrower jobs read as before.
 pub(crate) fn file_sources(
     files: &[std::sync::Arc<crate::version::FileMeta>],
 ) -> Result<Vec<Source>> {

@@ -62,9 +62,10 @@ pub struct Options {
     /// is not among the `max_open_files` kept open (recently and often read ones), and
     /// closes another (a few microseconds per open: [`crate::Stats::table_file_opens`]
     /// counts them). A read-only handle keeps each table's file open instead, for all but
-    /// a sixteenth of `max_open_files` tables (a live writer may delete any table, and an
-    /// open file still reads); tables past that share the sixteenth, and a read that finds
-    /// one of theirs deleted by a live writer fails, saying to open a new handle. `None`
+    /// a sixteenth of `max_open_files` tables (at most 64 kept back; a cap below 2 counts
+    /// as 2), since a live writer may delete any table and an open file still reads;
+    /// tables past that share what was kept back, and a read that finds one of theirs
+    /// deleted by a live writer fails, saying to open a new handle. `None`
     /// (the default) keeps up to half
     /// of the process's soft `RLIMIT_NOFILE` open (at least 32), leaving the other half to
     /// WALs, the manifest, and the tables flushes and compactions write (one per partition

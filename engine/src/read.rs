@@ -312,10 +312,12 @@ const READ_TIMING_EVERY: u32 = 8;
 #[inline]
 fn time_this_read() -> bool {
     thread_local!(static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    // A thread's first read is timed: threads that read a little each still give the
+    // pacer reads.
     READS.with(|n| {
-        let next = n.get().wrapping_add(1);
-        n.set(next);
-        next.is_multiple_of(READ_TIMING_EVERY)
+        let this = n.get();
+        n.set(this.wrapping_add(1));
+        this.is_multiple_of(READ_TIMING_EVERY)
     })
 }
 

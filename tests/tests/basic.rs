@@ -610,6 +610,11 @@ fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
     let w = Db::open(dir.path(), piling_l0(None)).unwrap();
     let before = five_disjoint_rounds(&w);
     // A cap that pins every table (a sixteenth of it is left to tables past the pinned).
+    assert!(
+        before.len() <= 60,
+        "{} tables: more than 60 pins",
+        before.len()
+    );
     let ro = Db::open_read_only(dir.path(), piling_l0(Some(64))).unwrap();
     compact_away(&w, &before);
     for r in 0..5u32 {

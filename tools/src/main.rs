@@ -127,21 +127,22 @@ fn output_error(e: std::io::Error) -> std::io::Error {
 
 /// Raises the soft limit on open files towards the hard one (to at most 16384), as Go
 /// programs do at start: the commands open every table of a database, and the engine keeps
-/// half the soft limit's worth of them open. A limit that cannot be raised stays as it is.
+/// half the soft limit's worth of them open. A system that refuses a value (macOS caps it
+/// below an unlimited hard limit) is asked for less; a limit that cannot be raised stays.
 fn raise_open_file_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    const WANTED: u64 = 16384;
     let l = getrlimit(Resource::Nofile);
     let soft = l.current.unwrap_or(u64::MAX);
-    let target = l.maximum.unwrap_or(u64::MAX).min(WANTED);
-    if soft < target {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(target),
-                maximum: l.maximum,
-            },
-        );
+    let mut target = l.maximum.unwrap_or(u64::MAX).min(16384);
+    while soft < target {
+        let wanted = Rlimit {
+            current: Some(target),
+            maximum: l.maximum,
+        };
+        if setrlimit(Resource::Nofile, wanted).is_ok() {
+            break;
+        }
+        target /= 2;
     }
 }
 

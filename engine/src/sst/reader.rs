@@ -515,7 +515,8 @@ impl Table {
 
     /// Loads data block `i` for a walk through the table's blocks in order that leaves the
     /// cache alone (a compaction's, a verification's): blocks are read with `pread` in runs
-    /// of [`READAHEAD`] bytes into `ra`'s buffer and served from it, CRC checked.
+    /// of `ra`'s run length ([`READAHEAD`] unless [`Readahead::with_run`] set another; a
+    /// longer block whole) into `ra`'s buffer and served from it, CRC checked.
     pub fn read_block_ahead(&self, i: usize, ra: &mut Readahead) -> Result<Block> {
         self.check_block_index(i)?;
         let r = &self.reader;

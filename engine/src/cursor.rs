@@ -885,6 +885,47 @@ mod tests {
         }
     }
 
+    /// A compaction's inputs share their read-ahead: 64 inputs of ~60 KB each read 32 KiB
+    /// at a time (64 KiB each, the default, would hold each table whole), and their merge
+    /// still yields every entry.
+    #[test]
+    fn many_inputs_read_ahead_less_each() {
+        use crate::sst::Compression;
+        let dir = tempfile::tempdir().unwrap();
+        let deleter = crate::obsolete::FileDeleter::new(Arc::new(crate::fs::StdFs));
+        let mut files = Vec::new();
+        for j in 0..64u64 {
+            let entries: Vec<Entry> = (0..600u32)
+                .map(|i| Entry {
+                    key: Bytes::from(format!("t{j:02}-{i:06}")),
+                    seqno: 1 + i as u64,
+                    kind: Kind::Value,
+                    value: Bytes::from("v".repeat(90)),
+                })
+                .collect();
+            let p = dir.path().join(format!("{:06}.sst", 100 + j));
+            crate::sst::tests::write_sized(&p, &entries, Compression::None, false, 4096);
+            let t = crate::sst::Table::open(&crate::fs::StdFs, &p, 100 + j, None).unwrap();
+            assert!(t.file_size() > 48 << 10, "{} bytes", t.file_size());
+            files.push(Arc::new(FileMeta::new(Arc::new(t), 1, deleter.clone())));
+        }
+        let sources = crate::iter::file_sources(&files).unwrap();
+        assert_eq!(sources.len(), 64);
+        for s in &sources {
+            let Source::Table(c) = s else {
+                panic!("a table source")
+            };
+            assert!(c.ahead.held() <= 32 << 10, "{} bytes held", c.ahead.held());
+        }
+        let mut merge = MergeCursor::new(sources, Direction::Forward);
+        let mut n = 0;
+        while merge.valid() {
+            n += 1;
+            merge.advance().unwrap();
+        }
+        assert_eq!(n, 64 * 600);
+    }
+
     /// A walk that leaves the block cache alone (a compaction's) reads a table a run of
     /// blocks at a time and sees every entry of a table many runs long. A byte flipped in a
     /// block several runs in is a checksum error naming the table and that block's offset.

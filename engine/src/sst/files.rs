@@ -301,6 +301,15 @@ mod tests {
             .collect()
     }
 
+    /// A reader of each of `paths`, table ids in order.
+    fn readers(tf: &Arc<TableFiles>, paths: &[PathBuf]) -> Vec<Box<dyn RandomRead>> {
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| tf.reader(p, i as u64).unwrap())
+            .collect()
+    }
+
     fn read(r: &dyn RandomRead) -> u64 {
         let mut b = [0u8; 8];
         r.read_exact_at(&mut b, 0).unwrap();
@@ -315,11 +324,7 @@ mod tests {
         let paths = files(dir.path(), 300);
         for cap in [1, 7, 64, 100, 1000] {
             let tf = TableFiles::new(Arc::new(StdFs), cap);
-            let readers: Vec<_> = paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| tf.reader(p, i as u64).unwrap())
-                .collect();
+            let readers = readers(&tf, &paths);
             for round in 0..3 {
                 for (i, r) in readers.iter().enumerate() {
                     assert_eq!(read(r.as_ref()), i as u64, "cap {cap} round {round}");
@@ -350,11 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = files(dir.path(), 10);
         let tf = TableFiles::new(Arc::new(StdFs), 100);
-        let readers: Vec<_> = paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| tf.reader(p, i as u64).unwrap())
-            .collect();
+        let readers = readers(&tf, &paths);
         assert_eq!(tf.open_count(), 10);
         tf.close();
         assert_eq!(tf.open_count(), 0);
@@ -374,11 +375,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = files(dir.path(), 50);
         let tf = TableFiles::pinned(Arc::new(StdFs), 54);
-        let readers: Vec<_> = paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| tf.reader(p, i as u64).unwrap())
-            .collect();
+        let readers = readers(&tf, &paths);
         assert_eq!(tf.open_count(), 50);
         for p in &paths {
             std::fs::remove_file(p).unwrap();
@@ -399,11 +396,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = files(dir.path(), 40);
         let tf = TableFiles::pinned(Arc::new(StdFs), 16);
-        let readers: Vec<_> = paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| tf.reader(p, i as u64).unwrap())
-            .collect();
+        let readers = readers(&tf, &paths);
         assert!(tf.open_count() <= 16, "{}", tf.open_count());
         for round in 0..2 {
             for (i, r) in readers.iter().enumerate() {

@@ -57,6 +57,31 @@ pub trait RandomRead: Send + Sync {
     /// Fills `buf` with the bytes at `offset`, or fails (`UnexpectedEof` if the file ends
     /// first).
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// What tells this file from another put at its path later: device, inode and length
+    /// (table files never change once written). `None` where there is no such thing (an
+    /// in-memory file) or it cannot be had.
+    fn identity(&self) -> Option<FileIdentity> {
+        None
+    }
+}
+
+/// A file's device, inode and length: see [`RandomRead::identity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub device: u64,
+    pub inode: u64,
+    pub len: u64,
+}
+
+impl std::fmt::Display for FileIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "inode {} of device {}, {} bytes",
+            self.inode, self.device, self.len
+        )
+    }
 }
 
 struct StdRandom(File);
@@ -117,6 +142,16 @@ impl RandomRead for StdRandom {
             done += pread_result(r, offset + buf.len() as u64)?;
         }
         Ok(())
+    }
+
+    fn identity(&self) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.0.metadata().ok()?;
+        Some(FileIdentity {
+            device: m.dev(),
+            inode: m.ino(),
+            len: m.len(),
+        })
     }
 }
 
@@ -1002,6 +1037,10 @@ impl RandomRead for FaultRandom {
             return Err(fault_error(k));
         }
         self.inner.read_exact_at(buf, offset)
+    }
+
+    fn identity(&self) -> Option<FileIdentity> {
+        self.inner.identity()
     }
 }
 

@@ -681,6 +681,55 @@ fn a_read_only_handle_past_its_cap_fails_clearly_on_tables_a_writer_deleted() {
     w.close().unwrap();
 }
 
+/// Table files replaced under a read-only handle (a directory restored or copied over while
+/// it reads): the pinned tables read the files they opened, the others refuse to read the
+/// files now at their paths, and no read answers with another table's data.
+#[test]
+fn a_read_only_handle_refuses_table_files_replaced_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |max_open_files| Options {
+        memtable_bytes: 1 << 20,
+        target_file_bytes: 1 << 20,
+        ..piling_l0(max_open_files)
+    };
+    let w = Db::open(dir.path(), opts(None)).unwrap();
+    let tables = five_disjoint_rounds(&w);
+    assert_eq!(tables.len(), 5);
+    w.close().unwrap();
+    // Cap 4: three tables pinned, two sharing one descriptor.
+    let ro = Db::open_read_only(dir.path(), opts(Some(4))).unwrap();
+    // Each table's file replaced by a copy of the next one's (new inodes).
+    let copies: Vec<Vec<u8>> = tables.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    for (i, p) in tables.iter().enumerate() {
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, &copies[(i + 1) % copies.len()]).unwrap();
+        std::fs::rename(&tmp, p).unwrap();
+    }
+    let (mut answered, mut refused) = (0, 0);
+    for _ in 0..2 {
+        for r in 0..5u32 {
+            for i in [0, 499, 999] {
+                let k = format!("k{:05}", r * 1000 + i);
+                match ro.get(&k) {
+                    Ok(v) => {
+                        assert_eq!(v.as_deref(), Some(format!("v{r}-{i}").as_bytes()), "{k}");
+                        answered += 1;
+                    }
+                    Err(e) => {
+                        assert!(e.to_string().contains("was replaced"), "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(answered >= 18, "the three pinned tables answer: {answered}");
+    assert!(
+        refused >= 3,
+        "a replaced, unpinned table is refused: {refused}"
+    );
+}
+
 /// A write that would take the memtable past `memtable_bytes` goes into a new one: two
 /// 40 KiB values under a 64 KiB budget make two memtables (two flushes), not one of 80 KiB.
 /// One larger than the budget gets an empty memtable of its own.

@@ -24,6 +24,10 @@
 //!   would need one afterwards (an iterator that outlived the close) fails instead of
 //!   reopening a path that may be gone; the database's iterators answer
 //!   [`crate::Error::Closed`] from then on.
+//!
+//! A file opened again must be the file the table first opened (same device, inode and
+//! length): one put in its place since (a directory restored or copied over under a live
+//! handle) would answer with another table's blocks, so its reads fail instead.
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +35,7 @@ use std::sync::Arc;
 
 use quick_cache::sync::Cache;
 
-use crate::fs::{Fs, RandomRead};
+use crate::fs::{FileIdentity, Fs, RandomRead};
 
 /// Descriptors kept for table files when [`crate::Options::max_open_files`] is `None`: a
 /// half of the process's soft `RLIMIT_NOFILE`, leaving the rest to WALs, the manifest, the
@@ -121,12 +125,13 @@ impl TableFiles {
                 }));
             }
         }
-        let r = CachedFile {
+        let mut r = CachedFile {
             files: self.clone(),
             id,
             path: path.to_path_buf(),
+            identity: None,
         };
-        r.with(|_| Ok(()))?;
+        r.identity = r.with(|f| Ok(f.identity()))?;
         Ok(Box::new(r))
     }
 
@@ -203,11 +208,28 @@ fn vanished(path: &Path, e: io::Error) -> io::Error {
     )
 }
 
+/// The error of a table whose file, opened again, is not the one the table was read from:
+/// something replaced the file at its path (a directory restored or copied over under a
+/// live handle). File numbers are never reused, so the engine itself never does this.
+fn replaced(path: &Path, was: FileIdentity, now: FileIdentity) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{}: this table file was replaced since the database opened it (it was {was}; \
+             it is {now}), so it is not the table the database read; open the database \
+             again",
+            path.display()
+        ),
+    )
+}
+
 /// A table's reader: its file, fetched from [`TableFiles`] for each read.
 struct CachedFile {
     files: Arc<TableFiles>,
     id: u64,
     path: PathBuf,
+    /// The file's identity when the table opened: a file opened again must have it.
+    identity: Option<FileIdentity>,
 }
 
 impl CachedFile {
@@ -218,7 +240,7 @@ impl CachedFile {
         }
         let f = files
             .open
-            .get_or_insert_with(&self.id, || files.open_file(&self.path))
+            .get_or_insert_with(&self.id, || self.open_again())
             .map_err(
                 |e| match files.pinned.is_some() && e.kind() == io::ErrorKind::NotFound {
                     true => vanished(&self.path, e),
@@ -230,6 +252,15 @@ impl CachedFile {
             files.open.remove(&self.id);
         }
         read(f.as_ref())
+    }
+
+    /// Opens the table's file, which must be the file the table opened first.
+    fn open_again(&self) -> io::Result<Arc<dyn RandomRead>> {
+        let f = self.files.open_file(&self.path)?;
+        match (self.identity, f.identity()) {
+            (Some(was), Some(now)) if was != now => Err(replaced(&self.path, was, now)),
+            _ => Ok(f),
+        }
     }
 }
 
@@ -448,5 +479,38 @@ mod tests {
         tf.open.remove(&0);
         let e = a.read_exact_at(&mut buf, 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A file put in place of a table's file after it was evicted fails the table's reads,
+    /// naming the file, instead of answering with the other file's bytes; the same file
+    /// opened again reads as before.
+    #[test]
+    fn a_file_replaced_behind_an_evicted_reader_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = files(dir.path(), 3);
+        let tf = TableFiles::new(Arc::new(StdFs), 1);
+        let readers = readers(&tf, &paths);
+        // Files evicted and opened again are the same files: they read as before.
+        for _ in 0..2 {
+            for (i, r) in readers.iter().enumerate() {
+                tf.open.remove(&(i as u64));
+                assert_eq!(read(r.as_ref()), i as u64);
+            }
+        }
+        assert_eq!(tf.opens(), 3 + 6);
+        // File 0, evicted, replaced by a copy of file 1 (a new inode, the same length).
+        tf.open.remove(&0);
+        let copy = dir.path().join("copy");
+        std::fs::copy(&paths[1], &copy).unwrap();
+        std::fs::rename(&copy, &paths[0]).unwrap();
+        let mut b = [0u8; 8];
+        let e = readers[0].read_exact_at(&mut b, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("was replaced"), "{e}");
+        assert!(e.to_string().contains("0.bin"), "{e}");
+        // It stays refused, and the other tables still read.
+        assert!(readers[0].read_exact_at(&mut b, 0).is_err());
+        assert_eq!(read(readers[1].as_ref()), 1);
+        assert_eq!(read(readers[2].as_ref()), 2);
     }
 }

@@ -184,6 +184,12 @@ const FIGURES: &[Figure] = &[
         scale: 1.0,
     },
     Figure {
+        label: "ms in ops >= 1 ms",
+        key: "slow_ms",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
         label: "disk MB",
         key: "disk_bytes",
         higher_is_better: false,

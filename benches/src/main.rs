@@ -587,6 +587,7 @@ fn build_report(
         // As the workload ended, before the settle's background work.
         workload_peak_rss_mb: after.workload_peak_rss_mb,
         stall_ms: stall.map(|s| s as f64 / 1000.0),
+        slow_ms: m.latency.time_in_slow_ms(report::SLOW_OP_NANOS),
         wal_syncs: diff(after.engine.wal_syncs, before.engine.wal_syncs),
         key_size: settings.key_size,
         value_size: settings.value_size,

@@ -44,6 +44,21 @@ impl Latency {
         self.0.len()
     }
 
+    /// Milliseconds spent in operations that took at least `threshold_nanos` each, summed
+    /// over threads, to the histogram's precision (0.1%).
+    pub fn time_in_slow_ms(&self, threshold_nanos: u64) -> f64 {
+        let nanos: u128 = self
+            .0
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() >= threshold_nanos)
+            .map(|v| {
+                u128::from(self.0.median_equivalent(v.value_iterated_to()))
+                    * u128::from(v.count_at_value())
+            })
+            .sum();
+        nanos as f64 / 1e6
+    }
+
     /// The slowest operation recorded (0 if none), to the histogram's precision.
     pub fn max_us(&self) -> f64 {
         if self.0.is_empty() {
@@ -190,6 +205,9 @@ pub fn disk_bytes(dir: &Path) -> io::Result<u64> {
     Ok(total)
 }
 
+/// What counts as a slow operation in [`WorkloadReport::slow_ms`]: 1 ms.
+pub const SLOW_OP_NANOS: u64 = 1_000_000;
+
 /// One workload's results. Field names are a stable interface for scripts reading `--json`;
 /// add fields, never rename them.
 #[derive(Debug, Serialize)]
@@ -223,6 +241,11 @@ pub struct WorkloadReport {
     /// Time writers were stopped or slowed down during this workload; `None` for a peer
     /// engine that keeps no such counter.
     pub stall_ms: Option<f64>,
+    /// Time spent in operations that took 1 ms or more (summed over threads), as the
+    /// benchmark timed them: a stall measured the same way for every engine, whether or
+    /// not it counts its own (`stall_ms`). A write normally takes microseconds; one that
+    /// waits for a flush or a compaction, or whose thread lost the CPU, takes more.
+    pub slow_ms: f64,
     /// WAL fsyncs during this workload; with `--sync`, ops ÷ this is the mean group a
     /// shared fsync made durable. `None` for an engine that keeps no such counter.
     pub wal_syncs: Option<u64>,
@@ -308,6 +331,9 @@ impl WorkloadReport {
                 self.ops as f64 / syncs as f64
             ));
         }
+        if self.slow_ms >= 1.0 {
+            notes.push(format!("{:.0} ms in ops of 1 ms or more", self.slow_ms));
+        }
         if self.distribution != "uniform" {
             notes.push(self.distribution.clone());
         }
@@ -340,6 +366,19 @@ impl WorkloadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only operations at or over the threshold count, each for its whole time.
+    #[test]
+    fn time_in_slow_operations() {
+        let mut a = Latency::new();
+        (0..1000).for_each(|_| a.record(5_000)); // 5 us
+        a.record(999_000);
+        assert_eq!(a.time_in_slow_ms(SLOW_OP_NANOS), 0.0);
+        (0..3).for_each(|_| a.record(2_000_000)); // 2 ms
+        a.record(40_000_000); // 40 ms
+        let slow = a.time_in_slow_ms(SLOW_OP_NANOS);
+        assert!((45.9..=46.1).contains(&slow), "{slow}");
+    }
 
     #[test]
     fn merged_percentiles() {

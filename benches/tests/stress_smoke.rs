@@ -65,6 +65,7 @@ fn every_workload_reports_one_json_line() {
             "disk_bytes",
             "peak_rss_mb",
             "stall_ms",
+            "slow_ms",
             "key_size",
             "value_size",
             "partition",
@@ -84,6 +85,14 @@ fn every_workload_reports_one_json_line() {
             "{line}"
         );
         assert!(v["disk_bytes"].as_u64().unwrap() > 0, "{line}");
+        // Time in operations of 1 ms or more: at most the threads' whole time.
+        let slow = v["slow_ms"].as_f64().unwrap();
+        let threads = v["threads"].as_f64().unwrap();
+        assert!(
+            (0.0..=v["seconds"].as_f64().unwrap() * 1000.0 * threads.max(2.0) + 1.0)
+                .contains(&slow),
+            "{line}"
+        );
         assert_eq!(v["key_size"], 16, "{line}");
         assert_eq!(v["value_size"], 100, "{line}");
         assert_eq!(v["partition"], "range", "{line}");

@@ -1554,6 +1554,8 @@ impl Inner {
             table_memory_bytes: self.cache.pinned(),
             open_table_files: self.table_files.open_count(),
             table_file_opens: self.table_files.opens(),
+            output_files_open_max: g(&c.output_files_open_max),
+            output_cuts_for_files: g(&c.output_cuts_for_files),
             live_sst_bytes: view.files.total_bytes(),
             last_seqno: self.latest(),
             background_errors: g(&c.background_errors),

@@ -1,6 +1,13 @@
 //! Output files of a flush or compaction: one table writer per (layout version, partition),
 //! cut at the target file size on user-key boundaries (and, for a compaction into a middle
 //! level, where the files of the level below begin), deleted again if the job fails.
+//!
+//! A writer creates its file only once it has 256 KiB to write out, but a job into a layout
+//! of many partitions (a migration into `hash:1024`, say) can have more writers past that
+//! than the process may open files. So a job keeps at most [`Outputs::max_files_open`] of
+//! them open: when one more creates its file, the largest other one that holds a file is
+//! finished there (its partition's next entries start a new file, as at the target size).
+//! Every output that is cut so holds at least 256 KiB.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -25,6 +32,9 @@ pub(crate) struct Outputs<'a> {
     /// Per partition, keys before which its output is cut early (see
     /// [`Outputs::cut_before`]).
     cuts: BTreeMap<u32, Cuts>,
+    /// Writers that hold their file open now, and the most of them the job may keep.
+    files_open: usize,
+    max_files_open: usize,
 }
 
 /// Keys before which one partition's output is cut early, ascending, the index of the first
@@ -53,7 +63,16 @@ impl<'a> Outputs<'a> {
             bytes_written: 0,
             checked: 0,
             cuts: BTreeMap::new(),
+            files_open: 0,
+            max_files_open: Self::max_files_open(inner.opts.max_open_files()),
         }
+    }
+
+    /// Output files one job keeps open at most: a quarter of the tables' descriptor budget
+    /// (`max_open_files`), at least 4, so that the tables read, a flush and a compaction or
+    /// two stay within what the process may open.
+    pub fn max_files_open(max_open_files: usize) -> usize {
+        (max_open_files / 4).max(4)
     }
 
     /// Also cuts `partition`'s output (once it holds `min_bytes`) before the first key at or
@@ -129,13 +148,44 @@ impl<'a> Outputs<'a> {
             )?;
             self.writers.insert(wkey, w);
         }
-        self.writers
-            .get_mut(&wkey)
-            .expect("writer exists")
-            .add_parts(key, seqno, kind, value)
+        let w = self.writers.get_mut(&wkey).expect("writer exists");
+        let had_file = w.holds_file();
+        w.add_parts(key, seqno, kind, value)?;
+        if !had_file && w.holds_file() {
+            self.files_open += 1;
+            let c = &self.inner.counters;
+            c.output_files_open_max
+                .fetch_max(self.files_open as u64, Ordering::Relaxed);
+            if self.files_open > self.max_files_open {
+                self.finish_largest_open_but(wkey, key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes the largest writer other than `this` that holds its file. Entries come in
+    /// key order across the job (they are merged), so a writer whose last key is below
+    /// `key` gets no more versions of it, and cutting its output there keeps a user key's
+    /// versions in one file.
+    fn finish_largest_open_but(&mut self, this: (u32, u32), key: &[u8]) -> Result<()> {
+        let victim = self
+            .writers
+            .iter()
+            .filter(|(k, w)| **k != this && w.holds_file() && w.last_key() < Some(key))
+            .max_by_key(|(_, w)| w.estimated_size())
+            .map(|(k, _)| *k);
+        if let Some(k) = victim {
+            crate::stats::Counters::add(&self.inner.counters.output_cuts_for_files, 1);
+            let w = self.writers.remove(&k).expect("writer exists");
+            self.finish_one(w)?;
+        }
+        Ok(())
     }
 
     fn finish_one(&mut self, w: TableWriter) -> Result<()> {
+        if w.holds_file() {
+            self.files_open -= 1;
+        }
         let path = w.path().to_path_buf();
         let number = crate::util::file_number(&path).unwrap_or(0);
         let (_, size) = w.finish()?;

@@ -37,6 +37,15 @@ pub fn table_fds(dir: &std::path::Path) -> usize {
         .count()
 }
 
+/// The table files (`*.sst`) in `dir`.
+pub fn sst_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .collect()
+}
+
 /// `sluice verify` of `dir` with default options (no deep check), as the CLI runs it.
 pub fn verify(dir: &std::path::Path) -> sluice::inspect::VerifyReport {
     sluice::inspect::verify_dir(

@@ -1,7 +1,7 @@
 //! Basic behaviour of the public API across flushes, compactions, layouts and reopen.
 
 use sluice::{Db, Options, PartitionSpec, VersionId, WriteBatch};
-use sluice_tests::{dump, dump_rev, table_fds};
+use sluice_tests::{dump, dump_rev, sst_files, table_fds};
 
 fn hash(n: u32) -> PartitionSpec {
     PartitionSpec::Hash {
@@ -470,14 +470,6 @@ fn calls_on_a_closed_database_answer_closed() {
     assert!(!ran, "fenced ran its closure on a closed database");
 }
 
-fn sst_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
-        .collect()
-}
-
 /// Options that leave L0 files to pile up, keeping `max_open_files` table files open.
 fn piling_l0(max_open_files: Option<usize>) -> Options {
     Options {
@@ -588,6 +580,38 @@ fn five_disjoint_rounds(w: &Db) -> Vec<std::path::PathBuf> {
     sst_files(w.path())
 }
 
+/// [`piling_l0`] with one table per round of [`five_disjoint_rounds`].
+fn table_per_round(max_open_files: Option<usize>) -> Options {
+    Options {
+        memtable_bytes: 1 << 20,
+        target_file_bytes: 1 << 20,
+        ..piling_l0(max_open_files)
+    }
+}
+
+/// Reads three keys of each of [`five_disjoint_rounds`]'s rounds through `ro`: each answers
+/// its round's value or fails with an error containing `refusal`. Returns how many
+/// answered and how many were refused.
+fn read_five_rounds(ro: &Db, refusal: &str) -> (usize, usize) {
+    let (mut answered, mut refused) = (0, 0);
+    for r in 0..5u32 {
+        for i in [0, 499, 999] {
+            let k = format!("k{:05}", r * 1000 + i);
+            match ro.get(&k) {
+                Ok(v) => {
+                    assert_eq!(v.as_deref(), Some(format!("v{r}-{i}").as_bytes()), "{k}");
+                    answered += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains(refusal), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    (answered, refused)
+}
+
 /// Compacts `w` and waits until it deleted the files `before`.
 fn compact_away(w: &Db, before: &[std::path::PathBuf]) {
     w.compact().unwrap();
@@ -639,12 +663,7 @@ fn a_read_only_handle_reads_tables_a_live_writer_deleted() {
 #[test]
 fn a_read_only_handle_past_its_cap_fails_clearly_on_tables_a_writer_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    // One table per round.
-    let opts = |max_open_files| Options {
-        memtable_bytes: 1 << 20,
-        target_file_bytes: 1 << 20,
-        ..piling_l0(max_open_files)
-    };
+    let opts = table_per_round;
     let w = Db::open(dir.path(), opts(None)).unwrap();
     let before = five_disjoint_rounds(&w);
     assert_eq!(before.len(), 5);
@@ -652,22 +671,7 @@ fn a_read_only_handle_past_its_cap_fails_clearly_on_tables_a_writer_deleted() {
     let ro = Db::open_read_only(dir.path(), opts(Some(4))).unwrap();
     assert!(ro.stats().open_table_files <= 4);
     compact_away(&w, &before);
-    let (mut answered, mut refused) = (0, 0);
-    for r in 0..5u32 {
-        for i in [0, 499, 999] {
-            let k = format!("k{:05}", r * 1000 + i);
-            match ro.get(&k) {
-                Ok(v) => {
-                    assert_eq!(v.as_deref(), Some(format!("v{r}-{i}").as_bytes()), "{k}");
-                    answered += 1;
-                }
-                Err(e) => {
-                    assert!(e.to_string().contains("open a new read-only handle"), "{e}");
-                    refused += 1;
-                }
-            }
-        }
-    }
+    let (answered, refused) = read_five_rounds(&ro, "open a new read-only handle");
     assert!(answered >= 9, "the three pinned tables answer: {answered}");
     assert!(
         refused >= 3,
@@ -687,11 +691,7 @@ fn a_read_only_handle_past_its_cap_fails_clearly_on_tables_a_writer_deleted() {
 #[test]
 fn a_read_only_handle_refuses_table_files_replaced_under_it() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = |max_open_files| Options {
-        memtable_bytes: 1 << 20,
-        target_file_bytes: 1 << 20,
-        ..piling_l0(max_open_files)
-    };
+    let opts = table_per_round;
     let w = Db::open(dir.path(), opts(None)).unwrap();
     let tables = five_disjoint_rounds(&w);
     assert_eq!(tables.len(), 5);
@@ -705,24 +705,10 @@ fn a_read_only_handle_refuses_table_files_replaced_under_it() {
         std::fs::write(&tmp, &copies[(i + 1) % copies.len()]).unwrap();
         std::fs::rename(&tmp, p).unwrap();
     }
-    let (mut answered, mut refused) = (0, 0);
-    for _ in 0..2 {
-        for r in 0..5u32 {
-            for i in [0, 499, 999] {
-                let k = format!("k{:05}", r * 1000 + i);
-                match ro.get(&k) {
-                    Ok(v) => {
-                        assert_eq!(v.as_deref(), Some(format!("v{r}-{i}").as_bytes()), "{k}");
-                        answered += 1;
-                    }
-                    Err(e) => {
-                        assert!(e.to_string().contains("was replaced"), "{e}");
-                        refused += 1;
-                    }
-                }
-            }
-        }
-    }
+    let (mut answered, mut refused) = read_five_rounds(&ro, "was replaced");
+    let again = read_five_rounds(&ro, "was replaced");
+    answered += again.0;
+    refused += again.1;
     assert!(answered >= 18, "the three pinned tables answer: {answered}");
     assert!(
         refused >= 3,

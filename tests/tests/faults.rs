@@ -2089,16 +2089,7 @@ fn a_flush_makes_its_wal_durable_before_writing_its_table() {
     // Time for the flush to reach its table (and, were it not waiting for the WAL, the
     // manifest edit held above).
     std::thread::sleep(Duration::from_millis(300));
-    let tables = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "sst")
-        })
-        .count();
+    let tables = sluice_tests::sst_files(dir.path()).len();
     assert_eq!(
         tables, 0,
         "{what}: a table was written before its WAL was durable"

@@ -412,11 +412,7 @@ fn partition_scoped_reads_report_moved_values() {
     // reported as corruption naming the pointer table; it used to read as a plain value.
     use sluice::fs::StdFs;
     use sluice::sst::{Table, TableKind, TableOptions, TableOwner, TableWriter};
-    let tables: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
-        .collect();
+    let tables = sluice_tests::sst_files(dir.path());
     let pointers = tables
         .iter()
         .find(|p| {
@@ -1358,4 +1354,106 @@ fn an_unreadable_draining_file_holds_back_only_its_partition() {
             );
         }
     }
+}
+
+/// Options for a migration from one partition into `hash:16` whose jobs may keep 4 output
+/// files open, with ~12 MiB written and compacted (~750 KiB per target partition, past the
+/// 256 KiB a writer holds before it opens its file); the database's contents.
+fn many_outputs_db(
+    dir: &std::path::Path,
+    fs: Option<sluice::fs::FaultFs>,
+) -> (Db, Options, std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
+    let mut opts = Options {
+        partition: hash(1, 0),
+        migration_bytes_per_sec: 0,
+        // Outputs are cut only for descriptors, not for size.
+        target_file_bytes: 64 << 20,
+        memtable_bytes: 4 << 20,
+        // A job may keep 4 output files open.
+        max_open_files: Some(16),
+        ..Options::default()
+    };
+    if let Some(fs) = fs {
+        opts.fs = std::sync::Arc::new(fs);
+    }
+    let db = Db::open(dir, opts.clone()).unwrap();
+    let value = |i: u32| format!("{i:08}-{}", "x".repeat(1000));
+    for i in 0..12_000u32 {
+        db.put(format!("k{i:06}"), value(i)).unwrap();
+    }
+    db.compact().unwrap();
+    let before = dump(&db).unwrap();
+    let v2 = db.register_partition_fn(hash(16, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    (db, opts, before)
+}
+
+/// A migration job into many more partitions than it may keep output files open (a quarter
+/// of `max_open_files`) cuts its largest open output when one more opens: at most one past
+/// its share is open at once, every cut output holds at least 256 KiB, and nothing is lost
+/// or split wrongly (verify checks each level's files are disjoint).
+#[test]
+fn a_migration_into_many_partitions_keeps_few_output_files_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, opts, before) = many_outputs_db(dir.path(), None);
+    db.migrate_now(None).unwrap();
+    assert!(db.migration_progress().is_complete());
+    let s = db.stats();
+    assert!(
+        s.output_files_open_max <= 5,
+        "{} output files open at once",
+        s.output_files_open_max
+    );
+    assert!(s.output_cuts_for_files > 0, "no output was cut");
+    assert_eq!(dump(&db).unwrap(), before);
+    db.close().unwrap();
+    let report = sluice_tests::verify(dir.path());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(dump(&db).unwrap(), before);
+}
+
+/// The fsync of an output cut for descriptors fails mid-job: the job fails and deletes what
+/// it wrote, the draining data stays readable, and a crash (no close) then a reopen on the
+/// real file system loses nothing; the migration then completes, with no table left behind.
+#[test]
+fn a_failed_cut_output_loses_nothing_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = sluice::fs::FaultFs::new();
+    let (db, _, before) = many_outputs_db(dir.path(), Some(fs.clone()));
+    // The third table fsync of the migration: past the first cut (a job with 16 outputs
+    // and room for 4 cuts its first one before it finishes any other).
+    fs.inject(sluice::fs::Fault {
+        skip: 2,
+        ..sluice::fs::Fault::on(
+            sluice::fs::FsOp::Sync,
+            sluice::fs::FaultKind::Io,
+            ".sst",
+            false,
+        )
+    });
+    let failed = db.migrate_now(None);
+    assert!(fs.injected() > 0, "the fault did not fire");
+    assert!(db.stats().output_cuts_for_files > 0, "no output was cut");
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(dump(&db).unwrap(), before);
+    drop(db); // a crash: no close
+    let opts = Options {
+        partition: hash(1, 0),
+        migration_bytes_per_sec: 0,
+        target_file_bytes: 64 << 20,
+        max_open_files: Some(16),
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(dump(&db).unwrap(), before);
+    db.migrate_now(None).unwrap();
+    assert!(db.migration_progress().is_complete());
+    assert_eq!(dump(&db).unwrap(), before);
+    let tables: usize = db.stats().levels.iter().map(|l| l.files).sum();
+    db.close().unwrap();
+    let on_disk = sluice_tests::sst_files(dir.path()).len();
+    assert_eq!(on_disk, tables, "tables on disk that no level names");
+    let report = sluice_tests::verify(dir.path());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

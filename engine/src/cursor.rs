@@ -926,6 +926,47 @@ mod tests {
         assert_eq!(n, 64 * 600);
     }
 
+    /// A block much longer than the read-ahead run (a large value) is read whole, and its
+    /// buffer is not kept for the rest of the walk: the runs after it read into a buffer of
+    /// their own size.
+    #[test]
+    fn a_large_block_does_not_grow_the_read_ahead_for_good() {
+        use crate::sst::Compression;
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (0..801u32)
+            .map(|i| Entry {
+                key: Bytes::from(format!("k{i:06}")),
+                seqno: 1 + i as u64,
+                kind: Kind::Value,
+                value: Bytes::from(if i == 400 {
+                    "L".repeat(1 << 20)
+                } else {
+                    "v".repeat(100)
+                }),
+            })
+            .collect();
+        let p = dir.path().join("000007.sst");
+        crate::sst::tests::write_sized(&p, &entries, Compression::None, false, 4096);
+        let t = crate::sst::Table::open(&crate::fs::StdFs, &p, 7, None).unwrap();
+        let mut c = TableCursor::ahead(Arc::new(t), KeyRange::all(), 8 << 10).unwrap();
+        let (mut n, mut most) = (0, 0);
+        while c.valid {
+            assert_eq!(c.key(), &entries[n].key[..]);
+            most = most.max(c.ahead.capacity());
+            if n > 500 {
+                assert!(
+                    c.ahead.capacity() <= 16 << 10,
+                    "{} bytes kept at {n}",
+                    c.ahead.capacity()
+                );
+            }
+            n += 1;
+            c.advance().unwrap();
+        }
+        assert_eq!(n, entries.len());
+        assert!(most >= 1 << 20, "the large block was read whole: {most}");
+    }
+
     /// A walk that leaves the block cache alone (a compaction's) reads a table a run of
     /// blocks at a time and sees every entry of a table many runs long. A byte flipped in a
     /// block several runs in is a checksum error naming the table and that block's offset.

@@ -533,9 +533,12 @@ impl Table {
             };
             let len = run.max(end - h.offset).min(data_end.max(end) - h.offset) as usize;
             // The last run's buffer, if no block read from it is still held (the caller
-            // lets go of its block first): no allocation per run.
+            // lets go of its block first): no allocation per run. Unless a block much
+            // longer than a run grew it: that memory goes back rather than being held for
+            // the rest of the walk.
+            let fits = |cap: usize| cap >= len && cap <= 2 * len.max(run as usize);
             let mut buf = match std::mem::take(&mut ra.buf).try_into_mut() {
-                Ok(b) if b.capacity() >= len => Vec::from(b),
+                Ok(b) if fits(b.capacity()) => Vec::from(b),
                 _ => Vec::with_capacity(len),
             };
             buf.clear();
@@ -544,6 +547,7 @@ impl Table {
             *ra = Readahead {
                 table: self.id,
                 start: h.offset,
+                capacity: buf.capacity(),
                 buf: Bytes::from(buf),
                 run: ra.run,
             };
@@ -669,6 +673,9 @@ pub struct Readahead {
     buf: Bytes,
     /// Bytes to read at a time (0: [`READAHEAD`]); a block longer than this is read whole.
     run: u64,
+    /// The allocation behind `buf` (read by tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    capacity: usize,
 }
 
 impl Readahead {
@@ -684,6 +691,12 @@ impl Readahead {
     #[cfg(test)]
     pub fn held(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes allocated for what is held.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 }
 

@@ -744,7 +744,8 @@ impl Inner {
             TableKind::Data,
             job.output_level as u8,
             Some(file_bytes),
-        );
+        )
+        .limit_open_files();
         if job.migrate_to.is_none() && job.output_level + 1 < MAX_LEVELS {
             // Outputs into a middle level follow the file boundaries of the level below.
             let below = layout

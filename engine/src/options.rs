@@ -68,12 +68,12 @@ pub struct Options {
     /// deleted by a live writer fails, saying to open a new handle. `None`
     /// (the default) keeps up to half
     /// of the process's soft `RLIMIT_NOFILE` open (at least 32), leaving the other half to
-    /// WALs, the manifest, and the tables flushes and compactions write. Each flush or
-    /// compaction keeps at most a quarter of `max_open_files` (at least 4) of its output
-    /// files open: an output opens its file once it has 256 KiB to write, and when one more
-    /// would pass that share the job finishes its largest open output there
-    /// ([`crate::Stats::output_cuts_for_files`]). Reads in flight can hold a few more files
-    /// open for their duration.
+    /// WALs, the manifest, and the tables flushes and compactions write. An output opens
+    /// its file once it has 256 KiB to write (a flush holds at most one per 256 KiB of its
+    /// memtable), and each compaction keeps at most a quarter of `max_open_files` (at least
+    /// 4) of its output files open: when one more would pass that share it finishes its
+    /// largest open output there ([`crate::Stats::output_cuts_for_files`]). Reads in
+    /// flight can hold a few more files open for their duration.
     pub max_open_files: Option<usize>,
     /// L0 files in one partition that trigger a compaction into its base level. Into a
     /// middle level, L0 then also waits until it holds as many bytes as that level (or twice

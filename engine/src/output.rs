@@ -2,12 +2,16 @@
 //! cut at the target file size on user-key boundaries (and, for a compaction into a middle
 //! level, where the files of the level below begin), deleted again if the job fails.
 //!
-//! A writer creates its file only once it has 256 KiB to write out, but a job into a layout
-//! of many partitions (a migration into `hash:1024`, say) can have more writers past that
-//! than the process may open files. So a job keeps at most [`Outputs::max_files_open`] of
-//! them open: when one more creates its file, the largest other one that holds a file is
-//! finished there (its partition's next entries start a new file, as at the target size).
-//! Every output that is cut so holds at least 256 KiB.
+//! A writer creates its file only once it has 256 KiB to write out, so a flush holds at
+//! most one descriptor per 256 KiB of its memtable. A compaction can take far more (a
+//! migration job up to 16 × `target_file_bytes`), and into a layout of many partitions
+//! (`hash:1024`, say) it can have more writers past 256 KiB than the process may open
+//! files. So a compaction keeps at most [`Outputs::max_files_open`] of them open
+//! ([`Outputs::limit_open_files`]): when one more creates its file, the largest other one
+//! that holds a file and whose last key is below the entry just added is finished there
+//! (its partition's next entries start a new file, as at the target size). Every output
+//! cut so holds at least 256 KiB. Flushes are not limited so: their outputs are L0 files,
+//! which writers' slowdowns and stops count, and cutting them would make more.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -64,13 +68,20 @@ impl<'a> Outputs<'a> {
             checked: 0,
             cuts: BTreeMap::new(),
             files_open: 0,
-            max_files_open: Self::max_files_open(inner.opts.max_open_files()),
+            max_files_open: usize::MAX,
         }
     }
 
-    /// Output files one job keeps open at most: a quarter of the tables' descriptor budget
-    /// (`max_open_files`), at least 4, so that the tables read, a flush and a compaction or
-    /// two stay within what the process may open.
+    /// Keeps at most [`Outputs::max_files_open`] output files open (see the module's
+    /// documentation): for compactions.
+    pub fn limit_open_files(mut self) -> Self {
+        self.max_files_open = Self::max_files_open(self.inner.opts.max_open_files());
+        self
+    }
+
+    /// Output files one compaction keeps open at most: a quarter of the tables' descriptor
+    /// budget (`max_open_files`), at least 4, so that the tables read, a flush and a
+    /// compaction or two stay within what the process may open.
     pub fn max_files_open(max_open_files: usize) -> usize {
         (max_open_files / 4).max(4)
     }
@@ -150,15 +161,18 @@ impl<'a> Outputs<'a> {
         }
         let w = self.writers.get_mut(&wkey).expect("writer exists");
         let had_file = w.holds_file();
-        w.add_parts(key, seqno, kind, value)?;
-        if !had_file && w.holds_file() {
+        let added = w.add_parts(key, seqno, kind, value);
+        // Counted even if the write after the file's creation failed: it is open.
+        let opened = !had_file && w.holds_file();
+        if opened {
             self.files_open += 1;
             let c = &self.inner.counters;
             c.output_files_open_max
                 .fetch_max(self.files_open as u64, Ordering::Relaxed);
-            if self.files_open > self.max_files_open {
-                self.finish_largest_open_but(wkey, key)?;
-            }
+        }
+        added?;
+        if opened && self.files_open > self.max_files_open {
+            self.finish_largest_open_but(wkey, key)?;
         }
         Ok(())
     }

@@ -38,9 +38,9 @@ pub(crate) struct Counters {
     pub get_false_positives: AtomicU64,
     pub background_errors: AtomicU64,
     pub flush_retries: AtomicU64,
-    /// The most output files one flush or compaction held open at once.
+    /// The most output files one flush's or compaction's outputs held open at once.
     pub output_files_open_max: AtomicU64,
-    /// Outputs finished early to keep a job within its open output files.
+    /// Compaction outputs finished early to keep within their open output files.
     pub output_cuts_for_files: AtomicU64,
     /// Bytes compactions wrote into each level (outputs by the level they were installed
     /// at), and of those, what migration compactions wrote.
@@ -231,12 +231,13 @@ pub struct Stats {
     /// Table files opened since the database opened: it grows with reads when more tables
     /// are read than `max_open_files` keeps open.
     pub table_file_opens: u64,
-    /// The most output files one flush or compaction held open at once since the database
-    /// opened: at most a quarter of [`crate::Options::max_open_files`] (at least 4), plus
-    /// one while the next is cut.
+    /// The most table files one flush's or compaction's outputs held open at once since
+    /// the database opened (a flush's data and pointer outputs counted apart). A
+    /// compaction's stay at a quarter of [`crate::Options::max_open_files`] (at least 4),
+    /// plus one while the next is cut; a flush's at one per 256 KiB of its memtable.
     pub output_files_open_max: u64,
-    /// Flush and compaction outputs finished before their target size because the job
-    /// held as many output files open as it may (each holds at least 256 KiB).
+    /// Compaction outputs finished before their target size because the job held as many
+    /// output files open as it may (each holds at least 256 KiB).
     pub output_cuts_for_files: u64,
     pub live_sst_bytes: u64,
     pub last_seqno: u64,

@@ -1356,20 +1356,30 @@ fn an_unreadable_draining_file_holds_back_only_its_partition() {
     }
 }
 
-/// Options for a migration from one partition into `hash:16` whose jobs may keep 4 output
-/// files open, with ~12 MiB written and compacted (~750 KiB per target partition, past the
-/// 256 KiB a writer holds before it opens its file); the database's contents.
-fn many_outputs_db(
-    dir: &std::path::Path,
-    fs: Option<sluice::fs::FaultFs>,
-) -> (Db, Options, std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
+/// What [`many_outputs_db`] gives: the database, its options, its contents, and a snapshot
+/// taken before every key was overwritten with what it reads.
+type ManyOutputs = (
+    Db,
+    Options,
+    std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    sluice::Snapshot,
+    std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+);
+
+/// A database under one partition about to migrate into `hash:16`, whose compactions may
+/// keep 4 output files open: 6,000 keys written twice (~29 MiB, ~1.8 MiB per target
+/// partition, past the 256 KiB a writer holds before it opens its file), with a snapshot
+/// held between the two rounds so that compaction keeps both versions of every key.
+fn many_outputs_db(dir: &std::path::Path, fs: Option<sluice::fs::FaultFs>) -> ManyOutputs {
     let mut opts = Options {
         partition: hash(1, 0),
         migration_bytes_per_sec: 0,
-        // Outputs are cut only for descriptors, not for size.
-        target_file_bytes: 64 << 20,
+        // Outputs are cut only for descriptors, not for size; the source's files (at
+        // least a sixteenth of this) are large enough that a migration job gives each
+        // target partition ~1 MiB.
+        target_file_bytes: 256 << 20,
         memtable_bytes: 4 << 20,
-        // A job may keep 4 output files open.
+        // A compaction may keep 4 output files open.
         max_open_files: Some(16),
         ..Options::default()
     };
@@ -1377,15 +1387,46 @@ fn many_outputs_db(
         opts.fs = std::sync::Arc::new(fs);
     }
     let db = Db::open(dir, opts.clone()).unwrap();
-    let value = |i: u32| format!("{i:08}-{}", "x".repeat(1000));
-    for i in 0..12_000u32 {
-        db.put(format!("k{i:06}"), value(i)).unwrap();
-    }
+    // Every 500th value is large: added, it takes its partition's writer past 256 KiB at
+    // once, so the writer that just opened its file is the largest one open, and a cut
+    // must pass it over (cut after its key's first version, the second would start a new
+    // file overlapping it).
+    let value = |i: u32, round: u32| {
+        let len = if i % 500 == 499 { 700 << 10 } else { 1000 };
+        format!("{round}:{i:08}-{}", "x".repeat(len))
+    };
+    let round = |r: u32| {
+        for i in 0..6_000u32 {
+            db.put(format!("k{i:06}"), value(i, r)).unwrap();
+        }
+    };
+    round(0);
+    let snap = db.snapshot();
+    let old = dump(&db).unwrap();
+    round(1);
     db.compact().unwrap();
     let before = dump(&db).unwrap();
+    assert_ne!(before, old);
     let v2 = db.register_partition_fn(hash(16, 3)).unwrap();
     db.set_target(v2).unwrap();
-    (db, opts, before)
+    (db, opts, before, snap, old)
+}
+
+/// Every key `snap` reads, read through it by a scan, each checked by a point read too (a
+/// point read searches one file per level: versions of a key split over two files of a
+/// level would show here).
+fn dump_at(snap: &sluice::Snapshot) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let all: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = snap
+        .range(..)
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect();
+    for (k, v) in &all {
+        assert_eq!(snap.get(k).unwrap().as_deref(), Some(&v[..]), "{k:?}");
+    }
+    all
 }
 
 /// A migration job into many more partitions than it may keep output files open (a quarter
@@ -1395,9 +1436,12 @@ fn many_outputs_db(
 #[test]
 fn a_migration_into_many_partitions_keeps_few_output_files_open() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, opts, before) = many_outputs_db(dir.path(), None);
+    let (db, opts, before, snap, old) = many_outputs_db(dir.path(), None);
     db.migrate_now(None).unwrap();
     assert!(db.migration_progress().is_complete());
+    // Both versions of every key moved, each where its reader finds it.
+    assert_eq!(dump_at(&snap), old);
+    drop(snap);
     let s = db.stats();
     assert!(
         s.output_files_open_max <= 5,
@@ -1420,7 +1464,7 @@ fn a_migration_into_many_partitions_keeps_few_output_files_open() {
 fn a_failed_cut_output_loses_nothing_and_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let fs = sluice::fs::FaultFs::new();
-    let (db, _, before) = many_outputs_db(dir.path(), Some(fs.clone()));
+    let (db, _, before, snap, old) = many_outputs_db(dir.path(), Some(fs.clone()));
     // The third table fsync of the migration: past the first cut (a job with 16 outputs
     // and room for 4 cuts its first one before it finishes any other).
     fs.inject(sluice::fs::Fault {
@@ -1437,11 +1481,13 @@ fn a_failed_cut_output_loses_nothing_and_leaves_no_file() {
     assert!(db.stats().output_cuts_for_files > 0, "no output was cut");
     assert!(failed.is_err(), "{failed:?}");
     assert_eq!(dump(&db).unwrap(), before);
+    assert_eq!(dump_at(&snap), old);
+    drop(snap);
     drop(db); // a crash: no close
     let opts = Options {
         partition: hash(1, 0),
         migration_bytes_per_sec: 0,
-        target_file_bytes: 64 << 20,
+        target_file_bytes: 256 << 20,
         max_open_files: Some(16),
         ..Options::default()
     };
@@ -1456,4 +1502,36 @@ fn a_failed_cut_output_loses_nothing_and_leaves_no_file() {
     assert_eq!(on_disk, tables, "tables on disk that no level names");
     let report = sluice_tests::verify(dir.path());
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// A flush is not held to a compaction's share of open output files: cutting its outputs
+/// would make more L0 files, which writers' slowdowns and stops count. A memtable flushed
+/// into 16 partitions, ~750 KiB each, makes one L0 file per partition, however low
+/// `max_open_files` is.
+#[test]
+fn a_flush_into_many_partitions_makes_one_file_per_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            partition: hash(16, 1),
+            memtable_bytes: 32 << 20,
+            max_open_files: Some(16),
+            level0_compaction_trigger: 100,
+            level0_slowdown_trigger: 200,
+            level0_stop_trigger: 300,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for i in 0..12_000u32 {
+        db.put(format!("k{i:06}"), format!("{i:08}-{}", "x".repeat(1000)))
+            .unwrap();
+    }
+    db.flush().unwrap();
+    let s = db.stats();
+    assert_eq!(s.output_cuts_for_files, 0);
+    assert!(s.output_files_open_max > 5, "{}", s.output_files_open_max);
+    assert_eq!(s.levels[0].files, 16, "{:?}", s.levels[0]);
+    assert_eq!(dump(&db).unwrap().len(), 12_000);
 }

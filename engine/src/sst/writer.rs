@@ -151,12 +151,12 @@ impl TableWriter {
         self.owner
     }
 
-    /// User key of the last entry added.
     /// Whether the writer has created its file (holds a descriptor).
     pub fn holds_file(&self) -> bool {
         self.file.is_some()
     }
 
+    /// User key of the last entry added.
     pub fn last_key(&self) -> Option<&[u8]> {
         self.last.as_ref().map(|(k, _)| k.as_slice())
     }

@@ -25,9 +25,13 @@
 //!   reopening a path that may be gone; the database's iterators answer
 //!   [`crate::Error::Closed`] from then on.
 //!
-//! A file opened again must be the file the table first opened (same device, inode and
-//! length): one put in its place since (a directory restored or copied over under a live
-//! handle) would answer with another table's blocks, so its reads fail instead.
+//! A read-only handle's table whose file is opened again requires the file the table
+//! first opened (same device, inode and length): one put in its place since (a directory
+//! restored or copied over while a tool reads it) would answer with another table's
+//! blocks, so its reads fail instead. A writer's tables are not checked: the writer holds
+//! the directory's lock and owns its files, and on a file system whose inode numbers are
+//! not stable across opens (CIFS with `noserverino`, some FUSE ones) the check would
+//! refuse healthy tables.
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -228,7 +232,8 @@ struct CachedFile {
     files: Arc<TableFiles>,
     id: u64,
     path: PathBuf,
-    /// The file's identity when the table opened: a file opened again must have it.
+    /// The file's identity when the table opened: a read-only handle's file opened again
+    /// must have it.
     identity: Option<FileIdentity>,
 }
 
@@ -258,7 +263,9 @@ impl CachedFile {
     fn open_again(&self) -> io::Result<Arc<dyn RandomRead>> {
         let f = self.files.open_file(&self.path)?;
         match (self.identity, f.identity()) {
-            (Some(was), Some(now)) if was != now => Err(replaced(&self.path, was, now)),
+            (Some(was), Some(now)) if was != now && self.files.pinned.is_some() => {
+                Err(replaced(&self.path, was, now))
+            }
             _ => Ok(f),
         }
     }
@@ -481,14 +488,16 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
-    /// A file put in place of a table's file after it was evicted fails the table's reads,
-    /// naming the file, instead of answering with the other file's bytes; the same file
-    /// opened again reads as before.
+    /// A file put in place of a read-only handle's unpinned table's file after it was
+    /// evicted fails the table's reads, naming the file, instead of answering with the
+    /// other file's bytes; the same file opened again reads as before. A writer's table
+    /// is not checked.
     #[test]
     fn a_file_replaced_behind_an_evicted_reader_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let paths = files(dir.path(), 3);
-        let tf = TableFiles::new(Arc::new(StdFs), 1);
+        // One table pinned, two sharing one descriptor.
+        let tf = TableFiles::pinned(Arc::new(StdFs), 2);
         let readers = readers(&tf, &paths);
         // Files evicted and opened again are the same files: they read as before.
         for _ in 0..2 {
@@ -497,20 +506,27 @@ mod tests {
                 assert_eq!(read(r.as_ref()), i as u64);
             }
         }
-        assert_eq!(tf.opens(), 3 + 6);
-        // File 0, evicted, replaced by a copy of file 1 (a new inode, the same length).
-        tf.open.remove(&0);
+        assert_eq!(tf.opens(), 3 + 4);
+        // File 2, evicted, replaced by a copy of file 1 (a new inode, the same length).
+        tf.open.remove(&2);
         let copy = dir.path().join("copy");
         std::fs::copy(&paths[1], &copy).unwrap();
-        std::fs::rename(&copy, &paths[0]).unwrap();
+        std::fs::rename(&copy, &paths[2]).unwrap();
         let mut b = [0u8; 8];
-        let e = readers[0].read_exact_at(&mut b, 0).unwrap_err();
+        let e = readers[2].read_exact_at(&mut b, 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains("was replaced"), "{e}");
-        assert!(e.to_string().contains("0.bin"), "{e}");
+        assert!(e.to_string().contains("2.bin"), "{e}");
         // It stays refused, and the other tables still read.
-        assert!(readers[0].read_exact_at(&mut b, 0).is_err());
+        assert!(readers[2].read_exact_at(&mut b, 0).is_err());
         assert_eq!(read(readers[1].as_ref()), 1);
-        assert_eq!(read(readers[2].as_ref()), 2);
+        assert_eq!(read(readers[0].as_ref()), 0);
+        // A writer's table reads what is at its path.
+        let tf = TableFiles::new(Arc::new(StdFs), 1);
+        let r = tf.reader(&paths[0], 0).unwrap();
+        tf.open.remove(&0);
+        std::fs::copy(&paths[1], &copy).unwrap();
+        std::fs::rename(&copy, &paths[0]).unwrap();
+        assert_eq!(read(r.as_ref()), 1);
     }
 }

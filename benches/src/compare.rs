@@ -4,7 +4,8 @@
 //! best peer for every figure. `--engine-exe ENGINE=PATH` runs that engine's child from
 //! another build instead (one built for that engine alone): a process of a binary that
 //! links RocksDB starts ~10 MB larger whatever engine it runs, and the "RSS MB at start"
-//! row shows what each process started with.
+//! row shows what each process started with. `--rounds N` runs every engine N times,
+//! taking turns, and compares the medians of each figure.
 //!
 //! redb is left out of the best-peer choice for write amplification: its commits (with
 //! `Durability::None`, the no-fsync setting; redb has no WAL) reach the disk only with a
@@ -41,14 +42,15 @@ fn child_args_from(
     while let Some(a) = args.next() {
         let s = a.to_string_lossy();
         match s.as_ref() {
-            "--engines" | "--dir" | "--engine" | "--engine-exe" => {
+            "--engines" | "--dir" | "--engine" | "--engine-exe" | "--rounds" => {
                 args.next();
             }
             "--json" => {}
             _ if s.starts_with("--engines=")
                 || s.starts_with("--dir=")
                 || s.starts_with("--engine=")
-                || s.starts_with("--engine-exe=") => {}
+                || s.starts_with("--engine-exe=")
+                || s.starts_with("--rounds=") => {}
             _ => out.push(a),
         }
     }
@@ -223,45 +225,25 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
         crate::refuse_sluice_only_settings(cli)?;
     }
     prepare_parent(&cli.dir)?;
-    let this = std::env::current_exe()?;
-    let mut results: Vec<(EngineKind, Vec<Value>)> = Vec::new();
-    for &e in engines {
-        let exe = cli
-            .engine_exe
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == e)
-            .map_or(&this, |(_, p)| p);
-        eprintln!(
-            "sluice-stress: --engines: running {} in a child process of {}",
-            e.name(),
-            exe.display()
-        );
-        let out = Command::new(exe)
-            .args(child_args(&cli.dir, e))
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()?;
-        if !out.status.success() {
-            return Err(format!("the {} run failed ({})", e.name(), out.status).into());
-        }
-        let lines = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(serde_json::from_str::<Value>)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| {
-                format!(
-                    "the {} run printed a line that is not JSON: {err}",
-                    e.name()
-                )
-            })?;
-        if cli.json {
-            for l in &lines {
-                println!("{l}");
+    // Per engine, each round's report lines.
+    let mut runs: Vec<(EngineKind, Vec<Vec<Value>>)> =
+        engines.iter().map(|&e| (e, Vec::new())).collect();
+    for round in 0..cli.rounds {
+        for (e, lines) in runs.iter_mut() {
+            if cli.rounds > 1 {
+                eprintln!(
+                    "sluice-stress: --engines: round {} of {}",
+                    round + 1,
+                    cli.rounds
+                );
             }
+            lines.push(run_child(cli, *e)?);
         }
-        results.push((e, lines));
     }
+    let results: Vec<(EngineKind, Vec<Value>)> = runs
+        .into_iter()
+        .map(|(e, rounds)| (e, median_lines(&rounds)))
+        .collect();
     for (i, workload) in cli.workloads.iter().enumerate() {
         let rows: Vec<(EngineKind, &Value)> = results
             .iter()
@@ -271,10 +253,96 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
         if cli.json {
             println!("{cmp}");
         } else {
+            if cli.rounds > 1 {
+                println!("(medians of {} rounds)", cli.rounds);
+            }
             print_table(workload.name(), &rows, &cmp);
         }
     }
     Ok(())
+}
+
+/// Per workload, the first round's report with every compared figure replaced by its
+/// median over the rounds (`null` where a round lacks it).
+fn median_lines(rounds: &[Vec<Value>]) -> Vec<Value> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let mut out = line.clone();
+            for f in FIGURES {
+                let mut vs: Vec<f64> = Vec::new();
+                for r in rounds {
+                    match r.get(i).and_then(|l| l.get(f.key)).and_then(Value::as_f64) {
+                        Some(v) => vs.push(v),
+                        None => {
+                            vs.clear();
+                            break;
+                        }
+                    }
+                }
+                if let Some(obj) = out.as_object_mut() {
+                    obj.insert(f.key.into(), json!(median(&mut vs)));
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// The median of `vs` (the mean of the middle two for an even count), `None` if empty.
+fn median(vs: &mut [f64]) -> Option<f64> {
+    vs.sort_by(f64::total_cmp);
+    let n = vs.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(vs[n / 2]),
+        _ => Some((vs[n / 2 - 1] + vs[n / 2]) / 2.0),
+    }
+}
+
+/// Runs the workloads on `e` in a child process; its report lines (printed too with
+/// `--json`).
+fn run_child(cli: &Cli, e: EngineKind) -> BenchResult<Vec<Value>> {
+    let this = std::env::current_exe()?;
+    let exe = cli
+        .engine_exe
+        .iter()
+        .rev()
+        .find(|(k, _)| *k == e)
+        .map_or(&this, |(_, p)| p);
+    eprintln!(
+        "sluice-stress: --engines: running {} in a child process of {}",
+        e.name(),
+        exe.display()
+    );
+    let out = Command::new(exe)
+        .args(child_args(&cli.dir, e))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("the {} run failed ({})", e.name(), out.status).into());
+    }
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str::<Value>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| {
+            format!(
+                "the {} run printed a line that is not JSON: {err}",
+                e.name()
+            )
+        })?;
+    if cli.json {
+        for l in &lines {
+            println!("{l}");
+        }
+    }
+    Ok(lines)
 }
 
 /// `{"workload", "comparison": {figure: {engine: value, "best_peer", "sluice_over_best_peer"}}}`.
@@ -413,6 +481,27 @@ mod child_args_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each compared figure is the median over the rounds (the mean of the middle two for
+    /// an even count); one a round lacks is null; the rest of the line is the first
+    /// round's.
+    #[test]
+    fn rounds_compare_medians() {
+        let line = |ops: f64, stall: Option<f64>| json!({"workload": "fillrandom", "ops_per_sec": ops, "stall_ms": stall, "note": ops});
+        let rounds = vec![
+            vec![line(10.0, Some(1.0))],
+            vec![line(30.0, None)],
+            vec![line(20.0, Some(3.0))],
+        ];
+        let m = median_lines(&rounds);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["ops_per_sec"], 20.0);
+        assert!(m[0]["stall_ms"].is_null(), "{}", m[0]);
+        assert_eq!(m[0]["note"], 10.0);
+        let m = median_lines(&rounds[..2]);
+        assert_eq!(m[0]["ops_per_sec"], 20.0);
+        assert!(median_lines(&[]).is_empty());
+    }
 
     #[test]
     fn best_peer_depends_on_direction() {

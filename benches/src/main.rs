@@ -180,6 +180,12 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["engine", "use_existing_db"])]
     engines: Option<Vec<EngineKind>>,
 
+    /// With --engines: run every engine this many times, taking turns (all engines once,
+    /// then again), and compare the medians of each figure: one engine's figures move
+    /// 15–20% between runs on a busy machine, more than the margins compared.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99), requires = "engines")]
+    rounds: u32,
+
     /// With --engines: run ENGINE's child from the executable at PATH instead of this one
     /// (ENGINE=PATH, repeatable), so that an engine's RSS is measured in a binary built for
     /// it: a `peers` build links RocksDB, whose relocations and static constructors every

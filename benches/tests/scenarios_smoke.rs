@@ -473,6 +473,38 @@ fn engines_runs_each_engine_in_a_child_and_compares() {
     assert_eq!(c["start_rss_mb"]["sluice"].as_f64(), Some(start), "{c}");
 }
 
+/// `--rounds 2` runs each engine twice and compares the medians of its figures.
+#[test]
+fn engines_rounds_compare_medians() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cmp");
+    let lines = json_lines(&[
+        "fillseq,readrandom",
+        "--num",
+        "2000",
+        "--dir",
+        p(&dir),
+        "--engines",
+        "sluice",
+        "--rounds",
+        "2",
+        "--json",
+    ]);
+    // Two rounds of the child's two report lines, then one comparison line per workload.
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for (i, workload) in ["fillseq", "readrandom"].iter().enumerate() {
+        let ops = |l: &serde_json::Value| l["ops_per_sec"].as_f64().unwrap();
+        let (a, b) = (ops(&lines[i]), ops(&lines[2 + i]));
+        let c = &lines[4 + i];
+        assert_eq!(c["workload"], *workload);
+        let median = c["comparison"]["ops_per_sec"]["sluice"].as_f64().unwrap();
+        assert!(
+            (median - (a + b) / 2.0).abs() < 1e-6 * median,
+            "{a} {b} {median}"
+        );
+    }
+}
+
 /// `--engine-exe` runs an engine's child from another executable: a copy of this one runs
 /// the workloads; an executable that is not `sluice-stress` fails the run, with its name.
 #[test]

@@ -441,20 +441,28 @@ fn migration3_measures_three_live_layouts_against_one() {
     assert_eq!(l["found"], 2000);
 }
 
-#[test]
-fn engines_runs_each_engine_in_a_child_and_compares() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("cmp");
-    let lines = json_lines(&[
+/// `fillseq,readrandom` over 2,000 keys with `--engines sluice` and `extra`, in `dir`: the
+/// JSON lines printed.
+fn sluice_engines_json(dir: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
         "fillseq,readrandom",
         "--num",
         "2000",
         "--dir",
-        p(&dir),
+        p(dir),
         "--engines",
         "sluice",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    json_lines(&args)
+}
+
+#[test]
+fn engines_runs_each_engine_in_a_child_and_compares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cmp");
+    let lines = sluice_engines_json(&dir, &[]);
     // The child's two report lines, then one comparison line per workload.
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert_eq!(lines[0]["engine"], "sluice");
@@ -478,18 +486,7 @@ fn engines_runs_each_engine_in_a_child_and_compares() {
 fn engines_rounds_compare_medians() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cmp");
-    let lines = json_lines(&[
-        "fillseq,readrandom",
-        "--num",
-        "2000",
-        "--dir",
-        p(&dir),
-        "--engines",
-        "sluice",
-        "--rounds",
-        "2",
-        "--json",
-    ]);
+    let lines = sluice_engines_json(&dir, &["--rounds", "2"]);
     // Two rounds of the child's two report lines, then one comparison line per workload.
     assert_eq!(lines.len(), 6, "{lines:?}");
     for (i, workload) in ["fillseq", "readrandom"].iter().enumerate() {

@@ -135,7 +135,9 @@ impl TableFiles {
             path: path.to_path_buf(),
             identity: None,
         };
-        r.identity = r.with(|f| Ok(f.identity()))?;
+        // Only a read-only handle checks the file it opens again (see the module's docs).
+        let checked = self.pinned.is_some();
+        r.identity = r.with(|f| Ok(f.identity().filter(|_| checked)))?;
         Ok(Box::new(r))
     }
 
@@ -212,16 +214,17 @@ fn vanished(path: &Path, e: io::Error) -> io::Error {
     )
 }
 
-/// The error of a table whose file, opened again, is not the one the table was read from:
-/// something replaced the file at its path (a directory restored or copied over under a
-/// live handle). File numbers are never reused, so the engine itself never does this.
+/// The error of a read-only handle's table whose file, opened again, is not the one the
+/// table was read from: something replaced the file at its path (a directory restored or
+/// copied over while the handle reads). File numbers are never reused, so the engine
+/// itself never does this.
 fn replaced(path: &Path, was: FileIdentity, now: FileIdentity) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!(
-            "{}: this table file was replaced since the database opened it (it was {was}; \
-             it is {now}), so it is not the table the database read; open the database \
-             again",
+            "{}: this table file was replaced since the read-only handle opened it (it was \
+             {was}; it is {now}), so it is not the table the handle read; open a new \
+             read-only handle",
             path.display()
         ),
     )
@@ -232,8 +235,8 @@ struct CachedFile {
     files: Arc<TableFiles>,
     id: u64,
     path: PathBuf,
-    /// The file's identity when the table opened: a read-only handle's file opened again
-    /// must have it.
+    /// The file's identity when the table opened, kept by a read-only handle only: a file
+    /// opened again must have it.
     identity: Option<FileIdentity>,
 }
 
@@ -263,9 +266,7 @@ impl CachedFile {
     fn open_again(&self) -> io::Result<Arc<dyn RandomRead>> {
         let f = self.files.open_file(&self.path)?;
         match (self.identity, f.identity()) {
-            (Some(was), Some(now)) if was != now && self.files.pinned.is_some() => {
-                Err(replaced(&self.path, was, now))
-            }
+            (Some(was), Some(now)) if was != now => Err(replaced(&self.path, was, now)),
             _ => Ok(f),
         }
     }

@@ -1387,10 +1387,8 @@ fn many_outputs_db(dir: &std::path::Path, fs: Option<sluice::fs::FaultFs>) -> Ma
         opts.fs = std::sync::Arc::new(fs);
     }
     let db = Db::open(dir, opts.clone()).unwrap();
-    // Every 500th value is large: added, it takes its partition's writer past 256 KiB at
-    // once, so the writer that just opened its file is the largest one open, and a cut
-    // must pass it over (cut after its key's first version, the second would start a new
-    // file overlapping it).
+    // Every 500th value is large (700 KiB): blocks far larger than the rest go through the
+    // cuts too, and take their writers past 256 KiB at once.
     let value = |i: u32, round: u32| {
         let len = if i % 500 == 499 { 700 << 10 } else { 1000 };
         format!("{round}:{i:08}-{}", "x".repeat(len))

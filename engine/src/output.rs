@@ -75,7 +75,7 @@ impl<'a> Outputs<'a> {
     /// Keeps at most [`Outputs::max_files_open`] output files open (see the module's
     /// documentation): for compactions.
     pub fn limit_open_files(mut self) -> Self {
-        self.max_files_open = Self::max_files_open(self.inner.opts.max_open_files());
+        self.max_files_open = Self::max_files_open(self.inner.table_files.budget());
         self
     }
 

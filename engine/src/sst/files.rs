@@ -66,12 +66,14 @@ pub(crate) struct TableFiles {
     /// Files opened, ever: a count that climbs with every read means the cap is too small
     /// for the tables read.
     opens: AtomicU64,
+    /// The descriptor budget it was built with ([`crate::Options::max_open_files`]).
+    budget: usize,
 }
 
 impl TableFiles {
     /// Keeps at most `capacity` files open (at least one).
     pub fn new(fs: Arc<dyn Fs>, capacity: usize) -> Arc<TableFiles> {
-        Self::build(fs, capacity, None)
+        Self::build(fs, capacity, None, capacity)
     }
 
     /// Lets each table keep its file open for as long as it lives, up to most of
@@ -84,10 +86,15 @@ impl TableFiles {
         // A sixteenth for the tables past the pinned ones (at least one, at most 64
         // descriptors): enough to read them, small beside the pinned ones.
         let shared = (capacity / 16).clamp(1, 64);
-        Self::build(fs, shared, Some(capacity - shared))
+        Self::build(fs, shared, Some(capacity - shared), capacity)
     }
 
-    fn build(fs: Arc<dyn Fs>, capacity: usize, pin_limit: Option<usize>) -> Arc<TableFiles> {
+    fn build(
+        fs: Arc<dyn Fs>,
+        capacity: usize,
+        pin_limit: Option<usize>,
+        budget: usize,
+    ) -> Arc<TableFiles> {
         let capacity = capacity.max(1);
         // The cache splits its capacity among its shards, rounding each share up; with a
         // share rounded down instead, the shards together stay within the cap.
@@ -114,7 +121,14 @@ impl TableFiles {
             }),
             closed: AtomicBool::new(false),
             opens: AtomicU64::new(0),
+            budget,
         })
+    }
+
+    /// The descriptor budget it was built with: `max_open_files`, fixed at the database's
+    /// open (its default follows the process's open-file limit then).
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     /// The reader a table of id `id`, whose file is `path`, reads with. Opens the file now,

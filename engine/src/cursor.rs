@@ -155,7 +155,13 @@ impl TableCursor {
     }
 
     fn decode(&mut self) -> Result<()> {
-        self.decode_from(self.block.entry_offset(self.ei))
+        // A block's first entry starts at its first byte (the offset array, at the block's
+        // end, is another cache line: a miss for a block the CPU has not seen).
+        let start = match self.ei {
+            0 => 0,
+            ei => self.block.entry_offset(ei),
+        };
+        self.decode_from(start)
     }
 
     /// Decodes entry `ei`, which starts at byte `start` of the block.

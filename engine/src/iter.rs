@@ -395,6 +395,12 @@ impl DbIter {
     }
 
     /// Steps in `dir`; an error ends the iteration (it is the last item).
+    ///
+    /// Inlined, with [`next_ref`](Self::next_ref) and the other entry points into the
+    /// caller's loop (another crate's, too): returned through memory on every step, the
+    /// step's result (a `Bytes` pair or an error) and the pair made of it cost a 100-entry
+    /// scan of cached blocks ~25% (BENCHMARKS.md §2, "Scans at stop 50").
+    #[inline]
     fn step_or_stop(&mut self, dir: Direction) -> Option<Result<Resolved>> {
         if self.files.is_closed() && !self.done {
             self.done = true;
@@ -409,6 +415,7 @@ impl DbIter {
         }
     }
 
+    #[inline]
     fn owned(&self, r: Resolved) -> (Bytes, Bytes) {
         match r {
             Resolved::Top => {
@@ -419,6 +426,7 @@ impl DbIter {
         }
     }
 
+    #[inline]
     fn lent(&mut self, r: Resolved) -> (&[u8], &[u8]) {
         match r {
             Resolved::Top => {
@@ -433,6 +441,7 @@ impl DbIter {
     }
 
     /// The next pair in key order, lent until the next call (see the type's docs).
+    #[inline]
     pub fn next_ref(&mut self) -> Option<Result<(&[u8], &[u8])>> {
         match self.step_or_stop(Direction::Forward)? {
             Ok(r) => Some(Ok(self.lent(r))),
@@ -442,6 +451,7 @@ impl DbIter {
 
     /// The next pair from the end, lent until the next call. A backward step walks past the
     /// entry it returns, so the pair is held (as slices of its block, not copied).
+    #[inline]
     pub fn next_back_ref(&mut self) -> Option<Result<(&[u8], &[u8])>> {
         match self.step_or_stop(Direction::Backward)? {
             Ok(r) => Some(Ok(self.lent(r))),
@@ -452,6 +462,7 @@ impl DbIter {
 
 impl Iterator for DbIter {
     type Item = Result<(Bytes, Bytes)>;
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let r = self.step_or_stop(Direction::Forward)?;
         Some(r.map(|r| self.owned(r)))
@@ -459,6 +470,7 @@ impl Iterator for DbIter {
 }
 
 impl DoubleEndedIterator for DbIter {
+    #[inline]
     fn next_back(&mut self) -> Option<Self::Item> {
         let r = self.step_or_stop(Direction::Backward)?;
         Some(r.map(|r| self.owned(r)))

@@ -85,14 +85,24 @@ pub(crate) fn parse_entry(
     area: &[u8],
     mut p: usize,
 ) -> std::result::Result<(usize, usize, u64, usize, usize), &'static str> {
-    let rest = area
-        .get(p..)
-        .filter(|r| !r.is_empty())
-        .ok_or("offset outside entry area")?;
-    let (klen, n) = get_varint(rest).ok_or("bad key length")?;
-    p += n;
-    let (vlen, n) = get_varint(&area[p..]).ok_or("bad value length")?;
-    p += n;
+    let (klen, vlen) = match (area.get(p), area.get(p.wrapping_add(1))) {
+        // Most entries: key and value shorter than 128 bytes, one-byte lengths.
+        (Some(&k), Some(&v)) if k < 0x80 && v < 0x80 => {
+            p += 2;
+            (u64::from(k), u64::from(v))
+        }
+        _ => {
+            let rest = area
+                .get(p..)
+                .filter(|r| !r.is_empty())
+                .ok_or("offset outside entry area")?;
+            let (klen, n) = get_varint(rest).ok_or("bad key length")?;
+            p += n;
+            let (vlen, n) = get_varint(&area[p..]).ok_or("bad value length")?;
+            p += n;
+            (klen, vlen)
+        }
+    };
     // No writer makes longer ones; a read, a lazy move or a compaction handing one on would
     // meet the limits' assertions further along (the memtable's) instead of this error.
     if klen > crate::MAX_KEY_LEN as u64 {

@@ -332,6 +332,20 @@ impl Block {
         })
     }
 
+    /// This block with search prefixes (see [`from_bytes`](Self::from_bytes)), for a block
+    /// cached without them (a scan walked through it) that a seek or a point read now
+    /// searches; `None` if it has them, or an entry does not parse (the block is then
+    /// searched as it is, and reading that entry reports the damage).
+    pub fn with_search(&self) -> Option<Block> {
+        if self.search.is_some() {
+            return None;
+        }
+        Some(Block {
+            search: Some(search_prefixes(&self.data, self.entries_end, self.count)?),
+            ..self.clone()
+        })
+    }
+
     /// Checks that the offset array names the entries as they lie, back to back from the
     /// start of the entry area to its end. Point reads find entries through the array and
     /// cursors walk them in turn: a block whose array disagreed (checksums intact) served

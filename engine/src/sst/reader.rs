@@ -471,6 +471,13 @@ impl Table {
         self.check_block_index(i)?;
         if let Some(c) = &self.cache {
             if let Some(b) = c.get(self.id, i as u32) {
+                // A block a scan walked into the cache, now searched: it gets its search
+                // prefixes once (a binary search without them waits on memory at every
+                // probe, and a level's blocks are searched again and again).
+                if let Some(s) = (fill == Fill::Search).then(|| b.with_search()).flatten() {
+                    c.insert(self.id, i as u32, s.clone());
+                    return Ok(s);
+                }
                 return Ok(b);
             }
         }

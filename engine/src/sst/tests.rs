@@ -219,7 +219,8 @@ fn a_block_of_the_largest_key_and_value_round_trips_compressed() {
 
 /// Blocks that point reads and seeks search enter the block cache with search prefixes;
 /// blocks a scan only walks through enter it as they are (prefixes would cost every walked
-/// block and speed up no search). Reads give the same entries either way.
+/// block and speed up no search), and get them the first time a read searches them. Reads
+/// give the same entries either way.
 #[test]
 fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
     use crate::cursor::TableCursor;
@@ -243,6 +244,19 @@ fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
         for i in 0..walked {
             assert!(!t.cached_block(i).unwrap().is_searchable(), "block {i}");
         }
+        // A point read in a walked block gives the cached block its prefixes (in its page
+        // still); the walked block next to it stays as it is.
+        let first = &es[0];
+        let got = t.get(&first.key, key_hash(&first.key), u64::MAX).unwrap();
+        assert_eq!(got.as_ref(), Some(first));
+        let b = t.cached_block(0).unwrap();
+        assert!(b.is_searchable(), "a searched block kept plain");
+        assert!(
+            b.size() > b.data().len() + 16,
+            "size {} without its prefixes",
+            b.size()
+        );
+        assert!(!t.cached_block(1).unwrap().is_searchable());
         // A point read in a block nobody has loaded caches it searchable, and a seek does too.
         let last = &es[es.len() - 1];
         let got = t.get(&last.key, key_hash(&last.key), u64::MAX).unwrap();
@@ -257,7 +271,8 @@ fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
         assert_eq!(c.key(), &mid.key[..]);
         let bi = t.find_block(&mid.key, u64::MAX);
         assert!(t.cached_block(bi).unwrap().is_searchable(), "block {bi}");
-        // Point reads in walked (plain) blocks and in searchable ones find the same entries.
+        // Point reads find the same entries in blocks walked into the cache (searchable once
+        // searched) and in blocks a search loaded.
         assert_finds(&t, &es, 1);
     }
 }

@@ -71,13 +71,13 @@ impl TableCursor {
         range: KeyRange,
         dir: Direction,
         fill_cache: bool,
-    ) -> Result<TableCursor> {
+    ) -> Result<Box<TableCursor>> {
         TableCursor::run(table, None, range, dir, fill_cache)
     }
 
     /// A forward cursor over `range` that leaves the block cache alone and reads `run`
     /// bytes of blocks at a time (see [`Readahead`]), positioned on its first entry.
-    pub fn ahead(table: Arc<Table>, range: KeyRange, run: u64) -> Result<TableCursor> {
+    pub fn ahead(table: Arc<Table>, range: KeyRange, run: u64) -> Result<Box<TableCursor>> {
         let mut c = TableCursor::unpositioned(table, None, range, Direction::Forward, false);
         c.ahead = Readahead::with_run(run);
         c.seek_start()?;
@@ -92,7 +92,7 @@ impl TableCursor {
         range: KeyRange,
         dir: Direction,
         fill_cache: bool,
-    ) -> Result<TableCursor> {
+    ) -> Result<Box<TableCursor>> {
         let mut c = TableCursor::unpositioned(first, rest, range, dir, fill_cache);
         c.seek_start()?;
         c.next_table_if_done()?;
@@ -116,14 +116,17 @@ impl TableCursor {
         Ok(())
     }
 
+    /// Boxed from the start: a cursor is a few hundred bytes, and a scan over many
+    /// partitions makes one per sorted run and moves each on into its merge (with every
+    /// block cached, those moves took 6% of a hash:16 scan of 100 entries).
     fn unpositioned(
         first: Arc<Table>,
         rest: Option<LevelWalk>,
         range: KeyRange,
         dir: Direction,
         fill_cache: bool,
-    ) -> TableCursor {
-        TableCursor {
+    ) -> Box<TableCursor> {
+        Box::new(TableCursor {
             table: first,
             rest,
             range,
@@ -135,7 +138,7 @@ impl TableCursor {
             ei: 0,
             at: NOWHERE,
             valid: false,
-        }
+        })
     }
 
     /// Loads block `bi`: to `search` it (a seek), or to walk through it.
@@ -448,8 +451,8 @@ impl MemCursor {
 
 /// One merge input.
 pub(crate) enum Source {
-    Mem(MemCursor),
-    Table(TableCursor),
+    Mem(Box<MemCursor>),
+    Table(Box<TableCursor>),
 }
 
 impl Source {
@@ -499,7 +502,7 @@ impl Source {
     }
 
     pub fn mem(m: Arc<MemTable>, range: &KeyRange, dir: Direction) -> Source {
-        Source::Mem(MemCursor::new(m, range.clone(), dir))
+        Source::Mem(Box::new(MemCursor::new(m, range.clone(), dir)))
     }
 
     #[inline]
@@ -1007,7 +1010,7 @@ mod tests {
         let t = open(&path, 11).unwrap();
         assert!(t.file_size() > 8 * READAHEAD, "{} bytes", t.file_size());
         // Walks `c` to its end, checking each entry against `want` in order.
-        fn drain(mut c: TableCursor, want: &[Entry]) -> Result<usize> {
+        fn drain(mut c: Box<TableCursor>, want: &[Entry]) -> Result<usize> {
             let mut n = 0;
             while c.valid {
                 let e = &want[n];

@@ -711,7 +711,21 @@ impl MergeCursor {
     }
 
     /// Moves to the next entry, skipping copies of the one just left.
+    #[inline]
     pub fn advance(&mut self) -> Result<()> {
+        // A lone source (a scan of one sorted run, the common case of a range layout):
+        // nothing to compare, no copies to skip.
+        if let [top] = self.heap[..] {
+            self.sources[top].advance()?;
+            if !self.sources[top].valid() {
+                self.heap.clear();
+            }
+            return Ok(());
+        }
+        self.advance_merged()
+    }
+
+    fn advance_merged(&mut self) -> Result<()> {
         loop {
             let Some(&top) = self.heap.first() else {
                 return Ok(());

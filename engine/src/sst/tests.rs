@@ -225,11 +225,15 @@ fn a_block_of_the_largest_key_and_value_round_trips_compressed() {
 fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
     use crate::cursor::TableCursor;
     use crate::iter::{Direction, KeyRange};
-    for compression in [Compression::None, Compression::Zstd(3)] {
+    for (compression, key_delta) in [
+        (Compression::None, true),
+        (Compression::Zstd(3), true),
+        (Compression::None, false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("000007.sst");
         let es = entries(2000);
-        write(&p, &es, compression);
+        write_format(&p, &es, compression, key_delta);
         let t = open(&p, true).unwrap();
         let n = t.block_count();
         assert!(n > 8, "{n} blocks");
@@ -257,6 +261,16 @@ fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
             b.size()
         );
         assert!(!t.cached_block(1).unwrap().is_searchable());
+        // So does a seek that lands in one (a scan starting there).
+        let in_second = t.cached_block(1).unwrap().entry(0, &p, 0).unwrap().key;
+        let range = KeyRange {
+            start: Bound::Included(in_second.clone()),
+            end: Bound::Unbounded,
+        };
+        let c = TableCursor::new(t.clone(), range, Direction::Forward, true).unwrap();
+        assert_eq!(c.key(), &in_second[..]);
+        assert!(t.cached_block(1).unwrap().is_searchable());
+        assert!(!t.cached_block(2).unwrap().is_searchable());
         // A point read in a block nobody has loaded caches it searchable, and a seek does too.
         let last = &es[es.len() - 1];
         let got = t.get(&last.key, key_hash(&last.key), u64::MAX).unwrap();
@@ -809,7 +823,21 @@ fn values_from_blocks_in_cache_pages_outlive_their_eviction() {
         assert!(b.data().len() < 4096);
         assert_eq!(b.size(), 4096, "a block in a page is charged the page");
         assert_eq!(cache.pages().unwrap().taken(), 1);
-        drop(b);
+        // A point read in it gives it search prefixes, in the same page: it is charged the
+        // page and the prefixes (no second page taken).
+        let first = &es[0];
+        let got = t.get(&first.key, key_hash(&first.key), u64::MAX).unwrap();
+        assert_eq!(got.as_ref(), Some(first));
+        let up = t.cached_block(0).unwrap();
+        assert!(up.is_searchable());
+        let on_heap = crate::sst::block::Block::from_bytes(b.data().clone(), true, &p, 0).unwrap();
+        assert_eq!(
+            up.size() - on_heap.size(),
+            4096 - b.data().len(),
+            "the searchable block is charged its page too"
+        );
+        assert_eq!(cache.pages().unwrap().taken(), 1);
+        drop((b, up));
         // Keep the values of a few far-apart keys (each pins its block's page), read every
         // key twice over, and check the kept ones last.
         let mut kept = Vec::new();

@@ -663,7 +663,7 @@ pub enum Fill {
     /// Cache a missing block as it is (the blocks a scan walks through).
     Cache,
     /// Cache a missing block with search prefixes (the blocks point reads and seeks search;
-    /// see `Block::from_bytes`).
+    /// see `Block::from_bytes`), and give a block cached without them its prefixes.
     Search,
 }
 

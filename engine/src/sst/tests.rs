@@ -248,8 +248,8 @@ fn searched_blocks_are_cached_searchable_and_walked_blocks_plain() {
         for i in 0..walked {
             assert!(!t.cached_block(i).unwrap().is_searchable(), "block {i}");
         }
-        // A point read in a walked block gives the cached block its prefixes (in its page
-        // still); the walked block next to it stays as it is.
+        // A point read in a walked block gives the cached block its prefixes (counted in
+        // its size); the walked block next to it stays as it is.
         let first = &es[0];
         let got = t.get(&first.key, key_hash(&first.key), u64::MAX).unwrap();
         assert_eq!(got.as_ref(), Some(first));

@@ -554,6 +554,7 @@ impl Table {
             *ra = Readahead {
                 table: self.id,
                 start: h.offset,
+                #[cfg(test)]
                 capacity: buf.capacity(),
                 buf: Bytes::from(buf),
                 run: ra.run,
@@ -680,8 +681,8 @@ pub struct Readahead {
     buf: Bytes,
     /// Bytes to read at a time (0: [`READAHEAD`]); a block longer than this is read whole.
     run: u64,
-    /// The allocation behind `buf` (read by tests).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The allocation behind `buf` (tests only: `Bytes` does not say).
+    #[cfg(test)]
     capacity: usize,
 }
 

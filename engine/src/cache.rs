@@ -100,6 +100,22 @@ impl BlockCache {
         }
     }
 
+    /// Caches `searchable` (block `block` of `table` with its search prefixes) in place of
+    /// `plain` (the same block without them), which the cache holds or held. Should the
+    /// cache not admit the heavier copy (more than one shard of a small cache may hold,
+    /// which makes quick_cache drop the entry it had too), or have evicted the plain one
+    /// meanwhile, the plain block is cached as it was, not lost.
+    pub fn upgrade(&self, table: u64, block: u32, plain: Block, searchable: Block) {
+        if self.capacity > 0
+            && self
+                .cache
+                .replace((table, block), searchable, false)
+                .is_err()
+        {
+            self.cache.insert((table, block), plain);
+        }
+    }
+
     /// Bytes currently held.
     pub fn used(&self) -> u64 {
         self.cache.weight()
@@ -231,6 +247,50 @@ pub(crate) mod tests {
             assert_eq!(e.key, format!("k{n:05}-029").as_bytes());
             assert_eq!(&e.value[..], &[n as u8; 100]);
         }
+    }
+
+    /// Upgrading a cached block to its searchable copy never loses the block: where the
+    /// cache admits the copy it holds the copy, and where it does not (a small cache whose
+    /// one shard may hold the plain block but not the heavier copy) it keeps the plain one.
+    #[test]
+    fn an_upgrade_the_cache_cannot_admit_keeps_the_plain_block() {
+        use crate::sst::block::BlockBuilder;
+        use crate::types::Kind;
+        let mut b = BlockBuilder::new();
+        for j in 0..30u32 {
+            b.add(format!("k{j:05}").as_bytes(), 1, Kind::Value, &[7; 100]);
+        }
+        let mut raw = Vec::new();
+        b.finish_into(&mut raw);
+        let file = std::path::Path::new("t");
+        let plain = Block::from_bytes(bytes::Bytes::from(raw), false, file, 0).unwrap();
+        let searchable = plain.with_search().expect("a plain block gets prefixes");
+        let (light, heavy) = (plain.size() as u64, searchable.size() as u64);
+        assert!(heavy > light);
+        // Capacities from one that admits neither to twice one that admits both: somewhere
+        // in between the plain block is admitted and the copy is not.
+        let (mut kept_plain, mut upgraded) = (0, 0);
+        for cap in (light / 2..heavy * 2).step_by(16) {
+            let cache = BlockCache::new(cap, 4096);
+            cache.insert(1, 0, plain.clone());
+            if cache.get(1, 0).is_none() {
+                continue; // not even the plain block fits
+            }
+            cache.upgrade(1, 0, plain.clone(), searchable.clone());
+            let held = cache
+                .get(1, 0)
+                .unwrap_or_else(|| panic!("capacity {cap}: the upgrade lost the block"));
+            if held.is_searchable() {
+                upgraded += 1;
+            } else {
+                kept_plain += 1;
+            }
+            assert_eq!(&held.entry(29, file, 0).unwrap().key[..], b"k00029");
+        }
+        assert!(
+            kept_plain > 0 && upgraded > 0,
+            "the capacities tried must include both cases: {kept_plain} kept plain, {upgraded} upgraded"
+        );
     }
 
     /// Bytes tables pin come out of the room once the cache is charged for them, down to

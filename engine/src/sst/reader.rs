@@ -475,7 +475,7 @@ impl Table {
                 // prefixes once (a binary search without them waits on memory at every
                 // probe, and a level's blocks are searched again and again).
                 if let Some(s) = (fill == Fill::Search).then(|| b.with_search()).flatten() {
-                    c.insert(self.id, i as u32, s.clone());
+                    c.upgrade(self.id, i as u32, b, s.clone());
                     return Ok(s);
                 }
                 return Ok(b);

@@ -198,6 +198,24 @@ const FIGURES: &[Figure] = &[
         scale: 1.0 / (1 << 20) as f64,
     },
     Figure {
+        label: "CPU s (workload)",
+        key: "cpu_secs",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "CPU s settled",
+        key: "settled_cpu_secs",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
+        label: "CPU us/op settled",
+        key: "cpu_us_per_op",
+        higher_is_better: false,
+        scale: 1.0,
+    },
+    Figure {
         label: "RSS MB at start",
         key: "start_rss_mb",
         higher_is_better: false,

@@ -503,6 +503,8 @@ struct Sample {
     os_write: Option<u64>,
     /// The workload's peak resident set so far (see [`report::workload_peak_rss_mb`]).
     workload_peak_rss_mb: Option<f64>,
+    /// The process's CPU seconds so far (see [`report::process_cpu_secs`]).
+    cpu_secs: Option<f64>,
 }
 
 fn sample<K: Kv>(kv: &K) -> Sample {
@@ -510,6 +512,7 @@ fn sample<K: Kv>(kv: &K) -> Sample {
         engine: kv.counters(),
         os_write: report::os_write_bytes(),
         workload_peak_rss_mb: report::workload_peak_rss_mb(),
+        cpu_secs: report::process_cpu_secs(),
     }
 }
 
@@ -557,6 +560,8 @@ fn build_report(
     let (settled, settle_secs) = settled;
     let settled_device = diff(settled.engine.device_bytes, before.engine.device_bytes);
     let settled_os = diff(settled.os_write, before.os_write);
+    let cpu = |a: Option<f64>| Some((a? - before.cpu_secs?).max(0.0));
+    let settled_cpu = cpu(settled.cpu_secs);
     // Every write amplification divides by the same figure for every engine: the key and
     // value bytes the workload handed over. (Engines count their own "user bytes"
     // differently: RocksDB's include each batch's header and record framing, 13% more at
@@ -611,6 +616,11 @@ fn build_report(
         settled_write_amp: over_user(settled_device),
         settled_os_write_amp: over_user(settled_os),
         settle_secs: *settle_secs,
+        cpu_secs: cpu(after.cpu_secs),
+        settled_cpu_secs: settled_cpu,
+        cpu_us_per_op: settled_cpu
+            .filter(|_| m.ops > 0)
+            .map(|c| c * 1e6 / m.ops as f64),
         scenario: done.scenario.clone(),
     })
 }

@@ -154,6 +154,28 @@ pub fn os_write_bytes() -> Option<u64> {
     Some(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:").unwrap_or(0)))
 }
 
+/// CPU time (user + system) the whole process has used so far, every thread (the engine's
+/// background threads, and the harness's own key generation and timing) included, in
+/// seconds; `None` where `/proc/self/stat` is unavailable. The same figure for every engine.
+pub fn process_cpu_secs() -> Option<f64> {
+    cpu_ticks_of(&std::fs::read_to_string("/proc/self/stat").ok()?).map(|t| t as f64 / USER_HZ)
+}
+
+/// Clock ticks per second of the CPU times in `/proc` (the kernel's `USER_HZ`, 100 on
+/// Linux whatever the kernel's own tick rate).
+const USER_HZ: f64 = 100.0;
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. Field 2, the command
+/// name, is in parentheses and may hold spaces and parentheses itself: fields are counted
+/// from the last `)`.
+fn cpu_ticks_of(stat: &str) -> Option<u64> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After the name: field 3 (state) is the first, so field 14 is the twelfth.
+    let user: u64 = fields.nth(11)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    user.checked_add(system)
+}
+
 /// Polls `probe` every 100 ms until its value has not changed for `quiet` (or `limit` has
 /// passed). Returns the last value and how long it kept changing (the quiet stretch itself
 /// not counted).
@@ -283,6 +305,15 @@ pub struct WorkloadReport {
     pub settled_os_write_amp: Option<f64>,
     /// Seconds the engine kept writing after the workload (not part of `seconds`).
     pub settle_secs: f64,
+    /// CPU seconds (user + system, all threads: see [`process_cpu_secs`]) the process used
+    /// during the workload; `None` where the kernel gives no figure.
+    pub cpu_secs: Option<f64>,
+    /// Like `cpu_secs`, counted until the engine went quiet (the flushes and compactions
+    /// the workload left are charged to it, as in `settled_write_amp`).
+    pub settled_cpu_secs: Option<f64>,
+    /// `settled_cpu_secs` per operation, in microseconds: what an operation cost the
+    /// machine, whichever threads did the work.
+    pub cpu_us_per_op: Option<f64>,
     /// Scenario workloads' own figures (phases, ratios, shares, ...); `None` for plain ones.
     pub scenario: Option<serde_json::Value>,
 }
@@ -294,7 +325,7 @@ impl WorkloadReport {
 
     pub fn table_header() -> String {
         format!(
-            "{:<17} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>9} {:>8} {:>9}  {}",
+            "{:<17} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>9} {:>8} {:>9} {:>9}  {}",
             "workload",
             "ops",
             "secs",
@@ -307,6 +338,7 @@ impl WorkloadReport {
             "disk MB",
             "RSS MB",
             "stall ms",
+            "CPU us/op",
             "notes"
         )
     }
@@ -341,7 +373,7 @@ impl WorkloadReport {
             notes.push(format!("engine {}", self.engine));
         }
         format!(
-            "{:<17} {:>10} {:>8.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>6} {:>6} {:>9.1} {:>8} {:>9}  {}",
+            "{:<17} {:>10} {:>8.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>6} {:>6} {:>9.1} {:>8} {:>9} {:>9}  {}",
             self.workload,
             self.ops,
             self.seconds,
@@ -358,6 +390,8 @@ impl WorkloadReport {
                 .map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
             self.stall_ms
                 .map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
+            self.cpu_us_per_op
+                .map_or_else(|| "-".to_string(), |c| format!("{c:.2}")),
             notes.join("; ")
         )
     }
@@ -366,6 +400,28 @@ impl WorkloadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU fields of a `/proc/PID/stat` line are found after a command name holding
+    /// spaces and parentheses; a truncated or garbled line gives `None`.
+    #[test]
+    fn cpu_ticks_from_a_stat_line() {
+        let line = "4242 (sluice (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(cpu_ticks_of(line), Some(325));
+        assert_eq!(cpu_ticks_of("4242 (a) S 1 2 3"), None);
+        assert_eq!(
+            cpu_ticks_of("no parenthesis 1 2 3 4 5 6 7 8 9 10 11 12 13"),
+            None
+        );
+        assert_eq!(
+            cpu_ticks_of("1 (a) S 1 1 1 0 -1 0 0 0 0 0 x 75 0"),
+            None,
+            "a field that is not a number"
+        );
+        // This process's own figure parses and does not go backwards.
+        let a = process_cpu_secs().expect("/proc/self/stat");
+        let b = process_cpu_secs().unwrap();
+        assert!(a >= 0.0 && b >= a, "{a} then {b}");
+    }
 
     /// Only operations at or over the threshold count, each for its whole time.
     #[test]

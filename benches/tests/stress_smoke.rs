@@ -66,6 +66,9 @@ fn every_workload_reports_one_json_line() {
             "peak_rss_mb",
             "stall_ms",
             "slow_ms",
+            "cpu_secs",
+            "settled_cpu_secs",
+            "cpu_us_per_op",
             "key_size",
             "value_size",
             "partition",
@@ -91,6 +94,15 @@ fn every_workload_reports_one_json_line() {
         assert!(
             (0.0..=v["seconds"].as_f64().unwrap() * 1000.0 * threads.max(2.0) + 1.0)
                 .contains(&slow),
+            "{line}"
+        );
+        // CPU: the process used some, and the settle only adds to the workload's.
+        let cpu = v["cpu_secs"].as_f64().unwrap();
+        let settled = v["settled_cpu_secs"].as_f64().unwrap();
+        assert!(cpu >= 0.0 && settled >= cpu, "{line}");
+        let per_op = v["cpu_us_per_op"].as_f64().unwrap();
+        assert!(
+            (per_op - settled * 1e6 / v["ops"].as_f64().unwrap()).abs() < 1e-6 * per_op.max(1.0),
             "{line}"
         );
         assert_eq!(v["key_size"], 16, "{line}");

@@ -259,15 +259,19 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
         }
     }
     let results: Vec<(EngineKind, Vec<Value>)> = runs
-        .into_iter()
-        .map(|(e, rounds)| (e, median_lines(&rounds)))
+        .iter()
+        .map(|(e, rounds)| (*e, median_lines(rounds)))
         .collect();
     for (i, workload) in cli.workloads.iter().enumerate() {
         let rows: Vec<(EngineKind, &Value)> = results
             .iter()
             .filter_map(|(e, lines)| lines.get(i).map(|l| (*e, l)))
             .collect();
-        let cmp = comparison(*workload, &rows);
+        let mut cmp = comparison(*workload, &rows);
+        let by_round = ops_ratio_by_round(*workload, &runs, i);
+        if cli.rounds > 1 {
+            cmp["comparison"]["ops_per_sec"]["sluice_over_best_peer_by_round"] = json!(by_round);
+        }
         if cli.json {
             println!("{cmp}");
         } else {
@@ -275,9 +279,41 @@ pub fn run_engines(cli: &Cli, engines: &[EngineKind]) -> BenchResult<()> {
                 println!("(medians of {} rounds)", cli.rounds);
             }
             print_table(workload.name(), &rows, &cmp);
+            if cli.rounds > 1 && by_round.iter().any(Option::is_some) {
+                let each: Vec<String> = by_round
+                    .iter()
+                    .map(|r| r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}")))
+                    .collect();
+                println!(
+                    "  ops/s sluice/best peer, round by round: {}",
+                    each.join(" ")
+                );
+                println!();
+            }
         }
     }
     Ok(())
+}
+
+/// Sluice's ops/s over the best peer's in each round alone, for workload `i`: a ratio of
+/// runs made minutes apart, where the medians' ratio mixes rounds (the machine's speed
+/// drifts between them). `None` for a round without both figures.
+fn ops_ratio_by_round(
+    workload: Workload,
+    runs: &[(EngineKind, Vec<Vec<Value>>)],
+    i: usize,
+) -> Vec<Option<f64>> {
+    let rounds = runs.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
+    (0..rounds)
+        .map(|round| {
+            let rows: Vec<(EngineKind, &Value)> = runs
+                .iter()
+                .filter_map(|(e, r)| r.get(round)?.get(i).map(|l| (*e, l)))
+                .collect();
+            comparison(workload, &rows)["comparison"]["ops_per_sec"]["sluice_over_best_peer"]
+                .as_f64()
+        })
+        .collect()
 }
 
 /// Per workload, the first round's report with every compared figure replaced by its
@@ -519,6 +555,38 @@ mod tests {
         let m = median_lines(&rounds[..2]);
         assert_eq!(m[0]["ops_per_sec"], 20.0);
         assert!(median_lines(&[]).is_empty());
+    }
+
+    /// Each round's ratio sets that round's figures against each other, and follows the
+    /// best-peer rule (redb is no write peer).
+    #[test]
+    fn ops_ratios_round_by_round() {
+        let line = |ops: f64| vec![json!({"workload": "fillrandom", "ops_per_sec": ops})];
+        let runs = vec![
+            (
+                EngineKind::Sluice,
+                vec![line(110.0), line(90.0), line(120.0)],
+            ),
+            (
+                EngineKind::Fjall,
+                vec![line(100.0), line(100.0), line(80.0)],
+            ),
+            (EngineKind::Redb, vec![line(200.0), line(50.0), line(300.0)]),
+        ];
+        let r = ops_ratio_by_round(Workload::FillRandom, &runs, 0);
+        assert_eq!(r, vec![Some(1.1), Some(0.9), Some(1.5)]);
+        let r = ops_ratio_by_round(Workload::ReadRandom, &runs, 0);
+        assert_eq!(r, vec![Some(110.0 / 200.0), Some(0.9), Some(0.4)]);
+        // A round one engine lacks has no ratio; a workload past the lines, none at all.
+        let short = vec![runs[0].clone(), (EngineKind::Fjall, vec![line(100.0)])];
+        assert_eq!(
+            ops_ratio_by_round(Workload::FillRandom, &short, 0),
+            vec![Some(1.1), None, None]
+        );
+        assert_eq!(
+            ops_ratio_by_round(Workload::FillRandom, &runs, 1),
+            vec![None, None, None]
+        );
     }
 
     #[test]

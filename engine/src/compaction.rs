@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::cursor::MergeCursor;
+use crate::cursor::{MergeCursor, OrderCheck};
 use crate::db::{Core, Inner, View};
 use crate::error::{Error, Result};
 use crate::iter::{file_sources, Direction};
@@ -678,7 +678,9 @@ impl Inner {
             .ok_or(Error::UnknownVersion(job.version))?;
         let mut merge = MergeCursor::new(file_sources(&job.inputs)?, Direction::Forward);
         let mut out = Outputs::new(self, TableKind::Pointers, 0, None);
+        let mut order = OrderCheck::default();
         while merge.valid() {
+            order.pass(&merge)?;
             let t = merge.top();
             out.add_parts(
                 layout,
@@ -777,19 +779,16 @@ impl Inner {
                 }
             }
         }
-        let mut cur_key: Vec<u8> = Vec::new();
-        let mut has_key = false;
+        let mut order = OrderCheck::default();
         let mut last_stripe = None;
         let mut forwarded = 0u64;
         while merge.valid() {
-            let t = merge.top();
-            let (seqno, kind) = (t.seqno(), t.kind());
-            if !has_key || t.key() != cur_key.as_slice() {
-                cur_key.clear();
-                cur_key.extend_from_slice(t.key());
-                has_key = true;
+            if order.pass(&merge)? {
                 last_stripe = None;
             }
+            let cur_key = order.key();
+            let t = merge.top();
+            let (seqno, kind) = (t.seqno(), t.kind());
             let st = job.stripes.stripe(seqno);
             let keep = if last_stripe == Some(st) {
                 false
@@ -797,7 +796,7 @@ impl Inner {
                 last_stripe = Some(st);
                 if pointers
                     .as_mut()
-                    .map(|ps| forwarded_by(ps, &cur_key, seqno))
+                    .map(|ps| forwarded_by(ps, cur_key, seqno))
                     .transpose()?
                     .unwrap_or(false)
                 {
@@ -807,7 +806,7 @@ impl Inner {
                 } else {
                     !(kind == Kind::Delete
                         && st == 0
-                        && !older_entry_outside(job, &input_set, &cur_key, seqno))
+                        && !older_entry_outside(job, &input_set, cur_key, seqno))
                 }
             };
             if keep {

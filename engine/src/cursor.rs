@@ -571,6 +571,17 @@ impl Source {
         }
     }
 
+    /// The error for an entry that is not after the one its source gave before.
+    #[cold]
+    fn out_of_order(&self) -> Error {
+        const WHY: &str = "out of order (not after the entry before it)";
+        match self {
+            Source::Table(t) => t.entry_error(WHY),
+            // Compactions merge tables only; a memtable is kept in order by its list.
+            Source::Mem(_) => Error::corruption("memtable", 0, format!("an entry {WHY}")),
+        }
+    }
+
     #[inline]
     pub fn advance(&mut self) -> Result<()> {
         match self {
@@ -580,6 +591,47 @@ impl Source {
             }
             Source::Table(t) => t.advance(),
         }
+    }
+}
+
+/// Checks that a forward merge's entries come in strictly increasing internal order, for
+/// what writes them out (a compaction). A table whose block holds its entries out of order
+/// (checksummed nonsense: a writer's bug, a crafted file) would otherwise be written on
+/// into fresh tables, where nothing could tell it any more, or stopped by the output's own
+/// check naming the output file. The merge hands out each source's entries in that
+/// source's order, so the first entry not after the one before is the top source's: the
+/// error names its table and block.
+#[derive(Default)]
+pub(crate) struct OrderCheck {
+    key: Vec<u8>,
+    seqno: u64,
+    started: bool,
+}
+
+impl OrderCheck {
+    /// The user key of the last entry passed.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Passes the merge's top entry, which must come after the last one passed. Returns
+    /// true if its user key is a new one.
+    #[inline]
+    pub fn pass(&mut self, merge: &MergeCursor) -> Result<bool> {
+        let t = merge.top();
+        let (key, seqno) = (t.key(), t.seqno());
+        let new_key = match self.started.then(|| cmp_keys(key, &self.key)) {
+            None | Some(Ordering::Greater) => true,
+            Some(Ordering::Equal) if seqno < self.seqno => false,
+            Some(_) => return Err(t.out_of_order()),
+        };
+        if new_key {
+            self.key.clear();
+            self.key.extend_from_slice(key);
+            self.started = true;
+        }
+        self.seqno = seqno;
+        Ok(new_key)
     }
 }
 

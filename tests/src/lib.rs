@@ -17,6 +17,20 @@ pub fn range4() -> sluice::PartitionSpec {
     }
 }
 
+/// `base` with no work in the background: no compaction before a thousand L0 files, no
+/// write slowed or stopped by them, no migration or lazy move unless asked for. Tests that
+/// damage files use it so that only their own reads meet the damage.
+pub fn no_background_work(base: sluice::Options) -> sluice::Options {
+    sluice::Options {
+        level0_compaction_trigger: 1000,
+        level0_slowdown_trigger: 1000,
+        level0_stop_trigger: 1000,
+        migration_bytes_per_sec: 0,
+        move_bytes_per_sec: 0,
+        ..base
+    }
+}
+
 /// The highest-numbered WAL in `dir`, if any.
 pub fn newest_wal(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     std::fs::read_dir(dir)

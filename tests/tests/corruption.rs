@@ -20,7 +20,7 @@ use sluice::{
     WriteOptions,
 };
 use sluice::{MAX_BATCH_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
-use sluice_tests::{dump, engine_thread_panics, verify, watch_engine_panics};
+use sluice_tests::{dump, engine_thread_panics, no_background_work, verify, watch_engine_panics};
 
 /// `Command::spawn` forks, and until the child execs it shares this process's open file
 /// descriptions, including the `flock` on a database's LOCK file. The one test that spawns
@@ -65,16 +65,11 @@ const CODECS: [(Compression, bool); 4] = [
 
 /// [`quiet`] writing tables with compression `codec.0` and key-delta blocks if `codec.1`.
 fn quiet_as((compression, key_delta_blocks): (Compression, bool)) -> Options {
-    Options {
+    no_background_work(Options {
         compression,
         key_delta_blocks,
-        level0_compaction_trigger: 1000,
-        level0_slowdown_trigger: 1000,
-        level0_stop_trigger: 1000,
-        migration_bytes_per_sec: 0,
-        move_bytes_per_sec: 0,
         ..Options::tiny()
-    }
+    })
 }
 
 fn kv(i: usize) -> (Vec<u8>, Vec<u8>) {
@@ -2601,6 +2596,33 @@ fn checksummed_nonsense_in_a_block_is_refused_by_every_read() {
         );
         assert!(!verify(&dir).is_ok(), "{what}");
     }
+}
+
+/// A block whose entries are out of order behind a valid checksum (its first key rewritten
+/// from `a` to `y`, before `k`): a migration into a hash layout sends each key to a
+/// partition of its own, where every output table is in order. Without a check of the merged
+/// input's order the damage was written on into clean tables, `a` gone and `y` there, and
+/// `verify` found nothing any more. The migration now stops at the entry, naming the damaged
+/// table, and moves nothing.
+#[test]
+fn an_out_of_order_block_is_not_migrated_into_clean_tables() {
+    let _g = shared();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    let (s, e, f, sst) = two_versions_of_k(&dir);
+    rewrite_block(f, (s, e), &sst, |b| {
+        // Key length 1, value length 5, the trailer, then the key: a@first.
+        assert_eq!((b[0], b[1], b[10]), (1, 5, b'a'));
+        b[10] = b'y';
+    });
+    let db = Db::open(&dir, quiet(Compression::None)).unwrap();
+    ensure_target_spec(&db, sluice_tests::hash(4, 7));
+    let e = db.migrate_now(None).unwrap_err();
+    assert_corruption_naming(&e, &name(&sst), "migration of an out-of-order block");
+    assert!(e.to_string().contains("out of order"), "{e}");
+    db.close().unwrap();
+    let report = verify(&dir);
+    assert!(!report.is_ok(), "the damage is still there to find");
 }
 
 /// A filter that denies keys its table holds (every bit cleared, checksum valid) hides them

@@ -1,0 +1,486 @@
+//! Checksummed nonsense, at random: a data block of a table rewritten with seeded damage and
+//! a valid checksum, as a writer's bug or a crafted file would leave it.
+//!
+//! A checksum cannot tell such a block from a good one, and a read cannot check everything
+//! a block claims without losing what makes it fast (a point read trusts the filter and the
+//! block's order). So the rule these cases hold the engine to is:
+//!
+//! - no read panics or hangs, and every error is a corruption naming the table file and an
+//!   offset;
+//! - whenever reads disagree among themselves — a point read and the scan, the scan forward
+//!   and backward, a seek and the scan, a compaction's output and what the scan read, or an
+//!   error in one read while the others went through — `sluice verify` with its deep check
+//!   reports the table. What verify passes, every read agrees on;
+//! - entries out of order are not rewritten: a compaction or a migration that meets them
+//!   fails, naming the table, instead of writing them on into tables that are in order.
+//!
+//! The cases run with a cache too small to keep a block (every read decodes afresh) and one
+//! that keeps every block (a block a scan walked in is upgraded when a point read searches
+//! it), over plain and key-delta blocks. `SLUICE_SEEDS=n` runs n cases per codec (CI: 150);
+//! `SLUICE_SEED=n` reproduces one. The soak: `SLUICE_SEEDS=5000 cargo test --release -p
+//! sluice-tests --test block_fuzz -- --ignored`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use sluice::fs::StdFs;
+use sluice::inspect::{verify_dir, NoProgress, VerifyOptions};
+use sluice::sst::format::block_trailer;
+use sluice::sst::Table;
+use sluice::{Compression, Db, Error, Options};
+use sluice_tests::{no_background_work, seeds, sst_files, with_seed};
+
+type Kv = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Plain blocks, and key-delta blocks (decoded into the plain form when read).
+const CODECS: [bool; 2] = [false, true];
+
+fn options(key_delta_blocks: bool, cache: u64) -> Options {
+    no_background_work(Options {
+        compression: Compression::None,
+        key_delta_blocks,
+        block_size: 1024,
+        memtable_bytes: 4 << 20,
+        block_cache_bytes: cache,
+        ..Options::tiny()
+    })
+}
+
+/// Keys of every shape the read path treats apart: short, sharing a long prefix (longer
+/// than the sixteen bytes a merge compares as integers), and longer than 127 bytes (a
+/// two-byte length).
+fn key(i: usize) -> Vec<u8> {
+    match i % 4 {
+        0 => format!("k{i:04}").into_bytes(),
+        1 => format!("a/long/shared/prefix/{i:06}").into_bytes(),
+        2 => {
+            let mut k = vec![b'm'; 130];
+            k.extend_from_slice(format!("{i:04}").as_bytes());
+            k
+        }
+        _ => format!("z{i}").into_bytes(),
+    }
+}
+
+fn value(i: usize, round: usize) -> Vec<u8> {
+    let len = (i * 37 + round * 11) % 300;
+    (0..len).map(|j| (i + j + round) as u8).collect()
+}
+
+const KEYS: usize = 200;
+
+/// A database of two overlapping tables (so reads merge them) holding several versions of
+/// some keys (a snapshot was open while they were flushed) and tombstones. Returns what a
+/// read of it gives.
+fn build(dir: &Path, key_delta_blocks: bool) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let db = Db::open(dir, options(key_delta_blocks, 1 << 20)).unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..KEYS {
+        db.put(key(i), value(i, 0)).unwrap();
+        model.insert(key(i), value(i, 0));
+    }
+    let snap = db.snapshot();
+    for i in (0..KEYS).step_by(5) {
+        db.put(key(i), value(i, 1)).unwrap();
+        model.insert(key(i), value(i, 1));
+    }
+    for i in (0..KEYS).step_by(7) {
+        db.delete(key(i)).unwrap();
+        model.remove(&key(i));
+    }
+    db.flush().unwrap();
+    for i in (0..KEYS).step_by(3) {
+        db.put(key(i), value(i, 2)).unwrap();
+        model.insert(key(i), value(i, 2));
+    }
+    db.flush().unwrap();
+    drop(snap);
+    db.close().unwrap();
+    assert_eq!(sst_files(dir).len(), 2);
+    model
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Damages one data block of one table at random and seals it with a valid checksum.
+/// Returns the table's file name and what was done.
+fn damage(dir: &Path, r: &mut StdRng) -> (String, String) {
+    let mut tables = sst_files(dir);
+    tables.sort();
+    let sst = tables[r.random_range(0..tables.len())].clone();
+    let t = Table::open(&StdFs, &sst, 0, None).unwrap();
+    let bi = r.random_range(0..t.block_count());
+    let (h, _) = t.block_handle(bi).unwrap();
+    drop(t);
+    let (s, e) = (h.offset as usize, (h.offset + h.size) as usize);
+    let mut f = std::fs::read(&sst).unwrap();
+    let mut done = vec![format!("block {bi} at {s}, {} bytes, type {}", e - s, f[e])];
+    let body = &mut f[s..e];
+    let n = body.len();
+    for _ in 0..r.random_range(1..=3) {
+        let at = r.random_range(0..n);
+        match r.random_range(0..6) {
+            0 => {
+                let bit = r.random_range(0..8);
+                body[at] ^= 1 << bit;
+                done.push(format!("flip bit {bit} of byte {at}"));
+            }
+            1 => {
+                let v = [0x00, 0x01, 0x7f, 0x80, 0xff][r.random_range(0..5)];
+                body[at] = v;
+                done.push(format!("byte {at} = {v:#x}"));
+            }
+            2 => {
+                let v = r.random::<u8>();
+                body[at] = v;
+                done.push(format!("byte {at} = {v:#x}"));
+            }
+            3 => {
+                // Bytes of the block copied elsewhere in it: shapes the decoder knows,
+                // in the wrong place.
+                let len = r.random_range(1..=16.min(n));
+                let from = r.random_range(0..=n - len);
+                let to = r.random_range(0..=n - len);
+                body.copy_within(from..from + len, to);
+                done.push(format!("copy {len} bytes from {from} to {to}"));
+            }
+            4 if n >= 8 => {
+                // The block's tail: a plain block's entry count and offset array.
+                let at = n - r.random_range(1..=8.min(n));
+                let v = r.random::<u8>();
+                body[at] = v;
+                done.push(format!("tail byte {at} = {v:#x}"));
+            }
+            _ => {
+                // The block's head: a key-delta block's count and length, a plain block's
+                // first entry.
+                let at = r.random_range(0..4.min(n));
+                let v = r.random::<u8>();
+                body[at] = v;
+                done.push(format!("head byte {at} = {v:#x}"));
+            }
+        }
+    }
+    let tr = block_trailer(&f[s..e], f[e]);
+    f[e..e + tr.len()].copy_from_slice(&tr);
+    std::fs::write(&sst, &f).unwrap();
+    let name = sst.file_name().unwrap().to_string_lossy().into_owned();
+    (name, done.join("; "))
+}
+
+/// What every read of one damaged database gave.
+struct Reads {
+    forward: Result<Kv, Error>,
+    backward: Result<Kv, Error>,
+    /// Point reads of every key the pristine database held and every key the scans found.
+    gets: BTreeMap<Vec<u8>, Result<Option<Vec<u8>>, Error>>,
+    /// From each of those keys, the first three entries of a scan starting there.
+    seeks: BTreeMap<Vec<u8>, Result<Kv, Error>>,
+    /// `compact()` (or a migration of everything into `hash:4`), then a forward scan of
+    /// its result.
+    compacted: Result<Result<Kv, Error>, Error>,
+}
+
+fn scan(db: &Db) -> Result<Kv, Error> {
+    db.range(..)
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect()
+}
+
+fn scan_back(db: &Db) -> Result<Kv, Error> {
+    let mut v: Kv = db
+        .range(..)
+        .rev()
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()?;
+    v.reverse();
+    Ok(v)
+}
+
+fn read_everything(
+    dir: &Path,
+    opts: Options,
+    keys: Vec<Vec<u8>>,
+    migrate: bool,
+) -> Result<Reads, Error> {
+    let db = Db::open(dir, opts)?;
+    // The scan first: with a roomy cache it leaves plain blocks that the point reads then
+    // upgrade; the backward scan and the seeks meet the upgraded ones.
+    let forward = scan(&db);
+    let mut keys = keys;
+    if let Ok(f) = &forward {
+        keys.extend(f.iter().map(|(k, _)| k.clone()));
+    }
+    keys.sort();
+    keys.dedup();
+    let gets = keys
+        .iter()
+        .map(|k| (k.clone(), db.get(k).map(|v| v.map(|v| v.to_vec()))))
+        .collect();
+    let backward = scan_back(&db);
+    let seeks = keys
+        .iter()
+        .map(|k| {
+            let s: Result<Kv, Error> = db
+                .range(k.clone()..)
+                .take(3)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect();
+            (k.clone(), s)
+        })
+        .collect();
+    let rewrite = if migrate {
+        // Each key to a partition of its own hash: every output table gets a part of the
+        // input, and no one output sees the input's whole order.
+        db.register_partition_fn(sluice_tests::hash(4, 7))
+            .and_then(|v| db.set_target(v))
+            .and_then(|()| db.migrate_now(None))
+            .map(drop)
+    } else {
+        db.compact()
+    };
+    let compacted = rewrite.map(|()| scan(&db));
+    // A close may report the damage a compaction met; what the reads gave is the point.
+    let _ = db.close();
+    Ok(Reads {
+        forward,
+        backward,
+        gets,
+        seeks,
+        compacted,
+    })
+}
+
+/// Runs `f` on a thread of its own and gives up after `secs`: a decoder that loops forever
+/// on some bytes fails the case instead of hanging the suite.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => {
+            h.join().unwrap();
+            v
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // The thread panicked: report its panic as this case's.
+            std::panic::resume_unwind(h.join().unwrap_err())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: reads still running after {secs} s")
+        }
+    }
+}
+
+/// Every disagreement among the reads (empty if they agree), checking each error on the
+/// way: a corruption naming `file` and an offset.
+fn disagreements(r: &Reads, file: &str, what: &str) -> Vec<String> {
+    let check = |e: &Error| {
+        let s = e.to_string();
+        // A compaction that meets damage stops writes and says why.
+        let stopped = matches!(e, Error::ReadOnly(_)) && s.contains("corruption");
+        assert!(
+            e.is_corruption() || stopped,
+            "{what}: not a corruption: {e:?}"
+        );
+        assert!(
+            s.contains(file),
+            "{what}: the error does not name {file}: {s}"
+        );
+        assert!(
+            s.contains("offset"),
+            "{what}: the error gives no offset: {s}"
+        );
+    };
+    let mut out = Vec::new();
+    let errors = [&r.forward, &r.backward]
+        .into_iter()
+        .filter_map(|x| x.as_ref().err())
+        .chain(r.gets.values().filter_map(|x| x.as_ref().err()))
+        .chain(r.seeks.values().filter_map(|x| x.as_ref().err()))
+        .chain(r.compacted.as_ref().err())
+        .chain(r.compacted.as_ref().ok().and_then(|x| x.as_ref().err()));
+    let mut failed = 0;
+    for e in errors {
+        check(e);
+        failed += 1;
+    }
+    if failed > 0 {
+        out.push(format!("{failed} reads failed"));
+    }
+    let Ok(fwd) = &r.forward else {
+        return out;
+    };
+    if let Ok(back) = &r.backward {
+        if back != fwd {
+            out.push(format!(
+                "backward scan differs ({} entries against {})",
+                back.len(),
+                fwd.len()
+            ));
+        }
+    }
+    let scanned: BTreeMap<&[u8], &[u8]> = fwd.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    if scanned.len() != fwd.len() || fwd.windows(2).any(|w| w[0].0 >= w[1].0) {
+        out.push("the scan is out of order or repeats a key".into());
+    }
+    for (k, got) in &r.gets {
+        if let Ok(got) = got {
+            if got.as_deref() != scanned.get(&k[..]).copied() {
+                out.push(format!(
+                    "get({}) = {:?} bytes, the scan {:?}",
+                    String::from_utf8_lossy(k),
+                    got.as_ref().map(|v| v.len()),
+                    scanned.get(&k[..]).map(|v| v.len())
+                ));
+            }
+        }
+    }
+    for (k, got) in &r.seeks {
+        if let Ok(got) = got {
+            let from = fwd.partition_point(|(x, _)| x < k);
+            let want = &fwd[from..(from + 3).min(fwd.len())];
+            if got[..] != *want {
+                out.push(format!("a seek to {} differs", String::from_utf8_lossy(k)));
+            }
+        }
+    }
+    if let Ok(Ok(after)) = &r.compacted {
+        if after != fwd {
+            out.push("the compaction's output differs from the scan".into());
+        }
+    }
+    out
+}
+
+/// How a case ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    /// The open refused the damage.
+    Refused,
+    /// Every read agreed (the damage hit a value, or every read that met it failed alike).
+    Agreed,
+    /// The reads disagreed, and verify named the table.
+    Flagged,
+}
+
+fn run_case(
+    pristine: &Path,
+    model: &BTreeMap<Vec<u8>, Vec<u8>>,
+    delta: bool,
+    seed: u64,
+) -> Outcome {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    copy_dir(pristine, &dir);
+    let mut r = StdRng::seed_from_u64(seed ^ if delta { 0xde17a } else { 0 });
+    let (file, done) = damage(&dir, &mut r);
+    // A cache that keeps no block, or every block; a compaction, or a migration.
+    let cache = if seed.is_multiple_of(2) { 0 } else { 16 << 20 };
+    let migrate = seed % 4 >= 2;
+    let what =
+        format!("seed {seed}, key-delta {delta}, cache {cache}, migrate {migrate}: {file}: {done}");
+    // Verify before the reads: their compaction rewrites the tables.
+    let copy = root.path().join("copy");
+    copy_dir(&dir, &copy);
+    let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+    let (d, w) = (dir.clone(), what.clone());
+    let reads = within(60, &what, move || {
+        read_everything(&d, options(delta, cache), keys, migrate)
+    });
+    let verified = within(60, &what, move || {
+        let opts = VerifyOptions {
+            deep: true,
+            sample_reads: None,
+        };
+        verify_dir(&copy, &opts, &NoProgress)
+    });
+    let reads = match reads {
+        Ok(reads) => reads,
+        Err(e) => {
+            // Data blocks are read after the open; a failed open must still say why.
+            assert!(e.is_corruption(), "{w}: open failed: {e:?}");
+            return Outcome::Refused;
+        }
+    };
+    let odd = disagreements(&reads, &file, &what);
+    let report = verified.unwrap_or_else(|e| panic!("{what}: verify did not run: {e}"));
+    // Entries out of order are refused by what rewrites them, not written on into tables
+    // where no check could find them any more.
+    if report.errors().any(|p| p.check == "order") {
+        assert!(
+            reads.compacted.is_err(),
+            "{what}: verify finds entries out of order, and the rewrite took them"
+        );
+    }
+    if !odd.is_empty() {
+        assert!(
+            !report.is_ok(),
+            "{what}: the reads disagree ({}) and verify passes the database",
+            odd.join("; ")
+        );
+        assert!(
+            report
+                .errors()
+                .any(|p| p.file.as_ref().is_some_and(|f| f.ends_with(&file))),
+            "{what}: verify does not name {file}: {:?}",
+            report.errors().collect::<Vec<_>>()
+        );
+        return Outcome::Flagged;
+    }
+    Outcome::Agreed
+}
+
+fn fuzz(default_cases: u64) {
+    for delta in CODECS {
+        let root = tempfile::tempdir().unwrap();
+        let pristine: PathBuf = root.path().join("pristine");
+        let model = build(&pristine, delta);
+        let seeds = seeds(default_cases);
+        let mut outcomes = BTreeMap::new();
+        for &seed in &seeds {
+            let (p, m) = (pristine.clone(), model.clone());
+            let (tx, rx) = mpsc::channel();
+            with_seed("block_fuzz", seed, move |seed| {
+                tx.send(run_case(&p, &m, delta, seed)).unwrap()
+            });
+            *outcomes.entry(rx.recv().unwrap()).or_insert(0) += 1;
+        }
+        eprintln!("key-delta {delta}: {outcomes:?}");
+        if seeds.len() >= 100 {
+            // Cases enough that a harness whose damage never reaches the reads, or whose
+            // reads never disagree, fails here instead of passing for nothing.
+            for o in [Outcome::Agreed, Outcome::Flagged] {
+                assert!(
+                    outcomes.get(&o).is_some_and(|&n| n * 20 >= seeds.len()),
+                    "key-delta {delta}: under 5% of {} cases {o:?}: {outcomes:?}",
+                    seeds.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn checksummed_damage_in_data_blocks() {
+    fuzz(150);
+}
+
+#[test]
+#[ignore = "soak: SLUICE_SEEDS=5000 cargo test --release -p sluice-tests --test block_fuzz -- --ignored --nocapture"]
+fn block_fuzz_soak() {
+    fuzz(5000);
+}

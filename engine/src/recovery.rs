@@ -271,6 +271,7 @@ pub(crate) fn open_tables(
             rec,
             &st.registry.live[&rec.layout_version].func,
             &path,
+            manifest,
         )?;
         metas.push(Arc::new(FileMeta::new(
             Arc::new(table),
@@ -290,7 +291,15 @@ pub(crate) fn open_tables(
     Ok(set)
 }
 
-fn check_table(t: &Table, rec: &FileRecord, func: &PartitionFn, path: &Path) -> Result<()> {
+/// Checks an opened table against the manifest's record of it. A mismatch names both
+/// files: either may be the damaged one.
+fn check_table(
+    t: &Table,
+    rec: &FileRecord,
+    func: &PartitionFn,
+    path: &Path,
+    manifest: &Path,
+) -> Result<()> {
     let p = t.props();
     let mut problems = Vec::new();
     if t.file_size() != rec.size {
@@ -326,7 +335,15 @@ fn check_table(t: &Table, rec: &FileRecord, func: &PartitionFn, path: &Path) -> 
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::corruption(path, 0, problems.join("; ")))
+        Err(Error::corruption(
+            path,
+            0,
+            format!(
+                "{} (the record of it in {})",
+                problems.join("; "),
+                manifest.display()
+            ),
+        ))
     }
 }
 

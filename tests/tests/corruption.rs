@@ -20,7 +20,9 @@ use sluice::{
     WriteOptions,
 };
 use sluice::{MAX_BATCH_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
-use sluice_tests::{dump, engine_thread_panics, no_background_work, verify, watch_engine_panics};
+use sluice_tests::{
+    dump, engine_thread_panics, no_background_work, rewrite_log, verify, watch_engine_panics,
+};
 
 /// `Command::spawn` forks, and until the child execs it shares this process's open file
 /// descriptions, including the `flock` on a database's LOCK file. The one test that spawns
@@ -1716,24 +1718,6 @@ fn a_stray_wal_inside_the_chain_is_corruption_for_every_open() {
         "verify: {:?}",
         rep.problems
     );
-}
-
-/// Rewrites a log's records (header kept) through `f`, each with a valid CRC: damage that
-/// the checksums cannot see, so only the decoders' range checks stand between it and a
-/// wrong answer.
-fn rewrite_log(path: &Path, kind: LogKind, f: impl FnOnce(&mut Vec<Vec<u8>>)) {
-    let data = std::fs::read(path).unwrap();
-    let log = read_log(data.clone().into(), path, kind).unwrap();
-    // The header is everything before the first record, kept as it is.
-    let header_end = log.records.first().expect("a log with records").0 as usize;
-    let mut out = data[..header_end].to_vec();
-    let format = log.format();
-    let mut recs: Vec<Vec<u8>> = log.records.into_iter().map(|(_, p)| p.to_vec()).collect();
-    f(&mut recs);
-    for r in &recs {
-        format.encode_record(r, &mut out);
-    }
-    std::fs::write(path, out).unwrap();
 }
 
 /// Batch counts, seqnos and file numbers out of range, with valid checksums (found by a

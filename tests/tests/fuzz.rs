@@ -1,12 +1,14 @@
-//! Checksummed nonsense, at random: a data block of a table rewritten with seeded damage and
-//! a valid checksum, as a writer's bug or a crafted file would leave it.
+//! Checksummed nonsense, at random: seeded damage behind valid checksums, as a writer's bug
+//! or a crafted file would leave it, in the blocks of a table and in the records of the
+//! logs (WAL and manifest).
 //!
-//! A checksum cannot tell such a block from a good one, and a read cannot check everything
-//! a block claims without losing what makes it fast (a point read trusts the filter and the
-//! block's order). So the rule these cases hold the engine to is:
+//! **Tables.** A block (a data block most often, or the filter, index or properties) is
+//! rewritten with damage and a valid checksum. A checksum cannot tell such a block from a
+//! good one, and a read cannot check everything a block claims without losing what makes it
+//! fast (a point read trusts the filter and the block's order). So the rule is:
 //!
 //! - no read panics or hangs, and every error is a corruption naming the table file and an
-//!   offset;
+//!   offset; an open that refuses the table names it, and verify finds it too;
 //! - whenever reads disagree among themselves — a point read and the scan, the scan forward
 //!   and backward, a seek and the scan, a compaction's output and what the scan read, or an
 //!   error in one read while the others went through — `sluice verify` with its deep check
@@ -16,9 +18,15 @@
 //!
 //! The cases run with a cache too small to keep a block (every read decodes afresh) and one
 //! that keeps every block (a block a scan walked in is upgraded when a point read searches
-//! it), over plain and key-delta blocks. `SLUICE_SEEDS=n` runs n cases per codec (CI: 150);
-//! `SLUICE_SEED=n` reproduces one. The soak: `SLUICE_SEEDS=5000 cargo test --release -p
-//! sluice-tests --test block_fuzz -- --ignored`.
+//! it), over plain and key-delta blocks.
+//!
+//! **Logs.** A record of the WAL or of the manifest is rewritten (bytes changed, cut short
+//! or extended) and sealed with a valid checksum. The open either refuses, with a
+//! corruption naming the log and nothing changed on disk, or opens; then scans both ways
+//! agree, and the next open finds exactly what this one did.
+//!
+//! `SLUICE_SEEDS=n` runs n cases per configuration (CI: 150), `SLUICE_SEED=n` one. The
+//! soak: `SLUICE_SEEDS=5000 cargo test --release -p sluice-tests --test fuzz -- --ignored`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,10 +37,11 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sluice::fs::StdFs;
 use sluice::inspect::{verify_dir, NoProgress, VerifyOptions};
-use sluice::sst::format::block_trailer;
+use sluice::log::LogKind;
+use sluice::sst::format::{block_trailer, Footer};
 use sluice::sst::Table;
-use sluice::{Compression, Db, Error, Options};
-use sluice_tests::{no_background_work, seeds, sst_files, with_seed};
+use sluice::{Compression, Db, Error, Options, WriteBatch, WriteOptions};
+use sluice_tests::{no_background_work, rewrite_log, seeds, sst_files, with_seed};
 
 type Kv = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -114,19 +123,27 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Damages one data block of one table at random and seals it with a valid checksum.
-/// Returns the table's file name and what was done.
+/// Damages one block of one table at random — most often a data block, otherwise the
+/// filter, the index or the properties — and seals it with a valid checksum. Returns the
+/// table's file name and what was done.
 fn damage(dir: &Path, r: &mut StdRng) -> (String, String) {
     let mut tables = sst_files(dir);
     tables.sort();
     let sst = tables[r.random_range(0..tables.len())].clone();
-    let t = Table::open(&StdFs, &sst, 0, None).unwrap();
-    let bi = r.random_range(0..t.block_count());
-    let (h, _) = t.block_handle(bi).unwrap();
-    drop(t);
-    let (s, e) = (h.offset as usize, (h.offset + h.size) as usize);
     let mut f = std::fs::read(&sst).unwrap();
-    let mut done = vec![format!("block {bi} at {s}, {} bytes, type {}", e - s, f[e])];
+    let footer = Footer::decode(&f, &sst).unwrap();
+    let (what, h) = match r.random_range(0..10) {
+        0 => ("filter".to_string(), footer.filter),
+        1 | 2 => ("index".to_string(), footer.index),
+        3 | 4 => ("properties".to_string(), footer.props),
+        _ => {
+            let t = Table::open(&StdFs, &sst, 0, None).unwrap();
+            let bi = r.random_range(0..t.block_count());
+            (format!("data block {bi}"), t.block_handle(bi).unwrap().0)
+        }
+    };
+    let (s, e) = (h.offset as usize, (h.offset + h.size) as usize);
+    let mut done = vec![format!("{what} at {s}, {} bytes, type {}", e - s, f[e])];
     let body = &mut f[s..e];
     let n = body.len();
     for _ in 0..r.random_range(1..=3) {
@@ -186,7 +203,7 @@ struct Reads {
     backward: Result<Kv, Error>,
     /// Point reads of every key the pristine database held and every key the scans found.
     gets: BTreeMap<Vec<u8>, Result<Option<Vec<u8>>, Error>>,
-    /// From each of those keys, the first three entries of a scan starting there.
+    /// From some of those keys, the first three entries of a scan starting there.
     seeks: BTreeMap<Vec<u8>, Result<Kv, Error>>,
     /// `compact()` (or a migration of everything into `hash:4`), then a forward scan of
     /// its result.
@@ -230,8 +247,11 @@ fn read_everything(
         .map(|k| (k.clone(), db.get(k).map(|v| v.map(|v| v.to_vec()))))
         .collect();
     let backward = scan_back(&db);
+    // Every fourth key: fewer scans than make a seek compaction of the two tables start
+    // in the background, whose timing would make the case's outcome vary from run to run.
     let seeks = keys
         .iter()
+        .step_by(4)
         .map(|k| {
             let s: Result<Kv, Error> = db
                 .range(k.clone()..)
@@ -408,16 +428,25 @@ fn run_case(
         };
         verify_dir(&copy, &opts, &NoProgress)
     });
+    let report = verified.unwrap_or_else(|e| panic!("{what}: verify did not run: {e}"));
     let reads = match reads {
         Ok(reads) => reads,
         Err(e) => {
-            // Data blocks are read after the open; a failed open must still say why.
-            assert!(e.is_corruption(), "{w}: open failed: {e:?}");
+            // Metadata is checked at the open: a refusal names the table, and verify
+            // finds what the open found.
+            let s = e.to_string();
+            assert!(
+                e.is_corruption() && s.contains(&file),
+                "{w}: open failed: {e:?}"
+            );
+            assert!(
+                !report.is_ok(),
+                "{w}: the open refuses ({e}) and verify passes"
+            );
             return Outcome::Refused;
         }
     };
     let odd = disagreements(&reads, &file, &what);
-    let report = verified.unwrap_or_else(|e| panic!("{what}: verify did not run: {e}"));
     // Entries out of order are refused by what rewrites them, not written on into tables
     // where no check could find them any more.
     if report.errors().any(|p| p.check == "order") {
@@ -444,43 +473,239 @@ fn run_case(
     Outcome::Agreed
 }
 
-fn fuzz(default_cases: u64) {
-    for delta in CODECS {
-        let root = tempfile::tempdir().unwrap();
-        let pristine: PathBuf = root.path().join("pristine");
-        let model = build(&pristine, delta);
-        let seeds = seeds(default_cases);
-        let mut outcomes = BTreeMap::new();
-        for &seed in &seeds {
-            let (p, m) = (pristine.clone(), model.clone());
-            let (tx, rx) = mpsc::channel();
-            with_seed("block_fuzz", seed, move |seed| {
-                tx.send(run_case(&p, &m, delta, seed)).unwrap()
-            });
-            *outcomes.entry(rx.recv().unwrap()).or_insert(0) += 1;
-        }
-        eprintln!("key-delta {delta}: {outcomes:?}");
-        if seeds.len() >= 100 {
-            // Cases enough that a harness whose damage never reaches the reads, or whose
-            // reads never disagree, fails here instead of passing for nothing.
-            for o in [Outcome::Agreed, Outcome::Flagged] {
-                assert!(
-                    outcomes.get(&o).is_some_and(|&n| n * 20 >= seeds.len()),
-                    "key-delta {delta}: under 5% of {} cases {o:?}: {outcomes:?}",
-                    seeds.len()
-                );
-            }
+/// Runs `case` for every seed (see [`seeds`]) and tallies how the cases ended. With cases
+/// enough, each outcome in `each` must end at least one in twenty: a harness whose damage
+/// never reaches the reads, or whose reads never disagree, fails here instead of passing
+/// for nothing.
+fn run_cases<O: Ord + Copy + std::fmt::Debug>(
+    what: &str,
+    default_cases: u64,
+    each: &[O],
+    case: impl Fn(u64) -> O + Clone + std::panic::UnwindSafe,
+) {
+    let seeds = seeds(default_cases);
+    let mut outcomes = BTreeMap::new();
+    for &seed in &seeds {
+        let (case, (tx, rx)) = (case.clone(), mpsc::channel());
+        with_seed("fuzz", seed, move |seed| tx.send(case(seed)).unwrap());
+        *outcomes.entry(rx.recv().unwrap()).or_insert(0) += 1;
+    }
+    eprintln!("{what}: {outcomes:?}");
+    if seeds.len() >= 100 {
+        for o in each {
+            assert!(
+                outcomes.get(o).is_some_and(|&n| n * 20 >= seeds.len()),
+                "{what}: under 5% of {} cases {o:?}: {outcomes:?}",
+                seeds.len()
+            );
         }
     }
 }
 
-#[test]
-fn checksummed_damage_in_data_blocks() {
-    fuzz(150);
+fn fuzz_tables(default_cases: u64) {
+    for delta in CODECS {
+        let root = tempfile::tempdir().unwrap();
+        let pristine: PathBuf = root.path().join("pristine");
+        let model = build(&pristine, delta);
+        run_cases(
+            &format!("tables, key-delta {delta}"),
+            default_cases,
+            &[Outcome::Agreed, Outcome::Flagged],
+            |seed| run_case(&pristine, &model, delta, seed),
+        );
+    }
+}
+
+/// A closed database with a table, two layouts (the second the target) and batches of
+/// puts and deletes still in its WAL.
+fn build_logged(dir: &Path) {
+    let db = Db::open(dir, log_options()).unwrap();
+    for i in 0..40 {
+        db.put(key(i), value(i, 0)).unwrap();
+    }
+    db.flush().unwrap();
+    let v = db.register_partition_fn(sluice_tests::hash(4, 7)).unwrap();
+    db.set_target(v).unwrap();
+    for n in 0..8 {
+        let mut b = WriteBatch::new();
+        for j in 0..=(n % 4) {
+            let i = n * 7 + j * 3;
+            if (n + j) % 3 == 0 {
+                b.delete(key(i));
+            } else {
+                b.put(key(i), value(i, n));
+            }
+        }
+        db.write_opt(b, &WriteOptions { sync: n % 2 == 0 }).unwrap();
+    }
+    db.close().unwrap();
+}
+
+fn log_options() -> Options {
+    no_background_work(Options {
+        memtable_bytes: 4 << 20,
+        ..Options::tiny()
+    })
+}
+
+/// Every file of `dir` and its bytes.
+fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+/// How a log case ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum LogOutcome {
+    Refused,
+    Opened,
+}
+
+/// Damages one record of the newest WAL or of the manifest.
+fn damage_log(dir: &Path, r: &mut StdRng) -> (PathBuf, String) {
+    let (path, kind) = if r.random_range(0..10) < 6 {
+        (sluice_tests::newest_wal(dir).expect("a WAL"), LogKind::Wal)
+    } else {
+        let cur = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
+        (dir.join(cur.trim_end()), LogKind::Manifest)
+    };
+    let mut done = Vec::new();
+    rewrite_log(&path, kind, |recs| {
+        let i = r.random_range(0..recs.len());
+        done.push(format!("record {i} of {}", recs.len()));
+        let rec = &mut recs[i];
+        for _ in 0..r.random_range(1..=3) {
+            let n = rec.len();
+            match r.random_range(0..6) {
+                0 | 1 if n > 0 => {
+                    let at = r.random_range(0..n);
+                    let bit = r.random_range(0..8);
+                    rec[at] ^= 1 << bit;
+                    done.push(format!("flip bit {bit} of byte {at}"));
+                }
+                2 if n > 0 => {
+                    let at = r.random_range(0..n);
+                    let v = [0x00, 0x01, 0x7f, 0x80, 0xff, r.random::<u8>()][r.random_range(0..6)];
+                    rec[at] = v;
+                    done.push(format!("byte {at} = {v:#x}"));
+                }
+                3 if n > 1 => {
+                    let len = r.random_range(1..=8.min(n));
+                    let (from, to) = (r.random_range(0..=n - len), r.random_range(0..=n - len));
+                    rec.copy_within(from..from + len, to);
+                    done.push(format!("copy {len} bytes from {from} to {to}"));
+                }
+                4 => {
+                    let at = r.random_range(0..=n);
+                    rec.truncate(at);
+                    done.push(format!("cut to {at} bytes"));
+                }
+                _ => {
+                    let more = r.random_range(1..=16);
+                    rec.extend((0..more).map(|_| r.random::<u8>()));
+                    done.push(format!("{more} random bytes added"));
+                }
+            }
+        }
+    });
+    let what = format!(
+        "{}: {}",
+        path.file_name().unwrap().to_string_lossy(),
+        done.join("; ")
+    );
+    (path, what)
+}
+
+fn run_log_case(pristine: &Path, seed: u64) -> LogOutcome {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    copy_dir(pristine, &dir);
+    let mut r = StdRng::seed_from_u64(seed);
+    let (path, done) = damage_log(&dir, &mut r);
+    let file = path.file_name().unwrap().to_string_lossy().into_owned();
+    let what = format!("seed {seed}: {done}");
+    let before = files_of(&dir);
+    let (d, w) = (dir.clone(), what.clone());
+    // Opened twice: the second open must find what the first one did.
+    let opened = within(
+        60,
+        &what,
+        move || -> Result<Vec<Result<Kv, Error>>, Error> {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let db = Db::open(&d, log_options())?;
+                let fwd = scan(&db);
+                let back = scan_back(&db);
+                if let (Ok(f), Ok(b)) = (&fwd, &back) {
+                    assert_eq!(f, b, "{w}: the scans disagree");
+                }
+                seen.push(fwd);
+                db.close()?;
+            }
+            Ok(seen)
+        },
+    );
+    match opened {
+        Err(e) => {
+            let s = e.to_string();
+            assert!(
+                e.is_corruption() && s.contains(&file),
+                "{what}: the open failed without naming {file} as damaged: {e:?}"
+            );
+            assert!(
+                files_of(&dir) == before,
+                "{what}: the refused open changed the directory"
+            );
+            LogOutcome::Refused
+        }
+        Ok(seen) => {
+            for s in &seen {
+                if let Err(e) = s {
+                    panic!("{what}: a scan after an open that went through failed: {e}");
+                }
+            }
+            assert_eq!(
+                seen[0].as_ref().ok(),
+                seen[1].as_ref().ok(),
+                "{what}: the second open found other data"
+            );
+            LogOutcome::Opened
+        }
+    }
+}
+
+fn fuzz_logs(default_cases: u64) {
+    let root = tempfile::tempdir().unwrap();
+    let pristine: PathBuf = root.path().join("pristine");
+    build_logged(&pristine);
+    run_cases(
+        "logs",
+        default_cases,
+        &[LogOutcome::Refused, LogOutcome::Opened],
+        |seed| run_log_case(&pristine, seed),
+    );
 }
 
 #[test]
-#[ignore = "soak: SLUICE_SEEDS=5000 cargo test --release -p sluice-tests --test block_fuzz -- --ignored --nocapture"]
-fn block_fuzz_soak() {
-    fuzz(5000);
+fn checksummed_damage_in_tables() {
+    fuzz_tables(150);
+}
+
+#[test]
+fn checksummed_damage_in_logs() {
+    fuzz_logs(150);
+}
+
+#[test]
+#[ignore = "soak: SLUICE_SEEDS=5000 cargo test --release -p sluice-tests --test fuzz -- --ignored --nocapture"]
+fn fuzz_soak() {
+    fuzz_tables(5000);
+    fuzz_logs(5000);
 }

@@ -21,7 +21,8 @@
 //! it), over plain and key-delta blocks.
 //!
 //! **Logs.** A record of the WAL or of the manifest is rewritten (bytes changed, cut short
-//! or extended) and sealed with a valid checksum. The open either refuses, with a
+//! or extended) and sealed with a valid checksum, or whole records are swapped, repeated or
+//! dropped. The open either refuses, with a
 //! corruption naming the log and nothing changed on disk, or opens; then scans both ways
 //! agree, and the next open finds exactly what this one did.
 //!
@@ -568,7 +569,7 @@ enum LogOutcome {
     Opened,
 }
 
-/// Damages one record of the newest WAL or of the manifest.
+/// Damages one record of the newest WAL or of the manifest, or the order of their records.
 fn damage_log(dir: &Path, r: &mut StdRng) -> (PathBuf, String) {
     let (path, kind) = if r.random_range(0..10) < 6 {
         (sluice_tests::newest_wal(dir).expect("a WAL"), LogKind::Wal)
@@ -578,6 +579,27 @@ fn damage_log(dir: &Path, r: &mut StdRng) -> (PathBuf, String) {
     };
     let mut done = Vec::new();
     rewrite_log(&path, kind, |recs| {
+        let n = recs.len();
+        if n >= 2 && r.random_range(0..4) == 0 {
+            // Whole records out of place: each intact, the sequence not.
+            let (i, j) = (r.random_range(0..n), r.random_range(0..n));
+            match r.random_range(0..3) {
+                0 => {
+                    recs.swap(i, j);
+                    done.push(format!("records {i} and {j} swapped"));
+                }
+                1 => {
+                    let dup = recs[i].clone();
+                    recs.insert(j, dup);
+                    done.push(format!("record {i} repeated at {j}"));
+                }
+                _ => {
+                    recs.remove(i);
+                    done.push(format!("record {i} of {n} dropped"));
+                }
+            }
+            return;
+        }
         let i = r.random_range(0..recs.len());
         done.push(format!("record {i} of {}", recs.len()));
         let rec = &mut recs[i];

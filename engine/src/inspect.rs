@@ -1989,6 +1989,14 @@ pub fn check_consistency(
             Some(Ok((k, _))) if *k == key => scan.next().and_then(|r| r.ok()).map(|(_, v)| v),
             _ => None,
         };
+        // Where the newest table entry lies, for the messages below.
+        let whence = || {
+            let at: Vec<String> = newest
+                .iter()
+                .map(|c| format!("v{}/{}", c.version, c.partition))
+                .collect();
+            format!("seqno {newest_seq} in {}", at.join(", "))
+        };
         if scanned != expected {
             report(
                 &mut rep,
@@ -1997,8 +2005,9 @@ pub fn check_consistency(
                     None,
                     None,
                     format!(
-                        "key {ek:?}: merged scan returns {}, the layouts' newest entry is {}",
+                        "key {ek:?}: merged scan returns {}, the layouts' newest entry ({}) is {}",
                         describe(&scanned),
+                        whence(),
                         describe(&expected)
                     ),
                 ),
@@ -2015,8 +2024,9 @@ pub fn check_consistency(
                         None,
                         None,
                         format!(
-                            "key {ek:?}: point read returns {}, merged scan and layouts say {}",
+                            "key {ek:?}: point read returns {}, merged scan and layouts ({}) say {}",
                             describe(&got),
+                            whence(),
                             describe(&expected)
                         ),
                     ),

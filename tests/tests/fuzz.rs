@@ -26,6 +26,9 @@
 //! corruption naming the log and nothing changed on disk, or opens; then scans both ways
 //! agree, and the next open finds exactly what this one did.
 //!
+//! **Partition spec text** (a caller's or a command line's) at random: refused with a typed
+//! error, or parsed to a valid spec that reads back unchanged.
+//!
 //! `SLUICE_SEEDS=n` runs n cases per configuration (CI: 150), `SLUICE_SEED=n` one. The
 //! soak: `SLUICE_SEEDS=5000 cargo test --release -p sluice-tests --test fuzz -- --ignored`.
 
@@ -775,6 +778,97 @@ fn fuzz_logs(default_cases: u64) {
         &[LogOutcome::Refused, LogOutcome::Opened],
         |seed| run_log_case(&pristine, seed),
     );
+}
+
+/// A partition spec's text as a caller might type it, at random: pieces of the grammar
+/// (`range:b1,b2`, `hash:N:seed:prefix`, `split:P:INTO:seed/BASE`), numbers at and past
+/// every limit, escapes good and bad; and the text of valid specs with one character
+/// changed.
+fn spec_text(r: &mut StdRng) -> String {
+    const PIECES: &[&str] = &[
+        "range",
+        "hash",
+        "split",
+        ":",
+        ":",
+        ",",
+        "/",
+        "0",
+        "1",
+        "2",
+        "4",
+        "16",
+        "4096",
+        "4097",
+        "65536",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-1",
+        "+3",
+        " ",
+        "\\x00",
+        "\\xff",
+        "\\",
+        "\\x4",
+        "a",
+        "k1",
+        "zz",
+        "é",
+    ];
+    if r.random_bool(0.5) {
+        let spec = sluice_tests::random_partition_spec(r, &[]);
+        let mut t: Vec<char> = spec.to_string().chars().collect();
+        let at = r.random_range(0..=t.len());
+        match r.random_range(0..3) {
+            0 if at < t.len() => {
+                t.remove(at);
+            }
+            1 if at < t.len() => {
+                t[at] = PIECES[r.random_range(0..PIECES.len())]
+                    .chars()
+                    .next()
+                    .unwrap_or(':')
+            }
+            _ => t.insert(at, [':', ',', '/', '9', '\\'][r.random_range(0..5)]),
+        }
+        t.into_iter().collect()
+    } else {
+        (0..r.random_range(1..12))
+            .map(|_| PIECES[r.random_range(0..PIECES.len())])
+            .collect()
+    }
+}
+
+/// Partition specs as text (what `sluice migrate plan`, `sluice-stress --partition` and the
+/// controller's callers pass): every text either is refused with
+/// `Error::InvalidPartitionSpec` or parses to a spec that is valid, builds a partition
+/// function, and reads back from its own text and its encoding unchanged.
+#[test]
+fn partition_spec_text_at_random() {
+    let mut outcomes = BTreeMap::new();
+    for seed in seeds(20_000) {
+        let mut r = StdRng::seed_from_u64(seed);
+        let text = spec_text(&mut r);
+        let what = format!("seed {seed}: {text:?}");
+        let parsed = std::panic::catch_unwind(|| sluice::PartitionSpec::parse(&text))
+            .unwrap_or_else(|_| panic!("{what}: the parse panicked"));
+        match parsed {
+            Err(Error::InvalidPartitionSpec(_)) => *outcomes.entry("refused").or_insert(0) += 1,
+            Err(e) => panic!("{what}: refused with {e:?}"),
+            Ok(spec) => {
+                *outcomes.entry("parsed").or_insert(0) += 1;
+                spec.validate()
+                    .unwrap_or_else(|e| panic!("{what}: parsed to an invalid spec: {e}"));
+                sluice::PartitionFn::new(spec.clone())
+                    .unwrap_or_else(|e| panic!("{what}: no function: {e}"));
+                let again = sluice::PartitionSpec::parse(&spec.to_string());
+                assert_eq!(again.as_ref().ok(), Some(&spec), "{what}: its text {spec}");
+                let decoded = sluice::PartitionSpec::from_bytes(&spec.to_bytes());
+                assert_eq!(decoded.as_ref().ok(), Some(&spec), "{what}: its encoding");
+            }
+        }
+    }
+    eprintln!("partition spec texts: {outcomes:?}");
 }
 
 #[test]

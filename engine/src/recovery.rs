@@ -1528,8 +1528,10 @@ mod tests {
         for victim in [dir.path().join(CURRENT), table] {
             let kept = std::fs::read(&victim).unwrap();
             std::fs::remove_file(&victim).unwrap();
-            let made = std::process::Command::new("mkfifo").arg(&victim).status();
-            assert!(made.unwrap().success());
+            // Made in-process: a spawned `mkfifo` would fork, and until it execs the child
+            // holds a copy of every descriptor, another test's LOCK included, which makes
+            // that test's reopen fail as locked.
+            rustix::fs::mkfifoat(rustix::fs::CWD, &victim, rustix::fs::Mode::from(0o644)).unwrap();
             let d = dir.path().to_path_buf();
             let open = std::thread::spawn(move || crate::Db::open(&d, crate::Options::default()));
             let deadline = Instant::now() + std::time::Duration::from_secs(20);

@@ -152,7 +152,7 @@ fn command(r: &mut StdRng) -> Vec<String> {
         if !values.is_empty() && r.random_bool(0.9) {
             args.push(values[r.random_range(0..values.len())].into());
         } else if r.random_bool(0.05) {
-            args.push("stray".into());
+            args.push("{OUT}/stray".into());
         }
     }
     args

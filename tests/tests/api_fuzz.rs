@@ -11,7 +11,11 @@
 //! bound, both directions, snapshots taken along the way, the database reopened at the
 //! end — gives what a plain map given the calls that succeeded gives.
 //!
-//! `SLUICE_SEEDS=n` runs n seeds (CI: 12), `SLUICE_SEED=n` one.
+//! The same calls also come from three threads at once, each with keys of its own, so that
+//! each thread's reads are judged against its own calls while the others write, retarget,
+//! migrate and checkpoint.
+//!
+//! `SLUICE_SEEDS=n` runs n seeds (CI: 12 and 6), `SLUICE_SEED=n` one.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -48,15 +52,18 @@ fn refused_for_its_arguments(e: &Error) -> bool {
     )
 }
 
-/// A key: mostly one of a few dozen (so calls meet each other's keys), sometimes empty,
-/// at the length limit, or past it.
-fn key(r: &mut StdRng) -> Vec<u8> {
+/// A key under `prefix` (each thread of a run has its own, so that its reads can be judged
+/// against its own calls): mostly one of a few dozen (so calls meet each other's keys),
+/// sometimes the prefix alone (the empty key, without one), at the length limit, or past it.
+fn key(r: &mut StdRng, prefix: &[u8]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
     match r.random_range(0..100) {
-        0 => Vec::new(),
-        1 => vec![b'L'; MAX_KEY_LEN],
-        2 => vec![b'L'; MAX_KEY_LEN + 1],
-        _ => format!("k{:02}", r.random_range(0..40)).into_bytes(),
+        0 => {}
+        1 => k.resize(MAX_KEY_LEN, b'L'),
+        2 => k.resize(MAX_KEY_LEN + 1, b'L'),
+        _ => k.extend_from_slice(format!("k{:02}", r.random_range(0..40)).as_bytes()),
     }
+    k
 }
 
 /// A value: mostly short, sometimes empty or a few KiB; rarely past the limit.
@@ -71,11 +78,26 @@ fn value(r: &mut StdRng) -> Vec<u8> {
     }
 }
 
-fn bound(r: &mut StdRng) -> Bound<Vec<u8>> {
+/// A scan bound within `prefix`'s keys: open ends stop at the prefix's range.
+fn bound(r: &mut StdRng, prefix: &[u8], upper: bool) -> Bound<Vec<u8>> {
     match r.random_range(0..3) {
-        0 => Bound::Unbounded,
-        1 => Bound::Included(key(r)),
-        _ => Bound::Excluded(key(r)),
+        0 => prefix_bound(prefix, upper),
+        1 => Bound::Included(key(r, prefix)),
+        _ => Bound::Excluded(key(r, prefix)),
+    }
+}
+
+/// The lower or upper end of the keys under `prefix` (unbounded without one). Prefixes end
+/// in `/`, so the upper end is the same bytes ending in `0`.
+fn prefix_bound(prefix: &[u8], upper: bool) -> Bound<Vec<u8>> {
+    match (prefix.split_last(), upper) {
+        (None, _) => Bound::Unbounded,
+        (Some(_), false) => Bound::Included(prefix.to_vec()),
+        (Some((last, head)), true) => {
+            let mut end = head.to_vec();
+            end.push(last + 1);
+            Bound::Excluded(end)
+        }
     }
 }
 
@@ -149,6 +171,8 @@ struct Run<'a> {
     model: Model,
     snapshots: Vec<(Snapshot, Model)>,
     r: StdRng,
+    /// The keys this run's calls use (empty: any).
+    prefix: Vec<u8>,
     /// The call being made, for messages.
     call: String,
 }
@@ -202,7 +226,10 @@ const CALLS: [&str; 22] = [
 
 impl Run<'_> {
     fn check_reads(&mut self) {
-        let (lo, hi) = (bound(&mut self.r), bound(&mut self.r));
+        let (lo, hi) = (
+            bound(&mut self.r, &self.prefix, false),
+            bound(&mut self.r, &self.prefix, true),
+        );
         let rev = self.r.random_bool(0.5);
         let want = model_range(&self.model, &lo, &hi);
         let got = collect(self.db.range((lo.clone(), hi.clone())), rev);
@@ -211,7 +238,7 @@ impl Run<'_> {
             "{}: scan {lo:?}..{hi:?} (backward {rev})",
             self.call
         );
-        let k = key(&mut self.r);
+        let k = key(&mut self.r, &self.prefix);
         let got = self.db.get(&k);
         let got = ok(&self.call, got).map(|v| v.map(|v| v.to_vec()));
         if let Some(got) = got {
@@ -234,14 +261,14 @@ impl Run<'_> {
         let r = &mut self.r;
         match op {
             0..=4 => {
-                let (k, v) = (key(r), value(r));
+                let (k, v) = (key(r, &self.prefix), value(r));
                 let res = self.db.put(&k, &v);
                 if ok(&self.call, res).is_some() {
                     self.model.insert(k, v);
                 }
             }
             5 | 6 => {
-                let k = key(r);
+                let k = key(r, &self.prefix);
                 let res = self.db.delete(&k);
                 if ok(&self.call, res).is_some() {
                     self.model.remove(&k);
@@ -251,7 +278,7 @@ impl Run<'_> {
                 let mut b = WriteBatch::new();
                 let mut after = self.model.clone();
                 for _ in 0..r.random_range(0..6) {
-                    let k = key(r);
+                    let k = key(r, &self.prefix);
                     if r.random_bool(0.7) {
                         let v = value(r);
                         b.put(&k, &v);
@@ -271,7 +298,7 @@ impl Run<'_> {
                 let mut t = self.db.transaction();
                 let mut after = self.model.clone();
                 for _ in 0..r.random_range(0..5) {
-                    let k = key(r);
+                    let k = key(r, &self.prefix);
                     match r.random_range(0..3) {
                         0 => {
                             let got = t.get(&k);
@@ -391,7 +418,11 @@ impl Run<'_> {
                     let cp = Db::open_read_only(&target, Options::default()).unwrap_or_else(|e| {
                         panic!("{}: the checkpoint does not open: {e}", self.call)
                     });
-                    let got = collect(cp.range(..), false);
+                    let own = (
+                        prefix_bound(&self.prefix, false),
+                        prefix_bound(&self.prefix, true),
+                    );
+                    let got = collect(cp.range(own), false);
                     let want: Vec<_> = self.model.clone().into_iter().collect();
                     assert_eq!(got, want, "{}: the checkpoint's data", self.call);
                 }
@@ -420,6 +451,7 @@ fn run(seed: u64) {
         model: Model::new(),
         snapshots: Vec::new(),
         r: StdRng::seed_from_u64(seed),
+        prefix: Vec::new(),
         call: String::new(),
     };
     for n in 0..OPS {
@@ -449,6 +481,68 @@ fn run(seed: u64) {
         "seed {seed}: after reopen"
     );
     db.close().unwrap();
+}
+
+/// Three threads at once on one database, each with keys of its own and a clone of the
+/// handle: retargets, migrations, compactions, checkpoints and each other's writes run
+/// under every thread's reads, which must still give what its own calls made.
+fn run_threads(seed: u64) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    let db = Db::open(&dir, options()).unwrap();
+    let models: Vec<Model> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (db, scratch) = (db.clone(), root.path().join(format!("t{t}")));
+                s.spawn(move || {
+                    std::fs::create_dir_all(&scratch).unwrap();
+                    let mut run = Run {
+                        db,
+                        dir: &scratch,
+                        model: Model::new(),
+                        snapshots: Vec::new(),
+                        r: StdRng::seed_from_u64(seed * 8 + t),
+                        prefix: format!("t{t}/").into_bytes(),
+                        call: String::new(),
+                    };
+                    for n in 0..OPS / 2 {
+                        run.step(n);
+                    }
+                    run.check_reads();
+                    run.model
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let want: Vec<_> = models
+        .into_iter()
+        .flatten()
+        .collect::<Model>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        collect(db.range(..), false),
+        want,
+        "seed {seed}: before close"
+    );
+    db.close().unwrap();
+    let db = Db::open(&dir, options()).unwrap();
+    assert_eq!(
+        collect(db.range(..), true),
+        want,
+        "seed {seed}: after reopen"
+    );
+    db.close().unwrap();
+}
+
+#[test]
+fn api_calls_from_three_threads_at_random() {
+    watch_engine_panics();
+    for seed in seeds(6) {
+        with_seed("api_fuzz", seed, run_threads);
+    }
+    assert_eq!(engine_thread_panics(), 0, "an engine thread panicked");
 }
 
 #[test]

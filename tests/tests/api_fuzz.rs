@@ -467,19 +467,18 @@ fn run(seed: u64) {
         ..
     } = run;
     drop(snapshots);
+    check_whole(db, &dir, model, seed);
+}
+
+/// The database holds exactly `model`, scanned forward, and again backward after a reopen.
+fn check_whole(db: Db, dir: &Path, model: Model, seed: u64) {
     let want: Vec<_> = model.into_iter().collect();
-    assert_eq!(
-        collect(db.range(..), false),
-        want,
-        "seed {seed}: before close"
-    );
+    let got = collect(db.range(..), false);
+    assert_eq!(got, want, "seed {seed}: before close");
     db.close().unwrap();
-    let db = Db::open(&dir, options()).unwrap();
-    assert_eq!(
-        collect(db.range(..), true),
-        want,
-        "seed {seed}: after reopen"
-    );
+    let db = Db::open(dir, options()).unwrap();
+    let got = collect(db.range(..), true);
+    assert_eq!(got, want, "seed {seed}: after reopen");
     db.close().unwrap();
 }
 
@@ -515,25 +514,7 @@ fn run_threads(seed: u64) {
             .collect();
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     });
-    let want: Vec<_> = models
-        .into_iter()
-        .flatten()
-        .collect::<Model>()
-        .into_iter()
-        .collect();
-    assert_eq!(
-        collect(db.range(..), false),
-        want,
-        "seed {seed}: before close"
-    );
-    db.close().unwrap();
-    let db = Db::open(&dir, options()).unwrap();
-    assert_eq!(
-        collect(db.range(..), true),
-        want,
-        "seed {seed}: after reopen"
-    );
-    db.close().unwrap();
+    check_whole(db, &dir, models.into_iter().flatten().collect(), seed);
 }
 
 #[test]

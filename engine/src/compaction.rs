@@ -799,6 +799,7 @@ impl Inner {
                     .map(|ps| forwarded_by(ps, cur_key, seqno))
                     .transpose()?
                     .unwrap_or(false)
+                    && copy_elsewhere(&job.files, job.version, cur_key, seqno)?
                 {
                     // Already moved by a read, with this seqno and value: each byte moves once.
                     forwarded += 1;
@@ -1057,6 +1058,34 @@ fn forwarded_by(ps: &mut MergeCursor, key: &[u8], seqno: u64) -> Result<bool> {
             std::cmp::Ordering::Less => ps.advance()?,
             std::cmp::Ordering::Equal => return Ok(true),
             std::cmp::Ordering::Greater => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a live layout other than `from` holds `key` at `seqno` or newer in its tables:
+/// the copy a forwarding pointer in `from` promises (it may have moved on to a later
+/// layout since), or what superseded it. A lazy move's copy and its pointer reach tables in
+/// the same flush, so a pointer that no table backs is no record of a move (a writer's bug,
+/// a crafted file): the migration then carries the value itself instead of dropping it,
+/// which at worst moves it a second time. Searched only for values a pointer names.
+fn copy_elsewhere(files: &FileSet, from: u32, key: &[u8], seqno: u64) -> Result<bool> {
+    let h = crate::sst::bloom::key_hash(key);
+    for (id, layout) in &files.layouts {
+        let Some(part) = (*id != from)
+            .then(|| layout.parts.get(layout.func.partition_of(key) as usize))
+            .flatten()
+        else {
+            continue;
+        };
+        for f in part.data_files() {
+            if f.max_seqno >= seqno && f.contains(key) {
+                if let Some(e) = f.table.get(key, h, u64::MAX)? {
+                    if e.seqno >= seqno {
+                        return Ok(true);
+                    }
+                }
+            }
         }
     }
     Ok(false)

@@ -14,7 +14,7 @@ use sluice::fs::StdFs;
 use sluice::log::{read_log, LogFormat, LogKind};
 use sluice::manifest::{EditRecord, VersionEdit};
 use sluice::sst::format::{block_trailer, Footer, FOOTER_LEN};
-use sluice::sst::Table;
+use sluice::sst::{Table, TableKind};
 use sluice::{
     Compression, Db, Error, Options, PartitionSpec, VersionId, WalRecovery, WriteBatch,
     WriteOptions,
@@ -2607,6 +2607,73 @@ fn an_out_of_order_block_is_not_migrated_into_clean_tables() {
     db.close().unwrap();
     let report = verify(&dir);
     assert!(!report.is_ok(), "the damage is still there to find");
+}
+
+/// A forwarding pointer that no table backs: the lazily moved copy's key rewritten behind a
+/// valid checksum (`a` to `A`), so the target holds no `a` at the pointer's seqno. Reads
+/// still find `a` in the source (a pointer and the value it moved are one entry). A
+/// migration used to drop the source's value as moved, losing it for good once the source
+/// retired; it now carries the value itself when no other layout holds the copy (or
+/// something newer).
+#[test]
+fn a_pointer_no_table_backs_does_not_drop_the_value_it_names() {
+    let _g = shared();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    let opts = Options {
+        partition: PartitionSpec::Range {
+            boundaries: vec![b"m".to_vec()],
+        },
+        move_bytes_per_sec: 8 << 20,
+        move_on_first_read: true,
+        ..quiet(Compression::None)
+    };
+    let db = Db::open(&dir, opts.clone()).unwrap();
+    for k in ["a", "b", "c"] {
+        db.put(k, format!("value of {k}")).unwrap();
+    }
+    db.flush().unwrap();
+    let v2 = db.register_partition_fn(sluice_tests::hash(2, 7)).unwrap();
+    db.set_target(v2).unwrap();
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"value of a"[..]));
+    db.flush().unwrap();
+    assert_eq!(db.stats().lazy_moves, 1);
+    db.close().unwrap();
+    // The copy: the one data table of v2.
+    let copy = files_ending(&dir, ".sst")
+        .into_iter()
+        .find(|p| {
+            let t = Table::open(&StdFs, p, 0, None).unwrap();
+            t.props().layout_version == v2.0 && t.props().kind == TableKind::Data
+        })
+        .expect("the moved copy's table");
+    let t = Table::open(&StdFs, &copy, 0, None).unwrap();
+    let (h, _) = t.block_handle(0).unwrap();
+    drop(t);
+    let f = std::fs::read(&copy).unwrap();
+    let (s, e) = (h.offset as usize, (h.offset + h.size) as usize);
+    rewrite_block(f, (s, e), &copy, |b| {
+        // Key length 1, value length 10, the trailer, then the key.
+        assert_eq!((b[0], b[1], b[10]), (1, 10, b'a'));
+        b[10] = b'A';
+    });
+    // No more lazy moves: a read of `a` would move it again, copy and all.
+    let opts = Options {
+        move_bytes_per_sec: 0,
+        ..opts
+    };
+    let db = Db::open(&dir, opts).unwrap();
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"value of a"[..]));
+    db.migrate_now(None).unwrap();
+    db.retire_drained().unwrap();
+    assert!(db.layout().retired.contains(&VersionId(1)), "v1 drained");
+    assert_eq!(
+        db.get("a").unwrap().as_deref(),
+        Some(&b"value of a"[..]),
+        "the migration dropped the value the bogus pointer named"
+    );
+    assert_eq!(db.get("b").unwrap().as_deref(), Some(&b"value of b"[..]));
+    db.close().unwrap();
 }
 
 /// A filter that denies keys its table holds (every bit cleared, checksum valid) hides them

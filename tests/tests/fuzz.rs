@@ -185,7 +185,8 @@ fn damage(dir: &Path, r: &mut StdRng) -> (String, TableKind, String) {
     let mut tables = sst_files(dir);
     tables.sort();
     let sst = tables[r.random_range(0..tables.len())].clone();
-    let kind = Table::open(&StdFs, &sst, 0, None).unwrap().props().kind;
+    let t = Table::open(&StdFs, &sst, 0, None).unwrap();
+    let kind = t.props().kind;
     let mut f = std::fs::read(&sst).unwrap();
     let footer = Footer::decode(&f, &sst).unwrap();
     let (what, h) = match r.random_range(0..10) {
@@ -193,11 +194,11 @@ fn damage(dir: &Path, r: &mut StdRng) -> (String, TableKind, String) {
         1 | 2 => ("index".to_string(), footer.index),
         3 | 4 => ("properties".to_string(), footer.props),
         _ => {
-            let t = Table::open(&StdFs, &sst, 0, None).unwrap();
             let bi = r.random_range(0..t.block_count());
             (format!("data block {bi}"), t.block_handle(bi).unwrap().0)
         }
     };
+    drop(t);
     let (s, e) = (h.offset as usize, (h.offset + h.size) as usize);
     let mut done = vec![format!("{what} at {s}, {} bytes, type {}", e - s, f[e])];
     let body = &mut f[s..e];

@@ -571,14 +571,26 @@ impl Source {
         }
     }
 
-    /// The error for an entry that is not after the one its source gave before.
-    #[cold]
-    fn out_of_order(&self) -> Error {
-        const WHY: &str = "out of order (not after the entry before it)";
+    /// What this source is, for messages: its table's file, or "a memtable".
+    fn name(&self) -> String {
         match self {
-            Source::Table(t) => t.entry_error(WHY),
+            Source::Table(t) => t.table.path().display().to_string(),
+            Source::Mem(_) => "a memtable".into(),
+        }
+    }
+
+    /// The error for this source's entry, which is not after the entry before it in a
+    /// merge: that one came from `before`.
+    #[cold]
+    fn out_of_order(&self, before: &Source) -> Error {
+        let why = format!(
+            "out of order (not after the entry before it in the merge, from {})",
+            before.name()
+        );
+        match self {
+            Source::Table(t) => t.entry_error(&why),
             // Compactions merge tables only; a memtable is kept in order by its list.
-            Source::Mem(_) => Error::corruption("memtable", 0, format!("an entry {WHY}")),
+            Source::Mem(_) => Error::corruption("memtable", 0, format!("an entry {why}")),
         }
     }
 
@@ -598,14 +610,17 @@ impl Source {
 /// what writes them out (a compaction). A table whose block holds its entries out of order
 /// (checksummed nonsense: a writer's bug, a crafted file) would otherwise be written on
 /// into fresh tables, where nothing could tell it any more, or stopped by the output's own
-/// check naming the output file. The merge hands out each source's entries in that
-/// source's order, so the first entry not after the one before is the top source's: the
-/// error names its table and block.
+/// check naming the output file. The error names the table and block of the entry that
+/// broke the order and the table of the entry before it: one of the two is damaged (the
+/// first entry out of place can be either, when a damaged entry sorted too high and was
+/// handed out before entries of another table that belong before it).
 #[derive(Default)]
 pub(crate) struct OrderCheck {
     key: Vec<u8>,
     seqno: u64,
     started: bool,
+    /// The merge source of the last entry passed.
+    source: usize,
 }
 
 impl OrderCheck {
@@ -623,7 +638,7 @@ impl OrderCheck {
         let new_key = match self.started.then(|| cmp_keys(key, &self.key)) {
             None | Some(Ordering::Greater) => true,
             Some(Ordering::Equal) if seqno < self.seqno => false,
-            Some(_) => return Err(t.out_of_order()),
+            Some(_) => return Err(t.out_of_order(&merge.sources[self.source])),
         };
         if new_key {
             self.key.clear();
@@ -631,6 +646,7 @@ impl OrderCheck {
             self.started = true;
         }
         self.seqno = seqno;
+        self.source = merge.heap[0];
         Ok(new_key)
     }
 }

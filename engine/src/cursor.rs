@@ -611,9 +611,11 @@ impl Source {
 /// (checksummed nonsense: a writer's bug, a crafted file) would otherwise be written on
 /// into fresh tables, where nothing could tell it any more, or stopped by the output's own
 /// check naming the output file. The error names the table and block of the entry that
-/// broke the order and the table of the entry before it: one of the two is damaged (the
-/// first entry out of place can be either, when a damaged entry sorted too high and was
-/// handed out before entries of another table that belong before it).
+/// broke the order and the table of the entry before it: one of the two is damaged. (It
+/// can be the one before: when two tables hold a copy of the same entry, the merge skips
+/// the second copy by stepping its source, and a damaged entry that sorts first takes the
+/// copy's place and is stepped over unseen, so the disorder shows at the other table's
+/// copy.)
 #[derive(Default)]
 pub(crate) struct OrderCheck {
     key: Vec<u8>,

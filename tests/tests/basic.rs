@@ -716,6 +716,34 @@ fn a_read_only_handle_refuses_table_files_replaced_under_it() {
     );
 }
 
+/// Table files replaced under a read-only handle by byte-identical copies (new inodes, as
+/// a file system that renumbers inodes between opens gives, or a restore of the same
+/// files): every table reads on, the unpinned ones from the copies they open again.
+#[test]
+fn a_read_only_handle_reads_on_through_identical_copies_of_its_table_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = table_per_round;
+    let w = Db::open(dir.path(), opts(None)).unwrap();
+    let tables = five_disjoint_rounds(&w);
+    assert_eq!(tables.len(), 5);
+    w.close().unwrap();
+    // Cap 4: three tables pinned, two sharing one descriptor.
+    let ro = Db::open_read_only(dir.path(), opts(Some(4))).unwrap();
+    let opens = ro.stats().table_file_opens;
+    for p in &tables {
+        let tmp = p.with_extension("tmp");
+        std::fs::copy(p, &tmp).unwrap();
+        std::fs::rename(&tmp, p).unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(read_five_rounds(&ro, "(no refusal)"), (15, 0));
+    }
+    assert!(
+        ro.stats().table_file_opens > opens,
+        "the unpinned tables opened their copies"
+    );
+}
+
 /// A write that would take the memtable past `memtable_bytes` goes into a new one: two
 /// 40 KiB values under a 64 KiB budget make two memtables (two flushes), not one of 80 KiB.
 /// One larger than the budget gets an empty memtable of its own.

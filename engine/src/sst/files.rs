@@ -26,12 +26,14 @@
 //!   [`crate::Error::Closed`] from then on.
 //!
 //! A read-only handle's table whose file is opened again requires the file the table
-//! first opened (same device, inode and length): one put in its place since (a directory
-//! restored or copied over while a tool reads it) would answer with another table's
-//! blocks, so its reads fail instead. A writer's tables are not checked: the writer holds
-//! the directory's lock and owns its files, and on a file system whose inode numbers are
-//! not stable across opens (CIFS with `noserverino`, some FUSE ones) the check would
-//! refuse healthy tables.
+//! first opened: the same device, inode and length, or, where the device or inode changed,
+//! the same length and the same last [`TAIL_LEN`] bytes (a table's footer and the checksum
+//! of its properties block, which names its key and seqno ranges). A file put in its place
+//! since (a directory restored or copied over while a tool reads it) would answer with
+//! another table's blocks, so its reads fail instead; a byte-identical copy, or the same
+//! file on a file system whose inode numbers are not stable across opens (CIFS with
+//! `noserverino`, some FUSE ones), reads on. A writer's tables are not checked: the writer
+//! holds the directory's lock and owns its files.
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -147,11 +149,15 @@ impl TableFiles {
             files: self.clone(),
             id,
             path: path.to_path_buf(),
-            identity: None,
+            first: None,
         };
-        // Only a read-only handle checks the file it opens again (see the module's docs).
+        // Opened now, so that a file that cannot be opened fails the table's open. Only a
+        // read-only handle checks the file it opens again (see the module's docs).
         let checked = self.pinned.is_some();
-        r.identity = r.with(|f| Ok(f.identity().filter(|_| checked)))?;
+        r.first = r.with(|f| match f.identity().filter(|_| checked) {
+            Some(id) => Ok(Some((id, tail(f, id.len)?))),
+            None => Ok(None),
+        })?;
         Ok(Box::new(r))
     }
 
@@ -232,16 +238,29 @@ fn vanished(path: &Path, e: io::Error) -> io::Error {
 /// table was read from: something replaced the file at its path (a directory restored or
 /// copied over while the handle reads). File numbers are never reused, so the engine
 /// itself never does this.
-fn replaced(path: &Path, was: FileIdentity, now: FileIdentity) -> io::Error {
+fn replaced(path: &Path, was: FileIdentity, now: FileIdentity, how: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!(
             "{}: this table file was replaced since the read-only handle opened it (it was \
-             {was}; it is {now}), so it is not the table the handle read; open a new \
+             {was}; it is {now}{how}), so it is not the table the handle read; open a new \
              read-only handle",
             path.display()
         ),
     )
+}
+
+/// Bytes at the end of a file that a read-only handle compares when a table's file, opened
+/// again, has another device or inode number: a table's properties block trailer (its
+/// checksum) and footer (the metadata blocks' places).
+const TAIL_LEN: usize = crate::sst::format::BLOCK_TRAILER_LEN + crate::sst::format::FOOTER_LEN;
+
+/// The last [`TAIL_LEN`] bytes of `f`, of `len` bytes (all of them if fewer).
+fn tail(f: &dyn RandomRead, len: u64) -> io::Result<Vec<u8>> {
+    let n = len.min(TAIL_LEN as u64);
+    let mut buf = vec![0u8; n as usize];
+    f.read_exact_at(&mut buf, len - n)?;
+    Ok(buf)
 }
 
 /// A table's reader: its file, fetched from [`TableFiles`] for each read.
@@ -249,9 +268,9 @@ struct CachedFile {
     files: Arc<TableFiles>,
     id: u64,
     path: PathBuf,
-    /// The file's identity when the table opened, kept by a read-only handle only: a file
-    /// opened again must have it.
-    identity: Option<FileIdentity>,
+    /// The file's identity and last bytes when the table opened, kept by a read-only
+    /// handle only: a file opened again must be the same file (see the module's docs).
+    first: Option<(FileIdentity, Vec<u8>)>,
 }
 
 impl CachedFile {
@@ -279,8 +298,21 @@ impl CachedFile {
     /// Opens the table's file, which must be the file the table opened first.
     fn open_again(&self) -> io::Result<Arc<dyn RandomRead>> {
         let f = self.files.open_file(&self.path)?;
-        match (self.identity, f.identity()) {
-            (Some(was), Some(now)) if was != now => Err(replaced(&self.path, was, now)),
+        match (&self.first, f.identity()) {
+            (Some((was, _)), Some(now)) if was.len != now.len => {
+                Err(replaced(&self.path, *was, now, ""))
+            }
+            // Renumbered, or a copy: the same table if its last bytes are the same.
+            (Some((was, bytes)), Some(now)) if *was != now => match tail(f.as_ref(), now.len) {
+                Ok(b) if b == *bytes => Ok(f),
+                Ok(_) => Err(replaced(
+                    &self.path,
+                    *was,
+                    now,
+                    ", and its last bytes differ",
+                )),
+                Err(e) => Err(e),
+            },
             _ => Ok(f),
         }
     }
@@ -505,8 +537,9 @@ mod tests {
 
     /// A file put in place of a read-only handle's unpinned table's file after it was
     /// evicted fails the table's reads, naming the file, instead of answering with the
-    /// other file's bytes; the same file opened again reads as before. A writer's table
-    /// is not checked.
+    /// other file's bytes; the same file opened again, or a byte-identical copy of it (a
+    /// new inode, as a file system that renumbers inodes gives), reads as before. A
+    /// writer's table is not checked.
     #[test]
     fn a_file_replaced_behind_an_evicted_reader_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -522,19 +555,33 @@ mod tests {
             }
         }
         assert_eq!(tf.opens(), 3 + 4);
-        // File 2, evicted, replaced by a copy of file 1 (a new inode, the same length).
-        tf.open.remove(&2);
+        // File 1, evicted, replaced by a copy of itself: a new inode (as a file system
+        // that renumbers inodes would give), the same bytes. It reads on.
+        tf.open.remove(&1);
         let copy = dir.path().join("copy");
+        std::fs::copy(&paths[1], &copy).unwrap();
+        std::fs::rename(&copy, &paths[1]).unwrap();
+        assert_eq!(read(readers[1].as_ref()), 1);
+        // File 2, evicted, replaced by a copy of file 1 (a new inode, the same length,
+        // other bytes).
+        tf.open.remove(&2);
         std::fs::copy(&paths[1], &copy).unwrap();
         std::fs::rename(&copy, &paths[2]).unwrap();
         let mut b = [0u8; 8];
         let e = readers[2].read_exact_at(&mut b, 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains("was replaced"), "{e}");
+        assert!(e.to_string().contains("last bytes differ"), "{e}");
         assert!(e.to_string().contains("2.bin"), "{e}");
         // It stays refused, and the other tables still read.
         assert!(readers[2].read_exact_at(&mut b, 0).is_err());
-        assert_eq!(read(readers[1].as_ref()), 1);
+        // File 1, evicted, replaced by a longer file that starts with its bytes.
+        tf.open.remove(&1);
+        std::fs::write(&copy, [1u64.to_le_bytes(), [0; 8]].concat()).unwrap();
+        std::fs::rename(&copy, &paths[1]).unwrap();
+        let e = readers[1].read_exact_at(&mut b, 0).unwrap_err();
+        assert!(e.to_string().contains("was replaced"), "{e}");
+        assert!(e.to_string().contains("16 bytes"), "{e}");
         assert_eq!(read(readers[0].as_ref()), 0);
         // A writer's table reads what is at its path.
         let tf = TableFiles::new(Arc::new(StdFs), 1);

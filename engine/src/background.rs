@@ -79,10 +79,14 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
     // Obsolete tables, deleted off the thread that let go of them last (see `obsolete.rs`).
     // Started before the thread, whose loop ends at once if it finds the deleter stopped.
     let w = inner.clone();
-    inner.deleter.start();
-    let t = spawn("sluice-files".into(), Box::new(move || w.deleter.run())).inspect_err(|_| {
-        inner.deleter.stop();
-        inner.deleter.run();
+    inner.home.deleter.start();
+    let t = spawn(
+        "sluice-files".into(),
+        Box::new(move || w.home.deleter.run()),
+    )
+    .inspect_err(|_| {
+        inner.home.deleter.stop();
+        inner.home.deleter.run();
     })?;
     inner.threads.lock().push(t);
     inner.sync_wal_in_background(&mut inner.wal.lock().log);

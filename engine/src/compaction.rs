@@ -454,7 +454,7 @@ impl Inner {
     /// skipped. An idle database of 4096 partitions spent ~4% of a core scoring every
     /// partition each 100 ms (BENCHMARKS.md §1, "Idle CPU").
     pub(crate) fn pick_compaction(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
-        let spent = crate::version::seek_allowances_spent();
+        let spent = self.home.seek_allowances_spent();
         if let Some((set, n)) = &core.nothing_to_compact {
             if *n == spent && std::ptr::eq(set.as_ptr(), Arc::as_ptr(&view.files)) {
                 return None;
@@ -1219,24 +1219,45 @@ mod tests {
             assert!(Instant::now() < deadline, "picks kept scoring: {now}");
             last = now;
         }
-        // A second of idleness: ten wake-ups per worker, none of which scores. A seek
-        // allowance spent meanwhile (the count is the process's: another test's scans)
-        // rightly scores again, so such a second is tried again.
-        let mut quiet = false;
-        for _ in 0..20 {
-            let (spent, before) = (crate::version::seek_allowances_spent(), scored());
-            std::thread::sleep(Duration::from_secs(1));
-            if crate::version::seek_allowances_spent() == spent {
-                let after = scored();
-                assert_eq!(
-                    after, before,
-                    "an idle database scored its partitions again"
-                );
-                quiet = true;
-                break;
+        // A second of idleness: ten wake-ups per worker, none of which scores, although
+        // another database of the process spends seek allowances meanwhile (the count is
+        // each database's own).
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Db::open(
+            other_dir.path(),
+            Options {
+                idle_memtable_flush_after: None,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for round in 0..2 {
+            for i in 0..200u32 {
+                other.put(format!("k{i:05}"), value(round, i)).unwrap();
             }
+            other.flush().unwrap();
         }
-        assert!(quiet, "no idle second without seek allowances spent");
+        let before = scored();
+        let spent = other.inner.home.seek_allowances_spent();
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            // Each scan seeks both L0 files, charging the newer one.
+            assert_eq!(other.range("k00010".."k00020").count(), 10);
+        }
+        assert!(
+            other.inner.home.seek_allowances_spent() > spent,
+            "the other database spent a seek allowance"
+        );
+        assert_eq!(
+            db.inner.home.seek_allowances_spent(),
+            0,
+            "the idle database spent none"
+        );
+        assert_eq!(
+            scored(),
+            before,
+            "an idle database scored its partitions again"
+        );
         let last = scored();
         db.put("k00001", "new").unwrap();
         db.flush().unwrap();
@@ -1548,8 +1569,7 @@ mod tests {
         }
         w.finish().unwrap();
         let t = crate::sst::reader::Table::open(db.inner.fs.as_ref(), &path, number, None).unwrap();
-        let deleter = crate::obsolete::FileDeleter::new(db.inner.fs.clone());
-        Arc::new(FileMeta::new(Arc::new(t), level, deleter))
+        Arc::new(FileMeta::new(Arc::new(t), level, db.inner.home.clone()))
     }
 
     /// An L0 past halfway to the write slowdown (12 runs with triggers 4 and 20) is

@@ -842,10 +842,10 @@ mod tests {
     /// A partition whose level 1 is `tables` in this order, each with the key bounds its
     /// record claims (its own, unless given).
     fn level_of(tables: Vec<(Arc<Table>, Claimed)>) -> Arc<PartitionFiles> {
-        let deleter = crate::obsolete::FileDeleter::new(Arc::new(crate::fs::StdFs));
+        let home = crate::version::TableHome::new(Arc::new(crate::fs::StdFs));
         let mut part = PartitionFiles::default();
         for (t, bounds) in tables {
-            let mut f = FileMeta::new(t, 1, deleter.clone());
+            let mut f = FileMeta::new(t, 1, home.clone());
             if let Some((lo, hi)) = bounds {
                 f.smallest = Bytes::copy_from_slice(lo.as_bytes());
                 f.largest = Bytes::copy_from_slice(hi.as_bytes());
@@ -985,7 +985,7 @@ mod tests {
     fn many_inputs_read_ahead_less_each() {
         use crate::sst::Compression;
         let dir = tempfile::tempdir().unwrap();
-        let deleter = crate::obsolete::FileDeleter::new(Arc::new(crate::fs::StdFs));
+        let home = crate::version::TableHome::new(Arc::new(crate::fs::StdFs));
         let mut files = Vec::new();
         for j in 0..64u64 {
             let entries: Vec<Entry> = (0..600u32)
@@ -1000,7 +1000,7 @@ mod tests {
             crate::sst::tests::write_sized(&p, &entries, Compression::None, false, 4096);
             let t = crate::sst::Table::open(&crate::fs::StdFs, &p, 100 + j, None).unwrap();
             assert!(t.file_size() > 48 << 10, "{} bytes", t.file_size());
-            files.push(Arc::new(FileMeta::new(Arc::new(t), 1, deleter.clone())));
+            files.push(Arc::new(FileMeta::new(Arc::new(t), 1, home.clone())));
         }
         let sources = crate::iter::file_sources(&files).unwrap();
         assert_eq!(sources.len(), 64);

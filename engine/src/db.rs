@@ -286,7 +286,7 @@ pub(crate) struct Inner {
     /// Syncs WALs rotated away from, and the live WAL as it grows (`wal_bytes_per_sync`).
     pub wal_syncer: Arc<crate::log::BackgroundSyncer>,
     /// Deletes obsolete tables on a thread of its own (see `obsolete.rs`).
-    pub deleter: Arc<crate::obsolete::FileDeleter>,
+    pub home: Arc<crate::version::TableHome>,
     /// The fsyncs of WALs rotated away from whose memtables are not flushed yet, by WAL
     /// number: a flush makes its memtable's WAL durable before it writes the table (see
     /// [`Inner::sync_rotated_wal`]).
@@ -1590,7 +1590,7 @@ impl Inner {
             return Err(Error::Closed);
         }
         self.wal_syncer.close();
-        self.deleter.stop();
+        self.home.deleter.stop();
         {
             let _c = self.core.lock();
             self.bg_cv.notify_all();

@@ -214,7 +214,7 @@ impl<'a> Outputs<'a> {
         self.done.push(Arc::new(FileMeta::new(
             Arc::new(table),
             self.level,
-            self.inner.deleter.clone(),
+            self.inner.home.clone(),
         )));
         Ok(())
     }

@@ -31,14 +31,14 @@ use crate::manifest::{
     read_current, EditRecord, FileRecord, ManifestContents, ManifestWriter, CURRENT,
 };
 use crate::memtable::MemTable;
-use crate::obsolete::FileDeleter;
+
 use crate::options::{Options, WalRecovery};
 use crate::sst::files::TableFiles;
 use crate::sst::{Table, TableOptions};
 use crate::stats::Counters;
 use crate::types::MAX_SEQNO;
 use crate::util::MAX_FILE_NUMBER;
-use crate::version::{FileMeta, FileSet, LayoutState};
+use crate::version::{FileMeta, FileSet, LayoutState, TableHome};
 
 /// The state a manifest describes.
 pub(crate) struct ManifestState {
@@ -233,7 +233,7 @@ pub(crate) fn open_tables(
     st: &ManifestState,
     cache: &Arc<BlockCache>,
     table_files: &Arc<TableFiles>,
-    deleter: &Arc<FileDeleter>,
+    home: &Arc<TableHome>,
     manifest: &Path,
 ) -> Result<FileSet> {
     let mut set = FileSet {
@@ -276,7 +276,7 @@ pub(crate) fn open_tables(
         metas.push(Arc::new(FileMeta::new(
             Arc::new(table),
             rec.level,
-            deleter.clone(),
+            home.clone(),
         )));
     }
     let set = set
@@ -864,7 +864,7 @@ fn load(
     dir: &Path,
     cache: &Arc<BlockCache>,
     table_files: &Arc<TableFiles>,
-    deleter: &Arc<FileDeleter>,
+    home: &Arc<TableHome>,
     opts: &Options,
     unlisted: &mut Option<u64>,
 ) -> Result<Loaded> {
@@ -873,7 +873,7 @@ fn load(
     let m = read_current(fs.as_ref(), dir)?;
     report.manifest_torn_tail = m.tail.as_ref().map(|t| (m.path.clone(), t.offset));
     let state = replay_manifest(&m)?;
-    let files = open_tables(fs, dir, &state, cache, table_files, deleter, &m.path)?;
+    let files = open_tables(fs, dir, &state, cache, table_files, home, &m.path)?;
     // Listed before the WALs are read: see `check_unnamed_tables`.
     let unnamed = unnamed_tables(fs.as_ref(), dir, &state)?;
     let wals = wal_files(fs.as_ref(), dir, state.log_number)?;
@@ -1042,7 +1042,7 @@ fn assemble(
     opts: Options,
     cache: Arc<BlockCache>,
     table_files: Arc<TableFiles>,
-    deleter: Arc<FileDeleter>,
+    home: Arc<TableHome>,
     view: View,
     core: Core,
     wal: WalState,
@@ -1071,7 +1071,7 @@ fn assemble(
         group: Default::default(),
         wal: Mutex::new(wal),
         wal_syncer: Default::default(),
-        deleter,
+        home,
         rotated_wals: Default::default(),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
@@ -1177,8 +1177,8 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
     }
     let cache = new_cache(&opts);
     let table_files = TableFiles::pinned(fs.clone(), opts.max_open_files());
-    let deleter = FileDeleter::new(fs.clone());
-    let loaded = load(&fs, dir, &cache, &table_files, &deleter, &opts, unlisted)?;
+    let home = TableHome::new(fs.clone());
+    let loaded = load(&fs, dir, &cache, &table_files, &home, &opts, unlisted)?;
     let view = View {
         mem: Arc::new(MemTable::new(0, opts.memtable_bytes)),
         imm: if loaded.recovered.is_empty() {
@@ -1207,7 +1207,7 @@ fn open_read_only(dir: &Path, opts: Options, unlisted: &mut Option<u64>) -> Resu
         opts,
         cache,
         table_files,
-        deleter,
+        home,
         view,
         core,
         wal,
@@ -1241,10 +1241,10 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         .ok_or_else(|| Error::Locked { path: dir.clone() })?;
     let cache = new_cache(&opts);
     let table_files = TableFiles::new(fs.clone(), opts.max_open_files());
-    let deleter = FileDeleter::new(fs.clone());
+    let home = TableHome::new(fs.clone());
     let current = dir.join(CURRENT);
     let loaded = if fs.exists(&current).map_err(|e| Error::io(&current, e))? {
-        load(&fs, &dir, &cache, &table_files, &deleter, &opts, &mut None)?
+        load(&fs, &dir, &cache, &table_files, &home, &opts, &mut None)?
     } else if opts.create_if_missing {
         fresh(&fs, &dir, &opts)?
     } else {
@@ -1357,7 +1357,7 @@ fn open_writable(dir: &Path, opts: Options) -> Result<Arc<Inner>> {
         opts,
         cache,
         table_files,
-        deleter,
+        home,
         view,
         core,
         wal,

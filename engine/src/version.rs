@@ -35,22 +35,37 @@ pub struct FileMeta {
     pub max_seqno: u64,
     pub entries: u64,
     pub table: Arc<Table>,
-    /// Deletes the file once it is obsolete and its table has dropped
-    /// ([`FileMeta::mark_obsolete`]).
-    deleter: Arc<FileDeleter>,
+    /// What every table of the database shares: the deleter of its file once obsolete
+    /// and its table has dropped ([`FileMeta::mark_obsolete`]), and the seek count.
+    home: Arc<TableHome>,
     /// Scans this L0 file may still cost before it is worth compacting (see
     /// [`FileMeta::charge_seek`]).
     seeks_left: AtomicI64,
 }
 
-/// Seek allowances spent, counted when one runs out, over every database of the process:
-/// a compaction pick that found nothing is made again once this moves (see
-/// [`crate::db::Inner::pick_compaction`]).
-static SEEK_ALLOWANCES_SPENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What every table record ([`FileMeta`]) of one database shares.
+#[derive(Debug)]
+pub(crate) struct TableHome {
+    /// Where a table's file goes once it is obsolete and its table has dropped.
+    pub deleter: Arc<FileDeleter>,
+    /// Seek allowances spent in this database, counted when one runs out: a compaction
+    /// pick that found nothing is made again once this moves (see
+    /// [`crate::db::Inner::pick_compaction`]).
+    seeks_spent: std::sync::atomic::AtomicU64,
+}
 
-/// See [`SEEK_ALLOWANCES_SPENT`].
-pub fn seek_allowances_spent() -> u64 {
-    SEEK_ALLOWANCES_SPENT.load(Ordering::Acquire)
+impl TableHome {
+    pub fn new(fs: Arc<dyn crate::fs::Fs>) -> Arc<TableHome> {
+        Arc::new(TableHome {
+            deleter: FileDeleter::new(fs),
+            seeks_spent: Default::default(),
+        })
+    }
+
+    /// See [`TableHome::seeks_spent`](#structfield.seeks_spent).
+    pub fn seek_allowances_spent(&self) -> u64 {
+        self.seeks_spent.load(Ordering::Acquire)
+    }
 }
 
 /// Bytes of compaction one wasted seek is worth: an L0 file may be sought, by scans that
@@ -74,7 +89,7 @@ pub fn seek_allowance(bytes: u64) -> i64 {
 
 impl FileMeta {
     /// Builds the in-memory record of a table that was just written or opened.
-    pub fn new(table: Arc<Table>, level: u8, deleter: Arc<FileDeleter>) -> FileMeta {
+    pub fn new(table: Arc<Table>, level: u8, home: Arc<TableHome>) -> FileMeta {
         let p = table.props();
         let size = table.file_size();
         FileMeta {
@@ -90,7 +105,7 @@ impl FileMeta {
             max_seqno: p.max_seqno,
             entries: p.entries,
             table,
-            deleter,
+            home,
             seeks_left: AtomicI64::new(seek_allowance(size)),
         }
     }
@@ -103,7 +118,7 @@ impl FileMeta {
         let before = self.seeks_left.fetch_sub(units, Ordering::Relaxed);
         if before > 0 && before <= units {
             // Released after the charge: a pick that sees the count sees the charge.
-            SEEK_ALLOWANCES_SPENT.fetch_add(1, Ordering::Release);
+            self.home.seeks_spent.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -114,7 +129,7 @@ impl FileMeta {
 
     /// The same table at another level (a trivial move).
     pub fn at_level(&self, level: u8) -> FileMeta {
-        FileMeta::new(self.table.clone(), level, self.deleter.clone())
+        FileMeta::new(self.table.clone(), level, self.home.clone())
     }
 
     /// Once a manifest edit has removed the file: it is deleted when the last holder of its
@@ -123,7 +138,7 @@ impl FileMeta {
     /// it (a checkpoint). The deletion goes to the [`FileDeleter`]: the last holder may be a
     /// reader.
     pub fn mark_obsolete(&self) {
-        self.table.delete_when_dropped(&self.deleter);
+        self.table.delete_when_dropped(&self.home.deleter);
     }
 
     pub fn record(&self) -> FileRecord {
@@ -583,7 +598,7 @@ mod tests {
         Arc::new(FileMeta::new(
             Arc::new(t),
             level,
-            FileDeleter::new(Arc::new(StdFs)),
+            TableHome::new(Arc::new(StdFs)),
         ))
     }
 

@@ -685,30 +685,39 @@ fn a_read_only_handle_past_its_cap_fails_clearly_on_tables_a_writer_deleted() {
     w.close().unwrap();
 }
 
-/// Table files replaced under a read-only handle (a directory restored or copied over while
-/// it reads): the pinned tables read the files they opened, the others refuse to read the
-/// files now at their paths, and no read answers with another table's data.
-#[test]
-fn a_read_only_handle_refuses_table_files_replaced_under_it() {
+/// Five tables under a read-only handle capped at four descriptors (three tables pinned,
+/// two sharing one); then each table's file is replaced by a copy (a new inode) of the file
+/// of the table `shift` places on, and every round is read twice through the handle, each
+/// read answering its own value or refused with `refusal`. Returns (answered, refused,
+/// table files the handle opened after the replacement).
+fn read_after_replacing_files(shift: usize, refusal: &str) -> (usize, usize, u64) {
     let dir = tempfile::tempdir().unwrap();
     let opts = table_per_round;
     let w = Db::open(dir.path(), opts(None)).unwrap();
     let tables = five_disjoint_rounds(&w);
     assert_eq!(tables.len(), 5);
     w.close().unwrap();
-    // Cap 4: three tables pinned, two sharing one descriptor.
     let ro = Db::open_read_only(dir.path(), opts(Some(4))).unwrap();
-    // Each table's file replaced by a copy of the next one's (new inodes).
+    let opens = ro.stats().table_file_opens;
     let copies: Vec<Vec<u8>> = tables.iter().map(|p| std::fs::read(p).unwrap()).collect();
     for (i, p) in tables.iter().enumerate() {
         let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, &copies[(i + 1) % copies.len()]).unwrap();
+        std::fs::write(&tmp, &copies[(i + shift) % copies.len()]).unwrap();
         std::fs::rename(&tmp, p).unwrap();
     }
-    let (mut answered, mut refused) = read_five_rounds(&ro, "was replaced");
-    let again = read_five_rounds(&ro, "was replaced");
+    let (mut answered, mut refused) = read_five_rounds(&ro, refusal);
+    let again = read_five_rounds(&ro, refusal);
     answered += again.0;
     refused += again.1;
+    (answered, refused, ro.stats().table_file_opens - opens)
+}
+
+/// Table files replaced under a read-only handle (a directory restored or copied over while
+/// it reads): the pinned tables read the files they opened, the others refuse to read the
+/// files now at their paths, and no read answers with another table's data.
+#[test]
+fn a_read_only_handle_refuses_table_files_replaced_under_it() {
+    let (answered, refused, _) = read_after_replacing_files(1, "was replaced");
     assert!(answered >= 18, "the three pinned tables answer: {answered}");
     assert!(
         refused >= 3,
@@ -721,27 +730,9 @@ fn a_read_only_handle_refuses_table_files_replaced_under_it() {
 /// files): every table reads on, the unpinned ones from the copies they open again.
 #[test]
 fn a_read_only_handle_reads_on_through_identical_copies_of_its_table_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = table_per_round;
-    let w = Db::open(dir.path(), opts(None)).unwrap();
-    let tables = five_disjoint_rounds(&w);
-    assert_eq!(tables.len(), 5);
-    w.close().unwrap();
-    // Cap 4: three tables pinned, two sharing one descriptor.
-    let ro = Db::open_read_only(dir.path(), opts(Some(4))).unwrap();
-    let opens = ro.stats().table_file_opens;
-    for p in &tables {
-        let tmp = p.with_extension("tmp");
-        std::fs::copy(p, &tmp).unwrap();
-        std::fs::rename(&tmp, p).unwrap();
-    }
-    for _ in 0..2 {
-        assert_eq!(read_five_rounds(&ro, "(no refusal)"), (15, 0));
-    }
-    assert!(
-        ro.stats().table_file_opens > opens,
-        "the unpinned tables opened their copies"
-    );
+    let (answered, refused, opened) = read_after_replacing_files(0, "(no refusal)");
+    assert_eq!((answered, refused), (30, 0));
+    assert!(opened > 0, "the unpinned tables opened their copies");
 }
 
 /// A write that would take the memtable past `memtable_bytes` goes into a new one: two

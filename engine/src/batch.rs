@@ -130,6 +130,14 @@ impl WriteBatch {
         &self.rep
     }
 
+    /// Appends an operation no decoder accepts (an unknown kind), as a bug in the batch's
+    /// encoding would.
+    #[cfg(test)]
+    pub(crate) fn push_undecodable_op(&mut self) {
+        self.rep.push(7);
+        self.count += 1;
+    }
+
     /// Iterates the operations as (kind, key, value) slices of `rep`.
     pub(crate) fn for_each_op<'a>(
         rep: &'a [u8],

@@ -25,6 +25,9 @@ pub(crate) enum Point {
     /// A commit of a large transaction, after it checked its read set up to its mark and
     /// before it joins the write queue (see `recent.rs`).
     TransactionAfterMark,
+    /// A commit group's leader, once it has taken its group from the queue and before it
+    /// writes it (it then waits for the WAL lock).
+    GroupFormed,
 }
 
 type Hook = (Point, Box<dyn FnOnce()>);

@@ -806,4 +806,128 @@ mod tests {
             assert!(LatencyHistogram::index(v) <= i.min(319) + 1);
         }
     }
+
+    /// A rollback at the worst instant: while a migration job is about to install its
+    /// outputs into v2, the target goes back to v1, and deletes, overwrites and lazy moves
+    /// (back into v1) run and flush. Every key, a full scan and an older snapshot stay
+    /// right after the install, after draining back, after compactions and a reopen.
+    #[test]
+    fn a_rollback_while_a_migration_job_installs_loses_and_resurrects_nothing() {
+        use crate::test_hooks::{set, Point};
+        use crate::VersionId;
+        use std::collections::BTreeMap;
+        type M = BTreeMap<Vec<u8>, Vec<u8>>;
+        let check = |db: &Db, m: &M, what: &str| {
+            let all: Vec<(Vec<u8>, Vec<u8>)> = db
+                .range(..)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<crate::Result<_>>()
+                .unwrap();
+            let want: Vec<_> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(all.len(), want.len(), "{what}: scan length");
+            assert!(all == want, "{what}: scan differs");
+            for (k, v) in m {
+                assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]), "{what}: get");
+            }
+            for i in 0..600u32 {
+                let k = format!("k{i:04}").into_bytes();
+                if !m.contains_key(&k) {
+                    assert_eq!(db.get(&k).unwrap(), None, "{what}: resurrected {i}");
+                }
+            }
+        };
+        let check_snap = |s: &crate::Snapshot, m: &M, what: &str| {
+            let all: Vec<(Vec<u8>, Vec<u8>)> = s
+                .range(..)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<crate::Result<_>>()
+                .unwrap();
+            let want: Vec<_> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert!(all == want, "{what}: snapshot scan differs");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: PartitionSpec::Range {
+                boundaries: vec![b"k0200".to_vec(), b"k0400".to_vec()],
+            },
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 1 << 30,
+            move_on_first_read: true,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        let mut m = M::new();
+        let key = |i: u32| format!("k{i:04}").into_bytes();
+        for i in 0..600u32 {
+            db.put(key(i), format!("a{i}")).unwrap();
+            m.insert(key(i), format!("a{i}").into_bytes());
+        }
+        db.compact().unwrap();
+        for i in (0..600u32).step_by(3) {
+            db.delete(key(i)).unwrap();
+            m.remove(&key(i));
+        }
+        for i in (1..600u32).step_by(3) {
+            db.put(key(i), format!("b{i}")).unwrap();
+            m.insert(key(i), format!("b{i}").into_bytes());
+        }
+        db.flush().unwrap();
+        let snap = db.snapshot();
+        let snap_m = m.clone();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        for i in (2..600u32).step_by(7) {
+            db.get(key(i)).unwrap();
+        }
+        db.inner.apply_moves();
+        db.flush().unwrap();
+        check(&db, &m, "after the switch");
+        let d2 = db.clone();
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f2 = fired.clone();
+        set(Point::CompactionBeforeInstall, move || {
+            f2.store(true, std::sync::atomic::Ordering::SeqCst);
+            d2.set_target(VersionId(1)).unwrap();
+            for i in (0..600u32).step_by(5) {
+                d2.delete(format!("k{i:04}")).unwrap();
+            }
+            for i in (4..600u32).step_by(10) {
+                d2.put(format!("k{i:04}"), format!("c{i}")).unwrap();
+            }
+            d2.flush().unwrap();
+            for i in (2..600u32).step_by(3) {
+                d2.get(format!("k{i:04}")).unwrap();
+            }
+            d2.inner.apply_moves();
+            d2.flush().unwrap();
+        });
+        db.migrate_now(Some(1)).unwrap();
+        assert!(
+            fired.load(std::sync::atomic::Ordering::SeqCst),
+            "hook did not fire"
+        );
+        assert_eq!(db.layout().target, VersionId(1));
+        for i in (0..600u32).step_by(5) {
+            m.remove(&key(i));
+        }
+        for i in (4..600u32).step_by(10) {
+            m.insert(key(i), format!("c{i}").into_bytes());
+        }
+        check(&db, &m, "after the job installed");
+        check_snap(&snap, &snap_m, "after the job installed");
+        db.migrate_now(None).unwrap();
+        check(&db, &m, "drained back");
+        check_snap(&snap, &snap_m, "drained back");
+        db.compact().unwrap();
+        check(&db, &m, "compacted");
+        check_snap(&snap, &snap_m, "compacted");
+        drop(snap);
+        db.compact().unwrap();
+        check(&db, &m, "compacted without the snapshot");
+        db.close().unwrap();
+        let db = Db::open(dir.path(), opts).unwrap();
+        check(&db, &m, "reopened");
+    }
 }

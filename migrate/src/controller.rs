@@ -146,9 +146,6 @@ pub struct Controller {
     /// When the consistency check and reconciliation last ran (for
     /// [`Triggers::periodic_check`]).
     last_check: Instant,
-    /// Why the last canary or periodic check could not run (a failing reconciliation hook,
-    /// an unreadable table): data movement is held until one passes.
-    check_failure: Option<String>,
     /// When the last check that could not run ended, and how long it took.
     failed_attempt: Option<(Instant, Duration)>,
     /// The canary's data was migrated in this process and only its validation is left: a
@@ -244,7 +241,6 @@ impl Controller {
             over_budget: 0,
             p99_window: None,
             last_check: Instant::now(),
-            check_failure: None,
             failed_attempt: None,
             canary_moved: None,
         };
@@ -427,7 +423,7 @@ impl Controller {
     fn movement_allowed(&self) -> bool {
         match self.rec.state {
             State::Migrating => {
-                self.check_failure.is_none()
+                self.rec.check_failing.is_none()
                     && self.rec.plan.as_ref().is_some_and(|p| p.canary_done)
             }
             State::Finalizing | State::RollingBack => true,
@@ -546,6 +542,8 @@ impl Controller {
             let to = self.claim_candidate(&spec, existing)?;
             self.fenced(|db| db.pin_version(VersionId(from), true))?;
             self.canary_moved = None;
+            // A check that could not run in an earlier migration holds nothing now.
+            self.rec.check_failing = None;
             self.rec.plan = Some(PlanRecord {
                 from,
                 to: to.0,
@@ -557,6 +555,7 @@ impl Controller {
                 canary_done: false,
                 checkpoint_dir,
                 superseded: Vec::new(),
+                validated: false,
             });
             self.rec.reconciliation = self.reconcile_now()?;
             let forced = if biased {
@@ -642,7 +641,12 @@ impl Controller {
             }
         }
         self.fenced(|db| db.set_shadow(None))?;
-        self.checkpoint_gate("validation")
+        let report = self.checkpoint_gate("validation")?;
+        if let Some(p) = self.rec.plan.as_mut() {
+            p.validated = true;
+        }
+        self.note("validation passed")?;
+        Ok(report)
     }
 
     /// An automatic rollback; if it fails, the error says what triggered it as well.
@@ -731,7 +735,12 @@ impl Controller {
     /// edit), then the canary (a small part migrated and checked), then paced migration.
     pub fn start(&mut self) -> Result<()> {
         self.fence()?;
-        if matches!(self.rec.state, State::Planned | State::Shadowing) {
+        // Validating alone says only that a validation began (one that could not run, or
+        // cut short by a crash, leaves it): the switch waits for one that passed.
+        let validated = self.rec.plan.as_ref().is_some_and(|p| p.validated);
+        if matches!(self.rec.state, State::Planned | State::Shadowing)
+            || (self.rec.state == State::Validating && !validated)
+        {
             self.validate()?;
         }
         if self.rec.state != State::Validating {
@@ -1186,7 +1195,7 @@ impl Controller {
     /// cannot be read) holds data movement and is returned as the error; the hold lasts
     /// until a check runs and passes (tried on every tick meanwhile).
     fn tick_checks(&mut self, finishing: bool) -> Result<Option<String>> {
-        if let (Some(was), Some((ended, took))) = (&self.check_failure, self.failed_attempt) {
+        if let (Some(was), Some((ended, took))) = (&self.rec.check_failing, self.failed_attempt) {
             let wait = self.cfg.triggers.check_retry.max(took);
             if let Some(left) = wait.checked_sub(ended.elapsed()).filter(|l| !l.is_zero()) {
                 return Err(Error::Background(format!(
@@ -1204,14 +1213,15 @@ impl Controller {
         let due = |every: Duration| self.last_check.elapsed() >= every;
         if matches!(outcome, Ok(None))
             && !finishing
-            && (self.check_failure.is_some() || self.cfg.triggers.periodic_check.is_some_and(due))
+            && (self.rec.check_failing.is_some()
+                || self.cfg.triggers.periodic_check.is_some_and(due))
         {
             ran = true;
             outcome = self.run_checks("a periodic check").map(|(_, r)| r);
         }
         match outcome {
-            Ok(None) if ran && self.check_failure.is_some() => {
-                let was = self.check_failure.take().unwrap_or_default();
+            Ok(None) if ran && self.rec.check_failing.is_some() => {
+                let was = self.rec.check_failing.take().unwrap_or_default();
                 self.failed_attempt = None;
                 self.note(format!(
                     "checks pass again (they could not run: {was}); migration resumes"
@@ -1222,12 +1232,14 @@ impl Controller {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.failed_attempt = Some((Instant::now(), started.elapsed()));
-                if self.check_failure.is_none() {
-                    self.check_failure = Some(e.to_string());
-                    self.pace()?;
+                if self.rec.check_failing.is_none() {
+                    // Recorded (with the note) before the hold: a restart in between
+                    // resumes held, and tries the check again at its first tick.
+                    self.rec.check_failing = Some(e.to_string());
                     self.note(format!(
                         "a check could not run: {e}; migration held until one passes"
                     ))?;
+                    self.pace()?;
                 }
                 Err(e)
             }
@@ -1835,5 +1847,98 @@ mod tests {
             "the half-claimed layout retired"
         );
         assert_eq!(second.record().planning, None);
+    }
+
+    /// A controller whose reconciliation hook fails while `broken` is set (the ledger
+    /// unreachable), and answers the ledger's sum otherwise.
+    fn attach_with_flaky_hook(
+        db: &Db,
+        cfg: ControllerConfig,
+        broken: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Controller {
+        let mut c = Controller::attach(db.clone(), cfg).unwrap();
+        let b = broken.clone();
+        c.set_reconciliation(Box::new(move |_| {
+            match b.load(std::sync::atomic::Ordering::Relaxed) {
+                true => Err(Error::Background("ledger unreachable".into())),
+                false => Ok("sum 200000".into()),
+            }
+        }));
+        c
+    }
+
+    /// A check that could not run holds data movement until one passes, across a restart:
+    /// the reason was kept only in the controller's memory, so a controller attaching
+    /// after a restart (`sluice migrate run` again) released the hold at once, with the
+    /// check still unable to run and the next one a whole `periodic_check` away. Now the
+    /// hold outlives the process, and the first tick after it runs the check at once.
+    #[test]
+    fn a_check_that_cannot_run_still_holds_after_a_restart() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut cfg = running_cfg();
+        cfg.triggers.periodic_check = Some(Duration::from_secs(600));
+        cfg.triggers.check_retry = Duration::ZERO;
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut c = attach_with_flaky_hook(&db, cfg.clone(), &broken);
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        assert_eq!(pacing(&db), (false, 1 << 20));
+        c.last_check = Instant::now() - Duration::from_secs(3600);
+        broken.store(true, Relaxed);
+        assert!(c.tick(None).is_err(), "the hook failed");
+        assert_eq!(pacing(&db), (true, 0), "held while no check could run");
+        drop(c);
+        let mut c = attach_with_flaky_hook(&db, cfg.clone(), &broken);
+        assert_eq!(c.state(), State::Migrating);
+        assert_eq!(pacing(&db), (true, 0), "held after the restart");
+        assert!(c.tick(None).is_err(), "the check still cannot run");
+        assert_eq!(pacing(&db), (true, 0));
+        // The ledger answers again: the next tick checks at once, not 600 s on.
+        broken.store(false, Relaxed);
+        drop(c);
+        let mut c = attach_with_flaky_hook(&db, cfg, &broken);
+        assert_eq!(pacing(&db), (true, 0));
+        c.tick(None).unwrap();
+        assert_eq!(
+            pacing(&db),
+            (false, 1 << 20),
+            "released once a check passed"
+        );
+        assert_eq!(c.record().check_failing, None);
+    }
+
+    /// `Validating` means a validation began, not that it passed: a start whose validation
+    /// could not run (or was cut short by a crash) used to switch the target on the next
+    /// start without validating again. Now the switch waits for a validation that passed.
+    #[test]
+    fn a_start_after_a_validation_that_could_not_run_validates_again() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut c = attach_with_flaky_hook(&db, cfg(), &broken);
+        let plan = c.plan(hash(5), PlanOptions::default()).unwrap();
+        let from = db.layout().target;
+        broken.store(true, Relaxed);
+        assert!(c.start().is_err(), "validation could not run");
+        assert_eq!(c.state(), State::Validating);
+        assert_eq!(db.layout().target, from);
+        assert!(c.start().is_err(), "still cannot validate");
+        assert_eq!(
+            db.layout().target,
+            from,
+            "switched without a validation that passed"
+        );
+        // After a restart too.
+        drop(c);
+        let mut c = attach_with_flaky_hook(&db, cfg(), &broken);
+        assert!(c.start().is_err());
+        assert_eq!(db.layout().target, from);
+        broken.store(false, Relaxed);
+        c.start().unwrap();
+        assert_eq!(db.layout().target, plan.version);
+        assert_eq!(c.state(), State::Migrating);
     }
 }

@@ -101,6 +101,12 @@ pub struct PlanRecord {
     pub checkpoint_dir: Option<String>,
     /// Layout versions this migration replaced mid-flight (a biased candidate, corrected).
     pub superseded: Vec<u32>,
+    /// The validation gate (consistency check and reconciliation before the switch) passed.
+    /// `Validating` alone means only that validation began: a check that could not run, or
+    /// a crash in the middle of it, leaves that state behind, and the next start validates
+    /// again.
+    #[serde(default)]
+    pub validated: bool,
 }
 
 /// What a plan is about to change in the engine before it records `Planned`: recorded
@@ -127,6 +133,10 @@ pub struct Record {
     pub planning: Option<PlanningRecord>,
     /// Reconciliation value recorded when the migration was planned.
     pub reconciliation: Option<String>,
+    /// Why the last canary or periodic check could not run (a failing reconciliation hook,
+    /// an unreadable table): data movement is held until one passes, across restarts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_failing: Option<String>,
     /// Most recent events, oldest first (bounded).
     pub events: Vec<Event>,
 }
@@ -138,6 +148,7 @@ impl Default for Record {
             plan: None,
             planning: None,
             reconciliation: None,
+            check_failing: None,
             events: Vec::new(),
         }
     }
@@ -213,6 +224,7 @@ mod tests {
                 canary_done: false,
                 checkpoint_dir: None,
                 superseded: vec![],
+                validated: true,
             }),
             planning: Some(PlanningRecord {
                 fingerprint: 7,
@@ -220,6 +232,7 @@ mod tests {
                 pins: vec![1],
             }),
             reconciliation: Some("100000".into()),
+            check_failing: Some("ledger unreachable".into()),
             events: vec![Event {
                 unix_ms: 1,
                 from: State::Validating,
@@ -235,9 +248,14 @@ mod tests {
         assert_eq!(Record::decode(old).unwrap(), Record::default());
         let mut plain = r.clone();
         plain.planning = None;
-        assert!(!String::from_utf8(plain.encode())
-            .unwrap()
-            .contains("planning"));
+        plain.check_failing = None;
+        let text = String::from_utf8(plain.encode()).unwrap();
+        assert!(!text.contains("planning") && !text.contains("check_failing"));
+        // A plan written before `validated` existed reads as not validated.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old["plan"].as_object_mut().unwrap().remove("validated");
+        let old = Record::decode(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(!old.plan.unwrap().validated);
     }
 
     #[test]

@@ -806,9 +806,15 @@ impl Controller {
         if plan.canary_done {
             return Ok(());
         }
+        #[cfg(test)]
+        tests::reach("canary: before migrating");
+        // Fenced: a controller claimed since (between this one's last check of its epoch
+        // and here) gets a paused or rolled-back migration it can trust, not a canary's
+        // worth moved by the controller it replaced. The canary is small; a claim waits
+        // for it.
         let moved = match self.canary_moved {
             Some(moved) => moved,
-            None => self.db.migrate_now(Some(plan.canary_bytes.max(1)))?,
+            None => self.fenced(|db| db.migrate_now(Some(plan.canary_bytes.max(1))))?,
         };
         self.canary_moved = Some(moved);
         self.checkpoint_gate("canary")?;
@@ -1940,5 +1946,36 @@ mod tests {
         c.start().unwrap();
         assert_eq!(db.layout().target, plan.version);
         assert_eq!(c.state(), State::Migrating);
+    }
+
+    /// A controller claimed just before the old one's canary migrates (after the old one's
+    /// last epoch check) gets nothing moved by it: the canary's migration is fenced. It
+    /// used to run unfenced, moving a canary's worth after the new claim.
+    #[test]
+    fn a_canary_after_a_new_claim_moves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut first = Controller::attach(db.clone(), cfg()).unwrap();
+        first.plan(hash(5), PlanOptions::default()).unwrap();
+        let d = db.clone();
+        let left = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let l = left.clone();
+        set("canary: before migrating", move || {
+            l.store(
+                d.migration_progress().bytes_left(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let second = Controller::attach(d, cfg()).unwrap();
+            assert_eq!(second.state(), State::Migrating);
+        });
+        let e = first.start().unwrap_err();
+        assert!(matches!(e, Error::StaleEpoch { .. }), "{e:?}");
+        let left = left.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(left > 0, "data to migrate at the canary");
+        assert_eq!(
+            db.migration_progress().bytes_left(),
+            left,
+            "the canary moved data"
+        );
     }
 }

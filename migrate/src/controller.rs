@@ -295,6 +295,10 @@ impl Controller {
         }
         let mut next = self.rec.clone();
         next.state = to;
+        if matches!(to, State::Stable | State::Complete) {
+            // No migration left for a check that could not run to hold.
+            next.check_failing = None;
+        }
         next.events.push(Event {
             unix_ms: now_ms(),
             from,
@@ -1493,13 +1497,15 @@ mod tests {
         let mut c = attach(&db);
         c.plan(hash(5), PlanOptions::default()).unwrap();
         c.start().unwrap();
+        // `watch`, not `tick`: the background migration can drain this small ledger
+        // between two calls, and a tick would then finish the migration.
         broken.store(true, Relaxed);
         let healthy = Observation {
             ops: 100,
             errors: 0,
             p99_us: Some(10),
         };
-        assert!(c.tick(Some(healthy)).is_err(), "the hook failed");
+        assert!(c.watch(Some(healthy)).is_err(), "the hook failed");
         assert_eq!(c.state(), State::Migrating);
         assert_eq!(pacing(&db), (true, 0), "migrating while no check could run");
         // Still failing: held, and the triggers still watch.
@@ -1508,10 +1514,11 @@ mod tests {
             errors: 50,
             ..healthy
         };
-        let t = c.tick(Some(failing)).unwrap();
+        let t = c.watch(Some(failing)).unwrap();
         assert!(t.rolled_back.is_some_and(|r| r.contains("error rate")));
         assert_eq!(c.state(), State::Stable);
         assert!(!pacing(&db).0, "a rollback drains back");
+        assert_eq!(c.record().check_failing, None, "no migration left to hold");
 
         // A pause takes effect with the hook failing.
         broken.store(false, Relaxed);
@@ -1526,15 +1533,15 @@ mod tests {
         // Fixed: resumed, then a tick's check passes and movement runs.
         broken.store(false, Relaxed);
         c.resume_migration().unwrap();
-        c.tick(Some(healthy)).unwrap();
+        c.watch(Some(healthy)).unwrap();
         assert_eq!(pacing(&db), (false, 1 << 20));
         // A failing check, then one that passes again, releases the hold.
         broken.store(true, Relaxed);
-        assert!(c.tick(Some(healthy)).is_err());
+        assert!(c.watch(Some(healthy)).is_err());
         assert_eq!(pacing(&db), (true, 0));
         broken.store(false, Relaxed);
         until_retry(&c);
-        c.tick(Some(healthy)).unwrap();
+        c.watch(Some(healthy)).unwrap();
         assert_eq!(pacing(&db), (false, 1 << 20));
     }
 
@@ -1892,21 +1899,23 @@ mod tests {
         c.start().unwrap();
         assert_eq!(pacing(&db), (false, 1 << 20));
         c.last_check = Instant::now() - Duration::from_secs(3600);
+        // `watch`, not `tick`: the background migration can drain this small ledger
+        // between two calls, and a tick would then finish the migration.
         broken.store(true, Relaxed);
-        assert!(c.tick(None).is_err(), "the hook failed");
+        assert!(c.watch(None).is_err(), "the hook failed");
         assert_eq!(pacing(&db), (true, 0), "held while no check could run");
         drop(c);
         let mut c = attach_with_flaky_hook(&db, cfg.clone(), &broken);
         assert_eq!(c.state(), State::Migrating);
         assert_eq!(pacing(&db), (true, 0), "held after the restart");
-        assert!(c.tick(None).is_err(), "the check still cannot run");
+        assert!(c.watch(None).is_err(), "the check still cannot run");
         assert_eq!(pacing(&db), (true, 0));
         // The ledger answers again: the next tick checks at once, not 600 s on.
         broken.store(false, Relaxed);
         drop(c);
         let mut c = attach_with_flaky_hook(&db, cfg, &broken);
         assert_eq!(pacing(&db), (true, 0));
-        c.tick(None).unwrap();
+        c.watch(None).unwrap();
         assert_eq!(
             pacing(&db),
             (false, 1 << 20),

@@ -581,6 +581,10 @@ struct FaultState {
     /// fsynced, so that a power cut can bring them back.
     stash: Option<PathBuf>,
     stashed: u64,
+    /// Operations made through this Fs so far (see [`FaultFs::ops`]).
+    ops: u64,
+    /// The count of operations past which every fsync fails ([`FaultFs::cut_after`]).
+    cut_at: Option<u64>,
 }
 
 /// A change to a directory's entries not yet made durable by an fsync of the directory.
@@ -810,6 +814,22 @@ impl FaultFs {
         }
     }
 
+    /// A power cut after the next `n` operations through this Fs: from then on no fsync
+    /// (of a file or a directory) succeeds. The process goes on, as one whose machine lost
+    /// power would have stopped: nothing it does after the cut can become durable, so
+    /// [`FaultFs::lose_unsynced_journaled`] afterwards leaves the directory as the cut
+    /// found it (with what of its pending entry changes the journal had committed).
+    pub fn cut_after(&self, n: u64) {
+        let mut st = self.state.lock();
+        st.cut_at = Some(st.ops + n);
+    }
+
+    /// Operations made through this Fs so far: creates, appends, syncs, renames, removals,
+    /// reads, and the rest of [`FsOp`].
+    pub fn ops(&self) -> u64 {
+        self.state.lock().ops
+    }
+
     /// A whole power cut of the `Db` (or anything) `owner` that runs on this Fs: syncs fail,
     /// `owner` is dropped (its last flushes cannot be made durable), what was never fsynced
     /// is lost, and the faults are cleared for the reopen.
@@ -890,6 +910,11 @@ impl FaultFs {
 
     fn check(&self, op: FsOp, path: &Path) -> Option<FaultKind> {
         let mut st = self.state.lock();
+        st.ops += 1;
+        if matches!(op, FsOp::Sync | FsOp::SyncDir) && st.cut_at.is_some_and(|c| st.ops > c) {
+            st.injected += 1;
+            return Some(FaultKind::Io);
+        }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -56,6 +56,17 @@ pub fn rewrite_log(
     std::fs::write(path, out).unwrap();
 }
 
+/// Copies the files of directory `from` (not its subdirectories) into `to`, made if need be.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 /// The highest-numbered WAL in `dir`, if any.
 pub fn newest_wal(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     std::fs::read_dir(dir)

@@ -45,7 +45,7 @@ use sluice::log::LogKind;
 use sluice::sst::format::{block_trailer, Footer};
 use sluice::sst::{Table, TableKind};
 use sluice::{Compression, Db, Error, Options, WriteBatch, WriteOptions};
-use sluice_tests::{no_background_work, rewrite_log, seeds, sst_files, with_seed};
+use sluice_tests::{copy_dir, no_background_work, rewrite_log, seeds, sst_files, with_seed};
 
 type Kv = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -195,16 +195,6 @@ fn build(dir: &Path, codec: Codec, fixture: Fixture) -> BTreeMap<Vec<u8>, Vec<u8
     }
     db.close().unwrap();
     model
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Damages one block of one table at random — most often a data block, otherwise the

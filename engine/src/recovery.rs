@@ -716,7 +716,9 @@ fn unnamed_tables(fs: &dyn Fs, dir: &Path, st: &ManifestState) -> Result<Vec<(u6
 /// that lost the edits recording flushes (cut short, or an older copy put back) after
 /// their WALs were deleted: the open would hide those writes and then delete the table as
 /// an orphan. A table too damaged to read is a crash's unfinished output, left to the
-/// orphan sweep.
+/// orphan sweep; one that could not be read for a passing reason (too many open files, an
+/// I/O error) fails the open instead, since whether it holds such writes cannot be told and
+/// the sweep would delete it.
 ///
 /// The tables are listed before the WALs are read, so that a read-only open of a live
 /// directory cannot see a table flushed from writes that arrived after it read the WAL.
@@ -728,8 +730,11 @@ fn check_unnamed_tables(fs: &dyn Fs, unnamed: &[(u64, PathBuf)], last_seqno: u64
         if crate::fs::is_symlink(path) {
             continue;
         }
-        let Ok(t) = Table::open(fs, path, *num, None) else {
-            continue;
+        let t = match Table::open(fs, path, *num, None) {
+            Ok(t) => t,
+            // Cut short by a crash (or gone since the listing, in a live directory).
+            Err(e) if e.is_corruption() || e.is_not_found() => continue,
+            Err(e) => return Err(e),
         };
         let p = t.props();
         if p.entries > 0 && p.max_seqno > last_seqno {

@@ -56,7 +56,8 @@ pub fn rewrite_log(
     std::fs::write(path, out).unwrap();
 }
 
-/// Copies the files of directory `from` (not its subdirectories) into `to`, made if need be.
+/// Copies the files of directory `from` (not its subdirectories) into `to`, made if need
+/// be.
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -21,7 +21,8 @@ use sluice::{
 };
 use sluice::{MAX_BATCH_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
 use sluice_tests::{
-    dump, engine_thread_panics, no_background_work, rewrite_log, verify, watch_engine_panics,
+    copy_dir, dump, engine_thread_panics, no_background_work, rewrite_log, verify,
+    watch_engine_panics,
 };
 
 /// `Command::spawn` forks, and until the child execs it shares this process's open file
@@ -129,16 +130,6 @@ fn biggest_sst(dir: &Path) -> PathBuf {
         .into_iter()
         .max_by_key(|p| Table::open(&StdFs, p, 0, None).unwrap().block_count())
         .expect("no SSTable")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() && p.file_name().unwrap() != "LOCK" {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
 }
 
 fn patch(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
@@ -632,6 +623,46 @@ fn a_manifest_cut_short_when_every_write_was_flushed_is_refused_naming_the_table
         rep.problems
     );
     refused_read_only_then_restored(dir.path(), &tables, &manifest, &original, 100);
+}
+
+/// The same cut, with the table unreadable for a passing reason (an I/O error reading
+/// it): whether it holds writes nothing else has cannot be told, so the open fails with
+/// the error, naming the table, rather than sweeping it as a crash's unfinished output;
+/// the table is still there, and an open that can read it refuses as above.
+#[test]
+fn an_unnamed_table_that_cannot_be_read_fails_the_open_instead_of_being_swept() {
+    let _guard = shared();
+    let dir = tempfile::tempdir().unwrap();
+    flushed_then_logged(dir.path(), 0);
+    cut_before_first_flush_edit(dir.path());
+    let tables = files_ending(dir.path(), ".sst");
+    assert_eq!(tables.len(), 1, "test setup: one flushed table");
+    let fs = sluice::fs::FaultFs::new();
+    let table = name(&tables[0]);
+    fs.inject(sluice::fs::Fault::on(
+        sluice::fs::FsOp::Read,
+        sluice::fs::FaultKind::Io,
+        &table,
+        true,
+    ));
+    let opts = Options {
+        fs: std::sync::Arc::new(fs.clone()),
+        ..no_idle_flush()
+    };
+    for _ in 0..2 {
+        // The stale log number's WAL is missing as well: the first refusal names it.
+        let e = open_err(dir.path(), opts.clone(), "unreadable unnamed table");
+        if e.to_string().contains(&table) {
+            assert!(matches!(e, Error::Io { .. }), "{e:?}");
+            assert!(tables[0].exists(), "the table was swept");
+            fs.clear();
+            let e = open_err(dir.path(), no_idle_flush(), "readable again");
+            assert!(e.to_string().contains("no manifest edit names"), "{e}");
+            return;
+        }
+        stale_log_number_refused(dir.path(), &e, "unreadable unnamed table");
+    }
+    panic!("the open never reached the table");
 }
 
 #[test]

@@ -164,6 +164,12 @@ impl Error {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 
+    /// The path names something other than a regular file (a directory, a FIFO), which
+    /// the engine refuses to read (see `fs::open_regular`).
+    pub(crate) fn is_not_a_file(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput)
+    }
+
     /// Wraps an `io::Error` with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -732,8 +732,9 @@ fn check_unnamed_tables(fs: &dyn Fs, unnamed: &[(u64, PathBuf)], last_seqno: u64
         }
         let t = match Table::open(fs, path, *num, None) {
             Ok(t) => t,
-            // Cut short by a crash (or gone since the listing, in a live directory).
-            Err(e) if e.is_corruption() || e.is_not_found() => continue,
+            // Cut short by a crash (or gone since the listing, in a live directory); or
+            // no file at all (a directory named like a table), which opens leave alone.
+            Err(e) if e.is_corruption() || e.is_not_found() || e.is_not_a_file() => continue,
             Err(e) => return Err(e),
         };
         let p = t.props();

@@ -76,6 +76,21 @@ pub struct MigrationProgress {
     pub held: bool,
 }
 
+/// The file of a draining partition its next migration job takes: the first by key of its
+/// deepest non-empty level, or of L0 (whose files overlap, kept newest first) the oldest.
+/// Older versions of a key thus leave a partition before newer ones: a partition-scoped
+/// read (`Db::partition_entries`) never finds an older version left behind by a newer one
+/// that moved, which it would report as the key's live value. (Reads across layouts pick
+/// the highest seqno either way.)
+fn next_to_migrate(
+    part: &crate::version::PartitionFiles,
+) -> Option<&Arc<crate::version::FileMeta>> {
+    match (1..MAX_LEVELS).rev().find_map(|l| part.levels[l].first()) {
+        Some(f) => Some(f),
+        None => part.levels[0].last(),
+    }
+}
+
 /// What a migration job reading `input` bytes may write into a layout of `partitions`
 /// partitions, for the headroom check: its input and a quarter more, plus a small table's
 /// fixed cost (index, filter, properties, footer) for each partition it may write to. A
@@ -387,7 +402,7 @@ impl Inner {
                     job.pointer_merge = true;
                     return Some(job);
                 }
-                let Some(f) = (0..MAX_LEVELS).rev().find_map(|l| part.levels[l].first()) else {
+                let Some(f) = next_to_migrate(part) else {
                     continue;
                 };
                 // A partition whose last jobs failed (an unreadable file) comes after those
@@ -429,7 +444,7 @@ impl Inner {
             {
                 continue;
             }
-            let Some(g) = (0..MAX_LEVELS).rev().find_map(|l| part.levels[l].first()) else {
+            let Some(g) = next_to_migrate(part) else {
                 continue;
             };
             if g.smallest <= f.largest && bytes.saturating_add(g.size) <= cap {

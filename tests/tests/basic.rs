@@ -765,3 +765,88 @@ fn a_write_that_would_overfill_the_memtable_gets_a_new_one() {
     }
     db.close().unwrap();
 }
+
+/// Keys of 0xff bytes up to the longest key: prefixes with no successor (their scan's end
+/// is unbounded), bounds at the longest key and past it, both directions; in a memtable,
+/// in tables, and across a range layout draining into a hash layout on a key prefix.
+#[test]
+fn ff_keys_and_the_longest_key_bound_scans_and_prefixes() {
+    use std::ops::Bound;
+    let keys = |it: sluice::DbIter| -> Vec<Vec<u8>> { it.map(|r| r.unwrap().0.to_vec()).collect() };
+    let big = vec![0xffu8; sluice::MAX_KEY_LEN];
+    let mut below_big = big.clone();
+    *below_big.last_mut().unwrap() = 0xfe;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        partition: PartitionSpec::Range {
+            boundaries: vec![vec![0xff; 3], big.clone()],
+        },
+        ..Options::tiny()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let mut all: Vec<Vec<u8>> = vec![
+        vec![0xff],
+        vec![0xff, 0xff],
+        vec![0xff; 3],
+        vec![0xff; 4],
+        below_big.clone(),
+        big.clone(),
+        b"a".to_vec(),
+    ];
+    for k in &all {
+        db.put(k, "v").unwrap();
+    }
+    all.sort();
+    for round in 0..3 {
+        let what = format!("round {round}");
+        assert_eq!(keys(db.range(..)), all, "{what}");
+        let ff: Vec<_> = all
+            .iter()
+            .filter(|k| k.starts_with(&[0xff, 0xff]))
+            .cloned()
+            .collect();
+        assert_eq!(keys(db.prefix([0xff, 0xff])), ff, "{what}");
+        let mut back: Vec<_> = db
+            .prefix([0xff, 0xff])
+            .rev()
+            .map(|r| r.unwrap().0.to_vec())
+            .collect();
+        back.reverse();
+        assert_eq!(back, ff, "{what}");
+        assert_eq!(keys(db.prefix(&big)), vec![big.clone()], "{what}");
+        let between = (
+            Bound::Included(below_big.clone()),
+            Bound::Excluded(big.clone()),
+        );
+        assert_eq!(keys(db.range(between)), vec![below_big.clone()], "{what}");
+        let last = (
+            Bound::Excluded(below_big.clone()),
+            Bound::Included(big.clone()),
+        );
+        assert_eq!(keys(db.range(last)), vec![big.clone()], "{what}");
+        let past = (Bound::Excluded(big.clone()), Bound::Unbounded);
+        assert!(keys(db.range(past)).is_empty(), "{what}");
+        let mut longer = big.clone();
+        longer.push(0);
+        let past = (Bound::Excluded(big.clone()), Bound::Included(longer));
+        assert!(keys(db.range(past)).is_empty(), "{what}");
+        assert_eq!(
+            keys(db.range(..=vec![0xffu8])),
+            vec![b"a".to_vec(), vec![0xff]],
+            "{what}"
+        );
+        if round == 0 {
+            db.flush().unwrap();
+        } else if round == 1 {
+            let v = db
+                .register_partition_fn(PartitionSpec::Hash {
+                    partitions: 3,
+                    seed: 1,
+                    hashed_prefix: Some(2),
+                })
+                .unwrap();
+            db.set_target(v).unwrap();
+            db.migrate_now(Some(1)).unwrap();
+        }
+    }
+}

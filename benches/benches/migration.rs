@@ -260,9 +260,10 @@ const LAYOUT_KEYS: u64 = 200_000;
 /// `live_layouts`: point gets (of present and of absent keys) with three layouts live —
 /// v1 range (4 partitions) keeping ~60% of the data, v2 hash:4 the rest, v3 hash:8 the
 /// target, holding a tenth of the keys overwritten — then on the same data once it is all
-/// in v3 (the `migration3` scenario of `sluice-stress`, small enough to stay in cache, so
-/// it times the read path's work per layout rather than memory latency). Background
-/// migration and lazy moves are off.
+/// in v3 (`one_layout`: migrated, not compacted further, as the three layouts were not),
+/// and once that is compacted (`one_layout_compacted`). Like the `migration3` scenario of
+/// `sluice-stress`, small enough to stay in cache, so it times the read path's work per
+/// layout rather than memory latency. Background migration and lazy moves are off.
 fn live_layouts(c: &mut Criterion) {
     let (_dir, db) = build_db(LAYOUT_KEYS, &["4", "8", "c"], Shape::SingleLayout);
     let v2 = db
@@ -302,10 +303,14 @@ fn live_layouts(c: &mut Criterion) {
     };
     assert_eq!(db.layout().versions.len(), 3, "three layouts live");
     run(&mut g, &db, "three_layouts");
+    // The same data in v3 alone, not compacted further (as the three layouts were not):
+    // the like-for-like single-version read. Then compacted, for reference.
     db.migrate_now(None).expect("migrate the rest");
-    db.compact().expect("compact");
+    db.retire_drained().expect("retire the drained layouts");
     assert_eq!(db.layout().versions.len(), 1, "one layout live");
     run(&mut g, &db, "one_layout");
+    db.compact().expect("compact");
+    run(&mut g, &db, "one_layout_compacted");
     assert_eq!(db.stats().lazy_moves, 0);
     g.finish();
     db.close().expect("close");

@@ -173,6 +173,14 @@ const FIGURES: &[Figure] = &[
         higher_is_better: false,
         scale: 1.0,
     },
+    // What the OS figures leave out: written to files deleted before writeback (RocksDB's
+    // unsynced rotated WALs; see `report::os_write_bytes`).
+    Figure {
+        label: "MB never written back",
+        key: "settled_os_cancelled_bytes",
+        higher_is_better: false,
+        scale: 1e-6,
+    },
     Figure {
         label: "settle s",
         key: "settle_secs",

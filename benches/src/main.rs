@@ -501,6 +501,7 @@ struct Done {
 struct Sample {
     engine: EngineCounters,
     os_write: Option<u64>,
+    os_cancelled: Option<u64>,
     /// The workload's peak resident set so far (see [`report::workload_peak_rss_mb`]).
     workload_peak_rss_mb: Option<f64>,
     /// The process's CPU seconds so far (see [`report::process_cpu_secs`]).
@@ -511,6 +512,7 @@ fn sample<K: Kv>(kv: &K) -> Sample {
     Sample {
         engine: kv.counters(),
         os_write: report::os_write_bytes(),
+        os_cancelled: report::os_cancelled_bytes(),
         workload_peak_rss_mb: report::workload_peak_rss_mb(),
         cpu_secs: report::process_cpu_secs(),
     }
@@ -615,6 +617,7 @@ fn build_report(
         os_write_amp: over_user(os_write),
         settled_write_amp: over_user(settled_device),
         settled_os_write_amp: over_user(settled_os),
+        settled_os_cancelled_bytes: diff(settled.os_cancelled, before.os_cancelled),
         settle_secs: *settle_secs,
         cpu_secs: cpu(after.cpu_secs),
         settled_cpu_secs: settled_cpu,

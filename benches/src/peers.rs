@@ -10,7 +10,8 @@
 //! | compression        | none                      | none (crate built without lz4)| none (built without codecs)     | none                          |
 //! | bloom filters      | 10 bits/key               | 10 bits/key, every level      | 10 bits/key, full filters       | n/a                           |
 //! | L0 triggers        | 4 / 20 / 36               | fjall's leveled defaults      | 4 / 20 / 36                     | n/a                           |
-//! | level sizes        | L1 64 MiB, x10, 32 MiB files | fjall's leveled defaults   | L1 64 MiB, x10, 32 MiB files    | n/a                           |
+//! | level sizes        | L1 64 MiB, x10, 32 MiB files (dynamic: level targets follow the last level) | fjall's leveled defaults | L1 64 MiB, x10, 32 MiB files; `level_compaction_dynamic_level_bytes` at RocksDB's default (on) | n/a |
+//! | rotated WALs       | synced in the background (counted by the OS figures) | synced at rotation (counted) | never synced here (one column family, no synced writes), deleted once flushed: written back seldom, so the OS figures leave them out (`settled_os_cancelled_bytes` says how much) | n/a |
 //! | background threads | 2 compaction + 1 flush    | 3 worker threads              | `max_background_jobs(3)` (1 flush + 2 compaction) | n/a           |
 //! | block size         | 4 KiB                     | 4 KiB (default)               | 4 KiB (default)                 | 4 KiB pages (default)         |
 //!

@@ -142,7 +142,25 @@ pub fn workload_peak_rss_mb() -> Option<f64> {
 /// from `/proc/self/io`: counted when pages are dirtied, minus dirty pages of files deleted
 /// before writeback), or `None` where the kernel does not account I/O per task. The same
 /// figure for every engine, including those that keep no byte counters of their own.
+///
+/// An engine that deletes a file it never fsynced soon after writing it is charged nothing
+/// for it: RocksDB's rotated WALs here (one column family, no synced writes: it never
+/// syncs them, and deletes each once its memtable is flushed), where Sluice and fjall sync
+/// each rotated WAL and are charged for it. [`os_cancelled_bytes`] says how much of a run's
+/// writes went so.
 pub fn os_write_bytes() -> Option<u64> {
+    let (written, cancelled) = proc_io()?;
+    Some(written.saturating_sub(cancelled))
+}
+
+/// Dirty bytes of files deleted before writeback (`cancelled_write_bytes` of
+/// `/proc/self/io`), which [`os_write_bytes`] leaves out.
+pub fn os_cancelled_bytes() -> Option<u64> {
+    proc_io().map(|(_, cancelled)| cancelled)
+}
+
+/// (`write_bytes`, `cancelled_write_bytes`) of `/proc/self/io`.
+fn proc_io() -> Option<(u64, u64)> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
     let field = |name: &str| -> Option<u64> {
         io.lines()
@@ -151,7 +169,10 @@ pub fn os_write_bytes() -> Option<u64> {
             .parse()
             .ok()
     };
-    Some(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:").unwrap_or(0)))
+    Some((
+        field("write_bytes:")?,
+        field("cancelled_write_bytes:").unwrap_or(0),
+    ))
 }
 
 /// CPU time (user + system) the whole process has used so far, every thread (the engine's
@@ -303,6 +324,9 @@ pub struct WorkloadReport {
     pub settled_write_amp: Option<f64>,
     /// Like `os_write_amp`, counted until the engine went quiet.
     pub settled_os_write_amp: Option<f64>,
+    /// Bytes written, until the engine went quiet, to files deleted before writeback, which
+    /// the OS figures leave out (see [`os_write_bytes`]).
+    pub settled_os_cancelled_bytes: Option<u64>,
     /// Seconds the engine kept writing after the workload (not part of `seconds`).
     pub settle_secs: f64,
     /// CPU seconds (user + system, all threads: see [`process_cpu_secs`]) the process used

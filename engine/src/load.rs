@@ -105,6 +105,30 @@ struct Limit {
     serving: u64,
 }
 
+impl Limit {
+    /// Adds the bytes the time since the last refill earned at the rate in force (at most a
+    /// second's worth).
+    fn refill(&mut self, now: Instant) {
+        let rate = self.bytes_per_sec as f64;
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+    }
+
+    /// Changes the rate. The time since the last refill is earned at the old rate, which
+    /// was in force for it; a debt left is scaled to the new rate, so it takes as long to
+    /// repay as it would have. (The time used to be credited at the new rate: lowered after
+    /// a pause, a limit charged the next writer the whole of the last batch at the new rate,
+    /// and a 1-byte write after a 4 MiB one waited over an hour at 1 KiB/s.)
+    fn set_rate(&mut self, rate: u64, now: Instant) {
+        self.refill(now);
+        if self.tokens < 0.0 {
+            self.tokens *= rate as f64 / self.bytes_per_sec.max(1) as f64;
+        }
+        self.bytes_per_sec = rate;
+        self.tokens = self.tokens.min(rate as f64);
+    }
+}
+
 /// Rate limits on writes into single partitions of the target layout, served first come
 /// first served (a ticket queue per partition), so one hot partition is slowed without
 /// starving any of its writers or touching writes elsewhere.
@@ -197,11 +221,7 @@ impl Inner {
                     break;
                 };
                 if l.serving == ticket {
-                    let now = Instant::now();
-                    l.tokens = (l.tokens
-                        + now.duration_since(l.last).as_secs_f64() * l.bytes_per_sec as f64)
-                        .min(l.bytes_per_sec as f64);
-                    l.last = now;
+                    l.refill(Instant::now());
                     if l.tokens >= 0.0 {
                         l.tokens -= bytes as f64;
                         l.serving += 1;
@@ -268,7 +288,7 @@ impl Inner {
                     next_ticket: 0,
                     serving: 0,
                 });
-                l.bytes_per_sec = r;
+                l.set_rate(r, Instant::now());
             }
             None => {
                 st.1.remove(&partition);
@@ -337,6 +357,55 @@ mod tests {
             elapsed: Duration::from_secs(1),
         };
         assert_eq!(s.ops(), vec![u64::MAX, 5]);
+    }
+
+    /// A limit lowered after a pause: the pause is earned at the old rate, which was in
+    /// force for it, and what debt is left keeps the time it had to go. It was earned at
+    /// the new rate: lowered from 64 MiB/s to 1 KiB/s 300 ms after a 4 MiB write (repaid in
+    /// 62 ms), the limit charged the next 1-byte write ~4,000 s.
+    #[test]
+    fn a_lowered_limit_charges_the_time_before_at_the_old_rate() {
+        let t0 = Instant::now();
+        let limit = |tokens: f64| Limit {
+            id: 0,
+            bytes_per_sec: 64 << 20,
+            tokens,
+            last: t0,
+            next_ticket: 0,
+            serving: 0,
+        };
+        let mut repaid = limit(-(4 << 20) as f64);
+        repaid.set_rate(1024, t0 + Duration::from_millis(300));
+        assert_eq!(repaid.tokens, 1024.0, "repaid, and full at the new rate");
+        // Half repaid (2 MiB of debt left at 64 MiB/s: 31.25 ms): 31.25 ms at 1 KiB/s.
+        let mut halfway = limit(-(4 << 20) as f64);
+        halfway.set_rate(1024, t0 + Duration::from_micros(31_250));
+        assert!((halfway.tokens + 32.0).abs() < 0.5, "{}", halfway.tokens);
+        // Raised: the same.
+        let mut raised = limit(-(4 << 20) as f64);
+        raised.set_rate(128 << 20, t0 + Duration::from_micros(31_250));
+        assert!(
+            (raised.tokens + (4 << 20) as f64).abs() < 1024.0,
+            "{}",
+            raised.tokens
+        );
+
+        // Through the API: the write after the lowered limit is admitted at once.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        db.set_partition_write_limit(0, Some(64 << 20)).unwrap();
+        db.put("big", vec![0u8; 4 << 20]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        db.set_partition_write_limit(0, Some(1024)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = db.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(d.put("small", "x"));
+        });
+        // A hang detector, not a timing assertion: the write was charged an hour.
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the write after the lowered limit waits for a debt repaid long ago")
+            .unwrap();
     }
 
     /// Writers queued behind a partition limit that is lifted and set again before they

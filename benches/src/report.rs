@@ -336,7 +336,8 @@ pub struct WorkloadReport {
     /// the workload left are charged to it, as in `settled_write_amp`).
     pub settled_cpu_secs: Option<f64>,
     /// `settled_cpu_secs` per operation, in microseconds: what an operation cost the
-    /// machine, whichever threads did the work.
+    /// machine, whichever threads did the work. The operations are the measured ones and,
+    /// in `readwhilewriting`, the background writer's as well.
     pub cpu_us_per_op: Option<f64>,
     /// Scenario workloads' own figures (phases, ratios, shares, ...); `None` for plain ones.
     pub scenario: Option<serde_json::Value>,

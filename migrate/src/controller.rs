@@ -1485,16 +1485,7 @@ mod tests {
         cfg.triggers.check_retry = Duration::ZERO;
         cfg.triggers.max_error_rate = Some(0.1);
         let broken = std::sync::Arc::new(AtomicBool::new(false));
-        let attach = |db: &Db| {
-            let mut c = Controller::attach(db.clone(), cfg.clone()).unwrap();
-            let b = broken.clone();
-            c.set_reconciliation(Box::new(move |_| match b.load(Relaxed) {
-                true => Err(Error::Background("ledger unreachable".into())),
-                false => Ok("sum 200000".into()),
-            }));
-            c
-        };
-        let mut c = attach(&db);
+        let mut c = attach_with_flaky_hook(&db, cfg, &broken);
         c.plan(hash(5), PlanOptions::default()).unwrap();
         c.start().unwrap();
         // `watch`, not `tick`: the background migration can drain this small ledger

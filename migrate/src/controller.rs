@@ -14,6 +14,10 @@ use crate::analysis::{self, Analysis, Thresholds, Verdict};
 use crate::consistency::{self, CheckMode, ConsistencyReport};
 use crate::state::{Event, PlanRecord, PlanningRecord, Record, State, MAX_EVENTS};
 
+/// Bytes `finish` migrates per fenced slice: a new claim waits at most for one slice (a
+/// fraction of a second at full speed). Small under test, so that tests see several.
+const FINISH_SLICE: u64 = if cfg!(test) { 4 << 10 } else { 32 << 20 };
+
 /// A user aggregate checked at every state change; it must not change while the layout
 /// does (the ledger's sum of balances). Computed on one snapshot.
 pub type Reconciliation = Box<dyn Fn(&Snapshot) -> Result<String> + Send>;
@@ -1105,7 +1109,17 @@ impl Controller {
         }
         // Releases a hold (a migration finished from Paused).
         self.pace()?;
-        self.db.migrate_now(None)?;
+        // Fenced a slice at a time: a controller claimed meanwhile stops this one within
+        // a slice (a claim waits for the slice in progress, not for the whole migration).
+        loop {
+            #[cfg(test)]
+            tests::reach("finish: before a slice");
+            let moved = self.fenced(|db| db.migrate_now(Some(FINISH_SLICE)))?;
+            // `migrate_now` stops short of its budget only once nothing is left to move.
+            if moved < FINISH_SLICE {
+                break;
+            }
+        }
         self.checkpoint_gate("finish")?;
         let plan = self.plan_ref()?.clone();
         // Either may be retired already: a crash after the unpins (or after the retire)
@@ -1976,6 +1990,43 @@ mod tests {
             db.migration_progress().bytes_left(),
             left,
             "the canary moved data"
+        );
+    }
+
+    /// A controller claimed while the old one finishes stops it within a slice: `finish`
+    /// migrates fenced, a slice at a time. It used to run `migrate_now` unfenced to the
+    /// end, moving everything left after the new claim.
+    #[test]
+    fn a_finish_after_a_new_claim_stops_within_a_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut first = Controller::attach(db.clone(), cfg()).unwrap();
+        first.plan(hash(5), PlanOptions::default()).unwrap();
+        first.start().unwrap();
+        let before = db.migration_progress().bytes_left();
+        // The first slice runs; the new claim lands before the second.
+        set("finish: before a slice", || {});
+        let d = db.clone();
+        let left = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let l = left.clone();
+        set("finish: before a slice", move || {
+            l.store(
+                d.migration_progress().bytes_left(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            Controller::attach(d, cfg()).unwrap();
+        });
+        let e = first.finish().unwrap_err();
+        assert!(matches!(e, Error::StaleEpoch { .. }), "{e:?}");
+        let left = left.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            0 < left && left < before,
+            "one slice moved, data left at the claim: {before} then {left}"
+        );
+        assert_eq!(
+            db.migration_progress().bytes_left(),
+            left,
+            "the stale controller moved data after the claim"
         );
     }
 }

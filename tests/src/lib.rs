@@ -130,16 +130,21 @@ pub fn b(s: &str) -> Bytes {
 }
 
 /// Reads the seeds a randomized test should run: `SLUICE_SEED=n` reproduces one failure,
-/// `SLUICE_SEEDS=n` runs that many (default `default`).
+/// `SLUICE_SEEDS=n` runs that many (default `default`), starting at `SLUICE_SEED_FROM`
+/// (default 1), so that a soak can explore seeds no run has tried.
 pub fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("SLUICE_SEED") {
-        return vec![s.parse().expect("SLUICE_SEED must be a number")];
+    let var = |name: &str| {
+        std::env::var(name).ok().map(|s| {
+            s.parse::<u64>()
+                .unwrap_or_else(|_| panic!("{name} must be a number, not {s:?}"))
+        })
+    };
+    if let Some(seed) = var("SLUICE_SEED") {
+        return vec![seed];
     }
-    let n = std::env::var("SLUICE_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    (1..=n).collect()
+    let n = var("SLUICE_SEEDS").unwrap_or(default);
+    let from = var("SLUICE_SEED_FROM").unwrap_or(1);
+    (from..from.saturating_add(n)).collect()
 }
 
 /// Runs `f` for one seed, printing the seed and the command that reproduces it on failure.

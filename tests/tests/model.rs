@@ -21,7 +21,7 @@
 //!
 //! Knobs (environment variables):
 //! - `SLUICE_SEED=n`   run only seed `n` (a failure prints the command that reproduces it)
-//! - `SLUICE_SEEDS=n`  run seeds `1..=n` (CI default: 12 per configuration)
+//! - `SLUICE_SEEDS=n`  run seeds `1..=n` (CI default: 12 per configuration; `SLUICE_SEED_FROM=k` starts at k)
 //! - `SLUICE_MODEL_OPS=n` operations per seed (default 700)
 //! - `SLUICE_TRACE=1`  print every operation as it runs
 //! - `SLUICE_KEEP_DIR=1` keep the database directories (their paths are printed)

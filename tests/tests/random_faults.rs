@@ -25,7 +25,7 @@
 //! acknowledged write must be there. `sluice verify` must pass on the final directory, and no
 //! engine thread may panic.
 //!
-//! Knobs: `SLUICE_SEED=n` (one seed), `SLUICE_SEEDS=n` (seeds `1..=n`; CI runs
+//! Knobs: `SLUICE_SEED=n` (one seed), `SLUICE_SEEDS=n` (seeds `1..=n`, or from `SLUICE_SEED_FROM`; CI runs
 //! [`CI_SEEDS`]), `SLUICE_TRACE=1` (print every step).
 //! Long soak (not run by `cargo test`):
 //! `SLUICE_SEEDS=2000 cargo test --release -p sluice-tests --test random_faults random_faults_soak -- --ignored --nocapture`

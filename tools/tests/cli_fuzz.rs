@@ -227,7 +227,12 @@ fn inspection_commands_with_arguments_at_random() {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(150);
-            (1..=n).collect()
+            // `SLUICE_SEED_FROM`: where the run starts (default 1), to try unexplored seeds.
+            let from: u64 = std::env::var("SLUICE_SEED_FROM")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+            (from..from.saturating_add(n)).collect()
         }
     };
     let mut codes = BTreeMap::new();

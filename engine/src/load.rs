@@ -162,28 +162,36 @@ impl Inner {
             return Ok(Duration::ZERO);
         }
         let mut st = self.admission.state.lock();
-        let Some(func) = st.0.clone() else {
-            return Ok(Duration::ZERO);
-        };
-        let mut touched: Vec<(u32, u64)> = Vec::new();
-        WriteBatch::for_each_op(
-            batch.ops_bytes(),
-            std::path::Path::new("<batch>"),
-            0,
-            |_, k, v| {
-                let p = func.partition_of(k);
-                if st.1.contains_key(&p) {
-                    match touched.iter_mut().find(|t| t.0 == p) {
-                        Some(t) => t.1 += (k.len() + v.len()) as u64,
-                        None => touched.push((p, (k.len() + v.len()) as u64)),
-                    }
-                }
-            },
-        )?;
-        touched.sort_unstable();
         let start = Instant::now();
         let mut waited = false;
-        let r = self.admit_touched(&mut st, touched, &mut waited);
+        let r = loop {
+            let Some(func) = st.0.clone() else {
+                break Ok(());
+            };
+            let mut touched: Vec<(u32, u64)> = Vec::new();
+            WriteBatch::for_each_op(
+                batch.ops_bytes(),
+                std::path::Path::new("<batch>"),
+                0,
+                |_, k, v| {
+                    let p = func.partition_of(k);
+                    if st.1.contains_key(&p) {
+                        match touched.iter_mut().find(|t| t.0 == p) {
+                            Some(t) => t.1 += (k.len() + v.len()) as u64,
+                            None => touched.push((p, (k.len() + v.len()) as u64)),
+                        }
+                    }
+                },
+            )?;
+            touched.sort_unstable();
+            match self.admit_touched(&mut st, &func, touched, &mut waited) {
+                Ok(true) => break Ok(()),
+                // The limits name another function's partitions now (the target changed
+                // while this batch waited): its partitions are found again under that one.
+                Ok(false) => continue,
+                Err(e) => break Err(e),
+            }
+        };
         let took = start.elapsed();
         if waited {
             Counters::add(&self.counters.admission_waits, 1);
@@ -195,15 +203,23 @@ impl Inner {
         r.map(|()| if waited { took } else { Duration::ZERO })
     }
 
-    /// Takes a ticket for each limited partition the batch writes to and waits for its
-    /// turn and its tokens; sets `waited` if it had to wait at all.
+    /// Takes a ticket for each limited partition the batch writes to (`touched`, found
+    /// under `func`) and waits for its turn and its tokens; sets `waited` if it had to wait
+    /// at all. False if the limits came to apply to another function meanwhile (a target
+    /// switch lifts them all, and new ones name the new target's partitions), before the
+    /// batch was through: its partitions are to be found again.
     fn admit_touched(
         &self,
         st: &mut parking_lot::MutexGuard<'_, Limits>,
+        func: &Arc<PartitionFn>,
         touched: Vec<(u32, u64)>,
         waited: &mut bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let same_function = |st: &Limits| st.0.as_ref().is_some_and(|f| Arc::ptr_eq(f, func));
         for (p, bytes) in touched {
+            if !same_function(st) {
+                return Ok(false);
+            }
             let (limit, ticket) = match st.1.get_mut(&p) {
                 Some(l) => {
                     l.next_ticket += 1;
@@ -214,6 +230,9 @@ impl Inner {
             loop {
                 if self.closing.load(Ordering::Acquire) {
                     return Err(Error::Closed);
+                }
+                if !same_function(st) {
+                    return Ok(false);
                 }
                 let Some(l) = st.1.get_mut(&p).filter(|l| l.id == limit) else {
                     // The limit was lifted while this writer waited (perhaps set again:
@@ -239,7 +258,7 @@ impl Inner {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Limits writes into `partition` of the target layout to `bytes_per_sec` (None lifts
@@ -460,6 +479,66 @@ mod tests {
                 .expect("a queued writer is stranded")
                 .unwrap();
         }
+    }
+
+    /// A batch queued behind a limit when the target switches finds its partitions again
+    /// under the new target's function. It used to go on through the partitions found under
+    /// the old one, and queued behind a new limit on a partition its writes do not go to
+    /// (here, one 100 s in debt).
+    #[test]
+    fn a_batch_queued_across_a_target_switch_is_admitted_under_the_new_function() {
+        use crate::layout::{PartitionFn, PartitionSpec};
+        use std::sync::Arc;
+        let range = |b: &str| PartitionSpec::Range {
+            boundaries: vec![b.as_bytes().to_vec()],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let v = db.register_partition_fn(range("m")).unwrap();
+        db.set_target(v).unwrap();
+        db.set_partition_write_limit(0, Some(1000)).unwrap();
+        db.set_partition_write_limit(1, Some(1 << 30)).unwrap();
+        // Admitted at once, leaving partition 0 ("a" to "m") 100 s in debt.
+        db.put("a", vec![0u8; 100_000]).unwrap();
+        // Writes to partitions 0 and 1 of `range("m")`, and to partition 0 of `range("z")`.
+        let mut batch = crate::WriteBatch::new();
+        batch.put("b", "x");
+        batch.put("n", "x");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = db.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(d.write(batch));
+        });
+        let start = Instant::now();
+        while db.inner.admission.state.lock().1[&0].next_ticket < 2 {
+            assert!(start.elapsed() < Duration::from_secs(30), "never queued");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // What a switch to `range("z")` and then a limit on its partition 1 ("z" on) leave
+        // when the setter takes the lock before the queued writer wakes: that partition
+        // 100 s in debt.
+        {
+            let inner = &db.inner;
+            let mut st = inner.admission.state.lock();
+            st.0 = Some(Arc::new(PartitionFn::new(range("z")).unwrap()));
+            st.1.clear();
+            st.1.insert(
+                1,
+                Limit {
+                    id: inner.admission.next_id.fetch_add(1, Ordering::Relaxed),
+                    bytes_per_sec: 1000,
+                    tokens: -100_000.0,
+                    last: Instant::now(),
+                    next_ticket: 0,
+                    serving: 0,
+                },
+            );
+            inner.admission.cv.notify_all();
+        }
+        // A hang detector, not a timing assertion.
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the batch queued behind a partition it does not write to")
+            .unwrap();
     }
 
     /// A limit set while a retarget is between clearing the limits and installing the new

@@ -290,7 +290,7 @@ impl Controller {
 
     /// Records a transition (persisted, fenced by epoch).
     fn go(&mut self, to: State, reason: impl Into<String>) -> Result<()> {
-        let reason = reason.into();
+        let reason = bounded_reason(reason.into());
         let from = self.rec.state;
         if from != to && !from.allows(to) {
             return Err(Error::LayoutRefused(format!(
@@ -1353,6 +1353,30 @@ fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
             source: e,
         }),
     }
+}
+
+/// The most of an event's reason the persisted record keeps. Reasons quote what the
+/// caller hands in (a reconciliation figure, twice in a mismatch and again in the rollback
+/// it triggers; a key named by a consistency problem), and the record keeps
+/// [`MAX_EVENTS`] of them: unbounded, a figure of a few MiB took the record past the
+/// 16 MiB a controller's state may take, and the rollback it triggered could not be
+/// recorded.
+const MAX_REASON_BYTES: usize = 4096;
+
+/// `reason`, cut to [`MAX_REASON_BYTES`] (at a character boundary) with a note of how much
+/// was left out.
+fn bounded_reason(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let total = reason.len();
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason.push_str(&format!("… ({} more bytes left out)", total - end));
+    reason
 }
 
 /// Unpins a version that may have retired meanwhile.

@@ -603,6 +603,43 @@ fn reconciliation_is_checked_at_every_state_change() {
     check_data(&db);
 }
 
+/// A reconciliation figure of a few MiB (a digest listing per-branch totals, say) is well
+/// inside the 16 MiB a controller's state may take, but every event reason that quotes it
+/// (a mismatch's "expected X, got Y", the rollback that repeats it) used to copy it into
+/// the record's event log: the rollback a mismatch triggers could not be recorded
+/// (`TooLarge`), left the migration in RollingBack, and every later attach failed the
+/// same way while completing it.
+#[test]
+fn a_large_reconciliation_figure_does_not_keep_a_rollback_from_being_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let big = |snap: &sluice::Snapshot| -> sluice::Result<String> {
+        Ok(format!("{}|{}", sum(snap)?, ".".repeat(3 << 20)))
+    };
+    let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+    c.set_reconciliation(Box::new(big));
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    db.put(key(0), "999").unwrap(); // money from nowhere
+    let e = c.pause().unwrap_err();
+    assert!(
+        e.to_string().contains("reconciliation changed at pause"),
+        "the rollback failed: {:.300}",
+        e.to_string()
+    );
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+    drop(c);
+    // Not wedged: a new controller attaches and can plan again.
+    db.put(key(0), "100").unwrap();
+    let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+    c.set_reconciliation(Box::new(big));
+    assert_eq!(c.state(), State::Stable);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.rollback("done").unwrap();
+    check_data(&db);
+}
+
 #[test]
 fn hot_partition_split_and_write_limit() {
     let dir = tempfile::tempdir().unwrap();

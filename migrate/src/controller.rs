@@ -236,6 +236,8 @@ impl Controller {
         tests::reach("attach: before the claim");
         let epoch = db.claim_controller()?;
         let rec = Record::stored(&db)?.map(|(_, r)| r).unwrap_or_default();
+        // Windows that ended before this controller attached are not its to judge.
+        let p99_window = Some(db.migration_progress().foreground_p99_window);
         let mut c = Controller {
             db,
             epoch,
@@ -243,7 +245,7 @@ impl Controller {
             cfg,
             reconcile: None,
             over_budget: 0,
-            p99_window: None,
+            p99_window,
             last_check: Instant::now(),
             failed_attempt: None,
             canary_moved: None,
@@ -319,6 +321,10 @@ impl Controller {
             // Windows over the p99 budget count within one state: a rollback, then a new
             // start, used to inherit the count and roll back after one slow window.
             self.over_budget = 0;
+            // Nor does a window that ended before this state count in it: the first tick
+            // after a start used to judge the engine's latest window whatever its age (one
+            // that ended while a rolled-back candidate drained back, say).
+            self.p99_window = Some(self.db.migration_progress().foreground_p99_window);
         }
         Ok(())
     }

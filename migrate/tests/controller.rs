@@ -1135,6 +1135,95 @@ fn the_p99_trigger_counts_each_pacing_window_once() {
     check_data(&db);
 }
 
+/// The p99 trigger judges windows of the migration it watches: a slow pacing window that
+/// ended before the start (here while a rolled-back candidate drained back, when the
+/// controller does not count) is not this migration's. The first tick after a start used
+/// to count the engine's latest window whatever its age, and with `p99_windows: 1` rolled
+/// the new migration back at once.
+#[test]
+fn the_p99_trigger_does_not_count_a_window_from_before_the_start() {
+    use sluice::fs::FaultFs;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            fs: Arc::new(fs.clone()),
+            ..opts()
+        },
+    )
+    .unwrap();
+    for i in 0..ACCOUNTS {
+        db.put(key(i), "100").unwrap();
+    }
+    db.flush().unwrap();
+    let config = ControllerConfig {
+        triggers: Triggers {
+            p99_budget_us: Some(20_000),
+            p99_windows: 1,
+            ..Triggers::default()
+        },
+        ..cfg()
+    };
+    let mut c = Controller::attach(db.clone(), config).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    // A first migration, rolled back: its canary's data drains back (so the pacer keeps
+    // ending windows), and the controller, Stable, counts none of them.
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    c.rollback("drill").unwrap();
+    assert!(!db.migration_progress().is_complete(), "nothing drains back");
+    // Slow synced writes until a slow window ends; then the foreground is healthy again.
+    fs.set_sync_delay(Some(Duration::from_millis(40)));
+    let slow = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (db, slow) = (db.clone(), slow.clone());
+        std::thread::spawn(move || {
+            let synced = sluice::WriteOptions { sync: true };
+            while slow.load(Ordering::Relaxed) {
+                let mut b = sluice::WriteBatch::new();
+                b.put("zz-other", "1");
+                db.write_opt(b, &synced).unwrap();
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = db.migration_progress().foreground_p99_window;
+    let window = loop {
+        assert!(Instant::now() < deadline, "no slow window");
+        let p = db.migration_progress();
+        if p.foreground_p99_window != last {
+            if p.foreground_p99_us > 20_000 {
+                break p.foreground_p99_window;
+            }
+            last = p.foreground_p99_window;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    slow.store(false, Ordering::Relaxed);
+    fs.set_sync_delay(None);
+    writer.join().unwrap();
+    // The next migration starts well within the next window (a second or more).
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    let t = c.tick(None).unwrap();
+    assert_eq!(
+        t.progress.foreground_p99_window, window,
+        "a window ended since the slow one: the test proves nothing"
+    );
+    assert!(
+        t.rolled_back.is_none(),
+        "rolled back on a window that ended before the start: {:?}",
+        t.rolled_back
+    );
+    assert_eq!(c.state(), State::Migrating);
+    c.rollback("done").unwrap();
+    check_data(&db);
+}
+
 /// The analysis gate sees keys still in the memtables: a plan flushes them first. Sampled
 /// from table indexes alone, a database written and not yet flushed gave an empty sample,
 /// an inconclusive verdict, and a biased candidate planned without force.

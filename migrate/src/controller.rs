@@ -121,6 +121,9 @@ pub struct PlanReport {
 /// Observed foreground health for a tick (from the application, if it measures its own).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Observation {
+    /// Operations in the window (all of them, or only those that went through: the error
+    /// rate is `errors / max(ops, errors)`, so a window of nothing but errors is a rate of 1
+    /// either way).
     pub ops: u64,
     pub errors: u64,
     pub p99_us: Option<u64>,
@@ -1189,10 +1192,17 @@ impl Controller {
                 }
             }
             if let (None, Some(limit), Some(o)) = (&rolled_back, t.max_error_rate, obs) {
-                if o.ops > 0 && (o.errors as f64 / o.ops as f64) > limit {
+                // Errors over the operations, or over the errors where there are more of
+                // them (`ops` counting only the operations that went through): a window of
+                // nothing but errors is a rate of 1, not one to skip.
+                let rate = match o.errors {
+                    0 => 0.0,
+                    e => e as f64 / o.ops.max(e) as f64,
+                };
+                if rate > limit {
                     let reason = format!(
                         "error rate {:.3}% over limit {:.3}%",
-                        100.0 * o.errors as f64 / o.ops as f64,
+                        100.0 * rate,
                         100.0 * limit
                     );
                     self.roll_back_because(&reason)?;

@@ -513,6 +513,45 @@ fn triggers_roll_back_with_their_reason() {
     check_data(&db);
 }
 
+/// A window in which every operation failed (errors counted, no operation succeeded: the
+/// application reports `ops: 0`) is the worst error rate there is. It used to be skipped
+/// (the rate was only judged when `ops > 0`), while one success among the failures rolled
+/// back.
+#[test]
+fn a_window_of_nothing_but_errors_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let config = ControllerConfig {
+        triggers: Triggers {
+            max_error_rate: Some(0.05),
+            ..Triggers::default()
+        },
+        ..cfg()
+    };
+    let mut c = Controller::attach(db.clone(), config).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    let quiet = Observation {
+        ops: 0,
+        errors: 0,
+        p99_us: None,
+    };
+    assert!(c.watch(Some(quiet)).unwrap().rolled_back.is_none());
+    let outage = Observation {
+        ops: 0,
+        errors: 50,
+        p99_us: None,
+    };
+    let t = c.watch(Some(outage)).unwrap();
+    let reason = t
+        .rolled_back
+        .expect("50 errors and no operation through: no rollback");
+    assert!(reason.contains("error rate"), "{reason}");
+    assert_eq!(c.state(), State::Stable);
+    check_data(&db);
+}
+
 #[test]
 fn reconciliation_mismatch_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -1175,7 +1214,10 @@ fn the_p99_trigger_does_not_count_a_window_from_before_the_start() {
     c.plan(good(), PlanOptions::default()).unwrap();
     c.start().unwrap();
     c.rollback("drill").unwrap();
-    assert!(!db.migration_progress().is_complete(), "nothing drains back");
+    assert!(
+        !db.migration_progress().is_complete(),
+        "nothing drains back"
+    );
     // Slow synced writes until a slow window ends; then the foreground is healthy again.
     fs.set_sync_delay(Some(Duration::from_millis(40)));
     let slow = Arc::new(AtomicBool::new(true));

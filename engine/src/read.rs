@@ -236,33 +236,47 @@ pub(crate) fn changed_since(view: &View, key: &[u8], snapshot: u64) -> Result<bo
             }
         }
     }
+    Ok(newer_in_tables(view, key, snapshot, u64::MAX, None)?.is_some())
+}
+
+/// The live layout (other than `except`) whose tables hold an entry for `key` newer than
+/// `than` and at or below `at`, if any. Only files whose seqnos reach past `than` are
+/// probed; the memtables are not.
+pub(crate) fn newer_in_tables(
+    view: &View,
+    key: &[u8],
+    than: u64,
+    at: u64,
+    except: Option<u32>,
+) -> Result<Option<u32>> {
     let h = bloom::key_hash(key);
     for layout in view.files.layouts.values() {
+        if except == Some(layout.id) {
+            continue;
+        }
         let Some(part) = layout.parts.get(layout.func.partition_of(key) as usize) else {
             continue;
         };
         let newer = |f: &Arc<FileMeta>| -> Result<bool> {
-            if f.max_seqno <= snapshot || !f.contains(key) {
+            if f.max_seqno <= than || f.min_seqno > at || !f.contains(key) {
                 return Ok(false);
             }
-            Ok(f.table
-                .get(key, h, u64::MAX)?
-                .is_some_and(|e| e.seqno > snapshot))
+            Ok(f.table.get(key, h, at)?.is_some_and(|e| e.seqno > than))
         };
         for f in &part.levels[0] {
             if newer(f)? {
-                return Ok(true);
+                return Ok(Some(layout.id));
             }
         }
         for level in 1..MAX_LEVELS {
             if let Some(f) = part.file_for_key(level, key) {
                 if newer(f)? {
-                    return Ok(true);
+                    return Ok(Some(layout.id));
                 }
             }
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Searches `f` for `key` if its filter (`filter`, from the level's index) admits it.

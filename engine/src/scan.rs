@@ -25,9 +25,11 @@ pub enum PartitionEntry {
         key: Bytes,
         seqno: u64,
     },
-    /// Moved by a lazy read to layout version `to` (a forwarding pointer covers it). `to` is
-    /// where the copy went first: after a later retarget it may have moved on, and `to` may
-    /// since have drained and retired.
+    /// The key's live entry is in another layout: moved by a lazy read to layout version
+    /// `to` (a forwarding pointer covers it), or superseded by a newer entry that `to`'s
+    /// tables hold (written or migrated there; the memtables are not looked at). For a lazy
+    /// move, `to` is where the copy went first: after a later retarget it may have moved
+    /// on, and `to` may since have drained and retired.
     Moved {
         key: Bytes,
         seqno: u64,
@@ -55,14 +57,31 @@ pub struct PartitionIter {
     snapshot: u64,
     /// The partition's pointer tables, for naming one in an error.
     pointer_files: Vec<std::path::PathBuf>,
+    /// The partition's layout, if its entries are to be checked against the other live
+    /// layouts' tables (a newer entry there is reported as moved).
+    superseded_in_others: Option<u32>,
 }
 
 impl Inner {
+    /// What the partition holds, key by key. A key whose newest entry here is superseded
+    /// by a newer one in another live layout's tables is reported as moved there, not as
+    /// its live value: a migration moves a partition's files one at a time, and the order
+    /// a layout's files lie in does not always follow the age of their entries (a migrated
+    /// old version placed above a newer one; a lazy move's copy, which keeps its old seqno,
+    /// flushed after the key's overwrite), so a key's newer version can leave a draining
+    /// partition before an older one does.
     pub fn partition_entries(&self, version: u32, partition: u32) -> Result<PartitionIter> {
-        self.partition_entries_in(self.view.load_full(), version, partition, u64::MAX)
+        let mut it =
+            self.partition_entries_in(self.view.load_full(), version, partition, u64::MAX)?;
+        if it._view.files.layouts.len() > 1 {
+            it.superseded_in_others = Some(version);
+        }
+        Ok(it)
     }
 
-    /// A partition of `view`, as of `snapshot` (entries with a higher seqno are ignored).
+    /// A partition of `view`, as of `snapshot` (entries with a higher seqno are ignored),
+    /// each key's newest entry in the partition as it stands (superseded ones included:
+    /// the consistency check judges across layouts itself).
     pub(crate) fn partition_entries_in(
         &self,
         view: Arc<View>,
@@ -95,6 +114,7 @@ impl Inner {
                 .iter()
                 .map(|f| f.table.path().to_path_buf())
                 .collect(),
+            superseded_in_others: None,
         })
     }
 }
@@ -170,13 +190,25 @@ impl PartitionIter {
                 std::cmp::Ordering::Greater => break,
             }
         }
+        if moved_to.is_none() {
+            if let Some(me) = self.superseded_in_others {
+                moved_to = crate::read::newer_in_tables(
+                    &self._view,
+                    &first.key,
+                    first.seqno,
+                    self.snapshot,
+                    Some(me),
+                )?;
+            }
+        }
         Ok(Some(match (moved_to, first.kind) {
-            (Some(to), Kind::Value) => PartitionEntry::Moved {
+            // (A pointer covers only a value; a tombstone here is moved if superseded.)
+            (Some(to), _) => PartitionEntry::Moved {
                 key: first.key,
                 seqno: first.seqno,
                 to: VersionId(to),
             },
-            (_, Kind::Delete) => PartitionEntry::Tombstone {
+            (None, Kind::Delete) => PartitionEntry::Tombstone {
                 key: first.key,
                 seqno: first.seqno,
             },

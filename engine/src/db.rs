@@ -1258,10 +1258,10 @@ impl Inner {
             )));
         }
         let id = core.registry.next.max(1);
-        if id == u32::MAX {
+        if id > crate::layout::MAX_LAYOUT_ID {
             return Err(Error::LayoutRefused(format!(
                 "layout version v{} is the last one there can be",
-                id - 1
+                crate::layout::MAX_LAYOUT_ID
             )));
         }
         let mut e = VersionEdit::default();

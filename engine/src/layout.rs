@@ -19,6 +19,12 @@ pub const MAX_PARTITIONS: u32 = 4096;
 /// each live version, so a runaway caller (a controller registering in a loop) is refused
 /// with `Error::LayoutRefused` long before reads suffer or specs fill memory.
 pub const MAX_LIVE_LAYOUTS: usize = 64;
+/// The highest layout version id. Ids are handed out in order and never again, and every
+/// id below the next one that is not live has retired: `Db::layout()` and the inspector
+/// list them. A bound keeps a manifest record claiming billions of retired ids (a few
+/// bytes) from making those lists exhaust memory, and is more than a database registers
+/// in its life (a layout a minute for 30 years).
+pub const MAX_LAYOUT_ID: u32 = 1 << 24;
 /// Nesting limit for `Split` specs, so a hostile manifest cannot recurse without bound.
 const MAX_SPLIT_DEPTH: usize = 8;
 

@@ -72,7 +72,7 @@ pub use batch::{WriteBatch, MAX_BATCH_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use db::{Db, KeyBounds, LayoutInfo, PartitionInfo, RecoveryReport, VersionId, VersionInfo};
 pub use error::{Error, Result};
 pub use iter::{DbIter, KeyRange};
-pub use layout::{PartitionFn, PartitionSpec, MAX_LIVE_LAYOUTS, MAX_PARTITIONS};
+pub use layout::{PartitionFn, PartitionSpec, MAX_LAYOUT_ID, MAX_LIVE_LAYOUTS, MAX_PARTITIONS};
 pub use load::LoadStats;
 pub use migration::{DrainingProgress, MigrationProgress};
 pub use options::{Options, WalRecovery, WriteOptions};

@@ -23,7 +23,7 @@ use crate::db::{
 };
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, Fs};
-use crate::layout::PartitionFn;
+use crate::layout::{PartitionFn, MAX_LAYOUT_ID};
 use crate::log::{
     read_log_to_damage, LogKind, LogWriter, DEFERRED_SYNC_VERSION, SUCCESSOR_VERSION,
 };
@@ -82,6 +82,20 @@ pub(crate) fn replay_manifest(m: &ManifestContents) -> Result<ManifestState> {
                 EditRecord::NextFile(n) => st.next_file = st.next_file.max(*n),
                 EditRecord::LastSeqno(n) => st.last_seqno = st.last_seqno.max(*n),
                 EditRecord::LogNumber(n) => st.log_number = st.log_number.max(*n),
+                // Every id below the next one that is not live has retired, and is listed
+                // as such: an id past the id space is damage, not billions of retired
+                // layouts.
+                EditRecord::RegisterLayout { id, .. } if *id > MAX_LAYOUT_ID => {
+                    return Err(bad(format!(
+                        "layout v{id} is past the last id there can be (v{MAX_LAYOUT_ID})"
+                    )));
+                }
+                EditRecord::RetiredBelow(n) if *n > MAX_LAYOUT_ID + 1 => {
+                    return Err(bad(format!(
+                        "layouts retired below v{n}, past the last id there can be \
+                         (v{MAX_LAYOUT_ID})"
+                    )));
+                }
                 EditRecord::RegisterLayout { id, spec } => {
                     // Ids are handed out in order and never again, retired or not.
                     if *id == 0 || *id < st.registry.next {
@@ -1707,6 +1721,57 @@ mod tests {
             st.registry.live.keys().copied().collect::<Vec<_>>(),
             vec![3, 6]
         );
+    }
+
+    /// A layout id past the id space (`RegisterLayout` of a huge id, or a `RetiredBelow`
+    /// bound near `u32::MAX`: five bytes in a record whose checksum holds) is damage, and
+    /// refused. It opened: every id below the bound counts as retired, and `Db::layout()`,
+    /// `sluice info`, `verify` and `sst dump` list each one (4.29e9 ids: a 16 GiB vector,
+    /// then a set of them), exhausting memory on a few bytes from disk.
+    #[test]
+    fn a_layout_id_past_the_id_space_is_refused() {
+        use crate::manifest::{read_current, ManifestWriter};
+        let refused = |records: Vec<EditRecord>, why: &str| {
+            let e = replay_manifest(&contents(vec![records]))
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {why}"));
+            assert!(e.is_corruption(), "{why}: {e}");
+        };
+        refused(
+            vec![register(1), EditRecord::RetiredBelow(u32::MAX), EditRecord::SetTarget(1)],
+            "RetiredBelow(u32::MAX)",
+        );
+        refused(
+            vec![register(u32::MAX - 1), EditRecord::SetTarget(u32::MAX - 1)],
+            "v4294967294",
+        );
+        // The top of the id space still replays.
+        let top = crate::layout::MAX_LAYOUT_ID;
+        let st = replay_manifest(&contents(vec![vec![
+            register(top),
+            EditRecord::RetiredBelow(top + 1),
+            EditRecord::SetTarget(top),
+        ]]))
+        .unwrap();
+        assert_eq!(st.registry.next, top + 1);
+
+        // Through an open: a manifest that says so is refused, naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        db.put("k", "v").unwrap();
+        db.close().unwrap();
+        let m = read_current(&crate::fs::StdFs, dir.path()).unwrap();
+        let mut all = VersionEdit::default();
+        for (_, e) in &m.edits {
+            all.records.extend(e.records.iter().cloned());
+        }
+        all.push(EditRecord::RetiredBelow(u32::MAX));
+        ManifestWriter::create(&crate::fs::StdFs, dir.path(), m.number + 100, &all).unwrap();
+        let e = crate::Db::open(dir.path(), crate::Options::default())
+            .err()
+            .expect("a manifest retiring 4.29e9 layout ids opened");
+        assert!(e.is_corruption(), "{e}");
+        assert!(e.to_string().contains("MANIFEST-"), "{e}");
     }
 
     /// A layout retires only once none of its files is live, whichever edits added and

@@ -450,6 +450,10 @@ pub(crate) fn snapshot_edit(
     e
 }
 
+/// A manifest snapshot this large is not rewritten before the manifest has doubled (see
+/// [`Inner::maybe_roll_manifest`]).
+const LARGE_MANIFEST_SNAPSHOT: u64 = 1 << 20;
+
 pub(crate) fn table_file(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:06}.sst"))
 }
@@ -609,7 +613,16 @@ impl Inner {
 
     /// Rewrites the manifest as one snapshot edit when the log has grown large.
     pub fn maybe_roll_manifest(&self, core: &mut Core) -> Result<()> {
-        if core.manifest.size() < self.opts.max_manifest_bytes {
+        let size = core.manifest.size();
+        if size < self.opts.max_manifest_bytes {
+            return Ok(());
+        }
+        // A snapshot that is itself past the threshold (many tables, large partition
+        // specs) would be rewritten, and fsynced under this lock, at every edit: such a
+        // manifest rolls once its edits have doubled it, so that the rewrites cost each
+        // edit a constant share. (Small snapshots roll at the threshold, as before.)
+        let snapshot = core.manifest.snapshot_len();
+        if snapshot >= LARGE_MANIFEST_SNAPSHOT && size < snapshot.saturating_mul(2) {
             return Ok(());
         }
         let view = self.view.load();

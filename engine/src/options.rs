@@ -128,7 +128,9 @@ pub struct Options {
     /// ticker applies queued lazy moves, recharges the memtable's share of the block cache
     /// and freezes idle memtables.
     pub wal_flush_interval: Duration,
-    /// The manifest (a log of edits) is rewritten as one snapshot once it grows past this.
+    /// The manifest (a log of edits) is rewritten as one snapshot once it grows past this;
+    /// once the snapshot alone is 1 MiB or more, only once it is also twice its snapshot
+    /// (so that a snapshot past this is not rewritten at every edit).
     pub max_manifest_bytes: u64,
     /// What recovery does with a damaged WAL record that intact records follow.
     pub wal_recovery: WalRecovery,

@@ -600,7 +600,10 @@ mod tests {
         let db = Db::open(dir.path(), Options::default()).unwrap();
         assert_eq!(db.layout().versions.len(), 2);
         for i in 0..20u32 {
-            assert_eq!(db.get(format!("k{i:02}")).unwrap().as_deref(), Some(&b"v"[..]));
+            assert_eq!(
+                db.get(format!("k{i:02}")).unwrap().as_deref(),
+                Some(&b"v"[..])
+            );
         }
     }
 

@@ -1738,7 +1738,11 @@ mod tests {
             assert!(e.is_corruption(), "{why}: {e}");
         };
         refused(
-            vec![register(1), EditRecord::RetiredBelow(u32::MAX), EditRecord::SetTarget(1)],
+            vec![
+                register(1),
+                EditRecord::RetiredBelow(u32::MAX),
+                EditRecord::SetTarget(1),
+            ],
             "RetiredBelow(u32::MAX)",
         );
         refused(

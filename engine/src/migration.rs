@@ -340,13 +340,34 @@ impl Inner {
             .migrate_to
             .and_then(|t| view.files.layouts.get(&t))
             .map_or(1, |l| l.parts.len());
-        let need = output_estimate(job.input_bytes(), parts);
+        let input: u64 = job.inputs.iter().map(|f| self.rewritten_size(f)).sum();
+        let need = output_estimate(input, parts);
         if let Some(why) = self.headroom_refusal(core, need) {
             self.release_job(core, &job);
             return Err(why);
         }
         core.migration_space.insert(job.id, need);
         Ok(Some(job))
+    }
+
+    /// What `f` takes once rewritten with this handle's table options, for the headroom
+    /// check: its file size, unless it was written compressed or key-delta encoded and its
+    /// rewrite will not be (the options may change between opens). Such a file's rewrite
+    /// is bounded by its key and value bytes and each entry's encoding (lengths, seqno,
+    /// offset, filter bits and a share of the index) instead: a table of compressible
+    /// values read 28 KB and wrote 1 MB, far into the headroom.
+    fn rewritten_size(&self, f: &FileMeta) -> u64 {
+        let p = f.table.props();
+        let out = &self.table_opts;
+        let loses_compression = p.compression != crate::sst::format::COMPRESSION_NONE
+            && matches!(out.compression, crate::sst::Compression::None);
+        let loses_delta = p.format_version >= 2 && !out.key_delta;
+        if !(loses_compression || loses_delta) {
+            return f.size;
+        }
+        let per_entry = 32 + u64::from(out.bloom_bits_per_key).div_ceil(8);
+        f.size
+            .max(p.raw_bytes.saturating_add(p.entries.saturating_mul(per_entry)))
     }
 
     /// Why writing `need` more bytes for migration would eat into the disk headroom

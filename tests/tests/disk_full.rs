@@ -397,6 +397,55 @@ fn a_migration_writing_more_than_it_reads_keeps_the_headroom() {
 }
 
 // ---------------------------------------------------------------------------------------
+// D2b: a job whose input was written compressed and whose output is not (the database
+// reopened with another `compression`, which may change between opens): its output is
+// many times its input's file size.
+
+#[test]
+fn a_migration_out_of_compressed_tables_keeps_the_headroom() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = QuotaFs::default();
+    let headroom = 4u64 << 20;
+    let opts = |compression| Options {
+        background_threads: 1,
+        compression,
+        ..on_quota(&q, headroom)
+    };
+    let db = Db::open(dir.path(), opts(sluice::Compression::Zstd(3))).unwrap();
+    four_tables(&db);
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts(sluice::Compression::None)).unwrap();
+    retarget(&db, hash(4, 1));
+    let s = largest_file(&db, 1);
+    // Room beyond the headroom for twice the largest input file and 64 KiB more.
+    q.set_capacity(Some(q.settle() + headroom + 2 * s + (64 << 10)));
+    db.set_migration_rate(1 << 50);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = db.migration_progress();
+        if p.is_complete()
+            || p.blocked
+                .as_deref()
+                .is_some_and(|b| b.starts_with("disk headroom"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{p:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = db.stats();
+    let min = q.min_free().unwrap();
+    assert!(
+        min >= headroom,
+        "migration left {min} bytes free, below the {headroom}-byte headroom (largest \
+         input file {s} B: read {} B, wrote {} B; ENOSPC hits {})",
+        st.migration_bytes_read,
+        st.migration_bytes_written,
+        q.enospc(),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // D3: migrate_now ignores the headroom.
 
 #[test]

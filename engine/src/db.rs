@@ -601,14 +601,46 @@ impl Inner {
         // would be lost on reopen while the files it retired are deleted.
         self.check_not_failed()?;
         match core.manifest.append(edit) {
-            // Refused before anything was written: the manifest is as it was.
-            Err(e @ Error::TooLarge { .. }) => Err(e),
+            // Refused before anything was written: too large for one record (a flush into
+            // 4096 partitions of 64 KiB keys names 512 MiB of table bounds). Refused, it
+            // stopped writes, and the reopen's flush of the same WAL failed the same way:
+            // the database no longer opened. It goes into a new manifest instead, after a
+            // snapshot of the state before it, in as many records as it takes: current
+            // only once all are durable, so the edit is still applied whole or not at all.
+            Err(Error::TooLarge { .. }) => self.roll_manifest_with(core, edit),
             Err(e) => {
                 self.fail(format!("manifest write failed: {e}"));
                 Err(e)
             }
             Ok(()) => Ok(()),
         }
+    }
+
+    /// Makes a new manifest current that holds a snapshot of the state and then `edit`
+    /// (one too large for a record: see [`Inner::log_edit`]). Replay applies records in
+    /// order, so it replays to the state with `edit` applied. A failure stops writes, as a
+    /// failed roll does, unless nothing was written ([`Error::TooLarge`]: one of its
+    /// records alone is too large).
+    fn roll_manifest_with(&self, core: &mut Core, edit: &VersionEdit) -> Result<()> {
+        let number = core.new_file_number();
+        let view = self.view.load();
+        let mut snap = self.snapshot_edit(core, &view.files);
+        drop(view);
+        snap.records.extend(edit.records.iter().cloned());
+        let old = core.manifest.number();
+        let w = match ManifestWriter::create(self.fs.as_ref(), &self.dir, number, &snap) {
+            Ok(w) => w,
+            Err(e @ Error::TooLarge { .. }) => return Err(e),
+            Err(e) => {
+                self.fail(format!("manifest write failed: {e}"));
+                return Err(e);
+            }
+        };
+        core.manifest = w;
+        let _ = self
+            .fs
+            .remove(&self.dir.join(crate::manifest::manifest_name(old)));
+        Ok(())
     }
 
     /// Rewrites the manifest as one snapshot edit when the log has grown large.

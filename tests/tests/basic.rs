@@ -850,3 +850,49 @@ fn ff_keys_and_the_longest_key_bound_scans_and_prefixes() {
         }
     }
 }
+
+/// The documented limits together: 4096 partitions (the most), one key of the longest
+/// length (64 KiB) in each, written and acknowledged, then flushed. The flush's manifest
+/// edit names each new table with its smallest and largest key: 4096 × 128 KiB, past the
+/// 512 MiB a manifest record may hold. The flush must not turn the database read-only for
+/// good, and above all the reopen, which replays the WAL and flushes it again, must open.
+#[test]
+fn the_longest_keys_in_every_partition_flush_and_reopen() {
+    const N: u32 = sluice::MAX_PARTITIONS;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        partition: PartitionSpec::Range {
+            boundaries: (1..N).map(|i| format!("{i:04}").into_bytes()).collect(),
+        },
+        memtable_bytes: 1 << 30,
+        idle_memtable_flush_after: None,
+        migration_bytes_per_sec: 0,
+        ..Options::default()
+    };
+    let key = |i: u32| {
+        let mut k = format!("{i:04}").into_bytes();
+        k.resize(sluice::MAX_KEY_LEN, b'x');
+        k
+    };
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for i in 0..N {
+        db.put(key(i), b"v").unwrap();
+    }
+    db.sync_wal().unwrap();
+    let flushed = db.flush();
+    let after = db.put("after", "1");
+    drop(db);
+    let reopened = Db::open(dir.path(), opts());
+    let db = match reopened {
+        Ok(db) => db,
+        Err(e) => panic!(
+            "4096 acknowledged writes of 64 KiB keys: flush {flushed:?}, a write after it \
+             {after:?}, and the reopen fails: {e}"
+        ),
+    };
+    for i in (0..N).step_by(511) {
+        assert_eq!(db.get(key(i)).unwrap().as_deref(), Some(&b"v"[..]), "key {i}");
+    }
+    assert!(flushed.is_ok(), "flush: {flushed:?}");
+    assert!(after.is_ok(), "a write after the flush: {after:?}");
+}

@@ -684,10 +684,16 @@ impl Inner {
             let mut core = self.core.lock();
             while stop(self) {
                 self.check_writable()?;
+                // The target's failures alone: its L0 and compaction debt are what stop
+                // writes. A draining partition's count (migration jobs that failed, then
+                // held by a paused migration) says nothing of the compactions this writer
+                // waits for, and counted, it refused every writer a stop met.
+                let target = self.view.load().files.target;
                 let failures = core
                     .compaction_failures
-                    .values()
-                    .copied()
+                    .iter()
+                    .filter(|((v, _), _)| *v == target)
+                    .map(|(_, &n)| n)
                     .max()
                     .unwrap_or(0);
                 if failures >= STALLED_COMPACTION_FAILURES {
@@ -1244,6 +1250,89 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// Failures of a migration that was then paused say nothing of the compactions a
+    /// stopped writer waits for. A draining partition whose migration jobs failed three
+    /// times (an unreadable file, since readable again) keeps its count while migration is
+    /// held; a writer stopped at the target's L0 stop trigger, whose compaction is merely
+    /// slow and never failed, must wait for it, not get "compaction failed 3 times in a
+    /// row" and have its write refused. (Every writer meeting a stop was refused for as
+    /// long as the migration stayed paused.)
+    #[test]
+    fn a_paused_migration_s_old_failures_do_not_refuse_a_stopped_writer() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = crate::Options {
+            fs: Arc::new(fs.clone()),
+            level0_compaction_trigger: 2,
+            level0_slowdown_trigger: 2,
+            level0_stop_trigger: 3,
+            idle_memtable_flush_after: None,
+            migration_bytes_per_sec: 1 << 30,
+            migration_disk_headroom_bytes: 0,
+            ..crate::Options::tiny()
+        };
+        let db = crate::Db::open(dir.path(), opts).unwrap();
+        db.put("a", "v").unwrap();
+        db.put("z", "v").unwrap();
+        db.flush().unwrap();
+        let old = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| n.ends_with(".sst"))
+            .unwrap();
+        // Every migration job of v1 fails reading its one table.
+        fs.inject(Fault::on(FsOp::Read, FaultKind::Io, &old, true));
+        let v2 = db
+            .register_partition_fn(crate::PartitionSpec::hashed(2, 7))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db
+            .inner
+            .core
+            .lock()
+            .compaction_failures
+            .get(&(1, 0))
+            .is_none_or(|&n| n < STALLED_COMPACTION_FAILURES)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "migration never failed three times: {:?} {:?}",
+                db.inner.core.lock().compaction_failures,
+                db.migration_progress()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The migration is paused, and the file is readable again.
+        db.hold_migration(true).unwrap();
+        fs.clear();
+        // The target's compactions now finish slowly (their fsyncs are held a while),
+        // and never fail.
+        fs.hold_syncs(".sst", "sluice-bg");
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..8u32 {
+                    db.put(format!("k{i:03}"), "v").and_then(|()| db.flush())?;
+                }
+                Ok::<(), Error>(())
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.stats().stalls == 0 && !writer.is_finished() {
+            assert!(Instant::now() < deadline, "the writer never stopped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        fs.release_held();
+        let r = writer.join().unwrap();
+        assert!(
+            r.is_ok(),
+            "a writer stopped behind a slow compaction that never failed: {r:?}"
+        );
     }
 
     /// A writer's stop is booked while it lasts: statistics read during a long stop show

@@ -524,10 +524,17 @@ impl Inner {
             let core = self.core.lock();
             // Copies are migration too: not into the disk's headroom (their flush writes
             // them again, into the target).
-            let need: u64 = pending
+            let mut need: u64 = pending
                 .iter()
-                .map(|m| (m.key.len() + m.value.len()) as u64)
+                .map(|m| crate::memtable::MemTable::move_cost(m.key.len(), m.value.len()))
                 .sum();
+            {
+                // The first copies into a memtable bring its tables' fixed cost too.
+                let view = self.view.load();
+                if view.mem.moved_bytes() == 0 {
+                    need = need.saturating_add(crate::migration::moved_tables_cost(&view));
+                }
+            }
             if self.headroom_refusal(&core, need).is_some() {
                 Counters::add(&self.counters.move_skipped, pending.len() as u64);
                 return;

@@ -559,6 +559,45 @@ fn lazy_moves_keep_the_headroom() {
 }
 
 // ---------------------------------------------------------------------------------------
+// D5b: lazy moves a little at a time, each batch checked against a free space that does not
+// fall until the copies are flushed.
+
+#[test]
+fn lazy_moves_queued_in_the_memtable_keep_the_headroom() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = QuotaFs::default();
+    let headroom = 4u64 << 20;
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
+        ..on_quota(&q, headroom)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    four_tables(&db);
+    retarget(&db, hash(4, 1));
+    // Room beyond the headroom for 256 KiB: about 250 of the 4000 1 KB values.
+    q.set_capacity(Some(q.settle() + headroom + (256 << 10)));
+    for i in 0..4000u32 {
+        db.get(format!("k{}{i:05}", i % 4)).unwrap();
+        if i % 50 == 0 {
+            // Let the WAL ticker apply what reads queued, a batch at a time.
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let flushed = db.flush();
+    let s = db.stats();
+    let min = q.min_free().unwrap();
+    assert!(
+        min >= headroom,
+        "lazy moves left {min} bytes free, below the {headroom}-byte headroom ({} moves \
+         of {} bytes; flush {flushed:?})",
+        s.lazy_moves,
+        s.lazy_moved_bytes,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // D6: a sweep of "the disk fills up after k more operations" (sticky ENOSPC / short write /
 // failed fsync), through writes, flushes, manifest rolls, a checkpoint, a retarget and
 // migration; then an open while the disk is still full; then the space comes back.

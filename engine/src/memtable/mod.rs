@@ -68,6 +68,10 @@ pub struct MemTable {
     /// Reads that had to search this memtable besides table runs (see
     /// [`MemTable::charge_seek`]).
     seeks: AtomicU64,
+    /// What the lazily moved copies inserted ([`MemTable::insert_moved`]) will take on disk
+    /// once flushed ([`MemTable::move_cost`] each): migration writes still to come, which
+    /// the disk headroom must count before they are written (see `Inner::headroom_refusal`).
+    moved_bytes: AtomicU64,
 }
 
 impl MemTable {
@@ -88,6 +92,7 @@ impl MemTable {
                 (budget_bytes / 16).clamp(8 << 10, 16 << 20),
             ),
             seeks: AtomicU64::new(0),
+            moved_bytes: AtomicU64::new(0),
         }
     }
 
@@ -127,7 +132,24 @@ impl MemTable {
     /// Inserts a lazily moved entry (original seqno and value) unless that exact entry is
     /// already present (as any entry: one (key, seqno) is one write).
     pub fn insert_moved(&self, key: &[u8], seqno: u64, value: &[u8], from_version: u32) {
+        self.moved_bytes
+            .fetch_add(Self::move_cost(key.len(), value.len()), AtOrd::Relaxed);
         self.add(key, seqno, Kind::Value, value, from_version);
+    }
+
+    /// What a flush writes for one lazily moved entry: the copy in the target (key, value,
+    /// and their encoding: lengths, seqno, offset, filter bits, a share of the index) and
+    /// the forwarding pointer in its source (the key again, the target's id, the same
+    /// encoding).
+    pub fn move_cost(key: usize, value: usize) -> u64 {
+        (2 * key as u64)
+            .saturating_add(value as u64)
+            .saturating_add(64)
+    }
+
+    /// What the lazily moved copies inserted so far take once flushed.
+    pub fn moved_bytes(&self) -> u64 {
+        self.moved_bytes.load(AtOrd::Relaxed)
     }
 
     /// The newest entry for `key` with seqno <= `snapshot`. The value is a copy: it leaves

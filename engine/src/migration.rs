@@ -376,8 +376,10 @@ impl Inner {
             return f.size;
         }
         let per_entry = 32 + u64::from(out.bloom_bits_per_key).div_ceil(8);
-        f.size
-            .max(p.raw_bytes.saturating_add(p.entries.saturating_mul(per_entry)))
+        f.size.max(
+            p.raw_bytes
+                .saturating_add(p.entries.saturating_mul(per_entry)),
+        )
     }
 
     /// Why writing `need` more bytes for migration would eat into the disk headroom

@@ -891,7 +891,11 @@ fn the_longest_keys_in_every_partition_flush_and_reopen() {
         ),
     };
     for i in (0..N).step_by(511) {
-        assert_eq!(db.get(key(i)).unwrap().as_deref(), Some(&b"v"[..]), "key {i}");
+        assert_eq!(
+            db.get(key(i)).unwrap().as_deref(),
+            Some(&b"v"[..]),
+            "key {i}"
+        );
     }
     assert!(flushed.is_ok(), "flush: {flushed:?}");
     assert!(after.is_ok(), "a write after the flush: {after:?}");

@@ -628,7 +628,14 @@ impl Inner {
         drop(view);
         snap.records.extend(edit.records.iter().cloned());
         let old = core.manifest.number();
-        let w = match ManifestWriter::create(self.fs.as_ref(), &self.dir, number, &snap) {
+        let max_record = core.manifest.max_record();
+        let w = match ManifestWriter::create_split(
+            self.fs.as_ref(),
+            &self.dir,
+            number,
+            &snap,
+            max_record,
+        ) {
             Ok(w) => w,
             Err(e @ Error::TooLarge { .. }) => return Err(e),
             Err(e) => {
@@ -664,7 +671,14 @@ impl Inner {
         // A failure may come after CURRENT names the new manifest (its directory sync):
         // edits appended to the old one would then be lost on reopen, with the WALs they
         // covered deleted. So any failure here stops writes, as a failed edit does.
-        let w = match ManifestWriter::create(self.fs.as_ref(), &self.dir, number, &snap) {
+        let max_record = core.manifest.max_record();
+        let w = match ManifestWriter::create_split(
+            self.fs.as_ref(),
+            &self.dir,
+            number,
+            &snap,
+            max_record,
+        ) {
             Ok(w) => w,
             // A snapshot too large for one record (nothing was written): keep appending to
             // the current manifest.

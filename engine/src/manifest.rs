@@ -357,6 +357,9 @@ pub struct ManifestWriter {
     number: u64,
     /// Bytes of the snapshot the manifest starts with.
     snapshot_len: u64,
+    /// The longest record it writes ([`crate::log::MAX_RECORD_LEN`]; less in tests, to
+    /// reach an edit too large for a record without building 512 MiB of one).
+    max_record: usize,
 }
 
 impl ManifestWriter {
@@ -372,7 +375,7 @@ impl ManifestWriter {
         Self::create_split(fs, dir, number, snapshot, crate::log::MAX_RECORD_LEN)
     }
 
-    fn create_split(
+    pub(crate) fn create_split(
         fs: &dyn Fs,
         dir: &Path,
         number: u64,
@@ -401,6 +404,7 @@ impl ManifestWriter {
             log,
             number,
             snapshot_len,
+            max_record,
         })
     }
 
@@ -410,6 +414,7 @@ impl ManifestWriter {
             log: LogWriter::new(file, PathBuf::from("<read-only>"), LogKind::Manifest),
             number: 0,
             snapshot_len: 0,
+            max_record: crate::log::MAX_RECORD_LEN,
         }
     }
 
@@ -426,12 +431,23 @@ impl ManifestWriter {
         self.snapshot_len
     }
 
+    /// The longest record this manifest writes.
+    pub fn max_record(&self) -> usize {
+        self.max_record
+    }
+
+    /// Lowers the longest record (tests).
+    #[cfg(test)]
+    pub(crate) fn set_max_record(&mut self, max: usize) {
+        self.max_record = max;
+    }
+
     /// Appends one edit and fsyncs it.
     /// Appends and syncs one edit. An edit larger than a record the reader accepts is
     /// refused with [`Error::TooLarge`] before anything is written.
     pub fn append(&mut self, edit: &VersionEdit) -> Result<()> {
         let payload = edit.encode();
-        check_edit_len(&payload, crate::log::MAX_RECORD_LEN)?;
+        check_edit_len(&payload, self.max_record)?;
         self.log.add(&payload);
         self.log.sync()
     }
@@ -605,6 +621,49 @@ mod tests {
                 Some(&b"v"[..])
             );
         }
+    }
+
+    /// A flush whose edit is too large for one manifest record (4096 partitions of 64 KiB
+    /// keys name 537 MB of table bounds, past the 512 MiB a record holds; here the record
+    /// is made small instead) goes into a new manifest after a snapshot. It was refused:
+    /// writes stopped, and the reopen's flush of the same WAL failed the same way, so the
+    /// database no longer opened. The full-size case is
+    /// `the_longest_keys_in_every_partition_flush_and_reopen` (tests/tests/basic.rs,
+    /// ignored: 70 s and 4.6 GB of memory in a debug build).
+    #[test]
+    fn an_edit_too_large_for_a_record_goes_into_a_new_manifest() {
+        use crate::{Db, Options, PartitionSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options {
+            partition: PartitionSpec::Range {
+                boundaries: (1..64u32).map(|i| format!("{i:02}").into_bytes()).collect(),
+            },
+            idle_memtable_flush_after: None,
+            migration_bytes_per_sec: 0,
+            ..Options::default()
+        };
+        let key = |i: u32| format!("{i:02}{}", "x".repeat(4000)).into_bytes();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        // 64 tables of 4 KB bounds each: an edit of ~512 KB, against 64 KiB records.
+        db.inner.core.lock().manifest.set_max_record(64 << 10);
+        for i in 0..64 {
+            db.put(key(i), "v").unwrap();
+        }
+        let before = db.inner.core.lock().manifest.number();
+        db.flush().unwrap();
+        assert_ne!(
+            db.inner.core.lock().manifest.number(),
+            before,
+            "the edit went into a new manifest"
+        );
+        db.put("after", "1").unwrap();
+        db.flush().unwrap();
+        db.close().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        for i in 0..64 {
+            assert_eq!(db.get(key(i)).unwrap().as_deref(), Some(&b"v"[..]), "{i}");
+        }
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"1"[..]));
     }
 
     fn sample() -> VersionEdit {

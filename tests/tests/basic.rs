@@ -856,7 +856,12 @@ fn ff_keys_and_the_longest_key_bound_scans_and_prefixes() {
 /// edit names each new table with its smallest and largest key: 4096 × 128 KiB, past the
 /// 512 MiB a manifest record may hold. The flush must not turn the database read-only for
 /// good, and above all the reopen, which replays the WAL and flushes it again, must open.
+/// 70 s and 4.6 GB of memory in a debug build, so not in CI, whose short version,
+/// `manifest::tests::an_edit_too_large_for_a_record_goes_into_a_new_manifest`, lowers the
+/// record limit instead. Run: `cargo test --release -p sluice-tests --test basic
+/// the_longest_keys_in_every_partition_flush_and_reopen -- --ignored`.
 #[test]
+#[ignore = "heavy (4.6 GB of memory; short version in CI: the engine's an_edit_too_large_for_a_record_goes_into_a_new_manifest): cargo test --release -p sluice-tests --test basic the_longest_keys_in_every_partition_flush_and_reopen -- --ignored"]
 fn the_longest_keys_in_every_partition_flush_and_reopen() {
     const N: u32 = sluice::MAX_PARTITIONS;
     let dir = tempfile::tempdir().unwrap();

@@ -1010,3 +1010,21 @@ fn reads_at_the_memtable_insertion_point_see_what_came_before_them() {
         "the test must stay within one memtable"
     );
 }
+
+/// The tiny options with blocks that fill the block cache's pages, in a cache of a dozen
+/// of them: blocks are evicted, their pages freed, released by the WAL ticker's sweeps and
+/// reused while readers and scans hold values sliced out of them.
+#[test]
+fn concurrency_tiny_page_cache_options() {
+    for seed in seeds(1) {
+        with_seed("concurrency", seed, |seed| {
+            let opts = Options {
+                block_size: 4096,
+                block_cache_bytes: 48 << 10,
+                wal_flush_interval: Duration::from_millis(1),
+                ..Options::tiny()
+            };
+            run(seed, opts, "tiny pages", true)
+        });
+    }
+}

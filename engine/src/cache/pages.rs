@@ -398,4 +398,56 @@ pub(crate) mod tests {
         assert!(again.iter().all(|b| b.iter().all(|&x| x == 0x5a)));
         assert!(pool.lease(page_size()).is_none());
     }
+    /// Threads lease, fill, freeze, hold and drop blocks in a small pool while another
+    /// releases free slots over and over: a held block's bytes never change (no slot is
+    /// handed out twice, or released, while a block in it is held), and every slot comes
+    /// back once the blocks drop.
+    #[test]
+    fn held_blocks_keep_their_bytes_while_threads_churn_and_release_slots() {
+        use std::collections::VecDeque;
+        use std::sync::atomic::AtomicBool;
+        let slots = 64u64;
+        let pool = PagePool::new(slots * page_size() as u64, page_size()).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let churners: Vec<_> = (0..3u8)
+                .map(|t| {
+                    let pool = &pool;
+                    s.spawn(move || {
+                        let mut held: VecDeque<(u8, Bytes)> = VecDeque::new();
+                        for i in 0..20_000u32 {
+                            let tag = t.wrapping_mul(85) ^ i as u8;
+                            match pool.lease(page_size()) {
+                                Some(mut l) => {
+                                    l.bytes_mut().fill(tag);
+                                    let b = l.freeze(page_size());
+                                    // A value handed to a caller: a slice of the block.
+                                    held.push_back((tag, b.slice(17..page_size() - 3)));
+                                }
+                                None => assert!(!held.is_empty() || i > 0),
+                            }
+                            if held.len() > 15 || (i % 7 == 0 && !held.is_empty()) {
+                                let (tag, b) = held.pop_front().unwrap();
+                                assert!(b.iter().all(|&x| x == tag), "a held block changed");
+                            }
+                        }
+                        for (tag, b) in held {
+                            assert!(b.iter().all(|&x| x == tag), "a held block changed");
+                        }
+                    })
+                })
+                .collect();
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    pool.release_excess(0);
+                    std::thread::yield_now();
+                }
+            });
+            for c in churners {
+                c.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(pool.taken(), 0);
+    }
 }

@@ -1381,6 +1381,11 @@ impl Inner {
             r.was_target = true;
             self.reset_load(id, r.func.clone());
         }
+        // The failures counted against the new target came from jobs of another time: its
+        // migration jobs while it drained (a rollback), or its compactions before it was
+        // replaced. Left, they refused every writer stopped behind its compactions, which
+        // had not failed (see `throttle`).
+        core.compaction_failures.retain(|(v, _), _| *v != id);
         #[cfg(test)]
         crate::test_hooks::reach(crate::test_hooks::Point::RetargetBeforeSwap);
         self.swap_view(&core, |v| {

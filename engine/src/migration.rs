@@ -93,15 +93,7 @@ fn next_to_migrate(
 }
 
 /// A small table's fixed cost on disk: index, filter, properties, footer.
-const TABLE_COST: u64 = 4 << 10;
-
-/// The fixed cost of the tables a memtable holding lazily moved copies writes besides
-/// them: one per partition they go to in the target and one per partition their pointers
-/// go to in the sources (counted as many as the target's), as `output_estimate` counts.
-pub(crate) fn moved_tables_cost(view: &View) -> u64 {
-    let parts = view.files.target_layout().parts.len() as u64;
-    TABLE_COST.saturating_mul(parts.saturating_mul(2))
-}
+pub(crate) const TABLE_COST: u64 = 4 << 10;
 
 /// What a migration job reading `input` bytes may write into a layout of `partitions`
 /// partitions, for the headroom check: its input and a quarter more, plus a small table's
@@ -391,12 +383,12 @@ impl Inner {
         // batch of moves was checked against a free space their flush had not yet lowered,
         // and batch after batch took 3.8 MB of copies into a 4 MB headroom.
         let view = self.view.load();
+        // (With the fixed cost of each table their flush writes: a pointer table in every
+        // source partition a copy came from, which from a layout of many partitions into
+        // one of few is most of what the flush writes.)
         let queued: u64 = std::iter::once(&view.mem)
             .chain(view.imm.iter())
-            .map(|m| match m.moved_bytes() {
-                0 => 0,
-                b => b.saturating_add(moved_tables_cost(&view)),
-            })
+            .map(|m| m.moved_bytes())
             .sum();
         drop(view);
         let running: u64 = core

@@ -8,7 +8,7 @@
 //! older entry above a newer one, in another layout or a shallower level, without changing
 //! any answer, and without costing the read a second search.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -524,15 +524,29 @@ impl Inner {
             let core = self.core.lock();
             // Copies are migration too: not into the disk's headroom (their flush writes
             // them again, into the target).
-            let mut need: u64 = pending
-                .iter()
-                .map(|m| crate::memtable::MemTable::move_cost(m.key.len(), m.value.len()))
-                .sum();
+            // Each table the copies' flush writes into brings its fixed cost: the copies'
+            // in each target partition, and the pointers' in each source partition (counted
+            // as many as the target's, a flush of copies out of 1024 partitions into one
+            // wrote 141 KB for the 64 KiB checked). Those the memtable's earlier copies go
+            // to are counted already.
+            let mut need = 0u64;
             {
-                // The first copies into a memtable bring its tables' fixed cost too.
                 let view = self.view.load();
-                if view.mem.moved_bytes() == 0 {
-                    need = need.saturating_add(crate::migration::moved_tables_cost(&view));
+                let target = view.files.target_layout();
+                let mut tables = HashSet::new();
+                for m in &pending {
+                    need = need.saturating_add(crate::memtable::MemTable::move_cost(
+                        m.key.len(),
+                        m.value.len(),
+                    ));
+                    for t in [
+                        (target.id, target.func.partition_of(&m.key)),
+                        (m.source.layout_version, m.source.partition),
+                    ] {
+                        if !view.mem.has_moved_table(t.0, t.1) && tables.insert(t) {
+                            need = need.saturating_add(crate::migration::TABLE_COST);
+                        }
+                    }
                 }
             }
             if self.headroom_refusal(&core, need).is_some() {
@@ -556,6 +570,14 @@ impl Inner {
                 let cost = (m.key.len() + m.value.len()) as u64;
                 let from = m.source.layout_version;
                 view.mem.insert_moved(&m.key, m.seqno, &m.value, from);
+                let target = view.files.target_layout();
+                for (v, p) in [
+                    (target.id, target.func.partition_of(&m.key)),
+                    (from, m.source.partition),
+                ] {
+                    view.mem
+                        .charge_moved_table(v, p, crate::migration::TABLE_COST);
+                }
                 let e = booked.entry(from).or_default();
                 e.0 += 1;
                 e.1 += cost;

@@ -598,6 +598,53 @@ fn lazy_moves_queued_in_the_memtable_keep_the_headroom() {
 }
 
 // ---------------------------------------------------------------------------------------
+// D5c: lazy moves out of a layout of many partitions into one of few: the flush of the
+// copies writes a pointer table in each source partition a copy came from, each with a
+// table's fixed cost.
+
+#[test]
+fn lazy_moves_out_of_many_partitions_keep_the_headroom() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = QuotaFs::default();
+    let headroom = 4u64 << 20;
+    let opts = Options {
+        partition: hash(1024, 1),
+        move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
+        ..on_quota(&q, headroom)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..4096u32 {
+        db.put(format!("k{i:05}"), "v").unwrap();
+    }
+    db.compact().unwrap();
+    retarget(&db, PartitionSpec::Range { boundaries: vec![] });
+    // Room beyond the headroom for 64 KiB: what about 700 moves of these small entries
+    // are counted at (a copy and a pointer each, and two tables' fixed cost).
+    let base = q.settle();
+    q.set_capacity(Some(base + headroom + (64 << 10)));
+    for i in 0..4096u32 {
+        db.get(format!("k{i:05}")).unwrap();
+        if i % 64 == 0 {
+            // Let the WAL ticker apply what reads queued, a batch at a time.
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let flushed = db.flush();
+    let s = db.stats();
+    let min = q.min_free().unwrap();
+    assert!(
+        min >= headroom,
+        "lazy moves left {min} bytes free, below the {headroom}-byte headroom ({} moves \
+         of {} bytes; {} bytes written since; flush {flushed:?})",
+        s.lazy_moves,
+        s.lazy_moved_bytes,
+        q.used() - base,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // D6: a sweep of "the disk fills up after k more operations" (sticky ENOSPC / short write /
 // failed fsync), through writes, flushes, manifest rolls, a checkpoint, a retarget and
 // migration; then an open while the disk is still full; then the space comes back.

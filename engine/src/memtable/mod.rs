@@ -72,6 +72,10 @@ pub struct MemTable {
     /// once flushed ([`MemTable::move_cost`] each): migration writes still to come, which
     /// the disk headroom must count before they are written (see `Inner::headroom_refusal`).
     moved_bytes: AtomicU64,
+    /// The tables (layout version, partition) the flush of the moved copies writes: the
+    /// copies' in the target and the pointers' in their sources. Each is charged its fixed
+    /// cost in `moved_bytes` once ([`MemTable::charge_moved_table`]).
+    moved_tables: parking_lot::Mutex<std::collections::HashSet<(u32, u32)>>,
 }
 
 impl MemTable {
@@ -93,6 +97,7 @@ impl MemTable {
             ),
             seeks: AtomicU64::new(0),
             moved_bytes: AtomicU64::new(0),
+            moved_tables: Default::default(),
         }
     }
 
@@ -147,7 +152,22 @@ impl MemTable {
             .saturating_add(64)
     }
 
-    /// What the lazily moved copies inserted so far take once flushed.
+    /// Whether the flush of the moved copies writes a table in `partition` of layout
+    /// `version` already (its fixed cost is counted).
+    pub fn has_moved_table(&self, version: u32, partition: u32) -> bool {
+        self.moved_tables.lock().contains(&(version, partition))
+    }
+
+    /// Counts `cost` (a table's fixed cost) into [`MemTable::moved_bytes`] the first time a
+    /// moved copy's flush writes into `partition` of layout `version`.
+    pub fn charge_moved_table(&self, version: u32, partition: u32, cost: u64) {
+        if self.moved_tables.lock().insert((version, partition)) {
+            self.moved_bytes.fetch_add(cost, AtOrd::Relaxed);
+        }
+    }
+
+    /// What the lazily moved copies inserted so far take once flushed (with the fixed cost
+    /// of the tables they go into).
     pub fn moved_bytes(&self) -> u64 {
         self.moved_bytes.load(AtOrd::Relaxed)
     }

@@ -525,10 +525,10 @@ impl Inner {
             // Copies are migration too: not into the disk's headroom (their flush writes
             // them again, into the target).
             // Each table the copies' flush writes into brings its fixed cost: the copies'
-            // in each target partition, and the pointers' in each source partition (counted
-            // as many as the target's, a flush of copies out of 1024 partitions into one
-            // wrote 141 KB for the 64 KiB checked). Those the memtable's earlier copies go
-            // to are counted already.
+            // in each target partition, and the pointers' in each source partition. (The
+            // sources were counted as many as the target's partitions: a flush of copies out
+            // of 1024 partitions into one wrote 141 KB for the 64 KiB checked.) Those the
+            // memtable's earlier copies go to are counted already.
             let mut need = 0u64;
             {
                 let view = self.view.load();

@@ -1275,7 +1275,10 @@ impl Controller {
                 if self.rec.check_failing.is_none() {
                     // Recorded (with the note) before the hold: a restart in between
                     // resumes held, and tries the check again at its first tick.
-                    self.rec.check_failing = Some(e.to_string());
+                    // Cut as event reasons are: the whole of a long error (a hook's,
+                    // quoting what it could not reach) took the record past its limit,
+                    // and no state change could be recorded after it.
+                    self.rec.check_failing = Some(bounded_reason(e.to_string()));
                     self.note(format!(
                         "a check could not run: {e}; migration held until one passes"
                     ))?;

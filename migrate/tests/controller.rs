@@ -679,6 +679,50 @@ fn a_large_reconciliation_figure_does_not_keep_a_rollback_from_being_recorded() 
     check_data(&db);
 }
 
+/// A check that cannot run is recorded (`Record::check_failing`, which holds data
+/// movement across restarts) with the error it failed with. Kept whole, a long one (a
+/// reconciliation hook's error quoting what it could not reach) took the record past the
+/// 16 MiB a controller's state may take: the hold could not be recorded, and nothing after
+/// it could either, not even the operator's rollback, for as long as the controller lived.
+#[test]
+fn a_check_failing_with_a_long_error_does_not_keep_a_rollback_from_being_recorded() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let fail = Arc::new(AtomicBool::new(false));
+    let f = fail.clone();
+    let hook = move |snap: &sluice::Snapshot| -> sluice::Result<String> {
+        if f.load(Ordering::SeqCst) {
+            return Err(Error::Background(format!(
+                "the ledger's branch totals could not be fetched: {}",
+                ".".repeat(17 << 20)
+            )));
+        }
+        sum(snap)
+    };
+    let cfg = ControllerConfig {
+        triggers: Triggers {
+            periodic_check: Some(std::time::Duration::ZERO),
+            check_retry: std::time::Duration::ZERO,
+            ..Triggers::default()
+        },
+        ..cfg()
+    };
+    let mut c = Controller::attach(db.clone(), cfg).unwrap();
+    c.set_reconciliation(Box::new(hook));
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    fail.store(true, Ordering::SeqCst);
+    assert!(c.tick(None).is_err(), "the check could not run");
+    fail.store(false, Ordering::SeqCst);
+    c.rollback("operator")
+        .unwrap_or_else(|e| panic!("rollback: {:.300}", e.to_string()));
+    assert_eq!(c.state(), State::Stable);
+    assert_eq!(db.layout().target, VersionId(1));
+    check_data(&db);
+}
+
 #[test]
 fn hot_partition_split_and_write_limit() {
     let dir = tempfile::tempdir().unwrap();

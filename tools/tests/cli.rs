@@ -1532,6 +1532,31 @@ fn demo_runs_the_ledger_scenario_small() {
     assert!(!fresh.exists());
 }
 
+/// The demo's summary reports the balance of the layout it finished on. After the rollback
+/// drill the corrected function is planned again, and once the rolled-back version has
+/// drained and retired that registers a new version (v4, not v3): the share was read from
+/// the retired v3 and came out as 0% (no partition at all), a number no layout holding
+/// data can have (its largest partition holds at least 1/partitions of it).
+#[test]
+fn demo_reports_the_balance_of_the_layout_it_finished_on() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("demo");
+    let d = dir.display().to_string();
+    let o = sluice(&[
+        "demo", "--dir", &d, "--accounts", "3000", "--payload-bytes", "32",
+        "--stable-secs", "0.3", "--rollback-secs", "0.3", "--migration-mb-per-sec", "64",
+        "--tps", "2000", "--lookups", "500", "--partitions", "16", "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let share = v["corrected_max_partition_share"].as_f64().unwrap();
+    assert!(
+        (1.0 / 16.0 - 1e-9..=1.0).contains(&share),
+        "corrected share {share} of 16 partitions (final versions {})",
+        v["final_versions"]
+    );
+}
+
 #[test]
 fn streamed_json_stays_one_document_after_a_corrupt_block() {
     let dir = fixture();

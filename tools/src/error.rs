@@ -19,6 +19,32 @@ pub enum Status {
 
 pub type CmdResult = Result<Status, CliError>;
 
+impl Status {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::NotFound => 1,
+            Status::Failed => 3,
+        }
+    }
+}
+
+/// The exit code of the verdict a subcommand reached, recorded before it writes its report.
+static VERDICT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Records `s` as the run's verdict (what it exits with if stdout goes away while the report
+/// is written: `sluice verify DIR | head` must not turn a failed check into success), and
+/// returns it.
+pub fn verdict(s: Status) -> Status {
+    VERDICT.store(s.exit_code(), std::sync::atomic::Ordering::Relaxed);
+    s
+}
+
+/// The exit code of the verdict recorded by [`verdict`] (0 if none was).
+pub fn recorded_verdict() -> u8 {
+    VERDICT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What kind of failure stopped a subcommand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -21,7 +21,7 @@ mod output;
 mod progress;
 mod summary;
 
-use error::{CliError, CmdResult, Status};
+use error::{CliError, CmdResult};
 use output::Ctx;
 
 /// Declares the subcommand modules, the `Command` enum and its dispatch in one list.
@@ -159,8 +159,9 @@ fn main() -> ExitCode {
         (Ok(_), Err(e)) | (Err(CliError { io: Some(e), .. }), _)
             if e.kind() == std::io::ErrorKind::BrokenPipe =>
         {
-            // The reader went away (`| head`): not an error of ours.
-            return ExitCode::SUCCESS;
+            // The reader went away (`| head`): not an error of ours, but a verdict the
+            // command reached before writing (a failed check, a key not found) stands.
+            return ExitCode::from(error::recorded_verdict());
         }
         (Ok(_), Err(e)) => {
             output::to_stderr(&format!("error: {e}"));
@@ -171,9 +172,5 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    ExitCode::from(match status {
-        Status::Ok => 0,
-        Status::NotFound => 1,
-        Status::Failed => 3,
-    })
+    ExitCode::from(status.exit_code())
 }

@@ -790,6 +790,47 @@ fn flipped_byte_in_an_sstable_is_found_with_file_and_offset() {
     assert_reported(d, &["scan", "{DIR}"], "000008.sst");
 }
 
+/// `sluice verify DIR | head` (or any reader that stops early, `| grep -q`, a closed
+/// pipe): a failed check keeps its exit code when stdout goes away. The closed pipe was
+/// taken for success and the run exited 0, so that under `set -o pipefail` a damaged
+/// database passed its check. Here the reader is gone before the command writes, with a
+/// short report (the broken pipe shows at the final flush) and a long one (in the middle
+/// of the report).
+#[test]
+fn a_failed_check_keeps_its_exit_code_when_the_reader_goes_away() {
+    let dir = fixture();
+    let d = dir.path();
+    flip(&d.join("000008.sst"), 300);
+    let closed = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+        let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args.iter().map(|a| a.replace("{DIR}", &d.display().to_string())))
+            .stdout(writer)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let cases: [(&[&str], i32); 5] = [
+        (&["verify", "{DIR}"], 3),
+        (&["verify", "{DIR}", "--json"], 3),
+        (&["sst", "check", "{DIR}/000008.sst"], 3),
+        (&["analyze", "{DIR}", "--spec", "hash:16:7:4"], 3),
+        (&["get", "{DIR}", "no-such-key", "--json"], 1),
+    ];
+    for (args, want) in cases {
+        let (code, err) = closed(args);
+        assert_eq!(code, Some(want), "{args:?}: {err}");
+    }
+    // A report longer than the output buffer: the reader is found gone mid-report.
+    for i in 0..300 {
+        std::fs::write(d.join(format!("{:06}.sst", 900_000 + i)), b"not a table").unwrap();
+    }
+    let (code, err) = closed(&["verify", "{DIR}"]);
+    assert_eq!(code, Some(3), "{err}");
+}
+
 #[test]
 fn truncated_sstable_is_found_with_file_and_offset() {
     let dir = fixture();

@@ -134,6 +134,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         (analyze_sample(&spec, &s, thresholds)?, "index")
     };
     let d = &a.distribution;
+    let status = crate::error::verdict(if a.verdict == Verdict::Biased { Status::Failed } else { Status::Ok });
     if ctx.json {
         output::json(
             out,
@@ -225,7 +226,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         };
         writeln!(out, "verdict      {why}")?;
     }
-    Ok(if a.verdict == Verdict::Biased { Status::Failed } else { Status::Ok })
+    Ok(status)
 }
 
 /// The `n` keys first in a deterministic hash order (ties by key), holding at most `n`

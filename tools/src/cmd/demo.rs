@@ -195,12 +195,13 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         b.finish_and_clear();
     }
     let ok = s.lost_writes == 0 && s.duplicated_writes == 0 && s.sum_before == s.sum_after;
+    let status = crate::error::verdict(if ok { Status::Ok } else { Status::Failed });
     if ctx.json {
         output::json(out, &summary_json(&args.dir, &s, ok))?;
     } else {
         print_summary(out, &s, ok)?;
     }
-    Ok(if ok { Status::Ok } else { Status::Failed })
+    Ok(status)
 }
 
 fn ratio(s: &LedgerSummary) -> f64 {

@@ -37,6 +37,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     let key = ctx.parse_key("KEY", &args.key)?;
     let db = crate::cmd::scan::open_read_only(&args.dir)?;
     let v = db.get(&key)?;
+    let status = crate::error::verdict(if v.is_some() { Status::Ok } else { Status::NotFound });
     if ctx.json {
         output::json(
             out,
@@ -53,5 +54,5 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             None => ctx.note(format!("{}: not found", ctx.bytes(&key))),
         }
     }
-    Ok(if v.is_some() { Status::Ok } else { Status::NotFound })
+    Ok(status)
 }

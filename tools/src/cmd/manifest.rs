@@ -170,7 +170,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    let status = if replay_error.is_some() { Status::Failed } else { Status::Ok };
+    let status = crate::error::verdict(if replay_error.is_some() { Status::Failed } else { Status::Ok });
     let bytes = std::fs::metadata(&m.path).map(|md| md.len()).unwrap_or(0);
     let edits: Vec<EditJson> = m
         .edits

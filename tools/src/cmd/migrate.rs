@@ -374,6 +374,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
                 if let Some(r) = t.rolled_back {
                     bar.finish();
                     ctx.note(format!("automatic rollback: {r}"));
+                    crate::error::verdict(Status::Failed);
                     return done_as(out, ctx, &c, true).map(|_| Status::Failed);
                 }
                 if secs.is_some_and(|s| started.elapsed().as_secs_f64() >= s) {

@@ -331,6 +331,7 @@ fn check(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     progress.finish();
     c.problems.extend(manifest_problem);
     let ok = c.is_ok();
+    let status = crate::error::verdict(if ok { Status::Ok } else { Status::Failed });
     if ctx.json {
         output::json(
             out,
@@ -363,5 +364,5 @@ fn check(file: &Path, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             size(c.size)
         )?;
     }
-    Ok(if ok { Status::Ok } else { Status::Failed })
+    Ok(status)
 }

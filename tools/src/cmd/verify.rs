@@ -77,6 +77,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     progress.finish();
     let errors = rep.errors().count();
     let warnings = rep.problems.len() - errors;
+    let status = crate::error::verdict(if errors == 0 { Status::Ok } else { Status::Failed });
     if ctx.json {
         output::json(
             out,
@@ -144,5 +145,5 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             if warnings == 1 { "" } else { "s" }
         )?;
     }
-    Ok(if errors == 0 { Status::Ok } else { Status::Failed })
+    Ok(status)
 }

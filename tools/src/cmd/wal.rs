@@ -83,7 +83,7 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             sluice::inspect::list_wal_files(dir)?
         }
     };
-    let status = if problems.is_empty() { Status::Ok } else { Status::Failed };
+    let status = crate::error::verdict(if problems.is_empty() { Status::Ok } else { Status::Failed });
     let mut files = Vec::new();
     let mut first_error: Option<CliError> = None;
     // The live WALs are replayed as one sequence: each record's seqno must follow the

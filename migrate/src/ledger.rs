@@ -280,12 +280,19 @@ impl Pace {
         }
     }
 
-    fn wait(&mut self) {
+    /// Sleeps until the next operation is due, or until `stop` is set: a slow rate over
+    /// many threads (`--tps 1 --threads 1024`) puts an operation minutes apart, and the
+    /// scenario's end must not wait for it.
+    fn wait(&mut self, stop: &AtomicBool) {
         self.done += 1;
         if self.per_sec > 0.0 {
-            let due = Duration::from_secs_f64(self.done as f64 / self.per_sec);
-            if let Some(d) = due.checked_sub(self.start.elapsed()) {
-                std::thread::sleep(d);
+            let due = Duration::try_from_secs_f64(self.done as f64 / self.per_sec)
+                .unwrap_or(Duration::MAX);
+            while let Some(d) = due.checked_sub(self.start.elapsed()).filter(|d| !d.is_zero()) {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(d.min(Duration::from_millis(50)));
             }
         }
     }
@@ -305,7 +312,7 @@ fn lookup_loop(db: Db, cfg: LedgerConfig, sh: Arc<Shared>) {
             sh.errors.lock().unwrap().push(format!("lookup: {e}"));
             return;
         }
-        pace.wait();
+        pace.wait(&sh.stop);
     }
 }
 
@@ -392,7 +399,7 @@ fn transfer_loop(db: Db, cfg: LedgerConfig, sh: Arc<Shared>, thread: u64) {
                 }
             }
         }
-        pace.wait();
+        pace.wait(&sh.stop);
     }
 }
 

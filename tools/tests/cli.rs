@@ -1598,6 +1598,43 @@ fn demo_reports_the_balance_of_the_layout_it_finished_on() {
     );
 }
 
+/// A slow transfer rate spread over many threads (`--tps 1 --threads 64`: one transfer a
+/// minute per thread) does not keep the demo waiting once its scenario is done: each
+/// transfer thread slept out its whole pace before looking at the stop flag, so the run
+/// hung for a minute (17 at `--threads 1024`) after its last step.
+#[test]
+fn demo_with_a_slow_rate_over_many_threads_stops_when_done() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("demo").display().to_string();
+    let started = std::time::Instant::now();
+    let mut child = {
+        let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "demo", "--dir", &d, "--quiet", "--accounts", "16", "--stable-secs", "0",
+                "--rollback-secs", "0", "--tps", "1", "--threads", "64",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let limit = std::time::Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let status = status.unwrap_or_else(|| panic!("the demo still ran after {limit:?}"));
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn streamed_json_stays_one_document_after_a_corrupt_block() {
     let dir = fixture();

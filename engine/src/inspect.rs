@@ -218,12 +218,36 @@ pub fn check_inside(dir: &Path, path: &Path) -> Result<u64> {
     Ok(md.len())
 }
 
+/// A directory without `CURRENT` that holds a manifest or a table other than what a first
+/// open cut short leaves (see `recovery::left_by_a_first_open`): a database that lost its
+/// `CURRENT`, damage to report (naming `CURRENT`), not a path that is no database.
+fn lost_current(dir: &Path) -> Option<Error> {
+    let names = StdFs.list(dir).ok()?;
+    let ours: Vec<&String> = names
+        .iter()
+        .filter(|n| crate::recovery::looks_like_ours(n))
+        .collect();
+    let telling = ours
+        .iter()
+        .find(|n| n.starts_with("MANIFEST-") || n.ends_with(".sst"))?;
+    if crate::recovery::left_by_a_first_open(&StdFs, dir, &ours).unwrap_or(false) {
+        return None;
+    }
+    Some(refuse(
+        &dir.join(CURRENT),
+        format!("CURRENT is missing but {telling} exists: a database that lost its CURRENT file"),
+    ))
+}
+
 /// Reads `CURRENT` and the manifest it names, refusing symlinks out of the directory and
 /// oversized manifests before mapping anything.
 pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
     let cur = dir.join(CURRENT);
     match std::fs::symlink_metadata(&cur) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(e) = lost_current(dir) {
+                return Err(e);
+            }
             return Err(Error::NotADatabase {
                 path: dir.to_path_buf(),
                 reason: if dir.is_dir() {

@@ -1023,7 +1023,7 @@ fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
 /// file numbers of a new database start there) and its WAL (number 2) without a record.
 /// Anything else, a table or a record or another number, may be a database that lost its
 /// CURRENT, and is left alone.
-fn left_by_a_first_open(fs: &dyn Fs, dir: &Path, ours: &[&String]) -> Result<bool> {
+pub(crate) fn left_by_a_first_open(fs: &dyn Fs, dir: &Path, ours: &[&String]) -> Result<bool> {
     for n in ours {
         let p = dir.join(n);
         let first_open_s = if **n == crate::manifest::manifest_name(1) {

@@ -831,6 +831,36 @@ fn a_failed_check_keeps_its_exit_code_when_the_reader_goes_away() {
     assert_eq!(code, Some(3), "{err}");
 }
 
+/// A database that lost its CURRENT (its manifest and tables still there) is a damaged
+/// database, not a path that is no database: `verify` said "not a Sluice database" and
+/// exited 2 (usage: the wrong path) without looking at a table. It reports the missing
+/// CURRENT as damage (exit 3), and still checks every table on its own.
+#[test]
+fn a_database_that_lost_its_current_is_damaged_not_a_stranger() {
+    let dir = fixture();
+    let d = dir.path();
+    std::fs::remove_file(d.join("CURRENT")).unwrap();
+    let (c, v) = json(d, &["verify", "{DIR}"]);
+    assert_eq!(c, 3, "{v:#}");
+    assert!(v["problems"][0]["message"].as_str().unwrap().contains("CURRENT"), "{v:#}");
+    let tables = std::fs::read_dir(d)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".sst"))
+        .count();
+    assert_eq!(v["tables"], tables, "{v:#}");
+    for args in [&["info", "{DIR}"][..], &["scan", "{DIR}"], &["get", "{DIR}", "acct00000001"]] {
+        let (c, out, err) = run(d, args);
+        assert_eq!(c, 3, "{args:?}: exit {c}\n{out}\n{err}");
+        assert!(err.contains("CURRENT"), "{args:?}: {err}");
+    }
+    // What a first open cut short before CURRENT leaves (its empty manifest and nothing
+    // else) is still no database.
+    let first = tempfile::tempdir().unwrap();
+    std::fs::write(first.path().join("MANIFEST-000001"), b"").unwrap();
+    let (c, _, err) = run(first.path(), &["verify", "{DIR}"]);
+    assert_eq!(c, 2, "{err}");
+}
+
 #[test]
 fn truncated_sstable_is_found_with_file_and_offset() {
     let dir = fixture();

@@ -1150,7 +1150,10 @@ pub fn verify_dir(
     })
 }
 
-fn current_fingerprint(dir: &Path) -> Option<(Vec<u8>, u64)> {
+/// What `CURRENT` says and the length of the manifest it names: it changes with every
+/// manifest edit a live process makes, so a reader that found files gone can tell a live
+/// process's work (it changed) from damage (it did not).
+pub fn current_fingerprint(dir: &Path) -> Option<(Vec<u8>, u64)> {
     // The checks of a real read first: a CURRENT that is a FIFO, a link to a device or
     // out of the directory, or gigabytes long is never read (it hung, or filled memory).
     let path = dir.join(CURRENT);

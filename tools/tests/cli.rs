@@ -753,6 +753,52 @@ fn reading_works_while_a_live_process_holds_the_directory() {
     db.close().unwrap();
 }
 
+/// `sluice wal` on a healthy directory whose live writer flushes all the time (deleting
+/// each WAL it no longer needs, moving the manifest's log number past it): it reported
+/// "missing: WAL ... the writes it held would be lost" (exit 3) when the writer flushed
+/// between its reading the manifest and listing the WALs, and an I/O error (exit 1) when
+/// a listed WAL went before it was read. Like `verify`, it looks again when the manifest
+/// changed meanwhile (exit 4, busy, only if it keeps changing).
+#[test]
+fn wal_keeps_working_while_a_live_writer_flushes() {
+    let dir = fixture();
+    let d = dir.path();
+    let db = {
+        let _g = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
+        sluice::Db::open(d, common::fixture_options()).unwrap()
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.put(format!("live{:06}", i % 500), format!("v{i}")).unwrap();
+                // A flush every 10 ms or so: busy, not a manifest edit every instant.
+                if i % 5 == 0 {
+                    db.flush().unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                i += 1;
+            }
+        })
+    };
+    let mut failures = Vec::new();
+    for round in 0..100 {
+        for args in [&["wal", "{DIR}"][..], &["wal", "{DIR}", "--json"]] {
+            let (c, out, err) = run(d, args);
+            if c != 0 && c != 4 {
+                let problem = out.lines().find(|l| l.starts_with("error")).unwrap_or("");
+                failures.push(format!("round {round} {args:?}: exit {c}: {err}{problem}"));
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    db.close().unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Corruption
 

@@ -70,19 +70,52 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     // The manifest says which WALs are still live; without a readable one, show them all.
     // Either way the run fails (exit 3) if the directory would not open: an unreadable
     // manifest, or no WAL where the manifest's chain starts.
-    let mut problems: Vec<Problem> = Vec::new();
-    let wals = match sluice::inspect::read_dir_state(dir) {
-        Ok(st) => {
-            problems.extend(st.first_wal_missing());
-            st.wals
+    //
+    // A live process flushing meanwhile deletes the WALs its manifest edit made obsolete
+    // and moves the log number past them: a WAL found missing, at the chain's start or
+    // when read, while the manifest changed is that process's work, and the look starts
+    // again (as `verify` does; up to a few times, then busy, exit 4).
+    let mut attempt = 0;
+    let (problems, wals, read) = loop {
+        let before = sluice::inspect::current_fingerprint(dir);
+        let mut problems: Vec<Problem> = Vec::new();
+        let wals = match sluice::inspect::read_dir_state(dir) {
+            Ok(st) => {
+                problems.extend(st.first_wal_missing());
+                st.wals
+            }
+            Err(e @ sluice::Error::NotADatabase { .. }) => return Err(e.into()),
+            Err(e) => {
+                problems.push(Problem::from_error("manifest", &e));
+                sluice::inspect::list_wal_files(dir)?
+            }
+        };
+        let mut read = Vec::with_capacity(wals.len());
+        for w in &wals {
+            match sluice::inspect::check_inside(dir, &w.path) {
+                Ok(_) => read.push(sluice::inspect::read_wal_file(&w.path)),
+                Err(e) if gone(&e) => read.push(Err(e)),
+                Err(e) => return Err(e.into()),
+            }
         }
-        Err(e @ sluice::Error::NotADatabase { .. }) => return Err(e.into()),
-        Err(e) => {
-            problems.push(Problem::from_error("manifest", &e));
-            ctx.note("showing every WAL file: the manifest that says which are live does not read");
-            sluice::inspect::list_wal_files(dir)?
+        let vanished = problems.iter().any(|p| p.check == "missing-file")
+            || read.iter().any(|r| r.as_ref().is_err_and(gone));
+        if !vanished || sluice::inspect::current_fingerprint(dir) == before {
+            break (problems, wals, read);
         }
+        attempt += 1;
+        if attempt == 5 {
+            return Err(sluice::Error::Busy {
+                path: dir.to_path_buf(),
+                reason: "WALs keep changing under a live process".into(),
+            }
+            .into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
     };
+    if problems.iter().any(|p| p.check == "manifest") {
+        ctx.note("showing every WAL file: the manifest that says which are live does not read");
+    }
     let status = crate::error::verdict(if problems.is_empty() { Status::Ok } else { Status::Failed });
     let mut files = Vec::new();
     let mut first_error: Option<CliError> = None;
@@ -90,9 +123,11 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
     // last write of the record before it, across files too (a duplicated or missing WAL
     // breaks it, and recovery refuses it).
     let mut last_seqno: Option<u64> = None;
-    for w in &wals {
-        sluice::inspect::check_inside(dir, &w.path)?;
-        match sluice::inspect::read_wal_file(&w.path) {
+    for (w, r) in wals.iter().zip(read) {
+        match r {
+            // An obsolete WAL (below the log number) is deleted by a live process right
+            // after the manifest edit that made it obsolete: nothing to show.
+            Err(e) if !w.live && gone(&e) => {}
             Ok(c) => files.push({
                 if w.live {
                     for r in &c.records {
@@ -200,4 +235,9 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         }
     }
     Ok(status)
+}
+
+/// The file is not there (deleted, by a live process or otherwise).
+fn gone(e: &sluice::Error) -> bool {
+    matches!(e, sluice::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }

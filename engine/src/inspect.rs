@@ -256,7 +256,7 @@ pub fn read_manifest_safely(dir: &Path) -> Result<(ManifestContents, u64)> {
                     "no such directory"
                 }
                 .into(),
-            })
+            });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
             return Err(Error::NotADatabase {

@@ -288,7 +288,10 @@ impl Pace {
         if self.per_sec > 0.0 {
             let due = Duration::try_from_secs_f64(self.done as f64 / self.per_sec)
                 .unwrap_or(Duration::MAX);
-            while let Some(d) = due.checked_sub(self.start.elapsed()).filter(|d| !d.is_zero()) {
+            while let Some(d) = due
+                .checked_sub(self.start.elapsed())
+                .filter(|d| !d.is_zero())
+            {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
@@ -697,7 +700,9 @@ fn drive(
     check("after rollback", summary)?;
     // The rolled-back versions drain into v1 and retire once empty: planning the corrected
     // function again then registers a new version rather than reusing v3.
-    let corrected = c.plan(cfg.corrected_spec(), PlanOptions::default())?.version;
+    let corrected = c
+        .plan(cfg.corrected_spec(), PlanOptions::default())?
+        .version;
     c.validate()?;
     sh.phase.store(PHASE_MIGRATING, Ordering::Relaxed);
     c.start()?;

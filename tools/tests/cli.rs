@@ -773,9 +773,10 @@ fn wal_keeps_working_while_a_live_writer_flushes() {
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                db.put(format!("live{:06}", i % 500), format!("v{i}")).unwrap();
+                db.put(format!("live{:06}", i % 500), format!("v{i}"))
+                    .unwrap();
                 // A flush every 10 ms or so: busy, not a manifest edit every instant.
-                if i % 5 == 0 {
+                if i.is_multiple_of(5) {
                     db.flush().unwrap();
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -852,11 +853,17 @@ fn a_failed_check_keeps_its_exit_code_when_the_reader_goes_away() {
         drop(reader);
         let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
         let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args.iter().map(|a| a.replace("{DIR}", &d.display().to_string())))
+            .args(
+                args.iter()
+                    .map(|a| a.replace("{DIR}", &d.display().to_string())),
+            )
             .stdout(writer)
             .output()
             .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     let cases: [(&[&str], i32); 5] = [
         (&["verify", "{DIR}"], 3),
@@ -888,13 +895,29 @@ fn a_database_that_lost_its_current_is_damaged_not_a_stranger() {
     std::fs::remove_file(d.join("CURRENT")).unwrap();
     let (c, v) = json(d, &["verify", "{DIR}"]);
     assert_eq!(c, 3, "{v:#}");
-    assert!(v["problems"][0]["message"].as_str().unwrap().contains("CURRENT"), "{v:#}");
+    assert!(
+        v["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("CURRENT"),
+        "{v:#}"
+    );
     let tables = std::fs::read_dir(d)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".sst"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".sst")
+        })
         .count();
     assert_eq!(v["tables"], tables, "{v:#}");
-    for args in [&["info", "{DIR}"][..], &["scan", "{DIR}"], &["get", "{DIR}", "acct00000001"]] {
+    for args in [
+        &["info", "{DIR}"][..],
+        &["scan", "{DIR}"],
+        &["get", "{DIR}", "acct00000001"],
+    ] {
         let (c, out, err) = run(d, args);
         assert_eq!(c, 3, "{args:?}: exit {c}\n{out}\n{err}");
         assert!(err.contains("CURRENT"), "{args:?}: {err}");
@@ -1660,11 +1683,33 @@ fn demo_reports_the_balance_of_the_layout_it_finished_on() {
     let dir = t.path().join("demo");
     let d = dir.display().to_string();
     let o = sluice(&[
-        "demo", "--dir", &d, "--accounts", "3000", "--payload-bytes", "32",
-        "--stable-secs", "0.3", "--rollback-secs", "0.3", "--migration-mb-per-sec", "64",
-        "--tps", "2000", "--lookups", "500", "--partitions", "16", "--json",
+        "demo",
+        "--dir",
+        &d,
+        "--accounts",
+        "3000",
+        "--payload-bytes",
+        "32",
+        "--stable-secs",
+        "0.3",
+        "--rollback-secs",
+        "0.3",
+        "--migration-mb-per-sec",
+        "64",
+        "--tps",
+        "2000",
+        "--lookups",
+        "500",
+        "--partitions",
+        "16",
+        "--json",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let share = v["corrected_max_partition_share"].as_f64().unwrap();
     assert!(
@@ -1687,8 +1732,20 @@ fn demo_with_a_slow_rate_over_many_threads_stops_when_done() {
         let _g = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
-                "demo", "--dir", &d, "--quiet", "--accounts", "16", "--stable-secs", "0",
-                "--rollback-secs", "0", "--tps", "1", "--threads", "64",
+                "demo",
+                "--dir",
+                &d,
+                "--quiet",
+                "--accounts",
+                "16",
+                "--stable-secs",
+                "0",
+                "--rollback-secs",
+                "0",
+                "--tps",
+                "1",
+                "--threads",
+                "64",
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

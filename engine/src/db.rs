@@ -1072,7 +1072,8 @@ impl Db {
     }
 
     /// What one partition of one live layout version holds, key by key (newest entry of
-    /// each key; moved values reported as moved).
+    /// each key in the partition's tables; a value a lazy move carried off, or an entry
+    /// another live layout's tables hold a newer one of, reported as moved).
     pub fn partition_entries(
         &self,
         version: VersionId,

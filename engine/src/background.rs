@@ -14,7 +14,11 @@ use crate::stats::Counters;
 
 enum Job {
     Flush,
-    Compaction { job: CompactionJob, manual: bool },
+    Compaction {
+        job: CompactionJob,
+        /// The manual compaction request the job is for.
+        manual: Option<u64>,
+    },
 }
 
 /// Starts the background threads. A thread the OS refuses is an error (the caller shuts
@@ -168,7 +172,7 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
     let view = inner.view.load_full();
     let mut i = 0;
     while i < core.manual.len() {
-        let (v, p) = core.manual[i];
+        let (v, p, req) = core.manual[i];
         if core.busy.contains(&(v, p)) {
             i += 1;
             continue;
@@ -177,8 +181,13 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
         if let Some(job) = inner.full_partition_job(core, &view, v, p) {
             core.busy.insert((v, p));
             core.manual_running += 1;
-            return Some(Job::Compaction { job, manual: true });
+            return Some(Job::Compaction {
+                job,
+                manual: Some(req),
+            });
         }
+        // Nothing left to compact there: done.
+        crate::compaction::ManualRequest::done(core, req, None);
     }
     // Under a steady write load some compaction is almost always due; if migration only
     // ran when none was, it would starve. So one migration job may run beside compactions
@@ -191,11 +200,11 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
             if job.migrate_to.is_some() {
                 core.migrations_running += 1;
             }
-            return Some(Job::Compaction { job, manual: false });
+            return Some(Job::Compaction { job, manual: None });
         }
     }
     if let Some(job) = inner.pick_compaction(core, &view) {
-        return Some(Job::Compaction { job, manual: false });
+        return Some(Job::Compaction { job, manual: None });
     }
     // Nothing to compact: the workers left may migrate, unless L0 is near its slowdown
     // point (migration outputs can land in L0 too, and a compaction of it that keeps
@@ -207,7 +216,7 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
     if job.migrate_to.is_some() {
         core.migrations_running += 1;
     }
-    Some(Job::Compaction { job, manual: false })
+    Some(Job::Compaction { job, manual: None })
 }
 
 /// Books a finished job; returns how long the worker should pause before the next one.
@@ -247,23 +256,32 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                 core.migrations_running -= 1;
             }
             inner.release_job(core, &job);
-            if manual {
+            if manual.is_some() {
                 core.manual_running -= 1;
             }
             match result {
                 Ok(()) => {
+                    if let Some(req) = manual {
+                        crate::compaction::ManualRequest::done(core, req, None);
+                    }
                     for &p in &job.sources {
                         core.compaction_failures.remove(&(job.version, p));
                     }
                     None
                 }
-                Err(Error::Closed) => None,
+                Err(Error::Closed) => {
+                    if let Some(req) = manual {
+                        let e = Error::Closed.to_string();
+                        crate::compaction::ManualRequest::done(core, req, Some(e));
+                    }
+                    None
+                }
                 // A damaged table fails every retry the same way, and the L0 it leaves
                 // behind would hold writes at the stop trigger with no error: stop writes
                 // now, naming the damage (reads of everything else go on).
                 Err(e) if e.is_corruption() => {
-                    if manual {
-                        core.manual_error.get_or_insert_with(|| e.to_string());
+                    if let Some(req) = manual {
+                        crate::compaction::ManualRequest::done(core, req, Some(e.to_string()));
                     }
                     inner.fail(format!("compaction found damage: {e}"));
                     None
@@ -275,12 +293,12 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
                     // reason). A manual compaction's failure is its caller's to see, and
                     // does not count: it is not retried, so its failures come at once.
                     inner.note_background_error(&e);
-                    if manual {
+                    if let Some(req) = manual {
                         // A manual compaction reports its first error to its caller, who
                         // waits for every partition it queued to be tried: no backoff, or
                         // under a lasting fault (a disk returning EIO) it would wait up to
                         // 6.4 s per partition.
-                        core.manual_error.get_or_insert_with(|| e.to_string());
+                        crate::compaction::ManualRequest::done(core, req, Some(e.to_string()));
                         return None;
                     }
                     // Every partition the job read from: which one's file failed is not

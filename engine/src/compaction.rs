@@ -981,11 +981,13 @@ impl Inner {
         self.flush_all()?;
         let mut core = self.core.lock();
         let view = self.view.load_full();
+        core.next_manual_request += 1;
+        let id = core.next_manual_request;
         let mut queued = 0;
         for l in view.files.layouts.values() {
             for (pi, p) in l.parts.iter().enumerate() {
                 if p.data_file_count() > 0 {
-                    core.manual.push_back((l.id, pi as u32));
+                    core.manual.push_back((l.id, pi as u32, id));
                     queued += 1;
                 }
             }
@@ -994,17 +996,49 @@ impl Inner {
         if queued == 0 {
             return Ok(());
         }
+        core.manual_requests.insert(
+            id,
+            ManualRequest {
+                pending: queued,
+                error: None,
+            },
+        );
         self.bg_cv.notify_all();
-        loop {
-            self.check_writable()?;
-            if core.manual.is_empty() && core.manual_running == 0 {
-                return match core.manual_error.take() {
+        let r = loop {
+            if let Err(e) = self.check_writable() {
+                break Err(e);
+            }
+            let req = &core.manual_requests[&id];
+            if req.pending == 0 {
+                break match &req.error {
                     Some(e) => Err(Error::Background(format!("manual compaction: {e}"))),
                     None => Ok(()),
                 };
             }
             self.stall_cv
                 .wait_for(&mut core, std::time::Duration::from_millis(50));
+        };
+        core.manual_requests.remove(&id);
+        r
+    }
+}
+
+/// One `Db::compact` call's jobs: how many are queued or running, and the first error.
+#[derive(Debug, Default)]
+pub(crate) struct ManualRequest {
+    pub pending: usize,
+    pub error: Option<String>,
+}
+
+impl ManualRequest {
+    /// Books one of the request `id`'s jobs as done (`error`: how it failed), if its
+    /// caller still waits.
+    pub fn done(core: &mut Core, id: u64, error: Option<String>) {
+        if let Some(r) = core.manual_requests.get_mut(&id) {
+            r.pending = r.pending.saturating_sub(1);
+            if let Some(e) = error {
+                r.error.get_or_insert(e);
+            }
         }
     }
 }
@@ -2712,5 +2746,58 @@ mod tests {
         assert_eq!(idle_flushes(&db), 1);
         let want = |i: u32| value(if rewritten(i) { 1 } else { 0 }, i);
         check_after_power_cut(&fs, db, dir.path(), opts(), KEYS, want);
+    }
+}
+
+#[cfg(test)]
+mod manual_tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+    use crate::{Db, Options};
+
+    /// Two callers of `Db::compact` at once, whose compactions both fail: each must see
+    /// the failure. They shared one error slot, taken by whichever woke first, and the
+    /// other was answered Ok for a compaction that had failed.
+    #[test]
+    fn concurrent_manual_compactions_that_fail_both_report_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = Options {
+            fs: Arc::new(fs.clone()),
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        db.put("a", "v").unwrap();
+        db.flush().unwrap();
+        // The first caller's job is held at its output's fsync.
+        fs.hold_syncs(".sst", "sluice-bg");
+        let caller = |db: &Db| {
+            let db = db.clone();
+            std::thread::spawn(move || db.compact())
+        };
+        let a = caller(&db);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fs.held() == 0 {
+            assert!(Instant::now() < deadline, "the first job never reached its sync");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The second caller queues the same partition, busy with the first's job.
+        let b = caller(&db);
+        while db.inner.core.lock().manual.is_empty() {
+            assert!(Instant::now() < deadline, "the second caller never queued");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Every table fsync fails from now on: both jobs fail.
+        fs.inject(Fault::on(FsOp::Sync, FaultKind::Io, ".sst", true));
+        fs.release_held();
+        let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
+        assert!(fs.injected() >= 2, "both jobs ran into the fault");
+        assert!(
+            ra.is_err() && rb.is_err(),
+            "a caller whose compaction failed was answered Ok: {ra:?} / {rb:?}"
+        );
     }
 }

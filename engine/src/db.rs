@@ -224,10 +224,15 @@ pub(crate) struct Core {
     pub compact_cursor: HashMap<(u32, u32, usize), Bytes>,
     /// Jobs running right now.
     pub running: usize,
-    /// Manual compactions waiting to run, and how many are in flight.
-    pub manual: VecDeque<(u32, u32)>,
+    /// Manual compactions waiting to run (layout version, partition, the request that
+    /// queued it), and how many are in flight.
+    pub manual: VecDeque<(u32, u32, u64)>,
     pub manual_running: usize,
-    pub manual_error: Option<String>,
+    /// The manual compaction requests (`Db::compact` calls) still waited for, by id: each
+    /// caller's own count of jobs left and first error, so that concurrent callers do not
+    /// take one another's errors.
+    pub manual_requests: HashMap<u64, crate::compaction::ManualRequest>,
+    pub next_manual_request: u64,
     /// Automatic compaction failures in a row, per partition (a job's layout version and
     /// partition): they back off its retries (e.g. while the disk is full), and a writer
     /// stopped for compaction is refused once a partition has failed a few in a row. Only

@@ -304,7 +304,9 @@ impl Inner {
         if p.rate == 0 {
             p.blocked = Some("paused".into());
             p.last_refill = now;
-            return None;
+            // Lazy moves go on (and add pointer files) while background migration is off.
+            // A merge's output is no larger than its inputs: no headroom check.
+            return self.pick_pointer_merge(core, view);
         }
         let refill = now.duration_since(p.last_refill).as_secs_f64() * p.effective_rate();
         p.last_refill = now;
@@ -407,6 +409,39 @@ impl Inner {
         })
     }
 
+    /// A merge of a draining partition's pointer files, once it has more than
+    /// [`MAX_POINTER_FILES`], marking the partition busy. Every flush of lazily moved values
+    /// adds a pointer file, and each migration job reads them all: they are merged before
+    /// they pile up, whether or not the pacer lets migration jobs run (with background
+    /// migration off, lazy moves still add them, flush after flush).
+    pub(crate) fn pick_pointer_merge(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
+        for layout in view.files.draining() {
+            for (pi, part) in layout.parts.iter().enumerate() {
+                let pi = pi as u32;
+                if part.pointers.len() <= MAX_POINTER_FILES
+                    || part.data_file_count() == 0
+                    || core.busy.contains(&(layout.id, pi))
+                {
+                    continue;
+                }
+                core.busy.insert((layout.id, pi));
+                let mut job = self.new_job(
+                    core,
+                    view,
+                    layout.id,
+                    pi,
+                    0,
+                    part.pointers.clone(),
+                    false,
+                    None,
+                );
+                job.pointer_merge = true;
+                return Some(job);
+            }
+        }
+        None
+    }
+
     /// The next draining files to migrate, marking their partitions busy: of each partition's
     /// deepest non-empty level its first file, and of those the one with the smallest key,
     /// across every partition of every draining layout, with the next files of its layout's
@@ -420,6 +455,9 @@ impl Inner {
     /// before, and the target merges them within that range only. From a range layout the
     /// order is the same as before: its partitions are key-ordered.
     pub(crate) fn pick_draining_file(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
+        if let Some(job) = self.pick_pointer_merge(core, view) {
+            return Some(job);
+        }
         let target = view.files.target;
         let mut next: Option<(u32, u32, Arc<FileMeta>, u32)> = None;
         for layout in view.files.draining() {
@@ -427,23 +465,6 @@ impl Inner {
                 let pi = pi as u32;
                 if core.busy.contains(&(layout.id, pi)) {
                     continue;
-                }
-                // Every flush of lazily moved values adds a pointer file, and each migration
-                // job reads them all: merge them before they pile up.
-                if part.pointers.len() > MAX_POINTER_FILES && part.data_file_count() > 0 {
-                    core.busy.insert((layout.id, pi));
-                    let mut job = self.new_job(
-                        core,
-                        view,
-                        layout.id,
-                        pi,
-                        0,
-                        part.pointers.clone(),
-                        false,
-                        None,
-                    );
-                    job.pointer_merge = true;
-                    return Some(job);
                 }
                 let Some(f) = next_to_migrate(part) else {
                     continue;
@@ -844,6 +865,50 @@ mod tests {
             }],
             "v2 reports a superseded value of k as live"
         );
+    }
+
+    /// With background migration off (`migration_bytes_per_sec: 0`, "lazy moves still
+    /// move data"), every flush of lazily moved values adds a pointer file to each source
+    /// partition, and only the pacer merged them: they piled up without bound (one more
+    /// table, open file and filter per flush), while reads drained the layout.
+    #[test]
+    fn pointer_files_are_merged_while_background_migration_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            move_on_first_read: true,
+            move_bytes_per_sec: 1 << 30,
+            idle_memtable_flush_after: None,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..100u32 {
+            db.put(format!("k{i:03}"), [b'v'; 50]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Range { boundaries: vec![] })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let pointer_files = || db.inner.view.load().files.layouts[&1].parts[0].pointers.len();
+        let flushes = 4 * MAX_POINTER_FILES as u32;
+        for i in 0..flushes {
+            // A read moves a key; the flush writes its copy and a pointer file in v1.
+            assert!(db.get(format!("k{i:03}")).unwrap().is_some());
+            db.put(format!("new{i}"), "x").unwrap();
+            db.flush().unwrap();
+        }
+        assert!(db.layout().versions.len() >= 2, "test setup: v1 still drains");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pointer_files() > MAX_POINTER_FILES {
+            assert!(
+                Instant::now() < deadline,
+                "{} pointer files in v1's partition after {flushes} flushes of moves, never \
+                 merged",
+                pointer_files()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// While nothing drains, the debt a migration's last job left is paid off (the next

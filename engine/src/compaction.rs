@@ -2781,7 +2781,10 @@ mod manual_tests {
         let a = caller(&db);
         let deadline = Instant::now() + Duration::from_secs(60);
         while fs.held() == 0 {
-            assert!(Instant::now() < deadline, "the first job never reached its sync");
+            assert!(
+                Instant::now() < deadline,
+                "the first job never reached its sync"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         // The second caller queues the same partition, busy with the first's job.

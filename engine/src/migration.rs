@@ -890,7 +890,11 @@ mod tests {
             .register_partition_fn(PartitionSpec::Range { boundaries: vec![] })
             .unwrap();
         db.set_target(v2).unwrap();
-        let pointer_files = || db.inner.view.load().files.layouts[&1].parts[0].pointers.len();
+        let pointer_files = || {
+            db.inner.view.load().files.layouts[&1].parts[0]
+                .pointers
+                .len()
+        };
         let flushes = 4 * MAX_POINTER_FILES as u32;
         for i in 0..flushes {
             // A read moves a key; the flush writes its copy and a pointer file in v1.
@@ -898,7 +902,10 @@ mod tests {
             db.put(format!("new{i}"), "x").unwrap();
             db.flush().unwrap();
         }
-        assert!(db.layout().versions.len() >= 2, "test setup: v1 still drains");
+        assert!(
+            db.layout().versions.len() >= 2,
+            "test setup: v1 still drains"
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while pointer_files() > MAX_POINTER_FILES {
             assert!(

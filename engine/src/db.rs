@@ -623,22 +623,30 @@ impl Inner {
 
     /// Makes a new manifest current that holds a snapshot of the state and then `edit`
     /// (one too large for a record: see [`Inner::log_edit`]). Replay applies records in
-    /// order, so it replays to the state with `edit` applied. A failure stops writes, as a
-    /// failed roll does, unless nothing was written ([`Error::TooLarge`]: one of its
-    /// records alone is too large).
+    /// order, so it replays to the state with `edit` applied.
     fn roll_manifest_with(&self, core: &mut Core, edit: &VersionEdit) -> Result<()> {
-        let number = core.new_file_number();
         let view = self.view.load();
         let mut snap = self.snapshot_edit(core, &view.files);
         drop(view);
         snap.records.extend(edit.records.iter().cloned());
+        self.switch_manifest(core, &snap)
+    }
+
+    /// Writes `snapshot` into a new manifest (in as many records as it takes), makes it
+    /// current and removes the old one. [`Error::TooLarge`] if one of its records alone is
+    /// too large: nothing was written, and the current manifest stays. Any other failure
+    /// stops writes: it may come after CURRENT names the new manifest (its directory
+    /// sync), and edits appended to the old one would then be lost on reopen, with the
+    /// WALs they covered deleted.
+    fn switch_manifest(&self, core: &mut Core, snapshot: &VersionEdit) -> Result<()> {
+        let number = core.new_file_number();
         let old = core.manifest.number();
         let max_record = core.manifest.max_record();
         let w = match ManifestWriter::create_split(
             self.fs.as_ref(),
             &self.dir,
             number,
-            &snap,
+            snapshot,
             max_record,
         ) {
             Ok(w) => w,
@@ -671,33 +679,13 @@ impl Inner {
         }
         let view = self.view.load();
         let snap = self.snapshot_edit(core, &view.files);
-        let number = core.new_file_number();
-        let old = core.manifest.number();
-        // A failure may come after CURRENT names the new manifest (its directory sync):
-        // edits appended to the old one would then be lost on reopen, with the WALs they
-        // covered deleted. So any failure here stops writes, as a failed edit does.
-        let max_record = core.manifest.max_record();
-        let w = match ManifestWriter::create_split(
-            self.fs.as_ref(),
-            &self.dir,
-            number,
-            &snap,
-            max_record,
-        ) {
-            Ok(w) => w,
+        drop(view);
+        match self.switch_manifest(core, &snap) {
             // A snapshot too large for one record (nothing was written): keep appending to
             // the current manifest.
-            Err(Error::TooLarge { .. }) => return Ok(()),
-            Err(e) => {
-                self.fail(format!("manifest roll failed: {e}"));
-                return Err(e);
-            }
-        };
-        core.manifest = w;
-        let _ = self
-            .fs
-            .remove(&self.dir.join(crate::manifest::manifest_name(old)));
-        Ok(())
+            Err(Error::TooLarge { .. }) => Ok(()),
+            r => r,
+        }
     }
 
     /// The whole state as one edit (the first record of a new manifest).

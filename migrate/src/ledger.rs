@@ -559,16 +559,23 @@ type Log = HashMap<u64, (u32, u32, i64)>;
 /// the transfers the ledger holds records of, so that a transfer missing whole (or there
 /// unacknowledged) is not counted again through its two accounts. What is left are
 /// balance updates that landed without their transaction: a debit and a credit of the
-/// same amount left over are one transfer applied once more than its record says (a
-/// duplicated write); any other balance off is a lost update (a stale value shown as
-/// live), one lost write per account.
+/// same amount left over are one transfer applied once more or once less than its record
+/// says. Which of the two is told by its direction: money gone from `a` to `b` again
+/// beyond a recorded `a -> b` transfer is a duplicated write; money back from `b` to `a`
+/// against a recorded `b -> a` transfer is that transfer's two balance updates lost (both
+/// accounts show their values from before it), one lost write. A pair no recorded
+/// transfer explains counts as a duplicated write. Any other balance off is a lost update
+/// (a stale value shown as live), one lost write per account.
 fn audit(cfg: &LedgerConfig, snap: &Snapshot, log: &Log) -> Result<(u64, u64)> {
     let (mut lost_writes, mut duplicated_writes) = (0u64, 0u64);
     let mut expect_bal = vec![cfg.initial_balance; cfg.accounts as usize];
+    // The transfers the ledger holds records of: (from, to, amount).
+    let mut recorded = std::collections::HashSet::new();
     let mut apply = |from: u32, to: u32, amount: i64| {
         if from < cfg.accounts && to < cfg.accounts {
             expect_bal[from as usize] -= amount;
             expect_bal[to as usize] += amount;
+            recorded.insert((from, to, amount));
         }
     };
     for r in snap.range("txn:".."txn;") {
@@ -598,8 +605,9 @@ fn audit(cfg: &LedgerConfig, snap: &Snapshot, log: &Log) -> Result<(u64, u64)> {
             lost_writes += 1;
         }
     }
-    // Balances the recorded transfers do not explain: credits left over, by amount.
-    let mut credits: HashMap<i64, u64> = HashMap::new();
+    // Balances the recorded transfers do not explain: the accounts credited, by amount,
+    // and the accounts debited.
+    let mut credits: HashMap<i64, Vec<u32>> = HashMap::new();
     let mut debits = Vec::new();
     for i in 0..cfg.accounts {
         let expected = expect_bal[i as usize];
@@ -608,23 +616,33 @@ fn audit(cfg: &LedgerConfig, snap: &Snapshot, log: &Log) -> Result<(u64, u64)> {
             Some(v) => {
                 let off = balance_of(&v)?.saturating_sub(expected);
                 if off > 0 {
-                    *credits.entry(off).or_default() += 1;
+                    credits.entry(off).or_default().push(i);
                 } else if off < 0 {
-                    debits.push(off.saturating_neg());
+                    debits.push((i, off.saturating_neg()));
                 }
             }
         }
     }
-    for d in debits {
-        match credits.get_mut(&d) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                duplicated_writes += 1;
-            }
-            _ => lost_writes += 1,
+    for (debited, d) in debits {
+        let Some(credited) = credits.get_mut(&d).filter(|c| !c.is_empty()) else {
+            lost_writes += 1;
+            continue;
+        };
+        let find = |want: &dyn Fn(u32) -> bool| credited.iter().position(|&c| want(c));
+        if let Some(at) = find(&|c| recorded.contains(&(debited, c, d))) {
+            // `debited -> c` applied once more than recorded.
+            credited.swap_remove(at);
+            duplicated_writes += 1;
+        } else if let Some(at) = find(&|c| recorded.contains(&(c, debited, d))) {
+            // The recorded `c -> debited` transfer's balance updates both lost.
+            credited.swap_remove(at);
+            lost_writes += 1;
+        } else {
+            credited.pop();
+            duplicated_writes += 1;
         }
     }
-    lost_writes += credits.values().sum::<u64>();
+    lost_writes += credits.values().map(|c| c.len() as u64).sum::<u64>();
     Ok((lost_writes, duplicated_writes))
 }
 
@@ -862,6 +880,32 @@ mod tests {
         let (cfg, db) = ledger(t.path(), &[(1, 0, 1, 10), (2, 1, 2, 5)]);
         let acked = log(&[(1, 0, 1, 10)]);
         assert_eq!(audit(&cfg, &db.snapshot(), &acked).unwrap(), (0, 1));
+    }
+
+    /// Both balance updates of a transfer lost while its record landed (the two accounts
+    /// show their values from before it: stale values shown as live) are lost writes, not a
+    /// transfer applied twice. The debit and credit it leaves over (its credited account
+    /// low, its debited one high) are the mirror image of a duplicate's, and the netting
+    /// of debits against credits by amount alone counted it as one duplicated write and
+    /// no lost one: the summary said "0 lost" for a ledger that lost an acknowledged
+    /// transfer's money movement (the audit before the netting counted a lost write).
+    #[test]
+    fn a_transfer_whose_balance_updates_were_lost_is_a_lost_write() {
+        let t = tempfile::tempdir().unwrap();
+        let done = [(1, 0, 1, 10), (2, 1, 2, 5)];
+        let (cfg, db) = ledger(t.path(), &done);
+        // Accounts 1 and 2 show their values from before transfer 2; its record is there.
+        db.put(cfg.account_key(1), account_value(1010, b"meta"))
+            .unwrap();
+        db.put(cfg.account_key(2), account_value(1000, b"meta"))
+            .unwrap();
+        let (lost, duplicated) = audit(&cfg, &db.snapshot(), &log(&done)).unwrap();
+        assert_eq!(
+            (lost, duplicated),
+            (1, 0),
+            "a transfer's lost balance updates are one lost write: {lost} lost, {duplicated} \
+             duplicated"
+        );
     }
 
     /// One balance update lost (the credit of a transfer whose record and debit landed:

@@ -777,24 +777,7 @@ mod tests {
         db.set_target(v3).unwrap();
         db.inner.core.lock().busy.remove(&(v2.0, 0));
         // One file's worth of v2.
-        assert!(db.migrate_now(Some(1)).unwrap() > 0);
-        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"new"[..]));
-        let k: Vec<crate::PartitionEntry> = db
-            .partition_entries(v2, 0)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .filter(|e| &e.key()[..] == b"k")
-            .collect();
-        // The old version left behind is reported as moved, to where the newer one went.
-        assert_eq!(
-            k,
-            vec![crate::PartitionEntry::Moved {
-                key: Bytes::from_static(b"k"),
-                seqno: 2,
-                to: v3,
-            }],
-            "v2 reports a superseded value of k as live"
-        );
+        migrate_one_file_and_find_k_moved(&db, v2, v3);
     }
 
     /// The same in L0: a lazy move's copy keeps its original (old) seqno, so a read that
@@ -847,6 +830,13 @@ mod tests {
         let v3 = db.register_partition_fn(one()).unwrap();
         db.set_target(v3).unwrap();
         // One file's worth: v2's first by key.
+        migrate_one_file_and_find_k_moved(&db, v2, v3);
+    }
+
+    /// Migrates one file of v2 (the one holding `k`'s newer version), then checks that
+    /// `k`'s old version (seqno 2) left behind in v2 is reported as moved to v3, where the
+    /// newer one went, not as `k`'s live value.
+    fn migrate_one_file_and_find_k_moved(db: &Db, v2: VersionId, v3: VersionId) {
         assert!(db.migrate_now(Some(1)).unwrap() > 0);
         assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"new"[..]));
         let k: Vec<crate::PartitionEntry> = db
@@ -855,7 +845,6 @@ mod tests {
             .map(|e| e.unwrap())
             .filter(|e| &e.key()[..] == b"k")
             .collect();
-        // The old version left behind is reported as moved, to where the newer one went.
         assert_eq!(
             k,
             vec![crate::PartitionEntry::Moved {

@@ -1261,6 +1261,23 @@ mod tests {
     /// long as the migration stayed paused.)
     #[test]
     fn a_paused_migration_s_old_failures_do_not_refuse_a_stopped_writer() {
+        a_stopped_writer_after_failed_migration_jobs(false);
+    }
+
+    /// The same through a rollback: the layout whose migration jobs failed is the target
+    /// again. Its count came from migration jobs, not from its compactions as the target;
+    /// it was keyed by layout and partition alone, and counted once the layout was the
+    /// target again.
+    #[test]
+    fn failed_migration_jobs_do_not_refuse_a_stopped_writer_after_a_rollback() {
+        a_stopped_writer_after_failed_migration_jobs(true);
+    }
+
+    /// v1's migration jobs fail three times (its one table unreadable), then the migration
+    /// is held (`rollback` false) or rolled back (true) and the table is readable again; a
+    /// writer then stops behind the target's slow (never failing) compactions, and must be
+    /// served once they finish.
+    fn a_stopped_writer_after_failed_migration_jobs(rollback: bool) {
         use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
@@ -1285,88 +1302,6 @@ mod tests {
             .unwrap();
         // Every migration job of v1 fails reading its one table.
         fs.inject(Fault::on(FsOp::Read, FaultKind::Io, &old, true));
-        let v2 = db
-            .register_partition_fn(crate::PartitionSpec::hashed(2, 7))
-            .unwrap();
-        db.set_target(v2).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while db
-            .inner
-            .core
-            .lock()
-            .compaction_failures
-            .get(&(1, 0))
-            .is_none_or(|&n| n < STALLED_COMPACTION_FAILURES)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "migration never failed three times: {:?} {:?}",
-                db.inner.core.lock().compaction_failures,
-                db.migration_progress()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // The migration is paused, and the file is readable again.
-        db.hold_migration(true).unwrap();
-        fs.clear();
-        // The target's compactions now finish slowly (their fsyncs are held a while),
-        // and never fail.
-        fs.hold_syncs(".sst", "sluice-bg");
-        let writer = {
-            let db = db.clone();
-            std::thread::spawn(move || {
-                for i in 0..8u32 {
-                    db.put(format!("k{i:03}"), "v").and_then(|()| db.flush())?;
-                }
-                Ok::<(), Error>(())
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while db.stats().stalls == 0 && !writer.is_finished() {
-            assert!(Instant::now() < deadline, "the writer never stopped");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        fs.release_held();
-        let r = writer.join().unwrap();
-        assert!(
-            r.is_ok(),
-            "a writer stopped behind a slow compaction that never failed: {r:?}"
-        );
-    }
-
-    /// The same through a rollback: a draining layout's migration jobs fail three times
-    /// (an unreadable file, since readable again), and the migration is rolled back, so
-    /// that layout is the target again. Its count came from migration jobs, not from its
-    /// compactions as the target: a writer stopped behind a slow compaction of it that
-    /// never failed must wait for it, not be refused with "compaction failed 3 times".
-    /// (The count is keyed by layout and partition alone, and counted once the layout was
-    /// the target again.)
-    #[test]
-    fn failed_migration_jobs_do_not_refuse_a_stopped_writer_after_a_rollback() {
-        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FaultFs::new();
-        let opts = crate::Options {
-            fs: Arc::new(fs.clone()),
-            level0_compaction_trigger: 2,
-            level0_slowdown_trigger: 2,
-            level0_stop_trigger: 3,
-            idle_memtable_flush_after: None,
-            migration_bytes_per_sec: 1 << 30,
-            migration_disk_headroom_bytes: 0,
-            ..crate::Options::tiny()
-        };
-        let db = crate::Db::open(dir.path(), opts).unwrap();
-        db.put("a", "v").unwrap();
-        db.put("z", "v").unwrap();
-        db.flush().unwrap();
-        let old = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .find(|n| n.ends_with(".sst"))
-            .unwrap();
-        fs.inject(Fault::on(FsOp::Read, FaultKind::Io, &old, true));
         let v1 = db.layout().target;
         let v2 = db
             .register_partition_fn(crate::PartitionSpec::hashed(2, 7))
@@ -1383,13 +1318,20 @@ mod tests {
         {
             assert!(
                 Instant::now() < deadline,
-                "migration never failed three times"
+                "migration never failed three times: {:?} {:?}",
+                db.inner.core.lock().compaction_failures,
+                db.migration_progress()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Rolled back; the file is readable again.
-        db.set_target(v1).unwrap();
+        if rollback {
+            db.set_target(v1).unwrap();
+        } else {
+            db.hold_migration(true).unwrap();
+        }
         fs.clear();
+        // The target's compactions now finish slowly (their fsyncs are held a while),
+        // and never fail.
         fs.hold_syncs(".sst", "sluice-bg");
         let writer = {
             let db = db.clone();

@@ -1135,22 +1135,15 @@ fn retarget_to_the_candidate_or_the_origin_is_refused() {
     check_data(&db);
 }
 
-/// The p99 trigger counts the engine's pacing windows, not ticks: ticks that read the same
-/// window again do not count it again. Counted per tick, one slow second read by three
-/// ticks was three slow windows and rolled back. Slow windows that do follow one another
-/// still roll back.
-#[test]
-fn the_p99_trigger_counts_each_pacing_window_once() {
-    use sluice::fs::FaultFs;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-    let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
+/// A ledger of `ACCOUNTS` accounts on a file system whose syncs can be slowed, and a
+/// controller with reconciliation whose p99 trigger rolls back after `windows` pacing
+/// windows over 20 ms.
+fn p99_watched(dir: &Path, windows: u32) -> (sluice::fs::FaultFs, Db, Controller) {
+    let fs = sluice::fs::FaultFs::new();
     let db = Db::open(
-        dir.path(),
+        dir,
         Options {
-            fs: Arc::new(fs.clone()),
+            fs: std::sync::Arc::new(fs.clone()),
             ..opts()
         },
     )
@@ -1162,29 +1155,59 @@ fn the_p99_trigger_counts_each_pacing_window_once() {
     let config = ControllerConfig {
         triggers: Triggers {
             p99_budget_us: Some(20_000),
-            p99_windows: 3,
+            p99_windows: windows,
             ..Triggers::default()
         },
         ..cfg()
     };
     let mut c = Controller::attach(db.clone(), config).unwrap();
     c.set_reconciliation(Box::new(sum));
-    c.plan(good(), PlanOptions::default()).unwrap();
-    c.start().unwrap();
-    // Synced writes that take 40 ms each, until `slow` is cleared.
-    fs.set_sync_delay(Some(Duration::from_millis(40)));
-    let slow = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (db, slow) = (db.clone(), slow.clone());
-        std::thread::spawn(move || {
+    (fs, db, c)
+}
+
+/// Synced writes that take 40 ms each, from a thread of their own, until stopped.
+struct SlowWriter {
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SlowWriter {
+    fn start(fs: &sluice::fs::FaultFs, db: &Db) -> SlowWriter {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        fs.set_sync_delay(Some(std::time::Duration::from_millis(40)));
+        let slow = std::sync::Arc::new(AtomicBool::new(true));
+        let (db, s) = (db.clone(), slow.clone());
+        let thread = std::thread::spawn(move || {
             let synced = sluice::WriteOptions { sync: true };
-            while slow.load(Ordering::Relaxed) {
+            while s.load(Ordering::Relaxed) {
                 let mut b = sluice::WriteBatch::new();
                 b.put("zz-other", "1");
                 db.write_opt(b, &synced).unwrap();
             }
-        })
-    };
+        });
+        SlowWriter { slow, thread }
+    }
+
+    fn stop(self, fs: &sluice::fs::FaultFs) {
+        self.slow.store(false, std::sync::atomic::Ordering::Relaxed);
+        fs.set_sync_delay(None);
+        self.thread.join().unwrap();
+    }
+}
+
+/// The p99 trigger counts the engine's pacing windows, not ticks: ticks that read the same
+/// window again do not count it again. Counted per tick, one slow second read by three
+/// ticks was three slow windows and rolled back. Slow windows that do follow one another
+/// still roll back.
+#[test]
+fn the_p99_trigger_counts_each_pacing_window_once() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, db, mut c) = p99_watched(dir.path(), 3);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    // Synced writes that take 40 ms each, until stopped.
+    let writer = SlowWriter::start(&fs, &db);
     let over = |db: &Db| db.migration_progress().foreground_p99_us > 20_000;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !over(&db) {
@@ -1210,9 +1233,7 @@ fn the_p99_trigger_counts_each_pacing_window_once() {
         std::thread::sleep(Duration::from_millis(200));
         rolled_back = c.tick(None).unwrap().rolled_back;
     }
-    slow.store(false, Ordering::Relaxed);
-    fs.set_sync_delay(None);
-    writer.join().unwrap();
+    writer.stop(&fs);
     assert!(rolled_back.unwrap().contains("for 3 windows"));
     assert_eq!(c.state(), State::Stable);
     check_data(&db);
@@ -1225,34 +1246,9 @@ fn the_p99_trigger_counts_each_pacing_window_once() {
 /// the new migration back at once.
 #[test]
 fn the_p99_trigger_does_not_count_a_window_from_before_the_start() {
-    use sluice::fs::FaultFs;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
-    let db = Db::open(
-        dir.path(),
-        Options {
-            fs: Arc::new(fs.clone()),
-            ..opts()
-        },
-    )
-    .unwrap();
-    for i in 0..ACCOUNTS {
-        db.put(key(i), "100").unwrap();
-    }
-    db.flush().unwrap();
-    let config = ControllerConfig {
-        triggers: Triggers {
-            p99_budget_us: Some(20_000),
-            p99_windows: 1,
-            ..Triggers::default()
-        },
-        ..cfg()
-    };
-    let mut c = Controller::attach(db.clone(), config).unwrap();
-    c.set_reconciliation(Box::new(sum));
+    let (fs, db, mut c) = p99_watched(dir.path(), 1);
     // A first migration, rolled back: its canary's data drains back (so the pacer keeps
     // ending windows), and the controller, Stable, counts none of them.
     c.plan(good(), PlanOptions::default()).unwrap();
@@ -1263,19 +1259,7 @@ fn the_p99_trigger_does_not_count_a_window_from_before_the_start() {
         "nothing drains back"
     );
     // Slow synced writes until a slow window ends; then the foreground is healthy again.
-    fs.set_sync_delay(Some(Duration::from_millis(40)));
-    let slow = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (db, slow) = (db.clone(), slow.clone());
-        std::thread::spawn(move || {
-            let synced = sluice::WriteOptions { sync: true };
-            while slow.load(Ordering::Relaxed) {
-                let mut b = sluice::WriteBatch::new();
-                b.put("zz-other", "1");
-                db.write_opt(b, &synced).unwrap();
-            }
-        })
-    };
+    let writer = SlowWriter::start(&fs, &db);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = db.migration_progress().foreground_p99_window;
     let window = loop {
@@ -1289,9 +1273,7 @@ fn the_p99_trigger_does_not_count_a_window_from_before_the_start() {
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    slow.store(false, Ordering::Relaxed);
-    fs.set_sync_delay(None);
-    writer.join().unwrap();
+    writer.stop(&fs);
     // The next migration starts well within the next window (a second or more).
     c.plan(good(), PlanOptions::default()).unwrap();
     c.start().unwrap();

@@ -368,20 +368,7 @@ fn a_migration_writing_more_than_it_reads_keeps_the_headroom() {
     // Room beyond the headroom for the input and a sixteenth more: the job used to run
     // (it asked for no more than its input) and leave less than the headroom free.
     q.set_capacity(Some(q.settle() + headroom + s + s / 16));
-    db.set_migration_rate(1 << 50);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = db.migration_progress();
-        if p.is_complete()
-            || p.blocked
-                .as_deref()
-                .is_some_and(|b| b.starts_with("disk headroom"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{p:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    migrate_until_done_or_held_by_headroom(&db);
     let st = db.stats();
     let min = q.min_free().unwrap();
     assert!(
@@ -394,6 +381,24 @@ fn a_migration_writing_more_than_it_reads_keeps_the_headroom() {
     // With room, it goes on.
     q.set_capacity(None);
     wait_migrated(&db);
+}
+
+/// Lets background migration run flat out until it finishes or the headroom holds it.
+fn migrate_until_done_or_held_by_headroom(db: &Db) {
+    db.set_migration_rate(1 << 50);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = db.migration_progress();
+        if p.is_complete()
+            || p.blocked
+                .as_deref()
+                .is_some_and(|b| b.starts_with("disk headroom"))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{p:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -419,20 +424,7 @@ fn a_migration_out_of_compressed_tables_keeps_the_headroom() {
     let s = largest_file(&db, 1);
     // Room beyond the headroom for twice the largest input file and 64 KiB more.
     q.set_capacity(Some(q.settle() + headroom + 2 * s + (64 << 10)));
-    db.set_migration_rate(1 << 50);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = db.migration_progress();
-        if p.is_complete()
-            || p.blocked
-                .as_deref()
-                .is_some_and(|b| b.starts_with("disk headroom"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{p:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    migrate_until_done_or_held_by_headroom(&db);
     let st = db.stats();
     let min = q.min_free().unwrap();
     assert!(

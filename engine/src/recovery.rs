@@ -807,8 +807,15 @@ pub(crate) fn open(dir: &Path, opts: Options, read_only: bool) -> Result<Arc<Inn
             || unlisted.is_some_and(|n| opts.fs.file_size(&wal_file(dir, n)).is_ok());
         // Point in time, recovery stops at a missing link and opens with what came before
         // it: when a rotation explains the link, that is the race too, not a loss.
+        // So is a missing link while the manifest moved on: a flush installed after the
+        // manifest was read deleted the WAL it names (or a later one) before the WALs were
+        // listed, and its writes are in a table that manifest does not name.
+        let moved_past_a_missing_wal = |i: &Inner| {
+            i.recovery.lock().wal_missing.is_some()
+                && manifest_mark(opts.fs.as_ref(), dir) != before
+        };
         let opened = match opened {
-            Ok(i) if unlisted_exists() => {
+            Ok(i) if unlisted_exists() || moved_past_a_missing_wal(&i) => {
                 let reason = i.recovery.lock().wal_missing.clone().unwrap_or_default();
                 Err(Error::corruption(dir, 0, reason))
             }

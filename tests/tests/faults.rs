@@ -1490,6 +1490,133 @@ fn a_read_only_open_looks_for_the_missed_wal_before_the_manifest() {
     assert!(matches!(r, Err(Error::Busy { .. })), "{what}: {r:?}");
 }
 
+/// The real file system, running `hook` once, just after the reader's first listing of the
+/// directory returns (a read-only open lists the tables the manifest does not name, then
+/// the WALs).
+struct AfterFirstList {
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for AfterFirstList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterFirstList")
+    }
+}
+
+impl Fs for AfterFirstList {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn sluice::fs::WritableFile>> {
+        StdFs.create(path)
+    }
+    fn read_file(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
+        StdFs.read_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        let names = StdFs.list(dir);
+        if let Some(hook) = self.hook.lock().unwrap().take() {
+            hook();
+        }
+        names
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        StdFs.exists(path)
+    }
+    fn file_size(&self, path: &Path) -> std::io::Result<u64> {
+        StdFs.file_size(path)
+    }
+    fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn sluice::fs::DirLock>>> {
+        StdFs.lock(path)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.hard_link(from, to)
+    }
+    fn available_space(&self, dir: &Path) -> std::io::Result<u64> {
+        StdFs.available_space(dir)
+    }
+}
+
+/// A point-in-time read-only open of a live directory whose writer flushes (and deletes
+/// the flushed WAL) between the open's reading the manifest and its listing the WALs: the
+/// WAL the manifest it read names is gone, which is the race, not a loss. The open must
+/// retry (or say busy), not open without the writes that WAL held, all synced before the
+/// open began (it opened Ok, with `RecoveryReport::wal_missing` set, missing them).
+#[test]
+fn a_point_in_time_read_only_open_racing_a_flush_does_not_lose_synced_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    db.put("flushed-before", "0").unwrap();
+    db.flush().unwrap();
+    db.put("acked", "1").unwrap();
+    db.sync_wal().unwrap();
+    let before: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    let flushed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader_fs = AfterFirstList {
+        hook: std::sync::Mutex::new(Some(Box::new({
+            let (db, dir, flushed) = (db.clone(), dir.path().to_path_buf(), flushed.clone());
+            move || {
+                db.flush().unwrap();
+                let end = Instant::now() + Duration::from_secs(30);
+                while before.iter().any(|n| dir.join(n).exists()) && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                flushed.store(
+                    !before.iter().any(|n| dir.join(n).exists()),
+                    std::sync::atomic::Ordering::Release,
+                );
+            }
+        }))),
+    };
+    let r = Db::open_read_only(
+        dir.path(),
+        Options {
+            fs: Arc::new(reader_fs),
+            wal_recovery: WalRecovery::PointInTime,
+            ..Options::default()
+        },
+    );
+    assert!(
+        flushed.load(std::sync::atomic::Ordering::Acquire),
+        "the flushed WAL was not deleted during the open"
+    );
+    match r {
+        Ok(ro) => {
+            assert_eq!(
+                ro.get("acked").unwrap().as_deref(),
+                Some(&b"1"[..]),
+                "a write synced before the open began is missing ({:?})",
+                ro.recovery_report().wal_missing
+            );
+            assert_eq!(
+                ro.get("flushed-before").unwrap().as_deref(),
+                Some(&b"0"[..])
+            );
+        }
+        Err(e) => assert!(matches!(e, Error::Busy { .. }), "{e}"),
+    }
+}
+
 /// A transaction whose commit-time read check fails (EIO on a table block) in the same
 /// commit group as a plain write fails alone: the plain write is acknowledged and survives,
 /// nothing of the transaction is written, and reopening and writing on work. Before, the

@@ -552,6 +552,16 @@ pub(crate) fn replay_wals(
             && !notes_earlier[i + 1..].iter().any(|&n| n);
         if let Some(t) = &log.tail {
             if t.intact_after || (records_follow && !may_be_cut) {
+                if !t.intact_after && fs.file_size(path).is_ok_and(|now| now > logs[i].1) {
+                    // It grew while we read it: a live process was appending the record
+                    // that ends it (the one naming the next WAL, its last) while we read,
+                    // and wrote the next WAL meanwhile (only a read-only open can see
+                    // this), not damage.
+                    return Err(Error::Busy {
+                        path: path.clone(),
+                        reason: "a WAL grew while it was read (a live rotation)".into(),
+                    });
+                }
                 if !point_in_time {
                     // An older WAL known durable whole (fsynced before the next one took a
                     // write, or said to be by a later one) is not cut short by a crash;

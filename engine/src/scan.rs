@@ -49,7 +49,8 @@ impl PartitionEntry {
 
 /// Iterator over a partition's keys, from [`crate::Db::partition_entries`].
 pub struct PartitionIter {
-    _view: Arc<View>,
+    /// The view read (it keeps the tables alive, and the other layouts are checked in it).
+    view: Arc<View>,
     data: MergeIter,
     pointers: Peekable<MergeIter>,
     pending: Option<crate::types::Entry>,
@@ -73,7 +74,7 @@ impl Inner {
     pub fn partition_entries(&self, version: u32, partition: u32) -> Result<PartitionIter> {
         let mut it =
             self.partition_entries_in(self.view.load_full(), version, partition, u64::MAX)?;
-        if it._view.files.layouts.len() > 1 {
+        if it.view.files.layouts.len() > 1 {
             it.superseded_in_others = Some(version);
         }
         Ok(it)
@@ -105,7 +106,7 @@ impl Inner {
         Ok(PartitionIter {
             data: MergeIter::new(file_sources(&data), Direction::Forward),
             pointers: MergeIter::new(file_sources(&part.pointers), Direction::Forward).peekable(),
-            _view: view.clone(),
+            view: view.clone(),
             pending: None,
             failed: false,
             snapshot,
@@ -193,7 +194,7 @@ impl PartitionIter {
         if moved_to.is_none() {
             if let Some(me) = self.superseded_in_others {
                 moved_to = crate::read::newer_in_tables(
-                    &self._view,
+                    &self.view,
                     &first.key,
                     first.seqno,
                     self.snapshot,

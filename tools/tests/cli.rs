@@ -1972,3 +1972,58 @@ fn an_output_write_failure_says_it_is_the_output() {
         assert!(err.contains("writing output"), "{args:?}: {err}");
     }
 }
+
+/// Rewrites the controller's persisted record as a crash in the middle of a step leaves
+/// it: `edit` changes the record the last command stored.
+fn crash_leaving(d: &Path, edit: impl FnOnce(&mut sluice_migrate::Record)) {
+    let _g = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
+    let db = sluice::Db::open(d, common::fixture_options()).unwrap();
+    let (epoch, mut rec) = sluice_migrate::Record::stored(&db).unwrap().unwrap();
+    edit(&mut rec);
+    db.store_controller_state(epoch, &rec.encode()).unwrap();
+    db.close().unwrap();
+}
+
+/// "Each command continues where the previous one — or a crash — left off": a rollback
+/// cut short by a crash after it was recorded (`RollingBack`) is completed by the next
+/// `migrate rollback`, which must then report the rollback done (exit 0), not refuse it
+/// as "nothing to roll back" (exit 2, a usage error, to a script or an operator who asked
+/// for exactly the state the command left).
+#[test]
+fn a_rollback_rerun_after_a_crash_mid_rollback_succeeds() {
+    let d = fixture();
+    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    assert_eq!(c, 0, "{v}");
+    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    let from = v["plan"]["from"].as_u64().unwrap();
+    // The rollback recorded RollingBack, then the process died before the switch back.
+    crash_leaving(d.path(), |r| r.state = sluice_migrate::State::RollingBack);
+    let (c, v) = json(d.path(), &["migrate", "rollback", "{DIR}"]);
+    assert_eq!(v["state"], "stable", "{v}");
+    assert_eq!(v["target"].as_u64().unwrap(), from, "{v}");
+    assert_eq!(c, 0, "the rollback asked for is done: {v}");
+}
+
+/// A start cut short by a crash after it switched the target, before it recorded
+/// `Migrating`, is taken up again by the next `migrate start`: it must finish the start
+/// (the canary) and exit 0, not refuse with "cannot start from migrating".
+#[test]
+fn a_start_rerun_after_a_crash_after_the_switch_succeeds() {
+    let d = fixture();
+    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    assert_eq!(c, 0, "{v}");
+    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    let to = v["plan"]["to"].as_u64().unwrap();
+    // The target was switched, then the process died before recording Migrating.
+    crash_leaving(d.path(), |r| {
+        r.state = sluice_migrate::State::Validating;
+        r.plan.as_mut().unwrap().canary_done = false;
+    });
+    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
+    assert_eq!(v["state"], "migrating", "{v}");
+    assert_eq!(v["target"].as_u64().unwrap(), to, "{v}");
+    assert_eq!(v["held"], false, "held past the canary: {v}");
+    assert_eq!(c, 0, "the start asked for is done: {v}");
+}

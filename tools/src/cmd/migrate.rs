@@ -133,6 +133,13 @@ fn open(dir: &Path) -> Result<Db, CliError> {
     Ok(Db::open(dir, opts)?)
 }
 
+/// The controller state the manifest holds, before a controller attaches (attaching
+/// resumes a step a crash cut short, which may be the very step the command asks for).
+fn stored_state(db: &Db) -> Result<State, CliError> {
+    Ok(sluice_migrate::Record::stored(db)?
+        .map_or(State::Stable, |(_, r)| r.state))
+}
+
 fn attach(db: &Db, mb_per_sec: u64) -> Result<Controller, CliError> {
     attach_checking(db, mb_per_sec, None)
 }
@@ -285,8 +292,15 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         }
         Action::Start { dir } => {
             let db = open(&dir)?;
+            let before = stored_state(&db)?;
             let mut c = attach(&db, 0)?;
-            c.start()?;
+            if before != State::Migrating && c.state() == State::Migrating {
+                // A start cut short by a crash after its switch of target: attaching
+                // recorded the switch; what is left of the start is the canary.
+                c.resume_migration()?;
+            } else {
+                c.start()?;
+            }
             ctx.note("migrating: run `sluice migrate run` (or open the database) to let the pacer work, or `sluice migrate finish`");
             done(out, ctx, &c)
         }
@@ -329,8 +343,13 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
         }
         Action::Rollback { dir, reason } => {
             let db = open(&dir)?;
+            let before = stored_state(&db)?;
             let mut c = attach(&db, 0)?;
-            c.rollback(&reason)?;
+            if before == State::RollingBack && c.state() == State::Stable {
+                // A rollback cut short by a crash: attaching completed it.
+            } else {
+                c.rollback(&reason)?;
+            }
             done(out, ctx, &c)
         }
         Action::Finish { dir } => {

@@ -166,7 +166,17 @@ impl Record {
         if b.is_empty() {
             return Ok(Record::default());
         }
-        serde_json::from_slice(b).map_err(|e| format!("controller state is not valid: {e}"))
+        let r: Record = serde_json::from_slice(b)
+            .map_err(|e| format!("controller state is not valid: {e}"))?;
+        // A migration in progress is its plan: without one nothing says where it goes or
+        // where a rollback returns, and no step (a rollback included) could be taken.
+        if r.plan.is_none() && !matches!(r.state, State::Stable | State::Complete) {
+            return Err(format!(
+                "controller state is not valid: a migration {} has no plan",
+                r.state
+            ));
+        }
+        Ok(r)
     }
 
     /// The controller state `db` holds (its epoch and record), if a controller ever
@@ -243,6 +253,11 @@ mod tests {
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert_eq!(Record::decode(b"").unwrap(), Record::default());
         assert!(Record::decode(b"{not json").is_err());
+        // A migration in progress without its plan is damage, not a state to resume.
+        let mut planless = r.clone();
+        planless.plan = None;
+        let e = Record::decode(&planless.encode()).unwrap_err();
+        assert!(e.contains("migrating has no plan"), "{e}");
         // A record written before `planning` existed still reads, with no plan under way.
         let old = br#"{"state":"Stable","plan":null,"reconciliation":null,"events":[]}"#;
         assert_eq!(Record::decode(old).unwrap(), Record::default());

@@ -2027,3 +2027,27 @@ fn a_start_rerun_after_a_crash_after_the_switch_succeeds() {
     assert_eq!(v["held"], false, "held past the canary: {v}");
     assert_eq!(c, 0, "the start asked for is done: {v}");
 }
+
+/// A controller record that decodes but cannot be (a migration in progress with no plan:
+/// nothing tells where it goes or where a rollback returns) is damage in the manifest:
+/// every command that attaches reports it as such (exit 3, naming the manifest), rather
+/// than as a refused step of the operator's (exit 2, "no migration is planned") that
+/// nothing the operator can run gets past.
+#[test]
+fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
+    let d = fixture();
+    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    assert_eq!(c, 0, "{v}");
+    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    crash_leaving(d.path(), |r| r.plan = None);
+    for cmd in ["rollback", "pause", "finish"] {
+        let (c, v) = json(d.path(), &["migrate", cmd, "{DIR}"]);
+        assert_eq!(c, 3, "{cmd}: {v}");
+        assert_eq!(v["error"]["kind"], "corruption", "{cmd}: {v}");
+        assert!(
+            v["error"]["file"].as_str().is_some_and(|f| f.contains("MANIFEST")),
+            "{cmd}: {v}"
+        );
+    }
+}

@@ -1975,11 +1975,11 @@ fn an_output_write_failure_says_it_is_the_output() {
 
 /// Rewrites the controller's persisted record as a crash in the middle of a step leaves
 /// it: `edit` changes the record the last command stored.
-fn crash_leaving(d: &Path, edit: impl FnOnce(&mut sluice_migrate::Record)) {
+fn crash_leaving(d: &Path, edit: impl FnOnce(&sluice::Db, &mut sluice_migrate::Record)) {
     let _g = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
     let db = sluice::Db::open(d, common::fixture_options()).unwrap();
     let (epoch, mut rec) = sluice_migrate::Record::stored(&db).unwrap().unwrap();
-    edit(&mut rec);
+    edit(&db, &mut rec);
     db.store_controller_state(epoch, &rec.encode()).unwrap();
     db.close().unwrap();
 }
@@ -1998,18 +1998,25 @@ fn a_rollback_rerun_after_a_crash_mid_rollback_succeeds() {
     assert_eq!(c, 0, "{v}");
     let from = v["plan"]["from"].as_u64().unwrap();
     // The rollback recorded RollingBack, then the process died before the switch back.
-    crash_leaving(d.path(), |r| r.state = sluice_migrate::State::RollingBack);
+    crash_leaving(d.path(), |_, r| r.state = sluice_migrate::State::RollingBack);
     let (c, v) = json(d.path(), &["migrate", "rollback", "{DIR}"]);
     assert_eq!(v["state"], "stable", "{v}");
     assert_eq!(v["target"].as_u64().unwrap(), from, "{v}");
     assert_eq!(c, 0, "the rollback asked for is done: {v}");
 }
 
-/// A start cut short by a crash after it switched the target, before it recorded
-/// `Migrating`, is taken up again by the next `migrate start`: it must finish the start
-/// (the canary) and exit 0, not refuse with "cannot start from migrating".
+/// A start cut short by a crash after it switched the target (before it recorded
+/// `Migrating`, or before its canary ran) is taken up again by the next `migrate start`:
+/// it must finish the start (the canary) and exit 0, not refuse with "cannot start from
+/// migrating" and leave the migration held.
 #[test]
 fn a_start_rerun_after_a_crash_after_the_switch_succeeds() {
+    for state in [sluice_migrate::State::Validating, sluice_migrate::State::Migrating] {
+        a_start_rerun_after_a_crash_in(state);
+    }
+}
+
+fn a_start_rerun_after_a_crash_in(state: sluice_migrate::State) {
     let d = fixture();
     let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
     assert_eq!(c, 0, "{v}");
@@ -2017,15 +2024,19 @@ fn a_start_rerun_after_a_crash_after_the_switch_succeeds() {
     assert_eq!(c, 0, "{v}");
     let to = v["plan"]["to"].as_u64().unwrap();
     // The target was switched, then the process died before recording Migrating.
-    crash_leaving(d.path(), |r| {
-        r.state = sluice_migrate::State::Validating;
+    crash_leaving(d.path(), |db, r| {
+        // The start holds movement before its switch; the canary's pass releases it.
+        db.hold_migration(true).unwrap();
+        r.state = state;
         r.plan.as_mut().unwrap().canary_done = false;
     });
+    let (_, v) = json(d.path(), &["migrate", "status", "{DIR}"]);
+    assert_eq!(v["held"], true, "the crash left it held: {v}");
     let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
     assert_eq!(v["state"], "migrating", "{v}");
     assert_eq!(v["target"].as_u64().unwrap(), to, "{v}");
     assert_eq!(v["held"], false, "held past the canary: {v}");
-    assert_eq!(c, 0, "the start asked for is done: {v}");
+    assert_eq!(c, 0, "the start asked for is done ({state:?}): {v}");
 }
 
 /// A controller record that decodes but cannot be (a migration in progress with no plan:
@@ -2040,7 +2051,7 @@ fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
     assert_eq!(c, 0, "{v}");
     let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
     assert_eq!(c, 0, "{v}");
-    crash_leaving(d.path(), |r| r.plan = None);
+    crash_leaving(d.path(), |_, r| r.plan = None);
     for cmd in ["rollback", "pause", "finish"] {
         let (c, v) = json(d.path(), &["migrate", cmd, "{DIR}"]);
         assert_eq!(c, 3, "{cmd}: {v}");

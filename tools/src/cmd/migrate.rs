@@ -294,9 +294,11 @@ pub fn run(args: Args, ctx: &Ctx, out: &mut dyn Write) -> CmdResult {
             let db = open(&dir)?;
             let before = stored_state(&db)?;
             let mut c = attach(&db, 0)?;
-            if before != State::Migrating && c.state() == State::Migrating {
-                // A start cut short by a crash after its switch of target: attaching
-                // recorded the switch; what is left of the start is the canary.
+            let canary_pending = c.record().plan.as_ref().is_some_and(|p| !p.canary_done);
+            if c.state() == State::Migrating && (before != State::Migrating || canary_pending) {
+                // A start cut short by a crash after its switch of target (attaching
+                // recorded the switch if the start had not): what is left of it is the
+                // canary, which releases the hold the start put on movement.
                 c.resume_migration()?;
             } else {
                 c.start()?;

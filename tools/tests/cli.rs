@@ -2062,3 +2062,41 @@ fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
         );
     }
 }
+
+/// Two controllers at once: a `migrate` command while another process holds the database
+/// with a controller attached is fenced with exit 4 and changes nothing; the holder's
+/// controller goes on.
+#[test]
+fn a_second_migrate_process_is_fenced_with_exit_4() {
+    let d = fixture();
+    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    assert_eq!(c, 0, "{v}");
+    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    let (db, mut first) = {
+        let _g = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
+        let db = sluice::Db::open(d.path(), common::fixture_options()).unwrap();
+        let c = sluice_migrate::Controller::attach(db.clone(), Default::default()).unwrap();
+        (db, c)
+    };
+    let before = db.controller_state();
+    for cmd in ["pause", "resume", "rollback", "finish", "start", "run"] {
+        let (c, v) = json(d.path(), &["migrate", cmd, "{DIR}"]);
+        assert_eq!(c, 4, "{cmd}: {v}");
+        assert_eq!(v["error"]["kind"], "busy", "{cmd}: {v}");
+    }
+    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:4:9"]);
+    assert_eq!(c, 4, "{v}");
+    let (c, v) = json(d.path(), &["migrate", "status", "{DIR}"]);
+    assert_eq!((c, &v["state"]), (0, &serde_json::json!("migrating")), "{v}");
+    assert!(db.controller_state() == before, "a fenced command claimed nothing");
+    first.pause().unwrap();
+    first.resume_migration().unwrap();
+    first.finish().unwrap();
+    drop(first);
+    let _g = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
+    db.close().unwrap();
+    drop(_g);
+    let (c, v) = json(d.path(), &["migrate", "status", "{DIR}"]);
+    assert_eq!((c, &v["state"]), (0, &serde_json::json!("complete")), "{v}");
+}

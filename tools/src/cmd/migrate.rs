@@ -136,8 +136,7 @@ fn open(dir: &Path) -> Result<Db, CliError> {
 /// The controller state the manifest holds, before a controller attaches (attaching
 /// resumes a step a crash cut short, which may be the very step the command asks for).
 fn stored_state(db: &Db) -> Result<State, CliError> {
-    Ok(sluice_migrate::Record::stored(db)?
-        .map_or(State::Stable, |(_, r)| r.state))
+    Ok(sluice_migrate::Record::stored(db)?.map_or(State::Stable, |(_, r)| r.state))
 }
 
 fn attach(db: &Db, mb_per_sec: u64) -> Result<Controller, CliError> {

@@ -166,8 +166,8 @@ impl Record {
         if b.is_empty() {
             return Ok(Record::default());
         }
-        let r: Record = serde_json::from_slice(b)
-            .map_err(|e| format!("controller state is not valid: {e}"))?;
+        let r: Record =
+            serde_json::from_slice(b).map_err(|e| format!("controller state is not valid: {e}"))?;
         // A migration in progress is its plan: without one nothing says where it goes or
         // where a rollback returns, and no step (a rollback included) could be taken.
         if r.plan.is_none() && !matches!(r.state, State::Stable | State::Complete) {

@@ -1992,13 +1992,18 @@ fn crash_leaving(d: &Path, edit: impl FnOnce(&sluice::Db, &mut sluice_migrate::R
 #[test]
 fn a_rollback_rerun_after_a_crash_mid_rollback_succeeds() {
     let d = fixture();
-    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    let (c, v) = json(
+        d.path(),
+        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
+    );
     assert_eq!(c, 0, "{v}");
     let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
     assert_eq!(c, 0, "{v}");
     let from = v["plan"]["from"].as_u64().unwrap();
     // The rollback recorded RollingBack, then the process died before the switch back.
-    crash_leaving(d.path(), |_, r| r.state = sluice_migrate::State::RollingBack);
+    crash_leaving(d.path(), |_, r| {
+        r.state = sluice_migrate::State::RollingBack
+    });
     let (c, v) = json(d.path(), &["migrate", "rollback", "{DIR}"]);
     assert_eq!(v["state"], "stable", "{v}");
     assert_eq!(v["target"].as_u64().unwrap(), from, "{v}");
@@ -2011,14 +2016,20 @@ fn a_rollback_rerun_after_a_crash_mid_rollback_succeeds() {
 /// migrating" and leave the migration held.
 #[test]
 fn a_start_rerun_after_a_crash_after_the_switch_succeeds() {
-    for state in [sluice_migrate::State::Validating, sluice_migrate::State::Migrating] {
+    for state in [
+        sluice_migrate::State::Validating,
+        sluice_migrate::State::Migrating,
+    ] {
         a_start_rerun_after_a_crash_in(state);
     }
 }
 
 fn a_start_rerun_after_a_crash_in(state: sluice_migrate::State) {
     let d = fixture();
-    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    let (c, v) = json(
+        d.path(),
+        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
+    );
     assert_eq!(c, 0, "{v}");
     let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
     assert_eq!(c, 0, "{v}");
@@ -2047,7 +2058,10 @@ fn a_start_rerun_after_a_crash_in(state: sluice_migrate::State) {
 #[test]
 fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
     let d = fixture();
-    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    let (c, v) = json(
+        d.path(),
+        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
+    );
     assert_eq!(c, 0, "{v}");
     let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
     assert_eq!(c, 0, "{v}");
@@ -2057,7 +2071,9 @@ fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
         assert_eq!(c, 3, "{cmd}: {v}");
         assert_eq!(v["error"]["kind"], "corruption", "{cmd}: {v}");
         assert!(
-            v["error"]["file"].as_str().is_some_and(|f| f.contains("MANIFEST")),
+            v["error"]["file"]
+                .as_str()
+                .is_some_and(|f| f.contains("MANIFEST")),
             "{cmd}: {v}"
         );
     }
@@ -2069,7 +2085,10 @@ fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
 #[test]
 fn a_second_migrate_process_is_fenced_with_exit_4() {
     let d = fixture();
-    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    let (c, v) = json(
+        d.path(),
+        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
+    );
     assert_eq!(c, 0, "{v}");
     let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
     assert_eq!(c, 0, "{v}");
@@ -2085,11 +2104,21 @@ fn a_second_migrate_process_is_fenced_with_exit_4() {
         assert_eq!(c, 4, "{cmd}: {v}");
         assert_eq!(v["error"]["kind"], "busy", "{cmd}: {v}");
     }
-    let (c, v) = json(d.path(), &["migrate", "plan", "{DIR}", "--spec", "hash:4:9"]);
+    let (c, v) = json(
+        d.path(),
+        &["migrate", "plan", "{DIR}", "--spec", "hash:4:9"],
+    );
     assert_eq!(c, 4, "{v}");
     let (c, v) = json(d.path(), &["migrate", "status", "{DIR}"]);
-    assert_eq!((c, &v["state"]), (0, &serde_json::json!("migrating")), "{v}");
-    assert!(db.controller_state() == before, "a fenced command claimed nothing");
+    assert_eq!(
+        (c, &v["state"]),
+        (0, &serde_json::json!("migrating")),
+        "{v}"
+    );
+    assert!(
+        db.controller_state() == before,
+        "a fenced command claimed nothing"
+    );
     first.pause().unwrap();
     first.resume_migration().unwrap();
     first.finish().unwrap();

@@ -1484,3 +1484,243 @@ fn forwarding_pointer_after_rollback_does_not_resurrect_an_overwritten_value() {
         "overwritten value came back"
     );
 }
+
+/// Iterators left open across layout changes: each keeps the view it was made with, with
+/// direction changes at random points. Data sits in three live layouts at once (range v1
+/// with keys on its boundaries, biased hash v2, hash v3), with lazily moved copies (the
+/// same key and seqno in two layouts), forwarding pointers, tombstones in one layout over
+/// values in another; between steps of the open iterators the test flushes, compacts,
+/// migrates, applies lazy moves, retargets, rolls back and retires layouts.
+#[test]
+fn iterators_held_across_layout_changes_keep_their_view() {
+    for seed in seeds(6) {
+        with_seed("model", seed, held_iterators_seed);
+    }
+}
+
+fn held_iterators_seed(seed: u64) {
+    struct Open {
+        it: DbIter,
+        want: VecDeque<(Vec<u8>, Vec<u8>)>,
+        what: String,
+        steps: String,
+        nones: usize,
+        _snap: Option<Snapshot>,
+    }
+    let mut r = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        partition: PartitionSpec::Range {
+            boundaries: vec![b"k0100".to_vec(), b"k0200".to_vec(), b"k0300".to_vec()],
+        },
+        // Odd seeds also migrate in the background while the iterators are open.
+        migration_bytes_per_sec: if seed % 2 == 1 { 4 << 20 } else { 0 },
+        move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
+        memtable_bytes: 64 << 10,
+        max_open_files: Some(4),
+        ..Options::tiny()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let mut model = Model::new();
+    let key = |r: &mut StdRng| format!("k{:04}", r.random_range(0..420u32)).into_bytes();
+    let mut gen = 0u64;
+    let mut put = |db: &Db, model: &mut Model, r: &mut StdRng| {
+        let k = key(r);
+        gen += 1;
+        let v = format!("v{gen}-{}", esc(&k)).into_bytes();
+        db.put(&k, &v).unwrap();
+        model.insert(k, v);
+    };
+    let del = |db: &Db, model: &mut Model, r: &mut StdRng| {
+        let k = key(r);
+        db.delete(&k).unwrap();
+        model.remove(&k);
+    };
+    for _ in 0..600 {
+        put(&db, &mut model, &mut r);
+    }
+    for b in ["k0100", "k0200", "k0300", "k0099", "k0199"] {
+        db.put(b, format!("edge-{b}")).unwrap();
+        model.insert(b.as_bytes().to_vec(), format!("edge-{b}").into_bytes());
+    }
+    db.compact().unwrap();
+    let v2 = db
+        .register_partition_fn(PartitionSpec::Hash {
+            partitions: 4,
+            seed: 1,
+            hashed_prefix: Some(2),
+        })
+        .unwrap();
+    db.set_target(v2).unwrap();
+    db.migrate_now(Some(2000)).unwrap();
+    for _ in 0..150 {
+        put(&db, &mut model, &mut r);
+    }
+    for _ in 0..60 {
+        del(&db, &mut model, &mut r);
+    }
+    db.flush().unwrap();
+    let v3 = db.register_partition_fn(sluice_tests::hash(4, 77)).unwrap();
+    db.set_target(v3).unwrap();
+    let mut open: Vec<Open> = Vec::new();
+    for round in 0..120 {
+        // Open an iterator now and then: a range, a prefix, or on a snapshot.
+        if open.len() < 6 && r.random_bool(0.6) {
+            let lo = key(&mut r);
+            let hi = key(&mut r);
+            let b: Bounds = match r.random_range(0..6) {
+                0 => (Bound::Included(lo), Bound::Included(hi)),
+                1 => (Bound::Excluded(lo), Bound::Excluded(hi)),
+                2 => (Bound::Included(lo), Bound::Unbounded),
+                3 => (Bound::Unbounded, Bound::Excluded(hi)),
+                4 => (Bound::Unbounded, Bound::Unbounded),
+                _ => (
+                    Bound::Included(b"k0100".to_vec()),
+                    Bound::Excluded(b"k0200".to_vec()),
+                ),
+            };
+            let snap = r.random_bool(0.3).then(|| db.snapshot());
+            let (it, what, want) = if r.random_bool(0.2) {
+                let p = format!("k0{}", r.random_range(0..5u32)).into_bytes();
+                let want: VecDeque<_> = model
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&p))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (db.prefix(&p), format!("prefix {}", esc(&p)), want)
+            } else {
+                let it = match &snap {
+                    Some(s) => s.range((b.0.clone(), b.1.clone())),
+                    None => db.range((b.0.clone(), b.1.clone())),
+                };
+                let what = format!(
+                    "range ({}, {}) snap={}",
+                    esc_bound(&b.0),
+                    esc_bound(&b.1),
+                    snap.is_some()
+                );
+                (it, what, model_range(&model, &b).into())
+            };
+            open.push(Open {
+                it,
+                want,
+                what: format!("round {round}: {what}"),
+                steps: String::new(),
+                nones: 0,
+                _snap: snap,
+            });
+        }
+        // Step every open iterator a little, in either direction.
+        for o in open.iter_mut() {
+            for _ in 0..r.random_range(0..6) {
+                let back = r.random_bool(0.5);
+                o.steps.push(if back { 'B' } else { 'F' });
+                let got = if back { o.it.next_back() } else { o.it.next() };
+                let got = got
+                    .transpose()
+                    .unwrap_or_else(|e| panic!("{} ({}) failed: {e}", o.what, o.steps))
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()));
+                let exp = if back {
+                    o.want.pop_back()
+                } else {
+                    o.want.pop_front()
+                };
+                assert_eq!(
+                    got.as_ref().map(|p| (esc(&p.0), esc(&p.1))),
+                    exp.as_ref().map(|p| (esc(&p.0), esc(&p.1))),
+                    "{} steps {}",
+                    o.what,
+                    o.steps
+                );
+                if got.is_none() {
+                    o.nones += 1;
+                }
+            }
+        }
+        open.retain(|o| o.nones < 2);
+        // Change the database under them.
+        match r.random_range(0..14) {
+            0 | 1 => {
+                for _ in 0..r.random_range(1..40) {
+                    put(&db, &mut model, &mut r);
+                }
+            }
+            2 => {
+                for _ in 0..r.random_range(1..20) {
+                    del(&db, &mut model, &mut r);
+                }
+            }
+            3 | 4 => {
+                // Point reads at the latest state move draining entries lazily.
+                for _ in 0..r.random_range(1..60) {
+                    let k = key(&mut r);
+                    assert_eq!(
+                        db.get(&k).unwrap().map(|v| v.to_vec()),
+                        model.get(&k).cloned()
+                    );
+                }
+                if r.random_bool(0.5) {
+                    sluice::internals::apply_moves(&db);
+                }
+            }
+            5 => db.flush().unwrap(),
+            6 => db.compact().unwrap(),
+            7 | 8 => {
+                let _ = db.migrate_now(Some(r.random_range(500..20_000))).unwrap();
+            }
+            9 | 10 => {
+                let live: Vec<VersionId> =
+                    db.layout().versions.iter().map(|v| v.id).collect();
+                let v = live[r.random_range(0..live.len())];
+                // Drained and retired by background work since the listing, maybe.
+                match db.set_target(v) {
+                    Ok(()) | Err(Error::VersionRetired(_)) => {}
+                    Err(e) => panic!("set_target({v:?}): {e}"),
+                }
+            }
+            11 => {
+                let _ = db.retire_drained().unwrap();
+            }
+            12 => {
+                let _ = db.migrate_now(None).unwrap();
+                let _ = db.retire_drained().unwrap();
+            }
+            _ => {
+                if db.layout().versions.len() < 3 {
+                    let spec = if r.random_bool(0.5) {
+                        sluice_tests::hash(r.random_range(1..6), r.random())
+                    } else {
+                        PartitionSpec::Range {
+                            boundaries: vec![b"k0150".to_vec(), b"k0250".to_vec()],
+                        }
+                    };
+                    let v = db.register_partition_fn(spec).unwrap();
+                    db.set_target(v).unwrap();
+                }
+            }
+        }
+    }
+    // Finish every iterator still open.
+    for mut o in open {
+        loop {
+            let back = r.random_bool(0.5);
+            o.steps.push(if back { 'B' } else { 'F' });
+            let got = if back { o.it.next_back() } else { o.it.next() };
+            let got = got
+                .transpose()
+                .unwrap_or_else(|e| panic!("{} ({}) failed: {e}", o.what, o.steps))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()));
+            let exp = if back {
+                o.want.pop_back()
+            } else {
+                o.want.pop_front()
+            };
+            assert_eq!(got, exp, "{} steps {}", o.what, o.steps);
+            if got.is_none() {
+                break;
+            }
+        }
+    }
+    assert_eq!(sluice_tests::dump(&db).unwrap(), model);
+}

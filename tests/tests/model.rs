@@ -1670,8 +1670,7 @@ fn held_iterators_seed(seed: u64) {
                 let _ = db.migrate_now(Some(r.random_range(500..20_000))).unwrap();
             }
             9 | 10 => {
-                let live: Vec<VersionId> =
-                    db.layout().versions.iter().map(|v| v.id).collect();
+                let live: Vec<VersionId> = db.layout().versions.iter().map(|v| v.id).collect();
                 let v = live[r.random_range(0..live.len())];
                 // Drained and retired by background work since the listing, maybe.
                 match db.set_target(v) {

@@ -1297,15 +1297,23 @@ fn verify_of_a_live_directory_takes_an_obsolete_wal_removed_after_its_listing_fo
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
-/// The real file system, with hooks into a reader's recovery: `on_wal_read` runs when it
-/// maps its first WAL after listing the directory (between its listing of the WALs and its
-/// reading them), `on_mark(n)` just after its `n`th look at the manifest's size (a
-/// read-only open looks twice per attempt: before it, and after a failure).
+/// The real file system, with hooks into a reader's recovery (each optional):
+/// `on_wal_read` runs when it reads its first WAL after listing the directory (between
+/// its listing of the WALs and its reading them); `on_mark(n)` just after its `n`th look
+/// at the manifest's size (a read-only open looks twice per attempt: before it, and after
+/// a failure); `on_list(n)` just before its `n`th listing of the directory (a read-only
+/// open lists the tables the manifest does not name, then the WALs). A read of the file
+/// `torn.0` returns it short of its last `torn.1` bytes, once: what a read racing the
+/// write that appends them sees.
+#[derive(Default)]
 struct ReaderHooks {
-    on_wal_read: Hook,
-    on_mark: Box<dyn Fn(usize) + Send + Sync>,
+    on_wal_read: Option<Hook>,
+    on_mark: Option<Box<dyn Fn(usize) + Send + Sync>>,
+    on_list: Option<Box<dyn Fn(usize) + Send + Sync>>,
+    torn: std::sync::Mutex<Option<(std::path::PathBuf, usize)>>,
     listed: std::sync::atomic::AtomicBool,
     marks: std::sync::atomic::AtomicUsize,
+    lists: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for ReaderHooks {
@@ -1321,9 +1329,20 @@ impl Fs for ReaderHooks {
     fn read_file(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
         use std::sync::atomic::Ordering::AcqRel;
         if path.extension().is_some_and(|x| x == "log") && self.listed.swap(false, AcqRel) {
-            (self.on_wal_read)();
+            if let Some(hook) = &self.on_wal_read {
+                hook();
+            }
         }
-        StdFs.read_file(path)
+        let data = StdFs.read_file(path)?;
+        let mut torn = self.torn.lock().unwrap();
+        match torn.as_ref() {
+            Some((p, cut)) if p == path => {
+                let keep = data.len() - cut;
+                *torn = None;
+                Ok(data.slice(..keep))
+            }
+            _ => Ok(data),
+        }
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         StdFs.rename(from, to)
@@ -1332,6 +1351,10 @@ impl Fs for ReaderHooks {
         StdFs.remove(path)
     }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        let n = self.lists.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        if let Some(hook) = &self.on_list {
+            hook(n);
+        }
         let names = StdFs.list(dir);
         self.listed
             .store(true, std::sync::atomic::Ordering::Release);
@@ -1351,7 +1374,9 @@ impl Fs for ReaderHooks {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         if name.starts_with("MANIFEST-") {
             let n = self.marks.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-            (self.on_mark)(n);
+            if let Some(hook) = &self.on_mark {
+                hook(n);
+            }
         }
         size
     }
@@ -1383,7 +1408,7 @@ fn read_only_open_racing_rotations(
     let tried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let rotated = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader_fs = ReaderHooks {
-        on_wal_read: {
+        on_wal_read: Some({
             let (db, tried, rotated) = (db.clone(), tried.clone(), rotated.clone());
             let dir = dir.path().to_path_buf();
             Box::new(move || {
@@ -1392,13 +1417,12 @@ fn read_only_open_racing_rotations(
                     rotated.fetch_add(1, Relaxed);
                 }
             })
-        },
-        on_mark: {
+        }),
+        on_mark: Some({
             let (db, fs) = (db.clone(), fs.clone());
             Box::new(move |n| on_mark(&db, &fs, n))
-        },
-        listed: Default::default(),
-        marks: Default::default(),
+        }),
+        ..ReaderHooks::default()
     };
     let r = Db::open_read_only(
         dir.path(),
@@ -1490,62 +1514,6 @@ fn a_read_only_open_looks_for_the_missed_wal_before_the_manifest() {
     assert!(matches!(r, Err(Error::Busy { .. })), "{what}: {r:?}");
 }
 
-/// The real file system, running `hook` once, just after the reader's first listing of the
-/// directory returns (a read-only open lists the tables the manifest does not name, then
-/// the WALs).
-struct AfterFirstList {
-    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-impl std::fmt::Debug for AfterFirstList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AfterFirstList")
-    }
-}
-
-impl Fs for AfterFirstList {
-    fn create(&self, path: &Path) -> std::io::Result<Box<dyn sluice::fs::WritableFile>> {
-        StdFs.create(path)
-    }
-    fn read_file(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
-        StdFs.read_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        StdFs.remove(path)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        let names = StdFs.list(dir);
-        if let Some(hook) = self.hook.lock().unwrap().take() {
-            hook();
-        }
-        names
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.sync_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        StdFs.exists(path)
-    }
-    fn file_size(&self, path: &Path) -> std::io::Result<u64> {
-        StdFs.file_size(path)
-    }
-    fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn sluice::fs::DirLock>>> {
-        StdFs.lock(path)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.hard_link(from, to)
-    }
-    fn available_space(&self, dir: &Path) -> std::io::Result<u64> {
-        StdFs.available_space(dir)
-    }
-}
-
 /// A point-in-time read-only open of a live directory whose writer flushes (and deletes
 /// the flushed WAL) between the open's reading the manifest and its listing the WALs: the
 /// WAL the manifest it read names is gone, which is the race, not a loss. The open must
@@ -1572,10 +1540,14 @@ fn a_point_in_time_read_only_open_racing_a_flush_does_not_lose_synced_writes() {
         .filter(|n| n.ends_with(".log"))
         .collect();
     let flushed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader_fs = AfterFirstList {
-        hook: std::sync::Mutex::new(Some(Box::new({
+    let reader_fs = ReaderHooks {
+        // Just after the first listing (of the tables), before the second (of the WALs).
+        on_list: Some(Box::new({
             let (db, dir, flushed) = (db.clone(), dir.path().to_path_buf(), flushed.clone());
-            move || {
+            move |n| {
+                if n != 2 {
+                    return;
+                }
                 db.flush().unwrap();
                 let end = Instant::now() + Duration::from_secs(30);
                 while before.iter().any(|n| dir.join(n).exists()) && Instant::now() < end {
@@ -1586,7 +1558,8 @@ fn a_point_in_time_read_only_open_racing_a_flush_does_not_lose_synced_writes() {
                     std::sync::atomic::Ordering::Release,
                 );
             }
-        }))),
+        })),
+        ..ReaderHooks::default()
     };
     let r = Db::open_read_only(
         dir.path(),
@@ -1617,72 +1590,6 @@ fn a_point_in_time_read_only_open_racing_a_flush_does_not_lose_synced_writes() {
     }
 }
 
-/// The real file system, with hooks into a reader's recovery: `on_list(n)` runs before its
-/// `n`th listing of the directory (a read-only open lists the tables the manifest does not
-/// name, then the WALs), and a read of the file `torn.0` returns it short of its last
-/// `torn.1` bytes, once: what a read racing the write that appends them sees.
-struct TornRead {
-    on_list: Box<dyn Fn(usize) + Send + Sync>,
-    lists: std::sync::atomic::AtomicUsize,
-    torn: std::sync::Mutex<Option<(std::path::PathBuf, usize)>>,
-}
-
-impl std::fmt::Debug for TornRead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TornRead")
-    }
-}
-
-impl Fs for TornRead {
-    fn create(&self, path: &Path) -> std::io::Result<Box<dyn sluice::fs::WritableFile>> {
-        StdFs.create(path)
-    }
-    fn read_file(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
-        let data = StdFs.read_file(path)?;
-        let mut torn = self.torn.lock().unwrap();
-        match torn.as_ref() {
-            Some((p, cut)) if p == path => {
-                let keep = data.len() - cut;
-                *torn = None;
-                Ok(data.slice(..keep))
-            }
-            _ => Ok(data),
-        }
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        StdFs.remove(path)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        let n = self.lists.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        (self.on_list)(n);
-        StdFs.list(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.sync_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        StdFs.exists(path)
-    }
-    fn file_size(&self, path: &Path) -> std::io::Result<u64> {
-        StdFs.file_size(path)
-    }
-    fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn sluice::fs::DirLock>>> {
-        StdFs.lock(path)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.hard_link(from, to)
-    }
-    fn available_space(&self, dir: &Path) -> std::io::Result<u64> {
-        StdFs.available_space(dir)
-    }
-}
-
 /// A read-only open of a live directory that lists the WALs just after the writer created
 /// its next WAL, reads the WAL it rotates away from while the record naming the next one
 /// is being appended (a torn tail: the record's last byte not there yet), and then reads
@@ -1703,16 +1610,16 @@ fn a_read_only_open_reading_a_successor_record_being_written_is_not_damage() {
         let rotated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader_fs = {
             let (db, dir, rotated) = (db.clone(), dir.path().to_path_buf(), rotated.clone());
-            Arc::new(TornRead {
+            Arc::new(ReaderHooks {
                 // The second listing is of the WALs: the writer rotates (and syncs a write
                 // into its new WAL) just before it.
-                on_list: Box::new(move |n| {
+                on_list: Some(Box::new(move |n| {
                     if n == 2 && rotate_wal(&db, &dir) && db.sync_wal().is_ok() {
                         rotated.store(true, std::sync::atomic::Ordering::Release);
                     }
-                }),
-                lists: Default::default(),
+                })),
                 torn: std::sync::Mutex::new(Some((old, 1))),
+                ..ReaderHooks::default()
             })
         };
         let r = Db::open_read_only(

@@ -1984,6 +1984,16 @@ fn crash_leaving(d: &Path, edit: impl FnOnce(&sluice::Db, &mut sluice_migrate::R
     db.close().unwrap();
 }
 
+/// `sluice migrate plan --spec hash:8:3` then `start` on `dir`, each exiting 0; the
+/// start's JSON.
+fn plan_and_start(dir: &Path) -> Value {
+    let (c, v) = json(dir, &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"]);
+    assert_eq!(c, 0, "{v}");
+    let (c, v) = json(dir, &["migrate", "start", "{DIR}"]);
+    assert_eq!(c, 0, "{v}");
+    v
+}
+
 /// "Each command continues where the previous one — or a crash — left off": a rollback
 /// cut short by a crash after it was recorded (`RollingBack`) is completed by the next
 /// `migrate rollback`, which must then report the rollback done (exit 0), not refuse it
@@ -1992,13 +2002,7 @@ fn crash_leaving(d: &Path, edit: impl FnOnce(&sluice::Db, &mut sluice_migrate::R
 #[test]
 fn a_rollback_rerun_after_a_crash_mid_rollback_succeeds() {
     let d = fixture();
-    let (c, v) = json(
-        d.path(),
-        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
-    );
-    assert_eq!(c, 0, "{v}");
-    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
-    assert_eq!(c, 0, "{v}");
+    let v = plan_and_start(d.path());
     let from = v["plan"]["from"].as_u64().unwrap();
     // The rollback recorded RollingBack, then the process died before the switch back.
     crash_leaving(d.path(), |_, r| {
@@ -2026,13 +2030,7 @@ fn a_start_rerun_after_a_crash_after_the_switch_succeeds() {
 
 fn a_start_rerun_after_a_crash_in(state: sluice_migrate::State) {
     let d = fixture();
-    let (c, v) = json(
-        d.path(),
-        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
-    );
-    assert_eq!(c, 0, "{v}");
-    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
-    assert_eq!(c, 0, "{v}");
+    let v = plan_and_start(d.path());
     let to = v["plan"]["to"].as_u64().unwrap();
     // The target was switched, then the process died before recording Migrating.
     crash_leaving(d.path(), |db, r| {
@@ -2058,13 +2056,7 @@ fn a_start_rerun_after_a_crash_in(state: sluice_migrate::State) {
 #[test]
 fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
     let d = fixture();
-    let (c, v) = json(
-        d.path(),
-        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
-    );
-    assert_eq!(c, 0, "{v}");
-    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
-    assert_eq!(c, 0, "{v}");
+    plan_and_start(d.path());
     crash_leaving(d.path(), |_, r| r.plan = None);
     for cmd in ["rollback", "pause", "finish"] {
         let (c, v) = json(d.path(), &["migrate", cmd, "{DIR}"]);
@@ -2085,13 +2077,7 @@ fn a_record_in_progress_without_a_plan_is_reported_as_damage() {
 #[test]
 fn a_second_migrate_process_is_fenced_with_exit_4() {
     let d = fixture();
-    let (c, v) = json(
-        d.path(),
-        &["migrate", "plan", "{DIR}", "--spec", "hash:8:3"],
-    );
-    assert_eq!(c, 0, "{v}");
-    let (c, v) = json(d.path(), &["migrate", "start", "{DIR}"]);
-    assert_eq!(c, 0, "{v}");
+    plan_and_start(d.path());
     let (db, mut first) = {
         let _g = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
         let db = sluice::Db::open(d.path(), common::fixture_options()).unwrap();

@@ -1507,6 +1507,35 @@ fn held_iterators_seed(seed: u64) {
         nones: usize,
         _snap: Option<Snapshot>,
     }
+    impl Open {
+        /// One step, backward or forward, checked against the copy of the data the
+        /// iterator was opened on; what it yielded.
+        fn step(&mut self, back: bool) -> Option<(Vec<u8>, Vec<u8>)> {
+            self.steps.push(if back { 'B' } else { 'F' });
+            let got = if back {
+                self.it.next_back()
+            } else {
+                self.it.next()
+            };
+            let got = got
+                .transpose()
+                .unwrap_or_else(|e| panic!("{} ({}) failed: {e}", self.what, self.steps))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()));
+            let exp = if back {
+                self.want.pop_back()
+            } else {
+                self.want.pop_front()
+            };
+            assert_eq!(
+                got.as_ref().map(|p| (esc(&p.0), esc(&p.1))),
+                exp.as_ref().map(|p| (esc(&p.0), esc(&p.1))),
+                "{} steps {}",
+                self.what,
+                self.steps
+            );
+            got
+        }
+    }
     let mut r = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
@@ -1614,26 +1643,7 @@ fn held_iterators_seed(seed: u64) {
         // Step every open iterator a little, in either direction.
         for o in open.iter_mut() {
             for _ in 0..r.random_range(0..6) {
-                let back = r.random_bool(0.5);
-                o.steps.push(if back { 'B' } else { 'F' });
-                let got = if back { o.it.next_back() } else { o.it.next() };
-                let got = got
-                    .transpose()
-                    .unwrap_or_else(|e| panic!("{} ({}) failed: {e}", o.what, o.steps))
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()));
-                let exp = if back {
-                    o.want.pop_back()
-                } else {
-                    o.want.pop_front()
-                };
-                assert_eq!(
-                    got.as_ref().map(|p| (esc(&p.0), esc(&p.1))),
-                    exp.as_ref().map(|p| (esc(&p.0), esc(&p.1))),
-                    "{} steps {}",
-                    o.what,
-                    o.steps
-                );
-                if got.is_none() {
+                if o.step(r.random_bool(0.5)).is_none() {
                     o.nones += 1;
                 }
             }
@@ -1703,20 +1713,7 @@ fn held_iterators_seed(seed: u64) {
     // Finish every iterator still open.
     for mut o in open {
         loop {
-            let back = r.random_bool(0.5);
-            o.steps.push(if back { 'B' } else { 'F' });
-            let got = if back { o.it.next_back() } else { o.it.next() };
-            let got = got
-                .transpose()
-                .unwrap_or_else(|e| panic!("{} ({}) failed: {e}", o.what, o.steps))
-                .map(|(k, v)| (k.to_vec(), v.to_vec()));
-            let exp = if back {
-                o.want.pop_back()
-            } else {
-                o.want.pop_front()
-            };
-            assert_eq!(got, exp, "{} steps {}", o.what, o.steps);
-            if got.is_none() {
+            if o.step(r.random_bool(0.5)).is_none() {
                 break;
             }
         }

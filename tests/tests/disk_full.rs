@@ -554,6 +554,23 @@ fn lazy_moves_keep_the_headroom() {
 // D5b: lazy moves a little at a time, each batch checked against a free space that does not
 // fall until the copies are flushed.
 
+/// Reads `keys` (each read of a draining value queues a lazy move), pausing every `batch`
+/// reads so that the WAL ticker applies what they queued a batch at a time, then flushes.
+fn read_then_flush(
+    db: &Db,
+    keys: impl Iterator<Item = String>,
+    batch: usize,
+) -> sluice::Result<()> {
+    for (i, k) in keys.enumerate() {
+        db.get(k).unwrap();
+        if i % batch == 0 {
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    db.flush()
+}
+
 #[test]
 fn lazy_moves_queued_in_the_memtable_keep_the_headroom() {
     let dir = tempfile::tempdir().unwrap();
@@ -569,15 +586,7 @@ fn lazy_moves_queued_in_the_memtable_keep_the_headroom() {
     retarget(&db, hash(4, 1));
     // Room beyond the headroom for 256 KiB: about 250 of the 4000 1 KB values.
     q.set_capacity(Some(q.settle() + headroom + (256 << 10)));
-    for i in 0..4000u32 {
-        db.get(format!("k{}{i:05}", i % 4)).unwrap();
-        if i % 50 == 0 {
-            // Let the WAL ticker apply what reads queued, a batch at a time.
-            std::thread::sleep(Duration::from_millis(15));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let flushed = db.flush();
+    let flushed = read_then_flush(&db, (0..4000u32).map(|i| format!("k{}{i:05}", i % 4)), 50);
     let s = db.stats();
     let min = q.min_free().unwrap();
     assert!(
@@ -615,15 +624,7 @@ fn lazy_moves_out_of_many_partitions_keep_the_headroom() {
     // are counted at (a copy and a pointer each, and two tables' fixed cost).
     let base = q.settle();
     q.set_capacity(Some(base + headroom + (64 << 10)));
-    for i in 0..4096u32 {
-        db.get(format!("k{i:05}")).unwrap();
-        if i % 64 == 0 {
-            // Let the WAL ticker apply what reads queued, a batch at a time.
-            std::thread::sleep(Duration::from_millis(15));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let flushed = db.flush();
+    let flushed = read_then_flush(&db, (0..4096u32).map(|i| format!("k{i:05}")), 64);
     let s = db.stats();
     let min = q.min_free().unwrap();
     assert!(

@@ -74,7 +74,7 @@ pub use error::{Error, Result};
 pub use iter::{DbIter, KeyRange};
 pub use layout::{PartitionFn, PartitionSpec, MAX_LAYOUT_ID, MAX_LIVE_LAYOUTS, MAX_PARTITIONS};
 pub use load::LoadStats;
-pub use migration::{DrainingProgress, MigrationProgress};
+pub use migration::{DrainingProgress, MigrationProgress, FOREGROUND_P99_HISTORY};
 pub use options::{Options, WalRecovery, WriteOptions};
 pub use scan::{PartitionEntry, PartitionIter};
 pub use snapshot::Snapshot;

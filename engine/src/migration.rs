@@ -70,6 +70,12 @@ pub struct MigrationProgress {
     /// window again (and no new one while the pacer does not look, as while writes slow
     /// down for L0) and should not count it twice.
     pub foreground_p99_window: u64,
+    /// The p99 (µs) of each of the last windows, oldest first, up to
+    /// [`FOREGROUND_P99_HISTORY`](crate::FOREGROUND_P99_HISTORY) of them: the last is
+    /// `foreground_p99_us`, window `foreground_p99_window`'s. A reader that samples less
+    /// often than windows end judges every window it missed from here, not only the last
+    /// (0 for a window without foreground operations, as for `foreground_p99_us`).
+    pub foreground_p99_recent_us: Vec<u64>,
     /// Why migration is not running right now, if it is not.
     pub blocked: Option<String>,
     /// Data movement is held ([`crate::Db::hold_migration`]), across restarts too.
@@ -190,6 +196,10 @@ impl LatencyHistogram {
     }
 }
 
+/// Pacing windows whose p99 [`MigrationProgress::foreground_p99_recent_us`] keeps: a
+/// minute of one-second windows.
+pub const FOREGROUND_P99_HISTORY: usize = 64;
+
 /// The pacer's state.
 pub(crate) struct Pacer {
     pub rate: u64,
@@ -201,6 +211,8 @@ pub(crate) struct Pacer {
     pub last_p99_us: u64,
     /// Windows ended so far (see [`MigrationProgress::foreground_p99_window`]).
     pub windows: u64,
+    /// The last windows' p99s, oldest first (at most [`FOREGROUND_P99_HISTORY`]).
+    pub recent_p99_us: VecDeque<u64>,
     pub blocked: Option<String>,
     /// (time, cumulative bytes migrated) samples for the observed pace.
     pub history: VecDeque<(Instant, u64)>,
@@ -219,10 +231,21 @@ impl Pacer {
             window_start: now,
             last_p99_us: 0,
             windows: 0,
+            recent_p99_us: VecDeque::with_capacity(FOREGROUND_P99_HISTORY),
             blocked: None,
             history: VecDeque::new(),
             migrated_total: 0,
         }
+    }
+
+    /// Records the p99 of a window that ended.
+    fn end_window(&mut self, p99_us: u64) {
+        self.last_p99_us = p99_us;
+        self.windows += 1;
+        if self.recent_p99_us.len() == FOREGROUND_P99_HISTORY {
+            self.recent_p99_us.pop_front();
+        }
+        self.recent_p99_us.push_back(p99_us);
     }
 
     fn effective_rate(&self) -> f64 {
@@ -255,8 +278,7 @@ impl Inner {
             (Some(w), Some(r)) => Some(w.max(r)),
             (w, r) => w.or(r),
         };
-        p.last_p99_us = p99.unwrap_or(0);
-        p.windows += 1;
+        p.end_window(p99.unwrap_or(0));
         let o = &self.opts;
         let slow = p.p99_target_us > 0 && p99.is_some_and(|v| v > p.p99_target_us);
         let debt = self.pending_compaction.load(Ordering::Relaxed)
@@ -657,6 +679,7 @@ impl Inner {
             pace_bytes_per_sec: pace,
             foreground_p99_us: p.last_p99_us,
             foreground_p99_window: p.windows,
+            foreground_p99_recent_us: p.recent_p99_us.iter().copied().collect(),
             // The pacer notes why only when it looks; a hold is known at once.
             blocked: match core.migration_held {
                 true => Some(HELD.into()),
@@ -682,6 +705,22 @@ mod tests {
     use super::*;
     use crate::{Db, Options, PartitionSpec};
     use bytes::Bytes;
+
+    /// The pacer keeps the last windows' p99s, oldest first, the last one the window it
+    /// reports, and no more than [`FOREGROUND_P99_HISTORY`] of them.
+    #[test]
+    fn the_pacer_keeps_the_last_windows_p99s() {
+        let mut p = Pacer::new(1 << 20, 0);
+        let n = FOREGROUND_P99_HISTORY as u64 + 10;
+        for w in 1..=n {
+            p.end_window(w * 10);
+            let recent: Vec<u64> = p.recent_p99_us.iter().copied().collect();
+            let kept = w.min(FOREGROUND_P99_HISTORY as u64);
+            let want: Vec<u64> = (w + 1 - kept..=w).map(|x| x * 10).collect();
+            assert_eq!(recent, want, "after window {w}");
+            assert_eq!((p.windows, p.last_p99_us), (w, w * 10));
+        }
+    }
 
     /// A close on another clone while `migrate_now` runs a job waits for it: the job
     /// writes table files, which must not appear once the directory lock is let go

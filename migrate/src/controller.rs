@@ -31,7 +31,10 @@ pub struct Triggers {
     pub on_reconciliation_mismatch: bool,
     /// Roll back when the observed error rate (errors / ops) exceeds this.
     pub max_error_rate: Option<f64>,
-    /// Roll back when foreground p99 exceeds this many µs for `p99_windows` ticks in a row.
+    /// Roll back when foreground p99 exceeds this many µs for `p99_windows` windows in a
+    /// row: the engine's pacing windows (of a second or more; each counts once, ticks or
+    /// no ticks, up to [`sluice::FOREGROUND_P99_HISTORY`] of them between two ticks), or
+    /// the caller's own, one per tick, where it passes [`Observation::p99_us`].
     pub p99_budget_us: Option<u64>,
     pub p99_windows: u32,
     /// Also run the consistency check and the reconciliation from [`Controller::tick`] (and
@@ -1165,30 +1168,43 @@ impl Controller {
             // The observed health first: a check that cannot run must not keep these from
             // being watched.
             let t = self.cfg.triggers.clone();
-            // The caller's observation is a window of its own; the engine's figure counts
-            // once per pacing window, however often ticks read it (counted per tick, one
-            // slow second read by three ticks was three slow windows and rolled back).
-            let p99 = match obs.and_then(|o| o.p99_us) {
-                Some(p99) => Some(p99),
-                None if self.p99_window == Some(progress.foreground_p99_window) => None,
+            // The caller's observation is a window of its own. The engine's windows count
+            // once each, however often ticks read them (counted per tick, one slow second
+            // read by three ticks was three slow windows and rolled back), and every one
+            // counts, however seldom ticks come (counted per tick, two slow windows with
+            // fast ones between them, read by two ticks, were two in a row).
+            let p99s: Vec<u64> = match obs.and_then(|o| o.p99_us) {
+                Some(p99) => vec![p99],
                 None => {
-                    self.p99_window = Some(progress.foreground_p99_window);
-                    Some(progress.foreground_p99_us)
+                    let seen = self.p99_window.unwrap_or(0);
+                    let now = progress.foreground_p99_window;
+                    self.p99_window = Some(now);
+                    let recent = &progress.foreground_p99_recent_us;
+                    let new = usize::try_from(now.saturating_sub(seen)).unwrap_or(usize::MAX);
+                    if new > recent.len() {
+                        // Windows ended that the engine no longer keeps: whatever they
+                        // were, the ones before them are not in a row with the ones after.
+                        self.over_budget = 0;
+                    }
+                    recent[recent.len() - new.min(recent.len())..].to_vec()
                 }
             };
-            if let (None, Some(budget), Some(p99)) = (&rolled_back, t.p99_budget_us, p99) {
-                if p99 > budget {
-                    self.over_budget += 1;
-                } else {
-                    self.over_budget = 0;
-                }
-                if self.over_budget >= t.p99_windows.max(1) {
-                    let reason = format!(
-                        "p99 {p99} µs over budget {budget} µs for {} windows",
-                        self.over_budget
-                    );
-                    self.roll_back_because(&reason)?;
-                    rolled_back = Some(reason);
+            if let (None, Some(budget)) = (&rolled_back, t.p99_budget_us) {
+                for p99 in p99s {
+                    if p99 > budget {
+                        self.over_budget += 1;
+                    } else {
+                        self.over_budget = 0;
+                    }
+                    if self.over_budget >= t.p99_windows.max(1) {
+                        let reason = format!(
+                            "p99 {p99} µs over budget {budget} µs for {} windows",
+                            self.over_budget
+                        );
+                        self.roll_back_because(&reason)?;
+                        rolled_back = Some(reason);
+                        break;
+                    }
                 }
             }
             if let (None, Some(limit), Some(o)) = (&rolled_back, t.max_error_rate, obs) {

@@ -1239,6 +1239,70 @@ fn the_p99_trigger_counts_each_pacing_window_once() {
     check_data(&db);
 }
 
+/// The p99 trigger judges every pacing window, not only those a tick happens to read:
+/// slow windows with fast ones between them are not in a row. Counted per tick, three
+/// bursts of slow writes, each read by a tick as it ended, with fast windows between them
+/// that no tick read, rolled back a migration whose trigger asks for three slow windows
+/// in a row. (A burst can make two windows slow, its last write ending in the next one:
+/// hence three, which no burst reaches alone.)
+#[test]
+fn the_p99_trigger_does_not_count_slow_windows_apart_as_in_a_row() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, db, mut c) = p99_watched(dir.path(), 3);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The next window to end after `after`, as (its number, whether it was slow).
+    let next_window = |after: u64| loop {
+        assert!(Instant::now() < deadline, "no window ended");
+        let p = db.migration_progress();
+        if p.foreground_p99_window > after {
+            assert_eq!(
+                p.foreground_p99_window,
+                after + 1,
+                "windows ended unseen: the test cannot tell which were slow"
+            );
+            break (p.foreground_p99_window, p.foreground_p99_us > 20_000);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let mut w = db.migration_progress().foreground_p99_window;
+    for burst in 0..3 {
+        // Slow writes until a slow window ends; a tick reads it at once.
+        let writer = SlowWriter::start(&fs, &db);
+        loop {
+            let (n, slow) = next_window(w);
+            w = n;
+            if slow {
+                break;
+            }
+        }
+        let t = c.tick(None).unwrap();
+        writer.stop(&fs);
+        assert_eq!(
+            t.progress.foreground_p99_window, w,
+            "burst {burst}: a window ended before the tick read the slow one"
+        );
+        assert!(
+            t.rolled_back.is_none(),
+            "burst {burst}: slow windows apart counted as in a row: {:?}",
+            t.rolled_back
+        );
+        // Then two fast windows in a row (no foreground operations at all), which no
+        // tick reads.
+        let mut fast = 0;
+        while fast < 2 {
+            let (n, slow) = next_window(w);
+            w = n;
+            fast = if slow { 0 } else { fast + 1 };
+        }
+    }
+    assert_eq!(c.state(), State::Migrating);
+    c.rollback("done").unwrap();
+    check_data(&db);
+}
+
 /// The p99 trigger judges windows of the migration it watches: a slow pacing window that
 /// ended before the start (here while a rolled-back candidate drained back, when the
 /// controller does not count) is not this migration's. The first tick after a start used

@@ -120,13 +120,14 @@ impl MemTable {
         self.wal_number
     }
 
-    fn add(&self, key: &[u8], seqno: u64, kind: Kind, value: &[u8], moved_from: u32) {
+    /// Adds an entry; false if that (key, seqno) was there already.
+    fn add(&self, key: &[u8], seqno: u64, kind: Kind, value: &[u8], moved_from: u32) -> bool {
         // The filter and seqno range first: a reader that finds the entry in the list must
         // not be told by the filter that it is absent.
         self.min_seqno.fetch_min(seqno, AtOrd::Relaxed);
         self.max_seqno.fetch_max(seqno, AtOrd::Relaxed);
         self.filter.insert(crate::sst::bloom::key_hash(key));
-        self.list.insert(key, seqno, kind, value, moved_from);
+        self.list.insert(key, seqno, kind, value, moved_from)
     }
 
     /// Inserts a write. Key and value are copied into the memtable.
@@ -135,11 +136,15 @@ impl MemTable {
     }
 
     /// Inserts a lazily moved entry (original seqno and value) unless that exact entry is
-    /// already present (as any entry: one (key, seqno) is one write).
+    /// already present (as any entry: one (key, seqno) is one write). Its flush's cost is
+    /// counted before it goes in (a headroom check meanwhile sees it), and taken back if it
+    /// did not.
     pub fn insert_moved(&self, key: &[u8], seqno: u64, value: &[u8], from_version: u32) {
-        self.moved_bytes
-            .fetch_add(Self::move_cost(key.len(), value.len()), AtOrd::Relaxed);
-        self.add(key, seqno, Kind::Value, value, from_version);
+        let cost = Self::move_cost(key.len(), value.len());
+        self.moved_bytes.fetch_add(cost, AtOrd::Relaxed);
+        if !self.add(key, seqno, Kind::Value, value, from_version) {
+            self.moved_bytes.fetch_sub(cost, AtOrd::Relaxed);
+        }
     }
 
     /// What a flush writes for one lazily moved entry: the copy in the target (key, value,
@@ -372,6 +377,8 @@ mod tests {
         m.insert_moved(b"b", 3, b"old", 1);
         m.insert_moved(b"b", 3, b"old", 1);
         assert_eq!(m.len(), 2);
+        // The copy refused as already there is not counted as a write to come.
+        assert_eq!(m.moved_bytes(), MemTable::move_cost(1, 3));
         assert_eq!(m.min_seqno(), 3);
         assert_eq!(m.get(b"b", 100).unwrap().0, 3);
     }

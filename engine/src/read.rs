@@ -251,32 +251,44 @@ pub(crate) fn newer_in_tables(
 ) -> Result<Option<u32>> {
     let h = bloom::key_hash(key);
     for layout in view.files.layouts.values() {
-        if except == Some(layout.id) {
-            continue;
-        }
-        let Some(part) = layout.parts.get(layout.func.partition_of(key) as usize) else {
-            continue;
-        };
-        let newer = |f: &Arc<FileMeta>| -> Result<bool> {
-            if f.max_seqno <= than || f.min_seqno > at || !f.contains(key) {
-                return Ok(false);
-            }
-            Ok(f.table.get(key, h, at)?.is_some_and(|e| e.seqno > than))
-        };
-        for f in &part.levels[0] {
-            if newer(f)? {
-                return Ok(Some(layout.id));
-            }
-        }
-        for level in 1..MAX_LEVELS {
-            if let Some(f) = part.file_for_key(level, key) {
-                if newer(f)? {
-                    return Ok(Some(layout.id));
-                }
-            }
+        if except != Some(layout.id) && newer_in_layout(layout, key, h, than, at)? {
+            return Ok(Some(layout.id));
         }
     }
     Ok(None)
+}
+
+/// Whether `layout`'s tables hold an entry for `key` (filter hash `h`) newer than `than`
+/// and at or below `at`.
+fn newer_in_layout(
+    layout: &crate::version::LayoutState,
+    key: &[u8],
+    h: u64,
+    than: u64,
+    at: u64,
+) -> Result<bool> {
+    let Some(part) = layout.parts.get(layout.func.partition_of(key) as usize) else {
+        return Ok(false);
+    };
+    let newer = |f: &Arc<FileMeta>| -> Result<bool> {
+        if f.max_seqno <= than || f.min_seqno > at || !f.contains(key) {
+            return Ok(false);
+        }
+        Ok(f.table.get(key, h, at)?.is_some_and(|e| e.seqno > than))
+    };
+    for f in &part.levels[0] {
+        if newer(f)? {
+            return Ok(true);
+        }
+    }
+    for level in 1..MAX_LEVELS {
+        if let Some(f) = part.file_for_key(level, key) {
+            if newer(f)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Searches `f` for `key` if its filter (`filter`, from the level's index) admits it.
@@ -396,6 +408,25 @@ pub(crate) struct PendingMove {
     source: Arc<FileMeta>,
 }
 
+/// Whether the entry `m` would copy (that key at that seqno) is in the memtables or the
+/// target's tables already: a copy made before. (Another draining layout's copy does not
+/// count: it has yet to move itself. A target table that cannot be read says yes: the move
+/// is optional, and the read that queued it reported nothing.)
+fn moved_already(view: &View, m: &PendingMove) -> bool {
+    let in_mem = std::iter::once(&view.mem)
+        .chain(view.imm.iter())
+        .any(|t| t.get(&m.key, m.seqno).is_some_and(|(s, _, _)| s == m.seqno));
+    in_mem
+        || newer_in_layout(
+            view.files.target_layout(),
+            &m.key,
+            bloom::key_hash(&m.key),
+            m.seqno.saturating_sub(1),
+            m.seqno,
+        )
+        .unwrap_or(true)
+}
+
 impl Inner {
     /// Point read at `snapshot`, or at the latest seqno (which may trigger a lazy move).
     pub fn get(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
@@ -508,9 +539,23 @@ impl Inner {
     pub(crate) fn apply_moves(&self) {
         // Readers only ever take `moves` briefly; this lock orders appliers among themselves.
         let _applying = self.applying_moves.lock();
-        let pending = std::mem::take(&mut *self.moves.lock());
+        let mut pending = std::mem::take(&mut *self.moves.lock());
         if pending.is_empty() {
             return;
+        }
+        // A move whose entry was copied already (another read of the key queued it too, or
+        // moved it and had it flushed before this read's move was queued) is not made
+        // again: its bytes and its pointer would be written twice. Only appliers (one at a
+        // time) make copies, so one view shows each earlier copy, in a memtable or,
+        // flushed, in a target table.
+        {
+            let view = self.view.load();
+            let before = pending.len();
+            pending.retain(|m| !moved_already(&view, m));
+            let dropped = before - pending.len();
+            if dropped > 0 {
+                Counters::add(&self.counters.move_skipped, dropped as u64);
+            }
         }
         // Moves and bytes per source version, booked once per batch.
         let mut booked: HashMap<u32, (u64, u64)> = HashMap::new();
@@ -569,7 +614,11 @@ impl Inner {
                 }
                 let cost = (m.key.len() + m.value.len()) as u64;
                 let from = m.source.layout_version;
-                view.mem.insert_moved(&m.key, m.seqno, &m.value, from);
+                if !view.mem.insert_moved(&m.key, m.seqno, &m.value, from) {
+                    // The same entry twice in this batch: copied once.
+                    Counters::add(&self.counters.move_skipped, 1);
+                    continue;
+                }
                 let target = view.files.target_layout();
                 for (v, p) in [
                     (target.id, target.func.partition_of(&m.key)),
@@ -881,5 +930,63 @@ mod tests {
             !range.contains(&m.value.as_ptr()),
             "the queued move's value points into the cached block"
         );
+    }
+
+    /// A key read twice before its move is applied queues two moves of the same entry;
+    /// the memtable takes the copy once, and the figures count one move, its bytes once.
+    #[test]
+    fn a_key_read_twice_before_its_move_is_applied_counts_one_move() {
+        let (_dir, db) = draining_db();
+        for _ in 0..2 {
+            assert!(db.get("k0100").unwrap().is_some());
+        }
+        assert_eq!(db.inner.moves.lock().len(), 2, "two moves queued");
+        db.inner.apply_moves();
+        let s = db.stats();
+        assert_eq!(
+            (s.lazy_moves, s.lazy_moved_bytes),
+            (1, 105),
+            "moves and bytes booked"
+        );
+        let p = db.migration_progress();
+        assert_eq!(
+            (p.draining[0].lazy_moves, p.draining[0].lazy_moved_bytes),
+            (1, 105)
+        );
+        assert_eq!(
+            db.inner.view.load().mem.moved_bytes(),
+            crate::memtable::MemTable::move_cost(5, 100) + 2 * crate::migration::TABLE_COST,
+            "disk the queued copy will take"
+        );
+    }
+
+    /// A move queued by a read that found the entry in the draining layout before another
+    /// read's move of it was applied and flushed: the copy and its pointer are on disk
+    /// already, and copying it again would write the bytes and the pointer twice.
+    #[test]
+    fn a_move_of_an_entry_moved_and_flushed_meanwhile_is_skipped() {
+        let (_dir, db) = draining_db();
+        let inner = &db.inner;
+        assert!(db.get("k0100").unwrap().is_some());
+        // This reader's move waits (out of the queue) while another read's is applied.
+        let late = std::mem::take(&mut *inner.moves.lock());
+        assert!(db.get("k0100").unwrap().is_some());
+        inner.apply_moves();
+        db.flush().unwrap();
+        inner.moves.lock().extend(late);
+        inner.apply_moves();
+        db.flush().unwrap();
+        let s = db.stats();
+        assert_eq!((s.lazy_moves, s.lazy_moved_bytes), (1, 105), "moves booked");
+        let p = db.migration_progress();
+        assert_eq!(p.draining[0].forwarding_pointers, 1, "pointers live");
+        let target = db.layout().target.0;
+        let copies: u64 = s
+            .partitions
+            .iter()
+            .filter(|p| p.version == target)
+            .map(|p| p.entries)
+            .sum();
+        assert_eq!(copies, 1, "copies in the target");
     }
 }

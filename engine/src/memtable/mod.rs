@@ -136,15 +136,17 @@ impl MemTable {
     }
 
     /// Inserts a lazily moved entry (original seqno and value) unless that exact entry is
-    /// already present (as any entry: one (key, seqno) is one write). Its flush's cost is
-    /// counted before it goes in (a headroom check meanwhile sees it), and taken back if it
-    /// did not.
-    pub fn insert_moved(&self, key: &[u8], seqno: u64, value: &[u8], from_version: u32) {
+    /// already present (as any entry: one (key, seqno) is one write); whether it inserted.
+    /// Its flush's cost is counted before it goes in (a headroom check meanwhile sees it),
+    /// and taken back if it did not.
+    pub fn insert_moved(&self, key: &[u8], seqno: u64, value: &[u8], from_version: u32) -> bool {
         let cost = Self::move_cost(key.len(), value.len());
         self.moved_bytes.fetch_add(cost, AtOrd::Relaxed);
-        if !self.add(key, seqno, Kind::Value, value, from_version) {
+        let inserted = self.add(key, seqno, Kind::Value, value, from_version);
+        if !inserted {
             self.moved_bytes.fetch_sub(cost, AtOrd::Relaxed);
         }
+        inserted
     }
 
     /// What a flush writes for one lazily moved entry: the copy in the target (key, value,

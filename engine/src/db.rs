@@ -350,7 +350,7 @@ pub(crate) struct Inner {
     pub lazy_counts: Mutex<HashMap<u32, (u64, u64)>>,
     /// Lazy moves queued by reads, applied by the WAL ticker (and before a flush or a
     /// foreground migration).
-    pub moves: Mutex<Vec<crate::read::PendingMove>>,
+    pub moves: Mutex<crate::read::MoveQueue>,
     /// Held while queued moves are applied, so that `apply_moves` is a barrier: when it
     /// returns, every move queued before the call was applied or skipped, even if another
     /// thread (the WAL ticker) had taken it off the queue.

@@ -1142,7 +1142,7 @@ fn assemble(
         sampling: AtomicBool::new(false),
         install: parking_lot::RwLock::new(()),
         lazy_counts: Mutex::new(Default::default()),
-        moves: Mutex::new(Vec::new()),
+        moves: Mutex::new(Default::default()),
         applying_moves: Mutex::new(()),
         load: arc_swap::ArcSwapOption::from_pointee(crate::load::PartitionLoad::new(
             Some(files.target),

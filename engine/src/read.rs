@@ -524,7 +524,12 @@ impl Inner {
         if r.kind != Kind::Value {
             return Ok(None);
         }
-        if snapshot.is_none() && self.opts.move_bytes_per_sec > 0 {
+        // A handle that writes nothing (read-only, or writes stopped after a failure) moves
+        // nothing: no flush would ever write the copies.
+        if snapshot.is_none()
+            && self.opts.move_bytes_per_sec > 0
+            && !self.failed.load(Ordering::Acquire)
+        {
             if let Origin::File(f) = &r.origin {
                 if f.layout_version != view.files.target {
                     drop(view);
@@ -1065,5 +1070,19 @@ mod tests {
         assert_eq!(db.inner.moves.lock().len(), 2, "moves queued");
         db.inner.apply_moves();
         assert_eq!(db.stats().lazy_moves, 2);
+    }
+
+    /// A read-only handle writes nothing, so its reads queue no moves: nothing would ever
+    /// apply them (no WAL ticker runs), and each, with its copy of the value, stayed
+    /// queued as long as the handle lived, up to the queue's limit.
+    #[test]
+    fn a_read_only_handle_queues_no_moves() {
+        let (dir, db) = draining_db();
+        let ro = Db::open_read_only(dir.path(), draining_opts(&FaultFs::new(), true)).unwrap();
+        for i in 0..200u32 {
+            assert!(ro.get(format!("k{i:04}")).unwrap().is_some());
+        }
+        assert_eq!(ro.inner.moves.lock().len(), 0, "moves queued");
+        drop(db);
     }
 }

@@ -695,7 +695,7 @@ impl Inner {
         let read = job.input_bytes();
         let written = out.bytes_written;
         let outputs = out.finish()?;
-        self.install_compaction(job, outputs, read, written)
+        self.install_compaction(job, outputs, read, written, 0)
     }
 
     /// Releases what a job held: its partition, its reserved output range, and its
@@ -718,7 +718,7 @@ impl Inner {
     /// Runs a picked job and installs its result. The caller releases the job.
     pub(crate) fn run_compaction(&self, job: &CompactionJob) -> Result<()> {
         if job.trivial {
-            return self.install_compaction(job, Vec::new(), 0, 0);
+            return self.install_compaction(job, Vec::new(), 0, 0, 0);
         }
         if job.pointer_merge {
             return self.merge_pointers(job);
@@ -823,18 +823,18 @@ impl Inner {
         let written = out.bytes_written;
         let outputs = out.finish()?;
         let written = written.max(outputs.iter().map(|f| f.size).sum());
-        if job.migrate_to.is_some() {
-            self.note_migrated(job, read, written, forwarded);
-        }
-        self.install_compaction(job, outputs, read, written)
+        self.install_compaction(job, outputs, read, written, forwarded)
     }
 
+    /// Installs a job's outputs in place of its inputs; `forwarded`: the values a migration
+    /// job dropped as already moved.
     fn install_compaction(
         &self,
         job: &CompactionJob,
         outputs: Vec<Arc<FileMeta>>,
         read: u64,
         written: u64,
+        forwarded: u64,
     ) -> Result<()> {
         #[cfg(test)]
         crate::test_hooks::reach(crate::test_hooks::Point::CompactionBeforeInstall);
@@ -949,6 +949,11 @@ impl Inner {
             files: Arc::new(new_files),
         });
         drop(install);
+        if job.migrate_to.is_some() {
+            // Counted once installed: a job that fails before leaves its inputs to the
+            // next one, which would count them again.
+            self.note_migrated(&mut core, job, read, written, forwarded);
+        }
         self.maybe_roll_manifest(&mut core)?;
         drop(core);
         if !job.trivial {

@@ -353,27 +353,37 @@ impl Inner {
 
     /// [`Inner::pick_draining_file`], if the disk keeps its headroom with the job's output
     /// on it (and what migration jobs already running may still write): the job, with
-    /// that output reserved until it is released; else the reason.
+    /// that output reserved until it is released; else the reason. A job of several files
+    /// that does not fit is tried again with its first file alone: once that one has
+    /// migrated, its input's space is free again for the next, where the files together
+    /// would have held migration at the headroom for good.
     pub(crate) fn pick_within_headroom(
         &self,
         core: &mut Core,
         view: &View,
     ) -> std::result::Result<Option<CompactionJob>, String> {
-        let Some(job) = self.pick_draining_file(core, view) else {
-            return Ok(None);
-        };
-        let parts = job
-            .migrate_to
-            .and_then(|t| view.files.layouts.get(&t))
-            .map_or(1, |l| l.parts.len());
-        let input: u64 = job.inputs.iter().map(|f| self.rewritten_size(f)).sum();
-        let need = output_estimate(input, parts);
-        if let Some(why) = self.headroom_refusal(core, need) {
-            self.release_job(core, &job);
-            return Err(why);
+        let mut alone = false;
+        loop {
+            let Some(job) = self.pick_draining_file(core, view, alone) else {
+                return Ok(None);
+            };
+            let parts = job
+                .migrate_to
+                .and_then(|t| view.files.layouts.get(&t))
+                .map_or(1, |l| l.parts.len());
+            let input: u64 = job.inputs.iter().map(|f| self.rewritten_size(f)).sum();
+            let need = output_estimate(input, parts);
+            if let Some(why) = self.headroom_refusal(core, need) {
+                self.release_job(core, &job);
+                if job.inputs.len() > 1 && !job.pointer_merge && !alone {
+                    alone = true;
+                    continue;
+                }
+                return Err(why);
+            }
+            core.migration_space.insert(job.id, need);
+            return Ok(Some(job));
         }
-        core.migration_space.insert(job.id, need);
-        Ok(Some(job))
     }
 
     /// What `f` takes once rewritten with this handle's table options, for the headroom
@@ -476,7 +486,14 @@ impl Inner {
     /// the same key range, so their outputs overlap one another but not what migrated
     /// before, and the target merges them within that range only. From a range layout the
     /// order is the same as before: its partitions are key-ordered.
-    pub(crate) fn pick_draining_file(&self, core: &mut Core, view: &View) -> Option<CompactionJob> {
+    ///
+    /// `alone`: the first file only, with none of the other partitions' files.
+    pub(crate) fn pick_draining_file(
+        &self,
+        core: &mut Core,
+        view: &View,
+        alone: bool,
+    ) -> Option<CompactionJob> {
         if let Some(job) = self.pick_pointer_merge(core, view) {
             return Some(job);
         }
@@ -524,6 +541,7 @@ impl Inner {
             // A failing partition is retried alone, and none joins another's job: one
             // unreadable file fails the whole job it is in.
             if failing
+                || alone
                 || pj == pi
                 || core.busy.contains(&(version, pj))
                 || core.compaction_failures.contains_key(&(version, pj))

@@ -383,6 +383,50 @@ fn a_migration_writing_more_than_it_reads_keeps_the_headroom() {
     wait_migrated(&db);
 }
 
+// ---------------------------------------------------------------------------------------
+// D2c: from a hash layout one job takes the next file of every source partition at once.
+// Where the disk has room for one file's output beyond the headroom but not for all of
+// them together, the files go one at a time: the pacer held the whole migration at the
+// headroom for good (and `migrate_now` refused it with `StorageFull`).
+
+#[test]
+fn files_that_fit_the_headroom_one_at_a_time_migrate_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = QuotaFs::default();
+    let headroom = 4u64 << 20;
+    let opts = Options {
+        partition: hash(4, 1),
+        background_threads: 1,
+        ..on_quota(&q, headroom)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    four_tables(&db);
+    retarget(&db, hash(4, 2));
+    let s = largest_file(&db, 1);
+    // Room beyond the headroom for twice the largest file: for one file's output (its
+    // input and a quarter more, and a table's fixed cost per target partition), not four.
+    q.set_capacity(Some(q.settle() + headroom + 2 * s));
+    db.set_migration_rate(1 << 50);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !db.migration_progress().is_complete() {
+        let p = db.migration_progress();
+        assert!(
+            Instant::now() < deadline,
+            "migration held for good with {} files of at most {s} B left and {} B free \
+             beyond the headroom: {:?}",
+            p.files_left(),
+            q.free().saturating_sub(headroom),
+            p.blocked
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let min = q.min_free().unwrap();
+    assert!(
+        min >= headroom,
+        "migration left {min} bytes free, below the {headroom}-byte headroom"
+    );
+}
+
 /// Lets background migration run flat out until it finishes or the headroom holds it.
 fn migrate_until_done_or_held_by_headroom(db: &Db) {
     db.set_migration_rate(1 << 50);

@@ -195,6 +195,9 @@ fn pick(inner: &Inner, core: &mut Core) -> Option<Job> {
     // itself backs off on compaction debt and foreground latency).
     let l0_ok = inner.l0_max.load(std::sync::atomic::Ordering::Relaxed)
         < inner.opts.level0_slowdown_trigger;
+    if !l0_ok {
+        inner.note_l0_holds_migration(core, &view);
+    }
     if core.migrations_running == 0 && l0_ok {
         if let Some(job) = inner.pick_migration(core, &view) {
             if job.migrate_to.is_some() {

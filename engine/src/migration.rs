@@ -351,6 +351,23 @@ impl Inner {
         Some(job)
     }
 
+    /// Notes, for [`MigrationProgress::blocked`], that the workers start no migration job
+    /// while the target's L0 is at its slowdown trigger: they do not ask the pacer then,
+    /// which would say why itself (unless a hold or a pause is the reason anyway).
+    pub(crate) fn note_l0_holds_migration(&self, core: &Core, view: &View) {
+        let mut p = self.pacer.lock();
+        if p.rate > 0
+            && !core.migration_held
+            && view.files.draining().any(|l| l.data_file_count() > 0)
+        {
+            p.blocked = Some(format!(
+                "L0 at {} files, at its slowdown trigger ({}): compactions first",
+                self.l0_max.load(Ordering::Relaxed),
+                self.opts.level0_slowdown_trigger
+            ));
+        }
+    }
+
     /// [`Inner::pick_draining_file`], if the disk keeps its headroom with the job's output
     /// on it (and what migration jobs already running may still write): the job, with
     /// that output reserved until it is released; else the reason. A job of several files
@@ -1150,6 +1167,50 @@ mod tests {
             db.stats().migration_bytes_read,
             "bytes the pacer's pace counts"
         );
+    }
+
+    /// While the target's L0 is near its slowdown trigger the workers do not ask the pacer
+    /// for a job at all; the progress said nothing held migration back (or gave the reason
+    /// from before, "paused" here) while nothing migrated.
+    #[test]
+    fn progress_names_l0_pressure_as_what_holds_migration_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let files = db.migration_progress().files_left();
+        // As if flushes had piled up in the target's L0 (nothing changes the file set
+        // from here on, which would measure it again).
+        db.inner
+            .l0_max
+            .store(opts.level0_slowdown_trigger, Ordering::Relaxed);
+        db.set_migration_rate(1 << 40);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let p = db.migration_progress();
+            assert_eq!(p.files_left(), files, "test setup: nothing migrates");
+            if p.blocked.as_deref().is_some_and(|b| b.contains("L0")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing migrates, and the progress says why: {:?}",
+                p.blocked
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

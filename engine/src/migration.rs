@@ -67,8 +67,8 @@ pub struct MigrationProgress {
     pub foreground_p99_us: u64,
     /// How many pacing windows (of a second or more) have ended: `foreground_p99_us` is
     /// the last one's. A reader that samples more often than windows end sees the same
-    /// window again (and no new one while the pacer does not look, as while writes slow
-    /// down for L0) and should not count it twice.
+    /// window again (and no new one while the pacer does not look: while no worker is
+    /// free to ask it for a job) and should not count it twice.
     pub foreground_p99_window: u64,
     /// The p99 (µs) of each of the last windows, oldest first, up to
     /// [`FOREGROUND_P99_HISTORY`](crate::FOREGROUND_P99_HISTORY) of them: the last is
@@ -266,7 +266,8 @@ impl Inner {
     /// Adapts the budget once per second from foreground latency and compaction pressure.
     fn adapt(&self, p: &mut Pacer) {
         let now = Instant::now();
-        if now.duration_since(p.window_start) < Duration::from_secs(1) {
+        let window = now.duration_since(p.window_start);
+        if window < Duration::from_secs(1) {
             return;
         }
         p.window_start = now;
@@ -291,7 +292,9 @@ impl Inner {
         p.factor = if slow || debt {
             (p.factor * 0.5).max(0.05)
         } else {
-            (p.factor + 0.1).min(1.0)
+            // A tenth per second of the window: the pacer may not have looked for a while
+            // (workers busy with long jobs, or nothing to migrate).
+            (p.factor + 0.1 * window.as_secs_f64()).min(1.0)
         };
         p.history.push_back((now, p.migrated_total));
         while p
@@ -356,6 +359,11 @@ impl Inner {
     /// which would say why itself (unless a hold or a pause is the reason anyway).
     pub(crate) fn note_l0_holds_migration(&self, core: &Core, view: &View) {
         let mut p = self.pacer.lock();
+        if view.files.draining().next().is_some() {
+            // Windows go on ending meanwhile: the pressure cuts the budget as it would
+            // have, and the window after it is no longer than others.
+            self.adapt(&mut p);
+        }
         if p.rate > 0
             && !core.migration_held
             && view.files.draining().any(|l| l.data_file_count() > 0)
@@ -1037,6 +1045,50 @@ mod tests {
             before.bytes_left()
         );
         assert_eq!(moved, before.bytes_left() - after.bytes_left());
+    }
+
+    /// The budget recovers by a tenth per second once latency and compaction debt are back
+    /// to normal, however long the pacer went without looking (a worker busy with a long
+    /// job, no migration for an hour): it recovered a tenth per look, and a migration that
+    /// began an hour after the last one had been cut back started at 15% of its rate.
+    #[test]
+    fn the_budget_recovers_a_tenth_per_second_between_looks() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..100u32 {
+            db.put(format!("k{i:03}"), [b'v'; 50]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let inner = &db.inner;
+        for (secs, want) in [(3u64, 0.35), (3600, 1.0)] {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            {
+                let mut p = inner.pacer.lock();
+                p.factor = 0.05;
+                p.window_start = Instant::now() - Duration::from_secs(secs);
+            }
+            // Paused: the pacer looks (and adapts) but picks no migration job.
+            let _ = inner
+                .pick_migration(&mut core, &view)
+                .map(|j| inner.release_job(&mut core, &j));
+            let factor = inner.pacer.lock().factor;
+            assert!(
+                (factor - want).abs() < 0.01,
+                "{secs} s after its last look at 5%, the budget is at {:.0}%, not {:.0}%",
+                factor * 100.0,
+                want * 100.0
+            );
+        }
     }
 
     /// While nothing drains, the debt a migration's last job left is paid off (the next

@@ -200,6 +200,9 @@ impl LatencyHistogram {
 /// minute of one-second windows.
 pub const FOREGROUND_P99_HISTORY: usize = 64;
 
+/// How far back the observed pace looks.
+const PACE_WINDOW: Duration = Duration::from_secs(60);
+
 /// The pacer's state.
 pub(crate) struct Pacer {
     pub rate: u64,
@@ -252,13 +255,24 @@ impl Pacer {
         self.rate as f64 * self.factor
     }
 
-    fn pace(&self) -> f64 {
-        match (self.history.front(), self.history.back()) {
-            (Some(a), Some(b)) if b.0 > a.0 => {
-                (b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64()
-            }
-            _ => 0.0,
+    /// Bytes migrated per second over the last minute, up to `now`: from the oldest sample
+    /// of that minute to the running total. (Samples are taken only while the pacer looks
+    /// for work, which it does not while nothing drains or L0 is near its slowdown point:
+    /// between the samples alone, a pace measured long ago went on being reported.) Less
+    /// than a second of samples measures nothing yet.
+    fn pace(&self, now: Instant) -> f64 {
+        let Some(&(since, base)) = self
+            .history
+            .iter()
+            .find(|(t, _)| now.saturating_duration_since(*t) <= PACE_WINDOW)
+        else {
+            return 0.0;
+        };
+        let secs = now.saturating_duration_since(since).as_secs_f64();
+        if secs < 1.0 {
+            return 0.0;
         }
+        self.migrated_total.saturating_sub(base) as f64 / secs
     }
 }
 
@@ -300,7 +314,7 @@ impl Inner {
         while p
             .history
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(60))
+            .is_some_and(|(t, _)| now.duration_since(*t) > PACE_WINDOW)
         {
             p.history.pop_front();
         }
@@ -685,7 +699,7 @@ impl Inner {
         let view = self.view.load_full();
         let core = self.core.lock();
         let p = self.pacer.lock();
-        let pace = p.pace();
+        let pace = p.pace(Instant::now());
         let draining = view
             .files
             .draining()
@@ -1322,6 +1336,51 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The pace is what migrated over the last minute, up to the moment it is read. It was
+    /// computed from the samples the pacer takes when it looks for work, which it does not
+    /// while nothing drains (nor while L0 is near its slowdown point): the last migration's
+    /// pace was reported long after it ended, as if data still moved.
+    #[test]
+    fn the_pace_counts_the_last_minute_up_to_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let moved = db.migrate_now(None).unwrap();
+        assert!(moved > 0 && db.migration_progress().draining.is_empty());
+        let inner = &db.inner;
+        {
+            // As if the pacer had sampled the migration as it ran, ten minutes ago.
+            let mut p = inner.pacer.lock();
+            let (now, total) = (Instant::now(), p.migrated_total);
+            p.history.clear();
+            p.history
+                .push_back((now - Duration::from_secs(620), total - moved));
+            p.history.push_back((now - Duration::from_secs(600), total));
+        }
+        // A worker looks for migration work, finds none.
+        {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            assert!(inner.pick_migration(&mut core, &view).is_none());
+        }
+        let p = db.migration_progress();
+        assert_eq!(
+            p.pace_bytes_per_sec, 0.0,
+            "nothing migrated in the last minute: {p:?}"
+        );
     }
 
     #[test]

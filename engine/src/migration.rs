@@ -7,7 +7,7 @@
 //! behind, and recovers by a tenth per second otherwise. A migration job runs only if the
 //! disk keeps at least the configured headroom free after its output is written.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +48,8 @@ pub struct DrainingProgress {
     pub lazy_moved_bytes: u64,
     /// Forwarding pointers live in this version's partitions.
     pub forwarding_pointers: u64,
-    /// Seconds until `bytes_left` is migrated at the pace of the last minute.
+    /// Seconds until `bytes_left` is migrated at the pace this version's own bytes left it
+    /// over the last minute (`None` if none did).
     pub eta_secs: Option<f64>,
 }
 
@@ -217,9 +218,18 @@ pub(crate) struct Pacer {
     /// The last windows' p99s, oldest first (at most [`FOREGROUND_P99_HISTORY`]).
     pub recent_p99_us: VecDeque<u64>,
     pub blocked: Option<String>,
-    /// (time, cumulative bytes migrated) samples for the observed pace.
-    pub history: VecDeque<(Instant, u64)>,
+    /// Samples of the bytes migrated so far, for the observed pace.
+    pub history: VecDeque<PaceSample>,
     pub migrated_total: u64,
+    /// Of `migrated_total`, what left each live layout version.
+    pub migrated_by_version: BTreeMap<u32, u64>,
+}
+
+/// The bytes migrated so far at one instant: in all, and out of each layout version.
+pub(crate) struct PaceSample {
+    pub at: Instant,
+    pub total: u64,
+    pub by_version: BTreeMap<u32, u64>,
 }
 
 impl Pacer {
@@ -238,6 +248,7 @@ impl Pacer {
             blocked: None,
             history: VecDeque::new(),
             migrated_total: 0,
+            migrated_by_version: BTreeMap::new(),
         }
     }
 
@@ -261,24 +272,34 @@ impl Pacer {
     /// between the samples alone, a pace measured long ago went on being reported.) Less
     /// than a second of samples measures nothing yet.
     fn pace(&self, now: Instant) -> f64 {
-        let Some(&(since, base)) = self
+        self.pace_since(now, |s| s.total, self.migrated_total)
+    }
+
+    /// [`Pacer::pace`] of the bytes leaving layout version `version` alone.
+    fn pace_of(&self, version: u32, now: Instant) -> f64 {
+        let of = |m: &BTreeMap<u32, u64>| m.get(&version).copied().unwrap_or(0);
+        self.pace_since(now, |s| of(&s.by_version), of(&self.migrated_by_version))
+    }
+
+    fn pace_since(&self, now: Instant, base: impl Fn(&PaceSample) -> u64, current: u64) -> f64 {
+        let Some(first) = self
             .history
             .iter()
-            .find(|(t, _)| now.saturating_duration_since(*t) <= PACE_WINDOW)
+            .find(|s| now.saturating_duration_since(s.at) <= PACE_WINDOW)
         else {
             return 0.0;
         };
-        let secs = now.saturating_duration_since(since).as_secs_f64();
+        let secs = now.saturating_duration_since(first.at).as_secs_f64();
         if secs < 1.0 {
             return 0.0;
         }
-        self.migrated_total.saturating_sub(base) as f64 / secs
+        current.saturating_sub(base(first)) as f64 / secs
     }
 }
 
 impl Inner {
     /// Adapts the budget once per second from foreground latency and compaction pressure.
-    fn adapt(&self, p: &mut Pacer) {
+    fn adapt(&self, p: &mut Pacer, view: &View) {
         let now = Instant::now();
         let window = now.duration_since(p.window_start);
         if window < Duration::from_secs(1) {
@@ -310,11 +331,19 @@ impl Inner {
             // (workers busy with long jobs, or nothing to migrate).
             (p.factor + 0.1 * window.as_secs_f64()).min(1.0)
         };
-        p.history.push_back((now, p.migrated_total));
+        // Retired versions' figures go (ids are never used again).
+        p.migrated_by_version
+            .retain(|v, _| view.files.layouts.contains_key(v));
+        let sample = PaceSample {
+            at: now,
+            total: p.migrated_total,
+            by_version: p.migrated_by_version.clone(),
+        };
+        p.history.push_back(sample);
         while p
             .history
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > PACE_WINDOW)
+            .is_some_and(|s| now.duration_since(s.at) > PACE_WINDOW)
         {
             p.history.pop_front();
         }
@@ -334,7 +363,7 @@ impl Inner {
             return None;
         }
         let mut p = self.pacer.lock();
-        self.adapt(&mut p);
+        self.adapt(&mut p, view);
         if core.migration_held {
             p.blocked = Some(HELD.into());
             p.last_refill = now;
@@ -376,7 +405,7 @@ impl Inner {
         if view.files.draining().next().is_some() {
             // Windows go on ending meanwhile: the pressure cuts the budget as it would
             // have, and the window after it is no longer than others.
-            self.adapt(&mut p);
+            self.adapt(&mut p, view);
         }
         if p.rate > 0
             && !core.migration_held
@@ -624,7 +653,9 @@ impl Inner {
         c.bytes_read += read;
         c.bytes_written += written;
         c.pointers_honoured += forwarded;
-        self.pacer.lock().migrated_total += read;
+        let mut p = self.pacer.lock();
+        p.migrated_total += read;
+        *p.migrated_by_version.entry(job.version).or_default() += read;
     }
 
     /// Migrates draining files now, in the caller's thread, ignoring the pacer, until none
@@ -699,7 +730,8 @@ impl Inner {
         let view = self.view.load_full();
         let core = self.core.lock();
         let p = self.pacer.lock();
-        let pace = p.pace(Instant::now());
+        let now = Instant::now();
+        let pace = p.pace(now);
         let draining = view
             .files
             .draining()
@@ -727,7 +759,13 @@ impl Inner {
                         .pointer_files()
                         .map(|f| f.entries)
                         .fold(0, u64::saturating_add),
-                    eta_secs: (pace > 0.0).then(|| bytes_left as f64 / pace),
+                    eta_secs: {
+                        // Its own pace: the versions draining at once share the budget
+                        // unevenly (files go by key across them), and one is done when
+                        // its own bytes have moved.
+                        let pace = p.pace_of(l.id, now);
+                        (pace > 0.0).then(|| bytes_left as f64 / pace)
+                    },
                 }
             })
             .collect();
@@ -1366,9 +1404,13 @@ mod tests {
             let mut p = inner.pacer.lock();
             let (now, total) = (Instant::now(), p.migrated_total);
             p.history.clear();
-            p.history
-                .push_back((now - Duration::from_secs(620), total - moved));
-            p.history.push_back((now - Duration::from_secs(600), total));
+            for (ago, total) in [(620, total - moved), (600, total)] {
+                p.history.push_back(PaceSample {
+                    at: now - Duration::from_secs(ago),
+                    total,
+                    by_version: BTreeMap::new(),
+                });
+            }
         }
         // A worker looks for migration work, finds none.
         {
@@ -1381,6 +1423,85 @@ mod tests {
             p.pace_bytes_per_sec, 0.0,
             "nothing migrated in the last minute: {p:?}"
         );
+    }
+
+    /// Each draining version's ETA is at its own pace. Two versions drain at once (the
+    /// ledger's range v1 and biased hash v2 into v3), but not alike: migration takes files
+    /// by key across both, a version can fail its jobs, and each is done only when its
+    /// own bytes have moved. At the pace of both together, a version none of whose bytes
+    /// moved in the last minute was given an ETA as if all of them were its own.
+    #[test]
+    fn each_draining_version_has_an_eta_at_its_own_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: PartitionSpec::Range {
+                boundaries: vec![b"k0250".to_vec()],
+            },
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        db.migrate_now(Some(1)).unwrap();
+        // More than one job's worth in v2 too.
+        for i in 0..2000u32 {
+            db.put(format!("n{i:04}"), [b'w'; 40]).unwrap();
+        }
+        db.compact().unwrap();
+        let v3 = db
+            .register_partition_fn(PartitionSpec::hashed(3, 7))
+            .unwrap();
+        db.set_target(v3).unwrap();
+        assert_eq!(db.migration_progress().draining.len(), 2, "test setup");
+        // The pacer sampled the totals half a minute ago; one job has run since.
+        {
+            let mut p = db.inner.pacer.lock();
+            let now = Instant::now();
+            p.history.clear();
+            let sample = PaceSample {
+                at: now - Duration::from_secs(30),
+                total: p.migrated_total,
+                by_version: p.migrated_by_version.clone(),
+            };
+            p.history.push_back(sample);
+        }
+        let before = db.migration_progress();
+        db.migrate_now(Some(1)).unwrap();
+        let p = db.migration_progress();
+        assert_eq!(p.draining.len(), 2, "test setup: {p:?}");
+        let moved: Vec<u64> = p
+            .draining
+            .iter()
+            .zip(&before.draining)
+            .map(|(d, b)| d.bytes_migrated - b.bytes_migrated)
+            .collect();
+        assert_eq!(
+            moved.iter().filter(|&&m| m > 0).count(),
+            1,
+            "test setup: one job, of one version: {p:?}"
+        );
+        for (d, m) in p.draining.iter().zip(moved) {
+            match m {
+                0 => assert_eq!(d.eta_secs, None, "v{} moved nothing: {p:?}", d.version.0),
+                m => {
+                    // Its bytes left at its bytes per second (over 30 s or more).
+                    let eta = d.eta_secs.expect("an ETA");
+                    let at_30s = d.bytes_left as f64 / (m as f64 / 30.0);
+                    assert!(
+                        eta.is_finite() && eta >= at_30s,
+                        "v{}: ETA {eta}, {at_30s} at 30 s: {p:?}",
+                        d.version.0
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -778,10 +778,14 @@ impl Inner {
             foreground_p99_us: p.last_p99_us,
             foreground_p99_window: p.windows,
             foreground_p99_recent_us: p.recent_p99_us.iter().copied().collect(),
-            // The pacer notes why only when it looks; a hold is known at once.
-            blocked: match core.migration_held {
-                true => Some(HELD.into()),
-                false => p.blocked.clone(),
+            // The pacer notes why only when it looks; a hold is known at once, and so is
+            // that nothing is left to migrate (its last reason then holds nothing back).
+            blocked: if core.migration_held {
+                Some(HELD.into())
+            } else if view.files.draining().all(|l| l.data_file_count() == 0) {
+                None
+            } else {
+                p.blocked.clone()
             },
             held: core.migration_held,
         }
@@ -1502,6 +1506,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Once nothing drains, nothing holds migration back: the pacer's last reason (here
+    /// "pacing", its budget spent) was reported as why migration was not running long
+    /// after it had finished (and `sluice migrate run` printed it under the completed
+    /// migration).
+    #[test]
+    fn no_reason_is_reported_for_not_migrating_once_nothing_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 1,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let inner = &db.inner;
+        // Looks for migration work as a worker does (a job picked is let go again, its
+        // budget spent).
+        let look = || {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            if let Some(job) = inner.pick_migration(&mut core, &view) {
+                inner.release_job(&mut core, &job);
+            }
+        };
+        look();
+        look();
+        let p = db.migration_progress();
+        assert_eq!(p.blocked.as_deref(), Some("pacing"), "test setup: {p:?}");
+        db.migrate_now(None).unwrap();
+        look();
+        let p = db.migration_progress();
+        assert!(p.draining.is_empty(), "test setup: {p:?}");
+        assert_eq!(p.blocked, None, "nothing left to migrate: {p:?}");
     }
 
     #[test]

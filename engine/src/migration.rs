@@ -49,7 +49,7 @@ pub struct DrainingProgress {
     /// Forwarding pointers live in this version's partitions.
     pub forwarding_pointers: u64,
     /// Seconds until `bytes_left` is migrated at the pace this version's own bytes left it
-    /// over the last minute (`None` if none did).
+    /// over the last minute (`None` if none did, or while data movement is held).
     pub eta_secs: Option<f64>,
 }
 
@@ -763,8 +763,9 @@ impl Inner {
                         // Its own pace: the versions draining at once share the budget
                         // unevenly (files go by key across them), and one is done when
                         // its own bytes have moved.
+                        // While held, nothing moves, whatever the pace was.
                         let pace = p.pace_of(l.id, now);
-                        (pace > 0.0).then(|| bytes_left as f64 / pace)
+                        (pace > 0.0 && !core.migration_held).then(|| bytes_left as f64 / pace)
                     },
                 }
             })
@@ -1464,13 +1465,13 @@ mod tests {
             .unwrap();
         db.set_target(v3).unwrap();
         assert_eq!(db.migration_progress().draining.len(), 2, "test setup");
-        // The pacer sampled the totals half a minute ago; one job has run since.
+        // The pacer sampled the totals five seconds ago; one job has run since.
         {
             let mut p = db.inner.pacer.lock();
             let now = Instant::now();
             p.history.clear();
             let sample = PaceSample {
-                at: now - Duration::from_secs(30),
+                at: now - Duration::from_secs(5),
                 total: p.migrated_total,
                 by_version: p.migrated_by_version.clone(),
             };
@@ -1495,12 +1496,12 @@ mod tests {
             match m {
                 0 => assert_eq!(d.eta_secs, None, "v{} moved nothing: {p:?}", d.version.0),
                 m => {
-                    // Its bytes left at its bytes per second (over 30 s or more).
+                    // Its bytes left at its bytes per second (over 5 s or more).
                     let eta = d.eta_secs.expect("an ETA");
-                    let at_30s = d.bytes_left as f64 / (m as f64 / 30.0);
+                    let at_5s = d.bytes_left as f64 / (m as f64 / 5.0);
                     assert!(
-                        eta.is_finite() && eta >= at_30s,
-                        "v{}: ETA {eta}, {at_30s} at 30 s: {p:?}",
+                        eta.is_finite() && eta >= at_5s,
+                        "v{}: ETA {eta}, {at_5s} at 5 s: {p:?}",
                         d.version.0
                     );
                 }
@@ -1547,6 +1548,48 @@ mod tests {
         let p = db.migration_progress();
         assert!(p.draining.is_empty(), "test setup: {p:?}");
         assert_eq!(p.blocked, None, "nothing left to migrate: {p:?}");
+    }
+
+    /// While data movement is held (a paused migration), nothing moves however fast it
+    /// moved in the last minute: no version has an ETA. One was still given, counting down
+    /// a finish that could not come until the hold was released.
+    #[test]
+    fn no_eta_while_migration_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        {
+            // The pacer sampled the totals five seconds ago.
+            let mut p = db.inner.pacer.lock();
+            let sample = PaceSample {
+                at: Instant::now() - Duration::from_secs(5),
+                total: p.migrated_total,
+                by_version: p.migrated_by_version.clone(),
+            };
+            p.history.push_back(sample);
+        }
+        db.migrate_now(Some(1)).unwrap();
+        let p = db.migration_progress();
+        assert!(
+            p.draining[0].eta_secs.is_some() && p.draining[0].bytes_left > 0,
+            "test setup: {p:?}"
+        );
+        db.hold_migration(true).unwrap();
+        let p = db.migration_progress();
+        assert_eq!(p.draining[0].eta_secs, None, "held: {p:?}");
+        db.hold_migration(false).unwrap();
+        assert!(db.migration_progress().draining[0].eta_secs.is_some());
     }
 
     #[test]

@@ -1602,3 +1602,178 @@ fn a_partial_migration_leaves_no_superseded_value_live_in_its_partition() {
         }
     }
 }
+
+/// Random lifecycles of layout versions against a model: several live at once, retargets,
+/// rollbacks to any live version, pins, lazy moves, partial migrations, compactions and
+/// reopens. After every step: every key reads as the model says (a full scan now and
+/// then), a retired version never comes back, a migration run to its end leaves only
+/// pinned versions draining, and the figures hold together: what a version migrated only
+/// grows while the database is open, every ETA is a finite number of seconds or none, and
+/// a reopen changes no draining version's files, bytes or forwarding pointers left.
+/// Seeds are fixed; a failure names its seed and step.
+#[test]
+fn random_version_lifecycles_keep_every_write_and_their_figures() {
+    use std::collections::{BTreeMap, HashMap};
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+    type Left = BTreeMap<VersionId, (usize, u64, u64)>;
+    let left = |db: &Db| -> Left {
+        db.migration_progress()
+            .draining
+            .iter()
+            .filter(|d| d.files_left > 0)
+            .map(|d| {
+                (
+                    d.version,
+                    (d.files_left, d.bytes_left, d.forwarding_pointers),
+                )
+            })
+            .collect()
+    };
+    for seed in 0..3u64 {
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            move_bytes_per_sec: 1 << 30,
+            move_on_first_read: true,
+            ..quiet_opts()
+        };
+        let mut db = Db::open(dir.path(), opts.clone()).unwrap();
+        let mut model: BTreeMap<String, String> = BTreeMap::new();
+        let mut retired: Vec<VersionId> = Vec::new();
+        let mut migrated: HashMap<VersionId, u64> = HashMap::new();
+        for step in 0..200u32 {
+            let at = format!("seed {seed} step {step}");
+            match r.below(100) {
+                0..=39 => {
+                    let k = format!("k{}{:03}", r.below(4), r.below(100));
+                    let v = format!("v{step}{}", "x".repeat(r.below(60) as usize));
+                    db.put(&k, &v).unwrap();
+                    model.insert(k, v);
+                }
+                40..=47 => {
+                    let k = format!("k{}{:03}", r.below(4), r.below(100));
+                    db.delete(&k).unwrap();
+                    model.remove(&k);
+                }
+                48..=59 => {
+                    for _ in 0..10 {
+                        let k = format!("k{}{:03}", r.below(4), r.below(100));
+                        let got = db.get(&k).unwrap();
+                        assert_eq!(
+                            got.as_deref(),
+                            model.get(&k).map(|v| v.as_bytes()),
+                            "{at}: {k}"
+                        );
+                    }
+                }
+                60..=67 => db.flush().unwrap(),
+                68..=75 => {
+                    db.migrate_now(Some(r.below(3) + 1)).unwrap();
+                }
+                76..=81 => {
+                    if db.layout().versions.len() < 6 {
+                        let spec = hash(r.below(4) as u32 + 1, r.below(100));
+                        let v = db.register_partition_fn(spec).unwrap();
+                        if r.below(3) > 0 {
+                            db.set_target(v).unwrap();
+                        }
+                    }
+                }
+                82..=87 => {
+                    // A rollback (or roll forward) to any other live version.
+                    let others: Vec<VersionId> = db
+                        .layout()
+                        .versions
+                        .iter()
+                        .filter(|v| !v.is_target)
+                        .map(|v| v.id)
+                        .collect();
+                    if !others.is_empty() {
+                        let v = others[r.below(others.len() as u64) as usize];
+                        db.set_target(v).unwrap();
+                    }
+                }
+                88..=91 => {
+                    let l = db.layout();
+                    let v = l.versions[r.below(l.versions.len() as u64) as usize].id;
+                    db.pin_version(v, r.below(2) == 0).unwrap();
+                }
+                92..=94 => db.compact().unwrap(),
+                95..=96 => {
+                    db.flush().unwrap();
+                    let before = left(&db);
+                    db.close().unwrap();
+                    db = Db::open(dir.path(), opts.clone()).unwrap();
+                    let after = left(&db);
+                    for (v, figures) in &before {
+                        if let Some(now) = after.get(v) {
+                            assert_eq!(now, figures, "{at}: v{} across a reopen", v.0);
+                        }
+                    }
+                    migrated.clear();
+                }
+                _ => {
+                    db.migrate_now(None).unwrap();
+                    let l = db.layout();
+                    for d in &db.migration_progress().draining {
+                        let pinned = l.versions.iter().any(|v| v.id == d.version && v.pinned);
+                        assert!(
+                            pinned && d.files_left == 0,
+                            "{at}: {d:?} after migrating all"
+                        );
+                    }
+                }
+            }
+            let l = db.layout();
+            for v in &l.retired {
+                if !retired.contains(v) {
+                    retired.push(*v);
+                }
+            }
+            for v in &retired {
+                assert!(
+                    l.versions.iter().all(|x| x.id != *v),
+                    "{at}: retired {v:?} is live"
+                );
+            }
+            for d in &db.migration_progress().draining {
+                assert!(
+                    d.eta_secs.is_none_or(|e| e.is_finite() && e >= 0.0),
+                    "{at}: {d:?}"
+                );
+                let was = migrated.insert(d.version, d.bytes_migrated).unwrap_or(0);
+                assert!(d.bytes_migrated >= was, "{at}: {d:?} had migrated {was}");
+            }
+            if step % 50 == 49 {
+                let all: BTreeMap<String, String> = db
+                    .range(..)
+                    .map(|e| {
+                        let (k, v) = e.unwrap();
+                        (
+                            String::from_utf8(k.to_vec()).unwrap(),
+                            String::from_utf8(v.to_vec()).unwrap(),
+                        )
+                    })
+                    .collect();
+                assert!(all == model, "{at}: a full scan differs from the model");
+            }
+        }
+        db.close().unwrap();
+        let db = Db::open(dir.path(), opts).unwrap();
+        for (k, v) in &model {
+            assert_eq!(
+                db.get(k).unwrap().as_deref(),
+                Some(v.as_bytes()),
+                "seed {seed}: {k}"
+            );
+        }
+    }
+}

@@ -706,7 +706,13 @@ impl Inner {
             };
             #[cfg(test)]
             crate::test_hooks::reach(crate::test_hooks::Point::MigrateNowPicked);
-            let r = self.run_compaction(&job);
+            // A panic must not unwind past the release below: the job's partitions would
+            // stay busy, and every later `migrate_now` wait for them for ever. What the job
+            // left half done is unknown: writes stop, as for a background job's panic.
+            let r = crate::util::catch_panic(|| self.run_compaction(&job)).unwrap_or_else(|why| {
+                self.fail(format!("a migrate_now job panicked: {why}"));
+                Err(crate::Error::Background(format!("panicked: {why}")))
+            });
             let mut core = self.core.lock();
             self.release_job(&mut core, &job);
             self.stall_cv.notify_all();
@@ -873,6 +879,67 @@ mod tests {
         while !closed.load(Ordering::Acquire) {
             assert!(Instant::now() < deadline, "close never returned");
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A `migrate_now` job that panics (here a file system whose append panics, as
+    /// `FaultKind::Panic` models) unwinds into the caller, who may catch it; the job's
+    /// partitions must not stay booked as busy. They did: every later `migrate_now` waited
+    /// for ever for a job that would never end, and no background job could pick those
+    /// partitions again. Now writes stop, naming the panic (the job's state is unknown, as
+    /// for a background job's), and the next `migrate_now` answers at once.
+    #[test]
+    fn a_panicking_migrate_now_job_does_not_leave_its_partitions_busy() {
+        use crate::fs::{Fault, FaultFs, FaultKind, FsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = Options {
+            fs: Arc::new(fs.clone()),
+            migration_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
+        }
+        db.flush().unwrap();
+        let v = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 1,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v).unwrap();
+        fs.inject(Fault::on(FsOp::Append, FaultKind::Panic, ".sst", false));
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.migrate_now(None)));
+        assert!(panicked.is_err() || panicked.as_ref().is_ok_and(|r| r.is_err()));
+        assert_eq!(fs.injected(), 1, "test setup: the job's append panicked");
+        fs.clear();
+        let busy = db.inner.core.lock().busy.clone();
+        assert!(busy.is_empty(), "partitions left busy: {busy:?}");
+        let again = db.clone();
+        let t = std::thread::spawn(move || again.migrate_now(None));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !t.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the next migrate_now never returned"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let r = t.join().unwrap();
+        assert!(
+            matches!(&r, Err(crate::Error::ReadOnly(why)) if why.contains("panicked")),
+            "{r:?}"
+        );
+        db.close().unwrap();
+        let db = Db::open(dir.path(), Options::tiny()).unwrap();
+        for i in (0..2000u32).step_by(97) {
+            let k = format!("k{i:05}");
+            assert_eq!(db.get(&k).unwrap().as_deref(), Some(&[b'v'; 50][..]), "{k}");
         }
     }
 

@@ -1028,3 +1028,88 @@ fn concurrency_tiny_page_cache_options() {
         });
     }
 }
+
+/// Closes and drops racing writers (synced, unsynced, batched), flushes, migration jobs and
+/// lazy moves, round after round in one process: a close racing writes returns `Ok`, the
+/// next open in the same process finds the directory released, and every write that was
+/// acknowledged (before the close or the drop) is there, with its last acknowledged value.
+#[test]
+fn close_and_drop_racing_writers_lose_nothing_acknowledged() {
+    sluice_tests::watch_engine_panics();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        move_on_first_read: true,
+        move_bytes_per_sec: 1 << 30,
+        migration_bytes_per_sec: 1 << 30,
+        ..Options::tiny()
+    };
+    let acked: std::sync::Arc<Mutex<HashMap<String, String>>> = Default::default();
+    for round in 0..6u64 {
+        let db = Db::open(dir.path(), opts()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        for (k, v) in acked.lock().unwrap().iter() {
+            let got = db.get(k).unwrap();
+            assert_eq!(got.as_deref(), Some(v.as_bytes()), "round {round}: {k}");
+        }
+        if round % 3 == 1 {
+            let spec = sluice_tests::hash(4 + round as u32, round);
+            let v = db.register_partition_fn(spec).unwrap();
+            db.set_target(v).unwrap();
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (db, acked, stop) = (db.clone(), acked.clone(), stop.clone());
+                thread::spawn(move || {
+                    for i in 0u64.. {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        // Disjoint keys per writer: the last value acknowledged is the one.
+                        let k = format!("t{t}k{:04}", (i * 7) % 3000);
+                        let v = format!("r{round}t{t}i{i}-{}", "x".repeat(40));
+                        let res = if i % 5 == 0 {
+                            let mut b = WriteBatch::new();
+                            b.put(&k, &v);
+                            db.write_opt(b, &WriteOptions { sync: i % 10 == 0 })
+                        } else {
+                            db.put(&k, &v)
+                        };
+                        match res {
+                            Ok(()) => {
+                                acked.lock().unwrap().insert(k, v);
+                            }
+                            Err(Error::Closed) => return,
+                            Err(e) => panic!("round {round}, writer {t}: {e}"),
+                        }
+                        let _ = db.get(format!("t{t}k{:04}", (i * 11) % 3000));
+                        if i % 200 == 0 {
+                            let _ = db.flush();
+                        }
+                        if i % 997 == 0 {
+                            let _ = db.migrate_now(Some(1 << 16));
+                        }
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(100 + round * 50));
+        if round % 2 == 0 {
+            let closer = db.clone();
+            let r = closer.close();
+            assert!(r.is_ok(), "round {round}: close racing writers: {r:?}");
+        } else {
+            // The last clone goes with the last writer to stop, jobs still running.
+            stop.store(true, Ordering::Relaxed);
+        }
+        drop(db);
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for (k, v) in acked.lock().unwrap().iter() {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(v.as_bytes()), "{k}");
+    }
+    db.close().unwrap();
+    assert_eq!(sluice_tests::engine_thread_panics(), 0);
+}

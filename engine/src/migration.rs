@@ -733,8 +733,13 @@ impl Inner {
     }
 
     pub fn migration_progress(&self) -> MigrationProgress {
-        let view = self.view.load_full();
+        #[cfg(test)]
+        crate::test_hooks::reach(crate::test_hooks::Point::ProgressBeforeCore);
+        // The view under the core lock: a job installs (its files leave the view) and books
+        // its figures under that lock, so a view loaded before it counted an installed job
+        // both as left and as migrated.
         let core = self.core.lock();
+        let view = self.view.load_full();
         let p = self.pacer.lock();
         let now = Instant::now();
         let pace = p.pace(now);
@@ -1401,6 +1406,48 @@ mod tests {
             db.inner.pacer.lock().migrated_total,
             db.stats().migration_bytes_read,
             "bytes the pacer's pace counts"
+        );
+    }
+
+    /// A job installed while the progress is read is counted either as left or as
+    /// migrated, never as both. The files left were read from a view loaded before the
+    /// core lock, under which a job installs and books its figures: a job installed in
+    /// between was counted in both (the files and bytes left and migrated added up to more
+    /// than the version ever held).
+    #[test]
+    fn progress_counts_a_job_installed_meanwhile_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let before = db.migration_progress();
+        let (files, bytes) = (before.files_left(), before.bytes_left());
+        assert!(files > 1, "test setup");
+        let inner = db.inner.clone();
+        crate::test_hooks::set(crate::test_hooks::Point::ProgressBeforeCore, move || {
+            assert!(inner.migrate_now(Some(1)).unwrap() > 0, "test setup");
+        });
+        let p = db.migration_progress();
+        let d = &p.draining[0];
+        assert_eq!(
+            (
+                d.files_left + d.files_migrated as usize,
+                d.bytes_left + d.bytes_migrated
+            ),
+            (files, bytes),
+            "files and bytes left plus migrated: {p:?}"
         );
     }
 

@@ -28,6 +28,8 @@ pub(crate) enum Point {
     /// A commit group's leader, once it has taken its group from the queue and before it
     /// writes it (it then waits for the WAL lock).
     GroupFormed,
+    /// `migration_progress`, before it takes the core lock (and loads the view).
+    ProgressBeforeCore,
 }
 
 type Hook = (Point, Box<dyn FnOnce()>);

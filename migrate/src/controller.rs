@@ -1174,7 +1174,12 @@ impl Controller {
             // counts, however seldom ticks come (counted per tick, two slow windows with
             // fast ones between them, read by two ticks, were two in a row).
             let p99s: Vec<u64> = match obs.and_then(|o| o.p99_us) {
-                Some(p99) => vec![p99],
+                Some(p99) => {
+                    // It stands for the engine's windows that ended meanwhile: a later tick
+                    // without the caller's p99 does not judge them again.
+                    self.p99_window = Some(progress.foreground_p99_window);
+                    vec![p99]
+                }
                 None => {
                     let seen = self.p99_window.unwrap_or(0);
                     let now = progress.foreground_p99_window;

@@ -1303,6 +1303,58 @@ fn the_p99_trigger_does_not_count_slow_windows_apart_as_in_a_row() {
     check_data(&db);
 }
 
+/// The engine's windows that ticks with the caller's own p99 covered are not judged again
+/// by a tick without one (an application that measured nothing in its window, say): that
+/// tick judges the engine's windows since the last tick. It judged every one since the
+/// last tick without the caller's p99 (here since the start), slow ones the caller's fast
+/// observations had stood for included, and rolled back on windows already judged.
+#[test]
+fn engine_windows_the_callers_observations_covered_are_not_judged_again() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, db, mut c) = p99_watched(dir.path(), 3);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.start().unwrap();
+    let start = db.migration_progress().foreground_p99_window;
+    let fast = Observation {
+        ops: 100,
+        errors: 0,
+        p99_us: Some(1_000),
+    };
+    let writer = SlowWriter::start(&fs, &db);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Ticks with the caller's own (fast) p99 while three slow engine windows end.
+    loop {
+        let t = c.tick(Some(fast)).unwrap();
+        assert!(t.rolled_back.is_none(), "{:?}", t.rolled_back);
+        let p = &t.progress;
+        let ended = p.foreground_p99_window - start;
+        let recent = &p.foreground_p99_recent_us;
+        if ended >= 3 && recent.iter().rev().take(3).all(|&us| us > 20_000) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no three slow windows");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.stop(&fs);
+    // A window in which the caller measured nothing: the engine's windows since the last
+    // tick stand for it (at most one ended meanwhile).
+    let none = Observation {
+        ops: 0,
+        errors: 0,
+        p99_us: None,
+    };
+    let t = c.tick(Some(none)).unwrap();
+    assert!(
+        t.rolled_back.is_none(),
+        "windows the caller's observations covered judged again: {:?}",
+        t.rolled_back
+    );
+    assert_eq!(c.state(), State::Migrating);
+    c.rollback("done").unwrap();
+    check_data(&db);
+}
+
 /// The p99 trigger judges windows of the migration it watches: a slow pacing window that
 /// ended before the start (here while a rolled-back candidate drained back, when the
 /// controller does not count) is not this migration's. The first tick after a start used

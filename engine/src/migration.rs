@@ -386,7 +386,13 @@ impl Inner {
             return None;
         }
         let job = match self.pick_within_headroom(core, view) {
-            Ok(job) => job?,
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                // Every draining file left is in a running job's hands: nothing holds
+                // migration back (whatever did when the pacer last said, L0 pressure say).
+                p.blocked = None;
+                return None;
+            }
             Err(why) => {
                 p.blocked = Some(why);
                 return None;
@@ -1493,6 +1499,57 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// L0 pressure that is gone no longer holds migration back. A worker that found L0 at
+    /// its slowdown trigger noted it as the reason; once L0 was back to normal, a worker
+    /// that looked while every draining file left was in a running job's hands changed
+    /// nothing, and the progress went on naming L0 pressure (long gone) while migration
+    /// ran, until the job ended.
+    #[test]
+    fn l0_pressure_is_no_reason_once_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        let inner = &db.inner;
+        // The core lock held throughout, as each worker holds it to pick: the background
+        // workers wait.
+        let mut core = inner.core.lock();
+        db.set_migration_rate(1 << 40);
+        let view = inner.view.load_full();
+        assert_eq!(view.files.layouts[&1].parts.len(), 1, "test setup");
+        // One worker picks a job: v1's one partition is busy with it.
+        let job = inner.pick_migration(&mut core, &view).expect("a job");
+        // Another finds L0 at its slowdown trigger.
+        inner
+            .l0_max
+            .store(opts.level0_slowdown_trigger, Ordering::Relaxed);
+        inner.note_l0_holds_migration(&core, &view);
+        let noted = inner.pacer.lock().blocked.clone();
+        assert!(noted.is_some_and(|b| b.contains("L0")), "test setup");
+        // L0 is back to normal; a worker looks for migration work while the job runs.
+        inner.l0_max.store(0, Ordering::Relaxed);
+        assert!(inner.pick_migration(&mut core, &view).is_none());
+        let blocked = inner.pacer.lock().blocked.clone();
+        inner.release_job(&mut core, &job);
+        drop(core);
+        assert!(
+            !blocked.as_deref().is_some_and(|b| b.contains("L0")),
+            "L0 at 0 files, and the reason given is {blocked:?}"
+        );
     }
 
     /// The pace is what migrated over the last minute, up to the moment it is read. It was

@@ -16,14 +16,16 @@ pub struct Panel {
 
 /// Rows of a terminal bar chart of `counts` (one per partition, or per group of
 /// neighbouring partitions when there are more than [`MAX_ROWS`]). Bars are scaled to the
-/// largest row; `!` marks rows above [`HOT`] × the mean.
+/// largest row; `!` marks rows whose partitions hold on average more than [`HOT`] × the mean.
 pub fn terminal_bars(counts: &[u64], width: usize) -> Vec<String> {
     let n = counts.len();
     if n == 0 {
         return Vec::new();
     }
     let group = n.div_ceil(MAX_ROWS);
-    let rows: Vec<(String, u64)> = counts
+    // Each row with the number of partitions in it: the last is short when `group` does
+    // not divide `n`.
+    let rows: Vec<(String, u64, usize)> = counts
         .chunks(group)
         .enumerate()
         .map(|(i, c)| {
@@ -33,16 +35,21 @@ pub fn terminal_bars(counts: &[u64], width: usize) -> Vec<String> {
             } else {
                 format!("{lo}-{}", lo + c.len() - 1)
             };
-            (label, c.iter().fold(0, |a: u64, &b| a.saturating_add(b)))
+            (
+                label,
+                c.iter().fold(0, |a: u64, &b| a.saturating_add(b)),
+                c.len(),
+            )
         })
         .collect();
     let total = counts.iter().fold(0, |a: u64, &b| a.saturating_add(b));
-    let mean = total as f64 / rows.len() as f64;
+    // Per partition: a row is hot when its partitions are, on average.
+    let mean = total as f64 / n as f64;
     let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
     let label_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
     const EIGHTHS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
     rows.iter()
-        .map(|(label, c)| {
+        .map(|(label, c, parts)| {
             let eighths = (*c as f64 / max as f64 * (width * 8) as f64).round() as usize;
             let mut bar = "█".repeat(eighths / 8);
             bar.push_str(EIGHTHS[eighths % 8]);
@@ -53,7 +60,7 @@ pub fn terminal_bars(counts: &[u64], width: usize) -> Vec<String> {
             } else {
                 *c as f64 / total as f64
             };
-            let hot = if mean > 0.0 && *c as f64 > HOT * mean {
+            let hot = if mean > 0.0 && *c as f64 > HOT * mean * *parts as f64 {
                 " !"
             } else {
                 ""
@@ -258,6 +265,25 @@ mod tests {
         let many = terminal_bars(&vec![1; 1000], 10);
         assert!(many.len() <= MAX_ROWS);
         assert!(many[0].contains("0-15"));
+    }
+
+    /// Grouped rows are judged by the mean partition in them: the last group is short when
+    /// the partitions do not divide evenly (a 64-way hash with one partition split in two
+    /// has 65), and it was held to a full group's sum. A partition at 2.4× the mean, alone
+    /// in its row, went unmarked.
+    #[test]
+    fn a_hot_partition_alone_in_the_last_short_row_is_marked() {
+        let mut counts = vec![100; 64];
+        counts.push(240);
+        let rows = terminal_bars(&counts, 10);
+        assert_eq!(rows.len(), 33);
+        let last = rows.last().unwrap();
+        assert!(last.contains("64-64"), "{last}");
+        assert!(last.ends_with('!'), "{rows:#?}");
+        assert!(!rows[0].ends_with('!'), "{rows:#?}");
+        // Nor is an even spread marked anywhere, the short row included.
+        let even = terminal_bars(&vec![100; 65], 10);
+        assert!(even.iter().all(|r| !r.ends_with('!')), "{even:#?}");
     }
 
     #[test]

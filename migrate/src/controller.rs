@@ -649,7 +649,14 @@ impl Controller {
     /// migration back (with its reason) and returns the error.
     pub fn validate(&mut self) -> Result<ConsistencyReport> {
         self.go(State::Validating, "validating")?;
-        if let Some(load) = self.db.shadow_load() {
+        // Counters of the candidate only: the caller may be shadowing another function
+        // (whose partitions these are not), or none was started for this plan.
+        let candidate = PartitionSpec::parse(&self.plan_ref()?.spec).ok();
+        if let Some(load) = self
+            .db
+            .shadow_load()
+            .filter(|l| candidate.as_ref() == Some(&l.spec))
+        {
             let hot = crate::hot::hot_partitions(&load, 2.0)?;
             if !hot.is_empty() {
                 self.note(format!(

@@ -723,6 +723,52 @@ fn a_check_failing_with_a_long_error_does_not_keep_a_rollback_from_being_recorde
     check_data(&db);
 }
 
+/// Validation reports the hot partitions of the candidate's shadow counters only. A shadow
+/// the caller set on another function (to weigh it before planning) was read as the
+/// candidate's: validating `good()` named partition 0 of a two-way range as a hot
+/// partition of the eight-way hash.
+#[test]
+fn validation_reads_only_the_candidates_own_shadow_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let other = PartitionSpec::Range {
+        boundaries: vec![b"zzz".to_vec()],
+    };
+    db.set_shadow(Some(other)).unwrap();
+    for i in 0..300 {
+        db.get(key(i)).unwrap();
+    }
+    let mut c = attach(&db);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.validate().unwrap();
+    assert!(
+        !c.events()
+            .iter()
+            .any(|e| e.reason.contains("predicts hot candidate partitions")),
+        "{:#?}",
+        c.events()
+    );
+
+    // The candidate's own shadow still predicts its hot partitions.
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut c = attach(&db);
+    c.plan(good(), PlanOptions::default()).unwrap();
+    c.shadow().unwrap();
+    let f = sluice::PartitionFn::new(good()).unwrap();
+    let hot = f.partition_of(key(7).as_bytes());
+    for _ in 0..300 {
+        db.get(key(7)).unwrap();
+    }
+    c.validate().unwrap();
+    let want = format!("predicts hot candidate partitions [{hot}]");
+    assert!(
+        c.events().iter().any(|e| e.reason.contains(&want)),
+        "{:#?}",
+        c.events()
+    );
+}
+
 #[test]
 fn hot_partition_split_and_write_limit() {
     let dir = tempfile::tempdir().unwrap();

@@ -330,10 +330,15 @@ impl std::str::FromStr for P99Target {
     }
 }
 
+/// A rate in MiB/s, of at least one byte a second: it is used in whole bytes, and a smaller
+/// one became 0 (which pauses background migration, and which a partition write limit
+/// refuses only after the unlimited phase has been measured).
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("expected a positive number, got {s:?}")),
+        Ok(v) if v.is_finite() && v * (1u64 << 20) as f64 >= 1.0 => Ok(v),
+        _ => Err(format!(
+            "expected a number of MiB/s of at least one byte a second (1/1048576), got {s:?}"
+        )),
     }
 }
 
@@ -1137,6 +1142,28 @@ mod tests {
             "maybe"
         ])
         .is_err());
+    }
+
+    /// A MiB/s rate is used in whole bytes a second: one under a byte (0 once converted)
+    /// is a usage error. `--hot-write-limit-mb 1e-7` was accepted, measured the unlimited
+    /// phase and then failed on a limit of 0; `--migration-mb-per-sec 1e-7` paused
+    /// background migration.
+    #[test]
+    fn rates_under_a_byte_a_second_are_refused() {
+        let parse = |flag: &str, v: &str| {
+            Cli::try_parse_from(["sluice-stress", "hotpartition", "--dir", "/tmp/x", flag, v])
+        };
+        for flag in ["--hot-write-limit-mb", "--migration-mb-per-sec"] {
+            for v in ["1e-7", "0", "-1", "NaN", "inf"] {
+                assert!(parse(flag, v).is_err(), "{flag} {v}");
+            }
+            for v in ["0.000001", "1", "2.5"] {
+                assert!(parse(flag, v).is_ok(), "{flag} {v}");
+            }
+        }
+        let cli = parse("--hot-write-limit-mb", "0.000001").unwrap();
+        let mb = cli.hot_write_limit_mb.unwrap();
+        assert!((mb * (1 << 20) as f64) as u64 >= 1);
     }
 
     /// `--dir` is deleted only if sluice-stress made it (or it is empty): a real database,

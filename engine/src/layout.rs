@@ -815,6 +815,120 @@ mod tests {
         assert_eq!(f.partition_of(b"z"), 4);
     }
 
+    /// A seeded random walk over specs (ranges with awkward boundaries, hashes with and
+    /// without a prefix, splits of either and splits of splits): every valid one reads back
+    /// from its bytes and its text with the same fingerprint, maps every key into its
+    /// partitions, keeps a split's other keys where its base put them (shifted past the
+    /// sub-partitions), and names, for a range of keys, every partition a key in it maps to.
+    #[test]
+    fn random_specs_round_trip_and_route_every_key_where_scans_look() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet: &[u8] = b" a,b/:\\\xff\x00z";
+        let mut key = |next: &mut dyn FnMut() -> u64| -> Vec<u8> {
+            let len = (next() % 5) as usize;
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect()
+        };
+        fn spec(
+            next: &mut dyn FnMut() -> u64,
+            key: &mut dyn FnMut(&mut dyn FnMut() -> u64) -> Vec<u8>,
+            depth: usize,
+        ) -> PartitionSpec {
+            match next() % if depth >= 3 { 2 } else { 4 } {
+                0 => {
+                    let mut b: Vec<Vec<u8>> = (0..next() % 6).map(|_| key(next)).collect();
+                    b.retain(|k| !k.is_empty());
+                    b.sort();
+                    b.dedup();
+                    PartitionSpec::Range { boundaries: b }
+                }
+                1 => PartitionSpec::Hash {
+                    partitions: 1 + (next() % 9) as u32,
+                    seed: next() % 4,
+                    hashed_prefix: next().is_multiple_of(3).then(|| 1 + (next() % 3) as u32),
+                },
+                _ => {
+                    let base = spec(next, key, depth + 1);
+                    let n = base.partitions();
+                    let (partition, into) = ((next() % n as u64) as u32, 2 + (next() % 4) as u32);
+                    if next().is_multiple_of(2) {
+                        PartitionSpec::split(base, partition, into)
+                    } else {
+                        PartitionSpec::Split {
+                            base: Box::new(base),
+                            partition,
+                            into,
+                            seed: next() % 6,
+                        }
+                    }
+                }
+            }
+        }
+        let mut checked = 0;
+        for round in 0..3000 {
+            let s = spec(&mut next, &mut key, 0);
+            if s.validate().is_err() || s.refuse_inert_split().is_err() {
+                continue;
+            }
+            checked += 1;
+            let back = PartitionSpec::from_bytes(&s.to_bytes()).unwrap();
+            assert_eq!(back, s, "round {round}");
+            let text = s.to_string();
+            let parsed = PartitionSpec::parse(&text)
+                .unwrap_or_else(|e| panic!("round {round}: {text:?} does not parse: {e}"));
+            assert_eq!(parsed, s, "round {round}: {text}");
+            assert_eq!(parsed.fingerprint(), s.fingerprint(), "round {round}");
+            let f = PartitionFn::new(s.clone()).unwrap();
+            let keys: Vec<Vec<u8>> = (0..40).map(|_| key(&mut next)).collect();
+            for k in &keys {
+                let p = f.partition_of(k);
+                assert!(p < f.partitions(), "round {round}: {text}: {k:?} → {p}");
+                if let PartitionSpec::Split {
+                    base,
+                    partition,
+                    into,
+                    ..
+                } = &s
+                {
+                    let b = PartitionFn::new((**base).clone()).unwrap().partition_of(k);
+                    let want = match b.cmp(partition) {
+                        std::cmp::Ordering::Less => b..b + 1,
+                        std::cmp::Ordering::Equal => b..b + into,
+                        std::cmp::Ordering::Greater => b + into - 1..b + into,
+                    };
+                    assert!(want.contains(&p), "round {round}: {text}: {k:?} → {p}");
+                }
+            }
+            for _ in 0..20 {
+                let (a, b) = (key(&mut next), key(&mut next));
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                let lo_b = (next() % 4 != 0).then_some(&lo[..]);
+                let hi_b = (next() % 4 != 0).then_some(&hi[..]);
+                let looked = f.partitions_for_range(lo_b, hi_b);
+                for k in &keys {
+                    let inside =
+                        lo_b.is_none_or(|l| k[..] >= *l) && hi_b.is_none_or(|h| k[..] <= *h);
+                    if inside {
+                        let p = f.partition_of(k);
+                        assert!(
+                            looked.contains(&p),
+                            "round {round}: {text}: {k:?} in [{lo_b:?}, {hi_b:?}] is in \
+                             partition {p}, not among {looked:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
     #[test]
     fn invalid_specs_are_refused() {
         let bad = [

@@ -792,6 +792,38 @@ mod tests {
         assert!(db.register_partition_fn(inert).is_err());
     }
 
+    /// A new database's layout is a spec made like any other: an inert split is refused
+    /// there too. It used to be taken as the first layout, whose split partition's keys
+    /// all went to one sub-partition, when registering it or shadowing it was refused.
+    #[test]
+    fn an_inert_split_is_refused_as_a_new_databases_layout() {
+        let inert = PartitionSpec::Split {
+            base: Box::new(PartitionSpec::hashed(8, 0)),
+            partition: 1,
+            into: 4,
+            seed: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |partition| crate::Options {
+            partition,
+            ..crate::Options::default()
+        };
+        match crate::Db::open(dir.path(), opts(inert)) {
+            Err(Error::InvalidPartitionSpec(m)) => {
+                assert!(m.contains("already a seed of its base"), "{m}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(db) => panic!("opened with {:?}", db.layout().versions[0].spec),
+        }
+        // The same split with a seed of its own makes a database.
+        let db = crate::Db::open(
+            dir.path(),
+            opts(PartitionSpec::split(PartitionSpec::hashed(8, 0), 1, 4)),
+        )
+        .unwrap();
+        assert_eq!(db.layout().versions[0].partitions.len(), 11);
+    }
+
     #[test]
     fn split_maps_into_sub_partitions() {
         let base = PartitionSpec::Range {

@@ -980,6 +980,10 @@ fn load(
 }
 
 fn fresh(fs: &Arc<dyn Fs>, dir: &Path, opts: &Options) -> Result<Loaded> {
+    // The first layout is made here, as a registered one is: an inert split is refused
+    // (checked here, not with the other options, so that a database made with one before
+    // this check still opens with them).
+    opts.partition.refuse_inert_split()?;
     let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
     let ours: Vec<&String> = names.iter().filter(|n| looks_like_ours(n)).collect();
     if let Some(n) = ours.first() {

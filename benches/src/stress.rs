@@ -219,11 +219,13 @@ impl HotPhase {
     }
 }
 
-fn argmax(v: &[u64]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by_key(|(_, x)| **x)
-        .map_or(0, |(i, _)| i)
+/// The first of the largest counts, if any count is above 0: with no traffic at all no
+/// partition is the hottest (`max_by_key` named the last one).
+fn argmax(v: &[u64]) -> Option<usize> {
+    let max = *v.iter().max()?;
+    (max > 0)
+        .then(|| v.iter().position(|&x| x == max))
+        .flatten()
 }
 
 /// `--threads` threads each issue a mix of reads (`--read-fraction`) and writes over keys
@@ -267,7 +269,7 @@ pub fn hot_partition(db: &Db, ctx: &ScenarioCtx<'_>) -> BenchResult<Done> {
             write_key(&mut key, chooser.next(&mut rng));
             counts[func.partition_of(&key) as usize] += 1;
         }
-        argmax(&counts) as u32
+        argmax(&counts).unwrap_or(0) as u32
     };
     let run_phase = |salt: u64| -> BenchResult<HotPhase> {
         let load_before = db.partition_load();
@@ -363,9 +365,9 @@ pub fn hot_partition(db: &Db, ctx: &ScenarioCtx<'_>) -> BenchResult<Done> {
              max/mean {:.2}",
             target.spec,
             max * 100.0,
-            argmax(&free.ops),
+            argmax(&free.ops).map_or("-".to_string(), |p| p.to_string()),
             mean * 100.0,
-            max / mean
+            if mean > 0.0 { max / mean } else { 0.0 }
         ),
         format!(
             "  shares %: {}",
@@ -419,4 +421,29 @@ pub fn hot_partition(db: &Db, ctx: &ScenarioCtx<'_>) -> BenchResult<Done> {
         human,
         failure: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With no operations counted, no partition is named the hottest (the last one was,
+    /// as `hottest_measured`); with ties, the first of them is.
+    #[test]
+    fn no_partition_is_the_hottest_without_traffic() {
+        assert_eq!(argmax(&[0, 0, 0, 0]), None);
+        assert_eq!(argmax(&[]), None);
+        assert_eq!(argmax(&[0, 5, 1, 5]), Some(1));
+        let idle = HotPhase {
+            seconds: 1.0,
+            reads: Latency::new(),
+            hot_writes: Latency::new(),
+            other_writes: Latency::new(),
+            ops: vec![0; 4],
+            write_bytes: vec![0; 4],
+        };
+        let j = idle.json(0);
+        assert!(j["hottest_measured"].is_null(), "{j}");
+        assert_eq!(j["max_over_mean"], 0.0);
+    }
 }

@@ -766,6 +766,63 @@ mod tests {
 }
 
 #[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    /// 20,000 keys spread by the base `hash:8:7` (~2,500 in each partition), plus `extra`
+    /// more that it sends to partition 1.
+    fn keys(extra: usize) -> Vec<Vec<u8>> {
+        let base = PartitionFn::new(PartitionSpec::hashed(8, 7)).unwrap();
+        let mut keys: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| format!("acct:{i:06}").into_bytes())
+            .collect();
+        keys.extend(
+            (0u32..)
+                .map(|i| format!("hot:{i:06}").into_bytes())
+                .filter(|k| base.partition_of(k) == 1)
+                .take(extra),
+        );
+        keys
+    }
+
+    fn verdict(spec: &PartitionSpec, keys: &[Vec<u8>]) -> (Verdict, f64) {
+        let a = analyze_keys(spec, keys, SampleInfo::default(), Thresholds::default()).unwrap();
+        (a.verdict, a.distribution.max_over_mean)
+    }
+
+    /// A split is judged as any function is, against an even spread over all its
+    /// partitions: splitting the partition that holds too much evens the layout out and
+    /// passes the gate; splitting one that holds its fair share leaves the others at
+    /// `into` times the new sub-partitions, which is uneven, and is reported as such
+    /// (`Controller::split_hot_partition` plans past the gate either way).
+    #[test]
+    fn a_split_is_judged_against_an_even_spread_over_all_its_partitions() {
+        let base = PartitionSpec::hashed(8, 7);
+        let hot_split = PartitionSpec::split(base.clone(), 1, 4);
+        // Partition 1 holds ~4 times its share: ~36% of the keys.
+        let hot = keys(7_500);
+        let (v, m) = verdict(&base, &hot);
+        assert_eq!(v, Verdict::Biased, "the hot base: max/mean {m:.2}");
+        let (v, m) = verdict(&hot_split, &hot);
+        assert_eq!(
+            v,
+            Verdict::Balanced,
+            "the hot partition split: max/mean {m:.2}"
+        );
+        // Even keys: the base is balanced, and a split of any one partition is not.
+        let even = keys(0);
+        let (v, m) = verdict(&base, &even);
+        assert_eq!(v, Verdict::Balanced, "the even base: max/mean {m:.2}");
+        let (v, m) = verdict(&hot_split, &even);
+        assert_eq!(
+            v,
+            Verdict::Biased,
+            "a fair partition split: max/mean {m:.2}"
+        );
+    }
+}
+
+#[cfg(test)]
 mod weighting_tests {
     use super::*;
     use sluice::Options;

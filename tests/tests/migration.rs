@@ -1777,3 +1777,82 @@ fn random_version_lifecycles_keep_every_write_and_their_figures() {
         }
     }
 }
+
+/// A key's live entry in the target is reported as its value, not as moved: an older
+/// version of the key left in a draining layout does not supersede a newer one. Every
+/// entry reported moved has a newer (or, for a lazily moved copy, equal) entry in another
+/// live layout, and every key's newest entry across the layouts is reported as it is.
+#[test]
+fn partition_entries_report_moved_only_what_another_layout_supersedes() {
+    use sluice::PartitionEntry;
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
+        ..quiet_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    fill(&db, 400, "old");
+    db.compact().unwrap();
+    let v2 = db.register_partition_fn(hash(2, 3)).unwrap();
+    db.set_target(v2).unwrap();
+    // Overwritten in the target (the old version stays in v1), moved by a read, deleted
+    // in the target, or left alone.
+    for i in (0..400u32).step_by(3) {
+        db.put(format!("k{i:04}"), format!("new{i}")).unwrap();
+    }
+    for i in (1..400u32).step_by(3) {
+        db.get(format!("k{i:04}")).unwrap();
+    }
+    sluice::internals::apply_moves(&db);
+    for i in (2..400u32).step_by(9) {
+        db.delete(format!("k{i:04}")).unwrap();
+    }
+    db.flush().unwrap();
+    // Every entry each live layout reports, by key: (version, seqno, entry).
+    let mut by_key: BTreeMap<Vec<u8>, Vec<(VersionId, u64, PartitionEntry)>> = BTreeMap::new();
+    for v in db.layout().versions {
+        for p in 0..v.spec.partitions() {
+            for e in db.partition_entries(v.id, p).unwrap() {
+                let e = e.unwrap();
+                let seqno = match &e {
+                    PartitionEntry::Value { seqno, .. }
+                    | PartitionEntry::Tombstone { seqno, .. }
+                    | PartitionEntry::Moved { seqno, .. } => *seqno,
+                };
+                by_key
+                    .entry(e.key().to_vec())
+                    .or_default()
+                    .push((v.id, seqno, e));
+            }
+        }
+    }
+    let live = dump(&db).unwrap();
+    assert_eq!(by_key.len(), 400);
+    for (k, es) in &by_key {
+        for (v, seqno, e) in es {
+            if let PartitionEntry::Moved { .. } = e {
+                assert!(
+                    es.iter().any(|(w, s, _)| w != v && s >= seqno),
+                    "{v} reports {e:?}, and no other layout holds the key at seqno {seqno} \
+                     or later: {es:?}"
+                );
+            }
+        }
+        // The newest entry (the one reads resolve to) is reported as what it is.
+        let newest = es.iter().map(|(_, s, _)| *s).max().unwrap();
+        let want = live.get(k);
+        assert!(
+            es.iter()
+                .filter(|(_, s, _)| *s == newest)
+                .any(|(_, _, e)| match e {
+                    PartitionEntry::Value { value, .. } => want == Some(&value.to_vec()),
+                    PartitionEntry::Tombstone { .. } => want.is_none(),
+                    PartitionEntry::Moved { .. } => false,
+                }),
+            "key {:?}: the newest entry is reported moved by every layout holding it: {es:?}",
+            String::from_utf8_lossy(k)
+        );
+    }
+}

@@ -940,8 +940,24 @@ impl Harness {
     /// Partition-scoped reads report no superseded entry as live: with nothing written
     /// since the flush (the memtables hold no newer entry), every value a partition of a
     /// live layout reports is the key's value and every tombstone a deleted key; a key
-    /// whose live entry is elsewhere is reported moved.
+    /// whose live entry is elsewhere is reported moved. And only such a key: an entry
+    /// reported moved has an entry as new or newer in another live layout (checked when no
+    /// background flush, compaction or migration ran during the listing, which would let
+    /// it see a key's entries before and after they moved).
     fn check_partitions(&mut self) {
+        let work = |db: &Db| {
+            let s = db.stats();
+            (
+                s.flushes,
+                s.compactions,
+                s.trivial_moves,
+                s.migration_bytes_read,
+                db.layout().retired.len(),
+            )
+        };
+        let before = work(self.db());
+        // Every entry listed, by key: (version, seqno, reported moved).
+        let mut listed: BTreeMap<Vec<u8>, Vec<(VersionId, u64, bool)>> = BTreeMap::new();
         for v in self.db().layout().versions {
             for p in 0..v.spec.partitions() {
                 let entries = match self.db().partition_entries(v.id, p) {
@@ -955,11 +971,17 @@ impl Harness {
                         panic!("partition_entries failed: {e}\n{}", self.ctx())
                     });
                     let want = self.model.get(&e.key()[..]);
-                    let ok = match &e {
-                        PartitionEntry::Value { value, .. } => want == Some(&value.to_vec()),
-                        PartitionEntry::Tombstone { .. } => want.is_none(),
-                        PartitionEntry::Moved { .. } => true,
+                    let (ok, seqno, moved) = match &e {
+                        PartitionEntry::Value { value, seqno, .. } => {
+                            (want == Some(&value.to_vec()), *seqno, false)
+                        }
+                        PartitionEntry::Tombstone { seqno, .. } => (want.is_none(), *seqno, false),
+                        PartitionEntry::Moved { seqno, .. } => (true, *seqno, true),
                     };
+                    listed
+                        .entry(e.key().to_vec())
+                        .or_default()
+                        .push((v.id, seqno, moved));
                     assert!(
                         ok,
                         "{} partition {p} reports {e:?}, the model holds {:?}\n{}",
@@ -968,6 +990,20 @@ impl Harness {
                         self.ctx()
                     );
                 }
+            }
+        }
+        if work(self.db()) != before {
+            return;
+        }
+        for (k, es) in &listed {
+            for &(v, seqno, moved) in es {
+                assert!(
+                    !moved || es.iter().any(|&(w, s, _)| w != v && s >= seqno),
+                    "{v} reports key {} (seqno {seqno}) moved, but no other live layout holds \
+                     it at that seqno or later: {es:?}\n{}",
+                    esc(k),
+                    self.ctx()
+                );
             }
         }
     }

@@ -1030,6 +1030,59 @@ mod tests {
         }
     }
 
+    /// A large transaction (its read set checked up to a mark before it queues) committed
+    /// in the same group as, and after, a write to a key it read: that write is in neither
+    /// the memtable nor the log of recent writes when the group validates the transaction,
+    /// only in the group's earlier batches, which must be checked. Committed, the
+    /// transaction would overwrite a value it never saw (a lost update).
+    #[test]
+    fn a_large_transaction_after_a_write_to_its_read_set_in_its_group_conflicts() {
+        const { assert!(crate::recent::TWO_STEP_MIN_KEYS <= 100) };
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::open(dir.path(), crate::Options::default()).unwrap();
+        let key = |i: u32| format!("k{i:05}");
+        for i in 0..100 {
+            db.put(key(i), "0").unwrap();
+        }
+        let mut t = db.transaction();
+        for i in 0..100 {
+            t.get(key(i)).unwrap();
+        }
+        t.put("out", "1");
+        let queued = |db: &crate::Db, n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while db.inner.group.queued.load(Ordering::Acquire) < n {
+                assert!(Instant::now() < deadline, "{n} writers never queued");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // A first group (one put) holds on once formed until a write to a key read and then
+        // the transaction queue behind it: the next group takes the two, in that order.
+        let (formed, first_formed) = std::sync::mpsc::channel();
+        let d = db.clone();
+        let first = std::thread::spawn(move || {
+            let held = d.clone();
+            crate::test_hooks::set(crate::test_hooks::Point::GroupFormed, move || {
+                formed.send(()).unwrap();
+                queued(&held, 3);
+            });
+            d.put("x", "1")
+        });
+        first_formed.recv().unwrap();
+        let d = db.clone();
+        let write = std::thread::spawn(move || d.put(key(42), "1"));
+        queued(&db, 2);
+        let txn = std::thread::spawn(move || t.commit());
+        first.join().unwrap().unwrap();
+        write.join().unwrap().unwrap();
+        match txn.join().unwrap() {
+            Err(Error::Conflict { key: k }) => assert_eq!(k, key(42).as_bytes()),
+            other => panic!("expected a conflict on {}: {other:?}", key(42)),
+        }
+        assert_eq!(db.get("out").unwrap(), None);
+        assert_eq!(db.get(key(42)).unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
     /// Waits for `f` on another thread, failing the test if it never returns (a hang).
     fn answers<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
         let t = std::thread::spawn(f);

@@ -967,6 +967,53 @@ mod tests {
         assert_eq!(db.get("k0100").unwrap(), None, "the deleted key came back");
     }
 
+    /// A lazily moved copy in the memtable is an older entry of its key outside any job's
+    /// tables: a compaction that picked that memtable keeps the key's tombstone over it.
+    /// Here the copy is made after the delete was flushed, then its source migrates into
+    /// the target next to the tombstone, and a full compaction of that partition runs
+    /// before the copy's flush: dropping the tombstone there (with the migrated value under
+    /// it) left the copy to bring the deleted value back until the flush.
+    #[test]
+    fn a_tombstone_over_a_moved_copy_in_the_memtable_outlives_a_compaction() {
+        let (_dir, db) = draining_db();
+        let inner = &db.inner;
+        assert!(db.get("k0100").unwrap().is_some());
+        // The move waits in the reader (out of the queue) while the key is deleted and the
+        // delete flushed, then is applied: the copy, older than the tombstone, is in the
+        // memtable and the source file still in the view.
+        let queued = std::mem::take(&mut *inner.moves.lock());
+        assert_eq!(queued.len(), 1);
+        db.delete("k0100").unwrap();
+        db.flush().unwrap();
+        inner.moves.lock().extend(queued);
+        inner.apply_moves();
+        assert_eq!(db.stats().lazy_moves, 1);
+        assert_eq!(db.get("k0100").unwrap(), None);
+        // The source migrates into the target, where the tombstone is.
+        db.migrate_now(None).unwrap();
+        assert!(db.migration_progress().is_complete());
+        assert!(
+            !inner.view.load().mem.is_empty(),
+            "the copy is not flushed yet"
+        );
+        assert_eq!(db.get("k0100").unwrap(), None);
+        let job = {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            let target = view.files.target;
+            let p = view.files.target_layout().func.partition_of(b"k0100");
+            inner
+                .full_partition_job(&mut core, &view, target, p)
+                .expect("the partition holds the tombstone")
+        };
+        let r = inner.run_compaction(&job);
+        inner.release_job(&mut inner.core.lock(), &job);
+        r.unwrap();
+        assert_eq!(db.get("k0100").unwrap(), None, "the deleted key came back");
+        db.flush().unwrap();
+        assert_eq!(db.get("k0100").unwrap(), None, "the deleted key came back");
+    }
+
     /// A value read out of a cached block is a slice of the whole block; a queued move
     /// (and then the memtable) must hold a copy of the entry, not the block.
     #[test]

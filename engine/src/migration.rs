@@ -868,7 +868,12 @@ mod tests {
             .unwrap();
         db.set_target(v).unwrap();
         let closed = Arc::new(AtomicBool::new(false));
-        let (closer, done) = (db.clone(), closed.clone());
+        // Whether the close had returned by the end of the picked job's hook: the job has
+        // not run yet then, so a close that waits for it cannot have. (Checked after
+        // `migrate_now` returns, a close that did wait could return in between.)
+        let early = Arc::new(AtomicBool::new(false));
+        let (closer, done, seen, early_seen) =
+            (db.clone(), closed.clone(), closed.clone(), early.clone());
         crate::test_hooks::set(crate::test_hooks::Point::MigrateNowPicked, move || {
             let inner = closer.inner.clone();
             std::thread::spawn(move || {
@@ -880,10 +885,11 @@ mod tests {
             }
             // Room for a close that does not wait to finish.
             std::thread::sleep(Duration::from_millis(300));
+            early_seen.store(seen.load(Ordering::Acquire), Ordering::Release);
         });
         let _ = db.migrate_now(None);
         assert!(
-            !closed.load(Ordering::Acquire),
+            !early.load(Ordering::Acquire),
             "close returned while migrate_now still ran a job"
         );
         let deadline = Instant::now() + Duration::from_secs(60);

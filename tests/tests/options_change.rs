@@ -256,12 +256,12 @@ fn readers_under_cache_pressure_see_what_was_written() {
                         count += 1;
                     }
                     assert_eq!(count, n as usize, "round {round}");
-                    for (i, v) in held.drain(..) {
-                        assert_eq!(
-                            &v[..7],
-                            format!("{i:06}-").as_bytes(),
-                            "a held value changed"
-                        );
+                    // Values held across rounds (their blocks evicted and swept meanwhile)
+                    // read as they did.
+                    let keep = held.len().saturating_sub(400);
+                    for (i, v) in held.drain(..keep) {
+                        let r = std::str::from_utf8(&v[7..11]).unwrap().parse().unwrap();
+                        assert_eq!(v, val(i, r), "a held value changed");
                     }
                 }
             });

@@ -378,16 +378,22 @@ fn edge_run(seed: u64) {
     use rand::{RngExt, SeedableRng};
     let r = &mut rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
+    // By seed: no background work (and no lazy moves); all of it; or lazy moves on a key's
+    // first read into small memtables, with no other background work.
     let opts = || {
         let base = Options {
             memtable_bytes: 16 << 10,
             ..Options::tiny()
         };
-        // Even seeds: no background work (and no lazy moves); odd ones: all of it.
-        if seed.is_multiple_of(2) {
-            sluice_tests::no_background_work(base)
-        } else {
-            base
+        match seed % 3 {
+            0 => sluice_tests::no_background_work(base),
+            1 => base,
+            _ => Options {
+                memtable_bytes: 2 << 10,
+                move_on_first_read: true,
+                move_bytes_per_sec: base.move_bytes_per_sec,
+                ..sluice_tests::no_background_work(base)
+            },
         }
     };
     let mut db = Db::open(dir.path(), opts()).unwrap();
@@ -446,13 +452,17 @@ fn edge_run(seed: u64) {
                 model = own;
             }
             40..48 => {
-                let k = edge_key(r);
-                assert_eq!(
-                    db.get(&k).unwrap().map(|v| v.to_vec()),
-                    model.get(&k).cloned(),
-                    "{what}"
-                );
-                if r.random_bool(0.3) {
+                // Point reads at the latest state (which queue lazy moves of what they find
+                // in a draining layout), then sometimes the moves applied.
+                for _ in 0..8 {
+                    let k = edge_key(r);
+                    assert_eq!(
+                        db.get(&k).unwrap().map(|v| v.to_vec()),
+                        model.get(&k).cloned(),
+                        "{what}"
+                    );
+                }
+                if r.random_bool(0.5) {
                     sluice::internals::apply_moves(&db);
                 }
             }

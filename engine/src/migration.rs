@@ -826,6 +826,24 @@ mod tests {
     use crate::{Db, Options, PartitionSpec};
     use bytes::Bytes;
 
+    /// Writes 2,000 keys `k00000…` of 50-byte values, settles them in v1 (compacted, or
+    /// only flushed) and retargets to a new `hash:4:1` layout, whose id it returns.
+    fn fill_and_retarget(db: &Db, compact: bool) -> VersionId {
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
+        }
+        if compact {
+            db.compact().unwrap();
+        } else {
+            db.flush().unwrap();
+        }
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        v2
+    }
+
     /// The pacer keeps the last windows' p99s, oldest first, the last one the window it
     /// reports, and no more than [`FOREGROUND_P99_HISTORY`] of them.
     #[test]
@@ -855,18 +873,7 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
-        }
-        db.flush().unwrap();
-        let v = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 1,
-                hashed_prefix: None,
-            })
-            .unwrap();
-        db.set_target(v).unwrap();
+        fill_and_retarget(&db, false);
         let closed = Arc::new(AtomicBool::new(false));
         // Whether the close had returned by the end of the picked job's hook: the job has
         // not run yet then, so a close that waits for it cannot have. (Checked after
@@ -917,18 +924,7 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
-        }
-        db.flush().unwrap();
-        let v = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 1,
-                hashed_prefix: None,
-            })
-            .unwrap();
-        db.set_target(v).unwrap();
+        fill_and_retarget(&db, false);
         fs.inject(Fault::on(FsOp::Append, FaultKind::Panic, ".sst", false));
         let panicked =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.migrate_now(None)));
@@ -1387,14 +1383,7 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        fill_and_retarget(&db, true);
         let before = db.migration_progress();
         let (files, bytes) = (before.files_left(), before.bytes_left());
         assert!(files > 0, "test setup");
@@ -1436,14 +1425,7 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        fill_and_retarget(&db, true);
         let before = db.migration_progress();
         let (files, bytes) = (before.files_left(), before.bytes_left());
         assert!(files > 1, "test setup");
@@ -1476,14 +1458,7 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts.clone()).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        fill_and_retarget(&db, true);
         let files = db.migration_progress().files_left();
         // As if flushes had piled up in the target's L0 (nothing changes the file set
         // from here on, which would measure it again).
@@ -1522,14 +1497,7 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts.clone()).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        fill_and_retarget(&db, true);
         let inner = &db.inner;
         // The core lock held throughout, as each worker holds it to pick: the background
         // workers wait.

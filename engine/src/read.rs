@@ -748,6 +748,17 @@ mod tests {
     use crate::test_hooks::{set, Point};
     use crate::{Db, Options, PartitionSpec};
 
+    /// Entries the manifest counts in the target layout's tables.
+    fn target_entries(db: &Db) -> u64 {
+        let target = db.layout().target.0;
+        db.stats()
+            .partitions
+            .iter()
+            .filter(|p| p.version == target)
+            .map(|p| p.entries)
+            .sum()
+    }
+
     /// 200 keys compacted in v1 (one range partition), draining into a hash v2; lazy moves
     /// on (the first read of a key moves it), no background migration, and no WAL tick to
     /// apply queued moves (tests do).
@@ -880,15 +891,7 @@ mod tests {
                 "k{i:04}"
             );
         }
-        let target = db.layout().target.0;
-        let moved: u64 = db
-            .stats()
-            .partitions
-            .iter()
-            .filter(|p| p.version == target)
-            .map(|p| p.entries)
-            .sum();
-        assert_eq!(moved, 50, "entries in the target layout");
+        assert_eq!(target_entries(&db), 50, "entries in the target layout");
     }
 
     /// A read at the latest state while a write to its key lands and is flushed: the flush
@@ -1084,14 +1087,7 @@ mod tests {
         assert_eq!((s.lazy_moves, s.lazy_moved_bytes), (1, 105), "moves booked");
         let p = db.migration_progress();
         assert_eq!(p.draining[0].forwarding_pointers, 1, "pointers live");
-        let target = db.layout().target.0;
-        let copies: u64 = s
-            .partitions
-            .iter()
-            .filter(|p| p.version == target)
-            .map(|p| p.entries)
-            .sum();
-        assert_eq!(copies, 1, "copies in the target");
+        assert_eq!(target_entries(&db), 1, "copies in the target");
     }
 
     /// A hot key read again and again while its move waits in the queue is queued and

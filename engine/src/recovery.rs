@@ -1464,6 +1464,55 @@ mod tests {
     use crate::sst::TableKind;
     use crate::PartitionSpec;
 
+    /// A layout replaced as the target keeps draining through manifest rewrites and
+    /// reopens: a new manifest's snapshot marks every layout that was ever the target, not
+    /// only the current one. Were it to forget, the old layout would be live but not
+    /// draining after the next reopen: its data never migrated and its figures gone from
+    /// the progress (only the longer model runs caught that).
+    #[test]
+    fn a_replaced_target_keeps_draining_through_manifest_rolls_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 0,
+            // Every edit rolls the manifest into a new one that starts with a snapshot.
+            max_manifest_bytes: 1,
+            ..crate::Options::tiny()
+        };
+        let draining = |db: &crate::Db| -> Vec<u32> {
+            db.migration_progress()
+                .draining
+                .iter()
+                .map(|d| d.version.0)
+                .collect()
+        };
+        let mut db = crate::Db::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..200u32 {
+            db.put(format!("k{i:03}"), "v").unwrap();
+        }
+        db.flush().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.set_target(v2).unwrap();
+        db.put("after", "x").unwrap();
+        db.flush().unwrap();
+        assert_eq!(draining(&db), vec![1], "test setup");
+        for round in 0..2 {
+            db.close().unwrap();
+            db = crate::Db::open(dir.path(), opts.clone()).unwrap();
+            assert_eq!(draining(&db), vec![1], "after reopen {round}");
+        }
+        assert!(db.migrate_now(None).unwrap() > 0, "v1's data migrates");
+        assert!(db.migration_progress().is_complete());
+        for i in 0..200u32 {
+            assert_eq!(
+                db.get(format!("k{i:03}")).unwrap().as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+    }
+
     /// A first open that fails (as a crash would stop it) before CURRENT names its
     /// manifest leaves the manifest and an empty WAL: the next open starts the database
     /// over. It used to refuse the directory for good ("CURRENT is missing but

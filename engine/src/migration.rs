@@ -212,7 +212,6 @@ pub(crate) struct Pacer {
     pub tokens: f64,
     pub last_refill: Instant,
     pub window_start: Instant,
-    pub last_p99_us: u64,
     /// Windows ended so far (see [`MigrationProgress::foreground_p99_window`]).
     pub windows: u64,
     /// The last windows' p99s, oldest first (at most [`FOREGROUND_P99_HISTORY`]).
@@ -242,7 +241,6 @@ impl Pacer {
             tokens: 0.0,
             last_refill: now,
             window_start: now,
-            last_p99_us: 0,
             windows: 0,
             recent_p99_us: VecDeque::with_capacity(FOREGROUND_P99_HISTORY),
             blocked: None,
@@ -254,12 +252,16 @@ impl Pacer {
 
     /// Records the p99 of a window that ended.
     fn end_window(&mut self, p99_us: u64) {
-        self.last_p99_us = p99_us;
         self.windows += 1;
         if self.recent_p99_us.len() == FOREGROUND_P99_HISTORY {
             self.recent_p99_us.pop_front();
         }
         self.recent_p99_us.push_back(p99_us);
+    }
+
+    /// The p99 of the last window that ended (0 before any).
+    fn last_p99_us(&self) -> u64 {
+        self.recent_p99_us.back().copied().unwrap_or(0)
     }
 
     fn effective_rate(&self) -> f64 {
@@ -793,7 +795,7 @@ impl Inner {
             rate_limit_bytes_per_sec: p.rate,
             effective_rate_bytes_per_sec: p.effective_rate() as u64,
             pace_bytes_per_sec: pace,
-            foreground_p99_us: p.last_p99_us,
+            foreground_p99_us: p.last_p99_us(),
             foreground_p99_window: p.windows,
             foreground_p99_recent_us: p.recent_p99_us.iter().copied().collect(),
             // The pacer notes why only when it looks; a hold is known at once, and so is
@@ -826,6 +828,17 @@ mod tests {
     use crate::{Db, Options, PartitionSpec};
     use bytes::Bytes;
 
+    /// Tiny options with nothing moving data by itself: no background migration, no lazy
+    /// moves, no idle flush.
+    fn still_tiny() -> Options {
+        Options {
+            migration_bytes_per_sec: 0,
+            move_bytes_per_sec: 0,
+            idle_memtable_flush_after: None,
+            ..Options::tiny()
+        }
+    }
+
     /// Writes 2,000 keys `k00000…` of 50-byte values, settles them in v1 (compacted, or
     /// only flushed) and retargets to a new `hash:4:1` layout, whose id it returns.
     fn fill_and_retarget(db: &Db, compact: bool) -> VersionId {
@@ -856,7 +869,7 @@ mod tests {
             let kept = w.min(FOREGROUND_P99_HISTORY as u64);
             let want: Vec<u64> = (w + 1 - kept..=w).map(|x| x * 10).collect();
             assert_eq!(recent, want, "after window {w}");
-            assert_eq!((p.windows, p.last_p99_us), (w, w * 10));
+            assert_eq!((p.windows, p.last_p99_us()), (w, w * 10));
         }
     }
 
@@ -1418,12 +1431,7 @@ mod tests {
     #[test]
     fn progress_counts_a_job_installed_meanwhile_once() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            migration_bytes_per_sec: 0,
-            move_bytes_per_sec: 0,
-            idle_memtable_flush_after: None,
-            ..Options::tiny()
-        };
+        let opts = still_tiny();
         let db = Db::open(dir.path(), opts).unwrap();
         fill_and_retarget(&db, true);
         let before = db.migration_progress();
@@ -1451,12 +1459,7 @@ mod tests {
     #[test]
     fn progress_names_l0_pressure_as_what_holds_migration_back() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            migration_bytes_per_sec: 0,
-            move_bytes_per_sec: 0,
-            idle_memtable_flush_after: None,
-            ..Options::tiny()
-        };
+        let opts = still_tiny();
         let db = Db::open(dir.path(), opts.clone()).unwrap();
         fill_and_retarget(&db, true);
         let files = db.migration_progress().files_left();
@@ -1490,12 +1493,7 @@ mod tests {
     #[test]
     fn l0_pressure_is_no_reason_once_it_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            migration_bytes_per_sec: 0,
-            move_bytes_per_sec: 0,
-            idle_memtable_flush_after: None,
-            ..Options::tiny()
-        };
+        let opts = still_tiny();
         let db = Db::open(dir.path(), opts.clone()).unwrap();
         fill_and_retarget(&db, true);
         let inner = &db.inner;

@@ -748,6 +748,12 @@ mod tests {
     use crate::test_hooks::{set, Point};
     use crate::{Db, Options, PartitionSpec};
 
+    /// Takes the queued moves out of the queue, as a reader preempted between finding an
+    /// entry and queueing its move holds it; `extend` the queue with them to queue them.
+    fn hold_queued_moves(db: &Db) -> super::MoveQueue {
+        std::mem::take(&mut *db.inner.moves.lock())
+    }
+
     /// Entries the manifest counts in the target layout's tables.
     fn target_entries(db: &Db) -> u64 {
         let target = db.layout().target.0;
@@ -958,7 +964,7 @@ mod tests {
         let inner = &db.inner;
         assert!(db.get("k0100").unwrap().is_some());
         // The move waits in the reader (out of the queue) while the rest happens.
-        let queued = std::mem::take(&mut *inner.moves.lock());
+        let queued = hold_queued_moves(&db);
         assert_eq!(queued.len(), 1);
         db.delete("k0100").unwrap();
         db.migrate_now(None).unwrap();
@@ -984,7 +990,7 @@ mod tests {
         // The move waits in the reader (out of the queue) while the key is deleted and the
         // delete flushed, then is applied: the copy, older than the tombstone, is in the
         // memtable and the source file still in the view.
-        let queued = std::mem::take(&mut *inner.moves.lock());
+        let queued = hold_queued_moves(&db);
         assert_eq!(queued.len(), 1);
         db.delete("k0100").unwrap();
         db.flush().unwrap();
@@ -1044,7 +1050,7 @@ mod tests {
     fn a_key_read_twice_before_its_move_is_applied_counts_one_move() {
         let (_dir, db) = draining_db();
         assert!(db.get("k0100").unwrap().is_some());
-        let first = std::mem::take(&mut *db.inner.moves.lock());
+        let first = hold_queued_moves(&db);
         assert!(db.get("k0100").unwrap().is_some());
         db.inner.moves.lock().extend(first);
         assert_eq!(db.inner.moves.lock().len(), 2, "two moves queued");
@@ -1076,7 +1082,7 @@ mod tests {
         let inner = &db.inner;
         assert!(db.get("k0100").unwrap().is_some());
         // This reader's move waits (out of the queue) while another read's is applied.
-        let late = std::mem::take(&mut *inner.moves.lock());
+        let late = hold_queued_moves(&db);
         assert!(db.get("k0100").unwrap().is_some());
         inner.apply_moves();
         db.flush().unwrap();

@@ -545,17 +545,35 @@ impl PartitionFn {
     }
 
     /// Partitions that may hold keys in `[start, end]` (inclusive bounds; `None` = unbounded).
-    /// Only range functions can narrow the set; hash partitions span the whole key space.
+    /// Range functions narrow the set, and so does a split of one (the split partition's
+    /// sub-partitions stand in for it); hash partitions span the whole key space.
     pub fn partitions_for_range(&self, start: Option<&[u8]>, end: Option<&[u8]>) -> Vec<u32> {
-        match &self.spec {
+        Self::for_range(&self.spec, start, end)
+    }
+
+    fn for_range(spec: &PartitionSpec, start: Option<&[u8]>, end: Option<&[u8]>) -> Vec<u32> {
+        match spec {
             PartitionSpec::Range { .. } => {
-                let lo = start.map(|s| self.partition_of(s)).unwrap_or(0);
+                let lo = start.map(|s| Self::map(spec, s)).unwrap_or(0);
                 let hi = end
-                    .map(|e| self.partition_of(e))
-                    .unwrap_or(self.partitions - 1);
+                    .map(|e| Self::map(spec, e))
+                    .unwrap_or(spec.partitions() - 1);
                 (lo..=hi.max(lo)).collect()
             }
-            _ => (0..self.partitions).collect(),
+            PartitionSpec::Hash { .. } => (0..spec.partitions()).collect(),
+            PartitionSpec::Split {
+                base,
+                partition,
+                into,
+                ..
+            } => Self::for_range(base, start, end)
+                .into_iter()
+                .flat_map(|p| match p.cmp(partition) {
+                    std::cmp::Ordering::Less => p..p + 1,
+                    std::cmp::Ordering::Equal => p..p + into,
+                    std::cmp::Ordering::Greater => p + into - 1..p + into,
+                })
+                .collect(),
         }
     }
 }
@@ -822,6 +840,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(db.layout().versions[0].partitions.len(), 11);
+    }
+
+    /// A range scan over a split of a range layout looks only in the base partitions the
+    /// range meets, the split one as its sub-partitions; over a split of a hash layout, in
+    /// every partition.
+    #[test]
+    fn a_split_of_a_range_layout_narrows_a_range_to_the_partitions_it_meets() {
+        let range = PartitionSpec::Range {
+            boundaries: vec![b"b".to_vec(), b"d".to_vec()],
+        };
+        let f = PartitionFn::new(PartitionSpec::split(range, 1, 4)).unwrap();
+        assert_eq!(f.partitions(), 6);
+        let look = |lo: Option<&[u8]>, hi: Option<&[u8]>| f.partitions_for_range(lo, hi);
+        assert_eq!(look(Some(b"a"), Some(b"a0")), vec![0]);
+        assert_eq!(look(Some(b"b"), Some(b"c")), vec![1, 2, 3, 4]);
+        assert_eq!(look(Some(b"a"), Some(b"b")), vec![0, 1, 2, 3, 4]);
+        assert_eq!(look(Some(b"e"), None), vec![5]);
+        assert_eq!(look(None, Some(b"a")), vec![0]);
+        assert_eq!(look(None, None), (0..6).collect::<Vec<_>>());
+        let nested = PartitionFn::new(PartitionSpec::split(f.spec().clone(), 5, 2)).unwrap();
+        assert_eq!(nested.partitions_for_range(Some(b"e"), None), vec![5, 6]);
+        assert_eq!(nested.partitions_for_range(Some(b"a"), Some(b"a")), vec![0]);
+        let hashed =
+            PartitionFn::new(PartitionSpec::split(PartitionSpec::hashed(3, 0), 1, 2)).unwrap();
+        assert_eq!(
+            hashed.partitions_for_range(Some(b"a"), Some(b"a")),
+            vec![0, 1, 2, 3]
+        );
     }
 
     #[test]

@@ -584,4 +584,39 @@ mod tests {
         );
         assert_eq!(db.layout().target, VersionId(v2.0));
     }
+
+    /// Writers waiting behind a partition's write limit are not committing: they must not
+    /// count among the writers a synced group's leader waits for (it lingered up to half
+    /// an fsync for writers that the limit held back for seconds).
+    #[test]
+    fn writers_held_by_a_limit_are_not_counted_as_committing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        db.inner.set_partition_write_limit(0, Some(1000)).unwrap();
+        // Admitted at once, leaving the partition 2 s in debt.
+        db.put("first", vec![0u8; 2000]).unwrap();
+        let writers: Vec<_> = (0..3)
+            .map(|i| {
+                let db = db.clone();
+                std::thread::spawn(move || db.put(format!("held{i}"), "x"))
+            })
+            .collect();
+        let start = Instant::now();
+        while db.inner.admission.state.lock().1[&0].next_ticket < 4 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "writers never queued"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            db.inner.group.committing(),
+            (0, 1),
+            "(writers committing, their recent peak) with three held by the limit"
+        );
+        db.inner.set_partition_write_limit(0, None).unwrap();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+    }
 }

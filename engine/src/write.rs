@@ -84,6 +84,15 @@ impl GroupCommit {
         InsideGuard(self)
     }
 
+    /// Writers inside `commit` now, and their recent peak.
+    #[cfg(test)]
+    pub(crate) fn committing(&self) -> (usize, usize) {
+        (
+            self.inside.load(Ordering::Relaxed),
+            self.peak.load(Ordering::Relaxed),
+        )
+    }
+
     /// The number of writers a synced leader waits for: three quarters of the recent peak
     /// of writers at once (which decays by one per group).
     fn wanted(&self) -> usize {
@@ -228,9 +237,12 @@ impl Inner {
             }
             return Ok(self.latest());
         }
-        let _inside = self.group.enter();
         self.throttle(batch.size_bytes())?;
         *admitted = self.admit(&batch)?;
+        // Counted as committing only once through the stalls and the partition limits: a
+        // synced leader waits for most of the writers counted, and would linger for ones
+        // held back there.
+        let _inside = self.group.enter();
         let validate = match validate {
             Some(rs) if rs.keys.len() >= crate::recent::TWO_STEP_MIN_KEYS => {
                 let rs = self.check_to_mark(rs)?;

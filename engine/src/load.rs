@@ -154,12 +154,22 @@ impl Admission {
     }
 }
 
+/// What admission did to a batch: how long it waited for partition write limits, and what
+/// each limit charged it (partition, limit id, bytes), to be given back if the batch is not
+/// written.
+#[derive(Default)]
+pub(crate) struct Admitted {
+    pub waited: Duration,
+    charged: Vec<(u32, u64, u64)>,
+}
+
 impl Inner {
     /// Waits for the batch's turn in every rate-limited partition it writes to; the time
-    /// it waited.
-    pub(crate) fn admit(&self, batch: &WriteBatch) -> Result<Duration> {
+    /// it waited, and what it was charged.
+    pub(crate) fn admit(&self, batch: &WriteBatch) -> Result<Admitted> {
+        let mut admitted = Admitted::default();
         if !self.admission.active.load(Ordering::Relaxed) {
-            return Ok(Duration::ZERO);
+            return Ok(admitted);
         }
         let mut st = self.admission.state.lock();
         let start = Instant::now();
@@ -184,7 +194,8 @@ impl Inner {
                 },
             )?;
             touched.sort_unstable();
-            match self.admit_touched(&mut st, &func, touched, &mut waited) {
+            admitted.charged.clear();
+            match self.admit_touched(&mut st, &func, touched, &mut waited, &mut admitted) {
                 Ok(true) => break Ok(()),
                 // The limits name another function's partitions now (the target changed
                 // while this batch waited): its partitions are found again under that one.
@@ -200,7 +211,26 @@ impl Inner {
                 took.as_micros() as u64,
             );
         }
-        r.map(|()| if waited { took } else { Duration::ZERO })
+        if waited {
+            admitted.waited = took;
+        }
+        r.map(|()| admitted)
+    }
+
+    /// Gives back what a batch that was not written (a transaction that conflicted) was
+    /// charged, to limits still in force, up to a second's worth of tokens: a conflict
+    /// retried under contention would otherwise pay for its bytes once per attempt.
+    pub(crate) fn refund(&self, admitted: &Admitted) {
+        if admitted.charged.is_empty() {
+            return;
+        }
+        let mut st = self.admission.state.lock();
+        for &(p, id, bytes) in &admitted.charged {
+            if let Some(l) = st.1.get_mut(&p).filter(|l| l.id == id) {
+                l.tokens = (l.tokens + bytes as f64).min(l.bytes_per_sec as f64);
+            }
+        }
+        self.admission.cv.notify_all();
     }
 
     /// Takes a ticket for each limited partition the batch writes to (`touched`, found
@@ -214,6 +244,7 @@ impl Inner {
         func: &Arc<PartitionFn>,
         touched: Vec<(u32, u64)>,
         waited: &mut bool,
+        admitted: &mut Admitted,
     ) -> Result<bool> {
         let same_function = |st: &Limits| st.0.as_ref().is_some_and(|f| Arc::ptr_eq(f, func));
         for (p, bytes) in touched {
@@ -244,6 +275,7 @@ impl Inner {
                     if l.tokens >= 0.0 {
                         l.tokens -= bytes as f64;
                         l.serving += 1;
+                        admitted.charged.push((p, l.id, bytes));
                         self.admission.cv.notify_all();
                         break;
                     }
@@ -618,5 +650,42 @@ mod tests {
         for w in writers {
             w.join().unwrap().unwrap();
         }
+    }
+
+    /// A transaction that conflicts wrote nothing: what its partition's limit charged it is
+    /// given back (a conflict retried under contention paid once per attempt, and a hot
+    /// partition was held below its limit).
+    #[test]
+    fn a_conflicting_transaction_gets_its_write_limit_charge_back() {
+        use crate::PartitionSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: PartitionSpec::Range {
+                boundaries: vec![b"m".to_vec()],
+            },
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        // A byte a second on partition 1: any charge shows as a debt for the test's life.
+        db.inner.set_partition_write_limit(1, Some(1)).unwrap();
+        let tokens = || db.inner.admission.state.lock().1[&1].tokens;
+        let mut txn = db.transaction();
+        assert_eq!(txn.get("a").unwrap(), None);
+        txn.put("z", vec![0u8; 4000]);
+        db.put("a", "changed").unwrap();
+        match txn.commit() {
+            Err(crate::Error::Conflict { key }) => assert_eq!(key, b"a"),
+            other => panic!("expected a conflict on a, got {other:?}"),
+        }
+        assert!(
+            tokens() > -1.0,
+            "the conflict left a debt of {} B",
+            -tokens()
+        );
+        // A transaction that commits pays.
+        let mut txn = db.transaction();
+        txn.put("z", vec![0u8; 4000]);
+        txn.commit().unwrap();
+        assert!(tokens() < -3000.0, "{}", tokens());
     }
 }

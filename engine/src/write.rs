@@ -204,28 +204,30 @@ impl Inner {
         sync: bool,
         validate: Option<ReadSet>,
     ) -> Result<u64> {
-        let mut admitted = Duration::ZERO;
-        if self.sampling.load(Ordering::Relaxed) {
-            let start = Instant::now();
-            let r = self.commit_inner(batch, sync, validate, &mut admitted);
+        let mut admitted = crate::load::Admitted::default();
+        let start = self.sampling.load(Ordering::Relaxed).then(Instant::now);
+        let r = self.commit_inner(batch, sync, validate, &mut admitted);
+        if let Some(start) = start {
             // Less the wait for a partition write limit: the caller's own limit on a hot
             // partition, which slowing migration down would not shorten (counted, it cut
             // the pacer's budget to its floor, and the controller's p99 trigger rolled
             // back the migration).
             self.fg_latency
-                .record(start.elapsed().saturating_sub(admitted));
-            return r;
+                .record(start.elapsed().saturating_sub(admitted.waited));
         }
-        self.commit_inner(batch, sync, validate, &mut admitted)
+        if matches!(r, Err(Error::Conflict { .. })) {
+            self.refund(&admitted);
+        }
+        r
     }
 
-    /// `admitted`: set to the time the batch waited for a partition write limit.
+    /// `admitted`: set to what partition write limits made the batch wait and charged it.
     fn commit_inner(
         &self,
         batch: WriteBatch,
         sync: bool,
         validate: Option<ReadSet>,
-        admitted: &mut Duration,
+        admitted: &mut crate::load::Admitted,
     ) -> Result<u64> {
         batch.validate()?;
         self.check_writable()?;

@@ -482,6 +482,55 @@ fn a_migration_out_of_compressed_tables_keeps_the_headroom() {
 }
 
 // ---------------------------------------------------------------------------------------
+// D2c: the same with compression kept but blocks made much smaller between opens: values
+// alike across entries compress within a large block, hardly within a small one.
+
+#[test]
+fn a_migration_into_smaller_compressed_blocks_keeps_the_headroom() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = QuotaFs::default();
+    let headroom = 4u64 << 20;
+    let opts = |block_size| Options {
+        background_threads: 1,
+        compression: sluice::Compression::Zstd(3),
+        block_size,
+        ..on_quota(&q, headroom)
+    };
+    let db = Db::open(dir.path(), opts(64 << 10)).unwrap();
+    // One value of pseudo-random bytes, written under every key: zstd finds it again within
+    // a 64 KiB block, but a 256-byte block holds a quarter of it.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let value: Vec<u8> = (0..1000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for i in 0..4000u32 {
+        db.put(format!("k{}{i:05}", i % 4), &value).unwrap();
+    }
+    db.compact().unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts(256)).unwrap();
+    retarget(&db, hash(4, 1));
+    let s = largest_file(&db, 1);
+    q.set_capacity(Some(q.settle() + headroom + 2 * s + (64 << 10)));
+    migrate_until_done_or_held_by_headroom(&db);
+    let st = db.stats();
+    let min = q.min_free().unwrap();
+    assert!(
+        min >= headroom,
+        "migration left {min} bytes free, below the {headroom}-byte headroom (largest \
+         input file {s} B: read {} B, wrote {} B; ENOSPC hits {})",
+        st.migration_bytes_read,
+        st.migration_bytes_written,
+        q.enospc(),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // D3: migrate_now ignores the headroom.
 
 #[test]

@@ -17,10 +17,10 @@ const CLAIM: &str = "LOCK";
 impl Inner {
     pub fn checkpoint(&self, dest: &Path) -> Result<()> {
         // A closed handle's files may be another process's by now (a copy of them was
-        // unopenable), and a read-only one has no WAL of its own to cut.
-        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
+        // unopenable), and a read-only one has no WAL of its own to cut. Counted until it
+        // returns: close waits for it, so the directory is not let go (and its tables
+        // deleted by the next open) while the links and copies are made.
+        let _counted = self.foreground_job()?;
         if self.read_only {
             return Err(Error::ReadOnly(
                 "a checkpoint needs a writable open (it cuts the WAL under the writers' lock)"
@@ -359,6 +359,82 @@ mod tests {
         let db = Db::open(dir.path(), Options::default()).unwrap();
         assert_eq!(db.get("a").unwrap().unwrap(), "1");
         assert_eq!(db.get("c").unwrap(), None);
+    }
+
+    /// A close on another clone while a checkpoint runs waits for it to finish. It used to
+    /// let the directory go at once: the next open of it compacted away the tables the
+    /// checkpoint's cut names, and the checkpoint failed to link them ("not found"). A
+    /// checkpoint asked for while close waits is refused, and makes no directory.
+    #[test]
+    fn close_waits_for_a_running_checkpoint() {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options {
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts()).unwrap();
+        // Two overlapping tables (a compaction rewrites them) and a write in the WAL.
+        for round in 0..2u32 {
+            for i in 0..200u32 {
+                db.put(format!("k{i:03}"), format!("v{round}-{i}")).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        db.put("in-wal", "w").unwrap();
+        let cp = dir.path().join("checkpoint");
+        let late = dir.path().join("late");
+        // What the close did first: "waiting" for the checkpoint, or "returned".
+        let first = Arc::new(parking_lot::Mutex::new(None));
+        let closer = Arc::new(parking_lot::Mutex::new(None));
+        let (live, path, late_cp, seen, joined) = (
+            db.clone(),
+            dir.path().to_path_buf(),
+            late.clone(),
+            first.clone(),
+            closer.clone(),
+        );
+        set(Point::CheckpointAfterCut, move || {
+            let (tx, rx) = mpsc::channel();
+            let (waiting, closing) = (tx.clone(), live.clone());
+            *joined.lock() = Some(std::thread::spawn(move || {
+                set(Point::CloseWaitsForJobs, move || {
+                    let _ = waiting.send("waiting");
+                });
+                let r = closing.close();
+                let _ = tx.send("returned");
+                r
+            }));
+            let what = rx.recv().unwrap();
+            *seen.lock() = Some(what);
+            if what == "returned" {
+                // The directory is free: another open takes it and compacts.
+                let next = Db::open(&path, opts()).unwrap();
+                next.compact().unwrap();
+                next.close().unwrap();
+            } else {
+                let e = live.checkpoint(&late_cp).unwrap_err();
+                assert!(matches!(e, crate::Error::Closed), "{e}");
+            }
+        });
+        let r = db.checkpoint(&cp);
+        assert_eq!(
+            *first.lock(),
+            Some("waiting"),
+            "close returned while a checkpoint still ran (the checkpoint: {r:?})"
+        );
+        r.unwrap();
+        let closed = closer.lock().take().unwrap().join().unwrap();
+        closed.unwrap();
+        assert!(!late.exists(), "a refused checkpoint made its directory");
+        let copy = Db::open(&cp, opts()).unwrap();
+        for i in 0..200u32 {
+            assert_eq!(
+                copy.get(format!("k{i:03}")).unwrap().unwrap(),
+                format!("v1-{i}")
+            );
+        }
+        assert_eq!(copy.get("in-wal").unwrap().unwrap(), "w");
     }
 
     /// A database whose 200 keys are in a table.

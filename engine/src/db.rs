@@ -244,8 +244,10 @@ pub(crate) struct Core {
     pub next_job_id: u64,
     /// Background migration jobs running (the pacer's, not `migrate_now`'s).
     pub migrations_running: usize,
-    /// `migrate_now` jobs running on callers' threads: close waits for them, since they
-    /// write table files (which must not appear once the directory is let go).
+    /// `migrate_now` jobs and checkpoints running on callers' threads (see
+    /// [`ForegroundJob`]): close waits for them, since they write files (which must not
+    /// appear once the directory is let go, nor be linked from it once another open may
+    /// have deleted them).
     pub foreground_jobs: usize,
     /// Output ranges of running compactions (see `compaction::place_outputs`).
     pub reserved: Vec<crate::compaction::Reservation>,
@@ -579,6 +581,17 @@ impl Inner {
             true => Err(Error::Closed),
             false => Ok(()),
         }
+    }
+
+    /// Counts a job on the caller's thread in [`Core::foreground_jobs`], which close waits
+    /// for, until the returned guard drops; [`Error::Closed`] once the database is
+    /// closing. Checked under the core lock, where close reads the count: a job either is
+    /// counted before close looks, or sees that it is closing.
+    pub(crate) fn foreground_job(&self) -> Result<ForegroundJob<'_>> {
+        let mut core = self.core.lock();
+        self.check_open()?;
+        core.foreground_jobs += 1;
+        Ok(ForegroundJob(self))
     }
 
     /// [`Error::ReadOnly`], with the reason, once writes stopped after a failure.
@@ -1665,6 +1678,8 @@ impl Inner {
             // A running job checks `closing` as it goes, and stops.
             let mut core = self.core.lock();
             while core.foreground_jobs > 0 {
+                #[cfg(test)]
+                crate::test_hooks::reach(crate::test_hooks::Point::CloseWaitsForJobs);
                 self.bg_cv.wait_for(&mut core, Duration::from_millis(20));
             }
         }
@@ -1689,6 +1704,17 @@ impl Inner {
         self.lock.lock().take();
         drop(wal);
         r
+    }
+}
+
+/// A job on a caller's thread (`migrate_now`'s, a checkpoint) counted in
+/// [`Core::foreground_jobs`] until dropped (however it ends: a panic included).
+pub(crate) struct ForegroundJob<'a>(pub(crate) &'a Inner);
+
+impl Drop for ForegroundJob<'_> {
+    fn drop(&mut self) {
+        self.0.core.lock().foreground_jobs -= 1;
+        self.0.bg_cv.notify_all();
     }
 }
 

@@ -714,7 +714,7 @@ impl Inner {
             };
             // Uncounted when it ends, however it ends (a panic included: close waits for
             // the count).
-            let _counted = ForegroundJob(self);
+            let _counted = crate::db::ForegroundJob(self);
             // A merge of pointer files (picked first once they pile up) migrates nothing.
             let bytes = match job.pointer_merge {
                 true => 0,
@@ -817,16 +817,6 @@ impl Inner {
             },
             held: core.migration_held,
         }
-    }
-}
-
-/// A `migrate_now` job counted in [`Core::foreground_jobs`](crate::db::Core) until dropped.
-struct ForegroundJob<'a>(&'a Inner);
-
-impl Drop for ForegroundJob<'_> {
-    fn drop(&mut self) {
-        self.0.core.lock().foreground_jobs -= 1;
-        self.0.bg_cv.notify_all();
     }
 }
 

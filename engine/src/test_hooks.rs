@@ -30,6 +30,9 @@ pub(crate) enum Point {
     GroupFormed,
     /// `migration_progress`, before it takes the core lock (and loads the view).
     ProgressBeforeCore,
+    /// A close, each time it finds jobs on callers' threads still running (a checkpoint,
+    /// `migrate_now`) and before it waits for them (the core lock held).
+    CloseWaitsForJobs,
 }
 
 type Hook = (Point, Box<dyn FnOnce()>);

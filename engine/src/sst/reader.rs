@@ -365,10 +365,13 @@ impl Table {
         self.id
     }
 
-    /// Heap bytes the open table keeps for as long as it lives: its index, filter and
-    /// checked-block bits.
+    /// Heap bytes the open table keeps for as long as it lives: its index, filter and the
+    /// properties' smallest and largest keys (up to 64 KiB each).
     pub fn heap_bytes(&self) -> u64 {
-        (self.index.heap_bytes() + self.filter.len()) as u64
+        (self.index.heap_bytes()
+            + self.filter.len()
+            + self.props.smallest.capacity()
+            + self.props.largest.capacity()) as u64
     }
 
     pub fn path(&self) -> &Path {

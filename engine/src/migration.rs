@@ -685,8 +685,14 @@ impl Inner {
             if max_bytes.is_some_and(|m| done >= m) {
                 return Ok(done);
             }
+            #[cfg(test)]
+            crate::test_hooks::reach(crate::test_hooks::Point::MigrateNowBeforePick);
             let job = {
                 let mut core = self.core.lock();
+                // Again under the core lock, where close reads the count of jobs: a close
+                // that began since the check above may have found none and let the
+                // directory go.
+                self.check_open()?;
                 let view = self.view.load_full();
                 if view.files.draining().all(|l| l.data_file_count() == 0) {
                     // Done moving; retire what is empty (pinned rollback targets stay).
@@ -915,6 +921,30 @@ mod tests {
             assert!(Instant::now() < deadline, "close never returned");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A `migrate_now` that passed its check for a close before the close began, and picks
+    /// its job once the close returned, starts no job and says the database is closed. It
+    /// used to run the job (counted too late for the close to wait for it) on a directory
+    /// already let go, and fail with an I/O error reading its closed input.
+    #[test]
+    fn migrate_now_starts_no_job_once_a_close_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        fill_and_retarget(&db, false);
+        let closer = db.clone();
+        crate::test_hooks::set(crate::test_hooks::Point::MigrateNowBeforePick, move || {
+            std::thread::spawn(move || closer.close())
+                .join()
+                .unwrap()
+                .unwrap();
+        });
+        let r = db.migrate_now(None);
+        assert!(matches!(r, Err(crate::Error::Closed)), "{r:?}");
     }
 
     /// A `migrate_now` job that panics (here a file system whose append panics, as

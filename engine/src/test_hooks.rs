@@ -14,6 +14,9 @@ pub(crate) enum Point {
     /// `set_target`, after it cleared the write limits and before it installs the view
     /// naming the new target (the core lock held).
     RetargetBeforeSwap,
+    /// `migrate_now`, after its check that the database is open and writable, before it
+    /// takes the core lock to pick a job.
+    MigrateNowBeforePick,
     /// `migrate_now`, after it picked a job (counted as running) and before it runs it.
     MigrateNowPicked,
     /// A compaction, after it wrote its outputs and before it takes the core lock to

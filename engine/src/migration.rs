@@ -217,7 +217,8 @@ pub(crate) struct Pacer {
     /// The last windows' p99s, oldest first (at most [`FOREGROUND_P99_HISTORY`]).
     pub recent_p99_us: VecDeque<u64>,
     pub blocked: Option<String>,
-    /// Samples of the bytes migrated so far, for the observed pace.
+    /// Samples of the bytes migrated so far, for the observed pace: taken when the pacer
+    /// looks for work and when a job is booked.
     pub history: VecDeque<PaceSample>,
     pub migrated_total: u64,
     /// Of `migrated_total`, what left each live layout version.
@@ -268,11 +269,13 @@ impl Pacer {
         self.rate as f64 * self.factor
     }
 
-    /// Bytes migrated per second over the last minute, up to `now`: from the oldest sample
-    /// of that minute to the running total. (Samples are taken only while the pacer looks
-    /// for work, which it does not while nothing drains or L0 is near its slowdown point:
-    /// between the samples alone, a pace measured long ago went on being reported.) Less
-    /// than a second of samples measures nothing yet.
+    /// Bytes migrated per second over the last minute, up to `now`: from what had migrated
+    /// when the minute began to the running total. (Samples are taken when the pacer looks
+    /// for work, which it does not while nothing drains, while L0 is near its slowdown
+    /// point, or while every worker runs a long job: between the samples alone, a pace
+    /// measured long ago went on being reported, and a job that installed after a minute
+    /// without one was not counted at all.) Less than a second of samples measures nothing
+    /// yet.
     fn pace(&self, now: Instant) -> f64 {
         self.pace_since(now, |s| s.total, self.migrated_total)
     }
@@ -284,18 +287,41 @@ impl Pacer {
     }
 
     fn pace_since(&self, now: Instant, base: impl Fn(&PaceSample) -> u64, current: u64) -> f64 {
-        let Some(first) = self
+        // What had migrated when the minute began: the last sample taken by then (every job
+        // booked takes one, so nothing migrated between it and the minute's start), over the
+        // whole minute; without one, from the first sample on.
+        let start = self
             .history
             .iter()
-            .find(|s| now.saturating_duration_since(s.at) <= PACE_WINDOW)
-        else {
-            return 0.0;
+            .rev()
+            .find(|s| now.saturating_duration_since(s.at) >= PACE_WINDOW);
+        let (from, secs) = match (start, self.history.front()) {
+            (Some(s), _) => (s, PACE_WINDOW.as_secs_f64()),
+            (None, Some(first)) => (first, now.saturating_duration_since(first.at).as_secs_f64()),
+            (None, None) => return 0.0,
         };
-        let secs = now.saturating_duration_since(first.at).as_secs_f64();
         if secs < 1.0 {
             return 0.0;
         }
-        current.saturating_sub(base(first)) as f64 / secs
+        current.saturating_sub(base(from)) as f64 / secs
+    }
+
+    /// Samples the totals at `now`, keeping the last sample taken by the start of the
+    /// minute before `now` (see [`Pacer::pace_since`]) and those after it.
+    fn sample(&mut self, now: Instant) {
+        let sample = PaceSample {
+            at: now,
+            total: self.migrated_total,
+            by_version: self.migrated_by_version.clone(),
+        };
+        self.history.push_back(sample);
+        while self
+            .history
+            .get(1)
+            .is_some_and(|s| now.saturating_duration_since(s.at) >= PACE_WINDOW)
+        {
+            self.history.pop_front();
+        }
     }
 }
 
@@ -336,19 +362,7 @@ impl Inner {
         // Retired versions' figures go (ids are never used again).
         p.migrated_by_version
             .retain(|v, _| view.files.layouts.contains_key(v));
-        let sample = PaceSample {
-            at: now,
-            total: p.migrated_total,
-            by_version: p.migrated_by_version.clone(),
-        };
-        p.history.push_back(sample);
-        while p
-            .history
-            .front()
-            .is_some_and(|s| now.duration_since(s.at) > PACE_WINDOW)
-        {
-            p.history.pop_front();
-        }
+        p.sample(now);
     }
 
     /// Picks a migration compaction if the pacer's budget and the disk headroom allow it.
@@ -672,6 +686,8 @@ impl Inner {
         let mut p = self.pacer.lock();
         p.migrated_total += read;
         *p.migrated_by_version.entry(job.version).or_default() += read;
+        // When its bytes moved, for the pace: the pacer may not look again for a while.
+        p.sample(Instant::now());
     }
 
     /// Migrates draining files now, in the caller's thread, ignoring the pacer, until none
@@ -1599,6 +1615,48 @@ mod tests {
             p.pace_bytes_per_sec, 0.0,
             "nothing migrated in the last minute: {p:?}"
         );
+    }
+
+    /// A job that installs while the pacer has not looked for over a minute (both workers
+    /// in long jobs, say) counts in the pace. The pace started from the oldest sample of
+    /// the last minute, and the pacer takes its samples only when it looks: with none that
+    /// recent, it read 0 as the job's bytes moved.
+    #[test]
+    fn a_job_installed_while_the_pacer_did_not_look_counts_in_the_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), still_tiny()).unwrap();
+        fill_and_retarget(&db, true);
+        let inner = &db.inner;
+        let before = {
+            // The pacer last looked 70 s ago (and 90 s ago before that).
+            let mut p = inner.pacer.lock();
+            let (now, total) = (Instant::now(), p.migrated_total);
+            let by_version = p.migrated_by_version.clone();
+            p.history.clear();
+            for ago in [90, 70] {
+                p.history.push_back(PaceSample {
+                    at: now - Duration::from_secs(ago),
+                    total,
+                    by_version: by_version.clone(),
+                });
+            }
+            total
+        };
+        db.migrate_now(Some(1)).unwrap();
+        let moved = inner.pacer.lock().migrated_total - before;
+        let p = db.migration_progress();
+        assert!(moved > 0 && p.bytes_left() > 0, "test setup: {p:?}");
+        // Its bytes over the last minute.
+        let want = moved as f64 / PACE_WINDOW.as_secs_f64();
+        assert!(
+            (p.pace_bytes_per_sec - want).abs() <= want * 1e-9,
+            "{moved} bytes migrated in the last minute, pace {}: {p:?}",
+            p.pace_bytes_per_sec
+        );
+        let d = &p.draining[0];
+        let eta = d.eta_secs.expect("an ETA at its own pace");
+        let at_pace = d.bytes_left as f64 / want;
+        assert!((eta - at_pace).abs() <= at_pace * 1e-9, "ETA {eta}: {p:?}");
     }
 
     /// Each draining version's ETA is at its own pace. Two versions drain at once (the

@@ -1365,6 +1365,7 @@ impl Inner {
         if view.files.target == id {
             return Ok(());
         }
+        let idle = view.files.draining().next().is_none();
         // A forwarding pointer in `id` says "this value's copy lives in another layout".
         // Once `id` is the target, those copies drain back into it, and a pointer left
         // behind would make a later migration of `id` drop the original and the returned
@@ -1414,6 +1415,8 @@ impl Inner {
                 files: Arc::new(files),
             }
         });
+        // A new migration: its pacing starts from a fresh window.
+        self.restart_pacing_window(idle);
         self.bg_cv.notify_all();
         Ok(())
     }

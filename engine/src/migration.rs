@@ -174,6 +174,13 @@ impl LatencyHistogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The given quantile of what was recorded since the last call, then resets.
     pub fn take_quantile(&self, q: f64) -> Option<u64> {
         let counts: Vec<u64> = self
@@ -363,6 +370,24 @@ impl Inner {
         p.migrated_by_version
             .retain(|v, _| view.files.layouts.contains_key(v));
         p.sample(now);
+    }
+
+    /// Starts a fresh pacing window, as a change of target starts a new migration: the
+    /// foreground latencies recorded so far belong to before it (the pacer takes them only
+    /// when it looks for work, which it does not while nothing drains, so they may go back
+    /// to the end of the last migration) and are dropped. `idle`: nothing drained until
+    /// now; the budget then recovers for the time the pacer did not look, as the window it
+    /// would have ended would have let it (a tenth per second).
+    pub(crate) fn restart_pacing_window(&self, idle: bool) {
+        let mut p = self.pacer.lock();
+        let now = Instant::now();
+        if idle {
+            let waited = now.saturating_duration_since(p.window_start).as_secs_f64();
+            p.factor = (p.factor + 0.1 * waited).min(1.0);
+        }
+        p.window_start = now;
+        self.fg_latency.clear();
+        self.fg_read_latency.clear();
     }
 
     /// Picks a migration compaction if the pacer's budget and the disk headroom allow it.
@@ -1657,6 +1682,54 @@ mod tests {
         let eta = d.eta_secs.expect("an ETA at its own pace");
         let at_pace = d.bytes_left as f64 / want;
         assert!((eta - at_pace).abs() <= at_pace * 1e-9, "ETA {eta}: {p:?}");
+    }
+
+    /// A new migration starts with a fresh pacing window. The pacer takes the foreground
+    /// latencies only when it looks for work, which it does not while nothing drains: the
+    /// first window of the next migration judged the last slow operations of the one
+    /// before it (or anything before the migration started), and cut the budget for them.
+    #[test]
+    fn a_new_migration_starts_with_a_fresh_pacing_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), still_tiny()).unwrap();
+        fill_and_retarget(&db, true);
+        db.migrate_now(None).unwrap();
+        assert!(db.migration_progress().draining.is_empty(), "test setup");
+        let inner = &db.inner;
+        let target_us = 50_000;
+        db.set_migration_latency_target(target_us);
+        // The last operations of the migration were slow, and it ended 20 s ago with its
+        // budget halved.
+        for _ in 0..100 {
+            inner.fg_latency.record(Duration::from_millis(200));
+        }
+        {
+            let mut p = inner.pacer.lock();
+            p.window_start = Instant::now() - Duration::from_secs(20);
+            p.factor = 0.5;
+        }
+        let before = db.migration_progress().foreground_p99_window;
+        let v3 = db
+            .register_partition_fn(PartitionSpec::hashed(3, 7))
+            .unwrap();
+        db.set_target(v3).unwrap();
+        // A second without foreground operations passes; a worker looks for work.
+        inner.pacer.lock().window_start -= Duration::from_secs(1);
+        {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            assert!(inner.pick_migration(&mut core, &view).is_none(), "paused");
+        }
+        let p = db.migration_progress();
+        assert!(
+            p.foreground_p99_window > before && !p.draining.is_empty(),
+            "test setup: {p:?}"
+        );
+        assert!(
+            p.foreground_p99_us < target_us,
+            "the new migration's first window: {p:?}"
+        );
+        assert_eq!(inner.pacer.lock().factor, 1.0, "no slow window: {p:?}");
     }
 
     /// Each draining version's ETA is at its own pace. Two versions drain at once (the

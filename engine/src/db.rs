@@ -1135,7 +1135,8 @@ impl Db {
     }
 
     /// Keeps a layout version live even after it drains empty (a rollback target), or
-    /// releases it (it is then retired once empty and not the target).
+    /// releases it (it is then retired once empty and not the target: in the same manifest
+    /// edit if it has drained already).
     pub fn pin_version(&self, v: VersionId, pinned: bool) -> Result<()> {
         self.inner.pin_version(v.0, pinned)
     }
@@ -1237,6 +1238,21 @@ impl Inner {
         core.registry.live_one(id)?;
         let mut e = VersionEdit::default();
         e.push(EditRecord::Pin { id, pinned });
+        // Unpinned with nothing left to drain, it retires in the same edit: left to the
+        // next background job, it stayed live for as long as no job ran.
+        let view = self.view.load_full();
+        if !pinned
+            && view
+                .files
+                .draining()
+                .any(|l| l.id == id && Self::drained(&core, l))
+        {
+            self.retire_layouts_after(&mut core, &view, vec![id], e)?;
+            drop(core);
+            self.bg_cv.notify_all();
+            return Ok(());
+        }
+        drop(view);
         self.log_edit(&mut core, &e)?;
         if pinned {
             core.pinned.insert(id);
@@ -1427,14 +1443,16 @@ impl Inner {
         let files = &view.files;
         let mut retire = Vec::new();
         for l in files.draining() {
-            if l.data_file_count() == 0
-                && !core.pinned.contains(&l.id)
-                && core.writing_to.get(&l.id).copied().unwrap_or(0) == 0
-            {
+            if Self::drained(core, l) && !core.pinned.contains(&l.id) {
                 retire.push(l.id);
             }
         }
         self.retire_layouts(core, &view, retire)
+    }
+
+    /// Draining layout `l` holds no data file and no in-flight job writes to it.
+    fn drained(core: &Core, l: &crate::version::LayoutState) -> bool {
+        l.data_file_count() == 0 && core.writing_to.get(&l.id).copied().unwrap_or(0) == 0
     }
 
     pub fn retire_version(&self, id: u32) -> Result<()> {
@@ -1466,11 +1484,21 @@ impl Inner {
 
     /// Retires `retire` (layouts checked to hold no data) in one manifest edit.
     fn retire_layouts(&self, core: &mut Core, view: &View, retire: Vec<u32>) -> Result<Vec<u32>> {
-        let files = &view.files;
         if retire.is_empty() {
             return Ok(retire);
         }
-        let mut e = VersionEdit::default();
+        self.retire_layouts_after(core, view, retire, VersionEdit::default())
+    }
+
+    /// [`Inner::retire_layouts`] in the edit that begins with `e`'s records (an unpin's).
+    fn retire_layouts_after(
+        &self,
+        core: &mut Core,
+        view: &View,
+        retire: Vec<u32>,
+        mut e: VersionEdit,
+    ) -> Result<Vec<u32>> {
+        let files = &view.files;
         let mut removed = Vec::new();
         // Pointer files go first: replay checks a layout holds no file when it retires.
         for id in &retire {
@@ -1810,6 +1838,49 @@ mod tests {
         assert!(!live.contains(&cand), "{live:?}");
         assert!(live.contains(&v3), "{live:?}");
         assert_eq!(db.get("k2").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A drained layout retires as it is unpinned, in the same manifest edit. It stayed
+    /// live (every read consulting it, holding one of the live slots) until a background
+    /// job, or a `migrate_now`, next retired drained layouts: with nothing else to do, for
+    /// as long as the database stayed open. Unpinned while it holds data, or as the target,
+    /// a layout stays live.
+    #[test]
+    fn an_unpinned_drained_layout_retires_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let quiet = || Options {
+            migration_bytes_per_sec: 0,
+            ..Options::tiny()
+        };
+        let db = Db::open(dir.path(), quiet()).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
+        }
+        db.compact().unwrap();
+        let live =
+            |db: &Db| -> Vec<VersionId> { db.layout().versions.iter().map(|v| v.id).collect() };
+        let v1 = VersionId(1);
+        let v2 = db
+            .register_partition_fn(PartitionSpec::hashed(4, 1))
+            .unwrap();
+        db.pin_version(v2, true).unwrap();
+        db.set_target(v2).unwrap();
+        db.pin_version(v1, false).unwrap();
+        assert!(live(&db).contains(&v1), "it holds data");
+        db.pin_version(v1, true).unwrap();
+        db.migrate_now(None).unwrap();
+        assert!(live(&db).contains(&v1), "pinned, it stays drained");
+        db.pin_version(v2, false).unwrap();
+        assert!(live(&db).contains(&v2), "the target");
+        db.pin_version(v1, false).unwrap();
+        let l = db.layout();
+        assert_eq!(live(&db), vec![v2], "{l:?}");
+        assert_eq!(l.retired, vec![v1]);
+        db.close().unwrap();
+        let db = Db::open(dir.path(), quiet()).unwrap();
+        assert_eq!(live(&db), vec![v2]);
+        assert_eq!(db.layout().retired, vec![v1]);
+        assert_eq!(db.range(..).count(), 500);
     }
 
     /// Registering and retiring layouts over and over grows neither the manifest a reopen

@@ -1879,9 +1879,11 @@ mod tests {
         assert_eq!(db.layout().target, VersionId(from));
     }
 
-    /// A rollback holds the layout it returns to: one that a `finish` cut short had
-    /// unpinned, and that has drained, cannot retire between the rollback's check and its
-    /// switch back (it did, and the recorded RollingBack could then never complete).
+    /// A rollback holds the layout it returns to: one left unpinned (by hand, say) while it
+    /// still held data can drain and retire between the rollback's check and its switch
+    /// back (it did, and the recorded RollingBack could then never complete). (One that has
+    /// drained retires as it is unpinned: a `finish` cut short after its unpins leaves
+    /// nothing to roll back to.)
     #[test]
     fn a_rollback_holds_the_layout_it_returns_to() {
         let dir = tempfile::tempdir().unwrap();
@@ -1890,15 +1892,21 @@ mod tests {
         c.plan(hash(5), PlanOptions::default()).unwrap();
         c.start().unwrap();
         let from = VersionId(c.record().plan.as_ref().unwrap().from);
-        // Everything moved, and the origin unpinned, as `finish` leaves it before retiring.
-        db.migrate_now(None).unwrap();
         db.pin_version(from, false).unwrap();
+        assert!(
+            db.layout()
+                .versions
+                .iter()
+                .any(|v| v.id == from && v.files() > 0),
+            "test setup: data left in the origin"
+        );
         let background = db.clone();
         set("rollback: before recording it", move || {
-            // What the background retirement of drained layouts would do now.
-            let _ = background.retire_version(from);
+            // What background migration would do now: the origin drains, and retires once
+            // empty unless pinned.
+            background.migrate_now(None).unwrap();
         });
-        c.rollback("after the origin drained").unwrap();
+        c.rollback("as the origin drained").unwrap();
         assert_eq!(c.state(), State::Stable);
         assert_eq!(db.layout().target, from);
         assert_eq!(db.get("acct:00007").unwrap().as_deref(), Some(&b"100"[..]));

@@ -323,7 +323,7 @@ pub(crate) struct Inner {
     pub recovery: Mutex<RecoveryReport>,
     pub slowdown_debt: Mutex<(Instant, f64)>,
     pub last_background_error: Mutex<Option<String>>,
-    pub move_bucket: Mutex<(Instant, f64)>,
+    pub move_bucket: Mutex<crate::read::MoveBudget>,
     /// Keys recently read out of draining layouts (which reads move their entry).
     pub rereads: crate::read::RereadFilter,
     /// The active memtable as the WAL ticker last saw it (WAL number, entries) and since when

@@ -135,7 +135,9 @@ pub struct Options {
     /// What recovery does with a damaged WAL record that intact records follow.
     pub wal_recovery: WalRecovery,
     /// Lazy read-time moves: at most this many bytes per second are moved from draining
-    /// layouts to the target by point reads (0 turns lazy moves off).
+    /// layouts to the target by point reads (0 turns lazy moves off), give or take a tenth
+    /// of a second's worth and one value over any stretch: a value larger than that tenth
+    /// moves too, and the moves after it wait until its cost is paid.
     pub move_bytes_per_sec: u64,
     /// Whether a point read moves an entry out of a draining layout the first time it finds
     /// it there (`true`), or only when the same key was read there recently before

@@ -400,6 +400,43 @@ impl RereadFilter {
     }
 }
 
+/// The lazy moves' budget: a bucket of bytes, refilled at `move_bytes_per_sec` and holding
+/// at most a tenth of a second's worth (the burst). A move needs only a bucket not in debt,
+/// and takes its whole cost, into debt if need be: the moves after it wait until the debt
+/// is paid, so over any stretch the bytes moved are the rate's plus at most the burst and
+/// one move, whatever the moves' sizes. (A move used to need its whole cost in the bucket,
+/// and each smaller move's look cut the bucket back to the burst plus its own cost: a value
+/// larger than the burst never moved while smaller moves kept coming, even far below the
+/// rate, nor, under moves asking for more than the rate, any value larger than theirs.)
+pub(crate) struct MoveBudget {
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+    /// Bytes of budget; below zero, the debt the last move left.
+    tokens: f64,
+}
+
+impl MoveBudget {
+    /// An empty bucket.
+    pub(crate) fn new(now: Instant) -> MoveBudget {
+        MoveBudget {
+            at: now,
+            tokens: 0.0,
+        }
+    }
+
+    /// Whether a move of `cost` bytes may be queued at `now` (taking its cost if so).
+    fn take(&mut self, now: Instant, rate: f64, cost: f64) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.at = self.at.max(now);
+        self.tokens = (self.tokens + refill).min(rate / 10.0);
+        if self.tokens < 0.0 {
+            return false;
+        }
+        self.tokens -= cost;
+        true
+    }
+}
+
 /// A value a read found in a draining layout, to be copied into the target.
 pub(crate) struct PendingMove {
     key: Bytes,
@@ -553,12 +590,10 @@ impl Inner {
         if q.holds(key, r.seqno) {
             return;
         }
+        // A full queue first: a move it then refused would have taken budget (perhaps into
+        // debt) for nothing.
         let cost = (key.len() + r.value.len()) as f64;
-        if !self.take_move_budget(cost) {
-            Counters::add(&self.counters.move_skipped, 1);
-            return;
-        }
-        if q.len() >= MAX_PENDING_MOVES {
+        if q.len() >= MAX_PENDING_MOVES || !self.take_move_budget(cost) {
             Counters::add(&self.counters.move_skipped, 1);
             return;
         }
@@ -722,18 +757,7 @@ impl Inner {
 
     fn take_move_budget(&self, cost: f64) -> bool {
         let rate = self.opts.move_bytes_per_sec as f64;
-        let mut b = self.move_bucket.lock();
-        let now = Instant::now();
-        let refill = now.duration_since(b.0).as_secs_f64() * rate;
-        b.0 = now;
-        // Allow a burst of up to a tenth of a second's budget.
-        b.1 = (b.1 + refill).min(rate / 10.0 + cost);
-        if b.1 >= cost {
-            b.1 -= cost;
-            true
-        } else {
-            false
-        }
+        self.move_bucket.lock().take(Instant::now(), rate, cost)
     }
 }
 
@@ -1102,16 +1126,20 @@ mod tests {
     fn a_key_read_again_while_its_move_is_queued_is_charged_once() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
-        // A move costs 105 bytes (key and value); a tenth of a second's budget is one move,
-        // and the burst allowed two.
+        // A move costs 105 bytes (key and value); a tenth of a second's budget (the burst)
+        // is one move.
         let opts = Options {
             move_bytes_per_sec: 1050,
             ..draining_opts(&fs, true)
         };
         let db = Db::open(dir.path(), opts).unwrap();
         fill_then_retarget(&db);
-        // Two moves' budget, banked just now.
-        *db.inner.move_bucket.lock() = (std::time::Instant::now(), 210.0);
+        // The bucket full just now: the first move empties it, the second takes it into
+        // debt, and no third goes for a tenth of a second.
+        *db.inner.move_bucket.lock() = super::MoveBudget {
+            at: std::time::Instant::now(),
+            tokens: 105.0,
+        };
         for _ in 0..10 {
             assert!(db.get("k0100").unwrap().is_some());
         }
@@ -1119,6 +1147,94 @@ mod tests {
         assert_eq!(db.inner.moves.lock().len(), 2, "moves queued");
         db.inner.apply_moves();
         assert_eq!(db.stats().lazy_moves, 2);
+    }
+
+    /// Asks a move budget of `rate` bytes per second for moves over `secs` seconds of a
+    /// simulated clock, in 1 ms steps: each step `small_per_ms` moves of 1 KiB, and every
+    /// 10 ms first one of `large` bytes. Returns the bytes granted, and the large moves.
+    fn ask_for_moves(rate: f64, secs: u32, small_per_ms: u32, large: f64) -> (f64, u32) {
+        let start = std::time::Instant::now();
+        let mut budget = super::MoveBudget::new(start);
+        let (mut granted, mut large_granted) = (0.0, 0);
+        for ms in 0..secs * 1000 {
+            let now = start + Duration::from_millis(u64::from(ms));
+            if ms % 10 == 0 && budget.take(now, rate, large) {
+                granted += large;
+                large_granted += 1;
+            }
+            for _ in 0..small_per_ms {
+                if budget.take(now, rate, 1024.0) {
+                    granted += 1024.0;
+                }
+            }
+        }
+        (granted, large_granted)
+    }
+
+    /// A move larger than the burst (a tenth of a second's budget) read again and again
+    /// while small moves keep coming, far below the rate: it used to need the whole of its
+    /// cost banked, and every small move cut the bank back to the burst, so it never moved.
+    /// Moved now, and the moves keep to the rate (bytes on a simulated clock).
+    #[test]
+    fn a_move_larger_than_the_burst_is_not_starved_by_small_ones() {
+        let rate = f64::from(8u32 << 20);
+        let large = f64::from(2u32 << 20);
+        // 1 MiB/s of small moves against 8 MiB/s, the large one asked for 100 times a second.
+        let (granted, large_granted) = ask_for_moves(rate, 10, 1, large);
+        assert!(large_granted > 0, "the large move never went");
+        assert!(
+            granted <= rate * 10.0 + rate / 10.0 + large,
+            "{granted} bytes granted in 10 s at {rate} bytes/s"
+        );
+    }
+
+    /// Small moves asked for at more than the rate: the large move still goes now and
+    /// then, and the bytes granted are the rate's, give or take a burst and a move.
+    #[test]
+    fn moves_asked_for_beyond_the_rate_keep_to_it_and_starve_no_size() {
+        let rate = f64::from(8u32 << 20);
+        let large = f64::from(2u32 << 20);
+        // 20 MiB/s of small moves.
+        let (granted, large_granted) = ask_for_moves(rate, 10, 20, large);
+        assert!(large_granted > 0, "the large move never went");
+        let refilled = rate * 9.999;
+        assert!(
+            granted <= refilled + rate / 10.0 + large,
+            "{granted} bytes granted, {refilled} refilled"
+        );
+        assert!(
+            granted >= refilled - rate / 10.0,
+            "{granted} bytes granted, {refilled} refilled"
+        );
+    }
+
+    /// Through reads: with the budget's bucket full, a small key's move and then a value
+    /// many times the bucket both queue, and the large one lands in the target layout.
+    #[test]
+    fn a_read_moves_a_value_larger_than_the_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        // A tenth of a second's budget: 1000 bytes; the large value is 100 times that.
+        let rate = 10_000u64;
+        let opts = Options {
+            move_bytes_per_sec: rate,
+            ..draining_opts(&fs, true)
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        db.put("large", vec![b'l'; 100_000]).unwrap();
+        fill_then_retarget(&db);
+        *db.inner.move_bucket.lock() = super::MoveBudget {
+            at: std::time::Instant::now(),
+            tokens: rate as f64 / 10.0,
+        };
+        assert!(db.get("k0100").unwrap().is_some());
+        assert_eq!(db.get("large").unwrap().map(|v| v.len()), Some(100_000));
+        assert_eq!(db.inner.moves.lock().len(), 2, "moves queued");
+        db.inner.apply_moves();
+        db.flush().unwrap();
+        let s = db.stats();
+        assert_eq!((s.lazy_moves, s.lazy_moved_bytes), (2, 105 + 100_005));
+        assert_eq!(target_entries(&db), 2, "entries in the target layout");
     }
 
     /// A read-only handle writes nothing, so its reads queue no moves: nothing would ever

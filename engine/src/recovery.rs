@@ -1131,7 +1131,7 @@ fn assemble(
         recovery: Mutex::new(RecoveryReport::default()),
         slowdown_debt: Mutex::new((Instant::now(), 0.0)),
         last_background_error: Mutex::new(None),
-        move_bucket: Mutex::new((Instant::now(), 0.0)),
+        move_bucket: Mutex::new(crate::read::MoveBudget::new(Instant::now())),
         rereads: crate::read::RereadFilter::new(),
         mem_idle: Mutex::new((0, 0, Instant::now())),
         write_idle: AtomicBool::new(false),

@@ -152,6 +152,28 @@ impl Inner {
         Ok(())
     }
 
+    /// Takes the flush worker's turn (`core.flushing`), for a test that flushes frozen
+    /// memtables itself or keeps them frozen, once the worker has booked the flush it ran
+    /// last: that flush shows in the view (a `flush` call returns) before the worker clears
+    /// the flag, and a flag set meanwhile was cleared under the test, whose frozen memtable
+    /// the worker then flushed too (beside the test's own flush of it: twice).
+    #[cfg(test)]
+    pub(crate) fn hold_flushes(&self) {
+        let mut core = self.core.lock();
+        while core.flushing {
+            self.stall_cv
+                .wait_for(&mut core, std::time::Duration::from_millis(100));
+        }
+        core.flushing = true;
+    }
+
+    /// Gives the flush worker its turn back (see [`Inner::hold_flushes`]).
+    #[cfg(test)]
+    pub(crate) fn release_flushes(&self) {
+        self.core.lock().flushing = false;
+        self.bg_cv.notify_all();
+    }
+
     /// Writes a memtable's entries into L0 of the target layout (plus pointer files).
     pub(crate) fn write_memtable(
         &self,
@@ -236,7 +258,59 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use crate::fs::{FaultFs, FsOp};
     use crate::{Db, Options, PartitionSpec, VersionId};
+
+    /// A test that takes the flush worker's turn right after a `flush` call returned: the
+    /// worker, still removing the flushed memtable's WAL, had yet to clear the flag, and
+    /// cleared it under the test (whose memtable it then flushed as the test did: two
+    /// identical L0 files, seen under load). The turn is taken once the worker booked its
+    /// flush, and stays taken.
+    #[test]
+    fn a_test_takes_the_flush_turn_once_the_worker_booked_its_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let fault = FaultFs::new();
+        let opts = Options {
+            fs: Arc::new(fault.clone()),
+            idle_memtable_flush_after: None,
+            wal_flush_interval: std::time::Duration::from_secs(3600),
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        let inner = &db.inner;
+        db.put("a", "1").unwrap();
+        // The worker's flush shows in the view, then waits to remove the memtable's WAL.
+        fault.hold(FsOp::Remove, ".log", "sluice-flush");
+        db.flush().unwrap();
+        while fault.held_by().iter().all(|(t, _)| t != "sluice-flush") {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::scope(|s| {
+            let holder = s.spawn(|| inner.hold_flushes());
+            fault.release_held();
+            holder.join().unwrap();
+        });
+        {
+            let mut core = inner.core.lock();
+            while core.running > 0 {
+                inner
+                    .stall_cv
+                    .wait_for(&mut core, std::time::Duration::from_millis(100));
+            }
+            assert!(core.flushing, "the worker cleared the test's turn");
+        }
+        // The test flushes its frozen memtable alone.
+        db.put("b", "2").unwrap();
+        inner.rotate(&mut inner.wal.lock()).unwrap();
+        inner.flush_oldest().unwrap();
+        inner.release_flushes();
+        db.flush().unwrap();
+        assert_eq!(db.stats().flushes, 2);
+        let l0 = db.layout().versions[0].files();
+        assert_eq!(l0, 2, "files");
+    }
 
     /// A migration compaction can carry a draining layout's last data out while a flush of
     /// lazily moved copies runs: the flush, holding the older view, still writes pointer
@@ -275,14 +349,14 @@ mod tests {
         let inner = &db.inner;
         inner.apply_moves();
         // Keep the background flusher off the frozen memtable: this thread flushes it.
-        inner.core.lock().flushing = true;
+        inner.hold_flushes();
         inner.rotate(&mut inner.wal.lock()).unwrap();
         inner
             .flush_oldest_then(|| {
                 inner.migrate_now(None).unwrap();
             })
             .unwrap();
-        inner.core.lock().flushing = false;
+        inner.release_flushes();
         let v1 = db
             .layout()
             .versions

@@ -1114,10 +1114,10 @@ mod tests {
         db.put("k", "new").unwrap();
         // Flushed without applying the queued move first (as `Db::flush` does).
         let inner = &db.inner;
-        inner.core.lock().flushing = true;
+        inner.hold_flushes();
         inner.rotate(&mut inner.wal.lock()).unwrap();
         inner.flush_oldest().unwrap();
-        inner.core.lock().flushing = false;
+        inner.release_flushes();
         db.inner.apply_moves();
         db.put("z", "z").unwrap();
         db.flush().unwrap();
@@ -1239,14 +1239,14 @@ mod tests {
         // One pointer file per flushed memtable of moves, all flushed once the hold keeps
         // the background workers from merging them.
         let inner = &db.inner;
-        inner.core.lock().flushing = true;
+        inner.hold_flushes();
         for i in 0..=MAX_POINTER_FILES as u32 {
             assert!(db.get(format!("k{i:03}")).unwrap().is_some());
             inner.apply_moves();
             inner.rotate(&mut inner.wal.lock()).unwrap();
         }
         db.hold_migration(true).unwrap();
-        inner.core.lock().flushing = false;
+        inner.release_flushes();
         db.flush().unwrap();
         let pointer_files = inner.view.load().files.layouts[&1].parts[0].pointers.len();
         assert!(

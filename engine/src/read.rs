@@ -723,27 +723,31 @@ impl Inner {
             }
             view.mem.clone()
         };
-        if booked.is_empty() {
-            return;
+        if !booked.is_empty() {
+            let mut counts = self.lazy_counts.lock();
+            for (from, (n, b)) in booked {
+                let e = counts.entry(from).or_default();
+                e.0 += n;
+                e.1 += b;
+            }
         }
-        let mut counts = self.lazy_counts.lock();
-        for (from, (n, b)) in booked {
-            let e = counts.entry(from).or_default();
-            e.0 += n;
-            e.1 += b;
-        }
-        drop(counts);
+        // Even when the batch took nothing: a memtable that moves filled while another
+        // waited for its flush takes no more moves, and would stay unfrozen (moves then
+        // skipped for good) until a write or a manual flush.
         if mem.approximate_bytes() >= self.opts.memtable_bytes {
             self.rotate_for_moves();
         }
     }
 
-    /// Freezes a memtable that lazy moves filled, if no writer is doing it already.
+    /// Freezes a memtable that lazy moves filled, if no writer is doing it already and no
+    /// other frozen memtable waits for its flush: moves (optional work) hold at most the
+    /// active memtable and one frozen, each up to twice `memtable_bytes`, and leave the
+    /// other frozen slots to writers (who would otherwise wait for a flush).
     fn rotate_for_moves(&self) {
         if let Some(mut wal) = self.wal.try_lock() {
             let view = self.view.load();
             if view.mem.approximate_bytes() >= self.opts.memtable_bytes
-                && view.imm.len() < self.opts.max_immutable_memtables
+                && view.imm.is_empty()
                 && !self.failed.load(Ordering::Acquire)
             {
                 drop(view);
@@ -1235,6 +1239,61 @@ mod tests {
         let s = db.stats();
         assert_eq!((s.lazy_moves, s.lazy_moved_bytes), (2, 105 + 100_005));
         assert_eq!(target_entries(&db), 2, "entries in the target layout");
+    }
+
+    /// Moves freeze a memtable they filled only while no other frozen one waits for its
+    /// flush, so their memtables stay within the active one and one frozen, each up to
+    /// twice `memtable_bytes` (and a writer finds a frozen slot free). Behind a slow flush
+    /// they used to take every frozen slot (`max_immutable_memtables`), past that bound,
+    /// and a write then waited for a flush. Once the frozen one is flushed, the next batch
+    /// of moves freezes the full memtable, though it takes none of them.
+    #[test]
+    fn moves_freeze_no_memtable_while_another_waits_for_its_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let budget = 4u64 << 10;
+        let opts = Options {
+            memtable_bytes: budget as usize,
+            ..draining_opts(&fs, true)
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        fill_then_retarget(&db);
+        let inner = &db.inner;
+        let read_and_apply = |keys: std::ops::Range<u32>| {
+            for i in keys {
+                assert!(db.get(format!("k{i:04}")).unwrap().is_some());
+            }
+            inner.apply_moves();
+        };
+        // The flush thread holds off: a frozen memtable stays frozen.
+        inner.hold_flushes();
+        // About 50 moves fill a memtable to twice its budget: enough for three.
+        read_and_apply(0..50);
+        read_and_apply(50..100);
+        read_and_apply(100..150);
+        let s = db.stats();
+        assert_eq!(s.immutable_memtables, 1, "memtables frozen by moves");
+        assert!(
+            s.memtable_bytes <= 4 * budget + 2 * 1024,
+            "memtables hold {}",
+            s.memtable_bytes
+        );
+        let moved = s.lazy_moves;
+        inner.flush_oldest().unwrap();
+        assert_eq!(db.stats().immutable_memtables, 0);
+        read_and_apply(150..160);
+        let s = db.stats();
+        assert_eq!(s.lazy_moves, moved, "moves into a full memtable");
+        assert_eq!(s.immutable_memtables, 1, "the full memtable was not frozen");
+        // A write freezes the memtable the next moves filled, without waiting for a flush.
+        read_and_apply(160..200);
+        db.put("w", "x").unwrap();
+        assert_eq!(db.stats().immutable_memtables, 2);
+        inner.release_flushes();
+        db.flush().unwrap();
+        for i in 0..200u32 {
+            assert!(db.get(format!("k{i:04}")).unwrap().is_some(), "k{i:04}");
+        }
     }
 
     /// A read-only handle writes nothing, so its reads queue no moves: nothing would ever

@@ -542,3 +542,75 @@ pub fn watch_engine_panics() {
 pub fn engine_thread_panics() -> usize {
     ENGINE_THREAD_PANICS.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// Churns the layout of `db` until `stop` is set, for transaction tests: each round reads
+/// every key of `keys` at the latest state (lazy moves), then one of: a new hash layout
+/// as the target (the previous target pinned for a rollback), a rollback (or forward
+/// again) to the previous target, a bounded or full `migrate_now`, a flush or a full
+/// compaction; then a pause of up to 20 ms, to pace it (it synchronises nothing). The
+/// steps are drawn from `seed`; other threads may retarget too. Returns how many rollbacks
+/// it made.
+pub fn churn_layout(
+    db: &Db,
+    stop: &std::sync::atomic::AtomicBool,
+    seed: u64,
+    keys: &[String],
+) -> u64 {
+    use std::sync::atomic::Ordering;
+    let mut r = 99u64 + seed;
+    let mut next = move || {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        r
+    };
+    let mut rollbacks = 0;
+    let mut prev = db.layout().target;
+    while !stop.load(Ordering::Relaxed) {
+        for k in keys {
+            db.get(k).unwrap();
+        }
+        match next() % 7 {
+            0 | 1 => {
+                if db.layout().versions.len() < 8 {
+                    let v = db
+                        .register_partition_fn(sluice::PartitionSpec::hashed(
+                            (next() % 4 + 1) as u32,
+                            next(),
+                        ))
+                        .unwrap();
+                    let cur = db.layout().target;
+                    // Kept live for a rollback; the one before may go. (Should another
+                    // thread have retargeted meanwhile, `cur` may be retired already.)
+                    let _ = db.pin_version(prev, false);
+                    match db.pin_version(cur, true) {
+                        Ok(()) | Err(sluice::Error::VersionRetired(_)) => {}
+                        Err(e) => panic!("pinning {cur:?}: {e}"),
+                    }
+                    prev = cur;
+                    db.set_target(v).unwrap();
+                }
+            }
+            2 => {
+                // Rollback (or forward again) to the previous target, if still live.
+                let cur = db.layout().target;
+                if db.set_target(prev).is_ok() {
+                    rollbacks += 1;
+                    let _ = db.pin_version(prev, false);
+                    let _ = db.pin_version(cur, true);
+                    prev = cur;
+                }
+            }
+            3 => {
+                db.migrate_now(Some(2048 + next() % 8192)).unwrap();
+            }
+            4 => db.flush().unwrap(),
+            5 => db.compact().unwrap(),
+            _ => {
+                db.migrate_now(None).unwrap();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(next() % 20));
+    }
+    rollbacks
+}

@@ -455,64 +455,11 @@ fn write_skew_and_phantoms_are_refused_through_layout_churn() {
         }));
     }
     // Layout churn.
-    let rollbacks = Arc::new(AtomicU64::new(0));
-    {
-        let (db, stop, rollbacks) = (db.clone(), stop.clone(), rollbacks.clone());
-        threads.push(std::thread::spawn(move || {
-            let mut r = 99u64 + seed;
-            let mut next = move || {
-                r ^= r << 13;
-                r ^= r >> 7;
-                r ^= r << 17;
-                r
-            };
-            let mut prev = db.layout().target;
-            while !stop.load(Ordering::Relaxed) {
-                for i in 0..pairs {
-                    db.get(x(i)).unwrap();
-                    db.get(y(i)).unwrap();
-                    db.get(z(i)).unwrap();
-                }
-                match next() % 7 {
-                    0 | 1 => {
-                        if db.layout().versions.len() < 8 {
-                            let v = db
-                                .register_partition_fn(PartitionSpec::hashed(
-                                    (next() % 4 + 1) as u32,
-                                    next(),
-                                ))
-                                .unwrap();
-                            let cur = db.layout().target;
-                            // Kept live for a rollback; the one before may go.
-                            let _ = db.pin_version(prev, false);
-                            db.pin_version(cur, true).unwrap();
-                            prev = cur;
-                            db.set_target(v).unwrap();
-                        }
-                    }
-                    2 => {
-                        // Rollback (or forward again) to the previous target, if still live.
-                        let cur = db.layout().target;
-                        if db.set_target(prev).is_ok() {
-                            rollbacks.fetch_add(1, Ordering::Relaxed);
-                            let _ = db.pin_version(prev, false);
-                            let _ = db.pin_version(cur, true);
-                            prev = cur;
-                        }
-                    }
-                    3 => {
-                        db.migrate_now(Some(2048 + next() % 8192)).unwrap();
-                    }
-                    4 => db.flush().unwrap(),
-                    5 => db.compact().unwrap(),
-                    _ => {
-                        db.migrate_now(None).unwrap();
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(next() % 20));
-            }
-        }));
-    }
+    let churn = {
+        let (db, stop) = (db.clone(), stop.clone());
+        let keys: Vec<String> = (0..pairs).flat_map(|i| [x(i), y(i), z(i)]).collect();
+        std::thread::spawn(move || sluice_tests::churn_layout(&db, &stop, seed, &keys))
+    };
     // Checker: every snapshot keeps x + y >= 0 for each pair.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while std::time::Instant::now() < deadline {
@@ -532,6 +479,7 @@ fn write_skew_and_phantoms_are_refused_through_layout_churn() {
     for t in threads {
         t.join().unwrap();
     }
+    let rollbacks = churn.join().unwrap();
     let check = |db: &Db| {
         for i in 0..pairs {
             let a = bal(db.get(x(i)).unwrap());
@@ -551,7 +499,7 @@ fn write_skew_and_phantoms_are_refused_through_layout_churn() {
     eprintln!(
         "{} commits; {} rollbacks; {} layouts; {} flushes, {} lazy moves, {} migrated bytes",
         committed.load(Ordering::Relaxed),
-        rollbacks.load(Ordering::Relaxed),
+        rollbacks,
         db.layout().target.0,
         st.flushes,
         st.lazy_moves,

@@ -614,3 +614,73 @@ pub fn churn_layout(
     }
     rollbacks
 }
+
+/// The methods of `sluice::fs::Fs` that a test's file system leaves to the real one
+/// (`sluice::fs::StdFs`), written into its `impl Fs` beside the ones it overrides:
+/// `sluice_tests::std_fs_methods!(rename, list, exists);`.
+#[macro_export]
+macro_rules! std_fs_methods {
+    ($($m:ident),* $(,)?) => {
+        $($crate::std_fs_methods!(@ $m);)*
+    };
+    (@ create) => {
+        fn create(&self, path: &std::path::Path) -> std::io::Result<Box<dyn sluice::fs::WritableFile>> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::create(&sluice::fs::StdFs, path)
+        }
+    };
+    (@ read_file) => {
+        fn read_file(&self, path: &std::path::Path) -> std::io::Result<bytes::Bytes> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::read_file(&sluice::fs::StdFs, path)
+        }
+    };
+    (@ rename) => {
+        fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::rename(&sluice::fs::StdFs, from, to)
+        }
+    };
+    (@ remove) => {
+        fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::remove(&sluice::fs::StdFs, path)
+        }
+    };
+    (@ list) => {
+        fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::list(&sluice::fs::StdFs, dir)
+        }
+    };
+    (@ sync_dir) => {
+        fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::sync_dir(&sluice::fs::StdFs, dir)
+        }
+    };
+    (@ create_dir_all) => {
+        fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::create_dir_all(&sluice::fs::StdFs, dir)
+        }
+    };
+    (@ exists) => {
+        fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::exists(&sluice::fs::StdFs, path)
+        }
+    };
+    (@ file_size) => {
+        fn file_size(&self, path: &std::path::Path) -> std::io::Result<u64> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::file_size(&sluice::fs::StdFs, path)
+        }
+    };
+    (@ lock) => {
+        fn lock(&self, path: &std::path::Path) -> std::io::Result<Option<Box<dyn sluice::fs::DirLock>>> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::lock(&sluice::fs::StdFs, path)
+        }
+    };
+    (@ hard_link) => {
+        fn hard_link(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::hard_link(&sluice::fs::StdFs, from, to)
+        }
+    };
+    (@ available_space) => {
+        fn available_space(&self, dir: &std::path::Path) -> std::io::Result<u64> {
+            <sluice::fs::StdFs as sluice::fs::Fs>::available_space(&sluice::fs::StdFs, dir)
+        }
+    };
+}

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice::fs::{DirLock, FaultFs, Fs, StdFs, WritableFile};
+use sluice::fs::{FaultFs, Fs, StdFs, WritableFile};
 use sluice::{Db, Options, PartitionSpec, WriteBatch, WriteOptions};
 use sluice_tests::{hash, range4};
 
@@ -174,6 +174,16 @@ impl WritableFile for QuotaFile {
 }
 
 impl Fs for QuotaFs {
+    sluice_tests::std_fs_methods!(
+        read_file,
+        list,
+        sync_dir,
+        create_dir_all,
+        exists,
+        file_size,
+        lock,
+        hard_link
+    );
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let thread = std::thread::current().name().unwrap_or("").to_string();
         if path.extension().is_some_and(|e| e == "sst") && thread.starts_with("sluice-bg") {
@@ -207,9 +217,6 @@ impl Fs for QuotaFs {
             inner,
         }))
     }
-    fn read_file(&self, path: &Path) -> io::Result<bytes::Bytes> {
-        StdFs.read_file(path)
-    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         StdFs.rename(from, to)?;
         let mut q = self.0.lock().unwrap();
@@ -228,27 +235,6 @@ impl Fs for QuotaFs {
             q.used -= old;
         }
         Ok(())
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        StdFs.list(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdFs.sync_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        StdFs.exists(path)
-    }
-    fn file_size(&self, path: &Path) -> io::Result<u64> {
-        StdFs.file_size(path)
-    }
-    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
-        StdFs.lock(path)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdFs.hard_link(from, to)
     }
     fn available_space(&self, _dir: &Path) -> io::Result<u64> {
         Ok(self.0.lock().unwrap().free())
@@ -445,6 +431,27 @@ fn migrate_until_done_or_held_by_headroom(db: &Db) {
     }
 }
 
+/// Retargets `db` (on the quota file system `q`, its tables written with other options
+/// than it has now) to a hash layout, leaves room beyond the headroom for twice the largest
+/// input file and 64 KiB more, migrates until done or held, and checks that migration
+/// never wrote into the headroom.
+fn retarget_and_check_the_headroom(db: &Db, q: &QuotaFs, headroom: u64) {
+    retarget(db, hash(4, 1));
+    let s = largest_file(db, 1);
+    q.set_capacity(Some(q.settle() + headroom + 2 * s + (64 << 10)));
+    migrate_until_done_or_held_by_headroom(db);
+    let st = db.stats();
+    let min = q.min_free().unwrap();
+    assert!(
+        min >= headroom,
+        "migration left {min} bytes free, below the {headroom}-byte headroom (largest \
+         input file {s} B: read {} B, wrote {} B; ENOSPC hits {})",
+        st.migration_bytes_read,
+        st.migration_bytes_written,
+        q.enospc(),
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // D2b: a job whose input was written compressed and whose output is not (the database
 // reopened with another `compression`, which may change between opens): its output is
@@ -464,21 +471,7 @@ fn a_migration_out_of_compressed_tables_keeps_the_headroom() {
     four_tables(&db);
     db.close().unwrap();
     let db = Db::open(dir.path(), opts(sluice::Compression::None)).unwrap();
-    retarget(&db, hash(4, 1));
-    let s = largest_file(&db, 1);
-    // Room beyond the headroom for twice the largest input file and 64 KiB more.
-    q.set_capacity(Some(q.settle() + headroom + 2 * s + (64 << 10)));
-    migrate_until_done_or_held_by_headroom(&db);
-    let st = db.stats();
-    let min = q.min_free().unwrap();
-    assert!(
-        min >= headroom,
-        "migration left {min} bytes free, below the {headroom}-byte headroom (largest \
-         input file {s} B: read {} B, wrote {} B; ENOSPC hits {})",
-        st.migration_bytes_read,
-        st.migration_bytes_written,
-        q.enospc(),
-    );
+    retarget_and_check_the_headroom(&db, &q, headroom);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -514,20 +507,7 @@ fn a_migration_into_smaller_compressed_blocks_keeps_the_headroom() {
     db.compact().unwrap();
     db.close().unwrap();
     let db = Db::open(dir.path(), opts(256)).unwrap();
-    retarget(&db, hash(4, 1));
-    let s = largest_file(&db, 1);
-    q.set_capacity(Some(q.settle() + headroom + 2 * s + (64 << 10)));
-    migrate_until_done_or_held_by_headroom(&db);
-    let st = db.stats();
-    let min = q.min_free().unwrap();
-    assert!(
-        min >= headroom,
-        "migration left {min} bytes free, below the {headroom}-byte headroom (largest \
-         input file {s} B: read {} B, wrote {} B; ENOSPC hits {})",
-        st.migration_bytes_read,
-        st.migration_bytes_written,
-        q.enospc(),
-    );
+    retarget_and_check_the_headroom(&db, &q, headroom);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1323,9 +1323,17 @@ impl std::fmt::Debug for ReaderHooks {
 }
 
 impl Fs for ReaderHooks {
-    fn create(&self, path: &Path) -> std::io::Result<Box<dyn sluice::fs::WritableFile>> {
-        StdFs.create(path)
-    }
+    sluice_tests::std_fs_methods!(
+        create,
+        rename,
+        remove,
+        sync_dir,
+        create_dir_all,
+        exists,
+        lock,
+        hard_link,
+        available_space
+    );
     fn read_file(&self, path: &Path) -> std::io::Result<bytes::Bytes> {
         use std::sync::atomic::Ordering::AcqRel;
         if path.extension().is_some_and(|x| x == "log") && self.listed.swap(false, AcqRel) {
@@ -1344,12 +1352,6 @@ impl Fs for ReaderHooks {
             _ => Ok(data),
         }
     }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        StdFs.remove(path)
-    }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         let n = self.lists.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         if let Some(hook) = &self.on_list {
@@ -1359,15 +1361,6 @@ impl Fs for ReaderHooks {
         self.listed
             .store(true, std::sync::atomic::Ordering::Release);
         names
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.sync_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        StdFs.exists(path)
     }
     fn file_size(&self, path: &Path) -> std::io::Result<u64> {
         let size = StdFs.file_size(path);
@@ -1379,15 +1372,6 @@ impl Fs for ReaderHooks {
             }
         }
         size
-    }
-    fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn sluice::fs::DirLock>>> {
-        StdFs.lock(path)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.hard_link(from, to)
-    }
-    fn available_space(&self, dir: &Path) -> std::io::Result<u64> {
-        StdFs.available_space(dir)
     }
 }
 

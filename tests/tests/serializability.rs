@@ -40,7 +40,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use sluice::fs::{DirLock, Fs, StdFs, WritableFile};
+use sluice::fs::{Fs, StdFs};
 use sluice::{Db, Error, Kind, Options, PartitionSpec};
 use sluice_tests::{churn_layout, dump, seeds, with_seed};
 
@@ -97,15 +97,19 @@ fn is_wal(path: &Path) -> bool {
 }
 
 impl Fs for KeepWals {
-    fn create(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
-        StdFs.create(path)
-    }
-    fn read_file(&self, path: &Path) -> std::io::Result<Bytes> {
-        StdFs.read_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.rename(from, to)
-    }
+    sluice_tests::std_fs_methods!(
+        create,
+        read_file,
+        rename,
+        list,
+        sync_dir,
+        create_dir_all,
+        exists,
+        file_size,
+        lock,
+        hard_link,
+        available_space
+    );
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         if is_wal(path) {
             let kept = self
@@ -116,30 +120,6 @@ impl Fs for KeepWals {
             }
         }
         StdFs.remove(path)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        StdFs.list(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.sync_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        StdFs.exists(path)
-    }
-    fn file_size(&self, path: &Path) -> std::io::Result<u64> {
-        StdFs.file_size(path)
-    }
-    fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn DirLock>>> {
-        StdFs.lock(path)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.hard_link(from, to)
-    }
-    fn available_space(&self, dir: &Path) -> std::io::Result<u64> {
-        StdFs.available_space(dir)
     }
 }
 

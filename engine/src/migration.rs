@@ -924,44 +924,38 @@ mod tests {
     /// Close used to join only the background threads.
     #[test]
     fn close_waits_for_a_running_migrate_now() {
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use crate::test_hooks::{set, Point};
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            migration_bytes_per_sec: 0,
-            ..Options::tiny()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
+        let db = Db::open(dir.path(), still_tiny()).unwrap();
         fill_and_retarget(&db, false);
-        let closed = Arc::new(AtomicBool::new(false));
-        // Whether the close had returned by the end of the picked job's hook: the job has
-        // not run yet then, so a close that waits for it cannot have. (Checked after
-        // `migrate_now` returns, a close that did wait could return in between.)
-        let early = Arc::new(AtomicBool::new(false));
-        let (closer, done, seen, early_seen) =
-            (db.clone(), closed.clone(), closed.clone(), early.clone());
-        crate::test_hooks::set(crate::test_hooks::Point::MigrateNowPicked, move || {
-            let inner = closer.inner.clone();
-            std::thread::spawn(move || {
-                let _ = closer.close();
-                done.store(true, Ordering::Release);
-            });
-            while !inner.closing.load(Ordering::Acquire) {
-                std::thread::yield_now();
-            }
-            // Room for a close that does not wait to finish.
-            std::thread::sleep(Duration::from_millis(300));
-            early_seen.store(seen.load(Ordering::Acquire), Ordering::Release);
+        // What the close did first, seen from the picked job's hook (before the job runs):
+        // "waiting" for the job, or "returned".
+        let first = Arc::new(parking_lot::Mutex::new(None));
+        let closer = Arc::new(parking_lot::Mutex::new(None));
+        let (live, seen, joined) = (db.clone(), first.clone(), closer.clone());
+        set(Point::MigrateNowPicked, move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (waiting, closing) = (tx.clone(), live.clone());
+            *joined.lock() = Some(std::thread::spawn(move || {
+                set(Point::CloseWaitsForJobs, move || {
+                    let _ = waiting.send("waiting");
+                });
+                let r = closing.close();
+                let _ = tx.send("returned");
+                r
+            }));
+            *seen.lock() = Some(rx.recv().unwrap());
         });
-        let _ = db.migrate_now(None);
-        assert!(
-            !early.load(Ordering::Acquire),
-            "close returned while migrate_now still ran a job"
+        let r = db.migrate_now(None);
+        assert_eq!(
+            *first.lock(),
+            Some("waiting"),
+            "close returned while migrate_now still ran a job (it returned {r:?})"
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !closed.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline, "close never returned");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // The picked job ran; the next pick found the database closing.
+        assert!(matches!(r, Ok(_) | Err(crate::Error::Closed)), "{r:?}");
+        let closed = closer.lock().take().unwrap().join().unwrap();
+        closed.unwrap();
     }
 
     /// A `migrate_now` that passed its check for a close before the close began, and picks
@@ -971,11 +965,7 @@ mod tests {
     #[test]
     fn migrate_now_starts_no_job_once_a_close_passed() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            migration_bytes_per_sec: 0,
-            ..Options::tiny()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
+        let db = Db::open(dir.path(), still_tiny()).unwrap();
         fill_and_retarget(&db, false);
         let closer = db.clone();
         crate::test_hooks::set(crate::test_hooks::Point::MigrateNowBeforePick, move || {

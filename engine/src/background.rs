@@ -227,6 +227,8 @@ fn finish(inner: &Inner, core: &mut Core, job: Job, result: Result<()>) -> Optio
     match job {
         Job::Flush => {
             core.flushing = false;
+            // (Cleared by the flush itself, unless it panicked.)
+            core.flush_sources.clear();
             match result {
                 Ok(()) => {
                     core.flush_failures = 0;

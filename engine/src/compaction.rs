@@ -708,6 +708,11 @@ impl Inner {
         }
         core.reserved.retain(|r| r.job != job.id);
         core.migration_space.remove(&job.id);
+        if job.migrate_to.is_some() {
+            for f in &job.inputs {
+                core.migrating.remove(&f.number);
+            }
+        }
         if let Some(t) = job.migrate_to {
             if let Some(c) = core.writing_to.get_mut(&t) {
                 *c -= 1;

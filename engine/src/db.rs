@@ -208,6 +208,15 @@ pub(crate) struct Core {
     pub registry: Registry,
     /// Partitions (version, partition) with a compaction in flight.
     pub busy: HashSet<(u32, u32)>,
+    /// Input files (by number) of the migration jobs running: values they are carrying
+    /// into the target, which a flush must not write there a second time as lazily moved
+    /// copies (see `Inner::write_memtable`).
+    pub migrating: HashSet<u64>,
+    /// Draining partitions (version, partition) that the running flush writes moved copies
+    /// out of: no migration job is picked there until its tables are installed. (One picked
+    /// meanwhile would know neither the copies nor their pointers, and carry the values into
+    /// the target again.)
+    pub flush_sources: HashSet<(u32, u32)>,
     /// The file set in which the last compaction pick found nothing to do, and the
     /// process's count of spent seek allowances then: until either changes (or a job
     /// ends, freeing its partitions), the next pick would find nothing either, and is

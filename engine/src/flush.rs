@@ -6,6 +6,7 @@
 //! draining partition they came from. Value and pointer become durable in one manifest edit,
 //! so a pointer never names a copy that a crash could lose.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +21,7 @@ use crate::output::Outputs;
 use crate::sst::TableKind;
 use crate::stats::Counters;
 use crate::types::{Entry, Kind};
-use crate::version::{FileMeta, FileSet};
+use crate::version::{FileMeta, FileSet, LayoutState};
 
 impl Inner {
     /// Flushes the oldest frozen memtable. Called by a background worker that set
@@ -40,23 +41,30 @@ impl Inner {
         }
         // Reading the target and registering as a writer into it happen under one lock, so
         // the target cannot be retired while this flush writes into it.
-        let (mem, files) = {
+        // The moved copies' sources take no migration job until this flush is installed,
+        // and those that running jobs are carrying are left to them: each value reaches the
+        // target once (see `write_memtable`).
+        let (mem, files, carried) = {
             let mut core = self.core.lock();
             let view = self.view.load_full();
             let Some(mem) = view.imm.last().cloned() else {
                 return Ok(());
             };
             *core.writing_to.entry(view.files.target).or_insert(0) += 1;
-            (mem, view.files.clone())
+            core.flush_sources.extend(mem.moved_sources());
+            (mem, view.files.clone(), core.migrating.clone())
         };
         meanwhile();
         let stripes = Stripes::new(self.snapshot_list());
         let target = files.target;
-        let result = self.write_memtable(&mem, &files, &stripes);
+        let result = self.write_memtable(&mem, &files, &carried, &stripes);
         let mut core = self.core.lock();
         if let Some(c) = core.writing_to.get_mut(&target) {
             *c -= 1;
         }
+        // The core lock is held from here until the tables are installed (or the flush has
+        // failed): no job can be picked in between.
+        core.flush_sources.clear();
         // A failure so far is in writing the new tables alone, which are deleted again: the
         // flush worker tries again (`Options::flush_retries`). From here on a failure may
         // leave the directory or the manifest in doubt, so it stops writes at once.
@@ -175,10 +183,12 @@ impl Inner {
     }
 
     /// Writes a memtable's entries into L0 of the target layout (plus pointer files).
+    /// `carried`: the input files of the migration jobs running when `files` was taken.
     pub(crate) fn write_memtable(
         &self,
         mem: &MemTable,
         files: &FileSet,
+        carried: &HashSet<u64>,
         stripes: &Stripes,
     ) -> Result<(Vec<Arc<FileMeta>>, u64)> {
         let target = files.target_layout();
@@ -207,13 +217,16 @@ impl Inner {
             // A moved copy whose source no longer holds it: a migration compaction carried
             // the value into the target meanwhile (its install is in `files`, which no
             // longer show the value in the source), or dropped it under a newer entry that
-            // stays. Writing the copy would move the same bytes a second time.
+            // stays. Or one that a running migration job is carrying: it will be in the
+            // target once that job is installed (and if the job fails, the value stays in
+            // its source, which a later job carries). Writing the copy would move the same
+            // bytes a second time.
             if moved_from != 0
                 && moved_from != target.id
                 && !files
                     .layouts
                     .get(&moved_from)
-                    .is_some_and(|src| src.may_hold(&e.key, e.seqno))
+                    .is_some_and(|src| left_in_source(src, carried, &e.key, e.seqno))
             {
                 superseded += 1;
                 return;
@@ -256,11 +269,33 @@ impl Inner {
     }
 }
 
+/// Whether the draining layout `src` holds `key` at `seqno` in a data file that no running
+/// migration job is carrying (`carried`: their inputs). A table that cannot be read counts as
+/// not carrying it: the copy is then written, at worst a second time.
+fn left_in_source(src: &LayoutState, carried: &HashSet<u64>, key: &[u8], seqno: u64) -> bool {
+    let h = crate::sst::bloom::key_hash(key);
+    let mut holders = src.files_that_may_hold(key, seqno).peekable();
+    holders.peek().is_some()
+        && !holders.any(|f| {
+            carried.contains(&f.number)
+                && f.table
+                    .get(key, h, seqno)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.seqno == seqno)
+        })
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::collections::HashSet;
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
 
+    use crate::cursor::MergeCursor;
     use crate::fs::{FaultFs, FsOp};
+    use crate::iter::{file_sources, Direction};
+    use crate::test_hooks::{set, Point};
     use crate::{Db, Options, PartitionSpec, VersionId};
 
     /// A test that takes the flush worker's turn right after a `flush` call returned: the
@@ -312,24 +347,22 @@ mod tests {
         assert_eq!(l0, 2, "files");
     }
 
-    /// A migration compaction can carry a draining layout's last data out while a flush of
-    /// lazily moved copies runs: the flush, holding the older view, still writes pointer
-    /// files into the layout, which then holds pointers and no data. Retiring it must
-    /// delete them in an order replay accepts.
-    #[test]
-    fn pointer_files_that_land_after_the_last_data_file_left_retire_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            partition: PartitionSpec::Range {
-                boundaries: vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()],
-            },
+    fn opts() -> Options {
+        Options {
             migration_bytes_per_sec: 0,
             move_bytes_per_sec: 1 << 30,
             move_on_first_read: true,
             memtable_bytes: 4 << 20,
-            ..Options::tiny()
-        };
-        let db = Db::open(dir.path(), opts.clone()).unwrap();
+            idle_memtable_flush_after: None,
+            wal_flush_interval: Duration::from_secs(3600),
+            ..Options::default()
+        }
+    }
+
+    /// 500 keys in one table of v1 (one partition), draining into a hash v2, with v1 pinned
+    /// (kept live once empty). Every fifth key is read, and its moved copy waits in a frozen
+    /// memtable that the test flushes itself (the background flusher is kept off it).
+    fn copies_frozen(db: &Db) {
         for i in 0..500u32 {
             db.put(format!("k{i:04}"), format!("a{i}")).unwrap();
         }
@@ -345,33 +378,166 @@ mod tests {
         for i in (0..500u32).step_by(5) {
             db.get(format!("k{i:04}")).unwrap();
         }
-        db.pin_version(VersionId(1), true).unwrap(); // keep v1 live while it is empty
+        db.pin_version(VersionId(1), true).unwrap();
         let inner = &db.inner;
         inner.apply_moves();
-        // Keep the background flusher off the frozen memtable: this thread flushes it.
+        assert_eq!(db.stats().lazy_moves, 100);
         inner.hold_flushes();
         inner.rotate(&mut inner.wal.lock()).unwrap();
-        inner
-            .flush_oldest_then(|| {
-                inner.migrate_now(None).unwrap();
-            })
-            .unwrap();
-        inner.release_flushes();
+    }
+
+    /// (key, seqno) pairs stored more than once in the target layout's data tables (each
+    /// table walked on its own: a merge of them would show a pair once).
+    fn stored_twice_in_target(db: &Db) -> usize {
+        let view = db.inner.view.load();
+        let (mut seen, mut twice) = (HashSet::new(), 0);
+        for f in view
+            .files
+            .target_layout()
+            .parts
+            .iter()
+            .flat_map(|p| p.data_files())
+        {
+            let mut c = MergeCursor::new(
+                file_sources(std::slice::from_ref(f)).unwrap(),
+                Direction::Forward,
+            );
+            while c.valid() {
+                let t = c.top();
+                if !seen.insert((t.key().to_vec(), t.seqno())) {
+                    twice += 1;
+                }
+                c.advance().unwrap();
+            }
+        }
+        twice
+    }
+
+    /// Every key reads its value; v1, drained, retires and the directory reopens whole.
+    fn all_there_then_retire_and_reopen(dir: &std::path::Path, db: Db) {
+        db.inner.release_flushes();
+        for i in 0..500u32 {
+            let v = db.get(format!("k{i:04}")).unwrap();
+            assert_eq!(v.as_deref(), Some(format!("a{i}").as_bytes()), "k{i:04}");
+        }
         let v1 = db
             .layout()
             .versions
             .into_iter()
-            .find(|v| v.id == VersionId(1))
-            .unwrap();
-        assert_eq!(v1.files(), 0);
-        assert!(v1.partitions.iter().map(|p| p.pointer_files).sum::<usize>() > 0);
+            .find(|v| v.id == VersionId(1));
+        assert_eq!(v1.unwrap().files(), 0);
         db.pin_version(VersionId(1), false).unwrap();
         db.retire_drained().unwrap();
         assert_eq!(db.layout().versions.len(), 1);
         drop(db);
-        let db = Db::open(dir.path(), opts).unwrap();
+        let db = Db::open(dir, opts()).unwrap();
         let all: Vec<_> = db.range(..).collect::<crate::Result<_>>().unwrap();
         assert_eq!(all.len(), 500);
         assert_eq!(db.layout().retired, vec![VersionId(1)]);
+    }
+
+    /// Runs `migrate_now` on another thread, stopped once it has picked its job until `go`
+    /// is sent.
+    fn picked_job<'s>(
+        s: &'s std::thread::Scope<'s, '_>,
+        db: &'s Db,
+    ) -> (std::thread::ScopedJoinHandle<'s, u64>, mpsc::Sender<()>) {
+        let (picked_tx, picked_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let job = s.spawn(move || {
+            set(Point::MigrateNowPicked, move || {
+                picked_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            });
+            db.inner.migrate_now(None).unwrap()
+        });
+        picked_rx.recv().unwrap();
+        (job, go_tx)
+    }
+
+    /// A migration job picked before a flush of lazily moved copies took its view, and
+    /// installed while the flush wrote: the flush saw the values still in their source and
+    /// wrote the copies into the target, where the job put the same entries too (a key at
+    /// one seqno stored twice). The flush now leaves the values a running job carries to it.
+    #[test]
+    fn a_copy_that_a_job_running_under_the_flush_carries_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        copies_frozen(&db);
+        std::thread::scope(|s| {
+            let (job, go) = picked_job(s, &db);
+            db.inner
+                .flush_oldest_then(|| {
+                    go.send(()).unwrap();
+                    job.join().unwrap();
+                })
+                .unwrap();
+        });
+        assert_eq!(stored_twice_in_target(&db), 0);
+        all_there_then_retire_and_reopen(dir.path(), db);
+    }
+
+    /// The same job installed only after the flush: it knew nothing of the pointers the
+    /// flush wrote and carried the moved values into the target a second time.
+    #[test]
+    fn a_copy_that_a_job_installed_after_the_flush_carries_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        copies_frozen(&db);
+        std::thread::scope(|s| {
+            let (job, go) = picked_job(s, &db);
+            db.inner.flush_oldest().unwrap();
+            go.send(()).unwrap();
+            job.join().unwrap();
+        });
+        assert_eq!(stored_twice_in_target(&db), 0);
+        all_there_then_retire_and_reopen(dir.path(), db);
+    }
+
+    /// A migration job asked for once the flush has taken its view: picked, it would not
+    /// see the pointers the flush writes, and carry the moved values into the target a
+    /// second time (installed before the flush, or after it). The copies' source partition
+    /// takes no job until the flush is installed; the job then honours the pointers, and
+    /// the pointer files vanish with the partition's last data file.
+    #[test]
+    fn a_job_asked_for_during_a_flush_of_moved_copies_waits_and_honours_their_pointers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        copies_frozen(&db);
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            let mut job = None;
+            db.inner
+                .flush_oldest_then(|| {
+                    let (picked, waits) = (tx.clone(), tx);
+                    let j = s.spawn(|| {
+                        set(Point::MigrateNowPicked, move || {
+                            picked.send("picked").unwrap()
+                        });
+                        set(Point::MigrateNowWaits, move || waits.send("waits").unwrap());
+                        db.inner.migrate_now(None).unwrap()
+                    });
+                    if rx.recv().unwrap() == "picked" {
+                        j.join().unwrap();
+                    } else {
+                        job = Some(j);
+                    }
+                })
+                .unwrap();
+            if let Some(j) = job {
+                j.join().unwrap();
+            }
+        });
+        assert_eq!(stored_twice_in_target(&db), 0);
+        let p = db.migration_progress();
+        assert_eq!(p.draining[0].pointers_honoured, 100);
+        let v1 = db
+            .layout()
+            .versions
+            .into_iter()
+            .find(|v| v.id == VersionId(1));
+        let pointer_files: usize = v1.unwrap().partitions.iter().map(|p| p.pointer_files).sum();
+        assert_eq!(pointer_files, 0);
+        all_there_then_retire_and_reopen(dir.path(), db);
     }
 }

@@ -625,7 +625,9 @@ impl Inner {
         for layout in view.files.draining() {
             for (pi, part) in layout.parts.iter().enumerate() {
                 let pi = pi as u32;
-                if core.busy.contains(&(layout.id, pi)) {
+                if core.busy.contains(&(layout.id, pi))
+                    || core.flush_sources.contains(&(layout.id, pi))
+                {
                     continue;
                 }
                 let Some(f) = next_to_migrate(part) else {
@@ -667,6 +669,7 @@ impl Inner {
                 || alone
                 || pj == pi
                 || core.busy.contains(&(version, pj))
+                || core.flush_sources.contains(&(version, pj))
                 || core.compaction_failures.contains_key(&(version, pj))
             {
                 continue;
@@ -684,6 +687,7 @@ impl Inner {
             core.busy.insert((version, p));
         }
         let level = f.level as usize;
+        core.migrating.extend(inputs.iter().map(|f| f.number));
         let mut job = self.new_job(core, view, version, pi, level, inputs, false, Some(target));
         job.pointers = sources
             .iter()
@@ -753,7 +757,10 @@ impl Inner {
                         j
                     }
                     Ok(None) => {
-                        // Every draining partition is busy with a background job: wait.
+                        // Every draining partition is busy with a job, or held by a flush
+                        // of copies moved out of it: wait.
+                        #[cfg(test)]
+                        crate::test_hooks::reach(crate::test_hooks::Point::MigrateNowWaits);
                         self.stall_cv.wait_for(&mut core, Duration::from_millis(20));
                         continue;
                     }

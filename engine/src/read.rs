@@ -704,6 +704,8 @@ impl Inner {
                 }
                 let cost = (m.key.len() + m.value.len()) as u64;
                 let from = m.source.layout_version;
+                // Noted before the copy goes in: a flush that sees the copy sees its source.
+                view.mem.note_moved_source(from, m.source.partition);
                 if !view.mem.insert_moved(&m.key, m.seqno, &m.value, from) {
                     // The same entry twice in this batch: copied once.
                     Counters::add(&self.counters.move_skipped, 1);

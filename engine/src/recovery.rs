@@ -1172,6 +1172,8 @@ fn new_core(
         flushed_seqno: state.last_seqno,
         registry: state.registry.clone(),
         busy: Default::default(),
+        migrating: Default::default(),
+        flush_sources: Default::default(),
         nothing_to_compact: None,
         picks_scored: 0,
         flushing: false,

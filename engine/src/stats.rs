@@ -194,7 +194,7 @@ pub struct Stats {
     pub lazy_moves: u64,
     pub lazy_moved_bytes: u64,
     /// Lazily moved copies a flush dropped because a migration compaction had already
-    /// carried their value into the target (each byte moves once).
+    /// carried their value into the target, or was carrying it (each byte moves once).
     pub lazy_moves_superseded: u64,
     /// Point reads that found a value in a draining layout and left it there: the first
     /// read of its key there lately ([`crate::Options::move_on_first_read`]).

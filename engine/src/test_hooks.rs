@@ -19,6 +19,9 @@ pub(crate) enum Point {
     MigrateNowBeforePick,
     /// `migrate_now`, after it picked a job (counted as running) and before it runs it.
     MigrateNowPicked,
+    /// `migrate_now`, when it finds no draining file it may take now (every partition left
+    /// busy, or held by a flush), before it waits.
+    MigrateNowWaits,
     /// A compaction, after it wrote its outputs and before it takes the core lock to
     /// install them.
     CompactionBeforeInstall,

@@ -455,13 +455,17 @@ impl LayoutState {
         self.parts.iter().flat_map(|p| p.pointers.iter())
     }
 
-    /// Whether a data file of this layout may still hold `key` at `seqno` (by the files'
-    /// key and seqno ranges; `false` means it certainly does not).
-    pub fn may_hold(&self, key: &[u8], seqno: u64) -> bool {
+    /// The data files of this layout that may still hold `key` at `seqno` (by the files'
+    /// key and seqno ranges: one not named certainly does not).
+    pub fn files_that_may_hold<'a>(
+        &'a self,
+        key: &'a [u8],
+        seqno: u64,
+    ) -> impl Iterator<Item = &'a Arc<FileMeta>> + 'a {
         let p = self.func.partition_of(key) as usize;
-        self.parts.get(p).is_some_and(|part| {
+        self.parts.get(p).into_iter().flat_map(move |part| {
             part.data_files()
-                .any(|f| f.contains(key) && (f.min_seqno..=f.max_seqno).contains(&seqno))
+                .filter(move |f| f.contains(key) && (f.min_seqno..=f.max_seqno).contains(&seqno))
         })
     }
 }

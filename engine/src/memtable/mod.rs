@@ -76,6 +76,8 @@ pub struct MemTable {
     /// copies' in the target and the pointers' in their sources. Each is charged its fixed
     /// cost in `moved_bytes` once ([`MemTable::charge_moved_table`]).
     moved_tables: parking_lot::Mutex<std::collections::HashSet<(u32, u32)>>,
+    /// The draining partitions (layout version, partition) the moved copies came from.
+    moved_sources: parking_lot::Mutex<std::collections::HashSet<(u32, u32)>>,
 }
 
 impl MemTable {
@@ -98,6 +100,7 @@ impl MemTable {
             seeks: AtomicU64::new(0),
             moved_bytes: AtomicU64::new(0),
             moved_tables: Default::default(),
+            moved_sources: Default::default(),
         }
     }
 
@@ -171,6 +174,16 @@ impl MemTable {
         if self.moved_tables.lock().insert((version, partition)) {
             self.moved_bytes.fetch_add(cost, AtOrd::Relaxed);
         }
+    }
+
+    /// Records that a moved copy came from `partition` of layout `version`.
+    pub fn note_moved_source(&self, version: u32, partition: u32) {
+        self.moved_sources.lock().insert((version, partition));
+    }
+
+    /// The draining partitions (layout version, partition) the moved copies came from.
+    pub fn moved_sources(&self) -> Vec<(u32, u32)> {
+        self.moved_sources.lock().iter().copied().collect()
     }
 
     /// What the lazily moved copies inserted so far take once flushed (with the fixed cost

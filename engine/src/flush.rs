@@ -68,7 +68,7 @@ impl Inner {
         // A failure so far is in writing the new tables alone, which are deleted again: the
         // flush worker tries again (`Options::flush_retries`). From here on a failure may
         // leave the directory or the manifest in doubt, so it stops writes at once.
-        let (outputs, bytes) = result?;
+        let (outputs, bytes, left_out) = result?;
         let fatal = |e: crate::Error| {
             self.fail(format!("flush failed: {e}"));
             e
@@ -124,6 +124,7 @@ impl Inner {
         // Counted before the view shows the flush done: `flush()` returns once it does, and
         // its caller's `stats()` must include it.
         Counters::add(&self.counters.flushes, 1);
+        self.unbook_moves(&left_out);
         Counters::add(&self.counters.flush_bytes, bytes);
         Counters::add(
             &self.counters.flush_micros,
@@ -190,7 +191,7 @@ impl Inner {
         files: &FileSet,
         carried: &HashSet<u64>,
         stripes: &Stripes,
-    ) -> Result<(Vec<Arc<FileMeta>>, u64)> {
+    ) -> Result<(Vec<Arc<FileMeta>>, u64, CopiesLeftOut)> {
         let target = files.target_layout();
         let mut data = Outputs::new(self, TableKind::Data, 0, None);
         let mut pointers = Outputs::new(self, TableKind::Pointers, 0, None);
@@ -200,7 +201,7 @@ impl Inner {
         let mut cur_key: Option<Bytes> = None;
         let mut last_stripe = None;
         let mut err = None;
-        let mut superseded = 0u64;
+        let mut left_out = CopiesLeftOut::default();
         mem.for_each(|e: Entry, moved_from: u32| {
             if err.is_some() {
                 return;
@@ -211,6 +212,10 @@ impl Inner {
             }
             let st = stripes.stripe(e.seqno);
             if last_stripe == Some(st) {
+                // (A moved copy a newer entry hides: its value stays in its source.)
+                if moved_from != 0 {
+                    left_out.add(moved_from, &e);
+                }
                 return;
             }
             last_stripe = Some(st);
@@ -228,7 +233,8 @@ impl Inner {
                     .get(&moved_from)
                     .is_some_and(|src| left_in_source(src, carried, &e.key, e.seqno))
             {
-                superseded += 1;
+                left_out.superseded += 1;
+                left_out.add(moved_from, &e);
                 return;
             }
             let p = target.func.partition_of(&e.key);
@@ -253,7 +259,6 @@ impl Inner {
         if let Some(e) = err {
             return Err(e);
         }
-        Counters::add(&self.counters.moves_superseded, superseded);
         let mut out = data.finish()?;
         let bytes: u64 = out.iter().map(|f| f.size).sum();
         match pointers.finish() {
@@ -265,7 +270,42 @@ impl Inner {
                 return Err(e);
             }
         }
-        Ok((out, bytes))
+        Ok((out, bytes, left_out))
+    }
+
+    /// Takes the copies a flush left out (now installed) back out of the lazy-move figures:
+    /// they moved nothing, and migration counts their values as it carries them.
+    fn unbook_moves(&self, left_out: &CopiesLeftOut) {
+        Counters::add(&self.counters.moves_superseded, left_out.superseded);
+        if left_out.by_source.is_empty() {
+            return;
+        }
+        let mut counts = self.lazy_counts.lock();
+        for (from, (n, b)) in &left_out.by_source {
+            if let Some(c) = counts.get_mut(from) {
+                c.0 = c.0.saturating_sub(*n);
+                c.1 = c.1.saturating_sub(*b);
+            }
+        }
+    }
+}
+
+/// Lazily moved copies a flush did not write, booked once its tables are installed (a
+/// flush tried again would count them again).
+#[derive(Default)]
+pub(crate) struct CopiesLeftOut {
+    /// Those whose value migration carried, or is carrying, into the target.
+    superseded: u64,
+    /// All of them, by the layout version they were moved out of: moves and bytes, as
+    /// `apply_moves` booked them.
+    by_source: std::collections::HashMap<u32, (u64, u64)>,
+}
+
+impl CopiesLeftOut {
+    fn add(&mut self, from: u32, e: &Entry) {
+        let c = self.by_source.entry(from).or_default();
+        c.0 += 1;
+        c.1 += (e.key.len() + e.value.len()) as u64;
     }
 }
 
@@ -363,6 +403,14 @@ mod tests {
     /// (kept live once empty). Every fifth key is read, and its moved copy waits in a frozen
     /// memtable that the test flushes itself (the background flusher is kept off it).
     fn copies_frozen(db: &Db) {
+        copies_in_memtable(db);
+        let inner = &db.inner;
+        inner.hold_flushes();
+        inner.rotate(&mut inner.wal.lock()).unwrap();
+    }
+
+    /// [`copies_frozen`], the memtable not frozen yet.
+    fn copies_in_memtable(db: &Db) {
         for i in 0..500u32 {
             db.put(format!("k{i:04}"), format!("a{i}")).unwrap();
         }
@@ -382,8 +430,6 @@ mod tests {
         let inner = &db.inner;
         inner.apply_moves();
         assert_eq!(db.stats().lazy_moves, 100);
-        inner.hold_flushes();
-        inner.rotate(&mut inner.wal.lock()).unwrap();
     }
 
     /// (key, seqno) pairs stored more than once in the target layout's data tables (each
@@ -474,6 +520,7 @@ mod tests {
                 .unwrap();
         });
         assert_eq!(stored_twice_in_target(&db), 0);
+        assert_eq!(db.stats().lazy_moves, 0, "every copy left to the job");
         all_there_then_retire_and_reopen(dir.path(), db);
     }
 
@@ -531,6 +578,7 @@ mod tests {
         assert_eq!(stored_twice_in_target(&db), 0);
         let p = db.migration_progress();
         assert_eq!(p.draining[0].pointers_honoured, 100);
+        assert_eq!(p.draining[0].lazy_moves, 100, "every copy written");
         let v1 = db
             .layout()
             .versions
@@ -539,5 +587,35 @@ mod tests {
         let pointer_files: usize = v1.unwrap().partitions.iter().map(|p| p.pointer_files).sum();
         assert_eq!(pointer_files, 0);
         all_there_then_retire_and_reopen(dir.path(), db);
+    }
+
+    /// Copies that their flush leaves out moved nothing: the migration progress counted
+    /// them among the lazy moves all the same, and their values again among the bytes that
+    /// migration carried. They are taken back out once the flush is installed.
+    #[test]
+    fn copies_a_flush_leaves_out_are_not_counted_as_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        copies_in_memtable(&db);
+        // One copy hidden by a newer write in the same memtable...
+        db.put("k0000", "b0").unwrap();
+        let inner = &db.inner;
+        inner.hold_flushes();
+        inner.rotate(&mut inner.wal.lock()).unwrap();
+        // ...and the values of the 99 others carried into the target before the flush.
+        inner.migrate_now(None).unwrap();
+        inner.flush_oldest().unwrap();
+        inner.release_flushes();
+        let s = db.stats();
+        assert_eq!(
+            (s.lazy_moves, s.lazy_moved_bytes, s.lazy_moves_superseded),
+            (0, 0, 99)
+        );
+        let p = db.migration_progress();
+        let v1 = &p.draining[0];
+        assert_eq!((v1.lazy_moves, v1.lazy_moved_bytes), (0, 0));
+        assert_eq!(v1.files_migrated, 1);
+        assert_eq!(db.get("k0000").unwrap().as_deref(), Some(&b"b0"[..]));
+        assert_eq!(db.get("k0005").unwrap().as_deref(), Some(&b"a5"[..]));
     }
 }

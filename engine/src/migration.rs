@@ -44,6 +44,9 @@ pub struct DrainingProgress {
     pub bytes_written: u64,
     /// Values dropped by migration because a read had already moved them.
     pub pointers_honoured: u64,
+    /// Values lazy reads copied out of this version, and their bytes (keys and values). A
+    /// copy that its flush leaves out (its value carried by migration meanwhile, or hidden
+    /// by a newer entry) is taken back out once that flush is installed.
     pub lazy_moves: u64,
     pub lazy_moved_bytes: u64,
     /// Forwarding pointers live in this version's partitions.

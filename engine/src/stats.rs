@@ -191,6 +191,7 @@ pub struct Stats {
     /// Of the compaction figures, what migration compactions read and wrote.
     pub migration_bytes_read: u64,
     pub migration_bytes_written: u64,
+    /// Lazy moves made, as in [`crate::DrainingProgress::lazy_moves`] (every version's).
     pub lazy_moves: u64,
     pub lazy_moved_bytes: u64,
     /// Lazily moved copies a flush dropped because a migration compaction had already

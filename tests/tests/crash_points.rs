@@ -312,3 +312,80 @@ fn power_cut_points_soak() {
         }
     });
 }
+
+/// A power cut during the flush that writes lazily moved copies and their forwarding
+/// pointers (the copies are in no WAL), or after the whole run, which then migrates the
+/// rest honouring the pointers: whatever survives, every value is still there, in its
+/// source or as a copy in the target.
+#[test]
+fn a_power_cut_around_lazy_moves_and_their_pointers_loses_no_value() {
+    let moves_opts = |fs: &FaultFs| Options {
+        move_bytes_per_sec: 1 << 30,
+        move_on_first_read: true,
+        migration_bytes_per_sec: 0,
+        ..opts(fs)
+    };
+    let root = tempfile::tempdir().unwrap();
+    let b = root.path().join("base");
+    let mut model = Model::new();
+    {
+        let db = Db::open(&b, moves_opts(&FaultFs::new())).unwrap();
+        for i in 0..400u32 {
+            let (k, v) = (format!("m{i:04}"), format!("{i}-{}", "q".repeat(40)));
+            db.put(&k, &v).unwrap();
+            model.insert(k.into_bytes(), v.into_bytes());
+        }
+        db.compact().unwrap();
+        db.close().unwrap();
+    }
+    // Returns the values moved and flushed, and the operations of that flush, if it got
+    // that far.
+    let run = |d: &Path, fs: &FaultFs| {
+        let Ok(db) = Db::open(d, moves_opts(fs)) else {
+            return (0, 0..0);
+        };
+        if let Ok(v) = db.register_partition_fn(sluice_tests::hash(4, 7)) {
+            let _ = db.set_target(v);
+        }
+        for i in (0..400u32).step_by(3) {
+            let _ = db.get(format!("m{i:04}"));
+        }
+        // Applies the moves, then writes the copies and their pointers.
+        let before = fs.ops();
+        let _ = db.flush();
+        let flushing = before..fs.ops();
+        let moved = db.stats().lazy_moves;
+        let _ = db.migrate_now(None);
+        let _ = db.close();
+        (moved, flushing)
+    };
+    let d = root.path().join("whole");
+    copy_dir(&b, &d);
+    let fs = FaultFs::new();
+    let (moved, flushing) = run(&d, &fs);
+    let total = fs.ops();
+    assert_eq!(moved, 134, "the run without a cut moves every third value");
+    let db = Db::open(&d, Options::default()).unwrap();
+    assert_eq!(db.layout().versions.len(), 1, "v1 drained and retired");
+    drop(db);
+    // After every other operation of the flush of the copies and pointers (every one with
+    // `SLUICE_CUT_STEP=1`), and once the whole run is done.
+    let step = cut_step(2) as usize;
+    for n in flushing.step_by(step).chain([total]) {
+        for journaled in JOURNALED {
+            let d = root.path().join(format!("cut-{n}-{journaled}"));
+            copy_dir(&b, &d);
+            let fs = FaultFs::new();
+            fs.cut_after(n);
+            run(&d, &fs);
+            fs.lose_unsynced_journaled(|_| false, |_, c| journaled.min(c))
+                .unwrap();
+            holds(
+                &d,
+                &model,
+                &format!("cut after {n} of {total} ops, {journaled} journaled"),
+            );
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+    }
+}

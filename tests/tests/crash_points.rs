@@ -368,9 +368,9 @@ fn a_power_cut_around_lazy_moves_and_their_pointers_loses_no_value() {
     let db = Db::open(&d, Options::default()).unwrap();
     assert_eq!(db.layout().versions.len(), 1, "v1 drained and retired");
     drop(db);
-    // After every other operation of the flush of the copies and pointers (every one with
+    // After every fifth operation of the flush of the copies and pointers (every one with
     // `SLUICE_CUT_STEP=1`), and once the whole run is done.
-    let step = cut_step(2) as usize;
+    let step = cut_step(5) as usize;
     for n in flushing.step_by(step).chain([total]) {
         for journaled in JOURNALED {
             let d = root.path().join(format!("cut-{n}-{journaled}"));

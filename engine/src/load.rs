@@ -155,12 +155,12 @@ impl Admission {
 }
 
 /// What admission did to a batch: how long it waited for partition write limits, and what
-/// each limit charged it (partition, limit id, bytes), to be given back if the batch is not
-/// written.
+/// each limit charged it (partition, limit id, bytes, the limit's rate then), to be given
+/// back if the batch is not written.
 #[derive(Default)]
 pub(crate) struct Admitted {
     pub waited: Duration,
-    charged: Vec<(u32, u64, u64)>,
+    charged: Vec<(u32, u64, u64, u64)>,
 }
 
 impl Inner {
@@ -219,15 +219,20 @@ impl Inner {
 
     /// Gives back what a batch that was not written (a transaction that conflicted) was
     /// charged, to limits still in force, up to a second's worth of tokens: a conflict
-    /// retried under contention would otherwise pay for its bytes once per attempt.
+    /// retried under contention would otherwise pay for its bytes once per attempt. The
+    /// charge comes back as the time it cost at the rate then, at the rate now: a change of
+    /// rate scales a debt so that it takes as long to repay (see [`Limit::set_rate`]), and
+    /// the bytes alone, after a raise, left most of the charge's debt in place.
     pub(crate) fn refund(&self, admitted: &Admitted) {
         if admitted.charged.is_empty() {
             return;
         }
         let mut st = self.admission.state.lock();
-        for &(p, id, bytes) in &admitted.charged {
+        for &(p, id, bytes, rate) in &admitted.charged {
             if let Some(l) = st.1.get_mut(&p).filter(|l| l.id == id) {
-                l.tokens = (l.tokens + bytes as f64).min(l.bytes_per_sec as f64);
+                let now = l.bytes_per_sec as f64;
+                let back = bytes as f64 * now / rate.max(1) as f64;
+                l.tokens = (l.tokens + back).min(now);
             }
         }
         self.admission.cv.notify_all();
@@ -275,7 +280,7 @@ impl Inner {
                     if l.tokens >= 0.0 {
                         l.tokens -= bytes as f64;
                         l.serving += 1;
-                        admitted.charged.push((p, l.id, bytes));
+                        admitted.charged.push((p, l.id, bytes, l.bytes_per_sec));
                         self.admission.cv.notify_all();
                         break;
                     }
@@ -687,5 +692,51 @@ mod tests {
         txn.put("z", vec![0u8; 4000]);
         txn.commit().unwrap();
         assert!(tokens() < -3000.0, "{}", tokens());
+    }
+
+    /// A conflicting transaction's charge comes back as the time it cost the limit, at
+    /// the rate in force when it is given back: a rate raised meanwhile scaled the debt
+    /// the charge left (so that it takes as long to repay), and the refund gave back only
+    /// the bytes, leaving the partition's writers the rest of that debt to wait out for a
+    /// write that never happened (here over an hour).
+    #[test]
+    fn a_conflict_refunds_its_charge_at_the_rate_in_force() {
+        use crate::test_hooks::{set, Point};
+        use crate::PartitionSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: PartitionSpec::Range {
+                boundaries: vec![b"m".to_vec()],
+            },
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        db.inner.set_partition_write_limit(1, Some(1)).unwrap();
+        let key = |i: u32| format!("a{i:03}");
+        // A read set large enough to be checked up to a mark, after the batch's admission.
+        let mut txn = db.transaction();
+        for i in 0..crate::recent::TWO_STEP_MIN_KEYS as u32 {
+            assert_eq!(txn.get(key(i)).unwrap(), None);
+        }
+        txn.put("z", vec![0u8; 4000]);
+        let other = db.clone();
+        set(Point::TransactionAfterMark, move || {
+            // Charged 4000 B at 1 B/s: a debt of 4000 s, at 1000 B/s from now on.
+            other
+                .inner
+                .set_partition_write_limit(1, Some(1000))
+                .unwrap();
+            other.put(key(7), "changed").unwrap();
+        });
+        match txn.commit() {
+            Err(crate::Error::Conflict { key: k }) => assert_eq!(k, key(7).as_bytes()),
+            other => panic!("expected a conflict on {}, got {other:?}", key(7)),
+        }
+        let tokens = db.inner.admission.state.lock().1[&1].tokens;
+        assert!(
+            tokens > -1000.0,
+            "the conflict left a debt of {} B at 1000 B/s",
+            -tokens
+        );
     }
 }

@@ -1440,8 +1440,12 @@ impl Inner {
                 files: Arc::new(files),
             }
         });
-        // A new migration: its pacing starts from a fresh window.
-        self.restart_pacing_window(idle);
+        // A new migration: its pacing starts from a fresh window. Mid-migration, the
+        // window's latencies are the running migration's (its layouts go on draining): a
+        // retarget or a rollback does not excuse them from the budget and the p99 trigger.
+        if idle {
+            self.restart_pacing_window();
+        }
         self.bg_cv.notify_all();
         Ok(())
     }

@@ -375,19 +375,18 @@ impl Inner {
         p.sample(now);
     }
 
-    /// Starts a fresh pacing window, as a change of target starts a new migration: the
-    /// foreground latencies recorded so far belong to before it (the pacer takes them only
-    /// when it looks for work, which it does not while nothing drains, so they may go back
-    /// to the end of the last migration) and are dropped. `idle`: nothing drained until
-    /// now; the budget then recovers for the time the pacer did not look, as the window it
-    /// would have ended would have let it (a tenth per second).
-    pub(crate) fn restart_pacing_window(&self, idle: bool) {
+    /// Starts a fresh pacing window, as a change of target starts a new migration while
+    /// nothing drained: the foreground latencies recorded so far belong to before it (the
+    /// pacer takes them only when it looks for work, which it does not while nothing
+    /// drains, so they may go back to the end of the last migration) and are dropped. The
+    /// budget recovers for the time the pacer did not look, as the window it would have
+    /// ended would have let it (a tenth per second). (A change of target mid-migration
+    /// keeps the window: its latencies are that migration's, which goes on draining.)
+    pub(crate) fn restart_pacing_window(&self) {
         let mut p = self.pacer.lock();
         let now = Instant::now();
-        if idle {
-            let waited = now.saturating_duration_since(p.window_start).as_secs_f64();
-            p.factor = (p.factor + 0.1 * waited).min(1.0);
-        }
+        let waited = now.saturating_duration_since(p.window_start).as_secs_f64();
+        p.factor = (p.factor + 0.1 * waited).min(1.0);
         p.window_start = now;
         self.fg_latency.clear();
         self.fg_read_latency.clear();
@@ -1730,6 +1729,47 @@ mod tests {
             "the new migration's first window: {p:?}"
         );
         assert_eq!(inner.pacer.lock().factor, 1.0, "no slow window: {p:?}");
+    }
+
+    /// A retarget mid-migration keeps the pacing window running: its latencies are this
+    /// migration's (the layouts draining go on draining), and the window ends as it would
+    /// have. A change of target used to drop them and restart the window, so slow
+    /// operations under a migration cut no budget and counted in no window of the p99
+    /// trigger, if a retarget (or a rollback) came before the pacer next looked.
+    #[test]
+    fn a_retarget_mid_migration_keeps_the_window_s_latencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), still_tiny()).unwrap();
+        fill_and_retarget(&db, true);
+        let inner = &db.inner;
+        let target_us = 50_000;
+        db.set_migration_latency_target(target_us);
+        let v3 = db
+            .register_partition_fn(PartitionSpec::hashed(3, 7))
+            .unwrap();
+        let slow = db.clone();
+        crate::test_hooks::set(crate::test_hooks::Point::RetargetBeforeSwap, move || {
+            // Under the core lock (no worker's pacer looks meanwhile): over a second of
+            // slow operations under the migration, the pacer yet to look.
+            for _ in 0..100 {
+                slow.inner.fg_latency.record(Duration::from_millis(200));
+            }
+            slow.inner.pacer.lock().window_start -= Duration::from_secs(2);
+        });
+        db.set_target(v3).unwrap();
+        {
+            // A worker may have looked since; if not, this ends the window.
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            assert!(inner.pick_migration(&mut core, &view).is_none(), "paused");
+        }
+        let p = db.migration_progress();
+        assert_eq!(p.draining.len(), 2, "test setup: {p:?}");
+        assert!(
+            p.foreground_p99_recent_us.iter().any(|&us| us > target_us),
+            "the slow window: {p:?}"
+        );
+        assert!(inner.pacer.lock().factor < 1.0, "no cut: {p:?}");
     }
 
     /// Each draining version's ETA is at its own pace. Two versions drain at once (the

@@ -657,22 +657,27 @@ mod tests {
         }
     }
 
+    /// A database of two range partitions (keys below and from "m"), writes into the
+    /// second limited to a byte a second: any charge shows as a debt for a test's life.
+    fn limited_to_a_byte_a_second(dir: &std::path::Path) -> Db {
+        let opts = Options {
+            partition: crate::PartitionSpec::Range {
+                boundaries: vec![b"m".to_vec()],
+            },
+            ..Options::default()
+        };
+        let db = Db::open(dir, opts).unwrap();
+        db.inner.set_partition_write_limit(1, Some(1)).unwrap();
+        db
+    }
+
     /// A transaction that conflicts wrote nothing: what its partition's limit charged it is
     /// given back (a conflict retried under contention paid once per attempt, and a hot
     /// partition was held below its limit).
     #[test]
     fn a_conflicting_transaction_gets_its_write_limit_charge_back() {
-        use crate::PartitionSpec;
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            partition: PartitionSpec::Range {
-                boundaries: vec![b"m".to_vec()],
-            },
-            ..Options::default()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        // A byte a second on partition 1: any charge shows as a debt for the test's life.
-        db.inner.set_partition_write_limit(1, Some(1)).unwrap();
+        let db = limited_to_a_byte_a_second(dir.path());
         let tokens = || db.inner.admission.state.lock().1[&1].tokens;
         let mut txn = db.transaction();
         assert_eq!(txn.get("a").unwrap(), None);
@@ -702,16 +707,8 @@ mod tests {
     #[test]
     fn a_conflict_refunds_its_charge_at_the_rate_in_force() {
         use crate::test_hooks::{set, Point};
-        use crate::PartitionSpec;
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            partition: PartitionSpec::Range {
-                boundaries: vec![b"m".to_vec()],
-            },
-            ..Options::default()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        db.inner.set_partition_write_limit(1, Some(1)).unwrap();
+        let db = limited_to_a_byte_a_second(dir.path());
         let key = |i: u32| format!("a{i:03}");
         // A read set large enough to be checked up to a mark, after the batch's admission.
         let mut txn = db.transaction();

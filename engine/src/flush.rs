@@ -618,4 +618,44 @@ mod tests {
         assert_eq!(db.get("k0000").unwrap().as_deref(), Some(&b"b0"[..]));
         assert_eq!(db.get("k0005").unwrap().as_deref(), Some(&b"a5"[..]));
     }
+
+    /// A flush of copies can be installed between the moment `apply_moves` put them in the
+    /// memtable and the moment it booked them: the flush took the copies it left out back
+    /// out of figures that did not count them yet, and the booking then counted them for
+    /// good.
+    #[test]
+    fn copies_left_out_by_a_flush_before_their_batch_is_booked_are_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("k{i:04}"), format!("a{i}")).unwrap();
+        }
+        db.compact().unwrap();
+        let v2 = db
+            .register_partition_fn(PartitionSpec::Hash {
+                partitions: 4,
+                seed: 3,
+                hashed_prefix: None,
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        db.get("k0005").unwrap();
+        let inner = &db.inner;
+        inner.hold_flushes();
+        // The copy is in the memtable, not booked yet: a newer write hides it, and the
+        // memtable is frozen and flushed (the copy left out).
+        let hooked = inner.clone();
+        set(Point::MovesBeforeBooking, move || {
+            let mut b = crate::WriteBatch::default();
+            b.put(b"k0005", b"b5");
+            hooked.write(b, false).unwrap();
+            hooked.rotate(&mut hooked.wal.lock()).unwrap();
+            hooked.flush_oldest().unwrap();
+        });
+        inner.apply_moves();
+        inner.release_flushes();
+        let s = db.stats();
+        assert_eq!((s.lazy_moves, s.lazy_moved_bytes), (0, 0));
+        assert_eq!(db.get("k0005").unwrap().as_deref(), Some(&b"b5"[..]));
+    }
 }

@@ -723,16 +723,21 @@ impl Inner {
                 e.0 += 1;
                 e.1 += cost;
             }
+            // Booked under the core lock too: a flush of these copies takes those it leaves
+            // out back out of the figures as it installs, under that lock, which must
+            // find them counted already.
+            if !booked.is_empty() {
+                let mut counts = self.lazy_counts.lock();
+                for (from, (n, b)) in booked {
+                    let e = counts.entry(from).or_default();
+                    e.0 += n;
+                    e.1 += b;
+                }
+            }
             view.mem.clone()
         };
-        if !booked.is_empty() {
-            let mut counts = self.lazy_counts.lock();
-            for (from, (n, b)) in booked {
-                let e = counts.entry(from).or_default();
-                e.0 += n;
-                e.1 += b;
-            }
-        }
+        #[cfg(test)]
+        crate::test_hooks::reach(crate::test_hooks::Point::MovesBeforeBooking);
         // Even when the batch took nothing: a memtable that moves filled while another
         // waited for its flush takes no more moves, and would stay unfrozen (moves then
         // skipped for good) until a write or a manual flush.

@@ -22,6 +22,9 @@ pub(crate) enum Point {
     /// `migrate_now`, when it finds no draining file it may take now (every partition left
     /// busy, or held by a flush), before it waits.
     MigrateNowWaits,
+    /// `apply_moves`, once its copies are in the memtable and the core lock is released
+    /// (where it used to book them in the lazy-move figures).
+    MovesBeforeBooking,
     /// A compaction, after it wrote its outputs and before it takes the core lock to
     /// install them.
     CompactionBeforeInstall,

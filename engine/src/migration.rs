@@ -115,6 +115,10 @@ fn output_estimate(input: u64, partitions: usize) -> u64 {
         .saturating_add(TABLE_COST.saturating_mul(partitions as u64))
 }
 
+/// Why no job starts in partitions whose lazily moved copies a flush is writing.
+const FLUSHING_MOVES: &str =
+    "a flush of lazily moved copies: no job starts in their source partitions until it installs";
+
 /// Why a held database migrates nothing.
 const HELD: &str = "held (`Db::hold_migration`, e.g. by a paused migration controller)";
 
@@ -431,9 +435,11 @@ impl Inner {
         let job = match self.pick_within_headroom(core, view) {
             Ok(Some(job)) => job,
             Ok(None) => {
-                // Every draining file left is in a running job's hands: nothing holds
-                // migration back (whatever did when the pacer last said, L0 pressure say).
-                p.blocked = None;
+                // Every draining file left is in a running job's hands, or in a partition
+                // whose lazily moved copies a flush is writing: only the latter holds
+                // migration back (whatever did when the pacer last said, L0 pressure say,
+                // no longer does).
+                p.blocked = (!core.flush_sources.is_empty()).then(|| FLUSHING_MOVES.into());
                 return None;
             }
             Err(why) => {
@@ -1590,6 +1596,34 @@ mod tests {
             !blocked.as_deref().is_some_and(|b| b.contains("L0")),
             "L0 at 0 files, and the reason given is {blocked:?}"
         );
+    }
+
+    /// A flush writing lazily moved copies keeps migration jobs out of the copies' source
+    /// partitions until it installs; with nothing else to pick, that is what the progress
+    /// names. It said nothing held migration back.
+    #[test]
+    fn progress_names_a_flush_of_moved_copies_as_what_holds_migration_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), still_tiny()).unwrap();
+        fill_and_retarget(&db, true);
+        let inner = &db.inner;
+        // The core lock held throughout, as each worker holds it to pick: the background
+        // workers wait.
+        let mut core = inner.core.lock();
+        db.set_migration_rate(1 << 40);
+        let view = inner.view.load_full();
+        assert_eq!(view.files.layouts[&1].parts.len(), 1, "test setup");
+        // What a flush of copies moved out of v1's one partition marks while it writes.
+        core.flush_sources.insert((1, 0));
+        assert!(inner.pick_migration(&mut core, &view).is_none());
+        let blocked = inner.pacer.lock().blocked.clone();
+        core.flush_sources.clear();
+        let job = inner
+            .pick_migration(&mut core, &view)
+            .expect("a job once it installed");
+        inner.release_job(&mut core, &job);
+        drop(core);
+        assert_eq!(blocked.as_deref(), Some(FLUSHING_MOVES));
     }
 
     /// The pace is what migrated over the last minute, up to the moment it is read. It was

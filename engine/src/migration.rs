@@ -902,17 +902,33 @@ mod tests {
     /// Writes 2,000 keys `k00000…` of 50-byte values, settles them in v1 (compacted, or
     /// only flushed) and retargets to a new `hash:4:1` layout, whose id it returns.
     fn fill_and_retarget(db: &Db, compact: bool) -> VersionId {
-        for i in 0..2000u32 {
-            db.put(format!("k{i:05}"), [b'v'; 50]).unwrap();
+        settle_and_retarget(
+            db,
+            (0..2000u32).map(|i| format!("k{i:05}")),
+            &[b'v'; 50],
+            compact,
+            PartitionSpec::hashed(4, 1),
+        )
+    }
+
+    /// Writes `value` under each of `keys`, settles them in the current layout (compacted,
+    /// or only flushed), then registers `spec` and makes it the target, whose id it returns.
+    fn settle_and_retarget(
+        db: &Db,
+        keys: impl Iterator<Item = String>,
+        value: &[u8],
+        compact: bool,
+        spec: PartitionSpec,
+    ) -> VersionId {
+        for k in keys {
+            db.put(k, value).unwrap();
         }
         if compact {
             db.compact().unwrap();
         } else {
             db.flush().unwrap();
         }
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
+        let v2 = db.register_partition_fn(spec).unwrap();
         db.set_target(v2).unwrap();
         v2
     }
@@ -1180,14 +1196,13 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..100u32 {
-            db.put(format!("k{i:03}"), [b'v'; 50]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::Range { boundaries: vec![] })
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settle_and_retarget(
+            &db,
+            (0..100u32).map(|i| format!("k{i:03}")),
+            &[b'v'; 50],
+            true,
+            PartitionSpec::Range { boundaries: vec![] },
+        );
         let pointer_files = || {
             db.inner.view.load().files.layouts[&1].parts[0]
                 .pointers
@@ -1233,14 +1248,13 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..100u32 {
-            db.put(format!("k{i:03}"), [b'v'; 50]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::Range { boundaries: vec![] })
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settle_and_retarget(
+            &db,
+            (0..100u32).map(|i| format!("k{i:03}")),
+            &[b'v'; 50],
+            true,
+            PartitionSpec::Range { boundaries: vec![] },
+        );
         // One pointer file per flushed memtable of moves, all flushed once the hold keeps
         // the background workers from merging them.
         let inner = &db.inner;
@@ -1284,14 +1298,13 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..100u32 {
-            db.put(format!("k{i:03}"), [b'v'; 50]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settle_and_retarget(
+            &db,
+            (0..100u32).map(|i| format!("k{i:03}")),
+            &[b'v'; 50],
+            true,
+            PartitionSpec::hashed(4, 1),
+        );
         let inner = &db.inner;
         for (secs, want) in [(3u64, 0.35), (3600, 1.0)] {
             let mut core = inner.core.lock();
@@ -1638,14 +1651,13 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..500u32 {
-            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settle_and_retarget(
+            &db,
+            (0..500u32).map(|i| format!("k{i:04}")),
+            &[b'v'; 40],
+            true,
+            PartitionSpec::hashed(4, 1),
+        );
         let moved = db.migrate_now(None).unwrap();
         assert!(moved > 0 && db.migration_progress().draining.is_empty());
         let inner = &db.inner;
@@ -1822,14 +1834,13 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..500u32 {
-            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settle_and_retarget(
+            &db,
+            (0..500u32).map(|i| format!("k{i:04}")),
+            &[b'v'; 40],
+            true,
+            PartitionSpec::hashed(4, 1),
+        );
         db.migrate_now(Some(1)).unwrap();
         // More than one job's worth in v2 too.
         for i in 0..2000u32 {
@@ -1897,14 +1908,13 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..500u32 {
-            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settle_and_retarget(
+            &db,
+            (0..500u32).map(|i| format!("k{i:04}")),
+            &[b'v'; 40],
+            true,
+            PartitionSpec::hashed(4, 1),
+        );
         let inner = &db.inner;
         // Looks for migration work as a worker does (a job picked is let go again, its
         // budget spent).
@@ -1937,14 +1947,13 @@ mod tests {
             ..Options::tiny()
         };
         let db = Db::open(dir.path(), opts).unwrap();
-        for i in 0..2000u32 {
-            db.put(format!("k{i:04}"), [b'v'; 40]).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::hashed(4, 1))
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settle_and_retarget(
+            &db,
+            (0..2000u32).map(|i| format!("k{i:04}")),
+            &[b'v'; 40],
+            true,
+            PartitionSpec::hashed(4, 1),
+        );
         {
             // The pacer sampled the totals five seconds ago.
             let mut p = db.inner.pacer.lock();

@@ -409,8 +409,9 @@ mod tests {
         inner.rotate(&mut inner.wal.lock()).unwrap();
     }
 
-    /// [`copies_frozen`], the memtable not frozen yet.
-    fn copies_in_memtable(db: &Db) {
+    /// 500 keys `k0000…` (values `a<i>`) compacted into v1's one partition, then a hash
+    /// layout of four partitions registered and made the target.
+    fn settled_then_retargeted(db: &Db) {
         for i in 0..500u32 {
             db.put(format!("k{i:04}"), format!("a{i}")).unwrap();
         }
@@ -423,6 +424,11 @@ mod tests {
             })
             .unwrap();
         db.set_target(v2).unwrap();
+    }
+
+    /// [`copies_frozen`], the memtable not frozen yet.
+    fn copies_in_memtable(db: &Db) {
+        settled_then_retargeted(db);
         for i in (0..500u32).step_by(5) {
             db.get(format!("k{i:04}")).unwrap();
         }
@@ -627,18 +633,7 @@ mod tests {
     fn copies_left_out_by_a_flush_before_their_batch_is_booked_are_not_counted() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), opts()).unwrap();
-        for i in 0..500u32 {
-            db.put(format!("k{i:04}"), format!("a{i}")).unwrap();
-        }
-        db.compact().unwrap();
-        let v2 = db
-            .register_partition_fn(PartitionSpec::Hash {
-                partitions: 4,
-                seed: 3,
-                hashed_prefix: None,
-            })
-            .unwrap();
-        db.set_target(v2).unwrap();
+        settled_then_retargeted(&db);
         db.get("k0005").unwrap();
         let inner = &db.inner;
         inner.hold_flushes();

@@ -214,7 +214,10 @@ impl MemTable {
     }
 
     fn find<T>(&self, key: &[u8], h: u64, snapshot: u64, f: impl FnOnce(Node) -> T) -> Option<T> {
-        if !self.filter.may_contain(h) {
+        // An empty memtable (after a flush, in a read-mostly stretch) is not probed: its
+        // filter is sized for the whole budget (128 KiB for the default 16 MiB), and a probe is
+        // a load from a random line of that, which no read needs.
+        if self.is_empty() || !self.filter.may_contain(h) {
             return None;
         }
         let n = self

@@ -1102,14 +1102,7 @@ impl Db {
     pub fn partition_load(&self) -> crate::LoadStats {
         match self.inner.load.load().as_ref() {
             Some(l) => l.stats(),
-            None => crate::LoadStats {
-                version: None,
-                spec: PartitionSpec::default(),
-                reads: vec![],
-                writes: vec![],
-                write_bytes: vec![],
-                elapsed: Default::default(),
-            },
+            None => crate::LoadStats::default(),
         }
     }
 

@@ -22,8 +22,16 @@ pub(crate) struct PartitionLoad {
     reads: Box<[AtomicU64]>,
     writes: Box<[AtomicU64]>,
     write_bytes: Box<[AtomicU64]>,
+    write_commits: Box<[AtomicU64]>,
+    commit_keys_sq: Box<[AtomicU64]>,
+    commit_keys_max: Box<[AtomicU64]>,
     since: Instant,
 }
+
+/// One committed batch's writes per partition of one function, gathered key by key and
+/// recorded at once ([`PartitionLoad::record_batch`]): (partition, keys, bytes).
+#[derive(Default)]
+pub(crate) struct BatchTally(Vec<(u32, u64, u64)>);
 
 impl PartitionLoad {
     pub fn new(version: Option<u32>, func: Arc<PartitionFn>) -> PartitionLoad {
@@ -35,15 +43,57 @@ impl PartitionLoad {
             reads: zeros(),
             writes: zeros(),
             write_bytes: zeros(),
+            write_commits: zeros(),
+            commit_keys_sq: zeros(),
+            commit_keys_max: zeros(),
             since: Instant::now(),
         }
     }
 
+    /// Adds a key of a batch being committed to `tally` (see [`Self::record_batch`]).
     #[inline]
-    pub fn record_write(&self, key: &[u8], bytes: usize) {
-        let p = self.func.partition_of(key) as usize;
-        self.writes[p].fetch_add(1, Ordering::Relaxed);
-        self.write_bytes[p].fetch_add(bytes as u64, Ordering::Relaxed);
+    pub fn tally_write(&self, tally: &mut BatchTally, key: &[u8], bytes: usize) {
+        let p = self.func.partition_of(key);
+        match tally.0.last_mut() {
+            // A batch's keys often come in runs of one partition (sorted keys, ranges).
+            Some(last) if last.0 == p => {
+                last.1 += 1;
+                last.2 += bytes as u64;
+            }
+            _ => tally.0.push((p, 1, bytes as u64)),
+        }
+    }
+
+    /// Records one committed batch's writes, tallied key by key, and empties the tally: its
+    /// keys and bytes per partition, and the batch as one commit into each partition it
+    /// wrote to, with the square and the maximum of the keys it wrote there (a commit's
+    /// keys are not independent operations: the hot-partition test needs to know how
+    /// they came grouped).
+    pub fn record_batch(&self, tally: &mut BatchTally) {
+        let t = &mut tally.0;
+        t.sort_unstable_by_key(|e| e.0);
+        let mut i = 0;
+        while i < t.len() {
+            let (p, mut keys, mut bytes) = t[i];
+            i += 1;
+            while i < t.len() && t[i].0 == p {
+                keys += t[i].1;
+                bytes += t[i].2;
+                i += 1;
+            }
+            let p = p as usize;
+            self.writes[p].fetch_add(keys, Ordering::Relaxed);
+            self.write_bytes[p].fetch_add(bytes, Ordering::Relaxed);
+            self.write_commits[p].fetch_add(1, Ordering::Relaxed);
+            let sq = keys.saturating_mul(keys);
+            // Saturating: a wrapped sum of squares would understate how bursty writes were.
+            let _ =
+                self.commit_keys_sq[p].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                    Some(s.saturating_add(sq))
+                });
+            self.commit_keys_max[p].fetch_max(keys, Ordering::Relaxed);
+        }
+        t.clear();
     }
 
     #[inline]
@@ -60,20 +110,35 @@ impl PartitionLoad {
             reads: get(&self.reads),
             writes: get(&self.writes),
             write_bytes: get(&self.write_bytes),
+            write_commits: get(&self.write_commits),
+            commit_keys_sq: get(&self.commit_keys_sq),
+            commit_keys_max: get(&self.commit_keys_max),
             elapsed: self.since.elapsed(),
         }
     }
 }
 
-/// Traffic per partition since counting started.
-#[derive(Clone, Debug, PartialEq)]
+/// Traffic per partition since counting started (by default, none: no partitions).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadStats {
     /// The layout counted, or `None` for a shadowed candidate function.
     pub version: Option<VersionId>,
     pub spec: PartitionSpec,
+    /// Point reads, each one operation.
     pub reads: Vec<u64>,
+    /// Keys written (puts and deletes), each one operation.
     pub writes: Vec<u64>,
+    /// Bytes written (keys plus values).
     pub write_bytes: Vec<u64>,
+    /// Commits (a `WriteBatch`, a transaction, a single put or delete) that wrote to the
+    /// partition: a commit of many keys is one event, not many independent ones.
+    pub write_commits: Vec<u64>,
+    /// The sum over those commits of the square of the keys each wrote to the partition
+    /// (saturating): equal to `writes` when every commit wrote one key there.
+    pub commit_keys_sq: Vec<u64>,
+    /// The most keys one commit wrote to the partition (of the difference of two samples,
+    /// the later sample's is an upper bound).
+    pub commit_keys_max: Vec<u64>,
     pub elapsed: Duration,
 }
 
@@ -410,9 +475,58 @@ mod tests {
             reads: vec![u64::MAX, 2],
             writes: vec![1, 3],
             write_bytes: vec![0, 0],
+            write_commits: vec![1, 3],
+            commit_keys_sq: vec![1, 3],
+            commit_keys_max: vec![1, 1],
             elapsed: Duration::from_secs(1),
         };
         assert_eq!(s.ops(), vec![u64::MAX, 5]);
+    }
+
+    /// A batch is counted as one commit into each partition it writes to, with its keys
+    /// there (their square, their maximum), for the target and a shadowed function alike;
+    /// a transaction that conflicted wrote nothing and is not counted.
+    #[test]
+    fn a_batch_is_one_commit_per_partition_it_writes_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: crate::PartitionSpec::Range {
+                boundaries: vec![b"m".to_vec()],
+            },
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        // The shadow sends every key to one partition of two.
+        db.set_shadow(Some(crate::PartitionSpec::Range {
+            boundaries: vec![b"zz".to_vec()],
+        }))
+        .unwrap();
+        let mut batch = crate::WriteBatch::new();
+        // Out of order: the keys of one partition are gathered wherever they are.
+        for k in ["a", "n", "b", "o", "c"] {
+            batch.put(k, "v");
+        }
+        db.write(batch).unwrap();
+        db.put("p", "v").unwrap();
+        db.delete("d").unwrap();
+        let mut txn = db.transaction();
+        assert_eq!(txn.get("q").unwrap(), None);
+        txn.put("e", "v");
+        txn.put("f", "v");
+        db.put("q", "v").unwrap();
+        assert!(matches!(txn.commit(), Err(crate::Error::Conflict { .. })));
+
+        let load = db.partition_load();
+        assert_eq!(load.writes, vec![4, 4]);
+        assert_eq!(load.write_commits, vec![2, 3]);
+        assert_eq!(load.commit_keys_sq, vec![9 + 1, 4 + 1 + 1]);
+        assert_eq!(load.commit_keys_max, vec![3, 2]);
+        assert_eq!(load.write_bytes, vec![7, 8]);
+        let shadow = db.shadow_load().unwrap();
+        assert_eq!(shadow.writes, vec![8, 0]);
+        assert_eq!(shadow.write_commits, vec![4, 0]);
+        assert_eq!(shadow.commit_keys_sq, vec![25 + 1 + 1 + 1, 0]);
+        assert_eq!(shadow.commit_keys_max, vec![5, 0]);
     }
 
     /// A limit lowered after a pause: the pause is earned at the old rate, which was in

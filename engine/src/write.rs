@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use crate::batch::WriteBatch;
 use crate::db::{wal_file, Inner, View, WalState};
 use crate::error::{Error, Result};
+use crate::load::BatchTally;
 use crate::log::{LogKind, LogWriter};
 use crate::memtable::MemTable;
 use crate::stats::Counters;
@@ -443,15 +444,18 @@ impl Inner {
         // A large transaction checking its read set up to a mark needs the keys written
         // after it (see `recent.rs`).
         let mut written = self.recent.active().then(Vec::new);
+        // Each batch's writes per partition, recorded as one commit (not one independent
+        // operation per key) once the batch is applied.
+        let mut tallies = (BatchTally::default(), BatchTally::default());
         for (first, b) in batches {
             let mut s = first;
             let applied =
                 WriteBatch::for_each_op(b.ops_bytes(), wal.log.path(), 0, |kind, key, value| {
                     if let Some(l) = load.as_ref() {
-                        l.record_write(key, key.len() + value.len());
+                        l.tally_write(&mut tallies.0, key, key.len() + value.len());
                     }
                     if let Some(l) = shadow.as_ref() {
-                        l.record_write(key, key.len() + value.len());
+                        l.tally_write(&mut tallies.1, key, key.len() + value.len());
                     }
                     if let Some(w) = written.as_mut() {
                         w.push((s, crate::sst::bloom::key_hash(key)));
@@ -471,6 +475,12 @@ impl Inner {
                     "{why}: this write may or may not have been applied"
                 ));
                 return Ok(in_doubt_outcomes(outcomes, e));
+            }
+            if let Some(l) = load.as_ref() {
+                l.record_batch(&mut tallies.0);
+            }
+            if let Some(l) = shadow.as_ref() {
+                l.record_batch(&mut tallies.1);
             }
         }
         if let Some(w) = written {

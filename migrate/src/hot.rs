@@ -1,27 +1,48 @@
 //! Hot partitions: which partitions take far more than their share of traffic.
 //!
 //! A partition is named hot when three things hold, judged by [`Thresholds`] as a key
-//! sample's bias is (with operations, reads plus writes, for keys):
+//! sample's bias is (with operations, reads plus keys written, for keys):
 //! - its share of operations is at least `max_over_mean` times the mean share (the effect
 //!   is large);
-//! - at least `min_expected` operations were counted per partition on average (the sample
-//!   is not too thin to say anything: a handful of writes names nothing);
-//! - a fair split of the same operations would give some partition that many with a
-//!   chance below `alpha` (the effect is not noise). With `n` operations over `P`
-//!   partitions a fair partition's count `X` is binomial with mean `μ = n / P`, and the
-//!   Chernoff bound `Pr[X ≥ xμ] ≤ exp(−μ (x ln x − x + 1))`, taken over the `P`
-//!   partitions, must be below `alpha`.
+//! - at least `min_expected` commits were counted per partition on average (the sample
+//!   is not too thin to say anything: a handful of writes names nothing). A commit here
+//!   is a point read, or the keys one write (a `WriteBatch`, a transaction, a single put)
+//!   wrote into one partition;
+//! - a fair split of the same commits would give some partition that many operations
+//!   with a chance below `alpha` (the effect is not noise).
 //!
-//! With the defaults (`alpha` 0.001, `min_expected` 5) and a factor of 2, a partition
-//! with twice the mean share is named once some 22 operations per partition were counted
-//! on 4 partitions (90 in all), 25 on 16 (400 in all); one that takes every operation on
-//! 4 partitions or more, once the `min_expected` floor is reached (20 operations on 4).
+//! The last is where a commit differs from an operation. The keys of one commit are not
+//! independent operations: one transaction writing 200 keys of a partition is one event,
+//! and taking its keys for 200 independent draws named a partition hot on a single burst.
+//! So the commits are the draws. With `n` operations over `P` partitions, a fair split
+//! puts each commit in any partition with chance `1/P`: a partition's count `X` is a sum
+//! of independent terms each in `[0, M]` (`M` the most keys of one commit), with mean
+//! `μ = n / P` and variance at most `σ² = Σ a² / P` (`a` each commit's keys). Bennett's
+//! inequality bounds `Pr[X ≥ μ + t] ≤ exp(−(σ²/M²) h(tM/σ²))` with
+//! `h(u) = (1 + u) ln(1 + u) − u`, and that, taken over the `P` partitions, must be below
+//! `alpha`. When every commit is one operation (`M = 1`, `σ² = μ`) this is the Chernoff
+//! bound `exp(−μ (x ln x − x + 1))` for a count of `xμ`; a burst of large commits widens
+//! the bound by as much as the commits are large, so it takes many commits, not a few
+//! large ones, to name a partition. (A commit's keys in different partitions count as
+//! separate commits, one per partition, as a fair split could have spread them too; they
+//! land in distinct partitions, a negative dependence that keeps the bound.)
+//!
+//! With the defaults (`alpha` 0.001, `min_expected` 5), a factor of 2 and commits of one
+//! operation each, a partition with twice the mean share is named once some 22
+//! operations per partition were counted on 4 partitions (90 in all), 25 on 16 (400 in
+//! all); one that takes every operation on 4 partitions or more, once the `min_expected`
+//! floor is reached (20 operations on 4).
+//!
+//! Figures a caller built by hand are taken conservatively: writes with no commit count
+//! are one commit, and the sum of squares and the largest commit are raised to what the
+//! counts imply at least. Figures of unequal lengths, or of another number of partitions
+//! than `spec` has (a mix of two layouts' samples), are refused.
 
 pub use crate::analysis::Thresholds;
 use sluice::{Error, LoadStats, Result};
 
 /// Partitions whose share of operations is at least `factor` times the mean share, and
-/// significantly so on a large enough sample (see the [module](self) and
+/// significantly so on a large enough sample of commits (see the [module](self) and
 /// [`hot_partitions_with`]; `alpha` and `min_expected` are [`Thresholds::default`]'s),
 /// hottest first. `factor` must be a number of at least 1: below the mean share, a
 /// partition with no traffic at all would be "hot".
@@ -44,35 +65,95 @@ pub fn hot_partitions(load: &LoadStats, factor: f64) -> Result<Vec<u32>> {
 }
 
 /// Partitions whose share of operations is at least `t.max_over_mean` times the mean
-/// share, with at least `t.min_expected` operations per partition on average and a
-/// chance below `t.alpha` that a fair split gives some partition that many (see the
-/// [module](self)), hottest first.
+/// share, with at least `t.min_expected` commits per partition on average and a chance
+/// below `t.alpha` that a fair split of the commits gives some partition that many
+/// operations (see the [module](self)), hottest first.
 pub fn hot_partitions_with(load: &LoadStats, t: &Thresholds) -> Result<Vec<u32>> {
     t.validate()?;
-    let ops = load.ops();
-    let total = ops.iter().fold(0u64, |a, &c| a.saturating_add(c));
-    if ops.is_empty() || total == 0 {
+    let parts = checked_partitions(load)?;
+    // In floating point: sums of counts near the top of u64 neither wrap nor saturate.
+    let ops: Vec<f64> = (load.reads.iter().zip(&load.writes))
+        .map(|(&r, &w)| r as f64 + w as f64)
+        .collect();
+    let n: f64 = ops.iter().sum();
+    if parts == 0 || n == 0.0 {
         return Ok(Vec::new());
     }
-    let parts = ops.len() as f64;
-    let mean = total as f64 / parts;
-    if mean < t.min_expected {
+    let p = parts as f64;
+    let (mut commits, mut sum_sq, mut max) = (0.0f64, 0.0f64, 0.0f64);
+    for i in 0..parts {
+        let reads = load.reads[i] as f64;
+        let writes = load.writes[i] as f64;
+        // Writes counted with no commit are taken as one commit of them all.
+        let w_commits = match load.write_commits[i] {
+            0 if writes > 0.0 => 1.0,
+            c => c as f64,
+        };
+        commits += reads + w_commits;
+        if reads > 0.0 {
+            max = max.max(1.0);
+        }
+        if writes > 0.0 {
+            // Keys per commit: at least 1 each, and by Cauchy–Schwarz the sum of their
+            // squares is at least `writes² / commits` and the largest `writes / commits`.
+            let even = writes / w_commits;
+            sum_sq += reads + (load.commit_keys_sq[i] as f64).max(writes * even.max(1.0));
+            max = max.max(load.commit_keys_max[i] as f64).max(even.ceil());
+        } else {
+            sum_sq += reads;
+        }
+    }
+    let mean = n / p;
+    if commits / p < t.min_expected {
         return Ok(Vec::new());
     }
-    // The Chernoff exponent a count must reach: `μ h(x) > ln(P / alpha)`.
-    let needed = (parts / t.alpha).ln();
+    // The Bennett exponent a count must reach: `(σ²/M²) h(tM/σ²) > ln(P / alpha)`.
+    let needed = (p / t.alpha).ln();
+    let var = sum_sq / p;
     let significant = |c: f64| {
-        let x = c / mean;
-        x > 1.0 && mean * (x * x.ln() - x + 1.0) > needed
+        let excess = c - mean;
+        let u = excess * max / var;
+        excess > 0.0 && var / (max * max) * ((1.0 + u) * u.ln_1p() - u) > needed
     };
-    let mut hot: Vec<(u32, u64)> = ops
+    let mut hot: Vec<(u32, f64)> = ops
         .iter()
         .enumerate()
-        .filter(|(_, &c)| c as f64 >= t.max_over_mean * mean && significant(c as f64))
+        .filter(|(_, &c)| c >= t.max_over_mean * mean && significant(c))
         .map(|(i, &c)| (i as u32, c))
         .collect();
-    hot.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    hot.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(hot.into_iter().map(|(i, _)| i).collect())
+}
+
+/// The number of partitions `load` counts: its per-partition figures must be of one
+/// length, that of its function (none at all when nothing was counted).
+fn checked_partitions(load: &LoadStats) -> Result<usize> {
+    let lengths = [
+        ("reads", load.reads.len()),
+        ("writes", load.writes.len()),
+        ("write_bytes", load.write_bytes.len()),
+        ("write_commits", load.write_commits.len()),
+        ("commit_keys_sq", load.commit_keys_sq.len()),
+        ("commit_keys_max", load.commit_keys_max.len()),
+    ];
+    let parts = lengths[0].1;
+    if let Some((name, len)) = lengths.iter().find(|(_, len)| *len != parts) {
+        return Err(Error::InvalidOption {
+            name: "load",
+            reason: format!("{parts} partitions' reads but {len} partitions' {name}"),
+        });
+    }
+    let spec_parts = load.spec.partitions() as usize;
+    if parts != 0 && parts != spec_parts {
+        return Err(Error::InvalidOption {
+            name: "load",
+            reason: format!(
+                "figures for {parts} partitions, but its function ({}) has {spec_parts}",
+                load.spec
+            ),
+        });
+    }
+    Ok(parts)
 }
 
 #[cfg(test)]
@@ -80,16 +161,24 @@ mod tests {
     use super::*;
     use sluice::PartitionSpec;
 
+    /// Hash partitions' figures: `reads`, and `writes` each a commit of its own.
+    fn load(reads: Vec<u64>, writes: Vec<u64>) -> LoadStats {
+        LoadStats {
+            version: None,
+            spec: PartitionSpec::hashed(writes.len() as u32, 0),
+            reads,
+            write_bytes: vec![0; writes.len()],
+            write_commits: writes.clone(),
+            commit_keys_sq: writes.clone(),
+            commit_keys_max: writes.iter().map(|&w| w.min(1)).collect(),
+            writes,
+            elapsed: Default::default(),
+        }
+    }
+
     #[test]
     fn finds_the_hot_one() {
-        let load = LoadStats {
-            version: None,
-            spec: PartitionSpec::default(),
-            reads: vec![10, 10, 500, 10],
-            writes: vec![10, 10, 100, 10],
-            write_bytes: vec![0; 4],
-            elapsed: Default::default(),
-        };
+        let load = load(vec![10, 10, 500, 10], vec![10, 10, 100, 10]);
         assert_eq!(hot_partitions(&load, 2.0).unwrap(), vec![2]);
         assert!(hot_partitions(&load, 4.0).unwrap().is_empty());
         // Below the mean share every partition is "hot", the one with no traffic too.
@@ -99,14 +188,7 @@ mod tests {
     }
 
     fn writes(writes: Vec<u64>) -> LoadStats {
-        LoadStats {
-            version: None,
-            spec: PartitionSpec::default(),
-            reads: vec![0; writes.len()],
-            write_bytes: vec![0; writes.len()],
-            writes,
-            elapsed: Default::default(),
-        }
+        load(vec![0; writes.len()], writes)
     }
 
     /// A partition that took most of a handful of writes is not named hot: the sample is
@@ -170,6 +252,93 @@ mod tests {
             },
         ] {
             assert!(hot_partitions_with(&load, &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Commits of many keys: a partition whose commits are consistently larger takes more
+    /// than its share over many of them, and is named; the same operations as a few
+    /// commits are a burst, and name nothing.
+    #[test]
+    fn large_commits_name_a_partition_only_when_there_are_many() {
+        // 50 commits per partition, of 10 keys each, and of 30 in partition 2.
+        let many = LoadStats {
+            write_commits: vec![50; 4],
+            commit_keys_sq: vec![50 * 100, 50 * 100, 50 * 900, 50 * 100],
+            commit_keys_max: vec![10, 10, 30, 10],
+            ..writes(vec![500, 500, 1500, 500])
+        };
+        assert_eq!(hot_partitions(&many, 2.0).unwrap(), vec![2]);
+        // The same keys as 5 commits into each partition: too few commits to say.
+        let few = LoadStats {
+            write_commits: vec![5; 4],
+            commit_keys_sq: vec![5 * 10_000, 5 * 10_000, 5 * 90_000, 5 * 10_000],
+            commit_keys_max: vec![100, 100, 300, 100],
+            ..writes(vec![500, 500, 1500, 500])
+        };
+        assert!(hot_partitions(&few, 2.0).unwrap().is_empty());
+        // Or as 50 commits each with one of partition 2's holding all but 49 of its keys.
+        let burst = LoadStats {
+            write_commits: vec![50; 4],
+            commit_keys_sq: vec![50 * 100, 50 * 100, 49 + 1451 * 1451, 50 * 100],
+            commit_keys_max: vec![10, 10, 1451, 10],
+            ..writes(vec![500, 500, 1500, 500])
+        };
+        assert!(hot_partitions(&burst, 2.0).unwrap().is_empty());
+        // Figures that say nothing of how the writes came grouped are one commit each
+        // partition: as few as can be, and nothing is named.
+        let ungrouped = LoadStats {
+            write_commits: vec![0; 4],
+            commit_keys_sq: vec![0; 4],
+            commit_keys_max: vec![0; 4],
+            ..writes(vec![500, 500, 1500, 500])
+        };
+        assert!(hot_partitions(&ungrouped, 2.0).unwrap().is_empty());
+    }
+
+    /// Odd figures give an answer or a typed error, never a panic: no partitions, no
+    /// traffic, counts at the top of u64, and a sample mixing two layouts (figures of
+    /// unequal lengths, or another number of partitions than its function's).
+    #[test]
+    fn odd_figures_are_answered_or_refused() {
+        let nothing = LoadStats::default();
+        assert!(hot_partitions(&nothing, 2.0).unwrap().is_empty());
+        assert!(hot_partitions(&writes(vec![0; 4]), 2.0).unwrap().is_empty());
+        let top = load(vec![u64::MAX, 1, u64::MAX, 1], vec![u64::MAX, 1, 1, 1]);
+        assert_eq!(hot_partitions(&top, 2.0).unwrap(), vec![0]);
+        let top = load(vec![u64::MAX; 4], vec![u64::MAX; 4]);
+        assert!(hot_partitions(&top, 1.0).unwrap().is_empty());
+
+        let fine = writes(vec![10, 10, 100, 10]);
+        assert_eq!(hot_partitions(&fine, 2.0).unwrap(), vec![2]);
+        let short = LoadStats {
+            write_commits: vec![10, 10, 100],
+            ..fine.clone()
+        };
+        let other = LoadStats {
+            spec: PartitionSpec::hashed(8, 0),
+            ..fine.clone()
+        };
+        for bad in [short, other] {
+            match hot_partitions(&bad, 2.0) {
+                Err(Error::InvalidOption { name: "load", .. }) => {}
+                r => panic!("{r:?} for {bad:?}"),
+            }
+        }
+        for bad in [
+            Thresholds {
+                alpha: f64::NAN,
+                ..Thresholds::default()
+            },
+            Thresholds {
+                min_expected: f64::NAN,
+                ..Thresholds::default()
+            },
+            Thresholds {
+                min_expected: f64::INFINITY,
+                ..Thresholds::default()
+            },
+        ] {
+            assert!(hot_partitions_with(&fine, &bad).is_err(), "{bad:?}");
         }
     }
 }

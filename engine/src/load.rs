@@ -29,9 +29,11 @@ pub(crate) struct PartitionLoad {
 }
 
 /// One committed batch's writes per partition of one function, gathered key by key and
-/// recorded at once ([`PartitionLoad::record_batch`]): (partition, keys, bytes).
+/// recorded at once ([`PartitionLoad::record_batch`]): (partition, keys, bytes). Inline
+/// for a few partitions: most commits are a put or a small batch, and the tally is made
+/// under the WAL lock, where an allocation per commit group would be felt.
 #[derive(Default)]
-pub(crate) struct BatchTally(Vec<(u32, u64, u64)>);
+pub(crate) struct BatchTally(smallvec::SmallVec<[(u32, u64, u64); 8]>);
 
 impl PartitionLoad {
     pub fn new(version: Option<u32>, func: Arc<PartitionFn>) -> PartitionLoad {

@@ -408,11 +408,30 @@ impl RereadFilter {
 /// and each smaller move's look cut the bucket back to the burst plus its own cost: a value
 /// larger than the burst never moved while smaller moves kept coming, even far below the
 /// rate, nor, under moves asking for more than the rate, any value larger than theirs.)
+///
+/// A move dropped when the queue is applied (see [`Inner::apply_moves`]) wrote nothing, and
+/// its charge is given back ([`MoveBudget::give_back`]), less what the bucket has been
+/// refilled with since it was taken: that refill paid that much of it off already, and the
+/// moves let through since were let through on it. (Given back whole, a charge paid off by
+/// a bucket that had filled up again meanwhile let through a second burst on top of the
+/// first.) So the bucket never holds more than it would had the dropped moves never been
+/// charged, and the bound holds for the moves that were made.
 pub(crate) struct MoveBudget {
     /// When `tokens` was last brought up to date.
     at: Instant,
     /// Bytes of budget; below zero, the debt the last move left.
     tokens: f64,
+    /// Bytes the bucket has been refilled with since it was made, counted before the cap
+    /// (each at the rate of its time): what has paid off a charge since it was taken.
+    refilled: f64,
+}
+
+/// What a queued move took from the budget, to give back if it is dropped.
+#[derive(Clone, Copy)]
+pub(crate) struct Charge {
+    cost: f64,
+    /// The bucket's `refilled` when the charge was taken.
+    refilled: f64,
 }
 
 impl MoveBudget {
@@ -421,19 +440,40 @@ impl MoveBudget {
         MoveBudget {
             at: now,
             tokens: 0.0,
+            refilled: 0.0,
         }
     }
 
-    /// Whether a move of `cost` bytes may be queued at `now` (taking its cost if so).
-    fn take(&mut self, now: Instant, rate: f64, cost: f64) -> bool {
+    /// Brings the bucket up to `now` at `rate` bytes per second.
+    fn refill(&mut self, now: Instant, rate: f64) {
         let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
         self.at = self.at.max(now);
+        self.refilled += refill;
         self.tokens = (self.tokens + refill).min(rate / 10.0);
+    }
+
+    /// Whether a move of `cost` bytes may be queued at `now`: if so, takes its cost and
+    /// returns the charge.
+    fn take(&mut self, now: Instant, rate: f64, cost: f64) -> Option<Charge> {
+        self.refill(now, rate);
         if self.tokens < 0.0 {
-            return false;
+            return None;
         }
         self.tokens -= cost;
-        true
+        Some(Charge {
+            cost,
+            refilled: self.refilled,
+        })
+    }
+
+    /// Gives back at `now` the charge of a move that was dropped, less the refill since it
+    /// was taken (see [`MoveBudget`]), never above the burst.
+    fn give_back(&mut self, now: Instant, rate: f64, charge: Charge) {
+        self.refill(now, rate);
+        let owed = charge.cost - (self.refilled - charge.refilled);
+        if owed > 0.0 {
+            self.tokens = (self.tokens + owed).min(rate / 10.0);
+        }
     }
 }
 
@@ -443,6 +483,8 @@ pub(crate) struct PendingMove {
     seqno: u64,
     value: Bytes,
     source: Arc<FileMeta>,
+    /// What the move took from the budget.
+    charge: Charge,
 }
 
 /// Lazy moves queued by reads, each entry (key and seqno) once.
@@ -593,10 +635,14 @@ impl Inner {
         // A full queue first: a move it then refused would have taken budget (perhaps into
         // debt) for nothing.
         let cost = (key.len() + r.value.len()) as f64;
-        if q.len() >= MAX_PENDING_MOVES || !self.take_move_budget(cost) {
+        let charge = match q.len() < MAX_PENDING_MOVES {
+            true => self.take_move_budget(cost),
+            false => None,
+        };
+        let Some(charge) = charge else {
             Counters::add(&self.counters.move_skipped, 1);
             return;
-        }
+        };
         // Copies, not slices: a value read from a cached block is a slice of the whole
         // block, and the move (then the memtable, until its flush) would keep the block
         // alive — ~4 KiB pinned, uncharged, per ~100-byte entry moved.
@@ -605,6 +651,7 @@ impl Inner {
             seqno: r.seqno,
             value: Bytes::copy_from_slice(&r.value),
             source: source.clone(),
+            charge,
         });
     }
 
@@ -638,13 +685,25 @@ impl Inner {
         // again: its bytes and its pointer would be written twice. Only appliers (one at a
         // time) make copies, so one view shows each earlier copy, in a memtable or,
         // flushed, in a target table.
+        //
+        // A move dropped for what holds of it alone (copied already, its source gone, under
+        // compaction or in the target again) gives its budget back: it wrote nothing, and
+        // its charge would hold back other keys' moves. One refused for what refuses every
+        // move now (a migration hold, the disk headroom, a memtable full) does not: given
+        // back, it would only let reads queue more moves (copying their values) to be
+        // refused the same way.
+        let mut dropped = Vec::new();
         {
             let view = self.view.load();
-            let before = pending.len();
-            pending.retain(|m| !moved_already(&view, m));
-            let dropped = before - pending.len();
-            if dropped > 0 {
-                Counters::add(&self.counters.move_skipped, dropped as u64);
+            pending.retain(|m| {
+                let again = moved_already(&view, m);
+                if again {
+                    dropped.push(m.charge);
+                }
+                !again
+            });
+            if !dropped.is_empty() {
+                Counters::add(&self.counters.move_skipped, dropped.len() as u64);
             }
         }
         // Moves and bytes per source version, booked once per batch.
@@ -686,20 +745,27 @@ impl Inner {
             }
             if self.headroom_refusal(&core, need).is_some() {
                 Counters::add(&self.counters.move_skipped, pending.len() as u64);
+                drop(core);
+                self.give_back_move_budget(&dropped);
                 return;
             }
             let _install = self.install.read();
             let view = self.view.load();
             for m in pending {
                 if core.migration_held
-                    || !view.files.holds(&m.source)
+                    || view.mem.approximate_bytes() >= self.opts.memtable_bytes.saturating_mul(2)
+                {
+                    Counters::add(&self.counters.move_skipped, 1);
+                    continue;
+                }
+                if !view.files.holds(&m.source)
                     || core
                         .busy
                         .contains(&(m.source.layout_version, m.source.partition))
                     || view.files.target == m.source.layout_version
-                    || view.mem.approximate_bytes() >= self.opts.memtable_bytes.saturating_mul(2)
                 {
                     Counters::add(&self.counters.move_skipped, 1);
+                    dropped.push(m.charge);
                     continue;
                 }
                 let cost = (m.key.len() + m.value.len()) as u64;
@@ -709,6 +775,7 @@ impl Inner {
                 if !view.mem.insert_moved(&m.key, m.seqno, &m.value, from) {
                     // The same entry twice in this batch: copied once.
                     Counters::add(&self.counters.move_skipped, 1);
+                    dropped.push(m.charge);
                     continue;
                 }
                 let target = view.files.target_layout();
@@ -736,6 +803,7 @@ impl Inner {
             }
             view.mem.clone()
         };
+        self.give_back_move_budget(&dropped);
         #[cfg(test)]
         crate::test_hooks::reach(crate::test_hooks::Point::MovesBeforeBooking);
         // Even when the batch took nothing: a memtable that moves filled while another
@@ -766,9 +834,22 @@ impl Inner {
         }
     }
 
-    fn take_move_budget(&self, cost: f64) -> bool {
+    fn take_move_budget(&self, cost: f64) -> Option<Charge> {
         let rate = self.opts.move_bytes_per_sec as f64;
         self.move_bucket.lock().take(Instant::now(), rate, cost)
+    }
+
+    /// Gives the budget back the charges of moves dropped at apply (see [`MoveBudget`]).
+    fn give_back_move_budget(&self, dropped: &[Charge]) {
+        if dropped.is_empty() {
+            return;
+        }
+        let rate = self.opts.move_bytes_per_sec as f64;
+        let mut bucket = self.move_bucket.lock();
+        let now = Instant::now();
+        for &c in dropped {
+            bucket.give_back(now, rate, c);
+        }
     }
 }
 
@@ -1147,9 +1228,11 @@ mod tests {
         fill_then_retarget(&db);
         // The bucket full just now: the first move empties it, the second takes it into
         // debt, and no third goes for a tenth of a second.
+        let now = std::time::Instant::now();
         *db.inner.move_bucket.lock() = super::MoveBudget {
-            at: std::time::Instant::now(),
+            at: now,
             tokens: 105.0,
+            ..super::MoveBudget::new(now)
         };
         for _ in 0..10 {
             assert!(db.get("k0100").unwrap().is_some());
@@ -1158,6 +1241,170 @@ mod tests {
         assert_eq!(db.inner.moves.lock().len(), 2, "moves queued");
         db.inner.apply_moves();
         assert_eq!(db.stats().lazy_moves, 2);
+    }
+
+    /// Sets the move budget to `tokens` bytes, its clock stopped for the test's span: the
+    /// bucket was brought up to date an hour from now, and refills nothing before then.
+    fn budget_stopped_at(db: &Db, tokens: f64) {
+        let mut b = db.inner.move_bucket.lock();
+        b.at = std::time::Instant::now() + Duration::from_secs(3600);
+        b.tokens = tokens;
+    }
+
+    /// Moves dropped when the queue is applied wrote nothing: their charge goes back to the
+    /// budget, which lets other keys' moves through on it. It used to stay charged, and
+    /// the moves after them waited for the bucket to pay off a debt of bytes never moved.
+    /// Dropped here: two moves out of a partition under compaction, and a key's second
+    /// move queued while the first was applied (the budget's clock stopped: one burst, a
+    /// tenth of a second's budget, is one move).
+    #[test]
+    fn moves_dropped_at_apply_give_their_charge_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let opts = Options {
+            move_bytes_per_sec: 1050,
+            ..draining_opts(&fs, true)
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        fill_then_retarget(&db);
+        let inner = &db.inner;
+        let queued = |keys: &[&str]| {
+            for k in keys {
+                assert!(db.get(k).unwrap().is_some());
+            }
+            inner.moves.lock().len()
+        };
+        // The first move empties the bucket, the second takes it into debt.
+        budget_stopped_at(&db, 105.0);
+        assert_eq!(queued(&["k0100", "k0101"]), 2, "moves queued");
+        inner.core.lock().busy.insert((1, 0)); // v1's only partition, as a job marks it
+        inner.apply_moves();
+        inner.core.lock().busy.remove(&(1, 0));
+        assert_eq!(db.stats().lazy_moves, 0);
+        assert_eq!(
+            queued(&["k0102", "k0103"]),
+            2,
+            "moves queued after two were dropped"
+        );
+        inner.apply_moves();
+        assert_eq!(db.stats().lazy_moves, 2);
+        // A key read again while its move waited out of the queue (in the reader): queued
+        // and charged twice, copied once.
+        budget_stopped_at(&db, 105.0);
+        assert_eq!(queued(&["k0104"]), 1);
+        let first = hold_queued_moves(&db);
+        assert_eq!(queued(&["k0104"]), 1);
+        inner.moves.lock().extend(first);
+        inner.apply_moves();
+        assert_eq!(db.stats().lazy_moves, 3);
+        assert_eq!(
+            queued(&["k0105"]),
+            1,
+            "moves queued after a key's second move was dropped"
+        );
+    }
+
+    /// The charge a dropped move gives back is what the bucket still owes for it: less the
+    /// refill since it was taken, and never past the burst, at whatever rate holds now
+    /// (simulated clock; a burst of 100 bytes at 1000 bytes per second).
+    #[test]
+    fn a_dropped_move_gives_back_its_charge_less_the_refill_since() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let full = || super::MoveBudget {
+            tokens: 100.0,
+            ..super::MoveBudget::new(t0)
+        };
+        // Dropped at once: the bucket is as it was.
+        let mut b = full();
+        let c = b.take(t0, 1000.0, 100.0).unwrap();
+        assert!(b.take(t0, 1000.0, 1.0).is_some(), "a move into debt");
+        b.give_back(t0, 1000.0, c);
+        assert_eq!(b.tokens, -1.0 + 100.0);
+        // 60 ms later: the refill paid 60 bytes of it.
+        let mut b = full();
+        let c = b.take(t0, 1000.0, 100.0).unwrap();
+        b.give_back(at(60), 1000.0, c);
+        assert_eq!(b.tokens.round(), 100.0);
+        let mut b = full();
+        let c = b.take(t0, 1000.0, 100.0).unwrap();
+        assert!(b.take(at(60), 1000.0, 60.0).is_some());
+        b.give_back(at(60), 1000.0, c);
+        assert_eq!(b.tokens.round(), 40.0);
+        // Full again since: nothing owed, and no second burst.
+        let mut b = full();
+        let c = b.take(t0, 1000.0, 100.0).unwrap();
+        b.give_back(at(150), 1000.0, c);
+        assert_eq!(b.tokens, 100.0);
+        assert!(b.take(at(150), 1000.0, 101.0).is_some());
+        assert!(b.take(at(150), 1000.0, 1.0).is_none(), "a move on a debt");
+        // The rate halved meanwhile: 25 bytes refilled at the new rate, and the burst is 50.
+        let mut b = full();
+        let c = b.take(t0, 1000.0, 100.0).unwrap();
+        b.give_back(at(50), 500.0, c);
+        assert_eq!(b.tokens.round(), 50.0);
+    }
+
+    /// Moves asked for, and some of those granted then dropped (their charge given back),
+    /// at random on a simulated clock: over every stretch, the bytes of the moves made
+    /// keep to the rate plus one burst and one move. Given back whole, a charge the bucket
+    /// had refilled meanwhile let moves past that.
+    #[test]
+    fn moves_made_keep_to_the_rate_when_dropped_moves_give_their_charge_back() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let rate = 10_000.0;
+        let burst = rate / 10.0;
+        for _ in 0..2000 {
+            let start = std::time::Instant::now();
+            let mut budget = super::MoveBudget::new(start);
+            let (mut now, mut largest) = (0u64, 0.0f64);
+            // (time in µs, cost, dropped) of each move granted; charges of those queued.
+            let mut granted: Vec<(u64, f64, bool)> = Vec::new();
+            let mut queued: Vec<(usize, super::Charge)> = Vec::new();
+            for _ in 0..(next() % 40) {
+                now += [0, 0, 1_000, 20_000, 100_000, 300_000][(next() % 6) as usize]
+                    * (next() % 1000)
+                    / 1000;
+                let t = start + Duration::from_micros(now);
+                if next() % 100 < 55 {
+                    let cost = [10.0, 50.0, 200.0, 500.0, 1000.0][(next() % 5) as usize];
+                    if let Some(c) = budget.take(t, rate, cost) {
+                        largest = largest.max(cost);
+                        queued.push((granted.len(), c));
+                        granted.push((now, cost, false));
+                    }
+                } else if !queued.is_empty() {
+                    let (i, c) = queued.swap_remove((next() % queued.len() as u64) as usize);
+                    if next() % 100 < 60 {
+                        budget.give_back(t, rate, c);
+                        granted[i].2 = true;
+                    }
+                }
+            }
+            let made: Vec<(u64, f64)> = granted
+                .iter()
+                .filter(|m| !m.2)
+                .map(|m| (m.0, m.1))
+                .collect();
+            for (i, &(from, _)) in made.iter().enumerate() {
+                let mut bytes = 0.0;
+                for &(to, cost) in &made[i..] {
+                    bytes += cost;
+                    let allowed = rate * (to - from) as f64 / 1e6 + burst + largest;
+                    assert!(
+                        bytes <= allowed + 1e-6,
+                        "{bytes} bytes moved in {} µs",
+                        to - from
+                    );
+                }
+            }
+        }
     }
 
     /// Asks a move budget of `rate` bytes per second for moves over `secs` seconds of a
@@ -1169,12 +1416,12 @@ mod tests {
         let (mut granted, mut large_granted) = (0.0, 0);
         for ms in 0..secs * 1000 {
             let now = start + Duration::from_millis(u64::from(ms));
-            if ms % 10 == 0 && budget.take(now, rate, large) {
+            if ms % 10 == 0 && budget.take(now, rate, large).is_some() {
                 granted += large;
                 large_granted += 1;
             }
             for _ in 0..small_per_ms {
-                if budget.take(now, rate, 1024.0) {
+                if budget.take(now, rate, 1024.0).is_some() {
                     granted += 1024.0;
                 }
             }
@@ -1234,9 +1481,11 @@ mod tests {
         let db = Db::open(dir.path(), opts).unwrap();
         db.put("large", vec![b'l'; 100_000]).unwrap();
         fill_then_retarget(&db);
+        let now = std::time::Instant::now();
         *db.inner.move_bucket.lock() = super::MoveBudget {
-            at: std::time::Instant::now(),
+            at: now,
             tokens: rate as f64 / 10.0,
+            ..super::MoveBudget::new(now)
         };
         assert!(db.get("k0100").unwrap().is_some());
         assert_eq!(db.get("large").unwrap().map(|v| v.len()), Some(100_000));

@@ -595,6 +595,110 @@ mod tests {
         all_there_then_retire_and_reopen(dir.path(), db);
     }
 
+    /// Flushes back to back, each of a memtable holding copies moved out of the same
+    /// draining partition, with a migration pick (as `migrate_now` or a worker makes it)
+    /// landing while each is written: every pick found the partition held by the flush,
+    /// and a job for it was picked only if a pick happened to land in the short gap
+    /// between one flush's install and the next one's view. A pick so refused now stops
+    /// copies being moved out of the partition it waits for: the next memtable takes none,
+    /// and the next flush holds it no more.
+    #[test]
+    fn a_migration_pick_held_by_back_to_back_flushes_of_moved_copies_gets_its_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        copies_frozen(&db);
+        let inner = &db.inner;
+        let (mut job, mut refused) = (None, 0);
+        // Keys not moved yet, read a few per flush.
+        let mut unread = (0..500u32).filter(|i| i % 5 != 0);
+        for _ in 0..6 {
+            inner
+                .flush_oldest_then(|| {
+                    let mut core = inner.core.lock();
+                    let view = inner.view.load_full();
+                    match inner.pick_within_headroom(&mut core, &view).unwrap() {
+                        Some(j) => job = Some(j),
+                        None => refused += 1,
+                    }
+                    drop(core);
+                    // Meanwhile writes and reads go on: a write, and moves out of the same
+                    // partition, in the memtable flushed next.
+                    db.put("k0001", "a1").unwrap();
+                    for i in unread.by_ref().take(10) {
+                        db.get(format!("k{i:04}")).unwrap();
+                    }
+                    inner.apply_moves();
+                    inner.rotate(&mut inner.wal.lock()).unwrap();
+                })
+                .unwrap();
+            if job.is_some() {
+                break;
+            }
+        }
+        assert_eq!(refused, 1, "picks refused before one was made");
+        let job = job.expect("no migration job was picked");
+        let r = inner.run_compaction(&job);
+        inner.release_job(&mut inner.core.lock(), &job);
+        r.unwrap();
+        inner.flush_oldest().unwrap();
+        inner.migrate_now(None).unwrap();
+        assert_eq!(stored_twice_in_target(&db), 0);
+        all_there_then_retire_and_reopen(dir.path(), db);
+    }
+
+    /// A partition that a refused pick waits for takes no lazy moves only until a pick finds
+    /// it free, or (a worker's pick) background migration is paused: not for good.
+    #[test]
+    fn a_partition_a_migration_pick_waits_for_takes_moves_again_once_it_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        settled_then_retargeted(&db);
+        let inner = &db.inner;
+        let pick = || {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            let job = inner.pick_within_headroom(&mut core, &view).unwrap();
+            if let Some(j) = &job {
+                inner.release_job(&mut core, j);
+            }
+            job.is_some()
+        };
+        let moved = |key: &str| {
+            let before = db.stats().lazy_moves;
+            db.get(key).unwrap();
+            inner.apply_moves();
+            db.stats().lazy_moves > before
+        };
+        // A flush of copies out of v1's only partition, as it marks it.
+        inner.core.lock().flush_sources.insert((1, 0));
+        assert!(!pick());
+        assert!(
+            !moved("k0001"),
+            "moved out of a partition migration waits for"
+        );
+        inner.core.lock().flush_sources.clear();
+        assert!(pick());
+        assert!(moved("k0002"));
+        // A worker's pick (background migration on, as far as it knows) waits for it, then
+        // background migration is paused: the worker's next look opens it again. (The core
+        // lock held: the workers wait.)
+        {
+            let mut core = inner.core.lock();
+            let view = inner.view.load_full();
+            inner.pacer.lock().rate = 1 << 40;
+            core.flush_sources.insert((1, 0));
+            assert!(inner.pick_migration(&mut core, &view).is_none());
+            assert!(core.migration_awaits.contains(&(1, 0)), "test setup");
+            core.flush_sources.clear();
+            inner.pacer.lock().rate = 0;
+            assert!(inner.pick_migration(&mut core, &view).is_none());
+        }
+        assert!(
+            moved("k0003"),
+            "a paused migration's last pick kept moves out"
+        );
+    }
+
     /// Copies that their flush leaves out moved nothing: the migration progress counted
     /// them among the lazy moves all the same, and their values again among the bytes that
     /// migration carried. They are taken back out once the flush is installed.

@@ -7,7 +7,7 @@
 //! behind, and recovers by a tenth per second otherwise. A migration job runs only if the
 //! disk keeps at least the configured headroom free after its output is written.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -407,10 +407,17 @@ impl Inner {
             let refill = now.duration_since(p.last_refill).as_secs_f64() * p.effective_rate();
             p.tokens = (p.tokens + refill).min(0.0);
             p.last_refill = now;
+            core.migration_awaits.clear();
             return None;
         }
         let mut p = self.pacer.lock();
         self.adapt(&mut p, view);
+        // Held or paused, background migration waits for no partition: those its last pick
+        // waited for must not stay closed to lazy moves (those of a waiting `migrate_now`
+        // stay).
+        if (core.migration_held || p.rate == 0) && core.awaits_for_background {
+            core.migration_awaits.clear();
+        }
         if core.migration_held {
             p.blocked = Some(HELD.into());
             p.last_refill = now;
@@ -432,7 +439,9 @@ impl Inner {
             p.blocked = Some("pacing".into());
             return None;
         }
-        let job = match self.pick_within_headroom(core, view) {
+        let picked = self.pick_within_headroom(core, view);
+        core.awaits_for_background = true;
+        let job = match picked {
             Ok(Some(job)) => job,
             Ok(None) => {
                 // Every draining file left is in a running job's hands, or in a partition
@@ -630,17 +639,21 @@ impl Inner {
         }
         let target = view.files.target;
         let mut next: Option<(u32, u32, Arc<FileMeta>, u32)> = None;
+        // Partitions with a file to migrate that a flush of moved copies holds.
+        let mut held = HashSet::new();
         for layout in view.files.draining() {
             for (pi, part) in layout.parts.iter().enumerate() {
                 let pi = pi as u32;
-                if core.busy.contains(&(layout.id, pi))
-                    || core.flush_sources.contains(&(layout.id, pi))
-                {
+                if core.busy.contains(&(layout.id, pi)) {
                     continue;
                 }
                 let Some(f) = next_to_migrate(part) else {
                     continue;
                 };
+                if core.flush_sources.contains(&(layout.id, pi)) {
+                    held.insert((layout.id, pi));
+                    continue;
+                }
                 // A partition whose last jobs failed (an unreadable file) comes after those
                 // that failed fewer times in a row: taken first by key, it held back the
                 // whole migration, each retry failing the same way.
@@ -657,7 +670,17 @@ impl Inner {
                 }
             }
         }
-        let (version, pi, f, failed) = next?;
+        // Nothing to take but partitions a flush holds: the moves applied from now on take
+        // no copies out of them, so the flushes holding them end with those of the
+        // memtables that took copies already, and a pick after that finds them free
+        // whenever it comes. (Such copies are work the job would undo anyway: it
+        // carries the values itself.) Each pick looks again: one that finds them free, or
+        // takes another partition, lets moves out of them go on.
+        let Some((version, pi, f, failed)) = next else {
+            core.migration_awaits = held;
+            return None;
+        };
+        core.migration_awaits.clear();
         let failing = failed > 0;
         // Of the other partitions of its layout, those whose next file begins within its
         // key range migrate that file with it (from a hash layout, every partition). Taken
@@ -753,7 +776,9 @@ impl Inner {
                     self.retire_drained(&mut core)?;
                     return Ok(done);
                 }
-                match self.pick_within_headroom(&mut core, &view) {
+                let picked = self.pick_within_headroom(&mut core, &view);
+                core.awaits_for_background = false;
+                match picked {
                     Err(why) => {
                         return Err(crate::Error::io(
                             &self.dir,

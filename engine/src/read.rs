@@ -687,11 +687,11 @@ impl Inner {
         // flushed, in a target table.
         //
         // A move dropped for what holds of it alone (copied already, its source gone, under
-        // compaction or in the target again) gives its budget back: it wrote nothing, and
-        // its charge would hold back other keys' moves. One refused for what refuses every
-        // move now (a migration hold, the disk headroom, a memtable full) does not: given
-        // back, it would only let reads queue more moves (copying their values) to be
-        // refused the same way.
+        // compaction or waited for by migration, or in the target again) gives its budget
+        // back: it wrote nothing, and its charge would hold back other keys' moves. One
+        // refused for what refuses every move now (a migration hold, the disk headroom, a
+        // memtable full) does not: given back, it would only let reads queue more moves
+        // (copying their values) to be refused the same way.
         let mut dropped = Vec::new();
         {
             let view = self.view.load();
@@ -758,10 +758,12 @@ impl Inner {
                     Counters::add(&self.counters.move_skipped, 1);
                     continue;
                 }
+                let source = (m.source.layout_version, m.source.partition);
+                // (A partition a migration pick waits for takes no copies: see
+                // `Core::migration_awaits`.)
                 if !view.files.holds(&m.source)
-                    || core
-                        .busy
-                        .contains(&(m.source.layout_version, m.source.partition))
+                    || core.busy.contains(&source)
+                    || core.migration_awaits.contains(&source)
                     || view.files.target == m.source.layout_version
                 {
                     Counters::add(&self.counters.move_skipped, 1);

@@ -1174,6 +1174,8 @@ fn new_core(
         busy: Default::default(),
         migrating: Default::default(),
         flush_sources: Default::default(),
+        migration_awaits: Default::default(),
+        awaits_for_background: false,
         nothing_to_compact: None,
         picks_scored: 0,
         flushing: false,

@@ -893,6 +893,18 @@ mod tests {
         (dir, db)
     }
 
+    /// [`draining_db`], lazy moves at `rate` bytes per second.
+    fn draining_db_moving(rate: u64) -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            move_bytes_per_sec: rate,
+            ..draining_opts(&FaultFs::new(), true)
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        fill_then_retarget(&db);
+        (dir, db)
+    }
+
     fn draining_opts(fs: &FaultFs, move_on_first_read: bool) -> Options {
         Options {
             fs: Arc::new(fs.clone()),
@@ -1218,16 +1230,9 @@ mod tests {
     /// charged to the move budget once: the budget moves other keys too.
     #[test]
     fn a_key_read_again_while_its_move_is_queued_is_charged_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FaultFs::new();
         // A move costs 105 bytes (key and value); a tenth of a second's budget (the burst)
         // is one move.
-        let opts = Options {
-            move_bytes_per_sec: 1050,
-            ..draining_opts(&fs, true)
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        fill_then_retarget(&db);
+        let (_dir, db) = draining_db_moving(1050);
         // The bucket full just now: the first move empties it, the second takes it into
         // debt, and no third goes for a tenth of a second.
         let now = std::time::Instant::now();
@@ -1261,14 +1266,7 @@ mod tests {
     /// tenth of a second's budget, is one move).
     #[test]
     fn moves_dropped_at_apply_give_their_charge_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FaultFs::new();
-        let opts = Options {
-            move_bytes_per_sec: 1050,
-            ..draining_opts(&fs, true)
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
-        fill_then_retarget(&db);
+        let (_dir, db) = draining_db_moving(1050);
         let inner = &db.inner;
         let queued = |keys: &[&str]| {
             for k in keys {

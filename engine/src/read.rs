@@ -1233,14 +1233,9 @@ mod tests {
         // A move costs 105 bytes (key and value); a tenth of a second's budget (the burst)
         // is one move.
         let (_dir, db) = draining_db_moving(1050);
-        // The bucket full just now: the first move empties it, the second takes it into
-        // debt, and no third goes for a tenth of a second.
-        let now = std::time::Instant::now();
-        *db.inner.move_bucket.lock() = super::MoveBudget {
-            at: now,
-            tokens: 105.0,
-            ..super::MoveBudget::new(now)
-        };
+        // The bucket full, its clock stopped: the first move empties it, the second takes
+        // it into debt, and no third goes.
+        budget_stopped_at(&db, 105.0);
         for _ in 0..10 {
             assert!(db.get("k0100").unwrap().is_some());
         }

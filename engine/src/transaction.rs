@@ -165,6 +165,56 @@ mod tests {
         r
     }
 
+    /// A large transaction (it read keys 0..100) whose mark overlaps another's (a large
+    /// transaction that commits from inside its window): a write to key 42, made while both
+    /// marks are set (`while_both`) or once the other's is gone, must still conflict.
+    fn beside_another_mark(while_both: bool) -> crate::Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        for i in 0..200 {
+            db.put(key(i), "0").unwrap();
+        }
+        let mut t = db.transaction();
+        for i in 0..100 {
+            t.get(key(i)).unwrap();
+        }
+        t.put("out", "1");
+        let other = db.clone();
+        set(Point::TransactionAfterMark, move || {
+            let mut t2 = other.transaction();
+            for i in 100..200 {
+                t2.get(key(i)).unwrap();
+            }
+            t2.put("out2", "1");
+            let writer = other.clone();
+            let write = move || writer.put(key(42), "1").unwrap();
+            if while_both {
+                set(Point::TransactionAfterMark, write);
+                t2.commit().unwrap();
+            } else {
+                t2.commit().unwrap();
+                write();
+            }
+        });
+        let r = t.commit();
+        assert_eq!(db.get("out").unwrap().is_some(), r.is_ok());
+        r
+    }
+
+    #[test]
+    fn a_write_beside_another_mark_conflicts() {
+        for while_both in [true, false] {
+            match beside_another_mark(while_both) {
+                Err(Error::Conflict { key: got }) => assert_eq!(got, key(42).as_bytes()),
+                other => panic!(
+                    "written while both marks are set: {while_both}; expected a conflict on \
+                     {}: {other:?}",
+                    key(42)
+                ),
+            }
+        }
+    }
+
     #[test]
     fn a_write_after_the_mark_conflicts_only_on_a_key_read() {
         const { assert!(crate::recent::TWO_STEP_MIN_KEYS <= 100) };

@@ -139,14 +139,11 @@ mod tests {
         format!("k{i:05}")
     }
 
-    /// A large transaction (its read set checked up to a mark before the commit) against
-    /// writes made after the mark, before its commit group: `writes` keys from `first`
-    /// (more than the log holds when `writes` is large). It must conflict exactly when
-    /// one of them is a key it read (it read keys 0..100).
-    fn commit_after(writes: u32, first: u32) -> crate::Result<()> {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), Options::default()).unwrap();
-        for i in 0..100 {
+    /// A database in `dir` holding keys `0..keys`, and a transaction that read keys 0..100
+    /// (a read set checked in two steps) and writes "out".
+    fn large_transaction(dir: &std::path::Path, keys: u32) -> (Db, crate::Transaction) {
+        let db = Db::open(dir, Options::default()).unwrap();
+        for i in 0..keys {
             db.put(key(i), "0").unwrap();
         }
         let mut t = db.transaction();
@@ -154,6 +151,16 @@ mod tests {
             t.get(key(i)).unwrap();
         }
         t.put("out", "1");
+        (db, t)
+    }
+
+    /// A large transaction (its read set checked up to a mark before the commit) against
+    /// writes made after the mark, before its commit group: `writes` keys from `first`
+    /// (more than the log holds when `writes` is large). It must conflict exactly when
+    /// one of them is a key it read (it read keys 0..100).
+    fn commit_after(writes: u32, first: u32) -> crate::Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, t) = large_transaction(dir.path(), 100);
         let other = db.clone();
         set(Point::TransactionAfterMark, move || {
             for i in first..first + writes {
@@ -170,15 +177,7 @@ mod tests {
     /// marks are set (`while_both`) or once the other's is gone, must still conflict.
     fn beside_another_mark(while_both: bool) -> crate::Result<()> {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), Options::default()).unwrap();
-        for i in 0..200 {
-            db.put(key(i), "0").unwrap();
-        }
-        let mut t = db.transaction();
-        for i in 0..100 {
-            t.get(key(i)).unwrap();
-        }
-        t.put("out", "1");
+        let (db, t) = large_transaction(dir.path(), 200);
         let other = db.clone();
         set(Point::TransactionAfterMark, move || {
             let mut t2 = other.transaction();

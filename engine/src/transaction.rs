@@ -214,6 +214,36 @@ mod tests {
         }
     }
 
+    /// A batch written after the mark whose only key the transaction read is not its first
+    /// (and, once, its last): every key of a batch is recorded.
+    #[test]
+    fn a_batch_after_the_mark_conflicts_on_any_of_its_keys() {
+        for keys in [
+            vec!["a".to_string(), key(42)],
+            vec!["a".into(), key(42), "z".into()],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, t) = large_transaction(dir.path(), 100);
+            let other = db.clone();
+            let batch = keys.clone();
+            set(Point::TransactionAfterMark, move || {
+                let mut b = crate::WriteBatch::new();
+                for k in batch {
+                    b.put(k, "1");
+                }
+                other.write(b).unwrap();
+            });
+            match t.commit() {
+                Err(Error::Conflict { key: got }) => assert_eq!(got, key(42).as_bytes()),
+                other => panic!(
+                    "batch {keys:?}: expected a conflict on {}: {other:?}",
+                    key(42)
+                ),
+            }
+            assert_eq!(db.get("out").unwrap(), None);
+        }
+    }
+
     #[test]
     fn a_write_after_the_mark_conflicts_only_on_a_key_read() {
         const { assert!(crate::recent::TWO_STEP_MIN_KEYS <= 100) };

@@ -226,7 +226,8 @@ pub(crate) struct Core {
     /// before the pick (see `Inner::pick_draining_file`).
     pub migration_awaits: HashSet<(u32, u32)>,
     /// Whether a background pick (not `migrate_now`) set `migration_awaits`: a background
-    /// migration paused or held clears them, as it looks no more.
+    /// migration paused or held clears them, as it looks no more; a `migrate_now` clears
+    /// its own as it returns.
     pub awaits_for_background: bool,
     /// The file set in which the last compaction pick found nothing to do, and the
     /// process's count of spent seek allowances then: until either changes (or a job

@@ -699,6 +699,52 @@ mod tests {
         );
     }
 
+    /// A `migrate_now` that ends while it waits for a partition a flush of moved copies
+    /// holds (here: a rollback left nothing it could migrate) no longer waits for it, and
+    /// leaves it open to lazy moves. Its record stayed, and with background migration paused
+    /// (whose picks clear only their own records) the partition took no lazy move again,
+    /// once it drained anew, for as long as the handle was open.
+    #[test]
+    fn a_migrate_now_that_ends_while_waiting_leaves_its_partition_open_to_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), opts()).unwrap();
+        settled_then_retargeted(&db);
+        // v2 kept live once empty, as a pinned rollback target is.
+        db.pin_version(VersionId(2), true).unwrap();
+        let inner = &db.inner;
+        // A flush of copies out of v1's only partition, as it marks it.
+        inner.core.lock().flush_sources.insert((1, 0));
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let j = s.spawn(move || {
+                set(Point::MigrateNowWaits, move || {
+                    set(Point::MigrateNowBeforePick, move || {
+                        tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                    })
+                });
+                inner.migrate_now(None).unwrap()
+            });
+            // Waiting: the flush ends, and the migration is rolled back (v2 empty).
+            rx.recv().unwrap();
+            inner.core.lock().flush_sources.clear();
+            db.set_target(VersionId(1)).unwrap();
+            go_tx.send(()).unwrap();
+            assert_eq!(j.join().unwrap(), 0, "nothing left to migrate");
+        });
+        // Forward again: v1 drains into v2, background migration still paused.
+        db.set_target(VersionId(2)).unwrap();
+        let before = db.stats().lazy_moves;
+        assert!(db.get("k0001").unwrap().is_some());
+        inner.apply_moves();
+        assert_eq!(
+            db.stats().lazy_moves,
+            before + 1,
+            "a partition a finished migrate_now waited for took no lazy move"
+        );
+    }
+
     /// Copies that their flush leaves out moved nothing: the migration progress counted
     /// them among the lazy moves all the same, and their values again among the bytes that
     /// migration carried. They are taken back out once the flush is installed.

@@ -753,6 +753,19 @@ impl Inner {
     /// Migrates draining files now, in the caller's thread, ignoring the pacer, until none
     /// is left or `max_bytes` of input has been migrated. Returns the bytes migrated.
     pub fn migrate_now(&self, max_bytes: Option<u64>) -> Result<u64> {
+        let r = self.migrate_now_picking(max_bytes);
+        // However it ended (nothing left to take, say, after a rollback; an error), it
+        // waits for no partition any more: those its last pick waited for must not stay
+        // closed to lazy moves (a background pick clears only its own record, and while
+        // background migration is paused it makes none).
+        let mut core = self.core.lock();
+        if !core.awaits_for_background {
+            core.migration_awaits.clear();
+        }
+        r
+    }
+
+    fn migrate_now_picking(&self, max_bytes: Option<u64>) -> Result<u64> {
         // Moves reads asked for first: their pointers then spare the values migration.
         self.apply_moves();
         let mut done = 0u64;

@@ -84,8 +84,11 @@ impl PartitionLoad {
                 i += 1;
             }
             let p = p as usize;
-            self.writes[p].fetch_add(keys, Ordering::Relaxed);
-            self.write_bytes[p].fetch_add(bytes, Ordering::Relaxed);
+            // The commit first, its keys last (released to `stats`, which reads the keys
+            // first): a sample taken meanwhile may show the commit without its keys (the
+            // writes look burstier than they were), never its keys without it (a large
+            // batch's keys taken for a run of commits of one key, as hot as that many
+            // independent writers).
             self.write_commits[p].fetch_add(1, Ordering::Relaxed);
             let sq = keys.saturating_mul(keys);
             // Saturating: a wrapped sum of squares would understate how bursty writes were.
@@ -94,6 +97,10 @@ impl PartitionLoad {
                     Some(s.saturating_add(sq))
                 });
             self.commit_keys_max[p].fetch_max(keys, Ordering::Relaxed);
+            #[cfg(test)]
+            crate::test_hooks::reach(crate::test_hooks::Point::LoadRecordMidway);
+            self.write_bytes[p].fetch_add(bytes, Ordering::Relaxed);
+            self.writes[p].fetch_add(keys, Ordering::Release);
         }
         t.clear();
     }
@@ -106,11 +113,17 @@ impl PartitionLoad {
 
     pub fn stats(&self) -> LoadStats {
         let get = |v: &[AtomicU64]| v.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        // Keys written before the commit figures, acquired: see `record_batch`.
+        let writes = self
+            .writes
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .collect();
         LoadStats {
             version: self.version.map(VersionId),
             spec: self.func.spec().clone(),
             reads: get(&self.reads),
-            writes: get(&self.writes),
+            writes,
             write_bytes: get(&self.write_bytes),
             write_commits: get(&self.write_commits),
             commit_keys_sq: get(&self.commit_keys_sq),
@@ -529,6 +542,53 @@ mod tests {
         assert_eq!(shadow.write_commits, vec![4, 0]);
         assert_eq!(shadow.commit_keys_sq, vec![25 + 1 + 1 + 1, 0]);
         assert_eq!(shadow.commit_keys_max, vec![5, 0]);
+    }
+
+    /// Figures read while a commit is being recorded never show its keys without the commit
+    /// itself (its count, the square and the maximum of its keys): such a sample took a
+    /// large batch's keys for a run of commits of one key, as hot as that many
+    /// independent writers. Written the other way round, a sample may show the commit
+    /// before its keys, which only makes the writes look burstier than they were.
+    #[test]
+    fn a_sample_taken_while_a_commit_is_recorded_shows_no_keys_without_their_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            partition: crate::PartitionSpec::Range {
+                boundaries: vec![b"m".to_vec()],
+            },
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).unwrap();
+        for i in 0..10 {
+            db.put(format!("a{i}"), "v").unwrap();
+        }
+        let load = db.inner.load.load_full().expect("counting the target");
+        let (tx, rx) = std::sync::mpsc::channel();
+        crate::test_hooks::set(crate::test_hooks::Point::LoadRecordMidway, move || {
+            tx.send(load.stats()).unwrap()
+        });
+        let mut batch = crate::WriteBatch::new();
+        for i in 0..200 {
+            batch.put(format!("b{i:03}"), "v");
+        }
+        db.write(batch).unwrap();
+        // The write's group was this thread's alone: it reached the hook, or never will.
+        let s = rx.try_recv().expect("the tally was recorded");
+        if s.writes[0] > 10 {
+            assert_eq!(
+                (
+                    s.writes[0],
+                    s.write_commits[0],
+                    s.commit_keys_sq[0],
+                    s.commit_keys_max[0]
+                ),
+                (210, 11, 10 + 200 * 200, 200),
+                "a batch's keys counted without its commit"
+            );
+        }
+        let s = db.partition_load();
+        assert_eq!(s.writes[0], 210);
+        assert_eq!(s.commit_keys_max[0], 200);
     }
 
     /// A limit lowered after a pause: the pause is earned at the old rate, which was in

@@ -39,6 +39,9 @@ pub(crate) enum Point {
     GroupFormed,
     /// `migration_progress`, before it takes the core lock (and loads the view).
     ProgressBeforeCore,
+    /// A commit's load tally being recorded, between the first and the last of the figures
+    /// it adds to for a partition (see `PartitionLoad::record_batch`).
+    LoadRecordMidway,
     /// A close, each time it finds jobs on callers' threads still running (a checkpoint,
     /// `migrate_now`) and before it waits for them (the core lock held).
     CloseWaitsForJobs,

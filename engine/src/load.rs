@@ -29,11 +29,20 @@ pub(crate) struct PartitionLoad {
 }
 
 /// One committed batch's writes per partition of one function, gathered key by key and
-/// recorded at once ([`PartitionLoad::record_batch`]): (partition, keys, bytes). Inline
-/// for a few partitions: most commits are a put or a small batch, and the tally is made
-/// under the WAL lock, where an allocation per commit group would be felt.
+/// recorded at once ([`PartitionLoad::record_batch`]). The tally is made under the WAL
+/// lock for every commit group, so it costs a put or a small batch no allocation, and a
+/// large one over many partitions no sort: up to [`FEW_PARTITIONS`] partitions are kept
+/// inline, one entry each; a batch that writes to more counts per partition in an array.
 #[derive(Default)]
-pub(crate) struct BatchTally(smallvec::SmallVec<[(u32, u64, u64); 8]>);
+pub(crate) struct BatchTally {
+    /// (partition, keys, bytes), one entry per partition written, while there are few.
+    few: smallvec::SmallVec<[(u32, u64, u64); FEW_PARTITIONS]>,
+    /// (keys, bytes) by partition, once the batch wrote to more than `few` holds.
+    many: Vec<(u64, u64)>,
+}
+
+/// Partitions a [`BatchTally`] keeps inline.
+const FEW_PARTITIONS: usize = 16;
 
 impl PartitionLoad {
     pub fn new(version: Option<u32>, func: Arc<PartitionFn>) -> PartitionLoad {
@@ -56,13 +65,20 @@ impl PartitionLoad {
     #[inline]
     pub fn tally_write(&self, tally: &mut BatchTally, key: &[u8], bytes: usize) {
         let p = self.func.partition_of(key);
-        match tally.0.last_mut() {
-            // A batch's keys often come in runs of one partition (sorted keys, ranges).
-            Some(last) if last.0 == p => {
-                last.1 += 1;
-                last.2 += bytes as u64;
+        let bytes = bytes as u64;
+        if let Some(e) = tally.many.get_mut(p as usize) {
+            e.0 += 1;
+            e.1 += bytes;
+        } else if let Some(e) = tally.few.iter_mut().find(|e| e.0 == p) {
+            e.1 += 1;
+            e.2 += bytes;
+        } else if tally.few.len() < FEW_PARTITIONS {
+            tally.few.push((p, 1, bytes));
+        } else {
+            tally.many = vec![(0, 0); self.writes.len()];
+            for (q, keys, b) in tally.few.drain(..).chain([(p, 1, bytes)]) {
+                tally.many[q as usize] = (keys, b);
             }
-            _ => tally.0.push((p, 1, bytes as u64)),
         }
     }
 
@@ -72,18 +88,17 @@ impl PartitionLoad {
     /// keys are not independent operations: the hot-partition test needs to know how
     /// they came grouped).
     pub fn record_batch(&self, tally: &mut BatchTally) {
-        let t = &mut tally.0;
-        t.sort_unstable_by_key(|e| e.0);
-        let mut i = 0;
-        while i < t.len() {
-            let (p, mut keys, mut bytes) = t[i];
-            i += 1;
-            while i < t.len() && t[i].0 == p {
-                keys += t[i].1;
-                bytes += t[i].2;
-                i += 1;
-            }
-            let p = p as usize;
+        let many = tally
+            .many
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.0 > 0)
+            .map(|(p, &(keys, bytes))| (p, keys, bytes));
+        let few = tally
+            .few
+            .iter()
+            .map(|&(p, keys, bytes)| (p as usize, keys, bytes));
+        for (p, keys, bytes) in few.chain(many) {
             // The commit first, its keys last (released to `stats`, which reads the keys
             // first): a sample taken meanwhile may show the commit without its keys (the
             // writes look burstier than they were), never its keys without it (a large
@@ -102,7 +117,8 @@ impl PartitionLoad {
             self.write_bytes[p].fetch_add(bytes, Ordering::Relaxed);
             self.writes[p].fetch_add(keys, Ordering::Release);
         }
-        t.clear();
+        tally.few.clear();
+        tally.many = Vec::new();
     }
 
     #[inline]
@@ -496,6 +512,41 @@ mod tests {
             elapsed: Duration::from_secs(1),
         };
         assert_eq!(s.ops(), vec![u64::MAX, 5]);
+    }
+
+    /// A batch over more partitions than a tally keeps inline is counted per partition all
+    /// the same, one commit each, and the tally starts afresh for the next batch.
+    #[test]
+    fn a_batch_over_many_partitions_is_one_commit_in_each() {
+        // Partition i holds the keys that start with the i-th letter.
+        let boundaries = (b'b'..=b'z').map(|c| vec![c]).collect();
+        let func = crate::layout::PartitionFn::new(crate::PartitionSpec::Range { boundaries });
+        let load = super::PartitionLoad::new(None, std::sync::Arc::new(func.unwrap()));
+        let parts = 20u64;
+        assert!(parts as usize > super::FEW_PARTITIONS);
+        let mut tally = super::BatchTally::default();
+        // Partition i gets i + 1 keys of 2 bytes, interleaved across partitions.
+        for round in 0..parts {
+            for i in round..parts {
+                load.tally_write(&mut tally, &[b'a' + i as u8, b'0' + round as u8], 2);
+            }
+        }
+        load.record_batch(&mut tally);
+        // Then a batch of one key into partition 0: the tally kept nothing of the first.
+        load.tally_write(&mut tally, b"a", 1);
+        load.record_batch(&mut tally);
+        let s = load.stats();
+        let keys = |i: u64| if i < parts { i + 1 } else { 0 };
+        let expect = |f: &dyn Fn(u64) -> u64| (0..26).map(f).collect::<Vec<u64>>();
+        let first = |i: u64| u64::from(i == 0);
+        assert_eq!(s.writes, expect(&|i| keys(i) + first(i)));
+        assert_eq!(s.write_bytes, expect(&|i| 2 * keys(i) + first(i)));
+        assert_eq!(
+            s.write_commits,
+            expect(&|i| u64::from(i < parts) + first(i))
+        );
+        assert_eq!(s.commit_keys_sq, expect(&|i| keys(i) * keys(i) + first(i)));
+        assert_eq!(s.commit_keys_max, expect(&|i| keys(i)));
     }
 
     /// A batch is counted as one commit into each partition it writes to, with its keys

@@ -549,11 +549,8 @@ mod tests {
         assert_eq!(s.commit_keys_max, expect(&|i| keys(i)));
     }
 
-    /// A batch is counted as one commit into each partition it writes to, with its keys
-    /// there (their square, their maximum), for the target and a shadowed function alike;
-    /// a transaction that conflicted wrote nothing and is not counted.
-    #[test]
-    fn a_batch_is_one_commit_per_partition_it_writes_to() {
+    /// A database of two range partitions, split at "m".
+    fn split_at_m() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {
             partition: crate::PartitionSpec::Range {
@@ -562,6 +559,15 @@ mod tests {
             ..Options::default()
         };
         let db = Db::open(dir.path(), opts).unwrap();
+        (dir, db)
+    }
+
+    /// A batch is counted as one commit into each partition it writes to, with its keys
+    /// there (their square, their maximum), for the target and a shadowed function alike;
+    /// a transaction that conflicted wrote nothing and is not counted.
+    #[test]
+    fn a_batch_is_one_commit_per_partition_it_writes_to() {
+        let (_dir, db) = split_at_m();
         // The shadow sends every key to one partition of two.
         db.set_shadow(Some(crate::PartitionSpec::Range {
             boundaries: vec![b"zz".to_vec()],
@@ -602,14 +608,7 @@ mod tests {
     /// before its keys, which only makes the writes look burstier than they were.
     #[test]
     fn a_sample_taken_while_a_commit_is_recorded_shows_no_keys_without_their_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            partition: crate::PartitionSpec::Range {
-                boundaries: vec![b"m".to_vec()],
-            },
-            ..Options::default()
-        };
-        let db = Db::open(dir.path(), opts).unwrap();
+        let (_dir, db) = split_at_m();
         for i in 0..10 {
             db.put(format!("a{i}"), "v").unwrap();
         }

@@ -939,6 +939,14 @@ mod tests {
 
     /// Writes 2,000 keys `k00000…` of 50-byte values, settles them in v1 (compacted, or
     /// only flushed) and retargets to a new `hash:4:1` layout, whose id it returns.
+    /// A [`still_tiny`] database, filled and retargeted ([`fill_and_retarget`], compacted).
+    fn still_tiny_draining() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), still_tiny()).unwrap();
+        fill_and_retarget(&db, true);
+        (dir, db)
+    }
+
     fn fill_and_retarget(db: &Db, compact: bool) -> VersionId {
         settle_and_retarget(
             db,
@@ -1555,10 +1563,7 @@ mod tests {
     /// than the version ever held).
     #[test]
     fn progress_counts_a_job_installed_meanwhile_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = still_tiny();
-        let db = Db::open(dir.path(), opts).unwrap();
-        fill_and_retarget(&db, true);
+        let (_dir, db) = still_tiny_draining();
         let before = db.migration_progress();
         let (files, bytes) = (before.files_left(), before.bytes_left());
         assert!(files > 1, "test setup");
@@ -1583,10 +1588,8 @@ mod tests {
     /// from before, "paused" here) while nothing migrated.
     #[test]
     fn progress_names_l0_pressure_as_what_holds_migration_back() {
-        let dir = tempfile::tempdir().unwrap();
         let opts = still_tiny();
-        let db = Db::open(dir.path(), opts.clone()).unwrap();
-        fill_and_retarget(&db, true);
+        let (_dir, db) = still_tiny_draining();
         let files = db.migration_progress().files_left();
         // As if flushes had piled up in the target's L0 (nothing changes the file set
         // from here on, which would measure it again).
@@ -1617,10 +1620,8 @@ mod tests {
     /// ran, until the job ended.
     #[test]
     fn l0_pressure_is_no_reason_once_it_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
         let opts = still_tiny();
-        let db = Db::open(dir.path(), opts.clone()).unwrap();
-        fill_and_retarget(&db, true);
+        let (_dir, db) = still_tiny_draining();
         let inner = &db.inner;
         // The core lock held throughout, as each worker holds it to pick: the background
         // workers wait.
@@ -1654,9 +1655,7 @@ mod tests {
     /// names. It said nothing held migration back.
     #[test]
     fn progress_names_a_flush_of_moved_copies_as_what_holds_migration_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), still_tiny()).unwrap();
-        fill_and_retarget(&db, true);
+        let (_dir, db) = still_tiny_draining();
         let inner = &db.inner;
         // The core lock held throughout, as each worker holds it to pick: the background
         // workers wait.
@@ -1731,9 +1730,7 @@ mod tests {
     /// recent, it read 0 as the job's bytes moved.
     #[test]
     fn a_job_installed_while_the_pacer_did_not_look_counts_in_the_pace() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), still_tiny()).unwrap();
-        fill_and_retarget(&db, true);
+        let (_dir, db) = still_tiny_draining();
         let inner = &db.inner;
         let before = {
             // The pacer last looked 70 s ago (and 90 s ago before that).
@@ -1773,9 +1770,7 @@ mod tests {
     /// before it (or anything before the migration started), and cut the budget for them.
     #[test]
     fn a_new_migration_starts_with_a_fresh_pacing_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), still_tiny()).unwrap();
-        fill_and_retarget(&db, true);
+        let (_dir, db) = still_tiny_draining();
         db.migrate_now(None).unwrap();
         assert!(db.migration_progress().draining.is_empty(), "test setup");
         let inner = &db.inner;
@@ -1822,9 +1817,7 @@ mod tests {
     /// trigger, if a retarget (or a rollback) came before the pacer next looked.
     #[test]
     fn a_retarget_mid_migration_keeps_the_window_s_latencies() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), still_tiny()).unwrap();
-        fill_and_retarget(&db, true);
+        let (_dir, db) = still_tiny_draining();
         let inner = &db.inner;
         let target_us = 50_000;
         db.set_migration_latency_target(target_us);

@@ -939,6 +939,16 @@ mod tests {
 
     /// Writes 2,000 keys `k00000…` of 50-byte values, settles them in v1 (compacted, or
     /// only flushed) and retargets to a new `hash:4:1` layout, whose id it returns.
+    /// The core lock, held as each worker holds it to pick (so the background workers
+    /// wait), with migration's rate unlimited, and the view: v1 has one partition.
+    fn picking_as_a_worker(db: &Db) -> (parking_lot::MutexGuard<'_, Core>, Arc<View>) {
+        let core = db.inner.core.lock();
+        db.set_migration_rate(1 << 40);
+        let view = db.inner.view.load_full();
+        assert_eq!(view.files.layouts[&1].parts.len(), 1, "test setup");
+        (core, view)
+    }
+
     /// A [`still_tiny`] database, filled and retargeted ([`fill_and_retarget`], compacted).
     fn still_tiny_draining() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
@@ -1623,12 +1633,7 @@ mod tests {
         let opts = still_tiny();
         let (_dir, db) = still_tiny_draining();
         let inner = &db.inner;
-        // The core lock held throughout, as each worker holds it to pick: the background
-        // workers wait.
-        let mut core = inner.core.lock();
-        db.set_migration_rate(1 << 40);
-        let view = inner.view.load_full();
-        assert_eq!(view.files.layouts[&1].parts.len(), 1, "test setup");
+        let (mut core, view) = picking_as_a_worker(&db);
         // One worker picks a job: v1's one partition is busy with it.
         let job = inner.pick_migration(&mut core, &view).expect("a job");
         // Another finds L0 at its slowdown trigger.
@@ -1657,12 +1662,7 @@ mod tests {
     fn progress_names_a_flush_of_moved_copies_as_what_holds_migration_back() {
         let (_dir, db) = still_tiny_draining();
         let inner = &db.inner;
-        // The core lock held throughout, as each worker holds it to pick: the background
-        // workers wait.
-        let mut core = inner.core.lock();
-        db.set_migration_rate(1 << 40);
-        let view = inner.view.load_full();
-        assert_eq!(view.files.layouts[&1].parts.len(), 1, "test setup");
+        let (mut core, view) = picking_as_a_worker(&db);
         // What a flush of copies moved out of v1's one partition marks while it writes.
         core.flush_sources.insert((1, 0));
         assert!(inner.pick_migration(&mut core, &view).is_none());

@@ -17,10 +17,12 @@ const CLAIM: &str = "LOCK";
 impl Inner {
     pub fn checkpoint(&self, dest: &Path) -> Result<()> {
         // A closed handle's files may be another process's by now (a copy of them was
-        // unopenable), and a read-only one has no WAL of its own to cut. Counted until it
-        // returns: close waits for it, so the directory is not let go (and its tables
-        // deleted by the next open) while the links and copies are made.
-        let _counted = self.foreground_job()?;
+        // unopenable), and a read-only one has no WAL of its own to cut. Counted until its
+        // files are written: close waits for it, so the directory is not let go (and its
+        // tables deleted by the next open) while the links and copies are made. A close begun
+        // meanwhile makes it give up between steps (see `write_checkpoint`), so the close
+        // waits for the step in flight, not for the whole copy.
+        let counted = self.foreground_job()?;
         if self.read_only {
             return Err(Error::ReadOnly(
                 "a checkpoint needs a writable open (it cuts the WAL under the writers' lock)"
@@ -75,6 +77,8 @@ impl Inner {
             Ok(names) if others(&names) => Err(not_empty(dest)),
             Ok(_) => {
                 let r = self.write_checkpoint(dest);
+                // The cleanup below touches only `dest`: a close need not wait for it.
+                drop(counted);
                 if r.is_err() {
                     // Leaving it would make a retry refuse the non-empty directory (and it
                     // is not an openable copy). CURRENT goes first, and durably, before
@@ -146,8 +150,14 @@ impl Inner {
                 .file_name()
                 .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
             let dst = dest.join(name);
+            // A close waits for this checkpoint: give up once one began rather than make
+            // it wait for every file (the caller removes what was made).
+            self.check_open()?;
             match fs.hard_link(src, &dst) {
-                Ok(()) => {}
+                Ok(()) => {
+                    #[cfg(test)]
+                    crate::test_hooks::reach(crate::test_hooks::Point::CheckpointStepDone);
+                }
                 // Never a copy over a name that exists: it may link to a live table.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return Err(Error::io(&dst, e));
@@ -163,11 +173,18 @@ impl Inner {
             let name = src
                 .file_name()
                 .ok_or_else(|| Error::corruption(src, 0, "no file name"))?;
+            self.check_open()?;
             copy_prefix(self, (src, file.as_ref()), &dest.join(name), *len)?;
         }
         // The links and copies are named durably before the manifest and CURRENT that name
         // them: after a crash, a CURRENT is there only over every file it needs.
         fs.sync_dir(dest).map_err(|e| Error::io(dest, e))?;
+        // The last point a close makes the checkpoint give up. From here on CURRENT is
+        // written and made durable (inside `create`): a copy whose CURRENT may be durable
+        // is complete and must be left whole, and what remains (a manifest of one
+        // snapshot record, CURRENT, their fsyncs) is short and bounded, not one step per
+        // file like the copying above.
+        self.check_open()?;
         ManifestWriter::create(fs, dest, manifest_number, &edit)?;
         fs.sync_dir(dest).map_err(|e| Error::io(dest, e))?;
         Ok(())
@@ -209,7 +226,8 @@ fn entry_under(dir: &Path, dest: &Path) -> std::io::Result<Option<std::ffi::OsSt
 }
 
 /// Copies the first `len` bytes of `src` (its path, and the file open for reading) to a
-/// new file `dst` (an error if the name exists), fsynced.
+/// new file `dst` (an error if the name exists), fsynced. [`Error::Closed`] between chunks
+/// once the database is closing (the close waits for the copy, which may be long).
 fn copy_prefix(inner: &Inner, src: (&Path, &dyn RandomRead), dst: &Path, len: u64) -> Result<()> {
     const CHUNK: u64 = 1 << 20;
     let fs = inner.fs.as_ref();
@@ -217,6 +235,9 @@ fn copy_prefix(inner: &Inner, src: (&Path, &dyn RandomRead), dst: &Path, len: u6
     let mut buf = Vec::with_capacity(CHUNK.min(len) as usize);
     let mut at = 0;
     while at < len {
+        if at > 0 {
+            inner.check_open()?;
+        }
         let n = CHUNK.min(len - at);
         buf.clear();
         src.1
@@ -224,6 +245,8 @@ fn copy_prefix(inner: &Inner, src: (&Path, &dyn RandomRead), dst: &Path, len: u6
             .map_err(|e| Error::io(src.0, e))?;
         f.append(&buf).map_err(|e| Error::io(dst, e))?;
         at += n;
+        #[cfg(test)]
+        crate::test_hooks::reach(crate::test_hooks::Point::CheckpointStepDone);
     }
     f.sync().map_err(|e| Error::io(dst, e))
 }
@@ -361,10 +384,11 @@ mod tests {
         assert_eq!(db.get("c").unwrap(), None);
     }
 
-    /// A close on another clone while a checkpoint runs waits for it to finish. It used to
+    /// A close on another clone while a checkpoint runs waits for it to stop. It used to
     /// let the directory go at once: the next open of it compacted away the tables the
     /// checkpoint's cut names, and the checkpoint failed to link them ("not found"). A
-    /// checkpoint asked for while close waits is refused, and makes no directory.
+    /// checkpoint asked for while close waits is refused, and makes no directory; the
+    /// running one gives up before its first link.
     #[test]
     fn close_waits_for_a_running_checkpoint() {
         use std::sync::mpsc;
@@ -423,18 +447,141 @@ mod tests {
             Some("waiting"),
             "close returned while a checkpoint still ran (the checkpoint: {r:?})"
         );
-        r.unwrap();
+        assert!(matches!(r, Err(crate::Error::Closed)), "{r:?}");
         let closed = closer.lock().take().unwrap().join().unwrap();
         closed.unwrap();
         assert!(!late.exists(), "a refused checkpoint made its directory");
-        let copy = Db::open(&cp, opts()).unwrap();
+        assert_eq!(names_but_the_claim(&cp), Vec::<String>::new());
+        let db = Db::open(dir.path(), opts()).unwrap();
         for i in 0..200u32 {
             assert_eq!(
-                copy.get(format!("k{i:03}")).unwrap().unwrap(),
+                db.get(format!("k{i:03}")).unwrap().unwrap(),
                 format!("v1-{i}")
             );
         }
-        assert_eq!(copy.get("in-wal").unwrap().unwrap(), "w");
+        assert_eq!(db.get("in-wal").unwrap().unwrap(), "w");
+    }
+
+    /// The names in `dir` other than a checkpoint's lock file.
+    fn names_but_the_claim(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != CLAIM)
+            .collect()
+    }
+
+    /// A close begun on another clone after any step of a checkpoint's linking and copying
+    /// (the last included) makes it give up before the next one, with `Error::Closed`, and
+    /// remove what it made: the close waits only for the step in flight. The checkpoint
+    /// used to link and copy every remaining file, and write its manifest, while the close
+    /// waited. The live database reopens whole, and a checkpoint of it into the same
+    /// directory then works.
+    #[test]
+    fn a_close_stops_a_checkpoint_between_steps() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::mpsc;
+        let opts = || Options {
+            idle_memtable_flush_after: None,
+            ..Options::default()
+        };
+        // Three tables (one short of a compaction), and a WAL of three chunks of the copy
+        // (a chunk is 1 MiB).
+        let fill = |db: &Db| {
+            for t in 0..3u32 {
+                for i in 0..100u32 {
+                    db.put(format!("t{t}-{i:03}"), format!("v{i}")).unwrap();
+                }
+                db.flush().unwrap();
+            }
+            for i in 0..40u32 {
+                db.put(format!("w{i:02}"), vec![i as u8; 64 << 10]).unwrap();
+            }
+        };
+        let holds_all = |db: &Db| {
+            for t in 0..3u32 {
+                for i in 0..100u32 {
+                    let v = db.get(format!("t{t}-{i:03}")).unwrap();
+                    assert_eq!(v.unwrap(), format!("v{i}"));
+                }
+            }
+            for i in 0..40u32 {
+                assert_eq!(db.get(format!("w{i:02}")).unwrap().unwrap().len(), 64 << 10);
+            }
+        };
+        const STEPS: usize = 3 + 3;
+        // Each run on a thread of its own: hooks are the thread's, and a checkpoint that
+        // stops early leaves some unrun.
+        std::thread::spawn(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path(), opts()).unwrap();
+            fill(&db);
+            let steps = Arc::new(AtomicUsize::new(0));
+            for _ in 0..STEPS + 1 {
+                let steps = steps.clone();
+                set(Point::CheckpointStepDone, move || {
+                    steps.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            db.checkpoint(dir.path().join("checkpoint")).unwrap();
+            assert_eq!(
+                steps.load(Ordering::Relaxed),
+                STEPS,
+                "the steps of a checkpoint"
+            );
+        })
+        .join()
+        .unwrap();
+        for at in 1..=STEPS {
+            std::thread::spawn(move || {
+                let dir = tempfile::tempdir().unwrap();
+                let db = Db::open(dir.path(), opts()).unwrap();
+                fill(&db);
+                let cp = dir.path().join("checkpoint");
+                // Steps done once the close began.
+                let after = Arc::new(AtomicUsize::new(0));
+                let closer = Arc::new(parking_lot::Mutex::new(None));
+                for step in 1..=STEPS {
+                    let (after, live, joined) = (after.clone(), db.clone(), closer.clone());
+                    set(Point::CheckpointStepDone, move || {
+                        if step > at {
+                            after.fetch_add(1, Ordering::Relaxed);
+                        } else if step == at {
+                            // Back once the close is under way (it has set `closing` and
+                            // waits for this checkpoint).
+                            let (tx, rx) = mpsc::channel();
+                            *joined.lock() = Some(std::thread::spawn(move || {
+                                set(Point::CloseWaitsForJobs, move || {
+                                    let _ = tx.send(());
+                                });
+                                live.close()
+                            }));
+                            rx.recv_timeout(std::time::Duration::from_secs(60))
+                                .expect("the close never waited for the checkpoint");
+                        }
+                    });
+                }
+                let r = db.checkpoint(&cp);
+                let done_after = after.load(Ordering::Relaxed);
+                assert!(
+                    matches!(r, Err(crate::Error::Closed)),
+                    "close begun after step {at}: {r:?}, {done_after} steps after"
+                );
+                assert!(
+                    done_after <= 1,
+                    "close begun after step {at}: {done_after} steps after it"
+                );
+                closer.lock().take().unwrap().join().unwrap().unwrap();
+                assert_eq!(names_but_the_claim(&cp), Vec::<String>::new(), "step {at}");
+                let db = Db::open(dir.path(), opts()).unwrap();
+                holds_all(&db);
+                db.checkpoint(&cp).unwrap();
+                drop(db);
+                holds_all(&Db::open(&cp, opts()).unwrap());
+            })
+            .join()
+            .unwrap();
+        }
     }
 
     /// A database whose 200 keys are in a table.
@@ -539,11 +686,7 @@ mod tests {
         fs.inject(Fault::on(FsOp::SyncDir, FaultKind::Io, "checkpoint", false));
         assert!(db.checkpoint(&cp).is_err());
         assert_eq!(fs.injected(), 1);
-        let left: Vec<_> = std::fs::read_dir(&cp)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .filter(|n| n != CLAIM)
-            .collect();
+        let left = names_but_the_claim(&cp);
         assert!(left.is_empty(), "left behind: {left:?}");
         db.checkpoint(&cp).unwrap();
         let copy = Db::open(&cp, Options::default()).unwrap();

@@ -1092,8 +1092,11 @@ impl Db {
     /// nothing but a lock file a failed checkpoint left): hard links to the live SSTables, the WAL up to this moment, a fresh manifest.
     /// Writes and background work go on meanwhile. The checkpoint holds `dir`'s lock file
     /// while it writes: another checkpoint into `dir` meanwhile fails with
-    /// [`Error::Busy`](crate::Error::Busy), and an open of it with `Error::Locked`. On
-    /// failure the directory is left empty but for that lock file.
+    /// [`Error::Busy`](crate::Error::Busy), and an open of it with `Error::Locked`. A close
+    /// of the database (on any clone) begun before the checkpoint writes its manifest makes
+    /// it give up with [`Error::Closed`](crate::Error::Closed) after the link or copy in
+    /// flight: the close waits only for that. On failure the directory is left empty but for
+    /// that lock file.
     pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         self.inner.checkpoint(dir.as_ref())
     }

@@ -11,6 +11,9 @@ pub(crate) enum Point {
     /// A checkpoint, after it fixed its cut (files, WALs and their lengths) under the locks
     /// and released them, before it copies anything.
     CheckpointAfterCut,
+    /// A checkpoint, after each step of its linking and copying: a table linked, or a
+    /// chunk of a copy (a table's, where links fail, or a WAL's) written.
+    CheckpointStepDone,
     /// `set_target`, after it cleared the write limits and before it installs the view
     /// naming the new target (the core lock held).
     RetargetBeforeSwap,

@@ -731,7 +731,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(after.len(), before.len(), "{after:?}");
+        // Nothing new; a name may be gone (the flush deletes the WAL it covered after
+        // `flush()` returns), so the counts of names need not match.
+        let made: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
+        assert!(made.is_empty(), "made {made:?}");
         // Other names inside it are fine, as is a path that only passes through it.
         db.checkpoint(dir.path().join("backups").join("999999.log"))
             .unwrap();

@@ -217,18 +217,9 @@ pub(crate) struct Core {
     /// meanwhile would know neither the copies nor their pointers, and carry the values into
     /// the target again.)
     pub flush_sources: HashSet<(u32, u32)>,
-    /// Draining partitions that the last migration pick would have taken but found held by
-    /// a flush of moved copies (see `flush_sources`), having nothing else to take: no copies
-    /// are moved out of them until a pick finds them free. Under a steady load each
-    /// memtable took copies out of the same partitions, flush after flush held them, and a
-    /// job for them was picked only if a pick happened to come between one flush's install
-    /// and the next one's view; now the hold ends with the memtables that took copies
-    /// before the pick (see `Inner::pick_draining_file`).
-    pub migration_awaits: HashSet<(u32, u32)>,
-    /// Whether a background pick (not `migrate_now`) set `migration_awaits`: a background
-    /// migration paused or held clears them, as it looks no more; a `migrate_now` clears
-    /// its own as it returns.
-    pub awaits_for_background: bool,
+    /// Draining partitions that migration picks wait for, by picker, closed to lazy moves
+    /// meanwhile.
+    pub migration_awaits: crate::awaits::Awaits,
     /// The file set in which the last compaction pick found nothing to do, and the
     /// process's count of spent seek allowances then: until either changes (or a job
     /// ends, freeing its partitions), the next pick would find nothing either, and is

@@ -332,6 +332,7 @@ mod tests {
     use std::sync::{mpsc, Arc};
     use std::time::Duration;
 
+    use crate::awaits::Picker;
     use crate::cursor::MergeCursor;
     use crate::fs::{FaultFs, FsOp};
     use crate::iter::{file_sources, Direction};
@@ -488,23 +489,44 @@ mod tests {
         assert_eq!(db.layout().retired, vec![VersionId(1)]);
     }
 
+    /// Runs `migrate_now` on another thread, stopped at the last of `path`'s points (reached
+    /// after each one before it, in turn) until `go` is sent.
+    fn migrate_now_stopped_at<'s>(
+        s: &'s std::thread::Scope<'s, '_>,
+        db: &'s Db,
+        path: &'static [Point],
+    ) -> (std::thread::ScopedJoinHandle<'s, u64>, mpsc::Sender<()>) {
+        /// Sets the hooks that run `f` at the last of `path`'s points.
+        fn stop_at(path: &'static [Point], f: Box<dyn FnOnce()>) {
+            match path {
+                [] => f(),
+                [last] => set(*last, f),
+                [first, rest @ ..] => set(*first, move || stop_at(rest, f)),
+            }
+        }
+        let (at_tx, at_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let job = s.spawn(move || {
+            stop_at(
+                path,
+                Box::new(move || {
+                    at_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                }),
+            );
+            db.inner.migrate_now(None).unwrap()
+        });
+        at_rx.recv().unwrap();
+        (job, go_tx)
+    }
+
     /// Runs `migrate_now` on another thread, stopped once it has picked its job until `go`
     /// is sent.
     fn picked_job<'s>(
         s: &'s std::thread::Scope<'s, '_>,
         db: &'s Db,
     ) -> (std::thread::ScopedJoinHandle<'s, u64>, mpsc::Sender<()>) {
-        let (picked_tx, picked_rx) = mpsc::channel();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let job = s.spawn(move || {
-            set(Point::MigrateNowPicked, move || {
-                picked_tx.send(()).unwrap();
-                go_rx.recv().unwrap();
-            });
-            db.inner.migrate_now(None).unwrap()
-        });
-        picked_rx.recv().unwrap();
-        (job, go_tx)
+        migrate_now_stopped_at(s, db, &[Point::MigrateNowPicked])
     }
 
     /// A migration job picked before a flush of lazily moved copies took its view, and
@@ -595,6 +617,34 @@ mod tests {
         all_there_then_retire_and_reopen(dir.path(), db);
     }
 
+    /// Runs `migrate_now` on another thread, stopped once it has found nothing it may take
+    /// and waited, before its next pick (the core lock free), until `go` is sent.
+    fn waiting_migrate_now<'s>(
+        s: &'s std::thread::Scope<'s, '_>,
+        db: &'s Db,
+    ) -> (std::thread::ScopedJoinHandle<'s, u64>, mpsc::Sender<()>) {
+        let path = &[Point::MigrateNowWaits, Point::MigrateNowBeforePick];
+        migrate_now_stopped_at(s, db, path)
+    }
+
+    /// Whether a read of `key` moves a copy of it out of its draining partition.
+    fn read_moves(db: &Db, key: &str) -> bool {
+        let before = db.stats().lazy_moves;
+        db.get(key).unwrap();
+        db.inner.apply_moves();
+        db.stats().lazy_moves > before
+    }
+
+    /// [`opts`] with v1 in two range partitions: keys below `k0250`, and the others.
+    fn two_partition_opts() -> Options {
+        Options {
+            partition: PartitionSpec::Range {
+                boundaries: vec![b"k0250".to_vec()],
+            },
+            ..opts()
+        }
+    }
+
     /// Flushes back to back, each of a memtable holding copies moved out of the same
     /// draining partition, with a migration pick (as `migrate_now` or a worker makes it)
     /// landing while each is written: every pick found the partition held by the flush,
@@ -616,7 +666,10 @@ mod tests {
                 .flush_oldest_then(|| {
                     let mut core = inner.core.lock();
                     let view = inner.view.load_full();
-                    match inner.pick_within_headroom(&mut core, &view).unwrap() {
+                    match inner
+                        .pick_within_headroom(&mut core, &view, Picker::Background)
+                        .unwrap()
+                    {
                         Some(j) => job = Some(j),
                         None => refused += 1,
                     }
@@ -657,28 +710,24 @@ mod tests {
         let pick = || {
             let mut core = inner.core.lock();
             let view = inner.view.load_full();
-            let job = inner.pick_within_headroom(&mut core, &view).unwrap();
+            let job = inner
+                .pick_within_headroom(&mut core, &view, Picker::Background)
+                .unwrap();
             if let Some(j) = &job {
                 inner.release_job(&mut core, j);
             }
             job.is_some()
         };
-        let moved = |key: &str| {
-            let before = db.stats().lazy_moves;
-            db.get(key).unwrap();
-            inner.apply_moves();
-            db.stats().lazy_moves > before
-        };
         // A flush of copies out of v1's only partition, as it marks it.
         inner.core.lock().flush_sources.insert((1, 0));
         assert!(!pick());
         assert!(
-            !moved("k0001"),
+            !read_moves(&db, "k0001"),
             "moved out of a partition migration waits for"
         );
         inner.core.lock().flush_sources.clear();
         assert!(pick());
-        assert!(moved("k0002"));
+        assert!(read_moves(&db, "k0002"));
         // A worker's pick (background migration on, as far as it knows) waits for it, then
         // background migration is paused: the worker's next look opens it again. (The core
         // lock held: the workers wait.)
@@ -694,7 +743,7 @@ mod tests {
             assert!(inner.pick_migration(&mut core, &view).is_none());
         }
         assert!(
-            moved("k0003"),
+            read_moves(&db, "k0003"),
             "a paused migration's last pick kept moves out"
         );
     }
@@ -715,22 +764,11 @@ mod tests {
         // A flush of copies out of v1's only partition, as it marks it.
         inner.core.lock().flush_sources.insert((1, 0));
         std::thread::scope(|s| {
-            let (tx, rx) = mpsc::channel();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            let j = s.spawn(move || {
-                set(Point::MigrateNowWaits, move || {
-                    set(Point::MigrateNowBeforePick, move || {
-                        tx.send(()).unwrap();
-                        go_rx.recv().unwrap();
-                    })
-                });
-                inner.migrate_now(None).unwrap()
-            });
+            let (j, go) = waiting_migrate_now(s, &db);
             // Waiting: the flush ends, and the migration is rolled back (v2 empty).
-            rx.recv().unwrap();
             inner.core.lock().flush_sources.clear();
             db.set_target(VersionId(1)).unwrap();
-            go_tx.send(()).unwrap();
+            go.send(()).unwrap();
             assert_eq!(j.join().unwrap(), 0, "nothing left to migrate");
         });
         // Forward again: v1 drains into v2, background migration still paused.
@@ -742,6 +780,70 @@ mod tests {
             db.stats().lazy_moves,
             before + 1,
             "a partition a finished migrate_now waited for took no lazy move"
+        );
+    }
+
+    /// A worker's migration pick made while a `migrate_now` waits for partitions held by
+    /// flushes of moved copies: one record served both pickers, so the worker's pick
+    /// cleared the partitions the `migrate_now` waited for (here: as it took another), and
+    /// moves out of them went on, the flushes that held them with them. Each picker now
+    /// keeps its own record, and moves skip the partitions any of them waits for.
+    #[test]
+    fn a_background_pick_leaves_the_partitions_a_waiting_migrate_now_awaits_closed_to_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), two_partition_opts()).unwrap();
+        settled_then_retargeted(&db);
+        let inner = &db.inner;
+        // Flushes of copies out of both of v1's partitions, as they mark them.
+        inner.core.lock().flush_sources.extend([(1, 0), (1, 1)]);
+        std::thread::scope(|s| {
+            let (migrate_now, go) = waiting_migrate_now(s, &db);
+            // The flush out of v1's second partition ends, and a worker picks it first.
+            {
+                let mut core = inner.core.lock();
+                core.flush_sources.remove(&(1, 1));
+                let view = inner.view.load_full();
+                inner.pacer.lock().rate = 1 << 40;
+                let job = inner.pick_migration(&mut core, &view);
+                let job = job.expect("the worker took no job");
+                assert_eq!(job.sources, vec![1], "test setup");
+                inner.release_job(&mut core, &job);
+                inner.pacer.lock().rate = 0;
+            }
+            assert!(
+                !read_moves(&db, "k0001"),
+                "moved out of a partition a waiting migrate_now awaits"
+            );
+            inner.core.lock().flush_sources.clear();
+            go.send(()).unwrap();
+            assert!(migrate_now.join().unwrap() > 0);
+        });
+    }
+
+    /// The other way round: a `migrate_now` that takes a partition, and returns, while a
+    /// worker's pick waits for another, left that one open to moves.
+    #[test]
+    fn a_migrate_now_leaves_the_partitions_a_background_pick_awaits_closed_to_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), two_partition_opts()).unwrap();
+        settled_then_retargeted(&db);
+        let inner = &db.inner;
+        {
+            let mut core = inner.core.lock();
+            core.flush_sources.extend([(1, 0), (1, 1)]);
+            let view = inner.view.load_full();
+            inner.pacer.lock().rate = 1 << 40;
+            assert!(inner.pick_migration(&mut core, &view).is_none());
+            // Background migration stays on, its budget in debt for good: the workers'
+            // picks keep the record as it is (a paused one would clear it).
+            inner.pacer.lock().tokens = f64::MIN;
+            // The flush out of v1's second partition ends.
+            core.flush_sources.remove(&(1, 1));
+        }
+        assert!(inner.migrate_now(Some(1)).unwrap() > 0);
+        assert!(
+            !read_moves(&db, "k0001"),
+            "moved out of a partition a worker's pick awaits"
         );
     }
 

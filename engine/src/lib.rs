@@ -30,6 +30,7 @@
     reason = "internal handles hold non-Debug files, maps and locks"
 )]
 
+mod awaits;
 mod background;
 mod batch;
 mod cache;

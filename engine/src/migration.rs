@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::awaits::Picker;
 use crate::compaction::CompactionJob;
 use crate::db::{Core, Inner, VersionId, View};
 use crate::error::Result;
@@ -407,7 +408,7 @@ impl Inner {
             let refill = now.duration_since(p.last_refill).as_secs_f64() * p.effective_rate();
             p.tokens = (p.tokens + refill).min(0.0);
             p.last_refill = now;
-            core.migration_awaits.clear();
+            core.migration_awaits.clear(Picker::Background);
             return None;
         }
         let mut p = self.pacer.lock();
@@ -415,8 +416,8 @@ impl Inner {
         // Held or paused, background migration waits for no partition: those its last pick
         // waited for must not stay closed to lazy moves (those of a waiting `migrate_now`
         // stay).
-        if (core.migration_held || p.rate == 0) && core.awaits_for_background {
-            core.migration_awaits.clear();
+        if core.migration_held || p.rate == 0 {
+            core.migration_awaits.clear(Picker::Background);
         }
         if core.migration_held {
             p.blocked = Some(HELD.into());
@@ -439,8 +440,7 @@ impl Inner {
             p.blocked = Some("pacing".into());
             return None;
         }
-        let picked = self.pick_within_headroom(core, view);
-        core.awaits_for_background = true;
+        let picked = self.pick_within_headroom(core, view, Picker::Background);
         let job = match picked {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -493,10 +493,11 @@ impl Inner {
         &self,
         core: &mut Core,
         view: &View,
+        picker: Picker,
     ) -> std::result::Result<Option<CompactionJob>, String> {
         let mut alone = false;
         loop {
-            let Some(job) = self.pick_draining_file(core, view, alone) else {
+            let Some(job) = self.pick_draining_file(core, view, alone, picker) else {
                 return Ok(None);
             };
             let parts = job
@@ -627,12 +628,14 @@ impl Inner {
     /// before, and the target merges them within that range only. From a range layout the
     /// order is the same as before: its partitions are key-ordered.
     ///
-    /// `alone`: the first file only, with none of the other partitions' files.
+    /// `alone`: the first file only, with none of the other partitions' files. `picker`:
+    /// whose record of the partitions it waits for the pick replaces.
     pub(crate) fn pick_draining_file(
         &self,
         core: &mut Core,
         view: &View,
         alone: bool,
+        picker: Picker,
     ) -> Option<CompactionJob> {
         if let Some(job) = self.pick_pointer_merge(core, view) {
             return Some(job);
@@ -675,12 +678,13 @@ impl Inner {
         // memtables that took copies already, and a pick after that finds them free
         // whenever it comes. (Such copies are work the job would undo anyway: it
         // carries the values itself.) Each pick looks again: one that finds them free, or
-        // takes another partition, lets moves out of them go on.
+        // takes another partition, lets moves out of them go on, unless another picker
+        // waits for them too (see `crate::awaits::Awaits`).
         let Some((version, pi, f, failed)) = next else {
-            core.migration_awaits = held;
+            core.migration_awaits.set(picker, held);
             return None;
         };
-        core.migration_awaits.clear();
+        core.migration_awaits.clear(picker);
         let failing = failed > 0;
         // Of the other partitions of its layout, those whose next file begins within its
         // key range migrate that file with it (from a hash layout, every partition). Taken
@@ -753,19 +757,17 @@ impl Inner {
     /// Migrates draining files now, in the caller's thread, ignoring the pacer, until none
     /// is left or `max_bytes` of input has been migrated. Returns the bytes migrated.
     pub fn migrate_now(&self, max_bytes: Option<u64>) -> Result<u64> {
-        let r = self.migrate_now_picking(max_bytes);
+        let picker = self.core.lock().migration_awaits.now_picker();
+        let r = self.migrate_now_picking(max_bytes, picker);
         // However it ended (nothing left to take, say, after a rollback; an error), it
         // waits for no partition any more: those its last pick waited for must not stay
-        // closed to lazy moves (a background pick clears only its own record, and while
-        // background migration is paused it makes none).
-        let mut core = self.core.lock();
-        if !core.awaits_for_background {
-            core.migration_awaits.clear();
-        }
+        // closed to lazy moves (no other picker clears them).
+        self.core.lock().migration_awaits.clear(picker);
         r
     }
 
-    fn migrate_now_picking(&self, max_bytes: Option<u64>) -> Result<u64> {
+    /// [`Inner::migrate_now`]'s work, its picks made as `picker`.
+    fn migrate_now_picking(&self, max_bytes: Option<u64>, picker: Picker) -> Result<u64> {
         // Moves reads asked for first: their pointers then spare the values migration.
         self.apply_moves();
         let mut done = 0u64;
@@ -789,8 +791,7 @@ impl Inner {
                     self.retire_drained(&mut core)?;
                     return Ok(done);
                 }
-                let picked = self.pick_within_headroom(&mut core, &view);
-                core.awaits_for_background = false;
+                let picked = self.pick_within_headroom(&mut core, &view, picker);
                 match picked {
                     Err(why) => {
                         return Err(crate::Error::io(

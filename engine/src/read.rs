@@ -760,7 +760,7 @@ impl Inner {
                 }
                 let source = (m.source.layout_version, m.source.partition);
                 // (A partition a migration pick waits for takes no copies: see
-                // `Core::migration_awaits`.)
+                // `crate::awaits::Awaits`.)
                 if !view.files.holds(&m.source)
                     || core.busy.contains(&source)
                     || core.migration_awaits.contains(&source)

@@ -1175,7 +1175,6 @@ fn new_core(
         migrating: Default::default(),
         flush_sources: Default::default(),
         migration_awaits: Default::default(),
-        awaits_for_background: false,
         nothing_to_compact: None,
         picks_scored: 0,
         flushing: false,

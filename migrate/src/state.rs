@@ -7,6 +7,11 @@
 //! The record lives in the engine's manifest (fenced by the controller epoch), so a
 //! controller that crashes resumes where it was, and a stale controller cannot overwrite
 //! the state of the one that replaced it.
+//!
+//! A field this version does not know is refused, not skipped: the record is stored back
+//! whole at every step, and a field skipped here (written by a newer sluice) would be lost
+//! with whatever it recorded. Fields added since the first format read as their default
+//! when absent, so older records still decode.
 
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +79,7 @@ impl std::fmt::Display for State {
 
 /// One logged transition (or trigger), with its reason.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Event {
     pub unix_ms: u64,
     pub from: State,
@@ -83,6 +89,7 @@ pub struct Event {
 
 /// The plan of the migration in progress.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanRecord {
     /// The layout version that was the target when the migration was planned: rollback
     /// returns here.
@@ -113,6 +120,7 @@ pub struct PlanRecord {
 /// first, so that a plan cut short (a crash, a failing hook) can be undone instead of
 /// leaving a candidate pinned and live for ever.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanningRecord {
     /// Fingerprint of the candidate function: a version registered for it (id above
     /// `last_id`) is the plan's own.
@@ -125,6 +133,7 @@ pub struct PlanningRecord {
 
 /// Everything the controller persists.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Record {
     pub state: State,
     pub plan: Option<PlanRecord>,
@@ -271,6 +280,43 @@ mod tests {
         old["plan"].as_object_mut().unwrap().remove("validated");
         let old = Record::decode(&serde_json::to_vec(&old).unwrap()).unwrap();
         assert!(!old.plan.unwrap().validated);
+    }
+
+    /// A record carrying a field this version does not know (one written by a newer
+    /// sluice) is refused: it used to be decoded with the field dropped, and the next
+    /// store wrote it back without it, so an older binary attaching lost what the newer
+    /// one had recorded (a plan under way, a check's hold, and whatever comes next).
+    #[test]
+    fn a_record_with_a_field_this_version_does_not_know_is_refused() {
+        let plan = r#"{"from":1,"to":2,"spec":"hash:8:1","forced":false,"predicted_max_over_mean":1.0,"predicted_p_value":0.5,"canary_bytes":0,"canary_done":false,"checkpoint_dir":null,"superseded":[]"#;
+        let event = r#"{"unix_ms":1,"from":"Stable","to":"Planned","reason":"plan""#;
+        let planning = r#"{"fingerprint":7,"last_id":1,"pins":[]"#;
+        let record = |plan: &str, planning: &str, event: &str, extra: &str| {
+            format!(
+                r#"{{"state":"Planned","plan":{plan}}},"planning":{planning}}},"reconciliation":null,"events":[{event}}}]{extra}}}"#
+            )
+        };
+        let known = record(plan, planning, event, "");
+        Record::decode(known.as_bytes()).unwrap();
+        let newer = r#","hold_reason":"x""#;
+        for (at, text) in [
+            ("the record", record(plan, planning, event, newer)),
+            (
+                "the plan",
+                record(&format!("{plan}{newer}"), planning, event, ""),
+            ),
+            (
+                "the plan under way",
+                record(plan, &format!("{planning}{newer}"), event, ""),
+            ),
+            (
+                "an event",
+                record(plan, planning, &format!("{event}{newer}"), ""),
+            ),
+        ] {
+            let e = Record::decode(text.as_bytes()).expect_err(at);
+            assert!(e.contains("hold_reason"), "{at}: {e}");
+        }
     }
 
     #[test]

@@ -1785,16 +1785,49 @@ mod tests {
         let db = ledger(dir.path());
         let epoch = db.claim_controller().unwrap();
         db.store_controller_state(epoch, b"not json{").unwrap();
+        let (offset, _) = refused_before_a_claim(&db, epoch);
+        assert!(offset > 0);
+    }
+
+    /// Attaches to `db`, whose controller state (stored under `epoch`) is damaged: the
+    /// attach must fail as corruption naming the manifest, without a claim. The offset of
+    /// the edit named and the reason.
+    fn refused_before_a_claim(db: &Db, epoch: u64) -> (u64, String) {
         let Err(e) = Controller::attach(db.clone(), cfg()) else {
-            panic!("attached over an undecodable state");
+            panic!("attached over a damaged state");
         };
-        let Error::Corruption { file, offset, .. } = &e else {
+        let Error::Corruption {
+            file,
+            offset,
+            reason,
+        } = e
+        else {
             panic!("{e}");
         };
         let name = file.file_name().unwrap().to_string_lossy();
-        assert!(name.starts_with("MANIFEST-"), "{e}");
-        assert!(*offset > 0, "{e}");
+        assert!(name.starts_with("MANIFEST-"), "{}", file.display());
         assert_eq!(db.controller_epoch(), Some(epoch), "claimed over it");
+        (offset, reason)
+    }
+
+    /// A stored plan whose candidate function does not parse is damage, refused at attach
+    /// before the claim like a record that does not decode. It used to be accepted: the
+    /// claim was written, and then the resume of a shadowing migration failed on the
+    /// function, so that every later attach (a rollback's included) failed the same way.
+    #[test]
+    fn a_plan_whose_function_does_not_parse_is_refused_before_a_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut c = Controller::attach(db.clone(), cfg()).unwrap();
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.shadow().unwrap();
+        let epoch = c.epoch();
+        let mut rec = c.record().clone();
+        drop(c);
+        rec.plan.as_mut().unwrap().spec = "hash:eight".into();
+        db.store_controller_state(epoch, &rec.encode()).unwrap();
+        let (_, reason) = refused_before_a_claim(&db, epoch);
+        assert!(reason.contains("hash:eight"), "{reason}");
     }
 
     /// A start finding a CURRENT in its checkpoint directory relies on it only if the copy

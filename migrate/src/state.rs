@@ -185,6 +185,16 @@ impl Record {
                 r.state
             ));
         }
+        // Nor is a plan whose candidate function does not parse: shadowing and validation
+        // need it, and a resume that failed on it failed every attach, a rollback's too.
+        if let Some(p) = &r.plan {
+            sluice::PartitionSpec::parse(&p.spec).map_err(|e| {
+                format!(
+                    "controller state is not valid: the plan's function {:?}: {e}",
+                    p.spec
+                )
+            })?;
+        }
         Ok(r)
     }
 

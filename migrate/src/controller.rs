@@ -45,7 +45,8 @@ pub struct Triggers {
     /// A canary or periodic check that could not run holds data movement and is tried
     /// again by a later tick, at most this often, and never sooner after an attempt ends
     /// than that attempt took (a full check of a large database that keeps failing takes
-    /// at most half the controller's time).
+    /// at most half the controller's time). A finish that failed (in `Finalizing`) is
+    /// tried again by ticks as seldom.
     pub check_retry: Duration,
 }
 
@@ -1246,7 +1247,20 @@ impl Controller {
                 completed = rolled_back.is_none();
             }
         } else if complete && self.rec.state == State::Finalizing {
+            // Spaced as a canary's or a periodic check's retries are: each attempt runs
+            // the finish's check over every table.
+            if let Some(left) = self.retry_wait() {
+                return Err(Error::Background(format!(
+                    "the last attempt to finish failed; next attempt in {} ms",
+                    left.as_millis().max(1)
+                )));
+            }
+            let started = Instant::now();
             let r = self.finish();
+            self.failed_attempt = match (&r, self.rec.state) {
+                (Err(_), State::Finalizing) => Some((Instant::now(), started.elapsed())),
+                _ => None,
+            };
             rolled_back = self.rolled_back_by(State::Finalizing, r)?;
             completed = rolled_back.is_none();
         }
@@ -1263,14 +1277,11 @@ impl Controller {
     /// cannot be read) holds data movement and is returned as the error; the hold lasts
     /// until a check runs and passes (tried on every tick meanwhile).
     fn tick_checks(&mut self, finishing: bool) -> Result<Option<String>> {
-        if let (Some(was), Some((ended, took))) = (&self.rec.check_failing, self.failed_attempt) {
-            let wait = self.cfg.triggers.check_retry.max(took);
-            if let Some(left) = wait.checked_sub(ended.elapsed()).filter(|l| !l.is_zero()) {
-                return Err(Error::Background(format!(
-                    "a check could not run: {was}; migration held, next attempt in {} ms",
-                    left.as_millis().max(1)
-                )));
-            }
+        if let (Some(was), Some(left)) = (&self.rec.check_failing, self.retry_wait()) {
+            return Err(Error::Background(format!(
+                "a check could not run: {was}; migration held, next attempt in {} ms",
+                left.as_millis().max(1)
+            )));
         }
         let started = Instant::now();
         let canary_pending = !self.plan_ref()?.canary_done;
@@ -1315,6 +1326,14 @@ impl Controller {
                 Err(e)
             }
         }
+    }
+
+    /// How long ticks still wait before trying again the check that could not run at the
+    /// last attempt (see [`Triggers::check_retry`]); `None` once they may.
+    fn retry_wait(&self) -> Option<Duration> {
+        let (ended, took) = self.failed_attempt?;
+        let wait = self.cfg.triggers.check_retry.max(took);
+        wait.checked_sub(ended.elapsed()).filter(|l| !l.is_zero())
     }
 
     /// A gate's failure as a tick reports it: the reason, when the step (begun in state
@@ -1665,10 +1684,31 @@ mod tests {
 
     /// Sleeps until a check that could not run may be tried again.
     fn until_retry(c: &Controller) {
-        if let Some((ended, took)) = c.failed_attempt {
-            let wait = c.cfg.triggers.check_retry.max(took);
-            std::thread::sleep(wait.saturating_sub(ended.elapsed()));
+        if let Some(left) = c.retry_wait() {
+            std::thread::sleep(left);
         }
+    }
+
+    /// Gives `c` a reconciliation hook that fails while the flag returned is set (the
+    /// ledger unreachable) and answers a constant figure otherwise, and counts its calls.
+    fn counted_flaky_hook(
+        c: &mut Controller,
+    ) -> (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, n) = (broken.clone(), calls.clone());
+        c.set_reconciliation(Box::new(move |_| {
+            n.fetch_add(1, Relaxed);
+            match b.load(Relaxed) {
+                true => Err(Error::Background("ledger unreachable".into())),
+                false => Ok("sum 400000".into()),
+            }
+        }));
+        (broken, calls)
     }
 
     /// A check that cannot run is tried again at most every `check_retry`, and a canary
@@ -1677,7 +1717,7 @@ mod tests {
     /// database, and another canary moved (while movement was held) per tick.
     #[test]
     fn a_failing_check_is_retried_at_its_interval_without_moving_more() {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+        use std::sync::atomic::Ordering::Relaxed;
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(
             dir.path(),
@@ -1696,16 +1736,7 @@ mod tests {
         let mut cfg = running_cfg();
         cfg.triggers.check_retry = Duration::from_secs(3600);
         let mut c = Controller::attach(db.clone(), cfg).unwrap();
-        let broken = std::sync::Arc::new(AtomicBool::new(false));
-        let calls = std::sync::Arc::new(AtomicUsize::new(0));
-        let (b, n) = (broken.clone(), calls.clone());
-        c.set_reconciliation(Box::new(move |_| {
-            n.fetch_add(1, Relaxed);
-            match b.load(Relaxed) {
-                true => Err(Error::Background("ledger unreachable".into())),
-                false => Ok("sum 400000".into()),
-            }
-        }));
+        let (broken, calls) = counted_flaky_hook(&mut c);
         c.plan(hash(5), PlanOptions::default()).unwrap();
         c.validate().unwrap();
         let moved = |db: &Db| -> (u64, u64) {
@@ -1743,6 +1774,41 @@ mod tests {
         c.tick(None).unwrap();
         assert!(c.record().plan.as_ref().unwrap().canary_done);
         assert_eq!(pacing(&db), (false, 1 << 20));
+    }
+
+    /// A finish whose check cannot run (the hook fails) is tried again by ticks at most
+    /// every `check_retry`, and never sooner than the attempt took, as a canary's or a
+    /// periodic check's is. Every tick in `Finalizing` used to run the whole finish again,
+    /// its consistency check over every table included, however often ticks came.
+    #[test]
+    fn a_finish_whose_check_cannot_run_is_retried_at_its_interval() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let db = ledger(dir.path());
+        let mut cfg = cfg();
+        cfg.triggers.check_retry = Duration::from_secs(3600);
+        let mut c = Controller::attach(db.clone(), cfg).unwrap();
+        let (broken, calls) = counted_flaky_hook(&mut c);
+        c.plan(hash(5), PlanOptions::default()).unwrap();
+        c.start().unwrap();
+        broken.store(true, Relaxed);
+        c.finish().unwrap_err();
+        assert_eq!(c.state(), State::Finalizing);
+        // The first tick tries again; those within the interval do not.
+        let n0 = calls.load(Relaxed);
+        c.tick(None).unwrap_err();
+        assert_eq!(calls.load(Relaxed), n0 + 1);
+        for _ in 0..3 {
+            let e = c.tick(None).unwrap_err().to_string();
+            assert!(e.contains("next attempt in"), "{e}");
+        }
+        assert_eq!(calls.load(Relaxed), n0 + 1, "retried within the interval");
+        // Once it is due, a finish whose check passes completes.
+        broken.store(false, Relaxed);
+        c.cfg.triggers.check_retry = Duration::ZERO;
+        until_retry(&c);
+        assert!(c.tick(None).unwrap().completed);
+        assert_eq!(c.state(), State::Complete);
     }
 
     /// A paused migration stays paused when the process exits: a database opened again with

@@ -27,7 +27,8 @@ pub type Reconciliation = Box<dyn Fn(&Snapshot) -> Result<String> + Send>;
 pub struct Triggers {
     /// Roll back when a consistency check finds a problem.
     pub on_consistency_failure: bool,
-    /// Roll back when the reconciliation value changes.
+    /// Roll back when the reconciliation value changes. Off, a change is recorded in the
+    /// events (at each state change that finds it) and the migration goes on.
     pub on_reconciliation_mismatch: bool,
     /// Roll back when the observed error rate (errors / ops) exceeds this.
     pub max_error_rate: Option<f64>,
@@ -725,13 +726,20 @@ impl Controller {
     /// migration back, and its reason is returned.
     fn reconcile(&mut self, when: &str) -> Result<Option<String>> {
         match (self.rec.reconciliation.clone(), self.reconcile_now()?) {
-            (Some(expected), Some(now))
-                if now != expected && self.cfg.triggers.on_reconciliation_mismatch =>
-            {
+            (Some(expected), Some(now)) if now != expected => {
                 let reason =
                     format!("reconciliation changed at {when}: expected {expected}, got {now}");
-                self.roll_back_because(&reason)?;
-                return Ok(Some(reason));
+                if self.cfg.triggers.on_reconciliation_mismatch {
+                    self.roll_back_because(&reason)?;
+                    return Ok(Some(reason));
+                }
+                // Not rolled back, as configured, but on record: a migration that completes
+                // past a changed figure must say so. Once per run of periodic checks that
+                // keep finding it, not once per check.
+                let reason = bounded_reason(format!("{reason} (automatic rollback off)"));
+                if self.rec.events.last().map(|e| &e.reason) != Some(&reason) {
+                    self.note(reason)?;
+                }
             }
             // No hook when the plan was made (`sluice migrate plan` sets none): the first
             // gate with one takes the baseline, rather than every gate skipping the check.

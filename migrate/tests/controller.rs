@@ -1037,6 +1037,39 @@ fn a_plan_made_without_the_hook_is_still_reconciled() {
     assert_eq!(db.layout().target, VersionId(1));
 }
 
+/// With its automatic rollback turned off, a reconciliation change found at a state change
+/// is still put on record, at each state change that finds it, and the migration goes on
+/// as configured. It passed without a word: the events said "validation passed",
+/// and a finish retired the old layout with nothing recorded of the changed sum.
+#[test]
+fn a_reconciliation_change_is_recorded_with_its_rollback_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let mut cfg = cfg();
+    cfg.triggers.on_reconciliation_mismatch = false;
+    let mut c = Controller::attach(db.clone(), cfg).unwrap();
+    c.set_reconciliation(Box::new(sum));
+    c.plan(good(), PlanOptions::default()).unwrap();
+    db.put(key(0), "999").unwrap(); // money from nowhere
+    c.start().unwrap();
+    c.finish().unwrap();
+    assert_eq!(c.state(), State::Complete);
+    let changed: Vec<&str> = c
+        .events()
+        .iter()
+        .map(|e| e.reason.as_str())
+        .filter(|r| r.contains("reconciliation changed"))
+        .collect();
+    for at in ["validation", "canary", "finish"] {
+        assert!(
+            changed.iter().any(|r| r.contains(&format!("at {at}:"))
+                && r.contains("got 300899")
+                && r.contains("automatic rollback off")),
+            "{at}: {changed:?}"
+        );
+    }
+}
+
 /// A rollback is a state change like any other: the reconciliation is checked there too,
 /// and a discrepancy that arose during the migration is recorded with it (it used to pass
 /// unreported, and the next plan took the wrong sum as its baseline).

@@ -839,7 +839,8 @@ impl Inner {
             }
             build_sources(&view.memtables(), &view.files, &range, snapshot, dir)
         });
-        DbIter::new(factory, snapshot, hold, self.table_files.clone())
+        let reads = self.read_tally();
+        DbIter::new(factory, snapshot, hold, self.table_files.clone(), reads)
     }
 }
 
@@ -970,7 +971,7 @@ impl Db {
 
     /// The value of `key` at the latest snapshot.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.inner.get(key.as_ref(), None)
+        self.inner.get(key.as_ref(), None, None)
     }
 
     /// Starts an optimistic, serializable transaction (see [`crate::Transaction`]).

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use crate::cursor::{MergeCursor, Source};
 use crate::error::{Error, Result};
+use crate::load::ReadTally;
 use crate::memtable::MemTable;
 use crate::sst::files::TableFiles;
 use crate::types::{Entry, Kind};
@@ -288,6 +289,10 @@ pub struct DbIter {
     /// The database's table files: once they are closed (the database was), the iterator
     /// answers [`Error::Closed`], as every read of a closed database does.
     files: Arc<TableFiles>,
+    /// The keys yielded, per partition: the scan is one read event in each, recorded when
+    /// it ends or is dropped. Not in chunks as it goes: one scan's keys are one reader's,
+    /// and a long scan cut into many events would name its partition hot on its own.
+    reads: ReadTally,
 }
 
 impl DbIter {
@@ -296,6 +301,7 @@ impl DbIter {
         snapshot: u64,
         hold: Option<Box<dyn Send + Sync>>,
         files: Arc<TableFiles>,
+        reads: ReadTally,
     ) -> DbIter {
         DbIter {
             factory,
@@ -306,6 +312,7 @@ impl DbIter {
             done: false,
             _hold: hold,
             files,
+            reads,
         }
     }
 
@@ -407,9 +414,27 @@ impl DbIter {
             return Some(Err(Error::Closed));
         }
         match self.step(dir) {
-            Ok(r) => r.map(Ok),
+            Ok(Some(r)) => {
+                let key = match &r {
+                    Resolved::Top => self
+                        .front
+                        .as_ref()
+                        .expect("a forward step")
+                        .merge
+                        .top()
+                        .key(),
+                    Resolved::Held(k, _) => k,
+                };
+                self.reads.tally(key);
+                Some(Ok(r))
+            }
+            Ok(None) => {
+                self.reads.record();
+                None
+            }
             Err(e) => {
                 self.done = true;
+                self.reads.record();
                 Some(Err(e))
             }
         }

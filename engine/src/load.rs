@@ -19,7 +19,16 @@ use crate::stats::Counters;
 pub(crate) struct PartitionLoad {
     pub version: Option<u32>,
     pub func: Arc<PartitionFn>,
-    reads: Box<[AtomicU64]>,
+    /// Point reads outside a transaction: each an event of one key, counted with one add
+    /// (a plain `get` pays no more for it).
+    single_reads: Box<[AtomicU64]>,
+    /// Keys read in events of their own (a transaction's, a scan's), their events (one per
+    /// partition an event read from), the square and the maximum of their keys: the
+    /// write figures' counterparts (see [`Self::record_reads`]).
+    grouped_reads: Box<[AtomicU64]>,
+    read_groups: Box<[AtomicU64]>,
+    group_keys_sq: Box<[AtomicU64]>,
+    group_keys_max: Box<[AtomicU64]>,
     writes: Box<[AtomicU64]>,
     write_bytes: Box<[AtomicU64]>,
     write_commits: Box<[AtomicU64]>,
@@ -28,21 +37,96 @@ pub(crate) struct PartitionLoad {
     since: Instant,
 }
 
-/// One committed batch's writes per partition of one function, gathered key by key and
-/// recorded at once ([`PartitionLoad::record_batch`]). The tally is made under the WAL
-/// lock for every commit group, so it costs a put or a small batch no allocation, and a
-/// large one over many partitions no sort: up to [`FEW_PARTITIONS`] partitions are kept
-/// inline, one entry each; a batch that writes to more counts per partition in an array.
+/// One event's keys per partition of one function, gathered key by key and recorded at
+/// once: a committed batch's writes ([`PartitionLoad::record_batch`]), or a transaction's
+/// or a scan's reads ([`ReadTally`]). A commit's tally is made under the WAL lock for
+/// every commit group, so it costs a put or a small batch no allocation, and a large one
+/// over many partitions no sort: up to [`FEW_PARTITIONS`] partitions are kept inline, one
+/// entry each; an event over more counts per partition in an array.
 #[derive(Default)]
 pub(crate) struct BatchTally {
-    /// (partition, keys, bytes), one entry per partition written, while there are few.
+    /// (partition, keys, bytes), one entry per partition, while there are few.
     few: smallvec::SmallVec<[(u32, u64, u64); FEW_PARTITIONS]>,
-    /// (keys, bytes) by partition, once the batch wrote to more than `few` holds.
+    /// (keys, bytes) by partition, once the event touched more than `few` holds.
     many: Vec<(u64, u64)>,
 }
 
 /// Partitions a [`BatchTally`] keeps inline.
 const FEW_PARTITIONS: usize = 16;
+
+impl BatchTally {
+    /// (partition, keys, bytes) of every partition the event touched.
+    fn entries(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        let many = self
+            .many
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.0 > 0)
+            .map(|(p, &(keys, bytes))| (p, keys, bytes));
+        let few = self
+            .few
+            .iter()
+            .map(|&(p, keys, bytes)| (p as usize, keys, bytes));
+        few.chain(many)
+    }
+
+    fn clear(&mut self) {
+        self.few.clear();
+        self.many = Vec::new();
+    }
+}
+
+/// The reads of one transaction or one scan, tallied per partition of the functions
+/// counting when it began (the target's and a shadowed candidate's) and recorded into
+/// them as one event per partition ([`PartitionLoad::record_reads`]): explicitly when it
+/// ends, or when it is dropped. Its keys are not independent readers: a transaction
+/// reading 200 keys of a partition, or a scan yielding them, is one reader there.
+///
+/// The functions are held, not looked up at the end: a retarget in between replaces the
+/// target's counters with another function's (of another number of partitions), and the
+/// reads, made under the old one, are recorded into the old one's (no longer shown).
+/// Nothing is allocated until a key is read.
+#[derive(Default)]
+pub(crate) struct ReadTally {
+    loads: [Option<Arc<PartitionLoad>>; 2],
+    tallies: Option<Box<[BatchTally; 2]>>,
+}
+
+impl ReadTally {
+    /// Adds a key read.
+    #[inline]
+    pub fn tally(&mut self, key: &[u8]) {
+        if self.loads.iter().all(Option::is_none) {
+            return;
+        }
+        let tallies = self.tallies.get_or_insert_with(Default::default);
+        for (l, t) in self.loads.iter().zip(tallies.iter_mut()) {
+            if let Some(l) = l {
+                l.tally_key(t, key, 0);
+            }
+        }
+    }
+
+    /// Records the keys read so far as one event per partition, and starts afresh.
+    pub fn record(&mut self) {
+        let Some(tallies) = self.tallies.as_mut() else {
+            return;
+        };
+        for (l, t) in self.loads.iter().zip(tallies.iter_mut()) {
+            if let Some(l) = l {
+                l.record_reads(t);
+            }
+        }
+    }
+}
+
+impl Drop for ReadTally {
+    /// A transaction dropped without a commit, or a scan dropped before its end: its
+    /// reads were made all the same.
+    fn drop(&mut self) {
+        self.record();
+    }
+}
 
 impl PartitionLoad {
     pub fn new(version: Option<u32>, func: Arc<PartitionFn>) -> PartitionLoad {
@@ -51,7 +135,11 @@ impl PartitionLoad {
         PartitionLoad {
             version,
             func,
-            reads: zeros(),
+            single_reads: zeros(),
+            grouped_reads: zeros(),
+            read_groups: zeros(),
+            group_keys_sq: zeros(),
+            group_keys_max: zeros(),
             writes: zeros(),
             write_bytes: zeros(),
             write_commits: zeros(),
@@ -61,9 +149,10 @@ impl PartitionLoad {
         }
     }
 
-    /// Adds a key of a batch being committed to `tally` (see [`Self::record_batch`]).
+    /// Adds a key of an event (a batch being committed, a transaction's or a scan's read)
+    /// to `tally`, with the bytes it wrote (see [`Self::record_batch`], [`ReadTally`]).
     #[inline]
-    pub fn tally_write(&self, tally: &mut BatchTally, key: &[u8], bytes: usize) {
+    pub fn tally_key(&self, tally: &mut BatchTally, key: &[u8], bytes: usize) {
         let p = self.func.partition_of(key);
         let bytes = bytes as u64;
         if let Some(e) = tally.many.get_mut(p as usize) {
@@ -88,57 +177,78 @@ impl PartitionLoad {
     /// keys are not independent operations: the hot-partition test needs to know how
     /// they came grouped).
     pub fn record_batch(&self, tally: &mut BatchTally) {
-        let many = tally
-            .many
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.0 > 0)
-            .map(|(p, &(keys, bytes))| (p, keys, bytes));
-        let few = tally
-            .few
-            .iter()
-            .map(|&(p, keys, bytes)| (p as usize, keys, bytes));
-        for (p, keys, bytes) in few.chain(many) {
+        for (p, keys, bytes) in tally.entries() {
             // The commit first, its keys last (released to `stats`, which reads the keys
             // first): a sample taken meanwhile may show the commit without its keys (the
             // writes look burstier than they were), never its keys without it (a large
             // batch's keys taken for a run of commits of one key, as hot as that many
             // independent writers).
-            self.write_commits[p].fetch_add(1, Ordering::Relaxed);
-            let sq = keys.saturating_mul(keys);
-            // Saturating: a wrapped sum of squares would understate how bursty writes were.
-            let _ =
-                self.commit_keys_sq[p].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                    Some(s.saturating_add(sq))
-                });
-            self.commit_keys_max[p].fetch_max(keys, Ordering::Relaxed);
-            #[cfg(test)]
-            crate::test_hooks::reach(crate::test_hooks::Point::LoadRecordMidway);
+            add_event(
+                [
+                    &self.write_commits,
+                    &self.commit_keys_sq,
+                    &self.commit_keys_max,
+                ],
+                p,
+                keys,
+            );
             self.write_bytes[p].fetch_add(bytes, Ordering::Relaxed);
             self.writes[p].fetch_add(keys, Ordering::Release);
         }
-        tally.few.clear();
-        tally.many = Vec::new();
+        tally.clear();
     }
 
+    /// Records one transaction's or scan's reads, tallied key by key, and empties the
+    /// tally: one event into each partition it read from, of the keys it read there (see
+    /// [`ReadTally`]). Ordered as [`Self::record_batch`] is, for the same reason: a sample
+    /// may show the event without its keys, never its keys without it.
+    pub fn record_reads(&self, tally: &mut BatchTally) {
+        for (p, keys, _) in tally.entries() {
+            add_event(
+                [&self.read_groups, &self.group_keys_sq, &self.group_keys_max],
+                p,
+                keys,
+            );
+            self.grouped_reads[p].fetch_add(keys, Ordering::Release);
+        }
+        tally.clear();
+    }
+
+    /// Records a point read outside a transaction: an event of one key.
     #[inline]
     pub fn record_read(&self, key: &[u8]) {
         let p = self.func.partition_of(key) as usize;
-        self.reads[p].fetch_add(1, Ordering::Relaxed);
+        self.single_reads[p].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> LoadStats {
         let get = |v: &[AtomicU64]| v.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-        // Keys written before the commit figures, acquired: see `record_batch`.
-        let writes = self
-            .writes
-            .iter()
-            .map(|a| a.load(Ordering::Acquire))
-            .collect();
+        // Keys before the events' figures, acquired: see `record_batch`.
+        let acquire =
+            |v: &[AtomicU64]| -> Vec<u64> { v.iter().map(|a| a.load(Ordering::Acquire)).collect() };
+        let writes = acquire(&self.writes);
+        let grouped: Vec<u64> = acquire(&self.grouped_reads);
+        let singles: Vec<u64> = get(&self.single_reads);
+        // A point read is an event of one key: it adds one to each read figure.
+        let plus_singles = |v: &[AtomicU64]| -> Vec<u64> {
+            v.iter()
+                .zip(&singles)
+                .map(|(a, &s)| a.load(Ordering::Relaxed).saturating_add(s))
+                .collect()
+        };
         LoadStats {
             version: self.version.map(VersionId),
             spec: self.func.spec().clone(),
-            reads: get(&self.reads),
+            reads: grouped
+                .iter()
+                .zip(&singles)
+                .map(|(&g, &s)| g.saturating_add(s))
+                .collect(),
+            read_events: plus_singles(&self.read_groups),
+            read_keys_sq: plus_singles(&self.group_keys_sq),
+            read_keys_max: (self.group_keys_max.iter().zip(&singles))
+                .map(|(a, &s)| a.load(Ordering::Relaxed).max(s.min(1)))
+                .collect(),
             writes,
             write_bytes: get(&self.write_bytes),
             write_commits: get(&self.write_commits),
@@ -149,14 +259,41 @@ impl PartitionLoad {
     }
 }
 
+/// Adds an event of `keys` keys into partition `p` of its figures: `[events, the sum of
+/// the squares of their keys, the most keys of one]`. Called before the keys are added
+/// (see [`PartitionLoad::record_batch`]).
+fn add_event(figures: [&[AtomicU64]; 3], p: usize, keys: u64) {
+    let [events, keys_sq, keys_max] = figures;
+    events[p].fetch_add(1, Ordering::Relaxed);
+    let sq = keys.saturating_mul(keys);
+    // Saturating: a wrapped sum of squares would understate how bursty the events were.
+    let _ = keys_sq[p].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+        Some(s.saturating_add(sq))
+    });
+    keys_max[p].fetch_max(keys, Ordering::Relaxed);
+    #[cfg(test)]
+    crate::test_hooks::reach(crate::test_hooks::Point::LoadRecordMidway);
+}
+
 /// Traffic per partition since counting started (by default, none: no partitions).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadStats {
     /// The layout counted, or `None` for a shadowed candidate function.
     pub version: Option<VersionId>,
     pub spec: PartitionSpec,
-    /// Point reads, each one operation.
+    /// Keys read: point reads, the keys transactions read (each time they read one), and
+    /// the keys scans yielded; each one operation.
     pub reads: Vec<u64>,
+    /// Read events that read from the partition: a point read outside a transaction is
+    /// one of one key; a transaction (whether it commits, conflicts or is dropped) is one
+    /// of the keys it read there, as is a scan, of the keys it yielded there (recorded
+    /// when it ends or is dropped). The counterpart of `write_commits`.
+    pub read_events: Vec<u64>,
+    /// The sum over those events of the square of the keys each read from the partition
+    /// (saturating): equal to `reads` when every event read one key there.
+    pub read_keys_sq: Vec<u64>,
+    /// The most keys one event read from the partition (as `commit_keys_max`).
+    pub read_keys_max: Vec<u64>,
     /// Keys written (puts and deletes), each one operation.
     pub writes: Vec<u64>,
     /// Bytes written (keys plus values).
@@ -472,6 +609,14 @@ impl Inner {
         self.admission.cv.notify_all();
     }
 
+    /// A tally of one transaction's or scan's reads, for the functions counting now.
+    pub(crate) fn read_tally(&self) -> ReadTally {
+        ReadTally {
+            loads: [self.load.load_full(), self.shadow.load_full()],
+            tallies: None,
+        }
+    }
+
     /// Starts counting traffic under a candidate function (None stops).
     pub fn set_shadow(&self, spec: Option<PartitionSpec>) -> Result<()> {
         match spec {
@@ -504,6 +649,9 @@ mod tests {
             version: None,
             spec: crate::PartitionSpec::Range { boundaries: vec![] },
             reads: vec![u64::MAX, 2],
+            read_events: vec![u64::MAX, 2],
+            read_keys_sq: vec![u64::MAX, 2],
+            read_keys_max: vec![1, 1],
             writes: vec![1, 3],
             write_bytes: vec![0, 0],
             write_commits: vec![1, 3],
@@ -528,12 +676,12 @@ mod tests {
         // Partition i gets i + 1 keys of 2 bytes, interleaved across partitions.
         for round in 0..parts {
             for i in round..parts {
-                load.tally_write(&mut tally, &[b'a' + i as u8, b'0' + round as u8], 2);
+                load.tally_key(&mut tally, &[b'a' + i as u8, b'0' + round as u8], 2);
             }
         }
         load.record_batch(&mut tally);
         // Then a batch of one key into partition 0: the tally kept nothing of the first.
-        load.tally_write(&mut tally, b"a", 1);
+        load.tally_key(&mut tally, b"a", 1);
         load.record_batch(&mut tally);
         let s = load.stats();
         let keys = |i: u64| if i < parts { i + 1 } else { 0 };
@@ -562,17 +710,22 @@ mod tests {
         (dir, db)
     }
 
+    /// [`split_at_m`], shadowing a function that sends every key to one partition of two.
+    fn split_at_m_shadowed_as_one() -> (tempfile::TempDir, Db) {
+        let (dir, db) = split_at_m();
+        db.set_shadow(Some(crate::PartitionSpec::Range {
+            boundaries: vec![b"zz".to_vec()],
+        }))
+        .unwrap();
+        (dir, db)
+    }
+
     /// A batch is counted as one commit into each partition it writes to, with its keys
     /// there (their square, their maximum), for the target and a shadowed function alike;
     /// a transaction that conflicted wrote nothing and is not counted.
     #[test]
     fn a_batch_is_one_commit_per_partition_it_writes_to() {
-        let (_dir, db) = split_at_m();
-        // The shadow sends every key to one partition of two.
-        db.set_shadow(Some(crate::PartitionSpec::Range {
-            boundaries: vec![b"zz".to_vec()],
-        }))
-        .unwrap();
+        let (_dir, db) = split_at_m_shadowed_as_one();
         let mut batch = crate::WriteBatch::new();
         // Out of order: the keys of one partition are gathered wherever they are.
         for k in ["a", "n", "b", "o", "c"] {
@@ -609,36 +762,206 @@ mod tests {
     #[test]
     fn a_sample_taken_while_a_commit_is_recorded_shows_no_keys_without_their_commit() {
         let (_dir, db) = split_at_m();
+        sampled_midway(
+            &db,
+            "a batch's keys",
+            |i| db.put(format!("a{i}"), "v").unwrap(),
+            || {
+                let mut batch = crate::WriteBatch::new();
+                for i in 0..200 {
+                    batch.put(format!("b{i:03}"), "v");
+                }
+                db.write(batch).unwrap();
+            },
+            |s| {
+                [
+                    s.writes[0],
+                    s.write_commits[0],
+                    s.commit_keys_sq[0],
+                    s.commit_keys_max[0],
+                ]
+            },
+        );
+    }
+
+    /// Ten single-key events into partition 0 of `db` (`single`), then `event`, one of
+    /// 200 keys there, with a sample taken midway through its recording: partition 0's
+    /// figures as `of` reads them (keys, events, the sum of the squares and the most of
+    /// their keys) show `what` (the event's keys) in that sample only with the event, and
+    /// all of them after.
+    fn sampled_midway(
+        db: &Db,
+        what: &str,
+        single: impl Fn(u32),
+        event: impl FnOnce(),
+        of: impl Fn(&super::LoadStats) -> [u64; 4],
+    ) {
         for i in 0..10 {
-            db.put(format!("a{i}"), "v").unwrap();
+            single(i);
         }
         let load = db.inner.load.load_full().expect("counting the target");
         let (tx, rx) = std::sync::mpsc::channel();
         crate::test_hooks::set(crate::test_hooks::Point::LoadRecordMidway, move || {
             tx.send(load.stats()).unwrap()
         });
-        let mut batch = crate::WriteBatch::new();
-        for i in 0..200 {
-            batch.put(format!("b{i:03}"), "v");
+        event();
+        // The event was this thread's alone: it reached the hook, or never will.
+        let midway = of(&rx.try_recv().expect("the tally was recorded"));
+        let whole = [210, 11, 10 + 200 * 200, 200];
+        assert!(
+            midway[0] <= 10 || midway == whole,
+            "{what} counted without their event: {midway:?}"
+        );
+        assert_eq!(of(&db.partition_load()), whole);
+    }
+
+    /// The read figures of `s`: (reads, read events, the sum of their keys' squares, the
+    /// most keys of one), per partition.
+    type ReadFigures = (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>);
+    fn read_figures(s: &super::LoadStats) -> ReadFigures {
+        (
+            s.reads.clone(),
+            s.read_events.clone(),
+            s.read_keys_sq.clone(),
+            s.read_keys_max.clone(),
+        )
+    }
+
+    /// A point read is an event of one key; a transaction's reads are one event in each
+    /// partition it read from, of the keys it read there, whether it commits, conflicts or
+    /// is dropped (its commit's check of its reads is no read again); for the target and a
+    /// shadowed function alike. Each key a transaction read used to be an event of its own.
+    #[test]
+    fn a_transaction_s_reads_are_one_event_per_partition_it_read_from() {
+        let (_dir, db) = split_at_m_shadowed_as_one();
+        db.get("a").unwrap();
+        let mut txn = db.transaction();
+        for k in ["a", "b", "n", "b"] {
+            assert_eq!(txn.get(k).unwrap(), None);
         }
-        db.write(batch).unwrap();
-        // The write's group was this thread's alone: it reached the hook, or never will.
-        let s = rx.try_recv().expect("the tally was recorded");
-        if s.writes[0] > 10 {
-            assert_eq!(
-                (
-                    s.writes[0],
-                    s.write_commits[0],
-                    s.commit_keys_sq[0],
-                    s.commit_keys_max[0]
-                ),
-                (210, 11, 10 + 200 * 200, 200),
-                "a batch's keys counted without its commit"
-            );
+        // Its own write, read back: no read of the database.
+        txn.put("w", "v");
+        assert_eq!(txn.get("w").unwrap().as_deref(), Some(&b"v"[..]));
+        txn.commit().unwrap();
+        let mut txn = db.transaction();
+        for k in ["o", "p"] {
+            assert_eq!(txn.get(k).unwrap(), None);
         }
+        txn.put("x", "v");
+        db.put("o", "v").unwrap();
+        assert!(matches!(txn.commit(), Err(crate::Error::Conflict { .. })));
+        let mut txn = db.transaction();
+        assert_eq!(txn.get("c").unwrap(), None);
+        drop(txn);
+
+        assert_eq!(
+            read_figures(&db.partition_load()),
+            (vec![5, 3], vec![3, 2], vec![1 + 9 + 1, 1 + 4], vec![3, 2])
+        );
+        assert_eq!(
+            read_figures(&db.shadow_load().unwrap()),
+            (vec![8, 0], vec![4, 0], vec![1 + 16 + 4 + 1, 0], vec![4, 0])
+        );
+    }
+
+    /// A scan is one read event in each partition it yielded keys from, of the keys it
+    /// yielded there (a key deleted is not yielded; a double-ended scan yields each key
+    /// once), recorded once it has ended or is dropped. Scans were not counted at all.
+    #[test]
+    fn a_scan_is_one_event_per_partition_of_the_keys_it_yielded() {
+        let (_dir, db) = split_at_m();
+        for k in ["a", "b", "c", "d", "n", "o"] {
+            db.put(k, "v").unwrap();
+        }
+        db.delete("d").unwrap();
+        let figures = || read_figures(&db.partition_load());
+
+        let mut all = db.range(..);
+        assert_eq!(all.by_ref().count(), 5);
+        // Ended, not yet dropped.
+        assert_eq!(figures(), (vec![3, 2], vec![1, 1], vec![9, 4], vec![3, 2]));
+        drop(all);
+        // Two keys and dropped; nothing yielded; one key.
+        let mut first = db.range(..);
+        assert!(first.next().is_some() && first.next().is_some());
+        let snapshot = db.snapshot();
+        let mut nothing = snapshot.range(&b"x"[..]..);
+        assert!(nothing.next().is_none());
+        assert_eq!(figures().0, vec![3, 2], "counted before the scan ended");
+        drop(first);
+        assert_eq!(snapshot.range(&b"n"[..]..=&b"n"[..]).count(), 1);
+        // From both ends at once, to where they meet.
+        let mut both = db.range(..);
+        let mut yielded = 0;
+        loop {
+            let front = both.next().map(Result::unwrap);
+            let back = both.next_back().map(Result::unwrap);
+            yielded += usize::from(front.is_some()) + usize::from(back.is_some());
+            if back.is_none() {
+                break;
+            }
+        }
+        assert_eq!(yielded, 5);
+        drop(both);
+        assert_eq!(
+            figures(),
+            (
+                vec![3 + 2 + 3, 2 + 1 + 2],
+                vec![3, 3],
+                vec![9 + 4 + 9, 4 + 1 + 4],
+                vec![3, 2]
+            )
+        );
+    }
+
+    /// A scan that outlives its target (a retarget to a function of more partitions in
+    /// between) records its reads into the counters it began with, which the new target's
+    /// replaced: nothing of it shows, and nothing is indexed out of the new function's
+    /// partitions.
+    #[test]
+    fn a_scan_across_a_retarget_is_recorded_under_its_own_function() {
+        let (_dir, db) = split_at_m();
+        for k in ["a", "n", "o"] {
+            db.put(k, "v").unwrap();
+        }
+        let mut scan = db.range(..);
+        assert!(scan.next().is_some());
+        let v2 = db
+            .register_partition_fn(crate::PartitionSpec::Range {
+                boundaries: vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()],
+            })
+            .unwrap();
+        db.set_target(v2).unwrap();
+        assert_eq!(scan.count(), 2);
         let s = db.partition_load();
-        assert_eq!(s.writes[0], 210);
-        assert_eq!(s.commit_keys_max[0], 200);
+        assert_eq!(s.reads, vec![0; 4]);
+        assert_eq!(s.read_events, vec![0; 4]);
+    }
+
+    /// Figures read while a transaction's reads are being recorded never show its keys
+    /// without its event (see the test for a commit's writes below).
+    #[test]
+    fn a_sample_taken_while_reads_are_recorded_shows_no_keys_without_their_event() {
+        let (_dir, db) = split_at_m();
+        sampled_midway(
+            &db,
+            "a transaction's keys read",
+            |i| drop(db.get(format!("a{i}")).unwrap()),
+            || {
+                let mut txn = db.transaction();
+                for i in 0..200 {
+                    txn.get(format!("b{i:03}")).unwrap();
+                }
+            },
+            |s| {
+                [
+                    s.reads[0],
+                    s.read_events[0],
+                    s.read_keys_sq[0],
+                    s.read_keys_max[0],
+                ]
+            },
+        );
     }
 
     /// A limit lowered after a pause: the pause is earned at the old rate, which was in

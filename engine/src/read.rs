@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::db::{Inner, View};
 use crate::error::{Error, Result};
+use crate::load::ReadTally;
 use crate::manifest::MAX_LEVELS;
 use crate::sst::bloom;
 use crate::stats::Counters;
@@ -551,7 +552,13 @@ fn moved_already(view: &View, m: &PendingMove) -> bool {
 
 impl Inner {
     /// Point read at `snapshot`, or at the latest seqno (which may trigger a lazy move).
-    pub fn get(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
+    /// Counted as an event of its own, or (a transaction's read) into `tally`.
+    pub fn get(
+        &self,
+        key: &[u8],
+        snapshot: Option<u64>,
+        tally: Option<&mut ReadTally>,
+    ) -> Result<Option<Bytes>> {
         // A key no write could store is the caller's mistake, refused as `put` refuses it.
         if key.len() > crate::MAX_KEY_LEN {
             return Err(Error::KeyTooLarge {
@@ -566,20 +573,30 @@ impl Inner {
         }
         if self.sampling.load(Ordering::Relaxed) && time_this_read() {
             let start = Instant::now();
-            let r = self.get_inner(key, snapshot);
+            let r = self.get_inner(key, snapshot, tally);
             self.fg_read_latency.record(start.elapsed());
             return r;
         }
-        self.get_inner(key, snapshot)
+        self.get_inner(key, snapshot, tally)
     }
 
-    fn get_inner(&self, key: &[u8], snapshot: Option<u64>) -> Result<Option<Bytes>> {
+    fn get_inner(
+        &self,
+        key: &[u8],
+        snapshot: Option<u64>,
+        tally: Option<&mut ReadTally>,
+    ) -> Result<Option<Bytes>> {
         Counters::add(&self.counters.gets, 1);
-        if let Some(l) = self.load.load().as_ref() {
-            l.record_read(key);
-        }
-        if let Some(l) = self.shadow.load().as_ref() {
-            l.record_read(key);
+        match tally {
+            Some(t) => t.tally(key),
+            None => {
+                if let Some(l) = self.load.load().as_ref() {
+                    l.record_read(key);
+                }
+                if let Some(l) = self.shadow.load().as_ref() {
+                    l.record_read(key);
+                }
+            }
         }
         let view = self.view.load();
         let seq = self.seqno_for(&view, snapshot);

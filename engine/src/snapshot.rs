@@ -62,7 +62,7 @@ impl Snapshot {
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.inner.get(key.as_ref(), Some(self.seqno))
+        self.inner.get(key.as_ref(), Some(self.seqno), None)
     }
 
     /// Iterates `range` as of this snapshot.

@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use crate::batch::WriteBatch;
 use crate::error::Result;
+use crate::load::ReadTally;
 use crate::options::WriteOptions;
 use crate::snapshot::Snapshot;
 use crate::write::ReadSet;
@@ -40,11 +41,15 @@ pub struct Transaction {
     snapshot: Snapshot,
     reads: BTreeSet<Bytes>,
     writes: BTreeMap<Bytes, Option<Bytes>>,
+    /// The load counters' view of its reads: one event per partition it read from,
+    /// recorded when it commits (whatever the outcome) or is dropped.
+    read_tally: ReadTally,
 }
 
 impl Transaction {
     pub(crate) fn new(snapshot: Snapshot) -> Transaction {
         Transaction {
+            read_tally: snapshot.inner().read_tally(),
             snapshot,
             reads: BTreeSet::new(),
             writes: BTreeMap::new(),
@@ -70,7 +75,8 @@ impl Transaction {
             return Ok(w.clone());
         }
         self.reads.insert(Bytes::copy_from_slice(k));
-        self.snapshot.get(k)
+        let seqno = Some(self.snapshot.seqno());
+        (self.snapshot.inner()).get(k, seqno, Some(&mut self.read_tally))
     }
 
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
@@ -102,7 +108,10 @@ impl Transaction {
     /// Validates and applies the transaction atomically. Returns [`Error::Conflict`](crate::Error::Conflict) if a
     /// key it read was written (or deleted) by someone else after its snapshot; nothing is
     /// written then.
-    pub fn commit_opt(self, opts: &WriteOptions) -> Result<()> {
+    pub fn commit_opt(mut self, opts: &WriteOptions) -> Result<()> {
+        // Before the outcome is known: a transaction that conflicts made its reads all
+        // the same (and one retried under contention reads again, each time).
+        self.read_tally.record();
         let mut b = WriteBatch::new();
         for (k, v) in &self.writes {
             match v {

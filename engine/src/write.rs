@@ -452,10 +452,10 @@ impl Inner {
             let applied =
                 WriteBatch::for_each_op(b.ops_bytes(), wal.log.path(), 0, |kind, key, value| {
                     if let Some(l) = load.as_ref() {
-                        l.tally_write(&mut tallies.0, key, key.len() + value.len());
+                        l.tally_key(&mut tallies.0, key, key.len() + value.len());
                     }
                     if let Some(l) = shadow.as_ref() {
-                        l.tally_write(&mut tallies.1, key, key.len() + value.len());
+                        l.tally_key(&mut tallies.1, key, key.len() + value.len());
                     }
                     if let Some(w) = written.as_mut() {
                         w.push((s, crate::sst::bloom::key_hash(key)));

@@ -6,8 +6,10 @@
 //!   is large);
 //! - at least `min_expected` commits were counted per partition on average (the sample
 //!   is not too thin to say anything: a handful of writes names nothing). A commit here
-//!   is a point read, or the keys one write (a `WriteBatch`, a transaction, a single put)
-//!   wrote into one partition;
+//!   is an event of keys read or written together in one partition: the keys one write
+//!   (a `WriteBatch`, a transaction, a single put) wrote there, and on the read side a
+//!   point read (one key), the keys one transaction read there, or one scan yielded
+//!   there (`LoadStats::read_events`, with `read_keys_sq` and `read_keys_max`);
 //! - a fair split of the same commits would give some partition that many operations
 //!   with a chance below `alpha` (the effect is not noise).
 //!
@@ -33,9 +35,9 @@
 //! all); one that takes every operation on 4 partitions or more, once the `min_expected`
 //! floor is reached (20 operations on 4).
 //!
-//! Figures a caller built by hand are taken conservatively: writes with no commit count
-//! are one commit, and the sum of squares and the largest commit are raised to what the
-//! counts imply at least. Figures of unequal lengths, or of another number of partitions
+//! Figures a caller built by hand are taken conservatively: reads or writes with no event
+//! count are one event, and the sums of squares and the largest events are raised to
+//! what the counts imply at least. Figures of unequal lengths, or of another number of partitions
 //! than `spec` has (a mix of two layouts' samples), are refused.
 
 pub use crate::analysis::Thresholds;
@@ -82,26 +84,21 @@ pub fn hot_partitions_with(load: &LoadStats, t: &Thresholds) -> Result<Vec<u32>>
     let p = parts as f64;
     let (mut commits, mut sum_sq, mut max) = (0.0f64, 0.0f64, 0.0f64);
     for i in 0..parts {
-        let reads = load.reads[i] as f64;
-        let writes = load.writes[i] as f64;
-        // Writes counted with no commit are taken as one commit of them all.
-        let w_commits = match load.write_commits[i] {
-            0 if writes > 0.0 => 1.0,
-            c => c as f64,
-        };
-        commits += reads + w_commits;
-        if reads > 0.0 {
-            max = max.max(1.0);
-        }
-        if writes > 0.0 {
-            // Keys per commit: at least 1 each, and by Cauchy–Schwarz the sum of their
-            // squares is at least `writes² / commits` and the largest `writes / commits`.
-            let even = writes / w_commits;
-            sum_sq += reads + (load.commit_keys_sq[i] as f64).max(writes * even.max(1.0));
-            max = max.max(load.commit_keys_max[i] as f64).max(even.ceil());
-        } else {
-            sum_sq += reads;
-        }
+        let reads = Events::of(
+            load.reads[i],
+            load.read_events[i],
+            load.read_keys_sq[i],
+            load.read_keys_max[i],
+        );
+        let writes = Events::of(
+            load.writes[i],
+            load.write_commits[i],
+            load.commit_keys_sq[i],
+            load.commit_keys_max[i],
+        );
+        commits += reads.count + writes.count;
+        sum_sq += reads.keys_sq + writes.keys_sq;
+        max = max.max(reads.keys_max).max(writes.keys_max);
     }
     let mean = n / p;
     if commits / p < t.min_expected {
@@ -125,11 +122,46 @@ pub fn hot_partitions_with(load: &LoadStats, t: &Thresholds) -> Result<Vec<u32>>
     Ok(hot.into_iter().map(|(i, _)| i).collect())
 }
 
+/// One partition's events of one kind (reads, or commits' writes), taken conservatively
+/// (see the [module](self)).
+struct Events {
+    count: f64,
+    keys_sq: f64,
+    keys_max: f64,
+}
+
+impl Events {
+    /// `keys` in `events` events, with the sum of the squares and the maximum of their
+    /// keys as counted. Keys counted with no event are taken as one event of them all.
+    fn of(keys: u64, events: u64, keys_sq: u64, keys_max: u64) -> Events {
+        let keys = keys as f64;
+        if keys == 0.0 {
+            return Events {
+                count: events as f64,
+                keys_sq: 0.0,
+                keys_max: 0.0,
+            };
+        }
+        let count = (events as f64).max(1.0);
+        // Keys per event: at least 1 each, and by Cauchy–Schwarz the sum of their
+        // squares is at least `keys² / events` and the largest `keys / events`.
+        let even = keys / count;
+        Events {
+            count,
+            keys_sq: (keys_sq as f64).max(keys * even.max(1.0)),
+            keys_max: (keys_max as f64).max(even.ceil()),
+        }
+    }
+}
+
 /// The number of partitions `load` counts: its per-partition figures must be of one
 /// length, that of its function (none at all when nothing was counted).
 fn checked_partitions(load: &LoadStats) -> Result<usize> {
     let lengths = [
         ("reads", load.reads.len()),
+        ("read_events", load.read_events.len()),
+        ("read_keys_sq", load.read_keys_sq.len()),
+        ("read_keys_max", load.read_keys_max.len()),
         ("writes", load.writes.len()),
         ("write_bytes", load.write_bytes.len()),
         ("write_commits", load.write_commits.len()),
@@ -161,11 +193,14 @@ mod tests {
     use super::*;
     use sluice::PartitionSpec;
 
-    /// Hash partitions' figures: `reads`, and `writes` each a commit of its own.
+    /// Hash partitions' figures: `reads` and `writes`, each an event of its own.
     fn load(reads: Vec<u64>, writes: Vec<u64>) -> LoadStats {
         LoadStats {
             version: None,
             spec: PartitionSpec::hashed(writes.len() as u32, 0),
+            read_events: reads.clone(),
+            read_keys_sq: reads.clone(),
+            read_keys_max: reads.iter().map(|&r| r.min(1)).collect(),
             reads,
             write_bytes: vec![0; writes.len()],
             write_commits: writes.clone(),

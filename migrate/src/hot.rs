@@ -330,6 +330,36 @@ mod tests {
         assert!(hot_partitions(&ungrouped, 2.0).unwrap().is_empty());
     }
 
+    /// Reads are events with sizes, as commits are: over 100 single reads per partition,
+    /// `events` reads of 200 keys each in partition 2.
+    fn large_reads(events: u64) -> LoadStats {
+        let keys = 100 + events * 200;
+        LoadStats {
+            read_events: vec![100, 100, 100 + events, 100],
+            read_keys_sq: vec![100, 100, 100 + events * 200 * 200, 100],
+            read_keys_max: vec![1, 1, 200, 1],
+            ..load(vec![100, 100, keys, 100], vec![0; 4])
+        }
+    }
+
+    /// A few reads of many keys (a few transactions', or scans') are a burst and name
+    /// nothing; many of them do. Taken for independent reads, as all reads were, the few
+    /// named their partition; reads counted with no events are one event each partition.
+    #[test]
+    fn large_reads_name_a_partition_only_when_there_are_many() {
+        assert!(hot_partitions(&large_reads(3), 2.0).unwrap().is_empty());
+        let single = load(vec![100, 100, 700, 100], vec![0; 4]);
+        assert_eq!(hot_partitions(&single, 2.0).unwrap(), vec![2]);
+        assert_eq!(hot_partitions(&large_reads(30), 2.0).unwrap(), vec![2]);
+        let ungrouped = LoadStats {
+            read_events: vec![0; 4],
+            read_keys_sq: vec![0; 4],
+            read_keys_max: vec![0; 4],
+            ..large_reads(30)
+        };
+        assert!(hot_partitions(&ungrouped, 2.0).unwrap().is_empty());
+    }
+
     /// Odd figures give an answer or a typed error, never a panic: no partitions, no
     /// traffic, counts at the top of u64, and a sample mixing two layouts (figures of
     /// unequal lengths, or another number of partitions than its function's).

@@ -42,8 +42,9 @@ pub(crate) enum Point {
     GroupFormed,
     /// `migration_progress`, before it takes the core lock (and loads the view).
     ProgressBeforeCore,
-    /// A commit's load tally being recorded, between the first and the last of the figures
-    /// it adds to for a partition (see `PartitionLoad::record_batch`).
+    /// An event's load tally (a commit's writes, a transaction's or a scan's reads) being
+    /// recorded, after its event figures for a partition and before its keys there (see
+    /// `PartitionLoad::record_batch`, `record_reads`).
     LoadRecordMidway,
     /// A close, each time it finds jobs on callers' threads still running (a checkpoint,
     /// `migrate_now`) and before it waits for them (the core lock held).

@@ -289,9 +289,10 @@ pub struct DbIter {
     /// The database's table files: once they are closed (the database was), the iterator
     /// answers [`Error::Closed`], as every read of a closed database does.
     files: Arc<TableFiles>,
-    /// The keys yielded, per partition: the scan is one read event in each, recorded when
-    /// it ends or is dropped. Not in chunks as it goes: one scan's keys are one reader's,
-    /// and a long scan cut into many events would name its partition hot on its own.
+    /// The keys yielded, per partition (sampled: see [`crate::load::SCAN_SAMPLE`]): the scan
+    /// is one read event in each, recorded when it ends or is dropped. Not in chunks as it
+    /// goes: one scan's keys are one reader's, and a long scan cut into many events would
+    /// name its partition hot on its own.
     reads: ReadTally,
 }
 
@@ -415,17 +416,9 @@ impl DbIter {
         }
         match self.step(dir) {
             Ok(Some(r)) => {
-                let key = match &r {
-                    Resolved::Top => self
-                        .front
-                        .as_ref()
-                        .expect("a forward step")
-                        .merge
-                        .top()
-                        .key(),
-                    Resolved::Held(k, _) => k,
-                };
-                self.reads.tally(key);
+                if !self.reads.skip_scanned() {
+                    self.sample(&r);
+                }
                 Some(Ok(r))
             }
             Ok(None) => {
@@ -438,6 +431,20 @@ impl DbIter {
                 Some(Err(e))
             }
         }
+    }
+
+    /// Counts the key a step resolved to in the load, one sampled (see `reads`): out of
+    /// the step, which is inlined into the caller's loop.
+    #[inline(never)]
+    fn sample(&mut self, r: &Resolved) {
+        let key = match r {
+            Resolved::Top => match self.front.as_ref() {
+                Some(side) => side.merge.top().key(),
+                None => return,
+            },
+            Resolved::Held(k, _) => k,
+        };
+        self.reads.sample_scanned(key);
     }
 
     #[inline]

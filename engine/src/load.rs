@@ -93,13 +93,13 @@ impl BatchTally {
 pub(crate) struct ReadTally {
     loads: [Option<Arc<PartitionLoad>>; 2],
     tallies: Option<Box<[BatchTally; 2]>>,
-    /// A scan's keys since its last sampled one, not yet counted: they count where that
+    /// Keys a scan yielded.
+    scanned: u64,
+    /// Of those, the keys counted: the rest, since its last sampled key, count where that
     /// one fell (`sampled`).
-    carried: u64,
-    /// Keys a scan yields before it samples the next.
-    until_sample: u32,
+    settled: u64,
     /// The partition, under each function, of the scan's last sampled key.
-    sampled: [u32; 2],
+    sampled: Option<[u32; 2]>,
 }
 
 /// A scan looks up the partition of one key in this many (the first, then every
@@ -131,44 +131,43 @@ impl ReadTally {
     /// iterator's step, which is inlined into the caller's loop: it must stay this small.
     #[inline]
     pub fn skip_scanned(&mut self) -> bool {
-        if self.until_sample == 0 {
-            return false;
-        }
-        self.until_sample -= 1;
-        self.carried += 1;
-        true
+        self.scanned += 1;
+        self.scanned % SCAN_SAMPLE as u64 != 1
     }
 
-    /// Counts a scan's sampled key in its partitions, and the keys carried since the last
-    /// sample in that one's (see [`SCAN_SAMPLE`]).
+    /// Counts a scan's sampled key, and the keys carried since the last sample, where the
+    /// last sample fell (see [`SCAN_SAMPLE`]). While the samples fall in one partition
+    /// (under each function) nothing is tallied: the scan's keys are recorded there at its
+    /// end, with no tally made.
     #[inline(never)]
     pub fn sample_scanned(&mut self, key: &[u8]) {
-        self.until_sample = SCAN_SAMPLE - 1;
-        self.settle_carried();
-        let Some(tallies) = tallies_of(&self.loads, &mut self.tallies) else {
-            return;
-        };
-        for (i, (l, t)) in self.loads.iter().zip(tallies.iter_mut()).enumerate() {
+        let mut at = [0u32; 2];
+        for (a, l) in at.iter_mut().zip(&self.loads) {
             if let Some(l) = l {
-                let p = l.func.partition_of(key);
-                l.tally_in(t, p, 1, 0);
-                self.sampled[i] = p;
+                *a = l.func.partition_of(key);
             }
         }
+        match self.sampled {
+            Some(before) if before != at => self.settle(before, self.scanned - 1),
+            _ => {}
+        }
+        self.sampled = Some(at);
     }
 
-    /// Counts the keys carried since the last sample in its partitions.
-    fn settle_carried(&mut self) {
-        let carried = std::mem::take(&mut self.carried);
+    /// Tallies the keys after the `settled`th scanned, up to the `upto`th, in the
+    /// partitions `at` (a sample's).
+    fn settle(&mut self, at: [u32; 2], upto: u64) {
+        let carried = upto - self.settled;
+        self.settled = upto;
         if carried == 0 {
             return;
         }
-        let Some(tallies) = self.tallies.as_mut() else {
+        let Some(tallies) = tallies_of(&self.loads, &mut self.tallies) else {
             return;
         };
-        for (i, (l, t)) in self.loads.iter().zip(tallies.iter_mut()).enumerate() {
+        for ((l, t), &p) in self.loads.iter().zip(tallies.iter_mut()).zip(&at) {
             if let Some(l) = l {
-                l.tally_in(t, self.sampled[i], carried, 0);
+                l.tally_in(t, p, carried, 0);
             }
         }
     }
@@ -177,8 +176,20 @@ impl ReadTally {
     /// once per scan, at its end, kept out of the iterator's step.
     #[cold]
     pub fn record(&mut self) {
-        self.settle_carried();
-        self.until_sample = 0;
+        if let Some(at) = self.sampled.take() {
+            let keys = self.scanned - self.settled;
+            if self.tallies.is_none() {
+                // A scan within one partition: one event there, no tally made.
+                for (l, &p) in self.loads.iter().zip(&at) {
+                    if let (Some(l), true) = (l, keys > 0) {
+                        l.record_read_event(p as usize, keys);
+                    }
+                }
+            } else {
+                self.settle(at, self.scanned);
+            }
+        }
+        (self.scanned, self.settled) = (0, 0);
         let Some(tallies) = self.tallies.as_mut() else {
             return;
         };
@@ -289,14 +300,20 @@ impl PartitionLoad {
     /// may show the event without its keys, never its keys without it.
     pub fn record_reads(&self, tally: &mut BatchTally) {
         for (p, keys, _) in tally.entries() {
-            add_event(
-                [&self.read_groups, &self.group_keys_sq, &self.group_keys_max],
-                p,
-                keys,
-            );
-            self.grouped_reads[p].fetch_add(keys, Ordering::Release);
+            self.record_read_event(p, keys);
         }
         tally.clear();
+    }
+
+    /// Records one read event of `keys` keys in partition `p`: the event first, its keys
+    /// last (see [`Self::record_batch`]).
+    fn record_read_event(&self, p: usize, keys: u64) {
+        add_event(
+            [&self.read_groups, &self.group_keys_sq, &self.group_keys_max],
+            p,
+            keys,
+        );
+        self.grouped_reads[p].fetch_add(keys, Ordering::Release);
     }
 
     /// Records a point read outside a transaction: an event of one key.

@@ -104,11 +104,11 @@ pub(crate) struct ReadTally {
 
 /// A scan looks up the partition of one key in this many (the first, then every
 /// sixteenth) and counts the keys after it, up to the next one it looks up, in the same
-/// partition. Looking every key up cost a 100-key scan of cached blocks 10–30% (criterion
-/// `db_iterator`, BENCHMARKS.md §2). The total is exact, and so are the figures of a scan
-/// within one partition (a prefix scan of a range layout, or of a prefix-hashed one); a
-/// scan that crosses into another partition counts at most `SCAN_SAMPLE - 1` of its keys
-/// in the partition before. Under a hash function a scan's keys fall all over, and its
+/// partition. Looking every key up cost a seek and 100 steps over cached blocks 12–32%
+/// (criterion `db_iterator`, BENCHMARKS.md §6). The total is exact, and so are the
+/// figures of a scan within one partition (a prefix scan of a range layout, or of a
+/// prefix-hashed one); a scan that crosses into another partition counts at most
+/// `SCAN_SAMPLE - 1` of its keys in the partition before. Under a hash function a scan's keys fall all over, and its
 /// samples spread it alike: the test for hot partitions looks for concentration, which
 /// sampling keeps.
 pub(crate) const SCAN_SAMPLE: u32 = 16;

@@ -112,6 +112,9 @@ pub(crate) struct ReadTally {
 /// samples spread it alike: the test for hot partitions looks for concentration, which
 /// sampling keeps.
 pub(crate) const SCAN_SAMPLE: u32 = 16;
+// `ReadTally::skip_scanned` samples where the count is 1 past a multiple: at 1 it never
+// would.
+const _: () = assert!(SCAN_SAMPLE > 1);
 
 impl ReadTally {
     /// Adds a key a transaction read.
